@@ -1,0 +1,345 @@
+"""Render meme images as PNG bytes from a layout name and caption texts.
+
+No image assets ship with memesys, so every picture is drawn procedurally and
+seeded from ``background_key``: the same key always yields the same pixels,
+which keeps output reproducible (cacheable, testable) without any files.
+Captions use the classic meme look (upper-case, white fill, black outline)
+and are fitted to their slot by shrinking the font; text is never cut off,
+an unfittable caption raises :class:`RenderError` instead.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import functools
+import hashlib
+import io
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["LAYOUTS", "RenderError", "fit_text", "render_png"]
+
+LAYOUTS = ("top_bottom", "two_panel", "labels", "multi_panel")
+
+_TEXT_COUNTS: dict[str, tuple[int, int]] = {
+    "top_bottom": (2, 2),
+    "two_panel": (2, 4),
+    "labels": (2, 4),
+    "multi_panel": (3, 6),
+}
+_DEJAVU_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
+_MIN_FONT = 12
+_MIN_DIM, _MAX_DIM = 64, 2048
+_HEIGHT_PROBE = "HQJgy"  # ascender-to-descender extent, so line pitch is text-independent
+
+Box = tuple[int, int, int, int]
+FontLoader = Callable[[int], ImageFont.FreeTypeFont]
+VAlign = Literal["top", "middle", "bottom"]
+
+
+class RenderError(ValueError):
+    """Inputs cannot produce a valid meme (bad layout/count/size, unfittable text, too big)."""
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one caption goes; ``valign`` lets top/bottom captions hug the image edges."""
+
+    box: Box
+    valign: VAlign = "middle"
+
+
+def render_png(
+    layout: str,
+    texts: list[str],
+    *,
+    background_key: str,
+    width: int = 640,
+    height: int = 640,
+    font_path: str = "",
+    max_bytes: int = 2_000_000,
+) -> bytes:
+    """Draw ``texts`` onto a procedural picture in ``layout`` and return PNG bytes.
+
+    Raises RenderError for an unknown layout, a wrong number of texts, a size
+    outside 64..2048, an unreadable font, a caption that does not fit even at
+    the minimum font size, or an encoded PNG larger than ``max_bytes``.
+    """
+    _validate(layout, texts, width, height)
+    font_for = _font_loader(font_path)
+    img = _scene((width, height), background_key, "background")
+    slots = _LAYOUT_DRAWERS[layout](img, len(texts), background_key)
+    draw = ImageDraw.Draw(img)
+    max_size = max(_MIN_FONT, min(width, height) // 8)
+    for text, slot in zip(texts, slots, strict=True):
+        _draw_caption(draw, text, slot, font_for, max_size)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    data = buf.getvalue()
+    if len(data) > max_bytes:
+        raise RenderError(f"PNG is {len(data)} bytes, over max_bytes={max_bytes}")
+    return data
+
+
+def fit_text(
+    font_for: FontLoader,
+    text: str,
+    box_w: int,
+    box_h: int,
+    *,
+    max_size: int,
+    min_size: int = _MIN_FONT,
+) -> tuple[int, list[str]]:
+    """Return the largest font size (and its word-wrapped lines) that fits the box.
+
+    Equivalent to "start at ``max_size`` and shrink until it fits", but uses a
+    binary search so long captions cost ~log2(range) wrap attempts instead of
+    one per size. Words are never split or dropped: if even ``min_size``
+    cannot hold the text, RenderError is raised. Empty text yields no lines.
+    """
+    words = text.split()
+    if not words:
+        return max_size, []
+    best: tuple[int, list[str]] | None = None
+    lo, hi = min_size, max(min_size, max_size)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        lines = _wrap(font_for(mid), mid, words, box_w, box_h)
+        if lines is None:
+            hi = mid - 1
+        else:
+            best, lo = (mid, lines), mid + 1
+    if best is None:
+        raise RenderError("caption too long for slot")
+    return best
+
+
+# --- validation & fonts ---------------------------------------------------------
+
+
+def _validate(layout: str, texts: list[str], width: int, height: int) -> None:
+    """Reject bad requests before spending time drawing."""
+    if layout not in _TEXT_COUNTS:
+        raise RenderError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    lo, hi = _TEXT_COUNTS[layout]
+    if not lo <= len(texts) <= hi:
+        want = str(lo) if lo == hi else f"{lo}..{hi}"
+        raise RenderError(f"layout {layout!r} takes {want} texts, got {len(texts)}")
+    if not all(isinstance(t, str) for t in texts):
+        raise RenderError("texts must be strings")
+    for name, dim in (("width", width), ("height", height)):
+        if not _MIN_DIM <= dim <= _MAX_DIM:
+            raise RenderError(f"{name}={dim} outside {_MIN_DIM}..{_MAX_DIM}")
+
+
+def _font_loader(font_path: str) -> FontLoader:
+    """Resolve the font source once and probe it so a bad path fails fast."""
+    path = font_path or (_DEJAVU_BOLD if os.path.isfile(_DEJAVU_BOLD) else "")
+    loader = functools.partial(_load_font, path)
+    try:
+        loader(_MIN_FONT)
+    except (OSError, ValueError) as exc:
+        raise RenderError(f"cannot read font {font_path!r}: {exc}") from exc
+    return loader
+
+
+@functools.lru_cache(maxsize=512)
+def _load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    """Load (and cache: fitting asks for many sizes) a font; '' means Pillow's built-in."""
+    if path:
+        return ImageFont.truetype(path, size)
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise RenderError("Pillow lacks FreeType; no scalable font available")
+    return font
+
+
+# --- text -------------------------------------------------------------------------
+
+
+def _stroke_width(size: int) -> int:
+    """Outline thickness proportional to the font so small and big text look alike."""
+    return max(1, round(size / 14))
+
+
+def _line_gap(size: int) -> int:
+    return size // 8
+
+
+def _line_height(font: ImageFont.FreeTypeFont, size: int) -> int:
+    return int(font.getbbox(_HEIGHT_PROBE)[3]) + 2 * _stroke_width(size)
+
+
+def _wrap(
+    font: ImageFont.FreeTypeFont, size: int, words: list[str], box_w: int, box_h: int
+) -> list[str] | None:
+    """Greedy word wrap at one size; None as soon as it is clear the box overflows."""
+    avail = box_w - 2 * _stroke_width(size)
+    pitch = _line_height(font, size) + _line_gap(size)
+    max_lines = (box_h + _line_gap(size)) // pitch
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= avail:
+            current = candidate
+        elif current and font.getlength(word) <= avail:
+            lines.append(current)
+            current = word
+        else:
+            return None
+        if len(lines) >= max_lines:
+            return None
+    lines.append(current)
+    return lines if len(lines) <= max_lines else None
+
+
+def _draw_caption(
+    draw: ImageDraw.ImageDraw, text: str, slot: _Slot, font_for: FontLoader, max_size: int
+) -> None:
+    """Fit and draw one upper-cased, outlined, horizontally centred caption."""
+    x0, y0, x1, y1 = slot.box
+    size, lines = fit_text(font_for, text.upper(), x1 - x0, y1 - y0, max_size=max_size)
+    if not lines:
+        return
+    font = font_for(size)
+    stroke = _stroke_width(size)
+    pitch = _line_height(font, size) + _line_gap(size)
+    block = len(lines) * pitch - _line_gap(size)
+    y = {"top": y0, "middle": y0 + (y1 - y0 - block) // 2, "bottom": y1 - block}[slot.valign]
+    cx = (x0 + x1) / 2
+    for line in lines:
+        draw.text(
+            (cx, y + stroke),
+            line,
+            font=font,
+            fill="white",
+            stroke_width=stroke,
+            stroke_fill="black",
+            anchor="ma",
+        )
+        y += pitch
+
+
+# --- pictures -----------------------------------------------------------------
+
+
+def _rng(key: str, salt: str) -> random.Random:
+    """Stable across processes (unlike hash()), so a key always gives the same picture."""
+    digest = hashlib.sha256(f"{key}\0{salt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    """A saturated-but-not-garish colour; HSV keeps random picks pleasant."""
+    r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.35, 0.8), rng.uniform(0.35, 0.9))
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _pad(size: tuple[int, int]) -> int:
+    return max(4, min(size) // 40)
+
+
+def _scene(size: tuple[int, int], key: str, salt: str) -> Image.Image:
+    """Four-corner gradient plus a few translucent shapes.
+
+    The gradient is a 2x2 image upscaled bilinearly and the shapes go on one
+    overlay composited once, so there is no per-pixel Python work. (Blending
+    each shape directly would double-blend where Pillow's rounded-rectangle
+    pieces overlap, leaving visible seams.)
+    """
+    rng = _rng(key, salt)
+    w, h = size
+    corners = Image.new("RGB", (2, 2))
+    corners.putdata([_colour(rng) for _ in range(4)])
+    gradient = corners.resize(size, Image.Resampling.BILINEAR).convert("RGBA")
+    overlay = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    for _ in range(rng.randint(3, 6)):
+        sx, sy = rng.uniform(0.15, 0.5) * w, rng.uniform(0.15, 0.5) * h
+        x, y = rng.uniform(-0.1, 0.9) * w, rng.uniform(-0.1, 0.9) * h
+        fill = (*_colour(rng), rng.randint(70, 150))
+        if rng.random() < 0.6:
+            draw.ellipse((x, y, x + sx, y + sy), fill=fill)
+        else:
+            draw.rounded_rectangle((x, y, x + sx, y + sy), radius=min(sx, sy) / 5, fill=fill)
+    return Image.alpha_composite(gradient, overlay).convert("RGB")
+
+
+def _top_bottom(img: Image.Image, n: int, key: str) -> list[_Slot]:
+    """Classic two-caption meme: bands along the top and bottom edges."""
+    w, h = img.size
+    p, band = _pad(img.size), h // 4
+    return [_Slot((p, p, w - p, p + band), "top"), _Slot((p, h - p - band, w - p, h - p), "bottom")]
+
+
+def _rows(img: Image.Image, n: int, key: str, *, text_left: bool, glow: bool) -> list[_Slot]:
+    """Stacked rows, half picture / half caption; shared by the Drake and brain layouts."""
+    w, h = img.size
+    p, half = _pad(img.size), w // 2
+    pic_x, txt_x = (half, 0) if text_left else (0, half)
+    txt_w = half if text_left else w - half
+    draw = ImageDraw.Draw(img, "RGBA")
+    slots = []
+    for i in range(n):
+        y0, y1 = i * h // n, (i + 1) * h // n
+        pic = _scene((w - txt_w, y1 - y0), key, f"panel{i}")
+        if glow:
+            _draw_glow(pic, i / (n - 1))
+        img.paste(pic, (pic_x, y0))
+        draw.rectangle((txt_x, y0, txt_x + txt_w, y1), fill=(0, 0, 0, 70))  # calmer text cell
+        slots.append(_Slot((txt_x + p, y0 + p, txt_x + txt_w - p, y1 - p)))
+    line = max(2, w // 160)
+    draw.line((half, 0, half, h), fill="black", width=line)
+    for i in range(1, n):
+        draw.line((0, i * h // n, w, i * h // n), fill="black", width=line)
+    return slots
+
+
+def _draw_glow(pic: Image.Image, level: float) -> None:
+    """A brightening orb whose size grows with ``level`` (0..1), echoing 'expanding brain'."""
+    w, h = pic.size
+    draw = ImageDraw.Draw(pic, "RGBA")
+    r_max = min(w, h) * (0.15 + 0.35 * level)
+    for k in range(6):
+        r = r_max * (1 - k / 6)
+        draw.ellipse((w / 2 - r, h / 2 - r, w / 2 + r, h / 2 + r), fill=(255, 245, 190, 45))
+
+
+def _labels(img: Image.Image, n: int, key: str) -> list[_Slot]:
+    """One scene with ``n`` simple figures side by side, each labelled over its body."""
+    w, h = img.size
+    p = _pad(img.size)
+    rng = _rng(key, "labels")
+    draw = ImageDraw.Draw(img)
+    slots = []
+    for i in range(n):
+        x0, x1 = i * w // n, (i + 1) * w // n
+        cx, col_w = (x0 + x1) / 2, x1 - x0
+        head_r = min(col_w * 0.2, h * 0.09)
+        head_y = h * rng.uniform(0.2, 0.32)
+        draw.ellipse(
+            (cx - head_r, head_y - head_r, cx + head_r, head_y + head_r), fill=_colour(rng)
+        )
+        body_top = head_y + head_r * 1.25
+        draw.rounded_rectangle(
+            (cx - col_w * 0.34, body_top, cx + col_w * 0.34, h + head_r),
+            radius=head_r,
+            fill=_colour(rng),
+        )
+        top = int(body_top + head_r * 0.5)
+        slots.append(_Slot((x0 + p, top, x1 - p, min(h - p, top + int(h * 0.3)))))
+    return slots
+
+
+_LAYOUT_DRAWERS: dict[str, Callable[[Image.Image, int, str], list[_Slot]]] = {
+    "top_bottom": _top_bottom,
+    "two_panel": functools.partial(_rows, text_left=False, glow=False),
+    "labels": _labels,
+    "multi_panel": functools.partial(_rows, text_left=True, glow=True),
+}

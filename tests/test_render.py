@@ -1,0 +1,159 @@
+"""Tests for memesys.render: valid PNGs, visible outlined text, fitting, determinism, errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops, ImageFont
+
+from memesys import render
+from memesys.render import LAYOUTS, RenderError, fit_text, render_png
+
+SAMPLE_TEXTS = {
+    "top_bottom": ["top text", "bottom text"],
+    "two_panel": ["no thanks", "yes please"],
+    "labels": ["me", "new thing", "old thing"],
+    "multi_panel": ["small", "bigger idea", "galaxy brain"],
+}
+VALID_COUNTS = {"top_bottom": (2, 2), "two_panel": (2, 4), "labels": (2, 4), "multi_panel": (3, 6)}
+
+
+def _decode(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    assert img.format == "PNG"
+    return img.convert("RGB")
+
+
+def _render(layout: str, texts: list[str], key: str = "k", **kw: object) -> Image.Image:
+    return _decode(render_png(layout, texts, background_key=key, **kw))  # type: ignore[arg-type]
+
+
+def _any_changed(img: Image.Image, changed: Image.Image, lo: int, hi: int) -> bool:
+    """True if some changed pixel has grey level within [lo, hi]."""
+    tone = img.convert("L").point(lambda v: 255 if lo <= v <= hi else 0)
+    return ImageChops.multiply(tone, changed).getbbox() is not None
+
+
+def _changed_mask(a: Image.Image, b: Image.Image) -> Image.Image:
+    return ImageChops.difference(a, b).convert("L").point(lambda v: 255 if v > 0 else 0)
+
+
+def _load_font(size: int) -> ImageFont.FreeTypeFont:
+    font = ImageFont.load_default(size=size)
+    assert isinstance(font, ImageFont.FreeTypeFont)
+    return font
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_renders_png_of_configured_size(layout: str) -> None:
+    img = _render(layout, SAMPLE_TEXTS[layout], width=400, height=300)
+    assert img.size == (400, 300)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_captions_draw_white_text_with_black_outline(layout: str) -> None:
+    texts = SAMPLE_TEXTS[layout]
+    with_text = _render(layout, texts)
+    blank = _render(layout, [""] * len(texts))
+    changed = _changed_mask(with_text, blank)
+    assert changed.getbbox() is not None
+    assert _any_changed(with_text, changed, 235, 255)  # white fill
+    assert _any_changed(with_text, changed, 0, 20)  # black outline
+
+
+def test_top_caption_lands_in_top_band() -> None:
+    with_text = _render("top_bottom", ["hello there", ""])
+    blank = _render("top_bottom", ["", ""])
+    bbox = _changed_mask(with_text, blank).getbbox()
+    assert bbox is not None
+    assert bbox[3] <= 640 * 0.3
+
+
+def test_same_inputs_give_identical_bytes() -> None:
+    args = ("labels", ["a", "b", "c"])
+    assert render_png(*args, background_key="same") == render_png(*args, background_key="same")
+
+
+def test_different_keys_give_different_pictures() -> None:
+    a = _render("top_bottom", ["", ""], key="alpha")
+    b = _render("top_bottom", ["", ""], key="beta")
+    assert ImageChops.difference(a, b).getbbox() is not None
+
+
+def test_long_caption_is_fitted_with_smaller_font_and_no_words_lost() -> None:
+    long_text = " ".join(["caption"] * 19)[:150].upper()
+    short_size, _ = fit_text(_load_font, "SHORT", 600, 160, max_size=80)
+    long_size, lines = fit_text(_load_font, long_text, 600, 160, max_size=80)
+    assert long_size < short_size
+    assert len(lines) > 1
+    assert " ".join(lines).split() == long_text.split()
+    render_png("top_bottom", [long_text, long_text], background_key="k")
+
+
+def test_fit_text_empty_gives_no_lines() -> None:
+    assert fit_text(_load_font, "   ", 100, 100, max_size=40)[1] == []
+
+
+def test_absurd_caption_raises() -> None:
+    with pytest.raises(RenderError, match="too long"):
+        render_png("top_bottom", ["word " * 1000, ""], background_key="k")
+
+
+def test_single_unbreakable_word_too_wide_raises() -> None:
+    with pytest.raises(RenderError, match="too long"):
+        render_png("top_bottom", ["W" * 200, ""], background_key="k")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_wrong_text_counts_raise(layout: str) -> None:
+    lo, hi = VALID_COUNTS[layout]
+    for n in (lo - 1, hi + 1):
+        with pytest.raises(RenderError):
+            render_png(layout, ["t"] * n, background_key="k")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_all_valid_counts_render(layout: str) -> None:
+    lo, hi = VALID_COUNTS[layout]
+    for n in range(lo, hi + 1):
+        _render(layout, [f"caption {i}" for i in range(n)])
+
+
+def test_unknown_layout_raises() -> None:
+    with pytest.raises(RenderError):
+        render_png("nope", ["a", "b"], background_key="k")
+
+
+@pytest.mark.parametrize(("width", "height"), [(63, 640), (640, 2049), (0, 0)])
+def test_out_of_bounds_size_raises(width: int, height: int) -> None:
+    with pytest.raises(RenderError):
+        render_png("top_bottom", ["a", "b"], background_key="k", width=width, height=height)
+
+
+def test_max_bytes_enforced() -> None:
+    with pytest.raises(RenderError, match="max_bytes"):
+        render_png("top_bottom", ["a", "b"], background_key="k", max_bytes=100)
+
+
+def test_unreadable_font_path_raises() -> None:
+    with pytest.raises(RenderError, match="font"):
+        render_png("top_bottom", ["a", "b"], background_key="k", font_path="/nonexistent/font.ttf")
+
+
+def test_render_error_is_value_error() -> None:
+    assert issubclass(RenderError, ValueError)
+
+
+def test_non_font_file_raises(tmp_path: Path) -> None:
+    bogus = tmp_path / "font.ttf"
+    bogus.write_bytes(b"not a font")
+    with pytest.raises(RenderError, match="font"):
+        render_png("top_bottom", ["a", "b"], background_key="k", font_path=str(bogus))
+
+
+def test_builtin_font_fallback_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render, "_DEJAVU_BOLD", "/nonexistent/DejaVuSans-Bold.ttf")
+    img = _render("top_bottom", ["fallback font", "still works"])
+    assert img.size == (640, 640)
