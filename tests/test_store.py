@@ -1,0 +1,277 @@
+"""MemeStore and EmbeddedRedis against a real redis-server.
+
+By default every module run starts an embedded server under tmp_path; with
+MEMESYS_TEST_REDIS_URL set the store tests use that server instead, each under a random key
+prefix that is scanned and deleted afterwards (the server may be shared, so no FLUSHDB).
+Tests of EmbeddedRedis itself always start their own embedded server.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from memesys.redis_backend import EmbeddedRedis, RedisTarget, connect, resolve
+from memesys.store import MemeStore, StoreError
+
+pytestmark = pytest.mark.store
+
+REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
+PNG = b"\x89PNG\r\n\x1a\n\x00\xffbinary"
+
+
+def meme(meme_id: str, created_at: float, **extra: object) -> dict:
+    return {"id": meme_id, "created_at": created_at, "topic": f"topic {meme_id}", **extra}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    if REAL_URL:
+        c = connect(REAL_URL)
+        yield c
+        c.close()
+        return
+    server = EmbeddedRedis(str(tmp_path_factory.mktemp("redis")))
+    c = connect(server.start().url)
+    yield c
+    c.close()
+    server.stop()
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> Iterator[MemeStore]:
+    prefix = f"memesys-test-{uuid.uuid4().hex}"
+    yield MemeStore(client, prefix)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+    if keys:
+        client.delete(*keys)
+
+
+def keys_of(store: MemeStore, client: redis.Redis) -> set[str]:
+    return {k.decode() for k in client.scan_iter(match=f"{store._p}:*", count=500)}
+
+
+def test_save_get_roundtrip(store: MemeStore) -> None:
+    m = meme("abc-1_X", 1700000000.25, caption="Ünïcode “quotes” 🐸", nested={"a": [1, 2]})
+    store.save(m, PNG)
+    assert store.get("abc-1_X") == m
+    assert store.get_png("abc-1_X") == PNG
+    assert store.get("missing") is None
+    assert store.get_png("missing") is None
+    assert store.ping() is True
+
+
+def test_list_newest_first_paginates_stably(store: MemeStore) -> None:
+    # Two ties in created_at exercise the (score, id) cursor.
+    times = [100.0, 101.0, 102.0, 102.0, 103.5, 104.0, 105.0, 105.0]
+    for n, t in enumerate(times):
+        store.save(meme(f"m{n}", t), PNG)
+    expected = [m["id"] for m in store.list(limit=100)[0]]
+    assert expected == ["m7", "m6", "m5", "m4", "m3", "m2", "m1", "m0"]
+
+    page1, cursor = store.list(limit=3)
+    store.save(meme("newest", 200.0), PNG)  # arrives between pages
+    page2, cursor2 = store.list(limit=3, cursor=cursor)
+    page3, cursor3 = store.list(limit=3, cursor=cursor2)
+    seen = [m["id"] for m in page1 + page2 + page3]
+    assert [len(page1), len(page2), len(page3)] == [3, 3, 2]
+    assert seen == expected
+    assert cursor3 is None
+    assert store.list(limit=3)[0][0]["id"] == "newest"
+    # A page that ends exactly at the last meme has no next cursor.
+    assert store.list(limit=9)[1] is None
+
+
+def test_list_rejects_forged_cursor(store: MemeStore) -> None:
+    for bad in ["", "!!!", "bm90LWEtY3Vyc29y", "MHgxLjBwKzB8Li4vZXRj"]:
+        with pytest.raises(ValueError):
+            store.list(cursor=bad)
+
+
+def test_list_empty(store: MemeStore) -> None:
+    assert store.list() == ([], None)
+
+
+def test_delete_erases_everything_including_cache(store: MemeStore, client: redis.Redis) -> None:
+    store.save(meme("gone", 1.0), PNG)
+    store.save(meme("kept", 2.0), PNG)
+    store.cache_put("cats", "gone", 60)
+    store.cache_put("dogs", "gone", 60)
+    store.cache_put("birds", "kept", 60)
+    assert store.cache_get("cats") == "gone"
+
+    assert store.delete("gone") is True
+    assert store.get("gone") is None
+    assert store.get_png("gone") is None
+    assert [m["id"] for m in store.list()[0]] == ["kept"]
+    assert store.cache_get("cats") is None
+    assert store.cache_get("dogs") is None
+    assert store.cache_get("birds") == "kept"
+    p = store._p
+    assert all("gone" not in k for k in keys_of(store, client))
+    assert len([k for k in keys_of(store, client) if k.startswith(f"{p}:cache:")]) == 1
+    assert store.delete("gone") is False
+
+
+def test_delete_keeps_cache_key_repointed_to_another_meme(store: MemeStore) -> None:
+    store.save(meme("a", 1.0), PNG)
+    store.save(meme("b", 2.0), PNG)
+    store.cache_put("topic", "a", 60)
+    store.cache_put("topic", "b", 60)
+    assert store.delete("a") is True
+    assert store.cache_get("topic") == "b"
+
+
+def test_cache_get_of_deleted_meme_is_none(store: MemeStore, client: redis.Redis) -> None:
+    store.save(meme("x", 1.0), PNG)
+    store.cache_put("k", "x", 60)
+    # The record vanishing behind the store's back (not via delete) must not resurrect it.
+    client.delete(f"{store._p}:meme:x")
+    assert store.cache_get("k") is None
+    store.cache_put("k2", "never-saved", 60)
+    assert store.cache_get("k2") is None
+    assert store.cache_get("unknown") is None
+
+
+def test_cache_entries_expire(store: MemeStore, client: redis.Redis) -> None:
+    store.save(meme("x", 1.0), PNG)
+    store.cache_put("k", "x", 1)
+    assert 0 < client.ttl(f"{store._p}:cachedby:x") <= 1
+    store.cache_put("k", "x", 120)
+    assert client.ttl(f"{store._p}:cachedby:x") > 60
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 65, "../x", "a:b", "a*", "ä", "a b", "x\n"])
+def test_invalid_ids_are_not_found(store: MemeStore, client: redis.Redis, bad: str) -> None:
+    assert store.get(bad) is None
+    assert store.get_png(bad) is None
+    assert store.delete(bad) is False
+    with pytest.raises(ValueError):
+        store.save(meme(bad, 1.0), PNG)
+    with pytest.raises(ValueError):
+        store.cache_put("k", bad, 60)
+    assert keys_of(store, client) == set()
+
+
+def test_save_validates_created_at(store: MemeStore) -> None:
+    for created_at in [None, "1", True, float("nan"), float("inf")]:
+        with pytest.raises(ValueError):
+            store.save({"id": "ok", "created_at": created_at}, PNG)
+
+
+def test_embedded_persists_across_restart(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    first = EmbeddedRedis(data_dir)
+    store = MemeStore(connect(first.start().url))
+    store.save(meme("kept", 5.0), PNG)
+    first.stop()
+
+    second = EmbeddedRedis(data_dir)
+    try:
+        store = MemeStore(connect(second.start().url))
+        assert store.get("kept") == meme("kept", 5.0)
+        assert store.get_png("kept") == PNG
+    finally:
+        second.stop()
+
+
+def test_embedded_aof_survives_a_killed_server(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    first = EmbeddedRedis(data_dir)
+    store = MemeStore(connect(first.start().url))
+    store.save(meme("crash", 5.0), PNG)
+    time.sleep(1.2)  # appendfsync everysec
+    assert first.pid is not None
+    killed = first.pid
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while first.pid is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    try:  # the same object restarts after its server died on its own
+        assert MemeStore(connect(first.start().url)).get("crash") is not None
+        assert first.pid != killed
+    finally:
+        first.stop()
+
+
+def test_stale_server_on_data_dir_is_replaced(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    orphan = EmbeddedRedis(data_dir)  # stands in for the server of a daemon that was killed
+    MemeStore(connect(orphan.start().url)).save(meme("m", 1.0), PNG)
+    orphan_pid = orphan.pid
+
+    successor = EmbeddedRedis(data_dir)
+    try:
+        store = MemeStore(connect(successor.start().url))
+        assert orphan.pid is None
+        assert successor.pid != orphan_pid
+        assert store.get("m") is not None
+    finally:
+        successor.stop()
+        orphan.stop()
+
+
+def test_store_error_when_server_is_gone(tmp_path: Path) -> None:
+    server = EmbeddedRedis(str(tmp_path / "data"))
+    store = MemeStore(connect(server.start().url))
+    store.save(meme("m", 1.0), PNG)
+    server.stop()
+
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="reading meme m"):
+        store.get("m")
+    with pytest.raises(StoreError, match="saving meme n"):
+        store.save(meme("n", 2.0), PNG)
+    assert store.ping() is False
+    assert time.monotonic() - started < 5
+
+
+def test_stop_leaves_no_server_process(tmp_path: Path) -> None:
+    server = EmbeddedRedis(str(tmp_path / "data"))
+    server.start()
+    pid = server.pid
+    assert pid is not None
+    assert psutil.Process(pid).name() == "redis-server"
+    # Own session: a Ctrl-C to the daemon's process group does not reach the server.
+    assert os.getsid(pid) != os.getsid(0)
+
+    server.stop()
+    server.stop()  # idempotent
+    assert server.pid is None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).name() != "redis-server"
+
+
+def test_long_data_dir_moves_socket_to_short_tempdir(tmp_path: Path) -> None:
+    data_dir = tmp_path / ("d" * 60) / ("e" * 60)
+    server = EmbeddedRedis(str(data_dir))
+    target = server.start()
+    try:
+        socket_path = target.url.removeprefix("unix://").split("?")[0]
+        assert not socket_path.startswith(str(tmp_path))
+        assert connect(target.url).ping()
+    finally:
+        server.stop()
+    assert not Path(socket_path).parent.exists()
+    assert (data_dir / "appendonly.aof").exists()
+
+
+def test_resolve_prefers_configured_url(tmp_path: Path) -> None:
+    target, owned = resolve("redis://127.0.0.1:1/0", str(tmp_path / "unused"))
+    assert (target, owned) == (RedisTarget("redis://127.0.0.1:1/0", embedded=False), None)
+    assert not (tmp_path / "unused").exists()
+
+    target, owned = resolve("", str(tmp_path / "data"))
+    assert owned is not None
+    try:
+        assert target.embedded and target.url.startswith("unix://")
+        assert connect(target.url).ping()
+    finally:
+        owned.stop()
