@@ -1,0 +1,136 @@
+"""The async-actor primitive: one actor process holds many concurrent I/O calls.
+
+The actor runs an asyncio loop in a helper thread. ``handle`` returns a coroutine; the
+actor schedules it on the loop with ``run_coroutine_threadsafe`` and returns at once, so its
+mailbox keeps flowing. When the coroutine finishes, the loop thread answers the requester
+itself through its own Thespian context (one context per thread: an ``ActorSystem`` handle is
+not thread-safe). In-flight work is bounded by ``max_in_flight``; past it a request is refused
+with an ``overloaded`` failure instead of queueing without end.
+
+An exception inside a coroutine fails that request only (it is an I/O outcome, logged with its
+traceback); an exception in the synchronous part of ``handle`` still crashes the actor.
+Because the loop thread exists, an async actor must stay a leaf: forking a process that has
+threads can deadlock, so it creates no children.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import threading
+import time
+import traceback
+from typing import Any, Optional
+
+from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
+
+from actors.base import BaseActor
+from actors.messages import Failure, Reply, Request, Stop, WorkDone
+
+log = logging.getLogger("actors.async")
+
+_DRAIN_POLL_S = 0.02
+
+
+class AsyncActor(BaseActor):
+    """A leaf actor whose ``handle`` may return a coroutine. Set ``max_in_flight`` in
+    ``on_start`` (default 64)."""
+
+    max_in_flight = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._context: Optional[ActorSystem] = None
+        # Written by one thread each, read by the other: no lock needed under the GIL.
+        self._submitted = 0
+        self._completed = 0
+        self._draining = False
+
+    @property
+    def in_flight(self) -> int:
+        return self._submitted - self._completed
+
+    def handle_request(self, request: Request, sender: ActorAddress) -> None:
+        if self._draining:
+            self.reply(request, sender, error=Failure("unavailable", f"{self.name} is stopping"))
+            return
+        if self.in_flight >= self.max_in_flight:
+            self.reply(request, sender, error=Failure(
+                "overloaded", f"{self.name} holds {self.max_in_flight} requests"))
+            return
+        started = time.perf_counter()
+        result = self.handle(request.payload)
+        if not inspect.isawaitable(result):
+            self.reply(request, sender, result)
+            self.observe(request.payload, time.perf_counter() - started, None)
+            return
+        self._ensure_loop()
+        self._submitted += 1
+        forwarded = request.reply_to is not None and sender == self.parent
+        asyncio.run_coroutine_threadsafe(
+            self._run(result, request, request.reply_to or sender, forwarded, started),
+            self._loop)
+
+    async def _run(self, awaitable: Any, request: Request, target: ActorAddress,
+                   forwarded: bool, started: float) -> None:
+        error: Optional[Failure] = None
+        payload: Any = None
+        try:
+            payload = await awaitable
+        except Exception as exc:
+            log.error("%s: request %s failed:\n%s", self.name, request.correlation_id,
+                      traceback.format_exc())
+            error = Failure(getattr(exc, "code", "error"), f"{type(exc).__name__}: {exc}")
+        try:
+            self._context.tell(target, Reply(request.correlation_id, payload, error))
+            if forwarded:
+                self._context.tell(self.parent, WorkDone(request.correlation_id))
+        finally:
+            self._completed += 1
+        self.observe(request.payload, time.perf_counter() - started, error)
+
+    def _ensure_loop(self) -> None:
+        if self._loop is not None:
+            return
+        ready: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop_main, args=(ready,),
+                                        name=f"{self.name}-loop", daemon=True)
+        self._thread.start()
+        failure = ready.get(timeout=10)
+        if failure is not None:
+            raise RuntimeError(f"{self.name}: async loop failed to start: {failure}")
+
+    def _loop_main(self, ready: queue.Queue) -> None:
+        try:
+            self._context = ActorSystem("multiprocTCPBase", {"Admin Port": self.admin_port},
+                                        transientUnique=True)
+            self._loop = asyncio.new_event_loop()
+        except Exception as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def stop_gracefully(self, msg: Stop, sender: ActorAddress) -> None:
+        """Refuse new work, let in-flight calls finish (the supervisor's timeout bounds it)."""
+        self._draining = True
+        if self.in_flight:
+            self.wakeupAfter(_DRAIN_POLL_S, payload="drain")
+        else:
+            self.send(self.myAddress, ActorExitRequest())
+
+    def receive_other(self, msg: Any, sender: ActorAddress) -> None:
+        if getattr(msg, "payload", None) == "drain":
+            self.stop_gracefully(Stop(), sender)
+        else:
+            super().receive_other(msg, sender)
+
+    def on_stop(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            self._thread.join(timeout=2)

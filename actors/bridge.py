@@ -1,0 +1,141 @@
+"""The asyncio bridge: ``await`` a request to an actor without blocking the event loop.
+
+An ``ActorSystem`` handle is not thread-safe and ``ask`` blocks, so a thread per ask would
+cap throughput at the thread pool. Instead two threads each own one handle: the *sender*
+``tell``s requests (with ``reply_to`` naming the listener) and the *listener* sits in
+``listen`` and hands every reply back to the event loop, matched by correlation id. Replies
+nobody waits for any more (their ask timed out) are counted and dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import queue
+import threading
+from typing import Any, Optional
+
+from thespian.actors import ActorAddress, ActorSystem
+
+from actors.messages import Failure, Reply, Request
+
+log = logging.getLogger("actors.bridge")
+
+_LISTEN_SLICE = datetime.timedelta(seconds=0.2)
+_DRAIN = datetime.timedelta(0)
+_BATCH = 64
+
+
+class RemoteFailure(Exception):
+    """The actor answered with a :class:`Failure`."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.code}: {failure.message}")
+        self.failure = failure
+
+
+class AskTimeout(RemoteFailure):
+    def __init__(self, timeout: float) -> None:
+        super().__init__(Failure("timeout", f"no answer within {timeout:g} s"))
+
+
+class Bridge:
+    """Start it inside the running event loop; ``await bridge.ask(address, payload, timeout)``."""
+
+    def __init__(self, asys: ActorSystem, max_pending: int = 10_000) -> None:
+        self._asys = asys
+        self._max_pending = max_pending
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: dict[str, asyncio.Future] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._listen_address: Optional[ActorAddress] = None
+        self._running = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.stale_replies = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._running.set()
+        ready: asyncio.Future = self._loop.create_future()
+        for target, name in ((self._listen_main, "bridge-listener"),
+                             (self._send_main, "bridge-sender")):
+            thread = threading.Thread(target=target, args=(ready,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        await asyncio.wait_for(ready, timeout=10)
+
+    async def close(self) -> None:
+        self._running.clear()
+        self._outbox.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, 5)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RemoteFailure(Failure("unavailable", "bridge closed")))
+        self._pending.clear()
+
+    async def ask(self, target: ActorAddress, payload: Any, timeout: float,
+                  idempotent: bool = False) -> Any:
+        """The reply payload; :class:`RemoteFailure` on a failure, :class:`AskTimeout`."""
+        if len(self._pending) >= self._max_pending:
+            raise RemoteFailure(Failure("overloaded", "too many requests in flight"))
+        request = Request(payload, reply_to=self._listen_address, idempotent=idempotent)
+        future = self._loop.create_future()
+        self._pending[request.correlation_id] = future
+        self._outbox.put((target, request))
+        try:
+            reply: Reply = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise AskTimeout(timeout) from None
+        finally:
+            self._pending.pop(request.correlation_id, None)
+        if reply.error is not None:
+            raise RemoteFailure(reply.error)
+        return reply.payload
+
+    # -- threads ------------------------------------------------------------------------------
+
+    def _send_main(self, ready: asyncio.Future) -> None:
+        with self._asys.private() as ctx:
+            while True:
+                item = self._outbox.get()
+                if item is None:
+                    return
+                target, request = item
+                try:
+                    ctx.tell(target, request)
+                except Exception as exc:
+                    log.error("bridge: cannot send to %s: %s", target, exc)
+                    self._loop.call_soon_threadsafe(self._resolve, [Reply(
+                        request.correlation_id, None, Failure("unavailable", str(exc)))])
+
+    def _listen_main(self, ready: asyncio.Future) -> None:
+        with self._asys.private() as ctx:
+            self._listen_address = ctx._systemBase.transport.myAddress  # Thespian 4.0.1
+            self._loop.call_soon_threadsafe(_set_ready, ready)
+            while self._running.is_set():
+                message = ctx.listen(_LISTEN_SLICE)
+                batch = []
+                while message is not None and len(batch) < _BATCH:
+                    if isinstance(message, Reply):
+                        batch.append(message)
+                    message = ctx.listen(_DRAIN) if len(batch) < _BATCH else None
+                if batch:
+                    self._loop.call_soon_threadsafe(self._resolve, batch)
+
+    def _resolve(self, replies: list[Reply]) -> None:
+        for reply in replies:
+            future = self._pending.get(reply.correlation_id)
+            if future is None or future.done():
+                self.stale_replies += 1
+            else:
+                future.set_result(reply)
+
+
+def _set_ready(ready: asyncio.Future) -> None:
+    if not ready.done():
+        ready.set_result(None)

@@ -1,0 +1,213 @@
+"""The runtime's messages: frozen dataclasses, importable by module path, pickled by Thespian.
+
+Every request that expects an answer travels in a :class:`Request` envelope carrying a
+correlation id; every answer is a :class:`Reply` with the same id. Thespian hands a reply that
+arrives after an ``ask`` timed out to the next ``ask`` on that context, so callers must drop
+replies whose id they are not waiting for.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from thespian.actors import ActorAddress
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- the request/reply envelope -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a request failed. ``code`` is stable and machine-readable, ``message`` is for people.
+
+    Codes used by the runtime: ``crashed`` (the handler raised; the actor is restarting),
+    ``worker_lost`` (the worker died with the request in flight), ``overloaded`` (a bound was
+    reached; retry later), ``timeout``, ``unavailable`` (no such child or not running),
+    ``unknown_request``. Applications add their own.
+    """
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """An application payload that expects a :class:`Reply`.
+
+    ``reply_to`` lets a request be answered to another address than its sender (the gateway
+    bridge sends from one context and listens on another; a pool forwards to a worker that
+    answers the original requester directly). ``idempotent`` allows a pool to retry it on
+    another worker when the first one dies.
+    """
+
+    payload: Any
+    correlation_id: str = field(default_factory=new_correlation_id)
+    reply_to: Optional[ActorAddress] = None
+    idempotent: bool = False
+
+
+@dataclass(frozen=True)
+class Reply:
+    correlation_id: str
+    payload: Any = None
+    error: Optional[Failure] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# --- lifecycle between a supervisor and its children --------------------------------------
+
+
+@dataclass(frozen=True)
+class Init:
+    """First message to every child: who it is and its arguments (Thespian has no ctor args)."""
+
+    name: str
+    args: Any
+    admin_port: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """A child's answer to :class:`Init`: it is up, with this OS pid and kind."""
+
+    name: str
+    pid: int
+    kind: str = "worker"  # "worker", "supervisor" or "pool"
+
+
+@dataclass(frozen=True)
+class InitFailed:
+    """A child's ``on_start`` raised: the supervisor counts it as an abnormal exit."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopMe:
+    """A child asks its supervisor to stop it normally (so ``transient`` does not restart it)."""
+
+    name: str
+    reason: str = "normal"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Ordered stop: a supervisor stops its own children in reverse order, then exits."""
+
+    correlation_id: str = field(default_factory=new_correlation_id)
+
+
+@dataclass(frozen=True)
+class Stopped:
+    correlation_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Exiting:
+    """A supervisor tells its parent why it exits (restart intensity reached)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    """A pool worker tells its pool that a forwarded request was answered."""
+
+    correlation_id: str
+
+
+# --- queries and commands, usually sent as Request payloads -------------------------------
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class Pong:
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class WhereIs:
+    """Resolve a slash-separated path of child names, e.g. ``"pipeline/generator"``."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Located:
+    path: str
+    address: ActorAddress
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    pass
+
+
+@dataclass(frozen=True)
+class ChildStatus:
+    """One node of the supervision tree as its supervisor sees it."""
+
+    name: str
+    kind: str  # "supervisor", "pool" or "worker"
+    state: str  # "running", "starting", "restarting", "stopped"
+    pid: Optional[int]
+    restarts: int
+    started_at: Optional[float]
+    restart_type: str
+    strategy: Optional[str] = None
+    in_flight: Optional[int] = None
+    children: tuple["ChildStatus", ...] = ()
+
+
+@dataclass(frozen=True)
+class TreeStatus:
+    """A supervisor's answer to :class:`StatusQuery`: its strategy and its children."""
+
+    name: str
+    strategy: str
+    children: tuple[ChildStatus, ...]
+
+
+@dataclass(frozen=True)
+class RestartChild:
+    """Restart a child by path, as if it had crashed (counts toward restart intensity)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class AddChild:
+    spec: Any  # actors.spec.ChildSpec; typed loosely to keep this module free of cycles
+
+
+@dataclass(frozen=True)
+class RemoveChild:
+    name: str
+
+
+@dataclass(frozen=True)
+class Resize:
+    """Change the number of workers of a pool."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    detail: str = ""

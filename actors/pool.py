@@ -1,0 +1,138 @@
+"""A worker pool: a one-for-one supervisor that also dispatches requests to its workers.
+
+Dispatch goes to the running worker with the least outstanding work; the worker answers the
+requester directly and tells the pool (``WorkDone``), so a reply costs no extra hop. When a
+worker dies, each request it held is retried on another worker if the request says it is
+idempotent, otherwise answered with a ``worker_lost`` failure: never left hanging.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from thespian.actors import ActorAddress
+
+from actors.messages import (
+    Ack,
+    AddChild,
+    Failure,
+    Ping,
+    RemoveChild,
+    Request,
+    Resize,
+    RestartChild,
+    StatusQuery,
+    TreeStatus,
+    WhereIs,
+    WorkDone,
+)
+from actors.spec import ChildSpec, PoolArgs, Restart, Strategy, SupervisorArgs
+from actors.supervisor import Child, Supervisor, _CallStep, _StartStep, _StopStep
+
+log = logging.getLogger("actors.pool")
+
+MAX_ATTEMPTS = 2
+_SUPERVISOR_REQUESTS = (Ping, WhereIs, StatusQuery, RestartChild, AddChild, RemoveChild)
+
+
+class Pool(Supervisor):
+    """Init args: :class:`~actors.spec.PoolArgs`. Answers ``Resize`` besides the supervisor's
+    requests; any other request payload is work for a worker."""
+
+    kind = "pool"
+
+    def on_start(self, args: PoolArgs) -> None:
+        self.pool = args
+        self._next_index = args.size
+        self.configure(SupervisorArgs(
+            tuple(self._worker_spec(i) for i in range(args.size)), Strategy.ONE_FOR_ONE,
+            args.max_restarts, args.period_s, args.backoff))
+        # worker name -> {correlation id: (forwarded request, attempts)}
+        self._outstanding: dict[str, dict[str, tuple[Request, int]]] = {}
+        self._owner: dict[str, str] = {}  # correlation id -> worker name
+
+    def _worker_spec(self, index: int) -> ChildSpec:
+        return ChildSpec(f"worker-{index}", self.pool.worker, self.pool.worker_args,
+                         Restart.PERMANENT, self.pool.worker_shutdown_s)
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def handle_request(self, request: Request, sender: ActorAddress) -> None:
+        payload = request.payload
+        if isinstance(payload, Resize):
+            self._resize(request, sender, payload.size)
+        elif isinstance(payload, _SUPERVISOR_REQUESTS):
+            super().handle_request(request, sender)
+        else:
+            self._assign(Request(payload, request.correlation_id,
+                                   request.reply_to or sender, request.idempotent), attempts=0)
+
+    def _assign(self, request: Request, attempts: int,
+                  exclude: Optional[Child] = None) -> None:
+        running = [c for c in self.children
+                   if c.state == "running" and c is not exclude and not c.stop_granted]
+        if not running:
+            self._fail(request, Failure("unavailable", f"{self.name}: no worker is running"))
+            return
+        worker = min(running, key=lambda c: len(self._outstanding.get(c.spec.name, ())))
+        held = self._outstanding.setdefault(worker.spec.name, {})
+        if len(held) >= self.pool.max_outstanding:
+            self._fail(request, Failure(
+                "overloaded", f"{self.name}: all {len(running)} workers hold "
+                              f"{self.pool.max_outstanding} requests"))
+            return
+        held[request.correlation_id] = (request, attempts + 1)
+        self._owner[request.correlation_id] = worker.spec.name
+        self.send(worker.address, request)
+
+    def _fail(self, request: Request, failure: Failure) -> None:
+        self.send(request.reply_to, _reply(request, failure))
+
+    def receive_other(self, msg: Any, sender: ActorAddress) -> None:
+        if isinstance(msg, WorkDone):
+            name = self._owner.pop(msg.correlation_id, None)
+            if name is not None:
+                self._outstanding.get(name, {}).pop(msg.correlation_id, None)
+        else:
+            super().receive_other(msg, sender)
+
+    def on_child_exit(self, child: Child) -> None:
+        lost = self._outstanding.pop(child.spec.name, {})
+        for cid, (request, attempts) in lost.items():
+            self._owner.pop(cid, None)
+            if request.idempotent and attempts < MAX_ATTEMPTS:
+                self._assign(request, attempts, exclude=child)
+            else:
+                self._fail(request, Failure(
+                    "worker_lost", f"{self.name}/{child.spec.name} exited with the request "
+                                   "in flight"))
+        if lost:
+            log.warning("%s: %s exited holding %d requests", self.name, child.spec.name,
+                        len(lost))
+
+    # -- resizing -----------------------------------------------------------------------------
+
+    def _resize(self, request: Request, sender: ActorAddress, size: int) -> None:
+        if size < 0:
+            self.reply(request, sender, error=Failure("bad_request", "size must be >= 0"))
+            return
+        while len(self.children) < size:
+            child = Child(self._worker_spec(self._next_index))
+            self._next_index += 1
+            self.children.append(child)
+            self._steps.append(_StartStep(child=child))
+        for child in self.children[size:]:
+            child.stop_granted = True  # no new work; its queued work is answered first
+            self._steps.append(_StopStep(child=child))
+            self._steps.append(_CallStep(fn=lambda c=child: self._forget(c)))
+        self._steps.append(_CallStep(fn=lambda: self.reply(request, sender,
+                                                           Ack(f"{size} workers"))))
+        self._advance()
+
+    def child_status(self, child: Child, tree: Optional[TreeStatus]) -> Any:
+        return child.status(tree, in_flight=len(self._outstanding.get(child.spec.name, ())))
+
+
+def _reply(request: Request, failure: Failure) -> Any:
+    from actors.messages import Reply
+    return Reply(request.correlation_id, None, failure)

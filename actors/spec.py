@@ -1,0 +1,118 @@
+"""Child specifications and supervisor flags, with Erlang/OTP ``supervisor`` semantics.
+
+- ``permanent`` children are always restarted, ``transient`` only after an abnormal exit
+  (anything but a :class:`~actors.messages.StopMe` the supervisor granted), ``temporary`` never.
+- ``one_for_one`` restarts the failed child; ``one_for_all`` stops the others (reverse start
+  order) and restarts all in start order; ``rest_for_one`` does that for the failed child and
+  the children started after it.
+- Restart intensity: more than ``max_restarts`` restarts within ``period_s`` seconds and the
+  supervisor stops its children in reverse order and exits, so its own supervisor decides.
+"""
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Restart(str, enum.Enum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+class Strategy(str, enum.Enum):
+    ONE_FOR_ONE = "one_for_one"
+    ONE_FOR_ALL = "one_for_all"
+    REST_FOR_ONE = "rest_for_one"
+
+
+def class_path(actor: type | str) -> str:
+    """``module.Class`` for an actor class; Thespian accepts this form in ``createActor``."""
+    if isinstance(actor, str):
+        return actor
+    return f"{actor.__module__}.{actor.__qualname__}"
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How a supervisor starts, restarts and stops one child.
+
+    ``args`` reaches the child in :class:`~actors.messages.Init`; it must pickle.
+    ``shutdown_s`` is how long an ordered stop waits before the child's process tree is killed.
+    """
+
+    name: str
+    actor: str
+    args: Any = None
+    restart: Restart = Restart.PERMANENT
+    shutdown_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"child name {self.name!r} must be non-empty and contain no '/'")
+        object.__setattr__(self, "actor", class_path(self.actor))
+        object.__setattr__(self, "restart", Restart(self.restart))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before a restart: ``initial_s * 2**n`` capped at ``max_s``, ± ``jitter`` fraction.
+
+    ``n`` counts the restarts of that child inside the intensity period, so a child that
+    crashes in a loop backs off while one that crashes rarely restarts at once.
+    """
+
+    initial_s: float = 0.0
+    max_s: float = 1.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        if self.initial_s <= 0:
+            return 0.0
+        base = min(self.max_s, self.initial_s * (2 ** max(0, attempt)))
+        return max(0.0, base * (1 + self.jitter * (2 * rng.random() - 1)))
+
+
+@dataclass(frozen=True)
+class SupervisorArgs:
+    """The ``args`` of a supervisor child (or of the root)."""
+
+    children: tuple[ChildSpec, ...] = ()
+    strategy: Strategy = Strategy.ONE_FOR_ONE
+    max_restarts: int = 3
+    period_s: float = 5.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strategy", Strategy(self.strategy))
+        object.__setattr__(self, "children", tuple(self.children))
+        names = [c.name for c in self.children]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate child names in {names}")
+        if self.max_restarts < 0 or self.period_s <= 0:
+            raise ValueError("max_restarts must be >= 0 and period_s > 0")
+
+
+@dataclass(frozen=True)
+class PoolArgs:
+    """The ``args`` of a :class:`~actors.pool.Pool`: ``size`` workers of one class.
+
+    Each worker gets ``worker_args`` in its Init. ``max_outstanding`` bounds the requests a
+    worker holds at once; past it on every worker the pool refuses with ``overloaded``.
+    """
+
+    worker: str
+    size: int
+    worker_args: Any = None
+    max_outstanding: int = 64
+    max_restarts: int = 10
+    period_s: float = 5.0
+    backoff: Backoff = field(default_factory=Backoff)
+    worker_shutdown_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "worker", class_path(self.worker))
+        if self.size < 0 or self.max_outstanding < 1:
+            raise ValueError("size must be >= 0 and max_outstanding >= 1")

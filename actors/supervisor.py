@@ -1,0 +1,494 @@
+"""The supervisor actor: ordered children, restart strategies, intensity, ordered shutdown.
+
+All work that must happen in order (starting children one after another, stopping a group in
+reverse order before restarting it, shutting down) is a queue of *steps* run one at a time;
+a step finishes on the event it waits for (``Started``, ``ChildActorExited``) or on its own
+timeout. The handler never blocks, so a supervisor keeps answering status queries while it
+restarts a group.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import random
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import psutil
+from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited, WakeupMessage
+
+from actors.base import BaseActor
+from actors.messages import (
+    Ack,
+    AddChild,
+    ChildStatus,
+    Exiting,
+    Failure,
+    Init,
+    InitFailed,
+    Located,
+    RemoveChild,
+    Reply,
+    Request,
+    RestartChild,
+    Started,
+    StatusQuery,
+    Stop,
+    Stopped,
+    StopMe,
+    TreeStatus,
+    WhereIs,
+    WorkDone,
+    new_correlation_id,
+)
+from actors.spec import ChildSpec, Restart, Strategy, SupervisorArgs
+
+log = logging.getLogger("actors.supervisor")
+
+START_TIMEOUT_S = 10.0
+STATUS_TIMEOUT_S = 1.0
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (an unresponsive child on shutdown)."""
+    try:
+        root = psutil.Process(pid)
+        victims = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in victims:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+@dataclass(eq=False)
+class Child:
+    """The supervisor's record of one child; ``address`` changes on every restart."""
+
+    spec: ChildSpec
+    address: Optional[ActorAddress] = None
+    state: str = "stopped"  # starting, running, stopping, dead, stopped
+    pid: Optional[int] = None
+    kind: str = "worker"
+    started_at: Optional[float] = None
+    restarts: int = 0
+    stop_granted: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.state in ("starting", "running", "stopping")
+
+    def status(self, tree: Optional[TreeStatus] = None,
+               in_flight: Optional[int] = None) -> ChildStatus:
+        return ChildStatus(self.spec.name, self.kind, self.state, self.pid, self.restarts,
+                           self.started_at, self.spec.restart.value,
+                           tree.strategy if tree else None, in_flight,
+                           tree.children if tree else ())
+
+
+@dataclass(eq=False)
+class _Step:
+    token: int = 0
+
+
+@dataclass(eq=False)
+class _StartStep(_Step):
+    child: Child = None  # type: ignore[assignment]
+
+
+@dataclass(eq=False)
+class _StopStep(_Step):
+    child: Child = None  # type: ignore[assignment]
+
+
+@dataclass(eq=False)
+class _DelayStep(_Step):
+    seconds: float = 0.0
+
+
+@dataclass(eq=False)
+class _CallStep(_Step):
+    fn: Callable[[], None] = None  # type: ignore[assignment]
+
+
+@dataclass(eq=False)
+class _Gather:
+    """A status query waiting for the sub-trees of child supervisors."""
+
+    request: Request
+    sender: ActorAddress
+    waiting: dict[str, Child] = field(default_factory=dict)
+    results: dict[str, TreeStatus] = field(default_factory=dict)
+
+
+class Supervisor(BaseActor):
+    """Starts its children in order and keeps them running by its strategy.
+
+    Init args: :class:`~actors.spec.SupervisorArgs`. Answers (as :class:`Request` payloads)
+    ``Ping``, ``WhereIs``, ``StatusQuery``, ``RestartChild``, ``AddChild``, ``RemoveChild``;
+    obeys ``Stop`` (ordered shutdown, then exit) and ``StopMe`` from a child.
+    ``Started`` goes to the parent only once every child has started.
+    """
+
+    kind = "supervisor"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def on_start(self, args: SupervisorArgs) -> None:
+        self.configure(args)
+
+    def configure(self, args: SupervisorArgs) -> None:
+        self.strategy = args.strategy
+        self.max_restarts, self.period_s, self.backoff = (
+            args.max_restarts, args.period_s, args.backoff)
+        self.children: list[Child] = [Child(spec) for spec in args.children]
+        self._restart_times: deque[float] = deque()
+        self._steps: deque[_Step] = deque()
+        self._current: Optional[_Step] = None
+        self._pending: deque[Child] = deque()
+        self._tokens = itertools.count(1)
+        self._gathers: dict[str, _Gather] = {}
+        self._stop_waiters: list[tuple[Stop, ActorAddress]] = []
+        self._shutting_down = False
+        self._rng = random.Random()
+
+    def announce_started(self) -> None:
+        """Started goes up only when all children are up: the tree is ready bottom-up."""
+        for child in self.children:
+            self._steps.append(_StartStep(child=child))
+        self._steps.append(_CallStep(fn=super().announce_started))
+        self._advance()
+
+    def stop_gracefully(self, msg: Stop, sender: ActorAddress) -> None:
+        self._stop_waiters.append((msg, sender))
+        if not self._shutting_down:
+            self._shut_down(f"{self.name} stopping on request")
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def handle_request(self, request: Request, sender: ActorAddress) -> None:
+        payload = request.payload
+        if isinstance(payload, WhereIs):
+            self._route(request, sender, payload.path, self._locate)
+        elif isinstance(payload, RestartChild):
+            self._route(request, sender, payload.path, self._restart_on_request)
+        elif isinstance(payload, StatusQuery):
+            self._status(request, sender)
+        elif isinstance(payload, AddChild):
+            self._add_child(request, sender, payload.spec)
+        elif isinstance(payload, RemoveChild):
+            self._remove_child(request, sender, payload.name)
+        else:
+            super().handle_request(request, sender)
+
+    def receive_other(self, msg: Any, sender: ActorAddress) -> None:
+        if isinstance(msg, ChildActorExited):
+            self._child_exited(msg.childAddress)
+        elif isinstance(msg, Started):
+            self._child_started(msg, sender)
+        elif isinstance(msg, InitFailed):
+            log.error("%s: child %s failed to start: %s", self.name, msg.name, msg.reason)
+        elif isinstance(msg, WakeupMessage):
+            self._wakeup(msg.payload)
+        elif isinstance(msg, StopMe):
+            self._stop_me(msg.name)
+        elif isinstance(msg, Reply):
+            self._gathered(msg)
+        elif isinstance(msg, Exiting):
+            log.error("%s: child %s is exiting: %s", self.name, msg.name, msg.reason)
+        elif isinstance(msg, (WorkDone, Stopped)):
+            pass
+        else:
+            super().receive_other(msg, sender)
+
+    # -- the step queue -----------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        while self._current is None:
+            if not self._steps:
+                if not self._pending or self._shutting_down:
+                    return
+                self._restart(self._pending.popleft())
+                continue
+            step = self._steps.popleft()
+            step.token = next(self._tokens)
+            if not self._run(step):
+                self._current = step
+
+    def _run(self, step: _Step) -> bool:
+        """Begin a step; True if it already finished."""
+        if isinstance(step, _StartStep):
+            return self._start_child(step)
+        if isinstance(step, _StopStep):
+            child = step.child
+            if not child.alive:
+                return True
+            child.state = "stopping"
+            self.send(child.address, Stop())
+            self.wakeupAfter(child.spec.shutdown_s, payload=step.token)
+            return False
+        if isinstance(step, _DelayStep):
+            if step.seconds <= 0:
+                return True
+            self.wakeupAfter(step.seconds, payload=step.token)
+            return False
+        step.fn()
+        return True
+
+    def _finish_step(self) -> None:
+        self._current = None
+        self._advance()
+
+    def _start_child(self, step: _StartStep) -> bool:
+        child = step.child
+        if child not in self.children:
+            return True
+        try:
+            child.address = self.createActor(child.spec.actor)
+        except Exception as exc:
+            log.error("%s: cannot create %s (%s): %s", self.name, child.spec.name,
+                      child.spec.actor, exc)
+            child.state = "dead"
+            self._after_exit(child, normal=False)
+            return True
+        child.state, child.pid, child.started_at = "starting", None, None
+        self.send(child.address, Init(child.spec.name, child.spec.args, self.admin_port))
+        self.wakeupAfter(START_TIMEOUT_S, payload=step.token)
+        return False
+
+    def _wakeup(self, token: Any) -> None:
+        if isinstance(token, str):
+            self._finish_gather(token)
+            return
+        step = self._current
+        if step is None or step.token != token:
+            return  # the step finished before its timer
+        if isinstance(step, (_StopStep, _StartStep)):
+            child = step.child
+            log.error("%s: child %s did not %s in time; killing it", self.name,
+                      child.spec.name, "stop" if isinstance(step, _StopStep) else "start")
+            if child.pid:
+                kill_tree(child.pid)
+            elif child.address is not None:
+                self.send(child.address, ActorExitRequest())
+            was_start = isinstance(step, _StartStep)
+            child.address, child.pid, child.state = None, None, "dead"
+            if was_start:
+                self._after_exit(child, normal=False)
+        self._finish_step()
+
+    # -- child events -------------------------------------------------------------------------
+
+    def _find(self, address: ActorAddress) -> Optional[Child]:
+        for child in self.children:
+            if child.address is not None and child.address == address:
+                return child
+        return None
+
+    def _named(self, name: str) -> Optional[Child]:
+        return next((c for c in self.children if c.spec.name == name), None)
+
+    def _child_started(self, msg: Started, sender: ActorAddress) -> None:
+        child = self._named(msg.name)
+        if child is None or child.address != sender or child.state != "starting":
+            return
+        child.state, child.pid, child.kind, child.started_at = (
+            "running", msg.pid, msg.kind, time.time())
+        step = self._current
+        if isinstance(step, _StartStep) and step.child is child:
+            self._finish_step()
+
+    def _child_exited(self, address: ActorAddress) -> None:
+        child = self._find(address)
+        if child is None:
+            return  # a duplicate ChildActorExited, or a child already replaced
+        child.address, child.pid, child.state = None, None, "dead"
+        self.on_child_exit(child)
+        step = self._current
+        if isinstance(step, _StopStep) and step.child is child:
+            self._finish_step()
+            return
+        if isinstance(step, _StartStep) and step.child is child:
+            self._current = None
+        normal, child.stop_granted = child.stop_granted, False
+        if not normal:
+            log.error("%s: child %s exited abnormally", self.name, child.spec.name)
+        self._after_exit(child, normal)
+        self._advance()
+
+    def on_child_exit(self, child: Child) -> None:
+        """Hook for subclasses: ``child`` has just exited (before any restart decision)."""
+
+    def _after_exit(self, child: Child, normal: bool) -> None:
+        """OTP restart types: temporary never, transient only when abnormal, permanent always."""
+        if self._shutting_down:
+            return
+        restart = child.spec.restart
+        if restart is Restart.TEMPORARY:
+            self.children.remove(child)
+        elif restart is Restart.TRANSIENT and normal:
+            child.state = "stopped"
+        else:
+            self._pending.append(child)
+
+    def _stop_me(self, name: str) -> None:
+        child = self._named(name)
+        if child is None or not child.alive:
+            return
+        child.stop_granted = True
+        self._steps.append(_StopStep(child=child))
+        self._steps.append(_CallStep(fn=lambda: self._after_exit(child, normal=True)))
+        self._advance()
+
+    # -- restarts -----------------------------------------------------------------------------
+
+    def _restart(self, child: Child, then: Optional[Callable[[], None]] = None) -> None:
+        if child not in self.children or child.alive:
+            return  # already restarted as part of a group
+        now = time.monotonic()
+        while self._restart_times and now - self._restart_times[0] > self.period_s:
+            self._restart_times.popleft()
+        self._restart_times.append(now)
+        if len(self._restart_times) > self.max_restarts:
+            self._shut_down(f"restart intensity reached: more than {self.max_restarts} "
+                            f"restarts in {self.period_s:g} s (last: {child.spec.name})")
+            return
+        index = self.children.index(child)
+        group = {Strategy.ONE_FOR_ONE: [child],
+                 Strategy.ONE_FOR_ALL: list(self.children),
+                 Strategy.REST_FOR_ONE: self.children[index:]}[self.strategy]
+        for other in reversed(group):
+            if other is not child and other.alive:
+                self._steps.append(_StopStep(child=other))
+        attempt = len(self._restart_times) - 1
+        self._steps.append(_DelayStep(seconds=self.backoff.delay(attempt, self._rng)))
+        for member in group:
+            if member is not child and member.spec.restart is Restart.TEMPORARY:
+                self._steps.append(_CallStep(fn=lambda m=member: self._forget(m)))
+                continue
+            member.restarts += 1
+            self._steps.append(_StartStep(child=member))
+        if then is not None:
+            self._steps.append(_CallStep(fn=then))
+
+    def _forget(self, child: Child) -> None:
+        if child in self.children:
+            self.children.remove(child)
+
+    def _shut_down(self, reason: str) -> None:
+        """Stop every child in reverse start order, then exit (ordered stop or escalation)."""
+        escalating = not self._stop_waiters
+        if escalating:
+            log.error("%s: %s; stopping children and exiting", self.name, reason)
+            if self.parent is not None:
+                self.send(self.parent, Exiting(self.name, reason))
+        self._shutting_down = True
+        self._steps.clear()
+        self._pending.clear()
+        for child in reversed(self.children):
+            self._steps.append(_StopStep(child=child))
+        self._steps.append(_CallStep(fn=self._exit_now))
+        self._advance()
+
+    def _exit_now(self) -> None:
+        for stop, sender in self._stop_waiters:
+            self.send(sender, Stopped(stop.correlation_id, self.name))
+        self.send(self.myAddress, ActorExitRequest())
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _route(self, request: Request, sender: ActorAddress, path: str,
+               here: Callable[[Request, ActorAddress, Child], None]) -> None:
+        """Resolve the first path segment here; forward the rest to that child."""
+        head, _, rest = path.strip("/").partition("/")
+        child = self._named(head)
+        if child is None or child.address is None or child.state != "running":
+            state = "no such child" if child is None else f"child is {child.state}"
+            self.reply(request, sender, error=Failure("unavailable", f"{self.name}/{head}: {state}"))
+        elif rest:
+            payload = dataclasses.replace(request.payload, path=rest)
+            self.send(child.address, Request(payload, request.correlation_id,
+                                             request.reply_to or sender))
+        else:
+            here(request, sender, child)
+
+    def _locate(self, request: Request, sender: ActorAddress, child: Child) -> None:
+        self.reply(request, sender, Located(child.spec.name, child.address))
+
+    def _restart_on_request(self, request: Request, sender: ActorAddress, child: Child) -> None:
+        log.warning("%s: restarting %s on request", self.name, child.spec.name)
+        self._steps.append(_StopStep(child=child))
+        self._steps.append(_CallStep(fn=lambda: self._restart(
+            child, then=lambda: self.reply(request, sender, Ack(f"restarted {child.spec.name}")))))
+        self._advance()
+
+    def _add_child(self, request: Request, sender: ActorAddress, spec: ChildSpec) -> None:
+        if self._named(spec.name) is not None:
+            self.reply(request, sender,
+                       error=Failure("bad_request", f"child {spec.name!r} already exists"))
+            return
+        child = Child(spec)
+        self.children.append(child)
+        self._steps.append(_StartStep(child=child))
+        self._steps.append(_CallStep(fn=lambda: self.reply(request, sender, Ack(spec.name))))
+        self._advance()
+
+    def _remove_child(self, request: Request, sender: ActorAddress, name: str) -> None:
+        child = self._named(name)
+        if child is None:
+            self.reply(request, sender, error=Failure("unavailable", f"no child {name!r}"))
+            return
+        child.stop_granted = True
+        self._steps.append(_StopStep(child=child))
+        self._steps.append(_CallStep(fn=lambda: (self._forget(child),
+                                                 self.reply(request, sender, Ack(name)))))
+        self._advance()
+
+    # -- status of the sub-tree ---------------------------------------------------------------
+
+    def _status(self, request: Request, sender: ActorAddress) -> None:
+        gather = _Gather(request, sender)
+        for child in self.children:
+            if child.kind != "worker" and child.state == "running":
+                cid = new_correlation_id()
+                gather.waiting[cid] = child
+                self._gathers[cid] = gather
+                self.send(child.address, Request(StatusQuery(), cid))
+        if not gather.waiting:
+            self._reply_status(gather)
+            return
+        self.wakeupAfter(STATUS_TIMEOUT_S, payload=next(iter(gather.waiting)))
+
+    def _gathered(self, reply: Reply) -> None:
+        gather = self._gathers.pop(reply.correlation_id, None)
+        if gather is None:
+            return
+        child = gather.waiting.pop(reply.correlation_id)
+        if reply.ok:
+            gather.results[child.spec.name] = reply.payload
+        if not gather.waiting:
+            self._reply_status(gather)
+
+    def _finish_gather(self, cid: str) -> None:
+        gather = self._gathers.get(cid)
+        if gather is None:
+            return
+        for pending in list(gather.waiting):
+            self._gathers.pop(pending, None)
+        gather.waiting.clear()
+        self._reply_status(gather)
+
+    def _reply_status(self, gather: _Gather) -> None:
+        children = tuple(self.child_status(c, gather.results.get(c.spec.name))
+                         for c in self.children)
+        self.reply(gather.request, gather.sender,
+                   TreeStatus(self.name, self.strategy.value, children))
+
+    def child_status(self, child: Child, tree: Optional[TreeStatus]) -> ChildStatus:
+        return child.status(tree)

@@ -1,0 +1,216 @@
+"""Actor-system lifecycle: start, attach, find the root, ordered shutdown, reaping.
+
+Thespian's admin and actors bind 0.0.0.0 and unpickle whatever arrives. :func:`harden_bind`
+makes every socket bind one configured host (loopback by default) before the system starts;
+actor processes are forked from the starter, so they inherit it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import psutil
+from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
+from thespian.system.transport import IPBase
+
+from actors.base import BaseActor
+from actors.messages import Failure, Init, InitFailed, Reply, Request, Started, Stop, Stopped
+from actors.spec import ChildSpec
+
+log = logging.getLogger("actors.system")
+
+BASE = "multiprocTCPBase"
+
+
+class NoSystemRunning(RuntimeError):
+    """Nothing listens on the admin port: attach refuses to start a system by accident."""
+
+
+class SystemAlreadyRunning(RuntimeError):
+    """Another actor system already owns the admin port."""
+
+
+class RootStartFailed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    admin_port: int
+    bind_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+
+def harden_bind(host: str) -> None:
+    """Bind every Thespian socket of this process and its forks to ``host``.
+
+    Thespian binds ``('', port)`` for externally reachable addresses (all interfaces). The
+    advertised address comes from ``THESPIAN_BASE_IPADDR``; the bind from ``bindArgs``.
+    """
+    os.environ["THESPIAN_BASE_IPADDR"] = host
+
+    def bind_args(self: Any) -> tuple:
+        name, port = self.bindname[0], self.bindname[1]
+        return ((host if name in ("", "0.0.0.0") else name, port),)
+
+    IPBase.IPActorAddress.bindArgs = property(bind_args)
+
+
+def logging_config(level: str) -> dict:
+    """Thespian needs a logging dict (``logDefs=False`` crashes every actor in 4.0.1)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
+                                "level": level}},
+        "root": {"handlers": ["stderr"], "level": level},
+    }
+
+
+def admin_running(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def start_system(cfg: SystemConfig) -> ActorSystem:
+    """Start a new system owning ``cfg.admin_port``; refuse to join a running one."""
+    if admin_running(cfg.admin_port, cfg.bind_host):
+        raise SystemAlreadyRunning(f"an actor system already listens on admin port "
+                                   f"{cfg.admin_port}")
+    harden_bind(cfg.bind_host)
+    return ActorSystem(BASE, {"Admin Port": cfg.admin_port},
+                       logDefs=logging_config(cfg.log_level))
+
+
+def attach(cfg: SystemConfig) -> ActorSystem:
+    """A private handle on a running system; never starts one."""
+    if not admin_running(cfg.admin_port, cfg.bind_host):
+        raise NoSystemRunning(f"no actor system is running on admin port {cfg.admin_port}")
+    harden_bind(cfg.bind_host)
+    return ActorSystem(BASE, {"Admin Port": cfg.admin_port},
+                       logDefs=logging_config(cfg.log_level), transientUnique=True)
+
+
+def admin_pid(port: int) -> Optional[int]:
+    """The pid of the process listening on the admin port (for reaping its session)."""
+    for proc in psutil.process_iter():
+        try:
+            for conn in proc.net_connections("tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                    return proc.pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def session_processes(sid: int) -> list[psutil.Process]:
+    """Every process of a session (the admin calls ``setsid``; its actors stay in it)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def reap(sid: int) -> int:
+    """SIGKILL whatever is left of an actor system's session; returns how many."""
+    victims = session_processes(sid)
+    for proc in victims:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(victims, timeout=2)
+    return len(victims)
+
+
+class _Absent(BaseActor):
+    """Stands in for a missing root when looked up by global name: refuses and exits."""
+
+    def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
+        if isinstance(msg, Request):
+            self.send(sender, Reply(msg.correlation_id, None,
+                                    Failure("unavailable", "the root supervisor is not running")))
+        if not isinstance(msg, ActorExitRequest):
+            self.send(self.myAddress, ActorExitRequest())
+
+
+def start_root(asys: ActorSystem, spec: ChildSpec, admin_port: int,
+               timeout: float) -> ActorAddress:
+    """Create the root under a global name and wait until its whole tree has started."""
+    root = asys.createActor(spec.actor, globalName=spec.name)
+    answer = asys.ask(root, Init(spec.name, spec.args, admin_port), timeout)
+    if isinstance(answer, Started):
+        return root
+    asys.tell(root, ActorExitRequest())
+    if isinstance(answer, InitFailed):
+        raise RootStartFailed(f"root {spec.name} failed to start: {answer.reason}")
+    raise RootStartFailed(f"root {spec.name} did not start within {timeout:g} s")
+
+
+def find_root(asys: ActorSystem, name: str) -> ActorAddress:
+    """The running root by global name, or a stand-in that answers ``unavailable``."""
+    return asys.createActor(_Absent, globalName=name)
+
+
+def ask(asys: ActorSystem, target: ActorAddress, payload: Any, timeout: float) -> Reply:
+    """A blocking request with correlation: replies to earlier, timed-out asks are dropped."""
+    request = Request(payload)
+    deadline = time.monotonic() + timeout
+    answer = asys.ask(target, request, timeout)
+    while True:
+        if isinstance(answer, Reply) and answer.correlation_id == request.correlation_id:
+            return answer
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return Reply(request.correlation_id, None,
+                         Failure("timeout", f"no answer within {timeout:g} s"))
+        answer = asys.listen(remaining)
+
+
+def stop_tree(asys: ActorSystem, root: ActorAddress, timeout: float) -> bool:
+    """Ordered shutdown of the tree (reverse start order, per-child timeouts)."""
+    stop = Stop()
+    answer = asys.ask(root, stop, timeout)
+    deadline = time.monotonic() + timeout
+    while not (isinstance(answer, Stopped) and answer.correlation_id == stop.correlation_id):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        answer = asys.listen(remaining)
+    return True
+
+
+def shutdown(asys: ActorSystem, admin_port: int, root: Optional[ActorAddress] = None,
+             timeout: float = 10.0) -> int:
+    """Stop the tree in order, shut the system down, then reap any survivor.
+
+    Returns the number of processes that had to be killed (0 on a clean stop).
+    """
+    pid = admin_pid(admin_port)
+    sid = os.getsid(pid) if pid else None
+    if root is not None and not stop_tree(asys, root, timeout):
+        log.error("ordered shutdown did not finish within %.1f s", timeout)
+    asys.shutdown()
+    if sid is None:
+        return 0
+    deadline = time.monotonic() + 2.0
+    while session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed = reap(sid)
+    if killed:
+        log.warning("killed %d actor processes left after shutdown", killed)
+    return killed

@@ -1,0 +1,81 @@
+"""Actors used by the runtime's tests. They record lifecycle events in a shared file so a test
+can check order across processes."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from actors.async_actor import AsyncActor
+from actors.base import BaseActor
+from actors.messages import Stop
+
+
+@dataclass(frozen=True)
+class Journal:
+    path: str
+    stop_delay_s: float = 0.0  # >0: ignore Stop for this long (tests shutdown timeouts)
+    fail_start: bool = False
+
+
+def record(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+class Recorder(BaseActor):
+    """Counts requests; ``"crash"`` raises, ``"stop"`` exits normally via StopMe."""
+
+    def on_start(self, args: Journal) -> None:
+        self.journal = args
+        self.count = 0
+        if args.fail_start:
+            raise RuntimeError("configured to fail")
+        record(args.path, f"start {self.name} {os.getpid()}")
+
+    def on_stop(self) -> None:
+        record(self.journal.path, f"stop {self.name}")
+
+    def handle(self, payload: Any) -> Any:
+        if payload == "crash":
+            raise RuntimeError("asked to crash")
+        if payload == "stop":
+            self.request_stop()
+            return "stopping"
+        if isinstance(payload, tuple) and payload[0] == "sleep":
+            time.sleep(payload[1])
+            return "slept"
+        if payload == "pid":
+            return os.getpid()
+        self.count += 1
+        return self.count
+
+    def stop_gracefully(self, msg: Stop, sender: Any) -> None:
+        if self.journal.stop_delay_s:
+            time.sleep(self.journal.stop_delay_s)
+        super().stop_gracefully(msg, sender)
+
+
+class Echo(BaseActor):
+    def handle(self, payload: Any) -> Any:
+        return payload
+
+
+class Sleeper(AsyncActor):
+    """Sleeps ``payload`` seconds without blocking its mailbox; answers its pid."""
+
+    def on_start(self, args: Any) -> None:
+        self.max_in_flight = args or 64
+
+    async def _sleep(self, seconds: float) -> int:
+        await asyncio.sleep(seconds)
+        return os.getpid()
+
+    def handle(self, payload: Any) -> Any:
+        if payload == "boom":
+            async def fail() -> None:
+                raise ValueError("coroutine failed")
+            return fail()
+        return self._sleep(float(payload))
