@@ -3,8 +3,9 @@
 The actor runs an asyncio loop in a helper thread. ``handle`` returns a coroutine; the
 actor schedules it on the loop with ``run_coroutine_threadsafe`` and returns at once, so its
 mailbox keeps flowing. When the coroutine finishes, the loop thread answers the requester
-itself through its own Thespian context (one context per thread: an ``ActorSystem`` handle is
-not thread-safe). In-flight work is bounded by ``max_in_flight``; past it a request is refused
+itself through a :class:`~actors.bridge.Bridge` on that loop (an ``ActorSystem`` handle is not
+thread-safe, so the loop never shares the actor's). Coroutines ask other actors, found by path
+from the root, with ``await self.ask(path, payload, timeout)``. In-flight work is bounded by ``max_in_flight``; past it a request is refused
 with an ``overloaded`` failure instead of queueing without end.
 
 An exception inside a coroutine fails that request only (it is an I/O outcome, logged with its
@@ -26,11 +27,13 @@ from typing import Any, Optional
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors.base import BaseActor
-from actors.messages import Failure, Reply, Request, Stop, WorkDone
+from actors.bridge import AskTimeout, Bridge
+from actors.messages import Failure, Reply, Request, Stop, WhereIs, WorkDone
 
 log = logging.getLogger("actors.async")
 
 _DRAIN_POLL_S = 0.02
+LOOKUP_TIMEOUT_S = 2.0
 
 
 class AsyncActor(BaseActor):
@@ -43,7 +46,8 @@ class AsyncActor(BaseActor):
         super().__init__(*args, **kwargs)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
-        self._context: Optional[ActorSystem] = None
+        self.bridge: Optional[Bridge] = None
+        self._addresses: dict[str, ActorAddress] = {}
         # Written by one thread each, read by the other: no lock needed under the GIL.
         self._submitted = 0
         self._completed = 0
@@ -84,13 +88,28 @@ class AsyncActor(BaseActor):
             log.error("%s: request %s failed:\n%s", self.name, request.correlation_id,
                       traceback.format_exc())
             error = Failure(getattr(exc, "code", "error"), f"{type(exc).__name__}: {exc}")
-        try:
-            self._context.tell(target, Reply(request.correlation_id, payload, error))
-            if forwarded:
-                self._context.tell(self.parent, WorkDone(request.correlation_id))
-        finally:
-            self._completed += 1
+        self.bridge.tell(target, Reply(request.correlation_id, payload, error))
+        if forwarded:
+            self.bridge.tell(self.parent, WorkDone(request.correlation_id))
+        self._completed += 1
         self.observe(request.payload, time.perf_counter() - started, error)
+
+    async def lookup(self, path: str) -> ActorAddress:
+        """The address of the actor at ``path`` under the root, cached until an ask times out."""
+        address = self._addresses.get(path)
+        if address is None:
+            located = await self.bridge.ask(self.root, WhereIs(path), LOOKUP_TIMEOUT_S)
+            address = self._addresses[path] = located.address
+        return address
+
+    async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
+        """Ask the actor at ``path``; a timeout forgets its address (it may have restarted)."""
+        address = await self.lookup(path)
+        try:
+            return await self.bridge.ask(address, payload, timeout, idempotent)
+        except AskTimeout:
+            self._addresses.pop(path, None)
+            raise
 
     def _ensure_loop(self) -> None:
         if self._loop is not None:
@@ -105,15 +124,18 @@ class AsyncActor(BaseActor):
 
     def _loop_main(self, ready: queue.Queue) -> None:
         try:
-            self._context = ActorSystem("multiprocTCPBase", {"Admin Port": self.admin_port},
-                                        transientUnique=True)
-            self._loop = asyncio.new_event_loop()
+            asys = ActorSystem("multiprocTCPBase", {"Admin Port": self.admin_port},
+                               transientUnique=True)
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self.bridge = Bridge(asys)
+            loop.run_until_complete(self.bridge.start())
         except Exception as exc:
             ready.put(exc)
             return
+        self._loop = loop
         ready.put(None)
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
+        loop.run_forever()
 
     def stop_gracefully(self, msg: Stop, sender: ActorAddress) -> None:
         """Refuse new work, let in-flight calls finish (the supervisor's timeout bounds it)."""

@@ -77,6 +77,7 @@ class BaseActor(Actor):
         self.name: str = self.__class__.__name__
         self.admin_port: int = 0
         self.parent: Optional[ActorAddress] = None
+        self.root: Optional[ActorAddress] = None
         self._crashed = False
         self._stopped = False
 
@@ -147,6 +148,7 @@ class BaseActor(Actor):
 
     def _init(self, msg: Init, sender: ActorAddress) -> None:
         self.name, self.admin_port, self.parent = msg.name, msg.admin_port, sender
+        self.root = msg.root or self.myAddress
         try:
             self.on_start(msg.args)
         except Exception as exc:

@@ -97,6 +97,10 @@ class Bridge:
             raise RemoteFailure(reply.error)
         return reply.payload
 
+    def tell(self, target: ActorAddress, message: Any) -> None:
+        """Send without waiting for an answer; never blocks the event loop."""
+        self._outbox.put((target, message))
+
     # -- threads ------------------------------------------------------------------------------
 
     def _send_main(self, ready: asyncio.Future) -> None:
@@ -105,13 +109,14 @@ class Bridge:
                 item = self._outbox.get()
                 if item is None:
                     return
-                target, request = item
+                target, message = item
                 try:
-                    ctx.tell(target, request)
+                    ctx.tell(target, message)
                 except Exception as exc:
                     log.error("bridge: cannot send to %s: %s", target, exc)
-                    self._loop.call_soon_threadsafe(self._resolve, [Reply(
-                        request.correlation_id, None, Failure("unavailable", str(exc)))])
+                    if isinstance(message, Request):
+                        self._loop.call_soon_threadsafe(self._resolve, [Reply(
+                            message.correlation_id, None, Failure("unavailable", str(exc)))])
 
     def _listen_main(self, ready: asyncio.Future) -> None:
         with self._asys.private() as ctx:

@@ -67,11 +67,16 @@ class Reply:
 
 @dataclass(frozen=True)
 class Init:
-    """First message to every child: who it is and its arguments (Thespian has no ctor args)."""
+    """First message to every child: who it is and its arguments (Thespian has no ctor args).
+
+    ``root`` is the root supervisor, so any actor can resolve another by path
+    (:class:`WhereIs`); ``None`` makes the receiver the root.
+    """
 
     name: str
     args: Any
     admin_port: int
+    root: Optional[ActorAddress] = None
 
 
 @dataclass(frozen=True)

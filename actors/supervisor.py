@@ -258,7 +258,8 @@ class Supervisor(BaseActor):
             self._after_exit(child, normal=False)
             return True
         child.state, child.pid, child.started_at = "starting", None, None
-        self.send(child.address, Init(child.spec.name, child.spec.args, self.admin_port))
+        self.send(child.address, Init(child.spec.name, child.spec.args, self.admin_port,
+                                      self.root))
         self.wakeupAfter(START_TIMEOUT_S, payload=step.token)
         return False
 
