@@ -26,14 +26,13 @@ from typing import Any, Optional
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
-from actors.base import BaseActor
-from actors.bridge import AskTimeout, Bridge
-from actors.messages import Failure, Reply, Request, Stop, WhereIs, WorkDone
+from actors.base import BaseActor, RequestFailed
+from actors.bridge import Bridge, Directory
+from actors.messages import Failure, Reply, Request, Stop, WorkDone
 
 log = logging.getLogger("actors.async")
 
 _DRAIN_POLL_S = 0.02
-LOOKUP_TIMEOUT_S = 2.0
 
 
 class AsyncActor(BaseActor):
@@ -47,7 +46,7 @@ class AsyncActor(BaseActor):
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self.bridge: Optional[Bridge] = None
-        self._addresses: dict[str, ActorAddress] = {}
+        self.directory: Optional[Directory] = None
         # Written by one thread each, read by the other: no lock needed under the GIL.
         self._submitted = 0
         self._completed = 0
@@ -66,7 +65,11 @@ class AsyncActor(BaseActor):
                 "overloaded", f"{self.name} holds {self.max_in_flight} requests"))
             return
         started = time.perf_counter()
-        result = self.handle(request.payload)
+        try:
+            result = self.handle(request.payload)
+        except RequestFailed as failed:
+            self.reply(request, sender, error=failed.failure)
+            return
         if not inspect.isawaitable(result):
             self.reply(request, sender, result)
             self.observe(request.payload, time.perf_counter() - started, None)
@@ -84,32 +87,21 @@ class AsyncActor(BaseActor):
         payload: Any = None
         try:
             payload = await awaitable
+        except RequestFailed as failed:
+            error = failed.failure
         except Exception as exc:
             log.error("%s: request %s failed:\n%s", self.name, request.correlation_id,
                       traceback.format_exc())
-            error = Failure(getattr(exc, "code", "error"), f"{type(exc).__name__}: {exc}")
+            error = Failure("error", f"{type(exc).__name__}: {exc}")
         self.bridge.tell(target, Reply(request.correlation_id, payload, error))
         if forwarded:
             self.bridge.tell(self.parent, WorkDone(request.correlation_id))
         self._completed += 1
         self.observe(request.payload, time.perf_counter() - started, error)
 
-    async def lookup(self, path: str) -> ActorAddress:
-        """The address of the actor at ``path`` under the root, cached until an ask times out."""
-        address = self._addresses.get(path)
-        if address is None:
-            located = await self.bridge.ask(self.root, WhereIs(path), LOOKUP_TIMEOUT_S)
-            address = self._addresses[path] = located.address
-        return address
-
     async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
-        """Ask the actor at ``path``; a timeout forgets its address (it may have restarted)."""
-        address = await self.lookup(path)
-        try:
-            return await self.bridge.ask(address, payload, timeout, idempotent)
-        except AskTimeout:
-            self._addresses.pop(path, None)
-            raise
+        """Ask the actor at ``path`` under the root (see :class:`~actors.bridge.Directory`)."""
+        return await self.directory.ask(path, payload, timeout, idempotent)
 
     def _ensure_loop(self) -> None:
         if self._loop is not None:
@@ -130,6 +122,7 @@ class AsyncActor(BaseActor):
             asyncio.set_event_loop(loop)
             self.bridge = Bridge(asys)
             loop.run_until_complete(self.bridge.start())
+            self.directory = Directory(self.bridge, self.root)
         except Exception as exc:
             ready.put(exc)
             return

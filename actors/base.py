@@ -59,6 +59,18 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+class RequestFailed(Exception):
+    """Raise from ``handle`` to answer an expected error without crashing the actor.
+
+    The Erlang ``{error, Reason}`` return: bad input or an unavailable dependency is the
+    request's outcome, not a corrupted actor, so restarting would not help.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.failure = Failure(code, message)
+
+
 class BaseActor(Actor):
     """An actor that crashes on any handler exception and has a documented lifecycle.
 
@@ -139,10 +151,13 @@ class BaseActor(Actor):
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
         """Run ``handle`` and reply; an exception propagates and crashes the actor."""
         started = time.perf_counter()
-        if isinstance(request.payload, Ping):
-            result: Any = Pong(self.name, os.getpid())
-        else:
-            result = self.handle(request.payload)
+        try:
+            result = (Pong(self.name, os.getpid()) if isinstance(request.payload, Ping)
+                      else self.handle(request.payload))
+        except RequestFailed as failed:
+            self.reply(request, sender, error=failed.failure)
+            self.observe(request.payload, time.perf_counter() - started, failed.failure)
+            return
         self.reply(request, sender, result)
         self.observe(request.payload, time.perf_counter() - started, None)
 

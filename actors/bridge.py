@@ -17,10 +17,11 @@ from typing import Any, Optional
 
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Failure, Reply, Request
+from actors.messages import Failure, Reply, Request, WhereIs
 
 log = logging.getLogger("actors.bridge")
 
+LOOKUP_TIMEOUT_S = 2.0
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
 _DRAIN = datetime.timedelta(0)
 _BATCH = 64
@@ -144,3 +145,32 @@ class Bridge:
 def _set_ready(ready: asyncio.Future) -> None:
     if not ready.done():
         ready.set_result(None)
+
+
+class Directory:
+    """Ask actors by their path under the root; addresses change when actors restart.
+
+    An address is resolved once through the supervisors (:class:`WhereIs`) and cached. A
+    message to a dead actor is silently dropped by Thespian, so a timeout forgets the cached
+    address and the next ask resolves it again.
+    """
+
+    def __init__(self, bridge: Bridge, root: ActorAddress) -> None:
+        self.bridge = bridge
+        self.root = root
+        self._addresses: dict[str, ActorAddress] = {}
+
+    async def lookup(self, path: str) -> ActorAddress:
+        address = self._addresses.get(path)
+        if address is None:
+            located = await self.bridge.ask(self.root, WhereIs(path), LOOKUP_TIMEOUT_S)
+            address = self._addresses[path] = located.address
+        return address
+
+    async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
+        address = await self.lookup(path)
+        try:
+            return await self.bridge.ask(address, payload, timeout, idempotent)
+        except AskTimeout:
+            self._addresses.pop(path, None)
+            raise

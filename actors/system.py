@@ -88,8 +88,25 @@ def start_system(cfg: SystemConfig) -> ActorSystem:
         raise SystemAlreadyRunning(f"an actor system already listens on admin port "
                                    f"{cfg.admin_port}")
     harden_bind(cfg.bind_host)
-    return ActorSystem(BASE, {"Admin Port": cfg.admin_port},
+    asys = ActorSystem(BASE, {"Admin Port": cfg.admin_port},
                        logDefs=logging_config(cfg.log_level))
+    _reap_launcher(cfg.admin_port)
+    return asys
+
+
+def _reap_launcher(port: int) -> None:
+    """Wait for the process Thespian forked to launch the admin (setsid, fork, exit).
+
+    Thespian detaches it and never waits for it, so it would stay our zombie child, and the
+    leader of the admin's session, for as long as we live.
+    """
+    pid = admin_pid(port)
+    if pid is None:
+        return
+    try:
+        os.waitpid(os.getsid(pid), 0)
+    except ChildProcessError:  # not our child: someone else started this admin
+        pass
 
 
 def attach(cfg: SystemConfig) -> ActorSystem:
@@ -114,11 +131,15 @@ def admin_pid(port: int) -> Optional[int]:
 
 
 def session_processes(sid: int) -> list[psutil.Process]:
-    """Every process of a session (the admin calls ``setsid``; its actors stay in it)."""
+    """Every live process of a session (the admin calls ``setsid``; its actors stay in it).
+
+    Zombies are left out: they have exited and hold nothing, only their parent can reap them.
+    """
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.pid != os.getpid() and os.getsid(proc.pid) == sid:
+            if (proc.pid != os.getpid() and os.getsid(proc.pid) == sid
+                    and proc.status() != psutil.STATUS_ZOMBIE):
                 found.append(proc)
         except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
