@@ -119,15 +119,24 @@ def attach(cfg: SystemConfig) -> ActorSystem:
 
 
 def admin_pid(port: int) -> Optional[int]:
-    """The pid of the process listening on the admin port (for reaping its session)."""
-    for proc in psutil.process_iter():
-        try:
-            for conn in proc.net_connections("tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
-                    return proc.pid
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return None
+    """The pid of the admin listening on the admin port (for reaping its session).
+
+    One system-wide socket scan finds a process holding the port; forked descendants (the
+    logger) share the socket, so climb to its topmost ancestor in the session, short of the
+    launcher that leads the session.
+    """
+    holder = next((c.pid for c in psutil.net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid), None)
+    if holder is None:
+        return None
+    try:
+        sid, proc = os.getsid(holder), psutil.Process(holder)
+        while ((parent := proc.parent()) is not None and parent.pid != sid
+               and os.getsid(parent.pid) == sid):
+            proc = parent
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return None
+    return proc.pid
 
 
 def session_processes(sid: int) -> list[psutil.Process]:
