@@ -1,0 +1,100 @@
+"""The OpenAPI document served at ``GET /openapi.json``; kept next to the routes it describes."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_MEME = {"$ref": "#/components/schemas/Meme"}
+_ID = [{"name": "id", "in": "path", "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}]
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json(_ERROR, "error") for s in statuses}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "memesys", "version": "0.1.0",
+             "description": "A fault-tolerant meme-generation daemon."},
+    "paths": {
+        "/v1/memes": {
+            "post": {
+                "summary": "Make a meme and wait for it",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/MemeRequest"}}}},
+                "responses": {"201": _json(_MEME, "the meme"),
+                              **_errors(400, 413, 422, 501, 502, 503, 504)},
+            },
+            "get": {
+                "summary": "A page of memes, newest first",
+                "parameters": [
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "memes": {"type": "array", "items": _MEME},
+                    "next_cursor": {"type": "string", "nullable": True}}}, "a page"),
+                    **_errors(422, 503)},
+            },
+        },
+        "/v1/memes/{id}": {
+            "parameters": _ID,
+            "get": {"summary": "One meme", "responses": {"200": _json(_MEME, "the meme"),
+                                                         **_errors(404, 503)}},
+            "delete": {"summary": "Erase a meme, its image and cache entries",
+                       "responses": {"204": {"description": "erased"}, **_errors(404, 503)}},
+        },
+        "/v1/memes/{id}/image.png": {
+            "parameters": _ID,
+            "get": {"summary": "The rendered PNG", "responses": {
+                "200": {"description": "PNG", "content": {"image/png": {}}},
+                **_errors(404, 503)}},
+        },
+        "/v1/formats": {"get": {"summary": "The format catalogue", "responses": {
+            "200": _json({"type": "object"}, "formats with their slots and limits")}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {
+            "200": _json({"type": "object"}, "alive")}}},
+        "/readyz": {"get": {"summary": "Readiness: actor tree up and store reachable",
+                            "responses": {"200": _json({"type": "object"}, "ready"),
+                                          "503": _json({"type": "object"}, "not ready")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "text", "content": {"text/plain": {}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {
+            "200": _json({"type": "object"}, "OpenAPI")}}},
+        "/": {"get": {"summary": "A page to make a meme", "responses": {
+            "200": {"description": "HTML", "content": {"text/html": {}}}}}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"},
+                "field": {"type": "string"}}}}},
+        "MemeRequest": {"type": "object", "required": ["topic"], "additionalProperties": False,
+                        "properties": {
+                            "topic": {"type": "string", "minLength": 1, "maxLength": 200},
+                            "format": {"type": "string"}, "style": {"type": "string"},
+                            "audience": {"type": "string"},
+                            "seed": {"type": "integer", "minimum": 0},
+                            "fresh": {"type": "boolean"}}},
+        "Meme": {"type": "object", "required": [
+            "id", "topic", "format", "top_text", "bottom_text", "image_url", "scores",
+            "verification", "provider", "cached", "created_at", "timings", "trace_id"],
+            "properties": {
+                "id": {"type": "string"}, "topic": {"type": "string"},
+                "format": {"type": "string"}, "top_text": {"type": "string"},
+                "bottom_text": {"type": "string"}, "texts": {"type": "object"},
+                "image_url": {"type": "string"},
+                "scores": {"type": "object", "nullable": True},
+                "verification": {"type": "object"}, "provider": {"type": "object"},
+                "cached": {"type": "boolean"},
+                "created_at": {"type": "number", "description": "Unix time, seconds"},
+                "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+                "trace_id": {"type": "string"}}},
+    }},
+}

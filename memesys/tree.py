@@ -1,0 +1,47 @@
+"""The supervision tree of the daemon, built from the configuration.
+
+    memesys            rest_for_one  a child restarts after what it depends on: when the store
+    ├── store          pool          pool restarts, render and generator restart after it and
+    ├── render         pool          resolve fresh addresses; a generator crash touches nothing
+    └── generator      pool          before it.
+
+Every pool is one_for_one over identical, independent workers: one worker's crash is its
+own. (docs/supervision.md explains each choice.)
+"""
+from __future__ import annotations
+
+from actors.spec import Backoff, ChildSpec, PoolArgs, Strategy, SupervisorArgs
+from actors.supervisor import Supervisor
+from actors.pool import Pool
+from memesys.generator import GeneratorArgs, GeneratorWorker
+from memesys.render_actor import RenderArgs, RenderWorker
+from memesys.store_actor import StoreArgs, StoreWorker
+
+ROOT = "memesys"
+GENERATOR = "generator"
+STORE = "store"
+
+
+def root_spec(cfg: dict, redis_url: str) -> ChildSpec:
+    sup, workers, llm, render = cfg["supervision"], cfg["workers"], cfg["llm"], cfg["render"]
+    backoff = Backoff(sup["backoff_initial_s"], sup["backoff_max_s"], sup["backoff_jitter"])
+
+    def pool(name: str, worker: type, size: int, args: object, outstanding: int) -> ChildSpec:
+        return ChildSpec(name, Pool, PoolArgs(
+            worker, size, args, max_outstanding=outstanding,
+            max_restarts=sup["max_restarts"], period_s=sup["period_s"], backoff=backoff,
+            worker_shutdown_s=sup["child_shutdown_s"]), shutdown_s=2 * sup["child_shutdown_s"])
+
+    children = (
+        pool(STORE, StoreWorker, workers["store"],
+             StoreArgs(redis_url, cfg["redis"]["key_prefix"], cfg["redis"]["cache_ttl_s"]), 256),
+        pool("render", RenderWorker, workers["render"],
+             RenderArgs(render["width"], render["height"], render["font_path"],
+                        render["max_png_bytes"]), 256),
+        pool(GENERATOR, GeneratorWorker, workers["generators"],
+             GeneratorArgs(llm["model"], llm["api_key"], llm["base_url"], llm["timeout_s"],
+                           workers["max_in_flight_per_worker"]),
+             workers["max_in_flight_per_worker"]),
+    )
+    return ChildSpec(ROOT, Supervisor, SupervisorArgs(
+        children, Strategy.REST_FOR_ONE, sup["max_restarts"], sup["period_s"], backoff))
