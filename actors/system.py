@@ -224,17 +224,25 @@ def stop_tree(asys: ActorSystem, root: ActorAddress, timeout: float) -> bool:
     return True
 
 
+def session_id(admin_port: int) -> Optional[int]:
+    """The session of a running system's admin: every actor process is in it."""
+    pid = admin_pid(admin_port)
+    return os.getsid(pid) if pid else None
+
+
 def shutdown(asys: ActorSystem, admin_port: int, root: Optional[ActorAddress] = None,
-             timeout: float = 10.0) -> int:
+             timeout: float = 10.0, sid: Optional[int] = None) -> int:
     """Stop the tree in order, shut the system down, then reap any survivor.
 
-    Returns the number of processes that had to be killed (0 on a clean stop).
+    ``sid`` (from :func:`session_id` at start) lets the reaping work even when the admin is
+    already gone. Returns the number of processes that had to be killed (0 on a clean stop).
     """
-    pid = admin_pid(admin_port)
-    sid = os.getsid(pid) if pid else None
-    if root is not None and not stop_tree(asys, root, timeout):
-        log.error("ordered shutdown did not finish within %.1f s", timeout)
-    asys.shutdown()
+    if sid is None:
+        sid = session_id(admin_port)
+    if admin_running(admin_port):
+        if root is not None and not stop_tree(asys, root, timeout):
+            log.error("ordered shutdown did not finish within %.1f s", timeout)
+        asys.shutdown()
     if sid is None:
         return 0
     deadline = time.monotonic() + 2.0

@@ -26,9 +26,9 @@ from actors.bridge import Bridge, Directory  # noqa: E402
 from actors.messages import Ping, Reply  # noqa: E402
 from actors.system import (  # noqa: E402
     SystemConfig,
-    admin_pid,
     admin_running,
     ask,
+    session_id,
     shutdown,
     start_root,
     start_system,
@@ -81,6 +81,7 @@ class Daemon:
                                                          str(data_dir / "redis"))
         started = time.perf_counter()
         self.asys = start_system(self.system_cfg)
+        self.sid = session_id(self.system_cfg.admin_port)
         try:
             self.root = start_root(self.asys, root_spec(self.cfg, self.redis_target.url),
                                    self.system_cfg.admin_port,
@@ -88,13 +89,13 @@ class Daemon:
         except Exception:
             self.stop_actors()
             raise
-        log.info("actor tree up in %.0f ms (admin pid %s)",
-                 (time.perf_counter() - started) * 1000, admin_pid(self.system_cfg.admin_port))
+        log.info("actor tree up in %.0f ms (actor session %s)",
+                 (time.perf_counter() - started) * 1000, self.sid)
 
     def stop_actors(self) -> None:
         root = getattr(self, "root", None)
         shutdown(self.asys, self.system_cfg.admin_port, root,
-                 self.cfg["system"]["shutdown_timeout_s"])
+                 self.cfg["system"]["shutdown_timeout_s"], self.sid)
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
 
@@ -128,8 +129,10 @@ class Daemon:
                 misses = 0 if answer.ok else misses + 1
                 if misses >= WATCHDOG_MISSES:
                     external = not admin_running(self.system_cfg.admin_port)
-                    log.error("the root supervisor is %s; stopping the daemon",
-                              "shut down" if external else "not answering")
+                    log.log(logging.WARNING if external else logging.ERROR,
+                            "the root supervisor is %s; stopping the daemon",
+                            "shut down (memesys-admin shutdown?)" if external
+                            else "not answering")
                     self.exit_code = 0 if external else 1
                     self.stopping.set()
                     return
