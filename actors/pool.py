@@ -4,13 +4,18 @@ Dispatch goes to the running worker with the least outstanding work; the worker 
 requester directly and tells the pool (``WorkDone``), so a reply costs no extra hop. When a
 worker dies, each request it held is retried on another worker if the request says it is
 idempotent, otherwise answered with a ``worker_lost`` failure: never left hanging.
+
+While no worker is running (all of them restarting) requests wait in a bounded queue for at
+most ``PoolArgs.wait_s``; a full queue or an expired wait answers ``unavailable``.
 """
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from typing import Any, Optional
 
-from thespian.actors import ActorAddress
+from thespian.actors import ActorAddress, WakeupMessage
 
 from actors.messages import (
     Ack,
@@ -32,6 +37,7 @@ from actors.supervisor import Child, Supervisor, _CallStep, _StartStep, _StopSte
 log = logging.getLogger("actors.pool")
 
 MAX_ATTEMPTS = 2
+_EXPIRE = "expire-waiting"
 _SUPERVISOR_REQUESTS = (Ping, WhereIs, StatusQuery, RestartChild, AddChild, RemoveChild)
 
 
@@ -50,6 +56,7 @@ class Pool(Supervisor):
         # worker name -> {correlation id: (forwarded request, attempts)}
         self._outstanding: dict[str, dict[str, tuple[Request, int]]] = {}
         self._owner: dict[str, str] = {}  # correlation id -> worker name
+        self._waiting: deque[tuple[Request, int, float]] = deque()  # (request, attempts, expiry)
 
     def _worker_spec(self, index: int) -> ChildSpec:
         return ChildSpec(f"worker-{index}", self.pool.worker, self.pool.worker_args,
@@ -72,7 +79,7 @@ class Pool(Supervisor):
         running = [c for c in self.children
                    if c.state == "running" and c is not exclude and not c.stop_granted]
         if not running:
-            self._fail(request, Failure("unavailable", f"{self.name}: no worker is running"))
+            self._wait(request, attempts)
             return
         worker = min(running, key=lambda c: len(self._outstanding.get(c.spec.name, ())))
         held = self._outstanding.setdefault(worker.spec.name, {})
@@ -85,11 +92,37 @@ class Pool(Supervisor):
         self._owner[request.correlation_id] = worker.spec.name
         self.send(worker.address, request)
 
+    def _wait(self, request: Request, attempts: int) -> None:
+        """Hold a request until a worker is back, bounded in count and time."""
+        restarting = any(c.state in ("starting", "dead") for c in self.children)
+        if not restarting or len(self._waiting) >= self.pool.max_outstanding:
+            self._fail(request, Failure("unavailable", f"{self.name}: no worker is running"))
+            return
+        if not self._waiting:
+            self.wakeupAfter(self.pool.wait_s, payload=_EXPIRE)
+        self._waiting.append((request, attempts, time.monotonic() + self.pool.wait_s))
+
+    def on_child_started(self, child: Child) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for request, attempts, _ in waiting:
+            self._assign(request, attempts)
+
+    def _expire_waiting(self) -> None:
+        now = time.monotonic()
+        while self._waiting and self._waiting[0][2] <= now:
+            request = self._waiting.popleft()[0]
+            self._fail(request, Failure("unavailable", f"{self.name}: no worker came back "
+                                                       f"within {self.pool.wait_s:g} s"))
+        if self._waiting:
+            self.wakeupAfter(max(0.0, self._waiting[0][2] - now), payload=_EXPIRE)
+
     def _fail(self, request: Request, failure: Failure) -> None:
         self.send(request.reply_to, _reply(request, failure))
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
-        if isinstance(msg, WorkDone):
+        if isinstance(msg, WakeupMessage) and msg.payload == _EXPIRE:
+            self._expire_waiting()
+        elif isinstance(msg, WorkDone):
             name = self._owner.pop(msg.correlation_id, None)
             if name is not None:
                 self._outstanding.get(name, {}).pop(msg.correlation_id, None)

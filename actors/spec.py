@@ -101,6 +101,7 @@ class PoolArgs:
 
     Each worker gets ``worker_args`` in its Init. ``max_outstanding`` bounds the requests a
     worker holds at once; past it on every worker the pool refuses with ``overloaded``.
+    ``wait_s`` is how long a request may wait for a worker while all of them restart.
     """
 
     worker: str
@@ -111,6 +112,7 @@ class PoolArgs:
     period_s: float = 5.0
     backoff: Backoff = field(default_factory=Backoff)
     worker_shutdown_s: float = 5.0
+    wait_s: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "worker", class_path(self.worker))

@@ -301,9 +301,13 @@ class Supervisor(BaseActor):
             return
         child.state, child.pid, child.kind, child.started_at = (
             "running", msg.pid, msg.kind, time.time())
+        self.on_child_started(child)
         step = self._current
         if isinstance(step, _StartStep) and step.child is child:
             self._finish_step()
+
+    def on_child_started(self, child: Child) -> None:
+        """Hook for subclasses: ``child`` has just answered ``Started``."""
 
     def _child_exited(self, address: ActorAddress) -> None:
         child = self._find(address)
