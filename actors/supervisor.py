@@ -391,7 +391,9 @@ class Supervisor(BaseActor):
         escalating = not self._stop_waiters
         if escalating:
             log.error("%s: %s; stopping children and exiting", self.name, reason)
-            if self.parent is not None:
+            # Only a supervising parent reads its mailbox: the root's parent is the starter's
+            # context, and an undelivered message keeps an exiting actor alive up to 7 s.
+            if self.parent is not None and self.root != self.myAddress:
                 self.send(self.parent, Exiting(self.name, reason))
         self._shutting_down = True
         self._steps.clear()
