@@ -36,7 +36,7 @@ from actors.supervisor import Child, Supervisor, _CallStep, _StartStep, _StopSte
 
 log = logging.getLogger("actors.pool")
 
-MAX_ATTEMPTS = 2
+MAX_ATTEMPTS = 3  # an idempotent request survives two worker deaths
 _EXPIRE = "expire-waiting"
 _SUPERVISOR_REQUESTS = (Ping, WhereIs, StatusQuery, RestartChild, AddChild, RemoveChild)
 

@@ -51,6 +51,16 @@ log = logging.getLogger("actors.supervisor")
 
 START_TIMEOUT_S = 10.0
 STATUS_TIMEOUT_S = 1.0
+LIVENESS_PERIOD_S = 0.5
+_LIVENESS = "liveness"
+
+
+def process_alive(pid: int) -> bool:
+    """False once ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def kill_tree(pid: int) -> None:
@@ -160,6 +170,7 @@ class Supervisor(BaseActor):
 
     def announce_started(self) -> None:
         """Started goes up only when all children are up: the tree is ready bottom-up."""
+        self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
         for child in self.children:
             self._steps.append(_StartStep(child=child))
         self._steps.append(_CallStep(fn=super().announce_started))
@@ -263,7 +274,22 @@ class Supervisor(BaseActor):
         self.wakeupAfter(START_TIMEOUT_S, payload=step.token)
         return False
 
+    def _check_liveness(self) -> None:
+        """Thespian has been seen to miss a ``ChildActorExited`` when two children die at
+        once; a cheap pid check every half second makes sure no death goes unnoticed."""
+        for child in list(self.children):
+            if child.state in ("running", "stopping") and child.pid and \
+                    not process_alive(child.pid):
+                log.warning("%s: child %s (pid %s) died unreported; handling its exit",
+                            self.name, child.spec.name, child.pid)
+                self._child_exited(child.address)
+        if not self._shutting_down:
+            self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
+
     def _wakeup(self, token: Any) -> None:
+        if token == _LIVENESS:
+            self._check_liveness()
+            return
         if isinstance(token, str):
             self._finish_gather(token)
             return

@@ -124,7 +124,10 @@ class Gateway:
             order: GenerateMeme = parse_generate(body, self.cfg["max_topic_chars"], trace_id)
         except InvalidField as exc:
             return error(422, "invalid_field", str(exc), field=exc.field)
-        meme = await self.directory.ask(GENERATOR, order, self.cfg["request_timeout_s"])
+        # Idempotent: if a worker dies holding it, the pool retries it on another worker. At
+        # worst a meme saved just before the death is stored twice; the client gets one.
+        meme = await self.directory.ask(GENERATOR, order, self.cfg["request_timeout_s"],
+                                        idempotent=True)
         return web.json_response(meme, status=201, headers={
             "Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id})
 
