@@ -26,12 +26,14 @@ def record(path: str, line: str) -> None:
 
 
 class Recorder(BaseActor):
-    """Counts requests; ``"crash"`` raises, ``"stop"`` exits normally via StopMe."""
+    """Counts requests; ``"crash"`` raises, ``"stop"`` exits normally via StopMe,
+    ``("sleep", s)`` blocks its mailbox for ``s`` seconds (a late reply)."""
 
     def on_start(self, args: Journal) -> None:
         self.journal = args
         self.count = 0
         if args.fail_start:
+            record(args.path, f"fail {self.name} {os.getpid()}")
             raise RuntimeError("configured to fail")
         record(args.path, f"start {self.name} {os.getpid()}")
 
@@ -41,6 +43,9 @@ class Recorder(BaseActor):
     def handle(self, payload: Any) -> Any:
         if payload == "crash":
             raise RuntimeError("asked to crash")
+        if payload == "effect-then-crash":  # a side effect Thespian's retry would repeat
+            record(self.journal.path, f"effect {self.name} {os.getpid()}")
+            raise RuntimeError("asked to crash after a side effect")
         if payload == "stop":
             self.request_stop()
             return "stopping"

@@ -1,0 +1,122 @@
+"""Actor-system fixtures: a real ``multiprocTCPBase`` system per test, and proof that it leaves
+no process behind.
+
+The admin daemonizes into its own session (``setsid``) and every actor stays in it, so the
+session id recorded at start names everything the test started; teardown shuts the system
+down and fails the test if any process of that session is still alive.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import psutil
+import pytest
+from thespian.actors import ActorAddress, ActorSystem
+
+from actors.messages import Reply, StatusQuery, TreeStatus
+from actors.spec import ChildSpec
+from actors.system import (
+    SystemConfig,
+    admin_pid,
+    ask,
+    reap,
+    session_processes,
+    shutdown,
+    start_root,
+    start_system,
+)
+
+STOP_TIMEOUT_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01,
+             what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie (an exited actor reparented to init may linger as one)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@dataclass
+class RunningSystem:
+    """A started actor system; ``root`` is stopped in order at teardown unless set to None."""
+
+    asys: ActorSystem
+    port: int
+    sid: int
+    root: Optional[ActorAddress] = None
+    stopped: bool = False
+    killed_at_shutdown: list[int] = field(default_factory=list)
+
+    def start(self, spec: ChildSpec, timeout: float = 10.0) -> ActorAddress:
+        self.root = start_root(self.asys, spec, self.port, timeout)
+        return self.root
+
+    def ask(self, target: ActorAddress, payload: Any, timeout: float = 5.0) -> Reply:
+        return ask(self.asys, target, payload, timeout)
+
+    def ok(self, target: ActorAddress, payload: Any, timeout: float = 5.0) -> Any:
+        """The payload of a successful reply (fails the test on an error reply)."""
+        reply = self.ask(target, payload, timeout)
+        assert reply.ok, f"{payload!r} failed: {reply.error}"
+        return reply.payload
+
+    def status(self, target: Optional[ActorAddress] = None) -> TreeStatus:
+        return self.ok(target or self.root, StatusQuery())
+
+    def shutdown(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Ordered stop of the root (if any) and of the system; processes that had to be killed."""
+        killed = shutdown(self.asys, self.port, self.root, timeout)
+        self.stopped = True
+        self.killed_at_shutdown.append(killed)
+        return killed
+
+
+@pytest.fixture
+def actor_system() -> RunningSystem:
+    port = free_port()
+    asys = start_system(SystemConfig(port, log_level="WARNING"))
+    pid = admin_pid(port)
+    assert pid is not None, "the admin does not listen on its port"
+    system = RunningSystem(asys, port, os.getsid(pid))
+    try:
+        yield system
+    finally:
+        if not system.stopped:
+            system.shutdown()
+        left = session_processes(system.sid)
+        described = [(p.pid, p.status()) for p in left]
+        reap(system.sid)
+        assert not described, f"processes left after shutdown: {described}"
+        assert system.killed_at_shutdown == [0], (
+            f"shutdown had to kill {system.killed_at_shutdown} leftover processes")
+
+
+@pytest.fixture
+def context(actor_system: RunningSystem) -> ActorSystem:
+    """A private context of the test's system: its own mailbox for tell/listen."""
+    with actor_system.asys.private() as ctx:
+        yield ctx
