@@ -145,7 +145,10 @@ class AsyncActor(BaseActor):
             super().receive_other(msg, sender)
 
     def on_stop(self) -> None:
+        """Close the bridge before the loop: it may still hold the replies and ``WorkDone`` of
+        finished calls, and the pool must hear ``WorkDone`` before ``ChildActorExited``."""
         loop = self._loop
         if loop is not None:
+            asyncio.run_coroutine_threadsafe(self.bridge.close(), loop).result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(timeout=2)

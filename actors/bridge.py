@@ -25,6 +25,7 @@ LOOKUP_TIMEOUT_S = 2.0
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
 _DRAIN = datetime.timedelta(0)
 _BATCH = 64
+_WAKE = "bridge-closing"
 
 
 class RemoteFailure(Exception):
@@ -70,7 +71,11 @@ class Bridge:
         await asyncio.wait_for(ready, timeout=10)
 
     async def close(self) -> None:
+        """Send what is queued, then stop both threads; the listener is woken by a message
+        rather than waited for until its listen slice ends."""
         self._running.clear()
+        if self._listen_address is not None:
+            self._outbox.put((self._listen_address, _WAKE))
         self._outbox.put(None)
         for thread in self._threads:
             await asyncio.to_thread(thread.join, 5)
