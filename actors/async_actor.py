@@ -28,7 +28,7 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory
-from actors.messages import Failure, Reply, Request, Stop, WorkDone
+from actors.messages import Failure, Ping, Reply, Request, Stop, WorkDone
 
 log = logging.getLogger("actors.async")
 
@@ -57,6 +57,9 @@ class AsyncActor(BaseActor):
         return self._submitted - self._completed
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
+        if isinstance(request.payload, Ping):  # liveness, answered even when busy
+            super().handle_request(request, sender)
+            return
         if self._draining:
             self.reply(request, sender, error=Failure("unavailable", f"{self.name} is stopping"))
             return

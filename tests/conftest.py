@@ -11,13 +11,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import psutil
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Reply, StatusQuery, TreeStatus
+from actors.messages import Reply, Request, StatusQuery, TreeStatus
 from actors.spec import ChildSpec
 from actors.system import (
     SystemConfig,
@@ -58,6 +58,36 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def send_all(ctx: ActorSystem, target: ActorAddress,
+             requests: Iterable[Request]) -> list[Request]:
+    """Send without waiting, from a context of its own: ``ask`` on another context would
+    swallow these replies as stale."""
+    sent = list(requests)
+    for request in sent:
+        ctx.tell(target, request)
+    return sent
+
+
+def collect(ctx: ActorSystem, requests: list[Request], timeout: float,
+            arrivals: Optional[dict[str, float]] = None) -> dict[str, Reply]:
+    """Every reply to ``requests`` by correlation id (arrival times into ``arrivals``)."""
+    arrivals = {} if arrivals is None else arrivals
+    wanted = {r.correlation_id for r in requests}
+    replies: dict[str, Reply] = {}
+    deadline = time.monotonic() + timeout
+    while wanted - replies.keys():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"{len(wanted - replies.keys())} of {len(wanted)} requests never "
+                        f"answered within {timeout:g} s")
+        message = ctx.listen(remaining)
+        if isinstance(message, Reply) and message.correlation_id in wanted:
+            assert message.correlation_id not in replies, "answered twice"
+            replies[message.correlation_id] = message
+            arrivals[message.correlation_id] = time.monotonic()
+    return replies
 
 
 @dataclass

@@ -9,14 +9,13 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import Iterable, Optional
 
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Ack, Located, Ping, Pong, Reply, Request, Resize, WhereIs
+from actors.messages import Ack, Located, Ping, Pong, Request, Resize, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem, alive, wait_for
+from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,36 +35,6 @@ def workers(system: RunningSystem) -> dict:
     """The pool's workers by name, as the root's status tree shows them."""
     pool = next(c for c in system.status().children if c.name == "pool")
     return {w.name: w for w in pool.children}
-
-
-def send_all(ctx: ActorSystem, target: ActorAddress,
-             requests: Iterable[Request]) -> list[Request]:
-    """Send without waiting, from a context of its own: ``ask`` on another context would
-    swallow these replies as stale."""
-    sent = list(requests)
-    for request in sent:
-        ctx.tell(target, request)
-    return sent
-
-
-def collect(ctx: ActorSystem, requests: list[Request], timeout: float,
-            arrivals: Optional[dict[str, float]] = None) -> dict[str, Reply]:
-    """Every reply to ``requests`` by correlation id (arrival times into ``arrivals``)."""
-    arrivals = {} if arrivals is None else arrivals
-    wanted = {r.correlation_id for r in requests}
-    replies: dict[str, Reply] = {}
-    deadline = time.monotonic() + timeout
-    while wanted - replies.keys():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            pytest.fail(f"{len(wanted - replies.keys())} of {len(wanted)} requests never "
-                        f"answered within {timeout:g} s")
-        message = ctx.listen(remaining)
-        if isinstance(message, Reply) and message.correlation_id in wanted:
-            assert message.correlation_id not in replies, "answered twice"
-            replies[message.correlation_id] = message
-            arrivals[message.correlation_id] = time.monotonic()
-    return replies
 
 
 def test_least_outstanding_dispatch_spreads_concurrent_requests(

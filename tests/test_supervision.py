@@ -20,7 +20,6 @@ from actors.messages import (
     ChildStatus,
     Located,
     Ping,
-    Pong,
     RemoveChild,
     Reply,
     Request,
