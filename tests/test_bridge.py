@@ -1,0 +1,103 @@
+"""The asyncio bridge against real actors: many concurrent awaits, a responsive event loop,
+timeouts and late replies.
+
+The actor system is started by the fixture before the test's event loop runs any thread: the
+admin is forked from this process, and forking a process with threads can deadlock.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import pytest
+
+from actors.bridge import AskTimeout, Bridge
+from actors.messages import Located, WhereIs
+from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
+from tests.conftest import RunningSystem
+from tests.sample_actors import Journal
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def bridge(actor_system: RunningSystem, tmp_path) -> AsyncIterator[Bridge]:
+    children = (
+        ChildSpec("echo", "tests.sample_actors.Echo"),
+        ChildSpec("pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Echo", 3)),
+        ChildSpec("slow", "tests.sample_actors.Recorder", Journal(str(tmp_path / "journal"))),
+    )
+    actor_system.start(ChildSpec("root", "actors.supervisor.Supervisor",
+                                 SupervisorArgs(children)))
+    bridge = Bridge(actor_system.asys)
+    await bridge.start()
+    yield bridge
+    started = time.monotonic()
+    await bridge.close()
+    assert time.monotonic() - started < 1.0, "closing the bridge is slow"
+
+
+def locate(system: RunningSystem, path: str):
+    located = system.ok(system.root, WhereIs(path))
+    assert isinstance(located, Located)
+    return located.address
+
+
+class LagMeter:
+    """A ticker that sleeps 5 ms in a loop and keeps the worst overshoot: event-loop lag."""
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self.tick = tick
+        self.worst = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.tick)
+            self.worst = max(self.worst, loop.time() - before - self.tick)
+
+    def __enter__(self) -> "LagMeter":
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._task.cancel()
+
+
+@pytest.mark.parametrize("target", ["echo", "pool"])
+async def test_200_concurrent_asks_each_get_their_own_reply(
+        actor_system: RunningSystem, bridge: Bridge, target: str) -> None:
+    address = locate(actor_system, target)
+    payloads = [("request", i, "x" * (i % 7)) for i in range(200)]
+    with LagMeter() as lag:
+        await asyncio.sleep(0.02)  # the ticker has started
+        started = time.monotonic()
+        replies = await asyncio.gather(*(bridge.ask(address, p, 5) for p in payloads))
+        elapsed = time.monotonic() - started
+    assert replies == payloads
+    assert lag.worst < 0.1, f"the event loop lagged {lag.worst * 1000:.0f} ms"
+    assert elapsed < 3.0, elapsed
+    assert bridge.in_flight == 0 and bridge.stale_replies == 0
+
+
+async def test_a_timed_out_ask_and_its_late_reply(actor_system: RunningSystem,
+                                                  bridge: Bridge) -> None:
+    slow, echo = locate(actor_system, "slow"), locate(actor_system, "echo")
+    started = time.monotonic()
+    with pytest.raises(AskTimeout):
+        await bridge.ask(slow, ("sleep", 0.8), 0.3)  # answers, but after 0.8 s
+    assert 0.3 <= time.monotonic() - started < 0.6
+    assert bridge.in_flight == 0
+
+    # asks made while the late reply comes in get their own answers, never that reply
+    deadline = time.monotonic() + 1.0
+    i = 0
+    while time.monotonic() < deadline and bridge.stale_replies == 0:
+        assert await bridge.ask(echo, ("after", i), 2) == ("after", i)
+        i += 1
+    await asyncio.sleep(0.05)
+    assert bridge.stale_replies == 1
+    assert await bridge.ask(slow, "count", 2) == 1  # the slow actor itself is fine
