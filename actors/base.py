@@ -138,11 +138,11 @@ class BaseActor(Actor):
             log.error("%s: a message it sent could not be handled: %s", self.name, msg.details)
         else:
             try:
-                self._dispatch(msg, sender)
+                self._route_message(msg, sender)
             except Exception as exc:  # let it crash
                 self._crash(msg, sender, exc)
 
-    def _dispatch(self, msg: Any, sender: ActorAddress) -> None:
+    def _route_message(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, Request):
             self.handle_request(msg, sender)
         else:

@@ -13,6 +13,7 @@ import datetime
 import logging
 import queue
 import threading
+import time
 from typing import Any, Optional
 
 from thespian.actors import ActorAddress, ActorSystem
@@ -22,6 +23,9 @@ from actors.messages import Failure, Reply, Request, WhereIs
 log = logging.getLogger("actors.bridge")
 
 LOOKUP_TIMEOUT_S = 2.0
+DEAD_ADDRESS = "dead_address"
+_SEND_TIMEOUT_S = 5.0
+_SEND_SLICE = datetime.timedelta(seconds=0.5)
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
 _DRAIN = datetime.timedelta(0)
 _BATCH = 64
@@ -117,12 +121,13 @@ class Bridge:
                     return
                 target, message = item
                 try:
-                    ctx.tell(target, message)
+                    failure = _send(ctx, target, message)
                 except Exception as exc:
                     log.error("bridge: cannot send to %s: %s", target, exc)
-                    if isinstance(message, Request):
-                        self._loop.call_soon_threadsafe(self._resolve, [Reply(
-                            message.correlation_id, None, Failure("unavailable", str(exc)))])
+                    failure = Failure("unavailable", f"cannot send: {exc}")
+                if failure is not None and isinstance(message, Request):
+                    self._loop.call_soon_threadsafe(self._resolve, [Reply(
+                        message.correlation_id, None, failure)])
 
     def _listen_main(self, ready: asyncio.Future) -> None:
         with self._asys.private() as ctx:
@@ -147,6 +152,22 @@ class Bridge:
                 future.set_result(reply)
 
 
+def _send(ctx: ActorSystem, target: ActorAddress, message: Any) -> Optional[Failure]:
+    """``tell``, but report a dead target: Thespian's ``tell`` drops it silently, and an
+    address dies whenever its actor restarts. Uses Thespian 4.0.1 internals (``tell``'s own
+    steps) to read the transmit's outcome; a refused connection is known in under 1 ms."""
+    base = ctx._systemBase
+    watch = base._tx_to_actor(target, message)
+    deadline = time.monotonic() + _SEND_TIMEOUT_S
+    while base._run_transport(_SEND_SLICE, txonly=True):
+        if time.monotonic() > deadline:
+            return Failure("unavailable", f"could not send to {target} within "
+                                          f"{_SEND_TIMEOUT_S:g} s")
+    if watch.failed:
+        return Failure(DEAD_ADDRESS, f"{target} is gone ({watch.failure})")
+    return None
+
+
 def _set_ready(ready: asyncio.Future) -> None:
     if not ready.done():
         ready.set_result(None)
@@ -155,9 +176,10 @@ def _set_ready(ready: asyncio.Future) -> None:
 class Directory:
     """Ask actors by their path under the root; addresses change when actors restart.
 
-    An address is resolved once through the supervisors (:class:`WhereIs`) and cached. A
-    message to a dead actor is silently dropped by Thespian, so a timeout forgets the cached
-    address and the next ask resolves it again.
+    An address is resolved once through the supervisors (:class:`WhereIs`) and cached. When
+    the actor behind it has restarted the send fails at once (``dead_address``): the address
+    is resolved again and the request, which reached nobody, is sent once more. A timeout
+    also forgets the address (a request may vanish into a dying actor).
     """
 
     def __init__(self, bridge: Bridge, root: ActorAddress) -> None:
@@ -179,3 +201,8 @@ class Directory:
         except AskTimeout:
             self._addresses.pop(path, None)
             raise
+        except RemoteFailure as exc:
+            if exc.failure.code != DEAD_ADDRESS:
+                raise
+            self._addresses.pop(path, None)
+        return await self.bridge.ask(await self.lookup(path), payload, timeout, idempotent)
