@@ -16,11 +16,20 @@ from aiohttp import web
 from actors.bridge import Directory, RemoteFailure
 from actors.messages import Ping
 from memesys.formats import catalogue_json
-from memesys.messages import DeleteMeme, GenerateMeme, GetImage, GetMeme, ListMemes, StoreHealth
+from memesys.messages import (
+    DeleteMeme,
+    GenerateMeme,
+    GetImage,
+    GetMeme,
+    GetTask,
+    ListMemes,
+    StoreHealth,
+    SubmitTask,
+)
 from memesys.metrics import Metrics
 from memesys.openapi import OPENAPI
 from memesys.store import valid_id
-from memesys.tree import GENERATOR, STORE
+from memesys.tree import GENERATOR, LEDGER, STORE
 from memesys.validation import InvalidField, parse_generate, parse_page
 from memesys.webpage import INDEX_HTML
 
@@ -67,6 +76,7 @@ class Gateway:
             web.get("/v1/memes/{id}", self.get_meme),
             web.get("/v1/memes/{id}/image.png", self.get_image),
             web.delete("/v1/memes/{id}", self.delete_meme),
+            web.get("/v1/tasks/{id}", self.get_task),
             web.get("/v1/formats", self.formats),
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
@@ -109,8 +119,9 @@ class Gateway:
     # -- memes --------------------------------------------------------------------------------
 
     async def create_meme(self, request: web.Request) -> web.Response:
-        if request.query.get("async", "false").lower() not in ("false", "0"):
-            return error(501, "not_implemented", "async generation is not available yet")
+        run_async = request.query.get("async", "false").lower()
+        if run_async not in ("true", "1", "false", "0"):
+            return error(422, "invalid_field", "async: must be true or false", field="async")
         if (request.content_length or 0) > self.cfg["max_body_bytes"]:
             return error(413, "body_too_large",
                          f"the body must be at most {self.cfg['max_body_bytes']} bytes")
@@ -124,6 +135,11 @@ class Gateway:
             order: GenerateMeme = parse_generate(body, self.cfg["max_topic_chars"], trace_id)
         except InvalidField as exc:
             return error(422, "invalid_field", str(exc), field=exc.field)
+        if run_async in ("true", "1"):
+            task_id = await self.directory.ask(LEDGER, SubmitTask(order), STORE_TIMEOUT_S)
+            status_url = f"/v1/tasks/{task_id}"
+            return web.json_response({"task_id": task_id, "status_url": status_url}, status=202,
+                                     headers={"Location": status_url, "X-Trace-Id": trace_id})
         # Idempotent: if a worker dies holding it, the pool retries it on another worker. At
         # worst a meme saved just before the death is stored twice; the client gets one.
         meme = await self.directory.ask(GENERATOR, order, self.cfg["request_timeout_s"],
@@ -166,6 +182,21 @@ class Gateway:
         if not await self.directory.ask(STORE, DeleteMeme(meme_id), STORE_TIMEOUT_S):
             return error(404, "not_found", f"no meme {meme_id!r}")
         return web.Response(status=204)
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        task_id = request.match_info["id"]
+        task = None
+        if valid_id(task_id):
+            task = await self.directory.ask(LEDGER, GetTask(task_id), STORE_TIMEOUT_S,
+                                            idempotent=True)
+        if task is None:
+            return error(404, "not_found", f"no task {task_id!r}")
+        body = {key: task[key] for key in ("status", "stage", "progress", "created_at",
+                                           "updated_at")}
+        for key in ("meme", "error"):
+            if task.get(key) is not None:
+                body[key] = task[key]
+        return web.json_response({"task_id": task_id, **body})
 
     async def formats(self, request: web.Request) -> web.Response:
         return web.json_response({"formats": catalogue_json()})

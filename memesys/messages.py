@@ -80,3 +80,28 @@ class Echo:
 
     value: Any = None
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubmitTask:
+    """Record a generation task durably and run it in the background; answers the task id."""
+
+    order: GenerateMeme
+
+
+@dataclass(frozen=True)
+class GetTask:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """From the ledger to the runner: make this meme; the answer is the meme."""
+
+    task_id: str
+    order: GenerateMeme
+
+
+@dataclass(frozen=True)
+class RunnerReady:
+    """From a (re)started runner to the ledger: send me the open tasks."""

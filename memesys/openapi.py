@@ -25,11 +25,17 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/v1/memes": {
             "post": {
-                "summary": "Make a meme and wait for it",
+                "summary": "Make a meme and wait for it (or, with async=true, answer 202 with a "
+                           "task once it is durably recorded)",
+                "parameters": [{"name": "async", "in": "query",
+                                "schema": {"type": "boolean", "default": False}}],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/MemeRequest"}}}},
                 "responses": {"201": _json(_MEME, "the meme"),
-                              **_errors(400, 413, 422, 501, 502, 503, 504)},
+                              "202": _json({"type": "object", "properties": {
+                                  "task_id": {"type": "string"},
+                                  "status_url": {"type": "string"}}}, "the task, recorded"),
+                              **_errors(400, 413, 422, 502, 503, 504)},
             },
             "get": {
                 "summary": "A page of memes, newest first",
@@ -54,6 +60,17 @@ OPENAPI: dict[str, Any] = {
             "parameters": _ID,
             "get": {"summary": "The rendered PNG", "responses": {
                 "200": {"description": "PNG", "content": {"image/png": {}}},
+                **_errors(404, 503)}},
+        },
+        "/v1/tasks/{id}": {
+            "parameters": _ID,
+            "get": {"summary": "An asynchronous task", "responses": {
+                "200": _json({"type": "object", "properties": {
+                    "task_id": {"type": "string"},
+                    "status": {"type": "string",
+                               "enum": ["queued", "running", "succeeded", "failed"]},
+                    "stage": {"type": "string"}, "progress": {"type": "number"},
+                    "meme": _MEME, "error": {"type": "object"}}}, "the task"),
                 **_errors(404, 503)}},
         },
         "/v1/formats": {"get": {"summary": "The format catalogue", "responses": {

@@ -1,12 +1,15 @@
 """The supervision tree of the daemon, built from the configuration.
 
     memesys            rest_for_one  a child restarts after what it depends on: when the store
-    ├── store          pool          pool restarts, render and generator restart after it and
-    ├── render         pool          resolve fresh addresses; a generator crash touches nothing
-    └── generator      pool          before it.
+    ├── store          pool          pool restarts, everything after it restarts and resolves
+    ├── render         pool          fresh addresses; a generator crash touches nothing before it
+    ├── generator      pool
+    └── tasks          one_for_all   ledger and runner share the leases of tasks in flight
+        ├── ledger
+        └── runner
 
 Every pool is one_for_one over identical, independent workers: one worker's crash is its
-own. (docs/supervision.md explains each choice.)
+own. (docs/architecture.md explains each choice.)
 """
 from __future__ import annotations
 
@@ -16,15 +19,22 @@ from actors.pool import Pool
 from memesys.generator import GeneratorArgs, GeneratorWorker
 from memesys.render_actor import RenderArgs, RenderWorker
 from memesys.store_actor import StoreArgs, StoreWorker
+from memesys.tasks import TaskArgs, TaskLedger, TaskRunner
 
 ROOT = "memesys"
 GENERATOR = "generator"
 STORE = "store"
+TASKS = "tasks"
+LEDGER = f"{TASKS}/ledger"  # the gateway's path to the ledger
 
 
 def root_spec(cfg: dict, redis_url: str) -> ChildSpec:
     sup, workers, llm, render = cfg["supervision"], cfg["workers"], cfg["llm"], cfg["render"]
     backoff = Backoff(sup["backoff_initial_s"], sup["backoff_max_s"], sup["backoff_jitter"])
+
+    tasks = cfg["tasks"]
+    task_args = TaskArgs(redis_url, cfg["redis"]["key_prefix"], tasks["ttl_s"],
+                         tasks["timeout_s"], tasks["max_in_flight"], "ledger")
 
     def pool(name: str, worker: type, size: int, args: object, outstanding: int) -> ChildSpec:
         return ChildSpec(name, Pool, PoolArgs(
@@ -42,6 +52,10 @@ def root_spec(cfg: dict, redis_url: str) -> ChildSpec:
              GeneratorArgs(llm["model"], llm["api_key"], llm["base_url"], llm["timeout_s"],
                            workers["max_in_flight_per_worker"]),
              workers["max_in_flight_per_worker"]),
+        ChildSpec(TASKS, Supervisor, SupervisorArgs((
+            ChildSpec("ledger", TaskLedger, task_args),
+            ChildSpec("runner", TaskRunner, task_args, shutdown_s=sup["child_shutdown_s"]),
+        ), Strategy.ONE_FOR_ALL, sup["max_restarts"], sup["period_s"], backoff)),
     )
     return ChildSpec(ROOT, Supervisor, SupervisorArgs(
         children, Strategy.REST_FOR_ONE, sup["max_restarts"], sup["period_s"], backoff))
