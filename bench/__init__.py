@@ -1,0 +1,1 @@
+"""Benchmarks of memesys: ``python -m bench.run [--quick]`` (see bench/README.md)."""
