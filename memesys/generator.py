@@ -80,7 +80,7 @@ class GeneratorWorker(AsyncActor):
         lap("caption")
         fmt = get_format(caption.format)
         meme_id = new_meme_id()
-        png = await self._stage(RENDER, RenderMeme(fmt.layout, caption.texts,
+        png = await self._stage(RENDER, RenderMeme(fmt.name, fmt.layout, caption.texts,
                                                    f"{fmt.name}:{request.seed}"))
         lap("render")
         meme = build_meme(meme_id, request, fmt, caption, self.lm, timings)

@@ -23,6 +23,7 @@ class GenerateMeme:
 
 @dataclass(frozen=True)
 class RenderMeme:
+    format: str
     layout: str
     texts: tuple[str, ...]
     background_key: str

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 __all__ = ["LAYOUTS", "RenderError", "fit_text", "render_png"]
 
@@ -63,8 +63,12 @@ def render_png(
     height: int = 640,
     font_path: str = "",
     max_bytes: int = 2_000_000,
+    template_path: str = "",
 ) -> bytes:
     """Draw ``texts`` onto a procedural picture in ``layout`` and return PNG bytes.
+
+    With ``template_path`` the picture is that image, scaled and cropped to the size; the
+    layout then only places the caption boxes.
 
     Raises RenderError for an unknown layout, a wrong number of texts, a size
     outside 64..2048, an unreadable font, a caption that does not fit even at
@@ -72,8 +76,12 @@ def render_png(
     """
     _validate(layout, texts, width, height)
     font_for = _font_loader(font_path)
-    img = _scene((width, height), background_key, "background")
-    slots = _LAYOUT_DRAWERS[layout](img, len(texts), background_key)
+    if template_path:
+        img = _template((width, height), template_path)
+        slots = _LAYOUT_DRAWERS[layout](img.copy(), len(texts), background_key)
+    else:
+        img = _scene((width, height), background_key, "background")
+        slots = _LAYOUT_DRAWERS[layout](img, len(texts), background_key)
     draw = ImageDraw.Draw(img)
     max_size = max(_MIN_FONT, min(width, height) // 8)
     for text, slot in zip(texts, slots, strict=True):
@@ -269,6 +277,14 @@ def _scene(size: tuple[int, int], key: str, salt: str) -> Image.Image:
         else:
             draw.rounded_rectangle((x, y, x + sx, y + sy), radius=min(sx, sy) / 5, fill=fill)
     return Image.alpha_composite(gradient, overlay).convert("RGB")
+
+
+def _template(size: tuple[int, int], path: str) -> Image.Image:
+    try:
+        with Image.open(path) as src:
+            return ImageOps.fit(src.convert("RGB"), size)
+    except (OSError, ValueError) as exc:
+        raise RenderError(f"cannot read template {path}: {exc}") from exc
 
 
 def _top_bottom(img: Image.Image, n: int, key: str) -> list[_Slot]:

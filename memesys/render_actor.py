@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from actors.base import BaseActor, RequestFailed
@@ -15,6 +16,21 @@ class RenderArgs:
     height: int = 640
     font_path: str = ""
     max_png_bytes: int = 2_000_000
+    template_dir: str = ""
+
+
+TEMPLATE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def find_template(template_dir: str, format_name: str) -> str:
+    """``<template_dir>/<format>.png|.jpg|.jpeg`` if present, else "" (procedural)."""
+    if not template_dir:
+        return ""
+    for suffix in TEMPLATE_SUFFIXES:
+        path = Path(template_dir) / f"{format_name}{suffix}"
+        if path.is_file():
+            return str(path)
+    return ""
 
 
 class RenderWorker(BaseActor):
@@ -28,6 +44,7 @@ class RenderWorker(BaseActor):
         try:
             return render_png(payload.layout, list(payload.texts),
                               background_key=payload.background_key, width=a.width,
-                              height=a.height, font_path=a.font_path, max_bytes=a.max_png_bytes)
+                              height=a.height, font_path=a.font_path, max_bytes=a.max_png_bytes,
+                              template_path=find_template(a.template_dir, payload.format))
         except RenderError as exc:
             raise RequestFailed("render_error", str(exc)) from exc

@@ -47,7 +47,7 @@ def root_spec(cfg: dict, redis_url: str) -> ChildSpec:
              StoreArgs(redis_url, cfg["redis"]["key_prefix"], cfg["redis"]["cache_ttl_s"]), 256),
         pool("render", RenderWorker, workers["render"],
              RenderArgs(render["width"], render["height"], render["font_path"],
-                        render["max_png_bytes"]), 256),
+                        render["max_png_bytes"], render["template_dir"]), 256),
         pool(GENERATOR, GeneratorWorker, workers["generators"],
              GeneratorArgs(llm["model"], llm["api_key"], llm["base_url"], llm["timeout_s"],
                            workers["max_in_flight_per_worker"]),

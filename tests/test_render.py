@@ -157,3 +157,19 @@ def test_builtin_font_fallback_renders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render, "_DEJAVU_BOLD", "/nonexistent/DejaVuSans-Bold.ttf")
     img = _render("top_bottom", ["fallback font", "still works"])
     assert img.size == (640, 640)
+
+
+def test_a_template_image_is_the_background(tmp_path):
+    from memesys.render_actor import find_template
+
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "drake.jpg")
+    template = find_template(str(tmp_path), "drake")
+    assert template.endswith("drake.jpg") and find_template(str(tmp_path), "other") == ""
+    png = render_png("top_bottom", ["", ""], background_key="k", width=200, height=200,
+                     template_path=template)
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    assert img.size == (200, 200)
+    r, g, b = img.getpixel((100, 100))
+    assert g > 150 and r < 60 and b < 80  # the template's green, not a procedural scene
+    with pytest.raises(RenderError):
+        render_png("top_bottom", ["a", "b"], background_key="k", template_path=str(tmp_path / "x.png"))
