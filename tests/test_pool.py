@@ -52,7 +52,7 @@ def test_least_outstanding_dispatch_spreads_concurrent_requests(
     by_pid = Counter(r.payload for r in replies.values())
     assert sorted(by_pid.values()) == [10, 10, 10]
     assert set(by_pid) == {w.pid for w in workers(system).values()}
-    assert elapsed < 1.0, f"30 x 0.3 s on 3 workers took {elapsed:.2f} s"
+    assert elapsed < 1.5, f"30 x 0.3 s on 3 workers took {elapsed:.2f} s"
     wait_for(lambda: all(w.in_flight == 0 for w in workers(system).values()), 2,
              what="the pool's in-flight counts back to 0")
 
@@ -62,7 +62,7 @@ def test_a_lost_worker_fails_or_retries_its_requests(actor_system: RunningSystem
     system = actor_system
     pool = start_pool(system, 3)
     # fresh workers, ties broken in order: request i goes to worker-(i % 3)
-    requests = send_all(context, pool, (Request(1.0, idempotent=i in (0, 4, 5))
+    requests = send_all(context, pool, (Request(1.5, idempotent=i in (0, 4, 5))
                                        for i in range(6)))
     before = workers(system)
     assert [w.in_flight for w in before.values()] == [2, 2, 2]
@@ -74,7 +74,7 @@ def test_a_lost_worker_fails_or_retries_its_requests(actor_system: RunningSystem
 
     lost = replies[requests[3].correlation_id]  # not idempotent: answered at once
     assert lost.error is not None and lost.error.code == "worker_lost"
-    assert arrivals[requests[3].correlation_id] - killed < 0.5
+    assert arrivals[requests[3].correlation_id] - killed < 1.0  # not when the call would end
     retried = replies[requests[0].correlation_id]  # idempotent: done by another worker
     assert retried.ok and retried.payload != victim
     assert retried.payload in {before["worker-1"].pid, before["worker-2"].pid}
