@@ -166,6 +166,7 @@ class Supervisor(BaseActor):
         self._gathers: dict[str, _Gather] = {}
         self._stop_waiters: list[tuple[Stop, ActorAddress]] = []
         self._shutting_down = False
+        self._announced = False
         self._rng = random.Random()
 
     def announce_started(self) -> None:
@@ -173,8 +174,12 @@ class Supervisor(BaseActor):
         self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
         for child in self.children:
             self._steps.append(_StartStep(child=child))
-        self._steps.append(_CallStep(fn=super().announce_started))
+        self._steps.append(_CallStep(fn=self._announce))
         self._advance()
+
+    def _announce(self) -> None:
+        self._announced = True
+        super().announce_started()
 
     def stop_gracefully(self, msg: Stop, sender: ActorAddress) -> None:
         self._stop_waiters.append((msg, sender))
@@ -258,15 +263,15 @@ class Supervisor(BaseActor):
 
     def _start_child(self, step: _StartStep) -> bool:
         child = step.child
-        if child not in self.children:
-            return True
+        if child not in self.children or child.alive:
+            return True  # removed, or already started by a group restart
         try:
             child.address = self.createActor(child.spec.actor)
         except Exception as exc:
             log.error("%s: cannot create %s (%s): %s", self.name, child.spec.name,
                       child.spec.actor, exc)
             child.state = "dead"
-            self._after_exit(child, normal=False)
+            self._after_exit(child, normal=False, starting=True)
             return True
         child.state, child.pid, child.started_at = "starting", None, None
         self.send(child.address, Init(child.spec.name, child.spec.args, self.admin_port,
@@ -307,7 +312,7 @@ class Supervisor(BaseActor):
             was_start = isinstance(step, _StartStep)
             child.address, child.pid, child.state = None, None, "dead"
             if was_start:
-                self._after_exit(child, normal=False)
+                self._after_exit(child, normal=False, starting=True)
         self._finish_step()
 
     # -- child events -------------------------------------------------------------------------
@@ -345,19 +350,23 @@ class Supervisor(BaseActor):
         if isinstance(step, _StopStep) and step.child is child:
             self._finish_step()
             return
-        if isinstance(step, _StartStep) and step.child is child:
+        starting = isinstance(step, _StartStep) and step.child is child
+        if starting:
             self._current = None
         normal, child.stop_granted = child.stop_granted, False
         if not normal:
             log.error("%s: child %s exited abnormally", self.name, child.spec.name)
-        self._after_exit(child, normal)
+        self._after_exit(child, normal, starting)
         self._advance()
 
     def on_child_exit(self, child: Child) -> None:
         """Hook for subclasses: ``child`` has just exited (before any restart decision)."""
 
-    def _after_exit(self, child: Child, normal: bool) -> None:
-        """OTP restart types: temporary never, transient only when abnormal, permanent always."""
+    def _after_exit(self, child: Child, normal: bool, starting: bool = False) -> None:
+        """OTP restart types: temporary never, transient only when abnormal, permanent always.
+
+        A child that failed to start is restarted at once, ahead of the starts queued after
+        it; any other exit waits until the current sequence of steps is done."""
         if self._shutting_down:
             return
         restart = child.spec.restart
@@ -365,6 +374,8 @@ class Supervisor(BaseActor):
             self.children.remove(child)
         elif restart is Restart.TRANSIENT and normal:
             child.state = "stopped"
+        elif starting:
+            self._restart(child)
         else:
             self._pending.append(child)
 
@@ -379,7 +390,10 @@ class Supervisor(BaseActor):
 
     # -- restarts -----------------------------------------------------------------------------
 
-    def _restart(self, child: Child, then: Optional[Callable[[], None]] = None) -> None:
+    def _restart(self, child: Child,
+                 done: Optional[Callable[[Optional[Failure]], None]] = None) -> None:
+        """Apply the strategy to a failed child; its steps run before anything queued later
+        (so a child that fails while the children start is back before ``Started``)."""
         if child not in self.children or child.alive:
             return  # already restarted as part of a group
         now = time.monotonic()
@@ -387,26 +401,29 @@ class Supervisor(BaseActor):
             self._restart_times.popleft()
         self._restart_times.append(now)
         if len(self._restart_times) > self.max_restarts:
-            self._shut_down(f"restart intensity reached: more than {self.max_restarts} "
-                            f"restarts in {self.period_s:g} s (last: {child.spec.name})")
+            reason = (f"restart intensity reached: more than {self.max_restarts} "
+                      f"restarts in {self.period_s:g} s (last: {child.spec.name})")
+            if done is not None:
+                done(Failure("unavailable", f"{self.name}: {reason}"))
+            self._shut_down(reason)
             return
         index = self.children.index(child)
         group = {Strategy.ONE_FOR_ONE: [child],
                  Strategy.ONE_FOR_ALL: list(self.children),
                  Strategy.REST_FOR_ONE: self.children[index:]}[self.strategy]
-        for other in reversed(group):
-            if other is not child and other.alive:
-                self._steps.append(_StopStep(child=other))
+        steps: list[_Step] = [_StopStep(child=other) for other in reversed(group)
+                              if other is not child and other.alive]
         attempt = len(self._restart_times) - 1
-        self._steps.append(_DelayStep(seconds=self.backoff.delay(attempt, self._rng)))
+        steps.append(_DelayStep(seconds=self.backoff.delay(attempt, self._rng)))
         for member in group:
             if member is not child and member.spec.restart is Restart.TEMPORARY:
-                self._steps.append(_CallStep(fn=lambda m=member: self._forget(m)))
+                steps.append(_CallStep(fn=lambda m=member: self._forget(m)))
                 continue
             member.restarts += 1
-            self._steps.append(_StartStep(child=member))
-        if then is not None:
-            self._steps.append(_CallStep(fn=then))
+            steps.append(_StartStep(child=member))
+        if done is not None:
+            steps.append(_CallStep(fn=lambda: done(None)))
+        self._steps.extendleft(reversed(steps))
 
     def _forget(self, child: Child) -> None:
         if child in self.children:
@@ -417,9 +434,12 @@ class Supervisor(BaseActor):
         escalating = not self._stop_waiters
         if escalating:
             log.error("%s: %s; stopping children and exiting", self.name, reason)
-            # Only a supervising parent reads its mailbox: the root's parent is the starter's
+            # Whoever waits for Started learns why it never comes. After that only a
+            # supervising parent reads its mailbox: the root's parent is the starter's
             # context, and an undelivered message keeps an exiting actor alive up to 7 s.
-            if self.parent is not None and self.root != self.myAddress:
+            if not self._announced:
+                self.send(self.parent, InitFailed(self.name, reason))
+            elif self.root != self.myAddress:
                 self.send(self.parent, Exiting(self.name, reason))
         self._shutting_down = True
         self._steps.clear()
@@ -457,8 +477,13 @@ class Supervisor(BaseActor):
     def _restart_on_request(self, request: Request, sender: ActorAddress, child: Child) -> None:
         log.warning("%s: restarting %s on request", self.name, child.spec.name)
         self._steps.append(_StopStep(child=child))
-        self._steps.append(_CallStep(fn=lambda: self._restart(
-            child, then=lambda: self.reply(request, sender, Ack(f"restarted {child.spec.name}")))))
+        def done(failure: Optional[Failure]) -> None:
+            if failure is None:
+                self.reply(request, sender, Ack(f"restarted {child.spec.name}"))
+            else:
+                self.reply(request, sender, error=failure)
+
+        self._steps.append(_CallStep(fn=lambda: self._restart(child, done)))
         self._advance()
 
     def _add_child(self, request: Request, sender: ActorAddress, spec: ChildSpec) -> None:

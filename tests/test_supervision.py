@@ -28,7 +28,7 @@ from actors.messages import (
     WhereIs,
 )
 from actors.spec import Backoff, ChildSpec, Restart, SupervisorArgs
-from actors.system import find_root
+from actors.system import RootStartFailed, find_root
 from tests.conftest import RunningSystem, alive, wait_for
 from tests.sample_actors import Journal
 
@@ -401,14 +401,29 @@ def test_child_failing_on_start_escalates_after_bounded_restarts(
     sub = ChildSpec("sub", SUPERVISOR, SupervisorArgs(
         recorders(journal, "ok") + (bad,), max_restarts=2, period_s=5))
     system = actor_system
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (sub,), max_restarts=1, period_s=5)))
-    root_pid = system.ok(root, Ping()).pid
 
     # sub: bad starts 1 + 2 times, the third restart is one too many, sub exits; the root
-    # restarts sub once, and exits itself at sub's second exit.
-    wait_for(lambda: not alive(root_pid), 5, what="the root to give up")
+    # restarts sub once, and gives up at sub's second exit. Started never reaches the
+    # starter: a supervisor is up only when all its children are, so start_root fails fast.
+    started = time.monotonic()
+    with pytest.raises(RootStartFailed, match="restart intensity reached"):
+        system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
+            (sub,), max_restarts=1, period_s=5)))
+    assert time.monotonic() - started < 5
     system.root = None
     one_sub = ["start ok"] + ["fail bad", "stop bad"] * 3 + ["stop ok"]
-    assert events(path) == one_sub * 2
-    assert system.ask(root, Ping(), timeout=0.5).error.code == "timeout"
+    wait_for(lambda: events(path) == one_sub * 2, 5, what="both sub-supervisor runs")
+
+
+def test_a_restart_request_past_the_intensity_is_answered(actor_system: RunningSystem,
+                                                          tmp_path: Path) -> None:
+    journal = Journal(str(tmp_path / "journal"))
+    system = actor_system
+    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
+        (ChildSpec("sub", SUPERVISOR, SupervisorArgs(recorders(journal, "w1"), max_restarts=1,
+                                                     period_s=5)),), max_restarts=5,
+        period_s=5)))
+    assert system.ok(root, RestartChild("sub/w1")).detail == "restarted w1"
+    refused = system.ask(root, RestartChild("sub/w1"))
+    assert not refused.ok and refused.error.code == "unavailable"
+    assert "restart intensity" in refused.error.message
