@@ -12,7 +12,6 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 from collections.abc import AsyncIterator, Iterator, Sequence  # noqa: E402
@@ -29,6 +28,15 @@ from dspy.lm15 import (  # noqa: E402
 )
 
 from memesys.formats import CATALOGUE, normalize_name  # noqa: E402
+from memesys.offline_text import (  # noqa: E402
+    SlotLine,
+    capital,
+    clean,
+    clip,
+    digest,
+    read_slots,
+    stems,
+)
 
 if TYPE_CHECKING:
     from dspy._vendor.lm15.types import StreamEvent
@@ -302,13 +310,7 @@ _OUTPUTS = re.compile(r"Your output fields are:\n(.*?)\nAll interactions", re.S)
 _FIELD_NAME = re.compile(r"^\d+\. `(\w+)`", re.M)
 _REQUIREMENTS = "\n\nRespond with "
 _CATALOGUE_LINE = re.compile(r"^([a-z0-9][a-z0-9-]*): (.+)$", re.M)
-_SLOT_LINE = re.compile(r"^\s*\d+\.\s+(\w+)\s+\(max (\d+) chars\)", re.M)
 _ARTICLE = re.compile(r"^(?:the|an?)\s+(?=\S)", re.I)
-_WORD = re.compile(r"[a-z0-9+#']+")
-_STOP = frozenset(
-    "a an and any are as at be but by for from in into is it its of on or so that the their "
-    "them then this to with who what when one two".split()
-)
 
 
 @dataclass(frozen=True)
@@ -318,14 +320,6 @@ class Prompt:
     outputs: tuple[str, ...]
     inputs: dict[str, str]
     wants_json: bool
-
-
-@dataclass(frozen=True)
-class SlotLimit:
-    """A slot as the prompt lists it: the name and its character limit."""
-
-    name: str
-    max_chars: int
 
 
 def _text(request: Request) -> tuple[str, str]:
@@ -359,30 +353,12 @@ def read_prompt(request: Request) -> Prompt:
     return Prompt(_field_names(_OUTPUTS, system), inputs, requirements.startswith("a JSON object"))
 
 
-def _digest(*parts: object) -> bytes:
-    """A stable sort key: Python's hash() is salted per process, sha256 is not."""
-    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
-
-
 def _seeded(items: Sequence[T], seed: int, *key: object) -> list[T]:
     """``items`` shuffled per ``key`` and rotated by ``seed``: deterministic, looks arbitrary,
     and consecutive seeds start at different items, so seeds reliably vary the output."""
-    shuffled = sorted(items, key=lambda item: _digest(*key, item))
+    shuffled = sorted(items, key=lambda item: digest(*key, item))
     start = seed % len(shuffled)
     return shuffled[start:] + shuffled[:start]
-
-
-def _stem(word: str) -> str:
-    word = word.removesuffix("'s").strip("'")
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
-
-
-def _stems(text: str) -> set[str]:
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
-
-
-def _clean(text: str) -> str:
-    return " ".join(text.split()).rstrip(".!?")
 
 
 @dataclass(frozen=True)
@@ -398,8 +374,8 @@ class Match:
 def _match(words: set[str], name: str, description: str) -> Match:
     """Catalogue keywords weigh 3, words of the name 2, words of the description 1."""
     known = CATALOGUE.get(name)
-    keywords = _stems(" ".join(known.keywords)) if known else set()
-    named, described = _stems(name.replace("-", " ")), _stems(description)
+    keywords = stems(" ".join(known.keywords)) if known else set()
+    named, described = stems(name.replace("-", " ")), stems(description)
     score = 3 * len(words & keywords) + 2 * len(words & named) + len(words & described)
     return Match(name, description, score, frozenset(words & (keywords | named | described)))
 
@@ -410,8 +386,8 @@ def select_format(topic: str, catalogue: str, seed: int) -> tuple[str, str]:
     listed = _CATALOGUE_LINE.findall(catalogue)
     if not listed:
         raise InvalidRequestError("offline writer: the prompt lists no formats", provider=PROVIDER)
-    topic = _clean(topic)
-    words = _stems(topic)
+    topic = clean(topic)
+    words = stems(topic)
     matches = {name: _match(words, name, text) for name, text in listed}
     best = max(m.score for m in matches.values())
     tied = [name for name, m in matches.items() if m.score == best]
@@ -419,10 +395,6 @@ def select_format(topic: str, catalogue: str, seed: int) -> tuple[str, str]:
     why = (f"'{topic}' shares {', '.join(sorted(chosen.shared))} with it" if chosen.shared
            else f"Nothing matches '{topic}' by keyword; seed {seed} drew it")
     return chosen.name, f"{why}: {chosen.description}"
-
-
-def _capital(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def _mock(text: str) -> str:
@@ -439,8 +411,8 @@ def _mock(text: str) -> str:
 
 def _words(topic: str, style: str, audience: str) -> dict[str, str]:
     who = audience or DEFAULT_AUDIENCE
-    return {"topic": topic, "Topic": _capital(topic), "who": who, "Who": _capital(who),
-            "style": style, "Style": _capital(style), "mock": _mock(topic)}
+    return {"topic": topic, "Topic": capital(topic), "who": who, "Who": capital(who),
+            "style": style, "Style": capital(style), "mock": _mock(topic)}
 
 
 def _uses(template: Template, key: str) -> bool:
@@ -455,23 +427,12 @@ def _pool(templates: tuple[Template, ...], style: str, audience: str) -> list[Te
     return [t for t in eligible if sum(_uses(t, key) for key in wanted) == best]
 
 
-def _clip(text: str, limit: int) -> str:
-    """Cut at the last word boundary within ``limit``, dropping a dangling little word like
-    "the" or "on" (hard cut only for a single over-long word)."""
-    if len(text) <= limit:
-        return text
-    words = text[:limit + 1].split(" ")[:-1]
-    while len(words) > 1 and words[-1].lower() in _STOP:
-        words.pop()
-    return " ".join(words).rstrip(" ,;:-") or text[:limit]
-
-
 def _short(phrase: str) -> str:
     """The phrase's leading words within SHORT_PHRASE_CHARS, for templates that overflow."""
-    return _clip(phrase, SHORT_PHRASE_CHARS)
+    return clip(phrase, SHORT_PHRASE_CHARS)
 
 
-def write_captions(topic: str, format_name: str, slots: list[SlotLimit], style: str,
+def write_captions(topic: str, format_name: str, slots: list[SlotLine], style: str,
                    audience: str, seed: int) -> list[str]:
     """One text per slot from the format's templates. The seed picks the first template tried;
     the first that fits every limit wins, retried with shortened topic, style and audience;
@@ -481,7 +442,7 @@ def write_captions(topic: str, format_name: str, slots: list[SlotLimit], style: 
         raise InvalidRequestError(
             f"offline writer: no templates for {format_name!r} with {len(slots)} slots",
             provider=PROVIDER)
-    topic = _ARTICLE.sub("", _clean(topic))  # templates supply their own articles
+    topic = _ARTICLE.sub("", clean(topic))  # templates supply their own articles
     ordered = _seeded(_pool(templates, style, audience), seed, topic, format_name)
     full, short = _words(topic, style, audience), _words(*map(_short, (topic, style, audience)))
     for words in (full, short):
@@ -489,7 +450,7 @@ def write_captions(topic: str, format_name: str, slots: list[SlotLimit], style: 
             texts = [part.format_map(words) for part in template]
             if all(len(text) <= slot.max_chars for text, slot in zip(texts, slots)):
                 return texts
-    return [_clip(part.format_map(short), slot.max_chars) for part, slot in zip(ordered[0], slots)]
+    return [clip(part.format_map(short), slot.max_chars) for part, slot in zip(ordered[0], slots)]
 
 
 def _seed(value: str) -> int:
@@ -507,11 +468,10 @@ def answer(prompt: Prompt) -> dict[str, object]:
         name, reason = select_format(inputs.get("topic", ""), inputs.get("catalogue", ""), seed)
         return {"format_name": name, "reason": reason}
     if outputs == {"captions"}:
-        slots = [SlotLimit(name, int(limit))
-                 for name, limit in _SLOT_LINE.findall(inputs.get("slots", ""))]
+        slots = read_slots(inputs.get("slots", ""))
         return {"captions": write_captions(
             inputs.get("topic", ""), normalize_name(inputs.get("format_name", "")), slots,
-            _clean(inputs.get("style", "")), _clean(inputs.get("audience", "")), seed)}
+            clean(inputs.get("style", "")), clean(inputs.get("audience", "")), seed)}
     raise InvalidRequestError(
         f"offline writer: cannot produce fields {sorted(outputs)}", provider=PROVIDER)
 
