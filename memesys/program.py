@@ -1,7 +1,9 @@
 """The meme-writing DSPy program: pick a format for a topic, then write its slot texts.
 
 Every stage is a signature, so the same program runs on the offline writer and on a real model,
-and the model's output is validated against the catalogue before anything is rendered.
+and the model's output is validated against the catalogue before anything is rendered. The two
+stages are also callable alone (choose_format, write_texts), so a pipeline can give each its own
+model and time each one.
 """
 from __future__ import annotations
 
@@ -9,14 +11,14 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 import dspy  # noqa: E402
-from dspy.utils.exceptions import AdapterParseError  # noqa: E402
 
 from memesys.formats import CATALOGUE, MemeFormat, UnknownFormat, get_format  # noqa: E402
 from memesys.lm import LMHandle  # noqa: E402
+from memesys.stage import OutputError, run  # noqa: E402
 
 REQUESTED = "requested"
 
@@ -46,7 +48,8 @@ class WriteCaption(dspy.Signature):
 
 @dataclass(frozen=True)
 class Caption:
-    """A validated meme text: ``tokens`` is the LM usage of every stage call (0 if unreported)."""
+    """A validated meme text: ``tokens`` is the LM usage of the calls that produced it (0 if
+    the LM reports none)."""
 
     format: str
     texts: tuple[str, ...]
@@ -54,7 +57,7 @@ class Caption:
     tokens: int
 
 
-class CaptionError(ValueError):
+class CaptionError(OutputError):
     """The model's output cannot be used: unknown format, wrong slot count, over-long text."""
 
 
@@ -67,14 +70,6 @@ def slots_text(fmt: MemeFormat) -> str:
     """A format's slots as WriteCaption sees them (the offline writer parses this shape)."""
     return "\n".join(f"{i}. {s.name} (max {s.max_chars} chars): {s.hint}"
                      for i, s in enumerate(fmt.slots, 1))
-
-
-def _predict(predictor: dspy.Predict, **inputs: Any) -> dspy.Prediction:
-    """Run one stage; output no adapter could parse is a caption error, like any bad output."""
-    try:
-        return predictor(**inputs)
-    except AdapterParseError as exc:
-        raise CaptionError(f"unparseable model output: {exc}") from exc
 
 
 def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
@@ -95,57 +90,70 @@ def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
     return texts
 
 
-def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
-    """Sum DSPy's per-LM usage totals; an LM that reports none counts 0."""
-    def one(entry: dict[str, Any]) -> int:
-        total = entry.get("total_tokens")
-        if total is None:
-            total = (entry.get("prompt_tokens") or 0) + (entry.get("completion_tokens") or 0)
-        return int(total)
-    return sum(one(entry) for entry in usage.values())
+def _run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
+         **inputs: Any) -> tuple[dspy.Prediction, int]:
+    """stage.run, with unparseable output reported as the caption error it is for callers."""
+    try:
+        return run(handle, stage, signature, **inputs)
+    except OutputError as exc:
+        raise CaptionError(str(exc)) from exc
 
 
-class MemeProgram(dspy.Module):
-    """SelectFormat (skipped when the caller names a format), then WriteCaption."""
+def clean_topic(topic: str) -> str:
+    """The topic with whitespace collapsed; an empty one is refused before any LM call."""
+    topic = " ".join(topic.split())
+    if not topic:
+        raise CaptionError("the topic is empty")
+    return topic
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.select = dspy.Predict(SelectFormat)
-        self.write = dspy.Predict(WriteCaption)
 
-    def choose(self, topic: str, seed: int) -> tuple[MemeFormat, str]:
-        """The model's format choice, which must name a catalogue format."""
-        chosen = _predict(self.select, topic=topic, catalogue=catalogue_text(), seed=seed)
-        try:
-            return get_format(chosen.format_name), " ".join(chosen.reason.split())
-        except UnknownFormat:
-            raise CaptionError(
-                f"the model chose {chosen.format_name!r}, which is not in the catalogue") from None
+@dataclass(frozen=True)
+class Choice:
+    """The format for a topic, why, and the LM tokens choosing it took (0 when requested)."""
 
-    def forward(self, topic: str, format: str | None = None, style: str | None = None,
+    format: MemeFormat
+    reason: str
+    tokens: int
+
+
+def choose_format(handle: LMHandle, topic: str, seed: int = 0) -> Choice:
+    """The "select" stage: the model's pick, which must name a catalogue format."""
+    chosen, tokens = _run(handle, "select", SelectFormat, topic=clean_topic(topic),
+                          catalogue=catalogue_text(), seed=seed)
+    try:
+        fmt = get_format(chosen.format_name)
+    except UnknownFormat:
+        raise CaptionError(
+            f"the model chose {chosen.format_name!r}, which is not in the catalogue") from None
+    return Choice(fmt, " ".join(chosen.reason.split()), tokens)
+
+
+def requested(format: str) -> Choice:
+    """A caller-named format: UnknownFormat before any LM call, no tokens spent."""
+    return Choice(get_format(format), REQUESTED, 0)
+
+
+def write_texts(handle: LMHandle, topic: str, choice: Choice, style: str | None = None,
                 audience: str | None = None, seed: int = 0) -> Caption:
-        """A requested unknown format raises UnknownFormat before any LM call; bad model
-        output raises CaptionError."""
-        topic = " ".join(topic.split())
-        if not topic:
-            raise CaptionError("the topic is empty")
-        requested = get_format(format) if format else None
-        # A nested tracker: usage also rolls up into any tracker the caller opened.
-        with dspy.track_usage() as tracker:
-            fmt, reason = (requested, REQUESTED) if requested else self.choose(topic, seed)
-            written = _predict(self.write, topic=topic, format_name=fmt.name,
-                               slots=slots_text(fmt), style=style or "",
-                               audience=audience or "", seed=seed)
-        return Caption(format=fmt.name, texts=validate_texts(fmt, written.captions),
-                       reason=reason, tokens=total_tokens(tracker.get_total_tokens()))
+    """The "write" stage: the slot texts for the chosen format. ``tokens`` counts this call
+    only."""
+    fmt = choice.format
+    written, tokens = _run(handle, "write", WriteCaption, topic=clean_topic(topic),
+                           format_name=fmt.name, slots=slots_text(fmt), style=style or "",
+                           audience=audience or "", seed=seed)
+    return Caption(format=fmt.name, texts=validate_texts(fmt, written.captions),
+                   reason=choice.reason, tokens=tokens)
 
 
 def write_caption(handle: LMHandle, topic: str, format: str | None = None,
                   style: str | None = None, audience: str | None = None,
                   seed: int = 0) -> Caption:
-    """Run the program on ``handle``'s LM. dspy.context scopes the LM to this thread/task, so
-    concurrent workers with different LMs never see each other's settings; a fresh program per
-    call keeps them from sharing module state."""
-    with dspy.context(lm=handle.lm):
-        return MemeProgram()(topic=topic, format=format, style=style, audience=audience,
-                             seed=seed)
+    """Select (skipped when the caller names a format) then write, both on ``handle``.
+
+    A requested unknown format raises UnknownFormat before any LM call; bad model output raises
+    CaptionError; a failed LM call raises StageError. ``tokens`` counts both stages.
+    """
+    topic = clean_topic(topic)
+    choice = requested(format) if format else choose_format(handle, topic, seed)
+    caption = write_texts(handle, topic, choice, style, audience, seed)
+    return replace(caption, tokens=caption.tokens + choice.tokens)

@@ -14,8 +14,8 @@ from typing import Any  # noqa: E402
 
 import dspy  # noqa: E402
 import pytest  # noqa: E402
-from dspy.utils import DummyLM  # noqa: E402
 from dspy.utils.exceptions import LMError  # noqa: E402
+from dspy.utils import DummyLM  # noqa: E402
 
 from memesys.formats import CATALOGUE, UnknownFormat, get_format  # noqa: E402
 from memesys.lm import OPENAI_COMPATIBLE, LMHandle, build_lm, offline_lm  # noqa: E402
@@ -28,6 +28,7 @@ from memesys.program import (  # noqa: E402
     slots_text,
     write_caption,
 )
+from memesys.stage import StageError  # noqa: E402
 
 
 def dummy(*answers: dict[str, Any]) -> LMHandle:
@@ -204,7 +205,8 @@ def test_openai_compatible_end_to_end(endpoint: str) -> None:
 
 def test_openai_compatible_makes_one_attempt(endpoint: str) -> None:
     FakeOpenAI.fail = True
-    with pytest.raises(LMError):
+    with pytest.raises(StageError) as failed:
         write_caption(build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks",
                       format="drake")
     assert len(FakeOpenAI.requests) == 1
+    assert failed.value.stage == "write" and isinstance(failed.value.__cause__, LMError)
