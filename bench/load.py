@@ -3,7 +3,8 @@
 A separate process (its own GIL) with an aiohttp client: for each step of the plan, N workers
 with keep-alive connections on loopback send GET requests back to back for a warm-up, then for
 a fixed duration, and the step's per-request latencies are summarised. One JSON line per step
-goes to stdout: ``{"route", "concurrency", "rep", "n", "errors", "p50_ms", "p99_ms", "rps"}``.
+goes to stdout: ``{"route", "concurrency", "rep", "n", "errors", "p50_ms", "p99_ms", "rps"}``,
+preceded by ``{"mark": route}`` when the warm-up ends (the bench reads CPU times there).
 
 A plan is a JSON list of ``{"route": "/bare", "concurrency": 16, "rep": 0}``; ``--duration``
 and ``--warmup`` apply to every step.
@@ -27,10 +28,13 @@ async def run_step(port: int, route: str, concurrency: int, warmup: float,
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
     latencies: list[float] = []
     errors = 0
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
         begin = time.perf_counter()
         measure_from = begin + warmup
         end = measure_from + duration
+        asyncio.get_running_loop().call_later(
+            warmup, lambda: print(json.dumps({"mark": route}), flush=True))
 
         async def worker() -> None:
             nonlocal errors
@@ -42,7 +46,7 @@ async def run_step(port: int, route: str, concurrency: int, warmup: float,
                     async with session.get(url) as response:
                         await response.read()
                         ok = response.status == 200
-                except aiohttp.ClientError:
+                except (aiohttp.ClientError, asyncio.TimeoutError):
                     ok = False
                 done = time.perf_counter()
                 if start >= measure_from:

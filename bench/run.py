@@ -212,8 +212,41 @@ def bench_hops(asys: Any, root: Any, reps: int, n: int) -> dict[str, float]:
     return {name: median(values) for name, values in p50s.items()}
 
 
-def bench_gateway(asys: Any, root: Any, admin_port: int, mode: Mode, workdir: Path,
-                  cleanup: contextlib.ExitStack) -> list[tuple[str, list[str]]]:
+class CpuGroups:
+    """CPU seconds (user + system) used so far by the processes of one role each."""
+
+    def __init__(self, asys: Any, root: Any, sid: Optional[int], server_pid: int) -> None:
+        reply = actor_system.ask(asys, root, StatusQuery(), 5)
+        pool = next(c for c in reply.payload.children if c.name == GENERATOR)
+        self.groups: dict[str, list[psutil.Process]] = {
+            "load generator": [], "server (HTTP + bridge)": [psutil.Process(server_pid)],
+            "generator pool": [psutil.Process(pool.pid)],
+            "generator workers": [psutil.Process(w.pid) for w in pool.children]}
+        known = {p.pid for group in self.groups.values() for p in group}
+        self.groups["rest of the actor session"] = [
+            p for p in (actor_system.session_processes(sid) if sid else [])
+            if p.pid not in known]
+
+    def add(self, group: str, pid: int) -> None:
+        self.groups[group].append(psutil.Process(pid))
+
+    def snapshot(self) -> dict[str, float]:
+        used = {}
+        for group, procs in self.groups.items():
+            total = 0.0
+            for proc in procs:
+                try:
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+            used[group] = total
+        return used
+
+
+def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mode: Mode,
+                  workdir: Path, cleanup: contextlib.ExitStack
+                  ) -> list[tuple[str, list[str]]]:
     hops = bench_hops(asys, root, mode.reps, 300 if mode.name == "full" else 200)
     port = free_port()
     server_log = workdir / "server.log"
@@ -224,6 +257,7 @@ def bench_gateway(asys: Any, root: Any, admin_port: int, mode: Mode, workdir: Pa
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     cleanup.callback(stop_process, server)
     wait_http(port, "/bare", server, 0.05, 30.0, server_log)
+    cpu = CpuGroups(asys, root, sid, server.pid)
     for route in ("/actor", "/direct"):  # resolve the addresses once and warm both paths
         for _ in range(20):
             status, body = http_request(port, "GET", route)
@@ -240,13 +274,23 @@ def bench_gateway(asys: Any, root: Any, admin_port: int, mode: Mode, workdir: Pa
              str(mode.warmup_s)],
             cwd=REPO, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         cleanup.callback(stop_process, load)
-        out, _ = load.communicate(
-            timeout=len(plan) * (mode.warmup_s + mode.duration_s + 10) + 30)
+        cpu.add("load generator", load.pid)
+        results = []
+        marked: dict[str, float] = {}
+        for raw in load.stdout:  # a mark when a step's window opens, its result at the end
+            line = json.loads(raw)
+            if "mark" in line:
+                marked = cpu.snapshot()
+                continue
+            used = cpu.snapshot()
+            line["cpu_ms"] = {group: (used[group] - marked.get(group, 0.0)) * 1000
+                              / max(line["n"], 1) for group in used}
+            results.append(line)
+        load.wait(timeout=30)
     if load.returncode != 0:
         raise RuntimeError(f"the load generator failed; log {workdir / 'load.log'}:\n"
                            f"{log_tail(workdir / 'load.log')}")
     stop_process(server)
-    results = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
 
     def cell(route: str, level: int, key: str) -> float:
         return median(r[key] for r in results
@@ -290,16 +334,27 @@ def bench_gateway(asys: Any, root: Any, admin_port: int, mode: Mode, workdir: Pa
     hop_rows = [["ask -> worker -> reply", hops["worker"]],
                 ["ask -> pool -> worker -> reply", hops["pool"]],
                 ["the pool's hop (difference)", hops["pool"] - hops["worker"]]]
-    if overhead_1 is not None:
-        d_over = next(r[3] for r in direct_rows if r[0] == "1")
-        hop_rows += [["/direct overhead at concurrency 1", d_over],
-                     ["  of which the bridge (threads, loop)", d_over - hops["worker"]],
-                     ["/actor overhead at concurrency 1", overhead_1],
-                     ["  of which the bridge (threads, loop)", overhead_1 - hops["pool"]]]
     decomposition = table(
-        "1c. (diagnostic) Where the overhead goes at concurrency 1: blocking Thespian asks "
-        "from the bench process (no HTTP, no bridge), p50", ["path", "p50 ms"], hop_rows)
-    return [(main, targets), (direct, []), (decomposition, [])]
+        "1c. (diagnostic) Thespian alone: blocking asks of Echo from the bench process (no "
+        f"HTTP, no bridge), median of {mode.reps} p50s", ["path", "p50 ms"], hop_rows)
+    cpu_rows = []
+    for level in (mode.levels[0], mode.levels[-1]):
+        for route in routes:
+            steps = [r for r in results if r["route"] == route and r["concurrency"] == level]
+            per_group = {group: median(r["cpu_ms"][group] for r in steps)
+                         for group in steps[0]["cpu_ms"]}
+            actors = sum(v for g, v in per_group.items() if g not in (
+                "load generator", "server (HTTP + bridge)"))
+            total = sum(per_group.values())
+            ceiling = (os.cpu_count() or 1) * 1000 / total if total else float("nan")
+            cpu_rows.append([f"{route} c={level}", *per_group.values(), total,
+                             f"{ceiling:.0f}", actors])
+    cpu_table = table(
+        "1d. (diagnostic) CPU time per request, ms (user + system, median of runs); the "
+        f"ceiling is {os.cpu_count()} cores / total",
+        ["route", "load gen", "server", "pool", "workers", "rest of session", "total",
+         "ceiling req/s", "actors"], cpu_rows, digits=3)
+    return [(main, targets), (direct, []), (decomposition, []), (cpu_table, [])]
 
 
 # -- 2. restart latency -------------------------------------------------------------------------
@@ -407,6 +462,12 @@ def make_meme(port: int, topic: str, fresh: bool) -> tuple[float, dict]:
     return elapsed, meme
 
 
+def _provider(provider: Any) -> str:
+    if isinstance(provider, dict):
+        return "/".join(str(provider[k]) for k in ("name", "model") if k in provider)
+    return str(provider)
+
+
 def bench_daemon(mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
                  ) -> list[tuple[str, list[str]]]:
     ready_s, exit_s, leftovers = [], [], 0
@@ -465,7 +526,8 @@ def bench_daemon(mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
         [f"target: median time to ready <= {READY_MEDIAN_S:.1f} s   measured {med:.2f} s   "
          f"{verdict(med <= READY_MEDIAN_S)}",
          f"check: POST /v1/memes made meme {first_meme.get('id')} "
-         f"(format {first_meme.get('format')}, provider {first_meme.get('provider')})",
+         f"(format {first_meme.get('format')}, provider "
+         f"{_provider(first_meme.get('provider'))})",
          f"check: processes left after SIGTERM: {leftovers}"]))
     sections.append((
         table("4. Daemon memory after one meme (psutil memory_full_info)",
@@ -489,8 +551,12 @@ def header(mode: Mode) -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                                 capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO, capture_output=True, text=True, timeout=5).stdout
+        commit = (commit + (" + uncommitted changes" if dirty.strip() else "")
+                  if commit else os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)"))
     except (OSError, subprocess.SubprocessError):
-        commit = "?"
+        commit = "unknown"
     thespian_version = getattr(thespian, "__version__", None)
     if thespian_version is None:
         from importlib.metadata import version
@@ -556,7 +622,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                               cfg["system"]["ready_timeout_s"])
         note("tree up; measuring the gateway")
         section("1. gateway",
-                lambda: bench_gateway(asys, root_box[0], admin_port, mode, workdir, cleanup))
+                lambda: bench_gateway(asys, root_box[0], sid, admin_port, mode, workdir,
+                                      cleanup))
         note("measuring restarts")
         section("2. restart", lambda: [bench_restart(asys, root_box[0], mode)])
         stop_actors()
