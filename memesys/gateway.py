@@ -187,7 +187,7 @@ class Gateway:
         task_id = request.match_info["id"]
         task = None
         if valid_id(task_id):
-            task = await self.directory.ask(LEDGER, GetTask(task_id), STORE_TIMEOUT_S,
+            task = await self.directory.ask(STORE, GetTask(task_id), STORE_TIMEOUT_S,
                                             idempotent=True)
         if task is None:
             return error(404, "not_found", f"no task {task_id!r}")

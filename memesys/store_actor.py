@@ -15,6 +15,7 @@ from memesys.messages import (
     DeleteMeme,
     GetImage,
     GetMeme,
+    GetTask,
     ListMemes,
     MemePage,
     SaveMeme,
@@ -22,13 +23,15 @@ from memesys.messages import (
 )
 from memesys.redis_backend import connect
 from memesys.store import MemeStore, StoreError
+from memesys.task_store import TaskStore
 
 
 @dataclass(frozen=True)
 class StoreArgs:
     redis_url: str
     key_prefix: str
-    cache_ttl_s: int = 86_400
+    cache_ttl_s: int
+    task_ttl_s: int
 
 
 class StoreWorker(BaseActor):
@@ -36,6 +39,7 @@ class StoreWorker(BaseActor):
         self.args = args
         self.client = connect(args.redis_url)
         self.store = MemeStore(self.client, args.key_prefix)
+        self.tasks = TaskStore(self.client, args.key_prefix, args.task_ttl_s)
 
     def on_stop(self) -> None:
         self.client.close()
@@ -66,6 +70,11 @@ class StoreWorker(BaseActor):
         if isinstance(payload, CachedMeme):
             meme_id = store.cache_get(payload.key)
             return store.get(meme_id) if meme_id else None
+        if isinstance(payload, GetTask):
+            task = self.tasks.get(payload.task_id)
+            if task is not None and task.get("meme_id"):
+                task["meme"] = store.get(task["meme_id"])
+            return task
         if isinstance(payload, StoreHealth):
             return store.ping()
         return super().handle(payload)

@@ -1,7 +1,7 @@
 """Asynchronous generation: the task group, a ``one_for_all`` pair of ledger and runner.
 
 The ledger records each task in Redis before answering (the 202 means durably recorded) and
-hands it to the runner; the runner, an async actor, has the generator pool make the meme and
+hands it to the runner (clients read tasks back through the store pool, not the ledger); the runner, an async actor, has the generator pool make the meme and
 answers the ledger, which records the outcome. The two share the lease of every task in
 flight: if the runner dies its tasks' answers never come; if the ledger dies the runner's
 answers go nowhere. So the group is ``one_for_all``: both restart, and the new ledger takes
@@ -22,9 +22,9 @@ from actors.base import BaseActor, RequestFailed
 from actors.bridge import RemoteFailure
 from actors.messages import Located, Reply, Request, WhereIs, new_correlation_id
 from memesys.meme import new_meme_id
-from memesys.messages import GenerateMeme, GetTask, RunnerReady, RunTask, SubmitTask
+from memesys.messages import GenerateMeme, RunnerReady, RunTask, SubmitTask
 from memesys.redis_backend import connect
-from memesys.store import MemeStore, StoreError
+from memesys.store import StoreError
 from memesys.task_store import TaskStore
 
 log = logging.getLogger("memesys.tasks")
@@ -48,7 +48,6 @@ class TaskLedger(BaseActor):
         client = connect(args.redis_url)
         self.client = client
         self.tasks = TaskStore(client, args.key_prefix, args.ttl_s)
-        self.memes = MemeStore(client, args.key_prefix)
         self.runner: ActorAddress | None = None
         self.leases: dict[str, str] = {}  # correlation id of a RunTask -> task id
 
@@ -56,13 +55,11 @@ class TaskLedger(BaseActor):
         self.client.close()
 
     def handle(self, payload: Any) -> Any:
-        try:
-            if isinstance(payload, SubmitTask):
+        if isinstance(payload, SubmitTask):
+            try:
                 return self._submit(payload.order)
-            if isinstance(payload, GetTask):
-                return self._describe(payload.task_id)
-        except StoreError as exc:
-            raise RequestFailed("store_error", str(exc)) from exc
+            except StoreError as exc:
+                raise RequestFailed("store_error", str(exc)) from exc
         return super().handle(payload)
 
     def _submit(self, order: GenerateMeme) -> str:
@@ -72,12 +69,6 @@ class TaskLedger(BaseActor):
         self.tasks.put(task)
         self._lease(task)
         return task["id"]
-
-    def _describe(self, task_id: str) -> dict | None:
-        task = self.tasks.get(task_id)
-        if task is not None and task.get("meme_id"):
-            task["meme"] = self.memes.get(task["meme_id"])
-        return task
 
     def _lease(self, task: dict) -> None:
         """Lease the task to the runner; without a runner yet it stays queued in Redis."""

@@ -44,7 +44,8 @@ def root_spec(cfg: dict, redis_url: str) -> ChildSpec:
 
     children = (
         pool(STORE, StoreWorker, workers["store"],
-             StoreArgs(redis_url, cfg["redis"]["key_prefix"], cfg["redis"]["cache_ttl_s"]), 256),
+             StoreArgs(redis_url, cfg["redis"]["key_prefix"], cfg["redis"]["cache_ttl_s"],
+                       cfg["tasks"]["ttl_s"]), 256),
         pool("render", RenderWorker, workers["render"],
              RenderArgs(render["width"], render["height"], render["font_path"],
                         render["max_png_bytes"], render["template_dir"]), 256),
