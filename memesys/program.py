@@ -96,7 +96,7 @@ def _run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
     try:
         return run(handle, stage, signature, **inputs)
     except OutputError as exc:
-        raise CaptionError(str(exc)) from exc
+        raise CaptionError(str(exc), exc.tokens) from exc
 
 
 def clean_topic(topic: str) -> str:

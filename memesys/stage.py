@@ -19,10 +19,6 @@ from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
 
 from memesys.lm import LMHandle  # noqa: E402
 
-STAGES = ("select", "write", "appropriateness", "factuality", "instruction_following", "score",
-          "refine")
-
-
 class StageError(Exception):
     """The LM call of ``stage`` failed (transport, timeout, rate limit, provider error).
 
@@ -38,7 +34,14 @@ class StageError(Exception):
 
 
 class OutputError(ValueError):
-    """The LM answered, but its output cannot be used (unparseable, wrong shape, out of range)."""
+    """The LM answered, but its output cannot be used (unparseable, wrong shape, out of range).
+
+    ``tokens`` is what the useless answer cost, so usage stays honest on failures too.
+    """
+
+    def __init__(self, message: str, tokens: int = 0) -> None:
+        self.tokens = tokens
+        super().__init__(message)
 
 
 def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
@@ -64,5 +67,6 @@ def run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
         except LMError as exc:
             raise StageError(stage, exc) from exc
         except AdapterParseError as exc:
-            raise OutputError(f"{stage}: unparseable model output: {exc}") from exc
+            raise OutputError(f"{stage}: unparseable model output: {exc}",
+                              total_tokens(tracker.get_total_tokens())) from exc
     return prediction, total_tokens(tracker.get_total_tokens())

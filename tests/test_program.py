@@ -25,8 +25,11 @@ from memesys.program import (  # noqa: E402
     Caption,
     CaptionError,
     catalogue_text,
+    choose_format,
+    requested,
     slots_text,
     write_caption,
+    write_texts,
 )
 from memesys.stage import StageError  # noqa: E402
 
@@ -112,6 +115,19 @@ def test_offline_end_to_end(topic: str) -> None:
     assert caption.reason
     assert caption.tokens == sum(entry["usage"]["total_tokens"] for entry in handle.lm.history)
     assert caption.tokens > 0
+
+
+def test_stages_run_alone_and_count_their_own_tokens() -> None:
+    select_lm, write_lm = offline_lm(), offline_lm()
+    choice = choose_format(select_lm, "production outage", seed=1)
+    caption = write_texts(write_lm, "production outage", choice, seed=1)
+    assert choice.tokens == select_lm.lm.history[-1]["usage"]["total_tokens"] > 0
+    assert caption.tokens == write_lm.lm.history[-1]["usage"]["total_tokens"] > 0
+    assert (caption.format, caption.reason) == (choice.format.name, choice.reason)
+    whole = write_caption(offline_lm(), "production outage", seed=1)
+    assert whole == Caption(caption.format, caption.texts, caption.reason,
+                            choice.tokens + caption.tokens)
+    assert requested("Drake").tokens == 0 and requested("drake").reason == REQUESTED
 
 
 def test_usage_rolls_up_into_the_callers_tracker() -> None:
