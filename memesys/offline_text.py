@@ -9,6 +9,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+# A phrase (topic, style, audience) shortened to fit a template or a prefix keeps this many chars.
+SHORT_PHRASE_CHARS = 24
 WORD = re.compile(r"[a-z0-9+#']+")
 STOP = frozenset(
     "a an and any are as at be but by for from in into is it its of on or so that the their "
@@ -53,6 +55,21 @@ def stem(word: str) -> str:
 def stems(text: str) -> set[str]:
     """The content words of ``text``, stemmed, without stop words or single letters."""
     return {stem(w) for w in WORD.findall(text.lower()) if w not in STOP and len(w) > 1}
+
+
+def coverage(wanted: str, text: str) -> float:
+    """The share of ``wanted``'s content words that show in ``text``, derived forms included
+    ("sarcastic" shows in "sarcastically"); 1.0 when ``wanted`` has none."""
+    asked, written = stems(wanted), stems(text)
+    if not asked:
+        return 1.0
+    return sum(any(w.startswith(s) for w in written) for s in asked) / len(asked)
+
+
+def mentions(wanted: str, text: str) -> bool:
+    """Whether any content word of ``wanted`` shows in ``text`` (see coverage); trivially true
+    when ``wanted`` has none (nothing to show)."""
+    return coverage(wanted, text) > 0
 
 
 def clean(text: str) -> str:

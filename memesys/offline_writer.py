@@ -1,9 +1,11 @@
 """The offline meme writer: a deterministic stand-in LM used when no API key is configured.
 
-It answers the prompts DSPy's adapters build for memesys's own signatures, so the daemon runs
-(and tests exercise the real adapter round trip) with no network. It reads the prompt the way a
-model would: output field names from the system message, input values from the last user
-message; it answers in ChatAdapter sections (or JSON when the JSONAdapter asks for it).
+It answers the prompts DSPy's adapters build for memesys's own signatures (select, write, the
+three verifiers, score, refine; the judging heuristics live in offline_verifiers and
+offline_critic), so the daemon runs (and tests exercise the real adapter round trip) with no
+network. It reads the prompt the way a model would: output field names from the system
+message, input values from the last user message; it answers in ChatAdapter sections (or JSON
+when the JSONAdapter asks for it).
 Same prompt, same answer; the ``seed`` input field varies the choice of format and template.
 """
 from __future__ import annotations
@@ -14,7 +16,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import json  # noqa: E402
 import re  # noqa: E402
-from collections.abc import AsyncIterator, Iterator, Sequence  # noqa: E402
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import TYPE_CHECKING, TypeVar  # noqa: E402
 
@@ -27,8 +29,10 @@ from dspy.lm15 import (  # noqa: E402
     response_to_events,
 )
 
+from memesys import offline_critic, offline_verifiers  # noqa: E402
 from memesys.formats import CATALOGUE, normalize_name  # noqa: E402
 from memesys.offline_text import (  # noqa: E402
+    SHORT_PHRASE_CHARS,
     SlotLine,
     capital,
     clean,
@@ -303,7 +307,6 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
 }
 
 DEFAULT_AUDIENCE = "me"
-SHORT_PHRASE_CHARS = 24
 
 _INPUTS = re.compile(r"Your input fields are:\n(.*?)\nYour output fields are:", re.S)
 _OUTPUTS = re.compile(r"Your output fields are:\n(.*?)\nAll interactions", re.S)
@@ -460,20 +463,76 @@ def _seed(value: str) -> int:
         return 0
 
 
+Inputs = dict[str, str]
+
+
+def _select(inputs: Inputs) -> dict[str, object]:
+    name, reason = select_format(inputs.get("topic", ""), inputs.get("catalogue", ""),
+                                 _seed(inputs.get("seed", "0")))
+    return {"format_name": name, "reason": reason}
+
+
+def _write(inputs: Inputs) -> dict[str, object]:
+    return {"captions": write_captions(
+        inputs.get("topic", ""), normalize_name(inputs.get("format_name", "")),
+        read_slots(inputs.get("slots", "")), clean(inputs.get("style", "")),
+        clean(inputs.get("audience", "")), _seed(inputs.get("seed", "0")))}
+
+
+def _brief(inputs: Inputs) -> tuple[str, list[SlotLine], str, str]:
+    """(topic, written slots, style, audience) of a judging prompt."""
+    return (clean(inputs.get("topic", "")), read_slots(inputs.get("slot_texts", "")),
+            clean(inputs.get("style", "")), clean(inputs.get("audience", "")))
+
+
+def _judged(reasons_field: str, judgement: offline_verifiers.Judgement) -> dict[str, object]:
+    return {reasons_field: judgement.reasons, "verdict": judgement.verdict,
+            "confidence": judgement.confidence}
+
+
+def _appropriateness(inputs: Inputs) -> dict[str, object]:
+    topic, slots, _, _ = _brief(inputs)
+    return _judged("concerns", offline_verifiers.appropriateness(topic, slots))
+
+
+def _factuality(inputs: Inputs) -> dict[str, object]:
+    topic, slots, _, _ = _brief(inputs)
+    return _judged("flagged_claims", offline_verifiers.factuality(topic, slots))
+
+
+def _instruction_following(inputs: Inputs) -> dict[str, object]:
+    _, slots, style, audience = _brief(inputs)
+    return _judged("violations", offline_verifiers.instruction_following(slots, style, audience))
+
+
+def _score(inputs: Inputs) -> dict[str, object]:
+    return offline_critic.scores(*_brief(inputs))
+
+
+def _refine(inputs: Inputs) -> dict[str, object]:
+    return {"revised_captions": offline_critic.refine(*_brief(inputs))}
+
+
+# Each memesys signature, recognised by its set of output fields.
+_ANSWERS: dict[frozenset[str], Callable[[Inputs], dict[str, object]]] = {
+    frozenset({"format_name", "reason"}): _select,
+    frozenset({"captions"}): _write,
+    frozenset({"concerns", "verdict", "confidence"}): _appropriateness,
+    frozenset({"flagged_claims", "verdict", "confidence"}): _factuality,
+    frozenset({"violations", "verdict", "confidence"}): _instruction_following,
+    frozenset({"critique", "humor", "clarity", "creativity", "shareability"}): _score,
+    frozenset({"revised_captions"}): _refine,
+}
+
+
 def answer(prompt: Prompt) -> dict[str, object]:
-    """The output field values for a recognised signature."""
-    inputs, outputs = prompt.inputs, set(prompt.outputs)
-    seed = _seed(inputs.get("seed", "0"))
-    if outputs == {"format_name", "reason"}:
-        name, reason = select_format(inputs.get("topic", ""), inputs.get("catalogue", ""), seed)
-        return {"format_name": name, "reason": reason}
-    if outputs == {"captions"}:
-        slots = read_slots(inputs.get("slots", ""))
-        return {"captions": write_captions(
-            inputs.get("topic", ""), normalize_name(inputs.get("format_name", "")), slots,
-            clean(inputs.get("style", "")), clean(inputs.get("audience", "")), seed)}
-    raise InvalidRequestError(
-        f"offline writer: cannot produce fields {sorted(outputs)}", provider=PROVIDER)
+    """The output field values for a recognised signature, in the prompt's field order."""
+    respond = _ANSWERS.get(frozenset(prompt.outputs))
+    if respond is None:
+        raise InvalidRequestError(
+            f"offline writer: cannot produce fields {sorted(prompt.outputs)}", provider=PROVIDER)
+    values = respond(prompt.inputs)
+    return {name: values[name] for name in prompt.outputs}
 
 
 def render(prompt: Prompt, values: dict[str, object]) -> str:

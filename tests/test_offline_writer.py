@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from dspy.lm15 import Request, Response  # noqa: E402
 from dspy.utils.exceptions import LMError  # noqa: E402
 
+from memesys.draft import Draft  # noqa: E402
 from memesys.formats import CATALOGUE  # noqa: E402
 from memesys.lm import LMHandle, offline_lm  # noqa: E402
 from memesys.offline_writer import (  # noqa: E402
@@ -23,6 +24,9 @@ from memesys.offline_writer import (  # noqa: E402
     OfflineEngine,
 )
 from memesys.program import WriteCaption, write_caption  # noqa: E402
+from memesys.refinement import refine  # noqa: E402
+from memesys.scoring import score  # noqa: E402
+from memesys.verification import VERIFIERS, verify  # noqa: E402
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage",
           "learning javascript frameworks")
@@ -186,3 +190,30 @@ def test_stream_ends_with_the_whole_answer() -> None:
     events = list(OfflineEngine().stream(request))
     assert events[-1].type == "end"
     assert "".join(e.delta.text for e in events if e.type == "delta") == response.text
+
+
+def test_every_judging_signature_answers_in_one_strict_call() -> None:
+    """Verifiers, scorer and refiner come back in ChatAdapter sections the strict adapter
+    parses at once (no JSON fallback), and the same request gets the same text."""
+    handle, engine = spied()
+    draft = Draft("coffee", "drake", ("Decaf", "Espresso at 2am"), "sarcastic", "developers")
+    strict = dspy.ChatAdapter(use_json_adapter_fallback=False)
+    with dspy.context(adapter=strict):
+        for name in VERIFIERS:
+            verify(handle, name, draft)
+        score(handle, draft)
+        refine(handle, draft, "Fix: add a twist.")
+    assert len(engine.calls) == 5
+    for request, response in engine.calls:
+        assert response.text.rstrip().endswith("[[ ## completed ## ]]")
+        assert OfflineEngine().complete(request).text == response.text
+
+
+def test_judging_signatures_answer_the_json_adapter() -> None:
+    handle, engine = spied()
+    draft = Draft("coffee", "drake", ("Decaf", "Espresso at 2am"))
+    with dspy.context(adapter=dspy.JSONAdapter()):
+        scores = score(handle, draft)
+        caption = refine(handle, draft, "Fix: end on a punchline mark.")
+    assert engine.calls[0][1].text.startswith('{"critique": ')
+    assert 0 < scores.overall <= 1 and caption.texts[-1].endswith("!")
