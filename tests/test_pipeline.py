@@ -1,0 +1,298 @@
+"""Refinement, the partial-failure decision, and the sequential pipeline end to end."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dspy  # noqa: E402
+import pytest  # noqa: E402
+from dspy.utils import DummyLM  # noqa: E402
+from dspy.lm15 import Request, Response, TimeoutError  # noqa: E402
+
+from memesys.decision import (  # noqa: E402
+    INAPPROPRIATE,
+    VERIFICATION_UNAVAILABLE,
+    Decision,
+    Refused,
+    decide,
+)
+from memesys.draft import Draft  # noqa: E402
+from memesys.formats import get_format  # noqa: E402
+from memesys.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm  # noqa: E402
+from memesys.offline_writer import MODEL, PROVIDER  # noqa: E402
+from memesys.pipeline import STAGE_MODEL_KEYS, run_sequential, stage_handles  # noqa: E402
+from memesys.program import REQUESTED, CaptionError  # noqa: E402
+from memesys.refinement import (  # noqa: E402
+    REFINED,
+    RefinePolicy,
+    Round,
+    critique_for,
+    refine,
+    should_refine,
+)
+from memesys.scoring import Scores, score  # noqa: E402
+from memesys.verification import (  # noqa: E402
+    FAILED,
+    PASSED,
+    UNAVAILABLE,
+    VERIFIERS,
+    Verdict,
+    verify,
+)
+
+TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage",
+          "cats vs dogs")
+FIRST_STAGES = ("select", "write", *VERIFIERS, "score")
+NEVER_GOOD_ENOUGH = 1.01
+
+
+def dummy(*answers: dict[str, Any]) -> LMHandle:
+    return LMHandle(lm=DummyLM(list(answers)), provider="dummy", model="dummy")
+
+
+def verdict(verifier: str, status: str) -> Verdict:
+    return Verdict(verifier, status, 0.9, (f"{verifier} said {status}",), 0)
+
+
+class TimingOut:
+    """A custom engine whose every call times out."""
+
+    def complete(self, request: Request) -> Response:
+        raise TimeoutError("timed out", provider="failing")
+
+
+def failing() -> LMHandle:
+    lm = dspy.LM(model="failing/failing", engine=TimingOut(), cache=False, num_retries=0)
+    return LMHandle(lm=lm, provider="failing", model="failing")
+
+
+def with_stage(handle: LMHandle, stage: str, other: LMHandle) -> Callable[[str], LMHandle]:
+    return lambda name: other if name == stage else handle
+
+
+@pytest.fixture(scope="module")
+def offline() -> LMHandle:
+    return offline_lm()
+
+
+# -- refinement ---------------------------------------------------------------------------
+
+def test_refine_validates_like_the_first_caption() -> None:
+    draft = Draft("tea", "drake", ("Tea", "Coffee"))
+    caption = refine(dummy({"revised_captions": ["Warm leaf water", "Coffee!"]}), draft, "punch")
+    assert (caption.format, caption.texts, caption.reason) == (
+        "drake", ("Warm leaf water", "Coffee!"), REFINED)
+    with pytest.raises(CaptionError, match="slot 'prefer' has 71 chars"):
+        refine(dummy({"revised_captions": ["Tea", "x" * 71]}), draft, "longer")
+    with pytest.raises(CaptionError, match="needs 2 texts"):
+        refine(dummy({"revised_captions": ["Tea"]}), draft, "shorter")
+
+
+def test_offline_refine_fixes_what_the_scorer_measures(offline: LMHandle) -> None:
+    weak = Draft("monday meetings", "drake",
+                 ("Really just sitting there", "Honestly I would very much rather be anywhere "
+                  "else at all, basically"), style="sarcastic")
+    before = score(offline, weak)
+    verdicts = {name: verify(offline, name, weak) for name in VERIFIERS}
+    assert verdicts["instruction_following"].status == FAILED  # the style does not show
+    caption = refine(offline, weak, critique_for(before, verdicts))
+    texts = " ".join(caption.texts).lower()
+    assert "really" not in texts and "monday meetings" in texts and "sarcastic" in texts
+    assert caption.texts[-1].endswith("!")
+    assert all(len(t) <= s.max_chars for t, s in zip(caption.texts, get_format("drake").slots))
+    after = weak.with_texts(caption.texts)
+    assert score(offline, after).overall > before.overall
+    assert verify(offline, "instruction_following", after).status == PASSED
+
+
+def test_critique_for_lists_failed_verdicts_then_the_critique() -> None:
+    scores = Scores(0.5, 0.5, 0.5, 0.5, 0.5, "Add a twist.", 0)
+    verdicts = {"factuality": verdict("factuality", FAILED),
+                "instruction_following": verdict("instruction_following", PASSED)}
+    assert critique_for(scores, verdicts) == (
+        "factuality failed: factuality said failed\nAdd a twist.")
+
+
+@pytest.mark.parametrize("overall, last, expected", [
+    (0.4, None, True),
+    (0.55, None, False),  # at the threshold is good enough
+    (0.4, Round(1, ("a",), 0.4, {}, 0.05), True),
+    (0.4, Round(1, ("a",), 0.4, {}, 0.01), False),  # gained less than min_gain
+    (0.4, Round(2, ("a",), 0.4, {}, 0.05), False),  # max_rounds reached
+    (0.4, Round(1, ("a",), 0.0, {}, -0.4, INAPPROPRIATE), False),
+])
+def test_should_refine(overall: float, last: Round | None, expected: bool) -> None:
+    assert should_refine(overall, last, RefinePolicy(0.55, 2, 0.02)) is expected
+
+
+def test_should_refine_with_no_rounds_allowed() -> None:
+    assert not should_refine(0.1, None, RefinePolicy(max_rounds=0))
+
+
+def test_policy_from_config() -> None:
+    section = {"mode": "sequential", "refine_threshold": 0.6, "max_refine_rounds": 3,
+               "min_refine_gain": 0.05, "stage_timeout_s": 20.0}
+    assert RefinePolicy.from_config(section) == RefinePolicy(0.6, 3, 0.05)
+
+
+# -- decision -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("statuses, refusal, degraded", [
+    ((PASSED, PASSED, PASSED), None, ()),
+    ((PASSED, FAILED, FAILED), None, ()),
+    ((PASSED, UNAVAILABLE, PASSED), None, ("factuality",)),
+    ((PASSED, UNAVAILABLE, UNAVAILABLE), None, ("factuality", "instruction_following")),
+    ((FAILED, PASSED, PASSED), INAPPROPRIATE, ()),
+    ((UNAVAILABLE, PASSED, PASSED), VERIFICATION_UNAVAILABLE, ()),
+])
+def test_decide(statuses: tuple[str, ...], refusal: str | None,
+                degraded: tuple[str, ...]) -> None:
+    decision = decide({name: verdict(name, s) for name, s in zip(VERIFIERS, statuses)})
+    assert (decision.refusal, decision.degraded) == (refusal, degraded)
+
+
+def test_missing_verdicts_are_never_a_pass() -> None:
+    assert decide({}).refusal == VERIFICATION_UNAVAILABLE
+    only = decide({"appropriateness": verdict("appropriateness", PASSED)})
+    assert (only.refusal, only.degraded) == (None, ("factuality", "instruction_following"))
+
+
+def test_enforce() -> None:
+    Decision(None, "", ()).enforce()
+    with pytest.raises(Refused) as refused:
+        decide({"appropriateness": verdict("appropriateness", FAILED)}).enforce()
+    assert refused.value.code == INAPPROPRIATE
+    assert str(refused.value) == "appropriateness said failed"
+
+
+# -- the sequential pipeline --------------------------------------------------------------
+
+@pytest.mark.parametrize("topic", TOPICS)
+def test_offline_end_to_end(offline: LMHandle, topic: str) -> None:
+    result = run_sequential(lambda stage: offline, topic, style="sarcastic", seed=3)
+    assert set(FIRST_STAGES) | {"total"} <= set(result.timings)
+    assert all(ms >= 0 for ms in result.timings.values())
+    assert result.timings["total"] >= sum(ms for k, ms in result.timings.items() if k != "total")
+    for key, run in result.stages.items():
+        assert (run.provider, run.model) == (PROVIDER, MODEL) and run.tokens > 0, key
+    assert [v.status for v in result.verdicts.values()] == [PASSED] * 3
+    assert result.decision == Decision(None, "", ())
+    assert 0 < result.scores.overall <= 1
+    fmt = get_format(result.caption.format)
+    assert all(len(t) <= s.max_chars for t, s in zip(result.caption.texts, fmt.slots))
+    assert result.draft.texts == result.caption.texts and result.draft.style == "sarcastic"
+
+
+def test_same_request_same_result(offline: LMHandle) -> None:
+    first = run_sequential(lambda stage: offline, "coffee", seed=1)
+    again = run_sequential(lambda stage: offline_lm(), "coffee", seed=1)
+    assert (first.caption, first.scores, first.rounds) == (again.caption, again.scores,
+                                                           again.rounds)
+
+
+@pytest.mark.parametrize("topic", ["email me at jane.doe@example.com", "how to stab my neighbour",
+                                   "kill yourself, nobody loves you"])
+def test_inappropriate_topics_are_refused(offline: LMHandle, topic: str) -> None:
+    with pytest.raises(Refused) as refused:
+        run_sequential(lambda stage: offline, topic)
+    assert refused.value.code == INAPPROPRIATE
+
+
+def test_appropriateness_unavailable_refuses(offline: LMHandle) -> None:
+    with pytest.raises(Refused) as refused:
+        run_sequential(with_stage(offline, "appropriateness", failing()), "coffee")
+    assert refused.value.code == VERIFICATION_UNAVAILABLE
+    assert "timed out" in str(refused.value)
+
+
+@pytest.mark.parametrize("verifier", ["factuality", "instruction_following"])
+def test_other_verifiers_unavailable_degrade_visibly(offline: LMHandle, verifier: str) -> None:
+    result = run_sequential(with_stage(offline, verifier, failing()), "coffee", seed=2)
+    assert result.verdicts[verifier].status == UNAVAILABLE
+    assert result.decision.degraded == (verifier,)
+    assert result.stages[verifier].provider == "failing" and result.stages[verifier].tokens == 0
+    healthy = run_sequential(lambda stage: offline, "coffee", seed=2)
+    assert result.scores.overall == healthy.scores.overall  # unavailable: score unchanged
+
+
+def test_garbage_appropriateness_refuses(offline: LMHandle) -> None:
+    garbage = dummy(*[{"answer": "sure, all good"}] * 2)
+    with pytest.raises(Refused) as refused:
+        run_sequential(with_stage(offline, "appropriateness", garbage), "coffee")
+    assert refused.value.code == INAPPROPRIATE  # unusable output fails closed
+
+
+def test_refinement_stops_after_max_rounds(offline: LMHandle) -> None:
+    policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=3, min_gain=-1.0)
+    result = run_sequential(lambda stage: offline, "monday meetings", policy=policy)
+    assert [r.index for r in result.rounds] == [1, 2, 3]
+    for n in (1, 2, 3):
+        assert {f"refine_{n}", f"score_{n}", *(f"{v}_{n}" for v in VERIFIERS)} <= set(
+            result.timings)
+    assert "refine_4" not in result.timings
+
+
+def test_refinement_stops_early_when_a_round_gains_too_little(offline: LMHandle) -> None:
+    policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=5, min_gain=0.02)
+    result = run_sequential(lambda stage: offline, "monday meetings", policy=policy)
+    assert 1 <= len(result.rounds) < 5
+    assert result.rounds[-1].gain < 0.02
+    assert all(r.gain >= 0.02 for r in result.rounds[:-1])
+    assert all(result.scores.overall >= r.overall for r in result.rounds)
+
+
+def test_refinement_keeps_the_better_draft(offline: LMHandle) -> None:
+    policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=1)
+    plain = run_sequential(lambda stage: offline, "coffee", format="drake", seed=0,
+                           policy=RefinePolicy(max_rounds=0))
+    refined = run_sequential(lambda stage: offline, "coffee", format="drake", seed=0,
+                             policy=policy)
+    (round_1,) = refined.rounds
+    assert round_1.gain > 0 and refined.caption.texts == round_1.texts != plain.caption.texts
+    assert refined.scores.overall == pytest.approx(plain.scores.overall + round_1.gain)
+    assert refined.caption.reason == REQUESTED  # the format's reason survives refinement
+
+
+def test_a_refused_refinement_is_never_kept(offline: LMHandle) -> None:
+    vile = dummy({"revised_captions": ["Coffee", "Kill yourself"]})
+    policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=2)
+    result = run_sequential(with_stage(offline, "refine", vile), "coffee", format="drake",
+                            policy=policy)
+    (round_1,) = result.rounds
+    assert (round_1.refused, round_1.overall) == (INAPPROPRIATE, 0.0)
+    assert round_1.verdicts["appropriateness"] == FAILED
+    assert "Kill yourself" not in result.caption.texts
+    assert "score_1" not in result.timings  # a refused draft is not scored
+
+
+def test_each_stage_runs_on_its_own_handle(offline: LMHandle) -> None:
+    handles = {stage: LMHandle(offline.lm, PROVIDER, f"model-for-{stage}")
+               for stage in STAGE_MODEL_KEYS}
+    result = run_sequential(handles.__getitem__, "coffee",
+                            policy=RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=1))
+    for key, run in result.stages.items():
+        stage = "refine" if key.startswith("refine") else key.removesuffix("_1")
+        assert run.model == f"model-for-{stage}", key
+
+
+def test_a_requested_format_skips_select(offline: LMHandle) -> None:
+    result = run_sequential(lambda stage: offline, "coffee", format="this-is-fine")
+    assert "select" not in result.timings and result.caption.format == "this-is-fine"
+
+
+def test_stage_handles_from_config() -> None:
+    llm = {"model": "offline", "select_model": "", "write_model": "", "verify_model": "",
+           "score_model": "gpt-4o-mini", "refine_model": "", "api_key": "sk-test",
+           "base_url": "http://127.0.0.1:9/v1", "timeout_s": 30.0}
+    handle_for = stage_handles(llm, stage_timeout_s=12.5)
+    assert (handle_for("write").provider, handle_for("write").model) == (PROVIDER, MODEL)
+    assert handle_for("appropriateness") is handle_for("refine")  # one handle per model
+    scorer = handle_for("score")
+    assert (scorer.provider, scorer.model) == (OPENAI_COMPATIBLE, "gpt-4o-mini")
+    assert scorer.lm.kwargs["timeout"] == 12.5
+    no_key = stage_handles({**llm, "api_key": ""}, 20.0)
+    assert no_key("score").provider == PROVIDER
