@@ -9,19 +9,36 @@ checked against: both are built from the same stage functions and the same pure 
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+import os
 
-from memesys.decision import Decision, decide
-from memesys.draft import Draft
-from memesys.lm import LMHandle, build_lm
-from memesys.program import Caption, choose_format, clean_topic, requested, write_texts
-from memesys.refinement import RefinePolicy, Round, critique_for, refine, should_refine
-from memesys.scoring import Scores, apply_verdicts, score
-from memesys.stage import StageError
-from memesys.verification import VERIFIERS, Verdict, verify
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import time  # noqa: E402
+from collections.abc import Callable, Mapping  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
+from typing import Any, Protocol, TypeVar  # noqa: E402
+
+from dspy.utils.exceptions import LMError  # noqa: E402
+
+from memesys.decision import Decision, decide  # noqa: E402
+from memesys.draft import Draft  # noqa: E402
+from memesys.lm import LMHandle, build_lm  # noqa: E402
+from memesys.program import (  # noqa: E402
+    Caption,
+    choose_format,
+    clean_topic,
+    requested,
+    write_texts,
+)
+from memesys.refinement import (  # noqa: E402
+    RefinePolicy,
+    Round,
+    critique_for,
+    refine,
+    should_refine,
+)
+from memesys.scoring import Scores, apply_verdicts, score  # noqa: E402
+from memesys.verification import VERIFIERS, Verdict, verify  # noqa: E402
 
 # The [llm] key naming each stage's model; empty means [llm] model.
 STAGE_MODEL_KEYS: Mapping[str, str] = {
@@ -121,7 +138,7 @@ def _verify_all(handle_for: Callable[[str], LMHandle], ledger: _Ledger, draft: D
         try:
             verdicts[verifier] = ledger.call(verifier + suffix, handle,
                                              lambda: verify(handle, verifier, draft))
-        except StageError as exc:
+        except LMError as exc:
             verdicts[verifier] = Verdict.unavailable(verifier, str(exc))
     return verdicts
 
@@ -138,7 +155,7 @@ def run_sequential(handle_for: Callable[[str], LMHandle], topic: str, format: st
                    policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
     """One meme through every stage in order. Raises Refused when the first draft may not be
     served (decide), UnknownFormat/CaptionError on a bad request or unusable model output, and
-    StageError when a stage other than a verifier cannot reach its LM. A refined draft the
+    DSPy's LMError when a stage other than a verifier cannot reach its LM. A refined draft the
     verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
     began = time.perf_counter()
     ledger = _Ledger()

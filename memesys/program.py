@@ -151,7 +151,7 @@ def write_caption(handle: LMHandle, topic: str, format: str | None = None,
     """Select (skipped when the caller names a format) then write, both on ``handle``.
 
     A requested unknown format raises UnknownFormat before any LM call; bad model output raises
-    CaptionError; a failed LM call raises StageError. ``tokens`` counts both stages.
+    CaptionError; a failed LM call raises DSPy's LMError. ``tokens`` counts both stages.
     """
     topic = clean_topic(topic)
     choice = requested(format) if format else choose_format(handle, topic, seed)

@@ -6,18 +6,22 @@ pipeline and the parallel actors stop refining for the same reasons.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+import os
 
-import dspy
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from memesys.draft import Draft, JudgeDraft
-from memesys.lm import LMHandle
-from memesys.program import Caption, CaptionError, slots_text, validate_texts
-from memesys.scoring import Scores
-from memesys.stage import OutputError, run
-from memesys.verification import FAILED, VERIFIERS, Verdict
+from collections.abc import Mapping  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dspy  # noqa: E402
+
+from memesys.draft import Draft, JudgeDraft  # noqa: E402
+from memesys.lm import LMHandle  # noqa: E402
+from memesys.program import Caption, CaptionError, slots_text, validate_texts  # noqa: E402
+from memesys.scoring import Scores  # noqa: E402
+from memesys.stage import OutputError, run  # noqa: E402
+from memesys.verification import FAILED, VERIFIERS, Verdict  # noqa: E402
 
 REFINED = "refined"
 
@@ -33,8 +37,8 @@ class RefineCaption(JudgeDraft):
 
 
 def refine(handle: LMHandle, draft: Draft, critique: str) -> Caption:
-    """The rewritten caption (reason REFINED); CaptionError on unusable output, StageError on a
-    failed LM call."""
+    """The rewritten caption (reason REFINED); CaptionError on unusable output, DSPy's LMError on
+    a failed LM call."""
     fmt = draft.meme_format
     try:
         revised, tokens = run(handle, "refine", RefineCaption, **draft.inputs(),

@@ -7,17 +7,21 @@ the parallel actors share.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from types import MappingProxyType
+import os
 
-import dspy
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from memesys.draft import Draft, JudgeDraft
-from memesys.lm import LMHandle
-from memesys.stage import OutputError, run
-from memesys.verification import FAILED, Verdict
+import math  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
+from types import MappingProxyType  # noqa: E402
+
+import dspy  # noqa: E402
+
+from memesys.draft import Draft, JudgeDraft  # noqa: E402
+from memesys.lm import LMHandle  # noqa: E402
+from memesys.stage import OutputError, run  # noqa: E402
+from memesys.verification import FAILED, Verdict  # noqa: E402
 
 DIMENSIONS = ("humor", "clarity", "creativity", "shareability")
 # Humor is what a meme is for; clarity next (a joke nobody parses is no joke); creativity and
@@ -65,7 +69,7 @@ def weighted(values: Mapping[str, float], weights: Mapping[str, float] = WEIGHTS
 
 def score(handle: LMHandle, draft: Draft) -> Scores:
     """Rate ``draft`` on ``handle``. Ratings are clamped to 0..1; a non-numeric rating raises
-    OutputError, a failed LM call StageError."""
+    OutputError, a failed LM call DSPy's LMError."""
     prediction, tokens = run(handle, "score", ScoreMeme, **draft.inputs())
     values = {}
     for dimension in DIMENSIONS:

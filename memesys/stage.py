@@ -3,8 +3,10 @@
 Every stage (select, write, the verifiers, score, refine) scopes its LM the same way
 (``dspy.context``, so concurrent workers with different LMs never see each other's settings),
 counts tokens the same way, and separates the two ways a stage can go wrong: the LM call itself
-failed (StageError: the caller decides what "unavailable" means) or the LM answered with
-something no adapter could parse (OutputError: the model's fault, never a pass).
+failed (DSPy's LMError, passed on unchanged: its subclass, ``code`` and ``retry_after`` are what
+the daemon's one retry layer and its breakers key on; the caller decides what "unavailable"
+means) or the LM answered with something no adapter could parse (OutputError: the model's
+fault, never a pass).
 """
 from __future__ import annotations
 
@@ -18,20 +20,6 @@ import dspy  # noqa: E402
 from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
 
 from memesys.lm import LMHandle  # noqa: E402
-
-class StageError(Exception):
-    """The LM call of ``stage`` failed (transport, timeout, rate limit, provider error).
-
-    ``code`` is DSPy's stable error code (e.g. "timeout", "transport", "rate_limit") and
-    ``retry_after`` the provider's hint, so callers can map it to 503/504 without DSPy types.
-    """
-
-    def __init__(self, stage: str, cause: LMError) -> None:
-        self.stage = stage
-        self.code = cause.code or "lm_error"
-        self.retry_after = cause.retry_after
-        super().__init__(f"{stage}: {cause}")
-
 
 class OutputError(ValueError):
     """The LM answered, but its output cannot be used (unparseable, wrong shape, out of range).
@@ -59,13 +47,15 @@ def run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
     """(prediction, tokens used) of one signature on ``handle``'s LM.
 
     A fresh Predict per call keeps concurrent callers from sharing module state; the nested
-    usage tracker also rolls up into any tracker the caller opened.
+    usage tracker also rolls up into any tracker the caller opened. A failed LM call raises
+    its LMError with a note naming the stage (shown in tracebacks).
     """
     with dspy.context(lm=handle.lm), dspy.track_usage() as tracker:
         try:
             prediction = dspy.Predict(signature)(**inputs)
         except LMError as exc:
-            raise StageError(stage, exc) from exc
+            exc.add_note(f"memesys stage: {stage}")
+            raise
         except AdapterParseError as exc:
             raise OutputError(f"{stage}: unparseable model output: {exc}",
                               total_tokens(tracker.get_total_tokens())) from exc

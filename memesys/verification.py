@@ -6,19 +6,23 @@ and parser. The model's answer is never trusted further than it must be:
   verdict, never a pass: a verifier that cannot say "passed" clearly has not passed the meme;
 - slot lengths and counts are measured here in Python and combined with the model's verdict
   (either failing fails), because a model's reading of "max 40 chars" is not a measurement;
-- a failed LM call raises StageError, so only the caller can turn it into "unavailable".
+- a failed LM call raises DSPy's LMError, so only the caller can turn it into "unavailable".
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Literal
+import os
 
-import dspy
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from memesys.draft import Draft, JudgeDraft
-from memesys.lm import LMHandle
-from memesys.stage import OutputError, run
+import math  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Literal  # noqa: E402
+
+import dspy  # noqa: E402
+
+from memesys.draft import Draft, JudgeDraft  # noqa: E402
+from memesys.lm import LMHandle  # noqa: E402
+from memesys.stage import OutputError, run  # noqa: E402
 
 VERIFIERS = ("appropriateness", "factuality", "instruction_following")
 PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
@@ -120,7 +124,7 @@ def _with_measurements(verdict: Verdict, measured: tuple[str, ...]) -> Verdict:
 
 def verify(handle: LMHandle, verifier: str, draft: Draft) -> Verdict:
     """Run one verifier on ``handle``. Status is "passed" or "failed" (unusable output fails,
-    closed); a failed LM call raises StageError."""
+    closed); a failed LM call raises DSPy's LMError (LMTimeoutError, LMRateLimitError, ...)."""
     if verifier not in _SIGNATURES:
         raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
     signature, reasons_field = _SIGNATURES[verifier]

@@ -31,7 +31,6 @@ from memesys.program import (  # noqa: E402
     write_caption,
     write_texts,
 )
-from memesys.stage import StageError  # noqa: E402
 
 
 def dummy(*answers: dict[str, Any]) -> LMHandle:
@@ -221,8 +220,8 @@ def test_openai_compatible_end_to_end(endpoint: str) -> None:
 
 def test_openai_compatible_makes_one_attempt(endpoint: str) -> None:
     FakeOpenAI.fail = True
-    with pytest.raises(StageError) as failed:
+    with pytest.raises(LMError) as failed:
         write_caption(build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks",
                       format="drake")
     assert len(FakeOpenAI.requests) == 1
-    assert failed.value.stage == "write" and isinstance(failed.value.__cause__, LMError)
+    assert failed.value.__notes__ == ["memesys stage: write"]

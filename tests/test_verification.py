@@ -13,13 +13,13 @@ import dspy  # noqa: E402
 import pytest  # noqa: E402
 from dspy.lm15 import Message, Request, Response, TimeoutError, Usage  # noqa: E402
 from dspy.utils import DummyLM  # noqa: E402
+from dspy.utils.exceptions import LMTimeoutError  # noqa: E402
 
 from memesys.draft import Draft  # noqa: E402
 from memesys.formats import UnknownFormat  # noqa: E402
 from memesys.lm import LMHandle, offline_lm  # noqa: E402
 from memesys.offline_writer import TEMPLATES  # noqa: E402
 from memesys.program import write_caption  # noqa: E402
-from memesys.stage import StageError  # noqa: E402
 from memesys.verification import (  # noqa: E402
     FAILED,
     PASSED,
@@ -182,15 +182,15 @@ def test_empty_output_fails_closed(verifier: str) -> None:
     assert verdict.tokens == 4  # what the useless answers cost is still counted
 
 
-def test_lm_failure_raises_stage_error_never_a_verdict() -> None:
+def test_lm_failure_raises_never_a_verdict() -> None:
     def fail() -> str:
         raise TimeoutError("read timed out", provider="canned")
 
     handle, engine = canned(fail)
-    with pytest.raises(StageError) as failed:
+    with pytest.raises(LMTimeoutError) as failed:
         verify(handle, "appropriateness", drake("Tea", "Coffee"))
-    assert (failed.value.stage, failed.value.code, engine.calls) == (
-        "appropriateness", "timeout", 1)
+    assert (failed.value.code, engine.calls) == ("timeout", 1)
+    assert failed.value.__notes__ == ["memesys stage: appropriateness"]
     assert Verdict.unavailable("appropriateness", str(failed.value)).status == UNAVAILABLE
 
 
