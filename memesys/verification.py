@@ -81,8 +81,9 @@ class Verdict:
 
     @classmethod
     def unavailable(cls, verifier: str, why: str) -> Verdict:
-        """The verdict a caller records when the verifier's LM call failed."""
-        return cls(verifier, UNAVAILABLE, 0.0, (why,), 0)
+        """The verdict a caller records when the verifier's LM call failed. Only the first line
+        of ``why`` is kept: provider errors append multi-line advice."""
+        return cls(verifier, UNAVAILABLE, 0.0, (why.strip().split("\n", 1)[0],), 0)
 
 
 def measure(draft: Draft) -> tuple[str, ...]:

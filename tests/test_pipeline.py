@@ -11,6 +11,7 @@ from typing import Any  # noqa: E402
 import dspy  # noqa: E402
 import pytest  # noqa: E402
 from dspy.utils import DummyLM  # noqa: E402
+from dspy.utils.exceptions import LMTimeoutError  # noqa: E402
 from dspy.lm15 import Request, Response, TimeoutError  # noqa: E402
 
 from memesys.decision import (  # noqa: E402
@@ -217,6 +218,13 @@ def test_other_verifiers_unavailable_degrade_visibly(offline: LMHandle, verifier
     assert result.stages[verifier].provider == "failing" and result.stages[verifier].tokens == 0
     healthy = run_sequential(lambda stage: offline, "coffee", seed=2)
     assert result.scores.overall == healthy.scores.overall  # unavailable: score unchanged
+
+
+@pytest.mark.parametrize("stage", ["select", "write", "score"])
+def test_other_stages_fail_visibly(offline: LMHandle, stage: str) -> None:
+    with pytest.raises(LMTimeoutError) as failed:
+        run_sequential(with_stage(offline, stage, failing()), "coffee")
+    assert failed.value.__notes__ == [f"memesys stage: {stage}"]
 
 
 def test_garbage_appropriateness_refuses(offline: LMHandle) -> None:

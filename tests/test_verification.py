@@ -191,7 +191,8 @@ def test_lm_failure_raises_never_a_verdict() -> None:
         verify(handle, "appropriateness", drake("Tea", "Coffee"))
     assert (failed.value.code, engine.calls) == ("timeout", 1)
     assert failed.value.__notes__ == ["memesys stage: appropriateness"]
-    assert Verdict.unavailable("appropriateness", str(failed.value)).status == UNAVAILABLE
+    assert Verdict.unavailable("appropriateness", "timed out\n\nTo fix: wait") == Verdict(
+        "appropriateness", UNAVAILABLE, 0.0, ("timed out",), 0)
 
 
 def test_model_verdicts_are_read_and_clamped() -> None:
