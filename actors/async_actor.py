@@ -20,6 +20,7 @@ import inspect
 import logging
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 import traceback
 from typing import Any, Optional
@@ -123,6 +124,10 @@ class AsyncActor(BaseActor):
                                transientUnique=True)
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
+            # Blocking calls (asyncio.to_thread) may be as many as the requests in flight;
+            # the default executor's min(32, cores + 4) threads would queue them on 2 cores.
+            loop.set_default_executor(ThreadPoolExecutor(self.max_in_flight,
+                                                         f"{self.name}-blocking"))
             self.bridge = Bridge(asys)
             loop.run_until_complete(self.bridge.start())
             self.directory = Directory(self.bridge, self.root)
