@@ -20,6 +20,10 @@ _ALIASES = {
 }
 
 
+# Settings that take one of a few words.
+_CHOICES = {("pipeline", "mode"): ("parallel", "sequential")}
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
@@ -72,4 +76,8 @@ def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = 
     for name, (section, key) in _ALIASES.items():
         if env.get(name):
             cfg[section][key] = env[name]
+    for (section, key), allowed in _CHOICES.items():
+        if cfg[section][key] not in allowed:
+            raise ConfigError(f"{section}.{key} = {cfg[section][key]!r}: expected one of "
+                              f"{', '.join(allowed)}")
     return cfg

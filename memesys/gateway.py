@@ -41,9 +41,10 @@ RETRY_AFTER_S = "1"
 
 # Failure code from the actors -> HTTP status.
 _STATUS = {
-    "bad_request": 422, "unknown_format": 422,
+    "bad_request": 422, "unknown_format": 422, "inappropriate": 422,
     "overloaded": 503, "unavailable": 503, "worker_lost": 503, "crashed": 503,
-    "store_error": 503, "timeout": 504, "caption_error": 502, "render_error": 502,
+    "store_error": 503, "verification_unavailable": 503, "llm_unavailable": 503,
+    "timeout": 504, "bad_output": 502, "render_error": 502,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -142,10 +143,24 @@ class Gateway:
                                      headers={"Location": status_url, "X-Trace-Id": trace_id})
         # Idempotent: if a worker dies holding it, the pool retries it on another worker. At
         # worst a meme saved just before the death is stored twice; the client gets one.
-        meme = await self.directory.ask(GENERATOR, order, self.cfg["request_timeout_s"],
-                                        idempotent=True)
+        try:
+            meme = await self.directory.ask(GENERATOR, order, self.cfg["request_timeout_s"],
+                                            idempotent=True)
+        except RemoteFailure as exc:
+            self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
+                               code=exc.failure.code)
+            raise
+        self._count_verdicts(meme)
         return web.json_response(meme, status=201, headers={
             "Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id})
+
+    def _count_verdicts(self, meme: dict) -> None:
+        """Every verdict served, so a degraded verifier shows in metrics, not only in JSON."""
+        if meme["cached"]:
+            return
+        for verifier, verdict in meme["verification"]["verdicts"].items():
+            self.metrics.count("memesys_verdicts_total", "verdicts of served memes",
+                               verifier=verifier, status=verdict["status"])
 
     def _meme_id(self, request: web.Request) -> str:
         meme_id = request.match_info["id"]

@@ -106,3 +106,27 @@ class RunTask:
 @dataclass(frozen=True)
 class RunnerReady:
     """From a (re)started runner to the ledger: send me the open tasks."""
+
+
+@dataclass(frozen=True)
+class RunVerifier:
+    """For the verifier pool: run one verifier on a draft; the answer is a ``Judgement``."""
+
+    verifier: str
+    draft: Any  # memesys.draft.Draft
+
+
+@dataclass(frozen=True)
+class RunScore:
+    """For the verifier pool: score a draft; the answer is a ``Judgement``."""
+
+    draft: Any  # memesys.draft.Draft
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verifier's Verdict or the scorer's Scores, and the stage run that produced it
+    (provider, model, tokens, ms) for the meme's accounting."""
+
+    result: Any
+    run: Any  # memesys.pipeline.StageRun

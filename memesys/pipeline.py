@@ -13,6 +13,7 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import asyncio  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Mapping  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
@@ -108,7 +109,7 @@ T = TypeVar("T", bound=_Costed)
 
 
 @dataclass
-class _Ledger:
+class Ledger:
     """Times and accounts each stage call under its key."""
 
     stages: dict[str, StageRun] = field(default_factory=dict)
@@ -118,82 +119,116 @@ class _Ledger:
         try:
             result = stage()
         except BaseException:
-            self._record(key, handle, start, 0)
+            self.record(key, StageRun(handle.provider, handle.model, 0, _ms(start)))
             raise
-        self._record(key, handle, start, result.tokens)
+        self.record(key, StageRun(handle.provider, handle.model, result.tokens, _ms(start)))
         return result
 
-    def _record(self, key: str, handle: LMHandle, start: float, tokens: int) -> None:
-        ms = (time.perf_counter() - start) * 1000
-        self.stages[key] = StageRun(handle.provider, handle.model, tokens, ms)
+    def record(self, key: str, run: StageRun) -> None:
+        self.stages[key] = run
 
 
-def _verify_all(handle_for: Callable[[str], LMHandle], ledger: _Ledger, draft: Draft,
-                suffix: str) -> dict[str, Verdict]:
-    """The three verifiers in order. One whose LM call fails is recorded "unavailable";
-    decide() says what that means."""
-    verdicts = {}
-    for verifier in VERIFIERS:
-        handle = handle_for(verifier)
-        try:
-            verdicts[verifier] = ledger.call(verifier + suffix, handle,
-                                             lambda: verify(handle, verifier, draft))
-        except LMError as exc:
-            verdicts[verifier] = Verdict.unavailable(verifier, str(exc))
-    return verdicts
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
 
 
-def _score(handle_for: Callable[[str], LMHandle], ledger: _Ledger, draft: Draft,
-           verdicts: Mapping[str, Verdict], suffix: str) -> Scores:
-    handle = handle_for("score")
-    return apply_verdicts(ledger.call("score" + suffix, handle, lambda: score(handle, draft)),
-                          verdicts)
+class Stages(Protocol):
+    """Where the stages of one meme run: the pipeline's logic is the same in both modes.
+
+    ``call`` runs one LM stage (select, write, refine) accounted under ``key``; ``judge`` runs
+    the three verifiers and the scorer on a draft and returns the verdicts and the raw scores
+    (None when the verdicts refuse the draft and the scorer was skipped).
+    """
+
+    ledger: Ledger
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T: ...
+
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                               Scores | None]: ...
 
 
-def run_sequential(handle_for: Callable[[str], LMHandle], topic: str, format: str | None = None,
-                   style: str | None = None, audience: str | None = None, seed: int = 0,
-                   policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
-    """One meme through every stage in order. Raises Refused when the first draft may not be
-    served (decide), UnknownFormat/CaptionError on a bad request or unusable model output, and
-    DSPy's LMError when a stage other than a verifier cannot reach its LM. A refined draft the
+@dataclass
+class LocalStages:
+    """The sequential reference: every stage in this thread, one after another."""
+
+    handle_for: Callable[[str], LMHandle]
+    ledger: Ledger = field(default_factory=Ledger)
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+        handle = self.handle_for(stage)
+        return self.ledger.call(key, handle, lambda: fn(handle))
+
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                               Scores | None]:
+        """The verifiers in order (an LM failure is an "unavailable" verdict), then the
+        scorer only if the verdicts let the draft be served."""
+        verdicts = {}
+        for verifier in VERIFIERS:
+            try:
+                verdicts[verifier] = await self.call(
+                    verifier + suffix, verifier, lambda h, v=verifier: verify(h, v, draft))
+            except LMError as exc:
+                verdicts[verifier] = Verdict.unavailable(verifier, _first_line(exc))
+        if decide(verdicts).refusal is not None:
+            return verdicts, None
+        return verdicts, await self.call("score" + suffix, "score", lambda h: score(h, draft))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
+                       style: str | None = None, audience: str | None = None, seed: int = 0,
+                       policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
+    """One meme through every stage. Raises Refused when the first draft may not be served
+    (decide), UnknownFormat/CaptionError on a bad request or unusable model output, and DSPy's
+    LMError when a stage other than a verifier cannot reach its LM. A refined draft the
     verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
     began = time.perf_counter()
-    ledger = _Ledger()
     topic = clean_topic(topic)
     if format:
         choice = requested(format)
     else:
-        handle = handle_for("select")
-        choice = ledger.call("select", handle, lambda: choose_format(handle, topic, seed))
-    handle = handle_for("write")
-    caption = ledger.call("write", handle,
-                          lambda: write_texts(handle, topic, choice, style, audience, seed))
+        choice = await stages.call("select", "select",
+                                   lambda h: choose_format(h, topic, seed))
+    caption = await stages.call("write", "write",
+                                lambda h: write_texts(h, topic, choice, style, audience, seed))
     draft = Draft.from_caption(caption, topic, style, audience, seed)
-    verdicts = _verify_all(handle_for, ledger, draft, "")
+    verdicts, raw = await stages.judge(draft, "")
     decision = decide(verdicts)
     decision.enforce()
-    best = Judged(caption, draft, verdicts, decision,
-                  _score(handle_for, ledger, draft, verdicts, ""))
+    best = Judged(caption, draft, verdicts, decision, apply_verdicts(raw, verdicts))
     rounds: list[Round] = []
     while should_refine(best.scores.overall, rounds[-1] if rounds else None, policy):
-        n, handle, kept = len(rounds) + 1, handle_for("refine"), best
-        refined = ledger.call(f"refine_{n}", handle, lambda: refine(
-            handle, kept.draft, critique_for(kept.scores, kept.verdicts)))
+        n, kept = len(rounds) + 1, best
+        critique = critique_for(kept.scores, kept.verdicts)
+        refined = await stages.call(f"refine_{n}", "refine",
+                                    lambda h: refine(h, kept.draft, critique))
         refined = replace(refined, reason=caption.reason)
         draft = kept.draft.with_texts(refined.texts)
-        verdicts = _verify_all(handle_for, ledger, draft, f"_{n}")
+        verdicts, raw = await stages.judge(draft, f"_{n}")
         decision = decide(verdicts)
         statuses = {name: v.status for name, v in verdicts.items()}
         if decision.refusal is not None:
             rounds.append(Round(n, refined.texts, 0.0, statuses, -kept.scores.overall,
                                 decision.refusal))
             continue  # should_refine stops after a refused round
-        scores = _score(handle_for, ledger, draft, verdicts, f"_{n}")
+        scores = apply_verdicts(raw, verdicts)
         rounds.append(Round(n, refined.texts, scores.overall, statuses,
                             scores.overall - kept.scores.overall))
         if scores.overall > kept.scores.overall:
             best = Judged(refined, draft, verdicts, decision, scores)
-    timings = {key: run.ms for key, run in ledger.stages.items()}
-    timings["total"] = (time.perf_counter() - began) * 1000
+    timings = {key: run.ms for key, run in stages.ledger.stages.items()}
+    timings["total"] = _ms(began)
     return PipelineResult(best.caption, best.draft, best.verdicts, best.decision, best.scores,
-                          tuple(rounds), dict(ledger.stages), timings)
+                          tuple(rounds), dict(stages.ledger.stages), timings)
+
+
+def run_sequential(handle_for: Callable[[str], LMHandle], topic: str, format: str | None = None,
+                   style: str | None = None, audience: str | None = None, seed: int = 0,
+                   policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
+    """The sequential reference path: :func:`run_pipeline` with every stage in this thread."""
+    return asyncio.run(run_pipeline(LocalStages(handle_for), topic, format, style, audience,
+                                    seed, policy))

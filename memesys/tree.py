@@ -3,6 +3,7 @@
     memesys            rest_for_one  a child restarts after what it depends on: when the store
     ├── store          pool          pool restarts, everything after it restarts and resolves
     ├── render         pool          fresh addresses; a generator crash touches nothing before it
+    ├── verify         pool          the three verifiers and the scorer, many calls at once
     ├── generator      pool
     └── tasks          one_for_all   ledger and runner share the leases of tasks in flight
         ├── ledger
@@ -20,6 +21,7 @@ from memesys.generator import GeneratorArgs, GeneratorWorker
 from memesys.render_actor import RenderArgs, RenderWorker
 from memesys.store_actor import StoreArgs, StoreWorker
 from memesys.tasks import TaskArgs, TaskLedger, TaskRunner
+from memesys.verifier import VerifierArgs, VerifierWorker
 
 ROOT = "memesys"
 GENERATOR = "generator"
@@ -49,9 +51,12 @@ def root_spec(cfg: dict, redis_url: str) -> ChildSpec:
         pool("render", RenderWorker, workers["render"],
              RenderArgs(render["width"], render["height"], render["font_path"],
                         render["max_png_bytes"], render["template_dir"]), 256),
+        pool("verify", VerifierWorker, workers["verifiers"],
+             VerifierArgs(dict(llm), cfg["pipeline"]["stage_timeout_s"],
+                          workers["max_in_flight_per_verifier"]),
+             workers["max_in_flight_per_verifier"]),
         pool(GENERATOR, GeneratorWorker, workers["generators"],
-             GeneratorArgs(llm["model"], llm["api_key"], llm["base_url"], llm["timeout_s"],
-                           workers["max_in_flight_per_worker"]),
+             GeneratorArgs(dict(llm), dict(cfg["pipeline"]), workers["max_in_flight_per_worker"]),
              workers["max_in_flight_per_worker"]),
         ChildSpec(TASKS, Supervisor, SupervisorArgs((
             ChildSpec("ledger", TaskLedger, task_args),

@@ -68,6 +68,9 @@ class FakeConfig:
     retry_after_s: float | None = None  # Retry-After (and retry-after-ms) on a 429
     hang_s: float = 0.0             # sleep this long before answering (for client timeouts)
     seed: int = 0                   # seeds the jitter
+    # Non-empty: faults hit only requests whose messages contain this text (e.g. an output
+    # field of one signature, "flagged_claims", to take down the factuality verifier only).
+    fail_matching: str = ""
 
 
 class FakeOpenAI:
@@ -225,7 +228,9 @@ class FakeOpenAI:
         if config.hang_s > 0:
             await asyncio.sleep(config.hang_s)
         self._faultable += 1
-        fault = self._fault(config)
+        targeted = not config.fail_matching or config.fail_matching in json.dumps(
+            body["messages"])
+        fault = self._fault(config) if targeted else None
         if fault is not None:
             self.failures += 1
             return fault
@@ -365,13 +370,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-every", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=None)
     parser.add_argument("--hang", type=float, default=0.0)
+    parser.add_argument("--fail-matching", default="",
+                        help="inject faults only into requests whose messages contain this")
     return parser.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     config = FakeConfig(latency_s=args.latency, jitter_s=args.jitter, seed=args.seed,
                         fail_status=args.fail_status, fail_every=args.fail_every,
-                        retry_after_s=args.retry_after, hang_s=args.hang)
+                        retry_after_s=args.retry_after, hang_s=args.hang,
+                        fail_matching=args.fail_matching)
     fake = FakeOpenAI(config, api_key=args.api_key, model=args.model, port=args.port)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

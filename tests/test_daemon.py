@@ -43,7 +43,7 @@ def test_a_meme_is_made_stored_and_served(daemon):
                 "verification", "provider", "cached", "created_at", "timings", "trace_id"):
         assert key in meme
     assert meme["provider"]["name"] == "offline" and meme["cached"] is False
-    assert set(meme["timings"]) >= {"caption", "render", "store", "total"}
+    assert set(meme["timings"]) >= {"write", "judge", "render", "store", "total"}
     status, stored = daemon.json("GET", f"/v1/memes/{meme['id']}")
     assert status == 200 and stored["top_text"] == meme["top_text"]
     status, headers, png = daemon.request("GET", meme["image_url"])

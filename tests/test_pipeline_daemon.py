@@ -1,0 +1,122 @@
+"""The meme pipeline through the running daemon: verification, the partial-failure policy,
+both pipeline modes, the real-provider path through a fake OpenAI-compatible server."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.daemon_process import DaemonProcess
+from tests.fake_openai import FakeConfig, FakeOpenAI
+
+pytestmark = [pytest.mark.slow, pytest.mark.store]
+
+FORMATS = ("drake", "distracted-boyfriend", "expanding-brain", "change-my-mind", "two-buttons",
+           "this-is-fine")
+STAGES = {"select", "write", "appropriateness", "factuality", "instruction_following", "score"}
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAI(FakeConfig()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def provider_daemon(tmp_path_factory, fake):
+    d = DaemonProcess(tmp_path_factory.mktemp("provider"), {
+        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
+        "MEMESYS_LLM_MODEL": "fake-model"}).start()
+    yield d
+    assert d.stop() == []
+
+
+@pytest.fixture(scope="module")
+def sequential_daemon(tmp_path_factory):
+    d = DaemonProcess(tmp_path_factory.mktemp("sequential"),
+                      {"MEMESYS_PIPELINE_MODE": "sequential"}).start()
+    yield d
+    assert d.stop() == []
+
+
+def post(daemon, **body):
+    return daemon.json("POST", "/v1/memes", {"fresh": True, **body})
+
+
+def test_the_real_provider_path_makes_http_calls(provider_daemon, fake):
+    before = fake.calls
+    status, meme = post(provider_daemon, topic="coffee before code")
+    assert status == 201, meme
+    assert fake.calls - before == len(STAGES)  # every stage is one request to the server
+    assert meme["provider"]["name"] == "openai-compatible"
+    assert meme["provider"]["model"] == "fake-model" and meme["provider"]["tokens"] > 0
+    assert set(meme["provider"]["stages"]) == STAGES
+    assert all(s["model"] == "fake-model" for s in meme["provider"]["stages"].values())
+    assert {v["status"] for v in meme["verification"]["verdicts"].values()} == {"passed"}
+    assert meme["pipeline_mode"] == "parallel"
+
+
+def test_an_unavailable_factuality_check_is_served_visibly(provider_daemon, fake):
+    fake.config.fail_status, fake.config.fail_matching = 500, "flagged_claims"
+    try:
+        status, meme = post(provider_daemon, topic="tea versus coffee")
+    finally:
+        fake.config.fail_status, fake.config.fail_matching = None, ""
+    assert status == 201, meme
+    verdicts = meme["verification"]["verdicts"]
+    assert verdicts["factuality"]["status"] == "unavailable"
+    assert verdicts["appropriateness"]["status"] == "passed"
+    assert meme["verification"]["degraded"] == ["factuality"]
+    metrics = provider_daemon.request("GET", "/metrics")[2].decode()
+    assert 'memesys_verdicts_total{status="unavailable",verifier="factuality"} 1' in metrics
+
+
+def test_an_unavailable_appropriateness_check_refuses_the_meme(provider_daemon, fake):
+    fake.config.fail_status, fake.config.fail_matching = 500, "concerns"
+    try:
+        status, headers, body = provider_daemon.request(
+            "POST", "/v1/memes", {"topic": "unchecked things", "fresh": True})
+    finally:
+        fake.config.fail_status, fake.config.fail_matching = None, ""
+    assert status == 503 and headers["Retry-After"]
+    assert json.loads(body)["error"]["code"] == "verification_unavailable"
+
+
+def test_a_provider_outage_fails_the_meme_visibly(provider_daemon, fake):
+    fake.config.fail_status = 500
+    try:
+        status, error = post(provider_daemon, topic="outage")
+    finally:
+        fake.config.fail_status = None
+    assert status == 503 and error["error"]["code"] == "llm_unavailable"
+
+
+def test_inappropriate_topics_are_refused(sequential_daemon):
+    for topic in ("how to stab my neighbour", "mail me at someone@example.com"):
+        status, error = post(sequential_daemon, topic=topic)
+        assert status == 422 and error["error"]["code"] == "inappropriate", (topic, error)
+
+
+def test_the_sequential_path_gives_the_same_kind_of_meme(sequential_daemon):
+    status, meme = post(sequential_daemon, topic="mondays", seed=3)
+    assert status == 201, meme
+    assert meme["pipeline_mode"] == "sequential"
+    assert set(meme["provider"]["stages"]) == STAGES
+    assert STAGES <= set(meme["timings"]) and "judge" not in meme["timings"]
+    assert 0 <= meme["scores"]["overall"] <= 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_memes_in_many_formats(sequential_daemon, fmt, tmp_path_factory):
+    status, meme = post(sequential_daemon, topic="deadlines", format=fmt)
+    assert status == 201, meme
+    assert meme["format"] == fmt and meme["format_reason"]
+    png = sequential_daemon.request("GET", meme["image_url"])[2]
+    image = Image.open(io.BytesIO(png))
+    assert image.size == (640, 640)
+    out = Path(tmp_path_factory.getbasetemp()) / "formats"
+    out.mkdir(exist_ok=True)
+    (out / f"{fmt}.png").write_bytes(png)
