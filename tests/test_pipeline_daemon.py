@@ -120,3 +120,17 @@ def test_memes_in_many_formats(sequential_daemon, fmt, tmp_path_factory):
     out = Path(tmp_path_factory.getbasetemp()) / "formats"
     out.mkdir(exist_ok=True)
     (out / f"{fmt}.png").write_bytes(png)
+
+
+def test_the_judging_group_runs_in_parallel(provider_daemon, fake):
+    fake.config.latency_s = 0.2
+    try:
+        status, meme = post(provider_daemon, topic="parallel worlds")
+    finally:
+        fake.config.latency_s = 0.0
+    assert status == 201, meme
+    timings = meme["timings"]
+    calls = [timings[k] for k in ("appropriateness", "factuality", "instruction_following",
+                                  "score")]
+    assert min(calls) >= 200  # each judging call paid the latency ...
+    assert timings["judge"] < 2 * 200 < sum(calls)  # ... but the group paid it about once
