@@ -45,19 +45,28 @@ def locate(system: RunningSystem, path: str):
 
 
 class LagMeter:
-    """A ticker that sleeps 5 ms in a loop and keeps the worst overshoot: event-loop lag."""
+    """A ticker that sleeps 5 ms in a loop and records each overshoot: event-loop lag."""
 
     def __init__(self, tick: float = 0.005) -> None:
         self.tick = tick
-        self.worst = 0.0
+        self.lags: list[float] = []
         self._task: asyncio.Task | None = None
+
+    @property
+    def worst(self) -> float:
+        return max(self.lags, default=0.0)
+
+    @property
+    def p90(self) -> float:
+        ordered = sorted(self.lags)
+        return ordered[int(0.9 * (len(ordered) - 1))] if ordered else 0.0
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             before = loop.time()
             await asyncio.sleep(self.tick)
-            self.worst = max(self.worst, loop.time() - before - self.tick)
+            self.lags.append(loop.time() - before - self.tick)
 
     def __enter__(self) -> "LagMeter":
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -78,7 +87,10 @@ async def test_200_concurrent_asks_each_get_their_own_reply(
         replies = await asyncio.gather(*(bridge.ask(address, p, 5) for p in payloads))
         elapsed = time.monotonic() - started
     assert replies == payloads
-    assert lag.worst < 0.1, f"the event loop lagged {lag.worst * 1000:.0f} ms"
+    # A blocking ask would stall the loop for the whole batch (hundreds of ms); scheduling
+    # noise on a shared 2-core machine stays far below these bounds.
+    assert lag.p90 < 0.03, f"the event loop lagged {lag.p90 * 1000:.0f} ms (p90)"
+    assert lag.worst < 0.25, f"the event loop lagged {lag.worst * 1000:.0f} ms (worst)"
     assert elapsed < 3.0, elapsed
     assert bridge.in_flight == 0 and bridge.stale_replies == 0
 
