@@ -97,9 +97,9 @@ class AsyncActor(BaseActor):
             log.error("%s: request %s failed:\n%s", self.name, request.correlation_id,
                       traceback.format_exc())
             error = Failure("error", f"{type(exc).__name__}: {exc}")
-        self.bridge.tell(target, Reply(request.correlation_id, payload, error))
-        if forwarded:
+        if forwarded:  # first, as in BaseActor.reply
             self.bridge.tell(self.parent, WorkDone(request.correlation_id))
+        self.bridge.tell(target, Reply(request.correlation_id, payload, error))
         self._completed += 1
         self.observe(request.payload, time.perf_counter() - started, error)
 

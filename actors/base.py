@@ -26,6 +26,7 @@ from thespian.actors import (
 )
 
 from actors.messages import (
+    Batch,
     Failure,
     Init,
     InitFailed,
@@ -37,6 +38,7 @@ from actors.messages import (
     Stop,
     StopMe,
     WorkDone,
+    batches,
 )
 
 log = logging.getLogger("actors")
@@ -79,6 +81,8 @@ class BaseActor(Actor):
     raised, and exits). Application requests arrive as :class:`Request` envelopes and
     ``handle(payload)`` returns the reply payload. ``on_stop()`` runs before a graceful exit.
     ``observe(payload, seconds, error)`` is called after every handled request (telemetry).
+    A :class:`Batch` is handled message by message, and the sends it causes leave as one
+    message per target.
     """
 
     kind = "worker"
@@ -92,6 +96,7 @@ class BaseActor(Actor):
         self.root: Optional[ActorAddress] = None
         self._crashed = False
         self._stopped = False
+        self._held: Optional[list[tuple[ActorAddress, Any]]] = None
 
     # -- hooks for subclasses -------------------------------------------------------------
 
@@ -112,20 +117,47 @@ class BaseActor(Actor):
     def observe(self, payload: Any, seconds: float, error: Optional[Failure]) -> None:
         """Called after each request is answered (or failed)."""
 
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, targetAddr: ActorAddress, msg: Any) -> None:
+        """Thespian's ``send``, except while a :class:`Batch` is handled: then every send is
+        held, and the batch's sends leave as one message per target when it is done."""
+        if self._held is None:
+            super().send(targetAddr, msg)
+        else:
+            self._held.append((targetAddr, msg))
+
+    def _receive_batch(self, batch: Batch, sender: ActorAddress) -> None:
+        """Each message in order, as if it had arrived alone; a crash on one answers it
+        ``crashed`` and, the actor being crashed from then on, the rest of the batch too."""
+        outermost = self._held is None
+        if outermost:
+            self._held = []
+        try:
+            for message in batch.messages:
+                self.receiveMessage(message, sender)
+        finally:
+            if outermost:
+                held, self._held = self._held, None
+                for target, message in batches(held):
+                    super().send(target, message)
+
     # -- replying ---------------------------------------------------------------------------
 
     def reply(self, request: Request, sender: ActorAddress, payload: Any = None,
               error: Optional[Failure] = None) -> None:
-        """Answer ``request`` at its ``reply_to`` (or its sender); tell a forwarding parent."""
-        target = request.reply_to or sender
-        self.send(target, Reply(request.correlation_id, payload, error))
+        """Answer ``request`` at its ``reply_to`` (or its sender); tell a forwarding parent
+        first, so that its books balance before the requester, answered, can ask again."""
         if request.reply_to is not None and sender == self.parent:
             self.send(self.parent, WorkDone(request.correlation_id))
+        self.send(request.reply_to or sender, Reply(request.correlation_id, payload, error))
 
     # -- Thespian entry point ---------------------------------------------------------------
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
-        if isinstance(msg, Init):
+        if isinstance(msg, Batch):
+            self._receive_batch(msg, sender)
+        elif isinstance(msg, Init):
             self._init(msg, sender)
         elif isinstance(msg, ActorExitRequest):
             self._exit()

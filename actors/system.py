@@ -19,7 +19,17 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 from thespian.system.transport import IPBase
 
 from actors.base import BaseActor
-from actors.messages import Failure, Init, InitFailed, Reply, Request, Started, Stop, Stopped
+from actors.messages import (
+    Failure,
+    Init,
+    InitFailed,
+    Reply,
+    Request,
+    Started,
+    Stop,
+    Stopped,
+    unpack,
+)
 from actors.spec import ChildSpec
 
 log = logging.getLogger("actors.system")
@@ -171,9 +181,10 @@ class _Absent(BaseActor):
     """Stands in for a missing root when looked up by global name: refuses and exits."""
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
-        if isinstance(msg, Request):
-            self.send(sender, Reply(msg.correlation_id, None,
-                                    Failure("unavailable", "the root supervisor is not running")))
+        for request in unpack(msg):
+            if isinstance(request, Request):
+                self.send(request.reply_to or sender, Reply(request.correlation_id, None, Failure(
+                    "unavailable", "the root supervisor is not running")))
         if not isinstance(msg, ActorExitRequest):
             self.send(self.myAddress, ActorExitRequest())
 
@@ -202,8 +213,9 @@ def ask(asys: ActorSystem, target: ActorAddress, payload: Any, timeout: float) -
     deadline = time.monotonic() + timeout
     answer = asys.ask(target, request, timeout)
     while True:
-        if isinstance(answer, Reply) and answer.correlation_id == request.correlation_id:
-            return answer
+        for reply in unpack(answer):  # a late reply may share a batch with ours
+            if isinstance(reply, Reply) and reply.correlation_id == request.correlation_id:
+                return reply
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Reply(request.correlation_id, None,

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Reply, Request, StatusQuery, TreeStatus
+from actors.messages import Reply, Request, StatusQuery, TreeStatus, unpack
 from actors.spec import ChildSpec
 from actors.system import (
     SystemConfig,
@@ -72,7 +72,8 @@ def send_all(ctx: ActorSystem, target: ActorAddress,
 
 def collect(ctx: ActorSystem, requests: list[Request], timeout: float,
             arrivals: Optional[dict[str, float]] = None) -> dict[str, Reply]:
-    """Every reply to ``requests`` by correlation id (arrival times into ``arrivals``)."""
+    """Every reply to ``requests`` by correlation id (arrival times into ``arrivals``); replies
+    may come several to a :class:`~actors.messages.Batch`."""
     arrivals = {} if arrivals is None else arrivals
     wanted = {r.correlation_id for r in requests}
     replies: dict[str, Reply] = {}
@@ -83,10 +84,11 @@ def collect(ctx: ActorSystem, requests: list[Request], timeout: float,
             pytest.fail(f"{len(wanted - replies.keys())} of {len(wanted)} requests never "
                         f"answered within {timeout:g} s")
         message = ctx.listen(remaining)
-        if isinstance(message, Reply) and message.correlation_id in wanted:
-            assert message.correlation_id not in replies, "answered twice"
-            replies[message.correlation_id] = message
-            arrivals[message.correlation_id] = time.monotonic()
+        for reply in unpack(message):
+            if isinstance(reply, Reply) and reply.correlation_id in wanted:
+                assert reply.correlation_id not in replies, "answered twice"
+                replies[reply.correlation_id] = reply
+                arrivals[reply.correlation_id] = time.monotonic()
     return replies
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from actors.async_actor import AsyncActor
 from actors.base import BaseActor
-from actors.messages import Stop
+from actors.messages import Batch, Stop
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,24 @@ class Recorder(BaseActor):
 
 class Echo(BaseActor):
     def handle(self, payload: Any) -> Any:
+        return payload
+
+
+class Tally(BaseActor):
+    """Echoes; ``"tally"`` answers ``(requests, batched)``: how many requests it answered and
+    how many of them came in a batch."""
+
+    requests = batched = 0
+
+    def receiveMessage(self, msg: Any, sender: Any) -> None:
+        if isinstance(msg, Batch):
+            self.batched += len(msg.messages)
+        super().receiveMessage(msg, sender)
+
+    def handle(self, payload: Any) -> Any:
+        if payload == "tally":
+            return self.requests, self.batched
+        self.requests += 1
         return payload
 
 

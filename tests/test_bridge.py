@@ -25,7 +25,9 @@ pytestmark = pytest.mark.timeout(30)
 async def bridge(actor_system: RunningSystem, tmp_path) -> AsyncIterator[Bridge]:
     children = (
         ChildSpec("echo", "tests.sample_actors.Echo"),
-        ChildSpec("pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Echo", 3)),
+        # 3 workers x 100 admit the 200 asks at once: sent in batches, they arrive together
+        ChildSpec("pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Echo", 3,
+                                                       max_outstanding=100)),
         ChildSpec("slow", "tests.sample_actors.Recorder", Journal(str(tmp_path / "journal"))),
     )
     actor_system.start(ChildSpec("root", "actors.supervisor.Supervisor",
