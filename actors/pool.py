@@ -47,6 +47,10 @@ class Pool(Supervisor):
 
     kind = "pool"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: deque[tuple[Request, int, float]] = deque()  # (request, attempts, expiry)
+
     def on_start(self, args: PoolArgs) -> None:
         self.pool = args
         self._next_index = args.size
@@ -56,7 +60,6 @@ class Pool(Supervisor):
         # worker name -> {correlation id: (forwarded request, attempts)}
         self._outstanding: dict[str, dict[str, tuple[Request, int]]] = {}
         self._owner: dict[str, str] = {}  # correlation id -> worker name
-        self._waiting: deque[tuple[Request, int, float]] = deque()  # (request, attempts, expiry)
 
     def _worker_spec(self, index: int) -> ChildSpec:
         return ChildSpec(f"worker-{index}", self.pool.worker, self.pool.worker_args,
@@ -115,6 +118,15 @@ class Pool(Supervisor):
                                                        f"within {self.pool.wait_s:g} s"))
         if self._waiting:
             self.wakeupAfter(max(0.0, self._waiting[0][2] - now), payload=_EXPIRE)
+
+    def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
+        """A pool that began to stop (``Stop``, or its restart intensity reached) answers the
+        requests waiting for a worker at once: no worker will come back for them."""
+        super().receiveMessage(msg, sender)
+        if self._waiting and self._shutting_down:
+            waiting, self._waiting = self._waiting, deque()
+            for request, _, _ in waiting:
+                self._fail(request, Failure("unavailable", f"{self.name} is stopping"))
 
     def _fail(self, request: Request, failure: Failure) -> None:
         self.send(request.reply_to, _reply(request, failure))

@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Ack, Located, Ping, Pong, Request, Resize, WhereIs
-from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
+from actors.messages import Ack, Located, Ping, Pong, RemoveChild, Request, Resize, WhereIs
+from actors.spec import Backoff, ChildSpec, PoolArgs, SupervisorArgs
 from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -131,3 +131,21 @@ def test_overload_past_max_outstanding_on_every_worker(actor_system: RunningSyst
     assert time.monotonic() - started < 0.5
     assert all(r.ok for r in collect(context, busy, 5).values())
     assert system.ask(pool, 0.0).ok  # capacity is back
+
+
+def test_requests_waiting_for_a_worker_are_answered_when_the_pool_stops(
+        actor_system: RunningSystem, context: ActorSystem) -> None:
+    system = actor_system
+    pool = start_pool(system, 1, wait_s=5.0,
+                      backoff=Backoff(initial_s=2.0, max_s=2.0, jitter=0.0))
+    os.kill(workers(system)["worker-0"].pid, signal.SIGKILL)
+    wait_for(lambda: workers(system)["worker-0"].state != "running", 2,
+             what="the pool to see its worker die")
+    waiting = send_all(context, pool, [Request(0.0)])  # waits for the restart, 2 s away
+    time.sleep(0.1)
+    started = time.monotonic()
+    context.tell(system.root, Request(RemoveChild("pool")))  # an ordered stop of the pool
+    reply = collect(context, waiting, 5)[waiting[0].correlation_id]
+    assert reply.error is not None and reply.error.code == "unavailable"
+    assert "stopping" in reply.error.message
+    assert time.monotonic() - started < 1.0  # not when the pool would have given up
