@@ -17,7 +17,7 @@ from thespian.actors import ActorAddress, ActorSystem
 from actors.bridge import DEAD_ADDRESS, Bridge, RemoteFailure
 from actors.messages import Batch, Located, RemoveChild, Reply, Request, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem, collect, wait_for
+from tests.conftest import RunningSystem, alive, collect, wait_for
 from tests.sample_actors import Journal
 
 pytestmark = pytest.mark.timeout(30)
@@ -147,7 +147,9 @@ async def test_a_batch_to_a_dead_address_fails_every_request(actor_system: Runni
                                                              tmp_path: Path) -> None:
     address = start(actor_system, ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),
                     ChildSpec("tally", "tests.sample_actors.Tally"))
+    pid = status(actor_system, "rec").pid
     assert actor_system.ok(actor_system.root, RemoveChild("rec"))
+    wait_for(lambda: not alive(pid), 2, what="the removed actor's process to exit")
     bridge = Bridge(actor_system.asys)
     await bridge.start()
     try:
@@ -158,7 +160,8 @@ async def test_a_batch_to_a_dead_address_fails_every_request(actor_system: Runni
         elapsed = time.monotonic() - started
     finally:
         await bridge.close()
-    dead, alive = outcomes[:20], outcomes[20:]
-    assert all(isinstance(o, RemoteFailure) and o.failure.code == DEAD_ADDRESS for o in dead)
-    assert alive == list(range(20))  # the other target's batch went through
+    dead, answered = outcomes[:20], outcomes[20:]
+    assert all(isinstance(o, RemoteFailure) and o.failure.code == DEAD_ADDRESS
+               for o in dead), dead
+    assert answered == list(range(20))  # the other target's batch went through
     assert elapsed < 1.0
