@@ -4,7 +4,8 @@ An ``ActorSystem`` handle is not thread-safe and ``ask`` blocks, so a thread per
 cap throughput at the thread pool. Instead two threads each own one handle: the *sender*
 ``tell``s requests (with ``reply_to`` naming the listener) and the *listener* sits in
 ``listen`` and hands every reply back to the event loop, matched by correlation id. Replies
-nobody waits for any more (their ask timed out) are counted and dropped.
+nobody waits for any more (their ask timed out) are counted and dropped; other messages
+(a pool's :class:`~actors.messages.Members`) go to the handlers given to ``on_notice``.
 
 Every Thespian message costs a few hundred microseconds of Python on each side, so the sender
 sends whatever has queued up as one :class:`~actors.messages.Batch` per target.
@@ -14,19 +15,33 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import queue
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Failure, Reply, Request, WhereIs, batches, unpack
+from actors.messages import (
+    Failure,
+    Members,
+    Reply,
+    Request,
+    Subscribe,
+    WhereIs,
+    batches,
+    new_correlation_id,
+    unpack,
+)
+from actors.route import PoolRoute, Worker
+from actors.spec import MAX_ATTEMPTS
 
 log = logging.getLogger("actors.bridge")
 
 LOOKUP_TIMEOUT_S = 2.0
 DEAD_ADDRESS = "dead_address"
+WORKER_LOST = "worker_lost"
 _SEND_TIMEOUT_S = 5.0
 _SEND_SLICE = datetime.timedelta(seconds=0.5)
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
@@ -60,6 +75,7 @@ class Bridge:
         self._listen_address: Optional[ActorAddress] = None
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._notice_handlers: list[Callable[[Any], None]] = []
         self.stale_replies = 0
 
     @property
@@ -92,11 +108,13 @@ class Bridge:
         self._pending.clear()
 
     async def ask(self, target: ActorAddress, payload: Any, timeout: float,
-                  idempotent: bool = False) -> Any:
-        """The reply payload; :class:`RemoteFailure` on a failure, :class:`AskTimeout`."""
+                  idempotent: bool = False, correlation_id: Optional[str] = None) -> Any:
+        """The reply payload; :class:`RemoteFailure` on a failure, :class:`AskTimeout`.
+        A caller that may have to :meth:`fail` the request chooses its ``correlation_id``."""
         if len(self._pending) >= self._max_pending:
             raise RemoteFailure(Failure("overloaded", "too many requests in flight"))
-        request = Request(payload, reply_to=self._listen_address, idempotent=idempotent)
+        request = Request(payload, correlation_id or new_correlation_id(),
+                          self._listen_address, idempotent)
         future = self._loop.create_future()
         self._pending[request.correlation_id] = future
         self._outbox.put((target, request))
@@ -113,6 +131,15 @@ class Bridge:
     def tell(self, target: ActorAddress, message: Any) -> None:
         """Send without waiting for an answer; never blocks the event loop."""
         self._outbox.put((target, message))
+
+    def fail(self, correlation_ids: list[str], failure: Failure) -> None:
+        """Answer these asks with ``failure`` now, as if the actor had (a reply that still
+        comes is stale). On the event loop."""
+        self._resolve([Reply(cid, None, failure) for cid in correlation_ids])
+
+    def on_notice(self, handler: Callable[[Any], None]) -> None:
+        """Call ``handler`` on the event loop with every message that is not a reply."""
+        self._notice_handlers.append(handler)
 
     # -- threads ------------------------------------------------------------------------------
 
@@ -152,20 +179,25 @@ class Bridge:
             self._loop.call_soon_threadsafe(_set_ready, ready)
             while self._running.is_set():
                 message = ctx.listen(_LISTEN_SLICE)
-                replies: list[Reply] = []
+                received: list[Any] = []
                 while message is not None:
-                    replies.extend(m for m in unpack(message) if isinstance(m, Reply))
-                    message = ctx.listen(_DRAIN) if len(replies) < _BATCH else None
-                if replies:
-                    self._loop.call_soon_threadsafe(self._resolve, replies)
+                    received.extend(m for m in unpack(message) if m != _WAKE)
+                    message = ctx.listen(_DRAIN) if len(received) < _BATCH else None
+                if received:
+                    self._loop.call_soon_threadsafe(self._resolve, received)
 
-    def _resolve(self, replies: list[Reply]) -> None:
-        for reply in replies:
-            future = self._pending.get(reply.correlation_id)
+    def _resolve(self, received: list[Any]) -> None:
+        """Replies to their asks, other messages to the notice handlers, in arrival order."""
+        for message in received:
+            if not isinstance(message, Reply):
+                for handler in self._notice_handlers:
+                    handler(message)
+                continue
+            future = self._pending.get(message.correlation_id)
             if future is None or future.done():
                 self.stale_replies += 1
             else:
-                future.set_result(reply)
+                future.set_result(message)
 
 
 def _requests(message: Any) -> list[Request]:
@@ -204,33 +236,125 @@ def _set_ready(ready: asyncio.Future) -> None:
 class Directory:
     """Ask actors by their path under the root; addresses change when actors restart.
 
-    An address is resolved once through the supervisors (:class:`WhereIs`) and cached. When
-    the actor behind it has restarted the send fails at once (``dead_address``): the address
-    is resolved again and the request, which reached nobody, is sent once more. A timeout
-    also forgets the address (a request may vanish into a dying actor).
+    A path is resolved once through the supervisors (:class:`WhereIs`) and cached. When the
+    actor behind an address has restarted the send fails at once (``dead_address``): the path
+    is resolved again and the request, which reached nobody, is sent once more. A timeout also
+    forgets the address (a request may vanish into a dying actor).
+
+    A path that names a pool is not asked through the pool: the directory subscribes to the
+    pool's workers and sends each request to one of them itself (:mod:`actors.route`), with
+    the pool's rules: the least loaded worker, ``overloaded`` past ``max_outstanding``, and a
+    worker's exit answers its requests ``worker_lost`` or retries the idempotent ones (at most
+    ``MAX_ATTEMPTS`` in all). While no worker takes work, requests go through the pool, which
+    holds them until one is back.
     """
 
     def __init__(self, bridge: Bridge, root: ActorAddress) -> None:
         self.bridge = bridge
         self.root = root
-        self._addresses: dict[str, ActorAddress] = {}
-
-    async def lookup(self, path: str) -> ActorAddress:
-        address = self._addresses.get(path)
-        if address is None:
-            located = await self.bridge.ask(self.root, WhereIs(path), LOOKUP_TIMEOUT_S)
-            address = self._addresses[path] = located.address
-        return address
+        self._targets: dict[str, Union[ActorAddress, PoolRoute]] = {}
+        self._resolving: dict[str, asyncio.Task] = {}
+        self._routes: list[PoolRoute] = []  # subscribed, for the pools' notices
+        bridge.on_notice(self._notice)
 
     async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
-        address = await self.lookup(path)
+        target = await self._lookup(path)
         try:
-            return await self.bridge.ask(address, payload, timeout, idempotent)
+            return await self._ask(path, target, payload, timeout, idempotent)
         except AskTimeout:
-            self._addresses.pop(path, None)
+            if not isinstance(target, PoolRoute):  # a pool's workers are kept up to date
+                self._forget(path, target)
             raise
         except RemoteFailure as exc:
             if exc.failure.code != DEAD_ADDRESS:
                 raise
-            self._addresses.pop(path, None)
-        return await self.bridge.ask(await self.lookup(path), payload, timeout, idempotent)
+            self._forget(path, target)
+        return await self._ask(path, await self._lookup(path), payload, timeout, idempotent)
+
+    async def _ask(self, path: str, target: Union[ActorAddress, PoolRoute], payload: Any,
+                   timeout: float, idempotent: bool) -> Any:
+        if not isinstance(target, PoolRoute):
+            return await self.bridge.ask(target, payload, timeout, idempotent)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempts = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AskTimeout(timeout)
+            worker = target.pick()
+            if worker is None:  # none takes work: the pool holds the request until one does
+                return await self.bridge.ask(target.pool, payload, remaining, idempotent)
+            if target.refuse(worker):
+                raise RemoteFailure(Failure("overloaded", f"{path}: all {target.size} workers "
+                                            f"hold {target.max_outstanding} requests"))
+            try:
+                return await self._ask_worker(worker, payload, remaining, idempotent)
+            except RemoteFailure as exc:
+                if exc.failure.code == DEAD_ADDRESS:  # reached nobody: another worker
+                    worker.accepting = False  # until the pool's next list
+                    continue
+                attempts += 1
+                if not (exc.failure.code == WORKER_LOST and idempotent
+                        and attempts < MAX_ATTEMPTS):
+                    raise
+
+    async def _ask_worker(self, worker: Worker, payload: Any, timeout: float,
+                          idempotent: bool) -> Any:
+        cid = new_correlation_id()
+        worker.held.add(cid)
+        try:
+            return await self.bridge.ask(worker.address, payload, timeout, idempotent, cid)
+        finally:
+            worker.held.discard(cid)
+
+    # -- resolving paths --------------------------------------------------------------------
+
+    async def _lookup(self, path: str) -> Union[ActorAddress, PoolRoute]:
+        target = self._targets.get(path)
+        if target is not None:
+            return target
+        task = self._resolving.get(path)
+        if task is None:  # one resolution per path, however many asks wait for it
+            task = self._resolving[path] = asyncio.get_running_loop().create_task(
+                self._resolve(path))
+            task.add_done_callback(lambda _: self._resolving.pop(path, None))
+        return await asyncio.shield(task)
+
+    async def _resolve(self, path: str) -> Union[ActorAddress, PoolRoute]:
+        located = await self.bridge.ask(self.root, WhereIs(path), LOOKUP_TIMEOUT_S)
+        if located.kind != "pool":
+            self._targets[path] = located.address
+            return located.address
+        route = PoolRoute(located.address)
+        self._routes.append(route)  # notices may come before the answer is read
+        try:
+            members = await self.bridge.ask(located.address, Subscribe(os.getpid()),
+                                            LOOKUP_TIMEOUT_S)
+        except RemoteFailure:
+            self._routes.remove(route)
+            raise
+        self._notice(members)
+        self._targets[path] = route
+        return route
+
+    def _forget(self, path: str, target: Union[ActorAddress, PoolRoute]) -> None:
+        """``target`` is gone (unless the path was resolved again meanwhile); a pool takes its
+        workers, and our requests on them, with it."""
+        if self._targets.get(path) is not target:
+            return
+        del self._targets[path]
+        if isinstance(target, PoolRoute):
+            self._routes.remove(target)
+            self.bridge.fail(target.retire(), Failure(
+                WORKER_LOST, f"{path} exited with the request in flight"))
+
+    def _notice(self, message: Any) -> None:
+        if not isinstance(message, Members):
+            return
+        for route in self._routes:
+            if route.pool == message.pool:
+                lost = route.update(message)
+                if lost:
+                    self.bridge.fail(lost, Failure(
+                        WORKER_LOST, "the worker exited with the request in flight"))

@@ -188,6 +188,36 @@ class WhereIs:
 class Located:
     path: str
     address: ActorAddress
+    kind: str = "worker"  # "worker", "supervisor" or "pool" (a pool can be subscribed to)
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Ask a pool for its workers, answered with :class:`Members` now and pushed again on
+    every change, so that the subscriber can send requests to the workers itself. The pool
+    forgets the subscriber once its process ``pid`` has died."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Member:
+    """A live pool worker; ``accepting`` is False while it stops (it still answers its work)."""
+
+    name: str
+    address: ActorAddress
+    accepting: bool
+
+
+@dataclass(frozen=True)
+class Members:
+    """A pool's live workers at ``version`` (higher is newer). A request held by a worker
+    that is no longer listed, or listed at another address, was lost with it."""
+
+    pool: ActorAddress
+    version: int
+    workers: tuple[Member, ...]
+    max_outstanding: int
 
 
 @dataclass(frozen=True)

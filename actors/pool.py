@@ -7,6 +7,9 @@ idempotent, otherwise answered with a ``worker_lost`` failure: never left hangin
 
 While no worker is running (all of them restarting) requests wait in a bounded queue for at
 most ``PoolArgs.wait_s``; a full queue or an expired wait answers ``unavailable``.
+
+A process can also dispatch to the workers itself (:mod:`actors.route`): it subscribes, and
+the pool pushes its list of workers (:class:`Members`) whenever that list changes.
 """
 from __future__ import annotations
 
@@ -21,35 +24,40 @@ from actors.messages import (
     Ack,
     AddChild,
     Failure,
+    Member,
+    Members,
     Ping,
     RemoveChild,
     Request,
     Resize,
     RestartChild,
     StatusQuery,
+    Subscribe,
     TreeStatus,
     WhereIs,
     WorkDone,
 )
-from actors.spec import ChildSpec, PoolArgs, Restart, Strategy, SupervisorArgs
-from actors.supervisor import Child, Supervisor, _CallStep, _StartStep, _StopStep
+from actors.spec import MAX_ATTEMPTS, ChildSpec, PoolArgs, Restart, Strategy, SupervisorArgs
+from actors.supervisor import Child, Supervisor, _CallStep, _StartStep, _StopStep, process_alive
 
 log = logging.getLogger("actors.pool")
 
-MAX_ATTEMPTS = 3  # an idempotent request survives two worker deaths
 _EXPIRE = "expire-waiting"
 _SUPERVISOR_REQUESTS = (Ping, WhereIs, StatusQuery, RestartChild, AddChild, RemoveChild)
 
 
 class Pool(Supervisor):
-    """Init args: :class:`~actors.spec.PoolArgs`. Answers ``Resize`` besides the supervisor's
-    requests; any other request payload is work for a worker."""
+    """Init args: :class:`~actors.spec.PoolArgs`. Answers ``Resize`` and ``Subscribe`` besides
+    the supervisor's requests; any other request payload is work for a worker."""
 
     kind = "pool"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._waiting: deque[tuple[Request, int, float]] = deque()  # (request, attempts, expiry)
+        self._subscribers: list[tuple[ActorAddress, int]] = []  # (address, pid)
+        self._published: tuple[Member, ...] = ()
+        self._version = 0
 
     def on_start(self, args: PoolArgs) -> None:
         self.pool = args
@@ -71,6 +79,11 @@ class Pool(Supervisor):
         payload = request.payload
         if isinstance(payload, Resize):
             self._resize(request, sender, payload.size)
+        elif isinstance(payload, Subscribe):
+            address = request.reply_to or sender
+            self._subscribers = [s for s in self._subscribers if s[0] != address]
+            self._subscribers.append((address, payload.pid))
+            self.reply(request, sender, self._members())
         elif isinstance(payload, _SUPERVISOR_REQUESTS):
             super().handle_request(request, sender)
         else:
@@ -79,8 +92,7 @@ class Pool(Supervisor):
 
     def _assign(self, request: Request, attempts: int,
                   exclude: Optional[Child] = None) -> None:
-        running = [c for c in self.children
-                   if c.state == "running" and c is not exclude and not c.stop_granted]
+        running = [c for c in self.children if self._accepting(c) and c is not exclude]
         if not running:
             self._wait(request, attempts)
             return
@@ -94,6 +106,9 @@ class Pool(Supervisor):
         held[request.correlation_id] = (request, attempts + 1)
         self._owner[request.correlation_id] = worker.spec.name
         self.send(worker.address, request)
+
+    def _accepting(self, child: Child) -> bool:
+        return child.state == "running" and not child.stop_granted and not self._shutting_down
 
     def _wait(self, request: Request, attempts: int) -> None:
         """Hold a request until a worker is back, bounded in count and time."""
@@ -120,13 +135,31 @@ class Pool(Supervisor):
             self.wakeupAfter(max(0.0, self._waiting[0][2] - now), payload=_EXPIRE)
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
-        """A pool that began to stop (``Stop``, or its restart intensity reached) answers the
-        requests waiting for a worker at once: no worker will come back for them."""
+        """After each message: a pool that began to stop (``Stop``, or its restart intensity
+        reached) answers the requests waiting for a worker at once, as no worker will come
+        back for them; and whatever changed the workers (one started, exited, began to stop)
+        is pushed to the subscribers."""
         super().receiveMessage(msg, sender)
         if self._waiting and self._shutting_down:
             waiting, self._waiting = self._waiting, deque()
             for request, _, _ in waiting:
                 self._fail(request, Failure("unavailable", f"{self.name} is stopping"))
+        if self._subscribers and self._members().workers != self._published:
+            self._publish()
+
+    def _members(self) -> Members:
+        return Members(self.myAddress, self._version, tuple(
+            Member(c.spec.name, c.address, self._accepting(c)) for c in self.children
+            if c.state in ("running", "stopping")), self.pool.max_outstanding)
+
+    def _publish(self) -> None:
+        """The new list to every subscriber whose process still lives."""
+        self._version += 1
+        members = self._members()
+        self._published = members.workers
+        self._subscribers = [s for s in self._subscribers if process_alive(s[1])]
+        for address, _ in self._subscribers:
+            self.send(address, members)
 
     def _fail(self, request: Request, failure: Failure) -> None:
         self.send(request.reply_to, _reply(request, failure))

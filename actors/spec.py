@@ -95,6 +95,9 @@ class SupervisorArgs:
             raise ValueError("max_restarts must be >= 0 and period_s > 0")
 
 
+MAX_ATTEMPTS = 3  # a pool's idempotent request survives two worker deaths, whoever dispatches
+
+
 @dataclass(frozen=True)
 class PoolArgs:
     """The ``args`` of a :class:`~actors.pool.Pool`: ``size`` workers of one class.

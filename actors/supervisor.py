@@ -472,7 +472,7 @@ class Supervisor(BaseActor):
             here(request, sender, child)
 
     def _locate(self, request: Request, sender: ActorAddress, child: Child) -> None:
-        self.reply(request, sender, Located(child.spec.name, child.address))
+        self.reply(request, sender, Located(child.spec.name, child.address, child.kind))
 
     def _restart_on_request(self, request: Request, sender: ActorAddress, child: Child) -> None:
         log.warning("%s: restarting %s on request", self.name, child.spec.name)

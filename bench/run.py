@@ -327,8 +327,7 @@ def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mod
         ["concurrency", "bare p50 ms", "bare p99 ms", "actor p50 ms", "actor p99 ms",
          "overhead p50 ms", "bare req/s", "actor req/s", "actor/bare", "errors"], rows)
     direct = table(
-        "1b. (diagnostic) /direct: the bridge asks generator/worker-0 itself, skipping the "
-        "pool's hop",
+        "1b. (diagnostic) /direct: the directory asks generator/worker-0, one fixed worker",
         ["concurrency", "direct p50 ms", "direct p99 ms", "overhead p50 ms", "direct req/s",
          "actor req/s", "errors"], direct_rows)
     hop_rows = [["ask -> worker -> reply", hops["worker"]],

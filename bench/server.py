@@ -4,10 +4,11 @@ Two routes on one aiohttp app, in its own process so the load generator never sh
 
 - ``GET /bare``  answers a small JSON at once (the HTTP stack alone);
 - ``GET /actor`` awaits ``Directory(bridge, root).ask("generator", Echo(n), timeout)`` through
-  :class:`actors.bridge.Bridge` (the gateway's real path: pool dispatch, a generator worker
-  answers the bridge's listener directly) and answers the same small JSON;
-- ``GET /direct`` does the same with ``"generator/worker-0"``: the bridge asks one worker
-  directly, without the pool's hop (a diagnostic, not a path the gateway uses).
+  :class:`actors.bridge.Bridge` (the gateway's real path: the directory sends to the least
+  loaded generator worker, which answers the bridge's listener) and answers the same small
+  JSON;
+- ``GET /direct`` does the same with ``"generator/worker-0"``: one fixed worker (a diagnostic,
+  not a path the gateway uses).
 
 It attaches to an actor system someone else started (the bench process) and never starts one.
 SIGTERM or SIGINT stop it.

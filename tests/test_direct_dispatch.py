@@ -1,0 +1,251 @@
+"""A directory sends a pool's requests to its workers itself, on real processes and SIGKILLs.
+
+The pool pushes its list of workers (:class:`Members`) to subscribers; the directory picks the
+least loaded worker by its own counts. The pool's guarantees must hold on this path too: a
+worker's exit answers its requests ``worker_lost`` or retries the idempotent ones, past
+``max_outstanding`` ``overloaded``, and while every worker restarts requests wait for one.
+
+Workers are :class:`tests.sample_actors.Sleeper` async actors (a request ``seconds`` sleeps
+that long without blocking the worker and answers its pid) unless said otherwise.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import AsyncIterator, Callable
+
+import pytest
+from thespian.actors import ActorAddress, ActorSystem
+
+from actors.bridge import Bridge, Directory, RemoteFailure
+from actors.messages import Members, Request, Resize, StatusQuery, Subscribe, WhereIs, unpack
+from actors.spec import Backoff, ChildSpec, PoolArgs, SupervisorArgs
+from tests.conftest import RunningSystem, alive, wait_for
+from tests.sample_actors import Journal
+
+pytestmark = pytest.mark.timeout(30)
+
+SLEEPER = "tests.sample_actors.Sleeper"
+
+
+def start_pool(system: RunningSystem, size: int, worker: str = SLEEPER, worker_args=None,
+               **kwargs) -> ActorAddress:
+    pool = ChildSpec("pool", "actors.pool.Pool", PoolArgs(worker, size, worker_args, **kwargs))
+    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor",
+                                  SupervisorArgs((pool,))))
+    return system.ok(root, WhereIs("pool")).address
+
+
+@pytest.fixture
+async def bridge(actor_system: RunningSystem) -> AsyncIterator[Bridge]:
+    bridge = Bridge(actor_system.asys)
+    await bridge.start()
+    yield bridge
+    await bridge.close()
+
+
+async def workers(bridge: Bridge, root: ActorAddress) -> dict:
+    """The pool's workers by name, as the root's status tree shows them."""
+    tree = await bridge.ask(root, StatusQuery(), 5)
+    return {w.name: w for w in next(c for c in tree.children if c.name == "pool").children}
+
+
+async def until(predicate: Callable, timeout: float, what: str):
+    """Await ``predicate()`` (a coroutine function) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while not (value := await predicate()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+async def test_requests_go_straight_to_the_least_loaded_workers(
+        actor_system: RunningSystem, bridge: Bridge) -> None:
+    start_pool(actor_system, 3)
+    directory = Directory(bridge, actor_system.root)
+    await directory.ask("pool", 0.0, 5)  # resolves the path and subscribes
+    started = time.monotonic()
+    calls = [asyncio.ensure_future(directory.ask("pool", 0.3, 5)) for _ in range(30)]
+    await asyncio.sleep(0.1)
+    now = await workers(bridge, actor_system.root)
+    assert [w.in_flight for w in now.values()] == [0, 0, 0]  # the pool saw none of them
+    pids = Counter(await asyncio.gather(*calls))
+    assert pids == {w.pid: 10 for w in now.values()}
+    assert time.monotonic() - started < 1.5
+
+
+async def test_a_killed_worker_answers_its_requests_worker_lost_or_retries_them(
+        actor_system: RunningSystem, bridge: Bridge) -> None:
+    start_pool(actor_system, 3)
+    directory = Directory(bridge, actor_system.root)
+    await directory.ask("pool", 0.0, 5)
+    before = await workers(bridge, actor_system.root)
+    finished: dict[int, float] = {}
+    calls = []
+    for i in range(6):  # ties go in order: request i to worker-(i % 3)
+        call = asyncio.ensure_future(directory.ask("pool", 1.5, 5, idempotent=i in (0, 4, 5)))
+        call.add_done_callback(lambda _, i=i: finished.setdefault(i, time.monotonic()))
+        calls.append(call)
+    await asyncio.sleep(0.2)
+    victim = before["worker-0"].pid
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+    lost = outcomes[3]  # not idempotent: answered at once, not when the call would have ended
+    assert isinstance(lost, RemoteFailure) and lost.failure.code == "worker_lost", lost
+    assert finished[3] - killed < 1.0
+    assert outcomes[0] in {before["worker-1"].pid, before["worker-2"].pid}  # retried
+    assert [outcomes[i] for i in (1, 2, 4, 5)] == [before[f"worker-{i % 3}"].pid
+                                                   for i in (1, 2, 4, 5)]
+
+    async def replaced() -> dict:
+        now = await workers(bridge, actor_system.root)
+        return now if now["worker-0"].state == "running" and now["worker-0"].pid != victim \
+            else {}
+
+    now = await until(replaced, 5, "the pool to restart worker-0")
+    assert not alive(victim)
+    await asyncio.sleep(0.1)
+    # the pool told the directory where the new worker-0 is: all three take work again
+    pids = await asyncio.gather(*(directory.ask("pool", 0.2, 5) for _ in range(3)))
+    assert set(pids) == {w.pid for w in now.values()}
+    assert bridge.stale_replies == 0
+
+
+def workers_now(system: RunningSystem):
+    """The pool's workers, as the root's status tree shows them (blocking)."""
+    return next(c for c in system.status().children if c.name == "pool").children
+
+
+def test_the_pool_pushes_its_workers_to_subscribers(actor_system: RunningSystem,
+                                                    context: ActorSystem) -> None:
+    system = actor_system
+    pool = start_pool(system, 2)
+    seen: list[Members] = []
+
+    def members_until(predicate: Callable[[Members], bool], timeout: float = 5) -> Members:
+        """Read pushed lists (newer each time) until one satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no such list of workers; seen {seen[-3:]}"
+            for message in unpack(context.listen(remaining)):
+                payload = getattr(message, "payload", message)
+                if isinstance(payload, Members):
+                    assert not seen or payload.version > seen[-1].version
+                    seen.append(payload)
+                    if predicate(payload):
+                        return payload
+
+    def named(members: Members) -> dict:
+        return {m.name: m for m in members.workers}
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with system.asys.private() as gone:  # a subscriber whose process has died
+        gone.tell(pool, Request(Subscribe(dead.pid)))
+        assert isinstance(gone.listen(5).payload, Members)
+        context.tell(pool, Request(Subscribe(os.getpid())))
+        first = members_until(lambda m: True)
+        assert sorted(named(first)) == ["worker-0", "worker-1"]
+        assert all(m.accepting for m in first.workers) and first.max_outstanding == 64
+
+        victim = workers_now(system)[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        members_until(lambda m: "worker-1" not in named(m))
+        back = members_until(lambda m: "worker-1" in named(m))
+        assert back.workers[1].address != first.workers[1].address  # its new address
+        assert back.workers[0].address == first.workers[0].address
+
+        assert system.ok(pool, Resize(3))
+        grown = members_until(lambda m: len(m.workers) == 3)
+        assert all(m.accepting for m in grown.workers)
+        assert system.ok(pool, Resize(1))
+        members_until(lambda m: [w.accepting for w in m.workers] == [True, False, False])
+        shrunk = members_until(lambda m: len(m.workers) == 1)
+        assert shrunk.workers[0].address == first.workers[0].address
+        assert gone.listen(0.2) is None  # the dead subscriber was forgotten
+
+
+async def test_while_every_worker_restarts_requests_wait_for_one(
+        actor_system: RunningSystem, bridge: Bridge) -> None:
+    start_pool(actor_system, 1, backoff=Backoff(initial_s=0.4, max_s=1.0, jitter=0.0))
+    directory = Directory(bridge, actor_system.root)
+    victim = await directory.ask("pool", 0.0, 5)
+    os.kill(victim, signal.SIGKILL)
+
+    async def restarting() -> bool:
+        return (await workers(bridge, actor_system.root))["worker-0"].state != "running"
+
+    await until(restarting, 2, "the pool to see its worker die")
+    started = time.monotonic()
+    pid = await directory.ask("pool", 0.0, 5)  # not idempotent: it reached no dead worker
+    assert pid != victim and alive(pid)
+    assert time.monotonic() - started > 0.2  # it waited for the restart
+
+
+async def test_past_max_outstanding_on_every_worker_requests_are_refused(
+        actor_system: RunningSystem, bridge: Bridge) -> None:
+    start_pool(actor_system, 2, max_outstanding=2)
+    directory = Directory(bridge, actor_system.root)
+    await directory.ask("pool", 0.0, 5)
+    busy = [asyncio.ensure_future(directory.ask("pool", 1.0, 5)) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    with pytest.raises(RemoteFailure) as refused:
+        await directory.ask("pool", 0.0, 5)
+    assert refused.value.failure.code == "overloaded"
+    assert time.monotonic() - started < 0.2
+    assert len(set(await asyncio.gather(*busy))) == 2
+    assert await directory.ask("pool", 0.0, 5)  # capacity is back
+
+
+async def test_a_crash_answers_crashed_and_the_restarted_worker_takes_work(
+        actor_system: RunningSystem, bridge: Bridge, tmp_path) -> None:
+    start_pool(actor_system, 1, "tests.sample_actors.Recorder", Journal(str(tmp_path / "j")))
+    directory = Directory(bridge, actor_system.root)
+    victim = await directory.ask("pool", "pid", 5)
+    with pytest.raises(RemoteFailure) as crashed:
+        await directory.ask("pool", "crash", 5)
+    assert crashed.value.failure.code == "crashed"
+
+    async def restarted() -> bool:
+        worker = (await workers(bridge, actor_system.root))["worker-0"]
+        return worker.state == "running" and worker.pid != victim
+
+    await until(restarted, 5, "the worker's restart")
+    await asyncio.sleep(0.1)
+    assert await directory.ask("pool", "pid", 5) not in (victim, None)
+
+
+async def test_a_killed_pool_is_found_again_and_its_requests_are_lost(
+        actor_system: RunningSystem, bridge: Bridge) -> None:
+    start_pool(actor_system, 2)
+    directory = Directory(bridge, actor_system.root)
+    await directory.ask("pool", 0.0, 5)
+    tree = await bridge.ask(actor_system.root, StatusQuery(), 5)
+    old = next(c for c in tree.children if c.name == "pool")
+    held = asyncio.ensure_future(directory.ask("pool", 3.0, 10))
+    await asyncio.sleep(0.1)
+    os.kill(old.pid, signal.SIGKILL)  # its workers die with it
+
+    async def pool_back() -> bool:
+        tree = await bridge.ask(actor_system.root, StatusQuery(), 5)
+        pool = next(c for c in tree.children if c.name == "pool")
+        return pool.state == "running" and pool.pid != old.pid and \
+            all(w.state == "running" for w in pool.children) and len(pool.children) == 2
+
+    await until(pool_back, 10, "the root to restart the pool")
+    started = time.monotonic()
+    pid = await directory.ask("pool", 0.0, 5)  # finds the dead workers, then the new pool
+    assert pid not in {w.pid for w in old.children} and alive(pid)
+    assert time.monotonic() - started < 1.0
+    assert held.done()  # its workers died with their pool: answered, not left to time out
+    assert held.exception().failure.code == "worker_lost"
