@@ -42,6 +42,7 @@ log = logging.getLogger("actors.bridge")
 LOOKUP_TIMEOUT_S = 2.0
 DEAD_ADDRESS = "dead_address"
 WORKER_LOST = "worker_lost"
+CRASHED = "crashed"
 _SEND_TIMEOUT_S = 5.0
 _SEND_SLICE = datetime.timedelta(seconds=0.5)
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
@@ -133,9 +134,12 @@ class Bridge:
         self._outbox.put((target, message))
 
     def fail(self, correlation_ids: list[str], failure: Failure) -> None:
-        """Answer these asks with ``failure`` now, as if the actor had (a reply that still
-        comes is stale). On the event loop."""
-        self._resolve([Reply(cid, None, failure) for cid in correlation_ids])
+        """Answer those of these asks still waiting with ``failure`` now, as if the actor had
+        (a reply that still comes is stale). On the event loop."""
+        for cid in correlation_ids:
+            future = self._pending.get(cid)
+            if future is not None and not future.done():
+                future.set_result(Reply(cid, None, failure))
 
     def on_notice(self, handler: Callable[[Any], None]) -> None:
         """Call ``handler`` on the event loop with every message that is not a reply."""
@@ -291,8 +295,9 @@ class Directory:
             try:
                 return await self._ask_worker(worker, payload, remaining, idempotent)
             except RemoteFailure as exc:
-                if exc.failure.code == DEAD_ADDRESS:  # reached nobody: another worker
+                if exc.failure.code in (DEAD_ADDRESS, CRASHED):  # gone, or on its way out
                     worker.accepting = False  # until the pool's next list
+                if exc.failure.code == DEAD_ADDRESS:  # reached nobody: another worker
                     continue
                 attempts += 1
                 if not (exc.failure.code == WORKER_LOST and idempotent

@@ -202,11 +202,13 @@ class Subscribe:
 
 @dataclass(frozen=True)
 class Member:
-    """A live pool worker; ``accepting`` is False while it stops (it still answers its work)."""
+    """A live pool worker; ``accepting`` is False while it stops (it still answers its work)
+    and after it exited until its process is gone (its last replies are still on their way)."""
 
     name: str
     address: ActorAddress
     accepting: bool
+    pid: int
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ the pool pushes its list of workers (:class:`Members`) whenever that list change
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -43,6 +44,9 @@ from actors.supervisor import Child, Supervisor, _CallStep, _StartStep, _StopSte
 log = logging.getLogger("actors.pool")
 
 _EXPIRE = "expire-waiting"
+_DEPARTED = "departed"
+_DEPARTED_POLL_S = 0.005
+_DEPARTED_MAX_S = 1.0  # Thespian drains an exiting actor's sends for up to 7 s
 _SUPERVISOR_REQUESTS = (Ping, WhereIs, StatusQuery, RestartChild, AddChild, RemoveChild)
 
 
@@ -57,6 +61,7 @@ class Pool(Supervisor):
         self._waiting: deque[tuple[Request, int, float]] = deque()  # (request, attempts, expiry)
         self._subscribers: list[tuple[ActorAddress, int]] = []  # (address, pid)
         self._published: tuple[Member, ...] = ()
+        self._departed: list[tuple[Member, float]] = []  # exited, process not gone (deadline)
         self._version = 0
 
     def on_start(self, args: PoolArgs) -> None:
@@ -148,9 +153,10 @@ class Pool(Supervisor):
             self._publish()
 
     def _members(self) -> Members:
-        return Members(self.myAddress, self._version, tuple(
-            Member(c.spec.name, c.address, self._accepting(c)) for c in self.children
-            if c.state in ("running", "stopping")), self.pool.max_outstanding)
+        live = tuple(Member(c.spec.name, c.address, self._accepting(c), c.pid)
+                     for c in self.children if c.state in ("running", "stopping"))
+        return Members(self.myAddress, self._version,
+                       live + tuple(m for m, _ in self._departed), self.pool.max_outstanding)
 
     def _publish(self) -> None:
         """The new list to every subscriber whose process still lives."""
@@ -167,6 +173,12 @@ class Pool(Supervisor):
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, WakeupMessage) and msg.payload == _EXPIRE:
             self._expire_waiting()
+        elif isinstance(msg, WakeupMessage) and msg.payload == _DEPARTED:
+            now = time.monotonic()
+            self._departed = [(m, deadline) for m, deadline in self._departed
+                              if now < deadline and process_alive(m.pid)]
+            if self._departed:
+                self.wakeupAfter(_DEPARTED_POLL_S, payload=_DEPARTED)
         elif isinstance(msg, WorkDone):
             name = self._owner.pop(msg.correlation_id, None)
             if name is not None:
@@ -187,6 +199,21 @@ class Pool(Supervisor):
         if lost:
             log.warning("%s: %s exited holding %d requests", self.name, child.spec.name,
                         len(lost))
+        self._depart(child)
+
+    def _depart(self, child: Child) -> None:
+        """An exited worker's process drains its last sends (replies to subscribers among
+        them) before it ends; it stays listed, taking no work, until then, so that a
+        subscriber gets those replies before it learns that the worker's requests are lost."""
+        departed = [m for m, _ in self._departed]
+        last = next((m for m in self._published
+                     if m.name == child.spec.name and m not in departed), None)
+        if last is None or not process_alive(last.pid):
+            return
+        if not self._departed:
+            self.wakeupAfter(_DEPARTED_POLL_S, payload=_DEPARTED)
+        self._departed.append((dataclasses.replace(last, accepting=False),
+                               time.monotonic() + _DEPARTED_MAX_S))
 
     # -- resizing -----------------------------------------------------------------------------
 

@@ -36,29 +36,28 @@ class PoolRoute:
         self.pool = pool
         self.version = -1
         self.max_outstanding = 1
-        self._workers: dict[str, Worker] = {}
+        self._workers: list[Worker] = []
 
     def update(self, members: Members) -> list[str]:
-        """Apply a newer list of workers; returns the correlation ids our requests had on
-        the workers that exited (absent now, or at a new address: restarted)."""
+        """Apply a newer list of workers; returns the correlation ids of our requests on the
+        workers it no longer lists (a restarted worker is listed at a new address)."""
         if members.version <= self.version:
             return []
         self.version, self.max_outstanding = members.version, members.max_outstanding
-        gone, self._workers = self._workers, {}
+        gone, self._workers = self._workers, []
         for member in members.workers:
-            known = gone.get(member.name)
-            if known is not None and known.address == member.address:
-                del gone[member.name]
-                known.accepting = member.accepting
-                self._workers[member.name] = known
+            known = next((w for w in gone if w.address == member.address), None)
+            if known is None:
+                known = Worker(member.name, member.address, member.accepting)
             else:
-                self._workers[member.name] = Worker(member.name, member.address,
-                                                    member.accepting)
-        return [cid for worker in gone.values() for cid in worker.held]
+                gone.remove(known)
+                known.accepting = member.accepting
+            self._workers.append(known)
+        return [cid for worker in gone for cid in worker.held]
 
     def pick(self) -> Optional[Worker]:
         """The accepting worker holding the fewest of our requests (None: none accepts)."""
-        accepting = [w for w in self._workers.values() if w.accepting]
+        accepting = [w for w in self._workers if w.accepting]
         return min(accepting, key=lambda w: len(w.held)) if accepting else None
 
     def refuse(self, worker: Worker) -> bool:
@@ -67,10 +66,10 @@ class PoolRoute:
 
     @property
     def size(self) -> int:
-        return sum(w.accepting for w in self._workers.values())
+        return sum(w.accepting for w in self._workers)
 
     def retire(self) -> list[str]:
         """The pool is gone, and its workers with it: every request we have on them."""
-        lost = [cid for worker in self._workers.values() for cid in worker.held]
-        self._workers = {}
+        lost = [cid for worker in self._workers for cid in worker.held]
+        self._workers = []
         return lost

@@ -174,6 +174,36 @@ def test_the_pool_pushes_its_workers_to_subscribers(actor_system: RunningSystem,
         assert gone.listen(0.2) is None  # the dead subscriber was forgotten
 
 
+def test_an_exited_worker_is_listed_until_its_last_replies_are_out(
+        actor_system: RunningSystem, context: ActorSystem, tmp_path) -> None:
+    """A crashing worker answers ``crashed``, then exits; the pool learns of the exit before
+    the process has sent that answer. Listing the worker (taking no work) until its process
+    is gone keeps the answer ahead of the list that says the worker's requests are lost."""
+    pool = start_pool(actor_system, 1, "tests.sample_actors.Recorder",
+                      Journal(str(tmp_path / "j")))
+    for _ in range(5):
+        context.tell(pool, Request(Subscribe(os.getpid())))
+        worker = None
+        while worker is None:  # the answer, or a list pushed after the last restart
+            for message in unpack(context.listen(5)):
+                members = getattr(message, "payload", message)
+                if isinstance(members, Members):
+                    worker = next((m for m in members.workers if m.accepting), None)
+        crash = Request("crash")
+        context.tell(worker.address, crash)
+        order = []
+        while "lost" not in order:
+            for message in unpack(context.listen(5)):
+                if getattr(message, "correlation_id", None) == crash.correlation_id:
+                    assert message.error.code == "crashed"
+                    order.append("crashed")
+                elif isinstance(message, Members) and \
+                        all(m.address != worker.address for m in message.workers):
+                    assert not alive(worker.pid)  # listed until its process was gone
+                    order.append("lost")
+        assert order == ["crashed", "lost"]
+
+
 async def test_while_every_worker_restarts_requests_wait_for_one(
         actor_system: RunningSystem, bridge: Bridge) -> None:
     start_pool(actor_system, 1, backoff=Backoff(initial_s=0.4, max_s=1.0, jitter=0.0))
