@@ -25,7 +25,7 @@ from thespian.actors import ActorAddress, ActorSystem
 from actors.bridge import Bridge, Directory, RemoteFailure
 from actors.messages import Members, Request, Resize, StatusQuery, Subscribe, WhereIs, unpack
 from actors.spec import Backoff, ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem, alive, wait_for
+from tests.conftest import RunningSystem, alive
 from tests.sample_actors import Journal
 
 pytestmark = pytest.mark.timeout(30)
