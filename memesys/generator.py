@@ -37,12 +37,18 @@ from memesys.messages import (
     RunVerifier,
     SaveMeme,
 )
-from memesys.pipeline import Ledger, PipelineResult, run_pipeline, run_sequential, stage_handles
+from memesys.pipeline import (
+    Ledger,
+    PipelineResult,
+    run_pipeline,
+    run_sequential,
+    stage_handles,
+)
 from memesys.refinement import RefinePolicy
 from memesys.scoring import Scores
-from memesys.stage import OutputError
+from memesys.stage import OutputError, first_line
 from memesys.verification import VERIFIERS, Verdict
-from memesys.verifier import BAD_OUTPUT, LM_UNAVAILABLE, first_line
+from memesys.verifier import BAD_OUTPUT, LM_UNAVAILABLE
 
 STORE = "store"
 RENDER = "render"

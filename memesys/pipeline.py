@@ -39,6 +39,7 @@ from memesys.refinement import (  # noqa: E402
     should_refine,
 )
 from memesys.scoring import Scores, apply_verdicts, score  # noqa: E402
+from memesys.stage import first_line  # noqa: E402
 from memesys.verification import VERIFIERS, Verdict, verify  # noqa: E402
 
 # The [llm] key naming each stage's model; empty means [llm] model.
@@ -169,14 +170,10 @@ class LocalStages:
                 verdicts[verifier] = await self.call(
                     verifier + suffix, verifier, lambda h, v=verifier: verify(h, v, draft))
             except LMError as exc:
-                verdicts[verifier] = Verdict.unavailable(verifier, _first_line(exc))
+                verdicts[verifier] = Verdict.unavailable(verifier, first_line(exc))
         if decide(verdicts).refusal is not None:
             return verdicts, None
         return verdicts, await self.call("score" + suffix, "score", lambda h: score(h, draft))
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 async def run_pipeline(stages: Stages, topic: str, format: str | None = None,

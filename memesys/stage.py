@@ -21,6 +21,7 @@ from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
 
 from memesys.lm import LMHandle  # noqa: E402
 
+
 class OutputError(ValueError):
     """The LM answered, but its output cannot be used (unparseable, wrong shape, out of range).
 
@@ -60,3 +61,8 @@ def run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
             raise OutputError(f"{stage}: unparseable model output: {exc}",
                               total_tokens(tracker.get_total_tokens())) from exc
     return prediction, total_tokens(tracker.get_total_tokens())
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: enough for a verdict or an HTTP error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

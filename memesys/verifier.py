@@ -20,7 +20,7 @@ from memesys.lm import LMHandle
 from memesys.messages import Judgement, RunScore, RunVerifier
 from memesys.pipeline import StageRun, stage_handles
 from memesys.scoring import score
-from memesys.stage import OutputError
+from memesys.stage import OutputError, first_line
 from memesys.verification import VERIFIERS, verify
 
 LM_UNAVAILABLE = "llm_unavailable"
@@ -32,10 +32,6 @@ class VerifierArgs:
     llm: dict
     stage_timeout_s: float
     max_in_flight: int
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
