@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import statistics
+import subprocess
 from typing import Any, Iterable, Optional, Sequence
 
 
@@ -78,3 +80,17 @@ def http_request(port: int, method: str, path: str, body: Any = None,
             return response.status, raw
     finally:
         conn.close()
+
+
+def commit_description(repo: Any) -> str:
+    """The measured commit, marked when the checkout has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo, capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not commit:
+        return os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)")
+    return commit + (" + uncommitted changes" if dirty.strip() else "")

@@ -40,7 +40,15 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Iterable, Optional  # noqa: E402
 
-from bench.common import free_port, http_request, median, percentile, table, verdict  # noqa: E402
+from bench.common import (  # noqa: E402
+    commit_description,
+    free_port,
+    http_request,
+    median,
+    percentile,
+    table,
+    verdict,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -667,15 +675,7 @@ def _errors_text(errors: dict[str, int]) -> str:
 
 
 def header(mode: Mode) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True, timeout=5).stdout
-        commit = (commit + (" + uncommitted changes" if dirty.strip() else "")
-                  if commit else os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)"))
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    commit = commit_description(REPO)
     now = f"{datetime.datetime.now():%Y-%m-%d %H:%M}"
     import psutil
     busy = psutil.cpu_percent(interval=1.0) / 100 * (psutil.cpu_count() or 1)

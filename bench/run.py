@@ -45,6 +45,7 @@ import memesys.render  # noqa: E402,F401
 from actors import system as actor_system  # noqa: E402
 from actors.messages import StatusQuery, WhereIs  # noqa: E402
 from bench.common import (  # noqa: E402
+    commit_description,
     free_port,
     http_request,
     median,
@@ -547,15 +548,7 @@ def bench_daemon(mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
 
 def header(mode: Mode) -> str:
     import thespian
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True, timeout=5).stdout
-        commit = (commit + (" + uncommitted changes" if dirty.strip() else "")
-                  if commit else os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)"))
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    commit = commit_description(REPO)
     thespian_version = getattr(thespian, "__version__", None)
     if thespian_version is None:
         from importlib.metadata import version
