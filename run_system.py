@@ -2,7 +2,7 @@
 """Start the memesys daemon: ``python run_system.py [--config FILE] [--host H] [--port P] ...``."""
 import sys
 
-from memesys.daemon import main
+from memesys.cli.daemon import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """The pipeline benchmark: ``python -m bench.pipeline [--quick] [--keep] [--defaults]``.
 
-It starts the fake OpenAI-compatible server (``tests.fake_openai``, 100 ms per completion) and
+It starts the fake OpenAI-compatible server (``memesys.testing.fake_openai``, 100 ms per completion) and
 two daemons against it, one with ``pipeline.mode=parallel`` and one with ``sequential``, each a
 ``python run_system.py`` subprocess on free ports with a data dir (and embedded Redis) of its
 own, and prints plain-text tables on stdout (progress goes to stderr):
@@ -236,14 +236,14 @@ def base_env() -> dict[str, str]:
 
 
 class Fake:
-    """``python -m tests.fake_openai --latency 0.1`` on a free port, output to a log file."""
+    """``python -m memesys.testing.fake_openai --latency 0.1`` on a free port, output to a log file."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.log_path = workdir / "fake-openai.log"
         with open(self.log_path, "wb") as log:  # wait_ready reads the first "ready" line
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.fake_openai", "--port", str(self.port),
+                [sys.executable, "-m", "memesys.testing.fake_openai", "--port", str(self.port),
                  "--latency", str(FAKE_LATENCY_S)],
                 cwd=REPO, env=base_env(), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
@@ -301,7 +301,7 @@ class Daemon:
                            if c.name() == "redis-server"]
 
     def roles(self) -> dict[int, str]:
-        """pid -> role: the gateway, each pool and each kind of worker (from ``memesys.admin
+        """pid -> role: the gateway, each pool and each kind of worker (from ``memesys.cli.admin
         --json status``), the rest of the actor session (admin, logger, supervisors), the
         embedded redis-server."""
         from actors import system as actor_system
@@ -309,11 +309,11 @@ class Daemon:
         kinds = {"generator": "generator workers", "verify": "verifier workers",
                  "render": "render workers", "store": "store workers"}
         status = subprocess.run(
-            [sys.executable, "-m", "memesys.admin", "--admin-port", str(self.admin_port),
+            [sys.executable, "-m", "memesys.cli.admin", "--admin-port", str(self.admin_port),
              "--json", "status"], cwd=REPO, env=self.env, capture_output=True, text=True,
             timeout=30)
         if status.returncode != 0:
-            raise RuntimeError(f"memesys.admin status failed: {status.stderr.strip()}")
+            raise RuntimeError(f"memesys.cli.admin status failed: {status.stderr.strip()}")
         for child in json.loads(status.stdout)["children"]:
             if child["name"] in kinds:
                 if child.get("pid"):

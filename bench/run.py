@@ -40,8 +40,8 @@ from typing import Any, Callable, Iterator, Optional  # noqa: E402
 
 import psutil  # noqa: E402
 
-import memesys.lm  # noqa: E402,F401  (imported before the fork: inherited by every actor)
-import memesys.render  # noqa: E402,F401
+import memesys.pipeline.lm  # noqa: E402,F401  (imported before the fork: inherited by every actor)
+import memesys.render.image  # noqa: E402,F401
 from actors import system as actor_system  # noqa: E402
 from actors.messages import StatusQuery, WhereIs  # noqa: E402
 from bench.common import (  # noqa: E402
@@ -54,9 +54,9 @@ from bench.common import (  # noqa: E402
     verdict,
 )
 from memesys import config as config_module  # noqa: E402
-from memesys.messages import Echo  # noqa: E402
-from memesys.redis_backend import resolve  # noqa: E402
-from memesys.tree import GENERATOR, ROOT, root_spec  # noqa: E402
+from memesys.domain.messages import Echo  # noqa: E402
+from memesys.storage.connection import resolve  # noqa: E402
+from memesys.tree.spec import GENERATOR, ROOT, root_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

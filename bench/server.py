@@ -28,7 +28,7 @@ from aiohttp import web  # noqa: E402
 
 from actors.bridge import Bridge, Directory, RemoteFailure  # noqa: E402
 from actors.system import SystemConfig, attach, find_root  # noqa: E402
-from memesys.messages import Echo  # noqa: E402
+from memesys.domain.messages import Echo  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

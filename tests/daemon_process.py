@@ -88,7 +88,7 @@ class DaemonProcess:
         return status, (json.loads(payload) if payload else None)
 
     def admin(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "memesys.admin", "--admin-port",
+        return subprocess.run([sys.executable, "-m", "memesys.cli.admin", "--admin-port",
                                str(self.admin_port), *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, timeout=30)
 

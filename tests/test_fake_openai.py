@@ -23,9 +23,9 @@ import dspy  # noqa: E402
 import pytest  # noqa: E402
 from dspy.utils.exceptions import LMError, LMRateLimitError  # noqa: E402
 
-from memesys.lm import OPENAI_COMPATIBLE, build_lm, offline_lm  # noqa: E402
-from memesys.program import write_caption  # noqa: E402
-from tests.fake_openai import FakeConfig, FakeOpenAI  # noqa: E402
+from memesys.pipeline.lm import OPENAI_COMPATIBLE, build_lm, offline_lm  # noqa: E402
+from memesys.pipeline.writing import write_caption  # noqa: E402
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -344,7 +344,7 @@ def test_context_manager_thread_leaves_nothing() -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_openai", "--port", "0", "--latency", "0.05"],
+        [sys.executable, "-m", "memesys.testing.fake_openai", "--port", "0", "--latency", "0.05"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline().strip()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from memesys.formats import (
+from memesys.domain.formats import (
     CATALOGUE,
     LAYOUTS,
     SLOT_COUNTS,

@@ -13,20 +13,20 @@ import pytest  # noqa: E402
 from dspy.lm15 import Request, Response  # noqa: E402
 from dspy.utils.exceptions import LMError  # noqa: E402
 
-from memesys.draft import Draft  # noqa: E402
-from memesys.formats import CATALOGUE  # noqa: E402
-from memesys.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.offline_writer import (  # noqa: E402
+from memesys.pipeline.draft import Draft  # noqa: E402
+from memesys.domain.formats import CATALOGUE  # noqa: E402
+from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
+from memesys.offline.writer import (  # noqa: E402
     MODEL,
     PROVIDER,
     TEMPLATES,
     AsyncOfflineEngine,
     OfflineEngine,
 )
-from memesys.program import WriteCaption, write_caption  # noqa: E402
-from memesys.refinement import refine  # noqa: E402
-from memesys.scoring import score  # noqa: E402
-from memesys.verification import VERIFIERS, verify  # noqa: E402
+from memesys.pipeline.writing import WriteCaption, write_caption  # noqa: E402
+from memesys.pipeline.refinement import refine  # noqa: E402
+from memesys.pipeline.scoring import score  # noqa: E402
+from memesys.pipeline.verification import VERIFIERS, verify  # noqa: E402
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage",
           "learning javascript frameworks")

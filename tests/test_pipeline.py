@@ -14,20 +14,20 @@ from dspy.utils import DummyLM  # noqa: E402
 from dspy.utils.exceptions import LMTimeoutError  # noqa: E402
 from dspy.lm15 import Request, Response, TimeoutError  # noqa: E402
 
-from memesys.decision import (  # noqa: E402
+from memesys.pipeline.decision import (  # noqa: E402
     INAPPROPRIATE,
     VERIFICATION_UNAVAILABLE,
     Decision,
     Refused,
     decide,
 )
-from memesys.draft import Draft  # noqa: E402
-from memesys.formats import get_format  # noqa: E402
-from memesys.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm  # noqa: E402
-from memesys.offline_writer import MODEL, PROVIDER  # noqa: E402
-from memesys.pipeline import STAGE_MODEL_KEYS, run_sequential, stage_handles  # noqa: E402
-from memesys.program import REQUESTED, CaptionError  # noqa: E402
-from memesys.refinement import (  # noqa: E402
+from memesys.pipeline.draft import Draft  # noqa: E402
+from memesys.domain.formats import get_format  # noqa: E402
+from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm  # noqa: E402
+from memesys.offline.writer import MODEL, PROVIDER  # noqa: E402
+from memesys.pipeline.stages import STAGE_MODEL_KEYS, run_sequential, stage_handles  # noqa: E402
+from memesys.pipeline.writing import REQUESTED, CaptionError  # noqa: E402
+from memesys.pipeline.refinement import (  # noqa: E402
     REFINED,
     RefinePolicy,
     Round,
@@ -35,8 +35,8 @@ from memesys.refinement import (  # noqa: E402
     refine,
     should_refine,
 )
-from memesys.scoring import Scores, score  # noqa: E402
-from memesys.verification import (  # noqa: E402
+from memesys.pipeline.scoring import Scores, score  # noqa: E402
+from memesys.pipeline.verification import (  # noqa: E402
     FAILED,
     PASSED,
     UNAVAILABLE,

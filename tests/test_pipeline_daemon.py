@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.daemon_process import DaemonProcess
-from tests.fake_openai import FakeConfig, FakeOpenAI
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 

@@ -17,10 +17,10 @@ import pytest  # noqa: E402
 from dspy.utils.exceptions import LMError  # noqa: E402
 from dspy.utils import DummyLM  # noqa: E402
 
-from memesys.formats import CATALOGUE, UnknownFormat, get_format  # noqa: E402
-from memesys.lm import OPENAI_COMPATIBLE, LMHandle, build_lm, offline_lm  # noqa: E402
-from memesys.offline_writer import MODEL, PROVIDER  # noqa: E402
-from memesys.program import (  # noqa: E402
+from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format  # noqa: E402
+from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, build_lm, offline_lm  # noqa: E402
+from memesys.offline.writer import MODEL, PROVIDER  # noqa: E402
+from memesys.pipeline.writing import (  # noqa: E402
     REQUESTED,
     Caption,
     CaptionError,

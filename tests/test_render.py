@@ -1,4 +1,4 @@
-"""Tests for memesys.render: valid PNGs, visible outlined text, fitting, determinism, errors."""
+"""Tests for memesys.render.image: valid PNGs, visible outlined text, fitting, determinism, errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageFont
 
-from memesys import render
-from memesys.render import LAYOUTS, RenderError, fit_text, render_png
+from memesys.render import image as render
+from memesys.render.image import LAYOUTS, RenderError, fit_text, render_png
 
 SAMPLE_TEXTS = {
     "top_bottom": ["top text", "bottom text"],
@@ -160,7 +160,7 @@ def test_builtin_font_fallback_renders(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_template_image_is_the_background(tmp_path):
-    from memesys.render_actor import find_template
+    from memesys.tree.renderer import find_template
 
     Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "drake.jpg")
     template = find_template(str(tmp_path), "drake")

@@ -12,12 +12,12 @@ import dspy  # noqa: E402
 import pytest  # noqa: E402
 from dspy.utils import DummyLM  # noqa: E402
 
-from memesys.draft import Draft  # noqa: E402
-from memesys.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.program import write_caption  # noqa: E402
-from memesys.scoring import WEIGHTS, Scores, apply_verdicts, score, weighted  # noqa: E402
-from memesys.stage import OutputError  # noqa: E402
-from memesys.verification import FAILED, PASSED, UNAVAILABLE, Verdict  # noqa: E402
+from memesys.pipeline.draft import Draft  # noqa: E402
+from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
+from memesys.pipeline.writing import write_caption  # noqa: E402
+from memesys.pipeline.scoring import WEIGHTS, Scores, apply_verdicts, score, weighted  # noqa: E402
+from memesys.pipeline.stage import OutputError  # noqa: E402
+from memesys.pipeline.verification import FAILED, PASSED, UNAVAILABLE, Verdict  # noqa: E402
 
 STRICT = dspy.ChatAdapter(use_json_adapter_fallback=False)
 BASE = Scores(humor=0.8, clarity=0.6, creativity=0.5, shareability=0.7, overall=0.8,

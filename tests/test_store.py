@@ -18,8 +18,8 @@ import psutil
 import pytest
 import redis
 
-from memesys.redis_backend import EmbeddedRedis, RedisTarget, connect, resolve
-from memesys.store import MemeStore, StoreError
+from memesys.storage.connection import EmbeddedRedis, RedisTarget, connect, resolve
+from memesys.storage.memes import MemeStore, StoreError
 
 pytestmark = pytest.mark.store
 

@@ -15,12 +15,12 @@ from dspy.lm15 import Message, Request, Response, TimeoutError, Usage  # noqa: E
 from dspy.utils import DummyLM  # noqa: E402
 from dspy.utils.exceptions import LMTimeoutError  # noqa: E402
 
-from memesys.draft import Draft  # noqa: E402
-from memesys.formats import UnknownFormat  # noqa: E402
-from memesys.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.offline_writer import TEMPLATES  # noqa: E402
-from memesys.program import write_caption  # noqa: E402
-from memesys.verification import (  # noqa: E402
+from memesys.pipeline.draft import Draft  # noqa: E402
+from memesys.domain.formats import UnknownFormat  # noqa: E402
+from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
+from memesys.offline.writer import TEMPLATES  # noqa: E402
+from memesys.pipeline.writing import write_caption  # noqa: E402
+from memesys.pipeline.verification import (  # noqa: E402
     FAILED,
     PASSED,
     UNAVAILABLE,

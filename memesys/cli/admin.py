@@ -1,0 +1,122 @@
+"""``memesys-admin``: inspect and steer a running daemon's actor tree.
+
+It attaches to the admin port and never starts an actor system: with none running it says so
+and exits non-zero. The tree comes from the project's own root supervisor (Thespian's admin
+stops answering status requests after any failed ``createActor``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import Any, Optional
+
+from actors.messages import ChildStatus, Ping, RestartChild, StatusQuery, TreeStatus
+from actors.system import NoSystemRunning, SystemConfig, ask, attach, find_root, stop_tree
+from memesys import config as config_module
+from memesys.tree.spec import ROOT
+
+TIMEOUT_S = 5.0
+
+
+class AdminError(RuntimeError):
+    pass
+
+
+def _uptime(started_at: Optional[float]) -> str:
+    if not started_at:
+        return "-"
+    seconds = int(time.time() - started_at)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _rows(children: tuple[ChildStatus, ...], depth: int = 0) -> list[list[str]]:
+    rows = []
+    for c in children:
+        kind = f"{c.kind} ({c.strategy})" if c.strategy else c.kind
+        rows.append(["  " * depth + c.name, kind, c.state, str(c.pid or "-"), str(c.restarts),
+                     _uptime(c.started_at), "-" if c.in_flight is None else str(c.in_flight)])
+        rows += _rows(c.children, depth + 1)
+    return rows
+
+
+def format_tree(tree: TreeStatus, root_pid: int) -> str:
+    header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "IN FLIGHT"]
+    rows = [[tree.name, f"supervisor ({tree.strategy})", "running", str(root_pid), "-", "-", "-"]]
+    rows += _rows(tree.children, 1)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [header] + rows)
+
+
+def _request(asys: Any, root: Any, payload: Any) -> Any:
+    reply = ask(asys, root, payload, TIMEOUT_S)
+    if not reply.ok:
+        raise AdminError(f"{reply.error.code}: {reply.error.message}")
+    return reply.payload
+
+
+def run(verb: str, name: Optional[str], cfg: SystemConfig, as_json: bool) -> str:
+    try:
+        asys = attach(cfg)
+    except NoSystemRunning as exc:
+        raise AdminError(str(exc)) from None
+    root = find_root(asys, ROOT)
+    if verb == "ping":
+        started = time.perf_counter()
+        pong = _request(asys, root, Ping())
+        ms = (time.perf_counter() - started) * 1000
+        if as_json:
+            return json.dumps({"name": pong.name, "pid": pong.pid, "ms": round(ms, 2)})
+        return f"pong from {pong.name} (pid {pong.pid}) in {ms:.1f} ms"
+    if verb == "status":
+        pong = _request(asys, root, Ping())
+        tree = _request(asys, root, StatusQuery())
+        if as_json:
+            return json.dumps({"pid": pong.pid, **dataclasses.asdict(tree)}, indent=2)
+        return format_tree(tree, pong.pid)
+    if verb == "restart":
+        ack = _request(asys, root, RestartChild(name))
+        return json.dumps({"restarted": name}) if as_json else ack.detail
+    if verb == "shutdown":
+        _request(asys, root, Ping())
+        clean = stop_tree(asys, root, 30.0)
+        asys.shutdown()
+        if not clean:
+            raise AdminError("the tree did not stop in order within 30 s; the system was shut down")
+        return json.dumps({"stopped": True}) if as_json else "stopped"
+    raise AdminError(f"unknown command {verb!r}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="memesys-admin",
+                                     description="Inspect and steer a running memesys daemon.")
+    parser.add_argument("--admin-port", type=int, help="actor-system admin port")
+    parser.add_argument("--config", help="the daemon's TOML override file")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("command", choices=["status", "ping", "restart", "shutdown"])
+    parser.add_argument("name", nargs="?", help="restart: path of the child, e.g. generator/worker-0")
+    args = parser.parse_args(argv)
+    if args.command == "restart" and not args.name:
+        parser.error("restart needs the NAME (path) of a child, e.g. generator/worker-0")
+    try:
+        cfg = config_module.load(args.config)
+    except (config_module.ConfigError, OSError) as exc:
+        print(f"memesys-admin: configuration error: {exc}", file=sys.stderr)
+        return 2
+    system = cfg["system"]
+    port = args.admin_port or system["admin_port"]
+    try:
+        print(run(args.command, args.name, SystemConfig(port, system["bind_host"], "WARNING"),
+                  args.json))
+    except AdminError as exc:
+        print(f"memesys-admin: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The daemon: embedded or real Redis, the actor system and its tree, then the gateway.
+
+Order matters: the actor system is started (Thespian forks its admin from this process)
+before the event loop or any thread exists, and after dspy and Pillow are imported so every
+actor inherits them copy-on-write instead of importing them again.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from aiohttp import web  # noqa: E402
+
+import memesys.pipeline.lm  # noqa: E402,F401  (import dspy before forking: inherited by every actor)
+import memesys.render.image  # noqa: E402,F401
+from actors.bridge import Bridge, Directory  # noqa: E402
+from actors.messages import Ping, Reply  # noqa: E402
+from actors.system import (  # noqa: E402
+    SystemConfig,
+    admin_running,
+    ask,
+    session_id,
+    shutdown,
+    start_root,
+    start_system,
+)
+from memesys import config as config_module  # noqa: E402
+from memesys.http.app import Gateway  # noqa: E402
+from memesys.storage.connection import resolve  # noqa: E402
+from memesys.tree.spec import root_spec  # noqa: E402
+
+log = logging.getLogger("memesys.cli.daemon")
+
+WATCHDOG_PERIOD_S = 2.0
+WATCHDOG_MISSES = 3
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="memesys", description="Run the memesys daemon.")
+    parser.add_argument("--config", help="a TOML file overriding config/default.toml")
+    parser.add_argument("--host", help="gateway address (gateway.host)")
+    parser.add_argument("--port", type=int, help="gateway port (gateway.port)")
+    parser.add_argument("--admin-port", type=int, help="actor-system admin port")
+    parser.add_argument("--data-dir", help="embedded Redis data and run files")
+    return parser.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> dict:
+    cfg = config_module.load(args.config)
+    for value, section, key in ((args.host, "gateway", "host"), (args.port, "gateway", "port"),
+                                (args.admin_port, "system", "admin_port"),
+                                (args.data_dir, "system", "data_dir")):
+        if value is not None:
+            cfg[section][key] = value
+    return cfg
+
+
+class Daemon:
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        system = cfg["system"]
+        self.system_cfg = SystemConfig(system["admin_port"], system["bind_host"],
+                                       system["log_level"])
+        self.stopping: Optional[asyncio.Event] = None
+        self.exit_code = 0
+
+    def start_actors(self) -> None:
+        """Redis, then the actor system and the whole tree; raises if any part fails."""
+        data_dir = Path(self.cfg["system"]["data_dir"]).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.redis_target, self.embedded_redis = resolve(self.cfg["redis"]["url"],
+                                                         str(data_dir / "redis"))
+        started = time.perf_counter()
+        self.asys = start_system(self.system_cfg)
+        self.sid = session_id(self.system_cfg.admin_port)
+        try:
+            self.root = start_root(self.asys, root_spec(self.cfg, self.redis_target.url),
+                                   self.system_cfg.admin_port,
+                                   self.cfg["system"]["ready_timeout_s"])
+        except Exception:
+            self.stop_actors()
+            raise
+        log.info("actor tree up in %.0f ms (actor session %s)",
+                 (time.perf_counter() - started) * 1000, self.sid)
+
+    def stop_actors(self) -> None:
+        root = getattr(self, "root", None)
+        shutdown(self.asys, self.system_cfg.admin_port, root,
+                 self.cfg["system"]["shutdown_timeout_s"], self.sid)
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+
+    async def serve(self) -> None:
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        bridge = Bridge(self.asys)
+        await bridge.start()
+        gateway = Gateway(self.cfg, Directory(bridge, self.root))
+        runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = self.cfg["gateway"]["host"], self.cfg["gateway"]["port"]
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        print(f"memesys ready at http://{host}:{port}", flush=True)
+        watchdog = asyncio.create_task(self._watchdog())
+        await self.stopping.wait()
+        log.info("stopping")
+        watchdog.cancel()
+        await runner.cleanup()
+        await bridge.close()
+
+    async def _watchdog(self) -> None:
+        """The root supervisor is the application: if it is gone, the daemon stops (OTP)."""
+        misses = 0
+        with self.asys.private() as ctx:
+            while True:
+                await asyncio.sleep(WATCHDOG_PERIOD_S)
+                answer: Reply = await asyncio.to_thread(ask, ctx, self.root, Ping(), 1.0)
+                misses = 0 if answer.ok else misses + 1
+                if misses >= WATCHDOG_MISSES:
+                    external = not admin_running(self.system_cfg.admin_port)
+                    log.log(logging.WARNING if external else logging.ERROR,
+                            "the root supervisor is %s; stopping the daemon",
+                            "shut down (memesys-admin shutdown?)" if external
+                            else "not answering")
+                    self.exit_code = 0 if external else 1
+                    self.stopping.set()
+                    return
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args)
+    except (config_module.ConfigError, OSError) as exc:
+        print(f"memesys: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg["system"]["log_level"],
+                        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s")
+    daemon = Daemon(cfg)
+    try:
+        daemon.start_actors()
+    except Exception as exc:
+        log.error("start-up failed: %s", exc)
+        return 1
+    try:
+        asyncio.run(daemon.serve())
+    except OSError as exc:
+        log.error("the gateway cannot listen: %s", exc)
+        daemon.exit_code = 1
+    finally:
+        daemon.stop_actors()
+    log.info("stopped")
+    return daemon.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

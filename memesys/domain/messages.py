@@ -1,0 +1,132 @@
+"""Domain messages: the payloads of :class:`actors.messages.Request` between memesys actors.
+
+Frozen dataclasses, importable by module path; the correlation id lives on the envelope.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class GenerateMeme:
+    """Make one meme. ``fresh`` never serves a cached meme; ``seed`` picks a variant."""
+
+    topic: str
+    format: Optional[str] = None
+    style: Optional[str] = None
+    audience: Optional[str] = None
+    seed: int = 0
+    fresh: bool = False
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class RenderMeme:
+    format: str
+    layout: str
+    texts: tuple[str, ...]
+    background_key: str
+
+
+@dataclass(frozen=True)
+class SaveMeme:
+    meme: dict
+    png: bytes
+    cache_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class GetMeme:
+    meme_id: str
+
+
+@dataclass(frozen=True)
+class GetImage:
+    meme_id: str
+
+
+@dataclass(frozen=True)
+class ListMemes:
+    limit: int = 20
+    cursor: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MemePage:
+    memes: list
+    next_cursor: Optional[str]
+
+
+@dataclass(frozen=True)
+class DeleteMeme:
+    meme_id: str
+
+
+@dataclass(frozen=True)
+class CachedMeme:
+    """Look up the meme cached under ``key``; the answer is the meme or ``None``."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    pass
+
+
+@dataclass(frozen=True)
+class Echo:
+    """Answered by a generator worker with ``value``: measures the gateway→worker path."""
+
+    value: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubmitTask:
+    """Record a generation task durably and run it in the background; answers the task id."""
+
+    order: GenerateMeme
+
+
+@dataclass(frozen=True)
+class GetTask:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """From the ledger to the runner: make this meme; the answer is the meme."""
+
+    task_id: str
+    order: GenerateMeme
+
+
+@dataclass(frozen=True)
+class RunnerReady:
+    """From a (re)started runner to the ledger: send me the open tasks."""
+
+
+@dataclass(frozen=True)
+class RunVerifier:
+    """For the verifier pool: run one verifier on a draft; the answer is a ``Judgement``."""
+
+    verifier: str
+    draft: Any  # memesys.pipeline.draft.Draft
+
+
+@dataclass(frozen=True)
+class RunScore:
+    """For the verifier pool: score a draft; the answer is a ``Judgement``."""
+
+    draft: Any  # memesys.pipeline.draft.Draft
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verifier's Verdict or the scorer's Scores, and the stage run that produced it
+    (provider, model, tokens, ms) for the meme's accounting."""
+
+    result: Any
+    run: Any  # memesys.pipeline.stages.StageRun

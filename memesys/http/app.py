@@ -1,0 +1,247 @@
+"""The aiohttp gateway: HTTP in, ``await`` an actor through the bridge, JSON out.
+
+It validates everything a client sends, bounds bodies and requests in flight, maps every
+failure to the JSON error of the contract (never a traceback), and holds no domain logic.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from actors.bridge import Directory, RemoteFailure
+from actors.messages import Ping
+from memesys.domain.formats import catalogue_json
+from memesys.domain.messages import (
+    DeleteMeme,
+    GenerateMeme,
+    GetImage,
+    GetMeme,
+    GetTask,
+    ListMemes,
+    StoreHealth,
+    SubmitTask,
+)
+from memesys.http.metrics import Metrics
+from memesys.http.openapi import OPENAPI
+from memesys.storage.memes import valid_id
+from memesys.tree.spec import GENERATOR, LEDGER, STORE
+from memesys.http.validation import InvalidField, parse_generate, parse_page
+from memesys.http.page import INDEX_HTML
+
+log = logging.getLogger("memesys.http.app")
+
+READY_TIMEOUT_S = 2.0
+STORE_TIMEOUT_S = 5.0
+RETRY_AFTER_S = "1"
+
+# Failure code from the actors -> HTTP status.
+_STATUS = {
+    "bad_request": 422, "unknown_format": 422, "inappropriate": 422,
+    "overloaded": 503, "unavailable": 503, "worker_lost": 503, "crashed": 503,
+    "store_error": 503, "verification_unavailable": 503, "llm_unavailable": 503,
+    "timeout": 504, "bad_output": 502, "render_error": 502,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
+    body = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class Gateway:
+    def __init__(self, cfg: dict, directory: Directory) -> None:
+        self.cfg = cfg["gateway"]
+        self.directory = directory
+        self.metrics = Metrics()
+        self.in_flight = 0
+        self.metrics.gauge("memesys_gateway_in_flight", "requests being served",
+                           lambda: self.in_flight)
+        self.metrics.gauge("memesys_bridge_stale_replies_total",
+                           "replies that arrived after their ask gave up",
+                           lambda: directory.bridge.stale_replies)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.cfg["max_body_bytes"],
+                              middlewares=[self._guard])
+        app.add_routes([
+            web.post("/v1/memes", self.create_meme),
+            web.get("/v1/memes", self.list_memes),
+            web.get("/v1/memes/{id}", self.get_meme),
+            web.get("/v1/memes/{id}/image.png", self.get_image),
+            web.delete("/v1/memes/{id}", self.delete_meme),
+            web.get("/v1/tasks/{id}", self.get_task),
+            web.get("/v1/formats", self.formats),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics_text),
+            web.get("/openapi.json", self.openapi),
+            web.get("/", self.index),
+        ])
+        return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Bound requests in flight; turn every failure into a JSON error, never a traceback."""
+        started = time.perf_counter()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        if self.in_flight >= self.cfg["max_in_flight"]:
+            response: web.StreamResponse = error(503, "overloaded",
+                                                 "the gateway is shedding load; retry later")
+        else:
+            self.in_flight += 1
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                response = error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text
+                                 if exc.text and not exc.text.startswith(str(exc.status))
+                                 else exc.reason)
+            except RemoteFailure as exc:
+                response = error(_STATUS.get(exc.failure.code, 502), exc.failure.code,
+                                 exc.failure.message)
+            except Exception:
+                log.exception("unexpected error serving %s %s", request.method, request.path)
+                response = error(500, "internal", "internal error; see the daemon log")
+            finally:
+                self.in_flight -= 1
+        self.metrics.count("memesys_http_requests_total", "HTTP requests by route and status",
+                           method=request.method, route=route, status=str(response.status))
+        self.metrics.observe("memesys_http_request_seconds", "HTTP request latency",
+                             time.perf_counter() - started, route=route)
+        return response
+
+    # -- memes --------------------------------------------------------------------------------
+
+    async def create_meme(self, request: web.Request) -> web.Response:
+        run_async = request.query.get("async", "false").lower()
+        if run_async not in ("true", "1", "false", "0"):
+            return error(422, "invalid_field", "async: must be true or false", field="async")
+        if (request.content_length or 0) > self.cfg["max_body_bytes"]:
+            return error(413, "body_too_large",
+                         f"the body must be at most {self.cfg['max_body_bytes']} bytes")
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+        trace_id = uuid.uuid4().hex
+        try:
+            order: GenerateMeme = parse_generate(body, self.cfg["max_topic_chars"], trace_id)
+        except InvalidField as exc:
+            return error(422, "invalid_field", str(exc), field=exc.field)
+        if run_async in ("true", "1"):
+            task_id = await self.directory.ask(LEDGER, SubmitTask(order), STORE_TIMEOUT_S)
+            status_url = f"/v1/tasks/{task_id}"
+            return web.json_response({"task_id": task_id, "status_url": status_url}, status=202,
+                                     headers={"Location": status_url, "X-Trace-Id": trace_id})
+        # Idempotent: if a worker dies holding it, the pool retries it on another worker. At
+        # worst a meme saved just before the death is stored twice; the client gets one.
+        try:
+            meme = await self.directory.ask(GENERATOR, order, self.cfg["request_timeout_s"],
+                                            idempotent=True)
+        except RemoteFailure as exc:
+            self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
+                               code=exc.failure.code)
+            raise
+        self._count_verdicts(meme)
+        return web.json_response(meme, status=201, headers={
+            "Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id})
+
+    def _count_verdicts(self, meme: dict) -> None:
+        """Every verdict served, so a degraded verifier shows in metrics, not only in JSON."""
+        if meme["cached"]:
+            return
+        for verifier, verdict in meme["verification"]["verdicts"].items():
+            self.metrics.count("memesys_verdicts_total", "verdicts of served memes",
+                               verifier=verifier, status=verdict["status"])
+
+    def _meme_id(self, request: web.Request) -> str:
+        meme_id = request.match_info["id"]
+        if not valid_id(meme_id):
+            raise web.HTTPNotFound(text=f"no meme {meme_id!r}")
+        return meme_id
+
+    async def get_meme(self, request: web.Request) -> web.Response:
+        meme_id = self._meme_id(request)
+        meme = await self.directory.ask(STORE, GetMeme(meme_id), STORE_TIMEOUT_S, idempotent=True)
+        if meme is None:
+            return error(404, "not_found", f"no meme {meme_id!r}")
+        return web.json_response(meme)
+
+    async def get_image(self, request: web.Request) -> web.Response:
+        meme_id = self._meme_id(request)
+        png = await self.directory.ask(STORE, GetImage(meme_id), STORE_TIMEOUT_S, idempotent=True)
+        if png is None:
+            return error(404, "not_found", f"no image for meme {meme_id!r}")
+        return web.Response(body=png, content_type="image/png",
+                            headers={"Cache-Control": "public, max-age=86400, immutable"})
+
+    async def list_memes(self, request: web.Request) -> web.Response:
+        try:
+            limit, cursor = parse_page(request.query)
+        except InvalidField as exc:
+            return error(422, "invalid_field", str(exc), field=exc.field)
+        page = await self.directory.ask(STORE, ListMemes(limit, cursor), STORE_TIMEOUT_S,
+                                        idempotent=True)
+        return web.json_response({"memes": page.memes, "next_cursor": page.next_cursor})
+
+    async def delete_meme(self, request: web.Request) -> web.Response:
+        meme_id = self._meme_id(request)
+        if not await self.directory.ask(STORE, DeleteMeme(meme_id), STORE_TIMEOUT_S):
+            return error(404, "not_found", f"no meme {meme_id!r}")
+        return web.Response(status=204)
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        task_id = request.match_info["id"]
+        task = None
+        if valid_id(task_id):
+            task = await self.directory.ask(STORE, GetTask(task_id), STORE_TIMEOUT_S,
+                                            idempotent=True)
+        if task is None:
+            return error(404, "not_found", f"no task {task_id!r}")
+        body = {key: task[key] for key in ("status", "stage", "progress", "created_at",
+                                           "updated_at")}
+        for key in ("meme", "error"):
+            if task.get(key) is not None:
+                body[key] = task[key]
+        return web.json_response({"task_id": task_id, **body})
+
+    async def formats(self, request: web.Request) -> web.Response:
+        return web.json_response({"formats": catalogue_json()})
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        for name, ask in (
+            ("actors", lambda: self.directory.bridge.ask(self.directory.root, Ping(),
+                                                         READY_TIMEOUT_S)),
+            ("store", lambda: self.directory.ask(STORE, StoreHealth(), READY_TIMEOUT_S)),
+        ):
+            try:
+                checks[name] = "ok" if await ask() else "failing"
+            except RemoteFailure as exc:
+                checks[name] = f"{exc.failure.code}: {exc.failure.message}"
+        ready = all(v == "ok" for v in checks.values())
+        return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
+                                 status=200 if ready else 503)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain",
+                            charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(text=INDEX_HTML, content_type="text/html")

@@ -1,0 +1,98 @@
+"""Refine a draft from its critique, and the loop policy that decides whether to try again.
+
+The rewrite is a signature validated exactly like the first caption (same format, one text per
+slot, within limits). The policy is a pure function on recorded rounds, so the sequential
+pipeline and the parallel actors stop refining for the same reasons.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from collections.abc import Mapping  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dspy  # noqa: E402
+
+from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
+from memesys.pipeline.lm import LMHandle  # noqa: E402
+from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate_texts  # noqa: E402
+from memesys.pipeline.scoring import Scores  # noqa: E402
+from memesys.pipeline.stage import OutputError, run  # noqa: E402
+from memesys.pipeline.verification import FAILED, VERIFIERS, Verdict  # noqa: E402
+
+REFINED = "refined"
+
+
+class RefineCaption(JudgeDraft):
+    """Rewrite the meme's texts to fix the critique: the same format, one text per slot in slot
+    order, each within its max chars. Keep what works; make it shorter, sharper and funnier;
+    keep the topic, the requested style and audience; drop any claim the critique flags."""
+
+    slots: str = dspy.InputField(desc="numbered slots: name (max chars): what belongs there")
+    critique: str = dspy.InputField(desc="what the verifiers and the scorer want fixed")
+    revised_captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
+
+
+def refine(handle: LMHandle, draft: Draft, critique: str) -> Caption:
+    """The rewritten caption (reason REFINED); CaptionError on unusable output, DSPy's LMError on
+    a failed LM call."""
+    fmt = draft.meme_format
+    try:
+        revised, tokens = run(handle, "refine", RefineCaption, **draft.inputs(),
+                              slots=slots_text(fmt), critique=critique)
+    except OutputError as exc:
+        raise CaptionError(str(exc), exc.tokens) from exc
+    return Caption(format=fmt.name, texts=validate_texts(fmt, revised.revised_captions),
+                   reason=REFINED, tokens=tokens)
+
+
+def critique_for(scores: Scores, verdicts: Mapping[str, Verdict]) -> str:
+    """What the refiner is asked to fix: every failed verdict's reasons, then the scorer's
+    critique."""
+    lines = [f"{v.verifier} failed: {'; '.join(v.reasons)}"
+             for name in VERIFIERS if (v := verdicts.get(name)) and v.status == FAILED]
+    return "\n".join([*lines, scores.critique])
+
+
+@dataclass(frozen=True)
+class RefinePolicy:
+    """Refine while overall < threshold and fewer than max_rounds were made; stop as soon as a
+    round gains less than min_gain (or was refused)."""
+
+    threshold: float = 0.55
+    max_rounds: int = 2
+    min_gain: float = 0.02
+
+    @classmethod
+    def from_config(cls, pipeline: Mapping[str, Any]) -> RefinePolicy:
+        """From the [pipeline] section: refine_threshold, max_refine_rounds, min_refine_gain."""
+        return cls(float(pipeline["refine_threshold"]), int(pipeline["max_refine_rounds"]),
+                   float(pipeline["min_refine_gain"]))
+
+
+@dataclass(frozen=True)
+class Round:
+    """One refinement round (index from 1): the texts it wrote, their adjusted overall, each
+    verifier's status, the gain over the draft it refined, and the refusal code when its
+    verdicts ruled it out (then it scores 0 and is never kept)."""
+
+    index: int
+    texts: tuple[str, ...]
+    overall: float
+    verdicts: Mapping[str, str]
+    gain: float
+    refused: str | None = None
+
+
+def should_refine(overall: float, last: Round | None, policy: RefinePolicy) -> bool:
+    """Whether to run another round, given the best overall so far and the last round (None
+    before the first)."""
+    if overall >= policy.threshold:
+        return False
+    if last is None:
+        return policy.max_rounds > 0
+    return (last.index < policy.max_rounds and last.refused is None
+            and last.gain >= policy.min_gain)

@@ -1,0 +1,68 @@
+"""Run one DSPy signature on an LMHandle: the machinery every stage shares.
+
+Every stage (select, write, the verifiers, score, refine) scopes its LM the same way
+(``dspy.context``, so concurrent workers with different LMs never see each other's settings),
+counts tokens the same way, and separates the two ways a stage can go wrong: the LM call itself
+failed (DSPy's LMError, passed on unchanged: its subclass, ``code`` and ``retry_after`` are what
+the daemon's one retry layer and its breakers key on; the caller decides what "unavailable"
+means) or the LM answered with something no adapter could parse (OutputError: the model's
+fault, never a pass).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from typing import Any  # noqa: E402
+
+import dspy  # noqa: E402
+from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
+
+from memesys.pipeline.lm import LMHandle  # noqa: E402
+
+
+class OutputError(ValueError):
+    """The LM answered, but its output cannot be used (unparseable, wrong shape, out of range).
+
+    ``tokens`` is what the useless answer cost, so usage stays honest on failures too.
+    """
+
+    def __init__(self, message: str, tokens: int = 0) -> None:
+        self.tokens = tokens
+        super().__init__(message)
+
+
+def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
+    """Sum DSPy's per-LM usage totals; an LM that reports none counts 0."""
+    def one(entry: dict[str, Any]) -> int:
+        total = entry.get("total_tokens")
+        if total is None:
+            total = (entry.get("prompt_tokens") or 0) + (entry.get("completion_tokens") or 0)
+        return int(total)
+    return sum(one(entry) for entry in usage.values())
+
+
+def run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
+        **inputs: Any) -> tuple[dspy.Prediction, int]:
+    """(prediction, tokens used) of one signature on ``handle``'s LM.
+
+    A fresh Predict per call keeps concurrent callers from sharing module state; the nested
+    usage tracker also rolls up into any tracker the caller opened. A failed LM call raises
+    its LMError with a note naming the stage (shown in tracebacks).
+    """
+    with dspy.context(lm=handle.lm), dspy.track_usage() as tracker:
+        try:
+            prediction = dspy.Predict(signature)(**inputs)
+        except LMError as exc:
+            exc.add_note(f"memesys stage: {stage}")
+            raise
+        except AdapterParseError as exc:
+            raise OutputError(f"{stage}: unparseable model output: {exc}",
+                              total_tokens(tracker.get_total_tokens())) from exc
+    return prediction, total_tokens(tracker.get_total_tokens())
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: enough for a verdict or an HTTP error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,231 @@
+"""The sequential reference pipeline: every stage of one meme, one after another, in one place.
+
+select -> write -> appropriateness -> factuality -> instruction_following -> score, then
+refinement rounds (rewrite, the three verifiers, score) while the policy asks for them. Each
+stage runs on its own handle (``handle_for(stage)``) and is timed and accounted (provider,
+model, tokens), so this path is also the yardstick the parallel actor version is measured and
+checked against: both are built from the same stage functions and the same pure policies
+(decide, apply_verdicts, should_refine).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Mapping  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
+from typing import Any, Protocol, TypeVar  # noqa: E402
+
+from dspy.utils.exceptions import LMError  # noqa: E402
+
+from memesys.pipeline.decision import Decision, decide  # noqa: E402
+from memesys.pipeline.draft import Draft  # noqa: E402
+from memesys.pipeline.lm import LMHandle, build_lm  # noqa: E402
+from memesys.pipeline.writing import (  # noqa: E402
+    Caption,
+    choose_format,
+    clean_topic,
+    requested,
+    write_texts,
+)
+from memesys.pipeline.refinement import (  # noqa: E402
+    RefinePolicy,
+    Round,
+    critique_for,
+    refine,
+    should_refine,
+)
+from memesys.pipeline.scoring import Scores, apply_verdicts, score  # noqa: E402
+from memesys.pipeline.stage import first_line  # noqa: E402
+from memesys.pipeline.verification import VERIFIERS, Verdict, verify  # noqa: E402
+
+# The [llm] key naming each stage's model; empty means [llm] model.
+STAGE_MODEL_KEYS: Mapping[str, str] = {
+    "select": "select_model", "write": "write_model", "appropriateness": "verify_model",
+    "factuality": "verify_model", "instruction_following": "verify_model",
+    "score": "score_model", "refine": "refine_model",
+}
+
+
+def stage_handles(llm: Mapping[str, Any], stage_timeout_s: float) -> Callable[[str], LMHandle]:
+    """handle_for(stage) from the [llm] section: one handle per distinct model, each LM call
+    bounded by min(llm.timeout_s, stage_timeout_s) (one attempt per call: the bound holds)."""
+    timeout_s = min(float(llm["timeout_s"]), stage_timeout_s)
+    built: dict[str, LMHandle] = {}
+
+    def handle_for(stage: str) -> LMHandle:
+        model = llm[STAGE_MODEL_KEYS[stage]] or llm["model"]
+        if model not in built:
+            built[model] = build_lm(model, llm["api_key"], llm["base_url"], timeout_s)
+        return built[model]
+    return handle_for
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage call as it happened: who ran it, what it cost, how long it took."""
+
+    provider: str
+    model: str
+    tokens: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A servable draft with everything the judging stages said about it."""
+
+    caption: Caption
+    draft: Draft
+    verdicts: Mapping[str, Verdict]
+    decision: Decision
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """The kept caption (the first one or the best refinement) and its judgement, every
+    refinement round, and per-stage accounting: ``stages`` by stage key ("select", "write",
+    the verifiers, "score"; "refine_N" and "<verifier>_N", "score_N" for round N) and
+    ``timings`` in ms by the same keys plus "total"."""
+
+    caption: Caption
+    draft: Draft
+    verdicts: Mapping[str, Verdict]
+    decision: Decision
+    scores: Scores
+    rounds: tuple[Round, ...]
+    stages: Mapping[str, StageRun]
+    timings: Mapping[str, float]
+
+
+class _Costed(Protocol):
+    tokens: int
+
+
+T = TypeVar("T", bound=_Costed)
+
+
+@dataclass
+class Ledger:
+    """Times and accounts each stage call under its key."""
+
+    stages: dict[str, StageRun] = field(default_factory=dict)
+
+    def call(self, key: str, handle: LMHandle, stage: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        try:
+            result = stage()
+        except BaseException:
+            self.record(key, StageRun(handle.provider, handle.model, 0, _ms(start)))
+            raise
+        self.record(key, StageRun(handle.provider, handle.model, result.tokens, _ms(start)))
+        return result
+
+    def record(self, key: str, run: StageRun) -> None:
+        self.stages[key] = run
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+class Stages(Protocol):
+    """Where the stages of one meme run: the pipeline's logic is the same in both modes.
+
+    ``call`` runs one LM stage (select, write, refine) accounted under ``key``; ``judge`` runs
+    the three verifiers and the scorer on a draft and returns the verdicts and the raw scores
+    (None when the verdicts refuse the draft and the scorer was skipped).
+    """
+
+    ledger: Ledger
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T: ...
+
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                               Scores | None]: ...
+
+
+@dataclass
+class LocalStages:
+    """The sequential reference: every stage in this thread, one after another."""
+
+    handle_for: Callable[[str], LMHandle]
+    ledger: Ledger = field(default_factory=Ledger)
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+        handle = self.handle_for(stage)
+        return self.ledger.call(key, handle, lambda: fn(handle))
+
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                               Scores | None]:
+        """The verifiers in order (an LM failure is an "unavailable" verdict), then the
+        scorer only if the verdicts let the draft be served."""
+        verdicts = {}
+        for verifier in VERIFIERS:
+            try:
+                verdicts[verifier] = await self.call(
+                    verifier + suffix, verifier, lambda h, v=verifier: verify(h, v, draft))
+            except LMError as exc:
+                verdicts[verifier] = Verdict.unavailable(verifier, first_line(exc))
+        if decide(verdicts).refusal is not None:
+            return verdicts, None
+        return verdicts, await self.call("score" + suffix, "score", lambda h: score(h, draft))
+
+
+async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
+                       style: str | None = None, audience: str | None = None, seed: int = 0,
+                       policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
+    """One meme through every stage. Raises Refused when the first draft may not be served
+    (decide), UnknownFormat/CaptionError on a bad request or unusable model output, and DSPy's
+    LMError when a stage other than a verifier cannot reach its LM. A refined draft the
+    verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
+    began = time.perf_counter()
+    topic = clean_topic(topic)
+    if format:
+        choice = requested(format)
+    else:
+        choice = await stages.call("select", "select",
+                                   lambda h: choose_format(h, topic, seed))
+    caption = await stages.call("write", "write",
+                                lambda h: write_texts(h, topic, choice, style, audience, seed))
+    draft = Draft.from_caption(caption, topic, style, audience, seed)
+    verdicts, raw = await stages.judge(draft, "")
+    decision = decide(verdicts)
+    decision.enforce()
+    best = Judged(caption, draft, verdicts, decision, apply_verdicts(raw, verdicts))
+    rounds: list[Round] = []
+    while should_refine(best.scores.overall, rounds[-1] if rounds else None, policy):
+        n, kept = len(rounds) + 1, best
+        critique = critique_for(kept.scores, kept.verdicts)
+        refined = await stages.call(f"refine_{n}", "refine",
+                                    lambda h: refine(h, kept.draft, critique))
+        refined = replace(refined, reason=caption.reason)
+        draft = kept.draft.with_texts(refined.texts)
+        verdicts, raw = await stages.judge(draft, f"_{n}")
+        decision = decide(verdicts)
+        statuses = {name: v.status for name, v in verdicts.items()}
+        if decision.refusal is not None:
+            rounds.append(Round(n, refined.texts, 0.0, statuses, -kept.scores.overall,
+                                decision.refusal))
+            continue  # should_refine stops after a refused round
+        scores = apply_verdicts(raw, verdicts)
+        rounds.append(Round(n, refined.texts, scores.overall, statuses,
+                            scores.overall - kept.scores.overall))
+        if scores.overall > kept.scores.overall:
+            best = Judged(refined, draft, verdicts, decision, scores)
+    timings = {key: run.ms for key, run in stages.ledger.stages.items()}
+    timings["total"] = _ms(began)
+    return PipelineResult(best.caption, best.draft, best.verdicts, best.decision, best.scores,
+                          tuple(rounds), dict(stages.ledger.stages), timings)
+
+
+def run_sequential(handle_for: Callable[[str], LMHandle], topic: str, format: str | None = None,
+                   style: str | None = None, audience: str | None = None, seed: int = 0,
+                   policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
+    """The sequential reference path: :func:`run_pipeline` with every stage in this thread."""
+    return asyncio.run(run_pipeline(LocalStages(handle_for), topic, format, style, audience,
+                                    seed, policy))

@@ -1,0 +1,140 @@
+"""The three verifiers: is the meme appropriate, factual, and does it follow its brief?
+
+Each is a DSPy signature, so the offline writer and a real model judge through the same prompt
+and parser. The model's answer is never trusted further than it must be:
+- output that cannot be parsed (or is empty, or has a non-numeric confidence) is a FAILED
+  verdict, never a pass: a verifier that cannot say "passed" clearly has not passed the meme;
+- slot lengths and counts are measured here in Python and combined with the model's verdict
+  (either failing fails), because a model's reading of "max 40 chars" is not a measurement;
+- a failed LM call raises DSPy's LMError, so only the caller can turn it into "unavailable".
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import math  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Literal  # noqa: E402
+
+import dspy  # noqa: E402
+
+from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
+from memesys.pipeline.lm import LMHandle  # noqa: E402
+from memesys.pipeline.stage import OutputError, run  # noqa: E402
+
+VERIFIERS = ("appropriateness", "factuality", "instruction_following")
+PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
+
+
+class CheckAppropriateness(JudgeDraft):
+    """Decide whether this meme is safe to publish. Fail it for hate speech or slurs,
+    harassment or threats, sexual content, violence, or private data about real people
+    (email addresses, phone numbers, street addresses, ID numbers), whether in the topic or in
+    any text. Edgy but harmless humour passes."""
+
+    concerns: list[str] = dspy.OutputField(
+        desc="each problem found, naming the category and quoting the words; empty if none")
+    verdict: Literal["passed", "failed"] = dspy.OutputField(desc="failed if there is any concern")
+    confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
+
+
+class CheckFactuality(JudgeDraft):
+    """Check the meme's claims about real people, events and numbers. Obvious jokes and
+    exaggeration are fine; fail statements a reader could take as fact that are false or
+    unverifiable, such as quotes attributed to real people, dates and statistics."""
+
+    flagged_claims: list[str] = dspy.OutputField(
+        desc="each doubtful claim quoted, with why it is doubtful; empty if none")
+    verdict: Literal["passed", "failed"] = dspy.OutputField(
+        desc="failed if a flagged claim could mislead")
+    confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
+
+
+class CheckInstructions(JudgeDraft):
+    """Check the meme follows its brief: the format's joke structure with one text per slot,
+    each text within its max chars, the requested style and the requested audience (when
+    given)."""
+
+    violations: list[str] = dspy.OutputField(desc="each instruction not followed; empty if none")
+    verdict: Literal["passed", "failed"] = dspy.OutputField(desc="failed if any violation")
+    confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
+
+
+_SIGNATURES: dict[str, tuple[type[JudgeDraft], str]] = {
+    "appropriateness": (CheckAppropriateness, "concerns"),
+    "factuality": (CheckFactuality, "flagged_claims"),
+    "instruction_following": (CheckInstructions, "violations"),
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One verifier's judgement; ``confidence`` is how sure the status is (0..1)."""
+
+    verifier: str
+    status: str
+    confidence: float
+    reasons: tuple[str, ...]
+    tokens: int
+
+    @classmethod
+    def unavailable(cls, verifier: str, why: str) -> Verdict:
+        """The verdict a caller records when the verifier's LM call failed. Only the first line
+        of ``why`` is kept: provider errors append multi-line advice."""
+        return cls(verifier, UNAVAILABLE, 0.0, (why.strip().split("\n", 1)[0],), 0)
+
+
+def measure(draft: Draft) -> tuple[str, ...]:
+    """The draft's measurable instruction violations: slot count, empty and over-long texts."""
+    slots, texts = draft.meme_format.slots, draft.texts
+    problems = []
+    if len(texts) != len(slots):
+        problems.append(f"{draft.format} has {len(slots)} slots, the draft has {len(texts)} texts")
+    for slot, text in zip(slots, texts):
+        if not text.strip():
+            problems.append(f"slot {slot.name!r} is empty")
+        elif len(text) > slot.max_chars:
+            problems.append(f"slot {slot.name!r} has {len(text)} chars, max {slot.max_chars}")
+    return tuple(problems)
+
+
+def _unusable(verifier: str, why: str, tokens: int) -> Verdict:
+    """Fail closed: an answer the verifier cannot stand behind is a certain failure."""
+    return Verdict(verifier, FAILED, 1.0, (f"unusable verifier output: {why}",), tokens)
+
+
+def _read(verifier: str, prediction: dspy.Prediction, reasons_field: str, tokens: int) -> Verdict:
+    """The model's verdict, or a failed one when its confidence is not a number."""
+    confidence = prediction.confidence
+    if not isinstance(confidence, float) or math.isnan(confidence):
+        return _unusable(verifier, f"confidence {confidence!r} is not a number", tokens)
+    reasons = tuple(" ".join(r.split()) for r in getattr(prediction, reasons_field) or ())
+    return Verdict(verifier, prediction.verdict, min(max(confidence, 0.0), 1.0),
+                   tuple(r for r in reasons if r), tokens)
+
+
+def _with_measurements(verdict: Verdict, measured: tuple[str, ...]) -> Verdict:
+    """A measured violation fails the verdict with certainty, whatever the model said."""
+    if not measured:
+        return verdict
+    others = tuple(r for r in verdict.reasons if r not in measured)
+    return Verdict(verdict.verifier, FAILED, 1.0, measured + others, verdict.tokens)
+
+
+def verify(handle: LMHandle, verifier: str, draft: Draft) -> Verdict:
+    """Run one verifier on ``handle``. Status is "passed" or "failed" (unusable output fails,
+    closed); a failed LM call raises DSPy's LMError (LMTimeoutError, LMRateLimitError, ...)."""
+    if verifier not in _SIGNATURES:
+        raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
+    signature, reasons_field = _SIGNATURES[verifier]
+    try:
+        prediction, tokens = run(handle, verifier, signature, **draft.inputs())
+    except OutputError as exc:
+        verdict = _unusable(verifier, str(exc), exc.tokens)
+    else:
+        verdict = _read(verifier, prediction, reasons_field, tokens)
+    if verifier == "instruction_following":
+        verdict = _with_measurements(verdict, measure(draft))
+    return verdict

@@ -1,0 +1,159 @@
+"""The meme-writing DSPy program: pick a format for a topic, then write its slot texts.
+
+Every stage is a signature, so the same program runs on the offline writer and on a real model,
+and the model's output is validated against the catalogue before anything is rendered. The two
+stages are also callable alone (choose_format, write_texts), so a pipeline can give each its own
+model and time each one.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from dataclasses import dataclass, replace  # noqa: E402
+from typing import Any  # noqa: E402
+
+import dspy  # noqa: E402
+
+from memesys.domain.formats import CATALOGUE, MemeFormat, UnknownFormat, get_format  # noqa: E402
+from memesys.pipeline.lm import LMHandle  # noqa: E402
+from memesys.pipeline.stage import OutputError, run  # noqa: E402
+
+REQUESTED = "requested"
+
+
+class SelectFormat(dspy.Signature):
+    """Pick the meme format whose joke structure best fits the topic."""
+
+    topic: str = dspy.InputField(desc="what the meme is about")
+    catalogue: str = dspy.InputField(desc="one format per line as 'name: when it fits'")
+    seed: int = dspy.InputField(desc="variation key: another seed may pick another good fit")
+    format_name: str = dspy.OutputField(desc="exactly one name from the catalogue")
+    reason: str = dspy.OutputField(desc="one sentence on why it fits the topic")
+
+
+class WriteCaption(dspy.Signature):
+    """Write the meme's text, one short punchy text per slot, about the topic, in slot order,
+    each within its max chars."""
+
+    topic: str = dspy.InputField(desc="what the meme is about")
+    format_name: str = dspy.InputField(desc="the meme format")
+    slots: str = dspy.InputField(desc="numbered slots: name (max chars): what belongs there")
+    style: str = dspy.InputField(desc="tone to write in; empty means any")
+    audience: str = dspy.InputField(desc="who the meme is for; empty means anyone")
+    seed: int = dspy.InputField(desc="variation key: another seed should give other captions")
+    captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A validated meme text: ``tokens`` is the LM usage of the calls that produced it (0 if
+    the LM reports none)."""
+
+    format: str
+    texts: tuple[str, ...]
+    reason: str
+    tokens: int
+
+
+class CaptionError(OutputError):
+    """The model's output cannot be used: unknown format, wrong slot count, over-long text."""
+
+
+def catalogue_text() -> str:
+    """The catalogue as SelectFormat sees it: one 'name: description' line per format."""
+    return "\n".join(f"{f.name}: {f.description}" for f in CATALOGUE.values())
+
+
+def slots_text(fmt: MemeFormat) -> str:
+    """A format's slots as WriteCaption sees them (the offline writer parses this shape)."""
+    return "\n".join(f"{i}. {s.name} (max {s.max_chars} chars): {s.hint}"
+                     for i, s in enumerate(fmt.slots, 1))
+
+
+def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
+    """The captions as slot texts, or CaptionError naming the first broken rule."""
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise CaptionError(f"{fmt.name}: captions must be a list of strings, got {captions!r}")
+    names = ", ".join(s.name for s in fmt.slots)
+    if len(captions) != len(fmt.slots):
+        raise CaptionError(
+            f"{fmt.name} needs {len(fmt.slots)} texts ({names}), the model wrote {len(captions)}")
+    texts = tuple(" ".join(c.split()) for c in captions)
+    for slot, text in zip(fmt.slots, texts):
+        if not text:
+            raise CaptionError(f"{fmt.name}: slot {slot.name!r} is empty")
+        if len(text) > slot.max_chars:
+            raise CaptionError(f"{fmt.name}: slot {slot.name!r} has {len(text)} chars, "
+                               f"max {slot.max_chars}: {text!r}")
+    return texts
+
+
+def _run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
+         **inputs: Any) -> tuple[dspy.Prediction, int]:
+    """stage.run, with unparseable output reported as the caption error it is for callers."""
+    try:
+        return run(handle, stage, signature, **inputs)
+    except OutputError as exc:
+        raise CaptionError(str(exc), exc.tokens) from exc
+
+
+def clean_topic(topic: str) -> str:
+    """The topic with whitespace collapsed; an empty one is refused before any LM call."""
+    topic = " ".join(topic.split())
+    if not topic:
+        raise CaptionError("the topic is empty")
+    return topic
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The format for a topic, why, and the LM tokens choosing it took (0 when requested)."""
+
+    format: MemeFormat
+    reason: str
+    tokens: int
+
+
+def choose_format(handle: LMHandle, topic: str, seed: int = 0) -> Choice:
+    """The "select" stage: the model's pick, which must name a catalogue format."""
+    chosen, tokens = _run(handle, "select", SelectFormat, topic=clean_topic(topic),
+                          catalogue=catalogue_text(), seed=seed)
+    try:
+        fmt = get_format(chosen.format_name)
+    except UnknownFormat:
+        raise CaptionError(
+            f"the model chose {chosen.format_name!r}, which is not in the catalogue") from None
+    return Choice(fmt, " ".join(chosen.reason.split()), tokens)
+
+
+def requested(format: str) -> Choice:
+    """A caller-named format: UnknownFormat before any LM call, no tokens spent."""
+    return Choice(get_format(format), REQUESTED, 0)
+
+
+def write_texts(handle: LMHandle, topic: str, choice: Choice, style: str | None = None,
+                audience: str | None = None, seed: int = 0) -> Caption:
+    """The "write" stage: the slot texts for the chosen format. ``tokens`` counts this call
+    only."""
+    fmt = choice.format
+    written, tokens = _run(handle, "write", WriteCaption, topic=clean_topic(topic),
+                           format_name=fmt.name, slots=slots_text(fmt), style=style or "",
+                           audience=audience or "", seed=seed)
+    return Caption(format=fmt.name, texts=validate_texts(fmt, written.captions),
+                   reason=choice.reason, tokens=tokens)
+
+
+def write_caption(handle: LMHandle, topic: str, format: str | None = None,
+                  style: str | None = None, audience: str | None = None,
+                  seed: int = 0) -> Caption:
+    """Select (skipped when the caller names a format) then write, both on ``handle``.
+
+    A requested unknown format raises UnknownFormat before any LM call; bad model output raises
+    CaptionError; a failed LM call raises DSPy's LMError. ``tokens`` counts both stages.
+    """
+    topic = clean_topic(topic)
+    choice = requested(format) if format else choose_format(handle, topic, seed)
+    caption = write_texts(handle, topic, choice, style, audience, seed)
+    return replace(caption, tokens=caption.tokens + choice.tokens)
