@@ -36,6 +36,7 @@ from actors.messages import (
 )
 from actors.route import PoolRoute, Worker
 from actors.spec import MAX_ATTEMPTS
+from actors.thespian_adapter import context_address, transmit
 
 log = logging.getLogger("actors.bridge")
 
@@ -44,7 +45,6 @@ DEAD_ADDRESS = "dead_address"
 WORKER_LOST = "worker_lost"
 CRASHED = "crashed"
 _SEND_TIMEOUT_S = 5.0
-_SEND_SLICE = datetime.timedelta(seconds=0.5)
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
 _DRAIN = datetime.timedelta(0)
 _BATCH = 64  # messages sent as one batch, replies handed to the loop at once
@@ -179,7 +179,7 @@ class Bridge:
 
     def _listen_main(self, ready: asyncio.Future) -> None:
         with self._asys.private() as ctx:
-            self._listen_address = ctx._systemBase.transport.myAddress  # Thespian 4.0.1
+            self._listen_address = context_address(ctx)
             self._loop.call_soon_threadsafe(_set_ready, ready)
             while self._running.is_set():
                 message = ctx.listen(_LISTEN_SLICE)
@@ -211,25 +211,19 @@ def _requests(message: Any) -> list[Request]:
 def _send(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]]) -> list[Optional[Failure]]:
     """``tell`` to several targets at once, and report each dead target: Thespian's ``tell``
     drops a message to a dead address silently, and an address dies whenever its actor
-    restarts. Uses Thespian 4.0.1 internals (``tell``'s own steps) to read each transmit's
-    outcome; a refused connection is known in under 1 ms."""
-    base = ctx._systemBase
-    watches: list[Any] = []
-    for target, message in outgoing:
-        try:
-            watches.append(base._tx_to_actor(target, message))
-        except Exception as exc:
-            log.error("bridge: cannot send to %s: %s", target, exc)
-            watches.append(Failure("unavailable", f"cannot send: {exc}"))
-    deadline = time.monotonic() + _SEND_TIMEOUT_S
-    late = None
-    while base._run_transport(_SEND_SLICE, txonly=True):
-        if time.monotonic() > deadline:
-            late = Failure("unavailable", f"could not send within {_SEND_TIMEOUT_S:g} s")
-            break
-    return [watch if isinstance(watch, Failure) else
-            Failure(DEAD_ADDRESS, f"{target} is gone ({watch.failure})") if watch.failed else
-            late for (target, _), watch in zip(outgoing, watches)]
+    restarts (see :func:`actors.thespian_adapter.transmit`)."""
+    failures: list[Optional[Failure]] = []
+    for (target, _), outcome in zip(outgoing, transmit(ctx, outgoing, _SEND_TIMEOUT_S)):
+        if outcome is None:
+            failures.append(None)
+        elif outcome.kind == "dead":  # reached nobody
+            failures.append(Failure(DEAD_ADDRESS, outcome.detail))
+        elif outcome.kind == "error":
+            log.error("bridge: cannot send to %s: %s", target, outcome.detail)
+            failures.append(Failure("unavailable", f"cannot send: {outcome.detail}"))
+        else:  # late
+            failures.append(Failure("unavailable", outcome.detail))
+    return failures
 
 
 def _set_ready(ready: asyncio.Future) -> None:

@@ -1,8 +1,9 @@
 """Actor-system lifecycle: start, attach, find the root, ordered shutdown, reaping.
 
 Thespian's admin and actors bind 0.0.0.0 and unpickle whatever arrives. :func:`harden_bind`
-makes every socket bind one configured host (loopback by default) before the system starts;
-actor processes are forked from the starter, so they inherit it.
+(from :mod:`actors.thespian_adapter`, where every use of Thespian internals lives) makes every
+socket bind one configured host (loopback by default) before the system starts; actor
+processes are forked from the starter, so they inherit it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Any, Optional
 
 import psutil
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
-from thespian.system.transport import IPBase
 
 from actors.base import BaseActor
 from actors.messages import (
@@ -31,6 +31,7 @@ from actors.messages import (
     unpack,
 )
 from actors.spec import ChildSpec
+from actors.thespian_adapter import harden_bind  # re-exported: actors.system.harden_bind
 
 log = logging.getLogger("actors.system")
 
@@ -54,21 +55,6 @@ class SystemConfig:
     admin_port: int
     bind_host: str = "127.0.0.1"
     log_level: str = "INFO"
-
-
-def harden_bind(host: str) -> None:
-    """Bind every Thespian socket of this process and its forks to ``host``.
-
-    Thespian binds ``('', port)`` for externally reachable addresses (all interfaces). The
-    advertised address comes from ``THESPIAN_BASE_IPADDR``; the bind from ``bindArgs``.
-    """
-    os.environ["THESPIAN_BASE_IPADDR"] = host
-
-    def bind_args(self: Any) -> tuple:
-        name, port = self.bindname[0], self.bindname[1]
-        return ((host if name in ("", "0.0.0.0") else name, port),)
-
-    IPBase.IPActorAddress.bindArgs = property(bind_args)
 
 
 def logging_config(level: str) -> dict:
