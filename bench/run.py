@@ -53,10 +53,11 @@ from bench.common import (  # noqa: E402
     table,
     verdict,
 )
-from memesys import config as config_module  # noqa: E402
+from memesys.config import load as load_config  # noqa: E402
 from memesys.domain.messages import Echo  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402
-from memesys.tree.spec import GENERATOR, ROOT, root_spec  # noqa: E402
+from memesys.tree.paths import GENERATOR, ROOT  # noqa: E402
+from memesys.tree.spec import root_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -584,10 +585,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if threading.active_count() != 1:
         raise SystemExit("bench.run: a thread exists before the actor system starts")
-    cfg = config_module.load()
     # Restart intensity would escalate the 20+ kills of table 2 to the root; it is a policy,
     # not a cost, so the in-process tree allows many restarts. Everything else is default.
-    cfg["supervision"]["max_restarts"] = 10_000
+    cfg = load_config(overrides={("supervision", "max_restarts"): 10_000})
     admin_port = free_port()
     with contextlib.ExitStack() as cleanup:
         note(f"work dir {workdir}; starting redis and the actor system on admin port "
@@ -597,7 +597,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             cleanup.callback(embedded.stop)
         with fd2_to(workdir / "actors.log"):
             asys = actor_system.start_system(
-                actor_system.SystemConfig(admin_port, "127.0.0.1", cfg["system"]["log_level"]))
+                actor_system.SystemConfig(admin_port, "127.0.0.1", cfg.system.log_level))
         sid = actor_system.session_id(admin_port)
         root_box: list[Any] = [None]
         stopped = [False]
@@ -611,7 +611,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         cleanup.callback(stop_actors)
         root_box[0] = actor_system.start_root(asys, root_spec(cfg, target.url), admin_port,
-                                              cfg["system"]["ready_timeout_s"])
+                                              cfg.system.ready_timeout_s)
         note("tree up; measuring the gateway")
         section("1. gateway",
                 lambda: bench_gateway(asys, root_box[0], sid, admin_port, mode, workdir,

@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 import dspy  # noqa: E402
@@ -21,6 +22,7 @@ from memesys.pipeline.decision import (  # noqa: E402
     Refused,
     decide,
 )
+from memesys.config import load  # noqa: E402
 from memesys.pipeline.draft import Draft  # noqa: E402
 from memesys.domain.formats import get_format  # noqa: E402
 from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm  # noqa: E402
@@ -135,8 +137,9 @@ def test_should_refine_with_no_rounds_allowed() -> None:
 
 
 def test_policy_from_config() -> None:
-    section = {"mode": "sequential", "refine_threshold": 0.6, "max_refine_rounds": 3,
-               "min_refine_gain": 0.05, "stage_timeout_s": 20.0}
+    section = load(env={"MEMESYS_PIPELINE_REFINE_THRESHOLD": "0.6",
+                        "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "3",
+                        "MEMESYS_PIPELINE_MIN_REFINE_GAIN": "0.05"}).pipeline
     assert RefinePolicy.from_config(section) == RefinePolicy(0.6, 3, 0.05)
 
 
@@ -293,14 +296,14 @@ def test_a_requested_format_skips_select(offline: LMHandle) -> None:
 
 
 def test_stage_handles_from_config() -> None:
-    llm = {"model": "offline", "select_model": "", "write_model": "", "verify_model": "",
-           "score_model": "gpt-4o-mini", "refine_model": "", "api_key": "sk-test",
-           "base_url": "http://127.0.0.1:9/v1", "timeout_s": 30.0}
+    llm = load(env={"MEMESYS_LLM_SCORE_MODEL": "gpt-4o-mini", "OPENAI_API_KEY": "sk-test",
+                    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+                    "MEMESYS_LLM_TIMEOUT_S": "30"}).llm
     handle_for = stage_handles(llm, stage_timeout_s=12.5)
     assert (handle_for("write").provider, handle_for("write").model) == (PROVIDER, MODEL)
     assert handle_for("appropriateness") is handle_for("refine")  # one handle per model
     scorer = handle_for("score")
     assert (scorer.provider, scorer.model) == (OPENAI_COMPATIBLE, "gpt-4o-mini")
     assert scorer.lm.kwargs["timeout"] == 12.5
-    no_key = stage_handles({**llm, "api_key": ""}, 20.0)
+    no_key = stage_handles(replace(llm, api_key=""), 20.0)
     assert no_key("score").provider == PROVIDER

@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 from actors.messages import ChildStatus, Ping, RestartChild, StatusQuery, TreeStatus
 from actors.system import NoSystemRunning, SystemConfig, ask, attach, find_root, stop_tree
-from memesys import config as config_module
-from memesys.tree.spec import ROOT
+from memesys.config import ConfigError, load
+from memesys.tree.paths import ROOT
 
 TIMEOUT_S = 5.0
 
@@ -103,14 +103,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "restart" and not args.name:
         parser.error("restart needs the NAME (path) of a child, e.g. generator/worker-0")
     try:
-        cfg = config_module.load(args.config)
-    except (config_module.ConfigError, OSError) as exc:
+        cfg = load(args.config, overrides={("system", "admin_port"): args.admin_port})
+    except (ConfigError, OSError) as exc:
         print(f"memesys-admin: configuration error: {exc}", file=sys.stderr)
         return 2
-    system = cfg["system"]
-    port = args.admin_port or system["admin_port"]
+    system = cfg.system
     try:
-        print(run(args.command, args.name, SystemConfig(port, system["bind_host"], "WARNING"),
+        print(run(args.command, args.name,
+                  SystemConfig(system.admin_port, system.bind_host, "WARNING"),
                   args.json))
     except AdminError as exc:
         print(f"memesys-admin: {exc}", file=sys.stderr)

@@ -33,7 +33,8 @@ from actors.system import (  # noqa: E402
     start_root,
     start_system,
 )
-from memesys import config as config_module  # noqa: E402
+from memesys.config import Config, ConfigError, load_layers  # noqa: E402
+from memesys.config.printing import render as render_config  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402
 from memesys.tree.spec import root_spec  # noqa: E402
@@ -46,38 +47,35 @@ WATCHDOG_MISSES = 3
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="memesys", description="Run the memesys daemon.")
-    parser.add_argument("--config", help="a TOML file overriding config/default.toml")
+    parser.add_argument("--config", help="a TOML file overriding the packaged defaults")
     parser.add_argument("--host", help="gateway address (gateway.host)")
     parser.add_argument("--port", type=int, help="gateway port (gateway.port)")
     parser.add_argument("--admin-port", type=int, help="actor-system admin port")
     parser.add_argument("--data-dir", help="embedded Redis data and run files")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the effective configuration (secrets masked) and exit")
     return parser.parse_args(argv)
 
 
-def load_config(args: argparse.Namespace) -> dict:
-    cfg = config_module.load(args.config)
-    for value, section, key in ((args.host, "gateway", "host"), (args.port, "gateway", "port"),
-                                (args.admin_port, "system", "admin_port"),
-                                (args.data_dir, "system", "data_dir")):
-        if value is not None:
-            cfg[section][key] = value
-    return cfg
+def command_line(args: argparse.Namespace) -> dict[tuple[str, str], object]:
+    """The settings the command line overrides (None: not given)."""
+    return {("gateway", "host"): args.host, ("gateway", "port"): args.port,
+            ("system", "admin_port"): args.admin_port, ("system", "data_dir"): args.data_dir}
 
 
 class Daemon:
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        system = cfg["system"]
-        self.system_cfg = SystemConfig(system["admin_port"], system["bind_host"],
-                                       system["log_level"])
+        system = cfg.system
+        self.system_cfg = SystemConfig(system.admin_port, system.bind_host, system.log_level)
         self.stopping: Optional[asyncio.Event] = None
         self.exit_code = 0
 
     def start_actors(self) -> None:
         """Redis, then the actor system and the whole tree; raises if any part fails."""
-        data_dir = Path(self.cfg["system"]["data_dir"]).resolve()
+        data_dir = Path(self.cfg.system.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis_target, self.embedded_redis = resolve(self.cfg["redis"]["url"],
+        self.redis_target, self.embedded_redis = resolve(self.cfg.redis.url,
                                                          str(data_dir / "redis"))
         started = time.perf_counter()
         self.asys = start_system(self.system_cfg)
@@ -85,7 +83,7 @@ class Daemon:
         try:
             self.root = start_root(self.asys, root_spec(self.cfg, self.redis_target.url),
                                    self.system_cfg.admin_port,
-                                   self.cfg["system"]["ready_timeout_s"])
+                                   self.cfg.system.ready_timeout_s)
         except Exception:
             self.stop_actors()
             raise
@@ -95,7 +93,7 @@ class Daemon:
     def stop_actors(self) -> None:
         root = getattr(self, "root", None)
         shutdown(self.asys, self.system_cfg.admin_port, root,
-                 self.cfg["system"]["shutdown_timeout_s"], self.sid)
+                 self.cfg.system.shutdown_timeout_s, self.sid)
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
 
@@ -106,10 +104,10 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
         bridge = Bridge(self.asys)
         await bridge.start()
-        gateway = Gateway(self.cfg, Directory(bridge, self.root))
+        gateway = Gateway(self.cfg.gateway, Directory(bridge, self.root))
         runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
         await runner.setup()
-        host, port = self.cfg["gateway"]["host"], self.cfg["gateway"]["port"]
+        host, port = self.cfg.gateway.host, self.cfg.gateway.port
         await web.TCPSite(runner, host, port, backlog=1024).start()
         print(f"memesys ready at http://{host}:{port}", flush=True)
         watchdog = asyncio.create_task(self._watchdog())
@@ -141,11 +139,15 @@ class Daemon:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args)
-    except (config_module.ConfigError, OSError) as exc:
+        layers = load_layers(args.config, overrides=command_line(args))
+        cfg = layers.build()
+    except (ConfigError, OSError) as exc:
         print(f"memesys: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg["system"]["log_level"],
+    if args.print_config:
+        print(render_config(layers), end="")
+        return 0
+    logging.basicConfig(level=cfg.system.log_level,
                         format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s")
     daemon = Daemon(cfg)
     try:

@@ -17,51 +17,48 @@ from __future__ import annotations
 from actors.spec import Backoff, ChildSpec, PoolArgs, Strategy, SupervisorArgs
 from actors.supervisor import Supervisor
 from actors.pool import Pool
+from memesys.config import Config
+from memesys.tree.paths import (
+    GENERATOR, LEDGER_NAME, RENDER, ROOT, RUNNER_NAME, STORE, TASKS, VERIFY)
 from memesys.tree.generator import GeneratorArgs, GeneratorWorker
 from memesys.tree.renderer import RenderArgs, RenderWorker
 from memesys.tree.store import StoreArgs, StoreWorker
 from memesys.tree.tasks import TaskArgs, TaskLedger, TaskRunner
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
 
-ROOT = "memesys"
-GENERATOR = "generator"
-STORE = "store"
-TASKS = "tasks"
-LEDGER = f"{TASKS}/ledger"  # the gateway's path to the ledger
 
 
-def root_spec(cfg: dict, redis_url: str) -> ChildSpec:
-    sup, workers, llm, render = cfg["supervision"], cfg["workers"], cfg["llm"], cfg["render"]
-    backoff = Backoff(sup["backoff_initial_s"], sup["backoff_max_s"], sup["backoff_jitter"])
+def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
+    sup, workers, render = cfg.supervision, cfg.workers, cfg.render
+    backoff = Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_jitter)
 
-    tasks = cfg["tasks"]
-    task_args = TaskArgs(redis_url, cfg["redis"]["key_prefix"], tasks["ttl_s"],
-                         tasks["timeout_s"], tasks["max_in_flight"], "ledger")
+    tasks = cfg.tasks
+    task_args = TaskArgs(redis_url, cfg.redis.key_prefix, tasks.ttl_s, tasks.timeout_s,
+                         tasks.max_in_flight, LEDGER_NAME)
 
     def pool(name: str, worker: type, size: int, args: object, outstanding: int) -> ChildSpec:
         return ChildSpec(name, Pool, PoolArgs(
             worker, size, args, max_outstanding=outstanding,
-            max_restarts=sup["max_restarts"], period_s=sup["period_s"], backoff=backoff,
-            worker_shutdown_s=sup["child_shutdown_s"]), shutdown_s=2 * sup["child_shutdown_s"])
+            max_restarts=sup.max_restarts, period_s=sup.period_s, backoff=backoff,
+            worker_shutdown_s=sup.child_shutdown_s), shutdown_s=2 * sup.child_shutdown_s)
 
     children = (
-        pool(STORE, StoreWorker, workers["store"],
-             StoreArgs(redis_url, cfg["redis"]["key_prefix"], cfg["redis"]["cache_ttl_s"],
-                       cfg["tasks"]["ttl_s"]), 256),
-        pool("render", RenderWorker, workers["render"],
-             RenderArgs(render["width"], render["height"], render["font_path"],
-                        render["max_png_bytes"], render["template_dir"]), 256),
-        pool("verify", VerifierWorker, workers["verifiers"],
-             VerifierArgs(dict(llm), cfg["pipeline"]["stage_timeout_s"],
-                          workers["max_in_flight_per_verifier"]),
-             workers["max_in_flight_per_verifier"]),
-        pool(GENERATOR, GeneratorWorker, workers["generators"],
-             GeneratorArgs(dict(llm), dict(cfg["pipeline"]), workers["max_in_flight_per_worker"]),
-             workers["max_in_flight_per_worker"]),
+        pool(STORE, StoreWorker, workers.store,
+             StoreArgs(redis_url, cfg.redis.key_prefix, cfg.redis.cache_ttl_s, tasks.ttl_s), 256),
+        pool(RENDER, RenderWorker, workers.render,
+             RenderArgs(render.width, render.height, render.font_path, render.max_png_bytes,
+                        render.template_dir), 256),
+        pool(VERIFY, VerifierWorker, workers.verifiers,
+             VerifierArgs(cfg.llm, cfg.pipeline.stage_timeout_s,
+                          workers.max_in_flight_per_verifier),
+             workers.max_in_flight_per_verifier),
+        pool(GENERATOR, GeneratorWorker, workers.generators,
+             GeneratorArgs(cfg.llm, cfg.pipeline, workers.max_in_flight_per_worker),
+             workers.max_in_flight_per_worker),
         ChildSpec(TASKS, Supervisor, SupervisorArgs((
-            ChildSpec("ledger", TaskLedger, task_args),
-            ChildSpec("runner", TaskRunner, task_args, shutdown_s=sup["child_shutdown_s"]),
-        ), Strategy.ONE_FOR_ALL, sup["max_restarts"], sup["period_s"], backoff)),
+            ChildSpec(LEDGER_NAME, TaskLedger, task_args),
+            ChildSpec(RUNNER_NAME, TaskRunner, task_args, shutdown_s=sup.child_shutdown_s),
+        ), Strategy.ONE_FOR_ALL, sup.max_restarts, sup.period_s, backoff)),
     )
     return ChildSpec(ROOT, Supervisor, SupervisorArgs(
-        children, Strategy.REST_FOR_ONE, sup["max_restarts"], sup["period_s"], backoff))
+        children, Strategy.REST_FOR_ONE, sup.max_restarts, sup.period_s, backoff))

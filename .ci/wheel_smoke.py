@@ -1,0 +1,60 @@
+"""CI: the installed wheel starts the daemon outside the checkout and serves a 201 meme.
+
+Run with the fresh virtual environment's python, from a directory outside the checkout, so
+nothing can come from the source tree: ``venv/bin/python wheel_smoke.py``.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    import memesys
+    assert "site-packages" in memesys.__file__, f"memesys imported from {memesys.__file__}"
+    port, admin_port = free_port(), free_port()
+    work = tempfile.mkdtemp(prefix="memesys-wheel-")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    exe = os.path.join(os.path.dirname(sys.executable), "memesys")
+    proc = subprocess.Popen([exe, "--port", str(port), "--admin-port", str(admin_port),
+                             "--data-dir", os.path.join(work, "data")], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        deadline = time.monotonic() + 60
+        while "ready at" not in line and time.monotonic() < deadline and proc.poll() is None:
+            print("  daemon:", line.rstrip())
+            line = proc.stdout.readline()
+        if "ready at" not in line:
+            print("FAIL: the daemon did not become ready")
+            return 1
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/memes", method="POST",
+                                         data=json.dumps({"topic": "wheels"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            meme = json.load(answer)
+            print(f"POST /v1/memes -> {answer.status}: {meme['format']}: {meme['top_text']!r}")
+            return 0 if answer.status == 201 else 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

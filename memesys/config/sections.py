@@ -1,0 +1,130 @@
+"""The configuration's shape: one frozen dataclass per section of ``default.toml``.
+
+The values live in the packaged ``default.toml`` (the one source of defaults); these classes
+give each key its type and its allowed range, so a wrong value stops start-up with a line
+naming the key instead of failing later inside a worker. Field metadata:
+
+- ``min`` / ``max``: inclusive bounds of a number;
+- ``choices``: the words a string may take;
+- ``secret``: masked by ``memesys --print-config``.
+"""
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def bounded(lo: float | None = None, hi: float | None = None) -> Any:
+    """A numeric field limited to [lo, hi] (either side open when None)."""
+    return field(metadata={"min": lo, "max": hi})
+
+
+def one_of(*choices: str) -> Any:
+    return field(metadata={"choices": choices})
+
+
+def secret() -> Any:
+    return field(metadata={"secret": True})
+
+
+PORT = (1, 65535)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    admin_port: int = bounded(*PORT)
+    bind_host: str
+    data_dir: str
+    log_level: str = one_of(*LOG_LEVELS)
+    ready_timeout_s: float = bounded(0.1, 600)
+    shutdown_timeout_s: float = bounded(0.1, 600)
+
+
+@dataclass(frozen=True)
+class SupervisionConfig:
+    max_restarts: int = bounded(0, None)
+    period_s: float = bounded(0.001, None)
+    backoff_initial_s: float = bounded(0, 3600)
+    backoff_max_s: float = bounded(0, 3600)
+    backoff_jitter: float = bounded(0, 1)
+    child_shutdown_s: float = bounded(0.01, 600)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    host: str
+    port: int = bounded(0, PORT[1])  # 0: an ephemeral port (tests)
+    max_body_bytes: int = bounded(256, 64 * 2**20)
+    max_topic_chars: int = bounded(1, 10_000)
+    request_timeout_s: float = bounded(0.1, 3600)
+    max_in_flight: int = bounded(1, None)
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    generators: int = bounded(1, 256)
+    max_in_flight_per_worker: int = bounded(1, 100_000)
+    render: int = bounded(1, 256)
+    store: int = bounded(1, 256)
+    verifiers: int = bounded(1, 256)
+    max_in_flight_per_verifier: int = bounded(1, 100_000)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    mode: str = one_of("parallel", "sequential")
+    refine_threshold: float = bounded(0, 1)
+    max_refine_rounds: int = bounded(0, 10)
+    min_refine_gain: float = bounded(0, 1)
+    stage_timeout_s: float = bounded(0.01, 3600)
+    program_path: str
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    ttl_s: int = bounded(1, None)
+    timeout_s: float = bounded(0.1, None)
+    max_in_flight: int = bounded(1, 100_000)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = secret()  # a URL may carry a password
+    key_prefix: str
+    cache_ttl_s: int = bounded(1, None)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    model: str
+    select_model: str
+    write_model: str
+    verify_model: str
+    score_model: str
+    refine_model: str
+    api_key: str = secret()
+    base_url: str
+    timeout_s: float = bounded(0.01, 3600)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    width: int = bounded(64, 4096)
+    height: int = bounded(64, 4096)
+    font_path: str
+    template_dir: str
+    max_png_bytes: int = bounded(1024, 64 * 2**20)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``Config.<section>.<key>`` mirrors ``[section] key``."""
+
+    system: SystemConfig
+    supervision: SupervisionConfig
+    gateway: GatewayConfig
+    workers: WorkersConfig
+    pipeline: PipelineConfig
+    tasks: TasksConfig
+    redis: RedisConfig
+    llm: LLMConfig
+    render: RenderConfig

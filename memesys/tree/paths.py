@@ -1,0 +1,16 @@
+"""Path names of the daemon's actor tree: how the gateway and the workers address each other.
+
+A path is resolved by the supervisors (``WhereIs``), never by a global name; these strings are
+all that the HTTP face needs to know of the tree (the import-linter contract in setup.cfg
+holds it to that).
+"""
+
+ROOT = "memesys"  # the root supervisor's global name
+STORE = "store"
+RENDER = "render"
+VERIFY = "verify"
+GENERATOR = "generator"
+TASKS = "tasks"
+LEDGER_NAME = "ledger"
+RUNNER_NAME = "runner"
+LEDGER = f"{TASKS}/{LEDGER_NAME}"
