@@ -43,7 +43,7 @@ import psutil  # noqa: E402
 import memesys.pipeline.lm  # noqa: E402,F401  (imported before the fork: inherited by every actor)
 import memesys.render.image  # noqa: E402,F401
 from actors import system as actor_system  # noqa: E402
-from actors.messages import StatusQuery, WhereIs  # noqa: E402
+from actors.messages import Ping, Pong, StatusQuery, WhereIs  # noqa: E402
 from bench.common import (  # noqa: E402
     commit_description,
     free_port,
@@ -54,10 +54,10 @@ from bench.common import (  # noqa: E402
     verdict,
 )
 from memesys.config import load as load_config  # noqa: E402
-from memesys.domain.messages import Echo  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402
 from memesys.tree.paths import GENERATOR, ROOT  # noqa: E402
 from memesys.tree.spec import root_spec  # noqa: E402
+from bench.echo import ECHO, Echo, with_echo_pool  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -194,10 +194,10 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, poll_s: float, max_s
 def bench_hops(asys: Any, root: Any, reps: int, n: int) -> dict[str, float]:
     """p50 ms of blocking asks from this process (no HTTP, no bridge): to one generator worker
     directly, and through its pool (the hop every gateway request takes)."""
-    worker = actor_system.ask(asys, root, WhereIs(f"{GENERATOR}/worker-0"), 5)
-    pool = actor_system.ask(asys, root, WhereIs(GENERATOR), 5)
+    worker = actor_system.ask(asys, root, WhereIs(f"{ECHO}/worker-0"), 5)
+    pool = actor_system.ask(asys, root, WhereIs(ECHO), 5)
     if not (worker.ok and pool.ok):
-        raise RuntimeError(f"cannot resolve the generator pool: {worker.error or pool.error}")
+        raise RuntimeError(f"cannot resolve the echo pool: {worker.error or pool.error}")
     targets = {"worker": worker.payload.address, "pool": pool.payload.address}
     p50s: dict[str, list[float]] = {name: [] for name in targets}
     for rep in range(reps + 1):  # the first round warms up
@@ -219,11 +219,11 @@ class CpuGroups:
 
     def __init__(self, asys: Any, root: Any, sid: Optional[int], server_pid: int) -> None:
         reply = actor_system.ask(asys, root, StatusQuery(), 5)
-        pool = next(c for c in reply.payload.children if c.name == GENERATOR)
+        pool = next(c for c in reply.payload.children if c.name == ECHO)
         self.groups: dict[str, list[psutil.Process]] = {
             "load generator": [], "server (HTTP + bridge)": [psutil.Process(server_pid)],
-            "generator pool": [psutil.Process(pool.pid)],
-            "generator workers": [psutil.Process(w.pid) for w in pool.children]}
+            "echo pool": [psutil.Process(pool.pid)],
+            "echo workers": [psutil.Process(w.pid) for w in pool.children]}
         known = {p.pid for group in self.groups.values() for p in group}
         self.groups["rest of the actor session"] = [
             p for p in (actor_system.session_processes(sid) if sid else [])
@@ -255,7 +255,7 @@ def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mod
     with open(server_log, "ab") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "bench.server", "--port", str(port), "--admin-port",
-             str(admin_port), "--root", ROOT, "--target", GENERATOR],
+             str(admin_port), "--root", ROOT, "--target", ECHO],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     cleanup.callback(stop_process, server)
     wait_http(port, "/bare", server, 0.05, 30.0, server_log)
@@ -329,7 +329,7 @@ def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mod
         ["concurrency", "bare p50 ms", "bare p99 ms", "actor p50 ms", "actor p99 ms",
          "overhead p50 ms", "bare req/s", "actor req/s", "actor/bare", "errors"], rows)
     direct = table(
-        "1b. (diagnostic) /direct: the directory asks generator/worker-0, one fixed worker",
+        f"1b. (diagnostic) /direct: the directory asks {ECHO}/worker-0, one fixed worker",
         ["concurrency", "direct p50 ms", "direct p99 ms", "overhead p50 ms", "direct req/s",
          "actor req/s", "errors"], direct_rows)
     hop_rows = [["ask -> worker -> reply", hops["worker"]],
@@ -373,15 +373,15 @@ def worker_status(asys: Any, root: Any, name: str) -> Any:
 
 def wait_worker_ready(asys: Any, root: Any, path: str, name: str, timeout: float
                       ) -> tuple[Any, Any]:
-    """The worker's status and address once it runs and answers Echo."""
+    """The worker's status and address once it runs and answers Ping."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = worker_status(asys, root, name)
         if status is not None and status.state == "running" and status.pid:
             located = actor_system.ask(asys, root, WhereIs(path), 2)
             if located.ok:
-                echoed = actor_system.ask(asys, located.payload.address, Echo("warm"), 2)
-                if echoed.ok and echoed.payload == "warm":
+                ponged = actor_system.ask(asys, located.payload.address, Ping(), 2)
+                if ponged.ok and isinstance(ponged.payload, Pong):
                     return status, located.payload.address
         time.sleep(0.02)
     raise RuntimeError(f"{path} is not running and answering after {timeout:g} s")
@@ -400,8 +400,8 @@ def bench_restart(asys: Any, root: Any, mode: Mode) -> tuple[str, list[str]]:
         while time.perf_counter() - killed_at < RESTART_MAX_WAIT_S:
             located = actor_system.ask(asys, root, WhereIs(path), 0.5)
             if located.ok and located.payload.address != old_address:
-                echoed = actor_system.ask(asys, located.payload.address, Echo(i), 0.5)
-                if echoed.ok and echoed.payload == i:
+                ponged = actor_system.ask(asys, located.payload.address, Ping(), 0.5)
+                if ponged.ok and isinstance(ponged.payload, Pong):
                     answered_at = time.perf_counter()
                     break
             time.sleep(RESTART_POLL_S)
@@ -417,7 +417,7 @@ def bench_restart(asys: Any, root: Any, mode: Mode) -> tuple[str, list[str]]:
     rows = [[str(len(samples)), str(missed), median(samples), percentile(samples, 90),
              max(samples) if samples else float("nan"),
              min(samples) if samples else float("nan")]]
-    text = table(f"2. Restart latency: SIGKILL {path} -> its replacement answers Echo "
+    text = table(f"2. Restart latency: SIGKILL {path} -> its replacement answers Ping "
                  f"({mode.kills} kills, polled every {RESTART_POLL_S * 1000:g} ms)",
                  ["restarts", "missed", "median ms", "p90 ms", "max ms", "min ms"], rows)
     med = median(samples)
@@ -610,7 +610,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     note(f"killed {killed} actor processes left after shutdown")
 
         cleanup.callback(stop_actors)
-        root_box[0] = actor_system.start_root(asys, root_spec(cfg, target.url), admin_port,
+        root_box[0] = actor_system.start_root(asys, with_echo_pool(root_spec(cfg, target.url), cfg), admin_port,
                                               cfg.system.ready_timeout_s)
         note("tree up; measuring the gateway")
         section("1. gateway",

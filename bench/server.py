@@ -3,11 +3,11 @@
 Two routes on one aiohttp app, in its own process so the load generator never shares its GIL:
 
 - ``GET /bare``  answers a small JSON at once (the HTTP stack alone);
-- ``GET /actor`` awaits ``Directory(bridge, root).ask("generator", Echo(n), timeout)`` through
+- ``GET /actor`` awaits ``Directory(bridge, root).ask("echo", Echo(n), timeout)`` through
   :class:`actors.bridge.Bridge` (the gateway's real path: the directory sends to the least
-  loaded generator worker, which answers the bridge's listener) and answers the same small
-  JSON;
-- ``GET /direct`` does the same with ``"generator/worker-0"``: one fixed worker (a diagnostic,
+  loaded worker of the echo pool, shaped like the generator pool (:mod:`bench.echo`), which
+  answers the bridge's listener) and answers the same small JSON;
+- ``GET /direct`` does the same with ``"echo/worker-0"``: one fixed worker (a diagnostic,
   not a path the gateway uses).
 
 It attaches to an actor system someone else started (the bench process) and never starts one.
@@ -28,7 +28,7 @@ from aiohttp import web  # noqa: E402
 
 from actors.bridge import Bridge, Directory, RemoteFailure  # noqa: E402
 from actors.system import SystemConfig, attach, find_root  # noqa: E402
-from memesys.domain.messages import Echo  # noqa: E402
+from bench.echo import ECHO, Echo  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--admin-port", type=int, required=True)
     parser.add_argument("--root", default="memesys", help="global name of the root supervisor")
-    parser.add_argument("--target", default="generator", help="path asked by /actor")
+    parser.add_argument("--target", default=ECHO, help="path asked by /actor")
     parser.add_argument("--timeout", type=float, default=5.0, help="ask timeout, seconds")
     return parser.parse_args(argv)
 

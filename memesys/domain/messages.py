@@ -4,7 +4,7 @@ Frozen dataclasses, importable by module path; the correlation id lives on the e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 
@@ -76,14 +76,6 @@ class StoreHealth:
 
 
 @dataclass(frozen=True)
-class Echo:
-    """Answered by a generator worker with ``value``: measures the gateway→worker path."""
-
-    value: Any = None
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class SubmitTask:
     """Record a generation task durably and run it in the background; answers the task id."""
 
@@ -110,17 +102,22 @@ class RunnerReady:
 
 @dataclass(frozen=True)
 class RunVerifier:
-    """For the verifier pool: run one verifier on a draft; the answer is a ``Judgement``."""
+    """For the verifier pool: run one verifier on a draft; the answer is a ``Judgement``.
+    ``program``: the hash of the program the asking generator runs ("" for any); a worker that
+    runs another program refuses."""
 
     verifier: str
     draft: Any  # memesys.pipeline.draft.Draft
+    program: str = ""
 
 
 @dataclass(frozen=True)
 class RunScore:
-    """For the verifier pool: score a draft; the answer is a ``Judgement``."""
+    """For the verifier pool: score a draft; the answer is a ``Judgement``. ``program`` as in
+    RunVerifier."""
 
     draft: Any  # memesys.pipeline.draft.Draft
+    program: str = ""
 
 
 @dataclass(frozen=True)
