@@ -16,13 +16,8 @@ from dspy.utils.exceptions import LMError  # noqa: E402
 from memesys.pipeline.draft import Draft  # noqa: E402
 from memesys.domain.formats import CATALOGUE  # noqa: E402
 from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.offline.writer import (  # noqa: E402
-    MODEL,
-    PROVIDER,
-    TEMPLATES,
-    AsyncOfflineEngine,
-    OfflineEngine,
-)
+from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine  # noqa: E402
+from memesys.offline.templates import TEMPLATES  # noqa: E402
 from memesys.pipeline.writing import WriteCaption, write_caption  # noqa: E402
 from memesys.pipeline.refinement import refine  # noqa: E402
 from memesys.pipeline.scoring import score  # noqa: E402

@@ -26,7 +26,7 @@ from memesys.config import load  # noqa: E402
 from memesys.pipeline.draft import Draft  # noqa: E402
 from memesys.domain.formats import get_format  # noqa: E402
 from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm  # noqa: E402
-from memesys.offline.writer import MODEL, PROVIDER  # noqa: E402
+from memesys.offline.engine import MODEL, PROVIDER  # noqa: E402
 from memesys.pipeline.stages import STAGE_MODEL_KEYS, run_sequential, stage_handles  # noqa: E402
 from memesys.pipeline.writing import REQUESTED, CaptionError  # noqa: E402
 from memesys.pipeline.refinement import (  # noqa: E402

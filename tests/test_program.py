@@ -19,7 +19,7 @@ from dspy.utils import DummyLM  # noqa: E402
 
 from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format  # noqa: E402
 from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, build_lm, offline_lm  # noqa: E402
-from memesys.offline.writer import MODEL, PROVIDER  # noqa: E402
+from memesys.offline.engine import MODEL, PROVIDER  # noqa: E402
 from memesys.pipeline.writing import (  # noqa: E402
     REQUESTED,
     Caption,

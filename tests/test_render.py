@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageChops, ImageFont
 
 from memesys.render import image as render
-from memesys.render.image import LAYOUTS, RenderError, fit_text, render_png
+from memesys.domain.formats import LAYOUTS
+from memesys.render.image import RenderError, fit_text, render_png
 
 SAMPLE_TEXTS = {
     "top_bottom": ["top text", "bottom text"],

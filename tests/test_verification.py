@@ -18,7 +18,7 @@ from dspy.utils.exceptions import LMTimeoutError  # noqa: E402
 from memesys.pipeline.draft import Draft  # noqa: E402
 from memesys.domain.formats import UnknownFormat  # noqa: E402
 from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.offline.writer import TEMPLATES  # noqa: E402
+from memesys.offline.templates import TEMPLATES  # noqa: E402
 from memesys.pipeline.writing import write_caption  # noqa: E402
 from memesys.pipeline.verification import (  # noqa: E402
     FAILED,

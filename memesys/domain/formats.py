@@ -54,6 +54,16 @@ class MemeFormat:
             raise ValueError(f"{self.name}: top_bottom slots must be named top, bottom")
 
 
+def slot_problem(name: str, max_chars: int, text: str) -> str | None:
+    """The measured rule for one slot's text, the same for the writer's output validation, the
+    instruction-following verifier and the offline judge: not empty, at most ``max_chars``."""
+    if not text.strip():
+        return f"slot {name!r} is empty"
+    if len(text) > max_chars:
+        return f"slot {name!r} has {len(text)} chars, max {max_chars}"
+    return None
+
+
 class UnknownFormat(KeyError):
     """A format name that is not in the catalogue."""
 

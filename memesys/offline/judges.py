@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from memesys.domain.formats import slot_problem
 from memesys.offline.text import SlotLine, mentions
 
 # Confidence of a word-list verdict: a hit is near-certain; "no hit" only means no listed term.
@@ -137,13 +138,8 @@ def instruction_following(slots: list[SlotLine], style: str, audience: str) -> J
     slots is listed with max 0) fail with certainty; a requested style or audience none of
     whose words appear in the texts fails with confidence 0.7 (a real model can honour a tone
     without naming it, this heuristic cannot tell)."""
-    violations = []
-    for slot in slots:
-        if not slot.text:
-            violations.append(f"slot {slot.name!r} is empty")
-        elif len(slot.text) > slot.max_chars:
-            violations.append(f"slot {slot.name!r} has {len(slot.text)} chars, "
-                              f"max {slot.max_chars}")
+    violations = [problem for slot in slots
+                  if (problem := slot_problem(slot.name, slot.max_chars, slot.text))]
     measured = bool(violations)
     written = " ".join(s.text for s in slots)
     for what, wanted in (("style", style), ("audience", audience)):

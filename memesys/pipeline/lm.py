@@ -11,7 +11,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import dspy  # noqa: E402
 
-from memesys.offline.writer import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine  # noqa: E402
+from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine  # noqa: E402
 
 OFFLINE = "offline"
 OPENAI_COMPATIBLE = "openai-compatible"

@@ -38,7 +38,7 @@ from typing import Any  # noqa: E402
 from aiohttp import web  # noqa: E402
 from dspy.lm15 import LM15Error, request_from_openai_chat  # noqa: E402
 
-from memesys.offline.writer import complete  # noqa: E402
+from memesys.offline.engine import complete  # noqa: E402
 
 HOST = "127.0.0.1"
 DEFAULT_MODEL = "fake-model"
