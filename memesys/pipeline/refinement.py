@@ -12,7 +12,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from collections.abc import Mapping  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import dspy  # noqa: E402
 
@@ -22,6 +22,9 @@ from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate
 from memesys.pipeline.scoring import Scores  # noqa: E402
 from memesys.pipeline.stage import OutputError, run  # noqa: E402
 from memesys.pipeline.verification import FAILED, VERIFIERS, Verdict  # noqa: E402
+
+if TYPE_CHECKING:
+    from memesys.pipeline.program import MemeProgram
 
 REFINED = "refined"
 
@@ -36,12 +39,13 @@ class RefineCaption(JudgeDraft):
     revised_captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
 
 
-def refine(handle: LMHandle, draft: Draft, critique: str) -> Caption:
-    """The rewritten caption (reason REFINED); CaptionError on unusable output, DSPy's LMError on
-    a failed LM call."""
+def refine(handle: LMHandle, draft: Draft, critique: str,
+           program: MemeProgram | None = None) -> Caption:
+    """The rewritten caption (reason REFINED) from ``program``'s refine predictor (the built-in
+    one by default); CaptionError on unusable output, DSPy's LMError on a failed LM call."""
     fmt = draft.meme_format
     try:
-        revised, tokens = run(handle, "refine", RefineCaption, **draft.inputs(),
+        revised, tokens = run(handle, "refine", program, **draft.inputs(),
                               slots=slots_text(fmt), critique=critique)
     except OutputError as exc:
         raise CaptionError(str(exc), exc.tokens) from exc

@@ -15,6 +15,7 @@ import math  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from types import MappingProxyType  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import dspy  # noqa: E402
 
@@ -22,6 +23,9 @@ from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
 from memesys.pipeline.lm import LMHandle  # noqa: E402
 from memesys.pipeline.stage import OutputError, run  # noqa: E402
 from memesys.pipeline.verification import FAILED, Verdict  # noqa: E402
+
+if TYPE_CHECKING:
+    from memesys.pipeline.program import MemeProgram
 
 DIMENSIONS = ("humor", "clarity", "creativity", "shareability")
 # Humor is what a meme is for; clarity next (a joke nobody parses is no joke); creativity and
@@ -67,10 +71,11 @@ def weighted(values: Mapping[str, float], weights: Mapping[str, float] = WEIGHTS
     return sum(weights[d] * values[d] for d in DIMENSIONS) / sum(weights[d] for d in DIMENSIONS)
 
 
-def score(handle: LMHandle, draft: Draft) -> Scores:
-    """Rate ``draft`` on ``handle``. Ratings are clamped to 0..1; a non-numeric rating raises
-    OutputError, a failed LM call DSPy's LMError."""
-    prediction, tokens = run(handle, "score", ScoreMeme, **draft.inputs())
+def score(handle: LMHandle, draft: Draft, program: MemeProgram | None = None) -> Scores:
+    """Rate ``draft`` on ``handle`` with ``program``'s score predictor (the built-in one by
+    default). Ratings are clamped to 0..1; a non-numeric rating raises OutputError, a failed LM
+    call DSPy's LMError."""
+    prediction, tokens = run(handle, "score", program, **draft.inputs())
     values = {}
     for dimension in DIMENSIONS:
         value = getattr(prediction, dimension)

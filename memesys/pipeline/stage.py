@@ -1,6 +1,8 @@
-"""Run one DSPy signature on an LMHandle: the machinery every stage shares.
+"""Run one stage of the meme program on an LMHandle: the machinery every stage shares.
 
-Every stage (select, write, the verifiers, score, refine) scopes its LM the same way
+Every stage (select, write, the verifiers, score, refine) calls its predictor of a
+:class:`~memesys.pipeline.program.MemeProgram` (the built-in one unless the caller names
+another) and scopes its LM the same way
 (``dspy.context``, so concurrent workers with different LMs never see each other's settings),
 counts tokens the same way, and separates the two ways a stage can go wrong: the LM call itself
 failed (DSPy's LMError, passed on unchanged: its subclass, ``code`` and ``retry_after`` are what
@@ -14,12 +16,15 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import dspy  # noqa: E402
 from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
 
 from memesys.pipeline.lm import LMHandle  # noqa: E402
+
+if TYPE_CHECKING:
+    from memesys.pipeline.program import MemeProgram
 
 
 class OutputError(ValueError):
@@ -43,17 +48,23 @@ def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
     return sum(one(entry) for entry in usage.values())
 
 
-def run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
+def run(handle: LMHandle, stage: str, program: MemeProgram | None,
         **inputs: Any) -> tuple[dspy.Prediction, int]:
-    """(prediction, tokens used) of one signature on ``handle``'s LM.
+    """(prediction, tokens used) of ``program``'s ``stage`` predictor (the built-in program's
+    when None) on ``handle``'s LM.
 
-    A fresh Predict per call keeps concurrent callers from sharing module state; the nested
-    usage tracker also rolls up into any tracker the caller opened. A failed LM call raises
-    its LMError with a note naming the stage (shown in tracebacks).
+    Concurrent callers share the predictor, which a call never changes: the LM is scoped to
+    this call (``dspy.context``, thread- and task-local) and so is the usage tracker, which
+    also rolls up into any tracker the caller opened. A failed LM call raises its LMError with
+    a note naming the stage (shown in tracebacks).
     """
+    if program is None:
+        from memesys.pipeline.program import default_program  # it imports every stage module
+        program = default_program()
+    predictor = program.predictor(stage)
     with dspy.context(lm=handle.lm), dspy.track_usage() as tracker:
         try:
-            prediction = dspy.Predict(signature)(**inputs)
+            prediction = predictor(**inputs)
         except LMError as exc:
             exc.add_note(f"memesys stage: {stage}")
             raise

@@ -17,7 +17,7 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Mapping  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
-from typing import Any, Protocol, TypeVar  # noqa: E402
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar  # noqa: E402
 
 from dspy.utils.exceptions import LMError  # noqa: E402
 
@@ -41,6 +41,9 @@ from memesys.pipeline.refinement import (  # noqa: E402
 from memesys.pipeline.scoring import Scores, apply_verdicts, score  # noqa: E402
 from memesys.pipeline.stage import first_line  # noqa: E402
 from memesys.pipeline.verification import VERIFIERS, Verdict, verify  # noqa: E402
+
+if TYPE_CHECKING:
+    from memesys.pipeline.program import MemeProgram
 
 # The [llm] key naming each stage's model; empty means [llm] model.
 STAGE_MODEL_KEYS: Mapping[str, str] = {
@@ -138,10 +141,13 @@ class Stages(Protocol):
 
     ``call`` runs one LM stage (select, write, refine) accounted under ``key``; ``judge`` runs
     the three verifiers and the scorer on a draft and returns the verdicts and the raw scores
-    (None when the verdicts refuse the draft and the scorer was skipped).
+    (None when the verdicts refuse the draft and the scorer was skipped). ``program`` is the
+    MemeProgram whose predictors the stages run (None: the built-in one); stages judged
+    elsewhere run that place's copy of the same program.
     """
 
     ledger: Ledger
+    program: MemeProgram | None
 
     async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T: ...
 
@@ -155,6 +161,7 @@ class LocalStages:
 
     handle_for: Callable[[str], LMHandle]
     ledger: Ledger = field(default_factory=Ledger)
+    program: MemeProgram | None = None
 
     async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
         handle = self.handle_for(stage)
@@ -168,12 +175,14 @@ class LocalStages:
         for verifier in VERIFIERS:
             try:
                 verdicts[verifier] = await self.call(
-                    verifier + suffix, verifier, lambda h, v=verifier: verify(h, v, draft))
+                    verifier + suffix, verifier,
+                    lambda h, v=verifier: verify(h, v, draft, self.program))
             except LMError as exc:
                 verdicts[verifier] = Verdict.unavailable(verifier, first_line(exc))
         if decide(verdicts).refusal is not None:
             return verdicts, None
-        return verdicts, await self.call("score" + suffix, "score", lambda h: score(h, draft))
+        return verdicts, await self.call("score" + suffix, "score",
+                                         lambda h: score(h, draft, self.program))
 
 
 async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
@@ -189,9 +198,10 @@ async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
         choice = requested(format)
     else:
         choice = await stages.call("select", "select",
-                                   lambda h: choose_format(h, topic, seed))
+                                   lambda h: choose_format(h, topic, seed, stages.program))
     caption = await stages.call("write", "write",
-                                lambda h: write_texts(h, topic, choice, style, audience, seed))
+                                lambda h: write_texts(h, topic, choice, style, audience, seed,
+                                                      stages.program))
     draft = Draft.from_caption(caption, topic, style, audience, seed)
     verdicts, raw = await stages.judge(draft, "")
     decision = decide(verdicts)
@@ -202,7 +212,7 @@ async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
         n, kept = len(rounds) + 1, best
         critique = critique_for(kept.scores, kept.verdicts)
         refined = await stages.call(f"refine_{n}", "refine",
-                                    lambda h: refine(h, kept.draft, critique))
+                                    lambda h: refine(h, kept.draft, critique, stages.program))
         refined = replace(refined, reason=caption.reason)
         draft = kept.draft.with_texts(refined.texts)
         verdicts, raw = await stages.judge(draft, f"_{n}")
@@ -225,7 +235,9 @@ async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
 
 def run_sequential(handle_for: Callable[[str], LMHandle], topic: str, format: str | None = None,
                    style: str | None = None, audience: str | None = None, seed: int = 0,
-                   policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
-    """The sequential reference path: :func:`run_pipeline` with every stage in this thread."""
-    return asyncio.run(run_pipeline(LocalStages(handle_for), topic, format, style, audience,
-                                    seed, policy))
+                   policy: RefinePolicy = RefinePolicy(),
+                   program: MemeProgram | None = None) -> PipelineResult:
+    """The sequential reference path: :func:`run_pipeline` with every stage in this thread,
+    each one ``program``'s predictor (the built-in program's when None)."""
+    return asyncio.run(run_pipeline(LocalStages(handle_for, program=program), topic, format,
+                                    style, audience, seed, policy))

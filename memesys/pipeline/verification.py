@@ -16,13 +16,16 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import math  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Literal  # noqa: E402
+from typing import TYPE_CHECKING, Literal  # noqa: E402
 
 import dspy  # noqa: E402
 
 from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
 from memesys.pipeline.lm import LMHandle  # noqa: E402
 from memesys.pipeline.stage import OutputError, run  # noqa: E402
+
+if TYPE_CHECKING:
+    from memesys.pipeline.program import MemeProgram
 
 VERIFIERS = ("appropriateness", "factuality", "instruction_following")
 PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
@@ -62,10 +65,12 @@ class CheckInstructions(JudgeDraft):
     confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
 
 
-_SIGNATURES: dict[str, tuple[type[JudgeDraft], str]] = {
-    "appropriateness": (CheckAppropriateness, "concerns"),
-    "factuality": (CheckFactuality, "flagged_claims"),
-    "instruction_following": (CheckInstructions, "violations"),
+# Each verifier's output field listing its reasons (its signature is the program's predictor
+# of the same name: memesys.pipeline.program).
+_REASONS: dict[str, str] = {
+    "appropriateness": "concerns",
+    "factuality": "flagged_claims",
+    "instruction_following": "violations",
 }
 
 
@@ -123,14 +128,16 @@ def _with_measurements(verdict: Verdict, measured: tuple[str, ...]) -> Verdict:
     return Verdict(verdict.verifier, FAILED, 1.0, measured + others, verdict.tokens)
 
 
-def verify(handle: LMHandle, verifier: str, draft: Draft) -> Verdict:
-    """Run one verifier on ``handle``. Status is "passed" or "failed" (unusable output fails,
-    closed); a failed LM call raises DSPy's LMError (LMTimeoutError, LMRateLimitError, ...)."""
-    if verifier not in _SIGNATURES:
+def verify(handle: LMHandle, verifier: str, draft: Draft,
+           program: MemeProgram | None = None) -> Verdict:
+    """Run one verifier (``program``'s predictor of that name, the built-in one by default) on
+    ``handle``. Status is "passed" or "failed" (unusable output fails, closed); a failed LM call
+    raises DSPy's LMError (LMTimeoutError, LMRateLimitError, ...)."""
+    if verifier not in _REASONS:
         raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
-    signature, reasons_field = _SIGNATURES[verifier]
+    reasons_field = _REASONS[verifier]
     try:
-        prediction, tokens = run(handle, verifier, signature, **draft.inputs())
+        prediction, tokens = run(handle, verifier, program, **draft.inputs())
     except OutputError as exc:
         verdict = _unusable(verifier, str(exc), exc.tokens)
     else:

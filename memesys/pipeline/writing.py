@@ -12,13 +12,16 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from dataclasses import dataclass, replace  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import dspy  # noqa: E402
 
 from memesys.domain.formats import CATALOGUE, MemeFormat, UnknownFormat, get_format  # noqa: E402
 from memesys.pipeline.lm import LMHandle  # noqa: E402
 from memesys.pipeline.stage import OutputError, run  # noqa: E402
+
+if TYPE_CHECKING:
+    from memesys.pipeline.program import MemeProgram
 
 REQUESTED = "requested"
 
@@ -90,11 +93,11 @@ def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
     return texts
 
 
-def _run(handle: LMHandle, stage: str, signature: type[dspy.Signature],
+def _run(handle: LMHandle, stage: str, program: MemeProgram | None,
          **inputs: Any) -> tuple[dspy.Prediction, int]:
     """stage.run, with unparseable output reported as the caption error it is for callers."""
     try:
-        return run(handle, stage, signature, **inputs)
+        return run(handle, stage, program, **inputs)
     except OutputError as exc:
         raise CaptionError(str(exc), exc.tokens) from exc
 
@@ -116,9 +119,11 @@ class Choice:
     tokens: int
 
 
-def choose_format(handle: LMHandle, topic: str, seed: int = 0) -> Choice:
-    """The "select" stage: the model's pick, which must name a catalogue format."""
-    chosen, tokens = _run(handle, "select", SelectFormat, topic=clean_topic(topic),
+def choose_format(handle: LMHandle, topic: str, seed: int = 0,
+                  program: MemeProgram | None = None) -> Choice:
+    """The "select" stage (``program``'s select predictor, the built-in one by default): the
+    model's pick, which must name a catalogue format."""
+    chosen, tokens = _run(handle, "select", program, topic=clean_topic(topic),
                           catalogue=catalogue_text(), seed=seed)
     try:
         fmt = get_format(chosen.format_name)
@@ -134,11 +139,12 @@ def requested(format: str) -> Choice:
 
 
 def write_texts(handle: LMHandle, topic: str, choice: Choice, style: str | None = None,
-                audience: str | None = None, seed: int = 0) -> Caption:
-    """The "write" stage: the slot texts for the chosen format. ``tokens`` counts this call
-    only."""
+                audience: str | None = None, seed: int = 0,
+                program: MemeProgram | None = None) -> Caption:
+    """The "write" stage (``program``'s write predictor): the slot texts for the chosen format.
+    ``tokens`` counts this call only."""
     fmt = choice.format
-    written, tokens = _run(handle, "write", WriteCaption, topic=clean_topic(topic),
+    written, tokens = _run(handle, "write", program, topic=clean_topic(topic),
                            format_name=fmt.name, slots=slots_text(fmt), style=style or "",
                            audience=audience or "", seed=seed)
     return Caption(format=fmt.name, texts=validate_texts(fmt, written.captions),
@@ -147,13 +153,14 @@ def write_texts(handle: LMHandle, topic: str, choice: Choice, style: str | None 
 
 def write_caption(handle: LMHandle, topic: str, format: str | None = None,
                   style: str | None = None, audience: str | None = None,
-                  seed: int = 0) -> Caption:
-    """Select (skipped when the caller names a format) then write, both on ``handle``.
+                  seed: int = 0, program: MemeProgram | None = None) -> Caption:
+    """Select (skipped when the caller names a format) then write, both on ``handle`` with
+    ``program``'s predictors.
 
     A requested unknown format raises UnknownFormat before any LM call; bad model output raises
     CaptionError; a failed LM call raises DSPy's LMError. ``tokens`` counts both stages.
     """
     topic = clean_topic(topic)
-    choice = requested(format) if format else choose_format(handle, topic, seed)
-    caption = write_texts(handle, topic, choice, style, audience, seed)
+    choice = requested(format) if format else choose_format(handle, topic, seed, program)
+    caption = write_texts(handle, topic, choice, style, audience, seed, program)
     return replace(caption, tokens=caption.tokens + choice.tokens)
