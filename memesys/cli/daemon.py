@@ -36,6 +36,7 @@ from actors.system import (  # noqa: E402
 from memesys.config import Config, ConfigError, load_layers  # noqa: E402
 from memesys.config.printing import render as render_config  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
+from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402
 from memesys.tree.spec import root_spec  # noqa: E402
 
@@ -147,6 +148,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(render_config(layers), end="")
         return 0
+    # The meme program (pipeline.program_path) is checked here, once, before any worker loads
+    # it: a bad file is one line and exit 2, not workers failing to start over and over.
+    try:
+        load_configured(cfg.pipeline)
+    except ProgramError as exc:
+        print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=cfg.system.log_level,
                         format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s")
     daemon = Daemon(cfg)

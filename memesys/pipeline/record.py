@@ -6,6 +6,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from memesys.domain.formats import MemeFormat
@@ -18,22 +19,26 @@ def new_meme_id() -> str:
     return secrets.token_urlsafe(12)
 
 
-def cache_key(request: GenerateMeme, handle: LMHandle) -> str:
-    """Requests that would produce the same meme share a key (topic case and spaces ignored)."""
+def cache_key(request: GenerateMeme, handle: LMHandle, program_hash: str) -> str:
+    """Requests that would produce the same meme share a key (topic case and spaces ignored);
+    another program (``program_hash``: its instructions or demos changed) is another meme."""
     material = {
         "topic": " ".join(request.topic.lower().split()),
         "format": request.format, "style": request.style, "audience": request.audience,
         "seed": request.seed, "provider": handle.provider, "model": handle.model,
+        "program": program_hash,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def build_meme(meme_id: str, request: GenerateMeme, fmt: MemeFormat, result: PipelineResult,
-               mode: str, timings_ms: dict[str, float]) -> dict[str, Any]:
+               mode: str, timings_ms: dict[str, float],
+               program: Mapping[str, str]) -> dict[str, Any]:
     """``top_text``/``bottom_text`` are the first and last slot of any format; ``texts`` has
     them all by slot name. ``verification`` has one verdict per verifier plus the list of
     verifiers whose verdict is unavailable (``degraded``); ``provider`` names the model of
-    every stage call with its tokens."""
+    every stage call with its tokens, and the program that ran them (``program``: its
+    ``hash`` and ``path``, "builtin" for the built-in one)."""
     caption, scores = result.caption, result.scores
     writer = result.stages["write"]
     return {
@@ -63,6 +68,7 @@ def build_meme(meme_id: str, request: GenerateMeme, fmt: MemeFormat, result: Pip
             "tokens": sum(run.tokens for run in result.stages.values()),
             "stages": {key: {"provider": run.provider, "model": run.model,
                              "tokens": run.tokens} for key, run in result.stages.items()},
+            "program": dict(program),
         },
         "pipeline_mode": mode,
         "cached": False,

@@ -9,6 +9,10 @@ Each worker is an async actor; a meme is one coroutine. Its stages are the pipel
 - ``sequential``: the reference path, every stage one after another in one thread here.
 
 Then the render pool draws the PNG and the store pool saves meme and PNG (and the cache entry).
+
+Every stage is a predictor of the worker's MemeProgram (``pipeline.program_path``, loaded when
+the worker starts; the verifier workers load the same file); its hash is part of the cache key
+and of the meme's ``provider.program``.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from memesys.pipeline.stages import (
     run_sequential,
     stage_handles,
 )
+from memesys.pipeline.program import MemeProgram, load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.stage import OutputError, first_line
@@ -75,6 +80,10 @@ class PoolStages:
     deadline_s: float
     ledger: Ledger = field(default_factory=Ledger)
     judge_ms: dict[str, float] = field(default_factory=dict)
+    # The program select, write and refine run here; its hash goes with each judging request,
+    # and a verifier worker that runs another program refuses it (never a silent mix).
+    program: MemeProgram | None = None
+    program_hash: str = ""
 
     async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
         handle = self.handle_for(stage)
@@ -83,7 +92,8 @@ class PoolStages:
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
                                                                Scores | None]:
         started = time.perf_counter()
-        asks = [RunVerifier(v, draft) for v in VERIFIERS] + [RunScore(draft)]
+        asks = ([RunVerifier(v, draft, self.program_hash) for v in VERIFIERS]
+                + [RunScore(draft, self.program_hash)])
         answers = await asyncio.gather(
             *(self.worker.ask(VERIFY, ask, self.deadline_s, idempotent=True) for ask in asks),
             return_exceptions=True)
@@ -119,6 +129,7 @@ class GeneratorWorker(AsyncActor):
         self.mode = args.pipeline["mode"]
         self.policy = RefinePolicy.from_config(args.pipeline)
         self.handle_for = stage_handles(args.llm, args.pipeline["stage_timeout_s"])
+        self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, Echo):
@@ -138,11 +149,13 @@ class GeneratorWorker(AsyncActor):
                   self.policy)
         try:
             if self.mode == SEQUENTIAL:
-                return await asyncio.to_thread(run_sequential, self.handle_for, *fields), {}
+                return await asyncio.to_thread(run_sequential, self.handle_for, *fields,
+                                               program=self.program.program), {}
             # A verifier call may queue behind others in the pool: give it the stage bound
             # plus a margin before calling it unavailable.
             stages = PoolStages(self, self.handle_for,
-                                self.args.pipeline["stage_timeout_s"] + 1.0)
+                                self.args.pipeline["stage_timeout_s"] + 1.0,
+                                program=self.program.program, program_hash=self.program.hash)
             return await run_pipeline(stages, *fields), stages.judge_ms
         except Refused as exc:
             raise RequestFailed(exc.code, str(exc)) from exc
@@ -163,7 +176,7 @@ class GeneratorWorker(AsyncActor):
             timings[stage] = (now - clock) * 1000
             clock = now
 
-        key = cache_key(request, self.handle_for("write"))
+        key = cache_key(request, self.handle_for("write"), self.program.hash)
         if not request.fresh:
             cached = await self._stage(STORE, CachedMeme(key))
             lap("cache")
@@ -178,7 +191,8 @@ class GeneratorWorker(AsyncActor):
         png = await self._stage(RENDER, RenderMeme(fmt.name, fmt.layout, result.caption.texts,
                                                    f"{fmt.name}:{request.seed}"))
         lap("render")
-        meme = build_meme(meme_id, request, fmt, result, self.mode, timings)
+        meme = build_meme(meme_id, request, fmt, result, self.mode, timings,
+                          self.program.provider)
         await self._stage(STORE, SaveMeme(meme, png, None if request.fresh else key))
         lap("store")
         timings["total"] = (time.perf_counter() - began) * 1000

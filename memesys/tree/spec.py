@@ -50,7 +50,7 @@ def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
                         render.template_dir), 256),
         pool(VERIFY, VerifierWorker, workers.verifiers,
              VerifierArgs(cfg.llm, cfg.pipeline.stage_timeout_s,
-                          workers.max_in_flight_per_verifier),
+                          workers.max_in_flight_per_verifier, cfg.pipeline),
              workers.max_in_flight_per_verifier),
         pool(GENERATOR, GeneratorWorker, workers.generators,
              GeneratorArgs(cfg.llm, cfg.pipeline, workers.max_in_flight_per_worker),

@@ -3,7 +3,9 @@
 A worker is an async actor, so one process holds many judging calls at once (each LM call runs
 in a thread: DSPy's stages are synchronous). It answers a :class:`Judgement` (the Verdict or
 Scores and the stage run: provider, model, tokens, ms). An LM failure or unusable output is a
-failure of that one request; the generator decides what it means (decision.decide).
+failure of that one request; the generator decides what it means (decision.decide). Each
+worker runs the predictors of its own copy of the program (``pipeline.program_path``), and
+refuses a request from a generator that runs another one.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from dspy.utils.exceptions import LMError
 
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
+from memesys.config import PipelineConfig
 from memesys.pipeline.lm import LMHandle
 from memesys.domain.messages import Judgement, RunScore, RunVerifier
+from memesys.pipeline.program import load_configured
 from memesys.pipeline.stages import StageRun, stage_handles
 from memesys.pipeline.scoring import score
 from memesys.pipeline.stage import OutputError, first_line
@@ -32,6 +36,7 @@ class VerifierArgs:
     llm: dict
     stage_timeout_s: float
     max_in_flight: int
+    pipeline: PipelineConfig  # the program to load: program_path
 
 
 def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
@@ -51,13 +56,26 @@ class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
         self.max_in_flight = args.max_in_flight
         self.handle_for = stage_handles(args.llm, args.stage_timeout_s)
+        self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:
+        if isinstance(payload, (RunVerifier, RunScore)):
+            self._same_program(payload.program)
+        program = self.program.program
         if isinstance(payload, RunVerifier) and payload.verifier in VERIFIERS:
             handle = self.handle_for(payload.verifier)
             return asyncio.to_thread(run_stage, handle,
-                                     lambda h: verify(h, payload.verifier, payload.draft))
+                                     lambda h: verify(h, payload.verifier, payload.draft, program))
         if isinstance(payload, RunScore):
             return asyncio.to_thread(run_stage, self.handle_for("score"),
-                                     lambda h: score(h, payload.draft))
+                                     lambda h: score(h, payload.draft, program))
         return super().handle(payload)
+
+    def _same_program(self, wanted: str) -> None:
+        """Judge only for a generator running this worker's program (its file changed between
+        the two workers' starts otherwise): the verdict would describe another program."""
+        if wanted and wanted != self.program.hash:
+            raise RequestFailed("unavailable",
+                                f"this verifier runs program {self.program.hash}, the request "
+                                f"is for {wanted}: restart the daemon after changing "
+                                f"pipeline.program_path's file")
