@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format
 from memesys.domain.messages import GenerateMeme
+from memesys.errors import ErrorCode, MemesysError
 
 MAX_LABEL_CHARS = 100
 MAX_SEED = 2**31 - 1
@@ -16,7 +17,11 @@ MAX_PAGE = 100
 _FIELDS = {"topic", "format", "style", "audience", "seed", "fresh"}
 
 
-class InvalidField(ValueError):
+class InvalidField(MemesysError, ValueError):
+    """The gateway's error root: one field of the request is invalid (``invalid_field``)."""
+
+    code = ErrorCode.INVALID_FIELD
+
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field

@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from memesys.errors import ErrorCode
+from memesys.pipeline.errors import PipelineError
 from memesys.pipeline.verification import FAILED, PASSED, VERIFIERS, Verdict
 
-INAPPROPRIATE = "inappropriate"
-VERIFICATION_UNAVAILABLE = "verification_unavailable"
+INAPPROPRIATE = ErrorCode.INAPPROPRIATE
+VERIFICATION_UNAVAILABLE = ErrorCode.VERIFICATION_UNAVAILABLE
 
 
-class Refused(Exception):
+class Refused(PipelineError):
     """The meme must not be served; ``code`` is INAPPROPRIATE or VERIFICATION_UNAVAILABLE."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         self.code = code
         super().__init__(message)
 
@@ -29,7 +31,7 @@ class Decision:
     """``refusal`` is None when the meme may be served; ``degraded`` names the verifiers whose
     verdict is unavailable (or missing) but not required."""
 
-    refusal: str | None
+    refusal: ErrorCode | None
     message: str
     degraded: tuple[str, ...]
 

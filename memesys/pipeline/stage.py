@@ -21,17 +21,21 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 import dspy  # noqa: E402
 from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
 
+from memesys.errors import ErrorCode  # noqa: E402
+from memesys.pipeline.errors import PipelineError  # noqa: E402
 from memesys.pipeline.lm import LMHandle  # noqa: E402
 
 if TYPE_CHECKING:
     from memesys.pipeline.program import MemeProgram
 
 
-class OutputError(ValueError):
+class OutputError(PipelineError, ValueError):
     """The LM answered, but its output cannot be used (unparseable, wrong shape, out of range).
 
     ``tokens`` is what the useless answer cost, so usage stays honest on failures too.
     """
+
+    code = ErrorCode.BAD_OUTPUT
 
     def __init__(self, message: str, tokens: int = 0) -> None:
         self.tokens = tokens

@@ -22,6 +22,8 @@ from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from memesys.errors import ErrorCode, MemesysError
+
 __all__ = ["LAYOUTS", "RenderError", "fit_text", "render_png"]
 
 LAYOUTS = ("top_bottom", "two_panel", "labels", "multi_panel")
@@ -42,8 +44,10 @@ FontLoader = Callable[[int], ImageFont.FreeTypeFont]
 VAlign = Literal["top", "middle", "bottom"]
 
 
-class RenderError(ValueError):
+class RenderError(MemesysError, ValueError):
     """Inputs cannot produce a valid meme (bad layout/count/size, unfittable text, too big)."""
+
+    code = ErrorCode.RENDER_ERROR
 
 
 @dataclass(frozen=True)

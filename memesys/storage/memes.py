@@ -24,11 +24,22 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from memesys.errors import ErrorCode, MemesysError
+
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class StoreError(RuntimeError):
-    """Redis was unreachable or failed; the message says which operation on which meme."""
+class StoreError(MemesysError):
+    """The storage layer's root, and itself: Redis was unreachable or failed; the message says
+    which operation on which meme."""
+
+    code = ErrorCode.STORE_ERROR
+
+
+class InvalidCursor(StoreError, ValueError):
+    """A page cursor this server never issued: the client's fault, not the store's."""
+
+    code = ErrorCode.INVALID_FIELD
 
 
 def valid_id(meme_id: object) -> bool:
@@ -42,15 +53,15 @@ def _encode_cursor(score: float, meme_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[float, str]:
-    """Inverse of _encode_cursor; ValueError for anything a client made up."""
+    """Inverse of _encode_cursor; InvalidCursor for anything a client made up."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score_hex, meme_id = raw.split("|")
         score = float.fromhex(score_hex)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError(f"invalid cursor {cursor!r}") from None
+        raise InvalidCursor("cursor: is not a cursor this server issued") from None
     if not valid_id(meme_id) or not math.isfinite(score):
-        raise ValueError(f"invalid cursor {cursor!r}")
+        raise InvalidCursor("cursor: is not a cursor this server issued")
     return score, meme_id
 
 

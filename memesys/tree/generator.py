@@ -29,6 +29,7 @@ from actors.bridge import RemoteFailure
 from memesys.pipeline.decision import Refused, decide
 from memesys.pipeline.draft import Draft
 from memesys.domain.formats import UnknownFormat, get_format
+from memesys.errors import ErrorCode
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.record import build_meme, cache_key, new_meme_id
 from memesys.domain.messages import (
@@ -53,7 +54,6 @@ from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.verification import VERIFIERS, Verdict
-from memesys.tree.verifier import BAD_OUTPUT, LM_UNAVAILABLE
 
 STORE = "store"
 RENDER = "render"
@@ -112,7 +112,7 @@ class PoolStages:
         if decide(verdicts).refusal is not None:
             return verdicts, None  # refused anyway; the missing score changes nothing
         failure = scored.failure if isinstance(scored, RemoteFailure) else None
-        raise RequestFailed(failure.code if failure else LM_UNAVAILABLE,
+        raise RequestFailed(failure.code if failure else ErrorCode.LLM_UNAVAILABLE,
                             f"the scorer failed: {_why(scored)}")
 
 
@@ -160,11 +160,11 @@ class GeneratorWorker(AsyncActor):
         except Refused as exc:
             raise RequestFailed(exc.code, str(exc)) from exc
         except UnknownFormat as exc:
-            raise RequestFailed("unknown_format", str(exc)) from exc
+            raise RequestFailed(ErrorCode.INVALID_FIELD, f"format: {exc.args[0]}") from exc
         except OutputError as exc:
-            raise RequestFailed(BAD_OUTPUT, f"the model's output is unusable: {exc}") from exc
+            raise RequestFailed(exc.code, f"the model's output is unusable: {exc}") from exc
         except LMError as exc:
-            raise RequestFailed(LM_UNAVAILABLE, first_line(exc)) from exc
+            raise RequestFailed(ErrorCode.LLM_UNAVAILABLE, first_line(exc)) from exc
 
     async def generate(self, request: GenerateMeme) -> dict:
         timings: dict[str, float] = {}

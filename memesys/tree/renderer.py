@@ -47,4 +47,4 @@ class RenderWorker(BaseActor):
                               height=a.height, font_path=a.font_path, max_bytes=a.max_png_bytes,
                               template_path=find_template(a.template_dir, payload.format))
         except RenderError as exc:
-            raise RequestFailed("render_error", str(exc)) from exc
+            raise RequestFailed(exc.code, str(exc)) from exc

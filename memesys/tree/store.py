@@ -2,7 +2,8 @@
 
 Each worker owns one synchronous Redis connection. A Redis error answers that request with a
 ``store_error`` failure instead of crashing: the connection reconnects by itself, and a new
-process would not bring Redis back any sooner.
+process would not bring Redis back any sooner. A forged page cursor answers ``invalid_field``;
+any other exception is a server fault and crashes the worker (the client sees ``worker_lost``).
 """
 from __future__ import annotations
 
@@ -47,10 +48,8 @@ class StoreWorker(BaseActor):
     def handle(self, payload: Any) -> Any:
         try:
             return self._apply(payload)
-        except StoreError as exc:
-            raise RequestFailed("store_error", str(exc)) from exc
-        except ValueError as exc:  # a forged cursor, a bad limit
-            raise RequestFailed("bad_request", str(exc)) from exc
+        except StoreError as exc:  # Redis failed (store_error), or a forged cursor
+            raise RequestFailed(exc.code, str(exc)) from exc
 
     def _apply(self, payload: Any) -> Any:
         store = self.store

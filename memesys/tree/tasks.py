@@ -23,6 +23,7 @@ from actors.bridge import RemoteFailure
 from actors.messages import Located, Reply, Request, WhereIs, new_correlation_id
 from memesys.pipeline.record import new_meme_id
 from memesys.domain.messages import GenerateMeme, RunnerReady, RunTask, SubmitTask
+from memesys.errors import ErrorCode, translate
 from memesys.storage.connection import connect
 from memesys.storage.memes import StoreError
 from memesys.storage.tasks import TaskStore
@@ -59,7 +60,7 @@ class TaskLedger(BaseActor):
             try:
                 return self._submit(payload.order)
             except StoreError as exc:
-                raise RequestFailed("store_error", str(exc)) from exc
+                raise RequestFailed(exc.code, str(exc)) from exc
         return super().handle(payload)
 
     def _submit(self, order: GenerateMeme) -> str:
@@ -100,7 +101,7 @@ class TaskLedger(BaseActor):
         if reply.ok:
             self.tasks.put({**task, "status": "succeeded", "stage": "done", "progress": 1.0,
                             "meme_id": reply.payload["id"]})
-        elif reply.error.code == "overloaded":
+        elif translate(reply.error.code) is ErrorCode.OVERLOADED:
             self.tasks.put({**task, "status": "queued", "stage": "queued", "progress": 0.0})
             self.wakeupAfter(RETRY_S, payload=task_id)
         else:

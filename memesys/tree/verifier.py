@@ -21,14 +21,12 @@ from actors.base import RequestFailed
 from memesys.config import PipelineConfig
 from memesys.pipeline.lm import LMHandle
 from memesys.domain.messages import Judgement, RunScore, RunVerifier
+from memesys.errors import ErrorCode
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.stages import StageRun, stage_handles
 from memesys.pipeline.scoring import score
 from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.verification import VERIFIERS, verify
-
-LM_UNAVAILABLE = "llm_unavailable"
-BAD_OUTPUT = "bad_output"
 
 
 @dataclass(frozen=True)
@@ -45,9 +43,9 @@ def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
     try:
         result = fn(handle)
     except LMError as exc:
-        raise RequestFailed(LM_UNAVAILABLE, first_line(exc)) from exc
+        raise RequestFailed(ErrorCode.LLM_UNAVAILABLE, first_line(exc)) from exc
     except OutputError as exc:
-        raise RequestFailed(BAD_OUTPUT, first_line(exc)) from exc
+        raise RequestFailed(exc.code, first_line(exc)) from exc
     ms = (time.perf_counter() - started) * 1000
     return Judgement(result, StageRun(handle.provider, handle.model, result.tokens, ms))
 
