@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
 from actors.bridge import Directory, RemoteFailure
 from actors.messages import Ping
 from memesys.domain.formats import catalogue_json
+from memesys.errors import ErrorCode, client_message, translate
 from memesys.domain.messages import (
     DeleteMeme,
     GenerateMeme,
@@ -37,23 +39,49 @@ log = logging.getLogger("memesys.http.app")
 
 READY_TIMEOUT_S = 2.0
 STORE_TIMEOUT_S = 5.0
-RETRY_AFTER_S = "1"
+JSON_TYPES = ("application/json",)
 
-# Failure code from the actors -> HTTP status.
-_STATUS = {
-    "bad_request": 422, "unknown_format": 422, "inappropriate": 422,
-    "overloaded": 503, "unavailable": 503, "worker_lost": 503, "crashed": 503,
-    "store_error": 503, "verification_unavailable": 503, "llm_unavailable": 503,
-    "timeout": 504, "bad_output": 502, "render_error": 502,
-}
+# aiohttp's own HTTP errors (an unknown route, a method, a body over client_max_size).
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
+               413: ErrorCode.BODY_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    headers = {"Retry-After": RETRY_AFTER_S} if status in (429, 503) else None
-    body = {"error": {"code": code, "message": message, **extra}}
-    return web.json_response(body, status=status, headers=headers)
+def error(code: ErrorCode, message: Optional[str] = None, *,
+          retry_after: Optional[float] = None, headers: Optional[dict[str, str]] = None,
+          **extra: Any) -> web.Response:
+    """The contract's JSON error: ``code``'s status, ``message`` (else the code's default), and
+    on a retryable 429/503 a ``Retry-After`` (``retry_after`` if the failure said, else the
+    code's default)."""
+    headers = dict(headers or {})
+    after = retry_after if retry_after is not None else code.retry_after
+    if code.retryable and code.status in (429, 503) and after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(after)))
+    body = {"error": {"code": code.value, "message": message or code.message, **extra}}
+    return web.json_response(body, status=code.status, headers=headers or None)
+
+
+def public_failure(code: str, message: str, where: str) -> tuple[ErrorCode, str]:
+    """A failure from the tree (a runtime or domain code, its raw message) as the client may
+    see it; what the client does not see goes to the log."""
+    contract = translate(code)
+    if contract is None:
+        log.error("%s: failure code %r is not in the contract (answered internal): %s",
+                  where, code, message)
+        return ErrorCode.INTERNAL, ErrorCode.INTERNAL.message
+    shown = client_message(contract, message)
+    if shown != message:
+        log.log(logging.INFO if contract.retryable else logging.WARNING,
+                "%s: %s answered as %s: %s", where, code, contract.value, message)
+    return contract, shown
+
+
+def failure_error(failure: Any, where: str) -> web.Response:
+    """The JSON error for a :class:`~actors.messages.Failure` (a per-failure ``retry_after``
+    overrides the code's default when the failure carries one)."""
+    code, message = public_failure(failure.code, failure.message, where)
+    return error(code, message, retry_after=getattr(failure, "retry_after", None))
 
 
 class Gateway:
@@ -93,22 +121,19 @@ class Gateway:
         started = time.perf_counter()
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         if self.in_flight >= self.cfg["max_in_flight"]:
-            response: web.StreamResponse = error(503, "overloaded",
+            response: web.StreamResponse = error(ErrorCode.OVERLOADED,
                                                  "the gateway is shedding load; retry later")
         else:
             self.in_flight += 1
             try:
                 response = await handler(request)
             except web.HTTPException as exc:
-                response = error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text
-                                 if exc.text and not exc.text.startswith(str(exc.status))
-                                 else exc.reason)
+                response = self._http_error(request, exc)
             except RemoteFailure as exc:
-                response = error(_STATUS.get(exc.failure.code, 502), exc.failure.code,
-                                 exc.failure.message)
+                response = failure_error(exc.failure, f"{request.method} {request.path}")
             except Exception:
                 log.exception("unexpected error serving %s %s", request.method, request.path)
-                response = error(500, "internal", "internal error; see the daemon log")
+                response = error(ErrorCode.INTERNAL)
             finally:
                 self.in_flight -= 1
         self.metrics.count("memesys_http_requests_total", "HTTP requests by route and status",
@@ -117,25 +142,48 @@ class Gateway:
                              time.perf_counter() - started, route=route)
         return response
 
+    def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+        """aiohttp's HTTP errors as contract errors; a status the contract has no code for is
+        a server fault (500 ``internal``), logged."""
+        if exc.status < 400:  # a redirect is an answer, not an error
+            return web.Response(status=exc.status, headers=exc.headers)
+        code = _HTTP_CODES.get(exc.status)
+        if code is None:
+            log.error("%s %s: aiohttp answered %d %s (answered internal)", request.method,
+                      request.path, exc.status, exc.reason)
+            return error(ErrorCode.INTERNAL)
+        text = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
+        allow = exc.headers.get("Allow")
+        if code is ErrorCode.BODY_TOO_LARGE:
+            text = f"the body must be at most {self.cfg['max_body_bytes']} bytes"
+        elif code is ErrorCode.METHOD_NOT_ALLOWED:
+            text = f"{request.method} is not allowed here (allowed: {allow or 'none'})"
+        return error(code, text, headers={"Allow": allow} if allow else None)
+
     # -- memes --------------------------------------------------------------------------------
 
     async def create_meme(self, request: web.Request) -> web.Response:
         run_async = request.query.get("async", "false").lower()
         if run_async not in ("true", "1", "false", "0"):
-            return error(422, "invalid_field", "async: must be true or false", field="async")
+            return error(ErrorCode.INVALID_FIELD, "async: must be true or false", field="async")
+        declared = request.headers.get("Content-Type")
+        if declared is not None and not (request.content_type in JSON_TYPES
+                                         or request.content_type.endswith("+json")):
+            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                         f"the body must be application/json, not {request.content_type}")
         if (request.content_length or 0) > self.cfg["max_body_bytes"]:
-            return error(413, "body_too_large",
+            return error(ErrorCode.BODY_TOO_LARGE,
                          f"the body must be at most {self.cfg['max_body_bytes']} bytes")
         raw = await request.read()
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            return error(400, "malformed_json", f"the body is not valid JSON: {exc}")
+            return error(ErrorCode.MALFORMED_JSON, f"the body is not valid JSON: {exc}")
         trace_id = uuid.uuid4().hex
         try:
             order: GenerateMeme = parse_generate(body, self.cfg["max_topic_chars"], trace_id)
         except InvalidField as exc:
-            return error(422, "invalid_field", str(exc), field=exc.field)
+            return error(exc.code, str(exc), field=exc.field)
         if run_async in ("true", "1"):
             task_id = await self.directory.ask(LEDGER, SubmitTask(order), STORE_TIMEOUT_S)
             status_url = f"/v1/tasks/{task_id}"
@@ -148,7 +196,7 @@ class Gateway:
                                             idempotent=True)
         except RemoteFailure as exc:
             self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
-                               code=exc.failure.code)
+                               code=(translate(exc.failure.code) or ErrorCode.INTERNAL).value)
             raise
         self._count_verdicts(meme)
         return web.json_response(meme, status=201, headers={
@@ -172,14 +220,14 @@ class Gateway:
         meme_id = self._meme_id(request)
         meme = await self.directory.ask(STORE, GetMeme(meme_id), STORE_TIMEOUT_S, idempotent=True)
         if meme is None:
-            return error(404, "not_found", f"no meme {meme_id!r}")
+            return error(ErrorCode.NOT_FOUND, f"no meme {meme_id!r}")
         return web.json_response(meme)
 
     async def get_image(self, request: web.Request) -> web.Response:
         meme_id = self._meme_id(request)
         png = await self.directory.ask(STORE, GetImage(meme_id), STORE_TIMEOUT_S, idempotent=True)
         if png is None:
-            return error(404, "not_found", f"no image for meme {meme_id!r}")
+            return error(ErrorCode.NOT_FOUND, f"no image for meme {meme_id!r}")
         return web.Response(body=png, content_type="image/png",
                             headers={"Cache-Control": "public, max-age=86400, immutable"})
 
@@ -187,15 +235,21 @@ class Gateway:
         try:
             limit, cursor = parse_page(request.query)
         except InvalidField as exc:
-            return error(422, "invalid_field", str(exc), field=exc.field)
-        page = await self.directory.ask(STORE, ListMemes(limit, cursor), STORE_TIMEOUT_S,
-                                        idempotent=True)
+            return error(exc.code, str(exc), field=exc.field)
+        try:
+            page = await self.directory.ask(STORE, ListMemes(limit, cursor), STORE_TIMEOUT_S,
+                                            idempotent=True)
+        except RemoteFailure as exc:  # the store alone can tell a cursor it never issued
+            if translate(exc.failure.code) is not ErrorCode.INVALID_FIELD:
+                raise
+            return error(ErrorCode.INVALID_FIELD, "cursor: is not a cursor this server issued",
+                         field="cursor")
         return web.json_response({"memes": page.memes, "next_cursor": page.next_cursor})
 
     async def delete_meme(self, request: web.Request) -> web.Response:
         meme_id = self._meme_id(request)
         if not await self.directory.ask(STORE, DeleteMeme(meme_id), STORE_TIMEOUT_S):
-            return error(404, "not_found", f"no meme {meme_id!r}")
+            return error(ErrorCode.NOT_FOUND, f"no meme {meme_id!r}")
         return web.Response(status=204)
 
     async def get_task(self, request: web.Request) -> web.Response:
@@ -205,12 +259,15 @@ class Gateway:
             task = await self.directory.ask(STORE, GetTask(task_id), STORE_TIMEOUT_S,
                                             idempotent=True)
         if task is None:
-            return error(404, "not_found", f"no task {task_id!r}")
+            return error(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
         body = {key: task[key] for key in ("status", "stage", "progress", "created_at",
                                            "updated_at")}
-        for key in ("meme", "error"):
-            if task.get(key) is not None:
-                body[key] = task[key]
+        if task.get("meme") is not None:
+            body["meme"] = task["meme"]
+        if task.get("error") is not None:  # recorded as the tree said it: translated here
+            code, message = public_failure(task["error"].get("code", ""),
+                                           task["error"].get("message", ""), f"task {task_id}")
+            body["error"] = {"code": code.value, "message": message}
         return web.json_response({"task_id": task_id, **body})
 
     async def formats(self, request: web.Request) -> web.Response:
@@ -231,7 +288,9 @@ class Gateway:
             try:
                 checks[name] = "ok" if await ask() else "failing"
             except RemoteFailure as exc:
-                checks[name] = f"{exc.failure.code}: {exc.failure.message}"
+                code, message = public_failure(exc.failure.code, exc.failure.message,
+                                               f"readyz {name}")
+                checks[name] = f"{code.value}: {message}"
         ready = all(v == "ok" for v in checks.values())
         return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
                                  status=200 if ready else 503)

@@ -3,19 +3,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from memesys.errors import ErrorCode
+
 
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
+                                "schema": {"type": "integer", "minimum": 1}}}
 _MEME = {"$ref": "#/components/schemas/Meme"}
 _ID = [{"name": "id", "in": "path", "required": True,
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}]
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json(_ERROR, "error") for s in statuses}
+    """Error responses; each lists the codes of ErrorCode answered with its status."""
+    out: dict[str, Any] = {}
+    for status in statuses:
+        codes = [c.value for c in ErrorCode if c.status == status]
+        response = _json(_ERROR, "error: " + ", ".join(codes))
+        if any(c.retryable and c.retry_after is not None for c in ErrorCode
+               if c.status == status):
+            response["headers"] = _RETRY_AFTER
+        out[str(status)] = response
+    return out
+
+
+# Answered by any route: the gateway's own shedding, a server fault, a wrong method.
+_ANY = (405, 500, 503)
 
 
 OPENAPI: dict[str, Any] = {
@@ -35,7 +52,7 @@ OPENAPI: dict[str, Any] = {
                               "202": _json({"type": "object", "properties": {
                                   "task_id": {"type": "string"},
                                   "status_url": {"type": "string"}}}, "the task, recorded"),
-                              **_errors(400, 413, 422, 502, 503, 504)},
+                              **_errors(400, 413, 415, 422, *_ANY, 502, 504)},
             },
             "get": {
                 "summary": "A page of memes, newest first",
@@ -46,21 +63,21 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object", "properties": {
                     "memes": {"type": "array", "items": _MEME},
                     "next_cursor": {"type": "string", "nullable": True}}}, "a page"),
-                    **_errors(422, 503)},
+                    **_errors(422, *_ANY)},
             },
         },
         "/v1/memes/{id}": {
             "parameters": _ID,
             "get": {"summary": "One meme", "responses": {"200": _json(_MEME, "the meme"),
-                                                         **_errors(404, 503)}},
+                                                         **_errors(404, *_ANY)}},
             "delete": {"summary": "Erase a meme, its image and cache entries",
-                       "responses": {"204": {"description": "erased"}, **_errors(404, 503)}},
+                       "responses": {"204": {"description": "erased"}, **_errors(404, *_ANY)}},
         },
         "/v1/memes/{id}/image.png": {
             "parameters": _ID,
             "get": {"summary": "The rendered PNG", "responses": {
                 "200": {"description": "PNG", "content": {"image/png": {}}},
-                **_errors(404, 503)}},
+                **_errors(404, *_ANY)}},
         },
         "/v1/tasks/{id}": {
             "parameters": _ID,
@@ -70,8 +87,9 @@ OPENAPI: dict[str, Any] = {
                     "status": {"type": "string",
                                "enum": ["queued", "running", "succeeded", "failed"]},
                     "stage": {"type": "string"}, "progress": {"type": "number"},
-                    "meme": _MEME, "error": {"type": "object"}}}, "the task"),
-                **_errors(404, 503)}},
+                    "meme": _MEME, "error": {"$ref": "#/components/schemas/ErrorDetail"}}},
+                    "the task"),
+                **_errors(404, *_ANY)}},
         },
         "/v1/formats": {"get": {"summary": "The format catalogue", "responses": {
             "200": _json({"type": "object"}, "formats with their slots and limits")}}},
@@ -88,10 +106,16 @@ OPENAPI: dict[str, Any] = {
             "200": {"description": "HTML", "content": {"text/html": {}}}}}},
     },
     "components": {"schemas": {
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-            "type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string"}, "message": {"type": "string"},
-                "field": {"type": "string"}}}}},
+        "Error": {"type": "object", "required": ["error"], "properties": {
+            "error": {"$ref": "#/components/schemas/ErrorDetail"}}},
+        "ErrorDetail": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string", "enum": [c.value for c in ErrorCode],
+                     "description": "; ".join(
+                         f"{c.value}: {c.status}{', retryable' if c.retryable else ''}"
+                         for c in ErrorCode)},
+            "message": {"type": "string", "description": "for people; never an actor "
+                        "address, a socket path or a Python type name"},
+            "field": {"type": "string", "description": "the invalid field (invalid_field)"}}},
         "MemeRequest": {"type": "object", "required": ["topic"], "additionalProperties": False,
                         "properties": {
                             "topic": {"type": "string", "minLength": 1, "maxLength": 200},

@@ -1,0 +1,473 @@
+"""The gateway in process: every route and every error code, against a fake directory.
+
+No actor system starts: :class:`FakeDirectory` has the interface of
+:class:`actors.bridge.Directory` that the gateway uses (``ask(path, payload, timeout,
+idempotent)``, ``root``, and ``bridge.ask``/``bridge.stale_replies``) and answers each message
+type as scripted: a value, a :class:`~actors.messages.Failure` (raised as
+:class:`~actors.bridge.RemoteFailure`, as the real bridge does), or an exception.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import re
+from typing import Any, Callable, Optional
+
+import pytest
+
+from actors.bridge import AskTimeout, RemoteFailure
+from actors.messages import Failure, Ping, Pong
+from memesys.config import load
+from memesys.domain.messages import (
+    DeleteMeme,
+    GenerateMeme,
+    GetImage,
+    GetMeme,
+    GetTask,
+    ListMemes,
+    MemePage,
+    StoreHealth,
+    SubmitTask,
+)
+from memesys.errors import RUNTIME_CODES, ErrorCode
+from memesys.http.app import Gateway
+from memesys.http.openapi import OPENAPI
+from memesys.tree.paths import GENERATOR, LEDGER, STORE
+
+ROOT = "root-supervisor"
+ADDRESS = "ActorAddr-(T|:40123)"
+PNG = b"\x89PNG\r\n\x1a\nfake"
+# What no client may ever read: an actor address, a socket path, a Python type name.
+LEAKS = re.compile(r"ActorAddr|\.sock\b|/tmp/|Traceback|\b[A-Z]\w*(Error|Exception)\b")
+
+
+def a_meme(meme_id: str = "m1", cached: bool = False) -> dict:
+    return {"id": meme_id, "topic": "mondays", "format": "drake", "top_text": "a",
+            "bottom_text": "b", "image_url": f"/v1/memes/{meme_id}/image.png",
+            "scores": None, "cached": cached, "created_at": 1.0, "timings": {},
+            "trace_id": "t", "provider": {"name": "offline"},
+            "verification": {"verdicts": {"appropriateness": {"status": "passed"},
+                                          "factuality": {"status": "unavailable"}},
+                             "degraded": ["factuality"]}}
+
+
+class FakeBridge:
+    def __init__(self, directory: "FakeDirectory") -> None:
+        self.directory = directory
+        self.stale_replies = 3
+
+    async def ask(self, target: Any, payload: Any, timeout: float,
+                  idempotent: bool = False) -> Any:
+        assert target == ROOT, target
+        return await self.directory.answer(ROOT, payload, timeout, idempotent)
+
+
+class FakeDirectory:
+    """Scripted answers by message type; every ask is recorded as (path, payload, timeout,
+    idempotent). An unscripted message fails the test (it shows as a 500 ``internal``)."""
+
+    def __init__(self) -> None:
+        self.root = ROOT
+        self.bridge = FakeBridge(self)
+        self.asked: list[tuple[str, Any, float, bool]] = []
+        self.scripts: dict[type, Any] = {Ping: Pong("memesys", 1), StoreHealth: True}
+
+    def script(self, message: type, answer: Any) -> None:
+        self.scripts[message] = answer
+
+    async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
+        return await self.answer(path, payload, timeout, idempotent)
+
+    async def answer(self, path: str, payload: Any, timeout: float, idempotent: bool) -> Any:
+        self.asked.append((path, payload, timeout, idempotent))
+        if type(payload) not in self.scripts:
+            pytest.fail(f"unscripted ask {payload!r} at {path}")
+        answer = self.scripts[type(payload)]
+        if callable(answer) and not isinstance(answer, (Failure, BaseException)):
+            answer = answer(payload)
+            if asyncio.iscoroutine(answer):
+                answer = await answer
+        if isinstance(answer, Failure):
+            raise RemoteFailure(answer)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureWithRetryAfter(Failure):
+    """A failure that says when to retry (a later issue passes real values through)."""
+
+    retry_after: Optional[float] = None
+
+
+GATEWAY = dataclasses.replace(load(env={}).gateway, request_timeout_s=7.0, max_in_flight=4,
+                              max_body_bytes=4096)
+
+
+@pytest.fixture
+def directory() -> FakeDirectory:
+    return FakeDirectory()
+
+
+@pytest.fixture
+def gateway(directory: FakeDirectory) -> Gateway:
+    return Gateway(GATEWAY, directory)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Callable, gateway: Gateway) -> Any:
+    return await aiohttp_client(gateway.app())
+
+
+async def error_of(response: Any, status: int, code: str) -> dict:
+    """The error body, checked against the contract: status, shape, code, a clean message,
+    and Retry-After exactly on retryable 429/503 answers."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
+    assert set(body["error"]) <= {"code", "message", "field"}, body
+    error = body["error"]
+    assert error["code"] == code, body
+    assert isinstance(error["message"], str) and error["message"], body
+    assert not LEAKS.search(error["message"]), error["message"]
+    contract = ErrorCode(code)
+    assert contract.status == status
+    if contract.retryable and status in (429, 503):
+        assert int(response.headers["Retry-After"]) >= 1
+    else:
+        assert "Retry-After" not in response.headers
+    return error
+
+
+# -- every route, answered ---------------------------------------------------------------------
+
+
+async def test_post_meme_waits_for_the_generator(client, directory) -> None:
+    directory.script(GenerateMeme, lambda order: a_meme())
+    response = await client.post("/v1/memes", json={"topic": "  mondays ", "seed": 3})
+    assert response.status == 201
+    assert (await response.json())["id"] == "m1"
+    assert response.headers["Location"] == "/v1/memes/m1"
+    path, order, timeout, idempotent = directory.asked[-1]
+    assert (path, timeout, idempotent) == (GENERATOR, 7.0, True)
+    assert (order.topic, order.seed, order.fresh) == ("mondays", 3, False)
+    assert order.trace_id == response.headers["X-Trace-Id"]
+
+
+async def test_post_meme_async_answers_202_once_recorded(client, directory) -> None:
+    directory.script(SubmitTask, "task1")
+    response = await client.post("/v1/memes?async=true", json={"topic": "queues"})
+    assert response.status == 202
+    assert await response.json() == {"task_id": "task1", "status_url": "/v1/tasks/task1"}
+    assert response.headers["Location"] == "/v1/tasks/task1"
+    path, submitted, _, _ = directory.asked[-1]
+    assert path == LEDGER and submitted.order.topic == "queues"
+
+
+async def test_a_body_without_content_type_is_read_as_json(client, directory) -> None:
+    directory.script(GenerateMeme, a_meme())
+    response = await client.post("/v1/memes", data=b'{"topic": "x"}',
+                                 skip_auto_headers=["Content-Type"])
+    assert response.status == 201
+
+
+async def test_list_memes_passes_limit_and_cursor(client, directory) -> None:
+    directory.script(ListMemes, MemePage([a_meme("m2"), a_meme("m1")], "next"))
+    response = await client.get("/v1/memes?limit=2&cursor=abc")
+    assert response.status == 200
+    body = await response.json()
+    assert [m["id"] for m in body["memes"]] == ["m2", "m1"] and body["next_cursor"] == "next"
+    assert directory.asked[-1][:2] == (STORE, ListMemes(2, "abc"))
+
+
+async def test_get_meme_and_its_image(client, directory) -> None:
+    directory.script(GetMeme, a_meme())
+    directory.script(GetImage, PNG)
+    response = await client.get("/v1/memes/m1")
+    assert response.status == 200 and (await response.json())["id"] == "m1"
+    response = await client.get("/v1/memes/m1/image.png")
+    assert response.status == 200 and response.content_type == "image/png"
+    assert await response.read() == PNG
+
+
+async def test_delete_meme(client, directory) -> None:
+    directory.script(DeleteMeme, True)
+    response = await client.delete("/v1/memes/m1")
+    assert response.status == 204
+    assert directory.asked[-1][:2] == (STORE, DeleteMeme("m1"))
+
+
+async def test_get_task(client, directory) -> None:
+    directory.script(GetTask, {"status": "succeeded", "stage": "done", "progress": 1.0,
+                               "created_at": 1.0, "updated_at": 2.0, "meme": a_meme()})
+    response = await client.get("/v1/tasks/task1")
+    assert response.status == 200
+    body = await response.json()
+    assert body["task_id"] == "task1" and body["status"] == "succeeded"
+    assert body["meme"]["id"] == "m1" and "error" not in body
+
+
+async def test_a_failed_task_shows_a_contract_error(client, directory) -> None:
+    """The ledger records the tree's failure as it came; the gateway translates it."""
+    raw = {"code": "crashed",
+           "message": f"generator: {ADDRESS} crashed: TypeError: 'NoneType' object"}
+    directory.script(GetTask, {"status": "failed", "stage": "done", "progress": 1.0,
+                               "created_at": 1.0, "updated_at": 2.0, "error": raw})
+    body = await (await client.get("/v1/tasks/task1")).json()
+    assert body["error"] == {"code": "worker_lost", "message": ErrorCode.WORKER_LOST.message}
+
+
+async def test_formats_health_metrics_openapi_and_page(client, directory) -> None:
+    formats = await (await client.get("/v1/formats")).json()
+    assert len(formats["formats"]) >= 20
+    assert await (await client.get("/healthz")).json() == {"status": "ok"}
+    response = await client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ready", "checks": {"actors": "ok",
+                                                                   "store": "ok"}}
+    response = await client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    assert "memesys_http_requests_total" in text
+    assert "memesys_bridge_stale_replies_total 3" in text
+    assert await (await client.get("/openapi.json")).json() == json.loads(json.dumps(OPENAPI))
+    response = await client.get("/")
+    assert response.status == 200 and "<form" in await response.text()
+
+
+async def test_readyz_names_the_failing_check_without_internals(client, directory) -> None:
+    directory.script(StoreHealth, Failure("dead_address", f"{ADDRESS} is gone (refused)"))
+    response = await client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "not_ready" and body["checks"]["actors"] == "ok"
+    assert body["checks"]["store"] == f"unavailable: {ErrorCode.UNAVAILABLE.message}"
+
+
+async def test_served_verdicts_are_counted_and_failures_by_contract_code(client,
+                                                                         directory) -> None:
+    directory.script(GenerateMeme, a_meme())
+    assert (await client.post("/v1/memes", json={"topic": "x"})).status == 201
+    directory.script(GenerateMeme, Failure("crashed", "boom"))
+    assert (await client.post("/v1/memes", json={"topic": "x"})).status == 503
+    text = await (await client.get("/metrics")).text()
+    assert 'memesys_verdicts_total{status="unavailable",verifier="factuality"} 1' in text
+    assert 'memesys_memes_failed_total{code="worker_lost"} 1' in text
+
+
+# -- the gateway's own errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b'{"topic":', b"\xff\xfe", b""])
+async def test_malformed_json_is_400(client, raw) -> None:
+    response = await client.post("/v1/memes", data=raw,
+                                 headers={"Content-Type": "application/json"})
+    await error_of(response, 400, "malformed_json")
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/no/such/route"), ("GET", "/v1/memes/a%20b"), ("GET", "/v1/memes/..%2Fx/image.png"),
+    ("DELETE", "/v1/memes/" + "x" * 65), ("GET", "/v1/tasks/a:b"),
+])
+async def test_unknown_routes_and_invalid_ids_are_404(client, directory, method, path) -> None:
+    response = await client.request(method, path)
+    await error_of(response, 404, "not_found")
+    assert directory.asked == []  # an invalid id never reaches an actor
+
+
+@pytest.mark.parametrize("message, path", [
+    (GetMeme, "/v1/memes/m1"), (GetImage, "/v1/memes/m1/image.png"), (GetTask, "/v1/tasks/t1")])
+async def test_unknown_ids_are_404(client, directory, message, path) -> None:
+    directory.script(message, None)
+    await error_of(await client.get(path), 404, "not_found")
+
+
+async def test_deleting_an_unknown_meme_is_404(client, directory) -> None:
+    directory.script(DeleteMeme, False)
+    await error_of(await client.delete("/v1/memes/m1"), 404, "not_found")
+
+
+@pytest.mark.parametrize("method, path", [("PUT", "/v1/memes"), ("PATCH", "/v1/memes/m1"),
+                                          ("POST", "/healthz")])
+async def test_a_wrong_method_is_405_with_allow(client, method, path) -> None:
+    response = await client.request(method, path)
+    await error_of(response, 405, "method_not_allowed")
+    assert response.headers["Allow"]
+
+
+async def test_a_declared_long_body_is_413_before_reading(client) -> None:
+    body = json.dumps({"topic": "y" * 5000})
+    error = await error_of(await client.post("/v1/memes", data=body,
+                                             headers={"Content-Type": "application/json"}),
+                           413, "body_too_large")
+    assert "4096" in error["message"]
+
+
+async def test_a_chunked_long_body_is_413(client) -> None:
+    async def chunks():
+        for _ in range(10):
+            yield b" " * 1000
+    response = await client.post("/v1/memes", data=chunks(),
+                                 headers={"Content-Type": "application/json"})
+    await error_of(response, 413, "body_too_large")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x"])
+async def test_a_body_that_is_not_json_is_415(client, content_type) -> None:
+    response = await client.post("/v1/memes", data=b'{"topic": "x"}',
+                                 headers={"Content-Type": content_type})
+    await error_of(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("body, field", [
+    ([1, 2], "body"), ({}, "topic"), ({"topic": "  "}, "topic"), ({"topic": 42}, "topic"),
+    ({"topic": "x" * 201}, "topic"), ({"topic": "ok", "seed": -1}, "seed"),
+    ({"topic": "ok", "seed": True}, "seed"), ({"topic": "ok", "fresh": "yes"}, "fresh"),
+    ({"topic": "ok", "format": "no-such-format"}, "format"),
+    ({"topic": "ok", "colour": "red"}, "colour"), ({"topic": "bad\u0000byte"}, "topic"),
+])
+async def test_invalid_fields_are_422_naming_the_field(client, directory, body, field) -> None:
+    error = await error_of(await client.post("/v1/memes", json=body), 422, "invalid_field")
+    assert error["field"] == field
+    assert directory.asked == []
+
+
+@pytest.mark.parametrize("path, field", [
+    ("/v1/memes?limit=0", "limit"), ("/v1/memes?limit=abc", "limit"),
+    ("/v1/memes?limit=101", "limit"), ("/v1/memes?cursor=" + "c" * 201, "cursor"),
+])
+async def test_invalid_query_fields_are_422(client, path, field) -> None:
+    error = await error_of(await client.get(path), 422, "invalid_field")
+    assert error["field"] == field
+
+
+async def test_invalid_async_flag_is_422(client) -> None:
+    error = await error_of(await client.post("/v1/memes?async=maybe", json={"topic": "x"}),
+                           422, "invalid_field")
+    assert error["field"] == "async"
+
+
+async def test_a_forged_cursor_is_422_from_the_store(client, directory) -> None:
+    directory.script(ListMemes, Failure(ErrorCode.INVALID_FIELD,
+                                        "cursor: is not a cursor this server issued"))
+    error = await error_of(await client.get("/v1/memes?cursor=forged"), 422, "invalid_field")
+    assert error["message"] == "cursor: is not a cursor this server issued"
+    assert error["field"] == "cursor"
+
+
+async def test_the_gateway_sheds_load_past_max_in_flight(client, directory) -> None:
+    release = asyncio.Event()
+
+    async def slow(order: GenerateMeme) -> dict:
+        await release.wait()
+        return a_meme()
+
+    directory.script(GenerateMeme, slow)
+    held = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": "x"}))
+            for _ in range(GATEWAY.max_in_flight)]
+    while len(directory.asked) < GATEWAY.max_in_flight:
+        await asyncio.sleep(0.01)
+    shed = await client.get("/healthz")
+    error = await error_of(shed, 503, "overloaded")
+    assert "shedding load" in error["message"]
+    assert shed.headers["Retry-After"] == str(ErrorCode.OVERLOADED.retry_after)
+    release.set()
+    assert [r.status for r in await asyncio.gather(*held)] == [201] * GATEWAY.max_in_flight
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_an_unexpected_exception_is_500_internal_without_traceback(
+        client, directory, caplog) -> None:
+    directory.script(GetMeme, ValueError(f"bad state at {ADDRESS}"))
+    error = await error_of(await client.get("/v1/memes/m1"), 500, "internal")
+    assert error["message"] == ErrorCode.INTERNAL.message
+    assert "ValueError" in caplog.text  # the traceback is in the log
+
+
+# -- failures from the tree --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=str)
+async def test_every_contract_code_from_the_tree_keeps_its_status(client, directory,
+                                                                  code) -> None:
+    """Whatever code a worker answers, the client gets that code, its status and, on a
+    retryable 503, the code's default Retry-After."""
+    directory.script(GenerateMeme, Failure(code.value, "it went wrong: nothing to hide"))
+    response = await client.post("/v1/memes", json={"topic": "x"})
+    error = await error_of(response, code.status, code.value)
+    if code.detail:
+        assert error["message"] == "it went wrong: nothing to hide"
+    else:
+        assert error["message"] == code.message
+    if "Retry-After" in response.headers:
+        assert response.headers["Retry-After"] == str(code.retry_after)
+
+
+@pytest.mark.parametrize("runtime_code", sorted(RUNTIME_CODES))
+async def test_runtime_codes_reach_the_client_as_contract_codes(client, directory, caplog,
+                                                                runtime_code) -> None:
+    internals = (f"generator/worker-0 at {ADDRESS} crashed: TypeError: unsupported operand "
+                 "(socket /tmp/memesys/redis.sock)")
+    directory.script(GenerateMeme, Failure(runtime_code, internals))
+    caplog.set_level(logging.INFO, logger="memesys.http.app")
+    contract = RUNTIME_CODES[runtime_code]
+    error = await error_of(await client.post("/v1/memes", json={"topic": "x"}),
+                           contract.status, contract.value)
+    assert error["message"] == contract.message
+    assert ADDRESS in caplog.text  # the detail is logged, not shown
+
+
+async def test_an_ask_timeout_is_504_without_retry_after(client, directory) -> None:
+    directory.script(GenerateMeme, AskTimeout(7.0))
+    await error_of(await client.post("/v1/memes", json={"topic": "x"}), 504, "timeout")
+
+
+async def test_an_unknown_failure_code_is_500_internal_and_logged(client, directory,
+                                                                  caplog) -> None:
+    directory.script(GetMeme, Failure("bad_request", "size must be >= 0"))
+    await error_of(await client.get("/v1/memes/m1"), 500, "internal")
+    directory.script(GetMeme, Failure("no_such_code", "who knows"))
+    error = await error_of(await client.get("/v1/memes/m1"), 500, "internal")
+    assert error["message"] == ErrorCode.INTERNAL.message
+    assert "'no_such_code'" in caplog.text
+
+
+@pytest.mark.parametrize("message", [
+    f"verify: {ADDRESS} is gone", "redis failed: Error 2 connecting to unix socket: "
+    "/run/memesys/redis.sock", "write: unparseable model output: AdapterParseError: x",
+    "Traceback (most recent call last):", "ValueError: invalid literal",
+])
+async def test_a_detail_code_never_shows_internals(client, directory, message) -> None:
+    directory.script(GenerateMeme, Failure("bad_output", message))
+    error = await error_of(await client.post("/v1/memes", json={"topic": "x"}), 502,
+                           "bad_output")
+    assert error["message"] == ErrorCode.BAD_OUTPUT.message
+
+
+async def test_a_refusal_explains_itself(client, directory) -> None:
+    directory.script(GenerateMeme, Failure("inappropriate", "the topic incites violence"))
+    error = await error_of(await client.post("/v1/memes", json={"topic": "x"}), 422,
+                           "inappropriate")
+    assert error["message"] == "the topic incites violence"
+
+
+async def test_a_failure_may_carry_its_own_retry_after(client, directory) -> None:
+    directory.script(GenerateMeme, FailureWithRetryAfter("llm_rate_limited", "slow down",
+                                                         retry_after=29.2))
+    response = await client.post("/v1/memes", json={"topic": "x"})
+    await error_of(response, 503, "llm_rate_limited")
+    assert response.headers["Retry-After"] == "30"
+
+
+async def test_store_failures_on_reads_are_contract_errors(client, directory) -> None:
+    directory.script(GetImage, Failure("store_error", "redis failed while reading the png of "
+                                                      "meme m1: Connection refused"))
+    await error_of(await client.get("/v1/memes/m1/image.png"), 503, "store_error")
+    directory.script(SubmitTask, Failure("overloaded", "tasks/ledger holds 64 requests"))
+    await error_of(await client.post("/v1/memes?async=1", json={"topic": "x"}), 503,
+                   "overloaded")
