@@ -73,7 +73,7 @@ class VerifierWorker(AsyncActor):
         """Judge only for a generator running this worker's program (its file changed between
         the two workers' starts otherwise): the verdict would describe another program."""
         if wanted and wanted != self.program.hash:
-            raise RequestFailed("unavailable",
+            raise RequestFailed(ErrorCode.UNAVAILABLE,
                                 f"this verifier runs program {self.program.hash}, the request "
                                 f"is for {wanted}: restart the daemon after changing "
                                 f"pipeline.program_path's file")
