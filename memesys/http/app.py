@@ -16,6 +16,7 @@ from aiohttp import web
 
 from actors.bridge import Directory, RemoteFailure
 from actors.messages import Ping
+from memesys.config import GatewayConfig
 from memesys.domain.formats import catalogue_json
 from memesys.errors import ErrorCode, client_message, translate
 from memesys.domain.messages import (
@@ -30,8 +31,8 @@ from memesys.domain.messages import (
 )
 from memesys.http.metrics import Metrics
 from memesys.http.openapi import OPENAPI
-from memesys.storage.memes import valid_id
-from memesys.tree.spec import GENERATOR, LEDGER, STORE
+from memesys.domain.ids import valid_id
+from memesys.tree.paths import GENERATOR, LEDGER, STORE
 from memesys.http.validation import InvalidField, parse_generate, parse_page
 from memesys.http.page import INDEX_HTML
 
@@ -85,8 +86,8 @@ def failure_error(failure: Any, where: str) -> web.Response:
 
 
 class Gateway:
-    def __init__(self, cfg: dict, directory: Directory) -> None:
-        self.cfg = cfg["gateway"]
+    def __init__(self, cfg: GatewayConfig, directory: Directory) -> None:
+        self.cfg = cfg
         self.directory = directory
         self.metrics = Metrics()
         self.in_flight = 0
@@ -97,7 +98,7 @@ class Gateway:
                            lambda: directory.bridge.stale_replies)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg["max_body_bytes"],
+        app = web.Application(client_max_size=self.cfg.max_body_bytes,
                               middlewares=[self._guard])
         app.add_routes([
             web.post("/v1/memes", self.create_meme),
@@ -120,7 +121,7 @@ class Gateway:
         """Bound requests in flight; turn every failure into a JSON error, never a traceback."""
         started = time.perf_counter()
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        if self.in_flight >= self.cfg["max_in_flight"]:
+        if self.in_flight >= self.cfg.max_in_flight:
             response: web.StreamResponse = error(ErrorCode.OVERLOADED,
                                                  "the gateway is shedding load; retry later")
         else:
@@ -155,7 +156,7 @@ class Gateway:
         text = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
         allow = exc.headers.get("Allow")
         if code is ErrorCode.BODY_TOO_LARGE:
-            text = f"the body must be at most {self.cfg['max_body_bytes']} bytes"
+            text = f"the body must be at most {self.cfg.max_body_bytes} bytes"
         elif code is ErrorCode.METHOD_NOT_ALLOWED:
             text = f"{request.method} is not allowed here (allowed: {allow or 'none'})"
         return error(code, text, headers={"Allow": allow} if allow else None)
@@ -171,9 +172,9 @@ class Gateway:
                                          or request.content_type.endswith("+json")):
             return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                          f"the body must be application/json, not {request.content_type}")
-        if (request.content_length or 0) > self.cfg["max_body_bytes"]:
+        if (request.content_length or 0) > self.cfg.max_body_bytes:
             return error(ErrorCode.BODY_TOO_LARGE,
-                         f"the body must be at most {self.cfg['max_body_bytes']} bytes")
+                         f"the body must be at most {self.cfg.max_body_bytes} bytes")
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -181,7 +182,7 @@ class Gateway:
             return error(ErrorCode.MALFORMED_JSON, f"the body is not valid JSON: {exc}")
         trace_id = uuid.uuid4().hex
         try:
-            order: GenerateMeme = parse_generate(body, self.cfg["max_topic_chars"], trace_id)
+            order: GenerateMeme = parse_generate(body, self.cfg.max_topic_chars, trace_id)
         except InvalidField as exc:
             return error(exc.code, str(exc), field=exc.field)
         if run_async in ("true", "1"):
@@ -192,7 +193,7 @@ class Gateway:
         # Idempotent: if a worker dies holding it, the pool retries it on another worker. At
         # worst a meme saved just before the death is stored twice; the client gets one.
         try:
-            meme = await self.directory.ask(GENERATOR, order, self.cfg["request_timeout_s"],
+            meme = await self.directory.ask(GENERATOR, order, self.cfg.request_timeout_s,
                                             idempotent=True)
         except RemoteFailure as exc:
             self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",

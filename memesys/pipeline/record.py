@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -13,10 +12,6 @@ from memesys.domain.formats import MemeFormat
 from memesys.pipeline.lm import LMHandle
 from memesys.domain.messages import GenerateMeme
 from memesys.pipeline.stages import PipelineResult
-
-
-def new_meme_id() -> str:
-    return secrets.token_urlsafe(12)
 
 
 def cache_key(request: GenerateMeme, handle: LMHandle, program_hash: str) -> str:

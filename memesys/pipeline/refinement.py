@@ -12,10 +12,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from collections.abc import Mapping  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import dspy  # noqa: E402
 
+from memesys.config import PipelineConfig  # noqa: E402
 from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
 from memesys.pipeline.lm import LMHandle  # noqa: E402
 from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate_texts  # noqa: E402
@@ -71,10 +72,10 @@ class RefinePolicy:
     min_gain: float = 0.02
 
     @classmethod
-    def from_config(cls, pipeline: Mapping[str, Any]) -> RefinePolicy:
+    def from_config(cls, pipeline: PipelineConfig) -> RefinePolicy:
         """From the [pipeline] section: refine_threshold, max_refine_rounds, min_refine_gain."""
-        return cls(float(pipeline["refine_threshold"]), int(pipeline["max_refine_rounds"]),
-                   float(pipeline["min_refine_gain"]))
+        return cls(pipeline.refine_threshold, pipeline.max_refine_rounds,
+                   pipeline.min_refine_gain)
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,11 @@ import asyncio  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Mapping  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar  # noqa: E402
+from typing import TYPE_CHECKING, Protocol, TypeVar  # noqa: E402
 
 from dspy.utils.exceptions import LMError  # noqa: E402
 
+from memesys.config import LLMConfig  # noqa: E402
 from memesys.pipeline.decision import Decision, decide  # noqa: E402
 from memesys.pipeline.draft import Draft  # noqa: E402
 from memesys.pipeline.lm import LMHandle, build_lm  # noqa: E402
@@ -53,16 +54,16 @@ STAGE_MODEL_KEYS: Mapping[str, str] = {
 }
 
 
-def stage_handles(llm: Mapping[str, Any], stage_timeout_s: float) -> Callable[[str], LMHandle]:
+def stage_handles(llm: LLMConfig, stage_timeout_s: float) -> Callable[[str], LMHandle]:
     """handle_for(stage) from the [llm] section: one handle per distinct model, each LM call
     bounded by min(llm.timeout_s, stage_timeout_s) (one attempt per call: the bound holds)."""
-    timeout_s = min(float(llm["timeout_s"]), stage_timeout_s)
+    timeout_s = min(llm.timeout_s, stage_timeout_s)
     built: dict[str, LMHandle] = {}
 
     def handle_for(stage: str) -> LMHandle:
-        model = llm[STAGE_MODEL_KEYS[stage]] or llm["model"]
+        model = getattr(llm, STAGE_MODEL_KEYS[stage]) or llm.model
         if model not in built:
-            built[model] = build_lm(model, llm["api_key"], llm["base_url"], timeout_s)
+            built[model] = build_lm(model, llm.api_key, llm.base_url, timeout_s)
         return built[model]
     return handle_for
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal  # noqa: E402
 
 import dspy  # noqa: E402
 
+from memesys.domain.formats import slot_problem  # noqa: E402
 from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
 from memesys.pipeline.lm import LMHandle  # noqa: E402
 from memesys.pipeline.stage import OutputError, run  # noqa: E402
@@ -98,10 +99,9 @@ def measure(draft: Draft) -> tuple[str, ...]:
     if len(texts) != len(slots):
         problems.append(f"{draft.format} has {len(slots)} slots, the draft has {len(texts)} texts")
     for slot, text in zip(slots, texts):
-        if not text.strip():
-            problems.append(f"slot {slot.name!r} is empty")
-        elif len(text) > slot.max_chars:
-            problems.append(f"slot {slot.name!r} has {len(text)} chars, max {slot.max_chars}")
+        problem = slot_problem(slot.name, slot.max_chars, text)
+        if problem:
+            problems.append(problem)
     return tuple(problems)
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import dspy  # noqa: E402
 
-from memesys.domain.formats import CATALOGUE, MemeFormat, UnknownFormat, get_format  # noqa: E402
+from memesys.domain.formats import (  # noqa: E402
+    CATALOGUE, MemeFormat, UnknownFormat, get_format, slot_problem)
 from memesys.pipeline.lm import LMHandle  # noqa: E402
 from memesys.pipeline.stage import OutputError, run  # noqa: E402
 
@@ -85,11 +86,9 @@ def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
             f"{fmt.name} needs {len(fmt.slots)} texts ({names}), the model wrote {len(captions)}")
     texts = tuple(" ".join(c.split()) for c in captions)
     for slot, text in zip(fmt.slots, texts):
-        if not text:
-            raise CaptionError(f"{fmt.name}: slot {slot.name!r} is empty")
-        if len(text) > slot.max_chars:
-            raise CaptionError(f"{fmt.name}: slot {slot.name!r} has {len(text)} chars, "
-                               f"max {slot.max_chars}: {text!r}")
+        problem = slot_problem(slot.name, slot.max_chars, text)
+        if problem:
+            raise CaptionError(f"{fmt.name}: {problem}: {text!r}")
     return texts
 
 

@@ -22,18 +22,11 @@ from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from memesys.domain.formats import LAYOUTS, SLOT_COUNTS
 from memesys.errors import ErrorCode, MemesysError
 
-__all__ = ["LAYOUTS", "RenderError", "fit_text", "render_png"]
+__all__ = ["RenderError", "fit_text", "render_png"]
 
-LAYOUTS = ("top_bottom", "two_panel", "labels", "multi_panel")
-
-_TEXT_COUNTS: dict[str, tuple[int, int]] = {
-    "top_bottom": (2, 2),
-    "two_panel": (2, 4),
-    "labels": (2, 4),
-    "multi_panel": (3, 6),
-}
 _DEJAVU_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 _MIN_FONT = 12
 _MIN_DIM, _MAX_DIM = 64, 2048
@@ -136,10 +129,10 @@ def fit_text(
 
 def _validate(layout: str, texts: list[str], width: int, height: int) -> None:
     """Reject bad requests before spending time drawing."""
-    if layout not in _TEXT_COUNTS:
+    if layout not in SLOT_COUNTS:
         raise RenderError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    lo, hi = _TEXT_COUNTS[layout]
-    if not lo <= len(texts) <= hi:
+    lo, hi = SLOT_COUNTS[layout][0], SLOT_COUNTS[layout][-1]
+    if len(texts) not in SLOT_COUNTS[layout]:
         want = str(lo) if lo == hi else f"{lo}..{hi}"
         raise RenderError(f"layout {layout!r} takes {want} texts, got {len(texts)}")
     if not all(isinstance(t, str) for t in texts):

@@ -17,16 +17,14 @@ import contextlib
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 
+from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode, MemesysError
-
-_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class StoreError(MemesysError):
@@ -40,11 +38,6 @@ class InvalidCursor(StoreError, ValueError):
     """A page cursor this server never issued: the client's fault, not the store's."""
 
     code = ErrorCode.INVALID_FIELD
-
-
-def valid_id(meme_id: object) -> bool:
-    """Whether meme_id may become part of a key; anything else is simply never found."""
-    return isinstance(meme_id, str) and _ID_RE.fullmatch(meme_id) is not None
 
 
 def _encode_cursor(score: float, meme_id: str) -> str:

@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 import redis
 
-from memesys.storage.memes import StoreError, valid_id
+from memesys.domain.ids import valid_id
+from memesys.storage.memes import StoreError
 
 OPEN_STATES = ("queued", "running")
 

@@ -26,15 +26,16 @@ from dspy.utils.exceptions import LMError
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from actors.bridge import RemoteFailure
+from memesys.config import LLMConfig, PipelineConfig
 from memesys.pipeline.decision import Refused, decide
 from memesys.pipeline.draft import Draft
 from memesys.domain.formats import UnknownFormat, get_format
 from memesys.errors import ErrorCode
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.record import build_meme, cache_key, new_meme_id
+from memesys.domain.ids import new_id
+from memesys.pipeline.record import build_meme, cache_key
 from memesys.domain.messages import (
     CachedMeme,
-    Echo,
     GenerateMeme,
     Judgement,
     RenderMeme,
@@ -54,10 +55,8 @@ from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.verification import VERIFIERS, Verdict
+from memesys.tree.paths import RENDER, STORE, VERIFY
 
-STORE = "store"
-RENDER = "render"
-VERIFY = "verify"
 PARALLEL = "parallel"
 SEQUENTIAL = "sequential"
 T = TypeVar("T")
@@ -65,8 +64,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class GeneratorArgs:
-    llm: dict
-    pipeline: dict
+    llm: LLMConfig
+    pipeline: PipelineConfig
     max_in_flight: int = 64
     stage_timeout_s: float = 10.0  # render and store
 
@@ -126,14 +125,12 @@ class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
         self.args = args
         self.max_in_flight = args.max_in_flight
-        self.mode = args.pipeline["mode"]
+        self.mode = args.pipeline.mode
         self.policy = RefinePolicy.from_config(args.pipeline)
-        self.handle_for = stage_handles(args.llm, args.pipeline["stage_timeout_s"])
+        self.handle_for = stage_handles(args.llm, args.pipeline.stage_timeout_s)
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:
-        if isinstance(payload, Echo):
-            return payload.value
         if isinstance(payload, GenerateMeme):
             return self.generate(payload)
         return super().handle(payload)
@@ -154,7 +151,7 @@ class GeneratorWorker(AsyncActor):
             # A verifier call may queue behind others in the pool: give it the stage bound
             # plus a margin before calling it unavailable.
             stages = PoolStages(self, self.handle_for,
-                                self.args.pipeline["stage_timeout_s"] + 1.0,
+                                self.args.pipeline.stage_timeout_s + 1.0,
                                 program=self.program.program, program_hash=self.program.hash)
             return await run_pipeline(stages, *fields), stages.judge_ms
         except Refused as exc:
@@ -187,7 +184,7 @@ class GeneratorWorker(AsyncActor):
         timings.update(result.timings, **judge_ms)
         timings["pipeline_total"] = timings.pop("total")
         fmt = get_format(result.caption.format)
-        meme_id = new_meme_id()
+        meme_id = new_id()
         png = await self._stage(RENDER, RenderMeme(fmt.name, fmt.layout, result.caption.texts,
                                                    f"{fmt.name}:{request.seed}"))
         lap("render")

@@ -21,16 +21,16 @@ from actors.async_actor import AsyncActor
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import RemoteFailure
 from actors.messages import Located, Reply, Request, WhereIs, new_correlation_id
-from memesys.pipeline.record import new_meme_id
+from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RunnerReady, RunTask, SubmitTask
 from memesys.errors import ErrorCode, translate
 from memesys.storage.connection import connect
 from memesys.storage.memes import StoreError
 from memesys.storage.tasks import TaskStore
+from memesys.tree.paths import GENERATOR
 
 log = logging.getLogger("memesys.tree.tasks")
 
-GENERATOR = "generator"
 RETRY_S = 1.0
 
 
@@ -65,7 +65,7 @@ class TaskLedger(BaseActor):
 
     def _submit(self, order: GenerateMeme) -> str:
         now = time.time()
-        task = {"id": new_meme_id(), "status": "queued", "stage": "queued", "progress": 0.0,
+        task = {"id": new_id(), "status": "queued", "stage": "queued", "progress": 0.0,
                 "request": dataclasses.asdict(order), "created_at": now}
         self.tasks.put(task)
         self._lease(task)

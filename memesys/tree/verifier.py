@@ -18,7 +18,7 @@ from dspy.utils.exceptions import LMError
 
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
-from memesys.config import PipelineConfig
+from memesys.config import LLMConfig, PipelineConfig
 from memesys.pipeline.lm import LMHandle
 from memesys.domain.messages import Judgement, RunScore, RunVerifier
 from memesys.errors import ErrorCode
@@ -31,7 +31,7 @@ from memesys.pipeline.verification import VERIFIERS, verify
 
 @dataclass(frozen=True)
 class VerifierArgs:
-    llm: dict
+    llm: LLMConfig
     stage_timeout_s: float
     max_in_flight: int
     pipeline: PipelineConfig  # the program to load: program_path
