@@ -29,7 +29,7 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory
-from actors.messages import Failure, Ping, Reply, Request, Stop, WorkDone
+from actors.messages import Failure, Ping, Reply, Request, StatusQuery, Stop, WorkDone
 
 log = logging.getLogger("actors.async")
 
@@ -55,10 +55,11 @@ class AsyncActor(BaseActor):
 
     @property
     def in_flight(self) -> int:
+        """Coroutines running (reported in :class:`~actors.messages.WorkerStatus`)."""
         return self._submitted - self._completed
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
-        if isinstance(request.payload, Ping):  # liveness, answered even when busy
+        if isinstance(request.payload, (Ping, StatusQuery)):  # answered even when busy
             super().handle_request(request, sender)
             return
         if self._draining:

@@ -35,9 +35,11 @@ from actors.messages import (
     Reply,
     Request,
     Started,
+    StatusQuery,
     Stop,
     StopMe,
     WorkDone,
+    WorkerStatus,
     batches,
 )
 
@@ -117,6 +119,14 @@ class BaseActor(Actor):
     def observe(self, payload: Any, seconds: float, error: Optional[Failure]) -> None:
         """Called after each request is answered (or failed)."""
 
+    @property
+    def in_flight(self) -> int:
+        """The requests this actor holds, reported to its supervisor's status query
+        (:class:`WorkerStatus`). A synchronous actor answers the query between requests, so
+        it holds none then; an actor that keeps requests open (an async actor's coroutines,
+        a queue of its own) overrides this."""
+        return 0
+
     # -- sending ----------------------------------------------------------------------------
 
     def send(self, targetAddr: ActorAddress, msg: Any) -> None:
@@ -182,6 +192,9 @@ class BaseActor(Actor):
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
         """Run ``handle`` and reply; an exception propagates and crashes the actor."""
+        if isinstance(request.payload, StatusQuery):  # the runtime's, not the application's
+            self.reply(request, sender, WorkerStatus(self.name, os.getpid(), self.in_flight))
+            return
         started = time.perf_counter()
         try:
             result = (Pong(self.name, os.getpid()) if isinstance(request.payload, Ping)

@@ -222,18 +222,48 @@ class Members:
     max_outstanding: int
 
 
+STATUS_TIMEOUT_S = 2.0
+
+
 @dataclass(frozen=True)
 class StatusQuery:
-    pass
+    """Ask a supervisor for its sub-tree (answered :class:`TreeStatus`) or a worker for its
+    load (answered :class:`WorkerStatus`).
+
+    A supervisor answers within ``timeout_s`` whatever its children do: it asks each running
+    child with a smaller budget (:data:`actors.supervisor.STATUS_NESTED_FRACTION` of its own),
+    and reports a child that has not answered by its deadline as ``unresponsive``.
+    """
+
+    timeout_s: float = STATUS_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A worker's answer to :class:`StatusQuery`: the requests it holds right now (an async
+    actor's coroutines in flight; 0 for a synchronous actor, which answers between requests)."""
+
+    name: str
+    pid: int
+    in_flight: Optional[int]
 
 
 @dataclass(frozen=True)
 class ChildStatus:
-    """One node of the supervision tree as its supervisor sees it."""
+    """One node of the supervision tree as its supervisor sees it.
+
+    ``state``: ``starting``, ``running``, ``stopping``, ``restarting`` (waiting out its restart
+    backoff), ``dead`` (exited, its restart queued), ``stopped`` (a transient child that exited
+    normally), or ``unresponsive`` (running, but it did not answer the status query in time:
+    busy in a long handler, SIGSTOPped, hung). ``in_flight``: the requests the worker itself
+    reported holding (:class:`WorkerStatus`); for a supervisor or pool, the sum over its
+    sub-tree (a pool adds the requests waiting for a worker); ``None`` when unknown (not
+    running, or unresponsive).
+    """
 
     name: str
     kind: str  # "supervisor", "pool" or "worker"
-    state: str  # "running", "starting", "restarting", "stopped"
+    state: str
     pid: Optional[int]
     restarts: int
     started_at: Optional[float]
@@ -245,11 +275,14 @@ class ChildStatus:
 
 @dataclass(frozen=True)
 class TreeStatus:
-    """A supervisor's answer to :class:`StatusQuery`: its strategy and its children."""
+    """A supervisor's answer to :class:`StatusQuery`: its strategy and its children.
+
+    ``in_flight``: the requests held in the whole sub-tree (see :class:`ChildStatus`)."""
 
     name: str
     strategy: str
     children: tuple[ChildStatus, ...]
+    in_flight: Optional[int] = None
 
 
 @dataclass(frozen=True)

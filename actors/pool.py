@@ -24,6 +24,7 @@ from thespian.actors import ActorAddress, WakeupMessage
 from actors.messages import (
     Ack,
     AddChild,
+    ChildStatus,
     Failure,
     Member,
     Members,
@@ -34,7 +35,6 @@ from actors.messages import (
     RestartChild,
     StatusQuery,
     Subscribe,
-    TreeStatus,
     WhereIs,
     WorkDone,
 )
@@ -234,8 +234,12 @@ class Pool(Supervisor):
                                                            Ack(f"{size} workers"))))
         self._advance()
 
-    def child_status(self, child: Child, tree: Optional[TreeStatus]) -> Any:
-        return child.status(tree, in_flight=len(self._outstanding.get(child.spec.name, ())))
+    def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> Optional[int]:
+        """What the workers reported holding, plus the requests waiting for a worker. (The
+        pool's own books count only what it dispatched itself; a directory sends most
+        requests to the workers directly.)"""
+        known = [c.in_flight for c in children if c.in_flight is not None]
+        return sum(known) + len(self._waiting) if known or self._waiting else None
 
 
 def _reply(request: Request, failure: Failure) -> Any:

@@ -43,6 +43,7 @@ from actors.messages import (
     TreeStatus,
     WhereIs,
     WorkDone,
+    WorkerStatus,
     new_correlation_id,
 )
 from actors.spec import ChildSpec, Restart, Strategy, SupervisorArgs
@@ -50,9 +51,13 @@ from actors.spec import ChildSpec, Restart, Strategy, SupervisorArgs
 log = logging.getLogger("actors.supervisor")
 
 START_TIMEOUT_S = 10.0
-STATUS_TIMEOUT_S = 1.0
+# A supervisor asks its children for their status with this fraction of its own budget, so
+# that a child supervisor's answer (its own unresponsive children marked) arrives in time.
+STATUS_NESTED_FRACTION = 0.6
+STATUS_MIN_S = 0.05
 LIVENESS_PERIOD_S = 0.5
 _LIVENESS = "liveness"
+_STATUS = "status"  # wakeup payloads (_STATUS, gather id) and (_BACKOFF, token)
 
 
 def process_alive(pid: int) -> bool:
@@ -94,10 +99,14 @@ class Child:
     def alive(self) -> bool:
         return self.state in ("starting", "running", "stopping")
 
-    def status(self, tree: Optional[TreeStatus] = None,
-               in_flight: Optional[int] = None) -> ChildStatus:
-        return ChildStatus(self.spec.name, self.kind, self.state, self.pid, self.restarts,
-                           self.started_at, self.spec.restart.value,
+    def status(self, answer: Any = None, unresponsive: bool = False) -> ChildStatus:
+        """This child as its supervisor sees it; ``answer`` is its own answer to the status
+        query (:class:`TreeStatus` or :class:`WorkerStatus`), if it gave one in time."""
+        tree = answer if isinstance(answer, TreeStatus) else None
+        in_flight = answer.in_flight if isinstance(answer, (TreeStatus, WorkerStatus)) else None
+        return ChildStatus(self.spec.name, self.kind,
+                           "unresponsive" if unresponsive else self.state, self.pid,
+                           self.restarts, self.started_at, self.spec.restart.value,
                            tree.strategy if tree else None, in_flight,
                            tree.children if tree else ())
 
@@ -129,12 +138,13 @@ class _CallStep(_Step):
 
 @dataclass(eq=False)
 class _Gather:
-    """A status query waiting for the sub-trees of child supervisors."""
+    """A status query waiting for its running children's answers, until its own deadline."""
 
     request: Request
     sender: ActorAddress
-    waiting: dict[str, Child] = field(default_factory=dict)
-    results: dict[str, TreeStatus] = field(default_factory=dict)
+    gid: str = field(default_factory=new_correlation_id)
+    asked: dict[str, tuple[Child, ActorAddress]] = field(default_factory=dict)  # by cid
+    answers: dict[str, Any] = field(default_factory=dict)  # by cid; None: a failure
 
 
 class Supervisor(BaseActor):
@@ -163,7 +173,8 @@ class Supervisor(BaseActor):
         self._current: Optional[_Step] = None
         self._pending: deque[Child] = deque()
         self._tokens = itertools.count(1)
-        self._gathers: dict[str, _Gather] = {}
+        self._gathers: dict[str, _Gather] = {}  # by the correlation id of a child's query
+        self._status_pending: dict[str, _Gather] = {}  # by gather id, until answered
         self._stop_waiters: list[tuple[Stop, ActorAddress]] = []
         self._shutting_down = False
         self._announced = False
@@ -295,8 +306,10 @@ class Supervisor(BaseActor):
         if token == _LIVENESS:
             self._check_liveness()
             return
-        if isinstance(token, str):
-            self._finish_gather(token)
+        if isinstance(token, tuple) and token[0] == _STATUS:
+            gather = self._status_pending.get(token[1])
+            if gather is not None:  # else: every child answered in time
+                self._finish_gather(gather)
             return
         step = self._current
         if step is None or step.token != token:
@@ -313,6 +326,9 @@ class Supervisor(BaseActor):
             child.address, child.pid, child.state = None, None, "dead"
             if was_start:
                 self._after_exit(child, normal=False, starting=True)
+            self._finish_step()
+            self._gone_from_gathers(child)
+            return
         self._finish_step()
 
     # -- child events -------------------------------------------------------------------------
@@ -349,6 +365,7 @@ class Supervisor(BaseActor):
         step = self._current
         if isinstance(step, _StopStep) and step.child is child:
             self._finish_step()
+            self._gone_from_gathers(child)
             return
         starting = isinstance(step, _StartStep) and step.child is child
         if starting:
@@ -358,6 +375,7 @@ class Supervisor(BaseActor):
             log.error("%s: child %s exited abnormally", self.name, child.spec.name)
         self._after_exit(child, normal, starting)
         self._advance()
+        self._gone_from_gathers(child)
 
     def on_child_exit(self, child: Child) -> None:
         """Hook for subclasses: ``child`` has just exited (before any restart decision)."""
@@ -511,42 +529,66 @@ class Supervisor(BaseActor):
     # -- status of the sub-tree ---------------------------------------------------------------
 
     def _status(self, request: Request, sender: ActorAddress) -> None:
+        """Ask every running child (supervisors for their sub-tree, workers for their load),
+        and answer when all have, or when the query's budget is spent: a child that has not
+        answered by then is reported ``unresponsive``. Always answered, always cleaned up."""
+        query = request.payload
+        budget = max(STATUS_MIN_S, query.timeout_s)
+        nested = StatusQuery(max(STATUS_MIN_S, budget * STATUS_NESTED_FRACTION))
         gather = _Gather(request, sender)
         for child in self.children:
-            if child.kind != "worker" and child.state == "running":
+            if child.state == "running" and child.address is not None:
                 cid = new_correlation_id()
-                gather.waiting[cid] = child
+                gather.asked[cid] = (child, child.address)
                 self._gathers[cid] = gather
-                self.send(child.address, Request(StatusQuery(), cid))
-        if not gather.waiting:
-            self._reply_status(gather)
+                self.send(child.address, Request(nested, cid))
+        if not gather.asked:
+            self._finish_gather(gather)
             return
-        self.wakeupAfter(STATUS_TIMEOUT_S, payload=next(iter(gather.waiting)))
+        self._status_pending[gather.gid] = gather
+        self.wakeupAfter(budget, payload=(_STATUS, gather.gid))
 
     def _gathered(self, reply: Reply) -> None:
         gather = self._gathers.pop(reply.correlation_id, None)
         if gather is None:
-            return
-        child = gather.waiting.pop(reply.correlation_id)
-        if reply.ok:
-            gather.results[child.spec.name] = reply.payload
-        if not gather.waiting:
-            self._reply_status(gather)
+            return  # a late answer to a query already answered
+        gather.answers[reply.correlation_id] = reply.payload if reply.ok else None
+        if len(gather.answers) == len(gather.asked):
+            self._finish_gather(gather)
 
-    def _finish_gather(self, cid: str) -> None:
-        gather = self._gathers.get(cid)
-        if gather is None:
-            return
-        for pending in list(gather.waiting):
-            self._gathers.pop(pending, None)
-        gather.waiting.clear()
-        self._reply_status(gather)
+    def _gone_from_gathers(self, child: Child) -> None:
+        """A child that exited will not answer: the queries waiting for it need not wait."""
+        for gather in list(self._status_pending.values()):
+            for cid, (asked, _) in gather.asked.items():
+                if asked is child and cid not in gather.answers:
+                    self._gathers.pop(cid, None)
+                    gather.answers[cid] = None
+            if len(gather.answers) == len(gather.asked):
+                self._finish_gather(gather)
 
-    def _reply_status(self, gather: _Gather) -> None:
-        children = tuple(self.child_status(c, gather.results.get(c.spec.name))
+    def _finish_gather(self, gather: _Gather) -> None:
+        for cid in gather.asked:
+            self._gathers.pop(cid, None)
+        self._status_pending.pop(gather.gid, None)
+        answers: dict[Child, Any] = {}
+        unresponsive: set[Child] = set()
+        for cid, (child, address) in gather.asked.items():
+            if child.address is None or child.address != address:
+                continue  # it exited or restarted meanwhile: its own state says so
+            if cid in gather.answers:
+                answers[child] = gather.answers[cid]
+            elif child.state == "running":
+                unresponsive.add(child)
+        children = tuple(self.child_status(c, answers.get(c), c in unresponsive)
                          for c in self.children)
         self.reply(gather.request, gather.sender,
-                   TreeStatus(self.name, self.strategy.value, children))
+                   TreeStatus(self.name, self.strategy.value, children,
+                              self.tree_in_flight(children)))
 
-    def child_status(self, child: Child, tree: Optional[TreeStatus]) -> ChildStatus:
-        return child.status(tree)
+    def child_status(self, child: Child, answer: Any, unresponsive: bool) -> ChildStatus:
+        return child.status(answer, unresponsive)
+
+    def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> Optional[int]:
+        """The requests held in this sub-tree: the sum of what the children reported."""
+        known = [c.in_flight for c in children if c.in_flight is not None]
+        return sum(known) if known else None

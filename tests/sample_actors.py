@@ -11,6 +11,7 @@ from typing import Any
 from actors.async_actor import AsyncActor
 from actors.base import BaseActor
 from actors.messages import Batch, Stop
+from actors.supervisor import Supervisor
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,13 @@ class Sleeper(AsyncActor):
                 raise ValueError("coroutine failed")
             return fail()
         return self._sleep(float(payload))
+
+
+class Introspected(Supervisor):
+    """A supervisor that also answers ``"pending-status"``: how many status queries to its
+    children (by correlation id) and of its own (by query) it still keeps."""
+
+    def handle(self, payload: Any) -> Any:
+        if payload == "pending-status":
+            return len(self._gathers), len(self._status_pending)
+        return super().handle(payload)
