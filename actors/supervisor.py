@@ -93,7 +93,7 @@ class Child:
     kind: str = "worker"
     started_at: Optional[float] = None
     restarts: int = 0
-    stop_granted: bool = False
+    stop_granted: bool = False  # its stop was asked for (StopMe, resize, removal): no new work
 
     @property
     def alive(self) -> bool:
@@ -285,6 +285,7 @@ class Supervisor(BaseActor):
             self._after_exit(child, normal=False, starting=True)
             return True
         child.state, child.pid, child.started_at = "starting", None, None
+        child.stop_granted = False  # a fresh process: whatever stop it asked for is done
         self.send(child.address, Init(child.spec.name, child.spec.args, self.admin_port,
                                       self.root))
         self.wakeupAfter(START_TIMEOUT_S, payload=step.token)
