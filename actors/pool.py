@@ -117,7 +117,7 @@ class Pool(Supervisor):
 
     def _wait(self, request: Request, attempts: int) -> None:
         """Hold a request until a worker is back, bounded in count and time."""
-        restarting = any(c.state in ("starting", "dead") for c in self.children)
+        restarting = any(c.state in ("starting", "restarting", "dead") for c in self.children)
         if not restarting or len(self._waiting) >= self.pool.max_outstanding:
             self._fail(request, Failure("unavailable", f"{self.name}: no worker is running"))
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 
 class Restart(str, enum.Enum):
@@ -41,6 +41,7 @@ class ChildSpec:
 
     ``args`` reaches the child in :class:`~actors.messages.Init`; it must pickle.
     ``shutdown_s`` is how long an ordered stop waits before the child's process tree is killed.
+    ``backoff``, if given, replaces the supervisor's :class:`Backoff` for this child's restarts.
     """
 
     name: str
@@ -48,6 +49,7 @@ class ChildSpec:
     args: Any = None
     restart: Restart = Restart.PERMANENT
     shutdown_s: float = 5.0
+    backoff: Optional["Backoff"] = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -60,8 +62,10 @@ class ChildSpec:
 class Backoff:
     """Delay before a restart: ``initial_s * 2**n`` capped at ``max_s``, ± ``jitter`` fraction.
 
-    ``n`` counts the restarts of that child inside the intensity period, so a child that
-    crashes in a loop backs off while one that crashes rarely restarts at once.
+    ``n`` counts the earlier restarts of that child inside the intensity period, so a child
+    that crashes in a loop backs off further each time while one that crashes rarely waits
+    ``initial_s``. The supervisor waits on a timer: its other children keep being started,
+    stopped and restarted meanwhile.
     """
 
     initial_s: float = 0.0

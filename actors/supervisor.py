@@ -4,7 +4,8 @@ All work that must happen in order (starting children one after another, stoppin
 reverse order before restarting it, shutting down) is a queue of *steps* run one at a time;
 a step finishes on the event it waits for (``Started``, ``ChildActorExited``) or on its own
 timeout. The handler never blocks, so a supervisor keeps answering status queries while it
-restarts a group.
+restarts a group. A restart's backoff is not a step: it is a timer, and the restart's starts
+join the queue when it fires, so the other children's restarts and stops go on meanwhile.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ STATUS_MIN_S = 0.05
 LIVENESS_PERIOD_S = 0.5
 _LIVENESS = "liveness"
 _STATUS = "status"  # wakeup payloads (_STATUS, gather id) and (_BACKOFF, token)
+_BACKOFF = "backoff"
 
 
 def process_alive(pid: int) -> bool:
@@ -94,6 +96,8 @@ class Child:
     started_at: Optional[float] = None
     restarts: int = 0
     stop_granted: bool = False  # its stop was asked for (StopMe, resize, removal): no new work
+    restart_times: deque = field(default_factory=deque)  # its restarts inside the period
+    backoff: Optional[int] = None  # token of the backoff timer its restart waits for
 
     @property
     def alive(self) -> bool:
@@ -124,11 +128,6 @@ class _StartStep(_Step):
 @dataclass(eq=False)
 class _StopStep(_Step):
     child: Child = None  # type: ignore[assignment]
-
-
-@dataclass(eq=False)
-class _DelayStep(_Step):
-    seconds: float = 0.0
 
 
 @dataclass(eq=False)
@@ -175,6 +174,7 @@ class Supervisor(BaseActor):
         self._tokens = itertools.count(1)
         self._gathers: dict[str, _Gather] = {}  # by the correlation id of a child's query
         self._status_pending: dict[str, _Gather] = {}  # by gather id, until answered
+        self._delayed: dict[int, list[_Step]] = {}  # restart steps waiting out a backoff
         self._stop_waiters: list[tuple[Stop, ActorAddress]] = []
         self._shutting_down = False
         self._announced = False
@@ -260,11 +260,6 @@ class Supervisor(BaseActor):
             self.send(child.address, Stop())
             self.wakeupAfter(child.spec.shutdown_s, payload=step.token)
             return False
-        if isinstance(step, _DelayStep):
-            if step.seconds <= 0:
-                return True
-            self.wakeupAfter(step.seconds, payload=step.token)
-            return False
         step.fn()
         return True
 
@@ -311,6 +306,9 @@ class Supervisor(BaseActor):
             gather = self._status_pending.get(token[1])
             if gather is not None:  # else: every child answered in time
                 self._finish_gather(gather)
+            return
+        if isinstance(token, tuple) and token[0] == _BACKOFF:
+            self._backoff_over(token[1])
             return
         step = self._current
         if step is None or step.token != token:
@@ -419,6 +417,10 @@ class Supervisor(BaseActor):
         while self._restart_times and now - self._restart_times[0] > self.period_s:
             self._restart_times.popleft()
         self._restart_times.append(now)
+        while child.restart_times and now - child.restart_times[0] > self.period_s:
+            child.restart_times.popleft()
+        attempt = len(child.restart_times)  # this child's earlier restarts in the period
+        child.restart_times.append(now)
         if len(self._restart_times) > self.max_restarts:
             reason = (f"restart intensity reached: more than {self.max_restarts} "
                       f"restarts in {self.period_s:g} s (last: {child.spec.name})")
@@ -432,17 +434,63 @@ class Supervisor(BaseActor):
                  Strategy.REST_FOR_ONE: self.children[index:]}[self.strategy]
         steps: list[_Step] = [_StopStep(child=other) for other in reversed(group)
                               if other is not child and other.alive]
-        attempt = len(self._restart_times) - 1
-        steps.append(_DelayStep(seconds=self.backoff.delay(attempt, self._rng)))
+        carried, covered = self._cancel_backoffs(group)
+        starts: list[_Step] = []
         for member in group:
             if member is not child and member.spec.restart is Restart.TEMPORARY:
-                steps.append(_CallStep(fn=lambda m=member: self._forget(m)))
+                starts.append(_CallStep(fn=lambda m=member: self._forget(m)))
                 continue
-            member.restarts += 1
-            steps.append(_StartStep(child=member))
+            if member not in covered:  # counted already by the restart it was waiting for
+                member.restarts += 1
+            starts.append(_StartStep(child=member))
+        starts += carried
         if done is not None:
-            steps.append(_CallStep(fn=lambda: done(None)))
+            starts.append(_CallStep(fn=lambda: done(None)))
+        delay = (child.spec.backoff or self.backoff).delay(attempt, self._rng)
+        if delay > 0:  # the group is stopped first, then the starts wait on a timer
+            steps.append(_CallStep(fn=lambda: self._back_off(starts, delay)))
+        else:
+            steps += starts
         self._steps.extendleft(reversed(steps))
+
+    def _back_off(self, starts: list[_Step], delay: float) -> None:
+        """Hold a restart's steps for ``delay`` seconds without holding up the queue."""
+        token = next(self._tokens)
+        self._delayed[token] = starts
+        for step in starts:
+            if isinstance(step, _StartStep):
+                step.child.backoff = token
+                if not step.child.alive:
+                    step.child.state = "restarting"
+        self.wakeupAfter(delay, payload=(_BACKOFF, token))
+
+    def _backoff_over(self, token: int) -> None:
+        starts = self._delayed.pop(token, None)
+        if starts is None:
+            return  # superseded by a group restart, or the supervisor is stopping
+        for step in starts:
+            if isinstance(step, _StartStep) and step.child.backoff == token:
+                step.child.backoff = None
+        self._steps.extendleft(reversed(starts))
+        self._advance()
+
+    def _cancel_backoffs(self, group: list[Child]) -> tuple[list[_Step], set[Child]]:
+        """A group restart takes over the restarts of its members that wait out a backoff
+        (in rest_for_one, a child must not start before the failed one it depends on): it
+        drops their starts and carries the rest of their steps (answers to RestartChild)."""
+        carried: list[_Step] = []
+        covered: set[Child] = set()
+        for token in {m.backoff for m in group if m.backoff is not None}:
+            for step in self._delayed.pop(token, []):
+                if isinstance(step, _StartStep):
+                    step.child.backoff = None
+                    if step.child in group:
+                        covered.add(step.child)
+                        if not step.child.alive:
+                            step.child.state = "dead"
+                        continue
+                carried.append(step)
+        return carried, covered
 
     def _forget(self, child: Child) -> None:
         if child in self.children:
@@ -463,6 +511,11 @@ class Supervisor(BaseActor):
         self._shutting_down = True
         self._steps.clear()
         self._pending.clear()
+        self._delayed.clear()
+        for child in self.children:
+            child.backoff = None
+            if child.state == "restarting":
+                child.state = "dead"
         for child in reversed(self.children):
             self._steps.append(_StopStep(child=child))
         self._steps.append(_CallStep(fn=self._exit_now))
