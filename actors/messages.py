@@ -143,6 +143,17 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Stopping:
+    """A supervisor that got :class:`Stop` tells the sender how long its ordered stop may take
+    (``budget_s`` from now: the sum of its children's budgets, see
+    :func:`actors.spec.shutdown_budget`), again whenever that grows (a grandchild reported
+    more), so that its own supervisor does not kill it mid-stop."""
+
+    name: str
+    budget_s: float
+
+
+@dataclass(frozen=True)
 class Stopped:
     correlation_id: str
     name: str

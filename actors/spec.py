@@ -35,12 +35,18 @@ def class_path(actor: type | str) -> str:
     return f"{actor.__module__}.{actor.__qualname__}"
 
 
+DEFAULT_SHUTDOWN_S = 5.0
+SUPERVISOR_STOP_MARGIN_S = 1.0  # per supervisor level: messages, kills, exits between stops
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     """How a supervisor starts, restarts and stops one child.
 
     ``args`` reaches the child in :class:`~actors.messages.Init`; it must pickle.
-    ``shutdown_s`` is how long an ordered stop waits before the child's process tree is killed.
+    ``shutdown_s`` is how long an ordered stop waits before the child's process tree is killed
+    (default :data:`DEFAULT_SHUTDOWN_S`); for a supervisor or pool child it is only a floor:
+    its budget is derived from its children (:func:`shutdown_budget`).
     ``backoff``, if given, replaces the supervisor's :class:`Backoff` for this child's restarts.
     """
 
@@ -48,7 +54,7 @@ class ChildSpec:
     actor: str
     args: Any = None
     restart: Restart = Restart.PERMANENT
-    shutdown_s: float = 5.0
+    shutdown_s: Optional[float] = None
     backoff: Optional["Backoff"] = None
 
     def __post_init__(self) -> None:
@@ -97,6 +103,27 @@ class SupervisorArgs:
             raise ValueError(f"duplicate child names in {names}")
         if self.max_restarts < 0 or self.period_s <= 0:
             raise ValueError("max_restarts must be >= 0 and period_s > 0")
+
+
+def shutdown_budget(spec: ChildSpec) -> float:
+    """How long an ordered stop of ``spec``'s child may take before it is killed.
+
+    A worker: its ``shutdown_s``. A supervisor stops its children one at a time, each within
+    its own budget, so its budget is the sum of its children's budgets plus
+    :data:`SUPERVISOR_STOP_MARGIN_S` (recursively); a pool's is ``size`` times
+    ``worker_shutdown_s`` plus the margin. An explicit ``shutdown_s`` on a supervisor or pool
+    can lengthen that, never shorten it. This is the budget derived from the specs; a
+    supervisor whose children changed at run time (``Resize``, ``AddChild``) reports its
+    current budget when it is asked to stop (:class:`~actors.messages.Stopping`).
+    """
+    args = spec.args
+    if isinstance(args, PoolArgs):
+        derived = args.size * args.worker_shutdown_s + SUPERVISOR_STOP_MARGIN_S
+    elif isinstance(args, SupervisorArgs):
+        derived = sum(shutdown_budget(c) for c in args.children) + SUPERVISOR_STOP_MARGIN_S
+    else:
+        return DEFAULT_SHUTDOWN_S if spec.shutdown_s is None else spec.shutdown_s
+    return derived if spec.shutdown_s is None else max(spec.shutdown_s, derived)
 
 
 MAX_ATTEMPTS = 3  # a pool's idempotent request survives two worker deaths, whoever dispatches

@@ -40,6 +40,7 @@ from actors.messages import (
     StatusQuery,
     Stop,
     Stopped,
+    Stopping,
     StopMe,
     TreeStatus,
     WhereIs,
@@ -47,7 +48,14 @@ from actors.messages import (
     WorkerStatus,
     new_correlation_id,
 )
-from actors.spec import ChildSpec, Restart, Strategy, SupervisorArgs
+from actors.spec import (
+    SUPERVISOR_STOP_MARGIN_S,
+    ChildSpec,
+    Restart,
+    Strategy,
+    SupervisorArgs,
+    shutdown_budget,
+)
 
 log = logging.getLogger("actors.supervisor")
 
@@ -128,6 +136,7 @@ class _StartStep(_Step):
 @dataclass(eq=False)
 class _StopStep(_Step):
     child: Child = None  # type: ignore[assignment]
+    deadline: float = 0.0  # monotonic; a child supervisor's Stopping can push it back
 
 
 @dataclass(eq=False)
@@ -176,6 +185,7 @@ class Supervisor(BaseActor):
         self._status_pending: dict[str, _Gather] = {}  # by gather id, until answered
         self._delayed: dict[int, list[_Step]] = {}  # restart steps waiting out a backoff
         self._stop_waiters: list[tuple[Stop, ActorAddress]] = []
+        self._reported_end = 0.0  # monotonic end of the stop budget last reported (Stopping)
         self._shutting_down = False
         self._announced = False
         self._rng = random.Random()
@@ -196,6 +206,7 @@ class Supervisor(BaseActor):
         self._stop_waiters.append((msg, sender))
         if not self._shutting_down:
             self._shut_down(f"{self.name} stopping on request")
+        self._report_budget(force_to=sender)
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -227,6 +238,8 @@ class Supervisor(BaseActor):
             self._stop_me(msg.name)
         elif isinstance(msg, Reply):
             self._gathered(msg)
+        elif isinstance(msg, Stopping):
+            self._child_stopping(msg, sender)
         elif isinstance(msg, Exiting):
             log.error("%s: child %s is exiting: %s", self.name, msg.name, msg.reason)
         elif isinstance(msg, (WorkDone, Stopped)):
@@ -257,8 +270,10 @@ class Supervisor(BaseActor):
             if not child.alive:
                 return True
             child.state = "stopping"
+            budget = shutdown_budget(child.spec)
+            step.deadline = time.monotonic() + budget
             self.send(child.address, Stop())
-            self.wakeupAfter(child.spec.shutdown_s, payload=step.token)
+            self.wakeupAfter(budget, payload=step.token)
             return False
         step.fn()
         return True
@@ -313,6 +328,11 @@ class Supervisor(BaseActor):
         step = self._current
         if step is None or step.token != token:
             return  # the step finished before its timer
+        if isinstance(step, _StopStep):
+            left = step.deadline - time.monotonic()
+            if left > 0.001:  # a child supervisor reported a longer stop
+                self.wakeupAfter(left, payload=token)
+                return
         if isinstance(step, (_StopStep, _StartStep)):
             child = step.child
             log.error("%s: child %s did not %s in time; killing it", self.name,
@@ -378,6 +398,36 @@ class Supervisor(BaseActor):
 
     def on_child_exit(self, child: Child) -> None:
         """Hook for subclasses: ``child`` has just exited (before any restart decision)."""
+
+    def _child_stopping(self, msg: Stopping, sender: ActorAddress) -> None:
+        """A child supervisor we are stopping says how long it needs: wait that long."""
+        step = self._current
+        if not isinstance(step, _StopStep) or step.child.address != sender:
+            return
+        end = time.monotonic() + msg.budget_s
+        if end > step.deadline:
+            step.deadline = end
+            self._report_budget()
+
+    def _report_budget(self, force_to: Optional[ActorAddress] = None) -> None:
+        """Tell whoever waits for our ordered stop how long it may still take (Stopping):
+        the current child's deadline, the budgets of the children still to stop, a margin;
+        again whenever that grows."""
+        if not self._stop_waiters:
+            return
+        now = time.monotonic()
+        step = self._current
+        remaining = SUPERVISOR_STOP_MARGIN_S + sum(
+            shutdown_budget(s.child.spec) for s in self._steps
+            if isinstance(s, _StopStep) and s.child.alive)
+        if isinstance(step, _StopStep):
+            remaining += max(0.0, step.deadline - now)
+        grew = now + remaining > self._reported_end + 0.05
+        if grew:
+            self._reported_end = now + remaining
+        for _, waiter in self._stop_waiters:
+            if grew or waiter == force_to:
+                self.send(waiter, Stopping(self.name, remaining))
 
     def _after_exit(self, child: Child, normal: bool, starting: bool = False) -> None:
         """OTP restart types: temporary never, transient only when abnormal, permanent always.
@@ -522,7 +572,8 @@ class Supervisor(BaseActor):
         self._advance()
 
     def _exit_now(self) -> None:
-        for stop, sender in self._stop_waiters:
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for stop, sender in waiters:
             self.send(sender, Stopped(stop.correlation_id, self.name))
         self.send(self.myAddress, ActorExitRequest())
 
