@@ -8,6 +8,7 @@ down and fails the test if any process of that session is still alive.
 from __future__ import annotations
 
 import os
+
 import socket
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from actors.system import (
     start_root,
     start_system,
 )
+
+# The one place the tests set it: DSPy must never try to download LiteLLM's model cost map
+# (no network here); every daemon, fake server and actor the tests start inherits it.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 STOP_TIMEOUT_S = 5.0
 

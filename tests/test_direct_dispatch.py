@@ -23,7 +23,15 @@ import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
 from actors.bridge import Bridge, Directory, RemoteFailure
-from actors.messages import Members, Request, Resize, StatusQuery, Subscribe, WhereIs, unpack
+from actors.messages import (
+    Members,
+    Request,
+    Resize,
+    StatusQuery,
+    Subscribe,
+    WhereIs,
+    unpack,
+)
 from actors.spec import Backoff, ChildSpec, PoolArgs, SupervisorArgs
 from tests.conftest import RunningSystem, alive
 from tests.sample_actors import Journal

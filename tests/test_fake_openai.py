@@ -2,30 +2,26 @@
 the meme program run end to end against it through DSPy's native (lm15) HTTP engine."""
 from __future__ import annotations
 
-import os
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import aiohttp
+import dspy
+import pytest
+from dspy.utils.exceptions import LMError, LMRateLimitError
 
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, AsyncIterator, Iterator  # noqa: E402
-
-import aiohttp  # noqa: E402
-import dspy  # noqa: E402
-import pytest  # noqa: E402
-from dspy.utils.exceptions import LMError, LMRateLimitError  # noqa: E402
-
-from memesys.pipeline.lm import OPENAI_COMPATIBLE, build_lm, offline_lm  # noqa: E402
-from memesys.pipeline.writing import write_caption  # noqa: E402
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI  # noqa: E402
+from memesys.pipeline.lm import OPENAI_COMPATIBLE, build_lm, offline_lm
+from memesys.pipeline.writing import write_caption
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"

@@ -1,27 +1,23 @@
 """The offline writer, driven through DSPy's real adapters exactly as the daemon drives it."""
 from __future__ import annotations
 
-import os
+import asyncio
+import re
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+import pytest
+from dspy.lm15 import Request, Response
+from dspy.utils.exceptions import LMError
 
-import asyncio  # noqa: E402
-import re  # noqa: E402
-
-import dspy  # noqa: E402
-import pytest  # noqa: E402
-from dspy.lm15 import Request, Response  # noqa: E402
-from dspy.utils.exceptions import LMError  # noqa: E402
-
-from memesys.pipeline.draft import Draft  # noqa: E402
-from memesys.domain.formats import CATALOGUE  # noqa: E402
-from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine  # noqa: E402
-from memesys.offline.templates import TEMPLATES  # noqa: E402
-from memesys.pipeline.writing import WriteCaption, write_caption  # noqa: E402
-from memesys.pipeline.refinement import refine  # noqa: E402
-from memesys.pipeline.scoring import score  # noqa: E402
-from memesys.pipeline.verification import VERIFIERS, verify  # noqa: E402
+from memesys.domain.formats import CATALOGUE
+from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine
+from memesys.offline.templates import TEMPLATES
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import LMHandle, offline_lm
+from memesys.pipeline.refinement import refine
+from memesys.pipeline.scoring import score
+from memesys.pipeline.verification import VERIFIERS, verify
+from memesys.pipeline.writing import WriteCaption, write_caption
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage",
           "learning javascript frameworks")

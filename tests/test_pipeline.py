@@ -1,35 +1,29 @@
 """Refinement, the partial-failure decision, and the sequential pipeline end to end."""
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+import pytest
+from dspy.lm15 import Request, Response, TimeoutError
+from dspy.utils import DummyLM
+from dspy.utils.exceptions import LMTimeoutError
 
-from collections.abc import Callable  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dspy  # noqa: E402
-import pytest  # noqa: E402
-from dspy.utils import DummyLM  # noqa: E402
-from dspy.utils.exceptions import LMTimeoutError  # noqa: E402
-from dspy.lm15 import Request, Response, TimeoutError  # noqa: E402
-
-from memesys.pipeline.decision import (  # noqa: E402
+from memesys.config import load
+from memesys.domain.formats import get_format
+from memesys.offline.engine import MODEL, PROVIDER
+from memesys.pipeline.decision import (
     INAPPROPRIATE,
     VERIFICATION_UNAVAILABLE,
     Decision,
     Refused,
     decide,
 )
-from memesys.config import load  # noqa: E402
-from memesys.pipeline.draft import Draft  # noqa: E402
-from memesys.domain.formats import get_format  # noqa: E402
-from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm  # noqa: E402
-from memesys.offline.engine import MODEL, PROVIDER  # noqa: E402
-from memesys.pipeline.stages import STAGE_MODEL_KEYS, run_sequential, stage_handles  # noqa: E402
-from memesys.pipeline.writing import REQUESTED, CaptionError  # noqa: E402
-from memesys.pipeline.refinement import (  # noqa: E402
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm
+from memesys.pipeline.refinement import (
     REFINED,
     RefinePolicy,
     Round,
@@ -37,8 +31,9 @@ from memesys.pipeline.refinement import (  # noqa: E402
     refine,
     should_refine,
 )
-from memesys.pipeline.scoring import Scores, score  # noqa: E402
-from memesys.pipeline.verification import (  # noqa: E402
+from memesys.pipeline.scoring import Scores, score
+from memesys.pipeline.stages import STAGE_MODEL_KEYS, run_sequential, stage_handles
+from memesys.pipeline.verification import (
     FAILED,
     PASSED,
     UNAVAILABLE,
@@ -46,6 +41,7 @@ from memesys.pipeline.verification import (  # noqa: E402
     Verdict,
     verify,
 )
+from memesys.pipeline.writing import REQUESTED, CaptionError
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage",
           "cats vs dogs")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.daemon_process import DaemonProcess
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from tests.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 

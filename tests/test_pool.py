@@ -13,7 +13,16 @@ from collections import Counter
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Ack, Located, Ping, Pong, RemoveChild, Request, Resize, WhereIs
+from actors.messages import (
+    Ack,
+    Located,
+    Ping,
+    Pong,
+    RemoveChild,
+    Request,
+    Resize,
+    WhereIs,
+)
 from actors.spec import Backoff, ChildSpec, PoolArgs, SupervisorArgs
 from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
 

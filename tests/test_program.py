@@ -1,26 +1,22 @@
 """The meme program: stage wiring, validation of model output, usage, and the LM factory."""
 from __future__ import annotations
 
-import os
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+import pytest
+from dspy.utils import DummyLM
+from dspy.utils.exceptions import LMError
 
-import json  # noqa: E402
-import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dspy  # noqa: E402
-import pytest  # noqa: E402
-from dspy.utils.exceptions import LMError  # noqa: E402
-from dspy.utils import DummyLM  # noqa: E402
-
-from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format  # noqa: E402
-from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, build_lm, offline_lm  # noqa: E402
-from memesys.offline.engine import MODEL, PROVIDER  # noqa: E402
-from memesys.pipeline.writing import (  # noqa: E402
+from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format
+from memesys.offline.engine import MODEL, PROVIDER
+from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, build_lm, offline_lm
+from memesys.pipeline.writing import (
     REQUESTED,
     Caption,
     CaptionError,

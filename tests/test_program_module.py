@@ -2,33 +2,30 @@
 both pipeline modes; its hash in the cache key and the meme; a bad program file stops start-up."""
 from __future__ import annotations
 
+import asyncio
+import copy
+import dataclasses
+import json
 import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+import pytest
 
-import asyncio  # noqa: E402
-import copy  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dspy  # noqa: E402
-import pytest  # noqa: E402
-
-import memesys  # noqa: E402
-from actors.base import RequestFailed  # noqa: E402
-from memesys.config import load  # noqa: E402
-from memesys.domain.formats import get_format  # noqa: E402
-from memesys.domain.messages import GenerateMeme, Judgement, RunScore, RunVerifier  # noqa: E402
-from memesys.pipeline.draft import Draft  # noqa: E402
-from memesys.pipeline.lm import build_lm, offline_lm  # noqa: E402
-from memesys.pipeline.program import (  # noqa: E402
+import memesys
+from actors.base import RequestFailed
+from memesys.config import load
+from memesys.domain.formats import get_format
+from memesys.domain.messages import GenerateMeme, Judgement, RunScore, RunVerifier
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import build_lm, offline_lm
+from memesys.pipeline.program import (
     BUILTIN,
     SIGNATURES,
     STAGES,
@@ -39,13 +36,13 @@ from memesys.pipeline.program import (  # noqa: E402
     load_program,
     program_hash,
 )
-from memesys.pipeline.record import build_meme, cache_key  # noqa: E402
-from memesys.pipeline.refinement import RefinePolicy  # noqa: E402
-from memesys.pipeline.stages import run_sequential  # noqa: E402
-from memesys.pipeline.verification import VERIFIERS, verify  # noqa: E402
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI  # noqa: E402
-from memesys.tree.verifier import VerifierArgs, VerifierWorker  # noqa: E402
-from tests.daemon_process import DaemonProcess  # noqa: E402
+from memesys.pipeline.record import build_meme, cache_key
+from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.stages import run_sequential
+from memesys.pipeline.verification import VERIFIERS, verify
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from memesys.tree.verifier import VerifierArgs, VerifierWorker
+from tests.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageFont
 
-from memesys.render import image as render
 from memesys.domain.formats import LAYOUTS
+from memesys.render import image as render
 from memesys.render.image import RenderError, fit_text, render_png
 
 SAMPLE_TEXTS = {

@@ -1,23 +1,19 @@
 """Scoring: the model's ratings, the weighted overall, and the verdict policy on the score."""
 from __future__ import annotations
 
-import os
+from dataclasses import replace
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+import pytest
+from dspy.utils import DummyLM
 
-from dataclasses import replace  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dspy  # noqa: E402
-import pytest  # noqa: E402
-from dspy.utils import DummyLM  # noqa: E402
-
-from memesys.pipeline.draft import Draft  # noqa: E402
-from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.pipeline.writing import write_caption  # noqa: E402
-from memesys.pipeline.scoring import WEIGHTS, Scores, apply_verdicts, score, weighted  # noqa: E402
-from memesys.pipeline.stage import OutputError  # noqa: E402
-from memesys.pipeline.verification import FAILED, PASSED, UNAVAILABLE, Verdict  # noqa: E402
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import LMHandle, offline_lm
+from memesys.pipeline.scoring import WEIGHTS, Scores, apply_verdicts, score, weighted
+from memesys.pipeline.stage import OutputError
+from memesys.pipeline.verification import FAILED, PASSED, UNAVAILABLE, Verdict
+from memesys.pipeline.writing import write_caption
 
 STRICT = dspy.ChatAdapter(use_json_adapter_fallback=False)
 BASE = Scores(humor=0.8, clarity=0.6, creativity=0.5, shareability=0.7, overall=0.8,

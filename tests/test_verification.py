@@ -1,26 +1,21 @@
 """The three verifiers: offline heuristics, fail-closed parsing, measured limits, LM failures."""
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+import pytest
+from dspy.lm15 import Message, Request, Response, TimeoutError, Usage
+from dspy.utils import DummyLM
+from dspy.utils.exceptions import LMTimeoutError
 
-from collections.abc import Callable  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dspy  # noqa: E402
-import pytest  # noqa: E402
-from dspy.lm15 import Message, Request, Response, TimeoutError, Usage  # noqa: E402
-from dspy.utils import DummyLM  # noqa: E402
-from dspy.utils.exceptions import LMTimeoutError  # noqa: E402
-
-from memesys.pipeline.draft import Draft  # noqa: E402
-from memesys.domain.formats import UnknownFormat  # noqa: E402
-from memesys.pipeline.lm import LMHandle, offline_lm  # noqa: E402
-from memesys.offline.templates import TEMPLATES  # noqa: E402
-from memesys.pipeline.writing import write_caption  # noqa: E402
-from memesys.pipeline.verification import (  # noqa: E402
+from memesys.domain.formats import UnknownFormat
+from memesys.offline.templates import TEMPLATES
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import LMHandle, offline_lm
+from memesys.pipeline.verification import (
     FAILED,
     PASSED,
     UNAVAILABLE,
@@ -28,6 +23,7 @@ from memesys.pipeline.verification import (  # noqa: E402
     Verdict,
     verify,
 )
+from memesys.pipeline.writing import write_caption
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage", "cats vs dogs")
 STRICT = dspy.ChatAdapter(use_json_adapter_fallback=False)

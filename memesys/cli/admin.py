@@ -14,7 +14,14 @@ import time
 from typing import Any, Optional
 
 from actors.messages import ChildStatus, Ping, RestartChild, StatusQuery, TreeStatus
-from actors.system import NoSystemRunning, SystemConfig, ask, attach, find_root, stop_tree
+from actors.system import (
+    NoSystemRunning,
+    SystemConfig,
+    ask,
+    attach,
+    find_root,
+    stop_tree,
+)
 from memesys.config import ConfigError, load
 from memesys.tree.paths import ROOT
 

@@ -18,7 +18,7 @@ from actors.bridge import Directory, RemoteFailure
 from actors.messages import Ping
 from memesys.config import GatewayConfig
 from memesys.domain.formats import catalogue_json
-from memesys.errors import ErrorCode, client_message, translate
+from memesys.domain.ids import valid_id
 from memesys.domain.messages import (
     DeleteMeme,
     GenerateMeme,
@@ -29,12 +29,12 @@ from memesys.domain.messages import (
     StoreHealth,
     SubmitTask,
 )
+from memesys.errors import ErrorCode, client_message, translate
 from memesys.http.metrics import Metrics
 from memesys.http.openapi import OPENAPI
-from memesys.domain.ids import valid_id
-from memesys.tree.paths import GENERATOR, LEDGER, STORE
-from memesys.http.validation import InvalidField, parse_generate, parse_page
 from memesys.http.page import INDEX_HTML
+from memesys.http.validation import InvalidField, parse_generate, parse_page
+from memesys.tree.paths import GENERATOR, LEDGER, STORE
 
 log = logging.getLogger("memesys.http.app")
 

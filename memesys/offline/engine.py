@@ -14,7 +14,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dspy.lm15 import InvalidRequestError, Message, Request, Response, Usage, response_to_events
+from dspy.lm15 import (
+    InvalidRequestError,
+    Message,
+    Request,
+    Response,
+    Usage,
+    response_to_events,
+)
 
 from memesys.offline.writer import Unanswerable, answer
 

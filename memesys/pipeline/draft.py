@@ -5,17 +5,13 @@ in parallel, and all render it into their prompts the same way.
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, replace
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
 
-from dataclasses import dataclass, replace  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dspy  # noqa: E402
-
-from memesys.domain.formats import MemeFormat, get_format  # noqa: E402
-from memesys.pipeline.writing import Caption  # noqa: E402
+from memesys.domain.formats import MemeFormat, get_format
+from memesys.pipeline.writing import Caption
 
 
 @dataclass(frozen=True)

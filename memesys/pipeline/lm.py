@@ -3,15 +3,11 @@ endpoint. Both are single-attempt and uncached; the daemon owns retries, breaker
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
 
-from dataclasses import dataclass  # noqa: E402
-
-import dspy  # noqa: E402
-
-from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine  # noqa: E402
+from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine
 
 OFFLINE = "offline"
 OPENAI_COMPATIBLE = "openai-compatible"

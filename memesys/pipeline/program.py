@@ -17,26 +17,23 @@ keys the meme cache and is recorded in every meme (``provider.program``).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+from dataclasses import dataclass
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
 
-import functools  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import dspy  # noqa: E402
-
-from memesys.pipeline.refinement import RefineCaption  # noqa: E402
-from memesys.pipeline.scoring import ScoreMeme  # noqa: E402
-from memesys.pipeline.verification import (  # noqa: E402
+from memesys.pipeline.refinement import RefineCaption
+from memesys.pipeline.scoring import ScoreMeme
+from memesys.pipeline.verification import (
     CheckAppropriateness,
     CheckFactuality,
     CheckInstructions,
 )
-from memesys.pipeline.writing import SelectFormat, WriteCaption  # noqa: E402
+from memesys.pipeline.writing import SelectFormat, WriteCaption
 
 # Each stage's predictor, by the name the pipeline (and the saved state) uses.
 SIGNATURES: dict[str, type[dspy.Signature]] = {

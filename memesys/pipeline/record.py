@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from memesys.domain.formats import MemeFormat
-from memesys.pipeline.lm import LMHandle
 from memesys.domain.messages import GenerateMeme
+from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.stages import PipelineResult
 
 

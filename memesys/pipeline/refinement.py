@@ -6,23 +6,19 @@ pipeline and the parallel actors stop refining for the same reasons.
 """
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
 
-from collections.abc import Mapping  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
-
-import dspy  # noqa: E402
-
-from memesys.config import PipelineConfig  # noqa: E402
-from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
-from memesys.pipeline.lm import LMHandle  # noqa: E402
-from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate_texts  # noqa: E402
-from memesys.pipeline.scoring import Scores  # noqa: E402
-from memesys.pipeline.stage import OutputError, run  # noqa: E402
-from memesys.pipeline.verification import FAILED, VERIFIERS, Verdict  # noqa: E402
+from memesys.config import PipelineConfig
+from memesys.pipeline.draft import Draft, JudgeDraft
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.scoring import Scores
+from memesys.pipeline.stage import OutputError, run
+from memesys.pipeline.verification import FAILED, VERIFIERS, Verdict
+from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate_texts
 
 if TYPE_CHECKING:
     from memesys.pipeline.program import MemeProgram

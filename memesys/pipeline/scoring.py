@@ -7,22 +7,18 @@ the parallel actors share.
 """
 from __future__ import annotations
 
-import os
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
 
-import math  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
-from types import MappingProxyType  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
-
-import dspy  # noqa: E402
-
-from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
-from memesys.pipeline.lm import LMHandle  # noqa: E402
-from memesys.pipeline.stage import OutputError, run  # noqa: E402
-from memesys.pipeline.verification import FAILED, Verdict  # noqa: E402
+from memesys.pipeline.draft import Draft, JudgeDraft
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.stage import OutputError, run
+from memesys.pipeline.verification import FAILED, Verdict
 
 if TYPE_CHECKING:
     from memesys.pipeline.program import MemeProgram

@@ -12,18 +12,14 @@ fault, never a pass).
 """
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
+from dspy.utils.exceptions import AdapterParseError, LMError
 
-from typing import TYPE_CHECKING, Any  # noqa: E402
-
-import dspy  # noqa: E402
-from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
-
-from memesys.errors import ErrorCode  # noqa: E402
-from memesys.pipeline.errors import PipelineError  # noqa: E402
-from memesys.pipeline.lm import LMHandle  # noqa: E402
+from memesys.errors import ErrorCode
+from memesys.pipeline.errors import PipelineError
+from memesys.pipeline.lm import LMHandle
 
 if TYPE_CHECKING:
     from memesys.pipeline.program import MemeProgram
@@ -63,7 +59,9 @@ def run(handle: LMHandle, stage: str, program: MemeProgram | None,
     a note naming the stage (shown in tracebacks).
     """
     if program is None:
-        from memesys.pipeline.program import default_program  # it imports every stage module
+        from memesys.pipeline.program import (
+            default_program,  # it imports every stage module
+        )
         program = default_program()
     predictor = program.predictor(stage)
     with dspy.context(lm=handle.lm), dspy.track_usage() as tracker:

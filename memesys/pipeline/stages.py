@@ -9,39 +9,35 @@ checked against: both are built from the same stage functions and the same pure 
 """
 from __future__ import annotations
 
-import os
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from dspy.utils.exceptions import LMError
 
-import asyncio  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Mapping  # noqa: E402
-from dataclasses import dataclass, field, replace  # noqa: E402
-from typing import TYPE_CHECKING, Protocol, TypeVar  # noqa: E402
-
-from dspy.utils.exceptions import LMError  # noqa: E402
-
-from memesys.config import LLMConfig  # noqa: E402
-from memesys.pipeline.decision import Decision, decide  # noqa: E402
-from memesys.pipeline.draft import Draft  # noqa: E402
-from memesys.pipeline.lm import LMHandle, build_lm  # noqa: E402
-from memesys.pipeline.writing import (  # noqa: E402
-    Caption,
-    choose_format,
-    clean_topic,
-    requested,
-    write_texts,
-)
-from memesys.pipeline.refinement import (  # noqa: E402
+from memesys.config import LLMConfig
+from memesys.pipeline.decision import Decision, decide
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import LMHandle, build_lm
+from memesys.pipeline.refinement import (
     RefinePolicy,
     Round,
     critique_for,
     refine,
     should_refine,
 )
-from memesys.pipeline.scoring import Scores, apply_verdicts, score  # noqa: E402
-from memesys.pipeline.stage import first_line  # noqa: E402
-from memesys.pipeline.verification import VERIFIERS, Verdict, verify  # noqa: E402
+from memesys.pipeline.scoring import Scores, apply_verdicts, score
+from memesys.pipeline.stage import first_line
+from memesys.pipeline.verification import VERIFIERS, Verdict, verify
+from memesys.pipeline.writing import (
+    Caption,
+    choose_format,
+    clean_topic,
+    requested,
+    write_texts,
+)
 
 if TYPE_CHECKING:
     from memesys.pipeline.program import MemeProgram

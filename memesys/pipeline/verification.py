@@ -10,20 +10,16 @@ and parser. The model's answer is never trusted further than it must be:
 """
 from __future__ import annotations
 
-import os
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
 
-import math  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import TYPE_CHECKING, Literal  # noqa: E402
-
-import dspy  # noqa: E402
-
-from memesys.domain.formats import slot_problem  # noqa: E402
-from memesys.pipeline.draft import Draft, JudgeDraft  # noqa: E402
-from memesys.pipeline.lm import LMHandle  # noqa: E402
-from memesys.pipeline.stage import OutputError, run  # noqa: E402
+from memesys.domain.formats import slot_problem
+from memesys.pipeline.draft import Draft, JudgeDraft
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.stage import OutputError, run
 
 if TYPE_CHECKING:
     from memesys.pipeline.program import MemeProgram

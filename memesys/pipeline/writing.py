@@ -7,19 +7,20 @@ model and time each one.
 """
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import dspy
 
-from dataclasses import dataclass, replace  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
-
-import dspy  # noqa: E402
-
-from memesys.domain.formats import (  # noqa: E402
-    CATALOGUE, MemeFormat, UnknownFormat, get_format, slot_problem)
-from memesys.pipeline.lm import LMHandle  # noqa: E402
-from memesys.pipeline.stage import OutputError, run  # noqa: E402
+from memesys.domain.formats import (
+    CATALOGUE,
+    MemeFormat,
+    UnknownFormat,
+    get_format,
+    slot_problem,
+)
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.stage import OutputError, run
 
 if TYPE_CHECKING:
     from memesys.pipeline.program import MemeProgram

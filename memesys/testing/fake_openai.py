@@ -19,26 +19,22 @@ It binds 127.0.0.1 only, on a free port unless one is given.
 """
 from __future__ import annotations
 
-import os
+import argparse
+import asyncio
+import json
+import random
+import signal
+import socket
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+from aiohttp import web
+from dspy.lm15 import LM15Error, request_from_openai_chat
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import Counter, deque  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-from aiohttp import web  # noqa: E402
-from dspy.lm15 import LM15Error, request_from_openai_chat  # noqa: E402
-
-from memesys.offline.engine import complete  # noqa: E402
+from memesys.offline.engine import complete
 
 HOST = "127.0.0.1"
 DEFAULT_MODEL = "fake-model"

@@ -27,13 +27,8 @@ from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from actors.bridge import RemoteFailure
 from memesys.config import LLMConfig, PipelineConfig
-from memesys.pipeline.decision import Refused, decide
-from memesys.pipeline.draft import Draft
 from memesys.domain.formats import UnknownFormat, get_format
-from memesys.errors import ErrorCode
-from memesys.pipeline.lm import LMHandle
 from memesys.domain.ids import new_id
-from memesys.pipeline.record import build_meme, cache_key
 from memesys.domain.messages import (
     CachedMeme,
     GenerateMeme,
@@ -43,6 +38,15 @@ from memesys.domain.messages import (
     RunVerifier,
     SaveMeme,
 )
+from memesys.errors import ErrorCode
+from memesys.pipeline.decision import Refused, decide
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.program import MemeProgram, load_configured
+from memesys.pipeline.record import build_meme, cache_key
+from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.scoring import Scores
+from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.stages import (
     Ledger,
     PipelineResult,
@@ -50,10 +54,6 @@ from memesys.pipeline.stages import (
     run_sequential,
     stage_handles,
 )
-from memesys.pipeline.program import MemeProgram, load_configured
-from memesys.pipeline.refinement import RefinePolicy
-from memesys.pipeline.scoring import Scores
-from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.tree.paths import RENDER, STORE, VERIFY
 

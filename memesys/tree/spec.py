@@ -14,18 +14,25 @@ own. (docs/architecture.md explains each choice.)
 """
 from __future__ import annotations
 
+from actors.pool import Pool
 from actors.spec import Backoff, ChildSpec, PoolArgs, Strategy, SupervisorArgs
 from actors.supervisor import Supervisor
-from actors.pool import Pool
 from memesys.config import Config
-from memesys.tree.paths import (
-    GENERATOR, LEDGER_NAME, RENDER, ROOT, RUNNER_NAME, STORE, TASKS, VERIFY)
 from memesys.tree.generator import GeneratorArgs, GeneratorWorker
+from memesys.tree.paths import (
+    GENERATOR,
+    LEDGER_NAME,
+    RENDER,
+    ROOT,
+    RUNNER_NAME,
+    STORE,
+    TASKS,
+    VERIFY,
+)
 from memesys.tree.renderer import RenderArgs, RenderWorker
 from memesys.tree.store import StoreArgs, StoreWorker
 from memesys.tree.tasks import TaskArgs, TaskLedger, TaskRunner
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
-
 
 
 def root_spec(cfg: Config, redis_url: str) -> ChildSpec:

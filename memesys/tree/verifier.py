@@ -19,13 +19,13 @@ from dspy.utils.exceptions import LMError
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from memesys.config import LLMConfig, PipelineConfig
-from memesys.pipeline.lm import LMHandle
 from memesys.domain.messages import Judgement, RunScore, RunVerifier
 from memesys.errors import ErrorCode
+from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.program import load_configured
-from memesys.pipeline.stages import StageRun, stage_handles
 from memesys.pipeline.scoring import score
 from memesys.pipeline.stage import OutputError, first_line
+from memesys.pipeline.stages import StageRun, stage_handles
 from memesys.pipeline.verification import VERIFIERS, verify
 
 
