@@ -20,9 +20,9 @@ import inspect
 import logging
 import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem

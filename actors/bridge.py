@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from typing import Any, Callable, Optional, Union
 
 from thespian.actors import ActorAddress, ActorSystem
@@ -283,9 +282,9 @@ class Directory:
             worker = target.pick()
             if worker is None:  # none takes work: the pool holds the request until one does
                 return await self.bridge.ask(target.pool, payload, remaining, idempotent)
-            if target.refuse(worker):
-                raise RemoteFailure(Failure("overloaded", f"{path}: all {target.size} workers "
-                                            f"hold {target.max_outstanding} requests"))
+            refused = target.refusal(path, worker)
+            if refused:
+                raise RemoteFailure(refused)
             try:
                 return await self._ask_worker(worker, payload, remaining, idempotent)
             except RemoteFailure as exc:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from thespian.actors import ActorAddress, WakeupMessage
 
+from actors.dispatch import least_loaded, refusal
 from actors.messages import (
     Ack,
     AddChild,
@@ -38,8 +39,22 @@ from actors.messages import (
     WhereIs,
     WorkDone,
 )
-from actors.spec import MAX_ATTEMPTS, ChildSpec, PoolArgs, Restart, Strategy, SupervisorArgs
-from actors.supervisor import Child, Supervisor, _CallStep, _StartStep, _StopStep, process_alive
+from actors.spec import (
+    MAX_ATTEMPTS,
+    ChildSpec,
+    PoolArgs,
+    Restart,
+    Strategy,
+    SupervisorArgs,
+)
+from actors.supervisor import (
+    Child,
+    Supervisor,
+    _CallStep,
+    _StartStep,
+    _StopStep,
+    process_alive,
+)
 
 log = logging.getLogger("actors.pool")
 
@@ -101,12 +116,11 @@ class Pool(Supervisor):
         if not running:
             self._wait(request, attempts)
             return
-        worker = min(running, key=lambda c: len(self._outstanding.get(c.spec.name, ())))
+        worker = least_loaded(running, lambda c: len(self._outstanding.get(c.spec.name, ())))
         held = self._outstanding.setdefault(worker.spec.name, {})
-        if len(held) >= self.pool.max_outstanding:
-            self._fail(request, Failure(
-                "overloaded", f"{self.name}: all {len(running)} workers hold "
-                              f"{self.pool.max_outstanding} requests"))
+        refused = refusal(self.name, len(running), len(held), self.pool.max_outstanding)
+        if refused:
+            self._fail(request, refused)
             return
         held[request.correlation_id] = (request, attempts + 1)
         self._owner[request.correlation_id] = worker.spec.name

@@ -15,7 +15,8 @@ from typing import Optional
 
 from thespian.actors import ActorAddress
 
-from actors.messages import Members
+from actors.dispatch import least_loaded, refusal
+from actors.messages import Failure, Members
 
 
 @dataclass(eq=False)
@@ -57,12 +58,11 @@ class PoolRoute:
 
     def pick(self) -> Optional[Worker]:
         """The accepting worker holding the fewest of our requests (None: none accepts)."""
-        accepting = [w for w in self._workers if w.accepting]
-        return min(accepting, key=lambda w: len(w.held)) if accepting else None
+        return least_loaded([w for w in self._workers if w.accepting], lambda w: len(w.held))
 
-    def refuse(self, worker: Worker) -> bool:
-        """True when even the least loaded worker holds ``max_outstanding`` of ours."""
-        return len(worker.held) >= self.max_outstanding
+    def refusal(self, where: str, worker: Worker) -> Optional[Failure]:
+        """``overloaded`` when even the least loaded worker holds ``max_outstanding`` of ours."""
+        return refusal(where, self.size, len(worker.held), self.max_outstanding)
 
     @property
     def size(self) -> int:

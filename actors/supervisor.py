@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import psutil
-from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import (
+    ActorAddress,
+    ActorExitRequest,
+    ChildActorExited,
+    WakeupMessage,
+)
 
 from actors.base import BaseActor
 from actors.messages import (
@@ -39,9 +44,9 @@ from actors.messages import (
     Started,
     StatusQuery,
     Stop,
+    StopMe,
     Stopped,
     Stopping,
-    StopMe,
     TreeStatus,
     WhereIs,
     WorkDone,

@@ -31,7 +31,9 @@ from actors.messages import (
     unpack,
 )
 from actors.spec import ChildSpec
-from actors.thespian_adapter import harden_bind  # re-exported: actors.system.harden_bind
+from actors.thespian_adapter import (
+    harden_bind,  # re-exported: actors.system.harden_bind
+)
 
 log = logging.getLogger("actors.system")
 
