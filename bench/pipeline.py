@@ -291,6 +291,7 @@ class Daemon:
 
     def wait_ready(self) -> None:
         import psutil
+
         from actors import system as actor_system
         run = _run_helpers()
         run.wait_http(self.port, "/readyz", self.proc, 0.05, READY_MAX_WAIT_S, self.log_path)

@@ -33,7 +33,7 @@ from memesys.domain.messages import (
 )
 from memesys.errors import RUNTIME_CODES, ErrorCode
 from memesys.http.app import Gateway
-from memesys.http.openapi import OPENAPI
+from memesys.http.openapi import openapi_document
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
 
 ROOT = "root-supervisor"
@@ -234,7 +234,10 @@ async def test_formats_health_metrics_openapi_and_page(client, directory) -> Non
     text = await response.text()
     assert "memesys_http_requests_total" in text
     assert "memesys_bridge_stale_replies_total 3" in text
-    assert await (await client.get("/openapi.json")).json() == json.loads(json.dumps(OPENAPI))
+    document = await (await client.get("/openapi.json")).json()
+    assert document == json.loads(json.dumps(openapi_document(GATEWAY.max_topic_chars)))
+    limits = document["components"]["schemas"]["MemeRequest"]["properties"]
+    assert limits["topic"]["maxLength"] == GATEWAY.max_topic_chars  # the configured limit
     response = await client.get("/")
     assert response.status == 200 and "<form" in await response.text()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,23 @@ def test_the_judging_group_runs_in_parallel(provider_daemon, fake):
                                   "score")]
     assert min(calls) >= 200  # each judging call paid the latency ...
     assert timings["judge"] < 2 * 200 < sum(calls)  # ... but the group paid it about once
+
+
+def test_the_admin_shows_the_memes_each_generator_worker_holds(provider_daemon, fake):
+    """IN FLIGHT is what the workers hold (the gateway dispatches to them directly)."""
+    fake.config.latency_s = 0.4
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            posts = [pool.submit(post, provider_daemon, topic=f"slow meme {i}") for i in range(4)]
+            time.sleep(0.2)  # all four are in their first LM call
+            status = provider_daemon.admin("status", "--json")
+            table = provider_daemon.admin("status")
+            assert all(p.result()[0] == 201 for p in posts)
+    finally:
+        fake.config.latency_s = 0.0
+    tree = json.loads(status.stdout)
+    generators = next(c for c in tree["children"] if c["name"] == "generator")
+    assert sum(w["in_flight"] for w in generators["children"]) == 4
+    assert generators["in_flight"] == 4 and tree["in_flight"] >= 4
+    worker_rows = [line.split() for line in table.stdout.splitlines() if "worker-" in line]
+    assert sum(int(row[-1]) for row in worker_rows if row[-1].isdigit()) >= 4

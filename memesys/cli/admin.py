@@ -52,7 +52,9 @@ def _rows(children: tuple[ChildStatus, ...], depth: int = 0) -> list[list[str]]:
 
 def format_tree(tree: TreeStatus, root_pid: int) -> str:
     header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "IN FLIGHT"]
-    rows = [[tree.name, f"supervisor ({tree.strategy})", "running", str(root_pid), "-", "-", "-"]]
+    in_flight = "-" if tree.in_flight is None else str(tree.in_flight)
+    rows = [[tree.name, f"supervisor ({tree.strategy})", "running", str(root_pid), "-", "-",
+             in_flight]]
     rows += _rows(tree.children, 1)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()

@@ -24,6 +24,7 @@ import memesys.pipeline.lm  # noqa: E402,F401  (import dspy before forking: inhe
 import memesys.render.image  # noqa: E402,F401
 from actors.bridge import Bridge, Directory  # noqa: E402
 from actors.messages import Ping, Reply  # noqa: E402
+from actors.spec import shutdown_budget  # noqa: E402
 from actors.system import (  # noqa: E402
     SystemConfig,
     admin_running,
@@ -82,14 +83,18 @@ class Daemon:
         self.asys = start_system(self.system_cfg)
         self.sid = session_id(self.system_cfg.admin_port)
         try:
-            self.root = start_root(self.asys, root_spec(self.cfg, self.redis_target.url),
-                                   self.system_cfg.admin_port,
+            spec = root_spec(self.cfg, self.redis_target.url)
+            self.root = start_root(self.asys, spec, self.system_cfg.admin_port,
                                    self.cfg.system.ready_timeout_s)
         except Exception:
             self.stop_actors()
             raise
         log.info("actor tree up in %.0f ms (actor session %s)",
                  (time.perf_counter() - started) * 1000, self.sid)
+        budget, bound = shutdown_budget(spec), self.cfg.system.shutdown_timeout_s
+        if budget > bound:
+            log.warning("system.shutdown_timeout_s = %.0f s is shorter than the tree's derived "
+                        "shutdown budget of %.0f s: a slow drain may be cut short", bound, budget)
 
     def stop_actors(self) -> None:
         root = getattr(self, "root", None)

@@ -31,7 +31,7 @@ from memesys.domain.messages import (
 )
 from memesys.errors import ErrorCode, client_message, translate
 from memesys.http.metrics import Metrics
-from memesys.http.openapi import OPENAPI
+from memesys.http.openapi import openapi_document
 from memesys.http.page import INDEX_HTML
 from memesys.http.validation import InvalidField, parse_generate, parse_page
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
@@ -89,6 +89,7 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, directory: Directory) -> None:
         self.cfg = cfg
         self.directory = directory
+        self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
         self.in_flight = 0
         self.metrics.gauge("memesys_gateway_in_flight", "requests being served",
@@ -301,7 +302,7 @@ class Gateway:
                             charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(OPENAPI)
+        return web.json_response(self.openapi_doc)
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=INDEX_HTML, content_type="text/html")

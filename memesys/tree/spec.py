@@ -47,7 +47,7 @@ def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
         return ChildSpec(name, Pool, PoolArgs(
             worker, size, args, max_outstanding=outstanding,
             max_restarts=sup.max_restarts, period_s=sup.period_s, backoff=backoff,
-            worker_shutdown_s=sup.child_shutdown_s), shutdown_s=2 * sup.child_shutdown_s)
+            worker_shutdown_s=sup.child_shutdown_s))
 
     children = (
         pool(STORE, StoreWorker, workers.store,
