@@ -249,7 +249,7 @@ def test_plain_messages_pass_where_the_code_shows_detail(message: str) -> None:
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=str)
 def test_the_gateway_answers_each_code_with_its_status(code: ErrorCode) -> None:
-    from memesys.http.app import error
+    from memesys.http.responses import error
 
     response = error(code)
     assert response.status == code.status
@@ -262,7 +262,7 @@ def test_the_gateway_answers_each_code_with_its_status(code: ErrorCode) -> None:
 
 
 def test_the_gateways_http_map_agrees_with_the_enum() -> None:
-    from memesys.http.app import _HTTP_CODES
+    from memesys.http.middleware import _HTTP_CODES
 
     for status, code in _HTTP_CODES.items():
         assert code.status == status

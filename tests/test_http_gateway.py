@@ -417,7 +417,7 @@ async def test_runtime_codes_reach_the_client_as_contract_codes(client, director
     internals = (f"generator/worker-0 at {ADDRESS} crashed: TypeError: unsupported operand "
                  "(socket /tmp/memesys/redis.sock)")
     directory.script(GenerateMeme, Failure(runtime_code, internals))
-    caplog.set_level(logging.INFO, logger="memesys.http.app")
+    caplog.set_level(logging.INFO, logger="memesys.http")
     contract = RUNTIME_CODES[runtime_code]
     error = await error_of(await client.post("/v1/memes", json={"topic": "x"}),
                            contract.status, contract.value)

@@ -1,16 +1,13 @@
 """The aiohttp gateway: HTTP in, ``await`` an actor through the bridge, JSON out.
 
-It validates everything a client sends, bounds bodies and requests in flight, maps every
-failure to the JSON error of the contract (never a traceback), and holds no domain logic.
+It validates everything a client sends and holds no domain logic; the middleware
+(:mod:`memesys.http.middleware`) bounds the requests in flight and answers every failure with
+the contract's JSON error (:mod:`memesys.http.responses`).
 """
 from __future__ import annotations
 
 import json
-import logging
-import math
-import time
 import uuid
-from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import web
 
@@ -29,60 +26,18 @@ from memesys.domain.messages import (
     StoreHealth,
     SubmitTask,
 )
-from memesys.errors import ErrorCode, client_message, translate
+from memesys.errors import ErrorCode, translate
 from memesys.http.metrics import Metrics
+from memesys.http.middleware import Guard
 from memesys.http.openapi import openapi_document
 from memesys.http.page import INDEX_HTML
+from memesys.http.responses import error, public_failure
 from memesys.http.validation import InvalidField, parse_generate, parse_page
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
-
-log = logging.getLogger("memesys.http.app")
 
 READY_TIMEOUT_S = 2.0
 STORE_TIMEOUT_S = 5.0
 JSON_TYPES = ("application/json",)
-
-# aiohttp's own HTTP errors (an unknown route, a method, a body over client_max_size).
-_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
-               413: ErrorCode.BODY_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error(code: ErrorCode, message: Optional[str] = None, *,
-          retry_after: Optional[float] = None, headers: Optional[dict[str, str]] = None,
-          **extra: Any) -> web.Response:
-    """The contract's JSON error: ``code``'s status, ``message`` (else the code's default), and
-    on a retryable 429/503 a ``Retry-After`` (``retry_after`` if the failure said, else the
-    code's default)."""
-    headers = dict(headers or {})
-    after = retry_after if retry_after is not None else code.retry_after
-    if code.retryable and code.status in (429, 503) and after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(after)))
-    body = {"error": {"code": code.value, "message": message or code.message, **extra}}
-    return web.json_response(body, status=code.status, headers=headers or None)
-
-
-def public_failure(code: str, message: str, where: str) -> tuple[ErrorCode, str]:
-    """A failure from the tree (a runtime or domain code, its raw message) as the client may
-    see it; what the client does not see goes to the log."""
-    contract = translate(code)
-    if contract is None:
-        log.error("%s: failure code %r is not in the contract (answered internal): %s",
-                  where, code, message)
-        return ErrorCode.INTERNAL, ErrorCode.INTERNAL.message
-    shown = client_message(contract, message)
-    if shown != message:
-        log.log(logging.INFO if contract.retryable else logging.WARNING,
-                "%s: %s answered as %s: %s", where, code, contract.value, message)
-    return contract, shown
-
-
-def failure_error(failure: Any, where: str) -> web.Response:
-    """The JSON error for a :class:`~actors.messages.Failure` (a per-failure ``retry_after``
-    overrides the code's default when the failure carries one)."""
-    code, message = public_failure(failure.code, failure.message, where)
-    return error(code, message, retry_after=getattr(failure, "retry_after", None))
 
 
 class Gateway:
@@ -91,16 +46,14 @@ class Gateway:
         self.directory = directory
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
-        self.in_flight = 0
-        self.metrics.gauge("memesys_gateway_in_flight", "requests being served",
-                           lambda: self.in_flight)
+        self.guard = Guard(cfg, self.metrics)
         self.metrics.gauge("memesys_bridge_stale_replies_total",
                            "replies that arrived after their ask gave up",
                            lambda: directory.bridge.stale_replies)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes,
-                              middlewares=[self._guard])
+                              middlewares=[self.guard.middleware])
         app.add_routes([
             web.post("/v1/memes", self.create_meme),
             web.get("/v1/memes", self.list_memes),
@@ -116,51 +69,6 @@ class Gateway:
             web.get("/", self.index),
         ])
         return app
-
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bound requests in flight; turn every failure into a JSON error, never a traceback."""
-        started = time.perf_counter()
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        if self.in_flight >= self.cfg.max_in_flight:
-            response: web.StreamResponse = error(ErrorCode.OVERLOADED,
-                                                 "the gateway is shedding load; retry later")
-        else:
-            self.in_flight += 1
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                response = self._http_error(request, exc)
-            except RemoteFailure as exc:
-                response = failure_error(exc.failure, f"{request.method} {request.path}")
-            except Exception:
-                log.exception("unexpected error serving %s %s", request.method, request.path)
-                response = error(ErrorCode.INTERNAL)
-            finally:
-                self.in_flight -= 1
-        self.metrics.count("memesys_http_requests_total", "HTTP requests by route and status",
-                           method=request.method, route=route, status=str(response.status))
-        self.metrics.observe("memesys_http_request_seconds", "HTTP request latency",
-                             time.perf_counter() - started, route=route)
-        return response
-
-    def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
-        """aiohttp's HTTP errors as contract errors; a status the contract has no code for is
-        a server fault (500 ``internal``), logged."""
-        if exc.status < 400:  # a redirect is an answer, not an error
-            return web.Response(status=exc.status, headers=exc.headers)
-        code = _HTTP_CODES.get(exc.status)
-        if code is None:
-            log.error("%s %s: aiohttp answered %d %s (answered internal)", request.method,
-                      request.path, exc.status, exc.reason)
-            return error(ErrorCode.INTERNAL)
-        text = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
-        allow = exc.headers.get("Allow")
-        if code is ErrorCode.BODY_TOO_LARGE:
-            text = f"the body must be at most {self.cfg.max_body_bytes} bytes"
-        elif code is ErrorCode.METHOD_NOT_ALLOWED:
-            text = f"{request.method} is not allowed here (allowed: {allow or 'none'})"
-        return error(code, text, headers={"Allow": allow} if allow else None)
 
     # -- memes --------------------------------------------------------------------------------
 
