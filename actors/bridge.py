@@ -93,24 +93,28 @@ class Bridge:
             self._threads.append(thread)
         await asyncio.wait_for(ready, timeout=10)
 
-    async def close(self) -> None:
-        """Send what is queued, then stop both threads; the listener is woken by a message
-        rather than waited for until its listen slice ends."""
+    async def close(self, join_s: float = 5.0) -> None:
+        """Fail every request still waiting, send what is queued, then stop both threads; the
+        listener is woken by a message rather than waited for until its listen slice ends.
+        ``join_s`` bounds the wait for each thread (they are daemon threads: when the actor
+        system is already gone, a short wait is enough)."""
         self._running.clear()
-        if self._listen_address is not None:
-            self._outbox.put((self._listen_address, _WAKE))
-        self._outbox.put(None)
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, 5)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(RemoteFailure(Failure("unavailable", "bridge closed")))
         self._pending.clear()
+        if self._listen_address is not None:
+            self._outbox.put((self._listen_address, _WAKE))
+        self._outbox.put(None)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, join_s)
 
     async def ask(self, target: ActorAddress, payload: Any, timeout: float,
                   idempotent: bool = False, correlation_id: Optional[str] = None) -> Any:
         """The reply payload; :class:`RemoteFailure` on a failure, :class:`AskTimeout`.
         A caller that may have to :meth:`fail` the request chooses its ``correlation_id``."""
+        if not self._running.is_set():
+            raise RemoteFailure(Failure("unavailable", "bridge closed"))
         if len(self._pending) >= self._max_pending:
             raise RemoteFailure(Failure("overloaded", "too many requests in flight"))
         request = Request(payload, correlation_id or new_correlation_id(),

@@ -304,6 +304,25 @@ class RestartChild:
 
 
 @dataclass(frozen=True)
+class Monitor:
+    """Ask a supervisor to answer when it exits (OTP's monitor): the answer is :class:`Down`,
+    sent just before the supervisor's process ends. One monitor per asker: a newer one
+    replaces the older. A supervisor killed outright answers nothing; pair it with a pid or
+    ping check."""
+
+
+@dataclass(frozen=True)
+class Down:
+    """A monitored supervisor is exiting. ``requested``: it was asked to stop (an ordered
+    shutdown); otherwise it gave up (restart intensity exceeded, children failed to start),
+    and ``reason`` says why."""
+
+    name: str
+    reason: str
+    requested: bool
+
+
+@dataclass(frozen=True)
 class AddChild:
     spec: Any  # actors.spec.ChildSpec; typed loosely to keep this module free of cycles
 

@@ -32,11 +32,13 @@ from actors.messages import (
     Ack,
     AddChild,
     ChildStatus,
+    Down,
     Exiting,
     Failure,
     Init,
     InitFailed,
     Located,
+    Monitor,
     RemoveChild,
     Reply,
     Request,
@@ -190,6 +192,8 @@ class Supervisor(BaseActor):
         self._status_pending: dict[str, _Gather] = {}  # by gather id, until answered
         self._delayed: dict[int, list[_Step]] = {}  # restart steps waiting out a backoff
         self._stop_waiters: list[tuple[Stop, ActorAddress]] = []
+        self._monitors: list[tuple[ActorAddress, Request]] = []  # answered Down on exit
+        self._down_reason, self._down_requested = "", False
         self._reported_end = 0.0  # monotonic end of the stop budget last reported (Stopping)
         self._shutting_down = False
         self._announced = False
@@ -227,6 +231,10 @@ class Supervisor(BaseActor):
             self._add_child(request, sender, payload.spec)
         elif isinstance(payload, RemoveChild):
             self._remove_child(request, sender, payload.name)
+        elif isinstance(payload, Monitor):
+            watcher = request.reply_to or sender  # addresses compare with ==, never hash
+            self._monitors = [(w, r) for w, r in self._monitors if w != watcher]
+            self._monitors.append((watcher, request))
         else:
             super().handle_request(request, sender)
 
@@ -554,6 +562,8 @@ class Supervisor(BaseActor):
     def _shut_down(self, reason: str) -> None:
         """Stop every child in reverse start order, then exit (ordered stop or escalation)."""
         escalating = not self._stop_waiters
+        if not self._down_reason:  # the first cause is the one monitors learn
+            self._down_reason, self._down_requested = reason, not escalating
         if escalating:
             log.error("%s: %s; stopping children and exiting", self.name, reason)
             # Whoever waits for Started learns why it never comes. After that only a
@@ -578,6 +588,9 @@ class Supervisor(BaseActor):
 
     def _exit_now(self) -> None:
         waiters, self._stop_waiters = self._stop_waiters, []
+        down = Down(self.name, self._down_reason, self._down_requested)
+        for watcher, request in self._monitors:
+            self.send(watcher, Reply(request.correlation_id, down))
         for stop, sender in waiters:
             self.send(sender, Stopped(stop.correlation_id, self.name))
         self.send(self.myAddress, ActorExitRequest())

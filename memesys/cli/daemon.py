@@ -23,12 +23,10 @@ from aiohttp import web  # noqa: E402
 import memesys.pipeline.lm  # noqa: E402,F401  (import dspy before forking: inherited by every actor)
 import memesys.render.image  # noqa: E402,F401
 from actors.bridge import Bridge, Directory  # noqa: E402
-from actors.messages import Ping, Reply  # noqa: E402
 from actors.spec import shutdown_budget  # noqa: E402
 from actors.system import (  # noqa: E402
     SystemConfig,
-    admin_running,
-    ask,
+    reap,
     session_id,
     shutdown,
     start_root,
@@ -36,15 +34,13 @@ from actors.system import (  # noqa: E402
 )
 from memesys.config import Config, ConfigError, load_layers  # noqa: E402
 from memesys.config.printing import render as render_config  # noqa: E402
+from memesys.cli.watchdog import SystemWatch  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
 from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402
 from memesys.tree.spec import root_spec  # noqa: E402
 
 log = logging.getLogger("memesys.cli.daemon")
-
-WATCHDOG_PERIOD_S = 2.0
-WATCHDOG_MISSES = 3
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -72,6 +68,7 @@ class Daemon:
         self.system_cfg = SystemConfig(system.admin_port, system.bind_host, system.log_level)
         self.stopping: Optional[asyncio.Event] = None
         self.exit_code = 0
+        self.tree_gone = False  # the watchdog found the tree gone: nothing to stop in order
 
     def start_actors(self) -> None:
         """Redis, then the actor system and the whole tree; raises if any part fails."""
@@ -97,49 +94,52 @@ class Daemon:
                         "shutdown budget of %.0f s: a slow drain may be cut short", bound, budget)
 
     def stop_actors(self) -> None:
-        root = getattr(self, "root", None)
-        shutdown(self.asys, self.system_cfg.admin_port, root,
-                 self.cfg.system.shutdown_timeout_s, self.sid)
+        if self.tree_gone and self.sid is not None:
+            # Nothing is left to stop in order, and a half-dead admin (or the logger it leaves
+            # holding its port) would make Thespian's own shutdown wait on it: kill what is left.
+            killed = reap(self.sid)
+            log.info("killed %d processes left of the actor system", killed)
+        else:
+            shutdown(self.asys, self.system_cfg.admin_port, getattr(self, "root", None),
+                     self.cfg.system.shutdown_timeout_s, self.sid)
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
 
     async def serve(self) -> None:
+        """Serve until SIGTERM/SIGINT (an ordered stop: in-flight requests finish) or until
+        the actor system can no longer serve (the watchdog: in-flight requests are answered
+        503 at once, then the daemon exits non-zero)."""
         self.stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         bridge = Bridge(self.asys)
         await bridge.start()
+        watch = SystemWatch(bridge, self.root, self.system_cfg.admin_port)
+        await watch.find_processes()
         gateway = Gateway(self.cfg.gateway, Directory(bridge, self.root))
-        runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=self.cfg.gateway.request_timeout_s)
         await runner.setup()
         host, port = self.cfg.gateway.host, self.cfg.gateway.port
         await web.TCPSite(runner, host, port, backlog=1024).start()
         print(f"memesys ready at http://{host}:{port}", flush=True)
-        watchdog = asyncio.create_task(self._watchdog())
-        await self.stopping.wait()
-        log.info("stopping")
-        watchdog.cancel()
-        await runner.cleanup()
-        await bridge.close()
-
-    async def _watchdog(self) -> None:
-        """The root supervisor is the application: if it is gone, the daemon stops (OTP)."""
-        misses = 0
-        with self.asys.private() as ctx:
-            while True:
-                await asyncio.sleep(WATCHDOG_PERIOD_S)
-                answer: Reply = await asyncio.to_thread(ask, ctx, self.root, Ping(), 1.0)
-                misses = 0 if answer.ok else misses + 1
-                if misses >= WATCHDOG_MISSES:
-                    external = not admin_running(self.system_cfg.admin_port)
-                    log.log(logging.WARNING if external else logging.ERROR,
-                            "the root supervisor is %s; stopping the daemon",
-                            "shut down (memesys-admin shutdown?)" if external
-                            else "not answering")
-                    self.exit_code = 0 if external else 1
-                    self.stopping.set()
-                    return
+        watching = asyncio.create_task(watch.watch())
+        signalled = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({watching, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if watching.done():
+            verdict = watching.result()
+            self.exit_code, self.tree_gone = verdict.status, True
+            log.log(logging.ERROR if verdict.status else logging.WARNING,
+                    "stopping the daemon: %s", verdict.reason)
+            await bridge.close(join_s=0.5)  # every request waiting on the tree fails now: 503
+            await runner.cleanup()
+        else:
+            log.info("stopping")
+            watching.cancel()
+            await runner.cleanup()  # in-flight requests finish
+            await bridge.close()
+        signalled.cancel()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
