@@ -102,9 +102,47 @@ def test_absurd_caption_raises() -> None:
         render_png("top_bottom", ["word " * 1000, ""], background_key="k")
 
 
-def test_single_unbreakable_word_too_wide_raises() -> None:
-    with pytest.raises(RenderError, match="too long"):
-        render_png("top_bottom", ["W" * 200, ""], background_key="k")
+KAPITAEN = "Donaudampfschifffahrtsgesellschaftskapitän".upper()
+
+
+def test_a_word_wider_than_the_slot_is_hyphenated_and_nothing_is_lost() -> None:
+    size, lines = fit_text(_load_font, KAPITAEN, 200, 160, max_size=80)
+    assert len(lines) > 1 and all(line.endswith("-") for line in lines[:-1])
+    assert "".join(line.removesuffix("-") for line in lines) == KAPITAEN
+    assert all(_load_font(size).getlength(line) <= 200 for line in lines)
+    render_png("top_bottom", ["W" * 200, ""], background_key="k")  # was "too long"
+
+
+def test_a_long_word_shares_its_first_line_and_keeps_the_words_around_it() -> None:
+    text = f"ME AND THE {KAPITAEN} AGAIN"
+    size, lines = fit_text(_load_font, text, 260, 400, max_size=40)
+    assert lines[0].startswith("ME AND")
+    joined = "".join(line if line.endswith("-") else line + " " for line in lines)
+    assert joined.replace("-", "").split() == text.split()
+
+
+def test_words_are_broken_only_when_that_makes_the_text_much_larger() -> None:
+    # Fits whole at a size close to the largest: no word is broken.
+    size, lines = fit_text(_load_font, "EXTRAORDINARY CLAIMS", 300, 200, max_size=40)
+    assert not any(line.endswith("-") for line in lines)
+    # Whole, it would need a tiny font: broken, it is at least _BREAK_GAIN times larger.
+    whole = fit_text(_load_font, KAPITAEN, 300, 300, max_size=12)[0]
+    broken, lines = fit_text(_load_font, KAPITAEN, 300, 300, max_size=80)
+    assert broken >= whole * render._BREAK_GAIN and len(lines) > 1
+
+
+def test_a_combining_mark_stays_with_its_letter() -> None:
+    word = "E\u0301" * 60
+    _, lines = fit_text(_load_font, word, 120, 400, max_size=30)
+    assert len(lines) > 1
+    assert not any(line.startswith("\u0301") for line in lines)
+    assert "".join(line.removesuffix("-") for line in lines) == word
+
+
+def test_a_small_image_shrinks_below_the_usual_minimum_rather_than_fail() -> None:
+    texts = ["W" * 70, "W" * 70, "W" * 70, "W" * 70]
+    img = _render("multi_panel", texts, width=256, height=256)
+    assert img.size == (256, 256)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

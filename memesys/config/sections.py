@@ -108,8 +108,10 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class RenderConfig:
-    width: int = bounded(64, 4096)
-    height: int = bounded(64, 4096)
+    # The renderer's range: every legal caption fits at 256 (tests/test_render_property.py);
+    # Pillow drawing is refused past 2048.
+    width: int = bounded(256, 2048)
+    height: int = bounded(256, 2048)
     font_path: str
     template_dir: str
     max_png_bytes: int = bounded(1024, 64 * 2**20)

@@ -4,8 +4,12 @@ No image assets ship with memesys, so every picture is drawn procedurally and
 seeded from ``background_key``: the same key always yields the same pixels,
 which keeps output reproducible (cacheable, testable) without any files.
 Captions use the classic meme look (upper-case, white fill, black outline)
-and are fitted to their slot by shrinking the font; text is never cut off,
-an unfittable caption raises :class:`RenderError` instead.
+and are fitted to their slot by shrinking the font; a word wider than the slot
+is broken with a hyphen (also when that keeps the text markedly larger than
+fitting it whole would). Text is never cut off: a caption that does not fit
+even broken at the smallest size raises :class:`RenderError`, which no caption
+the validator accepts (``domain.formats.slot_problem``) does at the default
+size (tests/test_render_property.py checks every format with Hypothesis).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import colorsys
 import functools
 import hashlib
 import io
+import math
 import os
 import random
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -29,6 +35,16 @@ __all__ = ["RenderError", "fit_text", "render_png"]
 
 _DEJAVU_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 _MIN_FONT = 12
+# Only for captions that do not fit at _MIN_FONT even broken (small configured images): the
+# smallest size tried before giving up. At render.width/height >= 256 no legal caption needs
+# less (tests/test_render_property.py).
+_FLOOR_FONT = 4
+# Break a word only when it cannot fit whole, or when breaking lets the caption be at least
+# this many times larger than fitting every word whole would (a 40-letter word in a narrow
+# label reads better as two hyphenated lines at 24 px than whole at 12 px).
+_BREAK_GAIN = 1.5
+_HYPHEN = "-"
+_MIN_PIECE = 3  # characters of a broken word kept on a line that already holds other words
 _MIN_DIM, _MAX_DIM = 64, 2048
 _HEIGHT_PROBE = "HQJgy"  # ascender-to-descender extent, so line pitch is text-independent
 
@@ -100,27 +116,50 @@ def fit_text(
     max_size: int,
     min_size: int = _MIN_FONT,
 ) -> tuple[int, list[str]]:
-    """Return the largest font size (and its word-wrapped lines) that fits the box.
+    """Return the largest font size (and its wrapped lines) that fits the box.
 
     Equivalent to "start at ``max_size`` and shrink until it fits", but uses a
     binary search so long captions cost ~log2(range) wrap attempts instead of
-    one per size. Words are never split or dropped: if even ``min_size``
-    cannot hold the text, RenderError is raised. Empty text yields no lines.
+    one per size. Words are wrapped whole when they can be; a word wider than
+    a line is broken with a hyphen, which is also chosen when it lets the text
+    be at least ``_BREAK_GAIN`` times larger. Nothing is ever dropped: if even
+    ``min_size`` with broken words cannot hold the text, RenderError is raised.
+    Empty text yields no lines.
     """
     words = text.split()
     if not words:
         return max_size, []
+    whole = _largest(font_for, words, box_w, box_h, min_size, max_size, breaking=False)
+    if whole is None or whole[0] * _BREAK_GAIN <= max_size:
+        floor = min_size if whole is None else max(min_size, math.ceil(whole[0] * _BREAK_GAIN))
+        broken = _largest(font_for, words, box_w, box_h, floor, max_size, breaking=True)
+        if broken is not None:
+            return broken
+    if whole is None:
+        raise RenderError("caption too long for slot")
+    return whole
+
+
+def _largest(
+    font_for: FontLoader,
+    words: list[str],
+    box_w: int,
+    box_h: int,
+    lo: int,
+    hi: int,
+    *,
+    breaking: bool,
+) -> tuple[int, list[str]] | None:
+    """The largest size in ``lo..hi`` whose wrap fits (binary search), or None."""
     best: tuple[int, list[str]] | None = None
-    lo, hi = min_size, max(min_size, max_size)
+    hi = max(lo, hi)
     while lo <= hi:
         mid = (lo + hi) // 2
-        lines = _wrap(font_for(mid), mid, words, box_w, box_h)
+        lines = _wrap(font_for(mid), mid, words, box_w, box_h, breaking=breaking)
         if lines is None:
             hi = mid - 1
         else:
             best, lo = (mid, lines), mid + 1
-    if best is None:
-        raise RenderError("caption too long for slot")
     return best
 
 
@@ -181,12 +220,24 @@ def _line_height(font: ImageFont.FreeTypeFont, size: int) -> int:
 
 
 def _wrap(
-    font: ImageFont.FreeTypeFont, size: int, words: list[str], box_w: int, box_h: int
+    font: ImageFont.FreeTypeFont,
+    size: int,
+    words: list[str],
+    box_w: int,
+    box_h: int,
+    *,
+    breaking: bool = False,
 ) -> list[str] | None:
-    """Greedy word wrap at one size; None as soon as it is clear the box overflows."""
+    """Greedy word wrap at one size; None as soon as it is clear the box overflows.
+
+    With ``breaking``, a word wider than the line is split across lines with a
+    hyphen (its first piece may share the line with the words before it).
+    """
     avail = box_w - 2 * _stroke_width(size)
     pitch = _line_height(font, size) + _line_gap(size)
     max_lines = (box_h + _line_gap(size)) // pitch
+    if max_lines < 1 or avail <= 0:
+        return None
     lines: list[str] = []
     current = ""
     for word in words:
@@ -196,12 +247,54 @@ def _wrap(
         elif current and font.getlength(word) <= avail:
             lines.append(current)
             current = word
-        else:
+        elif not breaking:
             return None
+        else:
+            pieces = _break_word(font, word, avail, f"{current} " if current else "")
+            if pieces is None:
+                return None
+            lines += pieces[:-1]
+            current = pieces[-1]
         if len(lines) >= max_lines:
             return None
     lines.append(current)
     return lines if len(lines) <= max_lines else None
+
+
+def _break_word(
+    font: ImageFont.FreeTypeFont, word: str, avail: float, lead: str
+) -> list[str] | None:
+    """``lead + word`` as lines no wider than ``avail``, the word split with hyphens; the last
+    line is left open for the words that follow. None if not even one character fits."""
+    lines: list[str] = []
+    line, rest = lead, word
+    while font.getlength(line + rest) > avail:
+        cut = _longest_piece(font, line, rest, avail)
+        if cut < (_MIN_PIECE if line else 1):
+            if not line:
+                return None
+            lines.append(line.rstrip())  # too little room after the lead: a fresh line
+            line = ""
+            continue
+        piece = rest[:cut]
+        lines.append(line + piece + ("" if piece.endswith(_HYPHEN) else _HYPHEN))
+        line, rest = "", rest[cut:]
+    return [*lines, line + rest]
+
+
+def _longest_piece(font: ImageFont.FreeTypeFont, line: str, rest: str, avail: float) -> int:
+    """The most characters of ``rest`` that fit after ``line`` with a hyphen (0: none), never
+    separating a character from the combining marks that follow it."""
+    lo, hi, best = 1, len(rest) - 1, 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if font.getlength(line + rest[:mid] + _HYPHEN) <= avail:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    while 0 < best < len(rest) and unicodedata.combining(rest[best]):
+        best -= 1
+    return best
 
 
 def _draw_caption(
@@ -209,7 +302,12 @@ def _draw_caption(
 ) -> None:
     """Fit and draw one upper-cased, outlined, horizontally centred caption."""
     x0, y0, x1, y1 = slot.box
-    size, lines = fit_text(font_for, text.upper(), x1 - x0, y1 - y0, max_size=max_size)
+    text = text.upper()
+    try:
+        size, lines = fit_text(font_for, text, x1 - x0, y1 - y0, max_size=max_size)
+    except RenderError:  # small text beats no meme
+        size, lines = fit_text(font_for, text, x1 - x0, y1 - y0, max_size=_MIN_FONT - 1,
+                               min_size=_FLOOR_FONT)
     if not lines:
         return
     font = font_for(size)
