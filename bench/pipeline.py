@@ -75,13 +75,7 @@ BENCH_ENV = {
 }
 # Overrides of the daemon's capacity defaults for this bench (name -> (value, why)); listed in
 # the report. Empty: the defaults do not limit throughput here (see bench/README.md).
-OVERRIDES: dict[str, tuple[str, str]] = {
-    "MEMESYS_WORKERS_MAX_IN_FLIGHT_PER_VERIFIER": (
-        "256", ("the default, 128 per verifier worker x 2 workers, holds the judging calls of "
-                "64 memes, and 100 clients need up to 400 at once (the first wave reaches "
-                "judging together): past the cap a call is refused, and the meme fails with "
-                "503 overloaded or verification_unavailable")),
-}
+OVERRIDES: dict[str, tuple[str, str]] = {}
 
 MACHINE = -1  # CpuMeter's key for the whole machine
 OTHERS = "other processes on the machine"

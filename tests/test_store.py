@@ -18,17 +18,28 @@ import psutil
 import pytest
 import redis
 
-from memesys.storage.connection import EmbeddedRedis, RedisTarget, connect, resolve
-from memesys.storage.memes import MemeStore, StoreError
+from memesys.storage.availability import Availability
+from memesys.storage.connection import (
+    EmbeddedRedis,
+    RedisTarget,
+    connect,
+    probe_client,
+    resolve,
+)
+from memesys.storage.memes import MemeStore, StoreDown, StoreError
 
 pytestmark = pytest.mark.store
 
 REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
-PNG = b"\x89PNG\r\n\x1a\n\x00\xffbinary"
+PNG = b"\x89PNG\r\n\x1a\n\x00\xffbinary" + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def meme(meme_id: str, created_at: float, **extra: object) -> dict:
-    return {"id": meme_id, "created_at": created_at, "topic": f"topic {meme_id}", **extra}
+    """The fields a stored meme must have (memesys.storage.records.MEME_FIELDS)."""
+    return {"id": meme_id, "created_at": created_at, "topic": f"topic {meme_id}",
+            "format": "drake", "top_text": "top", "bottom_text": "bottom",
+            "image_url": f"/v1/memes/{meme_id}/image.png", "scores": {"overall": 0.5},
+            "verification": {"verdicts": {}}, "provider": {"name": "offline"}, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +286,123 @@ def test_resolve_prefers_configured_url(tmp_path: Path) -> None:
         assert connect(target.url).ping()
     finally:
         owned.stop()
+
+
+# -- a dependency error is not a crash: fail fast while Redis is down, probe it back ----------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_availability_backs_off_between_probes_and_logs_each_transition(caplog) -> None:
+    clock, probes, answering = FakeClock(), [], [False]
+
+    def probe() -> None:
+        probes.append(clock.now)
+        if not answering[0]:
+            raise redis.ConnectionError("refused")
+
+    caplog.set_level("WARNING", logger="memesys.storage.availability")
+    a = Availability(probe, "test", initial_s=0.1, max_s=0.4, clock=clock)
+    assert a.check() and probes == []  # up: no probe at all
+    a.failed(redis.TimeoutError("Timeout reading from socket"))
+    assert not a.up and a.reason == "not answering in time"
+    with pytest.raises(StoreDown, match="not answering in time"):
+        a.require("reading meme m")
+    assert probes == []  # failing fast: nothing attempted before the probe is due
+    for step in (0.1, 0.2, 0.4, 0.4):  # doubling up to max_s
+        clock.now += step - 0.001
+        before = len(probes)
+        assert not a.check() and len(probes) == before  # not due yet
+        clock.now += 0.001
+        assert not a.check() and len(probes) == before + 1
+    assert a.reason == "unreachable"
+    answering[0] = True
+    clock.now += 0.4
+    assert a.check() and a.up and a.outages == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2  # down once, back once: not once per failed probe
+    assert "redis is down (not answering in time" in messages[0]
+    assert "redis is back after 1.5 s down" in messages[1]
+
+
+def test_a_store_fails_fast_while_redis_is_down_and_is_back_once_it_is(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    server = EmbeddedRedis(data_dir)
+    url = server.start().url
+    availability = Availability(probe_client(url).ping, initial_s=0.05, max_s=0.2)
+    store = MemeStore(connect(url), "p", availability)
+    store.save(meme("m", 1.0), PNG)
+    server.stop()
+    try:
+        with pytest.raises(StoreError) as first:
+            store.get("m")
+        assert not isinstance(first.value, StoreDown) and not availability.up
+        started = time.monotonic()
+        for _ in range(100):
+            with pytest.raises(StoreError):
+                store.get("m")
+        assert time.monotonic() - started < 1.0  # ~5 probes in all, not 100 connection attempts
+        assert store.ping() is False
+
+        server.start()  # the same socket, the same data
+        back = time.monotonic()
+        while store.ping() is False:
+            assert time.monotonic() - back < 1.0
+            time.sleep(0.01)
+        assert store.get("m") == meme("m", 1.0)
+    finally:
+        server.stop()
+
+
+def test_a_stopped_server_costs_one_timeout_then_fails_fast(tmp_path: Path) -> None:
+    server = EmbeddedRedis(str(tmp_path / "data"))
+    url = server.start().url
+    availability = Availability(probe_client(url).ping, initial_s=0.05, max_s=0.2)
+    store = MemeStore(connect(url, timeout_s=0.5), "p", availability)
+    store.save(meme("m", 1.0), PNG)
+    pid = server.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="not answering in time"):
+            store.get("m")
+        assert 0.4 < time.monotonic() - started < 2.0  # one socket timeout
+        started = time.monotonic()
+        with pytest.raises(StoreDown):
+            store.get("m")
+        assert time.monotonic() - started < 0.3  # at most one short probe
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    back = time.monotonic()
+    while store.ping() is False:
+        assert time.monotonic() - back < 1.0
+        time.sleep(0.01)
+    assert store.get("m") is not None
+    server.stop()
+
+
+def test_plan_fixes_the_socket_before_the_server_starts(tmp_path: Path) -> None:
+    planner = EmbeddedRedis(str(tmp_path / ("d" * 60) / ("e" * 60)))
+    target = planner.plan()
+    owner = EmbeddedRedis(str(planner.data_dir), socket_path=str(planner.socket_path))
+    try:
+        assert owner.start() == target
+        pid = owner.pid
+        os.kill(pid, signal.SIGKILL)
+        while owner.pid is not None:
+            time.sleep(0.01)
+        assert owner.exit_reason() == "killed by SIGKILL"
+        assert owner.start() == target  # restarted on the same socket
+        assert "had died" in owner.previous
+        assert connect(target.url).ping()
+    finally:
+        owner.stop()
+    assert planner.socket_path.parent.exists()  # kept for restarts until released
+    planner.release()
+    assert not planner.socket_path.parent.exists()

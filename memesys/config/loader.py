@@ -14,6 +14,7 @@ import tomllib
 from importlib import resources
 from typing import Any, Mapping
 
+from memesys.config.capacity import Capacities
 from memesys.config.sections import Config
 
 DEFAULTS = "default.toml"
@@ -115,7 +116,11 @@ class Layers:
                 raise ConfigError(f"{section}.{missing[0]}: no value (the packaged defaults "
                                   "lack it)")
             sections[section] = SECTION_TYPES[section](**self.values[section])
-        return Config(**sections)
+        config = Config(**sections)
+        problem = Capacities.of(config).problem()
+        if problem:
+            raise ConfigError(problem)
+        return config
 
 
 def default_text() -> str:

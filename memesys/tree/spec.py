@@ -18,6 +18,7 @@ from actors.pool import Pool
 from actors.spec import Backoff, ChildSpec, PoolArgs, Strategy, SupervisorArgs
 from actors.supervisor import Supervisor
 from memesys.config import Config
+from memesys.config.capacity import Capacities
 from memesys.tree.generator import GeneratorArgs, GeneratorWorker
 from memesys.tree.paths import (
     GENERATOR,
@@ -43,6 +44,8 @@ def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
     task_args = TaskArgs(redis_url, cfg.redis.key_prefix, tasks.ttl_s, tasks.timeout_s,
                          tasks.max_in_flight, LEDGER_NAME)
 
+    capacity = Capacities.of(cfg)
+
     def pool(name: str, worker: type, size: int, args: object, outstanding: int) -> ChildSpec:
         return ChildSpec(name, Pool, PoolArgs(
             worker, size, args, max_outstanding=outstanding,
@@ -51,17 +54,18 @@ def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
 
     children = (
         pool(STORE, StoreWorker, workers.store,
-             StoreArgs(redis_url, cfg.redis.key_prefix, cfg.redis.cache_ttl_s, tasks.ttl_s), 256),
+             StoreArgs(redis_url, cfg.redis.key_prefix, cfg.redis.cache_ttl_s, tasks.ttl_s),
+             capacity.store_per_sender),
         pool(RENDER, RenderWorker, workers.render,
              RenderArgs(render.width, render.height, render.font_path, render.max_png_bytes,
-                        render.template_dir), 256),
+                        render.template_dir), capacity.render_per_sender),
         pool(VERIFY, VerifierWorker, workers.verifiers,
-             VerifierArgs(cfg.llm, cfg.pipeline.stage_timeout_s,
-                          workers.max_in_flight_per_verifier, cfg.pipeline),
-             workers.max_in_flight_per_verifier),
+             VerifierArgs(cfg.llm, cfg.pipeline.stage_timeout_s, capacity.verify_per_worker,
+                          cfg.pipeline),
+             capacity.verify_per_sender),
         pool(GENERATOR, GeneratorWorker, workers.generators,
-             GeneratorArgs(cfg.llm, cfg.pipeline, workers.max_in_flight_per_worker),
-             workers.max_in_flight_per_worker),
+             GeneratorArgs(cfg.llm, cfg.pipeline, capacity.per_generator),
+             capacity.per_generator),
         ChildSpec(TASKS, Supervisor, SupervisorArgs((
             ChildSpec(LEDGER_NAME, TaskLedger, task_args),
             ChildSpec(RUNNER_NAME, TaskRunner, task_args, shutdown_s=sup.child_shutdown_s),

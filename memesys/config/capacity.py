@@ -1,0 +1,57 @@
+"""Every internal capacity, derived from one figure: the memes the tree holds at once.
+
+``memes = workers.generators × workers.max_in_flight_per_worker``. Each meme in flight holds
+at most one request on the store or the render pool at a time and
+``JUDGING_CALLS_PER_MEME`` on the verifier pool, so bounds derived from it can never refuse
+work the gateway admitted: the tree says ``overloaded`` only when something is wrong, and
+the gateway, which admits at most ``generation_slots`` generations at once and queues the
+rest, is the one place where load is shed.
+
+A pool's bound is enforced per sending process (each process counts its own requests on each
+worker) and a worker's own bound counts every sender, so a worker's bound covers the case
+where its siblings are restarting and it takes all the work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memesys.config.sections import Config
+
+# The three verifiers and the scorer run at once for every draft (pipeline.verification).
+JUDGING_CALLS_PER_MEME = 4
+
+
+@dataclass(frozen=True)
+class Capacities:
+    memes: int  # memes the generator pool holds at once
+    generation_slots: int  # synchronous generations the gateway runs at once (the rest wait)
+    per_generator: int  # requests one generator worker holds (the pool's bound per sender)
+    verify_per_sender: int  # judging calls one generator may have on one verifier worker
+    verify_per_worker: int  # judging calls one verifier worker holds from everyone
+    render_per_sender: int
+    store_per_sender: int
+
+    @classmethod
+    def of(cls, cfg: Config) -> Capacities:
+        workers = cfg.workers
+        per_generator = workers.max_in_flight_per_worker
+        memes = workers.generators * per_generator
+        return cls(
+            memes=memes,
+            generation_slots=memes - cfg.tasks.max_in_flight,
+            per_generator=per_generator,
+            verify_per_sender=JUDGING_CALLS_PER_MEME * per_generator,
+            verify_per_worker=JUDGING_CALLS_PER_MEME * memes,
+            render_per_sender=per_generator,
+            # the gateway's reads and the task group's records share the store with the memes
+            store_per_sender=max(per_generator, cfg.gateway.max_in_flight, cfg.tasks.max_in_flight),
+        )
+
+    def problem(self) -> str | None:
+        """Why these capacities cannot work (None when they can): the tree must have room for
+        the async tasks and at least one synchronous meme."""
+        if self.generation_slots >= 1:
+            return None
+        return (f"tasks.max_in_flight must be below workers.generators × "
+                f"workers.max_in_flight_per_worker = {self.memes} (synchronous memes need "
+                f"room too)")

@@ -1,0 +1,116 @@
+"""What a stored record must look like to be served: the checks behind the quarantine.
+
+Each check returns ``None`` for a good record or a short reason (never the record's content:
+reasons reach the log and the quarantine list). The store writes only records that pass, so a
+record that fails was corrupted behind its back (a partial restore, a person's edit, a bug in
+another version): it is quarantined, never served and never fatal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Optional
+
+from memesys.domain.ids import valid_id
+from memesys.domain.messages import GenerateMeme
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TRAILER = b"IEND\xaeB`\x82"
+
+# The fields every meme served from the store needs (the contract's, minus those added when it
+# is served: cached, trace_id, timings), and their JSON types.
+MEME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "topic": str, "format": str, "top_text": str, "bottom_text": str,
+    "image_url": str, "created_at": (int, float), "scores": dict, "verification": dict,
+    "provider": dict,
+}
+TASK_STATES = ("queued", "running", "succeeded", "failed")
+OPEN_STATES = ("queued", "running")
+TASK_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str, "status": str, "stage": str, "progress": (int, float),
+    "created_at": (int, float), "updated_at": (int, float),
+}
+_REQUEST_FIELDS = {f.name for f in dataclasses.fields(GenerateMeme)}
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _fields_problem(record: Any, fields: dict[str, type | tuple[type, ...]]) -> Optional[str]:
+    if not isinstance(record, dict):
+        return f"not a JSON object but a JSON {type(record).__name__}"
+    for name, kind in fields.items():
+        value = record.get(name)
+        if kind == (int, float):
+            if not _number(value):
+                return f"field {name!r} is missing or not a finite number"
+        elif not isinstance(value, kind):
+            return f"field {name!r} is missing or not a {kind.__name__}"
+    return None
+
+
+def parse_json(raw: bytes) -> tuple[Any, Optional[str]]:
+    """The decoded JSON and None, or None and why it does not decode."""
+    try:
+        return json.loads(raw), None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        return None, f"not valid JSON ({type(exc).__name__} at {getattr(exc, 'pos', '?')})"
+
+
+def meme_problem(meme_id: str, meme: Any) -> Optional[str]:
+    """Why ``meme`` (decoded) cannot be the record of ``meme_id``, or None."""
+    problem = _fields_problem(meme, MEME_FIELDS)
+    if problem is None and meme["id"] != meme_id:
+        problem = "its id is not the id it is stored under"
+    return problem
+
+
+def png_problem(png: bytes) -> Optional[str]:
+    """Why ``png`` is not a whole PNG file, or None (signature and IEND trailer)."""
+    if not png.startswith(PNG_SIGNATURE):
+        return "not a PNG (no PNG signature)"
+    if not png.endswith(PNG_TRAILER):
+        return "a truncated PNG (no IEND trailer)"
+    return None
+
+
+def cache_problem(raw: bytes) -> Optional[str]:
+    """Why a cache entry's value is not a meme id, or None."""
+    try:
+        meme_id = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return "not an ASCII meme id"
+    return None if valid_id(meme_id) else "not a valid meme id"
+
+
+def task_problem(task_id: str, task: Any) -> Optional[str]:
+    """Why ``task`` (decoded) cannot be the record of ``task_id``, or None. An open task must
+    carry a request the runner can make a meme from."""
+    problem = _fields_problem(task, TASK_FIELDS)
+    if problem is not None:
+        return problem
+    if task["id"] != task_id:
+        return "its id is not the id it is stored under"
+    if task["status"] not in TASK_STATES:
+        return "its status is not a task state"
+    request = task.get("request")
+    if task["status"] in OPEN_STATES or request is not None:
+        if not isinstance(request, dict) or not set(request) <= _REQUEST_FIELDS:
+            return "its request is missing or has unknown fields"
+        try:
+            order = GenerateMeme(**request)
+        except TypeError:
+            return "its request has no topic"
+        if not isinstance(order.topic, str) or not order.topic:
+            return "its request has no topic"
+    if "meme_id" in task and not valid_id(task["meme_id"]):
+        return "its meme_id is not a valid id"
+    error = task.get("error")
+    if error is not None and not (isinstance(error, dict)
+                                  and isinstance(error.get("code"), str)
+                                  and isinstance(error.get("message"), str)):
+        return "its error is not {code, message}"
+    return None
