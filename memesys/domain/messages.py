@@ -72,7 +72,22 @@ class CachedMeme:
 
 @dataclass(frozen=True)
 class StoreHealth:
-    pass
+    """Is the store up? Answered with a ``StoreState``."""
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """The store's answer to ``StoreHealth``: whether Redis is up as the store sees it (when it
+    is down, ``reason`` says how: "unreachable", "not answering in time", "loading its data"),
+    and the records quarantined so far, by kind (``(("meme", 2), ("task", 1))``). Truthy when
+    up."""
+
+    up: bool
+    reason: str = ""
+    quarantined: tuple[tuple[str, int], ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.up
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from memesys.domain.messages import (
     GetTask,
     ListMemes,
     StoreHealth,
+    StoreState,
     SubmitTask,
 )
 from memesys.errors import ErrorCode, translate
@@ -36,6 +37,7 @@ from memesys.http.validation import InvalidField, parse_generate, parse_page
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
 
 READY_TIMEOUT_S = 2.0
+METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
 STORE_TIMEOUT_S = 5.0
 JSON_TYPES = ("application/json",)
 
@@ -50,6 +52,14 @@ class Gateway:
         self.metrics.gauge("memesys_bridge_stale_replies_total",
                            "replies that arrived after their ask gave up",
                            lambda: directory.bridge.stale_replies)
+        # The store as last seen by /readyz or /metrics: up (1) or down (0, Redis unreachable
+        # or the store not answering), and the poison records it has quarantined so far.
+        self.store_up, self.quarantined = 1.0, 0
+        self.metrics.gauge("memesys_store_up", "1 while the store reaches Redis, 0 while down",
+                           lambda: self.store_up)
+        self.metrics.gauge("memesys_store_quarantined_total",
+                           "records quarantined because they did not parse or validate",
+                           lambda: self.quarantined)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes,
@@ -188,15 +198,29 @@ class Gateway:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _store_health(self, timeout: float) -> object:
+        """Ask the store how it is and remember it for the gauges; raises RemoteFailure."""
+        try:
+            state = await self.directory.ask(STORE, StoreHealth(), timeout)
+        except RemoteFailure:
+            self.store_up = 0.0
+            raise
+        self.store_up = 1.0 if state else 0.0
+        if isinstance(state, StoreState) and state.up:
+            self.quarantined = sum(n for _, n in state.quarantined)
+        return state
+
     async def readyz(self, request: web.Request) -> web.Response:
         checks: dict[str, str] = {}
         for name, ask in (
             ("actors", lambda: self.directory.bridge.ask(self.directory.root, Ping(),
                                                          READY_TIMEOUT_S)),
-            ("store", lambda: self.directory.ask(STORE, StoreHealth(), READY_TIMEOUT_S)),
+            ("store", lambda: self._store_health(READY_TIMEOUT_S)),
         ):
             try:
-                checks[name] = "ok" if await ask() else "failing"
+                answer = await ask()
+                checks[name] = ("ok" if answer else f"down: {answer.reason}"
+                                if isinstance(answer, StoreState) else "failing")
             except RemoteFailure as exc:
                 code, message = public_failure(exc.failure.code, exc.failure.message,
                                                f"readyz {name}")
@@ -206,6 +230,10 @@ class Gateway:
                                  status=200 if ready else 503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
+        try:
+            await self._store_health(METRICS_STORE_TIMEOUT_S)
+        except RemoteFailure:
+            pass  # shown as memesys_store_up 0
         return web.Response(text=self.metrics.render(), content_type="text/plain",
                             charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
 

@@ -37,6 +37,7 @@ from memesys.domain.messages import (
     RunScore,
     RunVerifier,
     SaveMeme,
+    StoreHealth,
 )
 from memesys.errors import ErrorCode
 from memesys.pipeline.decision import Refused, decide
@@ -174,11 +175,16 @@ class GeneratorWorker(AsyncActor):
             clock = now
 
         key = cache_key(request, self.handle_for("write"), self.program.hash)
+        # Fail fast while the store is down, before any LLM call: a meme that cannot be saved
+        # cannot be served by id or image_url, and its tokens would be spent for nothing. The
+        # cache lookup fails with store_error then; a fresh request asks the store's health.
         if not request.fresh:
             cached = await self._stage(STORE, CachedMeme(key))
             lap("cache")
             if cached is not None:
                 return {**cached, "cached": True, "trace_id": request.trace_id}
+        elif not await self._stage(STORE, StoreHealth()):
+            raise RequestFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
         result, judge_ms = await self._pipeline(request)
         lap("pipeline")
         timings.update(result.timings, **judge_ms)

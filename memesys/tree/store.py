@@ -1,13 +1,23 @@
 """The store workers: thin actors around :class:`memesys.storage.memes.MemeStore`.
 
-Each worker owns one synchronous Redis connection. A Redis error answers that request with a
-``store_error`` failure instead of crashing: the connection reconnects by itself, and a new
-process would not bring Redis back any sooner. A forged page cursor answers ``invalid_field``;
-any other exception is a server fault and crashes the worker (the client sees ``worker_lost``).
+Each worker owns one synchronous Redis connection. A dependency error is not a crash: a Redis
+error answers that request with a ``store_error`` failure, the worker marks Redis down and,
+until a probe (spaced by ``redis.retry_backoff_initial_s`` .. ``_max_s``) finds it back,
+answers ``store_error`` at once instead of waiting out a socket timeout per request
+(:mod:`memesys.storage.availability`); a new process would not bring Redis back any sooner.
+A poison record is quarantined by the store and treated as absent. A forged page cursor
+answers ``invalid_field``; any other exception is a server fault and crashes the worker (the
+client sees ``worker_lost``).
+
+``DeleteMeme`` is an erasure: the task that made the meme is scrubbed first (so a retried
+DELETE still scrubs it), then the meme, its PNG, its cache entries and any quarantined copy
+are deleted, and one audit line (ids and time, no content) goes to the ``memesys.audit`` log.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from actors.base import BaseActor, RequestFailed
@@ -21,10 +31,15 @@ from memesys.domain.messages import (
     MemePage,
     SaveMeme,
     StoreHealth,
+    StoreState,
 )
-from memesys.storage.connection import connect
+from memesys.storage.availability import Availability
+from memesys.storage.connection import connect, probe_client
 from memesys.storage.memes import MemeStore, StoreError
+from memesys.storage.quarantine import Quarantine
 from memesys.storage.tasks import TaskStore
+
+audit = logging.getLogger("memesys.audit")
 
 
 @dataclass(frozen=True)
@@ -33,14 +48,27 @@ class StoreArgs:
     key_prefix: str
     cache_ttl_s: int
     task_ttl_s: int
+    quarantine_ttl_s: int = 7 * 24 * 3600
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 0.5
+
+
+def availability_for(url: str, name: str, initial_s: float, max_s: float) -> Availability:
+    """The up/down view of Redis of one actor: probes on a short-timeout client of its own."""
+    probe = probe_client(url)
+    return Availability(probe.ping, name=name, initial_s=initial_s, max_s=max_s)
 
 
 class StoreWorker(BaseActor):
     def on_start(self, args: StoreArgs) -> None:
         self.args = args
         self.client = connect(args.redis_url)
-        self.store = MemeStore(self.client, args.key_prefix)
-        self.tasks = TaskStore(self.client, args.key_prefix, args.task_ttl_s)
+        self.availability = availability_for(args.redis_url, f"store {self.name}",
+                                             args.retry_initial_s, args.retry_max_s)
+        quarantine = Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s)
+        self.store = MemeStore(self.client, args.key_prefix, self.availability, quarantine)
+        self.tasks = TaskStore(self.client, args.key_prefix, args.task_ttl_s,
+                               self.availability, quarantine)
 
     def on_stop(self) -> None:
         self.client.close()
@@ -48,7 +76,7 @@ class StoreWorker(BaseActor):
     def handle(self, payload: Any) -> Any:
         try:
             return self._apply(payload)
-        except StoreError as exc:  # Redis failed (store_error), or a forged cursor
+        except StoreError as exc:  # Redis failed or is down (store_error), or a forged cursor
             raise RequestFailed(exc.code, str(exc)) from exc
 
     def _apply(self, payload: Any) -> Any:
@@ -65,7 +93,7 @@ class StoreWorker(BaseActor):
         if isinstance(payload, ListMemes):
             return MemePage(*store.list(payload.limit, payload.cursor))
         if isinstance(payload, DeleteMeme):
-            return store.delete(payload.meme_id)
+            return self._erase(payload.meme_id)
         if isinstance(payload, CachedMeme):
             meme_id = store.cache_get(payload.key)
             return store.get(meme_id) if meme_id else None
@@ -75,5 +103,23 @@ class StoreWorker(BaseActor):
                 task["meme"] = store.get(task["meme_id"])
             return task
         if isinstance(payload, StoreHealth):
-            return store.ping()
+            return self._health()
         return super().handle(payload)
+
+    def _erase(self, meme_id: str) -> bool:
+        task_id = self.tasks.scrub_meme(meme_id)
+        erased = self.store.delete(meme_id)
+        if erased or task_id:
+            at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            audit.warning("erasure: meme %s erased at %s%s", meme_id, at,
+                          f"; its task {task_id} scrubbed" if task_id else "")
+        return erased
+
+    def _health(self) -> StoreState:
+        if not self.store.ping():
+            return StoreState(False, self.availability.reason or "unreachable")
+        try:
+            counts = self.store.quarantined()
+        except StoreError:
+            return StoreState(False, self.availability.reason or "unreachable")
+        return StoreState(True, "", tuple(sorted(counts.items())))

@@ -6,6 +6,14 @@ answers the ledger, which records the outcome. The two share the lease of every 
 flight: if the runner dies its tasks' answers never come; if the ledger dies the runner's
 answers go nowhere. So the group is ``one_for_all``: both restart, and the new ledger takes
 every unfinished task back from Redis and hands it to the new runner.
+
+A Redis outage is not a crash of the ledger. A submission while Redis is down answers
+``store_error`` at once (never a 202 for a task that is not recorded). An outcome that cannot
+be written is kept in memory (``unsaved``) with the leases; the ledger probes Redis with
+backoff (``redis.retry_backoff_initial_s`` .. ``_max_s``) and, once it is back, writes what it
+kept, then leases every open task it does not hold. A task whose meme failed only because the
+store was down goes back to the queue (at most ``MAX_STORE_REQUEUES`` times). A corrupt task
+record is quarantined and failed by the store (:mod:`memesys.storage.tasks`), never fatal.
 """
 from __future__ import annotations
 
@@ -26,12 +34,16 @@ from memesys.domain.messages import GenerateMeme, RunnerReady, RunTask, SubmitTa
 from memesys.errors import ErrorCode, translate
 from memesys.storage.connection import connect
 from memesys.storage.memes import StoreError
+from memesys.storage.quarantine import Quarantine
 from memesys.storage.tasks import TaskStore
 from memesys.tree.paths import GENERATOR
+from memesys.tree.store import availability_for
 
 log = logging.getLogger("memesys.tree.tasks")
 
 RETRY_S = 1.0
+MAX_STORE_REQUEUES = 5  # a task that failed on store_error this often fails for good
+_FLUSH = "flush"  # wakeup payload: probe Redis, write what was kept, lease the open tasks
 
 
 @dataclass(frozen=True)
@@ -42,15 +54,25 @@ class TaskArgs:
     timeout_s: float
     max_in_flight: int
     ledger: str  # the ledger's name next to the runner, under the same supervisor
+    quarantine_ttl_s: int = 7 * 24 * 3600
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 0.5
 
 
 class TaskLedger(BaseActor):
     def on_start(self, args: TaskArgs) -> None:
         client = connect(args.redis_url)
         self.client = client
-        self.tasks = TaskStore(client, args.key_prefix, args.ttl_s)
+        self.availability = availability_for(args.redis_url, "task ledger",
+                                             args.retry_initial_s, args.retry_max_s)
+        self.tasks = TaskStore(client, args.key_prefix, args.ttl_s, self.availability,
+                               Quarantine(client, args.key_prefix, args.quarantine_ttl_s))
         self.runner: ActorAddress | None = None
-        self.leases: dict[str, str] = {}  # correlation id of a RunTask -> task id
+        self.leases: dict[str, dict] = {}  # correlation id of a RunTask -> the task leased
+        # Outcomes not yet written because Redis was down, by task id (the latest wins).
+        self.unsaved: dict[str, dict] = {}
+        self.resync = False  # lease the open tasks from Redis once it answers
+        self.flush_armed = False
 
     def on_stop(self) -> None:
         self.client.close()
@@ -59,56 +81,124 @@ class TaskLedger(BaseActor):
         if isinstance(payload, SubmitTask):
             try:
                 return self._submit(payload.order)
-            except StoreError as exc:
+            except StoreError as exc:  # down: 503 store_error now, never a 202 not recorded
                 raise RequestFailed(exc.code, str(exc)) from exc
         return super().handle(payload)
 
     def _submit(self, order: GenerateMeme) -> str:
         now = time.time()
         task = {"id": new_id(), "status": "queued", "stage": "queued", "progress": 0.0,
-                "request": dataclasses.asdict(order), "created_at": now}
-        self.tasks.put(task)
+                "request": dataclasses.asdict(order), "created_at": now, "updated_at": now}
+        self.tasks.put(task)  # durably recorded: from here on the 202 holds
         self._lease(task)
         return task["id"]
 
+    def _leased(self) -> set[str]:
+        return {task["id"] for task in self.leases.values()}
+
     def _lease(self, task: dict) -> None:
-        """Lease the task to the runner; without a runner yet it stays queued in Redis."""
-        if self.runner is None:
+        """Lease the task to the runner; without a runner, or while Redis is down, it stays
+        queued in Redis and is leased when both are back."""
+        if self.runner is None or task["id"] in self._leased():
+            return
+        running = {**task, "status": "running", "stage": "generating", "progress": 0.5}
+        try:
+            if not self.tasks.put_if_open(running):
+                return  # finished meanwhile (or quarantined and failed)
+        except StoreError as exc:
+            self._store_failed(exc)
             return
         cid = new_correlation_id()
-        self.leases[cid] = task["id"]
-        self.tasks.put({**task, "status": "running", "stage": "generating", "progress": 0.5})
+        self.leases[cid] = running
         self.send(self.runner, Request(RunTask(task["id"], GenerateMeme(**task["request"])), cid))
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, RunnerReady):
             self.runner = sender
-            for task in self.tasks.open_tasks():
-                self._lease(task)
+            self.resync = True
+            self._flush()
         elif isinstance(msg, Reply) and msg.correlation_id in self.leases:
             self._finish(self.leases.pop(msg.correlation_id), msg)
+        elif isinstance(msg, WakeupMessage) and msg.payload == _FLUSH:
+            self.flush_armed = False
+            self._flush()
         elif isinstance(msg, WakeupMessage) and isinstance(msg.payload, str):
-            task = self.tasks.get(msg.payload)
-            if task is not None and task["status"] == "queued":
-                self._lease(task)
+            self._retry(msg.payload)
         else:
             super().receive_other(msg, sender)
 
-    def _finish(self, task_id: str, reply: Reply) -> None:
-        task = self.tasks.get(task_id)
-        if task is None:
-            return  # expired meanwhile
+    def _retry(self, task_id: str) -> None:
+        """A requeued task's wait is over: lease it if it is still queued."""
+        if task_id in self._leased() or task_id in self.unsaved:
+            return
+        try:
+            task = self.tasks.get(task_id)
+        except StoreError as exc:
+            self._store_failed(exc)  # the resync after the outage leases it
+            return
+        if task is not None and task["status"] == "queued":
+            self._lease(task)
+
+    def _finish(self, task: dict, reply: Reply) -> None:
+        task_id = task["id"]
+        code = None if reply.ok else translate(reply.error.code)
+        requeues = task.get("store_requeues", 0)
         if reply.ok:
-            self.tasks.put({**task, "status": "succeeded", "stage": "done", "progress": 1.0,
-                            "meme_id": reply.payload["id"]})
-        elif translate(reply.error.code) is ErrorCode.OVERLOADED:
-            self.tasks.put({**task, "status": "queued", "stage": "queued", "progress": 0.0})
+            outcome = {**task, "status": "succeeded", "stage": "done", "progress": 1.0,
+                       "meme_id": reply.payload["id"]}
+        elif code is ErrorCode.OVERLOADED or (code is ErrorCode.STORE_ERROR
+                                              and requeues < MAX_STORE_REQUEUES):
+            # Not the task's fault: back to the queue, tried again after a pause.
+            outcome = {**task, "status": "queued", "stage": "queued", "progress": 0.0}
+            if code is ErrorCode.STORE_ERROR:
+                outcome["store_requeues"] = requeues + 1
             self.wakeupAfter(RETRY_S, payload=task_id)
         else:
             log.warning("task %s failed: %s", task_id, reply.error)
-            self.tasks.put({**task, "status": "failed", "stage": "done", "progress": 1.0,
-                            "error": {"code": reply.error.code,
-                                      "message": reply.error.message}})
+            outcome = {**task, "status": "failed", "stage": "done", "progress": 1.0,
+                       "error": {"code": reply.error.code, "message": reply.error.message}}
+        self._record(outcome)
+
+    def _record(self, outcome: dict) -> None:
+        """Write an outcome; while Redis is down keep it, to be written once it is back."""
+        if self.unsaved:  # keep the order: older outcomes first
+            self.unsaved[outcome["id"]] = outcome
+            self._arm_flush()
+            return
+        try:
+            self.tasks.put_if_open(outcome)
+        except StoreError as exc:
+            self.unsaved[outcome["id"]] = outcome
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Redis could not be used: remember to resync, and probe it again after backoff."""
+        if not self.resync:
+            log.warning("task ledger: %s; keeping %d outcome(s) and %d lease(s), retrying "
+                        "with backoff", exc, len(self.unsaved), len(self.leases))
+        self.resync = True
+        self._arm_flush()
+
+    def _arm_flush(self) -> None:
+        if not self.flush_armed:
+            self.flush_armed = True
+            self.wakeupAfter(max(0.01, self.availability.next_probe_in()), payload=_FLUSH)
+
+    def _flush(self) -> None:
+        """Write the outcomes kept during an outage, then lease the open tasks not held."""
+        try:
+            while self.unsaved:
+                task_id = next(iter(self.unsaved))
+                self.tasks.put_if_open(self.unsaved[task_id])
+                del self.unsaved[task_id]
+            if self.resync:
+                self.resync = False  # a lease that fails below sets it again
+                leased = self._leased()
+                for task in self.tasks.open_tasks():
+                    if task["id"] not in leased:
+                        self._lease(task)
+        except StoreError as exc:
+            self._store_failed(exc)
 
 
 class TaskRunner(AsyncActor):
