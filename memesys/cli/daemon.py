@@ -32,12 +32,12 @@ from actors.system import (  # noqa: E402
     start_root,
     start_system,
 )
+from memesys.cli.watchdog import SystemWatch  # noqa: E402
 from memesys.config import Config, ConfigError, load_layers  # noqa: E402
 from memesys.config.printing import render as render_config  # noqa: E402
-from memesys.cli.watchdog import SystemWatch  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
 from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402
-from memesys.storage.connection import resolve  # noqa: E402
+from memesys.tree.redis_server import plan as plan_redis  # noqa: E402
 from memesys.tree.spec import root_spec  # noqa: E402
 
 log = logging.getLogger("memesys.cli.daemon")
@@ -74,13 +74,15 @@ class Daemon:
         """Redis, then the actor system and the whole tree; raises if any part fails."""
         data_dir = Path(self.cfg.system.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis_target, self.embedded_redis = resolve(self.cfg.redis.url,
-                                                         str(data_dir / "redis"))
+        # The URL is fixed before the tree starts; the embedded server (if no REDIS_URL) is
+        # started by the tree's first child, which restarts it if it dies.
+        self.redis_url, self.embedded_redis, redis_server = plan_redis(
+            self.cfg.redis.url, str(data_dir / "redis"), self.cfg.redis.hang_timeout_s)
         started = time.perf_counter()
         self.asys = start_system(self.system_cfg)
         self.sid = session_id(self.system_cfg.admin_port)
         try:
-            spec = root_spec(self.cfg, self.redis_target.url)
+            spec = root_spec(self.cfg, self.redis_url, redis_server)
             self.root = start_root(self.asys, spec, self.system_cfg.admin_port,
                                    self.cfg.system.ready_timeout_s)
         except Exception:
@@ -102,8 +104,9 @@ class Daemon:
         else:
             shutdown(self.asys, self.system_cfg.admin_port, getattr(self, "root", None),
                      self.cfg.system.shutdown_timeout_s, self.sid)
-        if self.embedded_redis is not None:
-            self.embedded_redis.stop()
+        if self.embedded_redis is not None:  # its owner stopped it, unless it was killed
+            self.embedded_redis.stop_stale()
+            self.embedded_redis.release()
 
     async def serve(self) -> None:
         """Serve until SIGTERM/SIGINT (an ordered stop: in-flight requests finish) or until

@@ -90,6 +90,12 @@ class RedisConfig:
     url: str = secret()  # a URL may carry a password
     key_prefix: str
     cache_ttl_s: int = bounded(1, None)
+    restart_backoff_initial_s: float = bounded(0, 60)
+    restart_backoff_max_s: float = bounded(0, 600)
+    hang_timeout_s: float = bounded(0, 3600)
+    retry_backoff_initial_s: float = bounded(0.001, 10)
+    retry_backoff_max_s: float = bounded(0.001, 60)
+    quarantine_ttl_s: int = bounded(1, None)
 
 
 @dataclass(frozen=True)

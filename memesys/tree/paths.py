@@ -6,6 +6,8 @@ holds it to that).
 """
 
 ROOT = "memesys"  # the root supervisor's global name
+REDIS = "redis"  # the embedded redis-server's supervisor (absent with a configured REDIS_URL)
+REDIS_SERVER_NAME = "server"
 STORE = "store"
 RENDER = "render"
 VERIFY = "verify"

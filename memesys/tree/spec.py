@@ -1,6 +1,8 @@
 """The supervision tree of the daemon, built from the configuration.
 
     memesys            rest_for_one  a child restarts after what it depends on: when the store
+    ├── redis          one_for_one   the embedded redis-server's owner, restarted with backoff
+    │   └── server                   when the server dies (only when the daemon owns Redis)
     ├── store          pool          pool restarts, everything after it restarts and resolves
     ├── render         pool          fresh addresses; a generator crash touches nothing before it
     ├── verify         pool          the three verifiers and the scorer, many calls at once
@@ -23,6 +25,8 @@ from memesys.tree.generator import GeneratorArgs, GeneratorWorker
 from memesys.tree.paths import (
     GENERATOR,
     LEDGER_NAME,
+    REDIS,
+    REDIS_SERVER_NAME,
     RENDER,
     ROOT,
     RUNNER_NAME,
@@ -30,19 +34,42 @@ from memesys.tree.paths import (
     TASKS,
     VERIFY,
 )
+from memesys.tree.redis_server import RedisServer, RedisServerArgs
 from memesys.tree.renderer import RenderArgs, RenderWorker
 from memesys.tree.store import StoreArgs, StoreWorker
 from memesys.tree.tasks import TaskArgs, TaskLedger, TaskRunner
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
 
 
-def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
+# An ordered stop of the embedded server is SHUTDOWN SAVE (EmbeddedRedis.stop waits up to 10 s).
+REDIS_SHUTDOWN_S = 15.0
+
+
+def redis_spec(cfg: Config, server: RedisServerArgs) -> ChildSpec:
+    """The embedded redis-server's owner under a one_for_one supervisor of its own: its
+    restarts (with the redis.restart_backoff_* backoff) touch nothing else in the tree, whose
+    Redis users ride the outage out; only if it keeps failing past the intensity does the
+    root's rest_for_one restart everything."""
+    sup, redis = cfg.supervision, cfg.redis
+    backoff = Backoff(redis.restart_backoff_initial_s, redis.restart_backoff_max_s,
+                      sup.backoff_jitter)
+    return ChildSpec(REDIS, Supervisor, SupervisorArgs(
+        (ChildSpec(REDIS_SERVER_NAME, RedisServer, server, shutdown_s=REDIS_SHUTDOWN_S),),
+        Strategy.ONE_FOR_ONE, sup.max_restarts, sup.period_s, backoff))
+
+
+def root_spec(cfg: Config, redis_url: str,
+              redis_server: RedisServerArgs | None = None) -> ChildSpec:
+    """The whole tree; ``redis_server``: the embedded server the tree owns (None with a
+    configured REDIS_URL)."""
     sup, workers, render = cfg.supervision, cfg.workers, cfg.render
     backoff = Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_jitter)
 
     tasks = cfg.tasks
+    redis = cfg.redis
     task_args = TaskArgs(redis_url, cfg.redis.key_prefix, tasks.ttl_s, tasks.timeout_s,
-                         tasks.max_in_flight, LEDGER_NAME)
+                         tasks.max_in_flight, LEDGER_NAME, redis.quarantine_ttl_s,
+                         redis.retry_backoff_initial_s, redis.retry_backoff_max_s)
 
     capacity = Capacities.of(cfg)
 
@@ -54,8 +81,9 @@ def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
 
     children = (
         pool(STORE, StoreWorker, workers.store,
-             StoreArgs(redis_url, cfg.redis.key_prefix, cfg.redis.cache_ttl_s, tasks.ttl_s),
-             capacity.store_per_sender),
+             StoreArgs(redis_url, cfg.redis.key_prefix, cfg.redis.cache_ttl_s, tasks.ttl_s,
+                       redis.quarantine_ttl_s, redis.retry_backoff_initial_s,
+                       redis.retry_backoff_max_s), capacity.store_per_sender),
         pool(RENDER, RenderWorker, workers.render,
              RenderArgs(render.width, render.height, render.font_path, render.max_png_bytes,
                         render.template_dir), capacity.render_per_sender),
@@ -71,5 +99,7 @@ def root_spec(cfg: Config, redis_url: str) -> ChildSpec:
             ChildSpec(RUNNER_NAME, TaskRunner, task_args, shutdown_s=sup.child_shutdown_s),
         ), Strategy.ONE_FOR_ALL, sup.max_restarts, sup.period_s, backoff)),
     )
+    if redis_server is not None:  # first: everything after it depends on it
+        children = (redis_spec(cfg, redis_server),) + children
     return ChildSpec(ROOT, Supervisor, SupervisorArgs(
         children, Strategy.REST_FOR_ONE, sup.max_restarts, sup.period_s, backoff))
