@@ -1,0 +1,335 @@
+"""Poison data is quarantined, never fatal (issue 7, item 3).
+
+Store level: every kind of record the daemon writes (meme record, PNG, cache entry, task
+record), corrupted behind the store's back, is moved aside under ``{p}:quarantine:{kind}:{id}``
+with an entry (kind, id, reason, time; no content) on ``{p}:quarantine`` and a count per kind,
+logged once, and treated as absent. Daemon level: one corrupt record of every kind → the
+daemon stays ready, listings answer 200, a corrupt cache entry is regenerated, corrupt tasks
+read as failed with a clear error, the ledger does not crash-loop, and the records are in
+quarantine.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from memesys.storage.connection import EmbeddedRedis, connect
+from memesys.storage.memes import MemeStore
+from memesys.storage.quarantine import Quarantine, fingerprint
+from memesys.storage.tasks import CORRUPT_TASK_MESSAGE, TaskStore
+from tests.daemon_process import DaemonProcess
+from tests.test_store import PNG, meme
+
+pytestmark = pytest.mark.store
+
+REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
+QLOG = "memesys.storage.quarantine"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    if REAL_URL:
+        c = connect(REAL_URL)
+        yield c
+        c.close()
+        return
+    server = EmbeddedRedis(str(tmp_path_factory.mktemp("redis")))
+    c = connect(server.start().url)
+    yield c
+    c.close()
+    server.stop()
+
+
+@pytest.fixture
+def prefix(client: redis.Redis) -> Iterator[str]:
+    p = f"memesys-test-{uuid.uuid4().hex}"
+    yield p
+    keys = list(client.scan_iter(match=f"{p}:*", count=500))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture
+def store(client: redis.Redis, prefix: str) -> MemeStore:
+    return MemeStore(client, prefix)
+
+
+@pytest.fixture
+def tasks(client: redis.Redis, prefix: str) -> TaskStore:
+    return TaskStore(client, prefix, ttl_s=600)
+
+
+def entries(client: redis.Redis, prefix: str) -> list[dict]:
+    return Quarantine(client, prefix).entries()
+
+
+def quarantine_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == QLOG]
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b"{}", "field 'id'"),
+    (json.dumps(meme("other", 1.0)).encode(), "its id"),
+    (json.dumps({**meme("bad", 1.0), "top_text": 7}).encode(), "field 'top_text'"),
+    (json.dumps({**meme("bad", 1.0), "created_at": "yesterday"}).encode(), "field 'created_at'"),
+])
+def test_a_corrupt_meme_record_is_quarantined_and_skipped(store, client, prefix, caplog,
+                                                          raw, reason) -> None:
+    caplog.set_level(logging.WARNING, logger=QLOG)
+    store.save(meme("good", 1.0), PNG)
+    store.save(meme("bad", 2.0), PNG)
+    client.set(f"{prefix}:meme:bad", raw)
+
+    page, _ = store.list()
+    assert [m["id"] for m in page] == ["good"]  # the good record; the bad one skipped
+    assert store.get("bad") is None
+    assert store.list()[0] == page  # and gone from the index: not met again
+    assert client.zscore(f"{prefix}:memes", "bad") is None
+    assert client.get(f"{prefix}:quarantine:meme:bad") == raw  # moved aside, as it was
+    assert 0 < client.ttl(f"{prefix}:quarantine:meme:bad") <= 7 * 24 * 3600
+    [entry] = entries(client, prefix)
+    assert entry["kind"] == "meme" and entry["id"] == "bad" and reason in entry["reason"]
+    assert entry["key"] == f"{prefix}:meme:bad" and time.time() - entry["at"] < 60
+    assert store.quarantined() == {"meme": 1}
+    assert len(quarantine_logs(caplog)) == 1  # logged once, though met twice
+
+
+def test_a_meme_key_of_the_wrong_type_is_quarantined(store, client, prefix) -> None:
+    store.save(meme("m", 1.0), PNG)
+    client.delete(f"{prefix}:meme:m")
+    client.rpush(f"{prefix}:meme:m", "a", "b")
+    assert store.get("m") is None
+    assert client.type(f"{prefix}:quarantine:meme:m") == b"list"
+    assert entries(client, prefix)[0]["reason"] == "not a string key"
+
+
+@pytest.mark.parametrize("png", [b"GIF89a....", PNG[:-4], b""])
+def test_a_corrupt_png_is_quarantined_and_not_served(store, client, prefix, png) -> None:
+    store.save(meme("m", 1.0), PNG)
+    client.set(f"{prefix}:png:m", png)
+    assert store.get_png("m") is None
+    assert client.get(f"{prefix}:quarantine:png:m") == png
+    assert store.get("m") is not None  # the record itself is fine
+    assert store.quarantined() == {"png": 1}
+
+
+@pytest.mark.parametrize("raw", [b"../../etc", b"\xff\xfe", b"", b"x" * 100])
+def test_a_corrupt_cache_entry_is_a_miss_then_replaced(store, client, prefix, raw) -> None:
+    store.save(meme("m", 1.0), PNG)
+    store.cache_put("topic", "m", 60)
+    [cache_key] = [k for k in client.scan_iter(match=f"{prefix}:cache:*")]
+    client.set(cache_key, raw)
+    assert store.cache_get("topic") is None  # a miss: the meme is made again
+    assert store.quarantined() == {"cache": 1}
+    store.save(meme("n", 2.0), PNG)
+    store.cache_put("topic", "n", 60)  # regenerated: the entry works again
+    assert store.cache_get("topic") == "n"
+
+
+def test_a_cache_entry_of_a_corrupt_meme_is_a_miss(store, client, prefix) -> None:
+    store.save(meme("m", 1.0), PNG)
+    store.cache_put("topic", "m", 60)
+    client.set(f"{prefix}:meme:m", b"\x00garbage")
+    meme_id = store.cache_get("topic")  # the entry itself is fine ...
+    assert meme_id == "m" and store.get(meme_id) is None  # ... its meme is quarantined
+    assert store.cache_get("topic") is None  # and from then on it is a miss
+
+
+def test_a_corrupt_open_task_is_failed_and_leaves_the_open_set(tasks, client, prefix,
+                                                                caplog) -> None:
+    caplog.set_level(logging.WARNING, logger=QLOG)
+    now = time.time()
+    good = {"id": "good", "status": "queued", "stage": "queued", "progress": 0.0,
+            "request": {"topic": "x"}, "created_at": now, "updated_at": now}
+    tasks.put(good)
+    tasks.put({**good, "id": "bad"})
+    client.set(f"{prefix}:task:bad", b'{"id": "bad", "status": "queu')
+
+    assert [t["id"] for t in tasks.open_tasks()] == ["good"]
+    assert client.smembers(f"{prefix}:tasks:open") == {b"good"}
+    failed = tasks.get("bad")
+    assert failed["status"] == "failed" and failed["progress"] == 1.0
+    assert failed["error"] == {"code": "internal", "message": CORRUPT_TASK_MESSAGE}
+    assert 0 < client.ttl(f"{prefix}:task:bad") <= 600  # the failed record keeps the TTL
+    assert client.get(f"{prefix}:quarantine:task:bad") == b'{"id": "bad", "status": "queu'
+    assert tasks.open_tasks()[0]["id"] == "good"
+    assert len(quarantine_logs(caplog)) == 1
+
+
+@pytest.mark.parametrize("record", [
+    {"status": "running", "request": {"topic": "x", "colour": "red"}},  # unknown field
+    {"status": "queued", "request": {"format": "drake"}},  # no topic
+    {"status": "queued", "request": None},
+    {"status": "nonsense"},
+    {"status": "succeeded", "meme_id": "../x"},
+    {"status": "failed", "error": "boom"},
+    {"progress": None},
+])
+def test_a_task_that_does_not_validate_is_failed(tasks, client, prefix, record) -> None:
+    now = time.time()
+    base = {"id": "t", "status": "queued", "stage": "queued", "progress": 0.0,
+            "request": {"topic": "x"}, "created_at": now, "updated_at": now}
+    client.set(f"{prefix}:task:t", json.dumps({**base, **record}))
+    client.sadd(f"{prefix}:tasks:open", "t")
+    assert tasks.open_tasks() == []
+    assert tasks.get("t")["status"] == "failed"
+
+
+def test_a_finished_task_is_final(tasks) -> None:
+    now = time.time()
+    task = {"id": "t", "status": "running", "stage": "generating", "progress": 0.5,
+            "request": {"topic": "x"}, "created_at": now, "updated_at": now}
+    tasks.put(task)
+    assert tasks.put_if_open({**task, "status": "failed", "stage": "done", "progress": 1.0,
+                              "error": {"code": "timeout", "message": "late"}})
+    # A late answer (a duplicate, or after the record was quarantined) changes nothing.
+    assert not tasks.put_if_open({**task, "status": "succeeded", "meme_id": "m"})
+    assert tasks.get("t")["status"] == "failed"
+    assert not tasks.put_if_open({**task, "id": "missing"})
+
+
+def test_a_record_is_moved_once_and_only_while_it_is_the_corrupt_one(client, prefix,
+                                                                      caplog) -> None:
+    caplog.set_level(logging.WARNING, logger=QLOG)
+    q = Quarantine(client, prefix)
+    key = f"{prefix}:meme:m"
+    client.set(key, b"corrupt")
+    print_ = fingerprint(b"corrupt")
+    assert q.move("meme", "m", key, print_, "reason") is True
+    assert q.move("meme", "m", key, print_, "reason") is False  # another process was first
+    client.set(key, b"rewritten meanwhile")
+    assert q.move("meme", "m", key, print_, "reason") is False  # not the value we judged
+    assert client.get(key) == b"rewritten meanwhile"
+    assert q.counts() == {"meme": 1} and len(q.entries()) == 1
+    assert len(quarantine_logs(caplog)) == 1
+
+
+def test_quarantine_entries_hold_no_content(store, client, prefix) -> None:
+    secret_topic = "my very private topic"
+    store.save(meme("m", 1.0, topic=secret_topic), PNG)
+    client.set(f"{prefix}:meme:m", json.dumps({"topic": secret_topic}))
+    assert store.get("m") is None
+    assert secret_topic not in json.dumps(entries(client, prefix))
+
+
+def test_erasure_deletes_quarantined_copies(store, client, prefix) -> None:
+    store.save(meme("m", 1.0), PNG)
+    client.set(f"{prefix}:meme:m", b"corrupt")
+    client.set(f"{prefix}:png:m", b"corrupt png")
+    assert store.get("m") is None and store.get_png("m") is None
+    assert store.delete("m") is True
+    assert not client.exists(f"{prefix}:quarantine:meme:m", f"{prefix}:quarantine:png:m")
+    assert store.delete("m") is False
+
+
+def test_the_store_never_writes_what_it_would_quarantine(store) -> None:
+    with pytest.raises(ValueError, match="top_text"):
+        store.save({**meme("m", 1.0), "top_text": None}, PNG)
+    with pytest.raises(ValueError, match="PNG"):
+        store.save(meme("m", 1.0), b"not a png")
+    with pytest.raises(ValueError, match="image_url"):
+        store.save({**meme("m", 1.0), "image_url": 3}, PNG)
+
+
+# -- the daemon -----------------------------------------------------------------------------
+
+
+def daemon_redis(daemon: DaemonProcess) -> redis.Redis:
+    """A client of the daemon's own Redis (its embedded server, or the configured one)."""
+    url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
+    return connect(url)
+
+
+def wait_task(daemon: DaemonProcess, task_id: str, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, task = daemon.json("GET", f"/v1/tasks/{task_id}")
+        assert status == 200, task
+        if task["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            return task
+        time.sleep(0.05)
+
+
+def restarts(tree: dict) -> dict[str, int]:
+    """Every node's restarts by path."""
+    out: dict[str, int] = {}
+
+    def walk(node: dict, path: str) -> None:
+        for child in node.get("children", []):
+            name = f"{path}/{child['name']}" if path else child["name"]
+            out[name] = child["restarts"]
+            walk(child, name)
+    walk(tree, "")
+    return out
+
+
+@pytest.mark.slow
+def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path).start()
+    r = daemon_redis(daemon)
+    p = daemon.key_prefix
+    try:
+        made = [daemon.json("POST", "/v1/memes", {"topic": f"poison {i}"})[1]["id"]
+                for i in range(4)]
+        status, accepted = daemon.json("POST", "/v1/memes?async=true", {"topic": "poison task"})
+        assert status == 202
+        assert wait_task(daemon, accepted["task_id"])["status"] == "succeeded"
+        before = restarts(json.loads(daemon.admin("status", "--json").stdout))
+
+        # One corrupt record of every kind the daemon writes.
+        r.set(f"{p}:meme:{made[0]}", b"{truncated")  # a meme record that does not parse
+        r.set(f"{p}:meme:{made[1]}", b"[]")  # one that parses but is no meme
+        r.set(f"{p}:png:{made[2]}", b"not a png")  # an image
+        cache_keys = {r.get(k).decode(): k for k in r.scan_iter(match=f"{p}:cache:*")}
+        r.set(cache_keys[made[3]], b"!!")  # a cache entry
+        r.set(f"{p}:task:{accepted['task_id']}", b"\x00\x01")  # a finished task record
+        now = time.time()  # an open task the ledger must take back from Redis
+        r.set(f"{p}:task:opentask", json.dumps({"id": "opentask", "status": "queued",
+                                                "created_at": now, "request": 42}))
+        r.sadd(f"{p}:tasks:open", "opentask")
+        # The new ledger reads every open task back (as after any restart of the group).
+        assert daemon.admin("restart", "tasks/ledger").returncode == 0
+
+        status, page = daemon.json("GET", "/v1/memes?limit=100")
+        assert status == 200
+        listed = {m["id"] for m in page["memes"]}
+        assert made[0] not in listed and made[1] not in listed and made[2] in listed
+        assert daemon.json("GET", f"/v1/memes/{made[0]}")[0] == 404
+        assert daemon.request("GET", f"/v1/memes/{made[2]}/image.png")[0] == 404
+        status, again = daemon.json("POST", "/v1/memes", {"topic": "poison 3"})
+        assert status == 201 and again["cached"] is False  # a miss: made again
+        assert daemon.json("POST", "/v1/memes", {"topic": "poison 3"})[1]["cached"] is True
+        for task_id in (accepted["task_id"], "opentask"):
+            task = wait_task(daemon, task_id)
+            assert task["status"] == "failed", task
+            assert task["error"]["code"] == "internal" and task["error"]["message"]
+
+        deadline = time.monotonic() + 10
+        while len(Quarantine(r, p).entries()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kinds = sorted(e["kind"] for e in Quarantine(r, p).entries())
+        assert kinds == ["cache", "meme", "meme", "png", "task", "task"], kinds
+        assert daemon.json("GET", "/readyz")[0] == 200
+        metrics = daemon.request("GET", "/metrics")[2].decode()
+        assert "memesys_store_quarantined_total 6" in metrics
+        assert "memesys_store_up 1" in metrics
+        # Nothing crashed: only the ledger/runner restart that was asked for.
+        after = restarts(json.loads(daemon.admin("status", "--json").stdout))
+        assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} \
+            == {"tasks/ledger": 1, "tasks/runner": 1}, after
+        assert daemon.proc.poll() is None
+        log = daemon.log_text()
+        assert log.count("quarantined the") == 6 and "Traceback" not in log
+    finally:
+        r.close()
+        assert daemon.stop() == []
