@@ -10,6 +10,15 @@ with an ``overloaded`` failure instead of queueing without end.
 
 An exception inside a coroutine fails that request only (it is an I/O outcome, logged with its
 traceback); an exception in the synchronous part of ``handle`` still crashes the actor.
+
+Deadlines: a coroutine serving a request with a ``deadline`` is cancelled when it passes (the
+request is answered ``timeout``: the work is abandoned, never finished after its asker gave
+up), and every ask it makes is bounded by that deadline less ``reply_margin_s``, the time
+left for the answer's way back (:mod:`actors.deadlines`): whatever a sub-request starts, it
+starts early enough for its answer to be used.
+
+Health checks: the supervisor's pings are answered by the actor's own thread, which only
+schedules work, so a busy async actor always answers them.
 Because the loop thread exists, an async actor must stay a leaf: forking a process that has
 threads can deadlock, so it creates no children.
 """
@@ -27,6 +36,7 @@ from typing import Any, Optional
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
+from actors import deadlines
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory
 from actors.messages import Failure, Ping, Reply, Request, StatusQuery, Stop, WorkDone
@@ -41,6 +51,7 @@ class AsyncActor(BaseActor):
     ``on_start`` (default 64)."""
 
     max_in_flight = 64
+    reply_margin_s = 0.25  # sub-asks end this long before the served request's deadline
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,22 +101,41 @@ class AsyncActor(BaseActor):
                    forwarded: bool, started: float) -> None:
         error: Optional[Failure] = None
         payload: Any = None
+        remaining = deadlines.left(request.deadline)
         try:
-            payload = await awaitable
+            if remaining is None:
+                payload = await awaitable
+            else:
+                # the current deadline of this task and of every task it starts (to_thread,
+                # gather): their asks end in time for the answer to be of use
+                deadlines.serve(request.deadline - min(self.reply_margin_s, remaining / 4))
+                payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
+        except asyncio.TimeoutError as exc:
+            if remaining is None or deadlines.left(request.deadline) > 0.001:
+                error = self._failed(request, exc)  # the handler's own, not the deadline
+            else:
+                error = Failure("timeout", f"{self.name}: the request's deadline passed; its "
+                                           "work was abandoned")
+                log.info("%s: request %s abandoned at its deadline", self.name,
+                         request.correlation_id)
         except RequestFailed as failed:
             error = failed.failure
         except Exception as exc:
-            log.error("%s: request %s failed:\n%s", self.name, request.correlation_id,
-                      traceback.format_exc())
-            error = Failure("error", f"{type(exc).__name__}: {exc}")
+            error = self._failed(request, exc)
         if forwarded:  # first, as in BaseActor.reply
             self.bridge.tell(self.parent, WorkDone(request.correlation_id))
         self.bridge.tell(target, Reply(request.correlation_id, payload, error))
         self._completed += 1
         self.observe(request.payload, time.perf_counter() - started, error)
 
+    def _failed(self, request: Request, exc: BaseException) -> Failure:
+        log.error("%s: request %s failed:\n%s", self.name, request.correlation_id,
+                  traceback.format_exc())
+        return Failure("error", f"{type(exc).__name__}: {exc}")
+
     async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
-        """Ask the actor at ``path`` under the root (see :class:`~actors.bridge.Directory`)."""
+        """Ask the actor at ``path`` under the root (see :class:`~actors.bridge.Directory`);
+        inside the work for a request, ``timeout`` is bounded by that request's deadline."""
         return await self.directory.ask(path, payload, timeout, idempotent)
 
     def _ensure_loop(self) -> None:

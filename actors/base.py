@@ -25,6 +25,7 @@ from thespian.actors import (
     PoisonMessage,
 )
 
+from actors.deadlines import expired
 from actors.messages import (
     Batch,
     Failure,
@@ -99,6 +100,7 @@ class BaseActor(Actor):
         self._crashed = False
         self._stopped = False
         self._held: Optional[list[tuple[ActorAddress, Any]]] = None
+        self.expired_requests = 0  # requests dropped because they arrived after their deadline
 
     # -- hooks for subclasses -------------------------------------------------------------
 
@@ -186,19 +188,34 @@ class BaseActor(Actor):
 
     def _route_message(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, Request):
-            self.handle_request(msg, sender)
+            if expired(msg):
+                self.drop_expired(msg, sender)
+            else:
+                self.handle_request(msg, sender)
         else:
             self.receive_other(msg, sender)
+
+    def drop_expired(self, request: Request, sender: ActorAddress) -> None:
+        """A request that arrived after its deadline is not handled: its asker has given up.
+        It is answered ``timeout`` all the same (a forwarding pool balances its books; the
+        asker, if it still listens, learns why), and the drop is counted."""
+        self.expired_requests += 1
+        log.info("%s dropped a %s that arrived %.3f s after its deadline", self.name,
+                 type(request.payload).__name__, time.time() - request.deadline)
+        self.reply(request, sender, error=Failure(
+            "timeout", f"{self.name}: the request's deadline passed before it was handled"))
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
         """Run ``handle`` and reply; an exception propagates and crashes the actor."""
         if isinstance(request.payload, StatusQuery):  # the runtime's, not the application's
             self.reply(request, sender, WorkerStatus(self.name, os.getpid(), self.in_flight))
             return
+        if isinstance(request.payload, Ping):  # health checks too: never observed
+            self.reply(request, sender, Pong(self.name, os.getpid()))
+            return
         started = time.perf_counter()
         try:
-            result = (Pong(self.name, os.getpid()) if isinstance(request.payload, Ping)
-                      else self.handle(request.payload))
+            result = self.handle(request.payload)
         except RequestFailed as failed:
             self.reply(request, sender, error=failed.failure)
             self.observe(request.payload, time.perf_counter() - started, failed.failure)

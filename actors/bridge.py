@@ -18,22 +18,27 @@ import logging
 import os
 import queue
 import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from thespian.actors import ActorAddress, ActorSystem
 
+from actors import deadlines
 from actors.messages import (
     Failure,
+    Gone,
     Members,
     Reply,
     Request,
     Subscribe,
+    Watch,
     WhereIs,
     batches,
     new_correlation_id,
     unpack,
 )
-from actors.route import PoolRoute, Worker
+from actors.route import PoolRoute
 from actors.spec import MAX_ATTEMPTS
 from actors.thespian_adapter import context_address, transmit
 
@@ -112,13 +117,22 @@ class Bridge:
     async def ask(self, target: ActorAddress, payload: Any, timeout: float,
                   idempotent: bool = False, correlation_id: Optional[str] = None) -> Any:
         """The reply payload; :class:`RemoteFailure` on a failure, :class:`AskTimeout`.
-        A caller that may have to :meth:`fail` the request chooses its ``correlation_id``."""
+        A caller that may have to :meth:`fail` the request chooses its ``correlation_id``.
+
+        The request carries its deadline, ``timeout`` from now (see :mod:`actors.deadlines`);
+        inside the work for another request (an async actor's coroutine), ``timeout`` is first
+        shortened to what is left of that request's deadline, and if nothing is left the
+        request is not sent: ``timeout`` at once."""
         if not self._running.is_set():
             raise RemoteFailure(Failure("unavailable", "bridge closed"))
+        timeout = deadlines.bound(timeout)
+        if timeout <= 0:
+            raise RemoteFailure(Failure("timeout", "the deadline of the request being served "
+                                                   "has passed"))
         if len(self._pending) >= self._max_pending:
             raise RemoteFailure(Failure("overloaded", "too many requests in flight"))
         request = Request(payload, correlation_id or new_correlation_id(),
-                          self._listen_address, idempotent)
+                          self._listen_address, idempotent, deadlines.after(timeout))
         future = self._loop.create_future()
         self._pending[request.correlation_id] = future
         self._outbox.put((target, request))
@@ -234,6 +248,22 @@ def _set_ready(ready: asyncio.Future) -> None:
         ready.set_result(None)
 
 
+@dataclass(eq=False)
+class _Actor:
+    """A path resolved to one actor (not a pool): its address, and our requests it holds."""
+
+    address: ActorAddress
+    token: str  # of the Watch that tells us when it is gone
+    held: set[str] = field(default_factory=set)
+
+    def retire(self) -> list[str]:
+        lost, self.held = list(self.held), set()
+        return lost
+
+
+Target = Union[_Actor, PoolRoute]
+
+
 class Directory:
     """Ask actors by their path under the root; addresses change when actors restart.
 
@@ -242,10 +272,16 @@ class Directory:
     is resolved again and the request, which reached nobody, is sent once more. A timeout also
     forgets the address (a request may vanish into a dying actor).
 
+    Every resolution carries a :class:`Watch`: the supervisors that found the actor (and those
+    on the way to it) tell this directory (:class:`Gone`) when it exits, and every request it
+    held (for a pool: held by its workers, which die with it, or waiting in it) is answered
+    ``worker_lost`` at once, not at its timeout; the path is resolved again at the next ask.
+
     A path that names a pool is not asked through the pool: the directory subscribes to the
     pool's workers and sends each request to one of them itself (:mod:`actors.route`), with
-    the pool's rules: the least loaded worker, ``overloaded`` past ``max_outstanding``, and a
-    worker's exit answers its requests ``worker_lost`` or retries the idempotent ones (at most
+    the pool's rules (:mod:`actors.dispatch`): the least loaded worker, passing over one whose
+    oldest request is overdue, ``overloaded`` past ``max_outstanding``, and a worker's exit
+    answers its requests ``worker_lost`` or retries the idempotent ones (at most
     ``MAX_ATTEMPTS`` in all). While no worker takes work, requests go through the pool, which
     holds them until one is back.
     """
@@ -253,66 +289,95 @@ class Directory:
     def __init__(self, bridge: Bridge, root: ActorAddress) -> None:
         self.bridge = bridge
         self.root = root
-        self._targets: dict[str, Union[ActorAddress, PoolRoute]] = {}
+        self._targets: dict[str, Target] = {}
         self._resolving: dict[str, asyncio.Task] = {}
         self._routes: list[PoolRoute] = []  # subscribed, for the pools' notices
+        self._watched: dict[str, tuple[str, Target]] = {}  # watch token -> (path, target)
         bridge.on_notice(self._notice)
 
     async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
+        """The answer of the actor at ``path`` (see the class); ``timeout`` is shortened to
+        the deadline of the request being served, if any (:mod:`actors.deadlines`)."""
+        loop = asyncio.get_running_loop()
+        bounded = deadlines.bound(timeout)
+        if bounded <= 0:
+            raise RemoteFailure(Failure("timeout", "the deadline of the request being served "
+                                                   "has passed"))
+        deadline = loop.time() + bounded
         target = await self._lookup(path)
         try:
-            return await self._ask(path, target, payload, timeout, idempotent)
+            return await self._ask(path, target, payload, deadline, timeout, idempotent)
         except AskTimeout:
-            if not isinstance(target, PoolRoute):  # a pool's workers are kept up to date
-                self._forget(path, target)
+            if isinstance(target, _Actor):  # a pool's workers are kept up to date
+                self._forget(path, target, dead=False)
             raise
         except RemoteFailure as exc:
             if exc.failure.code != DEAD_ADDRESS:
                 raise
-            self._forget(path, target)
-        return await self._ask(path, await self._lookup(path), payload, timeout, idempotent)
+            self._forget(path, target, dead=True)
+        return await self._ask(path, await self._lookup(path), payload, deadline, timeout,
+                               idempotent)
 
-    async def _ask(self, path: str, target: Union[ActorAddress, PoolRoute], payload: Any,
+    async def _ask(self, path: str, target: Target, payload: Any, deadline: float,
                    timeout: float, idempotent: bool) -> Any:
-        if not isinstance(target, PoolRoute):
-            return await self.bridge.ask(target, payload, timeout, idempotent)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        if isinstance(target, _Actor):
+            try:
+                return await self._ask_held(target.held, target.address, payload,
+                                            deadline - loop.time(), timeout, idempotent)
+            finally:
+                if self._targets.get(path) is not target and not target.held:
+                    self._watched.pop(target.token, None)  # forgotten, and nothing left on it
         attempts = 0
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise AskTimeout(timeout)
+            if not target.accepting():  # the pool holds the request until a worker is back
+                return await self._ask_held(target.waiting, target.pool, payload, remaining,
+                                            timeout, idempotent)
             worker = target.pick()
-            if worker is None:  # none takes work: the pool holds the request until one does
-                return await self.bridge.ask(target.pool, payload, remaining, idempotent)
-            refused = target.refusal(path, worker)
-            if refused:
-                raise RemoteFailure(refused)
+            if worker is None:
+                raise RemoteFailure(target.refusal(path))
             try:
-                return await self._ask_worker(worker, payload, remaining, idempotent)
+                return await self._ask_held(worker.held, worker.address, payload, remaining,
+                                            timeout, idempotent)
             except RemoteFailure as exc:
                 if exc.failure.code in (DEAD_ADDRESS, CRASHED):  # gone, or on its way out
                     worker.accepting = False  # until the pool's next list
                 if exc.failure.code == DEAD_ADDRESS:  # reached nobody: another worker
                     continue
                 attempts += 1
+                # an idempotent request lost with its worker is retried on another one; not
+                # when the whole pool is gone (retired): it has no other worker
                 if not (exc.failure.code == WORKER_LOST and idempotent
-                        and attempts < MAX_ATTEMPTS):
+                        and attempts < MAX_ATTEMPTS and not target.retired):
                     raise
 
-    async def _ask_worker(self, worker: Worker, payload: Any, timeout: float,
-                          idempotent: bool) -> Any:
+    async def _ask_held(self, held: Union[set, dict], address: ActorAddress, payload: Any,
+                        remaining: float, timeout: float, idempotent: bool) -> Any:
+        """Ask ``address``, our request counted in ``held`` (with the time it was sent, for
+        a dict) while it is out, so that it can be failed if ``address`` is gone."""
+        if remaining <= 0:
+            raise AskTimeout(timeout)
         cid = new_correlation_id()
-        worker.held.add(cid)
+        if isinstance(held, dict):
+            held[cid] = time.monotonic()
+        else:
+            held.add(cid)
         try:
-            return await self.bridge.ask(worker.address, payload, timeout, idempotent, cid)
+            return await self.bridge.ask(address, payload, remaining, idempotent, cid)
+        except AskTimeout:
+            raise AskTimeout(timeout) from None
         finally:
-            worker.held.discard(cid)
+            if isinstance(held, dict):
+                held.pop(cid, None)
+            else:
+                held.discard(cid)
 
     # -- resolving paths --------------------------------------------------------------------
 
-    async def _lookup(self, path: str) -> Union[ActorAddress, PoolRoute]:
+    async def _lookup(self, path: str) -> Target:
         target = self._targets.get(path)
         if target is not None:
             return target
@@ -323,35 +388,68 @@ class Directory:
             task.add_done_callback(lambda _: self._resolving.pop(path, None))
         return await asyncio.shield(task)
 
-    async def _resolve(self, path: str) -> Union[ActorAddress, PoolRoute]:
-        located = await self.bridge.ask(self.root, WhereIs(path), LOOKUP_TIMEOUT_S)
+    async def _resolve(self, path: str) -> Target:
+        watch = Watch(os.getpid(), new_correlation_id(), path)
+        located = await self.bridge.ask(self.root, WhereIs(path, watch), LOOKUP_TIMEOUT_S)
         if located.kind != "pool":
-            self._targets[path] = located.address
-            return located.address
-        route = PoolRoute(located.address)
+            target: Target = _Actor(located.address, watch.token)
+            self._watched[watch.token] = (path, target)
+            self._targets[path] = target
+            return target
+        route = PoolRoute(located.address, watch.token)
         self._routes.append(route)  # notices may come before the answer is read
+        self._watched[watch.token] = (path, route)
         try:
             members = await self.bridge.ask(located.address, Subscribe(os.getpid()),
                                             LOOKUP_TIMEOUT_S)
         except RemoteFailure:
             self._routes.remove(route)
+            self._watched.pop(watch.token, None)
             raise
         self._notice(members)
         self._targets[path] = route
         return route
 
-    def _forget(self, path: str, target: Union[ActorAddress, PoolRoute]) -> None:
-        """``target`` is gone (unless the path was resolved again meanwhile); a pool takes its
-        workers, and our requests on them, with it."""
-        if self._targets.get(path) is not target:
-            return
-        del self._targets[path]
+    def _forget(self, path: str, target: Target, dead: bool) -> None:
+        """Stop using ``target`` for ``path``: its address is ``dead`` (a send found it so),
+        or an ask of it timed out. A dead target's requests are lost with it: answered
+        ``worker_lost`` now (a pool takes its workers with it). After a timeout an actor's
+        other requests are left to their answers, or to its :class:`Gone`."""
+        if self._targets.get(path) is target:
+            del self._targets[path]
+        elif isinstance(target, PoolRoute):
+            return  # resolved again meanwhile: the old route was retired then
         if isinstance(target, PoolRoute):
             self._routes.remove(target)
-            self.bridge.fail(target.retire(), Failure(
-                WORKER_LOST, f"{path} exited with the request in flight"))
+        if dead or (isinstance(target, _Actor) and not target.held):
+            self._watched.pop(target.token, None)
+        if dead:
+            lost = target.retire()
+            if lost:
+                self.bridge.fail(lost, Failure(
+                    WORKER_LOST, f"{path} exited with the request in flight"))
+
+    def _gone(self, gone: Gone) -> None:
+        """What a path was resolved to has exited: every request it held is lost, now."""
+        entry = self._watched.pop(gone.token, None)
+        if entry is None:
+            return  # an older resolution, already forgotten
+        path, target = entry
+        if self._targets.get(path) is target:
+            del self._targets[path]
+        if target in self._routes:
+            self._routes.remove(target)
+        lost = target.retire()
+        if lost:
+            log.warning("%s is gone: %d requests in flight answered worker_lost", path,
+                        len(lost))
+            self.bridge.fail(lost, Failure(WORKER_LOST,
+                                           f"{path} exited with the request in flight"))
 
     def _notice(self, message: Any) -> None:
+        if isinstance(message, Gone):
+            self._gone(message)
+            return
         if not isinstance(message, Members):
             return
         for route in self._routes:

@@ -43,12 +43,19 @@ class Request:
     bridge sends from one context and listens on another; a pool forwards to a worker that
     answers the original requester directly). ``idempotent`` allows a pool to retry it on
     another worker when the first one dies.
+
+    ``deadline``: the wall-clock time (``time.time()``) after which the asker no longer waits
+    for the answer (None: it waits as long as it likes). The asker sets it from its timeout;
+    whoever forwards the request keeps it; an actor that receives it too late answers
+    ``timeout`` without handling it, and an async actor abandons the work when it passes
+    (see :mod:`actors.deadlines`).
     """
 
     payload: Any
     correlation_id: str = field(default_factory=new_correlation_id)
     reply_to: Optional[ActorAddress] = None
     idempotent: bool = False
+    deadline: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -189,10 +196,34 @@ class Pong:
 
 
 @dataclass(frozen=True)
+class Watch:
+    """Asks the supervisors on a :class:`WhereIs`'s way to tell the asker (:class:`Gone`, to
+    its ``reply_to``) when the actor found, or a supervisor between the root and it, exits.
+    ``token`` names this resolution (a newer one of the same ``path`` by the same asker
+    replaces it); the supervisors forget the watch once process ``pid`` has died."""
+
+    pid: int
+    token: str
+    path: str
+
+
+@dataclass(frozen=True)
+class Gone:
+    """What a :class:`Watch` named has exited: its address is dead, and whatever the watcher
+    had sent to it (or to its workers, for a pool) will never be answered. Sent once the
+    exited process (and its descendants) are gone, so that its last answers arrive first."""
+
+    token: str
+    path: str
+
+
+@dataclass(frozen=True)
 class WhereIs:
-    """Resolve a slash-separated path of child names, e.g. ``"pipeline/generator"``."""
+    """Resolve a slash-separated path of child names, e.g. ``"pipeline/generator"``;
+    ``watch``: be told when what was found exits (:class:`Watch`)."""
 
     path: str
+    watch: Optional[Watch] = None
 
 
 @dataclass(frozen=True)
@@ -225,12 +256,15 @@ class Member:
 @dataclass(frozen=True)
 class Members:
     """A pool's live workers at ``version`` (higher is newer). A request held by a worker
-    that is no longer listed, or listed at another address, was lost with it."""
+    that is no longer listed, or listed at another address, was lost with it.
+    ``overdue_s``: a worker whose oldest request is older than this gets no new request while
+    another can take it (:func:`actors.dispatch.pick`); None: no such bound."""
 
     pool: ActorAddress
     version: int
     workers: tuple[Member, ...]
     max_outstanding: int
+    overdue_s: Optional[float] = None
 
 
 STATUS_TIMEOUT_S = 2.0

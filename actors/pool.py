@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import deque
 from typing import Any, Optional
 
 from thespian.actors import ActorAddress, WakeupMessage
 
-from actors.dispatch import least_loaded, refusal
+from actors.deadlines import left
+from actors.dispatch import pick, refusal
 from actors.messages import (
     Ack,
     AddChild,
@@ -73,7 +73,7 @@ class Pool(Supervisor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._waiting: deque[tuple[Request, int, float]] = deque()  # (request, attempts, expiry)
+        self._waiting: list[tuple[Request, int, float]] = []  # (request, attempts, expiry)
         self._subscribers: list[tuple[ActorAddress, int]] = []  # (address, pid)
         self._published: tuple[Member, ...] = ()
         self._departed: list[tuple[Member, float]] = []  # exited, process not gone (deadline)
@@ -84,9 +84,11 @@ class Pool(Supervisor):
         self._next_index = args.size
         self.configure(SupervisorArgs(
             tuple(self._worker_spec(i) for i in range(args.size)), Strategy.ONE_FOR_ONE,
-            args.max_restarts, args.period_s, args.backoff))
-        # worker name -> {correlation id: (forwarded request, attempts)}
-        self._outstanding: dict[str, dict[str, tuple[Request, int]]] = {}
+            args.max_restarts, args.period_s, args.backoff, args.health_interval_s,
+            args.health_timeout_s))
+        # worker name -> {correlation id: (forwarded request, attempts, monotonic time sent)},
+        # oldest first
+        self._outstanding: dict[str, dict[str, tuple[Request, int, float]]] = {}
         self._owner: dict[str, str] = {}  # correlation id -> worker name
 
     def _worker_spec(self, index: int) -> ChildSpec:
@@ -106,9 +108,12 @@ class Pool(Supervisor):
             self.reply(request, sender, self._members())
         elif isinstance(payload, _SUPERVISOR_REQUESTS):
             super().handle_request(request, sender)
-        else:
-            self._assign(Request(payload, request.correlation_id,
-                                   request.reply_to or sender, request.idempotent), attempts=0)
+        else:  # its deadline travels on with it
+            self._assign(dataclasses.replace(request, reply_to=request.reply_to or sender),
+                         attempts=0)
+
+    def _held_by(self, child: Child) -> dict[str, tuple[Request, int, float]]:
+        return self._outstanding.get(child.spec.name, {})
 
     def _assign(self, request: Request, attempts: int,
                   exclude: Optional[Child] = None) -> None:
@@ -116,13 +121,15 @@ class Pool(Supervisor):
         if not running:
             self._wait(request, attempts)
             return
-        worker = least_loaded(running, lambda c: len(self._outstanding.get(c.spec.name, ())))
-        held = self._outstanding.setdefault(worker.spec.name, {})
-        refused = refusal(self.name, len(running), len(held), self.pool.max_outstanding)
-        if refused:
-            self._fail(request, refused)
+        now = time.monotonic()
+        worker = pick(running, lambda c: len(self._held_by(c)),
+                      lambda c: next(iter(self._held_by(c).values()), (None, 0, None))[2],
+                      self.pool.max_outstanding, self.pool.overdue_bound_s, now)
+        if worker is None:
+            self._fail(request, refusal(self.name, len(running), self.pool.max_outstanding))
             return
-        held[request.correlation_id] = (request, attempts + 1)
+        held = self._outstanding.setdefault(worker.spec.name, {})
+        held[request.correlation_id] = (request, attempts + 1, now)
         self._owner[request.correlation_id] = worker.spec.name
         self.send(worker.address, request)
 
@@ -130,28 +137,39 @@ class Pool(Supervisor):
         return child.state == "running" and not child.stop_granted and not self._shutting_down
 
     def _wait(self, request: Request, attempts: int) -> None:
-        """Hold a request until a worker is back, bounded in count and time."""
+        """Hold a request until a worker is back, bounded in count and time (``wait_s``, or
+        the request's own deadline if it comes first: then it is answered ``timeout``)."""
         restarting = any(c.state in ("starting", "restarting", "dead") for c in self.children)
         if not restarting or len(self._waiting) >= self.pool.max_outstanding:
             self._fail(request, Failure("unavailable", f"{self.name}: no worker is running"))
             return
-        if not self._waiting:
-            self.wakeupAfter(self.pool.wait_s, payload=_EXPIRE)
-        self._waiting.append((request, attempts, time.monotonic() + self.pool.wait_s))
+        now = time.monotonic()
+        remaining = left(request.deadline)
+        expiry = now + (self.pool.wait_s if remaining is None
+                        else max(0.0, min(self.pool.wait_s, remaining)))
+        if not self._waiting or expiry < min(e for _, _, e in self._waiting):
+            self.wakeupAfter(expiry - now, payload=_EXPIRE)
+        self._waiting.append((request, attempts, expiry))
 
     def on_child_started(self, child: Child) -> None:
-        waiting, self._waiting = self._waiting, deque()
+        waiting, self._waiting = self._waiting, []
         for request, attempts, _ in waiting:
             self._assign(request, attempts)
 
     def _expire_waiting(self) -> None:
         now = time.monotonic()
-        while self._waiting and self._waiting[0][2] <= now:
-            request = self._waiting.popleft()[0]
-            self._fail(request, Failure("unavailable", f"{self.name}: no worker came back "
-                                                       f"within {self.pool.wait_s:g} s"))
+        expired = [w for w in self._waiting if w[2] <= now]
+        self._waiting = [w for w in self._waiting if w[2] > now]
+        for request, _, _ in expired:
+            remaining = left(request.deadline)
+            self._fail(request, Failure("timeout", f"{self.name}: the request's deadline "
+                                                   "passed while it waited for a worker")
+                       if remaining is not None and remaining <= 0.001 else
+                       Failure("unavailable", f"{self.name}: no worker came back "
+                                              f"within {self.pool.wait_s:g} s"))
         if self._waiting:
-            self.wakeupAfter(max(0.0, self._waiting[0][2] - now), payload=_EXPIRE)
+            self.wakeupAfter(max(0.0, min(e for _, _, e in self._waiting) - now),
+                             payload=_EXPIRE)
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
         """After each message: a pool that began to stop (``Stop``, or its restart intensity
@@ -160,7 +178,7 @@ class Pool(Supervisor):
         is pushed to the subscribers."""
         super().receiveMessage(msg, sender)
         if self._waiting and self._shutting_down:
-            waiting, self._waiting = self._waiting, deque()
+            waiting, self._waiting = self._waiting, []
             for request, _, _ in waiting:
                 self._fail(request, Failure("unavailable", f"{self.name} is stopping"))
         if self._subscribers and self._members().workers != self._published:
@@ -170,7 +188,8 @@ class Pool(Supervisor):
         live = tuple(Member(c.spec.name, c.address, self._accepting(c), c.pid)
                      for c in self.children if c.state in ("running", "stopping"))
         return Members(self.myAddress, self._version,
-                       live + tuple(m for m, _ in self._departed), self.pool.max_outstanding)
+                       live + tuple(m for m, _ in self._departed), self.pool.max_outstanding,
+                       self.pool.overdue_bound_s)
 
     def _publish(self) -> None:
         """The new list to every subscriber whose process still lives."""
@@ -202,7 +221,7 @@ class Pool(Supervisor):
 
     def on_child_exit(self, child: Child) -> None:
         lost = self._outstanding.pop(child.spec.name, {})
-        for cid, (request, attempts) in lost.items():
+        for cid, (request, attempts, _) in lost.items():
             self._owner.pop(cid, None)
             if request.idempotent and attempts < MAX_ATTEMPTS:
                 self._assign(request, attempts, exclude=child)

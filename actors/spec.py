@@ -85,15 +85,32 @@ class Backoff:
         return max(0.0, base * (1 + self.jitter * (2 * rng.random() - 1)))
 
 
+DEFAULT_HEALTH_INTERVAL_S = 1.0
+DEFAULT_HEALTH_TIMEOUT_S = 3.0
+
+
+def check_health(interval_s: float, timeout_s: float) -> None:
+    if interval_s < 0 or timeout_s <= 0:
+        raise ValueError("health_interval_s must be >= 0 and health_timeout_s > 0")
+
+
 @dataclass(frozen=True)
 class SupervisorArgs:
-    """The ``args`` of a supervisor child (or of the root)."""
+    """The ``args`` of a supervisor child (or of the root).
+
+    Health checks: every ``health_interval_s`` the supervisor pings each running child; a
+    child that has answered nothing for ``health_timeout_s`` is killed (its process tree,
+    SIGKILL) and restarted like a crashed one. Pings go at least twice per timeout, whatever
+    the interval. ``health_interval_s = 0`` turns health checks off.
+    """
 
     children: tuple[ChildSpec, ...] = ()
     strategy: Strategy = Strategy.ONE_FOR_ONE
     max_restarts: int = 3
     period_s: float = 5.0
     backoff: Backoff = field(default_factory=Backoff)
+    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+    health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", Strategy(self.strategy))
@@ -103,6 +120,7 @@ class SupervisorArgs:
             raise ValueError(f"duplicate child names in {names}")
         if self.max_restarts < 0 or self.period_s <= 0:
             raise ValueError("max_restarts must be >= 0 and period_s > 0")
+        check_health(self.health_interval_s, self.health_timeout_s)
 
 
 def shutdown_budget(spec: ChildSpec) -> float:
@@ -136,6 +154,10 @@ class PoolArgs:
     Each worker gets ``worker_args`` in its Init. ``max_outstanding`` bounds the requests a
     worker holds at once; past it on every worker the pool refuses with ``overloaded``.
     ``wait_s`` is how long a request may wait for a worker while all of them restart.
+    ``health_interval_s``/``health_timeout_s``: the workers' health checks, as in
+    :class:`SupervisorArgs`. ``overdue_s``: a worker whose oldest request is older than this
+    gets no new request while another worker can take it (:mod:`actors.dispatch`); None: the
+    health timeout.
     """
 
     worker: str
@@ -147,8 +169,18 @@ class PoolArgs:
     backoff: Backoff = field(default_factory=Backoff)
     worker_shutdown_s: float = 5.0
     wait_s: float = 2.0
+    health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
+    health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
+    overdue_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "worker", class_path(self.worker))
         if self.size < 0 or self.max_outstanding < 1:
             raise ValueError("size must be >= 0 and max_outstanding >= 1")
+        check_health(self.health_interval_s, self.health_timeout_s)
+        if self.overdue_s is not None and self.overdue_s <= 0:
+            raise ValueError("overdue_s must be > 0 (or None: the health timeout)")
+
+    @property
+    def overdue_bound_s(self) -> float:
+        return self.health_timeout_s if self.overdue_s is None else self.overdue_s

@@ -28,6 +28,7 @@ from thespian.actors import (
 )
 
 from actors.base import BaseActor
+from actors.deadlines import after
 from actors.messages import (
     Ack,
     AddChild,
@@ -35,10 +36,12 @@ from actors.messages import (
     Down,
     Exiting,
     Failure,
+    Gone,
     Init,
     InitFailed,
     Located,
     Monitor,
+    Ping,
     RemoveChild,
     Reply,
     Request,
@@ -50,6 +53,7 @@ from actors.messages import (
     Stopped,
     Stopping,
     TreeStatus,
+    Watch,
     WhereIs,
     WorkDone,
     WorkerStatus,
@@ -73,6 +77,13 @@ STATUS_NESTED_FRACTION = 0.6
 STATUS_MIN_S = 0.05
 LIVENESS_PERIOD_S = 0.5
 _LIVENESS = "liveness"
+_HEALTH = "health"
+_GONE = "gone"
+# A health round that runs this much later than planned means the supervisor itself was held
+# up (SIGSTOPped, starved): its children's silence is not theirs, they get a fresh timeout.
+HEALTH_LATE_S = 0.5
+GONE_POLL_S = 0.005
+GONE_MAX_S = 1.0  # a Gone waits at most this long for the exited process tree to end
 _STATUS = "status"  # wakeup payloads (_STATUS, gather id) and (_BACKOFF, token)
 _BACKOFF = "backoff"
 
@@ -113,6 +124,8 @@ class Child:
     stop_granted: bool = False  # its stop was asked for (StopMe, resize, removal): no new work
     restart_times: deque = field(default_factory=deque)  # its restarts inside the period
     backoff: Optional[int] = None  # token of the backoff timer its restart waits for
+    last_heard: float = 0.0  # monotonic: its Started or its last answer to a health check
+    watchers: list = field(default_factory=list)  # (address, Watch): told Gone when it exits
 
     @property
     def alive(self) -> bool:
@@ -198,10 +211,18 @@ class Supervisor(BaseActor):
         self._shutting_down = False
         self._announced = False
         self._rng = random.Random()
+        self.health_interval_s, self.health_timeout_s = (
+            args.health_interval_s, args.health_timeout_s)
+        self._pings: dict[str, tuple[Child, ActorAddress, float]] = {}  # by correlation id
+        self._health_due = 0.0  # monotonic time the next health round was planned for
+        self._pinged_at = 0.0  # monotonic time of the last round of pings
+        self._gone: list[tuple[list[int], float, list[tuple[ActorAddress, Gone]]]] = []
 
     def announce_started(self) -> None:
         """Started goes up only when all children are up: the tree is ready bottom-up."""
         self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
+        if self.health_interval_s > 0:
+            self._schedule_health(time.monotonic(), self._ping_period())
         for child in self.children:
             self._steps.append(_StartStep(child=child))
         self._steps.append(_CallStep(fn=self._announce))
@@ -250,7 +271,10 @@ class Supervisor(BaseActor):
         elif isinstance(msg, StopMe):
             self._stop_me(msg.name)
         elif isinstance(msg, Reply):
-            self._gathered(msg)
+            if msg.correlation_id in self._pings:
+                self._pong(msg)
+            else:
+                self._gathered(msg)
         elif isinstance(msg, Stopping):
             self._child_stopping(msg, sender)
         elif isinstance(msg, Exiting):
@@ -326,9 +350,139 @@ class Supervisor(BaseActor):
         if not self._shutting_down:
             self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
 
+    # -- health checks ------------------------------------------------------------------------
+
+    def _ping_period(self) -> float:
+        """Pings go every ``health_interval_s``, and at least twice per timeout."""
+        return min(self.health_interval_s, self.health_timeout_s / 2)
+
+    def _schedule_health(self, now: float, delay: float) -> None:
+        self._health_due = now + delay
+        self.wakeupAfter(delay, payload=_HEALTH)
+
+    def _health_round(self) -> None:
+        """A pid check cannot see a child that is alive but does not work (SIGSTOPped, hung,
+        deadlocked): only an answer can. Every running child is pinged every period; one
+        that has answered nothing (no Pong, and no Started) for ``health_timeout_s`` is killed,
+        process tree and all, and restarted like a crashed one. The next round is planned for
+        the next period, or earlier for the first child whose silence reaches the timeout, so
+        a frozen child is killed ``health_timeout_s`` after its last answer."""
+        if self._shutting_down:
+            return
+        now = time.monotonic()
+        late = now - self._health_due
+        running = [c for c in self.children if c.state == "running" and c.address is not None]
+        if late > HEALTH_LATE_S:
+            # We were held up ourselves: the children's answers may be waiting in our mailbox.
+            log.warning("%s: health checks ran %.1f s late; its children get a fresh timeout",
+                        self.name, late)
+            for child in running:
+                child.last_heard = max(child.last_heard, now)
+        else:
+            for child in running:
+                silent = now - child.last_heard
+                if silent >= self.health_timeout_s:
+                    self._unresponsive(child, silent)
+            running = [c for c in running if c.state == "running"]
+        timeout = self.health_timeout_s
+        self._pings = {cid: p for cid, p in self._pings.items() if now - p[2] < timeout}
+        period = self._ping_period()
+        if now - self._pinged_at >= period * 0.9:
+            self._pinged_at = now
+            for child in running:
+                cid = new_correlation_id()
+                self._pings[cid] = (child, child.address, now)
+                self.send(child.address, Request(Ping(), cid, deadline=after(timeout)))
+        due = min([period - (now - self._pinged_at)]
+                  + [c.last_heard + timeout - now for c in running])
+        self._schedule_health(now, max(0.005, due))
+
+    def _pong(self, reply: Reply) -> None:
+        child, address, _ = self._pings.pop(reply.correlation_id)
+        if child.address is not None and child.address == address:  # any answer: it works
+            child.last_heard = time.monotonic()
+
+    def _unresponsive(self, child: Child, silent: float) -> None:
+        """Kill a child that answers nothing; its exit is a crash (restart, intensity)."""
+        log.warning("%s: child %s (pid %s) answered no health check for %.1f s "
+                    "(timeout %.1f s); killing it", self.name, child.spec.name, child.pid,
+                    silent, self.health_timeout_s)
+        kill_tree(child.pid)
+        child.stop_granted = False  # whatever it asked for, this exit is abnormal
+        self._child_exited(child.address)
+
+    # -- watches: who is told when a child is gone ------------------------------------------
+
+    def _add_watch(self, request: Request, sender: ActorAddress, child: Child) -> None:
+        """A :class:`WhereIs` that carries a :class:`Watch` found ``child`` (or goes through
+        it): its asker is told :class:`Gone` when ``child`` exits. One watch per asker and
+        path; watches of dead askers are dropped."""
+        watch: Optional[Watch] = getattr(request.payload, "watch", None)
+        if watch is None:
+            return
+        watcher = request.reply_to or sender  # addresses compare with ==, never hash
+        kept = [(a, w) for a, w in child.watchers if not (a == watcher and w.path == watch.path)]
+        if len(kept) >= 16:
+            kept = [(a, w) for a, w in kept if process_alive(w.pid)]
+        child.watchers = kept + [(watcher, watch)]
+
+    def _tell_gone(self, child: Child) -> None:
+        """``child`` has exited: tell its watchers, once its process and the processes under
+        it have ended (poll every ``GONE_POLL_S``, at most ``GONE_MAX_S``). Thespian reports
+        an exit before the exiting process has sent its last messages (answers among them),
+        and a process ends only once its sends are acknowledged: so the answers arrive
+        first, and the watcher fails only what truly was lost."""
+        watchers, child.watchers = child.watchers, []
+        if not watchers:
+            return
+        notices = [(address, Gone(watch.token, watch.path)) for address, watch in watchers
+                   if process_alive(watch.pid)]
+        pids: list[int] = []
+        if child.pid:
+            try:
+                proc = psutil.Process(child.pid)
+                pids = [p.pid for p in proc.children(recursive=True)] + [child.pid]
+            except psutil.NoSuchProcess:
+                pass
+        pids = [pid for pid in pids if process_alive(pid)]
+        if not pids:
+            for address, gone in notices:
+                self.send(address, gone)
+            return
+        if not self._gone:
+            self.wakeupAfter(GONE_POLL_S, payload=_GONE)
+        self._gone.append((pids, time.monotonic() + GONE_MAX_S, notices))
+
+    def on_stop(self) -> None:
+        """Exiting: the Gone notices still waiting for a process to end go now."""
+        for _, _, notices in getattr(self, "_gone", ()):
+            for address, gone in notices:
+                self.send(address, gone)
+        self._gone = []
+
+    def _send_gone(self) -> None:
+        now = time.monotonic()
+        waiting = []
+        for pids, deadline, notices in self._gone:
+            pids = [pid for pid in pids if process_alive(pid)]
+            if pids and now < deadline:
+                waiting.append((pids, deadline, notices))
+                continue
+            for address, gone in notices:
+                self.send(address, gone)
+        self._gone = waiting
+        if waiting:
+            self.wakeupAfter(GONE_POLL_S, payload=_GONE)
+
     def _wakeup(self, token: Any) -> None:
         if token == _LIVENESS:
             self._check_liveness()
+            return
+        if token == _HEALTH:
+            self._health_round()
+            return
+        if token == _GONE:
+            self._send_gone()
             return
         if isinstance(token, tuple) and token[0] == _STATUS:
             gather = self._status_pending.get(token[1])
@@ -355,6 +509,7 @@ class Supervisor(BaseActor):
             elif child.address is not None:
                 self.send(child.address, ActorExitRequest())
             was_start = isinstance(step, _StartStep)
+            self._tell_gone(child)
             child.address, child.pid, child.state = None, None, "dead"
             if was_start:
                 self._after_exit(child, normal=False, starting=True)
@@ -380,6 +535,7 @@ class Supervisor(BaseActor):
             return
         child.state, child.pid, child.kind, child.started_at = (
             "running", msg.pid, msg.kind, time.time())
+        child.last_heard = time.monotonic()
         self.on_child_started(child)
         step = self._current
         if isinstance(step, _StartStep) and step.child is child:
@@ -392,6 +548,7 @@ class Supervisor(BaseActor):
         child = self._find(address)
         if child is None:
             return  # a duplicate ChildActorExited, or a child already replaced
+        self._tell_gone(child)
         child.address, child.pid, child.state = None, None, "dead"
         self.on_child_exit(child)
         step = self._current
@@ -606,13 +763,15 @@ class Supervisor(BaseActor):
             state = "no such child" if child is None else f"child is {child.state}"
             self.reply(request, sender, error=Failure("unavailable", f"{self.name}/{head}: {state}"))
         elif rest:
+            self._add_watch(request, sender, child)  # its exit takes what is under it along
             payload = dataclasses.replace(request.payload, path=rest)
-            self.send(child.address, Request(payload, request.correlation_id,
-                                             request.reply_to or sender))
+            self.send(child.address, dataclasses.replace(
+                request, payload=payload, reply_to=request.reply_to or sender))
         else:
             here(request, sender, child)
 
     def _locate(self, request: Request, sender: ActorAddress, child: Child) -> None:
+        self._add_watch(request, sender, child)
         self.reply(request, sender, Located(child.spec.name, child.address, child.kind))
 
     def _restart_on_request(self, request: Request, sender: ActorAddress, child: Child) -> None:
@@ -664,7 +823,7 @@ class Supervisor(BaseActor):
                 cid = new_correlation_id()
                 gather.asked[cid] = (child, child.address)
                 self._gathers[cid] = gather
-                self.send(child.address, Request(nested, cid))
+                self.send(child.address, Request(nested, cid, deadline=after(nested.timeout_s)))
         if not gather.asked:
             self._finish_gather(gather)
             return

@@ -196,8 +196,9 @@ def find_root(asys: ActorSystem, name: str) -> ActorAddress:
 
 
 def ask(asys: ActorSystem, target: ActorAddress, payload: Any, timeout: float) -> Reply:
-    """A blocking request with correlation: replies to earlier, timed-out asks are dropped."""
-    request = Request(payload)
+    """A blocking request with correlation: replies to earlier, timed-out asks are dropped.
+    The request's deadline is ``timeout`` from now."""
+    request = Request(payload, deadline=time.time() + timeout)
     deadline = time.monotonic() + timeout
     answer = asys.ask(target, request, timeout)
     while True:
