@@ -27,6 +27,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = ("not_found", 404, False, None, "no such resource", True)
     METHOD_NOT_ALLOWED = ("method_not_allowed", 405, False, None,
                           "this method is not allowed on this path", True)
+    REQUEST_TIMEOUT = ("request_timeout", 408, False, None,
+                       "the request body did not arrive in time", True)
     BODY_TOO_LARGE = ("body_too_large", 413, False, None, "the body is too large", True)
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", 415, False, None,
                               "the body must be application/json", True)

@@ -34,6 +34,7 @@ from actors.system import (  # noqa: E402
 )
 from memesys.cli.watchdog import SystemWatch  # noqa: E402
 from memesys.config import Config, ConfigError, load_layers  # noqa: E402
+from memesys.config.capacity import Capacities  # noqa: E402
 from memesys.config.printing import render as render_config  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
 from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402
@@ -120,10 +121,13 @@ class Daemon:
         await bridge.start()
         watch = SystemWatch(bridge, self.root, self.system_cfg.admin_port)
         await watch.find_processes()
-        gateway = Gateway(self.cfg.gateway, Directory(bridge, self.root))
+        gateway = Gateway(self.cfg.gateway, Directory(bridge, self.root),
+                          generation_slots=Capacities.of(self.cfg).generation_slots)
         runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
-                               shutdown_timeout=self.cfg.gateway.request_timeout_s)
+                               shutdown_timeout=self.cfg.gateway.request_timeout_s,
+                               **gateway.server_options())
         await runner.setup()
+        gateway.watch(runner.server)  # closes connections that send no request head in time
         host, port = self.cfg.gateway.host, self.cfg.gateway.port
         await web.TCPSite(runner, host, port, backlog=1024).start()
         print(f"memesys ready at http://{host}:{port}", flush=True)

@@ -1,13 +1,17 @@
 """The aiohttp gateway: HTTP in, ``await`` an actor through the bridge, JSON out.
 
 It validates everything a client sends and holds no domain logic; the middleware
-(:mod:`memesys.http.middleware`) bounds the requests in flight and answers every failure with
-the contract's JSON error (:mod:`memesys.http.responses`).
+(:mod:`memesys.http.middleware`) reads bodies within their deadline, admits requests (or
+refuses them with a computed Retry-After) and answers every failure with the contract's JSON
+error (:mod:`memesys.http.responses`). Synchronous memes also wait for one of the tree's
+generation slots (:mod:`memesys.http.admission`), so the gateway never sends the tree more
+than it can hold. :meth:`Gateway.server_options` and :meth:`Gateway.watch` are how the daemon
+serves it (the request-head timeout, :mod:`memesys.http.connections`).
 """
 from __future__ import annotations
 
-import json
 import uuid
+from typing import Any, Optional
 
 from aiohttp import web
 
@@ -28,27 +32,48 @@ from memesys.domain.messages import (
     SubmitTask,
 )
 from memesys.errors import ErrorCode, translate
+from memesys.http.admission import Lane
+from memesys.http.connections import MAX_SWEEP_S
 from memesys.http.metrics import Metrics
 from memesys.http.middleware import Guard
 from memesys.http.openapi import openapi_document
 from memesys.http.page import INDEX_HTML
 from memesys.http.responses import error, public_failure
-from memesys.http.validation import InvalidField, parse_generate, parse_page
+from memesys.http.validation import (
+    InvalidField,
+    MalformedJson,
+    parse_generate,
+    parse_json,
+    parse_page,
+    shown,
+)
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
 
 READY_TIMEOUT_S = 2.0
 METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
 STORE_TIMEOUT_S = 5.0
-JSON_TYPES = ("application/json",)
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, directory: Directory) -> None:
+    def __init__(self, cfg: GatewayConfig, directory: Directory,
+                 generation_slots: Optional[int] = None) -> None:
+        """``generation_slots``: the memes the tree makes at once (its generators' capacity);
+        synchronous meme requests past it wait in the gateway's queue instead of being
+        refused inside the tree. None: ``max_in_flight``."""
         self.cfg = cfg
         self.directory = directory
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
         self.guard = Guard(cfg, self.metrics)
+        # A request waits for a generation slot at most half its deadline: the rest is for
+        # making the meme (a request that starts with seconds left would only time out).
+        self.generation = Lane("generation", generation_slots or cfg.max_in_flight,
+                               cfg.max_queue, min(cfg.queue_timeout_s, cfg.request_timeout_s / 2))
+        self.metrics.gauge("memesys_gateway_generating", "synchronous memes being made",
+                           lambda: self.generation.active)
+        self.metrics.gauge("memesys_gateway_generation_queued",
+                           "synchronous meme requests waiting for a generation slot",
+                           lambda: self.generation.queued)
         self.metrics.gauge("memesys_bridge_stale_replies_total",
                            "replies that arrived after their ask gave up",
                            lambda: directory.bridge.stale_replies)
@@ -61,9 +86,21 @@ class Gateway:
                            "records quarantined because they did not parse or validate",
                            lambda: self.quarantined)
 
+    def server_options(self) -> dict[str, Any]:
+        """aiohttp server settings for ``web.AppRunner(app, **options)``. aiohttp's own idle
+        keep-alive timeout is a backstop a sweep after the request-head timeout
+        (:meth:`watch` closes idle connections first, and counts them)."""
+        return {"keepalive_timeout": self.cfg.header_timeout_s + MAX_SWEEP_S}
+
+    def watch(self, server: web.Server) -> None:
+        """Close ``server``'s connections that deliver no request head in time (call after
+        ``AppRunner.setup()`` with ``runner.server``; stopped with the application)."""
+        self.guard.connections.watch(server)
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes,
                               middlewares=[self.guard.middleware])
+        app.on_cleanup.append(self.guard.connections.stop)
         app.add_routes([
             web.post("/v1/memes", self.create_meme),
             web.get("/v1/memes", self.list_memes),
@@ -86,19 +123,11 @@ class Gateway:
         run_async = request.query.get("async", "false").lower()
         if run_async not in ("true", "1", "false", "0"):
             return error(ErrorCode.INVALID_FIELD, "async: must be true or false", field="async")
-        declared = request.headers.get("Content-Type")
-        if declared is not None and not (request.content_type in JSON_TYPES
-                                         or request.content_type.endswith("+json")):
-            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                         f"the body must be application/json, not {request.content_type}")
-        if (request.content_length or 0) > self.cfg.max_body_bytes:
-            return error(ErrorCode.BODY_TOO_LARGE,
-                         f"the body must be at most {self.cfg.max_body_bytes} bytes")
-        raw = await request.read()
+        # The middleware has checked the Content-Type and read the body: this is the copy.
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error(ErrorCode.MALFORMED_JSON, f"the body is not valid JSON: {exc}")
+            body = parse_json(await request.read())
+        except MalformedJson as exc:
+            return error(exc.code, str(exc))
         trace_id = uuid.uuid4().hex
         try:
             order: GenerateMeme = parse_generate(body, self.cfg.max_topic_chars, trace_id)
@@ -111,9 +140,12 @@ class Gateway:
                                      headers={"Location": status_url, "X-Trace-Id": trace_id})
         # Idempotent: if a worker dies holding it, the pool retries it on another worker. At
         # worst a meme saved just before the death is stored twice; the client gets one.
+        # The time spent waiting for a generation slot comes out of the request's deadline.
         try:
-            meme = await self.directory.ask(GENERATOR, order, self.cfg.request_timeout_s,
-                                            idempotent=True)
+            async with self.generation.slot() as waited:
+                meme = await self.directory.ask(GENERATOR, order,
+                                                self.cfg.request_timeout_s - waited,
+                                                idempotent=True)
         except RemoteFailure as exc:
             self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
                                code=(translate(exc.failure.code) or ErrorCode.INTERNAL).value)
@@ -133,7 +165,7 @@ class Gateway:
     def _meme_id(self, request: web.Request) -> str:
         meme_id = request.match_info["id"]
         if not valid_id(meme_id):
-            raise web.HTTPNotFound(text=f"no meme {meme_id!r}")
+            raise web.HTTPNotFound(text=f"no meme {shown(meme_id)}")
         return meme_id
 
     async def get_meme(self, request: web.Request) -> web.Response:
@@ -179,7 +211,7 @@ class Gateway:
             task = await self.directory.ask(STORE, GetTask(task_id), STORE_TIMEOUT_S,
                                             idempotent=True)
         if task is None:
-            return error(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
+            return error(ErrorCode.NOT_FOUND, f"no task {shown(task_id)}")
         body = {key: task[key] for key in ("status", "stage", "progress", "created_at",
                                            "updated_at")}
         if task.get("meme") is not None:

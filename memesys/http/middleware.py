@@ -1,65 +1,203 @@
-"""The gateway's middleware: bound the requests in flight, turn every failure into the
-contract's JSON error (never a traceback), and count every answer by route and status."""
+"""The gateway's middleware: read the body within its deadline, admit the request (or refuse
+it with a computed ``Retry-After``), turn every failure into the contract's JSON error (never
+a traceback), and count every answer by route and status.
+
+The order, for each request whose head has arrived:
+
+1. an unknown route or a wrong method is answered at once (404, 405 with ``Allow``);
+2. ``/healthz``, ``/readyz`` and ``/metrics`` are served at once: no admission control, so
+   liveness, readiness and metrics answer however loaded the gateway is;
+3. a ``POST`` must declare ``Content-Type: application/json`` (415 otherwise, a missing one
+   too: a web page can send ``text/plain``, a form or a typeless body to a local daemon
+   without asking, but not JSON);
+4. the body is read, at most ``max_body_bytes`` (413) within ``body_timeout_s`` of the head
+   (408, and the connection is closed); a body that cannot be decoded (a false
+   ``Content-Encoding``) is 400; a client that hangs up mid-body gets nothing and leaves no
+   traceback (counted with status 499);
+5. only then is the request admitted: it counts against ``max_in_flight`` (or waits in the
+   bounded queue, or is refused 503 + ``Retry-After``, see :mod:`memesys.http.admission`).
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Optional
 
 from aiohttp import web
 
 from actors.bridge import RemoteFailure
 from memesys.config import GatewayConfig
 from memesys.errors import ErrorCode
+from memesys.http.admission import Lane, Refused
+from memesys.http.connections import ConnectionWatch
 from memesys.http.metrics import Metrics
 from memesys.http.responses import error, failure_error
+from memesys.http.validation import shown
 
 log = logging.getLogger("memesys.http")
 
 # aiohttp's own HTTP errors (an unknown route, a method, a body over client_max_size).
 _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
                413: ErrorCode.BODY_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE}
+# Served whatever the load: never queued, never refused by admission control.
+OPERATIONS = frozenset({"/healthz", "/readyz", "/metrics"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+JSON_TYPE = "application/json"
+CLIENT_GONE = 499  # nginx's "client closed request": only in metrics, nobody is there to read it
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Guard:
-    """The one middleware; ``in_flight`` is the requests being served right now."""
+    """The one middleware; ``lane`` admits every request whose body has been read."""
 
     def __init__(self, cfg: GatewayConfig, metrics: Metrics) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.in_flight = 0
-        metrics.gauge("memesys_gateway_in_flight", "requests being served",
-                      lambda: self.in_flight)
+        self.lane = Lane("gateway", cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout_s)
+        self.reading = 0
+        self.connections = ConnectionWatch(cfg.header_timeout_s, on_close=lambda: self._closed(
+            "header_timeout"))
+        metrics.gauge("memesys_gateway_in_flight", "requests being served (bodies read)",
+                      lambda: self.lane.active)
+        metrics.gauge("memesys_gateway_queued", "requests waiting for a slot",
+                      lambda: self.lane.queued)
+        metrics.gauge("memesys_gateway_reading", "requests whose body is being read",
+                      lambda: self.reading)
+
+    @property
+    def in_flight(self) -> int:
+        return self.lane.active
+
+    def _closed(self, reason: str) -> None:
+        self.metrics.count("memesys_http_connections_closed_total",
+                           "connections the gateway closed, by reason", reason=reason)
+
+    def refused(self, refusal: Refused) -> web.Response:
+        """503 ``overloaded`` with the lane's computed Retry-After."""
+        self.metrics.count("memesys_gateway_refused_total",
+                           "requests refused by admission control, by lane and reason",
+                           lane=refusal.lane, reason=refusal.reason)
+        return error(ErrorCode.OVERLOADED, "the daemon is at capacity; retry later",
+                     retry_after=refusal.retry_after)
 
     @web.middleware
     async def middleware(self, request: web.Request,
                          handler: Handler) -> web.StreamResponse:
-        """Bound requests in flight; turn every failure into a JSON error, never a traceback."""
+        """Body, admission, errors and metrics for every request (see the module's doc)."""
         started = time.perf_counter()
         resource = request.match_info.route.resource
         route = resource.canonical if resource else "unmatched"
-        if self.in_flight >= self.cfg.max_in_flight:
-            response: web.StreamResponse = error(ErrorCode.OVERLOADED,
-                                                 "the gateway is shedding load; retry later")
-        else:
-            self.in_flight += 1
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                response = self._http_error(request, exc)
-            except RemoteFailure as exc:
-                response = failure_error(exc.failure, f"{request.method} {request.path}")
-            except Exception:
-                log.exception("unexpected error serving %s %s", request.method, request.path)
-                response = error(ErrorCode.INTERNAL)
-            finally:
-                self.in_flight -= 1
+        connection = request.protocol
+        self.connections.busy(connection)
+        try:
+            response = await self._serve(request, handler, route)
+        finally:
+            self.connections.idle(connection)
+        status = str(response.status) if response is not None else str(CLIENT_GONE)
         self.metrics.count("memesys_http_requests_total", "HTTP requests by route and status",
-                           method=request.method, route=route, status=str(response.status))
+                           method=request.method, route=route, status=status)
         self.metrics.observe("memesys_http_request_seconds", "HTTP request latency",
                              time.perf_counter() - started, route=route)
+        return response if response is not None else web.Response(status=CLIENT_GONE)
+
+    async def _serve(self, request: web.Request, handler: Handler,
+                     route: str) -> Optional[web.StreamResponse]:
+        if request.match_info.http_exception is not None or route in OPERATIONS:
+            return await self._call(request, handler)
+        if request.method in BODY_METHODS:
+            refusal = self._media_type_refusal(request)
+            if refusal is not None:
+                return refusal
+        if request.body_exists:
+            problem = await self._read_body(request)
+            if problem is not True:
+                return problem
+        try:
+            async with self.lane.slot():
+                return await self._call(request, handler)
+        except Refused as refusal:
+            return self.refused(refusal)
+
+    async def _call(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The handler's answer, every failure as a JSON error."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            return self._http_error(request, exc)
+        except RemoteFailure as exc:
+            return failure_error(exc.failure, f"{request.method} {request.path}")
+        except Refused as refusal:  # a lane inside the handler (memes being made)
+            return self.refused(refusal)
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            return error(ErrorCode.INTERNAL)
+
+    def _media_type_refusal(self, request: web.Request) -> Optional[web.Response]:
+        """415 unless the body is declared ``application/json`` (UTF-8, if a charset is
+        given). A missing Content-Type is refused too: browsers send a body without one (a
+        Blob, an ArrayBuffer) cross-origin without asking first, as they do text/plain."""
+        if "Content-Type" not in request.headers:
+            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                         "the body must be declared Content-Type: application/json")
+        if request.content_type != JSON_TYPE:
+            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                         f"the body must be application/json, not "
+                         f"{shown(request.content_type)}")
+        if (request.charset or "utf-8").lower() != "utf-8":
+            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                         f"the body must be UTF-8, not {shown(request.charset)}")
+        return None
+
+    async def _read_body(self, request: web.Request) -> "Optional[web.StreamResponse] | bool":
+        """Read the whole body (kept by aiohttp for the handler's ``read()``): True when read,
+        else the answer (None: the client is gone)."""
+        limit = self.cfg.max_body_bytes
+        if (request.content_length or 0) > limit:
+            return error(ErrorCode.BODY_TOO_LARGE, f"the body must be at most {limit} bytes")
+        self.reading += 1
+        try:
+            await asyncio.wait_for(request.read(), self.cfg.body_timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return await self._body_timed_out(request)
+        except web.HTTPRequestEntityTooLarge:  # a chunked or decompressed body past the limit
+            return error(ErrorCode.BODY_TOO_LARGE, f"the body must be at most {limit} bytes")
+        except (ConnectionError, web.RequestPayloadError) as exc:
+            if _gone(request) or isinstance(exc, ConnectionError):
+                log.debug("%s %s: the client hung up while sending its body (%s)",
+                          request.method, request.path, type(exc).__name__)
+                return None
+            encoding = request.headers.get("Content-Encoding")
+            return await self._answer_and_close(request, error(
+                ErrorCode.MALFORMED_JSON, "the body could not be read" + (
+                    f": it is not valid {shown(encoding)} as its Content-Encoding says"
+                    if encoding else "")))
+        finally:
+            self.reading -= 1
+
+    async def _body_timed_out(self, request: web.Request) -> Optional[web.StreamResponse]:
+        """408, sent at once, then the connection is closed (it is not drained: a client that
+        trickles its body would hold it as long again)."""
+        self._closed("body_timeout")
+        return await self._answer_and_close(request, error(
+            ErrorCode.REQUEST_TIMEOUT,
+            f"the body did not arrive within {self.cfg.body_timeout_s:g} s"))
+
+    @staticmethod
+    async def _answer_and_close(request: web.Request,
+                                response: web.Response) -> Optional[web.StreamResponse]:
+        """Send ``response`` now and close the connection, rather than let aiohttp drain the
+        rest of a body that cannot be read (or would take as long again)."""
+        response.force_close()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            return None
+        finally:
+            request.protocol.force_close()
         return response
 
     def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
@@ -77,5 +215,10 @@ class Guard:
         if code is ErrorCode.BODY_TOO_LARGE:
             text = f"the body must be at most {self.cfg.max_body_bytes} bytes"
         elif code is ErrorCode.METHOD_NOT_ALLOWED:
-            text = f"{request.method} is not allowed here (allowed: {allow or 'none'})"
+            text = f"{shown(request.method, 16)} is not allowed here (allowed: {allow or 'none'})"
         return error(code, text, headers={"Allow": allow} if allow else None)
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()

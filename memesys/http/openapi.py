@@ -5,7 +5,7 @@ from typing import Any
 
 from memesys.domain.ids import ID_PATTERN
 from memesys.errors import ErrorCode
-from memesys.http.validation import MAX_LABEL_CHARS, MAX_PAGE, MAX_SEED
+from memesys.http.validation import MAX_JSON_DEPTH, MAX_LABEL_CHARS, MAX_PAGE, MAX_SEED
 
 
 def _json(schema: dict, description: str) -> dict:
@@ -13,8 +13,10 @@ def _json(schema: dict, description: str) -> dict:
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
-                                "schema": {"type": "integer", "minimum": 1}}}
+_RETRY_AFTER = {"Retry-After": {
+    "description": "seconds to wait before retrying; for overloaded, computed from the "
+                   "gateway's queue (requests ahead x recent mean service time / slots)",
+    "schema": {"type": "integer", "minimum": 1}}}
 _MEME = {"$ref": "#/components/schemas/Meme"}
 _ID = [{"name": "id", "in": "path", "required": True,
         "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"}}]
@@ -33,7 +35,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return out
 
 
-# Answered by any route: the gateway's own shedding, a server fault, a wrong method.
+# Answered by any route but /healthz, /readyz and /metrics: the gateway's own shedding
+# (admission control never refuses those three), a server fault, a wrong method.
 _ANY = (405, 500, 503)
 
 
@@ -49,6 +52,12 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                 "post": {
                     "summary": "Make a meme and wait for it (or, with async=true, answer 202 with a "
                                "task once it is durably recorded)",
+                    "description": "The body must be declared Content-Type: application/json "
+                                   "(charset, if any, utf-8): any other type, and a body without "
+                                   "one, is 415 (so a web page cannot make a local daemon "
+                                   "generate memes). The body must arrive within the gateway's "
+                                   "body timeout (408), be at most max_body_bytes (413) and be "
+                                   f"UTF-8 JSON nested at most {MAX_JSON_DEPTH} deep (400).",
                     "parameters": [{"name": "async", "in": "query",
                                     "schema": {"type": "boolean", "default": False}}],
                     "requestBody": {"required": True, "content": {"application/json": {
@@ -57,7 +66,7 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                                   "202": _json({"type": "object", "properties": {
                                       "task_id": {"type": "string"},
                                       "status_url": {"type": "string"}}}, "the task, recorded"),
-                                  **_errors(400, 413, 415, 422, *_ANY, 502, 504)},
+                                  **_errors(400, 408, 413, 415, 422, *_ANY, 502, 504)},
                 },
                 "get": {
                     "summary": "A page of memes, newest first",

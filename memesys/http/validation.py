@@ -1,9 +1,14 @@
 """Validation of client input at the gateway: every field checked, every size bounded.
 
-Each problem is a :class:`InvalidField` naming the field and why, answered as 422.
+Each problem is a :class:`InvalidField` naming the field and why, answered as 422; a body that
+is not JSON (not UTF-8, nested deeper than :data:`MAX_JSON_DEPTH`, a number Python will not
+read) is :class:`MalformedJson`, answered as 400. A message shows at most a short prefix of
+what the client sent (:func:`shown`).
 """
 from __future__ import annotations
 
+import json
+import re
 import unicodedata
 from typing import Any, Optional
 
@@ -14,7 +19,60 @@ from memesys.errors import ErrorCode, MemesysError
 MAX_LABEL_CHARS = 100
 MAX_SEED = 2**31 - 1
 MAX_PAGE = 100
+MAX_JSON_DEPTH = 32  # arrays and objects inside each other; a meme request needs 1
+MAX_SHOWN_CHARS = 32  # of a client's value quoted back in an error message
 _FIELDS = {"topic", "format", "style", "audience", "seed", "fresh"}
+_ASCII_INT = re.compile(r"[0-9]{1,9}")  # not str.isdigit(): "²" and "٣" are digits too
+_JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_NESTING = re.compile(rb"[\[\]{}]")
+
+
+def shown(value: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``value`` quoted for an error message: at most ``limit`` characters of it."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + "…"
+
+
+class MalformedJson(MemesysError, ValueError):
+    """The body is not a JSON document the gateway reads (``malformed_json``, 400)."""
+
+    code = ErrorCode.MALFORMED_JSON
+
+
+def _not_a_number(name: str) -> Any:
+    raise MalformedJson(f"the body is not valid JSON: {name} is not a JSON number")
+
+
+def _nesting_exceeds(raw: bytes, limit: int) -> bool:
+    depth = 0
+    for bracket in _JSON_NESTING.finditer(_JSON_STRINGS.sub(b"", raw)):
+        depth += 1 if bracket.group() in (b"[", b"{") else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def parse_json(raw: bytes) -> Any:
+    """The JSON document in ``raw`` (UTF-8, at most :data:`MAX_JSON_DEPTH` deep), or
+    :class:`MalformedJson` saying why not, without quoting the body."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedJson("the body is not valid JSON: it is not UTF-8") from None
+    if _nesting_exceeds(raw, MAX_JSON_DEPTH):
+        raise MalformedJson(f"the body is not valid JSON for this API: it nests deeper than "
+                            f"{MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_not_a_number)
+    except MalformedJson:
+        raise
+    except json.JSONDecodeError as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, "
+                            f"column {exc.colno})") from None
+    except (ValueError, RecursionError):  # an integer of more than 4,300 digits
+        raise MalformedJson("the body is not valid JSON for this API: a number is too "
+                            "long") from None
 
 
 class InvalidField(MemesysError, ValueError):
@@ -51,15 +109,16 @@ def parse_generate(body: Any, max_topic_chars: int, trace_id: str) -> GenerateMe
         raise InvalidField("body", "must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise InvalidField(unknown[0], f"is not a known field (known: {', '.join(sorted(_FIELDS))})")
+        raise InvalidField(unknown[0][:MAX_SHOWN_CHARS],
+                           f"is not a known field (known: {', '.join(sorted(_FIELDS))})")
     topic = _text(body, "topic", max_topic_chars, required=True)
     fmt = _text(body, "format", MAX_LABEL_CHARS)
     if fmt is not None:
         try:
             fmt = get_format(fmt).name
         except UnknownFormat:
-            raise InvalidField("format", f"unknown format {fmt!r}; GET /v1/formats lists "
-                                         f"the {len(CATALOGUE)} formats") from None
+            raise InvalidField("format", f"unknown format {shown(fmt)}; GET /v1/formats "
+                                         f"lists the {len(CATALOGUE)} formats") from None
     seed = body.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise InvalidField("seed", f"must be an integer between 0 and {MAX_SEED}")
@@ -73,7 +132,7 @@ def parse_generate(body: Any, max_topic_chars: int, trace_id: str) -> GenerateMe
 
 def parse_page(query: Any) -> tuple[int, Optional[str]]:
     raw = query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not _ASCII_INT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE:
         raise InvalidField("limit", f"must be an integer between 1 and {MAX_PAGE}")
     cursor = query.get("cursor") or None
     if cursor is not None and len(cursor) > 200:
