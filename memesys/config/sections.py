@@ -47,6 +47,8 @@ class SupervisionConfig:
     backoff_max_s: float = bounded(0, 3600)
     backoff_jitter: float = bounded(0, 1)
     child_shutdown_s: float = bounded(0.01, 600)
+    health_interval_s: float = bounded(0, 3600)  # 0: no health checks
+    health_timeout_s: float = bounded(0.05, 3600)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,13 @@ def redis_spec(cfg: Config, server: RedisServerArgs) -> ChildSpec:
                       sup.backoff_jitter)
     return ChildSpec(REDIS, Supervisor, SupervisorArgs(
         (ChildSpec(REDIS_SERVER_NAME, RedisServer, server, shutdown_s=REDIS_SHUTDOWN_S),),
-        Strategy.ONE_FOR_ONE, sup.max_restarts, sup.period_s, backoff))
+        Strategy.ONE_FOR_ONE, sup.max_restarts, sup.period_s, backoff, **health(cfg)))
+
+
+def health(cfg: Config) -> dict[str, float]:
+    """Every supervisor's and pool's health checks ([supervision] health_*)."""
+    return {"health_interval_s": cfg.supervision.health_interval_s,
+            "health_timeout_s": cfg.supervision.health_timeout_s}
 
 
 def root_spec(cfg: Config, redis_url: str,
@@ -77,7 +83,7 @@ def root_spec(cfg: Config, redis_url: str,
         return ChildSpec(name, Pool, PoolArgs(
             worker, size, args, max_outstanding=outstanding,
             max_restarts=sup.max_restarts, period_s=sup.period_s, backoff=backoff,
-            worker_shutdown_s=sup.child_shutdown_s))
+            worker_shutdown_s=sup.child_shutdown_s, **health(cfg)))
 
     children = (
         pool(STORE, StoreWorker, workers.store,
@@ -97,9 +103,10 @@ def root_spec(cfg: Config, redis_url: str,
         ChildSpec(TASKS, Supervisor, SupervisorArgs((
             ChildSpec(LEDGER_NAME, TaskLedger, task_args),
             ChildSpec(RUNNER_NAME, TaskRunner, task_args, shutdown_s=sup.child_shutdown_s),
-        ), Strategy.ONE_FOR_ALL, sup.max_restarts, sup.period_s, backoff)),
+        ), Strategy.ONE_FOR_ALL, sup.max_restarts, sup.period_s, backoff, **health(cfg))),
     )
     if redis_server is not None:  # first: everything after it depends on it
         children = (redis_spec(cfg, redis_server),) + children
     return ChildSpec(ROOT, Supervisor, SupervisorArgs(
-        children, Strategy.REST_FOR_ONE, sup.max_restarts, sup.period_s, backoff))
+        children, Strategy.REST_FOR_ONE, sup.max_restarts, sup.period_s, backoff,
+        **health(cfg)))
