@@ -85,6 +85,28 @@ def test_sigkill_of_the_embedded_redis_server_is_repaired_within_5_s(tmp_path: P
                     str(tmp_path))]
 
 
+def test_sigkill_of_the_redis_owner_replaces_its_orphaned_server(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path, extra_env={"REDIS_URL": ""}).start()
+    try:
+        orphan = embedded_server_pid(daemon)
+        group = next(c for c in tree(daemon)["children"] if c["name"] == "redis")
+        os.kill(group["children"][0]["pid"], signal.SIGKILL)  # the owner, not the server
+        killed = time.monotonic()
+        while True:
+            try:
+                if embedded_server_pid(daemon) != orphan:
+                    break
+            except (StopIteration, ValueError, psutil.Error, AssertionError):
+                pass  # the new owner is starting
+            assert time.monotonic() - killed < 5
+            time.sleep(0.05)
+        assert daemon.json("POST", "/v1/memes", {"topic": "new owner", "fresh": True})[0] == 201
+        assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == "zombie"
+        assert "a stale server (pid" in daemon.log_text()
+    finally:
+        assert daemon.stop() == []
+
+
 def test_a_hung_embedded_redis_server_is_killed_and_restarted(tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path, extra_env={"REDIS_URL": "",
                                                 "MEMESYS_REDIS_HANG_TIMEOUT_S": "1.5"}).start()

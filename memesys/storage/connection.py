@@ -39,6 +39,20 @@ PROBE_TIMEOUT_S = 0.25  # a probe of a server believed down: short, a stopped on
 _HEALTH_CHECK_INTERVAL_S = 30
 
 
+def _exited(proc: psutil.Process, timeout_s: float) -> bool:
+    """Wait until ``proc`` (not our child) has exited; a zombie counts: it has closed its files
+    and socket, and an orphan's reaper (whatever runs as pid 1) may take seconds to reap it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.005)
+    return False
+
+
 class EmbeddedRedisError(RuntimeError):
     """The embedded redis-server could not be started; the message includes its log tail."""
 
@@ -272,10 +286,9 @@ class EmbeddedRedis:
         log.warning("stopping stale redis-server pid %d on %s", pid, self.data_dir)
         try:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=_STOP_TIMEOUT_S)
-        except psutil.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=_STOP_TIMEOUT_S)
+            if not _exited(proc, _STOP_TIMEOUT_S):
+                proc.kill()
+                _exited(proc, _STOP_TIMEOUT_S)
         except psutil.NoSuchProcess:
             pass
 
