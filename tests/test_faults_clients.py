@@ -452,8 +452,8 @@ async def test_a_request_that_cannot_start_within_its_deadline_is_503_with_retry
         return a_meme()
 
     directory.script(GenerateMeme, slow)
-    held = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": "x"}))
-            for _ in range(CONFIG.max_in_flight)]
+    held = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
+            for i in range(CONFIG.max_in_flight)]
     while gateway.guard.lane.active < CONFIG.max_in_flight:
         await asyncio.sleep(0.01)
     started = time.monotonic()
@@ -478,8 +478,8 @@ async def test_a_queued_request_that_gets_a_slot_in_time_is_served(client, direc
         return a_meme()
 
     directory.script(GenerateMeme, slow)
-    answers = await asyncio.gather(*(client.post("/v1/memes", json={"topic": "x"})
-                                     for _ in range(CONFIG.max_in_flight + CONFIG.max_queue)))
+    answers = await asyncio.gather(*(client.post("/v1/memes", json={"topic": f"x{i}"})
+                                     for i in range(CONFIG.max_in_flight + CONFIG.max_queue)))
     assert [a.status for a in answers] == [201] * len(answers)
 
 
@@ -500,8 +500,8 @@ async def test_memes_wait_for_the_trees_generation_slots(aiohttp_client, directo
         return a_meme()
 
     directory.script(GenerateMeme, counted)
-    answers = await asyncio.gather(*(client.post("/v1/memes", json={"topic": "x"})
-                                     for _ in range(10)))
+    answers = await asyncio.gather(*(client.post("/v1/memes", json={"topic": f"x{i}"})
+                                     for i in range(10)))
     assert [a.status for a in answers] == [201] * 10
     assert most == 2
     timeouts = [timeout for path, payload, timeout, _ in directory.asked

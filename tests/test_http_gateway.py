@@ -158,6 +158,34 @@ async def test_post_meme_waits_for_the_generator(client, directory) -> None:
     assert order.trace_id == response.headers["X-Trace-Id"]
 
 
+async def test_identical_requests_in_flight_share_one_generation(client, directory) -> None:
+    """Single-flight: identical requests at once ask the tree once (the trace id differs, the
+    answer is the same meme); a fresh request, or another seed, asks on its own."""
+    release = asyncio.Event()
+
+    async def slow(order: GenerateMeme) -> dict:
+        await release.wait()
+        return a_meme(f"m{order.seed}")
+
+    directory.script(GenerateMeme, slow)
+    same = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": "x", "seed": 1}))
+            for _ in range(2)]  # with the two below: GATEWAY.max_in_flight
+    other = [asyncio.ensure_future(client.post("/v1/memes", json=body)) for body in (
+        {"topic": "x", "seed": 2}, {"topic": "x", "seed": 1, "fresh": True})]
+    while len(directory.asked) < 3:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    release.set()
+    answers = await asyncio.gather(*same, *other)
+    assert [a.status for a in answers] == [201] * 4
+    assert [(await a.json())["id"] for a in answers] == ["m1"] * 2 + ["m2", "m1"]
+    assert len({a.headers["X-Trace-Id"] for a in answers}) == 4
+    asked = [order for _, order, _, _ in directory.asked if isinstance(order, GenerateMeme)]
+    assert sorted((o.seed, o.fresh) for o in asked) == [(1, False), (1, True), (2, False)]
+    text = await (await client.get("/metrics")).text()
+    assert "memesys_memes_shared_total 1" in text
+
+
 async def test_post_meme_async_answers_202_once_recorded(client, directory) -> None:
     directory.script(SubmitTask, "task1")
     response = await client.post("/v1/memes?async=true", json={"topic": "queues"})
@@ -377,8 +405,8 @@ async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(client, d
         return a_meme()
 
     directory.script(GenerateMeme, slow)
-    held = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": "x"}))
-            for _ in range(GATEWAY.max_in_flight + GATEWAY.max_queue)]
+    held = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
+            for i in range(GATEWAY.max_in_flight + GATEWAY.max_queue)]
     while len(directory.asked) < GATEWAY.max_in_flight:
         await asyncio.sleep(0.01)
     while gateway.guard.lane.queued < GATEWAY.max_queue:

@@ -10,6 +10,7 @@ serves it (the request-head timeout, :mod:`memesys.http.connections`).
 """
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any, Optional
 
@@ -39,6 +40,7 @@ from memesys.http.middleware import Guard
 from memesys.http.openapi import openapi_document
 from memesys.http.page import INDEX_HTML
 from memesys.http.responses import error, public_failure
+from memesys.http.single_flight import SingleFlight
 from memesys.http.validation import (
     InvalidField,
     MalformedJson,
@@ -74,6 +76,7 @@ class Gateway:
         self.metrics.gauge("memesys_gateway_generation_queued",
                            "synchronous meme requests waiting for a generation slot",
                            lambda: self.generation.queued)
+        self.flights: SingleFlight[dict] = SingleFlight()
         self.metrics.gauge("memesys_bridge_stale_replies_total",
                            "replies that arrived after their ask gave up",
                            lambda: directory.bridge.stale_replies)
@@ -138,14 +141,17 @@ class Gateway:
             status_url = f"/v1/tasks/{task_id}"
             return web.json_response({"task_id": task_id, "status_url": status_url}, status=202,
                                      headers={"Location": status_url, "X-Trace-Id": trace_id})
-        # Idempotent: if a worker dies holding it, the pool retries it on another worker. At
-        # worst a meme saved just before the death is stored twice; the client gets one.
-        # The time spent waiting for a generation slot comes out of the request's deadline.
+        # Identical requests in flight at once (all but the trace id; never "fresh" ones)
+        # share one generation: the first takes a generation slot, the others await it.
         try:
-            async with self.generation.slot() as waited:
-                meme = await self.directory.ask(GENERATOR, order,
-                                                self.cfg.request_timeout_s - waited,
-                                                idempotent=True)
+            if order.fresh:
+                meme = await self._generate(order)
+            else:
+                meme, shared = await self.flights.run(dataclasses.replace(order, trace_id=""),
+                                                      lambda: self._generate(order))
+                if shared:
+                    self.metrics.count("memesys_memes_shared_total",
+                                       "meme requests answered by an identical one in flight")
         except RemoteFailure as exc:
             self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
                                code=(translate(exc.failure.code) or ErrorCode.INTERNAL).value)
@@ -153,6 +159,15 @@ class Gateway:
         self._count_verdicts(meme)
         return web.json_response(meme, status=201, headers={
             "Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id})
+
+    async def _generate(self, order: GenerateMeme) -> dict:
+        """One meme from the tree, once a generation slot is free (the wait comes out of the
+        request's deadline). Idempotent: if a worker dies holding it, the pool retries it on
+        another worker; at worst a meme saved just before the death is stored twice."""
+        async with self.generation.slot() as waited:
+            return await self.directory.ask(GENERATOR, order,
+                                            self.cfg.request_timeout_s - waited,
+                                            idempotent=True)
 
     def _count_verdicts(self, meme: dict) -> None:
         """Every verdict served, so a degraded verifier shows in metrics, not only in JSON."""
