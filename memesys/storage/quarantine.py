@@ -22,6 +22,7 @@ import time
 from typing import Optional
 
 import redis
+from redis.commands.core import Script
 
 log = logging.getLogger("memesys.storage.quarantine")
 
@@ -71,7 +72,7 @@ class Quarantine:
         self.ttl_s = ttl_s
         self._log = f"{prefix}:quarantine"
         self._counts = f"{prefix}:quarantine:counts"
-        self._move = client.register_script(_MOVE)
+        self._move: Optional[Script] = None  # registered on first use
 
     def key_of(self, kind: str, record_id: str) -> str:
         """Where a quarantined record of ``kind`` with ``record_id`` is kept."""
@@ -88,6 +89,8 @@ class Quarantine:
         entry = json.dumps({"kind": kind, "id": record_id, "key": key, "moved_to": moved_to,
                             "reason": reason, "at": time.time()}, separators=(",", ":"))
         command, index_key = index or ("", key)
+        if self._move is None:
+            self._move = self._r.register_script(_MOVE)
         moved = self._move(
             keys=[key, moved_to, self._log, self._counts, index_key],
             args=[print_, entry, kind, LOG_LENGTH, self.ttl_s, command, record_id,
