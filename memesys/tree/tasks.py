@@ -1,8 +1,9 @@
 """Asynchronous generation: the task group, a ``one_for_all`` pair of ledger and runner.
 
 The ledger records each task in Redis before answering (the 202 means durably recorded) and
-hands it to the runner (clients read tasks back through the store pool, not the ledger); the runner, an async actor, has the generator pool make the meme and
-answers the ledger, which records the outcome. The two share the lease of every task in
+hands it to the runner (clients read tasks back through the store pool, not the ledger); the
+runner, an async actor, has the generator pool make the meme and answers the ledger, which
+records the outcome. The two share the lease of every task in
 flight: if the runner dies its tasks' answers never come; if the ledger dies the runner's
 answers go nowhere. So the group is ``one_for_all``: both restart, and the new ledger takes
 every unfinished task back from Redis and hands it to the new runner.
