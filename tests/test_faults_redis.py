@@ -272,3 +272,38 @@ def test_a_redis_outage_under_load(tmp_path: Path, fault: str, outage_s: int) ->
             assert daemon.stop() == []
         finally:
             server.stop()
+
+
+def test_while_redis_is_down_no_llm_call_is_spent(tmp_path: Path) -> None:
+    from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+
+    server = RedisProcess(tmp_path / "redis")
+    with FakeOpenAI(FakeConfig()) as fake:
+        daemon = DaemonProcess(tmp_path, extra_env={
+            "REDIS_URL": server.url, "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url, "MEMESYS_LLM_MODEL": "fake-model"}).start()
+        try:
+            assert daemon.json("POST", "/v1/memes", {"topic": "warm up"})[0] == 201
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+            before = fake.calls
+            for body in ({"topic": "down", "fresh": True}, {"topic": "down"}):
+                started = time.monotonic()
+                status, error = daemon.json("POST", "/v1/memes", body)
+                assert status == 503 and error["error"]["code"] == "store_error", error
+                assert time.monotonic() - started < 2
+            status, headers, _ = daemon.request("POST", "/v1/memes?async=true",
+                                                {"topic": "down"})
+            assert status == 503 and headers["Retry-After"]
+            assert fake.calls == before  # failed before the pipeline: no LLM call spent
+            server.start()
+            deadline = time.monotonic() + 5
+            while daemon.json("POST", "/v1/memes", {"topic": "back", "fresh": True})[0] != 201:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert fake.calls > before
+        finally:
+            try:
+                assert daemon.stop() == []
+            finally:
+                server.stop()
