@@ -317,6 +317,25 @@ async def test_a_client_hanging_up_mid_body_is_no_500_and_no_traceback(served, c
     assert 'status="500"' not in text
 
 
+@pytest.mark.parametrize("raw", [
+    b"FOOBAR /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: " + b"y" * 9000 + b"\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to the HTTP port
+], ids=["method", "long header", "bad header", "long line", "tls"])
+async def test_unparseable_http_is_400_without_a_traceback(served, caplog, raw) -> None:
+    """aiohttp answers what it cannot parse with its own plain-text 400 (not the contract's
+    JSON: the request never reaches the gateway); the log keeps no error or traceback."""
+    caplog.set_level(logging.INFO)
+    answer = await exchange(served.port, raw)
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer
+    assert len(answer) < 1000
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], \
+        caplog.text
+
+
 @pytest.mark.parametrize("content_type", [
     None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
     "multipart/form-data; boundary=x", "application/xml", "application/json-seq",

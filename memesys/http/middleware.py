@@ -16,6 +16,11 @@ The order, for each request whose head has arrived:
    traceback (counted with status 499);
 5. only then is the request admitted: it counts against ``max_in_flight`` (or waits in the
    bounded queue, or is refused 503 + ``Retry-After``, see :mod:`memesys.http.admission`).
+
+A request aiohttp cannot parse at all (a bad request line or header, a line over 8,190 bytes)
+never reaches the middleware: aiohttp answers it with its own plain-text 400.
+:data:`MALFORMED_HTTP` keeps aiohttp from logging that as an error with a traceback (the fault
+is the client's): one DEBUG line instead.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import time
 from typing import Awaitable, Callable, Optional
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from actors.bridge import RemoteFailure
 from memesys.config import GatewayConfig
@@ -49,6 +55,28 @@ CLIENT_GONE = 499  # nginx's "client closed request": only in metrics, nobody is
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class MalformedHttp(logging.Filter):
+    """On aiohttp's server logger: a request that could not be parsed is the client's fault,
+    logged at DEBUG, not an error with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, BadHttpMessage):
+            return True
+        log.debug("a request aiohttp could not parse (answered 400): %s",
+                  str(exc.message)[:200])
+        return False
+
+
+MALFORMED_HTTP = MalformedHttp()
+
+
+def quiet_malformed_http() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if MALFORMED_HTTP not in server_log.filters:
+        server_log.addFilter(MALFORMED_HTTP)
+
+
 class Guard:
     """The one middleware; ``lane`` admits every request whose body has been read."""
 
@@ -65,6 +93,7 @@ class Guard:
                       lambda: self.lane.queued)
         metrics.gauge("memesys_gateway_reading", "requests whose body is being read",
                       lambda: self.reading)
+        quiet_malformed_http()
 
     @property
     def in_flight(self) -> int:
