@@ -67,7 +67,11 @@ class DaemonProcess:
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"daemon not ready in {START_TIMEOUT_S} s: {self.log_text()}")
+        pid = admin_pid(self.admin_port)  # stop what did start: nothing may outlive the test
+        self.sid = os.getsid(pid) if pid else None
+        left = self.stop()
+        raise RuntimeError(f"daemon not ready in {START_TIMEOUT_S} s (killed left over: {left}): "
+                           f"{self.log_text()}")
 
     def log_text(self) -> str:
         return (self.data_dir / f"daemon-{self.port}.log").read_text(errors="replace")[-4000:]
