@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -149,6 +150,16 @@ class Daemon:
         signalled.cancel()
 
 
+def raise_open_file_limit() -> None:
+    """Every client connection is a file: the soft limit (often 1,024) goes up to the hard one,
+    so a crowd of slow clients cannot starve new connections (``/healthz`` included) of
+    descriptors. Actor processes, forked later, inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open-file limit raised from %d to %d", soft, hard)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
@@ -169,6 +180,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     logging.basicConfig(level=cfg.system.log_level,
                         format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s")
+    raise_open_file_limit()
     daemon = Daemon(cfg)
     try:
         daemon.start_actors()
