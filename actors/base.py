@@ -16,6 +16,8 @@ import signal
 import sys
 import time
 import traceback
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from thespian.actors import (
@@ -29,6 +31,7 @@ from actors.deadlines import expired
 from actors.messages import (
     Batch,
     Failure,
+    Heartbeat,
     Init,
     InitFailed,
     Ping,
@@ -62,6 +65,17 @@ def die_with_parent() -> None:
         log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
     if os.getppid() == 1:  # the parent died between fork and prctl
         os._exit(1)
+
+
+@dataclass(frozen=True)
+class _Continue:
+    """Sent to itself by an actor that put the rest of its work aside (see
+    :meth:`BaseActor._receive_batch`): take it up again."""
+
+
+def _urgent(msg: Any) -> bool:
+    """The runtime's queries, answered ahead of work put aside: health checks and status."""
+    return isinstance(msg, Request) and isinstance(msg.payload, (Ping, StatusQuery))
 
 
 class RequestFailed(Exception):
@@ -101,6 +115,12 @@ class BaseActor(Actor):
         self._stopped = False
         self._held: Optional[list[tuple[ActorAddress, Any]]] = None
         self.expired_requests = 0  # requests dropped because they arrived after their deadline
+        self._heartbeat_s = 0.0  # from Init: tell the supervisor we work, at most this often
+        self._last_beat = 0.0
+        # Work put aside to let the mailbox breathe (None: none), and whether it is being
+        # taken up (its messages are handled, not put aside again).
+        self._backlog: Optional[deque[tuple[Any, ActorAddress]]] = None
+        self._replaying = False
 
     # -- hooks for subclasses -------------------------------------------------------------
 
@@ -141,18 +161,65 @@ class BaseActor(Actor):
 
     def _receive_batch(self, batch: Batch, sender: ActorAddress) -> None:
         """Each message in order, as if it had arrived alone; a crash on one answers it
-        ``crashed`` and, the actor being crashed from then on, the rest of the batch too."""
+        ``crashed`` and, the actor being crashed from then on, the rest of the batch too.
+
+        A batch is one Thespian message: until it is done the actor reads nothing else and
+        sends nothing (Thespian transmits between messages), so a batch of 64 renders would
+        hold a health check for seconds. An actor whose supervisor checks its health
+        (``heartbeat_s`` > 0) handles a batch for at most ``heartbeat_s``, then puts the rest
+        aside, ahead of anything that arrives meanwhile, and takes it up again in its next
+        message (:class:`_Continue`): in between, its sends go out and health checks and
+        status queries are answered. The order of everything else is kept."""
         outermost = self._held is None
         if outermost:
             self._held = []
+        started = time.monotonic()
         try:
-            for message in batch.messages:
+            for i, message in enumerate(batch.messages):
                 self.receiveMessage(message, sender)
+                if (outermost and self._heartbeat_s and i + 1 < len(batch.messages)
+                        and time.monotonic() - started >= self._heartbeat_s):
+                    self._put_aside([(m, sender) for m in batch.messages[i + 1:]])
+                    break
         finally:
             if outermost:
-                held, self._held = self._held, None
-                for target, message in batches(held):
-                    super().send(target, message)
+                self._flush_held()
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, None
+        for target, message in batches(held):
+            super().send(target, message)
+
+    def _put_aside(self, work: list[tuple[Any, ActorAddress]]) -> None:
+        """Put ``work`` ahead of whatever was put aside before, and make sure it is taken up."""
+        if self._backlog is None:
+            self._backlog = deque()
+            self.send(self.myAddress, _Continue())
+        self._backlog.extendleft(reversed(work))
+
+    def _take_up(self, all_of_it: bool = False) -> None:
+        """Handle the work put aside, in order, for at most ``heartbeat_s`` (or all of it)."""
+        outermost = self._held is None
+        if outermost:
+            self._held = []
+        started = time.monotonic()
+        self._replaying = True
+        try:
+            while self._backlog:
+                message, sender = self._backlog.popleft()
+                if isinstance(message, Batch):  # its messages one by one, sliced like the rest
+                    self._backlog.extendleft(reversed([(m, sender) for m in message.messages]))
+                    continue
+                self.receiveMessage(message, sender)
+                if (not all_of_it and self._backlog
+                        and time.monotonic() - started >= self._heartbeat_s):
+                    self.send(self.myAddress, _Continue())
+                    return
+            self._backlog = None
+        finally:
+            self._replaying = False
+            if outermost:
+                self._flush_held()
 
     # -- replying ---------------------------------------------------------------------------
 
@@ -167,6 +234,17 @@ class BaseActor(Actor):
     # -- Thespian entry point ---------------------------------------------------------------
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
+        if self._heartbeat_s:
+            self._heartbeat()
+        if isinstance(msg, _Continue):
+            if self._backlog is not None:
+                self._take_up()
+            return
+        if self._backlog is not None and not self._replaying and not _urgent(msg):
+            if not isinstance(msg, ActorExitRequest):
+                self._backlog.append((msg, sender))  # after the work put aside
+                return
+            self._take_up(all_of_it=True)  # Thespian ends the actor after this message
         if isinstance(msg, Batch):
             self._receive_batch(msg, sender)
         elif isinstance(msg, Init):
@@ -223,9 +301,22 @@ class BaseActor(Actor):
         self.reply(request, sender, result)
         self.observe(request.payload, time.perf_counter() - started, None)
 
+    def _heartbeat(self) -> None:
+        """Taking up a message is progress: tell the supervisor, at most every
+        ``heartbeat_s``, so that its health check does not take a busy actor whose ping waits
+        behind queued work for a hung one. (A single handler longer than the health timeout
+        still goes unanswered: that one is hung, as far as anyone can tell.)"""
+        now = time.monotonic()
+        if now - self._last_beat >= self._heartbeat_s and self.parent is not None:
+            self._last_beat = now
+            # at once, even inside a Batch (whose sends are held until it is done: a batch of
+            # 64 renders is one Thespian message of seconds)
+            Actor.send(self, self.parent, Heartbeat(self.name))
+
     def _init(self, msg: Init, sender: ActorAddress) -> None:
         self.name, self.admin_port, self.parent = msg.name, msg.admin_port, sender
         self.root = msg.root or self.myAddress
+        self._heartbeat_s, self._last_beat = msg.heartbeat_s, time.monotonic()
         try:
             self.on_start(msg.args)
         except Exception as exc:

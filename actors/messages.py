@@ -108,13 +108,23 @@ class Init:
     """First message to every child: who it is and its arguments (Thespian has no ctor args).
 
     ``root`` is the root supervisor, so any actor can resolve another by path
-    (:class:`WhereIs`); ``None`` makes the receiver the root.
+    (:class:`WhereIs`); ``None`` makes the receiver the root. ``heartbeat_s`` > 0: while the
+    child handles messages it tells its supervisor so (:class:`Heartbeat`) at most this often,
+    which its health check counts as an answer (a busy child is working, not hung).
     """
 
     name: str
     args: Any
     admin_port: int
     root: Optional[ActorAddress] = None
+    heartbeat_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A child tells its supervisor that it is handling messages (see :class:`Init`)."""
+
+    name: str
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from actors.messages import (
     Exiting,
     Failure,
     Gone,
+    Heartbeat,
     Init,
     InitFailed,
     Located,
@@ -82,6 +83,9 @@ _GONE = "gone"
 # A health round that runs this much later than planned means the supervisor itself was held
 # up (SIGSTOPped, starved): its children's silence is not theirs, they get a fresh timeout.
 HEALTH_LATE_S = 0.5
+# A silent child whose process visibly works (CPU time or context switches advance) is busy,
+# not hung: it is killed only after this many health timeouts of silence.
+BUSY_GRACE = 3
 GONE_POLL_S = 0.005
 GONE_MAX_S = 1.0  # a Gone waits at most this long for the exited process tree to end
 _STATUS = "status"  # wakeup payloads (_STATUS, gather id) and (_BACKOFF, token)
@@ -94,6 +98,20 @@ def process_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def process_progress(pid: int) -> Optional[tuple[float, int]]:
+    """What ``pid`` has done so far (CPU seconds, context switches); None if it is stopped
+    (SIGSTOP: it can do nothing) or gone. Two readings that differ: it ran in between."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+                return None
+            cpu, switches = proc.cpu_times(), proc.num_ctx_switches()
+    except psutil.Error:
+        return None
+    return cpu.user + cpu.system, switches.voluntary + switches.involuntary
 
 
 def kill_tree(pid: int) -> None:
@@ -125,6 +143,8 @@ class Child:
     restart_times: deque = field(default_factory=deque)  # its restarts inside the period
     backoff: Optional[int] = None  # token of the backoff timer its restart waits for
     last_heard: float = 0.0  # monotonic: its Started or its last answer to a health check
+    progress: list = field(default_factory=list)  # (time, process_progress) while silent
+    busy: bool = False  # silent past the timeout, but its process works: BUSY_GRACE applies
     watchers: list = field(default_factory=list)  # (address, Watch): told Gone when it exits
 
     @property
@@ -270,6 +290,10 @@ class Supervisor(BaseActor):
             self._wakeup(msg.payload)
         elif isinstance(msg, StopMe):
             self._stop_me(msg.name)
+        elif isinstance(msg, Heartbeat):
+            child = self._find(sender)
+            if child is not None and child.state == "running":
+                self._heard(child)
         elif isinstance(msg, Reply):
             if msg.correlation_id in self._pings:
                 self._pong(msg)
@@ -334,7 +358,8 @@ class Supervisor(BaseActor):
         child.state, child.pid, child.started_at = "starting", None, None
         child.stop_granted = False  # a fresh process: whatever stop it asked for is done
         self.send(child.address, Init(child.spec.name, child.spec.args, self.admin_port,
-                                      self.root))
+                                      self.root, self._ping_period() / 2
+                                      if self.health_interval_s > 0 else 0.0))
         self.wakeupAfter(START_TIMEOUT_S, payload=step.token)
         return False
 
@@ -363,10 +388,19 @@ class Supervisor(BaseActor):
     def _health_round(self) -> None:
         """A pid check cannot see a child that is alive but does not work (SIGSTOPped, hung,
         deadlocked): only an answer can. Every running child is pinged every period; one
-        that has answered nothing (no Pong, and no Started) for ``health_timeout_s`` is killed,
-        process tree and all, and restarted like a crashed one. The next round is planned for
-        the next period, or earlier for the first child whose silence reaches the timeout, so
-        a frozen child is killed ``health_timeout_s`` after its last answer."""
+        that has given no sign of work (no Pong, no Heartbeat, no Started) for
+        ``health_timeout_s`` is killed, process tree and all, and restarted like a crashed one.
+        (A busy child's ping may wait behind its queued work, but taking up each message it
+        sends a Heartbeat, at most twice a period: only a child stuck in one handler, or
+        frozen, falls silent.) The next round is planned for the next period, or earlier for
+        the first child whose silence reaches the timeout, so a frozen child is killed
+        ``health_timeout_s`` after its last sign of work.
+
+        Silent is not always hung: a child in one long CPU-bound handler, or whose answers
+        wait behind its own transmits to slow receivers, runs but says nothing. So a child
+        silent for the timeout whose process visibly worked since the previous reading (CPU
+        time or context switches advanced; a SIGSTOPped one never does) is given up to
+        ``BUSY_GRACE`` timeouts of silence, checked again each period."""
         if self._shutting_down:
             return
         now = time.monotonic()
@@ -377,12 +411,10 @@ class Supervisor(BaseActor):
             log.warning("%s: health checks ran %.1f s late; its children get a fresh timeout",
                         self.name, late)
             for child in running:
-                child.last_heard = max(child.last_heard, now)
+                self._heard(child)
         else:
             for child in running:
-                silent = now - child.last_heard
-                if silent >= self.health_timeout_s:
-                    self._unresponsive(child, silent)
+                self._judge(child, now)
             running = [c for c in running if c.state == "running"]
         timeout = self.health_timeout_s
         self._pings = {cid: p for cid, p in self._pings.items() if now - p[2] < timeout}
@@ -394,19 +426,49 @@ class Supervisor(BaseActor):
                 self._pings[cid] = (child, child.address, now)
                 self.send(child.address, Request(Ping(), cid, deadline=after(timeout)))
         due = min([period - (now - self._pinged_at)]
-                  + [c.last_heard + timeout - now for c in running])
+                  + [c.last_heard + timeout - now for c in running if not c.busy])
         self._schedule_health(now, max(0.005, due))
+
+    def _judge(self, child: Child, now: float) -> None:
+        """Kill ``child`` if it has been silent too long (see :meth:`_health_round`)."""
+        silent, timeout, period = now - child.last_heard, self.health_timeout_s, \
+            self._ping_period()
+        if silent < period and silent < timeout:
+            return
+        # Did its process run since a reading at least a period old? (CPU time is counted in
+        # ticks of 10 ms: readings closer than that may show no change.)
+        current = process_progress(child.pid)
+        older = [reading for at, reading in child.progress if now - at >= period * 0.9]
+        worked = current is not None and bool(older) and older[-1] is not None \
+            and current != older[-1]
+        child.progress = [(at, r) for at, r in child.progress if now - at < 2 * period] \
+            + [(now, current)]
+        if silent < timeout:
+            return
+        if worked and silent < BUSY_GRACE * timeout:
+            if not child.busy:
+                child.busy = True
+                log.warning("%s: child %s (pid %s) has answered nothing for %.1f s but its "
+                            "process works; it gets up to %.0f s", self.name, child.spec.name,
+                            child.pid, silent, BUSY_GRACE * timeout)
+            return
+        self._unresponsive(child, silent)
+
+    def _heard(self, child: Child) -> None:
+        child.last_heard = time.monotonic()
+        child.progress, child.busy = [], False
 
     def _pong(self, reply: Reply) -> None:
         child, address, _ = self._pings.pop(reply.correlation_id)
         if child.address is not None and child.address == address:  # any answer: it works
-            child.last_heard = time.monotonic()
+            self._heard(child)
 
     def _unresponsive(self, child: Child, silent: float) -> None:
         """Kill a child that answers nothing; its exit is a crash (restart, intensity)."""
-        log.warning("%s: child %s (pid %s) answered no health check for %.1f s "
-                    "(timeout %.1f s); killing it", self.name, child.spec.name, child.pid,
-                    silent, self.health_timeout_s)
+        log.warning("%s: child %s (pid %s) answered no health check and took up no message "
+                    "for %.1f s (timeout %.1f s%s); killing it", self.name, child.spec.name,
+                    child.pid, silent, self.health_timeout_s,
+                    ", though its process worked" if child.busy else "")
         kill_tree(child.pid)
         child.stop_granted = False  # whatever it asked for, this exit is abnormal
         self._child_exited(child.address)
@@ -535,7 +597,7 @@ class Supervisor(BaseActor):
             return
         child.state, child.pid, child.kind, child.started_at = (
             "running", msg.pid, msg.kind, time.time())
-        child.last_heard = time.monotonic()
+        self._heard(child)
         self.on_child_started(child)
         step = self._current
         if isinstance(step, _StartStep) and step.child is child:

@@ -22,11 +22,12 @@ import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
 from actors.async_actor import AsyncActor
-from actors.base import RequestFailed
+from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory, RemoteFailure
 from actors.dispatch import pick
 from actors.messages import ChildStatus, Request, TreeStatus, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
+from actors.supervisor import BUSY_GRACE
 from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
 from tests.sample_actors import Journal
 
@@ -37,6 +38,7 @@ SLEEPER = "tests.sample_actors.Sleeper"
 SUPERVISOR = "actors.supervisor.Supervisor"
 POOL = "actors.pool.Pool"
 RELAY = f"{__name__}.Relay"
+SPINNER = f"{__name__}.Spinner"
 
 INTERVAL_S = 0.2  # health checks of these tests: a ping every 0.2 s, killed after 1 s silent
 TIMEOUT_S = 1.0
@@ -56,6 +58,16 @@ class Relay(AsyncActor):
 
     def handle(self, payload: Any) -> Any:
         return self._relay(*payload)
+
+
+class Spinner(BaseActor):
+    """Busy on the CPU for ``payload`` seconds in one handler; answers its pid."""
+
+    def handle(self, payload: Any) -> Any:
+        end = time.monotonic() + payload
+        while time.monotonic() < end:
+            pass
+        return os.getpid()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -201,9 +213,10 @@ def test_health_kills_count_toward_restart_intensity(
 def test_busy_workers_are_not_killed(actor_system: RunningSystem,
                                      context: ActorSystem, tmp_path) -> None:
     """A synchronous worker answers pings between requests: kept busy with short handlers
-    (20 ms, a few queued) for three health timeouts, it is never killed. An async worker
-    answers pings from its actor thread while its work runs: calls longer than the timeout
-    do not make it look dead."""
+    (20 ms, a few queued) for three health timeouts, it is never killed; nor is one whose
+    queue holds twice the health timeout of work (its ping waits behind it, but each message
+    it takes up is a heartbeat). An async worker answers pings from its actor thread while
+    its work runs: calls longer than the timeout do not make it look dead."""
     system = actor_system
     journal = Journal(str(tmp_path / "j"))
     system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
@@ -220,11 +233,51 @@ def test_busy_workers_are_not_killed(actor_system: RunningSystem,
                                                                 for _ in range(4)]), 5)
             assert all(r.ok for r in replies.values())
         assert all(r.ok for r in collect(other, long_calls, 5).values())
+    worker = node(before, "sync", "worker-0")
+    address = system.ok(system.root, WhereIs("sync/worker-0")).address
+    queued = send_all(context, address, [Request(("sleep", 0.05))
+                                         for _ in range(int(2 * TIMEOUT_S / 0.05))])
+    assert all(r.ok for r in collect(context, queued, 10).values())
+    assert node(system.status(), "sync", "worker-0").pid == worker.pid
     after = system.status()
     assert [w.pid for w in node(after, "sync").children] == \
         [w.pid for w in node(before, "sync").children]
     assert node(after, "async").pid == node(before, "async").pid
     assert all(c.restarts == 0 for c in after.children + node(after, "sync").children)
+
+
+def test_a_handler_longer_than_the_health_timeout_is_taken_for_hung(
+        actor_system: RunningSystem, context: ActorSystem, tmp_path) -> None:
+    """What a synchronous worker cannot do: answer while one handler runs. One that runs past
+    the health timeout looks exactly like a hung worker, and is killed as one; the pool
+    answers its request ``worker_lost`` then."""
+    system = actor_system
+    pool = start_pool(system, 1, RECORDER, Journal(str(tmp_path / "j")), **HEALTH)
+    victim = node(system.status(), "pool", "worker-0").pid
+    started = time.monotonic()
+    request = Request(("sleep", 5 * TIMEOUT_S))
+    reply = collect(context, send_all(context, pool, [request]), 5)[request.correlation_id]
+    assert reply.error is not None and reply.error.code == "worker_lost"
+    assert time.monotonic() - started < TIMEOUT_S + RESTART_S
+    wait_for(lambda: replaced(system, victim, "pool", "worker-0"), 2, what="worker-0 back")
+
+
+def test_a_busy_handler_gets_a_longer_leash_than_a_hung_one(
+        actor_system: RunningSystem, context: ActorSystem) -> None:
+    """Silent but visibly working (its process's CPU time advances): a CPU-bound handler of
+    twice the health timeout is let finish; one that stays silent for ``BUSY_GRACE`` timeouts
+    is killed all the same."""
+    system = actor_system
+    pool = start_pool(system, 1, SPINNER, **HEALTH)
+    pid = node(system.status(), "pool", "worker-0").pid
+    assert system.ok(pool, 2 * TIMEOUT_S, timeout=5) == pid
+    assert node(system.status(), "pool", "worker-0").restarts == 0
+    started = time.monotonic()
+    request = Request(10 * TIMEOUT_S)
+    reply = collect(context, send_all(context, pool, [request]), 10)[request.correlation_id]
+    assert reply.error is not None and reply.error.code == "worker_lost"
+    took = time.monotonic() - started
+    assert BUSY_GRACE * TIMEOUT_S - 0.5 < took < BUSY_GRACE * TIMEOUT_S + RESTART_S, took
 
 
 def test_a_supervisor_that_was_itself_stopped_does_not_kill_its_children(
