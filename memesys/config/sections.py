@@ -59,12 +59,12 @@ class GatewayConfig:
     max_topic_chars: int = bounded(1, 10_000)
     request_timeout_s: float = bounded(0.1, 3600)
     max_in_flight: int = bounded(1, None)
-
-
     max_queue: int = bounded(0, None)
     queue_timeout_s: float = bounded(0, 3600)
     header_timeout_s: float = bounded(0.1, 3600)
     body_timeout_s: float = bounded(0.1, 3600)
+
+
 @dataclass(frozen=True)
 class WorkersConfig:
     generators: int = bounded(1, 256)
