@@ -213,8 +213,9 @@ class Load:
 @pytest.mark.parametrize("fault, outage_s", [("sigstop", 20), ("sigkill", 8)])
 def test_a_redis_outage_under_load(tmp_path: Path, fault: str, outage_s: int) -> None:
     server = RedisProcess(tmp_path / "redis")
-    daemon = DaemonProcess(tmp_path, extra_env={"REDIS_URL": server.url}).start()
+    daemon = DaemonProcess(tmp_path, extra_env={"REDIS_URL": server.url})
     try:
+        daemon.start()
         assert "redis" not in {c["name"] for c in tree(daemon)["children"]}  # not ours to own
         before = restarts(tree(daemon))
         with Load(daemon) as load:
@@ -281,8 +282,9 @@ def test_while_redis_is_down_no_llm_call_is_spent(tmp_path: Path) -> None:
     with FakeOpenAI(FakeConfig()) as fake:
         daemon = DaemonProcess(tmp_path, extra_env={
             "REDIS_URL": server.url, "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url, "MEMESYS_LLM_MODEL": "fake-model"}).start()
+            "OPENAI_BASE_URL": fake.url, "MEMESYS_LLM_MODEL": "fake-model"})
         try:
+            daemon.start()
             assert daemon.json("POST", "/v1/memes", {"topic": "warm up"})[0] == 201
             os.kill(server.proc.pid, signal.SIGKILL)
             server.proc.wait()
