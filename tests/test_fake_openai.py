@@ -1,8 +1,11 @@
-"""The fake OpenAI-compatible endpoint: wire shape, latency, auth, fault injection, the CLI, and
-the meme program run end to end against it through DSPy's native (lm15) HTTP engine."""
+"""The fake OpenAI-compatible endpoint: wire shape, latency, auth, fault injection (latency
+distributions, 429s and their headers, storms, hangs, resets, malformed bodies, per-model
+faults and counters), the CLI, and the meme program run end to end against it through DSPy's
+native (lm15) HTTP engine."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import signal
 import subprocess
@@ -21,7 +24,13 @@ from dspy.utils.exceptions import LMError, LMRateLimitError
 
 from memesys.pipeline.lm import OPENAI_COMPATIBLE, build_lm, offline_lm
 from memesys.pipeline.writing import write_caption
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from memesys.testing.fake_openai import (
+    NOT_JSON_BODY,
+    FakeConfig,
+    FakeOpenAI,
+    _parse,
+    config_from_args,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -257,6 +266,243 @@ def test_hang_trips_the_client_timeout(threaded: FakeOpenAI) -> None:
     assert time.perf_counter() - began < 1.5
     assert threaded.calls == 0
     # stop_thread (in the fixture) must not wait out the hang: it cancels in-flight requests.
+
+
+# ---------------------------------------------------------------------- faults (issue 8)
+
+def body_for(model: str) -> dict[str, Any]:
+    return {**SELECT_BODY, "model": model}
+
+
+def test_latency_distributions_are_seeded_and_shaped() -> None:
+    def draws(dist: str, seed: int = 7, n: int = 2000, **kw: Any) -> list[float]:
+        server = FakeOpenAI(FakeConfig(latency_s=0.1, latency_dist=dist, seed=seed, **kw))
+        return [server.next_delay() for _ in range(n)]
+
+    assert set(draws("fixed", n=5)) == {0.1}
+    for dist in ("uniform", "exponential", "lognormal"):
+        assert draws(dist, n=20) == draws(dist, n=20) != draws(dist, seed=8, n=20), dist
+    uniform = draws("uniform")
+    assert all(0 <= d < 0.2 for d in uniform) and abs(sum(uniform) / len(uniform) - 0.1) < 0.01
+    exponential = draws("exponential")
+    assert abs(sum(exponential) / len(exponential) - 0.1) < 0.01
+    assert max(exponential) > 0.4  # a long tail
+    lognormal = sorted(draws("lognormal", latency_sigma=1.0))
+    assert abs(lognormal[len(lognormal) // 2] - 0.1) < 0.01  # the median is latency_s
+    capped = draws("exponential", latency_max_s=0.15)
+    assert max(capped) == 0.15
+    jittered = draws("exponential", jitter_s=0.05, n=50)
+    assert jittered != draws("exponential", n=50)
+    with pytest.raises(ValueError, match="latency_dist"):
+        FakeConfig(latency_dist="gaussian")
+    with pytest.raises(ValueError, match="fail_kind"):
+        FakeConfig(fail_kind="explode")
+
+
+async def test_latency_distribution_over_http() -> None:
+    config = FakeConfig(latency_s=0.05, latency_dist="exponential", latency_max_s=0.3, seed=3)
+    expected = FakeOpenAI(FakeConfig(**vars(config)))  # the same seed: the same draws
+    async with FakeOpenAI(config, api_key=KEY) as server:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                delay = expected.next_delay()
+                began = time.perf_counter()
+                status, _, _ = await post(session, server, SELECT_BODY)
+                elapsed = time.perf_counter() - began
+                assert status == 200 and delay <= elapsed < delay + 0.2, (delay, elapsed)
+
+
+async def test_429_and_503_carry_retry_after_headers(fake: FakeOpenAI) -> None:
+    fake.config.fail_status, fake.config.retry_after_s = 429, 0.25
+    async with aiohttp.ClientSession() as session:
+        status, headers, payload = await post(session, fake, SELECT_BODY)
+        assert status == 429 and payload["error"]["code"] == "rate_limit_exceeded"
+        assert headers["Retry-After"] == "0.25" and headers["retry-after-ms"] == "250"
+        fake.config.retry_after_headers = "seconds"
+        _, headers, _ = await post(session, fake, SELECT_BODY)
+        assert headers["Retry-After"] == "0.25" and "retry-after-ms" not in headers
+        fake.config.retry_after_headers, fake.config.retry_after_s = "ms", 30
+        _, headers, _ = await post(session, fake, SELECT_BODY)
+        assert headers["retry-after-ms"] == "30000" and "Retry-After" not in headers
+        fake.config.retry_after_headers = "both"
+        fake.config.fail_status = 503  # an overloaded provider says when to come back too
+        status, headers, payload = await post(session, fake, SELECT_BODY)
+        assert status == 503 and payload["error"]["type"] == "server_error"
+        assert headers["Retry-After"] == "30" and headers["retry-after-ms"] == "30000"
+        fake.config.fail_status = 500
+        status, headers, _ = await post(session, fake, SELECT_BODY)
+        assert status == 500 and "Retry-After" not in headers
+    assert (fake.attempts, fake.failures, fake.calls) == (5, 5, 0)
+
+
+def test_storm_window_is_half_open() -> None:
+    config = FakeConfig(storm_start=100.0, storm_end=130.0)
+    assert [config.storming(t) for t in (99.9, 100.0, 129.9, 130.0)] == [
+        False, True, True, False]
+    assert FakeConfig(storm_start=100.0).storming(1e12)  # no end: until cleared
+    assert not FakeConfig().storming()
+
+
+async def test_storm_fails_every_call_for_a_period(fake: FakeOpenAI) -> None:
+    async with aiohttp.ClientSession() as session:
+        fake.storm(0.4, after_s=0.2)
+        statuses = [(await post(session, fake, SELECT_BODY))[0]]
+        await asyncio.sleep(0.25)
+        statuses += [(await post(session, fake, SELECT_BODY))[0] for _ in range(3)]
+        await asyncio.sleep(0.5)
+        statuses.append((await post(session, fake, SELECT_BODY))[0])
+        assert statuses == [200, 500, 500, 500, 200]
+        assert (fake.calls, fake.failures) == (2, 3)
+
+        # Between two given times, with another status and its Retry-After.
+        now = time.time()
+        fake.config.storm_start, fake.config.storm_end = now - 1, now + 60
+        fake.config.storm_status, fake.config.retry_after_s = 503, 5
+        status, headers, _ = await post(session, fake, SELECT_BODY)
+        assert status == 503 and headers["Retry-After"] == "5"
+        fake.calm()
+        assert (await post(session, fake, SELECT_BODY))[0] == 200
+
+
+async def test_hang_past_the_timeout_only_for_one_model(fake: FakeOpenAI) -> None:
+    fake.config.fail_kind, fake.config.fail_hang_s = "hang", 2.0
+    fake.config.fail_model = "primary"
+    async with aiohttp.ClientSession() as session:
+        began = time.perf_counter()
+        with pytest.raises(asyncio.TimeoutError):
+            async with session.post(f"{fake.url}/chat/completions", json=body_for("primary"),
+                                    headers={"Authorization": f"Bearer {KEY}"},
+                                    timeout=aiohttp.ClientTimeout(total=0.3)):
+                pass
+        assert 0.3 <= time.perf_counter() - began < 1.0
+        began = time.perf_counter()
+        status, _, payload = await post(session, fake, body_for("fallback"))
+        assert status == 200 and payload["model"] == "fallback"
+        assert time.perf_counter() - began < 0.3
+    assert fake.attempts_by_model == {"primary": 1, "fallback": 1}
+    assert fake.failures_by_model == {"primary": 1}
+    assert fake.calls_by_model == {"fallback": 1}
+
+
+async def test_hang_answers_late(fake: FakeOpenAI) -> None:
+    fake.config.fail_kind, fake.config.fail_hang_s = "hang", 0.2
+    async with aiohttp.ClientSession() as session:
+        began = time.perf_counter()
+        status, _, payload = await post(session, fake, SELECT_BODY)
+    assert status == 200 and payload["choices"] and time.perf_counter() - began >= 0.2
+    assert (fake.failures, fake.calls) == (1, 1)
+
+
+async def test_connection_reset(fake: FakeOpenAI) -> None:
+    fake.config.fail_kind, fake.config.fail_every = "reset", 2
+    async with aiohttp.ClientSession() as session:
+        assert (await post(session, fake, SELECT_BODY))[0] == 200
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await post(session, fake, SELECT_BODY)
+        assert (await post(session, fake, SELECT_BODY))[0] == 200  # the server lives on
+    assert (fake.attempts, fake.failures, fake.calls) == (3, 1, 2)
+
+
+def test_connection_reset_seen_by_a_blocking_client(threaded: FakeOpenAI) -> None:
+    threaded.config.fail_kind = "reset"
+    with pytest.raises((ConnectionError, urllib.error.URLError, http.client.HTTPException)):
+        urlopen(f"{threaded.url}/chat/completions", SELECT_BODY)
+    assert (threaded.attempts, threaded.failures, threaded.calls) == (1, 1, 0)
+
+
+async def test_malformed_bodies(fake: FakeOpenAI) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as session:
+        fake.config.fail_kind = "not_json"
+        async with session.post(f"{fake.url}/chat/completions", json=SELECT_BODY,
+                                headers=headers) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "application/json"
+            raw = await resp.read()
+        assert raw == NOT_JSON_BODY
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(raw)
+
+        fake.config.fail_kind = "no_choices"
+        status, _, payload = await post(session, fake, SELECT_BODY)
+        assert status == 200 and payload["object"] == "chat.completion"
+        assert "choices" not in payload and payload["model"] == "fake-model"
+
+        fake.config.fail_kind = "status"  # back to normal (no fail_status)
+        assert (await post(session, fake, SELECT_BODY))[0] == 200
+    assert (fake.attempts, fake.failures, fake.calls) == (3, 2, 1)
+
+
+async def test_per_model_faults_and_counters(fake: FakeOpenAI) -> None:
+    """The primary fails, the fallback serves; attempts per model include every failure."""
+    fake.config.fail_status, fake.config.fail_model = 500, "primary"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):  # a caller making 3 attempts on the primary, then one fallback
+            assert (await post(session, fake, body_for("primary")))[0] == 500
+        assert (await post(session, fake, body_for("fallback")))[0] == 200
+        # A storm targets the same model only.
+        fake.config.fail_status = None
+        fake.storm(None, status=503)
+        assert (await post(session, fake, body_for("primary")))[0] == 503
+        assert (await post(session, fake, body_for("fallback")))[0] == 200
+        fake.calm()
+        assert (await post(session, fake, body_for("primary")))[0] == 200
+        # fail_model and fail_matching together: both must match.
+        fake.config.fail_status, fake.config.fail_matching = 500, "no such text"
+        assert (await post(session, fake, body_for("primary")))[0] == 200
+        # Refused requests count as attempts too (no key; a bad body is counted under "").
+        assert (await post(session, fake, body_for("primary"), key="wrong"))[0] == 401
+        async with session.post(f"{fake.url}/chat/completions", data=b"{not json",
+                                headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            assert resp.status == 400
+    assert fake.attempts_by_model == {"primary": 7, "fallback": 2, "": 1}
+    assert fake.failures_by_model == {"primary": 4}
+    assert fake.calls_by_model == {"fallback": 2, "primary": 2}
+    assert fake.attempts == sum(fake.attempts_by_model.values()) == 10
+    fake.reset()
+    assert not (fake.attempts_by_model or fake.failures_by_model or fake.calls_by_model)
+
+
+def test_cli_options_map_to_the_config() -> None:
+    args = _parse(["--latency", "0.1", "--latency-dist", "lognormal", "--latency-sigma", "0.8",
+                   "--latency-max", "2", "--fail-kind", "reset", "--fail-every", "4",
+                   "--fail-model", "primary", "--fail-hang", "9", "--retry-after", "3",
+                   "--retry-after-headers", "ms", "--storm-status", "503"])
+    config = config_from_args(args)
+    assert (config.latency_dist, config.latency_sigma, config.latency_max_s) == (
+        "lognormal", 0.8, 2.0)
+    assert (config.fail_kind, config.fail_every, config.fail_model, config.fail_hang_s) == (
+        "reset", 4, "primary", 9.0)
+    assert (config.retry_after_s, config.retry_after_headers, config.storm_status) == (
+        3.0, "ms", 503)
+    assert config.storm_start is None  # the storm is set relative to the server's start
+    with pytest.raises(SystemExit):
+        _parse(["--fail-kind", "explode"])
+
+
+def test_cli_storm_for_one_model() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memesys.testing.fake_openai", "--storm-after", "0",
+         "--storm-for", "60", "--storm-status", "503", "--retry-after", "2",
+         "--retry-after-headers", "seconds", "--fail-model", "primary"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline().strip()
+        assert line.startswith("fake-openai ready at "), (
+            line, process.stderr.read() if process.poll() is not None else "")
+        url = line.removeprefix("fake-openai ready at ")
+        status, headers, _ = urlopen(f"{url}/chat/completions", body_for("primary"))
+        assert status == 503 and headers["Retry-After"] == "2"
+        assert "retry-after-ms" not in headers
+        status, _, payload = urlopen(f"{url}/chat/completions", body_for("fallback"))
+        assert status == 200 and payload["model"] == "fallback"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert "stopped after 1 completions" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 # ---------------------------------------------------------------------- through DSPy

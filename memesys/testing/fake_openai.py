@@ -8,7 +8,13 @@ adapter parses. The body is read back into a canonical request with DSPy's own r
 and handed to ``offline_writer.complete``: the same function the offline engine runs, so any
 signature the writer learns is answered here too.
 
-Latency, jitter, hangs and failures are injectable (:class:`FakeConfig`, mutable while running).
+Latency (fixed or drawn from a seeded distribution), hangs and faults are injectable
+(:class:`FakeConfig`, mutable while running): HTTP errors (429 with ``Retry-After`` and
+``retry-after-ms``, 5xx), storms of errors for a period, connection resets, malformed 200s (a
+body that is not JSON, or JSON without ``choices``), late answers past a client's timeout, each
+for every call, one call in N, only the requests for one model or only those whose messages
+contain a text. Counters per model (``attempts_by_model``, ``calls_by_model``,
+``failures_by_model``) prove how many attempts each call made.
 Run it in the caller's loop (``await fake.start()`` / ``async with``), in a daemon thread with a
 loop of its own (``fake.start_in_thread()`` / ``with``), or as a process next to the daemon::
 
@@ -22,9 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -44,6 +52,19 @@ START_TIMEOUT_S = 10.0
 # How long stop() lets in-flight requests (e.g. hung ones) finish before cancelling them.
 SHUTDOWN_TIMEOUT_S = 0.25
 
+# latency_dist: how a completion's latency is drawn around latency_s (then + jitter, capped
+# by latency_max_s when > 0). fixed: latency_s; uniform: in [0, 2 latency_s) (mean
+# latency_s); exponential: mean latency_s; lognormal: median latency_s, log-sd latency_sigma.
+LATENCY_DISTS = ("fixed", "uniform", "exponential", "lognormal")
+# fail_kind: what an injected failure is. status: an HTTP error in OpenAI's shape (fail_status,
+# else 500); reset: the connection is closed with a TCP reset, no answer; not_json: a 200
+# whose body is not JSON; no_choices: a 200 JSON completion without "choices"; hang: no
+# answer for fail_hang_s (past the client's timeout), then the completion.
+FAIL_KINDS = ("status", "reset", "not_json", "no_choices", "hang")
+# retry_after_headers: which of Retry-After (seconds) and retry-after-ms a 429/503 carries.
+RETRY_AFTER_HEADERS = ("both", "seconds", "ms")
+NOT_JSON_BODY = b'{"id": "chatcmpl-fake-truncated", "object": "chat.completion", "choi'
+
 
 @dataclass
 class FakeConfig:
@@ -52,13 +73,21 @@ class FakeConfig:
 
     Order per request: auth and body checks (answered at once), then ``hang_s``, then the
     injected failure if this call fails (answered without latency, like a fast-rejecting
-    rate limiter), else ``latency_s`` + jitter and the completion.
+    rate limiter), else the latency (``latency_dist`` around ``latency_s``, + jitter) and the
+    completion.
+
+    Which calls fail: during a storm (``storm_start`` <= ``time.time()`` < ``storm_end``)
+    every targeted call, with ``storm_status``; otherwise as ``fail_every`` / ``fail_status``
+    say, with ``fail_kind``. Targeted: the request's model is ``fail_model`` (when set) and its
+    messages contain ``fail_matching`` (when set); other requests are served normally, so a
+    fallback model can succeed while the primary fails.
     """
 
     latency_s: float = 0.0          # added to every completion (asyncio.sleep: calls overlap)
     jitter_s: float = 0.0           # uniform extra latency in [0, jitter_s), from ``seed``
     # Fault injection. fail_status alone fails every call with it; fail_every alone fails
-    # calls N, 2N, ... with 500; both fail calls N, 2N, ... with fail_status.
+    # calls N, 2N, ... with 500; both fail calls N, 2N, ... with fail_status. A fail_kind other
+    # than "status" fails every call (or calls N, 2N, ... with fail_every) that way instead.
     fail_status: int | None = None  # e.g. 429 or 500
     fail_every: int = 0             # fail 1 call in N (0 = every call if fail_status, else none)
     retry_after_s: float | None = None  # Retry-After (and retry-after-ms) on a 429
@@ -67,6 +96,40 @@ class FakeConfig:
     # Non-empty: faults hit only requests whose messages contain this text (e.g. an output
     # field of one signature, "flagged_claims", to take down the factuality verifier only).
     fail_matching: str = ""
+    # Latency distribution (see LATENCY_DISTS), its log-sd for lognormal, and a cap (0 = none).
+    latency_dist: str = "fixed"
+    latency_sigma: float = 0.5
+    latency_max_s: float = 0.0
+    # What a failure is (see FAIL_KINDS), and how long a "hang" failure holds its answer.
+    fail_kind: str = "status"
+    fail_hang_s: float = 60.0
+    # Non-empty: faults (storms included) hit only requests for this model.
+    fail_model: str = ""
+    # A storm: every targeted call in [storm_start, storm_end) (time.time(); storm_end None =
+    # until cleared) fails with storm_status. FakeOpenAI.storm() sets one relative to now.
+    storm_start: float | None = None
+    storm_end: float | None = None
+    storm_status: int = 500
+    retry_after_headers: str = "both"  # see RETRY_AFTER_HEADERS
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """ValueError for a knob outside its choices."""
+        for name, value, choices in (("latency_dist", self.latency_dist, LATENCY_DISTS),
+                                     ("fail_kind", self.fail_kind, FAIL_KINDS),
+                                     ("retry_after_headers", self.retry_after_headers,
+                                      RETRY_AFTER_HEADERS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+    def storming(self, now: float | None = None) -> bool:
+        """Whether a storm is on at ``now`` (time.time())."""
+        if self.storm_start is None:
+            return False
+        now = time.time() if now is None else now
+        return self.storm_start <= now and (self.storm_end is None or now < self.storm_end)
 
 
 class FakeOpenAI:
@@ -74,8 +137,10 @@ class FakeOpenAI:
 
     Counters (written only by the server's loop; reading them from another thread is fine):
     ``calls`` completions answered (200), ``calls_by_model`` the same per requested model,
-    ``attempts`` every POST to ``/chat/completions`` (refused ones too), ``failures`` injected
-    failures, ``requests`` the JSON bodies that passed auth (last ``max_requests``).
+    ``attempts`` every POST to ``/chat/completions`` (refused ones too), ``attempts_by_model``
+    the same per requested model ("" when the body names none), ``failures`` injected
+    failures (``failures_by_model`` per model), ``requests`` the JSON bodies that passed auth
+    (last ``max_requests``).
     """
 
     def __init__(self, config: FakeConfig | None = None, api_key: str = DEFAULT_API_KEY,
@@ -89,7 +154,9 @@ class FakeOpenAI:
         self.calls = 0
         self.calls_by_model: Counter[str] = Counter()
         self.attempts = 0
+        self.attempts_by_model: Counter[str] = Counter()
         self.failures = 0
+        self.failures_by_model: Counter[str] = Counter()
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_requests)
         self._rng = random.Random(self.config.seed)
         self._faultable = 0  # calls past the auth/body checks, for fail_every
@@ -193,7 +260,22 @@ class FakeOpenAI:
         """Zero the counters and forget the recorded requests (the config is kept)."""
         self.calls = self.attempts = self.failures = self._faultable = 0
         self.calls_by_model.clear()
+        self.attempts_by_model.clear()
+        self.failures_by_model.clear()
         self.requests.clear()
+
+    def storm(self, duration_s: float | None, *, after_s: float = 0.0,
+              status: int = 500) -> None:
+        """Fail every targeted call with ``status`` from ``after_s`` seconds from now, for
+        ``duration_s`` seconds (None: until :meth:`calm`)."""
+        start = time.time() + after_s
+        self.config.storm_status = status
+        self.config.storm_end = None if duration_s is None else start + duration_s
+        self.config.storm_start = start
+
+    def calm(self) -> None:
+        """End any storm now."""
+        self.config.storm_start = self.config.storm_end = None
 
     # ------------------------------------------------------------------ handlers
 
@@ -206,14 +288,22 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": 0, "owned_by": "fake-openai"}]})
 
-    async def _chat_completions(self, request: web.Request) -> web.Response:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
+        raw = await request.read()
+        problem = ""
+        try:
+            body: Any = json.loads(raw)
+            parsed = True
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            body, parsed, problem = None, False, str(exc)
+        model = body.get("model") if isinstance(body, dict) else None
+        model = model if isinstance(model, str) else ""
+        self.attempts_by_model[model] += 1
         if not self._authorized(request):
             return _unauthorized()
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error(400, f"the body is not valid JSON: {exc}")
+        if not parsed:
+            return error(400, f"the body is not valid JSON: {problem}")
         if not isinstance(body, dict):
             return error(400, "the body must be a JSON object")
         self.requests.append(body)
@@ -224,12 +314,17 @@ class FakeOpenAI:
         if config.hang_s > 0:
             await asyncio.sleep(config.hang_s)
         self._faultable += 1
-        targeted = not config.fail_matching or config.fail_matching in json.dumps(
-            body["messages"])
-        fault = self._fault(config) if targeted else None
-        if fault is not None:
+        targeted = ((not config.fail_model or config.fail_model == model)
+                    and (not config.fail_matching
+                         or config.fail_matching in json.dumps(body["messages"])))
+        kind, status = self._fault(config) if targeted else (None, 0)
+        if kind is not None:
             self.failures += 1
-            return fault
+            self.failures_by_model[model] += 1
+            if kind == "hang":
+                await asyncio.sleep(config.fail_hang_s)  # then answer, late
+            else:
+                return self._failure(request, body, config, kind, status)
         delay = self.next_delay(config)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -244,33 +339,81 @@ class FakeOpenAI:
         return web.json_response(response)
 
     def next_delay(self, config: FakeConfig | None = None) -> float:
-        """The latency of the next completion: latency_s plus seeded jitter. (The jitter
-        generator is seeded once, from the config the fake was created with.)"""
+        """The latency of the next completion: drawn as ``latency_dist`` says around
+        latency_s, plus seeded jitter, capped by latency_max_s when set. (The generator is
+        seeded once, from the config the fake was created with.)"""
         config = config or self.config
+        base, dist = config.latency_s, config.latency_dist
+        if dist == "fixed" or base <= 0:
+            delay = base
+        elif dist == "uniform":
+            delay = self._rng.uniform(0, 2 * base)
+        elif dist == "exponential":
+            delay = self._rng.expovariate(1 / base)
+        elif dist == "lognormal":
+            delay = base * math.exp(self._rng.gauss(0, config.latency_sigma))
+        else:
+            raise ValueError(f"latency_dist must be one of {', '.join(LATENCY_DISTS)}, "
+                             f"not {dist!r}")
         jitter = self._rng.uniform(0, config.jitter_s) if config.jitter_s > 0 else 0.0
-        return config.latency_s + jitter
+        delay += jitter
+        if config.latency_max_s > 0:
+            delay = min(delay, config.latency_max_s)
+        return delay
 
-    def _fault(self, config: FakeConfig) -> web.Response | None:
+    def _fault(self, config: FakeConfig) -> tuple[str | None, int]:
+        """(fail kind, status) if this call fails, else (None, 0)."""
+        if config.storming():
+            return "status", config.storm_status
         every = config.fail_every
         if every > 0:
             if self._faultable % every:
-                return None
-            status = config.fail_status or 500
-        elif config.fail_status is not None:
-            status = config.fail_status
-        else:
-            return None
+                return None, 0
+        elif config.fail_status is None and config.fail_kind == "status":
+            return None, 0
+        return config.fail_kind, config.fail_status or 500
+
+    def _failure(self, request: web.Request, body: dict[str, Any], config: FakeConfig,
+                 kind: str, status: int) -> web.Response:
+        if kind == "reset":
+            transport = request.transport
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:  # linger 0: close() sends a RST, not a FIN
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+                transport.abort()
+            return web.Response(status=500)  # never written: the transport is gone
+        if kind == "not_json":
+            return web.Response(body=NOT_JSON_BODY, content_type="application/json")
+        if kind == "no_choices":
+            return web.json_response({
+                "id": f"chatcmpl-fake-{time.time_ns():x}", "object": "chat.completion",
+                "created": int(time.time()), "model": body["model"],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
+        if kind != "status":
+            raise ValueError(f"fail_kind must be one of {', '.join(FAIL_KINDS)}, not {kind!r}")
+        headers = _retry_after(config) if status in (429, 503) else {}
         if status == 429:
-            headers = {}
-            if config.retry_after_s is not None:
-                seconds = config.retry_after_s
-                headers["Retry-After"] = (str(int(seconds)) if float(seconds).is_integer()
-                                          else f"{seconds:g}")
-                headers["retry-after-ms"] = str(int(seconds * 1000))
             return error(429, "Rate limit reached (injected by fake-openai)",
                          type="requests", code="rate_limit_exceeded", headers=headers)
         return error(status, f"Injected failure {status} (fake-openai)",
-                     type="server_error" if status >= 500 else "invalid_request_error")
+                     type="server_error" if status >= 500 else "invalid_request_error",
+                     headers=headers)
+
+
+def _retry_after(config: FakeConfig) -> dict[str, str]:
+    """Retry-After (seconds) and/or retry-after-ms from retry_after_s, if set."""
+    seconds = config.retry_after_s
+    if seconds is None:
+        return {}
+    headers = {}
+    if config.retry_after_headers in ("both", "seconds"):
+        headers["Retry-After"] = (str(int(seconds)) if float(seconds).is_integer()
+                                  else f"{seconds:g}")
+    if config.retry_after_headers in ("both", "ms"):
+        headers["retry-after-ms"] = str(int(seconds * 1000))
+    return headers
 
 
 def completion(body: dict[str, Any]) -> dict[str, Any]:
@@ -368,15 +511,47 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hang", type=float, default=0.0)
     parser.add_argument("--fail-matching", default="",
                         help="inject faults only into requests whose messages contain this")
+    parser.add_argument("--fail-model", default="",
+                        help="inject faults only into requests for this model")
+    parser.add_argument("--fail-kind", choices=FAIL_KINDS, default="status",
+                        help="what a failure is: an HTTP error (--fail-status, else 500), a "
+                             "connection reset, a 200 that is not JSON, a 200 without "
+                             "choices, or a hang of --fail-hang seconds")
+    parser.add_argument("--fail-hang", type=float, default=60.0,
+                        help="seconds a 'hang' failure holds its answer")
+    parser.add_argument("--retry-after-headers", choices=RETRY_AFTER_HEADERS, default="both")
+    parser.add_argument("--latency-dist", choices=LATENCY_DISTS, default="fixed",
+                        help="fixed, uniform in [0, 2x), exponential (mean) or lognormal "
+                             "(median) around --latency")
+    parser.add_argument("--latency-sigma", type=float, default=0.5,
+                        help="log-sd of the lognormal latency")
+    parser.add_argument("--latency-max", type=float, default=0.0,
+                        help="cap on a completion's latency (0: none)")
+    parser.add_argument("--storm-after", type=float, default=None,
+                        help="seconds after start when every (targeted) call starts failing")
+    parser.add_argument("--storm-for", type=float, default=None,
+                        help="how long the storm lasts (default: until stopped)")
+    parser.add_argument("--storm-status", type=int, default=500)
     return parser.parse_args(argv)
 
 
+def config_from_args(args: argparse.Namespace) -> FakeConfig:
+    """The FakeConfig the command line asks for (a storm is set by :func:`_serve`)."""
+    return FakeConfig(latency_s=args.latency, jitter_s=args.jitter, seed=args.seed,
+                      fail_status=args.fail_status, fail_every=args.fail_every,
+                      retry_after_s=args.retry_after, hang_s=args.hang,
+                      fail_matching=args.fail_matching, fail_model=args.fail_model,
+                      fail_kind=args.fail_kind, fail_hang_s=args.fail_hang,
+                      retry_after_headers=args.retry_after_headers,
+                      latency_dist=args.latency_dist, latency_sigma=args.latency_sigma,
+                      latency_max_s=args.latency_max, storm_status=args.storm_status)
+
+
 async def _serve(args: argparse.Namespace) -> None:
-    config = FakeConfig(latency_s=args.latency, jitter_s=args.jitter, seed=args.seed,
-                        fail_status=args.fail_status, fail_every=args.fail_every,
-                        retry_after_s=args.retry_after, hang_s=args.hang,
-                        fail_matching=args.fail_matching)
+    config = config_from_args(args)
     fake = FakeOpenAI(config, api_key=args.api_key, model=args.model, port=args.port)
+    if args.storm_after is not None or args.storm_for is not None:
+        fake.storm(args.storm_for, after_s=args.storm_after or 0.0, status=args.storm_status)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
