@@ -463,6 +463,24 @@ async def test_per_model_faults_and_counters(fake: FakeOpenAI) -> None:
     assert not (fake.attempts_by_model or fake.failures_by_model or fake.calls_by_model)
 
 
+def test_stats_endpoint_for_other_processes(threaded: FakeOpenAI) -> None:
+    threaded.config.fail_status, threaded.config.fail_model = 429, "primary"
+    began = time.time()
+    assert urlopen(f"{threaded.url}/chat/completions", body_for("primary"))[0] == 429
+    assert urlopen(f"{threaded.url}/chat/completions", body_for("fallback"))[0] == 200
+    base = threaded.url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{base}/_fake/stats", timeout=5) as resp:
+        stats = json.loads(resp.read())
+    assert stats == {"attempts": 2, "calls": 1, "failures": 1,
+                     "attempts_by_model": {"primary": 1, "fallback": 1},
+                     "calls_by_model": {"fallback": 1}, "failures_by_model": {"primary": 1}}
+    with urllib.request.urlopen(f"{base}/_fake/stats?arrivals=1", timeout=5) as resp:
+        arrivals = json.loads(resp.read())["arrivals"]
+    assert len(arrivals) == 2 and began <= arrivals[0] <= arrivals[1] <= time.time()
+    threaded.reset()
+    assert threaded.stats(arrivals=True)["arrivals"] == []
+
+
 def test_cli_options_map_to_the_config() -> None:
     args = _parse(["--latency", "0.1", "--latency-dist", "lognormal", "--latency-sigma", "0.8",
                    "--latency-max", "2", "--fail-kind", "reset", "--fail-every", "4",

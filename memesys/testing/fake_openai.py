@@ -48,6 +48,7 @@ HOST = "127.0.0.1"
 DEFAULT_MODEL = "fake-model"
 DEFAULT_API_KEY = "test-key"
 MAX_REQUESTS_KEPT = 1000
+MAX_ARRIVALS_KEPT = 200_000
 START_TIMEOUT_S = 10.0
 # How long stop() lets in-flight requests (e.g. hung ones) finish before cancelling them.
 SHUTDOWN_TIMEOUT_S = 0.25
@@ -140,7 +141,9 @@ class FakeOpenAI:
     ``attempts`` every POST to ``/chat/completions`` (refused ones too), ``attempts_by_model``
     the same per requested model ("" when the body names none), ``failures`` injected
     failures (``failures_by_model`` per model), ``requests`` the JSON bodies that passed auth
-    (last ``max_requests``).
+    (last ``max_requests``), ``arrivals`` the ``time.time()`` of each attempt (last
+    MAX_ARRIVALS_KEPT). Another process reads them at ``GET /_fake/stats`` (``?arrivals=1``
+    adds the arrival times), e.g. to measure the rate that reached the provider.
     """
 
     def __init__(self, config: FakeConfig | None = None, api_key: str = DEFAULT_API_KEY,
@@ -158,6 +161,7 @@ class FakeOpenAI:
         self.failures = 0
         self.failures_by_model: Counter[str] = Counter()
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_requests)
+        self.arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS_KEPT)
         self._rng = random.Random(self.config.seed)
         self._faultable = 0  # calls past the auth/body checks, for fail_every
         self._runner: web.AppRunner | None = None
@@ -173,6 +177,7 @@ class FakeOpenAI:
         app = web.Application(middlewares=[_json_errors])
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/_fake/stats", self._stats)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         # Bind the socket ourselves: the port is known exactly, with no probe-then-bind race.
@@ -263,6 +268,7 @@ class FakeOpenAI:
         self.attempts_by_model.clear()
         self.failures_by_model.clear()
         self.requests.clear()
+        self.arrivals.clear()
 
     def storm(self, duration_s: float | None, *, after_s: float = 0.0,
               status: int = 500) -> None:
@@ -288,8 +294,23 @@ class FakeOpenAI:
         return web.json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": 0, "owned_by": "fake-openai"}]})
 
+    def stats(self, arrivals: bool = False) -> dict[str, Any]:
+        """The counters as JSON-ready data (what ``GET /_fake/stats`` answers)."""
+        out: dict[str, Any] = {
+            "attempts": self.attempts, "calls": self.calls, "failures": self.failures,
+            "attempts_by_model": dict(self.attempts_by_model),
+            "calls_by_model": dict(self.calls_by_model),
+            "failures_by_model": dict(self.failures_by_model)}
+        if arrivals:
+            out["arrivals"] = list(self.arrivals)
+        return out
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats(request.query.get("arrivals") in ("1", "true")))
+
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         self.attempts += 1
+        self.arrivals.append(time.time())
         raw = await request.read()
         problem = ""
         try:
