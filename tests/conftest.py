@@ -8,7 +8,6 @@ down and fails the test if any process of that session is still alive.
 from __future__ import annotations
 
 import os
-
 import socket
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,10 @@ from actors.system import (
 # The one place the tests set it: DSPy must never try to download LiteLLM's model cost map
 # (no network here); every daemon, fake server and actor the tests start inherits it.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+# The module-scoped Redis ``client`` of the store tests (a module that defines its own
+# ``client`` fixture, like the in-process gateway tests, overrides it).
+pytest_plugins = ["tests.redis_fixtures"]
 
 STOP_TIMEOUT_S = 5.0
 

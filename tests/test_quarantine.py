@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from memesys.storage.connection import EmbeddedRedis, connect
+from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine, fingerprint
 from memesys.storage.tasks import CORRUPT_TASK_MESSAGE, TaskStore
@@ -30,22 +29,7 @@ from tests.test_store import PNG, meme
 
 pytestmark = pytest.mark.store
 
-REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
 QLOG = "memesys.storage.quarantine"
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    if REAL_URL:
-        c = connect(REAL_URL)
-        yield c
-        c.close()
-        return
-    server = EmbeddedRedis(str(tmp_path_factory.mktemp("redis")))
-    c = connect(server.start().url)
-    yield c
-    c.close()
-    server.stop()
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from memesys.storage.memes import MemeStore, StoreDown, StoreError
 
 pytestmark = pytest.mark.store
 
-REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
 PNG = b"\x89PNG\r\n\x1a\n\x00\xffbinary" + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
@@ -40,20 +39,6 @@ def meme(meme_id: str, created_at: float, **extra: object) -> dict:
             "format": "drake", "top_text": "top", "bottom_text": "bottom",
             "image_url": f"/v1/memes/{meme_id}/image.png", "scores": {"overall": 0.5},
             "verification": {"verdicts": {}}, "provider": {"name": "offline"}, **extra}
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    if REAL_URL:
-        c = connect(REAL_URL)
-        yield c
-        c.close()
-        return
-    server = EmbeddedRedis(str(tmp_path_factory.mktemp("redis")))
-    c = connect(server.start().url)
-    yield c
-    c.close()
-    server.stop()
 
 
 @pytest.fixture
