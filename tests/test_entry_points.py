@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The daemon (production), the benchmarks' processes and the test session (conftest).
 ENTRY_POINTS = {"memesys/cli/daemon.py", "bench/run.py", "bench/server.py", "bench/pipeline.py",
-                "tests/conftest.py"}
+                "bench/llm.py", "tests/conftest.py"}
 
 
 SETTER = 'environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP"'
