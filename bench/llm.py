@@ -213,12 +213,13 @@ def layer_caller(url: str, rps: Optional[int], redis_url: str
                            f"{exc}") from exc
     llm = cfg.llm
     names = {f.name for f in dataclasses.fields(Policy)}
-    policy = Policy(**{name: getattr(llm, name) for name in names if hasattr(llm, name)})
-    params = inspect.signature(HardenedEngine).parameters
+    knobs = {name: getattr(llm, name) for name in names if hasattr(llm, name)}
     extra: dict[str, Any] = {}
-    for key, value in (("redis_url", redis_url), ("config", llm), ("llm", llm)):
-        if key in params:
-            extra[key] = value
+    if "redis_url" in names:
+        knobs["redis_url"] = redis_url
+    elif "redis_url" in inspect.signature(HardenedEngine).parameters:
+        extra["redis_url"] = redis_url
+    policy = Policy(**knobs)
     engine = HardenedEngine(MODEL, API_KEY, url, policy, **extra)
     request = request_from_openai_chat(BODY)
 
@@ -226,8 +227,10 @@ def layer_caller(url: str, rps: Optional[int], redis_url: str
         with deadlines.serving(time.time() + CALL_DEADLINE_S):
             return engine.complete(request)
 
-    shown = ", ".join(f"{k}={getattr(policy, k)}" for k in sorted(names))
-    return call, f"HardenedEngine({MODEL}, Policy({shown}){', redis' if extra else ''})"
+    shown = ", ".join(f"{k}=" + ("<embedded Redis>" if k == "redis_url" else
+                                 str(getattr(policy, k))) for k in sorted(names))
+    return call, (f"HardenedEngine({MODEL}, Policy({shown})"
+                  f"{', redis_url=<embedded Redis>' if extra else ''})")
 
 
 # -- table 1: added latency ---------------------------------------------------------------------
