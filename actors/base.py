@@ -85,9 +85,9 @@ class RequestFailed(Exception):
     request's outcome, not a corrupted actor, so restarting would not help.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: Optional[float] = None) -> None:
         super().__init__(f"{code}: {message}")
-        self.failure = Failure(code, message)
+        self.failure = Failure(code, message, retry_after)
 
 
 class BaseActor(Actor):

@@ -28,11 +28,13 @@ class Failure:
     Codes used by the runtime: ``crashed`` (the handler raised; the actor is restarting),
     ``worker_lost`` (the worker died with the request in flight), ``overloaded`` (a bound was
     reached; retry later), ``timeout``, ``unavailable`` (no such child or not running),
-    ``unknown_request``. Applications add their own.
+    ``unknown_request``. Applications add their own. ``retry_after``: seconds the asker should
+    wait before trying again, when the failure knows (None: it does not).
     """
 
     code: str
     message: str
+    retry_after: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -300,6 +300,8 @@ def test_stage_handles_from_config() -> None:
     assert handle_for("appropriateness") is handle_for("refine")  # one handle per model
     scorer = handle_for("score")
     assert (scorer.provider, scorer.model) == (OPENAI_COMPATIBLE, "gpt-4o-mini")
-    assert scorer.lm.kwargs["timeout"] == 12.5
+    # each attempt bounded by min(timeout_s, stage_timeout_s); the config's retry policy
+    assert scorer.lm.engine.policy.timeout_s == 12.5
+    assert scorer.lm.engine.policy.max_attempts == llm.max_attempts
     no_key = stage_handles(replace(llm, api_key=""), 20.0)
     assert no_key("score").provider == PROVIDER

@@ -31,7 +31,11 @@ def fake():
 def provider_daemon(tmp_path_factory, fake):
     d = DaemonProcess(tmp_path_factory.mktemp("provider"), {
         "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model"}).start()
+        "MEMESYS_LLM_MODEL": "fake-model",
+        # These tests inject one partial fault after another: with the default breaker
+        # (5 failed attempts) their failures would add up and open it for 30 s. The breaker
+        # is tested in tests/test_llm_breaker.py and tests/test_llm_daemon.py.
+        "MEMESYS_LLM_BREAKER_FAILURES": "1000"}).start()
     yield d
     assert d.stop() == []
 

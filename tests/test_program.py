@@ -160,8 +160,10 @@ def test_build_lm_openai_compatible_settings() -> None:
     assert (handle.provider, handle.model) == (OPENAI_COMPATIBLE, "gpt-4o-mini")
     assert handle.lm.model == "openai/gpt-4o-mini"
     assert handle.lm.cache is False and handle.lm.num_retries == 0
-    assert handle.lm.kwargs["timeout"] == 7.5 and "api_base" not in handle.lm.kwargs
-    assert "max_retries" not in handle.lm.kwargs
+    # The engine owns the connection (memesys.llm): DSPy holds no timeout, endpoint or retries.
+    assert handle.lm.engine.policy.timeout_s == 7.5
+    assert handle.lm.engine.base_url == "https://api.openai.com/v1"
+    assert not {"timeout", "api_base", "max_retries"} & set(handle.lm.kwargs)
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):

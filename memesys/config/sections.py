@@ -115,6 +115,11 @@ class LLMConfig:
     api_key: str = secret()
     base_url: str
     timeout_s: float = bounded(0.01, 3600)
+    # The client layer (memesys.llm, docs/llm.md).
+    max_attempts: int = bounded(1, 10)
+    max_connections: int = bounded(1, 1024)
+    breaker_failures: int = bounded(1, 1000)
+    breaker_reset_s: float = bounded(0.1, 3600)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from dspy.utils.exceptions import LMError
 
 from memesys.config import LLMConfig
+from memesys.llm.engine import Policy
 from memesys.pipeline.decision import Decision, decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle, build_lm
@@ -50,16 +51,23 @@ STAGE_MODEL_KEYS: Mapping[str, str] = {
 }
 
 
-def stage_handles(llm: LLMConfig, stage_timeout_s: float) -> Callable[[str], LMHandle]:
-    """handle_for(stage) from the [llm] section: one handle per distinct model, each LM call
-    bounded by min(llm.timeout_s, stage_timeout_s) (one attempt per call: the bound holds)."""
+def stage_handles(llm: LLMConfig, stage_timeout_s: float, redis_url: str = "",
+                  key_prefix: str = "memesys") -> Callable[[str], LMHandle]:
+    """handle_for(stage) from the [llm] section: one handle per distinct model, each attempt
+    bounded by min(llm.timeout_s, stage_timeout_s, time left before the request's deadline),
+    at most llm.max_attempts attempts per call, through each model's circuit breaker, shared
+    through ``redis_url`` when given (memesys.llm)."""
     timeout_s = min(llm.timeout_s, stage_timeout_s)
+    policy = Policy(timeout_s=timeout_s, max_attempts=llm.max_attempts,
+                    max_connections=llm.max_connections,
+                    breaker_failures=llm.breaker_failures, breaker_reset_s=llm.breaker_reset_s,
+                    redis_url=redis_url, key_prefix=key_prefix)
     built: dict[str, LMHandle] = {}
 
     def handle_for(stage: str) -> LMHandle:
         model = getattr(llm, STAGE_MODEL_KEYS[stage]) or llm.model
         if model not in built:
-            built[model] = build_lm(model, llm.api_key, llm.base_url, timeout_s)
+            built[model] = build_lm(model, llm.api_key, llm.base_url, timeout_s, policy)
         return built[model]
     return handle_for
 

@@ -17,6 +17,7 @@ and of the meme's ``provider.program``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
@@ -56,6 +57,7 @@ from memesys.pipeline.stages import (
     stage_handles,
 )
 from memesys.pipeline.verification import VERIFIERS, Verdict
+from memesys.tree.llmcalls import lm_failed, under_deadline
 from memesys.tree.paths import RENDER, STORE, VERIFY
 
 PARALLEL = "parallel"
@@ -69,6 +71,8 @@ class GeneratorArgs:
     pipeline: PipelineConfig
     max_in_flight: int = 64
     stage_timeout_s: float = 10.0  # render and store
+    redis_url: str = ""  # the LLM client layer's shared state (breakers); "": this process
+    key_prefix: str = "memesys"
 
 
 @dataclass
@@ -87,7 +91,8 @@ class PoolStages:
 
     async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
         handle = self.handle_for(stage)
-        return await asyncio.to_thread(self.ledger.call, key, handle, lambda: fn(handle))
+        return await asyncio.to_thread(under_deadline, self.ledger.call, key, handle,
+                                       lambda: fn(handle))
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
                                                                Scores | None]:
@@ -113,7 +118,8 @@ class PoolStages:
             return verdicts, None  # refused anyway; the missing score changes nothing
         failure = scored.failure if isinstance(scored, RemoteFailure) else None
         raise RequestFailed(failure.code if failure else ErrorCode.LLM_UNAVAILABLE,
-                            f"the scorer failed: {_why(scored)}")
+                            f"the scorer failed: {_why(scored)}",
+                            getattr(failure, "retry_after", None))
 
 
 def _why(answer: BaseException) -> str:
@@ -128,7 +134,8 @@ class GeneratorWorker(AsyncActor):
         self.max_in_flight = args.max_in_flight
         self.mode = args.pipeline.mode
         self.policy = RefinePolicy.from_config(args.pipeline)
-        self.handle_for = stage_handles(args.llm, args.pipeline.stage_timeout_s)
+        self.handle_for = stage_handles(args.llm, args.pipeline.stage_timeout_s,
+                                        args.redis_url, args.key_prefix)
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:
@@ -140,15 +147,17 @@ class GeneratorWorker(AsyncActor):
         try:
             return await self.ask(path, payload, self.args.stage_timeout_s)
         except RemoteFailure as exc:
-            raise RequestFailed(exc.failure.code, f"{path}: {exc.failure.message}") from exc
+            raise RequestFailed(exc.failure.code, f"{path}: {exc.failure.message}",
+                                getattr(exc.failure, "retry_after", None)) from exc
 
     async def _pipeline(self, request: GenerateMeme) -> tuple[PipelineResult, dict[str, float]]:
         fields = (request.topic, request.format, request.style, request.audience, request.seed,
                   self.policy)
         try:
             if self.mode == SEQUENTIAL:
-                return await asyncio.to_thread(run_sequential, self.handle_for, *fields,
-                                               program=self.program.program), {}
+                return await asyncio.to_thread(
+                    under_deadline, functools.partial(run_sequential, program=self.program.program),
+                    self.handle_for, *fields), {}
             # A verifier call may queue behind others in the pool: give it the stage bound
             # plus a margin before calling it unavailable.
             stages = PoolStages(self, self.handle_for,
@@ -162,7 +171,7 @@ class GeneratorWorker(AsyncActor):
         except OutputError as exc:
             raise RequestFailed(exc.code, f"the model's output is unusable: {exc}") from exc
         except LMError as exc:
-            raise RequestFailed(ErrorCode.LLM_UNAVAILABLE, first_line(exc)) from exc
+            raise lm_failed(exc) from exc
 
     async def generate(self, request: GenerateMeme) -> dict:
         timings: dict[str, float] = {}

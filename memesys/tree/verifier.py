@@ -27,6 +27,7 @@ from memesys.pipeline.scoring import score
 from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.stages import StageRun, stage_handles
 from memesys.pipeline.verification import VERIFIERS, verify
+from memesys.tree.llmcalls import lm_failed, under_deadline
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class VerifierArgs:
     stage_timeout_s: float
     max_in_flight: int
     pipeline: PipelineConfig  # the program to load: program_path
+    redis_url: str = ""  # the LLM client layer's shared state (breakers); "": this process
+    key_prefix: str = "memesys"
 
 
 def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
@@ -43,7 +46,7 @@ def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
     try:
         result = fn(handle)
     except LMError as exc:
-        raise RequestFailed(ErrorCode.LLM_UNAVAILABLE, first_line(exc)) from exc
+        raise lm_failed(exc) from exc
     except OutputError as exc:
         raise RequestFailed(exc.code, first_line(exc)) from exc
     ms = (time.perf_counter() - started) * 1000
@@ -53,7 +56,8 @@ def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
 class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
         self.max_in_flight = args.max_in_flight
-        self.handle_for = stage_handles(args.llm, args.stage_timeout_s)
+        self.handle_for = stage_handles(args.llm, args.stage_timeout_s, args.redis_url,
+                                        args.key_prefix)
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:
@@ -62,10 +66,10 @@ class VerifierWorker(AsyncActor):
         program = self.program.program
         if isinstance(payload, RunVerifier) and payload.verifier in VERIFIERS:
             handle = self.handle_for(payload.verifier)
-            return asyncio.to_thread(run_stage, handle,
+            return asyncio.to_thread(under_deadline, run_stage, handle,
                                      lambda h: verify(h, payload.verifier, payload.draft, program))
         if isinstance(payload, RunScore):
-            return asyncio.to_thread(run_stage, self.handle_for("score"),
+            return asyncio.to_thread(under_deadline, run_stage, self.handle_for("score"),
                                      lambda h: score(h, payload.draft, program))
         return super().handle(payload)
 

@@ -1,0 +1,208 @@
+"""The hardened OpenAI-compatible engine DSPy calls: ``complete(Request) -> Response``.
+
+Per call: up to ``max_attempts`` attempts, each bounded by ``min(timeout_s, time left before
+the request's deadline)``; between attempts exponential backoff with full jitter, or the
+provider's ``Retry-After`` / ``retry-after-ms`` when it sends one. A wait that would not end
+before the deadline is not waited: the call fails at once, passing the provider's Retry-After
+on. A 4xx caused by our request is not retried. Every attempt goes through the model's circuit
+breaker (:mod:`memesys.llm.breaker`): while it is open, the call fails at once with the seconds
+until its probe as Retry-After. This is the only retry layer: DSPy runs with
+``num_retries=0`` and the HTTP client never retries.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import Optional
+from urllib.parse import urlsplit
+
+import httpx
+from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_openai_chat
+
+from memesys.errors import ErrorCode
+from memesys.llm import deadline as deadlines
+from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
+from memesys.llm.client import http_client
+from memesys.llm.errors import (
+    CLIENT,
+    CONNECT,
+    DEADLINE,
+    MALFORMED,
+    OPEN,
+    RATE_LIMITED,
+    SERVER,
+    TIMEOUT,
+    LLMCallError,
+    call_error,
+)
+
+log = logging.getLogger("memesys.llm")
+
+PROVIDER = "openai-compatible"
+MIN_ATTEMPT_S = 0.005  # less time left than this: no attempt is made
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The retry layer's knobs ([llm] section). The defaults make one attempt per call (a bare
+    build_lm); the daemon passes its [llm] max_attempts."""
+
+    timeout_s: float = 20.0
+    max_attempts: int = 1
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 5.0
+    max_connections: int = 32
+    breaker_failures: int = 5
+    breaker_reset_s: float = 30.0
+    # Where the breaker's state is shared ("": in this process only) and its keys' prefix.
+    redis_url: str = ""
+    key_prefix: str = "memesys"
+
+
+class AttemptFailed(Exception):
+    """One attempt's failure: ``kind`` (errors.*), ``retry_after`` the provider asked for."""
+
+    def __init__(self, kind: str, message: str, status: Optional[int] = None,
+                 retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind != CLIENT
+
+
+def retry_after_of(headers: httpx.Headers) -> Optional[float]:
+    """The provider's wait in seconds: ``retry-after-ms`` first, else ``Retry-After`` seconds."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) / scale)
+            except ValueError:
+                continue  # an HTTP date: ignored, the backoff applies
+    return None
+
+
+def backoff(attempt: int, policy: Policy, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(max, base * 2**(attempt-1)))."""
+    return rng.uniform(0.0, min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1)))
+
+
+class HardenedEngine:
+    """One model on one OpenAI-compatible endpoint, behind the retry layer."""
+
+    def __init__(self, model: str, api_key: str, base_url: str, policy: Policy,
+                 redis_url: Optional[str] = None) -> None:
+        """``redis_url`` (when given) overrides ``policy.redis_url``: where the state shared
+        by every process lives."""
+        if redis_url is not None:
+            policy = replace(policy, redis_url=redis_url)
+        self.model = model
+        self.policy = policy
+        self.base_url = (base_url or "https://api.openai.com/v1").rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}",
+                         "Content-Type": "application/json"}
+        # lm15's own OpenAI Chat dialect writes the body (never sends anything itself).
+        self._dialect = OpenAIChatLM(api_key=api_key, base_url=self.base_url)
+        self._rng = random.Random()
+        self.name = f"{urlsplit(self.base_url).netloc}/{model}"  # provider + model
+        self.breaker: Breaker = breaker_for(self.name, policy.breaker_failures,
+                                            policy.breaker_reset_s, policy.timeout_s,
+                                            policy.redis_url, policy.key_prefix)
+
+    # ------------------------------------------------------------------ one attempt
+
+    def attempt(self, request: Request, timeout_s: float) -> Response:
+        """One POST to /chat/completions; AttemptFailed on any failure."""
+        payload = self._dialect._payload(request, False)
+        payload["model"] = self.model
+        client = http_client(self.base_url, self.policy.max_connections)
+        try:
+            answer = client.post("/chat/completions", json=payload, headers=self._headers,
+                                 timeout=httpx.Timeout(timeout_s))
+        except httpx.TimeoutException as exc:
+            raise AttemptFailed(TIMEOUT, f"no answer within {timeout_s:.3g} s") from exc
+        except httpx.TransportError as exc:
+            raise AttemptFailed(CONNECT, f"transport error: {type(exc).__name__}") from exc
+        status = answer.status_code
+        if status == 429:
+            raise AttemptFailed(RATE_LIMITED, "the provider is rate limiting", status,
+                                retry_after_of(answer.headers))
+        if status >= 500 or status == 408:
+            raise AttemptFailed(SERVER, f"the provider answered {status}", status,
+                                retry_after_of(answer.headers))
+        if status >= 400:
+            raise AttemptFailed(CLIENT, f"the provider refused the request ({status})", status)
+        try:
+            body = answer.json()
+            if not isinstance(body, dict) or not body.get("choices"):
+                raise ValueError("no choices in the completion")
+            return response_from_openai_chat(body, model=self.model)
+        except (ValueError, LM15Error, KeyError, TypeError, AttributeError) as exc:
+            raise AttemptFailed(MALFORMED, f"malformed completion: {exc}"[:200], status) from exc
+
+    # ------------------------------------------------------------------ the call
+
+    def complete(self, request: Request) -> Response:
+        return self.call(request)
+
+    def call(self, request: Request, deadline: Optional[float] = None) -> Response:
+        """Attempts until one succeeds, ``max_attempts`` are spent or the deadline leaves no
+        room; LLMCallError then."""
+        deadline = deadlines.current() if deadline is None else deadline
+        last: Optional[AttemptFailed] = None
+        for attempt in range(1, self.policy.max_attempts + 1):
+            left = deadlines.left(deadline)
+            if left is not None and left < MIN_ATTEMPT_S:
+                raise self._give_up(last, attempt - 1, DEADLINE)
+            timeout_s = self.policy.timeout_s if left is None else min(self.policy.timeout_s,
+                                                                       left)
+            try:
+                return self.breaker.run(lambda: self.attempt(request, timeout_s))
+            except BreakerOpen as exc:
+                raise call_error(ErrorCode.LLM_UNAVAILABLE,
+                                 f"{self.model}: {exc} (probe in {exc.retry_after:.3g} s)",
+                                 kind=OPEN, model=self.model, retry_after=exc.retry_after,
+                                 attempts=attempt - 1) from exc
+            except AttemptFailed as exc:
+                last = exc
+                log.debug("%s attempt %d failed: %s", self.model, attempt, exc)
+                if not exc.retryable or attempt == self.policy.max_attempts:
+                    raise self._give_up(exc, attempt) from exc
+                wait = (exc.retry_after if exc.retry_after is not None
+                        else backoff(attempt, self.policy, self._rng))
+                left = deadlines.left(deadline)
+                if left is not None and wait + MIN_ATTEMPT_S >= left:
+                    raise self._give_up(exc, attempt, DEADLINE) from exc
+                time.sleep(wait)
+        raise self._give_up(last, self.policy.max_attempts)
+
+    def _give_up(self, last: Optional[AttemptFailed], attempts: int,
+                 why: str = "") -> LLMCallError:
+        kind = last.kind if last is not None else DEADLINE
+        code = ErrorCode.LLM_RATE_LIMITED if kind == RATE_LIMITED else ErrorCode.LLM_UNAVAILABLE
+        retry_after = last.retry_after if last is not None else None
+        reason = str(last) if last is not None else "no time left before the deadline"
+        if why == DEADLINE and last is not None:
+            reason += "; no time left for another attempt"
+        return call_error(code, f"{self.model}: {reason} after {attempts} attempt(s)",
+                            kind=kind, model=self.model, retry_after=retry_after,
+                            status=last.status if last is not None else None,
+                            attempts=attempts)
+
+
+class AsyncHardenedEngine:
+    """The async face of a :class:`HardenedEngine`: the same call in a worker thread (the
+    deadline travels: ``asyncio.to_thread`` copies context variables)."""
+
+    def __init__(self, engine: HardenedEngine) -> None:
+        self.engine = engine
+
+    async def complete(self, request: Request) -> Response:
+        return await asyncio.to_thread(self.engine.complete, request)

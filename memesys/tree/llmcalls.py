@@ -1,0 +1,27 @@
+"""Where the tree meets the LLM client layer: the deadline of the request being served reaches
+the LLM calls, and a failed LLM call becomes the request's failure with its own code and
+Retry-After (``llm_unavailable``, ``llm_rate_limited``, ``budget_exhausted``)."""
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from actors import deadlines
+from actors.base import RequestFailed
+from memesys.llm import deadline as llm_deadline
+from memesys.llm.errors import failure_of
+from memesys.pipeline.stage import first_line
+
+T = TypeVar("T")
+
+
+def under_deadline(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` with the actor runtime's current deadline as the LLM layer's (call it in
+    the worker thread: ``asyncio.to_thread`` copies the runtime's context variable there)."""
+    with llm_deadline.serving(deadlines.current()):
+        return fn(*args)
+
+
+def lm_failed(exc: BaseException, prefix: str = "") -> RequestFailed:
+    """The RequestFailed for a failed LLM call: its contract code and Retry-After."""
+    failure = failure_of(exc)
+    return RequestFailed(failure.code, prefix + first_line(exc), failure.retry_after)

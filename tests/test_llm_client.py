@@ -1,0 +1,149 @@
+"""The LLM client layer (memesys.llm) with real HTTP against the fake OpenAI server: one retry
+layer, attempts bounded by max_attempts and the deadline, Retry-After honoured and passed on,
+hangs cut at the deadline, malformed answers an error; and through DSPy, the codes the gateway
+answers."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from memesys.errors import ErrorCode
+from memesys.llm import deadline as deadlines
+from memesys.llm.engine import HardenedEngine, Policy, retry_after_of
+from memesys.llm.errors import LLMCallError, failure_of
+from memesys.pipeline.lm import build_lm
+from memesys.pipeline.writing import write_caption
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from tests.llm_support import KEY, MODEL, make_engine, write_request
+
+REQUEST = write_request()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI(FakeConfig(), api_key=KEY).start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_thread()
+
+
+def engine(fake: FakeOpenAI, **policy: float) -> HardenedEngine:
+    return make_engine(fake.url, **policy)
+
+
+def test_a_call_answers_over_pooled_http(fake: FakeOpenAI) -> None:
+    eng = engine(fake)
+    for _ in range(5):
+        response = eng.complete(REQUEST)
+        assert response.text
+    assert fake.attempts == fake.calls == 5
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2, 3, 5])
+def test_attempts_never_above_max_attempts(fake: FakeOpenAI, max_attempts: int) -> None:
+    fake.config.fail_status = 500
+    with pytest.raises(LLMCallError) as raised:
+        engine(fake, max_attempts=max_attempts).complete(REQUEST)
+    assert fake.attempts == max_attempts == raised.value.attempts
+    assert failure_of(raised.value)[0] is ErrorCode.LLM_UNAVAILABLE
+
+
+def test_a_retry_succeeds_after_a_5xx(fake: FakeOpenAI) -> None:
+    fake.config.fail_every, fake.config.fail_status = 2, 500  # the 2nd call fails
+    eng = engine(fake)
+    eng.complete(REQUEST)
+    eng.complete(REQUEST)  # attempt 2 fails, attempt 3 answers
+    assert (fake.attempts, fake.failures, fake.calls) == (3, 1, 2)
+
+
+def test_a_4xx_of_ours_is_not_retried(fake: FakeOpenAI) -> None:
+    eng = HardenedEngine(MODEL, "wrong-key", fake.url, Policy(max_attempts=3))
+    with pytest.raises(LLMCallError) as raised:
+        eng.complete(REQUEST)
+    assert raised.value.status == 401 and raised.value.attempts == 1
+    assert fake.attempts == 1
+
+
+def test_retry_after_is_honoured(fake: FakeOpenAI) -> None:
+    fake.config.fail_every, fake.config.fail_status, fake.config.retry_after_s = 1, 429, 0.4
+    eng = engine(fake, max_attempts=2)
+    began = time.perf_counter()
+    with pytest.raises(LLMCallError) as raised:
+        eng.complete(REQUEST)
+    elapsed = time.perf_counter() - began
+    assert fake.attempts == 2
+    assert 0.4 <= elapsed < 1.0, elapsed  # waited the provider's 0.4 s, not the 0.01 s backoff
+    assert failure_of(raised.value) == (ErrorCode.LLM_RATE_LIMITED, 0.4)
+
+
+def test_a_wait_past_the_deadline_fails_at_once_and_passes_retry_after_on(
+        fake: FakeOpenAI) -> None:
+    fake.config.fail_status, fake.config.retry_after_s = 429, 30
+    eng = engine(fake)
+    began = time.perf_counter()
+    with deadlines.serving(time.time() + 2.0), pytest.raises(LLMCallError) as raised:
+        eng.complete(REQUEST)
+    assert time.perf_counter() - began < 0.5
+    assert fake.attempts == 1
+    assert failure_of(raised.value) == (ErrorCode.LLM_RATE_LIMITED, 30)
+
+
+def test_a_hang_is_cut_at_the_deadline(fake: FakeOpenAI) -> None:
+    fake.config.hang_s = 10.0
+    eng = engine(fake, timeout_s=20.0)
+    began = time.perf_counter()
+    with deadlines.serving(time.time() + 0.5), pytest.raises(LLMCallError) as raised:
+        eng.complete(REQUEST)
+    elapsed = time.perf_counter() - began
+    assert 0.45 <= elapsed < 0.8, elapsed
+    assert raised.value.kind in ("timeout", "deadline")
+    assert fake.calls == 0 and fake.attempts >= 1
+
+
+def test_each_attempt_is_bounded_by_the_call_timeout(fake: FakeOpenAI) -> None:
+    fake.config.hang_s = 10.0
+    began = time.perf_counter()
+    with pytest.raises(LLMCallError):
+        engine(fake, timeout_s=0.2, max_attempts=2).complete(REQUEST)
+    assert time.perf_counter() - began < 0.8
+    assert fake.attempts == 2
+
+
+def test_malformed_json_is_an_error_not_a_crash(fake: FakeOpenAI) -> None:
+    if "fail_kind" not in FakeConfig.__dataclass_fields__:
+        pytest.skip("the fake cannot answer malformed JSON yet")
+    fake.config.fail_kind = "not_json"
+    with pytest.raises(LLMCallError) as raised:
+        engine(fake, max_attempts=2).complete(REQUEST)
+    assert raised.value.kind == "malformed" and fake.attempts == 2
+    fake.reset()
+    fake.config.fail_kind = "no_choices"
+    with pytest.raises(LLMCallError) as raised:
+        engine(fake, max_attempts=1).complete(REQUEST)
+    assert raised.value.kind == "malformed"
+
+
+def test_retry_after_headers() -> None:
+    import httpx
+    assert retry_after_of(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after_of(httpx.Headers({"retry-after": "3"})) == 3.0
+    assert retry_after_of(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
+    assert retry_after_of(httpx.Headers({})) is None
+
+
+def test_through_dspy_one_retry_layer(fake: FakeOpenAI) -> None:
+    """DSPy retries 0 times: the attempts at the fake are the engine's max_attempts exactly."""
+    fake.config.fail_status = 503
+    handle = build_lm(MODEL, KEY, fake.url, 5.0, Policy(max_attempts=3, backoff_base_s=0.01))
+    assert handle.lm.num_retries == 0
+    with pytest.raises(LLMCallError) as raised:
+        write_caption(handle, "cats", format="drake")
+    assert fake.attempts == 3
+    assert failure_of(raised.value)[0] is ErrorCode.LLM_UNAVAILABLE
+    fake.config.fail_status = None
+    fake.reset()
+    caption = write_caption(handle, "cats", format="drake")
+    assert caption.texts and fake.calls == 1
