@@ -171,8 +171,13 @@ def bare_caller(url: str, connections: int) -> tuple[Callable[[], Any], Callable
 
 
 def layer_in_head() -> bool:
-    """Whether HEAD holds the client layer (tracked files under memesys/llm)."""
+    """Whether HEAD holds the client layer (tracked files under memesys/llm); outside a git
+    checkout (a ``git archive`` of one commit), whether the files are there."""
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=REPO,
+                             capture_output=True, text=True, timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != REPO:
+            return (REPO / LAYER_PATH / "engine.py").exists()
         listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD", LAYER_PATH],
                                 cwd=REPO, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
@@ -209,8 +214,10 @@ def layer_caller(url: str, rps: Optional[int], redis_url: str
     try:
         cfg = load(env=env)
     except ConfigError as exc:
-        raise LayerMissing(f"the client layer has no rate limit ([llm] rate_limit_rps): "
-                           f"{exc}") from exc
+        if "rate_limit_rps" in str(exc):
+            raise LayerMissing("the client layer in this commit has no rate limit "
+                               "([llm] rate_limit_rps is not a key of its config)") from exc
+        raise
     llm = cfg.llm
     names = {f.name for f in dataclasses.fields(Policy)}
     knobs = {name: getattr(llm, name) for name in names if hasattr(llm, name)}
