@@ -47,7 +47,8 @@ def fake() -> Iterator[FakeOpenAI]:
 
 def provider_env(fake: FakeOpenAI) -> dict[str, str]:
     return {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model"}
+            "MEMESYS_LLM_MODEL": "fake-model",
+            "MEMESYS_LLM_RATE_LIMIT_RPS": "0"}  # hangs of the tree, not the provider's limit
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,9 @@ def fake():
 def daemon(tmp_path_factory, fake):
     d = DaemonProcess(tmp_path_factory.mktemp("load"), {
         "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0"}).start()
+        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0",
+        # the tree's capacity, not the provider's rate limit (10 req/s by default) is measured
+        "MEMESYS_LLM_RATE_LIMIT_RPS": "0"}).start()
     yield d
     assert d.stop() == []
 

@@ -120,6 +120,9 @@ class LLMConfig:
     max_connections: int = bounded(1, 1024)
     breaker_failures: int = bounded(1, 1000)
     breaker_reset_s: float = bounded(0.1, 3600)
+    rate_limit_rps: int = bounded(0, 100_000)
+    rate_limit_tpm: int = bounded(0, 1_000_000_000)
+    fallback_models: str
 
 
 @dataclass(frozen=True)

@@ -109,19 +109,24 @@ class Breaker:
 
     # ------------------------------------------------------------------ calling
 
-    def run(self, attempt: Callable[[], T]) -> T:
-        """``attempt()`` through the breaker; BreakerOpen without calling it while open."""
+    def check(self) -> str:
+        """The state, or BreakerOpen while open before its probe time."""
         now = time.time()
         if now < self._open_until:
             raise BreakerOpen(self.name, self._open_until - now)
         state = self.state
-        if state == CLOSED:
-            return self._through(attempt)
         if state == OPEN:
             wait = self.until_probe(now)
             if wait > 0:
                 self._open_until = now + wait
                 raise BreakerOpen(self.name, wait)
+        return state
+
+    def run(self, attempt: Callable[[], T]) -> T:
+        """``attempt()`` through the breaker; BreakerOpen without calling it while open."""
+        state = self.check()
+        if state == CLOSED:
+            return self._through(attempt)
         # open past its reset time, or half-open: one probe, cluster-wide
         if not self._claim_probe():
             raise BreakerOpen(self.name, min(self.reset_s, self.probe_timeout_s))
@@ -176,7 +181,7 @@ def breaker_for(name: str, fail_max: int, reset_s: float, probe_timeout_s: float
                 redis_url: str = "", key_prefix: str = "memesys") -> Breaker:
     """The process's breaker of ``name`` (provider/model): one object per process, its state
     in Redis under ``<key_prefix>:llm:breaker:<name>`` when ``redis_url`` is given."""
-    key = (redis_url, name)
+    key = (redis_url, f"{key_prefix}|{name}")
     with _lock:
         found = _breakers.get(key)
         if found is None:

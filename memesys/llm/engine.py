@@ -24,12 +24,15 @@ from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_
 
 from memesys.errors import ErrorCode
 from memesys.llm import deadline as deadlines
+from memesys.llm import served
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
 from memesys.llm.client import http_client
+from memesys.llm.limiter import Limiter, NoSlot, limiter_for
 from memesys.llm.errors import (
     CLIENT,
     CONNECT,
     DEADLINE,
+    LIMITED,
     MALFORMED,
     OPEN,
     RATE_LIMITED,
@@ -57,6 +60,10 @@ class Policy:
     max_connections: int = 32
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
+    rate_limit_rps: int = 0  # 0: unlimited (the daemon's default is 10)
+    rate_limit_tpm: int = 0
+    # How many processes share the limits: each one's share when Redis is unreachable.
+    processes: int = 1
     # Where the breaker's state is shared ("": in this process only) and its keys' prefix.
     redis_url: str = ""
     key_prefix: str = "memesys"
@@ -89,6 +96,14 @@ def retry_after_of(headers: httpx.Headers) -> Optional[float]:
     return None
 
 
+def estimate_tokens(payload: dict) -> int:
+    """Tokens a request may use, for the tokens/min limit before it is sent: its text at ~4
+    characters a token plus the completion it allows (max tokens, else 512)."""
+    chars = sum(len(str(m.get("content") or "")) for m in payload.get("messages", ()))
+    allowed = payload.get("max_completion_tokens") or payload.get("max_tokens") or 512
+    return chars // 4 + int(allowed)
+
+
 def backoff(attempt: int, policy: Policy, rng: random.Random) -> float:
     """Full jitter: uniform in [0, min(max, base * 2**(attempt-1)))."""
     return rng.uniform(0.0, min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1)))
@@ -98,9 +113,11 @@ class HardenedEngine:
     """One model on one OpenAI-compatible endpoint, behind the retry layer."""
 
     def __init__(self, model: str, api_key: str, base_url: str, policy: Policy,
-                 redis_url: Optional[str] = None) -> None:
+                 redis_url: Optional[str] = None,
+                 fallbacks: tuple[str, ...] = ()) -> None:
         """``redis_url`` (when given) overrides ``policy.redis_url``: where the state shared
-        by every process lives."""
+        by every process lives. ``fallbacks``: models tried in order, on the same endpoint,
+        when this one is open-circuited, rate-limited past the deadline or out of attempts."""
         if redis_url is not None:
             policy = replace(policy, redis_url=redis_url)
         self.model = model
@@ -115,13 +132,24 @@ class HardenedEngine:
         self.breaker: Breaker = breaker_for(self.name, policy.breaker_failures,
                                             policy.breaker_reset_s, policy.timeout_s,
                                             policy.redis_url, policy.key_prefix)
+        self.fallbacks = tuple(HardenedEngine(name, api_key, base_url, policy)
+                               for name in fallbacks if name and name != model)
+        self.fallbacks_taken = 0
+        self.limiter: Limiter = limiter_for(self.name, policy.rate_limit_rps,
+                                            policy.rate_limit_tpm, policy.redis_url,
+                                            policy.key_prefix, policy.processes)
 
     # ------------------------------------------------------------------ one attempt
 
-    def attempt(self, request: Request, timeout_s: float) -> Response:
-        """One POST to /chat/completions; AttemptFailed on any failure."""
+    def payload(self, request: Request) -> dict:
         payload = self._dialect._payload(request, False)
         payload["model"] = self.model
+        return payload
+
+    def attempt(self, request: Request, timeout_s: float,
+                payload: Optional[dict] = None) -> Response:
+        """One POST to /chat/completions; AttemptFailed on any failure."""
+        payload = self.payload(request) if payload is None else payload
         client = http_client(self.base_url, self.policy.max_connections)
         try:
             answer = client.post("/chat/completions", json=payload, headers=self._headers,
@@ -150,12 +178,39 @@ class HardenedEngine:
     # ------------------------------------------------------------------ the call
 
     def complete(self, request: Request) -> Response:
-        return self.call(request)
+        """The call on this model, then on each fallback in order (same deadline) while the
+        failure is one a fallback can help with: an open breaker, no rate-limit slot in
+        time, attempts spent. A 4xx of ours is final. The model that answered is recorded
+        (:mod:`memesys.llm.served`)."""
+        deadline = deadlines.current()
+        try:
+            response = self.call(request, deadline)
+            served.record(self.model)
+            return response
+        except LLMCallError as exc:
+            if not self.fallbacks or exc.kind == CLIENT:
+                raise
+            failed = exc
+        for fallback in self.fallbacks:
+            log.warning("llm %s failed (%s): falling back to %s", self.model, failed.kind,
+                        fallback.model)
+            self.fallbacks_taken += 1
+            try:
+                response = fallback.call(request, deadline)
+                served.record(fallback.model)
+                return response
+            except LLMCallError as exc:
+                if exc.kind == CLIENT:
+                    raise
+                failed = exc
+        raise failed
 
     def call(self, request: Request, deadline: Optional[float] = None) -> Response:
         """Attempts until one succeeds, ``max_attempts`` are spent or the deadline leaves no
         room; LLMCallError then."""
         deadline = deadlines.current() if deadline is None else deadline
+        payload = self.payload(request)
+        tokens = estimate_tokens(payload)
         last: Optional[AttemptFailed] = None
         for attempt in range(1, self.policy.max_attempts + 1):
             left = deadlines.left(deadline)
@@ -164,7 +219,21 @@ class HardenedEngine:
             timeout_s = self.policy.timeout_s if left is None else min(self.policy.timeout_s,
                                                                        left)
             try:
-                return self.breaker.run(lambda: self.attempt(request, timeout_s))
+                self.breaker.check()  # open: fail now, without taking a rate-limit slot
+                self.limiter.acquire(tokens, deadline, self.policy.timeout_s)
+                left = deadlines.left(deadline)  # the wait for a slot counts
+                if left is not None:
+                    timeout_s = min(timeout_s, left)
+                    if timeout_s < MIN_ATTEMPT_S:
+                        raise self._give_up(last, attempt - 1, DEADLINE)
+                answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload))
+                self.limiter.provider_answered()
+                return answer
+            except NoSlot as exc:
+                raise call_error(ErrorCode.LLM_RATE_LIMITED,
+                                 f"{self.model}: {exc}; no slot before the deadline",
+                                 kind=LIMITED, model=self.model, retry_after=exc.retry_after,
+                                 attempts=attempt - 1) from exc
             except BreakerOpen as exc:
                 raise call_error(ErrorCode.LLM_UNAVAILABLE,
                                  f"{self.model}: {exc} (probe in {exc.retry_after:.3g} s)",
@@ -172,6 +241,8 @@ class HardenedEngine:
                                  attempts=attempt - 1) from exc
             except AttemptFailed as exc:
                 last = exc
+                if exc.kind == RATE_LIMITED:
+                    self.limiter.provider_limited()
                 log.debug("%s attempt %d failed: %s", self.model, attempt, exc)
                 if not exc.retryable or attempt == self.policy.max_attempts:
                     raise self._give_up(exc, attempt) from exc

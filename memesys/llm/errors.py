@@ -26,6 +26,7 @@ RATE_LIMITED = "rate_limited"  # 429
 MALFORMED = "malformed"      # a 200 whose body is not a chat completion
 CLIENT = "client"            # a 4xx caused by our request (never retried, never counted)
 OPEN = "open"                # the breaker is open
+LIMITED = "limited"          # our rate limit: no slot before the deadline
 DEADLINE = "deadline"        # no time left for another attempt
 
 

@@ -31,7 +31,8 @@ def offline_lm() -> LMHandle:
 
 
 def openai_compatible_lm(model: str, api_key: str, base_url: str, timeout_s: float,
-                         policy: Policy | None = None) -> LMHandle:
+                         policy: Policy | None = None,
+                         fallbacks: tuple[str, ...] = ()) -> LMHandle:
     """An OpenAI-compatible endpoint behind the daemon's one retry layer (memesys.llm).
 
     The engine is the project's :class:`~memesys.llm.engine.HardenedEngine` (pooled keep-alive
@@ -40,15 +41,16 @@ def openai_compatible_lm(model: str, api_key: str, base_url: str, timeout_s: flo
     one. Each attempt is bounded by min(timeout_s, time left before the request's deadline).
     """
     policy = replace(policy or Policy(), timeout_s=timeout_s)
-    engine = HardenedEngine(model, api_key, base_url, policy)
+    engine = HardenedEngine(model, api_key, base_url, policy, fallbacks=fallbacks)
     lm = dspy.LM(f"openai/{model}", engine=engine, async_engine=AsyncHardenedEngine(engine),
                  cache=False, num_retries=0)
     return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model)
 
 
 def build_lm(model: str, api_key: str, base_url: str, timeout_s: float,
-             policy: Policy | None = None) -> LMHandle:
-    """The offline writer when no API key is set (or model is "offline"), else the endpoint."""
+             policy: Policy | None = None, fallbacks: tuple[str, ...] = ()) -> LMHandle:
+    """The offline writer when no API key is set (or model is "offline"), else the endpoint
+    (with ``fallbacks``: models tried in order when this one cannot answer)."""
     if not api_key or model == OFFLINE:
         return offline_lm()
-    return openai_compatible_lm(model, api_key, base_url, timeout_s, policy)
+    return openai_compatible_lm(model, api_key, base_url, timeout_s, policy, fallbacks)

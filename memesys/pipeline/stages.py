@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from dspy.utils.exceptions import LMError
 
 from memesys.config import LLMConfig
+from memesys.llm import served
 from memesys.llm.engine import Policy
 from memesys.pipeline.decision import Decision, decide
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.lm import LMHandle, build_lm
+from memesys.pipeline.lm import OFFLINE, LMHandle, build_lm
 from memesys.pipeline.refinement import (
     RefinePolicy,
     Round,
@@ -52,22 +53,27 @@ STAGE_MODEL_KEYS: Mapping[str, str] = {
 
 
 def stage_handles(llm: LLMConfig, stage_timeout_s: float, redis_url: str = "",
-                  key_prefix: str = "memesys") -> Callable[[str], LMHandle]:
+                  key_prefix: str = "memesys", processes: int = 1
+                  ) -> Callable[[str], LMHandle]:
     """handle_for(stage) from the [llm] section: one handle per distinct model, each attempt
     bounded by min(llm.timeout_s, stage_timeout_s, time left before the request's deadline),
-    at most llm.max_attempts attempts per call, through each model's circuit breaker, shared
-    through ``redis_url`` when given (memesys.llm)."""
+    at most llm.max_attempts attempts per call, through each model's circuit breaker and rate
+    limits, shared through ``redis_url`` when given by ``processes`` processes (memesys.llm)."""
     timeout_s = min(llm.timeout_s, stage_timeout_s)
     policy = Policy(timeout_s=timeout_s, max_attempts=llm.max_attempts,
                     max_connections=llm.max_connections,
                     breaker_failures=llm.breaker_failures, breaker_reset_s=llm.breaker_reset_s,
-                    redis_url=redis_url, key_prefix=key_prefix)
+                    rate_limit_rps=llm.rate_limit_rps, rate_limit_tpm=llm.rate_limit_tpm,
+                    redis_url=redis_url, key_prefix=key_prefix, processes=processes)
+    fallbacks = tuple(m.strip() for m in llm.fallback_models.split(",")
+                      if m.strip() and m.strip() != OFFLINE)
     built: dict[str, LMHandle] = {}
 
     def handle_for(stage: str) -> LMHandle:
         model = getattr(llm, STAGE_MODEL_KEYS[stage]) or llm.model
         if model not in built:
-            built[model] = build_lm(model, llm.api_key, llm.base_url, timeout_s, policy)
+            built[model] = build_lm(model, llm.api_key, llm.base_url, timeout_s, policy,
+                                    fallbacks)
         return built[model]
     return handle_for
 
@@ -125,12 +131,15 @@ class Ledger:
 
     def call(self, key: str, handle: LMHandle, stage: Callable[[], T]) -> T:
         start = time.perf_counter()
-        try:
-            result = stage()
-        except BaseException:
-            self.record(key, StageRun(handle.provider, handle.model, 0, _ms(start)))
-            raise
-        self.record(key, StageRun(handle.provider, handle.model, result.tokens, _ms(start)))
+        with served.tracking() as models:  # the model that answered: primary or fallback
+            try:
+                result = stage()
+            except BaseException:
+                self.record(key, StageRun(handle.provider, served.model_of(models, handle.model),
+                                          0, _ms(start)))
+                raise
+        self.record(key, StageRun(handle.provider, served.model_of(models, handle.model),
+                                  result.tokens, _ms(start)))
         return result
 
     def record(self, key: str, run: StageRun) -> None:

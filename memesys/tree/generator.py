@@ -71,8 +71,9 @@ class GeneratorArgs:
     pipeline: PipelineConfig
     max_in_flight: int = 64
     stage_timeout_s: float = 10.0  # render and store
-    redis_url: str = ""  # the LLM client layer's shared state (breakers); "": this process
+    redis_url: str = ""  # the LLM client layer's shared state (breakers, limits)
     key_prefix: str = "memesys"
+    llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class GeneratorWorker(AsyncActor):
         self.mode = args.pipeline.mode
         self.policy = RefinePolicy.from_config(args.pipeline)
         self.handle_for = stage_handles(args.llm, args.pipeline.stage_timeout_s,
-                                        args.redis_url, args.key_prefix)
+                                        args.redis_url, args.key_prefix, args.llm_processes)
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:

@@ -78,6 +78,7 @@ def root_spec(cfg: Config, redis_url: str,
                          redis.retry_backoff_initial_s, redis.retry_backoff_max_s)
 
     capacity = Capacities.of(cfg)
+    llm_processes = workers.generators + workers.verifiers  # share the LLM limits
 
     def pool(name: str, worker: type, size: int, args: object, outstanding: int) -> ChildSpec:
         return ChildSpec(name, Pool, PoolArgs(
@@ -95,11 +96,13 @@ def root_spec(cfg: Config, redis_url: str,
                         render.template_dir), capacity.render_per_sender),
         pool(VERIFY, VerifierWorker, workers.verifiers,
              VerifierArgs(cfg.llm, cfg.pipeline.stage_timeout_s, capacity.verify_per_worker,
-                          cfg.pipeline, redis_url=redis_url, key_prefix=redis.key_prefix),
+                          cfg.pipeline, redis_url=redis_url, key_prefix=redis.key_prefix,
+                          llm_processes=llm_processes),
              capacity.verify_per_sender),
         pool(GENERATOR, GeneratorWorker, workers.generators,
              GeneratorArgs(cfg.llm, cfg.pipeline, capacity.per_generator,
-                           redis_url=redis_url, key_prefix=redis.key_prefix),
+                           redis_url=redis_url, key_prefix=redis.key_prefix,
+                           llm_processes=llm_processes),
              capacity.per_generator),
         ChildSpec(TASKS, Supervisor, SupervisorArgs((
             ChildSpec(LEDGER_NAME, TaskLedger, task_args),

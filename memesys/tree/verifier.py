@@ -21,6 +21,7 @@ from actors.base import RequestFailed
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.messages import Judgement, RunScore, RunVerifier
 from memesys.errors import ErrorCode
+from memesys.llm import served
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.scoring import score
@@ -36,28 +37,31 @@ class VerifierArgs:
     stage_timeout_s: float
     max_in_flight: int
     pipeline: PipelineConfig  # the program to load: program_path
-    redis_url: str = ""  # the LLM client layer's shared state (breakers); "": this process
+    redis_url: str = ""  # the LLM client layer's shared state (breakers, limits)
     key_prefix: str = "memesys"
+    llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
 
 
 def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
     """Run one judging stage, timed; failures become RequestFailed with a stable code."""
     started = time.perf_counter()
     try:
-        result = fn(handle)
+        with served.tracking() as models:  # the model that answered: primary or fallback
+            result = fn(handle)
     except LMError as exc:
         raise lm_failed(exc) from exc
     except OutputError as exc:
         raise RequestFailed(exc.code, first_line(exc)) from exc
     ms = (time.perf_counter() - started) * 1000
-    return Judgement(result, StageRun(handle.provider, handle.model, result.tokens, ms))
+    return Judgement(result, StageRun(handle.provider, served.model_of(models, handle.model),
+                                      result.tokens, ms))
 
 
 class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
         self.max_in_flight = args.max_in_flight
         self.handle_for = stage_handles(args.llm, args.stage_timeout_s, args.redis_url,
-                                        args.key_prefix)
+                                        args.key_prefix, args.llm_processes)
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:

@@ -1,0 +1,182 @@
+"""The rate limit of a provider+model, shared by two processes through one Redis, measured at
+the fake server: under heavy load from both, the rate that reaches the server stays within
+R + 5 % and no 1-second window holds more than 1.5 R; a call that cannot get a slot before its
+deadline fails at once with a Retry-After from the limiter; without Redis each process keeps
+to its share; provider 429s lower the limit."""
+from __future__ import annotations
+
+import time
+import uuid
+from bisect import bisect_left
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from memesys.errors import ErrorCode
+from memesys.llm import deadline as deadlines
+from memesys.llm.errors import LLMCallError, failure_of
+from memesys.llm.limiter import Limiter, NoSlot
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from tests.llm_support import calls_in_subprocess, make_engine, redis_url, write_request
+
+pytestmark = pytest.mark.store
+
+REQUEST = write_request()
+R = 20
+LOAD_S = 6.0
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_url(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI(FakeConfig(latency_s=0.005)).start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_thread()
+
+
+def max_window(arrivals: list[float], width: float = 1.0) -> int:
+    """The most arrivals in any window [t, t + width) starting at an arrival."""
+    arrivals = sorted(arrivals)
+    return max(bisect_left(arrivals, t + width) - i for i, t in enumerate(arrivals))
+
+
+@pytest.fixture
+def fake_process() -> Iterator[str]:
+    """The fake in a process of its own: its arrival times are not skewed by the GIL of the
+    test's 16 calling threads."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.daemon_process import free_port
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "memesys.testing.fake_openai", "--port",
+                             str(port), "--latency", "0.005"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{url}/_fake/stats", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+        def stats() -> dict:
+            with urllib.request.urlopen(f"{url}/_fake/stats?arrivals=1", timeout=5) as r:
+                return json.loads(r.read())
+        yield f"{url}/v1", stats
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
+    url, stats = fake_process
+    knobs = {"max_attempts": 1, "rate_limit_rps": R, "redis_url": redis, "processes": 2,
+             "key_prefix": f"t{uuid.uuid4().hex[:6]}", "timeout_s": 5.0}
+    engine = make_engine(url, **knobs)
+    start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
+    end_at = start_at + LOAD_S
+
+    def load() -> list[str]:
+        out = []
+        while time.time() < end_at:
+            try:
+                with deadlines.serving(time.time() + 0.5):
+                    engine.complete(REQUEST)
+                out.append("ok")
+            except LLMCallError as exc:
+                out.append(exc.kind)
+                time.sleep(0.02)  # a client told to come back later does not spin
+        return out
+
+    with ThreadPoolExecutor(17) as pool:
+        there = pool.submit(calls_in_subprocess, url, 200_000, knobs,
+                            threads=16, start_at=start_at, deadline_s=0.5, until=end_at)
+        time.sleep(max(0.0, start_at - time.time()))
+        here = [pool.submit(load) for _ in range(16)]
+        outcomes = [o for f in here for o in f.result()] + there.result()
+    seen = stats()
+    arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]
+    assert len(arrivals) == seen["attempts"] >= outcomes.count("ok") > 0
+    assert outcomes.count("limited") > 0  # the load was well above the limit
+    rate = len(arrivals) / LOAD_S
+    busiest = max_window(arrivals)
+    print(f"limit {R}/s, two processes x 16 callers: {rate:.2f} req/s at the fake, busiest "
+          f"1-s window {busiest}, {outcomes.count('limited')} refused, "
+          f"{engine.limiter.fallbacks} fallbacks to the local share here")
+    assert rate <= R * 1.05, rate
+    assert busiest <= 1.5 * R, busiest
+    assert rate >= R * 0.6, rate  # and the limit is used, not starved
+
+
+def test_no_slot_before_the_deadline_fails_at_once(fake: FakeOpenAI, redis: str) -> None:
+    engine = make_engine(fake.url, max_attempts=1, rate_limit_rps=2, redis_url=redis,
+                         key_prefix=f"t{uuid.uuid4().hex[:6]}")
+    with deadlines.serving(time.time() + 5):
+        engine.complete(REQUEST)
+        engine.complete(REQUEST)
+    began = time.perf_counter()
+    with deadlines.serving(time.time() + 0.2), pytest.raises(LLMCallError) as raised:
+        engine.complete(REQUEST)
+    assert time.perf_counter() - began < 0.05
+    code, after = failure_of(raised.value)
+    assert code is ErrorCode.LLM_RATE_LIMITED and 0.2 < after <= 1.0
+    assert fake.attempts == 2
+    # with time to wait, it waits for the slot
+    with deadlines.serving(time.time() + 2):
+        engine.complete(REQUEST)
+    assert fake.attempts == 3
+
+
+def test_without_redis_each_process_keeps_to_its_share() -> None:
+    limiter = Limiter("x/m", 10, 0, "redis://127.0.0.1:1/0", "t", processes=2)
+    taken = 0
+    began = time.time()
+    while True:
+        try:
+            limiter.acquire(1, began + 0.9, 1)
+            taken += 1
+        except NoSlot:
+            break
+    assert taken == 5 and limiter.fallbacks == 1  # 10 / 2 processes, in under 1 s
+    assert time.time() - began < 1.5
+
+
+def test_provider_429s_lower_the_limit_and_it_climbs_back() -> None:
+    limiter = Limiter("x/m", 10, 0)
+    limiter.provider_limited()
+    assert limiter.factor == 1.0  # not within a second of the start
+    limiter._changed -= 2
+    limiter.provider_limited()
+    assert limiter.factor == 0.5
+    taken = 0
+    began = time.time()
+    while True:
+        try:
+            limiter.acquire(1, began + 0.9, 1)
+            taken += 1
+        except NoSlot:
+            break
+    assert taken == 5
+    limiter._changed -= 6
+    limiter.provider_answered()
+    assert limiter.factor == pytest.approx(0.6)
+
+
+def test_tokens_per_minute(fake: FakeOpenAI) -> None:
+    limiter = Limiter("x/m", 0, 1000)
+    limiter.acquire(600, None, 0.01)
+    with pytest.raises(NoSlot) as raised:
+        limiter.acquire(600, None, 0.01)
+    assert 59 < raised.value.retry_after <= 60
