@@ -17,7 +17,7 @@ import redis
 
 from memesys.storage.tasks import TaskStore
 from tests.daemon_process import DaemonProcess
-from tests.test_quarantine import client, daemon_redis, prefix, wait_task  # noqa: F401
+from tests.test_quarantine import daemon_redis, prefix, wait_task  # noqa: F401
 
 pytestmark = pytest.mark.store
 
