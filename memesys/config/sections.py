@@ -123,6 +123,10 @@ class LLMConfig:
     rate_limit_rps: int = bounded(0, 100_000)
     rate_limit_tpm: int = bounded(0, 1_000_000_000)
     fallback_models: str
+    daily_token_budget: int = bounded(0, None)
+    prices: str
+    max_concurrent_writes: int = bounded(1, 10_000)
+    max_concurrent_judgements: int = bounded(1, 10_000)
 
 
 @dataclass(frozen=True)

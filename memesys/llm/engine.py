@@ -24,13 +24,16 @@ from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_
 
 from memesys.errors import ErrorCode
 from memesys.llm import deadline as deadlines
-from memesys.llm import served
+from memesys.llm import bulkhead, served
+from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
 from memesys.llm.client import http_client
 from memesys.llm.limiter import Limiter, NoSlot, limiter_for
 from memesys.llm.errors import (
     CLIENT,
     CONNECT,
+    BUDGET,
+    BULKHEAD,
     DEADLINE,
     LIMITED,
     MALFORMED,
@@ -62,6 +65,10 @@ class Policy:
     breaker_reset_s: float = 30.0
     rate_limit_rps: int = 0  # 0: unlimited (the daemon's default is 10)
     rate_limit_tpm: int = 0
+    daily_token_budget: int = 0  # 0: unlimited
+    prices: str = ""  # "model=in_per_1k:out_per_1k,..." (memesys.llm.budget)
+    max_concurrent_writes: int = 32  # bulkheads, per process (memesys.llm.bulkhead)
+    max_concurrent_judgements: int = 64
     # How many processes share the limits: each one's share when Redis is unreachable.
     processes: int = 1
     # Where the breaker's state is shared ("": in this process only) and its keys' prefix.
@@ -135,6 +142,9 @@ class HardenedEngine:
         self.fallbacks = tuple(HardenedEngine(name, api_key, base_url, policy)
                                for name in fallbacks if name and name != model)
         self.fallbacks_taken = 0
+        self.budget: Budget = budget_for(policy.daily_token_budget, policy.prices,
+                                         policy.redis_url, policy.key_prefix)
+        bulkhead.configure(policy.max_concurrent_writes, policy.max_concurrent_judgements)
         self.limiter: Limiter = limiter_for(self.name, policy.rate_limit_rps,
                                             policy.rate_limit_tpm, policy.redis_url,
                                             policy.key_prefix, policy.processes)
@@ -184,8 +194,21 @@ class HardenedEngine:
         (:mod:`memesys.llm.served`)."""
         deadline = deadlines.current()
         try:
+            self.budget.check()
+        except BudgetSpent as exc:
+            raise call_error(ErrorCode.BUDGET_EXHAUSTED, str(exc), kind=BUDGET,
+                             model=self.model, retry_after=exc.retry_after) from exc
+        try:
+            with bulkhead.slot(deadline, self.policy.timeout_s):
+                return self._complete(request, deadline)
+        except bulkhead.NoRoom as exc:
+            raise call_error(ErrorCode.OVERLOADED, f"{self.model}: {exc}", kind=BULKHEAD,
+                             model=self.model, retry_after=1) from exc
+
+    def _complete(self, request: Request, deadline: Optional[float]) -> Response:
+        try:
             response = self.call(request, deadline)
-            served.record(self.model)
+            self._served(response, self)
             return response
         except LLMCallError as exc:
             if not self.fallbacks or exc.kind == CLIENT:
@@ -197,13 +220,20 @@ class HardenedEngine:
             self.fallbacks_taken += 1
             try:
                 response = fallback.call(request, deadline)
-                served.record(fallback.model)
+                self._served(response, fallback)
                 return response
             except LLMCallError as exc:
                 if exc.kind == CLIENT:
                     raise
                 failed = exc
         raise failed
+
+    def _served(self, response: Response, by: "HardenedEngine") -> None:
+        served.record(by.model)
+        usage = response.usage
+        prompt = int(getattr(usage, "input_tokens", 0) or 0)
+        completion = int(getattr(usage, "output_tokens", 0) or 0)
+        self.budget.spend(by.model, prompt, completion)
 
     def call(self, request: Request, deadline: Optional[float] = None) -> Response:
         """Attempts until one succeeds, ``max_attempts`` are spent or the deadline leaves no

@@ -27,6 +27,8 @@ MALFORMED = "malformed"      # a 200 whose body is not a chat completion
 CLIENT = "client"            # a 4xx caused by our request (never retried, never counted)
 OPEN = "open"                # the breaker is open
 LIMITED = "limited"          # our rate limit: no slot before the deadline
+BUDGET = "budget"            # the daily token budget is spent
+BULKHEAD = "bulkhead"        # every slot of the stage's kind in this process is busy
 DEADLINE = "deadline"        # no time left for another attempt
 
 

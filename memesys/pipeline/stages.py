@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from dspy.utils.exceptions import LMError
 
 from memesys.config import LLMConfig
-from memesys.llm import served
+from memesys.llm import bulkhead, served
 from memesys.llm.engine import Policy
 from memesys.pipeline.decision import Decision, decide
 from memesys.pipeline.draft import Draft
@@ -64,6 +64,9 @@ def stage_handles(llm: LLMConfig, stage_timeout_s: float, redis_url: str = "",
                     max_connections=llm.max_connections,
                     breaker_failures=llm.breaker_failures, breaker_reset_s=llm.breaker_reset_s,
                     rate_limit_rps=llm.rate_limit_rps, rate_limit_tpm=llm.rate_limit_tpm,
+                    daily_token_budget=llm.daily_token_budget, prices=llm.prices,
+                    max_concurrent_writes=llm.max_concurrent_writes,
+                    max_concurrent_judgements=llm.max_concurrent_judgements,
                     redis_url=redis_url, key_prefix=key_prefix, processes=processes)
     fallbacks = tuple(m.strip() for m in llm.fallback_models.split(",")
                       if m.strip() and m.strip() != OFFLINE)
@@ -131,7 +134,7 @@ class Ledger:
 
     def call(self, key: str, handle: LMHandle, stage: Callable[[], T]) -> T:
         start = time.perf_counter()
-        with served.tracking() as models:  # the model that answered: primary or fallback
+        with served.tracking() as models, bulkhead.stage(key):  # who answered; its bulkhead
             try:
                 result = stage()
             except BaseException:

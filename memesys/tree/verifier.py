@@ -21,7 +21,7 @@ from actors.base import RequestFailed
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.messages import Judgement, RunScore, RunVerifier
 from memesys.errors import ErrorCode
-from memesys.llm import served
+from memesys.llm import bulkhead, served
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.scoring import score
@@ -42,11 +42,12 @@ class VerifierArgs:
     llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
 
 
-def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any]) -> Judgement:
+def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any],
+              stage: str = "score") -> Judgement:
     """Run one judging stage, timed; failures become RequestFailed with a stable code."""
     started = time.perf_counter()
     try:
-        with served.tracking() as models:  # the model that answered: primary or fallback
+        with served.tracking() as models, bulkhead.stage(stage):  # who answered; bulkhead
             result = fn(handle)
     except LMError as exc:
         raise lm_failed(exc) from exc
@@ -71,7 +72,8 @@ class VerifierWorker(AsyncActor):
         if isinstance(payload, RunVerifier) and payload.verifier in VERIFIERS:
             handle = self.handle_for(payload.verifier)
             return asyncio.to_thread(under_deadline, run_stage, handle,
-                                     lambda h: verify(h, payload.verifier, payload.draft, program))
+                                     lambda h: verify(h, payload.verifier, payload.draft, program),
+                                     payload.verifier)
         if isinstance(payload, RunScore):
             return asyncio.to_thread(under_deadline, run_stage, self.handle_for("score"),
                                      lambda h: score(h, payload.draft, program))

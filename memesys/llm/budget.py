@@ -1,0 +1,138 @@
+"""Token accounting and the daily token budget, shared by every process through Redis.
+
+Each answered call adds its tokens to ``<key_prefix>:llm:tokens:<YYYY-MM-DD>`` (UTC; INCRBY,
+kept 2 days) and its estimated cost to ``<key_prefix>:llm:cost:<YYYY-MM-DD>`` (INCRBYFLOAT),
+with per-model fields in the hash ``<key_prefix>:llm:usage:<YYYY-MM-DD>``. With
+``[llm] daily_token_budget`` > 0, a call is refused before it is sent once the day's tokens
+reach it: ``budget_exhausted`` with Retry-After = seconds until midnight UTC. A call in flight
+when the budget is reached finishes (the budget may be overshot by the calls in flight).
+
+Prices (``[llm] prices``): ``"model=in:out,model=in:out"``, US dollars per 1000 input
+(prompt) and output (completion) tokens, e.g. ``"gpt-4o-mini=0.00015:0.0006"``; a model
+without a price costs 0. Redis unreachable: the budget is not enforced (logged), the process
+keeps its own counts.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+import redis
+
+log = logging.getLogger("memesys.llm.budget")
+
+KEEP_S = 2 * 86400
+
+
+class BudgetSpent(Exception):
+    def __init__(self, used: int, budget: int, retry_after: float) -> None:
+        super().__init__(f"the daily token budget is spent ({used} of {budget} tokens)")
+        self.retry_after = retry_after
+
+
+def parse_prices(text: str) -> dict[str, tuple[float, float]]:
+    """``"m1=0.5:1.5, m2=1:2"`` -> {"m1": (0.5, 1.5), ...}; ValueError naming the bad entry."""
+    prices: dict[str, tuple[float, float]] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        model, sep, pair = entry.partition("=")
+        given, colon, taken = pair.partition(":")
+        try:
+            if not (sep and colon and model.strip()):
+                raise ValueError
+            prices[model.strip()] = (float(given), float(taken))
+        except ValueError:
+            raise ValueError(f"a price is model=in_per_1k:out_per_1k, not {entry!r}") from None
+    return prices
+
+
+def until_midnight_utc(now: Optional[float] = None) -> float:
+    moment = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+    midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - moment).total_seconds()
+
+
+def day(now: Optional[float] = None) -> str:
+    return datetime.fromtimestamp(time.time() if now is None else now,
+                                  timezone.utc).strftime("%Y-%m-%d")
+
+
+class Budget:
+    def __init__(self, daily_tokens: int, prices: dict[str, tuple[float, float]],
+                 redis_url: str = "", key_prefix: str = "memesys") -> None:
+        self.daily_tokens = daily_tokens
+        self.prices = prices
+        self.prefix = f"{key_prefix}:llm"
+        self._redis = (redis.Redis.from_url(redis_url, socket_timeout=0.5,
+                                            socket_connect_timeout=0.5) if redis_url else None)
+        self._lock = threading.Lock()
+        self.local_tokens: dict[str, int] = {}  # this process, by day
+        self.tokens = 0
+        self.cost = 0.0
+
+    def cost_of(self, model: str, prompt: int, completion: int) -> float:
+        given, taken = self.prices.get(model, (0.0, 0.0))
+        return prompt / 1000 * given + completion / 1000 * taken
+
+    def used_today(self) -> int:
+        today = day()
+        if self._redis is not None:
+            try:
+                return int(self._redis.get(f"{self.prefix}:tokens:{today}") or 0)
+            except redis.RedisError as exc:
+                log.warning("llm budget: Redis unreachable (%s): not enforced", exc)
+                return 0
+        return self.local_tokens.get(today, 0)
+
+    def check(self) -> None:
+        """BudgetSpent once today's tokens reach the daily budget (0: none)."""
+        if self.daily_tokens <= 0:
+            return
+        used = self.used_today()
+        if used >= self.daily_tokens:
+            raise BudgetSpent(used, self.daily_tokens, until_midnight_utc())
+
+    def spend(self, model: str, prompt: int, completion: int) -> float:
+        """Account an answered call; its estimated cost."""
+        total = prompt + completion
+        cost = self.cost_of(model, prompt, completion)
+        today = day()
+        with self._lock:
+            self.tokens += total
+            self.cost += cost
+            self.local_tokens = {today: self.local_tokens.get(today, 0) + total}
+        if self._redis is not None and total:
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.incrby(f"{self.prefix}:tokens:{today}", total)
+                pipe.expire(f"{self.prefix}:tokens:{today}", KEEP_S)
+                pipe.incrbyfloat(f"{self.prefix}:cost:{today}", cost)
+                pipe.expire(f"{self.prefix}:cost:{today}", KEEP_S)
+                pipe.hincrby(f"{self.prefix}:usage:{today}", f"{model}:tokens", total)
+                pipe.hincrbyfloat(f"{self.prefix}:usage:{today}", f"{model}:cost", cost)
+                pipe.expire(f"{self.prefix}:usage:{today}", KEEP_S)
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("llm budget: Redis unreachable (%s): %d tokens not shared", exc,
+                            total)
+        return cost
+
+
+_budgets: dict[tuple[str, str, int, str], Budget] = {}
+_registry_lock = threading.Lock()
+
+
+def budget_for(daily_tokens: int, prices: str, redis_url: str = "",
+               key_prefix: str = "memesys") -> Budget:
+    """The process's budget accounting (one per Redis and prefix)."""
+    key = (redis_url, key_prefix, daily_tokens, prices)
+    with _registry_lock:
+        found = _budgets.get(key)
+        if found is None:
+            found = _budgets[key] = Budget(daily_tokens, parse_prices(prices), redis_url,
+                                           key_prefix)
+        return found

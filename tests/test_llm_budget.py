@@ -1,0 +1,125 @@
+"""The daily token budget counted in Redis across processes, cost accounting from [llm] prices,
+and the bulkheads that keep judging from starving writing."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from memesys.errors import ErrorCode
+from memesys.llm import bulkhead
+from memesys.llm.budget import Budget, day, parse_prices, until_midnight_utc
+from memesys.llm.errors import LLMCallError, failure_of
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from tests.daemon_process import DaemonProcess
+from tests.llm_support import make_engine, redis_url, write_request
+
+REQUEST = write_request()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_url(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI(FakeConfig()).start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_thread()
+
+
+def test_prices() -> None:
+    assert parse_prices("") == {}
+    assert parse_prices("a=0.5:1.5, b=1:2") == {"a": (0.5, 1.5), "b": (1.0, 2.0)}
+    for bad in ("a", "a=1", "a=x:1", "=1:2"):
+        with pytest.raises(ValueError):
+            parse_prices(bad)
+    budget = Budget(0, parse_prices("m=1:2"))
+    assert budget.cost_of("m", 1000, 500) == pytest.approx(2.0)
+    assert budget.cost_of("other", 1000, 500) == 0.0
+
+
+def test_until_midnight_utc() -> None:
+    noon = 1_800_000_000 - 1_800_000_000 % 86400 + 43200  # 12:00 UTC
+    assert until_midnight_utc(noon) == 43200
+    assert day(noon).count("-") == 2
+
+
+@pytest.mark.store
+def test_the_daily_budget_is_shared_and_refuses_until_midnight(fake: FakeOpenAI,
+                                                               redis: str) -> None:
+    knobs = {"daily_token_budget": 1, "prices": "fake-model=1:2", "redis_url": redis,
+             "key_prefix": f"t{uuid.uuid4().hex[:6]}", "max_attempts": 1}
+    first = make_engine(fake.url, **knobs)
+    first.complete(REQUEST)  # under the budget when sent; its tokens are counted after
+    assert first.budget.tokens > 0 and first.budget.cost > 0
+    # another process's view of the same Redis (a new Budget object: nothing cached)
+    second = Budget(1, {}, redis, knobs["key_prefix"])
+    assert second.used_today() == first.budget.tokens
+    with pytest.raises(LLMCallError) as raised:
+        first.complete(REQUEST)
+    code, after = failure_of(raised.value)
+    assert code is ErrorCode.BUDGET_EXHAUSTED
+    assert abs(after - until_midnight_utc()) < 5
+    assert fake.attempts == 1  # the refused call was never sent
+
+
+def test_bulkheads_keep_judging_from_starving_writing() -> None:
+    bulkhead.configure(1, 2)
+    try:
+        held = threading.Event()
+        release = threading.Event()
+
+        def judge() -> None:
+            with bulkhead.stage("factuality_1"), bulkhead.slot(None, 5):
+                held.set()
+                release.wait(5)
+
+        judges = [threading.Thread(target=judge) for _ in range(2)]
+        for t in judges:
+            t.start()
+        held.wait(5)
+        time.sleep(0.05)
+        # judging is full ...
+        with bulkhead.stage("score"), pytest.raises(bulkhead.NoRoom):
+            with bulkhead.slot(time.time() + 0.05, 5):
+                pass
+        # ... writing is not touched by it
+        with bulkhead.stage("write"), bulkhead.slot(time.time() + 0.05, 5):
+            assert bulkhead.in_use[bulkhead.WRITING] == 1
+        release.set()
+        for t in judges:
+            t.join()
+        assert bulkhead.kind_of("refine_2") == bulkhead.WRITING
+        assert bulkhead.kind_of("instruction_following_1") == bulkhead.JUDGING
+    finally:
+        bulkhead.configure(32, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.store
+def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> None:
+    d = DaemonProcess(tmp_path, {
+        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
+        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_LLM_DAILY_TOKEN_BUDGET": "1"}).start()
+    try:
+        # the first stage's call is under the budget when sent; its tokens spend it, so the
+        # next stage is refused (a budget of 1 token)
+        status, _, body = d.request("POST", "/v1/memes", {"fresh": True, "topic": "spend"})
+        assert status == 503 and b'"budget_exhausted"' in body, body
+        sent = fake.attempts
+        assert sent == 1
+        status, headers, body = d.request("POST", "/v1/memes", {"fresh": True,
+                                                                "topic": "spent"})
+    finally:
+        assert d.stop() == []
+    assert status == 503 and b'"budget_exhausted"' in body, body
+    assert abs(int(headers["Retry-After"]) - until_midnight_utc()) < 10
+    assert fake.attempts == sent
