@@ -38,6 +38,7 @@ from memesys.config import Config, ConfigError, load_layers  # noqa: E402
 from memesys.config.capacity import Capacities  # noqa: E402
 from memesys.config.printing import render as render_config  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
+from memesys.llm.metrics import reader as llm_metrics_reader  # noqa: E402
 from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402
 from memesys.tree.redis_server import plan as plan_redis  # noqa: E402
 from memesys.tree.spec import root_spec  # noqa: E402
@@ -123,7 +124,9 @@ class Daemon:
         watch = SystemWatch(bridge, self.root, self.system_cfg.admin_port)
         await watch.find_processes()
         gateway = Gateway(self.cfg.gateway, Directory(bridge, self.root),
-                          generation_slots=Capacities.of(self.cfg).generation_slots)
+                          generation_slots=Capacities.of(self.cfg).generation_slots,
+                          llm_metrics=llm_metrics_reader(self.redis_url,
+                                                         self.cfg.redis.key_prefix))
         runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=self.cfg.gateway.request_timeout_s,
                                **gateway.server_options())

@@ -10,9 +10,11 @@ serves it (the request-head timeout, :mod:`memesys.http.connections`).
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 
@@ -51,6 +53,8 @@ from memesys.http.validation import (
 )
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
 
+log = logging.getLogger("memesys.http")
+
 READY_TIMEOUT_S = 2.0
 METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
 STORE_TIMEOUT_S = 5.0
@@ -58,11 +62,14 @@ STORE_TIMEOUT_S = 5.0
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, directory: Directory,
-                 generation_slots: Optional[int] = None) -> None:
+                 generation_slots: Optional[int] = None,
+                 llm_metrics: Optional[Callable[[], str]] = None) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
-        refused inside the tree. None: ``max_in_flight``."""
+        refused inside the tree. None: ``max_in_flight``. ``llm_metrics``: the LLM client
+        layer's series, gathered from every worker process (read in a thread, briefly)."""
         self.cfg = cfg
+        self.llm_metrics = llm_metrics
         self.directory = directory
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
@@ -281,7 +288,14 @@ class Gateway:
             await self._store_health(METRICS_STORE_TIMEOUT_S)
         except RemoteFailure:
             pass  # shown as memesys_store_up 0
-        return web.Response(text=self.metrics.render(), content_type="text/plain",
+        text = self.metrics.render()
+        if self.llm_metrics is not None:
+            try:
+                text = text.rstrip("\n") + "\n" + await asyncio.wait_for(
+                    asyncio.to_thread(self.llm_metrics), METRICS_STORE_TIMEOUT_S)
+            except Exception as exc:  # Redis unreachable or slow: the rest is still served
+                log.debug("llm metrics not shown: %s", exc)
+        return web.Response(text=text, content_type="text/plain",
                             charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
 from memesys.llm.client import http_client
 from memesys.llm.limiter import Limiter, NoSlot, limiter_for
+from memesys.llm.metrics import Recorder, recorder_for
 from memesys.llm.errors import (
     CLIENT,
     CONNECT,
@@ -145,6 +146,9 @@ class HardenedEngine:
         self.budget: Budget = budget_for(policy.daily_token_budget, policy.prices,
                                          policy.redis_url, policy.key_prefix)
         bulkhead.configure(policy.max_concurrent_writes, policy.max_concurrent_judgements)
+        self.metrics: Recorder = recorder_for(policy.redis_url, policy.key_prefix)
+        if not self.breaker.on_transition:
+            self.breaker.on_transition.append(self._transition)
         self.limiter: Limiter = limiter_for(self.name, policy.rate_limit_rps,
                                             policy.rate_limit_tpm, policy.redis_url,
                                             policy.key_prefix, policy.processes)
@@ -192,6 +196,24 @@ class HardenedEngine:
         failure is one a fallback can help with: an open breaker, no rate-limit slot in
         time, attempts spent. A 4xx of ours is final. The model that answered is recorded
         (:mod:`memesys.llm.served`)."""
+        began = time.perf_counter()
+        outcome = "ok"
+        try:
+            return self._guarded(request)
+        except LLMCallError as exc:
+            outcome = exc.kind
+            raise
+        finally:
+            self.metrics.add("memesys_llm_calls_total", model=self.name, outcome=outcome)
+            self.metrics.observe("memesys_llm_call_seconds", time.perf_counter() - began,
+                                 model=self.name)
+
+    def _transition(self, name: str, before: Optional[str], after: Optional[str]) -> None:
+        self.metrics.add("memesys_llm_breaker_transitions_total", model=name, to=str(after))
+        self.metrics.state(name, str(after))
+        self.metrics.flush()
+
+    def _guarded(self, request: Request) -> Response:
         deadline = deadlines.current()
         try:
             self.budget.check()
@@ -218,6 +240,7 @@ class HardenedEngine:
             log.warning("llm %s failed (%s): falling back to %s", self.model, failed.kind,
                         fallback.model)
             self.fallbacks_taken += 1
+            self.metrics.add("memesys_llm_fallbacks_total", model=self.name, to=fallback.name)
             try:
                 response = fallback.call(request, deadline)
                 self._served(response, fallback)
@@ -233,7 +256,10 @@ class HardenedEngine:
         usage = response.usage
         prompt = int(getattr(usage, "input_tokens", 0) or 0)
         completion = int(getattr(usage, "output_tokens", 0) or 0)
-        self.budget.spend(by.model, prompt, completion)
+        cost = self.budget.spend(by.model, prompt, completion)
+        self.metrics.add("memesys_llm_tokens_total", prompt + completion, model=by.name)
+        if cost:
+            self.metrics.add("memesys_llm_cost_usd_total", cost, model=by.name)
 
     def call(self, request: Request, deadline: Optional[float] = None) -> Response:
         """Attempts until one succeeds, ``max_attempts`` are spent or the deadline leaves no
@@ -250,16 +276,25 @@ class HardenedEngine:
                                                                        left)
             try:
                 self.breaker.check()  # open: fail now, without taking a rate-limit slot
-                self.limiter.acquire(tokens, deadline, self.policy.timeout_s)
+                local = self.limiter.fallbacks
+                waited = self.limiter.acquire(tokens, deadline, self.policy.timeout_s)
+                if waited > 0.0005:
+                    self.metrics.add("memesys_llm_limiter_waits_total", model=self.name)
+                    self.metrics.add("memesys_llm_limiter_wait_seconds_total", waited,
+                                     model=self.name)
+                if self.limiter.fallbacks != local:
+                    self.metrics.add("memesys_llm_limiter_local_total", model=self.name)
                 left = deadlines.left(deadline)  # the wait for a slot counts
                 if left is not None:
                     timeout_s = min(timeout_s, left)
                     if timeout_s < MIN_ATTEMPT_S:
                         raise self._give_up(last, attempt - 1, DEADLINE)
                 answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload))
+                self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome="ok")
                 self.limiter.provider_answered()
                 return answer
             except NoSlot as exc:
+                self.metrics.add("memesys_llm_limiter_refusals_total", model=self.name)
                 raise call_error(ErrorCode.LLM_RATE_LIMITED,
                                  f"{self.model}: {exc}; no slot before the deadline",
                                  kind=LIMITED, model=self.model, retry_after=exc.retry_after,
@@ -271,6 +306,8 @@ class HardenedEngine:
                                  attempts=attempt - 1) from exc
             except AttemptFailed as exc:
                 last = exc
+                self.metrics.add("memesys_llm_attempts_total", model=self.name,
+                                 outcome=exc.kind)
                 if exc.kind == RATE_LIMITED:
                     self.limiter.provider_limited()
                 log.debug("%s attempt %d failed: %s", self.model, attempt, exc)

@@ -1,0 +1,166 @@
+"""The client layer's metrics, gathered from every worker process through Redis.
+
+LLM calls happen in the generator and verifier processes, /metrics is served by the gateway
+process: each process adds its counts to one Redis hash, ``<key_prefix>:llm:metrics`` (HINCRBYFLOAT,
+flushed at most once a second by the thread that records, so /metrics lags by up to a second
+plus the time to the next call), and writes each breaker's state to
+``<key_prefix>:llm:breakers``; the gateway reads both (:func:`render`) on every /metrics.
+Without Redis nothing is exported (counts stay in the process).
+
+Series (``model`` is ``<host:port>/<model>``):
+
+- ``memesys_llm_calls_total{model,outcome}``: calls by outcome (ok, or the failure's kind:
+  server, timeout, connect, malformed, rate_limited, client, open, limited, deadline, budget,
+  bulkhead);
+- ``memesys_llm_attempts_total{model,outcome}``: attempts sent to the provider by outcome;
+- ``memesys_llm_call_seconds{model}``: call latency histogram (whole call: waits, attempts);
+- ``memesys_llm_breaker_state{model}`` (0 closed, 1 half-open, 2 open) and
+  ``memesys_llm_breaker_transitions_total{model,to}``;
+- ``memesys_llm_limiter_waits_total{model}``, ``memesys_llm_limiter_wait_seconds_total{model}``,
+  ``memesys_llm_limiter_refusals_total{model}``, ``memesys_llm_limiter_local_total{model}``
+  (switches to the local share while Redis is unreachable);
+- ``memesys_llm_tokens_total{model}``, ``memesys_llm_cost_usd_total{model}``;
+- ``memesys_llm_fallbacks_total{model,to}``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from typing import Callable, Optional
+
+import redis
+
+log = logging.getLogger("memesys.llm.metrics")
+
+BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FLUSH_EVERY_S = 1.0
+STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+HELP = {
+    "memesys_llm_calls_total": ("counter", "LLM calls by outcome"),
+    "memesys_llm_attempts_total": ("counter", "LLM attempts sent to the provider by outcome"),
+    "memesys_llm_call_seconds": ("histogram", "LLM call latency (waits and attempts)"),
+    "memesys_llm_breaker_transitions_total": ("counter", "circuit breaker transitions seen"),
+    "memesys_llm_limiter_waits_total": ("counter", "calls that waited for a rate-limit slot"),
+    "memesys_llm_limiter_wait_seconds_total": ("counter", "seconds waited for slots"),
+    "memesys_llm_limiter_refusals_total": ("counter",
+                                           "calls refused: no slot before the deadline"),
+    "memesys_llm_limiter_local_total": ("counter",
+                                        "switches to the local share (Redis unreachable)"),
+    "memesys_llm_tokens_total": ("counter", "tokens the provider reported"),
+    "memesys_llm_cost_usd_total": ("counter", "estimated cost from [llm] prices"),
+    "memesys_llm_fallbacks_total": ("counter", "calls moved to a fallback model"),
+}
+
+
+def _field(name: str, labels: dict[str, str]) -> str:
+    return name + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+class Recorder:
+    """This process's counts, flushed to Redis."""
+
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
+        self._redis = (redis.Redis.from_url(redis_url, socket_timeout=0.5,
+                                            socket_connect_timeout=0.5) if redis_url else None)
+        self.key = f"{key_prefix}:llm:metrics"
+        self.states_key = f"{key_prefix}:llm:breakers"
+        self._pending: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+        self._flushed = time.monotonic()
+
+    def add(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        with self._lock:
+            self._pending[_field(name, labels)] += amount
+        self._maybe_flush()
+
+    def observe(self, name: str, seconds: float, **labels: str) -> None:
+        with self._lock:
+            for bound in BUCKETS_S:
+                if seconds <= bound:
+                    self._pending[_field(name + "_bucket", {**labels, "le": f"{bound:g}"})] += 1
+            self._pending[_field(name + "_bucket", {**labels, "le": "+Inf"})] += 1
+            self._pending[_field(name + "_sum", labels)] += seconds
+            self._pending[_field(name + "_count", labels)] += 1
+        self._maybe_flush()
+
+    def state(self, model: str, state: str) -> None:
+        if self._redis is None:
+            return
+        try:
+            self._redis.hset(self.states_key, model, STATE_VALUES.get(state, 0))
+        except redis.RedisError:
+            pass
+
+    def _maybe_flush(self, force: bool = False) -> None:
+        if self._redis is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._flushed < FLUSH_EVERY_S:
+            return
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(float)
+            self._flushed = now
+        if not pending:
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for field, amount in pending.items():
+                pipe.hincrbyfloat(self.key, field, amount)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.debug("llm metrics not flushed (Redis unreachable: %s)", exc)
+            with self._lock:
+                for field, amount in pending.items():
+                    self._pending[field] += amount
+
+    def flush(self) -> None:
+        self._maybe_flush(force=True)
+
+
+_recorders: dict[tuple[str, str], Recorder] = {}
+_registry_lock = threading.Lock()
+
+
+def recorder_for(redis_url: str, key_prefix: str) -> Recorder:
+    with _registry_lock:
+        found = _recorders.get((redis_url, key_prefix))
+        if found is None:
+            found = _recorders[(redis_url, key_prefix)] = Recorder(redis_url, key_prefix)
+        return found
+
+
+def reader(redis_url: str, key_prefix: str) -> Optional[Callable[[], str]]:
+    """What the gateway calls for the LLM series (None without Redis)."""
+    if not redis_url:
+        return None
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.3, socket_connect_timeout=0.3)
+    return lambda: render(client, key_prefix)
+
+
+def render(client: Optional[redis.Redis], key_prefix: str) -> str:
+    """The Prometheus text of every process's counts (the gateway's /metrics)."""
+    if client is None:
+        return ""
+    counts = client.hgetall(f"{key_prefix}:llm:metrics")
+    states = client.hgetall(f"{key_prefix}:llm:breakers")
+    series: dict[str, list[str]] = defaultdict(list)
+    for raw_field, raw_value in sorted(counts.items()):
+        field, value = raw_field.decode(), float(raw_value)
+        name, _, labels = field.partition("|")
+        shown = ",".join(f'{k}="{v}"' for k, v in
+                         (pair.split("=", 1) for pair in labels.split(",") if pair))
+        base = name.rsplit("_", 1)[0] if name.endswith(("_bucket", "_sum", "_count")) else name
+        series[base].append(f"{name}{{{shown}}} {value:g}" if shown else f"{name} {value:g}")
+    lines: list[str] = []
+    for base in sorted(series):
+        kind, text = HELP.get(base, ("counter", base))
+        lines += [f"# HELP {base} {text}", f"# TYPE {base} {kind}", *series[base]]
+    if states:
+        lines += ["# HELP memesys_llm_breaker_state circuit breaker state (0 closed, "
+                  "1 half-open, 2 open)", "# TYPE memesys_llm_breaker_state gauge"]
+        lines += [f'memesys_llm_breaker_state{{model="{m.decode()}"}} {int(v)}'
+                  for m, v in sorted(states.items())]
+    return "\n".join(lines) + ("\n" if lines else "")
