@@ -122,9 +122,10 @@ class Breaker:
                 raise BreakerOpen(self.name, wait)
         return state
 
-    def run(self, attempt: Callable[[], T]) -> T:
-        """``attempt()`` through the breaker; BreakerOpen without calling it while open."""
-        state = self.check()
+    def run(self, attempt: Callable[[], T], state: Optional[str] = None) -> T:
+        """``attempt()`` through the breaker; BreakerOpen without calling it while open.
+        ``state``: what :meth:`check` just answered (saves reading it again)."""
+        state = self.check() if state is None else state
         if state == CLOSED:
             return self._through(attempt)
         # open past its reset time, or half-open: one probe, cluster-wide
@@ -141,12 +142,12 @@ class Breaker:
                 return attempt()
         except pybreaker.CircuitBreakerError as exc:  # opened by another process meanwhile
             raise BreakerOpen(self.name, max(self.until_probe(), 0.001)) from exc
-        finally:
+        except BaseException:
+            # a failure may have opened it: remember until when (no Redis read on success)
             if self.cb.current_state == OPEN:
                 wait = self.until_probe()
                 self._open_until = time.time() + wait if wait > 0 else 0.0
-            else:
-                self._open_until = 0.0
+            raise
 
     def _claim_probe(self) -> bool:
         if not self._probing.acquire(blocking=False):

@@ -275,7 +275,7 @@ class HardenedEngine:
             timeout_s = self.policy.timeout_s if left is None else min(self.policy.timeout_s,
                                                                        left)
             try:
-                self.breaker.check()  # open: fail now, without taking a rate-limit slot
+                state = self.breaker.check()  # open: fail now, without taking a slot
                 local = self.limiter.fallbacks
                 waited = self.limiter.acquire(tokens, deadline, self.policy.timeout_s)
                 if waited > 0.0005:
@@ -289,7 +289,8 @@ class HardenedEngine:
                     timeout_s = min(timeout_s, left)
                     if timeout_s < MIN_ATTEMPT_S:
                         raise self._give_up(last, attempt - 1, DEADLINE)
-                answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload))
+                answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload),
+                                          state)
                 self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome="ok")
                 self.limiter.provider_answered()
                 return answer
