@@ -250,7 +250,10 @@ def test_a_redis_outage_under_load(tmp_path: Path, fault: str, outage_s: int) ->
         assert during and {(s[2], s[3]) for s in during} == {(503, "store_error")}
         slowest = sorted((round(s[1] - s[0], 2), round(s[0] - stopped, 1)) for s in during)
         print("slowest answers while stopped (seconds, at):", slowest[-3:])
-        assert slowest[-1][0] < 2.0
+        # Fail fast: a request that meets the stopped server first waits out the Redis
+        # client's 2 s socket timeout before the store is marked down; none waits longer
+        # than that plus scheduling (2.24 s seen once in CI with both cores busy).
+        assert slowest[-1][0] < 3.0
         # Async: while Redis was stopped, refused with 503, never accepted.
         assert not [t for t, _ in load.accepted if stopped + 2.5 < t < resumed]
         assert all(status == 503 and code == "store_error" for _, status, code in load.refused)
