@@ -45,6 +45,8 @@ from memesys.tree.spec import root_spec  # noqa: E402
 
 log = logging.getLogger("memesys.cli.daemon")
 
+FATAL_CLEANUP_S = 2.0  # the gateway's close when the actor system is gone
+
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="memesys", description="Run the memesys daemon.")
@@ -144,7 +146,11 @@ class Daemon:
             log.log(logging.ERROR if verdict.status else logging.WARNING,
                     "stopping the daemon: %s", verdict.reason)
             await bridge.close(join_s=0.5)  # every request waiting on the tree fails now: 503
-            await runner.cleanup()
+            try:  # the answers are out; a handler still waiting must not hold the exit up
+                await asyncio.wait_for(runner.cleanup(), FATAL_CLEANUP_S)
+            except asyncio.TimeoutError:
+                log.warning("the gateway did not close within %.0f s; exiting anyway",
+                            FATAL_CLEANUP_S)
         else:
             log.info("stopping")
             watching.cancel()
