@@ -34,9 +34,10 @@ from actors.system import (
 # (no network here); every daemon, fake server and actor the tests start inherits it.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-# The module-scoped Redis ``client`` of the store tests (a module that defines its own
-# ``client`` fixture, like the in-process gateway tests, overrides it).
-pytest_plugins = ["tests.redis_fixtures"]
+# The module-scoped Redis ``client`` of the store tests, and the LLM layer tests' ``redis``
+# URL and threaded ``fake`` provider (a module that defines a fixture of the same name
+# overrides it).
+pytest_plugins = ["tests.redis_fixtures", "tests.llm_support"]
 
 STOP_TIMEOUT_S = 5.0
 

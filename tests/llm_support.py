@@ -13,12 +13,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dspy
+import pytest
 from dspy.lm15 import Request, Response
 
+from memesys.llm.breaker import forget_all
 from memesys.llm.engine import HardenedEngine, Policy
 from memesys.offline.engine import OfflineEngine
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.writing import write_caption
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -97,3 +100,22 @@ with ThreadPoolExecutor({threads}) as pool:
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     return [o for o in json.loads(done.stdout.strip().splitlines()[-1]) if o != "late"]
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a redis-server of the module's own, for the LLM layer's shared state."""
+    with redis_url(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    """A fake provider in a thread of this process; breakers this process cached are
+    forgotten afterwards, so no test inherits another's open circuit."""
+    server = FakeOpenAI(FakeConfig()).start_in_thread()
+    try:
+        yield server
+    finally:
+        server.stop_thread()
+        forget_all()

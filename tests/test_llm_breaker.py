@@ -6,38 +6,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from memesys.errors import ErrorCode
-from memesys.llm.breaker import CLOSED, OPEN, forget_all
+from memesys.llm.breaker import CLOSED, OPEN
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import calls_in_subprocess, make_engine, redis_url, write_request
+from tests.llm_support import calls_in_subprocess, make_engine, write_request
 
 pytestmark = pytest.mark.store
 
 REQUEST = write_request()
 FAILURES, RESET_S = 5, 2.0
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(FakeConfig()).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
-        forget_all()
 
 
 def policy(redis: str, reset_s: float = RESET_S) -> dict:

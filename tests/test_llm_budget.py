@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,26 +12,11 @@ from memesys.errors import ErrorCode
 from memesys.llm import bulkhead
 from memesys.llm.budget import Budget, day, parse_prices, until_midnight_utc
 from memesys.llm.errors import LLMCallError, failure_of
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from memesys.testing.fake_openai import FakeOpenAI
 from tests.daemon_process import DaemonProcess
-from tests.llm_support import make_engine, redis_url, write_request
+from tests.llm_support import make_engine, write_request
 
 REQUEST = write_request()
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(FakeConfig()).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
 
 
 def test_prices() -> None:

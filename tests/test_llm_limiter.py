@@ -18,19 +18,13 @@ from memesys.llm import deadline as deadlines
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import Limiter, NoSlot
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import calls_in_subprocess, make_engine, redis_url, write_request
+from tests.llm_support import calls_in_subprocess, make_engine, write_request
 
 pytestmark = pytest.mark.store
 
 REQUEST = write_request()
 R = 20
 LOAD_S = 6.0
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture

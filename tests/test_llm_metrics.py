@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis as redis_lib
 
 from memesys.llm.errors import LLMCallError
 from memesys.llm.metrics import recorder_for, render
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from memesys.testing.fake_openai import FakeOpenAI
 from tests.daemon_process import DaemonProcess
-from tests.llm_support import make_engine, redis_url, write_request
+from tests.llm_support import make_engine, write_request
 
 pytestmark = pytest.mark.store
 
 REQUEST = write_request()
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_url(tmp_path_factory.mktemp("redis")) as url:
-        yield url
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(FakeConfig()).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
 
 
 def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: str) -> None:
