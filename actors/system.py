@@ -153,8 +153,12 @@ def session_processes(sid: int) -> list[psutil.Process]:
     return found
 
 
-def reap(sid: int) -> int:
-    """SIGKILL whatever is left of an actor system's session; returns how many."""
+def reap(sid: int, grace_s: float = 0.0) -> int:
+    """SIGKILL whatever is left of an actor system's session after ``grace_s`` seconds in
+    which it may still exit by itself; returns how many were killed."""
+    deadline = time.monotonic() + grace_s
+    while session_processes(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     victims = session_processes(sid)
     for proc in victims:
         try:
@@ -246,10 +250,7 @@ def shutdown(asys: ActorSystem, admin_port: int, root: Optional[ActorAddress] = 
         asys.shutdown()
     if sid is None:
         return 0
-    deadline = time.monotonic() + 2.0
-    while session_processes(sid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    killed = reap(sid)
+    killed = reap(sid, grace_s=2.0)
     if killed:
         log.warning("killed %d actor processes left after shutdown", killed)
     return killed

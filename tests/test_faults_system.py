@@ -18,6 +18,7 @@ from tests.daemon_process import DaemonProcess
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
 EXIT_WITHIN_S = 10.0
+ADMIN_SHUTDOWN_WITHIN_S = 6.0
 
 
 def system_processes(daemon: DaemonProcess) -> dict[str, int]:
@@ -84,8 +85,13 @@ def test_an_ordered_admin_shutdown_still_exits_zero_at_once(tmp_path):
     try:
         started = time.monotonic()
         assert daemon.admin("shutdown").returncode == 0
+        admin_took = time.monotonic() - started
         assert daemon.proc.wait(EXIT_WITHIN_S) == 0
-        assert time.monotonic() - started < EXIT_WITHIN_S
+        took = time.monotonic() - started
+        print(f"memesys-admin shutdown took {admin_took:.2f} s, the daemon exited after {took:.2f} s")
+        # Thespian's own shutdown waits 10 s for an admin that the daemon killed too early.
+        assert admin_took < ADMIN_SHUTDOWN_WITHIN_S
+        assert took < EXIT_WITHIN_S
         assert "stopped on request" in daemon.log_text()
     finally:
         assert daemon.stop() == []

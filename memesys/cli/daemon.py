@@ -46,6 +46,7 @@ from memesys.tree.spec import root_spec  # noqa: E402
 log = logging.getLogger("memesys.cli.daemon")
 
 FATAL_CLEANUP_S = 2.0  # the gateway's close when the actor system is gone
+SHUTDOWN_GRACE_S = 3.0  # for the actor system to end by itself after memesys-admin shutdown
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -104,7 +105,11 @@ class Daemon:
         if self.tree_gone and self.sid is not None:
             # Nothing is left to stop in order, and a half-dead admin (or the logger it leaves
             # holding its port) would make Thespian's own shutdown wait on it: kill what is left.
-            killed = reap(self.sid)
+            # After a requested stop, memesys-admin is shutting the system down itself: killing
+            # its admin now would leave that command waiting 10 s for an answer, so the session
+            # gets a grace to end on its own first.
+            grace = SHUTDOWN_GRACE_S if self.exit_code == 0 else 0.0
+            killed = reap(self.sid, grace_s=grace)
             log.info("killed %d processes left of the actor system", killed)
         else:
             shutdown(self.asys, self.system_cfg.admin_port, getattr(self, "root", None),
