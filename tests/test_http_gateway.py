@@ -289,8 +289,10 @@ async def test_served_verdicts_are_counted_and_failures_by_contract_code(client,
     directory.script(GenerateMeme, Failure("crashed", "boom"))
     assert (await client.post("/v1/memes", json={"topic": "x"})).status == 503
     text = await (await client.get("/metrics")).text()
-    assert 'memesys_verdicts_total{status="unavailable",verifier="factuality"} 1' in text
-    assert 'memesys_memes_failed_total{code="worker_lost"} 1' in text
+    assert ('memesys_verdicts_total{engine="actors",status="unavailable",verifier="factuality"} 1'
+            in text)
+    assert 'memesys_memes_failed_total{code="worker_lost",engine="actors"} 1' in text
+    assert 'memesys_memes_total{cached="false",engine="actors"} 1' in text
 
 
 # -- the gateway's own errors ------------------------------------------------------------------

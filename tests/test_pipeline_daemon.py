@@ -77,7 +77,8 @@ def test_an_unavailable_factuality_check_is_served_visibly(provider_daemon, fake
     assert verdicts["appropriateness"]["status"] == "passed"
     assert meme["verification"]["degraded"] == ["factuality"]
     metrics = provider_daemon.request("GET", "/metrics")[2].decode()
-    assert 'memesys_verdicts_total{status="unavailable",verifier="factuality"} 1' in metrics
+    assert ('memesys_verdicts_total{engine="actors",status="unavailable",verifier="factuality"} 1'
+            in metrics)
 
 
 def test_an_unavailable_appropriateness_check_refuses_the_meme(provider_daemon, fake):

@@ -268,7 +268,7 @@ def test_the_cache_key_and_the_meme_record_the_program(tmp_path: Path) -> None:
         result = run_sequential(lambda stage: handle, "coffee", seed=1, program=loaded.program)
         fmt = get_format(result.caption.format)
         return build_meme("m1", request, fmt, result, "sequential", result.timings,
-                          loaded.provider)
+                          loaded.provider, "actors")
 
     assert meme(builtin())["provider"]["program"] == {"hash": builtin().hash, "path": "builtin"}
     assert meme(edited)["provider"]["program"] == {"hash": edited.hash,

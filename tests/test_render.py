@@ -199,7 +199,7 @@ def test_builtin_font_fallback_renders(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_template_image_is_the_background(tmp_path):
-    from memesys.tree.renderer import find_template
+    from memesys.render.meme import find_template
 
     Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "drake.jpg")
     template = find_template(str(tmp_path), "drake")

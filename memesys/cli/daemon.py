@@ -38,6 +38,8 @@ from memesys.config import Config, ConfigError, load_layers  # noqa: E402
 from memesys.config.capacity import Capacities  # noqa: E402
 from memesys.config.printing import render as render_config  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
+from memesys.http.engines import INPROCESS, Split, TreeEngine  # noqa: E402
+from memesys.inprocess.engine import InProcessEngine  # noqa: E402
 from memesys.llm.metrics import reader as llm_metrics_reader  # noqa: E402
 from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402
 from memesys.tree.redis_server import plan as plan_redis  # noqa: E402
@@ -130,10 +132,14 @@ class Daemon:
         await bridge.start()
         watch = SystemWatch(bridge, self.root, self.system_cfg.admin_port)
         await watch.find_processes()
-        gateway = Gateway(self.cfg.gateway, Directory(bridge, self.root),
+        directory = Directory(bridge, self.root)
+        inprocess = InProcessEngine(self.cfg, self.redis_url)
+        gateway = Gateway(self.cfg.gateway, directory,
                           generation_slots=Capacities.of(self.cfg).generation_slots,
                           llm_metrics=llm_metrics_reader(self.redis_url,
-                                                         self.cfg.redis.key_prefix))
+                                                         self.cfg.redis.key_prefix),
+                          engines=engines(self.cfg, TreeEngine(directory), inprocess),
+                          cache=inprocess.cached)
         runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=self.cfg.gateway.request_timeout_s,
                                **gateway.server_options())
@@ -161,7 +167,16 @@ class Daemon:
             watching.cancel()
             await runner.cleanup()  # in-flight requests finish
             await bridge.close()
+        inprocess.close()
         signalled.cancel()
+
+
+def engines(cfg: Config, tree: TreeEngine, inprocess: InProcessEngine) -> Split:
+    """Who makes the synchronous memes: ``[system] engine``, and with the tree, the
+    ``ab_split`` share made in process."""
+    if cfg.system.engine == INPROCESS:
+        return Split(inprocess)
+    return Split(tree, inprocess, cfg.system.ab_split)
 
 
 def raise_open_file_limit() -> None:

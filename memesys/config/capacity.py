@@ -30,6 +30,8 @@ class Capacities:
     verify_per_worker: int  # judging calls one verifier worker holds from everyone
     render_per_sender: int
     store_per_sender: int
+    llm_processes: int  # processes that share the LLM limits (each takes its share)
+    inprocess_threads: int  # the in-process engine's threads for its LLM calls and renders
 
     @classmethod
     def of(cls, cfg: Config) -> Capacities:
@@ -45,6 +47,8 @@ class Capacities:
             render_per_sender=per_generator,
             # the gateway's reads and the task group's records share the store with the memes
             store_per_sender=max(per_generator, cfg.gateway.max_in_flight, cfg.tasks.max_in_flight),
+            llm_processes=workers.generators + workers.verifiers + int(uses_inprocess(cfg)),
+            inprocess_threads=JUDGING_CALLS_PER_MEME * max(1, memes - cfg.tasks.max_in_flight),
         )
 
     def problem(self) -> str | None:
@@ -55,3 +59,8 @@ class Capacities:
         return (f"tasks.max_in_flight must be below workers.generators × "
                 f"workers.max_in_flight_per_worker = {self.memes} (synchronous memes need "
                 f"room too)")
+
+
+def uses_inprocess(cfg: Config) -> bool:
+    """Whether the gateway's process makes memes too (the in-process engine is on)."""
+    return cfg.system.engine == "inprocess" or cfg.system.ab_split > 0

@@ -37,6 +37,8 @@ class SystemConfig:
     log_level: str = one_of(*LOG_LEVELS)
     ready_timeout_s: float = bounded(0.1, 600)
     shutdown_timeout_s: float = bounded(0.1, 600)
+    engine: str = one_of("actors", "inprocess")
+    ab_split: float = bounded(0, 1)
 
 
 @dataclass(frozen=True)

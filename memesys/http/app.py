@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
+from collections.abc import Awaitable
 from typing import Any, Callable, Optional
 
 from aiohttp import web
@@ -34,8 +36,9 @@ from memesys.domain.messages import (
     StoreState,
     SubmitTask,
 )
-from memesys.errors import ErrorCode, translate
+from memesys.errors import ErrorCode, MemesysError, translate
 from memesys.http.admission import Lane
+from memesys.http.engines import Split, TreeEngine
 from memesys.http.connections import MAX_SWEEP_S
 from memesys.http.metrics import Metrics
 from memesys.http.middleware import Guard
@@ -51,7 +54,7 @@ from memesys.http.validation import (
     parse_page,
     shown,
 )
-from memesys.tree.paths import GENERATOR, LEDGER, STORE
+from memesys.tree.paths import LEDGER, STORE
 
 log = logging.getLogger("memesys.http")
 
@@ -59,18 +62,26 @@ READY_TIMEOUT_S = 2.0
 METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
 STORE_TIMEOUT_S = 5.0
 
+CacheLookup = Callable[[GenerateMeme], Awaitable[Optional[dict]]]
+
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, directory: Directory,
                  generation_slots: Optional[int] = None,
-                 llm_metrics: Optional[Callable[[], str]] = None) -> None:
+                 llm_metrics: Optional[Callable[[], str]] = None,
+                 engines: Optional[Split] = None, cache: Optional[CacheLookup] = None) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
         refused inside the tree. None: ``max_in_flight``. ``llm_metrics``: the LLM client
-        layer's series, gathered from every worker process (read in a thread, briefly)."""
+        layer's series, gathered from every worker process (read in a thread, briefly).
+        ``engines``: which engine makes each synchronous meme (None: the tree, always).
+        ``cache``: a direct read of the meme cache, tried before any engine is asked (None:
+        the engine looks the cache up)."""
         self.cfg = cfg
         self.llm_metrics = llm_metrics
         self.directory = directory
+        self.engines = engines or Split(TreeEngine(directory))
+        self.cache = cache
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
         self.guard = Guard(cfg, self.metrics)
@@ -148,41 +159,52 @@ class Gateway:
             status_url = f"/v1/tasks/{task_id}"
             return web.json_response({"task_id": task_id, "status_url": status_url}, status=202,
                                      headers={"Location": status_url, "X-Trace-Id": trace_id})
-        # Identical requests in flight at once (all but the trace id; never "fresh" ones)
-        # share one generation: the first takes a generation slot, the others await it.
-        try:
-            if order.fresh:
-                meme = await self._generate(order)
-            else:
-                meme, shared = await self.flights.run(dataclasses.replace(order, trace_id=""),
-                                                      lambda: self._generate(order))
-                if shared:
-                    self.metrics.count("memesys_memes_shared_total",
-                                       "meme requests answered by an identical one in flight")
-        except RemoteFailure as exc:
-            self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
-                               code=(translate(exc.failure.code) or ErrorCode.INTERNAL).value)
-            raise
-        self._count_verdicts(meme)
+        meme = await self.cache(order) if self.cache is not None and not order.fresh else None
+        if meme is not None:
+            self.metrics.count("memesys_cache_hits_total",
+                               "meme requests answered from the cache by the gateway")
+        elif order.fresh:
+            meme = await self._generate(order)
+        else:
+            # Identical requests in flight at once (all but the trace id; never "fresh" ones)
+            # share one generation: the first takes a generation slot, the others await it.
+            meme, shared = await self.flights.run(dataclasses.replace(order, trace_id=""),
+                                                  lambda: self._generate(order))
+            if shared:
+                self.metrics.count("memesys_memes_shared_total",
+                                   "meme requests answered by an identical one in flight")
         return web.json_response(meme, status=201, headers={
             "Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id})
 
     async def _generate(self, order: GenerateMeme) -> dict:
-        """One meme from the tree, once a generation slot is free (the wait comes out of the
-        request's deadline). Idempotent: if a worker dies holding it, the pool retries it on
-        another worker; at worst a meme saved just before the death is stored twice."""
+        """One meme from the engine whose turn it is, once a generation slot is free (the wait
+        comes out of the request's deadline); counted by engine and outcome."""
+        engine = self.engines.choose()
         async with self.generation.slot() as waited:
-            return await self.directory.ask(GENERATOR, order,
-                                            self.cfg.request_timeout_s - waited,
-                                            idempotent=True)
+            started = time.perf_counter()
+            try:
+                meme = await engine.generate(order, self.cfg.request_timeout_s - waited)
+            except (RemoteFailure, MemesysError) as exc:
+                code = exc.failure.code if isinstance(exc, RemoteFailure) else exc.code
+                self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
+                                   code=(translate(code) or ErrorCode.INTERNAL).value,
+                                   engine=engine.name)
+                raise
+        self.metrics.observe("memesys_meme_seconds", "time to make a meme, by engine",
+                             time.perf_counter() - started, engine=engine.name,
+                             cached=str(meme["cached"]).lower())
+        self.metrics.count("memesys_memes_total", "memes answered by an engine",
+                           engine=engine.name, cached=str(meme["cached"]).lower())
+        self._count_verdicts(meme, engine.name)
+        return meme
 
-    def _count_verdicts(self, meme: dict) -> None:
+    def _count_verdicts(self, meme: dict, engine: str) -> None:
         """Every verdict served, so a degraded verifier shows in metrics, not only in JSON."""
         if meme["cached"]:
             return
         for verifier, verdict in meme["verification"]["verdicts"].items():
             self.metrics.count("memesys_verdicts_total", "verdicts of served memes",
-                               verifier=verifier, status=verdict["status"])
+                               verifier=verifier, status=verdict["status"], engine=engine)
 
     def _meme_id(self, request: web.Request) -> str:
         meme_id = request.match_info["id"]

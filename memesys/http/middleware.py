@@ -34,11 +34,11 @@ from aiohttp.http_exceptions import BadHttpMessage
 
 from actors.bridge import RemoteFailure
 from memesys.config import GatewayConfig
-from memesys.errors import ErrorCode
+from memesys.errors import ErrorCode, MemesysError
 from memesys.http.admission import Lane, Refused
 from memesys.http.connections import ConnectionWatch
 from memesys.http.metrics import Metrics
-from memesys.http.responses import error, failure_error
+from memesys.http.responses import error, exception_error, failure_error
 from memesys.http.validation import shown
 
 log = logging.getLogger("memesys.http")
@@ -157,6 +157,8 @@ class Guard:
             return self._http_error(request, exc)
         except RemoteFailure as exc:
             return failure_error(exc.failure, f"{request.method} {request.path}")
+        except MemesysError as exc:
+            return exception_error(exc, f"{request.method} {request.path}")
         except Refused as refusal:  # a lane inside the handler (memes being made)
             return self.refused(refusal)
         except Exception:

@@ -150,6 +150,8 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                     "scores": {"type": "object", "nullable": True},
                     "verification": {"type": "object"}, "provider": {"type": "object"},
                     "cached": {"type": "boolean"},
+                    "engine": {"type": "string", "enum": ["actors", "inprocess"],
+                               "description": "the engine that made the meme"},
                     "created_at": {"type": "number", "description": "Unix time, seconds"},
                     "timings": {"type": "object", "additionalProperties": {"type": "number"}},
                     "trace_id": {"type": "string"}}},

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from memesys.errors import ErrorCode, client_message, translate
+from memesys.errors import ErrorCode, MemesysError, client_message, translate
 
 log = logging.getLogger("memesys.http")
 
@@ -50,3 +50,10 @@ def failure_error(failure: Any, where: str) -> web.Response:
     overrides the code's default when the failure carries one)."""
     code, message = public_failure(failure.code, failure.message, where)
     return error(code, message, retry_after=getattr(failure, "retry_after", None))
+
+
+def exception_error(exc: MemesysError, where: str) -> web.Response:
+    """The JSON error for a failure raised in the gateway's own process (the in-process
+    engine's, a store's or a renderer's), with the Retry-After it asked for if any."""
+    code, message = public_failure(exc.code, str(exc), where)
+    return error(code, message, retry_after=getattr(exc, "retry_after", None))

@@ -28,12 +28,13 @@ def cache_key(request: GenerateMeme, handle: LMHandle, program_hash: str) -> str
 
 def build_meme(meme_id: str, request: GenerateMeme, fmt: MemeFormat, result: PipelineResult,
                mode: str, timings_ms: dict[str, float],
-               program: Mapping[str, str]) -> dict[str, Any]:
+               program: Mapping[str, str], engine: str) -> dict[str, Any]:
     """``top_text``/``bottom_text`` are the first and last slot of any format; ``texts`` has
     them all by slot name. ``verification`` has one verdict per verifier plus the list of
     verifiers whose verdict is unavailable (``degraded``); ``provider`` names the model of
     every stage call with its tokens, and the program that ran them (``program``: its
-    ``hash`` and ``path``, "builtin" for the built-in one)."""
+    ``hash`` and ``path``, "builtin" for the built-in one); ``engine`` is the engine that
+    made it ("actors" or "inprocess")."""
     caption, scores = result.caption, result.scores
     writer = result.stages["write"]
     return {
@@ -66,6 +67,7 @@ def build_meme(meme_id: str, request: GenerateMeme, fmt: MemeFormat, result: Pip
             "program": dict(program),
         },
         "pipeline_mode": mode,
+        "engine": engine,
         "cached": False,
         "created_at": time.time(),
         "timings": {stage: round(ms, 2) for stage, ms in timings_ms.items()},

@@ -204,8 +204,10 @@ class LocalStages:
 
 async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
                        style: str | None = None, audience: str | None = None, seed: int = 0,
-                       policy: RefinePolicy = RefinePolicy()) -> PipelineResult:
-    """One meme through every stage. Raises Refused when the first draft may not be served
+                       policy: RefinePolicy = RefinePolicy(),
+                       drafted: Callable[[Caption], None] | None = None) -> PipelineResult:
+    """One meme through every stage; ``drafted`` hears of the first caption as soon as it is
+    written (the engines start its picture then, while it is judged). Raises Refused when the first draft may not be served
     (decide), UnknownFormat/CaptionError on a bad request or unusable model output, and DSPy's
     LMError when a stage other than a verifier cannot reach its LM. A refined draft the
     verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
@@ -219,6 +221,8 @@ async def run_pipeline(stages: Stages, topic: str, format: str | None = None,
     caption = await stages.call("write", "write",
                                 lambda h: write_texts(h, topic, choice, style, audience, seed,
                                                       stages.program))
+    if drafted is not None:
+        drafted(caption)
     draft = Draft.from_caption(caption, topic, style, audience, seed)
     verdicts, raw = await stages.judge(draft, "")
     decision = decide(verdicts)

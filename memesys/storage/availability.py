@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from memesys.storage.connection import probe_client
 from memesys.storage.errors import StoreDown, StoreError
 
 log = logging.getLogger("memesys.storage.availability")
@@ -128,3 +129,10 @@ class AlwaysUp(Availability):
 
     def failed(self, exc: BaseException) -> None:
         self.reason = describe(exc)
+
+
+def availability_for(url: str, name: str, initial_s: float, max_s: float) -> Availability:
+    """The up/down view of Redis of one user (an actor, the in-process engine): probes on a
+    short-timeout client of its own."""
+    probe = probe_client(url)
+    return Availability(probe.ping, name=name, initial_s=initial_s, max_s=max_s)

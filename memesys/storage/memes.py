@@ -158,6 +158,14 @@ class MemeStore:
             pipe.zadd(self._index, {meme_id: float(created_at)})
             pipe.execute()
 
+    def keep(self, meme: dict, png: bytes, cache_key: str | None, cache_ttl_s: int) -> str:
+        """Save a meme just made, and cache it under ``cache_key`` unless that is None (a
+        fresh meme); returns its id."""
+        self.save(meme, png)
+        if cache_key:
+            self.cache_put(cache_key, meme["id"], cache_ttl_s)
+        return meme["id"]
+
     def get(self, meme_id: str) -> dict | None:
         """The meme's record, or None if it does not exist (or the id is not a valid id)."""
         if not valid_id(meme_id):
@@ -285,6 +293,11 @@ class MemeStore:
             if not self._r.exists(self._meme_key(meme_id)):
                 return None
         return meme_id
+
+    def cached(self, key: str) -> dict | None:
+        """The meme cached for key (None: a miss)."""
+        meme_id = self.cache_get(key)
+        return self.get(meme_id) if meme_id else None
 
     def quarantined(self) -> dict[str, int]:
         """Records quarantined so far under this prefix, by kind."""

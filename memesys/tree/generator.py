@@ -8,7 +8,10 @@ Each worker is an async actor; a meme is one coroutine. Its stages are the pipel
   a verifier that fails or misses its deadline is an "unavailable" verdict;
 - ``sequential``: the reference path, every stage one after another in one thread here.
 
-Then the render pool draws the PNG and the store pool saves meme and PNG (and the cache entry).
+The render pool draws the PNG (in ``parallel`` mode while the first caption is judged) and the
+store pool saves meme and PNG (and the cache entry). The flow itself, shared with the
+in-process engine, is :class:`memesys.pipeline.making.MemeMaker`; this module places its steps
+in the tree (:class:`TreeWorkshop`).
 
 Every stage is a predictor of the worker's MemeProgram (``pipeline.program_path``, loaded when
 the worker starts; the verifier workers load the same file); its hash is part of the cache key
@@ -22,14 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from dspy.utils.exceptions import LMError
-
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from actors.bridge import RemoteFailure
 from memesys.config import LLMConfig, PipelineConfig
-from memesys.domain.formats import UnknownFormat, get_format
-from memesys.domain.ids import new_id
 from memesys.domain.messages import (
     CachedMeme,
     GenerateMeme,
@@ -41,14 +40,14 @@ from memesys.domain.messages import (
     StoreHealth,
 )
 from memesys.errors import ErrorCode
-from memesys.pipeline.decision import Refused, decide
+from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.making import ACTORS, SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
 from memesys.pipeline.program import MemeProgram, load_configured
-from memesys.pipeline.record import build_meme, cache_key
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
-from memesys.pipeline.stage import OutputError, first_line
+from memesys.pipeline.stage import first_line
 from memesys.pipeline.stages import (
     Ledger,
     PipelineResult,
@@ -57,11 +56,9 @@ from memesys.pipeline.stages import (
     stage_handles,
 )
 from memesys.pipeline.verification import VERIFIERS, Verdict
-from memesys.tree.llmcalls import lm_failed, under_deadline
+from memesys.tree.llmcalls import under_deadline
 from memesys.tree.paths import RENDER, STORE, VERIFY
 
-PARALLEL = "parallel"
-SEQUENTIAL = "sequential"
 T = TypeVar("T")
 
 
@@ -133,80 +130,63 @@ class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
         self.args = args
         self.max_in_flight = args.max_in_flight
-        self.mode = args.pipeline.mode
-        self.policy = RefinePolicy.from_config(args.pipeline)
-        self.handle_for = stage_handles(args.llm, args.pipeline.stage_timeout_s,
-                                        args.redis_url, args.key_prefix, args.llm_processes)
-        self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
+        handle_for = stage_handles(args.llm, args.pipeline.stage_timeout_s, args.redis_url,
+                                   args.key_prefix, args.llm_processes)
+        # the program is checked by the daemon before start-up
+        self.maker = MemeMaker(load_configured(args.pipeline), handle_for,
+                               RefinePolicy.from_config(args.pipeline), args.pipeline.mode,
+                               ACTORS)
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, GenerateMeme):
             return self.generate(payload)
         return super().handle(payload)
 
-    async def _stage(self, path: str, payload: Any) -> Any:
+    async def generate(self, request: GenerateMeme) -> dict:
         try:
-            return await self.ask(path, payload, self.args.stage_timeout_s)
+            return await self.maker.make(request, TreeWorkshop(self))
+        except MemeFailed as exc:
+            raise RequestFailed(exc.code, exc.message, exc.retry_after) from exc
+
+
+@dataclass
+class TreeWorkshop:
+    """A meme's steps placed in the tree: the store and render pools, judging on the verifier
+    pool (``parallel``) or every stage here in one thread (``sequential``)."""
+
+    worker: GeneratorWorker
+
+    async def _ask(self, path: str, payload: Any) -> Any:
+        try:
+            return await self.worker.ask(path, payload, self.worker.args.stage_timeout_s)
         except RemoteFailure as exc:
             raise RequestFailed(exc.failure.code, f"{path}: {exc.failure.message}",
                                 getattr(exc.failure, "retry_after", None)) from exc
 
-    async def _pipeline(self, request: GenerateMeme) -> tuple[PipelineResult, dict[str, float]]:
+    async def cached(self, key: str) -> dict | None:
+        return await self._ask(STORE, CachedMeme(key))
+
+    async def store_up(self) -> bool:
+        return bool(await self._ask(STORE, StoreHealth()))
+
+    async def render(self, order: RenderMeme) -> bytes:
+        return await self._ask(RENDER, order)
+
+    async def save(self, order: SaveMeme) -> str:
+        return await self._ask(STORE, order)
+
+    async def pipeline(self, request: GenerateMeme, policy: RefinePolicy,
+                       drafted: CaptionHook | None) -> tuple[PipelineResult, dict[str, float]]:
+        maker = self.worker.maker
         fields = (request.topic, request.format, request.style, request.audience, request.seed,
-                  self.policy)
-        try:
-            if self.mode == SEQUENTIAL:
-                return await asyncio.to_thread(
-                    under_deadline, functools.partial(run_sequential, program=self.program.program),
-                    self.handle_for, *fields), {}
-            # A verifier call may queue behind others in the pool: give it the stage bound
-            # plus a margin before calling it unavailable.
-            stages = PoolStages(self, self.handle_for,
-                                self.args.pipeline.stage_timeout_s + 1.0,
-                                program=self.program.program, program_hash=self.program.hash)
-            return await run_pipeline(stages, *fields), stages.judge_ms
-        except Refused as exc:
-            raise RequestFailed(exc.code, str(exc)) from exc
-        except UnknownFormat as exc:
-            raise RequestFailed(ErrorCode.INVALID_FIELD, f"format: {exc.args[0]}") from exc
-        except OutputError as exc:
-            raise RequestFailed(exc.code, f"the model's output is unusable: {exc}") from exc
-        except LMError as exc:
-            raise lm_failed(exc) from exc
-
-    async def generate(self, request: GenerateMeme) -> dict:
-        timings: dict[str, float] = {}
-        began = clock = time.perf_counter()
-
-        def lap(stage: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[stage] = (now - clock) * 1000
-            clock = now
-
-        key = cache_key(request, self.handle_for("write"), self.program.hash)
-        # Fail fast while the store is down, before any LLM call: a meme that cannot be saved
-        # cannot be served by id or image_url, and its tokens would be spent for nothing. The
-        # cache lookup fails with store_error then; a fresh request asks the store's health.
-        if not request.fresh:
-            cached = await self._stage(STORE, CachedMeme(key))
-            lap("cache")
-            if cached is not None:
-                return {**cached, "cached": True, "trace_id": request.trace_id}
-        elif not await self._stage(STORE, StoreHealth()):
-            raise RequestFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
-        result, judge_ms = await self._pipeline(request)
-        lap("pipeline")
-        timings.update(result.timings, **judge_ms)
-        timings["pipeline_total"] = timings.pop("total")
-        fmt = get_format(result.caption.format)
-        meme_id = new_id()
-        png = await self._stage(RENDER, RenderMeme(fmt.name, fmt.layout, result.caption.texts,
-                                                   f"{fmt.name}:{request.seed}"))
-        lap("render")
-        meme = build_meme(meme_id, request, fmt, result, self.mode, timings,
-                          self.program.provider)
-        await self._stage(STORE, SaveMeme(meme, png, None if request.fresh else key))
-        lap("store")
-        timings["total"] = (time.perf_counter() - began) * 1000
-        return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}
+                  policy)
+        if maker.mode == SEQUENTIAL:
+            return await asyncio.to_thread(
+                under_deadline, functools.partial(run_sequential, program=maker.program.program),
+                maker.handle_for, *fields), {}
+        # A verifier call may queue behind others in the pool: give it the stage bound plus a
+        # margin before calling it unavailable.
+        stages = PoolStages(self.worker, maker.handle_for,
+                            self.worker.args.pipeline.stage_timeout_s + 1.0,
+                            program=maker.program.program, program_hash=maker.program.hash)
+        return await run_pipeline(stages, *fields, drafted=drafted), stages.judge_ms

@@ -8,8 +8,7 @@ from typing import Any, Callable, TypeVar
 from actors import deadlines
 from actors.base import RequestFailed
 from memesys.llm import deadline as llm_deadline
-from memesys.llm.errors import failure_of
-from memesys.pipeline.stage import first_line
+from memesys.pipeline import making
 
 T = TypeVar("T")
 
@@ -21,7 +20,7 @@ def under_deadline(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
-def lm_failed(exc: BaseException, prefix: str = "") -> RequestFailed:
+def lm_failed(exc: BaseException) -> RequestFailed:
     """The RequestFailed for a failed LLM call: its contract code and Retry-After."""
-    failure = failure_of(exc)
-    return RequestFailed(failure.code, prefix + first_line(exc), failure.retry_after)
+    failed = making.lm_failed(exc)
+    return RequestFailed(failed.code, failed.message, failed.retry_after)

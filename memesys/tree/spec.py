@@ -35,7 +35,8 @@ from memesys.tree.paths import (
     VERIFY,
 )
 from memesys.tree.redis_server import RedisServer, RedisServerArgs
-from memesys.tree.renderer import RenderArgs, RenderWorker
+from memesys.render.meme import RenderSettings
+from memesys.tree.renderer import RenderWorker
 from memesys.tree.store import StoreArgs, StoreWorker
 from memesys.tree.tasks import TaskArgs, TaskLedger, TaskRunner
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
@@ -78,7 +79,7 @@ def root_spec(cfg: Config, redis_url: str,
                          redis.retry_backoff_initial_s, redis.retry_backoff_max_s)
 
     capacity = Capacities.of(cfg)
-    llm_processes = workers.generators + workers.verifiers  # share the LLM limits
+    llm_processes = capacity.llm_processes
 
     def pool(name: str, worker: type, size: int, args: object, outstanding: int) -> ChildSpec:
         return ChildSpec(name, Pool, PoolArgs(
@@ -92,8 +93,7 @@ def root_spec(cfg: Config, redis_url: str,
                        redis.quarantine_ttl_s, redis.retry_backoff_initial_s,
                        redis.retry_backoff_max_s), capacity.store_per_sender),
         pool(RENDER, RenderWorker, workers.render,
-             RenderArgs(render.width, render.height, render.font_path, render.max_png_bytes,
-                        render.template_dir), capacity.render_per_sender),
+             RenderSettings.from_config(render), capacity.render_per_sender),
         pool(VERIFY, VerifierWorker, workers.verifiers,
              VerifierArgs(cfg.llm, cfg.pipeline.stage_timeout_s, capacity.verify_per_worker,
                           cfg.pipeline, redis_url=redis_url, key_prefix=redis.key_prefix,

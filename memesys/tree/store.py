@@ -33,8 +33,8 @@ from memesys.domain.messages import (
     StoreHealth,
     StoreState,
 )
-from memesys.storage.availability import Availability
-from memesys.storage.connection import connect, probe_client
+from memesys.storage.availability import availability_for
+from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore, StoreError
 from memesys.storage.quarantine import Quarantine
 from memesys.storage.tasks import TaskStore
@@ -51,12 +51,6 @@ class StoreArgs:
     quarantine_ttl_s: int = 7 * 24 * 3600
     retry_initial_s: float = 0.05
     retry_max_s: float = 0.5
-
-
-def availability_for(url: str, name: str, initial_s: float, max_s: float) -> Availability:
-    """The up/down view of Redis of one actor: probes on a short-timeout client of its own."""
-    probe = probe_client(url)
-    return Availability(probe.ping, name=name, initial_s=initial_s, max_s=max_s)
 
 
 class StoreWorker(BaseActor):
@@ -82,10 +76,7 @@ class StoreWorker(BaseActor):
     def _apply(self, payload: Any) -> Any:
         store = self.store
         if isinstance(payload, SaveMeme):
-            store.save(payload.meme, payload.png)
-            if payload.cache_key:
-                store.cache_put(payload.cache_key, payload.meme["id"], self.args.cache_ttl_s)
-            return payload.meme["id"]
+            return store.keep(payload.meme, payload.png, payload.cache_key, self.args.cache_ttl_s)
         if isinstance(payload, GetMeme):
             return store.get(payload.meme_id)
         if isinstance(payload, GetImage):
@@ -95,8 +86,7 @@ class StoreWorker(BaseActor):
         if isinstance(payload, DeleteMeme):
             return self._erase(payload.meme_id)
         if isinstance(payload, CachedMeme):
-            meme_id = store.cache_get(payload.key)
-            return store.get(meme_id) if meme_id else None
+            return store.cached(payload.key)
         if isinstance(payload, GetTask):
             task = self.tasks.get(payload.task_id)
             if task is not None and task.get("meme_id"):

@@ -33,12 +33,12 @@ from actors.messages import Located, Reply, Request, WhereIs, new_correlation_id
 from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RunnerReady, RunTask, SubmitTask
 from memesys.errors import ErrorCode, translate
+from memesys.storage.availability import availability_for
 from memesys.storage.connection import connect
 from memesys.storage.memes import StoreError
 from memesys.storage.quarantine import Quarantine
 from memesys.storage.tasks import TaskStore
 from memesys.tree.paths import GENERATOR
-from memesys.tree.store import availability_for
 
 log = logging.getLogger("memesys.tree.tasks")
 

@@ -1,0 +1,1 @@
+"""The in-process engine: memes made in the gateway's own process, no actors."""

@@ -1,0 +1,170 @@
+"""The in-process engine: the same meme flow (:class:`~memesys.pipeline.making.MemeMaker`),
+program, stages, cache, store and contract as the actor tree, run with asyncio in the
+gateway's own process, no actors.
+
+It is the baseline the tree is measured against (``python -m bench.ab``) and the rollback
+switch an operator expects (``[system] engine = "inprocess"``, or a share of the traffic with
+``ab_split``). Its placement mirrors the tree's ``parallel`` mode: select, write and refine
+one after another, the three verifiers and the scorer at once, the render while the first
+caption is judged. DSPy's stages and Pillow are synchronous, so each runs in this engine's
+own thread pool (sized for every meme the gateway admits at once, each with its four judging
+calls), never in the event loop; Redis is the store's synchronous client, in the same pool.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, TypeVar
+
+from dspy.utils.exceptions import LMError
+
+from memesys.config import Config
+from memesys.config.capacity import Capacities
+from memesys.domain.messages import GenerateMeme, RenderMeme, SaveMeme
+from memesys.errors import ErrorCode
+from memesys.llm import deadline as llm_deadline
+from memesys.pipeline.decision import decide
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.making import INPROCESS, SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
+from memesys.pipeline.program import MemeProgram, load_configured
+from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.scoring import Scores, score
+from memesys.pipeline.stage import OutputError, first_line
+from memesys.pipeline.stages import Ledger, PipelineResult, run_pipeline, run_sequential, stage_handles
+from memesys.pipeline.verification import VERIFIERS, Verdict, verify
+from memesys.render.meme import RenderSettings, render_meme
+from memesys.storage.availability import availability_for
+from memesys.storage.connection import connect
+from memesys.storage.memes import MemeStore
+from memesys.storage.quarantine import Quarantine
+
+T = TypeVar("T")
+
+
+@dataclass
+class ThreadStages:
+    """Pipeline stages in this process: each LM call in the pool, judging all at once."""
+
+    run: Callable[..., Any]  # run(fn, *args): fn(*args) in the pool, awaited
+    handle_for: Callable[[str], LMHandle]
+    program: MemeProgram | None
+    ledger: Ledger = field(default_factory=Ledger)
+    judge_ms: dict[str, float] = field(default_factory=dict)
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+        handle = self.handle_for(stage)
+        return await self.run(self.ledger.call, key, handle, lambda: fn(handle))
+
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                               Scores | None]:
+        """The three verifiers and the scorer at once; a verifier whose call fails is an
+        "unavailable" verdict; the scorer's failure matters only if the draft may be served."""
+        started = time.perf_counter()
+        program = self.program
+        calls = [self.call(v + suffix, v, lambda h, v=v: verify(h, v, draft, program))
+                 for v in VERIFIERS]
+        calls.append(self.call("score" + suffix, "score", lambda h: score(h, draft, program)))
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        self.judge_ms["judge" + suffix] = (time.perf_counter() - started) * 1000
+        verdicts = {}
+        for verifier, answer in zip(VERIFIERS, answers):
+            if isinstance(answer, (LMError, OutputError)):
+                answer = Verdict.unavailable(verifier, first_line(answer))
+            elif isinstance(answer, BaseException):
+                raise answer  # a bug, not an unavailable verifier
+            verdicts[verifier] = answer
+        scored = answers[-1]
+        if not isinstance(scored, BaseException):
+            return verdicts, scored
+        if decide(verdicts).refusal is not None:
+            return verdicts, None  # refused anyway; the missing score changes nothing
+        raise scored
+
+
+class InProcessEngine:
+    """Makes memes in this process; :meth:`close` when the gateway stops."""
+
+    name = INPROCESS
+
+    def __init__(self, cfg: Config, redis_url: str) -> None:
+        capacity = Capacities.of(cfg)
+        self.pool = ThreadPoolExecutor(capacity.inprocess_threads,
+                                       thread_name_prefix="memesys-inprocess")
+        handle_for = stage_handles(cfg.llm, cfg.pipeline.stage_timeout_s, redis_url,
+                                   cfg.redis.key_prefix, capacity.llm_processes)
+        self.maker = MemeMaker(load_configured(cfg.pipeline), handle_for,
+                               RefinePolicy.from_config(cfg.pipeline), cfg.pipeline.mode,
+                               INPROCESS)
+        self.client = connect(redis_url)
+        redis = cfg.redis
+        availability = availability_for(redis_url, "in-process engine",
+                                        redis.retry_backoff_initial_s, redis.retry_backoff_max_s)
+        self.store = MemeStore(self.client, redis.key_prefix, availability,
+                               Quarantine(self.client, redis.key_prefix, redis.quarantine_ttl_s))
+        self.cache_ttl_s = redis.cache_ttl_s
+        self.render_settings = RenderSettings.from_config(cfg.render)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the engine's pool, with this task's context (the deadline)."""
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(context.run, fn, *args))
+
+    async def generate(self, order: GenerateMeme, timeout_s: float) -> dict[str, Any]:
+        """One meme within ``timeout_s``; raises MemeFailed (or a store or render error,
+        each with its contract code)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                with llm_deadline.serving(time.time() + timeout_s):
+                    return await self.maker.make(order, Workshop(self))
+        except TimeoutError as exc:
+            raise MemeFailed(ErrorCode.TIMEOUT,
+                             f"the meme was not made within {timeout_s:.1f} s") from exc
+
+    async def cached(self, order: GenerateMeme) -> Optional[dict[str, Any]]:
+        """The cached meme for ``order`` (None: a miss), read straight from Redis: a hit
+        costs the gateway one trip to Redis, whichever engine would make the meme."""
+        meme = await self.run(self.store.cached, self.maker.key(order))
+        return None if meme is None else {**meme, "cached": True, "trace_id": order.trace_id}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+@dataclass
+class Workshop:
+    """A meme's steps placed in this process (:class:`~memesys.pipeline.making.Workshop`)."""
+
+    engine: InProcessEngine
+
+    async def cached(self, key: str) -> Optional[dict]:
+        return await self.engine.run(self.engine.store.cached, key)
+
+    async def store_up(self) -> bool:
+        return await self.engine.run(self.engine.store.ping)
+
+    async def render(self, order: RenderMeme) -> bytes:
+        return await self.engine.run(render_meme, order, self.engine.render_settings)
+
+    async def save(self, order: SaveMeme) -> str:
+        return await self.engine.run(self.engine.store.keep, order.meme, order.png,
+                                     order.cache_key, self.engine.cache_ttl_s)
+
+    async def pipeline(self, request: GenerateMeme, policy: RefinePolicy,
+                       drafted: Optional[CaptionHook]) -> tuple[PipelineResult,
+                                                                dict[str, float]]:
+        maker, engine = self.engine.maker, self.engine
+        fields = (request.topic, request.format, request.style, request.audience, request.seed,
+                  policy)
+        if maker.mode == SEQUENTIAL:
+            return await engine.run(functools.partial(run_sequential,
+                                                      program=maker.program.program),
+                                    maker.handle_for, *fields), {}
+        stages = ThreadStages(engine.run, maker.handle_for, maker.program.program)
+        return await run_pipeline(stages, *fields, drafted=drafted), stages.judge_ms

@@ -1,0 +1,191 @@
+"""One meme from topic to stored PNG, the same in both engines.
+
+cache → (store health for a fresh request) → the pipeline → render → save. What differs
+between the engines is only *where* each step runs, a :class:`Workshop`: the actor tree's
+pools (``memesys.tree.generator``) or this process (``memesys.inprocess``). Keeping the flow
+here, once, is what makes the A/B of the two engines a comparison of placements, not of two
+programs.
+
+The render is speculative: it starts as soon as the first caption exists and runs while that
+caption is judged, so it is off the critical path. The picture is used only if the caption
+that ships is the one it drew; a refinement that replaces the caption discards it and the
+final caption is drawn (:class:`Speculation`). In ``sequential`` mode (the reference path,
+every stage one after another) nothing is speculative.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+from dspy.utils.exceptions import LMError
+
+from memesys.domain.formats import UnknownFormat, get_format
+from memesys.domain.ids import new_id
+from memesys.domain.messages import GenerateMeme, RenderMeme, SaveMeme
+from memesys.errors import ErrorCode
+from memesys.llm.errors import failure_of
+from memesys.pipeline.decision import Refused
+from memesys.pipeline.errors import PipelineError
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.program import LoadedProgram
+from memesys.pipeline.record import build_meme, cache_key
+from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.stage import OutputError, first_line
+from memesys.pipeline.stages import PipelineResult
+from memesys.pipeline.writing import Caption
+
+PARALLEL = "parallel"
+SEQUENTIAL = "sequential"
+ACTORS = "actors"  # the engines a meme records as its maker
+INPROCESS = "inprocess"
+ENGINES = (ACTORS, INPROCESS)
+
+CaptionHook = Callable[[Caption], None]
+
+
+class MemeFailed(PipelineError):
+    """A meme that could not be made, with its contract code and the Retry-After the failure
+    asked for (None: the code's default)."""
+
+    def __init__(self, code: ErrorCode, message: str,
+                 retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retry_after = code, message, retry_after
+
+
+class Workshop(Protocol):
+    """Where one engine runs the steps of a meme. Each raises its failure with a contract code
+    (the actor tree: ``RequestFailed``; this process: :class:`MemeFailed`)."""
+
+    async def cached(self, key: str) -> Optional[dict]: ...
+
+    async def store_up(self) -> bool: ...
+
+    async def pipeline(self, request: GenerateMeme, policy: RefinePolicy,
+                       drafted: Optional[CaptionHook]) -> tuple[PipelineResult,
+                                                                dict[str, float]]:
+        """The stages of one meme (and the judging timings by key); ``drafted`` is called
+        with the first caption as soon as it is written (None: no speculation)."""
+        ...
+
+    async def render(self, order: RenderMeme) -> bytes: ...
+
+    async def save(self, order: SaveMeme) -> str: ...
+
+
+def render_order(caption: Caption, seed: int) -> RenderMeme:
+    fmt = get_format(caption.format)
+    return RenderMeme(fmt.name, fmt.layout, caption.texts, f"{fmt.name}:{seed}")
+
+
+class Speculation:
+    """The picture of the first caption, drawn while the caption is judged."""
+
+    def __init__(self, render: Callable[[RenderMeme], Awaitable[bytes]], seed: int) -> None:
+        self.render, self.seed = render, seed
+        self.order: Optional[RenderMeme] = None
+        self.task: Optional[asyncio.Future[bytes]] = None
+        self.discarded = 0
+
+    def start(self, caption: Caption) -> None:
+        self.order = render_order(caption, self.seed)
+        self.task = asyncio.ensure_future(self.render(self.order))
+
+    async def picture_for(self, caption: Caption) -> bytes:
+        """The PNG of ``caption``: the speculative one only if it drew exactly this caption."""
+        order = render_order(caption, self.seed)
+        if self.task is not None and order == self.order:
+            return await self.task
+        self.discard()
+        return await self.render(order)
+
+    def discard(self) -> None:
+        """Drop a picture nobody will use (its failure, if any, is nobody's either)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.task is not None:
+            self.task.add_done_callback(_swallow)
+            self.discarded += 1
+        self.task = None
+
+
+def _swallow(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass(frozen=True)
+class MemeMaker:
+    """The flow of one meme for an engine (``engine`` is what the meme records as its maker)."""
+
+    program: LoadedProgram
+    handle_for: Callable[[str], LMHandle]
+    policy: RefinePolicy
+    mode: str
+    engine: str
+
+    def key(self, request: GenerateMeme) -> str:
+        return cache_key(request, self.handle_for("write"), self.program.hash)
+
+    async def make(self, request: GenerateMeme, workshop: Workshop) -> dict[str, Any]:
+        timings: dict[str, float] = {}
+        began = clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = (now - clock) * 1000
+            clock = now
+
+        key = self.key(request)
+        # Fail fast while the store is down, before any LLM call: a meme that cannot be saved
+        # cannot be served by id or image_url, and its tokens would be spent for nothing. The
+        # cache lookup fails with store_error then; a fresh request asks the store's health.
+        if not request.fresh:
+            cached = await workshop.cached(key)
+            lap("cache")
+            if cached is not None:
+                return {**cached, "cached": True, "trace_id": request.trace_id}
+        elif not await workshop.store_up():
+            raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
+        speculation = Speculation(workshop.render, request.seed)
+        try:
+            result, judge_ms = await self._pipeline(
+                request, workshop, None if self.mode == SEQUENTIAL else speculation.start)
+            lap("pipeline")
+            png = await speculation.picture_for(result.caption)
+            lap("render")
+        finally:
+            speculation.discard()
+        timings.update(result.timings, **judge_ms)
+        timings["pipeline_total"] = timings.pop("total")
+        fmt = get_format(result.caption.format)
+        meme = build_meme(new_id(), request, fmt, result, self.mode, timings,
+                          self.program.provider, self.engine)
+        await workshop.save(SaveMeme(meme, png, None if request.fresh else key))
+        lap("store")
+        timings["total"] = (time.perf_counter() - began) * 1000
+        return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}
+
+    async def _pipeline(self, request: GenerateMeme, workshop: Workshop,
+                        drafted: Optional[CaptionHook]) -> tuple[PipelineResult,
+                                                                 dict[str, float]]:
+        try:
+            return await workshop.pipeline(request, self.policy, drafted)
+        except Refused as exc:
+            raise MemeFailed(exc.code, str(exc)) from exc
+        except UnknownFormat as exc:
+            raise MemeFailed(ErrorCode.INVALID_FIELD, f"format: {exc.args[0]}") from exc
+        except OutputError as exc:
+            raise MemeFailed(exc.code, f"the model's output is unusable: {exc}") from exc
+        except LMError as exc:
+            raise lm_failed(exc) from exc
+
+
+def lm_failed(exc: BaseException) -> MemeFailed:
+    """The failure of a meme whose LLM call failed: its contract code and Retry-After."""
+    failure = failure_of(exc)
+    return MemeFailed(failure.code, first_line(exc), failure.retry_after)

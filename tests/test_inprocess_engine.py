@@ -1,0 +1,114 @@
+"""The in-process engine (the A/B baseline and rollback switch): the same meme flow as the
+tree, run here against a real Redis and the real renderer, with the offline writer; and the
+speculative render, which must never ship the picture of a caption that was replaced."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from memesys.config import Config, load_layers
+from memesys.domain.formats import get_format
+from memesys.domain.messages import GenerateMeme, RenderMeme
+from memesys.errors import ErrorCode
+from memesys.inprocess.engine import InProcessEngine
+from memesys.pipeline.making import Speculation, render_order
+from memesys.pipeline.writing import Caption
+from memesys.render.meme import RenderSettings, render_meme
+
+TOPIC = "topic number 0 coffee"  # the offline writer's refinement replaces its caption
+
+
+def config(**env: str) -> Config:
+    base = {"MEMESYS_REDIS_KEY_PREFIX": f"inproc-{uuid.uuid4().hex[:8]}"}
+    return load_layers(None, env={**base, **env}).build()
+
+
+@pytest.fixture
+def engine_for(redis: str) -> Iterator:
+    made: list[InProcessEngine] = []
+
+    def build(**env: str) -> InProcessEngine:
+        made.append(InProcessEngine(config(**env), redis))
+        return made[-1]
+    yield build
+    for engine in made:
+        engine.close()
+
+
+def picture(meme: dict, settings: RenderSettings) -> bytes:
+    """What the renderer draws for the meme's own (final) caption."""
+    fmt = get_format(meme["format"])
+    texts = tuple(meme["texts"][slot.name] for slot in fmt.slots)
+    return render_meme(RenderMeme(fmt.name, fmt.layout, texts, f"{fmt.name}:{meme['seed']}"),
+                       settings)
+
+
+def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(engine_for) -> None:
+    engine = engine_for()
+    order = GenerateMeme(TOPIC, seed=3, trace_id="t1")
+    assert asyncio.run(engine.cached(order)) is None
+    meme = asyncio.run(engine.generate(order, 30))
+    assert meme["engine"] == "inprocess" and meme["cached"] is False
+    assert engine.store.get_png(meme["id"]) == picture(meme, engine.render_settings)
+    hit = asyncio.run(engine.cached(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
+    assert hit["id"] == meme["id"] and hit["cached"] is True and hit["trace_id"] == "t2"
+
+
+def test_a_refined_caption_never_ships_the_speculative_picture(engine_for) -> None:
+    unrefined = engine_for(MEMESYS_PIPELINE_MAX_REFINE_ROUNDS="0")
+    first = asyncio.run(unrefined.generate(GenerateMeme(TOPIC, seed=1, fresh=True), 30))
+    refined_engine = engine_for(MEMESYS_PIPELINE_REFINE_THRESHOLD="1.0")
+    meme = asyncio.run(refined_engine.generate(GenerateMeme(TOPIC, seed=1, fresh=True), 30))
+    # The premise: refinement replaced the first caption (else this test proves nothing).
+    assert meme["format"] == first["format"] and meme["texts"] != first["texts"]
+    assert list(meme["refinement"][0]["texts"]) == list(meme["texts"].values())
+    shipped = refined_engine.store.get_png(meme["id"])
+    settings = refined_engine.render_settings
+    assert shipped == picture(meme, settings)
+    assert shipped != picture(first, settings)  # the speculative picture of the first caption
+
+
+def test_the_speculative_picture_is_used_for_the_caption_it_drew_and_only_for_it() -> None:
+    drawn: list[RenderMeme] = []
+
+    async def render(order: RenderMeme) -> bytes:
+        drawn.append(order)
+        return render_meme(order, RenderSettings())
+
+    first = Caption("drake", ("coffee", "tea"), "", 0)
+    refined = Caption("drake", ("coffee!", "tea"), "", 0)
+
+    async def scenario(final: Caption) -> bytes:
+        speculation = Speculation(render, seed=7)
+        speculation.start(first)
+        await asyncio.sleep(0)
+        png = await speculation.picture_for(final)
+        speculation.discard()
+        return png
+
+    assert asyncio.run(scenario(first)) == render_meme(render_order(first, 7), RenderSettings())
+    assert drawn == [render_order(first, 7)]  # drawn once: the speculative picture was used
+    drawn.clear()
+    assert asyncio.run(scenario(refined)) == render_meme(render_order(refined, 7),
+                                                         RenderSettings())
+    assert drawn[-1] == render_order(refined, 7)
+
+
+def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away() -> None:
+    engine = InProcessEngine(config(), "redis://127.0.0.1:1/0")
+    try:
+        with pytest.raises(Exception) as failed:
+            asyncio.run(engine.generate(GenerateMeme("x", fresh=True), 10))
+        assert failed.value.code is ErrorCode.STORE_ERROR
+    finally:
+        engine.close()
+
+
+def test_a_meme_past_its_deadline_is_a_timeout(engine_for) -> None:
+    engine = engine_for()
+    with pytest.raises(Exception) as failed:
+        asyncio.run(engine.generate(GenerateMeme("slow coffee", fresh=True), 0.001))
+    assert failed.value.code is ErrorCode.TIMEOUT
