@@ -1,7 +1,9 @@
-"""The renderer's per-process caches (memesys.render.image).
+"""The renderer's per-process caches and its own PNG encoder (memesys.render.image).
 
 The background under the captions is cached per layout, caption count, key, size and template;
-what is cached must never be drawn on; every PNG stays valid and of the size asked for.
+what is cached must never be drawn on. The PNG is written by the module itself (Up filter +
+zlib), so it is checked against Pillow's decoder: valid chunks and CRCs, the size asked for and
+exactly the pixels that were drawn.
 """
 from __future__ import annotations
 
@@ -76,6 +78,20 @@ def test_every_format_gives_a_valid_png_of_the_configured_size(name: str) -> Non
                          height=height)
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and png.endswith(b"IEND\xaeB`\x82")
         assert _decode(png).size == (width, height)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1), (64, 64), (257, 131)])
+def test_the_encoder_is_lossless(size: tuple[int, int]) -> None:
+    rng = random.Random(1)  # noise: every byte value, differences that wrap around 0 and 255
+    img = Image.frombytes("RGB", size, bytes(rng.randrange(256) for _ in range(3 * size[0]
+                                                                              * size[1])))
+    decoded = _decode(render._encode_png(img))
+    assert decoded.tobytes() == img.tobytes()
+
+
+def test_the_encoder_converts_other_modes() -> None:
+    img = Image.new("RGBA", (10, 10), (10, 20, 30, 40))
+    assert _decode(render._encode_png(img)).getpixel((5, 5)) == (10, 20, 30)
 
 
 def test_the_cache_is_bounded_by_pixel_memory_and_drops_the_least_recently_used() -> None:
