@@ -133,6 +133,7 @@ async def client_run(port: int, concurrency: int, warmup: float, duration: float
     examples: dict[str, str] = {}  # the first message of each kind of failure
     outside: Counter[str] = Counter()  # failures completing in the warm-up or after the window
     modes: Counter[str] = Counter()
+    engines: Counter[str] = Counter()  # the engine of every meme answered, window or not
     done_outside = 0
     loop = asyncio.get_running_loop()
     begin = time.perf_counter()
@@ -171,6 +172,8 @@ async def client_run(port: int, concurrency: int, warmup: float, duration: float
                     failure = f"client {type(exc).__name__}"
                     examples.setdefault(failure, str(exc)[:200])
                 finished = time.perf_counter()
+                if meme is not None:
+                    engines[str(meme.get("engine"))] += 1
                 if not opens <= finished <= closes:
                     done_outside += 1
                     if failure:
@@ -189,7 +192,7 @@ async def client_run(port: int, concurrency: int, warmup: float, duration: float
             "rate": len(latencies) / duration, "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99), "errors": dict(errors),
             "errors_outside_window": dict(outside), "completed_outside_window": done_outside,
-            "examples": examples, "modes": dict(modes),
+            "examples": examples, "modes": dict(modes), "engines": dict(engines),
             "timings": {stage: median(values) for stage, values in timings.items()},
             "wall_s": time.perf_counter() - begin}
 
@@ -258,17 +261,23 @@ class Fake:
 
 
 class Daemon:
-    """``python run_system.py`` in one pipeline mode against the fake server."""
+    """``python run_system.py`` in one pipeline mode against the fake server.
 
-    def __init__(self, mode: str, fake_url: str, workdir: Path) -> None:
+    ``name`` (default: the mode) names its data dir, log and progress lines; ``env`` is added
+    to its environment last (e.g. ``MEMESYS_SYSTEM_ENGINE`` for bench.ab)."""
+
+    def __init__(self, mode: str, fake_url: str, workdir: Path, name: str = "",
+                 env: Optional[dict[str, str]] = None) -> None:
         self.mode = mode
+        self.name = name or mode
         self.port, self.admin_port = free_port(), free_port()
-        self.data_dir = workdir / f"daemon-{mode}"
-        self.log_path = workdir / f"daemon-{mode}.log"
+        self.data_dir = workdir / f"daemon-{self.name}"
+        self.log_path = workdir / f"daemon-{self.name}.log"
         self.env = base_env()
         self.env.update(BENCH_ENV)
         self.env.update({"OPENAI_BASE_URL": fake_url, "MEMESYS_PIPELINE_MODE": mode})
         self.env.update({name: value for name, (value, _) in OVERRIDES.items()})
+        self.env.update(env or {})
         self.proc: Optional[subprocess.Popen] = None
         self.sid: Optional[int] = None
         self.redis_pids: list[int] = []
@@ -284,16 +293,13 @@ class Daemon:
         return self
 
     def wait_ready(self) -> None:
-        import psutil
-
         from actors import system as actor_system
         run = _run_helpers()
         run.wait_http(self.port, "/readyz", self.proc, 0.05, READY_MAX_WAIT_S, self.log_path)
         self.sid = actor_system.session_id(self.admin_port)
         if self.sid is None:
-            raise RuntimeError(f"{self.mode} daemon: no actor admin on port {self.admin_port}")
-        self.redis_pids = [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)
-                           if c.name() == "redis-server"]
+            raise RuntimeError(f"{self.name} daemon: no actor admin on port {self.admin_port}")
+        self.redis_pids = redis_server_pids(self.proc.pid, self.sid)
 
     def roles(self) -> dict[int, str]:
         """pid -> role: the gateway, each pool and each kind of worker (from ``memesys.cli.admin
@@ -334,13 +340,31 @@ class Daemon:
             self.sid = actor_system.session_id(self.admin_port)
         code = run.stop_process(self.proc, STOP_MAX_WAIT_S)
         if code != 0:
-            note(f"{self.mode} daemon exited with {code}; log {self.log_path}")
+            note(f"{self.name} daemon exited with {code}; log {self.log_path}")
         left = run.wait_gone(self.sid, self.redis_pids + [self.proc.pid], 5.0)
         if left:
-            note(f"{self.mode} daemon: {len(left)} processes left after SIGTERM: {left}; "
+            note(f"{self.name} daemon: {len(left)} processes left after SIGTERM: {left}; "
                  "killing them by pid")
             run.kill_pids(left)
         return left
+
+
+def redis_server_pids(daemon_pid: int, sid: Optional[int]) -> list[int]:
+    """The embedded redis-server of a daemon: a child of the tree's redis/server actor (in a
+    session of its own, so not among the session's processes), or of the daemon process."""
+    import psutil
+
+    from actors import system as actor_system
+    parents = [psutil.Process(daemon_pid)]
+    parents += actor_system.session_processes(sid) if sid else []
+    pids = set()
+    for parent in parents:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in parent.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if child.name() == "redis-server":
+                        pids.add(child.pid)
+    return sorted(pids)
 
 
 class CpuMeter:
