@@ -256,6 +256,7 @@ def _line_gap(size: int) -> int:
     return size // 8
 
 
+@functools.lru_cache(maxsize=512)  # as _load_font: the fonts are the ones it keeps alive
 def _line_height(font: ImageFont.FreeTypeFont, size: int) -> int:
     return int(font.getbbox(_HEIGHT_PROBE)[3]) + 2 * _stroke_width(size)
 
