@@ -4,7 +4,7 @@ Frozen dataclasses, importable by module path; the correlation id lives on the e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
@@ -32,7 +32,7 @@ class RenderMeme:
 @dataclass(frozen=True)
 class SaveMeme:
     meme: dict
-    png: bytes
+    png: bytes = field(repr=False)  # ~100 KB: repr() of it alone took ~2 ms
     cache_key: Optional[str] = None
 
 
