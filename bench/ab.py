@@ -113,6 +113,7 @@ GROUP_ORDER = ("gateway", "generator workers", "verifier workers", "render worke
                "store workers", "rest of the actor session", "redis-server")
 
 POST_MARK = "mark"
+BARE_ROLE = "bare server"
 REQUEST_TIMEOUT_S = 60.0
 
 
@@ -144,11 +145,6 @@ _BEGAN = time.monotonic()
 
 def note(text: str) -> None:
     print(f"[bench.ab {time.monotonic() - _BEGAN:5.0f} s] {text}", file=sys.stderr, flush=True)
-
-
-def _pipeline() -> Any:
-    """bench.pipeline: Fake, Daemon, CpuMeter, run_client, base_env (it imports no memesys)."""
-    return pipeline
 
 
 def _run() -> Any:
@@ -245,6 +241,10 @@ async def post_step(port: int, path: str, body: bytes, concurrency: int, warmup:
         begin = time.perf_counter()
         measure_from = begin + warmup
         end = measure_from + duration
+        loop = asyncio.get_running_loop()
+        loop.call_later(warmup, lambda: print(json.dumps({POST_MARK: "start"}), flush=True))
+        loop.call_later(warmup + duration,
+                        lambda: print(json.dumps({POST_MARK: "end"}), flush=True))
 
         async def worker() -> None:
             nonlocal ok_total
@@ -319,7 +319,7 @@ class BareServer:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.ab", "--bare-server", "--port", str(self.port)],
-                cwd=REPO, env=_pipeline().base_env(), stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO, env=pipeline.base_env(), stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
 
     def wait_ready(self) -> None:
@@ -365,12 +365,12 @@ class Cell:
                       for run in self.runs if "cpu_s" in run)
 
 
-def group_roles(daemon: Any, fake_pid: int) -> dict[int, str]:
+def group_roles(daemon: Any, fake_pid: Optional[int] = None) -> dict[int, str]:
     """pid -> group of every process of one daemon, plus the fake server."""
-    pipeline = _pipeline()
     roles = {pid: GROUPS.get(role, "rest of the actor session")
              for pid, role in daemon.roles().items()}
-    roles[fake_pid] = pipeline.FAKE_ROLE
+    if fake_pid is not None:
+        roles[fake_pid] = pipeline.FAKE_ROLE
     return roles
 
 
@@ -383,18 +383,35 @@ def fetch_metrics(port: int) -> list[tuple[str, dict[str, str], float]]:
 
 
 def run_post_client(plan: list[dict], warmup: float, duration: float, workdir: Path,
-                    cleanup: contextlib.ExitStack) -> list[dict]:
+                    cleanup: contextlib.ExitStack, meter: Any = None) -> list[dict]:
+    """Runs the plan in one client process; with a meter, each step's result gets the CPU
+    seconds by group of its window (``cpu_s``), the client's own as "load client"."""
+    import psutil
+
     run = _run()
     log_path = workdir / "post-client.log"
     with open(log_path, "ab") as log:
         client = subprocess.Popen(
             [sys.executable, "-m", "bench.ab", "--post-client", "--plan", json.dumps(plan),
              "--warmup", str(warmup), "--duration", str(duration)],
-            cwd=REPO, env=_pipeline().base_env(), stdout=subprocess.PIPE, stderr=log,
+            cwd=REPO, env=pipeline.base_env(), stdout=subprocess.PIPE, stderr=log,
             stdin=subprocess.DEVNULL)
     cleanup.callback(run.stop_process, client)
-    results = [json.loads(line) for line in client.stdout]
+    if meter is not None:
+        meter.procs[client.pid] = (pipeline.CLIENT_ROLE, psutil.Process(client.pid))
+    results, marks = [], {}
+    for raw in client.stdout:
+        line = json.loads(raw)
+        if POST_MARK in line:
+            if meter is not None:
+                marks[line[POST_MARK]] = meter.snapshot()
+            continue
+        if meter is not None and "start" in marks and "end" in marks:
+            line["cpu_s"] = meter.by_role(marks.pop("start"), marks.pop("end"))
+        results.append(line)
     client.wait(timeout=30)
+    if meter is not None:
+        meter.procs.pop(client.pid, None)
     if client.returncode != 0 or len(results) != len(plan):
         raise RuntimeError(f"the post client failed; log {log_path}:\n{run.log_tail(log_path)}")
     return results
@@ -406,7 +423,6 @@ def run_post_client(plan: list[dict], warmup: float, duration: float, workdir: P
 def bench_engines(daemons: dict[str, Any], fake_pid: int, mode: Mode, workdir: Path,
                   cleanup: contextlib.ExitStack, failures: list[list[Any]],
                   messages: dict[str, str]) -> dict[tuple[str, int], Cell]:
-    pipeline = _pipeline()
     meters = {name: pipeline.CpuMeter(group_roles(daemons[name], fake_pid)) for name in ENGINES}
     cells = {(name, c): Cell(name, c) for name in ENGINES for c in LEVELS}
     for clients in LEVELS:
@@ -495,7 +511,6 @@ def report_engines(cells: dict[tuple[str, int], Cell], mode: Mode, cp_ms: float,
 
 
 def report_cpu(cells: dict[tuple[str, int], Cell], targets: list[Target]) -> list[str]:
-    pipeline = _pipeline()
     outside = (pipeline.FAKE_ROLE, pipeline.CLIENT_ROLE, pipeline.OTHERS)
     per = {key: cell.cpu_ms() for key, cell in cells.items()}
     columns = [(name, c) for name in ENGINES for c in LEVELS]
@@ -552,7 +567,11 @@ def bench_cached(daemon: Any, bare: BareServer, mode: Mode, workdir: Path,
                          "body": body, "concurrency": clients, "rep": rep})
     note(f"cached memes and bare handler: {len(plan)} steps of {mode.cached_warmup_s:g} s "
          f"warm-up + {mode.cached_s:g} s")
-    results = run_post_client(plan, mode.cached_warmup_s, mode.cached_s, workdir, cleanup)
+    roles = group_roles(daemon)
+    roles[bare.proc.pid] = BARE_ROLE
+    meter = pipeline.CpuMeter(roles)
+    results = run_post_client(plan, mode.cached_warmup_s, mode.cached_s, workdir, cleanup,
+                              meter)
     after = fetch_metrics(daemon.port)
     hits = (metric_sum(after, "memesys_cache_hits_total")
             - metric_sum(before, "memesys_cache_hits_total"))
@@ -588,6 +607,8 @@ def bench_cached(daemon: Any, bare: BareServer, mode: Mode, workdir: Path,
         f"check: memesys_cache_hits_total grew by {hits:.0f} for {answered} cached answers "
         f"(warm-ups included); memesys_memes_total grew by {made:.0f} (0 expected): "
         + ("agrees" if hits == answered and made == 0 else "DISAGREES")]
+    out.append("")
+    out.append(cached_cpu(results))
     p50 = pick("cached", 1, "p50_ms")
     targets.append(Target(f"cached meme p50 at 1 client <= {CACHED_P50_MS:g} ms",
                           f"{p50:.2f} ms (bare {pick('bare', 1, 'p50_ms'):.2f} ms)",
@@ -600,13 +621,36 @@ def bench_cached(daemon: Any, bare: BareServer, mode: Mode, workdir: Path,
     return out
 
 
+def cached_cpu(results: list[dict]) -> str:
+    """3b: CPU ms per request by process group, each route and level (median over runs)."""
+    columns = [(route, c) for c in (1, CACHED_CONCURRENCY) for route in ("bare", "cached")]
+    per: dict[tuple[str, int], dict[str, float]] = {}
+    for key in columns:
+        runs = [r for r in results if (r["route"], r["concurrency"]) == key and "cpu_s" in r
+                and r["n"]]
+        groups = {g for r in runs for g in r["cpu_s"]}
+        per[key] = {g: median(r["cpu_s"].get(g, 0.0) * 1000 / r["n"] for r in runs)
+                    for g in groups}
+    outside = (pipeline.CLIENT_ROLE, pipeline.OTHERS)
+    shown = [g for g in (*GROUP_ORDER, BARE_ROLE)
+             if any(per[key].get(g, 0.0) >= 0.0005 for key in columns)]
+    rows = [[g, *(per[key].get(g, 0.0) for key in columns)] for g in shown]
+    rows.append(["total (the server: the daemon, or the bare server)",
+                 *(sum(per[key].get(g, 0.0) for g in (*GROUP_ORDER, BARE_ROLE))
+                   for key in columns)])
+    rows += [[f"{g} (not in the total)", *(per[key].get(g, 0.0) for key in columns)]
+             for g in outside]
+    return table("3b. (diagnostic) CPU ms per request by process group (from /proc over each "
+                 "window, median over runs)",
+                 ["process group", *(f"{route} c={c}" for route, c in columns)], rows, digits=3)
+
+
 # -- 4: the A/B split -----------------------------------------------------------------------------
 
 
 def bench_split(daemon: Any, mode: Mode, rate_hint: float, workdir: Path,
                 cleanup: contextlib.ExitStack, targets: list[Target], failures: list[list[Any]],
                 messages: dict[str, str]) -> list[str]:
-    pipeline = _pipeline()
     before = fetch_metrics(daemon.port)
     engines: Counter[str] = Counter()
     errors: Counter[str] = Counter()
@@ -673,7 +717,6 @@ def bench_split(daemon: Any, mode: Mode, rate_hint: float, workdir: Path,
 def header(mode: Mode, llm_rps: str) -> str:
     import psutil
 
-    pipeline = _pipeline()
     busy = psutil.cpu_percent(interval=1.0) / 100 * (psutil.cpu_count() or 1)
     env = dict(pipeline.BENCH_ENV, MEMESYS_LLM_RATE_LIMIT_RPS=llm_rps)
     return "\n".join([
@@ -717,7 +760,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def orchestrate(mode: Mode, keep: bool, llm_rps: str) -> int:
     import psutil
 
-    pipeline, run = _pipeline(), _run()
+    run = _run()
     began = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="memesys-bench-ab-"))
     say(header(mode, llm_rps))
