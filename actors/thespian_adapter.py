@@ -30,16 +30,33 @@ private code for them. Each is pinned to that version: re-check them on any Thes
    (schedules a transmit and returns a ``TransmitTrack`` whose ``failed``/``failure`` tell
    the outcome) and ``_run_transport(..., txonly=True)`` (runs the transport until every
    scheduled transmit is done). A refused connection is known in under a millisecond.
+
+4. :func:`cheap_message_descriptions` -- stop formatting every message as text for DEBUG lines
+   that are then dropped. For every message, the sender calls ``TransmitIntent.identify()``
+   twice (``thesplog('Attempting intent %s', intent.identify(), level=DEBUG)`` in
+   ``system/systemCommon.py``, ``'actualTransmit of %s'`` in
+   ``system/transport/asyncTransportBase.py``) and the receiver ``ReceiveEnvelope.identify()``
+   once (``'ACTOR got %s'`` in ``system/actorManager.py``). The arguments are evaluated before
+   ``thesplog`` compares the level with ``THESPLOG_THRESHOLD`` (WARNING by default), and
+   ``identify()`` is ``str(message)``, cut to 150 characters only after the whole text is
+   built: the full ``repr`` of a reply carrying a PNG (~2 ms for 80 KB, three times a hop).
+   Both ``identify`` methods are replaced by versions that return a :class:`Described`,
+   formatted only if a log line is written, and then as :func:`describe`'s bounded text.
+   Applied when this module is imported (``actors.system`` imports it before the system
+   starts, so every forked Thespian process has it); ``tests/test_render_messages.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from thespian.actors import ActorAddress, ActorSystem
+from thespian.system import transport as thespian_transport  # (4) internal: identify()
 from thespian.system.transport import IPBase  # (1) internal: the bind address
 
 _TRANSMIT_SLICE = datetime.timedelta(seconds=0.5)
@@ -97,3 +114,107 @@ def transmit(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]],
     return [watch if isinstance(watch, NotSent) else
             NotSent("dead", f"{target} is gone ({watch.failure})") if watch.failed else
             late for (target, _), watch in zip(outgoing, watches)]
+
+
+# --- (4) message descriptions --------------------------------------------------------------
+
+SHOW_CHARS = thespian_transport.MAX_SHOWLEN  # what Thespian keeps of a message's text: 150
+
+
+class Described:
+    """Text made only when it is formatted (``str``, ``%s``); pickles as that text."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+
+    def __str__(self) -> str:
+        return self._make()
+
+    __repr__ = __str__
+
+    def __reduce__(self) -> tuple:
+        return (str, (str(self),))
+
+
+def describe(message: Any, room: int = SHOW_CHARS) -> str:
+    """A short text for ``message`` that formats no more of it than about ``room`` characters
+    need: bytes show as their size, strings and containers are cut, a dataclass shows its
+    ``repr`` fields; anything else is ``str()`` (Thespian's own messages, addresses)."""
+    try:
+        return _describe(message, room)
+    except Exception:
+        return "<message>"
+
+
+def _describe(obj: Any, room: int) -> str:
+    if isinstance(obj, (bytes, bytearray)):
+        return f"<{len(obj)} bytes>"
+    if isinstance(obj, memoryview):
+        return f"<{obj.nbytes} bytes>"
+    if isinstance(obj, str):
+        return repr(obj) if len(obj) <= room else repr(obj[:max(room, 8)]) + "..."
+    if room <= 0:
+        return "..."
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = ((f"{f.name}=", getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr)
+        return _describe_items(f"{type(obj).__name__}(", fields, ")", room)
+    if isinstance(obj, dict):
+        pairs = ((f"{_describe(k, 40)}: ", v) for k, v in obj.items())
+        return _describe_items("{", pairs, "}", room)
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        opening, closing = {list: ("[", "]"), tuple: ("(", ")")}.get(type(obj), ("{", "}"))
+        return _describe_items(opening, (("", v) for v in obj), closing, room)
+    text = str(obj)
+    return text if len(text) <= room else text[:room] + "..."
+
+
+def _describe_items(opening: str, items: Iterable[tuple[str, Any]], closing: str,
+                    room: int) -> str:
+    parts: list[str] = []
+    used = len(opening)
+    for prefix, value in items:
+        if used >= room:
+            parts.append("...")
+            break
+        part = prefix + _describe(value, room - used - len(prefix))
+        parts.append(part)
+        used += len(part) + 2
+    return opening + ", ".join(parts) + closing
+
+
+def _receive_identify(self: Any) -> Described:
+    return Described(lambda: f"ReceiveEnvelope(from: {self.sender}, "
+                             f"msg: {describe(self.message)})")
+
+
+def _transmit_identify(self: Any) -> Described:
+    """Thespian 4.0.1's ``TransmitIntent.identify`` with :func:`describe` for ``str(message)``."""
+    def text() -> str:
+        parts = [
+            str(self.targetAddr),
+            "pending" if self.result is None else "=" + str(self.result),
+            "" if self.result is not None else "ExpiresIn_" + str(self.delay()),
+            "WAITSLOT" if getattr(self, "_awaitingTXSlot", False) else None,
+            "retry#%d" % self._attempts if self._attempts else "",
+            str(type(self.message)), describe(self.message),
+            "quit_%s" % str(self._quitTime.view().remaining()),
+            "retry_%s" % str(self._retryTime.view().remaining())
+            if getattr(self, "_retryTime", None) else None,
+            "pause_%s" % str(self._pauseUntil.view().remaining())
+            if getattr(self, "_pauseUntil", None) else None,
+        ]
+        return "TransportIntent(" + "-".join(filter(None, parts)) + ")"
+    return Described(text)
+
+
+def cheap_message_descriptions() -> None:
+    """(4) Make ``identify()`` of Thespian's envelopes and transmit intents lazy and bounded,
+    in this process and its future forks. Idempotent."""
+    thespian_transport.ReceiveEnvelope.identify = _receive_identify
+    thespian_transport.ReceiveEnvelope.__str__ = lambda self: str(self.identify())
+    thespian_transport.TransmitIntent.identify = _transmit_identify
+
+
+cheap_message_descriptions()
