@@ -134,3 +134,28 @@ def test_without_redis_the_breaker_is_the_process_own(fake: FakeOpenAI,
     fake.config.fail_status = 500
     assert [call(engine) for _ in range(4)] == ["server", "server", "open", "open"]
     assert fake.attempts == 2
+
+
+def breaker_commands(client) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            for name in ("get", "mget", "set", "incr")}
+
+
+def test_a_closed_breaker_costs_one_redis_read_per_successful_call(fake: FakeOpenAI,
+                                                                   redis: str) -> None:
+    import redis as redis_client
+    client = redis_client.Redis.from_url(redis)
+    engine = make_engine(fake.url, **policy(redis))
+    assert call(engine) == "ok"  # the breaker's keys exist from here on
+    before = breaker_commands(client)
+    assert [call(engine) for _ in range(20)] == ["ok"] * 20
+    spent = {k: v - before[k] for k, v in breaker_commands(client).items()}
+    # at most one MGET of state and failure count each (a read younger than 10 ms is reused);
+    # pybreaker's own storage: two GETs and a SET each
+    assert 1 <= spent.pop("mget") <= 20 and spent == {"get": 0, "set": 0, "incr": 0}, spent
+    fake.config.fail_status = 500
+    assert call(engine) == "server"  # a failure is counted...
+    fake.config.fail_status = None
+    assert call(engine) == "ok"  # ...and the next success clears the run
+    assert int(client.get(engine.breaker.cb._state_storage._namespace("fail_counter"))) == 0

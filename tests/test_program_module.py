@@ -383,3 +383,23 @@ def test_the_daemon_runs_the_configured_program(tmp_path: Path, mode: str) -> No
     assert {"select", "write", *VERIFIERS, "score"} <= set(by_stage)
     assert [m["role"] for m in by_stage["write"][0]] == ["system", "user", "assistant", "user"]
     assert again["cached"] is True and again["id"] == meme["id"]
+
+
+def test_the_stage_adapter_formats_every_signature_as_dspy_does(tmp_path) -> None:
+    """Its cached system message is ChatAdapter's own, for the built-in program and for one
+    loaded from a file with edited instructions (another signature, another entry)."""
+    from memesys.pipeline.stage import StageAdapter
+    original = builtin().program
+    path = tmp_path / "edited.json"
+    edited = copy.deepcopy(original)
+    edited.write.signature = edited.write.signature.with_instructions("Be brief.")
+    edited.save(str(path))
+    for program in (original, load_program(str(path)).program):
+        for stage in STAGES:
+            signature = program.predictor(stage).signature
+            inputs = {name: "x" for name in signature.input_fields}
+            for _ in range(2):  # the second call is served from the cache
+                assert (StageAdapter().format(signature, [], inputs)
+                        == dspy.ChatAdapter().format(signature, [], inputs)), stage
+    assert "Be brief." in StageAdapter().format_system_message(
+        load_program(str(path)).program.write.signature)

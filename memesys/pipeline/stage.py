@@ -12,6 +12,7 @@ fault, never a pass).
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import dspy
@@ -36,6 +37,27 @@ class OutputError(PipelineError, ValueError):
     def __init__(self, message: str, tokens: int = 0) -> None:
         self.tokens = tokens
         super().__init__(message)
+
+
+class StageAdapter(dspy.ChatAdapter):
+    """DSPy's ChatAdapter with the system message of each signature built once.
+
+    That message (field descriptions, structure, task) depends on the signature alone, yet
+    ChatAdapter rebuilds it on every call, with a pydantic TypeAdapter per field: about a third
+    of a stage call's CPU outside the HTTP exchange (bench/README.md, "Where the CPU goes").
+    Signatures are classes, so they key the cache; a program has a handful of them."""
+
+    def format_system_message(self, signature: type[dspy.Signature]) -> str:
+        return _system_message(signature)
+
+
+@functools.lru_cache(maxsize=64)
+def _system_message(signature: type[dspy.Signature]) -> str:
+    return dspy.ChatAdapter.format_system_message(_PLAIN, signature)
+
+
+_PLAIN = dspy.ChatAdapter()
+ADAPTER = StageAdapter()
 
 
 def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
@@ -64,7 +86,9 @@ def run(handle: LMHandle, stage: str, program: MemeProgram | None,
         )
         program = default_program()
     predictor = program.predictor(stage)
-    with dspy.context(lm=handle.lm), dspy.track_usage() as tracker:
+    # DSPy's default adapter, its system message cached; one the caller set is kept
+    adapter = dspy.settings.adapter or ADAPTER
+    with dspy.context(lm=handle.lm, adapter=adapter), dspy.track_usage() as tracker:
         try:
             prediction = predictor(**inputs)
         except LMError as exc:
