@@ -534,6 +534,23 @@ def report_cpu(cells: dict[tuple[str, int], Cell], targets: list[Target]) -> lis
         if stolen > 0.05 * cores:
             out.append(f"warning: other processes took {stolen:.2f} cores in the {key[0]} "
                        f"c={key[1]} windows (the idle daemon of the other engine included)")
+    # Informative: what idle cores would allow at CPU_LEVEL, from each daemon's own CPU per
+    # meme. The in-process engine's memes are made in one process whose Python runs under one
+    # GIL: about one core of gateway work at most (C code that drops the GIL aside).
+    act_ceiling = cores / (totals[(ACTORS, CPU_LEVEL)] / 1000)
+    gateway_ms = per[(INPROCESS, CPU_LEVEL)].get("gateway", float("nan"))
+    inp_ceiling = min(cores / (totals[(INPROCESS, CPU_LEVEL)] / 1000), 1000 / gateway_ms)
+    taken = {key[0]: cells[key].cores_busy(lambda g: g in outside) for key in columns
+             if key[1] == CPU_LEVEL}
+    out.append(f"(informative) CPU ceilings at {CPU_LEVEL} clients with {cores} idle cores: "
+               f"actors {cores} / {totals[(ACTORS, CPU_LEVEL)]:.1f} ms = {act_ceiling:.1f} "
+               f"memes/s; inprocess min({cores} / {totals[(INPROCESS, CPU_LEVEL)]:.1f} ms, "
+               f"1 core / {gateway_ms:.1f} ms of gateway: one process, its Python under one "
+               f"GIL) = "
+               f"{inp_ceiling:.1f} memes/s; ratio {act_ceiling / inp_ceiling:.2f}x. In the "
+               f"windows the fake, the client and other processes took "
+               f"{taken.get(ACTORS, float('nan')):.2f} (actors) and "
+               f"{taken.get(INPROCESS, float('nan')):.2f} (inprocess) cores")
     act = totals[(ACTORS, CPU_LEVEL)]
     targets.append(Target(f"actors CPU per meme <= {CPU_PER_MEME_MS:g} ms at {CPU_LEVEL} clients",
                           f"{act:.1f} ms (inprocess {totals[(INPROCESS, CPU_LEVEL)]:.1f} ms)",
