@@ -48,9 +48,11 @@ _DRAIN_POLL_S = 0.02
 
 class AsyncActor(BaseActor):
     """A leaf actor whose ``handle`` may return a coroutine. Set ``max_in_flight`` in
-    ``on_start`` (default 64)."""
+    ``on_start`` (default 64), and ``blocking_per_request`` if a request runs more than one
+    blocking call at once (the thread pool holds that many per request in flight)."""
 
     max_in_flight = 64
+    blocking_per_request = 1
     reply_margin_s = 0.25  # sub-asks end this long before the served request's deadline
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -155,10 +157,11 @@ class AsyncActor(BaseActor):
                                transientUnique=True)
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
-            # Blocking calls (asyncio.to_thread) may be as many as the requests in flight;
-            # the default executor's min(32, cores + 4) threads would queue them on 2 cores.
-            loop.set_default_executor(ThreadPoolExecutor(self.max_in_flight,
-                                                         f"{self.name}-blocking"))
+            # Blocking calls (asyncio.to_thread) may be as many as the requests in flight (times
+            # the calls each runs at once); the default executor's min(32, cores + 4) threads
+            # would queue them on 2 cores.
+            loop.set_default_executor(ThreadPoolExecutor(
+                self.max_in_flight * self.blocking_per_request, f"{self.name}-blocking"))
             self.bridge = Bridge(asys)
             loop.run_until_complete(self.bridge.start())
             self.directory = Directory(self.bridge, self.root)

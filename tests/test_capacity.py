@@ -19,12 +19,12 @@ def test_every_capacity_follows_the_memes_in_flight() -> None:
                     "MEMESYS_WORKERS_MAX_IN_FLIGHT_PER_WORKER": "10"})
     cap = Capacities.of(cfg)
     assert (cap.memes, cap.generation_slots) == (30, 25)
-    assert cap.verify_per_worker == 4 * 30 and cap.verify_per_sender == 4 * 10
+    assert cap.verify_per_worker == 30 and cap.verify_per_sender == 10
     pools = {c.name: c.args for c in root_spec(cfg, "redis://127.0.0.1:1/0").args.children
              if c.name in (STORE, RENDER, VERIFY, GENERATOR)}
     assert pools[GENERATOR].max_outstanding == 10
     assert pools[GENERATOR].worker_args.max_in_flight == 10
-    assert pools[VERIFY].max_outstanding == 40 and pools[VERIFY].worker_args.max_in_flight == 120
+    assert pools[VERIFY].max_outstanding == 10 and pools[VERIFY].worker_args.max_in_flight == 30
     assert pools[RENDER].max_outstanding >= 10 and pools[STORE].max_outstanding >= 10
 
 

@@ -22,7 +22,7 @@ import memesys
 from actors.base import RequestFailed
 from memesys.config import load
 from memesys.domain.formats import get_format
-from memesys.domain.messages import GenerateMeme, Judgement, RunScore, RunVerifier
+from memesys.domain.messages import GenerateMeme, JudgeDraft, Judgement, Judgements
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import build_lm, offline_lm
 from memesys.pipeline.program import (
@@ -351,12 +351,14 @@ def test_a_verifier_worker_judges_with_its_program(tmp_path: Path) -> None:
     assert worker.program.hash == loaded.hash
     assert [n for n, _ in worker.program.program.named_predictors()] == list(STAGES)
     draft = Draft("coffee", "drake", ("Tea", "Coffee"))
-    answer = asyncio.run(worker.handle(RunVerifier("factuality", draft, loaded.hash)))
-    assert isinstance(answer, Judgement) and answer.result.status == "passed"
-    assert isinstance(asyncio.run(worker.handle(RunScore(draft, ""))), Judgement)
+    answers = dict(asyncio.run(worker.handle(JudgeDraft(draft, loaded.hash))).answers)
+    assert set(answers) == {*VERIFIERS, "score"}
+    assert all(isinstance(answer, Judgement) for answer in answers.values())
+    assert answers["factuality"].result.status == "passed"
+    assert isinstance(asyncio.run(worker.handle(JudgeDraft(draft, ""))), Judgements)
     # A generator that runs another program (the file changed in between) is refused.
     with pytest.raises(RequestFailed, match=f"this verifier runs program {loaded.hash}"):
-        worker.handle(RunScore(draft, builtin().hash))
+        worker.handle(JudgeDraft(draft, builtin().hash))
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 """Every internal capacity, derived from one figure: the memes the tree holds at once.
 
 ``memes = workers.generators × workers.max_in_flight_per_worker``. Each meme in flight holds
-at most one request on the store or the render pool at a time and
-``JUDGING_CALLS_PER_MEME`` on the verifier pool, so bounds derived from it can never refuse
-work the gateway admitted: the tree says ``overloaded`` only when something is wrong, and
+at most one request on the store and the verifier pool at a time and two on the render pool
+(its picture is drawn while it is judged, and a picture a refinement made useless may still be
+out when the final one is asked), and its judging request runs ``JUDGING_CALLS_PER_MEME`` calls at once
+in the verifier worker's threads, so bounds derived from it can never refuse work the gateway
+admitted: the tree says ``overloaded`` only when something is wrong, and
 the gateway, which admits at most ``generation_slots`` generations at once and queues the
 rest, is the one place where load is shed.
 
@@ -26,8 +28,8 @@ class Capacities:
     memes: int  # memes the generator pool holds at once
     generation_slots: int  # synchronous generations the gateway runs at once (the rest wait)
     per_generator: int  # requests one generator worker holds (the pool's bound per sender)
-    verify_per_sender: int  # judging calls one generator may have on one verifier worker
-    verify_per_worker: int  # judging calls one verifier worker holds from everyone
+    verify_per_sender: int  # drafts one generator may have judged on one verifier worker
+    verify_per_worker: int  # drafts one verifier worker judges at once, from everyone
     render_per_sender: int
     store_per_sender: int
     llm_processes: int  # processes that share the LLM limits (each takes its share)
@@ -42,9 +44,9 @@ class Capacities:
             memes=memes,
             generation_slots=memes - cfg.tasks.max_in_flight,
             per_generator=per_generator,
-            verify_per_sender=JUDGING_CALLS_PER_MEME * per_generator,
-            verify_per_worker=JUDGING_CALLS_PER_MEME * memes,
-            render_per_sender=per_generator,
+            verify_per_sender=per_generator,
+            verify_per_worker=memes,
+            render_per_sender=2 * per_generator,
             # the gateway's reads and the task group's records share the store with the memes
             store_per_sender=max(per_generator, cfg.gateway.max_in_flight, cfg.tasks.max_in_flight),
             llm_processes=workers.generators + workers.verifiers + int(uses_inprocess(cfg)),

@@ -116,23 +116,23 @@ class RunnerReady:
 
 
 @dataclass(frozen=True)
-class RunVerifier:
-    """For the verifier pool: run one verifier on a draft; the answer is a ``Judgement``.
+class JudgeDraft:
+    """For the verifier pool: the three verifiers and the scorer on one draft, all at once in
+    one worker (one message each way instead of four); the answer is a ``Judgements``.
     ``program``: the hash of the program the asking generator runs ("" for any); a worker that
     runs another program refuses."""
 
-    verifier: str
     draft: Any  # memesys.pipeline.draft.Draft
     program: str = ""
 
 
 @dataclass(frozen=True)
-class RunScore:
-    """For the verifier pool: score a draft; the answer is a ``Judgement``. ``program`` as in
-    RunVerifier."""
+class Judgements:
+    """What each judging stage said, by stage name (the verifiers, "score"): its
+    ``Judgement``, or the ``actors.messages.Failure`` of its call (code, message,
+    retry_after) for the generator to turn into an unavailable verdict or a failed meme."""
 
-    draft: Any  # memesys.pipeline.draft.Draft
-    program: str = ""
+    answers: tuple[tuple[str, Any], ...]
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Each worker is an async actor; a meme is one coroutine. Its stages are the pipel
 :mod:`memesys.pipeline.stages`, placed by ``pipeline.mode``:
 
 - ``parallel``: select, write and refine run here (in threads: DSPy is synchronous); the three
-  verifiers and the scorer go to the verifier pool at once, each with its own deadline, and
-  a verifier that fails or misses its deadline is an "unavailable" verdict;
+  verifiers and the scorer of a draft go to the verifier pool as one request, run there at
+  once, and a verifier whose call fails (or the whole request, missing its deadline) is an
+  "unavailable" verdict;
 - ``sequential``: the reference path, every stage one after another in one thread here.
 
 The render pool draws the PNG (in ``parallel`` mode while the first caption is judged) and the
@@ -28,18 +29,18 @@ from typing import Any, Callable, TypeVar
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from actors.bridge import RemoteFailure
+from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.messages import (
     CachedMeme,
     GenerateMeme,
+    JudgeDraft,
     Judgement,
+    Judgements,
     RenderMeme,
-    RunScore,
-    RunVerifier,
     SaveMeme,
     StoreHealth,
 )
-from memesys.errors import ErrorCode
 from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
@@ -47,7 +48,6 @@ from memesys.pipeline.making import ACTORS, SEQUENTIAL, CaptionHook, MemeFailed,
 from memesys.pipeline.program import MemeProgram, load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
-from memesys.pipeline.stage import first_line
 from memesys.pipeline.stages import (
     Ledger,
     PipelineResult,
@@ -94,36 +94,37 @@ class PoolStages:
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
                                                                Scores | None]:
+        """One JudgeDraft to the verifier pool: a stage that failed, or all of them if the
+        ask did, is an unavailable verdict; a failed scorer fails the meme unless the
+        verdicts refuse it anyway."""
         started = time.perf_counter()
-        asks = ([RunVerifier(v, draft, self.program_hash) for v in VERIFIERS]
-                + [RunScore(draft, self.program_hash)])
-        answers = await asyncio.gather(
-            *(self.worker.ask(VERIFY, ask, self.deadline_s, idempotent=True) for ask in asks),
-            return_exceptions=True)
+        try:
+            judged: Judgements = await self.worker.ask(
+                VERIFY, JudgeDraft(draft, self.program_hash), self.deadline_s, idempotent=True)
+            answers, lost = dict(judged.answers), None
+        except RemoteFailure as exc:
+            answers, lost = {}, exc.failure
         self.judge_ms["judge" + suffix] = (time.perf_counter() - started) * 1000
         verdicts = {}
-        for (verifier, answer) in zip(VERIFIERS, answers):
+        for verifier in VERIFIERS:
+            answer = answers.get(verifier, lost)
             if isinstance(answer, Judgement):
                 verdicts[verifier] = answer.result
                 self.ledger.record(verifier + suffix, answer.run)
             else:
                 verdicts[verifier] = Verdict.unavailable(verifier, _why(answer))
-        scored = answers[-1]
+        scored = answers.get("score", lost)
         if isinstance(scored, Judgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
         if decide(verdicts).refusal is not None:
             return verdicts, None  # refused anyway; the missing score changes nothing
-        failure = scored.failure if isinstance(scored, RemoteFailure) else None
-        raise RequestFailed(failure.code if failure else ErrorCode.LLM_UNAVAILABLE,
-                            f"the scorer failed: {_why(scored)}",
-                            getattr(failure, "retry_after", None))
+        raise RequestFailed(scored.code, f"the scorer failed: {_why(scored)}",
+                            scored.retry_after)
 
 
-def _why(answer: BaseException) -> str:
-    if isinstance(answer, RemoteFailure):
-        return f"{answer.failure.code}: {answer.failure.message}"
-    return first_line(answer)
+def _why(failure: Failure) -> str:
+    return f"{failure.code}: {failure.message}"
 
 
 class GeneratorWorker(AsyncActor):

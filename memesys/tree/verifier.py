@@ -1,9 +1,11 @@
-"""The verifier pool's workers: the three verifiers and the scorer, each call on its own.
+"""The verifier pool's workers: the three verifiers and the scorer of a draft, all at once.
 
-A worker is an async actor, so one process holds many judging calls at once (each LM call runs
-in a thread: DSPy's stages are synchronous). It answers a :class:`Judgement` (the Verdict or
-Scores and the stage run: provider, model, tokens, ms). An LM failure or unusable output is a
-failure of that one request; the generator decides what it means (decision.decide). Each
+A worker is an async actor, so one process holds many drafts' judging at once (each LM call
+runs in a thread: DSPy's stages are synchronous). A :class:`JudgeDraft` is answered with one
+:class:`Judgements`: per stage, a :class:`Judgement` (the Verdict or Scores and the stage run:
+provider, model, tokens, ms) or the failure of that stage's call (an LM failure or unusable
+output); the generator decides what it means (decision.decide). One message each way per
+draft, not one per stage: a hop costs CPU on both ends. Each
 worker runs the predictors of its own copy of the program (``pipeline.program_path``), and
 refuses a request from a generator that runs another one.
 """
@@ -19,9 +21,11 @@ from dspy.utils.exceptions import LMError
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from memesys.config import LLMConfig, PipelineConfig
-from memesys.domain.messages import Judgement, RunScore, RunVerifier
+from memesys.config.capacity import JUDGING_CALLS_PER_MEME
+from memesys.domain.messages import JudgeDraft, Judgement, Judgements
 from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, served
+from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.scoring import score
@@ -61,23 +65,33 @@ def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any],
 class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
         self.max_in_flight = args.max_in_flight
+        self.blocking_per_request = JUDGING_CALLS_PER_MEME  # a draft's stages run at once
         self.handle_for = stage_handles(args.llm, args.stage_timeout_s, args.redis_url,
                                         args.key_prefix, args.llm_processes)
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:
-        if isinstance(payload, (RunVerifier, RunScore)):
+        if isinstance(payload, JudgeDraft):
             self._same_program(payload.program)
-        program = self.program.program
-        if isinstance(payload, RunVerifier) and payload.verifier in VERIFIERS:
-            handle = self.handle_for(payload.verifier)
-            return asyncio.to_thread(under_deadline, run_stage, handle,
-                                     lambda h: verify(h, payload.verifier, payload.draft, program),
-                                     payload.verifier)
-        if isinstance(payload, RunScore):
-            return asyncio.to_thread(under_deadline, run_stage, self.handle_for("score"),
-                                     lambda h: score(h, payload.draft, program))
+            return self.judge(payload.draft)
         return super().handle(payload)
+
+    async def judge(self, draft: Draft) -> Judgements:
+        """Every judging stage at once; a stage whose call fails answers its Failure (a bug in
+        one crashes the worker, as in any handler)."""
+        program = self.program.program
+        stages: list[tuple[str, Callable[[LMHandle], Any]]] = [
+            (v, lambda h, v=v: verify(h, v, draft, program)) for v in VERIFIERS]
+        stages.append(("score", lambda h: score(h, draft, program)))
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(under_deadline, run_stage, self.handle_for(name), fn, name)
+              for name, fn in stages), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, RequestFailed):
+                raise answer
+        return Judgements(tuple(
+            (name, answer.failure if isinstance(answer, RequestFailed) else answer)
+            for (name, _), answer in zip(stages, answers)))
 
     def _same_program(self, wanted: str) -> None:
         """Judge only for a generator running this worker's program (its file changed between
