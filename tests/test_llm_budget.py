@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from memesys.errors import ErrorCode
+from memesys.llm import budget as budget_module
 from memesys.llm import bulkhead
 from memesys.llm.budget import Budget, day, parse_prices, until_midnight_utc
 from memesys.llm.errors import LLMCallError, failure_of
@@ -107,3 +108,19 @@ def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> N
     assert status == 503 and b'"budget_exhausted"' in body, body
     assert abs(int(headers["Retry-After"]) - until_midnight_utc()) < 10
     assert fake.attempts == sent
+
+
+@pytest.mark.store
+def test_without_a_budget_the_counts_reach_redis_once_a_second(fake: FakeOpenAI,
+                                                               redis: str) -> None:
+    knobs = {"daily_token_budget": 0, "redis_url": redis,
+             "key_prefix": f"t{uuid.uuid4().hex[:6]}", "max_attempts": 1}
+    engine = make_engine(fake.url, **knobs)
+    view = Budget(0, {}, redis, knobs["key_prefix"])
+    for _ in range(5):
+        engine.complete(REQUEST)
+    # accounting only: not a round trip per call (at most one of these calls wrote)
+    assert view.used_today() < engine.budget.tokens
+    time.sleep(budget_module.FLUSH_EVERY_S + 0.05)
+    engine.complete(REQUEST)  # a second later, the next call writes everything
+    assert view.used_today() == engine.budget.tokens

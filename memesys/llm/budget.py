@@ -7,6 +7,11 @@ with per-model fields in the hash ``<key_prefix>:llm:usage:<YYYY-MM-DD>``. With
 reach it: ``budget_exhausted`` with Retry-After = seconds until midnight UTC. A call in flight
 when the budget is reached finishes (the budget may be overshot by the calls in flight).
 
+Without a budget the counts are accounting only: a process adds them to Redis at most once a
+second (``FLUSH_EVERY_S``, on its next answered call, like the metrics), not on every call,
+which would cost each stage call a Redis round trip; with a budget every call's tokens are
+written at once, so every process refuses as soon as the day's budget is spent.
+
 Prices (``[llm] prices``): ``"model=in:out,model=in:out"``, US dollars per 1000 input
 (prompt) and output (completion) tokens, e.g. ``"gpt-4o-mini=0.00015:0.0006"``; a model
 without a price costs 0. Redis unreachable: the budget is not enforced (logged), the process
@@ -25,6 +30,7 @@ import redis
 log = logging.getLogger("memesys.llm.budget")
 
 KEEP_S = 2 * 86400
+FLUSH_EVERY_S = 1.0
 
 
 class BudgetSpent(Exception):
@@ -73,6 +79,8 @@ class Budget:
         self.local_tokens: dict[str, int] = {}  # this process, by day
         self.tokens = 0
         self.cost = 0.0
+        self._pending: dict[tuple[str, str], list[float]] = {}  # (day, model): [tokens, cost]
+        self._flushed = time.monotonic()
 
     def cost_of(self, model: str, prompt: int, completion: int) -> float:
         given, taken = self.prices.get(model, (0.0, 0.0))
@@ -105,21 +113,40 @@ class Budget:
             self.tokens += total
             self.cost += cost
             self.local_tokens = {today: self.local_tokens.get(today, 0) + total}
-        if self._redis is not None and total:
-            try:
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.incrby(f"{self.prefix}:tokens:{today}", total)
+            if self._redis is None or not total:
+                return cost
+            pending = self._pending.setdefault((today, model), [0, 0.0])
+            pending[0] += total
+            pending[1] += cost
+            due = (self.daily_tokens > 0
+                   or time.monotonic() - self._flushed >= FLUSH_EVERY_S)
+        if due:
+            self.flush()
+        return cost
+
+    def flush(self) -> None:
+        """Add the counts not yet in Redis."""
+        if self._redis is None:
+            return
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._flushed = time.monotonic()
+        if not pending:
+            return
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for (today, model), (total, cost) in pending.items():
+                pipe.incrby(f"{self.prefix}:tokens:{today}", int(total))
                 pipe.expire(f"{self.prefix}:tokens:{today}", KEEP_S)
                 pipe.incrbyfloat(f"{self.prefix}:cost:{today}", cost)
                 pipe.expire(f"{self.prefix}:cost:{today}", KEEP_S)
-                pipe.hincrby(f"{self.prefix}:usage:{today}", f"{model}:tokens", total)
+                pipe.hincrby(f"{self.prefix}:usage:{today}", f"{model}:tokens", int(total))
                 pipe.hincrbyfloat(f"{self.prefix}:usage:{today}", f"{model}:cost", cost)
                 pipe.expire(f"{self.prefix}:usage:{today}", KEEP_S)
-                pipe.execute()
-            except redis.RedisError as exc:
-                log.warning("llm budget: Redis unreachable (%s): %d tokens not shared", exc,
-                            total)
-        return cost
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("llm budget: Redis unreachable (%s): %d tokens not shared", exc,
+                        sum(int(total) for total, _ in pending.values()))
 
 
 _budgets: dict[tuple[str, str, int, str], Budget] = {}
