@@ -49,11 +49,11 @@ def picture(meme: dict, settings: RenderSettings) -> bytes:
 def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(engine_for) -> None:
     engine = engine_for()
     order = GenerateMeme(TOPIC, seed=3, trace_id="t1")
-    assert asyncio.run(engine.cached(order)) is None
+    assert asyncio.run(engine.look_up(order)) is None
     meme = asyncio.run(engine.generate(order, 30))
     assert meme["engine"] == "inprocess" and meme["cached"] is False
     assert engine.store.get_png(meme["id"]) == picture(meme, engine.render_settings)
-    hit = asyncio.run(engine.cached(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
+    hit = asyncio.run(engine.look_up(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
     assert hit["id"] == meme["id"] and hit["cached"] is True and hit["trace_id"] == "t2"
 
 
@@ -100,11 +100,23 @@ def test_the_speculative_picture_is_used_for_the_caption_it_drew_and_only_for_it
 def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away() -> None:
     engine = InProcessEngine(config(), "redis://127.0.0.1:1/0")
     try:
-        with pytest.raises(Exception) as failed:
-            asyncio.run(engine.generate(GenerateMeme("x", fresh=True), 10))
-        assert failed.value.code is ErrorCode.STORE_ERROR
+        for attempt in (engine.generate(GenerateMeme("x", fresh=True), 10),
+                        engine.look_up(GenerateMeme("x", fresh=True)),
+                        engine.look_up(GenerateMeme("x"))):
+            with pytest.raises(Exception) as failed:
+                asyncio.run(attempt)
+            assert failed.value.code is ErrorCode.STORE_ERROR
     finally:
         engine.close()
+
+
+def test_a_looked_up_order_skips_the_makers_own_look_up(engine_for) -> None:
+    engine = engine_for()
+    made = asyncio.run(engine.generate(GenerateMeme("looked up coffee", seed=4), 30))
+    again = asyncio.run(engine.generate(GenerateMeme("looked up coffee", seed=4), 30))
+    assert again["id"] == made["id"] and again["cached"]  # the maker looks the cache up
+    told = GenerateMeme("looked up coffee", seed=4, looked_up=True)
+    assert asyncio.run(engine.generate(told, 30))["id"] != made["id"]  # the asker did
 
 
 def test_a_meme_past_its_deadline_is_a_timeout(engine_for) -> None:

@@ -139,7 +139,7 @@ class Daemon:
                           llm_metrics=llm_metrics_reader(self.redis_url,
                                                          self.cfg.redis.key_prefix),
                           engines=engines(self.cfg, TreeEngine(directory), inprocess),
-                          cache=inprocess.cached)
+                          look_up=inprocess.look_up)
         runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=self.cfg.gateway.request_timeout_s,
                                **gateway.server_options())

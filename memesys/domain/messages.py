@@ -10,7 +10,9 @@ from typing import Any, Optional
 
 @dataclass(frozen=True)
 class GenerateMeme:
-    """Make one meme. ``fresh`` never serves a cached meme; ``seed`` picks a variant."""
+    """Make one meme. ``fresh`` never serves a cached meme; ``seed`` picks a variant.
+    ``looked_up``: the asker has just looked the request up in the cache and found nothing
+    (or, for a fresh one, found the store up), so the maker does not do it again."""
 
     topic: str
     format: Optional[str] = None
@@ -19,6 +21,7 @@ class GenerateMeme:
     seed: int = 0
     fresh: bool = False
     trace_id: str = ""
+    looked_up: bool = False
 
 
 @dataclass(frozen=True)

@@ -62,26 +62,26 @@ READY_TIMEOUT_S = 2.0
 METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
 STORE_TIMEOUT_S = 5.0
 
-CacheLookup = Callable[[GenerateMeme], Awaitable[Optional[dict]]]
+LookUp = Callable[[GenerateMeme], Awaitable[Optional[dict]]]
 
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, directory: Directory,
                  generation_slots: Optional[int] = None,
                  llm_metrics: Optional[Callable[[], str]] = None,
-                 engines: Optional[Split] = None, cache: Optional[CacheLookup] = None) -> None:
+                 engines: Optional[Split] = None, look_up: Optional[LookUp] = None) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
         refused inside the tree. None: ``max_in_flight``. ``llm_metrics``: the LLM client
         layer's series, gathered from every worker process (read in a thread, briefly).
         ``engines``: which engine makes each synchronous meme (None: the tree, always).
-        ``cache``: a direct read of the meme cache, tried before any engine is asked (None:
-        the engine looks the cache up)."""
+        ``look_up``: what a maker does first (the cache for a meme, the store's health for a
+        fresh one), done on Redis before any engine is asked (None: the engine does it)."""
         self.cfg = cfg
         self.llm_metrics = llm_metrics
         self.directory = directory
         self.engines = engines or Split(TreeEngine(directory))
-        self.cache = cache
+        self.look_up = look_up
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
         self.guard = Guard(cfg, self.metrics)
@@ -159,7 +159,10 @@ class Gateway:
             status_url = f"/v1/tasks/{task_id}"
             return web.json_response({"task_id": task_id, "status_url": status_url}, status=202,
                                      headers={"Location": status_url, "X-Trace-Id": trace_id})
-        meme = await self.cache(order) if self.cache is not None and not order.fresh else None
+        meme = None
+        if self.look_up is not None:
+            meme = await self.look_up(order)
+            order = dataclasses.replace(order, looked_up=True)
         if meme is not None:
             self.metrics.count("memesys_cache_hits_total",
                                "meme requests answered from the cache by the gateway")

@@ -8,7 +8,9 @@ switch an operator expects (``[system] engine = "inprocess"``, or a share of the
 one after another, the three verifiers and the scorer at once, the render while the first
 caption is judged. DSPy's stages and Pillow are synchronous, so each runs in this engine's
 own thread pool (sized for every meme the gateway admits at once, each with its four judging
-calls), never in the event loop; Redis is the store's synchronous client, in the same pool.
+calls), never in the event loop. Redis is the store's synchronous client, in a small pool of
+its own (``STORE_THREADS``): redis-py refuses a call past its 100 connections rather than
+waiting, and a Redis call is too short to need more.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
 
 T = TypeVar("T")
+
+STORE_THREADS = 16
 
 
 @dataclass
@@ -95,6 +99,8 @@ class InProcessEngine:
         capacity = Capacities.of(cfg)
         self.pool = ThreadPoolExecutor(capacity.inprocess_threads,
                                        thread_name_prefix="memesys-inprocess")
+        self.store_pool = ThreadPoolExecutor(STORE_THREADS,
+                                             thread_name_prefix="memesys-inprocess-redis")
         handle_for = stage_handles(cfg.llm, cfg.pipeline.stage_timeout_s, redis_url,
                                    cfg.redis.key_prefix, capacity.llm_processes)
         self.maker = MemeMaker(load_configured(cfg.pipeline), handle_for,
@@ -115,6 +121,11 @@ class InProcessEngine:
         return await asyncio.get_running_loop().run_in_executor(
             self.pool, functools.partial(context.run, fn, *args))
 
+    async def on_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (a call on the store) in the engine's Redis pool."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.store_pool, functools.partial(fn, *args))
+
     async def generate(self, order: GenerateMeme, timeout_s: float) -> dict[str, Any]:
         """One meme within ``timeout_s``; raises MemeFailed (or a store or render error,
         each with its contract code)."""
@@ -126,14 +137,21 @@ class InProcessEngine:
             raise MemeFailed(ErrorCode.TIMEOUT,
                              f"the meme was not made within {timeout_s:.1f} s") from exc
 
-    async def cached(self, order: GenerateMeme) -> Optional[dict[str, Any]]:
-        """The cached meme for ``order`` (None: a miss), read straight from Redis: a hit
-        costs the gateway one trip to Redis, whichever engine would make the meme."""
-        meme = await self.run(self.store.cached, self.maker.key(order))
+    async def look_up(self, order: GenerateMeme) -> Optional[dict[str, Any]]:
+        """What a maker does first, done by the gateway straight on Redis, whichever engine
+        makes the meme: the cached meme for ``order`` (None: a miss), or for a fresh order
+        whether the store is up (MemeFailed ``store_error`` if not). A hit costs one trip to
+        Redis; a miss is sent on with ``looked_up`` set, so the maker does not do it again."""
+        if order.fresh:
+            if not await self.on_store(self.store.ping):
+                raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
+            return None
+        meme = await self.on_store(self.store.cached, self.maker.key(order))
         return None if meme is None else {**meme, "cached": True, "trace_id": order.trace_id}
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.store_pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
 
@@ -144,17 +162,17 @@ class Workshop:
     engine: InProcessEngine
 
     async def cached(self, key: str) -> Optional[dict]:
-        return await self.engine.run(self.engine.store.cached, key)
+        return await self.engine.on_store(self.engine.store.cached, key)
 
     async def store_up(self) -> bool:
-        return await self.engine.run(self.engine.store.ping)
+        return await self.engine.on_store(self.engine.store.ping)
 
     async def render(self, order: RenderMeme) -> bytes:
         return await self.engine.run(render_meme, order, self.engine.render_settings)
 
     async def save(self, order: SaveMeme) -> str:
-        return await self.engine.run(self.engine.store.keep, order.meme, order.png,
-                                     order.cache_key, self.engine.cache_ttl_s)
+        return await self.engine.on_store(self.engine.store.keep, order.meme, order.png,
+                                          order.cache_key, self.engine.cache_ttl_s)
 
     async def pipeline(self, request: GenerateMeme, policy: RefinePolicy,
                        drafted: Optional[CaptionHook]) -> tuple[PipelineResult,

@@ -1,10 +1,18 @@
 """One pooled HTTP client per process and endpoint: keep-alive connections, a bounded number
-of them, and no retries of its own (the engine's retry layer is the only one)."""
+of them, and no retries of its own (the engine's retry layer is the only one).
+
+httpx logs every request at INFO ("HTTP Request: POST ... 200 OK"): six lines a meme, each sent
+to Thespian's logger process from an actor. The engine logs and counts what matters (failed
+attempts, breaker transitions, fallbacks; metrics for every call), so httpx's own lines are
+kept to warnings."""
 from __future__ import annotations
 
+import logging
 import threading
 
 import httpx
+
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 _clients: dict[tuple[str, int], httpx.Client] = {}
 _lock = threading.Lock()

@@ -144,7 +144,10 @@ class MemeMaker:
         # Fail fast while the store is down, before any LLM call: a meme that cannot be saved
         # cannot be served by id or image_url, and its tokens would be spent for nothing. The
         # cache lookup fails with store_error then; a fresh request asks the store's health.
-        if not request.fresh:
+        # (Unless the asker did it just now: request.looked_up.)
+        if request.looked_up:
+            pass
+        elif not request.fresh:
             cached = await workshop.cached(key)
             lap("cache")
             if cached is not None:
