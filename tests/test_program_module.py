@@ -405,3 +405,26 @@ def test_the_stage_adapter_formats_every_signature_as_dspy_does(tmp_path) -> Non
                         == dspy.ChatAdapter().format(signature, [], inputs)), stage
     assert "Be brief." in StageAdapter().format_system_message(
         load_program(str(path)).program.write.signature)
+
+
+def test_dspy_formats_values_as_before_with_one_type_adapter_per_type() -> None:
+    import dspy.adapters.utils as dspy_utils
+    from pydantic import BaseModel, TypeAdapter
+
+    from memesys.pipeline.stage import serialize_for_json
+
+    class Point(BaseModel):
+        x: int
+
+    def original(value):
+        try:
+            return TypeAdapter(type(value)).dump_python(value, mode="json", fallback=str)
+        except Exception:
+            return str(value)
+
+    assert dspy_utils.serialize_for_json is serialize_for_json
+    for value in ("coffee", ["a", "b"], {"k": [1, 2]}, 3, 0.5, None, True, Point(x=1),
+                  ("t", 1), object()):
+        expected = original(value)
+        got = serialize_for_json(value)
+        assert got == expected or (type(value) is object and isinstance(got, str)), value

@@ -16,7 +16,9 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 import dspy
+import dspy.adapters.utils as dspy_adapter_utils
 from dspy.utils.exceptions import AdapterParseError, LMError
+from pydantic import TypeAdapter
 
 from memesys.errors import ErrorCode
 from memesys.pipeline.errors import PipelineError
@@ -58,6 +60,28 @@ def _system_message(signature: type[dspy.Signature]) -> str:
 
 _PLAIN = dspy.ChatAdapter()
 ADAPTER = StageAdapter()
+
+
+@functools.lru_cache(maxsize=256)
+def _type_adapter(kind: type) -> TypeAdapter:
+    return TypeAdapter(kind)
+
+
+def serialize_for_json(value: Any) -> Any:
+    """DSPy's ``serialize_for_json`` with one pydantic TypeAdapter per type, not per value.
+
+    DSPy formats every input value of every call through a TypeAdapter it builds anew; building
+    one (schema generation, plugin lookup) was a quarter of a verifier worker's CPU. pydantic
+    means TypeAdapters to be built once and reused; the output is the same."""
+    try:
+        return _type_adapter(type(value)).dump_python(value, mode="json", fallback=str)
+    except Exception:
+        return str(value)
+
+
+# format_field_value (every input field of every ChatAdapter call) looks this name up in its
+# module: from now on it finds the cached version.
+dspy_adapter_utils.serialize_for_json = serialize_for_json
 
 
 def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
