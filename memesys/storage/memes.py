@@ -279,6 +279,10 @@ class MemeStore:
     def cache_get(self, key: str) -> str | None:
         """The meme id cached for key, only while that meme still exists; a corrupt entry is
         quarantined and is a miss."""
+        return self._cached_id(key, exists=True)
+
+    def _cached_id(self, key: str, exists: bool) -> str | None:
+        """The meme id of key's cache entry (``exists``: only while that meme exists)."""
         cache_key = self._cache_key(key)
         cache_id = cache_key.rsplit(":", 1)[1]
         with self._guard("reading the meme cache"):
@@ -290,13 +294,14 @@ class MemeStore:
                 self._set_aside("cache", cache_id, cache_key, problem, raw=raw)
                 return None
             meme_id = raw.decode("ascii")
-            if not self._r.exists(self._meme_key(meme_id)):
+            if exists and not self._r.exists(self._meme_key(meme_id)):
                 return None
         return meme_id
 
     def cached(self, key: str) -> dict | None:
-        """The meme cached for key (None: a miss)."""
-        meme_id = self.cache_get(key)
+        """The meme cached for key (None: a miss): two reads, the entry and the meme (a meme
+        erased meanwhile reads as None: a miss)."""
+        meme_id = self._cached_id(key, exists=False)
         return self.get(meme_id) if meme_id else None
 
     def quarantined(self) -> dict[str, int]:
