@@ -202,9 +202,10 @@ def test_the_store_worker_answers_a_forged_cursor_but_crashes_on_its_own_fault()
     from actors.base import RequestFailed
     from memesys.domain.messages import ListMemes, SaveMeme
     from memesys.storage.memes import MemeStore
-    from memesys.tree.store import StoreWorker
+    from memesys.tree.store import StoreArgs, StoreWorker
 
     worker = StoreWorker.__new__(StoreWorker)  # no actor: only its request handling
+    worker.args = StoreArgs("", "memesys", cache_ttl_s=60, task_ttl_s=60)
     worker.store = MemeStore(client=None)  # neither request reaches Redis
     with pytest.raises(RequestFailed) as answered:
         worker.handle(ListMemes(5, "forged"))
