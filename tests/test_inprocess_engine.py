@@ -27,7 +27,16 @@ def config(**env: str) -> Config:
 
 
 @pytest.fixture
-def engine_for(redis: str) -> Iterator:
+def run() -> Iterator:
+    """One event loop for the test, as the gateway has: the engine's asyncio Redis client
+    belongs to the loop it first ran on."""
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    loop.close()
+
+
+@pytest.fixture
+def engine_for(redis: str, run) -> Iterator:
     made: list[InProcessEngine] = []
 
     def build(**env: str) -> InProcessEngine:
@@ -35,7 +44,7 @@ def engine_for(redis: str) -> Iterator:
         return made[-1]
     yield build
     for engine in made:
-        engine.close()
+        run(engine.close())
 
 
 def picture(meme: dict, settings: RenderSettings) -> bytes:
@@ -46,22 +55,23 @@ def picture(meme: dict, settings: RenderSettings) -> bytes:
                        settings)
 
 
-def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(engine_for) -> None:
+def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(engine_for,
+                                                                         run) -> None:
     engine = engine_for()
     order = GenerateMeme(TOPIC, seed=3, trace_id="t1")
-    assert asyncio.run(engine.look_up(order)) is None
-    meme = asyncio.run(engine.generate(order, 30))
+    assert run(engine.look_up(order)) is None
+    meme = run(engine.generate(order, 30))
     assert meme["engine"] == "inprocess" and meme["cached"] is False
     assert engine.store.get_png(meme["id"]) == picture(meme, engine.render_settings)
-    hit = asyncio.run(engine.look_up(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
+    hit = run(engine.look_up(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
     assert hit["id"] == meme["id"] and hit["cached"] is True and hit["trace_id"] == "t2"
 
 
-def test_a_refined_caption_never_ships_the_speculative_picture(engine_for) -> None:
+def test_a_refined_caption_never_ships_the_speculative_picture(engine_for, run) -> None:
     unrefined = engine_for(MEMESYS_PIPELINE_MAX_REFINE_ROUNDS="0")
-    first = asyncio.run(unrefined.generate(GenerateMeme(TOPIC, seed=1, fresh=True), 30))
+    first = run(unrefined.generate(GenerateMeme(TOPIC, seed=1, fresh=True), 30))
     refined_engine = engine_for(MEMESYS_PIPELINE_REFINE_THRESHOLD="1.0")
-    meme = asyncio.run(refined_engine.generate(GenerateMeme(TOPIC, seed=1, fresh=True), 30))
+    meme = run(refined_engine.generate(GenerateMeme(TOPIC, seed=1, fresh=True), 30))
     # The premise: refinement replaced the first caption (else this test proves nothing).
     assert meme["format"] == first["format"] and meme["texts"] != first["texts"]
     assert list(meme["refinement"][0]["texts"]) == list(meme["texts"].values())
@@ -97,30 +107,51 @@ def test_the_speculative_picture_is_used_for_the_caption_it_drew_and_only_for_it
     assert drawn[-1] == render_order(refined, 7)
 
 
-def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away() -> None:
+def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away(run) -> None:
     engine = InProcessEngine(config(), "redis://127.0.0.1:1/0")
     try:
         for attempt in (engine.generate(GenerateMeme("x", fresh=True), 10),
                         engine.look_up(GenerateMeme("x", fresh=True)),
                         engine.look_up(GenerateMeme("x"))):
             with pytest.raises(Exception) as failed:
-                asyncio.run(attempt)
+                run(attempt)
             assert failed.value.code is ErrorCode.STORE_ERROR
     finally:
-        engine.close()
+        run(engine.close())
 
 
-def test_a_looked_up_order_skips_the_makers_own_look_up(engine_for) -> None:
+def test_a_looked_up_order_skips_the_makers_own_look_up(engine_for, run) -> None:
     engine = engine_for()
-    made = asyncio.run(engine.generate(GenerateMeme("looked up coffee", seed=4), 30))
-    again = asyncio.run(engine.generate(GenerateMeme("looked up coffee", seed=4), 30))
+    made = run(engine.generate(GenerateMeme("looked up coffee", seed=4), 30))
+    again = run(engine.generate(GenerateMeme("looked up coffee", seed=4), 30))
     assert again["id"] == made["id"] and again["cached"]  # the maker looks the cache up
     told = GenerateMeme("looked up coffee", seed=4, looked_up=True)
-    assert asyncio.run(engine.generate(told, 30))["id"] != made["id"]  # the asker did
+    assert run(engine.generate(told, 30))["id"] != made["id"]  # the asker did
 
 
-def test_a_meme_past_its_deadline_is_a_timeout(engine_for) -> None:
+def test_a_meme_past_its_deadline_is_a_timeout(engine_for, run) -> None:
     engine = engine_for()
     with pytest.raises(Exception) as failed:
-        asyncio.run(engine.generate(GenerateMeme("slow coffee", fresh=True), 0.001))
+        run(engine.generate(GenerateMeme("slow coffee", fresh=True), 0.001))
     assert failed.value.code is ErrorCode.TIMEOUT
+
+
+def test_a_hit_is_one_script_call_and_anything_odd_goes_to_the_store(engine_for, run) -> None:
+    """The gateway's one-round-trip read answers clean hits and misses; a corrupt entry or
+    record is left to MemeStore, which quarantines it (a miss: the meme is made again)."""
+    from memesys.storage.hits import UNSURE
+    engine = engine_for()
+    order = GenerateMeme("hit coffee", seed=5)
+    meme = run(engine.generate(order, 30))
+    key = engine.maker.key(order)
+    assert run(engine.hits.cached(key))["id"] == meme["id"]
+    assert run(engine.hits.cached(engine.maker.key(GenerateMeme("never made")))) is None
+    entry, prefix = engine.store.hit_keys(key)
+    engine.client.set(prefix + meme["id"], b"{not json")
+    assert run(engine.hits.cached(key)) is UNSURE
+    assert run(engine.look_up(order)) is None  # quarantined by the store, then a miss
+    assert engine.store.quarantined().get("meme") == 1
+    engine.client.set(entry, b"\xff not an id")
+    assert run(engine.hits.cached(key)) is UNSURE
+    assert run(engine.look_up(order)) is None
+    assert engine.store.quarantined().get("cache") == 1

@@ -167,7 +167,7 @@ class Daemon:
             watching.cancel()
             await runner.cleanup()  # in-flight requests finish
             await bridge.close()
-        inprocess.close()
+        await inprocess.close()
         signalled.cancel()
 
 

@@ -41,7 +41,8 @@ from memesys.pipeline.stages import Ledger, PipelineResult, run_pipeline, run_se
 from memesys.pipeline.verification import VERIFIERS, Verdict, verify
 from memesys.render.meme import RenderSettings, render_meme
 from memesys.storage.availability import availability_for
-from memesys.storage.connection import connect
+from memesys.storage.connection import CLIENT_TIMEOUT_S, connect
+from memesys.storage.hits import UNSURE, HitReader
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
 
@@ -112,6 +113,7 @@ class InProcessEngine:
                                         redis.retry_backoff_initial_s, redis.retry_backoff_max_s)
         self.store = MemeStore(self.client, redis.key_prefix, availability,
                                Quarantine(self.client, redis.key_prefix, redis.quarantine_ttl_s))
+        self.hits = HitReader(redis_url, self.store, CLIENT_TIMEOUT_S)
         self.cache_ttl_s = redis.cache_ttl_s
         self.render_settings = RenderSettings.from_config(cfg.render)
 
@@ -146,10 +148,14 @@ class InProcessEngine:
             if not await self.on_store(self.store.ping):
                 raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
             return None
-        meme = await self.on_store(self.store.cached, self.maker.key(order))
+        key = self.maker.key(order)
+        meme = await self.hits.cached(key)
+        if meme is UNSURE:
+            meme = await self.on_store(self.store.cached, key)
         return None if meme is None else {**meme, "cached": True, "trace_id": order.trace_id}
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.hits.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.store_pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

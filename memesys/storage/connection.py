@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 _MAX_SOCKET_PATH = 107
 _START_TIMEOUT_S = 5.0
 _STOP_TIMEOUT_S = 10.0
-_CLIENT_TIMEOUT_S = 2.0
+CLIENT_TIMEOUT_S = 2.0
 PROBE_TIMEOUT_S = 0.25  # a probe of a server believed down: short, a stopped one never answers
 _HEALTH_CHECK_INTERVAL_S = 30
 
@@ -319,7 +319,7 @@ class EmbeddedRedis:
             client.close()
 
     @staticmethod
-    def _probe_client(socket_path: Path, timeout_s: float = _CLIENT_TIMEOUT_S) -> redis.Redis:
+    def _probe_client(socket_path: Path, timeout_s: float = CLIENT_TIMEOUT_S) -> redis.Redis:
         """A client that fails fast, for the start-up probe, health pings and SHUTDOWN."""
         return redis.Redis(
             unix_socket_path=str(socket_path),
@@ -353,7 +353,7 @@ def resolve(url: str, data_dir: str) -> tuple[RedisTarget, EmbeddedRedis | None]
     return embedded.start(), embedded
 
 
-def connect(target_url: str, timeout_s: float = _CLIENT_TIMEOUT_S,
+def connect(target_url: str, timeout_s: float = CLIENT_TIMEOUT_S,
             retries: int = 1) -> redis.Redis:
     """A sync client that fails within seconds instead of hanging when Redis is gone.
 

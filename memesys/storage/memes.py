@@ -83,6 +83,11 @@ class MemeStore:
         self.availability = availability or AlwaysUp()
         self.quarantine = quarantine or Quarantine(client, prefix)
 
+    def hit_keys(self, key: str) -> tuple[str, str]:
+        """Where a cache hit is read: key's cache entry, and the prefix of the meme record
+        its id names (for a reader that fetches both at once, :mod:`memesys.storage.hits`)."""
+        return self._cache_key(key), self._meme_key("")
+
     def _meme_key(self, meme_id: str) -> str:
         return f"{self._p}:meme:{meme_id}"
 
