@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 import redis
 import redis.asyncio
 
+from memesys.storage.availability import DOWN_ERRORS
 from memesys.storage.memes import MemeStore
 from memesys.storage.records import cache_problem, meme_problem, parse_json
 
@@ -47,6 +48,9 @@ class HitReader:
         entry, prefix = self.store.hit_keys(key)
         try:
             found = await self.script(keys=[entry], args=[prefix])
+        except DOWN_ERRORS as exc:  # the store's view too: it fails fast from now on
+            self.store.availability.failed(exc)
+            return UNSURE
         except redis.RedisError:
             return UNSURE
         if not found:
