@@ -129,7 +129,7 @@ class Mode:
 
 
 FULL = Mode("full", warmup_s=3.0,
-            cells={1: (1.0, 6.0, 2), 16: (2.0, 6.0, 2), 100: (6.0, 15.0, 1)},
+            cells={1: (1.0, 6.0, 2), 16: (2.0, 6.0, 2), 100: (6.0, 10.0, 3)},
             cached_warmup_s=0.5, cached_s=3.0, cached_reps=3, ab_requests=1000)
 QUICK = Mode("quick", warmup_s=1.5,
              cells={1: (0.5, 3.0, 1), 16: (1.0, 3.0, 1), 100: (3.0, 6.0, 1)},
