@@ -59,11 +59,10 @@ from bench.common import (
     table,
     verdict,
 )
+from memesys.domain.engines import ACTORS, ENGINES, INPROCESS
 
 REPO = Path(__file__).resolve().parent.parent
 
-ACTORS, INPROCESS = "actors", "inprocess"
-ENGINES = (ACTORS, INPROCESS)
 LEVELS = (1, 16, 100)
 CPU_LEVEL = 100              # the level the CPU target is read at
 WARMUP_CONCURRENCY = 4

@@ -38,7 +38,8 @@ from memesys.config import Config, ConfigError, load_layers  # noqa: E402
 from memesys.config.capacity import Capacities  # noqa: E402
 from memesys.config.printing import render as render_config  # noqa: E402
 from memesys.http.app import Gateway  # noqa: E402
-from memesys.http.engines import INPROCESS, Split, TreeEngine  # noqa: E402
+from memesys.domain.engines import INPROCESS  # noqa: E402
+from memesys.http.engines import Split, TreeEngine  # noqa: E402
 from memesys.inprocess.engine import InProcessEngine  # noqa: E402
 from memesys.llm.metrics import reader as llm_metrics_reader  # noqa: E402
 from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402

@@ -11,11 +11,9 @@ from __future__ import annotations
 from typing import Optional, Protocol
 
 from actors.bridge import Directory
+from memesys.domain.engines import ACTORS
 from memesys.domain.messages import GenerateMeme
 from memesys.tree.paths import GENERATOR
-
-ACTORS = "actors"
-INPROCESS = "inprocess"
 
 
 class Engine(Protocol):

@@ -26,18 +26,25 @@ from dspy.utils.exceptions import LMError
 
 from memesys.config import Config
 from memesys.config.capacity import Capacities
+from memesys.domain.engines import INPROCESS
 from memesys.domain.messages import GenerateMeme, RenderMeme, SaveMeme
 from memesys.errors import ErrorCode
 from memesys.llm import deadline as llm_deadline
 from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.making import INPROCESS, SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
+from memesys.pipeline.making import SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
 from memesys.pipeline.program import MemeProgram, load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores, score
 from memesys.pipeline.stage import OutputError, first_line
-from memesys.pipeline.stages import Ledger, PipelineResult, run_pipeline, run_sequential, stage_handles
+from memesys.pipeline.stages import (
+    Ledger,
+    PipelineResult,
+    run_pipeline,
+    run_sequential,
+    stage_handles,
+)
 from memesys.pipeline.verification import VERIFIERS, Verdict, verify
 from memesys.render.meme import RenderSettings, render_meme
 from memesys.storage.availability import availability_for

@@ -37,11 +37,7 @@ from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.stages import PipelineResult
 from memesys.pipeline.writing import Caption
 
-PARALLEL = "parallel"
 SEQUENTIAL = "sequential"
-ACTORS = "actors"  # the engines a meme records as its maker
-INPROCESS = "inprocess"
-ENGINES = (ACTORS, INPROCESS)
 
 CaptionHook = Callable[[Caption], None]
 

@@ -31,6 +31,7 @@ from actors.base import RequestFailed
 from actors.bridge import RemoteFailure
 from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
+from memesys.domain.engines import ACTORS
 from memesys.domain.messages import (
     CachedMeme,
     GenerateMeme,
@@ -44,7 +45,7 @@ from memesys.domain.messages import (
 from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.making import ACTORS, SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
+from memesys.pipeline.making import SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
 from memesys.pipeline.program import MemeProgram, load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
