@@ -141,7 +141,7 @@ class InProcessEngine:
         try:
             async with asyncio.timeout(timeout_s):
                 with llm_deadline.serving(time.time() + timeout_s):
-                    return await self.maker.make(order, Workshop(self))
+                    return await self.maker.make(order, LocalWorkshop(self))
         except TimeoutError as exc:
             raise MemeFailed(ErrorCode.TIMEOUT,
                              f"the meme was not made within {timeout_s:.1f} s") from exc
@@ -169,7 +169,7 @@ class InProcessEngine:
 
 
 @dataclass
-class Workshop:
+class LocalWorkshop:
     """A meme's steps placed in this process (:class:`~memesys.pipeline.making.Workshop`)."""
 
     engine: InProcessEngine

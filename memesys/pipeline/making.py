@@ -84,7 +84,6 @@ class Speculation:
         self.render, self.seed = render, seed
         self.order: Optional[RenderMeme] = None
         self.task: Optional[asyncio.Future[bytes]] = None
-        self.discarded = 0
 
     def start(self, caption: Caption) -> None:
         self.order = render_order(caption, self.seed)
@@ -104,7 +103,6 @@ class Speculation:
             self.task.cancel()
         if self.task is not None:
             self.task.add_done_callback(_swallow)
-            self.discarded += 1
         self.task = None
 
 
