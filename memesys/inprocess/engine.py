@@ -19,7 +19,7 @@ import contextvars
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
 from dspy.utils.exceptions import LMError
@@ -32,19 +32,12 @@ from memesys.errors import ErrorCode
 from memesys.llm import deadline as llm_deadline
 from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.making import SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
-from memesys.pipeline.program import MemeProgram, load_configured
+from memesys.pipeline.making import MemeFailed, MemeMaker
+from memesys.pipeline.program import load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores, score
 from memesys.pipeline.stage import OutputError, first_line
-from memesys.pipeline.stages import (
-    Ledger,
-    PipelineResult,
-    run_pipeline,
-    run_sequential,
-    stage_handles,
-)
+from memesys.pipeline.stages import BlockingStages, stage_handles
 from memesys.pipeline.verification import VERIFIERS, Verdict, verify
 from memesys.render.meme import RenderSettings, render_meme
 from memesys.storage.availability import availability_for
@@ -59,18 +52,9 @@ STORE_THREADS = 16
 
 
 @dataclass
-class ThreadStages:
-    """Pipeline stages in this process: each LM call in the pool, judging all at once."""
-
-    run: Callable[..., Any]  # run(fn, *args): fn(*args) in the pool, awaited
-    handle_for: Callable[[str], LMHandle]
-    program: MemeProgram | None
-    ledger: Ledger = field(default_factory=Ledger)
-    judge_ms: dict[str, float] = field(default_factory=dict)
-
-    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
-        handle = self.handle_for(stage)
-        return await self.run(self.ledger.call, key, handle, lambda: fn(handle))
+class ThreadStages(BlockingStages):
+    """Pipeline stages in this process: each LM call in the engine's pool, judging all at
+    once."""
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
                                                                Scores | None]:
@@ -187,15 +171,8 @@ class LocalWorkshop:
         return await self.engine.on_store(self.engine.store.keep, order.meme, order.png,
                                           order.cache_key, self.engine.cache_ttl_s)
 
-    async def pipeline(self, request: GenerateMeme, policy: RefinePolicy,
-                       drafted: Optional[CaptionHook]) -> tuple[PipelineResult,
-                                                                dict[str, float]]:
-        maker, engine = self.engine.maker, self.engine
-        fields = (request.topic, request.format, request.style, request.audience, request.seed,
-                  policy)
-        if maker.mode == SEQUENTIAL:
-            return await engine.run(functools.partial(run_sequential,
-                                                      program=maker.program.program),
-                                    maker.handle_for, *fields), {}
-        stages = ThreadStages(engine.run, maker.handle_for, maker.program.program)
-        return await run_pipeline(stages, *fields, drafted=drafted), stages.judge_ms
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.engine.run(fn, *args)
+
+    def stages(self, maker: MemeMaker) -> ThreadStages:
+        return ThreadStages(self.engine.run, maker.handle_for, maker.program.program)

@@ -15,10 +15,11 @@ every stage one after another) nothing is speculative.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, TypeVar
 
 from dspy.utils.exceptions import LMError
 
@@ -34,12 +35,18 @@ from memesys.pipeline.program import LoadedProgram
 from memesys.pipeline.record import build_meme, cache_key
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.stage import OutputError, first_line
-from memesys.pipeline.stages import PipelineResult
+from memesys.pipeline.stages import (
+    BlockingStages,
+    PipelineResult,
+    run_pipeline,
+    run_sequential,
+)
 from memesys.pipeline.writing import Caption
 
 SEQUENTIAL = "sequential"
 
 CaptionHook = Callable[[Caption], None]
+T = TypeVar("T")
 
 
 class MemeFailed(PipelineError):
@@ -60,11 +67,13 @@ class Workshop(Protocol):
 
     async def store_up(self) -> bool: ...
 
-    async def pipeline(self, request: GenerateMeme, policy: RefinePolicy,
-                       drafted: Optional[CaptionHook]) -> tuple[PipelineResult,
-                                                                dict[str, float]]:
-        """The stages of one meme (and the judging timings by key); ``drafted`` is called
-        with the first caption as soon as it is written (None: no speculation)."""
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a synchronous call (DSPy), off the event loop under the request's
+        deadline."""
+        ...
+
+    def stages(self, maker: MemeMaker) -> BlockingStages:
+        """Where ``maker``'s stages run in ``parallel`` mode."""
         ...
 
     async def render(self, order: RenderMeme) -> bytes: ...
@@ -170,8 +179,17 @@ class MemeMaker:
     async def _pipeline(self, request: GenerateMeme, workshop: Workshop,
                         drafted: Optional[CaptionHook]) -> tuple[PipelineResult,
                                                                  dict[str, float]]:
+        """The stages of one meme and the judging group's timings; ``drafted`` hears of the
+        first caption as soon as it is written (None: no speculation)."""
+        fields = (request.topic, request.format, request.style, request.audience, request.seed,
+                  self.policy)
         try:
-            return await workshop.pipeline(request, self.policy, drafted)
+            if self.mode == SEQUENTIAL:
+                return await workshop.blocking(
+                    functools.partial(run_sequential, program=self.program.program),
+                    self.handle_for, *fields), {}
+            stages = workshop.stages(self)
+            return await run_pipeline(stages, *fields, drafted=drafted), stages.judge_ms
         except Refused as exc:
             raise MemeFailed(exc.code, str(exc)) from exc
         except UnknownFormat as exc:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dspy.utils.exceptions import LMError
 
@@ -170,6 +170,24 @@ class Stages(Protocol):
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
                                                                Scores | None]: ...
+
+
+@dataclass
+class BlockingStages:
+    """The ``parallel`` placement's common part: each LM stage is a blocking call that
+    ``run`` takes off the event loop (``run(fn, *args)``: a thread under the request's
+    deadline, in the tree's workers or the gateway's pool); the subclass says where the
+    judging group runs. ``judge_ms``: the group's wall time per round."""
+
+    run: Callable[..., Awaitable[Any]]
+    handle_for: Callable[[str], LMHandle]
+    program: MemeProgram | None
+    ledger: Ledger = field(default_factory=Ledger, init=False)
+    judge_ms: dict[str, float] = field(default_factory=dict, init=False)
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+        handle = self.handle_for(stage)
+        return await self.run(self.ledger.call, key, handle, lambda: fn(handle))
 
 
 @dataclass

@@ -21,9 +21,8 @@ and of the meme's ``provider.program``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from actors.async_actor import AsyncActor
@@ -44,18 +43,11 @@ from memesys.domain.messages import (
 )
 from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.making import SEQUENTIAL, CaptionHook, MemeFailed, MemeMaker
-from memesys.pipeline.program import MemeProgram, load_configured
+from memesys.pipeline.making import MemeFailed, MemeMaker
+from memesys.pipeline.program import load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
-from memesys.pipeline.stages import (
-    Ledger,
-    PipelineResult,
-    run_pipeline,
-    run_sequential,
-    stage_handles,
-)
+from memesys.pipeline.stages import BlockingStages, stage_handles
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.tree.llmcalls import under_deadline
 from memesys.tree.paths import RENDER, STORE, VERIFY
@@ -75,23 +67,15 @@ class GeneratorArgs:
 
 
 @dataclass
-class PoolStages:
-    """Pipeline stages for ``parallel`` mode: judging fans out to the verifier pool."""
+class PoolStages(BlockingStages):
+    """Pipeline stages for ``parallel`` mode: select, write and refine in this worker's
+    threads, judging on the verifier pool. The program select, write and refine run here;
+    its hash goes with each judging request, and a verifier worker that runs another program
+    refuses it (never a silent mix)."""
 
-    worker: "GeneratorWorker"
-    handle_for: Callable[[str], LMHandle]
+    worker: GeneratorWorker
     deadline_s: float
-    ledger: Ledger = field(default_factory=Ledger)
-    judge_ms: dict[str, float] = field(default_factory=dict)
-    # The program select, write and refine run here; its hash goes with each judging request,
-    # and a verifier worker that runs another program refuses it (never a silent mix).
-    program: MemeProgram | None = None
-    program_hash: str = ""
-
-    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
-        handle = self.handle_for(stage)
-        return await asyncio.to_thread(under_deadline, self.ledger.call, key, handle,
-                                       lambda: fn(handle))
+    program_hash: str
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
                                                                Scores | None]:
@@ -177,18 +161,13 @@ class TreeWorkshop:
     async def save(self, order: SaveMeme) -> str:
         return await self._ask(STORE, order)
 
-    async def pipeline(self, request: GenerateMeme, policy: RefinePolicy,
-                       drafted: CaptionHook | None) -> tuple[PipelineResult, dict[str, float]]:
-        maker = self.worker.maker
-        fields = (request.topic, request.format, request.style, request.audience, request.seed,
-                  policy)
-        if maker.mode == SEQUENTIAL:
-            return await asyncio.to_thread(
-                under_deadline, functools.partial(run_sequential, program=maker.program.program),
-                maker.handle_for, *fields), {}
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(under_deadline, fn, *args)
+
+    def stages(self, maker: MemeMaker) -> PoolStages:
         # A verifier call may queue behind others in the pool: give it the stage bound plus a
         # margin before calling it unavailable.
-        stages = PoolStages(self.worker, maker.handle_for,
-                            self.worker.args.pipeline.stage_timeout_s + 1.0,
-                            program=maker.program.program, program_hash=maker.program.hash)
-        return await run_pipeline(stages, *fields, drafted=drafted), stages.judge_ms
+        return PoolStages(self.blocking, maker.handle_for, maker.program.program,
+                          worker=self.worker,
+                          deadline_s=self.worker.args.pipeline.stage_timeout_s + 1.0,
+                          program_hash=maker.program.hash)
