@@ -55,10 +55,10 @@ from bench.common import (
     free_port,
     http_request,
     median,
-    percentile,
     table,
     verdict,
 )
+from bench.load import run_step
 from memesys.domain.engines import ACTORS, ENGINES, INPROCESS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,62 +222,10 @@ def errors_text(errors: dict[str, int]) -> str:
 # -- the cached/bare load client (its own process) ------------------------------------------------
 
 
-async def post_step(port: int, path: str, body: bytes, concurrency: int, warmup: float,
-                    duration: float) -> dict:
-    """``concurrency`` keep-alive workers POST ``body`` (JSON) to ``path`` back to back. A
-    request counts in the window when it starts after the warm-up and before the end (as
-    bench.load does); every 2xx answer, warm-up included, is counted in ``ok_total``."""
-    import aiohttp
-
-    url = f"http://127.0.0.1:{port}{path}"
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    ok_total = 0
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
-        begin = time.perf_counter()
-        measure_from = begin + warmup
-        end = measure_from + duration
-        loop = asyncio.get_running_loop()
-        loop.call_later(warmup, lambda: print(json.dumps({POST_MARK: "start"}), flush=True))
-        loop.call_later(warmup + duration,
-                        lambda: print(json.dumps({POST_MARK: "end"}), flush=True))
-
-        async def worker() -> None:
-            nonlocal ok_total
-            while True:
-                start = time.perf_counter()
-                if start >= end:
-                    return
-                try:
-                    async with session.post(url, data=body, headers=headers) as response:
-                        await response.read()
-                        failure = None if 200 <= response.status < 300 else str(response.status)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    failure = f"client {type(exc).__name__}"
-                done = time.perf_counter()
-                if failure is None:
-                    ok_total += 1
-                if start >= measure_from:
-                    if failure is None:
-                        latencies.append((done - start) * 1000)
-                    else:
-                        errors[failure] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        finished = time.perf_counter()
-    window = finished - measure_from
-    return {"n": len(latencies), "errors": dict(errors), "ok_total": ok_total,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "rps": len(latencies) / window if window > 0 else 0.0}
-
-
 async def post_client_main(plan: list[dict], warmup: float, duration: float) -> None:
     for step in plan:
-        result = await post_step(step["port"], step["path"], step["body"].encode(),
-                                 step["concurrency"], warmup, duration)
+        result = await run_step(step["port"], step["path"], step["concurrency"], warmup,
+                                duration, body=step["body"].encode())
         result.update({k: step[k] for k in ("route", "concurrency", "rep")})
         print(json.dumps(result), flush=True)
 

@@ -281,8 +281,9 @@ def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mod
         marked: dict[str, float] = {}
         for raw in load.stdout:  # a mark when a step's window opens, its result at the end
             line = json.loads(raw)
-            if "mark" in line:
-                marked = cpu.snapshot()
+            if "mark" in line:  # the window opens (its end: the result line)
+                if line["mark"] == "start":
+                    marked = cpu.snapshot()
                 continue
             used = cpu.snapshot()
             line["cpu_ms"] = {group: (used[group] - marked.get(group, 0.0)) * 1000
@@ -299,7 +300,7 @@ def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mod
                       if r["route"] == route and r["concurrency"] == level)
 
     def errors(route: str, level: int) -> int:
-        return sum(r["errors"] for r in results
+        return sum(sum(r["errors"].values()) for r in results
                    if r["route"] == route and r["concurrency"] == level)
 
     rows, direct_rows = [], []
