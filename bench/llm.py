@@ -50,6 +50,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Optional  # noqa: E402
 
 from bench.common import commit_description, median, percentile, table, verdict  # noqa: E402
+from memesys.testing.fake_openai import SELECT_MESSAGES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "fake-model"
@@ -69,22 +70,7 @@ CALLERS = 64
 LATENCY_LIMIT_RPS = 100_000
 CALL_DEADLINE_S = 30.0      # each call's deadline (a request's), as the tree would set it
 
-# A chat body the offline writer answers (SelectFormat as DSPy's ChatAdapter writes it).
-SYSTEM = (
-    "Your input fields are:\n1. `topic` (str): what the meme is about\n"
-    "2. `catalogue` (str): formats\n3. `seed` (int): variation\n"
-    "Your output fields are:\n1. `format_name` (str): a name\n2. `reason` (str): why\n"
-    "All interactions will be structured in the following way, with the appropriate values "
-    "filled in.\n\n[[ ## completed ## ]]\nIn adhering to this structure, your objective is: "
-    "pick.")
-USER = (
-    "[[ ## topic ## ]]\nmonday coffee\n\n[[ ## catalogue ## ]]\n"
-    "drake: preferences, this not that\nthis-is-fine: calm denial while everything burns\n\n"
-    "[[ ## seed ## ]]\n0\n\nRespond with the corresponding output fields, starting with the "
-    "field `[[ ## format_name ## ]]`, then `[[ ## reason ## ]]`, and then ending with the "
-    "marker for `[[ ## completed ## ]]`.")
-BODY = {"model": MODEL, "messages": [{"role": "system", "content": SYSTEM},
-                                     {"role": "user", "content": USER}]}
+BODY = {"model": MODEL, "messages": list(SELECT_MESSAGES)}  # the offline writer answers it
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from memesys.pipeline.lm import OPENAI_COMPATIBLE, build_lm, offline_lm
 from memesys.pipeline.writing import write_caption
 from memesys.testing.fake_openai import (
     NOT_JSON_BODY,
+    SELECT_MESSAGES,
     FakeConfig,
     FakeOpenAI,
     _parse,
@@ -35,23 +36,8 @@ from memesys.testing.fake_openai import (
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
 HELLO = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
-# A prompt as DSPy's ChatAdapter writes it for a signature the writer knows.
-SELECT_SYSTEM = (
-    "Your input fields are:\n1. `topic` (str): what the meme is about\n"
-    "2. `catalogue` (str): formats\n3. `seed` (int): variation\n"
-    "Your output fields are:\n1. `format_name` (str): a name\n2. `reason` (str): why\n"
-    "All interactions will be structured in the following way, with the appropriate values "
-    "filled in.\n\n[[ ## completed ## ]]\nIn adhering to this structure, your objective is: "
-    "pick.")
-SELECT_USER = (
-    "[[ ## topic ## ]]\nmonday coffee\n\n[[ ## catalogue ## ]]\n"
-    "drake: preferences, this not that\nthis-is-fine: calm denial while everything burns\n\n"
-    "[[ ## seed ## ]]\n0\n\nRespond with the corresponding output fields, starting with the "
-    "field `[[ ## format_name ## ]]`, then `[[ ## reason ## ]]`, and then ending with the "
-    "marker for `[[ ## completed ## ]]`.")
 SELECT_BODY = {"model": "fake-model", "temperature": 0.0, "max_tokens": 1000,
-               "messages": [{"role": "system", "content": SELECT_SYSTEM},
-                            {"role": "user", "content": SELECT_USER}]}
+               "messages": list(SELECT_MESSAGES)}
 
 
 def fake_threads() -> list[threading.Thread]:

@@ -47,6 +47,24 @@ from memesys.offline.engine import complete
 HOST = "127.0.0.1"
 DEFAULT_MODEL = "fake-model"
 DEFAULT_API_KEY = "test-key"
+
+# A prompt as DSPy's ChatAdapter writes it for SelectFormat, which the offline writer answers:
+# the chat body tests and benchmarks send when any valid completion will do.
+_SELECT_SYSTEM = (
+    "Your input fields are:\n1. `topic` (str): what the meme is about\n"
+    "2. `catalogue` (str): formats\n3. `seed` (int): variation\n"
+    "Your output fields are:\n1. `format_name` (str): a name\n2. `reason` (str): why\n"
+    "All interactions will be structured in the following way, with the appropriate values "
+    "filled in.\n\n[[ ## completed ## ]]\nIn adhering to this structure, your objective is: "
+    "pick.")
+_SELECT_USER = (
+    "[[ ## topic ## ]]\nmonday coffee\n\n[[ ## catalogue ## ]]\n"
+    "drake: preferences, this not that\nthis-is-fine: calm denial while everything burns\n\n"
+    "[[ ## seed ## ]]\n0\n\nRespond with the corresponding output fields, starting with the "
+    "field `[[ ## format_name ## ]]`, then `[[ ## reason ## ]]`, and then ending with the "
+    "marker for `[[ ## completed ## ]]`.")
+SELECT_MESSAGES = ({"role": "system", "content": _SELECT_SYSTEM},
+                   {"role": "user", "content": _SELECT_USER})
 MAX_REQUESTS_KEPT = 1000
 MAX_ARRIVALS_KEPT = 200_000
 START_TIMEOUT_S = 10.0
