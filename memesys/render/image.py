@@ -13,7 +13,7 @@ size (tests/test_render_property.py checks every format with Hypothesis).
 
 Per process, the picture under the captions is cached (bounded by its pixel memory) and fonts
 are cached per size; the PNG is written by :func:`_encode_png`, about 4x faster than Pillow's
-encoder (see ``_PNG_ZLIB_LEVEL``).
+encoder (see ``_PNG_DEFLATE_LEVEL``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from isal import isal_zlib
 from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
 from memesys.domain.formats import LAYOUTS, SLOT_COUNTS
@@ -61,13 +62,15 @@ _HEIGHT_PROBE = "HQJgy"  # ascender-to-descender extent, so line pitch is text-i
 # daemon's key is "<format>:<seed>"), but only 2 at 2048x2048. A miss costs ~6 ms of drawing.
 _BACKGROUND_CACHE_BYTES = 48 * 1024 * 1024
 # PNG encoding (measured over the 28 formats at 640x640, bench/README.md "Where the CPU goes"):
-# every row with the Up filter, then zlib at this level. Pillow's encoder picks one of the five
-# filters per row by trying them all, ~5 ms before compressing anything: at its default level
-# 6 a PNG took 13.3 ms and 71 KB, at level 1 7.5 ms and 87 KB; Up + level 1 takes 3.4 ms for
-# 89 KB (level 2: 3.6 ms, 86 KB; 4: 5.3 ms, 76 KB; 6: 9.3 ms, 72 KB). CPU is what limits the
-# daemon, the bytes only pass through memory and Redis: the fastest level. A 256-colour palette
-# would be 28 KB but moves colours by up to 15-37 levels (bands in the gradients): not used.
-_PNG_ZLIB_LEVEL = 1
+# every row with the Up filter, then deflate. Pillow's encoder picks one of the five filters per
+# row by trying them all, ~5 ms before compressing anything: at its default level 6 a PNG took
+# 13.3 ms and 71 KB, at level 1 7.5 ms and 87 KB. With the Up filter, zlib at level 1 took
+# 3.3 ms to deflate 55 KB (2: 3.8 ms, 52 KB; 3: 5.1 ms, 47 KB; its RLE and Huffman-only
+# strategies are slower); ISA-L's deflate (python-isal, a zlib-compatible stream) at its level 1
+# takes 0.54 ms for 51 KB. CPU is what limits the daemon, the bytes only pass through memory and
+# Redis. A 256-colour palette would be 28 KB but moves colours by up to 15-37 levels (bands in
+# the gradients): not used.
+_PNG_DEFLATE_LEVEL = 1
 
 Box = tuple[int, int, int, int]
 FontLoader = Callable[[int], ImageFont.FreeTypeFont]
@@ -132,9 +135,9 @@ def fit_text(
 ) -> tuple[int, list[str]]:
     """Return the largest font size (and its wrapped lines) that fits the box.
 
-    Equivalent to "start at ``max_size`` and shrink until it fits", but uses a
-    binary search so long captions cost ~log2(range) wrap attempts instead of
-    one per size. Words are wrapped whole when they can be; a word wider than
+    Equivalent to "start at ``max_size`` and shrink until it fits", but searches from an
+    estimate of the size, so a caption costs two or three wrap attempts instead of one per
+    size. Words are wrapped whole when they can be; a word wider than
     a line is broken with a hyphen, which is also chosen when it lets the text
     be at least ``_BREAK_GAIN`` times larger. Nothing is ever dropped: if even
     ``min_size`` with broken words cannot hold the text, RenderError is raised.
@@ -143,15 +146,30 @@ def fit_text(
     words = text.split()
     if not words:
         return max_size, []
-    whole = _largest(font_for, words, box_w, box_h, min_size, max_size, breaking=False)
+    start = _estimate(font_for, text, box_w, box_h, min_size, max_size)
+    whole = _largest(font_for, words, box_w, box_h, min_size, max_size, start, breaking=False)
     if whole is None or whole[0] * _BREAK_GAIN <= max_size:
         floor = min_size if whole is None else max(min_size, math.ceil(whole[0] * _BREAK_GAIN))
-        broken = _largest(font_for, words, box_w, box_h, floor, max_size, breaking=True)
+        # Breaking rarely fits at the floor: probing it first settles most captions at once.
+        broken = _largest(font_for, words, box_w, box_h, floor, max_size, floor, breaking=True)
         if broken is not None:
             return broken
     if whole is None:
         raise RenderError("caption too long for slot")
     return whole
+
+
+def _estimate(font_for: FontLoader, text: str, box_w: int, box_h: int, lo: int, hi: int) -> int:
+    """The largest size in ``lo..hi`` at which the text, packed without word-wrap waste, fills
+    no more lines than the box holds: where :func:`_largest` starts, so that a caption is
+    settled in two or three wraps instead of the seven of a binary search over 12..80."""
+    per_px = font_for(hi).getlength(text) / hi  # width grows with the size, nearly linearly
+    for size in range(hi, lo, -1):
+        avail = box_w - 2 * _stroke_width(size)
+        pitch = _line_height(font_for(size), size) + _line_gap(size)
+        if avail > 0 and math.ceil(size * per_px / avail) <= (box_h + _line_gap(size)) // pitch:
+            return size
+    return lo
 
 
 def _largest(
@@ -161,19 +179,33 @@ def _largest(
     box_h: int,
     lo: int,
     hi: int,
+    start: int,
     *,
     breaking: bool,
 ) -> tuple[int, list[str]] | None:
-    """The largest size in ``lo..hi`` whose wrap fits (binary search), or None."""
-    best: tuple[int, list[str]] | None = None
+    """The largest size in ``lo..hi`` whose wrap fits, or None.
+
+    Like a binary search it takes fitting to be monotone in the size, but it gallops from
+    ``start`` (1, 2, 4... sizes up while the wrap fits, down while it does not) and bisects
+    only the last gap, so a good ``start`` costs two wraps.
+    """
     hi = max(lo, hi)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        lines = _wrap(font_for(mid), mid, words, box_w, box_h, breaking=breaking)
+    good, bad = lo - 1, hi + 1  # the largest size known to fit, the smallest known not to
+    best: tuple[int, list[str]] | None = None
+    probe, step = min(max(start, lo), hi), 1
+    while good + 1 < bad:
+        lines = _wrap(font_for(probe), probe, words, box_w, box_h, breaking=breaking)
         if lines is None:
-            hi = mid - 1
+            bad = probe
         else:
-            best, lo = (mid, lines), mid + 1
+            good, best = probe, (probe, lines)
+        if bad > hi:
+            probe = min(good + step, hi)
+        elif good < lo:
+            probe = max(bad - step, lo)
+        else:
+            probe = (good + bad) // 2
+        step *= 2
     return best
 
 
@@ -191,7 +223,7 @@ def _encode_png(img: Image.Image) -> bytes:
     for start in range(stride, h * stride, stride):
         rows += (b"\x02", up[start:start + stride])
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
-    idat = zlib.compress(b"".join(rows), _PNG_ZLIB_LEVEL)
+    idat = isal_zlib.compress(b"".join(rows), _PNG_DEFLATE_LEVEL)
     return b"".join([_PNG_SIGNATURE, _chunk(b"IHDR", ihdr), _chunk(b"IDAT", idat),
                      _chunk(b"IEND", b"")])
 
