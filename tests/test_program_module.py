@@ -407,11 +407,13 @@ def test_the_stage_adapter_formats_every_signature_as_dspy_does(tmp_path) -> Non
         load_program(str(path)).program.write.signature)
 
 
-def test_dspy_formats_values_as_before_with_one_type_adapter_per_type() -> None:
+def test_dspy_formats_and_parses_values_as_before_with_one_type_adapter_per_type() -> None:
+    import typing
+
     import dspy.adapters.utils as dspy_utils
     from pydantic import BaseModel, TypeAdapter
 
-    from memesys.pipeline.stage import serialize_for_json
+    from memesys.pipeline.stage import type_adapter
 
     class Point(BaseModel):
         x: int
@@ -422,9 +424,17 @@ def test_dspy_formats_values_as_before_with_one_type_adapter_per_type() -> None:
         except Exception:
             return str(value)
 
-    assert dspy_utils.serialize_for_json is serialize_for_json
+    assert dspy_utils.TypeAdapter is type_adapter
+    assert type_adapter(list[str]) is type_adapter(list[str])
     for value in ("coffee", ["a", "b"], {"k": [1, 2]}, 3, 0.5, None, True, Point(x=1),
                   ("t", 1), object()):
         expected = original(value)
-        got = serialize_for_json(value)
+        got = dspy_utils.serialize_for_json(value)
         assert got == expected or (type(value) is object and isinstance(got, str)), value
+    for text, annotation, expected in (
+            ('["a", "b"]', list[str], ["a", "b"]), ("7", int, 7), ("0.5", float, 0.5),
+            ("yes", typing.Literal["yes", "no"], "yes"), ('{"x": 2}', Point, Point(x=2)),
+            ("true", bool, True), ("maybe", typing.Optional[str], "maybe")):
+        assert dspy_utils.parse_value(text, annotation) == expected, text
+    with pytest.raises(ValueError):
+        dspy_utils.parse_value("not a number", int)
