@@ -102,7 +102,7 @@ class FakeConfig:
     fallback model can succeed while the primary fails.
     """
 
-    latency_s: float = 0.0          # added to every completion (asyncio.sleep: calls overlap)
+    latency_s: float = 0.0          # each completion's time to answer, the writer's CPU in it
     jitter_s: float = 0.0           # uniform extra latency in [0, jitter_s), from ``seed``
     # Fault injection. fail_status alone fails every call with it; fail_every alone fails
     # calls N, 2N, ... with 500; both fail calls N, 2N, ... with fail_status. A fail_kind other
@@ -364,15 +364,19 @@ class FakeOpenAI:
                 await asyncio.sleep(config.fail_hang_s)  # then answer, late
             else:
                 return self._failure(request, body, config, kind, status)
-        delay = self.next_delay(config)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        # The latency is the provider's whole time to answer: the writer's CPU counts in it, as
+        # a real model's compute does, so concurrent calls are not answered later than asked.
+        answer_at = time.monotonic() + self.next_delay(config)
         try:
-            response = completion(body)
+            response, refusal = completion(body), None
         except (LM15Error, ValueError, TypeError) as exc:
             # The writer cannot answer these messages (an unknown signature, a malformed
             # message): a client error, as a real endpoint's refusal would be.
-            return error(400, f"fake-openai: {exc}")
+            response, refusal = None, error(400, f"fake-openai: {exc}")
+        if answer_at > time.monotonic():
+            await asyncio.sleep(answer_at - time.monotonic())
+        if refusal is not None:
+            return refusal
         self.calls += 1
         self.calls_by_model[body["model"]] += 1
         return web.json_response(response)
