@@ -327,6 +327,7 @@ class FakeOpenAI:
         return web.json_response(self.stats(request.query.get("arrivals") in ("1", "true")))
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         self.attempts += 1
         self.arrivals.append(time.time())
         raw = await request.read()
@@ -364,22 +365,23 @@ class FakeOpenAI:
                 await asyncio.sleep(config.fail_hang_s)  # then answer, late
             else:
                 return self._failure(request, body, config, kind, status)
-        # The latency is the provider's whole time to answer: the writer's CPU counts in it, as
-        # a real model's compute does, so concurrent calls are not answered later than asked.
-        answer_at = time.monotonic() + self.next_delay(config)
+        # The latency is the provider's whole time to answer, from the request's arrival: the
+        # fake's own CPU (reading, the writer, the JSON) is inside it, as a real model's compute
+        # is, so concurrent calls are not answered later than asked.
+        answer_at = (arrived if config.hang_s <= 0 and kind is None else time.monotonic()) \
+            + self.next_delay(config)
         try:
-            response, refusal = completion(body), None
+            answer, served = web.json_response(completion(body)), True
         except (LM15Error, ValueError, TypeError) as exc:
             # The writer cannot answer these messages (an unknown signature, a malformed
             # message): a client error, as a real endpoint's refusal would be.
-            response, refusal = None, error(400, f"fake-openai: {exc}")
+            answer, served = error(400, f"fake-openai: {exc}"), False
         if answer_at > time.monotonic():
             await asyncio.sleep(answer_at - time.monotonic())
-        if refusal is not None:
-            return refusal
-        self.calls += 1
-        self.calls_by_model[body["model"]] += 1
-        return web.json_response(response)
+        if served:  # counted once answered: a client that gave up during the wait got nothing
+            self.calls += 1
+            self.calls_by_model[body["model"]] += 1
+        return answer
 
     def next_delay(self, config: FakeConfig | None = None) -> float:
         """The latency of the next completion: drawn as ``latency_dist`` says around
