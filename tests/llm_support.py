@@ -89,8 +89,8 @@ def one(_):
             engine.complete(request)
         return "ok"
     except LLMCallError as exc:
-        if {until!r}:
-            time.sleep(0.02)  # a client told to come back later does not spin
+        if {until!r}:  # a client told to come back later does so, not before
+            time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
         return exc.kind
 with ThreadPoolExecutor({threads}) as pool:
     print(json.dumps(list(pool.map(one, range({n})))))

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.store
 
 REQUEST = write_request()
 R = 20
-LOAD_S = 6.0
+LOAD_S = 10.0
 
 
 @pytest.fixture
@@ -91,7 +91,8 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
                 out.append("ok")
             except LLMCallError as exc:
                 out.append(exc.kind)
-                time.sleep(0.02)  # a client told to come back later does not spin
+                # a client told to come back later does so, not before
+                time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
         return out
 
     with ThreadPoolExecutor(17) as pool:
@@ -104,17 +105,14 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
     arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]
     assert len(arrivals) == seen["attempts"] >= outcomes.count("ok") > 0
     assert outcomes.count("limited") > 0  # the load was well above the limit
-    rate = len(arrivals) / LOAD_S
+    rate = sum(t < end_at for t in arrivals) / LOAD_S  # while the load lasted
     busiest = max_window(arrivals)
     print(f"limit {R}/s, two processes x 16 callers: {rate:.2f} req/s at the fake, busiest "
           f"1-s window {busiest}, {outcomes.count('limited')} refused, "
           f"{engine.limiter.fallbacks} fallbacks to the local share here")
     assert rate <= R * 1.05, rate
     assert rate >= R * 0.4, rate  # the limit is used, not starved (a loaded host: 0.4)
-    if busiest > 1.5 * R:  # a known gap, reported rather than hidden (see docs/llm.md)
-        pytest.xfail(f"busiest 1-s window at the provider {busiest} > 1.5 R: a slot is taken "
-                     "in the shared window before the process's pacing sleep, so under CPU "
-                     "load sends can bunch at the provider")
+    assert busiest <= 1.5 * R, busiest
 
 
 def test_no_slot_before_the_deadline_fails_at_once(fake: FakeOpenAI, redis: str) -> None:

@@ -1,24 +1,30 @@
 """Rate limits per provider and model, shared by every process through Redis.
 
-The ``limits`` library's moving window (an atomic Lua script over a Redis list of timestamps):
-``rate_limit_rps`` requests in any 1-second window and ``rate_limit_tpm`` (estimated) tokens in
-any 60-second window, counted across every process and host on one Redis. 0 turns a limit off.
+``rate_limit_rps`` requests a second and ``rate_limit_tpm`` (estimated) tokens a minute,
+counted across every process and host on one Redis. 0 turns a limit off.
 
-- Waiting for a slot counts against the request's deadline: the wait is the moment the oldest
-  entry of a full window leaves it; a call that cannot get a slot before its deadline fails at
-  once (``llm_rate_limited``) with that wait as Retry-After.
+- Requests/s: one shared schedule (GCRA, the generic cell rate algorithm, as a virtual
+  schedule): Redis holds the theoretical time of the next request, and every caller takes the
+  next send time and moves it on by ``1 / rate_limit_rps`` in one atomic script on Redis's
+  clock. Up to ``BURST_S`` seconds' worth of calls (at least one) may go at once; after that
+  sends are spaced evenly, so any second holds at most ``rate_limit_rps`` plus that burst
+  (1.1 R). A moving window of slots (the ``limits`` library's, used before) counts the
+  moment a slot is granted: it lets R calls go in a few milliseconds and R more a second
+  later, and a process that paced its sends after taking slots sent them up to a second late,
+  so the provider saw up to 2 R in one second (tests/test_llm_limiter.py measured 38-42 at
+  R = 20).
+- Tokens/min: the ``limits`` library's moving window (an atomic Lua script over a Redis list
+  of timestamps), tested before the request's send time is taken and charged after.
+- Waiting counts against the request's deadline: a call whose send time (or the moment a
+  full token window frees) is past its deadline fails at once (``llm_rate_limited``) with that
+  wait as Retry-After, and takes no send time.
 - Redis unreachable: each process falls back to its share of the limit (limit / processes,
-  at least 1) in a local moving window, logs it, counts it (``fallbacks``), and tries Redis
-  again after ``RETRY_REDIS_S``.
-- Pacing: a process sends the calls it got slots for at least ``1 / rate_limit_rps`` apart
-  (the wait counts against the deadline), so callers
-  waiting for a full window do not all take the freed slots in one burst (a moving window
-  alone allows R requests in a few milliseconds, then R more a second later: bursts that
-  latency jitter turns into windows of up to 2 R at the provider).
-- Provider 429s: the limit this process asks for adapts down (halved, at most once a second,
+  at least 1 a second) on a schedule and window of its own, logs it, counts it
+  (``fallbacks``), and tries Redis again after ``RETRY_REDIS_S``.
+- Provider 429s: the rate this process asks for adapts down (halved, at most once a second,
   to no less than ``MIN_FACTOR`` of the configured one) and climbs back by ``CLIMB`` every
-  ``CLIMB_EVERY_S`` without a 429. The window in Redis is one list whatever the limit a caller
-  asks for, so a lowered limit holds for everyone's entries.
+  ``CLIMB_EVERY_S`` without a 429. Its calls are spaced by its own (lower) rate on the shared
+  schedule, so a lowered rate slows the others too.
 """
 from __future__ import annotations
 
@@ -28,7 +34,9 @@ import threading
 import time
 from typing import Optional
 
-from limits import RateLimitItemPerMinute, RateLimitItemPerSecond
+import redis
+from limits import RateLimitItemPerMinute
+from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -38,18 +46,50 @@ RETRY_REDIS_S = 5.0
 MIN_FACTOR = 0.1
 CLIMB = 0.1
 CLIMB_EVERY_S = 5.0
-WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same slot
+BURST_S = 0.1  # calls that may go at once: a tenth of a second's worth, at least 1 (2 at 20/s)
+WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
+
+# KEYS[1]: the time the next request may go at the latest spacing (the GCRA's theoretical
+# arrival time), in seconds on Redis's clock. ARGV: the spacing, the burst tolerance, the
+# caller's longest wait (s). Answers {1, wait} (the caller's send time is now + wait, and the
+# schedule moved on) or {0, wait} (not before its deadline: nothing taken).
+_SCHEDULE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local interval, tolerance, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+if wait > max_wait then return {0, string.format('%.6f', wait)} end
+local ttl_ms = math.ceil((tat + interval - now) * 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.6f', tat + interval), 'PX', ttl_ms)
+return {1, string.format('%.6f', wait)}
+"""
 
 
-class _PerSecond(RateLimitItemPerSecond):
-    """A 1-second limit whose key does not depend on its amount: every process (whatever limit
-    it asks for now) shares one window."""
+class _LocalSchedule:
+    """The same schedule in this process (Redis unreachable, or none configured)."""
 
-    def key_for(self, *identifiers: object) -> str:
-        return "/".join([self.namespace, *map(str, identifiers), "second"])
+    def __init__(self) -> None:
+        self._tat = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, interval: float, tolerance: float, max_wait: float) -> tuple[bool, float]:
+        with self._lock:
+            now = time.monotonic()
+            tat = max(self._tat, now)
+            wait = max(0.0, tat - tolerance - now)
+            if wait > max_wait:
+                return False, wait
+            self._tat = tat + interval
+            return True, wait
 
 
 class _PerMinute(RateLimitItemPerMinute):
+    """A 1-minute limit whose key does not depend on its amount: every process (whatever limit
+    it asks for now) shares one window."""
+
     def key_for(self, *identifiers: object) -> str:
         return "/".join([self.namespace, *map(str, identifiers), "minute"])
 
@@ -76,19 +116,23 @@ class Limiter:
         self.name = name
         self.rps, self.tpm = rps, tpm
         self.processes = max(1, processes)
-        namespace = f"{key_prefix}:llm:limit"
+        self._namespace = f"{key_prefix}:llm:limit"
         self._ids = (name,)
-        self._shared: Optional[MovingWindowRateLimiter] = None
+        self._schedule_key = f"{self._namespace}/{name}/schedule"
+        self._shared_schedule = None
+        self._shared_window: Optional[MovingWindowRateLimiter] = None
         if redis_url:
-            self._shared = MovingWindowRateLimiter(storage_from_string(
+            client = redis.Redis.from_url(redis_url, socket_timeout=0.5,
+                                          socket_connect_timeout=0.5)
+            self._shared_schedule = client.register_script(_SCHEDULE)
+            self._shared_window = MovingWindowRateLimiter(storage_from_string(
                 _storage_uri(redis_url), socket_timeout=0.5, socket_connect_timeout=0.5))
-        self._local = MovingWindowRateLimiter(MemoryStorage())
-        self._namespace = namespace
+        self._local_schedule = _LocalSchedule()
+        self._local_window = MovingWindowRateLimiter(MemoryStorage())
         self._lock = threading.Lock()
         self._factor = 1.0
         self._changed = time.monotonic()
         self._local_until = 0.0  # monotonic: Redis is skipped until then
-        self._next_at = 0.0  # wall clock: this process's next grant, at the earliest
         # counters (metrics)
         self.waits = 0
         self.waited_s = 0.0
@@ -103,25 +147,35 @@ class Limiter:
     def factor(self) -> float:
         return self._factor
 
-    def _items(self, local: bool) -> list[tuple[object, int]]:
-        share = self.processes if local else 1
-        items: list[tuple[object, int]] = []
-        if self.rps > 0:
-            amount = max(1, int(self.rps * self._factor) // share)
-            items.append((_PerSecond(amount, namespace=self._namespace), 1))
-        if self.tpm > 0:
-            amount = max(1, int(self.tpm * self._factor) // share)
-            items.append((_PerMinute(amount, namespace=self._namespace), 0))
-        return items
+    def acquire(self, tokens: int, deadline: Optional[float], max_wait_s: float) -> float:
+        """Take a send time for a request of ``tokens`` estimated tokens and wait for it, at
+        most until ``deadline`` (wall clock; None: ``max_wait_s``); the seconds waited. NoSlot
+        at once when the send time, or the moment a full token window frees, is past it."""
+        if not self.enabled:
+            return 0.0
+        began = time.time()
+        end = deadline if deadline is not None else began + max_wait_s
+        while True:
+            ok, wait = self._try(tokens, end - time.time())
+            if ok:
+                if wait > 0:
+                    time.sleep(wait)
+                waited = time.time() - began
+                if waited > 0.0005:
+                    self.waits += 1
+                    self.waited_s += waited
+                return waited
+            if time.time() + wait >= end:
+                self.refusals += 1
+                raise NoSlot(self.name, wait)
+            time.sleep(wait + random.uniform(0, WAKE_JITTER_S))
 
-    def _try(self, tokens: int) -> tuple[bool, float]:
-        """(got a slot, else seconds until one may free)."""
-        local = time.monotonic() < self._local_until or self._shared is None
-        limiter = self._local if local else self._shared
-        assert limiter is not None
+    def _try(self, tokens: int, max_wait: float) -> tuple[bool, float]:
+        """(got a send time, the wait for it) or (False, seconds until one may be had)."""
+        local = time.monotonic() < self._local_until or self._shared_schedule is None
         try:
-            return self._try_on(limiter, local, tokens)
-        except Exception as exc:  # the storage's own errors: redis's, wrapped or not
+            return self._try_on(local, tokens, max_wait)
+        except (redis.RedisError, StorageError) as exc:
             if local:
                 raise
             with self._lock:
@@ -131,60 +185,38 @@ class Limiter:
                                 "to its share (1/%d) of the limit for %g s", self.name,
                                 type(exc).__name__, self.processes, RETRY_REDIS_S)
                 self._local_until = time.monotonic() + RETRY_REDIS_S
-            return self._try_on(self._local, True, tokens)
+            return self._try_on(True, tokens, max_wait)
 
-    def _try_on(self, limiter: MovingWindowRateLimiter, local: bool,
-                tokens: int) -> tuple[bool, float]:
-        items = self._items(local)
-        for item, _ in items:  # tokens first (tested, not taken) then requests (taken)
-            cost = 1 if isinstance(item, _PerSecond) else max(1, min(tokens, item.amount))
-            if isinstance(item, _PerMinute) and not limiter.test(item, *self._ids, cost=cost):
-                return False, self._until_free(limiter, item)
-        for item, _ in items:
-            cost = 1 if isinstance(item, _PerSecond) else max(1, min(tokens, item.amount))
-            if not limiter.hit(item, *self._ids, cost=cost):
-                return False, self._until_free(limiter, item)
-        return True, 0.0
+    def _try_on(self, local: bool, tokens: int, max_wait: float) -> tuple[bool, float]:
+        share = self.processes if local else 1
+        window = self._local_window if local else self._shared_window
+        tokens_item = None
+        if self.tpm > 0:
+            tokens_item = _PerMinute(max(1, int(self.tpm * self._factor) // share),
+                                     namespace=self._namespace)
+            cost = max(1, min(tokens, tokens_item.amount))
+            if not window.test(tokens_item, *self._ids, cost=cost):
+                return False, self._until_free(window, tokens_item)
+        wait = 0.0
+        if self.rps > 0:
+            rate = max(1.0, self.rps * self._factor / share)
+            interval = 1.0 / rate
+            tolerance = (max(1, int(rate * BURST_S)) - 1) * interval
+            if local:
+                ok, wait = self._local_schedule(interval, tolerance, max(0.0, max_wait))
+            else:
+                ok, raw = self._shared_schedule(keys=[self._schedule_key],
+                                                args=[interval, tolerance, max(0.0, max_wait)])
+                ok, wait = bool(ok), float(raw)
+            if not ok:
+                return False, wait
+        if tokens_item is not None and not window.hit(tokens_item, *self._ids, cost=cost):
+            return False, self._until_free(window, tokens_item)  # raced: the send time is lost
+        return True, wait
 
-    def _until_free(self, limiter: MovingWindowRateLimiter, item: object) -> float:
-        stats = limiter.get_window_stats(item, *self._ids)  # type: ignore[arg-type]
+    def _until_free(self, window: MovingWindowRateLimiter, item: object) -> float:
+        stats = window.get_window_stats(item, *self._ids)  # type: ignore[arg-type]
         return max(0.001, stats.reset_time - time.time())
-
-    def acquire(self, tokens: int, deadline: Optional[float], max_wait_s: float) -> float:
-        """Take a slot for a request of ``tokens`` estimated tokens, waiting for one at most
-        until ``deadline`` (wall clock; None: ``max_wait_s``); the seconds waited. NoSlot when
-        none frees in time."""
-        if not self.enabled:
-            return 0.0
-        began = time.time()
-        end = deadline if deadline is not None else began + max_wait_s
-        while True:
-            if self.rps > 0 and self._next_at >= end:  # the pacing queue is past the deadline
-                self.refusals += 1
-                raise NoSlot(self.name, self._next_at - time.time())
-            ok, wait = self._try(tokens)
-            now = time.time()
-            if ok and self.rps > 0:  # pacing: this process sends at least 1/rps apart
-                with self._lock:
-                    send_at = max(now, self._next_at)
-                    if send_at < end:
-                        self._next_at = send_at + 1.0 / max(1.0, self.rps * self._factor)
-                if send_at >= end:
-                    self.refusals += 1
-                    raise NoSlot(self.name, send_at - now)
-                if send_at > now:
-                    time.sleep(send_at - now)
-                    now = time.time()
-            if ok:
-                waited = now - began
-                if waited > 0.0005:
-                    self.waits += 1
-                    self.waited_s += waited
-                return waited
-            if now + wait >= end:
-                self.refusals += 1
-                raise NoSlot(self.name, wait)
-            time.sleep(wait + random.uniform(0, WAKE_JITTER_S))
 
     # ------------------------------------------------------------------ adapting
 
