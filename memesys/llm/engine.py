@@ -144,7 +144,7 @@ class HardenedEngine:
                                for name in fallbacks if name and name != model)
         self.fallbacks_taken = 0
         self.budget: Budget = budget_for(policy.daily_token_budget, policy.prices,
-                                         policy.redis_url, policy.key_prefix)
+                                         policy.redis_url, policy.key_prefix, policy.processes)
         bulkhead.configure(policy.max_concurrent_writes, policy.max_concurrent_judgements)
         self.metrics: Recorder = recorder_for(policy.redis_url, policy.key_prefix)
         if not self.breaker.on_transition:
