@@ -115,6 +115,64 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
     assert busiest <= 1.5 * R, busiest
 
 
+def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str,
+                                                        tmp_path) -> None:
+    """The issue's case through the running daemon: 8 HTTP clients post memes back to back to
+    a daemon while another process's 16 callers use the same provider and model, both on one
+    Redis and one limit of R req/s, for 10 s; at the fake the rate stays within R + 5 % and
+    no second holds more than 1.5 R."""
+    import threading
+
+    from tests.daemon_process import DaemonProcess
+    url, stats = fake_process
+    daemon = DaemonProcess(tmp_path, {
+        "REDIS_URL": redis, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": url,
+        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_LLM_RATE_LIMIT_RPS": str(R),
+        "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0"}).start()
+    try:
+        knobs = {"max_attempts": 1, "rate_limit_rps": R, "redis_url": redis, "processes": 2,
+                 "key_prefix": daemon.key_prefix, "timeout_s": 5.0}
+        start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
+        end_at = start_at + LOAD_S
+        statuses: list[int] = []
+
+        def client(i: int) -> None:
+            n = 0
+            while time.time() < end_at:
+                status, _, _ = daemon.request("POST", "/v1/memes", {
+                    "fresh": True, "topic": f"shared limit client {i} meme {n}"}, timeout=60)
+                statuses.append(status)
+                n += 1
+                if status != 201:
+                    time.sleep(0.2)
+
+        with ThreadPoolExecutor(1) as pool:
+            there = pool.submit(calls_in_subprocess, url, 200_000, knobs, threads=16,
+                                start_at=start_at, deadline_s=0.5, until=end_at)
+            time.sleep(max(0.0, start_at - time.time()))
+            clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+            for t in clients:
+                t.start()
+            outcomes = there.result()
+            for t in clients:
+                t.join(90)
+        seen = stats()
+    finally:
+        assert daemon.stop() == []
+    arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]
+    rate = sum(t < end_at for t in arrivals) / LOAD_S
+    busiest = max_window(arrivals)
+    print(f"limit {R}/s, the daemon (8 clients: {statuses.count(201)} memes, "
+          f"{len(statuses) - statuses.count(201)} refused) and a process of 16 callers "
+          f"({outcomes.count('ok')} calls, {outcomes.count('limited')} refused): "
+          f"{rate:.2f} req/s at the fake, busiest 1-s window {busiest}")
+    assert statuses.count(201) > 0 and outcomes.count("ok") > 0  # both got their turn
+    assert outcomes.count("limited") > 0  # the load was well above the limit
+    assert rate <= R * 1.05, rate
+    assert rate >= R * 0.4, rate
+    assert busiest <= 1.5 * R, busiest
+
+
 def test_no_slot_before_the_deadline_fails_at_once(fake: FakeOpenAI, redis: str) -> None:
     engine = make_engine(fake.url, max_attempts=1, rate_limit_rps=2, redis_url=redis,
                          key_prefix=f"t{uuid.uuid4().hex[:6]}")

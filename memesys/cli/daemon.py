@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -148,6 +149,7 @@ class Daemon:
         gateway.watch(runner.server)  # closes connections that send no request head in time
         host, port = self.cfg.gateway.host, self.cfg.gateway.port
         await web.TCPSite(runner, host, port, backlog=1024).start()
+        gc.freeze()  # as every actor does once started (actors.base): no full walks of DSPy
         print(f"memesys ready at http://{host}:{port}", flush=True)
         watching = asyncio.create_task(watch.watch())
         signalled = asyncio.create_task(self.stopping.wait())

@@ -137,6 +137,10 @@ class HardenedEngine:
         self._dialect = OpenAIChatLM(api_key=api_key, base_url=self.base_url)
         self._rng = random.Random()
         self.name = f"{urlsplit(self.base_url).netloc}/{model}"  # provider + model
+        # Made now, not by the first call: building a client (its SSL context) took up to
+        # 1.5 s on a loaded host, with every other caller of the process waiting on its lock
+        # and then sending at once.
+        http_client(self.base_url, policy.max_connections)
         self.breaker: Breaker = breaker_for(self.name, policy.breaker_failures,
                                             policy.breaker_reset_s, policy.timeout_s,
                                             policy.redis_url, policy.key_prefix)

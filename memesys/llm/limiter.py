@@ -8,11 +8,14 @@ counted across every process and host on one Redis. 0 turns a limit off.
   next send time and moves it on by ``1 / rate_limit_rps`` in one atomic script on Redis's
   clock. Up to ``BURST_S`` seconds' worth of calls (at least one) may go at once; after that
   sends are spaced evenly, so any second holds at most ``rate_limit_rps`` plus that burst
-  (1.1 R). A moving window of slots (the ``limits`` library's, used before) counts the
-  moment a slot is granted: it lets R calls go in a few milliseconds and R more a second
-  later, and a process that paced its sends after taking slots sent them up to a second late,
-  so the provider saw up to 2 R in one second (tests/test_llm_limiter.py measured 38-42 at
-  R = 20).
+  (1.1 R). Then, at the moment of sending, the call is policed by the same algorithm on a
+  key of its own that grants only "now", with a burst of ``CAP_BURST_S`` seconds' worth: a
+  process that stalled past several send times (starved of CPU, paused) sends them at the
+  rate instead of all at once when it runs again, so any second holds at most 1.25 R as sent.
+  Before, a moving window of slots (the ``limits`` library's) counted the moment a slot was
+  granted: it let R calls go in a few milliseconds and R more a second later, and a process
+  that paced its sends after taking slots sent them up to a second late, so the provider saw
+  up to 2 R in one second (tests/test_llm_limiter.py measured 38-42 at R = 20).
 - Tokens/min: the ``limits`` library's moving window (an atomic Lua script over a Redis list
   of timestamps), tested before the request's send time is taken and charged after.
 - Waiting counts against the request's deadline: a call whose send time (or the moment a
@@ -28,11 +31,12 @@ counted across every process and host on one Redis. 0 turns a limit off.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import redis
 from limits import RateLimitItemPerMinute
@@ -47,6 +51,7 @@ MIN_FACTOR = 0.1
 CLIMB = 0.1
 CLIMB_EVERY_S = 5.0
 BURST_S = 0.1  # calls that may go at once: a tenth of a second's worth, at least 1 (2 at 20/s)
+CAP_BURST_S = 0.25  # the send cap's burst: a quarter second's worth, more than BURST_S (5 at 20/s)
 WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
 
 # KEYS[1]: the time the next request may go at the latest spacing (the GCRA's theoretical
@@ -119,6 +124,7 @@ class Limiter:
         self._namespace = f"{key_prefix}:llm:limit"
         self._ids = (name,)
         self._schedule_key = f"{self._namespace}/{name}/schedule"
+        self._cap_key = f"{self._namespace}/{name}/sent"
         self._shared_schedule = None
         self._shared_window: Optional[MovingWindowRateLimiter] = None
         if redis_url:
@@ -128,6 +134,7 @@ class Limiter:
             self._shared_window = MovingWindowRateLimiter(storage_from_string(
                 _storage_uri(redis_url), socket_timeout=0.5, socket_connect_timeout=0.5))
         self._local_schedule = _LocalSchedule()
+        self._local_cap = _LocalSchedule()
         self._local_window = MovingWindowRateLimiter(MemoryStorage())
         self._lock = threading.Lock()
         self._factor = 1.0
@@ -148,33 +155,44 @@ class Limiter:
         return self._factor
 
     def acquire(self, tokens: int, deadline: Optional[float], max_wait_s: float) -> float:
-        """Take a send time for a request of ``tokens`` estimated tokens and wait for it, at
-        most until ``deadline`` (wall clock; None: ``max_wait_s``); the seconds waited. NoSlot
-        at once when the send time, or the moment a full token window frees, is past it."""
+        """Take a send time for a request of ``tokens`` estimated tokens and wait for it, then
+        a place in the send cap, at most until ``deadline`` (wall clock; None: ``max_wait_s``);
+        the seconds waited. NoSlot at once when the send time, or the moment a full window
+        frees, is past it."""
         if not self.enabled:
             return 0.0
         began = time.time()
         end = deadline if deadline is not None else began + max_wait_s
+        self._take(functools.partial(self._reserve, tokens), end)
+        if self.rps > 0:
+            self._take(self._cap, end)
+        waited = time.time() - began
+        if waited > 0.0005:
+            self.waits += 1
+            self.waited_s += waited
+        return waited
+
+    def _take(self, step: Callable[[bool, float], tuple[bool, float]], end: float) -> None:
+        """Run ``step`` until it grants, sleeping the wait it names; NoSlot once that wait
+        would end past ``end``."""
         while True:
-            ok, wait = self._try(tokens, end - time.time())
+            ok, wait = self._on_storage(step, end - time.time())
             if ok:
                 if wait > 0:
                     time.sleep(wait)
-                waited = time.time() - began
-                if waited > 0.0005:
-                    self.waits += 1
-                    self.waited_s += waited
-                return waited
+                return
             if time.time() + wait >= end:
                 self.refusals += 1
                 raise NoSlot(self.name, wait)
             time.sleep(wait + random.uniform(0, WAKE_JITTER_S))
 
-    def _try(self, tokens: int, max_wait: float) -> tuple[bool, float]:
-        """(got a send time, the wait for it) or (False, seconds until one may be had)."""
+    def _on_storage(self, step: Callable[[bool, float], tuple[bool, float]],
+                    max_wait: float) -> tuple[bool, float]:
+        """``step(local, max_wait)`` on Redis, or on this process's share while Redis is
+        unreachable: (granted, the wait before sending) or (False, seconds until it may be)."""
         local = time.monotonic() < self._local_until or self._shared_schedule is None
         try:
-            return self._try_on(local, tokens, max_wait)
+            return step(local, max_wait)
         except (redis.RedisError, StorageError) as exc:
             if local:
                 raise
@@ -185,9 +203,16 @@ class Limiter:
                                 "to its share (1/%d) of the limit for %g s", self.name,
                                 type(exc).__name__, self.processes, RETRY_REDIS_S)
                 self._local_until = time.monotonic() + RETRY_REDIS_S
-            return self._try_on(True, tokens, max_wait)
+            return step(True, max_wait)
 
-    def _try_on(self, local: bool, tokens: int, max_wait: float) -> tuple[bool, float]:
+    def _rate(self, local: bool) -> tuple[float, int]:
+        """(requests/s, burst) this process asks for now."""
+        rate = max(1.0, self.rps * self._factor / (self.processes if local else 1))
+        return rate, max(1, int(rate * BURST_S))
+
+    def _reserve(self, tokens: int, local: bool, max_wait: float) -> tuple[bool, float]:
+        """The token window's test, the request's send time on the schedule, the tokens'
+        charge."""
         share = self.processes if local else 1
         window = self._local_window if local else self._shared_window
         tokens_item = None
@@ -199,9 +224,9 @@ class Limiter:
                 return False, self._until_free(window, tokens_item)
         wait = 0.0
         if self.rps > 0:
-            rate = max(1.0, self.rps * self._factor / share)
+            rate, burst = self._rate(local)
             interval = 1.0 / rate
-            tolerance = (max(1, int(rate * BURST_S)) - 1) * interval
+            tolerance = (burst - 1) * interval
             if local:
                 ok, wait = self._local_schedule(interval, tolerance, max(0.0, max_wait))
             else:
@@ -213,6 +238,19 @@ class Limiter:
         if tokens_item is not None and not window.hit(tokens_item, *self._ids, cost=cost):
             return False, self._until_free(window, tokens_item)  # raced: the send time is lost
         return True, wait
+
+    def _cap(self, local: bool, max_wait: float) -> tuple[bool, float]:
+        """The moment of sending, policed: the same algorithm on a key of its own, granting
+        only now (never a later time), with a burst of ``CAP_BURST_S`` seconds' worth. Calls
+        that follow their send times pass at once; a process that stalled past several of
+        them (starved of CPU, paused) sends them at the rate, not all at once."""
+        rate, burst = self._rate(local)
+        interval = 1.0 / rate
+        tolerance = (max(burst + 1, int(rate * CAP_BURST_S)) - 1) * interval
+        if local:
+            return self._local_cap(interval, tolerance, 0.0)
+        ok, raw = self._shared_schedule(keys=[self._cap_key], args=[interval, tolerance, 0.0])
+        return bool(ok), float(raw)
 
     def _until_free(self, window: MovingWindowRateLimiter, item: object) -> float:
         stats = window.get_window_stats(item, *self._ids)  # type: ignore[arg-type]
