@@ -206,7 +206,8 @@ def slots_within(limiter: Limiter, seconds: float) -> int:
 def test_without_redis_each_process_keeps_to_its_share() -> None:
     limiter = Limiter("x/m", 10, 0, "redis://127.0.0.1:1/0", "t", processes=2)
     began = time.time()
-    assert slots_within(limiter, 0.9) == 5 and limiter.fallbacks == 1  # 10 / 2 processes
+    # 10 / 2 processes: 5 a second after a burst of 2 (never more than half a second's worth)
+    assert slots_within(limiter, 0.9) == 6 and limiter.fallbacks == 1
     assert time.time() - began < 1.5
 
 
@@ -217,7 +218,7 @@ def test_provider_429s_lower_the_limit_and_it_climbs_back() -> None:
     limiter._changed -= 2
     limiter.provider_limited()
     assert limiter.factor == 0.5
-    assert slots_within(limiter, 0.9) == 5
+    assert slots_within(limiter, 0.9) == 6  # 5 a second after a burst of 2
     limiter._changed -= 6
     limiter.provider_answered()
     assert limiter.factor == pytest.approx(0.6)

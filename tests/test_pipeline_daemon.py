@@ -36,8 +36,7 @@ def provider_daemon(tmp_path_factory, fake):
         # (5 failed attempts) their failures would add up and open it for 30 s. The breaker
         # is tested in tests/test_llm_breaker.py and tests/test_llm_daemon.py.
         "MEMESYS_LLM_BREAKER_FAILURES": "1000",
-        # The fake has no quota; the shared schedule spaces calls 1/rps apart after a burst of
-        # one, which would spread a judging group (four calls at once) over 300 ms at 10/s.
+        # The fake has no quota; the default 10 req/s would hold these tests to ~1.6 memes/s.
         # The limiter is tested in tests/test_llm_limiter.py and tests/test_llm_daemon.py.
         "MEMESYS_LLM_RATE_LIMIT_RPS": "0"}).start()
     yield d

@@ -6,12 +6,12 @@ counted across every process and host on one Redis. 0 turns a limit off.
 - Requests/s: one shared schedule (GCRA, the generic cell rate algorithm, as a virtual
   schedule): Redis holds the theoretical time of the next request, and every caller takes the
   next send time and moves it on by ``1 / rate_limit_rps`` in one atomic script on Redis's
-  clock. Up to ``BURST_S`` seconds' worth of calls (at least one) may go at once; after that
-  sends are spaced evenly, so any second holds at most ``rate_limit_rps`` plus that burst
-  (1.1 R). Then, at the moment of sending, the call is policed by the same algorithm on a
-  key of its own that grants only "now", with a burst of ``CAP_BURST_S`` seconds' worth: a
-  process that stalled past several send times (starved of CPU, paused) sends them at the
-  rate instead of all at once when it runs again, so any second holds at most 1.25 R as sent.
+  clock. Up to ``MAX_BURST`` calls (a judging group; never more than half a second's worth,
+  at least one) may go at once; after that sends are spaced evenly, so any second holds at
+  most ``rate_limit_rps`` plus that burst (1.4 R at 10 req/s, 1.2 R at 20). Then, at the
+  moment of sending, the call is policed by the same algorithm on a key of its own that
+  grants only "now": a process that stalled past several send times (starved of CPU, paused)
+  sends them at the rate instead of all at once when it runs again.
   Before, a moving window of slots (the ``limits`` library's) counted the moment a slot was
   granted: it let R calls go in a few milliseconds and R more a second later, and a process
   that paced its sends after taking slots sent them up to a second late, so the provider saw
@@ -50,8 +50,9 @@ RETRY_REDIS_S = 5.0
 MIN_FACTOR = 0.1
 CLIMB = 0.1
 CLIMB_EVERY_S = 5.0
-BURST_S = 0.1  # calls that may go at once: a tenth of a second's worth, at least 1 (2 at 20/s)
-CAP_BURST_S = 0.25  # the send cap's burst: a quarter second's worth, more than BURST_S (5 at 20/s)
+# Calls that may go at once: a meme's judging group (three verifiers and the scorer), never
+# more than half a second's worth, at least one. 4 at 10 req/s: a second holds at most 1.4 R.
+MAX_BURST = 4
 WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
 
 # KEYS[1]: the time the next request may go at the latest spacing (the GCRA's theoretical
@@ -208,7 +209,7 @@ class Limiter:
     def _rate(self, local: bool) -> tuple[float, int]:
         """(requests/s, burst) this process asks for now."""
         rate = max(1.0, self.rps * self._factor / (self.processes if local else 1))
-        return rate, max(1, int(rate * BURST_S))
+        return rate, max(1, min(MAX_BURST, int(rate / 2)))
 
     def _reserve(self, tokens: int, local: bool, max_wait: float) -> tuple[bool, float]:
         """The token window's test, the request's send time on the schedule, the tokens'
@@ -240,13 +241,13 @@ class Limiter:
         return True, wait
 
     def _cap(self, local: bool, max_wait: float) -> tuple[bool, float]:
-        """The moment of sending, policed: the same algorithm on a key of its own, granting
-        only now (never a later time), with a burst of ``CAP_BURST_S`` seconds' worth. Calls
-        that follow their send times pass at once; a process that stalled past several of
-        them (starved of CPU, paused) sends them at the rate, not all at once."""
+        """The moment of sending, policed: the same algorithm and burst on a key of its own,
+        granting only now (never a later time). Calls that follow their send times pass at
+        once (one that is a little early waits that little); a process that stalled past
+        several of them (starved of CPU, paused) sends them at the rate, not all at once."""
         rate, burst = self._rate(local)
         interval = 1.0 / rate
-        tolerance = (max(burst + 1, int(rate * CAP_BURST_S)) - 1) * interval
+        tolerance = (burst - 1) * interval
         if local:
             return self._local_cap(interval, tolerance, 0.0)
         ok, raw = self._shared_schedule(keys=[self._cap_key], args=[interval, tolerance, 0.0])
