@@ -126,12 +126,12 @@ class Limiter:
         self._ids = (name,)
         self._schedule_key = f"{self._namespace}/{name}/schedule"
         self._cap_key = f"{self._namespace}/{name}/sent"
-        self._shared_schedule = None
+        self._gcra = None  # _SCHEDULE, run on the schedule's key and on the send cap's
         self._shared_window: Optional[MovingWindowRateLimiter] = None
         if redis_url:
             client = redis.Redis.from_url(redis_url, socket_timeout=0.5,
                                           socket_connect_timeout=0.5)
-            self._shared_schedule = client.register_script(_SCHEDULE)
+            self._gcra = client.register_script(_SCHEDULE)
             self._shared_window = MovingWindowRateLimiter(storage_from_string(
                 _storage_uri(redis_url), socket_timeout=0.5, socket_connect_timeout=0.5))
         self._local_schedule = _LocalSchedule()
@@ -191,7 +191,7 @@ class Limiter:
                     max_wait: float) -> tuple[bool, float]:
         """``step(local, max_wait)`` on Redis, or on this process's share while Redis is
         unreachable: (granted, the wait before sending) or (False, seconds until it may be)."""
-        local = time.monotonic() < self._local_until or self._shared_schedule is None
+        local = time.monotonic() < self._local_until or self._gcra is None
         try:
             return step(local, max_wait)
         except (redis.RedisError, StorageError) as exc:
@@ -231,7 +231,7 @@ class Limiter:
             if local:
                 ok, wait = self._local_schedule(interval, tolerance, max(0.0, max_wait))
             else:
-                ok, raw = self._shared_schedule(keys=[self._schedule_key],
+                ok, raw = self._gcra(keys=[self._schedule_key],
                                                 args=[interval, tolerance, max(0.0, max_wait)])
                 ok, wait = bool(ok), float(raw)
             if not ok:
@@ -250,7 +250,7 @@ class Limiter:
         tolerance = (burst - 1) * interval
         if local:
             return self._local_cap(interval, tolerance, 0.0)
-        ok, raw = self._shared_schedule(keys=[self._cap_key], args=[interval, tolerance, 0.0])
+        ok, raw = self._gcra(keys=[self._cap_key], args=[interval, tolerance, 0.0])
         return bool(ok), float(raw)
 
     def _until_free(self, window: MovingWindowRateLimiter, item: object) -> float:
