@@ -81,7 +81,7 @@ def breaker_daemon(tmp_path_factory, fake):
     d = DaemonProcess(tmp_path_factory.mktemp("llm-breaker"), {
         "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
         "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_LLM_MAX_ATTEMPTS": "2",
-        "MEMESYS_LLM_TIMEOUT_S": "1.0", "MEMESYS_LLM_BREAKER_FAILURES": "5",
+        "MEMESYS_LLM_TIMEOUT_S": "0.5", "MEMESYS_LLM_BREAKER_FAILURES": "5",
         "MEMESYS_LLM_BREAKER_RESET_S": str(RESET_S)}).start()
     yield d
     assert d.stop() == []
