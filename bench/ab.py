@@ -722,8 +722,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def orchestrate(mode: Mode, keep: bool, llm_rps: str) -> int:
-    import psutil
-
     run = _run()
     began = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="memesys-bench-ab-"))
@@ -834,22 +832,13 @@ def orchestrate(mode: Mode, keep: bool, llm_rps: str) -> int:
         for name, daemon in daemons.items():
             if not daemon.stopped:
                 stop(name, daemon)
-        code = run.stop_process(fake.proc)
-        if code != 0:
-            note(f"the fake server exited with {code}")
-        leftovers["fake server"] = run.wait_gone(None, [fake.proc.pid], 5.0)
-        if leftovers["fake server"]:
-            run.kill_pids(leftovers["fake server"])
+        leftovers["fake server"] = fake.stop()
 
     say(table("5. Failed requests (status and error code)",
               ["phase", "requests", "failed", "by status and code"], failures))
     for kind, message in sorted(messages.items()):
         say(f"first message of {kind}: {message}")
-    alive = [pid for pid in started if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    say("check: processes left after SIGTERM (killed by pid): "
-        + (", ".join(f"{what} {pids}" for what, pids in leftovers.items() if pids) or "none")
-        + f"; started pids still alive now: {alive or 'none'}")
+    say(pipeline.leftovers_check(started, leftovers))
     say()
     say("Targets")
     for target in targets:
@@ -874,12 +863,7 @@ class _Stoppable:
         self.proc = proc
 
     def stop(self) -> list[int]:
-        run = _run()
-        run.stop_process(self.proc)
-        left = run.wait_gone(None, [self.proc.pid], 5.0)
-        if left:
-            run.kill_pids(left)
-        return left
+        return pipeline.stop_plain(self.proc, "the bare server")
 
 
 if __name__ == "__main__":

@@ -262,6 +262,33 @@ class Fake:
         raise RuntimeError(f"the fake server did not start; log {self.log_path}:\n"
                            f"{_run_helpers().log_tail(self.log_path)}")
 
+    def stop(self) -> list[int]:
+        return stop_plain(self.proc, "the fake server")
+
+
+def stop_plain(proc: subprocess.Popen, what: str) -> list[int]:
+    """SIGTERM a process of ours, wait for it to be gone; anything left is killed by pid and
+    returned."""
+    run = _run_helpers()
+    code = run.stop_process(proc)
+    if code != 0:
+        note(f"{what} exited with {code}")
+    left = run.wait_gone(None, [proc.pid], 5.0)
+    if left:
+        run.kill_pids(left)
+    return left
+
+
+def leftovers_check(started: list[int], leftovers: dict[str, list[int]]) -> str:
+    """The report's line on what was left after SIGTERM and what still runs of ``started``."""
+    import psutil
+    alive = [pid for pid in started if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    return ("check: processes left after SIGTERM (killed by pid): "
+            + (", ".join(f"{what} {pids}" for what, pids in leftovers.items() if pids)
+               or "none")
+            + f"; started pids still alive now: {alive or 'none'}")
+
 
 class Daemon:
     """``python run_system.py`` in one pipeline mode against the fake server.
@@ -839,12 +866,7 @@ def orchestrate(mode: Mode, keep: bool) -> int:
 
         section(f"2. concurrency {CONCURRENCY}", table2)
         leftovers["parallel daemon"] = daemons["parallel"].stop()
-        fake_code = run.stop_process(fake.proc)
-        if fake_code != 0:
-            note(f"the fake server exited with {fake_code}")
-        leftovers["fake server"] = run.wait_gone(None, [fake.proc.pid], 5.0)
-        if leftovers["fake server"]:
-            run.kill_pids(leftovers["fake server"])
+        leftovers["fake server"] = fake.stop()
 
     say(table("3. Failed requests (status and error code; must be 0 at concurrency 1)",
               ["phase", "requests", "failed", "by status"], failures))
@@ -852,12 +874,7 @@ def orchestrate(mode: Mode, keep: bool) -> int:
     say(f"target: no failed request at concurrency 1   measured {c1}   {verdict(c1 == 0)}")
     for kind, message in sorted(messages.items()):
         say(f"first message of {kind}: {message}")
-    import psutil
-    alive = [pid for pid in started if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    say("check: processes left after SIGTERM (killed by pid): "
-        + (", ".join(f"{what} {pids}" for what, pids in leftovers.items() if pids) or "none")
-        + f"; started pids still alive now: {alive or 'none'}")
+    say(leftovers_check(started, leftovers))
     say()
     say(f"total bench time {time.perf_counter() - began:.0f} s")
     if failed or keep:
