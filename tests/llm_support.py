@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from dspy.lm15 import Request, Response
 
 from memesys.llm.breaker import forget_all
 from memesys.llm.engine import HardenedEngine, Policy
+from memesys.llm.errors import LLMCallError
 from memesys.offline.engine import OfflineEngine
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.writing import write_caption
@@ -66,6 +68,12 @@ def redis_url(tmp: Path) -> Iterator[str]:
         server.shutdown()
 
 
+def come_back_later(exc: LLMCallError) -> None:
+    """What a client told to come back later does under load: waits its Retry-After (20 ms to
+    0.5 s), neither spinning nor giving up."""
+    time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
+
+
 def calls_in_subprocess(url: str, n: int, policy: dict, *, threads: int = 1,
                         start_at: float = 0.0, deadline_s: float = 0.0,
                         until: float = 0.0) -> list[str]:
@@ -75,7 +83,7 @@ def calls_in_subprocess(url: str, n: int, policy: dict, *, threads: int = 1,
     script = f"""
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
-from tests.llm_support import make_engine, write_request
+from tests.llm_support import come_back_later, make_engine, write_request
 from memesys.llm.errors import LLMCallError
 from memesys.llm import deadline as deadlines
 engine = make_engine({url!r}, **json.loads(sys.argv[1]))
@@ -89,8 +97,8 @@ def one(_):
             engine.complete(request)
         return "ok"
     except LLMCallError as exc:
-        if {until!r}:  # a client told to come back later does so, not before
-            time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
+        if {until!r}:
+            come_back_later(exc)
         return exc.kind
 with ThreadPoolExecutor({threads}) as pool:
     print(json.dumps(list(pool.map(one, range({n})))))

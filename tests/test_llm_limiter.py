@@ -18,7 +18,7 @@ from memesys.llm import deadline as deadlines
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import Limiter, NoSlot
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import calls_in_subprocess, make_engine, write_request
+from tests.llm_support import calls_in_subprocess, come_back_later, make_engine, write_request
 
 pytestmark = pytest.mark.store
 
@@ -91,8 +91,7 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
                 out.append("ok")
             except LLMCallError as exc:
                 out.append(exc.kind)
-                # a client told to come back later does so, not before
-                time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
+                come_back_later(exc)
         return out
 
     with ThreadPoolExecutor(17) as pool:
