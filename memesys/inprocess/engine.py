@@ -30,7 +30,6 @@ from memesys.domain.engines import INPROCESS
 from memesys.domain.messages import GenerateMeme, RenderMeme, SaveMeme
 from memesys.errors import ErrorCode
 from memesys.llm import deadline as llm_deadline
-from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.making import MemeFailed, MemeMaker
 from memesys.pipeline.program import load_configured
@@ -56,17 +55,13 @@ class ThreadStages(BlockingStages):
     """Pipeline stages in this process: each LM call in the engine's pool, judging all at
     once."""
 
-    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
-                                                               Scores | None]:
-        """The three verifiers and the scorer at once; a verifier whose call fails is an
-        "unavailable" verdict; the scorer's failure matters only if the draft may be served."""
-        started = time.perf_counter()
+    async def judge_all(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                                   Scores | BaseException]:
         program = self.program
         calls = [self.call(v + suffix, v, lambda h, v=v: verify(h, v, draft, program))
                  for v in VERIFIERS]
         calls.append(self.call("score" + suffix, "score", lambda h: score(h, draft, program)))
         answers = await asyncio.gather(*calls, return_exceptions=True)
-        self.judge_ms["judge" + suffix] = (time.perf_counter() - started) * 1000
         verdicts = {}
         for verifier, answer in zip(VERIFIERS, answers):
             if isinstance(answer, (LMError, OutputError)):
@@ -74,12 +69,7 @@ class ThreadStages(BlockingStages):
             elif isinstance(answer, BaseException):
                 raise answer  # a bug, not an unavailable verifier
             verdicts[verifier] = answer
-        scored = answers[-1]
-        if not isinstance(scored, BaseException):
-            return verdicts, scored
-        if decide(verdicts).refusal is not None:
-            return verdicts, None  # refused anyway; the missing score changes nothing
-        raise scored
+        return verdicts, answers[-1]
 
 
 class InProcessEngine:

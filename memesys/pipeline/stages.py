@@ -189,6 +189,26 @@ class BlockingStages:
         handle = self.handle_for(stage)
         return await self.run(self.ledger.call, key, handle, lambda: fn(handle))
 
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                               Scores | None]:
+        """The three verifiers and the scorer at once (:meth:`judge_all`); a verifier whose
+        call fails is an "unavailable" verdict; a failed scorer fails the meme unless the
+        verdicts refuse it anyway."""
+        started = time.perf_counter()
+        verdicts, scored = await self.judge_all(draft, suffix)
+        self.judge_ms["judge" + suffix] = (time.perf_counter() - started) * 1000
+        if not isinstance(scored, BaseException):
+            return verdicts, scored
+        if decide(verdicts).refusal is not None:
+            return verdicts, None  # refused anyway; the missing score changes nothing
+        raise scored
+
+    async def judge_all(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                                   Scores | BaseException]:
+        """Every verdict (unavailable where its call failed) and the scores, or why the scorer
+        failed: where the group runs."""
+        raise NotImplementedError
+
 
 @dataclass
 class LocalStages:

@@ -21,7 +21,6 @@ and of the meme's ``provider.program``.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -41,7 +40,6 @@ from memesys.domain.messages import (
     SaveMeme,
     StoreHealth,
 )
-from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.making import MemeFailed, MemeMaker
 from memesys.pipeline.program import load_configured
@@ -77,19 +75,16 @@ class PoolStages(BlockingStages):
     deadline_s: float
     program_hash: str
 
-    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
-                                                               Scores | None]:
+    async def judge_all(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
+                                                                   Scores | BaseException]:
         """One JudgeDraft to the verifier pool: a stage that failed, or all of them if the
-        ask did, is an unavailable verdict; a failed scorer fails the meme unless the
-        verdicts refuse it anyway."""
-        started = time.perf_counter()
+        ask did, is an unavailable verdict (a failed scorer, its RequestFailed)."""
         try:
             judged: Judgements = await self.worker.ask(
                 VERIFY, JudgeDraft(draft, self.program_hash), self.deadline_s, idempotent=True)
             answers, lost = dict(judged.answers), None
         except RemoteFailure as exc:
             answers, lost = {}, exc.failure
-        self.judge_ms["judge" + suffix] = (time.perf_counter() - started) * 1000
         verdicts = {}
         for verifier in VERIFIERS:
             answer = answers.get(verifier, lost)
@@ -102,10 +97,8 @@ class PoolStages(BlockingStages):
         if isinstance(scored, Judgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
-        if decide(verdicts).refusal is not None:
-            return verdicts, None  # refused anyway; the missing score changes nothing
-        raise RequestFailed(scored.code, f"the scorer failed: {_why(scored)}",
-                            scored.retry_after)
+        return verdicts, RequestFailed(scored.code, f"the scorer failed: {_why(scored)}",
+                                       scored.retry_after)
 
 
 def _why(failure: Failure) -> str:
