@@ -44,6 +44,8 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from memesys.config.capacity import JUDGING_CALLS_PER_MEME
+
 log = logging.getLogger("memesys.llm.limiter")
 
 RETRY_REDIS_S = 5.0
@@ -52,7 +54,7 @@ CLIMB = 0.1
 CLIMB_EVERY_S = 5.0
 # Calls that may go at once: a meme's judging group (three verifiers and the scorer), never
 # more than half a second's worth, at least one. 4 at 10 req/s: a second holds at most 1.4 R.
-MAX_BURST = 4
+MAX_BURST = JUDGING_CALLS_PER_MEME
 WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
 
 # KEYS[1]: the time the next request may go at the latest spacing (the GCRA's theoretical
