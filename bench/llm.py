@@ -5,8 +5,8 @@ latency) in a process of its own and, for the client layer, an embedded Redis (t
 its limiter and breaker through Redis), then prints plain-text tables on stdout (progress goes
 to stderr):
 
-1. added latency: sequential calls, a bare call (a pooled ``httpx.Client`` posting the same
-   chat body and reading its JSON, the HTTP library the layer uses) and a call through the
+1. added latency: sequential calls, a bare call (a pooled urllib3 connection pool posting the
+   same chat body and reading its JSON, the HTTP library the layer uses) and a call through the
    client layer's entry point (the engine DSPy is given, ``complete(Request) -> Response``),
    interleaved one for one against the same fake in the same run; p50/p90/p99 of each and the
    difference of the p50s. Target: **<= 1 ms p50 added**.
@@ -48,6 +48,7 @@ from collections import Counter  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Optional  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
 
 from bench.common import commit_description, median, percentile, table, verdict  # noqa: E402
 from memesys.testing.fake_openai import SELECT_MESSAGES  # noqa: E402
@@ -140,20 +141,23 @@ class Fake:
 
 
 def bare_caller(url: str, connections: int) -> tuple[Callable[[], Any], Callable[[], None]]:
-    """(call, close): a POST of BODY with a pooled keep-alive httpx client, JSON read back."""
-    import httpx
+    """(call, close): a POST of BODY with a pooled keep-alive urllib3 pool, JSON read back."""
+    import urllib3
 
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    client = httpx.Client(base_url=url, limits=limits,
-                          transport=httpx.HTTPTransport(retries=0, limits=limits))
-    headers = {"Authorization": f"Bearer {API_KEY}"}
+    parts = urlsplit(url)
+    pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, maxsize=connections,
+                                      block=True, retries=False)
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    path = parts.path.rstrip("/") + "/chat/completions"
 
     def call() -> Any:
-        answer = client.post("/chat/completions", json=BODY, headers=headers, timeout=30.0)
-        answer.raise_for_status()
-        return answer.json()
+        answer = pool.urlopen("POST", path, body=json.dumps(BODY).encode(), headers=headers,
+                              timeout=30.0, retries=False, redirect=False)
+        if answer.status != 200:
+            raise RuntimeError(f"the fake answered {answer.status}")
+        return json.loads(answer.data)
 
-    return call, client.close
+    return call, pool.close
 
 
 def layer_in_head() -> bool:
@@ -264,7 +268,7 @@ def table1(fake: Fake, mode: Mode, layer: Optional[Callable[[], Any]], why_not: 
         close()
     stat = {q: [percentile(r[0], q) for r in rounds] for q in (50, 90, 99)}
     bare_p = {q: median(v) for q, v in stat.items()}
-    rows = [["bare (pooled httpx, same body)", mode.rounds * mode.pairs,
+    rows = [["bare (pooled urllib3, same body)", mode.rounds * mode.pairs,
              bare_p[50], bare_p[90], bare_p[99], "-"]]
     lines = []
     ok = False

@@ -4,6 +4,7 @@ hangs cut at the deadline, malformed answers an error; and through DSPy, the cod
 answers."""
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -126,12 +127,45 @@ def test_malformed_json_is_an_error_not_a_crash(fake: FakeOpenAI) -> None:
     assert raised.value.kind == "malformed"
 
 
+def test_an_oversized_answer_is_malformed_and_its_connection_not_reused(
+        fake: FakeOpenAI) -> None:
+    """An answer past MAX_ANSWER_BYTES is not read into memory: the attempt fails (malformed)
+    and its half-read connection is closed, so the next call gets a clean answer."""
+    fake.config.fail_kind, fake.config.fail_every = "oversized", 1
+    with pytest.raises(LLMCallError) as raised:
+        engine(fake, max_attempts=1).complete(REQUEST)
+    assert raised.value.kind == "malformed"
+    assert "bytes" in str(raised.value)
+    fake.config.fail_every = 0
+    fake.config.fail_kind = "status"
+    assert engine(fake, max_attempts=1).complete(REQUEST).text
+
+
+def test_connections_are_bounded_and_the_wait_counts_against_the_timeout(
+        fake: FakeOpenAI) -> None:
+    """max_connections=1: a second call at once waits for the one connection; when the first
+    holds it past the second's timeout, the second fails as a timeout without sending."""
+    fake.config.latency_s = 0.4
+    slow = engine(fake, max_attempts=1, max_connections=1, timeout_s=2.0)
+    waiting = engine(fake, max_attempts=1, max_connections=1, timeout_s=0.15)
+    first = threading.Thread(target=slow.complete, args=(REQUEST,))
+    first.start()
+    time.sleep(0.1)  # the first call holds the connection
+    began = time.monotonic()
+    with pytest.raises(LLMCallError) as raised:
+        waiting.complete(REQUEST)
+    first.join(5)
+    assert raised.value.kind == "timeout"
+    assert time.monotonic() - began < 0.35  # cut at its timeout, not after the first's answer
+    assert fake.calls == 1  # the waiting call never reached the server
+
+
 def test_retry_after_headers() -> None:
-    import httpx
-    assert retry_after_of(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
-    assert retry_after_of(httpx.Headers({"retry-after": "3"})) == 3.0
-    assert retry_after_of(httpx.Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
-    assert retry_after_of(httpx.Headers({})) is None
+    from urllib3 import HTTPHeaderDict as Headers  # what the client hands the engine
+    assert retry_after_of(Headers({"Retry-After-Ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after_of(Headers({"Retry-After": "3"})) == 3.0
+    assert retry_after_of(Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
+    assert retry_after_of(Headers({})) is None
 
 
 def test_through_dspy_one_retry_layer(fake: FakeOpenAI) -> None:

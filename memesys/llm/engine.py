@@ -12,14 +12,16 @@ until its probe as Retry-After. This is the only retry layer: DSPy runs with
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Optional
 from urllib.parse import urlsplit
 
-import httpx
+import urllib3
 from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_openai_chat
 
 from memesys.errors import ErrorCode
@@ -27,7 +29,7 @@ from memesys.llm import deadline as deadlines
 from memesys.llm import bulkhead, served
 from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
-from memesys.llm.client import http_client
+from memesys.llm.client import AnswerTooLarge, http_client
 from memesys.llm.limiter import Limiter, NoSlot, limiter_for
 from memesys.llm.metrics import Recorder, recorder_for
 from memesys.llm.errors import (
@@ -92,7 +94,7 @@ class AttemptFailed(Exception):
         return self.kind != CLIENT
 
 
-def retry_after_of(headers: httpx.Headers) -> Optional[float]:
+def retry_after_of(headers: Mapping[str, str]) -> Optional[float]:
     """The provider's wait in seconds: ``retry-after-ms`` first, else ``Retry-After`` seconds."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
@@ -170,13 +172,15 @@ class HardenedEngine:
         payload = self.payload(request) if payload is None else payload
         client = http_client(self.base_url, self.policy.max_connections)
         try:
-            answer = client.post("/chat/completions", json=payload, headers=self._headers,
-                                 timeout=httpx.Timeout(timeout_s))
-        except httpx.TimeoutException as exc:
+            answer = client.post("/chat/completions", json.dumps(payload).encode(),
+                                 self._headers, timeout_s)
+        except (urllib3.exceptions.TimeoutError, urllib3.exceptions.EmptyPoolError) as exc:
             raise AttemptFailed(TIMEOUT, f"no answer within {timeout_s:.3g} s") from exc
-        except httpx.TransportError as exc:
+        except AnswerTooLarge as exc:
+            raise AttemptFailed(MALFORMED, str(exc)) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise AttemptFailed(CONNECT, f"transport error: {type(exc).__name__}") from exc
-        status = answer.status_code
+        status = answer.status
         if status == 429:
             raise AttemptFailed(RATE_LIMITED, "the provider is rate limiting", status,
                                 retry_after_of(answer.headers))
@@ -186,7 +190,7 @@ class HardenedEngine:
         if status >= 400:
             raise AttemptFailed(CLIENT, f"the provider refused the request ({status})", status)
         try:
-            body = answer.json()
+            body = json.loads(answer.body)
             if not isinstance(body, dict) or not body.get("choices"):
                 raise ValueError("no choices in the completion")
             return response_from_openai_chat(body, model=self.model)

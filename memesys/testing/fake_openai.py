@@ -78,8 +78,10 @@ LATENCY_DISTS = ("fixed", "uniform", "exponential", "lognormal")
 # fail_kind: what an injected failure is. status: an HTTP error in OpenAI's shape (fail_status,
 # else 500); reset: the connection is closed with a TCP reset, no answer; not_json: a 200
 # whose body is not JSON; no_choices: a 200 JSON completion without "choices"; hang: no
-# answer for fail_hang_s (past the client's timeout), then the completion.
-FAIL_KINDS = ("status", "reset", "not_json", "no_choices", "hang")
+# answer for fail_hang_s (past the client's timeout), then the completion; oversized: a 200
+# whose body (OVERSIZED_BYTES) is larger than any completion a client should read.
+FAIL_KINDS = ("status", "reset", "not_json", "no_choices", "hang", "oversized")
+OVERSIZED_BYTES = 8 * 1024 * 1024
 # retry_after_headers: which of Retry-After (seconds) and retry-after-ms a 429/503 carries.
 RETRY_AFTER_HEADERS = ("both", "seconds", "ms")
 NOT_JSON_BODY = b'{"id": "chatcmpl-fake-truncated", "object": "chat.completion", "choi'
@@ -431,6 +433,8 @@ class FakeOpenAI:
             return web.Response(status=500)  # never written: the transport is gone
         if kind == "not_json":
             return web.Response(body=NOT_JSON_BODY, content_type="application/json")
+        if kind == "oversized":
+            return web.Response(body=b" " * OVERSIZED_BYTES, content_type="application/json")
         if kind == "no_choices":
             return web.json_response({
                 "id": f"chatcmpl-fake-{time.time_ns():x}", "object": "chat.completion",
