@@ -159,3 +159,30 @@ def test_a_closed_breaker_costs_one_redis_read_per_successful_call(fake: FakeOpe
     fake.config.fail_status = None
     assert call(engine) == "ok"  # ...and the next success clears the run
     assert int(client.get(engine.breaker.cb._state_storage._namespace("fail_counter"))) == 0
+
+
+def test_calls_that_start_together_share_one_read(fake: FakeOpenAI, redis: str) -> None:
+    """A judging group's calls start at once in one process: a read younger than 10 ms is
+    reused across threads, so 16 calls at once cost fewer than 16 MGETs (one per thread
+    before); a failure still drops it and is counted."""
+    import threading
+
+    import redis as redis_client
+    client = redis_client.Redis.from_url(redis)
+    engine = make_engine(fake.url, **policy(redis))
+    assert call(engine) == "ok"
+    before = breaker_commands(client)
+    start = threading.Barrier(16)
+
+    def together() -> str:
+        start.wait()
+        return call(engine)
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(lambda _: together(), range(16))) == ["ok"] * 16
+    spent = {k: v - before[k] for k, v in breaker_commands(client).items()}
+    assert 1 <= spent.pop("mget") < 16 and spent == {"get": 0, "set": 0, "incr": 0}, spent
+    fake.config.fail_status = 500
+    assert call(engine) == "server"
+    fake.config.fail_status = None
+    assert int(client.get(engine.breaker.cb._state_storage._namespace("fail_counter"))) == 1

@@ -16,7 +16,8 @@ What pybreaker does not do, done here:
 - what counts: timeouts, connection errors, 5xx and malformed answers; a 4xx caused by our
   request and a 429 are answers from a working provider, never failures (being answers, they
   end a run of consecutive failures);
-- one Redis round trip per successful attempt instead of three (:class:`SharedStorage`).
+- at most one Redis round trip per successful attempt instead of three, shared by the calls
+  that start together (:class:`SharedStorage`).
 
 Without a Redis URL (a bare build_lm, unit tests) the state lives in the process.
 """
@@ -60,51 +61,69 @@ class SharedStorage(pybreaker.CircuitRedisStorage):
     pybreaker reads the state when the engine checks the breaker and again when the attempt
     enters ``calling()``, microseconds later, then writes the failure count back to 0 after
     every success: three round trips per call, each on the hot path of every stage. Here the
-    state and the count come in one MGET; a read younger than ``FRESH_S`` in the same thread
-    is reused; and a success resets the count only if that read found it above 0. (A failure
-    elsewhere between that read and this success is then not cleared by it: a success that
-    raced a failure ends no run, the same as if it had come first.)"""
+    state and the count come in one MGET; a read younger than ``FRESH_S`` is reused by every
+    thread of the process (a judging group's four calls start together: one read, not four),
+    and a failure counted here drops it; a success resets the count only if that read found it
+    above 0. (A failure elsewhere between that read and this success is then not cleared by
+    it: a success that raced a failure ends no run, the same as if it had come first.)"""
 
     FRESH_S = 0.01
 
     def __init__(self, state: str, client: redis.Redis, namespace: str) -> None:
-        self._local = threading.local()
+        # (monotonic time, state, failure count or None if unknown) of the last read, shared
+        # by the threads; and per thread the read its attempt went on, which decides whether
+        # its success resets the count
+        self._read: Optional[tuple[float, str, Optional[int]]] = None
+        self._reading = threading.Lock()  # calls that start together wait for one MGET
+        self._used = threading.local()
         super().__init__(state, client, namespace=namespace)
 
     @property
     def state(self) -> str:
-        read = getattr(self._local, "read", None)
-        now = time.monotonic()
-        if read is not None and now - read[0] < self.FRESH_S:
-            return read[1]
+        read = self._fresh()
+        if read is None:
+            with self._reading:
+                read = self._fresh() or self._fetch()
+        self._used.read = read
+        return read[1]
+
+    def _fresh(self) -> Optional[tuple[float, str, Optional[int]]]:
+        read = self._read
+        return read if read is not None and time.monotonic() - read[0] < self.FRESH_S else None
+
+    def _fetch(self) -> tuple[float, str, Optional[int]]:
+        """One MGET; Redis failing reads as the fallback state (kept as briefly as a read, so
+        that callers waiting on the lock do not wait out one socket timeout each)."""
+        count: Optional[int]
         try:
-            state, count = self._redis.mget(self._namespace("state"),
-                                            self._namespace("fail_counter"))
+            state, raw_count = self._redis.mget(self._namespace("state"),
+                                                self._namespace("fail_counter"))
         except redis.RedisError:
             self.logger.exception("RedisError: falling back to default circuit state")
-            return self._fallback_circuit_state
-        if state is None:  # missing (flushed, expired): re-initialized as pybreaker does
-            self._initialize_redis_state(self._fallback_circuit_state)
-            state, count = self._fallback_circuit_state, 0
+            state, count = self._fallback_circuit_state, None
         else:
-            state = state.decode("utf-8")
-        self._local.read = (now, state)
-        self._local.count = int(count or 0)
-        return state
+            if state is None:  # missing (flushed, expired): re-initialized as pybreaker does
+                self._initialize_redis_state(self._fallback_circuit_state)
+                state, count = self._fallback_circuit_state, 0
+            else:
+                state, count = state.decode("utf-8"), int(raw_count or 0)
+        read = self._read = (time.monotonic(), state, count)
+        return read
 
     @state.setter
     def state(self, state: str) -> None:
-        self._local.read = None
+        self._read = None
         pybreaker.CircuitRedisStorage.state.fset(self, state)
 
     def increment_counter(self) -> None:
-        self._local.read = None
+        self._read = None
         super().increment_counter()
 
     def reset_counter(self) -> None:
-        if getattr(self._local, "count", 1) != 0:
+        used = getattr(self._used, "read", None)
+        if used is None or used[2] != 0:
             super().reset_counter()
-            self._local.count = 0
+            self._read = self._used.read = None
 
 
 class _Transitions(pybreaker.CircuitBreakerListener):
