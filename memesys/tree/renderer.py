@@ -1,4 +1,4 @@
-"""Render workers: Pillow drawing (~9 ms of CPU a meme, bench/README.md "Where the CPU goes") kept
+"""Render workers: Pillow drawing (6-9 ms of CPU a meme, bench/README.md "Where the CPU goes") kept
 off the generator's process."""
 from __future__ import annotations
 
