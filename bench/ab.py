@@ -52,12 +52,12 @@ from typing import Any, Callable, Iterable, Optional
 
 from bench.common import (
     commit_description,
-    free_port,
     http_request,
     median,
     table,
     verdict,
 )
+from memesys.testing.ports import free_port
 from bench.load import run_step
 from memesys.domain.engines import ACTORS, ENGINES, INPROCESS
 

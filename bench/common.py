@@ -4,17 +4,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 from typing import Any, Iterable, Optional, Sequence
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (loopback)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -42,13 +42,13 @@ from typing import Any, Callable, Iterable, Optional  # noqa: E402
 
 from bench.common import (  # noqa: E402
     commit_description,
-    free_port,
     http_request,
     median,
     percentile,
     table,
     verdict,
 )
+from memesys.testing.ports import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -46,13 +46,13 @@ from actors import system as actor_system  # noqa: E402
 from actors.messages import Ping, Pong, StatusQuery, WhereIs  # noqa: E402
 from bench.common import (  # noqa: E402
     commit_description,
-    free_port,
     http_request,
     median,
     percentile,
     table,
     verdict,
 )
+from memesys.testing.ports import free_port  # noqa: E402
 from bench.echo import ECHO, Echo, with_echo_pool  # noqa: E402
 from memesys.config import load as load_config  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402

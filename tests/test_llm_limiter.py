@@ -51,7 +51,7 @@ def fake_process() -> Iterator[str]:
     import sys
     import urllib.request
 
-    from tests.daemon_process import free_port
+    from memesys.testing.ports import free_port
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "memesys.testing.fake_openai", "--port",
                              str(port), "--latency", "0.005"],
