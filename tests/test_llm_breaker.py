@@ -171,6 +171,7 @@ def test_calls_that_start_together_share_one_read(fake: FakeOpenAI, redis: str) 
     client = redis_client.Redis.from_url(redis)
     engine = make_engine(fake.url, **policy(redis))
     assert call(engine) == "ok"
+    time.sleep(0.05)  # that call's read is stale: the first of the 16 must read again
     before = breaker_commands(client)
     start = threading.Barrier(16)
 
