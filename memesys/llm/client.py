@@ -70,9 +70,6 @@ class Endpoint:
             answer.release_conn()
         return Answer(answer.status, answer.headers, data)
 
-    def close(self) -> None:
-        self.pool.close()
-
 
 _clients: dict[tuple[str, int], Endpoint] = {}
 _lock = threading.Lock()
@@ -88,10 +85,3 @@ def http_client(base_url: str, max_connections: int) -> Endpoint:
             client = _clients[key] = Endpoint(key[0], max_connections)
         return client
 
-
-def close_all() -> None:
-    """Close every pooled client (tests; a process that stops)."""
-    with _lock:
-        for client in _clients.values():
-            client.close()
-        _clients.clear()

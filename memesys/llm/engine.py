@@ -139,10 +139,10 @@ class HardenedEngine:
         self._dialect = OpenAIChatLM(api_key=api_key, base_url=self.base_url)
         self._rng = random.Random()
         self.name = f"{urlsplit(self.base_url).netloc}/{model}"  # provider + model
-        # Made now, not by the first call: building a client (its SSL context) took up to
-        # 1.5 s on a loaded host, with every other caller of the process waiting on its lock
-        # and then sending at once.
-        http_client(self.base_url, policy.max_connections)
+        # The process's pool for this endpoint, looked up once: made by the first engine, not
+        # by a first call (a client built under load by the first caller, every other caller
+        # of the process waiting on its lock, once took 1.5 s and then they all sent at once).
+        self.client = http_client(self.base_url, policy.max_connections)
         self.breaker: Breaker = breaker_for(self.name, policy.breaker_failures,
                                             policy.breaker_reset_s, policy.timeout_s,
                                             policy.redis_url, policy.key_prefix)
@@ -170,9 +170,8 @@ class HardenedEngine:
                 payload: Optional[dict] = None) -> Response:
         """One POST to /chat/completions; AttemptFailed on any failure."""
         payload = self.payload(request) if payload is None else payload
-        client = http_client(self.base_url, self.policy.max_connections)
         try:
-            answer = client.post("/chat/completions", json.dumps(payload).encode(),
+            answer = self.client.post("/chat/completions", json.dumps(payload).encode(),
                                  self._headers, timeout_s)
         except (urllib3.exceptions.TimeoutError, urllib3.exceptions.EmptyPoolError) as exc:
             raise AttemptFailed(TIMEOUT, f"no answer within {timeout_s:.3g} s") from exc
