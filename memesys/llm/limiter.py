@@ -227,15 +227,8 @@ class Limiter:
                 return False, self._until_free(window, tokens_item)
         wait = 0.0
         if self.rps > 0:
-            rate, burst = self._rate(local)
-            interval = 1.0 / rate
-            tolerance = (burst - 1) * interval
-            if local:
-                ok, wait = self._local_schedule(interval, tolerance, max(0.0, max_wait))
-            else:
-                ok, raw = self._gcra(keys=[self._schedule_key],
-                                                args=[interval, tolerance, max(0.0, max_wait)])
-                ok, wait = bool(ok), float(raw)
+            ok, wait = self._schedule(self._schedule_key, self._local_schedule, local,
+                                      max(0.0, max_wait))
             if not ok:
                 return False, wait
         if tokens_item is not None and not window.hit(tokens_item, *self._ids, cost=cost):
@@ -247,12 +240,19 @@ class Limiter:
         granting only now (never a later time). Calls that follow their send times pass at
         once (one that is a little early waits that little); a process that stalled past
         several of them (starved of CPU, paused) sends them at the rate, not all at once."""
+        return self._schedule(self._cap_key, self._local_cap, local, 0.0)
+
+    def _schedule(self, key: str, local_schedule: _LocalSchedule, local: bool,
+                  max_wait: float) -> tuple[bool, float]:
+        """The schedule under ``key`` in Redis (or ``local_schedule`` in this process) at the
+        rate and burst this process asks for now: (granted, the wait before sending) or
+        (False, the wait that would have been)."""
         rate, burst = self._rate(local)
         interval = 1.0 / rate
         tolerance = (burst - 1) * interval
         if local:
-            return self._local_cap(interval, tolerance, 0.0)
-        ok, raw = self._gcra(keys=[self._cap_key], args=[interval, tolerance, 0.0])
+            return local_schedule(interval, tolerance, max_wait)
+        ok, raw = self._gcra(keys=[key], args=[interval, tolerance, max_wait])
         return bool(ok), float(raw)
 
     def _until_free(self, window: MovingWindowRateLimiter, item: object) -> float:
