@@ -11,9 +11,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
 from memesys.testing.ports import free_port
-
-
 
 
 def main() -> int:
