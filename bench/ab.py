@@ -57,9 +57,9 @@ from bench.common import (
     table,
     verdict,
 )
-from memesys.testing.ports import free_port
 from bench.load import run_step
 from memesys.domain.engines import ACTORS, ENGINES, INPROCESS
+from memesys.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -52,8 +52,8 @@ from bench.common import (  # noqa: E402
     table,
     verdict,
 )
-from memesys.testing.ports import free_port  # noqa: E402
 from bench.echo import ECHO, Echo, with_echo_pool  # noqa: E402
+from memesys.testing.ports import free_port  # noqa: E402
 from memesys.config import load as load_config  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402
 from memesys.tree.paths import GENERATOR, ROOT  # noqa: E402
