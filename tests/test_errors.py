@@ -200,19 +200,19 @@ def test_the_store_worker_answers_a_forged_cursor_but_crashes_on_its_own_fault()
     """A client's bad cursor is ``invalid_field``; a ValueError of the store's own is a server
     fault: it is not answered as a client error but crashes the worker (``worker_lost``)."""
     from actors.base import RequestFailed
-    from memesys.domain.messages import ListMemes, SaveMeme
+    from memesys.domain.messages import ListMemes
     from memesys.storage.memes import MemeStore
     from memesys.tree.store import StoreArgs, StoreWorker
 
     worker = StoreWorker.__new__(StoreWorker)  # no actor: only its request handling
-    worker.args = StoreArgs("", "memesys", cache_ttl_s=60, task_ttl_s=60)
+    worker.args = StoreArgs("", "memesys", task_ttl_s=60)
     worker.store = MemeStore(client=None)  # neither request reaches Redis
     with pytest.raises(RequestFailed) as answered:
         worker.handle(ListMemes(5, "forged"))
     assert answered.value.failure.code == ErrorCode.INVALID_FIELD
     assert "cursor" in answered.value.failure.message
     with pytest.raises(ValueError) as crashed:
-        worker.handle(SaveMeme({"id": "../bad", "created_at": 1.0}, b"png", None))
+        worker.handle(ListMemes(0, None))  # the gateway never asks for fewer than one
     assert not isinstance(crashed.value, RequestFailed)
     assert translate("crashed").status == 503
 

@@ -264,17 +264,18 @@ def test_a_killed_pool_answers_every_request_at_once(
 
 def test_no_meme_appears_after_its_request_timed_out(tmp_path, fake: FakeOpenAI,
                                                      frozen: list[int]) -> None:
-    """The issue's case. One store worker, frozen while memes are being written (after the
-    store's health check each asks first, before their save) and past their deadline, with
-    health checks slow enough not to kill it; then resumed. The saves waiting in its mailbox
-    carry deadlines that have passed: it drops them. (Before deadlines travelled with
-    requests, those memes appeared after their 504.)"""
+    """The issue's case. The one generator worker, frozen while its memes are judged (their
+    judgements arrive while it is frozen) and past their deadline, with health checks slow
+    enough not to kill it; then resumed. Everything it would still do for those memes (the
+    render, the save) comes after their deadline: it is dropped, so no meme appears after its
+    504. (Before deadlines travelled with requests, those memes appeared after their 504. The
+    save's own check, for a thread that starts late, is tests/test_generator_store.py.)"""
     daemon = DaemonProcess(tmp_path, extra_env={
-        **provider_env(fake), **health_env(1.0, 30.0), "MEMESYS_WORKERS_STORE": "1",
+        **provider_env(fake), **health_env(1.0, 30.0), "MEMESYS_WORKERS_GENERATORS": "1",
         "MEMESYS_GATEWAY_REQUEST_TIMEOUT_S": "4"}).start()
-    fake.config.latency_s = 0.4  # each meme spends over a second with the provider
+    fake.config.latency_s = 0.4  # select, write, judging: each meme spends 1.2 s there
     try:
-        victim = child(tree(daemon), "store", "worker-0")["pid"]
+        victim = child(tree(daemon), "generator", "worker-0")["pid"]
         answers: list[tuple[int, Any, str]] = []
 
         def client(i: int) -> None:
@@ -285,7 +286,7 @@ def test_no_meme_appears_after_its_request_timed_out(tmp_path, fake: FakeOpenAI,
         threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # past the store health check, still writing
+        time.sleep(1.0)  # past select and write: the memes are being judged
         frozen.append(victim)
         os.kill(victim, signal.SIGSTOP)
         for t in threads:
@@ -293,10 +294,10 @@ def test_no_meme_appears_after_its_request_timed_out(tmp_path, fake: FakeOpenAI,
         assert [a[0] for a in answers] == [504] * 3, answers
         fake.config.latency_s = LATENCY_S
         os.kill(victim, signal.SIGCONT)
-        time.sleep(1.0)  # the resumed worker works through its mailbox
+        time.sleep(1.0)  # the resumed worker finishes what it held
         stored = stored_topics(daemon)
         assert not {topic for *_, topic in answers} & set(stored), stored
-        assert child(tree(daemon), "store", "worker-0")["pid"] == victim  # not killed
+        assert child(tree(daemon), "generator", "worker-0")["pid"] == victim  # not killed
         status, _ = daemon.json("POST", "/v1/memes", {"topic": "after the thaw", "fresh": True})
         assert status == 201
     finally:

@@ -1,5 +1,5 @@
-"""The messages that carry a render's output (the PNG in the render worker's Reply, SaveMeme to
-the store) are not formatted as text for Thespian's dropped DEBUG lines
+"""The messages that carry a render's output (the PNG in the render worker's Reply) are not
+formatted as text for Thespian's dropped DEBUG lines
 (actors.thespian_adapter, item 4), and what is formatted when a line is written stays short.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from thespian.system.utilis import thesplog
 
 from actors import thespian_adapter
 from actors.messages import Batch, Reply, Request
-from memesys.domain.messages import SaveMeme
+from memesys.pipeline.making import SaveMeme
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(300_000)
 MEME = {"id": "01HX", "topic": "t" * 500, "texts": {"top": "a", "bottom": "b"}}
@@ -53,7 +53,7 @@ def test_a_dropped_debug_line_formats_nothing_of_the_message() -> None:
 
 
 def test_a_written_line_shows_the_message_briefly() -> None:
-    for message in (Reply("c1", PNG), Request(SaveMeme(MEME, PNG, "key")),
+    for message in (Reply("c1", PNG), Reply("c0", MEME),
                     Batch((Reply("c1", PNG), Reply("c2", PNG)))):
         for shown in _hop(message):
             text = "x %s" % shown  # how thesplog formats a line it writes

@@ -372,6 +372,30 @@ def test_a_stopped_server_costs_one_timeout_then_fails_fast(tmp_path: Path) -> N
     server.stop()
 
 
+def test_a_health_probe_answers_within_its_bound_when_the_server_is_stopped(
+        tmp_path: Path) -> None:
+    """A health check must not wait out an operation's socket timeout: a stopped server is
+    reported down after one short probe, and up again once it answers."""
+    server = EmbeddedRedis(str(tmp_path / "data"))
+    url = server.start().url
+    availability = Availability(probe_client(url).ping, initial_s=0.05, max_s=0.2)
+    assert availability.answers() is True
+    pid = server.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert availability.answers() is False
+        assert time.monotonic() - started < 1.0  # PROBE_TIMEOUT_S, not CLIENT_TIMEOUT_S (2 s)
+        assert not availability.up and availability.reason == "not answering in time"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    back = time.monotonic()
+    while availability.answers() is False:
+        assert time.monotonic() - back < 1.0
+        time.sleep(0.01)
+    server.stop()
+
+
 def test_plan_fixes_the_socket_before_the_server_starts(tmp_path: Path) -> None:
     planner = EmbeddedRedis(str(tmp_path / ("d" * 60) / ("e" * 60)))
     target = planner.plan()

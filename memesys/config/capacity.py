@@ -1,7 +1,7 @@
 """Every internal capacity, derived from one figure: the memes the tree holds at once.
 
 ``memes = workers.generators × workers.max_in_flight_per_worker``. Each meme in flight holds
-at most one request on the store and the verifier pool at a time and two on the render pool
+at most one request on the verifier pool at a time and two on the render pool
 (its picture is drawn while it is judged, and a picture a refinement made useless may still be
 out when the final one is asked), and its judging request runs ``JUDGING_CALLS_PER_MEME`` calls at once
 in the verifier worker's threads, so bounds derived from it can never refuse work the gateway
@@ -47,8 +47,8 @@ class Capacities:
             verify_per_sender=per_generator,
             verify_per_worker=memes,
             render_per_sender=2 * per_generator,
-            # the gateway's reads and the task group's records share the store with the memes
-            store_per_sender=max(per_generator, cfg.gateway.max_in_flight, cfg.tasks.max_in_flight),
+            # the store pool serves the gateway's reads (generators save on Redis themselves)
+            store_per_sender=cfg.gateway.max_in_flight,
             llm_processes=workers.generators + workers.verifiers + int(uses_inprocess(cfg)),
             inprocess_threads=JUDGING_CALLS_PER_MEME * max(1, memes - cfg.tasks.max_in_flight),
         )

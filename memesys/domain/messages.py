@@ -4,7 +4,7 @@ Frozen dataclasses, importable by module path; the correlation id lives on the e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 
@@ -33,13 +33,6 @@ class RenderMeme:
 
 
 @dataclass(frozen=True)
-class SaveMeme:
-    meme: dict
-    png: bytes = field(repr=False)  # ~100 KB: repr() of it alone took ~2 ms
-    cache_key: Optional[str] = None
-
-
-@dataclass(frozen=True)
 class GetMeme:
     meme_id: str
 
@@ -64,13 +57,6 @@ class MemePage:
 @dataclass(frozen=True)
 class DeleteMeme:
     meme_id: str
-
-
-@dataclass(frozen=True)
-class CachedMeme:
-    """Look up the meme cached under ``key``; the answer is the meme or ``None``."""
-
-    key: str
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ from dspy.utils.exceptions import LMError
 from memesys.config import Config
 from memesys.config.capacity import Capacities
 from memesys.domain.engines import INPROCESS
-from memesys.domain.messages import GenerateMeme, RenderMeme, SaveMeme
+from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
 from memesys.llm import deadline as llm_deadline
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.making import MemeFailed, MemeMaker
+from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores, score

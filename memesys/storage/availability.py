@@ -102,6 +102,22 @@ class Availability:
         self._delay = self.initial_s
         return True
 
+    def answers(self) -> bool:
+        """Whether Redis answers a probe now, for a health check that must answer within its
+        own bound: the short-timeout probe client, not an operation's socket timeout (a
+        stopped server never answers). A failed probe marks Redis down; while it is down,
+        this is :meth:`check`. Never raises."""
+        if not self.up:
+            return self.check()
+        try:
+            self._probe()
+        except DOWN_ERRORS as exc:
+            self.failed(exc)
+            return False
+        except redis.RedisError:  # a live server answered
+            pass
+        return True
+
     def require(self, what: str) -> None:
         """Fail fast with :class:`StoreDown` while Redis is down and no probe brings it back."""
         if not self.check():

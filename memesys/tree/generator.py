@@ -9,10 +9,14 @@ Each worker is an async actor; a meme is one coroutine. Its stages are the pipel
   "unavailable" verdict;
 - ``sequential``: the reference path, every stage one after another in one thread here.
 
-The render pool draws the PNG (in ``parallel`` mode while the first caption is judged) and the
-store pool saves meme and PNG (and the cache entry). The flow itself, shared with the
-in-process engine, is :class:`memesys.pipeline.making.MemeMaker`; this module places its steps
-in the tree (:class:`TreeWorkshop`).
+The render pool draws the PNG (in ``parallel`` mode while the first caption is judged). The
+worker reads the cache and saves meme and PNG (and the cache entry) on Redis itself, in a
+thread, as the in-process engine does: a hop to the store pool cost a meme about 2 ms and
+carried the PNG through one more process. Redis being away is a ``store_error`` answer, not a
+crash (:mod:`memesys.storage.availability`), and a meme whose request's deadline passed before
+its save is not saved: its asker has already answered the client. The flow itself, shared
+with the in-process engine, is :class:`memesys.pipeline.making.MemeMaker`; this module places
+its steps in the tree (:class:`TreeWorkshop`).
 
 Every stage is a predictor of the worker's MemeProgram (``pipeline.program_path``, loaded when
 the worker starts; the verifier workers load the same file); its hash is part of the cache key
@@ -24,31 +28,34 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+from actors import deadlines
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from actors.bridge import RemoteFailure
 from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.engines import ACTORS
+from memesys.errors import ErrorCode
 from memesys.domain.messages import (
-    CachedMeme,
     GenerateMeme,
     JudgeDraft,
     Judgement,
     Judgements,
     RenderMeme,
-    SaveMeme,
-    StoreHealth,
 )
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.making import MemeFailed, MemeMaker
+from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.stages import BlockingStages, stage_handles
 from memesys.pipeline.verification import VERIFIERS, Verdict
+from memesys.storage.availability import availability_for
+from memesys.storage.connection import connect
+from memesys.storage.memes import MemeStore, StoreError
+from memesys.storage.quarantine import Quarantine
 from memesys.tree.llmcalls import under_deadline
-from memesys.tree.paths import RENDER, STORE, VERIFY
+from memesys.tree.paths import RENDER, VERIFY
 
 T = TypeVar("T")
 
@@ -57,11 +64,15 @@ T = TypeVar("T")
 class GeneratorArgs:
     llm: LLMConfig
     pipeline: PipelineConfig
-    max_in_flight: int = 64
-    stage_timeout_s: float = 10.0  # render and store
-    redis_url: str = ""  # the LLM client layer's shared state (breakers, limits)
+    redis_url: str  # the memes, and the LLM client layer's shared state (breakers, limits)
     key_prefix: str = "memesys"
+    max_in_flight: int = 64
+    stage_timeout_s: float = 10.0  # render
     llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
+    cache_ttl_s: int = 24 * 3600
+    quarantine_ttl_s: int = 7 * 24 * 3600
+    retry_initial_s: float = 0.05  # Redis down: probe it back with this backoff
+    retry_max_s: float = 0.5
 
 
 @dataclass
@@ -115,6 +126,15 @@ class GeneratorWorker(AsyncActor):
         self.maker = MemeMaker(load_configured(args.pipeline), handle_for,
                                RefinePolicy.from_config(args.pipeline), args.pipeline.mode,
                                ACTORS)
+        self.client = connect(args.redis_url)
+        availability = availability_for(args.redis_url, f"generator {self.name}",
+                                        args.retry_initial_s, args.retry_max_s)
+        self.store = MemeStore(self.client, args.key_prefix, availability,
+                               Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s))
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        self.client.close()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, GenerateMeme):
@@ -128,31 +148,49 @@ class GeneratorWorker(AsyncActor):
             raise RequestFailed(exc.code, exc.message, exc.retry_after) from exc
 
 
+def _on_store(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, a call on the worker's MemeStore; a Redis failure (or Redis down) is the
+    request's ``store_error``."""
+    try:
+        return fn(*args)
+    except StoreError as exc:
+        raise RequestFailed(exc.code, str(exc)) from exc
+
+
 @dataclass
 class TreeWorkshop:
-    """A meme's steps placed in the tree: the store and render pools, judging on the verifier
-    pool (``parallel``) or every stage here in one thread (``sequential``)."""
+    """A meme's steps placed in the tree: the render pool, judging on the verifier pool
+    (``parallel``) or every stage here in one thread (``sequential``), Redis in this
+    worker's threads."""
 
     worker: GeneratorWorker
 
-    async def _ask(self, path: str, payload: Any) -> Any:
-        try:
-            return await self.worker.ask(path, payload, self.worker.args.stage_timeout_s)
-        except RemoteFailure as exc:
-            raise RequestFailed(exc.failure.code, f"{path}: {exc.failure.message}",
-                                getattr(exc.failure, "retry_after", None)) from exc
-
     async def cached(self, key: str) -> dict | None:
-        return await self._ask(STORE, CachedMeme(key))
+        return await asyncio.to_thread(_on_store, self.worker.store.cached, key)
 
     async def store_up(self) -> bool:
-        return bool(await self._ask(STORE, StoreHealth()))
+        return await asyncio.to_thread(self.worker.store.ping)
 
     async def render(self, order: RenderMeme) -> bytes:
-        return await self._ask(RENDER, order)
+        try:
+            return await self.worker.ask(RENDER, order, self.worker.args.stage_timeout_s)
+        except RemoteFailure as exc:
+            raise RequestFailed(exc.failure.code, f"{RENDER}: {exc.failure.message}",
+                                getattr(exc.failure, "retry_after", None)) from exc
 
     async def save(self, order: SaveMeme) -> str:
-        return await self._ask(STORE, order)
+        return await asyncio.to_thread(self._keep, order)
+
+    def _keep(self, order: SaveMeme) -> str:
+        """Save the meme, unless its request's deadline has passed (in this thread, which
+        may have waited for the CPU): its asker has given up, and a meme saved now would
+        appear after the client was told it failed."""
+        left = deadlines.left(deadlines.current())
+        if left is not None and left <= 0:
+            raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed before its meme "
+                                           "was saved; it was not saved")
+        return _on_store(self.worker.store.keep, order.meme, order.png, order.cache_key,
+                         self.worker.args.cache_ttl_s)
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(under_deadline, fn, *args)

@@ -1,10 +1,14 @@
-"""The store workers: thin actors around :class:`memesys.storage.memes.MemeStore`.
+"""The store workers: thin actors around :class:`memesys.storage.memes.MemeStore` for the
+gateway's reads, erasures and health checks. (Generator workers read the cache and save their
+memes on Redis themselves: :mod:`memesys.tree.generator`.)
 
 Each worker owns one synchronous Redis connection. A dependency error is not a crash: a Redis
 error answers that request with a ``store_error`` failure, the worker marks Redis down and,
 until a probe (spaced by ``redis.retry_backoff_initial_s`` .. ``_max_s``) finds it back,
 answers ``store_error`` at once instead of waiting out a socket timeout per request
 (:mod:`memesys.storage.availability`); a new process would not bring Redis back any sooner.
+A health check (``StoreHealth``, for /readyz and /metrics) probes Redis on the short-timeout
+client, so even a frozen Redis is reported ``down`` within the check's bound.
 A poison record is quarantined by the store and treated as absent. A forged page cursor
 answers ``invalid_field``; any other exception is a server fault and crashes the worker (the
 client sees ``worker_lost``).
@@ -22,14 +26,12 @@ from typing import Any
 
 from actors.base import BaseActor, RequestFailed
 from memesys.domain.messages import (
-    CachedMeme,
     DeleteMeme,
     GetImage,
     GetMeme,
     GetTask,
     ListMemes,
     MemePage,
-    SaveMeme,
     StoreHealth,
     StoreState,
 )
@@ -46,7 +48,6 @@ audit = logging.getLogger("memesys.audit")
 class StoreArgs:
     redis_url: str
     key_prefix: str
-    cache_ttl_s: int
     task_ttl_s: int
     quarantine_ttl_s: int = 7 * 24 * 3600
     retry_initial_s: float = 0.05
@@ -75,8 +76,6 @@ class StoreWorker(BaseActor):
 
     def _apply(self, payload: Any) -> Any:
         store = self.store
-        if isinstance(payload, SaveMeme):
-            return store.keep(payload.meme, payload.png, payload.cache_key, self.args.cache_ttl_s)
         if isinstance(payload, GetMeme):
             return store.get(payload.meme_id)
         if isinstance(payload, GetImage):
@@ -85,8 +84,6 @@ class StoreWorker(BaseActor):
             return MemePage(*store.list(payload.limit, payload.cursor))
         if isinstance(payload, DeleteMeme):
             return self._erase(payload.meme_id)
-        if isinstance(payload, CachedMeme):
-            return store.cached(payload.key)
         if isinstance(payload, GetTask):
             task = self.tasks.get(payload.task_id)
             if task is not None and task.get("meme_id"):
@@ -106,7 +103,7 @@ class StoreWorker(BaseActor):
         return erased
 
     def _health(self) -> StoreState:
-        if not self.store.ping():
+        if not self.availability.answers():
             return StoreState(False, self.availability.reason or "unreachable")
         try:
             counts = self.store.quarantined()
