@@ -107,6 +107,39 @@ def test_the_speculative_picture_is_used_for_the_caption_it_drew_and_only_for_it
     assert drawn[-1] == render_order(refined, 7)
 
 
+def test_the_speculative_picture_waits_its_delay_unless_it_is_wanted_sooner() -> None:
+    """pipeline.render_delay_s: the picture starts after the delay, or at once when judging
+    ends sooner; a caption replaced before the delay ends is never drawn."""
+    drawn: list[tuple[RenderMeme, float]] = []
+    first = Caption("drake", ("coffee", "tea"), "", 0)
+    refined = Caption("drake", ("coffee!", "tea"), "", 0)
+
+    async def scenario(judged_after_s: float, final: Caption) -> int:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+
+        async def render(order: RenderMeme) -> bytes:
+            drawn.append((order, loop.time() - began))
+            return b"png"
+
+        speculation = Speculation(render, seed=7, delay_s=0.2)
+        speculation.start(first)
+        await asyncio.sleep(judged_after_s)
+        drawn_while_judged = len(drawn)
+        await speculation.picture_for(final)
+        speculation.discard()
+        return drawn_while_judged
+
+    assert asyncio.run(scenario(0.3, first)) == 1  # drawn during judging, after the delay
+    assert 0.2 <= drawn[0][1] < 0.3
+    drawn.clear()
+    assert asyncio.run(scenario(0.05, first)) == 0  # judged sooner: drawn when wanted
+    assert [order for order, _ in drawn] == [render_order(first, 7)] and drawn[0][1] < 0.15
+    drawn.clear()
+    assert asyncio.run(scenario(0.05, refined)) == 0
+    assert [order for order, _ in drawn] == [render_order(refined, 7)]  # first never drawn
+
+
 def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away(run) -> None:
     engine = InProcessEngine(config(), "redis://127.0.0.1:1/0")
     try:

@@ -84,6 +84,7 @@ class PipelineConfig:
     min_refine_gain: float = bounded(0, 1)
     stage_timeout_s: float = bounded(0.01, 3600)
     program_path: str
+    render_delay_s: float = bounded(0, 1)
 
 
 @dataclass(frozen=True)

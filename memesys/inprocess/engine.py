@@ -87,7 +87,7 @@ class InProcessEngine:
                                    cfg.redis.key_prefix, capacity.llm_processes)
         self.maker = MemeMaker(load_configured(cfg.pipeline), handle_for,
                                RefinePolicy.from_config(cfg.pipeline), cfg.pipeline.mode,
-                               INPROCESS)
+                               INPROCESS, cfg.pipeline.render_delay_s)
         self.client = connect(redis_url)
         redis = cfg.redis
         availability = availability_for(redis_url, "in-process engine",

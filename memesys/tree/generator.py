@@ -125,7 +125,7 @@ class GeneratorWorker(AsyncActor):
         # the program is checked by the daemon before start-up
         self.maker = MemeMaker(load_configured(args.pipeline), handle_for,
                                RefinePolicy.from_config(args.pipeline), args.pipeline.mode,
-                               ACTORS)
+                               ACTORS, args.pipeline.render_delay_s)
         self.client = connect(args.redis_url)
         availability = availability_for(args.redis_url, f"generator {self.name}",
                                         args.retry_initial_s, args.retry_max_s)
