@@ -35,7 +35,6 @@ from actors.bridge import RemoteFailure
 from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.engines import ACTORS
-from memesys.errors import ErrorCode
 from memesys.domain.messages import (
     GenerateMeme,
     JudgeDraft,
@@ -43,6 +42,7 @@ from memesys.domain.messages import (
     Judgements,
     RenderMeme,
 )
+from memesys.errors import ErrorCode
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
 from memesys.pipeline.program import load_configured
