@@ -89,34 +89,37 @@ class Availability:
             return True
         if self._clock() < self._next_probe:
             return False
-        try:
-            self._probe()
-        except DOWN_ERRORS as exc:
-            self.failed(exc)
+        missed = self._unanswered()
+        if missed is not None:
+            self.failed(missed)
             return False
-        except redis.RedisError:  # a live server answered: it is up
-            pass
         down_for = self._clock() - (self.down_since or self._clock())
         log.warning("%s: redis is back after %.1f s down", self.name, down_for)
         self.up, self.reason, self.down_since = True, "", None
         self._delay = self.initial_s
         return True
 
-    def answers(self) -> bool:
-        """Whether Redis answers a probe now, for a health check that must answer within its
-        own bound: the short-timeout probe client, not an operation's socket timeout (a
-        stopped server never answers). A failed probe marks Redis down; while it is down,
-        this is :meth:`check`. Never raises."""
-        if not self.up:
-            return self.check()
+    def _unanswered(self) -> BaseException | None:
+        """Probe once: why Redis did not answer (None: it did)."""
         try:
             self._probe()
         except DOWN_ERRORS as exc:
-            self.failed(exc)
-            return False
-        except redis.RedisError:  # a live server answered
+            return exc
+        except redis.RedisError:  # a live server answered: it is up
             pass
-        return True
+        return None
+
+    def health(self) -> str:
+        """Why Redis cannot be used now ("": it answers), for a health check that must answer
+        within its own bound: a probe on the short-timeout client, not an operation's socket
+        timeout (a stopped server never answers). It only reports: a stall of a few hundred
+        milliseconds during a scrape does not fail the operations meanwhile (an operation
+        that fails marks Redis down). While Redis is down, this is :meth:`check`. Never
+        raises."""
+        if not self.up:
+            return "" if self.check() else self.reason
+        missed = self._unanswered()
+        return "" if missed is None else describe(missed)
 
     def require(self, what: str) -> None:
         """Fail fast with :class:`StoreDown` while Redis is down and no probe brings it back."""

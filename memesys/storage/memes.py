@@ -106,7 +106,9 @@ class MemeStore:
             yield
 
     def ping(self) -> bool:
-        """Whether Redis answers; for health checks, so it never raises."""
+        """Whether Redis answers, asked as an operation (a failure marks it down, so the next
+        requests fail fast): before spending tokens on a fresh meme. Never raises. A health
+        report that must answer within its own bound is ``availability.health()``."""
         try:
             with self._guard("pinging"):
                 return bool(self._r.ping())

@@ -8,7 +8,8 @@ until a probe (spaced by ``redis.retry_backoff_initial_s`` .. ``_max_s``) finds 
 answers ``store_error`` at once instead of waiting out a socket timeout per request
 (:mod:`memesys.storage.availability`); a new process would not bring Redis back any sooner.
 A health check (``StoreHealth``, for /readyz and /metrics) probes Redis on the short-timeout
-client, so even a frozen Redis is reported ``down`` within the check's bound.
+client, so even a frozen Redis is reported ``down`` within the check's bound; it only reports
+(:meth:`~memesys.storage.availability.Availability.health`).
 A poison record is quarantined by the store and treated as absent. A forged page cursor
 answers ``invalid_field``; any other exception is a server fault and crashes the worker (the
 client sees ``worker_lost``).
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -54,6 +57,16 @@ class StoreArgs:
     retry_max_s: float = 0.5
 
 
+@contextmanager
+def store_errors_answered() -> Iterator[None]:
+    """A StoreError (Redis failed or is down: ``store_error``; a forged cursor) becomes the
+    request's failure with its code, not a crash."""
+    try:
+        yield
+    except StoreError as exc:
+        raise RequestFailed(exc.code, str(exc)) from exc
+
+
 class StoreWorker(BaseActor):
     def on_start(self, args: StoreArgs) -> None:
         self.args = args
@@ -69,10 +82,8 @@ class StoreWorker(BaseActor):
         self.client.close()
 
     def handle(self, payload: Any) -> Any:
-        try:
+        with store_errors_answered():
             return self._apply(payload)
-        except StoreError as exc:  # Redis failed or is down (store_error), or a forged cursor
-            raise RequestFailed(exc.code, str(exc)) from exc
 
     def _apply(self, payload: Any) -> Any:
         store = self.store
@@ -103,8 +114,9 @@ class StoreWorker(BaseActor):
         return erased
 
     def _health(self) -> StoreState:
-        if not self.availability.answers():
-            return StoreState(False, self.availability.reason or "unreachable")
+        reason = self.availability.health()
+        if reason:
+            return StoreState(False, reason)
         try:
             counts = self.store.quarantined()
         except StoreError:
