@@ -4,6 +4,7 @@ speculative render, which must never ship the picture of a caption that was repl
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -11,10 +12,12 @@ import pytest
 
 from memesys.config import Config, load_layers
 from memesys.domain.formats import get_format
+from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
-from memesys.inprocess.engine import InProcessEngine
-from memesys.pipeline.making import Speculation, render_order
+from memesys.inprocess.engine import InProcessEngine, LocalWorkshop
+from memesys.llm import deadline as llm_deadline
+from memesys.pipeline.making import MemeFailed, SaveMeme, Speculation, render_order
 from memesys.pipeline.writing import Caption
 from memesys.render.meme import RenderSettings, render_meme
 
@@ -167,6 +170,25 @@ def test_a_meme_past_its_deadline_is_a_timeout(engine_for, run) -> None:
     with pytest.raises(Exception) as failed:
         run(engine.generate(GenerateMeme("slow coffee", fresh=True), 0.001))
     assert failed.value.code is ErrorCode.TIMEOUT
+
+
+def test_a_save_that_starts_past_the_deadline_saves_nothing(engine_for, run) -> None:
+    """As in the tree (tests/test_generator_store.py): the Redis thread may start late, and
+    past the deadline the client has had its 504, so the meme must not appear."""
+    engine = engine_for()
+    made = run(engine.generate(GenerateMeme(TOPIC, seed=4, fresh=True), 30))
+    png = engine.store.get_png(made["id"])
+
+    async def save(meme_id: str, deadline: float) -> str:
+        with llm_deadline.serving(deadline):
+            return await LocalWorkshop(engine).save(SaveMeme({**made, "id": meme_id}, png))
+
+    late, in_time = new_id(), new_id()
+    with pytest.raises(MemeFailed) as failed:
+        run(save(late, time.time() - 0.01))
+    assert failed.value.code is ErrorCode.TIMEOUT and engine.store.get(late) is None
+    assert run(save(in_time, time.time() + 5)) == in_time
+    assert engine.store.get(in_time)["topic"] == made["topic"]
 
 
 def test_a_hit_is_one_script_call_and_anything_odd_goes_to_the_store(engine_for, run) -> None:

@@ -52,10 +52,11 @@ from memesys.pipeline.stages import BlockingStages, stage_handles
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.storage.availability import availability_for
 from memesys.storage.connection import connect
-from memesys.storage.memes import MemeStore, StoreError
+from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
 from memesys.tree.llmcalls import under_deadline
 from memesys.tree.paths import RENDER, VERIFY
+from memesys.tree.store import store_errors_answered
 
 T = TypeVar("T")
 
@@ -133,8 +134,10 @@ class GeneratorWorker(AsyncActor):
                                Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s))
 
     def on_stop(self) -> None:
-        super().on_stop()
-        self.client.close()
+        try:
+            super().on_stop()
+        finally:
+            self.client.close()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, GenerateMeme):
@@ -149,12 +152,10 @@ class GeneratorWorker(AsyncActor):
 
 
 def _on_store(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)``, a call on the worker's MemeStore; a Redis failure (or Redis down) is the
+    """``fn(*args)``, a call on the worker's MemeStore: a Redis failure (or Redis down) is the
     request's ``store_error``."""
-    try:
+    with store_errors_answered():
         return fn(*args)
-    except StoreError as exc:
-        raise RequestFailed(exc.code, str(exc)) from exc
 
 
 @dataclass
@@ -182,13 +183,15 @@ class TreeWorkshop:
         return await asyncio.to_thread(self._keep, order)
 
     def _keep(self, order: SaveMeme) -> str:
-        """Save the meme, unless its request's deadline has passed (in this thread, which
-        may have waited for the CPU): its asker has given up, and a meme saved now would
-        appear after the client was told it failed."""
+        """Save the meme, unless its request's deadline has passed (checked in this thread,
+        which may have started late): its asker has given up, and a meme saved now would
+        appear after the client was told it failed. (The current deadline is the request's
+        less the reply margin, so only a save that itself outlasts that margin can still
+        land after the answer.)"""
         left = deadlines.left(deadlines.current())
         if left is not None and left <= 0:
-            raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed before its meme "
-                                           "was saved; it was not saved")
+            raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed before its "
+                                "meme was saved; it was not saved")
         return _on_store(self.worker.store.keep, order.meme, order.png, order.cache_key,
                          self.worker.args.cache_ttl_s)
 
