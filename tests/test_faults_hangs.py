@@ -101,11 +101,15 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.00
 
 class Load:
     """A few clients posting fresh memes back to back, each with a topic of its own; every
-    answer as (start, end, status, error code, topic), times from ``time.monotonic()``."""
+    answer as (start, end, status, error code, topic), times from ``time.monotonic()``. Each
+    client reads every meme it made back (``GET /v1/memes/{id}``, through the store pool:
+    generators save on Redis themselves), each read in ``reads`` as (start, end, status,
+    error code)."""
 
     def __init__(self, daemon: DaemonProcess, label: str, clients: int = CLIENTS) -> None:
         self.daemon, self.label, self.stop = daemon, label, threading.Event()
         self.answers: list[tuple[float, float, int, Optional[str], str]] = []
+        self.reads: list[tuple[float, float, int, Optional[str]]] = []
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
                         for i in range(clients)]
 
@@ -119,6 +123,11 @@ class Load:
                                                                   "fresh": True})
             code = None if status == 201 else (body or {}).get("error", {}).get("code")
             self.answers.append((started, time.monotonic(), status, code, topic))
+            if status == 201:
+                started = time.monotonic()
+                status, body = self.daemon.json("GET", f"/v1/memes/{body['id']}")
+                code = None if status == 200 else (body or {}).get("error", {}).get("code")
+                self.reads.append((started, time.monotonic(), status, code))
 
     def failed(self) -> list[tuple[float, float, int, Optional[str], str]]:
         return [a for a in self.answers if a[2] != 201]
@@ -197,6 +206,12 @@ def test_a_stopped_worker_is_replaced_within_the_health_timeout(
         assert ended - stopped < HEALTH_TIMEOUT_S + RESTART_S
     assert max(a[1] - a[0] for a in load.answers) < HEALTH_TIMEOUT_S + RESTART_S + 1.0
     assert [a for a in load.answers if a[0] > resumed_at and a[2] == 201]  # serving again
+    # Reads (the store pool's work): the same, and they went on while the worker was frozen.
+    for started, ended, status, code in load.reads:
+        assert status == 200 or (status == 503 and ended - stopped < HEALTH_TIMEOUT_S
+                                 + RESTART_S), (status, code)
+    assert [r for r in load.reads if stopped < r[0] < stopped + HEALTH_TIMEOUT_S]
+    assert [r for r in load.reads if r[0] > resumed_at and r[2] == 200]
     no_meme_after_failure(daemon, load)
 
 
@@ -259,7 +274,7 @@ def test_a_killed_pool_answers_every_request_at_once(
     # answer leaves a stored meme whose request was answered 503. SIGKILL gives no warning.)
 
 
-# -- the issue's case: a save queued on a frozen store worker, resumed after the 504 ----------
+# -- the issue's case: a generator frozen past its memes' deadline, resumed after the 504 ----
 
 
 def test_no_meme_appears_after_its_request_timed_out(tmp_path, fake: FakeOpenAI,

@@ -1,13 +1,15 @@
-"""Every internal capacity, derived from one figure: the memes the tree holds at once.
+"""Every internal capacity of the meme path, derived from one figure: the memes the tree holds
+at once.
 
 ``memes = workers.generators × workers.max_in_flight_per_worker``. Each meme in flight holds
-at most one request on the verifier pool at a time and two on the render pool
-(its picture is drawn while it is judged, and a picture a refinement made useless may still be
-out when the final one is asked), and its judging request runs ``JUDGING_CALLS_PER_MEME`` calls at once
-in the verifier worker's threads, so bounds derived from it can never refuse work the gateway
-admitted: the tree says ``overloaded`` only when something is wrong, and
-the gateway, which admits at most ``generation_slots`` generations at once and queues the
-rest, is the one place where load is shed.
+at most one request on the verifier pool at a time and two on the render pool (its picture is
+drawn while it is judged, and a picture a refinement made useless may still be out when the
+final one is asked), and its judging request runs ``JUDGING_CALLS_PER_MEME`` calls at once in
+the verifier worker's threads, so bounds derived from it can never refuse work the gateway
+admitted: the tree says ``overloaded`` only when something is wrong, and the gateway, which
+admits at most ``generation_slots`` generations at once and queues the rest, is the one place
+where load is shed. (Generator workers use Redis themselves; the store pool serves the
+gateway's reads, as many as it admits at once.)
 
 A pool's bound is enforced per sending process (each process counts its own requests on each
 worker) and a worker's own bound counts every sender, so a worker's bound covers the case
@@ -47,7 +49,8 @@ class Capacities:
             verify_per_sender=per_generator,
             verify_per_worker=memes,
             render_per_sender=2 * per_generator,
-            # the store pool serves the gateway's reads (generators save on Redis themselves)
+            # the gateway's reads, as many as it admits (its /readyz and /metrics checks are not
+            # admitted: past that many reads at once, one may be answered ``overloaded``)
             store_per_sender=cfg.gateway.max_in_flight,
             llm_processes=workers.generators + workers.verifiers + int(uses_inprocess(cfg)),
             inprocess_threads=JUDGING_CALLS_PER_MEME * max(1, memes - cfg.tasks.max_in_flight),
