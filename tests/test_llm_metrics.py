@@ -13,6 +13,7 @@ from memesys.llm.metrics import recorder_for, render
 from memesys.testing.fake_openai import FakeOpenAI
 from tests.daemon_process import DaemonProcess
 from tests.llm_support import make_engine, write_request
+from tests.redis_fixtures import shared_prefix
 
 pytestmark = pytest.mark.store
 
@@ -20,7 +21,7 @@ REQUEST = write_request()
 
 
 def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: str) -> None:
-    prefix = f"t{uuid.uuid4().hex[:6]}"
+    prefix = shared_prefix(f"t{uuid.uuid4().hex[:6]}")
     engine = make_engine(fake.url, redis_url=redis, key_prefix=prefix, max_attempts=2,
                          breaker_failures=3, prices="fake-model=1:1")
     engine.complete(REQUEST)
