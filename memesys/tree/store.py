@@ -21,9 +21,9 @@ are deleted, and one audit line (ids and time, no content) goes to the ``memesys
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
