@@ -17,9 +17,10 @@ from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
 from memesys.inprocess.engine import InProcessEngine, LocalWorkshop
 from memesys.llm import deadline as llm_deadline
-from memesys.pipeline.making import MemeFailed, SaveMeme, Speculation, render_order
+from memesys.pipeline.making import SaveMeme, Speculation, render_order
 from memesys.pipeline.writing import Caption
 from memesys.render.meme import RenderSettings, render_meme
+from memesys.storage.errors import TooLate
 
 TOPIC = "topic number 0 coffee"  # the offline writer's refinement replaces its caption
 
@@ -184,7 +185,7 @@ def test_a_save_that_starts_past_the_deadline_saves_nothing(engine_for, run) -> 
             return await LocalWorkshop(engine).save(SaveMeme({**made, "id": meme_id}, png))
 
     late, in_time = new_id(), new_id()
-    with pytest.raises(MemeFailed) as failed:
+    with pytest.raises(TooLate) as failed:
         run(save(late, time.time() - 0.01))
     assert failed.value.code is ErrorCode.TIMEOUT and engine.store.get(late) is None
     assert run(save(in_time, time.time() + 5)) == in_time

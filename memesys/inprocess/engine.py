@@ -135,15 +135,6 @@ class InProcessEngine:
             meme = await self.on_store(self.store.cached, key)
         return None if meme is None else {**meme, "cached": True, "trace_id": order.trace_id}
 
-    def keep(self, order: SaveMeme, deadline: Optional[float]) -> str:
-        """Save ``order`` unless ``deadline`` has passed (checked in the Redis thread, which may
-        start late): the client has had its 504 by then, and the meme must not appear after
-        it (as in the tree: ``memesys.tree.generator``)."""
-        if deadline is not None and time.time() >= deadline:
-            raise MemeFailed(ErrorCode.TIMEOUT, "the meme's deadline passed before it was "
-                             "saved; it was not saved")
-        return self.store.keep(order.meme, order.png, order.cache_key, self.cache_ttl_s)
-
     async def close(self) -> None:
         await self.hits.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -167,7 +158,9 @@ class LocalWorkshop:
         return await self.engine.run(render_meme, order, self.engine.render_settings)
 
     async def save(self, order: SaveMeme) -> str:
-        return await self.engine.on_store(self.engine.keep, order, llm_deadline.current())
+        return await self.engine.on_store(self.engine.store.keep, order.meme, order.png,
+                                          order.cache_key, self.engine.cache_ttl_s,
+                                          llm_deadline.current())
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.engine.run(fn, *args)

@@ -11,6 +11,13 @@ class StoreError(MemesysError):
     code = ErrorCode.STORE_ERROR
 
 
+class TooLate(StoreError):
+    """A save asked for after its deadline: not made (the client has had its 504, and the meme
+    must not appear after it)."""
+
+    code = ErrorCode.TIMEOUT
+
+
 class StoreDown(StoreError):
     """Redis is known to be down (a recent operation could not reach it) and its next probe is
     not due yet: the operation was not attempted at all, so it fails at once."""

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -32,7 +33,7 @@ from redis.client import Pipeline
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability
-from memesys.storage.errors import StoreDown, StoreError
+from memesys.storage.errors import StoreDown, StoreError, TooLate
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import (
     cache_problem,
@@ -165,9 +166,15 @@ class MemeStore:
             pipe.zadd(self._index, {meme_id: float(created_at)})
             pipe.execute()
 
-    def keep(self, meme: dict, png: bytes, cache_key: str | None, cache_ttl_s: int) -> str:
+    def keep(self, meme: dict, png: bytes, cache_key: str | None, cache_ttl_s: int,
+             not_after: float | None = None) -> str:
         """Save a meme just made, and cache it under ``cache_key`` unless that is None (a
-        fresh meme); returns its id."""
+        fresh meme); returns its id. Past ``not_after`` (the request's wall-clock deadline)
+        nothing is saved (:class:`TooLate`): the thread that saves may start late, and the
+        client has had its 504 by then."""
+        if not_after is not None and time.time() >= not_after:
+            raise TooLate(f"meme {meme['id']}: its request's deadline passed before the save; "
+                          "it was not saved")
         self.save(meme, png)
         if cache_key:
             self.cache_put(cache_key, meme["id"], cache_ttl_s)

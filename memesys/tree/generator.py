@@ -42,7 +42,6 @@ from memesys.domain.messages import (
     Judgements,
     RenderMeme,
 )
-from memesys.errors import ErrorCode
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
 from memesys.pipeline.program import load_configured
@@ -180,20 +179,11 @@ class TreeWorkshop:
                                 getattr(exc.failure, "retry_after", None)) from exc
 
     async def save(self, order: SaveMeme) -> str:
-        return await asyncio.to_thread(self._keep, order)
-
-    def _keep(self, order: SaveMeme) -> str:
-        """Save the meme, unless its request's deadline has passed (checked in this thread,
-        which may have started late): its asker has given up, and a meme saved now would
-        appear after the client was told it failed. (The current deadline is the request's
-        less the reply margin, so only a save that itself outlasts that margin can still
-        land after the answer.)"""
-        left = deadlines.left(deadlines.current())
-        if left is not None and left <= 0:
-            raise RequestFailed(ErrorCode.TIMEOUT, "the request's deadline passed before its "
-                                "meme was saved; it was not saved")
-        return _on_store(self.worker.store.keep, order.meme, order.png, order.cache_key,
-                         self.worker.args.cache_ttl_s)
+        # Not after the current deadline (the request's less the reply margin): only a save
+        # that itself outlasts that margin can still land after the answer.
+        return await asyncio.to_thread(_on_store, self.worker.store.keep, order.meme, order.png,
+                                       order.cache_key, self.worker.args.cache_ttl_s,
+                                       deadlines.current())
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(under_deadline, fn, *args)

@@ -59,8 +59,8 @@ class StoreArgs:
 
 @contextmanager
 def store_errors_answered() -> Iterator[None]:
-    """A StoreError (Redis failed or is down: ``store_error``; a forged cursor) becomes the
-    request's failure with its code, not a crash."""
+    """A StoreError (Redis failed or is down: ``store_error``; a forged cursor; a save past
+    its deadline) becomes the request's failure with its code, not a crash."""
     try:
         yield
     except StoreError as exc:
