@@ -9,8 +9,6 @@ import subprocess
 from typing import Any, Iterable, Optional, Sequence
 
 
-
-
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) with linear interpolation; NaN for no values."""
     if not values:

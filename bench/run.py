@@ -53,9 +53,9 @@ from bench.common import (  # noqa: E402
     verdict,
 )
 from bench.echo import ECHO, Echo, with_echo_pool  # noqa: E402
-from memesys.testing.ports import free_port  # noqa: E402
 from memesys.config import load as load_config  # noqa: E402
 from memesys.storage.connection import resolve  # noqa: E402
+from memesys.testing.ports import free_port  # noqa: E402
 from memesys.tree.paths import GENERATOR, ROOT  # noqa: E402
 from memesys.tree.spec import root_spec  # noqa: E402
 

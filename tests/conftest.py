@@ -42,8 +42,6 @@ pytest_plugins = ["tests.redis_fixtures", "tests.llm_support"]
 STOP_TIMEOUT_S = 5.0
 
 
-
-
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01,
              what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""

@@ -24,8 +24,6 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
 
-
-
 class DaemonProcess:
     """One daemon; ``REDIS_URL`` comes from ``MEMESYS_TEST_REDIS_URL`` (else embedded Redis)."""
 

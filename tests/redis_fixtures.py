@@ -1,15 +1,17 @@
 """A module-scoped Redis client for store tests: the server named by MEMESYS_TEST_REDIS_URL
-(CI's Redis service), else an embedded redis-server of the module's own; registered for every
-test module by ``pytest_plugins`` in tests/conftest.py."""
+(CI's Redis service), else an embedded redis-server of the module's own; a MemeStore on it;
+registered for every test module by ``pytest_plugins`` in tests/conftest.py."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from memesys.storage.connection import EmbeddedRedis, connect
+from memesys.storage.memes import MemeStore
 
 REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
 
@@ -52,3 +54,13 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
     yield c
     c.close()
     server.stop()
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> Iterator[MemeStore]:
+    """A MemeStore on ``client`` under a prefix of its own, its keys deleted afterwards."""
+    prefix = f"memesys-test-{uuid.uuid4().hex}"
+    yield MemeStore(client, prefix)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+    if keys:
+        client.delete(*keys)

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from actors import deadlines
 from actors.base import RequestFailed
@@ -22,17 +19,9 @@ from memesys.storage.availability import Availability
 from memesys.storage.connection import EmbeddedRedis, connect
 from memesys.storage.memes import MemeStore
 from memesys.tree.generator import GeneratorArgs, GeneratorWorker, TreeWorkshop
+from tests.test_store import PNG, meme
 
 pytestmark = pytest.mark.store
-
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(1000) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-def meme(meme_id: str) -> dict:
-    return {"id": meme_id, "created_at": time.time(), "topic": f"topic {meme_id}",
-            "format": "drake", "top_text": "top", "bottom_text": "bottom",
-            "image_url": f"/v1/memes/{meme_id}/image.png", "scores": {"overall": 0.5},
-            "verification": {"verdicts": {}}, "provider": {"name": "offline"}}
 
 
 def workshop(store: MemeStore) -> TreeWorkshop:
@@ -41,15 +30,6 @@ def workshop(store: MemeStore) -> TreeWorkshop:
     worker.args = GeneratorArgs(cfg.llm, cfg.pipeline, "", cache_ttl_s=60)
     worker.store = store
     return TreeWorkshop(worker)
-
-
-@pytest.fixture
-def store(client: redis.Redis) -> Iterator[MemeStore]:
-    prefix = f"memesys-test-{uuid.uuid4().hex}"
-    yield MemeStore(client, prefix)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-    if keys:
-        client.delete(*keys)
 
 
 async def save_under(deadline: float | None, shop: TreeWorkshop, order: SaveMeme) -> str:
@@ -62,7 +42,7 @@ async def save_under(deadline: float | None, shop: TreeWorkshop, order: SaveMeme
 
 def test_a_meme_is_saved_with_its_cache_entry_before_the_deadline(store: MemeStore) -> None:
     shop = workshop(store)
-    saved = asyncio.run(save_under(time.time() + 5, shop, SaveMeme(meme("m1"), PNG, "k1")))
+    saved = asyncio.run(save_under(time.time() + 5, shop, SaveMeme(meme("m1", time.time()), PNG, "k1")))
     assert saved == "m1"
     assert store.get("m1")["topic"] == "topic m1" and store.get_png("m1") == PNG
     assert asyncio.run(shop.cached("k1"))["id"] == "m1"
@@ -73,7 +53,7 @@ def test_a_meme_whose_deadline_passed_is_not_saved(store: MemeStore) -> None:
     deadline the client has had its 504, so nothing may appear."""
     shop = workshop(store)
     with pytest.raises(RequestFailed) as failed:
-        asyncio.run(save_under(time.time() - 0.01, shop, SaveMeme(meme("m2"), PNG, "k2")))
+        asyncio.run(save_under(time.time() - 0.01, shop, SaveMeme(meme("m2", time.time()), PNG, "k2")))
     assert failed.value.failure.code == ErrorCode.TIMEOUT
     assert store.get("m2") is None and store.get_png("m2") is None
     assert asyncio.run(shop.cached("k2")) is None
@@ -88,7 +68,7 @@ def test_redis_away_is_the_requests_store_error(tmp_path: Path) -> None:
         assert asyncio.run(shop.store_up())
         server.stop()
         assert not asyncio.run(shop.store_up())
-        for step in (shop.save(SaveMeme(meme("m3"), PNG, None)), shop.cached("k3")):
+        for step in (shop.save(SaveMeme(meme("m3", time.time()), PNG, None)), shop.cached("k3")):
             with pytest.raises(RequestFailed) as failed:
                 asyncio.run(step)
             assert failed.value.failure.code == ErrorCode.STORE_ERROR

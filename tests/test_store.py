@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -39,15 +37,6 @@ def meme(meme_id: str, created_at: float, **extra: object) -> dict:
             "format": "drake", "top_text": "top", "bottom_text": "bottom",
             "image_url": f"/v1/memes/{meme_id}/image.png", "scores": {"overall": 0.5},
             "verification": {"verdicts": {}}, "provider": {"name": "offline"}, **extra}
-
-
-@pytest.fixture
-def store(client: redis.Redis) -> Iterator[MemeStore]:
-    prefix = f"memesys-test-{uuid.uuid4().hex}"
-    yield MemeStore(client, prefix)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
-    if keys:
-        client.delete(*keys)
 
 
 def keys_of(store: MemeStore, client: redis.Redis) -> set[str]:

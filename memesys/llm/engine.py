@@ -172,7 +172,7 @@ class HardenedEngine:
         payload = self.payload(request) if payload is None else payload
         try:
             answer = self.client.post("/chat/completions", json.dumps(payload).encode(),
-                                 self._headers, timeout_s)
+                                      self._headers, timeout_s)
         except (urllib3.exceptions.TimeoutError, urllib3.exceptions.EmptyPoolError) as exc:
             raise AttemptFailed(TIMEOUT, f"no answer within {timeout_s:.3g} s") from exc
         except AnswerTooLarge as exc:
