@@ -3,6 +3,7 @@
 Run with the fresh virtual environment's python, from a directory outside the checkout, so
 nothing can come from the source tree: ``venv/bin/python wheel_smoke.py``.
 """
+
 import json
 import os
 import signal
@@ -17,15 +18,29 @@ from memesys.testing.ports import free_port
 
 def main() -> int:
     import memesys
+
     assert "site-packages" in memesys.__file__, f"memesys imported from {memesys.__file__}"
     port, admin_port = free_port(), free_port()
     work = tempfile.mkdtemp(prefix="memesys-wheel-")
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     exe = os.path.join(os.path.dirname(sys.executable), "memesys")
-    proc = subprocess.Popen([exe, "--port", str(port), "--admin-port", str(admin_port),
-                             "--data-dir", os.path.join(work, "data")], cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--admin-port",
+            str(admin_port),
+            "--data-dir",
+            os.path.join(work, "data"),
+        ],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         deadline = time.monotonic() + 60
@@ -35,9 +50,12 @@ def main() -> int:
         if "ready at" not in line:
             print("FAIL: the daemon did not become ready")
             return 1
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/memes", method="POST",
-                                         data=json.dumps({"topic": "wheels"}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/memes",
+            method="POST",
+            data=json.dumps({"topic": "wheels"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as answer:
             meme = json.load(answer)
             print(f"POST /v1/memes -> {answer.status}: {meme['format']}: {meme['top_text']!r}")

@@ -5,7 +5,8 @@ actor schedules it on the loop with ``run_coroutine_threadsafe`` and returns at 
 mailbox keeps flowing. When the coroutine finishes, the loop thread answers the requester
 itself through a :class:`~actors.bridge.Bridge` on that loop (an ``ActorSystem`` handle is not
 thread-safe, so the loop never shares the actor's). Coroutines ask other actors, found by path
-from the root, with ``await self.ask(path, payload, timeout)``. In-flight work is bounded by ``max_in_flight``; past it a request is refused
+from the root, with ``await self.ask(path, payload, timeout)``. In-flight work is bounded by
+``max_in_flight``; past it a request is refused
 with an ``overloaded`` failure instead of queueing without end.
 
 An exception inside a coroutine fails that request only (it is an I/O outcome, logged with its
@@ -22,6 +23,7 @@ schedules work, so a busy async actor always answers them.
 Because the loop thread exists, an async actor must stay a leaf: forking a process that has
 threads can deadlock, so it creates no children.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +34,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
@@ -57,10 +59,10 @@ class AsyncActor(BaseActor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
-        self.bridge: Optional[Bridge] = None
-        self.directory: Optional[Directory] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.bridge: Bridge | None = None
+        self.directory: Directory | None = None
         # Written by one thread each, read by the other: no lock needed under the GIL.
         self._submitted = 0
         self._completed = 0
@@ -79,8 +81,11 @@ class AsyncActor(BaseActor):
             self.reply(request, sender, error=Failure("unavailable", f"{self.name} is stopping"))
             return
         if self.in_flight >= self.max_in_flight:
-            self.reply(request, sender, error=Failure(
-                "overloaded", f"{self.name} holds {self.max_in_flight} requests"))
+            self.reply(
+                request,
+                sender,
+                error=Failure("overloaded", f"{self.name} holds {self.max_in_flight} requests"),
+            )
             return
         started = time.perf_counter()
         try:
@@ -96,12 +101,18 @@ class AsyncActor(BaseActor):
         self._submitted += 1
         forwarded = request.reply_to is not None and sender == self.parent
         asyncio.run_coroutine_threadsafe(
-            self._run(result, request, request.reply_to or sender, forwarded, started),
-            self._loop)
+            self._run(result, request, request.reply_to or sender, forwarded, started), self._loop
+        )
 
-    async def _run(self, awaitable: Any, request: Request, target: ActorAddress,
-                   forwarded: bool, started: float) -> None:
-        error: Optional[Failure] = None
+    async def _run(
+        self,
+        awaitable: Any,
+        request: Request,
+        target: ActorAddress,
+        forwarded: bool,
+        started: float,
+    ) -> None:
+        error: Failure | None = None
         payload: Any = None
         remaining = deadlines.left(request.deadline)
         try:
@@ -112,14 +123,16 @@ class AsyncActor(BaseActor):
                 # gather): their asks end in time for the answer to be of use
                 deadlines.serve(request.deadline - min(self.reply_margin_s, remaining / 4))
                 payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             if remaining is None or deadlines.left(request.deadline) > 0.001:
                 error = self._failed(request, exc)  # the handler's own, not the deadline
             else:
-                error = Failure("timeout", f"{self.name}: the request's deadline passed; its "
-                                           "work was abandoned")
-                log.info("%s: request %s abandoned at its deadline", self.name,
-                         request.correlation_id)
+                error = Failure(
+                    "timeout", f"{self.name}: the request's deadline passed; its work was abandoned"
+                )
+                log.info(
+                    "%s: request %s abandoned at its deadline", self.name, request.correlation_id
+                )
         except RequestFailed as failed:
             error = failed.failure
         except Exception as exc:
@@ -131,8 +144,9 @@ class AsyncActor(BaseActor):
         self.observe(request.payload, time.perf_counter() - started, error)
 
     def _failed(self, request: Request, exc: BaseException) -> Failure:
-        log.error("%s: request %s failed:\n%s", self.name, request.correlation_id,
-                  traceback.format_exc())
+        log.error(
+            "%s: request %s failed:\n%s", self.name, request.correlation_id, traceback.format_exc()
+        )
         return Failure("error", f"{type(exc).__name__}: {exc}")
 
     async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
@@ -144,8 +158,9 @@ class AsyncActor(BaseActor):
         if self._loop is not None:
             return
         ready: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._loop_main, args=(ready,),
-                                        name=f"{self.name}-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop_main, args=(ready,), name=f"{self.name}-loop", daemon=True
+        )
         self._thread.start()
         failure = ready.get(timeout=10)
         if failure is not None:
@@ -153,15 +168,19 @@ class AsyncActor(BaseActor):
 
     def _loop_main(self, ready: queue.Queue) -> None:
         try:
-            asys = ActorSystem("multiprocTCPBase", {"Admin Port": self.admin_port},
-                               transientUnique=True)
+            asys = ActorSystem(
+                "multiprocTCPBase", {"Admin Port": self.admin_port}, transientUnique=True
+            )
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             # Blocking calls (asyncio.to_thread) may be as many as the requests in flight (times
             # the calls each runs at once); the default executor's min(32, cores + 4) threads
             # would queue them on 2 cores.
-            loop.set_default_executor(ThreadPoolExecutor(
-                self.max_in_flight * self.blocking_per_request, f"{self.name}-blocking"))
+            loop.set_default_executor(
+                ThreadPoolExecutor(
+                    self.max_in_flight * self.blocking_per_request, f"{self.name}-blocking"
+                )
+            )
             self.bridge = Bridge(asys)
             loop.run_until_complete(self.bridge.start())
             self.directory = Directory(self.bridge, self.root)

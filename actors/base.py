@@ -7,6 +7,7 @@ the exception is logged with its traceback, the requester gets a ``crashed``
 :class:`~actors.messages.Failure` with its correlation id, and the actor exits, so its
 supervisor restarts it in a fresh process with fresh state.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,7 +20,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from thespian.actors import (
     Actor,
@@ -86,7 +87,7 @@ class RequestFailed(Exception):
     request's outcome, not a corrupted actor, so restarting would not help.
     """
 
-    def __init__(self, code: str, message: str, retry_after: Optional[float] = None) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.failure = Failure(code, message, retry_after)
 
@@ -110,17 +111,17 @@ class BaseActor(Actor):
         die_with_parent()
         self.name: str = self.__class__.__name__
         self.admin_port: int = 0
-        self.parent: Optional[ActorAddress] = None
-        self.root: Optional[ActorAddress] = None
+        self.parent: ActorAddress | None = None
+        self.root: ActorAddress | None = None
         self._crashed = False
         self._stopped = False
-        self._held: Optional[list[tuple[ActorAddress, Any]]] = None
+        self._held: list[tuple[ActorAddress, Any]] | None = None
         self.expired_requests = 0  # requests dropped because they arrived after their deadline
         self._heartbeat_s = 0.0  # from Init: tell the supervisor we work, at most this often
         self._last_beat = 0.0
         # Work put aside to let the mailbox breathe (None: none), and whether it is being
         # taken up (its messages are handled, not put aside again).
-        self._backlog: Optional[deque[tuple[Any, ActorAddress]]] = None
+        self._backlog: deque[tuple[Any, ActorAddress]] | None = None
         self._replaying = False
 
     # -- hooks for subclasses -------------------------------------------------------------
@@ -139,7 +140,7 @@ class BaseActor(Actor):
         """Messages that are neither requests nor lifecycle messages; raising crashes."""
         log.warning("%s ignored unexpected message %r", self.name, msg)
 
-    def observe(self, payload: Any, seconds: float, error: Optional[Failure]) -> None:
+    def observe(self, payload: Any, seconds: float, error: Failure | None) -> None:
         """Called after each request is answered (or failed)."""
 
     @property
@@ -178,9 +179,13 @@ class BaseActor(Actor):
         try:
             for i, message in enumerate(batch.messages):
                 self.receiveMessage(message, sender)
-                if (outermost and self._heartbeat_s and i + 1 < len(batch.messages)
-                        and time.monotonic() - started >= self._heartbeat_s):
-                    self._put_aside([(m, sender) for m in batch.messages[i + 1:]])
+                if (
+                    outermost
+                    and self._heartbeat_s
+                    and i + 1 < len(batch.messages)
+                    and time.monotonic() - started >= self._heartbeat_s
+                ):
+                    self._put_aside([(m, sender) for m in batch.messages[i + 1 :]])
                     break
         finally:
             if outermost:
@@ -212,8 +217,11 @@ class BaseActor(Actor):
                     self._backlog.extendleft(reversed([(m, sender) for m in message.messages]))
                     continue
                 self.receiveMessage(message, sender)
-                if (not all_of_it and self._backlog
-                        and time.monotonic() - started >= self._heartbeat_s):
+                if (
+                    not all_of_it
+                    and self._backlog
+                    and time.monotonic() - started >= self._heartbeat_s
+                ):
                     self.send(self.myAddress, _Continue())
                     return
             self._backlog = None
@@ -224,8 +232,13 @@ class BaseActor(Actor):
 
     # -- replying ---------------------------------------------------------------------------
 
-    def reply(self, request: Request, sender: ActorAddress, payload: Any = None,
-              error: Optional[Failure] = None) -> None:
+    def reply(
+        self,
+        request: Request,
+        sender: ActorAddress,
+        payload: Any = None,
+        error: Failure | None = None,
+    ) -> None:
         """Answer ``request`` at its ``reply_to`` (or its sender); tell a forwarding parent
         first, so that its books balance before the requester, answered, can ask again."""
         if request.reply_to is not None and sender == self.parent:
@@ -279,10 +292,19 @@ class BaseActor(Actor):
         It is answered ``timeout`` all the same (a forwarding pool balances its books; the
         asker, if it still listens, learns why), and the drop is counted."""
         self.expired_requests += 1
-        log.info("%s dropped a %s that arrived %.3f s after its deadline", self.name,
-                 type(request.payload).__name__, time.time() - request.deadline)
-        self.reply(request, sender, error=Failure(
-            "timeout", f"{self.name}: the request's deadline passed before it was handled"))
+        log.info(
+            "%s dropped a %s that arrived %.3f s after its deadline",
+            self.name,
+            type(request.payload).__name__,
+            time.time() - request.deadline,
+        )
+        self.reply(
+            request,
+            sender,
+            error=Failure(
+                "timeout", f"{self.name}: the request's deadline passed before it was handled"
+            ),
+        )
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
         """Run ``handle`` and reply; an exception propagates and crashes the actor."""
@@ -346,12 +368,19 @@ class BaseActor(Actor):
             self.send(self.parent, StopMe(self.name, reason))
 
     def _crash(self, msg: Any, sender: ActorAddress, exc: BaseException) -> None:
-        log.error("%s crashed on %s; exiting so its supervisor restarts it:\n%s",
-                  self.name, type(getattr(msg, "payload", msg)).__name__, traceback.format_exc())
+        log.error(
+            "%s crashed on %s; exiting so its supervisor restarts it:\n%s",
+            self.name,
+            type(getattr(msg, "payload", msg)).__name__,
+            traceback.format_exc(),
+        )
         self._crashed = True
         if isinstance(msg, Request):
-            self.reply(msg, sender, error=Failure("crashed", f"{self.name} crashed: "
-                                                  f"{type(exc).__name__}: {exc}"))
+            self.reply(
+                msg,
+                sender,
+                error=Failure("crashed", f"{self.name} crashed: {type(exc).__name__}: {exc}"),
+            )
             self.observe(msg.payload, 0.0, Failure("crashed", str(exc)))
         self.send(self.myAddress, ActorExitRequest())
 

@@ -10,6 +10,7 @@ nobody waits for any more (their ask timed out) are counted and dropped; other m
 Every Thespian message costs a few hundred microseconds of Python on each side, so the sender
 sends whatever has queued up as one :class:`~actors.messages.Batch` per target.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from thespian.actors import ActorAddress, ActorSystem
 
@@ -76,8 +78,8 @@ class Bridge:
         self._max_pending = max_pending
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: dict[str, asyncio.Future] = {}
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._listen_address: Optional[ActorAddress] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listen_address: ActorAddress | None = None
         self._running = threading.Event()
         self._threads: list[threading.Thread] = []
         self._notice_handlers: list[Callable[[Any], None]] = []
@@ -91,8 +93,10 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self._running.set()
         ready: asyncio.Future = self._loop.create_future()
-        for target, name in ((self._listen_main, "bridge-listener"),
-                             (self._send_main, "bridge-sender")):
+        for target, name in (
+            (self._listen_main, "bridge-listener"),
+            (self._send_main, "bridge-sender"),
+        ):
             thread = threading.Thread(target=target, args=(ready,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -114,8 +118,14 @@ class Bridge:
         for thread in self._threads:
             await asyncio.to_thread(thread.join, join_s)
 
-    async def ask(self, target: ActorAddress, payload: Any, timeout: float,
-                  idempotent: bool = False, correlation_id: Optional[str] = None) -> Any:
+    async def ask(
+        self,
+        target: ActorAddress,
+        payload: Any,
+        timeout: float,
+        idempotent: bool = False,
+        correlation_id: str | None = None,
+    ) -> Any:
         """The reply payload; :class:`RemoteFailure` on a failure, :class:`AskTimeout`.
         A caller that may have to :meth:`fail` the request chooses its ``correlation_id``.
 
@@ -127,18 +137,24 @@ class Bridge:
             raise RemoteFailure(Failure("unavailable", "bridge closed"))
         timeout = deadlines.bound(timeout)
         if timeout <= 0:
-            raise RemoteFailure(Failure("timeout", "the deadline of the request being served "
-                                                   "has passed"))
+            raise RemoteFailure(
+                Failure("timeout", "the deadline of the request being served has passed")
+            )
         if len(self._pending) >= self._max_pending:
             raise RemoteFailure(Failure("overloaded", "too many requests in flight"))
-        request = Request(payload, correlation_id or new_correlation_id(),
-                          self._listen_address, idempotent, deadlines.after(timeout))
+        request = Request(
+            payload,
+            correlation_id or new_correlation_id(),
+            self._listen_address,
+            idempotent,
+            deadlines.after(timeout),
+        )
         future = self._loop.create_future()
         self._pending[request.correlation_id] = future
         self._outbox.put((target, request))
         try:
             reply: Reply = await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AskTimeout(timeout) from None
         finally:
             self._pending.pop(request.correlation_id, None)
@@ -178,17 +194,19 @@ class Bridge:
                         break
                 closing = None in items
                 if closing:
-                    items = items[:items.index(None)]
+                    items = items[: items.index(None)]
                 outgoing = batches(items)
                 try:
                     failures = _send(ctx, outgoing)
                 except Exception as exc:
                     log.error("bridge: cannot send: %s", exc)
                     failures = [Failure("unavailable", f"cannot send: {exc}")] * len(outgoing)
-                failed = [Reply(request.correlation_id, None, failure)
-                          for (_, message), failure in zip(outgoing, failures)
-                          if failure is not None
-                          for request in _requests(message)]
+                failed = [
+                    Reply(request.correlation_id, None, failure)
+                    for (_, message), failure in zip(outgoing, failures)
+                    if failure is not None
+                    for request in _requests(message)
+                ]
                 if failed:
                     self._loop.call_soon_threadsafe(self._resolve, failed)
                 if closing:
@@ -225,11 +243,11 @@ def _requests(message: Any) -> list[Request]:
     return [m for m in unpack(message) if isinstance(m, Request)]
 
 
-def _send(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]]) -> list[Optional[Failure]]:
+def _send(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]]) -> list[Failure | None]:
     """``tell`` to several targets at once, and report each dead target: Thespian's ``tell``
     drops a message to a dead address silently, and an address dies whenever its actor
     restarts (see :func:`actors.thespian_adapter.transmit`)."""
-    failures: list[Optional[Failure]] = []
+    failures: list[Failure | None] = []
     for (target, _), outcome in zip(outgoing, transmit(ctx, outgoing, _SEND_TIMEOUT_S)):
         if outcome is None:
             failures.append(None)
@@ -261,7 +279,7 @@ class _Actor:
         return lost
 
 
-Target = Union[_Actor, PoolRoute]
+Target = _Actor | PoolRoute
 
 
 class Directory:
@@ -301,8 +319,9 @@ class Directory:
         loop = asyncio.get_running_loop()
         bounded = deadlines.bound(timeout)
         if bounded <= 0:
-            raise RemoteFailure(Failure("timeout", "the deadline of the request being served "
-                                                   "has passed"))
+            raise RemoteFailure(
+                Failure("timeout", "the deadline of the request being served has passed")
+            )
         deadline = loop.time() + bounded
         target = await self._lookup(path)
         try:
@@ -315,16 +334,30 @@ class Directory:
             if exc.failure.code != DEAD_ADDRESS:
                 raise
             self._forget(path, target, dead=True)
-        return await self._ask(path, await self._lookup(path), payload, deadline, timeout,
-                               idempotent)
+        return await self._ask(
+            path, await self._lookup(path), payload, deadline, timeout, idempotent
+        )
 
-    async def _ask(self, path: str, target: Target, payload: Any, deadline: float,
-                   timeout: float, idempotent: bool) -> Any:
+    async def _ask(
+        self,
+        path: str,
+        target: Target,
+        payload: Any,
+        deadline: float,
+        timeout: float,
+        idempotent: bool,
+    ) -> Any:
         loop = asyncio.get_running_loop()
         if isinstance(target, _Actor):
             try:
-                return await self._ask_held(target.held, target.address, payload,
-                                            deadline - loop.time(), timeout, idempotent)
+                return await self._ask_held(
+                    target.held,
+                    target.address,
+                    payload,
+                    deadline - loop.time(),
+                    timeout,
+                    idempotent,
+                )
             finally:
                 if self._targets.get(path) is not target and not target.held:
                     self._watched.pop(target.token, None)  # forgotten, and nothing left on it
@@ -334,14 +367,16 @@ class Directory:
             if remaining <= 0:
                 raise AskTimeout(timeout)
             if not target.accepting():  # the pool holds the request until a worker is back
-                return await self._ask_held(target.waiting, target.pool, payload, remaining,
-                                            timeout, idempotent)
+                return await self._ask_held(
+                    target.waiting, target.pool, payload, remaining, timeout, idempotent
+                )
             worker = target.pick()
             if worker is None:
                 raise RemoteFailure(target.refusal(path))
             try:
-                return await self._ask_held(worker.held, worker.address, payload, remaining,
-                                            timeout, idempotent)
+                return await self._ask_held(
+                    worker.held, worker.address, payload, remaining, timeout, idempotent
+                )
             except RemoteFailure as exc:
                 if exc.failure.code in (DEAD_ADDRESS, CRASHED):  # gone, or on its way out
                     worker.accepting = False  # until the pool's next list
@@ -350,12 +385,23 @@ class Directory:
                 attempts += 1
                 # an idempotent request lost with its worker is retried on another one; not
                 # when the whole pool is gone (retired): it has no other worker
-                if not (exc.failure.code == WORKER_LOST and idempotent
-                        and attempts < MAX_ATTEMPTS and not target.retired):
+                if not (
+                    exc.failure.code == WORKER_LOST
+                    and idempotent
+                    and attempts < MAX_ATTEMPTS
+                    and not target.retired
+                ):
                     raise
 
-    async def _ask_held(self, held: Union[set, dict], address: ActorAddress, payload: Any,
-                        remaining: float, timeout: float, idempotent: bool) -> Any:
+    async def _ask_held(
+        self,
+        held: set | dict,
+        address: ActorAddress,
+        payload: Any,
+        remaining: float,
+        timeout: float,
+        idempotent: bool,
+    ) -> Any:
         """Ask ``address``, our request counted in ``held`` (with the time it was sent, for
         a dict) while it is out, so that it can be failed if ``address`` is gone."""
         if remaining <= 0:
@@ -384,7 +430,8 @@ class Directory:
         task = self._resolving.get(path)
         if task is None:  # one resolution per path, however many asks wait for it
             task = self._resolving[path] = asyncio.get_running_loop().create_task(
-                self._resolve(path))
+                self._resolve(path)
+            )
             task.add_done_callback(lambda _: self._resolving.pop(path, None))
         return await asyncio.shield(task)
 
@@ -400,8 +447,9 @@ class Directory:
         self._routes.append(route)  # notices may come before the answer is read
         self._watched[watch.token] = (path, route)
         try:
-            members = await self.bridge.ask(located.address, Subscribe(os.getpid()),
-                                            LOOKUP_TIMEOUT_S)
+            members = await self.bridge.ask(
+                located.address, Subscribe(os.getpid()), LOOKUP_TIMEOUT_S
+            )
         except RemoteFailure:
             self._routes.remove(route)
             self._watched.pop(watch.token, None)
@@ -426,8 +474,9 @@ class Directory:
         if dead:
             lost = target.retire()
             if lost:
-                self.bridge.fail(lost, Failure(
-                    WORKER_LOST, f"{path} exited with the request in flight"))
+                self.bridge.fail(
+                    lost, Failure(WORKER_LOST, f"{path} exited with the request in flight")
+                )
 
     def _gone(self, gone: Gone) -> None:
         """What a path was resolved to has exited: every request it held is lost, now."""
@@ -441,10 +490,10 @@ class Directory:
             self._routes.remove(target)
         lost = target.retire()
         if lost:
-            log.warning("%s is gone: %d requests in flight answered worker_lost", path,
-                        len(lost))
-            self.bridge.fail(lost, Failure(WORKER_LOST,
-                                           f"{path} exited with the request in flight"))
+            log.warning("%s is gone: %d requests in flight answered worker_lost", path, len(lost))
+            self.bridge.fail(
+                lost, Failure(WORKER_LOST, f"{path} exited with the request in flight")
+            )
 
     def _notice(self, message: Any) -> None:
         if isinstance(message, Gone):
@@ -456,5 +505,6 @@ class Directory:
             if route.pool == message.pool:
                 lost = route.update(message)
                 if lost:
-                    self.bridge.fail(lost, Failure(
-                        WORKER_LOST, "the worker exited with the request in flight"))
+                    self.bridge.fail(
+                        lost, Failure(WORKER_LOST, "the worker exited with the request in flight")
+                    )

@@ -18,14 +18,16 @@ every task it starts (a :mod:`contextvars` variable): every ask it makes
 (:meth:`actors.bridge.Bridge.ask`, and so ``AsyncActor.ask``) is bounded by what is left of it
 (:func:`bound`), and carries that deadline on.
 """
+
 from __future__ import annotations
 
 import contextvars
 import time
-from typing import Any, Optional
+from typing import Any
 
-_current: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar(
-    "actors_deadline", default=None)
+_current: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "actors_deadline", default=None
+)
 
 
 def after(timeout: float) -> float:
@@ -33,18 +35,18 @@ def after(timeout: float) -> float:
     return time.time() + timeout
 
 
-def expired(request: Any, now: Optional[float] = None) -> bool:
+def expired(request: Any, now: float | None = None) -> bool:
     """Whether ``request`` carries a deadline that has passed."""
     deadline = getattr(request, "deadline", None)
     return deadline is not None and (time.time() if now is None else now) >= deadline
 
 
-def left(deadline: Optional[float]) -> Optional[float]:
+def left(deadline: float | None) -> float | None:
     """Seconds until ``deadline`` (negative once passed); None without a deadline."""
     return None if deadline is None else deadline - time.time()
 
 
-def current() -> Optional[float]:
+def current() -> float | None:
     """The deadline of the request this coroutine serves (None: none, or not serving)."""
     return _current.get()
 
@@ -55,7 +57,7 @@ def bound(timeout: float) -> float:
     return timeout if deadline is None else min(timeout, deadline - time.time())
 
 
-def serve(deadline: Optional[float]) -> contextvars.Token:
+def serve(deadline: float | None) -> contextvars.Token:
     """Make ``deadline`` the current one (of this task and the tasks it starts); pass the
     token to :func:`reset` to restore the previous one."""
     return _current.set(deadline)

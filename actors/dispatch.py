@@ -13,30 +13,36 @@ A request sent through a :class:`~actors.pool.Pool` and one a
 
 Each dispatcher judges by its own books: the requests *it* sent and that are not answered yet.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 from actors.messages import Failure
 
 W = TypeVar("W")
 
 
-def least_loaded(accepting: Sequence[W], held: Callable[[W], int]) -> Optional[W]:
+def least_loaded(accepting: Sequence[W], held: Callable[[W], int]) -> W | None:
     """The worker holding the fewest requests (the first of equals); None if there is none."""
     return min(accepting, key=held) if accepting else None
 
 
-def overdue(oldest: Optional[float], now: float, overdue_s: Optional[float]) -> bool:
+def overdue(oldest: float | None, now: float, overdue_s: float | None) -> bool:
     """Whether a worker whose oldest held request was sent at ``oldest`` (None: it holds none)
     is overdue at ``now`` (same clock)."""
     return overdue_s is not None and oldest is not None and now - oldest > overdue_s
 
 
-def pick(accepting: Sequence[W], held: Callable[[W], int],
-         oldest: Callable[[W], Optional[float]], max_outstanding: int,
-         overdue_s: Optional[float], now: float) -> Optional[W]:
+def pick(
+    accepting: Sequence[W],
+    held: Callable[[W], int],
+    oldest: Callable[[W], float | None],
+    max_outstanding: int,
+    overdue_s: float | None,
+    now: float,
+) -> W | None:
     """The worker that gets the next request by the rule above; None if every accepting
     worker already holds ``max_outstanding`` (refuse: :func:`refusal`) or none accepts."""
     open_ = [w for w in accepting if held(w) < max_outstanding]

@@ -5,11 +5,12 @@ correlation id; every answer is a :class:`Reply` with the same id. Thespian hand
 arrives after an ``ask`` timed out to the next ``ask`` on that context, so callers must drop
 replies whose id they are not waiting for.
 """
+
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from thespian.actors import ActorAddress
 
@@ -34,7 +35,7 @@ class Failure:
 
     code: str
     message: str
-    retry_after: Optional[float] = None
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,16 @@ class Request:
 
     payload: Any
     correlation_id: str = field(default_factory=new_correlation_id)
-    reply_to: Optional[ActorAddress] = None
+    reply_to: ActorAddress | None = None
     idempotent: bool = False
-    deadline: Optional[float] = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
 class Reply:
     correlation_id: str
     payload: Any = None
-    error: Optional[Failure] = None
+    error: Failure | None = None
 
     @property
     def ok(self) -> bool:
@@ -98,8 +99,9 @@ def batches(outgoing: list[tuple[ActorAddress, Any]]) -> list[tuple[ActorAddress
             groups.append((target, [message]))
         else:
             group.append(message)
-    return [(target, group[0] if len(group) == 1 else Batch(tuple(group)))
-            for target, group in groups]
+    return [
+        (target, group[0] if len(group) == 1 else Batch(tuple(group))) for target, group in groups
+    ]
 
 
 # --- lifecycle between a supervisor and its children --------------------------------------
@@ -118,7 +120,7 @@ class Init:
     name: str
     args: Any
     admin_port: int
-    root: Optional[ActorAddress] = None
+    root: ActorAddress | None = None
     heartbeat_s: float = 0.0
 
 
@@ -235,7 +237,7 @@ class WhereIs:
     ``watch``: be told when what was found exits (:class:`Watch`)."""
 
     path: str
-    watch: Optional[Watch] = None
+    watch: Watch | None = None
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,7 @@ class Members:
     version: int
     workers: tuple[Member, ...]
     max_outstanding: int
-    overdue_s: Optional[float] = None
+    overdue_s: float | None = None
 
 
 STATUS_TIMEOUT_S = 2.0
@@ -302,7 +304,7 @@ class WorkerStatus:
 
     name: str
     pid: int
-    in_flight: Optional[int]
+    in_flight: int | None
 
 
 @dataclass(frozen=True)
@@ -321,13 +323,13 @@ class ChildStatus:
     name: str
     kind: str  # "supervisor", "pool" or "worker"
     state: str
-    pid: Optional[int]
+    pid: int | None
     restarts: int
-    started_at: Optional[float]
+    started_at: float | None
     restart_type: str
-    strategy: Optional[str] = None
-    in_flight: Optional[int] = None
-    children: tuple["ChildStatus", ...] = ()
+    strategy: str | None = None
+    in_flight: int | None = None
+    children: tuple[ChildStatus, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,7 @@ class TreeStatus:
     name: str
     strategy: str
     children: tuple[ChildStatus, ...]
-    in_flight: Optional[int] = None
+    in_flight: int | None = None
 
 
 @dataclass(frozen=True)

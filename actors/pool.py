@@ -11,12 +11,13 @@ most ``PoolArgs.wait_s``; a full queue or an expired wait answers ``unavailable`
 A process can also dispatch to the workers itself (:mod:`actors.route`): it subscribes, and
 the pool pushes its list of workers (:class:`Members`) whenever that list changes.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from typing import Any, Optional
+from typing import Any
 
 from thespian.actors import ActorAddress, WakeupMessage
 
@@ -82,18 +83,30 @@ class Pool(Supervisor):
     def on_start(self, args: PoolArgs) -> None:
         self.pool = args
         self._next_index = args.size
-        self.configure(SupervisorArgs(
-            tuple(self._worker_spec(i) for i in range(args.size)), Strategy.ONE_FOR_ONE,
-            args.max_restarts, args.period_s, args.backoff, args.health_interval_s,
-            args.health_timeout_s))
+        self.configure(
+            SupervisorArgs(
+                tuple(self._worker_spec(i) for i in range(args.size)),
+                Strategy.ONE_FOR_ONE,
+                args.max_restarts,
+                args.period_s,
+                args.backoff,
+                args.health_interval_s,
+                args.health_timeout_s,
+            )
+        )
         # worker name -> {correlation id: (forwarded request, attempts, monotonic time sent)},
         # oldest first
         self._outstanding: dict[str, dict[str, tuple[Request, int, float]]] = {}
         self._owner: dict[str, str] = {}  # correlation id -> worker name
 
     def _worker_spec(self, index: int) -> ChildSpec:
-        return ChildSpec(f"worker-{index}", self.pool.worker, self.pool.worker_args,
-                         Restart.PERMANENT, self.pool.worker_shutdown_s)
+        return ChildSpec(
+            f"worker-{index}",
+            self.pool.worker,
+            self.pool.worker_args,
+            Restart.PERMANENT,
+            self.pool.worker_shutdown_s,
+        )
 
     # -- dispatch -----------------------------------------------------------------------------
 
@@ -109,22 +122,27 @@ class Pool(Supervisor):
         elif isinstance(payload, _SUPERVISOR_REQUESTS):
             super().handle_request(request, sender)
         else:  # its deadline travels on with it
-            self._assign(dataclasses.replace(request, reply_to=request.reply_to or sender),
-                         attempts=0)
+            self._assign(
+                dataclasses.replace(request, reply_to=request.reply_to or sender), attempts=0
+            )
 
     def _held_by(self, child: Child) -> dict[str, tuple[Request, int, float]]:
         return self._outstanding.get(child.spec.name, {})
 
-    def _assign(self, request: Request, attempts: int,
-                  exclude: Optional[Child] = None) -> None:
+    def _assign(self, request: Request, attempts: int, exclude: Child | None = None) -> None:
         running = [c for c in self.children if self._accepting(c) and c is not exclude]
         if not running:
             self._wait(request, attempts)
             return
         now = time.monotonic()
-        worker = pick(running, lambda c: len(self._held_by(c)),
-                      lambda c: next(iter(self._held_by(c).values()), (None, 0, None))[2],
-                      self.pool.max_outstanding, self.pool.overdue_bound_s, now)
+        worker = pick(
+            running,
+            lambda c: len(self._held_by(c)),
+            lambda c: next(iter(self._held_by(c).values()), (None, 0, None))[2],
+            self.pool.max_outstanding,
+            self.pool.overdue_bound_s,
+            now,
+        )
         if worker is None:
             self._fail(request, refusal(self.name, len(running), self.pool.max_outstanding))
             return
@@ -145,8 +163,9 @@ class Pool(Supervisor):
             return
         now = time.monotonic()
         remaining = left(request.deadline)
-        expiry = now + (self.pool.wait_s if remaining is None
-                        else max(0.0, min(self.pool.wait_s, remaining)))
+        expiry = now + (
+            self.pool.wait_s if remaining is None else max(0.0, min(self.pool.wait_s, remaining))
+        )
         if not self._waiting or expiry < min(e for _, _, e in self._waiting):
             self.wakeupAfter(expiry - now, payload=_EXPIRE)
         self._waiting.append((request, attempts, expiry))
@@ -162,14 +181,19 @@ class Pool(Supervisor):
         self._waiting = [w for w in self._waiting if w[2] > now]
         for request, _, _ in expired:
             remaining = left(request.deadline)
-            self._fail(request, Failure("timeout", f"{self.name}: the request's deadline "
-                                                   "passed while it waited for a worker")
-                       if remaining is not None and remaining <= 0.001 else
-                       Failure("unavailable", f"{self.name}: no worker came back "
-                                              f"within {self.pool.wait_s:g} s"))
+            self._fail(
+                request,
+                Failure(
+                    "timeout",
+                    f"{self.name}: the request's deadline passed while it waited for a worker",
+                )
+                if remaining is not None and remaining <= 0.001
+                else Failure(
+                    "unavailable", f"{self.name}: no worker came back within {self.pool.wait_s:g} s"
+                ),
+            )
         if self._waiting:
-            self.wakeupAfter(max(0.0, min(e for _, _, e in self._waiting) - now),
-                             payload=_EXPIRE)
+            self.wakeupAfter(max(0.0, min(e for _, _, e in self._waiting) - now), payload=_EXPIRE)
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
         """After each message: a pool that began to stop (``Stop``, or its restart intensity
@@ -185,11 +209,18 @@ class Pool(Supervisor):
             self._publish()
 
     def _members(self) -> Members:
-        live = tuple(Member(c.spec.name, c.address, self._accepting(c), c.pid)
-                     for c in self.children if c.state in ("running", "stopping"))
-        return Members(self.myAddress, self._version,
-                       live + tuple(m for m, _ in self._departed), self.pool.max_outstanding,
-                       self.pool.overdue_bound_s)
+        live = tuple(
+            Member(c.spec.name, c.address, self._accepting(c), c.pid)
+            for c in self.children
+            if c.state in ("running", "stopping")
+        )
+        return Members(
+            self.myAddress,
+            self._version,
+            live + tuple(m for m, _ in self._departed),
+            self.pool.max_outstanding,
+            self.pool.overdue_bound_s,
+        )
 
     def _publish(self) -> None:
         """The new list to every subscriber whose process still lives."""
@@ -208,8 +239,11 @@ class Pool(Supervisor):
             self._expire_waiting()
         elif isinstance(msg, WakeupMessage) and msg.payload == _DEPARTED:
             now = time.monotonic()
-            self._departed = [(m, deadline) for m, deadline in self._departed
-                              if now < deadline and process_alive(m.pid)]
+            self._departed = [
+                (m, deadline)
+                for m, deadline in self._departed
+                if now < deadline and process_alive(m.pid)
+            ]
             if self._departed:
                 self.wakeupAfter(_DEPARTED_POLL_S, payload=_DEPARTED)
         elif isinstance(msg, WorkDone):
@@ -226,12 +260,15 @@ class Pool(Supervisor):
             if request.idempotent and attempts < MAX_ATTEMPTS:
                 self._assign(request, attempts, exclude=child)
             else:
-                self._fail(request, Failure(
-                    "worker_lost", f"{self.name}/{child.spec.name} exited with the request "
-                                   "in flight"))
+                self._fail(
+                    request,
+                    Failure(
+                        "worker_lost",
+                        f"{self.name}/{child.spec.name} exited with the request in flight",
+                    ),
+                )
         if lost:
-            log.warning("%s: %s exited holding %d requests", self.name, child.spec.name,
-                        len(lost))
+            log.warning("%s: %s exited holding %d requests", self.name, child.spec.name, len(lost))
         self._depart(child)
 
     def _depart(self, child: Child) -> None:
@@ -239,14 +276,16 @@ class Pool(Supervisor):
         them) before it ends; it stays listed, taking no work, until then, so that a
         subscriber gets those replies before it learns that the worker's requests are lost."""
         departed = [m for m, _ in self._departed]
-        last = next((m for m in self._published
-                     if m.name == child.spec.name and m not in departed), None)
+        last = next(
+            (m for m in self._published if m.name == child.spec.name and m not in departed), None
+        )
         if last is None or not process_alive(last.pid):
             return
         if not self._departed:
             self.wakeupAfter(_DEPARTED_POLL_S, payload=_DEPARTED)
-        self._departed.append((dataclasses.replace(last, accepting=False),
-                               time.monotonic() + _DEPARTED_MAX_S))
+        self._departed.append(
+            (dataclasses.replace(last, accepting=False), time.monotonic() + _DEPARTED_MAX_S)
+        )
 
     # -- resizing -----------------------------------------------------------------------------
 
@@ -263,11 +302,12 @@ class Pool(Supervisor):
             child.stop_granted = True  # no new work; its queued work is answered first
             self._steps.append(_StopStep(child=child))
             self._steps.append(_CallStep(fn=lambda c=child: self._forget(c)))
-        self._steps.append(_CallStep(fn=lambda: self.reply(request, sender,
-                                                           Ack(f"{size} workers"))))
+        self._steps.append(
+            _CallStep(fn=lambda: self.reply(request, sender, Ack(f"{size} workers")))
+        )
         self._advance()
 
-    def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> Optional[int]:
+    def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> int | None:
         """What the workers reported holding, plus the requests waiting for a worker. (The
         pool's own books count only what it dispatched itself; a directory sends most
         requests to the workers directly.)"""
@@ -277,4 +317,5 @@ class Pool(Supervisor):
 
 def _reply(request: Request, failure: Failure) -> Any:
     from actors.messages import Reply
+
     return Reply(request.correlation_id, None, failure)

@@ -9,11 +9,11 @@ loaded, to pass over a worker whose oldest request is overdue, and to refuse pas
 ``max_outstanding``: :func:`actors.dispatch.pick`) and names the ones a worker held when it
 exited, so that they are answered ``worker_lost`` or retried rather than left hanging.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from thespian.actors import ActorAddress
 
@@ -32,7 +32,7 @@ class Worker:
     held: dict[str, float] = field(default_factory=dict)
 
     @property
-    def oldest(self) -> Optional[float]:
+    def oldest(self) -> float | None:
         return next(iter(self.held.values()), None)
 
 
@@ -45,7 +45,7 @@ class PoolRoute:
         self.token = token  # of the Watch that tells us when the pool is gone
         self.version = -1
         self.max_outstanding = 1
-        self.overdue_s: Optional[float] = None
+        self.overdue_s: float | None = None
         self._workers: list[Worker] = []
         self.waiting: set[str] = set()  # our requests sent to the pool itself (none accepted)
         self.retired = False  # the pool is gone: nothing is sent through this route any more
@@ -72,13 +72,19 @@ class PoolRoute:
         """Whether any worker takes work (else the pool holds requests until one does)."""
         return any(w.accepting for w in self._workers)
 
-    def pick(self) -> Optional[Worker]:
+    def pick(self) -> Worker | None:
         """The worker for our next request by the pool's rule (:func:`actors.dispatch.pick`):
         accepting, below ``max_outstanding`` of ours, not overdue while another is not, least
         loaded. None: every accepting worker holds ``max_outstanding`` (see :meth:`refusal`)
         or none accepts (see :meth:`accepting`)."""
-        return pick([w for w in self._workers if w.accepting], lambda w: len(w.held),
-                    lambda w: w.oldest, self.max_outstanding, self.overdue_s, time.monotonic())
+        return pick(
+            [w for w in self._workers if w.accepting],
+            lambda w: len(w.held),
+            lambda w: w.oldest,
+            self.max_outstanding,
+            self.overdue_s,
+            time.monotonic(),
+        )
 
     def refusal(self, where: str) -> Failure:
         """``overloaded``: every accepting worker holds ``max_outstanding`` of ours."""

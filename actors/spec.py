@@ -8,12 +8,13 @@
 - Restart intensity: more than ``max_restarts`` restarts within ``period_s`` seconds and the
   supervisor stops its children in reverse order and exits, so its own supervisor decides.
 """
+
 from __future__ import annotations
 
 import enum
 import random
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 class Restart(str, enum.Enum):
@@ -54,8 +55,8 @@ class ChildSpec:
     actor: str
     args: Any = None
     restart: Restart = Restart.PERMANENT
-    shutdown_s: Optional[float] = None
-    backoff: Optional["Backoff"] = None
+    shutdown_s: float | None = None
+    backoff: Backoff | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -171,7 +172,7 @@ class PoolArgs:
     wait_s: float = 2.0
     health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
-    overdue_s: Optional[float] = None
+    overdue_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "worker", class_path(self.worker))

@@ -7,6 +7,7 @@ timeout. The handler never blocks, so a supervisor keeps answering status querie
 restarts a group. A restart's backoff is not a step: it is a timer, and the restart's starts
 join the queue when it fires, so the other children's restarts and stops go on meanwhile.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,9 @@ import random
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import psutil
 from thespian.actors import (
@@ -100,7 +102,7 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def process_progress(pid: int) -> Optional[tuple[float, int]]:
+def process_progress(pid: int) -> tuple[float, int] | None:
     """What ``pid`` has done so far (CPU seconds, context switches); None if it is stopped
     (SIGSTOP: it can do nothing) or gone. Two readings that differ: it ran in between."""
     try:
@@ -133,15 +135,15 @@ class Child:
     """The supervisor's record of one child; ``address`` changes on every restart."""
 
     spec: ChildSpec
-    address: Optional[ActorAddress] = None
+    address: ActorAddress | None = None
     state: str = "stopped"  # starting, running, stopping, dead, stopped
-    pid: Optional[int] = None
+    pid: int | None = None
     kind: str = "worker"
-    started_at: Optional[float] = None
+    started_at: float | None = None
     restarts: int = 0
     stop_granted: bool = False  # its stop was asked for (StopMe, resize, removal): no new work
     restart_times: deque = field(default_factory=deque)  # its restarts inside the period
-    backoff: Optional[int] = None  # token of the backoff timer its restart waits for
+    backoff: int | None = None  # token of the backoff timer its restart waits for
     last_heard: float = 0.0  # monotonic: its Started or its last answer to a health check
     progress: list = field(default_factory=list)  # (time, process_progress) while silent
     busy: bool = False  # silent past the timeout, but its process works: BUSY_GRACE applies
@@ -156,11 +158,18 @@ class Child:
         query (:class:`TreeStatus` or :class:`WorkerStatus`), if it gave one in time."""
         tree = answer if isinstance(answer, TreeStatus) else None
         in_flight = answer.in_flight if isinstance(answer, (TreeStatus, WorkerStatus)) else None
-        return ChildStatus(self.spec.name, self.kind,
-                           "unresponsive" if unresponsive else self.state, self.pid,
-                           self.restarts, self.started_at, self.spec.restart.value,
-                           tree.strategy if tree else None, in_flight,
-                           tree.children if tree else ())
+        return ChildStatus(
+            self.spec.name,
+            self.kind,
+            "unresponsive" if unresponsive else self.state,
+            self.pid,
+            self.restarts,
+            self.started_at,
+            self.spec.restart.value,
+            tree.strategy if tree else None,
+            in_flight,
+            tree.children if tree else (),
+        )
 
 
 @dataclass(eq=False)
@@ -214,11 +223,14 @@ class Supervisor(BaseActor):
     def configure(self, args: SupervisorArgs) -> None:
         self.strategy = args.strategy
         self.max_restarts, self.period_s, self.backoff = (
-            args.max_restarts, args.period_s, args.backoff)
+            args.max_restarts,
+            args.period_s,
+            args.backoff,
+        )
         self.children: list[Child] = [Child(spec) for spec in args.children]
         self._restart_times: deque[float] = deque()
         self._steps: deque[_Step] = deque()
-        self._current: Optional[_Step] = None
+        self._current: _Step | None = None
         self._pending: deque[Child] = deque()
         self._tokens = itertools.count(1)
         self._gathers: dict[str, _Gather] = {}  # by the correlation id of a child's query
@@ -232,7 +244,9 @@ class Supervisor(BaseActor):
         self._announced = False
         self._rng = random.Random()
         self.health_interval_s, self.health_timeout_s = (
-            args.health_interval_s, args.health_timeout_s)
+            args.health_interval_s,
+            args.health_timeout_s,
+        )
         self._pings: dict[str, tuple[Child, ActorAddress, float]] = {}  # by correlation id
         self._health_due = 0.0  # monotonic time the next health round was planned for
         self._pinged_at = 0.0  # monotonic time of the last round of pings
@@ -350,16 +364,24 @@ class Supervisor(BaseActor):
         try:
             child.address = self.createActor(child.spec.actor)
         except Exception as exc:
-            log.error("%s: cannot create %s (%s): %s", self.name, child.spec.name,
-                      child.spec.actor, exc)
+            log.error(
+                "%s: cannot create %s (%s): %s", self.name, child.spec.name, child.spec.actor, exc
+            )
             child.state = "dead"
             self._after_exit(child, normal=False, starting=True)
             return True
         child.state, child.pid, child.started_at = "starting", None, None
         child.stop_granted = False  # a fresh process: whatever stop it asked for is done
-        self.send(child.address, Init(child.spec.name, child.spec.args, self.admin_port,
-                                      self.root, self._ping_period() / 2
-                                      if self.health_interval_s > 0 else 0.0))
+        self.send(
+            child.address,
+            Init(
+                child.spec.name,
+                child.spec.args,
+                self.admin_port,
+                self.root,
+                self._ping_period() / 2 if self.health_interval_s > 0 else 0.0,
+            ),
+        )
         self.wakeupAfter(START_TIMEOUT_S, payload=step.token)
         return False
 
@@ -367,10 +389,17 @@ class Supervisor(BaseActor):
         """Thespian has been seen to miss a ``ChildActorExited`` when two children die at
         once; a cheap pid check every half second makes sure no death goes unnoticed."""
         for child in list(self.children):
-            if child.state in ("running", "stopping") and child.pid and \
-                    not process_alive(child.pid):
-                log.warning("%s: child %s (pid %s) died unreported; handling its exit",
-                            self.name, child.spec.name, child.pid)
+            if (
+                child.state in ("running", "stopping")
+                and child.pid
+                and not process_alive(child.pid)
+            ):
+                log.warning(
+                    "%s: child %s (pid %s) died unreported; handling its exit",
+                    self.name,
+                    child.spec.name,
+                    child.pid,
+                )
                 self._child_exited(child.address)
         if not self._shutting_down:
             self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
@@ -408,8 +437,11 @@ class Supervisor(BaseActor):
         running = [c for c in self.children if c.state == "running" and c.address is not None]
         if late > HEALTH_LATE_S:
             # We were held up ourselves: the children's answers may be waiting in our mailbox.
-            log.warning("%s: health checks ran %.1f s late; its children get a fresh timeout",
-                        self.name, late)
+            log.warning(
+                "%s: health checks ran %.1f s late; its children get a fresh timeout",
+                self.name,
+                late,
+            )
             for child in running:
                 self._heard(child)
         else:
@@ -425,32 +457,41 @@ class Supervisor(BaseActor):
                 cid = new_correlation_id()
                 self._pings[cid] = (child, child.address, now)
                 self.send(child.address, Request(Ping(), cid, deadline=after(timeout)))
-        due = min([period - (now - self._pinged_at)]
-                  + [c.last_heard + timeout - now for c in running if not c.busy])
+        due = min(
+            [period - (now - self._pinged_at)]
+            + [c.last_heard + timeout - now for c in running if not c.busy]
+        )
         self._schedule_health(now, max(0.005, due))
 
     def _judge(self, child: Child, now: float) -> None:
         """Kill ``child`` if it has been silent too long (see :meth:`_health_round`)."""
-        silent, timeout, period = now - child.last_heard, self.health_timeout_s, \
-            self._ping_period()
+        silent, timeout, period = now - child.last_heard, self.health_timeout_s, self._ping_period()
         if silent < period and silent < timeout:
             return
         # Did its process run since a reading at least a period old? (CPU time is counted in
         # ticks of 10 ms: readings closer than that may show no change.)
         current = process_progress(child.pid)
         older = [reading for at, reading in child.progress if now - at >= period * 0.9]
-        worked = current is not None and bool(older) and older[-1] is not None \
-            and current != older[-1]
-        child.progress = [(at, r) for at, r in child.progress if now - at < 2 * period] \
-            + [(now, current)]
+        worked = (
+            current is not None and bool(older) and older[-1] is not None and current != older[-1]
+        )
+        child.progress = [(at, r) for at, r in child.progress if now - at < 2 * period] + [
+            (now, current)
+        ]
         if silent < timeout:
             return
         if worked and silent < BUSY_GRACE * timeout:
             if not child.busy:
                 child.busy = True
-                log.warning("%s: child %s (pid %s) has answered nothing for %.1f s but its "
-                            "process works; it gets up to %.0f s", self.name, child.spec.name,
-                            child.pid, silent, BUSY_GRACE * timeout)
+                log.warning(
+                    "%s: child %s (pid %s) has answered nothing for %.1f s but its "
+                    "process works; it gets up to %.0f s",
+                    self.name,
+                    child.spec.name,
+                    child.pid,
+                    silent,
+                    BUSY_GRACE * timeout,
+                )
             return
         self._unresponsive(child, silent)
 
@@ -465,10 +506,16 @@ class Supervisor(BaseActor):
 
     def _unresponsive(self, child: Child, silent: float) -> None:
         """Kill a child that answers nothing; its exit is a crash (restart, intensity)."""
-        log.warning("%s: child %s (pid %s) answered no health check and took up no message "
-                    "for %.1f s (timeout %.1f s%s); killing it", self.name, child.spec.name,
-                    child.pid, silent, self.health_timeout_s,
-                    ", though its process worked" if child.busy else "")
+        log.warning(
+            "%s: child %s (pid %s) answered no health check and took up no message "
+            "for %.1f s (timeout %.1f s%s); killing it",
+            self.name,
+            child.spec.name,
+            child.pid,
+            silent,
+            self.health_timeout_s,
+            ", though its process worked" if child.busy else "",
+        )
         kill_tree(child.pid)
         child.stop_granted = False  # whatever it asked for, this exit is abnormal
         self._child_exited(child.address)
@@ -479,7 +526,7 @@ class Supervisor(BaseActor):
         """A :class:`WhereIs` that carries a :class:`Watch` found ``child`` (or goes through
         it): its asker is told :class:`Gone` when ``child`` exits. One watch per asker and
         path; watches of dead askers are dropped."""
-        watch: Optional[Watch] = getattr(request.payload, "watch", None)
+        watch: Watch | None = getattr(request.payload, "watch", None)
         if watch is None:
             return
         watcher = request.reply_to or sender  # addresses compare with ==, never hash
@@ -497,8 +544,11 @@ class Supervisor(BaseActor):
         watchers, child.watchers = child.watchers, []
         if not watchers:
             return
-        notices = [(address, Gone(watch.token, watch.path)) for address, watch in watchers
-                   if process_alive(watch.pid)]
+        notices = [
+            (address, Gone(watch.token, watch.path))
+            for address, watch in watchers
+            if process_alive(watch.pid)
+        ]
         pids: list[int] = []
         if child.pid:
             try:
@@ -564,8 +614,12 @@ class Supervisor(BaseActor):
                 return
         if isinstance(step, (_StopStep, _StartStep)):
             child = step.child
-            log.error("%s: child %s did not %s in time; killing it", self.name,
-                      child.spec.name, "stop" if isinstance(step, _StopStep) else "start")
+            log.error(
+                "%s: child %s did not %s in time; killing it",
+                self.name,
+                child.spec.name,
+                "stop" if isinstance(step, _StopStep) else "start",
+            )
             if child.pid:
                 kill_tree(child.pid)
             elif child.address is not None:
@@ -582,13 +636,13 @@ class Supervisor(BaseActor):
 
     # -- child events -------------------------------------------------------------------------
 
-    def _find(self, address: ActorAddress) -> Optional[Child]:
+    def _find(self, address: ActorAddress) -> Child | None:
         for child in self.children:
             if child.address is not None and child.address == address:
                 return child
         return None
 
-    def _named(self, name: str) -> Optional[Child]:
+    def _named(self, name: str) -> Child | None:
         return next((c for c in self.children if c.spec.name == name), None)
 
     def _child_started(self, msg: Started, sender: ActorAddress) -> None:
@@ -596,7 +650,11 @@ class Supervisor(BaseActor):
         if child is None or child.address != sender or child.state != "starting":
             return
         child.state, child.pid, child.kind, child.started_at = (
-            "running", msg.pid, msg.kind, time.time())
+            "running",
+            msg.pid,
+            msg.kind,
+            time.time(),
+        )
         self._heard(child)
         self.on_child_started(child)
         step = self._current
@@ -641,7 +699,7 @@ class Supervisor(BaseActor):
             step.deadline = end
             self._report_budget()
 
-    def _report_budget(self, force_to: Optional[ActorAddress] = None) -> None:
+    def _report_budget(self, force_to: ActorAddress | None = None) -> None:
         """Tell whoever waits for our ordered stop how long it may still take (Stopping):
         the current child's deadline, the budgets of the children still to stop, a margin;
         again whenever that grows."""
@@ -650,8 +708,10 @@ class Supervisor(BaseActor):
         now = time.monotonic()
         step = self._current
         remaining = SUPERVISOR_STOP_MARGIN_S + sum(
-            shutdown_budget(s.child.spec) for s in self._steps
-            if isinstance(s, _StopStep) and s.child.alive)
+            shutdown_budget(s.child.spec)
+            for s in self._steps
+            if isinstance(s, _StopStep) and s.child.alive
+        )
         if isinstance(step, _StopStep):
             remaining += max(0.0, step.deadline - now)
         grew = now + remaining > self._reported_end + 0.05
@@ -689,8 +749,7 @@ class Supervisor(BaseActor):
 
     # -- restarts -----------------------------------------------------------------------------
 
-    def _restart(self, child: Child,
-                 done: Optional[Callable[[Optional[Failure]], None]] = None) -> None:
+    def _restart(self, child: Child, done: Callable[[Failure | None], None] | None = None) -> None:
         """Apply the strategy to a failed child; its steps run before anything queued later
         (so a child that fails while the children start is back before ``Started``)."""
         if child not in self.children or child.alive:
@@ -704,18 +763,25 @@ class Supervisor(BaseActor):
         attempt = len(child.restart_times)  # this child's earlier restarts in the period
         child.restart_times.append(now)
         if len(self._restart_times) > self.max_restarts:
-            reason = (f"restart intensity reached: more than {self.max_restarts} "
-                      f"restarts in {self.period_s:g} s (last: {child.spec.name})")
+            reason = (
+                f"restart intensity reached: more than {self.max_restarts} "
+                f"restarts in {self.period_s:g} s (last: {child.spec.name})"
+            )
             if done is not None:
                 done(Failure("unavailable", f"{self.name}: {reason}"))
             self._shut_down(reason)
             return
         index = self.children.index(child)
-        group = {Strategy.ONE_FOR_ONE: [child],
-                 Strategy.ONE_FOR_ALL: list(self.children),
-                 Strategy.REST_FOR_ONE: self.children[index:]}[self.strategy]
-        steps: list[_Step] = [_StopStep(child=other) for other in reversed(group)
-                              if other is not child and other.alive]
+        group = {
+            Strategy.ONE_FOR_ONE: [child],
+            Strategy.ONE_FOR_ALL: list(self.children),
+            Strategy.REST_FOR_ONE: self.children[index:],
+        }[self.strategy]
+        steps: list[_Step] = [
+            _StopStep(child=other)
+            for other in reversed(group)
+            if other is not child and other.alive
+        ]
         carried, covered = self._cancel_backoffs(group)
         starts: list[_Step] = []
         for member in group:
@@ -816,19 +882,28 @@ class Supervisor(BaseActor):
 
     # -- requests -----------------------------------------------------------------------------
 
-    def _route(self, request: Request, sender: ActorAddress, path: str,
-               here: Callable[[Request, ActorAddress, Child], None]) -> None:
+    def _route(
+        self,
+        request: Request,
+        sender: ActorAddress,
+        path: str,
+        here: Callable[[Request, ActorAddress, Child], None],
+    ) -> None:
         """Resolve the first path segment here; forward the rest to that child."""
         head, _, rest = path.strip("/").partition("/")
         child = self._named(head)
         if child is None or child.address is None or child.state != "running":
             state = "no such child" if child is None else f"child is {child.state}"
-            self.reply(request, sender, error=Failure("unavailable", f"{self.name}/{head}: {state}"))
+            self.reply(
+                request, sender, error=Failure("unavailable", f"{self.name}/{head}: {state}")
+            )
         elif rest:
             self._add_watch(request, sender, child)  # its exit takes what is under it along
             payload = dataclasses.replace(request.payload, path=rest)
-            self.send(child.address, dataclasses.replace(
-                request, payload=payload, reply_to=request.reply_to or sender))
+            self.send(
+                child.address,
+                dataclasses.replace(request, payload=payload, reply_to=request.reply_to or sender),
+            )
         else:
             here(request, sender, child)
 
@@ -839,7 +914,8 @@ class Supervisor(BaseActor):
     def _restart_on_request(self, request: Request, sender: ActorAddress, child: Child) -> None:
         log.warning("%s: restarting %s on request", self.name, child.spec.name)
         self._steps.append(_StopStep(child=child))
-        def done(failure: Optional[Failure]) -> None:
+
+        def done(failure: Failure | None) -> None:
             if failure is None:
                 self.reply(request, sender, Ack(f"restarted {child.spec.name}"))
             else:
@@ -850,8 +926,9 @@ class Supervisor(BaseActor):
 
     def _add_child(self, request: Request, sender: ActorAddress, spec: ChildSpec) -> None:
         if self._named(spec.name) is not None:
-            self.reply(request, sender,
-                       error=Failure("bad_request", f"child {spec.name!r} already exists"))
+            self.reply(
+                request, sender, error=Failure("bad_request", f"child {spec.name!r} already exists")
+            )
             return
         child = Child(spec)
         self.children.append(child)
@@ -866,8 +943,9 @@ class Supervisor(BaseActor):
             return
         child.stop_granted = True
         self._steps.append(_StopStep(child=child))
-        self._steps.append(_CallStep(fn=lambda: (self._forget(child),
-                                                 self.reply(request, sender, Ack(name)))))
+        self._steps.append(
+            _CallStep(fn=lambda: (self._forget(child), self.reply(request, sender, Ack(name))))
+        )
         self._advance()
 
     # -- status of the sub-tree ---------------------------------------------------------------
@@ -923,16 +1001,19 @@ class Supervisor(BaseActor):
                 answers[child] = gather.answers[cid]
             elif child.state == "running":
                 unresponsive.add(child)
-        children = tuple(self.child_status(c, answers.get(c), c in unresponsive)
-                         for c in self.children)
-        self.reply(gather.request, gather.sender,
-                   TreeStatus(self.name, self.strategy.value, children,
-                              self.tree_in_flight(children)))
+        children = tuple(
+            self.child_status(c, answers.get(c), c in unresponsive) for c in self.children
+        )
+        self.reply(
+            gather.request,
+            gather.sender,
+            TreeStatus(self.name, self.strategy.value, children, self.tree_in_flight(children)),
+        )
 
     def child_status(self, child: Child, answer: Any, unresponsive: bool) -> ChildStatus:
         return child.status(answer, unresponsive)
 
-    def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> Optional[int]:
+    def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> int | None:
         """The requests held in this sub-tree: the sum of what the children reported."""
         known = [c.in_flight for c in children if c.in_flight is not None]
         return sum(known) if known else None

@@ -5,6 +5,7 @@ Thespian's admin and actors bind 0.0.0.0 and unpickle whatever arrives. :func:`h
 socket bind one configured host (loopback by default) before the system starts; actor
 processes are forked from the starter, so they inherit it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
@@ -64,10 +65,12 @@ def logging_config(level: str) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {
-            "format": "%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain",
-                                "level": level}},
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s"}
+        },
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "level": level}
+        },
         "root": {"handlers": ["stderr"], "level": level},
     }
 
@@ -83,11 +86,11 @@ def admin_running(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> b
 def start_system(cfg: SystemConfig) -> ActorSystem:
     """Start a new system owning ``cfg.admin_port``; refuse to join a running one."""
     if admin_running(cfg.admin_port, cfg.bind_host):
-        raise SystemAlreadyRunning(f"an actor system already listens on admin port "
-                                   f"{cfg.admin_port}")
+        raise SystemAlreadyRunning(
+            f"an actor system already listens on admin port {cfg.admin_port}"
+        )
     harden_bind(cfg.bind_host)
-    asys = ActorSystem(BASE, {"Admin Port": cfg.admin_port},
-                       logDefs=logging_config(cfg.log_level))
+    asys = ActorSystem(BASE, {"Admin Port": cfg.admin_port}, logDefs=logging_config(cfg.log_level))
     _reap_launcher(cfg.admin_port)
     return asys
 
@@ -112,25 +115,38 @@ def attach(cfg: SystemConfig) -> ActorSystem:
     if not admin_running(cfg.admin_port, cfg.bind_host):
         raise NoSystemRunning(f"no actor system is running on admin port {cfg.admin_port}")
     harden_bind(cfg.bind_host)
-    return ActorSystem(BASE, {"Admin Port": cfg.admin_port},
-                       logDefs=logging_config(cfg.log_level), transientUnique=True)
+    return ActorSystem(
+        BASE,
+        {"Admin Port": cfg.admin_port},
+        logDefs=logging_config(cfg.log_level),
+        transientUnique=True,
+    )
 
 
-def admin_pid(port: int) -> Optional[int]:
+def admin_pid(port: int) -> int | None:
     """The pid of the admin listening on the admin port (for reaping its session).
 
     One system-wide socket scan finds a process holding the port; forked descendants (the
     logger) share the socket, so climb to its topmost ancestor in the session, short of the
     launcher that leads the session.
     """
-    holder = next((c.pid for c in psutil.net_connections("tcp")
-                   if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid), None)
+    holder = next(
+        (
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+        ),
+        None,
+    )
     if holder is None:
         return None
     try:
         sid, proc = os.getsid(holder), psutil.Process(holder)
-        while ((parent := proc.parent()) is not None and parent.pid != sid
-               and os.getsid(parent.pid) == sid):
+        while (
+            (parent := proc.parent()) is not None
+            and parent.pid != sid
+            and os.getsid(parent.pid) == sid
+        ):
             proc = parent
     except (ProcessLookupError, psutil.NoSuchProcess):
         return None
@@ -145,8 +161,11 @@ def session_processes(sid: int) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if (proc.pid != os.getpid() and os.getsid(proc.pid) == sid
-                    and proc.status() != psutil.STATUS_ZOMBIE):
+            if (
+                proc.pid != os.getpid()
+                and os.getsid(proc.pid) == sid
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.append(proc)
         except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
@@ -175,14 +194,19 @@ class _Absent(BaseActor):
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
         for request in unpack(msg):
             if isinstance(request, Request):
-                self.send(request.reply_to or sender, Reply(request.correlation_id, None, Failure(
-                    "unavailable", "the root supervisor is not running")))
+                self.send(
+                    request.reply_to or sender,
+                    Reply(
+                        request.correlation_id,
+                        None,
+                        Failure("unavailable", "the root supervisor is not running"),
+                    ),
+                )
         if not isinstance(msg, ActorExitRequest):
             self.send(self.myAddress, ActorExitRequest())
 
 
-def start_root(asys: ActorSystem, spec: ChildSpec, admin_port: int,
-               timeout: float) -> ActorAddress:
+def start_root(asys: ActorSystem, spec: ChildSpec, admin_port: int, timeout: float) -> ActorAddress:
     """Create the root under a global name and wait until its whole tree has started."""
     root = asys.createActor(spec.actor, globalName=spec.name)
     answer = asys.ask(root, Init(spec.name, spec.args, admin_port), timeout)
@@ -211,8 +235,9 @@ def ask(asys: ActorSystem, target: ActorAddress, payload: Any, timeout: float) -
                 return reply
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return Reply(request.correlation_id, None,
-                         Failure("timeout", f"no answer within {timeout:g} s"))
+            return Reply(
+                request.correlation_id, None, Failure("timeout", f"no answer within {timeout:g} s")
+            )
         answer = asys.listen(remaining)
 
 
@@ -229,14 +254,19 @@ def stop_tree(asys: ActorSystem, root: ActorAddress, timeout: float) -> bool:
     return True
 
 
-def session_id(admin_port: int) -> Optional[int]:
+def session_id(admin_port: int) -> int | None:
     """The session of a running system's admin: every actor process is in it."""
     pid = admin_pid(admin_port)
     return os.getsid(pid) if pid else None
 
 
-def shutdown(asys: ActorSystem, admin_port: int, root: Optional[ActorAddress] = None,
-             timeout: float = 10.0, sid: Optional[int] = None) -> int:
+def shutdown(
+    asys: ActorSystem,
+    admin_port: int,
+    root: ActorAddress | None = None,
+    timeout: float = 10.0,
+    sid: int | None = None,
+) -> int:
     """Stop the tree in order, shut the system down, then reap any survivor.
 
     ``sid`` (from :func:`session_id` at start) lets the reaping work even when the admin is

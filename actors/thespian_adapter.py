@@ -45,6 +45,7 @@ private code for them. Each is pinned to that version: re-check them on any Thes
    Applied when this module is imported (``actors.system`` imports it before the system
    starts, so every forked Thespian process has it); ``tests/test_render_messages.py``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from thespian.actors import ActorAddress, ActorSystem
 from thespian.system import transport as thespian_transport  # (4) internal: identify()
@@ -94,8 +95,9 @@ class NotSent:
     detail: str
 
 
-def transmit(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]],
-             timeout_s: float) -> list[Optional[NotSent]]:
+def transmit(
+    ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]], timeout_s: float
+) -> list[NotSent | None]:
     """(3) Send every ``(target, message)`` at once from ``ctx`` and wait for the transmits;
     per message, ``None`` (delivered) or why not. Only one thread may use ``ctx``."""
     base = ctx._systemBase
@@ -111,9 +113,14 @@ def transmit(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]],
         if time.monotonic() > deadline:
             late = NotSent("late", f"could not send within {timeout_s:g} s")
             break
-    return [watch if isinstance(watch, NotSent) else
-            NotSent("dead", f"{target} is gone ({watch.failure})") if watch.failed else
-            late for (target, _), watch in zip(outgoing, watches)]
+    return [
+        watch
+        if isinstance(watch, NotSent)
+        else NotSent("dead", f"{target} is gone ({watch.failure})")
+        if watch.failed
+        else late
+        for (target, _), watch in zip(outgoing, watches)
+    ]
 
 
 # --- (4) message descriptions --------------------------------------------------------------
@@ -154,7 +161,7 @@ def _describe(obj: Any, room: int) -> str:
     if isinstance(obj, memoryview):
         return f"<{obj.nbytes} bytes>"
     if isinstance(obj, str):
-        return repr(obj) if len(obj) <= room else repr(obj[:max(room, 8)]) + "..."
+        return repr(obj) if len(obj) <= room else repr(obj[: max(room, 8)]) + "..."
     if room <= 0:
         return "..."
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -170,8 +177,7 @@ def _describe(obj: Any, room: int) -> str:
     return text if len(text) <= room else text[:room] + "..."
 
 
-def _describe_items(opening: str, items: Iterable[tuple[str, Any]], closing: str,
-                    room: int) -> str:
+def _describe_items(opening: str, items: Iterable[tuple[str, Any]], closing: str, room: int) -> str:
     parts: list[str] = []
     used = len(opening)
     for prefix, value in items:
@@ -185,27 +191,31 @@ def _describe_items(opening: str, items: Iterable[tuple[str, Any]], closing: str
 
 
 def _receive_identify(self: Any) -> Described:
-    return Described(lambda: f"ReceiveEnvelope(from: {self.sender}, "
-                             f"msg: {describe(self.message)})")
+    return Described(lambda: f"ReceiveEnvelope(from: {self.sender}, msg: {describe(self.message)})")
 
 
 def _transmit_identify(self: Any) -> Described:
     """Thespian 4.0.1's ``TransmitIntent.identify`` with :func:`describe` for ``str(message)``."""
+
     def text() -> str:
         parts = [
             str(self.targetAddr),
             "pending" if self.result is None else "=" + str(self.result),
             "" if self.result is not None else "ExpiresIn_" + str(self.delay()),
             "WAITSLOT" if getattr(self, "_awaitingTXSlot", False) else None,
-            "retry#%d" % self._attempts if self._attempts else "",
-            str(type(self.message)), describe(self.message),
-            "quit_%s" % str(self._quitTime.view().remaining()),
-            "retry_%s" % str(self._retryTime.view().remaining())
-            if getattr(self, "_retryTime", None) else None,
-            "pause_%s" % str(self._pauseUntil.view().remaining())
-            if getattr(self, "_pauseUntil", None) else None,
+            f"retry#{self._attempts}" if self._attempts else "",
+            str(type(self.message)),
+            describe(self.message),
+            f"quit_{self._quitTime.view().remaining()!s}",
+            f"retry_{self._retryTime.view().remaining()!s}"
+            if getattr(self, "_retryTime", None)
+            else None,
+            f"pause_{self._pauseUntil.view().remaining()!s}"
+            if getattr(self, "_pauseUntil", None)
+            else None,
         ]
         return "TransportIntent(" + "-".join(filter(None, parts)) + ")"
+
     return Described(text)
 
 

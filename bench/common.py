@@ -1,4 +1,5 @@
 """Small helpers shared by the bench processes: ports, percentiles, tables, HTTP probes."""
+
 from __future__ import annotations
 
 import http.client
@@ -6,7 +7,8 @@ import json
 import os
 import statistics
 import subprocess
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -33,28 +35,32 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]],
-          digits: int = 2) -> str:
+def table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2
+) -> str:
     """A plain-text table, numbers right-aligned, first column left-aligned."""
     cells = [[fmt(v, digits) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(widths[i]) if i == 0 else v.rjust(widths[i])
-                         for i, v in enumerate(values)).rstrip()
+        return "  ".join(
+            v.ljust(widths[i]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(values)
+        ).rstrip()
 
     out = [title, line(headers), line(["-" * w for w in widths])]
     out.extend(line(r) for r in cells)
     return "\n".join(out)
 
 
-def verdict(ok: Optional[bool]) -> str:
+def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
 
-def http_request(port: int, method: str, path: str, body: Any = None,
-                 timeout: float = 5.0) -> tuple[int, Any]:
+def http_request(
+    port: int, method: str, path: str, body: Any = None, timeout: float = 5.0
+) -> tuple[int, Any]:
     """One request to 127.0.0.1:port; returns (status, parsed JSON or raw bytes).
 
     Raises OSError (connection refused, timeout) when nothing answers.
@@ -77,10 +83,20 @@ def http_request(port: int, method: str, path: str, body: Any = None,
 def commit_description(repo: Any) -> str:
     """The measured commit, marked when the checkout has uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
-                                capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=repo, capture_output=True, text=True, timeout=5).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if not commit:

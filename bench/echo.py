@@ -5,6 +5,7 @@ directory -> worker -> reply). It needs a worker that answers at once, so it add
 daemon's own tree a pool shaped like the generator pool (same size and in-flight bound,
 same worker base class) whose workers echo; no production actor carries benchmark-only code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,16 @@ class EchoWorker(AsyncActor):
 def with_echo_pool(root: ChildSpec, cfg: Config) -> ChildSpec:
     """``root`` with an echo pool as its last child, sized like the generator pool."""
     workers = cfg.workers
-    pool = ChildSpec(ECHO, "actors.pool.Pool", PoolArgs(
-        f"{__name__}.EchoWorker", workers.generators, workers.max_in_flight_per_worker,
-        max_outstanding=workers.max_in_flight_per_worker))
-    return dataclasses.replace(root, args=dataclasses.replace(
-        root.args, children=root.args.children + (pool,)))
+    pool = ChildSpec(
+        ECHO,
+        "actors.pool.Pool",
+        PoolArgs(
+            f"{__name__}.EchoWorker",
+            workers.generators,
+            workers.max_in_flight_per_worker,
+            max_outstanding=workers.max_in_flight_per_worker,
+        ),
+    )
+    return dataclasses.replace(
+        root, args=dataclasses.replace(root.args, children=root.args.children + (pool,))
+    )

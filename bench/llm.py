@@ -22,36 +22,38 @@ rate limit yet), its rows say "not measured" and the bench exits 1 (an honest FA
 ``--uncommitted`` measures whatever the working tree holds, and the header says so.
 Exit 0 only when every target passes. See bench/README.md.
 """
+
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import inspect  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-import urllib.request  # noqa: E402
-from collections import Counter  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Optional  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import inspect
+import json
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from bench.common import commit_description, median, percentile, table, verdict  # noqa: E402
-from memesys.testing.fake_openai import SELECT_MESSAGES  # noqa: E402
+from bench.common import commit_description, median, percentile, table, verdict
+from memesys.testing.fake_openai import SELECT_MESSAGES
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "fake-model"
@@ -59,17 +61,17 @@ API_KEY = "test-key"
 LAYER_PATH = "memesys/llm"
 
 # Targets.
-ADDED_P50_MS = 1.0          # client p50 - bare p50, sequential calls
-THROUGHPUT_SHARE = 0.95     # rate at the fake / limit, many callers
-OVER_SHARE = 0.05           # ... and at most limit x (1 + OVER_SHARE)
-WINDOW_PEAK = 1.5           # no 1-second window above this x the limit
+ADDED_P50_MS = 1.0  # client p50 - bare p50, sequential calls
+THROUGHPUT_SHARE = 0.95  # rate at the fake / limit, many callers
+OVER_SHARE = 0.05  # ... and at most limit x (1 + OVER_SHARE)
+WINDOW_PEAK = 1.5  # no 1-second window above this x the limit
 
 LIMIT_RPS = 50
 CALLERS = 64
 # Table 1 runs the layer with a limit it never reaches, so the limiter's work is in the
 # measured latency without its waits.
 LATENCY_LIMIT_RPS = 100_000
-CALL_DEADLINE_S = 30.0      # each call's deadline (a request's), as the tree would set it
+CALL_DEADLINE_S = 30.0  # each call's deadline (a request's), as the tree would set it
 
 BODY = {"model": MODEL, "messages": list(SELECT_MESSAGES)}  # the offline writer answers it
 
@@ -78,17 +80,15 @@ BODY = {"model": MODEL, "messages": list(SELECT_MESSAGES)}  # the offline writer
 class Mode:
     name: str
     warmup_pairs: int
-    rounds: int             # table 1: rounds of `pairs`; the table shows medians over rounds
+    rounds: int  # table 1: rounds of `pairs`; the table shows medians over rounds
     pairs: int
-    bare_s: float           # table 2: the unlimited bare window
-    warmup_s: float         # table 2: before the limited window opens
+    bare_s: float  # table 2: the unlimited bare window
+    warmup_s: float  # table 2: before the limited window opens
     window_s: float
 
 
-FULL = Mode("full", warmup_pairs=200, rounds=5, pairs=400, bare_s=5.0, warmup_s=2.0,
-            window_s=10.0)
-QUICK = Mode("quick", warmup_pairs=100, rounds=1, pairs=300, bare_s=2.0, warmup_s=1.0,
-             window_s=5.0)
+FULL = Mode("full", warmup_pairs=200, rounds=5, pairs=400, bare_s=5.0, warmup_s=2.0, window_s=10.0)
+QUICK = Mode("quick", warmup_pairs=100, rounds=1, pairs=300, bare_s=2.0, warmup_s=1.0, window_s=5.0)
 
 
 def say(text: str = "") -> None:
@@ -108,9 +108,22 @@ class Fake:
     def __init__(self, workdir: Path) -> None:
         self.log = open(workdir / "fake.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "memesys.testing.fake_openai", "--port", "0",
-             "--api-key", API_KEY, "--model", MODEL],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True)
+            [
+                sys.executable,
+                "-m",
+                "memesys.testing.fake_openai",
+                "--port",
+                "0",
+                "--api-key",
+                API_KEY,
+                "--model",
+                MODEL,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
         line = self.proc.stdout.readline().strip() if self.proc.stdout else ""
         if not line.startswith("fake-openai ready at "):
             self.stop()
@@ -119,11 +132,12 @@ class Fake:
 
     def stats(self, arrivals: bool = False) -> dict[str, Any]:
         query = "?arrivals=1" if arrivals else ""
-        with urllib.request.urlopen(f"{self.url.removesuffix('/v1')}/_fake/stats{query}",
-                                    timeout=10) as resp:
+        with urllib.request.urlopen(
+            f"{self.url.removesuffix('/v1')}/_fake/stats{query}", timeout=10
+        ) as resp:
             return json.loads(resp.read())
 
-    def stop(self) -> Optional[int]:
+    def stop(self) -> int | None:
         """SIGTERM by pid, wait, SIGKILL by pid if it does not exit."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -145,14 +159,22 @@ def bare_caller(url: str, connections: int) -> tuple[Callable[[], Any], Callable
     import urllib3
 
     parts = urlsplit(url)
-    pool = urllib3.HTTPConnectionPool(parts.hostname, parts.port, maxsize=connections,
-                                      block=True, retries=False)
+    pool = urllib3.HTTPConnectionPool(
+        parts.hostname, parts.port, maxsize=connections, block=True, retries=False
+    )
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     path = parts.path.rstrip("/") + "/chat/completions"
 
     def call() -> Any:
-        answer = pool.urlopen("POST", path, body=json.dumps(BODY).encode(), headers=headers,
-                              timeout=30.0, retries=False, redirect=False)
+        answer = pool.urlopen(
+            "POST",
+            path,
+            body=json.dumps(BODY).encode(),
+            headers=headers,
+            timeout=30.0,
+            retries=False,
+            redirect=False,
+        )
         if answer.status != 200:
             raise RuntimeError(f"the fake answered {answer.status}")
         return json.loads(answer.data)
@@ -164,12 +186,22 @@ def layer_in_head() -> bool:
     """Whether HEAD holds the client layer (tracked files under memesys/llm); outside a git
     checkout (a ``git archive`` of one commit), whether the files are there."""
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10)
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if top.returncode != 0 or Path(top.stdout.strip()).resolve() != REPO:
             return (REPO / LAYER_PATH / "engine.py").exists()
-        listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", "HEAD", LAYER_PATH],
-                                cwd=REPO, capture_output=True, text=True, timeout=10).stdout
+        listed = subprocess.run(
+            ["git", "ls-tree", "-r", "--name-only", "HEAD", LAYER_PATH],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return False
     return bool(listed.strip())
@@ -179,8 +211,7 @@ class LayerMissing(Exception):
     """The client layer (or the part of it a table needs) is not there: not measured."""
 
 
-def layer_caller(url: str, rps: Optional[int], redis_url: str
-                 ) -> tuple[Callable[[], Any], str]:
+def layer_caller(url: str, rps: int | None, redis_url: str) -> tuple[Callable[[], Any], str]:
     """(call, description): one call through the client layer's entry point, with
     ``[llm] rate_limit_rps`` = rps (None: the layer's default) and its state in ``redis_url``.
 
@@ -197,16 +228,22 @@ def layer_caller(url: str, rps: Optional[int], redis_url: str
         from memesys.llm.engine import HardenedEngine, Policy
     except ImportError as exc:
         raise LayerMissing(f"the client layer is not importable ({exc})") from exc
-    env = {"OPENAI_API_KEY": API_KEY, "OPENAI_BASE_URL": url, "MEMESYS_LLM_MODEL": MODEL,
-           "REDIS_URL": redis_url}
+    env = {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": url,
+        "MEMESYS_LLM_MODEL": MODEL,
+        "REDIS_URL": redis_url,
+    }
     if rps is not None:
         env["MEMESYS_LLM_RATE_LIMIT_RPS"] = str(rps)
     try:
         cfg = load(env=env)
     except ConfigError as exc:
         if "rate_limit_rps" in str(exc):
-            raise LayerMissing("the client layer in this commit has no rate limit "
-                               "([llm] rate_limit_rps is not a key of its config)") from exc
+            raise LayerMissing(
+                "the client layer in this commit has no rate limit "
+                "([llm] rate_limit_rps is not a key of its config)"
+            ) from exc
         raise
     llm = cfg.llm
     names = {f.name for f in dataclasses.fields(Policy)}
@@ -224,10 +261,13 @@ def layer_caller(url: str, rps: Optional[int], redis_url: str
         with deadlines.serving(time.time() + CALL_DEADLINE_S):
             return engine.complete(request)
 
-    shown = ", ".join(f"{k}=" + ("<embedded Redis>" if k == "redis_url" else
-                                 str(getattr(policy, k))) for k in sorted(names))
-    return call, (f"HardenedEngine({MODEL}, Policy({shown})"
-                  f"{', redis_url=<embedded Redis>' if extra else ''})")
+    shown = ", ".join(
+        f"{k}=" + ("<embedded Redis>" if k == "redis_url" else str(getattr(policy, k)))
+        for k in sorted(names)
+    )
+    return call, (
+        f"HardenedEngine({MODEL}, Policy({shown}){', redis_url=<embedded Redis>' if extra else ''})"
+    )
 
 
 # -- table 1: added latency ---------------------------------------------------------------------
@@ -239,15 +279,16 @@ def pairs(bare: Callable[[], Any], layer: Callable[[], Any], n: int) -> tuple[li
     got_layer: list[float] = []
     for i in range(n):
         order = ((bare, got_bare), (layer, got_layer))
-        for call, into in (order if i % 2 == 0 else order[::-1]):
+        for call, into in order if i % 2 == 0 else order[::-1]:
             began = time.perf_counter()
             call()
             into.append((time.perf_counter() - began) * 1000)
     return got_bare, got_layer
 
 
-def table1(fake: Fake, mode: Mode, layer: Optional[Callable[[], Any]], why_not: str,
-           described: str) -> tuple[list[str], bool]:
+def table1(
+    fake: Fake, mode: Mode, layer: Callable[[], Any] | None, why_not: str, described: str
+) -> tuple[list[str], bool]:
     bare, close = bare_caller(fake.url, 8)
     try:
         if layer is None:
@@ -268,30 +309,43 @@ def table1(fake: Fake, mode: Mode, layer: Optional[Callable[[], Any]], why_not: 
         close()
     stat = {q: [percentile(r[0], q) for r in rounds] for q in (50, 90, 99)}
     bare_p = {q: median(v) for q, v in stat.items()}
-    rows = [["bare (pooled urllib3, same body)", mode.rounds * mode.pairs,
-             bare_p[50], bare_p[90], bare_p[99], "-"]]
+    rows = [
+        [
+            "bare (pooled urllib3, same body)",
+            mode.rounds * mode.pairs,
+            bare_p[50],
+            bare_p[90],
+            bare_p[99],
+            "-",
+        ]
+    ]
     lines = []
     ok = False
     if layer is None:
         rows.append(["client layer", 0, "not measured", "-", "-", "-"])
         lines.append(f"not measured: {why_not}")
-        lines.append(f"target: client layer p50 - bare p50 <= {ADDED_P50_MS:g} ms   "
-                     "not measured   FAIL")
+        lines.append(
+            f"target: client layer p50 - bare p50 <= {ADDED_P50_MS:g} ms   not measured   FAIL"
+        )
     else:
         layer_p = {q: median([percentile(r[1], q) for r in rounds]) for q in (50, 90, 99)}
         added = median([percentile(r[1], 50) - percentile(r[0], 50) for r in rounds])
-        rows.append(["client layer", mode.rounds * mode.pairs, layer_p[50], layer_p[90],
-                     layer_p[99], added])
+        rows.append(
+            ["client layer", mode.rounds * mode.pairs, layer_p[50], layer_p[90], layer_p[99], added]
+        )
         ok = added <= ADDED_P50_MS
         lines.append(f"client layer: {described}")
-        lines.append(f"target: client layer p50 - bare p50 <= {ADDED_P50_MS:g} ms   measured "
-                     f"{layer_p[50]:.3f} - {bare_p[50]:.3f} = {added:.3f} ms   {verdict(ok)}")
+        lines.append(
+            f"target: client layer p50 - bare p50 <= {ADDED_P50_MS:g} ms   measured "
+            f"{layer_p[50]:.3f} - {bare_p[50]:.3f} = {added:.3f} ms   {verdict(ok)}"
+        )
         if mode.rounds > 1:
-            per = ", ".join(f"{percentile(r[1], 50) - percentile(r[0], 50):.3f}"
-                            for r in rounds)
+            per = ", ".join(f"{percentile(r[1], 50) - percentile(r[0], 50):.3f}" for r in rounds)
             lines.append(f"added p50 per round (ms): {per}")
-    title = (f"1. Added latency: {mode.rounds} x {mode.pairs} sequential calls of each kind, "
-             "interleaved, fake latency 0 (ms; medians over rounds)")
+    title = (
+        f"1. Added latency: {mode.rounds} x {mode.pairs} sequential calls of each kind, "
+        "interleaved, fake latency 0 (ms; medians over rounds)"
+    )
     text = table(title, ["call", "calls", "p50", "p90", "p99", "added p50"], rows, digits=3)
     return [text, *lines], ok
 
@@ -299,8 +353,9 @@ def table1(fake: Fake, mode: Mode, layer: Optional[Callable[[], Any]], why_not: 
 # -- table 2: throughput at the limit -----------------------------------------------------------
 
 
-def hammer(call: Callable[[], Any], callers: int, warmup_s: float, window_s: float
-           ) -> dict[str, Any]:
+def hammer(
+    call: Callable[[], Any], callers: int, warmup_s: float, window_s: float
+) -> dict[str, Any]:
     """``callers`` threads call back to back for warmup + window; returns the window's
     bounds (time.time()), completions and failures by kind."""
     stop = threading.Event()
@@ -323,8 +378,9 @@ def hammer(call: Callable[[], Any], callers: int, warmup_s: float, window_s: flo
             with lock:
                 ends.append(time.time())
 
-    threads = [threading.Thread(target=worker, name=f"bench-llm-{i}", daemon=True)
-               for i in range(callers)]
+    threads = [
+        threading.Thread(target=worker, name=f"bench-llm-{i}", daemon=True) for i in range(callers)
+    ]
     began = time.time()
     for thread in threads:
         thread.start()
@@ -336,8 +392,14 @@ def hammer(call: Callable[[], Any], callers: int, warmup_s: float, window_s: flo
         thread.join(CALL_DEADLINE_S + 5)
     alive = sum(thread.is_alive() for thread in threads)
     done = [t for t in ends if opens <= t < closes]
-    return {"opens": opens, "closes": closes, "completed": len(done), "errors": errors,
-            "examples": examples, "alive": alive}
+    return {
+        "opens": opens,
+        "closes": closes,
+        "completed": len(done),
+        "errors": errors,
+        "examples": examples,
+        "alive": alive,
+    }
 
 
 def peak_window(times: list[float], width: float = 1.0) -> int:
@@ -351,66 +413,121 @@ def peak_window(times: list[float], width: float = 1.0) -> int:
     return best
 
 
-def table2(fake: Fake, mode: Mode, layer_for: Optional[Callable[[int], Callable[[], Any]]],
-           why_not: str) -> tuple[list[str], bool]:
+def table2(
+    fake: Fake, mode: Mode, layer_for: Callable[[int], Callable[[], Any]] | None, why_not: str
+) -> tuple[list[str], bool]:
     note(f"table 2: bare, {CALLERS} callers, {mode.bare_s:g} s unlimited")
     bare, close = bare_caller(fake.url, CALLERS)
     try:
         got = hammer(bare, CALLERS, 0.5, mode.bare_s)
     finally:
         close()
-    arrivals = [t for t in fake.stats(arrivals=True)["arrivals"]
-                if got["opens"] <= t < got["closes"]]
-    rows = [["bare, no limit", CALLERS, mode.bare_s, len(arrivals) / mode.bare_s,
-             got["completed"] / mode.bare_s, peak_window(arrivals), "-",
-             sum(got["errors"].values())]]
+    arrivals = [
+        t for t in fake.stats(arrivals=True)["arrivals"] if got["opens"] <= t < got["closes"]
+    ]
+    rows = [
+        [
+            "bare, no limit",
+            CALLERS,
+            mode.bare_s,
+            len(arrivals) / mode.bare_s,
+            got["completed"] / mode.bare_s,
+            peak_window(arrivals),
+            "-",
+            sum(got["errors"].values()),
+        ]
+    ]
     lines: list[str] = []
     ok = False
-    limited: Optional[Callable[[], Any]] = None
+    limited: Callable[[], Any] | None = None
     if layer_for is not None:
         try:
             limited = layer_for(LIMIT_RPS)
         except LayerMissing as exc:
             why_not = str(exc)
     if limited is None:
-        rows.append([f"client layer, limit {LIMIT_RPS}/s", CALLERS, mode.window_s,
-                     "not measured", "-", "-", "-", "-"])
+        rows.append(
+            [
+                f"client layer, limit {LIMIT_RPS}/s",
+                CALLERS,
+                mode.window_s,
+                "not measured",
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
         lines.append(f"not measured: {why_not}")
-        lines.append(f"target: rate at the fake >= {THROUGHPUT_SHARE:.0%} of the limit "
-                     f"{LIMIT_RPS}/s   not measured   FAIL")
+        lines.append(
+            f"target: rate at the fake >= {THROUGHPUT_SHARE:.0%} of the limit "
+            f"{LIMIT_RPS}/s   not measured   FAIL"
+        )
     else:
-        note(f"table 2: client layer, limit {LIMIT_RPS}/s, {CALLERS} callers, "
-             f"{mode.warmup_s:g} s warm-up + {mode.window_s:g} s")
+        note(
+            f"table 2: client layer, limit {LIMIT_RPS}/s, {CALLERS} callers, "
+            f"{mode.warmup_s:g} s warm-up + {mode.window_s:g} s"
+        )
         got = hammer(limited, CALLERS, mode.warmup_s, mode.window_s)
-        arrivals = [t for t in fake.stats(arrivals=True)["arrivals"]
-                    if got["opens"] <= t < got["closes"]]
+        arrivals = [
+            t for t in fake.stats(arrivals=True)["arrivals"] if got["opens"] <= t < got["closes"]
+        ]
         rate = len(arrivals) / mode.window_s
         peak = peak_window(arrivals)
         errors = got["errors"]
-        rows.append([f"client layer, limit {LIMIT_RPS}/s", CALLERS, mode.window_s, rate,
-                     got["completed"] / mode.window_s, peak, rate / LIMIT_RPS,
-                     sum(errors.values())])
+        rows.append(
+            [
+                f"client layer, limit {LIMIT_RPS}/s",
+                CALLERS,
+                mode.window_s,
+                rate,
+                got["completed"] / mode.window_s,
+                peak,
+                rate / LIMIT_RPS,
+                sum(errors.values()),
+            ]
+        )
         low_ok = rate >= THROUGHPUT_SHARE * LIMIT_RPS
         high_ok = rate <= LIMIT_RPS * (1 + OVER_SHARE) and peak <= WINDOW_PEAK * LIMIT_RPS
         ok = low_ok and high_ok
-        lines.append(f"target: rate at the fake >= {THROUGHPUT_SHARE:.0%} of the limit "
-                     f"{LIMIT_RPS}/s = {THROUGHPUT_SHARE * LIMIT_RPS:g}   measured {rate:.2f} "
-                     f"({rate / LIMIT_RPS:.1%})   {verdict(low_ok)}")
-        lines.append(f"target: not above the limit: rate <= {LIMIT_RPS * (1 + OVER_SHARE):g} "
-                     f"and no 1-s window above {WINDOW_PEAK * LIMIT_RPS:g}   measured "
-                     f"{rate:.2f}, peak {peak}   {verdict(high_ok)}")
+        lines.append(
+            f"target: rate at the fake >= {THROUGHPUT_SHARE:.0%} of the limit "
+            f"{LIMIT_RPS}/s = {THROUGHPUT_SHARE * LIMIT_RPS:g}   measured {rate:.2f} "
+            f"({rate / LIMIT_RPS:.1%})   {verdict(low_ok)}"
+        )
+        lines.append(
+            f"target: not above the limit: rate <= {LIMIT_RPS * (1 + OVER_SHARE):g} "
+            f"and no 1-s window above {WINDOW_PEAK * LIMIT_RPS:g}   measured "
+            f"{rate:.2f}, peak {peak}   {verdict(high_ok)}"
+        )
         if errors:
-            lines.append("failed calls by kind: " + ", ".join(
-                f"{kind} {n}" for kind, n in errors.most_common()))
+            lines.append(
+                "failed calls by kind: "
+                + ", ".join(f"{kind} {n}" for kind, n in errors.most_common())
+            )
             for kind, text in sorted(got["examples"].items()):
                 lines.append(f"first message of {kind}: {text}")
         if got["alive"]:
             lines.append(f"warning: {got['alive']} caller threads still running after the join")
             ok = False
-    title = (f"2. Throughput at the limit: {CALLERS} caller threads back to back; rate counted "
-             "at the fake server (every attempt), completed counted by the callers")
-    text = table(title, ["calls", "callers", "window s", "req/s at fake", "completed/s",
-                         "peak 1-s", "of limit", "failed"], rows)
+    title = (
+        f"2. Throughput at the limit: {CALLERS} caller threads back to back; rate counted "
+        "at the fake server (every attempt), completed counted by the callers"
+    )
+    text = table(
+        title,
+        [
+            "calls",
+            "callers",
+            "window s",
+            "req/s at fake",
+            "completed/s",
+            "peak 1-s",
+            "of limit",
+            "failed",
+        ],
+        rows,
+    )
     return [text, *lines], ok
 
 
@@ -419,20 +536,26 @@ def table2(fake: Fake, mode: Mode, layer_for: Optional[Callable[[int], Callable[
 
 def header(mode: Mode, measured: str) -> str:
     load1 = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-    return (f"memesys LLM client layer benchmark ({mode.name})  {now} UTC  commit "
-            f"{commit_description(REPO)}\n"
-            f"vm: {os.cpu_count()} cores, Python {platform.python_version()}, load average "
-            f"{load1}\nclient layer: {measured}")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    return (
+        f"memesys LLM client layer benchmark ({mode.name})  {now} UTC  commit "
+        f"{commit_description(REPO)}\n"
+        f"vm: {os.cpu_count()} cores, Python {platform.python_version()}, load average "
+        f"{load1}\nclient layer: {measured}"
+    )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.llm", description=__doc__.split(
-        "\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.llm", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (about 20 s)")
-    parser.add_argument("--uncommitted", action="store_true",
-                        help="measure the client layer as the working tree holds it, even "
-                             "when memesys/llm is not committed")
+    parser.add_argument(
+        "--uncommitted",
+        action="store_true",
+        help="measure the client layer as the working tree holds it, even "
+        "when memesys/llm is not committed",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (fake.log)")
     args = parser.parse_args(argv)
     return run(QUICK if args.quick else FULL, args.uncommitted, args.keep)
@@ -459,7 +582,7 @@ def run(mode: Mode, uncommitted: bool, keep: bool) -> int:
         note(f"fake server at {fake.url} (pid {fake.proc.pid})")
         redis_url = ""
         latency_layer = None
-        layer_for: Optional[Callable[[int], Callable[[], Any]]] = None
+        layer_for: Callable[[int], Callable[[], Any]] | None = None
         described = ""
         if not why_not:
             from memesys.storage.connection import resolve
@@ -470,12 +593,12 @@ def run(mode: Mode, uncommitted: bool, keep: bool) -> int:
             redis_url = target.url
             built: dict[int, tuple[Callable[[], Any], str]] = {}
 
-            def layer_for(rps: int) -> Callable[[], Any]:  # noqa: F811
+            def layer_for(rps: int) -> Callable[[], Any]:
                 if rps not in built:
                     built[rps] = layer_caller(fake.url, rps, redis_url)
                 return built[rps][0]
 
-            latency_layer: Optional[Callable[[], Any]] = None
+            latency_layer: Callable[[], Any] | None = None
             try:
                 latency_layer = layer_for(LATENCY_LIMIT_RPS)
                 described = built[LATENCY_LIMIT_RPS][1]
@@ -487,10 +610,14 @@ def run(mode: Mode, uncommitted: bool, keep: bool) -> int:
                     why_not, layer_for = str(again), None
 
         for name, part in (
-                ("1. added latency", lambda: table1(
-                    fake, mode, latency_layer if layer_for else None, why_not, described)),
-                ("2. throughput at the limit", lambda: table2(fake, mode, layer_for,
-                                                              why_not))):
+            (
+                "1. added latency",
+                lambda: table1(
+                    fake, mode, latency_layer if layer_for else None, why_not, described
+                ),
+            ),
+            ("2. throughput at the limit", lambda: table2(fake, mode, layer_for, why_not)),
+        ):
             note(name)
             try:
                 lines, ok = part()
@@ -503,8 +630,10 @@ def run(mode: Mode, uncommitted: bool, keep: bool) -> int:
             say()
             results.append(ok)
     stray = [t.name for t in threading.enumerate() if t.name.startswith("bench-llm-")]
-    say(f"check: fake server stopped (pid {fake.proc.pid}, exit {fake.proc.returncode}); "
-        f"caller threads left: {len(stray)}")
+    say(
+        f"check: fake server stopped (pid {fake.proc.pid}, exit {fake.proc.returncode}); "
+        f"caller threads left: {len(stray)}"
+    )
     say(f"total bench time {time.perf_counter() - began:.0f} s")
     verdicts = ", ".join(verdict(ok) for ok in results)
     say(f"result: {verdicts} -> exit {0 if all(results) else 1}")

@@ -11,6 +11,7 @@ goes to stdout: ``{"route", "concurrency", "rep", "n", "errors", "ok_total", "p5
 A plan is a JSON list of ``{"route": "/bare", "concurrency": 16, "rep": 0}``; ``--duration``
 and ``--warmup`` apply to every step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,21 @@ import json
 import sys
 import time
 from collections import Counter
-from typing import Any, Optional
+from typing import Any
 
 import aiohttp
 
 from bench.common import percentile
 
 
-async def run_step(port: int, route: str, concurrency: int, warmup: float, duration: float,
-                   body: Optional[bytes] = None) -> dict:
+async def run_step(
+    port: int,
+    route: str,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    body: bytes | None = None,
+) -> dict:
     """``concurrency`` keep-alive workers send ``route`` back to back: a GET, or a POST of
     ``body`` (JSON) when given. A request counts in the window when it starts after the
     warm-up and before the end; ``{"mark": "start"}`` and ``{"mark": "end"}`` are printed when
@@ -40,15 +47,15 @@ async def run_step(port: int, route: str, concurrency: int, warmup: float, durat
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     ok_total = 0
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
         begin = time.perf_counter()
         measure_from = begin + warmup
         end = measure_from + duration
         loop = asyncio.get_running_loop()
         loop.call_later(warmup, lambda: print(json.dumps({"mark": "start"}), flush=True))
-        loop.call_later(warmup + duration,
-                        lambda: print(json.dumps({"mark": "end"}), flush=True))
+        loop.call_later(warmup + duration, lambda: print(json.dumps({"mark": "end"}), flush=True))
 
         def send() -> Any:
             if body is None:
@@ -65,7 +72,7 @@ async def run_step(port: int, route: str, concurrency: int, warmup: float, durat
                     async with send() as response:
                         await response.read()
                         failure = None if 200 <= response.status < 300 else str(response.status)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     failure = f"client {type(exc).__name__}"
                 done = time.perf_counter()
                 if failure is None:
@@ -79,16 +86,23 @@ async def run_step(port: int, route: str, concurrency: int, warmup: float, durat
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         finished = time.perf_counter()
     window = finished - measure_from
-    return {"route": route, "concurrency": concurrency, "n": len(latencies),
-            "errors": dict(errors), "ok_total": ok_total,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "rps": len(latencies) / window if window > 0 else 0.0}
+    return {
+        "route": route,
+        "concurrency": concurrency,
+        "n": len(latencies),
+        "errors": dict(errors),
+        "ok_total": ok_total,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "rps": len(latencies) / window if window > 0 else 0.0,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> None:
     for step in json.loads(args.plan):
-        result = await run_step(args.port, step["route"], step["concurrency"], args.warmup,
-                                args.duration)
+        result = await run_step(
+            args.port, step["route"], step["concurrency"], args.warmup, args.duration
+        )
         result["rep"] = step.get("rep", 0)
         print(json.dumps(result), flush=True)
 

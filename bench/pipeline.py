@@ -1,6 +1,7 @@
 """The pipeline benchmark: ``python -m bench.pipeline [--quick] [--keep] [--defaults]``.
 
-It starts the fake OpenAI-compatible server (``memesys.testing.fake_openai``, 100 ms per completion) and
+It starts the fake OpenAI-compatible server (``memesys.testing.fake_openai``, 100 ms per
+completion) and
 two daemons against it, one with ``pipeline.mode=parallel`` and one with ``sequential``, each a
 ``python run_system.py`` subprocess on free ports with a data dir (and embedded Redis) of its
 own, and prints plain-text tables on stdout (progress goes to stderr):
@@ -16,31 +17,33 @@ own, and prints plain-text tables on stdout (progress goes to stderr):
 The load is made by a client subprocess (``python -m bench.pipeline --client ...``, aiohttp on
 loopback) so it never shares a GIL with anything measured. See bench/README.md.
 """
+
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-import uuid  # noqa: E402
-from collections import Counter  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Iterable, Optional  # noqa: E402
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     commit_description,
     http_request,
     median,
@@ -48,7 +51,7 @@ from bench.common import (  # noqa: E402
     table,
     verdict,
 )
-from memesys.testing.ports import free_port  # noqa: E402
+from memesys.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,9 +65,9 @@ CPU_CONCURRENCY = 4  # the low-concurrency window the CPU cost per meme is measu
 IDLE_S = 3.0  # a window without requests: the background CPU of the processes measured
 
 # Targets.
-JUDGE_SPEEDUP = 3.5           # sequential sum of the four judging calls / parallel judge
-E2E_WITHIN = 0.10             # |parallel end-to-end - critical path| / critical path
-THROUGHPUT_SHARE = 0.90       # memes/s at concurrency 100 / min(latency bound, CPU limit)
+JUDGE_SPEEDUP = 3.5  # sequential sum of the four judging calls / parallel judge
+E2E_WITHIN = 0.10  # |parallel end-to-end - critical path| / critical path
+THROUGHPUT_SHARE = 0.90  # memes/s at concurrency 100 / min(latency bound, CPU limit)
 
 # Every daemon runs with these on top of its defaults. Refinement rounds add LM calls when a
 # score is low; with none every meme has the same stages.
@@ -92,18 +95,32 @@ MARK = "mark"
 @dataclass(frozen=True)
 class Mode:
     name: str
-    memes: int              # table 1: memes per daemon, one at a time
-    warmup_s: float         # per daemon, at CPU_CONCURRENCY, before table 1 (not measured)
+    memes: int  # table 1: memes per daemon, one at a time
+    warmup_s: float  # per daemon, at CPU_CONCURRENCY, before table 1 (not measured)
     cpu_warmup_s: float
-    cpu_window_s: float     # the low-concurrency CPU window
+    cpu_window_s: float  # the low-concurrency CPU window
     load_warmup_s: float
-    load_s: float           # the concurrency-100 window
+    load_s: float  # the concurrency-100 window
 
 
-FULL = Mode("full", memes=20, warmup_s=3.0, cpu_warmup_s=1.0, cpu_window_s=10.0,
-            load_warmup_s=8.0, load_s=20.0)
-QUICK = Mode("quick", memes=5, warmup_s=2.0, cpu_warmup_s=1.0, cpu_window_s=4.0,
-             load_warmup_s=4.0, load_s=8.0)
+FULL = Mode(
+    "full",
+    memes=20,
+    warmup_s=3.0,
+    cpu_warmup_s=1.0,
+    cpu_window_s=10.0,
+    load_warmup_s=8.0,
+    load_s=20.0,
+)
+QUICK = Mode(
+    "quick",
+    memes=5,
+    warmup_s=2.0,
+    cpu_warmup_s=1.0,
+    cpu_window_s=4.0,
+    load_warmup_s=4.0,
+    load_s=8.0,
+)
 
 
 def say(text: str = "") -> None:
@@ -117,8 +134,9 @@ def note(text: str) -> None:
 # -- the load client (its own process) ----------------------------------------------------------
 
 
-async def client_run(port: int, concurrency: int, warmup: float, duration: float,
-                     token: str) -> dict:
+async def client_run(
+    port: int, concurrency: int, warmup: float, duration: float, token: str
+) -> dict:
     """``concurrency`` workers post fresh memes back to back for warmup + duration seconds.
 
     A request counts in the window when it *completes* in [warm-up end, window end] (steady
@@ -142,12 +160,13 @@ async def client_run(port: int, concurrency: int, warmup: float, duration: float
     begin = time.perf_counter()
     opens, closes = begin + warmup, begin + warmup + duration
     loop.call_at(loop.time() + warmup, lambda: print(json.dumps({MARK: "start"}), flush=True))
-    loop.call_at(loop.time() + warmup + duration,
-                 lambda: print(json.dumps({MARK: "end"}), flush=True))
+    loop.call_at(
+        loop.time() + warmup + duration, lambda: print(json.dumps({MARK: "end"}), flush=True)
+    )
 
     async with aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)) as session:
+        connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    ) as session:
 
         async def worker(w: int) -> None:
             nonlocal done_outside
@@ -167,11 +186,14 @@ async def client_run(port: int, concurrency: int, warmup: float, duration: float
                         if response.status == 201 and isinstance(payload, dict):
                             meme = payload
                         else:
-                            code = (payload.get("error", {}).get("code", "?")
-                                    if isinstance(payload, dict) else "not-json")
+                            code = (
+                                payload.get("error", {}).get("code", "?")
+                                if isinstance(payload, dict)
+                                else "not-json"
+                            )
                             failure = f"{response.status} {code}"
                             examples.setdefault(failure, _message(payload, raw))
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     failure = f"client {type(exc).__name__}"
                     examples.setdefault(failure, str(exc)[:200])
                 finished = time.perf_counter()
@@ -191,13 +213,22 @@ async def client_run(port: int, concurrency: int, warmup: float, duration: float
                     timings.setdefault(stage, []).append(ms)
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return {"concurrency": concurrency, "window_s": duration, "n": len(latencies),
-            "rate": len(latencies) / duration, "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "errors": dict(errors),
-            "errors_outside_window": dict(outside), "completed_outside_window": done_outside,
-            "examples": examples, "modes": dict(modes), "engines": dict(engines),
-            "timings": {stage: median(values) for stage, values in timings.items()},
-            "wall_s": time.perf_counter() - begin}
+    return {
+        "concurrency": concurrency,
+        "window_s": duration,
+        "n": len(latencies),
+        "rate": len(latencies) / duration,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "errors": dict(errors),
+        "errors_outside_window": dict(outside),
+        "completed_outside_window": done_outside,
+        "examples": examples,
+        "modes": dict(modes),
+        "engines": dict(engines),
+        "timings": {stage: median(values) for stage, values in timings.items()},
+        "wall_s": time.perf_counter() - begin,
+    }
 
 
 def _message(payload: Any, raw: bytes) -> str:
@@ -207,8 +238,9 @@ def _message(payload: Any, raw: bytes) -> str:
 
 
 def client_main(args: argparse.Namespace) -> int:
-    result = asyncio.run(client_run(args.port, args.concurrency, args.warmup, args.duration,
-                                    args.token))
+    result = asyncio.run(
+        client_run(args.port, args.concurrency, args.warmup, args.duration, args.token)
+    )
     print(json.dumps(result), flush=True)
     return 0
 
@@ -222,6 +254,7 @@ def _run_helpers() -> Any:
     Imported on first use: bench.run imports memesys (dspy, Pillow), which the client does not
     need."""
     from bench import run
+
     return run
 
 
@@ -229,24 +262,39 @@ def base_env() -> dict[str, str]:
     """This environment without anything that would point a daemon elsewhere (as the tests'
     DaemonProcess does): no MEMESYS_*, no REDIS_URL (so each daemon embeds its own Redis), no
     OPENAI_*."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MEMESYS_", "OPENAI_")) and k != "REDIS_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MEMESYS_", "OPENAI_")) and k != "REDIS_URL"
+    }
     env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     return env
 
 
 class Fake:
-    """``python -m memesys.testing.fake_openai --latency 0.1`` on a free port, output to a log file."""
+    """``python -m memesys.testing.fake_openai --latency 0.1`` on a free port, output to a log
+    file."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.log_path = workdir / "fake-openai.log"
         with open(self.log_path, "wb") as log:  # wait_ready reads the first "ready" line
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "memesys.testing.fake_openai", "--port", str(self.port),
-                 "--latency", str(FAKE_LATENCY_S)],
-                cwd=REPO, env=base_env(), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-m",
+                    "memesys.testing.fake_openai",
+                    "--port",
+                    str(self.port),
+                    "--latency",
+                    str(FAKE_LATENCY_S),
+                ],
+                cwd=REPO,
+                env=base_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self.url = ""
 
     def wait_ready(self, max_s: float = 30.0) -> str:
@@ -259,8 +307,10 @@ class Fake:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError(f"the fake server did not start; log {self.log_path}:\n"
-                           f"{_run_helpers().log_tail(self.log_path)}")
+        raise RuntimeError(
+            f"the fake server did not start; log {self.log_path}:\n"
+            f"{_run_helpers().log_tail(self.log_path)}"
+        )
 
     def stop(self) -> list[int]:
         return stop_plain(self.proc, "the fake server")
@@ -282,12 +332,17 @@ def stop_plain(proc: subprocess.Popen, what: str) -> list[int]:
 def leftovers_check(started: list[int], leftovers: dict[str, list[int]]) -> str:
     """The report's line on what was left after SIGTERM and what still runs of ``started``."""
     import psutil
-    alive = [pid for pid in started if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    return ("check: processes left after SIGTERM (killed by pid): "
-            + (", ".join(f"{what} {pids}" for what, pids in leftovers.items() if pids)
-               or "none")
-            + f"; started pids still alive now: {alive or 'none'}")
+
+    alive = [
+        pid
+        for pid in started
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    return (
+        "check: processes left after SIGTERM (killed by pid): "
+        + (", ".join(f"{what} {pids}" for what, pids in leftovers.items() if pids) or "none")
+        + f"; started pids still alive now: {alive or 'none'}"
+    )
 
 
 class Daemon:
@@ -296,8 +351,14 @@ class Daemon:
     ``name`` (default: the mode) names its data dir, log and progress lines; ``env`` is added
     to its environment last (e.g. ``MEMESYS_SYSTEM_ENGINE`` for bench.ab)."""
 
-    def __init__(self, mode: str, fake_url: str, workdir: Path, name: str = "",
-                 env: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        fake_url: str,
+        workdir: Path,
+        name: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.mode = mode
         self.name = name or mode
         self.port, self.admin_port = free_port(), free_port()
@@ -308,22 +369,35 @@ class Daemon:
         self.env.update({"OPENAI_BASE_URL": fake_url, "MEMESYS_PIPELINE_MODE": mode})
         self.env.update({name: value for name, (value, _) in OVERRIDES.items()})
         self.env.update(env or {})
-        self.proc: Optional[subprocess.Popen] = None
-        self.sid: Optional[int] = None
+        self.proc: subprocess.Popen | None = None
+        self.sid: int | None = None
         self.redis_pids: list[int] = []
         self.stopped = False
 
-    def start(self) -> "Daemon":
+    def start(self) -> Daemon:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "run_system.py", "--port", str(self.port), "--admin-port",
-                 str(self.admin_port), "--data-dir", str(self.data_dir)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "run_system.py",
+                    "--port",
+                    str(self.port),
+                    "--admin-port",
+                    str(self.admin_port),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         return self
 
     def wait_ready(self) -> None:
         from actors import system as actor_system
+
         run = _run_helpers()
         run.wait_http(self.port, "/readyz", self.proc, 0.05, READY_MAX_WAIT_S, self.log_path)
         self.sid = actor_system.session_id(self.admin_port)
@@ -336,13 +410,30 @@ class Daemon:
         --json status``), the rest of the actor session (admin, logger, supervisors), the
         embedded redis-server."""
         from actors import system as actor_system
+
         roles = {self.proc.pid: "gateway (daemon process)"}
-        kinds = {"generator": "generator workers", "verify": "verifier workers",
-                 "render": "render workers", "store": "store workers"}
+        kinds = {
+            "generator": "generator workers",
+            "verify": "verifier workers",
+            "render": "render workers",
+            "store": "store workers",
+        }
         status = subprocess.run(
-            [sys.executable, "-m", "memesys.cli.admin", "--admin-port", str(self.admin_port),
-             "--json", "status"], cwd=REPO, env=self.env, capture_output=True, text=True,
-            timeout=30)
+            [
+                sys.executable,
+                "-m",
+                "memesys.cli.admin",
+                "--admin-port",
+                str(self.admin_port),
+                "--json",
+                "status",
+            ],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if status.returncode != 0:
             raise RuntimeError(f"memesys.cli.admin status failed: {status.stderr.strip()}")
         for child in json.loads(status.stdout)["children"]:
@@ -367,24 +458,28 @@ class Daemon:
         run = _run_helpers()
         if self.sid is None:  # it never became ready: find its session before it goes
             from actors import system as actor_system
+
             self.sid = actor_system.session_id(self.admin_port)
         code = run.stop_process(self.proc, STOP_MAX_WAIT_S)
         if code != 0:
             note(f"{self.name} daemon exited with {code}; log {self.log_path}")
         left = run.wait_gone(self.sid, self.redis_pids + [self.proc.pid], 5.0)
         if left:
-            note(f"{self.name} daemon: {len(left)} processes left after SIGTERM: {left}; "
-                 "killing them by pid")
+            note(
+                f"{self.name} daemon: {len(left)} processes left after SIGTERM: {left}; "
+                "killing them by pid"
+            )
             run.kill_pids(left)
         return left
 
 
-def redis_server_pids(daemon_pid: int, sid: Optional[int]) -> list[int]:
+def redis_server_pids(daemon_pid: int, sid: int | None) -> list[int]:
     """The embedded redis-server of a daemon: a child of the tree's redis/server actor (in a
     session of its own, so not among the session's processes), or of the daemon process."""
     import psutil
 
     from actors import system as actor_system
+
     parents = [psutil.Process(daemon_pid)]
     parents += actor_system.session_processes(sid) if sid else []
     pids = set()
@@ -402,6 +497,7 @@ class CpuMeter:
 
     def __init__(self, roles: dict[int, str]) -> None:
         import psutil
+
         self.procs: dict[int, tuple[str, Any]] = {}
         for pid, role in roles.items():
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -411,9 +507,15 @@ class CpuMeter:
         """CPU seconds so far by pid; key MACHINE: busy seconds of the whole machine (every
         CPU's time less idle and iowait), to see what other processes took."""
         import psutil
+
         machine = psutil.cpu_times()
-        used = {MACHINE: sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
-                - getattr(machine, "guest", 0.0) - getattr(machine, "guest_nice", 0.0)}
+        used = {
+            MACHINE: sum(machine)
+            - machine.idle
+            - getattr(machine, "iowait", 0.0)
+            - getattr(machine, "guest", 0.0)
+            - getattr(machine, "guest_nice", 0.0)
+        }
         for pid, (_, proc) in self.procs.items():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = proc.cpu_times()
@@ -432,26 +534,51 @@ class CpuMeter:
         return spent
 
 
-def run_client(port: int, concurrency: int, warmup: float, duration: float, workdir: Path,
-               cleanup: contextlib.ExitStack, meter: Optional[CpuMeter] = None,
-               label: str = "") -> dict:
+def run_client(
+    port: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    workdir: Path,
+    cleanup: contextlib.ExitStack,
+    meter: CpuMeter | None = None,
+    label: str = "",
+) -> dict:
     """Run the load client subprocess; with a meter, CPU snapshots at the window's marks (the
     client's own CPU is added as "load client")."""
     run = _run_helpers()
     token = uuid.uuid4().hex[:8]
     with open(workdir / "client.log", "ab") as log:
         client = subprocess.Popen(
-            [sys.executable, "-m", "bench.pipeline", "--client", "--port", str(port),
-             "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration",
-             str(duration), "--token", token],
-            cwd=REPO, env=base_env(), stdout=subprocess.PIPE, stderr=log,
-            stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "bench.pipeline",
+                "--client",
+                "--port",
+                str(port),
+                "--concurrency",
+                str(concurrency),
+                "--warmup",
+                str(warmup),
+                "--duration",
+                str(duration),
+                "--token",
+                token,
+            ],
+            cwd=REPO,
+            env=base_env(),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
     cleanup.callback(run.stop_process, client)
     if meter is not None:
         import psutil
+
         meter.procs[client.pid] = ("load client", psutil.Process(client.pid))
     marks: dict[str, dict[int, float]] = {}
-    result: Optional[dict] = None
+    result: dict | None = None
     for raw in client.stdout:
         line = json.loads(raw)
         if MARK in line:
@@ -461,8 +588,10 @@ def run_client(port: int, concurrency: int, warmup: float, duration: float, work
         result = line
     client.wait(timeout=30)
     if client.returncode != 0 or result is None:
-        raise RuntimeError(f"the load client ({label}) failed; log {workdir / 'client.log'}:\n"
-                           f"{run.log_tail(workdir / 'client.log')}")
+        raise RuntimeError(
+            f"the load client ({label}) failed; log {workdir / 'client.log'}:\n"
+            f"{run.log_tail(workdir / 'client.log')}"
+        )
     if meter is not None:
         result["cpu_s"] = meter.by_role(marks["start"], marks["end"])
         meter.procs.pop(client.pid, None)
@@ -478,7 +607,7 @@ class Serial:
 
     e2e_ms: list[float] = field(default_factory=list)
     timings: dict[str, list[float]] = field(default_factory=dict)
-    judging_sum_ms: list[float] = field(default_factory=list)   # the four calls, per meme
+    judging_sum_ms: list[float] = field(default_factory=list)  # the four calls, per meme
     judging_max_ms: list[float] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
@@ -494,16 +623,19 @@ class Serial:
         judging = [self.stage(s) for s in JUDGING]
         tail = [self.stage(s) for s in ("render", "store")]
         total = sum(parts) + max(judging) + sum(tail)
-        how = (f"{parts[0]:.1f} + {parts[1]:.1f} + max({', '.join(f'{j:.1f}' for j in judging)})"
-               f" + {tail[0]:.1f} + {tail[1]:.1f} = {total:.1f} ms")
+        how = (
+            f"{parts[0]:.1f} + {parts[1]:.1f} + max({', '.join(f'{j:.1f}' for j in judging)})"
+            f" + {tail[0]:.1f} + {tail[1]:.1f} = {total:.1f} ms"
+        )
         return total, how
 
 
 def post_meme(port: int, topic: str) -> tuple[float, int, Any]:
     started = time.perf_counter()
     try:
-        status, body = http_request(port, "POST", "/v1/memes", {"topic": topic, "fresh": True},
-                                    timeout=REQUEST_TIMEOUT_S)
+        status, body = http_request(
+            port, "POST", "/v1/memes", {"topic": topic, "fresh": True}, timeout=REQUEST_TIMEOUT_S
+        )
     except OSError as exc:
         return (time.perf_counter() - started) * 1000, 0, {"error": {"code": type(exc).__name__}}
     return (time.perf_counter() - started) * 1000, status, body
@@ -519,8 +651,9 @@ def bench_serial(daemons: dict[str, Daemon], mode: Mode) -> dict[str, Serial]:
             elapsed, status, meme = post_meme(daemon.port, f"bench {token} one at a time {i}")
             got = samples[name]
             if status != 201 or not isinstance(meme, dict) or "timings" not in meme:
-                code = (meme.get("error", {}).get("code", "?") if isinstance(meme, dict)
-                        else "not-json")
+                code = (
+                    meme.get("error", {}).get("code", "?") if isinstance(meme, dict) else "not-json"
+                )
                 got.failures[f"{status} {code}"] += 1
                 got.examples.setdefault(f"{status} {code}", _message(meme, b""))
                 continue
@@ -528,8 +661,7 @@ def bench_serial(daemons: dict[str, Daemon], mode: Mode) -> dict[str, Serial]:
             if meme.get("pipeline_mode") != name:
                 got.wrong_mode += 1
             timings = meme["timings"]
-            got.stage_sets[tuple(s for s in timings if s in STAGES or s.startswith("refine"))
-                           ] += 1
+            got.stage_sets[tuple(s for s in timings if s in STAGES or s.startswith("refine"))] += 1
             for stage, ms in timings.items():
                 got.timings.setdefault(stage, []).append(ms)
             if all(s in timings for s in JUDGING):
@@ -546,109 +678,188 @@ def report_serial(samples: dict[str, Serial], mode: Mode) -> tuple[str, list[str
     ]
     rows += [[f"timings.{s}", par.stage(s), seq.stage(s)] for s in ("select", "write")]
     rows += [[f"timings.{s}", par.stage(s), seq.stage(s)] for s in JUDGING]
-    rows.append(["judging group: parallel timings.judge, sequential sum of the four",
-                 par.stage("judge"), median(seq.judging_sum_ms)])
-    rows.append(["  (slowest of the four calls, per meme)", median(par.judging_max_ms),
-                 median(seq.judging_max_ms)])
+    rows.append(
+        [
+            "judging group: parallel timings.judge, sequential sum of the four",
+            par.stage("judge"),
+            median(seq.judging_sum_ms),
+        ]
+    )
+    rows.append(
+        [
+            "  (slowest of the four calls, per meme)",
+            median(par.judging_max_ms),
+            median(seq.judging_max_ms),
+        ]
+    )
     rows += [[f"timings.{s}", par.stage(s), seq.stage(s)] for s in ("render", "store")]
     cp_par, how_par = par.critical_path()
     cp_seq, how_seq = seq.critical_path()
     rows.append(["critical path (from this column's medians)", cp_par, cp_seq])
-    rows.append(["HTTP round trip - critical path", median(par.e2e_ms) - cp_par,
-                 median(seq.e2e_ms) - cp_seq])
+    rows.append(
+        [
+            "HTTP round trip - critical path",
+            median(par.e2e_ms) - cp_par,
+            median(seq.e2e_ms) - cp_seq,
+        ]
+    )
     text = table(
         f"1. One meme at a time: {mode.memes} sequential POST /v1/memes (fresh, distinct "
         f"topics) per mode, the two daemons interleaved; medians in ms, fake LM latency "
         f"{FAKE_LATENCY_S * 1000:.0f} ms per call",
-        ["measure", "parallel", "sequential"], rows)
-    lines = [f"critical path (parallel) = select + write + max(appropriateness, factuality, "
-             f"instruction_following, score) + render + store = {how_par}",
-             f"critical path (sequential daemon's medians, for reference) = {how_seq}"]
+        ["measure", "parallel", "sequential"],
+        rows,
+    )
+    lines = [
+        f"critical path (parallel) = select + write + max(appropriateness, factuality, "
+        f"instruction_following, score) + render + store = {how_par}",
+        f"critical path (sequential daemon's medians, for reference) = {how_seq}",
+    ]
     speedup = median(seq.judging_sum_ms) / par.stage("judge")
     lines.append(
         f"target: judging group >= {JUDGE_SPEEDUP:g}x faster in parallel mode   measured "
         f"{median(seq.judging_sum_ms):.1f} ms (sequential, sum of the four) / "
         f"{par.stage('judge'):.1f} ms (parallel judge) = {speedup:.2f}x   "
-        f"{verdict(speedup >= JUDGE_SPEEDUP)}")
+        f"{verdict(speedup >= JUDGE_SPEEDUP)}"
+    )
     e2e = median(par.e2e_ms)
     off = (e2e - cp_par) / cp_par
     lines.append(
         f"target: parallel end-to-end within {E2E_WITHIN:.0%} of the critical path   measured "
-        f"{e2e:.1f} ms vs {cp_par:.1f} ms = {off:+.1%}   {verdict(abs(off) <= E2E_WITHIN)}")
+        f"{e2e:.1f} ms vs {cp_par:.1f} ms = {off:+.1%}   {verdict(abs(off) <= E2E_WITHIN)}"
+    )
     # Where the parallel gap goes: each difference is between medians of the same memes.
     gaps = [
-        ("judge - slowest judging call (fan-out to the verifier workers and back)",
-         par.stage("judge") - median(par.judging_max_ms)),
-        ("timings.pipeline - (select + write + judge) (between stages)",
-         par.stage("pipeline") - par.stage("select") - par.stage("write") - par.stage("judge")),
-        ("timings.total - (pipeline + render + store)",
-         par.stage("total") - par.stage("pipeline") - par.stage("render") - par.stage("store")),
-        ("HTTP round trip - timings.total (client, gateway, bridge, dispatch to a generator "
-          "worker)",
-         e2e - par.stage("total")),
+        (
+            "judge - slowest judging call (fan-out to the verifier workers and back)",
+            par.stage("judge") - median(par.judging_max_ms),
+        ),
+        (
+            "timings.pipeline - (select + write + judge) (between stages)",
+            par.stage("pipeline") - par.stage("select") - par.stage("write") - par.stage("judge"),
+        ),
+        (
+            "timings.total - (pipeline + render + store)",
+            par.stage("total") - par.stage("pipeline") - par.stage("render") - par.stage("store"),
+        ),
+        (
+            "HTTP round trip - timings.total (client, gateway, bridge, dispatch to a generator "
+            "worker)",
+            e2e - par.stage("total"),
+        ),
     ]
-    lines.append("where the parallel end-to-end goes beyond the stages (differences of "
-                 "medians, ms): " + "; ".join(f"{what} {ms:.1f}" for what, ms in gaps))
+    lines.append(
+        "where the parallel end-to-end goes beyond the stages (differences of "
+        "medians, ms): " + "; ".join(f"{what} {ms:.1f}" for what, ms in gaps)
+    )
     for name, got in samples.items():
         if got.wrong_mode:
             lines.append(f"check: {got.wrong_mode} {name} memes reported another pipeline_mode")
         if len(got.stage_sets) > 1:
-            lines.append(f"check: {name} memes went through different stages: "
-                         f"{dict(got.stage_sets)}")
+            lines.append(
+                f"check: {name} memes went through different stages: {dict(got.stage_sets)}"
+            )
     return text, lines, cp_par
 
 
 # -- 2. concurrency 100 ---------------------------------------------------------------------------
 
 POOL_ROLES = {"generator": "generator pool", "verify": "verifier pool"}
-ROLE_ORDER = ("gateway (daemon process)", "generator pool", "generator workers", "verifier pool",
-              "verifier workers", "render workers", "store workers", "render and store pools",
-              "rest of the actor session", "redis-server (embedded)", "fake server")
+ROLE_ORDER = (
+    "gateway (daemon process)",
+    "generator pool",
+    "generator workers",
+    "verifier pool",
+    "verifier workers",
+    "render workers",
+    "store workers",
+    "render and store pools",
+    "rest of the actor session",
+    "redis-server (embedded)",
+    "fake server",
+)
 FAKE_ROLE = "fake server"
 CLIENT_ROLE = "load client"
 
 
-def report_load(low: dict, high: dict, idle: dict[str, float], cp_ms: float, serial: Serial
-                ) -> list[tuple[str, list[str]]]:
+def report_load(
+    low: dict, high: dict, idle: dict[str, float], cp_ms: float, serial: Serial
+) -> list[tuple[str, list[str]]]:
     cores = cpu_cores()
     sections = []
     errors = sum(high["errors"].values())
-    rows = [[str(CPU_CONCURRENCY), low["n"], low["rate"], low["p50_ms"], low["p99_ms"],
-             sum(low["errors"].values()), _errors_text(low["errors"])],
-            [str(CONCURRENCY), high["n"], high["rate"], high["p50_ms"], high["p99_ms"], errors,
-             _errors_text(high["errors"])]]
+    rows = [
+        [
+            str(CPU_CONCURRENCY),
+            low["n"],
+            low["rate"],
+            low["p50_ms"],
+            low["p99_ms"],
+            sum(low["errors"].values()),
+            _errors_text(low["errors"]),
+        ],
+        [
+            str(CONCURRENCY),
+            high["n"],
+            high["rate"],
+            high["p50_ms"],
+            high["p99_ms"],
+            errors,
+            _errors_text(high["errors"]),
+        ],
+    ]
     text = table(
         f"2. Concurrency {CONCURRENCY}: {CONCURRENCY} clients (aiohttp, loopback) posting fresh "
         f"memes back to back for {high['window_s']:g} s, parallel daemon (the concurrency-"
         f"{CPU_CONCURRENCY} row is the CPU-measuring window, {low['window_s']:g} s)",
         ["clients", "memes", "memes/s", "p50 ms", "p99 ms", "errors", "errors by status"],
-        rows)
+        rows,
+    )
 
     per_meme: dict[str, dict[str, float]] = {}
     for label, run in (("low", low), ("high", high)):
         n = max(run["n"], 1)
         per_meme[label] = {role: s * 1000 / n for role, s in run["cpu_s"].items()}
     roles = [r for r in ROLE_ORDER if r in per_meme["low"] or r in per_meme["high"]]
-    roles += sorted(r for r in set(per_meme["low"]) | set(per_meme["high"])
-                    if r not in roles and r not in (CLIENT_ROLE, OTHERS))
-    cpu_rows = [[role, per_meme["low"].get(role, 0.0), per_meme["high"].get(role, 0.0)]
-                for role in roles]
+    roles += sorted(
+        r
+        for r in set(per_meme["low"]) | set(per_meme["high"])
+        if r not in roles and r not in (CLIENT_ROLE, OTHERS)
+    )
+    cpu_rows = [
+        [role, per_meme["low"].get(role, 0.0), per_meme["high"].get(role, 0.0)] for role in roles
+    ]
     total_low = sum(per_meme["low"].get(r, 0.0) for r in roles)
     total_high = sum(per_meme["high"].get(r, 0.0) for r in roles)
     cpu_rows.append(["total (the CPU limit's basis)", total_low, total_high])
     for role in (CLIENT_ROLE, OTHERS):
-        cpu_rows.append([f"{role} (not in the total)", per_meme["low"].get(role, 0.0),
-                         per_meme["high"].get(role, 0.0)])
-    for what, pick in (("cores busy: the total's processes",
-                        lambda r: r not in (CLIENT_ROLE, OTHERS)),
-                       ("cores busy: the whole machine", lambda r: True)):
-        cpu_rows.append([what, *(sum(s for r, s in run["cpu_s"].items() if pick(r))
-                                 / run["window_s"] for run in (low, high))])
+        cpu_rows.append(
+            [
+                f"{role} (not in the total)",
+                per_meme["low"].get(role, 0.0),
+                per_meme["high"].get(role, 0.0),
+            ]
+        )
+    for what, pick in (
+        ("cores busy: the total's processes", lambda r: r not in (CLIENT_ROLE, OTHERS)),
+        ("cores busy: the whole machine", lambda r: True),
+    ):
+        cpu_rows.append(
+            [
+                what,
+                *(
+                    sum(s for r, s in run["cpu_s"].items() if pick(r)) / run["window_s"]
+                    for run in (low, high)
+                ),
+            ]
+        )
     idle_ours = sum(v for r, v in idle.items() if r not in (CLIENT_ROLE, OTHERS)) / IDLE_S
     cpu_text = table(
         "2b. CPU ms per meme (user + system from /proc via psutil, read when each window "
         "opens and closes, divided by the memes completed in it)",
-        ["process group", f"c={CPU_CONCURRENCY}", f"c={CONCURRENCY}"], cpu_rows)
+        ["process group", f"c={CPU_CONCURRENCY}", f"c={CONCURRENCY}"],
+        cpu_rows,
+    )
 
     cpu_limit = cores / (total_low / 1000)
     fake_share = per_meme["low"].get(FAKE_ROLE, 0.0) / total_low
@@ -671,32 +882,49 @@ def report_load(low: dict, high: dict, idle: dict[str, float], cp_ms: float, ser
         f"{bound:.1f} = {THROUGHPUT_SHARE * bound:.1f}   measured {high['rate']:.1f} "
         f"({high['rate'] / bound:.0%})   {verdict(high['rate'] >= THROUGHPUT_SHARE * bound)}",
     ]
-    for label, run in ((f"concurrency {CPU_CONCURRENCY}", low), (f"concurrency {CONCURRENCY}",
-                                                                 high)):
+    for label, run in (
+        (f"concurrency {CPU_CONCURRENCY}", low),
+        (f"concurrency {CONCURRENCY}", high),
+    ):
         stolen = run["cpu_s"].get(OTHERS, 0.0) / run["window_s"]
         if stolen > 0.05 * cores:
-            lines.append(f"warning: other processes on the machine took {stolen:.2f} cores in "
-                         f"the {label} window: this run's CPU figures are disturbed")
+            lines.append(
+                f"warning: other processes on the machine took {stolen:.2f} cores in "
+                f"the {label} window: this run's CPU figures are disturbed"
+            )
     # Informative: was the concurrency-100 window CPU-bound, and what would its own CPU cost
     # per meme (lower than at low concurrency when messages batch under load) allow?
     taken = (high["cpu_s"].get(OTHERS, 0.0) + high["cpu_s"].get(CLIENT_ROLE, 0.0)) / high[
-        "window_s"]
-    ours = sum(s for r, s in high["cpu_s"].items() if r not in (CLIENT_ROLE, OTHERS)) / high[
-        "window_s"]
-    lines.append(f"(informative) at concurrency {CONCURRENCY} the measured processes kept "
-                 f"{ours:.2f} cores busy of the {cores - taken:.2f} that the client and other "
-                 f"processes left; at that window's own {total_high:.1f} CPU ms per meme, "
-                 f"{cores} idle cores would give {cores / (total_high / 1000):.1f} memes/s")
+        "window_s"
+    ]
+    ours = (
+        sum(s for r, s in high["cpu_s"].items() if r not in (CLIENT_ROLE, OTHERS))
+        / high["window_s"]
+    )
+    lines.append(
+        f"(informative) at concurrency {CONCURRENCY} the measured processes kept "
+        f"{ours:.2f} cores busy of the {cores - taken:.2f} that the client and other "
+        f"processes left; at that window's own {total_high:.1f} CPU ms per meme, "
+        f"{cores} idle cores would give {cores / (total_high / 1000):.1f} memes/s"
+    )
     stage_rows = []
     for stage in ("select", "write", *JUDGING, "judge", "render", "store", "total"):
-        stage_rows.append([f"timings.{stage}", serial.stage(stage),
-                           low["timings"].get(stage, float("nan")),
-                           high["timings"].get(stage, float("nan"))])
-    stage_rows.append(["HTTP round trip (client)", median(serial.e2e_ms), low["p50_ms"],
-                       high["p50_ms"]])
-    stage_text = table("2c. (diagnostic) median stage timings of the parallel daemon by load, ms",
-                       ["stage", "c=1 (table 1)", f"c={CPU_CONCURRENCY}", f"c={CONCURRENCY}"],
-                       stage_rows)
+        stage_rows.append(
+            [
+                f"timings.{stage}",
+                serial.stage(stage),
+                low["timings"].get(stage, float("nan")),
+                high["timings"].get(stage, float("nan")),
+            ]
+        )
+    stage_rows.append(
+        ["HTTP round trip (client)", median(serial.e2e_ms), low["p50_ms"], high["p50_ms"]]
+    )
+    stage_text = table(
+        "2c. (diagnostic) median stage timings of the parallel daemon by load, ms",
+        ["stage", "c=1 (table 1)", f"c={CPU_CONCURRENCY}", f"c={CONCURRENCY}"],
+        stage_rows,
+    )
     sections.append((text, []))
     sections.append((cpu_text, lines))
     sections.append((stage_text, []))
@@ -727,27 +955,36 @@ def header(mode: Mode) -> str:
     commit = commit_description(REPO)
     now = f"{datetime.datetime.now():%Y-%m-%d %H:%M}"
     import psutil
+
     busy = psutil.cpu_percent(interval=1.0) / 100 * (psutil.cpu_count() or 1)
-    lines = [f"memesys pipeline benchmark ({mode.name})  {now}  commit {commit}",
-             f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {busy:.2f} "
-             "cores busy in the second before the start",
-             "daemons: " + " ".join(f"{k}={v}" for k, v in BENCH_ENV.items())
-             + " OPENAI_BASE_URL=<fake> MEMESYS_PIPELINE_MODE=parallel|sequential"]
+    lines = [
+        f"memesys pipeline benchmark ({mode.name})  {now}  commit {commit}",
+        f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {busy:.2f} "
+        "cores busy in the second before the start",
+        "daemons: "
+        + " ".join(f"{k}={v}" for k, v in BENCH_ENV.items())
+        + " OPENAI_BASE_URL=<fake> MEMESYS_PIPELINE_MODE=parallel|sequential",
+    ]
     if OVERRIDES:
-        lines.append("capacity overrides: " + "; ".join(
-            f"{name}={value} ({why})" for name, (value, why) in OVERRIDES.items()))
+        lines.append(
+            "capacity overrides: "
+            + "; ".join(f"{name}={value} ({why})" for name, (value, why) in OVERRIDES.items())
+        )
     else:
         lines.append("capacity overrides: none (the daemon's defaults)")
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
-    parser.add_argument("--defaults", action="store_true",
-                        help="run the daemons without the bench's capacity overrides")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="run the daemons without the bench's capacity overrides",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
@@ -800,18 +1037,28 @@ def orchestrate(mode: Mode, keep: bool) -> int:
             started.append(daemon.proc.pid)
         for daemon in daemons.values():
             daemon.wait_ready()
-            note(f"{daemon.mode} daemon pid {daemon.proc.pid} ready on port {daemon.port} "
-                 f"(actor session {daemon.sid}, redis-server {daemon.redis_pids})")
+            note(
+                f"{daemon.mode} daemon pid {daemon.proc.pid} ready on port {daemon.port} "
+                f"(actor session {daemon.sid}, redis-server {daemon.redis_pids})"
+            )
         for daemon in daemons.values():
-            note(f"warming up the {daemon.mode} daemon: {mode.warmup_s:g} s at concurrency "
-                 f"{CPU_CONCURRENCY}")
-            warm = run_client(daemon.port, CPU_CONCURRENCY, 0.0, mode.warmup_s, workdir,
-                              cleanup, label="warm-up")
+            note(
+                f"warming up the {daemon.mode} daemon: {mode.warmup_s:g} s at concurrency "
+                f"{CPU_CONCURRENCY}"
+            )
+            warm = run_client(
+                daemon.port, CPU_CONCURRENCY, 0.0, mode.warmup_s, workdir, cleanup, label="warm-up"
+            )
             errs = Counter(warm["errors"]) + Counter(warm["errors_outside_window"])
             _merge(messages, warm["examples"])
-            failures.append([f"warm-up, {daemon.mode}, c={CPU_CONCURRENCY}",
-                             warm["n"] + warm["completed_outside_window"], sum(errs.values()),
-                             _errors_text(errs)])
+            failures.append(
+                [
+                    f"warm-up, {daemon.mode}, c={CPU_CONCURRENCY}",
+                    warm["n"] + warm["completed_outside_window"],
+                    sum(errs.values()),
+                    _errors_text(errs),
+                ]
+            )
 
         serial: dict[str, Serial] = {}
         cp_box: list[float] = []
@@ -821,8 +1068,14 @@ def orchestrate(mode: Mode, keep: bool) -> int:
             serial.update(bench_serial(daemons, mode))
             for name, got in serial.items():
                 _merge(messages, got.examples)
-                failures.append([f"table 1, {name}, c=1", mode.memes, sum(got.failures.values()),
-                                 _errors_text(got.failures)])
+                failures.append(
+                    [
+                        f"table 1, {name}, c=1",
+                        mode.memes,
+                        sum(got.failures.values()),
+                        _errors_text(got.failures),
+                    ]
+                )
             text, lines, cp = report_serial(serial, mode)
             cp_box.append(cp)
             return [(text, lines)]
@@ -843,21 +1096,52 @@ def orchestrate(mode: Mode, keep: bool) -> int:
             time.sleep(IDLE_S)
             idle = meter.by_role(before, meter.snapshot())
             note(f"CPU window: concurrency {CPU_CONCURRENCY}, {mode.cpu_window_s:g} s")
-            low = run_client(par.port, CPU_CONCURRENCY, mode.cpu_warmup_s, mode.cpu_window_s,
-                             workdir, cleanup, meter, "CPU window")
-            note(f"load: concurrency {CONCURRENCY}, {mode.load_warmup_s:g} s warm-up + "
-                 f"{mode.load_s:g} s")
-            high = run_client(par.port, CONCURRENCY, mode.load_warmup_s, mode.load_s, workdir,
-                              cleanup, meter, "concurrency 100")
-            for label, got in ((f"CPU window, c={CPU_CONCURRENCY}", low),
-                               (f"concurrency {CONCURRENCY} (window)", high)):
+            low = run_client(
+                par.port,
+                CPU_CONCURRENCY,
+                mode.cpu_warmup_s,
+                mode.cpu_window_s,
+                workdir,
+                cleanup,
+                meter,
+                "CPU window",
+            )
+            note(
+                f"load: concurrency {CONCURRENCY}, {mode.load_warmup_s:g} s warm-up + "
+                f"{mode.load_s:g} s"
+            )
+            high = run_client(
+                par.port,
+                CONCURRENCY,
+                mode.load_warmup_s,
+                mode.load_s,
+                workdir,
+                cleanup,
+                meter,
+                "concurrency 100",
+            )
+            for label, got in (
+                (f"CPU window, c={CPU_CONCURRENCY}", low),
+                (f"concurrency {CONCURRENCY} (window)", high),
+            ):
                 _merge(messages, got["examples"])
-                failures.append([label, got["n"] + sum(got["errors"].values()),
-                                 sum(got["errors"].values()), _errors_text(got["errors"])])
+                failures.append(
+                    [
+                        label,
+                        got["n"] + sum(got["errors"].values()),
+                        sum(got["errors"].values()),
+                        _errors_text(got["errors"]),
+                    ]
+                )
                 outside = got["errors_outside_window"]
-                failures.append([f"{label.split(' (')[0]} (warm-up and drain)",
-                                 got["completed_outside_window"], sum(outside.values()),
-                                 _errors_text(outside)])
+                failures.append(
+                    [
+                        f"{label.split(' (')[0]} (warm-up and drain)",
+                        got["completed_outside_window"],
+                        sum(outside.values()),
+                        _errors_text(outside),
+                    ]
+                )
                 if set(got["modes"]) - {"parallel"}:
                     note(f"{label}: pipeline modes {got['modes']}")
             if not cp_box:
@@ -868,8 +1152,13 @@ def orchestrate(mode: Mode, keep: bool) -> int:
         leftovers["parallel daemon"] = daemons["parallel"].stop()
         leftovers["fake server"] = fake.stop()
 
-    say(table("3. Failed requests (status and error code; must be 0 at concurrency 1)",
-              ["phase", "requests", "failed", "by status"], failures))
+    say(
+        table(
+            "3. Failed requests (status and error code; must be 0 at concurrency 1)",
+            ["phase", "requests", "failed", "by status"],
+            failures,
+        )
+    )
     c1 = sum(r[2] for r in failures if "c=1" in r[0])
     say(f"target: no failed request at concurrency 1   measured {c1}   {verdict(c1 == 0)}")
     for kind, message in sorted(messages.items()):

@@ -14,37 +14,39 @@ actors inherit them, as the daemon does. This process never starts a thread: the
 and the load generator are subprocesses, so the load generator never shares the server's GIL.
 See bench/README.md for what each table means.
 """
+
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-import uuid  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable, Iterator, Optional  # noqa: E402
+import argparse
+import contextlib
+import datetime
+import json
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import psutil  # noqa: E402
+import psutil
 
-import memesys.pipeline.lm  # noqa: E402,F401  (imported before the fork: inherited by every actor)
-import memesys.render.image  # noqa: E402,F401
-from actors import system as actor_system  # noqa: E402
-from actors.messages import Ping, Pong, StatusQuery, WhereIs  # noqa: E402
-from bench.common import (  # noqa: E402
+import memesys.pipeline.lm
+import memesys.render.image  # noqa: F401
+from actors import system as actor_system
+from actors.messages import Ping, Pong, StatusQuery, WhereIs
+from bench.common import (
     commit_description,
     http_request,
     median,
@@ -52,12 +54,12 @@ from bench.common import (  # noqa: E402
     table,
     verdict,
 )
-from bench.echo import ECHO, Echo, with_echo_pool  # noqa: E402
-from memesys.config import load as load_config  # noqa: E402
-from memesys.storage.connection import resolve  # noqa: E402
-from memesys.testing.ports import free_port  # noqa: E402
-from memesys.tree.paths import GENERATOR, ROOT  # noqa: E402
-from memesys.tree.spec import root_spec  # noqa: E402
+from bench.echo import ECHO, Echo, with_echo_pool
+from memesys.config import load as load_config
+from memesys.storage.connection import resolve
+from memesys.testing.ports import free_port
+from memesys.tree.paths import GENERATOR, ROOT
+from memesys.tree.spec import root_spec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,10 +89,12 @@ class Mode:
     memes: int
 
 
-FULL = Mode("full", (1, 16, 64), reps=3, warmup_s=0.5, duration_s=3.0, kills=30,
-            ready_reps=3, memes=20)
-QUICK = Mode("quick", (1, 16, 64), reps=1, warmup_s=0.3, duration_s=1.0, kills=20,
-             ready_reps=1, memes=5)
+FULL = Mode(
+    "full", (1, 16, 64), reps=3, warmup_s=0.5, duration_s=3.0, kills=30, ready_reps=3, memes=20
+)
+QUICK = Mode(
+    "quick", (1, 16, 64), reps=1, warmup_s=0.3, duration_s=1.0, kills=20, ready_reps=1, memes=5
+)
 
 
 def say(text: str = "") -> None:
@@ -122,7 +126,7 @@ def fd2_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> Optional[int]:
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
     """SIGTERM, wait, SIGKILL by pid if it does not exit; returns the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -150,13 +154,18 @@ def kill_pids(pids: list[int]) -> int:
     return len(alive)
 
 
-def wait_gone(sid: Optional[int], pids: list[int], timeout: float) -> list[int]:
+def wait_gone(sid: int | None, pids: list[int], timeout: float) -> list[int]:
     """Wait until the session and the pids are gone; returns whatever is still alive."""
     deadline = time.monotonic() + timeout
     while True:
         alive = [p.pid for p in actor_system.session_processes(sid)] if sid else []
-        alive += [pid for pid in pids if psutil.pid_exists(pid) and pid not in alive
-                  and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        alive += [
+            pid
+            for pid in pids
+            if psutil.pid_exists(pid)
+            and pid not in alive
+            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.05)
@@ -169,8 +178,9 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def wait_http(port: int, path: str, proc: subprocess.Popen, poll_s: float, max_s: float,
-              log: Path) -> float:
+def wait_http(
+    port: int, path: str, proc: subprocess.Popen, poll_s: float, max_s: float, log: Path
+) -> float:
     """Seconds until ``GET path`` answers 200; raises if the process dies or time runs out."""
     started = time.perf_counter()
     while True:
@@ -181,8 +191,10 @@ def wait_http(port: int, path: str, proc: subprocess.Popen, poll_s: float, max_s
         except OSError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"pid {proc.pid} exited with {proc.returncode} before "
-                               f"{path} answered; log {log}:\n{log_tail(log)}")
+            raise RuntimeError(
+                f"pid {proc.pid} exited with {proc.returncode} before "
+                f"{path} answered; log {log}:\n{log_tail(log)}"
+            )
         if time.perf_counter() - started > max_s:
             raise RuntimeError(f"{path} did not answer 200 within {max_s:g} s; log {log}")
         time.sleep(poll_s)
@@ -217,17 +229,19 @@ def bench_hops(asys: Any, root: Any, reps: int, n: int) -> dict[str, float]:
 class CpuGroups:
     """CPU seconds (user + system) used so far by the processes of one role each."""
 
-    def __init__(self, asys: Any, root: Any, sid: Optional[int], server_pid: int) -> None:
+    def __init__(self, asys: Any, root: Any, sid: int | None, server_pid: int) -> None:
         reply = actor_system.ask(asys, root, StatusQuery(), 5)
         pool = next(c for c in reply.payload.children if c.name == ECHO)
         self.groups: dict[str, list[psutil.Process]] = {
-            "load generator": [], "server (HTTP + bridge)": [psutil.Process(server_pid)],
+            "load generator": [],
+            "server (HTTP + bridge)": [psutil.Process(server_pid)],
             "echo pool": [psutil.Process(pool.pid)],
-            "echo workers": [psutil.Process(w.pid) for w in pool.children]}
+            "echo workers": [psutil.Process(w.pid) for w in pool.children],
+        }
         known = {p.pid for group in self.groups.values() for p in group}
         self.groups["rest of the actor session"] = [
-            p for p in (actor_system.session_processes(sid) if sid else [])
-            if p.pid not in known]
+            p for p in (actor_system.session_processes(sid) if sid else []) if p.pid not in known
+        ]
 
     def add(self, group: str, pid: int) -> None:
         self.groups[group].append(psutil.Process(pid))
@@ -246,17 +260,38 @@ class CpuGroups:
         return used
 
 
-def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mode: Mode,
-                  workdir: Path, cleanup: contextlib.ExitStack
-                  ) -> list[tuple[str, list[str]]]:
+def bench_gateway(
+    asys: Any,
+    root: Any,
+    sid: int | None,
+    admin_port: int,
+    mode: Mode,
+    workdir: Path,
+    cleanup: contextlib.ExitStack,
+) -> list[tuple[str, list[str]]]:
     hops = bench_hops(asys, root, mode.reps, 300 if mode.name == "full" else 200)
     port = free_port()
     server_log = workdir / "server.log"
     with open(server_log, "ab") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", "--port", str(port), "--admin-port",
-             str(admin_port), "--root", ROOT, "--target", ECHO],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "bench.server",
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin_port),
+                "--root",
+                ROOT,
+                "--target",
+                ECHO,
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     cleanup.callback(stop_process, server)
     wait_http(port, "/bare", server, 0.05, 30.0, server_log)
     cpu = CpuGroups(asys, root, sid, server.pid)
@@ -266,15 +301,33 @@ def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mod
             if status != 200:
                 raise RuntimeError(f"{route} answered {status}: {body}")
     routes = ("/bare", "/actor", "/direct")
-    plan = [{"route": route, "concurrency": level, "rep": rep}
-            for rep in range(mode.reps) for level in mode.levels for route in routes]
+    plan = [
+        {"route": route, "concurrency": level, "rep": rep}
+        for rep in range(mode.reps)
+        for level in mode.levels
+        for route in routes
+    ]
     note(f"gateway: {len(plan)} load steps of {mode.warmup_s:g}+{mode.duration_s:g} s")
     with open(workdir / "load.log", "ab") as log:
         load = subprocess.Popen(
-            [sys.executable, "-m", "bench.load", "--port", str(port), "--plan",
-             json.dumps(plan), "--duration", str(mode.duration_s), "--warmup",
-             str(mode.warmup_s)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "bench.load",
+                "--port",
+                str(port),
+                "--plan",
+                json.dumps(plan),
+                "--duration",
+                str(mode.duration_s),
+                "--warmup",
+                str(mode.warmup_s),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
         cleanup.callback(stop_process, load)
         cpu.add("load generator", load.pid)
         results = []
@@ -286,76 +339,148 @@ def bench_gateway(asys: Any, root: Any, sid: Optional[int], admin_port: int, mod
                     marked = cpu.snapshot()
                 continue
             used = cpu.snapshot()
-            line["cpu_ms"] = {group: (used[group] - marked.get(group, 0.0)) * 1000
-                              / max(line["n"], 1) for group in used}
+            line["cpu_ms"] = {
+                group: (used[group] - marked.get(group, 0.0)) * 1000 / max(line["n"], 1)
+                for group in used
+            }
             results.append(line)
         load.wait(timeout=30)
     if load.returncode != 0:
-        raise RuntimeError(f"the load generator failed; log {workdir / 'load.log'}:\n"
-                           f"{log_tail(workdir / 'load.log')}")
+        raise RuntimeError(
+            f"the load generator failed; log {workdir / 'load.log'}:\n"
+            f"{log_tail(workdir / 'load.log')}"
+        )
     stop_process(server)
 
     def cell(route: str, level: int, key: str) -> float:
-        return median(r[key] for r in results
-                      if r["route"] == route and r["concurrency"] == level)
+        return median(r[key] for r in results if r["route"] == route and r["concurrency"] == level)
 
     def errors(route: str, level: int) -> int:
-        return sum(sum(r["errors"].values()) for r in results
-                   if r["route"] == route and r["concurrency"] == level)
+        return sum(
+            sum(r["errors"].values())
+            for r in results
+            if r["route"] == route and r["concurrency"] == level
+        )
 
     rows, direct_rows = [], []
     for level in mode.levels:
         b50, a50, d50 = (cell(r, level, "p50_ms") for r in routes)
         brps, arps, drps = (cell(r, level, "rps") for r in routes)
-        rows.append([str(level), b50, cell("/bare", level, "p99_ms"), a50,
-                     cell("/actor", level, "p99_ms"), a50 - b50, brps, arps,
-                     arps / brps if brps else float("nan"),
-                     errors("/bare", level) + errors("/actor", level)])
-        direct_rows.append([str(level), d50, cell("/direct", level, "p99_ms"), d50 - b50,
-                            drps, arps, errors("/direct", level)])
+        rows.append(
+            [
+                str(level),
+                b50,
+                cell("/bare", level, "p99_ms"),
+                a50,
+                cell("/actor", level, "p99_ms"),
+                a50 - b50,
+                brps,
+                arps,
+                arps / brps if brps else float("nan"),
+                errors("/bare", level) + errors("/actor", level),
+            ]
+        )
+        direct_rows.append(
+            [
+                str(level),
+                d50,
+                cell("/direct", level, "p99_ms"),
+                d50 - b50,
+                drps,
+                arps,
+                errors("/direct", level),
+            ]
+        )
     overhead_1 = next((r[5] for r in rows if r[0] == "1"), None)
     ratio_64 = next((r[8] for r in rows if r[0] == "64"), None)
     targets = []
     if overhead_1 is not None:
-        targets.append(f"target: overhead p50 at concurrency 1 <= {OVERHEAD_P50_MS_AT_1:.2f} ms"
-                       f"   measured {overhead_1:.2f} ms   "
-                       f"{verdict(overhead_1 <= OVERHEAD_P50_MS_AT_1)}")
+        targets.append(
+            f"target: overhead p50 at concurrency 1 <= {OVERHEAD_P50_MS_AT_1:.2f} ms"
+            f"   measured {overhead_1:.2f} ms   "
+            f"{verdict(overhead_1 <= OVERHEAD_P50_MS_AT_1)}"
+        )
     if ratio_64 is not None:
-        targets.append(f"target: actor req/s >= {ACTOR_RPS_SHARE_AT_64:.0%} of bare at "
-                       f"concurrency 64   measured {ratio_64:.1%}   "
-                       f"{verdict(ratio_64 >= ACTOR_RPS_SHARE_AT_64)}")
+        targets.append(
+            f"target: actor req/s >= {ACTOR_RPS_SHARE_AT_64:.0%} of bare at "
+            f"concurrency 64   measured {ratio_64:.1%}   "
+            f"{verdict(ratio_64 >= ACTOR_RPS_SHARE_AT_64)}"
+        )
     main = table(
         f"1. Gateway -> actor -> reply overhead (median of {mode.reps} run(s) of "
         f"{mode.duration_s:g} s per cell, after {mode.warmup_s:g} s warm-up)",
-        ["concurrency", "bare p50 ms", "bare p99 ms", "actor p50 ms", "actor p99 ms",
-         "overhead p50 ms", "bare req/s", "actor req/s", "actor/bare", "errors"], rows)
+        [
+            "concurrency",
+            "bare p50 ms",
+            "bare p99 ms",
+            "actor p50 ms",
+            "actor p99 ms",
+            "overhead p50 ms",
+            "bare req/s",
+            "actor req/s",
+            "actor/bare",
+            "errors",
+        ],
+        rows,
+    )
     direct = table(
         f"1b. (diagnostic) /direct: the directory asks {ECHO}/worker-0, one fixed worker",
-        ["concurrency", "direct p50 ms", "direct p99 ms", "overhead p50 ms", "direct req/s",
-         "actor req/s", "errors"], direct_rows)
-    hop_rows = [["ask -> worker -> reply", hops["worker"]],
-                ["ask -> pool -> worker -> reply", hops["pool"]],
-                ["the pool's hop (difference)", hops["pool"] - hops["worker"]]]
+        [
+            "concurrency",
+            "direct p50 ms",
+            "direct p99 ms",
+            "overhead p50 ms",
+            "direct req/s",
+            "actor req/s",
+            "errors",
+        ],
+        direct_rows,
+    )
+    hop_rows = [
+        ["ask -> worker -> reply", hops["worker"]],
+        ["ask -> pool -> worker -> reply", hops["pool"]],
+        ["the pool's hop (difference)", hops["pool"] - hops["worker"]],
+    ]
     decomposition = table(
         "1c. (diagnostic) Thespian alone: blocking asks of Echo from the bench process (no "
-        f"HTTP, no bridge), median of {mode.reps} p50s", ["path", "p50 ms"], hop_rows)
+        f"HTTP, no bridge), median of {mode.reps} p50s",
+        ["path", "p50 ms"],
+        hop_rows,
+    )
     cpu_rows = []
     for level in (mode.levels[0], mode.levels[-1]):
         for route in routes:
             steps = [r for r in results if r["route"] == route and r["concurrency"] == level]
-            per_group = {group: median(r["cpu_ms"][group] for r in steps)
-                         for group in steps[0]["cpu_ms"]}
-            actors = sum(v for g, v in per_group.items() if g not in (
-                "load generator", "server (HTTP + bridge)"))
+            per_group = {
+                group: median(r["cpu_ms"][group] for r in steps) for group in steps[0]["cpu_ms"]
+            }
+            actors = sum(
+                v
+                for g, v in per_group.items()
+                if g not in ("load generator", "server (HTTP + bridge)")
+            )
             total = sum(per_group.values())
             ceiling = (os.cpu_count() or 1) * 1000 / total if total else float("nan")
-            cpu_rows.append([f"{route} c={level}", *per_group.values(), total,
-                             f"{ceiling:.0f}", actors])
+            cpu_rows.append(
+                [f"{route} c={level}", *per_group.values(), total, f"{ceiling:.0f}", actors]
+            )
     cpu_table = table(
         "1d. (diagnostic) CPU time per request, ms (user + system, median of runs); the "
         f"ceiling is {os.cpu_count()} cores / total",
-        ["route", "load gen", "server", "pool", "workers", "rest of session", "total",
-         "ceiling req/s", "actors"], cpu_rows, digits=3)
+        [
+            "route",
+            "load gen",
+            "server",
+            "pool",
+            "workers",
+            "rest of session",
+            "total",
+            "ceiling req/s",
+            "actors",
+        ],
+        cpu_rows,
+        digits=3,
+    )
     return [(main, targets), (direct, []), (decomposition, []), (cpu_table, [])]
 
 
@@ -372,8 +497,9 @@ def worker_status(asys: Any, root: Any, name: str) -> Any:
     return next((w for w in pool.children if w.name == name), None)
 
 
-def wait_worker_ready(asys: Any, root: Any, path: str, name: str, timeout: float
-                      ) -> tuple[Any, Any]:
+def wait_worker_ready(
+    asys: Any, root: Any, path: str, name: str, timeout: float
+) -> tuple[Any, Any]:
     """The worker's status and address once it runs and answers Ping."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -407,23 +533,41 @@ def bench_restart(asys: Any, root: Any, mode: Mode) -> tuple[str, list[str]]:
                     break
             time.sleep(RESTART_POLL_S)
         after = worker_status(asys, root, name)
-        if (answered_at is None or after is None or after.pid == before.pid
-                or after.state != "running"):
+        if (
+            answered_at is None
+            or after is None
+            or after.pid == before.pid
+            or after.state != "running"
+        ):
             missed += 1
-            note(f"restart {i}: no new running {path} answered within "
-                 f"{RESTART_MAX_WAIT_S:g} s (status {after})")
+            note(
+                f"restart {i}: no new running {path} answered within "
+                f"{RESTART_MAX_WAIT_S:g} s (status {after})"
+            )
             continue
         samples.append((answered_at - killed_at) * 1000)
         time.sleep(0.05)
-    rows = [[str(len(samples)), str(missed), median(samples), percentile(samples, 90),
-             max(samples) if samples else float("nan"),
-             min(samples) if samples else float("nan")]]
-    text = table(f"2. Restart latency: SIGKILL {path} -> its replacement answers Ping "
-                 f"({mode.kills} kills, polled every {RESTART_POLL_S * 1000:g} ms)",
-                 ["restarts", "missed", "median ms", "p90 ms", "max ms", "min ms"], rows)
+    rows = [
+        [
+            str(len(samples)),
+            str(missed),
+            median(samples),
+            percentile(samples, 90),
+            max(samples) if samples else float("nan"),
+            min(samples) if samples else float("nan"),
+        ]
+    ]
+    text = table(
+        f"2. Restart latency: SIGKILL {path} -> its replacement answers Ping "
+        f"({mode.kills} kills, polled every {RESTART_POLL_S * 1000:g} ms)",
+        ["restarts", "missed", "median ms", "p90 ms", "max ms", "min ms"],
+        rows,
+    )
     med = median(samples)
-    targets = [f"target: median restart <= {RESTART_MEDIAN_MS:.0f} ms   measured {med:.1f} ms"
-               f"   {verdict(med <= RESTART_MEDIAN_MS and not missed)}"]
+    targets = [
+        f"target: median restart <= {RESTART_MEDIAN_MS:.0f} ms   measured {med:.1f} ms"
+        f"   {verdict(med <= RESTART_MEDIAN_MS and not missed)}"
+    ]
     return text, targets
 
 
@@ -440,8 +584,11 @@ def daemon_memory(daemon_pid: int, admin_port: int) -> tuple[list[list[Any]], in
         roles.setdefault(proc.pid, "actor session")
     for child in psutil.Process(daemon_pid).children(recursive=True):
         if child.pid not in roles and child.status() != psutil.STATUS_ZOMBIE:
-            roles[child.pid] = ("embedded redis-server" if child.name() == "redis-server"
-                                else f"daemon child ({child.name()})")
+            roles[child.pid] = (
+                "embedded redis-server"
+                if child.name() == "redis-server"
+                else f"daemon child ({child.name()})"
+            )
     measured: dict[str, list[tuple[float, float]]] = {}
     for pid, role in roles.items():
         info = psutil.Process(pid).memory_full_info()
@@ -449,15 +596,23 @@ def daemon_memory(daemon_pid: int, admin_port: int) -> tuple[list[list[Any]], in
     rows = []
     everything = [m for values in measured.values() for m in values]
     for role, values in list(measured.items()) + [("total", everything)]:
-        rows.append([role, str(len(values)), sum(v[0] for v in values),
-                     sum(v[1] for v in values), median(v[1] for v in values)])
+        rows.append(
+            [
+                role,
+                str(len(values)),
+                sum(v[0] for v in values),
+                sum(v[1] for v in values),
+                median(v[1] for v in values),
+            ]
+        )
     return rows, len(everything)
 
 
 def make_meme(port: int, topic: str, fresh: bool) -> tuple[float, dict]:
     started = time.perf_counter()
-    status, meme = http_request(port, "POST", "/v1/memes", {"topic": topic, "fresh": fresh},
-                                timeout=60)
+    status, meme = http_request(
+        port, "POST", "/v1/memes", {"topic": topic, "fresh": fresh}, timeout=60
+    )
     elapsed = (time.perf_counter() - started) * 1000
     if status != 201 or not isinstance(meme, dict) or "id" not in meme:
         raise RuntimeError(f"POST /v1/memes answered {status}: {str(meme)[:300]}")
@@ -470,8 +625,9 @@ def _provider(provider: Any) -> str:
     return str(provider)
 
 
-def bench_daemon(mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
-                 ) -> list[tuple[str, list[str]]]:
+def bench_daemon(
+    mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
+) -> list[tuple[str, list[str]]]:
     ready_s, exit_s, leftovers = [], [], 0
     sections: list[tuple[str, list[str]]] = []
     first_meme: dict = {}
@@ -484,15 +640,28 @@ def bench_daemon(mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
         with open(log_path, "ab") as log:
             spawned = time.perf_counter()
             daemon = subprocess.Popen(
-                [sys.executable, "run_system.py", "--port", str(port), "--admin-port",
-                 str(admin_port), "--data-dir", str(workdir / f"daemon-{run}")],
-                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "run_system.py",
+                    "--port",
+                    str(port),
+                    "--admin-port",
+                    str(admin_port),
+                    "--data-dir",
+                    str(workdir / f"daemon-{run}"),
+                ],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         cleanup.callback(stop_process, daemon, EXIT_MAX_WAIT_S)
         wait_http(port, "/readyz", daemon, READY_POLL_S, READY_MAX_WAIT_S, log_path)
         ready_s.append(time.perf_counter() - spawned)  # from the spawn, not the first poll
         sid = actor_system.session_id(admin_port)
-        redis_pids = [c.pid for c in psutil.Process(daemon.pid).children()
-                      if c.name() == "redis-server"]
+        redis_pids = [
+            c.pid for c in psutil.Process(daemon.pid).children() if c.name() == "redis-server"
+        ]
         if run == 0:
             _, first_meme = make_meme(port, "benchmarks on a Tuesday", fresh=False)
             memory_rows, _ = daemon_memory(daemon.pid, admin_port)
@@ -521,27 +690,50 @@ def bench_daemon(mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
     rows = [[f"run {i + 1}", r, e] for i, (r, e) in enumerate(zip(ready_s, exit_s))]
     rows.append(["median", median(ready_s), median(exit_s)])
     med = median(ready_s)
-    sections.append((
-        table(f"3. Time to ready: spawn `python run_system.py` -> GET /readyz 200 (polled every "
-              f"{READY_POLL_S * 1000:g} ms); SIGTERM -> exit", ["run", "ready s", "exit s"],
-              rows),
-        [f"target: median time to ready <= {READY_MEDIAN_S:.1f} s   measured {med:.2f} s   "
-         f"{verdict(med <= READY_MEDIAN_S)}",
-         f"check: POST /v1/memes made meme {first_meme.get('id')} "
-         f"(format {first_meme.get('format')}, provider "
-         f"{_provider(first_meme.get('provider'))})",
-         f"check: processes left after SIGTERM: {leftovers}"]))
-    sections.append((
-        table("4. Daemon memory after one meme (psutil memory_full_info)",
-              ["processes", "count", "RSS MB", "PSS MB", "PSS MB median/process"],
-              memory_rows, digits=1), []))
-    stage_rows = [[stage, median(values), percentile(values, 90)]
-                  for stage, values in stage_ms.items()]
-    sections.append((
-        table(f"5. (informative) End-to-end POST /v1/memes, fresh, {len(e2e_ms)} sequential "
-              "memes", ["stage", "median ms", "p90 ms"],
-              [["HTTP round trip", median(e2e_ms), percentile(e2e_ms, 90)]]
-              + [[f"timings.{r[0]}", r[1], r[2]] for r in stage_rows]), []))
+    sections.append(
+        (
+            table(
+                f"3. Time to ready: spawn `python run_system.py` -> GET /readyz 200 (polled every "
+                f"{READY_POLL_S * 1000:g} ms); SIGTERM -> exit",
+                ["run", "ready s", "exit s"],
+                rows,
+            ),
+            [
+                f"target: median time to ready <= {READY_MEDIAN_S:.1f} s   measured {med:.2f} s   "
+                f"{verdict(med <= READY_MEDIAN_S)}",
+                f"check: POST /v1/memes made meme {first_meme.get('id')} "
+                f"(format {first_meme.get('format')}, provider "
+                f"{_provider(first_meme.get('provider'))})",
+                f"check: processes left after SIGTERM: {leftovers}",
+            ],
+        )
+    )
+    sections.append(
+        (
+            table(
+                "4. Daemon memory after one meme (psutil memory_full_info)",
+                ["processes", "count", "RSS MB", "PSS MB", "PSS MB median/process"],
+                memory_rows,
+                digits=1,
+            ),
+            [],
+        )
+    )
+    stage_rows = [
+        [stage, median(values), percentile(values, 90)] for stage, values in stage_ms.items()
+    ]
+    sections.append(
+        (
+            table(
+                f"5. (informative) End-to-end POST /v1/memes, fresh, {len(e2e_ms)} sequential "
+                "memes",
+                ["stage", "median ms", "p90 ms"],
+                [["HTTP round trip", median(e2e_ms), percentile(e2e_ms, 90)]]
+                + [[f"timings.{r[0]}", r[1], r[2]] for r in stage_rows],
+            ),
+            [],
+        )
+    )
     return sections
 
 
@@ -550,18 +742,22 @@ def bench_daemon(mode: Mode, workdir: Path, cleanup: contextlib.ExitStack
 
 def header(mode: Mode) -> str:
     import thespian
+
     commit = commit_description(REPO)
     thespian_version = getattr(thespian, "__version__", None)
     if thespian_version is None:
         from importlib.metadata import version
+
         thespian_version = version("thespian")
-    return (f"memesys benchmark ({mode.name})  {datetime.datetime.now():%Y-%m-%d %H:%M}  "
-            f"commit {commit}\n{platform.node()}: {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, Thespian {thespian_version}, "
-            f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return (
+        f"memesys benchmark ({mode.name})  {datetime.datetime.now():%Y-%m-%d %H:%M}  "
+        f"commit {commit}\n{platform.node()}: {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, Thespian {thespian_version}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (< 60 s)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
@@ -591,14 +787,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = load_config(overrides={("supervision", "max_restarts"): 10_000})
     admin_port = free_port()
     with contextlib.ExitStack() as cleanup:
-        note(f"work dir {workdir}; starting redis and the actor system on admin port "
-             f"{admin_port}")
+        note(f"work dir {workdir}; starting redis and the actor system on admin port {admin_port}")
         target, embedded = resolve("", str(workdir / "redis"))
         if embedded is not None:
             cleanup.callback(embedded.stop)
         with fd2_to(workdir / "actors.log"):
             asys = actor_system.start_system(
-                actor_system.SystemConfig(admin_port, "127.0.0.1", cfg.system.log_level))
+                actor_system.SystemConfig(admin_port, "127.0.0.1", cfg.system.log_level)
+            )
         sid = actor_system.session_id(admin_port)
         root_box: list[Any] = [None]
         stopped = [False]
@@ -611,12 +807,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                     note(f"killed {killed} actor processes left after shutdown")
 
         cleanup.callback(stop_actors)
-        root_box[0] = actor_system.start_root(asys, with_echo_pool(root_spec(cfg, target.url), cfg), admin_port,
-                                              cfg.system.ready_timeout_s)
+        root_box[0] = actor_system.start_root(
+            asys,
+            with_echo_pool(root_spec(cfg, target.url), cfg),
+            admin_port,
+            cfg.system.ready_timeout_s,
+        )
         note("tree up; measuring the gateway")
-        section("1. gateway",
-                lambda: bench_gateway(asys, root_box[0], sid, admin_port, mode, workdir,
-                                      cleanup))
+        section(
+            "1. gateway",
+            lambda: bench_gateway(asys, root_box[0], sid, admin_port, mode, workdir, cleanup),
+        )
         note("measuring restarts")
         section("2. restart", lambda: [bench_restart(asys, root_box[0], mode)])
         stop_actors()

@@ -13,6 +13,7 @@ Two routes on one aiohttp app, in its own process so the load generator never sh
 It attaches to an actor system someone else started (the bench process) and never starts one.
 SIGTERM or SIGINT stop it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,11 @@ import sys
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
-from actors.bridge import Bridge, Directory, RemoteFailure  # noqa: E402
-from actors.system import SystemConfig, attach, find_root  # noqa: E402
-from bench.echo import ECHO, Echo  # noqa: E402
+from actors.bridge import Bridge, Directory, RemoteFailure
+from actors.system import SystemConfig, attach, find_root
+from bench.echo import ECHO, Echo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,22 +59,24 @@ async def serve(asys, args: argparse.Namespace) -> None:
         try:
             value = await directory.ask(args.target, Echo(next(counter)), args.timeout)
         except RemoteFailure as exc:
-            return web.json_response({"error": {"code": exc.failure.code,
-                                                "message": exc.failure.message}}, status=503)
+            return web.json_response(
+                {"error": {"code": exc.failure.code, "message": exc.failure.message}}, status=503
+            )
         return web.json_response({"echo": value})
 
     async def direct(request: web.Request) -> web.Response:
         try:
-            value = await directory.ask(f"{args.target}/worker-0", Echo(next(counter)),
-                                        args.timeout)
+            value = await directory.ask(
+                f"{args.target}/worker-0", Echo(next(counter)), args.timeout
+            )
         except RemoteFailure as exc:
-            return web.json_response({"error": {"code": exc.failure.code,
-                                                "message": exc.failure.message}}, status=503)
+            return web.json_response(
+                {"error": {"code": exc.failure.code, "message": exc.failure.message}}, status=503
+            )
         return web.json_response({"echo": value})
 
     app = web.Application()
-    app.add_routes([web.get("/bare", bare), web.get("/actor", actor),
-                    web.get("/direct", direct)])
+    app.add_routes([web.get("/bare", bare), web.get("/actor", actor), web.get("/direct", direct)])
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024).start()

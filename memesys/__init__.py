@@ -2,6 +2,7 @@
 
 Built on the generic supervision runtime in :mod:`actors`, which never imports this package.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -17,5 +18,6 @@ def __getattr__(name: str) -> Any:
     never imports dspy."""
     if name == "MemeProgram":
         from memesys.pipeline.program import MemeProgram
+
         return MemeProgram
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,53 +11,117 @@ word on what a client reads: no actor address, socket path, URL or Python type n
 
 Plain Python (enum, re): importable by every layer without actors, dspy or aiohttp.
 """
+
 from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Optional
 
 
 class ErrorCode(StrEnum):
     """A contract code; its value is what clients see in ``{"error": {"code": ...}}``."""
 
     # value, status, retryable, retry_after (s), default message, detail
-    MALFORMED_JSON = ("malformed_json", 400, False, None,
-                      "the body is not valid JSON", True)
+    MALFORMED_JSON = ("malformed_json", 400, False, None, "the body is not valid JSON", True)
     NOT_FOUND = ("not_found", 404, False, None, "no such resource", True)
-    METHOD_NOT_ALLOWED = ("method_not_allowed", 405, False, None,
-                          "this method is not allowed on this path", True)
-    REQUEST_TIMEOUT = ("request_timeout", 408, False, None,
-                       "the request body did not arrive in time", True)
+    METHOD_NOT_ALLOWED = (
+        "method_not_allowed",
+        405,
+        False,
+        None,
+        "this method is not allowed on this path",
+        True,
+    )
+    REQUEST_TIMEOUT = (
+        "request_timeout",
+        408,
+        False,
+        None,
+        "the request body did not arrive in time",
+        True,
+    )
     BODY_TOO_LARGE = ("body_too_large", 413, False, None, "the body is too large", True)
-    UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", 415, False, None,
-                              "the body must be application/json", True)
+    UNSUPPORTED_MEDIA_TYPE = (
+        "unsupported_media_type",
+        415,
+        False,
+        None,
+        "the body must be application/json",
+        True,
+    )
     INVALID_FIELD = ("invalid_field", 422, False, None, "a field is invalid", True)
-    INAPPROPRIATE = ("inappropriate", 422, False, None,
-                     "the topic or its caption is inappropriate", True)
+    INAPPROPRIATE = (
+        "inappropriate",
+        422,
+        False,
+        None,
+        "the topic or its caption is inappropriate",
+        True,
+    )
     INTERNAL = ("internal", 500, False, None, "internal error; see the daemon log", False)
     BAD_OUTPUT = ("bad_output", 502, False, None, "the model's output was unusable", True)
     RENDER_ERROR = ("render_error", 502, False, None, "the meme could not be rendered", False)
     OVERLOADED = ("overloaded", 503, True, 1, "the daemon is at capacity; retry later", False)
-    UNAVAILABLE = ("unavailable", 503, True, 1,
-                   "a part of the daemon is restarting or stopping; retry later", False)
-    WORKER_LOST = ("worker_lost", 503, True, 1,
-                   "the worker handling the request failed and is restarting; retry later",
-                   False)
+    UNAVAILABLE = (
+        "unavailable",
+        503,
+        True,
+        1,
+        "a part of the daemon is restarting or stopping; retry later",
+        False,
+    )
+    WORKER_LOST = (
+        "worker_lost",
+        503,
+        True,
+        1,
+        "the worker handling the request failed and is restarting; retry later",
+        False,
+    )
     STORE_ERROR = ("store_error", 503, True, 2, "the store is unavailable; retry later", False)
-    LLM_UNAVAILABLE = ("llm_unavailable", 503, True, 5,
-                       "the language model is unavailable; retry later", False)
-    LLM_RATE_LIMITED = ("llm_rate_limited", 503, True, 5,
-                        "the language model's rate limit is reached; retry later", False)
-    BUDGET_EXHAUSTED = ("budget_exhausted", 503, True, 3600,
-                        "the daily token budget is spent; retry later", False)
-    VERIFICATION_UNAVAILABLE = ("verification_unavailable", 503, True, 5,
-                                "the appropriateness check could not run; retry later", False)
-    TIMEOUT = ("timeout", 504, True, None, "the request did not finish within its deadline",
-               False)
+    LLM_UNAVAILABLE = (
+        "llm_unavailable",
+        503,
+        True,
+        5,
+        "the language model is unavailable; retry later",
+        False,
+    )
+    LLM_RATE_LIMITED = (
+        "llm_rate_limited",
+        503,
+        True,
+        5,
+        "the language model's rate limit is reached; retry later",
+        False,
+    )
+    BUDGET_EXHAUSTED = (
+        "budget_exhausted",
+        503,
+        True,
+        3600,
+        "the daily token budget is spent; retry later",
+        False,
+    )
+    VERIFICATION_UNAVAILABLE = (
+        "verification_unavailable",
+        503,
+        True,
+        5,
+        "the appropriateness check could not run; retry later",
+        False,
+    )
+    TIMEOUT = ("timeout", 504, True, None, "the request did not finish within its deadline", False)
 
-    def __new__(cls, value: str, status: int, retryable: bool, retry_after: Optional[int],
-                message: str, detail: bool) -> "ErrorCode":
+    def __new__(
+        cls,
+        value: str,
+        status: int,
+        retryable: bool,
+        retry_after: int | None,
+        message: str,
+        detail: bool,
+    ) -> ErrorCode:
         member = str.__new__(cls, value)
         member._value_ = value
         member.status = status
@@ -69,7 +133,7 @@ class ErrorCode(StrEnum):
 
     status: int
     retryable: bool
-    retry_after: Optional[int]
+    retry_after: int | None
     message: str
     detail: bool
 
@@ -91,7 +155,7 @@ RUNTIME_CODES: dict[str, ErrorCode] = {
 }
 
 
-def translate(code: str) -> Optional[ErrorCode]:
+def translate(code: str) -> ErrorCode | None:
     """The contract code for a failure code from anywhere in the tree; None if unknown (the
     caller answers ``internal`` and logs it, never guesses)."""
     if code in RUNTIME_CODES:
@@ -104,14 +168,21 @@ def translate(code: str) -> Optional[ErrorCode]:
 
 MAX_MESSAGE_CHARS = 500
 
-_LEAKS = re.compile("|".join((
-    r"ActorAddr",                                          # an actor's address
-    r"\bunix socket\b", r"\.sock\b",                       # a socket
-    r"\b[a-z][a-z0-9+.-]*://",                             # a URL (redis://, http://)
-    r"(?<![\w/.:])/(?!v1/)[\w.@+-]+/[\w.@+/-]*",           # a filesystem path (not /v1/...)
-    r"\b[A-Z][A-Za-z0-9_]*(?:Error|Exception|Warning|Exit|Interrupt)\b",  # a Python type
-    r"Traceback \(most recent call last\)", r'\bFile "', r" at 0x[0-9a-fA-F]+",
-)))
+_LEAKS = re.compile(
+    "|".join(
+        (
+            r"ActorAddr",  # an actor's address
+            r"\bunix socket\b",
+            r"\.sock\b",  # a socket
+            r"\b[a-z][a-z0-9+.-]*://",  # a URL (redis://, http://)
+            r"(?<![\w/.:])/(?!v1/)[\w.@+-]+/[\w.@+/-]*",  # a filesystem path (not /v1/...)
+            r"\b[A-Z][A-Za-z0-9_]*(?:Error|Exception|Warning|Exit|Interrupt)\b",  # a Python type
+            r"Traceback \(most recent call last\)",
+            r'\bFile "',
+            r" at 0x[0-9a-fA-F]+",
+        )
+    )
+)
 
 
 def leaks(message: str) -> bool:
@@ -119,13 +190,13 @@ def leaks(message: str) -> bool:
     return _LEAKS.search(message) is not None
 
 
-def client_message(code: ErrorCode, message: Optional[str]) -> str:
+def client_message(code: ErrorCode, message: str | None) -> str:
     """What a client reads for a failure with ``code`` whose own message is ``message``: that
     message when the code shows detail and it leaks nothing, else the code's default."""
     if not code.detail or not message or leaks(message):
         return code.message
     if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS - 1].rstrip() + "…"
+        message = message[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
     return message
 
 

@@ -5,12 +5,14 @@ The admin daemonizes into its own session (``setsid``) and every actor stays in 
 session id recorded at start names everything the test started; teardown shuts the system
 down and fails the test if any process of that session is still alive.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any
 
 import psutil
 import pytest
@@ -42,8 +44,9 @@ pytest_plugins = ["tests.redis_fixtures", "tests.llm_support"]
 STOP_TIMEOUT_S = 5.0
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.01, what: str = "condition"
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -63,8 +66,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def send_all(ctx: ActorSystem, target: ActorAddress,
-             requests: Iterable[Request]) -> list[Request]:
+def send_all(ctx: ActorSystem, target: ActorAddress, requests: Iterable[Request]) -> list[Request]:
     """Send without waiting, from a context of its own: ``ask`` on another context would
     swallow these replies as stale."""
     sent = list(requests)
@@ -73,8 +75,12 @@ def send_all(ctx: ActorSystem, target: ActorAddress,
     return sent
 
 
-def collect(ctx: ActorSystem, requests: list[Request], timeout: float,
-            arrivals: Optional[dict[str, float]] = None) -> dict[str, Reply]:
+def collect(
+    ctx: ActorSystem,
+    requests: list[Request],
+    timeout: float,
+    arrivals: dict[str, float] | None = None,
+) -> dict[str, Reply]:
     """Every reply to ``requests`` by correlation id (arrival times into ``arrivals``); replies
     may come several to a :class:`~actors.messages.Batch`."""
     arrivals = {} if arrivals is None else arrivals
@@ -84,8 +90,10 @@ def collect(ctx: ActorSystem, requests: list[Request], timeout: float,
     while wanted - replies.keys():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            pytest.fail(f"{len(wanted - replies.keys())} of {len(wanted)} requests never "
-                        f"answered within {timeout:g} s")
+            pytest.fail(
+                f"{len(wanted - replies.keys())} of {len(wanted)} requests never "
+                f"answered within {timeout:g} s"
+            )
         message = ctx.listen(remaining)
         for reply in unpack(message):
             if isinstance(reply, Reply) and reply.correlation_id in wanted:
@@ -102,7 +110,7 @@ class RunningSystem:
     asys: ActorSystem
     port: int
     sid: int
-    root: Optional[ActorAddress] = None
+    root: ActorAddress | None = None
     stopped: bool = False
     killed_at_shutdown: list[int] = field(default_factory=list)
 
@@ -119,7 +127,7 @@ class RunningSystem:
         assert reply.ok, f"{payload!r} failed: {reply.error}"
         return reply.payload
 
-    def status(self, target: Optional[ActorAddress] = None) -> TreeStatus:
+    def status(self, target: ActorAddress | None = None) -> TreeStatus:
         return self.ok(target or self.root, StatusQuery())
 
     def shutdown(self, timeout: float = STOP_TIMEOUT_S) -> int:
@@ -147,7 +155,8 @@ def actor_system() -> RunningSystem:
         reap(system.sid)
         assert not described, f"processes left after shutdown: {described}"
         assert system.killed_at_shutdown == [0], (
-            f"shutdown had to kill {system.killed_at_shutdown} leftover processes")
+            f"shutdown had to kill {system.killed_at_shutdown} leftover processes"
+        )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Run the real daemon (``python run_system.py``) as a subprocess on free loopback ports."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 
@@ -27,29 +28,48 @@ STOP_TIMEOUT_S = 30.0
 class DaemonProcess:
     """One daemon; ``REDIS_URL`` comes from ``MEMESYS_TEST_REDIS_URL`` (else embedded Redis)."""
 
-    def __init__(self, data_dir: Path, extra_env: Optional[dict] = None) -> None:
+    def __init__(self, data_dir: Path, extra_env: dict | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.admin_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key_prefix = shared_prefix(f"memesys-test-{uuid.uuid4().hex[:8]}")
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("MEMESYS_") and k not in ("REDIS_URL", "OPENAI_API_KEY")}
-        self.env.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                         "MEMESYS_REDIS_KEY_PREFIX": self.key_prefix,
-                         "MEMESYS_SYSTEM_LOG_LEVEL": "WARNING"})
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MEMESYS_") and k not in ("REDIS_URL", "OPENAI_API_KEY")
+        }
+        self.env.update(
+            {
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "MEMESYS_REDIS_KEY_PREFIX": self.key_prefix,
+                "MEMESYS_SYSTEM_LOG_LEVEL": "WARNING",
+            }
+        )
         if os.environ.get("MEMESYS_TEST_REDIS_URL"):
             self.env["REDIS_URL"] = os.environ["MEMESYS_TEST_REDIS_URL"]
         self.env.update(extra_env or {})
-        self.proc: Optional[subprocess.Popen] = None
-        self.sid: Optional[int] = None
+        self.proc: subprocess.Popen | None = None
+        self.sid: int | None = None
 
-    def start(self) -> "DaemonProcess":
+    def start(self) -> DaemonProcess:
         self.log = open(self.data_dir / f"daemon-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "run_system.py", "--port", str(self.port), "--admin-port",
-             str(self.admin_port), "--data-dir", str(self.data_dir)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "run_system.py",
+                "--port",
+                str(self.port),
+                "--admin-port",
+                str(self.admin_port),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -65,17 +85,25 @@ class DaemonProcess:
         pid = admin_pid(self.admin_port)  # stop what did start: nothing may outlive the test
         self.sid = os.getsid(pid) if pid else None
         left = self.stop()
-        raise RuntimeError(f"daemon not ready in {START_TIMEOUT_S} s (killed left over: {left}): "
-                           f"{self.log_text()}")
+        raise RuntimeError(
+            f"daemon not ready in {START_TIMEOUT_S} s (killed left over: {left}): {self.log_text()}"
+        )
 
     def log_text(self) -> str:
         return (self.data_dir / f"daemon-{self.port}.log").read_text(errors="replace")[-4000:]
 
-    def request(self, method: str, path: str, body: Any = None, raw: Optional[bytes] = None,
-                timeout: float = 30.0) -> tuple[int, dict, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        raw: bytes | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, dict, bytes]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, dict(resp.headers), resp.read()
@@ -87,9 +115,21 @@ class DaemonProcess:
         return status, (json.loads(payload) if payload else None)
 
     def admin(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "memesys.cli.admin", "--admin-port",
-                               str(self.admin_port), *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "memesys.cli.admin",
+                "--admin-port",
+                str(self.admin_port),
+                *args,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def stop(self) -> list[str]:
         """SIGTERM, wait, and return what is left running (must be empty)."""

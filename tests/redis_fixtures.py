@@ -1,6 +1,7 @@
 """A module-scoped Redis client for store tests: the server named by MEMESYS_TEST_REDIS_URL
 (CI's Redis service), else an embedded redis-server of the module's own; a MemeStore on it;
 registered for every test module by ``pytest_plugins`` in tests/conftest.py."""
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,7 @@ def shared_redis_left_clean() -> Iterator[None]:
         for prefix in SHARED_PREFIXES:
             keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
             for at in range(0, len(keys), 500):
-                client.delete(*keys[at:at + 500])
+                client.delete(*keys[at : at + 500])
     finally:
         client.close()
 

@@ -1,5 +1,6 @@
 """Actors used by the runtime's tests. They record lifecycle events in a shared file so a test
 can check order across processes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -99,8 +100,10 @@ class Sleeper(AsyncActor):
 
     def handle(self, payload: Any) -> Any:
         if payload == "boom":
+
             async def fail() -> None:
                 raise ValueError("coroutine failed")
+
             return fail()
         return self._sleep(float(payload))
 

@@ -1,5 +1,6 @@
 """The async-actor primitive on a real process: one :class:`tests.sample_actors.Sleeper` holds
 many concurrent calls, bounds them, and fails only the call whose coroutine raised."""
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.timeout(30)
 
 def start_sleeper(system: RunningSystem, max_in_flight: int) -> ActorAddress:
     sleeper = ChildSpec("sleeper", "tests.sample_actors.Sleeper", max_in_flight)
-    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor",
-                                  SupervisorArgs((sleeper,))))
+    root = system.start(
+        ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs((sleeper,)))
+    )
     located = system.ok(root, WhereIs("sleeper"))
     assert isinstance(located, Located)
     return located.address
@@ -27,33 +29,37 @@ def sleeper_status(system: RunningSystem):
     return next(c for c in system.status().children if c.name == "sleeper")
 
 
-def test_one_process_holds_200_concurrent_calls(actor_system: RunningSystem,
-                                                context: ActorSystem) -> None:
+def test_one_process_holds_200_concurrent_calls(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
     sleeper = start_sleeper(system, 256)
     pid = sleeper_status(system).pid
     started = time.monotonic()
-    replies = collect(context, send_all(context, sleeper, (Request(0.2) for _ in range(200))),
-                      5)
+    replies = collect(context, send_all(context, sleeper, (Request(0.2) for _ in range(200))), 5)
     elapsed = time.monotonic() - started
     assert all(r.ok and r.payload == pid for r in replies.values())
     assert elapsed < 1.5, f"200 concurrent 0.2 s calls took {elapsed:.2f} s"
 
 
-def test_past_max_in_flight_requests_are_refused(actor_system: RunningSystem,
-                                                 context: ActorSystem) -> None:
+def test_past_max_in_flight_requests_are_refused(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
     sleeper = start_sleeper(system, 4)
     requests = send_all(context, sleeper, (Request(0.5) for _ in range(6)))
     replies = collect(context, requests, 5)
-    codes = [replies[r.correlation_id].error.code if replies[r.correlation_id].error else "ok"
-             for r in requests]
+    codes = [
+        replies[r.correlation_id].error.code if replies[r.correlation_id].error else "ok"
+        for r in requests
+    ]
     assert codes == ["ok"] * 4 + ["overloaded"] * 2
     assert system.ask(sleeper, 0.0).ok  # capacity is back once the calls finished
 
 
-def test_a_failing_coroutine_fails_only_its_request(actor_system: RunningSystem,
-                                                    context: ActorSystem) -> None:
+def test_a_failing_coroutine_fails_only_its_request(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
     sleeper = start_sleeper(system, 64)
     before = sleeper_status(system)

@@ -5,6 +5,7 @@ Workers are :class:`tests.sample_actors.Recorder` (``"crash"`` raises, ``"pid"``
 pid, anything else counts) and :class:`tests.sample_actors.Tally` (counts the requests that
 came in a batch).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,13 +39,17 @@ def status(system: RunningSystem, name: str):
 
 def codes(replies: dict[str, Reply], requests: list[Request]) -> list[object]:
     """Each request's payload, or its failure code, in request order."""
-    return [replies[r.correlation_id].payload if replies[r.correlation_id].ok
-            else replies[r.correlation_id].error.code for r in requests]
+    return [
+        replies[r.correlation_id].payload
+        if replies[r.correlation_id].ok
+        else replies[r.correlation_id].error.code
+        for r in requests
+    ]
 
 
-def test_a_batch_is_answered_in_order_in_one_message(actor_system: RunningSystem,
-                                                     context: ActorSystem,
-                                                     tmp_path: Path) -> None:
+def test_a_batch_is_answered_in_order_in_one_message(
+    actor_system: RunningSystem, context: ActorSystem, tmp_path: Path
+) -> None:
     address = start(actor_system, ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))))
     requests = [Request(f"item {i}") for i in range(5)]
     context.tell(address["rec"], Batch(tuple(requests)))
@@ -55,14 +60,19 @@ def test_a_batch_is_answered_in_order_in_one_message(actor_system: RunningSystem
     assert context.listen(0.2) is None
 
 
-def test_a_crash_mid_batch_answers_the_rest_crashed(actor_system: RunningSystem,
-                                                    context: ActorSystem,
-                                                    tmp_path: Path) -> None:
+def test_a_crash_mid_batch_answers_the_rest_crashed(
+    actor_system: RunningSystem, context: ActorSystem, tmp_path: Path
+) -> None:
     journal = tmp_path / "j"
     address = start(actor_system, ChildSpec("rec", RECORDER, Journal(str(journal))))
     before = status(actor_system, "rec")
-    requests = [Request("count"), Request("count"), Request("effect-then-crash"),
-                Request("effect-then-crash"), Request("count")]
+    requests = [
+        Request("count"),
+        Request("count"),
+        Request("effect-then-crash"),
+        Request("effect-then-crash"),
+        Request("count"),
+    ]
     context.tell(address["rec"], Batch(tuple(requests)))
     replies = collect(context, requests, 5)  # fails on a request answered twice
     assert codes(replies, requests) == [1, 2, "crashed", "crashed", "crashed"]
@@ -70,17 +80,24 @@ def test_a_crash_mid_batch_answers_the_rest_crashed(actor_system: RunningSystem,
     assert "restarting" in replies[requests[3].correlation_id].error.message
     assert context.listen(0.2) is None
     # the requests after the crash never ran: one side effect, not two
-    assert [line for line in journal.read_text().splitlines()
-            if line.startswith("effect")] == [f"effect rec {before.pid}"]
-    after = wait_for(lambda: (s := status(actor_system, "rec")).state == "running"
-                     and s.pid != before.pid and s, 5, what="the recorder's restart")
+    assert [line for line in journal.read_text().splitlines() if line.startswith("effect")] == [
+        f"effect rec {before.pid}"
+    ]
+    after = wait_for(
+        lambda: (s := status(actor_system, "rec")).state == "running" and s.pid != before.pid and s,
+        5,
+        what="the recorder's restart",
+    )
     assert after.restarts == 1
 
 
-def test_a_pool_forwards_one_batch_per_worker(actor_system: RunningSystem,
-                                              context: ActorSystem, tmp_path: Path) -> None:
-    address = start(actor_system, ChildSpec("pool", "actors.pool.Pool", PoolArgs(
-        RECORDER, 2, Journal(str(tmp_path / "j")))))
+def test_a_pool_forwards_one_batch_per_worker(
+    actor_system: RunningSystem, context: ActorSystem, tmp_path: Path
+) -> None:
+    address = start(
+        actor_system,
+        ChildSpec("pool", "actors.pool.Pool", PoolArgs(RECORDER, 2, Journal(str(tmp_path / "j")))),
+    )
     workers = {w.pid for w in status(actor_system, "pool").children}
     requests = [Request("pid") for _ in range(10)]
     context.tell(address["pool"], Batch(tuple(requests)))
@@ -91,15 +108,22 @@ def test_a_pool_forwards_one_batch_per_worker(actor_system: RunningSystem,
     assert {a.messages[0].payload for a in answers} == workers
     assert all(len({r.payload for r in a.messages}) == 1 for a in answers)
     assert {r.correlation_id for a in answers for r in a.messages} == {
-        r.correlation_id for r in requests}
-    wait_for(lambda: all(w.in_flight == 0 for w in status(actor_system, "pool").children), 2,
-             what="the pool's books to balance (one WorkDone batch per worker)")
+        r.correlation_id for r in requests
+    }
+    wait_for(
+        lambda: all(w.in_flight == 0 for w in status(actor_system, "pool").children),
+        2,
+        what="the pool's books to balance (one WorkDone batch per worker)",
+    )
 
 
-def test_a_crash_mid_batch_in_a_pool_worker(actor_system: RunningSystem, context: ActorSystem,
-                                            tmp_path: Path) -> None:
-    address = start(actor_system, ChildSpec("pool", "actors.pool.Pool", PoolArgs(
-        RECORDER, 1, Journal(str(tmp_path / "j")))))
+def test_a_crash_mid_batch_in_a_pool_worker(
+    actor_system: RunningSystem, context: ActorSystem, tmp_path: Path
+) -> None:
+    address = start(
+        actor_system,
+        ChildSpec("pool", "actors.pool.Pool", PoolArgs(RECORDER, 1, Journal(str(tmp_path / "j")))),
+    )
     victim = status(actor_system, "pool").children[0].pid
     requests = [Request("count"), Request("crash"), Request("count", idempotent=True)]
     context.tell(address["pool"], Batch(tuple(requests)))
@@ -115,8 +139,7 @@ def test_a_crash_mid_batch_in_a_pool_worker(actor_system: RunningSystem, context
     assert actor_system.ok(address["pool"], "pid") != victim
 
 
-def test_an_async_worker_answers_a_batch(actor_system: RunningSystem,
-                                         context: ActorSystem) -> None:
+def test_an_async_worker_answers_a_batch(actor_system: RunningSystem, context: ActorSystem) -> None:
     address = start(actor_system, ChildSpec("sleeper", "tests.sample_actors.Sleeper", 64))
     pid = status(actor_system, "sleeper").pid
     requests = [Request(0.1) for _ in range(20)] + [Request("boom")]
@@ -134,8 +157,10 @@ async def test_the_bridge_sends_concurrent_asks_as_batches(actor_system: Running
     await bridge.start()
     try:
         payloads = list(range(300))
-        assert await asyncio.gather(*(bridge.ask(address["tally"], p, 5)
-                                      for p in payloads)) == payloads
+        assert (
+            await asyncio.gather(*(bridge.ask(address["tally"], p, 5) for p in payloads))
+            == payloads
+        )
         requests, batched = await bridge.ask(address["tally"], "tally", 5)
     finally:
         await bridge.close()
@@ -143,10 +168,14 @@ async def test_the_bridge_sends_concurrent_asks_as_batches(actor_system: Running
     assert batched > 200, batched  # the asks that queued while a send was under way
 
 
-async def test_a_batch_to_a_dead_address_fails_every_request(actor_system: RunningSystem,
-                                                             tmp_path: Path) -> None:
-    address = start(actor_system, ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),
-                    ChildSpec("tally", "tests.sample_actors.Tally"))
+async def test_a_batch_to_a_dead_address_fails_every_request(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
+    address = start(
+        actor_system,
+        ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),
+        ChildSpec("tally", "tests.sample_actors.Tally"),
+    )
     pid = status(actor_system, "rec").pid
     assert actor_system.ok(actor_system.root, RemoveChild("rec"))
     wait_for(lambda: not alive(pid), 2, what="the removed actor's process to exit")
@@ -154,14 +183,15 @@ async def test_a_batch_to_a_dead_address_fails_every_request(actor_system: Runni
     await bridge.start()
     try:
         started = time.monotonic()
-        outcomes = await asyncio.gather(*(bridge.ask(address["rec"], i, 5) for i in range(20)),
-                                        *(bridge.ask(address["tally"], i, 5) for i in range(20)),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(bridge.ask(address["rec"], i, 5) for i in range(20)),
+            *(bridge.ask(address["tally"], i, 5) for i in range(20)),
+            return_exceptions=True,
+        )
         elapsed = time.monotonic() - started
     finally:
         await bridge.close()
     dead, answered = outcomes[:20], outcomes[20:]
-    assert all(isinstance(o, RemoteFailure) and o.failure.code == DEAD_ADDRESS
-               for o in dead), dead
+    assert all(isinstance(o, RemoteFailure) and o.failure.code == DEAD_ADDRESS for o in dead), dead
     assert answered == list(range(20))  # the other target's batch went through
     assert elapsed < 1.0

@@ -1,4 +1,5 @@
 """bench.ab's pure helpers: the metrics parser, the split check, the targets' exit code."""
+
 from __future__ import annotations
 
 import math

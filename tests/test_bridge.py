@@ -4,11 +4,12 @@ timeouts and late replies.
 The actor system is started by the fixture before the test's event loop runs any thread: the
 admin is forked from this process, and forking a process with threads can deadlock.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -26,12 +27,12 @@ async def bridge(actor_system: RunningSystem, tmp_path) -> AsyncIterator[Bridge]
     children = (
         ChildSpec("echo", "tests.sample_actors.Echo"),
         # 3 workers x 100 admit the 200 asks at once: sent in batches, they arrive together
-        ChildSpec("pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Echo", 3,
-                                                       max_outstanding=100)),
+        ChildSpec(
+            "pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Echo", 3, max_outstanding=100)
+        ),
         ChildSpec("slow", "tests.sample_actors.Recorder", Journal(str(tmp_path / "journal"))),
     )
-    actor_system.start(ChildSpec("root", "actors.supervisor.Supervisor",
-                                 SupervisorArgs(children)))
+    actor_system.start(ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs(children)))
     bridge = Bridge(actor_system.asys)
     await bridge.start()
     yield bridge
@@ -70,7 +71,7 @@ class LagMeter:
             await asyncio.sleep(self.tick)
             self.lags.append(loop.time() - before - self.tick)
 
-    def __enter__(self) -> "LagMeter":
+    def __enter__(self) -> LagMeter:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 
@@ -80,7 +81,8 @@ class LagMeter:
 
 @pytest.mark.parametrize("target", ["echo", "pool"])
 async def test_200_concurrent_asks_each_get_their_own_reply(
-        actor_system: RunningSystem, bridge: Bridge, target: str) -> None:
+    actor_system: RunningSystem, bridge: Bridge, target: str
+) -> None:
     address = locate(actor_system, target)
     payloads = [("request", i, "x" * (i % 7)) for i in range(200)]
     with LagMeter() as lag:
@@ -97,8 +99,9 @@ async def test_200_concurrent_asks_each_get_their_own_reply(
     assert bridge.in_flight == 0 and bridge.stale_replies == 0
 
 
-async def test_a_timed_out_ask_and_its_late_reply(actor_system: RunningSystem,
-                                                  bridge: Bridge) -> None:
+async def test_a_timed_out_ask_and_its_late_reply(
+    actor_system: RunningSystem, bridge: Bridge
+) -> None:
     slow, echo = locate(actor_system, "slow"), locate(actor_system, "echo")
     started = time.monotonic()
     with pytest.raises(AskTimeout):

@@ -1,4 +1,5 @@
 """End to end: the real daemon as a subprocess, real HTTP, real SIGKILLs, no process left."""
+
 from __future__ import annotations
 
 import io
@@ -39,8 +40,21 @@ def generator_pids(daemon) -> dict[str, int]:
 
 def test_a_meme_is_made_stored_and_served(daemon):
     meme = make_meme(daemon, fresh=True)
-    for key in ("id", "topic", "format", "top_text", "bottom_text", "image_url", "scores",
-                "verification", "provider", "cached", "created_at", "timings", "trace_id"):
+    for key in (
+        "id",
+        "topic",
+        "format",
+        "top_text",
+        "bottom_text",
+        "image_url",
+        "scores",
+        "verification",
+        "provider",
+        "cached",
+        "created_at",
+        "timings",
+        "trace_id",
+    ):
         assert key in meme
     assert meme["provider"]["name"] == "offline" and meme["cached"] is False
     assert set(meme["timings"]) >= {"write", "judge", "render", "store", "total"}
@@ -92,23 +106,26 @@ def test_list_and_delete(daemon):
     assert daemon.request("DELETE", f"/v1/memes/{made[0]}")[0] == 404
 
 
-@pytest.mark.parametrize("raw, status, code", [
-    (b'{"topic":', 400, "malformed_json"),
-    (b"[1, 2]", 422, "invalid_field"),
-    (b"{}", 422, "invalid_field"),
-    (b'{"topic": ""}', 422, "invalid_field"),
-    (b'{"topic": "   "}', 422, "invalid_field"),
-    (b'{"topic": 42}', 422, "invalid_field"),
-    (json.dumps({"topic": "x" * 201}).encode(), 422, "invalid_field"),
-    (json.dumps({"topic": "ok", "seed": -1}).encode(), 422, "invalid_field"),
-    (json.dumps({"topic": "ok", "seed": True}).encode(), 422, "invalid_field"),
-    (json.dumps({"topic": "ok", "fresh": "yes"}).encode(), 422, "invalid_field"),
-    (json.dumps({"topic": "ok", "format": "no-such-format"}).encode(), 422, "invalid_field"),
-    (json.dumps({"topic": "ok", "colour": "red"}).encode(), 422, "invalid_field"),
-    (json.dumps({"topic": "bad\u0000byte"}).encode(), 422, "invalid_field"),
-    (b"\xff\xfe", 400, "malformed_json"),
-    (json.dumps({"topic": "y" * 20_000}).encode(), 413, "body_too_large"),
-])
+@pytest.mark.parametrize(
+    "raw, status, code",
+    [
+        (b'{"topic":', 400, "malformed_json"),
+        (b"[1, 2]", 422, "invalid_field"),
+        (b"{}", 422, "invalid_field"),
+        (b'{"topic": ""}', 422, "invalid_field"),
+        (b'{"topic": "   "}', 422, "invalid_field"),
+        (b'{"topic": 42}', 422, "invalid_field"),
+        (json.dumps({"topic": "x" * 201}).encode(), 422, "invalid_field"),
+        (json.dumps({"topic": "ok", "seed": -1}).encode(), 422, "invalid_field"),
+        (json.dumps({"topic": "ok", "seed": True}).encode(), 422, "invalid_field"),
+        (json.dumps({"topic": "ok", "fresh": "yes"}).encode(), 422, "invalid_field"),
+        (json.dumps({"topic": "ok", "format": "no-such-format"}).encode(), 422, "invalid_field"),
+        (json.dumps({"topic": "ok", "colour": "red"}).encode(), 422, "invalid_field"),
+        (json.dumps({"topic": "bad\u0000byte"}).encode(), 422, "invalid_field"),
+        (b"\xff\xfe", 400, "malformed_json"),
+        (json.dumps({"topic": "y" * 20_000}).encode(), 413, "body_too_large"),
+    ],
+)
 def test_bad_input_gets_a_clear_json_error(daemon, raw, status, code):
     got, _, body = daemon.request("POST", "/v1/memes", raw=raw)
     assert got == status
@@ -116,11 +133,18 @@ def test_bad_input_gets_a_clear_json_error(daemon, raw, status, code):
     assert error["code"] == code and error["message"]
 
 
-@pytest.mark.parametrize("path, status", [
-    ("/v1/memes/nope", 404), ("/v1/memes/..%2F..%2Fetc", 404), ("/v1/memes/a%20b/image.png", 404),
-    ("/v1/memes?limit=0", 422), ("/v1/memes?limit=abc", 422), ("/v1/memes?cursor=forged", 422),
-    ("/no/such/route", 404),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/v1/memes/nope", 404),
+        ("/v1/memes/..%2F..%2Fetc", 404),
+        ("/v1/memes/a%20b/image.png", 404),
+        ("/v1/memes?limit=0", 422),
+        ("/v1/memes?limit=abc", 422),
+        ("/v1/memes?cursor=forged", 422),
+        ("/no/such/route", 404),
+    ],
+)
 def test_bad_reads_get_json_errors(daemon, path, status):
     got, _, body = daemon.request("GET", path)
     assert got == status
@@ -161,6 +185,7 @@ def test_admin_never_starts_a_system(tmp_path):
     result = d.admin("status")
     assert result.returncode != 0 and "no actor system is running" in result.stderr
     from actors.system import admin_running
+
     assert not admin_running(d.admin_port)
 
 
@@ -211,8 +236,9 @@ def tasks_group(daemon) -> dict[str, dict]:
 
 
 def test_async_generation_is_recorded_then_done(daemon):
-    status, headers, body = daemon.request("POST", "/v1/memes?async=true",
-                                           {"topic": "queues and patience"})
+    status, _headers, body = daemon.request(
+        "POST", "/v1/memes?async=true", {"topic": "queues and patience"}
+    )
     assert status == 202
     accepted = json.loads(body)
     assert accepted["status_url"] == f"/v1/tasks/{accepted['task_id']}"

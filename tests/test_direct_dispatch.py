@@ -8,6 +8,7 @@ worker's exit answers its requests ``worker_lost`` or retries the idempotent one
 Workers are :class:`tests.sample_actors.Sleeper` async actors (a request ``seconds`` sleeps
 that long without blocking the worker and answers its pid) unless said otherwise.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
@@ -41,11 +42,11 @@ pytestmark = pytest.mark.timeout(30)
 SLEEPER = "tests.sample_actors.Sleeper"
 
 
-def start_pool(system: RunningSystem, size: int, worker: str = SLEEPER, worker_args=None,
-               **kwargs) -> ActorAddress:
+def start_pool(
+    system: RunningSystem, size: int, worker: str = SLEEPER, worker_args=None, **kwargs
+) -> ActorAddress:
     pool = ChildSpec("pool", "actors.pool.Pool", PoolArgs(worker, size, worker_args, **kwargs))
-    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor",
-                                  SupervisorArgs((pool,))))
+    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs((pool,))))
     return system.ok(root, WhereIs("pool")).address
 
 
@@ -74,7 +75,8 @@ async def until(predicate: Callable, timeout: float, what: str):
 
 
 async def test_requests_go_straight_to_the_least_loaded_workers(
-        actor_system: RunningSystem, bridge: Bridge) -> None:
+    actor_system: RunningSystem, bridge: Bridge
+) -> None:
     start_pool(actor_system, 3)
     directory = Directory(bridge, actor_system.root)
     await directory.ask("pool", 0.0, 5)  # resolves the path and subscribes
@@ -91,7 +93,8 @@ async def test_requests_go_straight_to_the_least_loaded_workers(
 
 
 async def test_a_killed_worker_answers_its_requests_worker_lost_or_retries_them(
-        actor_system: RunningSystem, bridge: Bridge) -> None:
+    actor_system: RunningSystem, bridge: Bridge
+) -> None:
     start_pool(actor_system, 3)
     directory = Directory(bridge, actor_system.root)
     await directory.ask("pool", 0.0, 5)
@@ -111,13 +114,13 @@ async def test_a_killed_worker_answers_its_requests_worker_lost_or_retries_them(
     lost = outcomes[3]  # not idempotent: answered at once, not when the call would have ended
     assert isinstance(lost, RemoteFailure) and lost.failure.code == "worker_lost", lost
     assert finished[3] - killed < 1.0
-    assert [outcomes[i] for i in (1, 2, 4, 5)] == [before[f"worker-{i % 3}"].pid
-                                                   for i in (1, 2, 4, 5)]
+    assert [outcomes[i] for i in (1, 2, 4, 5)] == [
+        before[f"worker-{i % 3}"].pid for i in (1, 2, 4, 5)
+    ]
 
     async def replaced() -> dict:
         now = await workers(bridge, actor_system.root)
-        return now if now["worker-0"].state == "running" and now["worker-0"].pid != victim \
-            else {}
+        return now if now["worker-0"].state == "running" and now["worker-0"].pid != victim else {}
 
     now = await until(replaced, 5, "the pool to restart worker-0")
     assert not alive(victim)
@@ -135,8 +138,9 @@ def workers_now(system: RunningSystem):
     return next(c for c in system.status().children if c.name == "pool").children
 
 
-def test_the_pool_pushes_its_workers_to_subscribers(actor_system: RunningSystem,
-                                                    context: ActorSystem) -> None:
+def test_the_pool_pushes_its_workers_to_subscribers(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
     pool = start_pool(system, 2)
     seen: list[Members] = []
@@ -186,12 +190,12 @@ def test_the_pool_pushes_its_workers_to_subscribers(actor_system: RunningSystem,
 
 
 def test_an_exited_worker_is_listed_until_its_last_replies_are_out(
-        actor_system: RunningSystem, context: ActorSystem, tmp_path) -> None:
+    actor_system: RunningSystem, context: ActorSystem, tmp_path
+) -> None:
     """A crashing worker answers ``crashed``, then exits; the pool learns of the exit before
     the process has sent that answer. Listing the worker (taking no work) until its process
     is gone keeps the answer ahead of the list that says the worker's requests are lost."""
-    pool = start_pool(actor_system, 1, "tests.sample_actors.Recorder",
-                      Journal(str(tmp_path / "j")))
+    pool = start_pool(actor_system, 1, "tests.sample_actors.Recorder", Journal(str(tmp_path / "j")))
     for _ in range(5):
         context.tell(pool, Request(Subscribe(os.getpid())))
         worker = None
@@ -208,15 +212,17 @@ def test_an_exited_worker_is_listed_until_its_last_replies_are_out(
                 if getattr(message, "correlation_id", None) == crash.correlation_id:
                     assert message.error.code == "crashed"
                     order.append("crashed")
-                elif isinstance(message, Members) and \
-                        all(m.address != worker.address for m in message.workers):
+                elif isinstance(message, Members) and all(
+                    m.address != worker.address for m in message.workers
+                ):
                     assert not alive(worker.pid)  # listed until its process was gone
                     order.append("lost")
         assert order == ["crashed", "lost"]
 
 
 async def test_while_every_worker_restarts_requests_wait_for_one(
-        actor_system: RunningSystem, bridge: Bridge) -> None:
+    actor_system: RunningSystem, bridge: Bridge
+) -> None:
     start_pool(actor_system, 1, backoff=Backoff(initial_s=0.4, max_s=1.0, jitter=0.0))
     directory = Directory(bridge, actor_system.root)
     victim = await directory.ask("pool", 0.0, 5)
@@ -235,7 +241,8 @@ async def test_while_every_worker_restarts_requests_wait_for_one(
 
 
 async def test_past_max_outstanding_on_every_worker_requests_are_refused(
-        actor_system: RunningSystem, bridge: Bridge) -> None:
+    actor_system: RunningSystem, bridge: Bridge
+) -> None:
     start_pool(actor_system, 2, max_outstanding=2)
     directory = Directory(bridge, actor_system.root)
     await directory.ask("pool", 0.0, 5)
@@ -251,7 +258,8 @@ async def test_past_max_outstanding_on_every_worker_requests_are_refused(
 
 
 async def test_a_crash_answers_crashed_and_the_restarted_worker_takes_work(
-        actor_system: RunningSystem, bridge: Bridge, tmp_path) -> None:
+    actor_system: RunningSystem, bridge: Bridge, tmp_path
+) -> None:
     start_pool(actor_system, 1, "tests.sample_actors.Recorder", Journal(str(tmp_path / "j")))
     directory = Directory(bridge, actor_system.root)
     victim = await directory.ask("pool", "pid", 5)
@@ -269,7 +277,8 @@ async def test_a_crash_answers_crashed_and_the_restarted_worker_takes_work(
 
 
 async def test_a_killed_pool_is_found_again_and_its_requests_are_lost(
-        actor_system: RunningSystem, bridge: Bridge) -> None:
+    actor_system: RunningSystem, bridge: Bridge
+) -> None:
     start_pool(actor_system, 2)
     directory = Directory(bridge, actor_system.root)
     await directory.ask("pool", 0.0, 5)
@@ -282,8 +291,12 @@ async def test_a_killed_pool_is_found_again_and_its_requests_are_lost(
     async def pool_back() -> bool:
         tree = await bridge.ask(actor_system.root, StatusQuery(), 5)
         pool = next(c for c in tree.children if c.name == "pool")
-        return pool.state == "running" and pool.pid != old.pid and \
-            all(w.state == "running" for w in pool.children) and len(pool.children) == 2
+        return (
+            pool.state == "running"
+            and pool.pid != old.pid
+            and all(w.state == "running" for w in pool.children)
+            and len(pool.children) == 2
+        )
 
     await until(pool_back, 10, "the root to restart the pool")
     started = time.monotonic()

@@ -1,6 +1,7 @@
 """The A/B of both engines: the split is exact, and through the running daemon each engine
 makes its share, each meme says which one made it, /metrics counts them apart, both ship the
 picture of their final (refined) caption, and the gateway serves a cached meme itself."""
+
 from __future__ import annotations
 
 import pytest
@@ -56,13 +57,15 @@ def samples(text: str, name: str) -> dict[tuple, float]:
 @pytest.mark.slow
 @pytest.mark.store
 def test_the_daemon_splits_memes_between_its_engines(tmp_path) -> None:
-    daemon = DaemonProcess(tmp_path, {"MEMESYS_SYSTEM_AB_SPLIT": "0.5",
-                                      "MEMESYS_PIPELINE_REFINE_THRESHOLD": "1.0"}).start()
+    daemon = DaemonProcess(
+        tmp_path, {"MEMESYS_SYSTEM_AB_SPLIT": "0.5", "MEMESYS_PIPELINE_REFINE_THRESHOLD": "1.0"}
+    ).start()
     try:
         memes = []
         for i in range(8):
-            status, meme = daemon.json("POST", "/v1/memes",
-                                       {"topic": f"topic number {i} coffee", "seed": i})
+            status, meme = daemon.json(
+                "POST", "/v1/memes", {"topic": f"topic number {i} coffee", "seed": i}
+            )
             assert status == 201, meme
             memes.append(meme)
         assert [m["engine"] for m in memes].count("inprocess") == 4
@@ -72,9 +75,11 @@ def test_the_daemon_splits_memes_between_its_engines(tmp_path) -> None:
             order = RenderMeme(fmt.name, fmt.layout, texts, f"{fmt.name}:{meme['seed']}")
             status, _, png = daemon.request("GET", meme["image_url"])
             assert status == 200 and png == render_meme(order, RenderSettings()), meme["engine"]
-        kept_a_round = {m["engine"] for m in memes
-                        if any(list(r["texts"]) == list(m["texts"].values())
-                               for r in m["refinement"])}
+        kept_a_round = {
+            m["engine"]
+            for m in memes
+            if any(list(r["texts"]) == list(m["texts"].values()) for r in m["refinement"])
+        }
         # else the picture check above proved nothing about a replaced caption
         assert kept_a_round == {"actors", "inprocess"}
         status, hit = daemon.json("POST", "/v1/memes", {"topic": "TOPIC number 0 coffee"})
@@ -96,8 +101,9 @@ def test_the_in_process_engine_alone_is_a_rollback_switch(tmp_path) -> None:
     daemon = DaemonProcess(tmp_path, {"MEMESYS_SYSTEM_ENGINE": "inprocess"}).start()
     try:
         for i in range(3):
-            status, meme = daemon.json("POST", "/v1/memes", {"topic": f"rollback {i}",
-                                                             "fresh": True})
+            status, meme = daemon.json(
+                "POST", "/v1/memes", {"topic": f"rollback {i}", "fresh": True}
+            )
             assert status == 201 and meme["engine"] == "inprocess", meme
         status, listed = daemon.json("GET", "/v1/memes?limit=3")
         assert status == 200 and {m["engine"] for m in listed["memes"]} == {"inprocess"}

@@ -5,6 +5,7 @@ of an async meme: the task stays (its id, status and times), its request (the to
 meme are gone. One audit line (``memesys.audit``) records the erasure with the ids and the
 time, and no content.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,13 +25,22 @@ pytestmark = pytest.mark.store
 
 def succeeded(task_id: str, meme_id: str, topic: str) -> dict:
     now = time.time()
-    return {"id": task_id, "status": "succeeded", "stage": "done", "progress": 1.0,
-            "request": {"topic": topic, "style": "dry", "seed": 3}, "meme_id": meme_id,
-            "created_at": now, "updated_at": now}
+    return {
+        "id": task_id,
+        "status": "succeeded",
+        "stage": "done",
+        "progress": 1.0,
+        "request": {"topic": topic, "style": "dry", "seed": 3},
+        "meme_id": meme_id,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
-def test_scrub_keeps_the_task_and_drops_topic_and_meme(client: redis.Redis,  # noqa: F811
-                                                        prefix: str) -> None:  # noqa: F811
+def test_scrub_keeps_the_task_and_drops_topic_and_meme(
+    client: redis.Redis,
+    prefix: str,
+) -> None:
     tasks = TaskStore(client, prefix, ttl_s=600)
     tasks.put(succeeded("t1", "m1", "a secret topic"))
     assert client.get(f"{prefix}:taskof:m1") == b"t1"
@@ -45,8 +55,10 @@ def test_scrub_keeps_the_task_and_drops_topic_and_meme(client: redis.Redis,  # n
     assert tasks.scrub_meme("never-made") is None
 
 
-def test_scrub_leaves_a_task_that_made_another_meme(client: redis.Redis,  # noqa: F811
-                                                    prefix: str) -> None:  # noqa: F811
+def test_scrub_leaves_a_task_that_made_another_meme(
+    client: redis.Redis,
+    prefix: str,
+) -> None:
     tasks = TaskStore(client, prefix, ttl_s=600)
     tasks.put(succeeded("t1", "m2", "topic"))
     client.set(f"{prefix}:taskof:m1", "t1")  # a stale pointer
@@ -55,8 +67,10 @@ def test_scrub_leaves_a_task_that_made_another_meme(client: redis.Redis,  # noqa
     assert not client.exists(f"{prefix}:taskof:m1")
 
 
-def test_scrub_erases_a_quarantined_copy_of_the_task(client: redis.Redis,  # noqa: F811
-                                                     prefix: str) -> None:  # noqa: F811
+def test_scrub_erases_a_quarantined_copy_of_the_task(
+    client: redis.Redis,
+    prefix: str,
+) -> None:
     tasks = TaskStore(client, prefix, ttl_s=600)
     tasks.put(succeeded("t1", "m1", "a secret topic"))
     client.set(f"{prefix}:task:t1", b'{"topic": "a secret topic", "trunc')
@@ -85,14 +99,14 @@ def values_under(r: redis.Redis, prefix: str) -> bytes:
 
 
 @pytest.mark.slow
-def test_delete_scrubs_the_task_of_an_async_meme_and_leaves_an_audit_line(
-        tmp_path: Path) -> None:
+def test_delete_scrubs_the_task_of_an_async_meme_and_leaves_an_audit_line(tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path).start()
     r = daemon_redis(daemon)
     topic = f"erase me {uuid.uuid4().hex[:8]}"
     try:
-        status, accepted = daemon.json("POST", "/v1/memes?async=true",
-                                       {"topic": topic, "style": "whispered"})
+        status, accepted = daemon.json(
+            "POST", "/v1/memes?async=true", {"topic": topic, "style": "whispered"}
+        )
         assert status == 202
         task = wait_task(daemon, accepted["task_id"])
         assert task["status"] == "succeeded"
@@ -115,8 +129,11 @@ def test_delete_scrubs_the_task_of_an_async_meme_and_leaves_an_audit_line(
         log = daemon.log_text()
         lines = [line for line in log.splitlines() if "memesys.audit" in line]
         assert len(lines) == 2, lines  # one per erasure, none for the 404
-        assert re.search(rf"erasure: meme {meme_id} erased at \d{{4}}-\d\d-\d\dT[\d:.]+\+00:00; "
-                         rf"its task {accepted['task_id']} scrubbed$", lines[0]), lines[0]
+        assert re.search(
+            rf"erasure: meme {meme_id} erased at \d{{4}}-\d\d-\d\dT[\d:.]+\+00:00; "
+            rf"its task {accepted['task_id']} scrubbed$",
+            lines[0],
+        ), lines[0]
         assert re.search(rf"erasure: meme {sync} erased at \S+$", lines[1]), lines[1]
         assert "erase me" not in "\n".join(lines)  # no content
     finally:

@@ -4,6 +4,7 @@ Every contract code has a status, a retry policy and a clean default message; ev
 runtime or any memesys module can answer is in the contract (or translated into it); the
 gateway and the OpenAPI document take their codes from the enum, not from a copy.
 """
+
 from __future__ import annotations
 
 import ast
@@ -59,19 +60,29 @@ def test_codes_are_strings_on_the_wire() -> None:
 
 
 def test_the_codes_later_issues_name_are_here() -> None:
-    for name, status in (("llm_unavailable", 503), ("llm_rate_limited", 503),
-                         ("budget_exhausted", 503), ("malformed_json", 400),
-                         ("body_too_large", 413), ("unsupported_media_type", 415),
-                         ("not_found", 404), ("method_not_allowed", 405),
-                         ("invalid_field", 422), ("internal", 500)):
+    for name, status in (
+        ("llm_unavailable", 503),
+        ("llm_rate_limited", 503),
+        ("budget_exhausted", 503),
+        ("malformed_json", 400),
+        ("body_too_large", 413),
+        ("unsupported_media_type", 415),
+        ("not_found", 404),
+        ("method_not_allowed", 405),
+        ("invalid_field", 422),
+        ("internal", 500),
+    ):
         assert ErrorCode(name).status == status
 
 
 def test_importing_the_vocabulary_loads_no_runtime_dspy_or_aiohttp() -> None:
-    probe = ("import sys, memesys.errors; print(sorted({m.split('.')[0] for m in sys.modules} "
-             "& {'actors', 'thespian', 'dspy', 'aiohttp', 'redis', 'PIL'}))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         cwd=REPO, check=True).stdout
+    probe = (
+        "import sys, memesys.errors; print(sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'actors', 'thespian', 'dspy', 'aiohttp', 'redis', 'PIL'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -84,13 +95,21 @@ def runtime_codes() -> set[str]:
     codes: set[str] = set()
     for path in sources(ACTORS):
         tree = ast.parse(path.read_text())
-        constants = {t.id: node.value.value for node in ast.walk(tree)
-                     if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                     and isinstance(node.value.value, str)
-                     for t in node.targets if isinstance(t, ast.Name)}
+        constants = {
+            t.id: node.value.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Failure"
-                    and node.args):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "Failure"
+                and node.args
+            ):
                 first = node.args[0]
                 if isinstance(first, ast.Constant):
                     codes.add(first.value)
@@ -101,8 +120,14 @@ def runtime_codes() -> set[str]:
 
 def test_every_runtime_code_is_translated() -> None:
     found = runtime_codes()
-    assert {"crashed", "worker_lost", "overloaded", "unavailable", "timeout",
-            "dead_address"} <= found  # the scan works
+    assert {
+        "crashed",
+        "worker_lost",
+        "overloaded",
+        "unavailable",
+        "timeout",
+        "dead_address",
+    } <= found  # the scan works
     untranslated = sorted(code for code in found if translate(code) is None)
     assert untranslated == [], "add them to memesys.errors.RUNTIME_CODES"
 
@@ -123,9 +148,13 @@ def test_runtime_internals_become_contract_codes() -> None:
 
 def failure_codes_in(path: Path) -> list[tuple[int, ast.expr]]:
     """The first argument of every ``RequestFailed(...)``/``Failure(...)`` in a file."""
-    return [(node.lineno, node.args[0]) for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Call)
-            and getattr(node.func, "id", None) in ("RequestFailed", "Failure") and node.args]
+    return [
+        (node.lineno, node.args[0])
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) in ("RequestFailed", "Failure")
+        and node.args
+    ]
 
 
 def test_memesys_raises_only_enum_codes() -> None:
@@ -155,14 +184,17 @@ def test_no_code_is_compared_or_built_as_a_string() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Compare):
                 sides = [node.left, *node.comparators]
-                if (any(isinstance(n, ast.Attribute) and n.attr == "code" for n in sides)
-                        and any(isinstance(n, ast.Constant) and isinstance(n.value, str)
-                                for n in sides)):
+                if any(isinstance(n, ast.Attribute) and n.attr == "code" for n in sides) and any(
+                    isinstance(n, ast.Constant) and isinstance(n.value, str) for n in sides
+                ):
                     spelled.append(f"{path.relative_to(REPO)}:{node.lineno}")
             elif isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values):
-                    if (isinstance(key, ast.Constant) and key.value == "code"
-                            and isinstance(value, ast.Constant)):
+                    if (
+                        isinstance(key, ast.Constant)
+                        and key.value == "code"
+                        and isinstance(value, ast.Constant)
+                    ):
                         spelled.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert spelled == []
 
@@ -220,22 +252,34 @@ def test_the_store_worker_answers_a_forged_cursor_but_crashes_on_its_own_fault()
 # -- what clients read -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message", [
-    "ActorAddr-(T|:40123) is gone", "store/worker-0 crashed: TypeError: x",
-    "redis failed: Error 2 connecting to unix socket: /tmp/d/redis.sock.",
-    "cannot reach redis://127.0.0.1:6379/0", "see /var/lib/memesys/data",
-    "Traceback (most recent call last):", "<object object at 0x7f00deadbeef>",
-    "litellm.RateLimitError: slow down",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "ActorAddr-(T|:40123) is gone",
+        "store/worker-0 crashed: TypeError: x",
+        "redis failed: Error 2 connecting to unix socket: /tmp/d/redis.sock.",
+        "cannot reach redis://127.0.0.1:6379/0",
+        "see /var/lib/memesys/data",
+        "Traceback (most recent call last):",
+        "<object object at 0x7f00deadbeef>",
+        "litellm.RateLimitError: slow down",
+    ],
+)
 def test_internals_never_reach_a_client(message: str) -> None:
     assert leaks(message)
     for code in ErrorCode:
         assert client_message(code, message) == code.message
 
 
-@pytest.mark.parametrize("message", [
-    "the topic incites violence", "format: unknown meme format 'x'; GET /v1/formats lists them",
-    "cursor: is not a cursor this server issued", "and/or"])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "the topic incites violence",
+        "format: unknown meme format 'x'; GET /v1/formats lists them",
+        "cursor: is not a cursor this server issued",
+        "and/or",
+    ],
+)
 def test_plain_messages_pass_where_the_code_shows_detail(message: str) -> None:
     assert not leaks(message)
     assert client_message(ErrorCode.INAPPROPRIATE, message) == message
@@ -284,7 +328,12 @@ def test_the_openapi_error_schema_enumerates_exactly_the_enum() -> None:
     schema = OPENAPI["components"]["schemas"]["ErrorDetail"]
     assert schema["properties"]["code"]["enum"] == [code.value for code in ErrorCode]
     assert schema["required"] == ["code", "message"]
-    documented = {int(status) for path in OPENAPI["paths"].values() for op in path.values()
-                  if isinstance(op, dict) for status in op.get("responses", {})
-                  if status.isdigit() and int(status) >= 400}
+    documented = {
+        int(status)
+        for path in OPENAPI["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict)
+        for status in op.get("responses", {})
+        if status.isdigit() and int(status) >= 400
+    }
     assert {code.status for code in ErrorCode} <= documented

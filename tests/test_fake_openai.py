@@ -2,6 +2,7 @@
 distributions, 429s and their headers, storms, hangs, resets, malformed bodies, per-model
 faults and counters), the CLI, and the meme program run end to end against it through DSPy's
 native (lm15) HTTP engine."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import dspy
@@ -36,8 +38,12 @@ from memesys.testing.fake_openai import (
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
 HELLO = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
-SELECT_BODY = {"model": "fake-model", "temperature": 0.0, "max_tokens": 1000,
-               "messages": list(SELECT_MESSAGES)}
+SELECT_BODY = {
+    "model": "fake-model",
+    "temperature": 0.0,
+    "max_tokens": 1000,
+    "messages": list(SELECT_MESSAGES),
+}
 
 
 def fake_threads() -> list[threading.Thread]:
@@ -62,20 +68,24 @@ def threaded() -> Iterator[FakeOpenAI]:
         assert not fake_threads(), "a fake-openai thread outlived stop_thread()"
 
 
-async def post(session: aiohttp.ClientSession, fake: FakeOpenAI, body: Any,
-               key: str | None = KEY) -> tuple[int, dict[str, str], dict[str, Any]]:
+async def post(
+    session: aiohttp.ClientSession, fake: FakeOpenAI, body: Any, key: str | None = KEY
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-    async with session.post(f"{fake.url}/chat/completions", json=body,
-                            headers=headers) as resp:
+    async with session.post(f"{fake.url}/chat/completions", json=body, headers=headers) as resp:
         return resp.status, dict(resp.headers), await resp.json()
 
 
-def urlopen(url: str, body: Any | None = None, key: str = KEY,
-            timeout: float = 5.0) -> tuple[int, dict[str, str], dict[str, Any]]:
+def urlopen(
+    url: str, body: Any | None = None, key: str = KEY, timeout: float = 5.0
+) -> tuple[int, dict[str, str], dict[str, Any]]:
     """A raw stdlib request: (status, headers, JSON body), errors included."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, dict(resp.headers), json.loads(resp.read())
@@ -90,6 +100,7 @@ def assert_openai_error(payload: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------- wire shape
+
 
 async def test_answers_in_openai_shape(fake: FakeOpenAI) -> None:
     async with aiohttp.ClientSession() as session:
@@ -110,7 +121,10 @@ async def test_answers_in_openai_shape(fake: FakeOpenAI) -> None:
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert (fake.calls, fake.calls_by_model, list(fake.requests)) == (
-        1, {"fake-model": 1}, [SELECT_BODY])
+        1,
+        {"fake-model": 1},
+        [SELECT_BODY],
+    )
 
 
 def test_raw_urllib_post_and_models(threaded: FakeOpenAI) -> None:
@@ -127,8 +141,10 @@ def test_raw_urllib_post_and_models(threaded: FakeOpenAI) -> None:
 
 async def test_same_prompt_same_answer(fake: FakeOpenAI) -> None:
     async with aiohttp.ClientSession() as session:
-        answers = [(await post(session, fake, SELECT_BODY))[2]["choices"][0]["message"]
-                   ["content"] for _ in range(2)]
+        answers = [
+            (await post(session, fake, SELECT_BODY))[2]["choices"][0]["message"]["content"]
+            for _ in range(2)
+        ]
     assert answers[0] == answers[1]
 
 
@@ -149,8 +165,11 @@ async def test_bad_requests_get_openai_errors(fake: FakeOpenAI) -> None:
             assert_openai_error(payload)
         status, _, payload = await post(session, fake, {**SELECT_BODY, "stream": True})
         assert "stream" in payload["error"]["message"]
-        async with session.post(f"{fake.url}/chat/completions", data=b"{not json",
-                                headers={"Authorization": f"Bearer {KEY}"}) as resp:
+        async with session.post(
+            f"{fake.url}/chat/completions",
+            data=b"{not json",
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as resp:
             assert resp.status == 400
             assert_openai_error(await resp.json())
         async with session.get(f"{fake.url}/nowhere") as resp:
@@ -160,6 +179,7 @@ async def test_bad_requests_get_openai_errors(fake: FakeOpenAI) -> None:
 
 
 # ---------------------------------------------------------------------- auth
+
 
 async def test_auth_is_checked(fake: FakeOpenAI) -> None:
     async with aiohttp.ClientSession() as session:
@@ -176,6 +196,7 @@ async def test_auth_is_checked(fake: FakeOpenAI) -> None:
 
 
 # ---------------------------------------------------------------------- latency
+
 
 async def test_latency_is_applied(fake: FakeOpenAI) -> None:
     fake.config.latency_s = 0.1
@@ -197,6 +218,7 @@ async def test_jitter_is_seeded_and_bounded() -> None:
     def delays(seed: int) -> list[float]:
         server = FakeOpenAI(FakeConfig(latency_s=0.01, jitter_s=0.05, seed=seed))
         return [server.next_delay() for _ in range(5)]
+
     assert delays(1) == delays(1) != delays(2)
     assert all(0.01 <= d < 0.06 for d in delays(1))
     async with FakeOpenAI(FakeConfig(latency_s=0.01, jitter_s=0.05, seed=1)) as server:
@@ -208,6 +230,7 @@ async def test_jitter_is_seeded_and_bounded() -> None:
 
 
 # ---------------------------------------------------------------------- faults
+
 
 async def test_fail_status_429_with_retry_after(fake: FakeOpenAI) -> None:
     fake.config.fail_status, fake.config.retry_after_s = 429, 2
@@ -255,6 +278,7 @@ def test_hang_trips_the_client_timeout(threaded: FakeOpenAI) -> None:
 
 
 # ---------------------------------------------------------------------- faults (issue 8)
+
 
 def body_for(model: str) -> dict[str, Any]:
     return {**SELECT_BODY, "model": model}
@@ -323,8 +347,7 @@ async def test_429_and_503_carry_retry_after_headers(fake: FakeOpenAI) -> None:
 
 def test_storm_window_is_half_open() -> None:
     config = FakeConfig(storm_start=100.0, storm_end=130.0)
-    assert [config.storming(t) for t in (99.9, 100.0, 129.9, 130.0)] == [
-        False, True, True, False]
+    assert [config.storming(t) for t in (99.9, 100.0, 129.9, 130.0)] == [False, True, True, False]
     assert FakeConfig(storm_start=100.0).storming(1e12)  # no end: until cleared
     assert not FakeConfig().storming()
 
@@ -356,9 +379,12 @@ async def test_hang_past_the_timeout_only_for_one_model(fake: FakeOpenAI) -> Non
     async with aiohttp.ClientSession() as session:
         began = time.perf_counter()
         with pytest.raises(asyncio.TimeoutError):
-            async with session.post(f"{fake.url}/chat/completions", json=body_for("primary"),
-                                    headers={"Authorization": f"Bearer {KEY}"},
-                                    timeout=aiohttp.ClientTimeout(total=0.3)):
+            async with session.post(
+                f"{fake.url}/chat/completions",
+                json=body_for("primary"),
+                headers={"Authorization": f"Bearer {KEY}"},
+                timeout=aiohttp.ClientTimeout(total=0.3),
+            ):
                 pass
         assert 0.3 <= time.perf_counter() - began < 1.0
         began = time.perf_counter()
@@ -400,8 +426,9 @@ async def test_malformed_bodies(fake: FakeOpenAI) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     async with aiohttp.ClientSession() as session:
         fake.config.fail_kind = "not_json"
-        async with session.post(f"{fake.url}/chat/completions", json=SELECT_BODY,
-                                headers=headers) as resp:
+        async with session.post(
+            f"{fake.url}/chat/completions", json=SELECT_BODY, headers=headers
+        ) as resp:
             assert resp.status == 200
             assert resp.content_type == "application/json"
             raw = await resp.read()
@@ -438,8 +465,11 @@ async def test_per_model_faults_and_counters(fake: FakeOpenAI) -> None:
         assert (await post(session, fake, body_for("primary")))[0] == 200
         # Refused requests count as attempts too (no key; a bad body is counted under "").
         assert (await post(session, fake, body_for("primary"), key="wrong"))[0] == 401
-        async with session.post(f"{fake.url}/chat/completions", data=b"{not json",
-                                headers={"Authorization": f"Bearer {KEY}"}) as resp:
+        async with session.post(
+            f"{fake.url}/chat/completions",
+            data=b"{not json",
+            headers={"Authorization": f"Bearer {KEY}"},
+        ) as resp:
             assert resp.status == 400
     assert fake.attempts_by_model == {"primary": 7, "fallback": 2, "": 1}
     assert fake.failures_by_model == {"primary": 4}
@@ -457,9 +487,14 @@ def test_stats_endpoint_for_other_processes(threaded: FakeOpenAI) -> None:
     base = threaded.url.removesuffix("/v1")
     with urllib.request.urlopen(f"{base}/_fake/stats", timeout=5) as resp:
         stats = json.loads(resp.read())
-    assert stats == {"attempts": 2, "calls": 1, "failures": 1,
-                     "attempts_by_model": {"primary": 1, "fallback": 1},
-                     "calls_by_model": {"fallback": 1}, "failures_by_model": {"primary": 1}}
+    assert stats == {
+        "attempts": 2,
+        "calls": 1,
+        "failures": 1,
+        "attempts_by_model": {"primary": 1, "fallback": 1},
+        "calls_by_model": {"fallback": 1},
+        "failures_by_model": {"primary": 1},
+    }
     with urllib.request.urlopen(f"{base}/_fake/stats?arrivals=1", timeout=5) as resp:
         arrivals = json.loads(resp.read())["arrivals"]
     assert len(arrivals) == 2 and began <= arrivals[0] <= arrivals[1] <= time.time()
@@ -468,17 +503,49 @@ def test_stats_endpoint_for_other_processes(threaded: FakeOpenAI) -> None:
 
 
 def test_cli_options_map_to_the_config() -> None:
-    args = _parse(["--latency", "0.1", "--latency-dist", "lognormal", "--latency-sigma", "0.8",
-                   "--latency-max", "2", "--fail-kind", "reset", "--fail-every", "4",
-                   "--fail-model", "primary", "--fail-hang", "9", "--retry-after", "3",
-                   "--retry-after-headers", "ms", "--storm-status", "503"])
+    args = _parse(
+        [
+            "--latency",
+            "0.1",
+            "--latency-dist",
+            "lognormal",
+            "--latency-sigma",
+            "0.8",
+            "--latency-max",
+            "2",
+            "--fail-kind",
+            "reset",
+            "--fail-every",
+            "4",
+            "--fail-model",
+            "primary",
+            "--fail-hang",
+            "9",
+            "--retry-after",
+            "3",
+            "--retry-after-headers",
+            "ms",
+            "--storm-status",
+            "503",
+        ]
+    )
     config = config_from_args(args)
     assert (config.latency_dist, config.latency_sigma, config.latency_max_s) == (
-        "lognormal", 0.8, 2.0)
+        "lognormal",
+        0.8,
+        2.0,
+    )
     assert (config.fail_kind, config.fail_every, config.fail_model, config.fail_hang_s) == (
-        "reset", 4, "primary", 9.0)
+        "reset",
+        4,
+        "primary",
+        9.0,
+    )
     assert (config.retry_after_s, config.retry_after_headers, config.storm_status) == (
-        3.0, "ms", 503)
+        3.0,
+        "ms",
+        503,
+    )
     assert config.storm_start is None  # the storm is set relative to the server's start
     with pytest.raises(SystemExit):
         _parse(["--fail-kind", "explode"])
@@ -486,14 +553,34 @@ def test_cli_options_map_to_the_config() -> None:
 
 def test_cli_storm_for_one_model() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "memesys.testing.fake_openai", "--storm-after", "0",
-         "--storm-for", "60", "--storm-status", "503", "--retry-after", "2",
-         "--retry-after-headers", "seconds", "--fail-model", "primary"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "memesys.testing.fake_openai",
+            "--storm-after",
+            "0",
+            "--storm-for",
+            "60",
+            "--storm-status",
+            "503",
+            "--retry-after",
+            "2",
+            "--retry-after-headers",
+            "seconds",
+            "--fail-model",
+            "primary",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline().strip()
         assert line.startswith("fake-openai ready at "), (
-            line, process.stderr.read() if process.poll() is not None else "")
+            line,
+            process.stderr.read() if process.poll() is not None else "",
+        )
         url = line.removeprefix("fake-openai ready at ")
         status, headers, _ = urlopen(f"{url}/chat/completions", body_for("primary"))
         assert status == 503 and headers["Retry-After"] == "2"
@@ -511,6 +598,7 @@ def test_cli_storm_for_one_model() -> None:
 
 # ---------------------------------------------------------------------- through DSPy
 
+
 def test_meme_program_end_to_end(threaded: FakeOpenAI) -> None:
     handle = build_lm(model="fake-model", api_key=KEY, base_url=threaded.url, timeout_s=5)
     assert handle.provider == OPENAI_COMPATIBLE
@@ -525,7 +613,10 @@ def test_meme_program_end_to_end(threaded: FakeOpenAI) -> None:
     # The same text the offline engine writes, having crossed HTTP and the OpenAI wire.
     expected = write_caption(offline, "cats")
     assert (caption.format, caption.texts, caption.reason) == (
-        expected.format, expected.texts, expected.reason)
+        expected.format,
+        expected.texts,
+        expected.reason,
+    )
     assert caption.tokens > 0
 
     # A named format skips SelectFormat: one stage, one request.
@@ -577,6 +668,7 @@ def test_json_adapter_end_to_end(threaded: FakeOpenAI) -> None:
 
 # ---------------------------------------------------------------------- lifecycle and CLI
 
+
 def test_context_manager_thread_leaves_nothing() -> None:
     with FakeOpenAI() as server:
         assert fake_threads()
@@ -591,11 +683,17 @@ def test_context_manager_thread_leaves_nothing() -> None:
 def test_cli_serves_until_sigterm() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "memesys.testing.fake_openai", "--port", "0", "--latency", "0.05"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline().strip()
         assert line.startswith("fake-openai ready at http://127.0.0.1:"), (
-            line, process.stderr.read() if process.poll() is not None else "")
+            line,
+            process.stderr.read() if process.poll() is not None else "",
+        )
         url = line.removeprefix("fake-openai ready at ")
         assert url.endswith("/v1")
         began = time.perf_counter()

@@ -7,6 +7,7 @@ exactly as the daemon serves it (``Gateway.server_options`` and ``Gateway.watch`
 never end, clients that hang up. At the end, against the real daemon: 1,100 connections
 trickling their bodies leave ``/healthz`` fast and memes still made.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,8 @@ import socket
 import threading
 import time
 import urllib.request
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -36,8 +38,9 @@ HEADER_TIMEOUT_S = 0.5
 BODY_TIMEOUT_S = 0.5
 # The request-head timeout closes a connection within one sweep (a quarter of it) after it.
 CLOSE_WITHIN_S = HEADER_TIMEOUT_S * 1.25 + 0.5
-CONFIG = dataclasses.replace(GATEWAY, header_timeout_s=HEADER_TIMEOUT_S,
-                             body_timeout_s=BODY_TIMEOUT_S, queue_timeout_s=0.3)
+CONFIG = dataclasses.replace(
+    GATEWAY, header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S, queue_timeout_s=0.3
+)
 
 
 @pytest.fixture
@@ -66,15 +69,19 @@ class Served:
         return await asyncio.open_connection("127.0.0.1", self.port)
 
     async def metrics(self) -> str:
-        return (await exchange(self.port, b"GET /metrics HTTP/1.1\r\nHost: t\r\n"
-                                          b"Connection: close\r\n\r\n")).decode()
+        return (
+            await exchange(
+                self.port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+        ).decode()
 
 
 @pytest.fixture
 async def served(gateway: Gateway) -> AsyncIterator[Served]:
     """The gateway on 127.0.0.1, served as memesys.cli.daemon serves it."""
-    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
-                           **gateway.server_options())
+    runner = web.AppRunner(
+        gateway.app(), access_log=None, handle_signals=False, **gateway.server_options()
+    )
     await runner.setup()
     gateway.watch(runner.server)
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -104,8 +111,10 @@ def status_and_body(raw: bytes) -> tuple[int, dict[str, str], Any]:
 
 
 def post_head(length: int, content_type: str = "application/json", extra: str = "") -> bytes:
-    return (f"POST /v1/memes HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+    return (
+        f"POST /v1/memes HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
 
 
 async def closed_within(reader: asyncio.StreamReader, seconds: float) -> tuple[float, bytes]:
@@ -150,7 +159,7 @@ async def test_a_trickled_request_head_is_closed_unanswered(served) -> None:
         await asyncio.sleep(0.05)
         if time.monotonic() - started > CLOSE_WITHIN_S + 1:
             break
-    took, data = await closed_within(reader, 1)
+    _took, data = await closed_within(reader, 1)
     writer.close()
     assert data == b""
     assert time.monotonic() - started <= CLOSE_WITHIN_S + 0.2
@@ -169,14 +178,14 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(
 
 async def test_a_long_request_is_not_closed_by_the_header_timeout(served, directory) -> None:
     """A request being served is never idle: the meme may take longer than the timeout."""
+
     async def slow(order: GenerateMeme) -> dict:
         await asyncio.sleep(HEADER_TIMEOUT_S * 3)
         return a_meme()
 
     directory.script(GenerateMeme, slow)
     body = b'{"topic": "slow"}'
-    answer = await exchange(served.port, post_head(len(body), extra="Connection: close\r\n")
-                            + body)
+    answer = await exchange(served.port, post_head(len(body), extra="Connection: close\r\n") + body)
     assert status_and_body(answer)[0] == 201
 
 
@@ -196,15 +205,16 @@ async def test_a_trickled_body_gets_408_and_the_connection_is_closed(served) -> 
             return
 
     trickling = asyncio.create_task(trickle())
-    took, data = await closed_within(reader, BODY_TIMEOUT_S + 2)
+    _took, data = await closed_within(reader, BODY_TIMEOUT_S + 2)
     trickling.cancel()
     writer.close()
     status, headers, body = status_and_body(data)
     assert status == 408 and body["error"]["code"] == "request_timeout", data
     assert headers["Connection"] == "close"
     assert BODY_TIMEOUT_S * 0.9 <= time.monotonic() - started <= BODY_TIMEOUT_S + 0.5
-    assert 'memesys_http_connections_closed_total{reason="body_timeout"} 1' in \
-        await served.metrics()
+    assert (
+        'memesys_http_connections_closed_total{reason="body_timeout"} 1' in await served.metrics()
+    )
 
 
 async def test_trickling_bodies_do_not_count_against_max_in_flight(served) -> None:
@@ -220,8 +230,7 @@ async def test_trickling_bodies_do_not_count_against_max_in_flight(served) -> No
     while served.gateway.guard.reading < 10:
         await asyncio.sleep(0.01)
     body = b'{"topic": "x"}'
-    answer = await exchange(served.port, post_head(len(body), extra="Connection: close\r\n")
-                            + body)
+    answer = await exchange(served.port, post_head(len(body), extra="Connection: close\r\n") + body)
     assert status_and_body(answer)[0] == 201
     text = await served.metrics()
     assert gauge(text, "memesys_gateway_reading") == 10
@@ -236,11 +245,13 @@ async def test_trickling_bodies_do_not_count_against_max_in_flight(served) -> No
 
 
 @pytest.mark.parametrize("depth", [1500, MAX_JSON_DEPTH + 1])
-async def test_json_nested_too_deep_is_400_not_a_recursion_error(client, directory, caplog,
-                                                                 depth) -> None:
+async def test_json_nested_too_deep_is_400_not_a_recursion_error(
+    client, directory, caplog, depth
+) -> None:
     body = "[" * depth + "]" * depth
-    response = await client.post("/v1/memes", data=body,
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/v1/memes", data=body, headers={"Content-Type": "application/json"}
+    )
     error = await error_of(response, 400, "malformed_json")
     assert f"deeper than {MAX_JSON_DEPTH}" in error["message"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -249,26 +260,38 @@ async def test_json_nested_too_deep_is_400_not_a_recursion_error(client, directo
 
 async def test_json_nested_within_the_bound_is_read(client) -> None:
     nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
-    response = await client.post("/v1/memes", data='{"topic": "x", "seed": %s}' % nested,
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/v1/memes",
+        data=f'{{"topic": "x", "seed": {nested}}}',
+        headers={"Content-Type": "application/json"},
+    )
     assert (await error_of(response, 422, "invalid_field"))["field"] == "seed"
 
 
-@pytest.mark.parametrize("raw", [b'{"topic": "x", "seed": NaN}', b'{"topic": "x", "seed": '
-                                 + b"9" * 5000 + b"}", b"\xef\xbb\xbf{}", b"\xff\xfe{}"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"topic": "x", "seed": NaN}',
+        b'{"topic": "x", "seed": ' + b"9" * 5000 + b"}",
+        b"\xef\xbb\xbf{}",
+        b"\xff\xfe{}",
+    ],
+)
 async def test_bodies_python_would_choke_on_are_400(aiohttp_client, directory, raw) -> None:
     """NaN, an integer past Python's 4,300 digits, a BOM, UTF-16 (at the default body limit,
     which holds 5,000 digits)."""
     gateway = Gateway(dataclasses.replace(CONFIG, max_body_bytes=16384), directory)
     client = await aiohttp_client(gateway.app())
-    response = await client.post("/v1/memes", data=raw,
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/v1/memes", data=raw, headers={"Content-Type": "application/json"}
+    )
     error = await error_of(response, 400, "malformed_json")
     assert "9999" not in error["message"]
 
 
-@pytest.mark.parametrize("limit", ["²", "٣", "١٠", "9" * 5000, "+5", " 5", "5 ", "5\n", "0x10",
-                                   "1_0", "-1", ""])
+@pytest.mark.parametrize(
+    "limit", ["²", "٣", "١٠", "9" * 5000, "+5", " 5", "5 ", "5\n", "0x10", "1_0", "-1", ""]
+)
 async def test_limit_is_strict_ascii_digits(client, directory, limit) -> None:
     directory.script(ListMemes, MemePage([], None))
     response = await client.get("/v1/memes", params={"limit": limit})
@@ -279,9 +302,10 @@ async def test_limit_is_strict_ascii_digits(client, directory, limit) -> None:
 
 async def test_a_body_falsely_declared_gzip_is_400_without_a_traceback(served, caplog) -> None:
     body = b'{"topic": "not gzip at all"}'
-    answer = await exchange(served.port, post_head(len(body), extra="Content-Encoding: gzip\r\n")
-                            + body)
-    status, headers, error = status_and_body(answer)
+    answer = await exchange(
+        served.port, post_head(len(body), extra="Content-Encoding: gzip\r\n") + body
+    )
+    status, _headers, error = status_and_body(answer)
     assert status == 400 and error["error"]["code"] == "malformed_json", answer
     assert "'gzip'" in error["error"]["message"]
     await asyncio.sleep(0.2)  # whatever aiohttp would log after the answer
@@ -290,40 +314,50 @@ async def test_a_body_falsely_declared_gzip_is_400_without_a_traceback(served, c
 
 async def test_a_real_gzip_body_is_read_and_a_gzip_bomb_is_413(client, directory) -> None:
     headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
-    response = await client.post("/v1/memes", data=gzip.compress(b'{"topic": "zipped"}'),
-                                 headers=headers)
+    response = await client.post(
+        "/v1/memes", data=gzip.compress(b'{"topic": "zipped"}'), headers=headers
+    )
     assert response.status == 201
     assert directory.asked[-1][1].topic == "zipped"
     bomb = gzip.compress(b'{"topic": "' + b" " * 1_000_000 + b'"}')
     assert len(bomb) < CONFIG.max_body_bytes
-    await error_of(await client.post("/v1/memes", data=bomb, headers=headers), 413,
-                   "body_too_large")
+    await error_of(
+        await client.post("/v1/memes", data=bomb, headers=headers), 413, "body_too_large"
+    )
 
 
 async def test_a_client_hanging_up_mid_body_is_no_500_and_no_traceback(served, caplog) -> None:
     caplog.set_level(logging.INFO)
-    for head in (post_head(100), b"POST /v1/memes HTTP/1.1\r\nHost: t\r\nContent-Type: "
-                                 b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n"):
-        reader, writer = await served.connect()
+    for head in (
+        post_head(100),
+        b"POST /v1/memes HTTP/1.1\r\nHost: t\r\nContent-Type: "
+        b"application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n",
+    ):
+        _reader, writer = await served.connect()
         writer.write(head + b'{"to')
         await writer.drain()
         await asyncio.sleep(0.1)
         writer.close()
     await asyncio.sleep(0.3)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], \
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], (
         caplog.text
+    )
     text = await served.metrics()
     assert 'memesys_http_requests_total{method="POST",route="/v1/memes",status="499"} 2' in text
     assert 'status="500"' not in text
 
 
-@pytest.mark.parametrize("raw", [
-    b"FOOBAR /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: " + b"y" * 9000 + b"\r\n\r\n",
-    b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
-    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to the HTTP port
-], ids=["method", "long header", "bad header", "long line", "tls"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"FOOBAR /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Long: " + b"y" * 9000 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
+        b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to the HTTP port
+    ],
+    ids=["method", "long header", "bad header", "long line", "tls"],
+)
 async def test_unparseable_http_is_400_without_a_traceback(served, caplog, raw) -> None:
     """aiohttp answers what it cannot parse with its own plain-text 400 (not the contract's
     JSON: the request never reaches the gateway); the log keeps no error or traceback."""
@@ -332,30 +366,45 @@ async def test_unparseable_http_is_400_without_a_traceback(served, caplog, raw) 
     assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer
     assert len(answer) < 1000
     await asyncio.sleep(0.1)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], \
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], (
         caplog.text
+    )
 
 
-@pytest.mark.parametrize("content_type", [
-    None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded",
-    "multipart/form-data; boundary=x", "application/xml", "application/json-seq",
-    "application/merge-patch+json", "application/json; charset=utf-16", "",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/json-seq",
+        "application/merge-patch+json",
+        "application/json; charset=utf-16",
+        "",
+    ],
+)
 async def test_post_requires_application_json(client, directory, content_type) -> None:
     """A page on any site can POST text/plain, a form or a typeless body to 127.0.0.1 without
     the browser asking first (no CORS preflight); it cannot send application/json that way."""
     headers = {} if content_type is None else {"Content-Type": content_type}
-    response = await client.post("/v1/memes", data=b'{"topic": "x"}', headers=headers,
-                                 skip_auto_headers=["Content-Type"])
+    response = await client.post(
+        "/v1/memes", data=b'{"topic": "x"}', headers=headers, skip_auto_headers=["Content-Type"]
+    )
     await error_of(response, 415, "unsupported_media_type")
     assert directory.asked == []
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
-                                          "Application/JSON; charset=UTF-8"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON; charset=UTF-8"],
+)
 async def test_application_json_is_accepted(client, content_type) -> None:
-    response = await client.post("/v1/memes", data=b'{"topic": "x"}',
-                                 headers={"Content-Type": content_type})
+    response = await client.post(
+        "/v1/memes", data=b'{"topic": "x"}', headers={"Content-Type": content_type}
+    )
     assert response.status == 201
 
 
@@ -369,9 +418,16 @@ async def test_the_415_comes_before_the_body_is_read(served) -> None:
     assert status_and_body(data)[0] == 415
 
 
-@pytest.mark.parametrize("method, path", [("PUT", "/v1/memes"), ("POST", "/healthz"),
-                                          ("PROPFIND", "/v1/formats"), ("DELETE", "/v1/formats"),
-                                          ("OPTIONS", "/v1/memes")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("PUT", "/v1/memes"),
+        ("POST", "/healthz"),
+        ("PROPFIND", "/v1/formats"),
+        ("DELETE", "/v1/formats"),
+        ("OPTIONS", "/v1/memes"),
+    ],
+)
 async def test_405_carries_allow_and_a_short_message(client, method, path) -> None:
     response = await client.request(method, path)
     error = await error_of(response, 405, "method_not_allowed")
@@ -386,19 +442,20 @@ LONG = "q" * 3000
 
 
 @pytest.mark.parametrize("case", ["format", "field", "content_type", "task", "meme", "json"])
-async def test_error_messages_quote_only_a_short_prefix_of_client_input(client, directory,
-                                                                         case) -> None:
+async def test_error_messages_quote_only_a_short_prefix_of_client_input(
+    client, directory, case
+) -> None:
     directory.script(GetTask, None)
     json_headers = {"Content-Type": "application/json"}
     response = {
         "format": lambda: client.post("/v1/memes", json={"topic": "x", "format": LONG[:100]}),
         "field": lambda: client.post("/v1/memes", json={"topic": "x", LONG: 1}),
-        "content_type": lambda: client.post("/v1/memes", data=b"{}",
-                                            headers={"Content-Type": "text/" + LONG}),
+        "content_type": lambda: client.post(
+            "/v1/memes", data=b"{}", headers={"Content-Type": "text/" + LONG}
+        ),
         "task": lambda: client.get("/v1/tasks/" + LONG),
         "meme": lambda: client.get("/v1/memes/" + LONG),
-        "json": lambda: client.post("/v1/memes", data='{"topic": "' + LONG,
-                                    headers=json_headers),
+        "json": lambda: client.post("/v1/memes", data='{"topic": "' + LONG, headers=json_headers),
     }[case]
     answer = await response()
     body = await answer.json()
@@ -463,7 +520,8 @@ async def test_a_lane_serves_its_queue_in_order_and_passes_on_a_cancelled_turn()
 
 
 async def test_a_request_that_cannot_start_within_its_deadline_is_503_with_retry_after(
-        client, directory, gateway) -> None:
+    client, directory, gateway
+) -> None:
     release = asyncio.Event()
 
     async def slow(order: GenerateMeme) -> dict:
@@ -471,8 +529,10 @@ async def test_a_request_that_cannot_start_within_its_deadline_is_503_with_retry
         return a_meme()
 
     directory.script(GenerateMeme, slow)
-    held = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
-            for i in range(CONFIG.max_in_flight)]
+    held = [
+        asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
+        for i in range(CONFIG.max_in_flight)
+    ]
     while gateway.guard.lane.active < CONFIG.max_in_flight:
         await asyncio.sleep(0.01)
     started = time.monotonic()
@@ -490,23 +550,31 @@ async def test_a_request_that_cannot_start_within_its_deadline_is_503_with_retry
     assert (await client.get("/v1/formats")).status == 200
 
 
-async def test_a_queued_request_that_gets_a_slot_in_time_is_served(client, directory,
-                                                                   gateway) -> None:
+async def test_a_queued_request_that_gets_a_slot_in_time_is_served(
+    client, directory, gateway
+) -> None:
     async def slow(order: GenerateMeme) -> dict:
         await asyncio.sleep(0.1)
         return a_meme()
 
     directory.script(GenerateMeme, slow)
-    answers = await asyncio.gather(*(client.post("/v1/memes", json={"topic": f"x{i}"})
-                                     for i in range(CONFIG.max_in_flight + CONFIG.max_queue)))
+    answers = await asyncio.gather(
+        *(
+            client.post("/v1/memes", json={"topic": f"x{i}"})
+            for i in range(CONFIG.max_in_flight + CONFIG.max_queue)
+        )
+    )
     assert [a.status for a in answers] == [201] * len(answers)
 
 
 async def test_memes_wait_for_the_trees_generation_slots(aiohttp_client, directory) -> None:
     """With generation_slots (the tree's capacity) the tree never holds more memes than that;
     the rest wait in the gateway, and the wait comes out of their deadline."""
-    gateway = Gateway(dataclasses.replace(CONFIG, max_in_flight=50, max_queue=50,
-                                          queue_timeout_s=5), directory, generation_slots=2)
+    gateway = Gateway(
+        dataclasses.replace(CONFIG, max_in_flight=50, max_queue=50, queue_timeout_s=5),
+        directory,
+        generation_slots=2,
+    )
     client = await aiohttp_client(gateway.app())
     running, most = 0, 0
 
@@ -519,12 +587,16 @@ async def test_memes_wait_for_the_trees_generation_slots(aiohttp_client, directo
         return a_meme()
 
     directory.script(GenerateMeme, counted)
-    answers = await asyncio.gather(*(client.post("/v1/memes", json={"topic": f"x{i}"})
-                                     for i in range(10)))
+    answers = await asyncio.gather(
+        *(client.post("/v1/memes", json={"topic": f"x{i}"}) for i in range(10))
+    )
     assert [a.status for a in answers] == [201] * 10
     assert most == 2
-    timeouts = [timeout for path, payload, timeout, _ in directory.asked
-                if isinstance(payload, GenerateMeme)]
+    timeouts = [
+        timeout
+        for path, payload, timeout, _ in directory.asked
+        if isinstance(payload, GenerateMeme)
+    ]
     assert max(timeouts) == CONFIG.request_timeout_s and min(timeouts) < CONFIG.request_timeout_s
     assert gateway.generation.timeout_s == min(5, CONFIG.request_timeout_s / 2)
 
@@ -563,7 +635,7 @@ class Tricklers:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._trickle, daemon=True)
 
-    def open(self) -> "Tricklers":
+    def open(self) -> Tricklers:
         head = post_head(10_000)
         for _ in range(self.count):
             s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -624,8 +696,10 @@ def test_1100_trickling_connections_leave_healthz_fast_and_memes_made(daemon) ->
     try:
         tricklers.open()
         deadline = time.monotonic() + 10  # every head read: all 1,100 are waiting for bodies
-        while gauge(daemon.request("GET", "/metrics")[2].decode(),
-                    "memesys_gateway_reading") < TRICKLERS:
+        while (
+            gauge(daemon.request("GET", "/metrics")[2].decode(), "memesys_gateway_reading")
+            < TRICKLERS
+        ):
             assert time.monotonic() < deadline, "the tricklers' heads were not all read"
             time.sleep(0.1)
         latencies = []
@@ -641,8 +715,10 @@ def test_1100_trickling_connections_leave_healthz_fast_and_memes_made(daemon) ->
         metrics = daemon.request("GET", "/metrics")[2].decode()
         assert gauge(metrics, "memesys_gateway_reading") == TRICKLERS
         assert gauge(metrics, "memesys_gateway_in_flight") == 0
-        print(f"\n{TRICKLERS} trickling connections: /healthz max {max(latencies) * 1000:.1f} ms,"
-              f" median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")
+        print(
+            f"\n{TRICKLERS} trickling connections: /healthz max {max(latencies) * 1000:.1f} ms,"
+            f" median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms"
+        )
         assert max(latencies) < 0.1, latencies
         statuses = tricklers.answers(timeout=15)
         answered_after = time.monotonic() - opened

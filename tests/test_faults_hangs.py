@@ -10,6 +10,7 @@ no meme appears after its request failed. A SIGKILLed pool's requests are answer
 The daemon runs a fake OpenAI-compatible provider with a little latency, so that memes take
 a moment and a few clients keep requests in flight at every stage.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -35,8 +37,10 @@ LATENCY_S = 0.05  # per LM call of the fake provider: a meme makes about seven
 
 
 def health_env(interval: float, timeout: float) -> dict[str, str]:
-    return {"MEMESYS_SUPERVISION_HEALTH_INTERVAL_S": str(interval),
-            "MEMESYS_SUPERVISION_HEALTH_TIMEOUT_S": str(timeout)}
+    return {
+        "MEMESYS_SUPERVISION_HEALTH_INTERVAL_S": str(interval),
+        "MEMESYS_SUPERVISION_HEALTH_TIMEOUT_S": str(timeout),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +50,20 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 def provider_env(fake: FakeOpenAI) -> dict[str, str]:
-    return {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
-            "MEMESYS_LLM_RATE_LIMIT_RPS": "0"}  # hangs of the tree, not the provider's limit
+    return {
+        "OPENAI_API_KEY": "test-key",
+        "OPENAI_BASE_URL": fake.url,
+        "MEMESYS_LLM_MODEL": "fake-model",
+        "MEMESYS_LLM_RATE_LIMIT_RPS": "0",
+    }  # hangs of the tree, not the provider's limit
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, fake: FakeOpenAI) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(tmp_path_factory.mktemp("hangs"), extra_env={
-        **provider_env(fake), **health_env(HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S)}).start()
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("hangs"),
+        extra_env={**provider_env(fake), **health_env(HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S)},
+    ).start()
     yield d
     assert d.stop() == [], "processes left after the daemon stopped"
 
@@ -108,10 +117,11 @@ class Load:
 
     def __init__(self, daemon: DaemonProcess, label: str, clients: int = CLIENTS) -> None:
         self.daemon, self.label, self.stop = daemon, label, threading.Event()
-        self.answers: list[tuple[float, float, int, Optional[str], str]] = []
-        self.reads: list[tuple[float, float, int, Optional[str]]] = []
-        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True)
-                        for i in range(clients)]
+        self.answers: list[tuple[float, float, int, str | None, str]] = []
+        self.reads: list[tuple[float, float, int, str | None]] = []
+        self.threads = [
+            threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)
+        ]
 
     def _client(self, i: int) -> None:
         n = 0
@@ -119,8 +129,7 @@ class Load:
             n += 1
             topic = f"{self.label} client {i} meme {n}"
             started = time.monotonic()
-            status, body = self.daemon.json("POST", "/v1/memes", {"topic": topic,
-                                                                  "fresh": True})
+            status, body = self.daemon.json("POST", "/v1/memes", {"topic": topic, "fresh": True})
             code = None if status == 201 else (body or {}).get("error", {}).get("code")
             self.answers.append((started, time.monotonic(), status, code, topic))
             if status == 201:
@@ -129,10 +138,10 @@ class Load:
                 code = None if status == 200 else (body or {}).get("error", {}).get("code")
                 self.reads.append((started, time.monotonic(), status, code))
 
-    def failed(self) -> list[tuple[float, float, int, Optional[str], str]]:
+    def failed(self) -> list[tuple[float, float, int, str | None, str]]:
         return [a for a in self.answers if a[2] != 201]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         return self
@@ -147,8 +156,9 @@ def stored_topics(daemon: DaemonProcess) -> list[str]:
     """The topic of every meme GET /v1/memes lists (all pages)."""
     topics, cursor = [], None
     while True:
-        status, page = daemon.json("GET", "/v1/memes?limit=100" +
-                                   (f"&cursor={cursor}" if cursor else ""))
+        status, page = daemon.json(
+            "GET", "/v1/memes?limit=100" + (f"&cursor={cursor}" if cursor else "")
+        )
         assert status == 200, page
         topics += [m["topic"] for m in page["memes"]]
         cursor = page.get("next_cursor")
@@ -169,7 +179,8 @@ def no_meme_after_failure(daemon: DaemonProcess, load: Load) -> None:
 
 @pytest.mark.parametrize("pool", ["store", "verify", "generator"])
 def test_a_stopped_worker_is_replaced_within_the_health_timeout(
-        daemon: DaemonProcess, frozen: list[int], pool: str) -> None:
+    daemon: DaemonProcess, frozen: list[int], pool: str
+) -> None:
     before = child(tree(daemon), pool)
     victim = child(before, "worker-0")
     restarts = {w["name"]: w["restarts"] for w in before["children"]}
@@ -178,38 +189,57 @@ def test_a_stopped_worker_is_replaced_within_the_health_timeout(
         stopped_wall, stopped = time.time(), time.monotonic()
         frozen.append(victim["pid"])
         os.kill(victim["pid"], signal.SIGSTOP)
-        wait_until(lambda: gone(victim["pid"]), HEALTH_TIMEOUT_S + RESTART_S,
-                   "the frozen worker to be killed")
+        wait_until(
+            lambda: gone(victim["pid"]),
+            HEALTH_TIMEOUT_S + RESTART_S,
+            "the frozen worker to be killed",
+        )
         killed = time.monotonic() - stopped
-        back = wait_until(lambda: next((w for w in child(tree(daemon), pool)["children"]
-                                        if w["name"] == "worker-0" and w["state"] == "running"
-                                        and w["pid"] != victim["pid"]), None),
-                          10, "worker-0 to run again", interval=0.05)
+        back = wait_until(
+            lambda: next(
+                (
+                    w
+                    for w in child(tree(daemon), pool)["children"]
+                    if w["name"] == "worker-0"
+                    and w["state"] == "running"
+                    and w["pid"] != victim["pid"]
+                ),
+                None,
+            ),
+            10,
+            "worker-0 to run again",
+            interval=0.05,
+        )
         restarted = back["started_at"] - stopped_wall
         time.sleep(1.0)  # and serving again afterwards
         resumed_at = time.monotonic()
         time.sleep(1.0)
-    print(f"\n{pool}: SIGSTOP -> killed in {killed:.2f} s, running again after "
-          f"{restarted:.2f} s; {len(load.answers)} answers, failures "
-          f"{[(round(a[1] - stopped, 2), a[2], a[3]) for a in load.failed()]}; slowest "
-          f"{max(a[1] - a[0] for a in load.answers):.2f} s")
+    print(
+        f"\n{pool}: SIGSTOP -> killed in {killed:.2f} s, running again after "
+        f"{restarted:.2f} s; {len(load.answers)} answers, failures "
+        f"{[(round(a[1] - stopped, 2), a[2], a[3]) for a in load.failed()]}; slowest "
+        f"{max(a[1] - a[0] for a in load.answers):.2f} s"
+    )
 
     assert killed < HEALTH_TIMEOUT_S + 0.2, f"killed {killed:.2f} s after SIGSTOP"
     assert restarted < HEALTH_TIMEOUT_S + RESTART_S, f"restarted after {restarted:.2f} s"
     after = child(tree(daemon), pool)
     assert {w["name"]: w["restarts"] for w in after["children"]} == {
-        **restarts, "worker-0": restarts["worker-0"] + 1}  # only the frozen one restarted
+        **restarts,
+        "worker-0": restarts["worker-0"] + 1,
+    }  # only the frozen one restarted
     # Clients: 503 (never a 5xx of another kind, never a hang) and only while it was frozen;
     # most see a success, retried on another worker when it had to be.
-    for started, ended, status, code, _ in load.failed():
+    for _started, ended, status, code, _ in load.failed():
         assert status == 503, (status, code)
         assert ended - stopped < HEALTH_TIMEOUT_S + RESTART_S
     assert max(a[1] - a[0] for a in load.answers) < HEALTH_TIMEOUT_S + RESTART_S + 1.0
     assert [a for a in load.answers if a[0] > resumed_at and a[2] == 201]  # serving again
     # Reads (the store pool's work): the same, and they went on while the worker was frozen.
-    for started, ended, status, code in load.reads:
-        assert status == 200 or (status == 503 and ended - stopped < HEALTH_TIMEOUT_S
-                                 + RESTART_S), (status, code)
+    for _started, ended, status, code in load.reads:
+        assert status == 200 or (
+            status == 503 and ended - stopped < HEALTH_TIMEOUT_S + RESTART_S
+        ), (status, code)
     assert [r for r in load.reads if stopped < r[0] < stopped + HEALTH_TIMEOUT_S]
     assert [r for r in load.reads if r[0] > resumed_at and r[2] == 200]
     no_meme_after_failure(daemon, load)
@@ -227,8 +257,7 @@ def test_only_frozen_workers_were_restarted(daemon: DaemonProcess) -> None:
             walk(c, f"{path}{c['name']}/")
 
     walk(tree(daemon), "")
-    assert set(restarted) <= {"store/worker-0", "verify/worker-0", "generator/worker-0"}, \
-        restarted
+    assert set(restarted) <= {"store/worker-0", "verify/worker-0", "generator/worker-0"}, restarted
     assert all(n <= 1 for n in restarted.values()), restarted
 
 
@@ -237,7 +266,8 @@ def test_only_frozen_workers_were_restarted(daemon: DaemonProcess) -> None:
 
 @pytest.mark.parametrize("victim", ["generator", "render"])
 def test_a_killed_pool_answers_every_request_at_once(
-        daemon: DaemonProcess, fake: FakeOpenAI, victim: str) -> None:
+    daemon: DaemonProcess, fake: FakeOpenAI, victim: str
+) -> None:
     """The generator pool: the gateway's requests on its workers are answered when the root
     tells the gateway the pool is gone: all within 2 s (in fact tens of ms). The render
     pool: the root's rest_for_one also stops and restarts verify, generator and tasks; the
@@ -254,8 +284,10 @@ def test_a_killed_pool_answers_every_request_at_once(
             time.sleep(3.0)
         in_flight = [a for a in load.answers if a[0] < killed < a[1]]
         waited = [round(a[1] - killed, 3) for a in in_flight]
-        print(f"\n{victim} pool SIGKILL: {len(in_flight)} requests in flight answered after "
-              f"{sorted(waited)} s: {sorted({(a[2], a[3]) for a in in_flight})}")
+        print(
+            f"\n{victim} pool SIGKILL: {len(in_flight)} requests in flight answered after "
+            f"{sorted(waited)} s: {sorted({(a[2], a[3]) for a in in_flight})}"
+        )
         assert len(in_flight) >= 4
         assert max(waited) < {"generator": 2.0, "render": 3.0}[victim]
         assert all(a[2] in (201, 503) for a in in_flight), in_flight
@@ -263,12 +295,18 @@ def test_a_killed_pool_answers_every_request_at_once(
             assert gone(w["pid"])  # its workers died with it
     finally:
         fake.config.latency_s = LATENCY_S
-    back = wait_until(lambda: (p := child(tree(daemon), victim))["state"] == "running"
-                      and p["pid"] != pool["pid"] and p, 10, f"the {victim} pool back",
-                      interval=0.1)
+    back = wait_until(
+        lambda: (
+            (p := child(tree(daemon), victim))["state"] == "running"
+            and p["pid"] != pool["pid"]
+            and p
+        ),
+        10,
+        f"the {victim} pool back",
+        interval=0.1,
+    )
     assert all(w["state"] == "running" for w in back["children"])
-    status, meme = daemon.json("POST", "/v1/memes", {"topic": "after the pool kill",
-                                                     "fresh": True})
+    status, meme = daemon.json("POST", "/v1/memes", {"topic": "after the pool kill", "fresh": True})
     assert status == 201, meme
     # (No check that failed requests left no meme: a worker killed between its save and its
     # answer leaves a stored meme whose request was answered 503. SIGKILL gives no warning.)
@@ -277,17 +315,24 @@ def test_a_killed_pool_answers_every_request_at_once(
 # -- the issue's case: a generator frozen past its memes' deadline, resumed after the 504 ----
 
 
-def test_no_meme_appears_after_its_request_timed_out(tmp_path, fake: FakeOpenAI,
-                                                     frozen: list[int]) -> None:
+def test_no_meme_appears_after_its_request_timed_out(
+    tmp_path, fake: FakeOpenAI, frozen: list[int]
+) -> None:
     """The issue's case. The one generator worker, frozen while its memes are judged (their
     judgements arrive while it is frozen) and past their deadline, with health checks slow
     enough not to kill it; then resumed. Everything it would still do for those memes (the
     render, the save) comes after their deadline: it is dropped, so no meme appears after its
     504. (Before deadlines travelled with requests, those memes appeared after their 504. The
     save's own check, for a thread that starts late, is tests/test_generator_store.py.)"""
-    daemon = DaemonProcess(tmp_path, extra_env={
-        **provider_env(fake), **health_env(1.0, 30.0), "MEMESYS_WORKERS_GENERATORS": "1",
-        "MEMESYS_GATEWAY_REQUEST_TIMEOUT_S": "4"}).start()
+    daemon = DaemonProcess(
+        tmp_path,
+        extra_env={
+            **provider_env(fake),
+            **health_env(1.0, 30.0),
+            "MEMESYS_WORKERS_GENERATORS": "1",
+            "MEMESYS_GATEWAY_REQUEST_TIMEOUT_S": "4",
+        },
+    ).start()
     fake.config.latency_s = 0.4  # select, write, judging: each meme spends 1.2 s there
     try:
         victim = child(tree(daemon), "generator", "worker-0")["pid"]
@@ -295,8 +340,9 @@ def test_no_meme_appears_after_its_request_timed_out(tmp_path, fake: FakeOpenAI,
 
         def client(i: int) -> None:
             topic = f"deadline {i}"
-            answers.append((*daemon.json("POST", "/v1/memes", {"topic": topic, "fresh": True}),
-                            topic))
+            answers.append(
+                (*daemon.json("POST", "/v1/memes", {"topic": topic, "fresh": True}), topic)
+            )
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
         for t in threads:

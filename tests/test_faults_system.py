@@ -1,6 +1,7 @@
 """The actor system's own processes: when Thespian's logger, its admin or the root supervisor
 dies, the daemon answers 503 meanwhile and exits non-zero within seconds (a process manager
 restarts it); an ordered ``memesys-admin shutdown`` still exits 0."""
+
 from __future__ import annotations
 
 import json
@@ -42,12 +43,13 @@ class Load:
             n += 1
             try:
                 status, headers, body = self.daemon.request(
-                    "POST", "/v1/memes", {"topic": f"load {i} {n}", "fresh": True})
+                    "POST", "/v1/memes", {"topic": f"load {i} {n}", "fresh": True}
+                )
                 self.answers.append((status, headers.get("Retry-After"), body))
             except OSError:  # the daemon has exited: nothing listens any more
                 return
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         return self
@@ -88,7 +90,9 @@ def test_an_ordered_admin_shutdown_still_exits_zero_at_once(tmp_path):
         admin_took = time.monotonic() - started
         assert daemon.proc.wait(EXIT_WITHIN_S) == 0
         took = time.monotonic() - started
-        print(f"memesys-admin shutdown took {admin_took:.2f} s, the daemon exited after {took:.2f} s")
+        print(
+            f"memesys-admin shutdown took {admin_took:.2f} s, the daemon exited after {took:.2f} s"
+        )
         # Thespian's own shutdown waits 10 s for an admin that the daemon killed too early.
         assert admin_took < ADMIN_SHUTDOWN_WITHIN_S
         assert took < EXIT_WITHIN_S

@@ -1,4 +1,5 @@
 """The format catalogue: coverage of the classics and the layout rules the renderer relies on."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,27 @@ from memesys.domain.formats import (
 )
 
 CLASSICS = (
-    "drake", "distracted-boyfriend", "expanding-brain", "change-my-mind", "two-buttons",
-    "is-this-a-pigeon", "one-does-not-simply", "success-kid", "bad-luck-brian", "this-is-fine",
-    "woman-yelling-at-cat", "surprised-pikachu", "gru-plan", "uno-draw-25", "left-exit-12",
-    "running-away-balloon", "disaster-girl", "roll-safe", "always-has-been",
-    "panik-kalm-panik", "buff-doge-vs-cheems",
+    "drake",
+    "distracted-boyfriend",
+    "expanding-brain",
+    "change-my-mind",
+    "two-buttons",
+    "is-this-a-pigeon",
+    "one-does-not-simply",
+    "success-kid",
+    "bad-luck-brian",
+    "this-is-fine",
+    "woman-yelling-at-cat",
+    "surprised-pikachu",
+    "gru-plan",
+    "uno-draw-25",
+    "left-exit-12",
+    "running-away-balloon",
+    "disaster-girl",
+    "roll-safe",
+    "always-has-been",
+    "panik-kalm-panik",
+    "buff-doge-vs-cheems",
 )
 
 
@@ -42,22 +59,32 @@ def test_every_format_obeys_its_layout(fmt: MemeFormat) -> None:
     assert fmt.title and fmt.description and fmt.keywords
 
 
-@pytest.mark.parametrize("name, layout, slots", [
-    ("drake", "two_panel", ["reject", "prefer"]),
-    ("distracted-boyfriend", "labels", ["boyfriend", "girlfriend", "other_woman"]),
-    ("expanding-brain", "multi_panel", ["level_1", "level_2", "level_3", "level_4"]),
-    ("gru-plan", "multi_panel", ["step_1", "step_2", "step_3", "step_4"]),
-    ("panik-kalm-panik", "multi_panel", ["panik", "kalm", "panik_again"]),
-    ("buff-doge-vs-cheems", "two_panel", ["buff", "cheems"]),
-])
+@pytest.mark.parametrize(
+    "name, layout, slots",
+    [
+        ("drake", "two_panel", ["reject", "prefer"]),
+        ("distracted-boyfriend", "labels", ["boyfriend", "girlfriend", "other_woman"]),
+        ("expanding-brain", "multi_panel", ["level_1", "level_2", "level_3", "level_4"]),
+        ("gru-plan", "multi_panel", ["step_1", "step_2", "step_3", "step_4"]),
+        ("panik-kalm-panik", "multi_panel", ["panik", "kalm", "panik_again"]),
+        ("buff-doge-vs-cheems", "two_panel", ["buff", "cheems"]),
+    ],
+)
 def test_classic_shapes(name: str, layout: str, slots: list[str]) -> None:
     fmt = get_format(name)
     assert (fmt.layout, [s.name for s in fmt.slots]) == (layout, slots)
 
 
-@pytest.mark.parametrize("layout, count", [
-    ("top_bottom", 3), ("two_panel", 1), ("labels", 5), ("multi_panel", 2), ("grid", 2),
-])
+@pytest.mark.parametrize(
+    "layout, count",
+    [
+        ("top_bottom", 3),
+        ("two_panel", 1),
+        ("labels", 5),
+        ("multi_panel", 2),
+        ("grid", 2),
+    ],
+)
 def test_a_format_breaking_the_layout_rules_is_refused(layout: str, count: int) -> None:
     slots = tuple(Slot(f"s{i}", 40, "hint") for i in range(count))
     with pytest.raises(ValueError):

@@ -2,6 +2,7 @@
 its request's deadline has passed, and Redis being away is the request's ``store_error``,
 not a crash. Its request handling only, on a real Redis; the whole daemon with a frozen
 generator is tests/test_faults_hangs.py::test_no_meme_appears_after_its_request_timed_out."""
+
 from __future__ import annotations
 
 import asyncio
@@ -42,7 +43,9 @@ async def save_under(deadline: float | None, shop: TreeWorkshop, order: SaveMeme
 
 def test_a_meme_is_saved_with_its_cache_entry_before_the_deadline(store: MemeStore) -> None:
     shop = workshop(store)
-    saved = asyncio.run(save_under(time.time() + 5, shop, SaveMeme(meme("m1", time.time()), PNG, "k1")))
+    saved = asyncio.run(
+        save_under(time.time() + 5, shop, SaveMeme(meme("m1", time.time()), PNG, "k1"))
+    )
     assert saved == "m1"
     assert store.get("m1")["topic"] == "topic m1" and store.get_png("m1") == PNG
     assert asyncio.run(shop.cached("k1"))["id"] == "m1"
@@ -53,7 +56,9 @@ def test_a_meme_whose_deadline_passed_is_not_saved(store: MemeStore) -> None:
     deadline the client has had its 504, so nothing may appear."""
     shop = workshop(store)
     with pytest.raises(RequestFailed) as failed:
-        asyncio.run(save_under(time.time() - 0.01, shop, SaveMeme(meme("m2", time.time()), PNG, "k2")))
+        asyncio.run(
+            save_under(time.time() - 0.01, shop, SaveMeme(meme("m2", time.time()), PNG, "k2"))
+        )
     assert failed.value.failure.code == ErrorCode.TIMEOUT
     assert store.get("m2") is None and store.get_png("m2") is None
     assert asyncio.run(shop.cached("k2")) is None

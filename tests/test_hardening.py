@@ -5,6 +5,7 @@ hardens the bind before the admin is forked, and actors inherit it. This checks 
 of the admin's session (admin, logger, supervisors, workers, the loop thread's contexts of an
 async actor) and this test process itself.
 """
+
 from __future__ import annotations
 
 import psutil
@@ -31,16 +32,16 @@ def bound_sockets(proc: psutil.Process) -> list[tuple[str, int]]:
     return found
 
 
-def test_every_listening_socket_is_on_loopback(actor_system: RunningSystem,
-                                               context: ActorSystem, tmp_path) -> None:
+def test_every_listening_socket_is_on_loopback(
+    actor_system: RunningSystem, context: ActorSystem, tmp_path
+) -> None:
     system = actor_system
     children = (
         ChildSpec("a", "tests.sample_actors.Recorder", Journal(str(tmp_path / "journal"))),
         ChildSpec("pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Sleeper", 2)),
         ChildSpec("sleeper", "tests.sample_actors.Sleeper"),
     )
-    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor",
-                                  SupervisorArgs(children)))
+    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs(children)))
     sleeper = system.ok(root, WhereIs("sleeper")).address
     sleeper_pid = system.ok(sleeper, 0.0)  # the loop thread and its contexts now exist
     assert system.ok(system.ok(root, WhereIs("pool")).address, 0.0)
@@ -52,6 +53,5 @@ def test_every_listening_socket_is_on_loopback(actor_system: RunningSystem,
     assert system.port in {port for found in sockets.values() for _, port in found}
     # the sleeper's actor socket, its loop thread's system handle and the bridge's contexts
     assert len({port for _, port in sockets[sleeper_pid]}) >= 3, sockets[sleeper_pid]
-    exposed = {pid: [s for s in found if s[0] != "127.0.0.1"]
-               for pid, found in sockets.items()}
+    exposed = {pid: [s for s in found if s[0] != "127.0.0.1"] for pid, found in sockets.items()}
     assert not any(exposed.values()), f"sockets not on loopback: {exposed}"

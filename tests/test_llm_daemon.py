@@ -2,6 +2,7 @@
 gateway answers a provider's failure with the right code and a truthful Retry-After, a
 provider's wait longer than the request's deadline fails the request at once, and a 30 s
 outage under steady load fails fast behind the breaker and recovers."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,15 @@ def fake():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, fake):
-    d = DaemonProcess(tmp_path_factory.mktemp("llm"), {
-        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_LLM_MAX_ATTEMPTS": "3"}).start()
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("llm"),
+        {
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url,
+            "MEMESYS_LLM_MODEL": "fake-model",
+            "MEMESYS_LLM_MAX_ATTEMPTS": "3",
+        },
+    ).start()
     yield d
     assert d.stop() == []
 
@@ -78,11 +85,18 @@ RESET_S = 3.0
 
 @pytest.fixture(scope="module")
 def breaker_daemon(tmp_path_factory, fake):
-    d = DaemonProcess(tmp_path_factory.mktemp("llm-breaker"), {
-        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_LLM_MAX_ATTEMPTS": "2",
-        "MEMESYS_LLM_TIMEOUT_S": "0.5", "MEMESYS_LLM_BREAKER_FAILURES": "5",
-        "MEMESYS_LLM_BREAKER_RESET_S": str(RESET_S)}).start()
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("llm-breaker"),
+        {
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url,
+            "MEMESYS_LLM_MODEL": "fake-model",
+            "MEMESYS_LLM_MAX_ATTEMPTS": "2",
+            "MEMESYS_LLM_TIMEOUT_S": "0.5",
+            "MEMESYS_LLM_BREAKER_FAILURES": "5",
+            "MEMESYS_LLM_BREAKER_RESET_S": str(RESET_S),
+        },
+    ).start()
     yield d
     assert d.stop() == []
 
@@ -91,6 +105,7 @@ def restarts(daemon: DaemonProcess) -> dict[str, int]:
     import json
 
     from tests.test_quarantine import restarts as walk
+
     result = daemon.admin("status", "--json")
     assert result.returncode == 0, result.stderr
     return walk(json.loads(result.stdout))
@@ -109,8 +124,9 @@ class Answer:
     retry_after: str
 
 
-def steady_load(daemon: DaemonProcess, answers: list[Answer], stop: threading.Event,
-                client: int) -> None:
+def steady_load(
+    daemon: DaemonProcess, answers: list[Answer], stop: threading.Event, client: int
+) -> None:
     """One client posting fresh memes back to back; after a failure it pauses 50 ms, a light
     back-off that keeps the load on (honouring a Retry-After of seconds would not)."""
     n = 0
@@ -118,8 +134,9 @@ def steady_load(daemon: DaemonProcess, answers: list[Answer], stop: threading.Ev
         sent = time.monotonic()
         status, headers, body = post(daemon, f"steady client {client} meme {n}")
         code = "" if status == 201 else json.loads(body)["error"]["code"]
-        answers.append(Answer(sent, time.monotonic() - sent, status, code,
-                              headers.get("Retry-After", "")))
+        answers.append(
+            Answer(sent, time.monotonic() - sent, status, code, headers.get("Retry-After", ""))
+        )
         n += 1
         if status != 201:
             time.sleep(0.05)
@@ -127,7 +144,8 @@ def steady_load(daemon: DaemonProcess, answers: list[Answer], stop: threading.Ev
 
 @pytest.mark.parametrize("fault", ["500", "hang"])
 def test_a_30_s_provider_outage_under_steady_load_fails_fast_and_recovers(
-        breaker_daemon, fake, fault):
+    breaker_daemon, fake, fault
+):
     """Four clients post memes back to back; after 3 s the provider fails every call for 30 s
     (500s, or hangs past every timeout), then recovers. Once the breaker is open, answers are
     503 llm_unavailable in under 20 ms (p50) with a Retry-After of at most breaker_reset_s, and
@@ -137,8 +155,10 @@ def test_a_30_s_provider_outage_under_steady_load_fails_fast_and_recovers(
     before = restarts(d)
     answers: list[Answer] = []
     stop = threading.Event()
-    clients = [threading.Thread(target=steady_load, args=(d, answers, stop, i), daemon=True)
-               for i in range(CLIENTS)]
+    clients = [
+        threading.Thread(target=steady_load, args=(d, answers, stop, i), daemon=True)
+        for i in range(CLIENTS)
+    ]
     for t in clients:
         t.start()
     try:
@@ -168,18 +188,20 @@ def test_a_30_s_provider_outage_under_steady_load_fails_fast_and_recovers(
     assert steady and all(a.status == 201 for a in steady), steady
     during = [a for a in answers if open_phase <= a.sent < recovered]
     assert len(during) >= 100, len(during)
-    assert all(a.status == 503 and a.code == "llm_unavailable" for a in during), \
-        {(a.status, a.code) for a in during}
+    assert all(a.status == 503 and a.code == "llm_unavailable" for a in during), {
+        (a.status, a.code) for a in during
+    }
     took = sorted(a.took for a in during)
     assert took[len(took) // 2] < 0.020, f"p50 {took[len(took) // 2] * 1000:.1f} ms"
-    assert all(1 <= int(a.retry_after) <= RESET_S for a in during), \
-        {a.retry_after for a in during}
+    assert all(1 <= int(a.retry_after) <= RESET_S for a in during), {a.retry_after for a in during}
     probes = math.ceil((recovered - open_phase) / RESET_S) + 1
     assert attempts_while_open <= probes * 2, (attempts_while_open, probes)  # 2 attempts each
     first = min(a.sent + a.took for a in answers if a.status == 201 and a.sent >= recovered)
-    print(f"{fault}: {len(during)} answers while open, p50 {took[len(took) // 2] * 1000:.1f} ms, "
-          f"{attempts_while_open} attempts reached the provider ({probes} probe periods), "
-          f"memes again {first - recovered:.2f} s after the recovery")
+    print(
+        f"{fault}: {len(during)} answers while open, p50 {took[len(took) // 2] * 1000:.1f} ms, "
+        f"{attempts_while_open} attempts reached the provider ({probes} probe periods), "
+        f"memes again {first - recovered:.2f} s after the recovery"
+    )
     assert first - recovered <= RESET_S + 2.0, first - recovered
     assert max(a.took for a in answers) < 10.0  # nothing waited out a gateway timeout
     assert restarts(d) == before

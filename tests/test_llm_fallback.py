@@ -1,6 +1,7 @@
 """Fallbacks with real HTTP against the fake server: the primary model always fails (per-model
 faults), the fallback serves within the same deadline, and the meme records which model
 answered each stage."""
+
 from __future__ import annotations
 
 import time
@@ -41,10 +42,11 @@ def test_the_fallback_serves_when_the_primary_is_out_of_attempts(fake: FakeOpenA
 
 def test_an_open_primary_goes_straight_to_the_fallback(fake: FakeOpenAI) -> None:
     from memesys.llm.engine import HardenedEngine, Policy
-    policy = Policy(max_attempts=1, breaker_failures=2, breaker_reset_s=30,
-                    backoff_base_s=0.01)
-    engine = HardenedEngine("primary", "test-key", fake.url, policy,
-                            fallbacks=("backup", "primary"))
+
+    policy = Policy(max_attempts=1, breaker_failures=2, breaker_reset_s=30, backoff_base_s=0.01)
+    engine = HardenedEngine(
+        "primary", "test-key", fake.url, policy, fallbacks=("backup", "primary")
+    )
     assert [e.model for e in engine.fallbacks] == ["backup"]
     for _ in range(4):
         engine.complete(REQUEST)
@@ -75,10 +77,16 @@ def test_the_deadline_is_not_reset_for_the_fallback(fake: FakeOpenAI) -> None:
 @pytest.mark.slow
 @pytest.mark.store
 def test_the_meme_says_which_model_served(tmp_path, fake: FakeOpenAI) -> None:
-    d = DaemonProcess(tmp_path, {
-        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "primary", "MEMESYS_LLM_FALLBACK_MODELS": "backup",
-        "MEMESYS_LLM_MAX_ATTEMPTS": "1"}).start()
+    d = DaemonProcess(
+        tmp_path,
+        {
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url,
+            "MEMESYS_LLM_MODEL": "primary",
+            "MEMESYS_LLM_FALLBACK_MODELS": "backup",
+            "MEMESYS_LLM_MAX_ATTEMPTS": "1",
+        },
+    ).start()
     try:
         status, meme = d.json("POST", "/v1/memes", {"fresh": True, "topic": "fallbacks"})
     finally:

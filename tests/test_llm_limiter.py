@@ -3,6 +3,7 @@ the fake server: under heavy load from both, the rate that reaches the server st
 R + 5 % and no 1-second window holds more than 1.5 R; a call that cannot get a slot before its
 deadline fails at once with a Retry-After from the limiter; without Redis each process keeps
 to its share; provider 429s lower the limit."""
+
 from __future__ import annotations
 
 import time
@@ -53,10 +54,21 @@ def fake_process() -> Iterator[str]:
     import urllib.request
 
     from memesys.testing.ports import free_port
+
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "memesys.testing.fake_openai", "--port",
-                             str(port), "--latency", "0.005"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "memesys.testing.fake_openai",
+            "--port",
+            str(port),
+            "--latency",
+            "0.005",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
@@ -69,6 +81,7 @@ def fake_process() -> Iterator[str]:
         def stats() -> dict:
             with urllib.request.urlopen(f"{url}/_fake/stats?arrivals=1", timeout=5) as r:
                 return json.loads(r.read())
+
         yield f"{url}/v1", stats
     finally:
         proc.terminate()
@@ -77,8 +90,14 @@ def fake_process() -> Iterator[str]:
 
 def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
     url, stats = fake_process
-    knobs = {"max_attempts": 1, "rate_limit_rps": R, "redis_url": redis, "processes": 2,
-             "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"), "timeout_s": 5.0}
+    knobs = {
+        "max_attempts": 1,
+        "rate_limit_rps": R,
+        "redis_url": redis,
+        "processes": 2,
+        "key_prefix": shared_prefix(f"t{uuid.uuid4().hex[:6]}"),
+        "timeout_s": 5.0,
+    }
     engine = make_engine(url, **knobs)
     start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
     end_at = start_at + LOAD_S
@@ -96,8 +115,16 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
         return out
 
     with ThreadPoolExecutor(17) as pool:
-        there = pool.submit(calls_in_subprocess, url, 200_000, knobs,
-                            threads=16, start_at=start_at, deadline_s=0.5, until=end_at)
+        there = pool.submit(
+            calls_in_subprocess,
+            url,
+            200_000,
+            knobs,
+            threads=16,
+            start_at=start_at,
+            deadline_s=0.5,
+            until=end_at,
+        )
         time.sleep(max(0.0, start_at - time.time()))
         here = [pool.submit(load) for _ in range(16)]
         outcomes = [o for f in here for o in f.result()] + there.result()
@@ -107,16 +134,17 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
     assert outcomes.count("limited") > 0  # the load was well above the limit
     rate = sum(t < end_at for t in arrivals) / LOAD_S  # while the load lasted
     busiest = max_window(arrivals)
-    print(f"limit {R}/s, two processes x 16 callers: {rate:.2f} req/s at the fake, busiest "
-          f"1-s window {busiest}, {outcomes.count('limited')} refused, "
-          f"{engine.limiter.fallbacks} fallbacks to the local share here")
+    print(
+        f"limit {R}/s, two processes x 16 callers: {rate:.2f} req/s at the fake, busiest "
+        f"1-s window {busiest}, {outcomes.count('limited')} refused, "
+        f"{engine.limiter.fallbacks} fallbacks to the local share here"
+    )
     assert rate <= R * 1.05, rate
     assert rate >= R * 0.4, rate  # the limit is used, not starved (a loaded host: 0.4)
     assert busiest <= 1.5 * R, busiest
 
 
-def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str,
-                                                        tmp_path) -> None:
+def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str, tmp_path) -> None:
     """The issue's case through the running daemon: 8 HTTP clients post memes back to back to
     a daemon while another process's 16 callers use the same provider and model, both on one
     Redis and one limit of R req/s, for 10 s; at the fake the rate stays within R + 5 % and
@@ -124,14 +152,28 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
     import threading
 
     from tests.daemon_process import DaemonProcess
+
     url, stats = fake_process
-    daemon = DaemonProcess(tmp_path, {
-        "REDIS_URL": redis, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": url,
-        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_LLM_RATE_LIMIT_RPS": str(R),
-        "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0"}).start()
+    daemon = DaemonProcess(
+        tmp_path,
+        {
+            "REDIS_URL": redis,
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": url,
+            "MEMESYS_LLM_MODEL": "fake-model",
+            "MEMESYS_LLM_RATE_LIMIT_RPS": str(R),
+            "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0",
+        },
+    ).start()
     try:
-        knobs = {"max_attempts": 1, "rate_limit_rps": R, "redis_url": redis, "processes": 2,
-                 "key_prefix": daemon.key_prefix, "timeout_s": 5.0}
+        knobs = {
+            "max_attempts": 1,
+            "rate_limit_rps": R,
+            "redis_url": redis,
+            "processes": 2,
+            "key_prefix": daemon.key_prefix,
+            "timeout_s": 5.0,
+        }
         start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
         end_at = start_at + LOAD_S
         statuses: list[int] = []
@@ -139,16 +181,28 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
         def client(i: int) -> None:
             n = 0
             while time.time() < end_at:
-                status, _, _ = daemon.request("POST", "/v1/memes", {
-                    "fresh": True, "topic": f"shared limit client {i} meme {n}"}, timeout=60)
+                status, _, _ = daemon.request(
+                    "POST",
+                    "/v1/memes",
+                    {"fresh": True, "topic": f"shared limit client {i} meme {n}"},
+                    timeout=60,
+                )
                 statuses.append(status)
                 n += 1
                 if status != 201:
                     time.sleep(0.2)
 
         with ThreadPoolExecutor(1) as pool:
-            there = pool.submit(calls_in_subprocess, url, 200_000, knobs, threads=16,
-                                start_at=start_at, deadline_s=0.5, until=end_at)
+            there = pool.submit(
+                calls_in_subprocess,
+                url,
+                200_000,
+                knobs,
+                threads=16,
+                start_at=start_at,
+                deadline_s=0.5,
+                until=end_at,
+            )
             time.sleep(max(0.0, start_at - time.time()))
             clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
             for t in clients:
@@ -162,10 +216,12 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
     arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]
     rate = sum(t < end_at for t in arrivals) / LOAD_S
     busiest = max_window(arrivals)
-    print(f"limit {R}/s, the daemon (8 clients: {statuses.count(201)} memes, "
-          f"{len(statuses) - statuses.count(201)} refused) and a process of 16 callers "
-          f"({outcomes.count('ok')} calls, {outcomes.count('limited')} refused): "
-          f"{rate:.2f} req/s at the fake, busiest 1-s window {busiest}")
+    print(
+        f"limit {R}/s, the daemon (8 clients: {statuses.count(201)} memes, "
+        f"{len(statuses) - statuses.count(201)} refused) and a process of 16 callers "
+        f"({outcomes.count('ok')} calls, {outcomes.count('limited')} refused): "
+        f"{rate:.2f} req/s at the fake, busiest 1-s window {busiest}"
+    )
     assert statuses.count(201) > 0 and outcomes.count("ok") > 0  # both got their turn
     assert outcomes.count("limited") > 0  # the load was well above the limit
     assert rate <= R * 1.05, rate
@@ -174,8 +230,13 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
 
 
 def test_no_slot_before_the_deadline_fails_at_once(fake: FakeOpenAI, redis: str) -> None:
-    engine = make_engine(fake.url, max_attempts=1, rate_limit_rps=2, redis_url=redis,
-                         key_prefix=shared_prefix(f"t{uuid.uuid4().hex[:6]}"))
+    engine = make_engine(
+        fake.url,
+        max_attempts=1,
+        rate_limit_rps=2,
+        redis_url=redis,
+        key_prefix=shared_prefix(f"t{uuid.uuid4().hex[:6]}"),
+    )
     with deadlines.serving(time.time() + 5):
         engine.complete(REQUEST)
         engine.complete(REQUEST)

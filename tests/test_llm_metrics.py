@@ -1,5 +1,6 @@
 """The client layer's metrics: counted in the worker processes, gathered through Redis, shown
 by the gateway's /metrics."""
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,14 @@ REQUEST = write_request()
 
 def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: str) -> None:
     prefix = shared_prefix(f"t{uuid.uuid4().hex[:6]}")
-    engine = make_engine(fake.url, redis_url=redis, key_prefix=prefix, max_attempts=2,
-                         breaker_failures=3, prices="fake-model=1:1")
+    engine = make_engine(
+        fake.url,
+        redis_url=redis,
+        key_prefix=prefix,
+        max_attempts=2,
+        breaker_failures=3,
+        prices="fake-model=1:1",
+    )
     engine.complete(REQUEST)
     fake.config.fail_status = 500
     for _ in range(3):
@@ -45,8 +52,14 @@ def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: 
 
 @pytest.mark.slow
 def test_the_gateway_shows_the_workers_llm_metrics(tmp_path, fake: FakeOpenAI) -> None:
-    d = DaemonProcess(tmp_path, {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-                                 "MEMESYS_LLM_MODEL": "fake-model"}).start()
+    d = DaemonProcess(
+        tmp_path,
+        {
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url,
+            "MEMESYS_LLM_MODEL": "fake-model",
+        },
+    ).start()
     try:
         status, _, body = d.request("POST", "/v1/memes", {"fresh": True, "topic": "counted"})
         assert status == 201, body

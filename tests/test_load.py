@@ -1,6 +1,7 @@
 """Load on the real daemon with its default capacities, against a fake provider at 50 ms a call:
 100 concurrent clients get no error; 1,000 get a meme or a 503 with Retry-After, and none
 hangs; 50 identical requests make one meme."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,11 +26,17 @@ def fake():
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory, fake):
-    d = DaemonProcess(tmp_path_factory.mktemp("load"), {
-        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model", "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0",
-        # the tree's capacity, not the provider's rate limit (10 req/s by default) is measured
-        "MEMESYS_LLM_RATE_LIMIT_RPS": "0"}).start()
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("load"),
+        {
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url,
+            "MEMESYS_LLM_MODEL": "fake-model",
+            "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0",
+            # the tree's capacity, not the provider's rate limit (10 req/s by default) is measured
+            "MEMESYS_LLM_RATE_LIMIT_RPS": "0",
+        },
+    ).start()
     yield d
     assert d.stop() == []
 
@@ -38,10 +45,13 @@ async def post_all(url: str, bodies: list[dict], timeout_s: float) -> list[tuple
     """Every body POSTed at once, each on its own connection: (status, headers, JSON)."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def one(body: dict) -> tuple[int, dict, dict]:
-            async with session.post(f"{url}/v1/memes", json=body,
-                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as answer:
+            async with session.post(
+                f"{url}/v1/memes", json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as answer:
                 return answer.status, dict(answer.headers), await answer.json()
+
         return await asyncio.gather(*(one(body) for body in bodies))
 
 

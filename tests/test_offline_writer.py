@@ -1,4 +1,5 @@
 """The offline writer, driven through DSPy's real adapters exactly as the daemon drives it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,13 @@ from memesys.pipeline.scoring import score
 from memesys.pipeline.verification import VERIFIERS, verify
 from memesys.pipeline.writing import WriteCaption, write_caption
 
-TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage",
-          "learning javascript frameworks")
+TOPICS = (
+    "monday meetings",
+    "rust borrow checker",
+    "coffee",
+    "production outage",
+    "learning javascript frameworks",
+)
 LONG_TOPIC = "the quarterly planning meeting that could definitely have been a short email"
 
 
@@ -66,8 +72,9 @@ def test_same_request_same_response_text() -> None:
 
 @pytest.mark.parametrize("format", [None, "drake", "this-is-fine"])
 def test_seeds_vary_the_caption(handle: LMHandle, format: str | None) -> None:
-    captions = {write_caption(handle, "monday meetings", format=format, seed=s).texts
-                for s in range(10)}
+    captions = {
+        write_caption(handle, "monday meetings", format=format, seed=s).texts for s in range(10)
+    }
     assert len(captions) >= 3
 
 
@@ -86,18 +93,23 @@ def test_every_template_mentions_the_topic() -> None:
             assert re.search(r"\{(topic|Topic|mock)\}", " ".join(template)), (name, template)
 
 
-@pytest.mark.parametrize("topic, style, audience", [
-    ("cats", None, None),
-    ("kubernetes", "sarcastic", "developers"),
-    (LONG_TOPIC, "absurdly wholesome", "the whole engineering department"),
-])
-def test_every_format_fits_its_limits(handle: LMHandle, topic: str, style: str | None,
-                                      audience: str | None) -> None:
+@pytest.mark.parametrize(
+    "topic, style, audience",
+    [
+        ("cats", None, None),
+        ("kubernetes", "sarcastic", "developers"),
+        (LONG_TOPIC, "absurdly wholesome", "the whole engineering department"),
+    ],
+)
+def test_every_format_fits_its_limits(
+    handle: LMHandle, topic: str, style: str | None, audience: str | None
+) -> None:
     for name, fmt in CATALOGUE.items():
         for seed in range(2):
             # write_caption validates slot count and max_chars; it raises on any violation.
-            caption = write_caption(handle, topic, format=name, style=style, audience=audience,
-                                    seed=seed)
+            caption = write_caption(
+                handle, topic, format=name, style=style, audience=audience, seed=seed
+            )
             assert caption.format == name and all(caption.texts)
             assert len(caption.texts) == len(fmt.slots)
 
@@ -110,11 +122,14 @@ def test_style_and_audience_are_woven_in(handle: LMHandle) -> None:
         assert "nurses" in aimed.lower(), (name, aimed)
 
 
-@pytest.mark.parametrize("topic, expected", [
-    ("production outage during the deadline", "this-is-fine"),
-    ("a trade deal nobody wants", "trade-offer"),
-    ("panic before the exam", "panik-kalm-panik"),
-])
+@pytest.mark.parametrize(
+    "topic, expected",
+    [
+        ("production outage during the deadline", "this-is-fine"),
+        ("a trade deal nobody wants", "trade-offer"),
+        ("panic before the exam", "panik-kalm-panik"),
+    ],
+)
 def test_selection_follows_keywords(handle: LMHandle, topic: str, expected: str) -> None:
     caption = write_caption(handle, topic)
     assert caption.format == expected
@@ -167,8 +182,13 @@ def test_async_engine_through_dspy(handle: LMHandle) -> None:
     async def run() -> dspy.Prediction:
         with dspy.context(lm=handle.lm):
             return await dspy.Predict(WriteCaption).acall(
-                topic="coffee", format_name="drake", slots="1. reject (max 70 chars): x\n"
-                "2. prefer (max 70 chars): y", style="", audience="", seed=0)
+                topic="coffee",
+                format_name="drake",
+                slots="1. reject (max 70 chars): x\n2. prefer (max 70 chars): y",
+                style="",
+                audience="",
+                seed=0,
+            )
 
     assert len(asyncio.run(run()).captions) == 2
     assert isinstance(handle.lm._async_engine_spec, AsyncOfflineEngine)

@@ -1,4 +1,5 @@
 """Refinement, the partial-failure decision, and the sequential pipeline end to end."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -43,8 +44,7 @@ from memesys.pipeline.verification import (
 )
 from memesys.pipeline.writing import REQUESTED, CaptionError
 
-TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage",
-          "cats vs dogs")
+TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage", "cats vs dogs")
 FIRST_STAGES = ("select", "write", *VERIFIERS, "score")
 NEVER_GOOD_ENOUGH = 1.01
 
@@ -80,11 +80,15 @@ def offline() -> LMHandle:
 
 # -- refinement ---------------------------------------------------------------------------
 
+
 def test_refine_validates_like_the_first_caption() -> None:
     draft = Draft("tea", "drake", ("Tea", "Coffee"))
     caption = refine(dummy({"revised_captions": ["Warm leaf water", "Coffee!"]}), draft, "punch")
     assert (caption.format, caption.texts, caption.reason) == (
-        "drake", ("Warm leaf water", "Coffee!"), REFINED)
+        "drake",
+        ("Warm leaf water", "Coffee!"),
+        REFINED,
+    )
     with pytest.raises(CaptionError, match="slot 'prefer' has 71 chars"):
         refine(dummy({"revised_captions": ["Tea", "x" * 71]}), draft, "longer")
     with pytest.raises(CaptionError, match="needs 2 texts"):
@@ -92,9 +96,15 @@ def test_refine_validates_like_the_first_caption() -> None:
 
 
 def test_offline_refine_fixes_what_the_scorer_measures(offline: LMHandle) -> None:
-    weak = Draft("monday meetings", "drake",
-                 ("Really just sitting there", "Honestly I would very much rather be anywhere "
-                  "else at all, basically"), style="sarcastic")
+    weak = Draft(
+        "monday meetings",
+        "drake",
+        (
+            "Really just sitting there",
+            "Honestly I would very much rather be anywhere else at all, basically",
+        ),
+        style="sarcastic",
+    )
     before = score(offline, weak)
     verdicts = {name: verify(offline, name, weak) for name in VERIFIERS}
     assert verdicts["instruction_following"].status == FAILED  # the style does not show
@@ -110,20 +120,26 @@ def test_offline_refine_fixes_what_the_scorer_measures(offline: LMHandle) -> Non
 
 def test_critique_for_lists_failed_verdicts_then_the_critique() -> None:
     scores = Scores(0.5, 0.5, 0.5, 0.5, 0.5, "Add a twist.", 0)
-    verdicts = {"factuality": verdict("factuality", FAILED),
-                "instruction_following": verdict("instruction_following", PASSED)}
+    verdicts = {
+        "factuality": verdict("factuality", FAILED),
+        "instruction_following": verdict("instruction_following", PASSED),
+    }
     assert critique_for(scores, verdicts) == (
-        "factuality failed: factuality said failed\nAdd a twist.")
+        "factuality failed: factuality said failed\nAdd a twist."
+    )
 
 
-@pytest.mark.parametrize("overall, last, expected", [
-    (0.4, None, True),
-    (0.55, None, False),  # at the threshold is good enough
-    (0.4, Round(1, ("a",), 0.4, {}, 0.05), True),
-    (0.4, Round(1, ("a",), 0.4, {}, 0.01), False),  # gained less than min_gain
-    (0.4, Round(2, ("a",), 0.4, {}, 0.05), False),  # max_rounds reached
-    (0.4, Round(1, ("a",), 0.0, {}, -0.4, INAPPROPRIATE), False),
-])
+@pytest.mark.parametrize(
+    "overall, last, expected",
+    [
+        (0.4, None, True),
+        (0.55, None, False),  # at the threshold is good enough
+        (0.4, Round(1, ("a",), 0.4, {}, 0.05), True),
+        (0.4, Round(1, ("a",), 0.4, {}, 0.01), False),  # gained less than min_gain
+        (0.4, Round(2, ("a",), 0.4, {}, 0.05), False),  # max_rounds reached
+        (0.4, Round(1, ("a",), 0.0, {}, -0.4, INAPPROPRIATE), False),
+    ],
+)
 def test_should_refine(overall: float, last: Round | None, expected: bool) -> None:
     assert should_refine(overall, last, RefinePolicy(0.55, 2, 0.02)) is expected
 
@@ -133,24 +149,31 @@ def test_should_refine_with_no_rounds_allowed() -> None:
 
 
 def test_policy_from_config() -> None:
-    section = load(env={"MEMESYS_PIPELINE_REFINE_THRESHOLD": "0.6",
-                        "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "3",
-                        "MEMESYS_PIPELINE_MIN_REFINE_GAIN": "0.05"}).pipeline
+    section = load(
+        env={
+            "MEMESYS_PIPELINE_REFINE_THRESHOLD": "0.6",
+            "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "3",
+            "MEMESYS_PIPELINE_MIN_REFINE_GAIN": "0.05",
+        }
+    ).pipeline
     assert RefinePolicy.from_config(section) == RefinePolicy(0.6, 3, 0.05)
 
 
 # -- decision -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("statuses, refusal, degraded", [
-    ((PASSED, PASSED, PASSED), None, ()),
-    ((PASSED, FAILED, FAILED), None, ()),
-    ((PASSED, UNAVAILABLE, PASSED), None, ("factuality",)),
-    ((PASSED, UNAVAILABLE, UNAVAILABLE), None, ("factuality", "instruction_following")),
-    ((FAILED, PASSED, PASSED), INAPPROPRIATE, ()),
-    ((UNAVAILABLE, PASSED, PASSED), VERIFICATION_UNAVAILABLE, ()),
-])
-def test_decide(statuses: tuple[str, ...], refusal: str | None,
-                degraded: tuple[str, ...]) -> None:
+
+@pytest.mark.parametrize(
+    "statuses, refusal, degraded",
+    [
+        ((PASSED, PASSED, PASSED), None, ()),
+        ((PASSED, FAILED, FAILED), None, ()),
+        ((PASSED, UNAVAILABLE, PASSED), None, ("factuality",)),
+        ((PASSED, UNAVAILABLE, UNAVAILABLE), None, ("factuality", "instruction_following")),
+        ((FAILED, PASSED, PASSED), INAPPROPRIATE, ()),
+        ((UNAVAILABLE, PASSED, PASSED), VERIFICATION_UNAVAILABLE, ()),
+    ],
+)
+def test_decide(statuses: tuple[str, ...], refusal: str | None, degraded: tuple[str, ...]) -> None:
     decision = decide({name: verdict(name, s) for name, s in zip(VERIFIERS, statuses)})
     assert (decision.refusal, decision.degraded) == (refusal, degraded)
 
@@ -171,6 +194,7 @@ def test_enforce() -> None:
 
 # -- the sequential pipeline --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("topic", TOPICS)
 def test_offline_end_to_end(offline: LMHandle, topic: str) -> None:
     result = run_sequential(lambda stage: offline, topic, style="sarcastic", seed=3)
@@ -190,12 +214,21 @@ def test_offline_end_to_end(offline: LMHandle, topic: str) -> None:
 def test_same_request_same_result(offline: LMHandle) -> None:
     first = run_sequential(lambda stage: offline, "coffee", seed=1)
     again = run_sequential(lambda stage: offline_lm(), "coffee", seed=1)
-    assert (first.caption, first.scores, first.rounds) == (again.caption, again.scores,
-                                                           again.rounds)
+    assert (first.caption, first.scores, first.rounds) == (
+        again.caption,
+        again.scores,
+        again.rounds,
+    )
 
 
-@pytest.mark.parametrize("topic", ["email me at jane.doe@example.com", "how to stab my neighbour",
-                                   "kill yourself, nobody loves you"])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "email me at jane.doe@example.com",
+        "how to stab my neighbour",
+        "kill yourself, nobody loves you",
+    ],
+)
 def test_inappropriate_topics_are_refused(offline: LMHandle, topic: str) -> None:
     with pytest.raises(Refused) as refused:
         run_sequential(lambda stage: offline, topic)
@@ -239,7 +272,8 @@ def test_refinement_stops_after_max_rounds(offline: LMHandle) -> None:
     assert [r.index for r in result.rounds] == [1, 2, 3]
     for n in (1, 2, 3):
         assert {f"refine_{n}", f"score_{n}", *(f"{v}_{n}" for v in VERIFIERS)} <= set(
-            result.timings)
+            result.timings
+        )
     assert "refine_4" not in result.timings
 
 
@@ -254,10 +288,10 @@ def test_refinement_stops_early_when_a_round_gains_too_little(offline: LMHandle)
 
 def test_refinement_keeps_the_better_draft(offline: LMHandle) -> None:
     policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=1)
-    plain = run_sequential(lambda stage: offline, "coffee", format="drake", seed=0,
-                           policy=RefinePolicy(max_rounds=0))
-    refined = run_sequential(lambda stage: offline, "coffee", format="drake", seed=0,
-                             policy=policy)
+    plain = run_sequential(
+        lambda stage: offline, "coffee", format="drake", seed=0, policy=RefinePolicy(max_rounds=0)
+    )
+    refined = run_sequential(lambda stage: offline, "coffee", format="drake", seed=0, policy=policy)
     (round_1,) = refined.rounds
     assert round_1.gain > 0 and refined.caption.texts == round_1.texts != plain.caption.texts
     assert refined.scores.overall == pytest.approx(plain.scores.overall + round_1.gain)
@@ -267,8 +301,9 @@ def test_refinement_keeps_the_better_draft(offline: LMHandle) -> None:
 def test_a_refused_refinement_is_never_kept(offline: LMHandle) -> None:
     vile = dummy({"revised_captions": ["Coffee", "Kill yourself"]})
     policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=2)
-    result = run_sequential(with_stage(offline, "refine", vile), "coffee", format="drake",
-                            policy=policy)
+    result = run_sequential(
+        with_stage(offline, "refine", vile), "coffee", format="drake", policy=policy
+    )
     (round_1,) = result.rounds
     assert (round_1.refused, round_1.overall) == (INAPPROPRIATE, 0.0)
     assert round_1.verdicts["appropriateness"] == FAILED
@@ -277,10 +312,14 @@ def test_a_refused_refinement_is_never_kept(offline: LMHandle) -> None:
 
 
 def test_each_stage_runs_on_its_own_handle(offline: LMHandle) -> None:
-    handles = {stage: LMHandle(offline.lm, PROVIDER, f"model-for-{stage}")
-               for stage in STAGE_MODEL_KEYS}
-    result = run_sequential(handles.__getitem__, "coffee",
-                            policy=RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=1))
+    handles = {
+        stage: LMHandle(offline.lm, PROVIDER, f"model-for-{stage}") for stage in STAGE_MODEL_KEYS
+    }
+    result = run_sequential(
+        handles.__getitem__,
+        "coffee",
+        policy=RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=1),
+    )
     for key, run in result.stages.items():
         stage = "refine" if key.startswith("refine") else key.removesuffix("_1")
         assert run.model == f"model-for-{stage}", key
@@ -292,9 +331,14 @@ def test_a_requested_format_skips_select(offline: LMHandle) -> None:
 
 
 def test_stage_handles_from_config() -> None:
-    llm = load(env={"MEMESYS_LLM_SCORE_MODEL": "gpt-4o-mini", "OPENAI_API_KEY": "sk-test",
-                    "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
-                    "MEMESYS_LLM_TIMEOUT_S": "30"}).llm
+    llm = load(
+        env={
+            "MEMESYS_LLM_SCORE_MODEL": "gpt-4o-mini",
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "MEMESYS_LLM_TIMEOUT_S": "30",
+        }
+    ).llm
     handle_for = stage_handles(llm, stage_timeout_s=12.5)
     assert (handle_for("write").provider, handle_for("write").model) == (PROVIDER, MODEL)
     assert handle_for("appropriateness") is handle_for("refine")  # one handle per model

@@ -1,5 +1,6 @@
 """The meme pipeline through the running daemon: verification, the partial-failure policy,
 both pipeline modes, the real-provider path through a fake OpenAI-compatible server."""
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,14 @@ from tests.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
-FORMATS = ("drake", "distracted-boyfriend", "expanding-brain", "change-my-mind", "two-buttons",
-           "this-is-fine")
+FORMATS = (
+    "drake",
+    "distracted-boyfriend",
+    "expanding-brain",
+    "change-my-mind",
+    "two-buttons",
+    "this-is-fine",
+)
 STAGES = {"select", "write", "appropriateness", "factuality", "instruction_following", "score"}
 
 
@@ -29,24 +36,30 @@ def fake():
 
 @pytest.fixture(scope="module")
 def provider_daemon(tmp_path_factory, fake):
-    d = DaemonProcess(tmp_path_factory.mktemp("provider"), {
-        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model",
-        # These tests inject one partial fault after another: with the default breaker
-        # (5 failed attempts) their failures would add up and open it for 30 s. The breaker
-        # is tested in tests/test_llm_breaker.py and tests/test_llm_daemon.py.
-        "MEMESYS_LLM_BREAKER_FAILURES": "1000",
-        # The fake has no quota; the default 10 req/s would hold these tests to ~1.6 memes/s.
-        # The limiter is tested in tests/test_llm_limiter.py and tests/test_llm_daemon.py.
-        "MEMESYS_LLM_RATE_LIMIT_RPS": "0"}).start()
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("provider"),
+        {
+            "OPENAI_API_KEY": "test-key",
+            "OPENAI_BASE_URL": fake.url,
+            "MEMESYS_LLM_MODEL": "fake-model",
+            # These tests inject one partial fault after another: with the default breaker
+            # (5 failed attempts) their failures would add up and open it for 30 s. The breaker
+            # is tested in tests/test_llm_breaker.py and tests/test_llm_daemon.py.
+            "MEMESYS_LLM_BREAKER_FAILURES": "1000",
+            # The fake has no quota; the default 10 req/s would hold these tests to ~1.6 memes/s.
+            # The limiter is tested in tests/test_llm_limiter.py and tests/test_llm_daemon.py.
+            "MEMESYS_LLM_RATE_LIMIT_RPS": "0",
+        },
+    ).start()
     yield d
     assert d.stop() == []
 
 
 @pytest.fixture(scope="module")
 def sequential_daemon(tmp_path_factory):
-    d = DaemonProcess(tmp_path_factory.mktemp("sequential"),
-                      {"MEMESYS_PIPELINE_MODE": "sequential"}).start()
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("sequential"), {"MEMESYS_PIPELINE_MODE": "sequential"}
+    ).start()
     yield d
     assert d.stop() == []
 
@@ -80,15 +93,18 @@ def test_an_unavailable_factuality_check_is_served_visibly(provider_daemon, fake
     assert verdicts["appropriateness"]["status"] == "passed"
     assert meme["verification"]["degraded"] == ["factuality"]
     metrics = provider_daemon.request("GET", "/metrics")[2].decode()
-    assert ('memesys_verdicts_total{engine="actors",status="unavailable",verifier="factuality"} 1'
-            in metrics)
+    assert (
+        'memesys_verdicts_total{engine="actors",status="unavailable",verifier="factuality"} 1'
+        in metrics
+    )
 
 
 def test_an_unavailable_appropriateness_check_refuses_the_meme(provider_daemon, fake):
     fake.config.fail_status, fake.config.fail_matching = 500, "concerns"
     try:
         status, headers, body = provider_daemon.request(
-            "POST", "/v1/memes", {"topic": "unchecked things", "fresh": True})
+            "POST", "/v1/memes", {"topic": "unchecked things", "fresh": True}
+        )
     finally:
         fake.config.fail_status, fake.config.fail_matching = None, ""
     assert status == 503 and headers["Retry-After"]
@@ -140,8 +156,9 @@ def test_the_judging_group_runs_in_parallel(provider_daemon, fake):
         fake.config.latency_s = 0.0
     assert status == 201, meme
     timings = meme["timings"]
-    calls = [timings[k] for k in ("appropriateness", "factuality", "instruction_following",
-                                  "score")]
+    calls = [
+        timings[k] for k in ("appropriateness", "factuality", "instruction_following", "score")
+    ]
     assert min(calls) >= 200  # each judging call paid the latency ...
     assert timings["judge"] < 2 * 200 < sum(calls)  # ... but the group paid it about once
 

@@ -3,6 +3,7 @@
 Workers are :class:`tests.sample_actors.Sleeper` async actors: a request ``seconds`` sleeps that
 long without blocking the worker's mailbox and answers the worker's pid.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,7 @@ SLEEPER = "tests.sample_actors.Sleeper"
 
 def start_pool(system: RunningSystem, size: int, **kwargs) -> ActorAddress:
     pool = ChildSpec("pool", "actors.pool.Pool", PoolArgs(SLEEPER, size, **kwargs))
-    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor",
-                                  SupervisorArgs((pool,))))
+    root = system.start(ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs((pool,))))
     located = system.ok(root, WhereIs("pool"))
     assert isinstance(located, Located)
     return located.address
@@ -47,7 +47,8 @@ def workers(system: RunningSystem) -> dict:
 
 
 def test_least_outstanding_dispatch_spreads_concurrent_requests(
-        actor_system: RunningSystem, context: ActorSystem) -> None:
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
     pool = start_pool(system, 3)
     assert isinstance(system.ok(pool, Ping()), Pong)
@@ -62,17 +63,20 @@ def test_least_outstanding_dispatch_spreads_concurrent_requests(
     assert sorted(by_pid.values()) == [10, 10, 10]
     assert set(by_pid) == {w.pid for w in workers(system).values()}
     assert elapsed < 1.5, f"30 x 0.3 s on 3 workers took {elapsed:.2f} s"
-    wait_for(lambda: all(w.in_flight == 0 for w in workers(system).values()), 2,
-             what="the pool's in-flight counts back to 0")
+    wait_for(
+        lambda: all(w.in_flight == 0 for w in workers(system).values()),
+        2,
+        what="the pool's in-flight counts back to 0",
+    )
 
 
-def test_a_lost_worker_fails_or_retries_its_requests(actor_system: RunningSystem,
-                                                      context: ActorSystem) -> None:
+def test_a_lost_worker_fails_or_retries_its_requests(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
     pool = start_pool(system, 3)
     # fresh workers, ties broken in order: request i goes to worker-(i % 3)
-    requests = send_all(context, pool, (Request(1.5, idempotent=i in (0, 4, 5))
-                                       for i in range(6)))
+    requests = send_all(context, pool, (Request(1.5, idempotent=i in (0, 4, 5)) for i in range(6)))
     before = workers(system)
     assert [w.in_flight for w in before.values()] == [2, 2, 2]
     victim = before["worker-0"].pid
@@ -98,8 +102,11 @@ def test_a_lost_worker_fails_or_retries_its_requests(actor_system: RunningSystem
     now = wait_for(replaced, 5, what="the pool to restart worker-0")
     assert now["worker-0"].restarts == 1 and not alive(victim)
     # WorkDone travels apart from the reply: the pool's books balance soon after
-    wait_for(lambda: all(w.in_flight == 0 for w in workers(system).values()), 2,
-             what="the pool's in-flight counts back to 0")
+    wait_for(
+        lambda: all(w.in_flight == 0 for w in workers(system).values()),
+        2,
+        what="the pool's in-flight counts back to 0",
+    )
 
 
 def test_resize_up_and_down(actor_system: RunningSystem, context: ActorSystem) -> None:
@@ -114,8 +121,7 @@ def test_resize_up_and_down(actor_system: RunningSystem, context: ActorSystem) -
 
     # shrink while the workers to be removed hold requests: those are answered first (the
     # requester keeps listening: a worker's reply waits until its recipient takes it)
-    requests = send_all(context, pool,
-                        [Request(0.4) for _ in range(64)] + [Request(Resize(1))])
+    requests = send_all(context, pool, [Request(0.4) for _ in range(64)] + [Request(Resize(1))])
     replies = collect(context, requests, 5)
     assert replies.pop(requests[-1].correlation_id).payload == Ack("1 workers")
     assert all(r.ok for r in replies.values()), [r.error for r in replies.values()]
@@ -123,14 +129,15 @@ def test_resize_up_and_down(actor_system: RunningSystem, context: ActorSystem) -
     after = workers(system)
     assert list(after) == ["worker-0"] and after["worker-0"].pid == now["worker-0"].pid
     for name in ("worker-1", "worker-2", "worker-3"):
-        wait_for(lambda: not alive(now[name].pid), 2, what=f"{name} to exit")
+        wait_for(lambda: not alive(now[name].pid), 2, what=f"{name} to exit")  # noqa: B023
     replies = collect(context, send_all(context, pool, [Request(0.0)]), 5)
     assert [r.payload for r in replies.values()] == [now["worker-0"].pid]
     assert system.ask(pool, Resize(-1)).error.code == "bad_request"
 
 
-def test_overload_past_max_outstanding_on_every_worker(actor_system: RunningSystem,
-                                                       context: ActorSystem) -> None:
+def test_overload_past_max_outstanding_on_every_worker(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
     pool = start_pool(system, 2, max_outstanding=2)
     busy = send_all(context, pool, (Request(1.0) for _ in range(4)))
@@ -140,19 +147,25 @@ def test_overload_past_max_outstanding_on_every_worker(actor_system: RunningSyst
     assert time.monotonic() - started < 0.5
     assert all(r.ok for r in collect(context, busy, 5).values())
     # WorkDone travels apart from the reply: capacity is back once the pool's books balance
-    wait_for(lambda: all(w.in_flight == 0 for w in workers(system).values()), 2,
-             what="the pool's in-flight counts back to 0")
+    wait_for(
+        lambda: all(w.in_flight == 0 for w in workers(system).values()),
+        2,
+        what="the pool's in-flight counts back to 0",
+    )
     assert system.ask(pool, 0.0).ok
 
 
 def test_requests_waiting_for_a_worker_are_answered_when_the_pool_stops(
-        actor_system: RunningSystem, context: ActorSystem) -> None:
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
-    pool = start_pool(system, 1, wait_s=5.0,
-                      backoff=Backoff(initial_s=2.0, max_s=2.0, jitter=0.0))
+    pool = start_pool(system, 1, wait_s=5.0, backoff=Backoff(initial_s=2.0, max_s=2.0, jitter=0.0))
     os.kill(workers(system)["worker-0"].pid, signal.SIGKILL)
-    wait_for(lambda: workers(system)["worker-0"].state != "running", 2,
-             what="the pool to see its worker die")
+    wait_for(
+        lambda: workers(system)["worker-0"].state != "running",
+        2,
+        what="the pool to see its worker die",
+    )
     waiting = send_all(context, pool, [Request(0.0)])  # waits for the restart, 2 s away
     time.sleep(0.1)
     started = time.monotonic()

@@ -1,4 +1,5 @@
 """The meme program: stage wiring, validation of model output, usage, and the LM factory."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import dspy
 import pytest
@@ -34,16 +35,20 @@ def dummy(*answers: dict[str, Any]) -> LMHandle:
 
 
 def test_valid_outputs_parse() -> None:
-    handle = dummy({"format_name": "drake", "reason": "a clear preference"},
-                   {"captions": ["Tea", "Coffee"]})
+    handle = dummy(
+        {"format_name": "drake", "reason": "a clear preference"}, {"captions": ["Tea", "Coffee"]}
+    )
     caption = write_caption(handle, "hot drinks")
-    assert caption == Caption(format="drake", texts=("Tea", "Coffee"),
-                              reason="a clear preference", tokens=0)
+    assert caption == Caption(
+        format="drake", texts=("Tea", "Coffee"), reason="a clear preference", tokens=0
+    )
 
 
 def test_format_name_spelling_is_forgiven() -> None:
-    handle = dummy({"format_name": " Distracted Boyfriend", "reason": "temptation"},
-                   {"captions": ["Me", "Work", "Memes"]})
+    handle = dummy(
+        {"format_name": " Distracted Boyfriend", "reason": "temptation"},
+        {"captions": ["Me", "Work", "Memes"]},
+    )
     assert write_caption(handle, "work").format == "distracted-boyfriend"
 
 
@@ -63,16 +68,19 @@ def test_requested_unknown_format_fails_before_any_lm_call() -> None:
 
 def test_unknown_format_from_the_model() -> None:
     handle = dummy({"format_name": "nyan-cat", "reason": "rainbows"})
-    with pytest.raises(CaptionError, match="nyan-cat.*not in the catalogue"):
+    with pytest.raises(CaptionError, match=r"nyan-cat.*not in the catalogue"):
         write_caption(handle, "cats")
 
 
-@pytest.mark.parametrize("captions, message", [
-    (["Tea", "Coffee", "Water"], "drake needs 2 texts \\(reject, prefer\\), the model wrote 3"),
-    (["Tea"], "needs 2 texts"),
-    (["Tea", "x" * 71], "slot 'prefer' has 71 chars, max 70"),
-    (["Tea", "   "], "slot 'prefer' is empty"),
-])
+@pytest.mark.parametrize(
+    "captions, message",
+    [
+        (["Tea", "Coffee", "Water"], "drake needs 2 texts \\(reject, prefer\\), the model wrote 3"),
+        (["Tea"], "needs 2 texts"),
+        (["Tea", "x" * 71], "slot 'prefer' has 71 chars, max 70"),
+        (["Tea", "   "], "slot 'prefer' is empty"),
+    ],
+)
 def test_bad_captions_from_the_model(captions: list[str], message: str) -> None:
     handle = dummy({"captions": captions})
     with pytest.raises(CaptionError, match=message):
@@ -99,8 +107,10 @@ def test_prompt_listings() -> None:
     ]
 
 
-@pytest.mark.parametrize("topic", ["monday meetings", "rust borrow checker", "coffee",
-                                   "production outage", "cats vs dogs"])
+@pytest.mark.parametrize(
+    "topic",
+    ["monday meetings", "rust borrow checker", "coffee", "production outage", "cats vs dogs"],
+)
 def test_offline_end_to_end(topic: str) -> None:
     handle = offline_lm()
     caption = write_caption(handle, topic, style="sarcastic", seed=7)
@@ -120,8 +130,9 @@ def test_stages_run_alone_and_count_their_own_tokens() -> None:
     assert caption.tokens == write_lm.lm.history[-1]["usage"]["total_tokens"] > 0
     assert (caption.format, caption.reason) == (choice.format.name, choice.reason)
     whole = write_caption(offline_lm(), "production outage", seed=1)
-    assert whole == Caption(caption.format, caption.texts, caption.reason,
-                            choice.tokens + caption.tokens)
+    assert whole == Caption(
+        caption.format, caption.texts, caption.reason, choice.tokens + caption.tokens
+    )
     assert requested("Drake").tokens == 0 and requested("drake").reason == REQUESTED
 
 
@@ -135,8 +146,9 @@ def test_usage_rolls_up_into_the_callers_tracker() -> None:
 
 def test_concurrent_calls_keep_their_own_lm() -> None:
     offline = offline_lm()
-    canned = LMHandle(lm=DummyLM({"hot drinks": {"captions": ["Tea", "Coffee"]}}),
-                      provider="dummy", model="dummy")
+    canned = LMHandle(
+        lm=DummyLM({"hot drinks": {"captions": ["Tea", "Coffee"]}}), provider="dummy", model="dummy"
+    )
 
     def run(i: int) -> Caption:
         handle = canned if i % 2 else offline
@@ -169,25 +181,42 @@ def test_build_lm_openai_compatible_settings() -> None:
 class FakeOpenAI(BaseHTTPRequestHandler):
     """A chat-completions endpoint answering the two memesys signatures (or failing)."""
 
-    requests: list[dict[str, Any]] = []
+    requests: ClassVar[list[dict[str, Any]]] = []
     fail = False
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append({"path": self.path, "auth": self.headers["Authorization"],
-                                    "body": body})
+        type(self).requests.append(
+            {"path": self.path, "auth": self.headers["Authorization"], "body": body}
+        )
         if type(self).fail:
             self.send_error(500, "boom")
             return
         outputs = body["messages"][0]["content"].split("Your output fields are:")[1]
-        content = ('[[ ## captions ## ]]\n["Tea", "Coffee"]' if "`captions`" in outputs
-                   else "[[ ## format_name ## ]]\ndrake\n\n[[ ## reason ## ]]\nfits")
-        payload = json.dumps({
-            "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": content + "\n\n[[ ## completed ## ]]"}}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
-        }).encode()
+        content = (
+            '[[ ## captions ## ]]\n["Tea", "Coffee"]'
+            if "`captions`" in outputs
+            else "[[ ## format_name ## ]]\ndrake\n\n[[ ## reason ## ]]\nfits"
+        )
+        payload = json.dumps(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {
+                            "role": "assistant",
+                            "content": content + "\n\n[[ ## completed ## ]]",
+                        },
+                    }
+                ],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -213,13 +242,15 @@ def test_openai_compatible_end_to_end(endpoint: str) -> None:
     caption = write_caption(build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks")
     assert caption == Caption(format="drake", texts=("Tea", "Coffee"), reason="fits", tokens=220)
     assert [(r["path"], r["auth"], r["body"]["model"]) for r in FakeOpenAI.requests] == [
-        ("/v1/chat/completions", "Bearer sk-test", "test-model")] * 2
+        ("/v1/chat/completions", "Bearer sk-test", "test-model")
+    ] * 2
 
 
 def test_openai_compatible_makes_one_attempt(endpoint: str) -> None:
     FakeOpenAI.fail = True
     with pytest.raises(LMError) as failed:
-        write_caption(build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks",
-                      format="drake")
+        write_caption(
+            build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks", format="drake"
+        )
     assert len(FakeOpenAI.requests) == 1
     assert failed.value.__notes__ == ["memesys stage: write"]

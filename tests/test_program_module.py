@@ -1,5 +1,6 @@
 """memesys.MemeProgram: one named predictor per stage, saved and loaded as DSPy state, run by
 both pipeline modes; its hash in the cache key and the meme; a bad program file stops start-up."""
+
 from __future__ import annotations
 
 import asyncio
@@ -48,9 +49,15 @@ ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
 # Refine once whatever the score: every stage runs.
 ONE_ROUND = RefinePolicy(threshold=1.01, max_rounds=1, min_gain=0.0)
-WRITE_DEMO = {"topic": "DEMO TOPIC", "format_name": "drake",
-              "slots": "1. reject (max 70 chars): x\n2. prefer (max 70 chars): y",
-              "style": "", "audience": "", "seed": 0, "captions": ["DEMO NO", "DEMO YES"]}
+WRITE_DEMO = {
+    "topic": "DEMO TOPIC",
+    "format_name": "drake",
+    "slots": "1. reject (max 70 chars): x\n2. prefer (max 70 chars): y",
+    "style": "",
+    "audience": "",
+    "seed": 0,
+    "captions": ["DEMO NO", "DEMO YES"],
+}
 
 
 def saved_state(tmp_path: Path) -> dict[str, Any]:
@@ -98,12 +105,23 @@ def requests_by_stage(fake: FakeOpenAI) -> dict[str, list[list[dict[str, Any]]]]
 
 # ---------------------------------------------------------------------- the module
 
+
 def test_the_program_has_exactly_the_named_predictors() -> None:
     program = MemeProgram()
     named = program.named_predictors()
-    assert [name for name, _ in named] == list(STAGES) == [
-        "select", "write", "appropriateness", "factuality", "instruction_following", "score",
-        "refine"]
+    assert (
+        [name for name, _ in named]
+        == list(STAGES)
+        == [
+            "select",
+            "write",
+            "appropriateness",
+            "factuality",
+            "instruction_following",
+            "score",
+            "refine",
+        ]
+    )
     for name, predictor in named:
         assert isinstance(predictor, dspy.Predict)
         assert predictor is program.predictor(name)
@@ -114,10 +132,12 @@ def test_the_program_has_exactly_the_named_predictors() -> None:
 
 
 def test_memesys_exports_it_without_importing_dspy_on_import() -> None:
-    code = ("import sys, memesys, memesys.cli.admin, memesys.config\n"
-            "assert 'dspy' not in sys.modules, 'import memesys imported dspy'\n"
-            "from memesys import MemeProgram\n"
-            "assert 'dspy' in sys.modules and MemeProgram.__name__ == 'MemeProgram'\n")
+    code = (
+        "import sys, memesys, memesys.cli.admin, memesys.config\n"
+        "assert 'dspy' not in sys.modules, 'import memesys imported dspy'\n"
+        "from memesys import MemeProgram\n"
+        "assert 'dspy' in sys.modules and MemeProgram.__name__ == 'MemeProgram'\n"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
     assert memesys.MemeProgram is MemeProgram
     with pytest.raises(AttributeError):
@@ -136,8 +156,7 @@ def test_save_then_load_gives_the_same_hash(tmp_path: Path) -> None:
     # DSPy's metadata, key order and formatting are not the program.
     del state["metadata"]
     reordered = {stage: state[stage] for stage in reversed(STAGES)}
-    assert load_program(write(tmp_path, json.dumps(reordered), "compact.json")).hash \
-        == loaded.hash
+    assert load_program(write(tmp_path, json.dumps(reordered), "compact.json")).hash == loaded.hash
     # Saving the loaded program again round-trips too.
     loaded.program.save(str(tmp_path / "again.json"))
     assert load_program(tmp_path / "again.json").hash == loaded.hash
@@ -151,8 +170,10 @@ def test_an_edited_instruction_or_an_added_demo_changes_the_hash(tmp_path: Path)
     demo["write"]["demos"] = [WRITE_DEMO]
     description = copy.deepcopy(state)
     description["select"]["signature"]["fields"][3]["description"] = "the best format name"
-    hashes = {load_program(write(tmp_path, s, f"{i}.json")).hash
-              for i, s in enumerate((state, instruction, demo, description))}
+    hashes = {
+        load_program(write(tmp_path, s, f"{i}.json")).hash
+        for i, s in enumerate((state, instruction, demo, description))
+    }
     assert len(hashes) == 4
     edited = load_program(write(tmp_path, instruction, "grumpy.json")).program
     assert edited.score.signature.instructions == "Rate it like a grumpy editor."
@@ -161,17 +182,24 @@ def test_an_edited_instruction_or_an_added_demo_changes_the_hash(tmp_path: Path)
 
 # ---------------------------------------------------------------------- the prompts
 
+
 def test_instructions_and_demos_reach_the_provider(tmp_path: Path, fake: FakeOpenAI) -> None:
     path, _ = marked(tmp_path)
     program = load_program(path).program
     handle = build_lm("fake-model", KEY, fake.url, 5.0)
-    result = run_sequential(lambda stage: handle, "coffee", seed=1, policy=ONE_ROUND,
-                            program=program)
+    result = run_sequential(
+        lambda stage: handle, "coffee", seed=1, policy=ONE_ROUND, program=program
+    )
     by_stage = requests_by_stage(fake)
     # Every stage call ran the program's predictor: its instruction is in the system message.
     assert "unmarked" not in by_stage
     assert {stage: len(calls) for stage, calls in by_stage.items()} == {
-        "select": 1, "write": 1, "refine": 1, **{v: 2 for v in VERIFIERS}, "score": 2}
+        "select": 1,
+        "write": 1,
+        "refine": 1,
+        **{v: 2 for v in VERIFIERS},
+        "score": 2,
+    }
     assert len(result.rounds) == 1
     # The write demo is a user/assistant pair before the real request.
     (messages,) = by_stage["write"]
@@ -180,8 +208,7 @@ def test_instructions_and_demos_reach_the_provider(tmp_path: Path, fake: FakeOpe
     assert '["DEMO NO", "DEMO YES"]' in messages[2]["content"]
     assert "[[ ## topic ## ]]\ncoffee" in messages[3]["content"]
     # Other stages have no demos: system and one user message.
-    assert all(len(m) == 2 for stage, calls in by_stage.items() if stage != "write"
-               for m in calls)
+    assert all(len(m) == 2 for stage, calls in by_stage.items() if stage != "write" for m in calls)
     # The fake (the offline writer behind HTTP) answered the real request, not the demo.
     assert "DEMO" not in " ".join(result.caption.texts)
     assert len(result.caption.texts) == len(get_format(result.caption.format).slots)
@@ -196,31 +223,47 @@ def test_the_built_in_program_sends_the_signatures_own_instructions(fake: FakeOp
     assert all(len(body["messages"]) == 2 for body in fake.requests)
 
 
-def test_the_offline_writer_answers_an_edited_program_from_the_last_message(
-        tmp_path: Path) -> None:
+def test_the_offline_writer_answers_an_edited_program_from_the_last_message(tmp_path: Path) -> None:
     """Changed instructions and demos change the prompt, not what the offline writer reads:
     fields from the system message, values from the last user message."""
     state = saved_state(tmp_path)
     for stage in STAGES:
         state[stage]["signature"]["instructions"] = f"Do the {stage} job well; be brief."
     state["write"]["demos"] = [WRITE_DEMO]
-    state["select"]["demos"] = [{"topic": "DEMO TOPIC", "catalogue": "drake: a choice",
-                                 "seed": 0, "format_name": "drake", "reason": "DEMO REASON"}]
-    state["factuality"]["demos"] = [{"topic": "DEMO", "format_name": "drake",
-                                     "slot_texts": "1. reject (max 70 chars): a",
-                                     "style": "", "audience": "", "flagged_claims": [],
-                                     "verdict": "passed", "confidence": 0.9}]
+    state["select"]["demos"] = [
+        {
+            "topic": "DEMO TOPIC",
+            "catalogue": "drake: a choice",
+            "seed": 0,
+            "format_name": "drake",
+            "reason": "DEMO REASON",
+        }
+    ]
+    state["factuality"]["demos"] = [
+        {
+            "topic": "DEMO",
+            "format_name": "drake",
+            "slot_texts": "1. reject (max 70 chars): a",
+            "style": "",
+            "audience": "",
+            "flagged_claims": [],
+            "verdict": "passed",
+            "confidence": 0.9,
+        }
+    ]
     edited = load_program(write(tmp_path, state)).program
     offline = offline_lm()
     for topic, seed in (("coffee", 1), ("monday meetings", 4), ("production outage", 2)):
-        ours = run_sequential(lambda stage: offline, topic, seed=seed, policy=ONE_ROUND,
-                              program=edited)
+        ours = run_sequential(
+            lambda stage: offline, topic, seed=seed, policy=ONE_ROUND, program=edited
+        )
         reference = run_sequential(lambda stage: offline, topic, seed=seed, policy=ONE_ROUND)
         # The same answers (only the token counts differ: the prompts are longer or shorter).
         assert untokened(ours.caption) == untokened(reference.caption)
         assert untokened(ours.scores) == untokened(reference.scores)
         assert {k: untokened(v) for k, v in ours.verdicts.items()} == {
-            k: untokened(v) for k, v in reference.verdicts.items()}
+            k: untokened(v) for k, v in reference.verdicts.items()
+        }
         assert ours.rounds == reference.rounds
 
 
@@ -255,6 +298,7 @@ def test_forward_runs_the_whole_program_on_the_configured_lm() -> None:
 
 # ---------------------------------------------------------------------- cache key and record
 
+
 def test_the_cache_key_and_the_meme_record_the_program(tmp_path: Path) -> None:
     request = GenerateMeme("coffee", seed=1)
     handle = offline_lm()
@@ -262,20 +306,25 @@ def test_the_cache_key_and_the_meme_record_the_program(tmp_path: Path) -> None:
     assert edited.hash != builtin().hash
     assert cache_key(request, handle, builtin().hash) != cache_key(request, handle, edited.hash)
     assert cache_key(request, handle, edited.hash) == cache_key(
-        GenerateMeme(" Coffee ", seed=1), handle, load_program(marked(tmp_path)[0]).hash)
+        GenerateMeme(" Coffee ", seed=1), handle, load_program(marked(tmp_path)[0]).hash
+    )
 
     def meme(loaded: Any) -> dict[str, Any]:
         result = run_sequential(lambda stage: handle, "coffee", seed=1, program=loaded.program)
         fmt = get_format(result.caption.format)
-        return build_meme("m1", request, fmt, result, "sequential", result.timings,
-                          loaded.provider, "actors")
+        return build_meme(
+            "m1", request, fmt, result, "sequential", result.timings, loaded.provider, "actors"
+        )
 
     assert meme(builtin())["provider"]["program"] == {"hash": builtin().hash, "path": "builtin"}
-    assert meme(edited)["provider"]["program"] == {"hash": edited.hash,
-                                                   "path": str(tmp_path / "marked.json")}
+    assert meme(edited)["provider"]["program"] == {
+        "hash": edited.hash,
+        "path": str(tmp_path / "marked.json"),
+    }
 
 
 # ---------------------------------------------------------------------- bad files
+
 
 def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     state = saved_state(tmp_path)
@@ -294,21 +343,40 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "directory": (tmp_path, "cannot read it"),
         "not json": (write(tmp_path, "{not json", "bad.json"), "not valid JSON state"),
         "not an object": (write(tmp_path, "[1, 2]", "list.json"), "expected a JSON object"),
-        "renamed predictor": (write(tmp_path, renamed, "renamed.json"),
-                              "missing: factuality; unknown: verify"),
-        "fields": (write(tmp_path, fields, "fields.json"),
-                   "predictor 'write' lists 6 fields, its signature has 7"),
+        "renamed predictor": (
+            write(tmp_path, renamed, "renamed.json"),
+            "missing: factuality; unknown: verify",
+        ),
+        "fields": (
+            write(tmp_path, fields, "fields.json"),
+            "predictor 'write' lists 6 fields, its signature has 7",
+        ),
         "pinned lm": (write(tmp_path, pinned, "pinned.json"), "predictor 'score' pins an LM"),
-        "unknown key": (write(tmp_path, config, "config.json"),
-                        "predictor 'select' has unknown keys: config"),
-        "foreign demo": (write(tmp_path, demo, "demo.json"),
-                         "predictor 'refine': demo 0 names none of the fields"),
+        "unknown key": (
+            write(tmp_path, config, "config.json"),
+            "predictor 'select' has unknown keys: config",
+        ),
+        "foreign demo": (
+            write(tmp_path, demo, "demo.json"),
+            "predictor 'refine': demo 0 names none of the fields",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "not json", "not an object",
-                                  "renamed predictor", "fields", "pinned lm", "unknown key",
-                                  "foreign demo"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing",
+        "directory",
+        "not json",
+        "not an object",
+        "renamed predictor",
+        "fields",
+        "pinned lm",
+        "unknown key",
+        "foreign demo",
+    ],
+)
 def test_a_bad_program_file_fails_in_one_clear_line(tmp_path: Path, case: str) -> None:
     path, message = bad_files(tmp_path)[case]
     with pytest.raises(ProgramError) as failed:
@@ -330,17 +398,34 @@ def test_the_setting_is_read_from_the_pipeline_config(tmp_path: Path) -> None:
 def test_the_daemon_refuses_a_bad_program_before_starting_anything(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MEMESYS_", "OPENAI_"))}
     env["MEMESYS_PIPELINE_PROGRAM_PATH"] = str(tmp_path / "nowhere.json")
-    done = subprocess.run([sys.executable, "run_system.py", "--data-dir", str(tmp_path / "data"),
-                           "--port", "1", "--admin-port", "1"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "run_system.py",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "1",
+            "--admin-port",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
-    assert done.stderr == (f"memesys: configuration error: pipeline.program_path: program file "
-                           f"{tmp_path / 'nowhere.json'}: cannot read it: No such file or "
-                           f"directory\n")
+    assert done.stderr == (
+        f"memesys: configuration error: pipeline.program_path: program file "
+        f"{tmp_path / 'nowhere.json'}: cannot read it: No such file or "
+        f"directory\n"
+    )
     assert done.stdout == "" and not (tmp_path / "data").exists()
 
 
 # ---------------------------------------------------------------------- the verifier pool
+
 
 def test_a_verifier_worker_judges_with_its_program(tmp_path: Path) -> None:
     path, _ = marked(tmp_path)
@@ -368,9 +453,16 @@ def test_the_daemon_runs_the_configured_program(tmp_path: Path, mode: str) -> No
     path, _ = marked(tmp_path)
     loaded = load_program(path)
     with FakeOpenAI(FakeConfig(), api_key=KEY) as fake:
-        daemon = DaemonProcess(tmp_path, {
-            "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.url, "MEMESYS_LLM_MODEL": "fake-model",
-            "MEMESYS_PIPELINE_MODE": mode, "MEMESYS_PIPELINE_PROGRAM_PATH": str(path)}).start()
+        daemon = DaemonProcess(
+            tmp_path,
+            {
+                "OPENAI_API_KEY": KEY,
+                "OPENAI_BASE_URL": fake.url,
+                "MEMESYS_LLM_MODEL": "fake-model",
+                "MEMESYS_PIPELINE_MODE": mode,
+                "MEMESYS_PIPELINE_PROGRAM_PATH": str(path),
+            },
+        ).start()
         try:
             status, meme = daemon.json("POST", "/v1/memes", {"topic": "coffee", "seed": 1})
             assert status == 201, meme
@@ -391,6 +483,7 @@ def test_the_stage_adapter_formats_every_signature_as_dspy_does(tmp_path) -> Non
     """Its cached system message is ChatAdapter's own, for the built-in program and for one
     loaded from a file with edited instructions (another signature, another entry)."""
     from memesys.pipeline.stage import StageAdapter
+
     original = builtin().program
     path = tmp_path / "edited.json"
     edited = copy.deepcopy(original)
@@ -401,10 +494,12 @@ def test_the_stage_adapter_formats_every_signature_as_dspy_does(tmp_path) -> Non
             signature = program.predictor(stage).signature
             inputs = {name: "x" for name in signature.input_fields}
             for _ in range(2):  # the second call is served from the cache
-                assert (StageAdapter().format(signature, [], inputs)
-                        == dspy.ChatAdapter().format(signature, [], inputs)), stage
+                assert StageAdapter().format(signature, [], inputs) == dspy.ChatAdapter().format(
+                    signature, [], inputs
+                ), stage
     assert "Be brief." in StageAdapter().format_system_message(
-        load_program(str(path)).program.write.signature)
+        load_program(str(path)).program.write.signature
+    )
 
 
 def test_dspy_formats_and_parses_values_as_before_with_one_type_adapter_per_type() -> None:
@@ -426,15 +521,30 @@ def test_dspy_formats_and_parses_values_as_before_with_one_type_adapter_per_type
 
     assert dspy_utils.TypeAdapter is type_adapter
     assert type_adapter(list[str]) is type_adapter(list[str])
-    for value in ("coffee", ["a", "b"], {"k": [1, 2]}, 3, 0.5, None, True, Point(x=1),
-                  ("t", 1), object()):
+    for value in (
+        "coffee",
+        ["a", "b"],
+        {"k": [1, 2]},
+        3,
+        0.5,
+        None,
+        True,
+        Point(x=1),
+        ("t", 1),
+        object(),
+    ):
         expected = original(value)
         got = dspy_utils.serialize_for_json(value)
         assert got == expected or (type(value) is object and isinstance(got, str)), value
     for text, annotation, expected in (
-            ('["a", "b"]', list[str], ["a", "b"]), ("7", int, 7), ("0.5", float, 0.5),
-            ("yes", typing.Literal["yes", "no"], "yes"), ('{"x": 2}', Point, Point(x=2)),
-            ("true", bool, True), ("maybe", typing.Optional[str], "maybe")):
+        ('["a", "b"]', list[str], ["a", "b"]),
+        ("7", int, 7),
+        ("0.5", float, 0.5),
+        ("yes", typing.Literal["yes", "no"], "yes"),
+        ('{"x": 2}', Point, Point(x=2)),
+        ("true", bool, True),
+        ("maybe", typing.Optional[str], "maybe"),  # noqa: UP045 (the old spelling is the case)
+    ):
         assert dspy_utils.parse_value(text, annotation) == expected, text
     with pytest.raises(ValueError):
         dspy_utils.parse_value("not a number", int)

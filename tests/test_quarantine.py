@@ -8,6 +8,7 @@ daemon stays ready, listings answer 200, a corrupt cache entry is regenerated, c
 read as failed with a clear error, the ledger does not crash-loop, and the records are in
 quarantine.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,16 +60,23 @@ def quarantine_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == QLOG]
 
 
-@pytest.mark.parametrize("raw, reason", [
-    (b"{not json", "not valid JSON"),
-    (b"[1, 2]", "not a JSON object"),
-    (b"{}", "field 'id'"),
-    (json.dumps(meme("other", 1.0)).encode(), "its id"),
-    (json.dumps({**meme("bad", 1.0), "top_text": 7}).encode(), "field 'top_text'"),
-    (json.dumps({**meme("bad", 1.0), "created_at": "yesterday"}).encode(), "field 'created_at'"),
-])
-def test_a_corrupt_meme_record_is_quarantined_and_skipped(store, client, prefix, caplog,
-                                                          raw, reason) -> None:
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"{}", "field 'id'"),
+        (json.dumps(meme("other", 1.0)).encode(), "its id"),
+        (json.dumps({**meme("bad", 1.0), "top_text": 7}).encode(), "field 'top_text'"),
+        (
+            json.dumps({**meme("bad", 1.0), "created_at": "yesterday"}).encode(),
+            "field 'created_at'",
+        ),
+    ],
+)
+def test_a_corrupt_meme_record_is_quarantined_and_skipped(
+    store, client, prefix, caplog, raw, reason
+) -> None:
     caplog.set_level(logging.WARNING, logger=QLOG)
     store.save(meme("good", 1.0), PNG)
     store.save(meme("bad", 2.0), PNG)
@@ -129,12 +137,20 @@ def test_a_cache_entry_of_a_corrupt_meme_is_a_miss(store, client, prefix) -> Non
     assert store.cache_get("topic") is None  # and from then on it is a miss
 
 
-def test_a_corrupt_open_task_is_failed_and_leaves_the_open_set(tasks, client, prefix,
-                                                                caplog) -> None:
+def test_a_corrupt_open_task_is_failed_and_leaves_the_open_set(
+    tasks, client, prefix, caplog
+) -> None:
     caplog.set_level(logging.WARNING, logger=QLOG)
     now = time.time()
-    good = {"id": "good", "status": "queued", "stage": "queued", "progress": 0.0,
-            "request": {"topic": "x"}, "created_at": now, "updated_at": now}
+    good = {
+        "id": "good",
+        "status": "queued",
+        "stage": "queued",
+        "progress": 0.0,
+        "request": {"topic": "x"},
+        "created_at": now,
+        "updated_at": now,
+    }
     tasks.put(good)
     tasks.put({**good, "id": "bad"})
     client.set(f"{prefix}:task:bad", b'{"id": "bad", "status": "queu')
@@ -150,19 +166,29 @@ def test_a_corrupt_open_task_is_failed_and_leaves_the_open_set(tasks, client, pr
     assert len(quarantine_logs(caplog)) == 1
 
 
-@pytest.mark.parametrize("record", [
-    {"status": "running", "request": {"topic": "x", "colour": "red"}},  # unknown field
-    {"status": "queued", "request": {"format": "drake"}},  # no topic
-    {"status": "queued", "request": None},
-    {"status": "nonsense"},
-    {"status": "succeeded", "meme_id": "../x"},
-    {"status": "failed", "error": "boom"},
-    {"progress": None},
-])
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"status": "running", "request": {"topic": "x", "colour": "red"}},  # unknown field
+        {"status": "queued", "request": {"format": "drake"}},  # no topic
+        {"status": "queued", "request": None},
+        {"status": "nonsense"},
+        {"status": "succeeded", "meme_id": "../x"},
+        {"status": "failed", "error": "boom"},
+        {"progress": None},
+    ],
+)
 def test_a_task_that_does_not_validate_is_failed(tasks, client, prefix, record) -> None:
     now = time.time()
-    base = {"id": "t", "status": "queued", "stage": "queued", "progress": 0.0,
-            "request": {"topic": "x"}, "created_at": now, "updated_at": now}
+    base = {
+        "id": "t",
+        "status": "queued",
+        "stage": "queued",
+        "progress": 0.0,
+        "request": {"topic": "x"},
+        "created_at": now,
+        "updated_at": now,
+    }
     client.set(f"{prefix}:task:t", json.dumps({**base, **record}))
     client.sadd(f"{prefix}:tasks:open", "t")
     assert tasks.open_tasks() == []
@@ -171,19 +197,34 @@ def test_a_task_that_does_not_validate_is_failed(tasks, client, prefix, record) 
 
 def test_a_finished_task_is_final(tasks) -> None:
     now = time.time()
-    task = {"id": "t", "status": "running", "stage": "generating", "progress": 0.5,
-            "request": {"topic": "x"}, "created_at": now, "updated_at": now}
+    task = {
+        "id": "t",
+        "status": "running",
+        "stage": "generating",
+        "progress": 0.5,
+        "request": {"topic": "x"},
+        "created_at": now,
+        "updated_at": now,
+    }
     tasks.put(task)
-    assert tasks.put_if_open({**task, "status": "failed", "stage": "done", "progress": 1.0,
-                              "error": {"code": "timeout", "message": "late"}})
+    assert tasks.put_if_open(
+        {
+            **task,
+            "status": "failed",
+            "stage": "done",
+            "progress": 1.0,
+            "error": {"code": "timeout", "message": "late"},
+        }
+    )
     # A late answer (a duplicate, or after the record was quarantined) changes nothing.
     assert not tasks.put_if_open({**task, "status": "succeeded", "meme_id": "m"})
     assert tasks.get("t")["status"] == "failed"
     assert not tasks.put_if_open({**task, "id": "missing"})
 
 
-def test_a_record_is_moved_once_and_only_while_it_is_the_corrupt_one(client, prefix,
-                                                                      caplog) -> None:
+def test_a_record_is_moved_once_and_only_while_it_is_the_corrupt_one(
+    client, prefix, caplog
+) -> None:
     caplog.set_level(logging.WARNING, logger=QLOG)
     q = Quarantine(client, prefix)
     key = f"{prefix}:meme:m"
@@ -253,6 +294,7 @@ def restarts(tree: dict) -> dict[str, int]:
             name = f"{path}/{child['name']}" if path else child["name"]
             out[name] = child["restarts"]
             walk(child, name)
+
     walk(tree, "")
     return out
 
@@ -263,8 +305,9 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
     r = daemon_redis(daemon)
     p = daemon.key_prefix
     try:
-        made = [daemon.json("POST", "/v1/memes", {"topic": f"poison {i}"})[1]["id"]
-                for i in range(4)]
+        made = [
+            daemon.json("POST", "/v1/memes", {"topic": f"poison {i}"})[1]["id"] for i in range(4)
+        ]
         status, accepted = daemon.json("POST", "/v1/memes?async=true", {"topic": "poison task"})
         assert status == 202
         assert wait_task(daemon, accepted["task_id"])["status"] == "succeeded"
@@ -278,8 +321,10 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
         r.set(cache_keys[made[3]], b"!!")  # a cache entry
         r.set(f"{p}:task:{accepted['task_id']}", b"\x00\x01")  # a finished task record
         now = time.time()  # an open task the ledger must take back from Redis
-        r.set(f"{p}:task:opentask", json.dumps({"id": "opentask", "status": "queued",
-                                                "created_at": now, "request": 42}))
+        r.set(
+            f"{p}:task:opentask",
+            json.dumps({"id": "opentask", "status": "queued", "created_at": now, "request": 42}),
+        )
         r.sadd(f"{p}:tasks:open", "opentask")
         # The new ledger reads every open task back (as after any restart of the group).
         assert daemon.admin("restart", "tasks/ledger").returncode == 0
@@ -309,8 +354,10 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
         assert "memesys_store_up 1" in metrics
         # Nothing crashed: only the ledger/runner restart that was asked for.
         after = restarts(json.loads(daemon.admin("status", "--json").stdout))
-        assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} \
-            == {"tasks/ledger": 1, "tasks/runner": 1}, after
+        assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {
+            "tasks/ledger": 1,
+            "tasks/runner": 1,
+        }, after
         assert daemon.proc.poll() is None
         log = daemon.log_text()
         assert log.count("quarantined the") == 6 and "Traceback" not in log

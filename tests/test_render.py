@@ -1,4 +1,5 @@
-"""Tests for memesys.render.image: valid PNGs, visible outlined text, fitting, determinism, errors."""
+"""Tests for memesys.render.image: valid PNGs, visible outlined text, fitting, determinism,
+errors."""
 
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def test_a_word_wider_than_the_slot_is_hyphenated_and_nothing_is_lost() -> None:
 
 def test_a_long_word_shares_its_first_line_and_keeps_the_words_around_it() -> None:
     text = f"ME AND THE {KAPITAEN} AGAIN"
-    size, lines = fit_text(_load_font, text, 260, 400, max_size=40)
+    _size, lines = fit_text(_load_font, text, 260, 400, max_size=40)
     assert lines[0].startswith("ME AND")
     joined = "".join(line if line.endswith("-") else line + " " for line in lines)
     assert joined.replace("-", "").split() == text.split()
@@ -123,7 +124,7 @@ def test_a_long_word_shares_its_first_line_and_keeps_the_words_around_it() -> No
 
 def test_words_are_broken_only_when_that_makes_the_text_much_larger() -> None:
     # Fits whole at a size close to the largest: no word is broken.
-    size, lines = fit_text(_load_font, "EXTRAORDINARY CLAIMS", 300, 200, max_size=40)
+    _size, lines = fit_text(_load_font, "EXTRAORDINARY CLAIMS", 300, 200, max_size=40)
     assert not any(line.endswith("-") for line in lines)
     # Whole, it would need a tiny font: broken, it is at least _BREAK_GAIN times larger.
     whole = fit_text(_load_font, KAPITAEN, 300, 300, max_size=12)[0]
@@ -204,11 +205,14 @@ def test_a_template_image_is_the_background(tmp_path):
     Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "drake.jpg")
     template = find_template(str(tmp_path), "drake")
     assert template.endswith("drake.jpg") and find_template(str(tmp_path), "other") == ""
-    png = render_png("top_bottom", ["", ""], background_key="k", width=200, height=200,
-                     template_path=template)
+    png = render_png(
+        "top_bottom", ["", ""], background_key="k", width=200, height=200, template_path=template
+    )
     img = Image.open(io.BytesIO(png)).convert("RGB")
     assert img.size == (200, 200)
     r, g, b = img.getpixel((100, 100))
     assert g > 150 and r < 60 and b < 80  # the template's green, not a procedural scene
     with pytest.raises(RenderError):
-        render_png("top_bottom", ["a", "b"], background_key="k", template_path=str(tmp_path / "x.png"))
+        render_png(
+            "top_bottom", ["a", "b"], background_key="k", template_path=str(tmp_path / "x.png")
+        )

@@ -5,6 +5,7 @@ what is cached must never be drawn on. The PNG is written by the module itself (
 zlib), so it is checked against Pillow's decoder: valid chunks and CRCs, the size asked for and
 exactly the pixels that were drawn.
 """
+
 from __future__ import annotations
 
 import io
@@ -74,8 +75,7 @@ def test_every_format_gives_a_valid_png_of_the_configured_size(name: str) -> Non
     fmt = CATALOGUE[name]
     texts = [f"{slot.name} text" for slot in fmt.slots]
     for width, height in ((640, 640), (333, 257), (64, 2048)):
-        png = render_png(fmt.layout, texts, background_key=f"{name}:0", width=width,
-                         height=height)
+        png = render_png(fmt.layout, texts, background_key=f"{name}:0", width=width, height=height)
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and png.endswith(b"IEND\xaeB`\x82")
         assert _decode(png).size == (width, height)
 
@@ -83,8 +83,9 @@ def test_every_format_gives_a_valid_png_of_the_configured_size(name: str) -> Non
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1), (64, 64), (257, 131)])
 def test_the_encoder_is_lossless(size: tuple[int, int]) -> None:
     rng = random.Random(1)  # noise: every byte value, differences that wrap around 0 and 255
-    img = Image.frombytes("RGB", size, bytes(rng.randrange(256) for _ in range(3 * size[0]
-                                                                              * size[1])))
+    img = Image.frombytes(
+        "RGB", size, bytes(rng.randrange(256) for _ in range(3 * size[0] * size[1]))
+    )
     decoded = _decode(render._encode_png(img))
     assert decoded.tobytes() == img.tobytes()
 
@@ -143,8 +144,9 @@ def test_threads_rendering_one_key_all_get_the_same_meme() -> None:
 
     def work() -> None:
         for i in range(5):
-            results.append(render_png("two_panel", texts if i % 2 else ["", ""],
-                                      background_key="t"))
+            results.append(
+                render_png("two_panel", texts if i % 2 else ["", ""], background_key="t")
+            )
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:

@@ -2,6 +2,7 @@
 formatted as text for Thespian's dropped DEBUG lines
 (actors.thespian_adapter, item 4), and what is formatted when a line is written stays short.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,16 +54,20 @@ def test_a_dropped_debug_line_formats_nothing_of_the_message() -> None:
 
 
 def test_a_written_line_shows_the_message_briefly() -> None:
-    for message in (Reply("c1", PNG), Reply("c0", MEME),
-                    Batch((Reply("c1", PNG), Reply("c2", PNG)))):
+    for message in (
+        Reply("c1", PNG),
+        Reply("c0", MEME),
+        Batch((Reply("c1", PNG), Reply("c2", PNG))),
+    ):
         for shown in _hop(message):
-            text = "x %s" % shown  # how thesplog formats a line it writes
+            text = f"x {shown}"  # how thesplog formats a line it writes
             assert len(text) < 600, text
             assert type(message).__name__ in text
     reply = str(TransmitIntent(ActorAddress("t"), Reply("c1", PNG)).identify())
     assert "<300008 bytes>" in reply and "c1" in reply
     assert str(ReceiveEnvelope(ActorAddress("s"), Reply("c1", PNG))).startswith(
-        "ReceiveEnvelope(from: ")  # __str__ still gives a str
+        "ReceiveEnvelope(from: "
+    )  # __str__ still gives a str
 
 
 def test_what_is_cut_is_marked() -> None:
@@ -101,10 +106,15 @@ class Node:
 _LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary()
 _DATA = st.recursive(
     _LEAVES,
-    lambda inner: (st.lists(inner) | st.tuples(inner, inner) | st.frozensets(st.integers())
-                   | st.dictionaries(st.text(), inner)
-                   | st.builds(Node, st.text(), st.lists(inner).map(tuple))),
-    max_leaves=200)
+    lambda inner: (
+        st.lists(inner)
+        | st.tuples(inner, inner)
+        | st.frozensets(st.integers())
+        | st.dictionaries(st.text(), inner)
+        | st.builds(Node, st.text(), st.lists(inner).map(tuple))
+    ),
+    max_leaves=200,
+)
 
 
 @given(_DATA, st.integers(min_value=0, max_value=3_000))

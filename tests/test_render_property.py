@@ -7,6 +7,7 @@ A Hypothesis property over any Unicode (surrogates, combining marks, controls, e
 the font lacks) and long words of the widest glyphs; then the worst cases spelled out for every
 format (each slot full of one word of the widest letter, the 200-letter topic of the issue).
 """
+
 from __future__ import annotations
 
 import io
@@ -39,17 +40,16 @@ H_MIN, H_MAX = _bounds("height")
 SIZES = [(640, 640), (W_MIN, H_MIN), (W_MIN, H_MAX), (W_MAX, H_MIN)]
 
 
-def render(fmt: MemeFormat, texts: tuple[str, ...], size: tuple[int, int],
-           key: str = "property") -> None:
-    png = render_png(fmt.layout, list(texts), background_key=key, width=size[0],
-                     height=size[1])
+def render(
+    fmt: MemeFormat, texts: tuple[str, ...], size: tuple[int, int], key: str = "property"
+) -> None:
+    png = render_png(fmt.layout, list(texts), background_key=key, width=size[0], height=size[1])
     img = Image.open(io.BytesIO(png))
     assert img.format == "PNG" and img.size == size
 
 
 def caption(max_chars: int) -> st.SearchStrategy[str]:
-    anything = st.one_of(st.characters(exclude_categories=()), st.sampled_from(WIDE),
-                         st.just(" "))
+    anything = st.one_of(st.characters(exclude_categories=()), st.sampled_from(WIDE), st.just(" "))
     return st.one_of(
         st.text(anything, min_size=1, max_size=max_chars),
         st.builds(lambda ch, n: ch * n, st.sampled_from(WIDE), st.integers(1, max_chars)),
@@ -57,11 +57,16 @@ def caption(max_chars: int) -> st.SearchStrategy[str]:
     )
 
 
-@settings(max_examples=120, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=120,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(st.sampled_from(FORMATS), st.sampled_from(SIZES), st.data())
-def test_every_caption_the_validator_accepts_renders(name: str, size: tuple[int, int],
-                                                     data: Any) -> None:
+def test_every_caption_the_validator_accepts_renders(
+    name: str, size: tuple[int, int], data: Any
+) -> None:
     fmt = CATALOGUE[name]
     captions = [data.draw(caption(slot.max_chars), label=slot.name) for slot in fmt.slots]
     try:
@@ -80,4 +85,4 @@ def test_every_format_renders_its_longest_words(name: str, size: tuple[int, int]
     sizes are in the property above)."""
     fmt = CATALOGUE[name]
     for text in ("Œ" * 200, KAPITAEN * 5):
-        render(fmt, validate_texts(fmt, [text[:slot.max_chars] for slot in fmt.slots]), size)
+        render(fmt, validate_texts(fmt, [text[: slot.max_chars] for slot in fmt.slots]), size)

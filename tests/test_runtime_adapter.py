@@ -4,6 +4,7 @@ the rest of the runtime uses ``thespian.actors`` only, and never imports ``memes
 A static check of the sources: it names the internals the runtime needs today, and any import
 from Thespian other than its public ``thespian.actors`` module.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,16 @@ from actors import system, thespian_adapter
 
 ADAPTER = "thespian_adapter.py"
 # Private Thespian names the runtime uses (through the adapter only).
-INTERNALS = {"_systemBase", "_tx_to_actor", "_run_transport", "bindArgs", "bindname",
-             "IPBase", "IPActorAddress", "TransmitTrack"}
+INTERNALS = {
+    "_systemBase",
+    "_tx_to_actor",
+    "_run_transport",
+    "bindArgs",
+    "bindname",
+    "IPBase",
+    "IPActorAddress",
+    "TransmitTrack",
+}
 MODULES = sorted(Path(actors.__file__).parent.glob("*.py"))
 
 
@@ -48,10 +57,12 @@ def test_only_the_adapter_touches_thespian_internals(path: Path) -> None:
     tree = ast.parse(path.read_text(), str(path))
     thespian = [m for m in imports(tree) if m.split(".")[0] == "thespian"]
     assert all(m == "thespian.actors" for m in thespian), (
-        f"{path.name} imports Thespian beyond its public API: {thespian}")
+        f"{path.name} imports Thespian beyond its public API: {thespian}"
+    )
     assert not names(tree) & INTERNALS, (
         f"{path.name} uses Thespian internals {sorted(names(tree) & INTERNALS)}: "
-        f"move them to actors/{ADAPTER}")
+        f"move them to actors/{ADAPTER}"
+    )
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
@@ -65,8 +76,15 @@ def test_the_adapter_holds_the_internals_and_explains_them() -> None:
     tree = ast.parse(source)
     assert {"_systemBase", "_tx_to_actor", "_run_transport", "bindArgs"} <= names(tree)
     doc = ast.get_docstring(tree)
-    for name in ("harden_bind", "context_address", "transmit", "bindArgs", "_systemBase",
-                 "_tx_to_actor", "_run_transport"):
+    for name in (
+        "harden_bind",
+        "context_address",
+        "transmit",
+        "bindArgs",
+        "_systemBase",
+        "_tx_to_actor",
+        "_run_transport",
+    ):
         assert name in doc, f"the adapter's docstring does not explain {name}"
     # the hardening keeps its documented name (docs/security.md: actors.system.harden_bind)
     assert system.harden_bind is thespian_adapter.harden_bind

@@ -10,13 +10,15 @@ an actor that is gone is answered at once, not at its timeout.
 
 Every test that stops a process resumes or kills it in teardown (the ``frozen`` fixture).
 """
+
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
 import time
-from typing import Any, AsyncIterator, Iterator, Optional
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
@@ -92,7 +94,7 @@ def freeze(frozen: list[int], pid: int) -> float:
     return time.monotonic()
 
 
-def node(tree: TreeStatus | ChildStatus, *names: str) -> Optional[ChildStatus]:
+def node(tree: TreeStatus | ChildStatus, *names: str) -> ChildStatus | None:
     for name in names:
         tree = next((c for c in tree.children if c.name == name), None)
         if tree is None:
@@ -100,11 +102,12 @@ def node(tree: TreeStatus | ChildStatus, *names: str) -> Optional[ChildStatus]:
     return tree
 
 
-def replaced(system: RunningSystem, old_pid: int, *names: str) -> Optional[ChildStatus]:
+def replaced(system: RunningSystem, old_pid: int, *names: str) -> ChildStatus | None:
     """The child at ``names`` once it runs again under another pid (else None)."""
     found = node(system.status(), *names)
-    return found if found and found.state == "running" and found.pid not in (None, old_pid) \
-        else None
+    return (
+        found if found and found.state == "running" and found.pid not in (None, old_pid) else None
+    )
 
 
 def dead(pid: int) -> bool:
@@ -119,8 +122,9 @@ async def bridge(actor_system: RunningSystem) -> AsyncIterator[Bridge]:
     await bridge.close()
 
 
-def start_pool(system: RunningSystem, size: int, worker: str = SLEEPER, worker_args: Any = None,
-               **kwargs: Any) -> ActorAddress:
+def start_pool(
+    system: RunningSystem, size: int, worker: str = SLEEPER, worker_args: Any = None, **kwargs: Any
+) -> ActorAddress:
     pool = ChildSpec("pool", POOL, PoolArgs(worker, size, worker_args, **kwargs))
     root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((pool,), **HEALTH)))
     return system.ok(root, WhereIs("pool")).address
@@ -130,16 +134,31 @@ def start_pool(system: RunningSystem, size: int, worker: str = SLEEPER, worker_a
 
 
 def test_a_stopped_child_is_killed_and_restarted_within_the_health_timeout(
-        actor_system: RunningSystem, frozen: list[int], tmp_path) -> None:
+    actor_system: RunningSystem, frozen: list[int], tmp_path
+) -> None:
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (ChildSpec("a", RECORDER, Journal(str(tmp_path / "j"))),
-         ChildSpec("b", RECORDER, Journal(str(tmp_path / "j")))), **HEALTH)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec("a", RECORDER, Journal(str(tmp_path / "j"))),
+                    ChildSpec("b", RECORDER, Journal(str(tmp_path / "j"))),
+                ),
+                **HEALTH,
+            ),
+        )
+    )
     before = system.status()
     victim, other = node(before, "a").pid, node(before, "b").pid
     stopped_at = freeze(frozen, victim)
-    back = wait_for(lambda: replaced(system, victim, "a"), TIMEOUT_S + RESTART_S + 1,
-                    interval=0.02, what="the frozen child to be replaced")
+    back = wait_for(
+        lambda: replaced(system, victim, "a"),
+        TIMEOUT_S + RESTART_S + 1,
+        interval=0.02,
+        what="the frozen child to be replaced",
+    )
     took = time.monotonic() - stopped_at
     assert took < TIMEOUT_S + RESTART_S, f"restarted {took:.2f} s after SIGSTOP"
     assert dead(victim)  # killed, not left frozen
@@ -151,24 +170,43 @@ def test_a_stopped_child_is_killed_and_restarted_within_the_health_timeout(
 
 
 def test_a_stopped_supervisor_is_killed_with_its_children_and_restarted(
-        actor_system: RunningSystem, frozen: list[int], tmp_path) -> None:
+    actor_system: RunningSystem, frozen: list[int], tmp_path
+) -> None:
     system = actor_system
     journal = Journal(str(tmp_path / "j"))
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("sub", SUPERVISOR, SupervisorArgs((ChildSpec("leaf", RECORDER, journal),),
-                                                    **HEALTH)),), **HEALTH)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "sub",
+                        SUPERVISOR,
+                        SupervisorArgs((ChildSpec("leaf", RECORDER, journal),), **HEALTH),
+                    ),
+                ),
+                **HEALTH,
+            ),
+        )
+    )
     before = system.status()
     sub, leaf = node(before, "sub").pid, node(before, "sub", "leaf").pid
     stopped_at = freeze(frozen, sub)
-    wait_for(lambda: replaced(system, sub, "sub"), TIMEOUT_S + RESTART_S + 1, interval=0.02,
-             what="the frozen supervisor to be replaced")
+    wait_for(
+        lambda: replaced(system, sub, "sub"),
+        TIMEOUT_S + RESTART_S + 1,
+        interval=0.02,
+        what="the frozen supervisor to be replaced",
+    )
     assert time.monotonic() - stopped_at < TIMEOUT_S + RESTART_S
     assert dead(sub) and dead(leaf)  # its process tree went with it: no orphan left running
     assert node(system.status(), "sub", "leaf").state == "running"
 
 
 def test_a_stopped_pool_worker_is_replaced_and_its_requests_answered(
-        actor_system: RunningSystem, context: ActorSystem, frozen: list[int]) -> None:
+    actor_system: RunningSystem, context: ActorSystem, frozen: list[int]
+) -> None:
     """Through the pool: what the frozen worker held is answered ``worker_lost`` when it is
     killed (or retried elsewhere if idempotent), within the health timeout, not at the
     requests' own timeouts."""
@@ -177,8 +215,9 @@ def test_a_stopped_pool_worker_is_replaced_and_its_requests_answered(
     victim = node(system.status(), "pool", "worker-0").pid
     stopped_at = freeze(frozen, victim)
     # fresh workers, ties in order: the first goes to worker-0, the second to worker-1...
-    requests = send_all(context, pool, [Request(0.0, idempotent=False), Request(0.0),
-                                        Request(0.0, idempotent=True)])
+    requests = send_all(
+        context, pool, [Request(0.0, idempotent=False), Request(0.0), Request(0.0, idempotent=True)]
+    )
     arrivals: dict[str, float] = {}
     replies = collect(context, requests, TIMEOUT_S + RESTART_S + 2, arrivals)
     lost, served, retried = (replies[r.correlation_id] for r in requests)
@@ -190,28 +229,53 @@ def test_a_stopped_pool_worker_is_replaced_and_its_requests_answered(
 
 
 def test_health_kills_count_toward_restart_intensity(
-        actor_system: RunningSystem, frozen: list[int], tmp_path) -> None:
+    actor_system: RunningSystem, frozen: list[int], tmp_path
+) -> None:
     """A frozen child's kill is a crash: two of them in the period exceed ``max_restarts=1``
     and the supervisor gives up, escalating to its parent (which restarts it)."""
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("sub", SUPERVISOR, SupervisorArgs(
-            (ChildSpec("leaf", RECORDER, Journal(str(tmp_path / "j"))),),
-            max_restarts=1, period_s=30, **HEALTH)),), **HEALTH)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "sub",
+                        SUPERVISOR,
+                        SupervisorArgs(
+                            (ChildSpec("leaf", RECORDER, Journal(str(tmp_path / "j"))),),
+                            max_restarts=1,
+                            period_s=30,
+                            **HEALTH,
+                        ),
+                    ),
+                ),
+                **HEALTH,
+            ),
+        )
+    )
     sub = node(system.status(), "sub").pid
     leaf = node(system.status(), "sub", "leaf").pid
     freeze(frozen, leaf)
-    leaf = wait_for(lambda: replaced(system, leaf, "sub", "leaf"), TIMEOUT_S + RESTART_S + 1,
-                    what="the first frozen leaf replaced").pid
+    leaf = wait_for(
+        lambda: replaced(system, leaf, "sub", "leaf"),
+        TIMEOUT_S + RESTART_S + 1,
+        what="the first frozen leaf replaced",
+    ).pid
     assert node(system.status(), "sub").pid == sub  # one restart: within the intensity
     freeze(frozen, leaf)
-    back = wait_for(lambda: replaced(system, sub, "sub"), TIMEOUT_S + RESTART_S + 3,
-                    what="the sub-supervisor restarted")
+    back = wait_for(
+        lambda: replaced(system, sub, "sub"),
+        TIMEOUT_S + RESTART_S + 3,
+        what="the sub-supervisor restarted",
+    )
     assert back.restarts == 1 and dead(leaf)
 
 
-def test_busy_workers_are_not_killed(actor_system: RunningSystem,
-                                     context: ActorSystem, tmp_path) -> None:
+def test_busy_workers_are_not_killed(
+    actor_system: RunningSystem, context: ActorSystem, tmp_path
+) -> None:
     """A synchronous worker answers pings between requests: kept busy with short handlers
     (20 ms, a few queued) for three health timeouts, it is never killed; nor is one whose
     queue holds twice the health timeout of work (its ping waits behind it, but each message
@@ -219,9 +283,19 @@ def test_busy_workers_are_not_killed(actor_system: RunningSystem,
     its work runs: calls longer than the timeout do not make it look dead."""
     system = actor_system
     journal = Journal(str(tmp_path / "j"))
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("sync", POOL, PoolArgs(RECORDER, 2, journal, **HEALTH)),
-        ChildSpec("async", SLEEPER, 8)), **HEALTH)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec("sync", POOL, PoolArgs(RECORDER, 2, journal, **HEALTH)),
+                    ChildSpec("async", SLEEPER, 8),
+                ),
+                **HEALTH,
+            ),
+        )
+    )
     sync = system.ok(system.root, WhereIs("sync")).address
     sleeper = system.ok(system.root, WhereIs("async")).address
     before = system.status()
@@ -229,25 +303,29 @@ def test_busy_workers_are_not_killed(actor_system: RunningSystem,
         long_calls = send_all(other, sleeper, [Request(3 * TIMEOUT_S) for _ in range(4)])
         end = time.monotonic() + 3 * TIMEOUT_S
         while time.monotonic() < end:
-            replies = collect(context, send_all(context, sync, [Request(("sleep", 0.02))
-                                                                for _ in range(4)]), 5)
+            replies = collect(
+                context, send_all(context, sync, [Request(("sleep", 0.02)) for _ in range(4)]), 5
+            )
             assert all(r.ok for r in replies.values())
         assert all(r.ok for r in collect(other, long_calls, 5).values())
     worker = node(before, "sync", "worker-0")
     address = system.ok(system.root, WhereIs("sync/worker-0")).address
-    queued = send_all(context, address, [Request(("sleep", 0.05))
-                                         for _ in range(int(2 * TIMEOUT_S / 0.05))])
+    queued = send_all(
+        context, address, [Request(("sleep", 0.05)) for _ in range(int(2 * TIMEOUT_S / 0.05))]
+    )
     assert all(r.ok for r in collect(context, queued, 10).values())
     assert node(system.status(), "sync", "worker-0").pid == worker.pid
     after = system.status()
-    assert [w.pid for w in node(after, "sync").children] == \
-        [w.pid for w in node(before, "sync").children]
+    assert [w.pid for w in node(after, "sync").children] == [
+        w.pid for w in node(before, "sync").children
+    ]
     assert node(after, "async").pid == node(before, "async").pid
     assert all(c.restarts == 0 for c in after.children + node(after, "sync").children)
 
 
 def test_a_handler_longer_than_the_health_timeout_is_taken_for_hung(
-        actor_system: RunningSystem, context: ActorSystem, tmp_path) -> None:
+    actor_system: RunningSystem, context: ActorSystem, tmp_path
+) -> None:
     """What a synchronous worker cannot do: answer while one handler runs. One that runs past
     the health timeout looks exactly like a hung worker, and is killed as one; the pool
     answers its request ``worker_lost`` then."""
@@ -263,7 +341,8 @@ def test_a_handler_longer_than_the_health_timeout_is_taken_for_hung(
 
 
 def test_a_busy_handler_gets_a_longer_leash_than_a_hung_one(
-        actor_system: RunningSystem, context: ActorSystem) -> None:
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     """Silent but visibly working (its process's CPU time advances): a CPU-bound handler of
     twice the health timeout is let finish; one that stays silent for ``BUSY_GRACE`` timeouts
     is killed all the same."""
@@ -281,15 +360,29 @@ def test_a_busy_handler_gets_a_longer_leash_than_a_hung_one(
 
 
 def test_a_supervisor_that_was_itself_stopped_does_not_kill_its_children(
-        actor_system: RunningSystem, frozen: list[int], tmp_path) -> None:
+    actor_system: RunningSystem, frozen: list[int], tmp_path
+) -> None:
     """A supervisor resumed after a freeze longer than the health timeout finds every child
     silent for that long: the silence was its own, so the children get a fresh timeout."""
     system = actor_system
     journal = Journal(str(tmp_path / "j"))
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("sub", SUPERVISOR, SupervisorArgs((ChildSpec("leaf", RECORDER, journal),),
-                                                    **HEALTH)),),
-        health_interval_s=1.0, health_timeout_s=10.0)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "sub",
+                        SUPERVISOR,
+                        SupervisorArgs((ChildSpec("leaf", RECORDER, journal),), **HEALTH),
+                    ),
+                ),
+                health_interval_s=1.0,
+                health_timeout_s=10.0,
+            ),
+        )
+    )
     before = system.status()
     sub, leaf = node(before, "sub").pid, node(before, "sub", "leaf").pid
     freeze(frozen, sub)
@@ -321,7 +414,8 @@ def test_the_dispatch_rule() -> None:
 
 
 async def test_the_directory_passes_over_an_overdue_worker(
-        actor_system: RunningSystem, bridge: Bridge, frozen: list[int]) -> None:
+    actor_system: RunningSystem, bridge: Bridge, frozen: list[int]
+) -> None:
     # a long health timeout: the frozen worker stays frozen (not killed) during the test
     start_pool(actor_system, 2, health_interval_s=1.0, health_timeout_s=20.0, overdue_s=0.3)
     directory = Directory(bridge, actor_system.root)
@@ -341,7 +435,8 @@ async def test_the_directory_passes_over_an_overdue_worker(
 
 
 def test_the_pool_passes_over_an_overdue_worker(
-        actor_system: RunningSystem, context: ActorSystem, frozen: list[int]) -> None:
+    actor_system: RunningSystem, context: ActorSystem, frozen: list[int]
+) -> None:
     system = actor_system
     pool = start_pool(system, 2, health_interval_s=1.0, health_timeout_s=20.0, overdue_s=0.3)
     workers = node(system.status(), "pool")
@@ -361,10 +456,16 @@ def test_the_pool_passes_over_an_overdue_worker(
 
 
 def test_a_request_that_arrives_after_its_deadline_is_not_handled(
-        actor_system: RunningSystem, context: ActorSystem, tmp_path) -> None:
+    actor_system: RunningSystem, context: ActorSystem, tmp_path
+) -> None:
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),), **HEALTH)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs((ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),), **HEALTH),
+        )
+    )
     rec = system.ok(system.root, WhereIs("rec")).address
     late = Request("count", deadline=time.time() - 0.1)
     # queued behind a 0.5 s handler, its deadline passes while it waits
@@ -376,34 +477,52 @@ def test_a_request_that_arrives_after_its_deadline_is_not_handled(
     assert system.ok(rec, "count") == 1  # neither dropped request was counted
 
 
-def test_an_async_request_is_abandoned_at_its_deadline(actor_system: RunningSystem,
-                                                       context: ActorSystem) -> None:
+def test_an_async_request_is_abandoned_at_its_deadline(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (ChildSpec("sleeper", SLEEPER, 8),), **HEALTH)))
+    system.start(
+        ChildSpec("root", SUPERVISOR, SupervisorArgs((ChildSpec("sleeper", SLEEPER, 8),), **HEALTH))
+    )
     sleeper = system.ok(system.root, WhereIs("sleeper")).address
     started = time.monotonic()
     request = Request(2.0, deadline=time.time() + 0.3)
     arrivals: dict[str, float] = {}
-    reply = collect(context, send_all(context, sleeper, [request]), 5,
-                    arrivals)[request.correlation_id]
+    reply = collect(context, send_all(context, sleeper, [request]), 5, arrivals)[
+        request.correlation_id
+    ]
     assert reply.error is not None and reply.error.code == "timeout"
     assert 0.25 < arrivals[request.correlation_id] - started < 0.8
-    wait_for(lambda: node(system.status(), "sleeper").in_flight == 0, 1,
-             what="the abandoned coroutine to be gone")
+    wait_for(
+        lambda: node(system.status(), "sleeper").in_flight == 0,
+        1,
+        what="the abandoned coroutine to be gone",
+    )
 
 
 def test_sub_requests_are_bounded_by_the_deadline_of_the_request_served(
-        actor_system: RunningSystem, context: ActorSystem, tmp_path) -> None:
+    actor_system: RunningSystem, context: ActorSystem, tmp_path
+) -> None:
     """An async actor serving a request with 0.6 s left asks another actor with a 10 s
     timeout: its ask is cut to the deadline (less the margin for the answer), the request it
     sends carries that deadline, and the other actor, busy until after it, drops it: no work
     is done after the first asker was told it failed. (A long health timeout: the
     synchronous Recorder, busy in a 1 s handler, cannot answer pings meanwhile.)"""
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),
-        ChildSpec("relay", RELAY)), health_interval_s=1.0, health_timeout_s=10.0)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),
+                    ChildSpec("relay", RELAY),
+                ),
+                health_interval_s=1.0,
+                health_timeout_s=10.0,
+            ),
+        )
+    )
     rec = system.ok(system.root, WhereIs("rec")).address
     relay = system.ok(system.root, WhereIs("relay")).address
     assert system.ok(relay, ("rec", "count", 10.0)) == 1  # relaying works
@@ -411,8 +530,9 @@ def test_sub_requests_are_bounded_by_the_deadline_of_the_request_served(
     started = time.monotonic()
     relayed = Request(("rec", "count", 10.0), deadline=time.time() + 0.6)
     arrivals: dict[str, float] = {}
-    reply = collect(context, send_all(context, relay, [relayed]), 5,
-                    arrivals)[relayed.correlation_id]
+    reply = collect(context, send_all(context, relay, [relayed]), 5, arrivals)[
+        relayed.correlation_id
+    ]
     assert reply.error is not None and reply.error.code == "timeout"
     assert arrivals[relayed.correlation_id] - started < 0.8
     assert collect(context, busy, 5)[busy[0].correlation_id].ok
@@ -423,7 +543,8 @@ def test_sub_requests_are_bounded_by_the_deadline_of_the_request_served(
 
 
 async def test_a_killed_pool_answers_every_directory_request_at_once(
-        actor_system: RunningSystem, bridge: Bridge) -> None:
+    actor_system: RunningSystem, bridge: Bridge
+) -> None:
     """SIGKILL of a pool: its workers die with it (PR_SET_PDEATHSIG); the root, which
     supervises the pool, tells the directory (Gone), which answers every request it had on
     the pool's workers ``worker_lost`` within a fraction of a second, not at the requests'
@@ -432,15 +553,18 @@ async def test_a_killed_pool_answers_every_directory_request_at_once(
     directory = Directory(bridge, actor_system.root)
     await directory.ask("pool", 0.0, 5)
     old = node(actor_system.status(), "pool")
-    calls = [asyncio.ensure_future(directory.ask("pool", 5.0, 30, idempotent=i % 2 == 0))
-             for i in range(8)]
+    calls = [
+        asyncio.ensure_future(directory.ask("pool", 5.0, 30, idempotent=i % 2 == 0))
+        for i in range(8)
+    ]
     await asyncio.sleep(0.2)
     os.kill(old.pid, signal.SIGKILL)
     killed = time.monotonic()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     answered = time.monotonic() - killed
-    assert all(isinstance(o, RemoteFailure) and o.failure.code == "worker_lost"
-               for o in outcomes), outcomes
+    assert all(
+        isinstance(o, RemoteFailure) and o.failure.code == "worker_lost" for o in outcomes
+    ), outcomes
     assert answered < 2.0, f"answered {answered:.2f} s after the kill"
     wait_for(lambda: all(dead(w.pid) for w in old.children), 1, what="the workers' end")
 
@@ -452,12 +576,15 @@ async def test_a_killed_pool_answers_every_directory_request_at_once(
 
     pid = await until(served, 5, "the new pool to serve")
     assert pid not in {w.pid for w in old.children}
-    print(f"\npool SIGKILL: 8 requests answered in {answered * 1000:.0f} ms; "
-          f"served again after {time.monotonic() - killed:.2f} s")
+    print(
+        f"\npool SIGKILL: 8 requests answered in {answered * 1000:.0f} ms; "
+        f"served again after {time.monotonic() - killed:.2f} s"
+    )
 
 
 async def test_a_stopped_pool_is_killed_and_its_requests_answered(
-        actor_system: RunningSystem, bridge: Bridge, frozen: list[int]) -> None:
+    actor_system: RunningSystem, bridge: Bridge, frozen: list[int]
+) -> None:
     """SIGSTOP of a pool: its workers still run, but nobody routes to them any more. The
     root kills the pool's process tree after the health timeout, and the directory's requests
     are answered then."""
@@ -469,24 +596,42 @@ async def test_a_stopped_pool_is_killed_and_its_requests_answered(
     await asyncio.sleep(0.1)
     stopped_at = freeze(frozen, old.pid)
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    assert all(isinstance(o, RemoteFailure) and o.failure.code == "worker_lost"
-               for o in outcomes), outcomes
+    assert all(
+        isinstance(o, RemoteFailure) and o.failure.code == "worker_lost" for o in outcomes
+    ), outcomes
     assert time.monotonic() - stopped_at < TIMEOUT_S + RESTART_S
-    wait_for(lambda: dead(old.pid) and all(dead(w.pid) for w in old.children), 1,
-             what="the pool's process tree to end")
+    wait_for(
+        lambda: dead(old.pid) and all(dead(w.pid) for w in old.children),
+        1,
+        what="the pool's process tree to end",
+    )
 
 
 async def test_a_killed_actor_or_its_supervisor_answers_the_directory_at_once(
-        actor_system: RunningSystem, bridge: Bridge, tmp_path) -> None:
+    actor_system: RunningSystem, bridge: Bridge, tmp_path
+) -> None:
     """A path resolved to one actor: when it dies (or a supervisor between the root and it),
     the requests the directory had on it are answered ``worker_lost`` at once. (Long health
     timeouts: the synchronous Recorder, busy in a 5 s handler, cannot answer pings.)"""
     system = actor_system
     journal = Journal(str(tmp_path / "j"))
     patient = {"health_interval_s": 1.0, "health_timeout_s": 10.0}
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("sub", SUPERVISOR, SupervisorArgs((ChildSpec("rec", RECORDER, journal),),
-                                                    **patient)),), **patient)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "sub",
+                        SUPERVISOR,
+                        SupervisorArgs((ChildSpec("rec", RECORDER, journal),), **patient),
+                    ),
+                ),
+                **patient,
+            ),
+        )
+    )
     directory = Directory(bridge, system.root)
     for victim in ("rec", "sub"):
         await directory.ask("sub/rec", "count", 5)  # resolved (again), watched

@@ -1,5 +1,6 @@
 """Monitor: a supervisor answers a standing Monitor with Down when it exits, saying whether
 its exit was requested (an ordered stop) or why it gave up (OTP's monitor and exit reason)."""
+
 from __future__ import annotations
 
 import os
@@ -37,14 +38,23 @@ def down_of(context, monitor: Request, timeout: float) -> Down:
 
 def start(system: RunningSystem, tmp_path: Path, max_restarts: int) -> int:
     journal = Journal(str(tmp_path / "journal"))
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (ChildSpec("a", "tests.sample_actors.Recorder", journal),),
-        max_restarts=max_restarts, period_s=5)))
+    root = system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (ChildSpec("a", "tests.sample_actors.Recorder", journal),),
+                max_restarts=max_restarts,
+                period_s=5,
+            ),
+        )
+    )
     return system.ok(root, Ping()).pid
 
 
-def test_an_ordered_stop_answers_down_requested(actor_system: RunningSystem, context,
-                                               tmp_path: Path) -> None:
+def test_an_ordered_stop_answers_down_requested(
+    actor_system: RunningSystem, context, tmp_path: Path
+) -> None:
     start(actor_system, tmp_path, max_restarts=3)
     monitor = watch(context, actor_system.root)
     actor_system.ok(actor_system.root, StatusQuery())  # the monitor is in before the stop
@@ -54,8 +64,9 @@ def test_an_ordered_stop_answers_down_requested(actor_system: RunningSystem, con
     actor_system.root = None
 
 
-def test_giving_up_answers_down_with_the_reason(actor_system: RunningSystem, context,
-                                               tmp_path: Path) -> None:
+def test_giving_up_answers_down_with_the_reason(
+    actor_system: RunningSystem, context, tmp_path: Path
+) -> None:
     root_pid = start(actor_system, tmp_path, max_restarts=0)
     monitor = watch(context, actor_system.root)
     child = actor_system.status().children[0].pid

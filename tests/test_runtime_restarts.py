@@ -1,13 +1,13 @@
 """Restarts on real processes: a pool worker that asked to stop takes work again once restarted,
 and a child's restart backoff holds up no other child's restart, stop or status.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 from thespian.actors import ActorSystem
@@ -23,7 +23,7 @@ RECORDER = "tests.sample_actors.Recorder"
 SUPERVISOR = "actors.supervisor.Supervisor"
 
 
-def child(tree: TreeStatus | ChildStatus, name: str) -> Optional[ChildStatus]:
+def child(tree: TreeStatus | ChildStatus, name: str) -> ChildStatus | None:
     return next((c for c in tree.children if c.name == name), None)
 
 
@@ -32,8 +32,9 @@ def events(path: Path, start: int = 0) -> list[str]:
     return [" ".join(line.split()[:2]) for line in found[start:]]
 
 
-def running_anew(system: RunningSystem, name: str, old_pid: int,
-                 under: Optional[str] = None) -> Optional[ChildStatus]:
+def running_anew(
+    system: RunningSystem, name: str, old_pid: int, under: str | None = None
+) -> ChildStatus | None:
     tree = system.status()
     node = child(child(tree, under) if under else tree, name)
     return node if node.state == "running" and node.pid not in (None, old_pid) else None
@@ -43,60 +44,101 @@ def running_anew(system: RunningSystem, name: str, old_pid: int,
 
 
 def test_a_pool_worker_restarted_after_asking_to_stop_gets_work_again(
-        actor_system: RunningSystem, context: ActorSystem, tmp_path: Path) -> None:
+    actor_system: RunningSystem, context: ActorSystem, tmp_path: Path
+) -> None:
     system = actor_system
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("pool", "actors.pool.Pool", PoolArgs(
-            RECORDER, 2, Journal(str(tmp_path / "journal")))),))))
+    root = system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "pool",
+                        "actors.pool.Pool",
+                        PoolArgs(RECORDER, 2, Journal(str(tmp_path / "journal"))),
+                    ),
+                )
+            ),
+        )
+    )
     pool = system.ok(root, WhereIs("pool")).address
     old = child(child(system.status(), "pool"), "worker-0").pid
 
     # worker-0 (fresh workers, ties in order) asks to stop; it is permanent: restarted
     assert system.ok(pool, "stop") == "stopping"
-    fresh = wait_for(lambda: running_anew(system, "worker-0", old, under="pool"), 5,
-                     what="worker-0 restarted after its StopMe")
+    fresh = wait_for(
+        lambda: running_anew(system, "worker-0", old, under="pool"),
+        5,
+        what="worker-0 restarted after its StopMe",
+    )
     other = child(child(system.status(), "pool"), "worker-1").pid
 
     replies = collect(context, send_all(context, pool, (Request("pid") for _ in range(6))), 5)
     assert all(r.ok for r in replies.values()), [r.error for r in replies.values()]
     served = sorted(r.payload for r in replies.values())
     assert set(served) == {fresh.pid, other}, (
-        f"the restarted worker {fresh.pid} got no work: {served}")
+        f"the restarted worker {fresh.pid} got no work: {served}"
+    )
     assert not alive(old)
 
 
 def test_a_single_worker_pool_serves_again_after_its_worker_asked_to_stop(
-        actor_system: RunningSystem, tmp_path: Path) -> None:
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     system = actor_system
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("pool", "actors.pool.Pool", PoolArgs(
-            RECORDER, 1, Journal(str(tmp_path / "journal")))),))))
+    root = system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "pool",
+                        "actors.pool.Pool",
+                        PoolArgs(RECORDER, 1, Journal(str(tmp_path / "journal"))),
+                    ),
+                )
+            ),
+        )
+    )
     pool = system.ok(root, WhereIs("pool")).address
     old = system.ok(pool, "pid")
     assert system.ok(pool, "stop") == "stopping"
-    fresh = wait_for(lambda: running_anew(system, "worker-0", old, under="pool"), 5,
-                     what="worker-0 restarted after its StopMe")
+    fresh = wait_for(
+        lambda: running_anew(system, "worker-0", old, under="pool"),
+        5,
+        what="worker-0 restarted after its StopMe",
+    )
     assert system.ok(pool, "pid") == fresh.pid  # not "unavailable: no worker is running"
 
 
 # -- backoff is a timer, not a pause of the supervisor ------------------------------------------
 
 
-def test_a_long_backoff_holds_up_no_other_child(actor_system: RunningSystem,
-                                                tmp_path: Path) -> None:
+def test_a_long_backoff_holds_up_no_other_child(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     system = actor_system
     journal = Journal(str(tmp_path / "journal"))
-    slow = ChildSpec("a", RECORDER, journal,
-                     backoff=Backoff(initial_s=2.0, max_s=2.0, jitter=0.0))
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (slow, ChildSpec("b", RECORDER, journal)), max_restarts=10)))
+    slow = ChildSpec("a", RECORDER, journal, backoff=Backoff(initial_s=2.0, max_s=2.0, jitter=0.0))
+    root = system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs((slow, ChildSpec("b", RECORDER, journal)), max_restarts=10),
+        )
+    )
     tree = system.status()
     a_pid, b_pid = child(tree, "a").pid, child(tree, "b").pid
 
     os.kill(a_pid, signal.SIGKILL)
     a_killed = time.time()
-    wait_for(lambda: child(system.status(), "a").state == "restarting", 1,
-             what="a to wait out its backoff")
+    wait_for(
+        lambda: child(system.status(), "a").state == "restarting",
+        1,
+        what="a to wait out its backoff",
+    )
     os.kill(b_pid, signal.SIGKILL)
     b_killed = time.monotonic()
     b = wait_for(lambda: running_anew(system, "b", b_pid), 1.5, what="b restarted")
@@ -116,49 +158,83 @@ def test_a_long_backoff_holds_up_no_other_child(actor_system: RunningSystem,
     assert a.restarts == 1 and child(system.status(), "b").restarts == 2
 
 
-def test_a_supervisor_stops_at_once_while_a_child_backs_off(actor_system: RunningSystem,
-                                                            tmp_path: Path) -> None:
+def test_a_supervisor_stops_at_once_while_a_child_backs_off(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     system = actor_system
     path = tmp_path / "journal"
     journal = Journal(str(path))
-    slow = ChildSpec("a", RECORDER, journal,
-                     backoff=Backoff(initial_s=10.0, max_s=10.0, jitter=0.0))
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (slow, ChildSpec("b", RECORDER, journal)), max_restarts=10)))
+    slow = ChildSpec(
+        "a", RECORDER, journal, backoff=Backoff(initial_s=10.0, max_s=10.0, jitter=0.0)
+    )
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs((slow, ChildSpec("b", RECORDER, journal)), max_restarts=10),
+        )
+    )
     os.kill(child(system.status(), "a").pid, signal.SIGKILL)
-    wait_for(lambda: child(system.status(), "a").state == "restarting", 1,
-             what="a to wait out its backoff")
+    wait_for(
+        lambda: child(system.status(), "a").state == "restarting",
+        1,
+        what="a to wait out its backoff",
+    )
     started = time.monotonic()
     assert system.shutdown() == 0
     assert time.monotonic() - started < 2.0
     assert events(path)[-1] == "stop b" and events(path).count("start a") == 1
 
 
-def test_a_group_restart_takes_over_a_pending_backoff(actor_system: RunningSystem,
-                                                      tmp_path: Path) -> None:
+def test_a_group_restart_takes_over_a_pending_backoff(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     """rest_for_one [c, a, d]: a waits out a backoff (d stopped with it) when c fails; c's
     restart starts c, a, d in order at once, and a's backoff timer later starts nothing."""
     system = actor_system
     path = tmp_path / "journal"
     journal = Journal(str(path))
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("c", RECORDER, journal),
-        ChildSpec("a", RECORDER, journal, backoff=Backoff(initial_s=1.5, max_s=1.5,
-                                                          jitter=0.0)),
-        ChildSpec("d", RECORDER, journal)), Strategy.REST_FOR_ONE, max_restarts=10)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec("c", RECORDER, journal),
+                    ChildSpec(
+                        "a",
+                        RECORDER,
+                        journal,
+                        backoff=Backoff(initial_s=1.5, max_s=1.5, jitter=0.0),
+                    ),
+                    ChildSpec("d", RECORDER, journal),
+                ),
+                Strategy.REST_FOR_ONE,
+                max_restarts=10,
+            ),
+        )
+    )
     old = {c.name: c.pid for c in system.status().children}
     mark = len(events(path))
     os.kill(old["a"], signal.SIGKILL)
     a_killed = time.monotonic()
-    wait_for(lambda: [c.state for c in system.status().children]
-             == ["running", "restarting", "restarting"], 1, what="a and d waiting")
+    wait_for(
+        lambda: (
+            [c.state for c in system.status().children] == ["running", "restarting", "restarting"]
+        ),
+        1,
+        what="a and d waiting",
+    )
     os.kill(old["c"], signal.SIGKILL)
     c_killed = time.monotonic()
 
-    def all_back() -> Optional[TreeStatus]:
+    def all_back() -> TreeStatus | None:
         tree = system.status()
-        return tree if all(c.state == "running" and c.pid != old[c.name]
-                           for c in tree.children) else None
+        return (
+            tree
+            if all(c.state == "running" and c.pid != old[c.name] for c in tree.children)
+            else None
+        )
 
     wait_for(all_back, 1.0, what="c, a and d restarted by c's restart")
     assert time.monotonic() - c_killed < 1.0
@@ -167,4 +243,7 @@ def test_a_group_restart_takes_over_a_pending_backoff(actor_system: RunningSyste
     tree = system.status()
     assert events(path, mark) == ["stop d", "start c", "start a", "start d"]
     assert [(c.name, c.state, c.restarts) for c in tree.children] == [
-        ("c", "running", 1), ("a", "running", 1), ("d", "running", 1)]
+        ("c", "running", 1),
+        ("a", "running", 1),
+        ("d", "running", 1),
+    ]

@@ -6,6 +6,7 @@ Workers are :class:`tests.sample_actors.Recorder` actors that take ``stop_delay_
 ``Stop`` (a drain) and write ``stop NAME`` to the journal once they exit gracefully; a worker
 that is killed writes nothing.
 """
+
 from __future__ import annotations
 
 import time
@@ -51,16 +52,30 @@ def test_budgets_are_derived_from_the_children() -> None:
     assert shutdown_budget(long) == 60.0
 
 
-def test_a_pool_of_slow_draining_workers_stops_in_full(actor_system: RunningSystem,
-                                                       tmp_path: Path) -> None:
+def test_a_pool_of_slow_draining_workers_stops_in_full(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     """Four workers that each take 0.5 s of their 0.8 s to stop: 2 s in all, more than the
     2 x 0.8 s the pool's spec names (the daemon's old constant)."""
     system = actor_system
     path = tmp_path / "journal"
     workers = Journal(str(path), stop_delay_s=0.5)
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("pool", POOL, PoolArgs(RECORDER, 4, workers, worker_shutdown_s=0.8),
-                  shutdown_s=2 * 0.8),))))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "pool",
+                        POOL,
+                        PoolArgs(RECORDER, 4, workers, worker_shutdown_s=0.8),
+                        shutdown_s=2 * 0.8,
+                    ),
+                )
+            ),
+        )
+    )
     started = time.monotonic()
     assert system.shutdown() == 0
     elapsed = time.monotonic() - started
@@ -69,15 +84,17 @@ def test_a_pool_of_slow_draining_workers_stops_in_full(actor_system: RunningSyst
 
 
 def test_a_pool_grown_at_run_time_reports_its_longer_stop_up_the_tree(
-        actor_system: RunningSystem, tmp_path: Path) -> None:
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     """root > sub > pool: the specs say one worker (sub's derived budget 2.5 s, more than
     the 2 s its spec names); resized to eight workers that take 0.4 s each, the pool needs
     3.2 s. Its Stopping report reaches sub, and sub's reaches the root."""
     system = actor_system
     path = tmp_path / "journal"
     workers = Journal(str(path), stop_delay_s=0.4)
-    pool = ChildSpec("pool", POOL, PoolArgs(RECORDER, 1, workers, worker_shutdown_s=0.5),
-                     shutdown_s=1.0)
+    pool = ChildSpec(
+        "pool", POOL, PoolArgs(RECORDER, 1, workers, worker_shutdown_s=0.5), shutdown_s=1.0
+    )
     sub = ChildSpec("sub", SUPERVISOR, SupervisorArgs((pool,)), shutdown_s=2.0)
     assert shutdown_budget(sub) == 0.5 + 2 * MARGIN
     root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((sub,))))

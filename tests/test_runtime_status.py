@@ -1,13 +1,13 @@
 """Status queries on real processes: always answered within their budget, SIGSTOPped children
 reported ``unresponsive``, nothing left pending; workers report the work they hold themselves.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 from thespian.actors import ActorSystem
@@ -25,11 +25,11 @@ SUPERVISOR = "actors.supervisor.Supervisor"
 INTROSPECTED = "tests.sample_actors.Introspected"
 
 
-def child(tree: TreeStatus | ChildStatus, name: str) -> Optional[ChildStatus]:
+def child(tree: TreeStatus | ChildStatus, name: str) -> ChildStatus | None:
     return next((c for c in tree.children if c.name == name), None)
 
 
-def timed_status(system: RunningSystem, timeout_s: Optional[float] = None) -> tuple[float, TreeStatus]:
+def timed_status(system: RunningSystem, timeout_s: float | None = None) -> tuple[float, TreeStatus]:
     query = StatusQuery() if timeout_s is None else StatusQuery(timeout_s)
     started = time.monotonic()
     reply = system.ask(system.root, query, timeout=5)
@@ -39,13 +39,27 @@ def timed_status(system: RunningSystem, timeout_s: Optional[float] = None) -> tu
 
 
 def test_a_stopped_child_is_reported_unresponsive_and_the_query_answered(
-        actor_system: RunningSystem, tmp_path: Path) -> None:
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     system = actor_system
     journal = Journal(str(tmp_path / "journal"))
-    root = system.start(ChildSpec("root", INTROSPECTED, SupervisorArgs((
-        ChildSpec("a", SUPERVISOR, SupervisorArgs((ChildSpec("a1", RECORDER, journal),))),
-        ChildSpec("b", SUPERVISOR, SupervisorArgs((ChildSpec("b1", RECORDER, journal),))),
-        ChildSpec("c", RECORDER, journal)))))
+    root = system.start(
+        ChildSpec(
+            "root",
+            INTROSPECTED,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "a", SUPERVISOR, SupervisorArgs((ChildSpec("a1", RECORDER, journal),))
+                    ),
+                    ChildSpec(
+                        "b", SUPERVISOR, SupervisorArgs((ChildSpec("b1", RECORDER, journal),))
+                    ),
+                    ChildSpec("c", RECORDER, journal),
+                )
+            ),
+        )
+    )
     stopped = child(system.status(), "b").pid
     os.kill(stopped, signal.SIGSTOP)  # the second child: the first one answers
     try:
@@ -73,14 +87,29 @@ def test_a_stopped_child_is_reported_unresponsive_and_the_query_answered(
 
 
 def test_an_unresponsive_worker_is_marked_by_its_own_supervisor(
-        actor_system: RunningSystem, tmp_path: Path) -> None:
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     """The nested query gets a smaller budget: the sub-supervisor answers in time and marks
     its own stopped worker, instead of being marked unresponsive itself."""
     system = actor_system
     journal = Journal(str(tmp_path / "journal"))
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("sub", SUPERVISOR, SupervisorArgs(
-            (ChildSpec("w1", RECORDER, journal), ChildSpec("w2", RECORDER, journal)))),))))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "sub",
+                        SUPERVISOR,
+                        SupervisorArgs(
+                            (ChildSpec("w1", RECORDER, journal), ChildSpec("w2", RECORDER, journal))
+                        ),
+                    ),
+                )
+            ),
+        )
+    )
     stopped = child(child(system.status(), "sub"), "w2").pid
     os.kill(stopped, signal.SIGSTOP)
     try:
@@ -88,28 +117,43 @@ def test_an_unresponsive_worker_is_marked_by_its_own_supervisor(
         assert elapsed < 1.0, elapsed  # the sub-supervisor's deadline, not the root's
         sub = child(tree, "sub")
         assert sub.state == "running"
-        assert [(w.name, w.state) for w in sub.children] == [("w1", "running"),
-                                                             ("w2", "unresponsive")]
+        assert [(w.name, w.state) for w in sub.children] == [
+            ("w1", "running"),
+            ("w2", "unresponsive"),
+        ]
         assert child(sub, "w1").in_flight == 0 and child(sub, "w2").in_flight is None
     finally:
         os.kill(stopped, signal.SIGCONT)
 
 
-def test_workers_report_the_work_they_hold(actor_system: RunningSystem,
-                                           context: ActorSystem, tmp_path: Path) -> None:
+def test_workers_report_the_work_they_hold(
+    actor_system: RunningSystem, context: ActorSystem, tmp_path: Path
+) -> None:
     """Requests sent to a pool's workers directly (as a directory does) never pass the pool's
     books; the workers' own counts show them, per worker and summed up the tree."""
     system = actor_system
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((
-        ChildSpec("pool", "actors.pool.Pool", PoolArgs(SLEEPER, 2)),
-        ChildSpec("solo", SLEEPER),
-        ChildSpec("rec", RECORDER, Journal(str(tmp_path / "journal")))))))
-    worker = {name: system.ok(root, WhereIs(f"pool/{name}")).address
-              for name in ("worker-0", "worker-1")}
+    root = system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec("pool", "actors.pool.Pool", PoolArgs(SLEEPER, 2)),
+                    ChildSpec("solo", SLEEPER),
+                    ChildSpec("rec", RECORDER, Journal(str(tmp_path / "journal"))),
+                )
+            ),
+        )
+    )
+    worker = {
+        name: system.ok(root, WhereIs(f"pool/{name}")).address for name in ("worker-0", "worker-1")
+    }
     solo = system.ok(root, WhereIs("solo")).address
-    requests = (send_all(context, worker["worker-0"], (Request(1.0) for _ in range(3)))
-                + send_all(context, worker["worker-1"], [Request(1.0)])
-                + send_all(context, solo, (Request(1.0) for _ in range(2))))
+    requests = (
+        send_all(context, worker["worker-0"], (Request(1.0) for _ in range(3)))
+        + send_all(context, worker["worker-1"], [Request(1.0)])
+        + send_all(context, solo, (Request(1.0) for _ in range(2)))
+    )
 
     _, tree = timed_status(system, 1.0)
     pool = child(tree, "pool")
@@ -119,5 +163,6 @@ def test_workers_report_the_work_they_hold(actor_system: RunningSystem,
     assert tree.in_flight == 6
 
     assert all(r.ok for r in collect(context, requests, 5).values())
-    wait_for(lambda: timed_status(system, 1.0)[1].in_flight == 0, 2,
-             what="the workers' counts back to 0")
+    wait_for(
+        lambda: timed_status(system, 1.0)[1].in_flight == 0, 2, what="the workers' counts back to 0"
+    )

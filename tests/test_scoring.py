@@ -1,4 +1,5 @@
 """Scoring: the model's ratings, the weighted overall, and the verdict policy on the score."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,8 +17,15 @@ from memesys.pipeline.verification import FAILED, PASSED, UNAVAILABLE, Verdict
 from memesys.pipeline.writing import write_caption
 
 STRICT = dspy.ChatAdapter(use_json_adapter_fallback=False)
-BASE = Scores(humor=0.8, clarity=0.6, creativity=0.5, shareability=0.7, overall=0.8,
-              critique="fine", tokens=10)
+BASE = Scores(
+    humor=0.8,
+    clarity=0.6,
+    creativity=0.5,
+    shareability=0.7,
+    overall=0.8,
+    critique="fine",
+    tokens=10,
+)
 
 
 def dummy(*answers: dict[str, Any]) -> LMHandle:
@@ -34,32 +42,48 @@ def offline() -> LMHandle:
 
 
 def test_default_weights() -> None:
-    assert dict(WEIGHTS) == {"humor": 0.35, "clarity": 0.25, "creativity": 0.2,
-                             "shareability": 0.2}
+    assert dict(WEIGHTS) == {"humor": 0.35, "clarity": 0.25, "creativity": 0.2, "shareability": 0.2}
     assert sum(WEIGHTS.values()) == pytest.approx(1.0)
 
 
 def test_model_ratings_give_the_weighted_overall() -> None:
-    handle = dummy({"critique": "Cut  the\nsecond panel.", "humor": 0.8, "clarity": 0.6,
-                    "creativity": 0.5, "shareability": 0.7})
+    handle = dummy(
+        {
+            "critique": "Cut  the\nsecond panel.",
+            "humor": 0.8,
+            "clarity": 0.6,
+            "creativity": 0.5,
+            "shareability": 0.7,
+        }
+    )
     with dspy.context(adapter=STRICT):
         scores = score(handle, Draft("tea", "drake", ("Tea", "Coffee")))
-    assert scores == Scores(0.8, 0.6, 0.5, 0.7, pytest.approx(0.35 * 0.8 + 0.25 * 0.6
-                                                             + 0.2 * 0.5 + 0.2 * 0.7),
-                            "Cut the second panel.", 0)
+    assert scores == Scores(
+        0.8,
+        0.6,
+        0.5,
+        0.7,
+        pytest.approx(0.35 * 0.8 + 0.25 * 0.6 + 0.2 * 0.5 + 0.2 * 0.7),
+        "Cut the second panel.",
+        0,
+    )
 
 
 def test_ratings_are_clamped() -> None:
-    handle = dummy({"critique": "", "humor": 1.5, "clarity": -2, "creativity": 1,
-                    "shareability": 0})
+    handle = dummy(
+        {"critique": "", "humor": 1.5, "clarity": -2, "creativity": 1, "shareability": 0}
+    )
     scores = score(handle, Draft("tea", "drake", ("Tea", "Coffee")))
     assert (scores.humor, scores.clarity, scores.creativity) == (1.0, 0.0, 1.0)
 
 
-@pytest.mark.parametrize("answer", [
-    {"critique": "ok", "humor": "nan", "clarity": 1, "creativity": 1, "shareability": 1},
-    {"critique": "ok", "humor": "hilarious"},
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"critique": "ok", "humor": "nan", "clarity": 1, "creativity": 1, "shareability": 1},
+        {"critique": "ok", "humor": "hilarious"},
+    ],
+)
 def test_unusable_ratings_raise(answer: dict[str, Any]) -> None:
     with dspy.context(adapter=STRICT), pytest.raises(OutputError):
         score(dummy(answer), Draft("tea", "drake", ("Tea", "Coffee")))
@@ -67,22 +91,34 @@ def test_unusable_ratings_raise(answer: dict[str, Any]) -> None:
 
 def test_weighted_accepts_other_weights() -> None:
     values = {"humor": 1.0, "clarity": 0.0, "creativity": 0.0, "shareability": 0.0}
-    assert weighted(values, {"humor": 1, "clarity": 1, "creativity": 1,
-                             "shareability": 1}) == 0.25
+    assert weighted(values, {"humor": 1, "clarity": 1, "creativity": 1, "shareability": 1}) == 0.25
 
 
-@pytest.mark.parametrize("verdicts, overall", [
-    ({}, 0.8),
-    ({"appropriateness": verdict("appropriateness", PASSED)}, 0.8),
-    ({"appropriateness": verdict("appropriateness", FAILED)}, 0.0),
-    ({"factuality": verdict("factuality", FAILED, 0.8)}, 0.8 * (1 - 0.8 * 0.5)),
-    ({"factuality": verdict("factuality", FAILED, 0.0)}, 0.8),
-    ({"instruction_following": verdict("instruction_following", FAILED)}, 0.4),
-    ({"factuality": verdict("factuality", FAILED, 1.0),
-      "instruction_following": verdict("instruction_following", FAILED)}, 0.2),
-    ({name: verdict(name, UNAVAILABLE, 0.0)
-      for name in ("appropriateness", "factuality", "instruction_following")}, 0.8),
-])
+@pytest.mark.parametrize(
+    "verdicts, overall",
+    [
+        ({}, 0.8),
+        ({"appropriateness": verdict("appropriateness", PASSED)}, 0.8),
+        ({"appropriateness": verdict("appropriateness", FAILED)}, 0.0),
+        ({"factuality": verdict("factuality", FAILED, 0.8)}, 0.8 * (1 - 0.8 * 0.5)),
+        ({"factuality": verdict("factuality", FAILED, 0.0)}, 0.8),
+        ({"instruction_following": verdict("instruction_following", FAILED)}, 0.4),
+        (
+            {
+                "factuality": verdict("factuality", FAILED, 1.0),
+                "instruction_following": verdict("instruction_following", FAILED),
+            },
+            0.2,
+        ),
+        (
+            {
+                name: verdict(name, UNAVAILABLE, 0.0)
+                for name in ("appropriateness", "factuality", "instruction_following")
+            },
+            0.8,
+        ),
+    ],
+)
 def test_apply_verdicts(verdicts: dict[str, Verdict], overall: float) -> None:
     adjusted = apply_verdicts(BASE, verdicts)
     assert adjusted.overall == pytest.approx(overall)
@@ -114,6 +150,7 @@ def test_offline_creativity_varies_with_the_seed(offline: LMHandle) -> None:
     creativity = set()
     for seed in range(6):
         caption = write_caption(offline, "monday meetings", format="drake", seed=seed)
-        creativity.add(score(offline, Draft.from_caption(caption, "monday meetings",
-                                                         seed=seed)).creativity)
+        creativity.add(
+            score(offline, Draft.from_caption(caption, "monday meetings", seed=seed)).creativity
+        )
     assert len(creativity) >= 3

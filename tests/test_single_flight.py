@@ -1,4 +1,5 @@
 """SingleFlight: identical requests in flight share one piece of work."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ async def test_other_keys_run_on_their_own_and_failures_are_shared() -> None:
     async def ok() -> str:
         return "fine"
 
-    results = await asyncio.gather(flights.run("a", fail), flights.run("a", fail),
-                                   flights.run("b", ok), return_exceptions=True)
+    results = await asyncio.gather(
+        flights.run("a", fail), flights.run("a", fail), flights.run("b", ok), return_exceptions=True
+    )
     assert [type(r) for r in results[:2]] == [RuntimeError, RuntimeError]
     assert results[2] == ("fine", False)
 

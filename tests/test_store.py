@@ -5,6 +5,7 @@ MEMESYS_TEST_REDIS_URL set the store tests use that server instead, each under a
 prefix that is scanned and deleted afterwards (the server may be shared, so no FLUSHDB).
 Tests of EmbeddedRedis itself always start their own embedded server.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,10 +34,19 @@ PNG = b"\x89PNG\r\n\x1a\n\x00\xffbinary" + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 def meme(meme_id: str, created_at: float, **extra: object) -> dict:
     """The fields a stored meme must have (memesys.storage.records.MEME_FIELDS)."""
-    return {"id": meme_id, "created_at": created_at, "topic": f"topic {meme_id}",
-            "format": "drake", "top_text": "top", "bottom_text": "bottom",
-            "image_url": f"/v1/memes/{meme_id}/image.png", "scores": {"overall": 0.5},
-            "verification": {"verdicts": {}}, "provider": {"name": "offline"}, **extra}
+    return {
+        "id": meme_id,
+        "created_at": created_at,
+        "topic": f"topic {meme_id}",
+        "format": "drake",
+        "top_text": "top",
+        "bottom_text": "bottom",
+        "image_url": f"/v1/memes/{meme_id}/image.png",
+        "scores": {"overall": 0.5},
+        "verification": {"verdicts": {}},
+        "provider": {"name": "offline"},
+        **extra,
+    }
 
 
 def keys_of(store: MemeStore, client: redis.Redis) -> set[str]:
@@ -361,8 +371,7 @@ def test_a_stopped_server_costs_one_timeout_then_fails_fast(tmp_path: Path) -> N
     server.stop()
 
 
-def test_a_health_probe_answers_within_its_bound_when_the_server_is_stopped(
-        tmp_path: Path) -> None:
+def test_a_health_probe_answers_within_its_bound_when_the_server_is_stopped(tmp_path: Path) -> None:
     """A health check must not wait out an operation's socket timeout: a stopped server is
     reported after one short probe, and answering again once it is resumed. The check only
     reports: the operations' view of Redis stays up (an operation that fails marks it down)."""

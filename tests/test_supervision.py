@@ -4,13 +4,13 @@ Children are :class:`tests.sample_actors.Recorder` actors that append their life
 journal file (``start NAME PID``, ``stop NAME``, ``fail NAME PID``, ``effect NAME PID``), so
 order across processes is checked from one file.
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -50,11 +50,11 @@ def events(path: Path, start: int = 0) -> list[str]:
     return [" ".join(line.split()[:2]) for line in lines(path)[start:]]
 
 
-def child(tree: TreeStatus | ChildStatus, name: str) -> Optional[ChildStatus]:
+def child(tree: TreeStatus | ChildStatus, name: str) -> ChildStatus | None:
     return next((c for c in tree.children if c.name == name), None)
 
 
-def pids(tree: TreeStatus | ChildStatus) -> dict[str, Optional[int]]:
+def pids(tree: TreeStatus | ChildStatus) -> dict[str, int | None]:
     return {c.name: c.pid for c in tree.children}
 
 
@@ -68,11 +68,16 @@ def locate(system: RunningSystem, path: str):
     return located.address
 
 
-def wait_restarted(system: RunningSystem, old: dict[str, int], names: set[str],
-                   timeout: float = 5.0, under: Optional[str] = None) -> TreeStatus:
+def wait_restarted(
+    system: RunningSystem,
+    old: dict[str, int],
+    names: set[str],
+    timeout: float = 5.0,
+    under: str | None = None,
+) -> TreeStatus:
     """Wait until every child is running and those in ``names`` run under new pids."""
 
-    def settled() -> Optional[TreeStatus]:
+    def settled() -> TreeStatus | None:
         tree = system.status()
         node = child(tree, under) if under else tree
         if node is None or any(c.state != "running" for c in node.children):
@@ -102,15 +107,20 @@ STRATEGIES = {
 
 @pytest.mark.parametrize("how", ["sigkill", "exception"])
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_strategy_restarts_the_right_children_in_order(actor_system: RunningSystem,
-                                                      tmp_path: Path, strategy: str,
-                                                      how: str) -> None:
+def test_strategy_restarts_the_right_children_in_order(
+    actor_system: RunningSystem, tmp_path: Path, strategy: str, how: str
+) -> None:
     path = tmp_path / "journal"
     journal = Journal(str(path))
     stopped, restarted = STRATEGIES[strategy]
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "a", "b", "c"), strategy, max_restarts=10)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(recorders(journal, "a", "b", "c"), strategy, max_restarts=10),
+        )
+    )
     assert events(path) == ["start a", "start b", "start c"]
     for name in "abc":  # state that a restart must reset
         assert [system.ok(locate(system, name), "count") for _ in range(2)] == [1, 2]
@@ -130,15 +140,20 @@ def test_strategy_restarts_the_right_children_in_order(actor_system: RunningSyst
         first = ["effect b", "stop b"]  # the crashed child's on_stop runs as it exits
 
     after = wait_restarted(system, old, set(restarted))
-    assert events(path, mark) == (first + [f"stop {n}" for n in stopped]
-                                  + [f"start {n}" for n in restarted])
+    assert events(path, mark) == (
+        first + [f"stop {n}" for n in stopped] + [f"start {n}" for n in restarted]
+    )
     new = pids(after)
     for name in "abc":
         count = system.ok(locate(system, name), "count")
         restarts = child(after, name).restarts - child(before, name).restarts
         if name in restarted:
             assert (new[name] != old[name], alive(old[name]), count, restarts) == (
-                True, False, 1, 1), name
+                True,
+                False,
+                1,
+                1,
+            ), name
         else:
             assert (new[name], count, restarts) == (old[name], 3, 0), name
     if how == "exception":
@@ -149,13 +164,19 @@ def test_strategy_restarts_the_right_children_in_order(actor_system: RunningSyst
 # -- 2. restart intensity and escalation -------------------------------------------------------
 
 
-def test_intensity_exceeded_escalates_to_the_parent(actor_system: RunningSystem,
-                                                    tmp_path: Path) -> None:
+def test_intensity_exceeded_escalates_to_the_parent(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     path = tmp_path / "journal"
     journal = Journal(str(path))
     system = actor_system
-    sub = ChildSpec("sub", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "w1", "w2", "w3"), "one_for_one", max_restarts=2, period_s=5))
+    sub = ChildSpec(
+        "sub",
+        SUPERVISOR,
+        SupervisorArgs(
+            recorders(journal, "w1", "w2", "w3"), "one_for_one", max_restarts=2, period_s=5
+        ),
+    )
     system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((sub,), max_restarts=10)))
 
     for attempt in (1, 2):  # within the intensity: w1 alone restarts
@@ -171,19 +192,28 @@ def test_intensity_exceeded_escalates_to_the_parent(actor_system: RunningSystem,
 
     assert system.ask(locate(system, "sub/w1"), "crash").error.code == "crashed"  # the third
 
-    def sub_restarted() -> Optional[ChildStatus]:
+    def sub_restarted() -> ChildStatus | None:
         node = child(system.status(), "sub")
-        if (node.restarts == old_sub.restarts + 1 and node.state == "running"
-                and len(node.children) == 3
-                and all(c.state == "running" for c in node.children)):
+        if (
+            node.restarts == old_sub.restarts + 1
+            and node.state == "running"
+            and len(node.children) == 3
+            and all(c.state == "running" for c in node.children)
+        ):
             return node
         return None
 
     node = wait_for(sub_restarted, 5, what="the root to restart sub")
     assert node.pid != old_sub.pid and not alive(old_sub.pid)
     # sub stopped its live children in reverse order, exited, and came back with fresh ones
-    assert events(path, mark) == ["stop w1", "stop w3", "stop w2",
-                                  "start w1", "start w2", "start w3"]
+    assert events(path, mark) == [
+        "stop w1",
+        "stop w3",
+        "stop w2",
+        "start w1",
+        "start w2",
+        "start w3",
+    ]
     for worker in node.children:
         assert worker.pid != old_workers[worker.name] and not alive(old_workers[worker.name])
         assert worker.restarts == 0
@@ -191,12 +221,14 @@ def test_intensity_exceeded_escalates_to_the_parent(actor_system: RunningSystem,
         assert system.ok(locate(system, f"sub/{name}"), "count") == 1
 
 
-def test_root_exceeding_its_intensity_exits(actor_system: RunningSystem,
-                                            tmp_path: Path) -> None:
+def test_root_exceeding_its_intensity_exits(actor_system: RunningSystem, tmp_path: Path) -> None:
     journal = Journal(str(tmp_path / "journal"))
     system = actor_system
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "a"), max_restarts=1, period_s=5)))
+    root = system.start(
+        ChildSpec(
+            "root", SUPERVISOR, SupervisorArgs(recorders(journal, "a"), max_restarts=1, period_s=5)
+        )
+    )
     root_pid = system.ok(root, Ping()).pid
     first = child(system.status(), "a").pid
     kill(first)
@@ -220,10 +252,18 @@ def test_restart_types(actor_system: RunningSystem, tmp_path: Path) -> None:
     path = tmp_path / "journal"
     journal = Journal(str(path))
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "t1", "t2", restart=Restart.TRANSIENT)
-        + recorders(journal, "tmp1", "tmp2", restart=Restart.TEMPORARY)
-        + recorders(journal, "p"), max_restarts=10)))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                recorders(journal, "t1", "t2", restart=Restart.TRANSIENT)
+                + recorders(journal, "tmp1", "tmp2", restart=Restart.TEMPORARY)
+                + recorders(journal, "p"),
+                max_restarts=10,
+            ),
+        )
+    )
     old = pids(system.status())
 
     # a transient child that exits normally stays stopped
@@ -237,11 +277,15 @@ def test_restart_types(actor_system: RunningSystem, tmp_path: Path) -> None:
     # a permanent child that exits normally is restarted all the same
     assert system.ok(locate(system, "p"), "stop") == "stopping"
 
-    def settled() -> Optional[TreeStatus]:
+    def settled() -> TreeStatus | None:
         tree = system.status()
         names = [c.name for c in tree.children]
-        if (names == ["t1", "t2", "p"] and child(tree, "t2").state == "running"
-                and child(tree, "p").state == "running" and child(tree, "p").pid != old["p"]):
+        if (
+            names == ["t1", "t2", "p"]
+            and child(tree, "t2").state == "running"
+            and child(tree, "p").state == "running"
+            and child(tree, "p").pid != old["p"]
+        ):
             return tree
         return None
 
@@ -256,35 +300,48 @@ def test_restart_types(actor_system: RunningSystem, tmp_path: Path) -> None:
     for name in ("t1", "t2", "tmp1", "tmp2", "p"):
         assert not alive(old[name]), name
     starts = [e for e in events(path) if e.startswith("start")]
-    assert sorted(starts) == sorted(["start t1", "start t2", "start tmp1", "start tmp2",
-                                     "start p", "start t2", "start p"])
+    assert sorted(starts) == sorted(
+        ["start t1", "start t2", "start tmp1", "start tmp2", "start p", "start t2", "start p"]
+    )
     assert system.ask(system.root, WhereIs("t1")).error.code == "unavailable"
 
 
 # -- 4. ordered shutdown ----------------------------------------------------------------------
 
 
-def test_shutdown_stops_children_in_reverse_start_order(actor_system: RunningSystem,
-                                                        tmp_path: Path) -> None:
+def test_shutdown_stops_children_in_reverse_start_order(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     path = tmp_path / "journal"
     journal = Journal(str(path))
     system = actor_system
     sub = ChildSpec("sub", SUPERVISOR, SupervisorArgs(recorders(journal, "s1", "s2")))
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "a") + (sub,) + recorders(journal, "c"))))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(recorders(journal, "a") + (sub,) + recorders(journal, "c")),
+        )
+    )
     assert events(path) == ["start a", "start s1", "start s2", "start c"]
     assert system.shutdown() == 0
     assert events(path)[4:] == ["stop c", "stop s2", "stop s1", "stop a"]
 
 
-def test_shutdown_kills_a_child_that_outlives_its_shutdown_time(actor_system: RunningSystem,
-                                                               tmp_path: Path) -> None:
+def test_shutdown_kills_a_child_that_outlives_its_shutdown_time(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     path = tmp_path / "journal"
     journal = Journal(str(path))
     slow = ChildSpec("slow", RECORDER, Journal(journal.path, stop_delay_s=5), shutdown_s=0.3)
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "a") + (slow,) + recorders(journal, "c"))))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(recorders(journal, "a") + (slow,) + recorders(journal, "c")),
+        )
+    )
     slow_pid = child(system.status(), "slow").pid
     started = time.monotonic()
     assert system.shutdown() == 0
@@ -297,8 +354,9 @@ def test_shutdown_kills_a_child_that_outlives_its_shutdown_time(actor_system: Ru
 # -- 5. no orphans ----------------------------------------------------------------------------
 
 
-def test_killing_a_supervisor_takes_its_workers_down(actor_system: RunningSystem,
-                                                    tmp_path: Path) -> None:
+def test_killing_a_supervisor_takes_its_workers_down(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     journal = Journal(str(tmp_path / "journal"))
     system = actor_system
     sub = ChildSpec("sub", SUPERVISOR, SupervisorArgs(recorders(journal, "w1", "w2")))
@@ -309,14 +367,21 @@ def test_killing_a_supervisor_takes_its_workers_down(actor_system: RunningSystem
 
     kill(node.pid)
     killed = time.monotonic()
-    wait_for(lambda: not any(alive(pid) for pid in workers.values()), 1.0,
-             what="the workers of the killed supervisor to die (PDEATHSIG)")
+    wait_for(
+        lambda: not any(alive(pid) for pid in workers.values()),
+        1.0,
+        what="the workers of the killed supervisor to die (PDEATHSIG)",
+    )
     assert time.monotonic() - killed < 1.0
 
-    def restarted() -> Optional[ChildStatus]:
+    def restarted() -> ChildStatus | None:
         new = child(system.status(), "sub")
-        if (new.state == "running" and new.pid != node.pid and len(new.children) == 2
-                and all(c.state == "running" for c in new.children)):
+        if (
+            new.state == "running"
+            and new.pid != node.pid
+            and len(new.children) == 2
+            and all(c.state == "running" for c in new.children)
+        ):
             return new
         return None
 
@@ -329,13 +394,22 @@ def test_killing_a_supervisor_takes_its_workers_down(actor_system: RunningSystem
 
 
 @pytest.mark.parametrize("initial_s", [0.0, 0.2])
-def test_backoff_delays_restarts(actor_system: RunningSystem, tmp_path: Path,
-                                 initial_s: float) -> None:
+def test_backoff_delays_restarts(
+    actor_system: RunningSystem, tmp_path: Path, initial_s: float
+) -> None:
     journal = Journal(str(tmp_path / "journal"))
     system = actor_system
-    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "a"), max_restarts=10,
-        backoff=Backoff(initial_s=initial_s, max_s=1.0, jitter=0.2))))
+    system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                recorders(journal, "a"),
+                max_restarts=10,
+                backoff=Backoff(initial_s=initial_s, max_s=1.0, jitter=0.2),
+            ),
+        )
+    )
     delays = []
     for _ in range(2):
         pid = child(system.status(), "a").pid
@@ -353,14 +427,16 @@ def test_backoff_delays_restarts(actor_system: RunningSystem, tmp_path: Path,
 # -- 7. dynamic children ----------------------------------------------------------------------
 
 
-def test_add_remove_and_restart_children_at_run_time(actor_system: RunningSystem,
-                                                    tmp_path: Path) -> None:
+def test_add_remove_and_restart_children_at_run_time(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     path = tmp_path / "journal"
     journal = Journal(str(path))
     system = actor_system
     sub = ChildSpec("sub", SUPERVISOR, SupervisorArgs(recorders(journal, "w1", "w2")))
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "a") + (sub,))))
+    root = system.start(
+        ChildSpec("root", SUPERVISOR, SupervisorArgs(recorders(journal, "a") + (sub,)))
+    )
 
     assert system.ok(root, AddChild(ChildSpec("d", RECORDER, journal))) == Ack("d")
     tree = system.status()
@@ -394,12 +470,16 @@ def test_add_remove_and_restart_children_at_run_time(actor_system: RunningSystem
 
 @pytest.mark.parametrize("restart", [Restart.PERMANENT, Restart.TRANSIENT])
 def test_child_failing_on_start_escalates_after_bounded_restarts(
-        actor_system: RunningSystem, tmp_path: Path, restart: Restart) -> None:
+    actor_system: RunningSystem, tmp_path: Path, restart: Restart
+) -> None:
     path = tmp_path / "journal"
     journal = Journal(str(path))
     bad = ChildSpec("bad", RECORDER, Journal(journal.path, fail_start=True), restart)
-    sub = ChildSpec("sub", SUPERVISOR, SupervisorArgs(
-        recorders(journal, "ok") + (bad,), max_restarts=2, period_s=5))
+    sub = ChildSpec(
+        "sub",
+        SUPERVISOR,
+        SupervisorArgs(recorders(journal, "ok") + (bad,), max_restarts=2, period_s=5),
+    )
     system = actor_system
 
     # sub: bad starts 1 + 2 times, the third restart is one too many, sub exits; the root
@@ -407,22 +487,37 @@ def test_child_failing_on_start_escalates_after_bounded_restarts(
     # starter: a supervisor is up only when all its children are, so start_root fails fast.
     started = time.monotonic()
     with pytest.raises(RootStartFailed, match="restart intensity reached"):
-        system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-            (sub,), max_restarts=1, period_s=5)))
+        system.start(
+            ChildSpec("root", SUPERVISOR, SupervisorArgs((sub,), max_restarts=1, period_s=5))
+        )
     assert time.monotonic() - started < 5
     system.root = None
     one_sub = ["start ok"] + ["fail bad", "stop bad"] * 3 + ["stop ok"]
     wait_for(lambda: events(path) == one_sub * 2, 5, what="both sub-supervisor runs")
 
 
-def test_a_restart_request_past_the_intensity_is_answered(actor_system: RunningSystem,
-                                                          tmp_path: Path) -> None:
+def test_a_restart_request_past_the_intensity_is_answered(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
     journal = Journal(str(tmp_path / "journal"))
     system = actor_system
-    root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs(
-        (ChildSpec("sub", SUPERVISOR, SupervisorArgs(recorders(journal, "w1"), max_restarts=1,
-                                                     period_s=5)),), max_restarts=5,
-        period_s=5)))
+    root = system.start(
+        ChildSpec(
+            "root",
+            SUPERVISOR,
+            SupervisorArgs(
+                (
+                    ChildSpec(
+                        "sub",
+                        SUPERVISOR,
+                        SupervisorArgs(recorders(journal, "w1"), max_restarts=1, period_s=5),
+                    ),
+                ),
+                max_restarts=5,
+                period_s=5,
+            ),
+        )
+    )
     assert system.ok(root, RestartChild("sub/w1")).detail == "restarted w1"
     refused = system.ask(root, RestartChild("sub/w1"))
     assert not refused.ok and refused.error.code == "unavailable"

@@ -1,4 +1,5 @@
 """The three verifiers: offline heuristics, fail-closed parsing, measured limits, LM failures."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -41,8 +42,13 @@ class Engine:
 
     def complete(self, request: Request) -> Response:
         self.calls += 1
-        return Response(id=None, model="canned", message=Message.assistant(self.reply()),
-                        finish_reason="stop", usage=Usage(input_tokens=1, output_tokens=1))
+        return Response(
+            id=None,
+            model="canned",
+            message=Message.assistant(self.reply()),
+            finish_reason="stop",
+            usage=Usage(input_tokens=1, output_tokens=1),
+        )
 
 
 def canned(reply: Callable[[], str]) -> tuple[LMHandle, Engine]:
@@ -69,19 +75,23 @@ def test_offline_captions_pass(offline: LMHandle, topic: str) -> None:
         assert all(0 <= v.confidence <= 1 and v.tokens > 0 for v in verdicts)
 
 
-@pytest.mark.parametrize("topic, category", [
-    ("email me at jane.doe@example.com", "private data: an email address"),
-    ("call 555-867-5309 after midnight", "private data: a phone or ID number"),
-    ("my SSN is 123-45-6789", "private data: an SSN-like ID number"),
-    ("the party at 742 Evergreen Terrace", "private data: a street address"),
-    ("how to stab my neighbour", "violence"),
-    ("bomb the office", "violence"),
-    ("kill yourself, loser", "harassment"),
-    ("nudes of my coworker", "sexual content"),
-    ("immigrants are vermin", "hate"),
-])
-def test_appropriateness_refuses_crafted_topics(offline: LMHandle, topic: str,
-                                                category: str) -> None:
+@pytest.mark.parametrize(
+    "topic, category",
+    [
+        ("email me at jane.doe@example.com", "private data: an email address"),
+        ("call 555-867-5309 after midnight", "private data: a phone or ID number"),
+        ("my SSN is 123-45-6789", "private data: an SSN-like ID number"),
+        ("the party at 742 Evergreen Terrace", "private data: a street address"),
+        ("how to stab my neighbour", "violence"),
+        ("bomb the office", "violence"),
+        ("kill yourself, loser", "harassment"),
+        ("nudes of my coworker", "sexual content"),
+        ("immigrants are vermin", "hate"),
+    ],
+)
+def test_appropriateness_refuses_crafted_topics(
+    offline: LMHandle, topic: str, category: str
+) -> None:
     verdict = verify(offline, "appropriateness", drake("Tea", "Coffee", topic=topic))
     assert verdict.status == FAILED and verdict.confidence > 0.5
     assert any(r.startswith(category) and "the topic" in r for r in verdict.reasons), verdict
@@ -96,8 +106,15 @@ def test_appropriateness_reads_the_texts(offline: LMHandle) -> None:
 def test_no_template_trips_the_offline_verifiers(offline: LMHandle) -> None:
     """Every template, filled in, passes appropriateness and factuality: the word lists do not
     fire on the writer's own jokes (numbers like "25", "2am", "2.0" included)."""
-    words = {"topic": "coffee", "Topic": "Coffee", "who": "developers", "Who": "Developers",
-             "style": "sarcastic", "Style": "Sarcastic", "mock": "cOfFeE"}
+    words = {
+        "topic": "coffee",
+        "Topic": "Coffee",
+        "who": "developers",
+        "Who": "Developers",
+        "style": "sarcastic",
+        "Style": "Sarcastic",
+        "mock": "cOfFeE",
+    }
     for name, templates in TEMPLATES.items():
         for template in templates:
             draft = Draft("coffee", name, tuple(p.format_map(words) for p in template))
@@ -107,8 +124,11 @@ def test_no_template_trips_the_offline_verifiers(offline: LMHandle) -> None:
 
 
 def test_factuality_flags_claims_about_real_people(offline: LMHandle) -> None:
-    draft = drake("Self-driving cars", "Still driving myself",
-                  topic="Elon Musk said in 2019 that 90% of cars would drive themselves")
+    draft = drake(
+        "Self-driving cars",
+        "Still driving myself",
+        topic="Elon Musk said in 2019 that 90% of cars would drive themselves",
+    )
     verdict = verify(offline, "factuality", draft)
     assert verdict.status == FAILED and verdict.confidence > 0.5
     flagged = " | ".join(verdict.reasons)
@@ -156,13 +176,16 @@ def test_offline_slot_listing_shows_overlong_extra_texts(offline: LMHandle) -> N
     assert "slot 'extra' has 5 chars, max 0" in verdict.reasons
 
 
-@pytest.mark.parametrize("answer", [
-    {"concerns": [], "verdict": "maybe", "confidence": 0.9},
-    {"concerns": [], "verdict": "passed", "confidence": "very high"},
-    {"concerns": [], "verdict": "passed", "confidence": "nan"},
-    {"concerns": "none at all", "verdict": "passed"},
-    {"answer": "Looks fine to me!"},
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"concerns": [], "verdict": "maybe", "confidence": 0.9},
+        {"concerns": [], "verdict": "passed", "confidence": "very high"},
+        {"concerns": [], "verdict": "passed", "confidence": "nan"},
+        {"concerns": "none at all", "verdict": "passed"},
+        {"answer": "Looks fine to me!"},
+    ],
+)
 def test_garbage_appropriateness_fails_closed(answer: dict[str, Any]) -> None:
     handle = dummy(answer, answer)  # the second one answers the JSON adapter fallback
     verdict = verify(handle, "appropriateness", drake("Tea", "Coffee"))
@@ -188,12 +211,18 @@ def test_lm_failure_raises_never_a_verdict() -> None:
     assert (failed.value.code, engine.calls) == ("timeout", 1)
     assert failed.value.__notes__ == ["memesys stage: appropriateness"]
     assert Verdict.unavailable("appropriateness", "timed out\n\nTo fix: wait") == Verdict(
-        "appropriateness", UNAVAILABLE, 0.0, ("timed out",), 0)
+        "appropriateness", UNAVAILABLE, 0.0, ("timed out",), 0
+    )
 
 
 def test_model_verdicts_are_read_and_clamped() -> None:
-    handle = dummy({"flagged_claims": ["  'Tea was invented\nin 1610' "], "verdict": "failed",
-                    "confidence": 1.7})
+    handle = dummy(
+        {
+            "flagged_claims": ["  'Tea was invented\nin 1610' "],
+            "verdict": "failed",
+            "confidence": 1.7,
+        }
+    )
     with dspy.context(adapter=STRICT):
         verdict = verify(handle, "factuality", drake("Tea", "Coffee"))
     assert verdict == Verdict("factuality", FAILED, 1.0, ("'Tea was invented in 1610'",), 0)

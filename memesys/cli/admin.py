@@ -4,6 +4,7 @@ It attaches to the admin port and never starts an actor system: with none runnin
 and exits non-zero. The tree comes from the project's own root supervisor (Thespian's admin
 stops answering status requests after any failed ``createActor``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import dataclasses
 import json
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 from actors.messages import ChildStatus, Ping, RestartChild, StatusQuery, TreeStatus
 from actors.system import (
@@ -32,20 +33,31 @@ class AdminError(RuntimeError):
     pass
 
 
-def _uptime(started_at: Optional[float]) -> str:
+def _uptime(started_at: float | None) -> str:
     if not started_at:
         return "-"
     seconds = int(time.time() - started_at)
     hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    return (
+        f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    )
 
 
 def _rows(children: tuple[ChildStatus, ...], depth: int = 0) -> list[list[str]]:
     rows = []
     for c in children:
         kind = f"{c.kind} ({c.strategy})" if c.strategy else c.kind
-        rows.append(["  " * depth + c.name, kind, c.state, str(c.pid or "-"), str(c.restarts),
-                     _uptime(c.started_at), "-" if c.in_flight is None else str(c.in_flight)])
+        rows.append(
+            [
+                "  " * depth + c.name,
+                kind,
+                c.state,
+                str(c.pid or "-"),
+                str(c.restarts),
+                _uptime(c.started_at),
+                "-" if c.in_flight is None else str(c.in_flight),
+            ]
+        )
         rows += _rows(c.children, depth + 1)
     return rows
 
@@ -53,12 +65,14 @@ def _rows(children: tuple[ChildStatus, ...], depth: int = 0) -> list[list[str]]:
 def format_tree(tree: TreeStatus, root_pid: int) -> str:
     header = ["NAME", "KIND", "STATE", "PID", "RESTARTS", "UPTIME", "IN FLIGHT"]
     in_flight = "-" if tree.in_flight is None else str(tree.in_flight)
-    rows = [[tree.name, f"supervisor ({tree.strategy})", "running", str(root_pid), "-", "-",
-             in_flight]]
+    rows = [
+        [tree.name, f"supervisor ({tree.strategy})", "running", str(root_pid), "-", "-", in_flight]
+    ]
     rows += _rows(tree.children, 1)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                     for row in [header] + rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows
+    )
 
 
 def _request(asys: Any, root: Any, payload: Any) -> Any:
@@ -68,7 +82,7 @@ def _request(asys: Any, root: Any, payload: Any) -> Any:
     return reply.payload
 
 
-def run(verb: str, name: Optional[str], cfg: SystemConfig, as_json: bool) -> str:
+def run(verb: str, name: str | None, cfg: SystemConfig, as_json: bool) -> str:
     try:
         asys = attach(cfg)
     except NoSystemRunning as exc:
@@ -100,14 +114,17 @@ def run(verb: str, name: Optional[str], cfg: SystemConfig, as_json: bool) -> str
     raise AdminError(f"unknown command {verb!r}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="memesys-admin",
-                                     description="Inspect and steer a running memesys daemon.")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="memesys-admin", description="Inspect and steer a running memesys daemon."
+    )
     parser.add_argument("--admin-port", type=int, help="actor-system admin port")
     parser.add_argument("--config", help="the daemon's TOML override file")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("command", choices=["status", "ping", "restart", "shutdown"])
-    parser.add_argument("name", nargs="?", help="restart: path of the child, e.g. generator/worker-0")
+    parser.add_argument(
+        "name", nargs="?", help="restart: path of the child, e.g. generator/worker-0"
+    )
     args = parser.parse_args(argv)
     if args.command == "restart" and not args.name:
         parser.error("restart needs the NAME (path) of a child, e.g. generator/worker-0")
@@ -118,9 +135,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     system = cfg.system
     try:
-        print(run(args.command, args.name,
-                  SystemConfig(system.admin_port, system.bind_host, "WARNING"),
-                  args.json))
+        print(
+            run(
+                args.command,
+                args.name,
+                SystemConfig(system.admin_port, system.bind_host, "WARNING"),
+                args.json,
+            )
+        )
     except AdminError as exc:
         print(f"memesys-admin: {exc}", file=sys.stderr)
         return 1

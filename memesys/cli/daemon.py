@@ -4,6 +4,7 @@ Order matters: the actor system is started (Thespian forks its admin from this p
 before the event loop or any thread exists, and after dspy and Pillow are imported so every
 actor inherits them copy-on-write instead of importing them again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from aiohttp import web  # noqa: E402
+from aiohttp import web
 
-import memesys.pipeline.lm  # noqa: E402,F401  (import dspy before forking: inherited by every actor)
-import memesys.render.image  # noqa: E402,F401
-from actors.bridge import Bridge, Directory  # noqa: E402
-from actors.spec import shutdown_budget  # noqa: E402
-from actors.system import (  # noqa: E402
+import memesys.pipeline.lm
+import memesys.render.image  # noqa: F401
+from actors.bridge import Bridge, Directory
+from actors.spec import shutdown_budget
+from actors.system import (
     SystemConfig,
     reap,
     session_id,
@@ -34,18 +34,18 @@ from actors.system import (  # noqa: E402
     start_root,
     start_system,
 )
-from memesys.cli.watchdog import SystemWatch  # noqa: E402
-from memesys.config import Config, ConfigError, load_layers  # noqa: E402
-from memesys.config.capacity import Capacities  # noqa: E402
-from memesys.config.printing import render as render_config  # noqa: E402
-from memesys.http.app import Gateway  # noqa: E402
-from memesys.domain.engines import INPROCESS  # noqa: E402
-from memesys.http.engines import Split, TreeEngine  # noqa: E402
-from memesys.inprocess.engine import InProcessEngine  # noqa: E402
-from memesys.llm.metrics import reader as llm_metrics_reader  # noqa: E402
-from memesys.pipeline.program import ProgramError, load_configured  # noqa: E402
-from memesys.tree.redis_server import plan as plan_redis  # noqa: E402
-from memesys.tree.spec import root_spec  # noqa: E402
+from memesys.cli.watchdog import SystemWatch
+from memesys.config import Config, ConfigError, load_layers
+from memesys.config.capacity import Capacities
+from memesys.config.printing import render as render_config
+from memesys.domain.engines import INPROCESS
+from memesys.http.app import Gateway
+from memesys.http.engines import Split, TreeEngine
+from memesys.inprocess.engine import InProcessEngine
+from memesys.llm.metrics import reader as llm_metrics_reader
+from memesys.pipeline.program import ProgramError, load_configured
+from memesys.tree.redis_server import plan as plan_redis
+from memesys.tree.spec import root_spec
 
 log = logging.getLogger("memesys.cli.daemon")
 
@@ -53,22 +53,29 @@ FATAL_CLEANUP_S = 2.0  # the gateway's close when the actor system is gone
 SHUTDOWN_GRACE_S = 3.0  # for the actor system to end by itself after memesys-admin shutdown
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="memesys", description="Run the memesys daemon.")
     parser.add_argument("--config", help="a TOML file overriding the packaged defaults")
     parser.add_argument("--host", help="gateway address (gateway.host)")
     parser.add_argument("--port", type=int, help="gateway port (gateway.port)")
     parser.add_argument("--admin-port", type=int, help="actor-system admin port")
     parser.add_argument("--data-dir", help="embedded Redis data and run files")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the effective configuration (secrets masked) and exit")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (secrets masked) and exit",
+    )
     return parser.parse_args(argv)
 
 
 def command_line(args: argparse.Namespace) -> dict[tuple[str, str], object]:
     """The settings the command line overrides (None: not given)."""
-    return {("gateway", "host"): args.host, ("gateway", "port"): args.port,
-            ("system", "admin_port"): args.admin_port, ("system", "data_dir"): args.data_dir}
+    return {
+        ("gateway", "host"): args.host,
+        ("gateway", "port"): args.port,
+        ("system", "admin_port"): args.admin_port,
+        ("system", "data_dir"): args.data_dir,
+    }
 
 
 class Daemon:
@@ -76,7 +83,7 @@ class Daemon:
         self.cfg = cfg
         system = cfg.system
         self.system_cfg = SystemConfig(system.admin_port, system.bind_host, system.log_level)
-        self.stopping: Optional[asyncio.Event] = None
+        self.stopping: asyncio.Event | None = None
         self.exit_code = 0
         self.tree_gone = False  # the watchdog found the tree gone: nothing to stop in order
 
@@ -87,23 +94,32 @@ class Daemon:
         # The URL is fixed before the tree starts; the embedded server (if no REDIS_URL) is
         # started by the tree's first child, which restarts it if it dies.
         self.redis_url, self.embedded_redis, redis_server = plan_redis(
-            self.cfg.redis.url, str(data_dir / "redis"), self.cfg.redis.hang_timeout_s)
+            self.cfg.redis.url, str(data_dir / "redis"), self.cfg.redis.hang_timeout_s
+        )
         started = time.perf_counter()
         self.asys = start_system(self.system_cfg)
         self.sid = session_id(self.system_cfg.admin_port)
         try:
             spec = root_spec(self.cfg, self.redis_url, redis_server)
-            self.root = start_root(self.asys, spec, self.system_cfg.admin_port,
-                                   self.cfg.system.ready_timeout_s)
+            self.root = start_root(
+                self.asys, spec, self.system_cfg.admin_port, self.cfg.system.ready_timeout_s
+            )
         except Exception:
             self.stop_actors()
             raise
-        log.info("actor tree up in %.0f ms (actor session %s)",
-                 (time.perf_counter() - started) * 1000, self.sid)
+        log.info(
+            "actor tree up in %.0f ms (actor session %s)",
+            (time.perf_counter() - started) * 1000,
+            self.sid,
+        )
         budget, bound = shutdown_budget(spec), self.cfg.system.shutdown_timeout_s
         if budget > bound:
-            log.warning("system.shutdown_timeout_s = %.0f s is shorter than the tree's derived "
-                        "shutdown budget of %.0f s: a slow drain may be cut short", bound, budget)
+            log.warning(
+                "system.shutdown_timeout_s = %.0f s is shorter than the tree's derived "
+                "shutdown budget of %.0f s: a slow drain may be cut short",
+                bound,
+                budget,
+            )
 
     def stop_actors(self) -> None:
         if self.tree_gone and self.sid is not None:
@@ -116,8 +132,13 @@ class Daemon:
             killed = reap(self.sid, grace_s=grace)
             log.info("killed %d processes left of the actor system", killed)
         else:
-            shutdown(self.asys, self.system_cfg.admin_port, getattr(self, "root", None),
-                     self.cfg.system.shutdown_timeout_s, self.sid)
+            shutdown(
+                self.asys,
+                self.system_cfg.admin_port,
+                getattr(self, "root", None),
+                self.cfg.system.shutdown_timeout_s,
+                self.sid,
+            )
         if self.embedded_redis is not None:  # its owner stopped it, unless it was killed
             self.embedded_redis.stop_stale()
             self.embedded_redis.release()
@@ -136,15 +157,21 @@ class Daemon:
         await watch.find_processes()
         directory = Directory(bridge, self.root)
         inprocess = InProcessEngine(self.cfg, self.redis_url)
-        gateway = Gateway(self.cfg.gateway, directory,
-                          generation_slots=Capacities.of(self.cfg).generation_slots,
-                          llm_metrics=llm_metrics_reader(self.redis_url,
-                                                         self.cfg.redis.key_prefix),
-                          engines=engines(self.cfg, TreeEngine(directory), inprocess),
-                          look_up=inprocess.look_up)
-        runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
-                               shutdown_timeout=self.cfg.gateway.request_timeout_s,
-                               **gateway.server_options())
+        gateway = Gateway(
+            self.cfg.gateway,
+            directory,
+            generation_slots=Capacities.of(self.cfg).generation_slots,
+            llm_metrics=llm_metrics_reader(self.redis_url, self.cfg.redis.key_prefix),
+            engines=engines(self.cfg, TreeEngine(directory), inprocess),
+            look_up=inprocess.look_up,
+        )
+        runner = web.AppRunner(
+            gateway.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.cfg.gateway.request_timeout_s,
+            **gateway.server_options(),
+        )
         await runner.setup()
         gateway.watch(runner.server)  # closes connections that send no request head in time
         host, port = self.cfg.gateway.host, self.cfg.gateway.port
@@ -157,14 +184,18 @@ class Daemon:
         if watching.done():
             verdict = watching.result()
             self.exit_code, self.tree_gone = verdict.status, True
-            log.log(logging.ERROR if verdict.status else logging.WARNING,
-                    "stopping the daemon: %s", verdict.reason)
+            log.log(
+                logging.ERROR if verdict.status else logging.WARNING,
+                "stopping the daemon: %s",
+                verdict.reason,
+            )
             await bridge.close(join_s=0.5)  # every request waiting on the tree fails now: 503
             try:  # the answers are out; a handler still waiting must not hold the exit up
                 await asyncio.wait_for(runner.cleanup(), FATAL_CLEANUP_S)
-            except asyncio.TimeoutError:
-                log.warning("the gateway did not close within %.0f s; exiting anyway",
-                            FATAL_CLEANUP_S)
+            except TimeoutError:
+                log.warning(
+                    "the gateway did not close within %.0f s; exiting anyway", FATAL_CLEANUP_S
+                )
         else:
             log.info("stopping")
             watching.cancel()
@@ -192,7 +223,7 @@ def raise_open_file_limit() -> None:
         log.info("open-file limit raised from %d to %d", soft, hard)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         layers = load_layers(args.config, overrides=command_line(args))
@@ -210,8 +241,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ProgramError as exc:
         print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.system.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s")
+    logging.basicConfig(
+        level=cfg.system.log_level,
+        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s",
+    )
     raise_open_file_limit()
     daemon = Daemon(cfg)
     try:

@@ -14,13 +14,13 @@ Three signals, so each fault is told apart within the poll period:
   killed outright (no Down comes);
 - a ping of the root every ``PING_PERIOD_S`` catches a root that is alive but stopped.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import psutil
 from thespian.actors import ActorAddress
@@ -76,8 +76,10 @@ class SystemWatch:
         if len(loggers) == 1:
             self.processes["Thespian logger"] = loggers[0]
         else:  # a Thespian that forks otherwise: the admin and root checks still hold
-            log.warning("cannot tell Thespian's logger among the admin's children %s",
-                        [p.pid for p in loggers])
+            log.warning(
+                "cannot tell Thespian's logger among the admin's children %s",
+                [p.pid for p in loggers],
+            )
 
     async def watch(self) -> Verdict:
         """Return once the actor system can no longer serve (or was stopped on request)."""
@@ -102,8 +104,10 @@ class SystemWatch:
                 misses = 0 if await self._pings() else misses + 1
                 next_ping = time.monotonic() + PING_PERIOD_S
                 if misses >= PING_MISSES:
-                    return Verdict(1, f"the root supervisor has not answered for "
-                                      f"{misses * PING_PERIOD_S:.0f} s")
+                    return Verdict(
+                        1,
+                        f"the root supervisor has not answered for {misses * PING_PERIOD_S:.0f} s",
+                    )
             await asyncio.sleep(POLL_S)
 
     async def _pings(self) -> bool:
@@ -113,7 +117,7 @@ class SystemWatch:
         except (AskTimeout, RemoteFailure):
             return False
 
-    async def _monitor(self) -> Optional[Down]:
+    async def _monitor(self) -> Down | None:
         """The root's Down, or None if it can no longer be asked (then a pid check decides)."""
         while True:
             try:
@@ -124,10 +128,10 @@ class SystemWatch:
                 return None
 
     @staticmethod
-    async def _down_within(monitor: asyncio.Task, seconds: float) -> Optional[Down]:
+    async def _down_within(monitor: asyncio.Task, seconds: float) -> Down | None:
         try:
             return await asyncio.wait_for(asyncio.shield(monitor), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
     @staticmethod

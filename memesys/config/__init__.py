@@ -4,6 +4,7 @@
 :mod:`memesys.config.loader` for the order of sources and :mod:`memesys.config.sections` for
 each key's type and range.
 """
+
 from memesys.config.loader import ConfigError, load, load_layers
 from memesys.config.sections import (
     Config,
@@ -18,6 +19,18 @@ from memesys.config.sections import (
     WorkersConfig,
 )
 
-__all__ = ["Config", "ConfigError", "GatewayConfig", "LLMConfig", "PipelineConfig",
-           "RedisConfig", "RenderConfig", "SupervisionConfig", "SystemConfig", "TasksConfig",
-           "WorkersConfig", "load", "load_layers"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GatewayConfig",
+    "LLMConfig",
+    "PipelineConfig",
+    "RedisConfig",
+    "RenderConfig",
+    "SupervisionConfig",
+    "SystemConfig",
+    "TasksConfig",
+    "WorkersConfig",
+    "load",
+    "load_layers",
+]

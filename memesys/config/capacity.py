@@ -15,6 +15,7 @@ A pool's bound is enforced per sending process (each process counts its own requ
 worker) and a worker's own bound counts every sender, so a worker's bound covers the case
 where its siblings are restarting and it takes all the work.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,9 +62,11 @@ class Capacities:
         the async tasks and at least one synchronous meme."""
         if self.generation_slots >= 1:
             return None
-        return (f"tasks.max_in_flight must be below workers.generators × "
-                f"workers.max_in_flight_per_worker = {self.memes} (synchronous memes need "
-                f"room too)")
+        return (
+            f"tasks.max_in_flight must be below workers.generators × "
+            f"workers.max_in_flight_per_worker = {self.memes} (synchronous memes need "
+            f"room too)"
+        )
 
 
 def uses_inprocess(cfg: Config) -> bool:

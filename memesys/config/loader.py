@@ -6,13 +6,15 @@ Later sources win: ``default.toml`` shipped in this package, then the ``--config
 dataclass: an unknown key, a wrong type or an out-of-range value raises ConfigError with one
 line naming the key and where the value came from.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from memesys.config.capacity import Capacities
 from memesys.config.sections import Config
@@ -35,7 +37,8 @@ class ConfigError(ValueError):
 
 SECTION_TYPES: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
 SECTIONS: dict[str, dict[str, dataclasses.Field]] = {
-    name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in SECTION_TYPES.items()}
+    name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in SECTION_TYPES.items()
+}
 
 
 def _typed(value: Any, kind: str, name: str, origin: str, text: bool) -> Any:
@@ -51,9 +54,12 @@ def _typed(value: Any, kind: str, name: str, origin: str, text: bool) -> Any:
             return int(raw) if kind == "int" else float(raw)
         except ValueError:
             raise ConfigError(f"{name} = {value!r} (from {origin}): expected {kind}") from None
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "str": isinstance(value, str), "bool": isinstance(value, bool)}[kind]
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+    }[kind]
     if not ok:
         raise ConfigError(f"{name} = {value!r} (from {origin}): expected {kind}")
     return float(value) if kind == "float" else value
@@ -71,8 +77,9 @@ def _checked(section: str, key: str, value: Any, origin: str, text: bool) -> Any
         bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
         raise ConfigError(f"{name} = {value!r} (from {origin}): out of range {bounds}")
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{name} = {value!r} (from {origin}): expected one of "
-                          f"{', '.join(meta['choices'])}")
+        raise ConfigError(
+            f"{name} = {value!r} (from {origin}): expected one of {', '.join(meta['choices'])}"
+        )
     return value
 
 
@@ -113,8 +120,9 @@ class Layers:
         for section, fields in SECTIONS.items():
             missing = sorted(set(fields) - set(self.values[section]))
             if missing:
-                raise ConfigError(f"{section}.{missing[0]}: no value (the packaged defaults "
-                                  "lack it)")
+                raise ConfigError(
+                    f"{section}.{missing[0]}: no value (the packaged defaults lack it)"
+                )
             sections[section] = SECTION_TYPES[section](**self.values[section])
         config = Config(**sections)
         problem = Capacities.of(config).problem()
@@ -128,8 +136,11 @@ def default_text() -> str:
     return resources.files("memesys.config").joinpath(DEFAULTS).read_text(encoding="utf-8")
 
 
-def load_layers(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
-                overrides: Mapping[tuple[str, str], Any] | None = None) -> Layers:
+def load_layers(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Layers:
     layers = Layers()
     layers.merge_toml(tomllib.loads(default_text()), f"packaged {DEFAULTS}")
     if path:
@@ -146,7 +157,10 @@ def load_layers(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     return layers
 
 
-def load(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
-         overrides: Mapping[tuple[str, str], Any] | None = None) -> Config:
+def load(
+    path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
     """The effective configuration (see the module docstring for the order of sources)."""
     return load_layers(path, env, overrides).build()

@@ -3,6 +3,7 @@
 Each key is followed by a comment naming where its value came from, so an operator can see at
 once which file or variable won.
 """
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ naming the key instead of failing later inside a worker. Field metadata:
 - ``choices``: the words a string may take;
 - ``secret``: masked by ``memesys --print-config``.
 """
+
 from dataclasses import dataclass, field
 from typing import Any
 

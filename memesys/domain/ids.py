@@ -3,6 +3,7 @@
 One pattern for both, shared by the store (an id becomes part of a Redis key), the gateway
 (an invalid id is a 404 before any actor is asked) and the OpenAPI document.
 """
+
 from __future__ import annotations
 
 import re

@@ -2,10 +2,11 @@
 
 Frozen dataclasses, importable by module path; the correlation id lives on the envelope.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -15,9 +16,9 @@ class GenerateMeme:
     (or, for a fresh one, found the store up), so the maker does not do it again."""
 
     topic: str
-    format: Optional[str] = None
-    style: Optional[str] = None
-    audience: Optional[str] = None
+    format: str | None = None
+    style: str | None = None
+    audience: str | None = None
     seed: int = 0
     fresh: bool = False
     trace_id: str = ""
@@ -45,13 +46,13 @@ class GetImage:
 @dataclass(frozen=True)
 class ListMemes:
     limit: int = 20
-    cursor: Optional[str] = None
+    cursor: str | None = None
 
 
 @dataclass(frozen=True)
 class MemePage:
     memes: list
-    next_cursor: Optional[str]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)

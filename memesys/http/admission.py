@@ -11,14 +11,15 @@ start, not a constant.
 Plain asyncio; the gateway keeps two lanes (every request with its body read, and memes being
 made: the tree's capacity), see :mod:`memesys.http.middleware` and :mod:`memesys.http.app`.
 """
+
 from __future__ import annotations
 
 import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
 
 PRIOR_SERVICE_S = 1.0  # the mean service time assumed before any request finished
 SMOOTHING = 0.2  # weight of the latest service time in the running mean
@@ -38,8 +39,14 @@ class Refused(Exception):
 class Lane:
     """At most ``slots`` requests at once, ``max_queue`` more waiting up to ``timeout_s``."""
 
-    def __init__(self, name: str, slots: int, max_queue: int, timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        slots: int,
+        max_queue: int,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if slots < 1 or max_queue < 0 or timeout_s < 0:
             raise ValueError(f"{name}: slots >= 1, max_queue >= 0, timeout_s >= 0")
         self.name = name
@@ -60,8 +67,7 @@ class Lane:
         """Seconds until a request sent now could start: the queue (this one included) drained
         at the lane's recent pace."""
         ahead = len(self.waiting) + 1
-        return min(MAX_RETRY_AFTER_S,
-                   max(1, math.ceil(ahead * self.mean_service_s / self.slots)))
+        return min(MAX_RETRY_AFTER_S, max(1, math.ceil(ahead * self.mean_service_s / self.slots)))
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:

@@ -8,6 +8,7 @@ generation slots (:mod:`memesys.http.admission`), so the gateway never sends the
 than it can hold. :meth:`Gateway.server_options` and :meth:`Gateway.watch` are how the daemon
 serves it (the request-head timeout, :mod:`memesys.http.connections`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,8 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable
-from typing import Any, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -38,8 +39,8 @@ from memesys.domain.messages import (
 )
 from memesys.errors import ErrorCode, MemesysError, translate
 from memesys.http.admission import Lane
-from memesys.http.engines import Split, TreeEngine
 from memesys.http.connections import MAX_SWEEP_S
+from memesys.http.engines import Split, TreeEngine
 from memesys.http.metrics import Metrics
 from memesys.http.middleware import Guard
 from memesys.http.openapi import openapi_document
@@ -62,14 +63,19 @@ READY_TIMEOUT_S = 2.0
 METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
 STORE_TIMEOUT_S = 5.0
 
-LookUp = Callable[[GenerateMeme], Awaitable[Optional[dict]]]
+LookUp = Callable[[GenerateMeme], Awaitable[dict | None]]
 
 
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, directory: Directory,
-                 generation_slots: Optional[int] = None,
-                 llm_metrics: Optional[Callable[[], str]] = None,
-                 engines: Optional[Split] = None, look_up: Optional[LookUp] = None) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        directory: Directory,
+        generation_slots: int | None = None,
+        llm_metrics: Callable[[], str] | None = None,
+        engines: Split | None = None,
+        look_up: LookUp | None = None,
+    ) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
         refused inside the tree. None: ``max_in_flight``. ``llm_metrics``: the LLM client
@@ -87,25 +93,41 @@ class Gateway:
         self.guard = Guard(cfg, self.metrics)
         # A request waits for a generation slot at most half its deadline: the rest is for
         # making the meme (a request that starts with seconds left would only time out).
-        self.generation = Lane("generation", generation_slots or cfg.max_in_flight,
-                               cfg.max_queue, min(cfg.queue_timeout_s, cfg.request_timeout_s / 2))
-        self.metrics.gauge("memesys_gateway_generating", "synchronous memes being made",
-                           lambda: self.generation.active)
-        self.metrics.gauge("memesys_gateway_generation_queued",
-                           "synchronous meme requests waiting for a generation slot",
-                           lambda: self.generation.queued)
+        self.generation = Lane(
+            "generation",
+            generation_slots or cfg.max_in_flight,
+            cfg.max_queue,
+            min(cfg.queue_timeout_s, cfg.request_timeout_s / 2),
+        )
+        self.metrics.gauge(
+            "memesys_gateway_generating",
+            "synchronous memes being made",
+            lambda: self.generation.active,
+        )
+        self.metrics.gauge(
+            "memesys_gateway_generation_queued",
+            "synchronous meme requests waiting for a generation slot",
+            lambda: self.generation.queued,
+        )
         self.flights: SingleFlight[dict] = SingleFlight()
-        self.metrics.gauge("memesys_bridge_stale_replies_total",
-                           "replies that arrived after their ask gave up",
-                           lambda: directory.bridge.stale_replies)
+        self.metrics.gauge(
+            "memesys_bridge_stale_replies_total",
+            "replies that arrived after their ask gave up",
+            lambda: directory.bridge.stale_replies,
+        )
         # The store as last seen by /readyz or /metrics: up (1) or down (0, Redis unreachable
         # or the store not answering), and the poison records it has quarantined so far.
         self.store_up, self.quarantined = 1.0, 0
-        self.metrics.gauge("memesys_store_up", "1 while the store reaches Redis, 0 while down",
-                           lambda: self.store_up)
-        self.metrics.gauge("memesys_store_quarantined_total",
-                           "records quarantined because they did not parse or validate",
-                           lambda: self.quarantined)
+        self.metrics.gauge(
+            "memesys_store_up",
+            "1 while the store reaches Redis, 0 while down",
+            lambda: self.store_up,
+        )
+        self.metrics.gauge(
+            "memesys_store_quarantined_total",
+            "records quarantined because they did not parse or validate",
+            lambda: self.quarantined,
+        )
 
     def server_options(self) -> dict[str, Any]:
         """aiohttp server settings for ``web.AppRunner(app, **options)``. aiohttp's own idle
@@ -119,23 +141,26 @@ class Gateway:
         self.guard.connections.watch(server)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_body_bytes,
-                              middlewares=[self.guard.middleware])
+        app = web.Application(
+            client_max_size=self.cfg.max_body_bytes, middlewares=[self.guard.middleware]
+        )
         app.on_cleanup.append(self.guard.connections.stop)
-        app.add_routes([
-            web.post("/v1/memes", self.create_meme),
-            web.get("/v1/memes", self.list_memes),
-            web.get("/v1/memes/{id}", self.get_meme),
-            web.get("/v1/memes/{id}/image.png", self.get_image),
-            web.delete("/v1/memes/{id}", self.delete_meme),
-            web.get("/v1/tasks/{id}", self.get_task),
-            web.get("/v1/formats", self.formats),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-            web.get("/metrics", self.metrics_text),
-            web.get("/openapi.json", self.openapi),
-            web.get("/", self.index),
-        ])
+        app.add_routes(
+            [
+                web.post("/v1/memes", self.create_meme),
+                web.get("/v1/memes", self.list_memes),
+                web.get("/v1/memes/{id}", self.get_meme),
+                web.get("/v1/memes/{id}/image.png", self.get_image),
+                web.delete("/v1/memes/{id}", self.delete_meme),
+                web.get("/v1/tasks/{id}", self.get_task),
+                web.get("/v1/formats", self.formats),
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+                web.get("/metrics", self.metrics_text),
+                web.get("/openapi.json", self.openapi),
+                web.get("/", self.index),
+            ]
+        )
         return app
 
     # -- memes --------------------------------------------------------------------------------
@@ -157,27 +182,37 @@ class Gateway:
         if run_async in ("true", "1"):
             task_id = await self.directory.ask(LEDGER, SubmitTask(order), STORE_TIMEOUT_S)
             status_url = f"/v1/tasks/{task_id}"
-            return web.json_response({"task_id": task_id, "status_url": status_url}, status=202,
-                                     headers={"Location": status_url, "X-Trace-Id": trace_id})
+            return web.json_response(
+                {"task_id": task_id, "status_url": status_url},
+                status=202,
+                headers={"Location": status_url, "X-Trace-Id": trace_id},
+            )
         meme = None
         if self.look_up is not None:
             meme = await self.look_up(order)
             order = dataclasses.replace(order, looked_up=True)
         if meme is not None:
-            self.metrics.count("memesys_cache_hits_total",
-                               "meme requests answered from the cache by the gateway")
+            self.metrics.count(
+                "memesys_cache_hits_total", "meme requests answered from the cache by the gateway"
+            )
         elif order.fresh:
             meme = await self._generate(order)
         else:
             # Identical requests in flight at once (all but the trace id; never "fresh" ones)
             # share one generation: the first takes a generation slot, the others await it.
-            meme, shared = await self.flights.run(dataclasses.replace(order, trace_id=""),
-                                                  lambda: self._generate(order))
+            meme, shared = await self.flights.run(
+                dataclasses.replace(order, trace_id=""), lambda: self._generate(order)
+            )
             if shared:
-                self.metrics.count("memesys_memes_shared_total",
-                                   "meme requests answered by an identical one in flight")
-        return web.json_response(meme, status=201, headers={
-            "Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id})
+                self.metrics.count(
+                    "memesys_memes_shared_total",
+                    "meme requests answered by an identical one in flight",
+                )
+        return web.json_response(
+            meme,
+            status=201,
+            headers={"Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id},
+        )
 
     async def _generate(self, order: GenerateMeme) -> dict:
         """One meme from the engine whose turn it is, once a generation slot is free (the wait
@@ -189,15 +224,26 @@ class Gateway:
                 meme = await engine.generate(order, self.cfg.request_timeout_s - waited)
             except (RemoteFailure, MemesysError) as exc:
                 code = exc.failure.code if isinstance(exc, RemoteFailure) else exc.code
-                self.metrics.count("memesys_memes_failed_total", "memes not made, by reason",
-                                   code=(translate(code) or ErrorCode.INTERNAL).value,
-                                   engine=engine.name)
+                self.metrics.count(
+                    "memesys_memes_failed_total",
+                    "memes not made, by reason",
+                    code=(translate(code) or ErrorCode.INTERNAL).value,
+                    engine=engine.name,
+                )
                 raise
-        self.metrics.observe("memesys_meme_seconds", "time to make a meme, by engine",
-                             time.perf_counter() - started, engine=engine.name,
-                             cached=str(meme["cached"]).lower())
-        self.metrics.count("memesys_memes_total", "memes answered by an engine",
-                           engine=engine.name, cached=str(meme["cached"]).lower())
+        self.metrics.observe(
+            "memesys_meme_seconds",
+            "time to make a meme, by engine",
+            time.perf_counter() - started,
+            engine=engine.name,
+            cached=str(meme["cached"]).lower(),
+        )
+        self.metrics.count(
+            "memesys_memes_total",
+            "memes answered by an engine",
+            engine=engine.name,
+            cached=str(meme["cached"]).lower(),
+        )
         self._count_verdicts(meme, engine.name)
         return meme
 
@@ -206,8 +252,13 @@ class Gateway:
         if meme["cached"]:
             return
         for verifier, verdict in meme["verification"]["verdicts"].items():
-            self.metrics.count("memesys_verdicts_total", "verdicts of served memes",
-                               verifier=verifier, status=verdict["status"], engine=engine)
+            self.metrics.count(
+                "memesys_verdicts_total",
+                "verdicts of served memes",
+                verifier=verifier,
+                status=verdict["status"],
+                engine=engine,
+            )
 
     def _meme_id(self, request: web.Request) -> str:
         meme_id = request.match_info["id"]
@@ -227,8 +278,11 @@ class Gateway:
         png = await self.directory.ask(STORE, GetImage(meme_id), STORE_TIMEOUT_S, idempotent=True)
         if png is None:
             return error(ErrorCode.NOT_FOUND, f"no image for meme {meme_id!r}")
-        return web.Response(body=png, content_type="image/png",
-                            headers={"Cache-Control": "public, max-age=86400, immutable"})
+        return web.Response(
+            body=png,
+            content_type="image/png",
+            headers={"Cache-Control": "public, max-age=86400, immutable"},
+        )
 
     async def list_memes(self, request: web.Request) -> web.Response:
         try:
@@ -236,13 +290,17 @@ class Gateway:
         except InvalidField as exc:
             return error(exc.code, str(exc), field=exc.field)
         try:
-            page = await self.directory.ask(STORE, ListMemes(limit, cursor), STORE_TIMEOUT_S,
-                                            idempotent=True)
+            page = await self.directory.ask(
+                STORE, ListMemes(limit, cursor), STORE_TIMEOUT_S, idempotent=True
+            )
         except RemoteFailure as exc:  # the store alone can tell a cursor it never issued
             if translate(exc.failure.code) is not ErrorCode.INVALID_FIELD:
                 raise
-            return error(ErrorCode.INVALID_FIELD, "cursor: is not a cursor this server issued",
-                         field="cursor")
+            return error(
+                ErrorCode.INVALID_FIELD,
+                "cursor: is not a cursor this server issued",
+                field="cursor",
+            )
         return web.json_response({"memes": page.memes, "next_cursor": page.next_cursor})
 
     async def delete_meme(self, request: web.Request) -> web.Response:
@@ -255,17 +313,20 @@ class Gateway:
         task_id = request.match_info["id"]
         task = None
         if valid_id(task_id):
-            task = await self.directory.ask(STORE, GetTask(task_id), STORE_TIMEOUT_S,
-                                            idempotent=True)
+            task = await self.directory.ask(
+                STORE, GetTask(task_id), STORE_TIMEOUT_S, idempotent=True
+            )
         if task is None:
             return error(ErrorCode.NOT_FOUND, f"no task {shown(task_id)}")
-        body = {key: task[key] for key in ("status", "stage", "progress", "created_at",
-                                           "updated_at")}
+        body = {
+            key: task[key] for key in ("status", "stage", "progress", "created_at", "updated_at")
+        }
         if task.get("meme") is not None:
             body["meme"] = task["meme"]
         if task.get("error") is not None:  # recorded as the tree said it: translated here
-            code, message = public_failure(task["error"].get("code", ""),
-                                           task["error"].get("message", ""), f"task {task_id}")
+            code, message = public_failure(
+                task["error"].get("code", ""), task["error"].get("message", ""), f"task {task_id}"
+            )
             body["error"] = {"code": code.value, "message": message}
         return web.json_response({"task_id": task_id, **body})
 
@@ -292,21 +353,31 @@ class Gateway:
     async def readyz(self, request: web.Request) -> web.Response:
         checks: dict[str, str] = {}
         for name, ask in (
-            ("actors", lambda: self.directory.bridge.ask(self.directory.root, Ping(),
-                                                         READY_TIMEOUT_S)),
+            (
+                "actors",
+                lambda: self.directory.bridge.ask(self.directory.root, Ping(), READY_TIMEOUT_S),
+            ),
             ("store", lambda: self._store_health(READY_TIMEOUT_S)),
         ):
             try:
                 answer = await ask()
-                checks[name] = ("ok" if answer else f"down: {answer.reason}"
-                                if isinstance(answer, StoreState) else "failing")
+                checks[name] = (
+                    "ok"
+                    if answer
+                    else f"down: {answer.reason}"
+                    if isinstance(answer, StoreState)
+                    else "failing"
+                )
             except RemoteFailure as exc:
-                code, message = public_failure(exc.failure.code, exc.failure.message,
-                                               f"readyz {name}")
+                code, message = public_failure(
+                    exc.failure.code, exc.failure.message, f"readyz {name}"
+                )
                 checks[name] = f"{code.value}: {message}"
         ready = all(v == "ok" for v in checks.values())
-        return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
-                                 status=200 if ready else 503)
+        return web.json_response(
+            {"status": "ready" if ready else "not_ready", "checks": checks},
+            status=200 if ready else 503,
+        )
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         try:
@@ -316,12 +387,21 @@ class Gateway:
         text = self.metrics.render()
         if self.llm_metrics is not None:
             try:
-                text = text.rstrip("\n") + "\n" + await asyncio.wait_for(
-                    asyncio.to_thread(self.llm_metrics), METRICS_STORE_TIMEOUT_S)
+                text = (
+                    text.rstrip("\n")
+                    + "\n"
+                    + await asyncio.wait_for(
+                        asyncio.to_thread(self.llm_metrics), METRICS_STORE_TIMEOUT_S
+                    )
+                )
             except Exception as exc:  # Redis unreachable or slow: the rest is still served
                 log.debug("llm metrics not shown: %s", exc)
-        return web.Response(text=text, content_type="text/plain",
-                            charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            text=text,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi_doc)

@@ -14,12 +14,14 @@ The middleware marks each request's connection busy and idle again; a sweep ever
 closed between ``header_timeout_s`` and ``header_timeout_s`` + one sweep after its last
 request (or its opening).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -30,14 +32,17 @@ CLOSED = float("inf")
 
 
 class ConnectionWatch:
-    def __init__(self, header_timeout_s: float,
-                 on_close: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        header_timeout_s: float,
+        on_close: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.header_timeout_s = header_timeout_s
         self.on_close = on_close
         self.clock = clock
         self._state: dict[Any, list[float]] = {}  # connection -> [requests in progress, since]
-        self._task: Optional[asyncio.Task] = None
+        self._task: asyncio.Task | None = None
 
     def busy(self, connection: Any) -> None:
         """A request's head has arrived on ``connection``: it is not idle until :meth:`idle`."""
@@ -55,7 +60,7 @@ class ConnectionWatch:
         if self._task is None:
             self._task = asyncio.create_task(self._sweep(server), name="connection-watch")
 
-    async def stop(self, app: Optional[web.Application] = None) -> None:
+    async def stop(self, app: web.Application | None = None) -> None:
         """Stop sweeping (an ``on_cleanup`` handler of the gateway's application)."""
         if self._task is not None:
             self._task.cancel()
@@ -87,8 +92,11 @@ class ConnectionWatch:
                 self.on_close()
         self._state = seen
         if closed:
-            log.debug("closed %d connections that sent no complete request head within %g s",
-                      closed, self.header_timeout_s)
+            log.debug(
+                "closed %d connections that sent no complete request head within %g s",
+                closed,
+                self.header_timeout_s,
+            )
         return closed
 
     @property

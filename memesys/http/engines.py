@@ -6,9 +6,10 @@ gateway's own process. :class:`Split` sends a configured share of the memes to t
 one: exactly, not at random, so any run of n memes sends round(n × share) of them there
 (give or take one), which is what an A/B of the two paths needs to compare like with like.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 from actors.bridge import Directory
 from memesys.domain.engines import ACTORS
@@ -41,7 +42,7 @@ class TreeEngine:
 class Split:
     """``main`` makes the memes, except ``share`` of them that ``other`` makes."""
 
-    def __init__(self, main: Engine, other: Optional[Engine] = None, share: float = 0.0) -> None:
+    def __init__(self, main: Engine, other: Engine | None = None, share: float = 0.0) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share must be within 0..1, not {share}")
         if share > 0 and other is None:

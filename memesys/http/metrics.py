@@ -1,8 +1,9 @@
 """Prometheus text exposition of the gateway's counters and gauges (no client library needed)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -45,8 +46,11 @@ class Metrics:
             lines += [f"# HELP {name} {self._help[name]}", f"# TYPE {name} counter"]
             lines += [f"{name}{_labels(k)} {v:g}" for k, v in sorted(series.items())]
         for name, read in sorted(self._gauges.items()):
-            lines += [f"# HELP {name} {self._help[name]}", f"# TYPE {name} gauge",
-                      f"{name} {read():g}"]
+            lines += [
+                f"# HELP {name} {self._help[name]}",
+                f"# TYPE {name} gauge",
+                f"{name} {read():g}",
+            ]
         for name in sorted({key[0] for key in self._hist}):
             lines += [f"# HELP {name} {self._help[name]}", f"# TYPE {name} histogram"]
             for key in sorted(k for k in self._hist if k[0] == name):

@@ -22,12 +22,13 @@ never reaches the middleware: aiohttp answers it with its own plain-text 400.
 :data:`MALFORMED_HTTP` keeps aiohttp from logging that as an error with a traceback (the fault
 is the client's): one DEBUG line instead.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -44,8 +45,12 @@ from memesys.http.validation import shown
 log = logging.getLogger("memesys.http")
 
 # aiohttp's own HTTP errors (an unknown route, a method, a body over client_max_size).
-_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
-               413: ErrorCode.BODY_TOO_LARGE, 415: ErrorCode.UNSUPPORTED_MEDIA_TYPE}
+_HTTP_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.BODY_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+}
 # Served whatever the load: never queued, never refused by admission control.
 OPERATIONS = frozenset({"/healthz", "/readyz", "/metrics"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -63,8 +68,7 @@ class MalformedHttp(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, BadHttpMessage):
             return True
-        log.debug("a request aiohttp could not parse (answered 400): %s",
-                  str(exc.message)[:200])
+        log.debug("a request aiohttp could not parse (answered 400): %s", str(exc.message)[:200])
         return False
 
 
@@ -85,14 +89,20 @@ class Guard:
         self.metrics = metrics
         self.lane = Lane("gateway", cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout_s)
         self.reading = 0
-        self.connections = ConnectionWatch(cfg.header_timeout_s, on_close=lambda: self._closed(
-            "header_timeout"))
-        metrics.gauge("memesys_gateway_in_flight", "requests being served (bodies read)",
-                      lambda: self.lane.active)
-        metrics.gauge("memesys_gateway_queued", "requests waiting for a slot",
-                      lambda: self.lane.queued)
-        metrics.gauge("memesys_gateway_reading", "requests whose body is being read",
-                      lambda: self.reading)
+        self.connections = ConnectionWatch(
+            cfg.header_timeout_s, on_close=lambda: self._closed("header_timeout")
+        )
+        metrics.gauge(
+            "memesys_gateway_in_flight",
+            "requests being served (bodies read)",
+            lambda: self.lane.active,
+        )
+        metrics.gauge(
+            "memesys_gateway_queued", "requests waiting for a slot", lambda: self.lane.queued
+        )
+        metrics.gauge(
+            "memesys_gateway_reading", "requests whose body is being read", lambda: self.reading
+        )
         quiet_malformed_http()
 
     @property
@@ -100,20 +110,28 @@ class Guard:
         return self.lane.active
 
     def _closed(self, reason: str) -> None:
-        self.metrics.count("memesys_http_connections_closed_total",
-                           "connections the gateway closed, by reason", reason=reason)
+        self.metrics.count(
+            "memesys_http_connections_closed_total",
+            "connections the gateway closed, by reason",
+            reason=reason,
+        )
 
     def refused(self, refusal: Refused) -> web.Response:
         """503 ``overloaded`` with the lane's computed Retry-After."""
-        self.metrics.count("memesys_gateway_refused_total",
-                           "requests refused by admission control, by lane and reason",
-                           lane=refusal.lane, reason=refusal.reason)
-        return error(ErrorCode.OVERLOADED, "the daemon is at capacity; retry later",
-                     retry_after=refusal.retry_after)
+        self.metrics.count(
+            "memesys_gateway_refused_total",
+            "requests refused by admission control, by lane and reason",
+            lane=refusal.lane,
+            reason=refusal.reason,
+        )
+        return error(
+            ErrorCode.OVERLOADED,
+            "the daemon is at capacity; retry later",
+            retry_after=refusal.retry_after,
+        )
 
     @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Handler) -> web.StreamResponse:
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Body, admission, errors and metrics for every request (see the module's doc)."""
         started = time.perf_counter()
         resource = request.match_info.route.resource
@@ -125,14 +143,24 @@ class Guard:
         finally:
             self.connections.idle(connection)
         status = str(response.status) if response is not None else str(CLIENT_GONE)
-        self.metrics.count("memesys_http_requests_total", "HTTP requests by route and status",
-                           method=request.method, route=route, status=status)
-        self.metrics.observe("memesys_http_request_seconds", "HTTP request latency",
-                             time.perf_counter() - started, route=route)
+        self.metrics.count(
+            "memesys_http_requests_total",
+            "HTTP requests by route and status",
+            method=request.method,
+            route=route,
+            status=status,
+        )
+        self.metrics.observe(
+            "memesys_http_request_seconds",
+            "HTTP request latency",
+            time.perf_counter() - started,
+            route=route,
+        )
         return response if response is not None else web.Response(status=CLIENT_GONE)
 
-    async def _serve(self, request: web.Request, handler: Handler,
-                     route: str) -> Optional[web.StreamResponse]:
+    async def _serve(
+        self, request: web.Request, handler: Handler, route: str
+    ) -> web.StreamResponse | None:
         if request.match_info.http_exception is not None or route in OPERATIONS:
             return await self._call(request, handler)
         if request.method in BODY_METHODS:
@@ -165,23 +193,28 @@ class Guard:
             log.exception("unexpected error serving %s %s", request.method, request.path)
             return error(ErrorCode.INTERNAL)
 
-    def _media_type_refusal(self, request: web.Request) -> Optional[web.Response]:
+    def _media_type_refusal(self, request: web.Request) -> web.Response | None:
         """415 unless the body is declared ``application/json`` (UTF-8, if a charset is
         given). A missing Content-Type is refused too: browsers send a body without one (a
         Blob, an ArrayBuffer) cross-origin without asking first, as they do text/plain."""
         if "Content-Type" not in request.headers:
-            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                         "the body must be declared Content-Type: application/json")
+            return error(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                "the body must be declared Content-Type: application/json",
+            )
         if request.content_type != JSON_TYPE:
-            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                         f"the body must be application/json, not "
-                         f"{shown(request.content_type)}")
+            return error(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"the body must be application/json, not {shown(request.content_type)}",
+            )
         if (request.charset or "utf-8").lower() != "utf-8":
-            return error(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                         f"the body must be UTF-8, not {shown(request.charset)}")
+            return error(
+                ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"the body must be UTF-8, not {shown(request.charset)}",
+            )
         return None
 
-    async def _read_body(self, request: web.Request) -> "Optional[web.StreamResponse] | bool":
+    async def _read_body(self, request: web.Request) -> web.StreamResponse | bool | None:
         """Read the whole body (kept by aiohttp for the handler's ``read()``): True when read,
         else the answer (None: the client is gone)."""
         limit = self.cfg.max_body_bytes
@@ -191,34 +224,51 @@ class Guard:
         try:
             await asyncio.wait_for(request.read(), self.cfg.body_timeout_s)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return await self._body_timed_out(request)
         except web.HTTPRequestEntityTooLarge:  # a chunked or decompressed body past the limit
             return error(ErrorCode.BODY_TOO_LARGE, f"the body must be at most {limit} bytes")
         except (ConnectionError, web.RequestPayloadError) as exc:
             if _gone(request) or isinstance(exc, ConnectionError):
-                log.debug("%s %s: the client hung up while sending its body (%s)",
-                          request.method, request.path, type(exc).__name__)
+                log.debug(
+                    "%s %s: the client hung up while sending its body (%s)",
+                    request.method,
+                    request.path,
+                    type(exc).__name__,
+                )
                 return None
             encoding = request.headers.get("Content-Encoding")
-            return await self._answer_and_close(request, error(
-                ErrorCode.MALFORMED_JSON, "the body could not be read" + (
-                    f": it is not valid {shown(encoding)} as its Content-Encoding says"
-                    if encoding else "")))
+            return await self._answer_and_close(
+                request,
+                error(
+                    ErrorCode.MALFORMED_JSON,
+                    "the body could not be read"
+                    + (
+                        f": it is not valid {shown(encoding)} as its Content-Encoding says"
+                        if encoding
+                        else ""
+                    ),
+                ),
+            )
         finally:
             self.reading -= 1
 
-    async def _body_timed_out(self, request: web.Request) -> Optional[web.StreamResponse]:
+    async def _body_timed_out(self, request: web.Request) -> web.StreamResponse | None:
         """408, sent at once, then the connection is closed (it is not drained: a client that
         trickles its body would hold it as long again)."""
         self._closed("body_timeout")
-        return await self._answer_and_close(request, error(
-            ErrorCode.REQUEST_TIMEOUT,
-            f"the body did not arrive within {self.cfg.body_timeout_s:g} s"))
+        return await self._answer_and_close(
+            request,
+            error(
+                ErrorCode.REQUEST_TIMEOUT,
+                f"the body did not arrive within {self.cfg.body_timeout_s:g} s",
+            ),
+        )
 
     @staticmethod
-    async def _answer_and_close(request: web.Request,
-                                response: web.Response) -> Optional[web.StreamResponse]:
+    async def _answer_and_close(
+        request: web.Request, response: web.Response
+    ) -> web.StreamResponse | None:
         """Send ``response`` now and close the connection, rather than let aiohttp drain the
         rest of a body that cannot be read (or would take as long again)."""
         response.force_close()
@@ -238,8 +288,13 @@ class Guard:
             return web.Response(status=exc.status, headers=exc.headers)
         code = _HTTP_CODES.get(exc.status)
         if code is None:
-            log.error("%s %s: aiohttp answered %d %s (answered internal)", request.method,
-                      request.path, exc.status, exc.reason)
+            log.error(
+                "%s %s: aiohttp answered %d %s (answered internal)",
+                request.method,
+                request.path,
+                exc.status,
+                exc.reason,
+            )
             return error(ErrorCode.INTERNAL)
         text = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None
         allow = exc.headers.get("Allow")

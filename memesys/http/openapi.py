@@ -1,4 +1,5 @@
 """The OpenAPI document served at ``GET /openapi.json``; kept next to the routes it describes."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,13 +14,22 @@ def _json(schema: dict, description: str) -> dict:
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_RETRY_AFTER = {"Retry-After": {
-    "description": "seconds to wait before retrying; for overloaded, computed from the "
-                   "gateway's queue (requests ahead x recent mean service time / slots)",
-    "schema": {"type": "integer", "minimum": 1}}}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying; for overloaded, computed from the "
+        "gateway's queue (requests ahead x recent mean service time / slots)",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 _MEME = {"$ref": "#/components/schemas/Meme"}
-_ID = [{"name": "id", "in": "path", "required": True,
-        "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"}}]
+_ID = [
+    {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"},
+    }
+]
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -28,8 +38,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     for status in statuses:
         codes = [c.value for c in ErrorCode if c.status == status]
         response = _json(_ERROR, "error: " + ", ".join(codes))
-        if any(c.retryable and c.retry_after is not None for c in ErrorCode
-               if c.status == status):
+        if any(c.retryable and c.retry_after is not None for c in ErrorCode if c.status == status):
             response["headers"] = _RETRY_AFTER
         out[str(status)] = response
     return out
@@ -45,115 +54,249 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
     other limit comes from the validation constants, so the two cannot drift apart."""
     return {
         "openapi": "3.0.3",
-        "info": {"title": "memesys", "version": "0.1.0",
-                 "description": "A fault-tolerant meme-generation daemon."},
+        "info": {
+            "title": "memesys",
+            "version": "0.1.0",
+            "description": "A fault-tolerant meme-generation daemon.",
+        },
         "paths": {
             "/v1/memes": {
                 "post": {
-                    "summary": "Make a meme and wait for it (or, with async=true, answer 202 with a "
-                               "task once it is durably recorded)",
+                    "summary": "Make a meme and wait for it (or, with async=true, answer 202 "
+                    "with a "
+                    "task once it is durably recorded)",
                     "description": "The body must be declared Content-Type: application/json "
-                                   "(charset, if any, utf-8): any other type, and a body without "
-                                   "one, is 415 (so a web page cannot make a local daemon "
-                                   "generate memes). The body must arrive within the gateway's "
-                                   "body timeout (408), be at most max_body_bytes (413) and be "
-                                   f"UTF-8 JSON nested at most {MAX_JSON_DEPTH} deep (400).",
-                    "parameters": [{"name": "async", "in": "query",
-                                    "schema": {"type": "boolean", "default": False}}],
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/MemeRequest"}}}},
-                    "responses": {"201": _json(_MEME, "the meme"),
-                                  "202": _json({"type": "object", "properties": {
-                                      "task_id": {"type": "string"},
-                                      "status_url": {"type": "string"}}}, "the task, recorded"),
-                                  **_errors(400, 408, 413, 415, 422, *_ANY, 502, 504)},
+                    "(charset, if any, utf-8): any other type, and a body without "
+                    "one, is 415 (so a web page cannot make a local daemon "
+                    "generate memes). The body must arrive within the gateway's "
+                    "body timeout (408), be at most max_body_bytes (413) and be "
+                    f"UTF-8 JSON nested at most {MAX_JSON_DEPTH} deep (400).",
+                    "parameters": [
+                        {
+                            "name": "async",
+                            "in": "query",
+                            "schema": {"type": "boolean", "default": False},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/MemeRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": _json(_MEME, "the meme"),
+                        "202": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "task_id": {"type": "string"},
+                                    "status_url": {"type": "string"},
+                                },
+                            },
+                            "the task, recorded",
+                        ),
+                        **_errors(400, 408, 413, 415, 422, *_ANY, 502, 504),
+                    },
                 },
                 "get": {
                     "summary": "A page of memes, newest first",
                     "parameters": [
-                        {"name": "limit", "in": "query",
-                         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
-                    "responses": {"200": _json({"type": "object", "properties": {
-                        "memes": {"type": "array", "items": _MEME},
-                        "next_cursor": {"type": "string", "nullable": True}}}, "a page"),
-                        **_errors(422, *_ANY)},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "memes": {"type": "array", "items": _MEME},
+                                    "next_cursor": {"type": "string", "nullable": True},
+                                },
+                            },
+                            "a page",
+                        ),
+                        **_errors(422, *_ANY),
+                    },
                 },
             },
             "/v1/memes/{id}": {
                 "parameters": _ID,
-                "get": {"summary": "One meme", "responses": {"200": _json(_MEME, "the meme"),
-                                                             **_errors(404, *_ANY)}},
-                "delete": {"summary": "Erase a meme, its image and cache entries",
-                           "responses": {"204": {"description": "erased"}, **_errors(404, *_ANY)}},
+                "get": {
+                    "summary": "One meme",
+                    "responses": {"200": _json(_MEME, "the meme"), **_errors(404, *_ANY)},
+                },
+                "delete": {
+                    "summary": "Erase a meme, its image and cache entries",
+                    "responses": {"204": {"description": "erased"}, **_errors(404, *_ANY)},
+                },
             },
             "/v1/memes/{id}/image.png": {
                 "parameters": _ID,
-                "get": {"summary": "The rendered PNG", "responses": {
-                    "200": {"description": "PNG", "content": {"image/png": {}}},
-                    **_errors(404, *_ANY)}},
+                "get": {
+                    "summary": "The rendered PNG",
+                    "responses": {
+                        "200": {"description": "PNG", "content": {"image/png": {}}},
+                        **_errors(404, *_ANY),
+                    },
+                },
             },
             "/v1/tasks/{id}": {
                 "parameters": _ID,
-                "get": {"summary": "An asynchronous task", "responses": {
-                    "200": _json({"type": "object", "properties": {
-                        "task_id": {"type": "string"},
-                        "status": {"type": "string",
-                                   "enum": ["queued", "running", "succeeded", "failed"]},
-                        "stage": {"type": "string"}, "progress": {"type": "number"},
-                        "meme": _MEME, "error": {"$ref": "#/components/schemas/ErrorDetail"}}},
-                        "the task"),
-                    **_errors(404, *_ANY)}},
+                "get": {
+                    "summary": "An asynchronous task",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "task_id": {"type": "string"},
+                                    "status": {
+                                        "type": "string",
+                                        "enum": ["queued", "running", "succeeded", "failed"],
+                                    },
+                                    "stage": {"type": "string"},
+                                    "progress": {"type": "number"},
+                                    "meme": _MEME,
+                                    "error": {"$ref": "#/components/schemas/ErrorDetail"},
+                                },
+                            },
+                            "the task",
+                        ),
+                        **_errors(404, *_ANY),
+                    },
+                },
             },
-            "/v1/formats": {"get": {"summary": "The format catalogue", "responses": {
-                "200": _json({"type": "object"}, "formats with their slots and limits")}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {
-                "200": _json({"type": "object"}, "alive")}}},
-            "/readyz": {"get": {"summary": "Readiness: actor tree up and store reachable",
-                                "responses": {"200": _json({"type": "object"}, "ready"),
-                                              "503": _json({"type": "object"}, "not ready")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-                "200": {"description": "text", "content": {"text/plain": {}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {
-                "200": _json({"type": "object"}, "OpenAPI")}}},
-            "/": {"get": {"summary": "A page to make a meme", "responses": {
-                "200": {"description": "HTML", "content": {"text/html": {}}}}}},
+            "/v1/formats": {
+                "get": {
+                    "summary": "The format catalogue",
+                    "responses": {
+                        "200": _json({"type": "object"}, "formats with their slots and limits")
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": _json({"type": "object"}, "alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: actor tree up and store reachable",
+                    "responses": {
+                        "200": _json({"type": "object"}, "ready"),
+                        "503": _json({"type": "object"}, "not ready"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text", "content": {"text/plain": {}}}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI")},
+                }
+            },
+            "/": {
+                "get": {
+                    "summary": "A page to make a meme",
+                    "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+                }
+            },
         },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {
-                "error": {"$ref": "#/components/schemas/ErrorDetail"}}},
-            "ErrorDetail": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "enum": [c.value for c in ErrorCode],
-                         "description": "; ".join(
-                             f"{c.value}: {c.status}{', retryable' if c.retryable else ''}"
-                             for c in ErrorCode)},
-                "message": {"type": "string", "description": "for people; never an actor "
-                            "address, a socket path or a Python type name"},
-                "field": {"type": "string", "description": "the invalid field (invalid_field)"}}},
-            "MemeRequest": {"type": "object", "required": ["topic"], "additionalProperties": False,
-                            "properties": {
-                                "topic": {"type": "string", "minLength": 1,
-                                          "maxLength": max_topic_chars},
-                                "format": {"type": "string", "maxLength": MAX_LABEL_CHARS},
-                                "style": {"type": "string", "maxLength": MAX_LABEL_CHARS},
-                                "audience": {"type": "string", "maxLength": MAX_LABEL_CHARS},
-                                "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
-                                "fresh": {"type": "boolean"}}},
-            "Meme": {"type": "object", "required": [
-                "id", "topic", "format", "top_text", "bottom_text", "image_url", "scores",
-                "verification", "provider", "cached", "created_at", "timings", "trace_id"],
-                "properties": {
-                    "id": {"type": "string"}, "topic": {"type": "string"},
-                    "format": {"type": "string"}, "top_text": {"type": "string"},
-                    "bottom_text": {"type": "string"}, "texts": {"type": "object"},
-                    "image_url": {"type": "string"},
-                    "scores": {"type": "object", "nullable": True},
-                    "verification": {"type": "object"}, "provider": {"type": "object"},
-                    "cached": {"type": "boolean"},
-                    "engine": {"type": "string", "enum": ["actors", "inprocess"],
-                               "description": "the engine that made the meme"},
-                    "created_at": {"type": "number", "description": "Unix time, seconds"},
-                    "timings": {"type": "object", "additionalProperties": {"type": "number"}},
-                    "trace_id": {"type": "string"}}},
-        }},
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}},
+                },
+                "ErrorDetail": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {
+                            "type": "string",
+                            "enum": [c.value for c in ErrorCode],
+                            "description": "; ".join(
+                                f"{c.value}: {c.status}{', retryable' if c.retryable else ''}"
+                                for c in ErrorCode
+                            ),
+                        },
+                        "message": {
+                            "type": "string",
+                            "description": "for people; never an actor "
+                            "address, a socket path or a Python type name",
+                        },
+                        "field": {
+                            "type": "string",
+                            "description": "the invalid field (invalid_field)",
+                        },
+                    },
+                },
+                "MemeRequest": {
+                    "type": "object",
+                    "required": ["topic"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "topic": {"type": "string", "minLength": 1, "maxLength": max_topic_chars},
+                        "format": {"type": "string", "maxLength": MAX_LABEL_CHARS},
+                        "style": {"type": "string", "maxLength": MAX_LABEL_CHARS},
+                        "audience": {"type": "string", "maxLength": MAX_LABEL_CHARS},
+                        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+                        "fresh": {"type": "boolean"},
+                    },
+                },
+                "Meme": {
+                    "type": "object",
+                    "required": [
+                        "id",
+                        "topic",
+                        "format",
+                        "top_text",
+                        "bottom_text",
+                        "image_url",
+                        "scores",
+                        "verification",
+                        "provider",
+                        "cached",
+                        "created_at",
+                        "timings",
+                        "trace_id",
+                    ],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "topic": {"type": "string"},
+                        "format": {"type": "string"},
+                        "top_text": {"type": "string"},
+                        "bottom_text": {"type": "string"},
+                        "texts": {"type": "object"},
+                        "image_url": {"type": "string"},
+                        "scores": {"type": "object", "nullable": True},
+                        "verification": {"type": "object"},
+                        "provider": {"type": "object"},
+                        "cached": {"type": "boolean"},
+                        "engine": {
+                            "type": "string",
+                            "enum": ["actors", "inprocess"],
+                            "description": "the engine that made the meme",
+                        },
+                        "created_at": {"type": "number", "description": "Unix time, seconds"},
+                        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "trace_id": {"type": "string"},
+                    },
+                },
+            }
+        },
     }

@@ -3,11 +3,12 @@
 A failure from the tree carries a runtime or domain code and a raw message; what a client may
 see of it is decided here (:func:`public_failure`), and what it may not see goes to the log.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import web
 
@@ -16,9 +17,14 @@ from memesys.errors import ErrorCode, MemesysError, client_message, translate
 log = logging.getLogger("memesys.http")
 
 
-def error(code: ErrorCode, message: Optional[str] = None, *,
-          retry_after: Optional[float] = None, headers: Optional[dict[str, str]] = None,
-          **extra: Any) -> web.Response:
+def error(
+    code: ErrorCode,
+    message: str | None = None,
+    *,
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
     """The contract's JSON error: ``code``'s status, ``message`` (else the code's default), and
     on a retryable 429/503 a ``Retry-After`` (``retry_after`` if the failure said, else the
     code's default)."""
@@ -35,13 +41,23 @@ def public_failure(code: str, message: str, where: str) -> tuple[ErrorCode, str]
     see it; what the client does not see goes to the log."""
     contract = translate(code)
     if contract is None:
-        log.error("%s: failure code %r is not in the contract (answered internal): %s",
-                  where, code, message)
+        log.error(
+            "%s: failure code %r is not in the contract (answered internal): %s",
+            where,
+            code,
+            message,
+        )
         return ErrorCode.INTERNAL, ErrorCode.INTERNAL.message
     shown = client_message(contract, message)
     if shown != message:
-        log.log(logging.INFO if contract.retryable else logging.WARNING,
-                "%s: %s answered as %s: %s", where, code, contract.value, message)
+        log.log(
+            logging.INFO if contract.retryable else logging.WARNING,
+            "%s: %s answered as %s: %s",
+            where,
+            code,
+            contract.value,
+            message,
+        )
     return contract, shown
 
 

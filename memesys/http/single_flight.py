@@ -7,6 +7,7 @@ or failure, instead of starting their own. A follower that gives up (its client 
 deadline passed) leaves the shared work running for the others; the work is cancelled only
 when nobody waits for it any more.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -5,12 +5,13 @@ is not JSON (not UTF-8, nested deeper than :data:`MAX_JSON_DEPTH`, a number Pyth
 read) is :class:`MalformedJson`, answered as 400. A message shows at most a short prefix of
 what the client sent (:func:`shown`).
 """
+
 from __future__ import annotations
 
 import json
 import re
 import unicodedata
-from typing import Any, Optional
+from typing import Any
 
 from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format
 from memesys.domain.messages import GenerateMeme
@@ -61,18 +62,21 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise MalformedJson("the body is not valid JSON: it is not UTF-8") from None
     if _nesting_exceeds(raw, MAX_JSON_DEPTH):
-        raise MalformedJson(f"the body is not valid JSON for this API: it nests deeper than "
-                            f"{MAX_JSON_DEPTH} levels")
+        raise MalformedJson(
+            f"the body is not valid JSON for this API: it nests deeper than {MAX_JSON_DEPTH} levels"
+        )
     try:
         return json.loads(text, parse_constant=_not_a_number)
     except MalformedJson:
         raise
     except json.JSONDecodeError as exc:
-        raise MalformedJson(f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, "
-                            f"column {exc.colno})") from None
+        raise MalformedJson(
+            f"the body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
     except (ValueError, RecursionError):  # an integer of more than 4,300 digits
-        raise MalformedJson("the body is not valid JSON for this API: a number is too "
-                            "long") from None
+        raise MalformedJson(
+            "the body is not valid JSON for this API: a number is too long"
+        ) from None
 
 
 class InvalidField(MemesysError, ValueError):
@@ -86,7 +90,7 @@ class InvalidField(MemesysError, ValueError):
         self.reason = reason
 
 
-def _text(body: dict, field: str, limit: int, required: bool = False) -> Optional[str]:
+def _text(body: dict, field: str, limit: int, required: bool = False) -> str | None:
     value = body.get(field)
     if value is None:
         if required:
@@ -109,28 +113,38 @@ def parse_generate(body: Any, max_topic_chars: int, trace_id: str) -> GenerateMe
         raise InvalidField("body", "must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise InvalidField(unknown[0][:MAX_SHOWN_CHARS],
-                           f"is not a known field (known: {', '.join(sorted(_FIELDS))})")
+        raise InvalidField(
+            unknown[0][:MAX_SHOWN_CHARS],
+            f"is not a known field (known: {', '.join(sorted(_FIELDS))})",
+        )
     topic = _text(body, "topic", max_topic_chars, required=True)
     fmt = _text(body, "format", MAX_LABEL_CHARS)
     if fmt is not None:
         try:
             fmt = get_format(fmt).name
         except UnknownFormat:
-            raise InvalidField("format", f"unknown format {shown(fmt)}; GET /v1/formats "
-                                         f"lists the {len(CATALOGUE)} formats") from None
+            raise InvalidField(
+                "format",
+                f"unknown format {shown(fmt)}; GET /v1/formats lists the {len(CATALOGUE)} formats",
+            ) from None
     seed = body.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise InvalidField("seed", f"must be an integer between 0 and {MAX_SEED}")
     fresh = body.get("fresh", False)
     if not isinstance(fresh, bool):
         raise InvalidField("fresh", "must be true or false")
-    return GenerateMeme(topic=topic, format=fmt, style=_text(body, "style", MAX_LABEL_CHARS),
-                        audience=_text(body, "audience", MAX_LABEL_CHARS), seed=seed,
-                        fresh=fresh, trace_id=trace_id)
+    return GenerateMeme(
+        topic=topic,
+        format=fmt,
+        style=_text(body, "style", MAX_LABEL_CHARS),
+        audience=_text(body, "audience", MAX_LABEL_CHARS),
+        seed=seed,
+        fresh=fresh,
+        trace_id=trace_id,
+    )
 
 
-def parse_page(query: Any) -> tuple[int, Optional[str]]:
+def parse_page(query: Any) -> tuple[int, str | None]:
     raw = query.get("limit", "20")
     if not _ASCII_INT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE:
         raise InvalidField("limit", f"must be an integer between 1 and {MAX_PAGE}")

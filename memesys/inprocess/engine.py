@@ -12,15 +12,17 @@ calls), never in the event loop. Redis is the store's synchronous client, in a s
 its own (``STORE_THREADS``): redis-py refuses a call past its 100 connections rather than
 waiting, and a Redis call is too short to need more.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 
 from dspy.utils.exceptions import LMError
 
@@ -55,11 +57,13 @@ class ThreadStages(BlockingStages):
     """Pipeline stages in this process: each LM call in the engine's pool, judging all at
     once."""
 
-    async def judge_all(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
-                                                                   Scores | BaseException]:
+    async def judge_all(
+        self, draft: Draft, suffix: str
+    ) -> tuple[dict[str, Verdict], Scores | BaseException]:
         program = self.program
-        calls = [self.call(v + suffix, v, lambda h, v=v: verify(h, v, draft, program))
-                 for v in VERIFIERS]
+        calls = [
+            self.call(v + suffix, v, lambda h, v=v: verify(h, v, draft, program)) for v in VERIFIERS
+        ]
         calls.append(self.call("score" + suffix, "score", lambda h: score(h, draft, program)))
         answers = await asyncio.gather(*calls, return_exceptions=True)
         verdicts = {}
@@ -79,21 +83,38 @@ class InProcessEngine:
 
     def __init__(self, cfg: Config, redis_url: str) -> None:
         capacity = Capacities.of(cfg)
-        self.pool = ThreadPoolExecutor(capacity.inprocess_threads,
-                                       thread_name_prefix="memesys-inprocess")
-        self.store_pool = ThreadPoolExecutor(STORE_THREADS,
-                                             thread_name_prefix="memesys-inprocess-redis")
-        handle_for = stage_handles(cfg.llm, cfg.pipeline.stage_timeout_s, redis_url,
-                                   cfg.redis.key_prefix, capacity.llm_processes)
-        self.maker = MemeMaker(load_configured(cfg.pipeline), handle_for,
-                               RefinePolicy.from_config(cfg.pipeline), cfg.pipeline.mode,
-                               INPROCESS, cfg.pipeline.render_delay_s)
+        self.pool = ThreadPoolExecutor(
+            capacity.inprocess_threads, thread_name_prefix="memesys-inprocess"
+        )
+        self.store_pool = ThreadPoolExecutor(
+            STORE_THREADS, thread_name_prefix="memesys-inprocess-redis"
+        )
+        handle_for = stage_handles(
+            cfg.llm,
+            cfg.pipeline.stage_timeout_s,
+            redis_url,
+            cfg.redis.key_prefix,
+            capacity.llm_processes,
+        )
+        self.maker = MemeMaker(
+            load_configured(cfg.pipeline),
+            handle_for,
+            RefinePolicy.from_config(cfg.pipeline),
+            cfg.pipeline.mode,
+            INPROCESS,
+            cfg.pipeline.render_delay_s,
+        )
         self.client = connect(redis_url)
         redis = cfg.redis
-        availability = availability_for(redis_url, "in-process engine",
-                                        redis.retry_backoff_initial_s, redis.retry_backoff_max_s)
-        self.store = MemeStore(self.client, redis.key_prefix, availability,
-                               Quarantine(self.client, redis.key_prefix, redis.quarantine_ttl_s))
+        availability = availability_for(
+            redis_url, "in-process engine", redis.retry_backoff_initial_s, redis.retry_backoff_max_s
+        )
+        self.store = MemeStore(
+            self.client,
+            redis.key_prefix,
+            availability,
+            Quarantine(self.client, redis.key_prefix, redis.quarantine_ttl_s),
+        )
         self.hits = HitReader(redis_url, self.store, CLIENT_TIMEOUT_S)
         self.cache_ttl_s = redis.cache_ttl_s
         self.render_settings = RenderSettings.from_config(cfg.render)
@@ -102,12 +123,14 @@ class InProcessEngine:
         """``fn(*args)`` in the engine's pool, with this task's context (the deadline)."""
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
-            self.pool, functools.partial(context.run, fn, *args))
+            self.pool, functools.partial(context.run, fn, *args)
+        )
 
     async def on_store(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` (a call on the store) in the engine's Redis pool."""
         return await asyncio.get_running_loop().run_in_executor(
-            self.store_pool, functools.partial(fn, *args))
+            self.store_pool, functools.partial(fn, *args)
+        )
 
     async def generate(self, order: GenerateMeme, timeout_s: float) -> dict[str, Any]:
         """One meme within ``timeout_s``; raises MemeFailed (or a store or render error,
@@ -117,10 +140,11 @@ class InProcessEngine:
                 with llm_deadline.serving(time.time() + timeout_s):
                     return await self.maker.make(order, LocalWorkshop(self))
         except TimeoutError as exc:
-            raise MemeFailed(ErrorCode.TIMEOUT,
-                             f"the meme was not made within {timeout_s:.1f} s") from exc
+            raise MemeFailed(
+                ErrorCode.TIMEOUT, f"the meme was not made within {timeout_s:.1f} s"
+            ) from exc
 
-    async def look_up(self, order: GenerateMeme) -> Optional[dict[str, Any]]:
+    async def look_up(self, order: GenerateMeme) -> dict[str, Any] | None:
         """What a maker does first, done by the gateway straight on Redis, whichever engine
         makes the meme: the cached meme for ``order`` (None: a miss), or for a fresh order
         whether the store is up (MemeFailed ``store_error`` if not). A hit costs one trip to
@@ -148,7 +172,7 @@ class LocalWorkshop:
 
     engine: InProcessEngine
 
-    async def cached(self, key: str) -> Optional[dict]:
+    async def cached(self, key: str) -> dict | None:
         return await self.engine.on_store(self.engine.store.cached, key)
 
     async def store_up(self) -> bool:
@@ -158,9 +182,14 @@ class LocalWorkshop:
         return await self.engine.run(render_meme, order, self.engine.render_settings)
 
     async def save(self, order: SaveMeme) -> str:
-        return await self.engine.on_store(self.engine.store.keep, order.meme, order.png,
-                                          order.cache_key, self.engine.cache_ttl_s,
-                                          llm_deadline.current())
+        return await self.engine.on_store(
+            self.engine.store.keep,
+            order.meme,
+            order.png,
+            order.cache_key,
+            self.engine.cache_ttl_s,
+            llm_deadline.current(),
+        )
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.engine.run(fn, *args)

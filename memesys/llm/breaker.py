@@ -21,13 +21,15 @@ What pybreaker does not do, done here:
 
 Without a Redis URL (a bare build_lm, unit tests) the state lives in the process.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Callable, Optional, TypeVar
+from typing import TypeVar
 
 import pybreaker
 import redis
@@ -73,7 +75,7 @@ class SharedStorage(pybreaker.CircuitRedisStorage):
         # (monotonic time, state, failure count or None if unknown) of the last read, shared
         # by the threads; and per thread the read its attempt went on, which decides whether
         # its success resets the count
-        self._read: Optional[tuple[float, str, Optional[int]]] = None
+        self._read: tuple[float, str, int | None] | None = None
         self._reading = threading.Lock()  # calls that start together wait for one MGET
         self._used = threading.local()
         super().__init__(state, client, namespace=namespace)
@@ -87,17 +89,18 @@ class SharedStorage(pybreaker.CircuitRedisStorage):
         self._used.read = read
         return read[1]
 
-    def _fresh(self) -> Optional[tuple[float, str, Optional[int]]]:
+    def _fresh(self) -> tuple[float, str, int | None] | None:
         read = self._read
         return read if read is not None and time.monotonic() - read[0] < self.FRESH_S else None
 
-    def _fetch(self) -> tuple[float, str, Optional[int]]:
+    def _fetch(self) -> tuple[float, str, int | None]:
         """One MGET; Redis failing reads as the fallback state (kept as briefly as a read, so
         that callers waiting on the lock do not wait out one socket timeout each)."""
-        count: Optional[int]
+        count: int | None
         try:
-            state, raw_count = self._redis.mget(self._namespace("state"),
-                                                self._namespace("fail_counter"))
+            state, raw_count = self._redis.mget(
+                self._namespace("state"), self._namespace("fail_counter")
+            )
         except redis.RedisError:
             self.logger.exception("RedisError: falling back to default circuit state")
             state, count = self._fallback_circuit_state, None
@@ -127,7 +130,7 @@ class SharedStorage(pybreaker.CircuitRedisStorage):
 
 
 class _Transitions(pybreaker.CircuitBreakerListener):
-    def __init__(self, owner: "Breaker") -> None:
+    def __init__(self, owner: Breaker) -> None:
         self.owner = owner
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old: object, new: object) -> None:
@@ -142,13 +145,20 @@ class _Transitions(pybreaker.CircuitBreakerListener):
 class Breaker:
     """The breaker of one provider+model, as seen from this process."""
 
-    def __init__(self, name: str, fail_max: int, reset_s: float, probe_timeout_s: float,
-                 client: Optional[redis.Redis] = None, namespace: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        fail_max: int,
+        reset_s: float,
+        probe_timeout_s: float,
+        client: redis.Redis | None = None,
+        namespace: str = "",
+    ) -> None:
         self.name = name
         self.fail_max = fail_max
         self.reset_s = reset_s
         self.probe_timeout_s = probe_timeout_s
-        self.on_transition: list[Callable[[str, Optional[str], Optional[str]], None]] = []
+        self.on_transition: list[Callable[[str, str | None, str | None], None]] = []
         self._redis = client
         self._probe_key = f"{namespace}:probe" if namespace else ""
         self._probing = threading.Lock()  # the process-local probe claim (no Redis)
@@ -158,13 +168,22 @@ class Breaker:
             try:
                 storage = SharedStorage(CLOSED, client, namespace=namespace)
             except redis.RedisError as exc:
-                log.warning("llm breaker %s: Redis unreachable (%s): this process keeps its "
-                            "own breaker state", name, exc)
+                log.warning(
+                    "llm breaker %s: Redis unreachable (%s): this process keeps its "
+                    "own breaker state",
+                    name,
+                    exc,
+                )
                 self._redis = None
         self.cb = pybreaker.CircuitBreaker(
-            fail_max=fail_max, reset_timeout=reset_s, exclude=[_not_a_failure],
-            listeners=[_Transitions(self)], state_storage=storage, name=name,
-            throw_new_error_on_trip=False)
+            fail_max=fail_max,
+            reset_timeout=reset_s,
+            exclude=[_not_a_failure],
+            listeners=[_Transitions(self)],
+            state_storage=storage,
+            name=name,
+            throw_new_error_on_trip=False,
+        )
 
     # ------------------------------------------------------------------ reading
 
@@ -172,9 +191,9 @@ class Breaker:
     def state(self) -> str:
         return self.cb.current_state
 
-    def until_probe(self, now: Optional[float] = None) -> float:
+    def until_probe(self, now: float | None = None) -> float:
         """Seconds until the next probe may run (0 when it may run now, or when closed)."""
-        opened: Optional[datetime] = self.cb._state_storage.opened_at
+        opened: datetime | None = self.cb._state_storage.opened_at
         if opened is None:
             return 0.0
         now = time.time() if now is None else now
@@ -195,7 +214,7 @@ class Breaker:
                 raise BreakerOpen(self.name, wait)
         return state
 
-    def run(self, attempt: Callable[[], T], state: Optional[str] = None) -> T:
+    def run(self, attempt: Callable[[], T], state: str | None = None) -> T:
         """``attempt()`` through the breaker; BreakerOpen without calling it while open.
         ``state``: what :meth:`check` just answered (saves reading it again)."""
         state = self.check() if state is None else state
@@ -232,8 +251,7 @@ class Breaker:
             if self._redis.set(self._probe_key, "1", nx=True, px=ttl_ms):
                 return True
         except redis.RedisError:
-            log.warning("llm breaker %s: Redis unreachable; probing from this process",
-                        self.name)
+            log.warning("llm breaker %s: Redis unreachable; probing from this process", self.name)
             return True
         self._probing.release()
         return False
@@ -251,19 +269,33 @@ _breakers: dict[tuple[str, str], Breaker] = {}
 _lock = threading.Lock()
 
 
-def breaker_for(name: str, fail_max: int, reset_s: float, probe_timeout_s: float,
-                redis_url: str = "", key_prefix: str = "memesys") -> Breaker:
+def breaker_for(
+    name: str,
+    fail_max: int,
+    reset_s: float,
+    probe_timeout_s: float,
+    redis_url: str = "",
+    key_prefix: str = "memesys",
+) -> Breaker:
     """The process's breaker of ``name`` (provider/model): one object per process, its state
     in Redis under ``<key_prefix>:llm:breaker:<name>`` when ``redis_url`` is given."""
     key = (redis_url, f"{key_prefix}|{name}")
     with _lock:
         found = _breakers.get(key)
         if found is None:
-            client = (redis.Redis.from_url(redis_url, socket_timeout=0.5,
-                                           socket_connect_timeout=0.5)
-                      if redis_url else None)
-            found = Breaker(name, fail_max, reset_s, probe_timeout_s, client,
-                            f"{key_prefix}:llm:breaker:{name}" if redis_url else "")
+            client = (
+                redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+                if redis_url
+                else None
+            )
+            found = Breaker(
+                name,
+                fail_max,
+                reset_s,
+                probe_timeout_s,
+                client,
+                f"{key_prefix}:llm:breaker:{name}" if redis_url else "",
+            )
             _breakers[key] = found
         return found
 

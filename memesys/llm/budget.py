@@ -22,13 +22,13 @@ sharing the budget (as if every one spent as it does), so together they keep to 
 left; it logs the outage once and the day's total again when Redis answers. Counts that could
 not be written are kept and added with the next write.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Optional
+from datetime import UTC, datetime, timedelta
 
 import redis
 
@@ -61,26 +61,34 @@ def parse_prices(text: str) -> dict[str, tuple[float, float]]:
     return prices
 
 
-def until_midnight_utc(now: Optional[float] = None) -> float:
-    moment = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+def until_midnight_utc(now: float | None = None) -> float:
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     midnight = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return (midnight - moment).total_seconds()
 
 
-def day(now: Optional[float] = None) -> str:
-    return datetime.fromtimestamp(time.time() if now is None else now,
-                                  timezone.utc).strftime("%Y-%m-%d")
+def day(now: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y-%m-%d")
 
 
 class Budget:
-    def __init__(self, daily_tokens: int, prices: dict[str, tuple[float, float]],
-                 redis_url: str = "", key_prefix: str = "memesys", processes: int = 1) -> None:
+    def __init__(
+        self,
+        daily_tokens: int,
+        prices: dict[str, tuple[float, float]],
+        redis_url: str = "",
+        key_prefix: str = "memesys",
+        processes: int = 1,
+    ) -> None:
         self.daily_tokens = daily_tokens
         self.processes = max(1, processes)
         self.prices = prices
         self.prefix = f"{key_prefix}:llm"
-        self._redis = (redis.Redis.from_url(redis_url, socket_timeout=0.5,
-                                            socket_connect_timeout=0.5) if redis_url else None)
+        self._redis = (
+            redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            if redis_url
+            else None
+        )
         self._lock = threading.Lock()
         self.local_tokens: dict[str, int] = {}  # this process, by day
         self.tokens = 0
@@ -120,9 +128,14 @@ class Budget:
             estimate = seen_used + (self.local_tokens.get(today, 0) - seen_mine) * self.processes
             if not self._redis_down:
                 self._redis_down = True
-                log.warning("llm budget: Redis unreachable (%s): enforcing the budget on an "
-                            "estimate, %d tokens used today (this process's share: 1/%d of "
-                            "what is left)", exc, estimate, self.processes)
+                log.warning(
+                    "llm budget: Redis unreachable (%s): enforcing the budget on an "
+                    "estimate, %d tokens used today (this process's share: 1/%d of "
+                    "what is left)",
+                    exc,
+                    estimate,
+                    self.processes,
+                )
         return estimate
 
     def check(self) -> None:
@@ -147,8 +160,7 @@ class Budget:
             pending = self._pending.setdefault((today, model), [0, 0.0])
             pending[0] += total
             pending[1] += cost
-            due = (self.daily_tokens > 0
-                   or time.monotonic() - self._flushed >= FLUSH_EVERY_S)
+            due = self.daily_tokens > 0 or time.monotonic() - self._flushed >= FLUSH_EVERY_S
         if due:
             self.flush()
         return cost
@@ -179,22 +191,31 @@ class Budget:
                     kept = self._pending.setdefault(key, [0, 0.0])
                     kept[0] += total
                     kept[1] += cost
-            log.warning("llm budget: Redis unreachable (%s): %d tokens kept until it answers",
-                        exc, sum(int(total) for total, _ in pending.values()))
+            log.warning(
+                "llm budget: Redis unreachable (%s): %d tokens kept until it answers",
+                exc,
+                sum(int(total) for total, _ in pending.values()),
+            )
 
 
 _budgets: dict[tuple[str, str, int, str], Budget] = {}
 _registry_lock = threading.Lock()
 
 
-def budget_for(daily_tokens: int, prices: str, redis_url: str = "",
-               key_prefix: str = "memesys", processes: int = 1) -> Budget:
+def budget_for(
+    daily_tokens: int,
+    prices: str,
+    redis_url: str = "",
+    key_prefix: str = "memesys",
+    processes: int = 1,
+) -> Budget:
     """The process's budget accounting (one per Redis and prefix); ``processes``: how many
     share the budget (each keeps to its share of what is left while Redis is unreachable)."""
     key = (redis_url, key_prefix, daily_tokens, prices)
     with _registry_lock:
         found = _budgets.get(key)
         if found is None:
-            found = _budgets[key] = Budget(daily_tokens, parse_prices(prices), redis_url,
-                                           key_prefix, processes)
+            found = _budgets[key] = Budget(
+                daily_tokens, parse_prices(prices), redis_url, key_prefix, processes
+            )
         return found

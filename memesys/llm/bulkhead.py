@@ -7,6 +7,7 @@ thread inherits); the engine takes a slot of that kind for the whole call (its a
 waits and fallbacks) and waits for one at most until the request's deadline; none in time:
 ``overloaded`` with Retry-After 1. Calls made outside a stage are not limited.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -14,13 +15,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional
 
 WRITING, JUDGING = "writing", "judging"
 WRITING_STAGES = ("select", "write", "refine")
 
-_kind: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
-    "memesys_llm_stage_kind", default=None)
+_kind: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "memesys_llm_stage_kind", default=None
+)
 _limits: dict[str, int] = {WRITING: 32, JUDGING: 64}
 _semaphores: dict[str, threading.BoundedSemaphore] = {}
 _lock = threading.Lock()
@@ -67,7 +68,7 @@ def _semaphore(kind: str) -> threading.BoundedSemaphore:
 
 
 @contextmanager
-def slot(deadline: Optional[float], max_wait_s: float) -> Iterator[None]:
+def slot(deadline: float | None, max_wait_s: float) -> Iterator[None]:
     """A slot of the current stage's kind for the block (none: no limit)."""
     kind = _kind.get()
     if kind is None:

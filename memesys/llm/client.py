@@ -9,6 +9,7 @@ urllib3 lacks: one POST of a JSON body, a bounded wait for a free connection, a 
 urllib3 logs every request at DEBUG; its lines are kept to warnings (the engine logs and
 counts what matters: failed attempts, breaker transitions, fallbacks; metrics for every
 call)."""
+
 from __future__ import annotations
 
 import logging
@@ -47,20 +48,28 @@ class Endpoint:
     def __init__(self, base_url: str, max_connections: int) -> None:
         parts = urlsplit(base_url)
         self.base_path = parts.path.rstrip("/")
-        pool_kind = (urllib3.HTTPSConnectionPool if parts.scheme == "https"
-                     else urllib3.HTTPConnectionPool)
-        self.pool = pool_kind(parts.hostname, parts.port, maxsize=max_connections, block=True,
-                              retries=False)
+        pool_kind = (
+            urllib3.HTTPSConnectionPool if parts.scheme == "https" else urllib3.HTTPConnectionPool
+        )
+        self.pool = pool_kind(
+            parts.hostname, parts.port, maxsize=max_connections, block=True, retries=False
+        )
 
-    def post(self, path: str, body: bytes, headers: dict[str, str],
-             timeout_s: float) -> Answer:
+    def post(self, path: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Answer:
         """The answer (``AnswerTooLarge`` past MAX_ANSWER_BYTES), or urllib3's exception: a
         timeout (``TimeoutError``), no free connection in time (``EmptyPoolError``), anything
         else on the way (``HTTPError``)."""
-        answer = self.pool.urlopen("POST", self.base_path + path, body=body, headers=headers,
-                                   timeout=urllib3.Timeout(total=timeout_s), retries=False,
-                                   redirect=False, pool_timeout=timeout_s,
-                                   preload_content=False)
+        answer = self.pool.urlopen(
+            "POST",
+            self.base_path + path,
+            body=body,
+            headers=headers,
+            timeout=urllib3.Timeout(total=timeout_s),
+            retries=False,
+            redirect=False,
+            pool_timeout=timeout_s,
+            preload_content=False,
+        )
         try:
             data = answer.read(MAX_ANSWER_BYTES + 1)
             if len(data) > MAX_ANSWER_BYTES:
@@ -84,4 +93,3 @@ def http_client(base_url: str, max_connections: int) -> Endpoint:
         if client is None:
             client = _clients[key] = Endpoint(key[0], max_connections)
         return client
-

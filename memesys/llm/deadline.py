@@ -5,24 +5,25 @@ The tree sets it from the actor runtime's deadline (the llm layer never imports 
 each stage it runs in a worker thread; ``asyncio.to_thread`` copies context variables, so a
 deadline set in a coroutine also reaches the thread it starts.
 """
+
 from __future__ import annotations
 
 import contextvars
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional
 
-_current: contextvars.ContextVar[Optional[float]] = contextvars.ContextVar(
-    "memesys_llm_deadline", default=None)
+_current: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "memesys_llm_deadline", default=None
+)
 
 
-def current() -> Optional[float]:
+def current() -> float | None:
     """The deadline of the request being served (None: none)."""
     return _current.get()
 
 
-def left(deadline: Optional[float] = None) -> Optional[float]:
+def left(deadline: float | None = None) -> float | None:
     """Seconds until ``deadline`` (the current one when None); negative once passed; None when
     there is no deadline."""
     deadline = _current.get() if deadline is None else deadline
@@ -30,7 +31,7 @@ def left(deadline: Optional[float] = None) -> Optional[float]:
 
 
 @contextmanager
-def serving(deadline: Optional[float]) -> Iterator[None]:
+def serving(deadline: float | None) -> Iterator[None]:
     """Make ``deadline`` the current one for the block (nested blocks keep the earlier one)."""
     outer = _current.get()
     if outer is not None and (deadline is None or outer < deadline):

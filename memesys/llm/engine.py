@@ -9,6 +9,7 @@ breaker (:mod:`memesys.llm.breaker`): while it is open, the call fails at once w
 until its probe as Retry-After. This is the only retry layer: DSPy runs with
 ``num_retries=0`` and the HTTP client never retries.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,25 +19,22 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Optional
 from urllib.parse import urlsplit
 
 import urllib3
 from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_openai_chat
 
 from memesys.errors import ErrorCode
-from memesys.llm import deadline as deadlines
 from memesys.llm import bulkhead, served
-from memesys.llm.budget import Budget, BudgetSpent, budget_for
+from memesys.llm import deadline as deadlines
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
+from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.client import AnswerTooLarge, http_client
-from memesys.llm.limiter import Limiter, NoSlot, limiter_for
-from memesys.llm.metrics import Recorder, recorder_for
 from memesys.llm.errors import (
-    CLIENT,
-    CONNECT,
     BUDGET,
     BULKHEAD,
+    CLIENT,
+    CONNECT,
     DEADLINE,
     LIMITED,
     MALFORMED,
@@ -47,6 +45,8 @@ from memesys.llm.errors import (
     LLMCallError,
     call_error,
 )
+from memesys.llm.limiter import Limiter, NoSlot, limiter_for
+from memesys.llm.metrics import Recorder, recorder_for
 
 log = logging.getLogger("memesys.llm")
 
@@ -82,8 +82,13 @@ class Policy:
 class AttemptFailed(Exception):
     """One attempt's failure: ``kind`` (errors.*), ``retry_after`` the provider asked for."""
 
-    def __init__(self, kind: str, message: str, status: Optional[int] = None,
-                 retry_after: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
@@ -94,7 +99,7 @@ class AttemptFailed(Exception):
         return self.kind != CLIENT
 
 
-def retry_after_of(headers: Mapping[str, str]) -> Optional[float]:
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
     """The provider's wait in seconds: ``retry-after-ms`` first, else ``Retry-After`` seconds."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
@@ -122,9 +127,15 @@ def backoff(attempt: int, policy: Policy, rng: random.Random) -> float:
 class HardenedEngine:
     """One model on one OpenAI-compatible endpoint, behind the retry layer."""
 
-    def __init__(self, model: str, api_key: str, base_url: str, policy: Policy,
-                 redis_url: Optional[str] = None,
-                 fallbacks: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str,
+        base_url: str,
+        policy: Policy,
+        redis_url: str | None = None,
+        fallbacks: tuple[str, ...] = (),
+    ) -> None:
         """``redis_url`` (when given) overrides ``policy.redis_url``: where the state shared
         by every process lives. ``fallbacks``: models tried in order, on the same endpoint,
         when this one is open-circuited, rate-limited past the deadline or out of attempts."""
@@ -133,8 +144,7 @@ class HardenedEngine:
         self.model = model
         self.policy = policy
         self.base_url = (base_url or "https://api.openai.com/v1").rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}",
-                         "Content-Type": "application/json"}
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         # lm15's own OpenAI Chat dialect writes the body (never sends anything itself).
         self._dialect = OpenAIChatLM(api_key=api_key, base_url=self.base_url)
         self._rng = random.Random()
@@ -143,21 +153,39 @@ class HardenedEngine:
         # by a first call (a client built under load by the first caller, every other caller
         # of the process waiting on its lock, once took 1.5 s and then they all sent at once).
         self.client = http_client(self.base_url, policy.max_connections)
-        self.breaker: Breaker = breaker_for(self.name, policy.breaker_failures,
-                                            policy.breaker_reset_s, policy.timeout_s,
-                                            policy.redis_url, policy.key_prefix)
-        self.fallbacks = tuple(HardenedEngine(name, api_key, base_url, policy)
-                               for name in fallbacks if name and name != model)
+        self.breaker: Breaker = breaker_for(
+            self.name,
+            policy.breaker_failures,
+            policy.breaker_reset_s,
+            policy.timeout_s,
+            policy.redis_url,
+            policy.key_prefix,
+        )
+        self.fallbacks = tuple(
+            HardenedEngine(name, api_key, base_url, policy)
+            for name in fallbacks
+            if name and name != model
+        )
         self.fallbacks_taken = 0
-        self.budget: Budget = budget_for(policy.daily_token_budget, policy.prices,
-                                         policy.redis_url, policy.key_prefix, policy.processes)
+        self.budget: Budget = budget_for(
+            policy.daily_token_budget,
+            policy.prices,
+            policy.redis_url,
+            policy.key_prefix,
+            policy.processes,
+        )
         bulkhead.configure(policy.max_concurrent_writes, policy.max_concurrent_judgements)
         self.metrics: Recorder = recorder_for(policy.redis_url, policy.key_prefix)
         if not self.breaker.on_transition:
             self.breaker.on_transition.append(self._transition)
-        self.limiter: Limiter = limiter_for(self.name, policy.rate_limit_rps,
-                                            policy.rate_limit_tpm, policy.redis_url,
-                                            policy.key_prefix, policy.processes)
+        self.limiter: Limiter = limiter_for(
+            self.name,
+            policy.rate_limit_rps,
+            policy.rate_limit_tpm,
+            policy.redis_url,
+            policy.key_prefix,
+            policy.processes,
+        )
 
     # ------------------------------------------------------------------ one attempt
 
@@ -166,13 +194,13 @@ class HardenedEngine:
         payload["model"] = self.model
         return payload
 
-    def attempt(self, request: Request, timeout_s: float,
-                payload: Optional[dict] = None) -> Response:
+    def attempt(self, request: Request, timeout_s: float, payload: dict | None = None) -> Response:
         """One POST to /chat/completions; AttemptFailed on any failure."""
         payload = self.payload(request) if payload is None else payload
         try:
-            answer = self.client.post("/chat/completions", json.dumps(payload).encode(),
-                                      self._headers, timeout_s)
+            answer = self.client.post(
+                "/chat/completions", json.dumps(payload).encode(), self._headers, timeout_s
+            )
         except (urllib3.exceptions.TimeoutError, urllib3.exceptions.EmptyPoolError) as exc:
             raise AttemptFailed(TIMEOUT, f"no answer within {timeout_s:.3g} s") from exc
         except AnswerTooLarge as exc:
@@ -181,11 +209,16 @@ class HardenedEngine:
             raise AttemptFailed(CONNECT, f"transport error: {type(exc).__name__}") from exc
         status = answer.status
         if status == 429:
-            raise AttemptFailed(RATE_LIMITED, "the provider is rate limiting", status,
-                                retry_after_of(answer.headers))
+            raise AttemptFailed(
+                RATE_LIMITED,
+                "the provider is rate limiting",
+                status,
+                retry_after_of(answer.headers),
+            )
         if status >= 500 or status == 408:
-            raise AttemptFailed(SERVER, f"the provider answered {status}", status,
-                                retry_after_of(answer.headers))
+            raise AttemptFailed(
+                SERVER, f"the provider answered {status}", status, retry_after_of(answer.headers)
+            )
         if status >= 400:
             raise AttemptFailed(CLIENT, f"the provider refused the request ({status})", status)
         try:
@@ -212,10 +245,11 @@ class HardenedEngine:
             raise
         finally:
             self.metrics.add("memesys_llm_calls_total", model=self.name, outcome=outcome)
-            self.metrics.observe("memesys_llm_call_seconds", time.perf_counter() - began,
-                                 model=self.name)
+            self.metrics.observe(
+                "memesys_llm_call_seconds", time.perf_counter() - began, model=self.name
+            )
 
-    def _transition(self, name: str, before: Optional[str], after: Optional[str]) -> None:
+    def _transition(self, name: str, before: str | None, after: str | None) -> None:
         self.metrics.add("memesys_llm_breaker_transitions_total", model=name, to=str(after))
         self.metrics.state(name, str(after))
         self.metrics.flush()
@@ -225,16 +259,26 @@ class HardenedEngine:
         try:
             self.budget.check()
         except BudgetSpent as exc:
-            raise call_error(ErrorCode.BUDGET_EXHAUSTED, str(exc), kind=BUDGET,
-                             model=self.model, retry_after=exc.retry_after) from exc
+            raise call_error(
+                ErrorCode.BUDGET_EXHAUSTED,
+                str(exc),
+                kind=BUDGET,
+                model=self.model,
+                retry_after=exc.retry_after,
+            ) from exc
         try:
             with bulkhead.slot(deadline, self.policy.timeout_s):
                 return self._complete(request, deadline)
         except bulkhead.NoRoom as exc:
-            raise call_error(ErrorCode.OVERLOADED, f"{self.model}: {exc}", kind=BULKHEAD,
-                             model=self.model, retry_after=1) from exc
+            raise call_error(
+                ErrorCode.OVERLOADED,
+                f"{self.model}: {exc}",
+                kind=BULKHEAD,
+                model=self.model,
+                retry_after=1,
+            ) from exc
 
-    def _complete(self, request: Request, deadline: Optional[float]) -> Response:
+    def _complete(self, request: Request, deadline: float | None) -> Response:
         try:
             response = self.call(request, deadline)
             self._served(response, self)
@@ -244,8 +288,9 @@ class HardenedEngine:
                 raise
             failed = exc
         for fallback in self.fallbacks:
-            log.warning("llm %s failed (%s): falling back to %s", self.model, failed.kind,
-                        fallback.model)
+            log.warning(
+                "llm %s failed (%s): falling back to %s", self.model, failed.kind, fallback.model
+            )
             self.fallbacks_taken += 1
             self.metrics.add("memesys_llm_fallbacks_total", model=self.name, to=fallback.name)
             try:
@@ -258,7 +303,7 @@ class HardenedEngine:
                 failed = exc
         raise failed
 
-    def _served(self, response: Response, by: "HardenedEngine") -> None:
+    def _served(self, response: Response, by: HardenedEngine) -> None:
         served.record(by.model)
         usage = response.usage
         prompt = int(getattr(usage, "input_tokens", 0) or 0)
@@ -268,27 +313,27 @@ class HardenedEngine:
         if cost:
             self.metrics.add("memesys_llm_cost_usd_total", cost, model=by.name)
 
-    def call(self, request: Request, deadline: Optional[float] = None) -> Response:
+    def call(self, request: Request, deadline: float | None = None) -> Response:
         """Attempts until one succeeds, ``max_attempts`` are spent or the deadline leaves no
         room; LLMCallError then."""
         deadline = deadlines.current() if deadline is None else deadline
         payload = self.payload(request)
         tokens = estimate_tokens(payload)
-        last: Optional[AttemptFailed] = None
+        last: AttemptFailed | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
             left = deadlines.left(deadline)
             if left is not None and left < MIN_ATTEMPT_S:
                 raise self._give_up(last, attempt - 1, DEADLINE)
-            timeout_s = self.policy.timeout_s if left is None else min(self.policy.timeout_s,
-                                                                       left)
+            timeout_s = self.policy.timeout_s if left is None else min(self.policy.timeout_s, left)
             try:
                 state = self.breaker.check()  # open: fail now, without taking a slot
                 local = self.limiter.fallbacks
                 waited = self.limiter.acquire(tokens, deadline, self.policy.timeout_s)
                 if waited > 0.0005:
                     self.metrics.add("memesys_llm_limiter_waits_total", model=self.name)
-                    self.metrics.add("memesys_llm_limiter_wait_seconds_total", waited,
-                                     model=self.name)
+                    self.metrics.add(
+                        "memesys_llm_limiter_wait_seconds_total", waited, model=self.name
+                    )
                 if self.limiter.fallbacks != local:
                     self.metrics.add("memesys_llm_limiter_local_total", model=self.name)
                 left = deadlines.left(deadline)  # the wait for a slot counts
@@ -296,51 +341,64 @@ class HardenedEngine:
                     timeout_s = min(timeout_s, left)
                     if timeout_s < MIN_ATTEMPT_S:
                         raise self._give_up(last, attempt - 1, DEADLINE)
-                answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload),
-                                          state)
+                answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload), state)  # noqa: B023
                 self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome="ok")
                 self.limiter.provider_answered()
                 return answer
             except NoSlot as exc:
                 self.metrics.add("memesys_llm_limiter_refusals_total", model=self.name)
-                raise call_error(ErrorCode.LLM_RATE_LIMITED,
-                                 f"{self.model}: {exc}; no slot before the deadline",
-                                 kind=LIMITED, model=self.model, retry_after=exc.retry_after,
-                                 attempts=attempt - 1) from exc
+                raise call_error(
+                    ErrorCode.LLM_RATE_LIMITED,
+                    f"{self.model}: {exc}; no slot before the deadline",
+                    kind=LIMITED,
+                    model=self.model,
+                    retry_after=exc.retry_after,
+                    attempts=attempt - 1,
+                ) from exc
             except BreakerOpen as exc:
-                raise call_error(ErrorCode.LLM_UNAVAILABLE,
-                                 f"{self.model}: {exc} (probe in {exc.retry_after:.3g} s)",
-                                 kind=OPEN, model=self.model, retry_after=exc.retry_after,
-                                 attempts=attempt - 1) from exc
+                raise call_error(
+                    ErrorCode.LLM_UNAVAILABLE,
+                    f"{self.model}: {exc} (probe in {exc.retry_after:.3g} s)",
+                    kind=OPEN,
+                    model=self.model,
+                    retry_after=exc.retry_after,
+                    attempts=attempt - 1,
+                ) from exc
             except AttemptFailed as exc:
                 last = exc
-                self.metrics.add("memesys_llm_attempts_total", model=self.name,
-                                 outcome=exc.kind)
+                self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome=exc.kind)
                 if exc.kind == RATE_LIMITED:
                     self.limiter.provider_limited()
                 log.debug("%s attempt %d failed: %s", self.model, attempt, exc)
                 if not exc.retryable or attempt == self.policy.max_attempts:
                     raise self._give_up(exc, attempt) from exc
-                wait = (exc.retry_after if exc.retry_after is not None
-                        else backoff(attempt, self.policy, self._rng))
+                wait = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else backoff(attempt, self.policy, self._rng)
+                )
                 left = deadlines.left(deadline)
                 if left is not None and wait + MIN_ATTEMPT_S >= left:
                     raise self._give_up(exc, attempt, DEADLINE) from exc
                 time.sleep(wait)
         raise self._give_up(last, self.policy.max_attempts)
 
-    def _give_up(self, last: Optional[AttemptFailed], attempts: int,
-                 why: str = "") -> LLMCallError:
+    def _give_up(self, last: AttemptFailed | None, attempts: int, why: str = "") -> LLMCallError:
         kind = last.kind if last is not None else DEADLINE
         code = ErrorCode.LLM_RATE_LIMITED if kind == RATE_LIMITED else ErrorCode.LLM_UNAVAILABLE
         retry_after = last.retry_after if last is not None else None
         reason = str(last) if last is not None else "no time left before the deadline"
         if why == DEADLINE and last is not None:
             reason += "; no time left for another attempt"
-        return call_error(code, f"{self.model}: {reason} after {attempts} attempt(s)",
-                            kind=kind, model=self.model, retry_after=retry_after,
-                            status=last.status if last is not None else None,
-                            attempts=attempts)
+        return call_error(
+            code,
+            f"{self.model}: {reason} after {attempts} attempt(s)",
+            kind=kind,
+            model=self.model,
+            retry_after=retry_after,
+            status=last.status if last is not None else None,
+            attempts=attempts,
+        )
 
 
 class AsyncHardenedEngine:

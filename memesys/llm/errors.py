@@ -4,9 +4,10 @@
 engine boundary unchanged (an ``LMError`` is kept by identity) and every stage raises it as
 is. :func:`failure_of` turns any LM failure into (contract code, retry_after) for the tree.
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from dspy.utils.exceptions import (
     LMError,
@@ -21,15 +22,15 @@ from memesys.errors import ErrorCode
 # Why an attempt or a call failed (metrics and logs label by it).
 TIMEOUT = "timeout"
 CONNECT = "connect"
-SERVER = "server"            # 5xx
+SERVER = "server"  # 5xx
 RATE_LIMITED = "rate_limited"  # 429
-MALFORMED = "malformed"      # a 200 whose body is not a chat completion
-CLIENT = "client"            # a 4xx caused by our request (never retried, never counted)
-OPEN = "open"                # the breaker is open
-LIMITED = "limited"          # our rate limit: no slot before the deadline
-BUDGET = "budget"            # the daily token budget is spent
-BULKHEAD = "bulkhead"        # every slot of the stage's kind in this process is busy
-DEADLINE = "deadline"        # no time left for another attempt
+MALFORMED = "malformed"  # a 200 whose body is not a chat completion
+CLIENT = "client"  # a 4xx caused by our request (never retried, never counted)
+OPEN = "open"  # the breaker is open
+LIMITED = "limited"  # our rate limit: no slot before the deadline
+BUDGET = "budget"  # the daily token budget is spent
+BULKHEAD = "bulkhead"  # every slot of the stage's kind in this process is busy
+DEADLINE = "deadline"  # no time left for another attempt
 
 
 class LLMCallError(LMProviderError):
@@ -39,11 +40,24 @@ class LLMCallError(LMProviderError):
 
     default_code = "memesys_llm"
 
-    def __init__(self, code: ErrorCode, message: str, *, kind: str, model: str,
-                 retry_after: Optional[float] = None, status: Optional[int] = None,
-                 attempts: int = 0) -> None:
-        super().__init__(message, model=model, provider="openai-compatible", status=status,
-                         retry_after=retry_after)
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        kind: str,
+        model: str,
+        retry_after: float | None = None,
+        status: int | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(
+            message,
+            model=model,
+            provider="openai-compatible",
+            status=status,
+            retry_after=retry_after,
+        )
         self.memesys_code = code
         self.kind = kind
         self.attempts = attempts
@@ -67,9 +81,16 @@ class LLMServerFailed(LLMCallError, LMServerError):
     default_code = "server"
 
 
-def call_error(code: ErrorCode, message: str, *, kind: str, model: str,
-               retry_after: Optional[float] = None, status: Optional[int] = None,
-               attempts: int = 0) -> LLMCallError:
+def call_error(
+    code: ErrorCode,
+    message: str,
+    *,
+    kind: str,
+    model: str,
+    retry_after: float | None = None,
+    status: int | None = None,
+    attempts: int = 0,
+) -> LLMCallError:
     """The LLMCallError (with the matching DSPy subclass) for a call given up on."""
     cls: type[LLMCallError] = LLMCallError
     if code is ErrorCode.LLM_RATE_LIMITED:
@@ -78,15 +99,22 @@ def call_error(code: ErrorCode, message: str, *, kind: str, model: str,
         cls = LLMTimedOut
     elif kind in (CONNECT, SERVER, MALFORMED):
         cls = LLMServerFailed
-    return cls(code, message, kind=kind, model=model, retry_after=retry_after, status=status,
-               attempts=attempts)
+    return cls(
+        code,
+        message,
+        kind=kind,
+        model=model,
+        retry_after=retry_after,
+        status=status,
+        attempts=attempts,
+    )
 
 
 class LLMFailure(NamedTuple):
     """What a failed LM call means for the request: its contract code and Retry-After."""
 
     code: ErrorCode
-    retry_after: Optional[float]
+    retry_after: float | None
 
 
 def failure_of(exc: BaseException) -> LLMFailure:

@@ -29,6 +29,7 @@ counted across every process and host on one Redis. 0 turns a limit off.
   ``CLIMB_EVERY_S`` without a 429. Its calls are spaced by its own (lower) rate on the shared
   schedule, so a lowered rate slows the others too.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,7 +37,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import redis
 from limits import RateLimitItemPerMinute
@@ -112,15 +113,22 @@ class NoSlot(Exception):
 
 def _storage_uri(redis_url: str) -> str:
     if redis_url.startswith("unix://"):
-        return "redis+unix://" + redis_url[len("unix://"):]
+        return "redis+unix://" + redis_url[len("unix://") :]
     return redis_url
 
 
 class Limiter:
     """The limits of one provider+model, as this process applies them."""
 
-    def __init__(self, name: str, rps: int, tpm: int, redis_url: str = "",
-                 key_prefix: str = "memesys", processes: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        rps: int,
+        tpm: int,
+        redis_url: str = "",
+        key_prefix: str = "memesys",
+        processes: int = 1,
+    ) -> None:
         self.name = name
         self.rps, self.tpm = rps, tpm
         self.processes = max(1, processes)
@@ -129,13 +137,15 @@ class Limiter:
         self._schedule_key = f"{self._namespace}/{name}/schedule"
         self._cap_key = f"{self._namespace}/{name}/sent"
         self._gcra = None  # _SCHEDULE, run on the schedule's key and on the send cap's
-        self._shared_window: Optional[MovingWindowRateLimiter] = None
+        self._shared_window: MovingWindowRateLimiter | None = None
         if redis_url:
-            client = redis.Redis.from_url(redis_url, socket_timeout=0.5,
-                                          socket_connect_timeout=0.5)
+            client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self._gcra = client.register_script(_SCHEDULE)
-            self._shared_window = MovingWindowRateLimiter(storage_from_string(
-                _storage_uri(redis_url), socket_timeout=0.5, socket_connect_timeout=0.5))
+            self._shared_window = MovingWindowRateLimiter(
+                storage_from_string(
+                    _storage_uri(redis_url), socket_timeout=0.5, socket_connect_timeout=0.5
+                )
+            )
         self._local_schedule = _LocalSchedule()
         self._local_cap = _LocalSchedule()
         self._local_window = MovingWindowRateLimiter(MemoryStorage())
@@ -157,7 +167,7 @@ class Limiter:
     def factor(self) -> float:
         return self._factor
 
-    def acquire(self, tokens: int, deadline: Optional[float], max_wait_s: float) -> float:
+    def acquire(self, tokens: int, deadline: float | None, max_wait_s: float) -> float:
         """Take a send time for a request of ``tokens`` estimated tokens and wait for it, then
         a place in the send cap, at most until ``deadline`` (wall clock; None: ``max_wait_s``);
         the seconds waited. NoSlot at once when the send time, or the moment a full window
@@ -189,8 +199,9 @@ class Limiter:
                 raise NoSlot(self.name, wait)
             time.sleep(wait + random.uniform(0, WAKE_JITTER_S))
 
-    def _on_storage(self, step: Callable[[bool, float], tuple[bool, float]],
-                    max_wait: float) -> tuple[bool, float]:
+    def _on_storage(
+        self, step: Callable[[bool, float], tuple[bool, float]], max_wait: float
+    ) -> tuple[bool, float]:
         """``step(local, max_wait)`` on Redis, or on this process's share while Redis is
         unreachable: (granted, the wait before sending) or (False, seconds until it may be)."""
         local = time.monotonic() < self._local_until or self._gcra is None
@@ -202,9 +213,14 @@ class Limiter:
             with self._lock:
                 if time.monotonic() >= self._local_until:
                     self.fallbacks += 1
-                    log.warning("llm limiter %s: Redis unreachable (%s): this process keeps "
-                                "to its share (1/%d) of the limit for %g s", self.name,
-                                type(exc).__name__, self.processes, RETRY_REDIS_S)
+                    log.warning(
+                        "llm limiter %s: Redis unreachable (%s): this process keeps "
+                        "to its share (1/%d) of the limit for %g s",
+                        self.name,
+                        type(exc).__name__,
+                        self.processes,
+                        RETRY_REDIS_S,
+                    )
                 self._local_until = time.monotonic() + RETRY_REDIS_S
             return step(True, max_wait)
 
@@ -220,15 +236,17 @@ class Limiter:
         window = self._local_window if local else self._shared_window
         tokens_item = None
         if self.tpm > 0:
-            tokens_item = _PerMinute(max(1, int(self.tpm * self._factor) // share),
-                                     namespace=self._namespace)
+            tokens_item = _PerMinute(
+                max(1, int(self.tpm * self._factor) // share), namespace=self._namespace
+            )
             cost = max(1, min(tokens, tokens_item.amount))
             if not window.test(tokens_item, *self._ids, cost=cost):
                 return False, self._until_free(window, tokens_item)
         wait = 0.0
         if self.rps > 0:
-            ok, wait = self._schedule(self._schedule_key, self._local_schedule, local,
-                                      max(0.0, max_wait))
+            ok, wait = self._schedule(
+                self._schedule_key, self._local_schedule, local, max(0.0, max_wait)
+            )
             if not ok:
                 return False, wait
         if tokens_item is not None and not window.hit(tokens_item, *self._ids, cost=cost):
@@ -242,8 +260,9 @@ class Limiter:
         several of them (starved of CPU, paused) sends them at the rate, not all at once."""
         return self._schedule(self._cap_key, self._local_cap, local, 0.0)
 
-    def _schedule(self, key: str, local_schedule: _LocalSchedule, local: bool,
-                  max_wait: float) -> tuple[bool, float]:
+    def _schedule(
+        self, key: str, local_schedule: _LocalSchedule, local: bool, max_wait: float
+    ) -> tuple[bool, float]:
         """The schedule under ``key`` in Redis (or ``local_schedule`` in this process) at the
         rate and burst this process asks for now: (granted, the wait before sending) or
         (False, the wait that would have been)."""
@@ -268,8 +287,11 @@ class Limiter:
             if now - self._changed >= 1.0 and self._factor > MIN_FACTOR:
                 self._factor = max(MIN_FACTOR, self._factor / 2)
                 self._changed = now
-                log.warning("llm limiter %s: provider 429: limit now %.0f%% of the configured",
-                            self.name, self._factor * 100)
+                log.warning(
+                    "llm limiter %s: provider 429: limit now %.0f%% of the configured",
+                    self.name,
+                    self._factor * 100,
+                )
 
     def provider_answered(self) -> None:
         """An answer: climb back towards the configured limit, one step per CLIMB_EVERY_S."""
@@ -286,8 +308,14 @@ _limiters: dict[tuple[str, str, int, int], Limiter] = {}
 _registry_lock = threading.Lock()
 
 
-def limiter_for(name: str, rps: int, tpm: int, redis_url: str = "",
-                key_prefix: str = "memesys", processes: int = 1) -> Limiter:
+def limiter_for(
+    name: str,
+    rps: int,
+    tpm: int,
+    redis_url: str = "",
+    key_prefix: str = "memesys",
+    processes: int = 1,
+) -> Limiter:
     """The process's limiter of ``name`` (provider/model)."""
     key = (redis_url, f"{key_prefix}|{name}", rps, tpm)
     with _registry_lock:

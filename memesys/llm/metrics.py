@@ -22,13 +22,14 @@ Series (``model`` is ``<host:port>/<model>``):
 - ``memesys_llm_tokens_total{model}``, ``memesys_llm_cost_usd_total{model}``;
 - ``memesys_llm_fallbacks_total{model,to}``.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import redis
 
@@ -45,10 +46,11 @@ HELP = {
     "memesys_llm_breaker_transitions_total": ("counter", "circuit breaker transitions seen"),
     "memesys_llm_limiter_waits_total": ("counter", "calls that waited for a rate-limit slot"),
     "memesys_llm_limiter_wait_seconds_total": ("counter", "seconds waited for slots"),
-    "memesys_llm_limiter_refusals_total": ("counter",
-                                           "calls refused: no slot before the deadline"),
-    "memesys_llm_limiter_local_total": ("counter",
-                                        "switches to the local share (Redis unreachable)"),
+    "memesys_llm_limiter_refusals_total": ("counter", "calls refused: no slot before the deadline"),
+    "memesys_llm_limiter_local_total": (
+        "counter",
+        "switches to the local share (Redis unreachable)",
+    ),
     "memesys_llm_tokens_total": ("counter", "tokens the provider reported"),
     "memesys_llm_cost_usd_total": ("counter", "estimated cost from [llm] prices"),
     "memesys_llm_fallbacks_total": ("counter", "calls moved to a fallback model"),
@@ -63,8 +65,11 @@ class Recorder:
     """This process's counts, flushed to Redis."""
 
     def __init__(self, redis_url: str, key_prefix: str) -> None:
-        self._redis = (redis.Redis.from_url(redis_url, socket_timeout=0.5,
-                                            socket_connect_timeout=0.5) if redis_url else None)
+        self._redis = (
+            redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            if redis_url
+            else None
+        )
         self.key = f"{key_prefix}:llm:metrics"
         self.states_key = f"{key_prefix}:llm:breakers"
         self._pending: dict[str, float] = defaultdict(float)
@@ -132,7 +137,7 @@ def recorder_for(redis_url: str, key_prefix: str) -> Recorder:
         return found
 
 
-def reader(redis_url: str, key_prefix: str) -> Optional[Callable[[], str]]:
+def reader(redis_url: str, key_prefix: str) -> Callable[[], str] | None:
     """What the gateway calls for the LLM series (None without Redis)."""
     if not redis_url:
         return None
@@ -140,7 +145,7 @@ def reader(redis_url: str, key_prefix: str) -> Optional[Callable[[], str]]:
     return lambda: render(client, key_prefix)
 
 
-def render(client: Optional[redis.Redis], key_prefix: str) -> str:
+def render(client: redis.Redis | None, key_prefix: str) -> str:
     """The Prometheus text of every process's counts (the gateway's /metrics)."""
     if client is None:
         return ""
@@ -150,8 +155,9 @@ def render(client: Optional[redis.Redis], key_prefix: str) -> str:
     for raw_field, raw_value in sorted(counts.items()):
         field, value = raw_field.decode(), float(raw_value)
         name, _, labels = field.partition("|")
-        shown = ",".join(f'{k}="{v}"' for k, v in
-                         (pair.split("=", 1) for pair in labels.split(",") if pair))
+        shown = ",".join(
+            f'{k}="{v}"' for k, v in (pair.split("=", 1) for pair in labels.split(",") if pair)
+        )
         base = name.rsplit("_", 1)[0] if name.endswith(("_bucket", "_sum", "_count")) else name
         series[base].append(f"{name}{{{shown}}} {value:g}" if shown else f"{name} {value:g}")
     lines: list[str] = []
@@ -159,8 +165,13 @@ def render(client: Optional[redis.Redis], key_prefix: str) -> str:
         kind, text = HELP.get(base, ("counter", base))
         lines += [f"# HELP {base} {text}", f"# TYPE {base} {kind}", *series[base]]
     if states:
-        lines += ["# HELP memesys_llm_breaker_state circuit breaker state (0 closed, "
-                  "1 half-open, 2 open)", "# TYPE memesys_llm_breaker_state gauge"]
-        lines += [f'memesys_llm_breaker_state{{model="{m.decode()}"}} {int(v)}'
-                  for m, v in sorted(states.items())]
+        lines += [
+            "# HELP memesys_llm_breaker_state circuit breaker state (0 closed, "
+            "1 half-open, 2 open)",
+            "# TYPE memesys_llm_breaker_state gauge",
+        ]
+        lines += [
+            f'memesys_llm_breaker_state{{model="{m.decode()}"}} {int(v)}'
+            for m, v in sorted(states.items())
+        ]
     return "\n".join(lines) + ("\n" if lines else "")

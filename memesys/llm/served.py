@@ -1,15 +1,16 @@
 """Which model answered: the engine records the model that served each call (the primary or
 a fallback), and whoever runs a stage reads it back, so the meme records the model that
 actually answered each stage."""
+
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional
 
-_served: contextvars.ContextVar[Optional[list[str]]] = contextvars.ContextVar(
-    "memesys_llm_served", default=None)
+_served: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "memesys_llm_served", default=None
+)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ maps each to 0..1; the refiner fixes exactly those features (cut filler, shorten
 topic, style and audience, end on a punchline mark), so a refinement round can measurably gain
 and then converge. Same texts, same numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from memesys.offline.text import (
 )
 
 # Contrast and twist words: the cheapest proxy for a joke's turn.
-CONTRAST = frozenset("but still never finally again instead nobody everyone only somehow "
-                     "wrong worse actually until even".split())
+CONTRAST = frozenset(
+    "but still never finally again instead nobody everyone only somehow "
+    "wrong worse actually until even".split()
+)
 FILLER = frozenset("really very just basically totally quite literally simply".split())
 PUNCHLINE = frozenset("!?")
 # Fraction of a slot's max chars above which a text reads as crammed.
@@ -106,21 +109,30 @@ def scores(topic: str, slots: list[SlotLine], style: str, audience: str) -> dict
     texts = " ".join(s.text for s in slots)
     room = sum(s.max_chars for s in slots) or 1
     values = {
-        "humor": 0.15 + 0.25 * f.twist + 0.15 * f.punchline + 0.25 * f.panel_difference
+        "humor": 0.15
+        + 0.25 * f.twist
+        + 0.15 * f.punchline
+        + 0.25 * f.panel_difference
         + _bonus(f.style_shown, 0.2, 0.1),
         "clarity": sum(map(_fill_score, f.fills)) / max(len(f.fills), 1) - 0.05 * f.fillers,
         "creativity": 0.45 * f.novelty + 0.25 * f.distinct + JITTER * unit("creativity", texts),
-        "shareability": 0.4 * f.topic_overlap + 0.25 * max(0.0, 1 - len(texts) / room)
+        "shareability": 0.4 * f.topic_overlap
+        + 0.25 * max(0.0, 1 - len(texts) / room)
         + _bonus(f.audience_shown, 0.2, 0.1),
     }
-    return {"critique": critique(topic, slots, style, audience, f),
-            **{name: _unit_interval(v) for name, v in values.items()}}
+    return {
+        "critique": critique(topic, slots, style, audience, f),
+        **{name: _unit_interval(v) for name, v in values.items()},
+    }
 
 
 def critique(topic: str, slots: list[SlotLine], style: str, audience: str, f: Features) -> str:
     """The fixes the features call for, most important first."""
-    fixes = [f"shorten {s.name!r} ({len(s.text)}/{s.max_chars} chars)"
-             for s, fill in zip(slots, f.fills) if fill > CRAMMED]
+    fixes = [
+        f"shorten {s.name!r} ({len(s.text)}/{s.max_chars} chars)"
+        for s, fill in zip(slots, f.fills)
+        if fill > CRAMMED
+    ]
     if f.fillers:
         fixes.append("cut filler words")
     if f.topic_overlap == 0:
@@ -155,8 +167,10 @@ def refine(topic: str, slots: list[SlotLine], style: str, audience: str) -> list
     if not slots:
         return []
     texts = [_drop_fillers(s.text) for s in slots]
-    texts = [clip(t, int(s.max_chars * CRAMMED)) if len(t) > s.max_chars * CRAMMED else t
-             for t, s in zip(texts, slots)]
+    texts = [
+        clip(t, int(s.max_chars * CRAMMED)) if len(t) > s.max_chars * CRAMMED else t
+        for t, s in zip(texts, slots)
+    ]
     weaves = (
         (topic, lambda t: f"{capital(clip(clean(topic), SHORT_PHRASE_CHARS))}: {t}"),
         (style, lambda t: f"{t}, but {style}"),

@@ -6,6 +6,7 @@ ChatAdapter sections (or JSON when the JSONAdapter asks for it). What it answers
 :mod:`memesys.offline.writer`'s job. Passed to ``dspy.LM(engine=..., async_engine=...)``, the
 custom-engine contract of DSPy 3.4.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,7 @@ def read_prompt(request: Request) -> Prompt:
         matches = list(header.finditer(body))
         for match, following in zip(matches, [*matches[1:], None]):
             end = following.start() if following else len(body)
-            inputs[match.group(1)] = body[match.end():end].strip()
+            inputs[match.group(1)] = body[match.end() : end].strip()
     return Prompt(_field_names(_OUTPUTS, system), inputs, requirements.startswith("a JSON object"))
 
 
@@ -105,7 +106,10 @@ def complete(request: Request) -> Response:
     system, _ = _text(request)
     prompt_chars = len(system) + sum(len(m.text or "") for m in request.messages)
     return Response(
-        id=None, model=MODEL, message=Message.assistant(text), finish_reason="stop",
+        id=None,
+        model=MODEL,
+        message=Message.assistant(text),
+        finish_reason="stop",
         usage=Usage(input_tokens=_tokens(prompt_chars), output_tokens=_tokens(len(text))),
     )
 

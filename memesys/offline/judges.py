@@ -4,6 +4,7 @@ They are deliberately simple and non-exhaustive (word lists and regular expressi
 moderation model): good enough to refuse the clear cases offline and to exercise the verdict
 plumbing exactly as a real model's answers would. Each reads the topic and every slot text.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,9 +17,11 @@ from memesys.offline.text import SlotLine, mentions
 HIT_CONFIDENCE = 0.95
 CLEAN_CONFIDENCE = 0.8
 
-_GROUPS = (r"(?:jews|muslims|christians|hindus|sikhs|blacks|whites|asians|latinos|mexicans|"
-           r"arabs|africans|immigrants|refugees|gays|lesbians|trans people|women|men|disabled "
-           r"people)")
+_GROUPS = (
+    r"(?:jews|muslims|christians|hindus|sikhs|blacks|whites|asians|latinos|mexicans|"
+    r"arabs|africans|immigrants|refugees|gays|lesbians|trans people|women|men|disabled "
+    r"people)"
+)
 
 
 def _words(*alternatives: str) -> re.Pattern[str]:
@@ -30,32 +33,91 @@ def _words(*alternatives: str) -> re.Pattern[str]:
 CATEGORIES: dict[str, tuple[re.Pattern[str], ...]] = {
     "hate": (
         # Slurs (plural forms included); kept to unambiguous ones to avoid false positives.
-        _words(r"nigg(?:er|a)s?", r"faggots?", r"kikes?", r"chinks?", r"spics?", r"wetbacks?",
-               r"gooks?", r"ragheads?", r"towelheads?", r"trannies", r"tranny", r"retards?"),
+        _words(
+            r"nigg(?:er|a)s?",
+            r"faggots?",
+            r"kikes?",
+            r"chinks?",
+            r"spics?",
+            r"wetbacks?",
+            r"gooks?",
+            r"ragheads?",
+            r"towelheads?",
+            r"trannies",
+            r"tranny",
+            r"retards?",
+        ),
         _words(r"heil hitler", r"sieg heil", r"white power", r"race war", r"gas the \w+"),
-        re.compile(rf"\b(?:kill|gas|exterminate|eradicate|deport|lynch)\s+(?:all\s+)?"
-                   rf"(?:the\s+)?{_GROUPS}\b", re.I),
-        re.compile(rf"\b{_GROUPS}\s+are\s+(?:vermin|animals|subhuman|parasites|rats|"
-                   r"cockroaches|inferior|a disease)\b", re.I),
+        re.compile(
+            rf"\b(?:kill|gas|exterminate|eradicate|deport|lynch)\s+(?:all\s+)?"
+            rf"(?:the\s+)?{_GROUPS}\b",
+            re.I,
+        ),
+        re.compile(
+            rf"\b{_GROUPS}\s+are\s+(?:vermin|animals|subhuman|parasites|rats|"
+            r"cockroaches|inferior|a disease)\b",
+            re.I,
+        ),
     ),
     "harassment": (
-        _words(r"kill (?:yo)?urself", r"kys", r"go die", r"hope you die", r"you should die",
-               r"end yourself", r"neck yourself", r"drink bleach", r"nobody loves you",
-               r"you(?:'re| are) worthless", r"i know where you live", r"i will find you",
-               r"doxx?(?:ing|ed)?"),
+        _words(
+            r"kill (?:yo)?urself",
+            r"kys",
+            r"go die",
+            r"hope you die",
+            r"you should die",
+            r"end yourself",
+            r"neck yourself",
+            r"drink bleach",
+            r"nobody loves you",
+            r"you(?:'re| are) worthless",
+            r"i know where you live",
+            r"i will find you",
+            r"doxx?(?:ing|ed)?",
+        ),
     ),
     "sexual content": (
-        _words(r"porn\w*", r"nudes?", r"naked", r"sex", r"sexual", r"sexy", r"nsfw", r"xxx",
-               r"horny", r"orgasms?", r"blowjobs?", r"handjobs?", r"onlyfans", r"erotic\w*",
-               r"genitals?", r"penis", r"vagina", r"boobs", r"tits"),
+        _words(
+            r"porn\w*",
+            r"nudes?",
+            r"naked",
+            r"sex",
+            r"sexual",
+            r"sexy",
+            r"nsfw",
+            r"xxx",
+            r"horny",
+            r"orgasms?",
+            r"blowjobs?",
+            r"handjobs?",
+            r"onlyfans",
+            r"erotic\w*",
+            r"genitals?",
+            r"penis",
+            r"vagina",
+            r"boobs",
+            r"tits",
+        ),
     ),
     "violence": (
-        _words(r"shoot(?:s|ing)?", r"stab(?:s|bed|bing)?", r"bomb(?:s|ed|ing)?", r"murder\w*",
-               r"behead\w*", r"massacre\w*", r"strangl\w*", r"tortur\w*", r"kidnap\w*"),
+        _words(
+            r"shoot(?:s|ing)?",
+            r"stab(?:s|bed|bing)?",
+            r"bomb(?:s|ed|ing)?",
+            r"murder\w*",
+            r"behead\w*",
+            r"massacre\w*",
+            r"strangl\w*",
+            r"tortur\w*",
+            r"kidnap\w*",
+        ),
         re.compile(r"\bhow to (?:kill|hurt|poison|attack|beat up)\b", re.I),
-        re.compile(r"\bkill(?:s|ed|ing)?\s+(?:my|your|his|her|their|the|a|all)?\s*"
-                   r"(?:neighbou?rs?|wife|husband|boss|teacher|kids?|children|family|people|"
-                   r"him|her|them|everyone|someone)\b", re.I),
+        re.compile(
+            r"\bkill(?:s|ed|ing)?\s+(?:my|your|his|her|their|the|a|all)?\s*"
+            r"(?:neighbou?rs?|wife|husband|boss|teacher|kids?|children|family|people|"
+            r"him|her|them|everyone|someone)\b",
+            re.I,
+        ),
     ),
 }
 
@@ -65,9 +127,14 @@ PRIVATE_DATA: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("an SSN-like ID number", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),
     # 9+ digits with up to two spaces/dots/dashes/brackets between them: phones, IDs, cards.
     ("a phone or ID number", re.compile(r"(?<![\w.])\+?\(?\d(?:[ .()-]{0,2}\d){8,}(?![\w])")),
-    ("a street address", re.compile(
-        r"\b\d{1,5}[a-z]?\s+(?:[a-z]+\.?\s+){1,3}(?:street|st|avenue|ave|road|rd|boulevard|blvd"
-        r"|lane|ln|drive|dr|court|ct|way|place|pl|terrace|square|sq|crescent)\b\.?", re.I)),
+    (
+        "a street address",
+        re.compile(
+            r"\b\d{1,5}[a-z]?\s+(?:[a-z]+\.?\s+){1,3}(?:street|st|avenue|ave|road|rd|boulevard|blvd"
+            r"|lane|ln|drive|dr|court|ct|way|place|pl|terrace|square|sq|crescent)\b\.?",
+            re.I,
+        ),
+    ),
 )
 
 
@@ -103,15 +170,26 @@ def appropriateness(topic: str, slots: list[SlotLine]) -> Judgement:
 
 # Factual-claim signals and how much each raises the risk that the meme states a doubtful fact.
 CLAIM_SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
-    ("a named person's claim", 0.5, re.compile(
-        r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\s+(?:said|says|claimed|claims|announced|tweeted|"
-        r"admitted|confirmed|revealed|stated|wrote|told|promised|invented|founded|died|won|"
-        r"lost|bought|sold)\b")),
+    (
+        "a named person's claim",
+        0.5,
+        re.compile(
+            r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\s+(?:said|says|claimed|claims|announced|tweeted|"
+            r"admitted|confirmed|revealed|stated|wrote|told|promised|invented|founded|died|won|"
+            r"lost|bought|sold)\b"
+        ),
+    ),
     ("a percentage", 0.3, re.compile(r"\b\d+(?:\.\d+)?\s*(?:%|percent\b)", re.I)),
     ("a year", 0.2, re.compile(r"\b(?:1[6-9]|20)\d{2}\b")),
-    ("a big number", 0.2, re.compile(
-        r"\b\d{1,3}(?:,\d{3})+\b|\b\d+(?:\.\d+)?\s*(?:thousand|million|billion|trillion|bn)\b"
-        r"|\b\d{5,}\b", re.I)),
+    (
+        "a big number",
+        0.2,
+        re.compile(
+            r"\b\d{1,3}(?:,\d{3})+\b|\b\d+(?:\.\d+)?\s*(?:thousand|million|billion|trillion|bn)\b"
+            r"|\b\d{5,}\b",
+            re.I,
+        ),
+    ),
 )
 # Risk at or above which the claims fail the meme.
 CLAIM_FAIL_RISK = 0.5
@@ -138,8 +216,9 @@ def instruction_following(slots: list[SlotLine], style: str, audience: str) -> J
     slots is listed with max 0) fail with certainty; a requested style or audience none of
     whose words appear in the texts fails with confidence 0.7 (a real model can honour a tone
     without naming it, this heuristic cannot tell)."""
-    violations = [problem for slot in slots
-                  if (problem := slot_problem(slot.name, slot.max_chars, slot.text))]
+    violations = [
+        problem for slot in slots if (problem := slot_problem(slot.name, slot.max_chars, slot.text))
+    ]
     measured = bool(violations)
     written = " ".join(s.text for s in slots)
     for what, wanted in (("style", style), ("audience", audience)):

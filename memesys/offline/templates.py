@@ -4,6 +4,7 @@ Placeholders: {topic} {who} (audience, default "me"), {style} and {mock} (topic 
 caps); a capitalized name capitalizes the value. Templates using {style} are only eligible
 when a style is given.
 """
+
 from __future__ import annotations
 
 Template = tuple[str, ...]
@@ -29,16 +30,32 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
     ),
     "expanding-brain": (
         ("Doing {topic}", "Talking about {topic}", "Tweeting about {topic}", "Becoming {topic}"),
-        ("Learning {topic}", "Teaching {topic}", "Blogging about {topic}",
-         "Starting a {topic} cult"),
-        ("{Who}, ignoring {topic}", "{Who}, reading about {topic}", "{Who}, debating {topic}",
-         "{Who}, transcending {topic}"),
+        (
+            "Learning {topic}",
+            "Teaching {topic}",
+            "Blogging about {topic}",
+            "Starting a {topic} cult",
+        ),
+        (
+            "{Who}, ignoring {topic}",
+            "{Who}, reading about {topic}",
+            "{Who}, debating {topic}",
+            "{Who}, transcending {topic}",
+        ),
         ("{Topic}", "{Topic} 2.0", "{Topic} as a service", "{Topic} on the blockchain"),
         ("Avoiding {topic}", "Tolerating {topic}", "Enjoying {topic}", "Being {topic}"),
-        ("Plain {topic}", "Slightly {style} {topic}", "Very {style} {topic}",
-         "Ascended {style} {topic}"),
-        ("{Who} and {topic}", "{Who} and {style} {topic}", "{Style} {topic} daily",
-         "{Style} {topic} forever"),
+        (
+            "Plain {topic}",
+            "Slightly {style} {topic}",
+            "Very {style} {topic}",
+            "Ascended {style} {topic}",
+        ),
+        (
+            "{Who} and {topic}",
+            "{Who} and {style} {topic}",
+            "{Style} {topic} daily",
+            "{Style} {topic} forever",
+        ),
     ),
     "change-my-mind": (
         ("{Topic} is overrated", "Change my mind"),
@@ -122,8 +139,12 @@ TEMPLATES: dict[str, tuple[Template, ...]] = {
     "gru-plan": (
         ("Start {topic}", "Make great progress", "Forget about {topic}", "Forget about {topic}"),
         ("Announce {topic}", "Get everyone excited", "{Topic} is delayed", "{Topic} is delayed"),
-        ("Explain {topic} to {who}", "Use a great analogy", "Confuse {who} more",
-         "Confuse {who} more"),
+        (
+            "Explain {topic} to {who}",
+            "Use a great analogy",
+            "Confuse {who} more",
+            "Confuse {who} more",
+        ),
         ("Buy {topic} gear", "Feel ready", "Never use it", "Never use it"),
         ("Promise {who} {topic}", "Set a deadline", "Miss the deadline", "Miss the deadline"),
         ("Plan {style} {topic}", "Gather the team", "Nobody gets {style}", "Nobody gets {style}"),

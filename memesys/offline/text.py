@@ -3,6 +3,7 @@
 One place for word splitting, stemming, clipping and the slot-line parser, so every offline
 stage reads a prompt and measures a text the same way.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,10 @@ class SlotLine:
 
 def read_slots(listing: str) -> list[SlotLine]:
     """Every slot line of a prompt field, in order; other lines are ignored."""
-    return [SlotLine(name, int(limit), (text or "").strip())
-            for name, limit, text in _SLOT_LINE.findall(listing)]
+    return [
+        SlotLine(name, int(limit), (text or "").strip())
+        for name, limit, text in _SLOT_LINE.findall(listing)
+    ]
 
 
 def digest(*parts: object) -> bytes:
@@ -82,7 +85,7 @@ def clip(text: str, limit: int) -> str:
     "the" or "on" (hard cut only for a single over-long word)."""
     if len(text) <= limit:
         return text
-    words = text[:limit + 1].split(" ")[:-1]
+    words = text[: limit + 1].split(" ")[:-1]
     while len(words) > 1 and words[-1].lower() in STOP:
         words.pop()
     return " ".join(words).rstrip(" ,;:-") or text[:limit]

@@ -6,6 +6,7 @@ Select and write live here (caption templates in :mod:`~memesys.offline.template
 judging heuristics live in :mod:`~memesys.offline.judges` and :mod:`~memesys.offline.critic`.
 Same inputs, same answer; the ``seed`` input field varies the choice of format and template.
 """
+
 from __future__ import annotations
 
 import re
@@ -78,8 +79,11 @@ def select_format(topic: str, catalogue: str, seed: int) -> tuple[str, str]:
     best = max(m.score for m in matches.values())
     tied = [name for name, m in matches.items() if m.score == best]
     chosen = matches[_seeded(tied, seed, topic)[0]]
-    why = (f"'{topic}' shares {', '.join(sorted(chosen.shared))} with it" if chosen.shared
-           else f"Nothing matches '{topic}' by keyword; seed {seed} drew it")
+    why = (
+        f"'{topic}' shares {', '.join(sorted(chosen.shared))} with it"
+        if chosen.shared
+        else f"Nothing matches '{topic}' by keyword; seed {seed} drew it"
+    )
     return chosen.name, f"{why}: {chosen.description}"
 
 
@@ -97,8 +101,15 @@ def _mock(text: str) -> str:
 
 def _words(topic: str, style: str, audience: str) -> dict[str, str]:
     who = audience or DEFAULT_AUDIENCE
-    return {"topic": topic, "Topic": capital(topic), "who": who, "Who": capital(who),
-            "style": style, "Style": capital(style), "mock": _mock(topic)}
+    return {
+        "topic": topic,
+        "Topic": capital(topic),
+        "who": who,
+        "Who": capital(who),
+        "style": style,
+        "Style": capital(style),
+        "mock": _mock(topic),
+    }
 
 
 def _uses(template: Template, key: str) -> bool:
@@ -118,8 +129,9 @@ def _short(phrase: str) -> str:
     return clip(phrase, SHORT_PHRASE_CHARS)
 
 
-def write_captions(topic: str, format_name: str, slots: list[SlotLine], style: str,
-                   audience: str, seed: int) -> list[str]:
+def write_captions(
+    topic: str, format_name: str, slots: list[SlotLine], style: str, audience: str, seed: int
+) -> list[str]:
     """One text per slot from the format's templates. The seed picks the first template tried;
     the first that fits every limit wins, retried with shortened topic, style and audience;
     only if none fits is the text clipped."""
@@ -148,27 +160,41 @@ Inputs = dict[str, str]
 
 
 def _select(inputs: Inputs) -> dict[str, object]:
-    name, reason = select_format(inputs.get("topic", ""), inputs.get("catalogue", ""),
-                                 _seed(inputs.get("seed", "0")))
+    name, reason = select_format(
+        inputs.get("topic", ""), inputs.get("catalogue", ""), _seed(inputs.get("seed", "0"))
+    )
     return {"format_name": name, "reason": reason}
 
 
 def _write(inputs: Inputs) -> dict[str, object]:
-    return {"captions": write_captions(
-        inputs.get("topic", ""), normalize_name(inputs.get("format_name", "")),
-        read_slots(inputs.get("slots", "")), clean(inputs.get("style", "")),
-        clean(inputs.get("audience", "")), _seed(inputs.get("seed", "0")))}
+    return {
+        "captions": write_captions(
+            inputs.get("topic", ""),
+            normalize_name(inputs.get("format_name", "")),
+            read_slots(inputs.get("slots", "")),
+            clean(inputs.get("style", "")),
+            clean(inputs.get("audience", "")),
+            _seed(inputs.get("seed", "0")),
+        )
+    }
 
 
 def _brief(inputs: Inputs) -> tuple[str, list[SlotLine], str, str]:
     """(topic, written slots, style, audience) of a judging prompt."""
-    return (clean(inputs.get("topic", "")), read_slots(inputs.get("slot_texts", "")),
-            clean(inputs.get("style", "")), clean(inputs.get("audience", "")))
+    return (
+        clean(inputs.get("topic", "")),
+        read_slots(inputs.get("slot_texts", "")),
+        clean(inputs.get("style", "")),
+        clean(inputs.get("audience", "")),
+    )
 
 
 def _judged(reasons_field: str, judgement: judges.Judgement) -> dict[str, object]:
-    return {reasons_field: judgement.reasons, "verdict": judgement.verdict,
-            "confidence": judgement.confidence}
+    return {
+        reasons_field: judgement.reasons,
+        "verdict": judgement.verdict,
+        "confidence": judgement.confidence,
+    }
 
 
 def _appropriateness(inputs: Inputs) -> dict[str, object]:

@@ -5,6 +5,7 @@ the same reasons. Appropriateness is the one check that must run and pass: witho
 it failed, the meme is refused. The other verifiers may be unavailable; the meme then goes out
 with that verdict marked "unavailable" (degraded, visibly), never as a silent pass.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,10 +48,15 @@ def decide(verdicts: Mapping[str, Verdict]) -> Decision:
     check = verdicts.get("appropriateness")
     if check is None or check.status not in (PASSED, FAILED):
         why = "; ".join(check.reasons) if check else "no verdict"
-        return Decision(VERIFICATION_UNAVAILABLE,
-                        f"the appropriateness check could not run: {why}", ())
+        return Decision(
+            VERIFICATION_UNAVAILABLE, f"the appropriateness check could not run: {why}", ()
+        )
     if check.status == FAILED:
         return Decision(INAPPROPRIATE, "; ".join(check.reasons) or "inappropriate", ())
-    degraded = tuple(name for name in VERIFIERS if name != "appropriateness"
-                     and ((v := verdicts.get(name)) is None or v.status not in (PASSED, FAILED)))
+    degraded = tuple(
+        name
+        for name in VERIFIERS
+        if name != "appropriateness"
+        and ((v := verdicts.get(name)) is None or v.status not in (PASSED, FAILED))
+    )
     return Decision(None, "", degraded)

@@ -3,6 +3,7 @@
 Verifiers, the scorer and the refiner all take a Draft, so they can run alone, in any order or
 in parallel, and all render it into their prompts the same way.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -29,11 +30,23 @@ class Draft:
         get_format(self.format)  # UnknownFormat here, not deep inside a judging stage
 
     @classmethod
-    def from_caption(cls, caption: Caption, topic: str, style: str | None = None,
-                     audience: str | None = None, seed: int = 0) -> Draft:
+    def from_caption(
+        cls,
+        caption: Caption,
+        topic: str,
+        style: str | None = None,
+        audience: str | None = None,
+        seed: int = 0,
+    ) -> Draft:
         """The draft of a written caption, with the request's (whitespace-normalized) brief."""
-        return cls(" ".join(topic.split()), caption.format, caption.texts,
-                   " ".join((style or "").split()), " ".join((audience or "").split()), seed)
+        return cls(
+            " ".join(topic.split()),
+            caption.format,
+            caption.texts,
+            " ".join((style or "").split()),
+            " ".join((audience or "").split()),
+            seed,
+        )
 
     @property
     def meme_format(self) -> MemeFormat:
@@ -55,8 +68,13 @@ class Draft:
 
     def inputs(self) -> dict[str, Any]:
         """The input fields every judging signature shares."""
-        return {"topic": self.topic, "format_name": self.format, "slot_texts": self.slot_texts(),
-                "style": self.style, "audience": self.audience}
+        return {
+            "topic": self.topic,
+            "format_name": self.format,
+            "slot_texts": self.slot_texts(),
+            "style": self.style,
+            "audience": self.audience,
+        }
 
 
 class JudgeDraft(dspy.Signature):

@@ -5,6 +5,7 @@ CaptionError`) is ``bad_output``; :class:`~memesys.pipeline.decision.Refused` ca
 ``inappropriate`` or ``verification_unavailable``. A failed LM call stays DSPy's ``LMError``
 (its subclass and ``retry_after`` are what the retry layer keys on): the actors translate it.
 """
+
 from __future__ import annotations
 
 from memesys.errors import MemesysError

@@ -1,6 +1,7 @@
 """Build the language model the meme program runs on: the offline writer or an OpenAI-compatible
 endpoint. Both are uncached; the endpoint's engine (memesys.llm) is the daemon's one retry layer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -25,14 +26,24 @@ class LMHandle:
 
 def offline_lm() -> LMHandle:
     """The offline writer behind DSPy's canonical custom-engine contract."""
-    lm = dspy.LM(model=f"{PROVIDER}/{MODEL}", engine=OfflineEngine(),
-                 async_engine=AsyncOfflineEngine(), cache=False, num_retries=0)
+    lm = dspy.LM(
+        model=f"{PROVIDER}/{MODEL}",
+        engine=OfflineEngine(),
+        async_engine=AsyncOfflineEngine(),
+        cache=False,
+        num_retries=0,
+    )
     return LMHandle(lm=lm, provider=PROVIDER, model=MODEL)
 
 
-def openai_compatible_lm(model: str, api_key: str, base_url: str, timeout_s: float,
-                         policy: Policy | None = None,
-                         fallbacks: tuple[str, ...] = ()) -> LMHandle:
+def openai_compatible_lm(
+    model: str,
+    api_key: str,
+    base_url: str,
+    timeout_s: float,
+    policy: Policy | None = None,
+    fallbacks: tuple[str, ...] = (),
+) -> LMHandle:
     """An OpenAI-compatible endpoint behind the daemon's one retry layer (memesys.llm).
 
     The engine is the project's :class:`~memesys.llm.engine.HardenedEngine` (pooled keep-alive
@@ -42,13 +53,24 @@ def openai_compatible_lm(model: str, api_key: str, base_url: str, timeout_s: flo
     """
     policy = replace(policy or Policy(), timeout_s=timeout_s)
     engine = HardenedEngine(model, api_key, base_url, policy, fallbacks=fallbacks)
-    lm = dspy.LM(f"openai/{model}", engine=engine, async_engine=AsyncHardenedEngine(engine),
-                 cache=False, num_retries=0)
+    lm = dspy.LM(
+        f"openai/{model}",
+        engine=engine,
+        async_engine=AsyncHardenedEngine(engine),
+        cache=False,
+        num_retries=0,
+    )
     return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model)
 
 
-def build_lm(model: str, api_key: str, base_url: str, timeout_s: float,
-             policy: Policy | None = None, fallbacks: tuple[str, ...] = ()) -> LMHandle:
+def build_lm(
+    model: str,
+    api_key: str,
+    base_url: str,
+    timeout_s: float,
+    policy: Policy | None = None,
+    fallbacks: tuple[str, ...] = (),
+) -> LMHandle:
     """The offline writer when no API key is set (or model is "offline"), else the endpoint
     (with ``fallbacks``: models tried in order when this one cannot answer)."""
     if not api_key or model == OFFLINE:

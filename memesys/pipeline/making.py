@@ -12,6 +12,7 @@ that ships is the one it drew; a refinement that replaces the caption discards i
 final caption is drawn (:class:`Speculation`). In ``sequential`` mode (the reference path,
 every stage one after another) nothing is speculative.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dspy.utils.exceptions import LMError
 
@@ -54,8 +55,7 @@ class MemeFailed(PipelineError):
     """A meme that could not be made, with its contract code and the Retry-After the failure
     asked for (None: the code's default)."""
 
-    def __init__(self, code: ErrorCode, message: str,
-                 retry_after: Optional[float] = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.retry_after = code, message, retry_after
 
@@ -66,14 +66,14 @@ class SaveMeme:
 
     meme: dict
     png: bytes = field(repr=False)  # ~100 KB: never in a log line or a traceback
-    cache_key: Optional[str] = None
+    cache_key: str | None = None
 
 
 class Workshop(Protocol):
     """Where one engine runs the steps of a meme. Each raises its failure with a contract code
     (the actor tree: ``RequestFailed``; this process: :class:`MemeFailed`)."""
 
-    async def cached(self, key: str) -> Optional[dict]: ...
+    async def cached(self, key: str) -> dict | None: ...
 
     async def store_up(self) -> bool: ...
 
@@ -105,11 +105,12 @@ class Speculation:
     (bench/README.md). The delay costs only a meme whose judging ends within ``delay_s`` plus
     a render's time (a fast model), and at most one render's time."""
 
-    def __init__(self, render: Callable[[RenderMeme], Awaitable[bytes]], seed: int,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self, render: Callable[[RenderMeme], Awaitable[bytes]], seed: int, delay_s: float = 0.0
+    ) -> None:
         self.render, self.seed, self.delay_s = render, seed, delay_s
-        self.order: Optional[RenderMeme] = None
-        self.task: Optional[asyncio.Future[bytes]] = None
+        self.order: RenderMeme | None = None
+        self.task: asyncio.Future[bytes] | None = None
         self.wanted = asyncio.Event()
 
     def start(self, caption: Caption) -> None:
@@ -187,7 +188,8 @@ class MemeMaker:
         speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
         try:
             result, judge_ms = await self._pipeline(
-                request, workshop, None if self.mode == SEQUENTIAL else speculation.start)
+                request, workshop, None if self.mode == SEQUENTIAL else speculation.start
+            )
             lap("pipeline")
             png = await speculation.picture_for(result.caption)
             lap("render")
@@ -196,25 +198,34 @@ class MemeMaker:
         timings.update(result.timings, **judge_ms)
         timings["pipeline_total"] = timings.pop("total")
         fmt = get_format(result.caption.format)
-        meme = build_meme(new_id(), request, fmt, result, self.mode, timings,
-                          self.program.provider, self.engine)
+        meme = build_meme(
+            new_id(), request, fmt, result, self.mode, timings, self.program.provider, self.engine
+        )
         await workshop.save(SaveMeme(meme, png, None if request.fresh else key))
         lap("store")
         timings["total"] = (time.perf_counter() - began) * 1000
         return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}
 
-    async def _pipeline(self, request: GenerateMeme, workshop: Workshop,
-                        drafted: Optional[CaptionHook]) -> tuple[PipelineResult,
-                                                                 dict[str, float]]:
+    async def _pipeline(
+        self, request: GenerateMeme, workshop: Workshop, drafted: CaptionHook | None
+    ) -> tuple[PipelineResult, dict[str, float]]:
         """The stages of one meme and the judging group's timings; ``drafted`` hears of the
         first caption as soon as it is written (None: no speculation)."""
-        fields = (request.topic, request.format, request.style, request.audience, request.seed,
-                  self.policy)
+        fields = (
+            request.topic,
+            request.format,
+            request.style,
+            request.audience,
+            request.seed,
+            self.policy,
+        )
         try:
             if self.mode == SEQUENTIAL:
                 return await workshop.blocking(
                     functools.partial(run_sequential, program=self.program.program),
-                    self.handle_for, *fields), {}
+                    self.handle_for,
+                    *fields,
+                ), {}
             stages = workshop.stages(self)
             return await run_pipeline(stages, *fields, drafted=drafted), stages.judge_ms
         except Refused as exc:

@@ -15,6 +15,7 @@ the file against the stages before anything runs: a bad file stops start-up with
 (:class:`ProgramError`). :func:`program_hash` is a short, stable hash of the program's state: it
 keys the meme cache and is recorded in every meme (``provider.program``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -96,8 +97,14 @@ class MemeProgram(dspy.Module):
             raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
         return getattr(self, stage)
 
-    def forward(self, topic: str, format: str | None = None, style: str | None = None,
-                audience: str | None = None, seed: int = 0) -> dspy.Prediction:
+    def forward(
+        self,
+        topic: str,
+        format: str | None = None,
+        style: str | None = None,
+        audience: str | None = None,
+        seed: int = 0,
+    ) -> dspy.Prediction:
         """One meme through every stage (the sequential reference path) on ``dspy.settings.lm``:
         the kept caption, its overall score and each verifier's status."""
         from memesys.pipeline.lm import LMHandle
@@ -105,22 +112,29 @@ class MemeProgram(dspy.Module):
 
         lm = dspy.settings.lm
         if lm is None:
-            raise ValueError("no LM: use dspy.context(lm=...) (e.g. memesys.pipeline.lm."
-                             "offline_lm().lm)")
+            raise ValueError(
+                "no LM: use dspy.context(lm=...) (e.g. memesys.pipeline.lm.offline_lm().lm)"
+            )
         handle = LMHandle(lm, "dspy", str(getattr(lm, "model", type(lm).__name__)))
-        result = run_sequential(lambda stage: handle, topic, format, style, audience, seed,
-                                program=self)
-        return dspy.Prediction(format=result.caption.format, texts=list(result.caption.texts),
-                               reason=result.caption.reason, overall=result.scores.overall,
-                               verdicts={name: v.status for name, v in result.verdicts.items()})
+        result = run_sequential(
+            lambda stage: handle, topic, format, style, audience, seed, program=self
+        )
+        return dspy.Prediction(
+            format=result.caption.format,
+            texts=list(result.caption.texts),
+            reason=result.caption.reason,
+            overall=result.scores.overall,
+            verdicts={name: v.status for name, v in result.verdicts.items()},
+        )
 
 
 def program_hash(program: MemeProgram) -> str:
     """A short sha256 of the program's canonical JSON state (instructions, field descriptions,
     demos): equal programs hash equal, whatever file they came from (DSPy's save metadata, key
     order and formatting do not count)."""
-    canonical = json.dumps(program.dump_state(), sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False)
+    canonical = json.dumps(
+        program.dump_state(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_CHARS]
 
 
@@ -160,10 +174,16 @@ def _check(state: Any, program: MemeProgram) -> None:
     if missing or unknown:
         raise ProgramError(
             "its predictors do not match the stages ("
-            + "; ".join(part for part in (
-                f"missing: {', '.join(sorted(missing))}" if missing else "",
-                f"unknown: {', '.join(sorted(unknown))}" if unknown else "") if part)
-            + f"; expected: {', '.join(STAGES)})")
+            + "; ".join(
+                part
+                for part in (
+                    f"missing: {', '.join(sorted(missing))}" if missing else "",
+                    f"unknown: {', '.join(sorted(unknown))}" if unknown else "",
+                )
+                if part
+            )
+            + f"; expected: {', '.join(STAGES)})"
+        )
     for stage in STAGES:
         saved, signature = state[stage], program.predictor(stage).signature
         if not isinstance(saved, dict):
@@ -171,28 +191,44 @@ def _check(state: Any, program: MemeProgram) -> None:
         if extra := set(saved) - _STATE_KEYS:
             raise ProgramError(f"predictor {stage!r} has unknown keys: {', '.join(sorted(extra))}")
         sig = saved.get("signature")
-        if not (isinstance(sig, dict) and isinstance(sig.get("instructions"), str)
-                and isinstance(sig.get("fields"), list)):
-            raise ProgramError(f"predictor {stage!r}: 'signature' must hold 'instructions' (a "
-                               f"string) and 'fields' (a list)")
+        if not (
+            isinstance(sig, dict)
+            and isinstance(sig.get("instructions"), str)
+            and isinstance(sig.get("fields"), list)
+        ):
+            raise ProgramError(
+                f"predictor {stage!r}: 'signature' must hold 'instructions' (a "
+                f"string) and 'fields' (a list)"
+            )
         if len(sig["fields"]) != len(signature.fields):
-            raise ProgramError(f"predictor {stage!r} lists {len(sig['fields'])} fields, its "
-                               f"signature has {len(signature.fields)} "
-                               f"({', '.join(signature.fields)})")
-        if not all(isinstance(f, dict) and isinstance(f.get("prefix"), str)
-                   and isinstance(f.get("description"), str) for f in sig["fields"]):
-            raise ProgramError(f"predictor {stage!r}: each field needs a 'prefix' and a "
-                               f"'description' (strings)")
+            raise ProgramError(
+                f"predictor {stage!r} lists {len(sig['fields'])} fields, its "
+                f"signature has {len(signature.fields)} "
+                f"({', '.join(signature.fields)})"
+            )
+        if not all(
+            isinstance(f, dict)
+            and isinstance(f.get("prefix"), str)
+            and isinstance(f.get("description"), str)
+            for f in sig["fields"]
+        ):
+            raise ProgramError(
+                f"predictor {stage!r}: each field needs a 'prefix' and a 'description' (strings)"
+            )
         demos = saved.get("demos", [])
         if not isinstance(demos, list):
             raise ProgramError(f"predictor {stage!r}: 'demos' must be a list")
         for i, demo in enumerate(demos):
             if not isinstance(demo, dict) or not set(demo) & set(signature.fields):
-                raise ProgramError(f"predictor {stage!r}: demo {i} names none of the fields "
-                                   f"{', '.join(signature.fields)}")
+                raise ProgramError(
+                    f"predictor {stage!r}: demo {i} names none of the fields "
+                    f"{', '.join(signature.fields)}"
+                )
         if saved.setdefault("lm", None) is not None:
-            raise ProgramError(f"predictor {stage!r} pins an LM; memesys chooses each stage's "
-                               f"LM from [llm]: set its 'lm' to null")
+            raise ProgramError(
+                f"predictor {stage!r} pins an LM; memesys chooses each stage's "
+                f"LM from [llm]: set its 'lm' to null"
+            )
 
 
 def load_program(path: str | os.PathLike[str] = "") -> LoadedProgram:
@@ -215,8 +251,9 @@ def load_program(path: str | os.PathLike[str] = "") -> LoadedProgram:
     except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
         raise ProgramError(f"program file {path}: not valid JSON state: {exc}") from None
     except Exception as exc:  # DSPy refusing the state: still a bad file, said in one line
-        raise ProgramError(f"program file {path}: DSPy cannot load it: "
-                           f"{type(exc).__name__}: {exc}") from None
+        raise ProgramError(
+            f"program file {path}: DSPy cannot load it: {type(exc).__name__}: {exc}"
+        ) from None
     return LoadedProgram(program, path, program_hash(program))
 
 

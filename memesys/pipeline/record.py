@@ -1,4 +1,5 @@
 """The meme record the API returns and the store keeps (JSON-ready dict)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,16 +20,27 @@ def cache_key(request: GenerateMeme, handle: LMHandle, program_hash: str) -> str
     another program (``program_hash``: its instructions or demos changed) is another meme."""
     material = {
         "topic": " ".join(request.topic.lower().split()),
-        "format": request.format, "style": request.style, "audience": request.audience,
-        "seed": request.seed, "provider": handle.provider, "model": handle.model,
+        "format": request.format,
+        "style": request.style,
+        "audience": request.audience,
+        "seed": request.seed,
+        "provider": handle.provider,
+        "model": handle.model,
         "program": program_hash,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def build_meme(meme_id: str, request: GenerateMeme, fmt: MemeFormat, result: PipelineResult,
-               mode: str, timings_ms: dict[str, float],
-               program: Mapping[str, str], engine: str) -> dict[str, Any]:
+def build_meme(
+    meme_id: str,
+    request: GenerateMeme,
+    fmt: MemeFormat,
+    result: PipelineResult,
+    mode: str,
+    timings_ms: dict[str, float],
+    program: Mapping[str, str],
+    engine: str,
+) -> dict[str, Any]:
     """``top_text``/``bottom_text`` are the first and last slot of any format; ``texts`` has
     them all by slot name. ``verification`` has one verdict per verifier plus the list of
     verifiers whose verdict is unavailable (``degraded``); ``provider`` names the model of
@@ -49,21 +61,30 @@ def build_meme(meme_id: str, request: GenerateMeme, fmt: MemeFormat, result: Pip
         "audience": request.audience,
         "seed": request.seed,
         "image_url": f"/v1/memes/{meme_id}/image.png",
-        "scores": {"humor": scores.humor, "clarity": scores.clarity,
-                   "creativity": scores.creativity, "shareability": scores.shareability,
-                   "overall": scores.overall, "critique": scores.critique},
+        "scores": {
+            "humor": scores.humor,
+            "clarity": scores.clarity,
+            "creativity": scores.creativity,
+            "shareability": scores.shareability,
+            "overall": scores.overall,
+            "critique": scores.critique,
+        },
         "verification": {
-            "verdicts": {name: {"status": v.status, "confidence": v.confidence,
-                                "reasons": list(v.reasons)}
-                         for name, v in result.verdicts.items()},
+            "verdicts": {
+                name: {"status": v.status, "confidence": v.confidence, "reasons": list(v.reasons)}
+                for name, v in result.verdicts.items()
+            },
             "degraded": list(result.decision.degraded),
         },
         "refinement": [dataclasses.asdict(r) for r in result.rounds],
         "provider": {
-            "name": writer.provider, "model": writer.model,
+            "name": writer.provider,
+            "model": writer.model,
             "tokens": sum(run.tokens for run in result.stages.values()),
-            "stages": {key: {"provider": run.provider, "model": run.model,
-                             "tokens": run.tokens} for key, run in result.stages.items()},
+            "stages": {
+                key: {"provider": run.provider, "model": run.model, "tokens": run.tokens}
+                for key, run in result.stages.items()
+            },
             "program": dict(program),
         },
         "pipeline_mode": mode,

@@ -4,6 +4,7 @@ The rewrite is a signature validated exactly like the first caption (same format
 slot, within limits). The policy is a pure function on recorded rounds, so the sequential
 pipeline and the parallel actors stop refining for the same reasons.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -36,25 +37,34 @@ class RefineCaption(JudgeDraft):
     revised_captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
 
 
-def refine(handle: LMHandle, draft: Draft, critique: str,
-           program: MemeProgram | None = None) -> Caption:
+def refine(
+    handle: LMHandle, draft: Draft, critique: str, program: MemeProgram | None = None
+) -> Caption:
     """The rewritten caption (reason REFINED) from ``program``'s refine predictor (the built-in
     one by default); CaptionError on unusable output, DSPy's LMError on a failed LM call."""
     fmt = draft.meme_format
     try:
-        revised, tokens = run(handle, "refine", program, **draft.inputs(),
-                              slots=slots_text(fmt), critique=critique)
+        revised, tokens = run(
+            handle, "refine", program, **draft.inputs(), slots=slots_text(fmt), critique=critique
+        )
     except OutputError as exc:
         raise CaptionError(str(exc), exc.tokens) from exc
-    return Caption(format=fmt.name, texts=validate_texts(fmt, revised.revised_captions),
-                   reason=REFINED, tokens=tokens)
+    return Caption(
+        format=fmt.name,
+        texts=validate_texts(fmt, revised.revised_captions),
+        reason=REFINED,
+        tokens=tokens,
+    )
 
 
 def critique_for(scores: Scores, verdicts: Mapping[str, Verdict]) -> str:
     """What the refiner is asked to fix: every failed verdict's reasons, then the scorer's
     critique."""
-    lines = [f"{v.verifier} failed: {'; '.join(v.reasons)}"
-             for name in VERIFIERS if (v := verdicts.get(name)) and v.status == FAILED]
+    lines = [
+        f"{v.verifier} failed: {'; '.join(v.reasons)}"
+        for name in VERIFIERS
+        if (v := verdicts.get(name)) and v.status == FAILED
+    ]
     return "\n".join([*lines, scores.critique])
 
 
@@ -70,8 +80,7 @@ class RefinePolicy:
     @classmethod
     def from_config(cls, pipeline: PipelineConfig) -> RefinePolicy:
         """From the [pipeline] section: refine_threshold, max_refine_rounds, min_refine_gain."""
-        return cls(pipeline.refine_threshold, pipeline.max_refine_rounds,
-                   pipeline.min_refine_gain)
+        return cls(pipeline.refine_threshold, pipeline.max_refine_rounds, pipeline.min_refine_gain)
 
 
 @dataclass(frozen=True)
@@ -95,5 +104,4 @@ def should_refine(overall: float, last: Round | None, policy: RefinePolicy) -> b
         return False
     if last is None:
         return policy.max_rounds > 0
-    return (last.index < policy.max_rounds and last.refused is None
-            and last.gain >= policy.min_gain)
+    return last.index < policy.max_rounds and last.refused is None and last.gain >= policy.min_gain

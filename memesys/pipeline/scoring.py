@@ -5,6 +5,7 @@ mean, so the ranking rule is ours and not the model's arithmetic. apply_verdicts
 place the verification outcome changes the score, a pure function the sequential pipeline and
 the parallel actors share.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,8 @@ DIMENSIONS = ("humor", "clarity", "creativity", "shareability")
 # Humor is what a meme is for; clarity next (a joke nobody parses is no joke); creativity and
 # shareability share the rest.
 WEIGHTS: Mapping[str, float] = MappingProxyType(
-    {"humor": 0.35, "clarity": 0.25, "creativity": 0.2, "shareability": 0.2})
+    {"humor": 0.35, "clarity": 0.25, "creativity": 0.2, "shareability": 0.2}
+)
 # A failed factuality verdict keeps (1 - confidence * FACTUALITY_PENALTY) of the overall: a
 # certain falsehood halves it, a faint doubt barely moves it.
 FACTUALITY_PENALTY = 0.5
@@ -78,8 +80,12 @@ def score(handle: LMHandle, draft: Draft, program: MemeProgram | None = None) ->
         if not isinstance(value, float) or math.isnan(value):
             raise OutputError(f"score: {dimension} {value!r} is not a number", tokens)
         values[dimension] = min(max(value, 0.0), 1.0)
-    return Scores(**values, overall=weighted(values),
-                  critique=" ".join(str(prediction.critique).split()), tokens=tokens)
+    return Scores(
+        **values,
+        overall=weighted(values),
+        critique=" ".join(str(prediction.critique).split()),
+        tokens=tokens,
+    )
 
 
 def apply_verdicts(scores: Scores, verdicts: Mapping[str, Verdict]) -> Scores:
@@ -87,6 +93,7 @@ def apply_verdicts(scores: Scores, verdicts: Mapping[str, Verdict]) -> Scores:
     multiplies it by (1 - confidence * FACTUALITY_PENALTY), a failed instruction-following by
     INSTRUCTION_FACTOR. Passed, unavailable and missing verdicts leave it as it is (the
     decision, not the score, handles unavailability)."""
+
     def failed(verifier: str) -> Verdict | None:
         verdict = verdicts.get(verifier)
         return verdict if verdict is not None and verdict.status == FAILED else None

@@ -10,6 +10,7 @@ the daemon's one retry layer and its breakers key on; the caller decides what "u
 means) or the LM answered with something no adapter could parse (OutputError: the model's
 fault, never a pass).
 """
+
 from __future__ import annotations
 
 import functools
@@ -90,16 +91,19 @@ dspy_adapter_utils.TypeAdapter = type_adapter
 
 def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
     """Sum DSPy's per-LM usage totals; an LM that reports none counts 0."""
+
     def one(entry: dict[str, Any]) -> int:
         total = entry.get("total_tokens")
         if total is None:
             total = (entry.get("prompt_tokens") or 0) + (entry.get("completion_tokens") or 0)
         return int(total)
+
     return sum(one(entry) for entry in usage.values())
 
 
-def run(handle: LMHandle, stage: str, program: MemeProgram | None,
-        **inputs: Any) -> tuple[dspy.Prediction, int]:
+def run(
+    handle: LMHandle, stage: str, program: MemeProgram | None, **inputs: Any
+) -> tuple[dspy.Prediction, int]:
     """(prediction, tokens used) of ``program``'s ``stage`` predictor (the built-in program's
     when None) on ``handle``'s LM.
 
@@ -112,6 +116,7 @@ def run(handle: LMHandle, stage: str, program: MemeProgram | None,
         from memesys.pipeline.program import (
             default_program,  # it imports every stage module
         )
+
         program = default_program()
     predictor = program.predictor(stage)
     # DSPy's default adapter, its system message cached; one the caller set is kept
@@ -123,8 +128,10 @@ def run(handle: LMHandle, stage: str, program: MemeProgram | None,
             exc.add_note(f"memesys stage: {stage}")
             raise
         except AdapterParseError as exc:
-            raise OutputError(f"{stage}: unparseable model output: {exc}",
-                              total_tokens(tracker.get_total_tokens())) from exc
+            raise OutputError(
+                f"{stage}: unparseable model output: {exc}",
+                total_tokens(tracker.get_total_tokens()),
+            ) from exc
     return prediction, total_tokens(tracker.get_total_tokens())
 
 

@@ -8,6 +8,7 @@ and parser. The model's answer is never trusted further than it must be:
   (either failing fails), because a model's reading of "max 40 chars" is not a measurement;
 - a failed LM call raises DSPy's LMError, so only the caller can turn it into "unavailable".
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,8 @@ class CheckAppropriateness(JudgeDraft):
     any text. Edgy but harmless humour passes."""
 
     concerns: list[str] = dspy.OutputField(
-        desc="each problem found, naming the category and quoting the words; empty if none")
+        desc="each problem found, naming the category and quoting the words; empty if none"
+    )
     verdict: Literal["passed", "failed"] = dspy.OutputField(desc="failed if there is any concern")
     confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
 
@@ -46,9 +48,11 @@ class CheckFactuality(JudgeDraft):
     unverifiable, such as quotes attributed to real people, dates and statistics."""
 
     flagged_claims: list[str] = dspy.OutputField(
-        desc="each doubtful claim quoted, with why it is doubtful; empty if none")
+        desc="each doubtful claim quoted, with why it is doubtful; empty if none"
+    )
     verdict: Literal["passed", "failed"] = dspy.OutputField(
-        desc="failed if a flagged claim could mislead")
+        desc="failed if a flagged claim could mislead"
+    )
     confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
 
 
@@ -112,8 +116,13 @@ def _read(verifier: str, prediction: dspy.Prediction, reasons_field: str, tokens
     if not isinstance(confidence, float) or math.isnan(confidence):
         return _unusable(verifier, f"confidence {confidence!r} is not a number", tokens)
     reasons = tuple(" ".join(r.split()) for r in getattr(prediction, reasons_field) or ())
-    return Verdict(verifier, prediction.verdict, min(max(confidence, 0.0), 1.0),
-                   tuple(r for r in reasons if r), tokens)
+    return Verdict(
+        verifier,
+        prediction.verdict,
+        min(max(confidence, 0.0), 1.0),
+        tuple(r for r in reasons if r),
+        tokens,
+    )
 
 
 def _with_measurements(verdict: Verdict, measured: tuple[str, ...]) -> Verdict:
@@ -124,8 +133,9 @@ def _with_measurements(verdict: Verdict, measured: tuple[str, ...]) -> Verdict:
     return Verdict(verdict.verifier, FAILED, 1.0, measured + others, verdict.tokens)
 
 
-def verify(handle: LMHandle, verifier: str, draft: Draft,
-           program: MemeProgram | None = None) -> Verdict:
+def verify(
+    handle: LMHandle, verifier: str, draft: Draft, program: MemeProgram | None = None
+) -> Verdict:
     """Run one verifier (``program``'s predictor of that name, the built-in one by default) on
     ``handle``. Status is "passed" or "failed" (unusable output fails, closed); a failed LM call
     raises DSPy's LMError (LMTimeoutError, LMRateLimitError, ...)."""

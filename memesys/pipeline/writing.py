@@ -5,6 +5,7 @@ and the model's output is validated against the catalogue before anything is ren
 stages are also callable alone (choose_format, write_texts), so a pipeline can give each its own
 model and time each one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -73,8 +74,9 @@ def catalogue_text() -> str:
 
 def slots_text(fmt: MemeFormat) -> str:
     """A format's slots as WriteCaption sees them (the offline writer parses this shape)."""
-    return "\n".join(f"{i}. {s.name} (max {s.max_chars} chars): {s.hint}"
-                     for i, s in enumerate(fmt.slots, 1))
+    return "\n".join(
+        f"{i}. {s.name} (max {s.max_chars} chars): {s.hint}" for i, s in enumerate(fmt.slots, 1)
+    )
 
 
 def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
@@ -84,7 +86,8 @@ def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
     names = ", ".join(s.name for s in fmt.slots)
     if len(captions) != len(fmt.slots):
         raise CaptionError(
-            f"{fmt.name} needs {len(fmt.slots)} texts ({names}), the model wrote {len(captions)}")
+            f"{fmt.name} needs {len(fmt.slots)} texts ({names}), the model wrote {len(captions)}"
+        )
     texts = tuple(" ".join(c.split()) for c in captions)
     for slot, text in zip(fmt.slots, texts):
         problem = slot_problem(slot.name, slot.max_chars, text)
@@ -93,8 +96,9 @@ def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
     return texts
 
 
-def _run(handle: LMHandle, stage: str, program: MemeProgram | None,
-         **inputs: Any) -> tuple[dspy.Prediction, int]:
+def _run(
+    handle: LMHandle, stage: str, program: MemeProgram | None, **inputs: Any
+) -> tuple[dspy.Prediction, int]:
     """stage.run, with unparseable output reported as the caption error it is for callers."""
     try:
         return run(handle, stage, program, **inputs)
@@ -119,17 +123,20 @@ class Choice:
     tokens: int
 
 
-def choose_format(handle: LMHandle, topic: str, seed: int = 0,
-                  program: MemeProgram | None = None) -> Choice:
+def choose_format(
+    handle: LMHandle, topic: str, seed: int = 0, program: MemeProgram | None = None
+) -> Choice:
     """The "select" stage (``program``'s select predictor, the built-in one by default): the
     model's pick, which must name a catalogue format."""
-    chosen, tokens = _run(handle, "select", program, topic=clean_topic(topic),
-                          catalogue=catalogue_text(), seed=seed)
+    chosen, tokens = _run(
+        handle, "select", program, topic=clean_topic(topic), catalogue=catalogue_text(), seed=seed
+    )
     try:
         fmt = get_format(chosen.format_name)
     except UnknownFormat:
         raise CaptionError(
-            f"the model chose {chosen.format_name!r}, which is not in the catalogue") from None
+            f"the model chose {chosen.format_name!r}, which is not in the catalogue"
+        ) from None
     return Choice(fmt, " ".join(chosen.reason.split()), tokens)
 
 
@@ -138,22 +145,46 @@ def requested(format: str) -> Choice:
     return Choice(get_format(format), REQUESTED, 0)
 
 
-def write_texts(handle: LMHandle, topic: str, choice: Choice, style: str | None = None,
-                audience: str | None = None, seed: int = 0,
-                program: MemeProgram | None = None) -> Caption:
+def write_texts(
+    handle: LMHandle,
+    topic: str,
+    choice: Choice,
+    style: str | None = None,
+    audience: str | None = None,
+    seed: int = 0,
+    program: MemeProgram | None = None,
+) -> Caption:
     """The "write" stage (``program``'s write predictor): the slot texts for the chosen format.
     ``tokens`` counts this call only."""
     fmt = choice.format
-    written, tokens = _run(handle, "write", program, topic=clean_topic(topic),
-                           format_name=fmt.name, slots=slots_text(fmt), style=style or "",
-                           audience=audience or "", seed=seed)
-    return Caption(format=fmt.name, texts=validate_texts(fmt, written.captions),
-                   reason=choice.reason, tokens=tokens)
+    written, tokens = _run(
+        handle,
+        "write",
+        program,
+        topic=clean_topic(topic),
+        format_name=fmt.name,
+        slots=slots_text(fmt),
+        style=style or "",
+        audience=audience or "",
+        seed=seed,
+    )
+    return Caption(
+        format=fmt.name,
+        texts=validate_texts(fmt, written.captions),
+        reason=choice.reason,
+        tokens=tokens,
+    )
 
 
-def write_caption(handle: LMHandle, topic: str, format: str | None = None,
-                  style: str | None = None, audience: str | None = None,
-                  seed: int = 0, program: MemeProgram | None = None) -> Caption:
+def write_caption(
+    handle: LMHandle,
+    topic: str,
+    format: str | None = None,
+    style: str | None = None,
+    audience: str | None = None,
+    seed: int = 0,
+    program: MemeProgram | None = None,
+) -> Caption:
     """Select (skipped when the caller names a format) then write, both on ``handle`` with
     ``program``'s predictors.
 

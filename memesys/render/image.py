@@ -221,19 +221,26 @@ def _encode_png(img: Image.Image) -> bytes:
     up = memoryview(ImageChops.subtract_modulo(img, ImageChops.offset(img, 0, 1)).tobytes())
     rows = [b"\x00", img.crop((0, 0, w, 1)).tobytes()]
     for start in range(stride, h * stride, stride):
-        rows += (b"\x02", up[start:start + stride])
+        rows += (b"\x02", up[start : start + stride])
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
     idat = isal_zlib.compress(b"".join(rows), _PNG_DEFLATE_LEVEL)
-    return b"".join([_PNG_SIGNATURE, _chunk(b"IHDR", ihdr), _chunk(b"IDAT", idat),
-                     _chunk(b"IEND", b"")])
+    return b"".join(
+        [_PNG_SIGNATURE, _chunk(b"IHDR", ihdr), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")]
+    )
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return b"".join([struct.pack(">I", len(data)), kind, data,
-                     struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))])
+    return b"".join(
+        [
+            struct.pack(">I", len(data)),
+            kind,
+            data,
+            struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))),
+        ]
+    )
 
 
 # --- validation & fonts ---------------------------------------------------------
@@ -388,8 +395,9 @@ def _draw_caption(
     try:
         size, lines = fit_text(font_for, text, x1 - x0, y1 - y0, max_size=max_size)
     except RenderError:  # small text beats no meme
-        size, lines = fit_text(font_for, text, x1 - x0, y1 - y0, max_size=_MIN_FONT - 1,
-                               min_size=_FLOOR_FONT)
+        size, lines = fit_text(
+            font_for, text, x1 - x0, y1 - y0, max_size=_MIN_FONT - 1, min_size=_FLOOR_FONT
+        )
     if not lines:
         return
     font = font_for(size)
@@ -463,13 +471,13 @@ class _BackgroundCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, tuple[Image.Image, tuple[_Slot, ...], int]] = (
-            OrderedDict())
+        self._items: OrderedDict[tuple, tuple[Image.Image, tuple[_Slot, ...], int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, make: Callable[[], tuple[Image.Image, list[_Slot]]]
-            ) -> tuple[Image.Image, list[_Slot]]:
+    def get(
+        self, key: tuple, make: Callable[[], tuple[Image.Image, list[_Slot]]]
+    ) -> tuple[Image.Image, list[_Slot]]:
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
@@ -511,8 +519,9 @@ def _pixel_bytes(img: Image.Image) -> int:
 _BACKGROUNDS = _BackgroundCache(_BACKGROUND_CACHE_BYTES)
 
 
-def _background(layout: str, n: int, key: str, size: tuple[int, int], template_path: str
-                ) -> tuple[Image.Image, list[_Slot]]:
+def _background(
+    layout: str, n: int, key: str, size: tuple[int, int], template_path: str
+) -> tuple[Image.Image, list[_Slot]]:
     """A fresh copy of the picture the captions go on, and where they go (cached)."""
     if template_path:
         try:  # an edited template is a new picture
@@ -522,12 +531,15 @@ def _background(layout: str, n: int, key: str, size: tuple[int, int], template_p
             raise RenderError(f"cannot read template {template_path}: {exc}") from exc
     else:
         version = ()
-    return _BACKGROUNDS.get((layout, n, key, size, template_path, version),
-                            lambda: _draw_background(layout, n, key, size, template_path))
+    return _BACKGROUNDS.get(
+        (layout, n, key, size, template_path, version),
+        lambda: _draw_background(layout, n, key, size, template_path),
+    )
 
 
-def _draw_background(layout: str, n: int, key: str, size: tuple[int, int], template_path: str
-                     ) -> tuple[Image.Image, list[_Slot]]:
+def _draw_background(
+    layout: str, n: int, key: str, size: tuple[int, int], template_path: str
+) -> tuple[Image.Image, list[_Slot]]:
     if template_path:
         img = _template(size, template_path)
         return img, _LAYOUT_DRAWERS[layout](img.copy(), n, key)  # slots only: no drawing on it

@@ -1,5 +1,6 @@
 """A meme's picture from a :class:`~memesys.domain.messages.RenderMeme` order: the one entry
 point both engines draw through (the tree's render workers, the in-process engine)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ class RenderSettings:
 
     @classmethod
     def from_config(cls, render: RenderConfig) -> RenderSettings:
-        return cls(render.width, render.height, render.font_path, render.max_png_bytes,
-                   render.template_dir)
+        return cls(
+            render.width, render.height, render.font_path, render.max_png_bytes, render.template_dir
+        )
 
 
 def find_template(template_dir: str, format_name: str) -> str:
@@ -41,7 +43,13 @@ def find_template(template_dir: str, format_name: str) -> str:
 
 def render_meme(order: RenderMeme, settings: RenderSettings) -> bytes:
     """The PNG of ``order``; raises RenderError (``render_error``) when it cannot be drawn."""
-    return render_png(order.layout, list(order.texts), background_key=order.background_key,
-                      width=settings.width, height=settings.height,
-                      font_path=settings.font_path, max_bytes=settings.max_png_bytes,
-                      template_path=find_template(settings.template_dir, order.format))
+    return render_png(
+        order.layout,
+        list(order.texts),
+        background_key=order.background_key,
+        width=settings.width,
+        height=settings.height,
+        font_path=settings.font_path,
+        max_bytes=settings.max_png_bytes,
+        template_path=find_template(settings.template_dir, order.format),
+    )

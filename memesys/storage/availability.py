@@ -12,6 +12,7 @@ the service is back at most ``max_s`` plus one probe after Redis is.
 Both transitions are logged once, at WARNING, with the reason. Errors that are answers from a
 live server (``WRONGTYPE``, ``OOM``, a script error) are not "down": they fail the one operation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,9 +51,14 @@ class Availability:
     the log (``store worker-0``, ``task ledger``).
     """
 
-    def __init__(self, probe: Callable[[], Any], name: str = "store",
-                 initial_s: float = 0.05, max_s: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        probe: Callable[[], Any],
+        name: str = "store",
+        initial_s: float = 0.05,
+        max_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._probe = probe
         self.name = name
         self.initial_s = initial_s
@@ -76,8 +82,14 @@ class Availability:
         if self.up:
             self.up, self.down_since, self.outages = False, now, self.outages + 1
             self._delay = self.initial_s
-            log.warning("%s: redis is down (%s: %s); failing fast, probing every %g-%g s",
-                        self.name, reason, exc, self.initial_s, self.max_s)
+            log.warning(
+                "%s: redis is down (%s: %s); failing fast, probing every %g-%g s",
+                self.name,
+                reason,
+                exc,
+                self.initial_s,
+                self.max_s,
+            )
         else:
             self._delay = min(self.max_s, self._delay * 2)
         self.reason = reason

@@ -9,6 +9,7 @@ In the daemon the server is a child of the actor tree (``memesys.tree.redis_serv
 daemon chooses the socket path first (:meth:`EmbeddedRedis.plan`), so every actor knows the URL
 before the server starts, and the server's owner restarts it on that same path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -79,8 +80,12 @@ class EmbeddedRedis:
     kill it before the daemon has shut down in order and saved.
     """
 
-    def __init__(self, data_dir: str, start_timeout_s: float = _START_TIMEOUT_S,
-                 socket_path: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        start_timeout_s: float = _START_TIMEOUT_S,
+        socket_path: str | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -353,8 +358,7 @@ def resolve(url: str, data_dir: str) -> tuple[RedisTarget, EmbeddedRedis | None]
     return embedded.start(), embedded
 
 
-def connect(target_url: str, timeout_s: float = CLIENT_TIMEOUT_S,
-            retries: int = 1) -> redis.Redis:
+def connect(target_url: str, timeout_s: float = CLIENT_TIMEOUT_S, retries: int = 1) -> redis.Redis:
     """A sync client that fails within seconds instead of hanging when Redis is gone.
 
     One retry with jittered backoff rides over a dropped idle connection; more would only

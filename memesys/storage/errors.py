@@ -1,4 +1,5 @@
 """The storage layer's errors: Redis failed, or Redis is known to be down."""
+
 from __future__ import annotations
 
 from memesys.errors import ErrorCode, MemesysError

@@ -8,9 +8,10 @@ clean hit or a clean miss is answered here; anything else (a corrupt entry or re
 the wrong type, Redis failing) is :data:`UNSURE`, for ``MemeStore.cached`` to handle: it
 quarantines poison records and keeps the fail-fast view of Redis's availability.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -37,11 +38,11 @@ class HitReader:
     def __init__(self, url: str, store: MemeStore, timeout_s: float) -> None:
         self.store = store
         self.client = redis.asyncio.Redis.from_url(
-            url, decode_responses=False, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s)
+            url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self.script = self.client.register_script(_HIT)
 
-    async def cached(self, key: str) -> Union[Optional[dict[str, Any]], object]:
+    async def cached(self, key: str) -> dict[str, Any] | object | None:
         """The meme cached for key, None for a miss, or UNSURE."""
         if not self.store.availability.up:
             return UNSURE  # MemeStore fails fast, or probes, while Redis is down

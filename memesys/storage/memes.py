@@ -15,6 +15,7 @@ it, a corrupt cache entry is a miss (so the meme is made again), a corrupt PNG i
 Every Redis operation goes through an :class:`~memesys.storage.availability.Availability`:
 while Redis is down, operations fail at once with ``StoreDown`` (a ``StoreError``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import redis
 from redis.client import Pipeline
@@ -73,9 +74,13 @@ class MemeStore:
     """Memes in Redis; every Redis failure surfaces as StoreError (StoreDown while Redis is
     known to be down); poison records are quarantined and treated as absent."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "memesys",
-                 availability: Optional[Availability] = None,
-                 quarantine: Optional[Quarantine] = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "memesys",
+        availability: Availability | None = None,
+        quarantine: Quarantine | None = None,
+    ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
         self._r = client
@@ -116,14 +121,22 @@ class MemeStore:
         except StoreError:
             return False
 
-    def _set_aside(self, kind: str, record_id: str, key: str, reason: str,
-                   raw: Optional[bytes] = None, index: Optional[tuple[str, str]] = None) -> None:
+    def _set_aside(
+        self,
+        kind: str,
+        record_id: str,
+        key: str,
+        reason: str,
+        raw: bytes | None = None,
+        index: tuple[str, str] | None = None,
+    ) -> None:
         """Quarantine ``key`` (read as ``raw``; None: it has the wrong type). Inside a guard."""
         wrong_type = None if raw is not None else self._r.type(key).decode(errors="replace")
-        self.quarantine.move(kind, record_id, key, fingerprint(raw, wrong_type), reason,
-                             index=index)
+        self.quarantine.move(
+            kind, record_id, key, fingerprint(raw, wrong_type), reason, index=index
+        )
 
-    def _read(self, kind: str, record_id: str, key: str) -> Optional[bytes]:
+    def _read(self, kind: str, record_id: str, key: str) -> bytes | None:
         """GET ``key``; a key of the wrong type is quarantined and reads as None."""
         try:
             return self._r.get(key)
@@ -133,14 +146,15 @@ class MemeStore:
             self._set_aside(kind, record_id, key, "not a string key")
             return None
 
-    def _meme(self, meme_id: str, raw: bytes) -> Optional[dict[str, Any]]:
+    def _meme(self, meme_id: str, raw: bytes) -> dict[str, Any] | None:
         """The record decoded, or None after quarantining it (inside a guard)."""
         meme, problem = parse_json(raw)
         problem = problem or meme_problem(meme_id, meme)
         if problem is None:
             return meme
-        self._set_aside("meme", meme_id, self._meme_key(meme_id), problem, raw=raw,
-                        index=("zrem", self._index))
+        self._set_aside(
+            "meme", meme_id, self._meme_key(meme_id), problem, raw=raw, index=("zrem", self._index)
+        )
         return None
 
     def save(self, meme: dict, png: bytes) -> None:
@@ -166,15 +180,23 @@ class MemeStore:
             pipe.zadd(self._index, {meme_id: float(created_at)})
             pipe.execute()
 
-    def keep(self, meme: dict, png: bytes, cache_key: str | None, cache_ttl_s: int,
-             not_after: float | None = None) -> str:
+    def keep(
+        self,
+        meme: dict,
+        png: bytes,
+        cache_key: str | None,
+        cache_ttl_s: int,
+        not_after: float | None = None,
+    ) -> str:
         """Save a meme just made, and cache it under ``cache_key`` unless that is None (a
         fresh meme); returns its id. Past ``not_after`` (the request's wall-clock deadline)
         nothing is saved (:class:`TooLate`): the thread that saves may start late, and the
         client has had its 504 by then."""
         if not_after is not None and time.time() >= not_after:
-            raise TooLate(f"meme {meme['id']}: its request's deadline passed before the save; "
-                          "it was not saved")
+            raise TooLate(
+                f"meme {meme['id']}: its request's deadline passed before the save; "
+                "it was not saved"
+            )
         self.save(meme, png)
         if cache_key:
             self.cache_put(cache_key, meme["id"], cache_ttl_s)
@@ -228,8 +250,13 @@ class MemeStore:
             raws = self._r.mget([self._meme_key(i) for i, _ in page]) if page else []
             # An index entry whose record vanished (deleted meanwhile) is skipped, not an
             # error; a corrupt record is quarantined and skipped: the page has the good ones.
-            memes = [meme for meme in (self._meme(i, raw) for (i, _), raw in zip(page, raws)
-                                       if raw is not None) if meme is not None]
+            memes = [
+                meme
+                for meme in (
+                    self._meme(i, raw) for (i, _), raw in zip(page, raws) if raw is not None
+                )
+                if meme is not None
+            ]
         more = len(entries) > limit
         return memes, _encode_cursor(page[-1][1], page[-1][0]) if more else None
 
@@ -253,8 +280,9 @@ class MemeStore:
             pipe.delete(self._png_key(meme_id))
             pipe.delete(cachedby, *pointing)
             pipe.zrem(self._index, meme_id)
-            pipe.delete(self.quarantine.key_of("meme", meme_id),
-                        self.quarantine.key_of("png", meme_id))
+            pipe.delete(
+                self.quarantine.key_of("meme", meme_id), self.quarantine.key_of("png", meme_id)
+            )
 
         with self._guard(f"deleting meme {meme_id}"):
             record, png, _, indexed, copies = self._r.transaction(erase, cachedby)

@@ -13,13 +13,13 @@ The script moves the record only if it is still the corrupt value that was read 
 or same wrong type): a record rewritten meanwhile, or already moved by another process, is left
 alone, so each record is moved, logged and counted once.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import time
-from typing import Optional
 
 import redis
 from redis.commands.core import Script
@@ -52,7 +52,7 @@ return 1
 """
 
 
-def fingerprint(raw: Optional[bytes], wrong_type: Optional[str] = None) -> str:
+def fingerprint(raw: bytes | None, wrong_type: str | None = None) -> str:
     """What the script compares: the SHA-1 of a string value, or the name of a wrong type."""
     if wrong_type is not None:
         return f"type:{wrong_type}"
@@ -72,33 +72,61 @@ class Quarantine:
         self.ttl_s = ttl_s
         self._log = f"{prefix}:quarantine"
         self._counts = f"{prefix}:quarantine:counts"
-        self._move: Optional[Script] = None  # registered on first use
+        self._move: Script | None = None  # registered on first use
 
     def key_of(self, kind: str, record_id: str) -> str:
         """Where a quarantined record of ``kind`` with ``record_id`` is kept."""
         return f"{self._p}:quarantine:{kind}:{record_id}"
 
-    def move(self, kind: str, record_id: str, key: str, print_: str, reason: str,
-             index: Optional[tuple[str, str]] = None, replacement: Optional[bytes] = None,
-             replacement_ttl_s: int = 0) -> bool:
+    def move(
+        self,
+        kind: str,
+        record_id: str,
+        key: str,
+        print_: str,
+        reason: str,
+        index: tuple[str, str] | None = None,
+        replacement: bytes | None = None,
+        replacement_ttl_s: int = 0,
+    ) -> bool:
         """Move ``key`` aside if it still has fingerprint ``print_``; True if this call moved
         it (and logged it). ``index``: ``(command, key)`` that drops ``record_id`` from its
         index (``("zrem", memes)``, ``("srem", open tasks)``); ``replacement``: written in its
         place (keeping its TTL). Raises redis errors (the caller's guard handles them)."""
         moved_to = self.key_of(kind, record_id)
-        entry = json.dumps({"kind": kind, "id": record_id, "key": key, "moved_to": moved_to,
-                            "reason": reason, "at": time.time()}, separators=(",", ":"))
+        entry = json.dumps(
+            {
+                "kind": kind,
+                "id": record_id,
+                "key": key,
+                "moved_to": moved_to,
+                "reason": reason,
+                "at": time.time(),
+            },
+            separators=(",", ":"),
+        )
         command, index_key = index or ("", key)
         if self._move is None:
             self._move = self._r.register_script(_MOVE)
         moved = self._move(
             keys=[key, moved_to, self._log, self._counts, index_key],
-            args=[print_, entry, kind, LOG_LENGTH, self.ttl_s, command, record_id,
-                  replacement or b"", replacement_ttl_s],
-            client=self._r)
+            args=[
+                print_,
+                entry,
+                kind,
+                LOG_LENGTH,
+                self.ttl_s,
+                command,
+                record_id,
+                replacement or b"",
+                replacement_ttl_s,
+            ],
+            client=self._r,
+        )
         if moved:
-            log.warning("quarantined the %s record %s: %s; moved to %s", kind, record_id,
-                        reason, moved_to)
+            log.warning(
+                "quarantined the %s record %s: %s; moved to %s", kind, record_id, reason, moved_to
+            )
         return bool(moved)
 
     def counts(self) -> dict[str, int]:

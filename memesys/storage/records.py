@@ -5,12 +5,13 @@ reasons reach the log and the quarantine list). The store writes only records th
 record that fails was corrupted behind its back (a partial restore, a person's edit, a bug in
 another version): it is quarantined, never served and never fatal.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from typing import Any, Optional
+from typing import Any
 
 from memesys.domain.ids import valid_id
 from memesys.domain.messages import GenerateMeme
@@ -21,25 +22,35 @@ PNG_TRAILER = b"IEND\xaeB`\x82"
 # The fields every meme served from the store needs (the contract's, minus those added when it
 # is served: cached, trace_id, timings), and their JSON types.
 MEME_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "id": str, "topic": str, "format": str, "top_text": str, "bottom_text": str,
-    "image_url": str, "created_at": (int, float), "scores": dict, "verification": dict,
+    "id": str,
+    "topic": str,
+    "format": str,
+    "top_text": str,
+    "bottom_text": str,
+    "image_url": str,
+    "created_at": (int, float),
+    "scores": dict,
+    "verification": dict,
     "provider": dict,
 }
 TASK_STATES = ("queued", "running", "succeeded", "failed")
 OPEN_STATES = ("queued", "running")
 TASK_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "id": str, "status": str, "stage": str, "progress": (int, float),
-    "created_at": (int, float), "updated_at": (int, float),
+    "id": str,
+    "status": str,
+    "stage": str,
+    "progress": (int, float),
+    "created_at": (int, float),
+    "updated_at": (int, float),
 }
 _REQUEST_FIELDS = {f.name for f in dataclasses.fields(GenerateMeme)}
 
 
 def _number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fields_problem(record: Any, fields: dict[str, type | tuple[type, ...]]) -> Optional[str]:
+def _fields_problem(record: Any, fields: dict[str, type | tuple[type, ...]]) -> str | None:
     if not isinstance(record, dict):
         return f"not a JSON object but a JSON {type(record).__name__}"
     for name, kind in fields.items():
@@ -52,7 +63,7 @@ def _fields_problem(record: Any, fields: dict[str, type | tuple[type, ...]]) -> 
     return None
 
 
-def parse_json(raw: bytes) -> tuple[Any, Optional[str]]:
+def parse_json(raw: bytes) -> tuple[Any, str | None]:
     """The decoded JSON and None, or None and why it does not decode."""
     try:
         return json.loads(raw), None
@@ -60,7 +71,7 @@ def parse_json(raw: bytes) -> tuple[Any, Optional[str]]:
         return None, f"not valid JSON ({type(exc).__name__} at {getattr(exc, 'pos', '?')})"
 
 
-def meme_problem(meme_id: str, meme: Any) -> Optional[str]:
+def meme_problem(meme_id: str, meme: Any) -> str | None:
     """Why ``meme`` (decoded) cannot be the record of ``meme_id``, or None."""
     problem = _fields_problem(meme, MEME_FIELDS)
     if problem is None and meme["id"] != meme_id:
@@ -68,7 +79,7 @@ def meme_problem(meme_id: str, meme: Any) -> Optional[str]:
     return problem
 
 
-def png_problem(png: bytes) -> Optional[str]:
+def png_problem(png: bytes) -> str | None:
     """Why ``png`` is not a whole PNG file, or None (signature and IEND trailer)."""
     if not png.startswith(PNG_SIGNATURE):
         return "not a PNG (no PNG signature)"
@@ -77,7 +88,7 @@ def png_problem(png: bytes) -> Optional[str]:
     return None
 
 
-def cache_problem(raw: bytes) -> Optional[str]:
+def cache_problem(raw: bytes) -> str | None:
     """Why a cache entry's value is not a meme id, or None."""
     try:
         meme_id = raw.decode("ascii")
@@ -86,7 +97,7 @@ def cache_problem(raw: bytes) -> Optional[str]:
     return None if valid_id(meme_id) else "not a valid meme id"
 
 
-def task_problem(task_id: str, task: Any) -> Optional[str]:
+def task_problem(task_id: str, task: Any) -> str | None:
     """Why ``task`` (decoded) cannot be the record of ``task_id``, or None. An open task must
     carry a request the runner can make a meme from."""
     problem = _fields_problem(task, TASK_FIELDS)
@@ -109,8 +120,10 @@ def task_problem(task_id: str, task: Any) -> Optional[str]:
     if "meme_id" in task and not valid_id(task["meme_id"]):
         return "its meme_id is not a valid id"
     error = task.get("error")
-    if error is not None and not (isinstance(error, dict)
-                                  and isinstance(error.get("code"), str)
-                                  and isinstance(error.get("message"), str)):
+    if error is not None and not (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    ):
         return "its error is not {code, message}"
     return None

@@ -10,13 +10,14 @@ with a clear error, so its client learns it will never finish and the ledger nev
 again. Every Redis operation goes through an
 :class:`~memesys.storage.availability.Availability` (fail fast while Redis is down).
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import time
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import redis
 
@@ -27,7 +28,7 @@ from memesys.storage.errors import StoreError
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import OPEN_STATES, parse_json, task_problem
 
-__all__ = ["OPEN_STATES", "CORRUPT_TASK_MESSAGE", "StoreError", "TaskStore"]
+__all__ = ["CORRUPT_TASK_MESSAGE", "OPEN_STATES", "StoreError", "TaskStore"]
 
 CORRUPT_TASK_MESSAGE = "the task's record was unreadable; it was set aside and the task failed"
 
@@ -37,9 +38,14 @@ def _dumps(record: dict) -> str:
 
 
 class TaskStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int,
-                 availability: Optional[Availability] = None,
-                 quarantine: Optional[Quarantine] = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        ttl_s: int,
+        availability: Availability | None = None,
+        quarantine: Quarantine | None = None,
+    ) -> None:
         self._r = client
         self._p = prefix
         self._ttl = ttl_s
@@ -100,7 +106,7 @@ class TaskStore:
         with self._guard(f"saving task {task['id']}"):
             return bool(self._r.transaction(write, key, value_from_callable=True))
 
-    def _decoded(self, task_id: str, reader: Any) -> Optional[dict]:
+    def _decoded(self, task_id: str, reader: Any) -> dict | None:
         """The record via ``reader`` (the client or a watching pipeline), or None if missing;
         a corrupt one is quarantined, replaced by a failed task, and that is returned."""
         key = self._key(task_id)
@@ -116,21 +122,35 @@ class TaskStore:
         problem = problem or task_problem(task_id, task)
         return task if problem is None else self._set_aside(task_id, raw, problem)
 
-    def _set_aside(self, task_id: str, raw: Optional[bytes], reason: str) -> dict:
+    def _set_aside(self, task_id: str, raw: bytes | None, reason: str) -> dict:
         key = self._key(task_id)
         wrong_type = None if raw is not None else self._r.type(key).decode(errors="replace")
         now = time.time()
-        failed = {"id": task_id, "status": "failed", "stage": "done", "progress": 1.0,
-                  "created_at": now, "updated_at": now, "quarantined": True,
-                  "error": {"code": ErrorCode.INTERNAL.value, "message": CORRUPT_TASK_MESSAGE}}
-        self.quarantine.move("task", task_id, key, fingerprint(raw, wrong_type), reason,
-                             index=("srem", self._open), replacement=_dumps(failed).encode(),
-                             replacement_ttl_s=self._ttl)
+        failed = {
+            "id": task_id,
+            "status": "failed",
+            "stage": "done",
+            "progress": 1.0,
+            "created_at": now,
+            "updated_at": now,
+            "quarantined": True,
+            "error": {"code": ErrorCode.INTERNAL.value, "message": CORRUPT_TASK_MESSAGE},
+        }
+        self.quarantine.move(
+            "task",
+            task_id,
+            key,
+            fingerprint(raw, wrong_type),
+            reason,
+            index=("srem", self._open),
+            replacement=_dumps(failed).encode(),
+            replacement_ttl_s=self._ttl,
+        )
         # Moved by this call or by another process just before: either way the record is the
         # failed one now (or rewritten by its ledger, which only writes valid records).
         return failed
 
-    def get(self, task_id: str) -> Optional[dict]:
+    def get(self, task_id: str) -> dict | None:
         if not valid_id(task_id):
             return None
         with self._guard(f"reading task {task_id}"):
@@ -150,7 +170,7 @@ class TaskStore:
                     tasks.append(task)
         return sorted(tasks, key=lambda t: t["created_at"])
 
-    def scrub_meme(self, meme_id: str) -> Optional[str]:
+    def scrub_meme(self, meme_id: str) -> str | None:
         """Erasure: the task that made ``meme_id`` keeps its id, status and times, loses its
         request (the topic) and its meme; its quarantined copy, if any, is deleted. The id of
         the scrubbed task, or None when no task made this meme."""

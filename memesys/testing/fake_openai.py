@@ -23,6 +23,7 @@ loop of its own (``fake.start_in_thread()`` / ``with``), or as a process next to
 
 It binds 127.0.0.1 only, on a free port unless one is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,15 +57,19 @@ _SELECT_SYSTEM = (
     "Your output fields are:\n1. `format_name` (str): a name\n2. `reason` (str): why\n"
     "All interactions will be structured in the following way, with the appropriate values "
     "filled in.\n\n[[ ## completed ## ]]\nIn adhering to this structure, your objective is: "
-    "pick.")
+    "pick."
+)
 _SELECT_USER = (
     "[[ ## topic ## ]]\nmonday coffee\n\n[[ ## catalogue ## ]]\n"
     "drake: preferences, this not that\nthis-is-fine: calm denial while everything burns\n\n"
     "[[ ## seed ## ]]\n0\n\nRespond with the corresponding output fields, starting with the "
     "field `[[ ## format_name ## ]]`, then `[[ ## reason ## ]]`, and then ending with the "
-    "marker for `[[ ## completed ## ]]`.")
-SELECT_MESSAGES = ({"role": "system", "content": _SELECT_SYSTEM},
-                   {"role": "user", "content": _SELECT_USER})
+    "marker for `[[ ## completed ## ]]`."
+)
+SELECT_MESSAGES = (
+    {"role": "system", "content": _SELECT_SYSTEM},
+    {"role": "user", "content": _SELECT_USER},
+)
 MAX_REQUESTS_KEPT = 1000
 MAX_ARRIVALS_KEPT = 200_000
 START_TIMEOUT_S = 10.0
@@ -104,16 +109,16 @@ class FakeConfig:
     fallback model can succeed while the primary fails.
     """
 
-    latency_s: float = 0.0          # each completion's time to answer, the writer's CPU in it
-    jitter_s: float = 0.0           # uniform extra latency in [0, jitter_s), from ``seed``
+    latency_s: float = 0.0  # each completion's time to answer, the writer's CPU in it
+    jitter_s: float = 0.0  # uniform extra latency in [0, jitter_s), from ``seed``
     # Fault injection. fail_status alone fails every call with it; fail_every alone fails
     # calls N, 2N, ... with 500; both fail calls N, 2N, ... with fail_status. A fail_kind other
     # than "status" fails every call (or calls N, 2N, ... with fail_every) that way instead.
     fail_status: int | None = None  # e.g. 429 or 500
-    fail_every: int = 0             # fail 1 call in N (0 = every call if fail_status, else none)
+    fail_every: int = 0  # fail 1 call in N (0 = every call if fail_status, else none)
     retry_after_s: float | None = None  # Retry-After (and retry-after-ms) on a 429
-    hang_s: float = 0.0             # sleep this long before answering (for client timeouts)
-    seed: int = 0                   # seeds the jitter
+    hang_s: float = 0.0  # sleep this long before answering (for client timeouts)
+    seed: int = 0  # seeds the jitter
     # Non-empty: faults hit only requests whose messages contain this text (e.g. an output
     # field of one signature, "flagged_claims", to take down the factuality verifier only).
     fail_matching: str = ""
@@ -138,10 +143,11 @@ class FakeConfig:
 
     def check(self) -> None:
         """ValueError for a knob outside its choices."""
-        for name, value, choices in (("latency_dist", self.latency_dist, LATENCY_DISTS),
-                                     ("fail_kind", self.fail_kind, FAIL_KINDS),
-                                     ("retry_after_headers", self.retry_after_headers,
-                                      RETRY_AFTER_HEADERS)):
+        for name, value, choices in (
+            ("latency_dist", self.latency_dist, LATENCY_DISTS),
+            ("fail_kind", self.fail_kind, FAIL_KINDS),
+            ("retry_after_headers", self.retry_after_headers, RETRY_AFTER_HEADERS),
+        ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
@@ -166,9 +172,15 @@ class FakeOpenAI:
     adds the arrival times), e.g. to measure the rate that reached the provider.
     """
 
-    def __init__(self, config: FakeConfig | None = None, api_key: str = DEFAULT_API_KEY,
-                 *, model: str = DEFAULT_MODEL, port: int = 0,
-                 max_requests: int = MAX_REQUESTS_KEPT) -> None:
+    def __init__(
+        self,
+        config: FakeConfig | None = None,
+        api_key: str = DEFAULT_API_KEY,
+        *,
+        model: str = DEFAULT_MODEL,
+        port: int = 0,
+        max_requests: int = MAX_REQUESTS_KEPT,
+    ) -> None:
         self.config = config or FakeConfig()
         self.api_key = api_key
         self.model = model
@@ -290,8 +302,7 @@ class FakeOpenAI:
         self.requests.clear()
         self.arrivals.clear()
 
-    def storm(self, duration_s: float | None, *, after_s: float = 0.0,
-              status: int = 500) -> None:
+    def storm(self, duration_s: float | None, *, after_s: float = 0.0, status: int = 500) -> None:
         """Fail every targeted call with ``status`` from ``after_s`` seconds from now, for
         ``duration_s`` seconds (None: until :meth:`calm`)."""
         start = time.time() + after_s
@@ -311,16 +322,25 @@ class FakeOpenAI:
     async def _models(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return _unauthorized()
-        return web.json_response({"object": "list", "data": [
-            {"id": self.model, "object": "model", "created": 0, "owned_by": "fake-openai"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": self.model, "object": "model", "created": 0, "owned_by": "fake-openai"}
+                ],
+            }
+        )
 
     def stats(self, arrivals: bool = False) -> dict[str, Any]:
         """The counters as JSON-ready data (what ``GET /_fake/stats`` answers)."""
         out: dict[str, Any] = {
-            "attempts": self.attempts, "calls": self.calls, "failures": self.failures,
+            "attempts": self.attempts,
+            "calls": self.calls,
+            "failures": self.failures,
             "attempts_by_model": dict(self.attempts_by_model),
             "calls_by_model": dict(self.calls_by_model),
-            "failures_by_model": dict(self.failures_by_model)}
+            "failures_by_model": dict(self.failures_by_model),
+        }
         if arrivals:
             out["arrivals"] = list(self.arrivals)
         return out
@@ -356,9 +376,9 @@ class FakeOpenAI:
         if config.hang_s > 0:
             await asyncio.sleep(config.hang_s)
         self._faultable += 1
-        targeted = ((not config.fail_model or config.fail_model == model)
-                    and (not config.fail_matching
-                         or config.fail_matching in json.dumps(body["messages"])))
+        targeted = (not config.fail_model or config.fail_model == model) and (
+            not config.fail_matching or config.fail_matching in json.dumps(body["messages"])
+        )
         kind, status = self._fault(config) if targeted else (None, 0)
         if kind is not None:
             self.failures += 1
@@ -370,8 +390,9 @@ class FakeOpenAI:
         # The latency is the provider's whole time to answer, from the request's arrival: the
         # fake's own CPU (reading, the writer, the JSON) is inside it, as a real model's compute
         # is, so concurrent calls are not answered later than asked.
-        answer_at = (arrived if config.hang_s <= 0 and kind is None else time.monotonic()) \
-            + self.next_delay(config)
+        answer_at = (
+            arrived if config.hang_s <= 0 and kind is None else time.monotonic()
+        ) + self.next_delay(config)
         try:
             answer, served = web.json_response(completion(body)), True
         except (LM15Error, ValueError, TypeError) as exc:
@@ -400,8 +421,9 @@ class FakeOpenAI:
         elif dist == "lognormal":
             delay = base * math.exp(self._rng.gauss(0, config.latency_sigma))
         else:
-            raise ValueError(f"latency_dist must be one of {', '.join(LATENCY_DISTS)}, "
-                             f"not {dist!r}")
+            raise ValueError(
+                f"latency_dist must be one of {', '.join(LATENCY_DISTS)}, not {dist!r}"
+            )
         jitter = self._rng.uniform(0, config.jitter_s) if config.jitter_s > 0 else 0.0
         delay += jitter
         if config.latency_max_s > 0:
@@ -420,15 +442,15 @@ class FakeOpenAI:
             return None, 0
         return config.fail_kind, config.fail_status or 500
 
-    def _failure(self, request: web.Request, body: dict[str, Any], config: FakeConfig,
-                 kind: str, status: int) -> web.Response:
+    def _failure(
+        self, request: web.Request, body: dict[str, Any], config: FakeConfig, kind: str, status: int
+    ) -> web.Response:
         if kind == "reset":
             transport = request.transport
             if transport is not None:
                 sock = transport.get_extra_info("socket")
                 if sock is not None:  # linger 0: close() sends a RST, not a FIN
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                    struct.pack("ii", 1, 0))
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 transport.abort()
             return web.Response(status=500)  # never written: the transport is gone
         if kind == "not_json":
@@ -436,19 +458,32 @@ class FakeOpenAI:
         if kind == "oversized":
             return web.Response(body=b" " * OVERSIZED_BYTES, content_type="application/json")
         if kind == "no_choices":
-            return web.json_response({
-                "id": f"chatcmpl-fake-{time.time_ns():x}", "object": "chat.completion",
-                "created": int(time.time()), "model": body["model"],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-fake-{time.time_ns():x}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                }
+            )
         if kind != "status":
             raise ValueError(f"fail_kind must be one of {', '.join(FAIL_KINDS)}, not {kind!r}")
         headers = _retry_after(config) if status in (429, 503) else {}
         if status == 429:
-            return error(429, "Rate limit reached (injected by fake-openai)",
-                         type="requests", code="rate_limit_exceeded", headers=headers)
-        return error(status, f"Injected failure {status} (fake-openai)",
-                     type="server_error" if status >= 500 else "invalid_request_error",
-                     headers=headers)
+            return error(
+                429,
+                "Rate limit reached (injected by fake-openai)",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+        return error(
+            status,
+            f"Injected failure {status} (fake-openai)",
+            type="server_error" if status >= 500 else "invalid_request_error",
+            headers=headers,
+        )
 
 
 def _retry_after(config: FakeConfig) -> dict[str, str]:
@@ -458,8 +493,9 @@ def _retry_after(config: FakeConfig) -> dict[str, str]:
         return {}
     headers = {}
     if config.retry_after_headers in ("both", "seconds"):
-        headers["Retry-After"] = (str(int(seconds)) if float(seconds).is_integer()
-                                  else f"{seconds:g}")
+        headers["Retry-After"] = (
+            str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+        )
     if config.retry_after_headers in ("both", "ms"):
         headers["retry-after-ms"] = str(int(seconds * 1000))
     return headers
@@ -486,14 +522,20 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
         "created": int(time.time()),
         "model": body["model"],
         "system_fingerprint": "fake-openai",
-        "choices": [{
-            "index": i,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": response.finish_reason or "stop",
-        } for i in range(n)],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": response.finish_reason or "stop",
+            }
+            for i in range(n)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -508,18 +550,30 @@ def _invalid(body: dict[str, Any]) -> web.Response | None:
     if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
         return error(400, "each message must be an object with a 'role'", param="messages")
     if body.get("stream"):
-        return error(400, "fake-openai does not stream: send 'stream': false or leave it out",
-                     param="stream", code="unsupported_parameter")
+        return error(
+            400,
+            "fake-openai does not stream: send 'stream': false or leave it out",
+            param="stream",
+            code="unsupported_parameter",
+        )
     return None
 
 
-def error(status: int, message: str, *, type: str = "invalid_request_error",
-          param: str | None = None, code: str | None = None,
-          headers: dict[str, str] | None = None) -> web.Response:
+def error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     """An error in OpenAI's JSON shape."""
     return web.json_response(
         {"error": {"message": message, "type": type, "param": param, "code": code}},
-        status=status, headers=headers)
+        status=status,
+        headers=headers,
+    )
 
 
 def _unauthorized() -> web.Response:
@@ -534,8 +588,11 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, f"{exc.reason}: {request.method} {request.path}",
-                     code="not_found" if exc.status == 404 else None)
+        return error(
+            exc.status,
+            f"{exc.reason}: {request.method} {request.path}",
+            code="not_found" if exc.status == 404 else None,
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # a bug in the fake: say so rather than drop the connection
@@ -544,10 +601,12 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 # ---------------------------------------------------------------------- CLI
 
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m memesys.testing.fake_openai",
-                                     description="Serve a fake OpenAI-compatible endpoint on "
-                                                 "127.0.0.1 until SIGTERM or SIGINT.")
+    parser = argparse.ArgumentParser(
+        prog="python -m memesys.testing.fake_openai",
+        description="Serve a fake OpenAI-compatible endpoint on 127.0.0.1 until SIGTERM or SIGINT.",
+    )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--api-key", default=DEFAULT_API_KEY)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model /v1/models lists")
@@ -558,42 +617,74 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fail-every", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=None)
     parser.add_argument("--hang", type=float, default=0.0)
-    parser.add_argument("--fail-matching", default="",
-                        help="inject faults only into requests whose messages contain this")
-    parser.add_argument("--fail-model", default="",
-                        help="inject faults only into requests for this model")
-    parser.add_argument("--fail-kind", choices=FAIL_KINDS, default="status",
-                        help="what a failure is: an HTTP error (--fail-status, else 500), a "
-                             "connection reset, a 200 that is not JSON, a 200 without "
-                             "choices, or a hang of --fail-hang seconds")
-    parser.add_argument("--fail-hang", type=float, default=60.0,
-                        help="seconds a 'hang' failure holds its answer")
+    parser.add_argument(
+        "--fail-matching",
+        default="",
+        help="inject faults only into requests whose messages contain this",
+    )
+    parser.add_argument(
+        "--fail-model", default="", help="inject faults only into requests for this model"
+    )
+    parser.add_argument(
+        "--fail-kind",
+        choices=FAIL_KINDS,
+        default="status",
+        help="what a failure is: an HTTP error (--fail-status, else 500), a "
+        "connection reset, a 200 that is not JSON, a 200 without "
+        "choices, or a hang of --fail-hang seconds",
+    )
+    parser.add_argument(
+        "--fail-hang", type=float, default=60.0, help="seconds a 'hang' failure holds its answer"
+    )
     parser.add_argument("--retry-after-headers", choices=RETRY_AFTER_HEADERS, default="both")
-    parser.add_argument("--latency-dist", choices=LATENCY_DISTS, default="fixed",
-                        help="fixed, uniform in [0, 2x), exponential (mean) or lognormal "
-                             "(median) around --latency")
-    parser.add_argument("--latency-sigma", type=float, default=0.5,
-                        help="log-sd of the lognormal latency")
-    parser.add_argument("--latency-max", type=float, default=0.0,
-                        help="cap on a completion's latency (0: none)")
-    parser.add_argument("--storm-after", type=float, default=None,
-                        help="seconds after start when every (targeted) call starts failing")
-    parser.add_argument("--storm-for", type=float, default=None,
-                        help="how long the storm lasts (default: until stopped)")
+    parser.add_argument(
+        "--latency-dist",
+        choices=LATENCY_DISTS,
+        default="fixed",
+        help="fixed, uniform in [0, 2x), exponential (mean) or lognormal (median) around --latency",
+    )
+    parser.add_argument(
+        "--latency-sigma", type=float, default=0.5, help="log-sd of the lognormal latency"
+    )
+    parser.add_argument(
+        "--latency-max", type=float, default=0.0, help="cap on a completion's latency (0: none)"
+    )
+    parser.add_argument(
+        "--storm-after",
+        type=float,
+        default=None,
+        help="seconds after start when every (targeted) call starts failing",
+    )
+    parser.add_argument(
+        "--storm-for",
+        type=float,
+        default=None,
+        help="how long the storm lasts (default: until stopped)",
+    )
     parser.add_argument("--storm-status", type=int, default=500)
     return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> FakeConfig:
     """The FakeConfig the command line asks for (a storm is set by :func:`_serve`)."""
-    return FakeConfig(latency_s=args.latency, jitter_s=args.jitter, seed=args.seed,
-                      fail_status=args.fail_status, fail_every=args.fail_every,
-                      retry_after_s=args.retry_after, hang_s=args.hang,
-                      fail_matching=args.fail_matching, fail_model=args.fail_model,
-                      fail_kind=args.fail_kind, fail_hang_s=args.fail_hang,
-                      retry_after_headers=args.retry_after_headers,
-                      latency_dist=args.latency_dist, latency_sigma=args.latency_sigma,
-                      latency_max_s=args.latency_max, storm_status=args.storm_status)
+    return FakeConfig(
+        latency_s=args.latency,
+        jitter_s=args.jitter,
+        seed=args.seed,
+        fail_status=args.fail_status,
+        fail_every=args.fail_every,
+        retry_after_s=args.retry_after,
+        hang_s=args.hang,
+        fail_matching=args.fail_matching,
+        fail_model=args.fail_model,
+        fail_kind=args.fail_kind,
+        fail_hang_s=args.fail_hang,
+        retry_after_headers=args.retry_after_headers,
+        latency_dist=args.latency_dist,
+        latency_sigma=args.latency_sigma,
+        latency_max_s=args.latency_max,
+        storm_status=args.storm_status,
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:

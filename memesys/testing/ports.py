@@ -7,6 +7,7 @@ the port first, and the daemon fails with "address already in use" (seen in the 
 ports come from below that range, where only a listener can be; a port handed out once is not
 handed out again by this process.
 """
+
 from __future__ import annotations
 
 import random

@@ -22,11 +22,13 @@ Every stage is a predictor of the worker's MemeProgram (``pipeline.program_path`
 the worker starts; the verifier workers load the same file); its hash is part of the cache key
 and of the meme's ``provider.program``.
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from actors import deadlines
 from actors.async_actor import AsyncActor
@@ -86,13 +88,15 @@ class PoolStages(BlockingStages):
     deadline_s: float
     program_hash: str
 
-    async def judge_all(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict],
-                                                                   Scores | BaseException]:
+    async def judge_all(
+        self, draft: Draft, suffix: str
+    ) -> tuple[dict[str, Verdict], Scores | BaseException]:
         """One JudgeDraft to the verifier pool: a stage that failed, or all of them if the
         ask did, is an unavailable verdict (a failed scorer, its RequestFailed)."""
         try:
             judged: Judgements = await self.worker.ask(
-                VERIFY, JudgeDraft(draft, self.program_hash), self.deadline_s, idempotent=True)
+                VERIFY, JudgeDraft(draft, self.program_hash), self.deadline_s, idempotent=True
+            )
             answers, lost = dict(judged.answers), None
         except RemoteFailure as exc:
             answers, lost = {}, exc.failure
@@ -108,8 +112,9 @@ class PoolStages(BlockingStages):
         if isinstance(scored, Judgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
-        return verdicts, RequestFailed(scored.code, f"the scorer failed: {_why(scored)}",
-                                       scored.retry_after)
+        return verdicts, RequestFailed(
+            scored.code, f"the scorer failed: {_why(scored)}", scored.retry_after
+        )
 
 
 def _why(failure: Failure) -> str:
@@ -120,17 +125,32 @@ class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
         self.args = args
         self.max_in_flight = args.max_in_flight
-        handle_for = stage_handles(args.llm, args.pipeline.stage_timeout_s, args.redis_url,
-                                   args.key_prefix, args.llm_processes)
+        handle_for = stage_handles(
+            args.llm,
+            args.pipeline.stage_timeout_s,
+            args.redis_url,
+            args.key_prefix,
+            args.llm_processes,
+        )
         # the program is checked by the daemon before start-up
-        self.maker = MemeMaker(load_configured(args.pipeline), handle_for,
-                               RefinePolicy.from_config(args.pipeline), args.pipeline.mode,
-                               ACTORS, args.pipeline.render_delay_s)
+        self.maker = MemeMaker(
+            load_configured(args.pipeline),
+            handle_for,
+            RefinePolicy.from_config(args.pipeline),
+            args.pipeline.mode,
+            ACTORS,
+            args.pipeline.render_delay_s,
+        )
         self.client = connect(args.redis_url)
-        availability = availability_for(args.redis_url, f"generator {self.name}",
-                                        args.retry_initial_s, args.retry_max_s)
-        self.store = MemeStore(self.client, args.key_prefix, availability,
-                               Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s))
+        availability = availability_for(
+            args.redis_url, f"generator {self.name}", args.retry_initial_s, args.retry_max_s
+        )
+        self.store = MemeStore(
+            self.client,
+            args.key_prefix,
+            availability,
+            Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s),
+        )
 
     def on_stop(self) -> None:
         try:
@@ -175,15 +195,24 @@ class TreeWorkshop:
         try:
             return await self.worker.ask(RENDER, order, self.worker.args.stage_timeout_s)
         except RemoteFailure as exc:
-            raise RequestFailed(exc.failure.code, f"{RENDER}: {exc.failure.message}",
-                                getattr(exc.failure, "retry_after", None)) from exc
+            raise RequestFailed(
+                exc.failure.code,
+                f"{RENDER}: {exc.failure.message}",
+                getattr(exc.failure, "retry_after", None),
+            ) from exc
 
     async def save(self, order: SaveMeme) -> str:
         # Not after the current deadline (the request's less the reply margin): only a save
         # that itself outlasts that margin can still land after the answer.
-        return await asyncio.to_thread(_on_store, self.worker.store.keep, order.meme, order.png,
-                                       order.cache_key, self.worker.args.cache_ttl_s,
-                                       deadlines.current())
+        return await asyncio.to_thread(
+            _on_store,
+            self.worker.store.keep,
+            order.meme,
+            order.png,
+            order.cache_key,
+            self.worker.args.cache_ttl_s,
+            deadlines.current(),
+        )
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(under_deadline, fn, *args)
@@ -191,7 +220,11 @@ class TreeWorkshop:
     def stages(self, maker: MemeMaker) -> PoolStages:
         # A verifier call may queue behind others in the pool: give it the stage bound plus a
         # margin before calling it unavailable.
-        return PoolStages(self.blocking, maker.handle_for, maker.program.program,
-                          worker=self.worker,
-                          deadline_s=self.worker.args.pipeline.stage_timeout_s + 1.0,
-                          program_hash=maker.program.hash)
+        return PoolStages(
+            self.blocking,
+            maker.handle_for,
+            maker.program.program,
+            worker=self.worker,
+            deadline_s=self.worker.args.pipeline.stage_timeout_s + 1.0,
+            program_hash=maker.program.hash,
+        )

@@ -1,9 +1,11 @@
 """Where the tree meets the LLM client layer: the deadline of the request being served reaches
 the LLM calls, and a failed LLM call becomes the request's failure with its own code and
 Retry-After (``llm_unavailable``, ``llm_rate_limited``, ``budget_exhausted``)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from actors import deadlines
 from actors.base import RequestFailed

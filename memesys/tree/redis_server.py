@@ -16,6 +16,7 @@ Every transition is a WARNING: died (how), started again (what was found), not a
 (how long), killed. With a configured ``REDIS_URL`` there is no such child: the daemon does not
 own that server.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,14 +49,18 @@ class RedisServer(BaseActor):
 
     def on_start(self, args: RedisServerArgs) -> None:
         self.args = args
-        self.server = EmbeddedRedis(args.data_dir, args.start_timeout_s,
-                                    socket_path=args.socket_path)
+        self.server = EmbeddedRedis(
+            args.data_dir, args.start_timeout_s, socket_path=args.socket_path
+        )
         started = time.monotonic()
         self.server.start()
         if self.server.previous:
-            log.warning("embedded redis-server started again: pid %d in %.0f ms (%s)",
-                        self.server.pid, (time.monotonic() - started) * 1000,
-                        self.server.previous)
+            log.warning(
+                "embedded redis-server started again: pid %d in %.0f ms (%s)",
+                self.server.pid,
+                (time.monotonic() - started) * 1000,
+                self.server.previous,
+            )
         else:
             log.info("embedded redis-server started: pid %d", self.server.pid)
         self.last_answer = time.monotonic()
@@ -76,8 +81,11 @@ class RedisServer(BaseActor):
         if self.exiting:
             return
         if self.server.pid is None:
-            log.warning("embedded redis-server died (%s); its supervisor restarts it. Log "
-                        "tail:\n%s", self.server.exit_reason(), self.server.log_tail())
+            log.warning(
+                "embedded redis-server died (%s); its supervisor restarts it. Log tail:\n%s",
+                self.server.exit_reason(),
+                self.server.log_tail(),
+            )
             self._die()
             return
         now = time.monotonic()
@@ -86,9 +94,12 @@ class RedisServer(BaseActor):
             if self.server.answers():
                 self.last_answer = time.monotonic()
             elif now - self.last_answer >= self.args.hang_timeout_s:
-                log.warning("embedded redis-server pid %d has not answered PING for %.1f s; "
-                            "killing it so that its supervisor restarts it",
-                            self.server.pid, now - self.last_answer)
+                log.warning(
+                    "embedded redis-server pid %d has not answered PING for %.1f s; "
+                    "killing it so that its supervisor restarts it",
+                    self.server.pid,
+                    now - self.last_answer,
+                )
                 self.server.kill()
                 self._die()
                 return
@@ -100,8 +111,9 @@ class RedisServer(BaseActor):
         self.send(self.myAddress, ActorExitRequest())
 
 
-def plan(url: str, data_dir: str,
-         hang_timeout_s: float) -> tuple[str, EmbeddedRedis | None, RedisServerArgs | None]:
+def plan(
+    url: str, data_dir: str, hang_timeout_s: float
+) -> tuple[str, EmbeddedRedis | None, RedisServerArgs | None]:
     """The Redis URL every actor is given and, without a configured ``url``, the embedded
     server's planner (the daemon calls ``stop_stale()`` and ``release()`` on it at the end)
     and the args of its owner in the tree. Nothing is started here: the tree starts it."""

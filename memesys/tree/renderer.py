@@ -1,5 +1,6 @@
 """Render workers: Pillow drawing (6-9 ms of CPU a meme, bench/README.md "Where the CPU goes") kept
 off the generator's process."""
+
 from __future__ import annotations
 
 from typing import Any

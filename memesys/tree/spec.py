@@ -14,6 +14,7 @@
 Every pool is one_for_one over identical, independent workers: one worker's crash is its
 own. (docs/architecture.md explains each choice.)
 """
+
 from __future__ import annotations
 
 from actors.pool import Pool
@@ -21,6 +22,7 @@ from actors.spec import Backoff, ChildSpec, PoolArgs, Strategy, SupervisorArgs
 from actors.supervisor import Supervisor
 from memesys.config import Config
 from memesys.config.capacity import Capacities
+from memesys.render.meme import RenderSettings
 from memesys.tree.generator import GeneratorArgs, GeneratorWorker
 from memesys.tree.paths import (
     GENERATOR,
@@ -35,12 +37,10 @@ from memesys.tree.paths import (
     VERIFY,
 )
 from memesys.tree.redis_server import RedisServer, RedisServerArgs
-from memesys.render.meme import RenderSettings
 from memesys.tree.renderer import RenderWorker
 from memesys.tree.store import StoreArgs, StoreWorker
 from memesys.tree.tasks import TaskArgs, TaskLedger, TaskRunner
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
-
 
 # An ordered stop of the embedded server is SHUTDOWN SAVE (EmbeddedRedis.stop waits up to 10 s).
 REDIS_SHUTDOWN_S = 15.0
@@ -52,21 +52,34 @@ def redis_spec(cfg: Config, server: RedisServerArgs) -> ChildSpec:
     Redis users ride the outage out; only if it keeps failing past the intensity does the
     root's rest_for_one restart everything."""
     sup, redis = cfg.supervision, cfg.redis
-    backoff = Backoff(redis.restart_backoff_initial_s, redis.restart_backoff_max_s,
-                      sup.backoff_jitter)
-    return ChildSpec(REDIS, Supervisor, SupervisorArgs(
-        (ChildSpec(REDIS_SERVER_NAME, RedisServer, server, shutdown_s=REDIS_SHUTDOWN_S),),
-        Strategy.ONE_FOR_ONE, sup.max_restarts, sup.period_s, backoff, **health(cfg)))
+    backoff = Backoff(
+        redis.restart_backoff_initial_s, redis.restart_backoff_max_s, sup.backoff_jitter
+    )
+    return ChildSpec(
+        REDIS,
+        Supervisor,
+        SupervisorArgs(
+            (ChildSpec(REDIS_SERVER_NAME, RedisServer, server, shutdown_s=REDIS_SHUTDOWN_S),),
+            Strategy.ONE_FOR_ONE,
+            sup.max_restarts,
+            sup.period_s,
+            backoff,
+            **health(cfg),
+        ),
+    )
 
 
 def health(cfg: Config) -> dict[str, float]:
     """Every supervisor's and pool's health checks ([supervision] health_*)."""
-    return {"health_interval_s": cfg.supervision.health_interval_s,
-            "health_timeout_s": cfg.supervision.health_timeout_s}
+    return {
+        "health_interval_s": cfg.supervision.health_interval_s,
+        "health_timeout_s": cfg.supervision.health_timeout_s,
+    }
 
 
-def root_spec(cfg: Config, redis_url: str,
-              redis_server: RedisServerArgs | None = None) -> ChildSpec:
+def root_spec(
+    cfg: Config, redis_url: str, redis_server: RedisServerArgs | None = None
+) -> ChildSpec:
     """The whole tree; ``redis_server``: the embedded server the tree owns (None with a
     configured REDIS_URL)."""
     sup, workers, render = cfg.supervision, cfg.workers, cfg.render
@@ -74,46 +87,115 @@ def root_spec(cfg: Config, redis_url: str,
 
     tasks = cfg.tasks
     redis = cfg.redis
-    task_args = TaskArgs(redis_url, cfg.redis.key_prefix, tasks.ttl_s, tasks.timeout_s,
-                         tasks.max_in_flight, LEDGER_NAME, redis.quarantine_ttl_s,
-                         redis.retry_backoff_initial_s, redis.retry_backoff_max_s)
+    task_args = TaskArgs(
+        redis_url,
+        cfg.redis.key_prefix,
+        tasks.ttl_s,
+        tasks.timeout_s,
+        tasks.max_in_flight,
+        LEDGER_NAME,
+        redis.quarantine_ttl_s,
+        redis.retry_backoff_initial_s,
+        redis.retry_backoff_max_s,
+    )
 
     capacity = Capacities.of(cfg)
     llm_processes = capacity.llm_processes
 
     def pool(name: str, worker: type, size: int, args: object, outstanding: int) -> ChildSpec:
-        return ChildSpec(name, Pool, PoolArgs(
-            worker, size, args, max_outstanding=outstanding,
-            max_restarts=sup.max_restarts, period_s=sup.period_s, backoff=backoff,
-            worker_shutdown_s=sup.child_shutdown_s, **health(cfg)))
+        return ChildSpec(
+            name,
+            Pool,
+            PoolArgs(
+                worker,
+                size,
+                args,
+                max_outstanding=outstanding,
+                max_restarts=sup.max_restarts,
+                period_s=sup.period_s,
+                backoff=backoff,
+                worker_shutdown_s=sup.child_shutdown_s,
+                **health(cfg),
+            ),
+        )
 
     children = (
-        pool(STORE, StoreWorker, workers.store,
-             StoreArgs(redis_url, cfg.redis.key_prefix, tasks.ttl_s,
-                       redis.quarantine_ttl_s, redis.retry_backoff_initial_s,
-                       redis.retry_backoff_max_s), capacity.store_per_sender),
-        pool(RENDER, RenderWorker, workers.render,
-             RenderSettings.from_config(render), capacity.render_per_sender),
-        pool(VERIFY, VerifierWorker, workers.verifiers,
-             VerifierArgs(cfg.llm, cfg.pipeline.stage_timeout_s, capacity.verify_per_worker,
-                          cfg.pipeline, redis_url=redis_url, key_prefix=redis.key_prefix,
-                          llm_processes=llm_processes),
-             capacity.verify_per_sender),
-        pool(GENERATOR, GeneratorWorker, workers.generators,
-             GeneratorArgs(cfg.llm, cfg.pipeline, redis_url, redis.key_prefix,
-                           capacity.per_generator, llm_processes=llm_processes,
-                           cache_ttl_s=redis.cache_ttl_s,
-                           quarantine_ttl_s=redis.quarantine_ttl_s,
-                           retry_initial_s=redis.retry_backoff_initial_s,
-                           retry_max_s=redis.retry_backoff_max_s),
-             capacity.per_generator),
-        ChildSpec(TASKS, Supervisor, SupervisorArgs((
-            ChildSpec(LEDGER_NAME, TaskLedger, task_args),
-            ChildSpec(RUNNER_NAME, TaskRunner, task_args, shutdown_s=sup.child_shutdown_s),
-        ), Strategy.ONE_FOR_ALL, sup.max_restarts, sup.period_s, backoff, **health(cfg))),
+        pool(
+            STORE,
+            StoreWorker,
+            workers.store,
+            StoreArgs(
+                redis_url,
+                cfg.redis.key_prefix,
+                tasks.ttl_s,
+                redis.quarantine_ttl_s,
+                redis.retry_backoff_initial_s,
+                redis.retry_backoff_max_s,
+            ),
+            capacity.store_per_sender,
+        ),
+        pool(
+            RENDER,
+            RenderWorker,
+            workers.render,
+            RenderSettings.from_config(render),
+            capacity.render_per_sender,
+        ),
+        pool(
+            VERIFY,
+            VerifierWorker,
+            workers.verifiers,
+            VerifierArgs(
+                cfg.llm,
+                cfg.pipeline.stage_timeout_s,
+                capacity.verify_per_worker,
+                cfg.pipeline,
+                redis_url=redis_url,
+                key_prefix=redis.key_prefix,
+                llm_processes=llm_processes,
+            ),
+            capacity.verify_per_sender,
+        ),
+        pool(
+            GENERATOR,
+            GeneratorWorker,
+            workers.generators,
+            GeneratorArgs(
+                cfg.llm,
+                cfg.pipeline,
+                redis_url,
+                redis.key_prefix,
+                capacity.per_generator,
+                llm_processes=llm_processes,
+                cache_ttl_s=redis.cache_ttl_s,
+                quarantine_ttl_s=redis.quarantine_ttl_s,
+                retry_initial_s=redis.retry_backoff_initial_s,
+                retry_max_s=redis.retry_backoff_max_s,
+            ),
+            capacity.per_generator,
+        ),
+        ChildSpec(
+            TASKS,
+            Supervisor,
+            SupervisorArgs(
+                (
+                    ChildSpec(LEDGER_NAME, TaskLedger, task_args),
+                    ChildSpec(RUNNER_NAME, TaskRunner, task_args, shutdown_s=sup.child_shutdown_s),
+                ),
+                Strategy.ONE_FOR_ALL,
+                sup.max_restarts,
+                sup.period_s,
+                backoff,
+                **health(cfg),
+            ),
+        ),
     )
     if redis_server is not None:  # first: everything after it depends on it
         children = (redis_spec(cfg, redis_server),) + children
-    return ChildSpec(ROOT, Supervisor, SupervisorArgs(
-        children, Strategy.REST_FOR_ONE, sup.max_restarts, sup.period_s, backoff,
-        **health(cfg)))
+    return ChildSpec(
+        ROOT,
+        Supervisor,
+        SupervisorArgs(
+            children, Strategy.REST_FOR_ONE, sup.max_restarts, sup.period_s, backoff, **health(cfg)
+        ),
+    )

@@ -18,13 +18,14 @@ client sees ``worker_lost``).
 DELETE still scrubs it), then the meme, its PNG, its cache entries and any quarantined copy
 are deleted, and one audit line (ids and time, no content) goes to the ``memesys.audit`` log.
 """
+
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from actors.base import BaseActor, RequestFailed
@@ -71,12 +72,14 @@ class StoreWorker(BaseActor):
     def on_start(self, args: StoreArgs) -> None:
         self.args = args
         self.client = connect(args.redis_url)
-        self.availability = availability_for(args.redis_url, f"store {self.name}",
-                                             args.retry_initial_s, args.retry_max_s)
+        self.availability = availability_for(
+            args.redis_url, f"store {self.name}", args.retry_initial_s, args.retry_max_s
+        )
         quarantine = Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s)
         self.store = MemeStore(self.client, args.key_prefix, self.availability, quarantine)
-        self.tasks = TaskStore(self.client, args.key_prefix, args.task_ttl_s,
-                               self.availability, quarantine)
+        self.tasks = TaskStore(
+            self.client, args.key_prefix, args.task_ttl_s, self.availability, quarantine
+        )
 
     def on_stop(self) -> None:
         self.client.close()
@@ -108,9 +111,13 @@ class StoreWorker(BaseActor):
         task_id = self.tasks.scrub_meme(meme_id)
         erased = self.store.delete(meme_id)
         if erased or task_id:
-            at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-            audit.warning("erasure: meme %s erased at %s%s", meme_id, at,
-                          f"; its task {task_id} scrubbed" if task_id else "")
+            at = datetime.now(UTC).isoformat(timespec="milliseconds")
+            audit.warning(
+                "erasure: meme %s erased at %s%s",
+                meme_id,
+                at,
+                f"; its task {task_id} scrubbed" if task_id else "",
+            )
         return erased
 
     def _health(self) -> StoreState:

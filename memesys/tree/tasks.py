@@ -16,6 +16,7 @@ kept, then leases every open task it does not hold. A task whose meme failed onl
 store was down goes back to the queue (at most ``MAX_STORE_REQUEUES`` times). A corrupt task
 record is quarantined and failed by the store (:mod:`memesys.storage.tasks`), never fatal.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,10 +65,16 @@ class TaskLedger(BaseActor):
     def on_start(self, args: TaskArgs) -> None:
         client = connect(args.redis_url)
         self.client = client
-        self.availability = availability_for(args.redis_url, "task ledger",
-                                             args.retry_initial_s, args.retry_max_s)
-        self.tasks = TaskStore(client, args.key_prefix, args.ttl_s, self.availability,
-                               Quarantine(client, args.key_prefix, args.quarantine_ttl_s))
+        self.availability = availability_for(
+            args.redis_url, "task ledger", args.retry_initial_s, args.retry_max_s
+        )
+        self.tasks = TaskStore(
+            client,
+            args.key_prefix,
+            args.ttl_s,
+            self.availability,
+            Quarantine(client, args.key_prefix, args.quarantine_ttl_s),
+        )
         self.runner: ActorAddress | None = None
         self.leases: dict[str, dict] = {}  # correlation id of a RunTask -> the task leased
         # Outcomes not yet written because Redis was down, by task id (the latest wins).
@@ -88,8 +95,15 @@ class TaskLedger(BaseActor):
 
     def _submit(self, order: GenerateMeme) -> str:
         now = time.time()
-        task = {"id": new_id(), "status": "queued", "stage": "queued", "progress": 0.0,
-                "request": dataclasses.asdict(order), "created_at": now, "updated_at": now}
+        task = {
+            "id": new_id(),
+            "status": "queued",
+            "stage": "queued",
+            "progress": 0.0,
+            "request": dataclasses.asdict(order),
+            "created_at": now,
+            "updated_at": now,
+        }
         self.tasks.put(task)  # durably recorded: from here on the 202 holds
         self._lease(task)
         return task["id"]
@@ -145,10 +159,16 @@ class TaskLedger(BaseActor):
         code = None if reply.ok else translate(reply.error.code)
         requeues = task.get("store_requeues", 0)
         if reply.ok:
-            outcome = {**task, "status": "succeeded", "stage": "done", "progress": 1.0,
-                       "meme_id": reply.payload["id"]}
-        elif code is ErrorCode.OVERLOADED or (code is ErrorCode.STORE_ERROR
-                                              and requeues < MAX_STORE_REQUEUES):
+            outcome = {
+                **task,
+                "status": "succeeded",
+                "stage": "done",
+                "progress": 1.0,
+                "meme_id": reply.payload["id"],
+            }
+        elif code is ErrorCode.OVERLOADED or (
+            code is ErrorCode.STORE_ERROR and requeues < MAX_STORE_REQUEUES
+        ):
             # Not the task's fault: back to the queue, tried again after a pause.
             outcome = {**task, "status": "queued", "stage": "queued", "progress": 0.0}
             if code is ErrorCode.STORE_ERROR:
@@ -156,8 +176,13 @@ class TaskLedger(BaseActor):
             self.wakeupAfter(RETRY_S, payload=task_id)
         else:
             log.warning("task %s failed: %s", task_id, reply.error)
-            outcome = {**task, "status": "failed", "stage": "done", "progress": 1.0,
-                       "error": {"code": reply.error.code, "message": reply.error.message}}
+            outcome = {
+                **task,
+                "status": "failed",
+                "stage": "done",
+                "progress": 1.0,
+                "error": {"code": reply.error.code, "message": reply.error.message},
+            }
         self._record(outcome)
 
     def _record(self, outcome: dict) -> None:
@@ -175,8 +200,12 @@ class TaskLedger(BaseActor):
     def _store_failed(self, exc: StoreError) -> None:
         """Redis could not be used: remember to resync, and probe it again after backoff."""
         if not self.resync:
-            log.warning("task ledger: %s; keeping %d outcome(s) and %d lease(s), retrying "
-                        "with backoff", exc, len(self.unsaved), len(self.leases))
+            log.warning(
+                "task ledger: %s; keeping %d outcome(s) and %d lease(s), retrying with backoff",
+                exc,
+                len(self.unsaved),
+                len(self.leases),
+            )
         self.resync = True
         self._arm_flush()
 

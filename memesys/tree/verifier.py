@@ -9,12 +9,14 @@ draft, not one per stage: a hop costs CPU on both ends. Each
 worker runs the predictors of its own copy of the program (``pipeline.program_path``), and
 refuses a request from a generator that runs another one.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from dspy.utils.exceptions import LMError
 
@@ -46,8 +48,7 @@ class VerifierArgs:
     llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
 
 
-def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any],
-              stage: str = "score") -> Judgement:
+def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any], stage: str = "score") -> Judgement:
     """Run one judging stage, timed; failures become RequestFailed with a stable code."""
     started = time.perf_counter()
     try:
@@ -58,16 +59,18 @@ def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any],
     except OutputError as exc:
         raise RequestFailed(exc.code, first_line(exc)) from exc
     ms = (time.perf_counter() - started) * 1000
-    return Judgement(result, StageRun(handle.provider, served.model_of(models, handle.model),
-                                      result.tokens, ms))
+    return Judgement(
+        result, StageRun(handle.provider, served.model_of(models, handle.model), result.tokens, ms)
+    )
 
 
 class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
         self.max_in_flight = args.max_in_flight
         self.blocking_per_request = JUDGING_CALLS_PER_MEME  # a draft's stages run at once
-        self.handle_for = stage_handles(args.llm, args.stage_timeout_s, args.redis_url,
-                                        args.key_prefix, args.llm_processes)
+        self.handle_for = stage_handles(
+            args.llm, args.stage_timeout_s, args.redis_url, args.key_prefix, args.llm_processes
+        )
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
 
     def handle(self, payload: Any) -> Any:
@@ -81,23 +84,33 @@ class VerifierWorker(AsyncActor):
         one crashes the worker, as in any handler)."""
         program = self.program.program
         stages: list[tuple[str, Callable[[LMHandle], Any]]] = [
-            (v, lambda h, v=v: verify(h, v, draft, program)) for v in VERIFIERS]
+            (v, lambda h, v=v: verify(h, v, draft, program)) for v in VERIFIERS
+        ]
         stages.append(("score", lambda h: score(h, draft, program)))
         answers = await asyncio.gather(
-            *(asyncio.to_thread(under_deadline, run_stage, self.handle_for(name), fn, name)
-              for name, fn in stages), return_exceptions=True)
+            *(
+                asyncio.to_thread(under_deadline, run_stage, self.handle_for(name), fn, name)
+                for name, fn in stages
+            ),
+            return_exceptions=True,
+        )
         for answer in answers:
             if isinstance(answer, BaseException) and not isinstance(answer, RequestFailed):
                 raise answer
-        return Judgements(tuple(
-            (name, answer.failure if isinstance(answer, RequestFailed) else answer)
-            for (name, _), answer in zip(stages, answers)))
+        return Judgements(
+            tuple(
+                (name, answer.failure if isinstance(answer, RequestFailed) else answer)
+                for (name, _), answer in zip(stages, answers)
+            )
+        )
 
     def _same_program(self, wanted: str) -> None:
         """Judge only for a generator running this worker's program (its file changed between
         the two workers' starts otherwise): the verdict would describe another program."""
         if wanted and wanted != self.program.hash:
-            raise RequestFailed(ErrorCode.UNAVAILABLE,
-                                f"this verifier runs program {self.program.hash}, the request "
-                                f"is for {wanted}: restart the daemon after changing "
-                                f"pipeline.program_path's file")
+            raise RequestFailed(
+                ErrorCode.UNAVAILABLE,
+                f"this verifier runs program {self.program.hash}, the request "
+                f"is for {wanted}: restart the daemon after changing "
+                f"pipeline.program_path's file",
+            )
