@@ -80,7 +80,8 @@ BENCH_ENV = {
     "MEMESYS_LLM_RATE_LIMIT_RPS": "0",
 }
 # Overrides of the daemon's capacity defaults for this bench (name -> (value, why)); listed in
-# the report. Empty: the defaults do not limit throughput here (see bench/README.md).
+# the report. Empty: the defaults do not limit throughput here (since issue 7, see
+# docs/perf/2026-11-27-bench-pipeline.md, "Setup").
 OVERRIDES: dict[str, tuple[str, str]] = {}
 
 MACHINE = -1  # CpuMeter's key for the whole machine
