@@ -1,7 +1,7 @@
 """The generator workers: one meme from topic to stored PNG, many memes in flight per process.
 
 Each worker is an async actor; a meme is one coroutine. Its stages are the pipeline of
-:mod:`memesys.pipeline.stages`, placed by ``pipeline.mode``:
+:mod:`memesys.pipeline.flow`, placed by ``pipeline.mode``:
 
 - ``parallel``: select, write and refine run here (in threads: DSPy is synchronous); the three
   verifiers and the scorer of a draft go to the verifier pool as one request, run there at
@@ -37,25 +37,20 @@ from actors.bridge import RemoteFailure
 from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.engines import ACTORS
-from memesys.domain.messages import (
-    GenerateMeme,
-    JudgeDraft,
-    Judgement,
-    Judgements,
-    RenderMeme,
-)
+from memesys.domain.messages import GenerateMeme, RenderMeme
+from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
-from memesys.pipeline.program import load_configured
-from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.errors import MemeFailed
+from memesys.pipeline.making import MemeMaker, SaveMeme
+from memesys.pipeline.placements import BlockingStages
 from memesys.pipeline.scoring import Scores
-from memesys.pipeline.stages import BlockingStages, stage_handles
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.storage.availability import availability_for
 from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
-from memesys.tree.llmcalls import under_deadline
+from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
+from memesys.tree.llmcalls import request_failed, under_deadline
 from memesys.tree.paths import RENDER, VERIFY
 from memesys.tree.store import store_errors_answered
 
@@ -103,13 +98,13 @@ class PoolStages(BlockingStages):
         verdicts = {}
         for verifier in VERIFIERS:
             answer = answers.get(verifier, lost)
-            if isinstance(answer, Judgement):
+            if isinstance(answer, StageJudgement):
                 verdicts[verifier] = answer.result
                 self.ledger.record(verifier + suffix, answer.run)
             else:
                 verdicts[verifier] = Verdict.unavailable(verifier, _why(answer))
         scored = answers.get("score", lost)
-        if isinstance(scored, Judgement):
+        if isinstance(scored, StageJudgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
         return verdicts, RequestFailed(
@@ -125,21 +120,9 @@ class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
         self.args = args
         self.max_in_flight = args.max_in_flight
-        handle_for = stage_handles(
-            args.llm,
-            args.pipeline.stage_timeout_s,
-            args.redis_url,
-            args.key_prefix,
-            args.llm_processes,
-        )
-        # the program is checked by the daemon before start-up
-        self.maker = MemeMaker(
-            load_configured(args.pipeline),
-            handle_for,
-            RefinePolicy.from_config(args.pipeline),
-            args.pipeline.mode,
-            ACTORS,
-            args.pipeline.render_delay_s,
+        dspy_patches.apply()
+        self.maker = MemeMaker.configured(
+            ACTORS, args.llm, args.pipeline, args.redis_url, args.key_prefix, args.llm_processes
         )
         self.client = connect(args.redis_url)
         availability = availability_for(
@@ -167,7 +150,7 @@ class GeneratorWorker(AsyncActor):
         try:
             return await self.maker.make(request, TreeWorkshop(self))
         except MemeFailed as exc:
-            raise RequestFailed(exc.code, exc.message, exc.retry_after) from exc
+            raise request_failed(exc) from exc
 
 
 def _on_store(fn: Callable[..., T], *args: Any) -> T:

@@ -1,6 +1,7 @@
 """Where the tree meets the LLM client layer: the deadline of the request being served reaches
-the LLM calls, and a failed LLM call becomes the request's failure with its own code and
-Retry-After (``llm_unavailable``, ``llm_rate_limited``, ``budget_exhausted``)."""
+the LLM calls, and a meme that failed (a failed LLM call among others, with its own code and
+Retry-After: ``llm_unavailable``, ``llm_rate_limited``, ``budget_exhausted``) becomes the
+request's failure."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, TypeVar
 from actors import deadlines
 from actors.base import RequestFailed
 from memesys.llm import deadline as llm_deadline
-from memesys.pipeline import making
+from memesys.pipeline.errors import MemeFailed
 
 T = TypeVar("T")
 
@@ -22,7 +23,8 @@ def under_deadline(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
-def lm_failed(exc: BaseException) -> RequestFailed:
-    """The RequestFailed for a failed LLM call: its contract code and Retry-After."""
-    failed = making.lm_failed(exc)
+def request_failed(failed: MemeFailed) -> RequestFailed:
+    """The request's answer for a meme (or a judging stage) that failed: the one conversion
+    from the pipeline's failure (memesys.pipeline.errors.lm_failed for an LLM call) to the
+    tree's, keeping the code, the message and the Retry-After."""
     return RequestFailed(failed.code, failed.message, failed.retry_after)
