@@ -80,7 +80,8 @@ class PipelineResult:
 class Costed(Protocol):
     """What a stage answers: anything that says the tokens it cost."""
 
-    tokens: int
+    @property
+    def tokens(self) -> int: ...
 
 
 T = TypeVar("T", bound=Costed)
@@ -174,6 +175,7 @@ async def run_pipeline(
     verdicts, raw = await stages.judge(draft, "")
     decision = decide(verdicts)
     decision.enforce()
+    assert raw is not None  # judge scores every draft it does not refuse
     best = Judged(caption, draft, verdicts, decision, apply_verdicts(raw, verdicts))
     rounds: list[Round] = []
     while should_refine(best.scores.overall, rounds[-1] if rounds else None, policy):
@@ -194,6 +196,7 @@ async def run_pipeline(
                 Round(n, refined.texts, 0.0, statuses, -kept.scores.overall, decision.refusal)
             )
             continue  # should_refine stops after a refused round
+        assert raw is not None  # judge scores every draft it does not refuse
         scores = apply_verdicts(raw, verdicts)
         rounds.append(
             Round(n, refined.texts, scores.overall, statuses, scores.overall - kept.scores.overall)

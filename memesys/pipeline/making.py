@@ -51,7 +51,7 @@ T = TypeVar("T")
 class SaveMeme:
     """A finished meme and its PNG, to be saved together (with its cache entry unless None)."""
 
-    meme: dict
+    meme: dict[str, Any]
     png: bytes = field(repr=False)  # ~100 KB: never in a log line or a traceback
     cache_key: str | None = None
 
@@ -60,7 +60,7 @@ class Workshop(Protocol):
     """Where one engine runs the steps of a meme. Each raises its failure with a contract code
     (the actor tree: ``RequestFailed``; this process: :class:`MemeFailed`)."""
 
-    async def cached(self, key: str) -> dict | None: ...
+    async def cached(self, key: str) -> dict[str, Any] | None: ...
 
     async def store_up(self) -> bool: ...
 
@@ -128,7 +128,7 @@ class Speculation:
         self.task = None
 
 
-def _swallow(task: asyncio.Future) -> None:
+def _swallow(task: asyncio.Future[bytes]) -> None:
     if not task.cancelled():
         task.exception()
 

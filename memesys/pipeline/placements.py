@@ -77,7 +77,8 @@ class BlockingStages:
 
     async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
         handle = self.handle_for(stage)
-        return await self.run(self.ledger.call, key, handle, lambda: fn(handle))
+        result: T = await self.run(self.ledger.call, key, handle, lambda: fn(handle))
+        return result
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict], Scores | None]:
         """The three verifiers and the scorer at once (:meth:`judge_all`); a verifier whose
@@ -117,12 +118,12 @@ class LocalStages:
         scorer only if the verdicts let the draft be served."""
         verdicts = {}
         for verifier in VERIFIERS:
+
+            def check(h: LMHandle, v: str = verifier) -> Verdict:
+                return verify(h, v, draft, self.program)
+
             try:
-                verdicts[verifier] = await self.call(
-                    verifier + suffix,
-                    verifier,
-                    lambda h, v=verifier: verify(h, v, draft, self.program),
-                )
+                verdicts[verifier] = await self.call(verifier + suffix, verifier, check)
             except LMError as exc:
                 verdicts[verifier] = Verdict.unavailable(verifier, first_line(exc))
         if decide(verdicts).refusal is not None:

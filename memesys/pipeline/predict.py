@@ -38,7 +38,7 @@ class OutputError(PipelineError, ValueError):
         super().__init__(message)
 
 
-class StagePredict(dspy.Predict):
+class StagePredict(dspy.Predict):  # type: ignore[misc]  # DSPy is untyped
     """A ``dspy.Predict`` shared by concurrent stage calls. It keeps no history of its own:
     DSPy appends every call (prompt and response) to the calling predictor's ``history``, up to
     ``max_history_size`` (10,000) calls, which a daemon's long-lived predictors would otherwise
@@ -69,7 +69,7 @@ def builtin_predictor(stage: str) -> StagePredict:
     return StagePredict(SIGNATURES[stage])
 
 
-class StageAdapter(dspy.ChatAdapter):
+class StageAdapter(dspy.ChatAdapter):  # type: ignore[misc]  # DSPy is untyped
     """DSPy's ChatAdapter with the system message of each signature built once.
 
     That message (field descriptions, structure, task) depends on the signature alone, yet
@@ -77,13 +77,15 @@ class StageAdapter(dspy.ChatAdapter):
     of a stage call's CPU outside the HTTP exchange (bench/README.md, "Where the CPU goes").
     Signatures are classes, so they key the cache; a program has a handful of them."""
 
-    def format_system_message(self, signature: type[dspy.Signature]) -> str:
+    def format_system_message(self, signature: type) -> str:
         return _system_message(signature)
 
 
 @functools.lru_cache(maxsize=64)
-def _system_message(signature: type[dspy.Signature]) -> str:
-    return dspy.ChatAdapter.format_system_message(_PLAIN, signature)
+def _system_message(signature: type) -> str:
+    """ChatAdapter's system message of ``signature`` (a dspy.Signature class)."""
+    message: str = dspy.ChatAdapter.format_system_message(_PLAIN, signature)
+    return message
 
 
 _PLAIN = dspy.ChatAdapter()

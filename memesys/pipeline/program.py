@@ -53,7 +53,7 @@ class ProgramError(ValueError):
     """A program file cannot be loaded: missing, not JSON, or not a memesys program."""
 
 
-class MemeProgram(dspy.Module):
+class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
     """select → write → appropriateness, factuality, instruction_following → score → refine.
 
     The pipeline (``flow.run_pipeline``) runs the predictors one by one, where each stage

@@ -15,7 +15,7 @@ from typing import Literal
 import dspy
 
 
-class SelectFormat(dspy.Signature):
+class SelectFormat(dspy.Signature):  # type: ignore[misc]  # DSPy is untyped
     """Pick the meme format whose joke structure best fits the topic."""
 
     topic: str = dspy.InputField(desc="what the meme is about")
@@ -25,7 +25,7 @@ class SelectFormat(dspy.Signature):
     reason: str = dspy.OutputField(desc="one sentence on why it fits the topic")
 
 
-class WriteCaption(dspy.Signature):
+class WriteCaption(dspy.Signature):  # type: ignore[misc]  # DSPy is untyped
     """Write the meme's text, one short punchy text per slot, about the topic, in slot order,
     each within its max chars."""
 
@@ -38,7 +38,7 @@ class WriteCaption(dspy.Signature):
     captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
 
 
-class DraftInputs(dspy.Signature):
+class DraftInputs(dspy.Signature):  # type: ignore[misc]  # DSPy is untyped
     """The inputs every judging signature (verifiers, scorer, refiner) reads."""
 
     topic: str = dspy.InputField(desc="what the meme is about")
