@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dspy.utils.exceptions import LMError
 
@@ -32,34 +32,46 @@ from memesys.pipeline.scoring import Scores, score
 from memesys.pipeline.verification import VERIFIERS, Verdict, verify
 
 T = TypeVar("T", bound=Costed)
-A = TypeVar("A")
-
-# One judging stage: its name (a verifier's, or "score") and the call on a handle.
-JudgingStage = tuple[str, Callable[[LMHandle], Verdict | Scores]]
+R = TypeVar("R")
 
 
-def judging_stages(draft: Draft, program: Predictors | None) -> tuple[JudgingStage, ...]:
-    """The judging group of ``draft``: each verifier, then the scorer, with ``program``'s
-    predictors (None: the built-in ones)."""
+class Place(Protocol):
+    """How a placement runs one judging stage: ``place(name, call)`` answers what
+    ``call(handle)`` returns, run where the placement runs it (a thread of this process, a
+    verifier worker's thread), accounted as it accounts."""
 
-    def verifier(name: str) -> JudgingStage:
-        return name, lambda h: verify(h, name, draft, program)
-
-    return (*(verifier(v) for v in VERIFIERS), ("score", lambda h: score(h, draft, program)))
+    def __call__(self, name: str, call: Callable[[LMHandle], T]) -> Awaitable[T]: ...
 
 
-async def judge_at_once(
-    draft: Draft,
-    program: Predictors | None,
-    place: Callable[[str, Callable[[LMHandle], Verdict | Scores]], Awaitable[A]],
-) -> dict[str, A | BaseException]:
-    """The three verifiers and the scorer of ``draft`` at once: ``place(name, call)`` runs one
-    where the placement runs it; the answers by stage name, a failed one as its exception."""
-    stages = judging_stages(draft, program)
-    answers = await asyncio.gather(
-        *(place(name, call) for name, call in stages), return_exceptions=True
+@dataclass(frozen=True)
+class JudgingAnswers:
+    """What the judging group of a draft answered: each verifier's Verdict and the scorer's
+    Scores, or the exception its call raised."""
+
+    verdicts: dict[str, Verdict | BaseException]
+    score: Scores | BaseException
+
+
+async def _settled(answer: Awaitable[R]) -> R | BaseException:
+    try:
+        return await answer
+    except (Exception, asyncio.CancelledError) as exc:
+        return exc
+
+
+async def judge_at_once(draft: Draft, program: Predictors | None, place: Place) -> JudgingAnswers:
+    """The three verifiers and the scorer of ``draft`` at once, each placed by ``place`` with
+    ``program``'s predictors (None: the built-in ones); a failed call is its exception."""
+
+    def check(verifier: str) -> Awaitable[Verdict]:
+        return place(verifier, lambda h: verify(h, verifier, draft, program))
+
+    checks = [asyncio.ensure_future(_settled(check(v))) for v in VERIFIERS]
+    scoring = asyncio.ensure_future(_settled(place("score", lambda h: score(h, draft, program))))
+    await asyncio.gather(*checks, scoring)
+    return JudgingAnswers(
+        {v: task.result() for v, task in zip(VERIFIERS, checks)}, scoring.result()
     )
-    return {name: answer for (name, _), answer in zip(stages, answers)}
 
 
 @dataclass

@@ -92,18 +92,17 @@ class PoolStages(BlockingStages):
             judged: Judgements = await self.worker.ask(
                 VERIFY, JudgeDraft(draft, self.program_hash), self.deadline_s, idempotent=True
             )
-            answers, lost = dict(judged.answers), None
+            answers, scored = dict(judged.verdicts), judged.score
         except RemoteFailure as exc:
-            answers, lost = {}, exc.failure
+            answers, scored = dict.fromkeys(VERIFIERS, exc.failure), exc.failure
         verdicts = {}
         for verifier in VERIFIERS:
-            answer = answers.get(verifier, lost)
+            answer = answers[verifier]
             if isinstance(answer, StageJudgement):
                 verdicts[verifier] = answer.result
                 self.ledger.record(verifier + suffix, answer.run)
             else:
                 verdicts[verifier] = Verdict.unavailable(verifier, _why(answer))
-        scored = answers.get("score", lost)
         if isinstance(scored, StageJudgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
@@ -146,7 +145,7 @@ class GeneratorWorker(AsyncActor):
             return self.generate(payload)
         return super().handle(payload)
 
-    async def generate(self, request: GenerateMeme) -> dict:
+    async def generate(self, request: GenerateMeme) -> dict[str, Any]:
         try:
             return await self.maker.make(request, TreeWorkshop(self))
         except MemeFailed as exc:
@@ -168,7 +167,7 @@ class TreeWorkshop:
 
     worker: GeneratorWorker
 
-    async def cached(self, key: str) -> dict | None:
+    async def cached(self, key: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(_on_store, self.worker.store.cached, key)
 
     async def store_up(self) -> bool:
@@ -176,7 +175,8 @@ class TreeWorkshop:
 
     async def render(self, order: RenderMeme) -> bytes:
         try:
-            return await self.worker.ask(RENDER, order, self.worker.args.stage_timeout_s)
+            png: bytes = await self.worker.ask(RENDER, order, self.worker.args.stage_timeout_s)
+            return png
         except RemoteFailure as exc:
             raise RequestFailed(
                 exc.failure.code,

@@ -7,12 +7,15 @@ They carry the pipeline's values (a Draft, a Verdict or Scores, a StageRun) and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from actors.messages import Failure
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.flow import StageRun
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
+
+R = TypeVar("R", Verdict, Scores)
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,24 @@ class JudgeDraft:
 
 
 @dataclass(frozen=True)
-class StageJudgement:
+class StageJudgement(Generic[R]):
     """A verifier's Verdict or the scorer's Scores, and the stage run that produced it
     (provider, model, tokens, ms) for the meme's accounting."""
 
-    result: Verdict | Scores
+    result: R
     run: StageRun
 
 
 @dataclass(frozen=True)
 class Judgements:
-    """What each judging stage said, by stage name (the verifiers, "score"): its
+    """What each judging stage said: per verifier (by name) and for the scorer, its
     ``StageJudgement``, or the ``Failure`` of its call (code, message, retry_after) for the
     generator to turn into an unavailable verdict or a failed meme."""
 
-    answers: tuple[tuple[str, StageJudgement | Failure], ...]
+    verdicts: tuple[tuple[str, StageJudgement[Verdict] | Failure], ...]
+    score: StageJudgement[Scores] | Failure
+
+    @property
+    def answers(self) -> tuple[tuple[str, StageJudgement[Any] | Failure], ...]:
+        """Every stage's answer by stage name: the verifiers', then "score"."""
+        return (*self.verdicts, ("score", self.score))

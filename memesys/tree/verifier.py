@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dspy.utils.exceptions import LMError
 
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
+from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.config.capacity import JUDGING_CALLS_PER_MEME
 from memesys.errors import ErrorCode
@@ -30,15 +31,15 @@ from memesys.llm import bulkhead, served
 from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import MemeFailed, first_line, lm_failed
-from memesys.pipeline.flow import StageRun
+from memesys.pipeline.flow import Costed, StageRun
 from memesys.pipeline.lm import LMHandle, stage_handles
 from memesys.pipeline.placements import judge_at_once
 from memesys.pipeline.predict import OutputError
 from memesys.pipeline.program import load_configured
-from memesys.pipeline.scoring import Scores
-from memesys.pipeline.verification import Verdict
-from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
+from memesys.tree.judging import JudgeDraft, Judgements, R, StageJudgement
 from memesys.tree.llmcalls import request_failed, under_deadline
+
+C = TypeVar("C", bound=Costed)
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,9 @@ class VerifierArgs:
     llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
 
 
-def run_stage(
-    handle: LMHandle, fn: Callable[[LMHandle], Verdict | Scores], stage: str = "score"
-) -> StageJudgement:
-    """Run one judging stage, timed; failures become RequestFailed with a stable code."""
+def run_stage(handle: LMHandle, fn: Callable[[LMHandle], C], stage: str) -> tuple[C, StageRun]:
+    """Run one judging stage, timed: its result and run; failures become RequestFailed with a
+    stable code."""
     started = time.perf_counter()
     try:
         with served.tracking() as models, bulkhead.stage(stage):  # who answered; bulkhead
@@ -65,9 +65,22 @@ def run_stage(
     except OutputError as exc:
         raise request_failed(MemeFailed(exc.code, first_line(exc))) from exc
     ms = (time.perf_counter() - started) * 1000
-    return StageJudgement(
-        result, StageRun(handle.provider, served.model_of(models, handle.model), result.tokens, ms)
+    return result, StageRun(
+        handle.provider, served.model_of(models, handle.model), result.tokens, ms
     )
+
+
+def _judged(
+    name: str, answer: R | BaseException, runs: Mapping[str, StageRun]
+) -> StageJudgement[R] | Failure:
+    """Stage ``name``'s answer for the generator: its judgement with its run, or the Failure
+    of its call (any other exception is a bug, raised: it crashes the worker, as in any
+    handler)."""
+    if isinstance(answer, RequestFailed):
+        return answer.failure
+    if isinstance(answer, BaseException):
+        raise answer
+    return StageJudgement(answer, runs[name])
 
 
 class VerifierWorker(AsyncActor):
@@ -87,24 +100,21 @@ class VerifierWorker(AsyncActor):
         return super().handle(payload)
 
     async def judge(self, draft: Draft) -> Judgements:
-        """Every judging stage at once; a stage whose call fails answers its Failure (a bug in
-        one crashes the worker, as in any handler)."""
-        answers = await judge_at_once(
-            draft,
-            self.program.program,
-            lambda name, fn: asyncio.to_thread(
-                under_deadline, run_stage, self.handle_for(name), fn, name
-            ),
-        )
-        for answer in answers.values():
-            if isinstance(answer, BaseException) and not isinstance(answer, RequestFailed):
-                raise answer
-        return Judgements(
-            tuple(
-                (name, answer.failure if isinstance(answer, RequestFailed) else answer)
-                for name, answer in answers.items()
+        """Every judging stage at once; a stage whose call fails answers its Failure."""
+        runs: dict[str, StageRun] = {}
+
+        async def place(name: str, call: Callable[[LMHandle], C]) -> C:
+            judged: tuple[C, StageRun] = await asyncio.to_thread(
+                under_deadline, run_stage, self.handle_for(name), call, name
             )
+            result, runs[name] = judged
+            return result
+
+        answers = await judge_at_once(draft, self.program.program, place)
+        verdicts = tuple(
+            (name, _judged(name, answer, runs)) for name, answer in answers.verdicts.items()
         )
+        return Judgements(verdicts, _judged("score", answers.score, runs))
 
     def _same_program(self, wanted: str) -> None:
         """Judge only for a generator running this worker's program (its file changed between
