@@ -53,6 +53,8 @@ class JudgingAnswers:
 
 
 async def _settled(answer: Awaitable[R]) -> R | BaseException:
+    """``answer``'s value, or what it raised (``asyncio.gather``'s ``return_exceptions``, one
+    awaitable at a time so each keeps its type)."""
     try:
         return await answer
     except (Exception, asyncio.CancelledError) as exc:

@@ -26,7 +26,7 @@ PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
 
 
 # Each verifier's output field listing its reasons (its signature is the program's predictor
-# of the same name: memesys.pipeline.program).
+# of the same name, memesys.pipeline.signatures).
 _REASONS: dict[str, str] = {
     "appropriateness": "concerns",
     "factuality": "flagged_claims",

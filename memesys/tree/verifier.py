@@ -36,10 +36,13 @@ from memesys.pipeline.lm import LMHandle, stage_handles
 from memesys.pipeline.placements import judge_at_once
 from memesys.pipeline.predict import OutputError
 from memesys.pipeline.program import load_configured
-from memesys.tree.judging import JudgeDraft, Judgements, R, StageJudgement
+from memesys.pipeline.scoring import Scores
+from memesys.pipeline.verification import Verdict
+from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.llmcalls import request_failed, under_deadline
 
 C = TypeVar("C", bound=Costed)
+R = TypeVar("R", Verdict, Scores)
 
 
 @dataclass(frozen=True)
