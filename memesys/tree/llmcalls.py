@@ -1,7 +1,6 @@
 """Where the tree meets the LLM client layer: the deadline of the request being served reaches
-the LLM calls, and a meme that failed (a failed LLM call among others, with its own code and
-Retry-After: ``llm_unavailable``, ``llm_rate_limited``, ``budget_exhausted``) becomes the
-request's failure."""
+the LLM calls, and a failed LLM call becomes the request's failure with its own code and
+Retry-After (``llm_unavailable``, ``llm_rate_limited``, ``budget_exhausted``)."""
 
 from __future__ import annotations
 
