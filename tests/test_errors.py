@@ -207,7 +207,7 @@ def test_each_layer_has_one_error_root_that_knows_its_code() -> None:
     from memesys.http.validation import InvalidField
     from memesys.pipeline.decision import Refused
     from memesys.pipeline.errors import PipelineError
-    from memesys.pipeline.stage import OutputError
+    from memesys.pipeline.predict import OutputError
     from memesys.pipeline.writing import CaptionError
     from memesys.render.image import RenderError
     from memesys.storage.memes import InvalidCursor, StoreError

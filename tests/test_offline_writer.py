@@ -17,8 +17,9 @@ from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle, offline_lm
 from memesys.pipeline.refinement import refine
 from memesys.pipeline.scoring import score
+from memesys.pipeline.signatures import WriteCaption
 from memesys.pipeline.verification import VERIFIERS, verify
-from memesys.pipeline.writing import WriteCaption, write_caption
+from memesys.pipeline.writing import write_caption
 
 TOPICS = (
     "monday meetings",

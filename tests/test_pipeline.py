@@ -23,7 +23,14 @@ from memesys.pipeline.decision import (
     decide,
 )
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, offline_lm
+from memesys.pipeline.lm import (
+    OPENAI_COMPATIBLE,
+    STAGE_MODEL_KEYS,
+    LMHandle,
+    offline_lm,
+    stage_handles,
+)
+from memesys.pipeline.placements import run_sequential
 from memesys.pipeline.refinement import (
     REFINED,
     RefinePolicy,
@@ -33,7 +40,6 @@ from memesys.pipeline.refinement import (
     should_refine,
 )
 from memesys.pipeline.scoring import Scores, score
-from memesys.pipeline.stages import STAGE_MODEL_KEYS, run_sequential, stage_handles
 from memesys.pipeline.verification import (
     FAILED,
     PASSED,

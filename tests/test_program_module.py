@@ -23,13 +23,12 @@ import memesys
 from actors.base import RequestFailed
 from memesys.config import load
 from memesys.domain.formats import get_format
-from memesys.domain.messages import GenerateMeme, JudgeDraft, Judgement, Judgements
+from memesys.domain.messages import GenerateMeme
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import build_lm, offline_lm
+from memesys.pipeline.placements import run_sequential
 from memesys.pipeline.program import (
     BUILTIN,
-    SIGNATURES,
-    STAGES,
     MemeProgram,
     ProgramError,
     builtin,
@@ -39,9 +38,10 @@ from memesys.pipeline.program import (
 )
 from memesys.pipeline.record import build_meme, cache_key
 from memesys.pipeline.refinement import RefinePolicy
-from memesys.pipeline.stages import run_sequential
+from memesys.pipeline.signatures import SIGNATURES, STAGES
 from memesys.pipeline.verification import VERIFIERS, verify
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
 from tests.daemon_process import DaemonProcess
 
@@ -438,7 +438,7 @@ def test_a_verifier_worker_judges_with_its_program(tmp_path: Path) -> None:
     draft = Draft("coffee", "drake", ("Tea", "Coffee"))
     answers = dict(asyncio.run(worker.handle(JudgeDraft(draft, loaded.hash))).answers)
     assert set(answers) == {*VERIFIERS, "score"}
-    assert all(isinstance(answer, Judgement) for answer in answers.values())
+    assert all(isinstance(answer, StageJudgement) for answer in answers.values())
     assert answers["factuality"].result.status == "passed"
     assert isinstance(asyncio.run(worker.handle(JudgeDraft(draft, ""))), Judgements)
     # A generator that runs another program (the file changed in between) is refused.
@@ -482,7 +482,7 @@ def test_the_daemon_runs_the_configured_program(tmp_path: Path, mode: str) -> No
 def test_the_stage_adapter_formats_every_signature_as_dspy_does(tmp_path) -> None:
     """Its cached system message is ChatAdapter's own, for the built-in program and for one
     loaded from a file with edited instructions (another signature, another entry)."""
-    from memesys.pipeline.stage import StageAdapter
+    from memesys.pipeline.predict import StageAdapter
 
     original = builtin().program
     path = tmp_path / "edited.json"
@@ -500,51 +500,3 @@ def test_the_stage_adapter_formats_every_signature_as_dspy_does(tmp_path) -> Non
     assert "Be brief." in StageAdapter().format_system_message(
         load_program(str(path)).program.write.signature
     )
-
-
-def test_dspy_formats_and_parses_values_as_before_with_one_type_adapter_per_type() -> None:
-    import typing
-
-    import dspy.adapters.utils as dspy_utils
-    from pydantic import BaseModel, TypeAdapter
-
-    from memesys.pipeline.stage import type_adapter
-
-    class Point(BaseModel):
-        x: int
-
-    def original(value):
-        try:
-            return TypeAdapter(type(value)).dump_python(value, mode="json", fallback=str)
-        except Exception:
-            return str(value)
-
-    assert dspy_utils.TypeAdapter is type_adapter
-    assert type_adapter(list[str]) is type_adapter(list[str])
-    for value in (
-        "coffee",
-        ["a", "b"],
-        {"k": [1, 2]},
-        3,
-        0.5,
-        None,
-        True,
-        Point(x=1),
-        ("t", 1),
-        object(),
-    ):
-        expected = original(value)
-        got = dspy_utils.serialize_for_json(value)
-        assert got == expected or (type(value) is object and isinstance(got, str)), value
-    for text, annotation, expected in (
-        ('["a", "b"]', list[str], ["a", "b"]),
-        ("7", int, 7),
-        ("0.5", float, 0.5),
-        ("yes", typing.Literal["yes", "no"], "yes"),
-        ('{"x": 2}', Point, Point(x=2)),
-        ("true", bool, True),
-        ("maybe", typing.Optional[str], "maybe"),  # noqa: UP045 (the old spelling is the case)
-    ):
-        assert dspy_utils.parse_value(text, annotation) == expected, text
-    with pytest.raises(ValueError):
-        dspy_utils.parse_value("not a number", int)

@@ -11,8 +11,8 @@ from dspy.utils import DummyLM
 
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle, offline_lm
+from memesys.pipeline.predict import OutputError
 from memesys.pipeline.scoring import WEIGHTS, Scores, apply_verdicts, score, weighted
-from memesys.pipeline.stage import OutputError
 from memesys.pipeline.verification import FAILED, PASSED, UNAVAILABLE, Verdict
 from memesys.pipeline.writing import write_caption
 

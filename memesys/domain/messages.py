@@ -51,7 +51,7 @@ class ListMemes:
 
 @dataclass(frozen=True)
 class MemePage:
-    memes: list
+    memes: list[dict[str, Any]]
     next_cursor: str | None
 
 
@@ -103,32 +103,3 @@ class RunTask:
 @dataclass(frozen=True)
 class RunnerReady:
     """From a (re)started runner to the ledger: send me the open tasks."""
-
-
-@dataclass(frozen=True)
-class JudgeDraft:
-    """For the verifier pool: the three verifiers and the scorer on one draft, all at once in
-    one worker (one message each way instead of four); the answer is a ``Judgements``.
-    ``program``: the hash of the program the asking generator runs ("" for any); a worker that
-    runs another program refuses."""
-
-    draft: Any  # memesys.pipeline.draft.Draft
-    program: str = ""
-
-
-@dataclass(frozen=True)
-class Judgements:
-    """What each judging stage said, by stage name (the verifiers, "score"): its
-    ``Judgement``, or the ``actors.messages.Failure`` of its call (code, message,
-    retry_after) for the generator to turn into an unavailable verdict or a failed meme."""
-
-    answers: tuple[tuple[str, Any], ...]
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """A verifier's Verdict or the scorer's Scores, and the stage run that produced it
-    (provider, model, tokens, ms) for the meme's accounting."""
-
-    result: Any
-    run: Any  # memesys.pipeline.stages.StageRun

@@ -32,14 +32,16 @@ from memesys.domain.engines import INPROCESS
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
 from memesys.llm import deadline as llm_deadline
+from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
-from memesys.pipeline.program import load_configured
-from memesys.pipeline.refinement import RefinePolicy
-from memesys.pipeline.scoring import Scores, score
-from memesys.pipeline.stage import OutputError, first_line
-from memesys.pipeline.stages import BlockingStages, stage_handles
-from memesys.pipeline.verification import VERIFIERS, Verdict, verify
+from memesys.pipeline.errors import MemeFailed, first_line
+from memesys.pipeline.flow import Costed
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.making import MemeMaker, SaveMeme
+from memesys.pipeline.placements import BlockingStages, judge_at_once
+from memesys.pipeline.predict import OutputError
+from memesys.pipeline.scoring import Scores
+from memesys.pipeline.verification import Verdict
 from memesys.render.meme import RenderSettings, render_meme
 from memesys.storage.availability import availability_for
 from memesys.storage.connection import CLIENT_TIMEOUT_S, connect
@@ -48,6 +50,7 @@ from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Costed)
 
 STORE_THREADS = 16
 
@@ -60,20 +63,18 @@ class ThreadStages(BlockingStages):
     async def judge_all(
         self, draft: Draft, suffix: str
     ) -> tuple[dict[str, Verdict], Scores | BaseException]:
-        program = self.program
-        calls = [
-            self.call(v + suffix, v, lambda h, v=v: verify(h, v, draft, program)) for v in VERIFIERS
-        ]
-        calls.append(self.call("score" + suffix, "score", lambda h: score(h, draft, program)))
-        answers = await asyncio.gather(*calls, return_exceptions=True)
+        async def place(name: str, call: Callable[[LMHandle], C]) -> C:
+            return await self.call(name + suffix, name, call)
+
+        answers = await judge_at_once(draft, self.program, place)
         verdicts = {}
-        for verifier, answer in zip(VERIFIERS, answers):
+        for verifier, answer in answers.verdicts.items():
             if isinstance(answer, (LMError, OutputError)):
                 answer = Verdict.unavailable(verifier, first_line(answer))
             elif isinstance(answer, BaseException):
                 raise answer  # a bug, not an unavailable verifier
             verdicts[verifier] = answer
-        return verdicts, answers[-1]
+        return verdicts, answers.score
 
 
 class InProcessEngine:
@@ -89,20 +90,14 @@ class InProcessEngine:
         self.store_pool = ThreadPoolExecutor(
             STORE_THREADS, thread_name_prefix="memesys-inprocess-redis"
         )
-        handle_for = stage_handles(
+        dspy_patches.apply()
+        self.maker = MemeMaker.configured(
+            INPROCESS,
             cfg.llm,
-            cfg.pipeline.stage_timeout_s,
+            cfg.pipeline,
             redis_url,
             cfg.redis.key_prefix,
             capacity.llm_processes,
-        )
-        self.maker = MemeMaker(
-            load_configured(cfg.pipeline),
-            handle_for,
-            RefinePolicy.from_config(cfg.pipeline),
-            cfg.pipeline.mode,
-            INPROCESS,
-            cfg.pipeline.render_delay_s,
         )
         self.client = connect(redis_url)
         redis = cfg.redis
@@ -154,10 +149,11 @@ class InProcessEngine:
                 raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
             return None
         key = self.maker.key(order)
-        meme = await self.hits.cached(key)
-        if meme is UNSURE:
-            meme = await self.on_store(self.store.cached, key)
-        return None if meme is None else {**meme, "cached": True, "trace_id": order.trace_id}
+        hit = await self.hits.cached(key)
+        meme = await self.on_store(self.store.cached, key) if hit is UNSURE else hit
+        if not isinstance(meme, dict):
+            return None  # a miss
+        return {**meme, "cached": True, "trace_id": order.trace_id}
 
     async def close(self) -> None:
         await self.hits.close()
@@ -172,7 +168,7 @@ class LocalWorkshop:
 
     engine: InProcessEngine
 
-    async def cached(self, key: str) -> dict | None:
+    async def cached(self, key: str) -> dict[str, Any] | None:
         return await self.engine.on_store(self.engine.store.cached, key)
 
     async def store_up(self) -> bool:

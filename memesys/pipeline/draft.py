@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-import dspy
-
 from memesys.domain.formats import MemeFormat, get_format
 from memesys.pipeline.writing import Caption
 
@@ -75,13 +73,3 @@ class Draft:
             "style": self.style,
             "audience": self.audience,
         }
-
-
-class JudgeDraft(dspy.Signature):
-    """The inputs every judging signature (verifiers, scorer, refiner) reads."""
-
-    topic: str = dspy.InputField(desc="what the meme is about")
-    format_name: str = dspy.InputField(desc="the meme format")
-    slot_texts: str = dspy.InputField(desc="numbered slots: name (max chars): the text written")
-    style: str = dspy.InputField(desc="requested tone; empty means any")
-    audience: str = dspy.InputField(desc="who the meme is for; empty means anyone")

@@ -1,13 +1,16 @@
-"""Build the language model the meme program runs on: the offline writer or an OpenAI-compatible
-endpoint. Both are uncached; the endpoint's engine (memesys.llm) is the daemon's one retry layer.
+"""Build the language models the meme program runs on: the offline writer or an OpenAI-compatible
+endpoint, one per distinct model of the [llm] section (:func:`stage_handles`). Both are
+uncached; the endpoint's engine (memesys.llm) is the daemon's one retry layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import dspy
 
+from memesys.config import LLMConfig
 from memesys.llm.engine import AsyncHardenedEngine, HardenedEngine, Policy
 from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine
 
@@ -76,3 +79,57 @@ def build_lm(
     if not api_key or model == OFFLINE:
         return offline_lm()
     return openai_compatible_lm(model, api_key, base_url, timeout_s, policy, fallbacks)
+
+
+# The [llm] key naming each stage's model; empty means [llm] model.
+STAGE_MODEL_KEYS: Mapping[str, str] = {
+    "select": "select_model",
+    "write": "write_model",
+    "appropriateness": "verify_model",
+    "factuality": "verify_model",
+    "instruction_following": "verify_model",
+    "score": "score_model",
+    "refine": "refine_model",
+}
+
+
+def stage_handles(
+    llm: LLMConfig,
+    stage_timeout_s: float,
+    redis_url: str = "",
+    key_prefix: str = "memesys",
+    processes: int = 1,
+) -> Callable[[str], LMHandle]:
+    """handle_for(stage) from the [llm] section: one handle per distinct model, each attempt
+    bounded by min(llm.timeout_s, stage_timeout_s, time left before the request's deadline),
+    at most llm.max_attempts attempts per call, through each model's circuit breaker and rate
+    limits, shared through ``redis_url`` when given by ``processes`` processes (memesys.llm)."""
+    timeout_s = min(llm.timeout_s, stage_timeout_s)
+    policy = Policy(
+        timeout_s=timeout_s,
+        max_attempts=llm.max_attempts,
+        max_connections=llm.max_connections,
+        breaker_failures=llm.breaker_failures,
+        breaker_reset_s=llm.breaker_reset_s,
+        rate_limit_rps=llm.rate_limit_rps,
+        rate_limit_tpm=llm.rate_limit_tpm,
+        daily_token_budget=llm.daily_token_budget,
+        prices=llm.prices,
+        max_concurrent_writes=llm.max_concurrent_writes,
+        max_concurrent_judgements=llm.max_concurrent_judgements,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        processes=processes,
+    )
+    fallbacks = tuple(
+        m.strip() for m in llm.fallback_models.split(",") if m.strip() and m.strip() != OFFLINE
+    )
+    built: dict[str, LMHandle] = {}
+
+    def handle_for(stage: str) -> LMHandle:
+        model = getattr(llm, STAGE_MODEL_KEYS[stage]) or llm.model
+        if model not in built:
+            built[model] = build_lm(model, llm.api_key, llm.base_url, timeout_s, policy, fallbacks)
+        return built[model]
+
+    return handle_for

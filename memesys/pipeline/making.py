@@ -25,24 +25,20 @@ from typing import Any, Protocol, TypeVar
 
 from dspy.utils.exceptions import LMError
 
+from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.formats import UnknownFormat, get_format
 from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
-from memesys.llm.errors import failure_of
 from memesys.pipeline.decision import Refused
-from memesys.pipeline.errors import PipelineError
-from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.program import LoadedProgram
+from memesys.pipeline.errors import MemeFailed, lm_failed
+from memesys.pipeline.flow import PipelineResult, run_pipeline
+from memesys.pipeline.lm import LMHandle, stage_handles
+from memesys.pipeline.placements import BlockingStages, run_sequential
+from memesys.pipeline.predict import OutputError
+from memesys.pipeline.program import LoadedProgram, load_configured
 from memesys.pipeline.record import build_meme, cache_key
 from memesys.pipeline.refinement import RefinePolicy
-from memesys.pipeline.stage import OutputError, first_line
-from memesys.pipeline.stages import (
-    BlockingStages,
-    PipelineResult,
-    run_pipeline,
-    run_sequential,
-)
 from memesys.pipeline.writing import Caption
 
 SEQUENTIAL = "sequential"
@@ -51,20 +47,11 @@ CaptionHook = Callable[[Caption], None]
 T = TypeVar("T")
 
 
-class MemeFailed(PipelineError):
-    """A meme that could not be made, with its contract code and the Retry-After the failure
-    asked for (None: the code's default)."""
-
-    def __init__(self, code: ErrorCode, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.retry_after = code, message, retry_after
-
-
 @dataclass(frozen=True)
 class SaveMeme:
     """A finished meme and its PNG, to be saved together (with its cache entry unless None)."""
 
-    meme: dict
+    meme: dict[str, Any]
     png: bytes = field(repr=False)  # ~100 KB: never in a log line or a traceback
     cache_key: str | None = None
 
@@ -73,7 +60,7 @@ class Workshop(Protocol):
     """Where one engine runs the steps of a meme. Each raises its failure with a contract code
     (the actor tree: ``RequestFailed``; this process: :class:`MemeFailed`)."""
 
-    async def cached(self, key: str) -> dict | None: ...
+    async def cached(self, key: str) -> dict[str, Any] | None: ...
 
     async def store_up(self) -> bool: ...
 
@@ -141,7 +128,7 @@ class Speculation:
         self.task = None
 
 
-def _swallow(task: asyncio.Future) -> None:
+def _swallow(task: asyncio.Future[bytes]) -> None:
     if not task.cancelled():
         task.exception()
 
@@ -157,6 +144,29 @@ class MemeMaker:
     mode: str
     engine: str
     render_delay_s: float
+
+    @classmethod
+    def configured(
+        cls,
+        engine: str,
+        llm: LLMConfig,
+        pipeline: PipelineConfig,
+        redis_url: str,
+        key_prefix: str,
+        llm_processes: int,
+    ) -> MemeMaker:
+        """The maker of ``engine`` as the [llm] and [pipeline] sections describe it: the one
+        wiring of both engines. The program is ``pipeline.program_path``'s (checked by the
+        daemon before start-up); the LLM client layer's shared state (breakers, limits) is on
+        ``redis_url`` under ``key_prefix``, shared by ``llm_processes`` processes."""
+        return cls(
+            load_configured(pipeline),
+            stage_handles(llm, pipeline.stage_timeout_s, redis_url, key_prefix, llm_processes),
+            RefinePolicy.from_config(pipeline),
+            pipeline.mode,
+            engine,
+            pipeline.render_delay_s,
+        )
 
     def key(self, request: GenerateMeme) -> str:
         return cache_key(request, self.handle_for("write"), self.program.hash)
@@ -236,9 +246,3 @@ class MemeMaker:
             raise MemeFailed(exc.code, f"the model's output is unusable: {exc}") from exc
         except LMError as exc:
             raise lm_failed(exc) from exc
-
-
-def lm_failed(exc: BaseException) -> MemeFailed:
-    """The failure of a meme whose LLM call failed: its contract code and Retry-After."""
-    failure = failure_of(exc)
-    return MemeFailed(failure.code, first_line(exc), failure.retry_after)

@@ -2,7 +2,7 @@
 state.
 
 :class:`MemeProgram` owns one predictor per stage (select, write, the three verifiers, score,
-refine). Every stage call runs the program's predictor for that stage (``stage.run``), in both
+refine). Every stage call runs the program's predictor for that stage (``predict.run``), in both
 pipeline modes: the generator worker calls select, write and refine of its program; each
 verifier worker calls the judging predictors of its own copy, loaded from the same file.
 Predictors are shared by concurrent calls and never changed by them: the LM is scoped per call
@@ -27,26 +27,21 @@ from typing import Any
 
 import dspy
 
-from memesys.pipeline.refinement import RefineCaption
-from memesys.pipeline.scoring import ScoreMeme
-from memesys.pipeline.verification import (
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.placements import run_sequential
+from memesys.pipeline.predict import StagePredict
+from memesys.pipeline.signatures import (
+    SIGNATURES,
+    STAGES,
     CheckAppropriateness,
     CheckFactuality,
     CheckInstructions,
+    RefineCaption,
+    ScoreMeme,
+    SelectFormat,
+    WriteCaption,
 )
-from memesys.pipeline.writing import SelectFormat, WriteCaption
 
-# Each stage's predictor, by the name the pipeline (and the saved state) uses.
-SIGNATURES: dict[str, type[dspy.Signature]] = {
-    "select": SelectFormat,
-    "write": WriteCaption,
-    "appropriateness": CheckAppropriateness,
-    "factuality": CheckFactuality,
-    "instruction_following": CheckInstructions,
-    "score": ScoreMeme,
-    "refine": RefineCaption,
-}
-STAGES = tuple(SIGNATURES)
 BUILTIN = "builtin"
 HASH_CHARS = 16
 # What a predictor's saved state may hold (what dspy.Predict.dump_state writes). Predict's
@@ -58,27 +53,12 @@ class ProgramError(ValueError):
     """A program file cannot be loaded: missing, not JSON, or not a memesys program."""
 
 
-class StagePredict(dspy.Predict):
-    """A ``dspy.Predict`` shared by concurrent stage calls. It keeps no history of its own:
-    DSPy appends every call (prompt and response) to the calling predictor's ``history``, up to
-    ``max_history_size`` (10,000) calls, which a daemon's long-lived predictors would otherwise
-    hold for good. The LM's history and DSPy's global history are unchanged."""
-
-    @property
-    def history(self) -> list[Any]:
-        return []
-
-    @history.setter
-    def history(self, value: list[Any]) -> None:
-        pass
-
-
-class MemeProgram(dspy.Module):
+class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
     """select → write → appropriateness, factuality, instruction_following → score → refine.
 
-    The pipeline (``stages.run_pipeline``) runs the predictors one by one, where each stage
-    belongs (see docs/pipeline.md); ``forward`` runs that same pipeline on the LM in DSPy's
-    settings, so the program can also be evaluated and optimized like any DSPy module.
+    The pipeline (``flow.run_pipeline``) runs the predictors one by one, where each stage
+    belongs (see docs/pipeline.md); ``forward`` runs its sequential placement on the LM in
+    DSPy's settings, so the program can also be evaluated and optimized like any DSPy module.
     """
 
     def __init__(self) -> None:
@@ -107,9 +87,6 @@ class MemeProgram(dspy.Module):
     ) -> dspy.Prediction:
         """One meme through every stage (the sequential reference path) on ``dspy.settings.lm``:
         the kept caption, its overall score and each verifier's status."""
-        from memesys.pipeline.lm import LMHandle
-        from memesys.pipeline.stages import run_sequential
-
         lm = dspy.settings.lm
         if lm is None:
             raise ValueError(
@@ -158,11 +135,6 @@ def builtin() -> LoadedProgram:
     """The built-in program, built once per process (its predictors are never mutated)."""
     program = MemeProgram()
     return LoadedProgram(program, "", program_hash(program))
-
-
-def default_program() -> MemeProgram:
-    """What a stage runs when its caller names no program."""
-    return builtin().program
 
 
 def _check(state: Any, program: MemeProgram) -> None:

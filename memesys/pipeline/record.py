@@ -11,8 +11,8 @@ from typing import Any
 
 from memesys.domain.formats import MemeFormat
 from memesys.domain.messages import GenerateMeme
+from memesys.pipeline.flow import PipelineResult
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.stages import PipelineResult
 
 
 def cache_key(request: GenerateMeme, handle: LMHandle, program_hash: str) -> str:

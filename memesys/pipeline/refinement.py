@@ -9,36 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import dspy
 
 from memesys.config import PipelineConfig
-from memesys.pipeline.draft import Draft, JudgeDraft
+from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.predict import OutputError, Predictors, run
 from memesys.pipeline.scoring import Scores
-from memesys.pipeline.stage import OutputError, run
 from memesys.pipeline.verification import FAILED, VERIFIERS, Verdict
 from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate_texts
-
-if TYPE_CHECKING:
-    from memesys.pipeline.program import MemeProgram
 
 REFINED = "refined"
 
 
-class RefineCaption(JudgeDraft):
-    """Rewrite the meme's texts to fix the critique: the same format, one text per slot in slot
-    order, each within its max chars. Keep what works; make it shorter, sharper and funnier;
-    keep the topic, the requested style and audience; drop any claim the critique flags."""
-
-    slots: str = dspy.InputField(desc="numbered slots: name (max chars): what belongs there")
-    critique: str = dspy.InputField(desc="what the verifiers and the scorer want fixed")
-    revised_captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
-
-
 def refine(
-    handle: LMHandle, draft: Draft, critique: str, program: MemeProgram | None = None
+    handle: LMHandle, draft: Draft, critique: str, program: Predictors | None = None
 ) -> Caption:
     """The rewritten caption (reason REFINED) from ``program``'s refine predictor (the built-in
     one by default); CaptionError on unusable output, DSPy's LMError on a failed LM call."""

@@ -12,17 +12,11 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-import dspy
-
-from memesys.pipeline.draft import Draft, JudgeDraft
+from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.stage import OutputError, run
+from memesys.pipeline.predict import OutputError, Predictors, run
 from memesys.pipeline.verification import FAILED, Verdict
-
-if TYPE_CHECKING:
-    from memesys.pipeline.program import MemeProgram
 
 DIMENSIONS = ("humor", "clarity", "creativity", "shareability")
 # Humor is what a meme is for; clarity next (a joke nobody parses is no joke); creativity and
@@ -35,19 +29,6 @@ WEIGHTS: Mapping[str, float] = MappingProxyType(
 FACTUALITY_PENALTY = 0.5
 # A failed instruction-following verdict keeps this share of the overall.
 INSTRUCTION_FACTOR = 0.5
-
-
-class ScoreMeme(JudgeDraft):
-    """Rate this meme as a demanding meme editor would, each dimension from 0 (bad) to 1
-    (excellent): humor (is it funny, does it have a turn), clarity (instantly readable, short
-    texts), creativity (fresh, not the obvious joke) and shareability (would the audience send
-    it on). Critique it first: the biggest weakness and how to fix it."""
-
-    critique: str = dspy.OutputField(desc="one or two sentences: what to fix, concretely")
-    humor: float = dspy.OutputField(desc="0 to 1")
-    clarity: float = dspy.OutputField(desc="0 to 1")
-    creativity: float = dspy.OutputField(desc="0 to 1")
-    shareability: float = dspy.OutputField(desc="0 to 1")
 
 
 @dataclass(frozen=True)
@@ -69,7 +50,7 @@ def weighted(values: Mapping[str, float], weights: Mapping[str, float] = WEIGHTS
     return sum(weights[d] * values[d] for d in DIMENSIONS) / sum(weights[d] for d in DIMENSIONS)
 
 
-def score(handle: LMHandle, draft: Draft, program: MemeProgram | None = None) -> Scores:
+def score(handle: LMHandle, draft: Draft, program: Predictors | None = None) -> Scores:
     """Rate ``draft`` on ``handle`` with ``program``'s score predictor (the built-in one by
     default). Ratings are clamped to 0..1; a non-numeric rating raises OutputError, a failed LM
     call DSPy's LMError."""

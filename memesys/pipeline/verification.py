@@ -13,61 +13,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 import dspy
 
 from memesys.domain.formats import slot_problem
-from memesys.pipeline.draft import Draft, JudgeDraft
+from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.stage import OutputError, run
-
-if TYPE_CHECKING:
-    from memesys.pipeline.program import MemeProgram
+from memesys.pipeline.predict import OutputError, Predictors, run
 
 VERIFIERS = ("appropriateness", "factuality", "instruction_following")
 PASSED, FAILED, UNAVAILABLE = "passed", "failed", "unavailable"
 
 
-class CheckAppropriateness(JudgeDraft):
-    """Decide whether this meme is safe to publish. Fail it for hate speech or slurs,
-    harassment or threats, sexual content, violence, or private data about real people
-    (email addresses, phone numbers, street addresses, ID numbers), whether in the topic or in
-    any text. Edgy but harmless humour passes."""
-
-    concerns: list[str] = dspy.OutputField(
-        desc="each problem found, naming the category and quoting the words; empty if none"
-    )
-    verdict: Literal["passed", "failed"] = dspy.OutputField(desc="failed if there is any concern")
-    confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
-
-
-class CheckFactuality(JudgeDraft):
-    """Check the meme's claims about real people, events and numbers. Obvious jokes and
-    exaggeration are fine; fail statements a reader could take as fact that are false or
-    unverifiable, such as quotes attributed to real people, dates and statistics."""
-
-    flagged_claims: list[str] = dspy.OutputField(
-        desc="each doubtful claim quoted, with why it is doubtful; empty if none"
-    )
-    verdict: Literal["passed", "failed"] = dspy.OutputField(
-        desc="failed if a flagged claim could mislead"
-    )
-    confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
-
-
-class CheckInstructions(JudgeDraft):
-    """Check the meme follows its brief: the format's joke structure with one text per slot,
-    each text within its max chars, the requested style and the requested audience (when
-    given)."""
-
-    violations: list[str] = dspy.OutputField(desc="each instruction not followed; empty if none")
-    verdict: Literal["passed", "failed"] = dspy.OutputField(desc="failed if any violation")
-    confidence: float = dspy.OutputField(desc="0 to 1: how sure the verdict is")
-
-
 # Each verifier's output field listing its reasons (its signature is the program's predictor
-# of the same name: memesys.pipeline.program).
+# of the same name, memesys.pipeline.signatures).
 _REASONS: dict[str, str] = {
     "appropriateness": "concerns",
     "factuality": "flagged_claims",
@@ -134,7 +93,7 @@ def _with_measurements(verdict: Verdict, measured: tuple[str, ...]) -> Verdict:
 
 
 def verify(
-    handle: LMHandle, verifier: str, draft: Draft, program: MemeProgram | None = None
+    handle: LMHandle, verifier: str, draft: Draft, program: Predictors | None = None
 ) -> Verdict:
     """Run one verifier (``program``'s predictor of that name, the built-in one by default) on
     ``handle``. Status is "passed" or "failed" (unusable output fails, closed); a failed LM call

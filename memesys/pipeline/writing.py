@@ -9,7 +9,7 @@ model and time each one.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dspy
 
@@ -21,35 +21,9 @@ from memesys.domain.formats import (
     slot_problem,
 )
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.stage import OutputError, run
-
-if TYPE_CHECKING:
-    from memesys.pipeline.program import MemeProgram
+from memesys.pipeline.predict import OutputError, Predictors, run
 
 REQUESTED = "requested"
-
-
-class SelectFormat(dspy.Signature):
-    """Pick the meme format whose joke structure best fits the topic."""
-
-    topic: str = dspy.InputField(desc="what the meme is about")
-    catalogue: str = dspy.InputField(desc="one format per line as 'name: when it fits'")
-    seed: int = dspy.InputField(desc="variation key: another seed may pick another good fit")
-    format_name: str = dspy.OutputField(desc="exactly one name from the catalogue")
-    reason: str = dspy.OutputField(desc="one sentence on why it fits the topic")
-
-
-class WriteCaption(dspy.Signature):
-    """Write the meme's text, one short punchy text per slot, about the topic, in slot order,
-    each within its max chars."""
-
-    topic: str = dspy.InputField(desc="what the meme is about")
-    format_name: str = dspy.InputField(desc="the meme format")
-    slots: str = dspy.InputField(desc="numbered slots: name (max chars): what belongs there")
-    style: str = dspy.InputField(desc="tone to write in; empty means any")
-    audience: str = dspy.InputField(desc="who the meme is for; empty means anyone")
-    seed: int = dspy.InputField(desc="variation key: another seed should give other captions")
-    captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
 
 
 @dataclass(frozen=True)
@@ -97,9 +71,9 @@ def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
 
 
 def _run(
-    handle: LMHandle, stage: str, program: MemeProgram | None, **inputs: Any
+    handle: LMHandle, stage: str, program: Predictors | None, **inputs: Any
 ) -> tuple[dspy.Prediction, int]:
-    """stage.run, with unparseable output reported as the caption error it is for callers."""
+    """predict.run, with unparseable output reported as the caption error it is for callers."""
     try:
         return run(handle, stage, program, **inputs)
     except OutputError as exc:
@@ -124,7 +98,7 @@ class Choice:
 
 
 def choose_format(
-    handle: LMHandle, topic: str, seed: int = 0, program: MemeProgram | None = None
+    handle: LMHandle, topic: str, seed: int = 0, program: Predictors | None = None
 ) -> Choice:
     """The "select" stage (``program``'s select predictor, the built-in one by default): the
     model's pick, which must name a catalogue format."""
@@ -152,7 +126,7 @@ def write_texts(
     style: str | None = None,
     audience: str | None = None,
     seed: int = 0,
-    program: MemeProgram | None = None,
+    program: Predictors | None = None,
 ) -> Caption:
     """The "write" stage (``program``'s write predictor): the slot texts for the chosen format.
     ``tokens`` counts this call only."""
@@ -183,7 +157,7 @@ def write_caption(
     style: str | None = None,
     audience: str | None = None,
     seed: int = 0,
-    program: MemeProgram | None = None,
+    program: Predictors | None = None,
 ) -> Caption:
     """Select (skipped when the caller names a format) then write, both on ``handle`` with
     ``program``'s predictors.

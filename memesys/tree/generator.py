@@ -1,7 +1,7 @@
 """The generator workers: one meme from topic to stored PNG, many memes in flight per process.
 
 Each worker is an async actor; a meme is one coroutine. Its stages are the pipeline of
-:mod:`memesys.pipeline.stages`, placed by ``pipeline.mode``:
+:mod:`memesys.pipeline.flow`, placed by ``pipeline.mode``:
 
 - ``parallel``: select, write and refine run here (in threads: DSPy is synchronous); the three
   verifiers and the scorer of a draft go to the verifier pool as one request, run there at
@@ -37,25 +37,20 @@ from actors.bridge import RemoteFailure
 from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.engines import ACTORS
-from memesys.domain.messages import (
-    GenerateMeme,
-    JudgeDraft,
-    Judgement,
-    Judgements,
-    RenderMeme,
-)
+from memesys.domain.messages import GenerateMeme, RenderMeme
+from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
-from memesys.pipeline.program import load_configured
-from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.errors import MemeFailed
+from memesys.pipeline.making import MemeMaker, SaveMeme
+from memesys.pipeline.placements import BlockingStages
 from memesys.pipeline.scoring import Scores
-from memesys.pipeline.stages import BlockingStages, stage_handles
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.storage.availability import availability_for
 from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
-from memesys.tree.llmcalls import under_deadline
+from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
+from memesys.tree.llmcalls import request_failed, under_deadline
 from memesys.tree.paths import RENDER, VERIFY
 from memesys.tree.store import store_errors_answered
 
@@ -97,19 +92,18 @@ class PoolStages(BlockingStages):
             judged: Judgements = await self.worker.ask(
                 VERIFY, JudgeDraft(draft, self.program_hash), self.deadline_s, idempotent=True
             )
-            answers, lost = dict(judged.answers), None
+            answers, scored = dict(judged.verdicts), judged.score
         except RemoteFailure as exc:
-            answers, lost = {}, exc.failure
+            answers, scored = dict.fromkeys(VERIFIERS, exc.failure), exc.failure
         verdicts = {}
         for verifier in VERIFIERS:
-            answer = answers.get(verifier, lost)
-            if isinstance(answer, Judgement):
+            answer = answers[verifier]
+            if isinstance(answer, StageJudgement):
                 verdicts[verifier] = answer.result
                 self.ledger.record(verifier + suffix, answer.run)
             else:
                 verdicts[verifier] = Verdict.unavailable(verifier, _why(answer))
-        scored = answers.get("score", lost)
-        if isinstance(scored, Judgement):
+        if isinstance(scored, StageJudgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
         return verdicts, RequestFailed(
@@ -125,21 +119,9 @@ class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
         self.args = args
         self.max_in_flight = args.max_in_flight
-        handle_for = stage_handles(
-            args.llm,
-            args.pipeline.stage_timeout_s,
-            args.redis_url,
-            args.key_prefix,
-            args.llm_processes,
-        )
-        # the program is checked by the daemon before start-up
-        self.maker = MemeMaker(
-            load_configured(args.pipeline),
-            handle_for,
-            RefinePolicy.from_config(args.pipeline),
-            args.pipeline.mode,
-            ACTORS,
-            args.pipeline.render_delay_s,
+        dspy_patches.apply()
+        self.maker = MemeMaker.configured(
+            ACTORS, args.llm, args.pipeline, args.redis_url, args.key_prefix, args.llm_processes
         )
         self.client = connect(args.redis_url)
         availability = availability_for(
@@ -163,11 +145,11 @@ class GeneratorWorker(AsyncActor):
             return self.generate(payload)
         return super().handle(payload)
 
-    async def generate(self, request: GenerateMeme) -> dict:
+    async def generate(self, request: GenerateMeme) -> dict[str, Any]:
         try:
             return await self.maker.make(request, TreeWorkshop(self))
         except MemeFailed as exc:
-            raise RequestFailed(exc.code, exc.message, exc.retry_after) from exc
+            raise request_failed(exc) from exc
 
 
 def _on_store(fn: Callable[..., T], *args: Any) -> T:
@@ -185,7 +167,7 @@ class TreeWorkshop:
 
     worker: GeneratorWorker
 
-    async def cached(self, key: str) -> dict | None:
+    async def cached(self, key: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(_on_store, self.worker.store.cached, key)
 
     async def store_up(self) -> bool:
@@ -193,7 +175,8 @@ class TreeWorkshop:
 
     async def render(self, order: RenderMeme) -> bytes:
         try:
-            return await self.worker.ask(RENDER, order, self.worker.args.stage_timeout_s)
+            png: bytes = await self.worker.ask(RENDER, order, self.worker.args.stage_timeout_s)
+            return png
         except RemoteFailure as exc:
             raise RequestFailed(
                 exc.failure.code,

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from actors import deadlines
 from actors.base import RequestFailed
 from memesys.llm import deadline as llm_deadline
-from memesys.pipeline import making
+from memesys.pipeline.errors import MemeFailed
 
 T = TypeVar("T")
 
@@ -22,7 +22,8 @@ def under_deadline(fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
 
 
-def lm_failed(exc: BaseException) -> RequestFailed:
-    """The RequestFailed for a failed LLM call: its contract code and Retry-After."""
-    failed = making.lm_failed(exc)
+def request_failed(failed: MemeFailed) -> RequestFailed:
+    """The request's answer for a meme (or a judging stage) that failed: the one conversion
+    from the pipeline's failure (memesys.pipeline.errors.lm_failed for an LLM call) to the
+    tree's, keeping the code, the message and the Retry-After."""
     return RequestFailed(failed.code, failed.message, failed.retry_after)

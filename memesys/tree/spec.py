@@ -119,7 +119,7 @@ def root_spec(
             ),
         )
 
-    children = (
+    children: tuple[ChildSpec, ...] = (
         pool(
             STORE,
             StoreWorker,

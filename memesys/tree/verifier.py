@@ -1,11 +1,12 @@
 """The verifier pool's workers: the three verifiers and the scorer of a draft, all at once.
 
 A worker is an async actor, so one process holds many drafts' judging at once (each LM call
-runs in a thread: DSPy's stages are synchronous). A :class:`JudgeDraft` is answered with one
-:class:`Judgements`: per stage, a :class:`Judgement` (the Verdict or Scores and the stage run:
-provider, model, tokens, ms) or the failure of that stage's call (an LM failure or unusable
-output); the generator decides what it means (decision.decide). One message each way per
-draft, not one per stage: a hop costs CPU on both ends. Each
+runs in a thread: DSPy's stages are synchronous; the group is the pipeline's one judging
+fan-out, :func:`memesys.pipeline.placements.judge_at_once`). A :class:`JudgeDraft` is answered
+with one :class:`Judgements`: per stage, a :class:`StageJudgement` (the Verdict or Scores and
+the stage run: provider, model, tokens, ms) or the failure of that stage's call (an LM failure
+or unusable output); the generator decides what it means (decision.decide). One message each
+way per draft, not one per stage: a hop costs CPU on both ends. Each
 worker runs the predictors of its own copy of the program (``pipeline.program_path``), and
 refuses a request from a generator that runs another one.
 """
@@ -14,27 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from dspy.utils.exceptions import LMError
 
 from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
+from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.config.capacity import JUDGING_CALLS_PER_MEME
-from memesys.domain.messages import JudgeDraft, Judgement, Judgements
 from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, served
+from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.errors import MemeFailed, first_line, lm_failed
+from memesys.pipeline.flow import Costed, StageRun
+from memesys.pipeline.lm import LMHandle, stage_handles
+from memesys.pipeline.placements import judge_at_once
+from memesys.pipeline.predict import OutputError
 from memesys.pipeline.program import load_configured
-from memesys.pipeline.scoring import score
-from memesys.pipeline.stage import OutputError, first_line
-from memesys.pipeline.stages import StageRun, stage_handles
-from memesys.pipeline.verification import VERIFIERS, verify
-from memesys.tree.llmcalls import lm_failed, under_deadline
+from memesys.pipeline.scoring import Scores
+from memesys.pipeline.verification import Verdict
+from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
+from memesys.tree.llmcalls import request_failed, under_deadline
+
+C = TypeVar("C", bound=Costed)
+R = TypeVar("R", Verdict, Scores)
 
 
 @dataclass(frozen=True)
@@ -48,24 +56,39 @@ class VerifierArgs:
     llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
 
 
-def run_stage(handle: LMHandle, fn: Callable[[LMHandle], Any], stage: str = "score") -> Judgement:
-    """Run one judging stage, timed; failures become RequestFailed with a stable code."""
+def run_stage(handle: LMHandle, fn: Callable[[LMHandle], C], stage: str) -> tuple[C, StageRun]:
+    """Run one judging stage, timed: its result and run; failures become RequestFailed with a
+    stable code."""
     started = time.perf_counter()
     try:
         with served.tracking() as models, bulkhead.stage(stage):  # who answered; bulkhead
             result = fn(handle)
     except LMError as exc:
-        raise lm_failed(exc) from exc
+        raise request_failed(lm_failed(exc)) from exc
     except OutputError as exc:
-        raise RequestFailed(exc.code, first_line(exc)) from exc
+        raise request_failed(MemeFailed(exc.code, first_line(exc))) from exc
     ms = (time.perf_counter() - started) * 1000
-    return Judgement(
-        result, StageRun(handle.provider, served.model_of(models, handle.model), result.tokens, ms)
+    return result, StageRun(
+        handle.provider, served.model_of(models, handle.model), result.tokens, ms
     )
+
+
+def _judged(
+    name: str, answer: R | BaseException, runs: Mapping[str, StageRun]
+) -> StageJudgement[R] | Failure:
+    """Stage ``name``'s answer for the generator: its judgement with its run, or the Failure
+    of its call (any other exception is a bug, raised: it crashes the worker, as in any
+    handler)."""
+    if isinstance(answer, RequestFailed):
+        return answer.failure
+    if isinstance(answer, BaseException):
+        raise answer
+    return StageJudgement(answer, runs[name])
 
 
 class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
+        dspy_patches.apply()
         self.max_in_flight = args.max_in_flight
         self.blocking_per_request = JUDGING_CALLS_PER_MEME  # a draft's stages run at once
         self.handle_for = stage_handles(
@@ -80,29 +103,21 @@ class VerifierWorker(AsyncActor):
         return super().handle(payload)
 
     async def judge(self, draft: Draft) -> Judgements:
-        """Every judging stage at once; a stage whose call fails answers its Failure (a bug in
-        one crashes the worker, as in any handler)."""
-        program = self.program.program
-        stages: list[tuple[str, Callable[[LMHandle], Any]]] = [
-            (v, lambda h, v=v: verify(h, v, draft, program)) for v in VERIFIERS
-        ]
-        stages.append(("score", lambda h: score(h, draft, program)))
-        answers = await asyncio.gather(
-            *(
-                asyncio.to_thread(under_deadline, run_stage, self.handle_for(name), fn, name)
-                for name, fn in stages
-            ),
-            return_exceptions=True,
-        )
-        for answer in answers:
-            if isinstance(answer, BaseException) and not isinstance(answer, RequestFailed):
-                raise answer
-        return Judgements(
-            tuple(
-                (name, answer.failure if isinstance(answer, RequestFailed) else answer)
-                for (name, _), answer in zip(stages, answers)
+        """Every judging stage at once; a stage whose call fails answers its Failure."""
+        runs: dict[str, StageRun] = {}
+
+        async def place(name: str, call: Callable[[LMHandle], C]) -> C:
+            judged: tuple[C, StageRun] = await asyncio.to_thread(
+                under_deadline, run_stage, self.handle_for(name), call, name
             )
+            result, runs[name] = judged
+            return result
+
+        answers = await judge_at_once(draft, self.program.program, place)
+        verdicts = tuple(
+            (name, _judged(name, answer, runs)) for name, answer in answers.verdicts.items()
         )
+        return Judgements(verdicts, _judged("score", answers.score, runs))
 
     def _same_program(self, wanted: str) -> None:
         """Judge only for a generator running this worker's program (its file changed between

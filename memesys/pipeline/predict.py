@@ -1,8 +1,8 @@
-"""Run one stage of the meme program on an LMHandle: the machinery every stage shares.
+"""Run one stage's predictor on an LMHandle: the machinery every stage shares.
 
-Every stage (select, write, the verifiers, score, refine) calls its predictor of a
-:class:`~memesys.pipeline.program.MemeProgram` (the built-in one unless the caller names
-another) and scopes its LM the same way
+Every stage (select, write, the verifiers, score, refine) calls its predictor of a program
+(any :class:`Predictors`, a :class:`~memesys.pipeline.program.MemeProgram` in practice; the
+built-in predictor of the stage when the caller names none), scopes its LM the same way
 (``dspy.context``, so concurrent workers with different LMs never see each other's settings),
 counts tokens the same way, and separates the two ways a stage can go wrong: the LM call itself
 failed (DSPy's LMError, passed on unchanged: its subclass, ``code`` and ``retry_after`` are what
@@ -14,19 +14,15 @@ fault, never a pass).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import dspy
-import dspy.adapters.utils as dspy_adapter_utils
 from dspy.utils.exceptions import AdapterParseError, LMError
-from pydantic import TypeAdapter
 
 from memesys.errors import ErrorCode
 from memesys.pipeline.errors import PipelineError
 from memesys.pipeline.lm import LMHandle
-
-if TYPE_CHECKING:
-    from memesys.pipeline.program import MemeProgram
+from memesys.pipeline.signatures import SIGNATURES, STAGES
 
 
 class OutputError(PipelineError, ValueError):
@@ -42,7 +38,38 @@ class OutputError(PipelineError, ValueError):
         super().__init__(message)
 
 
-class StageAdapter(dspy.ChatAdapter):
+class StagePredict(dspy.Predict):  # type: ignore[misc]  # DSPy is untyped
+    """A ``dspy.Predict`` shared by concurrent stage calls. It keeps no history of its own:
+    DSPy appends every call (prompt and response) to the calling predictor's ``history``, up to
+    ``max_history_size`` (10,000) calls, which a daemon's long-lived predictors would otherwise
+    hold for good. The LM's history and DSPy's global history are unchanged."""
+
+    @property
+    def history(self) -> list[Any]:
+        return []
+
+    @history.setter
+    def history(self, value: list[Any]) -> None:
+        pass
+
+
+class Predictors(Protocol):
+    """What a stage runs: one predictor per stage name (a MemeProgram)."""
+
+    def predictor(self, stage: str) -> dspy.Predict: ...
+
+
+@functools.cache
+def builtin_predictor(stage: str) -> StagePredict:
+    """The built-in predictor of ``stage`` (its signature as written, no demos), built once per
+    process: what a stage runs when its caller names no program, as the built-in program's
+    predictor of that stage would."""
+    if stage not in SIGNATURES:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    return StagePredict(SIGNATURES[stage])
+
+
+class StageAdapter(dspy.ChatAdapter):  # type: ignore[misc]  # DSPy is untyped
     """DSPy's ChatAdapter with the system message of each signature built once.
 
     That message (field descriptions, structure, task) depends on the signature alone, yet
@@ -50,43 +77,19 @@ class StageAdapter(dspy.ChatAdapter):
     of a stage call's CPU outside the HTTP exchange (bench/README.md, "Where the CPU goes").
     Signatures are classes, so they key the cache; a program has a handful of them."""
 
-    def format_system_message(self, signature: type[dspy.Signature]) -> str:
+    def format_system_message(self, signature: type) -> str:
         return _system_message(signature)
 
 
 @functools.lru_cache(maxsize=64)
-def _system_message(signature: type[dspy.Signature]) -> str:
-    return dspy.ChatAdapter.format_system_message(_PLAIN, signature)
+def _system_message(signature: type) -> str:
+    """ChatAdapter's system message of ``signature`` (a dspy.Signature class)."""
+    message: str = dspy.ChatAdapter.format_system_message(_PLAIN, signature)
+    return message
 
 
 _PLAIN = dspy.ChatAdapter()
 ADAPTER = StageAdapter()
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_type_adapter(annotation: Any) -> TypeAdapter:
-    return TypeAdapter(annotation)
-
-
-def type_adapter(annotation: Any, *args: Any, **kwargs: Any) -> TypeAdapter:
-    """pydantic's ``TypeAdapter(annotation)``, built once per annotation.
-
-    DSPy's adapter utilities build a TypeAdapter (schema generation, plugin lookup, ~0.1 ms)
-    for every input value they format (``serialize_for_json``) and every output field they
-    parse (``parse_value``): a quarter of a verifier worker's CPU, then a sixth of a stage
-    call's. pydantic means TypeAdapters to be built once and reused; what they return is the
-    same. An unhashable annotation, or one with options, gets a new one as before."""
-    if not args and not kwargs:
-        try:
-            return _cached_type_adapter(annotation)
-        except TypeError:  # unhashable
-            pass
-    return TypeAdapter(annotation, *args, **kwargs)
-
-
-# DSPy's adapter utilities look this name up in their module on every call: from now on they
-# find the cached version.
-dspy_adapter_utils.TypeAdapter = type_adapter
 
 
 def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
@@ -102,23 +105,17 @@ def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
 
 
 def run(
-    handle: LMHandle, stage: str, program: MemeProgram | None, **inputs: Any
+    handle: LMHandle, stage: str, program: Predictors | None, **inputs: Any
 ) -> tuple[dspy.Prediction, int]:
-    """(prediction, tokens used) of ``program``'s ``stage`` predictor (the built-in program's
-    when None) on ``handle``'s LM.
+    """(prediction, tokens used) of ``program``'s ``stage`` predictor (the built-in one when
+    None) on ``handle``'s LM.
 
     Concurrent callers share the predictor, which a call never changes: the LM is scoped to
     this call (``dspy.context``, thread- and task-local) and so is the usage tracker, which
     also rolls up into any tracker the caller opened. A failed LM call raises its LMError with
     a note naming the stage (shown in tracebacks).
     """
-    if program is None:
-        from memesys.pipeline.program import (
-            default_program,  # it imports every stage module
-        )
-
-        program = default_program()
-    predictor = program.predictor(stage)
+    predictor = builtin_predictor(stage) if program is None else program.predictor(stage)
     # DSPy's default adapter, its system message cached; one the caller set is kept
     adapter = dspy.settings.adapter or ADAPTER
     with dspy.context(lm=handle.lm, adapter=adapter), dspy.track_usage() as tracker:
@@ -133,8 +130,3 @@ def run(
                 total_tokens(tracker.get_total_tokens()),
             ) from exc
     return prediction, total_tokens(tracker.get_total_tokens())
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's message: enough for a verdict or an HTTP error."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,217 @@
+"""The pipeline's flow: every stage of one meme in order, wherever each stage runs.
+
+select -> write -> the judging group (appropriateness, factuality, instruction_following,
+score) -> refinement rounds (rewrite, the judging group again) while the policy asks for them.
+Each stage runs on its own handle (``handle_for(stage)``) and is timed and accounted
+(provider, model, tokens) in a :class:`Ledger`. *Where* the stages run is a :class:`Stages`
+(``memesys.pipeline.placements``): the sequential reference and the ``parallel`` placements
+of both engines share this flow, the same stage functions and the same pure policies (decide,
+apply_verdicts, should_refine).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
+
+from memesys.llm import bulkhead, served
+from memesys.pipeline.decision import Decision, decide
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.predict import Predictors
+from memesys.pipeline.refinement import (
+    RefinePolicy,
+    Round,
+    critique_for,
+    refine,
+    should_refine,
+)
+from memesys.pipeline.scoring import Scores, apply_verdicts
+from memesys.pipeline.verification import Verdict
+from memesys.pipeline.writing import (
+    Caption,
+    choose_format,
+    clean_topic,
+    requested,
+    write_texts,
+)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage call as it happened: who ran it, what it cost, how long it took."""
+
+    provider: str
+    model: str
+    tokens: int
+    ms: float
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A servable draft with everything the judging stages said about it."""
+
+    caption: Caption
+    draft: Draft
+    verdicts: Mapping[str, Verdict]
+    decision: Decision
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """The kept caption (the first one or the best refinement) and its judgement, every
+    refinement round, and per-stage accounting: ``stages`` by stage key ("select", "write",
+    the verifiers, "score"; "refine_N" and "<verifier>_N", "score_N" for round N) and
+    ``timings`` in ms by the same keys plus "total"."""
+
+    caption: Caption
+    draft: Draft
+    verdicts: Mapping[str, Verdict]
+    decision: Decision
+    scores: Scores
+    rounds: tuple[Round, ...]
+    stages: Mapping[str, StageRun]
+    timings: Mapping[str, float]
+
+
+class Costed(Protocol):
+    """What a stage answers: anything that says the tokens it cost."""
+
+    @property
+    def tokens(self) -> int: ...
+
+
+T = TypeVar("T", bound=Costed)
+
+
+@dataclass
+class Ledger:
+    """Times and accounts each stage call under its key."""
+
+    stages: dict[str, StageRun] = field(default_factory=dict)
+
+    def call(self, key: str, handle: LMHandle, stage: Callable[[], T]) -> T:
+        start = time.perf_counter()
+        with served.tracking() as models, bulkhead.stage(key):  # who answered; its bulkhead
+            try:
+                result = stage()
+            except BaseException:
+                self.record(
+                    key,
+                    StageRun(handle.provider, served.model_of(models, handle.model), 0, _ms(start)),
+                )
+                raise
+        self.record(
+            key,
+            StageRun(
+                handle.provider, served.model_of(models, handle.model), result.tokens, _ms(start)
+            ),
+        )
+        return result
+
+    def record(self, key: str, run: StageRun) -> None:
+        self.stages[key] = run
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+class Stages(Protocol):
+    """Where the stages of one meme run: the pipeline's logic is the same in both modes.
+
+    ``call`` runs one LM stage (select, write, refine) accounted under ``key``; ``judge`` runs
+    the three verifiers and the scorer on a draft and returns the verdicts and the raw scores
+    (None when the verdicts refuse the draft and the scorer was skipped). ``program`` is the
+    MemeProgram whose predictors the stages run (None: the built-in one); stages judged
+    elsewhere run that place's copy of the same program.
+    """
+
+    ledger: Ledger
+    program: Predictors | None
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T: ...
+
+    async def judge(
+        self, draft: Draft, suffix: str
+    ) -> tuple[dict[str, Verdict], Scores | None]: ...
+
+
+async def run_pipeline(
+    stages: Stages,
+    topic: str,
+    format: str | None = None,
+    style: str | None = None,
+    audience: str | None = None,
+    seed: int = 0,
+    policy: RefinePolicy = RefinePolicy(),
+    drafted: Callable[[Caption], None] | None = None,
+) -> PipelineResult:
+    """One meme through every stage; ``drafted`` hears of the first caption as soon as it is
+    written (the engines start its picture then, while it is judged). Raises
+    Refused when the first draft may not be served
+    (decide), UnknownFormat/CaptionError on a bad request or unusable model output, and DSPy's
+    LMError when a stage other than a verifier cannot reach its LM. A refined draft the
+    verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
+    began = time.perf_counter()
+    topic = clean_topic(topic)
+    if format:
+        choice = requested(format)
+    else:
+        choice = await stages.call(
+            "select", "select", lambda h: choose_format(h, topic, seed, stages.program)
+        )
+    caption = await stages.call(
+        "write",
+        "write",
+        lambda h: write_texts(h, topic, choice, style, audience, seed, stages.program),
+    )
+    if drafted is not None:
+        drafted(caption)
+    draft = Draft.from_caption(caption, topic, style, audience, seed)
+    verdicts, raw = await stages.judge(draft, "")
+    decision = decide(verdicts)
+    decision.enforce()
+    assert raw is not None  # judge scores every draft it does not refuse
+    best = Judged(caption, draft, verdicts, decision, apply_verdicts(raw, verdicts))
+    rounds: list[Round] = []
+    while should_refine(best.scores.overall, rounds[-1] if rounds else None, policy):
+        n, kept = len(rounds) + 1, best
+        critique = critique_for(kept.scores, kept.verdicts)
+        refined = await stages.call(
+            f"refine_{n}",
+            "refine",
+            lambda h: refine(h, kept.draft, critique, stages.program),  # noqa: B023 (called at once)
+        )
+        refined = replace(refined, reason=caption.reason)
+        draft = kept.draft.with_texts(refined.texts)
+        verdicts, raw = await stages.judge(draft, f"_{n}")
+        decision = decide(verdicts)
+        statuses = {name: v.status for name, v in verdicts.items()}
+        if decision.refusal is not None:
+            rounds.append(
+                Round(n, refined.texts, 0.0, statuses, -kept.scores.overall, decision.refusal)
+            )
+            continue  # should_refine stops after a refused round
+        assert raw is not None  # judge scores every draft it does not refuse
+        scores = apply_verdicts(raw, verdicts)
+        rounds.append(
+            Round(n, refined.texts, scores.overall, statuses, scores.overall - kept.scores.overall)
+        )
+        if scores.overall > kept.scores.overall:
+            best = Judged(refined, draft, verdicts, decision, scores)
+    timings = {key: run.ms for key, run in stages.ledger.stages.items()}
+    timings["total"] = _ms(began)
+    return PipelineResult(
+        best.caption,
+        best.draft,
+        best.verdicts,
+        best.decision,
+        best.scores,
+        tuple(rounds),
+        dict(stages.ledger.stages),
+        timings,
+    )

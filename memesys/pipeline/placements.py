@@ -1,0 +1,166 @@
+"""Where the stages of one meme run (:class:`~memesys.pipeline.flow.Stages`), and the one
+judging fan-out every ``parallel`` placement uses.
+
+- :class:`LocalStages`: the sequential reference, every stage one after another in this thread
+  (:func:`run_sequential`; ``MemeProgram.forward`` runs it);
+- :class:`BlockingStages`: the ``parallel`` placement's common part, each LM stage a blocking
+  call off the event loop; the in-process engine's threads and the tree's generator workers
+  subclass it, saying where the judging group runs.
+
+:func:`judge_at_once` is the judging group itself, "the three verifiers and the scorer at once",
+used by the in-process engine and by the tree's verifier workers alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from dspy.utils.exceptions import LMError
+
+from memesys.pipeline.decision import decide
+from memesys.pipeline.draft import Draft
+from memesys.pipeline.errors import first_line
+from memesys.pipeline.flow import Costed, Ledger, PipelineResult, run_pipeline
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.predict import Predictors
+from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.scoring import Scores, score
+from memesys.pipeline.verification import VERIFIERS, Verdict, verify
+
+T = TypeVar("T", bound=Costed)
+R = TypeVar("R")
+
+
+class Place(Protocol):
+    """How a placement runs one judging stage: ``place(name, call)`` answers what
+    ``call(handle)`` returns, run where the placement runs it (a thread of this process, a
+    verifier worker's thread), accounted as it accounts."""
+
+    def __call__(self, name: str, call: Callable[[LMHandle], T]) -> Awaitable[T]: ...
+
+
+@dataclass(frozen=True)
+class JudgingAnswers:
+    """What the judging group of a draft answered: each verifier's Verdict and the scorer's
+    Scores, or the exception its call raised."""
+
+    verdicts: dict[str, Verdict | BaseException]
+    score: Scores | BaseException
+
+
+async def _settled(answer: Awaitable[R]) -> R | BaseException:
+    """``answer``'s value, or what it raised (``asyncio.gather``'s ``return_exceptions``, one
+    awaitable at a time so each keeps its type)."""
+    try:
+        return await answer
+    except (Exception, asyncio.CancelledError) as exc:
+        return exc
+
+
+async def judge_at_once(draft: Draft, program: Predictors | None, place: Place) -> JudgingAnswers:
+    """The three verifiers and the scorer of ``draft`` at once, each placed by ``place`` with
+    ``program``'s predictors (None: the built-in ones); a failed call is its exception."""
+
+    def check(verifier: str) -> Awaitable[Verdict]:
+        return place(verifier, lambda h: verify(h, verifier, draft, program))
+
+    checks = [asyncio.ensure_future(_settled(check(v))) for v in VERIFIERS]
+    scoring = asyncio.ensure_future(_settled(place("score", lambda h: score(h, draft, program))))
+    await asyncio.gather(*checks, scoring)
+    return JudgingAnswers(
+        {v: task.result() for v, task in zip(VERIFIERS, checks)}, scoring.result()
+    )
+
+
+@dataclass
+class BlockingStages:
+    """The ``parallel`` placement's common part: each LM stage is a blocking call that
+    ``run`` takes off the event loop (``run(fn, *args)``: a thread under the request's
+    deadline, in the tree's workers or the gateway's pool); the subclass says where the
+    judging group runs. ``judge_ms``: the group's wall time per round."""
+
+    run: Callable[..., Awaitable[Any]]
+    handle_for: Callable[[str], LMHandle]
+    program: Predictors | None
+    ledger: Ledger = field(default_factory=Ledger, init=False)
+    judge_ms: dict[str, float] = field(default_factory=dict, init=False)
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+        handle = self.handle_for(stage)
+        result: T = await self.run(self.ledger.call, key, handle, lambda: fn(handle))
+        return result
+
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict], Scores | None]:
+        """The three verifiers and the scorer at once (:meth:`judge_all`); a verifier whose
+        call fails is an "unavailable" verdict; a failed scorer fails the meme unless the
+        verdicts refuse it anyway."""
+        started = time.perf_counter()
+        verdicts, scored = await self.judge_all(draft, suffix)
+        self.judge_ms["judge" + suffix] = (time.perf_counter() - started) * 1000
+        if not isinstance(scored, BaseException):
+            return verdicts, scored
+        if decide(verdicts).refusal is not None:
+            return verdicts, None  # refused anyway; the missing score changes nothing
+        raise scored
+
+    async def judge_all(
+        self, draft: Draft, suffix: str
+    ) -> tuple[dict[str, Verdict], Scores | BaseException]:
+        """Every verdict (unavailable where its call failed) and the scores, or why the scorer
+        failed: where the group runs."""
+        raise NotImplementedError
+
+
+@dataclass
+class LocalStages:
+    """The sequential reference: every stage in this thread, one after another."""
+
+    handle_for: Callable[[str], LMHandle]
+    ledger: Ledger = field(default_factory=Ledger)
+    program: Predictors | None = None
+
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+        handle = self.handle_for(stage)
+        return self.ledger.call(key, handle, lambda: fn(handle))
+
+    async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict], Scores | None]:
+        """The verifiers in order (an LM failure is an "unavailable" verdict), then the
+        scorer only if the verdicts let the draft be served."""
+        verdicts = {}
+        for verifier in VERIFIERS:
+
+            def check(h: LMHandle, v: str = verifier) -> Verdict:
+                return verify(h, v, draft, self.program)
+
+            try:
+                verdicts[verifier] = await self.call(verifier + suffix, verifier, check)
+            except LMError as exc:
+                verdicts[verifier] = Verdict.unavailable(verifier, first_line(exc))
+        if decide(verdicts).refusal is not None:
+            return verdicts, None
+        return verdicts, await self.call(
+            "score" + suffix, "score", lambda h: score(h, draft, self.program)
+        )
+
+
+def run_sequential(
+    handle_for: Callable[[str], LMHandle],
+    topic: str,
+    format: str | None = None,
+    style: str | None = None,
+    audience: str | None = None,
+    seed: int = 0,
+    policy: RefinePolicy = RefinePolicy(),
+    program: Predictors | None = None,
+) -> PipelineResult:
+    """The sequential reference path: :func:`run_pipeline` with every stage in this thread,
+    each one ``program``'s predictor (the built-in program's when None)."""
+    return asyncio.run(
+        run_pipeline(
+            LocalStages(handle_for, program=program), topic, format, style, audience, seed, policy
+        )
+    )

@@ -1,0 +1,110 @@
+"""memesys.pipeline.dspy_patches: applied once, explicitly, only on a tested DSPy, and the DSPy
+functions it patches are the ones it was checked against."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import warnings
+from collections.abc import Callable
+
+import dspy
+import dspy.adapters.utils as dspy_utils
+import pytest
+
+from memesys.pipeline import dspy_patches
+from memesys.pipeline.dspy_patches import type_adapter
+
+# sha256 (first 16 hex digits) of the source of every function of dspy.adapters.utils that
+# builds a TypeAdapter, as of DSPy 3.4.1. A change means DSPy changed what the patch reaches:
+# re-read memesys/pipeline/dspy_patches.py against the new code, then record the new hashes.
+PATCHED_SOURCES = {
+    "serialize_for_json": "989096592c125ae9",
+    "_get_json_schema": "6edcf4c3b3602d05",
+    "parse_value": "95a949226a906f50",
+}
+
+
+def _source_hash(function: Callable[..., object]) -> str:
+    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+
+
+def test_the_patched_dspy_functions_are_the_ones_the_patch_was_checked_against() -> None:
+    module_source = inspect.getsource(dspy_utils)
+    builders = {
+        name
+        for name, obj in vars(dspy_utils).items()
+        if inspect.isfunction(obj)
+        and obj.__module__ == dspy_utils.__name__
+        and "TypeAdapter" in inspect.getsource(obj)
+    }
+    assert builders == set(PATCHED_SOURCES), "another DSPy function builds a TypeAdapter"
+    assert "from pydantic import TypeAdapter" in module_source  # looked up in the module
+    for name, recorded in PATCHED_SOURCES.items():
+        assert _source_hash(getattr(dspy_utils, name)) == recorded, name
+
+
+def test_apply_is_idempotent_and_the_installed_dspy_is_tested() -> None:
+    assert dspy_patches.tested(dspy.__version__)
+    assert dspy_patches.apply() and dspy_patches.apply()
+    assert dspy_patches.applied()
+
+
+def test_an_untested_dspy_is_left_alone_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not dspy_patches.tested("3.5.0") and not dspy_patches.tested("2.6.1")
+    assert dspy_patches.tested("3.4.0") and not dspy_patches.tested("garbage")
+    monkeypatch.setattr(dspy_utils, "TypeAdapter", dspy_utils.TypeAdapter)  # restored after
+    monkeypatch.setattr(dspy_utils, "TypeAdapter", object)
+    monkeypatch.setattr(dspy, "__version__", "3.9.0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dspy_patches.apply() is False
+    assert dspy_utils.TypeAdapter is object
+    assert any("outside the versions" in str(w.message) for w in caught)
+
+
+def test_dspy_formats_and_parses_values_as_before_with_one_type_adapter_per_type() -> None:
+    import typing
+
+    import dspy.adapters.utils as dspy_utils
+    from pydantic import BaseModel, TypeAdapter
+
+    class Point(BaseModel):
+        x: int
+
+    def original(value):
+        try:
+            return TypeAdapter(type(value)).dump_python(value, mode="json", fallback=str)
+        except Exception:
+            return str(value)
+
+    assert dspy_patches.apply()
+    assert dspy_utils.TypeAdapter is type_adapter
+    assert type_adapter(list[str]) is type_adapter(list[str])
+    for value in (
+        "coffee",
+        ["a", "b"],
+        {"k": [1, 2]},
+        3,
+        0.5,
+        None,
+        True,
+        Point(x=1),
+        ("t", 1),
+        object(),
+    ):
+        expected = original(value)
+        got = dspy_utils.serialize_for_json(value)
+        assert got == expected or (type(value) is object and isinstance(got, str)), value
+    for text, annotation, expected in (
+        ('["a", "b"]', list[str], ["a", "b"]),
+        ("7", int, 7),
+        ("0.5", float, 0.5),
+        ("yes", typing.Literal["yes", "no"], "yes"),
+        ('{"x": 2}', Point, Point(x=2)),
+        ("true", bool, True),
+        ("maybe", typing.Optional[str], "maybe"),  # noqa: UP045 (the old spelling is the case)
+    ):
+        assert dspy_utils.parse_value(text, annotation) == expected, text
+    with pytest.raises(ValueError):
+        dspy_utils.parse_value("not a number", int)
