@@ -1,7 +1,7 @@
 """CPU of one LLM stage call: ``python -m bench.profile_stage_call [--quick] [--calls N]``.
 
 Runs the ``factuality`` verifier (``memesys.pipeline.verification.verify``) through the stage
-handles the daemon builds (``memesys.pipeline.stages.stage_handles``: DSPy, the HTTP client,
+handles the daemon builds (``memesys.pipeline.lm.stage_handles``: DSPy, the HTTP client,
 the retry layer, breaker and limiter with their state on Redis) against the fake provider at
 0 ms latency, and prints the process CPU ms per call after a warm-up. It starts the fake
 (``memesys.testing.fake_openai``, bench.llm's ``Fake``) and an embedded Redis in a temporary
@@ -23,8 +23,9 @@ from pathlib import Path
 
 from bench.llm import API_KEY, MODEL, Fake
 from memesys.config import load_layers
+from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
-from memesys.pipeline.stages import stage_handles
+from memesys.pipeline.lm import stage_handles
 from memesys.pipeline.verification import verify
 from memesys.pipeline.writing import Caption
 from memesys.storage.connection import resolve
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5 warm-up and 30 measured calls")
     args = parser.parse_args(argv)
     warmup, calls = (5, 30) if args.quick else (30, args.calls)
+    dspy_patches.apply()  # as the daemon's stage-running actors do at start-up
     with (
         tempfile.TemporaryDirectory(prefix="bench-stage-call-") as tmp,
         contextlib.ExitStack() as stack,
