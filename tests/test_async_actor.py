@@ -1,5 +1,6 @@
-"""The async-actor primitive on a real process: one :class:`tests.sample_actors.Sleeper` holds
-many concurrent calls, bounds them, and fails only the call whose coroutine raised."""
+"""The async-actor primitive on a real process: one
+:class:`tests.support.sample_actors.Sleeper` holds many concurrent calls, bounds them, and
+fails only the call whose coroutine raised."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from thespian.actors import ActorAddress, ActorSystem
 
 from actors.messages import Located, Ping, Pong, Request, WhereIs
 from actors.spec import ChildSpec, SupervisorArgs
-from tests.conftest import RunningSystem, collect, send_all
+from tests.support.actor_system import RunningSystem, collect, send_all
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def start_sleeper(system: RunningSystem, max_in_flight: int) -> ActorAddress:
-    sleeper = ChildSpec("sleeper", "tests.sample_actors.Sleeper", max_in_flight)
+    sleeper = ChildSpec("sleeper", "tests.support.sample_actors.Sleeper", max_in_flight)
     root = system.start(
         ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs((sleeper,)))
     )

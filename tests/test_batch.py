@@ -1,8 +1,8 @@
 """Batches on real processes: many requests in one Thespian message, each answered exactly as if
 it had come alone (correlation ids, failures, a crash), with one message back per requester.
 
-Workers are :class:`tests.sample_actors.Recorder` (``"crash"`` raises, ``"pid"`` answers its
-pid, anything else counts) and :class:`tests.sample_actors.Tally` (counts the requests that
+Workers are :class:`tests.support.sample_actors.Recorder` (``"crash"`` raises, ``"pid"`` answers its
+pid, anything else counts) and :class:`tests.support.sample_actors.Tally` (counts the requests that
 came in a batch).
 """
 
@@ -18,12 +18,13 @@ from thespian.actors import ActorAddress, ActorSystem
 from actors.bridge import DEAD_ADDRESS, Bridge, RemoteFailure
 from actors.messages import Batch, Located, RemoveChild, Reply, Request, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem, alive, collect, wait_for
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, alive, collect
+from tests.support.sample_actors import Journal
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
-RECORDER = "tests.sample_actors.Recorder"
+RECORDER = "tests.support.sample_actors.Recorder"
 
 
 def start(system: RunningSystem, *children: ChildSpec) -> dict[str, ActorAddress]:
@@ -140,7 +141,7 @@ def test_a_crash_mid_batch_in_a_pool_worker(
 
 
 def test_an_async_worker_answers_a_batch(actor_system: RunningSystem, context: ActorSystem) -> None:
-    address = start(actor_system, ChildSpec("sleeper", "tests.sample_actors.Sleeper", 64))
+    address = start(actor_system, ChildSpec("sleeper", "tests.support.sample_actors.Sleeper", 64))
     pid = status(actor_system, "sleeper").pid
     requests = [Request(0.1) for _ in range(20)] + [Request("boom")]
     started = time.monotonic()
@@ -152,7 +153,7 @@ def test_an_async_worker_answers_a_batch(actor_system: RunningSystem, context: A
 
 
 async def test_the_bridge_sends_concurrent_asks_as_batches(actor_system: RunningSystem) -> None:
-    address = start(actor_system, ChildSpec("tally", "tests.sample_actors.Tally"))
+    address = start(actor_system, ChildSpec("tally", "tests.support.sample_actors.Tally"))
     bridge = Bridge(actor_system.asys)
     await bridge.start()
     try:
@@ -174,7 +175,7 @@ async def test_a_batch_to_a_dead_address_fails_every_request(
     address = start(
         actor_system,
         ChildSpec("rec", RECORDER, Journal(str(tmp_path / "j"))),
-        ChildSpec("tally", "tests.sample_actors.Tally"),
+        ChildSpec("tally", "tests.support.sample_actors.Tally"),
     )
     pid = status(actor_system, "rec").pid
     assert actor_system.ok(actor_system.root, RemoveChild("rec"))

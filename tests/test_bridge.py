@@ -16,8 +16,8 @@ import pytest
 from actors.bridge import AskTimeout, Bridge
 from actors.messages import Located, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem
+from tests.support.sample_actors import Journal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -25,12 +25,16 @@ pytestmark = pytest.mark.timeout(30)
 @pytest.fixture
 async def bridge(actor_system: RunningSystem, tmp_path) -> AsyncIterator[Bridge]:
     children = (
-        ChildSpec("echo", "tests.sample_actors.Echo"),
+        ChildSpec("echo", "tests.support.sample_actors.Echo"),
         # 3 workers x 100 admit the 200 asks at once: sent in batches, they arrive together
         ChildSpec(
-            "pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Echo", 3, max_outstanding=100)
+            "pool",
+            "actors.pool.Pool",
+            PoolArgs("tests.support.sample_actors.Echo", 3, max_outstanding=100),
         ),
-        ChildSpec("slow", "tests.sample_actors.Recorder", Journal(str(tmp_path / "journal"))),
+        ChildSpec(
+            "slow", "tests.support.sample_actors.Recorder", Journal(str(tmp_path / "journal"))
+        ),
     )
     actor_system.start(ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs(children)))
     bridge = Bridge(actor_system.asys)

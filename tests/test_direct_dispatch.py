@@ -5,7 +5,7 @@ least loaded worker by its own counts. The pool's guarantees must hold on this p
 worker's exit answers its requests ``worker_lost`` or retries the idempotent ones, past
 ``max_outstanding`` ``overloaded``, and while every worker restarts requests wait for one.
 
-Workers are :class:`tests.sample_actors.Sleeper` async actors (a request ``seconds`` sleeps
+Workers are :class:`tests.support.sample_actors.Sleeper` async actors (a request ``seconds`` sleeps
 that long without blocking the worker and answers its pid) unless said otherwise.
 """
 
@@ -34,12 +34,12 @@ from actors.messages import (
     unpack,
 )
 from actors.spec import Backoff, ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem, alive
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, alive
+from tests.support.sample_actors import Journal
 
 pytestmark = pytest.mark.timeout(30)
 
-SLEEPER = "tests.sample_actors.Sleeper"
+SLEEPER = "tests.support.sample_actors.Sleeper"
 
 
 def start_pool(
@@ -195,7 +195,9 @@ def test_an_exited_worker_is_listed_until_its_last_replies_are_out(
     """A crashing worker answers ``crashed``, then exits; the pool learns of the exit before
     the process has sent that answer. Listing the worker (taking no work) until its process
     is gone keeps the answer ahead of the list that says the worker's requests are lost."""
-    pool = start_pool(actor_system, 1, "tests.sample_actors.Recorder", Journal(str(tmp_path / "j")))
+    pool = start_pool(
+        actor_system, 1, "tests.support.sample_actors.Recorder", Journal(str(tmp_path / "j"))
+    )
     for _ in range(5):
         context.tell(pool, Request(Subscribe(os.getpid())))
         worker = None
@@ -260,7 +262,9 @@ async def test_past_max_outstanding_on_every_worker_requests_are_refused(
 async def test_a_crash_answers_crashed_and_the_restarted_worker_takes_work(
     actor_system: RunningSystem, bridge: Bridge, tmp_path
 ) -> None:
-    start_pool(actor_system, 1, "tests.sample_actors.Recorder", Journal(str(tmp_path / "j")))
+    start_pool(
+        actor_system, 1, "tests.support.sample_actors.Recorder", Journal(str(tmp_path / "j"))
+    )
     directory = Directory(bridge, actor_system.root)
     victim = await directory.ask("pool", "pid", 5)
     with pytest.raises(RemoteFailure) as crashed:

@@ -1,6 +1,6 @@
 """Slow and hostile clients, and admission control (issue 7, items 5 and 6).
 
-In process, against the fake directory of tests/test_http_gateway.py: with pytest-aiohttp's
+In process, against the fake directory of tests/support/gateway.py: with pytest-aiohttp's
 client where a well-formed request is enough, and with raw sockets against the gateway served
 exactly as the daemon serves it (``Gateway.server_options`` and ``Gateway.watch`` on an
 ``AppRunner``) where the bytes on the wire matter: silent and trickling connections, bodies that
@@ -32,7 +32,7 @@ from memesys.domain.messages import GenerateMeme, GetTask, ListMemes, MemePage
 from memesys.http.admission import Lane, Refused
 from memesys.http.app import Gateway
 from memesys.http.validation import MAX_JSON_DEPTH, MAX_SHOWN_CHARS
-from tests.test_http_gateway import GATEWAY, FakeDirectory, a_meme, error_of
+from tests.support.gateway import GATEWAY, FakeDirectory, a_meme, error_of
 
 HEADER_TIMEOUT_S = 0.5
 BODY_TIMEOUT_S = 0.5
@@ -616,7 +616,7 @@ def raise_fd_limit(needed: int) -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory) -> Any:
-    from tests.daemon_process import DaemonProcess
+    from tests.support.daemon import DaemonProcess
 
     raise_fd_limit(TRICKLERS + 500)  # before the daemon starts: it inherits the limit
     daemon = DaemonProcess(tmp_path_factory.mktemp("clients")).start()

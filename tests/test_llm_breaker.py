@@ -16,8 +16,8 @@ from memesys.errors import ErrorCode
 from memesys.llm.breaker import CLOSED, OPEN
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import calls_in_subprocess, make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.llm import calls_in_subprocess, make_engine, write_request
+from tests.support.redis_server import shared_prefix
 
 pytestmark = pytest.mark.store
 

@@ -15,9 +15,10 @@ from memesys.llm import bulkhead
 from memesys.llm.budget import Budget, day, parse_prices, until_midnight_utc
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.testing.fake_openai import FakeOpenAI
-from tests.daemon_process import DaemonProcess
-from tests.llm_support import make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.daemon import DaemonProcess
+from tests.support.llm import make_engine, write_request
+from tests.support.provider import provider_env
+from tests.support.redis_server import shared_prefix
 
 REQUEST = write_request()
 
@@ -102,9 +103,7 @@ def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> N
     d = DaemonProcess(
         tmp_path,
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
             "MEMESYS_LLM_DAILY_TOKEN_BUDGET": "1",
         },
     ).start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,18 +17,10 @@ from memesys.llm.errors import LLMCallError, failure_of
 from memesys.pipeline.lm import build_lm
 from memesys.pipeline.writing import write_caption
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import KEY, MODEL, make_engine, write_request
+from tests.support.llm import make_engine, write_request
+from tests.support.provider import KEY, MODEL
 
 REQUEST = write_request()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(FakeConfig(), api_key=KEY).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
 
 
 def engine(fake: FakeOpenAI, **policy: float) -> HardenedEngine:

@@ -19,8 +19,9 @@ from memesys.llm import deadline as deadlines
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import Limiter, NoSlot
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import calls_in_subprocess, come_back_later, make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.llm import calls_in_subprocess, come_back_later, make_engine, write_request
+from tests.support.provider import fake_provider_fixture
+from tests.support.redis_server import shared_prefix
 
 pytestmark = pytest.mark.store
 
@@ -29,13 +30,7 @@ R = 20
 LOAD_S = 10.0
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(FakeConfig(latency_s=0.005)).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
+fake = fake_provider_fixture(FakeConfig(latency_s=0.005))
 
 
 def max_window(arrivals: list[float], width: float = 1.0) -> int:
@@ -151,7 +146,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
     no second holds more than 1.5 R."""
     import threading
 
-    from tests.daemon_process import DaemonProcess
+    from tests.support.daemon import DaemonProcess
 
     url, stats = fake_process
     daemon = DaemonProcess(

@@ -12,9 +12,10 @@ import redis as redis_lib
 from memesys.llm.errors import LLMCallError
 from memesys.llm.metrics import recorder_for, render
 from memesys.testing.fake_openai import FakeOpenAI
-from tests.daemon_process import DaemonProcess
-from tests.llm_support import make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.daemon import DaemonProcess
+from tests.support.llm import make_engine, write_request
+from tests.support.provider import provider_env
+from tests.support.redis_server import shared_prefix
 
 pytestmark = pytest.mark.store
 
@@ -55,9 +56,7 @@ def test_the_gateway_shows_the_workers_llm_metrics(tmp_path, fake: FakeOpenAI) -
     d = DaemonProcess(
         tmp_path,
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
         },
     ).start()
     try:

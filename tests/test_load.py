@@ -10,18 +10,16 @@ import time
 import aiohttp
 import pytest
 
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.daemon_process import DaemonProcess
+from memesys.testing.fake_openai import FakeConfig
+from tests.support.daemon import DaemonProcess
+from tests.support.provider import fake_provider_fixture, provider_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.store, pytest.mark.timeout(180)]
 
 LATENCY_S = 0.05
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAI(FakeConfig(latency_s=LATENCY_S)) as server:
-        yield server
+fake = fake_provider_fixture(FakeConfig(latency_s=LATENCY_S), scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +27,7 @@ def daemon(tmp_path_factory, fake):
     d = DaemonProcess(
         tmp_path_factory.mktemp("load"),
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
             "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0",
             # the tree's capacity, not the provider's rate limit (10 req/s by default) is measured
             "MEMESYS_LLM_RATE_LIMIT_RPS": "0",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon import DaemonProcess
+from tests.support.provider import fake_provider_fixture, provider_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
@@ -28,10 +28,7 @@ FORMATS = (
 STAGES = {"select", "write", "appropriateness", "factuality", "instruction_following", "score"}
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAI(FakeConfig()) as server:
-        yield server
+fake = fake_provider_fixture(scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +36,7 @@ def provider_daemon(tmp_path_factory, fake):
     d = DaemonProcess(
         tmp_path_factory.mktemp("provider"),
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
             # These tests inject one partial fault after another: with the default breaker
             # (5 failed attempts) their failures would add up and open it for 30 s. The breaker
             # is tested in tests/test_llm_breaker.py and tests/test_llm_daemon.py.

@@ -1,7 +1,7 @@
 """The worker pool on real processes: dispatch, lost workers, resizing, overload.
 
-Workers are :class:`tests.sample_actors.Sleeper` async actors: a request ``seconds`` sleeps that
-long without blocking the worker's mailbox and answers the worker's pid.
+Workers are :class:`tests.support.sample_actors.Sleeper` async actors: a request ``seconds``
+sleeps that long without blocking the worker's mailbox and answers the worker's pid.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from actors.messages import (
     WhereIs,
 )
 from actors.spec import Backoff, ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
+from tests.support.actor_system import RunningSystem, alive, collect, send_all
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
-SLEEPER = "tests.sample_actors.Sleeper"
+SLEEPER = "tests.support.sample_actors.Sleeper"
 
 
 def start_pool(system: RunningSystem, size: int, **kwargs) -> ActorAddress:

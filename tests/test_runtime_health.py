@@ -30,13 +30,14 @@ from actors.dispatch import pick
 from actors.messages import ChildStatus, Request, TreeStatus, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
 from actors.supervisor import BUSY_GRACE
-from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, alive, collect, send_all
+from tests.support.sample_actors import Journal
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
-RECORDER = "tests.sample_actors.Recorder"
-SLEEPER = "tests.sample_actors.Sleeper"
+RECORDER = "tests.support.sample_actors.Recorder"
+SLEEPER = "tests.support.sample_actors.Sleeper"
 SUPERVISOR = "actors.supervisor.Supervisor"
 POOL = "actors.pool.Pool"
 RELAY = f"{__name__}.Relay"

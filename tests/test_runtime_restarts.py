@@ -14,12 +14,13 @@ from thespian.actors import ActorSystem
 
 from actors.messages import Ack, ChildStatus, Request, RestartChild, TreeStatus, WhereIs
 from actors.spec import Backoff, ChildSpec, PoolArgs, Strategy, SupervisorArgs
-from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, alive, collect, send_all
+from tests.support.sample_actors import Journal
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
-RECORDER = "tests.sample_actors.Recorder"
+RECORDER = "tests.support.sample_actors.Recorder"
 SUPERVISOR = "actors.supervisor.Supervisor"
 
 

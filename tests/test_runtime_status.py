@@ -14,15 +14,16 @@ from thespian.actors import ActorSystem
 
 from actors.messages import ChildStatus, Request, StatusQuery, TreeStatus, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
-from tests.conftest import RunningSystem, collect, send_all, wait_for
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, collect, send_all
+from tests.support.sample_actors import Journal
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
-RECORDER = "tests.sample_actors.Recorder"
-SLEEPER = "tests.sample_actors.Sleeper"
+RECORDER = "tests.support.sample_actors.Recorder"
+SLEEPER = "tests.support.sample_actors.Sleeper"
 SUPERVISOR = "actors.supervisor.Supervisor"
-INTROSPECTED = "tests.sample_actors.Introspected"
+INTROSPECTED = "tests.support.sample_actors.Introspected"
 
 
 def child(tree: TreeStatus | ChildStatus, name: str) -> ChildStatus | None:

@@ -1,6 +1,6 @@
 """Conformance of the supervisor with Erlang/OTP semantics, on real processes and real SIGKILLs.
 
-Children are :class:`tests.sample_actors.Recorder` actors that append their lifecycle to a
+Children are :class:`tests.support.sample_actors.Recorder` actors that append their lifecycle to a
 journal file (``start NAME PID``, ``stop NAME``, ``fail NAME PID``, ``effect NAME PID``), so
 order across processes is checked from one file.
 """
@@ -29,12 +29,13 @@ from actors.messages import (
 )
 from actors.spec import Backoff, ChildSpec, Restart, SupervisorArgs
 from actors.system import RootStartFailed, find_root
-from tests.conftest import RunningSystem, alive, wait_for
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, alive
+from tests.support.sample_actors import Journal
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
-RECORDER = "tests.sample_actors.Recorder"
+RECORDER = "tests.support.sample_actors.Recorder"
 SUPERVISOR = "actors.supervisor.Supervisor"
 
 
