@@ -6,13 +6,13 @@ import io
 import json
 import os
 import signal
-import time
 
 import psutil
 import pytest
 from PIL import Image
 
 from tests.support.daemon import DaemonProcess, wait_task
+from tests.support.timing import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
@@ -82,14 +82,12 @@ def test_generator_workers_killed_the_next_meme_still_comes(daemon):
         os.kill(pid, signal.SIGKILL)
     meme = make_meme(daemon, "resilience engineering", fresh=True)
     assert meme["id"]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def replaced() -> bool:
         after = generator_pids(daemon)
-        if len(after) == 2 and not set(after.values()) & set(before.values()):
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"generator workers not replaced: {before} -> {after}")
+        return len(after) == 2 and not set(after.values()) & set(before.values())
+
+    wait_for(replaced, 5, "both generator workers replaced", interval=0.05)
     for pid in before.values():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 

@@ -30,6 +30,7 @@ from memesys.http.app import Gateway
 from memesys.http.openapi import openapi_document
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
 from tests.support.gateway import GATEWAY, FakeDirectory, a_meme, error_of
+from tests.support.timing import wait_for_async
 
 ADDRESS = "ActorAddr-(T|:40123)"
 PNG = b"\x89PNG\r\n\x1a\nfake"
@@ -90,8 +91,9 @@ async def test_identical_requests_in_flight_share_one_generation(client, directo
         asyncio.ensure_future(client.post("/v1/memes", json=body))
         for body in ({"topic": "x", "seed": 2}, {"topic": "x", "seed": 1, "fresh": True})
     ]
-    while len(directory.asked) < 3:
-        await asyncio.sleep(0.01)
+    await wait_for_async(lambda: len(directory.asked) >= 3, 5, "three asks")
+    # An absence has no event to wait for: the second "same" joins the first's flight rather
+    # than asking; 50 ms for it to arrive.
     await asyncio.sleep(0.05)
     release.set()
     answers = await asyncio.gather(*same, *other)
@@ -384,10 +386,8 @@ async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(
         asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
         for i in range(GATEWAY.max_in_flight + GATEWAY.max_queue)
     ]
-    while len(directory.asked) < GATEWAY.max_in_flight:
-        await asyncio.sleep(0.01)
-    while gateway.guard.lane.queued < GATEWAY.max_queue:
-        await asyncio.sleep(0.01)
+    await wait_for_async(lambda: len(directory.asked) >= GATEWAY.max_in_flight, 5, "in flight")
+    await wait_for_async(lambda: gateway.guard.lane.queued >= GATEWAY.max_queue, 5, "queued")
     shed = await client.post("/v1/memes", json={"topic": "x"})
     error = await error_of(shed, 503, "overloaded")
     assert "capacity" in error["message"]

@@ -19,6 +19,7 @@ from tests.support.daemon import DaemonProcess
 from tests.support.llm import make_engine, write_request
 from tests.support.provider import provider_env
 from tests.support.redis_server import shared_prefix
+from tests.support.timing import wait_for
 
 REQUEST = write_request()
 
@@ -80,7 +81,7 @@ def test_bulkheads_keep_judging_from_starving_writing() -> None:
         for t in judges:
             t.start()
         held.wait(5)
-        time.sleep(0.05)
+        wait_for(lambda: bulkhead.in_use[bulkhead.JUDGING] == 2, 5, "both judges holding a slot")
         # judging is full ...
         with bulkhead.stage("score"), pytest.raises(bulkhead.NoRoom):
             with bulkhead.slot(time.time() + 0.05, 5):

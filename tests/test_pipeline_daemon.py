@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from PIL import Image
 
 from tests.support.daemon import DaemonProcess
 from tests.support.provider import fake_provider_fixture, provider_env
+from tests.support.timing import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
@@ -161,10 +161,12 @@ def test_the_judging_group_runs_in_parallel(provider_daemon, fake):
 def test_the_admin_shows_the_memes_each_generator_worker_holds(provider_daemon, fake):
     """IN FLIGHT is what the workers hold (the gateway dispatches to them directly)."""
     fake.config.latency_s = 0.4
+    calls = fake.attempts
     try:
         with ThreadPoolExecutor(4) as pool:
             posts = [pool.submit(post, provider_daemon, topic=f"slow meme {i}") for i in range(4)]
-            time.sleep(0.2)  # all four are in their first LM call
+            # all four are in their first LM call
+            wait_for(lambda: fake.attempts - calls >= 4, 5, "four first LM calls", interval=0.005)
             status = provider_daemon.admin("status", "--json")
             table = provider_daemon.admin("status")
             assert all(p.result()[0] == 201 for p in posts)

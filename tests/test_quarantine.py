@@ -23,6 +23,7 @@ from memesys.storage.quarantine import Quarantine, fingerprint
 from memesys.storage.tasks import CORRUPT_TASK_MESSAGE, TaskStore
 from tests.support.daemon import DaemonProcess, daemon_redis, restarts, tree, wait_task
 from tests.support.records import PNG, meme
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.store
 
@@ -295,9 +296,7 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
             assert task["status"] == "failed", task
             assert task["error"]["code"] == "internal" and task["error"]["message"]
 
-        deadline = time.monotonic() + 10
-        while len(Quarantine(r, p).entries()) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(Quarantine(r, p).entries()) >= 6, 10, "six quarantined", interval=0.05)
         kinds = sorted(e["kind"] for e in Quarantine(r, p).entries())
         assert kinds == ["cache", "meme", "meme", "png", "task", "task"], kinds
         assert daemon.json("GET", "/readyz")[0] == 200

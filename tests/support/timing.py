@@ -8,9 +8,11 @@ or 3 rather than editing tests. It is read once, here. Bounds that are the scena
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -41,3 +43,24 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {limit:g} s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_for_async(
+    predicate: Callable[[], Awaitable[T] | T],
+    timeout: float,
+    what: str = "condition",
+    interval: float = 0.01,
+) -> T:
+    """:func:`wait_for` inside an event loop: the loop runs while it waits; ``predicate`` may
+    be a coroutine function."""
+    limit = scaled(timeout)
+    deadline = time.monotonic() + limit
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
+        await asyncio.sleep(interval)
