@@ -359,9 +359,9 @@ async def test_storm_fails_every_call_for_a_period(fake: FakeOpenAI) -> None:
     async with aiohttp.ClientSession() as session:
         fake.storm(0.4, after_s=0.2)
         statuses = [(await post(session, fake, SELECT_BODY))[0]]
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.25)  # the scenario: into the storm's window
         statuses += [(await post(session, fake, SELECT_BODY))[0] for _ in range(3)]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # and past its end
         statuses.append((await post(session, fake, SELECT_BODY))[0])
         assert statuses == [200, 500, 500, 500, 200]
         assert (fake.calls, fake.failures) == (2, 3)

@@ -139,7 +139,7 @@ def test_without_a_budget_the_counts_reach_redis_once_a_second(
         engine.complete(REQUEST)
     # accounting only: not a round trip per call (at most one of these calls wrote)
     assert view.used_today() < engine.budget.tokens
-    time.sleep(budget_module.FLUSH_EVERY_S + 0.05)
+    time.sleep(budget_module.FLUSH_EVERY_S + 0.05)  # the scenario: the flush period passes
     engine.complete(REQUEST)  # a second later, the next call writes everything
     assert view.used_today() == engine.budget.tokens
 

@@ -22,7 +22,7 @@ from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 from tests.support.llm import calls_in_subprocess, come_back_later, make_engine, write_request
 from tests.support.provider import fake_provider_fixture
 from tests.support.redis_server import shared_prefix
-from tests.support.timing import scaled
+from tests.support.timing import scaled, wait_for
 
 pytestmark = pytest.mark.store
 
@@ -67,12 +67,14 @@ def fake_process() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+
+        def answers() -> bool:
             try:
-                urllib.request.urlopen(f"{url}/_fake/stats", timeout=1).read()
-                break
+                return bool(urllib.request.urlopen(f"{url}/_fake/stats", timeout=1).read())
             except OSError:
-                time.sleep(0.05)
+                return False
+
+        wait_for(answers, 10, "the fake provider process to listen", interval=0.05)
 
         def stats() -> dict:
             with urllib.request.urlopen(f"{url}/_fake/stats?arrivals=1", timeout=5) as r:
@@ -121,7 +123,7 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
             deadline_s=0.5,
             until=end_at,
         )
-        time.sleep(max(0.0, start_at - time.time()))
+        time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
         here = [pool.submit(load) for _ in range(16)]
         outcomes = [o for f in here for o in f.result()] + there.result()
     seen = stats()
@@ -186,7 +188,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
                 statuses.append(status)
                 n += 1
                 if status != 201:
-                    time.sleep(0.2)
+                    time.sleep(0.2)  # the client's own back-off
 
         with ThreadPoolExecutor(1) as pool:
             there = pool.submit(
@@ -199,7 +201,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
                 deadline_s=0.5,
                 until=end_at,
             )
-            time.sleep(max(0.0, start_at - time.time()))
+            time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
             clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
             for t in clients:
                 t.start()

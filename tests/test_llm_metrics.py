@@ -62,7 +62,7 @@ def test_the_gateway_shows_the_workers_llm_metrics(tmp_path, fake: FakeOpenAI) -
     try:
         status, _, body = d.request("POST", "/v1/memes", {"fresh": True, "topic": "counted"})
         assert status == 201, body
-        time.sleep(1.2)  # each worker flushes at most once a second, on its next call
+        time.sleep(1.2)  # the scenario: workers flush at most once a second, on their next call
         d.request("POST", "/v1/memes", {"fresh": True, "topic": "flushed"})
         status, _, metrics = d.request("GET", "/metrics")
     finally:

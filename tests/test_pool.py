@@ -170,7 +170,11 @@ def test_requests_waiting_for_a_worker_are_answered_when_the_pool_stops(
         what="the pool to see its worker die",
     )
     waiting = send_all(context, pool, [Request(0.0)])  # waits for the restart, 2 s away
-    time.sleep(0.1)
+    wait_for(
+        lambda: next(c for c in system.status().children if c.name == "pool").in_flight == 1,
+        2,
+        what="the request waiting in the pool",
+    )
     started = time.monotonic()
     context.tell(system.root, Request(RemoveChild("pool")))  # an ordered stop of the pool
     reply = collect(context, waiting, 5)[waiting[0].correlation_id]

@@ -245,7 +245,8 @@ def test_a_group_restart_takes_over_a_pending_backoff(
     # c, a and d restarted together by c's restart, tens of ms; 1 s, scaled.
     assert time.monotonic() - c_killed < scaled(1.0)
     assert events(path, mark) == ["stop d", "start c", "start a", "start d"]
-    time.sleep(max(0.0, a_killed + 1.8 - time.monotonic()))  # past a's own backoff
+    # an absence: past the moment a's own backoff would have restarted it again
+    time.sleep(max(0.0, a_killed + 1.8 - time.monotonic()))
     tree = system.status()
     assert events(path, mark) == ["stop d", "start c", "start a", "start d"]
     assert [(c.name, c.state, c.restarts) for c in tree.children] == [

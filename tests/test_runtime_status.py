@@ -82,7 +82,7 @@ def test_a_stopped_child_is_reported_unresponsive_and_the_query_answered(
         assert child(tree, "b").state == "unresponsive"
     finally:
         os.kill(stopped, signal.SIGCONT)
-    time.sleep(0.2)  # b's late answers arrive, and are dropped
+    time.sleep(0.2)  # an absence: b's late answers arrive, and are dropped, not kept
     assert system.ok(root, "pending-status") == (0, 0)
     elapsed, tree = timed_status(system, 0.5)
     # Everyone answers: tens of ms, no waiting for the 0.5 s deadline; 0.45 s is that deadline

@@ -291,7 +291,7 @@ def test_restart_types(actor_system: RunningSystem, tmp_path: Path) -> None:
         return None
 
     tree = wait_for(settled, 5, what="t2 and p restarted, temporaries gone")
-    time.sleep(0.3)  # a wrong restart of t1 or a temporary would show up by now
+    time.sleep(0.3)  # an absence: a wrong restart of t1 or a temporary would show by now
     tree = system.status()
     assert [c.name for c in tree.children] == ["t1", "t2", "p"]
     t1, t2 = child(tree, "t1"), child(tree, "t2")

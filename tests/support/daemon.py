@@ -85,7 +85,7 @@ class DaemonProcess:
                     return self
             except OSError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll of this wait: it also watches the process exit
         pid = admin_pid(self.admin_port)  # stop what did start: nothing may outlive the test
         self.sid = os.getsid(pid) if pid else None
         left = self.stop()
