@@ -155,7 +155,9 @@ def test_the_judging_group_runs_in_parallel(provider_daemon, fake):
         timings[k] for k in ("appropriateness", "factuality", "instruction_following", "score")
     ]
     assert min(calls) >= 200  # each judging call paid the latency ...
-    assert timings["judge"] < 2 * 200 < sum(calls)  # ... but the group paid it about once
+    # ... but the group paid it about once (about 200 ms); under twice that, not scaled: the
+    # bound separates once from four times the 200 ms, and a factor would blur that.
+    assert timings["judge"] < 2 * 200 < sum(calls)
 
 
 def test_the_admin_shows_the_memes_each_generator_worker_holds(provider_daemon, fake):
