@@ -158,7 +158,7 @@ async def test_a_trickled_request_head_is_closed_unanswered(served) -> None:
             await writer.drain()
         except ConnectionError:
             break
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the scenario: a byte every 50 ms
         if time.monotonic() - started > CLOSE_WITHIN_S + 1:
             break
     _took, data = await closed_within(reader, 1)
@@ -182,7 +182,7 @@ async def test_a_long_request_is_not_closed_by_the_header_timeout(served, direct
     """A request being served is never idle: the meme may take longer than the timeout."""
 
     async def slow(order: GenerateMeme) -> dict:
-        await asyncio.sleep(HEADER_TIMEOUT_S * 3)
+        await asyncio.sleep(HEADER_TIMEOUT_S * 3)  # the scenario: a meme slower than the timeout
         return a_meme()
 
     directory.script(GenerateMeme, slow)
@@ -200,7 +200,7 @@ async def test_a_trickled_body_gets_408_and_the_connection_is_closed(served) -> 
     async def trickle() -> None:
         try:
             while True:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # the scenario: a byte every 0.1 s
                 writer.write(b" ")
                 await writer.drain()
         except (ConnectionError, RuntimeError):
@@ -338,9 +338,9 @@ async def test_a_client_hanging_up_mid_body_is_no_500_and_no_traceback(served, c
         _reader, writer = await served.connect()
         writer.write(head + b'{"to')
         await writer.drain()
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the scenario: the client lingers, then hangs up
         writer.close()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # an absence: whatever aiohttp would log after the hang-ups
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], (
         caplog.text
     )
@@ -367,7 +367,7 @@ async def test_unparseable_http_is_400_without_a_traceback(served, caplog, raw) 
     answer = await exchange(served.port, raw)
     assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer
     assert len(answer) < 1000
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.1)  # an absence: whatever aiohttp would log after the answer
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], (
         caplog.text
     )
@@ -558,7 +558,7 @@ async def test_a_queued_request_that_gets_a_slot_in_time_is_served(
     client, directory, gateway
 ) -> None:
     async def slow(order: GenerateMeme) -> dict:
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # the scenario: a meme that takes a while
         return a_meme()
 
     directory.script(GenerateMeme, slow)
@@ -586,7 +586,7 @@ async def test_memes_wait_for_the_trees_generation_slots(aiohttp_client, directo
         nonlocal running, most
         running += 1
         most = max(most, running)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the scenario: a meme that takes a while
         running -= 1
         return a_meme()
 

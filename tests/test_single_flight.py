@@ -16,7 +16,7 @@ async def test_concurrent_callers_of_one_key_share_one_run() -> None:
     async def work() -> str:
         nonlocal runs
         runs += 1
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the work takes a while
         return "meme"
 
     answers = await asyncio.gather(*(flights.run("k", work) for _ in range(50)))
@@ -30,7 +30,7 @@ async def test_other_keys_run_on_their_own_and_failures_are_shared() -> None:
     flights: SingleFlight[str] = SingleFlight()
 
     async def fail() -> str:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the work takes a while
         raise RuntimeError("provider down")
 
     async def ok() -> str:
