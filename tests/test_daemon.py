@@ -6,13 +6,13 @@ import io
 import json
 import os
 import signal
-import time
 
 import psutil
 import pytest
 from PIL import Image
 
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon import DaemonProcess, wait_task
+from tests.support.timing import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
@@ -82,14 +82,12 @@ def test_generator_workers_killed_the_next_meme_still_comes(daemon):
         os.kill(pid, signal.SIGKILL)
     meme = make_meme(daemon, "resilience engineering", fresh=True)
     assert meme["id"]
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def replaced() -> bool:
         after = generator_pids(daemon)
-        if len(after) == 2 and not set(after.values()) & set(before.values()):
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"generator workers not replaced: {before} -> {after}")
+        return len(after) == 2 and not set(after.values()) & set(before.values())
+
+    wait_for(replaced, 5, "both generator workers replaced", interval=0.05)
     for pid in before.values():
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
@@ -217,17 +215,6 @@ def test_admin_shutdown_stops_the_daemon(tmp_path):
         assert d.stop() == []
 
 
-def wait_task(daemon, status_url, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, task = daemon.json("GET", status_url)
-        assert status == 200, task
-        if task["status"] in ("succeeded", "failed"):
-            return task
-        time.sleep(0.05)
-    pytest.fail(f"task {status_url} still {task['status']} after {timeout} s")
-
-
 def tasks_group(daemon) -> dict[str, dict]:
     tree = json.loads(daemon.admin("status", "--json").stdout)
     group = next(c for c in tree["children"] if c["name"] == "tasks")
@@ -242,7 +229,7 @@ def test_async_generation_is_recorded_then_done(daemon):
     assert status == 202
     accepted = json.loads(body)
     assert accepted["status_url"] == f"/v1/tasks/{accepted['task_id']}"
-    task = wait_task(daemon, accepted["status_url"])
+    task = wait_task(daemon, accepted["task_id"])
     assert task["status"] == "succeeded" and task["progress"] == 1.0
     assert task["meme"]["topic"] == "queues and patience"
     assert daemon.request("GET", task["meme"]["image_url"])[0] == 200
@@ -255,7 +242,7 @@ def test_killed_runner_restarts_its_group_and_the_task_still_completes(daemon):
     os.kill(before["runner"]["pid"], signal.SIGKILL)
     status, accepted = daemon.json("POST", "/v1/memes?async=true", {"topic": "phoenix tasks"})
     assert status == 202
-    task = wait_task(daemon, accepted["status_url"])
+    task = wait_task(daemon, accepted["task_id"])
     assert task["status"] == "succeeded", task
     after = tasks_group(daemon)
     for name in ("ledger", "runner"):  # one_for_all: the ledger restarted with the runner

@@ -13,7 +13,7 @@ from memesys.domain.formats import get_format
 from memesys.domain.messages import RenderMeme
 from memesys.http.engines import Split
 from memesys.render.meme import RenderSettings, render_meme
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon import DaemonProcess
 
 
 class Named:

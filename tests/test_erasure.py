@@ -17,8 +17,7 @@ import pytest
 import redis
 
 from memesys.storage.tasks import TaskStore
-from tests.daemon_process import DaemonProcess
-from tests.test_quarantine import daemon_redis, prefix, wait_task  # noqa: F401
+from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
 
 pytestmark = pytest.mark.store
 

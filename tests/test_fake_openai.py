@@ -34,6 +34,7 @@ from memesys.testing.fake_openai import (
     _parse,
     config_from_args,
 )
+from tests.support.timing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "test-key"
@@ -226,7 +227,8 @@ async def test_jitter_is_seeded_and_bounded() -> None:
             began = time.perf_counter()
             status, _, _ = await post(session, server, SELECT_BODY)
             elapsed = time.perf_counter() - began
-    assert status == 200 and delays(1)[0] <= elapsed < 0.06 + 0.2
+    # The configured delay (up to 0.06 s), plus 0.2 s (scaled) for the round trip.
+    assert status == 200 and delays(1)[0] <= elapsed < 0.06 + scaled(0.2)
 
 
 # ---------------------------------------------------------------------- faults
@@ -272,7 +274,8 @@ def test_hang_trips_the_client_timeout(threaded: FakeOpenAI) -> None:
     with pytest.raises(LMError):
         with dspy.context(lm=handle.lm):
             handle.lm("hi")
-    assert time.perf_counter() - began < 1.5
+    # An error at once (milliseconds), not a retry loop or a timeout; 1.5 s, scaled.
+    assert time.perf_counter() - began < scaled(1.5)
     assert threaded.calls == 0
     # stop_thread (in the fixture) must not wait out the hang: it cancels in-flight requests.
 
@@ -356,9 +359,9 @@ async def test_storm_fails_every_call_for_a_period(fake: FakeOpenAI) -> None:
     async with aiohttp.ClientSession() as session:
         fake.storm(0.4, after_s=0.2)
         statuses = [(await post(session, fake, SELECT_BODY))[0]]
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.25)  # the scenario: into the storm's window
         statuses += [(await post(session, fake, SELECT_BODY))[0] for _ in range(3)]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # and past its end
         statuses.append((await post(session, fake, SELECT_BODY))[0])
         assert statuses == [200, 500, 500, 500, 200]
         assert (fake.calls, fake.failures) == (2, 3)
@@ -386,11 +389,13 @@ async def test_hang_past_the_timeout_only_for_one_model(fake: FakeOpenAI) -> Non
                 timeout=aiohttp.ClientTimeout(total=0.3),
             ):
                 pass
-        assert 0.3 <= time.perf_counter() - began < 1.0
+        # Cut at the client's 0.3 s timeout; 0.7 s (scaled) of margin.
+        assert 0.3 <= time.perf_counter() - began < 0.3 + scaled(0.7)
         began = time.perf_counter()
         status, _, payload = await post(session, fake, body_for("fallback"))
         assert status == 200 and payload["model"] == "fallback"
-        assert time.perf_counter() - began < 0.3
+        # The fallback answers at once (milliseconds), not after the hang; 0.3 s, scaled.
+        assert time.perf_counter() - began < scaled(0.3)
     assert fake.attempts_by_model == {"primary": 1, "fallback": 1}
     assert fake.failures_by_model == {"primary": 1}
     assert fake.calls_by_model == {"fallback": 1}
@@ -643,7 +648,9 @@ def test_concurrent_dspy_calls_overlap(threaded: FakeOpenAI) -> None:
         worker.join()
     elapsed = time.perf_counter() - began
     assert len(results) == 8 and threaded.calls == 8
-    assert elapsed < 0.6, f"8 concurrent DSPy calls took {elapsed:.3f} s"
+    # Concurrent: about one call's latency (0.1 s) in all, one after another 0.8 s; 0.6 s,
+    # scaled.
+    assert elapsed < scaled(0.6), f"8 concurrent DSPy calls took {elapsed:.3f} s"
 
 
 def test_dspy_sees_a_429_once_with_its_retry_after(threaded: FakeOpenAI) -> None:

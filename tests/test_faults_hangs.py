@@ -13,7 +13,6 @@ a moment and a few clients keep requests in flight at every stage.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -25,7 +24,10 @@ import psutil
 import pytest
 
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon import DaemonProcess, child, restarts, tree
+from tests.support.load import Load
+from tests.support.provider import fake_provider_fixture, provider_env
+from tests.support.timing import scaled, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.store, pytest.mark.timeout(120)]
 
@@ -34,6 +36,8 @@ HEALTH_TIMEOUT_S = 1.5
 RESTART_S = 1.0  # allowance for the kill to be noticed and the worker to start again
 CLIENTS = 4
 LATENCY_S = 0.05  # per LM call of the fake provider: a meme makes about seven
+# Hangs of the tree, not the provider's rate limit.
+PROVIDER = {"MEMESYS_LLM_RATE_LIMIT_RPS": "0"}
 
 
 def health_env(interval: float, timeout: float) -> dict[str, str]:
@@ -43,27 +47,22 @@ def health_env(interval: float, timeout: float) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(latency_s=LATENCY_S)) as server:
-        yield server
+fake = fake_provider_fixture(FakeConfig(latency_s=LATENCY_S), scope="module")
 
 
-def provider_env(fake: FakeOpenAI) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_BASE_URL": fake.url,
-        "MEMESYS_LLM_MODEL": "fake-model",
-        "MEMESYS_LLM_RATE_LIMIT_RPS": "0",
-    }  # hangs of the tree, not the provider's limit
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory, fake: FakeOpenAI) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(
-        tmp_path_factory.mktemp("hangs"),
-        extra_env={**provider_env(fake), **health_env(HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S)},
+def hangs_daemon(path: Any, fake: FakeOpenAI) -> DaemonProcess:
+    return DaemonProcess(
+        path,
+        extra_env={
+            **provider_env(fake, **PROVIDER),
+            **health_env(HEALTH_INTERVAL_S, HEALTH_TIMEOUT_S),
+        },
     ).start()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI) -> Iterator[DaemonProcess]:
+    d = hangs_daemon(tmp_path_factory.mktemp("hangs"), fake)
     yield d
     assert d.stop() == [], "processes left after the daemon stopped"
 
@@ -80,76 +79,11 @@ def frozen() -> Iterator[list[int]]:
             pass
 
 
-def tree(daemon: DaemonProcess) -> dict:
-    result = daemon.admin("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def child(node: dict, *names: str) -> dict:
-    for name in names:
-        node = next(c for c in node["children"] if c["name"] == name)
-    return node
-
-
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-    return value
-
-
-class Load:
-    """A few clients posting fresh memes back to back, each with a topic of its own; every
-    answer as (start, end, status, error code, topic), times from ``time.monotonic()``. Each
-    client reads every meme it made back (``GET /v1/memes/{id}``, through the store pool:
-    generators save on Redis themselves), each read in ``reads`` as (start, end, status,
-    error code)."""
-
-    def __init__(self, daemon: DaemonProcess, label: str, clients: int = CLIENTS) -> None:
-        self.daemon, self.label, self.stop = daemon, label, threading.Event()
-        self.answers: list[tuple[float, float, int, str | None, str]] = []
-        self.reads: list[tuple[float, float, int, str | None]] = []
-        self.threads = [
-            threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)
-        ]
-
-    def _client(self, i: int) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            topic = f"{self.label} client {i} meme {n}"
-            started = time.monotonic()
-            status, body = self.daemon.json("POST", "/v1/memes", {"topic": topic, "fresh": True})
-            code = None if status == 201 else (body or {}).get("error", {}).get("code")
-            self.answers.append((started, time.monotonic(), status, code, topic))
-            if status == 201:
-                started = time.monotonic()
-                status, body = self.daemon.json("GET", f"/v1/memes/{body['id']}")
-                code = None if status == 200 else (body or {}).get("error", {}).get("code")
-                self.reads.append((started, time.monotonic(), status, code))
-
-    def failed(self) -> list[tuple[float, float, int, str | None, str]]:
-        return [a for a in self.answers if a[2] != 201]
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def stored_topics(daemon: DaemonProcess) -> list[str]:
@@ -168,10 +102,11 @@ def stored_topics(daemon: DaemonProcess) -> list[str]:
 
 def no_meme_after_failure(daemon: DaemonProcess, load: Load) -> None:
     """Every 201 is listed; no failed request's meme is, even a moment later."""
-    time.sleep(1.0)  # anything a frozen or late worker would still save lands by now
+    # An absence has no event to wait for: give a frozen or late worker 1 s to save.
+    time.sleep(scaled(1.0))
     stored = set(stored_topics(daemon))
-    assert not {a[4] for a in load.failed()} & stored, "a meme appeared after its request failed"
-    assert {a[4] for a in load.answers if a[2] == 201} <= stored
+    assert not {a.topic for a in load.failed()} & stored, "a meme appeared after its request failed"
+    assert {a.topic for a in load.answers if a.status == 201} <= stored
 
 
 # -- SIGSTOP of one worker of each pool, under light load ------------------------------------
@@ -183,19 +118,21 @@ def test_a_stopped_worker_is_replaced_within_the_health_timeout(
 ) -> None:
     before = child(tree(daemon), pool)
     victim = child(before, "worker-0")
-    restarts = {w["name"]: w["restarts"] for w in before["children"]}
-    with Load(daemon, f"hang {pool}") as load:
-        time.sleep(1.0)  # requests in flight at every stage
+    restarted_before = {w["name"]: w["restarts"] for w in before["children"]}
+    with Load(daemon, f"hang {pool}", CLIENTS, read_back=True) as load:
+        # requests in flight at every stage: every client has made a meme and read it back
+        wait_for(lambda: len({r.client for r in load.reads}) == CLIENTS, 10, "a first round")
         stopped_wall, stopped = time.time(), time.monotonic()
         frozen.append(victim["pid"])
         os.kill(victim["pid"], signal.SIGSTOP)
-        wait_until(
+        wait_for(
             lambda: gone(victim["pid"]),
             HEALTH_TIMEOUT_S + RESTART_S,
             "the frozen worker to be killed",
+            interval=0.005,
         )
         killed = time.monotonic() - stopped
-        back = wait_until(
+        back = wait_for(
             lambda: next(
                 (
                     w
@@ -211,54 +148,79 @@ def test_a_stopped_worker_is_replaced_within_the_health_timeout(
             interval=0.05,
         )
         restarted = back["started_at"] - stopped_wall
-        time.sleep(1.0)  # and serving again afterwards
+        # and serving again afterwards: a meme made and read back, both sent after the restart
         resumed_at = time.monotonic()
-        time.sleep(1.0)
+        wait_for(
+            lambda: (
+                [a for a in load.answers if a.sent > resumed_at and a.status == 201]
+                and [r for r in load.reads if r.sent > resumed_at and r.status == 200]
+            ),
+            10,
+            "memes made and read after the restart",
+        )
     print(
         f"\n{pool}: SIGSTOP -> killed in {killed:.2f} s, running again after "
         f"{restarted:.2f} s; {len(load.answers)} answers, failures "
-        f"{[(round(a[1] - stopped, 2), a[2], a[3]) for a in load.failed()]}; slowest "
-        f"{max(a[1] - a[0] for a in load.answers):.2f} s"
+        f"{[(round(a.done - stopped, 2), a.status, a.code) for a in load.failed()]}; slowest "
+        f"{max(a.took for a in load.answers):.2f} s"
     )
 
-    assert killed < HEALTH_TIMEOUT_S + 0.2, f"killed {killed:.2f} s after SIGSTOP"
-    assert restarted < HEALTH_TIMEOUT_S + RESTART_S, f"restarted after {restarted:.2f} s"
+    # The configured health timeout, plus 0.2 s (scaled) for the check's interval and the kill.
+    assert killed < HEALTH_TIMEOUT_S + scaled(0.2), f"killed {killed:.2f} s after SIGSTOP"
+    # Killed and started again: the health timeout plus 1 s (scaled) to start a worker.
+    assert restarted < HEALTH_TIMEOUT_S + scaled(RESTART_S), f"restarted after {restarted:.2f} s"
     after = child(tree(daemon), pool)
     assert {w["name"]: w["restarts"] for w in after["children"]} == {
-        **restarts,
-        "worker-0": restarts["worker-0"] + 1,
+        **restarted_before,
+        "worker-0": restarted_before["worker-0"] + 1,
     }  # only the frozen one restarted
-    # Clients: 503 (never a 5xx of another kind, never a hang) and only while it was frozen;
-    # most see a success, retried on another worker when it had to be.
-    for _started, ended, status, code, _ in load.failed():
-        assert status == 503, (status, code)
-        assert ended - stopped < HEALTH_TIMEOUT_S + RESTART_S
-    assert max(a[1] - a[0] for a in load.answers) < HEALTH_TIMEOUT_S + RESTART_S + 1.0
-    assert [a for a in load.answers if a[0] > resumed_at and a[2] == 201]  # serving again
+    # Clients: 503 (never a 5xx of another kind, never a hang) and only while it was frozen
+    # (up to the restart bound above); most see a success, retried on another worker.
+    answered_by = HEALTH_TIMEOUT_S + scaled(RESTART_S)
+    for a in load.failed():
+        assert a.status == 503, (a.status, a.code)
+        assert a.done - stopped < answered_by
+    # The slowest answer: one that waited out the freeze, plus 1 s (scaled) to make its meme.
+    assert max(a.took for a in load.answers) < answered_by + scaled(1.0)
     # Reads (the store pool's work): the same, and they went on while the worker was frozen.
-    for _started, ended, status, code in load.reads:
-        assert status == 200 or (
-            status == 503 and ended - stopped < HEALTH_TIMEOUT_S + RESTART_S
-        ), (status, code)
-    assert [r for r in load.reads if stopped < r[0] < stopped + HEALTH_TIMEOUT_S]
-    assert [r for r in load.reads if r[0] > resumed_at and r[2] == 200]
+    for r in load.reads:
+        assert r.status == 200 or (r.status == 503 and r.done - stopped < answered_by), (
+            r.status,
+            r.code,
+        )
+    assert [r for r in load.reads if stopped < r.sent < stopped + HEALTH_TIMEOUT_S]
     no_meme_after_failure(daemon, load)
 
 
-def test_only_frozen_workers_were_restarted(daemon: DaemonProcess) -> None:
-    """The health checks kill nothing that works: under the load of the tests above, the
-    synchronous store and render workers and everything else answered their pings."""
-    restarted = {}
-
-    def walk(node: dict, path: str) -> None:
-        for c in node["children"]:
-            if c["restarts"]:
-                restarted[f"{path}{c['name']}"] = c["restarts"]
-            walk(c, f"{path}{c['name']}/")
-
-    walk(tree(daemon), "")
-    assert set(restarted) <= {"store/worker-0", "verify/worker-0", "generator/worker-0"}, restarted
-    assert all(n <= 1 for n in restarted.values()), restarted
+def test_only_frozen_workers_were_restarted(tmp_path, fake: FakeOpenAI, frozen: list[int]) -> None:
+    """The health checks kill nothing that works: on a daemon of its own, under load, one
+    worker of each pool is frozen in turn; afterwards exactly those three were restarted,
+    once each, and the synchronous store and render workers and everything else answered
+    their pings throughout."""
+    daemon = hangs_daemon(tmp_path, fake)
+    try:
+        assert set(restarts(tree(daemon)).values()) == {0}
+        with Load(daemon, "frozen only", CLIENTS, read_back=True) as load:
+            for pool in ("store", "verify", "generator"):
+                victim = child(tree(daemon), pool, "worker-0")["pid"]
+                frozen.append(victim)
+                os.kill(victim, signal.SIGSTOP)
+                wait_for(
+                    lambda: child(tree(daemon), pool, "worker-0")["pid"] != victim,  # noqa: B023
+                    HEALTH_TIMEOUT_S + RESTART_S + 1.0,
+                    f"{pool}/worker-0 replaced",
+                    interval=0.05,
+                )
+            since = time.monotonic()  # the load goes on after the last restart
+            wait_for(lambda: load.answered_since(since), 10, "answers after the restarts")
+        restarted = {path: n for path, n in restarts(tree(daemon)).items() if n}
+        assert restarted == {
+            "store/worker-0": 1,
+            "verify/worker-0": 1,
+            "generator/worker-0": 1,
+        }, restarted
+    finally:
+        assert daemon.stop() == []
 
 
 # -- SIGKILL of a pool with requests in flight ------------------------------------------------
@@ -277,25 +239,29 @@ def test_a_killed_pool_answers_every_request_at_once(
     fake.config.latency_s = 0.3  # memes of about two seconds: many in flight at the kill
     try:
         pool = child(tree(daemon), victim)
-        with Load(daemon, f"{victim} pool kill", clients=6) as load:
-            time.sleep(1.5)
+        clients, calls = 6, fake.attempts
+        with Load(daemon, f"{victim} pool kill", clients, read_back=True) as load:
+            # every client's meme is in the generator: its LM calls reach the provider
+            wait_for(lambda: fake.attempts - calls >= 2 * clients, 10, "memes in the pipeline")
             killed = time.monotonic()
             os.kill(pool["pid"], signal.SIGKILL)
-            time.sleep(3.0)
-        in_flight = [a for a in load.answers if a[0] < killed < a[1]]
-        waited = [round(a[1] - killed, 3) for a in in_flight]
+            wait_for(lambda: load.answered_since(killed), 10, "the requests in flight answered")
+        in_flight = [a for a in load.answers if a.sent < killed < a.done]
+        waited = [round(a.done - killed, 3) for a in in_flight]
         print(
             f"\n{victim} pool SIGKILL: {len(in_flight)} requests in flight answered after "
-            f"{sorted(waited)} s: {sorted({(a[2], a[3]) for a in in_flight})}"
+            f"{sorted(waited)} s: {sorted({(a.status, a.code) for a in in_flight})}"
         )
         assert len(in_flight) >= 4
-        assert max(waited) < {"generator": 2.0, "render": 3.0}[victim]
-        assert all(a[2] in (201, 503) for a in in_flight), in_flight
+        # Tens of ms in fact; the bound (scaled) is what is left of a meme's pipeline, far
+        # below the 30 s gateway timeout that answered them before.
+        assert max(waited) < scaled({"generator": 2.0, "render": 3.0}[victim])
+        assert all(a.status in (201, 503) for a in in_flight), in_flight
         for w in pool["children"]:
             assert gone(w["pid"])  # its workers died with it
     finally:
         fake.config.latency_s = LATENCY_S
-    back = wait_until(
+    back = wait_for(
         lambda: (
             (p := child(tree(daemon), victim))["state"] == "running"
             and p["pid"] != pool["pid"]
@@ -327,7 +293,7 @@ def test_no_meme_appears_after_its_request_timed_out(
     daemon = DaemonProcess(
         tmp_path,
         extra_env={
-            **provider_env(fake),
+            **provider_env(fake, **PROVIDER),
             **health_env(1.0, 30.0),
             "MEMESYS_WORKERS_GENERATORS": "1",
             "MEMESYS_GATEWAY_REQUEST_TIMEOUT_S": "4",
@@ -345,9 +311,11 @@ def test_no_meme_appears_after_its_request_timed_out(
             )
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        calls = fake.attempts
         for t in threads:
             t.start()
-        time.sleep(1.0)  # past select and write: the memes are being judged
+        # past select and write: the memes are being judged (their first judging call is in)
+        wait_for(lambda: fake.attempts - calls >= 3 * 3, 10, "the memes in judging")
         frozen.append(victim)
         os.kill(victim, signal.SIGSTOP)
         for t in threads:
@@ -355,7 +323,8 @@ def test_no_meme_appears_after_its_request_timed_out(
         assert [a[0] for a in answers] == [504] * 3, answers
         fake.config.latency_s = LATENCY_S
         os.kill(victim, signal.SIGCONT)
-        time.sleep(1.0)  # the resumed worker finishes what it held
+        # An absence has no event to wait for: give the resumed worker 1 s to finish.
+        time.sleep(scaled(1.0))
         stored = stored_topics(daemon)
         assert not {topic for *_, topic in answers} & set(stored), stored
         assert child(tree(daemon), "generator", "worker-0")["pid"] == victim  # not killed

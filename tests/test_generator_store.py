@@ -20,7 +20,7 @@ from memesys.storage.availability import Availability
 from memesys.storage.connection import EmbeddedRedis, connect
 from memesys.storage.memes import MemeStore
 from memesys.tree.generator import GeneratorArgs, GeneratorWorker, TreeWorkshop
-from tests.test_store import PNG, meme
+from tests.support.records import PNG, meme
 
 pytestmark = pytest.mark.store
 

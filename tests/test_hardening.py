@@ -15,8 +15,8 @@ from thespian.actors import ActorSystem
 from actors.messages import WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
 from actors.system import session_processes
-from tests.conftest import RunningSystem
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem
+from tests.support.sample_actors import Journal
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,9 +37,9 @@ def test_every_listening_socket_is_on_loopback(
 ) -> None:
     system = actor_system
     children = (
-        ChildSpec("a", "tests.sample_actors.Recorder", Journal(str(tmp_path / "journal"))),
-        ChildSpec("pool", "actors.pool.Pool", PoolArgs("tests.sample_actors.Sleeper", 2)),
-        ChildSpec("sleeper", "tests.sample_actors.Sleeper"),
+        ChildSpec("a", "tests.support.sample_actors.Recorder", Journal(str(tmp_path / "journal"))),
+        ChildSpec("pool", "actors.pool.Pool", PoolArgs("tests.support.sample_actors.Sleeper", 2)),
+        ChildSpec("sleeper", "tests.support.sample_actors.Sleeper"),
     )
     root = system.start(ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs(children)))
     sleeper = system.ok(root, WhereIs("sleeper")).address

@@ -1,11 +1,5 @@
-"""The gateway in process: every route and every error code, against a fake directory.
-
-No actor system starts: :class:`FakeDirectory` has the interface of
-:class:`actors.bridge.Directory` that the gateway uses (``ask(path, payload, timeout,
-idempotent)``, ``root``, and ``bridge.ask``/``bridge.stale_replies``) and answers each message
-type as scripted: a value, a :class:`~actors.messages.Failure` (raised as
-:class:`~actors.bridge.RemoteFailure`, as the real bridge does), or an exception.
-"""
+"""The gateway in process: every route and every error code, against the scripted directory
+of :mod:`tests.support.gateway` (no actor system starts)."""
 
 from __future__ import annotations
 
@@ -13,15 +7,13 @@ import asyncio
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from actors.bridge import AskTimeout, RemoteFailure
-from actors.messages import Failure, Ping, Pong
-from memesys.config import load
+from actors.bridge import AskTimeout
+from actors.messages import Failure
 from memesys.domain.messages import (
     DeleteMeme,
     GenerateMeme,
@@ -37,78 +29,11 @@ from memesys.errors import RUNTIME_CODES, ErrorCode
 from memesys.http.app import Gateway
 from memesys.http.openapi import openapi_document
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
+from tests.support.gateway import GATEWAY, FakeDirectory, a_meme, error_of
+from tests.support.timing import wait_for_async
 
-ROOT = "root-supervisor"
 ADDRESS = "ActorAddr-(T|:40123)"
 PNG = b"\x89PNG\r\n\x1a\nfake"
-# What no client may ever read: an actor address, a socket path, a Python type name.
-LEAKS = re.compile(r"ActorAddr|\.sock\b|/tmp/|Traceback|\b[A-Z]\w*(Error|Exception)\b")
-
-
-def a_meme(meme_id: str = "m1", cached: bool = False) -> dict:
-    return {
-        "id": meme_id,
-        "topic": "mondays",
-        "format": "drake",
-        "top_text": "a",
-        "bottom_text": "b",
-        "image_url": f"/v1/memes/{meme_id}/image.png",
-        "scores": None,
-        "cached": cached,
-        "created_at": 1.0,
-        "timings": {},
-        "trace_id": "t",
-        "provider": {"name": "offline"},
-        "verification": {
-            "verdicts": {
-                "appropriateness": {"status": "passed"},
-                "factuality": {"status": "unavailable"},
-            },
-            "degraded": ["factuality"],
-        },
-    }
-
-
-class FakeBridge:
-    def __init__(self, directory: FakeDirectory) -> None:
-        self.directory = directory
-        self.stale_replies = 3
-
-    async def ask(self, target: Any, payload: Any, timeout: float, idempotent: bool = False) -> Any:
-        assert target == ROOT, target
-        return await self.directory.answer(ROOT, payload, timeout, idempotent)
-
-
-class FakeDirectory:
-    """Scripted answers by message type; every ask is recorded as (path, payload, timeout,
-    idempotent). An unscripted message fails the test (it shows as a 500 ``internal``)."""
-
-    def __init__(self) -> None:
-        self.root = ROOT
-        self.bridge = FakeBridge(self)
-        self.asked: list[tuple[str, Any, float, bool]] = []
-        self.scripts: dict[type, Any] = {Ping: Pong("memesys", 1), StoreHealth: True}
-
-    def script(self, message: type, answer: Any) -> None:
-        self.scripts[message] = answer
-
-    async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
-        return await self.answer(path, payload, timeout, idempotent)
-
-    async def answer(self, path: str, payload: Any, timeout: float, idempotent: bool) -> Any:
-        self.asked.append((path, payload, timeout, idempotent))
-        if type(payload) not in self.scripts:
-            pytest.fail(f"unscripted ask {payload!r} at {path}")
-        answer = self.scripts[type(payload)]
-        if callable(answer) and not isinstance(answer, (Failure, BaseException)):
-            answer = answer(payload)
-            if asyncio.iscoroutine(answer):
-                answer = await answer
-        if isinstance(answer, Failure):
-            raise RemoteFailure(answer)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +41,6 @@ class FailureWithRetryAfter(Failure):
     """A failure that says when to retry (a later issue passes real values through)."""
 
     retry_after: float | None = None
-
-
-GATEWAY = dataclasses.replace(
-    load(env={}).gateway, request_timeout_s=7.0, max_in_flight=4, max_queue=2, max_body_bytes=4096
-)
 
 
 @pytest.fixture
@@ -136,27 +56,6 @@ def gateway(directory: FakeDirectory) -> Gateway:
 @pytest.fixture
 async def client(aiohttp_client: Callable, gateway: Gateway) -> Any:
     return await aiohttp_client(gateway.app())
-
-
-async def error_of(response: Any, status: int, code: str) -> dict:
-    """The error body, checked against the contract: status, shape, code, a clean message,
-    and Retry-After exactly on retryable 429/503 answers."""
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/json"
-    body = await response.json()
-    assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
-    assert set(body["error"]) <= {"code", "message", "field"}, body
-    error = body["error"]
-    assert error["code"] == code, body
-    assert isinstance(error["message"], str) and error["message"], body
-    assert not LEAKS.search(error["message"]), error["message"]
-    contract = ErrorCode(code)
-    assert contract.status == status
-    if contract.retryable and status in (429, 503):
-        assert int(response.headers["Retry-After"]) >= 1
-    else:
-        assert "Retry-After" not in response.headers
-    return error
 
 
 # -- every route, answered ---------------------------------------------------------------------
@@ -192,8 +91,9 @@ async def test_identical_requests_in_flight_share_one_generation(client, directo
         asyncio.ensure_future(client.post("/v1/memes", json=body))
         for body in ({"topic": "x", "seed": 2}, {"topic": "x", "seed": 1, "fresh": True})
     ]
-    while len(directory.asked) < 3:
-        await asyncio.sleep(0.01)
+    await wait_for_async(lambda: len(directory.asked) >= 3, 5, "three asks")
+    # An absence has no event to wait for: the second "same" joins the first's flight rather
+    # than asking; 50 ms for it to arrive.
     await asyncio.sleep(0.05)
     release.set()
     answers = await asyncio.gather(*same, *other)
@@ -486,10 +386,8 @@ async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(
         asyncio.ensure_future(client.post("/v1/memes", json={"topic": f"x{i}"}))
         for i in range(GATEWAY.max_in_flight + GATEWAY.max_queue)
     ]
-    while len(directory.asked) < GATEWAY.max_in_flight:
-        await asyncio.sleep(0.01)
-    while gateway.guard.lane.queued < GATEWAY.max_queue:
-        await asyncio.sleep(0.01)
+    await wait_for_async(lambda: len(directory.asked) >= GATEWAY.max_in_flight, 5, "in flight")
+    await wait_for_async(lambda: gateway.guard.lane.queued >= GATEWAY.max_queue, 5, "queued")
     shed = await client.post("/v1/memes", json={"topic": "x"})
     error = await error_of(shed, 503, "overloaded")
     assert "capacity" in error["message"]

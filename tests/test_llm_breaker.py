@@ -16,8 +16,8 @@ from memesys.errors import ErrorCode
 from memesys.llm.breaker import CLOSED, OPEN
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import calls_in_subprocess, make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.llm import calls_in_subprocess, make_engine, write_request
+from tests.support.redis_server import shared_prefix
 
 pytestmark = pytest.mark.store
 
@@ -75,7 +75,7 @@ def test_shared_by_two_processes(fake: FakeOpenAI, redis: str) -> None:
     start_at = time.time() + after + 0.05
     with ThreadPoolExecutor(9) as pool:
         there = pool.submit(calls_in_subprocess, fake.url, 8, knobs, threads=8, start_at=start_at)
-        time.sleep(max(0.0, start_at - time.time()))
+        time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
         here = list(pool.map(lambda _: call(engine), range(8)))
         outcomes = here + there.result()
     assert outcomes.count("ok") == 1 and outcomes.count("open") == 15, outcomes
@@ -95,7 +95,7 @@ def test_exactly_one_probe_in_flight(fake: FakeOpenAI, redis: str) -> None:
     assert engine.breaker.state == OPEN
     fake.config = FakeConfig(latency_s=1.0)
     fake.reset()
-    time.sleep(engine.breaker.until_probe() + 0.05)
+    time.sleep(engine.breaker.until_probe() + 0.05)  # the scenario: the reset period passes
     with ThreadPoolExecutor(16) as pool:
         outcomes = list(pool.map(lambda _: call(engine), range(16)))
     assert outcomes.count("ok") == 1 and outcomes.count("open") == 15
@@ -107,7 +107,7 @@ def test_a_failed_probe_opens_it_again(fake: FakeOpenAI, redis: str) -> None:
     engine = make_engine(fake.url, **policy(redis))
     fake.config.fail_status = 500
     assert [call(engine) for _ in range(FAILURES)] == ["server"] * FAILURES
-    time.sleep(engine.breaker.until_probe() + 0.05)
+    time.sleep(engine.breaker.until_probe() + 0.05)  # the scenario: the reset period passes
     assert call(engine) == "server" and fake.attempts == FAILURES + 1  # the probe
     assert engine.breaker.state == OPEN and call(engine) == "open"
     assert fake.attempts == FAILURES + 1

@@ -15,9 +15,11 @@ from memesys.llm import bulkhead
 from memesys.llm.budget import Budget, day, parse_prices, until_midnight_utc
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.testing.fake_openai import FakeOpenAI
-from tests.daemon_process import DaemonProcess
-from tests.llm_support import make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.daemon import DaemonProcess
+from tests.support.llm import make_engine, write_request
+from tests.support.provider import provider_env
+from tests.support.redis_server import shared_prefix
+from tests.support.timing import wait_for
 
 REQUEST = write_request()
 
@@ -79,7 +81,7 @@ def test_bulkheads_keep_judging_from_starving_writing() -> None:
         for t in judges:
             t.start()
         held.wait(5)
-        time.sleep(0.05)
+        wait_for(lambda: bulkhead.in_use[bulkhead.JUDGING] == 2, 5, "both judges holding a slot")
         # judging is full ...
         with bulkhead.stage("score"), pytest.raises(bulkhead.NoRoom):
             with bulkhead.slot(time.time() + 0.05, 5):
@@ -102,9 +104,7 @@ def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> N
     d = DaemonProcess(
         tmp_path,
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
             "MEMESYS_LLM_DAILY_TOKEN_BUDGET": "1",
         },
     ).start()
@@ -139,7 +139,7 @@ def test_without_a_budget_the_counts_reach_redis_once_a_second(
         engine.complete(REQUEST)
     # accounting only: not a round trip per call (at most one of these calls wrote)
     assert view.used_today() < engine.budget.tokens
-    time.sleep(budget_module.FLUSH_EVERY_S + 0.05)
+    time.sleep(budget_module.FLUSH_EVERY_S + 0.05)  # the scenario: the flush period passes
     engine.complete(REQUEST)  # a second later, the next call writes everything
     assert view.used_today() == engine.budget.tokens
 

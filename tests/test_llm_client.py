@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,18 +17,11 @@ from memesys.llm.errors import LLMCallError, failure_of
 from memesys.pipeline.lm import build_lm
 from memesys.pipeline.writing import write_caption
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import KEY, MODEL, make_engine, write_request
+from tests.support.llm import make_engine, write_request
+from tests.support.provider import KEY, MODEL
+from tests.support.timing import scaled, wait_for
 
 REQUEST = write_request()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(FakeConfig(), api_key=KEY).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
 
 
 def engine(fake: FakeOpenAI, **policy: float) -> HardenedEngine:
@@ -77,7 +69,9 @@ def test_retry_after_is_honoured(fake: FakeOpenAI) -> None:
         eng.complete(REQUEST)
     elapsed = time.perf_counter() - began
     assert fake.attempts == 2
-    assert 0.4 <= elapsed < 1.0, elapsed  # waited the provider's 0.4 s, not the 0.01 s backoff
+    # Waited the provider's 0.4 s, not the 0.01 s backoff; 0.6 s (scaled) of margin, below the
+    # next retry's wait.
+    assert 0.4 <= elapsed < 0.4 + scaled(0.6), elapsed
     assert failure_of(raised.value) == (ErrorCode.LLM_RATE_LIMITED, 0.4)
 
 
@@ -87,7 +81,8 @@ def test_a_wait_past_the_deadline_fails_at_once_and_passes_retry_after_on(fake: 
     began = time.perf_counter()
     with deadlines.serving(time.time() + 2.0), pytest.raises(LLMCallError) as raised:
         eng.complete(REQUEST)
-    assert time.perf_counter() - began < 0.5
+    # Given up at once (milliseconds): the wait asked for is past the 2 s deadline; 0.5 s, scaled.
+    assert time.perf_counter() - began < scaled(0.5)
     assert fake.attempts == 1
     assert failure_of(raised.value) == (ErrorCode.LLM_RATE_LIMITED, 30)
 
@@ -99,7 +94,9 @@ def test_a_hang_is_cut_at_the_deadline(fake: FakeOpenAI) -> None:
     with deadlines.serving(time.time() + 0.5), pytest.raises(LLMCallError) as raised:
         eng.complete(REQUEST)
     elapsed = time.perf_counter() - began
-    assert 0.45 <= elapsed < 0.8, elapsed
+    # Cut at the 0.5 s deadline (0.45 s: its start was taken a moment before); 0.3 s (scaled)
+    # of margin.
+    assert 0.45 <= elapsed < 0.5 + scaled(0.3), elapsed
     assert raised.value.kind in ("timeout", "deadline")
     assert fake.calls == 0 and fake.attempts >= 1
 
@@ -109,7 +106,8 @@ def test_each_attempt_is_bounded_by_the_call_timeout(fake: FakeOpenAI) -> None:
     began = time.perf_counter()
     with pytest.raises(LLMCallError):
         engine(fake, timeout_s=0.2, max_attempts=2).complete(REQUEST)
-    assert time.perf_counter() - began < 0.8
+    # Two attempts cut at their 0.2 s timeout (0.4 s), not the 10 s hang; 0.4 s (scaled) margin.
+    assert time.perf_counter() - began < 0.4 + scaled(0.4)
     assert fake.attempts == 2
 
 
@@ -148,13 +146,16 @@ def test_connections_are_bounded_and_the_wait_counts_against_the_timeout(fake: F
     waiting = engine(fake, max_attempts=1, max_connections=1, timeout_s=0.15)
     first = threading.Thread(target=slow.complete, args=(REQUEST,))
     first.start()
-    time.sleep(0.1)  # the first call holds the connection
+    wait_for(lambda: fake.attempts == 1, 5, "the first call to hold the connection")
     began = time.monotonic()
     with pytest.raises(LLMCallError) as raised:
         waiting.complete(REQUEST)
+    elapsed = time.monotonic() - began  # before the join: the first call's end is not its own
     first.join(5)
     assert raised.value.kind == "timeout"
-    assert time.monotonic() - began < 0.35  # cut at its timeout, not after the first's answer
+    # Cut at its 0.15 s timeout, not after the first's answer (0.4 s and more); 0.2 s (scaled)
+    # for the call's own work.
+    assert elapsed < 0.15 + scaled(0.2), elapsed
     assert fake.calls == 1  # the waiting call never reached the server
 
 

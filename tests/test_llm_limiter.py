@@ -19,8 +19,10 @@ from memesys.llm import deadline as deadlines
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import Limiter, NoSlot
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.llm_support import calls_in_subprocess, come_back_later, make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.llm import calls_in_subprocess, come_back_later, make_engine, write_request
+from tests.support.provider import fake_provider_fixture
+from tests.support.redis_server import shared_prefix
+from tests.support.timing import scaled, wait_for
 
 pytestmark = pytest.mark.store
 
@@ -29,13 +31,7 @@ R = 20
 LOAD_S = 10.0
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(FakeConfig(latency_s=0.005)).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
+fake = fake_provider_fixture(FakeConfig(latency_s=0.005))
 
 
 def max_window(arrivals: list[float], width: float = 1.0) -> int:
@@ -71,12 +67,14 @@ def fake_process() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
+
+        def answers() -> bool:
             try:
-                urllib.request.urlopen(f"{url}/_fake/stats", timeout=1).read()
-                break
+                return bool(urllib.request.urlopen(f"{url}/_fake/stats", timeout=1).read())
             except OSError:
-                time.sleep(0.05)
+                return False
+
+        wait_for(answers, 10, "the fake provider process to listen", interval=0.05)
 
         def stats() -> dict:
             with urllib.request.urlopen(f"{url}/_fake/stats?arrivals=1", timeout=5) as r:
@@ -125,7 +123,7 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
             deadline_s=0.5,
             until=end_at,
         )
-        time.sleep(max(0.0, start_at - time.time()))
+        time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
         here = [pool.submit(load) for _ in range(16)]
         outcomes = [o for f in here for o in f.result()] + there.result()
     seen = stats()
@@ -151,7 +149,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
     no second holds more than 1.5 R."""
     import threading
 
-    from tests.daemon_process import DaemonProcess
+    from tests.support.daemon import DaemonProcess
 
     url, stats = fake_process
     daemon = DaemonProcess(
@@ -190,7 +188,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
                 statuses.append(status)
                 n += 1
                 if status != 201:
-                    time.sleep(0.2)
+                    time.sleep(0.2)  # the client's own back-off
 
         with ThreadPoolExecutor(1) as pool:
             there = pool.submit(
@@ -203,7 +201,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
                 deadline_s=0.5,
                 until=end_at,
             )
-            time.sleep(max(0.0, start_at - time.time()))
+            time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
             clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
             for t in clients:
                 t.start()
@@ -243,7 +241,9 @@ def test_no_slot_before_the_deadline_fails_at_once(fake: FakeOpenAI, redis: str)
     began = time.perf_counter()
     with deadlines.serving(time.time() + 0.2), pytest.raises(LLMCallError) as raised:
         engine.complete(REQUEST)
-    assert time.perf_counter() - began < 0.05
+    # Refused at once (well under a millisecond of work): no slot within the 0.2 s deadline;
+    # 50 ms, scaled, stays below that deadline.
+    assert time.perf_counter() - began < scaled(0.05)
     code, after = failure_of(raised.value)
     assert code is ErrorCode.LLM_RATE_LIMITED and 0.2 < after <= 1.0
     assert fake.attempts == 2
@@ -269,7 +269,8 @@ def test_without_redis_each_process_keeps_to_its_share() -> None:
     began = time.time()
     # 10 / 2 processes: 5 a second after a burst of 2 (never more than half a second's worth)
     assert slots_within(limiter, 0.9) == 6 and limiter.fallbacks == 1
-    assert time.time() - began < 1.5
+    # Paced over about 0.9 s; 0.6 s (scaled) of margin.
+    assert time.time() - began < 0.9 + scaled(0.6)
 
 
 def test_provider_429s_lower_the_limit_and_it_climbs_back() -> None:

@@ -12,9 +12,10 @@ import redis as redis_lib
 from memesys.llm.errors import LLMCallError
 from memesys.llm.metrics import recorder_for, render
 from memesys.testing.fake_openai import FakeOpenAI
-from tests.daemon_process import DaemonProcess
-from tests.llm_support import make_engine, write_request
-from tests.redis_fixtures import shared_prefix
+from tests.support.daemon import DaemonProcess
+from tests.support.llm import make_engine, write_request
+from tests.support.provider import provider_env
+from tests.support.redis_server import shared_prefix
 
 pytestmark = pytest.mark.store
 
@@ -55,15 +56,13 @@ def test_the_gateway_shows_the_workers_llm_metrics(tmp_path, fake: FakeOpenAI) -
     d = DaemonProcess(
         tmp_path,
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
         },
     ).start()
     try:
         status, _, body = d.request("POST", "/v1/memes", {"fresh": True, "topic": "counted"})
         assert status == 201, body
-        time.sleep(1.2)  # each worker flushes at most once a second, on its next call
+        time.sleep(1.2)  # the scenario: workers flush at most once a second, on their next call
         d.request("POST", "/v1/memes", {"fresh": True, "topic": "flushed"})
         status, _, metrics = d.request("GET", "/metrics")
     finally:

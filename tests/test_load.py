@@ -10,18 +10,17 @@ import time
 import aiohttp
 import pytest
 
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.daemon_process import DaemonProcess
+from memesys.testing.fake_openai import FakeConfig
+from tests.support.daemon import DaemonProcess
+from tests.support.provider import fake_provider_fixture, provider_env
+from tests.support.timing import scaled
 
 pytestmark = [pytest.mark.slow, pytest.mark.store, pytest.mark.timeout(180)]
 
 LATENCY_S = 0.05
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAI(FakeConfig(latency_s=LATENCY_S)) as server:
-        yield server
+fake = fake_provider_fixture(FakeConfig(latency_s=LATENCY_S), scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +28,7 @@ def daemon(tmp_path_factory, fake):
     d = DaemonProcess(
         tmp_path_factory.mktemp("load"),
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
             "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "0",
             # the tree's capacity, not the provider's rate limit (10 req/s by default) is measured
             "MEMESYS_LLM_RATE_LIMIT_RPS": "0",
@@ -64,14 +61,14 @@ def statuses(answers) -> dict[int, int]:
 
 def test_100_concurrent_clients_get_no_error(daemon):
     bodies = [{"topic": f"concurrency {i}", "fresh": True} for i in range(100)]
-    answers = asyncio.run(post_all(daemon.url, bodies, 60))
+    answers = asyncio.run(post_all(daemon.url, bodies, scaled(60)))
     assert statuses(answers) == {201: 100}, [a[2] for a in answers if a[0] != 201][:3]
 
 
 def test_1000_concurrent_clients_get_a_meme_or_a_503_with_retry_after(daemon):
     bodies = [{"topic": f"crowd {i}", "fresh": True} for i in range(1000)]
     started = time.monotonic()
-    answers = asyncio.run(post_all(daemon.url, bodies, 90))  # a hang fails the gather
+    answers = asyncio.run(post_all(daemon.url, bodies, scaled(90)))  # a hang fails the gather
     took = time.monotonic() - started
     counted = statuses(answers)
     assert set(counted) <= {201, 503}, counted
@@ -84,12 +81,14 @@ def test_1000_concurrent_clients_get_a_meme_or_a_503_with_retry_after(daemon):
 
 def test_50_identical_requests_make_one_meme(daemon, fake):
     before = fake.calls
-    single = asyncio.run(post_all(daemon.url, [{"topic": "one topic for all", "seed": 3}], 30))
+    single = asyncio.run(
+        post_all(daemon.url, [{"topic": "one topic for all", "seed": 3}], scaled(30))
+    )
     calls_per_meme = fake.calls - before
     assert single[0][0] == 201 and calls_per_meme >= 6
     before = fake.calls
     body = {"topic": "fifty of the same", "seed": 11}
-    answers = asyncio.run(post_all(daemon.url, [body] * 50, 60))
+    answers = asyncio.run(post_all(daemon.url, [body] * 50, scaled(60)))
     assert statuses(answers) == {201: 50}
     assert len({meme["id"] for _, _, meme in answers}) == 1
     assert fake.calls - before == calls_per_meme  # one generation, counted at the provider

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon import DaemonProcess
+from tests.support.provider import fake_provider_fixture, provider_env
+from tests.support.timing import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
@@ -28,10 +28,7 @@ FORMATS = (
 STAGES = {"select", "write", "appropriateness", "factuality", "instruction_following", "score"}
 
 
-@pytest.fixture(scope="module")
-def fake():
-    with FakeOpenAI(FakeConfig()) as server:
-        yield server
+fake = fake_provider_fixture(scope="module")
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +36,7 @@ def provider_daemon(tmp_path_factory, fake):
     d = DaemonProcess(
         tmp_path_factory.mktemp("provider"),
         {
-            "OPENAI_API_KEY": "test-key",
-            "OPENAI_BASE_URL": fake.url,
-            "MEMESYS_LLM_MODEL": "fake-model",
+            **provider_env(fake),
             # These tests inject one partial fault after another: with the default breaker
             # (5 failed attempts) their failures would add up and open it for 30 s. The breaker
             # is tested in tests/test_llm_breaker.py and tests/test_llm_daemon.py.
@@ -160,16 +155,20 @@ def test_the_judging_group_runs_in_parallel(provider_daemon, fake):
         timings[k] for k in ("appropriateness", "factuality", "instruction_following", "score")
     ]
     assert min(calls) >= 200  # each judging call paid the latency ...
-    assert timings["judge"] < 2 * 200 < sum(calls)  # ... but the group paid it about once
+    # ... but the group paid it about once (about 200 ms); under twice that, not scaled: the
+    # bound separates once from four times the 200 ms, and a factor would blur that.
+    assert timings["judge"] < 2 * 200 < sum(calls)
 
 
 def test_the_admin_shows_the_memes_each_generator_worker_holds(provider_daemon, fake):
     """IN FLIGHT is what the workers hold (the gateway dispatches to them directly)."""
     fake.config.latency_s = 0.4
+    calls = fake.attempts
     try:
         with ThreadPoolExecutor(4) as pool:
             posts = [pool.submit(post, provider_daemon, topic=f"slow meme {i}") for i in range(4)]
-            time.sleep(0.2)  # all four are in their first LM call
+            # all four are in their first LM call
+            wait_for(lambda: fake.attempts - calls >= 4, 5, "four first LM calls", interval=0.005)
             status = provider_daemon.admin("status", "--json")
             table = provider_daemon.admin("status")
             assert all(p.result()[0] == 201 for p in posts)

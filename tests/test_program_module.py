@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,13 @@ from memesys.pipeline.record import build_meme, cache_key
 from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.signatures import SIGNATURES, STAGES
 from memesys.pipeline.verification import VERIFIERS, verify
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from memesys.testing.fake_openai import FakeOpenAI
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon import DaemonProcess
+from tests.support.provider import KEY, fake_provider, provider_env
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "test-key"
 # Refine once whatever the score: every stage runs.
 ONE_ROUND = RefinePolicy(threshold=1.01, max_rounds=1, min_gain=0.0)
 WRITE_DEMO = {
@@ -81,12 +80,6 @@ def marked(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
         state[stage]["signature"]["instructions"] += f" MARK-{stage}"
     state["write"]["demos"] = [WRITE_DEMO]
     return write(tmp_path, state, "marked.json"), state
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(FakeConfig(), api_key=KEY) as server:
-        yield server
 
 
 def untokened(result: Any) -> Any:
@@ -452,13 +445,11 @@ def test_a_verifier_worker_judges_with_its_program(tmp_path: Path) -> None:
 def test_the_daemon_runs_the_configured_program(tmp_path: Path, mode: str) -> None:
     path, _ = marked(tmp_path)
     loaded = load_program(path)
-    with FakeOpenAI(FakeConfig(), api_key=KEY) as fake:
+    with fake_provider() as fake:
         daemon = DaemonProcess(
             tmp_path,
             {
-                "OPENAI_API_KEY": KEY,
-                "OPENAI_BASE_URL": fake.url,
-                "MEMESYS_LLM_MODEL": "fake-model",
+                **provider_env(fake),
                 "MEMESYS_PIPELINE_MODE": mode,
                 "MEMESYS_PIPELINE_PROGRAM_PATH": str(path),
             },

@@ -14,37 +14,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from memesys.storage.connection import connect
-from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine, fingerprint
 from memesys.storage.tasks import CORRUPT_TASK_MESSAGE, TaskStore
-from tests.daemon_process import DaemonProcess
-from tests.test_store import PNG, meme
+from tests.support.daemon import DaemonProcess, daemon_redis, restarts, tree, wait_task
+from tests.support.records import PNG, meme
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.store
 
 QLOG = "memesys.storage.quarantine"
-
-
-@pytest.fixture
-def prefix(client: redis.Redis) -> Iterator[str]:
-    p = f"memesys-test-{uuid.uuid4().hex}"
-    yield p
-    keys = list(client.scan_iter(match=f"{p}:*", count=500))
-    if keys:
-        client.delete(*keys)
-
-
-@pytest.fixture
-def store(client: redis.Redis, prefix: str) -> MemeStore:
-    return MemeStore(client, prefix)
 
 
 @pytest.fixture
@@ -269,36 +252,6 @@ def test_the_store_never_writes_what_it_would_quarantine(store) -> None:
 # -- the daemon -----------------------------------------------------------------------------
 
 
-def daemon_redis(daemon: DaemonProcess) -> redis.Redis:
-    """A client of the daemon's own Redis (its embedded server, or the configured one)."""
-    url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
-    return connect(url)
-
-
-def wait_task(daemon: DaemonProcess, task_id: str, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, task = daemon.json("GET", f"/v1/tasks/{task_id}")
-        assert status == 200, task
-        if task["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
-            return task
-        time.sleep(0.05)
-
-
-def restarts(tree: dict) -> dict[str, int]:
-    """Every node's restarts by path."""
-    out: dict[str, int] = {}
-
-    def walk(node: dict, path: str) -> None:
-        for child in node.get("children", []):
-            name = f"{path}/{child['name']}" if path else child["name"]
-            out[name] = child["restarts"]
-            walk(child, name)
-
-    walk(tree, "")
-    return out
-
-
 @pytest.mark.slow
 def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path).start()
@@ -311,7 +264,7 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
         status, accepted = daemon.json("POST", "/v1/memes?async=true", {"topic": "poison task"})
         assert status == 202
         assert wait_task(daemon, accepted["task_id"])["status"] == "succeeded"
-        before = restarts(json.loads(daemon.admin("status", "--json").stdout))
+        before = restarts(tree(daemon))
 
         # One corrupt record of every kind the daemon writes.
         r.set(f"{p}:meme:{made[0]}", b"{truncated")  # a meme record that does not parse
@@ -343,9 +296,7 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
             assert task["status"] == "failed", task
             assert task["error"]["code"] == "internal" and task["error"]["message"]
 
-        deadline = time.monotonic() + 10
-        while len(Quarantine(r, p).entries()) < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(Quarantine(r, p).entries()) >= 6, 10, "six quarantined", interval=0.05)
         kinds = sorted(e["kind"] for e in Quarantine(r, p).entries())
         assert kinds == ["cache", "meme", "meme", "png", "task", "task"], kinds
         assert daemon.json("GET", "/readyz")[0] == 200
@@ -353,7 +304,7 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
         assert "memesys_store_quarantined_total 6" in metrics
         assert "memesys_store_up 1" in metrics
         # Nothing crashed: only the ledger/runner restart that was asked for.
-        after = restarts(json.loads(daemon.admin("status", "--json").stdout))
+        after = restarts(tree(daemon))
         assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {
             "tasks/ledger": 1,
             "tasks/runner": 1,

@@ -27,16 +27,17 @@ from actors.async_actor import AsyncActor
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory, RemoteFailure
 from actors.dispatch import pick
-from actors.messages import ChildStatus, Request, TreeStatus, WhereIs
+from actors.messages import ChildStatus, Request, StatusQuery, TreeStatus, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
 from actors.supervisor import BUSY_GRACE
-from tests.conftest import RunningSystem, alive, collect, send_all, wait_for
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, alive, collect, send_all
+from tests.support.sample_actors import Journal
+from tests.support.timing import scaled, wait_for, wait_for_async
 
 pytestmark = pytest.mark.timeout(30)
 
-RECORDER = "tests.sample_actors.Recorder"
-SLEEPER = "tests.sample_actors.Sleeper"
+RECORDER = "tests.support.sample_actors.Recorder"
+SLEEPER = "tests.support.sample_actors.Sleeper"
 SUPERVISOR = "actors.supervisor.Supervisor"
 POOL = "actors.pool.Pool"
 RELAY = f"{__name__}.Relay"
@@ -45,7 +46,9 @@ SPINNER = f"{__name__}.Spinner"
 INTERVAL_S = 0.2  # health checks of these tests: a ping every 0.2 s, killed after 1 s silent
 TIMEOUT_S = 1.0
 HEALTH = {"health_interval_s": INTERVAL_S, "health_timeout_s": TIMEOUT_S}
-RESTART_S = 0.5  # allowance for the kill to be noticed and the child to start again
+# Every bound on a replacement is the configured health timeout (the scenario) plus this
+# allowance (scaled) for the kill to be noticed and the child to start again.
+RESTART_S = scaled(0.5)
 
 
 class Relay(AsyncActor):
@@ -128,6 +131,16 @@ def start_pool(
     pool = ChildSpec("pool", POOL, PoolArgs(worker, size, worker_args, **kwargs))
     root = system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((pool,), **HEALTH)))
     return system.ok(root, WhereIs("pool")).address
+
+
+async def pool_holds(bridge: Bridge, root: ActorAddress, n: int) -> None:
+    """Wait until the pool's workers hold ``n`` requests in all (the status tree's count)."""
+
+    async def held() -> bool:
+        pool = node(await bridge.ask(root, StatusQuery(), 5), "pool")
+        return pool is not None and sum(w.in_flight or 0 for w in pool.children) >= n
+
+    await wait_for_async(held, 5, f"{n} requests in flight", interval=0.02)
 
 
 # -- 1. health checks: a frozen child is killed and restarted ---------------------------------
@@ -386,9 +399,9 @@ def test_a_supervisor_that_was_itself_stopped_does_not_kill_its_children(
     before = system.status()
     sub, leaf = node(before, "sub").pid, node(before, "sub", "leaf").pid
     freeze(frozen, sub)
-    time.sleep(2 * TIMEOUT_S)
+    time.sleep(2 * TIMEOUT_S)  # the scenario: frozen past the leaf's own health timeout
     os.kill(sub, signal.SIGCONT)
-    time.sleep(TIMEOUT_S)
+    time.sleep(TIMEOUT_S)  # an absence: a wrong kill of the leaf would show by now
     after = node(system.status(), "sub")
     assert (after.pid, node(after, "leaf").pid, node(after, "leaf").restarts) == (sub, leaf, 0)
 
@@ -424,12 +437,14 @@ async def test_the_directory_passes_over_an_overdue_worker(
     frozen_pid, live_pid = (w.pid for w in workers.children)
     freeze(frozen, frozen_pid)
     stuck = asyncio.ensure_future(directory.ask("pool", 0.0, 10))  # ties: worker-0
-    await asyncio.sleep(0.5)  # its request is now overdue
+    await asyncio.sleep(0.5)  # the scenario: its request is now overdue (overdue_s 0.3)
     started = time.monotonic()
     # least loaded alone would send every other of these to worker-0 (1 held each: a tie)
     served = await asyncio.gather(*(directory.ask("pool", 0.2, 5) for _ in range(6)))
     assert served == [live_pid] * 6
-    assert time.monotonic() - started < 1.0
+    # Six 0.2 s requests on the live worker at once: about 0.2 s, not behind the frozen
+    # one; 1 s, scaled.
+    assert time.monotonic() - started < scaled(1.0)
     os.kill(frozen_pid, signal.SIGCONT)
     assert await stuck == frozen_pid
 
@@ -443,11 +458,13 @@ def test_the_pool_passes_over_an_overdue_worker(
     frozen_pid, live_pid = (w.pid for w in workers.children)
     freeze(frozen, frozen_pid)
     stuck = send_all(context, pool, [Request(0.0)])  # ties: worker-0
-    time.sleep(0.5)
+    time.sleep(0.5)  # the scenario: its request is now overdue (overdue_s 0.3)
     started = time.monotonic()
     replies = collect(context, send_all(context, pool, [Request(0.2) for _ in range(6)]), 5)
     assert [r.payload for r in replies.values()] == [live_pid] * 6
-    assert time.monotonic() - started < 1.0
+    # Six 0.2 s requests on the live worker at once: about 0.2 s, not behind the frozen
+    # one; 1 s, scaled.
+    assert time.monotonic() - started < scaled(1.0)
     os.kill(frozen_pid, signal.SIGCONT)
     assert collect(context, stuck, 5)[stuck[0].correlation_id].payload == frozen_pid
 
@@ -492,7 +509,9 @@ def test_an_async_request_is_abandoned_at_its_deadline(
         request.correlation_id
     ]
     assert reply.error is not None and reply.error.code == "timeout"
-    assert 0.25 < arrivals[request.correlation_id] - started < 0.8
+    # Abandoned at its 0.3 s deadline (0.25: the deadline was set a moment before), not after
+    # the 2 s sleep; 0.5 s (scaled) of margin.
+    assert 0.25 < arrivals[request.correlation_id] - started < 0.3 + scaled(0.5)
     wait_for(
         lambda: node(system.status(), "sleeper").in_flight == 0,
         1,
@@ -534,6 +553,8 @@ def test_sub_requests_are_bounded_by_the_deadline_of_the_request_served(
         relayed.correlation_id
     ]
     assert reply.error is not None and reply.error.code == "timeout"
+    # At its 0.6 s deadline, not after rec's 1 s of work; 0.2 s of margin, not scaled (past
+    # 1 s the bound would mean nothing).
     assert arrivals[relayed.correlation_id] - started < 0.8
     assert collect(context, busy, 5)[busy[0].correlation_id].ok
     assert system.ok(rec, "count") == 2  # the relayed "count" was dropped, never counted
@@ -557,7 +578,7 @@ async def test_a_killed_pool_answers_every_directory_request_at_once(
         asyncio.ensure_future(directory.ask("pool", 5.0, 30, idempotent=i % 2 == 0))
         for i in range(8)
     ]
-    await asyncio.sleep(0.2)
+    await pool_holds(bridge, actor_system.root, 8)
     os.kill(old.pid, signal.SIGKILL)
     killed = time.monotonic()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
@@ -565,7 +586,9 @@ async def test_a_killed_pool_answers_every_directory_request_at_once(
     assert all(
         isinstance(o, RemoteFailure) and o.failure.code == "worker_lost" for o in outcomes
     ), outcomes
-    assert answered < 2.0, f"answered {answered:.2f} s after the kill"
+    # Answered when the pool learns of the death (tens of ms), not at the 5 s ask timeout;
+    # 2 s, scaled.
+    assert answered < scaled(2.0), f"answered {answered:.2f} s after the kill"
     wait_for(lambda: all(dead(w.pid) for w in old.children), 1, what="the workers' end")
 
     async def served() -> Any:
@@ -574,7 +597,7 @@ async def test_a_killed_pool_answers_every_directory_request_at_once(
         except RemoteFailure:
             return None
 
-    pid = await until(served, 5, "the new pool to serve")
+    pid = await wait_for_async(served, 5, "the new pool to serve")
     assert pid not in {w.pid for w in old.children}
     print(
         f"\npool SIGKILL: 8 requests answered in {answered * 1000:.0f} ms; "
@@ -593,7 +616,7 @@ async def test_a_stopped_pool_is_killed_and_its_requests_answered(
     await directory.ask("pool", 0.0, 5)
     old = node(actor_system.status(), "pool")
     calls = [asyncio.ensure_future(directory.ask("pool", 10.0, 30)) for _ in range(4)]
-    await asyncio.sleep(0.1)
+    await pool_holds(bridge, actor_system.root, 4)
     stopped_at = freeze(frozen, old.pid)
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert all(
@@ -636,6 +659,7 @@ async def test_a_killed_actor_or_its_supervisor_answers_the_directory_at_once(
     for victim in ("rec", "sub"):
         await directory.ask("sub/rec", "count", 5)  # resolved (again), watched
         call = asyncio.ensure_future(directory.ask("sub/rec", ("sleep", 5.0), 30))
+        # rec sleeps synchronously and cannot say it holds the call: 0.2 s for it to arrive
         await asyncio.sleep(0.2)
         pid = node(system.status(), *(["sub", "rec"] if victim == "rec" else ["sub"])).pid
         os.kill(pid, signal.SIGKILL)
@@ -643,7 +667,8 @@ async def test_a_killed_actor_or_its_supervisor_answers_the_directory_at_once(
         with pytest.raises(RemoteFailure) as lost:
             await call
         assert lost.value.failure.code == "worker_lost"
-        assert time.monotonic() - killed < 1.0
+        # Answered when the death is seen (tens of ms), not at the call's timeout; 1 s, scaled.
+        assert time.monotonic() - killed < scaled(1.0)
 
         async def served() -> Any:
             try:
@@ -651,13 +676,4 @@ async def test_a_killed_actor_or_its_supervisor_answers_the_directory_at_once(
             except RemoteFailure:
                 return None
 
-        assert await until(served, 5, f"sub/rec back after {victim} was killed") == 1
-
-
-async def until(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := await probe()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return value
+        assert await wait_for_async(served, 5, f"sub/rec back after {victim} was killed") == 1

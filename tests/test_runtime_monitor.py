@@ -13,8 +13,9 @@ import pytest
 from actors.messages import Down, Monitor, Ping, Reply, Request, StatusQuery, unpack
 from actors.spec import ChildSpec, SupervisorArgs
 from actors.system import stop_tree
-from tests.conftest import RunningSystem, alive, wait_for
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem, alive
+from tests.support.sample_actors import Journal
+from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 SUPERVISOR = "actors.supervisor.Supervisor"
@@ -43,7 +44,7 @@ def start(system: RunningSystem, tmp_path: Path, max_restarts: int) -> int:
             "root",
             SUPERVISOR,
             SupervisorArgs(
-                (ChildSpec("a", "tests.sample_actors.Recorder", journal),),
+                (ChildSpec("a", "tests.support.sample_actors.Recorder", journal),),
                 max_restarts=max_restarts,
                 period_s=5,
             ),

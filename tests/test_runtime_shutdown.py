@@ -2,9 +2,9 @@
 another (derived from their specs, and reported at run time when they changed), so slow but
 healthy workers are not SIGKILLed mid-drain.
 
-Workers are :class:`tests.sample_actors.Recorder` actors that take ``stop_delay_s`` to handle
-``Stop`` (a drain) and write ``stop NAME`` to the journal once they exit gracefully; a worker
-that is killed writes nothing.
+Workers are :class:`tests.support.sample_actors.Recorder` actors that take ``stop_delay_s``
+to handle ``Stop`` (a drain) and write ``stop NAME`` to the journal once they exit
+gracefully; a worker that is killed writes nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from actors.spec import (
     SupervisorArgs,
     shutdown_budget,
 )
-from tests.conftest import RunningSystem
-from tests.sample_actors import Journal
+from tests.support.actor_system import RunningSystem
+from tests.support.sample_actors import Journal
 
 pytestmark = pytest.mark.timeout(30)
 
-RECORDER = "tests.sample_actors.Recorder"
+RECORDER = "tests.support.sample_actors.Recorder"
 SUPERVISOR = "actors.supervisor.Supervisor"
 POOL = "actors.pool.Pool"
 MARGIN = SUPERVISOR_STOP_MARGIN_S

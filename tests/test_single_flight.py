@@ -16,7 +16,7 @@ async def test_concurrent_callers_of_one_key_share_one_run() -> None:
     async def work() -> str:
         nonlocal runs
         runs += 1
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the work takes a while
         return "meme"
 
     answers = await asyncio.gather(*(flights.run("k", work) for _ in range(50)))
@@ -30,7 +30,7 @@ async def test_other_keys_run_on_their_own_and_failures_are_shared() -> None:
     flights: SingleFlight[str] = SingleFlight()
 
     async def fail() -> str:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the work takes a while
         raise RuntimeError("provider down")
 
     async def ok() -> str:
@@ -45,12 +45,14 @@ async def test_other_keys_run_on_their_own_and_failures_are_shared() -> None:
 
 async def test_a_follower_leaving_does_not_cancel_the_work_but_the_last_one_does() -> None:
     flights: SingleFlight[str] = SingleFlight()
+    started = asyncio.Event()
     finished = asyncio.Event()
     cancelled = asyncio.Event()
 
     async def slow() -> str:
+        started.set()
         try:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # the work takes a while
         except asyncio.CancelledError:
             cancelled.set()
             raise
@@ -59,13 +61,14 @@ async def test_a_follower_leaving_does_not_cancel_the_work_but_the_last_one_does
 
     leader = asyncio.ensure_future(flights.run("k", slow))
     follower = asyncio.ensure_future(flights.run("k", slow))
-    await asyncio.sleep(0.05)
+    await started.wait()  # the work runs, so both have joined the flight (they ran first)
     follower.cancel()  # its client hung up
     assert await leader == ("done", False) and finished.is_set()
     with pytest.raises(asyncio.CancelledError):
         await follower
 
+    started.clear()
     alone = asyncio.ensure_future(flights.run("k2", slow))
-    await asyncio.sleep(0.05)
+    await started.wait()
     alone.cancel()
     await asyncio.wait_for(cancelled.wait(), 1)  # nobody waits any more: the work stops

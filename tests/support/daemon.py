@@ -1,4 +1,5 @@
-"""Run the real daemon (``python run_system.py``) as a subprocess on free loopback ports."""
+"""The real daemon (``python run_system.py``) as a subprocess on free loopback ports, and what
+tests read of it: its supervision tree, its tasks, its Redis."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 
 from actors.system import admin_pid, session_processes
+from memesys.storage.connection import connect
 from memesys.testing.ports import free_port
-from tests.redis_fixtures import shared_prefix
+from tests.support.redis_server import shared_prefix
+from tests.support.timing import scaled, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
@@ -70,7 +74,7 @@ class DaemonProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + scaled(START_TIMEOUT_S)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log_text()}")
@@ -81,12 +85,13 @@ class DaemonProcess:
                     return self
             except OSError:
                 pass
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll of this wait: it also watches the process exit
         pid = admin_pid(self.admin_port)  # stop what did start: nothing may outlive the test
         self.sid = os.getsid(pid) if pid else None
         left = self.stop()
         raise RuntimeError(
-            f"daemon not ready in {START_TIMEOUT_S} s (killed left over: {left}): {self.log_text()}"
+            f"daemon not ready in {scaled(START_TIMEOUT_S):g} s (killed left over: {left}): "
+            + self.log_text()
         )
 
     def log_text(self) -> str:
@@ -152,3 +157,48 @@ class DaemonProcess:
         for proc in left:  # never leave them behind, but report them
             proc.kill()
         return [f"{p.pid}" for p in left]
+
+
+def tree(daemon: DaemonProcess) -> dict:
+    """The supervision tree as ``memesys-admin status --json`` prints it."""
+    result = daemon.admin("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def child(node: dict, *names: str) -> dict:
+    """The node at path ``names`` below ``node`` of a :func:`tree`."""
+    for name in names:
+        node = next(c for c in node["children"] if c["name"] == name)
+    return node
+
+
+def restarts(node: dict) -> dict[str, int]:
+    """Every node's restarts below ``node`` of a :func:`tree`, by path ("redis/server")."""
+    out: dict[str, int] = {}
+
+    def walk(node: dict, path: str) -> None:
+        for each in node.get("children", []):
+            name = f"{path}/{each['name']}" if path else each["name"]
+            out[name] = each["restarts"]
+            walk(each, name)
+
+    walk(node, "")
+    return out
+
+
+def wait_task(daemon: DaemonProcess, task_id: str, timeout: float = 20.0) -> dict:
+    """The task once it has succeeded or failed; fails the test after ``timeout``."""
+
+    def finished() -> dict | None:
+        status, task = daemon.json("GET", f"/v1/tasks/{task_id}")
+        assert status == 200, task
+        return task if task["status"] in ("succeeded", "failed") else None
+
+    return wait_for(finished, timeout, what=f"task {task_id} to finish", interval=0.05)
+
+
+def daemon_redis(daemon: DaemonProcess) -> redis.Redis:
+    """A client of the daemon's own Redis (its embedded server, or the configured one)."""
+    url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
+    return connect(url)

@@ -1,6 +1,6 @@
 """A module-scoped Redis client for store tests: the server named by MEMESYS_TEST_REDIS_URL
-(CI's Redis service), else an embedded redis-server of the module's own; a MemeStore on it;
-registered for every test module by ``pytest_plugins`` in tests/conftest.py."""
+(CI's Redis service), else an embedded redis-server of the module's own; a key prefix of the
+test's own on it (its keys deleted afterwards), and a MemeStore under that prefix."""
 
 from __future__ import annotations
 
@@ -58,10 +58,16 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def store(client: redis.Redis) -> Iterator[MemeStore]:
-    """A MemeStore on ``client`` under a prefix of its own, its keys deleted afterwards."""
-    prefix = f"memesys-test-{uuid.uuid4().hex}"
-    yield MemeStore(client, prefix)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=500))
+def prefix(client: redis.Redis) -> Iterator[str]:
+    """A key prefix of the test's own; its keys are deleted afterwards."""
+    p = f"memesys-test-{uuid.uuid4().hex}"
+    yield p
+    keys = list(client.scan_iter(match=f"{p}:*", count=500))
     if keys:
         client.delete(*keys)
+
+
+@pytest.fixture
+def store(client: redis.Redis, prefix: str) -> MemeStore:
+    """A MemeStore on ``client`` under the test's own ``prefix``."""
+    return MemeStore(client, prefix)

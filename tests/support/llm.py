@@ -1,5 +1,5 @@
 """Helpers for the LLM client layer's tests: a request exactly as DSPy builds it (the fake
-server can answer it), engines on the fake, a Redis for shared state, and a second process
+provider can answer it), engines on the fake, a Redis for shared state, and a second process
 making calls through the same Redis."""
 
 from __future__ import annotations
@@ -18,17 +18,14 @@ import dspy
 import pytest
 from dspy.lm15 import Request, Response
 
-from memesys.llm.breaker import forget_all
 from memesys.llm.engine import HardenedEngine, Policy
 from memesys.llm.errors import LLMCallError
 from memesys.offline.engine import OfflineEngine
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.writing import write_caption
-from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
+from tests.support.provider import KEY, MODEL
 
-ROOT = Path(__file__).resolve().parent.parent
-KEY = "test-key"
-MODEL = "fake-model"
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class _Capture:
@@ -92,7 +89,7 @@ def calls_in_subprocess(
     script = f"""
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
-from tests.llm_support import come_back_later, make_engine, write_request
+from tests.support.llm import come_back_later, make_engine, write_request
 from memesys.llm.errors import LLMCallError
 from memesys.llm import deadline as deadlines
 engine = make_engine({url!r}, **json.loads(sys.argv[1]))
@@ -130,15 +127,3 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a redis-server of the module's own, for the LLM layer's shared state."""
     with redis_url(tmp_path_factory.mktemp("redis")) as url:
         yield url
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    """A fake provider in a thread of this process; breakers this process cached are
-    forgotten afterwards, so no test inherits another's open circuit."""
-    server = FakeOpenAI(FakeConfig()).start_in_thread()
-    try:
-        yield server
-    finally:
-        server.stop_thread()
-        forget_all()
