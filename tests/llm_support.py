@@ -19,9 +19,9 @@ import pytest
 from dspy.lm15 import Request, Response
 
 from memesys.llm.breaker import forget_all
-from memesys.llm.engine import HardenedEngine, Policy
 from memesys.llm.errors import LLMCallError
-from memesys.offline.engine import OfflineEngine
+from memesys.llm.transport import HardenedTransport, Policy
+from memesys.offline.lm import OfflineLM
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.writing import write_caption
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -39,7 +39,7 @@ class _Capture:
 
     def complete(self, request: Request) -> Response:
         self.requests.append(request)
-        return OfflineEngine().complete(request)
+        return OfflineLM().complete(request)
 
 
 def write_request() -> Request:
@@ -50,9 +50,9 @@ def write_request() -> Request:
     return capture.requests[-1]
 
 
-def make_engine(url: str, model: str = MODEL, **policy: object) -> HardenedEngine:
+def make_engine(url: str, model: str = MODEL, **policy: object) -> HardenedTransport:
     knobs: dict = {"timeout_s": 5.0, "max_attempts": 3, "backoff_base_s": 0.01, **policy}
-    return HardenedEngine(model, KEY, url, Policy(**knobs))
+    return HardenedTransport(model, KEY, url, Policy(**knobs))
 
 
 @contextmanager

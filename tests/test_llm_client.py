@@ -13,8 +13,8 @@ import pytest
 
 from memesys.errors import ErrorCode
 from memesys.llm import deadline as deadlines
-from memesys.llm.engine import HardenedEngine, Policy, retry_after_of
 from memesys.llm.errors import LLMCallError, failure_of
+from memesys.llm.transport import HardenedTransport, Policy, retry_after_of
 from memesys.pipeline.lm import build_lm
 from memesys.pipeline.writing import write_caption
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -32,7 +32,7 @@ def fake() -> Iterator[FakeOpenAI]:
         server.stop_thread()
 
 
-def engine(fake: FakeOpenAI, **policy: float) -> HardenedEngine:
+def engine(fake: FakeOpenAI, **policy: float) -> HardenedTransport:
     return make_engine(fake.url, **policy)
 
 
@@ -62,7 +62,7 @@ def test_a_retry_succeeds_after_a_5xx(fake: FakeOpenAI) -> None:
 
 
 def test_a_4xx_of_ours_is_not_retried(fake: FakeOpenAI) -> None:
-    eng = HardenedEngine(MODEL, "wrong-key", fake.url, Policy(max_attempts=3))
+    eng = HardenedTransport(MODEL, "wrong-key", fake.url, Policy(max_attempts=3))
     with pytest.raises(LLMCallError) as raised:
         eng.complete(REQUEST)
     assert raised.value.status == 401 and raised.value.attempts == 1

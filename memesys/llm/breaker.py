@@ -60,7 +60,7 @@ def _not_a_failure(exc: BaseException) -> bool:
 class SharedStorage(pybreaker.CircuitRedisStorage):
     """pybreaker's Redis storage, read once per attempt.
 
-    pybreaker reads the state when the engine checks the breaker and again when the attempt
+    pybreaker reads the state when the transport checks the breaker and again when the attempt
     enters ``calling()``, microseconds later, then writes the failure count back to 0 after
     every success: three round trips per call, each on the hot path of every stage. Here the
     state and the count come in one MGET; a read younger than ``FRESH_S`` is reused by every

@@ -20,7 +20,7 @@ from dspy.utils.exceptions import LMError
 
 from memesys.config import LLMConfig
 from memesys.llm import bulkhead, served
-from memesys.llm.engine import Policy
+from memesys.llm.transport import Policy
 from memesys.pipeline.decision import Decision, decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import OFFLINE, LMHandle, build_lm
