@@ -218,13 +218,13 @@ def layer_caller(url: str, rps: int | None, redis_url: str) -> tuple[Callable[[]
     The entry point is the transport DSPy is given (``memesys.llm.transport.HardenedTransport``, the
     ``complete(Request) -> Response`` protocol), built from the daemon's own ``[llm]`` config
     (every field of its Policy that the config has), with the request's deadline set the way
-    the tree sets it (``memesys.llm.deadline.serving``).
+    the tree sets it (``actors.deadlines.serving``).
     """
     try:
         from dspy.lm15 import request_from_openai_chat
 
+        from actors import deadlines
         from memesys.config import ConfigError, load
-        from memesys.llm import deadline as deadlines
         from memesys.llm.transport import HardenedTransport, Policy
     except ImportError as exc:
         raise LayerMissing(f"the client layer is not importable ({exc})") from exc

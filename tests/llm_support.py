@@ -94,7 +94,7 @@ import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from tests.llm_support import come_back_later, make_engine, write_request
 from memesys.llm.errors import LLMCallError
-from memesys.llm import deadline as deadlines
+from actors import deadlines
 engine = make_engine({url!r}, **json.loads(sys.argv[1]))
 request = write_request()
 time.sleep(max(0.0, {start_at!r} - time.time()))

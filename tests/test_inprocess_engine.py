@@ -11,13 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from actors import deadlines
 from memesys.config import Config, load_layers
 from memesys.domain.formats import get_format
 from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
 from memesys.inprocess.engine import InProcessEngine, LocalWorkshop
-from memesys.llm import deadline as llm_deadline
 from memesys.pipeline.making import SaveMeme, Speculation, render_order
 from memesys.pipeline.writing import Caption
 from memesys.render.meme import RenderSettings, render_meme
@@ -184,7 +184,7 @@ def test_a_save_that_starts_past_the_deadline_saves_nothing(engine_for, run) -> 
     png = engine.store.get_png(made["id"])
 
     async def save(meme_id: str, deadline: float) -> str:
-        with llm_deadline.serving(deadline):
+        with deadlines.serving(deadline):
             return await LocalWorkshop(engine).save(SaveMeme({**made, "id": meme_id}, png))
 
     late, in_time = new_id(), new_id()

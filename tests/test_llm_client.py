@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from actors import deadlines
 from memesys.errors import ErrorCode
-from memesys.llm import deadline as deadlines
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.transport import HardenedTransport, Policy, retry_after_of
 from memesys.pipeline.lm import build_lm

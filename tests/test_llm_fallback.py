@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memesys.llm import deadline as deadlines
+from actors import deadlines
 from memesys.llm import served
 from memesys.llm.breaker import forget_all
 from memesys.llm.errors import LLMCallError

@@ -26,12 +26,12 @@ from typing import Any, TypeVar
 
 from dspy.utils.exceptions import LMError
 
+from actors import deadlines
 from memesys.config import Config
 from memesys.config.capacity import Capacities
 from memesys.domain.engines import INPROCESS
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
-from memesys.llm import deadline as llm_deadline
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.making import MemeFailed, MemeMaker, SaveMeme
 from memesys.pipeline.program import load_configured
@@ -137,7 +137,7 @@ class InProcessEngine:
         each with its contract code)."""
         try:
             async with asyncio.timeout(timeout_s):
-                with llm_deadline.serving(time.time() + timeout_s):
+                with deadlines.serving(time.time() + timeout_s):
                     return await self.maker.make(order, LocalWorkshop(self))
         except TimeoutError as exc:
             raise MemeFailed(
@@ -188,7 +188,7 @@ class LocalWorkshop:
             order.png,
             order.cache_key,
             self.engine.cache_ttl_s,
-            llm_deadline.current(),
+            deadlines.current(),
         )
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:

@@ -7,6 +7,7 @@ deadline-aware exponential backoff and full jitter honouring ``Retry-After``
 (``dspy.LM(engine=...)``) and retries 0 times; the HTTP client retries 0 times. See
 docs/llm.md.
 
-It imports config, errors and domain only (never actors, tree or http); the tree hands it the
-deadline of the request being served (:mod:`memesys.llm.deadline`) and a Redis URL.
+It imports config, errors and domain only (never tree or http, and of the actor runtime only
+the pure :mod:`actors.deadlines`: the deadline of the request being served); it is handed a
+Redis URL.
 """

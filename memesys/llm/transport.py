@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import urllib3
 from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_openai_chat
 
+from actors import deadlines
 from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, served
-from memesys.llm import deadline as deadlines
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
 from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.client import AnswerTooLarge, http_client

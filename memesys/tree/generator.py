@@ -55,7 +55,6 @@ from memesys.storage.availability import availability_for
 from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
-from memesys.tree.llmcalls import under_deadline
 from memesys.tree.paths import RENDER, VERIFY
 from memesys.tree.store import store_errors_answered
 
@@ -215,7 +214,7 @@ class TreeWorkshop:
         )
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(under_deadline, fn, *args)
+        return await asyncio.to_thread(fn, *args)
 
     def stages(self, maker: MemeMaker) -> PoolStages:
         # A verifier call may queue behind others in the pool: give it the stage bound plus a

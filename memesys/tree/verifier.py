@@ -34,7 +34,7 @@ from memesys.pipeline.scoring import score
 from memesys.pipeline.stage import OutputError, first_line
 from memesys.pipeline.stages import StageRun, stage_handles
 from memesys.pipeline.verification import VERIFIERS, verify
-from memesys.tree.llmcalls import lm_failed, under_deadline
+from memesys.tree.llmcalls import lm_failed
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,7 @@ class VerifierWorker(AsyncActor):
         ]
         stages.append(("score", lambda h: score(h, draft, program)))
         answers = await asyncio.gather(
-            *(
-                asyncio.to_thread(under_deadline, run_stage, self.handle_for(name), fn, name)
-                for name, fn in stages
-            ),
+            *(asyncio.to_thread(run_stage, self.handle_for(name), fn, name) for name, fn in stages),
             return_exceptions=True,
         )
         for answer in answers:
