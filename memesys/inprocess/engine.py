@@ -150,7 +150,7 @@ class InProcessEngine:
         whether the store is up (MemeFailed ``store_error`` if not). A hit costs one trip to
         Redis; a miss is sent on with ``looked_up`` set, so the maker does not do it again."""
         if order.fresh:
-            if not await self.on_store(self.store.ping):
+            if not await self.on_store(self.store.answers):
                 raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
             return None
         key = self.maker.key(order)
@@ -175,8 +175,8 @@ class LocalWorkshop:
     async def cached(self, key: str) -> dict | None:
         return await self.engine.on_store(self.engine.store.cached, key)
 
-    async def store_up(self) -> bool:
-        return await self.engine.on_store(self.engine.store.ping)
+    async def store_answers(self) -> bool:
+        return await self.engine.on_store(self.engine.store.answers)
 
     async def render(self, order: RenderMeme) -> bytes:
         return await self.engine.run(render_meme, order, self.engine.render_settings)

@@ -111,10 +111,11 @@ class MemeStore:
         with self.availability.guard(what):
             yield
 
-    def ping(self) -> bool:
-        """Whether Redis answers, asked as an operation (a failure marks it down, so the next
-        requests fail fast): before spending tokens on a fresh meme. Never raises. A health
-        report that must answer within its own bound is ``availability.health()``."""
+    def answers(self) -> bool:
+        """Whether Redis answers now, asked with a PING as an operation (a failure marks it
+        down, so the next requests fail fast): before spending tokens on a fresh meme. Never
+        raises. A health report that must answer within its own bound is
+        ``availability.health()``."""
         try:
             with self._guard("pinging"):
                 return bool(self._r.ping())

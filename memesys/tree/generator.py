@@ -187,8 +187,8 @@ class TreeWorkshop:
     async def cached(self, key: str) -> dict | None:
         return await asyncio.to_thread(_on_store, self.worker.store.cached, key)
 
-    async def store_up(self) -> bool:
-        return await asyncio.to_thread(self.worker.store.ping)
+    async def store_answers(self) -> bool:
+        return await asyncio.to_thread(self.worker.store.answers)
 
     async def render(self, order: RenderMeme) -> bytes:
         try:
