@@ -42,8 +42,7 @@ from memesys.pipeline.stages import BlockingStages, stage_handles
 from memesys.pipeline.verification import VERIFIERS, Verdict, verify
 from memesys.render.meme import RenderSettings, render_meme
 from memesys.storage.availability import availability_for
-from memesys.storage.connection import CLIENT_TIMEOUT_S, connect
-from memesys.storage.hits import UNSURE, HitReader
+from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
 
@@ -115,7 +114,6 @@ class InProcessEngine:
             availability,
             Quarantine(self.client, redis.key_prefix, redis.quarantine_ttl_s),
         )
-        self.hits = HitReader(redis_url, self.store, CLIENT_TIMEOUT_S)
         self.cache_ttl_s = redis.cache_ttl_s
         self.render_settings = RenderSettings.from_config(cfg.render)
 
@@ -144,23 +142,7 @@ class InProcessEngine:
                 ErrorCode.TIMEOUT, f"the meme was not made within {timeout_s:.1f} s"
             ) from exc
 
-    async def look_up(self, order: GenerateMeme) -> dict[str, Any] | None:
-        """What a maker does first, done by the gateway straight on Redis, whichever engine
-        makes the meme: the cached meme for ``order`` (None: a miss), or for a fresh order
-        whether the store is up (MemeFailed ``store_error`` if not). A hit costs one trip to
-        Redis; a miss is sent on with ``looked_up`` set, so the maker does not do it again."""
-        if order.fresh:
-            if not await self.on_store(self.store.answers):
-                raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
-            return None
-        key = self.maker.key(order)
-        meme = await self.hits.cached(key)
-        if meme is UNSURE:
-            meme = await self.on_store(self.store.cached, key)
-        return None if meme is None else {**meme, "cached": True, "trace_id": order.trace_id}
-
     async def close(self) -> None:
-        await self.hits.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.store_pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
