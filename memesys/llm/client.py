@@ -51,6 +51,8 @@ class Endpoint:
         pool_kind = (
             urllib3.HTTPSConnectionPool if parts.scheme == "https" else urllib3.HTTPConnectionPool
         )
+        if parts.hostname is None:  # as urllib3 would refuse it
+            raise urllib3.exceptions.LocationValueError("No host specified.")
         self.pool = pool_kind(
             parts.hostname, parts.port, maxsize=max_connections, block=True, retries=False
         )
@@ -67,7 +69,8 @@ class Endpoint:
             timeout=urllib3.Timeout(total=timeout_s),
             retries=False,
             redirect=False,
-            pool_timeout=timeout_s,
+            # urllib3 types it int; it is a queue's timeout and takes a float
+            pool_timeout=timeout_s,  # type: ignore[arg-type]
             preload_content=False,
         )
         try:

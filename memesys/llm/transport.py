@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -111,7 +112,7 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def estimate_tokens(payload: dict) -> int:
+def estimate_tokens(payload: dict[str, Any]) -> int:
     """Tokens a request may use, for the tokens/min limit before it is sent: its text at ~4
     characters a token plus the completion it allows (max tokens, else 512)."""
     chars = sum(len(str(m.get("content") or "")) for m in payload.get("messages", ()))
@@ -189,12 +190,14 @@ class HardenedTransport:
 
     # ------------------------------------------------------------------ one attempt
 
-    def payload(self, request: Request) -> dict:
-        payload = self._dialect._payload(request, False)
+    def payload(self, request: Request) -> dict[str, Any]:
+        payload: dict[str, Any] = self._dialect._payload(request, False)
         payload["model"] = self.model
         return payload
 
-    def attempt(self, request: Request, timeout_s: float, payload: dict | None = None) -> Response:
+    def attempt(
+        self, request: Request, timeout_s: float, payload: dict[str, Any] | None = None
+    ) -> Response:
         """One POST to /chat/completions; AttemptFailed on any failure."""
         payload = self.payload(request) if payload is None else payload
         try:
