@@ -179,6 +179,8 @@ class Daemon:
             **gateway.server_options(),
         )
         await runner.setup()
+        if runner.server is None:  # set by setup()
+            raise RuntimeError("the gateway's server was not set up")
         gateway.watch(runner.server)  # closes connections that send no request head in time
         host, port = self.cfg.gateway.host, self.cfg.gateway.port
         await web.TCPSite(runner, host, port, backlog=1024).start()

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from dspy.lm15 import LM15Error, request_from_openai_chat
 
 from memesys.offline.lm import complete
@@ -581,7 +582,7 @@ def _unauthorized() -> web.Response:
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own refusals (404, 405, ...) and crashes in OpenAI's error shape too."""
     try:
         return await handler(request)
