@@ -16,13 +16,19 @@ While an :class:`~actors.async_actor.AsyncActor` serves a request, the request's
 (less a margin for the answer's way back) is the *current* deadline of that coroutine and of
 every task it starts (a :mod:`contextvars` variable): every ask it makes
 (:meth:`actors.bridge.Bridge.ask`, and so ``AsyncActor.ask``) is bounded by what is left of it
-(:func:`bound`), and carries that deadline on.
+(:func:`bound`), and carries that deadline on. It is the process's one "current deadline":
+code that runs for the request reads it too (:func:`current`, :func:`serving`), wherever it
+runs: ``asyncio.to_thread`` copies context variables, so a deadline set in a coroutine also
+reaches the worker thread it starts. This module is pure (no Thespian), so code that knows
+nothing else of the runtime may read it.
 """
 
 from __future__ import annotations
 
 import contextvars
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _current: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -57,11 +63,25 @@ def bound(timeout: float) -> float:
     return timeout if deadline is None else min(timeout, deadline - time.time())
 
 
-def serve(deadline: float | None) -> contextvars.Token:
+def serve(deadline: float | None) -> contextvars.Token[float | None]:
     """Make ``deadline`` the current one (of this task and the tasks it starts); pass the
     token to :func:`reset` to restore the previous one."""
     return _current.set(deadline)
 
 
-def reset(token: contextvars.Token) -> None:
+def reset(token: contextvars.Token[float | None]) -> None:
     _current.reset(token)
+
+
+@contextmanager
+def serving(deadline: float | None) -> Iterator[None]:
+    """Make ``deadline`` the current one for the block; a nested block keeps the earlier one
+    (a step never outlives the request it serves)."""
+    outer = _current.get()
+    if outer is not None and (deadline is None or outer < deadline):
+        deadline = outer
+    token = _current.set(deadline)
+    try:
+        yield
+    finally:
+        _current.reset(token)

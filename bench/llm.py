@@ -7,7 +7,7 @@ to stderr):
 
 1. added latency: sequential calls, a bare call (a pooled urllib3 connection pool posting the
    same chat body and reading its JSON, the HTTP library the layer uses) and a call through the
-   client layer's entry point (the engine DSPy is given, ``complete(Request) -> Response``),
+   client layer's entry point (the transport DSPy is given, ``complete(Request) -> Response``),
    interleaved one for one against the same fake in the same run; p50/p90/p99 of each and the
    difference of the p50s. Target: **<= 1 ms p50 added**.
 2. throughput at the configured limit: ``CALLERS`` threads call the layer back to back with
@@ -194,7 +194,7 @@ def layer_in_head() -> bool:
             timeout=10,
         )
         if top.returncode != 0 or Path(top.stdout.strip()).resolve() != REPO:
-            return (REPO / LAYER_PATH / "engine.py").exists()
+            return (REPO / LAYER_PATH / "transport.py").exists()
         listed = subprocess.run(
             ["git", "ls-tree", "-r", "--name-only", "HEAD", LAYER_PATH],
             cwd=REPO,
@@ -215,17 +215,17 @@ def layer_caller(url: str, rps: int | None, redis_url: str) -> tuple[Callable[[]
     """(call, description): one call through the client layer's entry point, with
     ``[llm] rate_limit_rps`` = rps (None: the layer's default) and its state in ``redis_url``.
 
-    The entry point is the engine DSPy is given (``memesys.llm.engine.HardenedEngine``, the
+    The entry point is the transport DSPy is given (``memesys.llm.transport.HardenedTransport``, the
     ``complete(Request) -> Response`` protocol), built from the daemon's own ``[llm]`` config
     (every field of its Policy that the config has), with the request's deadline set the way
-    the tree sets it (``memesys.llm.deadline.serving``).
+    the tree sets it (``actors.deadlines.serving``).
     """
     try:
         from dspy.lm15 import request_from_openai_chat
 
+        from actors import deadlines
         from memesys.config import ConfigError, load
-        from memesys.llm import deadline as deadlines
-        from memesys.llm.engine import HardenedEngine, Policy
+        from memesys.llm.transport import HardenedTransport, Policy
     except ImportError as exc:
         raise LayerMissing(f"the client layer is not importable ({exc})") from exc
     env = {
@@ -251,23 +251,22 @@ def layer_caller(url: str, rps: int | None, redis_url: str) -> tuple[Callable[[]
     extra: dict[str, Any] = {}
     if "redis_url" in names:
         knobs["redis_url"] = redis_url
-    elif "redis_url" in inspect.signature(HardenedEngine).parameters:
+    elif "redis_url" in inspect.signature(HardenedTransport).parameters:
         extra["redis_url"] = redis_url
     policy = Policy(**knobs)
-    engine = HardenedEngine(MODEL, API_KEY, url, policy, **extra)
+    transport = HardenedTransport(MODEL, API_KEY, url, policy, **extra)
     request = request_from_openai_chat(BODY)
 
     def call() -> Any:
         with deadlines.serving(time.time() + CALL_DEADLINE_S):
-            return engine.complete(request)
+            return transport.complete(request)
 
     shown = ", ".join(
         f"{k}=" + ("<embedded Redis>" if k == "redis_url" else str(getattr(policy, k)))
         for k in sorted(names)
     )
-    return call, (
-        f"HardenedEngine({MODEL}, Policy({shown}){', redis_url=<embedded Redis>' if extra else ''})"
-    )
+    redis_shown = ", redis_url=<embedded Redis>" if extra else ""
+    return call, f"HardenedTransport({MODEL}, Policy({shown}){redis_shown})"
 
 
 # -- table 1: added latency ---------------------------------------------------------------------

@@ -70,9 +70,9 @@ def test_redis_away_is_the_requests_store_error(tmp_path: Path) -> None:
     client = connect(url, timeout_s=0.5, retries=0)
     try:
         shop = workshop(MemeStore(client, "memesys-test", Availability(client.ping)))
-        assert asyncio.run(shop.store_up())
+        assert asyncio.run(shop.store_answers())
         server.stop()
-        assert not asyncio.run(shop.store_up())
+        assert not asyncio.run(shop.store_answers())
         for step in (shop.save(SaveMeme(meme("m3", time.time()), PNG, None)), shop.cached("k3")):
             with pytest.raises(RequestFailed) as failed:
                 asyncio.run(step)

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from actors import deadlines
+from memesys.cli.cache_reader import CacheReader
 from memesys.config import Config, load_layers
 from memesys.domain.formats import get_format
 from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
 from memesys.inprocess.engine import InProcessEngine, LocalWorkshop
-from memesys.llm import deadline as llm_deadline
 from memesys.pipeline.making import SaveMeme, Speculation, render_order
 from memesys.pipeline.writing import Caption
 from memesys.render.meme import RenderSettings, render_meme
@@ -53,6 +54,20 @@ def engine_for(redis: str, run) -> Iterator:
         run(engine.close())
 
 
+@pytest.fixture
+def reader_for(redis: str, run) -> Iterator:
+    """The gateway's cache reader over an engine's store, as the daemon builds it."""
+    made: list[CacheReader] = []
+
+    def build(engine: InProcessEngine, url: str = redis) -> CacheReader:
+        made.append(CacheReader(engine.store, engine.maker.key, url))
+        return made[-1]
+
+    yield build
+    for reader in made:
+        run(reader.close())
+
+
 def picture(meme: dict, settings: RenderSettings) -> bytes:
     """What the renderer draws for the meme's own (final) caption."""
     fmt = get_format(meme["format"])
@@ -62,14 +77,17 @@ def picture(meme: dict, settings: RenderSettings) -> bytes:
     )
 
 
-def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(engine_for, run) -> None:
+def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(
+    engine_for, reader_for, run
+) -> None:
     engine = engine_for()
+    reader = reader_for(engine)
     order = GenerateMeme(TOPIC, seed=3, trace_id="t1")
-    assert run(engine.look_up(order)) is None
+    assert run(reader.look_up(order)) is None
     meme = run(engine.generate(order, 30))
     assert meme["engine"] == "inprocess" and meme["cached"] is False
     assert engine.store.get_png(meme["id"]) == picture(meme, engine.render_settings)
-    hit = run(engine.look_up(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
+    hit = run(reader.look_up(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
     assert hit["id"] == meme["id"] and hit["cached"] is True and hit["trace_id"] == "t2"
 
 
@@ -145,13 +163,14 @@ def test_the_speculative_picture_waits_its_delay_unless_it_is_wanted_sooner() ->
     assert [order for order, _ in drawn] == [render_order(refined, 7)]  # first never drawn
 
 
-def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away(run) -> None:
+def test_a_fresh_meme_fails_fast_with_store_error_while_redis_is_away(reader_for, run) -> None:
     engine = InProcessEngine(config(), "redis://127.0.0.1:1/0")
+    reader = reader_for(engine, "redis://127.0.0.1:1/0")
     try:
         for attempt in (
             engine.generate(GenerateMeme("x", fresh=True), 10),
-            engine.look_up(GenerateMeme("x", fresh=True)),
-            engine.look_up(GenerateMeme("x")),
+            reader.look_up(GenerateMeme("x", fresh=True)),
+            reader.look_up(GenerateMeme("x")),
         ):
             with pytest.raises(Exception) as failed:
                 run(attempt)
@@ -184,7 +203,7 @@ def test_a_save_that_starts_past_the_deadline_saves_nothing(engine_for, run) -> 
     png = engine.store.get_png(made["id"])
 
     async def save(meme_id: str, deadline: float) -> str:
-        with llm_deadline.serving(deadline):
+        with deadlines.serving(deadline):
             return await LocalWorkshop(engine).save(SaveMeme({**made, "id": meme_id}, png))
 
     late, in_time = new_id(), new_id()
@@ -195,23 +214,26 @@ def test_a_save_that_starts_past_the_deadline_saves_nothing(engine_for, run) -> 
     assert engine.store.get(in_time)["topic"] == made["topic"]
 
 
-def test_a_hit_is_one_script_call_and_anything_odd_goes_to_the_store(engine_for, run) -> None:
+def test_a_hit_is_one_script_call_and_anything_odd_goes_to_the_store(
+    engine_for, reader_for, run
+) -> None:
     """The gateway's one-round-trip read answers clean hits and misses; a corrupt entry or
     record is left to MemeStore, which quarantines it (a miss: the meme is made again)."""
     from memesys.storage.hits import UNSURE
 
     engine = engine_for()
+    reader = reader_for(engine)
     order = GenerateMeme("hit coffee", seed=5)
     meme = run(engine.generate(order, 30))
     key = engine.maker.key(order)
-    assert run(engine.hits.cached(key))["id"] == meme["id"]
-    assert run(engine.hits.cached(engine.maker.key(GenerateMeme("never made")))) is None
+    assert run(reader.hits.cached(key))["id"] == meme["id"]
+    assert run(reader.hits.cached(engine.maker.key(GenerateMeme("never made")))) is None
     entry, prefix = engine.store.hit_keys(key)
     engine.client.set(prefix + meme["id"], b"{not json")
-    assert run(engine.hits.cached(key)) is UNSURE
-    assert run(engine.look_up(order)) is None  # quarantined by the store, then a miss
+    assert run(reader.hits.cached(key)) is UNSURE
+    assert run(reader.look_up(order)) is None  # quarantined by the store, then a miss
     assert engine.store.quarantined().get("meme") == 1
     engine.client.set(entry, b"\xff not an id")
-    assert run(engine.hits.cached(key)) is UNSURE
-    assert run(engine.look_up(order)) is None
+    assert run(reader.hits.cached(key)) is UNSURE
+    assert run(reader.look_up(order)) is None
     assert engine.store.quarantined().get("cache") == 1

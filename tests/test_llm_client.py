@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from actors import deadlines
 from memesys.errors import ErrorCode
-from memesys.llm import deadline as deadlines
-from memesys.llm.engine import HardenedEngine, Policy, retry_after_of
 from memesys.llm.errors import LLMCallError, failure_of
+from memesys.llm.transport import HardenedTransport, Policy, retry_after_of
 from memesys.pipeline.lm import build_lm
 from memesys.pipeline.writing import write_caption
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -24,7 +24,7 @@ from tests.support.timing import scaled, wait_for
 REQUEST = write_request()
 
 
-def engine(fake: FakeOpenAI, **policy: float) -> HardenedEngine:
+def engine(fake: FakeOpenAI, **policy: float) -> HardenedTransport:
     return make_engine(fake.url, **policy)
 
 
@@ -54,7 +54,7 @@ def test_a_retry_succeeds_after_a_5xx(fake: FakeOpenAI) -> None:
 
 
 def test_a_4xx_of_ours_is_not_retried(fake: FakeOpenAI) -> None:
-    eng = HardenedEngine(MODEL, "wrong-key", fake.url, Policy(max_attempts=3))
+    eng = HardenedTransport(MODEL, "wrong-key", fake.url, Policy(max_attempts=3))
     with pytest.raises(LLMCallError) as raised:
         eng.complete(REQUEST)
     assert raised.value.status == 401 and raised.value.attempts == 1

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from memesys.llm import deadline as deadlines
+from actors import deadlines
 from memesys.llm import served
 from memesys.llm.errors import LLMCallError
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -34,10 +34,10 @@ def test_the_fallback_serves_when_the_primary_is_out_of_attempts(fake: FakeOpenA
 
 
 def test_an_open_primary_goes_straight_to_the_fallback(fake: FakeOpenAI) -> None:
-    from memesys.llm.engine import HardenedEngine, Policy
+    from memesys.llm.transport import HardenedTransport, Policy
 
     policy = Policy(max_attempts=1, breaker_failures=2, breaker_reset_s=30, backoff_base_s=0.01)
-    engine = HardenedEngine("primary", KEY, fake.url, policy, fallbacks=("backup", "primary"))
+    engine = HardenedTransport("primary", KEY, fake.url, policy, fallbacks=("backup", "primary"))
     assert [e.model for e in engine.fallbacks] == ["backup"]
     for _ in range(4):
         engine.complete(REQUEST)

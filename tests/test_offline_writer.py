@@ -11,7 +11,7 @@ from dspy.lm15 import Request, Response
 from dspy.utils.exceptions import LMError
 
 from memesys.domain.formats import CATALOGUE
-from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine
+from memesys.offline.lm import MODEL, PROVIDER, AsyncOfflineLM, OfflineLM
 from memesys.offline.templates import TEMPLATES
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle, offline_lm
@@ -31,7 +31,7 @@ TOPICS = (
 LONG_TOPIC = "the quarterly planning meeting that could definitely have been a short email"
 
 
-class SpyEngine(OfflineEngine):
+class SpyEngine(OfflineLM):
     """The offline engine, recording what DSPy sent and what came back."""
 
     def __init__(self) -> None:
@@ -68,7 +68,7 @@ def test_same_request_same_response_text() -> None:
     handle, engine = spied()
     write_caption(handle, "coffee", format="drake", seed=4)
     request, response = engine.calls[0]
-    assert OfflineEngine().complete(request).text == response.text
+    assert OfflineLM().complete(request).text == response.text
 
 
 @pytest.mark.parametrize("format", [None, "drake", "this-is-fine"])
@@ -192,14 +192,14 @@ def test_async_engine_through_dspy(handle: LMHandle) -> None:
             )
 
     assert len(asyncio.run(run()).captions) == 2
-    assert isinstance(handle.lm._async_engine_spec, AsyncOfflineEngine)
+    assert isinstance(handle.lm._async_engine_spec, AsyncOfflineLM)
 
 
 def test_stream_ends_with_the_whole_answer() -> None:
     handle, engine = spied()
     write_caption(handle, "coffee", format="drake")
     request, response = engine.calls[0]
-    events = list(OfflineEngine().stream(request))
+    events = list(OfflineLM().stream(request))
     assert events[-1].type == "end"
     assert "".join(e.delta.text for e in events if e.type == "delta") == response.text
 
@@ -218,7 +218,7 @@ def test_every_judging_signature_answers_in_one_strict_call() -> None:
     assert len(engine.calls) == 5
     for request, response in engine.calls:
         assert response.text.rstrip().endswith("[[ ## completed ## ]]")
-        assert OfflineEngine().complete(request).text == response.text
+        assert OfflineLM().complete(request).text == response.text
 
 
 def test_judging_signatures_answer_the_json_adapter() -> None:

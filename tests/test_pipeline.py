@@ -14,7 +14,7 @@ from dspy.utils.exceptions import LMTimeoutError
 
 from memesys.config import load
 from memesys.domain.formats import get_format
-from memesys.offline.engine import MODEL, PROVIDER
+from memesys.offline.lm import MODEL, PROVIDER
 from memesys.pipeline.decision import (
     INAPPROPRIATE,
     VERIFICATION_UNAVAILABLE,

@@ -15,7 +15,7 @@ from dspy.utils import DummyLM
 from dspy.utils.exceptions import LMError
 
 from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format
-from memesys.offline.engine import MODEL, PROVIDER
+from memesys.offline.lm import MODEL, PROVIDER
 from memesys.pipeline.lm import OPENAI_COMPATIBLE, LMHandle, build_lm, offline_lm
 from memesys.pipeline.writing import (
     REQUESTED,

@@ -43,7 +43,7 @@ def test_save_get_roundtrip(store: MemeStore) -> None:
     assert store.get_png("abc-1_X") == PNG
     assert store.get("missing") is None
     assert store.get_png("missing") is None
-    assert store.ping() is True
+    assert store.answers() is True
 
 
 def test_list_newest_first_paginates_stably(store: MemeStore) -> None:
@@ -206,7 +206,7 @@ def test_store_error_when_server_is_gone(tmp_path: Path) -> None:
         store.get("m")
     with pytest.raises(StoreError, match="saving meme n"):
         store.save(meme("n", 2.0), PNG)
-    assert store.ping() is False
+    assert store.answers() is False
     # A refused connection fails at once (milliseconds), no retry loop; 5 s, scaled.
     assert time.monotonic() - started < scaled(5.0)
 
@@ -275,7 +275,7 @@ def test_availability_backs_off_between_probes_and_logs_each_transition(caplog) 
 
     caplog.set_level("WARNING", logger="memesys.storage.availability")
     a = Availability(probe, "test", initial_s=0.1, max_s=0.4, clock=clock)
-    assert a.check() and probes == []  # up: no probe at all
+    assert a.answers() and probes == []  # up: no probe at all
     a.failed(redis.TimeoutError("Timeout reading from socket"))
     assert not a.up and a.reason == "not answering in time"
     with pytest.raises(StoreDown, match="not answering in time"):
@@ -284,13 +284,13 @@ def test_availability_backs_off_between_probes_and_logs_each_transition(caplog) 
     for step in (0.1, 0.2, 0.4, 0.4):  # doubling up to max_s
         clock.now += step - 0.001
         before = len(probes)
-        assert not a.check() and len(probes) == before  # not due yet
+        assert not a.answers() and len(probes) == before  # not due yet
         clock.now += 0.001
-        assert not a.check() and len(probes) == before + 1
+        assert not a.answers() and len(probes) == before + 1
     assert a.reason == "unreachable"
     answering[0] = True
     clock.now += 0.4
-    assert a.check() and a.up and a.outages == 1
+    assert a.answers() and a.up and a.outages == 1
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2  # down once, back once: not once per failed probe
     assert "redis is down (not answering in time" in messages[0]
@@ -314,10 +314,10 @@ def test_a_store_fails_fast_while_redis_is_down_and_is_back_once_it_is(tmp_path:
             with pytest.raises(StoreError):
                 store.get("m")
         assert time.monotonic() - started < 1.0  # ~5 probes in all, not 100 connection attempts
-        assert store.ping() is False
+        assert store.answers() is False
 
         server.start()  # the same socket, the same data
-        wait_for(store.ping, 1.0, "the store up again")
+        wait_for(store.answers, 1.0, "the store up again")
         assert store.get("m") == meme("m", 1.0)
     finally:
         server.stop()
@@ -342,7 +342,7 @@ def test_a_stopped_server_costs_one_timeout_then_fails_fast(tmp_path: Path) -> N
         assert time.monotonic() - started < 0.3  # at most one short probe
     finally:
         os.kill(pid, signal.SIGCONT)
-    wait_for(store.ping, 1.0, "the store up again")
+    wait_for(store.answers, 1.0, "the store up again")
     assert store.get("m") is not None
     server.stop()
 

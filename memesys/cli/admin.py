@@ -77,7 +77,7 @@ def format_tree(tree: TreeStatus, root_pid: int) -> str:
 
 def _request(asys: Any, root: Any, payload: Any) -> Any:
     reply = ask(asys, root, payload, TIMEOUT_S)
-    if not reply.ok:
+    if reply.error is not None:
         raise AdminError(f"{reply.error.code}: {reply.error.message}")
     return reply.payload
 
@@ -102,6 +102,8 @@ def run(verb: str, name: str | None, cfg: SystemConfig, as_json: bool) -> str:
             return json.dumps({"pid": pong.pid, **dataclasses.asdict(tree)}, indent=2)
         return format_tree(tree, pong.pid)
     if verb == "restart":
+        if name is None:
+            raise AdminError("restart needs the NAME (path) of a child")
         ack = _request(asys, root, RestartChild(name))
         return json.dumps({"restarted": name}) if as_json else ack.detail
     if verb == "shutdown":

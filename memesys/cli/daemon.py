@@ -34,9 +34,10 @@ from actors.system import (
     start_root,
     start_system,
 )
+from memesys.cli.cache_reader import CacheReader
 from memesys.cli.watchdog import SystemWatch
 from memesys.config import Config, ConfigError, load_layers
-from memesys.config.capacity import Capacities
+from memesys.config.capacity import Capacities, uses_inprocess
 from memesys.config.printing import render as render_config
 from memesys.domain.engines import INPROCESS
 from memesys.http.app import Gateway
@@ -156,14 +157,19 @@ class Daemon:
         watch = SystemWatch(bridge, self.root, self.system_cfg.admin_port)
         await watch.find_processes()
         directory = Directory(bridge, self.root)
-        inprocess = InProcessEngine(self.cfg, self.redis_url)
+        inprocess = InProcessEngine(self.cfg, self.redis_url) if uses_inprocess(self.cfg) else None
+        cache = (
+            CacheReader.of(self.cfg, self.redis_url)
+            if inprocess is None
+            else CacheReader(inprocess.store, inprocess.maker.key, self.redis_url)
+        )
         gateway = Gateway(
             self.cfg.gateway,
             directory,
             generation_slots=Capacities.of(self.cfg).generation_slots,
             llm_metrics=llm_metrics_reader(self.redis_url, self.cfg.redis.key_prefix),
             engines=engines(self.cfg, TreeEngine(directory), inprocess),
-            look_up=inprocess.look_up,
+            look_up=cache.look_up,
         )
         runner = web.AppRunner(
             gateway.app(),
@@ -173,6 +179,8 @@ class Daemon:
             **gateway.server_options(),
         )
         await runner.setup()
+        if runner.server is None:  # set by setup()
+            raise RuntimeError("the gateway's server was not set up")
         gateway.watch(runner.server)  # closes connections that send no request head in time
         host, port = self.cfg.gateway.host, self.cfg.gateway.port
         await web.TCPSite(runner, host, port, backlog=1024).start()
@@ -201,16 +209,20 @@ class Daemon:
             watching.cancel()
             await runner.cleanup()  # in-flight requests finish
             await bridge.close()
-        await inprocess.close()
+        await cache.close()
+        if inprocess is not None:
+            await inprocess.close()
         signalled.cancel()
 
 
-def engines(cfg: Config, tree: TreeEngine, inprocess: InProcessEngine) -> Split:
+def engines(cfg: Config, tree: TreeEngine, inprocess: InProcessEngine | None) -> Split:
     """Who makes the synchronous memes: ``[system] engine``, and with the tree, the
-    ``ab_split`` share made in process."""
-    if cfg.system.engine == INPROCESS:
-        return Split(inprocess)
-    return Split(tree, inprocess, cfg.system.ab_split)
+    ``ab_split`` share made in process (``inprocess``: None when neither uses it)."""
+    if cfg.system.engine != INPROCESS:
+        return Split(tree, inprocess, cfg.system.ab_split)
+    if inprocess is None:
+        raise ValueError('[system] engine = "inprocess" needs the in-process engine')
+    return Split(inprocess)
 
 
 def raise_open_file_limit() -> None:

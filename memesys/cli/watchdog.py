@@ -89,11 +89,11 @@ class SystemWatch:
         finally:
             monitor.cancel()
 
-    async def _poll(self, monitor: asyncio.Task) -> Verdict:
+    async def _poll(self, monitor: asyncio.Task[Down | None]) -> Verdict:
         misses, next_ping = 0, time.monotonic() + PING_PERIOD_S
         while True:
-            if monitor.done() and monitor.result() is not None:
-                return self._verdict(monitor.result())
+            if monitor.done() and (gone := monitor.result()) is not None:
+                return self._verdict(gone)
             dead = [name for name, proc in self.processes.items() if not _alive(proc)]
             if dead:
                 down = await self._down_within(monitor, DOWN_GRACE_S)
@@ -121,14 +121,15 @@ class SystemWatch:
         """The root's Down, or None if it can no longer be asked (then a pid check decides)."""
         while True:
             try:
-                return await self.bridge.ask(self.root, Monitor(), MONITOR_RENEW_S)
+                down: Down = await self.bridge.ask(self.root, Monitor(), MONITOR_RENEW_S)
+                return down
             except AskTimeout:
                 continue  # renewed: the root replaces our older monitor
             except RemoteFailure:
                 return None
 
     @staticmethod
-    async def _down_within(monitor: asyncio.Task, seconds: float) -> Down | None:
+    async def _down_within(monitor: asyncio.Task[Down | None], seconds: float) -> Down | None:
         try:
             return await asyncio.wait_for(asyncio.shield(monitor), seconds)
         except TimeoutError:

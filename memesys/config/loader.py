@@ -35,8 +35,15 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
-SECTION_TYPES: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config)}
-SECTIONS: dict[str, dict[str, dataclasses.Field]] = {
+def _class_of(fld: dataclasses.Field[Any]) -> type:
+    """A field's type, a class (sections.py does not postpone its annotations)."""
+    if not isinstance(fld.type, type):
+        raise TypeError(f"{fld.name}: its annotation {fld.type!r} is not a class")
+    return fld.type
+
+
+SECTION_TYPES: dict[str, type] = {f.name: _class_of(f) for f in dataclasses.fields(Config)}
+SECTIONS: dict[str, dict[str, dataclasses.Field[Any]]] = {
     name: {f.name: f for f in dataclasses.fields(cls)} for name, cls in SECTION_TYPES.items()
 }
 
@@ -70,7 +77,7 @@ def _checked(section: str, key: str, value: Any, origin: str, text: bool) -> Any
     fld = SECTIONS[section].get(key)
     if fld is None:
         raise ConfigError(f"{name} (from {origin}): unknown key")
-    value = _typed(value, fld.type.__name__, name, origin, text)
+    value = _typed(value, _class_of(fld).__name__, name, origin, text)
     meta = fld.metadata
     lo, hi = meta.get("min"), meta.get("max")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -137,7 +144,7 @@ def default_text() -> str:
 
 
 def load_layers(
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[tuple[str, str], Any] | None = None,
 ) -> Layers:
@@ -158,7 +165,7 @@ def load_layers(
 
 
 def load(
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[tuple[str, str], Any] | None = None,
 ) -> Config:

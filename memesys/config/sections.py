@@ -2,7 +2,8 @@
 
 The values live in the packaged ``default.toml`` (the one source of defaults); these classes
 give each key its type and its allowed range, so a wrong value stops start-up with a line
-naming the key instead of failing later inside a worker. Field metadata:
+naming the key instead of failing later inside a worker. No field has a default here (the
+defaults are the file's); each may have metadata (``field(metadata=...)``):
 
 - ``min`` / ``max``: inclusive bounds of a number;
 - ``choices``: the words a string may take;
@@ -10,20 +11,19 @@ naming the key instead of failing later inside a worker. Field metadata:
 """
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
-def bounded(lo: float | None = None, hi: float | None = None) -> Any:
-    """A numeric field limited to [lo, hi] (either side open when None)."""
-    return field(metadata={"min": lo, "max": hi})
+def bounded(lo: float | None = None, hi: float | None = None) -> dict[str, object]:
+    """The metadata of a numeric field limited to [lo, hi] (either side open when None)."""
+    return {"min": lo, "max": hi}
 
 
-def one_of(*choices: str) -> Any:
-    return field(metadata={"choices": choices})
+def one_of(*choices: str) -> dict[str, object]:
+    return {"choices": choices}
 
 
-def secret() -> Any:
-    return field(metadata={"secret": True})
+def secret() -> dict[str, object]:
+    return {"secret": True}
 
 
 PORT = (1, 65535)
@@ -32,80 +32,80 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 @dataclass(frozen=True)
 class SystemConfig:
-    admin_port: int = bounded(*PORT)
+    admin_port: int = field(metadata=bounded(*PORT))
     bind_host: str
     data_dir: str
-    log_level: str = one_of(*LOG_LEVELS)
-    ready_timeout_s: float = bounded(0.1, 600)
-    shutdown_timeout_s: float = bounded(0.1, 600)
-    engine: str = one_of("actors", "inprocess")
-    ab_split: float = bounded(0, 1)
+    log_level: str = field(metadata=one_of(*LOG_LEVELS))
+    ready_timeout_s: float = field(metadata=bounded(0.1, 600))
+    shutdown_timeout_s: float = field(metadata=bounded(0.1, 600))
+    engine: str = field(metadata=one_of("actors", "inprocess"))
+    ab_split: float = field(metadata=bounded(0, 1))
 
 
 @dataclass(frozen=True)
 class SupervisionConfig:
-    max_restarts: int = bounded(0, None)
-    period_s: float = bounded(0.001, None)
-    backoff_initial_s: float = bounded(0, 3600)
-    backoff_max_s: float = bounded(0, 3600)
-    backoff_jitter: float = bounded(0, 1)
-    child_shutdown_s: float = bounded(0.01, 600)
-    health_interval_s: float = bounded(0, 3600)  # 0: no health checks
-    health_timeout_s: float = bounded(0.05, 3600)
+    max_restarts: int = field(metadata=bounded(0, None))
+    period_s: float = field(metadata=bounded(0.001, None))
+    backoff_initial_s: float = field(metadata=bounded(0, 3600))
+    backoff_max_s: float = field(metadata=bounded(0, 3600))
+    backoff_jitter: float = field(metadata=bounded(0, 1))
+    child_shutdown_s: float = field(metadata=bounded(0.01, 600))
+    health_interval_s: float = field(metadata=bounded(0, 3600))  # 0: no health checks
+    health_timeout_s: float = field(metadata=bounded(0.05, 3600))
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     host: str
-    port: int = bounded(0, PORT[1])  # 0: an ephemeral port (tests)
-    max_body_bytes: int = bounded(256, 64 * 2**20)
-    max_topic_chars: int = bounded(1, 10_000)
-    request_timeout_s: float = bounded(0.1, 3600)
-    max_in_flight: int = bounded(1, None)
-    max_queue: int = bounded(0, None)
-    queue_timeout_s: float = bounded(0, 3600)
-    header_timeout_s: float = bounded(0.1, 3600)
-    body_timeout_s: float = bounded(0.1, 3600)
+    port: int = field(metadata=bounded(0, PORT[1]))  # 0: an ephemeral port (tests)
+    max_body_bytes: int = field(metadata=bounded(256, 64 * 2**20))
+    max_topic_chars: int = field(metadata=bounded(1, 10_000))
+    request_timeout_s: float = field(metadata=bounded(0.1, 3600))
+    max_in_flight: int = field(metadata=bounded(1, None))
+    max_queue: int = field(metadata=bounded(0, None))
+    queue_timeout_s: float = field(metadata=bounded(0, 3600))
+    header_timeout_s: float = field(metadata=bounded(0.1, 3600))
+    body_timeout_s: float = field(metadata=bounded(0.1, 3600))
 
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    generators: int = bounded(1, 256)
-    max_in_flight_per_worker: int = bounded(1, 100_000)
-    render: int = bounded(1, 256)
-    store: int = bounded(1, 256)
-    verifiers: int = bounded(1, 256)
+    generators: int = field(metadata=bounded(1, 256))
+    max_in_flight_per_worker: int = field(metadata=bounded(1, 100_000))
+    render: int = field(metadata=bounded(1, 256))
+    store: int = field(metadata=bounded(1, 256))
+    verifiers: int = field(metadata=bounded(1, 256))
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    mode: str = one_of("parallel", "sequential")
-    refine_threshold: float = bounded(0, 1)
-    max_refine_rounds: int = bounded(0, 10)
-    min_refine_gain: float = bounded(0, 1)
-    stage_timeout_s: float = bounded(0.01, 3600)
+    mode: str = field(metadata=one_of("parallel", "sequential"))
+    refine_threshold: float = field(metadata=bounded(0, 1))
+    max_refine_rounds: int = field(metadata=bounded(0, 10))
+    min_refine_gain: float = field(metadata=bounded(0, 1))
+    stage_timeout_s: float = field(metadata=bounded(0.01, 3600))
     program_path: str
-    render_delay_s: float = bounded(0, 1)
+    render_delay_s: float = field(metadata=bounded(0, 1))
 
 
 @dataclass(frozen=True)
 class TasksConfig:
-    ttl_s: int = bounded(1, None)
-    timeout_s: float = bounded(0.1, None)
-    max_in_flight: int = bounded(1, 100_000)
+    ttl_s: int = field(metadata=bounded(1, None))
+    timeout_s: float = field(metadata=bounded(0.1, None))
+    max_in_flight: int = field(metadata=bounded(1, 100_000))
 
 
 @dataclass(frozen=True)
 class RedisConfig:
-    url: str = secret()  # a URL may carry a password
+    url: str = field(metadata=secret())  # a URL may carry a password
     key_prefix: str
-    cache_ttl_s: int = bounded(1, None)
-    restart_backoff_initial_s: float = bounded(0, 60)
-    restart_backoff_max_s: float = bounded(0, 600)
-    hang_timeout_s: float = bounded(0, 3600)
-    retry_backoff_initial_s: float = bounded(0.001, 10)
-    retry_backoff_max_s: float = bounded(0.001, 60)
-    quarantine_ttl_s: int = bounded(1, None)
+    cache_ttl_s: int = field(metadata=bounded(1, None))
+    restart_backoff_initial_s: float = field(metadata=bounded(0, 60))
+    restart_backoff_max_s: float = field(metadata=bounded(0, 600))
+    hang_timeout_s: float = field(metadata=bounded(0, 3600))
+    retry_backoff_initial_s: float = field(metadata=bounded(0.001, 10))
+    retry_backoff_max_s: float = field(metadata=bounded(0.001, 60))
+    quarantine_ttl_s: int = field(metadata=bounded(1, None))
 
 
 @dataclass(frozen=True)
@@ -116,32 +116,32 @@ class LLMConfig:
     verify_model: str
     score_model: str
     refine_model: str
-    api_key: str = secret()
+    api_key: str = field(metadata=secret())
     base_url: str
-    timeout_s: float = bounded(0.01, 3600)
+    timeout_s: float = field(metadata=bounded(0.01, 3600))
     # The client layer (memesys.llm, docs/llm.md).
-    max_attempts: int = bounded(1, 10)
-    max_connections: int = bounded(1, 1024)
-    breaker_failures: int = bounded(1, 1000)
-    breaker_reset_s: float = bounded(0.1, 3600)
-    rate_limit_rps: int = bounded(0, 100_000)
-    rate_limit_tpm: int = bounded(0, 1_000_000_000)
+    max_attempts: int = field(metadata=bounded(1, 10))
+    max_connections: int = field(metadata=bounded(1, 1024))
+    breaker_failures: int = field(metadata=bounded(1, 1000))
+    breaker_reset_s: float = field(metadata=bounded(0.1, 3600))
+    rate_limit_rps: int = field(metadata=bounded(0, 100_000))
+    rate_limit_tpm: int = field(metadata=bounded(0, 1_000_000_000))
     fallback_models: str
-    daily_token_budget: int = bounded(0, None)
+    daily_token_budget: int = field(metadata=bounded(0, None))
     prices: str
-    max_concurrent_writes: int = bounded(1, 10_000)
-    max_concurrent_judgements: int = bounded(1, 10_000)
+    max_concurrent_writes: int = field(metadata=bounded(1, 10_000))
+    max_concurrent_judgements: int = field(metadata=bounded(1, 10_000))
 
 
 @dataclass(frozen=True)
 class RenderConfig:
     # The renderer's range: every legal caption fits at 256 (tests/test_render_property.py);
     # Pillow drawing is refused past 2048.
-    width: int = bounded(256, 2048)
-    height: int = bounded(256, 2048)
+    width: int = field(metadata=bounded(256, 2048))
+    height: int = field(metadata=bounded(256, 2048))
     font_path: str
     template_dir: str
-    max_png_bytes: int = bounded(1024, 64 * 2**20)
+    max_png_bytes: int = field(metadata=bounded(1024, 64 * 2**20))
 
 
 @dataclass(frozen=True)

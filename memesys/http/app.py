@@ -63,7 +63,7 @@ READY_TIMEOUT_S = 2.0
 METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
 STORE_TIMEOUT_S = 5.0
 
-LookUp = Callable[[GenerateMeme], Awaitable[dict | None]]
+LookUp = Callable[[GenerateMeme], Awaitable[dict[str, Any] | None]]
 
 
 class Gateway:
@@ -109,7 +109,7 @@ class Gateway:
             "synchronous meme requests waiting for a generation slot",
             lambda: self.generation.queued,
         )
-        self.flights: SingleFlight[dict] = SingleFlight()
+        self.flights: SingleFlight[dict[str, Any]] = SingleFlight()
         self.metrics.gauge(
             "memesys_bridge_stale_replies_total",
             "replies that arrived after their ask gave up",
@@ -214,7 +214,7 @@ class Gateway:
             headers={"Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id},
         )
 
-    async def _generate(self, order: GenerateMeme) -> dict:
+    async def _generate(self, order: GenerateMeme) -> dict[str, Any]:
         """One meme from the engine whose turn it is, once a generation slot is free (the wait
         comes out of the request's deadline); counted by engine and outcome."""
         engine = self.engines.choose()
@@ -247,7 +247,7 @@ class Gateway:
         self._count_verdicts(meme, engine.name)
         return meme
 
-    def _count_verdicts(self, meme: dict, engine: str) -> None:
+    def _count_verdicts(self, meme: dict[str, Any], engine: str) -> None:
         """Every verdict served, so a degraded verifier shows in metrics, not only in JSON."""
         if meme["cached"]:
             return

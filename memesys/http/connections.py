@@ -42,7 +42,7 @@ class ConnectionWatch:
         self.on_close = on_close
         self.clock = clock
         self._state: dict[Any, list[float]] = {}  # connection -> [requests in progress, since]
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def busy(self, connection: Any) -> None:
         """A request's head has arrived on ``connection``: it is not idle until :meth:`idle`."""

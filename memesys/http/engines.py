@@ -9,7 +9,7 @@ one: exactly, not at random, so any run of n memes sends round(n × share) of th
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from actors.bridge import Directory
 from memesys.domain.engines import ACTORS
@@ -22,7 +22,7 @@ class Engine(Protocol):
 
     name: str
 
-    async def generate(self, order: GenerateMeme, timeout_s: float) -> dict: ...
+    async def generate(self, order: GenerateMeme, timeout_s: float) -> dict[str, Any]: ...
 
 
 class TreeEngine:
@@ -35,8 +35,11 @@ class TreeEngine:
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
 
-    async def generate(self, order: GenerateMeme, timeout_s: float) -> dict:
-        return await self.directory.ask(GENERATOR, order, timeout_s, idempotent=True)
+    async def generate(self, order: GenerateMeme, timeout_s: float) -> dict[str, Any]:
+        meme: dict[str, Any] = await self.directory.ask(
+            GENERATOR, order, timeout_s, idempotent=True
+        )
+        return meme
 
 
 class Split:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+Labels = tuple[tuple[str, str], ...]  # a series' (name, value) pairs, sorted
+
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+def _labels(labels: Labels) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}"
@@ -16,11 +18,11 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
 
 class Metrics:
     def __init__(self) -> None:
-        self._counters: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
+        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
         self._help: dict[str, str] = {}
         self._gauges: dict[str, Callable[[], float]] = {}
-        self._hist: dict[tuple, list[float]] = {}
-        self._hist_sum: dict[tuple, float] = defaultdict(float)
+        self._hist: dict[tuple[str, Labels], list[float]] = {}
+        self._hist_sum: dict[tuple[str, Labels], float] = defaultdict(float)
 
     def count(self, name: str, help_text: str, **labels: str) -> None:
         self._help[name] = help_text

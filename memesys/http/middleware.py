@@ -29,6 +29,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -207,14 +208,15 @@ class Guard:
                 ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                 f"the body must be application/json, not {shown(request.content_type)}",
             )
-        if (request.charset or "utf-8").lower() != "utf-8":
+        charset = request.charset or "utf-8"
+        if charset.lower() != "utf-8":
             return error(
                 ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                f"the body must be UTF-8, not {shown(request.charset)}",
+                f"the body must be UTF-8, not {shown(charset)}",
             )
         return None
 
-    async def _read_body(self, request: web.Request) -> web.StreamResponse | bool | None:
+    async def _read_body(self, request: web.Request) -> web.StreamResponse | Literal[True] | None:
         """Read the whole body (kept by aiohttp for the handler's ``read()``): True when read,
         else the answer (None: the client is gone)."""
         limit = self.cfg.max_body_bytes

@@ -9,7 +9,7 @@ from memesys.errors import ErrorCode
 from memesys.http.validation import MAX_JSON_DEPTH, MAX_LABEL_CHARS, MAX_PAGE, MAX_SEED
 
 
-def _json(schema: dict, description: str) -> dict:
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Literal, overload
 
 from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format
 from memesys.domain.messages import GenerateMeme
@@ -90,7 +90,11 @@ class InvalidField(MemesysError, ValueError):
         self.reason = reason
 
 
-def _text(body: dict, field: str, limit: int, required: bool = False) -> str | None:
+@overload
+def _text(body: dict[str, Any], field: str, limit: int, required: Literal[True]) -> str: ...
+@overload
+def _text(body: dict[str, Any], field: str, limit: int, required: bool = False) -> str | None: ...
+def _text(body: dict[str, Any], field: str, limit: int, required: bool = False) -> str | None:
     value = body.get(field)
     if value is None:
         if required:

@@ -26,12 +26,12 @@ from typing import Any, TypeVar
 
 from dspy.utils.exceptions import LMError
 
+from actors import deadlines
 from memesys.config import Config
 from memesys.config.capacity import Capacities
 from memesys.domain.engines import INPROCESS
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
-from memesys.llm import deadline as llm_deadline
 from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import MemeFailed, first_line
@@ -44,8 +44,7 @@ from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
 from memesys.render.meme import RenderSettings, render_meme
 from memesys.storage.availability import availability_for
-from memesys.storage.connection import CLIENT_TIMEOUT_S, connect
-from memesys.storage.hits import UNSURE, HitReader
+from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
 
@@ -110,7 +109,6 @@ class InProcessEngine:
             availability,
             Quarantine(self.client, redis.key_prefix, redis.quarantine_ttl_s),
         )
-        self.hits = HitReader(redis_url, self.store, CLIENT_TIMEOUT_S)
         self.cache_ttl_s = redis.cache_ttl_s
         self.render_settings = RenderSettings.from_config(cfg.render)
 
@@ -132,31 +130,14 @@ class InProcessEngine:
         each with its contract code)."""
         try:
             async with asyncio.timeout(timeout_s):
-                with llm_deadline.serving(time.time() + timeout_s):
+                with deadlines.serving(time.time() + timeout_s):
                     return await self.maker.make(order, LocalWorkshop(self))
         except TimeoutError as exc:
             raise MemeFailed(
                 ErrorCode.TIMEOUT, f"the meme was not made within {timeout_s:.1f} s"
             ) from exc
 
-    async def look_up(self, order: GenerateMeme) -> dict[str, Any] | None:
-        """What a maker does first, done by the gateway straight on Redis, whichever engine
-        makes the meme: the cached meme for ``order`` (None: a miss), or for a fresh order
-        whether the store is up (MemeFailed ``store_error`` if not). A hit costs one trip to
-        Redis; a miss is sent on with ``looked_up`` set, so the maker does not do it again."""
-        if order.fresh:
-            if not await self.on_store(self.store.ping):
-                raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
-            return None
-        key = self.maker.key(order)
-        hit = await self.hits.cached(key)
-        meme = await self.on_store(self.store.cached, key) if hit is UNSURE else hit
-        if not isinstance(meme, dict):
-            return None  # a miss
-        return {**meme, "cached": True, "trace_id": order.trace_id}
-
     async def close(self) -> None:
-        await self.hits.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.store_pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
@@ -171,8 +152,8 @@ class LocalWorkshop:
     async def cached(self, key: str) -> dict[str, Any] | None:
         return await self.engine.on_store(self.engine.store.cached, key)
 
-    async def store_up(self) -> bool:
-        return await self.engine.on_store(self.engine.store.ping)
+    async def store_answers(self) -> bool:
+        return await self.engine.on_store(self.engine.store.answers)
 
     async def render(self, order: RenderMeme) -> bytes:
         return await self.engine.run(render_meme, order, self.engine.render_settings)
@@ -184,7 +165,7 @@ class LocalWorkshop:
             order.png,
             order.cache_key,
             self.engine.cache_ttl_s,
-            llm_deadline.current(),
+            deadlines.current(),
         )
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:

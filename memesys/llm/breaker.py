@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pybreaker
 import redis
@@ -60,7 +60,7 @@ def _not_a_failure(exc: BaseException) -> bool:
 class SharedStorage(pybreaker.CircuitRedisStorage):
     """pybreaker's Redis storage, read once per attempt.
 
-    pybreaker reads the state when the engine checks the breaker and again when the attempt
+    pybreaker reads the state when the transport checks the breaker and again when the attempt
     enters ``calling()``, microseconds later, then writes the failure count back to 0 after
     every success: three round trips per call, each on the hot path of every stage. Here the
     state and the count come in one MGET; a read younger than ``FRESH_S`` is reused by every
@@ -89,6 +89,12 @@ class SharedStorage(pybreaker.CircuitRedisStorage):
         self._used.read = read
         return read[1]
 
+    @state.setter
+    def state(self, state: str) -> None:
+        self._read = None
+        # pybreaker's own setter (mypy does not model a property read off its class)
+        pybreaker.CircuitRedisStorage.state.fset(self, state)  # type: ignore[attr-defined]
+
     def _fresh(self) -> tuple[float, str, int | None] | None:
         read = self._read
         return read if read is not None and time.monotonic() - read[0] < self.FRESH_S else None
@@ -98,25 +104,21 @@ class SharedStorage(pybreaker.CircuitRedisStorage):
         that callers waiting on the lock do not wait out one socket timeout each)."""
         count: int | None
         try:
-            state, raw_count = self._redis.mget(
-                self._namespace("state"), self._namespace("fail_counter")
+            raw_state, raw_count = cast(
+                list[bytes | None],
+                self._redis.mget(self._namespace("state"), self._namespace("fail_counter")),
             )
         except redis.RedisError:
             self.logger.exception("RedisError: falling back to default circuit state")
             state, count = self._fallback_circuit_state, None
         else:
-            if state is None:  # missing (flushed, expired): re-initialized as pybreaker does
+            if raw_state is None:  # missing (flushed, expired): re-initialized as pybreaker does
                 self._initialize_redis_state(self._fallback_circuit_state)
                 state, count = self._fallback_circuit_state, 0
             else:
-                state, count = state.decode("utf-8"), int(raw_count or 0)
+                state, count = raw_state.decode("utf-8"), int(raw_count or 0)
         read = self._read = (time.monotonic(), state, count)
         return read
-
-    @state.setter
-    def state(self, state: str) -> None:
-        self._read = None
-        pybreaker.CircuitRedisStorage.state.fset(self, state)
 
     def increment_counter(self) -> None:
         self._read = None

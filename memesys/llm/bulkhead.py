@@ -3,7 +3,7 @@ refine) and judging calls (the verifiers, score), so a flood of verifications ca
 connections and threads new memes need.
 
 Whoever runs a stage says which kind it is (:func:`stage`, a context variable the worker
-thread inherits); the engine takes a slot of that kind for the whole call (its attempts,
+thread inherits); the transport takes a slot of that kind for the whole call (its attempts,
 waits and fallbacks) and waits for one at most until the request's deadline; none in time:
 ``overloaded`` with Retry-After 1. Calls made outside a stage are not limited.
 """

@@ -1,12 +1,12 @@
 """One pooled HTTP client per process and endpoint: keep-alive connections, a bounded number
-of them, and no retries or redirects of its own (the engine's retry layer is the only one).
+of them, and no retries or redirects of its own (the transport's retry layer is the only one).
 
 It is urllib3's connection pool, not httpx: a call on the fake provider cost 0.6 ms of CPU
 in httpx (URL parsing, header models, h11) against 0.3 ms in urllib3, and six calls make a
-meme (bench/README.md, "The rest of a meme's CPU"). The engine needs nothing httpx has and
+meme (bench/README.md, "The rest of a meme's CPU"). The transport needs nothing httpx has and
 urllib3 lacks: one POST of a JSON body, a bounded wait for a free connection, a timeout.
 
-urllib3 logs every request at DEBUG; its lines are kept to warnings (the engine logs and
+urllib3 logs every request at DEBUG; its lines are kept to warnings (the transport logs and
 counts what matters: failed attempts, breaker transitions, fallbacks; metrics for every
 call)."""
 
@@ -51,6 +51,8 @@ class Endpoint:
         pool_kind = (
             urllib3.HTTPSConnectionPool if parts.scheme == "https" else urllib3.HTTPConnectionPool
         )
+        if parts.hostname is None:  # as urllib3 would refuse it
+            raise urllib3.exceptions.LocationValueError("No host specified.")
         self.pool = pool_kind(
             parts.hostname, parts.port, maxsize=max_connections, block=True, retries=False
         )
@@ -67,7 +69,8 @@ class Endpoint:
             timeout=urllib3.Timeout(total=timeout_s),
             retries=False,
             redirect=False,
-            pool_timeout=timeout_s,
+            # urllib3 types it int; it is a queue's timeout and takes a float
+            pool_timeout=timeout_s,  # type: ignore[arg-type]
             preload_content=False,
         )
         try:

@@ -33,7 +33,8 @@ BULKHEAD = "bulkhead"  # every slot of the stage's kind in this process is busy
 DEADLINE = "deadline"  # no time left for another attempt
 
 
-class LLMCallError(LMProviderError):
+# DSPy is untyped (its classes are Any to mypy): the subclasses below are DSPy's own errors.
+class LLMCallError(LMProviderError):  # type: ignore[misc]
     """A call the client layer gave up on: ``memesys_code`` is what the gateway answers
     (``llm_unavailable``, ``llm_rate_limited``, ``budget_exhausted``), ``retry_after`` the
     seconds a client should wait (None: the code's default), ``kind`` why."""
@@ -63,19 +64,19 @@ class LLMCallError(LMProviderError):
         self.attempts = attempts
 
 
-class LLMRateLimited(LLMCallError, LMRateLimitError):
+class LLMRateLimited(LLMCallError, LMRateLimitError):  # type: ignore[misc]
     """A call given up on because of rate limits (the provider's or ours)."""
 
     default_code = "rate_limit"
 
 
-class LLMTimedOut(LLMCallError, LMTimeoutError):
+class LLMTimedOut(LLMCallError, LMTimeoutError):  # type: ignore[misc]
     """A call given up on because its attempts timed out or its deadline left no room."""
 
     default_code = "timeout"
 
 
-class LLMServerFailed(LLMCallError, LMServerError):
+class LLMServerFailed(LLMCallError, LMServerError):  # type: ignore[misc]
     """A call given up on because of 5xx answers, connection errors or malformed bodies."""
 
     default_code = "server"

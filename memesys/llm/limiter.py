@@ -44,6 +44,7 @@ from limits import RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
+from redis.commands.core import Script
 
 from memesys.config.capacity import JUDGING_CALLS_PER_MEME
 
@@ -136,7 +137,8 @@ class Limiter:
         self._ids = (name,)
         self._schedule_key = f"{self._namespace}/{name}/schedule"
         self._cap_key = f"{self._namespace}/{name}/sent"
-        self._gcra = None  # _SCHEDULE, run on the schedule's key and on the send cap's
+        # _SCHEDULE, run on the schedule's key and on the send cap's
+        self._gcra: Script | None = None
         self._shared_window: MovingWindowRateLimiter | None = None
         if redis_url:
             client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
@@ -233,7 +235,8 @@ class Limiter:
         """The token window's test, the request's send time on the schedule, the tokens'
         charge."""
         share = self.processes if local else 1
-        window = self._local_window if local else self._shared_window
+        shared = None if local else self._shared_window  # (there is one when not local)
+        window = self._local_window if shared is None else shared
         tokens_item = None
         if self.tpm > 0:
             tokens_item = _PerMinute(
@@ -269,7 +272,7 @@ class Limiter:
         rate, burst = self._rate(local)
         interval = 1.0 / rate
         tolerance = (burst - 1) * interval
-        if local:
+        if local or self._gcra is None:  # (no script: never anything but local)
             return local_schedule(interval, tolerance, max_wait)
         ok, raw = self._gcra(keys=[key], args=[interval, tolerance, max_wait])
         return bool(ok), float(raw)

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import cast
 
 import redis
 
@@ -149,8 +150,9 @@ def render(client: redis.Redis | None, key_prefix: str) -> str:
     """The Prometheus text of every process's counts (the gateway's /metrics)."""
     if client is None:
         return ""
-    counts = client.hgetall(f"{key_prefix}:llm:metrics")
-    states = client.hgetall(f"{key_prefix}:llm:breakers")
+    # The client never decodes replies: redis-py's ``bytes | str`` is bytes here.
+    counts = cast(dict[bytes, bytes], client.hgetall(f"{key_prefix}:llm:metrics"))
+    states = cast(dict[bytes, bytes], client.hgetall(f"{key_prefix}:llm:breakers"))
     series: dict[str, list[str]] = defaultdict(list)
     for raw_field, raw_value in sorted(counts.items()):
         field, value = raw_field.decode(), float(raw_value)

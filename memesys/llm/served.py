@@ -1,4 +1,4 @@
-"""Which model answered: the engine records the model that served each call (the primary or
+"""Which model answered: the transport records the model that served each call (the primary or
 a fallback), and whoever runs a stage reads it back, so the meme records the model that
 actually answered each stage."""
 
@@ -25,7 +25,7 @@ def tracking() -> Iterator[list[str]]:
 
 
 def record(model: str) -> None:
-    """The engine: ``model`` answered a call."""
+    """The transport: ``model`` answered a call."""
     models = _served.get()
     if models is not None:
         models.append(model)

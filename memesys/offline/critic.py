@@ -9,6 +9,7 @@ and then converge. Same texts, same numbers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -171,7 +172,7 @@ def refine(topic: str, slots: list[SlotLine], style: str, audience: str) -> list
         clip(t, int(s.max_chars * CRAMMED)) if len(t) > s.max_chars * CRAMMED else t
         for t, s in zip(texts, slots)
     ]
-    weaves = (
+    weaves: tuple[tuple[str, Callable[[str], str]], ...] = (
         (topic, lambda t: f"{capital(clip(clean(topic), SHORT_PHRASE_CHARS))}: {t}"),
         (style, lambda t: f"{t}, but {style}"),
         (audience, lambda t: f"{t} for {audience}"),

@@ -1,6 +1,6 @@
 """The offline meme writer: what a deterministic stand-in LM answers to each memesys signature.
 
-Used when no API key is configured, through :mod:`memesys.offline.engine` and DSPy's real
+Used when no API key is configured, through :mod:`memesys.offline.lm` and DSPy's real
 adapters, so the daemon runs (and tests exercise the real adapter round trip) with no network.
 Select and write live here (caption templates in :mod:`~memesys.offline.templates`); the
 judging heuristics live in :mod:`~memesys.offline.judges` and :mod:`~memesys.offline.critic`.
@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 
 class Unanswerable(ValueError):
-    """The prompt asks for something the offline writer cannot answer (the engine reports it
+    """The prompt asks for something the offline writer cannot answer (the offline LM reports it
     as the provider's invalid-request error, as a model's API would)."""
 
 

@@ -1,6 +1,6 @@
 """Build the language models the meme program runs on: the offline writer or an OpenAI-compatible
 endpoint, one per distinct model of the [llm] section (:func:`stage_handles`). Both are
-uncached; the endpoint's engine (memesys.llm) is the daemon's one retry layer.
+uncached; the endpoint's transport (memesys.llm) is the daemon's one retry layer.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import dspy
 
 from memesys.config import LLMConfig
-from memesys.llm.engine import AsyncHardenedEngine, HardenedEngine, Policy
-from memesys.offline.engine import MODEL, PROVIDER, AsyncOfflineEngine, OfflineEngine
+from memesys.llm.transport import AsyncHardenedTransport, HardenedTransport, Policy
+from memesys.offline.lm import MODEL, PROVIDER, AsyncOfflineLM, OfflineLM
 
 OFFLINE = "offline"
 OPENAI_COMPATIBLE = "openai-compatible"
@@ -31,8 +31,8 @@ def offline_lm() -> LMHandle:
     """The offline writer behind DSPy's canonical custom-engine contract."""
     lm = dspy.LM(
         model=f"{PROVIDER}/{MODEL}",
-        engine=OfflineEngine(),
-        async_engine=AsyncOfflineEngine(),
+        engine=OfflineLM(),
+        async_engine=AsyncOfflineLM(),
         cache=False,
         num_retries=0,
     )
@@ -49,17 +49,18 @@ def openai_compatible_lm(
 ) -> LMHandle:
     """An OpenAI-compatible endpoint behind the daemon's one retry layer (memesys.llm).
 
-    The engine is the project's :class:`~memesys.llm.engine.HardenedEngine` (pooled keep-alive
-    HTTP that never retries, deadline-aware retries honouring Retry-After), passed to DSPy as a
-    custom engine; num_retries=0 turns DSPy's own retry loop off, so the engine's is the only
-    one. Each attempt is bounded by min(timeout_s, time left before the request's deadline).
+    The transport is the project's :class:`~memesys.llm.transport.HardenedTransport` (pooled
+    keep-alive HTTP that never retries, deadline-aware retries honouring Retry-After), passed to
+    DSPy as a custom engine; num_retries=0 turns DSPy's own retry loop off, so the transport's is
+    the only one. Each attempt is bounded by min(timeout_s, time left before the request's
+    deadline).
     """
     policy = replace(policy or Policy(), timeout_s=timeout_s)
-    engine = HardenedEngine(model, api_key, base_url, policy, fallbacks=fallbacks)
+    transport = HardenedTransport(model, api_key, base_url, policy, fallbacks=fallbacks)
     lm = dspy.LM(
         f"openai/{model}",
-        engine=engine,
-        async_engine=AsyncHardenedEngine(engine),
+        engine=transport,
+        async_engine=AsyncHardenedTransport(transport),
         cache=False,
         num_retries=0,
     )

@@ -62,7 +62,7 @@ class Workshop(Protocol):
 
     async def cached(self, key: str) -> dict[str, Any] | None: ...
 
-    async def store_up(self) -> bool: ...
+    async def store_answers(self) -> bool: ...
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``, a synchronous call (DSPy), off the event loop under the request's
@@ -193,7 +193,7 @@ class MemeMaker:
             lap("cache")
             if cached is not None:
                 return {**cached, "cached": True, "trace_id": request.trace_id}
-        elif not await workshop.store_up():
+        elif not await workshop.store_answers():
             raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
         speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
         try:

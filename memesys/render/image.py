@@ -29,7 +29,7 @@ import threading
 import unicodedata
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +38,8 @@ from PIL import Image, ImageChops, ImageDraw, ImageFont, ImageOps
 
 from memesys.domain.formats import LAYOUTS, SLOT_COUNTS
 from memesys.errors import ErrorCode, MemesysError
+
+CacheKey = tuple[Hashable, ...]  # what a cached picture depends on
 
 __all__ = ["RenderError", "fit_text", "render_png"]
 
@@ -219,7 +221,7 @@ def _encode_png(img: Image.Image) -> bytes:
     # offset() wraps the last row round to the top, so row 0's difference is unusable: it is
     # written raw (filter 0) instead.
     up = memoryview(ImageChops.subtract_modulo(img, ImageChops.offset(img, 0, 1)).tobytes())
-    rows = [b"\x00", img.crop((0, 0, w, 1)).tobytes()]
+    rows: list[bytes | memoryview] = [b"\x00", img.crop((0, 0, w, 1)).tobytes()]
     for start in range(stride, h * stride, stride):
         rows += (b"\x02", up[start : start + stride])
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
@@ -471,12 +473,14 @@ class _BackgroundCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple, tuple[Image.Image, tuple[_Slot, ...], int]] = OrderedDict()
+        self._items: OrderedDict[CacheKey, tuple[Image.Image, tuple[_Slot, ...], int]] = (
+            OrderedDict()
+        )
         self._bytes = 0
         self._lock = threading.Lock()
 
     def get(
-        self, key: tuple, make: Callable[[], tuple[Image.Image, list[_Slot]]]
+        self, key: CacheKey, make: Callable[[], tuple[Image.Image, list[_Slot]]]
     ) -> tuple[Image.Image, list[_Slot]]:
         with self._lock:
             hit = self._items.get(key)
@@ -488,7 +492,7 @@ class _BackgroundCache:
             self._put(key, hit)
         return hit[0].copy(), list(hit[1])
 
-    def _put(self, key: tuple, entry: tuple[Image.Image, tuple[_Slot, ...], int]) -> None:
+    def _put(self, key: CacheKey, entry: tuple[Image.Image, tuple[_Slot, ...], int]) -> None:
         if entry[2] > self.max_bytes:
             return
         with self._lock:
@@ -526,7 +530,7 @@ def _background(
     if template_path:
         try:  # an edited template is a new picture
             st = os.stat(template_path)
-            version: tuple = (st.st_mtime_ns, st.st_size)
+            version: tuple[int, ...] = (st.st_mtime_ns, st.st_size)
         except OSError as exc:
             raise RenderError(f"cannot read template {template_path}: {exc}") from exc
     else:

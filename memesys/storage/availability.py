@@ -4,7 +4,7 @@ A dependency error is not a crash. An operation that cannot reach Redis (connect
 a timeout, a server still loading its data) marks the store *down*; while it is down every
 operation fails at once with :class:`StoreDown` instead of waiting out a socket timeout per
 request, and nothing queues behind a dead server. Once the backoff has passed, the next
-operation (or :meth:`Availability.check`) first probes Redis (``PING`` on a client with a short
+operation (or :meth:`Availability.answers`) first probes Redis (``PING`` on a client with a short
 timeout); an answer brings the store back *up*. The backoff doubles from ``initial_s`` to
 ``max_s`` while the store stays down, so a long outage costs one short probe per ``max_s`` and
 the service is back at most ``max_s`` plus one probe after Redis is.
@@ -95,8 +95,10 @@ class Availability:
         self.reason = reason
         self._next_probe = now + self._delay
 
-    def check(self) -> bool:
-        """Whether Redis is up, probing it if it is down and a probe is due. Never raises."""
+    def answers(self) -> bool:
+        """Whether Redis answers, as far as this process can tell without waiting on a dead
+        server: yes while it is up; while it is down, no until a probe is due, then what the
+        probe finds. Never raises. (The report for a health check is :meth:`health`.)"""
         if self.up:
             return True
         if self._clock() < self._next_probe:
@@ -126,16 +128,16 @@ class Availability:
         within its own bound: a probe on the short-timeout client, not an operation's socket
         timeout (a stopped server never answers). It only reports: a stall of a few hundred
         milliseconds during a scrape does not fail the operations meanwhile (an operation
-        that fails marks Redis down). While Redis is down, this is :meth:`check`. Never
+        that fails marks Redis down). While Redis is down, this is :meth:`answers`. Never
         raises."""
         if not self.up:
-            return "" if self.check() else self.reason
+            return "" if self.answers() else self.reason
         missed = self._unanswered()
         return "" if missed is None else describe(missed)
 
     def require(self, what: str) -> None:
         """Fail fast with :class:`StoreDown` while Redis is down and no probe brings it back."""
-        if not self.check():
+        if not self.answers():
             raise StoreDown(f"redis is down ({self.reason}); {what} was not attempted")
 
     @contextlib.contextmanager

@@ -11,7 +11,8 @@ quarantines poison records and keeps the fail-fast view of Redis's availability.
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, Final
 
 import redis
 import redis.asyncio
@@ -20,7 +21,14 @@ from memesys.storage.availability import DOWN_ERRORS
 from memesys.storage.memes import MemeStore
 from memesys.storage.records import cache_problem, meme_problem, parse_json
 
-UNSURE = object()
+
+class Unsure(enum.Enum):
+    """What the one-trip read answers when it cannot answer cleanly."""
+
+    UNSURE = "unsure"
+
+
+UNSURE: Final = Unsure.UNSURE
 
 # KEYS[1]: the cache entry; ARGV[1]: the prefix of meme records. An entry too long to be an id
 # is returned alone (a miss to the reader, corrupt to MemeStore); a missing meme too.
@@ -42,7 +50,7 @@ class HitReader:
         )
         self.script = self.client.register_script(_HIT)
 
-    async def cached(self, key: str) -> dict[str, Any] | object | None:
+    async def cached(self, key: str) -> dict[str, Any] | Unsure | None:
         """The meme cached for key, None for a miss, or UNSURE."""
         if not self.store.availability.up:
             return UNSURE  # MemeStore fails fast, or probes, while Redis is down
@@ -62,8 +70,8 @@ class HitReader:
             return None  # the meme was erased: a miss
         meme_id = found[0].decode("ascii")
         meme, problem = parse_json(found[1])
-        if problem or meme_problem(meme_id, meme):
-            return UNSURE
+        if problem or meme_problem(meme_id, meme) or not isinstance(meme, dict):
+            return UNSURE  # (a record without its problem is a JSON object)
         return meme
 
     async def close(self) -> None:

@@ -13,7 +13,9 @@ A record that does not parse or validate (:mod:`memesys.storage.records`) is qua
 (:mod:`memesys.storage.quarantine`) and treated as absent: ``get`` answers None, a listing skips
 it, a corrupt cache entry is a miss (so the meme is made again), a corrupt PNG is not served.
 Every Redis operation goes through an :class:`~memesys.storage.availability.Availability`:
-while Redis is down, operations fail at once with ``StoreDown`` (a ``StoreError``).
+while Redis is down, operations fail at once with ``StoreDown`` (a ``StoreError``). The client
+never decodes replies (``decode_responses=False``): what redis-py types as ``bytes | str`` is
+bytes here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.client import Pipeline
@@ -111,10 +113,11 @@ class MemeStore:
         with self.availability.guard(what):
             yield
 
-    def ping(self) -> bool:
-        """Whether Redis answers, asked as an operation (a failure marks it down, so the next
-        requests fail fast): before spending tokens on a fresh meme. Never raises. A health
-        report that must answer within its own bound is ``availability.health()``."""
+    def answers(self) -> bool:
+        """Whether Redis answers now, asked with a PING as an operation (a failure marks it
+        down, so the next requests fail fast): before spending tokens on a fresh meme. Never
+        raises. A health report that must answer within its own bound is
+        ``availability.health()``."""
         try:
             with self._guard("pinging"):
                 return bool(self._r.ping())
@@ -131,7 +134,9 @@ class MemeStore:
         index: tuple[str, str] | None = None,
     ) -> None:
         """Quarantine ``key`` (read as ``raw``; None: it has the wrong type). Inside a guard."""
-        wrong_type = None if raw is not None else self._r.type(key).decode(errors="replace")
+        wrong_type = (
+            None if raw is not None else cast(bytes, self._r.type(key)).decode(errors="replace")
+        )
         self.quarantine.move(
             kind, record_id, key, fingerprint(raw, wrong_type), reason, index=index
         )
@@ -139,7 +144,7 @@ class MemeStore:
     def _read(self, kind: str, record_id: str, key: str) -> bytes | None:
         """GET ``key``; a key of the wrong type is quarantined and reads as None."""
         try:
-            return self._r.get(key)
+            return cast(bytes | None, self._r.get(key))
         except redis.ResponseError as exc:
             if not is_wrong_type(exc):
                 raise
@@ -151,17 +156,17 @@ class MemeStore:
         meme, problem = parse_json(raw)
         problem = problem or meme_problem(meme_id, meme)
         if problem is None:
-            return meme
+            return cast(dict[str, Any], meme)  # a record without its problem is an object
         self._set_aside(
             "meme", meme_id, self._meme_key(meme_id), problem, raw=raw, index=("zrem", self._index)
         )
         return None
 
-    def save(self, meme: dict, png: bytes) -> None:
+    def save(self, meme: dict[str, Any], png: bytes) -> None:
         """Store record, PNG and index entry in one MULTI/EXEC: no reader sees half a meme."""
         meme_id = meme.get("id")
         created_at = meme.get("created_at")
-        if not valid_id(meme_id):
+        if not isinstance(meme_id, str) or not valid_id(meme_id):
             raise ValueError(f"invalid meme id {meme_id!r}")
         if isinstance(created_at, bool) or not isinstance(created_at, (int, float)):
             raise ValueError(f"meme {meme_id}: created_at must be epoch seconds")
@@ -182,7 +187,7 @@ class MemeStore:
 
     def keep(
         self,
-        meme: dict,
+        meme: dict[str, Any],
         png: bytes,
         cache_key: str | None,
         cache_ttl_s: int,
@@ -198,11 +203,12 @@ class MemeStore:
                 "it was not saved"
             )
         self.save(meme, png)
+        meme_id: str = meme["id"]
         if cache_key:
-            self.cache_put(cache_key, meme["id"], cache_ttl_s)
-        return meme["id"]
+            self.cache_put(cache_key, meme_id, cache_ttl_s)
+        return meme_id
 
-    def get(self, meme_id: str) -> dict | None:
+    def get(self, meme_id: str) -> dict[str, Any] | None:
         """The meme's record, or None if it does not exist (or the id is not a valid id)."""
         if not valid_id(meme_id):
             return None
@@ -224,7 +230,9 @@ class MemeStore:
                 return None
             return png
 
-    def list(self, limit: int = 20, cursor: str | None = None) -> tuple[list[dict], str | None]:
+    def list(
+        self, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of memes, newest first, and the cursor of the next page (None at the end).
 
         The cursor is the (created_at, id) of the last index entry returned, so the next page
@@ -233,9 +241,13 @@ class MemeStore:
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        entries: list[tuple[bytes, float]]
         with self._guard("listing memes"):
             if cursor is None:
-                entries = self._r.zrevrange(self._index, 0, limit, withscores=True)
+                entries = cast(
+                    list[tuple[bytes, float]],
+                    self._r.zrevrange(self._index, 0, limit, withscores=True),
+                )
             else:
                 score, last_id = _decode_cursor(cursor)
                 pipe = self._r.pipeline(transaction=False)
@@ -247,7 +259,10 @@ class MemeStore:
                 after = sorted((m for m in same_score if m.decode() < last_id), reverse=True)
                 entries = [(m, score) for m in after] + older
             page = [(m.decode(errors="replace"), s) for m, s in entries[:limit]]
-            raws = self._r.mget([self._meme_key(i) for i, _ in page]) if page else []
+            raws = cast(
+                list[bytes | None],
+                self._r.mget([self._meme_key(i) for i, _ in page]) if page else [],
+            )
             # An index entry whose record vanished (deleted meanwhile) is skipped, not an
             # error; a corrupt record is quarantined and skipped: the page has the good ones.
             memes = [
@@ -272,7 +287,7 @@ class MemeStore:
             # concurrent re-point or cache_put restart the transaction instead of being lost.
             cache_keys = list(pipe.smembers(cachedby))
             if cache_keys:
-                pipe.watch(*cache_keys)
+                pipe.watch(*cache_keys)  # type: ignore[no-untyped-call]  # untyped in redis-py
             targets = pipe.mget(cache_keys) if cache_keys else []
             pointing = [k for k, t in zip(cache_keys, targets) if t == meme_id.encode()]
             pipe.multi()
@@ -285,7 +300,7 @@ class MemeStore:
             )
 
         with self._guard(f"deleting meme {meme_id}"):
-            record, png, _, indexed, copies = self._r.transaction(erase, cachedby)
+            record, png, _, indexed, copies = cast(list[int], self._r.transaction(erase, cachedby))
         return bool(record or png or indexed or copies)
 
     def cache_put(self, key: str, meme_id: str, ttl_s: int) -> None:
@@ -305,7 +320,7 @@ class MemeStore:
         def put(pipe: Pipeline) -> None:
             if not pipe.exists(meme_key):
                 return
-            previous = pipe.get(cache_key)
+            previous = cast(bytes | None, pipe.get(cache_key))
             set_ttl = pipe.ttl(cachedby)  # -2 missing, -1 no expiry (never set by us)
             pipe.multi()
             pipe.set(cache_key, meme_id, ex=ttl_s)
@@ -340,7 +355,7 @@ class MemeStore:
                 return None
         return meme_id
 
-    def cached(self, key: str) -> dict | None:
+    def cached(self, key: str) -> dict[str, Any] | None:
         """The meme cached for key (None: a miss): two reads, the entry and the meme (a meme
         erased meanwhile reads as None: a miss)."""
         meme_id = self._cached_id(key, exists=False)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import Any, cast
 
 import redis
 from redis.commands.core import Script
@@ -131,12 +132,12 @@ class Quarantine:
 
     def counts(self) -> dict[str, int]:
         """Records quarantined so far, by kind (durable: kept in Redis)."""
-        raw = self._r.hgetall(self._counts)
+        raw = cast(dict[bytes, bytes], self._r.hgetall(self._counts))
         return {k.decode(errors="replace"): int(v) for k, v in raw.items()}
 
-    def entries(self, limit: int = 100) -> list[dict]:
+    def entries(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest quarantine entries, newest first."""
-        out = []
+        out: list[dict[str, Any]] = []
         for raw in self._r.lrange(self._log, 0, max(0, limit - 1)):
             try:
                 out.append(json.loads(raw))

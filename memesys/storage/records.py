@@ -19,29 +19,34 @@ from memesys.domain.messages import GenerateMeme
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"IEND\xaeB`\x82"
 
+
+class Number:
+    """A field's JSON type: a finite number (an int or a float, never a bool)."""
+
+
 # The fields every meme served from the store needs (the contract's, minus those added when it
 # is served: cached, trace_id, timings), and their JSON types.
-MEME_FIELDS: dict[str, type | tuple[type, ...]] = {
+MEME_FIELDS: dict[str, type] = {
     "id": str,
     "topic": str,
     "format": str,
     "top_text": str,
     "bottom_text": str,
     "image_url": str,
-    "created_at": (int, float),
+    "created_at": Number,
     "scores": dict,
     "verification": dict,
     "provider": dict,
 }
 TASK_STATES = ("queued", "running", "succeeded", "failed")
 OPEN_STATES = ("queued", "running")
-TASK_FIELDS: dict[str, type | tuple[type, ...]] = {
+TASK_FIELDS: dict[str, type] = {
     "id": str,
     "status": str,
     "stage": str,
-    "progress": (int, float),
-    "created_at": (int, float),
-    "updated_at": (int, float),
+    "progress": Number,
+    "created_at": Number,
+    "updated_at": Number,
 }
 _REQUEST_FIELDS = {f.name for f in dataclasses.fields(GenerateMeme)}
 
@@ -50,12 +55,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _fields_problem(record: Any, fields: dict[str, type | tuple[type, ...]]) -> str | None:
+def _fields_problem(record: Any, fields: dict[str, type]) -> str | None:
     if not isinstance(record, dict):
         return f"not a JSON object but a JSON {type(record).__name__}"
     for name, kind in fields.items():
         value = record.get(name)
-        if kind == (int, float):
+        if kind is Number:
             if not _number(value):
                 return f"field {name!r} is missing or not a finite number"
         elif not isinstance(value, kind):

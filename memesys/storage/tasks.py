@@ -8,7 +8,9 @@ A task record that does not parse or validate is quarantined
 (:mod:`memesys.storage.quarantine`) and replaced, in the same script, by a ``failed`` task
 with a clear error, so its client learns it will never finish and the ledger never trips on it
 again. Every Redis operation goes through an
-:class:`~memesys.storage.availability.Availability` (fail fast while Redis is down).
+:class:`~memesys.storage.availability.Availability` (fail fast while Redis is down). The client
+never decodes replies (``decode_responses=False``): what redis-py types as ``bytes | str`` is
+bytes here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -33,7 +35,7 @@ __all__ = ["CORRUPT_TASK_MESSAGE", "OPEN_STATES", "StoreError", "TaskStore"]
 CORRUPT_TASK_MESSAGE = "the task's record was unreadable; it was set aside and the task failed"
 
 
-def _dumps(record: dict) -> str:
+def _dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -67,7 +69,7 @@ class TaskStore:
         with self.availability.guard(what):
             yield
 
-    def put(self, task: dict) -> None:
+    def put(self, task: dict[str, Any]) -> None:
         """Write the whole record; open tasks are indexed, finished ones leave the index; a
         succeeded task is findable from its meme (``taskof``)."""
         task = {**task, "updated_at": time.time()}
@@ -82,7 +84,7 @@ class TaskStore:
                 pipe.set(self._taskof(task["meme_id"]), task["id"], ex=self._ttl)
             pipe.execute()
 
-    def put_if_open(self, task: dict) -> bool:
+    def put_if_open(self, task: dict[str, Any]) -> bool:
         """Write ``task`` only if the stored record is still open (queued or running): a
         finished task is final, whatever answer comes late. False if it was not written."""
         key = self._key(task["id"])
@@ -104,14 +106,21 @@ class TaskStore:
             return True
 
         with self._guard(f"saving task {task['id']}"):
-            return bool(self._r.transaction(write, key, value_from_callable=True))
+            # redis-py's signature wants a callable returning None; with value_from_callable
+            # the transaction returns what the callable returns.
+            written = self._r.transaction(
+                write,  # type: ignore[arg-type]
+                key,
+                value_from_callable=True,
+            )
+            return bool(written)
 
-    def _decoded(self, task_id: str, reader: Any) -> dict | None:
+    def _decoded(self, task_id: str, reader: redis.Redis) -> dict[str, Any] | None:
         """The record via ``reader`` (the client or a watching pipeline), or None if missing;
         a corrupt one is quarantined, replaced by a failed task, and that is returned."""
         key = self._key(task_id)
         try:
-            raw = reader.get(key)
+            raw = cast(bytes | None, reader.get(key))
         except redis.ResponseError as exc:
             if not is_wrong_type(exc):
                 raise
@@ -120,13 +129,17 @@ class TaskStore:
             return None
         task, problem = parse_json(raw)
         problem = problem or task_problem(task_id, task)
-        return task if problem is None else self._set_aside(task_id, raw, problem)
+        if problem is None:
+            return cast(dict[str, Any], task)  # a record without its problem is an object
+        return self._set_aside(task_id, raw, problem)
 
-    def _set_aside(self, task_id: str, raw: bytes | None, reason: str) -> dict:
+    def _set_aside(self, task_id: str, raw: bytes | None, reason: str) -> dict[str, Any]:
         key = self._key(task_id)
-        wrong_type = None if raw is not None else self._r.type(key).decode(errors="replace")
+        wrong_type = (
+            None if raw is not None else cast(bytes, self._r.type(key)).decode(errors="replace")
+        )
         now = time.time()
-        failed = {
+        failed: dict[str, Any] = {
             "id": task_id,
             "status": "failed",
             "stage": "done",
@@ -150,7 +163,7 @@ class TaskStore:
         # failed one now (or rewritten by its ledger, which only writes valid records).
         return failed
 
-    def get(self, task_id: str) -> dict | None:
+    def get(self, task_id: str) -> dict[str, Any] | None:
         if not valid_id(task_id):
             return None
         with self._guard(f"reading task {task_id}"):
@@ -160,7 +173,8 @@ class TaskStore:
         """Every unfinished task, oldest first (expired records are dropped from the index,
         corrupt ones quarantined and failed)."""
         with self._guard("listing open tasks"):
-            ids = sorted(m.decode(errors="replace") for m in self._r.smembers(self._open))
+            members = cast(set[bytes], self._r.smembers(self._open))
+            ids = sorted(m.decode(errors="replace") for m in members)
             tasks = []
             for task_id in ids:
                 task = self._decoded(task_id, self._r) if valid_id(task_id) else None
@@ -178,7 +192,7 @@ class TaskStore:
             return None
         taskof = self._taskof(meme_id)
         with self._guard(f"scrubbing the task of meme {meme_id}"):
-            raw = self._r.get(taskof)
+            raw = cast(bytes | None, self._r.get(taskof))
             task_id = raw.decode(errors="replace") if raw is not None else ""
             if not valid_id(task_id):
                 self._r.delete(taskof)

@@ -5,7 +5,7 @@ by the offline writer (:mod:`memesys.offline.writer`) from the very messages it 
 whichever DSPy signature asked gets exactly the ``[[ ## field ## ]]`` sections (or JSON) its
 adapter parses. The body is read back into a canonical request with DSPy's own reader,
 ``dspy.lm15.request_from_openai_chat`` (the inverse of what ``dspy.LM(engine="lm15")`` writes),
-and handed to ``offline_writer.complete``: the same function the offline engine runs, so any
+and handed to ``offline_writer.complete``: the same function the offline LM runs, so any
 signature the writer learns is answered here too.
 
 Latency (fixed or drawn from a seeded distribution), hangs and faults are injectable
@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from dspy.lm15 import LM15Error, request_from_openai_chat
 
-from memesys.offline.engine import complete
+from memesys.offline.lm import complete
 
 HOST = "127.0.0.1"
 DEFAULT_MODEL = "fake-model"
@@ -581,7 +582,7 @@ def _unauthorized() -> web.Response:
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own refusals (404, 405, ...) and crashes in OpenAI's error shape too."""
     try:
         return await handler(request)

@@ -50,7 +50,7 @@ from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
 from memesys.storage.quarantine import Quarantine
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
-from memesys.tree.llmcalls import request_failed, under_deadline
+from memesys.tree.llmcalls import request_failed
 from memesys.tree.paths import RENDER, VERIFY
 from memesys.tree.store import store_errors_answered
 
@@ -170,8 +170,8 @@ class TreeWorkshop:
     async def cached(self, key: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(_on_store, self.worker.store.cached, key)
 
-    async def store_up(self) -> bool:
-        return await asyncio.to_thread(self.worker.store.ping)
+    async def store_answers(self) -> bool:
+        return await asyncio.to_thread(self.worker.store.answers)
 
     async def render(self, order: RenderMeme) -> bytes:
         try:
@@ -198,7 +198,7 @@ class TreeWorkshop:
         )
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(under_deadline, fn, *args)
+        return await asyncio.to_thread(fn, *args)
 
     def stages(self, maker: MemeMaker) -> PoolStages:
         # A verifier call may queue behind others in the pool: give it the stage bound plus a

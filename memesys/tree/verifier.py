@@ -39,7 +39,7 @@ from memesys.pipeline.program import load_configured
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
-from memesys.tree.llmcalls import request_failed, under_deadline
+from memesys.tree.llmcalls import request_failed
 
 C = TypeVar("C", bound=Costed)
 R = TypeVar("R", Verdict, Scores)
@@ -108,7 +108,7 @@ class VerifierWorker(AsyncActor):
 
         async def place(name: str, call: Callable[[LMHandle], C]) -> C:
             judged: tuple[C, StageRun] = await asyncio.to_thread(
-                under_deadline, run_stage, self.handle_for(name), call, name
+                run_stage, self.handle_for(name), call, name
             )
             result, runs[name] = judged
             return result

@@ -18,9 +18,9 @@ import dspy
 import pytest
 from dspy.lm15 import Request, Response
 
-from memesys.llm.engine import HardenedEngine, Policy
 from memesys.llm.errors import LLMCallError
-from memesys.offline.engine import OfflineEngine
+from memesys.llm.transport import HardenedTransport, Policy
+from memesys.offline.lm import OfflineLM
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.writing import write_caption
 from tests.support.provider import KEY, MODEL
@@ -36,7 +36,7 @@ class _Capture:
 
     def complete(self, request: Request) -> Response:
         self.requests.append(request)
-        return OfflineEngine().complete(request)
+        return OfflineLM().complete(request)
 
 
 def write_request() -> Request:
@@ -47,9 +47,9 @@ def write_request() -> Request:
     return capture.requests[-1]
 
 
-def make_engine(url: str, model: str = MODEL, **policy: object) -> HardenedEngine:
+def make_engine(url: str, model: str = MODEL, **policy: object) -> HardenedTransport:
     knobs: dict = {"timeout_s": 5.0, "max_attempts": 3, "backoff_base_s": 0.01, **policy}
-    return HardenedEngine(model, KEY, url, Policy(**knobs))
+    return HardenedTransport(model, KEY, url, Policy(**knobs))
 
 
 @contextmanager
@@ -91,7 +91,7 @@ import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from tests.support.llm import come_back_later, make_engine, write_request
 from memesys.llm.errors import LLMCallError
-from memesys.llm import deadline as deadlines
+from actors import deadlines
 engine = make_engine({url!r}, **json.loads(sys.argv[1]))
 request = write_request()
 time.sleep(max(0.0, {start_at!r} - time.time()))

@@ -1,4 +1,4 @@
-"""The hardened OpenAI-compatible engine DSPy calls: ``complete(Request) -> Response``.
+"""The hardened OpenAI-compatible transport DSPy calls: ``complete(Request) -> Response``.
 
 Per call: up to ``max_attempts`` attempts, each bounded by ``min(timeout_s, time left before
 the request's deadline)``; between attempts exponential backoff with full jitter, or the
@@ -19,14 +19,15 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_openai_chat
 
+from actors import deadlines
 from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, served
-from memesys.llm import deadline as deadlines
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
 from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.client import AnswerTooLarge, http_client
@@ -111,7 +112,7 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     return None
 
 
-def estimate_tokens(payload: dict) -> int:
+def estimate_tokens(payload: dict[str, Any]) -> int:
     """Tokens a request may use, for the tokens/min limit before it is sent: its text at ~4
     characters a token plus the completion it allows (max tokens, else 512)."""
     chars = sum(len(str(m.get("content") or "")) for m in payload.get("messages", ()))
@@ -124,7 +125,7 @@ def backoff(attempt: int, policy: Policy, rng: random.Random) -> float:
     return rng.uniform(0.0, min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1)))
 
 
-class HardenedEngine:
+class HardenedTransport:
     """One model on one OpenAI-compatible endpoint, behind the retry layer."""
 
     def __init__(
@@ -149,7 +150,7 @@ class HardenedEngine:
         self._dialect = OpenAIChatLM(api_key=api_key, base_url=self.base_url)
         self._rng = random.Random()
         self.name = f"{urlsplit(self.base_url).netloc}/{model}"  # provider + model
-        # The process's pool for this endpoint, looked up once: made by the first engine, not
+        # The process's pool for this endpoint, looked up once: made by the first transport, not
         # by a first call (a client built under load by the first caller, every other caller
         # of the process waiting on its lock, once took 1.5 s and then they all sent at once).
         self.client = http_client(self.base_url, policy.max_connections)
@@ -162,7 +163,7 @@ class HardenedEngine:
             policy.key_prefix,
         )
         self.fallbacks = tuple(
-            HardenedEngine(name, api_key, base_url, policy)
+            HardenedTransport(name, api_key, base_url, policy)
             for name in fallbacks
             if name and name != model
         )
@@ -189,12 +190,14 @@ class HardenedEngine:
 
     # ------------------------------------------------------------------ one attempt
 
-    def payload(self, request: Request) -> dict:
-        payload = self._dialect._payload(request, False)
+    def payload(self, request: Request) -> dict[str, Any]:
+        payload: dict[str, Any] = self._dialect._payload(request, False)
         payload["model"] = self.model
         return payload
 
-    def attempt(self, request: Request, timeout_s: float, payload: dict | None = None) -> Response:
+    def attempt(
+        self, request: Request, timeout_s: float, payload: dict[str, Any] | None = None
+    ) -> Response:
         """One POST to /chat/completions; AttemptFailed on any failure."""
         payload = self.payload(request) if payload is None else payload
         try:
@@ -303,7 +306,7 @@ class HardenedEngine:
                 failed = exc
         raise failed
 
-    def _served(self, response: Response, by: HardenedEngine) -> None:
+    def _served(self, response: Response, by: HardenedTransport) -> None:
         served.record(by.model)
         usage = response.usage
         prompt = int(getattr(usage, "input_tokens", 0) or 0)
@@ -401,12 +404,12 @@ class HardenedEngine:
         )
 
 
-class AsyncHardenedEngine:
-    """The async face of a :class:`HardenedEngine`: the same call in a worker thread (the
+class AsyncHardenedTransport:
+    """The async face of a :class:`HardenedTransport`: the same call in a worker thread (the
     deadline travels: ``asyncio.to_thread`` copies context variables)."""
 
-    def __init__(self, engine: HardenedEngine) -> None:
-        self.engine = engine
+    def __init__(self, transport: HardenedTransport) -> None:
+        self.transport = transport
 
     async def complete(self, request: Request) -> Response:
-        return await asyncio.to_thread(self.engine.complete, request)
+        return await asyncio.to_thread(self.transport.complete, request)

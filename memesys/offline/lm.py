@@ -1,4 +1,4 @@
-"""The offline writer as a DSPy engine: read the adapter's prompt, answer, count usage.
+"""The offline writer as DSPy's LM: read the adapter's prompt, answer, count usage.
 
 It reads a request the way a model would: output field names from the system message, input
 values from the last user message (earlier ones are a saved program's demos); it answers in
@@ -114,8 +114,9 @@ def complete(request: Request) -> Response:
     )
 
 
-class OfflineEngine:
-    """DSPy custom engine (``dspy.LM(engine=...)``): the canonical complete(Request) contract."""
+class OfflineLM:
+    """The offline LM, as DSPy's custom engine (``dspy.LM(engine=...)``): the canonical
+    complete(Request) contract."""
 
     def complete(self, request: Request) -> Response:
         return complete(request)
@@ -125,7 +126,7 @@ class OfflineEngine:
         return iter(response_to_events(complete(request)))
 
 
-class AsyncOfflineEngine:
+class AsyncOfflineLM:
     """Async counterpart for ``dspy.LM(async_engine=...)``; the work is CPU-only and tiny."""
 
     async def complete(self, request: Request) -> Response:
