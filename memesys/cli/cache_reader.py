@@ -17,8 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import redis
-
 from memesys.config import Config
 from memesys.config.capacity import Capacities
 from memesys.domain.messages import GenerateMeme
@@ -27,11 +25,9 @@ from memesys.pipeline.errors import MemeFailed
 from memesys.pipeline.lm import stage_handles
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.record import cache_key
-from memesys.storage.availability import availability_for
-from memesys.storage.connection import CLIENT_TIMEOUT_S, connect
+from memesys.storage.connection import CLIENT_TIMEOUT_S
 from memesys.storage.hits import HitReader, Unsure
 from memesys.storage.memes import MemeStore
-from memesys.storage.quarantine import Quarantine
 
 T = TypeVar("T")
 
@@ -42,17 +38,17 @@ STORE_THREADS = 16
 
 class CacheReader:
     """Looks an order up before any engine is asked; :meth:`close` when the gateway stops.
-    ``key``: an order's cache key; ``client``: closed with the reader (None: the store's
-    owner closes it)."""
+    ``key``: an order's cache key; ``owns_store``: close the store with the reader (False:
+    the store's owner closes it)."""
 
     def __init__(
         self,
         store: MemeStore,
         key: Callable[[GenerateMeme], str],
         redis_url: str,
-        client: redis.Redis | None = None,
+        owns_store: bool = False,
     ) -> None:
-        self.store, self.key, self.client = store, key, client
+        self.store, self.key, self.owns_store = store, key, owns_store
         self.hits = HitReader(redis_url, store, CLIENT_TIMEOUT_S)
         self.pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="memesys-cache-reader")
 
@@ -71,17 +67,16 @@ class CacheReader:
         def key(order: GenerateMeme) -> str:
             return cache_key(order, handle_for("write"), program_hash)
 
-        client = connect(redis_url)
         settings = cfg.redis
-        availability = availability_for(
+        store = MemeStore.open(
             redis_url,
             "gateway cache reader",
+            settings.key_prefix,
+            settings.quarantine_ttl_s,
             settings.retry_backoff_initial_s,
             settings.retry_backoff_max_s,
         )
-        quarantine = Quarantine(client, settings.key_prefix, settings.quarantine_ttl_s)
-        store = MemeStore(client, settings.key_prefix, availability, quarantine)
-        return cls(store, key, redis_url, client)
+        return cls(store, key, redis_url, owns_store=True)
 
     async def _on_store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(
@@ -103,5 +98,5 @@ class CacheReader:
     async def close(self) -> None:
         await self.hits.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        if self.client is not None:
-            self.client.close()
+        if self.owns_store:
+            self.store.close()

@@ -43,10 +43,7 @@ from memesys.pipeline.predict import OutputError
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
 from memesys.render.meme import RenderSettings, render_meme
-from memesys.storage.availability import availability_for
-from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
-from memesys.storage.quarantine import Quarantine
 
 T = TypeVar("T")
 C = TypeVar("C", bound=Costed)
@@ -98,16 +95,14 @@ class InProcessEngine:
             cfg.redis.key_prefix,
             capacity.llm_processes,
         )
-        self.client = connect(redis_url)
         redis = cfg.redis
-        availability = availability_for(
-            redis_url, "in-process engine", redis.retry_backoff_initial_s, redis.retry_backoff_max_s
-        )
-        self.store = MemeStore(
-            self.client,
+        self.store = MemeStore.open(
+            redis_url,
+            "in-process engine",
             redis.key_prefix,
-            availability,
-            Quarantine(self.client, redis.key_prefix, redis.quarantine_ttl_s),
+            redis.quarantine_ttl_s,
+            redis.retry_backoff_initial_s,
+            redis.retry_backoff_max_s,
         )
         self.cache_ttl_s = redis.cache_ttl_s
         self.render_settings = RenderSettings.from_config(cfg.render)
@@ -140,7 +135,7 @@ class InProcessEngine:
     async def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.store_pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        self.store.close()
 
 
 @dataclass

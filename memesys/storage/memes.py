@@ -35,7 +35,8 @@ from redis.client import Pipeline
 
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
-from memesys.storage.availability import AlwaysUp, Availability
+from memesys.storage.availability import AlwaysUp, Availability, availability_for
+from memesys.storage.connection import connect
 from memesys.storage.errors import StoreDown, StoreError, TooLate
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import (
@@ -90,6 +91,31 @@ class MemeStore:
         self._index = f"{prefix}:memes"
         self.availability = availability or AlwaysUp()
         self.quarantine = quarantine or Quarantine(client, prefix)
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        user: str,
+        prefix: str,
+        quarantine_ttl_s: int,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+    ) -> MemeStore:
+        """The store as each user of Redis (an actor, the in-process engine, the gateway's
+        cache reader) wires it: a client of its own on ``url``, the user's own up/down view
+        (named ``user`` in its log lines) and the quarantine. :meth:`close` closes the client."""
+        client = connect(url)
+        availability = availability_for(url, user, backoff_initial_s, backoff_max_s)
+        return cls(client, prefix, availability, Quarantine(client, prefix, quarantine_ttl_s))
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client the store runs on (the task records share it)."""
+        return self._r
+
+    def close(self) -> None:
+        self._r.close()
 
     def hit_keys(self, key: str) -> tuple[str, str]:
         """Where a cache hit is read: key's cache entry, and the prefix of the meme record

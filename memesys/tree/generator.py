@@ -45,10 +45,7 @@ from memesys.pipeline.making import MemeMaker, SaveMeme
 from memesys.pipeline.placements import BlockingStages
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import VERIFIERS, Verdict
-from memesys.storage.availability import availability_for
-from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore
-from memesys.storage.quarantine import Quarantine
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.llmcalls import request_failed
 from memesys.tree.paths import RENDER, VERIFY
@@ -123,22 +120,20 @@ class GeneratorWorker(AsyncActor):
         self.maker = MemeMaker.configured(
             ACTORS, args.llm, args.pipeline, args.redis_url, args.key_prefix, args.llm_processes
         )
-        self.client = connect(args.redis_url)
-        availability = availability_for(
-            args.redis_url, f"generator {self.name}", args.retry_initial_s, args.retry_max_s
-        )
-        self.store = MemeStore(
-            self.client,
+        self.store = MemeStore.open(
+            args.redis_url,
+            f"generator {self.name}",
             args.key_prefix,
-            availability,
-            Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s),
+            args.quarantine_ttl_s,
+            args.retry_initial_s,
+            args.retry_max_s,
         )
 
     def on_stop(self) -> None:
         try:
             super().on_stop()
         finally:
-            self.client.close()
+            self.store.close()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, GenerateMeme):

@@ -39,10 +39,7 @@ from memesys.domain.messages import (
     StoreHealth,
     StoreState,
 )
-from memesys.storage.availability import availability_for
-from memesys.storage.connection import connect
 from memesys.storage.memes import MemeStore, StoreError
-from memesys.storage.quarantine import Quarantine
 from memesys.storage.tasks import TaskStore
 
 audit = logging.getLogger("memesys.audit")
@@ -71,18 +68,25 @@ def store_errors_answered() -> Iterator[None]:
 class StoreWorker(BaseActor):
     def on_start(self, args: StoreArgs) -> None:
         self.args = args
-        self.client = connect(args.redis_url)
-        self.availability = availability_for(
-            args.redis_url, f"store {self.name}", args.retry_initial_s, args.retry_max_s
+        self.store = MemeStore.open(
+            args.redis_url,
+            f"store {self.name}",
+            args.key_prefix,
+            args.quarantine_ttl_s,
+            args.retry_initial_s,
+            args.retry_max_s,
         )
-        quarantine = Quarantine(self.client, args.key_prefix, args.quarantine_ttl_s)
-        self.store = MemeStore(self.client, args.key_prefix, self.availability, quarantine)
+        self.availability = self.store.availability
         self.tasks = TaskStore(
-            self.client, args.key_prefix, args.task_ttl_s, self.availability, quarantine
+            self.store.client,
+            args.key_prefix,
+            args.task_ttl_s,
+            self.availability,
+            self.store.quarantine,
         )
 
     def on_stop(self) -> None:
-        self.client.close()
+        self.store.close()
 
     def handle(self, payload: Any) -> Any:
         with store_errors_answered():
