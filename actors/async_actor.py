@@ -41,7 +41,7 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 from actors import deadlines
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory
-from actors.messages import Failure, Ping, Reply, Request, StatusQuery, Stop, WorkDone
+from actors.messages import Failure, FailureCode, Ping, Reply, Request, StatusQuery, Stop, WorkDone
 
 log = logging.getLogger("actors.async")
 
@@ -78,13 +78,17 @@ class AsyncActor(BaseActor):
             super().handle_request(request, sender)
             return
         if self._draining:
-            self.reply(request, sender, error=Failure("unavailable", f"{self.name} is stopping"))
+            self.reply(
+                request, sender, error=Failure(FailureCode.UNAVAILABLE, f"{self.name} is stopping")
+            )
             return
         if self.in_flight >= self.max_in_flight:
             self.reply(
                 request,
                 sender,
-                error=Failure("overloaded", f"{self.name} holds {self.max_in_flight} requests"),
+                error=Failure(
+                    FailureCode.OVERLOADED, f"{self.name} holds {self.max_in_flight} requests"
+                ),
             )
             return
         started = time.perf_counter()
@@ -128,7 +132,8 @@ class AsyncActor(BaseActor):
                 error = self._failed(request, exc)  # the handler's own, not the deadline
             else:
                 error = Failure(
-                    "timeout", f"{self.name}: the request's deadline passed; its work was abandoned"
+                    FailureCode.TIMEOUT,
+                    f"{self.name}: the request's deadline passed; its work was abandoned",
                 )
                 log.info(
                     "%s: request %s abandoned at its deadline", self.name, request.correlation_id
@@ -147,7 +152,7 @@ class AsyncActor(BaseActor):
         log.error(
             "%s: request %s failed:\n%s", self.name, request.correlation_id, traceback.format_exc()
         )
-        return Failure("error", f"{type(exc).__name__}: {exc}")
+        return Failure(FailureCode.ERROR, f"{type(exc).__name__}: {exc}")
 
     async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
         """Ask the actor at ``path`` under the root (see :class:`~actors.bridge.Directory`);

@@ -33,6 +33,7 @@ from actors.deadlines import expired
 from actors.messages import (
     Batch,
     Failure,
+    FailureCode,
     Heartbeat,
     Init,
     InitFailed,
@@ -90,6 +91,14 @@ class RequestFailed(Exception):
     def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.failure = Failure(code, message, retry_after)
+
+    @classmethod
+    def of(cls, failure: Failure, message: str | None = None) -> RequestFailed:
+        """Answer with ``failure`` (another actor's, passed on): the same code and
+        ``retry_after``; ``message`` (with the context this actor adds) replaces its own."""
+        return cls(
+            failure.code, failure.message if message is None else message, failure.retry_after
+        )
 
 
 class BaseActor(Actor):
@@ -269,7 +278,9 @@ class BaseActor(Actor):
             self.stop_gracefully(msg, sender)
         elif self._crashed:
             if isinstance(msg, Request):
-                self.reply(msg, sender, error=Failure("crashed", f"{self.name} is restarting"))
+                self.reply(
+                    msg, sender, error=Failure(FailureCode.CRASHED, f"{self.name} is restarting")
+                )
         elif isinstance(msg, PoisonMessage):
             log.error("%s: a message it sent could not be handled: %s", self.name, msg.details)
         else:
@@ -302,7 +313,8 @@ class BaseActor(Actor):
             request,
             sender,
             error=Failure(
-                "timeout", f"{self.name}: the request's deadline passed before it was handled"
+                FailureCode.TIMEOUT,
+                f"{self.name}: the request's deadline passed before it was handled",
             ),
         )
 
@@ -379,9 +391,11 @@ class BaseActor(Actor):
             self.reply(
                 msg,
                 sender,
-                error=Failure("crashed", f"{self.name} crashed: {type(exc).__name__}: {exc}"),
+                error=Failure(
+                    FailureCode.CRASHED, f"{self.name} crashed: {type(exc).__name__}: {exc}"
+                ),
             )
-            self.observe(msg.payload, 0.0, Failure("crashed", str(exc)))
+            self.observe(msg.payload, 0.0, Failure(FailureCode.CRASHED, str(exc)))
         self.send(self.myAddress, ActorExitRequest())
 
     def _exit(self) -> None:

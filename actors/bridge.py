@@ -29,6 +29,7 @@ from thespian.actors import ActorAddress, ActorSystem
 from actors import deadlines
 from actors.messages import (
     Failure,
+    FailureCode,
     Gone,
     Members,
     Reply,
@@ -47,9 +48,6 @@ from actors.thespian_adapter import context_address, transmit
 log = logging.getLogger("actors.bridge")
 
 LOOKUP_TIMEOUT_S = 2.0
-DEAD_ADDRESS = "dead_address"
-WORKER_LOST = "worker_lost"
-CRASHED = "crashed"
 _SEND_TIMEOUT_S = 5.0
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
 _DRAIN = datetime.timedelta(0)
@@ -67,7 +65,7 @@ class RemoteFailure(Exception):
 
 class AskTimeout(RemoteFailure):
     def __init__(self, timeout: float) -> None:
-        super().__init__(Failure("timeout", f"no answer within {timeout:g} s"))
+        super().__init__(Failure(FailureCode.TIMEOUT, f"no answer within {timeout:g} s"))
 
 
 class Bridge:
@@ -110,7 +108,9 @@ class Bridge:
         self._running.clear()
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(RemoteFailure(Failure("unavailable", "bridge closed")))
+                future.set_exception(
+                    RemoteFailure(Failure(FailureCode.UNAVAILABLE, "bridge closed"))
+                )
         self._pending.clear()
         if self._listen_address is not None:
             self._outbox.put((self._listen_address, _WAKE))
@@ -134,14 +134,14 @@ class Bridge:
         shortened to what is left of that request's deadline, and if nothing is left the
         request is not sent: ``timeout`` at once."""
         if not self._running.is_set():
-            raise RemoteFailure(Failure("unavailable", "bridge closed"))
+            raise RemoteFailure(Failure(FailureCode.UNAVAILABLE, "bridge closed"))
         timeout = deadlines.bound(timeout)
         if timeout <= 0:
             raise RemoteFailure(
-                Failure("timeout", "the deadline of the request being served has passed")
+                Failure(FailureCode.TIMEOUT, "the deadline of the request being served has passed")
             )
         if len(self._pending) >= self._max_pending:
-            raise RemoteFailure(Failure("overloaded", "too many requests in flight"))
+            raise RemoteFailure(Failure(FailureCode.OVERLOADED, "too many requests in flight"))
         request = Request(
             payload,
             correlation_id or new_correlation_id(),
@@ -200,7 +200,9 @@ class Bridge:
                     failures = _send(ctx, outgoing)
                 except Exception as exc:
                     log.error("bridge: cannot send: %s", exc)
-                    failures = [Failure("unavailable", f"cannot send: {exc}")] * len(outgoing)
+                    failures = [Failure(FailureCode.UNAVAILABLE, f"cannot send: {exc}")] * len(
+                        outgoing
+                    )
                 failed = [
                     Reply(request.correlation_id, None, failure)
                     for (_, message), failure in zip(outgoing, failures)
@@ -252,12 +254,12 @@ def _send(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]]) -> list[Fa
         if outcome is None:
             failures.append(None)
         elif outcome.kind == "dead":  # reached nobody
-            failures.append(Failure(DEAD_ADDRESS, outcome.detail))
+            failures.append(Failure(FailureCode.DEAD_ADDRESS, outcome.detail))
         elif outcome.kind == "error":
             log.error("bridge: cannot send to %s: %s", target, outcome.detail)
-            failures.append(Failure("unavailable", f"cannot send: {outcome.detail}"))
+            failures.append(Failure(FailureCode.UNAVAILABLE, f"cannot send: {outcome.detail}"))
         else:  # late
-            failures.append(Failure("unavailable", outcome.detail))
+            failures.append(Failure(FailureCode.UNAVAILABLE, outcome.detail))
     return failures
 
 
@@ -320,7 +322,7 @@ class Directory:
         bounded = deadlines.bound(timeout)
         if bounded <= 0:
             raise RemoteFailure(
-                Failure("timeout", "the deadline of the request being served has passed")
+                Failure(FailureCode.TIMEOUT, "the deadline of the request being served has passed")
             )
         deadline = loop.time() + bounded
         target = await self._lookup(path)
@@ -331,7 +333,7 @@ class Directory:
                 self._forget(path, target, dead=False)
             raise
         except RemoteFailure as exc:
-            if exc.failure.code != DEAD_ADDRESS:
+            if exc.failure.code != FailureCode.DEAD_ADDRESS:
                 raise
             self._forget(path, target, dead=True)
         return await self._ask(
@@ -378,15 +380,18 @@ class Directory:
                     worker.held, worker.address, payload, remaining, timeout, idempotent
                 )
             except RemoteFailure as exc:
-                if exc.failure.code in (DEAD_ADDRESS, CRASHED):  # gone, or on its way out
+                if exc.failure.code in (
+                    FailureCode.DEAD_ADDRESS,
+                    FailureCode.CRASHED,
+                ):  # gone, or on its way out
                     worker.accepting = False  # until the pool's next list
-                if exc.failure.code == DEAD_ADDRESS:  # reached nobody: another worker
+                if exc.failure.code == FailureCode.DEAD_ADDRESS:  # reached nobody: another worker
                     continue
                 attempts += 1
                 # an idempotent request lost with its worker is retried on another one; not
                 # when the whole pool is gone (retired): it has no other worker
                 if not (
-                    exc.failure.code == WORKER_LOST
+                    exc.failure.code == FailureCode.WORKER_LOST
                     and idempotent
                     and attempts < MAX_ATTEMPTS
                     and not target.retired
@@ -475,7 +480,8 @@ class Directory:
             lost = target.retire()
             if lost:
                 self.bridge.fail(
-                    lost, Failure(WORKER_LOST, f"{path} exited with the request in flight")
+                    lost,
+                    Failure(FailureCode.WORKER_LOST, f"{path} exited with the request in flight"),
                 )
 
     def _gone(self, gone: Gone) -> None:
@@ -492,7 +498,7 @@ class Directory:
         if lost:
             log.warning("%s is gone: %d requests in flight answered worker_lost", path, len(lost))
             self.bridge.fail(
-                lost, Failure(WORKER_LOST, f"{path} exited with the request in flight")
+                lost, Failure(FailureCode.WORKER_LOST, f"{path} exited with the request in flight")
             )
 
     def _notice(self, message: Any) -> None:
@@ -506,5 +512,8 @@ class Directory:
                 lost = route.update(message)
                 if lost:
                     self.bridge.fail(
-                        lost, Failure(WORKER_LOST, "the worker exited with the request in flight")
+                        lost,
+                        Failure(
+                            FailureCode.WORKER_LOST, "the worker exited with the request in flight"
+                        ),
                     )

@@ -22,6 +22,7 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 from actors.base import BaseActor
 from actors.messages import (
     Failure,
+    FailureCode,
     Init,
     InitFailed,
     Reply,
@@ -199,7 +200,7 @@ class _Absent(BaseActor):
                     Reply(
                         request.correlation_id,
                         None,
-                        Failure("unavailable", "the root supervisor is not running"),
+                        Failure(FailureCode.UNAVAILABLE, "the root supervisor is not running"),
                     ),
                 )
         if not isinstance(msg, ActorExitRequest):
@@ -236,7 +237,9 @@ def ask(asys: ActorSystem, target: ActorAddress, payload: Any, timeout: float) -
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Reply(
-                request.correlation_id, None, Failure("timeout", f"no answer within {timeout:g} s")
+                request.correlation_id,
+                None,
+                Failure(FailureCode.TIMEOUT, f"no answer within {timeout:g} s"),
             )
         answer = asys.listen(remaining)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.bridge import DEAD_ADDRESS, Bridge, RemoteFailure
-from actors.messages import Batch, Located, RemoveChild, Reply, Request, WhereIs
+from actors.bridge import Bridge, RemoteFailure
+from actors.messages import Batch, FailureCode, Located, RemoveChild, Reply, Request, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
 from tests.conftest import RunningSystem, alive, collect, wait_for
 from tests.sample_actors import Journal
@@ -192,6 +192,8 @@ async def test_a_batch_to_a_dead_address_fails_every_request(
     finally:
         await bridge.close()
     dead, answered = outcomes[:20], outcomes[20:]
-    assert all(isinstance(o, RemoteFailure) and o.failure.code == DEAD_ADDRESS for o in dead), dead
+    assert all(
+        isinstance(o, RemoteFailure) and o.failure.code == FailureCode.DEAD_ADDRESS for o in dead
+    ), dead
     assert answered == list(range(20))  # the other target's batch went through
     assert elapsed < 1.0

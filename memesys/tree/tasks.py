@@ -258,4 +258,4 @@ class TaskRunner(AsyncActor):
         try:
             return await self.ask(GENERATOR, task.order, self.args.timeout_s, idempotent=True)
         except RemoteFailure as exc:
-            raise RequestFailed(exc.failure.code, exc.failure.message) from exc
+            raise RequestFailed.of(exc.failure) from exc
