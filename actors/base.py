@@ -101,7 +101,7 @@ class RequestFailed(Exception):
         )
 
 
-class BaseActor(Actor):
+class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is Any
     """An actor that crashes on any handler exception and has a documented lifecycle.
 
     Lifecycle: the supervisor creates the actor and sends :class:`Init`; ``on_start(args)``
@@ -201,7 +201,7 @@ class BaseActor(Actor):
                 self._flush_held()
 
     def _flush_held(self) -> None:
-        held, self._held = self._held, None
+        held, self._held = self._held or [], None
         for target, message in batches(held):
             super().send(target, message)
 
@@ -307,7 +307,7 @@ class BaseActor(Actor):
             "%s dropped a %s that arrived %.3f s after its deadline",
             self.name,
             type(request.payload).__name__,
-            time.time() - request.deadline,
+            time.time() - (request.deadline or 0.0),  # set: the request expired
         )
         self.reply(
             request,

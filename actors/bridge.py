@@ -74,8 +74,9 @@ class Bridge:
     def __init__(self, asys: ActorSystem, max_pending: int = 10_000) -> None:
         self._asys = asys
         self._max_pending = max_pending
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: dict[str, asyncio.Future] = {}
+        # (target, message) to send; None: the sender thread ends
+        self._outbox: queue.SimpleQueue[tuple[ActorAddress, Any] | None] = queue.SimpleQueue()
+        self._pending: dict[str, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listen_address: ActorAddress | None = None
         self._running = threading.Event()
@@ -87,10 +88,15 @@ class Bridge:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def _started_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the bridge is not started")
+        return self._loop
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._running.set()
-        ready: asyncio.Future = self._loop.create_future()
+        ready: asyncio.Future[None] = self._loop.create_future()
         for target, name in (
             (self._listen_main, "bridge-listener"),
             (self._send_main, "bridge-sender"),
@@ -149,7 +155,7 @@ class Bridge:
             idempotent,
             deadlines.after(timeout),
         )
-        future = self._loop.create_future()
+        future = self._started_loop().create_future()
         self._pending[request.correlation_id] = future
         self._outbox.put((target, request))
         try:
@@ -180,7 +186,7 @@ class Bridge:
 
     # -- threads ------------------------------------------------------------------------------
 
-    def _send_main(self, ready: asyncio.Future) -> None:
+    def _send_main(self, ready: asyncio.Future[None]) -> None:
         """Everything queued leaves together: one message per target (a :class:`Batch` where a
         target has several), all targets in flight at once. While a send waits for its
         acknowledgement, new requests queue up and form the next batch."""
@@ -195,7 +201,7 @@ class Bridge:
                 closing = None in items
                 if closing:
                     items = items[: items.index(None)]
-                outgoing = batches(items)
+                outgoing = batches([item for item in items if item is not None])
                 try:
                     failures = _send(ctx, outgoing)
                 except Exception as exc:
@@ -210,14 +216,14 @@ class Bridge:
                     for request in _requests(message)
                 ]
                 if failed:
-                    self._loop.call_soon_threadsafe(self._resolve, failed)
+                    self._started_loop().call_soon_threadsafe(self._resolve, failed)
                 if closing:
                     return
 
-    def _listen_main(self, ready: asyncio.Future) -> None:
+    def _listen_main(self, ready: asyncio.Future[None]) -> None:
         with self._asys.private() as ctx:
             self._listen_address = context_address(ctx)
-            self._loop.call_soon_threadsafe(_set_ready, ready)
+            self._started_loop().call_soon_threadsafe(_set_ready, ready)
             while self._running.is_set():
                 message = ctx.listen(_LISTEN_SLICE)
                 received: list[Any] = []
@@ -225,7 +231,7 @@ class Bridge:
                     received.extend(m for m in unpack(message) if m != _WAKE)
                     message = ctx.listen(_DRAIN) if len(received) < _BATCH else None
                 if received:
-                    self._loop.call_soon_threadsafe(self._resolve, received)
+                    self._started_loop().call_soon_threadsafe(self._resolve, received)
 
     def _resolve(self, received: list[Any]) -> None:
         """Replies to their asks, other messages to the notice handlers, in arrival order."""
@@ -263,7 +269,7 @@ def _send(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]]) -> list[Fa
     return failures
 
 
-def _set_ready(ready: asyncio.Future) -> None:
+def _set_ready(ready: asyncio.Future[None]) -> None:
     if not ready.done():
         ready.set_result(None)
 
@@ -310,7 +316,7 @@ class Directory:
         self.bridge = bridge
         self.root = root
         self._targets: dict[str, Target] = {}
-        self._resolving: dict[str, asyncio.Task] = {}
+        self._resolving: dict[str, asyncio.Task[Target]] = {}
         self._routes: list[PoolRoute] = []  # subscribed, for the pools' notices
         self._watched: dict[str, tuple[str, Target]] = {}  # watch token -> (path, target)
         bridge.on_notice(self._notice)
@@ -400,7 +406,7 @@ class Directory:
 
     async def _ask_held(
         self,
-        held: set | dict,
+        held: set[str] | dict[str, float],
         address: ActorAddress,
         payload: Any,
         remaining: float,

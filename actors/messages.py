@@ -15,6 +15,8 @@ from typing import Any
 
 from thespian.actors import ActorAddress
 
+from actors.spec import ChildSpec
+
 
 def new_correlation_id() -> str:
     return uuid.uuid4().hex
@@ -296,12 +298,13 @@ class Subscribe:
 @dataclass(frozen=True)
 class Member:
     """A live pool worker; ``accepting`` is False while it stops (it still answers its work)
-    and after it exited until its process is gone (its last replies are still on their way)."""
+    and after it exited until its process is gone (its last replies are still on their way).
+    ``pid``: None for a worker stopped before it had started (it never took work)."""
 
     name: str
     address: ActorAddress
     accepting: bool
-    pid: int
+    pid: int | None
 
 
 @dataclass(frozen=True)
@@ -409,7 +412,7 @@ class Down:
 
 @dataclass(frozen=True)
 class AddChild:
-    spec: Any  # actors.spec.ChildSpec; typed loosely to keep this module free of cycles
+    spec: ChildSpec
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from actors.messages import (
     Members,
     Ping,
     RemoveChild,
+    Reply,
     Request,
     Resize,
     RestartChild,
@@ -241,7 +242,7 @@ class Pool(Supervisor):
             self.send(address, members)
 
     def _fail(self, request: Request, failure: Failure) -> None:
-        self.send(request.reply_to, _reply(request, failure))
+        self.send(request.reply_to, Reply(request.correlation_id, None, failure))
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, WakeupMessage) and isinstance(msg.payload, ExpireWaiting):
@@ -251,7 +252,7 @@ class Pool(Supervisor):
             self._departed = [
                 (m, deadline)
                 for m, deadline in self._departed
-                if now < deadline and process_alive(m.pid)
+                if now < deadline and m.pid is not None and process_alive(m.pid)
             ]
             if self._departed:
                 self.wakeupAfter(_DEPARTED_POLL_S, payload=PollDeparted())
@@ -288,7 +289,7 @@ class Pool(Supervisor):
         last = next(
             (m for m in self._published if m.name == child.spec.name and m not in departed), None
         )
-        if last is None or not process_alive(last.pid):
+        if last is None or last.pid is None or not process_alive(last.pid):
             return
         if not self._departed:
             self.wakeupAfter(_DEPARTED_POLL_S, payload=PollDeparted())
@@ -320,9 +321,3 @@ class Pool(Supervisor):
         requests to the workers directly.)"""
         known = [c.in_flight for c in children if c.in_flight is not None]
         return sum(known) + len(self._waiting) if known or self._waiting else None
-
-
-def _reply(request: Request, failure: Failure) -> Any:
-    from actors.messages import Reply
-
-    return Reply(request.correlation_id, None, failure)

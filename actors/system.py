@@ -61,7 +61,7 @@ class SystemConfig:
     log_level: str = "INFO"
 
 
-def logging_config(level: str) -> dict:
+def logging_config(level: str) -> dict[str, Any]:
     """Thespian needs a logging dict (``logDefs=False`` crashes every actor in 4.0.1)."""
     return {
         "version": 1,
@@ -135,7 +135,7 @@ def admin_pid(port: int) -> int | None:
         (
             c.pid
             for c in psutil.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
         ),
         None,
     )
