@@ -330,7 +330,7 @@ class StatusQuery:
     load (answered :class:`WorkerStatus`).
 
     A supervisor answers within ``timeout_s`` whatever its children do: it asks each running
-    child with a smaller budget (:data:`actors.supervisor.STATUS_NESTED_FRACTION` of its own),
+    child with a smaller budget (:data:`actors.status.STATUS_NESTED_FRACTION` of its own),
     and reports a child that has not answered by its deadline as ``unresponsive``.
     """
 
