@@ -17,19 +17,19 @@ __all__ = ["CallStep", "StartStep", "Step", "StopStep"]
 
 
 @dataclass(eq=False, kw_only=True)
-class Step:
+class _Queued:
     token: int = 0  # set when the step begins; its StepDue timer names it
 
 
 @dataclass(eq=False, kw_only=True)
-class StartStep(Step):
+class StartStep(_Queued):
     """Create the child and send it Init; done on its Started (or its exit, or the timeout)."""
 
     child: Child
 
 
 @dataclass(eq=False, kw_only=True)
-class StopStep(Step):
+class StopStep(_Queued):
     """Send the child Stop; done on its exit, or killed at ``deadline``."""
 
     child: Child
@@ -37,7 +37,10 @@ class StopStep(Step):
 
 
 @dataclass(eq=False, kw_only=True)
-class CallStep(Step):
+class CallStep(_Queued):
     """Run ``fn`` once the steps before it are done (an answer, a restart, the exit)."""
 
     fn: Callable[[], None]
+
+
+Step = StartStep | StopStep | CallStep

@@ -301,7 +301,6 @@ class Supervisor(BaseActor):
             self.send(child.address, Stop())
             self._wake(budget, StepDue(step.token))
             return False
-        assert isinstance(step, CallStep)
         step.fn()
         return True
 
