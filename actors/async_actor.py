@@ -34,6 +34,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
@@ -41,11 +42,21 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 from actors import deadlines
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory
-from actors.messages import Failure, Ping, Reply, Request, StatusQuery, Stop, WorkDone
+from actors.messages import Failure, FailureCode, Ping, Reply, Request, StatusQuery, Stop, WorkDone
 
 log = logging.getLogger("actors.async")
 
 _DRAIN_POLL_S = 0.02
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """An async actor's event loop, the thread that runs it, and what lives on it."""
+
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    bridge: Bridge
+    directory: Directory
 
 
 class AsyncActor(BaseActor):
@@ -59,10 +70,7 @@ class AsyncActor(BaseActor):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.bridge: Bridge | None = None
-        self.directory: Directory | None = None
+        self._loop: _Loop | None = None  # made on the first coroutine
         # Written by one thread each, read by the other: no lock needed under the GIL.
         self._submitted = 0
         self._completed = 0
@@ -78,13 +86,17 @@ class AsyncActor(BaseActor):
             super().handle_request(request, sender)
             return
         if self._draining:
-            self.reply(request, sender, error=Failure("unavailable", f"{self.name} is stopping"))
+            self.reply(
+                request, sender, error=Failure(FailureCode.UNAVAILABLE, f"{self.name} is stopping")
+            )
             return
         if self.in_flight >= self.max_in_flight:
             self.reply(
                 request,
                 sender,
-                error=Failure("overloaded", f"{self.name} holds {self.max_in_flight} requests"),
+                error=Failure(
+                    FailureCode.OVERLOADED, f"{self.name} holds {self.max_in_flight} requests"
+                ),
             )
             return
         started = time.perf_counter()
@@ -101,7 +113,8 @@ class AsyncActor(BaseActor):
         self._submitted += 1
         forwarded = request.reply_to is not None and sender == self.parent
         asyncio.run_coroutine_threadsafe(
-            self._run(result, request, request.reply_to or sender, forwarded, started), self._loop
+            self._run(result, request, request.reply_to or sender, forwarded, started),
+            self._started().loop,
         )
 
     async def _run(
@@ -114,21 +127,24 @@ class AsyncActor(BaseActor):
     ) -> None:
         error: Failure | None = None
         payload: Any = None
-        remaining = deadlines.left(request.deadline)
+        deadline = request.deadline
+        remaining = deadlines.left(deadline)
         try:
-            if remaining is None:
+            if deadline is None or remaining is None:
                 payload = await awaitable
             else:
                 # the current deadline of this task and of every task it starts (to_thread,
                 # gather): their asks end in time for the answer to be of use
-                deadlines.serve(request.deadline - min(self.reply_margin_s, remaining / 4))
+                deadlines.serve(deadline - min(self.reply_margin_s, remaining / 4))
                 payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
         except TimeoutError as exc:
-            if remaining is None or deadlines.left(request.deadline) > 0.001:
+            left = deadlines.left(deadline)
+            if left is None or left > 0.001:
                 error = self._failed(request, exc)  # the handler's own, not the deadline
             else:
                 error = Failure(
-                    "timeout", f"{self.name}: the request's deadline passed; its work was abandoned"
+                    FailureCode.TIMEOUT,
+                    f"{self.name}: the request's deadline passed; its work was abandoned",
                 )
                 log.info(
                     "%s: request %s abandoned at its deadline", self.name, request.correlation_id
@@ -137,9 +153,10 @@ class AsyncActor(BaseActor):
             error = failed.failure
         except Exception as exc:
             error = self._failed(request, exc)
+        bridge = self._started().bridge
         if forwarded:  # first, as in BaseActor.reply
-            self.bridge.tell(self.parent, WorkDone(request.correlation_id))
-        self.bridge.tell(target, Reply(request.correlation_id, payload, error))
+            bridge.tell(self.parent, WorkDone(request.correlation_id))
+        bridge.tell(target, Reply(request.correlation_id, payload, error))
         self._completed += 1
         self.observe(request.payload, time.perf_counter() - started, error)
 
@@ -147,26 +164,32 @@ class AsyncActor(BaseActor):
         log.error(
             "%s: request %s failed:\n%s", self.name, request.correlation_id, traceback.format_exc()
         )
-        return Failure("error", f"{type(exc).__name__}: {exc}")
+        return Failure(FailureCode.ERROR, f"{type(exc).__name__}: {exc}")
 
     async def ask(self, path: str, payload: Any, timeout: float, idempotent: bool = False) -> Any:
         """Ask the actor at ``path`` under the root (see :class:`~actors.bridge.Directory`);
         inside the work for a request, ``timeout`` is bounded by that request's deadline."""
-        return await self.directory.ask(path, payload, timeout, idempotent)
+        return await self._started().directory.ask(path, payload, timeout, idempotent)
+
+    def _started(self) -> _Loop:
+        if self._loop is None:
+            raise RuntimeError(f"{self.name}: its event loop is not running")
+        return self._loop
 
     def _ensure_loop(self) -> None:
         if self._loop is not None:
             return
-        ready: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(
+        ready: queue.Queue[_Loop | Exception] = queue.Queue()
+        thread = threading.Thread(
             target=self._loop_main, args=(ready,), name=f"{self.name}-loop", daemon=True
         )
-        self._thread.start()
-        failure = ready.get(timeout=10)
-        if failure is not None:
-            raise RuntimeError(f"{self.name}: async loop failed to start: {failure}")
+        thread.start()
+        started = ready.get(timeout=10)
+        if isinstance(started, Exception):
+            raise RuntimeError(f"{self.name}: async loop failed to start: {started}")
+        self._loop = started
 
-    def _loop_main(self, ready: queue.Queue) -> None:
+    def _loop_main(self, ready: queue.Queue[_Loop | Exception]) -> None:
         try:
             asys = ActorSystem(
                 "multiprocTCPBase", {"Admin Port": self.admin_port}, transientUnique=True
@@ -181,14 +204,13 @@ class AsyncActor(BaseActor):
                     self.max_in_flight * self.blocking_per_request, f"{self.name}-blocking"
                 )
             )
-            self.bridge = Bridge(asys)
-            loop.run_until_complete(self.bridge.start())
-            self.directory = Directory(self.bridge, self.root)
+            bridge = Bridge(asys)
+            loop.run_until_complete(bridge.start())
+            directory = Directory(bridge, self.root)
         except Exception as exc:
             ready.put(exc)
             return
-        self._loop = loop
-        ready.put(None)
+        ready.put(_Loop(loop, threading.current_thread(), bridge, directory))
         loop.run_forever()
 
     def stop_gracefully(self, msg: Stop, sender: ActorAddress) -> None:
@@ -208,8 +230,9 @@ class AsyncActor(BaseActor):
     def on_stop(self) -> None:
         """Close the bridge before the loop: it may still hold the replies and ``WorkDone`` of
         finished calls, and the pool must hear ``WorkDone`` before ``ChildActorExited``."""
-        loop = self._loop
-        if loop is not None:
-            asyncio.run_coroutine_threadsafe(self.bridge.close(), loop).result(timeout=5)
+        started = self._loop
+        if started is not None:
+            loop = started.loop
+            asyncio.run_coroutine_threadsafe(started.bridge.close(), loop).result(timeout=5)
             loop.call_soon_threadsafe(loop.stop)
-            self._thread.join(timeout=2)
+            started.thread.join(timeout=2)

@@ -33,6 +33,7 @@ from actors.deadlines import expired
 from actors.messages import (
     Batch,
     Failure,
+    FailureCode,
     Heartbeat,
     Init,
     InitFailed,
@@ -91,8 +92,16 @@ class RequestFailed(Exception):
         super().__init__(f"{code}: {message}")
         self.failure = Failure(code, message, retry_after)
 
+    @classmethod
+    def of(cls, failure: Failure, message: str | None = None) -> RequestFailed:
+        """Answer with ``failure`` (another actor's, passed on): the same code and
+        ``retry_after``; ``message`` (with the context this actor adds) replaces its own."""
+        return cls(
+            failure.code, failure.message if message is None else message, failure.retry_after
+        )
 
-class BaseActor(Actor):
+
+class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is Any
     """An actor that crashes on any handler exception and has a documented lifecycle.
 
     Lifecycle: the supervisor creates the actor and sends :class:`Init`; ``on_start(args)``
@@ -192,7 +201,7 @@ class BaseActor(Actor):
                 self._flush_held()
 
     def _flush_held(self) -> None:
-        held, self._held = self._held, None
+        held, self._held = self._held or [], None
         for target, message in batches(held):
             super().send(target, message)
 
@@ -269,7 +278,9 @@ class BaseActor(Actor):
             self.stop_gracefully(msg, sender)
         elif self._crashed:
             if isinstance(msg, Request):
-                self.reply(msg, sender, error=Failure("crashed", f"{self.name} is restarting"))
+                self.reply(
+                    msg, sender, error=Failure(FailureCode.CRASHED, f"{self.name} is restarting")
+                )
         elif isinstance(msg, PoisonMessage):
             log.error("%s: a message it sent could not be handled: %s", self.name, msg.details)
         else:
@@ -296,13 +307,14 @@ class BaseActor(Actor):
             "%s dropped a %s that arrived %.3f s after its deadline",
             self.name,
             type(request.payload).__name__,
-            time.time() - request.deadline,
+            time.time() - (request.deadline or 0.0),  # set: the request expired
         )
         self.reply(
             request,
             sender,
             error=Failure(
-                "timeout", f"{self.name}: the request's deadline passed before it was handled"
+                FailureCode.TIMEOUT,
+                f"{self.name}: the request's deadline passed before it was handled",
             ),
         )
 
@@ -379,9 +391,11 @@ class BaseActor(Actor):
             self.reply(
                 msg,
                 sender,
-                error=Failure("crashed", f"{self.name} crashed: {type(exc).__name__}: {exc}"),
+                error=Failure(
+                    FailureCode.CRASHED, f"{self.name} crashed: {type(exc).__name__}: {exc}"
+                ),
             )
-            self.observe(msg.payload, 0.0, Failure("crashed", str(exc)))
+            self.observe(msg.payload, 0.0, Failure(FailureCode.CRASHED, str(exc)))
         self.send(self.myAddress, ActorExitRequest())
 
     def _exit(self) -> None:

@@ -29,6 +29,7 @@ from thespian.actors import ActorAddress, ActorSystem
 from actors import deadlines
 from actors.messages import (
     Failure,
+    FailureCode,
     Gone,
     Members,
     Reply,
@@ -47,9 +48,6 @@ from actors.thespian_adapter import context_address, transmit
 log = logging.getLogger("actors.bridge")
 
 LOOKUP_TIMEOUT_S = 2.0
-DEAD_ADDRESS = "dead_address"
-WORKER_LOST = "worker_lost"
-CRASHED = "crashed"
 _SEND_TIMEOUT_S = 5.0
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
 _DRAIN = datetime.timedelta(0)
@@ -67,7 +65,7 @@ class RemoteFailure(Exception):
 
 class AskTimeout(RemoteFailure):
     def __init__(self, timeout: float) -> None:
-        super().__init__(Failure("timeout", f"no answer within {timeout:g} s"))
+        super().__init__(Failure(FailureCode.TIMEOUT, f"no answer within {timeout:g} s"))
 
 
 class Bridge:
@@ -76,8 +74,9 @@ class Bridge:
     def __init__(self, asys: ActorSystem, max_pending: int = 10_000) -> None:
         self._asys = asys
         self._max_pending = max_pending
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: dict[str, asyncio.Future] = {}
+        # (target, message) to send; None: the sender thread ends
+        self._outbox: queue.SimpleQueue[tuple[ActorAddress, Any] | None] = queue.SimpleQueue()
+        self._pending: dict[str, asyncio.Future[Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listen_address: ActorAddress | None = None
         self._running = threading.Event()
@@ -89,10 +88,15 @@ class Bridge:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def _started_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("the bridge is not started")
+        return self._loop
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._running.set()
-        ready: asyncio.Future = self._loop.create_future()
+        ready: asyncio.Future[None] = self._loop.create_future()
         for target, name in (
             (self._listen_main, "bridge-listener"),
             (self._send_main, "bridge-sender"),
@@ -110,7 +114,9 @@ class Bridge:
         self._running.clear()
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(RemoteFailure(Failure("unavailable", "bridge closed")))
+                future.set_exception(
+                    RemoteFailure(Failure(FailureCode.UNAVAILABLE, "bridge closed"))
+                )
         self._pending.clear()
         if self._listen_address is not None:
             self._outbox.put((self._listen_address, _WAKE))
@@ -134,14 +140,14 @@ class Bridge:
         shortened to what is left of that request's deadline, and if nothing is left the
         request is not sent: ``timeout`` at once."""
         if not self._running.is_set():
-            raise RemoteFailure(Failure("unavailable", "bridge closed"))
+            raise RemoteFailure(Failure(FailureCode.UNAVAILABLE, "bridge closed"))
         timeout = deadlines.bound(timeout)
         if timeout <= 0:
             raise RemoteFailure(
-                Failure("timeout", "the deadline of the request being served has passed")
+                Failure(FailureCode.TIMEOUT, "the deadline of the request being served has passed")
             )
         if len(self._pending) >= self._max_pending:
-            raise RemoteFailure(Failure("overloaded", "too many requests in flight"))
+            raise RemoteFailure(Failure(FailureCode.OVERLOADED, "too many requests in flight"))
         request = Request(
             payload,
             correlation_id or new_correlation_id(),
@@ -149,7 +155,7 @@ class Bridge:
             idempotent,
             deadlines.after(timeout),
         )
-        future = self._loop.create_future()
+        future = self._started_loop().create_future()
         self._pending[request.correlation_id] = future
         self._outbox.put((target, request))
         try:
@@ -180,7 +186,7 @@ class Bridge:
 
     # -- threads ------------------------------------------------------------------------------
 
-    def _send_main(self, ready: asyncio.Future) -> None:
+    def _send_main(self, ready: asyncio.Future[None]) -> None:
         """Everything queued leaves together: one message per target (a :class:`Batch` where a
         target has several), all targets in flight at once. While a send waits for its
         acknowledgement, new requests queue up and form the next batch."""
@@ -195,12 +201,14 @@ class Bridge:
                 closing = None in items
                 if closing:
                     items = items[: items.index(None)]
-                outgoing = batches(items)
+                outgoing = batches([item for item in items if item is not None])
                 try:
                     failures = _send(ctx, outgoing)
                 except Exception as exc:
                     log.error("bridge: cannot send: %s", exc)
-                    failures = [Failure("unavailable", f"cannot send: {exc}")] * len(outgoing)
+                    failures = [Failure(FailureCode.UNAVAILABLE, f"cannot send: {exc}")] * len(
+                        outgoing
+                    )
                 failed = [
                     Reply(request.correlation_id, None, failure)
                     for (_, message), failure in zip(outgoing, failures)
@@ -208,14 +216,14 @@ class Bridge:
                     for request in _requests(message)
                 ]
                 if failed:
-                    self._loop.call_soon_threadsafe(self._resolve, failed)
+                    self._started_loop().call_soon_threadsafe(self._resolve, failed)
                 if closing:
                     return
 
-    def _listen_main(self, ready: asyncio.Future) -> None:
+    def _listen_main(self, ready: asyncio.Future[None]) -> None:
         with self._asys.private() as ctx:
             self._listen_address = context_address(ctx)
-            self._loop.call_soon_threadsafe(_set_ready, ready)
+            self._started_loop().call_soon_threadsafe(_set_ready, ready)
             while self._running.is_set():
                 message = ctx.listen(_LISTEN_SLICE)
                 received: list[Any] = []
@@ -223,7 +231,7 @@ class Bridge:
                     received.extend(m for m in unpack(message) if m != _WAKE)
                     message = ctx.listen(_DRAIN) if len(received) < _BATCH else None
                 if received:
-                    self._loop.call_soon_threadsafe(self._resolve, received)
+                    self._started_loop().call_soon_threadsafe(self._resolve, received)
 
     def _resolve(self, received: list[Any]) -> None:
         """Replies to their asks, other messages to the notice handlers, in arrival order."""
@@ -252,16 +260,16 @@ def _send(ctx: ActorSystem, outgoing: list[tuple[ActorAddress, Any]]) -> list[Fa
         if outcome is None:
             failures.append(None)
         elif outcome.kind == "dead":  # reached nobody
-            failures.append(Failure(DEAD_ADDRESS, outcome.detail))
+            failures.append(Failure(FailureCode.DEAD_ADDRESS, outcome.detail))
         elif outcome.kind == "error":
             log.error("bridge: cannot send to %s: %s", target, outcome.detail)
-            failures.append(Failure("unavailable", f"cannot send: {outcome.detail}"))
+            failures.append(Failure(FailureCode.UNAVAILABLE, f"cannot send: {outcome.detail}"))
         else:  # late
-            failures.append(Failure("unavailable", outcome.detail))
+            failures.append(Failure(FailureCode.UNAVAILABLE, outcome.detail))
     return failures
 
 
-def _set_ready(ready: asyncio.Future) -> None:
+def _set_ready(ready: asyncio.Future[None]) -> None:
     if not ready.done():
         ready.set_result(None)
 
@@ -308,7 +316,7 @@ class Directory:
         self.bridge = bridge
         self.root = root
         self._targets: dict[str, Target] = {}
-        self._resolving: dict[str, asyncio.Task] = {}
+        self._resolving: dict[str, asyncio.Task[Target]] = {}
         self._routes: list[PoolRoute] = []  # subscribed, for the pools' notices
         self._watched: dict[str, tuple[str, Target]] = {}  # watch token -> (path, target)
         bridge.on_notice(self._notice)
@@ -320,7 +328,7 @@ class Directory:
         bounded = deadlines.bound(timeout)
         if bounded <= 0:
             raise RemoteFailure(
-                Failure("timeout", "the deadline of the request being served has passed")
+                Failure(FailureCode.TIMEOUT, "the deadline of the request being served has passed")
             )
         deadline = loop.time() + bounded
         target = await self._lookup(path)
@@ -331,7 +339,7 @@ class Directory:
                 self._forget(path, target, dead=False)
             raise
         except RemoteFailure as exc:
-            if exc.failure.code != DEAD_ADDRESS:
+            if exc.failure.code != FailureCode.DEAD_ADDRESS:
                 raise
             self._forget(path, target, dead=True)
         return await self._ask(
@@ -378,15 +386,18 @@ class Directory:
                     worker.held, worker.address, payload, remaining, timeout, idempotent
                 )
             except RemoteFailure as exc:
-                if exc.failure.code in (DEAD_ADDRESS, CRASHED):  # gone, or on its way out
+                if exc.failure.code in (
+                    FailureCode.DEAD_ADDRESS,
+                    FailureCode.CRASHED,
+                ):  # gone, or on its way out
                     worker.accepting = False  # until the pool's next list
-                if exc.failure.code == DEAD_ADDRESS:  # reached nobody: another worker
+                if exc.failure.code == FailureCode.DEAD_ADDRESS:  # reached nobody: another worker
                     continue
                 attempts += 1
                 # an idempotent request lost with its worker is retried on another one; not
                 # when the whole pool is gone (retired): it has no other worker
                 if not (
-                    exc.failure.code == WORKER_LOST
+                    exc.failure.code == FailureCode.WORKER_LOST
                     and idempotent
                     and attempts < MAX_ATTEMPTS
                     and not target.retired
@@ -395,7 +406,7 @@ class Directory:
 
     async def _ask_held(
         self,
-        held: set | dict,
+        held: set[str] | dict[str, float],
         address: ActorAddress,
         payload: Any,
         remaining: float,
@@ -475,7 +486,8 @@ class Directory:
             lost = target.retire()
             if lost:
                 self.bridge.fail(
-                    lost, Failure(WORKER_LOST, f"{path} exited with the request in flight")
+                    lost,
+                    Failure(FailureCode.WORKER_LOST, f"{path} exited with the request in flight"),
                 )
 
     def _gone(self, gone: Gone) -> None:
@@ -492,7 +504,7 @@ class Directory:
         if lost:
             log.warning("%s is gone: %d requests in flight answered worker_lost", path, len(lost))
             self.bridge.fail(
-                lost, Failure(WORKER_LOST, f"{path} exited with the request in flight")
+                lost, Failure(FailureCode.WORKER_LOST, f"{path} exited with the request in flight")
             )
 
     def _notice(self, message: Any) -> None:
@@ -506,5 +518,8 @@ class Directory:
                 lost = route.update(message)
                 if lost:
                     self.bridge.fail(
-                        lost, Failure(WORKER_LOST, "the worker exited with the request in flight")
+                        lost,
+                        Failure(
+                            FailureCode.WORKER_LOST, "the worker exited with the request in flight"
+                        ),
                     )

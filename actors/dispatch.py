@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from actors.messages import Failure
+from actors.messages import Failure, FailureCode
 
 W = TypeVar("W")
 
@@ -52,4 +52,6 @@ def pick(
 
 def refusal(where: str, workers: int, max_outstanding: int) -> Failure:
     """The ``overloaded`` answer when no worker can take a request."""
-    return Failure("overloaded", f"{where}: all {workers} workers hold {max_outstanding} requests")
+    return Failure(
+        FailureCode.OVERLOADED, f"{where}: all {workers} workers hold {max_outstanding} requests"
+    )

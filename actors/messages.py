@@ -8,11 +8,14 @@ replies whose id they are not waiting for.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from thespian.actors import ActorAddress
+
+from actors.spec import ChildSpec
 
 
 def new_correlation_id() -> str:
@@ -22,20 +25,56 @@ def new_correlation_id() -> str:
 # --- the request/reply envelope -----------------------------------------------------------
 
 
+class FailureCode(enum.StrEnum):
+    """The runtime's own failure codes: why the runtime, not the application, failed a request.
+
+    Each value is what travels in :attr:`Failure.code` (a plain string on the wire).
+    """
+
+    CRASHED = "crashed"
+    """The handler raised: the actor exits and its supervisor restarts it. Also the answer
+    to a request that reaches the actor between the crash and its exit."""
+    WORKER_LOST = "worker_lost"
+    """The worker holding the request exited before answering (a pool's or a directory's
+    request that was not idempotent, or had used its attempts)."""
+    OVERLOADED = "overloaded"
+    """A bound on the requests held at once was reached (a pool's workers, an async actor,
+    a bridge): retry later."""
+    TIMEOUT = "timeout"
+    """The request's deadline passed: no answer in time, or it arrived too late to be
+    handled, or its work was abandoned when the deadline passed."""
+    UNAVAILABLE = "unavailable"
+    """The target cannot take it now: no such child, or the child is not running
+    (starting, restarting, stopping); no pool worker came back in time; a supervisor gave
+    up (restart intensity); the root is not running; a bridge closed or could not send."""
+    DEAD_ADDRESS = "dead_address"
+    """The message reached no actor: its address is dead (the actor exited; a restarted one
+    has a new address). Resolve the path again."""
+    BAD_REQUEST = "bad_request"
+    """A runtime command with invalid arguments (a child name already taken, a negative
+    pool size)."""
+    ERROR = "error"
+    """An async actor's handler raised: the request fails, the actor keeps running."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """Why a request failed. ``code`` is stable and machine-readable, ``message`` is for people.
 
-    Codes used by the runtime: ``crashed`` (the handler raised; the actor is restarting),
-    ``worker_lost`` (the worker died with the request in flight), ``overloaded`` (a bound was
-    reached; retry later), ``timeout``, ``unavailable`` (no such child or not running),
-    ``unknown_request``. Applications add their own. ``retry_after``: seconds the asker should
-    wait before trying again, when the failure knows (None: it does not).
+    ``code``: one of the runtime's :class:`FailureCode` values, or an application's own code
+    (:class:`~actors.base.RequestFailed`). A :class:`FailureCode` is kept as its plain string
+    value, so a failure pickles, prints and compares as it always has. ``retry_after``:
+    seconds the asker should wait before trying again, when the failure knows (None: it
+    does not).
     """
 
     code: str
     message: str
     retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.code, FailureCode):
+            object.__setattr__(self, "code", self.code.value)
 
 
 @dataclass(frozen=True)
@@ -259,12 +298,13 @@ class Subscribe:
 @dataclass(frozen=True)
 class Member:
     """A live pool worker; ``accepting`` is False while it stops (it still answers its work)
-    and after it exited until its process is gone (its last replies are still on their way)."""
+    and after it exited until its process is gone (its last replies are still on their way).
+    ``pid``: None for a worker stopped before it had started (it never took work)."""
 
     name: str
     address: ActorAddress
     accepting: bool
-    pid: int
+    pid: int | None
 
 
 @dataclass(frozen=True)
@@ -290,7 +330,7 @@ class StatusQuery:
     load (answered :class:`WorkerStatus`).
 
     A supervisor answers within ``timeout_s`` whatever its children do: it asks each running
-    child with a smaller budget (:data:`actors.supervisor.STATUS_NESTED_FRACTION` of its own),
+    child with a smaller budget (:data:`actors.status.STATUS_NESTED_FRACTION` of its own),
     and reports a child that has not answered by its deadline as ``unresponsive``.
     """
 
@@ -372,7 +412,7 @@ class Down:
 
 @dataclass(frozen=True)
 class AddChild:
-    spec: Any  # actors.spec.ChildSpec; typed loosely to keep this module free of cycles
+    spec: ChildSpec
 
 
 @dataclass(frozen=True)

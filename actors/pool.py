@@ -15,12 +15,14 @@ the pool pushes its list of workers (:class:`Members`) whenever that list change
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
 
 from thespian.actors import ActorAddress, WakeupMessage
 
+from actors.child import Child, ChildState
 from actors.deadlines import left
 from actors.dispatch import pick, refusal
 from actors.messages import (
@@ -28,10 +30,12 @@ from actors.messages import (
     AddChild,
     ChildStatus,
     Failure,
+    FailureCode,
     Member,
     Members,
     Ping,
     RemoveChild,
+    Reply,
     Request,
     Resize,
     RestartChild,
@@ -40,6 +44,7 @@ from actors.messages import (
     WhereIs,
     WorkDone,
 )
+from actors.processes import process_alive
 from actors.spec import (
     MAX_ATTEMPTS,
     ChildSpec,
@@ -48,19 +53,12 @@ from actors.spec import (
     Strategy,
     SupervisorArgs,
 )
-from actors.supervisor import (
-    Child,
-    Supervisor,
-    _CallStep,
-    _StartStep,
-    _StopStep,
-    process_alive,
-)
+from actors.steps import CallStep, StartStep, StopStep
+from actors.supervisor import Supervisor
+from actors.wakeups import ExpireWaiting, PollDeparted
 
 log = logging.getLogger("actors.pool")
 
-_EXPIRE = "expire-waiting"
-_DEPARTED = "departed"
 _DEPARTED_POLL_S = 0.005
 _DEPARTED_MAX_S = 1.0  # Thespian drains an exiting actor's sends for up to 7 s
 _SUPERVISOR_REQUESTS = (Ping, WhereIs, StatusQuery, RestartChild, AddChild, RemoveChild)
@@ -80,7 +78,9 @@ class Pool(Supervisor):
         self._departed: list[tuple[Member, float]] = []  # exited, process not gone (deadline)
         self._version = 0
 
-    def on_start(self, args: PoolArgs) -> None:
+    def on_start(self, args: SupervisorArgs | PoolArgs) -> None:
+        if not isinstance(args, PoolArgs):
+            raise TypeError(f"a pool's args are PoolArgs, not {type(args).__name__}")
         self.pool = args
         self._next_index = args.size
         self.configure(
@@ -152,14 +152,21 @@ class Pool(Supervisor):
         self.send(worker.address, request)
 
     def _accepting(self, child: Child) -> bool:
-        return child.state == "running" and not child.stop_granted and not self._shutting_down
+        return (
+            child.state is ChildState.RUNNING and not child.stop_granted and not self._shutting_down
+        )
 
     def _wait(self, request: Request, attempts: int) -> None:
         """Hold a request until a worker is back, bounded in count and time (``wait_s``, or
         the request's own deadline if it comes first: then it is answered ``timeout``)."""
-        restarting = any(c.state in ("starting", "restarting", "dead") for c in self.children)
+        restarting = any(
+            c.state in (ChildState.STARTING, ChildState.RESTARTING, ChildState.DEAD)
+            for c in self.children
+        )
         if not restarting or len(self._waiting) >= self.pool.max_outstanding:
-            self._fail(request, Failure("unavailable", f"{self.name}: no worker is running"))
+            self._fail(
+                request, Failure(FailureCode.UNAVAILABLE, f"{self.name}: no worker is running")
+            )
             return
         now = time.monotonic()
         remaining = left(request.deadline)
@@ -167,7 +174,7 @@ class Pool(Supervisor):
             self.pool.wait_s if remaining is None else max(0.0, min(self.pool.wait_s, remaining))
         )
         if not self._waiting or expiry < min(e for _, _, e in self._waiting):
-            self.wakeupAfter(expiry - now, payload=_EXPIRE)
+            self.wakeupAfter(expiry - now, payload=ExpireWaiting())
         self._waiting.append((request, attempts, expiry))
 
     def on_child_started(self, child: Child) -> None:
@@ -184,16 +191,19 @@ class Pool(Supervisor):
             self._fail(
                 request,
                 Failure(
-                    "timeout",
+                    FailureCode.TIMEOUT,
                     f"{self.name}: the request's deadline passed while it waited for a worker",
                 )
                 if remaining is not None and remaining <= 0.001
                 else Failure(
-                    "unavailable", f"{self.name}: no worker came back within {self.pool.wait_s:g} s"
+                    FailureCode.UNAVAILABLE,
+                    f"{self.name}: no worker came back within {self.pool.wait_s:g} s",
                 ),
             )
         if self._waiting:
-            self.wakeupAfter(max(0.0, min(e for _, _, e in self._waiting) - now), payload=_EXPIRE)
+            self.wakeupAfter(
+                max(0.0, min(e for _, _, e in self._waiting) - now), payload=ExpireWaiting()
+            )
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
         """After each message: a pool that began to stop (``Stop``, or its restart intensity
@@ -204,7 +214,7 @@ class Pool(Supervisor):
         if self._waiting and self._shutting_down:
             waiting, self._waiting = self._waiting, []
             for request, _, _ in waiting:
-                self._fail(request, Failure("unavailable", f"{self.name} is stopping"))
+                self._fail(request, Failure(FailureCode.UNAVAILABLE, f"{self.name} is stopping"))
         if self._subscribers and self._members().workers != self._published:
             self._publish()
 
@@ -212,7 +222,7 @@ class Pool(Supervisor):
         live = tuple(
             Member(c.spec.name, c.address, self._accepting(c), c.pid)
             for c in self.children
-            if c.state in ("running", "stopping")
+            if c.state in (ChildState.RUNNING, ChildState.STOPPING)
         )
         return Members(
             self.myAddress,
@@ -232,20 +242,20 @@ class Pool(Supervisor):
             self.send(address, members)
 
     def _fail(self, request: Request, failure: Failure) -> None:
-        self.send(request.reply_to, _reply(request, failure))
+        self.send(request.reply_to, Reply(request.correlation_id, None, failure))
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
-        if isinstance(msg, WakeupMessage) and msg.payload == _EXPIRE:
+        if isinstance(msg, WakeupMessage) and isinstance(msg.payload, ExpireWaiting):
             self._expire_waiting()
-        elif isinstance(msg, WakeupMessage) and msg.payload == _DEPARTED:
+        elif isinstance(msg, WakeupMessage) and isinstance(msg.payload, PollDeparted):
             now = time.monotonic()
             self._departed = [
                 (m, deadline)
                 for m, deadline in self._departed
-                if now < deadline and process_alive(m.pid)
+                if now < deadline and m.pid is not None and process_alive(m.pid)
             ]
             if self._departed:
-                self.wakeupAfter(_DEPARTED_POLL_S, payload=_DEPARTED)
+                self.wakeupAfter(_DEPARTED_POLL_S, payload=PollDeparted())
         elif isinstance(msg, WorkDone):
             name = self._owner.pop(msg.correlation_id, None)
             if name is not None:
@@ -263,7 +273,7 @@ class Pool(Supervisor):
                 self._fail(
                     request,
                     Failure(
-                        "worker_lost",
+                        FailureCode.WORKER_LOST,
                         f"{self.name}/{child.spec.name} exited with the request in flight",
                     ),
                 )
@@ -279,10 +289,10 @@ class Pool(Supervisor):
         last = next(
             (m for m in self._published if m.name == child.spec.name and m not in departed), None
         )
-        if last is None or not process_alive(last.pid):
+        if last is None or last.pid is None or not process_alive(last.pid):
             return
         if not self._departed:
-            self.wakeupAfter(_DEPARTED_POLL_S, payload=_DEPARTED)
+            self.wakeupAfter(_DEPARTED_POLL_S, payload=PollDeparted())
         self._departed.append(
             (dataclasses.replace(last, accepting=False), time.monotonic() + _DEPARTED_MAX_S)
         )
@@ -291,20 +301,18 @@ class Pool(Supervisor):
 
     def _resize(self, request: Request, sender: ActorAddress, size: int) -> None:
         if size < 0:
-            self.reply(request, sender, error=Failure("bad_request", "size must be >= 0"))
+            self.reply(request, sender, error=Failure(FailureCode.BAD_REQUEST, "size must be >= 0"))
             return
         while len(self.children) < size:
             child = Child(self._worker_spec(self._next_index))
             self._next_index += 1
             self.children.append(child)
-            self._steps.append(_StartStep(child=child))
+            self._steps.append(StartStep(child=child))
         for child in self.children[size:]:
             child.stop_granted = True  # no new work; its queued work is answered first
-            self._steps.append(_StopStep(child=child))
-            self._steps.append(_CallStep(fn=lambda c=child: self._forget(c)))
-        self._steps.append(
-            _CallStep(fn=lambda: self.reply(request, sender, Ack(f"{size} workers")))
-        )
+            self._steps.append(StopStep(child=child))
+            self._steps.append(CallStep(fn=functools.partial(self._forget, child)))
+        self._steps.append(CallStep(fn=lambda: self.reply(request, sender, Ack(f"{size} workers"))))
         self._advance()
 
     def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> int | None:
@@ -313,9 +321,3 @@ class Pool(Supervisor):
         requests to the workers directly.)"""
         known = [c.in_flight for c in children if c.in_flight is not None]
         return sum(known) + len(self._waiting) if known or self._waiting else None
-
-
-def _reply(request: Request, failure: Failure) -> Any:
-    from actors.messages import Reply
-
-    return Reply(request.correlation_id, None, failure)

@@ -82,7 +82,7 @@ class Backoff:
     def delay(self, attempt: int, rng: random.Random) -> float:
         if self.initial_s <= 0:
             return 0.0
-        base = min(self.max_s, self.initial_s * (2 ** max(0, attempt)))
+        base = min(self.max_s, self.initial_s * (2.0 ** max(0, attempt)))
         return max(0.0, base * (1 + self.jitter * (2 * rng.random() - 1)))
 
 

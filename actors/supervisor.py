@@ -1,27 +1,76 @@
-"""The supervisor actor: ordered children, restart strategies, intensity, ordered shutdown.
+"""The supervisor: a process that starts, watches and restarts its children (Erlang/OTP's
+``supervisor`` on Thespian actors).
 
-All work that must happen in order (starting children one after another, stopping a group in
-reverse order before restarting it, shutting down) is a queue of *steps* run one at a time;
-a step finishes on the event it waits for (``Started``, ``ChildActorExited``) or on its own
-timeout. The handler never blocks, so a supervisor keeps answering status queries while it
-restarts a group. A restart's backoff is not a step: it is a timer, and the restart's starts
-join the queue when it fires, so the other children's restarts and stops go on meanwhile.
+Terms
+-----
+child
+    An actor a supervisor started from a :class:`~actors.spec.ChildSpec`: a worker, a pool
+    (:class:`~actors.pool.Pool`) or another supervisor. The children of a supervisor are
+    ordered: started left to right, stopped right to left. Its state
+    (:class:`~actors.child.ChildState`) is what :class:`~actors.messages.ChildStatus` reports.
+restart strategy
+    What a supervisor restarts when a child exits abnormally (:class:`~actors.spec.Strategy`):
+
+    - ``one_for_one``: only that child.
+    - ``one_for_all``: every child: the others are stopped in reverse start order, then all
+      are started again in start order.
+    - ``rest_for_one``: that child and the children started after it, likewise.
+restart type
+    Whether an exited child is restarted (:class:`~actors.spec.Restart`): ``permanent``
+    always, ``transient`` only after an abnormal exit (anything but a
+    :class:`~actors.messages.StopMe` the supervisor granted), ``temporary`` never (it is
+    dropped from the children).
+restart intensity and period
+    ``max_restarts`` restarts within ``period_s`` seconds are allowed; one more and the
+    supervisor gives up: it *escalates* (:mod:`actors.restarts`).
+escalation
+    A supervisor that gives up stops all its children in reverse start order and exits
+    abnormally, so that its own supervisor applies its own strategy; the root's exit ends
+    the tree. Its parent learns why (:class:`~actors.messages.InitFailed` before it
+    announced ``Started``, :class:`~actors.messages.Exiting` after), and so does every
+    monitor (:class:`~actors.messages.Down`).
+backoff
+    A restart may wait before its children start again
+    (:class:`~actors.spec.Backoff`, growing with the child's restarts inside the period);
+    the supervisor goes on meanwhile (its status answers the child ``restarting``).
+shutdown
+    An ordered stop (:class:`~actors.messages.Stop`) stops the children in reverse start
+    order, each within its budget (:func:`~actors.spec.shutdown_budget`: a worker's
+    ``shutdown_s``, a supervisor's the sum of its children's), then exits. A child that
+    outlives its budget is killed with its process tree. A supervisor being stopped tells
+    the stopper how long it needs (:class:`~actors.messages.Stopping`).
+health check
+    A child that answers nothing for ``health_timeout_s`` is killed and restarted like a
+    crashed one (:mod:`actors.health`); a pid check every :data:`LIVENESS_PERIOD_S` catches
+    an exit Thespian did not report.
+start-up
+    Children start one after another, each within :data:`START_TIMEOUT_S`; a supervisor
+    answers ``Started`` only when all of its children have, so a tree is ready bottom-up.
+
+How it runs
+-----------
+All work that must happen in order (starting children one after another, stopping a group
+in reverse order before restarting it, shutting down) is a queue of steps
+(:mod:`actors.steps`) run one at a time; a step finishes on the event it waits for
+(``Started``, ``ChildActorExited``) or on its own timeout. The handler never blocks, so a
+supervisor keeps answering status queries (:mod:`actors.status`) while it restarts a group.
+A restart's backoff is not a step: it is a timer, and the restart's starts join the queue
+when it fires, so the other children's restarts and stops go on meanwhile. Askers that
+resolved a child with a watch are told when it is gone (:mod:`actors.watches`). Every timer
+is a typed wakeup (:mod:`actors.wakeups`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import random
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-import psutil
 from thespian.actors import (
     ActorAddress,
     ActorExitRequest,
@@ -30,7 +79,8 @@ from thespian.actors import (
 )
 
 from actors.base import BaseActor
-from actors.deadlines import after
+from actors.child import Child, ChildState
+from actors.health import BUSY_GRACE, HealthChecks
 from actors.messages import (
     Ack,
     AddChild,
@@ -38,13 +88,12 @@ from actors.messages import (
     Down,
     Exiting,
     Failure,
-    Gone,
+    FailureCode,
     Heartbeat,
     Init,
     InitFailed,
     Located,
     Monitor,
-    Ping,
     RemoveChild,
     Reply,
     Request,
@@ -56,160 +105,45 @@ from actors.messages import (
     Stopped,
     Stopping,
     TreeStatus,
-    Watch,
     WhereIs,
     WorkDone,
-    WorkerStatus,
-    new_correlation_id,
 )
+from actors.processes import kill_tree, process_alive
+from actors.restarts import Backoffs, Intensity, restart_group
 from actors.spec import (
     SUPERVISOR_STOP_MARGIN_S,
     ChildSpec,
     Restart,
-    Strategy,
     SupervisorArgs,
     shutdown_budget,
 )
+from actors.status import StatusGathering
+from actors.steps import CallStep, StartStep, Step, StopStep
+from actors.wakeups import (
+    BackoffOver,
+    CheckLiveness,
+    HealthRound,
+    PollGone,
+    StatusDue,
+    StepDue,
+    Wakeup,
+)
+from actors.watches import GoneNotices, add_watch
+
+__all__ = ["BUSY_GRACE", "LIVENESS_PERIOD_S", "START_TIMEOUT_S", "Supervisor"]
 
 log = logging.getLogger("actors.supervisor")
 
 START_TIMEOUT_S = 10.0
-# A supervisor asks its children for their status with this fraction of its own budget, so
-# that a child supervisor's answer (its own unresponsive children marked) arrives in time.
-STATUS_NESTED_FRACTION = 0.6
-STATUS_MIN_S = 0.05
 LIVENESS_PERIOD_S = 0.5
-_LIVENESS = "liveness"
-_HEALTH = "health"
-_GONE = "gone"
-# A health round that runs this much later than planned means the supervisor itself was held
-# up (SIGSTOPped, starved): its children's silence is not theirs, they get a fresh timeout.
-HEALTH_LATE_S = 0.5
-# A silent child whose process visibly works (CPU time or context switches advance) is busy,
-# not hung: it is killed only after this many health timeouts of silence.
-BUSY_GRACE = 3
-GONE_POLL_S = 0.005
-GONE_MAX_S = 1.0  # a Gone waits at most this long for the exited process tree to end
-_STATUS = "status"  # wakeup payloads (_STATUS, gather id) and (_BACKOFF, token)
-_BACKOFF = "backoff"
-
-
-def process_alive(pid: int) -> bool:
-    """False once ``pid`` has exited (a zombie counts as exited)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def process_progress(pid: int) -> tuple[float, int] | None:
-    """What ``pid`` has done so far (CPU seconds, context switches); None if it is stopped
-    (SIGSTOP: it can do nothing) or gone. Two readings that differ: it ran in between."""
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            if proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
-                return None
-            cpu, switches = proc.cpu_times(), proc.num_ctx_switches()
-    except psutil.Error:
-        return None
-    return cpu.user + cpu.system, switches.voluntary + switches.involuntary
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant (an unresponsive child on shutdown)."""
-    try:
-        root = psutil.Process(pid)
-        victims = root.children(recursive=True) + [root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in victims:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-
-
-@dataclass(eq=False)
-class Child:
-    """The supervisor's record of one child; ``address`` changes on every restart."""
-
-    spec: ChildSpec
-    address: ActorAddress | None = None
-    state: str = "stopped"  # starting, running, stopping, dead, stopped
-    pid: int | None = None
-    kind: str = "worker"
-    started_at: float | None = None
-    restarts: int = 0
-    stop_granted: bool = False  # its stop was asked for (StopMe, resize, removal): no new work
-    restart_times: deque = field(default_factory=deque)  # its restarts inside the period
-    backoff: int | None = None  # token of the backoff timer its restart waits for
-    last_heard: float = 0.0  # monotonic: its Started or its last answer to a health check
-    progress: list = field(default_factory=list)  # (time, process_progress) while silent
-    busy: bool = False  # silent past the timeout, but its process works: BUSY_GRACE applies
-    watchers: list = field(default_factory=list)  # (address, Watch): told Gone when it exits
-
-    @property
-    def alive(self) -> bool:
-        return self.state in ("starting", "running", "stopping")
-
-    def status(self, answer: Any = None, unresponsive: bool = False) -> ChildStatus:
-        """This child as its supervisor sees it; ``answer`` is its own answer to the status
-        query (:class:`TreeStatus` or :class:`WorkerStatus`), if it gave one in time."""
-        tree = answer if isinstance(answer, TreeStatus) else None
-        in_flight = answer.in_flight if isinstance(answer, (TreeStatus, WorkerStatus)) else None
-        return ChildStatus(
-            self.spec.name,
-            self.kind,
-            "unresponsive" if unresponsive else self.state,
-            self.pid,
-            self.restarts,
-            self.started_at,
-            self.spec.restart.value,
-            tree.strategy if tree else None,
-            in_flight,
-            tree.children if tree else (),
-        )
-
-
-@dataclass(eq=False)
-class _Step:
-    token: int = 0
-
-
-@dataclass(eq=False)
-class _StartStep(_Step):
-    child: Child = None  # type: ignore[assignment]
-
-
-@dataclass(eq=False)
-class _StopStep(_Step):
-    child: Child = None  # type: ignore[assignment]
-    deadline: float = 0.0  # monotonic; a child supervisor's Stopping can push it back
-
-
-@dataclass(eq=False)
-class _CallStep(_Step):
-    fn: Callable[[], None] = None  # type: ignore[assignment]
-
-
-@dataclass(eq=False)
-class _Gather:
-    """A status query waiting for its running children's answers, until its own deadline."""
-
-    request: Request
-    sender: ActorAddress
-    gid: str = field(default_factory=new_correlation_id)
-    asked: dict[str, tuple[Child, ActorAddress]] = field(default_factory=dict)  # by cid
-    answers: dict[str, Any] = field(default_factory=dict)  # by cid; None: a failure
 
 
 class Supervisor(BaseActor):
     """Starts its children in order and keeps them running by its strategy.
 
     Init args: :class:`~actors.spec.SupervisorArgs`. Answers (as :class:`Request` payloads)
-    ``Ping``, ``WhereIs``, ``StatusQuery``, ``RestartChild``, ``AddChild``, ``RemoveChild``;
-    obeys ``Stop`` (ordered shutdown, then exit) and ``StopMe`` from a child.
+    ``Ping``, ``WhereIs``, ``StatusQuery``, ``RestartChild``, ``AddChild``, ``RemoveChild``,
+    ``Monitor``; obeys ``Stop`` (ordered shutdown, then exit) and ``StopMe`` from a child.
     ``Started`` goes to the parent only once every child has started.
     """
 
@@ -222,20 +156,14 @@ class Supervisor(BaseActor):
 
     def configure(self, args: SupervisorArgs) -> None:
         self.strategy = args.strategy
-        self.max_restarts, self.period_s, self.backoff = (
-            args.max_restarts,
-            args.period_s,
-            args.backoff,
-        )
+        self.backoff = args.backoff
         self.children: list[Child] = [Child(spec) for spec in args.children]
-        self._restart_times: deque[float] = deque()
-        self._steps: deque[_Step] = deque()
-        self._current: _Step | None = None
-        self._pending: deque[Child] = deque()
+        self._intensity = Intensity(args.max_restarts, args.period_s)
+        self._backoffs = Backoffs()
+        self._steps: deque[Step] = deque()
+        self._current: Step | None = None
+        self._pending: deque[Child] = deque()  # exited children whose restart waits its turn
         self._tokens = itertools.count(1)
-        self._gathers: dict[str, _Gather] = {}  # by the correlation id of a child's query
-        self._status_pending: dict[str, _Gather] = {}  # by gather id, until answered
-        self._delayed: dict[int, list[_Step]] = {}  # restart steps waiting out a backoff
         self._stop_waiters: list[tuple[Stop, ActorAddress]] = []
         self._monitors: list[tuple[ActorAddress, Request]] = []  # answered Down on exit
         self._down_reason, self._down_requested = "", False
@@ -243,23 +171,27 @@ class Supervisor(BaseActor):
         self._shutting_down = False
         self._announced = False
         self._rng = random.Random()
-        self.health_interval_s, self.health_timeout_s = (
+        self._health = HealthChecks(
+            self.name,
             args.health_interval_s,
             args.health_timeout_s,
+            self.send,
+            self._wake,
+            self._killed,
         )
-        self._pings: dict[str, tuple[Child, ActorAddress, float]] = {}  # by correlation id
-        self._health_due = 0.0  # monotonic time the next health round was planned for
-        self._pinged_at = 0.0  # monotonic time of the last round of pings
-        self._gone: list[tuple[list[int], float, list[tuple[ActorAddress, Gone]]]] = []
+        self._status = StatusGathering(self.send, self._wake, self._report_status)
+        self._gone = GoneNotices(self.send, self._wake)
+
+    def _wake(self, delay: float, wakeup: Wakeup) -> None:
+        self.wakeupAfter(delay, payload=wakeup)
 
     def announce_started(self) -> None:
         """Started goes up only when all children are up: the tree is ready bottom-up."""
-        self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
-        if self.health_interval_s > 0:
-            self._schedule_health(time.monotonic(), self._ping_period())
+        self._wake(LIVENESS_PERIOD_S, CheckLiveness())
+        self._health.start()
         for child in self.children:
-            self._steps.append(_StartStep(child=child))
-        self._steps.append(_CallStep(fn=self._announce))
+            self._steps.append(StartStep(child=child))
+        self._steps.append(CallStep(fn=self._announce))
         self._advance()
 
     def _announce(self) -> None:
@@ -272,6 +204,12 @@ class Supervisor(BaseActor):
             self._shut_down(f"{self.name} stopping on request")
         self._report_budget(force_to=sender)
 
+    def on_stop(self) -> None:
+        """Exiting: the Gone notices still waiting for a process to end go now."""
+        gone: GoneNotices | None = getattr(self, "_gone", None)  # None if it never started
+        if gone is not None:
+            gone.flush()
+
     # -- messages -----------------------------------------------------------------------------
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
@@ -281,7 +219,7 @@ class Supervisor(BaseActor):
         elif isinstance(payload, RestartChild):
             self._route(request, sender, payload.path, self._restart_on_request)
         elif isinstance(payload, StatusQuery):
-            self._status(request, sender)
+            self._status.ask(request, sender, self.children)
         elif isinstance(payload, AddChild):
             self._add_child(request, sender, payload.spec)
         elif isinstance(payload, RemoveChild):
@@ -293,7 +231,7 @@ class Supervisor(BaseActor):
         else:
             super().handle_request(request, sender)
 
-    def receive_other(self, msg: Any, sender: ActorAddress) -> None:
+    def receive_other(self, msg: object, sender: ActorAddress) -> None:
         if isinstance(msg, ChildActorExited):
             self._child_exited(msg.childAddress)
         elif isinstance(msg, Started):
@@ -306,13 +244,11 @@ class Supervisor(BaseActor):
             self._stop_me(msg.name)
         elif isinstance(msg, Heartbeat):
             child = self._find(sender)
-            if child is not None and child.state == "running":
-                self._heard(child)
+            if child is not None and child.state is ChildState.RUNNING:
+                child.heard()
         elif isinstance(msg, Reply):
-            if msg.correlation_id in self._pings:
-                self._pong(msg)
-            else:
-                self._gathered(msg)
+            if not self._health.answered(msg):
+                self._status.answered(msg)
         elif isinstance(msg, Stopping):
             self._child_stopping(msg, sender)
         elif isinstance(msg, Exiting):
@@ -321,6 +257,21 @@ class Supervisor(BaseActor):
             pass
         else:
             super().receive_other(msg, sender)
+
+    def _wakeup(self, wakeup: object) -> None:
+        if isinstance(wakeup, CheckLiveness):
+            self._check_liveness()
+        elif isinstance(wakeup, HealthRound):
+            if not self._shutting_down:
+                self._health.round(self.children)
+        elif isinstance(wakeup, PollGone):
+            self._gone.poll()
+        elif isinstance(wakeup, StatusDue):
+            self._status.due(wakeup.gid)
+        elif isinstance(wakeup, BackoffOver):
+            self._backoff_over(wakeup.token)
+        elif isinstance(wakeup, StepDue):
+            self._step_due(wakeup)
 
     # -- the step queue -----------------------------------------------------------------------
 
@@ -336,19 +287,19 @@ class Supervisor(BaseActor):
             if not self._run(step):
                 self._current = step
 
-    def _run(self, step: _Step) -> bool:
+    def _run(self, step: Step) -> bool:
         """Begin a step; True if it already finished."""
-        if isinstance(step, _StartStep):
+        if isinstance(step, StartStep):
             return self._start_child(step)
-        if isinstance(step, _StopStep):
+        if isinstance(step, StopStep):
             child = step.child
             if not child.alive:
                 return True
-            child.state = "stopping"
+            child.state = ChildState.STOPPING
             budget = shutdown_budget(child.spec)
             step.deadline = time.monotonic() + budget
             self.send(child.address, Stop())
-            self.wakeupAfter(budget, payload=step.token)
+            self._wake(budget, StepDue(step.token))
             return False
         step.fn()
         return True
@@ -357,7 +308,38 @@ class Supervisor(BaseActor):
         self._current = None
         self._advance()
 
-    def _start_child(self, step: _StartStep) -> bool:
+    def _step_due(self, due: StepDue) -> None:
+        """A start or stop step ran out of time: its child is killed (a start's failure is
+        an abnormal exit; a stop's was the goal anyway)."""
+        step = self._current
+        if step is None or step.token != due.token:
+            return  # the step finished before its timer
+        if isinstance(step, StopStep):
+            left = step.deadline - time.monotonic()
+            if left > 0.001:  # a child supervisor reported a longer stop
+                self._wake(left, due)
+                return
+        if not isinstance(step, (StopStep, StartStep)):
+            self._finish_step()
+            return
+        child = step.child
+        log.error(
+            "%s: child %s did not %s in time; killing it",
+            self.name,
+            child.spec.name,
+            "stop" if isinstance(step, StopStep) else "start",
+        )
+        if child.pid:
+            kill_tree(child.pid)
+        elif child.address is not None:
+            self.send(child.address, ActorExitRequest())
+        self._lost(child)
+        if isinstance(step, StartStep):
+            self._after_exit(child, normal=False, starting=True)
+        self._finish_step()
+        self._status.child_gone(child)
+
+    def _start_child(self, step: StartStep) -> bool:
         child = step.child
         if child not in self.children or child.alive:
             return True  # removed, or already started by a group restart
@@ -367,10 +349,10 @@ class Supervisor(BaseActor):
             log.error(
                 "%s: cannot create %s (%s): %s", self.name, child.spec.name, child.spec.actor, exc
             )
-            child.state = "dead"
+            child.state = ChildState.DEAD
             self._after_exit(child, normal=False, starting=True)
             return True
-        child.state, child.pid, child.started_at = "starting", None, None
+        child.state, child.pid, child.started_at = ChildState.STARTING, None, None
         child.stop_granted = False  # a fresh process: whatever stop it asked for is done
         self.send(
             child.address,
@@ -379,10 +361,10 @@ class Supervisor(BaseActor):
                 child.spec.args,
                 self.admin_port,
                 self.root,
-                self._ping_period() / 2 if self.health_interval_s > 0 else 0.0,
+                self._health.heartbeat_s,
             ),
         )
-        self.wakeupAfter(START_TIMEOUT_S, payload=step.token)
+        self._wake(START_TIMEOUT_S, StepDue(step.token))
         return False
 
     def _check_liveness(self) -> None:
@@ -390,7 +372,7 @@ class Supervisor(BaseActor):
         once; a cheap pid check every half second makes sure no death goes unnoticed."""
         for child in list(self.children):
             if (
-                child.state in ("running", "stopping")
+                child.state in (ChildState.RUNNING, ChildState.STOPPING)
                 and child.pid
                 and not process_alive(child.pid)
             ):
@@ -402,241 +384,11 @@ class Supervisor(BaseActor):
                 )
                 self._child_exited(child.address)
         if not self._shutting_down:
-            self.wakeupAfter(LIVENESS_PERIOD_S, payload=_LIVENESS)
-
-    # -- health checks ------------------------------------------------------------------------
-
-    def _ping_period(self) -> float:
-        """Pings go every ``health_interval_s``, and at least twice per timeout."""
-        return min(self.health_interval_s, self.health_timeout_s / 2)
-
-    def _schedule_health(self, now: float, delay: float) -> None:
-        self._health_due = now + delay
-        self.wakeupAfter(delay, payload=_HEALTH)
-
-    def _health_round(self) -> None:
-        """A pid check cannot see a child that is alive but does not work (SIGSTOPped, hung,
-        deadlocked): only an answer can. Every running child is pinged every period; one
-        that has given no sign of work (no Pong, no Heartbeat, no Started) for
-        ``health_timeout_s`` is killed, process tree and all, and restarted like a crashed one.
-        (A busy child's ping may wait behind its queued work, but taking up each message it
-        sends a Heartbeat, at most twice a period: only a child stuck in one handler, or
-        frozen, falls silent.) The next round is planned for the next period, or earlier for
-        the first child whose silence reaches the timeout, so a frozen child is killed
-        ``health_timeout_s`` after its last sign of work.
-
-        Silent is not always hung: a child in one long CPU-bound handler, or whose answers
-        wait behind its own transmits to slow receivers, runs but says nothing. So a child
-        silent for the timeout whose process visibly worked since the previous reading (CPU
-        time or context switches advanced; a SIGSTOPped one never does) is given up to
-        ``BUSY_GRACE`` timeouts of silence, checked again each period."""
-        if self._shutting_down:
-            return
-        now = time.monotonic()
-        late = now - self._health_due
-        running = [c for c in self.children if c.state == "running" and c.address is not None]
-        if late > HEALTH_LATE_S:
-            # We were held up ourselves: the children's answers may be waiting in our mailbox.
-            log.warning(
-                "%s: health checks ran %.1f s late; its children get a fresh timeout",
-                self.name,
-                late,
-            )
-            for child in running:
-                self._heard(child)
-        else:
-            for child in running:
-                self._judge(child, now)
-            running = [c for c in running if c.state == "running"]
-        timeout = self.health_timeout_s
-        self._pings = {cid: p for cid, p in self._pings.items() if now - p[2] < timeout}
-        period = self._ping_period()
-        if now - self._pinged_at >= period * 0.9:
-            self._pinged_at = now
-            for child in running:
-                cid = new_correlation_id()
-                self._pings[cid] = (child, child.address, now)
-                self.send(child.address, Request(Ping(), cid, deadline=after(timeout)))
-        due = min(
-            [period - (now - self._pinged_at)]
-            + [c.last_heard + timeout - now for c in running if not c.busy]
-        )
-        self._schedule_health(now, max(0.005, due))
-
-    def _judge(self, child: Child, now: float) -> None:
-        """Kill ``child`` if it has been silent too long (see :meth:`_health_round`)."""
-        silent, timeout, period = now - child.last_heard, self.health_timeout_s, self._ping_period()
-        if silent < period and silent < timeout:
-            return
-        # Did its process run since a reading at least a period old? (CPU time is counted in
-        # ticks of 10 ms: readings closer than that may show no change.)
-        current = process_progress(child.pid)
-        older = [reading for at, reading in child.progress if now - at >= period * 0.9]
-        worked = (
-            current is not None and bool(older) and older[-1] is not None and current != older[-1]
-        )
-        child.progress = [(at, r) for at, r in child.progress if now - at < 2 * period] + [
-            (now, current)
-        ]
-        if silent < timeout:
-            return
-        if worked and silent < BUSY_GRACE * timeout:
-            if not child.busy:
-                child.busy = True
-                log.warning(
-                    "%s: child %s (pid %s) has answered nothing for %.1f s but its "
-                    "process works; it gets up to %.0f s",
-                    self.name,
-                    child.spec.name,
-                    child.pid,
-                    silent,
-                    BUSY_GRACE * timeout,
-                )
-            return
-        self._unresponsive(child, silent)
-
-    def _heard(self, child: Child) -> None:
-        child.last_heard = time.monotonic()
-        child.progress, child.busy = [], False
-
-    def _pong(self, reply: Reply) -> None:
-        child, address, _ = self._pings.pop(reply.correlation_id)
-        if child.address is not None and child.address == address:  # any answer: it works
-            self._heard(child)
-
-    def _unresponsive(self, child: Child, silent: float) -> None:
-        """Kill a child that answers nothing; its exit is a crash (restart, intensity)."""
-        log.warning(
-            "%s: child %s (pid %s) answered no health check and took up no message "
-            "for %.1f s (timeout %.1f s%s); killing it",
-            self.name,
-            child.spec.name,
-            child.pid,
-            silent,
-            self.health_timeout_s,
-            ", though its process worked" if child.busy else "",
-        )
-        kill_tree(child.pid)
-        child.stop_granted = False  # whatever it asked for, this exit is abnormal
-        self._child_exited(child.address)
-
-    # -- watches: who is told when a child is gone ------------------------------------------
-
-    def _add_watch(self, request: Request, sender: ActorAddress, child: Child) -> None:
-        """A :class:`WhereIs` that carries a :class:`Watch` found ``child`` (or goes through
-        it): its asker is told :class:`Gone` when ``child`` exits. One watch per asker and
-        path; watches of dead askers are dropped."""
-        watch: Watch | None = getattr(request.payload, "watch", None)
-        if watch is None:
-            return
-        watcher = request.reply_to or sender  # addresses compare with ==, never hash
-        kept = [(a, w) for a, w in child.watchers if not (a == watcher and w.path == watch.path)]
-        if len(kept) >= 16:
-            kept = [(a, w) for a, w in kept if process_alive(w.pid)]
-        child.watchers = kept + [(watcher, watch)]
-
-    def _tell_gone(self, child: Child) -> None:
-        """``child`` has exited: tell its watchers, once its process and the processes under
-        it have ended (poll every ``GONE_POLL_S``, at most ``GONE_MAX_S``). Thespian reports
-        an exit before the exiting process has sent its last messages (answers among them),
-        and a process ends only once its sends are acknowledged: so the answers arrive
-        first, and the watcher fails only what truly was lost."""
-        watchers, child.watchers = child.watchers, []
-        if not watchers:
-            return
-        notices = [
-            (address, Gone(watch.token, watch.path))
-            for address, watch in watchers
-            if process_alive(watch.pid)
-        ]
-        pids: list[int] = []
-        if child.pid:
-            try:
-                proc = psutil.Process(child.pid)
-                pids = [p.pid for p in proc.children(recursive=True)] + [child.pid]
-            except psutil.NoSuchProcess:
-                pass
-        pids = [pid for pid in pids if process_alive(pid)]
-        if not pids:
-            for address, gone in notices:
-                self.send(address, gone)
-            return
-        if not self._gone:
-            self.wakeupAfter(GONE_POLL_S, payload=_GONE)
-        self._gone.append((pids, time.monotonic() + GONE_MAX_S, notices))
-
-    def on_stop(self) -> None:
-        """Exiting: the Gone notices still waiting for a process to end go now."""
-        for _, _, notices in getattr(self, "_gone", ()):
-            for address, gone in notices:
-                self.send(address, gone)
-        self._gone = []
-
-    def _send_gone(self) -> None:
-        now = time.monotonic()
-        waiting = []
-        for pids, deadline, notices in self._gone:
-            pids = [pid for pid in pids if process_alive(pid)]
-            if pids and now < deadline:
-                waiting.append((pids, deadline, notices))
-                continue
-            for address, gone in notices:
-                self.send(address, gone)
-        self._gone = waiting
-        if waiting:
-            self.wakeupAfter(GONE_POLL_S, payload=_GONE)
-
-    def _wakeup(self, token: Any) -> None:
-        if token == _LIVENESS:
-            self._check_liveness()
-            return
-        if token == _HEALTH:
-            self._health_round()
-            return
-        if token == _GONE:
-            self._send_gone()
-            return
-        if isinstance(token, tuple) and token[0] == _STATUS:
-            gather = self._status_pending.get(token[1])
-            if gather is not None:  # else: every child answered in time
-                self._finish_gather(gather)
-            return
-        if isinstance(token, tuple) and token[0] == _BACKOFF:
-            self._backoff_over(token[1])
-            return
-        step = self._current
-        if step is None or step.token != token:
-            return  # the step finished before its timer
-        if isinstance(step, _StopStep):
-            left = step.deadline - time.monotonic()
-            if left > 0.001:  # a child supervisor reported a longer stop
-                self.wakeupAfter(left, payload=token)
-                return
-        if isinstance(step, (_StopStep, _StartStep)):
-            child = step.child
-            log.error(
-                "%s: child %s did not %s in time; killing it",
-                self.name,
-                child.spec.name,
-                "stop" if isinstance(step, _StopStep) else "start",
-            )
-            if child.pid:
-                kill_tree(child.pid)
-            elif child.address is not None:
-                self.send(child.address, ActorExitRequest())
-            was_start = isinstance(step, _StartStep)
-            self._tell_gone(child)
-            child.address, child.pid, child.state = None, None, "dead"
-            if was_start:
-                self._after_exit(child, normal=False, starting=True)
-            self._finish_step()
-            self._gone_from_gathers(child)
-            return
-        self._finish_step()
+            self._wake(LIVENESS_PERIOD_S, CheckLiveness())
 
     # -- child events -------------------------------------------------------------------------
 
-    def _find(self, address: ActorAddress) -> Child | None:
+    def _find(self, address: ActorAddress | None) -> Child | None:
         for child in self.children:
             if child.address is not None and child.address == address:
                 return child
@@ -647,36 +399,46 @@ class Supervisor(BaseActor):
 
     def _child_started(self, msg: Started, sender: ActorAddress) -> None:
         child = self._named(msg.name)
-        if child is None or child.address != sender or child.state != "starting":
+        if child is None or child.address != sender or child.state is not ChildState.STARTING:
             return
         child.state, child.pid, child.kind, child.started_at = (
-            "running",
+            ChildState.RUNNING,
             msg.pid,
             msg.kind,
             time.time(),
         )
-        self._heard(child)
+        child.heard()
         self.on_child_started(child)
         step = self._current
-        if isinstance(step, _StartStep) and step.child is child:
+        if isinstance(step, StartStep) and step.child is child:
             self._finish_step()
 
     def on_child_started(self, child: Child) -> None:
         """Hook for subclasses: ``child`` has just answered ``Started``."""
 
-    def _child_exited(self, address: ActorAddress) -> None:
+    def _lost(self, child: Child) -> None:
+        """``child``'s process is gone (or going): its watchers learn it, its record is
+        emptied."""
+        self._gone.child_exited(child)
+        child.address, child.pid, child.state = None, None, ChildState.DEAD
+
+    def _killed(self, child: Child) -> None:
+        """A child the health check killed: its exit is a crash, whatever it asked for."""
+        child.stop_granted = False
+        self._child_exited(child.address)
+
+    def _child_exited(self, address: ActorAddress | None) -> None:
         child = self._find(address)
         if child is None:
             return  # a duplicate ChildActorExited, or a child already replaced
-        self._tell_gone(child)
-        child.address, child.pid, child.state = None, None, "dead"
+        self._lost(child)
         self.on_child_exit(child)
         step = self._current
-        if isinstance(step, _StopStep) and step.child is child:
+        if isinstance(step, StopStep) and step.child is child:
             self._finish_step()
-            self._gone_from_gathers(child)
+            self._status.child_gone(child)
             return
-        starting = isinstance(step, _StartStep) and step.child is child
+        starting = isinstance(step, StartStep) and step.child is child
         if starting:
             self._current = None
         normal, child.stop_granted = child.stop_granted, False
@@ -684,7 +446,7 @@ class Supervisor(BaseActor):
             log.error("%s: child %s exited abnormally", self.name, child.spec.name)
         self._after_exit(child, normal, starting)
         self._advance()
-        self._gone_from_gathers(child)
+        self._status.child_gone(child)
 
     def on_child_exit(self, child: Child) -> None:
         """Hook for subclasses: ``child`` has just exited (before any restart decision)."""
@@ -692,7 +454,7 @@ class Supervisor(BaseActor):
     def _child_stopping(self, msg: Stopping, sender: ActorAddress) -> None:
         """A child supervisor we are stopping says how long it needs: wait that long."""
         step = self._current
-        if not isinstance(step, _StopStep) or step.child.address != sender:
+        if not isinstance(step, StopStep) or step.child.address != sender:
             return
         end = time.monotonic() + msg.budget_s
         if end > step.deadline:
@@ -710,9 +472,9 @@ class Supervisor(BaseActor):
         remaining = SUPERVISOR_STOP_MARGIN_S + sum(
             shutdown_budget(s.child.spec)
             for s in self._steps
-            if isinstance(s, _StopStep) and s.child.alive
+            if isinstance(s, StopStep) and s.child.alive
         )
-        if isinstance(step, _StopStep):
+        if isinstance(step, StopStep):
             remaining += max(0.0, step.deadline - now)
         grew = now + remaining > self._reported_end + 0.05
         if grew:
@@ -722,7 +484,7 @@ class Supervisor(BaseActor):
                 self.send(waiter, Stopping(self.name, remaining))
 
     def _after_exit(self, child: Child, normal: bool, starting: bool = False) -> None:
-        """OTP restart types: temporary never, transient only when abnormal, permanent always.
+        """Restart types: temporary never, transient only when abnormal, permanent always.
 
         A child that failed to start is restarted at once, ahead of the starts queued after
         it; any other exit waits until the current sequence of steps is done."""
@@ -732,7 +494,7 @@ class Supervisor(BaseActor):
         if restart is Restart.TEMPORARY:
             self.children.remove(child)
         elif restart is Restart.TRANSIENT and normal:
-            child.state = "stopped"
+            child.state = ChildState.STOPPED
         elif starting:
             self._restart(child)
         else:
@@ -743,8 +505,8 @@ class Supervisor(BaseActor):
         if child is None or not child.alive:
             return
         child.stop_granted = True
-        self._steps.append(_StopStep(child=child))
-        self._steps.append(_CallStep(fn=lambda: self._after_exit(child, normal=True)))
+        self._steps.append(StopStep(child=child))
+        self._steps.append(CallStep(fn=lambda: self._after_exit(child, normal=True)))
         self._advance()
 
     # -- restarts -----------------------------------------------------------------------------
@@ -754,95 +516,54 @@ class Supervisor(BaseActor):
         (so a child that fails while the children start is back before ``Started``)."""
         if child not in self.children or child.alive:
             return  # already restarted as part of a group
-        now = time.monotonic()
-        while self._restart_times and now - self._restart_times[0] > self.period_s:
-            self._restart_times.popleft()
-        self._restart_times.append(now)
-        while child.restart_times and now - child.restart_times[0] > self.period_s:
-            child.restart_times.popleft()
-        attempt = len(child.restart_times)  # this child's earlier restarts in the period
-        child.restart_times.append(now)
-        if len(self._restart_times) > self.max_restarts:
-            reason = (
-                f"restart intensity reached: more than {self.max_restarts} "
-                f"restarts in {self.period_s:g} s (last: {child.spec.name})"
-            )
+        attempt = self._intensity.record(child, time.monotonic())
+        if self._intensity.reached:
+            reason = self._intensity.describe(child.spec.name)
             if done is not None:
-                done(Failure("unavailable", f"{self.name}: {reason}"))
+                done(Failure(FailureCode.UNAVAILABLE, f"{self.name}: {reason}"))
             self._shut_down(reason)
             return
-        index = self.children.index(child)
-        group = {
-            Strategy.ONE_FOR_ONE: [child],
-            Strategy.ONE_FOR_ALL: list(self.children),
-            Strategy.REST_FOR_ONE: self.children[index:],
-        }[self.strategy]
-        steps: list[_Step] = [
-            _StopStep(child=other)
-            for other in reversed(group)
-            if other is not child and other.alive
+        group = restart_group(self.strategy, self.children, child)
+        steps: list[Step] = [
+            StopStep(child=other) for other in reversed(group) if other is not child and other.alive
         ]
-        carried, covered = self._cancel_backoffs(group)
-        starts: list[_Step] = []
+        carried, covered = self._backoffs.take_over(group)
+        starts: list[Step] = []
         for member in group:
             if member is not child and member.spec.restart is Restart.TEMPORARY:
-                starts.append(_CallStep(fn=lambda m=member: self._forget(m)))
+                starts.append(CallStep(fn=functools.partial(self._forget, member)))
                 continue
             if member not in covered:  # counted already by the restart it was waiting for
                 member.restarts += 1
-            starts.append(_StartStep(child=member))
+            starts.append(StartStep(child=member))
         starts += carried
         if done is not None:
-            starts.append(_CallStep(fn=lambda: done(None)))
+            starts.append(CallStep(fn=lambda: done(None)))
         delay = (child.spec.backoff or self.backoff).delay(attempt, self._rng)
         if delay > 0:  # the group is stopped first, then the starts wait on a timer
-            steps.append(_CallStep(fn=lambda: self._back_off(starts, delay)))
+            steps.append(CallStep(fn=lambda: self._back_off(starts, delay)))
         else:
             steps += starts
         self._steps.extendleft(reversed(steps))
 
-    def _back_off(self, starts: list[_Step], delay: float) -> None:
+    def _back_off(self, starts: list[Step], delay: float) -> None:
         """Hold a restart's steps for ``delay`` seconds without holding up the queue."""
         token = next(self._tokens)
-        self._delayed[token] = starts
-        for step in starts:
-            if isinstance(step, _StartStep):
-                step.child.backoff = token
-                if not step.child.alive:
-                    step.child.state = "restarting"
-        self.wakeupAfter(delay, payload=(_BACKOFF, token))
+        self._backoffs.hold(token, starts)
+        self._wake(delay, BackoffOver(token))
 
     def _backoff_over(self, token: int) -> None:
-        starts = self._delayed.pop(token, None)
+        starts = self._backoffs.release(token)
         if starts is None:
             return  # superseded by a group restart, or the supervisor is stopping
-        for step in starts:
-            if isinstance(step, _StartStep) and step.child.backoff == token:
-                step.child.backoff = None
         self._steps.extendleft(reversed(starts))
         self._advance()
-
-    def _cancel_backoffs(self, group: list[Child]) -> tuple[list[_Step], set[Child]]:
-        """A group restart takes over the restarts of its members that wait out a backoff
-        (in rest_for_one, a child must not start before the failed one it depends on): it
-        drops their starts and carries the rest of their steps (answers to RestartChild)."""
-        carried: list[_Step] = []
-        covered: set[Child] = set()
-        for token in {m.backoff for m in group if m.backoff is not None}:
-            for step in self._delayed.pop(token, []):
-                if isinstance(step, _StartStep):
-                    step.child.backoff = None
-                    if step.child in group:
-                        covered.add(step.child)
-                        if not step.child.alive:
-                            step.child.state = "dead"
-                        continue
-                carried.append(step)
-        return carried, covered
 
     def _forget(self, child: Child) -> None:
         if child in self.children:
             self.children.remove(child)
+
+    # -- shutdown and escalation --------------------------------------------------------------
 
     def _shut_down(self, reason: str) -> None:
         """Stop every child in reverse start order, then exit (ordered stop or escalation)."""
@@ -861,14 +582,10 @@ class Supervisor(BaseActor):
         self._shutting_down = True
         self._steps.clear()
         self._pending.clear()
-        self._delayed.clear()
-        for child in self.children:
-            child.backoff = None
-            if child.state == "restarting":
-                child.state = "dead"
+        self._backoffs.clear(self.children)
         for child in reversed(self.children):
-            self._steps.append(_StopStep(child=child))
-        self._steps.append(_CallStep(fn=self._exit_now))
+            self._steps.append(StopStep(child=child))
+        self._steps.append(CallStep(fn=self._exit_now))
         self._advance()
 
     def _exit_now(self) -> None:
@@ -892,11 +609,10 @@ class Supervisor(BaseActor):
         """Resolve the first path segment here; forward the rest to that child."""
         head, _, rest = path.strip("/").partition("/")
         child = self._named(head)
-        if child is None or child.address is None or child.state != "running":
+        if child is None or child.address is None or child.state is not ChildState.RUNNING:
             state = "no such child" if child is None else f"child is {child.state}"
-            self.reply(
-                request, sender, error=Failure("unavailable", f"{self.name}/{head}: {state}")
-            )
+            failure = Failure(FailureCode.UNAVAILABLE, f"{self.name}/{head}: {state}")
+            self.reply(request, sender, error=failure)
         elif rest:
             self._add_watch(request, sender, child)  # its exit takes what is under it along
             payload = dataclasses.replace(request.payload, path=rest)
@@ -907,13 +623,19 @@ class Supervisor(BaseActor):
         else:
             here(request, sender, child)
 
+    def _add_watch(self, request: Request, sender: ActorAddress, child: Child) -> None:
+        """A :class:`WhereIs` that carries a watch found ``child`` (or goes through it)."""
+        watch = getattr(request.payload, "watch", None)
+        if watch is not None:
+            add_watch(child, request.reply_to or sender, watch)
+
     def _locate(self, request: Request, sender: ActorAddress, child: Child) -> None:
         self._add_watch(request, sender, child)
         self.reply(request, sender, Located(child.spec.name, child.address, child.kind))
 
     def _restart_on_request(self, request: Request, sender: ActorAddress, child: Child) -> None:
         log.warning("%s: restarting %s on request", self.name, child.spec.name)
-        self._steps.append(_StopStep(child=child))
+        self._steps.append(StopStep(child=child))
 
         def done(failure: Failure | None) -> None:
             if failure is None:
@@ -921,96 +643,55 @@ class Supervisor(BaseActor):
             else:
                 self.reply(request, sender, error=failure)
 
-        self._steps.append(_CallStep(fn=lambda: self._restart(child, done)))
+        self._steps.append(CallStep(fn=lambda: self._restart(child, done)))
         self._advance()
 
     def _add_child(self, request: Request, sender: ActorAddress, spec: ChildSpec) -> None:
         if self._named(spec.name) is not None:
-            self.reply(
-                request, sender, error=Failure("bad_request", f"child {spec.name!r} already exists")
-            )
+            failure = Failure(FailureCode.BAD_REQUEST, f"child {spec.name!r} already exists")
+            self.reply(request, sender, error=failure)
             return
         child = Child(spec)
         self.children.append(child)
-        self._steps.append(_StartStep(child=child))
-        self._steps.append(_CallStep(fn=lambda: self.reply(request, sender, Ack(spec.name))))
+        self._steps.append(StartStep(child=child))
+        self._steps.append(CallStep(fn=lambda: self.reply(request, sender, Ack(spec.name))))
         self._advance()
 
     def _remove_child(self, request: Request, sender: ActorAddress, name: str) -> None:
         child = self._named(name)
         if child is None:
-            self.reply(request, sender, error=Failure("unavailable", f"no child {name!r}"))
+            failure = Failure(FailureCode.UNAVAILABLE, f"no child {name!r}")
+            self.reply(request, sender, error=failure)
             return
         child.stop_granted = True
-        self._steps.append(_StopStep(child=child))
-        self._steps.append(
-            _CallStep(fn=lambda: (self._forget(child), self.reply(request, sender, Ack(name))))
-        )
+
+        def removed() -> None:
+            self._forget(child)
+            self.reply(request, sender, Ack(name))
+
+        self._steps.append(StopStep(child=child))
+        self._steps.append(CallStep(fn=removed))
         self._advance()
 
     # -- status of the sub-tree ---------------------------------------------------------------
 
-    def _status(self, request: Request, sender: ActorAddress) -> None:
-        """Ask every running child (supervisors for their sub-tree, workers for their load),
-        and answer when all have, or when the query's budget is spent: a child that has not
-        answered by then is reported ``unresponsive``. Always answered, always cleaned up."""
-        query = request.payload
-        budget = max(STATUS_MIN_S, query.timeout_s)
-        nested = StatusQuery(max(STATUS_MIN_S, budget * STATUS_NESTED_FRACTION))
-        gather = _Gather(request, sender)
-        for child in self.children:
-            if child.state == "running" and child.address is not None:
-                cid = new_correlation_id()
-                gather.asked[cid] = (child, child.address)
-                self._gathers[cid] = gather
-                self.send(child.address, Request(nested, cid, deadline=after(nested.timeout_s)))
-        if not gather.asked:
-            self._finish_gather(gather)
-            return
-        self._status_pending[gather.gid] = gather
-        self.wakeupAfter(budget, payload=(_STATUS, gather.gid))
-
-    def _gathered(self, reply: Reply) -> None:
-        gather = self._gathers.pop(reply.correlation_id, None)
-        if gather is None:
-            return  # a late answer to a query already answered
-        gather.answers[reply.correlation_id] = reply.payload if reply.ok else None
-        if len(gather.answers) == len(gather.asked):
-            self._finish_gather(gather)
-
-    def _gone_from_gathers(self, child: Child) -> None:
-        """A child that exited will not answer: the queries waiting for it need not wait."""
-        for gather in list(self._status_pending.values()):
-            for cid, (asked, _) in gather.asked.items():
-                if asked is child and cid not in gather.answers:
-                    self._gathers.pop(cid, None)
-                    gather.answers[cid] = None
-            if len(gather.answers) == len(gather.asked):
-                self._finish_gather(gather)
-
-    def _finish_gather(self, gather: _Gather) -> None:
-        for cid in gather.asked:
-            self._gathers.pop(cid, None)
-        self._status_pending.pop(gather.gid, None)
-        answers: dict[Child, Any] = {}
-        unresponsive: set[Child] = set()
-        for cid, (child, address) in gather.asked.items():
-            if child.address is None or child.address != address:
-                continue  # it exited or restarted meanwhile: its own state says so
-            if cid in gather.answers:
-                answers[child] = gather.answers[cid]
-            elif child.state == "running":
-                unresponsive.add(child)
+    def _report_status(
+        self,
+        request: Request,
+        sender: ActorAddress,
+        answers: dict[Child, object],
+        unresponsive: set[Child],
+    ) -> None:
         children = tuple(
             self.child_status(c, answers.get(c), c in unresponsive) for c in self.children
         )
         self.reply(
-            gather.request,
-            gather.sender,
+            request,
+            sender,
             TreeStatus(self.name, self.strategy.value, children, self.tree_in_flight(children)),
         )
 
-    def child_status(self, child: Child, answer: Any, unresponsive: bool) -> ChildStatus:
+    def child_status(self, child: Child, answer: object, unresponsive: bool) -> ChildStatus:
         return child.status(answer, unresponsive)
 
     def tree_in_flight(self, children: tuple[ChildStatus, ...]) -> int | None:

@@ -22,6 +22,7 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 from actors.base import BaseActor
 from actors.messages import (
     Failure,
+    FailureCode,
     Init,
     InitFailed,
     Reply,
@@ -60,7 +61,7 @@ class SystemConfig:
     log_level: str = "INFO"
 
 
-def logging_config(level: str) -> dict:
+def logging_config(level: str) -> dict[str, Any]:
     """Thespian needs a logging dict (``logDefs=False`` crashes every actor in 4.0.1)."""
     return {
         "version": 1,
@@ -134,7 +135,7 @@ def admin_pid(port: int) -> int | None:
         (
             c.pid
             for c in psutil.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
         ),
         None,
     )
@@ -199,7 +200,7 @@ class _Absent(BaseActor):
                     Reply(
                         request.correlation_id,
                         None,
-                        Failure("unavailable", "the root supervisor is not running"),
+                        Failure(FailureCode.UNAVAILABLE, "the root supervisor is not running"),
                     ),
                 )
         if not isinstance(msg, ActorExitRequest):
@@ -236,7 +237,9 @@ def ask(asys: ActorSystem, target: ActorAddress, payload: Any, timeout: float) -
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Reply(
-                request.correlation_id, None, Failure("timeout", f"no answer within {timeout:g} s")
+                request.correlation_id,
+                None,
+                Failure(FailureCode.TIMEOUT, f"no answer within {timeout:g} s"),
             )
         answer = asys.listen(remaining)
 

@@ -71,7 +71,7 @@ def harden_bind(host: str) -> None:
     """
     os.environ["THESPIAN_BASE_IPADDR"] = host
 
-    def bind_args(self: Any) -> tuple:
+    def bind_args(self: Any) -> tuple[tuple[str, int]]:
         name, port = self.bindname[0], self.bindname[1]
         return ((host if name in ("", "0.0.0.0") else name, port),)
 
@@ -141,7 +141,7 @@ class Described:
 
     __repr__ = __str__
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
         return (str, (str(self),))
 
 

@@ -138,10 +138,11 @@ class ErrorCode(StrEnum):
     detail: bool
 
 
-# The runtime's own codes (actors.messages.Failure) -> the contract. ``crashed``: the handler
-# raised and the worker restarts, so for the client the worker was lost; ``dead_address``: the
-# target restarted under a new address; ``error``: an async handler raised (a bug);
-# ``bad_request``/``unknown_request``: a message the runtime refused, never a client's fault.
+# The runtime's own codes (the values of actors.messages.FailureCode, documented there) -> the
+# contract. ``crashed``: the handler raised and the worker restarts, so for the client the
+# worker was lost; ``dead_address``: the target restarted under a new address; ``error``: an
+# async handler raised (a bug); ``bad_request``: a runtime command the runtime refused, never
+# a client's fault. ``unknown_request`` is no longer sent by the runtime, kept for old records.
 RUNTIME_CODES: dict[str, ErrorCode] = {
     "crashed": ErrorCode.WORKER_LOST,
     "worker_lost": ErrorCode.WORKER_LOST,
@@ -153,17 +154,13 @@ RUNTIME_CODES: dict[str, ErrorCode] = {
     "bad_request": ErrorCode.INTERNAL,
     "unknown_request": ErrorCode.INTERNAL,
 }
+_CONTRACT_CODES: dict[str, ErrorCode] = {code.value: code for code in ErrorCode}
 
 
 def translate(code: str) -> ErrorCode | None:
     """The contract code for a failure code from anywhere in the tree; None if unknown (the
     caller answers ``internal`` and logs it, never guesses)."""
-    if code in RUNTIME_CODES:
-        return RUNTIME_CODES[code]
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return None
+    return RUNTIME_CODES.get(code) or _CONTRACT_CODES.get(code)
 
 
 MAX_MESSAGE_CHARS = 500

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.bridge import DEAD_ADDRESS, Bridge, RemoteFailure
-from actors.messages import Batch, Located, RemoveChild, Reply, Request, WhereIs
+from actors.bridge import Bridge, RemoteFailure
+from actors.messages import Batch, FailureCode, Located, RemoveChild, Reply, Request, WhereIs
 from actors.spec import ChildSpec, PoolArgs, SupervisorArgs
 from tests.support.actor_system import RunningSystem, alive, collect
 from tests.support.sample_actors import Journal
@@ -194,7 +194,9 @@ async def test_a_batch_to_a_dead_address_fails_every_request(
     finally:
         await bridge.close()
     dead, answered = outcomes[:20], outcomes[20:]
-    assert all(isinstance(o, RemoteFailure) and o.failure.code == DEAD_ADDRESS for o in dead), dead
+    assert all(
+        isinstance(o, RemoteFailure) and o.failure.code == FailureCode.DEAD_ADDRESS for o in dead
+    ), dead
     assert answered == list(range(20))  # the other target's batch went through
     # A dead target's batch fails at once (tens of ms), not after the 5 s ask; 1 s, scaled.
     assert elapsed < scaled(1.0)

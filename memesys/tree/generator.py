@@ -103,9 +103,7 @@ class PoolStages(BlockingStages):
         if isinstance(scored, StageJudgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
-        return verdicts, RequestFailed(
-            scored.code, f"the scorer failed: {_why(scored)}", scored.retry_after
-        )
+        return verdicts, RequestFailed.of(scored, f"the scorer failed: {_why(scored)}")
 
 
 def _why(failure: Failure) -> str:
@@ -173,11 +171,7 @@ class TreeWorkshop:
             png: bytes = await self.worker.ask(RENDER, order, self.worker.args.stage_timeout_s)
             return png
         except RemoteFailure as exc:
-            raise RequestFailed(
-                exc.failure.code,
-                f"{RENDER}: {exc.failure.message}",
-                getattr(exc.failure, "retry_after", None),
-            ) from exc
+            raise RequestFailed.of(exc.failure, f"{RENDER}: {exc.failure.message}") from exc
 
     async def save(self, order: SaveMeme) -> str:
         # Not after the current deadline (the request's less the reply margin): only a save

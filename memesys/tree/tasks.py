@@ -47,6 +47,8 @@ RETRY_S = 1.0
 MAX_STORE_REQUEUES = 5  # a task that failed on store_error this often fails for good
 _FLUSH = "flush"  # wakeup payload: probe Redis, write what was kept, lease the open tasks
 
+Task = dict[str, Any]  # a task record, as the store keeps it (JSON)
+
 
 @dataclass(frozen=True)
 class TaskArgs:
@@ -76,9 +78,9 @@ class TaskLedger(BaseActor):
             Quarantine(client, args.key_prefix, args.quarantine_ttl_s),
         )
         self.runner: ActorAddress | None = None
-        self.leases: dict[str, dict] = {}  # correlation id of a RunTask -> the task leased
+        self.leases: dict[str, Task] = {}  # correlation id of a RunTask -> the task leased
         # Outcomes not yet written because Redis was down, by task id (the latest wins).
-        self.unsaved: dict[str, dict] = {}
+        self.unsaved: dict[str, Task] = {}
         self.resync = False  # lease the open tasks from Redis once it answers
         self.flush_armed = False
 
@@ -94,9 +96,9 @@ class TaskLedger(BaseActor):
         return super().handle(payload)
 
     def _submit(self, order: GenerateMeme) -> str:
-        now = time.time()
-        task = {
-            "id": new_id(),
+        now, task_id = time.time(), new_id()
+        task: Task = {
+            "id": task_id,
             "status": "queued",
             "stage": "queued",
             "progress": 0.0,
@@ -106,12 +108,12 @@ class TaskLedger(BaseActor):
         }
         self.tasks.put(task)  # durably recorded: from here on the 202 holds
         self._lease(task)
-        return task["id"]
+        return task_id
 
     def _leased(self) -> set[str]:
         return {task["id"] for task in self.leases.values()}
 
-    def _lease(self, task: dict) -> None:
+    def _lease(self, task: Task) -> None:
         """Lease the task to the runner; without a runner, or while Redis is down, it stays
         queued in Redis and is leased when both are back."""
         if self.runner is None or task["id"] in self._leased():
@@ -154,11 +156,11 @@ class TaskLedger(BaseActor):
         if task is not None and task["status"] == "queued":
             self._lease(task)
 
-    def _finish(self, task: dict, reply: Reply) -> None:
-        task_id = task["id"]
-        code = None if reply.ok else translate(reply.error.code)
+    def _finish(self, task: Task, reply: Reply) -> None:
+        task_id, error = task["id"], reply.error
+        code = None if error is None else translate(error.code)
         requeues = task.get("store_requeues", 0)
-        if reply.ok:
+        if error is None:
             outcome = {
                 **task,
                 "status": "succeeded",
@@ -175,17 +177,17 @@ class TaskLedger(BaseActor):
                 outcome["store_requeues"] = requeues + 1
             self.wakeupAfter(RETRY_S, payload=task_id)
         else:
-            log.warning("task %s failed: %s", task_id, reply.error)
+            log.warning("task %s failed: %s", task_id, error)
             outcome = {
                 **task,
                 "status": "failed",
                 "stage": "done",
                 "progress": 1.0,
-                "error": {"code": reply.error.code, "message": reply.error.message},
+                "error": {"code": error.code, "message": error.message},
             }
         self._record(outcome)
 
-    def _record(self, outcome: dict) -> None:
+    def _record(self, outcome: Task) -> None:
         """Write an outcome; while Redis is down keep it, to be written once it is back."""
         if self.unsaved:  # keep the order: older outcomes first
             self.unsaved[outcome["id"]] = outcome
@@ -242,7 +244,7 @@ class TaskRunner(AsyncActor):
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, Reply) and msg.correlation_id == self._lookup:
-            if not msg.ok:  # the ledger is not running: crash, so the group restarts
+            if msg.error is not None:  # the ledger is not running: crash, so the group restarts
                 raise RuntimeError(f"cannot find the task ledger: {msg.error.message}")
             located: Located = msg.payload
             self.send(located.address, RunnerReady())
@@ -254,8 +256,12 @@ class TaskRunner(AsyncActor):
             return self._make_meme(payload)
         return super().handle(payload)
 
-    async def _make_meme(self, task: RunTask) -> dict:
+    async def _make_meme(self, task: RunTask) -> dict[str, Any]:
+        """The meme, as the generator answered it; its failure is the task's, as it came."""
         try:
-            return await self.ask(GENERATOR, task.order, self.args.timeout_s, idempotent=True)
+            meme: dict[str, Any] = await self.ask(
+                GENERATOR, task.order, self.args.timeout_s, idempotent=True
+            )
         except RemoteFailure as exc:
-            raise RequestFailed(exc.failure.code, exc.failure.message) from exc
+            raise RequestFailed.of(exc.failure) from exc
+        return meme

@@ -114,5 +114,5 @@ class Introspected(Supervisor):
 
     def handle(self, payload: Any) -> Any:
         if payload == "pending-status":
-            return len(self._gathers), len(self._status_pending)
+            return len(self._status.by_query), len(self._status.pending)
         return super().handle(payload)
