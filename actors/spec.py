@@ -52,7 +52,7 @@ class ChildSpec:
     """
 
     name: str
-    actor: str
+    actor: str | type  # an actor class or its ``module.Class`` path; kept as the path
     args: Any = None
     restart: Restart = Restart.PERMANENT
     shutdown_s: float | None = None
@@ -161,7 +161,7 @@ class PoolArgs:
     health timeout.
     """
 
-    worker: str
+    worker: str | type  # the workers' actor class or its path; kept as the path
     size: int
     worker_args: Any = None
     max_outstanding: int = 64

@@ -23,6 +23,7 @@ TOOLS = {
     "import-linter",
     "ruff",
     "mypy",
+    "types-psutil",
 }
 
 
