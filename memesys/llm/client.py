@@ -3,7 +3,7 @@ of them, and no retries or redirects of its own (the transport's retry layer is 
 
 It is urllib3's connection pool, not httpx: a call on the fake provider cost 0.6 ms of CPU
 in httpx (URL parsing, header models, h11) against 0.3 ms in urllib3, and six calls make a
-meme (bench/README.md, "The rest of a meme's CPU"). The transport needs nothing httpx has and
+meme (docs/perf/2026-12-01-llm-and-messages-cpu.md). The transport needs nothing httpx has and
 urllib3 lacks: one POST of a JSON body, a bounded wait for a free connection, a timeout.
 
 urllib3 logs every request at DEBUG; its lines are kept to warnings (the transport logs and

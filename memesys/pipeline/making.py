@@ -89,8 +89,8 @@ class Speculation:
     It starts ``delay_s`` after the caption, or as soon as the picture is wanted if that is
     sooner: the judging group's four calls are prepared and sent in the first milliseconds,
     and a render at that moment (several ms of CPU) delays them on a small machine
-    (bench/README.md). The delay costs only a meme whose judging ends within ``delay_s`` plus
-    a render's time (a fast model), and at most one render's time."""
+    (docs/perf/2026-12-01-bench-ab.md). The delay costs only a meme whose judging ends within
+    ``delay_s`` plus a render's time (a fast model), and at most one render's time."""
 
     def __init__(
         self, render: Callable[[RenderMeme], Awaitable[bytes]], seed: int, delay_s: float = 0.0

@@ -74,7 +74,7 @@ class StageAdapter(dspy.ChatAdapter):  # type: ignore[misc]  # DSPy is untyped
 
     That message (field descriptions, structure, task) depends on the signature alone, yet
     ChatAdapter rebuilds it on every call, with a pydantic TypeAdapter per field: about a third
-    of a stage call's CPU outside the HTTP exchange (bench/README.md, "Where the CPU goes").
+    of a stage call's CPU outside the HTTP exchange (docs/perf/2026-12-01-llm-and-messages-cpu.md).
     Signatures are classes, so they key the cache; a program has a handful of them."""
 
     def format_system_message(self, signature: type) -> str:

@@ -63,7 +63,8 @@ _HEIGHT_PROBE = "HQJgy"  # ascender-to-descender extent, so line pitch is text-i
 # 640x640 background is 1.6 MB and 48 MiB keeps 30 of them (every format at one seed; the
 # daemon's key is "<format>:<seed>"), but only 2 at 2048x2048. A miss costs ~6 ms of drawing.
 _BACKGROUND_CACHE_BYTES = 48 * 1024 * 1024
-# PNG encoding (measured over the 28 formats at 640x640, bench/README.md "Where the CPU goes"):
+# PNG encoding (measured over the 28 formats at 640x640,
+# docs/perf/2026-11-30-render-cpu-profile.md):
 # every row with the Up filter, then deflate. Pillow's encoder picks one of the five filters per
 # row by trying them all, ~5 ms before compressing anything: at its default level 6 a PNG took
 # 13.3 ms and 71 KB, at level 1 7.5 ms and 87 KB. With the Up filter, zlib at level 1 took

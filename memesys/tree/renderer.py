@@ -1,5 +1,5 @@
-"""Render workers: Pillow drawing (6-9 ms of CPU a meme, bench/README.md "Where the CPU goes") kept
-off the generator's process."""
+"""Render workers: Pillow drawing (6-9 ms of CPU a meme,
+docs/perf/2026-11-30-render-cpu-profile.md) kept off the generator's process."""
 
 from __future__ import annotations
 
