@@ -151,10 +151,10 @@ async def run_pipeline(
     drafted: Callable[[Caption], None] | None = None,
 ) -> PipelineResult:
     """One meme through every stage; ``drafted`` hears of the first caption as soon as it is
-    written (the engines start its picture then, while it is judged). Raises
-    Refused when the first draft may not be served
-    (decide), UnknownFormat/CaptionError on a bad request or unusable model output, and DSPy's
-    LMError when a stage other than a verifier cannot reach its LM. A refined draft the
+    written (the engines start its picture then, while it is judged). Raises Refused when the
+    first draft may not be served (decide), UnknownFormat/CaptionError on a bad request or
+    unusable model output, and DSPy's LMError when a stage other than a verifier cannot reach
+    its LM. A refined draft the
     verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
     began = time.perf_counter()
     topic = clean_topic(topic)
