@@ -155,7 +155,7 @@ def test_memesys_raises_only_enum_codes() -> None:
                     unknown.append(where)
             else:
                 assert isinstance(arg, (ast.Attribute, ast.IfExp)), where
-    assert checked >= 6  # the scan works
+    assert checked >= 5  # the scan works (5 sites since the conversions became RequestFailed.of)
     assert literal == [] and unknown == []
 
 

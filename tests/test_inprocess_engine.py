@@ -229,11 +229,11 @@ def test_a_hit_is_one_script_call_and_anything_odd_goes_to_the_store(
     assert run(reader.hits.cached(key))["id"] == meme["id"]
     assert run(reader.hits.cached(engine.maker.key(GenerateMeme("never made")))) is None
     entry, prefix = engine.store.hit_keys(key)
-    engine.client.set(prefix + meme["id"], b"{not json")
+    engine.store.client.set(prefix + meme["id"], b"{not json")
     assert run(reader.hits.cached(key)) is UNSURE
     assert run(reader.look_up(order)) is None  # quarantined by the store, then a miss
     assert engine.store.quarantined().get("meme") == 1
-    engine.client.set(entry, b"\xff not an id")
+    engine.store.client.set(entry, b"\xff not an id")
     assert run(reader.hits.cached(key)) is UNSURE
     assert run(reader.look_up(order)) is None
     assert engine.store.quarantined().get("cache") == 1

@@ -78,9 +78,10 @@ def test_a_pool_worker_restarted_after_asking_to_stop_gets_work_again(
     replies = collect(context, send_all(context, pool, (Request("pid") for _ in range(6))), 5)
     assert all(r.ok for r in replies.values()), [r.error for r in replies.values()]
     served = sorted(r.payload for r in replies.values())
-    assert set(served) == {fresh.pid, other}, (
-        f"the restarted worker {fresh.pid} got no work: {served}"
-    )
+    # Ties go to the first worker, the restarted one: it must get work. Whether worker-1 gets
+    # some too depends on whether a "pid" answer comes back before the next request is placed.
+    assert fresh.pid in served, f"the restarted worker {fresh.pid} got no work: {served}"
+    assert set(served) <= {fresh.pid, other}, served
     assert not alive(old)
 
 
