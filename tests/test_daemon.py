@@ -6,13 +6,14 @@ import io
 import json
 import os
 import signal
+import time
 
 import psutil
 import pytest
 from PIL import Image
 
 from tests.support.daemon import DaemonProcess, wait_task
-from tests.support.timing import wait_for
+from tests.support.timing import scaled, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
 
@@ -240,8 +241,19 @@ def test_async_generation_is_recorded_then_done(daemon):
 def test_killed_runner_restarts_its_group_and_the_task_still_completes(daemon):
     before = tasks_group(daemon)
     os.kill(before["runner"]["pid"], signal.SIGKILL)
-    status, accepted = daemon.json("POST", "/v1/memes?async=true", {"topic": "phoenix tasks"})
-    assert status == 202
+    # A submission that meets the group while it restarts is refused 503 (worker_lost or
+    # unavailable, with Retry-After); a client that honours it is accepted once the group is up.
+    deadline = time.monotonic() + scaled(10.0)
+    while True:
+        status, headers, body = daemon.request(
+            "POST", "/v1/memes?async=true", {"topic": "phoenix tasks"}
+        )
+        accepted = json.loads(body)
+        if status != 503 or time.monotonic() > deadline:
+            break
+        assert accepted["error"]["code"] in ("worker_lost", "unavailable"), accepted
+        time.sleep(min(float(headers["Retry-After"]), 0.2))  # the client's back-off, shortened
+    assert status == 202, accepted
     task = wait_task(daemon, accepted["task_id"])
     assert task["status"] == "succeeded", task
     after = tasks_group(daemon)
