@@ -301,6 +301,29 @@ def test_forward_runs_the_whole_program_on_the_configured_lm() -> None:
     assert prediction.overall == reference.scores.overall
 
 
+def test_forward_can_trace_the_fused_predictor() -> None:
+    """forward(fuse=True) calls select_write (what an optimizer tracing forward gives demos
+    to), and the offline LM answers it as it answers select then write."""
+    program, lm = MemeProgram(), offline_lm().lm
+
+    def run(fuse: bool) -> tuple[Any, list[str]]:
+        before = len(lm.history)
+        with dspy.context(lm=lm):
+            prediction = program(topic="coffee", seed=1, fuse=fuse)
+        systems = [call["messages"][0]["content"] for call in lm.history[before:]]
+        outputs = [  # each call's output fields, as its system message declares them
+            " ".join(re.findall(r"\d+\. `(\w+)`", system.split("Your output fields are:")[1]))
+            for system in systems
+        ]
+        return prediction, outputs
+
+    fused, fused_calls = run(True)
+    apart, apart_calls = run(False)
+    assert fused_calls[0] == "format_name reason captions" and len(fused_calls) == 5
+    assert apart_calls[:2] == ["format_name reason", "captions"] and len(apart_calls) == 6
+    assert (fused.format, fused.texts, fused.reason) == (apart.format, apart.texts, apart.reason)
+
+
 # ---------------------------------------------------------------------- cache key and record
 
 

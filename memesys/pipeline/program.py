@@ -90,9 +90,12 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
         style: str | None = None,
         audience: str | None = None,
         seed: int = 0,
+        fuse: bool = False,
     ) -> dspy.Prediction:
         """One meme through every stage (the sequential reference path) on ``dspy.settings.lm``:
-        the kept caption, its overall score and each verifier's status."""
+        the kept caption, its overall score and each verifier's status. ``fuse``: select and
+        write in one call, as the parallel daemon does by default (so an optimizer tracing
+        ``forward`` gives demos to the select_write predictor)."""
         lm = dspy.settings.lm
         if lm is None:
             raise ValueError(
@@ -100,7 +103,7 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
             )
         handle = LMHandle(lm, "dspy", str(getattr(lm, "model", type(lm).__name__)))
         result = run_sequential(
-            lambda stage: handle, topic, format, style, audience, seed, program=self
+            lambda stage: handle, topic, format, style, audience, seed, program=self, fuse=fuse
         )
         return dspy.Prediction(
             format=result.caption.format,
