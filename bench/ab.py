@@ -7,8 +7,10 @@ to stderr):
 
 1. fresh memes (``"fresh": true``, distinct topics) at 1, 16 and 100 clients against a daemon
    with ``MEMESYS_SYSTEM_ENGINE=actors`` and one with ``=inprocess``, the two interleaved cell
-   by cell: memes/s, p50, p99, errors by status and code, against the critical path (select,
-   write, the judging group: 3 LLM latencies = 300 ms);
+   by cell: memes/s, p50, p99, errors by status and code, against the critical path as the
+   daemons' ``[pipeline]`` configures it (select_write, the judging group: 2 LLM latencies =
+   200 ms by default; select, write, the judging group: 3 = 300 ms with
+   ``fuse_select_write`` off);
 2. CPU ms per meme by process group of each daemon, read from /proc when each measuring window
    opens and closes;
 3. cached memes (repeated non-fresh requests for one topic) on the actor daemon, against a
@@ -60,6 +62,7 @@ from bench.common import (
     verdict,
 )
 from bench.load import run_step
+from memesys.config import PipelineConfig, load
 from memesys.domain.engines import ACTORS, ENGINES, INPROCESS
 from memesys.testing.ports import free_port
 
@@ -70,8 +73,9 @@ CPU_LEVEL = 100  # the level the CPU target is read at
 WARMUP_CONCURRENCY = 4
 
 # The workload (bench.pipeline's): 100 ms per completion, refinement off, so that every meme is
-# select -> write -> the judging group (three verifiers and the scorer at once).
-LLM_CALLS_ON_CRITICAL_PATH = 3
+# select_write (or select -> write) -> the judging group (three verifiers and the scorer at
+# once): critical_path.
+JUDGING_GROUP = "judging group"
 
 # Targets.
 THROUGHPUT_RATIO = 1.5  # actors memes/s / inprocess memes/s at CPU_LEVEL clients
@@ -177,9 +181,16 @@ def _run() -> Any:
 # -- pure helpers (tests/test_bench_ab.py) --------------------------------------------------------
 
 
-def critical_path_ms(latency_s: float) -> float:
-    """select -> write -> the judging group: three LLM latencies one after another."""
-    return round(LLM_CALLS_ON_CRITICAL_PATH * latency_s * 1000, 6)
+def critical_path(pipeline_cfg: PipelineConfig) -> tuple[str, ...]:
+    """The LLM steps a meme waits for one after another, as ``[pipeline]`` configures them
+    (refinement off): select_write, or select then write, then the judging group."""
+    writing = ("select_write",) if pipeline_cfg.fuses_select_write else ("select", "write")
+    return (*writing, JUDGING_GROUP)
+
+
+def critical_path_ms(latency_s: float, steps: int) -> float:
+    """``steps`` LLM latencies one after another."""
+    return round(steps * latency_s * 1000, 6)
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
@@ -475,7 +486,11 @@ def bench_engines(
 
 
 def report_engines(
-    cells: dict[tuple[str, int], Cell], mode: Mode, cp_ms: float, targets: list[Target]
+    cells: dict[tuple[str, int], Cell],
+    mode: Mode,
+    path: tuple[str, ...],
+    cp_ms: float,
+    targets: list[Target],
 ) -> list[str]:
     out = []
     rows = []
@@ -518,8 +533,8 @@ def report_engines(
         )
     )
     lines = [
-        f"critical path = select -> write -> judging group (three verifiers and the scorer "
-        f"at once) = {LLM_CALLS_ON_CRITICAL_PATH} LLM latencies = {cp_ms:.0f} ms "
+        f"critical path = {' -> '.join(path)} (three verifiers and the scorer "
+        f"at once) = {len(path)} LLM latencies = {cp_ms:.0f} ms "
         "(the render runs during judging, refinement is off)"
     ]
     wrong = []
@@ -565,7 +580,7 @@ def report_engines(
     out.append("")
 
     # Diagnostic: where one meme's time goes, from the responses' timings at 1 client.
-    stages = ("select", "write", "judge", "render", "pipeline", "store", "total")
+    stages = ("select", "write", "select_write", "judge", "render", "pipeline", "store", "total")
     stage_rows = []
     for stage in stages:
         stage_rows.append(
@@ -1079,8 +1094,10 @@ def orchestrate(mode: Mode, keep: bool, llm_rps: str) -> int:
         started.append(fake.proc.pid)
         fake_url = fake.wait_ready()
         note(f"fake server pid {fake.proc.pid} at {fake_url}")
-        cp_ms = critical_path_ms(pipeline.FAKE_LATENCY_S)
         daemons = {name: start_daemon(name) for name in ENGINES}
+        # both engines' daemons run one [pipeline] configuration
+        path = critical_path(load(env=daemons[ACTORS].env).pipeline)
+        cp_ms = critical_path_ms(pipeline.FAKE_LATENCY_S, len(path))
         bare: BareServer | None = None
         try:
             for daemon in daemons.values():
@@ -1098,7 +1115,7 @@ def orchestrate(mode: Mode, keep: bool, llm_rps: str) -> int:
                         daemons, fake.proc.pid, mode, workdir, cleanup, failures, messages
                     )
                 )
-                out = report_engines(cells, mode, cp_ms, targets)
+                out = report_engines(cells, mode, path, cp_ms, targets)
                 out.append("")
                 out.extend(report_cpu(cells, targets))
                 return out

@@ -7,8 +7,9 @@ two daemons against it, one with ``pipeline.mode=parallel`` and one with ``seque
 own, and prints plain-text tables on stdout (progress goes to stderr):
 
 1. one meme at a time: per mode, the client-measured end-to-end latency and the median of each
-   stage of the responses' ``timings``; the critical path (select + write + the slowest judging
-   call + render + store) and how close each mode comes to it;
+   stage of the responses' ``timings``; the critical path (select_write, or select + write in
+   sequential mode, + the slowest judging call + render + store) and how close each mode comes
+   to it;
 2. concurrency 100 against the parallel daemon: memes/s, p50/p99 latency, errors by status,
    against the latency bound (100 / critical path) and the CPU limit (2 cores / CPU seconds
    per meme of every process involved, measured at low concurrency);
@@ -58,8 +59,11 @@ REPO = Path(__file__).resolve().parent.parent
 FAKE_LATENCY_S = 0.1
 MODES = ("parallel", "sequential")
 JUDGING = ("appropriateness", "factuality", "instruction_following", "score")
-# The stages every meme goes through, in order (refinement is off: see BENCH_ENV).
-STAGES = ("select", "write", *JUDGING, "render", "store")
+# The first draft's LM calls: one in parallel mode (pipeline.fuse_select_write, on by
+# default), two in sequential mode; a meme records the ones it made.
+WRITING = ("select", "write", "select_write")
+# The stages a meme may go through, in order (refinement is off: see BENCH_ENV).
+STAGES = (*WRITING, *JUDGING, "render", "store")
 CONCURRENCY = 100
 CPU_CONCURRENCY = 4  # the low-concurrency window the CPU cost per meme is measured in
 IDLE_S = 3.0  # a window without requests: the background CPU of the processes measured
@@ -618,14 +622,20 @@ class Serial:
     def stage(self, name: str) -> float:
         return median(self.timings.get(name, []))
 
+    def writing(self) -> float:
+        """The median time of the writing calls these memes made (select_write, or select +
+        write)."""
+        return sum(self.stage(s) for s in WRITING if s in self.timings)
+
     def critical_path(self) -> tuple[float, str]:
-        """select + write + the slowest judging call + render + store, each a median."""
-        parts = [self.stage(s) for s in ("select", "write")]
+        """The writing calls + the slowest judging call + render + store, each a median."""
+        parts = [self.stage(s) for s in WRITING if s in self.timings]
         judging = [self.stage(s) for s in JUDGING]
         tail = [self.stage(s) for s in ("render", "store")]
         total = sum(parts) + max(judging) + sum(tail)
         how = (
-            f"{parts[0]:.1f} + {parts[1]:.1f} + max({', '.join(f'{j:.1f}' for j in judging)})"
+            " + ".join(f"{p:.1f}" for p in parts)
+            + f" + max({', '.join(f'{j:.1f}' for j in judging)})"
             f" + {tail[0]:.1f} + {tail[1]:.1f} = {total:.1f} ms"
         )
         return total, how
@@ -677,7 +687,7 @@ def report_serial(samples: dict[str, Serial], mode: Mode) -> tuple[str, list[str
         ["HTTP round trip (client)", median(par.e2e_ms), median(seq.e2e_ms)],
         ["timings.total (generator worker)", par.stage("total"), seq.stage("total")],
     ]
-    rows += [[f"timings.{s}", par.stage(s), seq.stage(s)] for s in ("select", "write")]
+    rows += [[f"timings.{s}", par.stage(s), seq.stage(s)] for s in WRITING]
     rows += [[f"timings.{s}", par.stage(s), seq.stage(s)] for s in JUDGING]
     rows.append(
         [
@@ -712,8 +722,9 @@ def report_serial(samples: dict[str, Serial], mode: Mode) -> tuple[str, list[str
         rows,
     )
     lines = [
-        f"critical path (parallel) = select + write + max(appropriateness, factuality, "
-        f"instruction_following, score) + render + store = {how_par}",
+        f"critical path (parallel) = select_write (select + write when not fused) + "
+        f"max(appropriateness, factuality, instruction_following, score) + render + store = "
+        f"{how_par}",
         f"critical path (sequential daemon's medians, for reference) = {how_seq}",
     ]
     speedup = median(seq.judging_sum_ms) / par.stage("judge")
@@ -736,8 +747,8 @@ def report_serial(samples: dict[str, Serial], mode: Mode) -> tuple[str, list[str
             par.stage("judge") - median(par.judging_max_ms),
         ),
         (
-            "timings.pipeline - (select + write + judge) (between stages)",
-            par.stage("pipeline") - par.stage("select") - par.stage("write") - par.stage("judge"),
+            "timings.pipeline - (writing calls + judge) (between stages)",
+            par.stage("pipeline") - par.writing() - par.stage("judge"),
         ),
         (
             "timings.total - (pipeline + render + store)",
@@ -909,7 +920,7 @@ def report_load(
         f"{cores} idle cores would give {cores / (total_high / 1000):.1f} memes/s"
     )
     stage_rows = []
-    for stage in ("select", "write", *JUDGING, "judge", "render", "store", "total"):
+    for stage in (*WRITING, *JUDGING, "judge", "render", "store", "total"):
         stage_rows.append(
             [
                 f"timings.{stage}",

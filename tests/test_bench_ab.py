@@ -6,6 +6,7 @@ import math
 
 from bench.ab import (
     Target,
+    critical_path,
     critical_path_ms,
     exit_code,
     metric_sum,
@@ -13,6 +14,7 @@ from bench.ab import (
     split_ok,
     split_share,
 )
+from memesys.config import load
 
 METRICS = """\
 # HELP memesys_memes_total memes answered by an engine
@@ -43,8 +45,17 @@ def test_split_share_and_tolerance() -> None:
     assert not split_ok(0.284) and not split_ok(0.316) and not split_ok(float("nan"))
 
 
-def test_critical_path_is_three_llm_latencies() -> None:
-    assert critical_path_ms(0.1) == 300
+def test_the_critical_path_follows_the_configured_pipeline() -> None:
+    fused = critical_path(load(env={}).pipeline)  # the packaged defaults
+    assert fused == ("select_write", "judging group")
+    assert critical_path_ms(0.1, len(fused)) == 200
+    for apart in (
+        {"MEMESYS_PIPELINE_FUSE_SELECT_WRITE": "false"},
+        {"MEMESYS_PIPELINE_MODE": "sequential"},
+    ):
+        path = critical_path(load(env=apart).pipeline)
+        assert path == ("select", "write", "judging group")
+        assert critical_path_ms(0.1, len(path)) == 300
 
 
 def test_exit_code_fails_on_a_failed_or_unmeasured_target_or_part() -> None:

@@ -58,7 +58,7 @@ def test_a_meme_is_made_stored_and_served(daemon):
     ):
         assert key in meme
     assert meme["provider"]["name"] == "offline" and meme["cached"] is False
-    assert set(meme["timings"]) >= {"write", "judge", "render", "store", "total"}
+    assert set(meme["timings"]) >= {"select_write", "judge", "render", "store", "total"}
     status, stored = daemon.json("GET", f"/v1/memes/{meme['id']}")
     assert status == 200 and stored["top_text"] == meme["top_text"]
     status, headers, png = daemon.request("GET", meme["image_url"])

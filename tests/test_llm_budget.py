@@ -109,10 +109,11 @@ def test_an_exhausted_budget_through_the_daemon(tmp_path, fake: FakeOpenAI) -> N
         },
     ).start()
     try:
-        # the first stage's call is under the budget when sent; its tokens spend it, so the
-        # next stage is refused (a budget of 1 token)
+        # the first stage's call (select_write) is under the budget when sent; its tokens spend
+        # it, so the next stages, the judging group, are refused (a budget of 1 token): the
+        # appropriateness check could not run, so the meme is refused as unverified
         status, _, body = d.request("POST", "/v1/memes", {"fresh": True, "topic": "spend"})
-        assert status == 503 and b'"budget_exhausted"' in body, body
+        assert status == 503 and b'"verification_unavailable"' in body, body
         sent = fake.attempts
         assert sent == 1
         status, headers, body = d.request("POST", "/v1/memes", {"fresh": True, "topic": "spent"})

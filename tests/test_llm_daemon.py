@@ -53,21 +53,21 @@ def test_a_provider_429_with_a_long_retry_after_is_passed_on_at_once(daemon, fak
     # No wait it could not finish within the deadline: one attempt, answered at once (tens of
     # ms); 2 s (scaled) is far below the 40 s it was told to wait.
     assert elapsed < scaled(2.0), elapsed
-    assert fake.attempts == 1  # the select stage's one attempt: nothing more was sent
+    assert fake.attempts == 1  # the select_write stage's one attempt: nothing more was sent
 
 
 def test_a_provider_429_with_a_short_retry_after_is_retried(daemon, fake):
     fake.config.fail_every, fake.config.fail_status, fake.config.retry_after_s = 3, 429, 0.2
     status, _, body = post(daemon, "briefly rate limited")
     assert status == 201, body
-    assert fake.failures >= 1 and fake.calls == 6
+    assert fake.failures >= 1 and fake.calls == 5  # select_write, three verifiers, score
 
 
 def test_a_provider_outage_is_llm_unavailable(daemon, fake):
     fake.config.fail_status = 500
     status, headers, body = post(daemon, "outage")
     assert status == 503 and b'"llm_unavailable"' in body and headers["Retry-After"]
-    assert fake.attempts == 3  # the select stage's max_attempts, no more
+    assert fake.attempts == 3  # the select_write stage's max_attempts, no more
 
 
 # ---------------------------------------------------------------------- a provider outage

@@ -85,7 +85,7 @@ def test_50_identical_requests_make_one_meme(daemon, fake):
         post_all(daemon.url, [{"topic": "one topic for all", "seed": 3}], scaled(30))
     )
     calls_per_meme = fake.calls - before
-    assert single[0][0] == 201 and calls_per_meme >= 6
+    assert single[0][0] == 201 and calls_per_meme >= 5  # select_write, 3 verifiers, score
     before = fake.calls
     body = {"topic": "fifty of the same", "seed": 11}
     answers = asyncio.run(post_all(daemon.url, [body] * 50, scaled(60)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -23,6 +24,7 @@ from memesys.pipeline.decision import (
     decide,
 )
 from memesys.pipeline.draft import Draft
+from memesys.pipeline.flow import run_pipeline
 from memesys.pipeline.lm import (
     OPENAI_COMPATIBLE,
     STAGE_MODEL_KEYS,
@@ -30,7 +32,7 @@ from memesys.pipeline.lm import (
     offline_lm,
     stage_handles,
 )
-from memesys.pipeline.placements import run_sequential
+from memesys.pipeline.placements import LocalStages, run_sequential
 from memesys.pipeline.refinement import (
     REFINED,
     RefinePolicy,
@@ -48,7 +50,14 @@ from memesys.pipeline.verification import (
     Verdict,
     verify,
 )
-from memesys.pipeline.writing import REQUESTED, CaptionError
+from memesys.pipeline.writing import (
+    REQUESTED,
+    CaptionError,
+    choose_format,
+    select_and_write,
+    write_caption,
+    write_texts,
+)
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage", "cats vs dogs")
 FIRST_STAGES = ("select", "write", *VERIFIERS, "score")
@@ -355,3 +364,94 @@ def test_stage_handles_from_config() -> None:
     assert scorer.lm.engine.policy.max_attempts == llm.max_attempts
     no_key = stage_handles(replace(llm, api_key=""), 20.0)
     assert no_key("score").provider == PROVIDER
+
+
+# -- select and write in one call (pipeline.fuse_select_write) --------------------------------
+
+
+def run_fused(handle: LMHandle, topic: str, fuse: bool = True, **request: Any) -> Any:
+    """The pipeline with every stage here, select and write fused when ``fuse``."""
+    return asyncio.run(run_pipeline(LocalStages(lambda stage: handle), topic, **request, fuse=fuse))
+
+
+def test_the_offline_fused_call_answers_as_select_then_write(offline: LMHandle) -> None:
+    for topic in TOPICS:
+        for seed in range(3):
+            fused = select_and_write(offline, topic, style="dry", seed=seed)
+            apart = write_caption(offline, topic, style="dry", seed=seed)
+            assert fused.tokens > 0
+            assert replace(fused, tokens=0) == replace(apart, tokens=0), (topic, seed)
+
+
+def test_the_fused_caption_is_validated_like_the_written_one() -> None:
+    def fused(captions: list[str], format_name: str = "drake") -> Any:
+        answer = {"format_name": format_name, "reason": " it  fits ", "captions": captions}
+        return select_and_write(dummy(answer), "tea")
+
+    caption = fused(["  Warm   leaf water ", "Coffee!"])  # whitespace collapsed, as for write
+    assert (caption.format, caption.texts, caption.reason) == (
+        "drake",
+        ("Warm leaf water", "Coffee!"),
+        "it fits",
+    )
+    with pytest.raises(CaptionError, match="slot 'prefer' has 71 chars"):
+        fused(["Tea", "x" * 71])
+    with pytest.raises(CaptionError, match="needs 2 texts"):
+        fused(["Tea"])
+    with pytest.raises(CaptionError, match="'dank', which is not in the catalogue"):
+        fused(["Tea", "Coffee"], format_name="dank")
+
+
+def test_a_fused_pipeline_makes_one_call_for_select_and_write(offline: LMHandle) -> None:
+    fused = run_fused(offline, "coffee", seed=2)
+    apart = run_fused(offline, "coffee", fuse=False, seed=2)
+    assert set(fused.stages) == {"select_write", *VERIFIERS, "score"}
+    assert set(apart.stages) == {"select", "write", *VERIFIERS, "score"}
+    assert {"select_write", "total"} <= set(fused.timings)
+    assert (fused.caption.texts, fused.caption.reason) == (
+        apart.caption.texts,
+        apart.caption.reason,
+    )
+    assert fused.caption.reason != REQUESTED
+    # A requested format is the write call alone, fused or not.
+    named = run_fused(offline, "coffee", format="this-is-fine")
+    assert set(named.stages) == {"write", *VERIFIERS, "score"}
+    assert named.caption.reason == REQUESTED
+
+
+def test_an_over_long_fused_caption_fails_the_meme_as_bad_output() -> None:
+    answer = {"format_name": "drake", "reason": "r", "captions": ["Tea", "x" * 71]}
+    with pytest.raises(CaptionError, match="71 chars") as failed:
+        run_fused(dummy(answer), "tea")
+    assert failed.value.code == "bad_output"
+
+
+def prompt_tokens(call: Callable[[], object]) -> int:
+    """The prompt tokens the offline LM counted for ``call``'s LM calls (chars / 4)."""
+    with dspy.track_usage() as tracker:
+        call()
+    return sum(int(u["prompt_tokens"]) for u in tracker.get_total_tokens().values())
+
+
+def test_the_prompt_token_cost_of_the_fused_call(offline: LMHandle) -> None:
+    """docs/pipeline.md quotes these figures (``pytest -s`` prints them): the fused prompt
+    lists every format's slots, so it costs more prompt tokens than select and write
+    together, for one LM latency less."""
+    select, write, fused = [], [], []
+    for topic in TOPICS:
+        for seed in range(4):
+            choice = choose_format(offline, topic, seed)
+            select.append(prompt_tokens(lambda: choose_format(offline, topic, seed)))  # noqa: B023
+            write.append(prompt_tokens(lambda: write_texts(offline, topic, choice, seed=seed)))  # noqa: B023
+            fused.append(prompt_tokens(lambda: select_and_write(offline, topic, seed=seed)))  # noqa: B023
+    mean = {
+        name: sum(v) / len(v)
+        for name, v in (("select", select), ("write", write), ("fused", fused))
+    }
+    apart = mean["select"] + mean["write"]
+    print(
+        f"\nprompt tokens per meme (offline LM, mean of {len(fused)}): select {mean['select']:.0f}"
+        f" + write {mean['write']:.0f} = {apart:.0f}; select_write {mean['fused']:.0f}"
+        f" ({mean['fused'] / apart:.2f}x)"
+    )
+    assert apart < mean["fused"] < 2 * apart

@@ -25,7 +25,13 @@ FORMATS = (
     "two-buttons",
     "this-is-fine",
 )
-STAGES = {"select", "write", "appropriateness", "factuality", "instruction_following", "score"}
+JUDGING = {"appropriateness", "factuality", "instruction_following", "score"}
+# The first draft's LM calls: select and write in one call in parallel mode
+# (pipeline.fuse_select_write, on by default), two in sequential mode, the write call alone when
+# the request names its format.
+FUSED = {"select_write", *JUDGING}
+STAGES = {"select", "write", *JUDGING}
+NAMED = {"write", *JUDGING}
 
 
 fake = fake_provider_fixture(scope="module")
@@ -51,9 +57,14 @@ def provider_daemon(tmp_path_factory, fake):
 
 
 @pytest.fixture(scope="module")
-def sequential_daemon(tmp_path_factory):
+def sequential_daemon(tmp_path_factory, fake):
     d = DaemonProcess(
-        tmp_path_factory.mktemp("sequential"), {"MEMESYS_PIPELINE_MODE": "sequential"}
+        tmp_path_factory.mktemp("sequential"),
+        {
+            **provider_env(fake),
+            "MEMESYS_LLM_RATE_LIMIT_RPS": "0",  # as provider_daemon's
+            "MEMESYS_PIPELINE_MODE": "sequential",
+        },
     ).start()
     yield d
     assert d.stop() == []
@@ -67,13 +78,24 @@ def test_the_real_provider_path_makes_http_calls(provider_daemon, fake):
     before = fake.calls
     status, meme = post(provider_daemon, topic="coffee before code")
     assert status == 201, meme
-    assert fake.calls - before == len(STAGES)  # every stage is one request to the server
+    assert fake.calls - before == len(FUSED)  # every stage is one request to the server
     assert meme["provider"]["name"] == "openai-compatible"
     assert meme["provider"]["model"] == "fake-model" and meme["provider"]["tokens"] > 0
-    assert set(meme["provider"]["stages"]) == STAGES
+    assert set(meme["provider"]["stages"]) == FUSED
+    assert FUSED <= set(meme["timings"]) and not {"select", "write"} & set(meme["timings"])
+    assert meme["format_reason"] and meme["format_reason"] != "requested"
     assert all(s["model"] == "fake-model" for s in meme["provider"]["stages"].values())
     assert {v["status"] for v in meme["verification"]["verdicts"].values()} == {"passed"}
     assert meme["pipeline_mode"] == "parallel"
+
+
+def test_a_requested_format_makes_the_write_call_alone(provider_daemon, fake):
+    before = fake.calls
+    status, meme = post(provider_daemon, topic="coffee before code", format="drake")
+    assert status == 201, meme
+    assert fake.calls - before == len(NAMED)
+    assert set(meme["provider"]["stages"]) == NAMED
+    assert meme["format"] == "drake" and meme["format_reason"] == "requested"
 
 
 def test_an_unavailable_factuality_check_is_served_visibly(provider_daemon, fake):
@@ -121,9 +143,11 @@ def test_inappropriate_topics_are_refused(sequential_daemon):
         assert status == 422 and error["error"]["code"] == "inappropriate", (topic, error)
 
 
-def test_the_sequential_path_gives_the_same_kind_of_meme(sequential_daemon):
+def test_the_sequential_path_gives_the_same_kind_of_meme(sequential_daemon, fake):
+    before = fake.calls
     status, meme = post(sequential_daemon, topic="mondays", seed=3)
     assert status == 201, meme
+    assert fake.calls - before == len(STAGES)  # select and write apart
     assert meme["pipeline_mode"] == "sequential"
     assert set(meme["provider"]["stages"]) == STAGES
     assert STAGES <= set(meme["timings"]) and "judge" not in meme["timings"]

@@ -57,6 +57,16 @@ WRITE_DEMO = {
     "seed": 0,
     "captions": ["DEMO NO", "DEMO YES"],
 }
+SELECT_WRITE_DEMO = {
+    "topic": "DEMO TOPIC",
+    "formats": "drake: x\n  1. reject (max 70 chars): x\n  2. prefer (max 70 chars): y",
+    "style": "",
+    "audience": "",
+    "seed": 0,
+    "format_name": "drake",
+    "reason": "DEMO REASON",
+    "captions": ["DEMO NO", "DEMO YES"],
+}
 
 
 def saved_state(tmp_path: Path) -> dict[str, Any]:
@@ -73,12 +83,13 @@ def write(tmp_path: Path, state: Any, name: str = "program.json") -> Path:
 
 
 def marked(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    """A program whose every instruction ends with MARK-<stage> and whose write predictor has
-    one demo."""
+    """A program whose every instruction ends with MARK-<stage> and whose write and
+    select_write predictors have one demo each."""
     state = saved_state(tmp_path)
     for stage in STAGES:
         state[stage]["signature"]["instructions"] += f" MARK-{stage}"
     state["write"]["demos"] = [WRITE_DEMO]
+    state["select_write"]["demos"] = [SELECT_WRITE_DEMO]
     return write(tmp_path, state, "marked.json"), state
 
 
@@ -108,6 +119,7 @@ def test_the_program_has_exactly_the_named_predictors() -> None:
         == [
             "select",
             "write",
+            "select_write",
             "appropriateness",
             "factuality",
             "instruction_following",
@@ -289,6 +301,29 @@ def test_forward_runs_the_whole_program_on_the_configured_lm() -> None:
     assert prediction.overall == reference.scores.overall
 
 
+def test_forward_can_trace_the_fused_predictor() -> None:
+    """forward(fuse=True) calls select_write (what an optimizer tracing forward gives demos
+    to), and the offline LM answers it as it answers select then write."""
+    program, lm = MemeProgram(), offline_lm().lm
+
+    def run(fuse: bool) -> tuple[Any, list[str]]:
+        before = len(lm.history)
+        with dspy.context(lm=lm):
+            prediction = program(topic="coffee", seed=1, fuse=fuse)
+        systems = [call["messages"][0]["content"] for call in lm.history[before:]]
+        outputs = [  # each call's output fields, as its system message declares them
+            " ".join(re.findall(r"\d+\. `(\w+)`", system.split("Your output fields are:")[1]))
+            for system in systems
+        ]
+        return prediction, outputs
+
+    fused, fused_calls = run(True)
+    apart, apart_calls = run(False)
+    assert fused_calls[0] == "format_name reason captions" and len(fused_calls) == 5
+    assert apart_calls[:2] == ["format_name reason", "captions"] and len(apart_calls) == 6
+    assert (fused.format, fused.texts, fused.reason) == (apart.format, apart.texts, apart.reason)
+
+
 # ---------------------------------------------------------------------- cache key and record
 
 
@@ -314,6 +349,38 @@ def test_the_cache_key_and_the_meme_record_the_program(tmp_path: Path) -> None:
         "hash": edited.hash,
         "path": str(tmp_path / "marked.json"),
     }
+
+
+def test_a_program_with_an_edited_fused_predictor_round_trips(tmp_path: Path) -> None:
+    state = saved_state(tmp_path)
+    state["select_write"]["signature"]["instructions"] = "Pick and write, tersely."
+    state["select_write"]["demos"] = [SELECT_WRITE_DEMO]
+    loaded = load_program(write(tmp_path, state))
+    fused = loaded.program.predictor("select_write")
+    assert fused.signature.instructions == "Pick and write, tersely."
+    assert [dict(demo) for demo in fused.demos] == [SELECT_WRITE_DEMO]
+    assert loaded.hash != builtin().hash
+    loaded.program.save(str(tmp_path / "again.json"))
+    assert load_program(tmp_path / "again.json").hash == loaded.hash
+
+
+def test_a_program_saved_before_the_fused_predictor_still_loads(tmp_path: Path) -> None:
+    """A file without "select_write" (saved before it existed) loads with the built-in fused
+    predictor; its own stages are kept."""
+    state = saved_state(tmp_path)
+    del state["select_write"]
+    state["score"]["signature"]["instructions"] = "Rate it harshly."
+    loaded = load_program(write(tmp_path, state, "old.json"))
+    assert loaded.program.score.signature.instructions == "Rate it harshly."
+    fused = loaded.program.predictor("select_write")
+    assert fused.signature.instructions == SIGNATURES["select_write"].instructions
+    assert fused.demos == []
+    del state["score"]
+    with pytest.raises(ProgramError, match="missing: score"):
+        load_program(write(tmp_path, state))
+    unedited = saved_state(tmp_path)
+    del unedited["select_write"]
+    assert load_program(write(tmp_path, unedited, "unedited.json")).hash == builtin().hash
 
 
 # ---------------------------------------------------------------------- bad files
@@ -463,10 +530,14 @@ def test_the_daemon_runs_the_configured_program(tmp_path: Path, mode: str) -> No
             assert daemon.stop() == []
     assert meme["pipeline_mode"] == mode
     assert meme["provider"]["program"] == {"hash": loaded.hash, "path": str(path)}
-    # Every stage, here or in the verifier pool, ran the program's predictor.
+    # Every stage, here or in the verifier pool, ran the program's predictor: in parallel
+    # mode select and write are one call (pipeline.fuse_select_write, on by default).
+    writing = ["select_write"] if mode == "parallel" else ["select", "write"]
     assert "unmarked" not in by_stage
-    assert {"select", "write", *VERIFIERS, "score"} <= set(by_stage)
-    assert [m["role"] for m in by_stage["write"][0]] == ["system", "user", "assistant", "user"]
+    assert {*writing, *VERIFIERS, "score"} <= set(by_stage)
+    assert not {"select", "write", "select_write"} - set(writing) & set(by_stage)
+    roles = [m["role"] for m in by_stage[writing[-1]][0]]
+    assert roles == ["system", "user", "assistant", "user"]  # the demo, then the request
     assert again["cached"] is True and again["id"] == meme["id"]
 
 

@@ -80,12 +80,19 @@ class WorkersConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     mode: str = field(metadata=one_of("parallel", "sequential"))
+    fuse_select_write: bool
     refine_threshold: float = field(metadata=bounded(0, 1))
     max_refine_rounds: int = field(metadata=bounded(0, 10))
     min_refine_gain: float = field(metadata=bounded(0, 1))
     stage_timeout_s: float = field(metadata=bounded(0.01, 3600))
     program_path: str
     render_delay_s: float = field(metadata=bounded(0, 1))
+
+    @property
+    def fuses_select_write(self) -> bool:
+        """Select and write run as one LM call: ``fuse_select_write`` in ``parallel`` mode (the
+        ``sequential`` reference keeps every stage apart)."""
+        return self.fuse_select_write and self.mode == "parallel"
 
 
 @dataclass(frozen=True)

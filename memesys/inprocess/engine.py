@@ -4,13 +4,13 @@ gateway's own process, no actors.
 
 It is the baseline the tree is measured against (``python -m bench.ab``) and the rollback
 switch an operator expects (``[system] engine = "inprocess"``, or a share of the traffic with
-``ab_split``). Its placement mirrors the tree's ``parallel`` mode: select, write and refine
-one after another, the three verifiers and the scorer at once, the render while the first
-caption is judged. DSPy's stages and Pillow are synchronous, so each runs in this engine's
-own thread pool (sized for every meme the gateway admits at once, each with its four judging
-calls), never in the event loop. Redis is the store's synchronous client, in a small pool of
-its own (``STORE_THREADS``): redis-py refuses a call past its 100 connections rather than
-waiting, and a Redis call is too short to need more.
+``ab_split``). Its placement mirrors the tree's ``parallel`` mode: select_write (or select and
+write) and refine one after another, the three verifiers and the scorer at once, the render
+while the first caption is judged. DSPy's stages and Pillow are synchronous, so each runs in
+this engine's own thread pool (sized for every meme the gateway admits at once, each with its
+four judging calls), never in the event loop. Redis is the store's synchronous client, in a
+small pool of its own (``STORE_THREADS``): redis-py refuses a call past its 100 connections
+rather than waiting, and a Redis call is too short to need more.
 """
 
 from __future__ import annotations

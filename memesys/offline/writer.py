@@ -2,8 +2,9 @@
 
 Used when no API key is configured, through :mod:`memesys.offline.lm` and DSPy's real
 adapters, so the daemon runs (and tests exercise the real adapter round trip) with no network.
-Select and write live here (caption templates in :mod:`~memesys.offline.templates`); the
-judging heuristics live in :mod:`~memesys.offline.judges` and :mod:`~memesys.offline.critic`.
+Select and write (apart, or fused in one answer) live here (caption templates in
+:mod:`~memesys.offline.templates`); the judging heuristics live in
+:mod:`~memesys.offline.judges` and :mod:`~memesys.offline.critic`.
 Same inputs, same answer; the ``seed`` input field varies the choice of format and template.
 """
 
@@ -179,6 +180,29 @@ def _write(inputs: Inputs) -> dict[str, object]:
     }
 
 
+def _listed_slots(formats: str, name: str) -> str:
+    """The slot lines listed under format ``name`` in a SelectAndWrite catalogue (its indented
+    lines up to the next format's line)."""
+    lines = formats.splitlines()
+    heads = [i for i, line in enumerate(lines) if _CATALOGUE_LINE.match(line)]
+    for start, end in zip(heads, [*heads[1:], len(lines)]):
+        if lines[start].split(":", 1)[0] == name:
+            return "\n".join(lines[start + 1 : end])
+    raise Unanswerable(f"the prompt lists no format {name!r}")
+
+
+def _select_write(inputs: Inputs) -> dict[str, object]:
+    """Select, then write for the chosen format's listed slots: the same answer as the two
+    calls apart."""
+    formats = inputs.get("formats", "")
+    chosen = _select({**inputs, "catalogue": formats})
+    name = str(chosen["format_name"])
+    return {
+        **chosen,
+        **_write({**inputs, "format_name": name, "slots": _listed_slots(formats, name)}),
+    }
+
+
 def _brief(inputs: Inputs) -> tuple[str, list[SlotLine], str, str]:
     """(topic, written slots, style, audience) of a judging prompt."""
     return (
@@ -224,6 +248,7 @@ def _refine(inputs: Inputs) -> dict[str, object]:
 _ANSWERS: dict[frozenset[str], Callable[[Inputs], dict[str, object]]] = {
     frozenset({"format_name", "reason"}): _select,
     frozenset({"captions"}): _write,
+    frozenset({"format_name", "reason", "captions"}): _select_write,
     frozenset({"concerns", "verdict", "confidence"}): _appropriateness,
     frozenset({"flagged_claims", "verdict", "confidence"}): _factuality,
     frozenset({"violations", "verdict", "confidence"}): _instruction_following,

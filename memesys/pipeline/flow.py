@@ -1,7 +1,8 @@
 """The pipeline's flow: every stage of one meme in order, wherever each stage runs.
 
-select -> write -> the judging group (appropriateness, factuality, instruction_following,
-score) -> refinement rounds (rewrite, the judging group again) while the policy asks for them.
+select -> write (or both in one call, "select_write", when ``fuse`` is set) -> the judging
+group (appropriateness, factuality, instruction_following, score) -> refinement rounds
+(rewrite, the judging group again) while the policy asks for them.
 Each stage runs on its own handle (``handle_for(stage)``) and is timed and accounted
 (provider, model, tokens) in a :class:`Ledger`. *Where* the stages run is a :class:`Stages`
 (``memesys.pipeline.placements``): the sequential reference and the ``parallel`` placements
@@ -35,6 +36,7 @@ from memesys.pipeline.writing import (
     choose_format,
     clean_topic,
     requested,
+    select_and_write,
     write_texts,
 )
 
@@ -63,8 +65,9 @@ class Judged:
 @dataclass(frozen=True)
 class PipelineResult:
     """The kept caption (the first one or the best refinement) and its judgement, every
-    refinement round, and per-stage accounting: ``stages`` by stage key ("select", "write",
-    the verifiers, "score"; "refine_N" and "<verifier>_N", "score_N" for round N) and
+    refinement round, and per-stage accounting: ``stages`` by stage key ("select" and "write", or
+    "select_write" when fused; the verifiers, "score"; "refine_N" and "<verifier>_N",
+    "score_N" for round N) and
     ``timings`` in ms by the same keys plus "total"."""
 
     caption: Caption
@@ -123,11 +126,11 @@ def _ms(start: float) -> float:
 class Stages(Protocol):
     """Where the stages of one meme run: the pipeline's logic is the same in both modes.
 
-    ``call`` runs one LM stage (select, write, refine) accounted under ``key``; ``judge`` runs
-    the three verifiers and the scorer on a draft and returns the verdicts and the raw scores
-    (None when the verdicts refuse the draft and the scorer was skipped). ``program`` is the
-    MemeProgram whose predictors the stages run (None: the built-in one); stages judged
-    elsewhere run that place's copy of the same program.
+    ``call`` runs one LM stage (select, write, select_write, refine) accounted under ``key``;
+    ``judge`` runs the three verifiers and the scorer on a draft and returns the verdicts and
+    the raw scores (None when the verdicts refuse the draft and the scorer was skipped).
+    ``program`` is the MemeProgram whose predictors the stages run (None: the built-in one);
+    stages judged elsewhere run that place's copy of the same program.
     """
 
     ledger: Ledger
@@ -149,26 +152,36 @@ async def run_pipeline(
     seed: int = 0,
     policy: RefinePolicy = RefinePolicy(),
     drafted: Callable[[Caption], None] | None = None,
+    fuse: bool = False,
 ) -> PipelineResult:
     """One meme through every stage; ``drafted`` hears of the first caption as soon as it is
-    written (the engines start its picture then, while it is judged). Raises Refused when the
-    first draft may not be served (decide), UnknownFormat/CaptionError on a bad request or
-    unusable model output, and DSPy's LMError when a stage other than a verifier cannot reach
-    its LM. A refined draft the
+    written (the engines start its picture then, while it is judged); ``fuse``: select and
+    write in one call ("select_write") unless the request names its format. Raises Refused
+    when the first draft may not be served (decide), UnknownFormat/CaptionError on a bad
+    request or unusable model output, and DSPy's LMError when a stage other than a verifier
+    cannot reach its LM. A refined draft the
     verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
     began = time.perf_counter()
     topic = clean_topic(topic)
-    if format:
-        choice = requested(format)
-    else:
-        choice = await stages.call(
-            "select", "select", lambda h: choose_format(h, topic, seed, stages.program)
+    if fuse and not format:
+        caption = await stages.call(
+            "select_write",
+            "select_write",
+            lambda h: select_and_write(h, topic, style, audience, seed, stages.program),
         )
-    caption = await stages.call(
-        "write",
-        "write",
-        lambda h: write_texts(h, topic, choice, style, audience, seed, stages.program),
-    )
+    else:
+        choice = (
+            requested(format)
+            if format
+            else await stages.call(
+                "select", "select", lambda h: choose_format(h, topic, seed, stages.program)
+            )
+        )
+        caption = await stages.call(
+            "write",
+            "write",
+            lambda h: write_texts(h, topic, choice, style, audience, seed, stages.program),
+        )
     if drafted is not None:
         drafted(caption)
     draft = Draft.from_caption(caption, topic, style, audience, seed)

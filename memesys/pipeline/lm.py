@@ -86,6 +86,7 @@ def build_lm(
 STAGE_MODEL_KEYS: Mapping[str, str] = {
     "select": "select_model",
     "write": "write_model",
+    "select_write": "write_model",  # the fused call writes the captions
     "appropriateness": "verify_model",
     "factuality": "verify_model",
     "instruction_following": "verify_model",

@@ -136,7 +136,8 @@ def _swallow(task: asyncio.Future[bytes]) -> None:
 @dataclass(frozen=True)
 class MemeMaker:
     """The flow of one meme for an engine (``engine`` is what the meme records as its maker;
-    ``render_delay_s``: ``pipeline.render_delay_s``, see :class:`Speculation`)."""
+    ``render_delay_s``: ``pipeline.render_delay_s``, see :class:`Speculation`; ``fuse``:
+    select and write in one call, ``pipeline.fuses_select_write``)."""
 
     program: LoadedProgram
     handle_for: Callable[[str], LMHandle]
@@ -144,6 +145,7 @@ class MemeMaker:
     mode: str
     engine: str
     render_delay_s: float
+    fuse: bool
 
     @classmethod
     def configured(
@@ -166,6 +168,7 @@ class MemeMaker:
             pipeline.mode,
             engine,
             pipeline.render_delay_s,
+            pipeline.fuses_select_write,
         )
 
     def key(self, request: GenerateMeme) -> str:
@@ -237,7 +240,8 @@ class MemeMaker:
                     *fields,
                 ), {}
             stages = workshop.stages(self)
-            return await run_pipeline(stages, *fields, drafted=drafted), stages.judge_ms
+            result = await run_pipeline(stages, *fields, drafted=drafted, fuse=self.fuse)
+            return result, stages.judge_ms
         except Refused as exc:
             raise MemeFailed(exc.code, str(exc)) from exc
         except UnknownFormat as exc:

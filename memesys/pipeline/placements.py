@@ -156,11 +156,21 @@ def run_sequential(
     seed: int = 0,
     policy: RefinePolicy = RefinePolicy(),
     program: Predictors | None = None,
+    fuse: bool = False,
 ) -> PipelineResult:
     """The sequential reference path: :func:`run_pipeline` with every stage in this thread,
-    each one ``program``'s predictor (the built-in program's when None)."""
+    each one ``program``'s predictor (the built-in program's when None); select and write
+    apart unless ``fuse`` (``MemeProgram.forward`` may ask for it; the daemon's sequential mode
+    never does)."""
     return asyncio.run(
         run_pipeline(
-            LocalStages(handle_for, program=program), topic, format, style, audience, seed, policy
+            LocalStages(handle_for, program=program),
+            topic,
+            format,
+            style,
+            audience,
+            seed,
+            policy,
+            fuse=fuse,
         )
     )

@@ -1,19 +1,20 @@
 """The meme program as one ``dspy.Module``: a named predictor per stage, saved and loaded as DSPy
 state.
 
-:class:`MemeProgram` owns one predictor per stage (select, write, the three verifiers, score,
-refine). Every stage call runs the program's predictor for that stage (``predict.run``), in both
-pipeline modes: the generator worker calls select, write and refine of its program; each
-verifier worker calls the judging predictors of its own copy, loaded from the same file.
-Predictors are shared by concurrent calls and never changed by them: the LM is scoped per call
-(``dspy.context``), usage is tracked per call, and a :class:`StagePredict` keeps no per-call
-history on itself.
+:class:`MemeProgram` owns one predictor per stage (select, write, their fused form
+select_write, the three verifiers, score, refine). Every stage call runs the program's
+predictor for that stage (``predict.run``), in both pipeline modes: the generator worker calls
+select and write (or select_write) and refine of its program; each verifier worker calls the
+judging predictors of its own copy, loaded from the same file. Predictors are shared by
+concurrent calls and never changed by them: the LM is scoped per call (``dspy.context``), usage
+is tracked per call, and a :class:`StagePredict` keeps no per-call history on itself.
 
 A program is saved with DSPy's own ``program.save("x.json")`` (each predictor's signature
 instructions, field descriptions and demos) and loaded with :func:`load_program`, which checks
 the file against the stages before anything runs: a bad file stops start-up with one line
-(:class:`ProgramError`). :func:`program_hash` is a short, stable hash of the program's state: it
-keys the meme cache and is recorded in every meme (``provider.program``).
+(:class:`ProgramError`); a file saved before a stage was added (:data:`ADDED_STAGES`) loads
+with that stage's built-in predictor. :func:`program_hash` is a short, stable hash of the
+program's state: it keys the meme cache and is recorded in every meme (``provider.program``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from memesys.pipeline.signatures import (
     CheckInstructions,
     RefineCaption,
     ScoreMeme,
+    SelectAndWrite,
     SelectFormat,
     WriteCaption,
 )
@@ -47,6 +49,8 @@ HASH_CHARS = 16
 # What a predictor's saved state may hold (what dspy.Predict.dump_state writes). Predict's
 # load_state sets any other key as an attribute (e.g. "config" would change every LM call).
 _STATE_KEYS = frozenset({"signature", "demos", "lm", "traces", "train", "fields"})
+# Stages added after programs were first saved: a file without one keeps its built-in predictor.
+ADDED_STAGES = frozenset({"select_write"})
 
 
 class ProgramError(ValueError):
@@ -54,7 +58,8 @@ class ProgramError(ValueError):
 
 
 class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
-    """select → write → appropriateness, factuality, instruction_following → score → refine.
+    """select → write (or select_write, both in one call) → appropriateness, factuality,
+    instruction_following → score → refine.
 
     The pipeline (``flow.run_pipeline``) runs the predictors one by one, where each stage
     belongs (see docs/pipeline.md); ``forward`` runs its sequential placement on the LM in
@@ -65,6 +70,7 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
         super().__init__()
         self.select = StagePredict(SelectFormat)
         self.write = StagePredict(WriteCaption)
+        self.select_write = StagePredict(SelectAndWrite)
         self.appropriateness = StagePredict(CheckAppropriateness)
         self.factuality = StagePredict(CheckFactuality)
         self.instruction_following = StagePredict(CheckInstructions)
@@ -84,9 +90,12 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
         style: str | None = None,
         audience: str | None = None,
         seed: int = 0,
+        fuse: bool = False,
     ) -> dspy.Prediction:
         """One meme through every stage (the sequential reference path) on ``dspy.settings.lm``:
-        the kept caption, its overall score and each verifier's status."""
+        the kept caption, its overall score and each verifier's status. ``fuse``: select and
+        write in one call, as the parallel daemon does by default (so an optimizer tracing
+        ``forward`` gives demos to the select_write predictor)."""
         lm = dspy.settings.lm
         if lm is None:
             raise ValueError(
@@ -94,7 +103,7 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
             )
         handle = LMHandle(lm, "dspy", str(getattr(lm, "model", type(lm).__name__)))
         result = run_sequential(
-            lambda stage: handle, topic, format, style, audience, seed, program=self
+            lambda stage: handle, topic, format, style, audience, seed, program=self, fuse=fuse
         )
         return dspy.Prediction(
             format=result.caption.format,
@@ -138,11 +147,12 @@ def builtin() -> LoadedProgram:
 
 
 def _check(state: Any, program: MemeProgram) -> None:
-    """ProgramError naming the first way ``state`` does not fit ``program``'s stages."""
+    """ProgramError naming the first way ``state`` does not fit ``program``'s stages; an
+    added stage the state lacks gets ``program``'s (built-in) predictor state."""
     if not isinstance(state, dict):
         raise ProgramError(f"expected a JSON object of predictors, got {type(state).__name__}")
     names = set(state) - {"metadata"}
-    missing, unknown = set(STAGES) - names, names - set(STAGES)
+    missing, unknown = set(STAGES) - names - ADDED_STAGES, names - set(STAGES)
     if missing or unknown:
         raise ProgramError(
             "its predictors do not match the stages ("
@@ -157,6 +167,9 @@ def _check(state: Any, program: MemeProgram) -> None:
             + f"; expected: {', '.join(STAGES)})"
         )
     for stage in STAGES:
+        if stage not in state:  # one of ADDED_STAGES: the built-in predictor's state
+            state[stage] = program.predictor(stage).dump_state()
+            continue
         saved, signature = state[stage], program.predictor(stage).signature
         if not isinstance(saved, dict):
             raise ProgramError(f"predictor {stage!r} is not a JSON object")

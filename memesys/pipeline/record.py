@@ -44,11 +44,12 @@ def build_meme(
     """``top_text``/``bottom_text`` are the first and last slot of any format; ``texts`` has
     them all by slot name. ``verification`` has one verdict per verifier plus the list of
     verifiers whose verdict is unavailable (``degraded``); ``provider`` names the model of
-    every stage call with its tokens, and the program that ran them (``program``: its
+    every stage call with its tokens (``name``, ``model``: the call that wrote the texts,
+    "write" or the fused "select_write"), and the program that ran them (``program``: its
     ``hash`` and ``path``, "builtin" for the built-in one); ``engine`` is the engine that
     made it ("actors" or "inprocess")."""
     caption, scores = result.caption, result.scores
-    writer = result.stages["write"]
+    writer = result.stages.get("write") or result.stages["select_write"]
     return {
         "id": meme_id,
         "topic": request.topic,

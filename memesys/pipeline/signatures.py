@@ -38,6 +38,24 @@ class WriteCaption(dspy.Signature):  # type: ignore[misc]  # DSPy is untyped
     captions: list[str] = dspy.OutputField(desc="one text per slot, in slot order")
 
 
+class SelectAndWrite(dspy.Signature):  # type: ignore[misc]  # DSPy is untyped
+    """Pick the meme format whose joke structure best fits the topic, then write its text: one
+    short punchy text per slot of that format, about the topic, in slot order, each within its
+    max chars."""
+
+    topic: str = dspy.InputField(desc="what the meme is about")
+    formats: str = dspy.InputField(
+        desc="each format as 'name: when it fits', then its numbered slots: "
+        "name (max chars): what belongs there"
+    )
+    style: str = dspy.InputField(desc="tone to write in; empty means any")
+    audience: str = dspy.InputField(desc="who the meme is for; empty means anyone")
+    seed: int = dspy.InputField(desc="variation key: another seed may pick another good fit")
+    format_name: str = dspy.OutputField(desc="exactly one name from the formats")
+    reason: str = dspy.OutputField(desc="one sentence on why it fits the topic")
+    captions: list[str] = dspy.OutputField(desc="one text per slot of that format, in slot order")
+
+
 class DraftInputs(dspy.Signature):  # type: ignore[misc]  # DSPy is untyped
     """The inputs every judging signature (verifiers, scorer, refiner) reads."""
 
@@ -114,6 +132,7 @@ SIGNATURES: Mapping[str, type[dspy.Signature]] = MappingProxyType(
     {
         "select": SelectFormat,
         "write": WriteCaption,
+        "select_write": SelectAndWrite,
         "appropriateness": CheckAppropriateness,
         "factuality": CheckFactuality,
         "instruction_following": CheckInstructions,

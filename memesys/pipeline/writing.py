@@ -1,9 +1,11 @@
-"""The meme-writing DSPy program: pick a format for a topic, then write its slot texts.
+"""The meme-writing stages: pick a format for a topic and write its slot texts.
 
 Every stage is a signature, so the same program runs on the offline writer and on a real model,
-and the model's output is validated against the catalogue before anything is rendered. The two
-stages are also callable alone (choose_format, write_texts), so a pipeline can give each its own
-model and time each one.
+and the model's output is validated against the catalogue before anything is rendered. Two
+ways to get there: select then write (choose_format, write_texts: two LM calls, each stage
+callable alone with its own model and timing), or both in one call (select_and_write, the
+"select_write" stage: the critical path's first call when ``pipeline.fuse_select_write`` is on).
+Both validate the slot texts the same way (validate_texts).
 """
 
 from __future__ import annotations
@@ -53,6 +55,18 @@ def slots_text(fmt: MemeFormat) -> str:
     )
 
 
+def formats_text() -> str:
+    """The catalogue as SelectAndWrite sees it: each format's 'name: description' line, then its
+    slots indented in WriteCaption's shape (the offline writer parses both)."""
+    return "\n".join(
+        f"{f.name}: {f.description}\n" + _indented(slots_text(f)) for f in CATALOGUE.values()
+    )
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
 def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
     """The captions as slot texts, or CaptionError naming the first broken rule."""
     if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
@@ -97,6 +111,14 @@ class Choice:
     tokens: int
 
 
+def _catalogued(name: str) -> MemeFormat:
+    """The catalogue format the model named, or CaptionError."""
+    try:
+        return get_format(name)
+    except UnknownFormat:
+        raise CaptionError(f"the model chose {name!r}, which is not in the catalogue") from None
+
+
 def choose_format(
     handle: LMHandle, topic: str, seed: int = 0, program: Predictors | None = None
 ) -> Choice:
@@ -105,13 +127,7 @@ def choose_format(
     chosen, tokens = _run(
         handle, "select", program, topic=clean_topic(topic), catalogue=catalogue_text(), seed=seed
     )
-    try:
-        fmt = get_format(chosen.format_name)
-    except UnknownFormat:
-        raise CaptionError(
-            f"the model chose {chosen.format_name!r}, which is not in the catalogue"
-        ) from None
-    return Choice(fmt, " ".join(chosen.reason.split()), tokens)
+    return Choice(_catalogued(chosen.format_name), " ".join(chosen.reason.split()), tokens)
 
 
 def requested(format: str) -> Choice:
@@ -146,6 +162,36 @@ def write_texts(
         format=fmt.name,
         texts=validate_texts(fmt, written.captions),
         reason=choice.reason,
+        tokens=tokens,
+    )
+
+
+def select_and_write(
+    handle: LMHandle,
+    topic: str,
+    style: str | None = None,
+    audience: str | None = None,
+    seed: int = 0,
+    program: Predictors | None = None,
+) -> Caption:
+    """The "select_write" stage (``program``'s select_write predictor): the format, why, and
+    its slot texts in one LM call, validated as choose_format and write_texts validate them
+    (CaptionError on an unknown format or texts that do not fit its slots)."""
+    written, tokens = _run(
+        handle,
+        "select_write",
+        program,
+        topic=clean_topic(topic),
+        formats=formats_text(),
+        style=style or "",
+        audience=audience or "",
+        seed=seed,
+    )
+    fmt = _catalogued(written.format_name)
+    return Caption(
+        format=fmt.name,
+        texts=validate_texts(fmt, written.captions),
+        reason=" ".join(written.reason.split()),
         tokens=tokens,
     )
 

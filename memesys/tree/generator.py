@@ -3,10 +3,10 @@
 Each worker is an async actor; a meme is one coroutine. Its stages are the pipeline of
 :mod:`memesys.pipeline.flow`, placed by ``pipeline.mode``:
 
-- ``parallel``: select, write and refine run here (in threads: DSPy is synchronous); the three
-  verifiers and the scorer of a draft go to the verifier pool as one request, run there at
-  once, and a verifier whose call fails (or the whole request, missing its deadline) is an
-  "unavailable" verdict;
+- ``parallel``: select_write (or select and write) and refine run here (in threads: DSPy is
+  synchronous); the three verifiers and the scorer of a draft go to the verifier pool as one
+  request, run there at once, and a verifier whose call fails (or the whole request, missing
+  its deadline) is an "unavailable" verdict;
 - ``sequential``: the reference path, every stage one after another in one thread here.
 
 The render pool draws the PNG (in ``parallel`` mode while the first caption is judged). The
@@ -71,8 +71,8 @@ class GeneratorArgs:
 
 @dataclass
 class PoolStages(BlockingStages):
-    """Pipeline stages for ``parallel`` mode: select, write and refine in this worker's
-    threads, judging on the verifier pool. The program select, write and refine run here;
+    """Pipeline stages for ``parallel`` mode: select_write (or select and write) and refine in
+    this worker's threads, judging on the verifier pool. The program those stages run here;
     its hash goes with each judging request, and a verifier worker that runs another program
     refuses it (never a silent mix)."""
 
