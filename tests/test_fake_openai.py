@@ -563,13 +563,14 @@ async def test_latency_per_model_over_http() -> None:
 
 
 async def test_rate_limit_answers_429_with_headers_and_recovers(fake: FakeOpenAI) -> None:
-    fake.config.limit_requests, fake.config.limit_window_s = 3, 0.5
+    window = scaled(1.0)  # the 4th request must come within it
+    fake.config.limit_requests, fake.config.limit_window_s = 3, window
     async with aiohttp.ClientSession() as session:
         remaining = []
         for _ in range(3):
             status, headers, _ = await post(session, fake, SELECT_BODY)
             assert status == 200 and headers["x-ratelimit-limit-requests"] == "3"
-            assert headers["x-ratelimit-reset-requests"].endswith("ms")
+            assert headers["x-ratelimit-reset-requests"].endswith("s")
             remaining.append(headers["x-ratelimit-remaining-requests"])
         assert remaining == ["2", "1", "0"]
         assert "x-ratelimit-limit-tokens" not in headers  # no token limit set
@@ -579,16 +580,17 @@ async def test_rate_limit_answers_429_with_headers_and_recovers(fake: FakeOpenAI
         assert_openai_error(payload)
         assert payload["error"]["code"] == "rate_limit_exceeded"
         assert payload["error"]["type"] == "requests"
-        assert headers["Retry-After"] == "1"  # whole seconds, rounded up
         wait_ms = int(headers["retry-after-ms"])
-        assert 0 < wait_ms <= 500
+        assert 0 < wait_ms <= window * 1000
+        # Whole seconds, rounded up (at least 1).
+        assert headers["Retry-After"] == str(max(1, math.ceil(wait_ms / 1000)))
         assert headers["x-ratelimit-limit-requests"] == "3"
         assert headers["x-ratelimit-remaining-requests"] == "0"
 
         await asyncio.sleep(wait_ms / 1000 + 0.02)  # honouring retry-after-ms is enough
         status, headers, _ = await post(session, fake, SELECT_BODY)
         assert status == 200 and headers["x-ratelimit-remaining-requests"] in ("0", "1", "2")
-        await asyncio.sleep(0.55)  # a whole window later: the limit is back to full
+        await asyncio.sleep(window + 0.05)  # a whole window later: the limit is back to full
         status, headers, _ = await post(session, fake, SELECT_BODY)
         assert status == 200 and headers["x-ratelimit-remaining-requests"] == "2"
     assert (fake.attempts, fake.calls, fake.rate_limited) == (6, 5, 1)
@@ -629,12 +631,15 @@ def test_duration_text() -> None:
 
 
 async def test_concurrent_calls_are_counted(fake: FakeOpenAI) -> None:
-    fake.config.latency_s = 0.4
+    fake.config.latency_s = scaled(1.0)  # long enough for the seven to be in flight together
     async with aiohttp.ClientSession() as session:
         calls = [post(session, fake, body_for("a")) for _ in range(5)]
         calls += [post(session, fake, body_for("b")) for _ in range(2)]
         running = asyncio.gather(*calls)
-        await asyncio.sleep(0.2)  # all seven are inside their latency now
+        for _ in range(int(fake.config.latency_s * 100)):  # until all seven have arrived
+            await asyncio.sleep(0.01)
+            if fake.in_flight == 7:
+                break
         during = fake.stats()
         results = await running
         base = fake.url.removesuffix("/v1")
