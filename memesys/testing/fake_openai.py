@@ -274,6 +274,8 @@ class RateLimiter:
         self._token_sum = 0
 
     def admit(self, config: FakeConfig, tokens: int, now: float) -> Admission:
+        """Admit (and count) a request of ``tokens`` estimated tokens at ``now`` (monotonic),
+        or refuse it with the wait until it would fit."""
         limit, window = config.limit_requests, config.limit_window_s
         token_limit = config.limit_tokens
         while self._requests and self._requests[0] <= now - window:
