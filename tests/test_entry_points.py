@@ -12,6 +12,7 @@ ENTRY_POINTS = {
     "bench/server.py",
     "bench/pipeline.py",
     "bench/llm.py",
+    "bench/provider.py",
     "bench/profile_stage_call.py",
     "tests/conftest.py",
 }

@@ -1,13 +1,16 @@
 """The fake OpenAI-compatible endpoint: wire shape, latency, auth, fault injection (latency
 distributions, 429s and their headers, storms, hangs, resets, malformed bodies, per-model
-faults and counters), the CLI, and the meme program run end to end against it through DSPy's
-native (lm15) HTTP engine."""
+faults and counters), its own rate limit, per-model latency, concurrency counts and the
+request headers it records, the CLI, and the meme program run end to end against it through
+DSPy's native (lm15) HTTP engine."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import math
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import dspy
+import openai
 import pytest
 from dspy.utils.exceptions import LMError, LMRateLimitError
 
@@ -31,8 +35,12 @@ from memesys.testing.fake_openai import (
     SELECT_MESSAGES,
     FakeConfig,
     FakeOpenAI,
+    Latency,
     _parse,
     config_from_args,
+    duration_text,
+    estimated_tokens,
+    lognormal_sigma,
 )
 from tests.support.timing import scaled
 
@@ -496,15 +504,184 @@ def test_stats_endpoint_for_other_processes(threaded: FakeOpenAI) -> None:
         "attempts": 2,
         "calls": 1,
         "failures": 1,
+        "rate_limited": 0,
+        "in_flight": 0,
+        "peak_in_flight": 1,
         "attempts_by_model": {"primary": 1, "fallback": 1},
         "calls_by_model": {"fallback": 1},
         "failures_by_model": {"primary": 1},
+        "rate_limited_by_model": {},
+        "in_flight_by_model": {},
+        "peak_in_flight_by_model": {"primary": 1, "fallback": 1},
+        "user_agents": {f"Python-urllib/{sys.version_info.major}.{sys.version_info.minor}": 2},
     }
     with urllib.request.urlopen(f"{base}/_fake/stats?arrivals=1", timeout=5) as resp:
         arrivals = json.loads(resp.read())["arrivals"]
     assert len(arrivals) == 2 and began <= arrivals[0] <= arrivals[1] <= time.time()
     threaded.reset()
     assert threaded.stats(arrivals=True)["arrivals"] == []
+
+
+# ---------------------------------------------------------------------- issue 16: a real provider's
+# latency per model, its own rate limit, concurrency, the client's headers
+
+
+def test_lognormal_by_median_and_p95() -> None:
+    latency = Latency.lognormal(0.72, 4.1)
+    assert latency.dist == "lognormal" and latency.seconds == 0.72
+    assert latency.sigma == pytest.approx((math.log(4.1) - math.log(0.72)) / 1.6449)
+    rng = random.Random(11)
+    draws = sorted(latency.draw(rng) for _ in range(20_000))
+    median, p95 = draws[len(draws) // 2], draws[int(len(draws) * 0.95)]
+    assert median == pytest.approx(0.72, rel=0.04)
+    assert p95 == pytest.approx(4.1, rel=0.06)
+    assert [latency.draw(random.Random(3)) for _ in range(2)] == [
+        latency.draw(random.Random(3)) for _ in range(2)
+    ]
+    assert Latency.parse("0.25") == Latency(0.25)
+    assert Latency.parse("0.72:4.1") == latency
+    with pytest.raises(ValueError, match="median <= p95"):
+        lognormal_sigma(2.0, 1.0)
+    with pytest.raises(ValueError, match="latency_dist"):
+        Latency(0.1, "gaussian")
+
+
+async def test_latency_per_model_over_http() -> None:
+    config = FakeConfig(latency_by_model={"slow": Latency(0.3)})
+    async with FakeOpenAI(config, api_key=KEY) as server:
+        async with aiohttp.ClientSession() as session:
+            began = time.perf_counter()
+            status, _, _ = await post(session, server, body_for("slow"))
+            slow = time.perf_counter() - began
+            began = time.perf_counter()
+            status_fast, _, _ = await post(session, server, body_for("fast"))
+            fast = time.perf_counter() - began
+    assert status == status_fast == 200
+    # The slow model's 0.3 s; the other model the default (none), 0.2 s of margin (scaled).
+    assert 0.3 <= slow < 0.3 + scaled(0.2) and fast < scaled(0.2)
+    assert config.latency("fast") == Latency() and config.latency("slow") == Latency(0.3)
+
+
+async def test_rate_limit_answers_429_with_headers_and_recovers(fake: FakeOpenAI) -> None:
+    window = scaled(1.0)  # the 4th request must come within it
+    fake.config.limit_requests, fake.config.limit_window_s = 3, window
+    async with aiohttp.ClientSession() as session:
+        remaining = []
+        for _ in range(3):
+            status, headers, _ = await post(session, fake, SELECT_BODY)
+            assert status == 200 and headers["x-ratelimit-limit-requests"] == "3"
+            assert headers["x-ratelimit-reset-requests"].endswith("s")
+            remaining.append(headers["x-ratelimit-remaining-requests"])
+        assert remaining == ["2", "1", "0"]
+        assert "x-ratelimit-limit-tokens" not in headers  # no token limit set
+
+        status, headers, payload = await post(session, fake, SELECT_BODY)
+        assert status == 429
+        assert_openai_error(payload)
+        assert payload["error"]["code"] == "rate_limit_exceeded"
+        assert payload["error"]["type"] == "requests"
+        wait_ms = int(headers["retry-after-ms"])
+        assert 0 < wait_ms <= window * 1000
+        # Whole seconds, rounded up (at least 1).
+        assert headers["Retry-After"] == str(max(1, math.ceil(wait_ms / 1000)))
+        assert headers["x-ratelimit-limit-requests"] == "3"
+        assert headers["x-ratelimit-remaining-requests"] == "0"
+
+        await asyncio.sleep(wait_ms / 1000 + 0.02)  # honouring retry-after-ms is enough
+        status, headers, _ = await post(session, fake, SELECT_BODY)
+        assert status == 200 and headers["x-ratelimit-remaining-requests"] in ("0", "1", "2")
+        await asyncio.sleep(window + 0.05)  # a whole window later: the limit is back to full
+        status, headers, _ = await post(session, fake, SELECT_BODY)
+        assert status == 200 and headers["x-ratelimit-remaining-requests"] == "2"
+    assert (fake.attempts, fake.calls, fake.rate_limited) == (6, 5, 1)
+    assert fake.rate_limited_by_model == {"fake-model": 1}
+    assert fake.stats()["rate_limited"] == 1
+
+
+async def test_token_limit(fake: FakeOpenAI) -> None:
+    cost = estimated_tokens(SELECT_BODY)
+    assert cost == math.ceil(sum(len(m["content"]) for m in SELECT_MESSAGES) / 4) + 1000
+    fake.config.limit_tokens = 2 * cost + 1
+    async with aiohttp.ClientSession() as session:
+        for left in (cost + 1, 1):
+            status, headers, _ = await post(session, fake, SELECT_BODY)
+            assert status == 200
+            assert headers["x-ratelimit-limit-tokens"] == str(2 * cost + 1)
+            assert headers["x-ratelimit-remaining-tokens"] == str(left)
+        assert "x-ratelimit-limit-requests" not in headers
+        status, headers, payload = await post(session, fake, SELECT_BODY)
+        assert status == 429 and payload["error"]["type"] == "tokens"
+        assert "tokens per min" in payload["error"]["message"]
+        # The first request leaves the minute's window in about 60 s.
+        assert 59_000 < int(headers["retry-after-ms"]) <= 60_000
+        assert headers["x-ratelimit-reset-tokens"].endswith("s")
+        fake.reset()  # empties the windows too
+        assert (await post(session, fake, SELECT_BODY))[0] == 200
+
+
+def test_duration_text() -> None:
+    assert [duration_text(s) for s in (0.0, 0.1204, 1.0, 17.3256, 360.0, 61.5)] == [
+        "0ms",
+        "121ms",
+        "1s",
+        "17.326s",
+        "6m0s",
+        "1m1.5s",
+    ]
+
+
+async def test_concurrent_calls_are_counted(fake: FakeOpenAI) -> None:
+    fake.config.latency_s = scaled(1.0)  # long enough for the seven to be in flight together
+    async with aiohttp.ClientSession() as session:
+        calls = [post(session, fake, body_for("a")) for _ in range(5)]
+        calls += [post(session, fake, body_for("b")) for _ in range(2)]
+        running = asyncio.gather(*calls)
+        for _ in range(int(fake.config.latency_s * 100)):  # until all seven have arrived
+            await asyncio.sleep(0.01)
+            if fake.in_flight == 7:
+                break
+        during = fake.stats()
+        results = await running
+        base = fake.url.removesuffix("/v1")
+        async with session.get(f"{base}/_fake/stats") as resp:
+            after = await resp.json()
+    assert [status for status, _, _ in results] == [200] * 7
+    assert (during["in_flight"], during["in_flight_by_model"]) == (7, {"a": 5, "b": 2})
+    assert (after["in_flight"], after["in_flight_by_model"]) == (0, {})
+    assert (after["peak_in_flight"], after["peak_in_flight_by_model"]) == (7, {"a": 5, "b": 2})
+    fake.reset()
+    assert (fake.peak_in_flight, fake.stats()["peak_in_flight_by_model"]) == (0, {})
+
+
+async def test_request_headers_record_the_client(fake: FakeOpenAI) -> None:
+    """The openai SDK's User-Agent and X-Stainless-* headers are recorded: a test can tell
+    which client called; the SDK reads the limit's 429 as a RateLimitError with its headers."""
+    fake.config.limit_requests, fake.config.limit_window_s = 1, 30.0
+    client = openai.AsyncOpenAI(base_url=fake.url, api_key=KEY, max_retries=0)
+    try:
+        completion = await client.chat.completions.create(
+            model="fake-model", messages=list(SELECT_MESSAGES)
+        )
+        assert completion.choices[0].message.content
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.chat.completions.create(model="fake-model", messages=list(SELECT_MESSAGES))
+        assert raised.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+        assert raised.value.response.headers["retry-after"] == "30"
+    finally:
+        await client.close()
+    async with aiohttp.ClientSession(headers={"User-Agent": "memesys-test/1"}) as session:
+        assert (await post(session, fake, SELECT_BODY))[0] == 429
+        async with session.get(f"{fake.url.removesuffix('/v1')}/_fake/stats?headers=1") as resp:
+            stats = await resp.json()
+    sdk = stats["request_headers"][0]
+    assert sdk["user-agent"] == f"AsyncOpenAI/Python {openai.__version__}"
+    assert sdk["x-stainless-lang"] == "python"
+    assert sdk["x-stainless-package-version"] == openai.__version__
+    assert sdk["x-stainless-retry-count"] == "0"
+    assert "authorization" not in sdk
+    assert stats["request_headers"][2] == {"user-agent": "memesys-test/1"}
+    assert stats["user_agents"] == {sdk["user-agent"]: 2, "memesys-test/1": 1}
+    assert list(fake.request_headers) == stats["request_headers"]
 
 
 def test_cli_options_map_to_the_config() -> None:
@@ -554,6 +731,44 @@ def test_cli_options_map_to_the_config() -> None:
     assert config.storm_start is None  # the storm is set relative to the server's start
     with pytest.raises(SystemExit):
         _parse(["--fail-kind", "explode"])
+
+
+def test_cli_latency_and_rate_limit_options() -> None:
+    args = _parse(
+        [
+            "--latency-median",
+            "0.72",
+            "--latency-p95",
+            "4.1",
+            "--seed",
+            "3",
+            "--model-latency",
+            "slow=0.2",
+            "--model-latency",
+            "tail=0.5:2",
+            "--rps",
+            "10",
+            "--tpm",
+            "50000",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.latency() == Latency.lognormal(0.72, 4.1) and config.seed == 3
+    assert config.latency_by_model == {"slow": Latency(0.2), "tail": Latency.lognormal(0.5, 2)}
+    assert config.latency("tail") == Latency.lognormal(0.5, 2)
+    assert (config.limit_requests, config.limit_window_s, config.limit_tokens) == (10, 1.0, 50000)
+    config = config_from_args(_parse(["--rpm", "600"]))
+    assert (config.limit_requests, config.limit_window_s, config.limit_tokens) == (600, 60.0, 0)
+    assert config_from_args(_parse([])).limit_requests == 0
+    for bad in (
+        ["--rps", "10", "--rpm", "600"],
+        ["--latency-median", "0.7"],
+        ["--latency-median", "2", "--latency-p95", "1"],
+        ["--model-latency", "slow"],
+        ["--model-latency", "slow=fast"],
+    ):
+        with pytest.raises(SystemExit):
+            _parse(bad)
 
 
 def test_cli_storm_for_one_model() -> None:

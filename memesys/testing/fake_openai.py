@@ -8,17 +8,23 @@ adapter parses. The body is read back into a canonical request with DSPy's own r
 and handed to ``offline_writer.complete``: the same function the offline LM runs, so any
 signature the writer learns is answered here too.
 
-Latency (fixed or drawn from a seeded distribution), hangs and faults are injectable
+Latency (fixed or drawn from a seeded distribution, lognormal given by its median and p95
+among them; per model if wanted: :class:`Latency`), hangs and faults are injectable
 (:class:`FakeConfig`, mutable while running): HTTP errors (429 with ``Retry-After`` and
 ``retry-after-ms``, 5xx), storms of errors for a period, connection resets, malformed 200s (a
 body that is not JSON, or JSON without ``choices``), late answers past a client's timeout, each
 for every call, one call in N, only the requests for one model or only those whose messages
-contain a text. Counters per model (``attempts_by_model``, ``calls_by_model``,
-``failures_by_model``) prove how many attempts each call made.
+contain a text. Like a real provider it can enforce a rate limit of its own (requests, and
+optionally tokens, in a sliding window: :class:`RateLimiter`), answering 429 with
+``Retry-After``, ``retry-after-ms`` and OpenAI's ``x-ratelimit-*`` headers, which its successful
+answers carry too. Counters per model (attempts, calls, failures, 429s of the limit, concurrent
+calls now and at peak) prove how many attempts each call made, and the headers of each request
+(User-Agent, ``X-Stainless-*``) say which client made it.
 Run it in the caller's loop (``await fake.start()`` / ``async with``), in a daemon thread with a
 loop of its own (``fake.start_in_thread()`` / ``with``), or as a process next to the daemon::
 
     python -m memesys.testing.fake_openai --port 8099 --latency 0.1
+    python -m memesys.testing.fake_openai --latency-median 0.72 --latency-p95 4.1 --seed 1 --rps 10
     OPENAI_BASE_URL=http://127.0.0.1:8099/v1 OPENAI_API_KEY=test-key memesys ...
 
 It binds 127.0.0.1 only, on a free port unless one is given.
@@ -37,7 +43,7 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -77,10 +83,14 @@ START_TIMEOUT_S = 10.0
 # How long stop() lets in-flight requests (e.g. hung ones) finish before cancelling them.
 SHUTDOWN_TIMEOUT_S = 0.25
 
-# latency_dist: how a completion's latency is drawn around latency_s (then + jitter, capped
-# by latency_max_s when > 0). fixed: latency_s; uniform: in [0, 2 latency_s) (mean
-# latency_s); exponential: mean latency_s; lognormal: median latency_s, log-sd latency_sigma.
+# How a completion's latency is drawn around its figure (then + jitter, capped when a cap is
+# set): see Latency. fixed: the figure; uniform: in [0, 2x) (mean x); exponential: mean x;
+# lognormal: median x, log-sd sigma.
 LATENCY_DISTS = ("fixed", "uniform", "exponential", "lognormal")
+# The standard normal's 95th percentile: a lognormal's p95 is its median x exp(Z95 sigma).
+Z95 = 1.6449
+# The window a token limit (tokens per minute) counts in.
+TOKEN_WINDOW_S = 60.0
 # fail_kind: what an injected failure is. status: an HTTP error in OpenAI's shape (fail_status,
 # else 500); reset: the connection is closed with a TCP reset, no answer; not_json: a 200
 # whose body is not JSON; no_choices: a 200 JSON completion without "choices"; hang: no
@@ -93,6 +103,60 @@ RETRY_AFTER_HEADERS = ("both", "seconds", "ms")
 NOT_JSON_BODY = b'{"id": "chatcmpl-fake-truncated", "object": "chat.completion", "choi'
 
 
+def lognormal_sigma(median: float, p95: float) -> float:
+    """The log-sd of the lognormal with this median and 95th percentile."""
+    if not 0 < median <= p95:
+        raise ValueError(f"a lognormal needs 0 < median <= p95, not {median:g} and {p95:g}")
+    return (math.log(p95) - math.log(median)) / Z95
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How long a model takes to answer: ``seconds`` drawn as ``dist`` says (LATENCY_DISTS),
+    plus uniform jitter in [0, ``jitter_s``), capped at ``max_s`` when > 0.
+
+    A published latency is usually a median and a tail percentile: :meth:`lognormal` takes
+    those (a heavy tail, as real providers have)."""
+
+    seconds: float = 0.0
+    dist: str = "fixed"
+    sigma: float = 0.5  # the lognormal's log-sd
+    max_s: float = 0.0
+    jitter_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.dist not in LATENCY_DISTS:
+            raise ValueError(
+                f"latency_dist must be one of {', '.join(LATENCY_DISTS)}, not {self.dist!r}"
+            )
+
+    @classmethod
+    def lognormal(cls, median: float, p95: float, max_s: float = 0.0) -> Latency:
+        """mu = ln(median), sigma = (ln(p95) - mu) / Z95."""
+        return cls(median, "lognormal", lognormal_sigma(median, p95), max_s)
+
+    @classmethod
+    def parse(cls, spec: str) -> Latency:
+        """``"0.1"``: a fixed 0.1 s; ``"0.72:4.1"``: lognormal with median 0.72 s, p95 4.1 s."""
+        median, _, p95 = spec.partition(":")
+        return cls.lognormal(float(median), float(p95)) if p95 else cls(float(median))
+
+    def draw(self, rng: random.Random) -> float:
+        """One completion's latency, from ``rng``."""
+        base, dist = self.seconds, self.dist
+        if dist == "fixed" or base <= 0:
+            delay = base
+        elif dist == "uniform":
+            delay = rng.uniform(0, 2 * base)
+        elif dist == "exponential":
+            delay = rng.expovariate(1 / base)
+        else:  # lognormal
+            delay = base * math.exp(rng.gauss(0, self.sigma))
+        if self.jitter_s > 0:
+            delay += rng.uniform(0, self.jitter_s)
+        return min(delay, self.max_s) if self.max_s > 0 else delay
+
+
 @dataclass
 class FakeConfig:
     """What the fake does to each ``/chat/completions`` request; read per request, so a test
@@ -102,6 +166,13 @@ class FakeConfig:
     injected failure if this call fails (answered without latency, like a fast-rejecting
     rate limiter), else the latency (``latency_dist`` around ``latency_s``, + jitter) and the
     completion.
+
+    The latency of a request for a model in ``latency_by_model`` is that model's; the others'
+    is the ``latency_*`` and ``jitter_s`` fields' (:meth:`latency`).
+
+    With a rate limit (``limit_requests`` in any ``limit_window_s``, ``limit_tokens`` in any
+    minute) a request past it is answered 429 at once, before hang, faults and latency, as a
+    provider's gateway would (:class:`RateLimiter`).
 
     Which calls fail: during a storm (``storm_start`` <= ``time.time()`` < ``storm_end``)
     every targeted call, with ``storm_status``; otherwise as ``fail_every`` / ``fail_status``
@@ -138,6 +209,14 @@ class FakeConfig:
     storm_end: float | None = None
     storm_status: int = 500
     retry_after_headers: str = "both"  # see RETRY_AFTER_HEADERS
+    # Per-model latency, overriding the fields above for requests naming that model.
+    latency_by_model: dict[str, Latency] = field(default_factory=dict)
+    # The provider's own rate limit (0 = none): at most limit_requests requests admitted in
+    # any limit_window_s seconds (1: a per-second limit, 60: per minute), and at most
+    # limit_tokens estimated tokens (estimated_tokens) in any TOKEN_WINDOW_S.
+    limit_requests: int = 0
+    limit_window_s: float = 60.0
+    limit_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.check()
@@ -152,12 +231,120 @@ class FakeConfig:
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
 
+    def latency(self, model: str = "") -> Latency:
+        """How long a completion for ``model`` takes."""
+        own = self.latency_by_model.get(model)
+        if own is not None:
+            return own
+        return Latency(
+            self.latency_s, self.latency_dist, self.latency_sigma, self.latency_max_s, self.jitter_s
+        )
+
     def storming(self, now: float | None = None) -> bool:
         """Whether a storm is on at ``now`` (time.time())."""
         if self.storm_start is None:
             return False
         now = time.time() if now is None else now
         return self.storm_start <= now and (self.storm_end is None or now < self.storm_end)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the rate limit said of one request: ``refused`` names the limit it is past
+    ("requests" or "tokens", "" when admitted); ``retry_after_s`` is when it would fit;
+    ``headers`` are the ``x-ratelimit-*`` headers of the answer."""
+
+    refused: str
+    retry_after_s: float
+    headers: dict[str, str]
+
+
+class RateLimiter:
+    """A provider's rate limit: sliding windows of the requests and the estimated tokens it
+    admitted (a refused request takes nothing). The limits are read from the config at each
+    request, so a test may change them while the server runs.
+
+    The headers are OpenAI's: ``x-ratelimit-limit-requests``, ``-remaining-requests`` (after
+    this request) and ``-reset-requests`` (until the window is empty again, as "1s", "120ms",
+    "6m0s"), and the ``-tokens`` variants when a token limit is set."""
+
+    def __init__(self) -> None:
+        self._requests: deque[float] = deque()
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._token_sum = 0
+
+    def admit(self, config: FakeConfig, tokens: int, now: float) -> Admission:
+        """Admit (and count) a request of ``tokens`` estimated tokens at ``now`` (monotonic),
+        or refuse it with the wait until it would fit."""
+        limit, window = config.limit_requests, config.limit_window_s
+        token_limit = config.limit_tokens
+        while self._requests and self._requests[0] <= now - window:
+            self._requests.popleft()
+        while self._tokens and self._tokens[0][0] <= now - TOKEN_WINDOW_S:
+            self._token_sum -= self._tokens.popleft()[1]
+        refused, waits = "", []
+        if limit > 0 and len(self._requests) >= limit:
+            # One more fits when the request limit-th from the newest leaves the window.
+            refused = "requests"
+            waits.append(self._requests[len(self._requests) - limit] + window - now)
+        if token_limit > 0 and self._token_sum + tokens > token_limit:
+            refused = refused or "tokens"
+            waits.append(self._token_wait(token_limit - tokens, now))
+        if not refused:
+            if limit > 0:
+                self._requests.append(now)
+            if token_limit > 0:
+                self._tokens.append((now, tokens))
+                self._token_sum += tokens
+        return Admission(refused, max(waits, default=0.0), self._headers(config, now))
+
+    def _token_wait(self, room: int, now: float) -> float:
+        """Seconds until the tokens in the window are at most ``room`` (a whole window when
+        the request alone is over the limit)."""
+        if room < 0:
+            return TOKEN_WINDOW_S
+        held = self._token_sum
+        for at, tokens in self._tokens:
+            held -= tokens
+            if held <= room:
+                return at + TOKEN_WINDOW_S - now
+        return 0.0
+
+    def _headers(self, config: FakeConfig, now: float) -> dict[str, str]:
+        headers = {}
+        if config.limit_requests > 0:
+            requests = self._requests
+            headers["x-ratelimit-limit-requests"] = str(config.limit_requests)
+            headers["x-ratelimit-remaining-requests"] = str(
+                max(0, config.limit_requests - len(requests))
+            )
+            reset = requests[-1] + config.limit_window_s - now if requests else 0.0
+            headers["x-ratelimit-reset-requests"] = duration_text(reset)
+        if config.limit_tokens > 0:
+            headers["x-ratelimit-limit-tokens"] = str(config.limit_tokens)
+            headers["x-ratelimit-remaining-tokens"] = str(
+                max(0, config.limit_tokens - self._token_sum)
+            )
+            reset = self._tokens[-1][0] + TOKEN_WINDOW_S - now if self._tokens else 0.0
+            headers["x-ratelimit-reset-tokens"] = duration_text(reset)
+        return headers
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as OpenAI's x-ratelimit-reset-* headers write it: "120ms", "1.5s", "6m0s"."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{text}" if minutes else text
+
+
+def estimated_tokens(body: dict[str, Any]) -> int:
+    """What a request counts against a token limit before it is answered, as OpenAI
+    estimates it: the messages' characters / 4, plus the completion tokens it may ask for."""
+    chars = sum(len(str(m.get("content") or "")) for m in body["messages"])
+    most = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+    return math.ceil(chars / 4) + (most if isinstance(most, int) else 0)
 
 
 class FakeOpenAI:
@@ -167,10 +354,15 @@ class FakeOpenAI:
     ``calls`` completions answered (200), ``calls_by_model`` the same per requested model,
     ``attempts`` every POST to ``/chat/completions`` (refused ones too), ``attempts_by_model``
     the same per requested model ("" when the body names none), ``failures`` injected
-    failures (``failures_by_model`` per model), ``requests`` the JSON bodies that passed auth
-    (last ``max_requests``), ``arrivals`` the ``time.time()`` of each attempt (last
+    failures (``failures_by_model`` per model), ``rate_limited`` the 429s of the fake's own
+    rate limit (``rate_limited_by_model``), ``in_flight`` the attempts being answered now and
+    ``peak_in_flight`` the most at once (``*_by_model`` per model), ``requests`` the JSON
+    bodies that passed auth (last ``max_requests``), ``request_headers`` the User-Agent and
+    ``X-Stainless-*`` headers of each attempt, names in lower case (last ``max_requests``;
+    ``user_agents`` counts them all), ``arrivals`` the ``time.time()`` of each attempt (last
     MAX_ARRIVALS_KEPT). Another process reads them at ``GET /_fake/stats`` (``?arrivals=1``
-    adds the arrival times), e.g. to measure the rate that reached the provider.
+    adds the arrival times, ``?headers=1`` the recorded headers), e.g. to measure the rate
+    that reached the provider.
     """
 
     def __init__(
@@ -193,8 +385,16 @@ class FakeOpenAI:
         self.attempts_by_model: Counter[str] = Counter()
         self.failures = 0
         self.failures_by_model: Counter[str] = Counter()
+        self.rate_limited = 0
+        self.rate_limited_by_model: Counter[str] = Counter()
+        self.in_flight = self.peak_in_flight = 0
+        self.in_flight_by_model: Counter[str] = Counter()
+        self.peak_in_flight_by_model: Counter[str] = Counter()
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_requests)
+        self.request_headers: deque[dict[str, str]] = deque(maxlen=max_requests)
+        self.user_agents: Counter[str] = Counter()
         self.arrivals: deque[float] = deque(maxlen=MAX_ARRIVALS_KEPT)
+        self.limiter = RateLimiter()
         self._rng = random.Random(self.config.seed)
         self._faultable = 0  # calls past the auth/body checks, for fail_every
         self._runner: web.AppRunner | None = None
@@ -295,13 +495,20 @@ class FakeOpenAI:
         self.stop_thread()
 
     def reset(self) -> None:
-        """Zero the counters and forget the recorded requests (the config is kept)."""
-        self.calls = self.attempts = self.failures = self._faultable = 0
+        """Zero the counters, empty the rate limit's windows and forget the recorded requests
+        (the config is kept; the peaks restart from the calls in flight now)."""
+        self.calls = self.attempts = self.failures = self._faultable = self.rate_limited = 0
         self.calls_by_model.clear()
         self.attempts_by_model.clear()
         self.failures_by_model.clear()
+        self.rate_limited_by_model.clear()
+        self.peak_in_flight = self.in_flight
+        self.peak_in_flight_by_model = +self.in_flight_by_model
         self.requests.clear()
+        self.request_headers.clear()
+        self.user_agents.clear()
         self.arrivals.clear()
+        self.limiter = RateLimiter()
 
     def storm(self, duration_s: float | None, *, after_s: float = 0.0, status: int = 500) -> None:
         """Fail every targeted call with ``status`` from ``after_s`` seconds from now, for
@@ -332,27 +539,51 @@ class FakeOpenAI:
             }
         )
 
-    def stats(self, arrivals: bool = False) -> dict[str, Any]:
+    def stats(self, arrivals: bool = False, headers: bool = False) -> dict[str, Any]:
         """The counters as JSON-ready data (what ``GET /_fake/stats`` answers)."""
         out: dict[str, Any] = {
             "attempts": self.attempts,
             "calls": self.calls,
             "failures": self.failures,
+            "rate_limited": self.rate_limited,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
             "attempts_by_model": dict(self.attempts_by_model),
             "calls_by_model": dict(self.calls_by_model),
             "failures_by_model": dict(self.failures_by_model),
+            "rate_limited_by_model": dict(self.rate_limited_by_model),
+            "in_flight_by_model": dict(+self.in_flight_by_model),
+            "peak_in_flight_by_model": dict(self.peak_in_flight_by_model),
+            "user_agents": dict(self.user_agents),
         }
         if arrivals:
             out["arrivals"] = list(self.arrivals)
+        if headers:
+            out["request_headers"] = list(self.request_headers)
         return out
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats(request.query.get("arrivals") in ("1", "true")))
+        def asked(name: str) -> bool:
+            return request.query.get(name) in ("1", "true")
+
+        return web.json_response(self.stats(asked("arrivals"), asked("headers")))
+
+    def _record_headers(self, request: web.Request) -> None:
+        """Which client called: its User-Agent and the openai SDK's X-Stainless-* headers,
+        named in lower case (as HTTP/2 writes them: header names are case-insensitive)."""
+        seen = {
+            name.lower(): value
+            for name, value in request.headers.items()
+            if name.lower() == "user-agent" or name.lower().startswith("x-stainless-")
+        }
+        self.request_headers.append(seen)
+        self.user_agents[request.headers.get("User-Agent", "")] += 1
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
         self.attempts += 1
         self.arrivals.append(time.time())
+        self._record_headers(request)
         raw = await request.read()
         problem = ""
         try:
@@ -363,6 +594,28 @@ class FakeOpenAI:
         model = body.get("model") if isinstance(body, dict) else None
         model = model if isinstance(model, str) else ""
         self.attempts_by_model[model] += 1
+        self.in_flight += 1
+        self.in_flight_by_model[model] += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        self.peak_in_flight_by_model[model] = max(
+            self.peak_in_flight_by_model[model], self.in_flight_by_model[model]
+        )
+        try:
+            return await self._answer(request, arrived, body, parsed, problem, model)
+        finally:
+            self.in_flight -= 1
+            self.in_flight_by_model[model] -= 1
+
+    async def _answer(
+        self,
+        request: web.Request,
+        arrived: float,
+        body: Any,
+        parsed: bool,
+        problem: str,
+        model: str,
+    ) -> web.StreamResponse:
+        """The answer to one attempt, past the counting of it."""
         if not self._authorized(request):
             return _unauthorized()
         if not parsed:
@@ -374,6 +627,11 @@ class FakeOpenAI:
         if invalid is not None:
             return invalid
         config = self.config
+        admission = self.limiter.admit(config, estimated_tokens(body), time.monotonic())
+        if admission.refused:
+            self.rate_limited += 1
+            self.rate_limited_by_model[model] += 1
+            return _rate_limited(config, admission, model)
         if config.hang_s > 0:
             await asyncio.sleep(config.hang_s)
         self._faultable += 1
@@ -393,13 +651,14 @@ class FakeOpenAI:
         # is, so concurrent calls are not answered later than asked.
         answer_at = (
             arrived if config.hang_s <= 0 and kind is None else time.monotonic()
-        ) + self.next_delay(config)
+        ) + self.next_delay(config, model)
         try:
             answer, served = web.json_response(completion(body)), True
         except (LM15Error, ValueError, TypeError) as exc:
             # The writer cannot answer these messages (an unknown signature, a malformed
             # message): a client error, as a real endpoint's refusal would be.
             answer, served = error(400, f"fake-openai: {exc}"), False
+        answer.headers.update(admission.headers)
         if answer_at > time.monotonic():
             await asyncio.sleep(answer_at - time.monotonic())
         if served:  # counted once answered: a client that gave up during the wait got nothing
@@ -407,29 +666,10 @@ class FakeOpenAI:
             self.calls_by_model[body["model"]] += 1
         return answer
 
-    def next_delay(self, config: FakeConfig | None = None) -> float:
-        """The latency of the next completion: drawn as ``latency_dist`` says around
-        latency_s, plus seeded jitter, capped by latency_max_s when set. (The generator is
-        seeded once, from the config the fake was created with.)"""
-        config = config or self.config
-        base, dist = config.latency_s, config.latency_dist
-        if dist == "fixed" or base <= 0:
-            delay = base
-        elif dist == "uniform":
-            delay = self._rng.uniform(0, 2 * base)
-        elif dist == "exponential":
-            delay = self._rng.expovariate(1 / base)
-        elif dist == "lognormal":
-            delay = base * math.exp(self._rng.gauss(0, config.latency_sigma))
-        else:
-            raise ValueError(
-                f"latency_dist must be one of {', '.join(LATENCY_DISTS)}, not {dist!r}"
-            )
-        jitter = self._rng.uniform(0, config.jitter_s) if config.jitter_s > 0 else 0.0
-        delay += jitter
-        if config.latency_max_s > 0:
-            delay = min(delay, config.latency_max_s)
-        return delay
+    def next_delay(self, config: FakeConfig | None = None, model: str = "") -> float:
+        """The latency of the next completion for ``model`` (:meth:`FakeConfig.latency`).
+        (The generator is seeded once, from the config the fake was created with.)"""
+        return (config or self.config).latency(model).draw(self._rng)
 
     def _fault(self, config: FakeConfig) -> tuple[str | None, int]:
         """(fail kind, status) if this call fails, else (None, 0)."""
@@ -500,6 +740,30 @@ def _retry_after(config: FakeConfig) -> dict[str, str]:
     if config.retry_after_headers in ("both", "ms"):
         headers["retry-after-ms"] = str(int(seconds * 1000))
     return headers
+
+
+def _rate_limited(config: FakeConfig, admission: Admission, model: str) -> web.Response:
+    """The 429 of the fake's own limit, as OpenAI answers it: Retry-After in whole seconds
+    (rounded up, as HTTP writes it), retry-after-ms to the millisecond (as the config's
+    retry_after_headers says), and the x-ratelimit-* headers."""
+    wait = max(admission.retry_after_s, 0.0)
+    headers = dict(admission.headers)
+    if config.retry_after_headers in ("both", "seconds"):
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    if config.retry_after_headers in ("both", "ms"):
+        headers["retry-after-ms"] = str(math.ceil(wait * 1000))
+    if admission.refused == "tokens":
+        limit = f"tokens per min (TPM): Limit {config.limit_tokens}"
+    else:
+        per = "min (RPM)" if config.limit_window_s == 60 else f"{config.limit_window_s:g} s"
+        limit = f"requests per {per}: Limit {config.limit_requests}"
+    return error(
+        429,
+        f"Rate limit reached for {model} on {limit}. Please try again in {wait:.3f}s.",
+        type=admission.refused,
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
 
 
 def completion(body: dict[str, Any]) -> dict[str, Any]:
@@ -613,7 +877,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="the model /v1/models lists")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per completion")
     parser.add_argument("--jitter", type=float, default=0.0, help="extra uniform seconds")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the jitter")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the latency and the jitter")
     parser.add_argument("--fail-status", type=int, default=None)
     parser.add_argument("--fail-every", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=None)
@@ -651,6 +915,33 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--latency-max", type=float, default=0.0, help="cap on a completion's latency (0: none)"
     )
     parser.add_argument(
+        "--latency-median",
+        type=float,
+        default=None,
+        help="a lognormal latency with this median (seconds); needs --latency-p95, "
+        "replaces --latency and --latency-dist",
+    )
+    parser.add_argument(
+        "--latency-p95", type=float, default=None, help="the lognormal latency's 95th percentile"
+    )
+    parser.add_argument(
+        "--model-latency",
+        action="append",
+        default=[],
+        metavar="MODEL=SPEC",
+        help="the latency of one model: SECONDS (fixed) or MEDIAN:P95 (lognormal); repeatable",
+    )
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument(
+        "--rps", type=int, default=0, help="the provider's limit: requests in any second"
+    )
+    limit.add_argument(
+        "--rpm", type=int, default=0, help="the provider's limit: requests in any minute"
+    )
+    parser.add_argument(
+        "--tpm", type=int, default=0, help="the provider's limit: estimated tokens in any minute"
+    )
+    parser.add_argument(
         "--storm-after",
         type=float,
         default=None,
@@ -663,13 +954,34 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="how long the storm lasts (default: until stopped)",
     )
     parser.add_argument("--storm-status", type=int, default=500)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.latency_median is None) != (args.latency_p95 is None):
+        parser.error("--latency-median and --latency-p95 go together")
+    try:
+        args.model_latency = dict(_model_latency(spec) for spec in args.model_latency)
+        if args.latency_median is not None:
+            lognormal_sigma(args.latency_median, args.latency_p95)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def _model_latency(spec: str) -> tuple[str, Latency]:
+    model, sep, latency = spec.partition("=")
+    if not (model and sep and latency):
+        raise ValueError(f"--model-latency wants MODEL=SECONDS or MODEL=MEDIAN:P95, not {spec!r}")
+    return model, Latency.parse(latency)
 
 
 def config_from_args(args: argparse.Namespace) -> FakeConfig:
     """The FakeConfig the command line asks for (a storm is set by :func:`_serve`)."""
+    latency, dist, sigma = args.latency, args.latency_dist, args.latency_sigma
+    if args.latency_median is not None:
+        lognormal = Latency.lognormal(args.latency_median, args.latency_p95)
+        latency, dist, sigma = lognormal.seconds, lognormal.dist, lognormal.sigma
+    requests, window = (args.rps, 1.0) if args.rps else (args.rpm, 60.0)
     return FakeConfig(
-        latency_s=args.latency,
+        latency_s=latency,
         jitter_s=args.jitter,
         seed=args.seed,
         fail_status=args.fail_status,
@@ -681,10 +993,14 @@ def config_from_args(args: argparse.Namespace) -> FakeConfig:
         fail_kind=args.fail_kind,
         fail_hang_s=args.fail_hang,
         retry_after_headers=args.retry_after_headers,
-        latency_dist=args.latency_dist,
-        latency_sigma=args.latency_sigma,
+        latency_dist=dist,
+        latency_sigma=sigma,
         latency_max_s=args.latency_max,
         storm_status=args.storm_status,
+        latency_by_model=args.model_latency,
+        limit_requests=requests,
+        limit_window_s=window,
+        limit_tokens=args.tpm,
     )
 
 
@@ -703,7 +1019,11 @@ async def _serve(args: argparse.Namespace) -> None:
         await done.wait()
     finally:
         await fake.stop()
-    print(f"fake-openai stopped after {fake.calls} completions", flush=True)
+    print(
+        f"fake-openai stopped after {fake.calls} completions "
+        f"({fake.rate_limited} answered 429 by its rate limit)",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
