@@ -292,6 +292,9 @@ def test_provider_429s_lower_the_limit_and_it_climbs_back() -> None:
     assert slots_within(limiter, 0.9) == 5  # 5 a second (2 at once, then spaced)
     limiter._local_adapted.changed -= 6
     limiter.provider_answered()
+    assert limiter.factor == 0.5  # a 429 less than CLIMB_EVERY_S ago
+    limiter._local_adapted.limited -= 6
+    limiter.provider_answered()
     assert limiter.factor == pytest.approx(0.6)
 
 
@@ -326,7 +329,8 @@ def test_a_429_slows_every_process(redis: str) -> None:
     store = redis_lib.Redis.from_url(redis)
     key = f"{prefix}:llm:limit/x/m/adapted"
     seconds, micros = store.time()
-    store.hset(key, "changed", seconds + micros / 1e6 - CLIMB_EVERY_S - 1)
+    quiet_since = seconds + micros / 1e6 - CLIMB_EVERY_S - 1
+    store.hset(key, mapping={"changed": quiet_since, "limited": quiet_since})
     here.provider_answered()
     assert here.factor == pytest.approx(0.6)
     other = Limiter("x/m", 10, 0, redis, prefix)  # a third process reads it at its next call

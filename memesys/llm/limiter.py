@@ -110,32 +110,36 @@ return {1, string.format('%.6f', at - now), f}
 
 # The shared adaptation. KEYS[1]: its hash. ARGV: "lower" (a 429: halve the factor at most
 # once every LOWER_EVERY_S, not below MIN_FACTOR, and hold every send until now + the
-# provider's Retry-After) or "climb" (an answer: up by CLIMB once every CLIMB_EVERY_S), then
+# provider's Retry-After) or "climb" (an answer: up by CLIMB once CLIMB_EVERY_S have passed
+# since the last change and the last 429), then
 # the Retry-After and those figures. Answers {the factor now, 1 if this call changed it}.
 _ADAPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local stamp = string.format('%.6f', now)
 local how, retry_after = ARGV[1], tonumber(ARGV[2])
 local min_factor, climb = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lower_every, climb_every, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local adapted = redis.call('HMGET', KEYS[1], 'factor', 'changed', 'until')
+local adapted = redis.call('HMGET', KEYS[1], 'factor', 'changed', 'until', 'limited')
 local factor = tonumber(adapted[1]) or 1
 local changed = tonumber(adapted[2]) or 0
+local quiet = math.min(now - changed, now - (tonumber(adapted[4]) or 0))
 local moved = 0
 if how == 'lower' then
+  redis.call('HSET', KEYS[1], 'limited', stamp)
   if now - changed >= lower_every and factor > min_factor then
     factor = math.max(min_factor, factor / 2)
     moved = 1
-    redis.call('HSET', KEYS[1], 'factor', string.format('%.6f', factor), 'changed', now)
+    redis.call('HSET', KEYS[1], 'factor', string.format('%.6f', factor), 'changed', stamp)
   end
   if retry_after > 0 and now + retry_after > (tonumber(adapted[3]) or 0) then
     redis.call('HSET', KEYS[1], 'until', string.format('%.6f', now + retry_after))
   end
   redis.call('PEXPIRE', KEYS[1], ttl)
-elseif factor < 1 and now - changed >= climb_every then
+elseif factor < 1 and quiet >= climb_every then
   factor = math.min(1, factor + climb)
   moved = 1
-  redis.call('HSET', KEYS[1], 'factor', string.format('%.6f', factor), 'changed', now)
+  redis.call('HSET', KEYS[1], 'factor', string.format('%.6f', factor), 'changed', stamp)
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 return {string.format('%.6f', factor), moved}
@@ -144,18 +148,19 @@ return {string.format('%.6f', factor), moved}
 
 class _Adapted:
     """The adaptation in this process (Redis unreachable, or none configured): the factor of
-    the configured rate asked for now, when it last changed, and no send before ``until``
-    (monotonic clock)."""
+    the configured rate asked for now, when it last changed, the last 429, and no send before
+    ``until`` (monotonic clock)."""
 
     def __init__(self) -> None:
         self.factor = 1.0
-        self.changed = float("-inf")
+        self.changed = self.limited = float("-inf")
         self.until = 0.0
         self.lock = threading.Lock()
 
     def lower(self, retry_after: float) -> tuple[float, bool]:
         with self.lock:
             now = time.monotonic()
+            self.limited = now
             self.until = max(self.until, now + retry_after)
             if now - self.changed < LOWER_EVERY_S or self.factor <= MIN_FACTOR:
                 return self.factor, False
@@ -166,7 +171,8 @@ class _Adapted:
     def climb(self) -> tuple[float, bool]:
         with self.lock:
             now = time.monotonic()
-            if self.factor >= 1.0 or now - self.changed < CLIMB_EVERY_S:
+            quiet = now - max(self.changed, self.limited)
+            if self.factor >= 1.0 or quiet < CLIMB_EVERY_S:
                 return self.factor, False
             self.factor = min(1.0, self.factor + CLIMB)
             self.changed = now
