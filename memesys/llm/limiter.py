@@ -72,7 +72,7 @@ WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
 
 # The schedule. KEYS: the time the next request may go at the latest spacing (the GCRA's
 # theoretical arrival time, seconds on Redis's clock), the send times of the last second's
-# worth of requests (newest first), the shared adaptation (a hash: factor, changed, until).
+# worth of requests (newest first), the shared adaptation (a hash: factor, until, ...).
 # ARGV: the configured requests/s, the most calls at once, the caller's longest wait (s), the
 # window. The send time is the latest of: now, the GCRA's (tat less the burst tolerance), the
 # last send (times never go back), the provider's Retry-After (until), and the rate-th latest
@@ -111,8 +111,9 @@ return {1, string.format('%.6f', at - now), f}
 # The shared adaptation. KEYS[1]: its hash. ARGV: "lower" (a 429: halve the factor at most
 # once every LOWER_EVERY_S, not below MIN_FACTOR, and hold every send until now + the
 # provider's Retry-After) or "climb" (an answer: up by CLIMB once CLIMB_EVERY_S have passed
-# since the last change and the last 429), then
-# the Retry-After and those figures. Answers {the factor now, 1 if this call changed it}.
+# since the last change and the last 429), then the Retry-After and those figures. The hash:
+# factor, changed and limited (the last change and the last 429), until (seconds, Redis's
+# clock). Answers {the factor now, 1 if this call changed it}.
 _ADAPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -135,7 +136,7 @@ if how == 'lower' then
   if retry_after > 0 and now + retry_after > (tonumber(adapted[3]) or 0) then
     redis.call('HSET', KEYS[1], 'until', string.format('%.6f', now + retry_after))
   end
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[1], math.max(ttl, math.ceil(retry_after * 1000) + 1000))
 elseif factor < 1 and quiet >= climb_every then
   factor = math.min(1, factor + climb)
   moved = 1
