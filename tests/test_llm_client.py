@@ -166,6 +166,14 @@ def test_retry_after_headers() -> None:
     assert retry_after_of(Headers({"Retry-After": "3"})) == 3.0
     assert retry_after_of(Headers({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) is None
     assert retry_after_of(Headers({})) is None
+    # OpenAI's x-ratelimit-* headers, for a limit they say is spent: its reset
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "850ms"}
+    assert retry_after_of(Headers(spent)) == pytest.approx(0.85)
+    spent |= {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}
+    assert retry_after_of(Headers(spent)) == 360.0
+    left = {"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "1.5s"}
+    assert retry_after_of(Headers(left)) is None
+    assert retry_after_of(Headers({**spent, "Retry-After": "2"})) == 2.0
 
 
 def test_through_dspy_one_retry_layer(fake: FakeOpenAI) -> None:

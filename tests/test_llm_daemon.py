@@ -11,7 +11,7 @@ import time
 import pytest
 
 from memesys.testing.fake_openai import FakeConfig
-from tests.support.daemon import DaemonProcess, restarts, tree
+from tests.support.daemon import DaemonProcess, daemon_redis, restarts, tree
 from tests.support.load import Load
 from tests.support.provider import fake_provider_fixture, provider_env
 from tests.support.timing import scaled, wait_for
@@ -54,6 +54,20 @@ def test_a_provider_429_with_a_long_retry_after_is_passed_on_at_once(daemon, fak
     # ms); 2 s (scaled) is far below the 40 s it was told to wait.
     assert elapsed < scaled(2.0), elapsed
     assert fake.attempts == 1  # the select_write stage's one attempt: nothing more was sent
+    # The provider's wait holds every process of the cluster: the next meme is refused at once
+    # with what is left of it, and nothing reaches the provider.
+    fake.reset()
+    status, headers, body = post(daemon, "still rate limited")
+    assert status == 503 and b'"llm_rate_limited"' in body, body
+    assert 30 <= int(headers["Retry-After"]) <= 40 and fake.attempts == 0
+    forget_the_providers_wait(daemon)  # the next tests start from a provider that never waited
+
+
+def forget_the_providers_wait(daemon: DaemonProcess) -> None:
+    """Drop the cluster's adaptation to the provider (its 429s' lowered rate and wait)."""
+    store = daemon_redis(daemon)
+    for key in store.scan_iter(f"{daemon.key_prefix}:llm:limit/*/adapted"):
+        store.delete(key)
 
 
 def test_a_provider_429_with_a_short_retry_after_is_retried(daemon, fake):

@@ -5,13 +5,15 @@ counted across every process and host on one Redis. 0 turns a limit off.
 
 - Requests/s: one shared schedule (GCRA, the generic cell rate algorithm, as a virtual
   schedule): Redis holds the theoretical time of the next request, and every caller takes the
-  next send time and moves it on by ``1 / rate_limit_rps`` in one atomic script on Redis's
-  clock. Up to ``MAX_BURST`` calls (a judging group; never more than half a second's worth,
-  at least one) may go at once; after that sends are spaced evenly, so any second holds at
-  most ``rate_limit_rps`` plus that burst (1.4 R at 10 req/s, 1.2 R at 20). Then, at the
-  moment of sending, the call is policed by the same algorithm on a key of its own that
-  grants only "now": a process that stalled past several send times (starved of CPU, paused)
-  sends them at the rate instead of all at once when it runs again.
+  next send time and moves it on by ``1 / rate`` in one atomic script on Redis's clock. Up to
+  ``MAX_BURST`` calls (a judging group; never more than half a second's worth, at least one)
+  may go at once, but only from what the window left: the same script keeps the send times
+  of the last ``rate`` requests and puts a send no earlier than the rate-th latest one plus
+  ``WINDOW_S`` (a second and a margin), so no second ever holds more than the rate and a
+  provider enforcing it never answers 429 (with the burst of 4 alone a second held 1.4 R).
+  Then, at the moment of sending, the call is policed by the same algorithm on keys of its
+  own that grant only "now": a process that stalled past several send times (starved of CPU,
+  paused) sends them at the rate instead of all at once when it runs again.
   Before, a moving window of slots (the ``limits`` library's) counted the moment a slot was
   granted: it let R calls go in a few milliseconds and R more a second later, and a process
   that paced its sends after taking slots sent them up to a second late, so the provider saw
@@ -24,10 +26,12 @@ counted across every process and host on one Redis. 0 turns a limit off.
 - Redis unreachable: each process falls back to its share of the limit (limit / processes,
   at least 1 a second) on a schedule and window of its own, logs it, counts it
   (``fallbacks``), and tries Redis again after ``RETRY_REDIS_S``.
-- Provider 429s: the rate this process asks for adapts down (halved, at most once a second,
-  to no less than ``MIN_FACTOR`` of the configured one) and climbs back by ``CLIMB`` every
-  ``CLIMB_EVERY_S`` without a 429. Its calls are spaced by its own (lower) rate on the shared
-  schedule, so a lowered rate slows the others too.
+- Provider 429s adapt the whole cluster: the rate asked for is the configured one times a
+  factor in Redis that the schedule's script reads. A 429 halves it (at most once every
+  ``LOWER_EVERY_S``, to no less than ``MIN_FACTOR``) and holds every process's sends to that
+  provider+model until the provider's Retry-After (``retry-after-ms``, ``Retry-After`` or a
+  spent ``x-ratelimit-*`` limit's reset) has passed; answers climb it back by ``CLIMB`` every
+  ``CLIMB_EVERY_S`` without a 429. Redis unreachable: the same on this process's own factor.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import redis
@@ -54,28 +59,125 @@ RETRY_REDIS_S = 5.0
 MIN_FACTOR = 0.1
 CLIMB = 0.1
 CLIMB_EVERY_S = 5.0
+LOWER_EVERY_S = 1.0
 # Calls that may go at once: a meme's judging group (three verifiers and the scorer), never
-# more than half a second's worth, at least one. 4 at 10 req/s: a second holds at most 1.4 R.
+# more than half a second's worth, at least one, and only from what the last second left.
 MAX_BURST = JUDGING_CALLS_PER_MEME
+# The window no more than the rate's requests may go in: a second, plus a margin for the
+# moments between taking a send time and the request reaching the provider (a late earlier
+# send must not put two sends a second apart at the provider into one of its windows).
+WINDOW_S = 1.025
+ADAPTED_TTL_MS = 600_000  # the shared factor is forgotten 10 min after its last change
 WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
 
-# KEYS[1]: the time the next request may go at the latest spacing (the GCRA's theoretical
-# arrival time), in seconds on Redis's clock. ARGV: the spacing, the burst tolerance, the
-# caller's longest wait (s). Answers {1, wait} (the caller's send time is now + wait, and the
-# schedule moved on) or {0, wait} (not before its deadline: nothing taken).
+# The schedule. KEYS: the time the next request may go at the latest spacing (the GCRA's
+# theoretical arrival time, seconds on Redis's clock), the send times of the last second's
+# worth of requests (newest first), the shared adaptation (a hash: factor, until, ...).
+# ARGV: the configured requests/s, the most calls at once, the caller's longest wait (s), the
+# window. The send time is the latest of: now, the GCRA's (tat less the burst tolerance), the
+# last send (times never go back), the provider's Retry-After (until), and the rate-th latest
+# send + the window (no window ever holds more than the rate). Answers {1, wait, factor} (the
+# caller's send time is now + wait, and the schedule moved on) or {0, wait, factor} (not before
+# its deadline: nothing taken).
 _SCHEDULE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local interval, tolerance, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rps, max_burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_wait, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local adapted = redis.call('HMGET', KEYS[3], 'factor', 'until')
+local factor = tonumber(adapted[1]) or 1
+local rate = math.max(1, rps * factor)
+local interval = 1 / rate
+local limit = math.max(1, math.floor(rate))
+local burst = math.max(1, math.min(max_burst, math.floor(rate / 2)))
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local wait = tat - tolerance - now
-if wait < 0 then wait = 0 end
-if wait > max_wait then return {0, string.format('%.6f', wait)} end
-local ttl_ms = math.ceil((tat + interval - now) * 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.6f', tat + interval), 'PX', ttl_ms)
-return {1, string.format('%.6f', wait)}
+local at = math.max(now, tat - (burst - 1) * interval, tonumber(adapted[2]) or 0)
+local last = redis.call('LINDEX', KEYS[2], 0)
+if last then at = math.max(at, tonumber(last)) end
+local oldest = redis.call('LINDEX', KEYS[2], limit - 1)
+if oldest then at = math.max(at, tonumber(oldest) + window) end
+local f = string.format('%.6f', factor)
+if at - now > max_wait then return {0, string.format('%.6f', at - now), f} end
+tat = math.max(tat, at) + interval
+local ttl_ms = math.ceil((tat - now + window) * 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', ttl_ms)
+redis.call('LPUSH', KEYS[2], string.format('%.6f', at))
+redis.call('LTRIM', KEYS[2], 0, limit - 1)
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+return {1, string.format('%.6f', at - now), f}
 """
+
+# The shared adaptation. KEYS[1]: its hash. ARGV: "lower" (a 429: halve the factor at most
+# once every LOWER_EVERY_S, not below MIN_FACTOR, and hold every send until now + the
+# provider's Retry-After) or "climb" (an answer: up by CLIMB once CLIMB_EVERY_S have passed
+# since the last change and the last 429), then the Retry-After and those figures. The hash:
+# factor, changed and limited (the last change and the last 429), until (seconds, Redis's
+# clock). Answers {the factor now, 1 if this call changed it}.
+_ADAPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local stamp = string.format('%.6f', now)
+local how, retry_after = ARGV[1], tonumber(ARGV[2])
+local min_factor, climb = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lower_every, climb_every, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local adapted = redis.call('HMGET', KEYS[1], 'factor', 'changed', 'until', 'limited')
+local factor = tonumber(adapted[1]) or 1
+local changed = tonumber(adapted[2]) or 0
+local quiet = math.min(now - changed, now - (tonumber(adapted[4]) or 0))
+local moved = 0
+if how == 'lower' then
+  redis.call('HSET', KEYS[1], 'limited', stamp)
+  if now - changed >= lower_every and factor > min_factor then
+    factor = math.max(min_factor, factor / 2)
+    moved = 1
+    redis.call('HSET', KEYS[1], 'factor', string.format('%.6f', factor), 'changed', stamp)
+  end
+  if retry_after > 0 and now + retry_after > (tonumber(adapted[3]) or 0) then
+    redis.call('HSET', KEYS[1], 'until', string.format('%.6f', now + retry_after))
+  end
+  redis.call('PEXPIRE', KEYS[1], math.max(ttl, math.ceil(retry_after * 1000) + 1000))
+elseif factor < 1 and quiet >= climb_every then
+  factor = math.min(1, factor + climb)
+  moved = 1
+  redis.call('HSET', KEYS[1], 'factor', string.format('%.6f', factor), 'changed', stamp)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return {string.format('%.6f', factor), moved}
+"""
+
+
+class _Adapted:
+    """The adaptation in this process (Redis unreachable, or none configured): the factor of
+    the configured rate asked for now, when it last changed, the last 429, and no send before
+    ``until`` (monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.factor = 1.0
+        self.changed = self.limited = float("-inf")
+        self.until = 0.0
+        self.lock = threading.Lock()
+
+    def lower(self, retry_after: float) -> tuple[float, bool]:
+        with self.lock:
+            now = time.monotonic()
+            self.limited = now
+            self.until = max(self.until, now + retry_after)
+            if now - self.changed < LOWER_EVERY_S or self.factor <= MIN_FACTOR:
+                return self.factor, False
+            self.factor = max(MIN_FACTOR, self.factor / 2)
+            self.changed = now
+            return self.factor, True
+
+    def climb(self) -> tuple[float, bool]:
+        with self.lock:
+            now = time.monotonic()
+            quiet = now - max(self.changed, self.limited)
+            if self.factor >= 1.0 or quiet < CLIMB_EVERY_S:
+                return self.factor, False
+            self.factor = min(1.0, self.factor + CLIMB)
+            self.changed = now
+            return self.factor, True
 
 
 class _LocalSchedule:
@@ -83,17 +185,31 @@ class _LocalSchedule:
 
     def __init__(self) -> None:
         self._tat = 0.0
+        self._sent: deque[float] = deque()  # the last second's worth of send times, oldest first
         self._lock = threading.Lock()
 
-    def __call__(self, interval: float, tolerance: float, max_wait: float) -> tuple[bool, float]:
+    def __call__(self, rps: float, adapted: _Adapted, max_wait: float) -> tuple[bool, float, float]:
         with self._lock:
             now = time.monotonic()
+            factor = adapted.factor
+            rate = max(1.0, rps * factor)
+            interval, limit = 1.0 / rate, max(1, int(rate))
+            burst = max(1, min(MAX_BURST, int(rate / 2)))
             tat = max(self._tat, now)
-            wait = max(0.0, tat - tolerance - now)
-            if wait > max_wait:
-                return False, wait
-            self._tat = tat + interval
-            return True, wait
+            at = max(now, tat - (burst - 1) * interval, adapted.until)
+            while len(self._sent) > limit:
+                self._sent.popleft()
+            if self._sent:
+                at = max(at, self._sent[-1])
+                if len(self._sent) == limit:
+                    at = max(at, self._sent[0] + WINDOW_S)
+            if at - now > max_wait:
+                return False, at - now, factor
+            self._tat = max(tat, at) + interval
+            self._sent.append(at)
+            if len(self._sent) > limit:
+                self._sent.popleft()
+            return True, at - now, factor
 
 
 class _PerMinute(RateLimitItemPerMinute):
@@ -137,12 +253,15 @@ class Limiter:
         self._ids = (name,)
         self._schedule_key = f"{self._namespace}/{name}/schedule"
         self._cap_key = f"{self._namespace}/{name}/sent"
-        # _SCHEDULE, run on the schedule's key and on the send cap's
+        self._adapted_key = f"{self._namespace}/{name}/adapted"
+        # _SCHEDULE, run on the schedule's keys and on the send cap's; _ADAPT
         self._gcra: Script | None = None
+        self._adapt: Script | None = None
         self._shared_window: MovingWindowRateLimiter | None = None
         if redis_url:
             client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self._gcra = client.register_script(_SCHEDULE)
+            self._adapt = client.register_script(_ADAPT)
             self._shared_window = MovingWindowRateLimiter(
                 storage_from_string(
                     _storage_uri(redis_url), socket_timeout=0.5, socket_connect_timeout=0.5
@@ -151,9 +270,9 @@ class Limiter:
         self._local_schedule = _LocalSchedule()
         self._local_cap = _LocalSchedule()
         self._local_window = MovingWindowRateLimiter(MemoryStorage())
+        self._local_adapted = _Adapted()
         self._lock = threading.Lock()
-        self._factor = 1.0
-        self._changed = time.monotonic()
+        self._factor = 1.0  # the shared factor as this process last read it
         self._local_until = 0.0  # monotonic: Redis is skipped until then
         # counters (metrics)
         self.waits = 0
@@ -226,11 +345,6 @@ class Limiter:
                 self._local_until = time.monotonic() + RETRY_REDIS_S
             return step(True, max_wait)
 
-    def _rate(self, local: bool) -> tuple[float, int]:
-        """(requests/s, burst) this process asks for now."""
-        rate = max(1.0, self.rps * self._factor / (self.processes if local else 1))
-        return rate, max(1, min(MAX_BURST, int(rate / 2)))
-
     def _reserve(self, tokens: int, local: bool, max_wait: float) -> tuple[bool, float]:
         """The token window's test, the request's send time on the schedule, the tokens'
         charge."""
@@ -266,16 +380,19 @@ class Limiter:
     def _schedule(
         self, key: str, local_schedule: _LocalSchedule, local: bool, max_wait: float
     ) -> tuple[bool, float]:
-        """The schedule under ``key`` in Redis (or ``local_schedule`` in this process) at the
-        rate and burst this process asks for now: (granted, the wait before sending) or
-        (False, the wait that would have been)."""
-        rate, burst = self._rate(local)
-        interval = 1.0 / rate
-        tolerance = (burst - 1) * interval
+        """The schedule under ``key`` in Redis (or ``local_schedule`` in this process, at its
+        share of the rate) at the configured rate times the adaptation's factor: (granted, the
+        wait before sending) or (False, the wait that would have been)."""
         if local or self._gcra is None:  # (no script: never anything but local)
-            return local_schedule(interval, tolerance, max_wait)
-        ok, raw = self._gcra(keys=[key], args=[interval, tolerance, max_wait])
-        return bool(ok), float(raw)
+            ok, wait, factor = local_schedule(
+                self.rps / self.processes, self._local_adapted, max_wait
+            )
+        else:
+            keys = [key, f"{key}/window", self._adapted_key]
+            answer = self._gcra(keys=keys, args=[self.rps, MAX_BURST, max_wait, WINDOW_S])
+            ok, wait, factor = bool(answer[0]), float(answer[1]), float(answer[2])
+        self._factor = factor
+        return ok, wait
 
     def _until_free(self, window: MovingWindowRateLimiter, item: object) -> float:
         stats = window.get_window_stats(item, *self._ids)  # type: ignore[arg-type]
@@ -283,28 +400,45 @@ class Limiter:
 
     # ------------------------------------------------------------------ adapting
 
-    def provider_limited(self) -> None:
-        """A 429 from the provider: ask for less."""
-        with self._lock:
-            now = time.monotonic()
-            if now - self._changed >= 1.0 and self._factor > MIN_FACTOR:
-                self._factor = max(MIN_FACTOR, self._factor / 2)
-                self._changed = now
-                log.warning(
-                    "llm limiter %s: provider 429: limit now %.0f%% of the configured",
-                    self.name,
-                    self._factor * 100,
-                )
+    def provider_limited(self, retry_after: float | None = None) -> bool:
+        """A 429 from the provider: every process asks for less (the factor halves, at most
+        once every LOWER_EVERY_S, not below MIN_FACTOR) and none sends before the provider's
+        ``retry_after`` has passed. Whether this one lowered the factor."""
+        self._factor, lowered = self._adapted("lower", retry_after or 0.0)
+        if not lowered:
+            return False
+        log.warning(
+            "llm limiter %s: provider 429: limit now %.0f%% of the configured",
+            self.name,
+            self._factor * 100,
+        )
+        return True
 
     def provider_answered(self) -> None:
-        """An answer: climb back towards the configured limit, one step per CLIMB_EVERY_S."""
-        if self._factor >= 1.0:
-            return
-        with self._lock:
-            now = time.monotonic()
-            if now - self._changed >= CLIMB_EVERY_S:
-                self._factor = min(1.0, self._factor + CLIMB)
-                self._changed = now
+        """An answer: climb back towards the configured limit, one step per CLIMB_EVERY_S
+        (only while the factor this process last read is below 1: no Redis call otherwise)."""
+        if self._factor < 1.0:
+            self._factor = self._adapted("climb", 0.0)[0]
+
+    def _adapted(self, how: str, retry_after: float) -> tuple[float, bool]:
+        """The shared adaptation lowered or climbed (``how``): its factor now, and whether
+        this call moved it. On this process's own while Redis is unreachable."""
+        moved = False
+
+        def step(local: bool, _max_wait: float) -> tuple[bool, float]:
+            nonlocal moved
+            if local or self._adapt is None:
+                adapted = self._local_adapted
+                factor, moved = adapted.lower(retry_after) if how == "lower" else adapted.climb()
+                return True, factor
+            args: list[str | float] = [how, retry_after, MIN_FACTOR, CLIMB]
+            args += [LOWER_EVERY_S, CLIMB_EVERY_S, ADAPTED_TTL_MS]
+            factor_text, changed = self._adapt(keys=[self._adapted_key], args=args)
+            moved = bool(changed)
+            return True, float(factor_text)
+
+        factor = self._on_storage(step, 0.0)[1]
+        return factor, moved
 
 
 _limiters: dict[tuple[str, str, int, int], Limiter] = {}

@@ -18,7 +18,8 @@ Series (``model`` is ``<host:port>/<model>``):
   ``memesys_llm_breaker_transitions_total{model,to}``;
 - ``memesys_llm_limiter_waits_total{model}``, ``memesys_llm_limiter_wait_seconds_total{model}``,
   ``memesys_llm_limiter_refusals_total{model}``, ``memesys_llm_limiter_local_total{model}``
-  (switches to the local share while Redis is unreachable);
+  (switches to the local share while Redis is unreachable),
+  ``memesys_llm_limiter_lowered_total{model}`` (provider 429s that lowered the shared rate);
 - ``memesys_llm_tokens_total{model}``, ``memesys_llm_cost_usd_total{model}``;
 - ``memesys_llm_fallbacks_total{model,to}``.
 """
@@ -51,6 +52,10 @@ HELP = {
     "memesys_llm_limiter_local_total": (
         "counter",
         "switches to the local share (Redis unreachable)",
+    ),
+    "memesys_llm_limiter_lowered_total": (
+        "counter",
+        "provider 429s that lowered the shared rate of every process",
     ),
     "memesys_llm_tokens_total": ("counter", "tokens the provider reported"),
     "memesys_llm_cost_usd_total": ("counter", "estimated cost from [llm] prices"),

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -101,7 +102,9 @@ class AttemptFailed(Exception):
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:
-    """The provider's wait in seconds: ``retry-after-ms`` first, else ``Retry-After`` seconds."""
+    """The provider's wait in seconds: ``retry-after-ms`` first, else ``Retry-After`` seconds,
+    else, for a limit it says is spent (``x-ratelimit-remaining-requests`` or ``-tokens`` 0),
+    the longest of its ``x-ratelimit-reset-*`` durations ("120ms", "1.5s", "6m0s")."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)
         if value:
@@ -109,7 +112,27 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
                 return max(0.0, float(value) / scale)
             except ValueError:
                 continue  # an HTTP date: ignored, the backoff applies
-    return None
+    resets = [
+        duration_s(headers.get(f"x-ratelimit-reset-{kind}") or "")
+        for kind in ("requests", "tokens")
+        if (headers.get(f"x-ratelimit-remaining-{kind}") or "").strip() == "0"
+    ]
+    found = [reset for reset in resets if reset is not None]
+    return max(found) if found else None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)(ms|h|m|s)")
+_DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_s(text: str) -> float | None:
+    """A duration as OpenAI's x-ratelimit-reset-* headers write it ("120ms", "1.5s", "6m0s",
+    "1h2m3s") in seconds; None when it is not one."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sum(float(number) * _DURATION_UNIT[unit] for number, unit in parts)
 
 
 def estimate_tokens(payload: dict[str, Any]) -> int:
@@ -371,7 +394,8 @@ class HardenedTransport:
                 last = exc
                 self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome=exc.kind)
                 if exc.kind == RATE_LIMITED:
-                    self.limiter.provider_limited()
+                    if self.limiter.provider_limited(exc.retry_after):
+                        self.metrics.add("memesys_llm_limiter_lowered_total", model=self.name)
                 log.debug("%s attempt %d failed: %s", self.model, attempt, exc)
                 if not exc.retryable or attempt == self.policy.max_attempts:
                     raise self._give_up(exc, attempt) from exc
