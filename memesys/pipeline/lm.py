@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import dspy
 
 from memesys.config import LLMConfig
+from memesys.llm.limiter import Limiter
 from memesys.llm.transport import AsyncHardenedTransport, HardenedTransport, Policy
 from memesys.offline.lm import MODEL, PROVIDER, AsyncOfflineLM, OfflineLM
 
@@ -20,11 +21,13 @@ OPENAI_COMPATIBLE = "openai-compatible"
 
 @dataclass(frozen=True)
 class LMHandle:
-    """An LM plus the names telemetry and responses report for it."""
+    """An LM plus the names telemetry and responses report for it, and the rate limits its
+    calls take their send times from (None: never limited, the offline writer)."""
 
     lm: dspy.LM
     provider: str
     model: str
+    limiter: Limiter | None = None
 
 
 def offline_lm() -> LMHandle:
@@ -64,7 +67,7 @@ def openai_compatible_lm(
         cache=False,
         num_retries=0,
     )
-    return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model)
+    return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model, limiter=transport.limiter)
 
 
 def build_lm(

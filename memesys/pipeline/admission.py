@@ -1,0 +1,83 @@
+"""Admission by the provider's budget: a meme starts only when its calls fit in the schedule.
+
+At a meme's start (after the cache look-up, before its first LLM call) the send times of its
+first draft's calls (:func:`first_calls`: select_write or select and write, then the judging
+group) are booked at once on each rate-limited provider+model's shared schedule
+(:meth:`memesys.llm.limiter.Limiter.book`), the last within the meme's longest wait: what is
+left of its deadline less one call's expected time at the provider. If they do not fit, the
+meme is refused there, before any call, with ``llm_rate_limited`` and the schedule's
+Retry-After. Booked, its calls are ordered before those of every meme admitted after it, and
+take their booked times (:mod:`memesys.llm.reservations`): never refused for rate.
+Refinements take free send times as they come (one refused for rate is skipped:
+:func:`memesys.pipeline.flow.run_pipeline`).
+
+Background memes (tasks) book only within ``[llm] task_backlog_s`` of now: they use what
+interactive memes leave, and never fill the schedule ahead of a person's meme by more than
+that. Stages on the offline writer or without a requests/s limit book nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from memesys.errors import ErrorCode
+from memesys.llm.limiter import Limiter, NoSlot
+from memesys.llm.reservations import Booked
+from memesys.pipeline.errors import MemeFailed
+from memesys.pipeline.lm import LMHandle
+from memesys.pipeline.verification import VERIFIERS
+
+JUDGING = (*VERIFIERS, "score")
+
+
+def first_calls(fuse: bool, named_format: bool) -> tuple[str, ...]:
+    """The stages of a meme's first draft, one LM call each: the writing (one fused call, or
+    select then write; write alone when the request names its format), then the judging
+    group (the scorer is booked even when the verdicts will skip it)."""
+    if named_format:
+        writing: tuple[str, ...] = ("write",)
+    elif fuse:
+        writing = ("select_write",)
+    else:
+        writing = ("select", "write")
+    return writing + JUDGING
+
+
+def book(
+    handle_for: Callable[[str], LMHandle],
+    stages: tuple[str, ...],
+    deadline: float | None,
+    default_wait_s: float,
+    background: bool,
+    task_backlog_s: float,
+) -> Booked:
+    """The send times of ``stages``' calls on each limited provider+model, booked; MemeFailed
+    (``llm_rate_limited``, the schedule's Retry-After) when they do not fit before ``deadline``
+    (None: within ``default_wait_s``), or for a ``background`` meme within ``task_backlog_s``.
+    A provider+model booked before one that refuses keeps its times (unused, they only space
+    the schedule a little): one provider+model is the common case."""
+    calls: Counter[str] = Counter()
+    limiters: dict[str, Limiter] = {}
+    for stage in stages:
+        limiter = handle_for(stage).limiter
+        if limiter is not None and limiter.rps > 0:
+            calls[limiter.name] += 1
+            limiters[limiter.name] = limiter
+    times: dict[str, list[float]] = {}
+    for name, limiter in limiters.items():
+        left = default_wait_s if deadline is None else deadline - time.time()
+        max_wait = left - limiter.latency_s
+        if background:
+            max_wait = min(max_wait, task_backlog_s)
+        try:
+            times[name] = limiter.book(calls[name], max_wait, promise=not background)
+        except NoSlot as exc:
+            raise MemeFailed(
+                ErrorCode.LLM_RATE_LIMITED,
+                f"{name}: the provider's schedule has no room for this meme's "
+                f"{calls[name]} calls before its deadline; nothing was sent",
+                exc.retry_after,
+            ) from exc
+    return Booked(times)
