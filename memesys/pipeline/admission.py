@@ -3,13 +3,15 @@
 At a meme's start (after the cache look-up, before its first LLM call) the send times of its
 first draft's calls (:func:`first_calls`: select_write or select and write, then the judging
 group) are booked at once on each rate-limited provider+model's shared schedule
-(:meth:`memesys.llm.limiter.Limiter.book`), the last within the meme's longest wait: what is
-left of its deadline less one call's expected time at the provider. If they do not fit, the
-meme is refused there, before any call, with ``llm_rate_limited`` and the schedule's
-Retry-After. Booked, its calls are ordered before those of every meme admitted after it, and
-take their booked times (:mod:`memesys.llm.reservations`): never refused for rate.
-Refinements take free send times as they come (one refused for rate is skipped:
-:func:`memesys.pipeline.flow.run_pipeline`).
+(:meth:`memesys.llm.limiter.Limiter.book`), the last within the meme's longest wait:
+``[llm] max_backlog_s``, and what is left of its deadline less one call's expected time at the
+provider. If they do not fit, the meme is refused there, before any call, with
+``llm_rate_limited`` and the schedule's Retry-After (when they would fit). A longest wait
+shorter than the deadline keeps the memes admitted fast: past it, a client is better told when
+to come back than kept waiting in the schedule. Booked, its calls are ordered before those of
+every meme admitted after it, and take their booked times (:mod:`memesys.llm.reservations`):
+never refused for rate. Refinements take free send times as they come (one refused for rate is
+skipped: :func:`memesys.pipeline.flow.run_pipeline`).
 
 Background memes (tasks) book only within ``[llm] task_backlog_s`` of now: they use what
 interactive memes leave, and never fill the schedule ahead of a person's meme by more than
@@ -49,15 +51,15 @@ def book(
     handle_for: Callable[[str], LMHandle],
     stages: tuple[str, ...],
     deadline: float | None,
-    default_wait_s: float,
+    within_s: float,
     background: bool,
-    task_backlog_s: float,
 ) -> Booked:
     """The send times of ``stages``' calls on each limited provider+model, booked; MemeFailed
-    (``llm_rate_limited``, the schedule's Retry-After) when they do not fit before ``deadline``
-    (None: within ``default_wait_s``), or for a ``background`` meme within ``task_backlog_s``.
-    A provider+model booked before one that refuses keeps its times (unused, they only space
-    the schedule a little): one provider+model is the common case."""
+    (``llm_rate_limited``, the schedule's Retry-After) when the last would not come within
+    ``within_s`` (``[llm] max_backlog_s``, or ``task_backlog_s`` for a ``background`` meme) and
+    one call's expected time before ``deadline``. A provider+model booked before one that
+    refuses keeps its times (unused, they only space the schedule a little): one
+    provider+model is the common case."""
     calls: Counter[str] = Counter()
     limiters: dict[str, Limiter] = {}
     for stage in stages:
@@ -67,17 +69,16 @@ def book(
             limiters[limiter.name] = limiter
     times: dict[str, list[float]] = {}
     for name, limiter in limiters.items():
-        left = default_wait_s if deadline is None else deadline - time.time()
-        max_wait = left - limiter.latency_s
-        if background:
-            max_wait = min(max_wait, task_backlog_s)
+        max_wait = within_s
+        if deadline is not None:
+            max_wait = min(max_wait, deadline - time.time() - limiter.latency_s)
         try:
             times[name] = limiter.book(calls[name], max_wait, promise=not background)
         except NoSlot as exc:
             raise MemeFailed(
                 ErrorCode.LLM_RATE_LIMITED,
                 f"{name}: the provider's schedule has no room for this meme's "
-                f"{calls[name]} calls before its deadline; nothing was sent",
+                f"{calls[name]} calls now; nothing was sent",
                 exc.retry_after,
             ) from exc
     return Booked(times)

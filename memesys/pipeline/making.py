@@ -140,9 +140,10 @@ def _swallow(task: asyncio.Future[bytes]) -> None:
 class MemeMaker:
     """The flow of one meme for an engine (``engine`` is what the meme records as its maker;
     ``render_delay_s``: ``pipeline.render_delay_s``, see :class:`Speculation`; ``fuse``:
-    select and write in one call, ``pipeline.fuses_select_write``; ``stage_timeout_s``: a
-    meme's longest wait for the provider's schedule when it has no deadline;
-    ``task_backlog_s``: a task's, ``[llm] task_backlog_s``, :mod:`memesys.pipeline.admission`)."""
+    select and write in one call, ``pipeline.fuses_select_write``; ``backlog_s`` and
+    ``task_backlog_s``: how far ahead a person's meme's calls and a task's may be booked on the
+    provider's schedule, ``[llm] max_backlog_s`` and ``task_backlog_s``,
+    :mod:`memesys.pipeline.admission`)."""
 
     program: LoadedProgram
     handle_for: Callable[[str], LMHandle]
@@ -151,7 +152,7 @@ class MemeMaker:
     engine: str
     render_delay_s: float
     fuse: bool
-    stage_timeout_s: float
+    backlog_s: float
     task_backlog_s: float
 
     @classmethod
@@ -176,7 +177,7 @@ class MemeMaker:
             engine,
             pipeline.render_delay_s,
             pipeline.fuses_select_write,
-            pipeline.stage_timeout_s,
+            llm.max_backlog_s,
             llm.task_backlog_s,
         )
 
@@ -212,9 +213,8 @@ class MemeMaker:
             self.handle_for,
             admission.first_calls(self.fuse, bool(request.format)),
             current_deadline(),
-            self.stage_timeout_s,
+            self.task_backlog_s if request.background else self.backlog_s,
             request.background,
-            self.task_backlog_s,
         )
         speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
         try:
