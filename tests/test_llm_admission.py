@@ -67,9 +67,9 @@ def engine_for(redis: str, run, fake) -> Iterator[Callable[..., InProcessEngine]
 
 
 def limiter_of(engine: InProcessEngine) -> Limiter:
-    limiter = engine.maker.handle_for("select_write").limiter
-    assert limiter is not None and limiter.rps == R
-    return limiter
+    transport = engine.maker.handle_for("select_write").transport
+    assert transport is not None and transport.limiter.rps == R
+    return transport.limiter
 
 
 def fill(limiter: Limiter, seconds: float) -> None:

@@ -121,6 +121,9 @@ def breaker_daemon(tmp_path_factory, fake):
             MEMESYS_LLM_TIMEOUT_S="0.5",
             MEMESYS_LLM_BREAKER_FAILURES="5",
             MEMESYS_LLM_BREAKER_RESET_S=str(RESET_S),
+            # Four clients back to back ask more than the 10 req/s allows; this test is about
+            # the breaker: the scheduler queues them (4 memes, 2 s) instead of refusing any.
+            MEMESYS_LLM_MAX_BACKLOG_S="10",
         ),
     ).start()
     yield d

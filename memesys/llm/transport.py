@@ -217,6 +217,20 @@ class HardenedTransport:
             policy.processes,
         )
 
+    def bookable(self) -> Limiter | None:
+        """The limiter whose schedule this model's calls take their send times from, when a
+        call made now would take one (a meme's admission books them): None without a
+        requests/s limit, or while the breaker is open and no fallback may answer instead
+        (the call fails at once; a booking would only hold send times nobody uses)."""
+        if self.limiter.rps <= 0:
+            return None
+        if not self.fallbacks:
+            try:
+                self.breaker.check()
+            except BreakerOpen:
+                return None
+        return self.limiter
+
     # ------------------------------------------------------------------ one attempt
 
     def payload(self, request: Request) -> dict[str, Any]:

@@ -15,7 +15,8 @@ skipped: :func:`memesys.pipeline.flow.run_pipeline`).
 
 Background memes (tasks) book only within ``[llm] task_backlog_s`` of now: they use what
 interactive memes leave, and never fill the schedule ahead of a person's meme by more than
-that. Stages on the offline writer or without a requests/s limit book nothing.
+that. Stages on the offline writer or without a requests/s limit book nothing, nor a model
+whose breaker is open with no fallback (its calls fail at once).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def book(
     calls: Counter[str] = Counter()
     limiters: dict[str, Limiter] = {}
     for stage in stages:
-        limiter = handle_for(stage).limiter
-        if limiter is not None and limiter.rps > 0:
+        transport = handle_for(stage).transport
+        limiter = None if transport is None else transport.bookable()
+        if limiter is not None:
             calls[limiter.name] += 1
             limiters[limiter.name] = limiter
     times: dict[str, list[float]] = {}

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 import dspy
 
 from memesys.config import LLMConfig
-from memesys.llm.limiter import Limiter
 from memesys.llm.transport import AsyncHardenedTransport, HardenedTransport, Policy
 from memesys.offline.lm import MODEL, PROVIDER, AsyncOfflineLM, OfflineLM
 
@@ -21,13 +20,13 @@ OPENAI_COMPATIBLE = "openai-compatible"
 
 @dataclass(frozen=True)
 class LMHandle:
-    """An LM plus the names telemetry and responses report for it, and the rate limits its
-    calls take their send times from (None: never limited, the offline writer)."""
+    """An LM plus the names telemetry and responses report for it, and the transport of its
+    calls (None: not the project's, e.g. the offline writer: never limited)."""
 
     lm: dspy.LM
     provider: str
     model: str
-    limiter: Limiter | None = None
+    transport: HardenedTransport | None = None
 
 
 def offline_lm() -> LMHandle:
@@ -67,7 +66,7 @@ def openai_compatible_lm(
         cache=False,
         num_retries=0,
     )
-    return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model, limiter=transport.limiter)
+    return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model, transport=transport)
 
 
 def build_lm(
