@@ -5,6 +5,7 @@ outage under steady load fails fast behind the breaker and recovers."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from urllib.parse import urlsplit
@@ -90,6 +91,35 @@ def test_a_meme_the_providers_schedule_has_no_room_for_is_refused_before_any_cal
         forget_the_providers_wait(daemon)
     status, _, body = post(daemon, "room again")
     assert status == 201 and fake.calls == 5, body  # select_write, three verifiers, score
+
+
+def test_a_task_the_schedule_has_no_room_for_waits_in_the_queue_then_succeeds(daemon, fake):
+    # The schedule booked 3 s ahead: a task (which may book 0.5 s ahead) is refused for rate
+    # without a call and goes back to the queue until the schedule has room.
+    url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
+    name = f"{urlsplit(fake.url).netloc}/{MODEL}"
+    Limiter(name, 10, 0, url, daemon.key_prefix).book(30, 3600.0, promise=False)
+    try:
+        status, _, body = daemon.request("POST", "/v1/memes?async=true", {"topic": "patience"})
+        assert status == 202, body
+        task_url = json.loads(body)["status_url"]
+        time.sleep(1.0)
+        assert daemon.json("GET", task_url)[1]["status"] in ("queued", "running")
+        assert fake.attempts == 0  # nothing was sent for it yet
+        task = wait_for(
+            lambda: (
+                (t := daemon.json("GET", task_url)[1])["status"] != "queued"
+                and t["status"] != "running"
+                and t
+            ),
+            15.0,
+            "the task to finish",
+            interval=0.1,
+        )
+        assert task["status"] == "succeeded", task
+        assert fake.calls == 5  # its meme's calls, once the schedule had room
+    finally:
+        forget_the_providers_wait(daemon)
 
 
 def test_a_provider_429_with_a_short_retry_after_is_retried(daemon, fake):
