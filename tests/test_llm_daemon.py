@@ -5,15 +5,18 @@ outage under steady load fails fast behind the breaker and recovers."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
+from memesys.llm.limiter import Limiter
 from memesys.testing.fake_openai import FakeConfig
 from tests.support.daemon import DaemonProcess, daemon_redis, restarts, tree
 from tests.support.load import Load
-from tests.support.provider import fake_provider_fixture, provider_env
+from tests.support.provider import MODEL, fake_provider_fixture, provider_env
 from tests.support.timing import scaled, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
@@ -64,10 +67,59 @@ def test_a_provider_429_with_a_long_retry_after_is_passed_on_at_once(daemon, fak
 
 
 def forget_the_providers_wait(daemon: DaemonProcess) -> None:
-    """Drop the cluster's adaptation to the provider (its 429s' lowered rate and wait)."""
+    """Drop the cluster's adaptation to the provider (its 429s' lowered rate and wait) and the
+    schedule (what it booked, and the returns it promised refused memes)."""
     store = daemon_redis(daemon)
-    for key in store.scan_iter(f"{daemon.key_prefix}:llm:limit/*/adapted"):
-        store.delete(key)
+    for pattern in ("*/adapted", "*/schedule*"):
+        for key in store.scan_iter(f"{daemon.key_prefix}:llm:limit/{pattern}"):
+            store.delete(key)
+
+
+def test_a_meme_the_providers_schedule_has_no_room_for_is_refused_before_any_call(daemon, fake):
+    # Someone else's memes booked the schedule 60 s ahead (10 req/s, the daemon's limit).
+    url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
+    name = f"{urlsplit(fake.url).netloc}/{MODEL}"
+    Limiter(name, 10, 0, url, daemon.key_prefix).book(600, 3600.0, promise=False)
+    try:
+        began = time.perf_counter()
+        status, headers, body = post(daemon, "no room")
+        assert status == 503 and b'"llm_rate_limited"' in body, body
+        assert time.perf_counter() - began < scaled(2.0) and fake.attempts == 0
+        # when it would fit: ~60 s less what the request may wait (its deadline)
+        assert 20 <= int(headers["Retry-After"]) <= 61, headers
+    finally:
+        forget_the_providers_wait(daemon)
+    status, _, body = post(daemon, "room again")
+    assert status == 201 and fake.calls == 5, body  # select_write, three verifiers, score
+
+
+def test_a_task_the_schedule_has_no_room_for_waits_in_the_queue_then_succeeds(daemon, fake):
+    # The schedule booked 3 s ahead: a task (which may book 0.5 s ahead) is refused for rate
+    # without a call and goes back to the queue until the schedule has room.
+    url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
+    name = f"{urlsplit(fake.url).netloc}/{MODEL}"
+    Limiter(name, 10, 0, url, daemon.key_prefix).book(30, 3600.0, promise=False)
+    try:
+        status, _, body = daemon.request("POST", "/v1/memes?async=true", {"topic": "patience"})
+        assert status == 202, body
+        task_url = json.loads(body)["status_url"]
+        time.sleep(1.0)
+        assert daemon.json("GET", task_url)[1]["status"] in ("queued", "running")
+        assert fake.attempts == 0  # nothing was sent for it yet
+        task = wait_for(
+            lambda: (
+                (t := daemon.json("GET", task_url)[1])["status"] != "queued"
+                and t["status"] != "running"
+                and t
+            ),
+            15.0,
+            "the task to finish",
+            interval=0.1,
+        )
+        assert task["status"] == "succeeded", task
+        assert fake.calls == 5  # its meme's calls, once the schedule had room
+    finally:
+        forget_the_providers_wait(daemon)
 
 
 def test_a_provider_429_with_a_short_retry_after_is_retried(daemon, fake):
@@ -99,6 +151,9 @@ def breaker_daemon(tmp_path_factory, fake):
             MEMESYS_LLM_TIMEOUT_S="0.5",
             MEMESYS_LLM_BREAKER_FAILURES="5",
             MEMESYS_LLM_BREAKER_RESET_S=str(RESET_S),
+            # Four clients back to back ask more than the 10 req/s allows; this test is about
+            # the breaker: the scheduler queues them (4 memes, 2 s) instead of refusing any.
+            MEMESYS_LLM_MAX_BACKLOG_S="10",
         ),
     ).start()
     yield d

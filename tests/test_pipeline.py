@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -11,10 +12,12 @@ import dspy
 import pytest
 from dspy.lm15 import Request, Response, TimeoutError
 from dspy.utils import DummyLM
-from dspy.utils.exceptions import LMTimeoutError
+from dspy.utils.exceptions import LMError, LMTimeoutError
 
 from memesys.config import load
 from memesys.domain.formats import get_format
+from memesys.errors import ErrorCode
+from memesys.llm.errors import LIMITED, call_error
 from memesys.offline.lm import MODEL, PROVIDER
 from memesys.pipeline.decision import (
     INAPPROPRIATE,
@@ -324,6 +327,39 @@ def test_a_refused_refinement_is_never_kept(offline: LMHandle) -> None:
     assert round_1.verdicts["appropriateness"] == FAILED
     assert "Kill yourself" not in result.caption.texts
     assert "score_1" not in result.timings  # a refused draft is not scored
+
+
+class RateLimited:
+    """A custom engine whose every call is refused for rate (no send time before the
+    deadline)."""
+
+    def complete(self, request: Request) -> Response:
+        raise call_error(
+            ErrorCode.LLM_RATE_LIMITED, "no slot", kind=LIMITED, model="limited", retry_after=3.0
+        )
+
+
+def refused_for_rate(stage: str, answered: int, offline: LMHandle) -> Callable[[str], LMHandle]:
+    """handle_for: every stage on ``offline``, but ``stage``'s calls after its first
+    ``answered`` are refused for rate."""
+    lm = dspy.LM(model="limited/limited", engine=RateLimited(), cache=False, num_retries=0)
+    limited = LMHandle(lm=lm, provider="limited", model="limited")
+    seen = itertools.count()
+    return lambda name: limited if name == stage and next(seen) >= answered else offline
+
+
+@pytest.mark.parametrize("stage, answered", [("refine", 0), ("score", 1)])
+def test_a_refinement_refused_for_rate_is_skipped(
+    offline: LMHandle, stage: str, answered: int
+) -> None:
+    kept = RefinePolicy(max_rounds=0)
+    plain = run_sequential(lambda name: offline, "coffee", format="drake", seed=0, policy=kept)
+    policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=2)
+    handle_for = refused_for_rate(stage, answered, offline)
+    result = run_sequential(handle_for, "coffee", format="drake", seed=0, policy=policy)
+    assert result.rounds == () and result.caption.texts == plain.caption.texts
+    with pytest.raises(LMError):  # any other failure of the rewrite still fails the meme
+        run_sequential(with_stage(offline, "refine", failing()), "coffee", policy=policy)
 
 
 def test_each_stage_runs_on_its_own_handle(offline: LMHandle) -> None:

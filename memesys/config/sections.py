@@ -133,6 +133,8 @@ class LLMConfig:
     breaker_reset_s: float = field(metadata=bounded(0.1, 3600))
     rate_limit_rps: int = field(metadata=bounded(0, 100_000))
     rate_limit_tpm: int = field(metadata=bounded(0, 1_000_000_000))
+    max_backlog_s: float = field(metadata=bounded(0, 3600))
+    task_backlog_s: float = field(metadata=bounded(0, 3600))
     fallback_models: str
     daily_token_budget: int = field(metadata=bounded(0, None))
     prices: str

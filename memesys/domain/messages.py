@@ -13,7 +13,9 @@ from typing import Any
 class GenerateMeme:
     """Make one meme. ``fresh`` never serves a cached meme; ``seed`` picks a variant.
     ``looked_up``: the asker has just looked the request up in the cache and found nothing
-    (or, for a fresh one, found the store up), so the maker does not do it again."""
+    (or, for a fresh one, found the store up), so the maker does not do it again.
+    ``background``: a task's meme (the runner's), admitted only with what people's memes
+    leave of the provider's budget (``[llm] task_backlog_s``)."""
 
     topic: str
     format: str | None = None
@@ -23,6 +25,7 @@ class GenerateMeme:
     fresh: bool = False
     trace_id: str = ""
     looked_up: bool = False
+    background: bool = False
 
 
 @dataclass(frozen=True)

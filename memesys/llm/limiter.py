@@ -18,6 +18,16 @@ counted across every process and host on one Redis. 0 turns a limit off.
   granted: it let R calls go in a few milliseconds and R more a second later, and a process
   that paced its sends after taking slots sent them up to a second late, so the provider saw
   up to 2 R in one second (tests/test_llm_limiter.py measured 38-42 at R = 20).
+- A meme's calls are booked at its start (:meth:`Limiter.book`, the provider scheduler's
+  admission, :mod:`memesys.pipeline.admission`): one script takes its next ``calls`` send
+  times at once (the same rules: spacing, burst, window, the provider's wait), or none when the
+  first would wait longer than the backlog it may queue behind or the last would not come
+  within its deadline; then it is refused before any call, with
+  a Retry-After when it would fit, never sooner than the provider's wait, and after those
+  already told to come back (a "promised" time moved on by each refusal's calls), so refused
+  clients return one by one instead of all at once. A booked call (``acquire``'s
+  ``reserved_at``) sleeps until its time and takes no other: it is never refused for rate
+  (the send cap still polices the moment it goes, up to its deadline).
 - Tokens/min: the ``limits`` library's moving window (an atomic Lua script over a Redis list
   of timestamps), tested before the request's send time is taken and charged after.
 - Waiting counts against the request's deadline: a call whose send time (or the moment a
@@ -65,10 +75,15 @@ LOWER_EVERY_S = 1.0
 MAX_BURST = JUDGING_CALLS_PER_MEME
 # The window no more than the rate's requests may go in: a second, plus a margin for the
 # moments between taking a send time and the request reaching the provider (a late earlier
-# send must not put two sends a second apart at the provider into one of its windows).
-WINDOW_S = 1.025
+# send must not put two sends a second apart at the provider into one of its windows). 50 ms:
+# a meme's booked judging calls, sent after select_write answers, reach the send cap together
+# and are granted at a window's very edge, so a thread's delay in sending shows (25 ms let 21-22
+# of R = 20 into one second at the fake in test_the_daemon_and_another_process_share_one_limit).
+WINDOW_S = 1.05
 ADAPTED_TTL_MS = 600_000  # the shared factor is forgotten 10 min after its last change
 WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
+INITIAL_LATENCY_S = 1.0  # a call's expected time at the provider before its first answer
+LATENCY_WEIGHT = 0.2  # of each answer's time in the moving average
 
 # The schedule. KEYS: the time the next request may go at the latest spacing (the GCRA's
 # theoretical arrival time, seconds on Redis's clock), the send times of the last second's
@@ -106,6 +121,73 @@ redis.call('LPUSH', KEYS[2], string.format('%.6f', at))
 redis.call('LTRIM', KEYS[2], 0, limit - 1)
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
 return {1, string.format('%.6f', at - now), f}
+"""
+
+# A meme's booking. KEYS: the schedule's three, then the time until which refused memes were
+# told to wait (their promised returns). ARGV: the configured requests/s, the most calls at
+# once, the meme's longest wait for its last call (s: its deadline's), the window, the calls to
+# book, 1 to promise the refused meme a return (an interactive one; a background task just
+# tries again later), the longest wait for its first call (the backlog it may queue behind).
+# The send times are the schedule's next ``calls`` ones, by _SCHEDULE's rules. Answers
+# {1, 0, factor, wait...} (each booked call's send time is now + its wait) or
+# {0, retry_after, factor} (nothing taken: its first or last call would wait longer than the
+# meme may; retry_after: when it would fit, never before the provider's wait has passed nor,
+# for a promised return, before the memes refused before it: at most one backlog's worth of
+# them, so clients that retry at once without honouring it cannot push everyone's return back
+# without end).
+_BOOK = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local rps, max_burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_wait, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local calls, promise, max_queue = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local adapted = redis.call('HMGET', KEYS[3], 'factor', 'until')
+local factor = tonumber(adapted[1]) or 1
+local held = tonumber(adapted[2]) or 0
+local rate = math.max(1, rps * factor)
+local interval = 1 / rate
+local limit = math.max(1, math.floor(rate))
+local burst = math.max(1, math.min(max_burst, math.floor(rate / 2)))
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local times = {}
+for i = 1, calls do
+  local at = math.max(now, tat - (burst - 1) * interval, held)
+  local newest = times[i - 1] or tonumber(redis.call('LINDEX', KEYS[2], 0) or '0')
+  at = math.max(at, newest)
+  local oldest
+  if i - 1 >= limit then oldest = times[i - limit] else
+    oldest = tonumber(redis.call('LINDEX', KEYS[2], limit - i) or '')
+  end
+  if oldest then at = math.max(at, oldest + window) end
+  tat = math.max(tat, at) + interval
+  times[i] = at
+end
+local f = string.format('%.6f', factor)
+local first, last = times[1] - now, times[calls] - now
+if first > max_queue or last > max_wait then
+  local retry = math.max(first - max_queue, last - max_wait, held - now)
+  if promise == 1 then
+    local promised = tonumber(redis.call('GET', KEYS[4]) or '0')
+    retry = math.max(retry, math.min(promised - now, retry + math.max(0, max_queue)))
+    local back = retry + calls * interval
+    if now + back > promised then
+      local ttl = math.ceil(back * 1000) + 1000
+      redis.call('SET', KEYS[4], string.format('%.6f', now + back), 'PX', ttl)
+    end
+  end
+  return {0, string.format('%.6f', retry), f}
+end
+local ttl_ms = math.ceil((tat - now + window) * 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', ttl_ms)
+local answer = {1, '0', f}
+for i = 1, calls do
+  redis.call('LPUSH', KEYS[2], string.format('%.6f', times[i]))
+  answer[i + 3] = string.format('%.6f', times[i] - now)
+end
+redis.call('LTRIM', KEYS[2], 0, limit - 1)
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+return answer
 """
 
 # The shared adaptation. KEYS[1]: its hash. ARGV: "lower" (a 429: halve the factor at most
@@ -191,25 +273,47 @@ class _LocalSchedule:
     def __call__(self, rps: float, adapted: _Adapted, max_wait: float) -> tuple[bool, float, float]:
         with self._lock:
             now = time.monotonic()
-            factor = adapted.factor
-            rate = max(1.0, rps * factor)
-            interval, limit = 1.0 / rate, max(1, int(rate))
-            burst = max(1, min(MAX_BURST, int(rate / 2)))
-            tat = max(self._tat, now)
-            at = max(now, tat - (burst - 1) * interval, adapted.until)
-            while len(self._sent) > limit:
-                self._sent.popleft()
-            if self._sent:
-                at = max(at, self._sent[-1])
-                if len(self._sent) == limit:
-                    at = max(at, self._sent[0] + WINDOW_S)
+            at = self._next(now, rps, adapted, take=False)
             if at - now > max_wait:
-                return False, at - now, factor
+                return False, at - now, adapted.factor
+            self._next(now, rps, adapted, take=True)
+            return True, at - now, adapted.factor
+
+    def book(
+        self, rps: float, adapted: _Adapted, max_wait: float, max_queue: float, calls: int
+    ) -> tuple[bool, float, list[float]]:
+        """The next ``calls`` send times (_BOOK's rules, without its promised returns):
+        (True, 0, their waits) or (False, the wait past ``max_queue`` or ``max_wait``, [])
+        taking nothing."""
+        with self._lock:
+            now = time.monotonic()
+            kept = self._tat, deque(self._sent)
+            waits = [self._next(now, rps, adapted, take=True) - now for _ in range(calls)]
+            if waits[0] <= max_queue and waits[-1] <= max_wait:
+                return True, 0.0, waits
+            self._tat, self._sent = kept
+            late = max(waits[0] - max_queue, waits[-1] - max_wait, adapted.until - now)
+            return False, late, []
+
+    def _next(self, now: float, rps: float, adapted: _Adapted, take: bool) -> float:
+        """The next send time (monotonic clock); ``take``: the schedule moves on past it."""
+        rate = max(1.0, rps * adapted.factor)
+        interval, limit = 1.0 / rate, max(1, int(rate))
+        burst = max(1, min(MAX_BURST, int(rate / 2)))
+        tat = max(self._tat, now)
+        at = max(now, tat - (burst - 1) * interval, adapted.until)
+        while len(self._sent) > limit:
+            self._sent.popleft()
+        if self._sent:
+            at = max(at, self._sent[-1])
+            if len(self._sent) == limit:
+                at = max(at, self._sent[0] + WINDOW_S)
+        if take:
             self._tat = max(tat, at) + interval
             self._sent.append(at)
             if len(self._sent) > limit:
                 self._sent.popleft()
-            return True, at - now, factor
+        return at
 
 
 class _PerMinute(RateLimitItemPerMinute):
@@ -256,11 +360,13 @@ class Limiter:
         self._adapted_key = f"{self._namespace}/{name}/adapted"
         # _SCHEDULE, run on the schedule's keys and on the send cap's; _ADAPT
         self._gcra: Script | None = None
+        self._book: Script | None = None
         self._adapt: Script | None = None
         self._shared_window: MovingWindowRateLimiter | None = None
         if redis_url:
             client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self._gcra = client.register_script(_SCHEDULE)
+            self._book = client.register_script(_BOOK)
             self._adapt = client.register_script(_ADAPT)
             self._shared_window = MovingWindowRateLimiter(
                 storage_from_string(
@@ -279,6 +385,9 @@ class Limiter:
         self.waited_s = 0.0
         self.refusals = 0
         self.fallbacks = 0
+        # A call's expected time at the provider (s): what a booked meme must leave after its
+        # last send time (Limiter.book's callers); each answer moves it (a moving average).
+        self.latency_s = INITIAL_LATENCY_S
 
     @property
     def enabled(self) -> bool:
@@ -288,16 +397,27 @@ class Limiter:
     def factor(self) -> float:
         return self._factor
 
-    def acquire(self, tokens: int, deadline: float | None, max_wait_s: float) -> float:
+    def acquire(
+        self,
+        tokens: int,
+        deadline: float | None,
+        max_wait_s: float,
+        reserved_at: float | None = None,
+    ) -> float:
         """Take a send time for a request of ``tokens`` estimated tokens and wait for it, then
         a place in the send cap, at most until ``deadline`` (wall clock; None: ``max_wait_s``);
         the seconds waited. NoSlot at once when the send time, or the moment a full window
-        frees, is past it."""
+        frees, is past it. ``reserved_at``: the send time (wall clock) :meth:`book` took for
+        this call: it is waited for instead of taking one."""
         if not self.enabled:
             return 0.0
         began = time.time()
         end = deadline if deadline is not None else began + max_wait_s
-        self._take(functools.partial(self._reserve, tokens), end)
+        if reserved_at is not None and self.rps > 0:
+            time.sleep(max(0.0, min(reserved_at, end) - began))
+        scheduled = reserved_at is None or self.rps <= 0
+        if self.tpm > 0 or scheduled:
+            self._take(functools.partial(self._reserve, tokens, scheduled), end)
         if self.rps > 0:
             self._take(self._cap, end)
         waited = time.time() - began
@@ -345,9 +465,11 @@ class Limiter:
                 self._local_until = time.monotonic() + RETRY_REDIS_S
             return step(True, max_wait)
 
-    def _reserve(self, tokens: int, local: bool, max_wait: float) -> tuple[bool, float]:
-        """The token window's test, the request's send time on the schedule, the tokens'
-        charge."""
+    def _reserve(
+        self, tokens: int, scheduled: bool, local: bool, max_wait: float
+    ) -> tuple[bool, float]:
+        """The token window's test, the request's send time on the schedule (unless booked:
+        not ``scheduled``), the tokens' charge."""
         share = self.processes if local else 1
         shared = None if local else self._shared_window  # (there is one when not local)
         window = self._local_window if shared is None else shared
@@ -360,7 +482,7 @@ class Limiter:
             if not window.test(tokens_item, *self._ids, cost=cost):
                 return False, self._until_free(window, tokens_item)
         wait = 0.0
-        if self.rps > 0:
+        if self.rps > 0 and scheduled:
             ok, wait = self._schedule(
                 self._schedule_key, self._local_schedule, local, max(0.0, max_wait)
             )
@@ -393,6 +515,46 @@ class Limiter:
             ok, wait, factor = bool(answer[0]), float(answer[1]), float(answer[2])
         self._factor = factor
         return ok, wait
+
+    def book(
+        self, calls: int, max_wait: float, promise: bool, max_queue: float | None = None
+    ) -> list[float]:
+        """The send times (wall clock) of a meme's next ``calls`` calls, taken at once, the
+        first within ``max_queue`` s (None: ``max_wait``), the last within ``max_wait`` s;
+        NoSlot (nothing taken) with the wait before they would fit otherwise. ``promise``: the
+        refused meme's return is kept (_BOOK). Empty without a requests/s limit."""
+        queue = max_wait if max_queue is None else max_queue
+        if self.rps <= 0 or calls <= 0:
+            return []
+        booked: list[float] = []
+
+        def step(local: bool, _max_wait: float) -> tuple[bool, float]:
+            nonlocal booked
+            began = time.time()
+            if local or self._book is None:
+                ok, retry, waits = self._local_schedule.book(
+                    self.rps / self.processes, self._local_adapted, max_wait, queue, calls
+                )
+                self._factor = self._local_adapted.factor
+            else:
+                keys = [self._schedule_key, f"{self._schedule_key}/window", self._adapted_key]
+                keys.append(f"{self._schedule_key}/promised")
+                args = [self.rps, MAX_BURST, max_wait, WINDOW_S, calls, int(promise), queue]
+                answer = self._book(keys=keys, args=args)
+                ok, retry, self._factor = bool(answer[0]), float(answer[1]), float(answer[2])
+                waits = [float(wait) for wait in answer[3:]]
+            booked = [began + wait for wait in waits]
+            return ok, retry
+
+        ok, retry = self._on_storage(step, max_wait)
+        if not ok:
+            self.refusals += 1
+            raise NoSlot(self.name, retry)
+        return booked
+
+    def answered_in(self, seconds: float) -> None:
+        """An attempt answered in ``seconds``: the expected latency moves towards it."""
+        self.latency_s += LATENCY_WEIGHT * (seconds - self.latency_s)
 
     def _until_free(self, window: MovingWindowRateLimiter, item: object) -> float:
         stats = window.get_window_stats(item, *self._ids)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_
 
 from actors import deadlines
 from memesys.errors import ErrorCode
-from memesys.llm import bulkhead, served
+from memesys.llm import bulkhead, reservations, served
 from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
 from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.client import AnswerTooLarge, http_client
@@ -135,6 +135,12 @@ def duration_s(text: str) -> float | None:
     return sum(float(number) * _DURATION_UNIT[unit] for number, unit in parts)
 
 
+def current_deadline() -> float | None:
+    """The deadline of the request being served, the one its calls are bounded by (None:
+    none): what a meme's admission books its calls within."""
+    return deadlines.current()
+
+
 def estimate_tokens(payload: dict[str, Any]) -> int:
     """Tokens a request may use, for the tokens/min limit before it is sent: its text at ~4
     characters a token plus the completion it allows (max tokens, else 512)."""
@@ -210,6 +216,20 @@ class HardenedTransport:
             policy.key_prefix,
             policy.processes,
         )
+
+    def bookable(self) -> Limiter | None:
+        """The limiter whose schedule this model's calls take their send times from, when a
+        call made now would take one (a meme's admission books them): None without a
+        requests/s limit, or while the breaker is open and no fallback may answer instead
+        (the call fails at once; a booking would only hold send times nobody uses)."""
+        if self.limiter.rps <= 0:
+            return None
+        if not self.fallbacks:
+            try:
+                self.breaker.check()
+            except BreakerOpen:
+                return None
+        return self.limiter
 
     # ------------------------------------------------------------------ one attempt
 
@@ -345,6 +365,7 @@ class HardenedTransport:
         deadline = deadlines.current() if deadline is None else deadline
         payload = self.payload(request)
         tokens = estimate_tokens(payload)
+        reserved_at = reservations.take(self.limiter.name)  # booked for the first attempt
         last: AttemptFailed | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
             left = deadlines.left(deadline)
@@ -354,7 +375,8 @@ class HardenedTransport:
             try:
                 state = self.breaker.check()  # open: fail now, without taking a slot
                 local = self.limiter.fallbacks
-                waited = self.limiter.acquire(tokens, deadline, self.policy.timeout_s)
+                waited = self.limiter.acquire(tokens, deadline, self.policy.timeout_s, reserved_at)
+                reserved_at = None  # a retry takes a free send time
                 if waited > 0.0005:
                     self.metrics.add("memesys_llm_limiter_waits_total", model=self.name)
                     self.metrics.add(
@@ -367,7 +389,9 @@ class HardenedTransport:
                     timeout_s = min(timeout_s, left)
                     if timeout_s < MIN_ATTEMPT_S:
                         raise self._give_up(last, attempt - 1, DEADLINE)
+                sent = time.perf_counter()
                 answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload), state)  # noqa: B023
+                self.limiter.answered_in(time.perf_counter() - sent)
                 self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome="ok")
                 self.limiter.provider_answered()
                 return answer

@@ -17,7 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
+from dspy.utils.exceptions import LMError
+
+from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, served
+from memesys.llm.errors import failure_of
 from memesys.pipeline.decision import Decision, decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
@@ -160,7 +164,10 @@ async def run_pipeline(
     when the first draft may not be served (decide), UnknownFormat/CaptionError on a bad
     request or unusable model output, and DSPy's LMError when a stage other than a verifier
     cannot reach its LM. A refined draft the
-    verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept."""
+    verifiers rule out is recorded as a refused round (overall 0, not scored) and never kept;
+    a refinement whose rewrite or scorer is refused for rate (``llm_rate_limited``: its calls
+    are past the meme's booking, :mod:`memesys.pipeline.admission`) is skipped, not a failure:
+    the best draft so far is kept."""
     began = time.perf_counter()
     topic = clean_topic(topic)
     if fuse and not format:
@@ -194,14 +201,19 @@ async def run_pipeline(
     while should_refine(best.scores.overall, rounds[-1] if rounds else None, policy):
         n, kept = len(rounds) + 1, best
         critique = critique_for(kept.scores, kept.verdicts)
-        refined = await stages.call(
-            f"refine_{n}",
-            "refine",
-            lambda h: refine(h, kept.draft, critique, stages.program),  # noqa: B023 (called at once)
-        )
-        refined = replace(refined, reason=caption.reason)
-        draft = kept.draft.with_texts(refined.texts)
-        verdicts, raw = await stages.judge(draft, f"_{n}")
+        try:
+            refined = await stages.call(
+                f"refine_{n}",
+                "refine",
+                lambda h: refine(h, kept.draft, critique, stages.program),  # noqa: B023 (called at once)
+            )
+            refined = replace(refined, reason=caption.reason)
+            draft = kept.draft.with_texts(refined.texts)
+            verdicts, raw = await stages.judge(draft, f"_{n}")
+        except LMError as exc:
+            if failure_of(exc).code is not ErrorCode.LLM_RATE_LIMITED:
+                raise
+            break  # no send time for it before the deadline: the best so far ships
         decision = decide(verdicts)
         statuses = {name: v.status for name, v in verdicts.items()}
         if decision.refusal is not None:

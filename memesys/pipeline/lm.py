@@ -20,11 +20,13 @@ OPENAI_COMPATIBLE = "openai-compatible"
 
 @dataclass(frozen=True)
 class LMHandle:
-    """An LM plus the names telemetry and responses report for it."""
+    """An LM plus the names telemetry and responses report for it, and the transport of its
+    calls (None: not the project's, e.g. the offline writer: never limited)."""
 
     lm: dspy.LM
     provider: str
     model: str
+    transport: HardenedTransport | None = None
 
 
 def offline_lm() -> LMHandle:
@@ -64,7 +66,7 @@ def openai_compatible_lm(
         cache=False,
         num_retries=0,
     )
-    return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model)
+    return LMHandle(lm=lm, provider=OPENAI_COMPATIBLE, model=model, transport=transport)
 
 
 def build_lm(

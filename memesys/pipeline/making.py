@@ -30,6 +30,9 @@ from memesys.domain.formats import UnknownFormat, get_format
 from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
+from memesys.llm import reservations
+from memesys.llm.transport import current_deadline
+from memesys.pipeline import admission
 from memesys.pipeline.decision import Refused
 from memesys.pipeline.errors import MemeFailed, lm_failed
 from memesys.pipeline.flow import PipelineResult, run_pipeline
@@ -137,7 +140,10 @@ def _swallow(task: asyncio.Future[bytes]) -> None:
 class MemeMaker:
     """The flow of one meme for an engine (``engine`` is what the meme records as its maker;
     ``render_delay_s``: ``pipeline.render_delay_s``, see :class:`Speculation`; ``fuse``:
-    select and write in one call, ``pipeline.fuses_select_write``)."""
+    select and write in one call, ``pipeline.fuses_select_write``; ``backlog_s`` and
+    ``task_backlog_s``: how far ahead a person's meme's calls and a task's may be booked on the
+    provider's schedule, ``[llm] max_backlog_s`` and ``task_backlog_s``,
+    :mod:`memesys.pipeline.admission`)."""
 
     program: LoadedProgram
     handle_for: Callable[[str], LMHandle]
@@ -146,6 +152,8 @@ class MemeMaker:
     engine: str
     render_delay_s: float
     fuse: bool
+    backlog_s: float
+    task_backlog_s: float
 
     @classmethod
     def configured(
@@ -169,6 +177,8 @@ class MemeMaker:
             engine,
             pipeline.render_delay_s,
             pipeline.fuses_select_write,
+            llm.max_backlog_s,
+            llm.task_backlog_s,
         )
 
     def key(self, request: GenerateMeme) -> str:
@@ -198,11 +208,20 @@ class MemeMaker:
                 return {**cached, "cached": True, "trace_id": request.trace_id}
         elif not await workshop.store_answers():
             raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
+        # The provider's budget: the first draft's calls booked, or refused before any is made.
+        booked = admission.book(
+            self.handle_for,
+            admission.first_calls(self.fuse, bool(request.format)),
+            current_deadline(),
+            self.task_backlog_s if request.background else self.backlog_s,
+            request.background,
+        )
         speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
         try:
-            result, judge_ms = await self._pipeline(
-                request, workshop, None if self.mode == SEQUENTIAL else speculation.start
-            )
+            with reservations.holding(booked):
+                result, judge_ms = await self._pipeline(
+                    request, workshop, None if self.mode == SEQUENTIAL else speculation.start
+                )
             lap("pipeline")
             png = await speculation.picture_for(result.caption)
             lap("render")

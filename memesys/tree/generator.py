@@ -38,6 +38,9 @@ from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.engines import ACTORS
 from memesys.domain.messages import GenerateMeme, RenderMeme
+from memesys.errors import ErrorCode
+from memesys.llm import reservations
+from memesys.llm.errors import LIMITED, call_error
 from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import MemeFailed
@@ -87,7 +90,10 @@ class PoolStages(BlockingStages):
         ask did, is an unavailable verdict (a failed scorer, its RequestFailed)."""
         try:
             judged: Judgements = await self.worker.ask(
-                VERIFY, JudgeDraft(draft, self.program_hash), self.deadline_s, idempotent=True
+                VERIFY,
+                JudgeDraft(draft, self.program_hash, reservations.handover()),
+                self.deadline_s,
+                idempotent=True,
             )
             answers, scored = dict(judged.verdicts), judged.score
         except RemoteFailure as exc:
@@ -103,6 +109,14 @@ class PoolStages(BlockingStages):
         if isinstance(scored, StageJudgement):
             self.ledger.record("score" + suffix, scored.run)
             return verdicts, scored.result
+        if scored.code == ErrorCode.LLM_RATE_LIMITED:  # the LM's failure, as a local call's is
+            return verdicts, call_error(
+                ErrorCode.LLM_RATE_LIMITED,
+                f"the scorer failed: {_why(scored)}",
+                kind=LIMITED,
+                model=self.handle_for("score").model,
+                retry_after=scored.retry_after,
+            )
         return verdicts, RequestFailed.of(scored, f"the scorer failed: {_why(scored)}")
 
 

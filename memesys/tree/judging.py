@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from actors.messages import Failure
+from memesys.llm.reservations import Times
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.flow import StageRun
 from memesys.pipeline.scoring import Scores
@@ -23,10 +24,12 @@ class JudgeDraft:
     """For the verifier pool: the three verifiers and the scorer on one draft, all at once in
     one worker (one message each way instead of four); the answer is a ``Judgements``.
     ``program``: the hash of the program the asking generator runs ("" for any); a worker that
-    runs another program refuses."""
+    runs another program refuses. ``reserved``: the send times the meme's admission booked
+    for these calls (:mod:`memesys.llm.reservations`; empty for a refinement's draft)."""
 
     draft: Draft
     program: str = ""
+    reserved: Times = ()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 The ledger records each task in Redis before answering (the 202 means durably recorded) and
 hands it to the runner (clients read tasks back through the store pool, not the ledger); the
 runner, an async actor, has the generator pool make the meme and answers the ledger, which
-records the outcome. The two share the lease of every task in
+records the outcome. A task's meme is ``background``: it is admitted only with what people's
+memes leave of the provider's budget (``[llm] task_backlog_s``, :mod:`memesys.pipeline.
+admission`); refused (``llm_rate_limited``, as for ``overloaded``), the task goes back to the
+queue and is leased again after the Retry-After. The two share the lease of every task in
 flight: if the runner dies its tasks' answers never come; if the ledger dies the runner's
 answers go nowhere. So the group is ``one_for_all``: both restart, and the new ledger takes
 every unfinished task back from Redis and hands it to the new runner.
@@ -127,7 +130,8 @@ class TaskLedger(BaseActor):
             return
         cid = new_correlation_id()
         self.leases[cid] = running
-        self.send(self.runner, Request(RunTask(task["id"], GenerateMeme(**task["request"])), cid))
+        order = GenerateMeme(**{**task["request"], "background": True})  # after people's memes
+        self.send(self.runner, Request(RunTask(task["id"], order), cid))
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, RunnerReady):
@@ -168,14 +172,16 @@ class TaskLedger(BaseActor):
                 "progress": 1.0,
                 "meme_id": reply.payload["id"],
             }
-        elif code is ErrorCode.OVERLOADED or (
+        elif code in (ErrorCode.OVERLOADED, ErrorCode.LLM_RATE_LIMITED) or (
             code is ErrorCode.STORE_ERROR and requeues < MAX_STORE_REQUEUES
         ):
-            # Not the task's fault: back to the queue, tried again after a pause.
+            # Not the task's fault: back to the queue, tried again after a pause (a task the
+            # provider's schedule had no room for: once the schedule says it may have).
             outcome = {**task, "status": "queued", "stage": "queued", "progress": 0.0}
             if code is ErrorCode.STORE_ERROR:
                 outcome["store_requeues"] = requeues + 1
-            self.wakeupAfter(RETRY_S, payload=task_id)
+            wait = error.retry_after if code is ErrorCode.LLM_RATE_LIMITED else None
+            self.wakeupAfter(max(RETRY_S / 10, wait or RETRY_S), payload=task_id)
         else:
             log.warning("task %s failed: %s", task_id, error)
             outcome = {

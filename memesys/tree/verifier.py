@@ -27,7 +27,8 @@ from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.config.capacity import JUDGING_CALLS_PER_MEME
 from memesys.errors import ErrorCode
-from memesys.llm import bulkhead, served
+from memesys.llm import bulkhead, reservations, served
+from memesys.llm.reservations import Times
 from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import MemeFailed, first_line, lm_failed
@@ -99,11 +100,16 @@ class VerifierWorker(AsyncActor):
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, JudgeDraft):
             self._same_program(payload.program)
-            return self.judge(payload.draft)
+            return self.judge(payload.draft, payload.reserved)
         return super().handle(payload)
 
-    async def judge(self, draft: Draft) -> Judgements:
-        """Every judging stage at once; a stage whose call fails answers its Failure."""
+    async def judge(self, draft: Draft, reserved: Times = ()) -> Judgements:
+        """Every judging stage at once, each call on a send time of ``reserved`` (the meme's
+        booking) while one is left; a stage whose call fails answers its Failure."""
+        with reservations.holding(reserved):
+            return await self._judge(draft)
+
+    async def _judge(self, draft: Draft) -> Judgements:
         runs: dict[str, StageRun] = {}
 
         async def place(name: str, call: Callable[[LMHandle], C]) -> C:
