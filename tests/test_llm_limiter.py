@@ -23,7 +23,13 @@ from memesys.errors import ErrorCode
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import CLIMB_EVERY_S, Limiter, NoSlot
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
-from tests.support.llm import calls_in_subprocess, come_back_later, make_engine, write_request
+from tests.support.llm import (
+    calls_in_subprocess,
+    calls_until,
+    come_back_later,
+    make_engine,
+    write_request,
+)
 from tests.support.provider import fake_provider_fixture
 from tests.support.redis_server import shared_prefix
 from tests.support.timing import scaled, wait_for
@@ -110,18 +116,6 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
     start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
     end_at = start_at + LOAD_S
 
-    def load() -> list[str]:
-        out = []
-        while time.time() < end_at:
-            try:
-                with deadlines.serving(time.time() + 0.5):
-                    engine.complete(REQUEST)
-                out.append("ok")
-            except LLMCallError as exc:
-                out.append(exc.kind)
-                come_back_later(exc)
-        return out
-
     with ThreadPoolExecutor(17) as pool:
         there = pool.submit(
             calls_in_subprocess,
@@ -134,7 +128,7 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
             until=end_at,
         )
         time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
-        here = [pool.submit(load) for _ in range(16)]
+        here = [pool.submit(calls_until, engine, end_at) for _ in range(16)]
         outcomes = [o for f in here for o in f.result()] + there.result()
     seen = stats()
     arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]
@@ -358,18 +352,6 @@ def test_no_429_at_the_providers_own_limit(redis: str) -> None:
         start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
         end_at = start_at + 5.0
 
-        def load() -> list[str]:
-            out = []
-            while time.time() < end_at:
-                try:
-                    with deadlines.serving(time.time() + 0.5):
-                        engine.complete(REQUEST)
-                    out.append("ok")
-                except LLMCallError as exc:
-                    out.append(exc.kind)
-                    come_back_later(exc)
-            return out
-
         with ThreadPoolExecutor(9) as pool:
             there = pool.submit(
                 calls_in_subprocess,
@@ -382,7 +364,7 @@ def test_no_429_at_the_providers_own_limit(redis: str) -> None:
                 until=end_at,
             )
             time.sleep(max(0.0, start_at - time.time()))
-            here = [pool.submit(load) for _ in range(8)]
+            here = [pool.submit(calls_until, engine, end_at) for _ in range(8)]
             outcomes = [o for f in here for o in f.result()] + there.result()
         seen = stats()
     arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]

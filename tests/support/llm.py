@@ -18,6 +18,7 @@ import dspy
 import pytest
 from dspy.lm15 import Request, Response
 
+from actors import deadlines
 from memesys.llm.errors import LLMCallError
 from memesys.llm.transport import HardenedTransport, Policy
 from memesys.offline.lm import OfflineLM
@@ -71,6 +72,21 @@ def come_back_later(exc: LLMCallError) -> None:
     """What a client told to come back later does under load: waits its Retry-After (20 ms to
     0.5 s), neither spinning nor giving up."""
     time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
+
+
+def calls_until(engine: HardenedTransport, end_at: float, deadline_s: float = 0.5) -> list[str]:
+    """Calls back to back until wall-clock ``end_at``, each under a deadline of ``deadline_s``,
+    honouring Retry-After as :func:`come_back_later` does; each outcome: "ok" or the kind."""
+    out, request = [], write_request()
+    while time.time() < end_at:
+        try:
+            with deadlines.serving(time.time() + deadline_s):
+                engine.complete(request)
+            out.append("ok")
+        except LLMCallError as exc:
+            out.append(exc.kind)
+            come_back_later(exc)
+    return out
 
 
 def calls_in_subprocess(
