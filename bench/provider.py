@@ -444,7 +444,7 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
     ]
     rows += [
         [f"median timings.{stage} s", median(timings[stage])]
-        for stage in ("select", "write", "judge", "pipeline", "total")
+        for stage in ("select_write", "select", "write", "judge", "pipeline", "total")
         if stage in timings
     ]
     bench.targets += [
