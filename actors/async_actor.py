@@ -62,7 +62,8 @@ class _Loop:
 class AsyncActor(BaseActor):
     """A leaf actor whose ``handle`` may return a coroutine. Set ``max_in_flight`` in
     ``on_start`` (default 64), and ``blocking_per_request`` if a request runs more than one
-    blocking call at once (the thread pool holds that many per request in flight)."""
+    blocking call at once (``asyncio.to_thread``: the loop's thread pool holds that many per
+    request in flight; threads are made as they are first needed)."""
 
     max_in_flight = 64
     blocking_per_request = 1
@@ -198,7 +199,8 @@ class AsyncActor(BaseActor):
             asyncio.set_event_loop(loop)
             # Blocking calls (asyncio.to_thread) may be as many as the requests in flight (times
             # the calls each runs at once); the default executor's min(32, cores + 4) threads
-            # would queue them on 2 cores.
+            # would queue them on 2 cores. (Its threads are made on demand: a pool sized for a
+            # peak costs nothing until the peak comes.)
             loop.set_default_executor(
                 ThreadPoolExecutor(
                     self.max_in_flight * self.blocking_per_request, f"{self.name}-blocking"

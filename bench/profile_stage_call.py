@@ -11,6 +11,7 @@ docs/perf/2026-12-01-llm-and-messages-cpu.md.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before anything imports dspy
@@ -47,10 +48,10 @@ def cpu_ms_per_call(fake_url: str, redis_url: str, warmup: int, calls: int) -> f
     handle = stage_handles(cfg.llm, STAGE_TIMEOUT_S, redis_url, "prof", 1)(VERIFIER)
     draft = Draft.from_caption(Caption("drake", ("coffee", "tea"), "", 0), "coffee")
     for _ in range(warmup):
-        verify(handle, VERIFIER, draft)
+        asyncio.run(verify(handle, VERIFIER, draft))
     began = time.process_time()
     for _ in range(calls):
-        verify(handle, VERIFIER, draft)
+        asyncio.run(verify(handle, VERIFIER, draft))
     return (time.process_time() - began) * 1000 / calls
 
 

@@ -824,14 +824,14 @@ def test_meme_program_end_to_end(threaded: FakeOpenAI) -> None:
     assert handle.provider == OPENAI_COMPATIBLE
     offline = offline_lm()
 
-    caption = write_caption(handle, "cats")
+    caption = asyncio.run(write_caption(handle, "cats"))
     # Two stages (SelectFormat, then WriteCaption): exactly two requests reached the fake.
     assert threaded.calls == 2 == len(threaded.requests)
     assert threaded.calls_by_model == {"fake-model": 2}
     outputs = [body["messages"][0]["content"] for body in threaded.requests]
     assert "`format_name`" in outputs[0] and "`captions`" in outputs[1]
     # The same text the offline engine writes, having crossed HTTP and the OpenAI wire.
-    expected = write_caption(offline, "cats")
+    expected = asyncio.run(write_caption(offline, "cats"))
     assert (caption.format, caption.texts, caption.reason) == (
         expected.format,
         expected.texts,
@@ -841,7 +841,7 @@ def test_meme_program_end_to_end(threaded: FakeOpenAI) -> None:
 
     # A named format skips SelectFormat: one stage, one request.
     threaded.reset()
-    caption = write_caption(handle, "cats", format="drake", style="smug", seed=3)
+    caption = asyncio.run(write_caption(handle, "cats", format="drake", style="smug", seed=3))
     assert caption.format == "drake" and len(caption.texts) == 2
     assert threaded.calls == 1
 
@@ -853,7 +853,7 @@ def test_concurrent_dspy_calls_overlap(threaded: FakeOpenAI) -> None:
     results: list[Any] = []
 
     def run(seed: int) -> None:
-        results.append(write_caption(handle, "cats", format="drake", seed=seed))
+        results.append(asyncio.run(write_caption(handle, "cats", format="drake", seed=seed)))
 
     workers = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
     began = time.perf_counter()
@@ -873,7 +873,7 @@ def test_dspy_sees_a_429_once_with_its_retry_after(threaded: FakeOpenAI) -> None
     threaded.config.fail_status, threaded.config.retry_after_s = 429, 1.5
     handle = build_lm(model="fake-model", api_key=KEY, base_url=threaded.url, timeout_s=5)
     with pytest.raises(LMRateLimitError) as raised:
-        write_caption(handle, "cats", format="drake")
+        asyncio.run(write_caption(handle, "cats", format="drake"))
     assert raised.value.status == 429 and raised.value.retry_after == 1.5
     assert (threaded.attempts, threaded.failures, threaded.calls) == (1, 1, 0)
 
@@ -882,8 +882,8 @@ def test_json_adapter_end_to_end(threaded: FakeOpenAI) -> None:
     """The writer answers JSON when the JSONAdapter asks for it, over the wire too."""
     handle = build_lm(model="fake-model", api_key=KEY, base_url=threaded.url, timeout_s=5)
     with dspy.context(adapter=dspy.JSONAdapter()):
-        caption = write_caption(handle, "cats")
-    expected = write_caption(offline_lm(), "cats")
+        caption = asyncio.run(write_caption(handle, "cats"))
+    expected = asyncio.run(write_caption(offline_lm(), "cats"))
     assert (caption.format, caption.texts) == (expected.format, expected.texts)
     assert threaded.calls == 2
 

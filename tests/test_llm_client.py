@@ -5,6 +5,7 @@ answers."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -182,10 +183,10 @@ def test_through_dspy_one_retry_layer(fake: FakeOpenAI) -> None:
     handle = build_lm(MODEL, KEY, fake.url, 5.0, Policy(max_attempts=3, backoff_base_s=0.01))
     assert handle.lm.num_retries == 0
     with pytest.raises(LLMCallError) as raised:
-        write_caption(handle, "cats", format="drake")
+        asyncio.run(write_caption(handle, "cats", format="drake"))
     assert fake.attempts == 3
     assert failure_of(raised.value)[0] is ErrorCode.LLM_UNAVAILABLE
     fake.config.fail_status = None
     fake.reset()
-    caption = write_caption(handle, "cats", format="drake")
+    caption = asyncio.run(write_caption(handle, "cats", format="drake"))
     assert caption.texts and fake.calls == 1

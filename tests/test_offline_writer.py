@@ -20,6 +20,7 @@ from memesys.pipeline.scoring import score
 from memesys.pipeline.signatures import WriteCaption
 from memesys.pipeline.verification import VERIFIERS, verify
 from memesys.pipeline.writing import write_caption
+from tests.support.engines import engine_lm
 
 TOPICS = (
     "monday meetings",
@@ -45,7 +46,7 @@ class SpyEngine(OfflineLM):
 
 def spied() -> tuple[LMHandle, SpyEngine]:
     engine = SpyEngine()
-    lm = dspy.LM(model=f"{PROVIDER}/{MODEL}", engine=engine, cache=False, num_retries=0)
+    lm = engine_lm(f"{PROVIDER}/{MODEL}", engine)
     return LMHandle(lm=lm, provider=PROVIDER, model=MODEL), engine
 
 
@@ -61,12 +62,14 @@ def test_names() -> None:
 def test_same_inputs_same_output() -> None:
     first, second = offline_lm(), offline_lm()
     for seed in range(3):
-        assert write_caption(first, "tea", seed=seed) == write_caption(second, "tea", seed=seed)
+        assert asyncio.run(write_caption(first, "tea", seed=seed)) == asyncio.run(
+            write_caption(second, "tea", seed=seed)
+        )
 
 
 def test_same_request_same_response_text() -> None:
     handle, engine = spied()
-    write_caption(handle, "coffee", format="drake", seed=4)
+    asyncio.run(write_caption(handle, "coffee", format="drake", seed=4))
     request, response = engine.calls[0]
     assert OfflineLM().complete(request).text == response.text
 
@@ -74,7 +77,8 @@ def test_same_request_same_response_text() -> None:
 @pytest.mark.parametrize("format", [None, "drake", "this-is-fine"])
 def test_seeds_vary_the_caption(handle: LMHandle, format: str | None) -> None:
     captions = {
-        write_caption(handle, "monday meetings", format=format, seed=s).texts for s in range(10)
+        asyncio.run(write_caption(handle, "monday meetings", format=format, seed=s)).texts
+        for s in range(10)
     }
     assert len(captions) >= 3
 
@@ -82,7 +86,7 @@ def test_seeds_vary_the_caption(handle: LMHandle, format: str | None) -> None:
 @pytest.mark.parametrize("topic", TOPICS)
 def test_topic_words_appear(handle: LMHandle, topic: str) -> None:
     for seed in range(3):
-        text = " ".join(write_caption(handle, topic, seed=seed).texts).lower()
+        text = " ".join(asyncio.run(write_caption(handle, topic, seed=seed)).texts).lower()
         assert any(word in text for word in topic.split()), text
 
 
@@ -108,8 +112,8 @@ def test_every_format_fits_its_limits(
     for name, fmt in CATALOGUE.items():
         for seed in range(2):
             # write_caption validates slot count and max_chars; it raises on any violation.
-            caption = write_caption(
-                handle, topic, format=name, style=style, audience=audience, seed=seed
+            caption = asyncio.run(
+                write_caption(handle, topic, format=name, style=style, audience=audience, seed=seed)
             )
             assert caption.format == name and all(caption.texts)
             assert len(caption.texts) == len(fmt.slots)
@@ -117,9 +121,13 @@ def test_every_format_fits_its_limits(
 
 def test_style_and_audience_are_woven_in(handle: LMHandle) -> None:
     for name in CATALOGUE:
-        styled = " ".join(write_caption(handle, "cats", format=name, style="wholesome").texts)
+        styled = " ".join(
+            asyncio.run(write_caption(handle, "cats", format=name, style="wholesome")).texts
+        )
         assert "wholesome" in styled.lower(), (name, styled)
-        aimed = " ".join(write_caption(handle, "cats", format=name, audience="nurses").texts)
+        aimed = " ".join(
+            asyncio.run(write_caption(handle, "cats", format=name, audience="nurses")).texts
+        )
         assert "nurses" in aimed.lower(), (name, aimed)
 
 
@@ -132,7 +140,7 @@ def test_style_and_audience_are_woven_in(handle: LMHandle) -> None:
     ],
 )
 def test_selection_follows_keywords(handle: LMHandle, topic: str, expected: str) -> None:
-    caption = write_caption(handle, topic)
+    caption = asyncio.run(write_caption(handle, topic))
     assert caption.format == expected
     assert "shares" in caption.reason
 
@@ -141,7 +149,7 @@ def test_output_goes_through_chat_adapter_parsing() -> None:
     handle, engine = spied()
     strict = dspy.ChatAdapter(use_json_adapter_fallback=False)
     with dspy.context(adapter=strict):
-        caption = write_caption(handle, "coffee", seed=1)
+        caption = asyncio.run(write_caption(handle, "coffee", seed=1))
     assert len(engine.calls) == 2  # SelectFormat, then WriteCaption: no parse retries
     select_text, write_text = (response.text for _, response in engine.calls)
     assert select_text.startswith("[[ ## format_name ## ]]")
@@ -154,14 +162,14 @@ def test_output_goes_through_chat_adapter_parsing() -> None:
 def test_answers_the_json_adapter_in_json() -> None:
     handle, engine = spied()
     with dspy.context(adapter=dspy.JSONAdapter()):
-        caption = write_caption(handle, "coffee", format="drake", seed=2)
+        caption = asyncio.run(write_caption(handle, "coffee", format="drake", seed=2))
     assert engine.calls[-1][1].text.startswith('{"captions": [')
     assert caption.format == "drake" and len(caption.texts) == 2
 
 
 def test_usage_is_reported_as_chars_over_four() -> None:
     handle, engine = spied()
-    caption = write_caption(handle, "coffee", format="drake")
+    caption = asyncio.run(write_caption(handle, "coffee", format="drake"))
     request, response = engine.calls[0]
     prompt_chars = len(request.system) + sum(len(m.text) for m in request.messages)
     assert response.usage.input_tokens == (prompt_chars + 3) // 4
@@ -197,7 +205,7 @@ def test_async_engine_through_dspy(handle: LMHandle) -> None:
 
 def test_stream_ends_with_the_whole_answer() -> None:
     handle, engine = spied()
-    write_caption(handle, "coffee", format="drake")
+    asyncio.run(write_caption(handle, "coffee", format="drake"))
     request, response = engine.calls[0]
     events = list(OfflineLM().stream(request))
     assert events[-1].type == "end"
@@ -212,9 +220,9 @@ def test_every_judging_signature_answers_in_one_strict_call() -> None:
     strict = dspy.ChatAdapter(use_json_adapter_fallback=False)
     with dspy.context(adapter=strict):
         for name in VERIFIERS:
-            verify(handle, name, draft)
-        score(handle, draft)
-        refine(handle, draft, "Fix: add a twist.")
+            asyncio.run(verify(handle, name, draft))
+        asyncio.run(score(handle, draft))
+        asyncio.run(refine(handle, draft, "Fix: add a twist."))
     assert len(engine.calls) == 5
     for request, response in engine.calls:
         assert response.text.rstrip().endswith("[[ ## completed ## ]]")
@@ -225,7 +233,7 @@ def test_judging_signatures_answer_the_json_adapter() -> None:
     handle, engine = spied()
     draft = Draft("coffee", "drake", ("Decaf", "Espresso at 2am"))
     with dspy.context(adapter=dspy.JSONAdapter()):
-        scores = score(handle, draft)
-        caption = refine(handle, draft, "Fix: end on a punchline mark.")
+        scores = asyncio.run(score(handle, draft))
+        caption = asyncio.run(refine(handle, draft, "Fix: end on a punchline mark."))
     assert engine.calls[0][1].text.startswith('{"critique": ')
     assert 0 < scores.overall <= 1 and caption.texts[-1].endswith("!")

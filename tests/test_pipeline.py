@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -61,6 +61,7 @@ from memesys.pipeline.writing import (
     write_caption,
     write_texts,
 )
+from tests.support.engines import engine_lm
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage", "cats vs dogs")
 FIRST_STAGES = ("select", "write", *VERIFIERS, "score")
@@ -83,7 +84,7 @@ class TimingOut:
 
 
 def failing() -> LMHandle:
-    lm = dspy.LM(model="failing/failing", engine=TimingOut(), cache=False, num_retries=0)
+    lm = engine_lm("failing/failing", TimingOut())
     return LMHandle(lm=lm, provider="failing", model="failing")
 
 
@@ -101,16 +102,18 @@ def offline() -> LMHandle:
 
 def test_refine_validates_like_the_first_caption() -> None:
     draft = Draft("tea", "drake", ("Tea", "Coffee"))
-    caption = refine(dummy({"revised_captions": ["Warm leaf water", "Coffee!"]}), draft, "punch")
+    caption = asyncio.run(
+        refine(dummy({"revised_captions": ["Warm leaf water", "Coffee!"]}), draft, "punch")
+    )
     assert (caption.format, caption.texts, caption.reason) == (
         "drake",
         ("Warm leaf water", "Coffee!"),
         REFINED,
     )
     with pytest.raises(CaptionError, match="slot 'prefer' has 71 chars"):
-        refine(dummy({"revised_captions": ["Tea", "x" * 71]}), draft, "longer")
+        asyncio.run(refine(dummy({"revised_captions": ["Tea", "x" * 71]}), draft, "longer"))
     with pytest.raises(CaptionError, match="needs 2 texts"):
-        refine(dummy({"revised_captions": ["Tea"]}), draft, "shorter")
+        asyncio.run(refine(dummy({"revised_captions": ["Tea"]}), draft, "shorter"))
 
 
 def test_offline_refine_fixes_what_the_scorer_measures(offline: LMHandle) -> None:
@@ -123,17 +126,17 @@ def test_offline_refine_fixes_what_the_scorer_measures(offline: LMHandle) -> Non
         ),
         style="sarcastic",
     )
-    before = score(offline, weak)
-    verdicts = {name: verify(offline, name, weak) for name in VERIFIERS}
+    before = asyncio.run(score(offline, weak))
+    verdicts = {name: asyncio.run(verify(offline, name, weak)) for name in VERIFIERS}
     assert verdicts["instruction_following"].status == FAILED  # the style does not show
-    caption = refine(offline, weak, critique_for(before, verdicts))
+    caption = asyncio.run(refine(offline, weak, critique_for(before, verdicts)))
     texts = " ".join(caption.texts).lower()
     assert "really" not in texts and "monday meetings" in texts and "sarcastic" in texts
     assert caption.texts[-1].endswith("!")
     assert all(len(t) <= s.max_chars for t, s in zip(caption.texts, get_format("drake").slots))
     after = weak.with_texts(caption.texts)
-    assert score(offline, after).overall > before.overall
-    assert verify(offline, "instruction_following", after).status == PASSED
+    assert asyncio.run(score(offline, after)).overall > before.overall
+    assert asyncio.run(verify(offline, "instruction_following", after)).status == PASSED
 
 
 def test_critique_for_lists_failed_verdicts_then_the_critique() -> None:
@@ -342,7 +345,7 @@ class RateLimited:
 def refused_for_rate(stage: str, answered: int, offline: LMHandle) -> Callable[[str], LMHandle]:
     """handle_for: every stage on ``offline``, but ``stage``'s calls after its first
     ``answered`` are refused for rate."""
-    lm = dspy.LM(model="limited/limited", engine=RateLimited(), cache=False, num_retries=0)
+    lm = engine_lm("limited/limited", RateLimited())
     limited = LMHandle(lm=lm, provider="limited", model="limited")
     seen = itertools.count()
     return lambda name: limited if name == stage and next(seen) >= answered else offline
@@ -413,8 +416,8 @@ def run_fused(handle: LMHandle, topic: str, fuse: bool = True, **request: Any) -
 def test_the_offline_fused_call_answers_as_select_then_write(offline: LMHandle) -> None:
     for topic in TOPICS:
         for seed in range(3):
-            fused = select_and_write(offline, topic, style="dry", seed=seed)
-            apart = write_caption(offline, topic, style="dry", seed=seed)
+            fused = asyncio.run(select_and_write(offline, topic, style="dry", seed=seed))
+            apart = asyncio.run(write_caption(offline, topic, style="dry", seed=seed))
             assert fused.tokens > 0
             assert replace(fused, tokens=0) == replace(apart, tokens=0), (topic, seed)
 
@@ -422,7 +425,7 @@ def test_the_offline_fused_call_answers_as_select_then_write(offline: LMHandle) 
 def test_the_fused_caption_is_validated_like_the_written_one() -> None:
     def fused(captions: list[str], format_name: str = "drake") -> Any:
         answer = {"format_name": format_name, "reason": " it  fits ", "captions": captions}
-        return select_and_write(dummy(answer), "tea")
+        return asyncio.run(select_and_write(dummy(answer), "tea"))
 
     caption = fused(["  Warm   leaf water ", "Coffee!"])  # whitespace collapsed, as for write
     assert (caption.format, caption.texts, caption.reason) == (
@@ -462,10 +465,10 @@ def test_an_over_long_fused_caption_fails_the_meme_as_bad_output() -> None:
     assert failed.value.code == "bad_output"
 
 
-def prompt_tokens(call: Callable[[], object]) -> int:
+def prompt_tokens(call: Coroutine[Any, Any, object]) -> int:
     """The prompt tokens the offline LM counted for ``call``'s LM calls (chars / 4)."""
     with dspy.track_usage() as tracker:
-        call()
+        asyncio.run(call)
     return sum(int(u["prompt_tokens"]) for u in tracker.get_total_tokens().values())
 
 
@@ -476,10 +479,10 @@ def test_the_prompt_token_cost_of_the_fused_call(offline: LMHandle) -> None:
     select, write, fused = [], [], []
     for topic in TOPICS:
         for seed in range(4):
-            choice = choose_format(offline, topic, seed)
-            select.append(prompt_tokens(lambda: choose_format(offline, topic, seed)))  # noqa: B023
-            write.append(prompt_tokens(lambda: write_texts(offline, topic, choice, seed=seed)))  # noqa: B023
-            fused.append(prompt_tokens(lambda: select_and_write(offline, topic, seed=seed)))  # noqa: B023
+            choice = asyncio.run(choose_format(offline, topic, seed))
+            select.append(prompt_tokens(choose_format(offline, topic, seed)))
+            write.append(prompt_tokens(write_texts(offline, topic, choice, seed=seed)))
+            fused.append(prompt_tokens(select_and_write(offline, topic, seed=seed)))
     mean = {
         name: sum(v) / len(v)
         for name, v in (("select", select), ("write", write), ("fused", fused))

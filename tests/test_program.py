@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ def test_valid_outputs_parse() -> None:
     handle = dummy(
         {"format_name": "drake", "reason": "a clear preference"}, {"captions": ["Tea", "Coffee"]}
     )
-    caption = write_caption(handle, "hot drinks")
+    caption = asyncio.run(write_caption(handle, "hot drinks"))
     assert caption == Caption(
         format="drake", texts=("Tea", "Coffee"), reason="a clear preference", tokens=0
     )
@@ -49,12 +50,12 @@ def test_format_name_spelling_is_forgiven() -> None:
         {"format_name": " Distracted Boyfriend", "reason": "temptation"},
         {"captions": ["Me", "Work", "Memes"]},
     )
-    assert write_caption(handle, "work").format == "distracted-boyfriend"
+    assert asyncio.run(write_caption(handle, "work")).format == "distracted-boyfriend"
 
 
 def test_requested_format_skips_selection() -> None:
     handle = dummy({"captions": ["Tea", "Coffee"]})
-    caption = write_caption(handle, "hot drinks", format="drake")
+    caption = asyncio.run(write_caption(handle, "hot drinks", format="drake"))
     assert (caption.format, caption.reason) == ("drake", REQUESTED)
     assert len(handle.lm.history) == 1
 
@@ -62,14 +63,14 @@ def test_requested_format_skips_selection() -> None:
 def test_requested_unknown_format_fails_before_any_lm_call() -> None:
     handle = dummy()
     with pytest.raises(UnknownFormat):
-        write_caption(handle, "cats", format="nyan-cat")
+        asyncio.run(write_caption(handle, "cats", format="nyan-cat"))
     assert handle.lm.history == []
 
 
 def test_unknown_format_from_the_model() -> None:
     handle = dummy({"format_name": "nyan-cat", "reason": "rainbows"})
     with pytest.raises(CaptionError, match=r"nyan-cat.*not in the catalogue"):
-        write_caption(handle, "cats")
+        asyncio.run(write_caption(handle, "cats"))
 
 
 @pytest.mark.parametrize(
@@ -84,19 +85,19 @@ def test_unknown_format_from_the_model() -> None:
 def test_bad_captions_from_the_model(captions: list[str], message: str) -> None:
     handle = dummy({"captions": captions})
     with pytest.raises(CaptionError, match=message):
-        write_caption(handle, "drinks", format="drake")
+        asyncio.run(write_caption(handle, "drinks", format="drake"))
 
 
 def test_unparseable_output_is_a_caption_error() -> None:
     handle = dummy({"captions": "not a list at all"})
     with dspy.context(adapter=dspy.ChatAdapter(use_json_adapter_fallback=False)):
         with pytest.raises(CaptionError, match="unparseable"):
-            write_caption(handle, "drinks", format="drake")
+            asyncio.run(write_caption(handle, "drinks", format="drake"))
 
 
 def test_empty_topic() -> None:
     with pytest.raises(CaptionError, match="topic is empty"):
-        write_caption(dummy(), "  \n ")
+        asyncio.run(write_caption(dummy(), "  \n "))
 
 
 def test_prompt_listings() -> None:
@@ -113,7 +114,7 @@ def test_prompt_listings() -> None:
 )
 def test_offline_end_to_end(topic: str) -> None:
     handle = offline_lm()
-    caption = write_caption(handle, topic, style="sarcastic", seed=7)
+    caption = asyncio.run(write_caption(handle, topic, style="sarcastic", seed=7))
     fmt = get_format(caption.format)
     assert len(caption.texts) == len(fmt.slots)
     assert all(len(t) <= s.max_chars for t, s in zip(caption.texts, fmt.slots))
@@ -124,12 +125,12 @@ def test_offline_end_to_end(topic: str) -> None:
 
 def test_stages_run_alone_and_count_their_own_tokens() -> None:
     select_lm, write_lm = offline_lm(), offline_lm()
-    choice = choose_format(select_lm, "production outage", seed=1)
-    caption = write_texts(write_lm, "production outage", choice, seed=1)
+    choice = asyncio.run(choose_format(select_lm, "production outage", seed=1))
+    caption = asyncio.run(write_texts(write_lm, "production outage", choice, seed=1))
     assert choice.tokens == select_lm.lm.history[-1]["usage"]["total_tokens"] > 0
     assert caption.tokens == write_lm.lm.history[-1]["usage"]["total_tokens"] > 0
     assert (caption.format, caption.reason) == (choice.format.name, choice.reason)
-    whole = write_caption(offline_lm(), "production outage", seed=1)
+    whole = asyncio.run(write_caption(offline_lm(), "production outage", seed=1))
     assert whole == Caption(
         caption.format, caption.texts, caption.reason, choice.tokens + caption.tokens
     )
@@ -139,7 +140,7 @@ def test_stages_run_alone_and_count_their_own_tokens() -> None:
 def test_usage_rolls_up_into_the_callers_tracker() -> None:
     handle = offline_lm()
     with dspy.track_usage() as tracker:
-        caption = write_caption(handle, "coffee")
+        caption = asyncio.run(write_caption(handle, "coffee"))
     usage = tracker.get_total_tokens()[f"{PROVIDER}/{MODEL}"]
     assert usage["total_tokens"] == caption.tokens
 
@@ -152,7 +153,7 @@ def test_concurrent_calls_keep_their_own_lm() -> None:
 
     def run(i: int) -> Caption:
         handle = canned if i % 2 else offline
-        return write_caption(handle, "hot drinks", format="drake", seed=i)
+        return asyncio.run(write_caption(handle, "hot drinks", format="drake", seed=i))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         captions = list(pool.map(run, range(16)))
@@ -239,7 +240,9 @@ def endpoint() -> Iterator[str]:
 
 
 def test_openai_compatible_end_to_end(endpoint: str) -> None:
-    caption = write_caption(build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks")
+    caption = asyncio.run(
+        write_caption(build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks")
+    )
     assert caption == Caption(format="drake", texts=("Tea", "Coffee"), reason="fits", tokens=220)
     assert [(r["path"], r["auth"], r["body"]["model"]) for r in FakeOpenAI.requests] == [
         ("/v1/chat/completions", "Bearer sk-test", "test-model")
@@ -249,8 +252,10 @@ def test_openai_compatible_end_to_end(endpoint: str) -> None:
 def test_openai_compatible_makes_one_attempt(endpoint: str) -> None:
     FakeOpenAI.fail = True
     with pytest.raises(LMError) as failed:
-        write_caption(
-            build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks", format="drake"
+        asyncio.run(
+            write_caption(
+                build_lm("test-model", "sk-test", endpoint, 5.0), "hot drinks", format="drake"
+            )
         )
     assert len(FakeOpenAI.requests) == 1
     assert failed.value.__notes__ == ["memesys stage: write"]

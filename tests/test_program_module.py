@@ -279,7 +279,7 @@ def test_concurrent_calls_share_the_predictors_without_changing_them(tmp_path: P
     drafts = [Draft("coffee", "drake", ("Tea", f"Coffee {i}")) for i in range(24)]
 
     def judge(i: int) -> Any:
-        return verify(offline, VERIFIERS[i % 3], drafts[i], program)
+        return asyncio.run(verify(offline, VERIFIERS[i % 3], drafts[i], program))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         verdicts = list(pool.map(judge, range(24)))

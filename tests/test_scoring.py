@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -57,7 +58,7 @@ def test_model_ratings_give_the_weighted_overall() -> None:
         }
     )
     with dspy.context(adapter=STRICT):
-        scores = score(handle, Draft("tea", "drake", ("Tea", "Coffee")))
+        scores = asyncio.run(score(handle, Draft("tea", "drake", ("Tea", "Coffee"))))
     assert scores == Scores(
         0.8,
         0.6,
@@ -73,7 +74,7 @@ def test_ratings_are_clamped() -> None:
     handle = dummy(
         {"critique": "", "humor": 1.5, "clarity": -2, "creativity": 1, "shareability": 0}
     )
-    scores = score(handle, Draft("tea", "drake", ("Tea", "Coffee")))
+    scores = asyncio.run(score(handle, Draft("tea", "drake", ("Tea", "Coffee"))))
     assert (scores.humor, scores.clarity, scores.creativity) == (1.0, 0.0, 1.0)
 
 
@@ -86,7 +87,7 @@ def test_ratings_are_clamped() -> None:
 )
 def test_unusable_ratings_raise(answer: dict[str, Any]) -> None:
     with dspy.context(adapter=STRICT), pytest.raises(OutputError):
-        score(dummy(answer), Draft("tea", "drake", ("Tea", "Coffee")))
+        asyncio.run(score(dummy(answer), Draft("tea", "drake", ("Tea", "Coffee"))))
 
 
 def test_weighted_accepts_other_weights() -> None:
@@ -127,19 +128,27 @@ def test_apply_verdicts(verdicts: dict[str, Verdict], overall: float) -> None:
 
 def test_offline_scores_are_deterministic_and_in_range(offline: LMHandle) -> None:
     for topic in ("coffee", "production outage", "monday meetings"):
-        draft = Draft.from_caption(write_caption(offline, topic), topic)
-        scores = score(offline, draft)
-        assert scores == score(offline_lm(), draft)
+        draft = Draft.from_caption(asyncio.run(write_caption(offline, topic)), topic)
+        scores = asyncio.run(score(offline, draft))
+        assert scores == asyncio.run(score(offline_lm(), draft))
         values = (scores.humor, scores.clarity, scores.creativity, scores.shareability)
         assert all(0 <= v <= 1 for v in values) and 0 < scores.overall <= 1
         assert scores.critique and scores.tokens > 0
 
 
 def test_offline_scores_follow_their_features(offline: LMHandle) -> None:
-    good = score(offline, Draft("coffee", "drake", ("Decaf coffee", "Espresso, but at 2am!")))
-    crammed = score(offline, Draft("coffee", "drake", ("Decaf coffee", "x " * 34 + "y")))
-    off_topic = score(offline, Draft("coffee", "drake", ("Decaf tea", "Espresso, but at 2am!")))
-    flat = score(offline, Draft("coffee", "drake", ("Decaf coffee", "Espresso at 2am")))
+    good = asyncio.run(
+        score(offline, Draft("coffee", "drake", ("Decaf coffee", "Espresso, but at 2am!")))
+    )
+    crammed = asyncio.run(
+        score(offline, Draft("coffee", "drake", ("Decaf coffee", "x " * 34 + "y")))
+    )
+    off_topic = asyncio.run(
+        score(offline, Draft("coffee", "drake", ("Decaf tea", "Espresso, but at 2am!")))
+    )
+    flat = asyncio.run(
+        score(offline, Draft("coffee", "drake", ("Decaf coffee", "Espresso at 2am")))
+    )
     assert crammed.clarity < good.clarity and "shorten 'prefer' (69/70 chars)" in crammed.critique
     assert off_topic.shareability < good.shareability and "mention the topic" in off_topic.critique
     assert flat.humor < good.humor and "twist" in flat.critique and "punchline" in flat.critique
@@ -149,8 +158,10 @@ def test_offline_scores_follow_their_features(offline: LMHandle) -> None:
 def test_offline_creativity_varies_with_the_seed(offline: LMHandle) -> None:
     creativity = set()
     for seed in range(6):
-        caption = write_caption(offline, "monday meetings", format="drake", seed=seed)
+        caption = asyncio.run(write_caption(offline, "monday meetings", format="drake", seed=seed))
         creativity.add(
-            score(offline, Draft.from_caption(caption, "monday meetings", seed=seed)).creativity
+            asyncio.run(
+                score(offline, Draft.from_caption(caption, "monday meetings", seed=seed))
+            ).creativity
         )
     assert len(creativity) >= 3

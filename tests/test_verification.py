@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -25,6 +26,7 @@ from memesys.pipeline.verification import (
     verify,
 )
 from memesys.pipeline.writing import write_caption
+from tests.support.engines import engine_lm
 
 TOPICS = ("monday meetings", "rust borrow checker", "coffee", "production outage", "cats vs dogs")
 STRICT = dspy.ChatAdapter(use_json_adapter_fallback=False)
@@ -53,7 +55,7 @@ class Engine:
 
 def canned(reply: Callable[[], str]) -> tuple[LMHandle, Engine]:
     engine = Engine(reply)
-    lm = dspy.LM(model="canned/canned", engine=engine, cache=False, num_retries=0)
+    lm = engine_lm("canned/canned", engine)
     return LMHandle(lm=lm, provider="canned", model="canned"), engine
 
 
@@ -69,8 +71,10 @@ def drake(*texts: str, topic: str = "hot drinks", style: str = "", audience: str
 @pytest.mark.parametrize("topic", TOPICS)
 def test_offline_captions_pass(offline: LMHandle, topic: str) -> None:
     for seed in range(3):
-        draft = Draft.from_caption(write_caption(offline, topic, seed=seed), topic, seed=seed)
-        verdicts = [verify(offline, name, draft) for name in VERIFIERS]
+        draft = Draft.from_caption(
+            asyncio.run(write_caption(offline, topic, seed=seed)), topic, seed=seed
+        )
+        verdicts = [asyncio.run(verify(offline, name, draft)) for name in VERIFIERS]
         assert [v.status for v in verdicts] == [PASSED] * 3, verdicts
         assert all(0 <= v.confidence <= 1 and v.tokens > 0 for v in verdicts)
 
@@ -92,13 +96,13 @@ def test_offline_captions_pass(offline: LMHandle, topic: str) -> None:
 def test_appropriateness_refuses_crafted_topics(
     offline: LMHandle, topic: str, category: str
 ) -> None:
-    verdict = verify(offline, "appropriateness", drake("Tea", "Coffee", topic=topic))
+    verdict = asyncio.run(verify(offline, "appropriateness", drake("Tea", "Coffee", topic=topic)))
     assert verdict.status == FAILED and verdict.confidence > 0.5
     assert any(r.startswith(category) and "the topic" in r for r in verdict.reasons), verdict
 
 
 def test_appropriateness_reads_the_texts(offline: LMHandle) -> None:
-    verdict = verify(offline, "appropriateness", drake("Tea", "Mail bob@example.org"))
+    verdict = asyncio.run(verify(offline, "appropriateness", drake("Tea", "Mail bob@example.org")))
     assert verdict.status == FAILED
     assert verdict.reasons == ("private data: an email address in slot 'prefer'",)
 
@@ -119,7 +123,7 @@ def test_no_template_trips_the_offline_verifiers(offline: LMHandle) -> None:
         for template in templates:
             draft = Draft("coffee", name, tuple(p.format_map(words) for p in template))
             for verifier in ("appropriateness", "factuality"):
-                verdict = verify(offline, verifier, draft)
+                verdict = asyncio.run(verify(offline, verifier, draft))
                 assert verdict.status == PASSED, (name, template, verdict)
 
 
@@ -129,7 +133,7 @@ def test_factuality_flags_claims_about_real_people(offline: LMHandle) -> None:
         "Still driving myself",
         topic="Elon Musk said in 2019 that 90% of cars would drive themselves",
     )
-    verdict = verify(offline, "factuality", draft)
+    verdict = asyncio.run(verify(offline, "factuality", draft))
     assert verdict.status == FAILED and verdict.confidence > 0.5
     flagged = " | ".join(verdict.reasons)
     for claim in ("'Elon Musk said'", "'2019'", "'90%'"):
@@ -137,41 +141,46 @@ def test_factuality_flags_claims_about_real_people(offline: LMHandle) -> None:
 
 
 def test_factuality_passes_plain_jokes(offline: LMHandle) -> None:
-    verdict = verify(offline, "factuality", drake("Decaf", "Espresso at 2am", topic="coffee"))
+    verdict = asyncio.run(
+        verify(offline, "factuality", drake("Decaf", "Espresso at 2am", topic="coffee"))
+    )
     assert (verdict.status, verdict.reasons) == (PASSED, ())
     assert verdict.confidence == 1.0
 
 
 def test_instruction_following_measures_lengths_whatever_the_model_says() -> None:
     handle = dummy({"violations": [], "verdict": "passed", "confidence": 0.99})
-    verdict = verify(handle, "instruction_following", drake("Tea", "x" * 71))
+    verdict = asyncio.run(verify(handle, "instruction_following", drake("Tea", "x" * 71)))
     assert (verdict.status, verdict.confidence) == (FAILED, 1.0)
     assert verdict.reasons == ("slot 'prefer' has 71 chars, max 70",)
 
 
 def test_instruction_following_measures_slot_count() -> None:
     handle = dummy({"violations": ["too many"], "verdict": "failed", "confidence": 0.6})
-    verdict = verify(handle, "instruction_following", drake("Tea", "Coffee", "Water"))
+    verdict = asyncio.run(verify(handle, "instruction_following", drake("Tea", "Coffee", "Water")))
     assert verdict.status == FAILED
     assert verdict.reasons == ("drake has 2 slots, the draft has 3 texts", "too many")
 
 
 def test_instruction_following_offline_wants_the_requested_style(offline: LMHandle) -> None:
     plain = drake("Tea", "Coffee", style="sarcastic")
-    verdict = verify(offline, "instruction_following", plain)
+    verdict = asyncio.run(verify(offline, "instruction_following", plain))
     assert verdict.status == FAILED
     assert verdict.reasons == ("the requested style 'sarcastic' does not show in the texts",)
     styled = drake("Tea", "Coffee, sarcastically", style="sarcastic")
-    assert verify(offline, "instruction_following", styled).status == PASSED
+    assert asyncio.run(verify(offline, "instruction_following", styled)).status == PASSED
     aimed = drake("Tea", "Coffee", audience="nurses")
-    assert "audience 'nurses'" in verify(offline, "instruction_following", aimed).reasons[0]
+    assert (
+        "audience 'nurses'"
+        in asyncio.run(verify(offline, "instruction_following", aimed)).reasons[0]
+    )
 
 
 def test_offline_slot_listing_shows_overlong_extra_texts(offline: LMHandle) -> None:
     """The offline verifier reads the same listing a real model does: an extra text has max 0."""
     draft = drake("Tea", "Coffee", "Water")
     assert draft.slot_texts().splitlines()[-1] == "3. extra (max 0 chars): Water"
-    verdict = verify(offline, "instruction_following", draft)
+    verdict = asyncio.run(verify(offline, "instruction_following", draft))
     assert verdict.reasons[0] == "drake has 2 slots, the draft has 3 texts"
     assert "slot 'extra' has 5 chars, max 0" in verdict.reasons
 
@@ -188,7 +197,7 @@ def test_offline_slot_listing_shows_overlong_extra_texts(offline: LMHandle) -> N
 )
 def test_garbage_appropriateness_fails_closed(answer: dict[str, Any]) -> None:
     handle = dummy(answer, answer)  # the second one answers the JSON adapter fallback
-    verdict = verify(handle, "appropriateness", drake("Tea", "Coffee"))
+    verdict = asyncio.run(verify(handle, "appropriateness", drake("Tea", "Coffee")))
     assert (verdict.status, verdict.confidence) == (FAILED, 1.0)
     assert verdict.reasons[0].startswith("unusable verifier output")
 
@@ -196,7 +205,7 @@ def test_garbage_appropriateness_fails_closed(answer: dict[str, Any]) -> None:
 @pytest.mark.parametrize("verifier", VERIFIERS)
 def test_empty_output_fails_closed(verifier: str) -> None:
     handle, engine = canned(lambda: "")
-    verdict = verify(handle, verifier, drake("Tea", "Coffee"))
+    verdict = asyncio.run(verify(handle, verifier, drake("Tea", "Coffee")))
     assert verdict.status == FAILED and engine.calls == 2  # ChatAdapter, then JSON fallback
     assert verdict.tokens == 4  # what the useless answers cost is still counted
 
@@ -207,7 +216,7 @@ def test_lm_failure_raises_never_a_verdict() -> None:
 
     handle, engine = canned(fail)
     with pytest.raises(LMTimeoutError) as failed:
-        verify(handle, "appropriateness", drake("Tea", "Coffee"))
+        asyncio.run(verify(handle, "appropriateness", drake("Tea", "Coffee")))
     assert (failed.value.code, engine.calls) == ("timeout", 1)
     assert failed.value.__notes__ == ["memesys stage: appropriateness"]
     assert Verdict.unavailable("appropriateness", "timed out\n\nTo fix: wait") == Verdict(
@@ -224,13 +233,13 @@ def test_model_verdicts_are_read_and_clamped() -> None:
         }
     )
     with dspy.context(adapter=STRICT):
-        verdict = verify(handle, "factuality", drake("Tea", "Coffee"))
+        verdict = asyncio.run(verify(handle, "factuality", drake("Tea", "Coffee")))
     assert verdict == Verdict("factuality", FAILED, 1.0, ("'Tea was invented in 1610'",), 0)
 
 
 def test_unknown_verifier_and_format() -> None:
     with pytest.raises(ValueError, match="unknown verifier 'humour'"):
-        verify(dummy(), "humour", drake("Tea", "Coffee"))
+        asyncio.run(verify(dummy(), "humour", drake("Tea", "Coffee")))
     with pytest.raises(UnknownFormat):
         Draft("tea", "nyan-cat", ("a", "b"))
 
@@ -239,8 +248,8 @@ def test_offline_verifiers_answer_through_the_strict_chat_adapter(offline: LMHan
     draft = drake("Tea", "Coffee")
     with dspy.context(adapter=STRICT):
         before = len(offline.lm.history)
-        verdicts = [verify(offline, name, draft) for name in VERIFIERS]
+        verdicts = [asyncio.run(verify(offline, name, draft)) for name in VERIFIERS]
     assert len(offline.lm.history) - before == 3  # one call each: nothing fell back
     with dspy.context(adapter=dspy.JSONAdapter()):
-        in_json = [verify(offline, name, draft) for name in VERIFIERS]
+        in_json = [asyncio.run(verify(offline, name, draft)) for name in VERIFIERS]
     assert [replace(v, tokens=0) for v in in_json] == [replace(v, tokens=0) for v in verdicts]

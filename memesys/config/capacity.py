@@ -4,8 +4,8 @@ at once.
 ``memes = workers.generators × workers.max_in_flight_per_worker``. Each meme in flight holds
 at most one request on the verifier pool at a time and two on the render pool (its picture is
 drawn while it is judged, and a picture a refinement made useless may still be out when the
-final one is asked), and its judging request runs ``JUDGING_CALLS_PER_MEME`` calls at once in
-the verifier worker's threads, so bounds derived from it can never refuse work the gateway
+final one is asked), and its judging request runs ``JUDGING_CALLS_PER_MEME`` calls at once on
+the verifier worker's event loop, so bounds derived from it can never refuse work the gateway
 admitted: the tree says ``overloaded`` only when something is wrong, and the gateway, which
 admits at most ``generation_slots`` generations at once and queues the rest, is the one place
 where load is shed. (Generator workers use Redis themselves; the store pool serves the
@@ -36,7 +36,10 @@ class Capacities:
     render_per_sender: int
     store_per_sender: int
     llm_processes: int  # processes that share the LLM limits (each takes its share)
-    inprocess_threads: int  # the in-process engine's threads for its LLM calls and renders
+    inprocess_render_threads: int  # the in-process engine's threads for its renders
+    # the gateway loop's thread pool when it makes memes: what of an LM call still blocks
+    # (DSPy's hop to prepare each call; an async engine that runs the call in a thread)
+    inprocess_lm_threads: int
 
     @classmethod
     def of(cls, cfg: Config) -> Capacities:
@@ -54,7 +57,10 @@ class Capacities:
             # admitted: past that many reads at once, one may be answered ``overloaded``)
             store_per_sender=cfg.gateway.max_in_flight,
             llm_processes=workers.generators + workers.verifiers + int(uses_inprocess(cfg)),
-            inprocess_threads=JUDGING_CALLS_PER_MEME * max(1, memes - cfg.tasks.max_in_flight),
+            # a speculative picture and the final one per meme it admits (its LM calls are
+            # awaited on the gateway's loop and hold no thread)
+            inprocess_render_threads=2 * max(1, memes - cfg.tasks.max_in_flight),
+            inprocess_lm_threads=JUDGING_CALLS_PER_MEME * max(1, memes - cfg.tasks.max_in_flight),
         )
 
     def problem(self) -> str | None:

@@ -6,11 +6,12 @@ It is the baseline the tree is measured against (``python -m bench.ab``) and the
 switch an operator expects (``[system] engine = "inprocess"``, or a share of the traffic with
 ``ab_split``). Its placement mirrors the tree's ``parallel`` mode: select_write (or select and
 write) and refine one after another, the three verifiers and the scorer at once, the render
-while the first caption is judged. DSPy's stages and Pillow are synchronous, so each runs in
-this engine's own thread pool (sized for every meme the gateway admits at once, each with its
-four judging calls), never in the event loop. Redis is the store's synchronous client, in a
-small pool of its own (``STORE_THREADS``): redis-py refuses a call past its 100 connections
-rather than waiting, and a Redis call is too short to need more.
+while the first caption is judged. Every LM stage is awaited on the gateway's event loop
+(DSPy's async path: a call in flight holds no thread). Pillow is synchronous, so the renders
+run in this engine's own thread pool (two per meme the gateway admits at once: the speculative
+picture and the final one), never in the event loop. Redis is the store's synchronous client,
+in a small pool of its own (``STORE_THREADS``): redis-py refuses a call past its 100
+connections rather than waiting, and a Redis call is too short to need more.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import contextvars
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from memesys.pipeline.errors import MemeFailed, first_line
 from memesys.pipeline.flow import Costed
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.making import MemeMaker, SaveMeme
-from memesys.pipeline.placements import BlockingStages, judge_at_once
+from memesys.pipeline.placements import ParallelStages, judge_at_once
 from memesys.pipeline.predict import OutputError
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
@@ -52,14 +53,14 @@ STORE_THREADS = 16
 
 
 @dataclass
-class ThreadStages(BlockingStages):
-    """Pipeline stages in this process: each LM call in the engine's pool, judging all at
-    once."""
+class LocalParallelStages(ParallelStages):
+    """Pipeline stages in this process: the judging group all at once, one task per call on
+    this loop."""
 
     async def judge_all(
         self, draft: Draft, suffix: str
     ) -> tuple[dict[str, Verdict], Scores | BaseException]:
-        async def place(name: str, call: Callable[[LMHandle], C]) -> C:
+        async def place(name: str, call: Callable[[LMHandle], Awaitable[C]]) -> C:
             return await self.call(name + suffix, name, call)
 
         answers = await judge_at_once(draft, self.program, place)
@@ -81,7 +82,7 @@ class InProcessEngine:
     def __init__(self, cfg: Config, redis_url: str) -> None:
         capacity = Capacities.of(cfg)
         self.pool = ThreadPoolExecutor(
-            capacity.inprocess_threads, thread_name_prefix="memesys-inprocess"
+            capacity.inprocess_render_threads, thread_name_prefix="memesys-inprocess-render"
         )
         self.store_pool = ThreadPoolExecutor(
             STORE_THREADS, thread_name_prefix="memesys-inprocess-redis"
@@ -108,7 +109,8 @@ class InProcessEngine:
         self.render_settings = RenderSettings.from_config(cfg.render)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the engine's pool, with this task's context (the deadline)."""
+        """``fn(*args)`` (a render) in the engine's pool, with this task's context (the
+        deadline)."""
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
             self.pool, functools.partial(context.run, fn, *args)
@@ -163,8 +165,5 @@ class LocalWorkshop:
             deadlines.current(),
         )
 
-    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self.engine.run(fn, *args)
-
-    def stages(self, maker: MemeMaker) -> ThreadStages:
-        return ThreadStages(self.engine.run, maker.handle_for, maker.program.program)
+    def stages(self, maker: MemeMaker) -> LocalParallelStages:
+        return LocalParallelStages(maker.handle_for, maker.program.program)

@@ -13,7 +13,7 @@ apply_verdicts, should_refine).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
@@ -100,11 +100,14 @@ class Ledger:
 
     stages: dict[str, StageRun] = field(default_factory=dict)
 
-    def call(self, key: str, handle: LMHandle, stage: Callable[[], T]) -> T:
+    async def call(self, key: str, handle: LMHandle, stage: Callable[[], Awaitable[T]]) -> T:
+        """``stage()`` awaited in this task, timed and accounted under ``key``. Who answered
+        and the bulkhead are context variables of this task (concurrent stages each run in a
+        task of their own, so each sees its own)."""
         start = time.perf_counter()
         with served.tracking() as models, bulkhead.stage(key):  # who answered; its bulkhead
             try:
-                result = stage()
+                result = await stage()
             except BaseException:
                 self.record(
                     key,
@@ -140,7 +143,7 @@ class Stages(Protocol):
     ledger: Ledger
     program: Predictors | None
 
-    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T: ...
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], Awaitable[T]]) -> T: ...
 
     async def judge(
         self, draft: Draft, suffix: str

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from dspy.utils.exceptions import LMError
 
@@ -37,7 +36,7 @@ from memesys.pipeline.decision import Refused
 from memesys.pipeline.errors import MemeFailed, lm_failed
 from memesys.pipeline.flow import PipelineResult, run_pipeline
 from memesys.pipeline.lm import LMHandle, stage_handles
-from memesys.pipeline.placements import BlockingStages, run_sequential
+from memesys.pipeline.placements import LocalStages, ParallelStages
 from memesys.pipeline.predict import OutputError
 from memesys.pipeline.program import LoadedProgram, load_configured
 from memesys.pipeline.record import build_meme, cache_key
@@ -47,7 +46,6 @@ from memesys.pipeline.writing import Caption
 SEQUENTIAL = "sequential"
 
 CaptionHook = Callable[[Caption], None]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,12 +65,7 @@ class Workshop(Protocol):
 
     async def store_answers(self) -> bool: ...
 
-    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)``, a synchronous call (DSPy), off the event loop under the request's
-        deadline."""
-        ...
-
-    def stages(self, maker: MemeMaker) -> BlockingStages:
+    def stages(self, maker: MemeMaker) -> ParallelStages:
         """Where ``maker``'s stages run in ``parallel`` mode."""
         ...
 
@@ -253,11 +246,8 @@ class MemeMaker:
         )
         try:
             if self.mode == SEQUENTIAL:
-                return await workshop.blocking(
-                    functools.partial(run_sequential, program=self.program.program),
-                    self.handle_for,
-                    *fields,
-                ), {}
+                local = LocalStages(self.handle_for, program=self.program.program)
+                return await run_pipeline(local, *fields), {}
             stages = workshop.stages(self)
             result = await run_pipeline(stages, *fields, drafted=drafted, fuse=self.fuse)
             return result, stages.judge_ms

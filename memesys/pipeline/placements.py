@@ -1,14 +1,18 @@
 """Where the stages of one meme run (:class:`~memesys.pipeline.flow.Stages`), and the one
 judging fan-out every ``parallel`` placement uses.
 
-- :class:`LocalStages`: the sequential reference, every stage one after another in this thread
-  (:func:`run_sequential`; ``MemeProgram.forward`` runs it);
-- :class:`BlockingStages`: the ``parallel`` placement's common part, each LM stage a blocking
-  call off the event loop; the in-process engine's threads and the tree's generator workers
+- :class:`LocalStages`: the sequential reference, every stage one after another in the
+  caller's task (:func:`run_sequential` runs it to the end from synchronous code;
+  ``MemeProgram.forward`` does);
+- :class:`ParallelStages`: the ``parallel`` placement's common part, the writing stages one
+  after another in the caller's task; the in-process engine and the tree's generator workers
   subclass it, saying where the judging group runs.
 
-:func:`judge_at_once` is the judging group itself, "the three verifiers and the scorer at once",
-used by the in-process engine and by the tree's verifier workers alike.
+Every LM stage is a coroutine awaited on the caller's event loop (DSPy's async path,
+:func:`memesys.pipeline.predict.run`): a call in flight holds no thread, so a process holds as
+many calls at once as its bulkheads and in-flight bounds let it, not as many as it has threads.
+:func:`judge_at_once` is the judging group itself, "the three verifiers and the scorer at once"
+(one task each), used by the in-process engine and by the tree's verifier workers alike.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from dspy.utils.exceptions import LMError
 
@@ -37,10 +41,9 @@ R = TypeVar("R")
 
 class Place(Protocol):
     """How a placement runs one judging stage: ``place(name, call)`` answers what
-    ``call(handle)`` returns, run where the placement runs it (a thread of this process, a
-    verifier worker's thread), accounted as it accounts."""
+    ``call(handle)`` answers, on the handle and accounted as the placement does it."""
 
-    def __call__(self, name: str, call: Callable[[LMHandle], T]) -> Awaitable[T]: ...
+    def __call__(self, name: str, call: Callable[[LMHandle], Awaitable[T]]) -> Awaitable[T]: ...
 
 
 @dataclass(frozen=True)
@@ -77,22 +80,19 @@ async def judge_at_once(draft: Draft, program: Predictors | None, place: Place) 
 
 
 @dataclass
-class BlockingStages:
-    """The ``parallel`` placement's common part: each LM stage is a blocking call that
-    ``run`` takes off the event loop (``run(fn, *args)``: a thread under the request's
-    deadline, in the tree's workers or the gateway's pool); the subclass says where the
-    judging group runs. ``judge_ms``: the group's wall time per round."""
+class ParallelStages:
+    """The ``parallel`` placement's common part: each writing stage awaited in the meme's
+    task; the subclass says where the judging group runs. ``judge_ms``: the group's wall time
+    per round."""
 
-    run: Callable[..., Awaitable[Any]]
     handle_for: Callable[[str], LMHandle]
     program: Predictors | None
     ledger: Ledger = field(default_factory=Ledger, init=False)
     judge_ms: dict[str, float] = field(default_factory=dict, init=False)
 
-    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], Awaitable[T]]) -> T:
         handle = self.handle_for(stage)
-        result: T = await self.run(self.ledger.call, key, handle, lambda: fn(handle))
-        return result
+        return await self.ledger.call(key, handle, lambda: fn(handle))
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict], Scores | None]:
         """The three verifiers and the scorer at once (:meth:`judge_all`); a verifier whose
@@ -117,15 +117,15 @@ class BlockingStages:
 
 @dataclass
 class LocalStages:
-    """The sequential reference: every stage in this thread, one after another."""
+    """The sequential reference: every stage in the caller's task, one after another."""
 
     handle_for: Callable[[str], LMHandle]
     ledger: Ledger = field(default_factory=Ledger)
     program: Predictors | None = None
 
-    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], T]) -> T:
+    async def call(self, key: str, stage: str, fn: Callable[[LMHandle], Awaitable[T]]) -> T:
         handle = self.handle_for(stage)
-        return self.ledger.call(key, handle, lambda: fn(handle))
+        return await self.ledger.call(key, handle, lambda: fn(handle))
 
     async def judge(self, draft: Draft, suffix: str) -> tuple[dict[str, Verdict], Scores | None]:
         """The verifiers in order (an LM failure is an "unavailable" verdict), then the
@@ -133,7 +133,7 @@ class LocalStages:
         verdicts = {}
         for verifier in VERIFIERS:
 
-            def check(h: LMHandle, v: str = verifier) -> Verdict:
+            def check(h: LMHandle, v: str = verifier) -> Awaitable[Verdict]:
                 return verify(h, v, draft, self.program)
 
             try:
@@ -158,10 +158,11 @@ def run_sequential(
     program: Predictors | None = None,
     fuse: bool = False,
 ) -> PipelineResult:
-    """The sequential reference path: :func:`run_pipeline` with every stage in this thread,
-    each one ``program``'s predictor (the built-in program's when None); select and write
-    apart unless ``fuse`` (``MemeProgram.forward`` may ask for it; the daemon's sequential mode
-    never does)."""
+    """The sequential reference path run to the end from synchronous code (a thread with no
+    running event loop: ``asyncio.run``): :func:`run_pipeline` on :class:`LocalStages`, each
+    stage ``program``'s predictor (the built-in program's when None); select and write apart
+    unless ``fuse`` (``MemeProgram.forward`` may ask for it; the daemon's sequential mode
+    never does, and awaits :class:`LocalStages` on its own loop)."""
     return asyncio.run(
         run_pipeline(
             LocalStages(handle_for, program=program),

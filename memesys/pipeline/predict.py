@@ -104,23 +104,24 @@ def total_tokens(usage: dict[str, dict[str, Any]]) -> int:
     return sum(one(entry) for entry in usage.values())
 
 
-def run(
+async def run(
     handle: LMHandle, stage: str, program: Predictors | None, **inputs: Any
 ) -> tuple[dspy.Prediction, int]:
     """(prediction, tokens used) of ``program``'s ``stage`` predictor (the built-in one when
-    None) on ``handle``'s LM.
+    None) on ``handle``'s LM, awaited on DSPy's async path (``acall``: the LM's async engine),
+    so a call in flight holds no thread of its own.
 
     Concurrent callers share the predictor, which a call never changes: the LM is scoped to
-    this call (``dspy.context``, thread- and task-local) and so is the usage tracker, which
-    also rolls up into any tracker the caller opened. A failed LM call raises its LMError with
-    a note naming the stage (shown in tracebacks).
+    this call (``dspy.context``, a context variable: task-local) and so is the usage tracker,
+    which also rolls up into any tracker the caller opened. A failed LM call raises its LMError
+    with a note naming the stage (shown in tracebacks).
     """
     predictor = builtin_predictor(stage) if program is None else program.predictor(stage)
     # DSPy's default adapter, its system message cached; one the caller set is kept
     adapter = dspy.settings.adapter or ADAPTER
     with dspy.context(lm=handle.lm, adapter=adapter), dspy.track_usage() as tracker:
         try:
-            prediction = predictor(**inputs)
+            prediction = await predictor.acall(**inputs)
         except LMError as exc:
             exc.add_note(f"memesys stage: {stage}")
             raise

@@ -3,7 +3,8 @@ state.
 
 :class:`MemeProgram` owns one predictor per stage (select, write, their fused form
 select_write, the three verifiers, score, refine). Every stage call runs the program's
-predictor for that stage (``predict.run``), in both pipeline modes: the generator worker calls
+predictor for that stage (``predict.run``, awaited: DSPy's async path), in both pipeline
+modes: the generator worker calls
 select and write (or select_write) and refine of its program; each verifier worker calls the
 judging predictors of its own copy, loaded from the same file. Predictors are shared by
 concurrent calls and never changed by them: the LM is scoped per call (``dspy.context``), usage
@@ -28,8 +29,9 @@ from typing import Any
 
 import dspy
 
+from memesys.pipeline.flow import PipelineResult, run_pipeline
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.placements import run_sequential
+from memesys.pipeline.placements import LocalStages, run_sequential
 from memesys.pipeline.predict import StagePredict
 from memesys.pipeline.signatures import (
     SIGNATURES,
@@ -62,8 +64,10 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
     instruction_following → score → refine.
 
     The pipeline (``flow.run_pipeline``) runs the predictors one by one, where each stage
-    belongs (see docs/pipeline.md); ``forward`` runs its sequential placement on the LM in
-    DSPy's settings, so the program can also be evaluated and optimized like any DSPy module.
+    belongs (see docs/pipeline.md); ``forward`` (from synchronous code) and ``aforward``
+    (``await program.acall(...)``, on the caller's loop) run its sequential placement on the
+    LM in DSPy's settings, so the program can also be evaluated and optimized like any DSPy
+    module.
     """
 
     def __init__(self) -> None:
@@ -95,23 +99,51 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
         """One meme through every stage (the sequential reference path) on ``dspy.settings.lm``:
         the kept caption, its overall score and each verifier's status. ``fuse``: select and
         write in one call, as the parallel daemon does by default (so an optimizer tracing
-        ``forward`` gives demos to the select_write predictor)."""
-        lm = dspy.settings.lm
-        if lm is None:
-            raise ValueError(
-                "no LM: use dspy.context(lm=...) (e.g. memesys.pipeline.lm.offline_lm().lm)"
+        ``forward`` gives demos to the select_write predictor). Called where no event loop
+        runs (the stages are coroutines, run to the end here: ``asyncio.run``)."""
+        handle = _settings_handle()
+        return _prediction(
+            run_sequential(
+                lambda stage: handle, topic, format, style, audience, seed, program=self, fuse=fuse
             )
-        handle = LMHandle(lm, "dspy", str(getattr(lm, "model", type(lm).__name__)))
-        result = run_sequential(
-            lambda stage: handle, topic, format, style, audience, seed, program=self, fuse=fuse
         )
-        return dspy.Prediction(
-            format=result.caption.format,
-            texts=list(result.caption.texts),
-            reason=result.caption.reason,
-            overall=result.scores.overall,
-            verdicts={name: v.status for name, v in result.verdicts.items()},
+
+    async def aforward(
+        self,
+        topic: str,
+        format: str | None = None,
+        style: str | None = None,
+        audience: str | None = None,
+        seed: int = 0,
+        fuse: bool = False,
+    ) -> dspy.Prediction:
+        """:meth:`forward` awaited on the caller's event loop."""
+        handle = _settings_handle()
+        stages = LocalStages(lambda stage: handle, program=self)
+        return _prediction(
+            await run_pipeline(stages, topic, format, style, audience, seed, fuse=fuse)
         )
+
+
+def _settings_handle() -> LMHandle:
+    """The LM in DSPy's settings, as a handle (named "dspy")."""
+    lm = dspy.settings.lm
+    if lm is None:
+        raise ValueError(
+            "no LM: use dspy.context(lm=...) (e.g. memesys.pipeline.lm.offline_lm().lm)"
+        )
+    return LMHandle(lm, "dspy", str(getattr(lm, "model", type(lm).__name__)))
+
+
+def _prediction(result: PipelineResult) -> dspy.Prediction:
+    """What ``forward`` answers: the kept caption, its overall score, each verdict's status."""
+    return dspy.Prediction(
+        format=result.caption.format,
+        texts=list(result.caption.texts),
+        reason=result.caption.reason,
+        overall=result.scores.overall,
+        verdicts={name: v.status for name, v in result.verdicts.items()},
+    )
 
 
 def program_hash(program: MemeProgram) -> str:

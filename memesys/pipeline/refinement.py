@@ -21,14 +21,14 @@ from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate
 REFINED = "refined"
 
 
-def refine(
+async def refine(
     handle: LMHandle, draft: Draft, critique: str, program: Predictors | None = None
 ) -> Caption:
     """The rewritten caption (reason REFINED) from ``program``'s refine predictor (the built-in
     one by default); CaptionError on unusable output, DSPy's LMError on a failed LM call."""
     fmt = draft.meme_format
     try:
-        revised, tokens = run(
+        revised, tokens = await run(
             handle, "refine", program, **draft.inputs(), slots=slots_text(fmt), critique=critique
         )
     except OutputError as exc:

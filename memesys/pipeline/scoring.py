@@ -50,11 +50,11 @@ def weighted(values: Mapping[str, float], weights: Mapping[str, float] = WEIGHTS
     return sum(weights[d] * values[d] for d in DIMENSIONS) / sum(weights[d] for d in DIMENSIONS)
 
 
-def score(handle: LMHandle, draft: Draft, program: Predictors | None = None) -> Scores:
+async def score(handle: LMHandle, draft: Draft, program: Predictors | None = None) -> Scores:
     """Rate ``draft`` on ``handle`` with ``program``'s score predictor (the built-in one by
     default). Ratings are clamped to 0..1; a non-numeric rating raises OutputError, a failed LM
     call DSPy's LMError."""
-    prediction, tokens = run(handle, "score", program, **draft.inputs())
+    prediction, tokens = await run(handle, "score", program, **draft.inputs())
     values = {}
     for dimension in DIMENSIONS:
         value = getattr(prediction, dimension)

@@ -92,7 +92,7 @@ def _with_measurements(verdict: Verdict, measured: tuple[str, ...]) -> Verdict:
     return Verdict(verdict.verifier, FAILED, 1.0, measured + others, verdict.tokens)
 
 
-def verify(
+async def verify(
     handle: LMHandle, verifier: str, draft: Draft, program: Predictors | None = None
 ) -> Verdict:
     """Run one verifier (``program``'s predictor of that name, the built-in one by default) on
@@ -102,7 +102,7 @@ def verify(
         raise ValueError(f"unknown verifier {verifier!r}; known: {', '.join(VERIFIERS)}")
     reasons_field = _REASONS[verifier]
     try:
-        prediction, tokens = run(handle, verifier, program, **draft.inputs())
+        prediction, tokens = await run(handle, verifier, program, **draft.inputs())
     except OutputError as exc:
         verdict = _unusable(verifier, str(exc), exc.tokens)
     else:

@@ -84,12 +84,12 @@ def validate_texts(fmt: MemeFormat, captions: Any) -> tuple[str, ...]:
     return texts
 
 
-def _run(
+async def _run(
     handle: LMHandle, stage: str, program: Predictors | None, **inputs: Any
 ) -> tuple[dspy.Prediction, int]:
     """predict.run, with unparseable output reported as the caption error it is for callers."""
     try:
-        return run(handle, stage, program, **inputs)
+        return await run(handle, stage, program, **inputs)
     except OutputError as exc:
         raise CaptionError(str(exc), exc.tokens) from exc
 
@@ -119,12 +119,12 @@ def _catalogued(name: str) -> MemeFormat:
         raise CaptionError(f"the model chose {name!r}, which is not in the catalogue") from None
 
 
-def choose_format(
+async def choose_format(
     handle: LMHandle, topic: str, seed: int = 0, program: Predictors | None = None
 ) -> Choice:
     """The "select" stage (``program``'s select predictor, the built-in one by default): the
     model's pick, which must name a catalogue format."""
-    chosen, tokens = _run(
+    chosen, tokens = await _run(
         handle, "select", program, topic=clean_topic(topic), catalogue=catalogue_text(), seed=seed
     )
     return Choice(_catalogued(chosen.format_name), " ".join(chosen.reason.split()), tokens)
@@ -135,7 +135,7 @@ def requested(format: str) -> Choice:
     return Choice(get_format(format), REQUESTED, 0)
 
 
-def write_texts(
+async def write_texts(
     handle: LMHandle,
     topic: str,
     choice: Choice,
@@ -147,7 +147,7 @@ def write_texts(
     """The "write" stage (``program``'s write predictor): the slot texts for the chosen format.
     ``tokens`` counts this call only."""
     fmt = choice.format
-    written, tokens = _run(
+    written, tokens = await _run(
         handle,
         "write",
         program,
@@ -166,7 +166,7 @@ def write_texts(
     )
 
 
-def select_and_write(
+async def select_and_write(
     handle: LMHandle,
     topic: str,
     style: str | None = None,
@@ -177,7 +177,7 @@ def select_and_write(
     """The "select_write" stage (``program``'s select_write predictor): the format, why, and
     its slot texts in one LM call, validated as choose_format and write_texts validate them
     (CaptionError on an unknown format or texts that do not fit its slots)."""
-    written, tokens = _run(
+    written, tokens = await _run(
         handle,
         "select_write",
         program,
@@ -196,7 +196,7 @@ def select_and_write(
     )
 
 
-def write_caption(
+async def write_caption(
     handle: LMHandle,
     topic: str,
     format: str | None = None,
@@ -212,6 +212,6 @@ def write_caption(
     CaptionError; a failed LM call raises DSPy's LMError. ``tokens`` counts both stages.
     """
     topic = clean_topic(topic)
-    choice = requested(format) if format else choose_format(handle, topic, seed, program)
-    caption = write_texts(handle, topic, choice, style, audience, seed, program)
+    choice = requested(format) if format else await choose_format(handle, topic, seed, program)
+    caption = await write_texts(handle, topic, choice, style, audience, seed, program)
     return replace(caption, tokens=caption.tokens + choice.tokens)

@@ -3,20 +3,21 @@
 Each worker is an async actor; a meme is one coroutine. Its stages are the pipeline of
 :mod:`memesys.pipeline.flow`, placed by ``pipeline.mode``:
 
-- ``parallel``: select_write (or select and write) and refine run here (in threads: DSPy is
-  synchronous); the three verifiers and the scorer of a draft go to the verifier pool as one
-  request, run there at once, and a verifier whose call fails (or the whole request, missing
-  its deadline) is an "unavailable" verdict;
-- ``sequential``: the reference path, every stage one after another in one thread here.
+- ``parallel``: select_write (or select and write) and refine run here, awaited on the
+  worker's event loop (DSPy's async path: no thread per call); the three verifiers and the
+  scorer of a draft go to the verifier pool as one request, run there at once, and a verifier
+  whose call fails (or the whole request, missing its deadline) is an "unavailable" verdict;
+- ``sequential``: the reference path, every stage one after another here, in the meme's task.
 
 The render pool draws the PNG (in ``parallel`` mode while the first caption is judged). The
 worker reads the cache and saves meme and PNG (and the cache entry) on Redis itself, in a
-thread, as the in-process engine does: a hop to the store pool cost a meme about 2 ms and
-carried the PNG through one more process. Redis being away is a ``store_error`` answer, not a
-crash (:mod:`memesys.storage.availability`), and a meme whose request's deadline passed before
-its save is not saved: its asker has already answered the client. The flow itself, shared
-with the in-process engine, is :class:`memesys.pipeline.making.MemeMaker`; this module places
-its steps in the tree (:class:`TreeWorkshop`).
+thread (redis-py is synchronous), as the in-process engine does: a hop to the store pool cost
+a meme about 2 ms and carried the PNG through one more process. Redis being away is a
+``store_error`` answer, not a crash (:mod:`memesys.storage.availability`), and a meme whose
+request's deadline passed before its save is not saved: its asker has already answered the
+client. The flow itself, shared with the in-process engine, is
+:class:`memesys.pipeline.making.MemeMaker`; this module places its steps in the tree
+(:class:`TreeWorkshop`).
 
 Every stage is a predictor of the worker's MemeProgram (``pipeline.program_path``, loaded when
 the worker starts; the verifier workers load the same file); its hash is part of the cache key
@@ -45,7 +46,7 @@ from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import MemeFailed
 from memesys.pipeline.making import MemeMaker, SaveMeme
-from memesys.pipeline.placements import BlockingStages
+from memesys.pipeline.placements import ParallelStages
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.storage.memes import MemeStore
@@ -73,9 +74,9 @@ class GeneratorArgs:
 
 
 @dataclass
-class PoolStages(BlockingStages):
-    """Pipeline stages for ``parallel`` mode: select_write (or select and write) and refine in
-    this worker's threads, judging on the verifier pool. The program those stages run here;
+class PoolStages(ParallelStages):
+    """Pipeline stages for ``parallel`` mode: select_write (or select and write) and refine
+    here, judging on the verifier pool. The program those stages run here;
     its hash goes with each judging request, and a verifier worker that runs another program
     refuses it (never a silent mix)."""
 
@@ -169,8 +170,7 @@ def _on_store(fn: Callable[..., T], *args: Any) -> T:
 @dataclass
 class TreeWorkshop:
     """A meme's steps placed in the tree: the render pool, judging on the verifier pool
-    (``parallel``) or every stage here in one thread (``sequential``), Redis in this
-    worker's threads."""
+    (``parallel``; every stage here in ``sequential``), Redis in this worker's threads."""
 
     worker: GeneratorWorker
 
@@ -200,14 +200,10 @@ class TreeWorkshop:
             deadlines.current(),
         )
 
-    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
-
     def stages(self, maker: MemeMaker) -> PoolStages:
         # A verifier call may queue behind others in the pool: give it the stage bound plus a
         # margin before calling it unavailable.
         return PoolStages(
-            self.blocking,
             maker.handle_for,
             maker.program.program,
             worker=self.worker,

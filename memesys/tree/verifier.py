@@ -1,8 +1,9 @@
 """The verifier pool's workers: the three verifiers and the scorer of a draft, all at once.
 
-A worker is an async actor, so one process holds many drafts' judging at once (each LM call
-runs in a thread: DSPy's stages are synchronous; the group is the pipeline's one judging
-fan-out, :func:`memesys.pipeline.placements.judge_at_once`). A :class:`JudgeDraft` is answered
+A worker is an async actor, so one process holds many drafts' judging at once: each LM call is
+awaited on the worker's event loop (DSPy's async path), one task per stage, holding no thread
+of its own; the group is the pipeline's one judging fan-out,
+:func:`memesys.pipeline.placements.judge_at_once`. A :class:`JudgeDraft` is answered
 with one :class:`Judgements`: per stage, a :class:`StageJudgement` (the Verdict or Scores and
 the stage run: provider, model, tokens, ms) or the failure of that stage's call (an LM failure
 or unusable output); the generator decides what it means (decision.decide). One message each
@@ -13,9 +14,8 @@ refuses a request from a generator that runs another one.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -57,13 +57,15 @@ class VerifierArgs:
     llm_processes: int = 1  # processes sharing the LLM limits (generators + verifiers)
 
 
-def run_stage(handle: LMHandle, fn: Callable[[LMHandle], C], stage: str) -> tuple[C, StageRun]:
-    """Run one judging stage, timed: its result and run; failures become RequestFailed with a
-    stable code."""
+async def run_stage(
+    handle: LMHandle, fn: Callable[[LMHandle], Awaitable[C]], stage: str
+) -> tuple[C, StageRun]:
+    """Run one judging stage in this task, timed: its result and run; failures become
+    RequestFailed with a stable code."""
     started = time.perf_counter()
     try:
         with served.tracking() as models, bulkhead.stage(stage):  # who answered; bulkhead
-            result = fn(handle)
+            result = await fn(handle)
     except LMError as exc:
         raise request_failed(lm_failed(exc)) from exc
     except OutputError as exc:
@@ -91,7 +93,11 @@ class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
         dspy_patches.apply()
         self.max_in_flight = args.max_in_flight
-        self.blocking_per_request = JUDGING_CALLS_PER_MEME  # a draft's stages run at once
+        # A draft's stages run at once, each awaited on this loop; what of an LM call still
+        # blocks goes to the loop's thread pool: DSPy's async path hops to a thread to prepare
+        # every call (dspy BaseLM.acall), and an LM whose async engine runs the call in a thread
+        # holds one for the whole call. Room for every call of every draft in flight.
+        self.blocking_per_request = JUDGING_CALLS_PER_MEME
         self.handle_for = stage_handles(
             args.llm, args.stage_timeout_s, args.redis_url, args.key_prefix, args.llm_processes
         )
@@ -112,11 +118,8 @@ class VerifierWorker(AsyncActor):
     async def _judge(self, draft: Draft) -> Judgements:
         runs: dict[str, StageRun] = {}
 
-        async def place(name: str, call: Callable[[LMHandle], C]) -> C:
-            judged: tuple[C, StageRun] = await asyncio.to_thread(
-                run_stage, self.handle_for(name), call, name
-            )
-            result, runs[name] = judged
+        async def place(name: str, call: Callable[[LMHandle], Awaitable[C]]) -> C:
+            result, runs[name] = await run_stage(self.handle_for(name), call, name)
             return result
 
         answers = await judge_at_once(draft, self.program.program, place)

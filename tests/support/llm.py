@@ -4,6 +4,7 @@ making calls through the same Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import dspy
 import pytest
 from dspy.lm15 import Request, Response
 
@@ -24,6 +24,7 @@ from memesys.llm.transport import HardenedTransport, Policy
 from memesys.offline.lm import OfflineLM
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.writing import write_caption
+from tests.support.engines import engine_lm
 from tests.support.provider import KEY, MODEL
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
@@ -43,8 +44,8 @@ class _Capture:
 def write_request() -> Request:
     """A request exactly as DSPy builds it for the write stage."""
     capture = _Capture()
-    lm = dspy.LM(f"openai/{MODEL}", engine=capture, cache=False, num_retries=0)
-    write_caption(LMHandle(lm, "capture", MODEL), "cats", format="drake")
+    lm = engine_lm(f"openai/{MODEL}", capture)
+    asyncio.run(write_caption(LMHandle(lm, "capture", MODEL), "cats", format="drake"))
     return capture.requests[-1]
 
 
