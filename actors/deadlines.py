@@ -18,8 +18,8 @@ every task it starts (a :mod:`contextvars` variable): every ask it makes
 (:meth:`actors.bridge.Bridge.ask`, and so ``AsyncActor.ask``) is bounded by what is left of it
 (:func:`bound`), and carries that deadline on. It is the process's one "current deadline":
 code that runs for the request reads it too (:func:`current`, :func:`serving`), wherever it
-runs: ``asyncio.to_thread`` copies context variables, so a deadline set in a coroutine also
-reaches the worker thread it starts. This module is pure (no Thespian), so code that knows
+runs: the coroutine and the tasks it starts have it, and ``asyncio.to_thread`` copies context
+variables, so it also reaches the worker thread a coroutine starts. This module is pure (no Thespian), so code that knows
 nothing else of the runtime may read it.
 """
 

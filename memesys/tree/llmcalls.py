@@ -1,8 +1,8 @@
 """Where the tree meets the LLM client layer: a failed LLM call becomes the request's failure
 with its own code and Retry-After (``llm_unavailable``, ``llm_rate_limited``,
 ``budget_exhausted``). (The deadline of the request being served reaches the LLM calls by
-itself: :mod:`actors.deadlines` is the one current deadline, and ``asyncio.to_thread`` copies
-it into the worker thread.)"""
+itself: :mod:`actors.deadlines` is the one current deadline, a context variable of the task
+that awaits the call.)"""
 
 from __future__ import annotations
 
