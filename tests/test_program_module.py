@@ -301,6 +301,30 @@ def test_forward_runs_the_whole_program_on_the_configured_lm() -> None:
     assert prediction.overall == reference.scores.overall
 
 
+def test_forward_runs_from_a_thread_and_acall_on_the_callers_loop() -> None:
+    """forward from a thread with no event loop (an optimizer's worker) and ``acall``
+    (aforward) awaited on a running loop answer the same prediction."""
+    program, lm = MemeProgram(), offline_lm().lm
+
+    def forward() -> Any:
+        with dspy.context(lm=lm):
+            return program(topic="coffee", seed=1)
+
+    async def acall() -> Any:
+        with dspy.context(lm=lm):
+            return await program.acall(topic="coffee", seed=1)
+
+    with ThreadPoolExecutor(1) as pool:
+        threaded = pool.submit(forward).result()
+    awaited = asyncio.run(acall())
+    assert (threaded.format, threaded.texts, threaded.overall, threaded.verdicts) == (
+        awaited.format,
+        awaited.texts,
+        awaited.overall,
+        awaited.verdicts,
+    )
+
+
 def test_forward_can_trace_the_fused_predictor() -> None:
     """forward(fuse=True) calls select_write (what an optimizer tracing forward gives demos
     to), and the offline LM answers it as it answers select then write."""
