@@ -19,8 +19,8 @@ every task it starts (a :mod:`contextvars` variable): every ask it makes
 (:func:`bound`), and carries that deadline on. It is the process's one "current deadline":
 code that runs for the request reads it too (:func:`current`, :func:`serving`), wherever it
 runs: the coroutine and the tasks it starts have it, and ``asyncio.to_thread`` copies context
-variables, so it also reaches the worker thread a coroutine starts. This module is pure (no Thespian), so code that knows
-nothing else of the runtime may read it.
+variables, so it also reaches the worker thread a coroutine starts. This module is pure (no
+Thespian), so code that knows nothing else of the runtime may read it.
 """
 
 from __future__ import annotations

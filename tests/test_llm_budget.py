@@ -3,7 +3,7 @@ and the bulkheads that keep judging from starving writing."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 import uuid
 
@@ -19,7 +19,6 @@ from tests.support.daemon import DaemonProcess
 from tests.support.llm import make_engine, write_request
 from tests.support.provider import provider_env
 from tests.support.redis_server import shared_prefix
-from tests.support.timing import wait_for
 
 REQUEST = write_request()
 
@@ -66,32 +65,33 @@ def test_the_daily_budget_is_shared_and_refuses_until_midnight(
     assert fake.attempts == 1  # the refused call was never sent
 
 
-def test_bulkheads_keep_judging_from_starving_writing() -> None:
+async def test_bulkheads_keep_judging_from_starving_writing() -> None:
     bulkhead.configure(1, 2)
     try:
-        held = threading.Event()
-        release = threading.Event()
+        release = asyncio.Event()
 
-        def judge() -> None:
-            with bulkhead.stage("factuality_1"), bulkhead.slot(None, 5):
-                held.set()
-                release.wait(5)
+        async def judge() -> None:
+            with bulkhead.stage("factuality_1"):
+                async with bulkhead.slot(None, 5):
+                    await release.wait()
 
-        judges = [threading.Thread(target=judge) for _ in range(2)]
-        for t in judges:
-            t.start()
-        held.wait(5)
-        wait_for(lambda: bulkhead.in_use[bulkhead.JUDGING] == 2, 5, "both judges holding a slot")
+        judges = [asyncio.ensure_future(judge()) for _ in range(2)]
+        for _ in range(50):
+            if bulkhead.in_use[bulkhead.JUDGING] == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert bulkhead.in_use[bulkhead.JUDGING] == 2
         # judging is full ...
         with bulkhead.stage("score"), pytest.raises(bulkhead.NoRoom):
-            with bulkhead.slot(time.time() + 0.05, 5):
+            async with bulkhead.slot(time.time() + 0.05, 5):
                 pass
         # ... writing is not touched by it
-        with bulkhead.stage("write"), bulkhead.slot(time.time() + 0.05, 5):
-            assert bulkhead.in_use[bulkhead.WRITING] == 1
+        with bulkhead.stage("write"):
+            async with bulkhead.slot(time.time() + 0.05, 5):
+                assert bulkhead.in_use[bulkhead.WRITING] == 1
         release.set()
-        for t in judges:
-            t.join()
+        await asyncio.gather(*judges)
+        assert bulkhead.in_use == {bulkhead.WRITING: 0, bulkhead.JUDGING: 0}
         assert bulkhead.kind_of("refine_2") == bulkhead.WRITING
         assert bulkhead.kind_of("instruction_following_1") == bulkhead.JUDGING
     finally:

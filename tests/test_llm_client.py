@@ -161,7 +161,7 @@ def test_connections_are_bounded_and_the_wait_counts_against_the_timeout(fake: F
 
 
 def test_retry_after_headers() -> None:
-    from urllib3 import HTTPHeaderDict as Headers  # what the client hands the engine
+    from httpx2 import Headers  # what the SDK hands the transport
 
     assert retry_after_of(Headers({"Retry-After-Ms": "250", "retry-after": "9"})) == 0.25
     assert retry_after_of(Headers({"Retry-After": "3"})) == 3.0

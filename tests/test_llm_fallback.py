@@ -26,9 +26,9 @@ fake = fake_provider_fixture(FakeConfig(fail_status=500, fail_model="primary"))
 def test_the_fallback_serves_when_the_primary_is_out_of_attempts(fake: FakeOpenAI) -> None:
     engine = make_engine(fake.url, "primary", max_attempts=2, breaker_failures=100)
     engine.fallbacks = tuple(make_engine(fake.url, m, max_attempts=2) for m in ("backup",))
-    with served.tracking() as models:
+    with served.tracking() as calls:
         assert engine.complete(REQUEST).text
-    assert models == ["backup"]
+    assert calls.models == ["backup"]
     assert fake.attempts_by_model == {"primary": 2, "backup": 1}
     assert engine.fallbacks_taken == 1
 

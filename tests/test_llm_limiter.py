@@ -7,6 +7,7 @@ Redis each process keeps to its share."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -266,7 +267,7 @@ def slots_within(limiter: Limiter, seconds: float) -> int:
     taken, deadline = 0, time.time() + seconds
     while True:
         try:
-            limiter.acquire(1, deadline, 1)
+            asyncio.run(limiter.acquire(1, deadline, 1))
         except NoSlot:
             return taken
         taken += 1
@@ -320,7 +321,7 @@ def test_a_429_slows_every_process(redis: str) -> None:
         check=True,
     )
     limited_at = float(there.stdout.split()[-1])
-    here.acquire(1, None, 5)
+    asyncio.run(here.acquire(1, None, 5))
     assert time.time() >= limited_at + 0.95  # the provider's Retry-After, for every process
     assert here.factor == 0.5
     assert slots_within(here, 0.9) == 4  # 5 in that second, the first one included
@@ -332,7 +333,7 @@ def test_a_429_slows_every_process(redis: str) -> None:
     here.provider_answered()
     assert here.factor == pytest.approx(0.6)
     other = Limiter("x/m", 10, 0, redis, prefix)  # a third process reads it at its next call
-    other.acquire(1, None, 5)
+    asyncio.run(other.acquire(1, None, 5))
     assert other.factor == pytest.approx(0.6)
 
 
@@ -418,13 +419,13 @@ def test_a_limit_set_above_the_providers_adapts_down(redis: str) -> None:
     assert late < early
     assert engine.limiter.factor <= 0.5
     other = Limiter(engine.limiter.name, 20, 0, redis, str(knobs["key_prefix"]))  # a process
-    other.acquire(1, None, 5)
+    asyncio.run(other.acquire(1, None, 5))
     assert other.factor == engine.limiter.factor
 
 
 def test_tokens_per_minute(fake: FakeOpenAI) -> None:
     limiter = Limiter("x/m", 0, 1000)
-    limiter.acquire(600, None, 0.01)
+    asyncio.run(limiter.acquire(600, None, 0.01))
     with pytest.raises(NoSlot) as raised:
-        limiter.acquire(600, None, 0.01)
+        asyncio.run(limiter.acquire(600, None, 0.01))
     assert 59 < raised.value.retry_after <= 60

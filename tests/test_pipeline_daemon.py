@@ -8,6 +8,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai
 import pytest
 from PIL import Image
 
@@ -85,8 +86,13 @@ def test_the_real_provider_path_makes_http_calls(provider_daemon, fake):
     assert FUSED <= set(meme["timings"]) and not {"select", "write"} & set(meme["timings"])
     assert meme["format_reason"] and meme["format_reason"] != "requested"
     assert all(s["model"] == "fake-model" for s in meme["provider"]["stages"].values())
+    assert all(s["hedges"] == 0 for s in meme["provider"]["stages"].values())  # fixed latency
     assert {v["status"] for v in meme["verification"]["verdicts"].values()} == {"passed"}
     assert meme["pipeline_mode"] == "parallel"
+    # every call went through the openai SDK's async client, without its own retries
+    sent = list(fake.request_headers)[-len(FUSED) :]
+    assert {h["user-agent"] for h in sent} == {f"AsyncOpenAI/Python {openai.__version__}"}
+    assert {h["x-stainless-retry-count"] for h in sent} == {"0"}
 
 
 def test_a_requested_format_makes_the_write_call_alone(provider_daemon, fake):

@@ -140,6 +140,8 @@ class LLMConfig:
     prices: str
     max_concurrent_writes: int = field(metadata=bounded(1, 10_000))
     max_concurrent_judgements: int = field(metadata=bounded(1, 10_000))
+    hedge_quantile: float = field(metadata=bounded(0.5, 0.999))
+    hedge_budget: float = field(metadata=bounded(0, 1))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 pybreaker's :class:`~pybreaker.CircuitBreaker` with :class:`~pybreaker.CircuitRedisStorage`
 (a synchronous ``redis.Redis``): ``fail_max`` consecutive failed attempts, counted in Redis
 (INCR) across every process, open it for ``reset_s`` seconds; then one half-open probe; a
-successful probe closes it, a failed one opens it again. Each attempt runs in
-``with cb.calling():`` in the calling thread (never ``cb.call`` on a coroutine).
+successful probe closes it, a failed one opens it again. Each attempt is awaited inside
+``with cb.calling():`` (never ``cb.call_async``, which is Tornado's); pybreaker's lock is held
+only around its bookkeeping, not across the await. A cancelled attempt is not a failure.
 
 What pybreaker does not do, done here:
 
@@ -24,17 +25,18 @@ Without a Redis URL (a bare build_lm, unit tests) the state lives in the process
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar, cast
 
 import pybreaker
 import redis
 
-from memesys.llm.errors import CLIENT, RATE_LIMITED
+from memesys.llm.errors import CLIENT, DEADLINE, RATE_LIMITED
 
 log = logging.getLogger("memesys.llm.breaker")
 
@@ -53,8 +55,14 @@ class BreakerOpen(Exception):
 
 
 def _not_a_failure(exc: BaseException) -> bool:
-    """A 4xx of ours or a 429: the provider answered; the breaker does not count it."""
-    return getattr(exc, "kind", None) in (CLIENT, RATE_LIMITED)
+    """A 4xx of ours or a 429 (the provider answered), an attempt cancelled (a hedge that lost
+    its race, a request past its deadline) or one the request's deadline cut to less than a
+    typical answer's time: the breaker does not count it."""
+    return isinstance(exc, asyncio.CancelledError) or getattr(exc, "kind", None) in (
+        CLIENT,
+        RATE_LIMITED,
+        DEADLINE,
+    )
 
 
 class SharedStorage(pybreaker.CircuitRedisStorage):
@@ -216,24 +224,25 @@ class Breaker:
                 raise BreakerOpen(self.name, wait)
         return state
 
-    def run(self, attempt: Callable[[], T], state: str | None = None) -> T:
-        """``attempt()`` through the breaker; BreakerOpen without calling it while open.
+    async def run(self, attempt: Callable[[], Awaitable[T]], state: str | None = None) -> T:
+        """``await attempt()`` through the breaker; BreakerOpen without calling it while open.
         ``state``: what :meth:`check` just answered (saves reading it again)."""
         state = self.check() if state is None else state
         if state == CLOSED:
-            return self._through(attempt)
+            return await self._through(attempt)
         # open past its reset time, or half-open: one probe, cluster-wide
         if not self._claim_probe():
             raise BreakerOpen(self.name, min(self.reset_s, self.probe_timeout_s))
         try:
-            return self._through(attempt)
+            return await self._through(attempt)
         finally:
             self._release_probe()
 
-    def _through(self, attempt: Callable[[], T]) -> T:
+    async def _through(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        # pybreaker's calling() holds its lock only around its bookkeeping, not the block
         try:
             with self.cb.calling():
-                return attempt()
+                return await attempt()
         except pybreaker.CircuitBreakerError as exc:  # opened by another process meanwhile
             raise BreakerOpen(self.name, max(self.until_probe(), 0.001)) from exc
         except BaseException:

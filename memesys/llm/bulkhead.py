@@ -2,19 +2,23 @@
 refine) and judging calls (the verifiers, score), so a flood of verifications cannot take the
 connections and threads new memes need.
 
-Whoever runs a stage says which kind it is (:func:`stage`, a context variable the worker
-thread inherits); the transport takes a slot of that kind for the whole call (its attempts,
-waits and fallbacks) and waits for one at most until the request's deadline; none in time:
-``overloaded`` with Retry-After 1. Calls made outside a stage are not limited.
+Whoever runs a stage says which kind it is (:func:`stage`, a context variable every task it
+starts inherits); the transport takes a slot of that kind for the whole call (its attempts,
+waits, hedges and fallbacks) and waits for one at most until the request's deadline; none in
+time: ``overloaded`` with Retry-After 1. Calls made outside a stage are not limited. The slots
+are the event loop's semaphores: one set per loop, so per process in the daemon (one loop
+each).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 WRITING, JUDGING = "writing", "judging"
 WRITING_STAGES = ("select", "write", "refine")
@@ -23,7 +27,9 @@ _kind: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "memesys_llm_stage_kind", default=None
 )
 _limits: dict[str, int] = {WRITING: 32, JUDGING: 64}
-_semaphores: dict[str, threading.BoundedSemaphore] = {}
+_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
 _lock = threading.Lock()
 in_use: dict[str, int] = {WRITING: 0, JUDGING: 0}
 refusals: dict[str, int] = {WRITING: 0, JUDGING: 0}
@@ -46,7 +52,8 @@ def configure(max_writes: int, max_judgements: int) -> None:
         for kind, limit in ((WRITING, max_writes), (JUDGING, max_judgements)):
             if _limits.get(kind) != limit:
                 _limits[kind] = limit
-                _semaphores.pop(kind, None)
+                for made in _semaphores.values():
+                    made.pop(kind, None)
 
 
 @contextmanager
@@ -59,16 +66,17 @@ def stage(stage_key: str) -> Iterator[None]:
         _kind.reset(token)
 
 
-def _semaphore(kind: str) -> threading.BoundedSemaphore:
+def _semaphore(kind: str) -> asyncio.Semaphore:
     with _lock:
-        found = _semaphores.get(kind)
+        made = _semaphores.setdefault(asyncio.get_running_loop(), {})
+        found = made.get(kind)
         if found is None:
-            found = _semaphores[kind] = threading.BoundedSemaphore(_limits[kind])
+            found = made[kind] = asyncio.Semaphore(_limits[kind])
         return found
 
 
-@contextmanager
-def slot(deadline: float | None, max_wait_s: float) -> Iterator[None]:
+@asynccontextmanager
+async def slot(deadline: float | None, max_wait_s: float) -> AsyncIterator[None]:
     """A slot of the current stage's kind for the block (none: no limit)."""
     kind = _kind.get()
     if kind is None:
@@ -76,9 +84,12 @@ def slot(deadline: float | None, max_wait_s: float) -> Iterator[None]:
         return
     semaphore = _semaphore(kind)
     wait = max_wait_s if deadline is None else deadline - time.time()
-    if not semaphore.acquire(timeout=max(0.0, wait)):
+    try:
+        async with asyncio.timeout(max(0.0, wait)):
+            await semaphore.acquire()
+    except TimeoutError:
         refusals[kind] += 1
-        raise NoRoom(kind)
+        raise NoRoom(kind) from None
     in_use[kind] += 1
     try:
         yield

@@ -1,36 +1,64 @@
-"""Which model answered: the transport records the model that served each call (the primary or
-a fallback), and whoever runs a stage reads it back, so the meme records the model that
-actually answered each stage."""
+"""What the transport tells the stage it serves: whoever runs a stage opens :func:`tracking`
+with the stage's key; the transport reads the stage (its hedging keys latencies by it) and
+records the model that answered each call (the primary or a fallback) and each hedge it sent,
+so the meme records who actually answered every stage and how many hedges it took."""
 
 from __future__ import annotations
 
 import contextvars
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
-_served: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+_ROUND = re.compile(r"_\d+$")
+
+
+@dataclass
+class Served:
+    """One stage's calls as the transport saw them: ``stage`` without its round suffix
+    ("factuality_2" -> "factuality"), the models that answered, in order, and the hedges sent."""
+
+    stage: str = ""
+    models: list[str] = field(default_factory=list)
+    hedges: int = 0
+
+    def model(self, default: str) -> str:
+        """The model that answered the stage (its last call), else ``default``."""
+        return self.models[-1] if self.models else default
+
+
+_served: contextvars.ContextVar[Served | None] = contextvars.ContextVar(
     "memesys_llm_served", default=None
 )
 
 
 @contextmanager
-def tracking() -> Iterator[list[str]]:
-    """Collect, in order, the models that answer the calls made in the block."""
-    models: list[str] = []
-    token = _served.set(models)
+def tracking(stage_key: str = "") -> Iterator[Served]:
+    """Collect what the calls made in the block (stage ``stage_key``) were answered by."""
+    served = Served(_ROUND.sub("", stage_key))
+    token = _served.set(served)
     try:
-        yield models
+        yield served
     finally:
         _served.reset(token)
 
 
+def stage() -> str:
+    """The stage being served ("" outside one)."""
+    served = _served.get()
+    return served.stage if served is not None else ""
+
+
 def record(model: str) -> None:
     """The transport: ``model`` answered a call."""
-    models = _served.get()
-    if models is not None:
-        models.append(model)
+    served = _served.get()
+    if served is not None:
+        served.models.append(model)
 
 
-def model_of(models: list[str], default: str) -> str:
-    """The model that answered the stage (its last call), else ``default``."""
-    return models[-1] if models else default
+def hedged() -> None:
+    """The transport: it sent a hedge for a call."""
+    served = _served.get()
+    if served is not None:
+        served.hedges += 1

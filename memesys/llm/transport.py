@@ -1,4 +1,6 @@
-"""The hardened OpenAI-compatible transport DSPy calls: ``complete(Request) -> Response``.
+"""The hardened OpenAI-compatible transport DSPy calls: ``await acomplete(Request) -> Response``
+through the openai SDK's ``AsyncOpenAI`` (:mod:`memesys.llm.client`), on the caller's event
+loop: no thread is held while a call waits.
 
 Per call: up to ``max_attempts`` attempts, each bounded by ``min(timeout_s, time left before
 the request's deadline)``; between attempts exponential backoff with full jitter, or the
@@ -23,15 +25,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-import urllib3
+import httpx2
+import openai
 from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_openai_chat
 
 from actors import deadlines
 from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, reservations, served
-from memesys.llm.breaker import Breaker, BreakerOpen, breaker_for
+from memesys.llm.breaker import CLOSED, Breaker, BreakerOpen, breaker_for
 from memesys.llm.budget import Budget, BudgetSpent, budget_for
-from memesys.llm.client import AnswerTooLarge, http_client
+from memesys.llm.client import MAX_ANSWER_BYTES, provider_client, run_blocking, tls
 from memesys.llm.errors import (
     BUDGET,
     BULKHEAD,
@@ -47,6 +50,7 @@ from memesys.llm.errors import (
     LLMCallError,
     call_error,
 )
+from memesys.llm.hedging import Hedging
 from memesys.llm.limiter import Limiter, NoSlot, limiter_for
 from memesys.llm.metrics import Recorder, recorder_for
 
@@ -54,6 +58,7 @@ log = logging.getLogger("memesys.llm")
 
 PROVIDER = "openai-compatible"
 MIN_ATTEMPT_S = 0.005  # less time left than this: no attempt is made
+HEDGE_SLOT_WAIT_S = 0.05  # a hedge goes only with a send time free within this
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class Policy:
     prices: str = ""  # "model=in_per_1k:out_per_1k,..." (memesys.llm.budget)
     max_concurrent_writes: int = 32  # bulkheads, per process (memesys.llm.bulkhead)
     max_concurrent_judgements: int = 64
+    hedge_quantile: float = 0.85  # memesys.llm.hedging
+    hedge_budget: float = 0.0  # extra calls per call; 0: no hedging (the daemon's default 0.15)
     # How many processes share the limits: each one's share when Redis is unreachable.
     processes: int = 1
     # Where the breaker's state is shared ("": in this process only) and its keys' prefix.
@@ -174,15 +181,12 @@ class HardenedTransport:
         self.model = model
         self.policy = policy
         self.base_url = (base_url or "https://api.openai.com/v1").rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._api_key = api_key
+        tls()  # made now, not by the first call (memesys.llm.client.tls)
         # lm15's own OpenAI Chat dialect writes the body (never sends anything itself).
         self._dialect = OpenAIChatLM(api_key=api_key, base_url=self.base_url)
         self._rng = random.Random()
         self.name = f"{urlsplit(self.base_url).netloc}/{model}"  # provider + model
-        # The process's pool for this endpoint, looked up once: made by the first transport, not
-        # by a first call (a client built under load by the first caller, every other caller
-        # of the process waiting on its lock, once took 1.5 s and then they all sent at once).
-        self.client = http_client(self.base_url, policy.max_connections)
         self.breaker: Breaker = breaker_for(
             self.name,
             policy.breaker_failures,
@@ -216,6 +220,7 @@ class HardenedTransport:
             policy.key_prefix,
             policy.processes,
         )
+        self.hedging = Hedging(policy.hedge_quantile, policy.hedge_budget)
 
     def bookable(self) -> Limiter | None:
         """The limiter whose schedule this model's calls take their send times from, when a
@@ -238,46 +243,53 @@ class HardenedTransport:
         payload["model"] = self.model
         return payload
 
-    def attempt(
+    async def attempt(
         self, request: Request, timeout_s: float, payload: dict[str, Any] | None = None
     ) -> Response:
-        """One POST to /chat/completions; AttemptFailed on any failure."""
+        """One POST to /chat/completions through the SDK, bounded by ``timeout_s`` in all
+        (waiting for a pooled connection included); AttemptFailed on any failure."""
         payload = self.payload(request) if payload is None else payload
+        client = provider_client(self.base_url, self._api_key, self.policy.max_connections)
         try:
-            answer = self.client.post(
-                "/chat/completions", json.dumps(payload).encode(), self._headers, timeout_s
-            )
-        except (urllib3.exceptions.TimeoutError, urllib3.exceptions.EmptyPoolError) as exc:
-            raise AttemptFailed(TIMEOUT, f"no answer within {timeout_s:.3g} s") from exc
-        except AnswerTooLarge as exc:
-            raise AttemptFailed(MALFORMED, str(exc)) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise AttemptFailed(CONNECT, f"transport error: {type(exc).__name__}") from exc
-        status = answer.status
-        if status == 429:
+            async with asyncio.timeout(timeout_s):
+                answer = await client.post(
+                    "/chat/completions",
+                    body=payload,
+                    cast_to=httpx2.Response,
+                    options={"timeout": timeout_s},
+                )
+        except (TimeoutError, openai.APITimeoutError) as exc:
+            # cut short by the request's deadline to less than a typical answer's time: the
+            # provider had no fair chance; the breaker does not count it (kind DEADLINE)
+            short = timeout_s < min(self.policy.timeout_s, self.limiter.latency_s)
             raise AttemptFailed(
-                RATE_LIMITED,
-                "the provider is rate limiting",
-                status,
-                retry_after_of(answer.headers),
-            )
-        if status >= 500 or status == 408:
-            raise AttemptFailed(
-                SERVER, f"the provider answered {status}", status, retry_after_of(answer.headers)
-            )
-        if status >= 400:
-            raise AttemptFailed(CLIENT, f"the provider refused the request ({status})", status)
+                DEADLINE if short else TIMEOUT, f"no answer within {timeout_s:.3g} s"
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise _refusal(exc.response) from exc
+        except openai.APIConnectionError as exc:
+            cause = type(exc.__cause__ or exc).__name__
+            raise AttemptFailed(CONNECT, f"transport error: {cause}") from exc
+        if len(answer.content) > MAX_ANSWER_BYTES:
+            raise AttemptFailed(MALFORMED, f"the answer is over {MAX_ANSWER_BYTES} bytes")
         try:
-            body = json.loads(answer.body)
+            body = json.loads(answer.content)
             if not isinstance(body, dict) or not body.get("choices"):
                 raise ValueError("no choices in the completion")
             return response_from_openai_chat(body, model=self.model)
         except (ValueError, LM15Error, KeyError, TypeError, AttributeError) as exc:
-            raise AttemptFailed(MALFORMED, f"malformed completion: {exc}"[:200], status) from exc
+            raise AttemptFailed(
+                MALFORMED, f"malformed completion: {exc}"[:200], answer.status_code
+            ) from exc
 
     # ------------------------------------------------------------------ the call
 
     def complete(self, request: Request) -> Response:
+        """The call, for a synchronous caller (DSPy's sync engine; never a thread of a running
+        loop): :meth:`acomplete` on the loop of synchronous callers (client.run_blocking)."""
+        return run_blocking(lambda: self.acomplete(request))
+
+    async def acomplete(self, request: Request) -> Response:
         """The call on this model, then on each fallback in order (same deadline) while the
         failure is one a fallback can help with: an open breaker, no rate-limit slot in
         time, attempts spent. A 4xx of ours is final. The model that answered is recorded
@@ -285,7 +297,7 @@ class HardenedTransport:
         began = time.perf_counter()
         outcome = "ok"
         try:
-            return self._guarded(request)
+            return await self._guarded(request)
         except LLMCallError as exc:
             outcome = exc.kind
             raise
@@ -300,7 +312,7 @@ class HardenedTransport:
         self.metrics.state(name, str(after))
         self.metrics.flush()
 
-    def _guarded(self, request: Request) -> Response:
+    async def _guarded(self, request: Request) -> Response:
         deadline = deadlines.current()
         try:
             self.budget.check()
@@ -313,8 +325,8 @@ class HardenedTransport:
                 retry_after=exc.retry_after,
             ) from exc
         try:
-            with bulkhead.slot(deadline, self.policy.timeout_s):
-                return self._complete(request, deadline)
+            async with bulkhead.slot(deadline, self.policy.timeout_s):
+                return await self._complete(request, deadline)
         except bulkhead.NoRoom as exc:
             raise call_error(
                 ErrorCode.OVERLOADED,
@@ -324,9 +336,9 @@ class HardenedTransport:
                 retry_after=1,
             ) from exc
 
-    def _complete(self, request: Request, deadline: float | None) -> Response:
+    async def _complete(self, request: Request, deadline: float | None) -> Response:
         try:
-            response = self.call(request, deadline)
+            response = await self.call(request, deadline)
             self._served(response, self)
             return response
         except LLMCallError as exc:
@@ -340,7 +352,7 @@ class HardenedTransport:
             self.fallbacks_taken += 1
             self.metrics.add("memesys_llm_fallbacks_total", model=self.name, to=fallback.name)
             try:
-                response = fallback.call(request, deadline)
+                response = await fallback.call(request, deadline)
                 self._served(response, fallback)
                 return response
             except LLMCallError as exc:
@@ -359,13 +371,14 @@ class HardenedTransport:
         if cost:
             self.metrics.add("memesys_llm_cost_usd_total", cost, model=by.name)
 
-    def call(self, request: Request, deadline: float | None = None) -> Response:
+    async def call(self, request: Request, deadline: float | None = None) -> Response:
         """Attempts until one succeeds, ``max_attempts`` are spent or the deadline leaves no
         room; LLMCallError then."""
         deadline = deadlines.current() if deadline is None else deadline
         payload = self.payload(request)
         tokens = estimate_tokens(payload)
         reserved_at = reservations.take(self.limiter.name)  # booked for the first attempt
+        self.hedging.called()
         last: AttemptFailed | None = None
         for attempt in range(1, self.policy.max_attempts + 1):
             left = deadlines.left(deadline)
@@ -375,7 +388,9 @@ class HardenedTransport:
             try:
                 state = self.breaker.check()  # open: fail now, without taking a slot
                 local = self.limiter.fallbacks
-                waited = self.limiter.acquire(tokens, deadline, self.policy.timeout_s, reserved_at)
+                waited = await self.limiter.acquire(
+                    tokens, deadline, self.policy.timeout_s, reserved_at
+                )
                 reserved_at = None  # a retry takes a free send time
                 if waited > 0.0005:
                     self.metrics.add("memesys_llm_limiter_waits_total", model=self.name)
@@ -389,9 +404,7 @@ class HardenedTransport:
                     timeout_s = min(timeout_s, left)
                     if timeout_s < MIN_ATTEMPT_S:
                         raise self._give_up(last, attempt - 1, DEADLINE)
-                sent = time.perf_counter()
-                answer = self.breaker.run(lambda: self.attempt(request, timeout_s, payload), state)  # noqa: B023
-                self.limiter.answered_in(time.perf_counter() - sent)
+                answer = await self._hedged(request, payload, tokens, timeout_s, deadline, state)
                 self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome="ok")
                 self.limiter.provider_answered()
                 return answer
@@ -431,8 +444,91 @@ class HardenedTransport:
                 left = deadlines.left(deadline)
                 if left is not None and wait + MIN_ATTEMPT_S >= left:
                     raise self._give_up(exc, attempt, DEADLINE) from exc
-                time.sleep(wait)
+                await asyncio.sleep(wait)
         raise self._give_up(last, self.policy.max_attempts)
+
+    # ------------------------------------------------------------------ hedging
+
+    async def _sent(
+        self, request: Request, payload: dict[str, Any], timeout_s: float, state: str
+    ) -> tuple[Response, float]:
+        """One attempt through the breaker: its answer and how long it took."""
+        sent = time.perf_counter()
+        answer = await self.breaker.run(lambda: self.attempt(request, timeout_s, payload), state)
+        return answer, time.perf_counter() - sent
+
+    async def _hedged(
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        tokens: int,
+        timeout_s: float,
+        deadline: float | None,
+        state: str,
+    ) -> Response:
+        """The attempt, hedged when it runs past its stage's hedging point
+        (:mod:`memesys.llm.hedging`): the first answer wins and the other attempt is
+        cancelled; when one fails, the other's answer is waited for; both failing raise the
+        first attempt's failure."""
+        stage = served.stage()
+        first = asyncio.create_task(self._sent(request, payload, timeout_s, state))
+        racing = [first]
+        try:
+            point = self.hedging.after(stage) if state == CLOSED else None
+            if point is not None and point[0] < timeout_s:
+                done, _ = await asyncio.wait(racing, timeout=point[0])
+                if not done:
+                    hedge = await self._hedge(request, payload, tokens, deadline, state, point[1])
+                    if hedge is not None:
+                        racing.append(hedge)
+            failure: BaseException | None = None
+            pending = set(racing)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=racing.index):
+                    exc = task.exception()
+                    if exc is None:
+                        answer, seconds = task.result()
+                        self.hedging.answered(stage, seconds)
+                        self.limiter.answered_in(seconds)
+                        if len(racing) > 1:
+                            won = "hedge" if task is not first else "first"
+                            self.metrics.add("memesys_llm_hedges_total", model=self.name, won=won)
+                        return answer
+                    failure = exc if task is first or failure is None else failure
+            assert failure is not None
+            raise failure
+        finally:
+            for task in racing:
+                task.cancel()  # the loser's connection is closed; its answer never read
+
+    async def _hedge(
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        tokens: int,
+        deadline: float | None,
+        state: str,
+        median_s: float,
+    ) -> asyncio.Task[tuple[Response, float]] | None:
+        """The hedge sent now, or None when it may not go: no budget left, too little time
+        before the deadline for a typical answer, or no send time free at once."""
+        left = deadlines.left(deadline)
+        if left is not None and left < median_s:
+            return None
+        if not self.hedging.spend():
+            self.metrics.add("memesys_llm_hedges_refused_total", model=self.name, why="budget")
+            return None
+        try:
+            await self.limiter.acquire(tokens, time.time() + HEDGE_SLOT_WAIT_S, HEDGE_SLOT_WAIT_S)
+        except NoSlot:
+            self.hedging.credit += 1.0  # not spent
+            self.metrics.add("memesys_llm_hedges_refused_total", model=self.name, why="rate")
+            return None
+        served.hedged()
+        left = deadlines.left(deadline)
+        timeout_s = self.policy.timeout_s if left is None else min(self.policy.timeout_s, left)
+        return asyncio.create_task(self._sent(request, payload, timeout_s, state))
 
     def _give_up(self, last: AttemptFailed | None, attempts: int, why: str = "") -> LLMCallError:
         kind = last.kind if last is not None else DEADLINE
@@ -452,12 +548,26 @@ class HardenedTransport:
         )
 
 
+def _refusal(answer: httpx2.Response) -> AttemptFailed:
+    """What a non-2xx answer means for the call."""
+    status = answer.status_code
+    if status == 429:
+        return AttemptFailed(
+            RATE_LIMITED, "the provider is rate limiting", status, retry_after_of(answer.headers)
+        )
+    if status >= 500 or status == 408:
+        return AttemptFailed(
+            SERVER, f"the provider answered {status}", status, retry_after_of(answer.headers)
+        )
+    return AttemptFailed(CLIENT, f"the provider refused the request ({status})", status)
+
+
 class AsyncHardenedTransport:
-    """The async face of a :class:`HardenedTransport`: the same call in a worker thread (the
-    deadline travels: ``asyncio.to_thread`` copies context variables)."""
+    """The transport as DSPy's async engine (``async_engine=``): the same object's
+    :meth:`HardenedTransport.acomplete`, awaited on the caller's loop."""
 
     def __init__(self, transport: HardenedTransport) -> None:
         self.transport = transport
 
     async def complete(self, request: Request) -> Response:
-        return await asyncio.to_thread(self.transport.complete, request)
+        return await self.transport.acomplete(request)

@@ -47,12 +47,19 @@ from memesys.pipeline.writing import (
 
 @dataclass(frozen=True)
 class StageRun:
-    """One stage call as it happened: who ran it, what it cost, how long it took."""
+    """One stage call as it happened: who ran it, what it cost, how long it took, and how many
+    hedges the transport sent for it (memesys.llm.hedging)."""
 
     provider: str
     model: str
     tokens: int
     ms: float
+    hedges: int = 0
+
+    @classmethod
+    def of(cls, handle: LMHandle, calls: served.Served, tokens: int, ms: float) -> StageRun:
+        """The run of a stage on ``handle`` whose calls the transport reported in ``calls``."""
+        return cls(handle.provider, calls.model(handle.model), tokens, ms, calls.hedges)
 
 
 @dataclass(frozen=True)
@@ -105,21 +112,13 @@ class Ledger:
         and the bulkhead are context variables of this task (concurrent stages each run in a
         task of their own, so each sees its own)."""
         start = time.perf_counter()
-        with served.tracking() as models, bulkhead.stage(key):  # who answered; its bulkhead
+        with served.tracking(key) as calls, bulkhead.stage(key):  # who answered; its bulkhead
             try:
                 result = await stage()
             except BaseException:
-                self.record(
-                    key,
-                    StageRun(handle.provider, served.model_of(models, handle.model), 0, _ms(start)),
-                )
+                self.record(key, StageRun.of(handle, calls, 0, _ms(start)))
                 raise
-        self.record(
-            key,
-            StageRun(
-                handle.provider, served.model_of(models, handle.model), result.tokens, _ms(start)
-            ),
-        )
+        self.record(key, StageRun.of(handle, calls, result.tokens, _ms(start)))
         return result
 
     def record(self, key: str, run: StageRun) -> None:

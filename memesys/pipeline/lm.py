@@ -51,11 +51,12 @@ def openai_compatible_lm(
 ) -> LMHandle:
     """An OpenAI-compatible endpoint behind the daemon's one retry layer (memesys.llm).
 
-    The transport is the project's :class:`~memesys.llm.transport.HardenedTransport` (pooled
-    keep-alive HTTP that never retries, deadline-aware retries honouring Retry-After), passed to
-    DSPy as a custom engine; num_retries=0 turns DSPy's own retry loop off, so the transport's is
-    the only one. Each attempt is bounded by min(timeout_s, time left before the request's
-    deadline).
+    The transport is the project's :class:`~memesys.llm.transport.HardenedTransport` (the
+    openai SDK's pooled async client with max_retries=0, deadline-aware retries honouring
+    Retry-After, hedging), passed to DSPy as a custom engine: DSPy's async path (``acall``)
+    awaits it on the caller's loop; its sync face serves synchronous callers.
+    num_retries=0 turns DSPy's own retry loop off, so the transport's is the only one. Each
+    attempt is bounded by min(timeout_s, time left before the request's deadline).
     """
     policy = replace(policy or Policy(), timeout_s=timeout_s)
     transport = HardenedTransport(model, api_key, base_url, policy, fallbacks=fallbacks)
@@ -121,6 +122,8 @@ def stage_handles(
         prices=llm.prices,
         max_concurrent_writes=llm.max_concurrent_writes,
         max_concurrent_judgements=llm.max_concurrent_judgements,
+        hedge_quantile=llm.hedge_quantile,
+        hedge_budget=llm.hedge_budget,
         redis_url=redis_url,
         key_prefix=key_prefix,
         processes=processes,

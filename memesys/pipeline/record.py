@@ -44,7 +44,8 @@ def build_meme(
     """``top_text``/``bottom_text`` are the first and last slot of any format; ``texts`` has
     them all by slot name. ``verification`` has one verdict per verifier plus the list of
     verifiers whose verdict is unavailable (``degraded``); ``provider`` names the model of
-    every stage call with its tokens (``name``, ``model``: the call that wrote the texts,
+    every stage call with its tokens and the hedges sent for it (``name``, ``model``: the call
+    that wrote the texts,
     "write" or the fused "select_write"), and the program that ran them (``program``: its
     ``hash`` and ``path``, "builtin" for the built-in one); ``engine`` is the engine that
     made it ("actors" or "inprocess")."""
@@ -83,7 +84,12 @@ def build_meme(
             "model": writer.model,
             "tokens": sum(run.tokens for run in result.stages.values()),
             "stages": {
-                key: {"provider": run.provider, "model": run.model, "tokens": run.tokens}
+                key: {
+                    "provider": run.provider,
+                    "model": run.model,
+                    "tokens": run.tokens,
+                    "hedges": run.hedges,
+                }
                 for key, run in result.stages.items()
             },
             "program": dict(program),

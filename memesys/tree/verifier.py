@@ -64,16 +64,14 @@ async def run_stage(
     RequestFailed with a stable code."""
     started = time.perf_counter()
     try:
-        with served.tracking() as models, bulkhead.stage(stage):  # who answered; bulkhead
+        with served.tracking(stage) as calls, bulkhead.stage(stage):  # who answered; bulkhead
             result = await fn(handle)
     except LMError as exc:
         raise request_failed(lm_failed(exc)) from exc
     except OutputError as exc:
         raise request_failed(MemeFailed(exc.code, first_line(exc))) from exc
     ms = (time.perf_counter() - started) * 1000
-    return result, StageRun(
-        handle.provider, served.model_of(models, handle.model), result.tokens, ms
-    )
+    return result, StageRun.of(handle, calls, result.tokens, ms)
 
 
 def _judged(
