@@ -3,6 +3,7 @@ functions it patches are the ones it was checked against."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import warnings
@@ -42,6 +43,38 @@ def test_the_patched_dspy_functions_are_the_ones_the_patch_was_checked_against()
     assert "from pydantic import TypeAdapter" in module_source  # looked up in the module
     for name, recorded in PATCHED_SOURCES.items():
         assert _source_hash(getattr(dspy_utils, name)) == recorded, name
+
+
+# DSPy 3.4.1's BaseLM.acall, which patch 2 replaces by itself without the to_thread hop.
+ACALL_SOURCE = "62d038fbc5149f15"
+
+
+def test_the_patched_acall_is_the_one_the_patch_was_checked_against() -> None:
+    assert _source_hash(dspy_patches.DSPY_ACALL.__wrapped__) == ACALL_SOURCE
+
+
+async def test_an_async_call_prepares_on_the_loop_without_a_thread() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from memesys.pipeline.lm import offline_lm
+    from memesys.pipeline.predict import run
+
+    class Counting(ThreadPoolExecutor):
+        """Names what asyncio.to_thread hands it (a partial of ``ctx.run, func``)."""
+
+        submitted: list[str] = []
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            Counting.submitted.append(getattr(fn, "args", (fn,))[0].__name__)
+            return super().submit(fn, *args, **kwargs)
+
+    assert dspy_patches.apply()
+    asyncio.get_running_loop().set_default_executor(Counting(2))
+    catalogue = "drake: one thing preferred over another"
+    answer, _ = await run(offline_lm(), "select", None, topic="cats", catalogue=catalogue, seed=0)
+    # DSPy's advisory pricing of the answer is the one hop left (memesys prices calls itself:
+    # memesys.llm.budget); the prepare step no longer takes one
+    assert answer.format_name == "drake" and Counting.submitted == ["_price_result"]
 
 
 def test_apply_is_idempotent_and_the_installed_dspy_is_tested() -> None:

@@ -13,6 +13,12 @@ the same without them). ``tests/test_dspy_patches.py`` fails when a patched func
    They look the name ``TypeAdapter`` up in their module on every call, so replacing that
    module attribute with :func:`type_adapter` reaches them all.
 
+2. ``BaseLM.acall`` prepares each call on the caller's loop. DSPy 3.4 sends its ``prepare``
+   step to a worker thread (``asyncio.to_thread``) because a media snapshot may read local
+   files; a meme's prompts are text, so the step only formats (well under a millisecond), and
+   the hop put a thread and two context switches under every call the async path was meant
+   to make threadless. :func:`acall_on_the_loop` is DSPy's ``acall`` without the hop.
+
 Whoever builds a meme program for serving calls :func:`apply` at start-up: the daemon's
 workers (``memesys.tree``) and the in-process engine (``memesys.inprocess``). It is
 idempotent.
@@ -28,6 +34,9 @@ from typing import Any
 
 import dspy
 import dspy.adapters.utils as dspy_adapter_utils
+from dspy.clients.base_lm import BaseLM, warn_legacy_lm, warn_openai_messages
+from dspy.clients.execution import aexecute, finalize, prepare
+from dspy.utils.callback import with_callbacks
 from pydantic import TypeAdapter
 
 # The DSPy versions these patches were checked against: [low, high) as (major, minor).
@@ -53,6 +62,21 @@ def type_adapter(annotation: Any, *args: Any, **kwargs: Any) -> TypeAdapter[Any]
     return TypeAdapter(annotation, *args, **kwargs)
 
 
+DSPY_ACALL = BaseLM.acall  # DSPy's own, as imported (tests/test_dspy_patches.py reads it)
+
+
+async def _acall(self: BaseLM, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+    call = prepare(self, prompt, messages, kwargs, asynchronous=True)
+    if not call.managed:
+        warn_legacy_lm()
+    warn_openai_messages(self, messages)
+    return finalize(self, call, await aexecute(self, call))
+
+
+acall_on_the_loop = with_callbacks(_acall)
+acall_on_the_loop.__doc__ = "BaseLM.acall, its prepare step on the caller's loop (patch 2)."
+
+
 def tested(version: str) -> bool:
     """Whether DSPy ``version`` ("3.4.1") is within :data:`TESTED`."""
     try:
@@ -65,7 +89,7 @@ def tested(version: str) -> bool:
 
 def applied() -> bool:
     """Whether this process runs DSPy patched."""
-    return dspy_adapter_utils.TypeAdapter is type_adapter
+    return dspy_adapter_utils.TypeAdapter is type_adapter and BaseLM.acall is acall_on_the_loop
 
 
 def apply() -> bool:
@@ -86,4 +110,5 @@ def apply() -> bool:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             return False
         dspy_adapter_utils.TypeAdapter = type_adapter
+        BaseLM.acall = acall_on_the_loop
         return True
