@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import warnings
 from collections.abc import Callable
+from typing import ClassVar
 
 import dspy
 import dspy.adapters.utils as dspy_utils
@@ -62,7 +63,7 @@ async def test_an_async_call_prepares_on_the_loop_without_a_thread() -> None:
     class Counting(ThreadPoolExecutor):
         """Names what asyncio.to_thread hands it (a partial of ``ctx.run, func``)."""
 
-        submitted: list[str] = []
+        submitted: ClassVar[list[str]] = []
 
         def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
             Counting.submitted.append(getattr(fn, "args", (fn,))[0].__name__)
