@@ -20,8 +20,7 @@ c. a person's synchronous meme beside 30 queued async tasks (100 ms a call, no p
    memes in a round of its own, right after 30 fresh tasks are queued.
 
 One ``target:`` line per target, PASS or FAIL; it exits 1 when a target FAILs or a part could
-not run. The daemon misses most targets before the provider scheduler of issue 16: this bench
-measures it as it is. Every process it starts is stopped, and checked gone by pid, also on
+not run. Every process it starts is stopped, and checked gone by pid, also on
 Ctrl-C or a failure. See bench/README.md.
 """
 
@@ -342,6 +341,12 @@ def stage_calls(meme: dict[str, Any]) -> int:
     return len((meme.get("provider") or {}).get("stages") or {})
 
 
+def hedges(meme: dict[str, Any]) -> int:
+    """The hedges the meme's stages record (provider.stages.<stage>.hedges)."""
+    stages = (meme.get("provider") or {}).get("stages") or {}
+    return sum(int(stage.get("hedges") or 0) for stage in stages.values())
+
+
 def threads_of(pid: int) -> int | None:
     """The Threads: line of /proc/<pid>/status (None: the process is gone)."""
     try:
@@ -409,7 +414,7 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
     flags = ["--latency-median", str(TAIL_MEDIAN_S), "--latency-p95", str(TAIL_P95_S)]
     token = uuid.uuid4().hex[:8]
     seconds: list[float] = []
-    calls = 0
+    calls = hedged = 0
     failures: Counter[str] = Counter()
     timings: dict[str, list[float]] = {}
     with Scenario("tail", flags, bench) as scenario:
@@ -425,6 +430,7 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
                 continue
             seconds.append(elapsed)
             calls += stage_calls(meme)
+            hedged += hedges(meme)
             for stage, ms in (meme.get("timings") or {}).items():
                 timings.setdefault(stage, []).append(ms / 1000)
         after = scenario.provider()
@@ -441,6 +447,8 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
         ["stage calls the delivered memes record", calls],
         ["provider calls / stage calls", ratio],
         ["stage calls per meme", calls / len(seconds) if seconds else float("nan")],
+        ["hedges the memes record (provider.stages.*.hedges)", hedged],
+        ["hedges / stage calls", hedged / calls if calls else float("nan")],
     ]
     rows += [
         [f"median timings.{stage} s", median(timings[stage])]

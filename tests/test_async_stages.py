@@ -1,6 +1,6 @@
 """LM stages hold no thread while their call is in flight: they are awaited on the caller's
 event loop (DSPy's async path), so many judging calls at once need no more threads than the
-few short hops DSPy's async path still makes (to prepare each call). With the stages run in
+few short hops DSPy's async path still makes (to price each answer). With the stages run in
 threads, as before, each call in flight held one."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from memesys.tree.verifier import run_stage
 DRAFTS = 5  # 5 drafts x 4 judging calls: 20 calls in flight at once
 CALLS = DRAFTS * (len(VERIFIERS) + 1)
 LATENCY_S = 0.3
-POOL = 2  # the loop's threads for what still blocks (DSPy's hop to prepare each call)
+POOL = 2  # the loop's threads for what still blocks (DSPy's hop to price each answer)
 
 C = TypeVar("C", bound=Costed)
 

@@ -16,7 +16,6 @@ import resource
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -159,16 +158,6 @@ class Daemon:
         await watch.find_processes()
         directory = Directory(bridge, self.root)
         inprocess = InProcessEngine(self.cfg, self.redis_url) if uses_inprocess(self.cfg) else None
-        if inprocess is not None:
-            # The engine's LM calls are awaited on this loop; what of one still blocks (DSPy's
-            # hop to prepare it; an async engine that runs it in a thread) takes a thread of
-            # the loop's pool: room for every judging call of every meme admitted at once (the
-            # default, min(32, cores + 4), would queue them). Threads are made on demand.
-            loop.set_default_executor(
-                ThreadPoolExecutor(
-                    Capacities.of(self.cfg).inprocess_lm_threads, "memesys-gateway-blocking"
-                )
-            )
         cache = (
             CacheReader.of(self.cfg, self.redis_url)
             if inprocess is None

@@ -37,9 +37,6 @@ class Capacities:
     store_per_sender: int
     llm_processes: int  # processes that share the LLM limits (each takes its share)
     inprocess_render_threads: int  # the in-process engine's threads for its renders
-    # the gateway loop's thread pool when it makes memes: what of an LM call still blocks
-    # (DSPy's hop to prepare each call; an async engine that runs the call in a thread)
-    inprocess_lm_threads: int
 
     @classmethod
     def of(cls, cfg: Config) -> Capacities:
@@ -60,7 +57,6 @@ class Capacities:
             # a speculative picture and the final one per meme it admits (its LM calls are
             # awaited on the gateway's loop and hold no thread)
             inprocess_render_threads=2 * max(1, memes - cfg.tasks.max_in_flight),
-            inprocess_lm_threads=JUDGING_CALLS_PER_MEME * max(1, memes - cfg.tasks.max_in_flight),
         )
 
     def problem(self) -> str | None:

@@ -21,9 +21,11 @@ its typed errors with the provider's answer, and owns the connection pool.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import logging
 import ssl
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -90,19 +92,33 @@ def run_blocking(call: Callable[[], Awaitable[T]]) -> T:
 
 
 class _ThreadLoop:
-    """A thread's loop for its synchronous calls: its clients are closed and it is closed
-    when the thread ends (its locals go)."""
+    """A thread's loop for its synchronous calls: closed with its clients when the thread ends
+    (its locals go), or at exit for the threads still alive then."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        _thread_loops.add(self)
 
     def run(self, call: Callable[[], Awaitable[T]]) -> T:
         return self.loop.run_until_complete(_awaited(call))
 
-    def __del__(self) -> None:
+    def close(self) -> None:
         if not self.loop.is_running() and not self.loop.is_closed():
             self.loop.run_until_complete(close_clients())
             self.loop.close()
+
+    def __del__(self) -> None:
+        if not sys.is_finalizing():
+            self.close()
+
+
+_thread_loops: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_thread_loops() -> None:
+    for thread_loop in list(_thread_loops):
+        thread_loop.close()
 
 
 async def close_clients() -> None:

@@ -25,7 +25,6 @@ from actors.async_actor import AsyncActor
 from actors.base import RequestFailed
 from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
-from memesys.config.capacity import JUDGING_CALLS_PER_MEME
 from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, reservations, served
 from memesys.llm.reservations import Times
@@ -91,11 +90,9 @@ class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
         dspy_patches.apply()
         self.max_in_flight = args.max_in_flight
-        # A draft's stages run at once, each awaited on this loop; what of an LM call still
-        # blocks goes to the loop's thread pool: DSPy's async path hops to a thread to prepare
-        # every call (dspy BaseLM.acall), and an LM whose async engine runs the call in a thread
-        # holds one for the whole call. Room for every call of every draft in flight.
-        self.blocking_per_request = JUDGING_CALLS_PER_MEME
+        # A draft's stages run at once, each awaited on this loop, holding no thread; what
+        # still blocks (DSPy's advisory pricing of each answer) is a brief hop to the loop's
+        # thread pool, whose threads are made only when every one is busy.
         self.handle_for = stage_handles(
             args.llm, args.stage_timeout_s, args.redis_url, args.key_prefix, args.llm_processes
         )
