@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -1187,3 +1188,68 @@ def orchestrate(mode: Mode, keep: bool) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- threads of a daemon's processes -----------------------------------------------------------
+
+THREAD_SAMPLE_S = 0.2
+
+
+def threads_of(pid: int) -> int | None:
+    """The Threads: line of /proc/<pid>/status (None: the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class ThreadWatch:
+    """The most threads each process of a daemon ran: its processes (the daemon, its actor
+    session, its redis-server) listed again every second, /proc read every THREAD_SAMPLE_S,
+    in a thread of the bench."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.roles = daemon.roles()
+        self.peak: dict[int, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="thread-watch", daemon=True)
+
+    def _pids(self) -> list[int]:
+        from actors import system as actor_system
+
+        assert self.daemon.proc is not None
+        pids = {self.daemon.proc.pid, *self.daemon.redis_pids}
+        if self.daemon.sid is not None:
+            pids.update(p.pid for p in actor_system.session_processes(self.daemon.sid))
+        return sorted(pids)
+
+    def _watch(self) -> None:
+        pids, listed = self._pids(), time.monotonic()
+        while not self._done.wait(THREAD_SAMPLE_S):
+            if time.monotonic() - listed >= 1.0:
+                pids, listed = self._pids(), time.monotonic()
+            for pid in pids:
+                count = threads_of(pid)
+                if count is not None:
+                    self.peak[pid] = max(self.peak.get(pid, 0), count)
+
+    def __enter__(self) -> ThreadWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def by_role(self) -> list[list[Any]]:
+        """[role, processes, most threads in one of them], the most threads first."""
+        roles: dict[str, list[int]] = {}
+        for pid, count in self.peak.items():
+            roles.setdefault(self.roles.get(pid, "rest of the actor session"), []).append(count)
+        rows = [[role, len(counts), max(counts)] for role, counts in roles.items()]
+        return sorted(rows, key=lambda row: -row[2])

@@ -18,19 +18,26 @@ from tests.support.provider import MODEL, fake_provider_fixture
 
 REQUEST = write_request()
 
-fake = fake_provider_fixture(FakeConfig(latency_s=0.02))
+# a heavy tail: median 10 ms, p95 100 ms
+fake = fake_provider_fixture(
+    FakeConfig(latency_s=0.01, latency_dist="lognormal", latency_sigma=1.4, latency_max_s=0.3)
+)
 
 
 def test_the_policy_waits_for_answers_and_keeps_to_its_budget() -> None:
     hedging = Hedging(quantile=0.9, budget=0.15)
     for i in range(MIN_SAMPLES - 1):
-        hedging.answered("score", 0.1 + i / 1000)
+        hedging.answered("score", 1.0 if i % 6 == 5 else 0.1 + i / 1000)
         assert hedging.after("score") is None  # too few answers to know the tail
     hedging.answered("score", 1.0)
     after, median = hedging.after("score") or (0.0, 0.0)
-    assert 0.1 < median < after <= 1.0
+    assert 0.1 < median < 0.12 and after == 1.0
     # another stage borrows the model's answers until it has its own
     assert hedging.after("factuality") == (after, median)
+    # a stage whose answers all come near their median is never hedged: nothing to gain
+    for _ in range(MIN_SAMPLES):
+        hedging.answered("select_write", 0.5)
+    assert hedging.after("select_write") is None
     spent = 0
     for _ in range(100):
         hedging.called()
@@ -40,7 +47,7 @@ def test_the_policy_waits_for_answers_and_keeps_to_its_budget() -> None:
 
 
 async def warmed(engine, calls: int = MIN_SAMPLES + 5) -> None:
-    """Answers enough for the stage's hedging point (the fake's fixed 20 ms)."""
+    """Answers enough for the stage's hedging point (the fake's heavy tail)."""
     with served.tracking("score"):
         for _ in range(calls):
             await engine.acomplete(REQUEST)
@@ -73,7 +80,6 @@ async def test_a_stuck_call_is_hedged_and_the_loser_cancelled(fake: FakeOpenAI) 
 
 
 async def test_hedges_stay_within_their_budget_under_a_heavy_tail(fake: FakeOpenAI) -> None:
-    fake.config.latency_by_model = {MODEL: Latency.lognormal(0.01, 0.15, max_s=1.0)}
     engine = make_engine(fake.url, max_attempts=1, hedge_budget=0.15, hedge_quantile=0.85)
     calls, hedges = 240, 0
     gate = asyncio.Semaphore(12)
