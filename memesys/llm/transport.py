@@ -471,16 +471,17 @@ class HardenedTransport:
         cancelled; when one fails, the other's answer is waited for; both failing raise the
         first attempt's failure."""
         stage = served.stage()
+        point = self.hedging.after(stage) if state == CLOSED else None
+        if point is None or point[0] >= timeout_s:  # no hedge possible: no task either
+            return self._answered(stage, await self._sent(request, payload, timeout_s, state))
         first = asyncio.create_task(self._sent(request, payload, timeout_s, state))
         racing = [first]
         try:
-            point = self.hedging.after(stage) if state == CLOSED else None
-            if point is not None and point[0] < timeout_s:
-                done, _ = await asyncio.wait(racing, timeout=point[0])
-                if not done:
-                    hedge = await self._hedge(request, payload, tokens, deadline, state, point[1])
-                    if hedge is not None:
-                        racing.append(hedge)
+            done, _ = await asyncio.wait(racing, timeout=point[0])
+            if not done:
+                hedge = await self._hedge(request, payload, tokens, deadline, state, point[1])
+                if hedge is not None:
+                    racing.append(hedge)
             failure: BaseException | None = None
             pending = set(racing)
             while pending:
@@ -488,19 +489,23 @@ class HardenedTransport:
                 for task in sorted(done, key=racing.index):
                     exc = task.exception()
                     if exc is None:
-                        answer, seconds = task.result()
-                        self.hedging.answered(stage, seconds)
-                        self.limiter.answered_in(seconds)
                         if len(racing) > 1:
                             won = "hedge" if task is not first else "first"
                             self.metrics.add("memesys_llm_hedges_total", model=self.name, won=won)
-                        return answer
+                        return self._answered(stage, task.result())
                     failure = exc if task is first or failure is None else failure
             assert failure is not None
             raise failure
         finally:
             for task in racing:
                 task.cancel()  # the loser's connection is closed; its answer never read
+
+    def _answered(self, stage: str, sent: tuple[Response, float]) -> Response:
+        """An attempt's answer, its latency learnt by the hedging and the limiter."""
+        answer, seconds = sent
+        self.hedging.answered(stage, seconds)
+        self.limiter.answered_in(seconds)
+        return answer
 
     async def _hedge(
         self,
