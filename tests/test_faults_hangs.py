@@ -265,16 +265,20 @@ def test_a_killed_pool_answers_every_request_at_once(
         )
     finally:
         fake.config.latency_s = LATENCY_S
-    back = wait_for(
+    # the whole tree back: after the render pool, rest_for_one restarts the children after it
+    # (verify, generator, tasks), which a new meme needs too
+    root = wait_for(
         lambda: (
-            (p := child(tree(daemon), victim))["state"] == "running"
-            and p["pid"] != pool["pid"]
-            and p
+            (t := tree(daemon))
+            and child(t, victim)["pid"] != pool["pid"]
+            and all(c["state"] == "running" for c in t["children"])
+            and t
         ),
         10,
-        f"the {victim} pool back",
+        "the tree back",
         interval=0.1,
     )
+    back = child(root, victim)
     assert all(w["state"] == "running" for w in back["children"])
     status, meme = daemon.json("POST", "/v1/memes", {"topic": "after the pool kill", "fresh": True})
     assert status == 201, meme

@@ -5,6 +5,7 @@ after breaker_reset_s, closed again on success; what does not count (429, a 4xx 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -57,9 +58,18 @@ def test_shared_by_two_processes(fake: FakeOpenAI, redis: str) -> None:
 
     # Open: nothing reaches the server, from either process, and each refusal is quick and
     # says when the probe comes.
-    began = time.perf_counter()
-    outcomes = [call(engine) for _ in range(100)]
-    per_call = (time.perf_counter() - began) / 100
+    async def refused() -> tuple[list[str], float]:  # on one loop, as a worker makes its calls
+        began = time.perf_counter()
+        outcomes = []
+        for _ in range(100):
+            try:
+                await engine.acomplete(REQUEST)
+                outcomes.append("ok")
+            except LLMCallError as exc:
+                outcomes.append(exc.kind)
+        return outcomes, (time.perf_counter() - began) / 100
+
+    outcomes, per_call = asyncio.run(refused())
     assert set(outcomes) == {"open"} and per_call < 0.001, per_call
     assert calls_in_subprocess(fake.url, 5, knobs) == ["open"] * 5
     assert fake.attempts == FAILURES
@@ -74,7 +84,7 @@ def test_shared_by_two_processes(fake: FakeOpenAI, redis: str) -> None:
     fake.reset()
     start_at = time.time() + after + 0.05
     with ThreadPoolExecutor(9) as pool:
-        there = pool.submit(calls_in_subprocess, fake.url, 8, knobs, threads=8, start_at=start_at)
+        there = pool.submit(calls_in_subprocess, fake.url, 8, knobs, callers=8, start_at=start_at)
         time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
         here = list(pool.map(lambda _: call(engine), range(8)))
         outcomes = here + there.result()

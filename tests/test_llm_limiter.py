@@ -117,20 +117,19 @@ def test_two_processes_share_one_limit(fake_process, redis: str) -> None:
     start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
     end_at = start_at + LOAD_S
 
-    with ThreadPoolExecutor(17) as pool:
+    with ThreadPoolExecutor(1) as pool:
         there = pool.submit(
             calls_in_subprocess,
             url,
             200_000,
             knobs,
-            threads=16,
+            callers=16,
             start_at=start_at,
             deadline_s=0.5,
             until=end_at,
         )
         time.sleep(max(0.0, start_at - time.time()))  # both processes start at start_at
-        here = [pool.submit(calls_until, engine, end_at) for _ in range(16)]
-        outcomes = [o for f in here for o in f.result()] + there.result()
+        outcomes = calls_until(engine, end_at, callers=16) + there.result()
     seen = stats()
     arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]
     assert len(arrivals) == seen["attempts"] >= outcomes.count("ok") > 0
@@ -203,7 +202,7 @@ def test_the_daemon_and_another_process_share_one_limit(fake_process, redis: str
                 url,
                 200_000,
                 knobs,
-                threads=16,
+                callers=16,
                 start_at=start_at,
                 deadline_s=0.5,
                 until=end_at,
@@ -353,20 +352,19 @@ def test_no_429_at_the_providers_own_limit(redis: str) -> None:
         start_at = time.time() + 3.0  # the subprocess imports DSPy meanwhile
         end_at = start_at + 5.0
 
-        with ThreadPoolExecutor(9) as pool:
+        with ThreadPoolExecutor(1) as pool:
             there = pool.submit(
                 calls_in_subprocess,
                 url,
                 200_000,
                 knobs,
-                threads=8,
+                callers=8,
                 start_at=start_at,
                 deadline_s=0.5,
                 until=end_at,
             )
             time.sleep(max(0.0, start_at - time.time()))
-            here = [pool.submit(calls_until, engine, end_at) for _ in range(8)]
-            outcomes = [o for f in here for o in f.result()] + there.result()
+            outcomes = calls_until(engine, end_at, callers=8) + there.result()
         seen = stats()
     arrivals = [t for t in seen["arrivals"] if start_at <= t < end_at + 1.0]
     rate = sum(t < end_at for t in arrivals) / 5.0
@@ -394,20 +392,22 @@ def test_a_limit_set_above_the_providers_adapts_down(redis: str) -> None:
         began = time.time()
         end_at = began + 4.0
 
-        def load() -> list[tuple[float, str]]:
+        async def load() -> list[tuple[float, str]]:
             out = []
             while time.time() < end_at:
                 try:
                     with deadlines.serving(time.time() + 2.0):
-                        engine.complete(REQUEST)
+                        await engine.acomplete(REQUEST)
                     out.append((time.time(), "ok"))
                 except LLMCallError as exc:
                     out.append((time.time(), exc.kind))
-                    come_back_later(exc)
+                    await asyncio.sleep(come_back_later(exc))
             return out
 
-        with ThreadPoolExecutor(4) as pool:
-            outcomes = [o for f in [pool.submit(load) for _ in range(4)] for o in f.result()]
+        async def four() -> list[tuple[float, str]]:
+            return [o for got in await asyncio.gather(*(load() for _ in range(4))) for o in got]
+
+        outcomes = asyncio.run(four())
         seen = stats()
     early = sum(kind == "rate_limited" and t < began + 2.0 for t, kind in outcomes)
     late = sum(kind == "rate_limited" and t >= began + 2.0 for t, kind in outcomes)

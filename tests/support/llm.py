@@ -69,25 +69,51 @@ def redis_url(tmp: Path) -> Iterator[str]:
         server.shutdown()
 
 
-def come_back_later(exc: LLMCallError) -> None:
-    """What a client told to come back later does under load: waits its Retry-After (20 ms to
+def come_back_later(exc: LLMCallError) -> float:
+    """How long a client told to come back later waits under load: its Retry-After (20 ms to
     0.5 s), neither spinning nor giving up."""
-    time.sleep(min(0.5, max(0.02, exc.retry_after or 0.0)))
+    return min(0.5, max(0.02, exc.retry_after or 0.0))
 
 
-def calls_until(engine: HardenedTransport, end_at: float, deadline_s: float = 0.5) -> list[str]:
-    """Calls back to back until wall-clock ``end_at``, each under a deadline of ``deadline_s``,
-    honouring Retry-After as :func:`come_back_later` does; each outcome: "ok" or the kind."""
-    out, request = [], write_request()
-    while time.time() < end_at:
-        try:
-            with deadlines.serving(time.time() + deadline_s):
-                engine.complete(request)
-            out.append("ok")
-        except LLMCallError as exc:
-            out.append(exc.kind)
-            come_back_later(exc)
+async def calling(
+    engine: HardenedTransport,
+    request: Request,
+    callers: int,
+    *,
+    n: int = 1_000_000,
+    until: float = 0.0,
+    deadline_s: float = 0.0,
+) -> list[str]:
+    """``callers`` callers on this loop, as a daemon process makes its calls, sharing ``n``
+    calls (until wall-clock ``until`` when set, honouring Retry-After as
+    :func:`come_back_later` says), each under a deadline of ``deadline_s`` (0: none); each
+    call's outcome: "ok" or the LLMCallError's kind."""
+    out: list[str] = []
+    left = [n]
+
+    async def caller() -> None:
+        while left[0] > 0 and not (until and time.time() >= until):
+            left[0] -= 1
+            try:
+                with deadlines.serving(time.time() + deadline_s if deadline_s else None):
+                    await engine.acomplete(request)
+                out.append("ok")
+            except LLMCallError as exc:
+                out.append(exc.kind)
+                if until:
+                    await asyncio.sleep(come_back_later(exc))
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
     return out
+
+
+def calls_until(
+    engine: HardenedTransport, end_at: float, deadline_s: float = 0.5, callers: int = 1
+) -> list[str]:
+    """Calls from ``callers`` callers on a loop of this thread until wall-clock ``end_at``,
+    each under a deadline of ``deadline_s`` (:func:`calling`)."""
+    request = write_request()
+    return asyncio.run(calling(engine, request, callers, until=end_at, deadline_s=deadline_s))
 
 
 def calls_in_subprocess(
@@ -95,36 +121,24 @@ def calls_in_subprocess(
     n: int,
     policy: dict,
     *,
-    threads: int = 1,
+    callers: int = 1,
     start_at: float = 0.0,
     deadline_s: float = 0.0,
     until: float = 0.0,
 ) -> list[str]:
-    """Make ``n`` calls (in ``threads`` threads) from another process through an engine with
-    ``policy``, from wall-clock time ``start_at`` on; each call's outcome: "ok" or the
-    LLMCallError's kind."""
+    """Make ``n`` calls (from ``callers`` callers on one loop, as a daemon process makes them)
+    from another process through an engine with ``policy``, from wall-clock time ``start_at``
+    on (:func:`calling`); each call's outcome: "ok" or the LLMCallError's kind."""
     script = f"""
-import json, sys, time
-from concurrent.futures import ThreadPoolExecutor
-from tests.support.llm import come_back_later, make_engine, write_request
-from memesys.llm.errors import LLMCallError
-from actors import deadlines
+import asyncio, json, sys, time
+from tests.support.llm import calling, make_engine, write_request
 engine = make_engine({url!r}, **json.loads(sys.argv[1]))
 request = write_request()
 time.sleep(max(0.0, {start_at!r} - time.time()))
-def one(_):
-    if {until!r} and time.time() >= {until!r}:
-        return "late"
-    try:
-        with deadlines.serving(time.time() + {deadline_s!r} if {deadline_s!r} else None):
-            engine.complete(request)
-        return "ok"
-    except LLMCallError as exc:
-        if {until!r}:
-            come_back_later(exc)
-        return exc.kind
-with ThreadPoolExecutor({threads}) as pool:
-    print(json.dumps(list(pool.map(one, range({n})))))
+outcomes = asyncio.run(
+    calling(engine, request, {callers!r}, n={n!r}, until={until!r}, deadline_s={deadline_s!r})
+)
+print(json.dumps(outcomes))
 """
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     done = subprocess.run(
@@ -136,7 +150,7 @@ with ThreadPoolExecutor({threads}) as pool:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return [o for o in json.loads(done.stdout.strip().splitlines()[-1]) if o != "late"]
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="module")
