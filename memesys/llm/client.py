@@ -103,9 +103,21 @@ class _ThreadLoop:
         return self.loop.run_until_complete(_awaited(call))
 
     def close(self) -> None:
-        if not self.loop.is_running() and not self.loop.is_closed():
-            self.loop.run_until_complete(close_clients())
-            self.loop.close()
+        if self.loop.is_running() or self.loop.is_closed():
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs in this thread: this one may
+            self._close_now()
+            return
+        # collected while another loop runs in this thread (a loop may not run inside another)
+        closer = threading.Thread(target=self._close_now, name="memesys-llm-close")
+        closer.start()
+        closer.join()
+
+    def _close_now(self) -> None:
+        self.loop.run_until_complete(close_clients())
+        self.loop.close()
 
     def __del__(self) -> None:
         if not sys.is_finalizing():
