@@ -3,8 +3,8 @@
 A meme's admission (:mod:`memesys.pipeline.admission`) books the send times of its first
 draft's calls on each provider+model's schedule (:meth:`memesys.llm.limiter.Limiter.book`);
 while the meme is made they are the current :class:`Booked` (a context variable, like the
-request's deadline: ``asyncio.to_thread`` and the engines' pools copy it into the threads that
-run the calls, which share the one object). Each call of that provider+model takes the earliest
+request's deadline: every task the meme's coroutine starts for its calls has it, and they
+share the one object). Each call of that provider+model takes the earliest
 time left (:func:`take`) for its first attempt; calls past the booking (a retry, a refinement)
 take free times from the schedule. A placement that runs the judging group in another process
 hands the times left over with the draft (:func:`handover`) and that process holds them
@@ -33,7 +33,7 @@ class Booked:
         left = self._times.get(name)
         try:
             return left.popleft() if left is not None else None
-        except IndexError:  # taken by another thread meanwhile
+        except IndexError:  # taken by another caller meanwhile
             return None
 
     def handover(self) -> Times:
