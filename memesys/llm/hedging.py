@@ -95,3 +95,7 @@ class Hedging:
             return False
         self.credit -= 1.0
         return True
+
+    def refund(self) -> None:
+        """A hedge taken from the budget was not sent."""
+        self.credit = min(MAX_CREDIT, self.credit + 1.0)

@@ -527,7 +527,7 @@ class HardenedTransport:
         try:
             await self.limiter.acquire(tokens, time.time() + HEDGE_SLOT_WAIT_S, HEDGE_SLOT_WAIT_S)
         except NoSlot:
-            self.hedging.credit += 1.0  # not spent
+            self.hedging.refund()
             self.metrics.add("memesys_llm_hedges_refused_total", model=self.name, why="rate")
             return None
         served.hedged()
