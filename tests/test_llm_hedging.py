@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+
+import pytest
 
 from actors import deadlines
 from memesys.llm import served
+from memesys.llm.client import close_clients
 from memesys.llm.hedging import MIN_SAMPLES, Hedging
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI, Latency
 from tests.support.llm import make_engine, write_request
@@ -22,6 +26,13 @@ REQUEST = write_request()
 fake = fake_provider_fixture(
     FakeConfig(latency_s=0.01, latency_dist="lognormal", latency_sigma=1.4, latency_max_s=0.3)
 )
+
+
+@pytest.fixture(autouse=True)
+async def clients_closed() -> AsyncIterator[None]:
+    """The test's loop ends with the provider clients it opened closed."""
+    yield
+    await close_clients()
 
 
 def test_the_policy_waits_for_answers_and_keeps_to_its_budget() -> None:

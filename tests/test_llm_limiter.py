@@ -21,6 +21,7 @@ import pytest
 
 from actors import deadlines
 from memesys.errors import ErrorCode
+from memesys.llm import client
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import CLIMB_EVERY_S, Limiter, NoSlot
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -407,7 +408,7 @@ def test_a_limit_set_above_the_providers_adapts_down(redis: str) -> None:
         async def four() -> list[tuple[float, str]]:
             return [o for got in await asyncio.gather(*(load() for _ in range(4))) for o in got]
 
-        outcomes = asyncio.run(four())
+        outcomes = client.run(four)
         seen = stats()
     early = sum(kind == "rate_limited" and t < began + 2.0 for t, kind in outcomes)
     late = sum(kind == "rate_limited" and t >= began + 2.0 for t, kind in outcomes)

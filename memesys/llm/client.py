@@ -24,8 +24,8 @@ import asyncio
 import atexit
 import functools
 import logging
+import queue
 import ssl
-import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -93,44 +93,63 @@ def run_blocking(call: Callable[[], Awaitable[T]]) -> T:
 
 class _ThreadLoop:
     """A thread's loop for its synchronous calls: closed with its clients when the thread ends
-    (its locals go), or at exit for the threads still alive then."""
+    (its locals go) by the closer thread, or at exit for the threads still alive then."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         _thread_loops.add(self)
+        _closer()  # started here, never from a finalizer
 
     def run(self, call: Callable[[], Awaitable[T]]) -> T:
-        return self.loop.run_until_complete(_awaited(call))
-
-    def close(self) -> None:
-        if self.loop.is_running() or self.loop.is_closed():
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # no loop runs in this thread: this one may
-            self._close_now()
-            return
-        # collected while another loop runs in this thread (a loop may not run inside another)
-        closer = threading.Thread(target=self._close_now, name="memesys-llm-close")
-        closer.start()
-        closer.join()
-
-    def _close_now(self) -> None:
-        self.loop.run_until_complete(close_clients())
-        self.loop.close()
+        return self.loop.run_until_complete(call())
 
     def __del__(self) -> None:
-        if not sys.is_finalizing():
-            self.close()
+        # A finalizer may run anywhere (in a thread holding _lock, inside another running
+        # loop): it only hands the loop over; SimpleQueue.put is safe there.
+        _to_close.put(self.loop)
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    if not loop.is_running() and not loop.is_closed():
+        loop.run_until_complete(close_clients())
+        loop.close()
 
 
 _thread_loops: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
+_to_close: queue.SimpleQueue[asyncio.AbstractEventLoop] = queue.SimpleQueue()
+
+
+@functools.cache
+def _closer() -> threading.Thread:
+    """The thread that closes the loops of ended threads (one per process, made once)."""
+
+    def closing() -> None:
+        while True:
+            _close(_to_close.get())
+
+    thread = threading.Thread(target=closing, name="memesys-llm-close", daemon=True)
+    thread.start()
+    return thread
 
 
 @atexit.register
 def _close_thread_loops() -> None:
     for thread_loop in list(_thread_loops):
-        thread_loop.close()
+        _close(thread_loop.loop)
+
+
+def run(call: Callable[[], Awaitable[T]]) -> T:
+    """``asyncio.run`` of ``call()`` for synchronous code (a thread with no running loop), the
+    clients its loop opened closed before the loop ends (left open, each run leaked a
+    connection pool)."""
+
+    async def closing() -> T:
+        try:
+            return await call()
+        finally:
+            await close_clients()
+
+    return asyncio.run(closing())
 
 
 async def close_clients() -> None:
@@ -139,7 +158,3 @@ async def close_clients() -> None:
         clients = _clients.pop(asyncio.get_running_loop(), {})
     for client in clients.values():
         await client.close()
-
-
-async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
-    return await call()

@@ -25,6 +25,7 @@ from typing import Protocol, TypeVar
 
 from dspy.utils.exceptions import LMError
 
+from memesys.llm import client
 from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import first_line
@@ -159,12 +160,13 @@ def run_sequential(
     fuse: bool = False,
 ) -> PipelineResult:
     """The sequential reference path run to the end from synchronous code (a thread with no
-    running event loop: ``asyncio.run``): :func:`run_pipeline` on :class:`LocalStages`, each
+    running event loop: ``memesys.llm.client.run``): :func:`run_pipeline` on
+    :class:`LocalStages`, each
     stage ``program``'s predictor (the built-in program's when None); select and write apart
     unless ``fuse`` (``MemeProgram.forward`` may ask for it; the daemon's sequential mode
     never does, and awaits :class:`LocalStages` on its own loop)."""
-    return asyncio.run(
-        run_pipeline(
+    return client.run(
+        lambda: run_pipeline(
             LocalStages(handle_for, program=program),
             topic,
             format,

@@ -29,9 +29,10 @@ from typing import Any
 
 import dspy
 
+from memesys.llm import client
 from memesys.pipeline.flow import PipelineResult, run_pipeline
 from memesys.pipeline.lm import LMHandle
-from memesys.pipeline.placements import LocalStages, run_sequential
+from memesys.pipeline.placements import LocalStages
 from memesys.pipeline.predict import StagePredict
 from memesys.pipeline.signatures import (
     SIGNATURES,
@@ -100,13 +101,8 @@ class MemeProgram(dspy.Module):  # type: ignore[misc]  # DSPy is untyped
         the kept caption, its overall score and each verifier's status. ``fuse``: select and
         write in one call, as the parallel daemon does by default (so an optimizer tracing
         ``forward`` gives demos to the select_write predictor). Called where no event loop
-        runs (the stages are coroutines, run to the end here: ``asyncio.run``)."""
-        handle = _settings_handle()
-        return _prediction(
-            run_sequential(
-                lambda stage: handle, topic, format, style, audience, seed, program=self, fuse=fuse
-            )
-        )
+        runs (the stages are coroutines: :meth:`aforward`, run to the end here)."""
+        return client.run(lambda: self.aforward(topic, format, style, audience, seed, fuse))
 
     async def aforward(
         self,

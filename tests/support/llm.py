@@ -19,6 +19,7 @@ import pytest
 from dspy.lm15 import Request, Response
 
 from actors import deadlines
+from memesys.llm import client
 from memesys.llm.errors import LLMCallError
 from memesys.llm.transport import HardenedTransport, Policy
 from memesys.offline.lm import OfflineLM
@@ -113,7 +114,9 @@ def calls_until(
     """Calls from ``callers`` callers on a loop of this thread until wall-clock ``end_at``,
     each under a deadline of ``deadline_s`` (:func:`calling`)."""
     request = write_request()
-    return asyncio.run(calling(engine, request, callers, until=end_at, deadline_s=deadline_s))
+    return client.run(
+        lambda: calling(engine, request, callers, until=end_at, deadline_s=deadline_s)
+    )
 
 
 def calls_in_subprocess(
@@ -131,12 +134,15 @@ def calls_in_subprocess(
     on (:func:`calling`); each call's outcome: "ok" or the LLMCallError's kind."""
     script = f"""
 import asyncio, json, sys, time
+from memesys.llm import client
 from tests.support.llm import calling, make_engine, write_request
 engine = make_engine({url!r}, **json.loads(sys.argv[1]))
 request = write_request()
 time.sleep(max(0.0, {start_at!r} - time.time()))
-outcomes = asyncio.run(
-    calling(engine, request, {callers!r}, n={n!r}, until={until!r}, deadline_s={deadline_s!r})
+outcomes = client.run(
+    lambda: calling(
+        engine, request, {callers!r}, n={n!r}, until={until!r}, deadline_s={deadline_s!r}
+    )
 )
 print(json.dumps(outcomes))
 """
