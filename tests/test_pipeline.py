@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -37,6 +38,7 @@ from memesys.pipeline.lm import (
 )
 from memesys.pipeline.placements import LocalStages, run_sequential
 from memesys.pipeline.refinement import (
+    LATE,
     REFINED,
     RefinePolicy,
     Round,
@@ -175,9 +177,10 @@ def test_policy_from_config() -> None:
             "MEMESYS_PIPELINE_REFINE_THRESHOLD": "0.6",
             "MEMESYS_PIPELINE_MAX_REFINE_ROUNDS": "3",
             "MEMESYS_PIPELINE_MIN_REFINE_GAIN": "0.05",
+            "MEMESYS_PIPELINE_REFINE_WITHIN_S": "1.5",
         }
     ).pipeline
-    assert RefinePolicy.from_config(section) == RefinePolicy(0.6, 3, 0.05)
+    assert RefinePolicy.from_config(section) == RefinePolicy(0.6, 3, 0.05, 1.5)
 
 
 # -- decision -----------------------------------------------------------------------------
@@ -298,6 +301,16 @@ def test_refinement_stops_after_max_rounds(offline: LMHandle) -> None:
     assert "refine_4" not in result.timings
 
 
+@pytest.mark.parametrize("within_s, rounds, skipped", [(0.0, 0, LATE), (math.inf, 1, None)])
+def test_a_late_meme_ships_its_draft_unrefined(
+    offline: LMHandle, within_s: float, rounds: int, skipped: str | None
+) -> None:
+    policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=1, within_s=within_s)
+    result = run_sequential(lambda stage: offline, "coffee", format="drake", policy=policy)
+    assert len(result.rounds) == rounds and result.refinement_skipped == skipped
+    assert ("refine_1" in result.timings) is bool(rounds)
+
+
 def test_refinement_stops_early_when_a_round_gains_too_little(offline: LMHandle) -> None:
     policy = RefinePolicy(threshold=NEVER_GOOD_ENOUGH, max_rounds=5, min_gain=0.02)
     result = run_sequential(lambda stage: offline, "monday meetings", policy=policy)
@@ -361,6 +374,7 @@ def test_a_refinement_refused_for_rate_is_skipped(
     handle_for = refused_for_rate(stage, answered, offline)
     result = run_sequential(handle_for, "coffee", format="drake", seed=0, policy=policy)
     assert result.rounds == () and result.caption.texts == plain.caption.texts
+    assert result.refinement_skipped == "llm_rate_limited" and plain.refinement_skipped is None
     with pytest.raises(LMError):  # any other failure of the rewrite still fails the meme
         run_sequential(with_stage(offline, "refine", failing()), "coffee", policy=policy)
 

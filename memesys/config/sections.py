@@ -84,6 +84,7 @@ class PipelineConfig:
     refine_threshold: float = field(metadata=bounded(0, 1))
     max_refine_rounds: int = field(metadata=bounded(0, 10))
     min_refine_gain: float = field(metadata=bounded(0, 1))
+    refine_within_s: float = field(metadata=bounded(0, 3600))
     stage_timeout_s: float = field(metadata=bounded(0.01, 3600))
     program_path: str
     render_delay_s: float = field(metadata=bounded(0, 1))

@@ -27,6 +27,7 @@ from memesys.pipeline.draft import Draft
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.predict import Predictors
 from memesys.pipeline.refinement import (
+    LATE,
     RefinePolicy,
     Round,
     critique_for,
@@ -79,7 +80,9 @@ class PipelineResult:
     refinement round, and per-stage accounting: ``stages`` by stage key ("select" and "write", or
     "select_write" when fused; the verifiers, "score"; "refine_N" and "<verifier>_N",
     "score_N" for round N) and
-    ``timings`` in ms by the same keys plus "total"."""
+    ``timings`` in ms by the same keys plus "total". ``refinement_skipped`` says why a round the
+    score called for did not run: LATE (past the policy's ``within_s``) or ``llm_rate_limited``
+    (no send time for it before the deadline); None when none was skipped."""
 
     caption: Caption
     draft: Draft
@@ -89,6 +92,7 @@ class PipelineResult:
     rounds: tuple[Round, ...]
     stages: Mapping[str, StageRun]
     timings: Mapping[str, float]
+    refinement_skipped: str | None = None
 
 
 class Costed(Protocol):
@@ -200,7 +204,11 @@ async def run_pipeline(
     assert raw is not None  # judge scores every draft it does not refuse
     best = Judged(caption, draft, verdicts, decision, apply_verdicts(raw, verdicts))
     rounds: list[Round] = []
+    skipped: str | None = None
     while should_refine(best.scores.overall, rounds[-1] if rounds else None, policy):
+        if time.perf_counter() - began >= policy.within_s:
+            skipped = LATE
+            break
         n, kept = len(rounds) + 1, best
         critique = critique_for(kept.scores, kept.verdicts)
         try:
@@ -215,6 +223,7 @@ async def run_pipeline(
         except LMError as exc:
             if failure_of(exc).code is not ErrorCode.LLM_RATE_LIMITED:
                 raise
+            skipped = ErrorCode.LLM_RATE_LIMITED.value
             break  # no send time for it before the deadline: the best so far ships
         decision = decide(verdicts)
         statuses = {name: v.status for name, v in verdicts.items()}
@@ -241,4 +250,5 @@ async def run_pipeline(
         tuple(rounds),
         dict(stages.ledger.stages),
         timings,
+        skipped,
     )

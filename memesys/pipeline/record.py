@@ -79,6 +79,7 @@ def build_meme(
             "degraded": list(result.decision.degraded),
         },
         "refinement": [dataclasses.asdict(r) for r in result.rounds],
+        "refinement_skipped": result.refinement_skipped,
         "provider": {
             "name": writer.provider,
             "model": writer.model,

@@ -7,6 +7,7 @@ pipeline and the parallel actors stop refining for the same reasons.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from memesys.pipeline.verification import FAILED, VERIFIERS, Verdict
 from memesys.pipeline.writing import Caption, CaptionError, slots_text, validate_texts
 
 REFINED = "refined"
+LATE = "late"
+"""Why a wanted round did not run: the meme was already older than ``RefinePolicy.within_s``."""
 
 
 async def refine(
@@ -55,16 +58,25 @@ def critique_for(scores: Scores, verdicts: Mapping[str, Verdict]) -> str:
 @dataclass(frozen=True)
 class RefinePolicy:
     """Refine while overall < threshold and fewer than max_rounds were made; stop as soon as a
-    round gains less than min_gain (or was refused)."""
+    round gains less than min_gain (or was refused). A round starts only while the meme is
+    younger than within_s seconds: against a slow provider a round adds two LM latencies (the
+    rewrite, then judging again), so a meme that is already late ships its best draft."""
 
     threshold: float = 0.55
     max_rounds: int = 2
     min_gain: float = 0.02
+    within_s: float = math.inf
 
     @classmethod
     def from_config(cls, pipeline: PipelineConfig) -> RefinePolicy:
-        """From the [pipeline] section: refine_threshold, max_refine_rounds, min_refine_gain."""
-        return cls(pipeline.refine_threshold, pipeline.max_refine_rounds, pipeline.min_refine_gain)
+        """From the [pipeline] section: refine_threshold, max_refine_rounds, min_refine_gain,
+        refine_within_s."""
+        return cls(
+            pipeline.refine_threshold,
+            pipeline.max_refine_rounds,
+            pipeline.min_refine_gain,
+            pipeline.refine_within_s,
+        )
 
 
 @dataclass(frozen=True)
