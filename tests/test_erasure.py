@@ -78,10 +78,13 @@ def test_scrub_erases_a_quarantined_copy_of_the_task(
     assert not client.exists(f"{prefix}:quarantine:task:t1")
 
 
-def values_under(r: redis.Redis, prefix: str) -> bytes:
-    """Everything stored under the prefix, as one blob, whatever the key types."""
+def values_under(r: redis.Redis, prefix: str, but: str | None = None) -> bytes:
+    """Everything stored under the prefix (except keys under ``but``), as one blob, whatever
+    the key types."""
     blob = []
     for key in r.scan_iter(match=f"{prefix}:*", count=500):
+        if but is not None and key.decode().startswith(but):
+            continue
         kind = r.type(key)
         if kind == b"string":
             blob.append(r.get(key) or b"")
@@ -93,6 +96,8 @@ def values_under(r: redis.Redis, prefix: str) -> bytes:
             blob += r.lrange(key, 0, -1)
         elif kind == b"hash":
             blob += [k + v for k, v in r.hgetall(key).items()]
+        elif kind == b"stream":
+            blob += [k + v for _, entry in r.xrange(key) for k, v in entry.items()]
         blob.append(key)
     return b"\n".join(blob)
 
@@ -119,7 +124,11 @@ def test_delete_scrubs_the_task_of_an_async_meme_and_leaves_an_audit_line(tmp_pa
         assert daemon.json("GET", f"/v1/memes/{meme_id}")[0] == 404
         stored = values_under(r, daemon.key_prefix)
         assert topic.encode() not in stored and b"whispered" not in stored
-        assert meme_id.encode() not in stored  # not even a pointer to it
+        # not even a pointer to it, but in the log: its stream, sealed with a destroyed key
+        assert meme_id.encode() not in values_under(
+            r, daemon.key_prefix, f"{daemon.key_prefix}:events:"
+        )
+        assert r.get(f"{daemon.key_prefix}:events:key:meme:{meme_id}") is None
 
         sync = daemon.json("POST", "/v1/memes", {"topic": f"{topic} sync"})[1]["id"]
         assert daemon.request("DELETE", f"/v1/memes/{sync}")[0] == 204

@@ -26,6 +26,7 @@ from memesys.storage.connection import (
     resolve,
 )
 from memesys.storage.memes import MemeStore, StoreDown, StoreError
+from memesys.storage.sealing import Shredded
 from tests.support.records import PNG, meme
 from tests.support.timing import scaled, wait_for
 
@@ -93,7 +94,17 @@ def test_delete_erases_everything_including_cache(store: MemeStore, client: redi
     assert store.cache_get("dogs") is None
     assert store.cache_get("birds") == "kept"
     p = store._p
-    assert all("gone" not in k for k in keys_of(store, client))
+    # only its stream in the log is left: erased, every personal field sealed with a key
+    # that no longer exists
+    assert {k for k in keys_of(store, client) if "gone" in k} == {f"{p}:events:meme:gone"}
+    history = [r.event.type for r in store.log.history("meme:gone")]
+    assert history == ["completed", "cached", "cached", "erased"]
+    raw = b"".join(
+        v for _, fields in client.xrange(f"{p}:events:meme:gone") for v in fields.values()
+    )
+    assert b"topic gone" not in raw and b"topic gone" not in client.dump(f"{p}:events:all")
+    with pytest.raises(Shredded):
+        store.sealer.open("meme:gone", store.log.history("meme:gone")[0].event.sealed)
     assert len([k for k in keys_of(store, client) if k.startswith(f"{p}:cache:")]) == 1
     assert store.delete("gone") is False
 

@@ -1,8 +1,12 @@
-"""``memesys-admin``: inspect and steer a running daemon's actor tree.
+"""``memesys-admin``: inspect and steer a running daemon's actor tree, and rebuild its store.
 
 It attaches to the admin port and never starts an actor system: with none running it says so
 and exits non-zero. The tree comes from the project's own root supervisor (Thespian's admin
 stops answering status requests after any failed ``createActor``).
+
+``replay`` talks to Redis, not to the tree: it rebuilds every projection (memes, the time index,
+cache entries) from the event log (:mod:`memesys.storage.projections`), on the configured
+``REDIS_URL`` or on the running daemon's embedded Redis (its socket under the data directory).
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+import redis
 
 from actors.messages import ChildStatus, Ping, RestartChild, StatusQuery, TreeStatus
 from actors.system import (
@@ -23,7 +30,9 @@ from actors.system import (
     find_root,
     stop_tree,
 )
-from memesys.config import ConfigError, load
+from memesys.config import Config, ConfigError, load
+from memesys.storage.connection import connect
+from memesys.storage.projections import rebuild
 from memesys.tree.paths import ROOT
 
 TIMEOUT_S = 5.0
@@ -116,6 +125,32 @@ def run(verb: str, name: str | None, cfg: SystemConfig, as_json: bool) -> str:
     raise AdminError(f"unknown command {verb!r}")
 
 
+def replay(cfg: Config, as_json: bool) -> str:
+    """Rebuild the projections from the log; the counts and time as text or JSON."""
+    url = cfg.redis.url.strip()
+    if not url:
+        socket = Path(cfg.system.data_dir) / "redis" / "redis.sock"
+        if not socket.exists():
+            raise AdminError(
+                f"no embedded Redis socket at {socket}: start the daemon (it starts its Redis) "
+                "or set REDIS_URL"
+            )
+        url = f"unix://{socket}"
+    client = connect(url)
+    try:
+        done = rebuild(client, cfg.redis.key_prefix)
+    except redis.RedisError as exc:
+        raise AdminError(f"replay failed: {exc}") from None
+    finally:
+        client.close()
+    if as_json:
+        return json.dumps(dataclasses.asdict(done))
+    return (
+        f"replayed {done.events} events in {done.seconds:.2f} s: {done.projected} projected, "
+        f"{done.shredded} of erased entities skipped"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="memesys-admin", description="Inspect and steer a running memesys daemon."
@@ -123,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, help="actor-system admin port")
     parser.add_argument("--config", help="the daemon's TOML override file")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("command", choices=["status", "ping", "restart", "shutdown"])
+    parser.add_argument("command", choices=["status", "ping", "restart", "shutdown", "replay"])
     parser.add_argument(
         "name", nargs="?", help="restart: path of the child, e.g. generator/worker-0"
     )
@@ -137,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     system = cfg.system
     try:
+        if args.command == "replay":
+            print(replay(cfg, args.json))
+            return 0
         print(
             run(
                 args.command,

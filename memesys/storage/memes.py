@@ -38,6 +38,8 @@ from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability, availability_for
 from memesys.storage.connection import connect
 from memesys.storage.errors import StoreDown, StoreError, TooLate
+from memesys.storage.eventlog import CACHED, COMPLETED, ERASED, Event, EventLog, VersionConflict
+from memesys.storage.projections import Keys, meme_entity, writes
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import (
     cache_problem,
@@ -45,6 +47,7 @@ from memesys.storage.records import (
     parse_json,
     png_problem,
 )
+from memesys.storage.sealing import Sealer
 
 __all__ = ["InvalidCursor", "MemeStore", "StoreDown", "StoreError"]
 
@@ -91,6 +94,9 @@ class MemeStore:
         self._index = f"{prefix}:memes"
         self.availability = availability or AlwaysUp()
         self.quarantine = quarantine or Quarantine(client, prefix)
+        self.log = EventLog(client, prefix)
+        self.sealer = Sealer(client, prefix)
+        self.keys = Keys(prefix)
 
     @classmethod
     def open(
@@ -189,7 +195,8 @@ class MemeStore:
         return None
 
     def save(self, meme: dict[str, Any], png: bytes) -> None:
-        """Store record, PNG and index entry in one MULTI/EXEC: no reader sees half a meme."""
+        """Record the meme's ``completed`` event (its record sealed) and, in the same script, its
+        projection (record, index entry) and PNG: no reader sees half a meme."""
         meme_id = meme.get("id")
         created_at = meme.get("created_at")
         if not isinstance(meme_id, str) or not valid_id(meme_id):
@@ -203,13 +210,26 @@ class MemeStore:
         problem = meme_problem(meme_id, meme) or png_problem(png)
         if problem is not None:  # never write what a reader would quarantine
             raise ValueError(f"meme {meme_id}: {problem}")
-        record = json.dumps(meme, separators=(",", ":"), ensure_ascii=False).encode()
+        record = json.dumps(meme, separators=(",", ":"), ensure_ascii=False)
+        entity = meme_entity(meme_id)
+        trace = str(meme.get("trace_id") or "")
         with self._guard(f"saving meme {meme_id}"):
-            pipe = self._r.pipeline(transaction=True)
-            pipe.set(self._meme_key(meme_id), record)
-            pipe.set(self._png_key(meme_id), png)
-            pipe.zadd(self._index, {meme_id: float(created_at)})
-            pipe.execute()
+            event = Event(
+                COMPLETED,
+                entity,
+                {"id": meme_id, "created_at": float(created_at), "format": meme.get("format")},
+                correlation=trace,
+                cause="request",
+                trace=trace,
+                sealed=self.sealer.seal(entity, {"record": record}),
+            )
+            projection = writes(self.keys, event, lambda: {"record": record})
+            try:
+                self.log.append(event, 0, [*projection, ("SET", self._png_key(meme_id), png)])
+            except VersionConflict:
+                if not self._r.exists(self._meme_key(meme_id)):
+                    raise
+                # a save retried after its first try was written (its reply lost): done once
 
     def keep(
         self,
@@ -316,6 +336,7 @@ class MemeStore:
                 pipe.watch(*cache_keys)  # type: ignore[no-untyped-call]  # untyped in redis-py
             targets = pipe.mget(cache_keys) if cache_keys else []
             pointing = [k for k, t in zip(cache_keys, targets) if t == meme_id.encode()]
+            logged = pipe.xlen(self.log.stream(entity))
             pipe.multi()
             pipe.delete(self._meme_key(meme_id))
             pipe.delete(self._png_key(meme_id))
@@ -324,9 +345,17 @@ class MemeStore:
             pipe.delete(
                 self.quarantine.key_of("meme", meme_id), self.quarantine.key_of("png", meme_id)
             )
+            if logged:  # an id the log never saw (a client's guess) adds nothing to it
+                digests = [cast(bytes, k).decode().rsplit(":", 1)[1] for k in pointing]
+                event = Event(ERASED, entity, {"id": meme_id, "caches": digests}, "", "erasure", "")
+                # the same deletes again, as the event's projection: what a rebuild runs
+                self.log.append_in(pipe, event, writes=writes(self.keys, event, dict))
+                pipe.delete(self.sealer.key_name(entity))  # crypto-shredding: the key goes
 
+        entity = meme_entity(meme_id)
         with self._guard(f"deleting meme {meme_id}"):
-            record, png, _, indexed, copies = cast(list[int], self._r.transaction(erase, cachedby))
+            replies = cast(list[int], self._r.transaction(erase, cachedby))
+        record, png, _, indexed, copies = replies[:5]
         return bool(record or png or indexed or copies)
 
     def cache_put(self, key: str, meme_id: str, ttl_s: int) -> None:
@@ -340,6 +369,7 @@ class MemeStore:
         if not isinstance(ttl_s, int) or ttl_s < 1:
             raise ValueError("ttl_s must be a whole number of seconds, at least 1")
         cache_key = self._cache_key(key)
+        digest = cache_key.rsplit(":", 1)[1]
         cachedby = self._cachedby_key(meme_id)
         meme_key = self._meme_key(meme_id)
 
@@ -355,6 +385,8 @@ class MemeStore:
             old_id = previous.decode(errors="replace") if previous is not None else None
             if old_id is not None and old_id != meme_id and valid_id(old_id):
                 pipe.srem(self._cachedby_key(old_id), cache_key)
+            data = {"meme": meme_id, "cache": digest, "expires_at": time.time() + ttl_s}
+            self.log.append_in(pipe, Event(CACHED, meme_entity(meme_id), data, "", "cache", ""))
 
         with self._guard(f"caching meme {meme_id}"):
             self._r.transaction(put, meme_key, cache_key, cachedby)

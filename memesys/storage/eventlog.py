@@ -1,0 +1,221 @@
+"""The event log: every meme's life as events in Redis Streams, the source the projections
+(the meme by id, memes by time, cache entries) are rebuilt from.
+
+Keys, all under ``{p}:events:`` (the one namespace a rebuild keeps):
+
+* ``{p}:events:{entity}``   one stream per entity (``meme:<id>``); its length is its version
+* ``{p}:events:all``        every event's entity and version, in append order, under the same
+                            stream id as the event in its entity's stream (the replay's order)
+* ``{p}:events:key:{entity}`` the entity's sealing key (:mod:`memesys.storage.sealing`):
+                            beside the log, not in it, so erasure can destroy it
+
+An entry's fields: ``type``, ``v`` (schema version), ``at`` (Unix seconds), ``trace`` (the
+meme's trace id), ``corr`` (correlation: the request or task id), ``cause`` (the id of the
+event or request that caused it), ``data`` (compact JSON, never personal) and ``sealed``
+(the personal fields, encrypted with the entity's key; empty when there are none). The global
+stream's entries are ``entity`` and ``seq`` (the version the append made).
+
+:data:`APPEND` appends, in one script, to the entity's stream and to the global one if the
+entity is at the version the writer expects (optimistic concurrency: a writer that lost a race
+gets :class:`VersionConflict` and nothing is written), then runs the projection's writes in the
+same script, so a reader never sees an event without its projection or the reverse.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+from redis.commands.core import Script
+
+from memesys.storage.errors import StoreError
+
+SCHEMA_VERSION = 1
+ANY_VERSION = -1
+"""Append whatever the entity's version (an event that cannot conflict, e.g. a cache entry)."""
+
+# The event types a meme's stream holds (docs/architecture.md, "The event log").
+REQUESTED = "requested"
+COMPLETED = "completed"
+CACHED = "cached"
+FAILED = "failed"
+ERASED = "erased"
+EXPIRED = "expired"
+
+# The writes a projection may run inside the append script; nothing else reaches Redis that way.
+PROJECTION_COMMANDS = frozenset({"SET", "DEL", "ZADD", "ZREM", "SADD", "SREM", "EXPIRE", "PEXPIRE"})
+
+_APPEND = """
+local version = redis.call('XLEN', KEYS[1])
+local expected = tonumber(ARGV[1])
+if expected >= 0 and version ~= expected then
+  return {0, version}
+end
+local nfields = tonumber(ARGV[3])
+local fields = {}
+for i = 1, nfields do fields[i] = ARGV[3 + i] end
+-- the global stream's new id is above every id of every entity stream (each holds a subset);
+-- it holds where the event is, not the event (one copy of each event in Redis's memory)
+local id = redis.call('XADD', KEYS[2], '*', 'entity', ARGV[2], 'seq', version + 1)
+redis.call('XADD', KEYS[1], id, unpack(fields))
+local i = 4 + nfields
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local cmd = {}
+  for j = 1, n do cmd[j] = ARGV[i + j] end
+  redis.call(unpack(cmd))
+  i = i + n + 1
+end
+return {1, version + 1, id}
+"""
+
+
+class VersionConflict(StoreError):
+    """The entity was not at the version the writer expected: someone else appended first."""
+
+    def __init__(self, entity: str, expected: int, actual: int) -> None:
+        super().__init__(f"{entity}: expected version {expected}, found {actual}")
+        self.entity, self.expected, self.actual = entity, expected, actual
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as written: ``data`` is public, ``sealed`` is the personal part already
+    encrypted (bytes, or b"" when the event carries nothing personal)."""
+
+    type: str
+    entity: str
+    data: Mapping[str, Any]
+    correlation: str
+    cause: str
+    trace: str
+    sealed: bytes = b""
+    at: float = field(default_factory=time.time)
+    v: int = SCHEMA_VERSION
+
+    def fields(self) -> list[str | bytes]:
+        return [
+            "type",
+            self.type,
+            "v",
+            str(self.v),
+            "at",
+            repr(self.at),
+            "trace",
+            self.trace,
+            "corr",
+            self.correlation,
+            "cause",
+            self.cause,
+            "data",
+            json.dumps(self.data, separators=(",", ":"), sort_keys=True),
+            "sealed",
+            self.sealed,
+        ]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An event read back from the log, with its stream id and its entity's version."""
+
+    id: str
+    seq: int
+    event: Event
+
+
+Write = Sequence[str | bytes | int | float]
+"""One projection write: a command of :data:`PROJECTION_COMMANDS` and its arguments."""
+
+
+class EventLog:
+    """Append to and read the log under ``{prefix}:events:``."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._r = client
+        self.prefix = f"{prefix}:events:"
+        self.all = f"{self.prefix}all"
+        self._append = Script(client, _APPEND)
+
+    def stream(self, entity: str) -> str:
+        return f"{self.prefix}{entity}"
+
+    def append(
+        self, event: Event, expected: int = ANY_VERSION, writes: Sequence[Write] = ()
+    ) -> Recorded:
+        """Append ``event`` if its entity is at version ``expected`` (ANY_VERSION: whatever it
+        is), and run ``writes`` (the projection) in the same script; VersionConflict if not."""
+        return self.outcome(event, expected, self._append(*self._call(event, expected, writes)))
+
+    def append_in(
+        self,
+        pipe: redis.client.Pipeline,
+        event: Event,
+        expected: int = ANY_VERSION,
+        writes: Sequence[Write] = (),
+    ) -> None:
+        """Queue the append on ``pipe`` (inside a MULTI with the writer's other commands); its
+        reply goes to :meth:`outcome`."""
+        keys, args = self._call(event, expected, writes)
+        self._append(keys, args, client=pipe)
+
+    def outcome(self, event: Event, expected: int, reply: Any) -> Recorded:
+        """The appended event from the script's reply; VersionConflict if it was refused."""
+        ok, version, *rest = cast(list[Any], reply)
+        if not ok:
+            raise VersionConflict(event.entity, expected, int(version))
+        return Recorded(rest[0].decode(), int(version), event)
+
+    def _call(
+        self, event: Event, expected: int, writes: Sequence[Write]
+    ) -> tuple[list[str], list[str | bytes | int | float]]:
+        args: list[str | bytes | int | float] = [expected, event.entity]
+        fields = event.fields()
+        args += [len(fields), *fields]
+        for write in writes:
+            if str(write[0]).upper() not in PROJECTION_COMMANDS:
+                raise ValueError(f"not a projection write: {write[0]!r}")
+            args += [len(write), *write]
+        return [self.stream(event.entity), self.all], args
+
+    def version(self, entity: str) -> int:
+        return self._r.xlen(self.stream(entity))
+
+    def history(self, entity: str) -> list[Recorded]:
+        """Every event of ``entity``, oldest first."""
+        entries = cast(list[Any], self._r.xrange(self.stream(entity)))
+        return [_recorded(entity, n, sid, raw) for n, (sid, raw) in enumerate(entries, 1)]
+
+    def replay(self, after: str = "0-0", batch: int = 500) -> Iterator[Recorded]:
+        """Every event of every entity after stream id ``after``, in append order."""
+        start = "-" if after == "0-0" else f"({after}"
+        while True:
+            entries = cast(list[Any], self._r.xrange(self.all, start, "+", count=batch))
+            pipe = self._r.pipeline(transaction=False)
+            for sid, where in entries:
+                pipe.xrange(self.stream(where[b"entity"].decode()), sid, sid)
+            for (sid, where), found in zip(entries, pipe.execute() if entries else []):
+                if found:  # an entity's stream deleted by hand leaves its pointers behind
+                    entity = where[b"entity"].decode()
+                    yield _recorded(entity, int(where[b"seq"]), sid, found[0][1])
+            if len(entries) < batch:
+                return
+            start = f"({entries[-1][0].decode()}"
+
+
+def _recorded(entity: str, seq: int, sid: bytes, raw: Mapping[bytes, bytes]) -> Recorded:
+    event = Event(
+        type=raw[b"type"].decode(),
+        entity=entity,
+        data=json.loads(raw[b"data"]),
+        correlation=raw[b"corr"].decode(),
+        cause=raw[b"cause"].decode(),
+        trace=raw[b"trace"].decode(),
+        sealed=raw.get(b"sealed", b""),
+        at=float(raw[b"at"]),
+        v=int(raw[b"v"]),
+    )
+    return Recorded(sid.decode(), seq, event)

@@ -1,0 +1,71 @@
+"""Crypto-shredding: the personal fields of an entity's events are sealed with a key of its own,
+kept beside the log (``{p}:events:key:{entity}``), so erasure destroys the key and the events,
+which the log never rewrites, become unreadable noise.
+
+The fields are compact JSON, compressed (zlib: a meme's record shrinks about threefold, and the
+log keeps every record once more in Redis's memory), then sealed with AES-256-GCM, a random
+96-bit nonce per value and the entity's name as associated data (a sealed value copied to
+another entity does not open). A value is ``nonce || ciphertext``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Mapping
+from typing import Any, cast
+
+import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from memesys.storage.errors import StoreError
+
+_NONCE = 12
+
+
+class Shredded(StoreError):
+    """The entity's key is gone (it was erased): its sealed fields can never be read again."""
+
+
+class Sealer:
+    """Seal and open the personal fields of ``{prefix}:events:`` entities."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._r = client
+        self._p = f"{prefix}:events:key:"
+
+    def key_name(self, entity: str) -> str:
+        return f"{self._p}{entity}"
+
+    def _key(self, entity: str, create: bool) -> bytes:
+        name = self.key_name(entity)
+        if create:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.set(name, AESGCM.generate_key(bit_length=256), nx=True)
+            pipe.get(name)
+            key = cast(bytes | None, pipe.execute()[1])
+        else:
+            key = cast(bytes | None, self._r.get(name))
+        if key is None:
+            raise Shredded(f"{entity}: its key was erased")
+        return key
+
+    def seal(self, entity: str, personal: Mapping[str, Any]) -> bytes:
+        """``personal`` as compact JSON, encrypted with the entity's key (made on first use)."""
+        nonce = os.urandom(_NONCE)
+        plain = zlib.compress(
+            json.dumps(personal, separators=(",", ":"), ensure_ascii=False).encode()
+        )
+        aead = AESGCM(self._key(entity, create=True))
+        return nonce + aead.encrypt(nonce, plain, entity.encode())
+
+    def open(self, entity: str, sealed: bytes) -> dict[str, Any]:
+        """The personal fields ``seal`` sealed; Shredded once the entity's key is erased."""
+        key = self._key(entity, create=False)
+        try:
+            plain = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], entity.encode())
+        except InvalidTag:
+            raise StoreError(f"{entity}: a sealed value does not open with its key") from None
+        return cast(dict[str, Any], json.loads(zlib.decompress(plain)))

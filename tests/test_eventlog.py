@@ -1,0 +1,135 @@
+"""The event log against a real redis-server: optimistic appends, the global order, sealing and
+crypto-shredding, and projections rebuilt from the log alone."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from memesys.storage.errors import StoreError
+from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConflict
+from memesys.storage.memes import MemeStore
+from memesys.storage.projections import rebuild
+from memesys.storage.sealing import Sealer, Shredded
+from tests.support.records import PNG, meme
+
+pytestmark = pytest.mark.store
+
+
+def event(kind: str, entity: str = "meme:a", **data: object) -> Event:
+    return Event(kind, entity, data, correlation="req-1", cause="request", trace="t" * 32)
+
+
+def test_an_append_checks_the_version_it_expects(client: redis.Redis, prefix: str) -> None:
+    log = EventLog(client, prefix)
+    assert log.append(event("requested"), expected=0).seq == 1
+    assert log.append(event("completed"), expected=1).seq == 2
+    with pytest.raises(VersionConflict) as lost:
+        log.append(event("failed"), expected=1, writes=[("SET", f"{prefix}:x", "1")])
+    assert (lost.value.expected, lost.value.actual) == (1, 2)
+    assert client.get(f"{prefix}:x") is None  # a refused append runs none of its writes
+    assert [r.event.type for r in log.history("meme:a")] == ["requested", "completed"]
+    assert log.append(event("cached"), ANY_VERSION).seq == 3
+
+
+def test_of_racing_writers_at_one_version_exactly_one_wins(
+    client: redis.Redis, prefix: str
+) -> None:
+    log = EventLog(client, prefix)
+    outcomes: list[str] = []
+
+    def write(n: int) -> None:
+        try:
+            log.append(event("refined", n=n), expected=0)
+            outcomes.append("won")
+        except VersionConflict:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+    assert log.version("meme:a") == 1
+
+
+def test_the_global_stream_orders_every_entity(client: redis.Redis, prefix: str) -> None:
+    log = EventLog(client, prefix)
+    log.append(event("requested", "meme:b"))
+    log.append(event("requested", "meme:a"))
+    log.append(event("completed", "meme:b", id="b"))
+    replayed = [(r.event.entity, r.seq, r.event.type) for r in log.replay(batch=2)]
+    assert replayed == [
+        ("meme:b", 1, "requested"),
+        ("meme:a", 1, "requested"),
+        ("meme:b", 2, "completed"),
+    ]
+    (again,) = [r for r in log.replay() if r.event.entity == "meme:b" and r.seq == 2]
+    assert again.event.data == {"id": "b"} and again.event.trace == "t" * 32
+
+
+def test_a_projection_write_is_one_of_the_allowed_commands(
+    client: redis.Redis, prefix: str
+) -> None:
+    with pytest.raises(ValueError):
+        EventLog(client, prefix).append(event("completed"), writes=[("FLUSHALL",)])
+
+
+def test_sealed_fields_open_for_their_entity_only_until_shredded(
+    client: redis.Redis, prefix: str
+) -> None:
+    sealer = Sealer(client, prefix)
+    sealed = sealer.seal("meme:a", {"topic": "my secret topic"})
+    assert b"secret" not in sealed
+    assert sealer.open("meme:a", sealed) == {"topic": "my secret topic"}
+    sealer.seal("meme:b", {"x": 1})  # b has a key of its own: a's value does not open with it
+    with pytest.raises(StoreError):
+        sealer.open("meme:b", sealed)
+    client.delete(sealer.key_name("meme:a"))
+    with pytest.raises(Shredded):
+        sealer.open("meme:a", sealed)
+
+
+def outside_the_log(client: redis.Redis, prefix: str) -> list[bytes]:
+    return [
+        k
+        for k in client.scan_iter(match=f"{prefix}:*", count=500)
+        if not k.startswith(f"{prefix}:events:".encode())
+    ]
+
+
+def test_replay_rebuilds_every_meme_from_the_log_alone(client: redis.Redis, prefix: str) -> None:
+    store = MemeStore(client, prefix)
+    memes = [meme(f"m{n}", 1000.0 + n, caption=f"Ünïcode {n} 🐸") for n in range(7)]
+    for m in memes:
+        store.save(m, PNG)
+    store.cache_put("cats", "m1", 600)
+    store.cache_put("dogs", "m2", 600)
+    store.cache_put("dogs", "m3", 600)  # re-pointed: the newer entry wins on replay too
+    store.cache_put("birds", "m4", 600)
+    assert store.delete("m4") and store.delete("m5")
+    before = {m["id"]: store.get(m["id"]) for m in memes}
+    listed = store.list(limit=50)[0]
+
+    client.delete(*outside_the_log(client, prefix))
+    assert store.get("m1") is None and store.list() == ([], None)
+    done = rebuild(client, prefix, batch=3)
+
+    assert (done.events, done.shredded) == (7 + 4 + 2, 2)  # the records of m4 and m5
+    assert {m["id"]: store.get(m["id"]) for m in memes} == before
+    assert before["m4"] is None and before["m5"] is None  # erased memes stay gone
+    assert store.list(limit=50)[0] == listed
+    assert (store.cache_get("cats"), store.cache_get("dogs")) == ("m1", "m3")
+    assert store.cache_get("birds") is None
+    assert rebuild(client, prefix).events == done.events  # idempotent: the same again
+    assert {m["id"]: store.get(m["id"]) for m in memes} == before
+
+
+def test_a_retried_save_is_recorded_once(client: redis.Redis, prefix: str) -> None:
+    store = MemeStore(client, prefix)
+    store.save(meme("once", 1.0), PNG)
+    store.save(meme("once", 1.0), PNG)  # its first reply lost: the retry finds it written
+    assert [r.event.type for r in store.log.history("meme:once")] == ["completed"]
