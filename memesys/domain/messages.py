@@ -15,7 +15,8 @@ class GenerateMeme:
     ``looked_up``: the asker has just looked the request up in the cache and found nothing
     (or, for a fresh one, found the store up), so the maker does not do it again.
     ``background``: a task's meme (the runner's), admitted only with what people's memes
-    leave of the provider's budget (``[llm] task_backlog_s``)."""
+    leave of the provider's budget (``[llm] task_backlog_s``). ``correlation``: the task's id
+    for a task's meme (its events in the log carry it; else the trace id)."""
 
     topic: str
     format: str | None = None
@@ -26,6 +27,7 @@ class GenerateMeme:
     trace_id: str = ""
     looked_up: bool = False
     background: bool = False
+    correlation: str = ""
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from memesys.pipeline.predict import OutputError
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
 from memesys.render.meme import RenderSettings, render_meme
+from memesys.storage.journal import MemeJournal
 from memesys.storage.memes import MemeStore
 
 T = TypeVar("T")
@@ -163,6 +164,13 @@ class LocalWorkshop:
             order.cache_key,
             self.engine.cache_ttl_s,
             deadlines.current(),
+            order.version,
+        )
+
+    def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:
+        trace = request.trace_id
+        return self.engine.store.journal(
+            meme_id, request.correlation or trace, trace, self.engine.on_store
         )
 
     def stages(self, maker: MemeMaker) -> LocalParallelStages:

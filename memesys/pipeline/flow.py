@@ -153,6 +153,21 @@ class Stages(Protocol):
     ) -> tuple[dict[str, Verdict], Scores | None]: ...
 
 
+class Observer(Protocol):
+    """Hears of a meme's steps as each ends (the maker's journal and speculative picture):
+    ``drafted`` the first caption, ``judged`` a draft's verdicts and its scores (None when the
+    verdicts refused it) in round ``round`` (0: the first draft), ``rewritten`` round
+    ``round``'s caption."""
+
+    def drafted(self, caption: Caption) -> None: ...
+
+    def judged(
+        self, round: int, verdicts: Mapping[str, Verdict], scores: Scores | None
+    ) -> None: ...
+
+    def rewritten(self, round: int, caption: Caption) -> None: ...
+
+
 async def run_pipeline(
     stages: Stages,
     topic: str,
@@ -161,11 +176,11 @@ async def run_pipeline(
     audience: str | None = None,
     seed: int = 0,
     policy: RefinePolicy = RefinePolicy(),
-    drafted: Callable[[Caption], None] | None = None,
+    observer: Observer | None = None,
     fuse: bool = False,
 ) -> PipelineResult:
-    """One meme through every stage; ``drafted`` hears of the first caption as soon as it is
-    written (the engines start its picture then, while it is judged); ``fuse``: select and
+    """One meme through every stage; ``observer`` hears of each step as it ends (the engines
+    start the first caption's picture while it is judged); ``fuse``: select and
     write in one call ("select_write") unless the request names its format. Raises Refused
     when the first draft may not be served (decide), UnknownFormat/CaptionError on a bad
     request or unusable model output, and DSPy's LMError when a stage other than a verifier
@@ -195,14 +210,17 @@ async def run_pipeline(
             "write",
             lambda h: write_texts(h, topic, choice, style, audience, seed, stages.program),
         )
-    if drafted is not None:
-        drafted(caption)
+    if observer is not None:
+        observer.drafted(caption)
     draft = Draft.from_caption(caption, topic, style, audience, seed)
     verdicts, raw = await stages.judge(draft, "")
+    scores = None if raw is None else apply_verdicts(raw, verdicts)
+    if observer is not None:
+        observer.judged(0, verdicts, scores)
     decision = decide(verdicts)
     decision.enforce()
-    assert raw is not None  # judge scores every draft it does not refuse
-    best = Judged(caption, draft, verdicts, decision, apply_verdicts(raw, verdicts))
+    assert scores is not None  # judge scores every draft it does not refuse
+    best = Judged(caption, draft, verdicts, decision, scores)
     rounds: list[Round] = []
     skipped: str | None = None
     while should_refine(best.scores.overall, rounds[-1] if rounds else None, policy):
@@ -218,6 +236,8 @@ async def run_pipeline(
                 lambda h: refine(h, kept.draft, critique, stages.program),  # noqa: B023 (called at once)
             )
             refined = replace(refined, reason=caption.reason)
+            if observer is not None:
+                observer.rewritten(n, refined)
             draft = kept.draft.with_texts(refined.texts)
             verdicts, raw = await stages.judge(draft, f"_{n}")
         except LMError as exc:
@@ -227,13 +247,15 @@ async def run_pipeline(
             break  # no send time for it before the deadline: the best so far ships
         decision = decide(verdicts)
         statuses = {name: v.status for name, v in verdicts.items()}
+        scores = None if raw is None else apply_verdicts(raw, verdicts)
+        if observer is not None:
+            observer.judged(n, verdicts, scores)
         if decision.refusal is not None:
             rounds.append(
                 Round(n, refined.texts, 0.0, statuses, -kept.scores.overall, decision.refusal)
             )
             continue  # should_refine stops after a refused round
-        assert raw is not None  # judge scores every draft it does not refuse
-        scores = apply_verdicts(raw, verdicts)
+        assert scores is not None  # judge scores every draft it does not refuse
         rounds.append(
             Round(n, refined.texts, scores.overall, statuses, scores.overall - kept.scores.overall)
         )

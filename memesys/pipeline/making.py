@@ -18,13 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dspy.utils.exceptions import LMError
 
 from memesys.config import LLMConfig, PipelineConfig
+from memesys.domain.events import (
+    CAPTION_WRITTEN,
+    FAILED,
+    FORMAT_CHOSEN,
+    REFINED,
+    RENDERED,
+    REQUESTED,
+    SCORED,
+    VERDICT,
+    Journal,
+)
 from memesys.domain.formats import UnknownFormat, get_format
 from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RenderMeme
@@ -41,20 +52,22 @@ from memesys.pipeline.predict import OutputError
 from memesys.pipeline.program import LoadedProgram, load_configured
 from memesys.pipeline.record import build_meme, cache_key
 from memesys.pipeline.refinement import RefinePolicy
+from memesys.pipeline.scoring import Scores
+from memesys.pipeline.verification import Verdict
 from memesys.pipeline.writing import Caption
 
 SEQUENTIAL = "sequential"
 
-CaptionHook = Callable[[Caption], None]
-
 
 @dataclass(frozen=True)
 class SaveMeme:
-    """A finished meme and its PNG, to be saved together (with its cache entry unless None)."""
+    """A finished meme and its PNG, to be saved together (with its cache entry unless None)
+    as its ``completed`` event."""
 
     meme: dict[str, Any]
     png: bytes = field(repr=False)  # ~100 KB: never in a log line or a traceback
     cache_key: str | None = None
+    version: int = 0  # the meme's events its journal appended: its ``completed`` comes next
 
 
 class Workshop(Protocol):
@@ -72,6 +85,10 @@ class Workshop(Protocol):
     async def render(self, order: RenderMeme) -> bytes: ...
 
     async def save(self, order: SaveMeme) -> str: ...
+
+    def journal(self, meme_id: str, request: GenerateMeme) -> Journal:
+        """Where the meme's progress events go, in order (the event log)."""
+        ...
 
 
 def render_order(caption: Caption, seed: int) -> RenderMeme:
@@ -122,6 +139,59 @@ class Speculation:
         if self.task is not None:
             self.task.add_done_callback(_swallow)
         self.task = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The pipeline's observer for one meme: each step as an event in its journal, and the
+    first caption's picture started (``speculation``; None in ``sequential`` mode)."""
+
+    journal: Journal
+    speculation: Speculation | None
+
+    def drafted(self, caption: Caption) -> None:
+        self.journal.record(FORMAT_CHOSEN, {"format": caption.format, "reason": caption.reason})
+        self.journal.record(
+            CAPTION_WRITTEN,
+            {"format": caption.format, "slots": len(caption.texts)},
+            {"texts": list(caption.texts)},
+        )
+        if self.speculation is not None:
+            self.speculation.start(caption)
+
+    def judged(self, round: int, verdicts: Mapping[str, Verdict], scores: Scores | None) -> None:
+        for name, verdict in verdicts.items():
+            self.journal.record(
+                VERDICT,
+                {
+                    "round": round,
+                    "verifier": name,
+                    "status": verdict.status,
+                    "confidence": verdict.confidence,
+                },
+                {"reasons": list(verdict.reasons)},
+            )
+        if scores is not None:
+            numbers = {
+                "round": round,
+                "humor": scores.humor,
+                "clarity": scores.clarity,
+                "creativity": scores.creativity,
+                "shareability": scores.shareability,
+                "overall": scores.overall,
+            }
+            self.journal.record(SCORED, numbers, {"critique": scores.critique})
+
+    def rewritten(self, round: int, caption: Caption) -> None:
+        self.journal.record(REFINED, {"round": round}, {"texts": list(caption.texts)})
+
+
+def _failure_code(exc: BaseException) -> str:
+    """The contract code a failed meme's event records."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"  # its request's deadline, or the client went away
+    code = getattr(exc, "code", None)
+    return str(getattr(code, "value", code) or ErrorCode.INTERNAL.value)
 
 
 def _swallow(task: asyncio.Future[bytes]) -> None:
@@ -209,33 +279,51 @@ class MemeMaker:
             self.task_backlog_s if request.background else self.backlog_s,
             request.background,
         )
+        meme_id = new_id()
+        journal = workshop.journal(meme_id, request)
+        journal.record(
+            REQUESTED,
+            {
+                "format": request.format,
+                "seed": request.seed,
+                "fresh": request.fresh,
+                "background": request.background,
+                "engine": self.engine,
+                "mode": self.mode,
+            },
+            {"topic": request.topic, "style": request.style, "audience": request.audience},
+        )
         speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
+        progress = Progress(journal, None if self.mode == SEQUENTIAL else speculation)
         try:
             with reservations.holding(booked):
-                result, judge_ms = await self._pipeline(
-                    request, workshop, None if self.mode == SEQUENTIAL else speculation.start
-                )
+                result, judge_ms = await self._pipeline(request, workshop, progress)
             lap("pipeline")
             png = await speculation.picture_for(result.caption)
             lap("render")
+            journal.record(RENDERED, {"bytes": len(png)})
+        except BaseException as exc:
+            journal.record(FAILED, {"code": _failure_code(exc)}, {"message": str(exc)})
+            raise
         finally:
             speculation.discard()
         timings.update(result.timings, **judge_ms)
         timings["pipeline_total"] = timings.pop("total")
         fmt = get_format(result.caption.format)
         meme = build_meme(
-            new_id(), request, fmt, result, self.mode, timings, self.program.provider, self.engine
+            meme_id, request, fmt, result, self.mode, timings, self.program.provider, self.engine
         )
-        await workshop.save(SaveMeme(meme, png, None if request.fresh else key))
+        version = await journal.settled()
+        await workshop.save(SaveMeme(meme, png, None if request.fresh else key, version))
         lap("store")
         timings["total"] = (time.perf_counter() - began) * 1000
         return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}
 
     async def _pipeline(
-        self, request: GenerateMeme, workshop: Workshop, drafted: CaptionHook | None
+        self, request: GenerateMeme, workshop: Workshop, progress: Progress
     ) -> tuple[PipelineResult, dict[str, float]]:
-        """The stages of one meme and the judging group's timings; ``drafted`` hears of the
-        first caption as soon as it is written (None: no speculation)."""
+        """The stages of one meme and the judging group's timings; ``progress`` hears of each
+        step as it ends."""
         fields = (
             request.topic,
             request.format,
@@ -247,9 +335,9 @@ class MemeMaker:
         try:
             if self.mode == SEQUENTIAL:
                 local = LocalStages(self.handle_for, program=self.program.program)
-                return await run_pipeline(local, *fields), {}
+                return await run_pipeline(local, *fields, observer=progress), {}
             stages = workshop.stages(self)
-            result = await run_pipeline(stages, *fields, drafted=drafted, fuse=self.fuse)
+            result = await run_pipeline(stages, *fields, observer=progress, fuse=self.fuse)
             return result, stages.judge_ms
         except Refused as exc:
             raise MemeFailed(exc.code, str(exc)) from exc

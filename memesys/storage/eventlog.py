@@ -32,19 +32,11 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
+from memesys.domain.events import SCHEMA_VERSION
 from memesys.storage.errors import StoreError
 
-SCHEMA_VERSION = 1
 ANY_VERSION = -1
 """Append whatever the entity's version (an event that cannot conflict, e.g. a cache entry)."""
-
-# The event types a meme's stream holds (docs/architecture.md, "The event log").
-REQUESTED = "requested"
-COMPLETED = "completed"
-CACHED = "cached"
-FAILED = "failed"
-ERASED = "erased"
-EXPIRED = "expired"
 
 # The writes a projection may run inside the append script; nothing else reaches Redis that way.
 PROJECTION_COMMANDS = frozenset({"SET", "DEL", "ZADD", "ZREM", "SADD", "SREM", "EXPIRE", "PEXPIRE"})
@@ -55,14 +47,19 @@ local expected = tonumber(ARGV[1])
 if expected >= 0 and version ~= expected then
   return {0, version}
 end
-local nfields = tonumber(ARGV[3])
-local fields = {}
-for i = 1, nfields do fields[i] = ARGV[3 + i] end
--- the global stream's new id is above every id of every entity stream (each holds a subset);
--- it holds where the event is, not the event (one copy of each event in Redis's memory)
-local id = redis.call('XADD', KEYS[2], '*', 'entity', ARGV[2], 'seq', version + 1)
-redis.call('XADD', KEYS[1], id, unpack(fields))
-local i = 4 + nfields
+local i, ids = 4, {}
+for e = 1, tonumber(ARGV[3]) do
+  local nfields = tonumber(ARGV[i])
+  local fields = {}
+  for f = 1, nfields do fields[f] = ARGV[i + f] end
+  i = i + nfields + 1
+  version = version + 1
+  -- the global stream's new id is above every id of every entity stream (each holds a
+  -- subset); it holds where the event is, not the event (one copy of each event in memory)
+  local id = redis.call('XADD', KEYS[2], '*', 'entity', ARGV[2], 'seq', version)
+  redis.call('XADD', KEYS[1], id, unpack(fields))
+  ids[e] = id
+end
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local cmd = {}
@@ -70,7 +67,7 @@ while i <= #ARGV do
   redis.call(unpack(cmd))
   i = i + n + 1
 end
-return {1, version + 1, id}
+return {1, version, ids}
 """
 
 
@@ -148,7 +145,15 @@ class EventLog:
     ) -> Recorded:
         """Append ``event`` if its entity is at version ``expected`` (ANY_VERSION: whatever it
         is), and run ``writes`` (the projection) in the same script; VersionConflict if not."""
-        return self.outcome(event, expected, self._append(*self._call(event, expected, writes)))
+        return self.append_all([event], expected, writes)[0]
+
+    def append_all(
+        self, events: Sequence[Event], expected: int = ANY_VERSION, writes: Sequence[Write] = ()
+    ) -> list[Recorded]:
+        """Append ``events`` (of one entity, in order) as :meth:`append` appends one: all or
+        none."""
+        reply = self._append(*self._call(events, expected, writes))
+        return self.outcome(events, expected, reply)
 
     def append_in(
         self,
@@ -159,27 +164,35 @@ class EventLog:
     ) -> None:
         """Queue the append on ``pipe`` (inside a MULTI with the writer's other commands); its
         reply goes to :meth:`outcome`."""
-        keys, args = self._call(event, expected, writes)
+        keys, args = self._call([event], expected, writes)
         self._append(keys, args, client=pipe)
 
-    def outcome(self, event: Event, expected: int, reply: Any) -> Recorded:
-        """The appended event from the script's reply; VersionConflict if it was refused."""
+    def outcome(self, events: Sequence[Event], expected: int, reply: Any) -> list[Recorded]:
+        """The appended events from the script's reply; VersionConflict if it was refused."""
         ok, version, *rest = cast(list[Any], reply)
         if not ok:
-            raise VersionConflict(event.entity, expected, int(version))
-        return Recorded(rest[0].decode(), int(version), event)
+            raise VersionConflict(events[0].entity, expected, int(version))
+        first = int(version) - len(events) + 1
+        return [
+            Recorded(sid.decode(), first + n, event)
+            for n, (sid, event) in enumerate(zip(rest[0], events))
+        ]
 
     def _call(
-        self, event: Event, expected: int, writes: Sequence[Write]
+        self, events: Sequence[Event], expected: int, writes: Sequence[Write]
     ) -> tuple[list[str], list[str | bytes | int | float]]:
-        args: list[str | bytes | int | float] = [expected, event.entity]
-        fields = event.fields()
-        args += [len(fields), *fields]
+        entity = events[0].entity
+        if any(event.entity != entity for event in events):
+            raise ValueError("one append holds the events of one entity")
+        args: list[str | bytes | int | float] = [expected, entity, len(events)]
+        for event in events:
+            fields = event.fields()
+            args += [len(fields), *fields]
         for write in writes:
             if str(write[0]).upper() not in PROJECTION_COMMANDS:
                 raise ValueError(f"not a projection write: {write[0]!r}")
             args += [len(write), *write]
-        return [self.stream(event.entity), self.all], args
+        return [self.stream(entity), self.all], args
 
     def version(self, entity: str) -> int:
         return self._r.xlen(self.stream(entity))

@@ -33,12 +33,14 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
+from memesys.domain.events import CACHED, COMPLETED, ERASED
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability, availability_for
 from memesys.storage.connection import connect
 from memesys.storage.errors import StoreDown, StoreError, TooLate
-from memesys.storage.eventlog import CACHED, COMPLETED, ERASED, Event, EventLog, VersionConflict
+from memesys.storage.eventlog import Event, EventLog, VersionConflict
+from memesys.storage.journal import MemeJournal, Runner, in_thread
 from memesys.storage.projections import Keys, meme_entity, writes
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import (
@@ -194,9 +196,20 @@ class MemeStore:
         )
         return None
 
-    def save(self, meme: dict[str, Any], png: bytes) -> None:
-        """Record the meme's ``completed`` event (its record sealed) and, in the same script, its
-        projection (record, index entry) and PNG: no reader sees half a meme."""
+    def journal(
+        self, meme_id: str, correlation: str, trace: str, run: Runner[object] = in_thread
+    ) -> MemeJournal:
+        """The journal of a meme about to be made: its progress events, appended in order."""
+        return MemeJournal(self.sealer, self._append, meme_id, correlation, trace, run)
+
+    def _append(self, events: list[Event], expected: int, writes: list[Any]) -> None:
+        with self._guard(f"recording the events of {events[0].entity}"):
+            self.log.append_all(events, expected, writes)
+
+    def save(self, meme: dict[str, Any], png: bytes, version: int = 0) -> None:
+        """Record the meme's ``completed`` event (its record sealed) after the ``version``
+        events its journal appended and, in the same script, its projection (record, index
+        entry) and PNG: no reader sees half a meme."""
         meme_id = meme.get("id")
         created_at = meme.get("created_at")
         if not isinstance(meme_id, str) or not valid_id(meme_id):
@@ -225,7 +238,7 @@ class MemeStore:
             )
             projection = writes(self.keys, event, lambda: {"record": record})
             try:
-                self.log.append(event, 0, [*projection, ("SET", self._png_key(meme_id), png)])
+                self.log.append(event, version, [*projection, ("SET", self._png_key(meme_id), png)])
             except VersionConflict:
                 if not self._r.exists(self._meme_key(meme_id)):
                     raise
@@ -238,17 +251,18 @@ class MemeStore:
         cache_key: str | None,
         cache_ttl_s: int,
         not_after: float | None = None,
+        version: int = 0,
     ) -> str:
-        """Save a meme just made, and cache it under ``cache_key`` unless that is None (a
-        fresh meme); returns its id. Past ``not_after`` (the request's wall-clock deadline)
-        nothing is saved (:class:`TooLate`): the thread that saves may start late, and the
-        client has had its 504 by then."""
+        """Save a meme just made (after the ``version`` events its journal appended), and cache
+        it under ``cache_key`` unless that is None (a fresh meme); returns its id. Past
+        ``not_after`` (the request's wall-clock deadline) nothing is saved (:class:`TooLate`):
+        the thread that saves may start late, and the client has had its 504 by then."""
         if not_after is not None and time.time() >= not_after:
             raise TooLate(
                 f"meme {meme['id']}: its request's deadline passed before the save; "
                 "it was not saved"
             )
-        self.save(meme, png)
+        self.save(meme, png, version)
         meme_id: str = meme["id"]
         if cache_key:
             self.cache_put(cache_key, meme_id, cache_ttl_s)

@@ -17,15 +17,8 @@ from typing import Any
 
 import redis
 
-from memesys.storage.eventlog import (
-    CACHED,
-    COMPLETED,
-    ERASED,
-    EXPIRED,
-    Event,
-    EventLog,
-    Write,
-)
+from memesys.domain.events import CACHED, COMPLETED, ERASED, EXPIRED
+from memesys.storage.eventlog import Event, EventLog, Write
 from memesys.storage.sealing import Sealer, Shredded
 
 

@@ -43,7 +43,7 @@ class Sealer:
         name = self.key_name(entity)
         if create:
             pipe = self._r.pipeline(transaction=True)
-            pipe.set(name, AESGCM.generate_key(bit_length=256), nx=True)
+            pipe.set(name, self.new_key(), nx=True)
             pipe.get(name)
             key = cast(bytes | None, pipe.execute()[1])
         else:
@@ -52,14 +52,20 @@ class Sealer:
             raise Shredded(f"{entity}: its key was erased")
         return key
 
-    def seal(self, entity: str, personal: Mapping[str, Any]) -> bytes:
-        """``personal`` as compact JSON, encrypted with the entity's key (made on first use)."""
+    def seal(self, entity: str, personal: Mapping[str, Any], key: bytes | None = None) -> bytes:
+        """``personal`` sealed with the entity's key: ``key`` when the caller holds it (a new
+        entity's, from :meth:`new_key`, written with its first events), else the one in Redis
+        (made on first use)."""
         nonce = os.urandom(_NONCE)
         plain = zlib.compress(
             json.dumps(personal, separators=(",", ":"), ensure_ascii=False).encode()
         )
-        aead = AESGCM(self._key(entity, create=True))
+        aead = AESGCM(key if key is not None else self._key(entity, create=True))
         return nonce + aead.encrypt(nonce, plain, entity.encode())
+
+    @staticmethod
+    def new_key() -> bytes:
+        return AESGCM.generate_key(bit_length=256)
 
     def open(self, entity: str, sealed: bytes) -> dict[str, Any]:
         """The personal fields ``seal`` sealed; Shredded once the entity's key is erased."""

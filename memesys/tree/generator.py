@@ -49,6 +49,7 @@ from memesys.pipeline.making import MemeMaker, SaveMeme
 from memesys.pipeline.placements import ParallelStages
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import VERIFIERS, Verdict
+from memesys.storage.journal import MemeJournal
 from memesys.storage.memes import MemeStore
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.llmcalls import request_failed
@@ -198,7 +199,12 @@ class TreeWorkshop:
             order.cache_key,
             self.worker.args.cache_ttl_s,
             deadlines.current(),
+            order.version,
         )
+
+    def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:
+        trace = request.trace_id
+        return self.worker.store.journal(meme_id, request.correlation or trace, trace)
 
     def stages(self, maker: MemeMaker) -> PoolStages:
         # A verifier call may queue behind others in the pool: give it the stage bound plus a

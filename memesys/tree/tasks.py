@@ -130,7 +130,8 @@ class TaskLedger(BaseActor):
             return
         cid = new_correlation_id()
         self.leases[cid] = running
-        order = GenerateMeme(**{**task["request"], "background": True})  # after people's memes
+        # after people's memes; its events carry the task's id
+        order = GenerateMeme(**{**task["request"], "background": True, "correlation": task["id"]})
         self.send(self.runner, Request(RunTask(task["id"], order), cid))
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:

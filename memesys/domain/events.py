@@ -1,0 +1,39 @@
+"""The event types of a meme's life, as the event log records them (one vocabulary for the
+pipeline that reports them and the store that appends and projects them).
+
+Personal fields (topic, style, audience, texts, reasons, critique, a failure's message) are
+always given apart from the public ones: the log seals them with the meme's own key
+(:mod:`memesys.storage.sealing`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+# data: format, seed, fresh, background, engine, mode; personal: topic, style, audience
+REQUESTED = "requested"
+FORMAT_CHOSEN = "format_chosen"  # data: format, reason
+CAPTION_WRITTEN = "caption_written"  # data: format, slots; personal: texts
+VERDICT = "verdict"  # data: round, verifier, status, confidence; personal: reasons
+SCORED = "scored"  # data: round, the four scores, overall; personal: critique
+REFINED = "refined"  # data: round; personal: texts
+RENDERED = "rendered"  # data: bytes
+COMPLETED = "completed"  # data: id, created_at, format; personal: record (the served meme)
+FAILED = "failed"  # data: code; personal: message
+CACHED = "cached"  # data: meme, cache (the entry key's digest), expires_at
+ERASED = "erased"  # data: id, caches (the digests of the entries it dropped)
+EXPIRED = "expired"  # data: id, caches (retention: as erased)
+
+SCHEMA_VERSION = 1
+
+
+class Journal(Protocol):
+    """Where a meme's maker reports its events, in order, as they happen. ``record`` never
+    blocks the pipeline; ``settled`` waits for every recorded event to be appended and answers
+    the meme's version (the events appended), which its ``completed`` event expects."""
+
+    def record(
+        self, type: str, data: Mapping[str, Any], personal: Mapping[str, Any] | None = None
+    ) -> None: ...
+
+    async def settled(self) -> int: ...

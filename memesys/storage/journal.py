@@ -1,0 +1,98 @@
+"""A meme's progress events, appended to the event log as its maker reports them.
+
+The maker's event loop must not wait on Redis for each stage, so :meth:`MemeJournal.record`
+seals the event and queues it; one append at a time runs in a thread (``run``) and takes every
+event queued meanwhile in one script call, at the version the journal has reached (so the
+meme's stream holds its events in order, and a writer that raced it would be refused). The
+meme's key is made here and written by its first append (the sealing needs no round trip).
+
+An append that fails (Redis away) is logged once; the meme goes on: its ``completed`` event,
+written with the record by the store, expects the version the journal reached, so the log
+stays consistent, only with fewer progress events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import redis
+
+from memesys.storage.errors import StoreError
+from memesys.storage.eventlog import Event
+from memesys.storage.projections import meme_entity
+from memesys.storage.sealing import Sealer
+
+log = logging.getLogger("memesys.storage.journal")
+
+T = TypeVar("T")
+Runner = Callable[[Callable[[], T]], Awaitable[T]]
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    return await asyncio.to_thread(fn)
+
+
+class MemeJournal:
+    """The events of meme ``meme_id`` (correlation: the request's or task's id; ``trace``: the
+    meme's trace id), appended through ``append`` (the store's guarded append)."""
+
+    def __init__(
+        self,
+        sealer: Sealer,
+        append: Callable[[list[Event], int, list[Any]], object],
+        meme_id: str,
+        correlation: str,
+        trace: str,
+        run: Runner[object] = in_thread,
+    ) -> None:
+        self.entity = meme_entity(meme_id)
+        self._sealer, self._append, self._run = sealer, append, run
+        self.correlation, self.trace = correlation, trace
+        self._key = sealer.new_key()
+        self._queued: list[Event] = []
+        self._recorded = 0  # events recorded (queued or appended): the next one's cause
+        self.version = 0  # events appended
+        self._flushing: asyncio.Future[None] | None = None
+        self._failed = False
+
+    def record(
+        self, type: str, data: Mapping[str, Any], personal: Mapping[str, Any] | None = None
+    ) -> None:
+        sealed = self._sealer.seal(self.entity, personal, self._key) if personal else b""
+        cause = f"{self.entity}#{self._recorded}" if self._recorded else "request"
+        self._recorded += 1
+        self._queued.append(
+            Event(type, self.entity, dict(data), self.correlation, cause, self.trace, sealed)
+        )
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        while self._queued and not self._failed:
+            batch, self._queued = self._queued, []
+            key = [("SET", self._sealer.key_name(self.entity), self._key, "NX")]
+            call = functools.partial(
+                self._append, batch, self.version, key if not self.version else []
+            )
+            try:
+                await self._run(call)
+            except (StoreError, redis.RedisError, OSError) as exc:
+                self._failed = True
+                log.warning(
+                    "%s: %d progress events not appended to the event log (%s); the meme goes on",
+                    self.entity,
+                    len(batch) + len(self._queued),
+                    exc,
+                )
+                return
+            self.version += len(batch)
+
+    async def settled(self) -> int:
+        """Wait for every recorded event's append; the meme's version (events appended)."""
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        return self.version
