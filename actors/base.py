@@ -10,12 +10,11 @@ supervisor restarts it in a fresh process with fresh state.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
+import multiprocessing
 import os
 import signal
-import sys
 import time
 import traceback
 from collections import deque
@@ -30,6 +29,7 @@ from thespian.actors import (
 )
 
 from actors.deadlines import expired
+from actors.lifeline import die_with_parent
 from actors.messages import (
     Batch,
     Failure,
@@ -51,23 +51,6 @@ from actors.messages import (
 )
 
 log = logging.getLogger("actors")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies.
-
-    Thespian forks every actor from its parent actor; when a supervisor is SIGKILLed its
-    children would otherwise live on as orphans that even survive ``ActorSystem.shutdown()``.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    if os.getppid() == 1:  # the parent died between fork and prctl
-        os._exit(1)
 
 
 @dataclass(frozen=True)
@@ -117,7 +100,11 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        die_with_parent()
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.pid is not None:  # in a process of its own
+            # SIGKILL with the parent: the children of a SIGKILLed supervisor would otherwise
+            # live on as orphans that even survive ActorSystem.shutdown().
+            die_with_parent(parent.pid, signal.SIGKILL)
         self.name: str = self.__class__.__name__
         self.admin_port: int = 0
         self.parent: ActorAddress | None = None

@@ -4,6 +4,11 @@ Thespian's admin and actors bind 0.0.0.0 and unpickle whatever arrives. :func:`h
 (from :mod:`actors.thespian_adapter`, where every use of Thespian internals lives) makes every
 socket bind one configured host (loopback by default) before the system starts; actor
 processes are forked from the starter, so they inherit it.
+
+A system lives no longer than the process that started it: :func:`start_system` hands the
+admin a pidfd on the starter (:mod:`actors.lifeline`), and when the starter ends, however it
+ends, the admin kills itself, its logger and every actor. The next start finds the admin port
+free.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import psutil
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors.base import BaseActor
+from actors.lifeline import lifeline
 from actors.messages import (
     Failure,
     FailureCode,
@@ -34,6 +40,7 @@ from actors.messages import (
 )
 from actors.spec import ChildSpec
 from actors.thespian_adapter import (
+    follow_starter,
     harden_bind,  # re-exported: actors.system.harden_bind
 )
 
@@ -85,13 +92,25 @@ def admin_running(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> b
 
 
 def start_system(cfg: SystemConfig) -> ActorSystem:
-    """Start a new system owning ``cfg.admin_port``; refuse to join a running one."""
+    """Start a new system owning ``cfg.admin_port``, to end with this process; refuse to join
+    a running one."""
     if admin_running(cfg.admin_port, cfg.bind_host):
         raise SystemAlreadyRunning(
             f"an actor system already listens on admin port {cfg.admin_port}"
         )
     harden_bind(cfg.bind_host)
-    asys = ActorSystem(BASE, {"Admin Port": cfg.admin_port}, logDefs=logging_config(cfg.log_level))
+    starter = lifeline()
+    if starter is None:
+        log.warning("no pidfd here: the actor system will outlive this process if it is killed")
+    follow_starter(starter)  # the admin forked next inherits the pidfd and watches it
+    try:
+        asys = ActorSystem(
+            BASE, {"Admin Port": cfg.admin_port}, logDefs=logging_config(cfg.log_level)
+        )
+    finally:
+        follow_starter(None)
+        if starter is not None:
+            os.close(starter)
     _reap_launcher(cfg.admin_port)
     return asys
 

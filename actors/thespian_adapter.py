@@ -44,6 +44,18 @@ private code for them. Each is pinned to that version: re-check them on any Thes
    formatted only if a log line is written, and then as :func:`describe`'s bounded text.
    Applied when this module is imported (``actors.system`` imports it before the system
    starts, so every forked Thespian process has it); ``tests/test_render_messages.py``.
+
+5. :func:`follow_starter` -- the admin ends with the process that started the system, and takes
+   the tree with it. Thespian's admin runs ``MultiProcAdmin.run`` (its main loop) in a process
+   double-forked from the starter (``startAdmin`` in ``system/multiprocCommon.py``: ``setsid``,
+   ``fork``, the middle process exits), so no parent-death signal can tie it to the starter.
+   ``run`` is replaced (at import, in every future fork) by a version that first watches the
+   starter's pidfd (:func:`actors.lifeline.on_end`), inherited from the starter; when the
+   starter ends, the admin SIGKILLs its own process group: itself, its logger and every actor
+   (``setsid`` made that group, and actors are forked into it). A process an actor starts in
+   a session of its own is outside the group: the actor ties it to itself
+   (:func:`actors.lifeline.die_with_parent`). Applied at import;
+   ``tests/test_runtime_lifeline.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,7 +71,10 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorSystem
 from thespian.system import transport as thespian_transport  # (4) internal: identify()
+from thespian.system.multiprocCommon import MultiProcAdmin  # (5) internal: the admin's loop
 from thespian.system.transport import IPBase  # (1) internal: the bind address
+
+from actors.lifeline import on_end
 
 _TRANSMIT_SLICE = datetime.timedelta(seconds=0.5)
 
@@ -228,3 +244,39 @@ def cheap_message_descriptions() -> None:
 
 
 cheap_message_descriptions()
+
+
+# --- (5) the admin follows the starter ------------------------------------------------------
+
+# The starter's pidfd and process group while it starts a system (None otherwise); a fork
+# inherits both, so the admin Thespian double-forks from the starter finds them here.
+_starter: tuple[int, int] | None = None
+_thespian_admin_run = MultiProcAdmin.run
+
+
+def follow_starter(pidfd: int | None) -> None:
+    """(5) Let an admin forked from this process from now on end with the process of
+    ``pidfd`` (this one: :func:`actors.lifeline.lifeline`); None: no longer."""
+    global _starter
+    _starter = None if pidfd is None else (pidfd, os.getpgrp())
+
+
+def _run_admin(self: Any) -> Any:
+    """Thespian's admin loop, once the starter is watched."""
+    if _starter is not None:
+        pidfd, starter_group = _starter
+        on_end(pidfd, lambda: _end_tree(starter_group))
+    return _thespian_admin_run(self)
+
+
+def _end_tree(starter_group: int) -> None:
+    """SIGKILL this admin's process group (the admin, its logger, every actor); never a group
+    the starter was in (should a Thespian not ``setsid`` its admin: then the admin alone)."""
+    group = os.getpgrp()
+    if group == starter_group:
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        os.killpg(group, signal.SIGKILL)
+
+
+MultiProcAdmin.run = _run_admin

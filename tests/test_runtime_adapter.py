@@ -26,6 +26,7 @@ INTERNALS = {
     "IPBase",
     "IPActorAddress",
     "TransmitTrack",
+    "MultiProcAdmin",
 }
 MODULES = sorted(Path(actors.__file__).parent.glob("*.py"))
 
@@ -84,6 +85,8 @@ def test_the_adapter_holds_the_internals_and_explains_them() -> None:
         "_systemBase",
         "_tx_to_actor",
         "_run_transport",
+        "follow_starter",
+        "MultiProcAdmin.run",
     ):
         assert name in doc, f"the adapter's docstring does not explain {name}"
     # the hardening keeps its documented name (docs/security.md: actors.system.harden_bind)

@@ -1,8 +1,11 @@
 """The daemon: embedded or real Redis, the actor system and its tree, then the gateway.
 
-Order matters: the actor system is started (Thespian forks its admin from this process)
-before the event loop or any thread exists, and after dspy and Pillow are imported so every
-actor inherits them copy-on-write instead of importing them again.
+Order matters: the data directory's lock is taken first (:mod:`memesys.cli.data_lock`: one
+daemon per data directory; what a dead one left is cleared), then the actor system is started
+(Thespian forks its admin from this process, and every actor inherits the lock) before the
+event loop or any thread exists, and after dspy and Pillow are imported so every actor
+inherits them copy-on-write instead of importing them again. The system ends with this
+process, however it ends (:mod:`actors.lifeline`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import memesys.render.image  # noqa: F401
 from actors.bridge import Bridge, Directory
 from actors.spec import shutdown_budget
 from actors.system import (
+    SystemAlreadyRunning,
     SystemConfig,
     reap,
     session_id,
@@ -35,6 +39,7 @@ from actors.system import (
     start_system,
 )
 from memesys.cli.cache_reader import CacheReader
+from memesys.cli.data_lock import DataDirLock, StartRefused
 from memesys.cli.watchdog import SystemWatch
 from memesys.config import Config, ConfigError, load_layers
 from memesys.config.capacity import Capacities, uses_inprocess
@@ -92,13 +97,22 @@ class Daemon:
         """Redis, then the actor system and the whole tree; raises if any part fails."""
         data_dir = Path(self.cfg.system.data_dir).resolve()
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_lock = DataDirLock(data_dir)
+        self.data_lock.acquire(self.system_cfg.admin_port)
         # The URL is fixed before the tree starts; the embedded server (if no REDIS_URL) is
         # started by the tree's first child, which restarts it if it dies.
         self.redis_url, self.embedded_redis, redis_server = plan_redis(
             self.cfg.redis.url, str(data_dir / "redis"), self.cfg.redis.hang_timeout_s
         )
         started = time.perf_counter()
-        self.asys = start_system(self.system_cfg)
+        try:
+            self.asys = start_system(self.system_cfg)
+        except SystemAlreadyRunning as exc:
+            raise StartRefused(
+                f"{exc}, and it is no leftover of this data directory's daemon: if it is a "
+                f"memesys daemon, stop it with `memesys-admin --admin-port "
+                f"{self.system_cfg.admin_port} shutdown`, or give this one another --admin-port"
+            ) from None
         self.sid = session_id(self.system_cfg.admin_port)
         try:
             spec = root_spec(self.cfg, self.redis_url, redis_server)
@@ -143,6 +157,7 @@ class Daemon:
         if self.embedded_redis is not None:  # its owner stopped it, unless it was killed
             self.embedded_redis.stop_stale()
             self.embedded_redis.release()
+        self.data_lock.release()
 
     async def serve(self) -> None:
         """Serve until SIGTERM/SIGINT (an ordered stop: in-flight requests finish) or until
@@ -261,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(cfg)
     try:
         daemon.start_actors()
+    except StartRefused as exc:
+        print(f"memesys: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -77,7 +78,9 @@ class EmbeddedRedis:
     RDB plus AOF (fsync every second) so a daemon restart, or even a crash, keeps the memes.
 
     The server runs in its own session so a Ctrl-C sent to the daemon's process group cannot
-    kill it before the daemon has shut down in order and saved.
+    kill it before the daemon has shut down in order and saved. ``preexec`` runs in the
+    server's process between fork and exec: the owner in the daemon's tree ties the server's
+    life to its own there (``memesys.tree.redis_server``).
     """
 
     def __init__(
@@ -85,9 +88,11 @@ class EmbeddedRedis:
         data_dir: str,
         start_timeout_s: float = _START_TIMEOUT_S,
         socket_path: str | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.start_timeout_s = start_timeout_s
+        self.preexec = preexec
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_path: Path | None = None
         # A socket path chosen by someone else (plan()): used on every start, never removed.
@@ -210,6 +215,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=self.preexec,
         )
         self._socket_path = socket_path
         try:

@@ -12,6 +12,11 @@ rest of the tree is not restarted: the actors that use Redis ride the outage out
 A server that stops answering (SIGSTOP, a hang) is killed and restarted the same way after
 ``redis.hang_timeout_s`` without an answer to ``PING`` (0 disables this check).
 
+The server ends with its owner: it gets SIGTERM (it saves and exits) when the owner's process
+ends, however it ends (``PR_SET_PDEATHSIG``): an owner killed outright, or the whole tree taken
+down with a daemon that was (:mod:`actors.lifeline`), leaves no server behind. A server the
+owner finds on the data directory all the same (one of an older daemon) is stopped first.
+
 Every transition is a WARNING: died (how), started again (what was found), not answering
 (how long), killed. With a configured ``REDIS_URL`` there is no such child: the daemon does not
 own that server.
@@ -19,7 +24,10 @@ own that server.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +35,7 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest, WakeupMessage
 
 from actors.base import BaseActor
+from actors.lifeline import die_with_parent
 from memesys.storage.connection import EmbeddedRedis
 
 log = logging.getLogger("memesys.tree.redis_server")
@@ -50,7 +59,10 @@ class RedisServer(BaseActor):
     def on_start(self, args: RedisServerArgs) -> None:
         self.args = args
         self.server = EmbeddedRedis(
-            args.data_dir, args.start_timeout_s, socket_path=args.socket_path
+            args.data_dir,
+            args.start_timeout_s,
+            socket_path=args.socket_path,
+            preexec=functools.partial(die_with_parent, os.getpid(), signal.SIGTERM),
         )
         started = time.monotonic()
         self.server.start()

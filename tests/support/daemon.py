@@ -3,6 +3,7 @@ tests read of it: its supervision tree, its tasks, its Redis."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -94,6 +95,13 @@ class DaemonProcess:
             + self.log_text()
         )
 
+    def again(self) -> DaemonProcess:
+        """The same command (ports, data directory, environment) as a new, unstarted process:
+        what a process manager runs to restart the daemon."""
+        again = copy.copy(self)
+        again.proc, again.sid = None, None
+        return again
+
     def log_text(self) -> str:
         return (self.data_dir / f"daemon-{self.port}.log").read_text(errors="replace")[-4000:]
 
@@ -140,11 +148,13 @@ class DaemonProcess:
         """SIGTERM, wait, and return what is left running (must be empty)."""
         if self.proc is None:
             return []
-        try:
-            children = psutil.Process(self.proc.pid).children(recursive=True)
-            self.proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            children = []
+        children = []
+        if self.proc.poll() is None:  # an exited daemon's pid may be another process's now
+            try:
+                children = psutil.Process(self.proc.pid).children(recursive=True)
+                self.proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
         try:
             self.proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
