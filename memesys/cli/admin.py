@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--admin-port", type=int, help="actor-system admin port")
     parser.add_argument("--config", help="the daemon's TOML override file")
+    parser.add_argument(
+        "--data-dir", help="replay: the daemon's data directory (its embedded Redis's socket)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("command", choices=["status", "ping", "restart", "shutdown", "replay"])
     parser.add_argument(
@@ -166,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "restart" and not args.name:
         parser.error("restart needs the NAME (path) of a child, e.g. generator/worker-0")
     try:
-        cfg = load(args.config, overrides={("system", "admin_port"): args.admin_port})
+        overrides = {
+            ("system", "admin_port"): args.admin_port,
+            ("system", "data_dir"): args.data_dir,
+        }
+        cfg = load(args.config, overrides=overrides)
     except (ConfigError, OSError) as exc:
         print(f"memesys-admin: configuration error: {exc}", file=sys.stderr)
         return 2

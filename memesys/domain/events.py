@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 # data: format, seed, fresh, background, engine, mode; personal: topic, style, audience
 REQUESTED = "requested"
-FORMAT_CHOSEN = "format_chosen"  # data: format, reason
+FORMAT_CHOSEN = "format_chosen"  # data: format; personal: reason (it may quote the topic)
 CAPTION_WRITTEN = "caption_written"  # data: format, slots; personal: texts
 VERDICT = "verdict"  # data: round, verifier, status, confidence; personal: reasons
 SCORED = "scored"  # data: round, the four scores, overall; personal: critique

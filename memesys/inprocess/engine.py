@@ -165,6 +165,7 @@ class LocalWorkshop:
             self.engine.cache_ttl_s,
             deadlines.current(),
             order.version,
+            order.correlation,
         )
 
     def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:

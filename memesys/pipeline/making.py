@@ -68,6 +68,7 @@ class SaveMeme:
     png: bytes = field(repr=False)  # ~100 KB: never in a log line or a traceback
     cache_key: str | None = None
     version: int = 0  # the meme's events its journal appended: its ``completed`` comes next
+    correlation: str = ""  # the request's or task's id its events carry
 
 
 class Workshop(Protocol):
@@ -150,7 +151,8 @@ class Progress:
     speculation: Speculation | None
 
     def drafted(self, caption: Caption) -> None:
-        self.journal.record(FORMAT_CHOSEN, {"format": caption.format, "reason": caption.reason})
+        # the reason may quote the topic: personal
+        self.journal.record(FORMAT_CHOSEN, {"format": caption.format}, {"reason": caption.reason})
         self.journal.record(
             CAPTION_WRITTEN,
             {"format": caption.format, "slots": len(caption.texts)},
@@ -314,7 +316,10 @@ class MemeMaker:
             meme_id, request, fmt, result, self.mode, timings, self.program.provider, self.engine
         )
         version = await journal.settled()
-        await workshop.save(SaveMeme(meme, png, None if request.fresh else key, version))
+        correlation = request.correlation or request.trace_id
+        await workshop.save(
+            SaveMeme(meme, png, None if request.fresh else key, version, correlation)
+        )
         lap("store")
         timings["total"] = (time.perf_counter() - began) * 1000
         return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}

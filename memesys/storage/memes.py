@@ -206,7 +206,9 @@ class MemeStore:
         with self._guard(f"recording the events of {events[0].entity}"):
             self.log.append_all(events, expected, writes)
 
-    def save(self, meme: dict[str, Any], png: bytes, version: int = 0) -> None:
+    def save(
+        self, meme: dict[str, Any], png: bytes, version: int = 0, correlation: str = ""
+    ) -> None:
         """Record the meme's ``completed`` event (its record sealed) after the ``version``
         events its journal appended and, in the same script, its projection (record, index
         entry) and PNG: no reader sees half a meme."""
@@ -231,7 +233,7 @@ class MemeStore:
                 COMPLETED,
                 entity,
                 {"id": meme_id, "created_at": float(created_at), "format": meme.get("format")},
-                correlation=trace,
+                correlation=correlation or trace,
                 cause="request",
                 trace=trace,
                 sealed=self.sealer.seal(entity, {"record": record}),
@@ -252,6 +254,7 @@ class MemeStore:
         cache_ttl_s: int,
         not_after: float | None = None,
         version: int = 0,
+        correlation: str = "",
     ) -> str:
         """Save a meme just made (after the ``version`` events its journal appended), and cache
         it under ``cache_key`` unless that is None (a fresh meme); returns its id. Past
@@ -262,10 +265,11 @@ class MemeStore:
                 f"meme {meme['id']}: its request's deadline passed before the save; "
                 "it was not saved"
             )
-        self.save(meme, png, version)
+        self.save(meme, png, version, correlation)
         meme_id: str = meme["id"]
         if cache_key:
-            self.cache_put(cache_key, meme_id, cache_ttl_s)
+            trace = str(meme.get("trace_id") or "")
+            self.cache_put(cache_key, meme_id, cache_ttl_s, correlation or trace, trace)
         return meme_id
 
     def get(self, meme_id: str) -> dict[str, Any] | None:
@@ -372,8 +376,11 @@ class MemeStore:
         record, png, _, indexed, copies = replies[:5]
         return bool(record or png or indexed or copies)
 
-    def cache_put(self, key: str, meme_id: str, ttl_s: int) -> None:
-        """Remember meme_id for key for ttl_s seconds; a no-op if the meme no longer exists.
+    def cache_put(
+        self, key: str, meme_id: str, ttl_s: int, correlation: str = "", trace: str = ""
+    ) -> None:
+        """Remember meme_id for key for ttl_s seconds (a ``cached`` event of the meme, carrying
+        ``correlation`` and ``trace``); a no-op if the meme no longer exists.
 
         Keeps {p}:cachedby:{id} in step (and expiring no earlier than its entries) so delete
         can find every cache entry; a key re-pointed to another meme leaves the old set.
@@ -400,7 +407,8 @@ class MemeStore:
             if old_id is not None and old_id != meme_id and valid_id(old_id):
                 pipe.srem(self._cachedby_key(old_id), cache_key)
             data = {"meme": meme_id, "cache": digest, "expires_at": time.time() + ttl_s}
-            self.log.append_in(pipe, Event(CACHED, meme_entity(meme_id), data, "", "cache", ""))
+            event = Event(CACHED, meme_entity(meme_id), data, correlation, "cache", trace)
+            self.log.append_in(pipe, event)
 
         with self._guard(f"caching meme {meme_id}"):
             self._r.transaction(put, meme_key, cache_key, cachedby)

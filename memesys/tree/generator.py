@@ -200,6 +200,7 @@ class TreeWorkshop:
             self.worker.args.cache_ttl_s,
             deadlines.current(),
             order.version,
+            order.correlation,
         )
 
     def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:
