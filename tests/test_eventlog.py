@@ -8,6 +8,7 @@ import threading
 import pytest
 import redis
 
+from memesys.domain.events import EXPIRED
 from memesys.storage.errors import StoreError
 from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConflict
 from memesys.storage.memes import MemeStore
@@ -133,3 +134,19 @@ def test_a_retried_save_is_recorded_once(client: redis.Redis, prefix: str) -> No
     store.save(meme("once", 1.0), PNG)
     store.save(meme("once", 1.0), PNG)  # its first reply lost: the retry finds it written
     assert [r.event.type for r in store.log.history("meme:once")] == ["completed"]
+
+
+def test_retention_expires_the_oldest_as_events_replay_keeps_them_gone(
+    client: redis.Redis, prefix: str
+) -> None:
+    store = MemeStore(client, prefix)
+    for n in range(5):
+        store.save(meme(f"r{n}", 100.0 + n), PNG)
+    assert store.older_than(102.0, 10) == ("r0", "r1")
+    assert store.older_than(104.5, 2) == ("r0", "r1")  # oldest first, a bounded batch
+    assert all(store.delete(i, EXPIRED) for i in store.older_than(102.0, 10))
+    assert store.older_than(102.0, 10) == ()
+    assert [r.event.type for r in store.log.history("meme:r0")] == ["completed", "expired"]
+    client.delete(*outside_the_log(client, prefix))
+    rebuild(client, prefix)
+    assert [m["id"] for m in store.list()[0]] == ["r4", "r3", "r2"]

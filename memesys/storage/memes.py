@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import redis
@@ -339,9 +339,10 @@ class MemeStore:
         more = len(entries) > limit
         return memes, _encode_cursor(page[-1][1], page[-1][0]) if more else None
 
-    def delete(self, meme_id: str) -> bool:
+    def delete(self, meme_id: str, why: str = ERASED) -> bool:
         """Erase the meme everywhere, incl. cache entries pointing to it and quarantined copies
-        of its record or PNG; True if any of it existed."""
+        of its record or PNG, as an ``erased`` event (``why``: EXPIRED for retention); True if
+        any of it existed."""
         if not valid_id(meme_id):
             return False
         cachedby = self._cachedby_key(meme_id)
@@ -365,7 +366,7 @@ class MemeStore:
             )
             if logged:  # an id the log never saw (a client's guess) adds nothing to it
                 digests = [cast(bytes, k).decode().rsplit(":", 1)[1] for k in pointing]
-                event = Event(ERASED, entity, {"id": meme_id, "caches": digests}, "", "erasure", "")
+                event = Event(why, entity, {"id": meme_id, "caches": digests}, "", why, "")
                 # the same deletes again, as the event's projection: what a rebuild runs
                 self.log.append_in(pipe, event, writes=writes(self.keys, event, dict))
                 pipe.delete(self.sealer.key_name(entity))  # crypto-shredding: the key goes
@@ -375,6 +376,16 @@ class MemeStore:
             replies = cast(list[int], self._r.transaction(erase, cachedby))
         record, png, _, indexed, copies = replies[:5]
         return bool(record or png or indexed or copies)
+
+    def older_than(self, cutoff: float, limit: int) -> tuple[str, ...]:
+        """The ids of up to ``limit`` memes made before ``cutoff`` (Unix seconds), oldest
+        first: what retention expires next."""
+        with self._guard("listing memes past retention"):
+            ids = cast(
+                Sequence[bytes],
+                self._r.zrangebyscore(self._index, "-inf", f"({cutoff!r}", 0, limit),
+            )
+        return tuple(i.decode(errors="replace") for i in ids)
 
     def cache_put(
         self, key: str, meme_id: str, ttl_s: int, correlation: str = "", trace: str = ""
