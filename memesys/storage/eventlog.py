@@ -4,8 +4,9 @@
 Keys, all under ``{p}:events:`` (the one namespace a rebuild keeps):
 
 * ``{p}:events:{entity}``   one stream per entity (``meme:<id>``); its length is its version
-* ``{p}:events:all``        every event's entity and version, in append order, under the same
-                            stream id as the event in its entity's stream (the replay's order)
+* ``{p}:events:all``        every event's entity, version and type, in append order, under the
+                            same stream id as the event in its entity's stream (the replay's
+                            order; a replay reads only the events of the types it projects)
 * ``{p}:events:key:{entity}`` the entity's sealing key (:mod:`memesys.storage.sealing`):
                             beside the log, not in it, so erasure can destroy it
 
@@ -13,7 +14,7 @@ An entry's fields: ``type``, ``v`` (schema version), ``at`` (Unix seconds), ``tr
 meme's trace id), ``corr`` (correlation: the request or task id), ``cause`` (the id of the
 event or request that caused it), ``data`` (compact JSON, never personal) and ``sealed``
 (the personal fields, encrypted with the entity's key; empty when there are none). The global
-stream's entries are ``entity`` and ``seq`` (the version the append made).
+stream's entries are ``entity``, ``seq`` (the version the append made) and ``type``.
 
 :data:`APPEND` appends, in one script, to the entity's stream and to the global one if the
 entity is at the version the writer expects (optimistic concurrency: a writer that lost a race
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -56,7 +57,7 @@ for e = 1, tonumber(ARGV[3]) do
   version = version + 1
   -- the global stream's new id is above every id of every entity stream (each holds a
   -- subset); it holds where the event is, not the event (one copy of each event in memory)
-  local id = redis.call('XADD', KEYS[2], '*', 'entity', ARGV[2], 'seq', version)
+  local id = redis.call('XADD', KEYS[2], '*', 'entity', ARGV[2], 'seq', version, 'type', fields[2])
   redis.call('XADD', KEYS[1], id, unpack(fields))
   ids[e] = id
 end
@@ -202,15 +203,23 @@ class EventLog:
         entries = cast(list[Any], self._r.xrange(self.stream(entity)))
         return [_recorded(entity, n, sid, raw) for n, (sid, raw) in enumerate(entries, 1)]
 
-    def replay(self, after: str = "0-0", batch: int = 500) -> Iterator[Recorded]:
-        """Every event of every entity after stream id ``after``, in append order."""
+    def replay(
+        self, after: str = "0-0", batch: int = 500, types: Collection[str] | None = None
+    ) -> Iterator[Recorded]:
+        """Every event of every entity after stream id ``after``, in append order (only those
+        of ``types``, read from their streams; None: all)."""
         start = "-" if after == "0-0" else f"({after}"
         while True:
             entries = cast(list[Any], self._r.xrange(self.all, start, "+", count=batch))
+            wanted = [
+                (sid, where)
+                for sid, where in entries
+                if types is None or where.get(b"type", b"").decode() in types
+            ]
             pipe = self._r.pipeline(transaction=False)
-            for sid, where in entries:
+            for sid, where in wanted:
                 pipe.xrange(self.stream(where[b"entity"].decode()), sid, sid)
-            for (sid, where), found in zip(entries, pipe.execute() if entries else []):
+            for (sid, where), found in zip(wanted, pipe.execute() if wanted else []):
                 if found:  # an entity's stream deleted by hand leaves its pointers behind
                     entity = where[b"entity"].decode()
                     yield _recorded(entity, int(where[b"seq"]), sid, found[0][1])

@@ -49,6 +49,10 @@ def meme_entity(meme_id: str) -> str:
     return f"meme:{meme_id}"
 
 
+PROJECTED = frozenset({COMPLETED, CACHED, ERASED, EXPIRED})
+"""The event types that write projections (the pipeline's progress events write none)."""
+
+
 def writes(
     keys: Keys, event: Event, personal: Callable[[], dict[str, Any]], now: float | None = None
 ) -> list[Write]:
@@ -83,6 +87,9 @@ def writes(
 
 @dataclass(frozen=True)
 class Rebuilt:
+    """A replay's counts: the events it read (of the types that project), those it projected,
+    those of erased memes it skipped (their records no longer open), and its time."""
+
     events: int
     projected: int
     shredded: int
@@ -90,13 +97,13 @@ class Rebuilt:
 
 
 def rebuild(client: redis.Redis, prefix: str, batch: int = 500) -> Rebuilt:
-    """Replay every event of the log under ``prefix`` into the projections, in append order.
-    Idempotent: projections that exist are overwritten with the same values."""
+    """Replay every event of the log under ``prefix`` that projects into the projections, in
+    append order. Idempotent: projections that exist are overwritten with the same values."""
     began = time.perf_counter()
     log, sealer, keys = EventLog(client, prefix), Sealer(client, prefix), Keys(prefix)
     events = projected = shredded = 0
     pipe = client.pipeline(transaction=False)
-    for recorded in log.replay(batch=batch):
+    for recorded in log.replay(batch=batch, types=PROJECTED):
         events += 1
         event = recorded.event
         try:
