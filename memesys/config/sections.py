@@ -116,6 +116,11 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    durability: str = field(metadata=one_of("fsync", "memory"))
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     model: str
     select_model: str
@@ -166,5 +171,6 @@ class Config:
     pipeline: PipelineConfig
     tasks: TasksConfig
     redis: RedisConfig
+    storage: StorageConfig
     llm: LLMConfig
     render: RenderConfig

