@@ -96,7 +96,7 @@ class Daemon:
         # The URL is fixed before the tree starts; the embedded server (if no REDIS_URL) is
         # started by the tree's first child, which restarts it if it dies.
         self.redis_url, self.embedded_redis, redis_server = plan_redis(
-            self.cfg.redis, self.cfg.storage.durability, str(data_dir / "redis")
+            self.cfg.redis, self.cfg.storage.durability, self.cfg.embedded_redis_dir
         )
         if self.embedded_redis is None:  # not ours to configure: say what a 201 means on it
             report_durability(self.redis_url, self.cfg.storage.durability)

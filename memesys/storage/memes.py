@@ -35,7 +35,12 @@ from redis.client import Pipeline
 
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
-from memesys.storage.availability import AlwaysUp, Availability, availability_for
+from memesys.storage.availability import (
+    AlwaysUp,
+    Availability,
+    availability_for,
+    write_probe,
+)
 from memesys.storage.connection import connect
 from memesys.storage.errors import StoreDown, StoreError, TooLate
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
@@ -101,12 +106,14 @@ class MemeStore:
         quarantine_ttl_s: int,
         backoff_initial_s: float,
         backoff_max_s: float,
+        disk: str = "",
     ) -> MemeStore:
         """The store as each user of Redis (an actor, the in-process engine, the gateway's
         cache reader) wires it: a client of its own on ``url``, the user's own up/down view
-        (named ``user`` in its log lines) and the quarantine. :meth:`close` closes the client."""
+        (named ``user`` in its log lines; ``disk``: the embedded server's data directory) and
+        the quarantine. :meth:`close` closes the client."""
         client = connect(url)
-        availability = availability_for(url, user, backoff_initial_s, backoff_max_s)
+        availability = availability_for(url, user, prefix, backoff_initial_s, backoff_max_s, disk)
         return cls(client, prefix, availability, Quarantine(client, prefix, quarantine_ttl_s))
 
     @property
@@ -135,18 +142,20 @@ class MemeStore:
         return f"{self._p}:cache:{hashlib.sha256(key.encode()).hexdigest()}"
 
     @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        with self.availability.guard(what):
+    def _guard(self, what: str, write: bool = False) -> Iterator[None]:
+        with self.availability.guard(what, write):
             yield
 
     def answers(self) -> bool:
-        """Whether Redis answers now, asked with a PING as an operation (a failure marks it
-        down, so the next requests fail fast): before spending tokens on a fresh meme. Never
-        raises. A health report that must answer within its own bound is
+        """Whether Redis answers now and accepts writes, asked with a write that changes
+        nothing (:func:`~memesys.storage.availability.write_probe`) as an operation (a failure
+        marks it down, so the next requests fail fast): before spending tokens on a fresh
+        meme. Never raises. A health report that must answer within its own bound is
         ``availability.health()``."""
         try:
-            with self._guard("pinging"):
-                return bool(self._r.ping())
+            with self._guard("checking that it accepts writes", write=True):
+                write_probe(self._r, self._p)
+            return True
         except StoreError:
             return False
 
@@ -204,7 +213,7 @@ class MemeStore:
         if problem is not None:  # never write what a reader would quarantine
             raise ValueError(f"meme {meme_id}: {problem}")
         record = json.dumps(meme, separators=(",", ":"), ensure_ascii=False).encode()
-        with self._guard(f"saving meme {meme_id}"):
+        with self._guard(f"saving meme {meme_id}", write=True):
             pipe = self._r.pipeline(transaction=True)
             pipe.set(self._meme_key(meme_id), record)
             pipe.set(self._png_key(meme_id), png)
@@ -325,7 +334,7 @@ class MemeStore:
                 self.quarantine.key_of("meme", meme_id), self.quarantine.key_of("png", meme_id)
             )
 
-        with self._guard(f"deleting meme {meme_id}"):
+        with self._guard(f"deleting meme {meme_id}", write=True):
             record, png, _, indexed, copies = cast(list[int], self._r.transaction(erase, cachedby))
         return bool(record or png or indexed or copies)
 
