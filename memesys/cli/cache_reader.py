@@ -75,6 +75,7 @@ class CacheReader:
             settings.quarantine_ttl_s,
             settings.retry_backoff_initial_s,
             settings.retry_backoff_max_s,
+            cfg.embedded_redis_dir,
         )
         return cls(store, key, redis_url, owns_store=True)
 

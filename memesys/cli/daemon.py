@@ -50,6 +50,7 @@ from memesys.http.engines import Split, TreeEngine
 from memesys.inprocess.engine import InProcessEngine
 from memesys.llm.metrics import reader as llm_metrics_reader
 from memesys.pipeline.program import ProgramError, load_configured
+from memesys.storage.durability import report as report_durability
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -102,8 +103,10 @@ class Daemon:
         # The URL is fixed before the tree starts; the embedded server (if no REDIS_URL) is
         # started by the tree's first child, which restarts it if it dies.
         self.redis_url, self.embedded_redis, redis_server = plan_redis(
-            self.cfg.redis.url, str(data_dir / "redis"), self.cfg.redis.hang_timeout_s
+            self.cfg.redis, self.cfg.storage.durability, self.cfg.embedded_redis_dir
         )
+        if self.embedded_redis is None:  # not ours to configure: say what a 201 means on it
+            report_durability(self.redis_url, self.cfg.storage.durability)
         started = time.perf_counter()
         try:
             self.asys = start_system(self.system_cfg)

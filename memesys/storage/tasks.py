@@ -65,15 +65,15 @@ class TaskStore:
         return f"{self._p}:tasks:open"
 
     @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        with self.availability.guard(what):
+    def _guard(self, what: str, write: bool = False) -> Iterator[None]:
+        with self.availability.guard(what, write):
             yield
 
     def put(self, task: dict[str, Any]) -> None:
         """Write the whole record; open tasks are indexed, finished ones leave the index; a
         succeeded task is findable from its meme (``taskof``)."""
         task = {**task, "updated_at": time.time()}
-        with self._guard(f"saving task {task['id']}"):
+        with self._guard(f"saving task {task['id']}", write=True):
             pipe = self._r.pipeline(transaction=True)
             pipe.set(self._key(task["id"]), _dumps(task), ex=self._ttl)
             if task["status"] in OPEN_STATES:
@@ -113,7 +113,9 @@ class TaskStore:
                 key,
                 value_from_callable=True,
             )
-            return bool(written)
+        if written:  # a write went through (one refused would have raised)
+            self.availability.accepted()
+        return bool(written)
 
     def _decoded(self, task_id: str, reader: redis.Redis) -> dict[str, Any] | None:
         """The record via ``reader`` (the client or a watching pipeline), or None if missing;

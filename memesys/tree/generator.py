@@ -72,6 +72,7 @@ class GeneratorArgs:
     quarantine_ttl_s: int = 7 * 24 * 3600
     retry_initial_s: float = 0.05  # Redis down: probe it back with this backoff
     retry_max_s: float = 0.5
+    redis_disk: str = ""  # the embedded server's data directory (Config.embedded_redis_dir)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class GeneratorWorker(AsyncActor):
             args.quarantine_ttl_s,
             args.retry_initial_s,
             args.retry_max_s,
+            args.redis_disk,
         )
 
     def on_stop(self) -> None:

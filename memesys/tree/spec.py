@@ -87,6 +87,7 @@ def root_spec(
 
     tasks = cfg.tasks
     redis = cfg.redis
+    disk = cfg.embedded_redis_dir
     task_args = TaskArgs(
         redis_url,
         cfg.redis.key_prefix,
@@ -97,6 +98,7 @@ def root_spec(
         redis.quarantine_ttl_s,
         redis.retry_backoff_initial_s,
         redis.retry_backoff_max_s,
+        disk,
     )
 
     capacity = Capacities.of(cfg)
@@ -131,6 +133,7 @@ def root_spec(
                 redis.quarantine_ttl_s,
                 redis.retry_backoff_initial_s,
                 redis.retry_backoff_max_s,
+                disk,
             ),
             capacity.store_per_sender,
         ),
@@ -171,6 +174,7 @@ def root_spec(
                 quarantine_ttl_s=redis.quarantine_ttl_s,
                 retry_initial_s=redis.retry_backoff_initial_s,
                 retry_max_s=redis.retry_backoff_max_s,
+                redis_disk=disk,
             ),
             capacity.per_generator,
         ),

@@ -8,8 +8,9 @@ until a probe (spaced by ``redis.retry_backoff_initial_s`` .. ``_max_s``) finds 
 answers ``store_error`` at once instead of waiting out a socket timeout per request
 (:mod:`memesys.storage.availability`); a new process would not bring Redis back any sooner.
 A health check (``StoreHealth``, for /readyz and /metrics) probes Redis on the short-timeout
-client, so even a frozen Redis is reported ``down`` within the check's bound; it only reports
-(:meth:`~memesys.storage.availability.Availability.health`).
+client with a write that changes nothing, so even a frozen Redis is reported ``down`` within
+the check's bound, and one that refuses writes (a full disk) is told from one that cannot be
+reached; it only reports (:meth:`~memesys.storage.availability.Availability.health`).
 A poison record is quarantined by the store and treated as absent. A forged page cursor
 answers ``invalid_field``; any other exception is a server fault and crashes the worker (the
 client sees ``worker_lost``).
@@ -53,6 +54,7 @@ class StoreArgs:
     quarantine_ttl_s: int = 7 * 24 * 3600
     retry_initial_s: float = 0.05
     retry_max_s: float = 0.5
+    redis_disk: str = ""  # the embedded server's data directory (Config.embedded_redis_dir)
 
 
 @contextmanager
@@ -75,6 +77,7 @@ class StoreWorker(BaseActor):
             args.quarantine_ttl_s,
             args.retry_initial_s,
             args.retry_max_s,
+            args.redis_disk,
         )
         self.availability = self.store.availability
         self.tasks = TaskStore(

@@ -64,6 +64,7 @@ class TaskArgs:
     quarantine_ttl_s: int = 7 * 24 * 3600
     retry_initial_s: float = 0.05
     retry_max_s: float = 0.5
+    redis_disk: str = ""  # the embedded server's data directory (Config.embedded_redis_dir)
 
 
 class TaskLedger(BaseActor):
@@ -71,7 +72,12 @@ class TaskLedger(BaseActor):
         client = connect(args.redis_url)
         self.client = client
         self.availability = availability_for(
-            args.redis_url, "task ledger", args.retry_initial_s, args.retry_max_s
+            args.redis_url,
+            "task ledger",
+            args.key_prefix,
+            args.retry_initial_s,
+            args.retry_max_s,
+            args.redis_disk,
         )
         self.tasks = TaskStore(
             client,
@@ -86,6 +92,7 @@ class TaskLedger(BaseActor):
         self.unsaved: dict[str, Task] = {}
         self.resync = False  # lease the open tasks from Redis once it answers
         self.flush_armed = False
+        self.stalled = False  # a write failed and was logged; cleared by a complete flush
 
     def on_stop(self) -> None:
         self.client.close()
@@ -207,8 +214,10 @@ class TaskLedger(BaseActor):
             self._store_failed(exc)
 
     def _store_failed(self, exc: StoreError) -> None:
-        """Redis could not be used: remember to resync, and probe it again after backoff."""
-        if not self.resync:
+        """Redis could not be used (down, or refusing writes): remember to resync, and try
+        again after backoff; logged once until a flush completes."""
+        if not self.stalled:
+            self.stalled = True
             log.warning(
                 "task ledger: %s; keeping %d outcome(s) and %d lease(s), retrying with backoff",
                 exc,
@@ -238,6 +247,8 @@ class TaskLedger(BaseActor):
                         self._lease(task)
         except StoreError as exc:
             self._store_failed(exc)
+        else:
+            self.stalled = self.resync  # every outcome written and every lease taken
 
 
 class TaskRunner(AsyncActor):

@@ -31,10 +31,15 @@ STOP_TIMEOUT_S = 30.0
 
 
 class DaemonProcess:
-    """One daemon; ``REDIS_URL`` comes from ``MEMESYS_TEST_REDIS_URL`` (else embedded Redis)."""
+    """One daemon; ``REDIS_URL`` comes from ``MEMESYS_TEST_REDIS_URL`` (else embedded Redis).
+    Its output goes to ``log_dir`` (default: ``data_dir``; elsewhere when the test fills the
+    data disk)."""
 
-    def __init__(self, data_dir: Path, extra_env: dict | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, extra_env: dict | None = None, log_dir: Path | None = None
+    ) -> None:
         self.data_dir = data_dir
+        self.log_dir = log_dir or data_dir
         self.port = free_port()
         self.admin_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,7 +63,7 @@ class DaemonProcess:
         self.sid: int | None = None
 
     def start(self) -> DaemonProcess:
-        self.log = open(self.data_dir / f"daemon-{self.port}.log", "ab")
+        self.log = open(self.log_dir / f"daemon-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -103,7 +108,10 @@ class DaemonProcess:
         return again
 
     def log_text(self) -> str:
-        return (self.data_dir / f"daemon-{self.port}.log").read_text(errors="replace")[-4000:]
+        return self.full_log()[-4000:]
+
+    def full_log(self) -> str:
+        return (self.log_dir / f"daemon-{self.port}.log").read_text(errors="replace")
 
     def request(
         self,
