@@ -11,6 +11,7 @@ defaults are the file's); each may have metadata (``field(metadata=...)``):
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def bounded(lo: float | None = None, hi: float | None = None) -> dict[str, object]:
@@ -116,6 +117,11 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    image_dir: str  # empty: <system.data_dir>/images
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     model: str
     select_model: str
@@ -166,5 +172,12 @@ class Config:
     pipeline: PipelineConfig
     tasks: TasksConfig
     redis: RedisConfig
+    storage: StorageConfig
     llm: LLMConfig
     render: RenderConfig
+
+    @property
+    def image_dir(self) -> str:
+        """Where the PNGs live, absolute: ``[storage] image_dir``, else ``images`` under the
+        data directory."""
+        return str(Path(self.storage.image_dir or Path(self.system.data_dir) / "images").resolve())

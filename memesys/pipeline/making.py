@@ -224,7 +224,15 @@ class MemeMaker:
         timings["pipeline_total"] = timings.pop("total")
         fmt = get_format(result.caption.format)
         meme = build_meme(
-            new_id(), request, fmt, result, self.mode, timings, self.program.provider, self.engine
+            new_id(),
+            request,
+            fmt,
+            result,
+            png,
+            self.mode,
+            timings,
+            self.program.provider,
+            self.engine,
         )
         await workshop.save(SaveMeme(meme, png, None if request.fresh else key))
         lap("store")
