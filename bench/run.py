@@ -784,7 +784,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("bench.run: a thread exists before the actor system starts")
     # Restart intensity would escalate the 20+ kills of table 2 to the root; it is a policy,
     # not a cost, so the in-process tree allows many restarts. Everything else is default.
-    cfg = load_config(overrides={("supervision", "max_restarts"): 10_000})
+    cfg = load_config(
+        overrides={
+            ("supervision", "max_restarts"): 10_000,
+            ("storage", "image_dir"): str(workdir / "images"),
+        }
+    )
     admin_port = free_port()
     with contextlib.ExitStack() as cleanup:
         note(f"work dir {workdir}; starting redis and the actor system on admin port {admin_port}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 from memesys.cli.cache_reader import CacheReader
 from memesys.config import Config, load_layers
@@ -24,8 +25,8 @@ def test_the_in_process_engine_is_built_only_when_it_makes_memes() -> None:
     assert uses_inprocess(config(MEMESYS_SYSTEM_AB_SPLIT="0.5"))
 
 
-def test_a_reader_of_its_own_finds_what_a_maker_cached(redis: str) -> None:
-    cfg = config()
+def test_a_reader_of_its_own_finds_what_a_maker_cached(redis: str, tmp_path: Path) -> None:
+    cfg = config(MEMESYS_STORAGE_IMAGE_DIR=str(tmp_path / "images"))
     order = GenerateMeme("reader coffee", seed=2, trace_id="t1")
 
     async def scenario() -> None:

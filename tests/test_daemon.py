@@ -192,6 +192,7 @@ def test_memes_survive_a_daemon_restart(tmp_path):
     first = DaemonProcess(tmp_path).start()
     try:
         meme = make_meme(first, "persistence", fresh=True)
+        png = first.request("GET", meme["image_url"])[2]
     finally:
         assert first.stop() == []
     second = DaemonProcess(tmp_path)
@@ -201,7 +202,9 @@ def test_memes_survive_a_daemon_restart(tmp_path):
     try:
         status, stored = second.json("GET", f"/v1/memes/{meme['id']}")
         assert status == 200 and stored["top_text"] == meme["top_text"]
-        assert second.request("GET", meme["image_url"])[0] == 200
+        status, headers, again = second.request("GET", meme["image_url"])
+        assert status == 200 and again == png  # byte-identical, from its file
+        assert headers["ETag"] == f'"{meme["image"]["sha256"]}"'
     finally:
         assert second.stop() == []
 

@@ -18,6 +18,7 @@ import redis
 
 from memesys.storage.tasks import TaskStore
 from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
+from tests.support.redis_server import values_under
 
 pytestmark = pytest.mark.store
 
@@ -76,30 +77,6 @@ def test_scrub_erases_a_quarantined_copy_of_the_task(
     assert tasks.get("t1")["status"] == "failed"  # quarantined: its copy holds the topic
     assert tasks.scrub_meme("m1") == "t1"
     assert not client.exists(f"{prefix}:quarantine:task:t1")
-
-
-def values_under(r: redis.Redis, prefix: str, but: str | None = None) -> bytes:
-    """Everything stored under the prefix (except keys under ``but``), as one blob, whatever
-    the key types."""
-    blob = []
-    for key in r.scan_iter(match=f"{prefix}:*", count=500):
-        if but is not None and key.decode().startswith(but):
-            continue
-        kind = r.type(key)
-        if kind == b"string":
-            blob.append(r.get(key) or b"")
-        elif kind == b"set":
-            blob += list(r.smembers(key))
-        elif kind == b"zset":
-            blob += [m for m, _ in r.zrange(key, 0, -1, withscores=True)]
-        elif kind == b"list":
-            blob += r.lrange(key, 0, -1)
-        elif kind == b"hash":
-            blob += [k + v for k, v in r.hgetall(key).items()]
-        elif kind == b"stream":
-            blob += [k + v for _, entry in r.xrange(key) for k, v in entry.items()]
-        blob.append(key)
-    return b"\n".join(blob)
 
 
 @pytest.mark.slow

@@ -220,8 +220,8 @@ def test_the_store_worker_answers_a_forged_cursor_but_crashes_on_its_own_fault()
     from memesys.tree.store import StoreArgs, StoreWorker
 
     worker = StoreWorker.__new__(StoreWorker)  # no actor: only its request handling
-    worker.args = StoreArgs("", "memesys", task_ttl_s=60)
-    worker.store = MemeStore(client=None)  # neither request reaches Redis
+    worker.args = StoreArgs("", "memesys", task_ttl_s=60, image_dir="")
+    worker.store = MemeStore(client=None, images=None)  # neither request reaches Redis
     with pytest.raises(RequestFailed) as answered:
         worker.handle(ListMemes(5, "forged"))
     assert answered.value.failure.code == ErrorCode.INVALID_FIELD

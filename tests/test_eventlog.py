@@ -102,8 +102,9 @@ def outside_the_log(client: redis.Redis, prefix: str) -> list[bytes]:
     ]
 
 
-def test_replay_rebuilds_every_meme_from_the_log_alone(client: redis.Redis, prefix: str) -> None:
-    store = MemeStore(client, prefix)
+def test_replay_rebuilds_every_meme_from_the_log_alone(
+    client: redis.Redis, prefix: str, store: MemeStore
+) -> None:
     memes = [meme(f"m{n}", 1000.0 + n, caption=f"Ünïcode {n} 🐸") for n in range(7)]
     for m in memes:
         store.save(m, PNG)
@@ -129,17 +130,17 @@ def test_replay_rebuilds_every_meme_from_the_log_alone(client: redis.Redis, pref
     assert {m["id"]: store.get(m["id"]) for m in memes} == before
 
 
-def test_a_retried_save_is_recorded_once(client: redis.Redis, prefix: str) -> None:
-    store = MemeStore(client, prefix)
+def test_a_retried_save_is_recorded_once(
+    client: redis.Redis, prefix: str, store: MemeStore
+) -> None:
     store.save(meme("once", 1.0), PNG)
     store.save(meme("once", 1.0), PNG)  # its first reply lost: the retry finds it written
     assert [r.event.type for r in store.log.history("meme:once")] == ["completed"]
 
 
 def test_retention_expires_the_oldest_as_events_replay_keeps_them_gone(
-    client: redis.Redis, prefix: str
+    client: redis.Redis, prefix: str, store: MemeStore
 ) -> None:
-    store = MemeStore(client, prefix)
     for n in range(5):
         store.save(meme(f"r{n}", 100.0 + n), PNG)
     assert store.older_than(102.0, 10) == ("r0", "r1")

@@ -18,6 +18,7 @@ from memesys.errors import ErrorCode
 from memesys.pipeline.making import SaveMeme
 from memesys.storage.availability import Availability
 from memesys.storage.connection import EmbeddedRedis, connect
+from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
 from memesys.tree.generator import GeneratorArgs, GeneratorWorker, TreeWorkshop
 from tests.support.records import PNG, meme
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.store
 def workshop(store: MemeStore) -> TreeWorkshop:
     cfg = load(env={})
     worker = GeneratorWorker.__new__(GeneratorWorker)  # no actor: only its Redis steps
-    worker.args = GeneratorArgs(cfg.llm, cfg.pipeline, "", cache_ttl_s=60)
+    worker.args = GeneratorArgs(cfg.llm, cfg.pipeline, "", str(store.images.root), cache_ttl_s=60)
     worker.store = store
     return TreeWorkshop(worker)
 
@@ -47,7 +48,7 @@ def test_a_meme_is_saved_with_its_cache_entry_before_the_deadline(store: MemeSto
         save_under(time.time() + 5, shop, SaveMeme(meme("m1", time.time()), PNG, "k1"))
     )
     assert saved == "m1"
-    assert store.get("m1")["topic"] == "topic m1" and store.get_png("m1") == PNG
+    assert store.get("m1")["topic"] == "topic m1" and store.image("m1").png == PNG
     assert asyncio.run(shop.cached("k1"))["id"] == "m1"
 
 
@@ -60,7 +61,8 @@ def test_a_meme_whose_deadline_passed_is_not_saved(store: MemeStore) -> None:
             save_under(time.time() - 0.01, shop, SaveMeme(meme("m2", time.time()), PNG, "k2"))
         )
     assert failed.value.failure.code == ErrorCode.TIMEOUT
-    assert store.get("m2") is None and store.get_png("m2") is None
+    assert store.get("m2") is None and store.image("m2") is None
+    assert not any(store.images.root.rglob("*.png"))  # no file left behind either
     assert asyncio.run(shop.cached("k2")) is None
 
 
@@ -69,7 +71,11 @@ def test_redis_away_is_the_requests_store_error(tmp_path: Path) -> None:
     url = server.start().url
     client = connect(url, timeout_s=0.5, retries=0)
     try:
-        shop = workshop(MemeStore(client, "memesys-test", Availability(client.ping)))
+        shop = workshop(
+            MemeStore(
+                client, ImageFiles(tmp_path / "images"), "memesys-test", Availability(client.ping)
+            )
+        )
         assert asyncio.run(shop.store_answers())
         server.stop()
         assert not asyncio.run(shop.store_answers())

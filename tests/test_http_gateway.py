@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from memesys.domain.messages import (
     GetMeme,
     GetTask,
     ListMemes,
+    MemeImage,
     MemePage,
     StoreHealth,
     SubmitTask,
@@ -34,6 +36,7 @@ from tests.support.timing import wait_for_async
 
 ADDRESS = "ActorAddr-(T|:40123)"
 PNG = b"\x89PNG\r\n\x1a\nfake"
+DIGEST = hashlib.sha256(PNG).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,14 +139,61 @@ async def test_list_memes_passes_limit_and_cursor(client, directory) -> None:
     assert directory.asked[-1][:2] == (STORE, ListMemes(2, "abc"))
 
 
+def image_of(request: GetImage) -> MemeImage:
+    """The store's answer: the digest alone when the asker holds it."""
+    held = DIGEST in request.known or "*" in request.known
+    return MemeImage(DIGEST, None if held else PNG)
+
+
 async def test_get_meme_and_its_image(client, directory) -> None:
     directory.script(GetMeme, a_meme())
-    directory.script(GetImage, PNG)
+    directory.script(GetImage, image_of)
     response = await client.get("/v1/memes/m1")
     assert response.status == 200 and (await response.json())["id"] == "m1"
     response = await client.get("/v1/memes/m1/image.png")
     assert response.status == 200 and response.content_type == "image/png"
     assert await response.read() == PNG
+    assert response.headers["ETag"] == f'"{DIGEST}"'
+    assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert directory.asked[-1][1] == GetImage("m1", ())
+
+
+@pytest.mark.parametrize(
+    "if_none_match, known",
+    [
+        (f'"{DIGEST}"', (DIGEST,)),
+        (f'W/"{DIGEST}"', (DIGEST,)),  # If-None-Match compares weakly
+        (f'"{"0" * 64}", W/"nope", "{DIGEST}"', ("0" * 64, DIGEST)),
+        (" * ", ("*",)),
+    ],
+)
+async def test_an_image_the_client_holds_is_304(client, directory, if_none_match, known) -> None:
+    directory.script(GetImage, image_of)
+    response = await client.get("/v1/memes/m1/image.png", headers={"If-None-Match": if_none_match})
+    assert response.status == 304 and await response.read() == b""
+    assert response.headers["ETag"] == f'"{DIGEST}"'
+    assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert directory.asked[-1][1] == GetImage("m1", known)
+
+
+@pytest.mark.parametrize(
+    "if_none_match", [f'"{"0" * 64}"', DIGEST, f'"{DIGEST.upper()}"', "", ",,", '"x' * 3000]
+)
+async def test_an_image_the_client_does_not_hold_is_sent(client, directory, if_none_match) -> None:
+    directory.script(GetImage, image_of)
+    response = await client.get("/v1/memes/m1/image.png", headers={"If-None-Match": if_none_match})
+    assert response.status == 200 and await response.read() == PNG
+    assert len(directory.asked[-1][1].known) <= 1  # only digests are asked about, a few
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["the image of meme m1 is missing", "the image of meme m1 was corrupt and is quarantined"],
+)
+async def test_a_lost_image_file_is_a_404_that_says_so(client, directory, message) -> None:
+    directory.script(GetImage, Failure("not_found", message))
+    body = await error_of(await client.get("/v1/memes/m1/image.png"), 404, "not_found")
+    assert body["message"] == message
 
 
 async def test_delete_meme(client, directory) -> None:

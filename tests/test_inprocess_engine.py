@@ -8,6 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,11 +43,12 @@ def run() -> Iterator:
 
 
 @pytest.fixture
-def engine_for(redis: str, run) -> Iterator:
+def engine_for(redis: str, run, tmp_path: Path) -> Iterator:
     made: list[InProcessEngine] = []
 
     def build(**env: str) -> InProcessEngine:
-        made.append(InProcessEngine(config(**env), redis))
+        images = {"MEMESYS_STORAGE_IMAGE_DIR": str(tmp_path / "images")}
+        made.append(InProcessEngine(config(**images, **env), redis))
         return made[-1]
 
     yield build
@@ -86,7 +88,7 @@ def test_a_meme_made_in_process_is_stored_and_cached_and_names_its_engine(
     assert run(reader.look_up(order)) is None
     meme = run(engine.generate(order, 30))
     assert meme["engine"] == "inprocess" and meme["cached"] is False
-    assert engine.store.get_png(meme["id"]) == picture(meme, engine.render_settings)
+    assert engine.store.image(meme["id"]).png == picture(meme, engine.render_settings)
     hit = run(reader.look_up(GenerateMeme(TOPIC.upper(), seed=3, trace_id="t2")))
     assert hit["id"] == meme["id"] and hit["cached"] is True and hit["trace_id"] == "t2"
 
@@ -99,7 +101,7 @@ def test_a_refined_caption_never_ships_the_speculative_picture(engine_for, run) 
     # The premise: refinement replaced the first caption (else this test proves nothing).
     assert meme["format"] == first["format"] and meme["texts"] != first["texts"]
     assert list(meme["refinement"][0]["texts"]) == list(meme["texts"].values())
-    shipped = refined_engine.store.get_png(meme["id"])
+    shipped = refined_engine.store.image(meme["id"]).png
     settings = refined_engine.render_settings
     assert shipped == picture(meme, settings)
     assert shipped != picture(first, settings)  # the speculative picture of the first caption
@@ -200,7 +202,7 @@ def test_a_save_that_starts_past_the_deadline_saves_nothing(engine_for, run) -> 
     past the deadline the client has had its 504, so the meme must not appear."""
     engine = engine_for()
     made = run(engine.generate(GenerateMeme(TOPIC, seed=4, fresh=True), 30))
-    png = engine.store.get_png(made["id"])
+    png = engine.store.image(made["id"]).png
 
     async def save(meme_id: str, deadline: float) -> str:
         with deadlines.serving(deadline):

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,11 +55,12 @@ def run() -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-def engine_for(redis: str, run, fake) -> Iterator[Callable[..., InProcessEngine]]:
+def engine_for(redis: str, run, fake, tmp_path: Path) -> Iterator[Callable[..., InProcessEngine]]:
     made: list[InProcessEngine] = []
 
     def build(**env: str) -> InProcessEngine:
-        made.append(InProcessEngine(config(fake, **env), redis))
+        images = {"MEMESYS_STORAGE_IMAGE_DIR": str(tmp_path / "images")}
+        made.append(InProcessEngine(config(fake, **images, **env), redis))
         return made[-1]
 
     yield build

@@ -86,13 +86,14 @@ def test_replay_brings_back_every_meme_from_the_log_alone(daemon: DaemonProcess)
     erased = made.pop()
     assert daemon.request("DELETE", f"/v1/memes/{erased['id']}")[0] == 204
     before = {m["id"]: daemon.json("GET", f"/v1/memes/{m['id']}")[1] for m in made}
+    pictures = {m["id"]: daemon.request("GET", m["image_url"])[2] for m in made}
+    assert all(png.startswith(b"\x89PNG") for png in pictures.values())
     listing = daemon.json("GET", "/v1/memes?limit=100")[1]
 
     outside = [
         k
         for k in r.scan_iter(match=f"{daemon.key_prefix}:*", count=500)
         if not k.startswith(f"{daemon.key_prefix}:events:".encode())
-        and b":png:" not in k  # PNGs are not in the log yet (issue 17, item 3)
     ]
     r.delete(*outside)
     assert daemon.json("GET", f"/v1/memes/{made[0]['id']}")[0] == 404
@@ -102,6 +103,7 @@ def test_replay_brings_back_every_meme_from_the_log_alone(daemon: DaemonProcess)
     counts = json.loads(done.stdout)
     assert counts["events"] > 0 and counts["shredded"] >= 1
     assert {m["id"]: daemon.json("GET", f"/v1/memes/{m['id']}")[1] for m in made} == before
+    assert {m["id"]: daemon.request("GET", m["image_url"])[2] for m in made} == pictures
     assert daemon.json("GET", "/v1/memes?limit=100")[1] == listing
     assert daemon.json("GET", f"/v1/memes/{erased['id']}")[0] == 404
 

@@ -44,6 +44,7 @@ from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
 from tests.support.daemon import DaemonProcess
 from tests.support.provider import KEY, fake_provider, provider_env
+from tests.support.records import PNG
 
 ROOT = Path(__file__).resolve().parent.parent
 # Refine once whatever the score: every stage runs.
@@ -365,7 +366,7 @@ def test_the_cache_key_and_the_meme_record_the_program(tmp_path: Path) -> None:
         result = run_sequential(lambda stage: handle, "coffee", seed=1, program=loaded.program)
         fmt = get_format(result.caption.format)
         return build_meme(
-            "m1", request, fmt, result, "sequential", result.timings, loaded.provider, "actors"
+            "m1", request, fmt, result, PNG, "sequential", result.timings, loaded.provider, "actors"
         )
 
     assert meme(builtin())["provider"]["program"] == {"hash": builtin().hash, "path": "builtin"}

@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from memesys.domain.images import image_ref
+from memesys.storage.images import ImageFiles
+from memesys.storage.memes import ImageLost
 from memesys.storage.quarantine import Quarantine, fingerprint
 from memesys.storage.tasks import CORRUPT_TASK_MESSAGE, TaskStore
 from tests.support.daemon import DaemonProcess, daemon_redis, restarts, tree, wait_task
-from tests.support.records import PNG, meme
+from tests.support.records import PNG, legacy_meme, meme
 from tests.support.timing import wait_for
 
 pytestmark = pytest.mark.store
@@ -88,11 +91,35 @@ def test_a_meme_key_of_the_wrong_type_is_quarantined(store, client, prefix) -> N
     assert entries(client, prefix)[0]["reason"] == "not a string key"
 
 
-@pytest.mark.parametrize("png", [b"GIF89a....", PNG[:-4], b""])
-def test_a_corrupt_png_is_quarantined_and_not_served(store, client, prefix, png) -> None:
+@pytest.mark.parametrize("png", [b"GIF89a....", PNG[:-4], b"", PNG[:-12] + PNG[-8:]])
+def test_a_corrupt_png_file_is_quarantined_and_not_served(store, prefix, caplog, png) -> None:
+    """Rotten bytes (not a PNG, truncated, empty, or a whole PNG that is not the one the record
+    names) are moved aside once: a clear 404 (ImageLost), then a missing picture."""
+    caplog.set_level(logging.WARNING, logger=QLOG)
     store.save(meme("m", 1.0), PNG)
-    client.set(f"{prefix}:png:m", png)
-    assert store.get_png("m") is None
+    store.images.meme_path("m").write_bytes(png)  # in place: the one file of those bytes
+    with pytest.raises(ImageLost, match="image of meme m was corrupt and is quarantined"):
+        store.image("m")
+    assert store.images.quarantine_path("m").read_bytes() == png
+    assert not store.images.content_path(image_ref(PNG)["sha256"]).exists()  # not reused
+    [entry] = entries(store.client, prefix)
+    assert entry["kind"] == "png" and entry["id"] == "m"
+    assert entry["moved_to"] == str(store.images.quarantine_path("m"))
+    assert store.quarantined() == {"png": 1} and len(quarantine_logs(caplog)) == 1
+    assert store.get("m") is not None  # the record itself is fine
+    with pytest.raises(ImageLost, match="image of meme m is missing"):
+        store.image("m")  # moved once, counted once
+    assert store.quarantined() == {"png": 1}
+    store.save(meme("n", 2.0), PNG)  # the same picture again is written anew
+    assert store.image("n").png == PNG
+
+
+@pytest.mark.parametrize("png", [b"GIF89a....", PNG[:-4], b""])
+def test_a_corrupt_png_kept_in_redis_is_quarantined_and_not_served(
+    store, client, prefix, png
+) -> None:
+    legacy_meme(client, prefix, "m", 1.0, png)
+    assert store.image("m") is None
     assert client.get(f"{prefix}:quarantine:png:m") == png
     assert store.get("m") is not None  # the record itself is fine
     assert store.quarantined() == {"png": 1}
@@ -232,11 +259,19 @@ def test_quarantine_entries_hold_no_content(store, client, prefix) -> None:
 
 def test_erasure_deletes_quarantined_copies(store, client, prefix) -> None:
     store.save(meme("m", 1.0), PNG)
+    store.images.meme_path("m").write_bytes(b"corrupt png")
+    with pytest.raises(ImageLost):
+        store.image("m")
     client.set(f"{prefix}:meme:m", b"corrupt")
-    client.set(f"{prefix}:png:m", b"corrupt png")
-    assert store.get("m") is None and store.get_png("m") is None
-    assert store.delete("m") is True
-    assert not client.exists(f"{prefix}:quarantine:meme:m", f"{prefix}:quarantine:png:m")
+    assert store.get("m") is None
+    legacy_meme(client, prefix, "old", 2.0, b"corrupt png")  # a PNG still kept in Redis
+    assert store.image("old") is None
+    client.set(f"{prefix}:meme:old", b"corrupt")
+    assert store.get("old") is None
+    assert len(list(client.scan_iter(match=f"{prefix}:quarantine:*:*"))) == 3
+    assert store.delete("m") is True and store.delete("old") is True
+    assert not any(client.scan_iter(match=f"{prefix}:quarantine:*:*"))
+    assert [p for p in store.images.root.rglob("*") if p.is_file()] == []
     assert store.delete("m") is False
 
 
@@ -269,7 +304,8 @@ def test_one_corrupt_record_of_every_kind_never_stops_the_daemon(tmp_path: Path)
         # One corrupt record of every kind the daemon writes.
         r.set(f"{p}:meme:{made[0]}", b"{truncated")  # a meme record that does not parse
         r.set(f"{p}:meme:{made[1]}", b"[]")  # one that parses but is no meme
-        r.set(f"{p}:png:{made[2]}", b"not a png")  # an image
+        images = ImageFiles(tmp_path / "images")
+        images.meme_path(made[2]).write_bytes(b"not a png")  # an image file
         cache_keys = {r.get(k).decode(): k for k in r.scan_iter(match=f"{p}:cache:*")}
         r.set(cache_keys[made[3]], b"!!")  # a cache entry
         r.set(f"{p}:task:{accepted['task_id']}", b"\x00\x01")  # a finished task record

@@ -25,6 +25,7 @@ from memesys.storage.connection import (
     probe_client,
     resolve,
 )
+from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore, StoreDown, StoreError
 from memesys.storage.sealing import Shredded
 from tests.support.records import PNG, meme
@@ -41,9 +42,9 @@ def test_save_get_roundtrip(store: MemeStore) -> None:
     m = meme("abc-1_X", 1700000000.25, caption="Ünïcode “quotes” 🐸", nested={"a": [1, 2]})
     store.save(m, PNG)
     assert store.get("abc-1_X") == m
-    assert store.get_png("abc-1_X") == PNG
+    assert store.image("abc-1_X").png == PNG
     assert store.get("missing") is None
-    assert store.get_png("missing") is None
+    assert store.image("missing") is None
     assert store.answers() is True
 
 
@@ -88,7 +89,7 @@ def test_delete_erases_everything_including_cache(store: MemeStore, client: redi
 
     assert store.delete("gone") is True
     assert store.get("gone") is None
-    assert store.get_png("gone") is None
+    assert store.image("gone") is None
     assert [m["id"] for m in store.list()[0]] == ["kept"]
     assert store.cache_get("cats") is None
     assert store.cache_get("dogs") is None
@@ -140,7 +141,7 @@ def test_cache_entries_expire(store: MemeStore, client: redis.Redis) -> None:
 @pytest.mark.parametrize("bad", ["", "a" * 65, "../x", "a:b", "a*", "ä", "a b", "x\n"])
 def test_invalid_ids_are_not_found(store: MemeStore, client: redis.Redis, bad: str) -> None:
     assert store.get(bad) is None
-    assert store.get_png(bad) is None
+    assert store.image(bad) is None
     assert store.delete(bad) is False
     with pytest.raises(ValueError):
         store.save(meme(bad, 1.0), PNG)
@@ -158,15 +159,15 @@ def test_save_validates_created_at(store: MemeStore) -> None:
 def test_embedded_persists_across_restart(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "data")
     first = EmbeddedRedis(data_dir)
-    store = MemeStore(connect(first.start().url))
+    store = MemeStore(connect(first.start().url), ImageFiles(tmp_path / "images"))
     store.save(meme("kept", 5.0), PNG)
     first.stop()
 
     second = EmbeddedRedis(data_dir)
     try:
-        store = MemeStore(connect(second.start().url))
+        store = MemeStore(connect(second.start().url), ImageFiles(tmp_path / "images"))
         assert store.get("kept") == meme("kept", 5.0)
-        assert store.get_png("kept") == PNG
+        assert store.image("kept").png == PNG
     finally:
         second.stop()
 
@@ -174,7 +175,7 @@ def test_embedded_persists_across_restart(tmp_path: Path) -> None:
 def test_embedded_aof_survives_a_killed_server(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "data")
     first = EmbeddedRedis(data_dir)
-    store = MemeStore(connect(first.start().url))
+    store = MemeStore(connect(first.start().url), ImageFiles(tmp_path / "images"))
     store.save(meme("crash", 5.0), PNG)  # answered: on disk (appendfsync always)
     assert first.pid is not None
     killed = first.pid
@@ -182,7 +183,10 @@ def test_embedded_aof_survives_a_killed_server(tmp_path: Path) -> None:
     wait_for(lambda: first.pid is None, 5, "the server's death noticed")
 
     try:  # the same object restarts after its server died on its own
-        assert MemeStore(connect(first.start().url)).get("crash") is not None
+        assert (
+            MemeStore(connect(first.start().url), ImageFiles(tmp_path / "images")).get("crash")
+            is not None
+        )
         assert first.pid != killed
     finally:
         first.stop()
@@ -191,12 +195,14 @@ def test_embedded_aof_survives_a_killed_server(tmp_path: Path) -> None:
 def test_stale_server_on_data_dir_is_replaced(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "data")
     orphan = EmbeddedRedis(data_dir)  # stands in for the server of a daemon that was killed
-    MemeStore(connect(orphan.start().url)).save(meme("m", 1.0), PNG)
+    MemeStore(connect(orphan.start().url), ImageFiles(tmp_path / "images")).save(
+        meme("m", 1.0), PNG
+    )
     orphan_pid = orphan.pid
 
     successor = EmbeddedRedis(data_dir)
     try:
-        store = MemeStore(connect(successor.start().url))
+        store = MemeStore(connect(successor.start().url), ImageFiles(tmp_path / "images"))
         assert orphan.pid is None
         assert successor.pid != orphan_pid
         assert store.get("m") is not None
@@ -207,7 +213,7 @@ def test_stale_server_on_data_dir_is_replaced(tmp_path: Path) -> None:
 
 def test_store_error_when_server_is_gone(tmp_path: Path) -> None:
     server = EmbeddedRedis(str(tmp_path / "data"))
-    store = MemeStore(connect(server.start().url))
+    store = MemeStore(connect(server.start().url), ImageFiles(tmp_path / "images"))
     store.save(meme("m", 1.0), PNG)
     server.stop()
 
@@ -312,7 +318,7 @@ def test_a_store_fails_fast_while_redis_is_down_and_is_back_once_it_is(tmp_path:
     server = EmbeddedRedis(data_dir)
     url = server.start().url
     availability = Availability(probe_client(url).ping, initial_s=0.05, max_s=0.2)
-    store = MemeStore(connect(url), "p", availability)
+    store = MemeStore(connect(url), ImageFiles(tmp_path / "images"), "p", availability)
     store.save(meme("m", 1.0), PNG)
     server.stop()
     try:
@@ -337,7 +343,9 @@ def test_a_stopped_server_costs_one_timeout_then_fails_fast(tmp_path: Path) -> N
     server = EmbeddedRedis(str(tmp_path / "data"))
     url = server.start().url
     availability = Availability(probe_client(url).ping, initial_s=0.05, max_s=0.2)
-    store = MemeStore(connect(url, timeout_s=0.5), "p", availability)
+    store = MemeStore(
+        connect(url, timeout_s=0.5), ImageFiles(tmp_path / "images"), "p", availability
+    )
     store.save(meme("m", 1.0), PNG)
     pid = server.pid
     os.kill(pid, signal.SIGSTOP)

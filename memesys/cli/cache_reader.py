@@ -72,6 +72,7 @@ class CacheReader:
             redis_url,
             "gateway cache reader",
             settings.key_prefix,
+            cfg.image_dir,
             settings.quarantine_ttl_s,
             settings.retry_backoff_initial_s,
             settings.retry_backoff_max_s,

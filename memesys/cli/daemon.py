@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +52,9 @@ from memesys.inprocess.engine import InProcessEngine
 from memesys.llm.metrics import reader as llm_metrics_reader
 from memesys.pipeline.program import ProgramError, load_configured
 from memesys.storage.durability import report as report_durability
+from memesys.storage.errors import StoreError
+from memesys.storage.images import ImageFiles
+from memesys.storage.memes import MemeStore
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -100,6 +104,11 @@ class Daemon:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_lock = DataDirLock(data_dir)
         self.data_lock.acquire(self.system_cfg.admin_port)
+        try:
+            ImageFiles(Path(self.cfg.image_dir)).check()
+        except OSError as exc:
+            raise OSError(f"storage.image_dir cannot be written: {exc}") from exc
+        log.info("images under %s", self.cfg.image_dir)
         # The URL is fixed before the tree starts; the embedded server (if no REDIS_URL) is
         # started by the tree's first child, which restarts it if it dies.
         self.redis_url, self.embedded_redis, redis_server = plan_redis(
@@ -204,9 +213,12 @@ class Daemon:
         await web.TCPSite(runner, host, port, backlog=1024).start()
         gc.freeze()  # as every actor does once started (actors.base): no full walks of DSPy
         print(f"memesys ready at http://{host}:{port}", flush=True)
+        moving = threading.Event()
+        legacy = asyncio.create_task(asyncio.to_thread(move_legacy_pngs, cache.store, moving))
         watching = asyncio.create_task(watch.watch())
         signalled = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({watching, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        moving.set()  # it stops after its batch
         if watching.done():
             verdict = watching.result()
             self.exit_code, self.tree_gone = verdict.status, True
@@ -227,10 +239,29 @@ class Daemon:
             watching.cancel()
             await runner.cleanup()  # in-flight requests finish
             await bridge.close()
+        await legacy
         await cache.close()
         if inprocess is not None:
             await inprocess.close()
         signalled.cancel()
+
+
+def move_legacy_pngs(store: MemeStore, stopping: threading.Event) -> None:
+    """Move the PNGs of memes saved before PNGs were files out of Redis, a batch at a time,
+    until none is left or ``stopping`` is set (they are served from Redis until moved). A
+    failure (Redis away) is logged and leaves the rest for the next start."""
+    moved = 0
+    try:
+        while not stopping.is_set():
+            batch = store.move_legacy_pngs()
+            if not batch:
+                break
+            moved += batch
+    except StoreError as exc:
+        log.warning("moving PNGs out of Redis paused after %d until the next start: %s", moved, exc)
+        return
+    if moved:
+        log.info("moved %d PNGs out of Redis into %s", moved, store.images.root)
 
 
 def engines(cfg: Config, tree: TreeEngine, inprocess: InProcessEngine | None) -> Split:

@@ -121,6 +121,7 @@ class RedisConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     durability: str = field(metadata=one_of("fsync", "memory"))
+    image_dir: str  # empty: <system.data_dir>/images
 
 
 @dataclass(frozen=True)
@@ -185,3 +186,9 @@ class Config:
         if self.redis.url.strip():
             return ""
         return str(Path(self.system.data_dir).resolve() / "redis")
+
+    @property
+    def image_dir(self) -> str:
+        """Where the PNGs live, absolute: ``[storage] image_dir``, else ``images`` under the
+        data directory."""
+        return str(Path(self.storage.image_dir or Path(self.system.data_dir) / "images").resolve())

@@ -5,7 +5,7 @@ Frozen dataclasses, importable by module path; the correlation id lives on the e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -45,7 +45,21 @@ class GetMeme:
 
 @dataclass(frozen=True)
 class GetImage:
+    """The meme's PNG, answered with a :class:`MemeImage` (None: no such meme). ``known``: the
+    digests the client already holds (its ``If-None-Match``; ``"*"``: any): if the image's is
+    one of them, its bytes are not read."""
+
     meme_id: str
+    known: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemeImage:
+    """A meme's PNG and its SHA-256 (its ETag); ``png`` is None when the asker already holds
+    it (``GetImage.known``)."""
+
+    sha256: str
+    png: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,16 @@ _RETRY_AFTER = {
     }
 }
 _MEME = {"$ref": "#/components/schemas/Meme"}
+_IMAGE_HEADERS = {
+    "ETag": {
+        "description": "the PNG's SHA-256, quoted: a strong validator",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "description": "public, max-age=31536000, immutable",
+        "schema": {"type": "string"},
+    },
+}
 _ID = [
     {
         "name": "id",
@@ -138,11 +148,28 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                 },
             },
             "/v1/memes/{id}/image.png": {
-                "parameters": _ID,
+                "parameters": [
+                    *_ID,
+                    {
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "the ETag of a copy the client holds: 304 if current",
+                    },
+                ],
                 "get": {
                     "summary": "The rendered PNG",
                     "responses": {
-                        "200": {"description": "PNG", "content": {"image/png": {}}},
+                        "200": {
+                            "description": "PNG; cacheable for a year (immutable)",
+                            "headers": _IMAGE_HEADERS,
+                            "content": {"image/png": {}},
+                        },
+                        "304": {
+                            "description": "the client's copy is current (If-None-Match)",
+                            "headers": _IMAGE_HEADERS,
+                        },
                         **_errors(404, *_ANY),
                     },
                 },
@@ -283,6 +310,14 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                         "bottom_text": {"type": "string"},
                         "texts": {"type": "object"},
                         "image_url": {"type": "string"},
+                        "image": {
+                            "type": "object",
+                            "description": "the PNG's SHA-256 (its ETag) and size in bytes",
+                            "properties": {
+                                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                "bytes": {"type": "integer", "minimum": 0},
+                            },
+                        },
                         "scores": {"type": "object", "nullable": True},
                         "verification": {"type": "object"},
                         "provider": {"type": "object"},

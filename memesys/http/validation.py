@@ -22,10 +22,12 @@ MAX_SEED = 2**31 - 1
 MAX_PAGE = 100
 MAX_JSON_DEPTH = 32  # arrays and objects inside each other; a meme request needs 1
 MAX_SHOWN_CHARS = 32  # of a client's value quoted back in an error message
+MAX_KNOWN_ETAGS = 16  # of an If-None-Match: a browser sends one
 _FIELDS = {"topic", "format", "style", "audience", "seed", "fresh"}
 _ASCII_INT = re.compile(r"[0-9]{1,9}")  # not str.isdigit(): "²" and "٣" are digits too
 _JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_NESTING = re.compile(rb"[\[\]{}]")
+_IMAGE_ETAG = re.compile(r'\s*(?:W/)?"([0-9a-f]{64})"\s*')
 
 
 def shown(value: str, limit: int = MAX_SHOWN_CHARS) -> str:
@@ -156,3 +158,15 @@ def parse_page(query: Any) -> tuple[int, str | None]:
     if cursor is not None and len(cursor) > 200:
         raise InvalidField("cursor", "is not a cursor this server issued")
     return int(raw), cursor
+
+
+def known_etags(header: str | None) -> tuple[str, ...]:
+    """The image digests a client holds, from its ``If-None-Match`` (compared weakly, as RFC
+    9110 says for it): ``("*",)`` for any; a tag that is no image's digest can match nothing
+    and is dropped, and only the first :data:`MAX_KNOWN_ETAGS` are read."""
+    if header is None:
+        return ()
+    if header.strip() == "*":
+        return ("*",)
+    parts = header.split(",", MAX_KNOWN_ETAGS)[:MAX_KNOWN_ETAGS]
+    return tuple(tag.group(1) for tag in map(_IMAGE_ETAG.fullmatch, parts) if tag)

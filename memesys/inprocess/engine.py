@@ -102,6 +102,7 @@ class InProcessEngine:
             redis_url,
             "in-process engine",
             redis.key_prefix,
+            cfg.image_dir,
             redis.quarantine_ttl_s,
             redis.retry_backoff_initial_s,
             redis.retry_backoff_max_s,

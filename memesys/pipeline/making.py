@@ -313,7 +313,15 @@ class MemeMaker:
         timings["pipeline_total"] = timings.pop("total")
         fmt = get_format(result.caption.format)
         meme = build_meme(
-            meme_id, request, fmt, result, self.mode, timings, self.program.provider, self.engine
+            meme_id,
+            request,
+            fmt,
+            result,
+            png,
+            self.mode,
+            timings,
+            self.program.provider,
+            self.engine,
         )
         version = await journal.settled()
         correlation = request.correlation or request.trace_id

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from memesys.domain.formats import MemeFormat
+from memesys.domain.images import image_ref
 from memesys.domain.messages import GenerateMeme
 from memesys.pipeline.flow import PipelineResult
 from memesys.pipeline.lm import LMHandle
@@ -36,6 +37,7 @@ def build_meme(
     request: GenerateMeme,
     fmt: MemeFormat,
     result: PipelineResult,
+    png: bytes,
     mode: str,
     timings_ms: dict[str, float],
     program: Mapping[str, str],
@@ -48,7 +50,8 @@ def build_meme(
     that wrote the texts,
     "write" or the fused "select_write"), and the program that ran them (``program``: its
     ``hash`` and ``path``, "builtin" for the built-in one); ``engine`` is the engine that
-    made it ("actors" or "inprocess")."""
+    made it ("actors" or "inprocess"). ``image`` is the SHA-256 and size of ``png``, its
+    picture: the name of the PNG's file and its ETag (the store keeps the PNG as a file)."""
     caption, scores = result.caption, result.scores
     writer = result.stages.get("write") or result.stages["select_write"]
     return {
@@ -63,6 +66,7 @@ def build_meme(
         "audience": request.audience,
         "seed": request.seed,
         "image_url": f"/v1/memes/{meme_id}/image.png",
+        "image": image_ref(png),
         "scores": {
             "humor": scores.humor,
             "clarity": scores.clarity,

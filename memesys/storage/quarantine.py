@@ -7,7 +7,9 @@ type), an entry ``{"kind", "id", "key", "moved_to", "reason", "at"}`` (no conten
 on the list ``{p}:quarantine`` (the newest ``LOG_LENGTH`` kept), the count of that kind is
 incremented in the hash ``{p}:quarantine:counts`` (the gateway's metrics read it), and the
 record's index entry is dropped (a meme leaves the listing, a task the open set). A task record
-is replaced by a ``failed`` task in the same script, so its client reads a clear error.
+is replaced by a ``failed`` task in the same script, so its client reads a clear error. A PNG kept
+as a file (:mod:`memesys.storage.images`) is renamed by its owner into the image directory's
+``quarantine/`` and :meth:`Quarantine.moved` enters, counts and logs it the same way.
 
 The script moves the record only if it is still the corrupt value that was read (same SHA-1,
 or same wrong type): a record rewritten meanwhile, or already moved by another process, is left
@@ -64,6 +66,25 @@ def is_wrong_type(exc: redis.RedisError) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
+def _entry(kind: str, record_id: str, key: str, moved_to: str, reason: str) -> str:
+    """A quarantine list entry: where the record was and went, and why; never its content."""
+    return json.dumps(
+        {
+            "kind": kind,
+            "id": record_id,
+            "key": key,
+            "moved_to": moved_to,
+            "reason": reason,
+            "at": time.time(),
+        },
+        separators=(",", ":"),
+    )
+
+
+def _logged(kind: str, record_id: str, reason: str, moved_to: str) -> None:
+    log.warning("quarantined the %s record %s: %s; moved to %s", kind, record_id, reason, moved_to)
+
+
 class Quarantine:
     """Moves poison records aside under ``prefix``; see the module docstring."""
 
@@ -95,17 +116,7 @@ class Quarantine:
         index (``("zrem", memes)``, ``("srem", open tasks)``); ``replacement``: written in its
         place (keeping its TTL). Raises redis errors (the caller's guard handles them)."""
         moved_to = self.key_of(kind, record_id)
-        entry = json.dumps(
-            {
-                "kind": kind,
-                "id": record_id,
-                "key": key,
-                "moved_to": moved_to,
-                "reason": reason,
-                "at": time.time(),
-            },
-            separators=(",", ":"),
-        )
+        entry = _entry(kind, record_id, key, moved_to, reason)
         command, index_key = index or ("", key)
         if self._move is None:
             self._move = self._r.register_script(_MOVE)
@@ -125,10 +136,19 @@ class Quarantine:
             client=self._r,
         )
         if moved:
-            log.warning(
-                "quarantined the %s record %s: %s; moved to %s", kind, record_id, reason, moved_to
-            )
+            _logged(kind, record_id, reason, moved_to)
         return bool(moved)
+
+    def moved(self, kind: str, record_id: str, path: str, moved_to: str, reason: str) -> None:
+        """A record kept outside Redis (a PNG file) that its owner has just moved aside from
+        ``path`` to ``moved_to``: entered, counted and logged as :meth:`move` does. Raises redis
+        errors."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.lpush(self._log, _entry(kind, record_id, path, moved_to, reason))
+        pipe.ltrim(self._log, 0, LOG_LENGTH - 1)
+        pipe.hincrby(self._counts, kind, 1)
+        pipe.execute()
+        _logged(kind, record_id, reason, moved_to)
 
     def counts(self) -> dict[str, int]:
         """Records quarantined so far, by kind (durable: kept in Redis)."""

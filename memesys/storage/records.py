@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from memesys.domain.ids import valid_id
+from memesys.domain.images import image_ref, valid_digest
 from memesys.domain.messages import GenerateMeme
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -77,11 +78,30 @@ def parse_json(raw: bytes) -> tuple[Any, str | None]:
 
 
 def meme_problem(meme_id: str, meme: Any) -> str | None:
-    """Why ``meme`` (decoded) cannot be the record of ``meme_id``, or None."""
+    """Why ``meme`` (decoded) cannot be the record of ``meme_id``, or None. Its ``image`` (the
+    digest and size of its PNG file) is checked when present: a record without one was saved
+    before PNGs left Redis, and its PNG is still the key ``{p}:png:{id}``."""
     problem = _fields_problem(meme, MEME_FIELDS)
     if problem is None and meme["id"] != meme_id:
         problem = "its id is not the id it is stored under"
+    if problem is None and "image" in meme:
+        image = meme["image"]
+        if not (
+            isinstance(image, dict)
+            and valid_digest(image.get("sha256"))
+            and isinstance(image.get("bytes"), int)
+            and not isinstance(image["bytes"], bool)
+        ):
+            problem = "its image is not {sha256, bytes}"
     return problem
+
+
+def image_problem(meme: dict[str, Any], png: bytes) -> str | None:
+    """Why ``meme``'s ``image`` does not describe ``png`` (a meme saved now must have one), or
+    None."""
+    if meme.get("image") != image_ref(png):
+        return "its image is missing or is not the SHA-256 and size of its PNG"
+    return None
 
 
 def png_problem(png: bytes) -> str | None:

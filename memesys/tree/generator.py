@@ -10,14 +10,14 @@ Each worker is an async actor; a meme is one coroutine. Its stages are the pipel
 - ``sequential``: the reference path, every stage one after another here, in the meme's task.
 
 The render pool draws the PNG (in ``parallel`` mode while the first caption is judged). The
-worker reads the cache and saves meme and PNG (and the cache entry) on Redis itself, in a
-thread (redis-py is synchronous), as the in-process engine does: a hop to the store pool cost
-a meme about 2 ms and carried the PNG through one more process. Redis being away is a
-``store_error`` answer, not a crash (:mod:`memesys.storage.availability`), and a meme whose
-request's deadline passed before its save is not saved: its asker has already answered the
-client. The flow itself, shared with the in-process engine, is
-:class:`memesys.pipeline.making.MemeMaker`; this module places its steps in the tree
-(:class:`TreeWorkshop`).
+worker reads the cache and saves meme and PNG (the PNG as a file of the image directory, then
+record and cache entry on Redis) itself, in a thread (redis-py is synchronous), as the
+in-process engine does: a hop to the store pool cost a meme about 2 ms and carried the PNG
+through one more process. Redis being away is a ``store_error`` answer, not a crash
+(:mod:`memesys.storage.availability`), and a meme whose request's deadline passed before its
+save is not saved: its asker has already answered the client. The flow itself, shared with the
+in-process engine, is :class:`memesys.pipeline.making.MemeMaker`; this module places its steps
+in the tree (:class:`TreeWorkshop`).
 
 Every stage is a predictor of the worker's MemeProgram (``pipeline.program_path``, loaded when
 the worker starts; the verifier workers load the same file); its hash is part of the cache key
@@ -64,6 +64,7 @@ class GeneratorArgs:
     llm: LLMConfig
     pipeline: PipelineConfig
     redis_url: str  # the memes, and the LLM client layer's shared state (breakers, limits)
+    image_dir: str  # the PNG files
     key_prefix: str = "memesys"
     max_in_flight: int = 64
     stage_timeout_s: float = 10.0  # render
@@ -139,6 +140,7 @@ class GeneratorWorker(AsyncActor):
             args.redis_url,
             f"generator {self.name}",
             args.key_prefix,
+            args.image_dir,
             args.quarantine_ttl_s,
             args.retry_initial_s,
             args.retry_max_s,

@@ -15,9 +15,16 @@ A poison record is quarantined by the store and treated as absent. A forged page
 answers ``invalid_field``; any other exception is a server fault and crashes the worker (the
 client sees ``worker_lost``).
 
+``GetImage`` answers the PNG (read from its file) and its digest, or the digest alone when the
+asker holds it; a PNG file that is missing or corrupt answers ``not_found`` saying so.
+
 ``DeleteMeme`` is an erasure: the task that made the meme is scrubbed first (so a retried
-DELETE still scrubs it), then the meme, its PNG, its cache entries and any quarantined copy
-are deleted, and one audit line (ids and time, no content) goes to the ``memesys.audit`` log.
+DELETE still scrubs it), then the meme, its PNG file (and the file's content unless another
+meme has the same picture), its cache entries and any quarantined copy are deleted, and one
+audit line (ids and time, no content) goes to the ``memesys.audit`` log. A worker that starts
+settles what a crash left of image files being written or erased
+(:meth:`~memesys.storage.memes.MemeStore.tidy_images`), and removes temporary files and
+quarantined PNG files past their time.
 """
 
 from __future__ import annotations
@@ -40,10 +47,11 @@ from memesys.domain.messages import (
     StoreHealth,
     StoreState,
 )
-from memesys.storage.memes import MemeStore, StoreError
+from memesys.storage.memes import PENDING_GRACE_S, MemeStore, StoreError
 from memesys.storage.tasks import TaskStore
 
 audit = logging.getLogger("memesys.audit")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class StoreArgs:
     redis_url: str
     key_prefix: str
     task_ttl_s: int
+    image_dir: str
     quarantine_ttl_s: int = 7 * 24 * 3600
     retry_initial_s: float = 0.05
     retry_max_s: float = 0.5
@@ -74,6 +83,7 @@ class StoreWorker(BaseActor):
             args.redis_url,
             f"store {self.name}",
             args.key_prefix,
+            args.image_dir,
             args.quarantine_ttl_s,
             args.retry_initial_s,
             args.retry_max_s,
@@ -87,6 +97,16 @@ class StoreWorker(BaseActor):
             self.availability,
             self.store.quarantine,
         )
+        self._tidy()
+
+    def _tidy(self) -> None:
+        """What a crash left of image files; never fails the start (the next erasure, or the
+        next worker, tries again)."""
+        try:
+            self.store.tidy_images()
+            self.store.images.sweep(PENDING_GRACE_S, self.args.quarantine_ttl_s)
+        except (StoreError, OSError) as exc:
+            log.warning("image files left to tidy later: %s", exc)
 
     def on_stop(self) -> None:
         self.store.close()
@@ -100,7 +120,7 @@ class StoreWorker(BaseActor):
         if isinstance(payload, GetMeme):
             return store.get(payload.meme_id)
         if isinstance(payload, GetImage):
-            return store.get_png(payload.meme_id)
+            return store.image(payload.meme_id, payload.known)
         if isinstance(payload, ListMemes):
             return MemePage(*store.list(payload.limit, payload.cursor))
         if isinstance(payload, DeleteMeme):

@@ -120,10 +120,14 @@ class DaemonProcess:
         body: Any = None,
         raw: bytes | None = None,
         timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict, bytes]:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **(headers or {})},
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from memesys.domain.images import image_ref
+
 PNG = b"\x89PNG\r\n\x1a\n\x00\xffbinary" + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def meme(meme_id: str, created_at: float, **extra: object) -> dict:
-    """The fields a stored meme must have (memesys.storage.records.MEME_FIELDS)."""
+    """The fields a stored meme must have (memesys.storage.records.MEME_FIELDS), and the
+    ``image`` of :data:`PNG`, the picture tests save with it."""
     return {
         "id": meme_id,
         "created_at": created_at,
@@ -18,5 +24,19 @@ def meme(meme_id: str, created_at: float, **extra: object) -> dict:
         "scores": {"overall": 0.5},
         "verification": {"verdicts": {}},
         "provider": {"name": "offline"},
+        "image": image_ref(PNG),
         **extra,
     }
+
+
+def legacy_meme(
+    client: Any, prefix: str, meme_id: str, created_at: float, png: bytes = PNG
+) -> dict:
+    """A meme saved as versions before PNG files saved it: the record without ``image``, the
+    PNG at ``{prefix}:png:{id}``, its index entry. Returns the record."""
+    record = meme(meme_id, created_at)
+    del record["image"]
+    client.set(f"{prefix}:meme:{meme_id}", json.dumps(record))
+    client.set(f"{prefix}:png:{meme_id}", png)
+    client.zadd(f"{prefix}:memes", {meme_id: created_at})
+    return record

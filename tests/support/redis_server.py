@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from memesys.storage.connection import EmbeddedRedis, connect
+from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
 
 REAL_URL = os.environ.get("MEMESYS_TEST_REDIS_URL", "")
@@ -68,6 +70,31 @@ def prefix(client: redis.Redis) -> Iterator[str]:
 
 
 @pytest.fixture
-def store(client: redis.Redis, prefix: str) -> MemeStore:
-    """A MemeStore on ``client`` under the test's own ``prefix``."""
-    return MemeStore(client, prefix)
+def store(client: redis.Redis, prefix: str, tmp_path: Path) -> MemeStore:
+    """A MemeStore on ``client`` under the test's own ``prefix``, its PNG files under
+    ``tmp_path / "images"``."""
+    return MemeStore(client, ImageFiles(tmp_path / "images"), prefix)
+
+
+def values_under(r: redis.Redis, prefix: str, but: str | None = None) -> bytes:
+    """Everything stored under the prefix (except keys under ``but``), as one blob, whatever
+    the key types."""
+    blob = []
+    for key in r.scan_iter(match=f"{prefix}:*", count=500):
+        if but is not None and key.decode().startswith(but):
+            continue
+        kind = r.type(key)
+        if kind == b"string":
+            blob.append(r.get(key) or b"")
+        elif kind == b"set":
+            blob += list(r.smembers(key))
+        elif kind == b"zset":
+            blob += [m for m, _ in r.zrange(key, 0, -1, withscores=True)]
+        elif kind == b"list":
+            blob += r.lrange(key, 0, -1)
+        elif kind == b"hash":
+            blob += [k + v for k, v in r.hgetall(key).items()]
+        elif kind == b"stream":
+            blob += [k + v for _, entry in r.xrange(key) for k, v in entry.items()]
+        blob.append(key)
+    return b"\n".join(blob)
