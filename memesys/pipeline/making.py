@@ -169,23 +169,28 @@ class Progress:
                     "round": round,
                     "verifier": name,
                     "status": verdict.status,
-                    "confidence": verdict.confidence,
+                    "confidence": _round(verdict.confidence),
                 },
                 {"reasons": list(verdict.reasons)},
             )
         if scores is not None:
             numbers = {
                 "round": round,
-                "humor": scores.humor,
-                "clarity": scores.clarity,
-                "creativity": scores.creativity,
-                "shareability": scores.shareability,
-                "overall": scores.overall,
+                **{
+                    name: _round(getattr(scores, name))
+                    for name in ("humor", "clarity", "creativity", "shareability", "overall")
+                },
             }
             self.journal.record(SCORED, numbers, {"critique": scores.critique})
 
     def rewritten(self, round: int, caption: Caption) -> None:
         self.journal.record(REFINED, {"round": round}, {"texts": list(caption.texts)})
+
+
+def _round(score: float) -> float:
+    """A score or confidence as an event records it: 4 decimals (0.6729999999999999 costs the
+    log 18 bytes)."""
+    return round(score, 4)
 
 
 def _failure_code(exc: BaseException) -> str:

@@ -10,10 +10,14 @@ Keys, all under ``{p}:events:`` (the one namespace a rebuild keeps):
 * ``{p}:events:key:{entity}`` the entity's sealing key (:mod:`memesys.storage.sealing`):
                             beside the log, not in it, so erasure can destroy it
 
-An entry's fields: ``type``, ``v`` (schema version), ``at`` (Unix seconds), ``trace`` (the
-meme's trace id), ``corr`` (correlation: the request or task id), ``cause`` (the id of the
-event or request that caused it), ``data`` (compact JSON, never personal) and ``sealed``
-(the personal fields, encrypted with the entity's key; empty when there are none). The global
+An entry's fields: ``type``, ``v`` (schema version), ``trace`` (the meme's trace id; empty:
+that of its stream's first event), ``corr`` (correlation: the request or task id; empty: that of
+its stream's first event, whose own empty ``corr`` is its trace id), ``cause`` (what caused
+it; empty: the event before it in its stream), ``data`` (compact JSON, never personal) and
+``sealed``
+(the personal fields, encrypted with the entity's key; empty when there are none). Its time is
+its stream id's (Redis's clock, in ms). The empty defaults keep a meme's dozen events small in
+Redis's memory (the log's share of a meme's bytes, ``bench.storage``). The global
 stream's entries are ``entity``, ``seq`` (the version the append made) and ``type``.
 
 :data:`APPEND` appends, in one script, to the entity's stream and to the global one if the
@@ -25,9 +29,8 @@ same script, so a reader never sees an event without its projection or the rever
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -80,10 +83,15 @@ class VersionConflict(StoreError):
         self.entity, self.expected, self.actual = entity, expected, actual
 
 
+PREVIOUS = ""
+"""An event's cause when it is the event before it in its entity's stream."""
+
+
 @dataclass(frozen=True)
 class Event:
     """One event as written: ``data`` is public, ``sealed`` is the personal part already
-    encrypted (bytes, or b"" when the event carries nothing personal)."""
+    encrypted (bytes, or b"" when the event carries nothing personal); ``cause``: PREVIOUS, or
+    what outside the stream caused it (e.g. "request")."""
 
     type: str
     entity: str
@@ -92,7 +100,6 @@ class Event:
     cause: str
     trace: str
     sealed: bytes = b""
-    at: float = field(default_factory=time.time)
     v: int = SCHEMA_VERSION
 
     def fields(self) -> list[str | bytes]:
@@ -101,12 +108,10 @@ class Event:
             self.type,
             "v",
             str(self.v),
-            "at",
-            repr(self.at),
             "trace",
             self.trace,
             "corr",
-            self.correlation,
+            "" if self.correlation == self.trace else self.correlation,
             "cause",
             self.cause,
             "data",
@@ -118,11 +123,16 @@ class Event:
 
 @dataclass(frozen=True)
 class Recorded:
-    """An event read back from the log, with its stream id and its entity's version."""
+    """An event read back from the log, with its stream id, its entity's version and its time
+    (Unix seconds, from the id); a PREVIOUS cause reads as the event before (``entity#seq``)."""
 
     id: str
     seq: int
     event: Event
+
+    @property
+    def at(self) -> float:
+        return int(self.id.split("-", 1)[0]) / 1000
 
 
 Write = Sequence[str | bytes | int | float]
@@ -199,9 +209,12 @@ class EventLog:
         return self._r.xlen(self.stream(entity))
 
     def history(self, entity: str) -> list[Recorded]:
-        """Every event of ``entity``, oldest first."""
+        """Every event of ``entity``, oldest first, its trace and correlation filled in."""
         entries = cast(list[Any], self._r.xrange(self.stream(entity)))
-        return [_recorded(entity, n, sid, raw) for n, (sid, raw) in enumerate(entries, 1)]
+        events: list[Recorded] = []
+        for n, (sid, raw) in enumerate(entries, 1):
+            events.append(_recorded(entity, n, sid, raw, events[0].event if events else None))
+        return events
 
     def replay(
         self, after: str = "0-0", batch: int = 500, types: Collection[str] | None = None
@@ -228,16 +241,26 @@ class EventLog:
             start = f"({entries[-1][0].decode()}"
 
 
-def _recorded(entity: str, seq: int, sid: bytes, raw: Mapping[bytes, bytes]) -> Recorded:
+def _recorded(
+    entity: str, seq: int, sid: bytes, raw: Mapping[bytes, bytes], first: Event | None = None
+) -> Recorded:
+    """The event of entry ``raw``; ``first``: its stream's first event, whose trace and
+    correlation an empty ``trace`` or ``corr`` stands for (None: left empty, as a replay reads
+    events one by one)."""
+    trace, cause = raw[b"trace"].decode(), raw[b"cause"].decode()
+    if first is None:
+        correlation = raw[b"corr"].decode() or trace
+    else:
+        trace = trace or first.trace
+        correlation = raw[b"corr"].decode() or first.correlation
     event = Event(
         type=raw[b"type"].decode(),
         entity=entity,
         data=json.loads(raw[b"data"]),
-        correlation=raw[b"corr"].decode(),
-        cause=raw[b"cause"].decode(),
-        trace=raw[b"trace"].decode(),
+        correlation=correlation,
+        cause=cause if cause != PREVIOUS or seq == 1 else f"{entity}#{seq - 1}",
+        trace=trace,
         sealed=raw.get(b"sealed", b""),
-        at=float(raw[b"at"]),
         v=int(raw[b"v"]),
     )
     return Recorded(sid.decode(), seq, event)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import redis
 
 from memesys.storage.errors import StoreError
-from memesys.storage.eventlog import Event
+from memesys.storage.eventlog import PREVIOUS, Event
 from memesys.storage.projections import meme_entity
 from memesys.storage.sealing import Sealer
 
@@ -54,7 +54,7 @@ class MemeJournal:
         self.correlation, self.trace = correlation, trace
         self._key = sealer.new_key()
         self._queued: list[Event] = []
-        self._recorded = 0  # events recorded (queued or appended): the next one's cause
+        self._recorded = 0  # events recorded (queued or appended)
         self.version = 0  # events appended
         self._flushing: asyncio.Future[None] | None = None
         self._failed = False
@@ -63,11 +63,14 @@ class MemeJournal:
         self, type: str, data: Mapping[str, Any], personal: Mapping[str, Any] | None = None
     ) -> None:
         sealed = self._sealer.seal(self.entity, personal, self._key) if personal else b""
-        cause = f"{self.entity}#{self._recorded}" if self._recorded else "request"
+        if self._recorded:  # the trace and correlation of the first event stand for the rest
+            event = Event(type, self.entity, dict(data), "", PREVIOUS, "", sealed)
+        else:
+            event = Event(
+                type, self.entity, dict(data), self.correlation, "request", self.trace, sealed
+            )
         self._recorded += 1
-        self._queued.append(
-            Event(type, self.entity, dict(data), self.correlation, cause, self.trace, sealed)
-        )
+        self._queued.append(event)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self._flush())
 

@@ -19,6 +19,7 @@ import redis
 
 from memesys.domain.events import CACHED, COMPLETED, ERASED, EXPIRED
 from memesys.storage.eventlog import Event, EventLog, Write
+from memesys.storage.records import packed
 from memesys.storage.sealing import Sealer, Shredded
 
 
@@ -62,7 +63,7 @@ def writes(
     if event.type == COMPLETED:
         meme_id = data["id"]
         return [
-            ("SET", keys.meme(meme_id), personal()["record"]),
+            ("SET", keys.meme(meme_id), packed(personal()["record"])),
             ("ZADD", keys.index, repr(float(data["created_at"])), meme_id),
         ]
     if event.type == CACHED:

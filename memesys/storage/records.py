@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import zlib
 from typing import Any
 
 from memesys.domain.ids import valid_id
@@ -69,8 +70,20 @@ def _fields_problem(record: Any, fields: dict[str, type]) -> str | None:
     return None
 
 
+def packed(record: str) -> bytes:
+    """A meme record as Redis keeps it: zlib-compressed JSON, about 40 % of the text (the
+    record is most of what a meme costs Redis's memory beside its event log)."""
+    return zlib.compress(record.encode(), 6)
+
+
 def parse_json(raw: bytes) -> tuple[Any, str | None]:
-    """The decoded JSON and None, or None and why it does not decode."""
+    """The decoded JSON (of :func:`packed` bytes too: JSON never starts with zlib's "x")
+    and None, or None and why it does not decode."""
+    if raw[:1] == b"x":
+        try:
+            raw = zlib.decompress(raw)
+        except zlib.error as exc:
+            return None, f"not a valid packed record ({exc})"
     try:
         return json.loads(raw), None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError

@@ -57,9 +57,9 @@ class Sealer:
         entity's, from :meth:`new_key`, written with its first events), else the one in Redis
         (made on first use)."""
         nonce = os.urandom(_NONCE)
-        plain = zlib.compress(
-            json.dumps(personal, separators=(",", ":"), ensure_ascii=False).encode()
-        )
+        deflate = zlib.compressobj(wbits=-15)  # raw deflate: no header, no checksum (GCM's tag)
+        text = json.dumps(personal, separators=(",", ":"), ensure_ascii=False).encode()
+        plain = deflate.compress(text) + deflate.flush()
         aead = AESGCM(key if key is not None else self._key(entity, create=True))
         return nonce + aead.encrypt(nonce, plain, entity.encode())
 
@@ -74,4 +74,4 @@ class Sealer:
             plain = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], entity.encode())
         except InvalidTag:
             raise StoreError(f"{entity}: a sealed value does not open with its key") from None
-        return cast(dict[str, Any], json.loads(zlib.decompress(plain)))
+        return cast(dict[str, Any], json.loads(zlib.decompress(plain, wbits=-15)))
