@@ -13,6 +13,7 @@ import redis
 from memesys.storage.eventlog import EventLog
 from memesys.storage.sealing import Sealer
 from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
+from tests.support.timing import scaled, wait_for
 
 pytestmark = pytest.mark.store
 
@@ -113,3 +114,28 @@ def test_replay_without_a_redis_says_so(tmp_path: Path, daemon: DaemonProcess) -
         pytest.skip("the daemon runs on REDIS_URL: replay connects there")
     done = daemon.admin("replay", "--data-dir", str(tmp_path))
     assert done.returncode == 1 and "no embedded Redis socket" in done.stderr
+
+
+def test_retention_expires_old_memes_through_the_log(tmp_path: Path) -> None:
+    retention_s = 3.0
+    daemon = DaemonProcess(
+        tmp_path, {"MEMESYS_STORAGE_RETENTION_DAYS": repr(retention_s / 86400)}
+    ).start()
+    try:
+        old = daemon.json("POST", "/v1/memes", {"topic": "an old meme"})[1]
+        assert daemon.request("GET", old["image_url"])[0] == 200
+        wait_for(
+            lambda: daemon.json("GET", f"/v1/memes/{old['id']}")[0] == 404,
+            retention_s + scaled(5.0),
+            "the old meme's expiry",
+        )
+        new = daemon.json("POST", "/v1/memes", {"topic": "a new meme"})[1]
+        assert daemon.json("GET", f"/v1/memes/{new['id']}")[0] == 200
+        assert daemon.request("GET", old["image_url"])[0] == 404
+        listed = [m["id"] for m in daemon.json("GET", "/v1/memes?limit=100")[1]["memes"]]
+        assert old["id"] not in listed and new["id"] in listed
+        events = history(daemon_redis(daemon), daemon.key_prefix, old["id"])
+        assert [e.event.type for e in events][-1] == "expired"
+        assert f"retention: meme {old['id']} expired at" in daemon.log_text()
+    finally:
+        daemon.stop()

@@ -122,6 +122,7 @@ class RedisConfig:
 class StorageConfig:
     durability: str = field(metadata=one_of("fsync", "memory"))
     image_dir: str  # empty: <system.data_dir>/images
+    retention_days: float = field(metadata=bounded(0, 36500))  # 0: keep forever
 
 
 @dataclass(frozen=True)

@@ -499,7 +499,9 @@ class MemeStore:
                 pipe.watch(*cache_keys)  # type: ignore[no-untyped-call]  # untyped in redis-py
             targets = pipe.mget(cache_keys) if cache_keys else []
             pointing = [k for k, t in zip(cache_keys, targets) if t == meme_id.encode()]
-            logged = pipe.xlen(self.log.stream(entity))
+            # its key exists from its first event until it is erased: an erasure of a meme
+            # already erased (a retried DELETE, two retention sweeps) adds nothing to the log
+            unerased = pipe.exists(self.sealer.key_name(entity))
             pending = f"{meme_id}:{_digest_of(cast(bytes | None, pipe.get(meme_key)))}"
             pipe.multi()
             pipe.delete(meme_key)
@@ -510,7 +512,7 @@ class MemeStore:
                 self.quarantine.key_of("meme", meme_id), self.quarantine.key_of("png", meme_id)
             )
             pipe.zadd(self._pending, {pending: 0})  # its files go next, even after a crash
-            if logged:  # an id the log never saw (a client's guess) adds nothing to it
+            if unerased:  # nor does an id the log never saw (a client's guess)
                 digests = [cast(bytes, k).decode().rsplit(":", 1)[1] for k in pointing]
                 event = Event(why, entity, {"id": meme_id, "caches": digests}, "", why, "")
                 # the same deletes again, as the event's projection: what a rebuild runs
@@ -519,7 +521,8 @@ class MemeStore:
 
         entity = meme_entity(meme_id)
         with self._guard(f"deleting meme {meme_id}", write=True):
-            replies = cast(list[int], self._r.transaction(erase, cachedby, meme_key))
+            watched = (cachedby, meme_key, self.sealer.key_name(entity))
+            replies = cast(list[int], self._r.transaction(erase, *watched))
         record, png, _, indexed, copies = replies[:5]
         files = self._settle(pending)
         try:

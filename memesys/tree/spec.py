@@ -135,6 +135,7 @@ def root_spec(
                 redis.retry_backoff_initial_s,
                 redis.retry_backoff_max_s,
                 disk,
+                cfg.storage.retention_days,
             ),
             capacity.store_per_sender,
         ),

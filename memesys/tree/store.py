@@ -30,13 +30,17 @@ quarantined PNG files past their time.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from thespian.actors import ActorAddress, WakeupMessage
+
 from actors.base import BaseActor, RequestFailed
+from memesys.domain.events import ERASED, EXPIRED
 from memesys.domain.messages import (
     DeleteMeme,
     GetImage,
@@ -51,6 +55,11 @@ from memesys.storage.memes import PENDING_GRACE_S, MemeStore, StoreError
 from memesys.storage.tasks import TaskStore
 
 audit = logging.getLogger("memesys.audit")
+
+_RETAIN = "retain"  # wakeup payload: erase what is past storage.retention_days
+RETENTION_PERIOD_S = 60.0
+RETENTION_SWEEP_S = 1.0  # a sweep's longest run: the worker's requests wait meanwhile
+RETENTION_BATCH = 100
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +73,7 @@ class StoreArgs:
     retry_initial_s: float = 0.05
     retry_max_s: float = 0.5
     redis_disk: str = ""  # the embedded server's data directory (Config.embedded_redis_dir)
+    retention_days: float = 0.0  # storage.retention_days: 0 keeps memes forever
 
 
 @contextmanager
@@ -98,6 +108,35 @@ class StoreWorker(BaseActor):
             self.store.quarantine,
         )
         self._tidy()
+        if args.retention_days > 0:
+            self.wakeupAfter(self._retention_period(), payload=_RETAIN)
+
+    def _retention_period(self) -> float:
+        """Seconds between sweeps: a minute, or a quarter of a (test's) shorter retention."""
+        return min(RETENTION_PERIOD_S, max(0.5, self.args.retention_days * 86400 / 4))
+
+    def receive_other(self, msg: Any, sender: ActorAddress) -> None:
+        if isinstance(msg, WakeupMessage) and msg.payload == _RETAIN:
+            self._retain()
+            self.wakeupAfter(self._retention_period(), payload=_RETAIN)
+        else:
+            super().receive_other(msg, sender)
+
+    def _retain(self) -> None:
+        """Erase the memes past ``storage.retention_days``, oldest first, for at most
+        RETENTION_SWEEP_S (the rest at the next sweep). Both store workers may sweep: an erasure
+        of a meme already erased adds nothing."""
+        cutoff = time.time() - self.args.retention_days * 86400
+        until = time.monotonic() + RETENTION_SWEEP_S
+        try:
+            while time.monotonic() < until:
+                due = self.store.older_than(cutoff, RETENTION_BATCH)
+                for meme_id in due:
+                    self._erase(meme_id, EXPIRED)
+                if len(due) < RETENTION_BATCH:
+                    return
+        except StoreError as exc:
+            log.warning("retention: %s; the next sweep tries again", exc)
 
     def _tidy(self) -> None:
         """What a crash left of image files; never fails the start (the next erasure, or the
@@ -134,14 +173,16 @@ class StoreWorker(BaseActor):
             return self._health()
         return super().handle(payload)
 
-    def _erase(self, meme_id: str) -> bool:
+    def _erase(self, meme_id: str, why: str = ERASED) -> bool:
         task_id = self.tasks.scrub_meme(meme_id)
-        erased = self.store.delete(meme_id)
+        erased = self.store.delete(meme_id, why)
         if erased or task_id:
             at = datetime.now(UTC).isoformat(timespec="milliseconds")
             audit.warning(
-                "erasure: meme %s erased at %s%s",
+                "%s: meme %s %s at %s%s",
+                "erasure" if why == ERASED else "retention",
                 meme_id,
+                why,
                 at,
                 f"; its task {task_id} scrubbed" if task_id else "",
             )
