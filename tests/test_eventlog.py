@@ -14,6 +14,7 @@ from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConfli
 from memesys.storage.memes import MemeStore
 from memesys.storage.projections import rebuild
 from memesys.storage.sealing import Sealer, Shredded
+from memesys.storage.tasks import TaskStore
 from tests.support.records import PNG, meme
 
 pytestmark = pytest.mark.store
@@ -151,3 +152,64 @@ def test_retention_expires_the_oldest_as_events_replay_keeps_them_gone(
     client.delete(*outside_the_log(client, prefix))
     rebuild(client, prefix)
     assert [m["id"] for m in store.list()[0]] == ["r4", "r3", "r2"]
+
+
+def task(task_id: str, status: str, **extra: object) -> dict:
+    open_ = status in ("queued", "running")
+    return {
+        "id": task_id,
+        "status": status,
+        "stage": "queued" if open_ else "done",
+        "progress": 0.0 if open_ else 1.0,
+        "request": {"topic": "a private topic", "seed": 1},
+        "created_at": 100.0,
+        "updated_at": 100.0,
+        **extra,
+    }
+
+
+def test_a_tasks_record_is_the_projection_of_its_events(client: redis.Redis, prefix: str) -> None:
+    tasks = TaskStore(client, prefix, ttl_s=600)
+    tasks.put(task("t1", "queued"))
+    assert tasks.put_if_open(task("t1", "running"))
+    assert tasks.put_if_open(task("t1", "succeeded", meme_id="m1"))
+    assert not tasks.put_if_open(task("t1", "failed"))  # final: a late answer changes nothing
+    history = tasks.log.history("task:t1")
+    assert [r.event.type for r in history] == ["task_queued", "task_running", "task_succeeded"]
+    assert {r.event.correlation for r in history} == {"t1"}
+    assert b"private" not in b"".join(
+        v for _, e in client.xrange(f"{prefix}:events:task:t1") for v in e.values()
+    )
+    before = tasks.get("t1")
+    assert before["status"] == "succeeded" and 590 < client.ttl(f"{prefix}:task:t1") <= 600
+    assert 590 < client.ttl(f"{prefix}:events:task:t1") <= 600  # the task's log expires with it
+
+    client.delete(*outside_the_log(client, prefix))
+    assert tasks.get("t1") is None
+    rebuild(client, prefix)
+    assert tasks.get("t1") == before and tasks.open_tasks() == []
+    assert client.get(f"{prefix}:taskof:m1") == b"t1"
+
+    assert tasks.scrub_meme("m1") == "t1"  # erasure: the request's key goes, the task stays
+    scrubbed = tasks.get("t1")
+    assert "request" not in scrubbed and scrubbed["status"] == "succeeded"
+    client.delete(*outside_the_log(client, prefix))
+    rebuild(client, prefix)
+    assert tasks.get("t1") == scrubbed and client.get(f"{prefix}:taskof:m1") is None
+
+
+def test_racing_ledgers_record_one_outcome(client: redis.Redis, prefix: str) -> None:
+    tasks = TaskStore(client, prefix, ttl_s=600)
+    tasks.put(task("t2", "running"))
+    outcomes: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda s=status: outcomes.append(tasks.put_if_open(task("t2", s))))
+        for status in ("succeeded", "failed") * 3
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) == [False] * 5 + [True]
+    assert [r.event.type for r in tasks.log.history("task:t2")][:1] == ["task_running"]
+    assert len(tasks.log.history("task:t2")) == 2

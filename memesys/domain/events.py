@@ -24,6 +24,13 @@ CACHED = "cached"  # data: meme, cache (the entry key's digest), expires_at
 ERASED = "erased"  # data: id, caches (the digests of the entries it dropped)
 EXPIRED = "expired"  # data: id, caches (retention: as erased)
 
+# A task's stream (``task:<id>``): one event per status it takes, ``task_<status>`` (queued,
+# running, succeeded, failed; data: status, stage, progress, meme_id, expires_at; personal:
+# the record, its request with it), then ``task_scrubbed`` when its meme is erased (data: the
+# record without its request). The task's record is their projection.
+TASK = "task_"
+TASK_SCRUBBED = "task_scrubbed"
+
 SCHEMA_VERSION = 1
 
 

@@ -10,6 +10,7 @@ nothing: an erased meme never comes back.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from typing import Any
 
 import redis
 
-from memesys.domain.events import CACHED, COMPLETED, ERASED, EXPIRED
+from memesys.domain.events import CACHED, COMPLETED, ERASED, EXPIRED, TASK, TASK_SCRUBBED
 from memesys.storage.eventlog import Event, EventLog, Write
-from memesys.storage.records import packed
+from memesys.storage.records import OPEN_STATES, TASK_STATES, packed
 from memesys.storage.sealing import Sealer, Shredded
 
 
@@ -45,12 +46,35 @@ class Keys:
     def cachedby(self, meme_id: str) -> str:
         return f"{self.prefix}:cachedby:{meme_id}"
 
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"
+
+    @property
+    def open_tasks(self) -> str:
+        return f"{self.prefix}:tasks:open"
+
+    def taskof(self, meme_id: str) -> str:
+        return f"{self.prefix}:taskof:{meme_id}"
+
+    def stream(self, entity: str) -> str:
+        return f"{self.prefix}:events:{entity}"
+
+    def sealing_key(self, entity: str) -> str:
+        return f"{self.prefix}:events:key:{entity}"
+
 
 def meme_entity(meme_id: str) -> str:
     return f"meme:{meme_id}"
 
 
-PROJECTED = frozenset({COMPLETED, CACHED, ERASED, EXPIRED})
+def task_entity(task_id: str) -> str:
+    return f"task:{task_id}"
+
+
+PROJECTED = frozenset(
+    {COMPLETED, CACHED, ERASED, EXPIRED, TASK_SCRUBBED}
+    | {f"{TASK}{status}" for status in TASK_STATES}
+)
 """The event types that write projections (the pipeline's progress events write none)."""
 
 
@@ -83,7 +107,37 @@ def writes(
             ("ZREM", keys.index, meme_id),
             *(("DEL", keys.cache(digest)) for digest in data.get("caches", ())),
         ]
+    if event.type.startswith(TASK):
+        return _task_writes(keys, event, personal, time.time() if now is None else now)
     return []  # the pipeline's progress events project nothing here
+
+
+def _task_writes(
+    keys: Keys, event: Event, personal: Callable[[], dict[str, Any]], now: float
+) -> list[Write]:
+    """A task's record (with what is left of its ``ttl_s``: the task, its stream and its key
+    expire together), its place in the open set, and the pointer from its meme."""
+    data = event.data
+    left_ms = int((float(data["expires_at"]) - now) * 1000)
+    if left_ms <= 0:
+        return []
+    task_id = event.entity.split(":", 1)[1]
+    if event.type == TASK_SCRUBBED:
+        record = json.dumps(data["record"], separators=(",", ":"), ensure_ascii=False)
+        return [
+            ("SET", keys.task(task_id), record, "PX", left_ms),
+            ("DEL", keys.taskof(data["meme_id"]), keys.sealing_key(event.entity)),
+        ]
+    status = data["status"]
+    ops: list[Write] = [
+        ("SET", keys.task(task_id), personal()["record"], "PX", left_ms),
+        ("SADD" if status in OPEN_STATES else "SREM", keys.open_tasks, task_id),
+        ("PEXPIRE", keys.stream(event.entity), left_ms),
+        ("PEXPIRE", keys.sealing_key(event.entity), left_ms),
+    ]
+    if status == "succeeded" and data.get("meme_id"):
+        ops.append(("SET", keys.taskof(data["meme_id"]), task_id, "PX", left_ms))
+    return ops
 
 
 @dataclass(frozen=True)

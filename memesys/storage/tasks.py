@@ -23,16 +23,21 @@ from typing import Any, cast
 
 import redis
 
+from memesys.domain.events import TASK, TASK_SCRUBBED
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability
 from memesys.storage.errors import StoreError
+from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConflict
+from memesys.storage.projections import Keys, task_entity, writes
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import OPEN_STATES, parse_json, task_problem
+from memesys.storage.sealing import Sealer
 
 __all__ = ["CORRUPT_TASK_MESSAGE", "OPEN_STATES", "StoreError", "TaskStore"]
 
 CORRUPT_TASK_MESSAGE = "the task's record was unreadable; it was set aside and the task failed"
+RACE_RETRIES = 5  # put_if_open's tries when another writer records a status first
 
 
 def _dumps(record: dict[str, Any]) -> str:
@@ -53,6 +58,9 @@ class TaskStore:
         self._ttl = ttl_s
         self.availability = availability or AlwaysUp()
         self.quarantine = quarantine or Quarantine(client, prefix)
+        self.log = EventLog(client, prefix)
+        self.sealer = Sealer(client, prefix)
+        self.keys = Keys(prefix)
 
     def _key(self, task_id: str) -> str:
         return f"{self._p}:task:{task_id}"
@@ -70,52 +78,44 @@ class TaskStore:
             yield
 
     def put(self, task: dict[str, Any]) -> None:
-        """Write the whole record; open tasks are indexed, finished ones leave the index; a
-        succeeded task is findable from its meme (``taskof``)."""
-        task = {**task, "updated_at": time.time()}
+        """Record the task's new status as an event; its record (open tasks indexed,
+        finished ones not; a succeeded task findable from its meme, ``taskof``) is the event's
+        projection, written by the same script."""
         with self._guard(f"saving task {task['id']}", write=True):
-            pipe = self._r.pipeline(transaction=True)
-            pipe.set(self._key(task["id"]), _dumps(task), ex=self._ttl)
-            if task["status"] in OPEN_STATES:
-                pipe.sadd(self._open, task["id"])
-            else:
-                pipe.srem(self._open, task["id"])
-            if task["status"] == "succeeded" and task.get("meme_id"):
-                pipe.set(self._taskof(task["meme_id"]), task["id"], ex=self._ttl)
-            pipe.execute()
+            self._record(task, ANY_VERSION)
 
     def put_if_open(self, task: dict[str, Any]) -> bool:
-        """Write ``task`` only if the stored record is still open (queued or running): a
-        finished task is final, whatever answer comes late. False if it was not written."""
-        key = self._key(task["id"])
+        """Record ``task`` only if the task is still open (queued or running): a finished task
+        is final, whatever answer comes late. False if it was not recorded. The task's version
+        is read before its record, and the event expects it: a status recorded meanwhile makes
+        this one look again."""
+        entity = task_entity(task["id"])
+        with self._guard(f"saving task {task['id']}", write=True):
+            for _ in range(RACE_RETRIES):
+                version = self.log.version(entity)
+                current = self._decoded(task["id"], self._r)
+                if current is None or current["status"] not in OPEN_STATES:
+                    return False
+                try:
+                    self._record(task, version)
+                    return True
+                except VersionConflict:
+                    continue
+        raise StoreError(f"task {task['id']}: {RACE_RETRIES} writers in a row recorded first")
 
-        def write(pipe: redis.client.Pipeline) -> bool:
-            current = self._decoded(task["id"], pipe)
-            if current is None or current["status"] not in OPEN_STATES:
-                pipe.reset()
-                return False
-            pipe.multi()
-            record = {**task, "updated_at": time.time()}
-            pipe.set(key, _dumps(record), ex=self._ttl)
-            if record["status"] in OPEN_STATES:
-                pipe.sadd(self._open, task["id"])
-            else:
-                pipe.srem(self._open, task["id"])
-            if record["status"] == "succeeded" and record.get("meme_id"):
-                pipe.set(self._taskof(record["meme_id"]), task["id"], ex=self._ttl)
-            return True
-
-        with self._guard(f"saving task {task['id']}"):
-            # redis-py's signature wants a callable returning None; with value_from_callable
-            # the transaction returns what the callable returns.
-            written = self._r.transaction(
-                write,  # type: ignore[arg-type]
-                key,
-                value_from_callable=True,
-            )
-        if written:  # a write went through (one refused would have raised)
-            self.availability.accepted()
-        return bool(written)
+    def _record(self, task: dict[str, Any], expected: int) -> None:
+        task = {**task, "updated_at": time.time()}
+        entity, record = task_entity(task["id"]), _dumps(task)
+        data = {
+            "status": task["status"],
+            "stage": task.get("stage"),
+            "progress": task.get("progress"),
+            "meme_id": task.get("meme_id"),
+            "expires_at": task["updated_at"] + self._ttl,
+        }
+        sealed = self.sealer.seal(entity, {"record": record})
+        event = Event(f"{TASK}{task['status']}", entity, data, task["id"], "ledger", "", sealed)
+        self.log.append(event, expected, writes(self.keys, event, lambda: {"record": record}))
 
     def _decoded(self, task_id: str, reader: redis.Redis) -> dict[str, Any] | None:
         """The record via ``reader`` (the client or a watching pipeline), or None if missing;
@@ -193,22 +193,30 @@ class TaskStore:
         if not valid_id(meme_id):
             return None
         taskof = self._taskof(meme_id)
-        with self._guard(f"scrubbing the task of meme {meme_id}"):
+        with self._guard(f"scrubbing the task of meme {meme_id}", write=True):
             raw = cast(bytes | None, self._r.get(taskof))
             task_id = raw.decode(errors="replace") if raw is not None else ""
             if not valid_id(task_id):
                 self._r.delete(taskof)
                 return None
-            key = self._key(task_id)
-
-            def scrub(pipe: redis.client.Pipeline) -> None:
-                task = self._decoded(task_id, pipe)
-                pipe.multi()
-                if task is not None and task.get("meme_id") == meme_id:
-                    scrubbed = {k: v for k, v in task.items() if k not in ("request", "meme_id")}
-                    scrubbed["erased_at"] = time.time()
-                    pipe.set(key, _dumps(scrubbed), keepttl=True)
-                pipe.delete(taskof, self.quarantine.key_of("task", task_id))
-
-            self._r.transaction(scrub, key, taskof)
+            entity = task_entity(task_id)
+            version = self.log.version(entity)
+            task = self._decoded(task_id, self._r)
+            if task is not None and task.get("meme_id") == meme_id:
+                scrubbed = {k: v for k, v in task.items() if k not in ("request", "meme_id")}
+                scrubbed["erased_at"] = time.time()
+                left_ms = self._r.pttl(self._key(task_id))
+                left_s = left_ms / 1000 if left_ms > 0 else self._ttl
+                data = {"record": scrubbed, "meme_id": meme_id, "expires_at": time.time() + left_s}
+                # public: the request is gone from it; the key of the events that hold the
+                # request goes (crypto-shredding), and with it the task's quarantined copy
+                event = Event(TASK_SCRUBBED, entity, data, task_id, "erasure", "")
+                copy = ("DEL", self.quarantine.key_of("task", task_id))
+                ops = [*writes(self.keys, event, dict), copy]
+                try:
+                    self.log.append(event, version, ops)
+                except VersionConflict:  # the ledger recorded a status meanwhile: again
+                    return self.scrub_meme(meme_id)
+            else:
+                self._r.delete(taskof, self.quarantine.key_of("task", task_id))
         return task_id
