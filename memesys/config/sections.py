@@ -117,6 +117,11 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    erasure_window_s: float = field(metadata=bounded(1, 3600))
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     model: str
     select_model: str
@@ -167,5 +172,6 @@ class Config:
     pipeline: PipelineConfig
     tasks: TasksConfig
     redis: RedisConfig
+    storage: StorageConfig
     llm: LLMConfig
     render: RenderConfig

@@ -37,6 +37,7 @@ from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability, availability_for
 from memesys.storage.connection import connect
+from memesys.storage.erasures import Erasures
 from memesys.storage.errors import StoreDown, StoreError, TooLate
 from memesys.storage.eventlog import CACHED, COMPLETED, ERASED, Event, EventLog, VersionConflict
 from memesys.storage.projections import Keys, meme_entity, writes
@@ -97,6 +98,7 @@ class MemeStore:
         self.log = EventLog(client, prefix)
         self.sealer = Sealer(client, prefix)
         self.keys = Keys(prefix)
+        self.erasures = Erasures(client, prefix)
 
     @classmethod
     def open(
@@ -323,7 +325,9 @@ class MemeStore:
 
     def delete(self, meme_id: str) -> bool:
         """Erase the meme everywhere, incl. cache entries pointing to it and quarantined copies
-        of its record or PNG; True if any of it existed."""
+        of its record or PNG; True if any of it existed. An erasure that deleted something is
+        counted (:class:`~memesys.storage.erasures.Erasures`) in the same transaction: the
+        server's files owe a rewrite that drops it (:mod:`memesys.storage.rewrites`)."""
         if not valid_id(meme_id):
             return False
         cachedby = self._cachedby_key(meme_id)
@@ -337,14 +341,24 @@ class MemeStore:
             targets = pipe.mget(cache_keys) if cache_keys else []
             pointing = [k for k, t in zip(cache_keys, targets) if t == meme_id.encode()]
             logged = pipe.xlen(self.log.stream(entity))
+            quarantined = (
+                self.quarantine.key_of("meme", meme_id),
+                self.quarantine.key_of("png", meme_id),
+            )
+            present = pipe.exists(
+                self._meme_key(meme_id),
+                self._png_key(meme_id),
+                *quarantined,
+                self.sealer.key_name(entity),
+            )
             pipe.multi()
             pipe.delete(self._meme_key(meme_id))
             pipe.delete(self._png_key(meme_id))
             pipe.delete(cachedby, *pointing)
             pipe.zrem(self._index, meme_id)
-            pipe.delete(
-                self.quarantine.key_of("meme", meme_id), self.quarantine.key_of("png", meme_id)
-            )
+            pipe.delete(*quarantined)
+            if present:  # the disk owes a rewrite (memesys.storage.erasures)
+                self.erasures.count_in(pipe)
             if logged:  # an id the log never saw (a client's guess) adds nothing to it
                 digests = [cast(bytes, k).decode().rsplit(":", 1)[1] for k in pointing]
                 event = Event(ERASED, entity, {"id": meme_id, "caches": digests}, "", "erasure", "")
@@ -354,7 +368,8 @@ class MemeStore:
 
         entity = meme_entity(meme_id)
         with self._guard(f"deleting meme {meme_id}"):
-            replies = cast(list[int], self._r.transaction(erase, cachedby))
+            # the record is watched too: a save or a quarantine racing the erasure restarts it
+            replies = cast(list[int], self._r.transaction(erase, cachedby, self._meme_key(meme_id)))
         record, png, _, indexed, copies = replies[:5]
         return bool(record or png or indexed or copies)
 
