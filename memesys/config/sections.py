@@ -123,6 +123,7 @@ class StorageConfig:
     durability: str = field(metadata=one_of("fsync", "memory"))
     image_dir: str  # empty: <system.data_dir>/images
     retention_days: float = field(metadata=bounded(0, 36500))  # 0: keep forever
+    erasure_window_s: float = field(metadata=bounded(1, 3600))
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,7 @@ class EmbeddedRedis:
         self.stop()  # reap a server of ours that died on its own and drop its socket dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._stop_stale_server()
+        self._remove_temp_files()
         socket_path = self._fixed_socket or self._choose_socket_path()
         conf = self.data_dir / "redis.conf"
         text = "\n".join(
@@ -297,6 +298,7 @@ class EmbeddedRedis:
                 log.warning("redis-server pid %d did not exit; killing it", proc.pid)
                 self._kill()
         finally:
+            self._kill_children(proc.pid)
             self._proc = None
             self._cleanup_socket_dir()
 
@@ -346,6 +348,14 @@ class EmbeddedRedis:
         except psutil.NoSuchProcess:
             pass
 
+    def _remove_temp_files(self) -> None:
+        """Delete what a server killed in a rewrite or a snapshot left (``temp-*.aof``,
+        ``temp-*.rdb``; Redis deletes them itself only when it survives): no server runs on
+        data_dir now, and such a file may hold keys erased since, which only the live files are
+        rewritten for (:mod:`memesys.storage.rewrites`)."""
+        for path in [*self.data_dir.glob("temp-*.aof"), *self.data_dir.glob("temp-*.rdb")]:
+            path.unlink(missing_ok=True)
+
     def _wait_until_ready(self, socket_path: Path) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self.start_timeout_s
@@ -392,6 +402,22 @@ class EmbeddedRedis:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+
+    @staticmethod
+    def _kill_children(pid: int) -> None:
+        """SIGKILL the forks left of server ``pid`` (its process group): a rewrite or snapshot
+        child outlives its server and would finish its file later, from a fork that may predate
+        erasures, over the files a new server has rewritten since."""
+        killed = []
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if proc.info["name"] == "redis-server" and os.getpgid(proc.pid) == pid:
+                    proc.kill()
+                    killed.append(proc)
+            except (psutil.Error, OSError):
+                pass  # gone meanwhile
+        for proc in killed:  # ended (a zombie is: its files are closed) before anything reads
+            _exited(proc, _STOP_TIMEOUT_S)
 
     def _cleanup_socket_dir(self) -> None:
         if self._socket_tmpdir is not None:

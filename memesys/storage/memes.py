@@ -60,6 +60,7 @@ from memesys.storage.availability import (
     write_probe,
 )
 from memesys.storage.connection import connect
+from memesys.storage.erasures import Erasures
 from memesys.storage.errors import StoreDown, StoreError, TooLate
 from memesys.storage.eventlog import Event, EventLog, VersionConflict
 from memesys.storage.images import ImageFiles
@@ -158,6 +159,7 @@ class MemeStore:
         self.log = EventLog(client, prefix)
         self.sealer = Sealer(client, prefix)
         self.keys = Keys(prefix)
+        self.erasures = Erasures(client, prefix)
 
     @classmethod
     def open(
@@ -483,7 +485,9 @@ class MemeStore:
         of its record or PNG, and its PNG file (and the file's content, unless another meme
         has the same picture), as an ``erased`` event (``why``: EXPIRED for retention); True
         if any of it existed. Then settles what earlier saves and erasures left unfinished
-        (:meth:`tidy_images`)."""
+        (:meth:`tidy_images`). An erasure that deleted something is counted
+        (:class:`~memesys.storage.erasures.Erasures`) in the same transaction: the server's
+        files owe a rewrite that drops it (:mod:`memesys.storage.rewrites`)."""
         if not valid_id(meme_id):
             return False
         cachedby = self._cachedby_key(meme_id)
@@ -503,15 +507,25 @@ class MemeStore:
             # already erased (a retried DELETE, two retention sweeps) adds nothing to the log
             unerased = pipe.exists(self.sealer.key_name(entity))
             pending = f"{meme_id}:{_digest_of(cast(bytes | None, pipe.get(meme_key)))}"
+            quarantined = (
+                self.quarantine.key_of("meme", meme_id),
+                self.quarantine.key_of("png", meme_id),
+            )
+            present = pipe.exists(
+                self._meme_key(meme_id),
+                self._png_key(meme_id),
+                *quarantined,
+                self.sealer.key_name(entity),
+            )
             pipe.multi()
             pipe.delete(meme_key)
             pipe.delete(self._png_key(meme_id))
             pipe.delete(cachedby, *pointing)
             pipe.zrem(self._index, meme_id)
-            pipe.delete(
-                self.quarantine.key_of("meme", meme_id), self.quarantine.key_of("png", meme_id)
-            )
+            pipe.delete(*quarantined)
             pipe.zadd(self._pending, {pending: 0})  # its files go next, even after a crash
+            if present:  # the disk owes a rewrite (memesys.storage.erasures)
+                self.erasures.count_in(pipe)
             if unerased:  # nor does an id the log never saw (a client's guess)
                 digests = [cast(bytes, k).decode().rsplit(":", 1)[1] for k in pointing]
                 event = Event(why, entity, {"id": meme_id, "caches": digests}, "", why, "")

@@ -8,6 +8,7 @@ holds it to that).
 ROOT = "memesys"  # the root supervisor's global name
 REDIS = "redis"  # the embedded redis-server's supervisor (absent with a configured REDIS_URL)
 REDIS_SERVER_NAME = "server"
+REWRITER_NAME = "rewriter"  # beside the server: its files catch up with erasures
 STORE = "store"
 RENDER = "render"
 VERIFY = "verify"

@@ -2,7 +2,8 @@
 
     memesys            rest_for_one  a child restarts after what it depends on: when the store
     ├── redis          one_for_one   the embedded redis-server's owner, restarted with backoff
-    │   └── server                   when the server dies (only when the daemon owns Redis)
+    │   ├── server                   when the server dies (only when the daemon owns Redis)
+    │   └── rewriter                 rewrites its files after erasures
     ├── store          pool          pool restarts, everything after it restarts and resolves
     ├── render         pool          fresh addresses; a generator crash touches nothing before it
     ├── verify         pool          the three verifiers and the scorer, many calls at once
@@ -30,6 +31,7 @@ from memesys.tree.paths import (
     REDIS,
     REDIS_SERVER_NAME,
     RENDER,
+    REWRITER_NAME,
     ROOT,
     RUNNER_NAME,
     STORE,
@@ -38,6 +40,7 @@ from memesys.tree.paths import (
 )
 from memesys.tree.redis_server import RedisServer, RedisServerArgs
 from memesys.tree.renderer import RenderWorker
+from memesys.tree.rewriter import STOP_WITHIN_S, Rewriter, RewriterArgs
 from memesys.tree.store import StoreArgs, StoreWorker
 from memesys.tree.tasks import TaskArgs, TaskLedger, TaskRunner
 from memesys.tree.verifier import VerifierArgs, VerifierWorker
@@ -46,11 +49,12 @@ from memesys.tree.verifier import VerifierArgs, VerifierWorker
 REDIS_SHUTDOWN_S = 15.0
 
 
-def redis_spec(cfg: Config, server: RedisServerArgs) -> ChildSpec:
+def redis_spec(cfg: Config, server: RedisServerArgs, redis_url: str) -> ChildSpec:
     """The embedded redis-server's owner under a one_for_one supervisor of its own: its
     restarts (with the redis.restart_backoff_* backoff) touch nothing else in the tree, whose
     Redis users ride the outage out; only if it keeps failing past the intensity does the
-    root's rest_for_one restart everything."""
+    root's rest_for_one restart everything. Beside it, the rewriter of its files after
+    erasures (started after the server, stopped before it)."""
     sup, redis = cfg.supervision, cfg.redis
     backoff = Backoff(
         redis.restart_backoff_initial_s, redis.restart_backoff_max_s, sup.backoff_jitter
@@ -59,7 +63,15 @@ def redis_spec(cfg: Config, server: RedisServerArgs) -> ChildSpec:
         REDIS,
         Supervisor,
         SupervisorArgs(
-            (ChildSpec(REDIS_SERVER_NAME, RedisServer, server, shutdown_s=REDIS_SHUTDOWN_S),),
+            (
+                ChildSpec(REDIS_SERVER_NAME, RedisServer, server, shutdown_s=REDIS_SHUTDOWN_S),
+                ChildSpec(
+                    REWRITER_NAME,
+                    Rewriter,
+                    RewriterArgs(redis_url, redis.key_prefix, cfg.storage.erasure_window_s),
+                    shutdown_s=STOP_WITHIN_S + 1.5,
+                ),
+            ),
             Strategy.ONE_FOR_ONE,
             sup.max_restarts,
             sup.period_s,
@@ -198,7 +210,7 @@ def root_spec(
         ),
     )
     if redis_server is not None:  # first: everything after it depends on it
-        children = (redis_spec(cfg, redis_server),) + children
+        children = (redis_spec(cfg, redis_server, redis_url),) + children
     return ChildSpec(
         ROOT,
         Supervisor,
