@@ -13,7 +13,8 @@ progress on stderr:
 2. append, ``PROCESSES`` processes at once, each its own client and its own memes (every append
    also goes to the one global stream): events/s over all, from the first start to the last end.
 3. replay: ``projections.rebuild`` after the loss of every projection, over the log of ``MEMES``
-   memes (each ``completed`` and ``cached``; one in 20 also ``erased``, its key shredded):
+   memes (each its eight progress events, as a meme's journal writes them, then ``completed``
+   and ``cached``; one in 20 also ``erased``, its key shredded):
    events/s, and the time for 10,000 memes; every meme not erased must read back.
 
 Targets (bench/README.md says why):
@@ -49,9 +50,20 @@ import psutil
 import redis
 
 from bench.common import commit_description, median, table, verdict
+from memesys.domain.events import (
+    CACHED,
+    CAPTION_WRITTEN,
+    COMPLETED,
+    ERASED,
+    FORMAT_CHOSEN,
+    RENDERED,
+    REQUESTED,
+    SCORED,
+    VERDICT,
+)
 from memesys.domain.ids import new_id
 from memesys.storage.connection import EmbeddedRedis, connect
-from memesys.storage.eventlog import CACHED, COMPLETED, ERASED, Event, EventLog
+from memesys.storage.eventlog import PREVIOUS, Event, EventLog
 from memesys.storage.projections import Keys, meme_entity, rebuild, writes
 from memesys.storage.sealing import Sealer
 
@@ -409,15 +421,43 @@ def table3(url: str, server: int, mode: Mode) -> tuple[list[str], bool]:
     ], ok
 
 
+PROGRESS = (
+    (REQUESTED, {"format": None, "seed": 0, "fresh": False, "background": False}, 60),
+    (FORMAT_CHOSEN, {"format": "drake"}, 100),
+    (CAPTION_WRITTEN, {"format": "drake", "slots": 2}, 80),
+    (VERDICT, {"round": 0, "verifier": "appropriateness", "status": "passed"}, 20),
+    (VERDICT, {"round": 0, "verifier": "factuality", "status": "passed"}, 20),
+    (VERDICT, {"round": 0, "verifier": "instruction_following", "status": "passed"}, 20),
+    (SCORED, {"round": 0, "humor": 0.61, "clarity": 0.7, "overall": 0.64}, 80),
+    (RENDERED, {"bytes": 90871}, 0),
+)
+"""A meme's progress events before its ``completed``: type, public data, sealed bytes (as
+measured on the daemon's memes)."""
+
+
+def progress(sealer: Sealer, done: Event) -> list[Event]:
+    """``done``'s meme's progress events as its journal writes them (the first one carries the
+    trace and correlation for the rest)."""
+    first, *rest = PROGRESS
+    key = sealer.new_key()
+    events = [Event(first[0], done.entity, first[1], done.correlation, "request", done.trace, b"")]
+    for kind, data, personal in rest:
+        sealed = sealer.seal(done.entity, {"x": "y" * personal}, key) if personal else b""
+        events.append(Event(kind, done.entity, data, "", PREVIOUS, "", sealed))
+    return events
+
+
 def write_log(r: redis.Redis, prefix: str, memes: int) -> int:
-    """Every meme's completed and cached events (pipelined appends, as their writers would
+    """Every meme's progress, completed and cached events (pipelined appends, as their writers would
     leave them); one in ERASED_SHARE erased, its key deleted. Returns how many were erased."""
     log, sealer, keys = EventLog(r, prefix), Sealer(r, prefix), Keys(prefix)
     erased = 0
     pipe = r.pipeline(transaction=False)
     for n in range(memes):
         each = completed(sealer, keys, record(n))
-        log.append_in(pipe, each.event, 0, each.projection)
+        for event in progress(sealer, each.event):
+            log.append_in(pipe, event)
+        log.append_in(pipe, each.event, len(PROGRESS), each.projection)
         meme_id = each.event.data["id"]
         data = {"meme": meme_id, "cache": os.urandom(32).hex(), "expires_at": time.time() + 86400}
         cached = Event(CACHED, each.event.entity, data, "", "cache", "")

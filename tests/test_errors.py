@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 import memesys
 from actors.messages import FailureCode
@@ -221,7 +222,8 @@ def test_the_store_worker_answers_a_forged_cursor_but_crashes_on_its_own_fault()
 
     worker = StoreWorker.__new__(StoreWorker)  # no actor: only its request handling
     worker.args = StoreArgs("", "memesys", task_ttl_s=60, image_dir="")
-    worker.store = MemeStore(client=None, images=None)  # neither request reaches Redis
+    # a client that never connects: neither request reaches Redis
+    worker.store = MemeStore(client=redis.Redis(port=1), images=None)
     with pytest.raises(RequestFailed) as answered:
         worker.handle(ListMemes(5, "forged"))
     assert answered.value.failure.code == ErrorCode.INVALID_FIELD
