@@ -36,11 +36,18 @@ SCHEMA_VERSION = 1
 
 class Journal(Protocol):
     """Where a meme's maker reports its events, in order, as they happen. ``record`` never
-    blocks the pipeline; ``settled`` waits for every recorded event to be appended and answers
-    the meme's version (the events appended), which its ``completed`` event expects."""
+    blocks the pipeline; with ``now`` False the event waits for the next one recorded with
+    ``now`` (fewer appends: what nobody needs at once goes with what follows). ``settled``
+    waits for the appends under way and answers the meme's version (the events appended) and
+    the events recorded but not appended yet, which the store appends with the meme's
+    ``completed`` event, in the same script."""
 
     def record(
-        self, type: str, data: Mapping[str, Any], personal: Mapping[str, Any] | None = None
+        self,
+        type: str,
+        data: Mapping[str, Any],
+        personal: Mapping[str, Any] | None = None,
+        now: bool = True,
     ) -> None: ...
 
-    async def settled(self) -> int: ...
+    async def settled(self) -> tuple[int, tuple[Any, ...]]: ...

@@ -168,6 +168,7 @@ class LocalWorkshop:
             deadlines.current(),
             order.version,
             order.correlation,
+            order.events,
         )
 
     def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:

@@ -69,6 +69,7 @@ class SaveMeme:
     cache_key: str | None = None
     version: int = 0  # the meme's events its journal appended: its ``completed`` comes next
     correlation: str = ""  # the request's or task's id its events carry
+    events: tuple[Any, ...] = ()  # recorded, not appended yet: they go before ``completed``
 
 
 class Workshop(Protocol):
@@ -299,6 +300,7 @@ class MemeMaker:
                 "mode": self.mode,
             },
             {"topic": request.topic, "style": request.style, "audience": request.audience},
+            now=False,  # with the caption, in one append
         )
         speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
         progress = Progress(journal, None if self.mode == SEQUENTIAL else speculation)
@@ -308,7 +310,7 @@ class MemeMaker:
             lap("pipeline")
             png = await speculation.picture_for(result.caption)
             lap("render")
-            journal.record(RENDERED, {"bytes": len(png)})
+            journal.record(RENDERED, {"bytes": len(png)}, now=False)  # with completed
         except BaseException as exc:
             journal.record(FAILED, {"code": _failure_code(exc)}, {"message": str(exc)})
             raise
@@ -328,10 +330,10 @@ class MemeMaker:
             self.program.provider,
             self.engine,
         )
-        version = await journal.settled()
+        version, events = await journal.settled()
         correlation = request.correlation or request.trace_id
         await workshop.save(
-            SaveMeme(meme, png, None if request.fresh else key, version, correlation)
+            SaveMeme(meme, png, None if request.fresh else key, version, correlation, events)
         )
         lap("store")
         timings["total"] = (time.perf_counter() - began) * 1000

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import redis
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from memesys.storage.errors import StoreError
 from memesys.storage.eventlog import PREVIOUS, Event
@@ -53,6 +54,7 @@ class MemeJournal:
         self._sealer, self._append, self._run = sealer, append, run
         self.correlation, self.trace = correlation, trace
         self._key = sealer.new_key()
+        self._cipher = AESGCM(self._key)  # made once: its key schedule costs a seal's time
         self._queued: list[Event] = []
         self._recorded = 0  # events recorded (queued or appended)
         self.version = 0  # events appended
@@ -60,9 +62,13 @@ class MemeJournal:
         self._failed = False
 
     def record(
-        self, type: str, data: Mapping[str, Any], personal: Mapping[str, Any] | None = None
+        self,
+        type: str,
+        data: Mapping[str, Any],
+        personal: Mapping[str, Any] | None = None,
+        now: bool = True,
     ) -> None:
-        sealed = self._sealer.seal(self.entity, personal, self._key) if personal else b""
+        sealed = self._sealer.seal(self.entity, personal, self._cipher) if personal else b""
         if self._recorded:  # the trace and correlation of the first event stand for the rest
             event = Event(type, self.entity, dict(data), "", PREVIOUS, "", sealed)
         else:
@@ -71,16 +77,14 @@ class MemeJournal:
             )
         self._recorded += 1
         self._queued.append(event)
-        if self._flushing is None or self._flushing.done():
+        if now and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
         while self._queued and not self._failed:
             batch, self._queued = self._queued, []
-            key = [("SET", self._sealer.key_name(self.entity), self._key, "NX")]
-            call = functools.partial(
-                self._append, batch, self.version, key if not self.version else []
-            )
+            key = [] if self.version else [self.key_write]
+            call = functools.partial(self._append, batch, self.version, key)
             try:
                 await self._run(call)
             except (StoreError, redis.RedisError, OSError) as exc:
@@ -94,8 +98,18 @@ class MemeJournal:
                 return
             self.version += len(batch)
 
-    async def settled(self) -> int:
-        """Wait for every recorded event's append; the meme's version (events appended)."""
+    async def settled(self) -> tuple[int, tuple[Any, ...]]:
+        """Wait for the appends under way; the meme's version (events appended) and the events
+        recorded after them, handed over (the store appends them with ``completed``). Before
+        the first append they are appended here: the meme's key goes with that append."""
         if self._flushing is not None:
             await asyncio.shield(self._flushing)
-        return self.version
+        if not self.version and not self._failed:
+            await self._flush()  # the meme's key goes with its first append: not the store's
+        events, self._queued = tuple(self._queued), []
+        return self.version, events
+
+    @property
+    def key_write(self) -> tuple[str, str, bytes, str]:
+        """The write that records the meme's key (it goes with its first append)."""
+        return ("SET", self._sealer.key_name(self.entity), self._key, "NX")

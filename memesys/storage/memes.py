@@ -294,8 +294,10 @@ class MemeStore:
         not_after: float | None = None,
         version: int = 0,
         correlation: str = "",
+        events: Sequence[Event] = (),
     ) -> None:
-        """Store the PNG's files, then record the meme's ``completed`` event (its record
+        """Store the PNG's files, then record ``events`` (its journal's last, not appended yet)
+        and the meme's ``completed`` event (its record
         sealed) after the ``version`` events its journal appended and, in the same script, its
         projection (record, index entry): no reader sees a meme whose picture is not on disk,
         nor an event without its projection. ``meme["image"]`` must describe ``png``. Past
@@ -341,7 +343,9 @@ class MemeStore:
             )
             projection = writes(self.keys, event, lambda: {"record": record})
             try:
-                self.log.append(event, version, [*projection, ("ZREM", self._pending, pending)])
+                self.log.append_all(
+                    [*events, event], version, [*projection, ("ZREM", self._pending, pending)]
+                )
             except VersionConflict:
                 if not self._r.exists(self._meme_key(meme_id)):
                     raise
@@ -357,12 +361,13 @@ class MemeStore:
         not_after: float | None = None,
         version: int = 0,
         correlation: str = "",
+        events: Sequence[Event] = (),
     ) -> str:
         """Save a meme just made (after the ``version`` events its journal appended), and cache
         it under ``cache_key`` unless that is None (a fresh meme); returns its id. Past
         ``not_after`` (the request's wall-clock deadline) nothing is saved (:class:`TooLate`):
         the thread that saves may start late, and the client has had its 504 by then."""
-        self.save(meme, png, not_after, version, correlation)
+        self.save(meme, png, not_after, version, correlation, events)
         meme_id: str = meme["id"]
         if cache_key:
             trace = str(meme.get("trace_id") or "")

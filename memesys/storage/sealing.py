@@ -52,15 +52,20 @@ class Sealer:
             raise Shredded(f"{entity}: its key was erased")
         return key
 
-    def seal(self, entity: str, personal: Mapping[str, Any], key: bytes | None = None) -> bytes:
+    def seal(
+        self, entity: str, personal: Mapping[str, Any], key: bytes | AESGCM | None = None
+    ) -> bytes:
         """``personal`` sealed with the entity's key: ``key`` when the caller holds it (a new
-        entity's, from :meth:`new_key`, written with its first events), else the one in Redis
-        (made on first use)."""
+        entity's, from :meth:`new_key`, written with its first events; or its cipher, made
+        once), else the one in Redis (made on first use)."""
         nonce = os.urandom(_NONCE)
         deflate = zlib.compressobj(wbits=-15)  # raw deflate: no header, no checksum (GCM's tag)
         text = json.dumps(personal, separators=(",", ":"), ensure_ascii=False).encode()
         plain = deflate.compress(text) + deflate.flush()
-        aead = AESGCM(key if key is not None else self._key(entity, create=True))
+        if isinstance(key, AESGCM):
+            aead = key
+        else:
+            aead = AESGCM(key if key is not None else self._key(entity, create=True))
         return nonce + aead.encrypt(nonce, plain, entity.encode())
 
     @staticmethod

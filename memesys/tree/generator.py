@@ -205,6 +205,7 @@ class TreeWorkshop:
             deadlines.current(),
             order.version,
             order.correlation,
+            order.events,
         )
 
     def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:
