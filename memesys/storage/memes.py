@@ -151,7 +151,6 @@ class MemeStore:
         self._r = client
         self.images = images
         self._p = prefix
-        self._index = f"{prefix}:memes"
         self._pending = f"{prefix}:images:pending"
         self._legacy_moved = f"{prefix}:images:legacy_moved"
         self.availability = availability or AlwaysUp()
@@ -198,19 +197,10 @@ class MemeStore:
     def hit_keys(self, key: str) -> tuple[str, str]:
         """Where a cache hit is read: key's cache entry, and the prefix of the meme record
         its id names (for a reader that fetches both at once, :mod:`memesys.storage.hits`)."""
-        return self._cache_key(key), self._meme_key("")
-
-    def _meme_key(self, meme_id: str) -> str:
-        return f"{self._p}:meme:{meme_id}"
-
-    def _png_key(self, meme_id: str) -> str:
-        return f"{self._p}:png:{meme_id}"
-
-    def _cachedby_key(self, meme_id: str) -> str:
-        return f"{self._p}:cachedby:{meme_id}"
+        return self._cache_key(key), self.keys.meme("")
 
     def _cache_key(self, key: str) -> str:
-        return f"{self._p}:cache:{hashlib.sha256(key.encode()).hexdigest()}"
+        return self.keys.cache(hashlib.sha256(key.encode()).hexdigest())
 
     @contextlib.contextmanager
     def _guard(self, what: str, write: bool = False) -> Iterator[None]:
@@ -273,7 +263,12 @@ class MemeStore:
         if problem is None:
             return cast(dict[str, Any], meme)  # a record without its problem is an object
         self._set_aside(
-            "meme", meme_id, self._meme_key(meme_id), problem, raw=raw, index=("zrem", self._index)
+            "meme",
+            meme_id,
+            self.keys.meme(meme_id),
+            problem,
+            raw=raw,
+            index=("zrem", self.keys.index),
         )
         return None
 
@@ -347,7 +342,7 @@ class MemeStore:
                     [*events, event], version, [*projection, ("ZREM", self._pending, pending)]
                 )
             except VersionConflict:
-                if not self._r.exists(self._meme_key(meme_id)):
+                if not self._r.exists(self.keys.meme(meme_id)):
                     raise
                 # a save retried after its first try was written (its reply lost): done once
                 self._r.zrem(self._pending, pending)
@@ -379,7 +374,7 @@ class MemeStore:
         if not valid_id(meme_id):
             return None
         with self._guard(f"reading meme {meme_id}"):
-            raw = self._read("meme", meme_id, self._meme_key(meme_id))
+            raw = self._read("meme", meme_id, self.keys.meme(meme_id))
             return None if raw is None else self._meme(meme_id, raw)
 
     def image(self, meme_id: str, known: Collection[str] = ()) -> MemeImage | None:
@@ -432,7 +427,7 @@ class MemeStore:
 
     def _legacy_png(self, meme_id: str) -> bytes | None:
         with self._guard(f"reading the png of meme {meme_id}"):
-            key = self._png_key(meme_id)
+            key = self.keys.png(meme_id)
             png = self._read("png", meme_id, key)
             problem = None if png is None else png_problem(png)
             if problem is not None:
@@ -456,14 +451,14 @@ class MemeStore:
             if cursor is None:
                 entries = cast(
                     list[tuple[bytes, float]],
-                    self._r.zrevrange(self._index, 0, limit, withscores=True),
+                    self._r.zrevrange(self.keys.index, 0, limit, withscores=True),
                 )
             else:
                 score, last_id = _decode_cursor(cursor)
                 pipe = self._r.pipeline(transaction=False)
-                pipe.zrangebyscore(self._index, score, score)
+                pipe.zrangebyscore(self.keys.index, score, score)
                 pipe.zrevrangebyscore(
-                    self._index, f"({score!r}", "-inf", start=0, num=limit + 1, withscores=True
+                    self.keys.index, f"({score!r}", "-inf", start=0, num=limit + 1, withscores=True
                 )
                 same_score, older = pipe.execute()
                 after = sorted((m for m in same_score if m.decode() < last_id), reverse=True)
@@ -471,7 +466,7 @@ class MemeStore:
             page = [(m.decode(errors="replace"), s) for m, s in entries[:limit]]
             raws = cast(
                 list[bytes | None],
-                self._r.mget([self._meme_key(i) for i, _ in page]) if page else [],
+                self._r.mget([self.keys.meme(i) for i, _ in page]) if page else [],
             )
             # An index entry whose record vanished (deleted meanwhile) is skipped, not an
             # error; a corrupt record is quarantined and skipped: the page has the good ones.
@@ -495,8 +490,8 @@ class MemeStore:
         files owe a rewrite that drops it (:mod:`memesys.storage.rewrites`)."""
         if not valid_id(meme_id):
             return False
-        cachedby = self._cachedby_key(meme_id)
-        meme_key = self._meme_key(meme_id)
+        cachedby = self.keys.cachedby(meme_id)
+        meme_key = self.keys.meme(meme_id)
         pending = f"{meme_id}:"
 
         def erase(pipe: Pipeline) -> None:
@@ -517,16 +512,16 @@ class MemeStore:
                 self.quarantine.key_of("png", meme_id),
             )
             present = pipe.exists(
-                self._meme_key(meme_id),
-                self._png_key(meme_id),
+                self.keys.meme(meme_id),
+                self.keys.png(meme_id),
                 *quarantined,
                 self.sealer.key_name(entity),
             )
             pipe.multi()
             pipe.delete(meme_key)
-            pipe.delete(self._png_key(meme_id))
+            pipe.delete(self.keys.png(meme_id))
             pipe.delete(cachedby, *pointing)
-            pipe.zrem(self._index, meme_id)
+            pipe.zrem(self.keys.index, meme_id)
             pipe.delete(*quarantined)
             pipe.zadd(self._pending, {pending: 0})  # its files go next, even after a crash
             if present:  # the disk owes a rewrite (memesys.storage.erasures)
@@ -555,7 +550,7 @@ class MemeStore:
         are removed unless its meme was saved; True if the meme had files."""
         meme_id, _, digest = pending.partition(":")
         with self._guard(f"tidying the image of meme {meme_id}"):
-            saved = bool(self._r.exists(self._meme_key(meme_id)))
+            saved = bool(self._r.exists(self.keys.meme(meme_id)))
         files = False
         if not saved:
             with self._on_disk(f"erasing the image of meme {meme_id}"):
@@ -589,7 +584,7 @@ class MemeStore:
         with self._guard("finding PNGs kept in Redis"):
             if self._r.exists(self._legacy_moved):
                 return 0
-            found = self._r.scan_iter(match=self._png_key("*"), count=LEGACY_SCAN_COUNT)
+            found = self._r.scan_iter(match=self.keys.png("*"), count=LEGACY_SCAN_COUNT)
             keys = list(islice(found, limit))
             if not keys:
                 self._r.set(self._legacy_moved, time.time())
@@ -598,7 +593,7 @@ class MemeStore:
         return len(keys)
 
     def _move_legacy(self, meme_id: str) -> None:
-        meme_key, png_key = self._meme_key(meme_id), self._png_key(meme_id)
+        meme_key, png_key = self.keys.meme(meme_id), self.keys.png(meme_id)
         written: set[str] = set()  # pending entries of files written (once per attempt)
 
         def move(pipe: Pipeline) -> None:
@@ -635,7 +630,7 @@ class MemeStore:
         with self._guard("listing memes past retention"):
             ids = cast(
                 Sequence[bytes],
-                self._r.zrangebyscore(self._index, "-inf", f"({cutoff!r}", 0, limit),
+                self._r.zrangebyscore(self.keys.index, "-inf", f"({cutoff!r}", 0, limit),
             )
         return tuple(i.decode(errors="replace") for i in ids)
 
@@ -654,8 +649,8 @@ class MemeStore:
             raise ValueError("ttl_s must be a whole number of seconds, at least 1")
         cache_key = self._cache_key(key)
         digest = cache_key.rsplit(":", 1)[1]
-        cachedby = self._cachedby_key(meme_id)
-        meme_key = self._meme_key(meme_id)
+        cachedby = self.keys.cachedby(meme_id)
+        meme_key = self.keys.meme(meme_id)
 
         def put(pipe: Pipeline) -> None:
             if not pipe.exists(meme_key):
@@ -668,7 +663,7 @@ class MemeStore:
             pipe.expire(cachedby, max(ttl_s, set_ttl))
             old_id = previous.decode(errors="replace") if previous is not None else None
             if old_id is not None and old_id != meme_id and valid_id(old_id):
-                pipe.srem(self._cachedby_key(old_id), cache_key)
+                pipe.srem(self.keys.cachedby(old_id), cache_key)
             data = {"meme": meme_id, "cache": digest, "expires_at": time.time() + ttl_s}
             event = Event(CACHED, meme_entity(meme_id), data, correlation, "cache", trace)
             self.log.append_in(pipe, event)
@@ -694,7 +689,7 @@ class MemeStore:
                 self._set_aside("cache", cache_id, cache_key, problem, raw=raw)
                 return None
             meme_id = raw.decode("ascii")
-            if exists and not self._r.exists(self._meme_key(meme_id)):
+            if exists and not self._r.exists(self.keys.meme(meme_id)):
                 return None
         return meme_id
 

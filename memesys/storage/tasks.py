@@ -54,23 +54,12 @@ class TaskStore:
         quarantine: Quarantine | None = None,
     ) -> None:
         self._r = client
-        self._p = prefix
         self._ttl = ttl_s
         self.availability = availability or AlwaysUp()
         self.quarantine = quarantine or Quarantine(client, prefix)
         self.log = EventLog(client, prefix)
         self.sealer = Sealer(client, prefix)
         self.keys = Keys(prefix)
-
-    def _key(self, task_id: str) -> str:
-        return f"{self._p}:task:{task_id}"
-
-    def _taskof(self, meme_id: str) -> str:
-        return f"{self._p}:taskof:{meme_id}"
-
-    @property
-    def _open(self) -> str:
-        return f"{self._p}:tasks:open"
 
     @contextlib.contextmanager
     def _guard(self, what: str, write: bool = False) -> Iterator[None]:
@@ -120,7 +109,7 @@ class TaskStore:
     def _decoded(self, task_id: str, reader: redis.Redis) -> dict[str, Any] | None:
         """The record via ``reader`` (the client or a watching pipeline), or None if missing;
         a corrupt one is quarantined, replaced by a failed task, and that is returned."""
-        key = self._key(task_id)
+        key = self.keys.task(task_id)
         try:
             raw = cast(bytes | None, reader.get(key))
         except redis.ResponseError as exc:
@@ -136,7 +125,7 @@ class TaskStore:
         return self._set_aside(task_id, raw, problem)
 
     def _set_aside(self, task_id: str, raw: bytes | None, reason: str) -> dict[str, Any]:
-        key = self._key(task_id)
+        key = self.keys.task(task_id)
         wrong_type = (
             None if raw is not None else cast(bytes, self._r.type(key)).decode(errors="replace")
         )
@@ -157,7 +146,7 @@ class TaskStore:
             key,
             fingerprint(raw, wrong_type),
             reason,
-            index=("srem", self._open),
+            index=("srem", self.keys.open_tasks),
             replacement=_dumps(failed).encode(),
             replacement_ttl_s=self._ttl,
         )
@@ -175,13 +164,13 @@ class TaskStore:
         """Every unfinished task, oldest first (expired records are dropped from the index,
         corrupt ones quarantined and failed)."""
         with self._guard("listing open tasks"):
-            members = cast(set[bytes], self._r.smembers(self._open))
+            members = cast(set[bytes], self._r.smembers(self.keys.open_tasks))
             ids = sorted(m.decode(errors="replace") for m in members)
             tasks = []
             for task_id in ids:
                 task = self._decoded(task_id, self._r) if valid_id(task_id) else None
                 if task is None:
-                    self._r.srem(self._open, task_id)
+                    self._r.srem(self.keys.open_tasks, task_id)
                 elif task["status"] in OPEN_STATES:
                     tasks.append(task)
         return sorted(tasks, key=lambda t: t["created_at"])
@@ -192,7 +181,7 @@ class TaskStore:
         the scrubbed task, or None when no task made this meme."""
         if not valid_id(meme_id):
             return None
-        taskof = self._taskof(meme_id)
+        taskof = self.keys.taskof(meme_id)
         with self._guard(f"scrubbing the task of meme {meme_id}", write=True):
             raw = cast(bytes | None, self._r.get(taskof))
             task_id = raw.decode(errors="replace") if raw is not None else ""
@@ -205,7 +194,7 @@ class TaskStore:
             if task is not None and task.get("meme_id") == meme_id:
                 scrubbed = {k: v for k, v in task.items() if k not in ("request", "meme_id")}
                 scrubbed["erased_at"] = time.time()
-                left_ms = self._r.pttl(self._key(task_id))
+                left_ms = self._r.pttl(self.keys.task(task_id))
                 left_s = left_ms / 1000 if left_ms > 0 else self._ttl
                 data = {"record": scrubbed, "meme_id": meme_id, "expires_at": time.time() + left_s}
                 # public: the request is gone from it; the key of the events that hold the
