@@ -62,7 +62,7 @@ from memesys.storage.availability import (
 from memesys.storage.connection import connect
 from memesys.storage.erasures import Erasures
 from memesys.storage.errors import StoreDown, StoreError, TooLate
-from memesys.storage.eventlog import Event, EventLog, VersionConflict
+from memesys.storage.eventlog import PREVIOUS, Event, EventLog, VersionConflict
 from memesys.storage.images import ImageFiles
 from memesys.storage.journal import MemeJournal, Runner, in_thread
 from memesys.storage.projections import Keys, meme_entity, writes
@@ -332,7 +332,7 @@ class MemeStore:
                 entity,
                 {"id": meme_id, "created_at": float(created_at), "format": meme.get("format")},
                 correlation=correlation or trace,
-                cause="request",
+                cause=PREVIOUS if version or events else "request",
                 trace=trace,
                 sealed=self.sealer.seal(entity, {"record": record}),
             )
