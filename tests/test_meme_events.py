@@ -5,6 +5,9 @@ from the log alone through ``memesys-admin replay``."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,6 +117,31 @@ def test_replay_without_a_redis_says_so(tmp_path: Path, daemon: DaemonProcess) -
         pytest.skip("the daemon runs on REDIS_URL: replay connects there")
     done = daemon.admin("replay", "--data-dir", str(tmp_path))
     assert done.returncode == 1 and "no embedded Redis socket" in done.stderr
+    done = daemon.admin("stats", "--json", "--data-dir", str(tmp_path))
+    assert done.returncode == 1 and "no embedded Redis socket" in json.loads(done.stderr)["error"]
+
+
+def test_the_admin_counts_the_store_and_lists_open_tasks(daemon: DaemonProcess) -> None:
+    where = ("--data-dir", str(daemon.data_dir))
+    before = json.loads(daemon.admin("stats", "--json", *where).stdout)
+    assert daemon.json("POST", "/v1/memes", {"topic": "count me", "fresh": True})[0] == 201
+    after = json.loads(daemon.admin("stats", "--json", *where).stdout)
+    assert after["memes"] == before["memes"] + 1 and after["events"] > before["events"]
+    assert after["redis_used_memory_bytes"] > 0 and isinstance(after["quarantined"], dict)
+    text = daemon.admin("stats", *where).stdout
+    assert f"memes            {after['memes']}" in text
+    listed = daemon.admin("tasks", "--json", *where)
+    assert listed.returncode == 0 and isinstance(json.loads(listed.stdout), list)
+
+
+@pytest.mark.parametrize(
+    "module, name", [("memesys.cli.daemon", "memesys"), ("memesys.cli.admin", "memesys-admin")]
+)
+def test_both_commands_say_their_version(module: str, name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and re.fullmatch(rf"{name} \S+\n", done.stdout), done
 
 
 def test_retention_expires_old_memes_through_the_log(tmp_path: Path) -> None:

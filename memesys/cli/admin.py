@@ -4,18 +4,22 @@ It attaches to the admin port and never starts an actor system: with none runnin
 and exits non-zero. The tree comes from the project's own root supervisor (Thespian's admin
 stops answering status requests after any failed ``createActor``).
 
-``replay`` talks to Redis, not to the tree: it rebuilds every projection (memes, the time index,
-cache entries) from the event log (:mod:`memesys.storage.projections`), on the configured
-``REDIS_URL`` or on the running daemon's embedded Redis (its socket under the data directory).
+``replay``, ``stats`` and ``tasks`` talk to Redis, not to the tree, on the configured
+``REDIS_URL`` or the running daemon's embedded Redis (its socket under the data directory):
+``replay`` rebuilds every projection (memes, the time index, cache entries, task records) from
+the event log (:mod:`memesys.storage.projections`), ``stats`` counts what the store holds,
+``tasks`` lists the open tasks. Under ``--json`` errors are JSON too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +34,12 @@ from actors.system import (
     find_root,
     stop_tree,
 )
+from memesys.cli.version import version
 from memesys.config import Config, ConfigError, load
 from memesys.storage.connection import connect
-from memesys.storage.projections import rebuild
+from memesys.storage.erasures import Erasures
+from memesys.storage.projections import Keys, rebuild
+from memesys.storage.tasks import TaskStore
 from memesys.tree.paths import ROOT
 
 TIMEOUT_S = 5.0
@@ -125,8 +132,10 @@ def run(verb: str, name: str | None, cfg: SystemConfig, as_json: bool) -> str:
     raise AdminError(f"unknown command {verb!r}")
 
 
-def replay(cfg: Config, as_json: bool) -> str:
-    """Rebuild the projections from the log; the counts and time as text or JSON."""
+@contextlib.contextmanager
+def store_client(cfg: Config) -> Iterator[redis.Redis]:
+    """A client on the daemon's Redis: ``REDIS_URL``, or the running daemon's embedded server
+    (its socket under the data directory)."""
     url = cfg.redis.url.strip()
     if not url:
         socket = Path(cfg.system.data_dir) / "redis" / "redis.sock"
@@ -138,17 +147,93 @@ def replay(cfg: Config, as_json: bool) -> str:
         url = f"unix://{socket}"
     client = connect(url)
     try:
-        done = rebuild(client, cfg.redis.key_prefix)
+        yield client
     except redis.RedisError as exc:
-        raise AdminError(f"replay failed: {exc}") from None
+        raise AdminError(f"Redis failed: {exc}") from None
     finally:
         client.close()
+
+
+def replay(cfg: Config, as_json: bool) -> str:
+    """Rebuild the projections from the log; the counts and time as text or JSON."""
+    with store_client(cfg) as client:
+        done = rebuild(client, cfg.redis.key_prefix)
     if as_json:
         return json.dumps(dataclasses.asdict(done))
     return (
         f"replayed {done.events} events in {done.seconds:.2f} s: {done.projected} projected, "
         f"{done.shredded} of erased entities skipped"
     )
+
+
+def stats(cfg: Config, as_json: bool) -> str:
+    """What the store holds: memes, open tasks, events, quarantined records by kind, the
+    erasures the disk still owes, Redis's memory."""
+    prefix, keys = cfg.redis.key_prefix, Keys(cfg.redis.key_prefix)
+    with store_client(cfg) as client:
+        pipe = client.pipeline(transaction=False)
+        pipe.zcard(keys.index)
+        pipe.scard(keys.open_tasks)
+        pipe.xlen(keys.stream("all"))
+        pipe.hgetall(f"{prefix}:quarantine:counts")
+        pipe.info("memory")
+        memes, open_tasks, events, quarantined, memory = pipe.execute()
+        made, covered = Erasures(client, prefix).state()
+    figures = {
+        "memes": memes,
+        "open_tasks": open_tasks,
+        "events": events,
+        "quarantined": {k.decode(): int(v) for k, v in sorted(quarantined.items())},
+        "erasures_owed": max(made - covered, 0),
+        "redis_used_memory_bytes": memory["used_memory"],
+    }
+    if as_json:
+        return json.dumps(figures)
+    quarantine = ", ".join(f"{k} {v}" for k, v in figures["quarantined"].items()) or "none"
+    return "\n".join(
+        [
+            f"memes            {memes}",
+            f"open tasks       {open_tasks}",
+            f"events           {events}",
+            f"quarantined      {quarantine}",
+            f"erasures owed    {figures['erasures_owed']} (the disk's rewrite after them)",
+            f"redis memory     {memory['used_memory_human']}",
+        ]
+    )
+
+
+def tasks(cfg: Config, as_json: bool) -> str:
+    """The open tasks, oldest first: id, status, stage and age."""
+    with store_client(cfg) as client:
+        open_tasks = TaskStore(client, cfg.redis.key_prefix, cfg.tasks.ttl_s).open_tasks()
+    now = time.time()
+    rows = [
+        {
+            "id": t["id"],
+            "status": t["status"],
+            "stage": t.get("stage"),
+            "age_s": round(now - t["created_at"], 1),
+        }
+        for t in open_tasks
+    ]
+    if as_json:
+        return json.dumps(rows)
+    if not rows:
+        return "no open tasks"
+    lines = [f"{'ID':<18}{'STATUS':<10}{'STAGE':<12}AGE"]
+    lines += [
+        f"{r['id']:<18}{r['status']:<10}{r['stage'] or '-':<12}{r['age_s']:.1f}s" for r in rows
+    ]
+    return "\n".join(lines)
+
+
+STORE_COMMANDS = {"replay": replay, "stats": stats, "tasks": tasks}
+
+
+def failed(message: str, as_json: bool) -> None:
+    """A failure on stderr: a line, or under ``--json`` a JSON object."""
+    text = json.dumps({"error": message}) if as_json else f"memesys-admin: {message}"
+    print(text, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,10 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, help="actor-system admin port")
     parser.add_argument("--config", help="the daemon's TOML override file")
     parser.add_argument(
-        "--data-dir", help="replay: the daemon's data directory (its embedded Redis's socket)"
+        "--data-dir",
+        help="replay, stats, tasks: the daemon's data directory (its embedded Redis's socket)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("command", choices=["status", "ping", "restart", "shutdown", "replay"])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument(
+        "command", choices=["status", "ping", "restart", "shutdown", *STORE_COMMANDS]
+    )
     parser.add_argument(
         "name", nargs="?", help="restart: path of the child, e.g. generator/worker-0"
     )
@@ -175,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         cfg = load(args.config, overrides=overrides)
     except (ConfigError, OSError) as exc:
-        print(f"memesys-admin: configuration error: {exc}", file=sys.stderr)
+        failed(f"configuration error: {exc}", args.json)
         return 2
     system = cfg.system
     try:
-        if args.command == "replay":
-            print(replay(cfg, args.json))
+        if args.command in STORE_COMMANDS:
+            print(STORE_COMMANDS[args.command](cfg, args.json))
             return 0
         print(
             run(
@@ -191,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     except AdminError as exc:
-        print(f"memesys-admin: {exc}", file=sys.stderr)
+        failed(str(exc), args.json)
         return 1
     return 0
 

@@ -41,6 +41,7 @@ from actors.system import (
 )
 from memesys.cli.cache_reader import CacheReader
 from memesys.cli.data_lock import DataDirLock, StartRefused
+from memesys.cli.version import version
 from memesys.cli.watchdog import SystemWatch
 from memesys.config import Config, ConfigError, load_layers
 from memesys.config.capacity import Capacities, uses_inprocess
@@ -66,6 +67,7 @@ SHUTDOWN_GRACE_S = 3.0  # for the actor system to end by itself after memesys-ad
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="memesys", description="Run the memesys daemon.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--config", help="a TOML file overriding the packaged defaults")
     parser.add_argument("--host", help="gateway address (gateway.host)")
     parser.add_argument("--port", type=int, help="gateway port (gateway.port)")
