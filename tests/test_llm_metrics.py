@@ -8,12 +8,14 @@ import uuid
 
 import pytest
 import redis as redis_lib
+from prometheus_client.parser import text_string_to_metric_families
 
 from memesys.llm.errors import LLMCallError
-from memesys.llm.metrics import recorder_for, render
+from memesys.llm.metrics import BUCKETS_S, recorder_for, render
 from memesys.testing.fake_openai import FakeOpenAI
 from tests.support.daemon import DaemonProcess
 from tests.support.llm import make_engine, write_request
+from tests.support.metrics import sample
 from tests.support.provider import provider_env
 from tests.support.redis_server import shared_prefix
 
@@ -40,15 +42,28 @@ def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: 
     recorder_for(redis, prefix).flush()
     text = render(redis_lib.Redis.from_url(redis), prefix)
     name = engine.name
-    assert f'memesys_llm_calls_total{{model="{name}",outcome="ok"}} 1' in text
-    assert f'memesys_llm_attempts_total{{model="{name}",outcome="server"}} 3' in text
-    assert f'memesys_llm_calls_total{{model="{name}",outcome="open"}}' in text
-    assert f'memesys_llm_breaker_state{{model="{name}"}} 2' in text
-    assert f'memesys_llm_breaker_transitions_total{{model="{name}",to="open"}} 1' in text
-    assert f'memesys_llm_tokens_total{{model="{name}"}}' in text
-    assert f'memesys_llm_cost_usd_total{{model="{name}"}}' in text
-    assert f'memesys_llm_call_seconds_count{{model="{name}"}} 4' in text
-    assert "# TYPE memesys_llm_call_seconds histogram" in text
+    assert sample(text, "memesys_llm_calls_total", model=name, outcome="ok") == 1
+    assert sample(text, "memesys_llm_attempts_total", model=name, outcome="server") == 3
+    assert sample(text, "memesys_llm_calls_total", model=name, outcome="open") >= 1
+    assert sample(text, "memesys_llm_breaker_state", model=name) == 2
+    assert sample(text, "memesys_llm_breaker_transitions_total", model=name, to="open") == 1
+    assert sample(text, "memesys_llm_tokens_total", model=name) > 0
+    assert sample(text, "memesys_llm_cost_usd_total", model=name) is not None
+    assert sample(text, "memesys_llm_call_seconds_count", model=name) == 4
+    # a histogram as Prometheus reads it: every bucket, in order, cumulative, +Inf = _count
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "memesys_llm_call_seconds"
+    ]
+    assert family.type == "histogram"
+    buckets = [s for s in family.samples if s.name.endswith("_bucket")]
+    bounds = [float(s.labels["le"]) for s in buckets]
+    assert (
+        bounds == sorted(bounds)
+        and bounds[-1] == float("inf")
+        and len(bounds) == len(BUCKETS_S) + 1
+    )
+    counts = [s.value for s in buckets]
+    assert counts == sorted(counts) and counts[-1] == 4
 
 
 @pytest.mark.slow
@@ -69,5 +84,9 @@ def test_the_gateway_shows_the_workers_llm_metrics(tmp_path, fake: FakeOpenAI) -
         assert d.stop() == []
     text = metrics.decode()
     assert status == 200
-    assert 'memesys_llm_calls_total{model="' in text and 'outcome="ok"' in text
+    assert any(
+        s.name == "memesys_llm_calls_total" and s.labels.get("outcome") == "ok"
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    )
     assert "memesys_llm_tokens_total" in text

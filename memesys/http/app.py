@@ -42,7 +42,7 @@ from memesys.errors import ErrorCode, MemesysError, translate
 from memesys.http.admission import Lane
 from memesys.http.connections import MAX_SWEEP_S
 from memesys.http.engines import Split, TreeEngine
-from memesys.http.metrics import Metrics
+from memesys.http.metrics import CONTENT_TYPE, Metrics
 from memesys.http.middleware import Guard
 from memesys.http.openapi import openapi_document
 from memesys.http.page import INDEX_HTML
@@ -114,7 +114,7 @@ class Gateway:
             lambda: self.generation.queued,
         )
         self.flights: SingleFlight[dict[str, Any]] = SingleFlight()
-        self.metrics.gauge(
+        self.metrics.counted(
             "memesys_bridge_stale_replies_total",
             "replies that arrived after their ask gave up",
             lambda: directory.bridge.stale_replies,
@@ -127,7 +127,7 @@ class Gateway:
             "1 while the store reaches Redis, 0 while down",
             lambda: self.store_up,
         )
-        self.metrics.gauge(
+        self.metrics.counted(
             "memesys_store_quarantined_total",
             "records quarantined because they did not parse or validate",
             lambda: self.quarantined,
@@ -395,21 +395,15 @@ class Gateway:
             pass  # shown as memesys_store_up 0
         text = self.metrics.render()
         if self.llm_metrics is not None:
-            try:
-                text = (
-                    text.rstrip("\n")
-                    + "\n"
-                    + await asyncio.wait_for(
-                        asyncio.to_thread(self.llm_metrics), METRICS_STORE_TIMEOUT_S
-                    )
+            try:  # the workers' series, gathered through Redis: a registry of their own
+                text += await asyncio.wait_for(
+                    asyncio.to_thread(self.llm_metrics), METRICS_STORE_TIMEOUT_S
                 )
             except Exception as exc:  # Redis unreachable or slow: the rest is still served
                 log.debug("llm metrics not shown: %s", exc)
         return web.Response(
-            text=text,
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=text.encode(),
+            headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},
         )
 
     async def openapi(self, request: web.Request) -> web.Response:

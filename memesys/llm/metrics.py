@@ -4,7 +4,8 @@ LLM calls happen in the generator and verifier processes, /metrics is served by 
 process: each process adds its counts to one Redis hash, ``<key_prefix>:llm:metrics`` (HINCRBYFLOAT,
 flushed at most once a second by the thread that records, so /metrics lags by up to a second
 plus the time to the next call), and writes each breaker's state to
-``<key_prefix>:llm:breakers``; the gateway reads both (:func:`render`) on every /metrics.
+``<key_prefix>:llm:breakers``; the gateway reads both (:func:`render`, a ``prometheus_client``
+collector, :class:`SharedCounts`) on every /metrics.
 Without Redis nothing is exported (counts stay in the process).
 
 Series (``model`` is ``<host:port>/<model>``):
@@ -30,10 +31,18 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import cast
 
 import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("memesys.llm.metrics")
 
@@ -41,25 +50,26 @@ BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 FLUSH_EVERY_S = 1.0
 STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 
+COUNTER, HISTOGRAM = "counter", "histogram"
 HELP = {
-    "memesys_llm_calls_total": ("counter", "LLM calls by outcome"),
-    "memesys_llm_attempts_total": ("counter", "LLM attempts sent to the provider by outcome"),
-    "memesys_llm_call_seconds": ("histogram", "LLM call latency (waits and attempts)"),
-    "memesys_llm_breaker_transitions_total": ("counter", "circuit breaker transitions seen"),
-    "memesys_llm_limiter_waits_total": ("counter", "calls that waited for a rate-limit slot"),
-    "memesys_llm_limiter_wait_seconds_total": ("counter", "seconds waited for slots"),
-    "memesys_llm_limiter_refusals_total": ("counter", "calls refused: no slot before the deadline"),
+    "memesys_llm_calls_total": (COUNTER, "LLM calls by outcome"),
+    "memesys_llm_attempts_total": (COUNTER, "LLM attempts sent to the provider by outcome"),
+    "memesys_llm_call_seconds": (HISTOGRAM, "LLM call latency (waits and attempts)"),
+    "memesys_llm_breaker_transitions_total": (COUNTER, "circuit breaker transitions seen"),
+    "memesys_llm_limiter_waits_total": (COUNTER, "calls that waited for a rate-limit slot"),
+    "memesys_llm_limiter_wait_seconds_total": (COUNTER, "seconds waited for slots"),
+    "memesys_llm_limiter_refusals_total": (COUNTER, "calls refused: no slot before the deadline"),
     "memesys_llm_limiter_local_total": (
-        "counter",
+        COUNTER,
         "switches to the local share (Redis unreachable)",
     ),
     "memesys_llm_limiter_lowered_total": (
-        "counter",
+        COUNTER,
         "provider 429s that lowered the shared rate of every process",
     ),
-    "memesys_llm_tokens_total": ("counter", "tokens the provider reported"),
-    "memesys_llm_cost_usd_total": ("counter", "estimated cost from [llm] prices"),
-    "memesys_llm_fallbacks_total": ("counter", "calls moved to a fallback model"),
+    "memesys_llm_tokens_total": (COUNTER, "tokens the provider reported"),
+    "memesys_llm_cost_usd_total": (COUNTER, "estimated cost from [llm] prices"),
+    "memesys_llm_fallbacks_total": (COUNTER, "calls moved to a fallback model"),
 }
 
 
@@ -155,30 +165,66 @@ def render(client: redis.Redis | None, key_prefix: str) -> str:
     """The Prometheus text of every process's counts (the gateway's /metrics)."""
     if client is None:
         return ""
-    # The client never decodes replies: redis-py's ``bytes | str`` is bytes here.
-    counts = cast(dict[bytes, bytes], client.hgetall(f"{key_prefix}:llm:metrics"))
-    states = cast(dict[bytes, bytes], client.hgetall(f"{key_prefix}:llm:breakers"))
-    series: dict[str, list[str]] = defaultdict(list)
-    for raw_field, raw_value in sorted(counts.items()):
-        field, value = raw_field.decode(), float(raw_value)
-        name, _, labels = field.partition("|")
-        shown = ",".join(
-            f'{k}="{v}"' for k, v in (pair.split("=", 1) for pair in labels.split(",") if pair)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SharedCounts(client, key_prefix))
+    return generate_latest(registry).decode()
+
+
+class SharedCounts(Collector):
+    """The families of the counts every process adds to ``<key_prefix>:llm:metrics`` and the
+    breakers' states in ``<key_prefix>:llm:breakers``, read at each scrape. A histogram's
+    buckets come out in order, each bucket no one has reached as 0 (the recorders only write
+    the buckets an observation reached), ``+Inf`` equal to ``_count``."""
+
+    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+        self.client, self.key_prefix = client, key_prefix
+
+    def collect(self) -> Iterator[Metric]:
+        # The client never decodes replies: redis-py's ``bytes | str`` is bytes here.
+        counts = cast(dict[bytes, bytes], self.client.hgetall(f"{self.key_prefix}:llm:metrics"))
+        states = cast(dict[bytes, bytes], self.client.hgetall(f"{self.key_prefix}:llm:breakers"))
+        counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+        histograms: dict[str, dict[tuple[tuple[str, str], ...], dict[str, float]]] = defaultdict(
+            lambda: defaultdict(dict)
         )
-        base = name.rsplit("_", 1)[0] if name.endswith(("_bucket", "_sum", "_count")) else name
-        series[base].append(f"{name}{{{shown}}} {value:g}" if shown else f"{name} {value:g}")
-    lines: list[str] = []
-    for base in sorted(series):
-        kind, text = HELP.get(base, ("counter", base))
-        lines += [f"# HELP {base} {text}", f"# TYPE {base} {kind}", *series[base]]
-    if states:
-        lines += [
-            "# HELP memesys_llm_breaker_state circuit breaker state (0 closed, "
-            "1 half-open, 2 open)",
-            "# TYPE memesys_llm_breaker_state gauge",
-        ]
-        lines += [
-            f'memesys_llm_breaker_state{{model="{m.decode()}"}} {int(v)}'
-            for m, v in sorted(states.items())
-        ]
-    return "\n".join(lines) + ("\n" if lines else "")
+        for raw_field, raw_value in counts.items():
+            name, _, text = raw_field.decode().partition("|")
+            labels = dict(pair.split("=", 1) for pair in text.split(",") if pair)
+            value = float(raw_value)
+            for part in ("_bucket", "_sum", "_count"):
+                if name.endswith(part) and HELP.get(name.removesuffix(part), ("",))[0] == HISTOGRAM:
+                    le = labels.pop("le", "")
+                    key = tuple(sorted(labels.items()))
+                    histograms[name.removesuffix(part)][key][le or part] = value
+                    break
+            else:
+                counters[name][tuple(sorted(labels.items()))] = value
+        for name, series in sorted(counters.items()):
+            help_text = HELP.get(name, (COUNTER, name))[1]
+            counter = CounterMetricFamily(name, help_text, labels=_names(series))
+            for key, value in sorted(series.items()):
+                counter.add_metric([v for _, v in key], value)
+            yield counter
+        for name, parts_of in sorted(histograms.items()):
+            histogram = HistogramMetricFamily(name, HELP[name][1], labels=_names(parts_of))
+            for key, parts in sorted(parts_of.items()):
+                count = parts.get("_count", parts.get("+Inf", 0.0))
+                buckets = [(f"{bound:g}", parts.get(f"{bound:g}", 0.0)) for bound in BUCKETS_S]
+                histogram.add_metric(
+                    [v for _, v in key], [*buckets, ("+Inf", count)], parts.get("_sum", 0.0)
+                )
+            yield histogram
+        if states:
+            breakers = GaugeMetricFamily(
+                "memesys_llm_breaker_state",
+                "circuit breaker state (0 closed, 1 half-open, 2 open)",
+                labels=["model"],
+            )
+            for model, state in sorted(states.items()):
+                breakers.add_metric([model.decode()], int(state))
+            yield breakers
+
+
+def _names(series: Mapping[tuple[tuple[str, str], ...], object]) -> list[str]:
+    """The label names of a family's series (every series of a name has the same)."""
+    return [name for name, _ in next(iter(series))]
