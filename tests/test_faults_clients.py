@@ -72,11 +72,11 @@ class Served:
         return await asyncio.open_connection("127.0.0.1", self.port)
 
     async def metrics(self) -> str:
-        return (
-            await exchange(
-                self.port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-            )
-        ).decode()
+        """The body of /metrics (the exposition, without the answer's head)."""
+        answer = await exchange(
+            self.port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        return answer.partition(b"\r\n\r\n")[2].decode()
 
 
 @pytest.fixture
