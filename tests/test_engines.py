@@ -89,6 +89,7 @@ def test_the_daemon_splits_memes_between_its_engines(tmp_path) -> None:
         assert made[(("cached", "false"), ("engine", "actors"))] == 4
         assert made[(("cached", "false"), ("engine", "inprocess"))] == 4
         assert samples(text, "memesys_cache_hits_total")[()] == 1
+        assert samples(text, "memesys_cache_misses_total")[()] == 8
         timed = samples(text, "memesys_meme_seconds_count")
         assert {dict(k)["engine"] for k in timed} == {"actors", "inprocess"}
     finally:

@@ -202,6 +202,11 @@ class Gateway:
         elif order.fresh:
             meme = await self._generate(order)
         else:
+            if self.look_up is not None:  # (a fresh order's look-up is the store's health)
+                self.metrics.count(
+                    "memesys_cache_misses_total",
+                    "meme requests the gateway's cache look-up did not answer (made anew)",
+                )
             # Identical requests in flight at once (all but the trace id; never "fresh" ones)
             # share one generation: the first takes a generation slot, the others await it.
             meme, shared = await self.flights.run(
