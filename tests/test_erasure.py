@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import redis
 
 from memesys.storage.tasks import TaskStore
 from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
+from tests.support.records import letters
 from tests.support.redis_server import values_under
 
 pytestmark = pytest.mark.store
@@ -83,7 +83,7 @@ def test_scrub_erases_a_quarantined_copy_of_the_task(
 def test_delete_scrubs_the_task_of_an_async_meme_and_leaves_an_audit_line(tmp_path: Path) -> None:
     daemon = DaemonProcess(tmp_path).start()
     r = daemon_redis(daemon)
-    topic = f"erase me {uuid.uuid4().hex[:8]}"
+    topic = f"erase me {letters(8)}"
     try:
         status, accepted = daemon.json(
             "POST", "/v1/memes?async=true", {"topic": topic, "style": "whispered"}

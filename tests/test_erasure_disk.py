@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
 from memesys.storage.rewrites import Phase, Rewrites
 from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
-from tests.support.records import PNG, meme
+from tests.support.records import PNG, letters, meme
 from tests.support.timing import scaled, wait_for
 
 pytestmark = pytest.mark.store
@@ -231,7 +230,7 @@ def test_a_deleted_meme_is_in_no_file_under_the_data_dir_within_the_window(
     daemon.env.pop("REDIS_URL", None)  # the embedded Redis: its files are the daemon's
     daemon.start()
     r = daemon_redis(daemon)
-    mark = uuid.uuid4().hex[:10]
+    mark = letters(10)
     topic, style = f"shred topic {mark}", f"style-{mark}"
     try:
         # a task's meme: its task's record holds the request in plain JSON (the meme's record
@@ -272,7 +271,7 @@ def test_an_ordered_stop_settles_what_the_disk_owes(tmp_path: Path) -> None:
     )
     daemon.env.pop("REDIS_URL", None)
     daemon.start()
-    mark = uuid.uuid4().hex[:10]
+    mark = letters(10)
     try:
         for n in (1, 2):
             made = made_by_a_task(daemon, {"topic": f"stop {mark} {n}"})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import string
 from typing import Any
 
 from memesys.domain.images import image_ref
@@ -40,3 +42,9 @@ def legacy_meme(
     client.set(f"{prefix}:png:{meme_id}", png)
     client.zadd(f"{prefix}:memes", {meme_id: created_at})
     return record
+
+
+def letters(n: int) -> str:
+    """``n`` random lowercase letters: a mark for a topic that no verifier takes for a phone or
+    ID number (random hex can be all digits)."""
+    return "".join(random.choice(string.ascii_lowercase) for _ in range(n))
