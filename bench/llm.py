@@ -35,7 +35,6 @@ import dataclasses
 import datetime
 import inspect
 import json
-import platform
 import shutil
 import signal
 import subprocess
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import commit_description, median, percentile, table, verdict
+from bench.common import commit_description, median, percentile, table, verdict, vm_line
 from memesys.testing.fake_openai import SELECT_MESSAGES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -534,13 +533,11 @@ def table2(
 
 
 def header(mode: Mode, measured: str) -> str:
-    load1 = " ".join(f"{v:.2f}" for v in os.getloadavg())
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
     return (
         f"memesys LLM client layer benchmark ({mode.name})  {now} UTC  commit "
         f"{commit_description(REPO)}\n"
-        f"vm: {os.cpu_count()} cores, Python {platform.python_version()}, load average "
-        f"{load1}\nclient layer: {measured}"
+        f"{vm_line()}\nclient layer: {measured}"
     )
 
 
