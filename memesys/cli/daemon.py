@@ -41,6 +41,7 @@ from actors.system import (
 )
 from memesys.cli.cache_reader import CacheReader
 from memesys.cli.data_lock import DataDirLock, StartRefused
+from memesys.cli.shared_metrics import reader as shared_metrics_reader
 from memesys.cli.version import version
 from memesys.cli.watchdog import SystemWatch
 from memesys.config import Config, ConfigError, load_layers
@@ -50,7 +51,6 @@ from memesys.domain.engines import INPROCESS
 from memesys.http.app import Gateway
 from memesys.http.engines import Split, TreeEngine
 from memesys.inprocess.engine import InProcessEngine
-from memesys.llm.metrics import reader as llm_metrics_reader
 from memesys.pipeline.program import ProgramError, load_configured
 from memesys.storage.durability import report as report_durability
 from memesys.storage.errors import StoreError
@@ -196,7 +196,7 @@ class Daemon:
             self.cfg.gateway,
             directory,
             generation_slots=Capacities.of(self.cfg).generation_slots,
-            llm_metrics=llm_metrics_reader(self.redis_url, self.cfg.redis.key_prefix),
+            shared_metrics=shared_metrics_reader(self.redis_url, self.cfg.redis.key_prefix),
             engines=engines(self.cfg, TreeEngine(directory), inprocess),
             look_up=cache.look_up,
         )
