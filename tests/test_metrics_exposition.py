@@ -5,12 +5,15 @@ event log's lag), and a SIGKILLed worker's restart where an operator reads it.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import time
 
 import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +21,9 @@ from actors.messages import ChildStatus, TreeStatus
 from memesys.domain.gauges import EVENTLOG_PENDING_EVENTS
 from memesys.http.metrics import CONTENT_TYPE, LATENCY_BUCKETS_S, Metrics
 from memesys.http.tree_metrics import TreeSeries, troubles
+from memesys.storage.journal import backlog
+from memesys.storage.task_metrics import TaskQueue
+from memesys.storage.tasks import TaskStore
 from memesys.testing.fake_openai import FakeConfig
 from tests.support.daemon import DaemonProcess, child, tree, wait_task
 from tests.support.metrics import sample
@@ -113,6 +119,66 @@ def test_the_troubles_are_the_topmost_sub_trees_that_do_not_run_and_why() -> Non
         },
         {"path": "memesys/tasks", "state": "dead", "reason": "escalated: why"},
     ]
+
+
+# -- the task queue and the event log's lag, where they are kept --------------------------
+
+
+def _task(task_id: str, status: str, age_s: float) -> dict:
+    created = time.time() - age_s
+    return {
+        "id": task_id,
+        "status": status,
+        "stage": "queued",
+        "progress": 0.0,
+        "request": {"topic": "a topic"},
+        "created_at": created,
+        "updated_at": created,
+    }
+
+
+@pytest.mark.store
+def test_the_task_queue_is_read_from_the_open_tasks(client: redis.Redis, prefix: str) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TaskQueue(client, prefix))
+    empty = generate_latest(registry).decode()
+    assert sample(empty, "memesys_task_queue_depth") == 0
+    assert sample(empty, "memesys_task_queue_oldest_age_seconds") == 0
+    tasks = TaskStore(client, prefix, ttl_s=600)
+    for task in (_task("q1", "queued", 30), _task("q2", "queued", 5), _task("r1", "running", 60)):
+        tasks.put(task)
+    tasks.put({**_task("s1", "queued", 90), "status": "succeeded"})  # finished: not open
+    text = generate_latest(registry).decode()
+    assert sample(text, "memesys_task_queue_depth") == 2
+    assert sample(text, "memesys_tasks_running") == 1
+    assert 30 <= sample(text, "memesys_task_queue_oldest_age_seconds") < 60
+
+
+@pytest.mark.store
+async def test_the_event_logs_lag_is_the_events_recorded_and_not_yet_appended(store) -> None:
+    release = asyncio.Event()
+
+    async def slow(append):  # Redis answering slowly: the appends wait
+        await release.wait()
+        return await asyncio.to_thread(append)
+
+    journal = store.journal("m-lag", "corr", "trace", run=slow)
+    journal.record("requested", {"n": 1})
+    journal.record("format_chosen", {"n": 2})
+    await asyncio.sleep(0.05)
+    events, oldest_s = backlog()
+    assert events == 2 and oldest_s >= 0.05
+    release.set()
+    await journal.settled()
+    assert backlog() == (0, 0.0) and journal.version == 2
+
+    async def down(append):
+        raise redis.ConnectionError("refused")
+
+    failing = store.journal("m-down", "corr", "trace", run=down)
+    failing.record("requested", {"n": 1})
+    await failing.settled()  # the append failed: its events are dropped, not waiting
+    assert backlog() == (0, 0.0)
 
 
 # -- the daemon's /metrics ----------------------------------------------------------------
