@@ -197,6 +197,7 @@ NAMED = {
     "memesys_task_queue_oldest_age_seconds": "gauge",
     "memesys_llm_limiter_waits": "counter",
     "memesys_llm_limiter_refusals": "counter",
+    "memesys_llm_schedule_refusals": "counter",
     "memesys_llm_hedges": "counter",
     "memesys_llm_hedges_refused": "counter",
     "memesys_llm_attempts": "counter",  # provider 429s: outcome="rate_limited"

@@ -20,7 +20,9 @@ Series (``model`` is ``<host:port>/<model>``):
 - ``memesys_llm_limiter_waits_total{model}``, ``memesys_llm_limiter_wait_seconds_total{model}``,
   ``memesys_llm_limiter_refusals_total{model}``, ``memesys_llm_limiter_local_total{model}``
   (switches to the local share while Redis is unreachable),
-  ``memesys_llm_limiter_lowered_total{model}`` (provider 429s that lowered the shared rate);
+  ``memesys_llm_limiter_lowered_total{model}`` (provider 429s that lowered the shared rate),
+  ``memesys_llm_schedule_refusals_total{model,lane}`` (memes refused at admission: their
+  calls did not fit the shared schedule; ``lane`` interactive or background);
 - ``memesys_llm_tokens_total{model}``, ``memesys_llm_cost_usd_total{model}``;
 - ``memesys_llm_fallbacks_total{model,to}``;
 - ``memesys_llm_hedges_total{model,won}``, ``memesys_llm_hedges_refused_total{model,why}``.
@@ -63,6 +65,10 @@ HELP = {
     "memesys_llm_limiter_waits_total": (COUNTER, "calls that waited for a rate-limit slot"),
     "memesys_llm_limiter_wait_seconds_total": (COUNTER, "seconds waited for slots"),
     "memesys_llm_limiter_refusals_total": (COUNTER, "calls refused: no slot before the deadline"),
+    "memesys_llm_schedule_refusals_total": (
+        COUNTER,
+        "memes refused at admission: their calls did not fit the shared schedule (none sent)",
+    ),
     "memesys_llm_limiter_local_total": (
         COUNTER,
         "switches to the local share (Redis unreachable)",
@@ -91,6 +97,7 @@ LABELS = {
     "memesys_llm_fallbacks_total": ("model", "to"),
     "memesys_llm_hedges_total": ("model", "won"),
     "memesys_llm_hedges_refused_total": ("model", "why"),
+    "memesys_llm_schedule_refusals_total": ("model", "lane"),
 }
 
 
