@@ -35,6 +35,7 @@ from tests.support.tokens import bearer, made
 pytestmark = pytest.mark.store
 
 CHALLENGE = 'Bearer realm="memesys"'
+DAEMON_RATE = 30  # requests a minute per client, in the daemon below
 FORGED = 'Bearer realm="memesys", error="invalid_token"'
 
 
@@ -267,7 +268,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """Listening on every interface, which auth required allows; talked to on 127.0.0.1."""
     d = DaemonProcess(
         tmp_path_factory.mktemp("daemon"),
-        extra_env={"MEMESYS_GATEWAY_HOST": "0.0.0.0", "MEMESYS_GATEWAY_AUTH": "required"},
+        extra_env={
+            "MEMESYS_GATEWAY_HOST": "0.0.0.0",
+            "MEMESYS_GATEWAY_AUTH": "required",
+            "MEMESYS_GATEWAY_CLIENT_RATE_PER_MINUTE": str(DAEMON_RATE),
+        },
     ).start()
     yield d
     assert d.stop() == [], "processes left after the daemon stopped"
@@ -313,3 +318,32 @@ def test_a_revoke_reaches_the_daemon_within_the_bound(daemon) -> None:
         what="the revoked token to be refused",
         interval=0.2,
     )
+
+
+@pytest.mark.slow
+def test_curl_gets_the_picture_of_a_new_meme(daemon) -> None:
+    token = daemon_token(daemon, "create", "erin").stdout.splitlines()[0]
+    status, headers, png = daemon.request(
+        "POST",
+        "/v1/memes",
+        {"topic": "mondays at the office"},
+        headers={**bearer(token), "Accept": "image/png"},
+    )
+    assert status == 201 and headers["Content-Type"] == "image/png", png[:300]
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert headers["Location"] == f"/v1/memes/{headers['X-Meme-Id']}"
+    status, meme = daemon.json("GET", headers["Location"], headers=bearer(token))
+    assert status == 200 and meme["image"]["sha256"] == hashlib.sha256(png).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_client_past_its_limit_is_told_when_and_another_is_not_held(daemon) -> None:
+    gina = daemon_token(daemon, "create", "gina").stdout.splitlines()[0]
+    hank = daemon_token(daemon, "create", "hank").stdout.splitlines()[0]
+    for _ in range(DAEMON_RATE):
+        assert daemon.request("GET", "/v1/formats", headers=bearer(gina))[0] == 200
+    status, headers, body = daemon.request("GET", "/v1/formats", headers=bearer(gina))
+    assert status == 429 and json.loads(body)["error"]["code"] == "rate_limited"
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    assert daemon.request("GET", "/v1/formats", headers=bearer(hank))[0] == 200
+    assert daemon.request("GET", "/readyz")[0] == 200
