@@ -36,7 +36,6 @@ pytestmark = pytest.mark.store
 
 CHALLENGE = 'Bearer realm="memesys"'
 DAEMON_RATE = 30  # requests a minute per client, in the daemon below
-FORGED = 'Bearer realm="memesys", error="invalid_token"'
 
 
 @pytest.fixture
@@ -114,18 +113,22 @@ async def test_a_forged_revoked_or_misshapen_token_is_401(http, run_admin) -> No
     token = made(run_admin, "alice")
     name, _, secret = token.partition(".")
     flipped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
-    for header in (
-        f"Bearer {name}.{flipped}",  # the right name, a wrong secret
-        f"Bearer bob.{secret}",  # another name (no such token)
-        "Bearer alice",  # no secret
-        "Bearer ",
-        f"Basic {token}",
-        f"Bearer {token}{'x' * 300}",
+    for header, problem in (
+        (f"Bearer {name}.{flipped}", "invalid_token"),  # the right name, a wrong secret
+        (f"Bearer bob.{secret}", "invalid_token"),  # another name (no such token)
+        ("Bearer alice", "invalid_token"),  # no secret
+        ("bearer  " + token + "x", "invalid_token"),
+        ("Bearer ", "invalid_request"),
+        (f"Basic {token}", "invalid_request"),
+        (f"Bearer {token}{'x' * 300}", "invalid_request"),
     ):
         response = await http.get("/v1/formats", headers={"Authorization": header})
         await error_of(response, 401, "unauthorized")
-        assert response.headers["WWW-Authenticate"] == FORGED
+        challenge = f'{CHALLENGE}, error="{problem}"'
+        assert response.headers["WWW-Authenticate"] == challenge, header
     assert (await http.get("/v1/formats", headers=bearer(token))).status == 200
+    lower = await http.get("/v1/formats", headers={"Authorization": f"bearer  {token} "})
+    assert lower.status == 200  # the scheme is case-insensitive, spaces around the token
 
 
 async def test_health_readiness_the_page_and_the_document_need_no_token(http) -> None:

@@ -186,7 +186,7 @@ class Gateway:
             return error(
                 ErrorCode.NOT_ACCEPTABLE,
                 "async=true answers with a task in JSON, not an image: "
-                "drop async=true, or Accept: image/png",
+                "drop async=true, or the Accept: image/png header",
             )
         # The middleware has checked the Content-Type and read the body: this is the copy.
         try:

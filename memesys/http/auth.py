@@ -34,9 +34,10 @@ def guarded(route: str) -> bool:
     return route.startswith("/v1/") or route == "/metrics"
 
 
-def unauthorized(message: str, forged: bool) -> web.Response:
-    """401 with the challenge; ``forged``: a token was sent and is not valid (RFC 6750)."""
-    challenge = f'{REALM}, error="invalid_token"' if forged else REALM
+def unauthorized(message: str, problem: str | None = None) -> web.Response:
+    """401 with the challenge; ``problem``: RFC 6750's error code, ``invalid_request`` (the
+    header is not ``Bearer <token>``) or ``invalid_token`` (forged, revoked, never made)."""
+    challenge = f'{REALM}, error="{problem}"' if problem else REALM
     return error(ErrorCode.UNAUTHORIZED, message, headers={"WWW-Authenticate": challenge})
 
 
@@ -64,16 +65,17 @@ class Auth:
         if header is None:
             return unauthorized(
                 "a token is required: send Authorization: Bearer <token> "
-                "(memesys-admin token create NAME makes one)",
-                forged=False,
+                "(memesys-admin token create NAME makes one)"
             )
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(header) > MAX_HEADER_CHARS:
-            return unauthorized("the Authorization header must be: Bearer <token>", forged=True)
+            return unauthorized(
+                "the Authorization header must be: Bearer <token>", "invalid_request"
+            )
         name = await self._name(token)
         if name is None:
-            return unauthorized("the token is not valid (revoked, or never made)", forged=True)
+            return unauthorized("the token is not valid (revoked, or never made)", "invalid_token")
         return f"token:{name}"
 
     async def _name(self, token: str) -> str | None:
