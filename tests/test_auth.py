@@ -259,7 +259,7 @@ def test_the_daemon_refuses_to_listen_beyond_loopback_without_auth(
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert "gateway.auth" in lines[0] and repr(host) in lines[0], lines[0]
+    assert "gateway.auth" in lines[0] and f'gateway.host = "{host}"' in lines[0], lines[0]
     assert "MEMESYS_GATEWAY_AUTH=required" in lines[0]
     assert not (tmp_path / "data").exists()  # refused before anything started
     with socket.socket() as probe:

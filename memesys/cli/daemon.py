@@ -302,7 +302,7 @@ def unguarded_exposure(gateway: GatewayConfig) -> str | None:
     if gateway.auth_required or loopback(gateway.host):
         return None
     return (
-        f'gateway.auth = "off" with gateway.host = {gateway.host!r} (beyond loopback): set '
+        f'gateway.auth = "off" with gateway.host = "{gateway.host}" (beyond loopback): set '
         'gateway.auth = "required" (MEMESYS_GATEWAY_AUTH=required) and make a token with '
         "`memesys-admin token create NAME`, or bind 127.0.0.1"
     )
