@@ -67,6 +67,12 @@ class GatewayConfig:
     queue_timeout_s: float = field(metadata=bounded(0, 3600))
     header_timeout_s: float = field(metadata=bounded(0.1, 3600))
     body_timeout_s: float = field(metadata=bounded(0.1, 3600))
+    auth: str = field(metadata=one_of("off", "required"))
+    client_rate_per_minute: int = field(metadata=bounded(0, 100_000))  # 0: no limit
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
 
 
 @dataclass(frozen=True)
