@@ -84,6 +84,7 @@ TREE = TreeStatus(
             ),
         ),
         _node("tasks", "supervisor", state="dead", escalations=1, last_exit="escalated: why"),
+        _node("once", state="stopped", last_exit="exited abnormally"),  # a transient one, done
     ),
     in_flight=5,
 )

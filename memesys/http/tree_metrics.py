@@ -27,6 +27,9 @@ from actors.messages import ChildStatus, TreeStatus
 from memesys.domain.gauges import HELP as WORKER_GAUGES
 
 RUNNING = "running"
+# A child in one of these states is where it should be (``stopped``: a transient child that
+# finished, or one not started yet), whatever its last exit was.
+SETTLED = (RUNNING, "stopped")
 
 # name: (help, the ChildStatus field counted)
 CHILD_COUNTERS = {
@@ -88,12 +91,10 @@ def troubles(tree: TreeStatus) -> list[dict[str, str]]:
     state (``restarting``, ``dead``, ``starting``, ``unresponsive``...) and why it last exited."""
     found: list[dict[str, str]] = []
     for node in nodes(tree):
-        if node.status.state == RUNNING or any(
+        if node.status.state in SETTLED or any(
             node.path.startswith(t["path"] + "/") for t in found
         ):
             continue
-        if node.status.state == "stopped" and not node.status.last_exit:
-            continue  # a transient child that finished, or one not started yet
         found.append(
             {"path": node.path, "state": node.status.state, "reason": node.status.last_exit}
         )
