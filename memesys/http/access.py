@@ -14,6 +14,7 @@ import logging
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from memesys.http.middleware import ROUTE
 from memesys.telemetry.logs import ACCESS
 
 MAX_PATH_CHARS = 256  # a client chooses the path: bound what one line may carry
@@ -21,16 +22,16 @@ MAX_PATH_CHARS = 256  # a client chooses the path: bound what one line may carry
 
 class AccessLog(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        match = getattr(request, "match_info", None)
-        resource = match.route.resource if match is not None else None
-        fields = {
+        fields: dict[str, object] = {
             "method": request.method[:16],
             "path": request.path[:MAX_PATH_CHARS],
-            "route": resource.canonical if resource is not None else "unmatched",
             "status": response.status,
             "duration_ms": round(time * 1000, 2),
             "bytes": response.body_length,
         }
+        route = request.get(ROUTE)  # none: aiohttp answered a request it could not parse
+        if route is not None:
+            fields["route"] = route
         trace_id = response.headers.get("X-Trace-Id")
         if trace_id:
             fields["trace_id"] = trace_id
