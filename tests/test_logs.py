@@ -232,3 +232,17 @@ def test_the_daemon_logs_json_from_every_process(tmp_path: Path) -> None:
     made = [x for x in about_meme if x["message"].startswith(f"meme {meme_id} made")]
     assert len(made) == 1 and made[0]["actor"].startswith("memesys/")
     assert len({x["pid"] for x in lines}) >= 2  # the daemon's process and the actors'
+
+
+def test_a_log_file_that_cannot_be_written_stops_start_up(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "run_system.py", "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "MEMESYS_LOG_FILE": str(tmp_path / "no" / "such" / "dir.log")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("memesys: configuration error: log.file"), run.stderr
+    assert "No such file or directory" in run.stderr and len(run.stderr.splitlines()) == 1

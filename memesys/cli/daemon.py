@@ -353,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     except ProgramError as exc:
         print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
         return 2
-    log_defs = logs.setup(cfg.log)
+    try:
+        log_defs = logs.setup(cfg.log)
+    except logs.LogFileError as exc:
+        print(f"memesys: configuration error: {exc}", file=sys.stderr)
+        return 2
     raise_open_file_limit()
     daemon = Daemon(cfg, log_defs)
     try:

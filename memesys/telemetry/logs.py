@@ -182,9 +182,7 @@ class SharedFileHandler(logging.handlers.RotatingFileHandler):
     """
 
     def __init__(self, filename: str, max_bytes: int, backups: int) -> None:
-        super().__init__(
-            filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8", delay=True
-        )
+        super().__init__(filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self._lock_fd = -1
         self._lock_pid = 0
 
@@ -222,6 +220,10 @@ class SharedFileHandler(logging.handlers.RotatingFileHandler):
             self.stream = None  # reopened by emit, as with delay
 
 
+class LogFileError(OSError):
+    """``[log] file`` cannot be opened for appending."""
+
+
 def config_dict(cfg: LogConfig) -> dict[str, Any]:
     """The logging dict of ``cfg``, for ``logging.config.dictConfig`` in this process and as
     Thespian's ``logDefs`` (its logger process applies it to every actor's records)."""
@@ -250,11 +252,15 @@ def config_dict(cfg: LogConfig) -> dict[str, Any]:
 def setup(cfg: LogConfig) -> dict[str, Any]:
     """Log as ``cfg`` says in this process; returns the dict for the actor system's
     processes (start it after this: they are forked, and inherit the record factory).
-    Python warnings and uncaught exceptions become records too."""
+    Python warnings and uncaught exceptions become records too. Raises :class:`LogFileError`
+    if ``cfg.file`` cannot be opened for appending."""
+    defs = config_dict(cfg)
+    try:
+        logging.config.dictConfig(defs)
+    except ValueError as exc:  # dictConfig's wrapping of the handler's OSError
+        raise LogFileError(f"log.file {cfg.file!r} cannot be written: {exc.__cause__}") from exc
     _stamp_records()
     logging.captureWarnings(True)
-    defs = config_dict(cfg)
-    logging.config.dictConfig(defs)
     sys.excepthook = _uncaught
     threading.excepthook = _uncaught_in_thread
     return defs
