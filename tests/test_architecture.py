@@ -24,6 +24,7 @@ TOOLS = {
     "ruff",
     "mypy",
     "types-psutil",
+    "schemathesis",  # its CLI, run by tests/test_schemathesis.py
 }
 
 

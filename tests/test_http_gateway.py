@@ -29,7 +29,7 @@ from memesys.domain.messages import (
 )
 from memesys.errors import RUNTIME_CODES, ErrorCode
 from memesys.http.app import Gateway
-from memesys.http.openapi import openapi_document
+from memesys.http.schemas import openapi_document
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
 from tests.support.gateway import GATEWAY, FakeDirectory, a_meme, error_of
 from tests.support.metrics import sample
@@ -134,12 +134,12 @@ async def test_a_body_without_content_type_is_415(client, directory) -> None:
 
 
 async def test_list_memes_passes_limit_and_cursor(client, directory) -> None:
-    directory.script(ListMemes, MemePage([a_meme("m2"), a_meme("m1")], "next"))
-    response = await client.get("/v1/memes?limit=2&cursor=abc")
+    directory.script(ListMemes, MemePage([a_meme("m2"), a_meme("m1")], "1.25~m1"))
+    response = await client.get("/v1/memes?limit=2&cursor=1.5~m3")
     assert response.status == 200
     body = await response.json()
-    assert [m["id"] for m in body["memes"]] == ["m2", "m1"] and body["next_cursor"] == "next"
-    assert directory.asked[-1][:2] == (STORE, ListMemes(2, "abc"))
+    assert [m["id"] for m in body["memes"]] == ["m2", "m1"] and body["next_cursor"] == "1.25~m1"
+    assert directory.asked[-1][:2] == (STORE, ListMemes(2, "1.5~m3"))
 
 
 def image_of(request: GetImage) -> MemeImage:
@@ -420,13 +420,14 @@ async def test_invalid_async_flag_is_422(client) -> None:
     assert error["field"] == "async"
 
 
-async def test_a_forged_cursor_is_422_from_the_store(client, directory) -> None:
-    directory.script(
-        ListMemes, Failure(ErrorCode.INVALID_FIELD, "cursor: is not a cursor this server issued")
-    )
-    error = await error_of(await client.get("/v1/memes?cursor=forged"), 422, "invalid_field")
+@pytest.mark.parametrize("cursor", ["forged", "", "1.5", "1.5~", "inf~m1", "1e999~m1", "1~a/b"])
+async def test_a_string_that_is_not_a_cursor_is_422(client, directory, cursor) -> None:
+    """A cursor is ``<created_at>~<id>`` (the document's pattern): anything else is refused
+    before the store is asked; anything like it is a position to page from."""
+    error = await error_of(await client.get(f"/v1/memes?cursor={cursor}"), 422, "invalid_field")
     assert error["message"] == "cursor: is not a cursor this server issued"
     assert error["field"] == "cursor"
+    assert directory.asked == []
 
 
 async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(
