@@ -391,6 +391,13 @@ async def test_a_body_that_is_not_json_is_415(client, content_type) -> None:
         ({"topic": "ok", "format": "no-such-format"}, "format"),
         ({"topic": "ok", "colour": "red"}, "colour"),
         ({"topic": "bad\u0000byte"}, "topic"),
+        ({"topic": "lone \ud800 surrogate"}, "topic"),
+        ({"topic": "ok", "style": "a\u0001"}, "style"),
+        ({"topic": "ok", "audience": "zero\u200bwidth"}, "audience"),
+        ({"topic": "ok", "style": "x" * 101}, "style"),
+        ({"topic": "ok", "format": "Drake"}, "format"),
+        ({"topic": "ok", "format": ""}, "format"),
+        ({"topic": "ok", "seed": 1.5}, "seed"),
     ],
 )
 async def test_invalid_fields_are_422_naming_the_field(client, directory, body, field) -> None:
@@ -413,11 +420,36 @@ async def test_invalid_query_fields_are_422(client, path, field) -> None:
     assert error["field"] == field
 
 
-async def test_invalid_async_flag_is_422(client) -> None:
+@pytest.mark.parametrize("flag", ["maybe", "TRUE", "yes", ""])
+async def test_invalid_async_flag_is_422(client, flag) -> None:
     error = await error_of(
-        await client.post("/v1/memes?async=maybe", json={"topic": "x"}), 422, "invalid_field"
+        await client.post(f"/v1/memes?async={flag}", json={"topic": "x"}), 422, "invalid_field"
     )
     assert error["field"] == "async"
+
+
+async def test_what_the_document_allows_is_accepted_as_it_says(client, directory) -> None:
+    """null is none; whitespace (a tab, a newline) is collapsed; an integral float is an
+    integer, as JSON Schema says; a blank label is none."""
+    directory.script(GenerateMeme, lambda order: a_meme())
+    body = {
+        "topic": "\tcats\n and  dogs ",
+        "format": None,
+        "style": "dry\twit",
+        "audience": None,
+        "seed": 7.0,
+    }
+    assert (await client.post("/v1/memes", json=body)).status == 201
+    order = directory.asked[-1][1]
+    assert (order.topic, order.format, order.style, order.audience, order.seed) == (
+        "cats and dogs",
+        None,
+        "dry wit",
+        None,
+        7,
+    )
+    assert (await client.post("/v1/memes", json={"topic": "x", "style": " \n "})).status == 201
+    assert directory.asked[-1][1].style is None
 
 
 @pytest.mark.parametrize("cursor", ["forged", "", "1.5", "1.5~", "inf~m1", "1e999~m1", "1~a/b"])

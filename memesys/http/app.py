@@ -74,7 +74,7 @@ STORE_TIMEOUT_S = 5.0
 IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
 # What a task's record shows as it is (its meme and error are shown as the client may see them).
-_TASK_FIELDS = tuple(k for k in Task.__annotations__ if k in Task.__required_keys__)[1:]
+_TASK_FIELDS = tuple(k for k in Task.__annotations__ if k in Task.__required_keys__ - {"task_id"})
 LookUp = Callable[[GenerateMeme], Awaitable[dict[str, Any] | None]]
 
 
