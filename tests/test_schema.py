@@ -63,6 +63,22 @@ def test_every_object_of_the_document_is_closed_or_a_typed_map() -> None:
             assert isinstance(schema.get("additionalProperties"), dict), schema
 
 
+def test_every_example_of_the_document_is_valid() -> None:
+    components = DOCUMENT["components"]
+    examples = [
+        (name, example)
+        for name, schema in components["schemas"].items()
+        for example in schema.get("examples", [])
+    ]
+    assert {"Meme", "MemePage", "MemeRequest", "Task", "TaskAccepted", "Error"} <= {
+        name for name, _ in examples
+    }
+    for name, example in examples:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": components}
+        errors = list(Draft202012Validator(schema).iter_errors(example))
+        assert not errors, (name, [e.message for e in errors])
+
+
 def test_the_text_ranges_are_unicodes() -> None:
     """The forbidden and blank characters of the text patterns, as this Python's unicodedata
     says (a new Unicode version changes them: regenerate the ranges)."""

@@ -243,11 +243,66 @@ class Provider(TypedDict):
     program: Program
 
 
+def _example(*examples: dict[str, Any]) -> ConfigDict:
+    """A response shape's config with its ``examples`` (tests/test_schema.py validates them)."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": list(examples)})
+
+
+_CALL = {"provider": "offline", "model": "offline-writer-1", "tokens": 580, "hedges": 0}
+MEME_EXAMPLE: dict[str, Any] = {
+    "id": "IuvsMDOCEvDPLcmW",
+    "topic": "mondays at the office",
+    "format": "drake",
+    "format_reason": "requested",
+    "top_text": "Normal mondays at the office",
+    "bottom_text": "Dry mondays at the office",
+    "texts": {"reject": "Normal mondays at the office", "prefer": "Dry mondays at the office"},
+    "style": "dry",
+    "audience": None,
+    "seed": 7,
+    "image_url": "/v1/memes/IuvsMDOCEvDPLcmW/image.png",
+    "image": {
+        "sha256": "d8b0bd0647569f31224ef970abcacbaaf52b8f94c56c980ee1b9068296fa5f34",
+        "bytes": 105978,
+    },
+    "scores": {
+        "humor": 0.475,
+        "clarity": 1.0,
+        "creativity": 0.456,
+        "shareability": 0.654,
+        "overall": 0.63825,
+        "critique": "Fix: add a twist (but, still, never); end on a punchline mark (! or ?).",
+    },
+    "verification": {
+        "verdicts": {
+            name: {"status": "passed", "confidence": 0.8, "reasons": []}
+            for name in ("appropriateness", "factuality", "instruction_following")
+        },
+        "degraded": [],
+    },
+    "refinement": [],
+    "refinement_skipped": None,
+    "provider": {
+        "name": "offline",
+        "model": "offline-writer-1",
+        "tokens": 2900,
+        "stages": {
+            name: _CALL
+            for name in ("write", "appropriateness", "factuality", "instruction_following", "score")
+        },
+        "program": {"hash": "e41f01582cfdd592", "path": "builtin"},
+    },
+    "pipeline_mode": "parallel",
+    "engine": "actors",
+    "cached": False,
+    "created_at": 1796537805.1142213,
+    "timings": {"pipeline": 16.65, "render": 68.74, "store": 50.55, "total": 135.95},
+    "trace_id": "1d57ede30aac4fee82619ba052941e91",
+}
+
+
 class Meme(TypedDict):
-    __pydantic_config__ = ConfigDict(  # type: ignore[misc]
-        extra="forbid",
-        json_schema_extra={"examples": [{"id": "x3UqFv0bV1sXgW9a", "topic": "mondays"}]},
-    )
+    __pydantic_config__ = _example(MEME_EXAMPLE)  # type: ignore[misc]
     id: Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
     topic: str
     format: Annotated[str, Field(description="its name in GET /v1/formats")]
@@ -279,7 +334,10 @@ class Meme(TypedDict):
 
 
 class MemePage(TypedDict):
-    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    __pydantic_config__ = _example(  # type: ignore[misc]
+        {"memes": [MEME_EXAMPLE], "next_cursor": "1796537805.1142213~IuvsMDOCEvDPLcmW"},
+        {"memes": [], "next_cursor": None},
+    )
     memes: Annotated[list[Meme], Field(description="newest first")]
     next_cursor: Annotated[
         str | None,
@@ -288,7 +346,9 @@ class MemePage(TypedDict):
 
 
 class TaskAccepted(TypedDict):
-    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    __pydantic_config__ = _example(  # type: ignore[misc]
+        {"task_id": "cAJsztTDxDU0ClYG", "status_url": "/v1/tasks/cAJsztTDxDU0ClYG"}
+    )
     task_id: Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
     status_url: str
 
@@ -314,12 +374,39 @@ class ErrorDetail(TypedDict):
 
 
 class Error(TypedDict):
-    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    __pydantic_config__ = _example(  # type: ignore[misc]
+        {
+            "error": {
+                "code": ErrorCode.INVALID_FIELD,
+                "message": f"seed: must be an integer between 0 and {MAX_SEED}",
+                "field": "seed",
+            }
+        },
+        {"error": {"code": ErrorCode.OVERLOADED, "message": ErrorCode.OVERLOADED.message}},
+    )
     error: ErrorDetail
 
 
 class Task(TypedDict):
-    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    __pydantic_config__ = _example(  # type: ignore[misc]
+        {
+            "task_id": "cAJsztTDxDU0ClYG",
+            "status": "running",
+            "stage": "generating",
+            "progress": 0.5,
+            "created_at": 1796537805.11,
+            "updated_at": 1796537805.12,
+        },
+        {
+            "task_id": "cAJsztTDxDU0ClYG",
+            "status": "succeeded",
+            "stage": "done",
+            "progress": 1.0,
+            "created_at": 1796537805.11,
+            "updated_at": 1796537806.02,
+            "meme": MEME_EXAMPLE,
+        },
+    )
     task_id: Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
     status: Literal["queued", "running", "succeeded", "failed"]
     stage: Literal["queued", "generating", "done"]
