@@ -101,7 +101,10 @@ def test_the_text_ranges_are_unicodes() -> None:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = DaemonProcess(tmp_path_factory.mktemp("daemon")).start()
+    """Half its memes made in process (ab_split): both engines' memes are checked."""
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("daemon"), extra_env={"MEMESYS_SYSTEM_AB_SPLIT": "0.5"}
+    ).start()
     yield d
     assert d.stop() == [], "processes left after the daemon stopped"
 
@@ -153,6 +156,21 @@ def conforms(
         f"{list(e.absolute_path)}: {e.message}" for e in errors[:10]
     )
     return body
+
+
+@pytest.mark.slow
+@pytest.mark.store
+def test_both_engines_memes_are_the_documents(daemon, served) -> None:
+    engines = {
+        conforms(
+            served,
+            daemon.request("POST", "/v1/memes", {"topic": f"engine {n}", "fresh": True}),
+            "/v1/memes",
+            "post",
+        )["engine"]
+        for n in range(2)
+    }
+    assert engines == {"actors", "inprocess"}
 
 
 @pytest.mark.slow

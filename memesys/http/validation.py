@@ -9,6 +9,7 @@ what the client sent (:func:`shown`).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -148,11 +149,15 @@ def validated(model: type[Model], data: Any) -> Model:
         raise invalid_field(exc, model) from None
 
 
+@functools.cache
+def _parameters(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(f.alias or n for n, f in model.model_fields.items())
+
+
 def query_of(model: type[Model], query: Mapping[str, str]) -> Model:
     """A URL query as ``model`` (the first value of each parameter it knows; others are
     ignored, as HTTP caches and proxies add their own)."""
-    names = [f.alias or n for n, f in model.model_fields.items()]
-    return validated(model, {name: query[name] for name in names if name in query})
+    return validated(model, {name: query[name] for name in _parameters(model) if name in query})
 
 
 def _collapsed(text: str | None) -> str | None:
