@@ -10,6 +10,7 @@ that serves it (GET /openapi.json).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -68,7 +69,10 @@ def test_schemathesis_with_every_check_finds_nothing(daemon, tmp_path) -> None:
         timeout=scaled(RUN_TIMEOUT_S),
     )
     report = run.stdout + run.stderr
+    print(report)  # shown on failure; its warnings too (e.g. ids it never found)
     assert run.returncode == 0, report[-8000:]
-    assert "No issues found" in report, report[-8000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", report)
+    assert cases and cases[1] == cases[2] and int(cases[1]) > 100, report[-8000:]
+    assert "Failures:" not in report, report[-8000:]
     operations = sum(len(path) for path in json.loads(document)["paths"].values())
     assert f"{operations} selected / {operations} total" in report, report[:2000]
