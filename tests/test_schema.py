@@ -254,6 +254,17 @@ def test_every_served_shape_is_the_documents(daemon, served) -> None:
         image,
         "get",
     )
+    # a new meme's PNG itself, for a client that asks for it
+    png = conforms(
+        doc,
+        daemon.request(
+            "POST", "/v1/memes", {"topic": "schema png"}, headers={"Accept": "image/png"}
+        ),
+        "/v1/memes",
+        "post",
+        "image/png",
+    )
+    assert png.startswith(b"\x89PNG")
     # the catalogue and the operations routes
     conforms(doc, daemon.request("GET", "/v1/formats"), "/v1/formats", "get")
     conforms(doc, daemon.request("GET", "/healthz"), "/healthz", "get")
@@ -268,6 +279,7 @@ def test_every_served_shape_is_the_documents(daemon, served) -> None:
 
 
 TEXT = {"Content-Type": "text/plain"}
+PNG = {"Accept": "image/png"}
 
 
 @pytest.mark.slow
@@ -287,6 +299,7 @@ TEXT = {"Content-Type": "text/plain"}
         ("POST", "/v1/memes", b'{"topic": "x", "format": "nope"}', {}, 422, "invalid_field"),
         ("POST", "/v1/memes", b'{"topic": "x", "style": "a\\u0001"}', {}, 422, "invalid_field"),
         ("POST", "/v1/memes?async=maybe", b'{"topic": "x"}', {}, 422, "invalid_field"),
+        ("POST", "/v1/memes?async=1", b'{"topic": "x"}', PNG, 406, "not_acceptable"),
         ("GET", "/v1/memes?cursor=forged", None, {}, 422, "invalid_field"),
         ("GET", "/v1/memes?limit=0", None, {}, 422, "invalid_field"),
         ("POST", "/v1/memes", b'{"topic": "mail me at a@example.com"}', {}, 422, "inappropriate"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import resource
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -43,19 +45,23 @@ from memesys.cli.cache_reader import CacheReader
 from memesys.cli.data_lock import DataDirLock, StartRefused
 from memesys.cli.version import version
 from memesys.cli.watchdog import SystemWatch
-from memesys.config import Config, ConfigError, load_layers
+from memesys.config import Config, ConfigError, GatewayConfig, load_layers
 from memesys.config.capacity import Capacities, uses_inprocess
 from memesys.config.printing import render as render_config
 from memesys.domain.engines import INPROCESS
 from memesys.http.app import Gateway
+from memesys.http.client_limits import ClientLimits
 from memesys.http.engines import Split, TreeEngine
 from memesys.inprocess.engine import InProcessEngine
 from memesys.llm.metrics import reader as llm_metrics_reader
 from memesys.pipeline.program import ProgramError, load_configured
+from memesys.storage.connection import CLIENT_TIMEOUT_S
 from memesys.storage.durability import report as report_durability
 from memesys.storage.errors import StoreError
 from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
+from memesys.storage.tokens import TokenReader
+from memesys.telemetry import logs
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -92,10 +98,11 @@ def command_line(args: argparse.Namespace) -> dict[tuple[str, str], object]:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, log_defs: dict[str, Any]) -> None:
+        """``log_defs``: how every actor process logs (:func:`memesys.telemetry.logs.setup`)."""
         self.cfg = cfg
         system = cfg.system
-        self.system_cfg = SystemConfig(system.admin_port, system.bind_host, system.log_level)
+        self.system_cfg = SystemConfig(system.admin_port, system.bind_host, log_defs)
         self.stopping: asyncio.Event | None = None
         self.exit_code = 0
         self.tree_gone = False  # the watchdog found the tree gone: nothing to stop in order
@@ -192,17 +199,29 @@ class Daemon:
             if inprocess is None
             else CacheReader(inprocess.store, inprocess.maker.key, self.redis_url)
         )
+        prefix, gateway_cfg = self.cfg.redis.key_prefix, self.cfg.gateway
+        tokens = (
+            TokenReader(self.redis_url, prefix, CLIENT_TIMEOUT_S)
+            if gateway_cfg.auth_required
+            else None
+        )
+        client_limits = (
+            ClientLimits(gateway_cfg.client_rate_per_minute, self.redis_url, prefix)
+            if gateway_cfg.client_rate_per_minute
+            else None
+        )
         gateway = Gateway(
-            self.cfg.gateway,
+            gateway_cfg,
             directory,
             generation_slots=Capacities.of(self.cfg).generation_slots,
-            llm_metrics=llm_metrics_reader(self.redis_url, self.cfg.redis.key_prefix),
+            llm_metrics=llm_metrics_reader(self.redis_url, prefix),
             engines=engines(self.cfg, TreeEngine(directory), inprocess),
             look_up=cache.look_up,
+            verify_token=tokens.verify if tokens is not None else None,
+            client_limits=client_limits,
         )
         runner = web.AppRunner(
             gateway.app(),
-            access_log=None,
             handle_signals=False,
             shutdown_timeout=self.cfg.gateway.request_timeout_s,
             **gateway.server_options(),
@@ -243,6 +262,9 @@ class Daemon:
             await bridge.close()
         await legacy
         await cache.close()
+        for door in (tokens, client_limits):
+            if door is not None:
+                await door.close()
         if inprocess is not None:
             await inprocess.close()
         signalled.cancel()
@@ -276,6 +298,29 @@ def engines(cfg: Config, tree: TreeEngine, inprocess: InProcessEngine | None) ->
     return Split(inprocess)
 
 
+def unguarded_exposure(gateway: GatewayConfig) -> str | None:
+    """Why the gateway must not start: listening beyond loopback with ``gateway.auth`` off
+    (anyone who can reach the port could make memes, spend the budget and erase memes)."""
+    if gateway.auth_required or loopback(gateway.host):
+        return None
+    return (
+        f'gateway.auth = "off" with gateway.host = "{gateway.host}" (beyond loopback): set '
+        'gateway.auth = "required" (MEMESYS_GATEWAY_AUTH=required) and make a token with '
+        "`memesys-admin token create NAME`, or bind 127.0.0.1"
+    )
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``); any other name, and the
+    empty host (every interface), is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def raise_open_file_limit() -> None:
     """Every client connection is a file: the soft limit (often 1,024) goes up to the hard one,
     so a crowd of slow clients cannot starve new connections (``/healthz`` included) of
@@ -297,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(render_config(layers), end="")
         return 0
+    exposed = unguarded_exposure(cfg.gateway)
+    if exposed is not None:
+        print(f"memesys: configuration error: {exposed}", file=sys.stderr)
+        return 2
     # The meme program (pipeline.program_path) is checked here, once, before any worker loads
     # it: a bad file is one line and exit 2, not workers failing to start over and over.
     try:
@@ -304,12 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     except ProgramError as exc:
         print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.system.log_level,
-        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s",
-    )
+    try:
+        log_defs = logs.setup(cfg.log)
+    except logs.LogFileError as exc:
+        print(f"memesys: configuration error: {exc}", file=sys.stderr)
+        return 2
     raise_open_file_limit()
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, log_defs)
     try:
         daemon.start_actors()
     except StartRefused as exc:

@@ -36,11 +36,19 @@ class SystemConfig:
     admin_port: int = field(metadata=bounded(*PORT))
     bind_host: str
     data_dir: str
-    log_level: str = field(metadata=one_of(*LOG_LEVELS))
     ready_timeout_s: float = field(metadata=bounded(0.1, 600))
     shutdown_timeout_s: float = field(metadata=bounded(0.1, 600))
     engine: str = field(metadata=one_of("actors", "inprocess"))
     ab_split: float = field(metadata=bounded(0, 1))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = field(metadata=one_of(*LOG_LEVELS))
+    format: str = field(metadata=one_of("text", "json"))
+    file: str  # "": stderr
+    max_bytes: int = field(metadata=bounded(4096, None))
+    backups: int = field(metadata=bounded(1, 1000))
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,12 @@ class GatewayConfig:
     queue_timeout_s: float = field(metadata=bounded(0, 3600))
     header_timeout_s: float = field(metadata=bounded(0.1, 3600))
     body_timeout_s: float = field(metadata=bounded(0.1, 3600))
+    auth: str = field(metadata=one_of("off", "required"))
+    client_rate_per_minute: int = field(metadata=bounded(0, 100_000))  # 0: no limit
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
 
 
 @dataclass(frozen=True)
@@ -171,6 +185,7 @@ class Config:
     """The whole configuration; ``Config.<section>.<key>`` mirrors ``[section] key``."""
 
     system: SystemConfig
+    log: LogConfig
     supervision: SupervisionConfig
     gateway: GatewayConfig
     workers: WorkersConfig

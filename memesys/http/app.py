@@ -39,11 +39,15 @@ from memesys.domain.messages import (
     SubmitTask,
 )
 from memesys.errors import ErrorCode, MemesysError, translate
+from memesys.http import access
 from memesys.http.admission import Lane
+from memesys.http.auth import Auth, Verify
+from memesys.http.client_limits import ClientLimits
 from memesys.http.connections import MAX_SWEEP_S
 from memesys.http.engines import Split, TreeEngine
 from memesys.http.metrics import CONTENT_TYPE, Metrics
 from memesys.http.middleware import Guard
+from memesys.http.negotiation import wants_png
 from memesys.http.page import INDEX_HTML
 from memesys.http.responses import error, public_failure
 from memesys.http.schemas import (
@@ -87,6 +91,8 @@ class Gateway:
         llm_metrics: Callable[[], str] | None = None,
         engines: Split | None = None,
         look_up: LookUp | None = None,
+        verify_token: Verify | None = None,
+        client_limits: ClientLimits | None = None,
     ) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
@@ -94,7 +100,10 @@ class Gateway:
         layer's series, gathered from every worker process (read in a thread, briefly).
         ``engines``: which engine makes each synchronous meme (None: the tree, always).
         ``look_up``: what a maker does first (the cache for a meme, the store's health for a
-        fresh one), done on Redis before any engine is asked (None: the engine does it)."""
+        fresh one), done on Redis before any engine is asked (None: the engine does it).
+        ``verify_token``: a token's name, from the token store (needed when ``cfg.auth`` is
+        "required"); ``client_limits``: the shared per-client limit (needed when
+        ``cfg.client_rate_per_minute`` is set)."""
         self.cfg = cfg
         self.llm_metrics = llm_metrics
         self.directory = directory
@@ -103,7 +112,7 @@ class Gateway:
         self.meme_request = meme_request(cfg.max_topic_chars)
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
-        self.guard = Guard(cfg, self.metrics)
+        self.guard = Guard(cfg, self.metrics, Auth(cfg.auth_required, verify_token), client_limits)
         # A request waits for a generation slot at most half its deadline: the rest is for
         # making the meme (a request that starts with seconds left would only time out).
         self.generation = Lane(
@@ -145,8 +154,9 @@ class Gateway:
     def server_options(self) -> dict[str, Any]:
         """aiohttp server settings for ``web.AppRunner(app, **options)``. aiohttp's own idle
         keep-alive timeout is a backstop a sweep after the request-head timeout
-        (:meth:`watch` closes idle connections first, and counts them)."""
-        return {"keepalive_timeout": self.cfg.header_timeout_s + MAX_SWEEP_S}
+        (:meth:`watch` closes idle connections first, and counts them); the access log
+        (:mod:`memesys.http.access`)."""
+        return {"keepalive_timeout": self.cfg.header_timeout_s + MAX_SWEEP_S, **access.options()}
 
     def watch(self, server: web.Server) -> None:
         """Close ``server``'s connections that deliver no request head in time (call after
@@ -183,6 +193,13 @@ class Gateway:
             run_async = query_of(CreateQuery, request.query).is_async
         except InvalidField as exc:
             return error(exc.code, str(exc), field=exc.field)
+        png = wants_png(request.headers.get("Accept"))
+        if png and run_async:
+            return error(
+                ErrorCode.NOT_ACCEPTABLE,
+                "async=true answers with a task in JSON, not an image: "
+                "drop async=true, or the Accept: image/png header",
+            )
         # The middleware has checked the Content-Type and read the body: this is the copy.
         try:
             body = parse_json(await request.read())
@@ -227,10 +244,24 @@ class Gateway:
                     "memesys_memes_shared_total",
                     "meme requests answered by an identical one in flight",
                 )
-        return web.json_response(
-            meme,
+        headers = {"Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id}
+        if png:
+            return await self._new_png(meme["id"], headers)
+        return web.json_response(meme, status=201, headers=headers)
+
+    async def _new_png(self, meme_id: str, headers: dict[str, str]) -> web.Response:
+        """A new meme's picture itself, for a client that asked for ``image/png``; its id in
+        ``X-Meme-Id`` (and ``Location``)."""
+        image: MemeImage | None = await self.directory.ask(
+            STORE, GetImage(meme_id), STORE_TIMEOUT_S, idempotent=True
+        )
+        if image is None or image.png is None:
+            return error(ErrorCode.NOT_FOUND, f"no image for meme {meme_id!r}")
+        return web.Response(
             status=201,
-            headers={"Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id},
+            body=image.png,
+            content_type="image/png",
+            headers={**headers, "X-Meme-Id": meme_id, "ETag": f'"{image.sha256}"'},
         )
 
     async def _generate(self, order: GenerateMeme) -> dict[str, Any]:

@@ -483,6 +483,9 @@ class Operation:
 # (/healthz, /readyz, /metrics: never queued or refused), the gateway's own shedding.
 ANY = (405, 500)
 SHED = 503
+# Answered by every /v1/ route: a missing or forged token (gateway.auth = "required"), a client
+# over gateway.client_rate_per_minute (memesys.http.auth, memesys.http.client_limits).
+DOOR = (401, 429)
 
 HEADERS: dict[str, dict[str, Any]] = {
     "Location": {
@@ -516,6 +519,16 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "string"},
     },
+    "WWW-Authenticate": {
+        "description": "Bearer, with RFC 6750's error when a token was sent",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^Bearer"},
+    },
+    "X-Meme-Id": {
+        "description": "the new meme's id (an image/png answer)",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"},
+    },
 }
 _ID_PARAMETER = {
     "name": "id",
@@ -532,18 +545,27 @@ OPERATIONS: tuple[Operation, ...] = (
         "Make a meme and wait for it (or, with async=true, answer 202 with a task once it is "
         "durably recorded)",
         {
-            201: (Meme, "the meme"),
+            201: (
+                Meme,
+                "the meme; its PNG for a client whose Accept ranks image/png first",
+                "image/png",
+            ),
             202: (TaskAccepted, "the task, recorded"),
         },
-        (400, 408, 413, 415, 422, 502, 504),
+        (400, 406, 408, 413, 415, 422, 502, 504),
         body="MemeRequest",
         query=CreateQuery,
-        headers={201: ("Location", "X-Trace-Id"), 202: ("Location", "X-Trace-Id")},
+        headers={
+            201: ("Location", "X-Trace-Id", "?X-Meme-Id", "?ETag"),
+            202: ("Location", "X-Trace-Id"),
+        },
         description="The body must be declared Content-Type: application/json (charset, if "
         "any, utf-8): any other type, and a body without one, is 415 (so a web page cannot "
         "make a local daemon generate memes). The body must arrive within the gateway's body "
         "timeout (408), be at most max_body_bytes (413) and be UTF-8 JSON nested at most "
-        f"{MAX_JSON_DEPTH} deep (400).",
+        f"{MAX_JSON_DEPTH} deep (400). An Accept header that ranks image/png above "
+        "application/json gets the new meme's PNG itself (201, with X-Meme-Id and ETag; 406 "
+        "with async=true); errors stay JSON.",
     ),
     Operation(
         "get",
@@ -610,6 +632,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/metrics",
         "Prometheus metrics",
         {200: (None, "the text format 0.0.4", "text/plain")},
+        (401,),  # gateway.auth = "required" asks Prometheus for a token too
         operations=True,
     ),
     Operation(
@@ -627,7 +650,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _headers(names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: HEADERS[name] for name in names}
+    """The :data:`HEADERS` named; a name that starts with "?" is sent only sometimes."""
+    return {
+        name.lstrip("?"): {**HEADERS[name.lstrip("?")], "required": not name.startswith("?")}
+        for name in names
+    }
 
 
 def _error(status: int) -> dict[str, Any]:
@@ -638,6 +665,8 @@ def _error(status: int) -> dict[str, Any]:
         answer["headers"] = _headers(("Retry-After",))
     if status == 405:
         answer["headers"] = _headers(("Allow",))
+    if status == 401:
+        answer["headers"] = _headers(("WWW-Authenticate",))
     return answer
 
 
@@ -673,18 +702,17 @@ def _parameters(query: type[BaseModel], components: _Components) -> list[dict[st
 def _operation(op: Operation, components: _Components, request: type[BaseModel]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, (shape, description, *media) in op.answers.items():
-        if shape is None:
-            answer: dict[str, Any] = {"description": description}
-            if media:
-                answer["content"] = {media[0]: {}}
-        elif isinstance(shape, dict):
-            answer = _json(shape, description)
-        else:
-            answer = _json(components.ref(shape, "serialization"), description)
+        answer: dict[str, Any] = {"description": description}
+        if shape is not None:
+            schema = shape if isinstance(shape, dict) else components.ref(shape, "serialization")
+            answer["content"] = {"application/json": {"schema": schema}}
+        if media:
+            answer["content"] = {**answer.get("content", {}), **{m: {} for m in media}}
         if status in op.headers:
             answer["headers"] = _headers(op.headers[status])
         responses[str(status)] = answer
-    for status in sorted({*op.errors, *ANY, *(() if op.operations else (SHED,))}):
+    door = DOOR if op.path.startswith("/v1/") else ()
+    for status in sorted({*op.errors, *door, *ANY, *(() if op.operations else (SHED,))}):
         responses.setdefault(str(status), _error(status))
     out: dict[str, Any] = {"summary": op.summary, "responses": responses}
     if op.description:
