@@ -26,6 +26,7 @@ TOOLS = {
     "ruff",
     "mypy",
     "types-psutil",
+    "schemathesis",  # its CLI, run by tests/test_schemathesis.py
 }
 
 

@@ -307,7 +307,7 @@ def test_the_gateway_keeps_no_code_table_of_its_own() -> None:
 
 
 def test_the_openapi_error_schema_enumerates_exactly_the_enum() -> None:
-    from memesys.http.openapi import openapi_document
+    from memesys.http.schemas import openapi_document
 
     OPENAPI = openapi_document(200)
     schema = OPENAPI["components"]["schemas"]["ErrorDetail"]

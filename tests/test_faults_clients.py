@@ -31,7 +31,7 @@ from memesys.domain.formats import CATALOGUE
 from memesys.domain.messages import GenerateMeme, GetTask, ListMemes, MemePage
 from memesys.http.admission import Lane, Refused
 from memesys.http.app import Gateway
-from memesys.http.validation import MAX_JSON_DEPTH, MAX_SHOWN_CHARS
+from memesys.http.schemas import MAX_JSON_DEPTH, MAX_SHOWN_CHARS
 from tests.support.gateway import GATEWAY, FakeDirectory, a_meme, error_of
 from tests.support.metrics import sample
 from tests.support.timing import scaled, wait_for, wait_for_async

@@ -29,7 +29,7 @@ from memesys.domain.messages import (
 )
 from memesys.errors import RUNTIME_CODES, ErrorCode
 from memesys.http.app import Gateway
-from memesys.http.openapi import openapi_document
+from memesys.http.schemas import openapi_document
 from memesys.tree.paths import GENERATOR, LEDGER, STORE
 from tests.support.gateway import GATEWAY, FakeDirectory, a_meme, error_of
 from tests.support.metrics import sample
@@ -134,12 +134,12 @@ async def test_a_body_without_content_type_is_415(client, directory) -> None:
 
 
 async def test_list_memes_passes_limit_and_cursor(client, directory) -> None:
-    directory.script(ListMemes, MemePage([a_meme("m2"), a_meme("m1")], "next"))
-    response = await client.get("/v1/memes?limit=2&cursor=abc")
+    directory.script(ListMemes, MemePage([a_meme("m2"), a_meme("m1")], "1.25~m1"))
+    response = await client.get("/v1/memes?limit=2&cursor=1.5~m3")
     assert response.status == 200
     body = await response.json()
-    assert [m["id"] for m in body["memes"]] == ["m2", "m1"] and body["next_cursor"] == "next"
-    assert directory.asked[-1][:2] == (STORE, ListMemes(2, "abc"))
+    assert [m["id"] for m in body["memes"]] == ["m2", "m1"] and body["next_cursor"] == "1.25~m1"
+    assert directory.asked[-1][:2] == (STORE, ListMemes(2, "1.5~m3"))
 
 
 def image_of(request: GetImage) -> MemeImage:
@@ -426,6 +426,13 @@ async def test_a_body_that_is_not_json_is_415(client, content_type) -> None:
         ({"topic": "ok", "format": "no-such-format"}, "format"),
         ({"topic": "ok", "colour": "red"}, "colour"),
         ({"topic": "bad\u0000byte"}, "topic"),
+        ({"topic": "lone \ud800 surrogate"}, "topic"),
+        ({"topic": "ok", "style": "a\u0001"}, "style"),
+        ({"topic": "ok", "audience": "zero\u200bwidth"}, "audience"),
+        ({"topic": "ok", "style": "x" * 101}, "style"),
+        ({"topic": "ok", "format": "Drake"}, "format"),
+        ({"topic": "ok", "format": ""}, "format"),
+        ({"topic": "ok", "seed": 1.5}, "seed"),
     ],
 )
 async def test_invalid_fields_are_422_naming_the_field(client, directory, body, field) -> None:
@@ -448,20 +455,46 @@ async def test_invalid_query_fields_are_422(client, path, field) -> None:
     assert error["field"] == field
 
 
-async def test_invalid_async_flag_is_422(client) -> None:
+@pytest.mark.parametrize("flag", ["maybe", "TRUE", "yes", ""])
+async def test_invalid_async_flag_is_422(client, flag) -> None:
     error = await error_of(
-        await client.post("/v1/memes?async=maybe", json={"topic": "x"}), 422, "invalid_field"
+        await client.post(f"/v1/memes?async={flag}", json={"topic": "x"}), 422, "invalid_field"
     )
     assert error["field"] == "async"
 
 
-async def test_a_forged_cursor_is_422_from_the_store(client, directory) -> None:
-    directory.script(
-        ListMemes, Failure(ErrorCode.INVALID_FIELD, "cursor: is not a cursor this server issued")
+async def test_what_the_document_allows_is_accepted_as_it_says(client, directory) -> None:
+    """null is none; whitespace (a tab, a newline) is collapsed; an integral float is an
+    integer, as JSON Schema says; a blank label is none."""
+    directory.script(GenerateMeme, lambda order: a_meme())
+    body = {
+        "topic": "\tcats\n and  dogs ",
+        "format": None,
+        "style": "dry\twit",
+        "audience": None,
+        "seed": 7.0,
+    }
+    assert (await client.post("/v1/memes", json=body)).status == 201
+    order = directory.asked[-1][1]
+    assert (order.topic, order.format, order.style, order.audience, order.seed) == (
+        "cats and dogs",
+        None,
+        "dry wit",
+        None,
+        7,
     )
-    error = await error_of(await client.get("/v1/memes?cursor=forged"), 422, "invalid_field")
+    assert (await client.post("/v1/memes", json={"topic": "x", "style": " \n "})).status == 201
+    assert directory.asked[-1][1].style is None
+
+
+@pytest.mark.parametrize("cursor", ["forged", "", "1.5", "1.5~", "inf~m1", "1e999~m1", "1~a/b"])
+async def test_a_string_that_is_not_a_cursor_is_422(client, directory, cursor) -> None:
+    """A cursor is ``<created_at>~<id>`` (the document's pattern): anything else is refused
+    before the store is asked; anything like it is a position to page from."""
+    error = await error_of(await client.get(f"/v1/memes?cursor={cursor}"), 422, "invalid_field")
     assert error["message"] == "cursor: is not a cursor this server issued"
     assert error["field"] == "cursor"
+    assert directory.asked == []
 
 
 async def test_the_gateway_sheds_load_past_max_in_flight_and_its_queue(

@@ -48,9 +48,15 @@ from memesys.http.engines import Split, TreeEngine
 from memesys.http.metrics import CONTENT_TYPE, Metrics
 from memesys.http.middleware import Guard
 from memesys.http.negotiation import wants_png
-from memesys.http.openapi import openapi_document
 from memesys.http.page import INDEX_HTML
 from memesys.http.responses import error, public_failure
+from memesys.http.schemas import (
+    CreateQuery,
+    PageQuery,
+    Task,
+    meme_request,
+    openapi_document,
+)
 from memesys.http.single_flight import SingleFlight
 from memesys.http.tree_metrics import TreeSeries, troubles
 from memesys.http.validation import (
@@ -59,7 +65,7 @@ from memesys.http.validation import (
     known_etags,
     parse_generate,
     parse_json,
-    parse_page,
+    query_of,
     shown,
 )
 from memesys.tree.paths import LEDGER, ROOT, STORE
@@ -76,6 +82,8 @@ STORE_TIMEOUT_S = 5.0
 # An image's URL names one meme's picture, which never changes: a year, the longest HTTP allows.
 IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
 
+# What a task's record shows as it is (its meme and error are shown as the client may see them).
+_TASK_FIELDS = tuple(k for k in Task.__annotations__ if k in Task.__required_keys__ - {"task_id"})
 LookUp = Callable[[GenerateMeme], Awaitable[dict[str, Any] | None]]
 
 
@@ -107,6 +115,7 @@ class Gateway:
         self.directory = directory
         self.engines = engines or Split(TreeEngine(directory))
         self.look_up = look_up
+        self.meme_request = meme_request(cfg.max_topic_chars)
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.metrics = Metrics()
         self.guard = Guard(cfg, self.metrics, Auth(cfg.auth_required, verify_token), client_limits)
@@ -194,11 +203,12 @@ class Gateway:
     # -- memes --------------------------------------------------------------------------------
 
     async def create_meme(self, request: web.Request) -> web.Response:
-        run_async = request.query.get("async", "false").lower()
-        if run_async not in ("true", "1", "false", "0"):
-            return error(ErrorCode.INVALID_FIELD, "async: must be true or false", field="async")
+        try:
+            run_async = query_of(CreateQuery, request.query).is_async
+        except InvalidField as exc:
+            return error(exc.code, str(exc), field=exc.field)
         png = wants_png(request.headers.get("Accept"))
-        if png and run_async in ("true", "1"):
+        if png and run_async:
             return error(
                 ErrorCode.NOT_ACCEPTABLE,
                 "async=true answers with a task in JSON, not an image: "
@@ -211,10 +221,10 @@ class Gateway:
             return error(exc.code, str(exc))
         trace_id = uuid.uuid4().hex
         try:
-            order: GenerateMeme = parse_generate(body, self.cfg.max_topic_chars, trace_id)
+            order: GenerateMeme = parse_generate(body, self.meme_request, trace_id)
         except InvalidField as exc:
             return error(exc.code, str(exc), field=exc.field)
-        if run_async in ("true", "1"):
+        if run_async:
             task_id = await self.directory.ask(LEDGER, SubmitTask(order), STORE_TIMEOUT_S)
             status_url = f"/v1/tasks/{task_id}"
             return web.json_response(
@@ -345,21 +355,12 @@ class Gateway:
 
     async def list_memes(self, request: web.Request) -> web.Response:
         try:
-            limit, cursor = parse_page(request.query)
+            query = query_of(PageQuery, request.query)
         except InvalidField as exc:
             return error(exc.code, str(exc), field=exc.field)
-        try:
-            page = await self.directory.ask(
-                STORE, ListMemes(limit, cursor), STORE_TIMEOUT_S, idempotent=True
-            )
-        except RemoteFailure as exc:  # the store alone can tell a cursor it never issued
-            if translate(exc.failure.code) is not ErrorCode.INVALID_FIELD:
-                raise
-            return error(
-                ErrorCode.INVALID_FIELD,
-                "cursor: is not a cursor this server issued",
-                field="cursor",
-            )
+        page = await self.directory.ask(
+            STORE, ListMemes(query.limit, query.cursor), STORE_TIMEOUT_S, idempotent=True
+        )
         return web.json_response({"memes": page.memes, "next_cursor": page.next_cursor})
 
     async def delete_meme(self, request: web.Request) -> web.Response:
@@ -377,9 +378,7 @@ class Gateway:
             )
         if task is None:
             return error(ErrorCode.NOT_FOUND, f"no task {shown(task_id)}")
-        body = {
-            key: task[key] for key in ("status", "stage", "progress", "created_at", "updated_at")
-        }
+        body = {key: task[key] for key in _TASK_FIELDS}
         if task.get("meme") is not None:
             body["meme"] = task["meme"]
         if task.get("error") is not None:  # recorded as the tree said it: translated here

@@ -1,4 +1,5 @@
-"""Validation of client input at the gateway: every field checked, every size bounded.
+"""Reading client input at the gateway: the JSON itself, then the models of
+:mod:`memesys.http.schemas`, which check every field and bound every size.
 
 Each problem is a :class:`InvalidField` naming the field and why, answered as 422; a body that
 is not JSON (not UTF-8, nested deeper than :data:`MAX_JSON_DEPTH`, a number Python will not
@@ -8,26 +9,32 @@ what the client sent (:func:`shown`).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import unicodedata
-from typing import Any, Literal, overload
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
-from memesys.domain.formats import CATALOGUE, UnknownFormat, get_format
+from pydantic import BaseModel, ValidationError
+
+from memesys.domain.formats import CATALOGUE
 from memesys.domain.messages import GenerateMeme
 from memesys.errors import ErrorCode, MemesysError
+from memesys.http.schemas import (
+    MAX_JSON_DEPTH,
+    MAX_PAGE,
+    MAX_SEED,
+    MAX_SHOWN_CHARS,
+    TEXT_PATTERN,
+    MemeRequestBase,
+)
 
-MAX_LABEL_CHARS = 100
-MAX_SEED = 2**31 - 1
-MAX_PAGE = 100
-MAX_JSON_DEPTH = 32  # arrays and objects inside each other; a meme request needs 1
-MAX_SHOWN_CHARS = 32  # of a client's value quoted back in an error message
 MAX_KNOWN_ETAGS = 16  # of an If-None-Match: a browser sends one
-_FIELDS = {"topic", "format", "style", "audience", "seed", "fresh"}
-_ASCII_INT = re.compile(r"[0-9]{1,9}")  # not str.isdigit(): "²" and "٣" are digits too
 _JSON_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_NESTING = re.compile(rb"[\[\]{}]")
 _IMAGE_ETAG = re.compile(r'\s*(?:W/)?"([0-9a-f]{64})"\s*')
+_TEXT = re.compile(TEXT_PATTERN)
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def shown(value: str, limit: int = MAX_SHOWN_CHARS) -> str:
@@ -92,72 +99,84 @@ class InvalidField(MemesysError, ValueError):
         self.reason = reason
 
 
-@overload
-def _text(body: dict[str, Any], field: str, limit: int, required: Literal[True]) -> str: ...
-@overload
-def _text(body: dict[str, Any], field: str, limit: int, required: bool = False) -> str | None: ...
-def _text(body: dict[str, Any], field: str, limit: int, required: bool = False) -> str | None:
-    value = body.get(field)
-    if value is None:
-        if required:
-            raise InvalidField(field, "is required")
-        return None
-    if not isinstance(value, str):
-        raise InvalidField(field, "must be a string")
-    value = " ".join(value.split())
-    if required and not value:
-        raise InvalidField(field, "must not be empty")
-    if len(value) > limit:
-        raise InvalidField(field, f"must be at most {limit} characters (got {len(value)})")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co") for ch in value):
-        raise InvalidField(field, "must not contain control or format characters")
-    return value or None
+# A field whose every refusal says the same, whatever pydantic's reason.
+_REASONS = {
+    "seed": f"must be an integer between 0 and {MAX_SEED}",
+    "fresh": "must be true or false",
+    "async": "must be true or false",
+    "limit": f"must be an integer between 1 and {MAX_PAGE}",
+    "cursor": "is not a cursor this server issued",
+}
 
 
-def parse_generate(body: Any, max_topic_chars: int, trace_id: str) -> GenerateMeme:
-    if not isinstance(body, dict):
-        raise InvalidField("body", "must be a JSON object")
-    unknown = sorted(set(body) - _FIELDS)
-    if unknown:
-        raise InvalidField(
-            unknown[0][:MAX_SHOWN_CHARS],
-            f"is not a known field (known: {', '.join(sorted(_FIELDS))})",
+def invalid_field(exc: ValidationError, model: type[BaseModel]) -> InvalidField:
+    """The first problem pydantic found, as the contract names it: the field and why."""
+    problem = exc.errors(include_url=False)[0]
+    kind, value = problem["type"], problem["input"]
+    if not problem["loc"] or kind == "model_type":
+        return InvalidField("body", "must be a JSON object")
+    name = str(problem["loc"][0])
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
+        return InvalidField(name[:MAX_SHOWN_CHARS], f"is not a known field (known: {known})")
+    if kind == "missing":
+        return InvalidField(name, "is required")
+    if name in _REASONS:
+        return InvalidField(name, _REASONS[name])
+    if kind == "literal_error" and isinstance(value, str):  # the format
+        return InvalidField(
+            name,
+            f"unknown format {shown(value)}; GET /v1/formats lists the {len(CATALOGUE)} formats",
         )
-    topic = _text(body, "topic", max_topic_chars, required=True)
-    fmt = _text(body, "format", MAX_LABEL_CHARS)
-    if fmt is not None:
-        try:
-            fmt = get_format(fmt).name
-        except UnknownFormat:
-            raise InvalidField(
-                "format",
-                f"unknown format {shown(fmt)}; GET /v1/formats lists the {len(CATALOGUE)} formats",
-            ) from None
-    seed = body.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise InvalidField("seed", f"must be an integer between 0 and {MAX_SEED}")
-    fresh = body.get("fresh", False)
-    if not isinstance(fresh, bool):
-        raise InvalidField("fresh", "must be true or false")
+    if kind in ("string_type", "literal_error"):
+        return InvalidField(name, "must be a string")
+    if kind == "string_too_short" or (
+        kind == "string_pattern_mismatch" and _TEXT.match(value) and not value.split()
+    ):
+        return InvalidField(name, "must not be empty")
+    if kind == "string_too_long":
+        limit = problem.get("ctx", {}).get("max_length")
+        return InvalidField(name, f"must be at most {limit} characters (got {len(value)})")
+    # the text pattern, or a lone surrogate (no valid string)
+    return InvalidField(name, "must not contain control or format characters")
+
+
+def validated(model: type[Model], data: Any) -> Model:
+    """``data`` as ``model``, or :class:`InvalidField` naming the first problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_field(exc, model) from None
+
+
+@functools.cache
+def _parameters(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(f.alias or n for n, f in model.model_fields.items())
+
+
+def query_of(model: type[Model], query: Mapping[str, str]) -> Model:
+    """A URL query as ``model`` (the first value of each parameter it knows; others are
+    ignored, as HTTP caches and proxies add their own)."""
+    return validated(model, {name: query[name] for name in _parameters(model) if name in query})
+
+
+def _collapsed(text: str | None) -> str | None:
+    """Runs of whitespace as one space, none at the ends; blank is None."""
+    return (" ".join(text.split()) or None) if text is not None else None
+
+
+def parse_generate(body: Any, request: type[MemeRequestBase], trace_id: str) -> GenerateMeme:
+    """The order a meme request's body makes (``request``: the gateway's configured model)."""
+    valid = validated(request, body)
     return GenerateMeme(
-        topic=topic,
-        format=fmt,
-        style=_text(body, "style", MAX_LABEL_CHARS),
-        audience=_text(body, "audience", MAX_LABEL_CHARS),
-        seed=seed,
-        fresh=fresh,
+        topic=" ".join(valid.topic.split()),
+        format=valid.format,
+        style=_collapsed(valid.style),
+        audience=_collapsed(valid.audience),
+        seed=valid.seed,
+        fresh=valid.fresh,
         trace_id=trace_id,
     )
-
-
-def parse_page(query: Any) -> tuple[int, str | None]:
-    raw = query.get("limit", "20")
-    if not _ASCII_INT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE:
-        raise InvalidField("limit", f"must be an integer between 1 and {MAX_PAGE}")
-    cursor = query.get("cursor") or None
-    if cursor is not None and len(cursor) > 200:
-        raise InvalidField("cursor", "is not a cursor this server issued")
-    return int(raw), cursor
 
 
 def known_etags(header: str | None) -> tuple[str, ...]:

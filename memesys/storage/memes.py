@@ -32,8 +32,6 @@ bytes here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
@@ -49,7 +47,7 @@ import redis
 from redis.client import Pipeline
 
 from memesys.domain.events import CACHED, COMPLETED, ERASED
-from memesys.domain.ids import valid_id
+from memesys.domain.ids import cursor_position, page_cursor, valid_id
 from memesys.domain.images import image_ref, valid_digest
 from memesys.domain.messages import MemeImage
 from memesys.errors import ErrorCode
@@ -100,22 +98,12 @@ class InvalidCursor(StoreError, ValueError):
     code = ErrorCode.INVALID_FIELD
 
 
-def _encode_cursor(score: float, meme_id: str) -> str:
-    raw = f"{score.hex()}|{meme_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def _decode_cursor(cursor: str) -> tuple[float, str]:
-    """Inverse of _encode_cursor; InvalidCursor for anything a client made up."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score_hex, meme_id = raw.split("|")
-        score = float.fromhex(score_hex)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursor("cursor: is not a cursor this server issued") from None
-    if not valid_id(meme_id) or not math.isfinite(score):
+    """The position a cursor names; InvalidCursor for a string that is not a cursor."""
+    position = cursor_position(cursor)
+    if position is None:
         raise InvalidCursor("cursor: is not a cursor this server issued")
-    return score, meme_id
+    return position
 
 
 def _digest_of(raw: bytes | None) -> str:
@@ -478,7 +466,7 @@ class MemeStore:
                 if meme is not None
             ]
         more = len(entries) > limit
-        return memes, _encode_cursor(page[-1][1], page[-1][0]) if more else None
+        return memes, page_cursor(page[-1][1], page[-1][0]) if more else None
 
     def delete(self, meme_id: str, why: str = ERASED) -> bool:
         """Erase the meme everywhere, incl. cache entries pointing to it, quarantined copies

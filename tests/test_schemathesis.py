@@ -1,0 +1,78 @@
+"""Schemathesis against the real daemon: every check, every operation of /openapi.json, every
+phase (examples, coverage, fuzzing, stateful), bounded and seeded. Select it with ``-m fuzz``.
+
+Nothing is excluded: DELETE erases only the memes of this test's own daemon (the offline
+writer, its own data directory), and async tasks finish there too. The document is the one the
+daemon serves, read from a file: loaded from its URL, schemathesis leaves out the operation
+that serves it (GET /openapi.json).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.daemon import DaemonProcess
+from tests.support.timing import scaled
+
+pytestmark = [pytest.mark.fuzz, pytest.mark.slow, pytest.mark.store]
+
+MAX_EXAMPLES = 20  # per operation and phase
+SEED = 1
+RUN_TIMEOUT_S = 240.0  # about a minute alone on two cores
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = DaemonProcess(tmp_path).start()
+    yield d
+    assert d.stop() == [], "processes left after the daemon stopped"
+
+
+@pytest.mark.timeout(scaled(RUN_TIMEOUT_S) + 60)
+def test_schemathesis_with_every_check_finds_nothing(daemon, tmp_path) -> None:
+    status, _, document = daemon.request("GET", "/openapi.json")
+    assert status == 200
+    (tmp_path / "openapi.json").write_bytes(document)
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        "openapi.json",
+        "--url",
+        daemon.url,
+        "--checks",
+        "all",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--generation-database",
+        "none",
+        "--no-color",
+    ]
+    run = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(RUN_TIMEOUT_S),
+    )
+    report = run.stdout + run.stderr
+    print(report)  # shown on failure; its warnings too (e.g. ids it never found)
+    assert run.returncode == 0, report[-8000:]
+    cases = re.search(r"(\d+) generated, (\d+) passed", report)
+    assert cases and cases[1] == cases[2] and int(cases[1]) > 100, report[-8000:]
+    assert "Failures:" not in report, report[-8000:]
+    operations = sum(len(path) for path in json.loads(document)["paths"].values())
+    assert f"{operations} selected / {operations} total" in report, report[:2000]
