@@ -99,15 +99,33 @@ def imported_distributions(*paths: str) -> set[str]:
                 if isinstance(node, ast.Import):
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
+                    names = [f"{node.module}.{alias.name}" for alias in node.names]
                 else:
                     continue
                 for name in names:
                     top = name.split(".")[0]
                     if top in OWN or top in sys.stdlib_module_names:
                         continue
-                    found.update(normalised(d) for d in by_package[top])
+                    found.update(normalised(d) for d in providers(name, by_package[top]))
     return found
+
+
+def providers(module: str, candidates: list[str]) -> list[str]:
+    """The distributions that provide ``module``: of a namespace package several
+    distributions share (``opentelemetry``), the one whose files hold the deepest package on
+    the module's path."""
+    if len(candidates) == 1:
+        return candidates
+    parts, best, depth = module.split("."), [], 0
+    for dist in candidates:
+        for file in importlib.metadata.distribution(dist).files or ():
+            held = file.parts[:-1] if file.suffix == ".py" else ()
+            n = len(held)
+            if n > depth and tuple(parts[:n]) == held:
+                best, depth = [dist], n
+            elif n == depth and n and tuple(parts[:n]) == held and dist not in best:
+                best.append(dist)
+    return best or candidates
 
 
 def normalised(requirement: str) -> str:

@@ -56,6 +56,7 @@ from memesys.storage.durability import report as report_durability
 from memesys.storage.errors import StoreError
 from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
+from memesys.telemetry import tracing
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -304,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     except ProgramError as exc:
         print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
         return 2
+    try:  # the OTEL_* variables, read by every process: refused here, before any starts
+        tracing.check()
+    except tracing.TracingError as exc:
+        print(f"memesys: configuration error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=cfg.system.log_level,
         format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s",
@@ -318,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1
+    # After the actor system has forked (each actor sets its own up): the gateway's provider.
+    tracing.start("gateway")
     try:
         asyncio.run(daemon.serve())
     except OSError as exc:
@@ -325,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon.exit_code = 1
     finally:
         daemon.stop_actors()
+        tracing.stop()
     log.info("stopped")
     return daemon.exit_code
 

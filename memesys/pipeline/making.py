@@ -45,7 +45,7 @@ from memesys.llm.transport import current_deadline
 from memesys.pipeline import admission
 from memesys.pipeline.decision import Refused
 from memesys.pipeline.errors import MemeFailed, lm_failed
-from memesys.pipeline.flow import PipelineResult, run_pipeline
+from memesys.pipeline.flow import SCOPE, PipelineResult, run_pipeline
 from memesys.pipeline.lm import LMHandle, stage_handles
 from memesys.pipeline.placements import LocalStages, ParallelStages
 from memesys.pipeline.predict import OutputError
@@ -55,6 +55,7 @@ from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
 from memesys.pipeline.writing import Caption
+from memesys.telemetry import tracing
 
 SEQUENTIAL = "sequential"
 
@@ -123,7 +124,11 @@ class Speculation:
         if self.delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wanted.wait(), self.delay_s)
-        return await self.render(order)
+        return await self._render(order, True)
+
+    async def _render(self, order: RenderMeme, speculative: bool) -> bytes:
+        with tracing.span("stage render", {"memesys.speculative": speculative}, SCOPE):
+            return await self.render(order)
 
     async def picture_for(self, caption: Caption) -> bytes:
         """The PNG of ``caption``: the speculative one only if it drew exactly this caption."""
@@ -132,7 +137,7 @@ class Speculation:
             self.wanted.set()
             return await self.task
         self.discard()
-        return await self.render(order)
+        return await self._render(order, False)
 
     def discard(self) -> None:
         """Drop a picture nobody will use (its failure, if any, is nobody's either)."""
@@ -273,7 +278,10 @@ class MemeMaker:
         if request.looked_up:
             pass
         elif not request.fresh:
-            cached = await workshop.cached(key)
+            with tracing.span("stage cache", None, SCOPE) as span:
+                cached = await workshop.cached(key)
+                if span is not None:
+                    span.set_attribute("memesys.cache.hit", cached is not None)
             lap("cache")
             if cached is not None:
                 return {**cached, "cached": True, "trace_id": request.trace_id}
@@ -332,9 +340,10 @@ class MemeMaker:
         )
         version, events = await journal.settled()
         correlation = request.correlation or request.trace_id
-        await workshop.save(
-            SaveMeme(meme, png, None if request.fresh else key, version, correlation, events)
-        )
+        with tracing.span("stage save", None, SCOPE):
+            await workshop.save(
+                SaveMeme(meme, png, None if request.fresh else key, version, correlation, events)
+            )
         lap("store")
         timings["total"] = (time.perf_counter() - began) * 1000
         return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}

@@ -49,6 +49,7 @@ from actors.base import BaseActor
 from actors.lifeline import die_with_parent
 from memesys.config import RedisConfig
 from memesys.storage.connection import EmbeddedRedis
+from memesys.telemetry import tracing
 
 log = logging.getLogger("memesys.tree.redis_server")
 
@@ -75,6 +76,7 @@ class RedisServer(BaseActor):
     kind = "dependency"
 
     def on_start(self, args: RedisServerArgs) -> None:
+        tracing.start(self.name)
         self.args = args
         self.server = EmbeddedRedis(
             args.data_dir,
@@ -105,7 +107,10 @@ class RedisServer(BaseActor):
         self.wakeupAfter(WATCH_PERIOD_S, payload=_WATCH)
 
     def on_stop(self) -> None:
-        self.server.stop()  # SHUTDOWN SAVE; a dead server is only reaped
+        try:
+            self.server.stop()  # SHUTDOWN SAVE; a dead server is only reaped
+        finally:
+            tracing.stop()
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, WakeupMessage) and msg.payload == _WATCH:
