@@ -9,6 +9,8 @@ same load, fresh memes from 64 clients (bench.pipeline's load client, a subproce
 windows interleaved off/otlp, otlp/off, ... so that a drift of the machine falls on both; it
 prints on stdout (progress on stderr):
 
+Each daemon first takes one window of load that is not measured. Then:
+
 1. memes/s, p50 and p99 of each daemon per window and their medians, the daemon's CPU ms per
    meme (all of its processes, /proc), and the loss of throughput with tracing on;
 2. the spans: one meme's trace (the spans of a probe meme), the spans received per meme made
@@ -57,7 +59,7 @@ class Mode:
 
 
 # Short windows, many of them: the machine is shared, and its load moves within seconds.
-FULL = Mode("full", rounds=5, warmup_s=3.0, window_s=10.0)
+FULL = Mode("full", rounds=5, warmup_s=4.0, window_s=10.0)
 QUICK = Mode("quick", rounds=2, warmup_s=2.0, window_s=5.0)
 
 
@@ -184,6 +186,11 @@ def orchestrate(mode: Mode, keep: bool) -> int:
         received = memes_otlp = off_spans = 0
         if not failed:
             try:
+                for name in (OFF, OTLP):  # the first load of a daemon is slower: not measured
+                    note(f"warming up the {name} daemon: {mode.warmup_s + mode.window_s:g} s")
+                    pipeline.run_client(
+                        daemons[name].port, CLIENTS, mode.warmup_s, mode.window_s, workdir, cleanup
+                    )
                 before = settle(receiver)
                 for r in range(mode.rounds):
                     order = (OFF, OTLP) if r % 2 == 0 else (OTLP, OFF)

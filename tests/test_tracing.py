@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -20,6 +21,7 @@ from memesys.pipeline.verification import VERIFIERS
 from memesys.storage.eventlog import EventLog
 from memesys.telemetry.tracing import TraceSettings, TracingError
 from memesys.testing.otlp import OTLPReceiver, ReceivedSpan
+from memesys.testing.ports import free_port
 from tests.support.daemon import ROOT, DaemonProcess, daemon_redis
 from tests.support.provider import MODEL, fake_provider_fixture, provider_env
 from tests.support.timing import scaled
@@ -170,3 +172,20 @@ def test_an_incoming_traceparent_is_honoured(daemon, receiver) -> None:
     assert len({s.pid for s in spans}) >= 3
     gateway = [s for s in spans if s.parent_span_id not in ids]
     assert [(s.name, s.parent_span_id) for s in gateway] == [("POST /v1/memes", parent)]
+
+
+@pytest.mark.slow
+@pytest.mark.store
+def test_a_collector_that_is_down_costs_the_memes_nothing(tmp_path, fake) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    d = DaemonProcess(
+        tmp_path,
+        provider_env(fake, OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_ENDPOINT=nobody),
+    ).start()
+    try:
+        meme, _ = post_meme(d, "traced into the void")
+        assert len(meme["trace_id"]) == 32
+    finally:
+        began = time.monotonic()
+        assert d.stop() == []
+    assert time.monotonic() - began < scaled(20)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ NONE, CONSOLE, OTLP = "none", "console", "otlp"
 EXPORTERS = (NONE, CONSOLE, OTLP)
 PROTOCOL = "http/protobuf"  # the one OTLP protocol the installed exporter speaks
 DEFAULT_SERVICE = "memesys"
-FLUSH_TIMEOUT_MS = 5000  # what a stopping process waits for its last batch, at most
+FLUSH_TIMEOUT_S = 2.0  # what a stopping process waits for its last spans, at most
 
 
 class TracingError(ValueError):
@@ -123,10 +124,20 @@ def stop() -> None:
     installed, _installed = _installed, None
     if installed is None or installed.pid != os.getpid():
         return
-    try:
-        installed.provider.force_flush(FLUSH_TIMEOUT_MS)
-    finally:
-        installed.provider.shutdown()
+    # The SDK's shutdown exports what is queued, each batch retried up to the exporter's
+    # timeout: with the collector away that is far longer than a stop may take. It runs
+    # beside, waited for FLUSH_TIMEOUT_S at most; what is left then is lost with the process.
+    stopping = threading.Thread(
+        target=installed.provider.shutdown, name="tracing-shutdown", daemon=True
+    )
+    stopping.start()
+    stopping.join(FLUSH_TIMEOUT_S)
+    if stopping.is_alive():
+        log.warning(
+            "tracing: the last spans were not exported within %g s (is the collector at "
+            "OTEL_EXPORTER_OTLP_ENDPOINT up?); they are dropped",
+            FLUSH_TIMEOUT_S,
+        )
 
 
 def _resource(role: str, pid: int) -> Resource:

@@ -76,7 +76,6 @@ class RedisServer(BaseActor):
     kind = "dependency"
 
     def on_start(self, args: RedisServerArgs) -> None:
-        tracing.start(self.name)
         self.args = args
         self.server = EmbeddedRedis(
             args.data_dir,
@@ -105,6 +104,8 @@ class RedisServer(BaseActor):
         self.last_ping = self.last_answer
         self.exiting = False
         self.wakeupAfter(WATCH_PERIOD_S, payload=_WATCH)
+        # After the server's fork: no batch thread is made again in a child that only execs.
+        tracing.start(self.name)
 
     def on_stop(self) -> None:
         try:
