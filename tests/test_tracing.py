@@ -189,3 +189,26 @@ def test_a_collector_that_is_down_costs_the_memes_nothing(tmp_path, fake) -> Non
         began = time.monotonic()
         assert d.stop() == []
     assert time.monotonic() - began < scaled(20)
+
+
+@pytest.mark.slow
+@pytest.mark.store
+def test_a_task_is_one_trace_from_the_post_to_its_meme(daemon, receiver) -> None:
+    status, headers, body = daemon.request(
+        "POST", "/v1/memes?async=true", {"topic": "a task traced", "fresh": True}
+    )
+    assert status == 202, body
+    trace_id, task_id = headers["X-Trace-Id"], json.loads(body)["task_id"]
+    task: dict = {}
+    deadline = time.monotonic() + scaled(30)
+    while time.monotonic() < deadline and task.get("status") not in ("succeeded", "failed"):
+        task = daemon.json("GET", f"/v1/tasks/{task_id}")[1]
+        time.sleep(0.1)
+    assert task["status"] == "succeeded" and task["meme"]["trace_id"] == trace_id
+    spans = spans_of(receiver, trace_id)
+    names = Counter(s.name for s in spans)
+    ids = {s.span_id for s in spans}
+    assert [s.name for s in spans if not s.parent_span_id] == ["POST /v1/memes"], names
+    assert all(s.parent_span_id in ids for s in spans if s.parent_span_id), names
+    for handled in ("handle SubmitTask", "handle RunTask", "handle GenerateMeme"):
+        assert names[handled] == 1, names
