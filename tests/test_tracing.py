@@ -53,6 +53,47 @@ def test_what_cannot_be_honoured_is_refused(env: dict[str, str]) -> None:
         TraceSettings.from_env(env)
 
 
+FORKED = """
+import os, sys
+from opentelemetry import trace
+from memesys.telemetry import tracing
+
+def mine():
+    provider = trace.get_tracer_provider()
+    return provider, provider.resource.attributes["process.pid"]
+
+assert tracing.start("parent")
+parent, pid = mine()
+assert pid == os.getpid()
+child = os.fork()
+if child == 0:  # a provider of its own, made after the fork, in place of the inherited one
+    assert tracing.start("child")
+    provider, pid = mine()
+    ok = provider is not parent and pid == os.getpid()
+    with tracing.span("in the child") as span:
+        ok = ok and span is not None and span.is_recording()
+    tracing.stop()
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(child, 0)
+tracing.stop()
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_process_sets_up_a_provider_of_its_own() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_TRACES_EXPORTER="console", PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_the_daemon_refuses_an_unknown_exporter_before_it_starts_anything(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MEMESYS_"))}
     env["OTEL_TRACES_EXPORTER"] = "zipkin"
