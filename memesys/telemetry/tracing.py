@@ -82,9 +82,10 @@ class TraceSettings:
         return cls(exporter)
 
 
-def check(env: Mapping[str, str] | None = None) -> TraceSettings:
-    """The settings, or :class:`TracingError` saying what is wrong (the daemon exits 2)."""
-    return TraceSettings.from_env(env)
+def check() -> TraceSettings:
+    """This environment's settings, or :class:`TracingError` saying what is wrong (the daemon
+    exits 2)."""
+    return TraceSettings.from_env()
 
 
 @dataclass(frozen=True)
@@ -96,18 +97,19 @@ class _Installed:
 _installed: _Installed | None = None
 
 
-def start(role: str, env: Mapping[str, str] | None = None) -> bool:
+def start(role: str) -> bool:
     """Set this process's tracer provider up as the environment asks (``role``: what this
     process is, e.g. ``gateway`` or an actor's name, a resource attribute); False when tracing
     is off. Idempotent in a process; a provider inherited through a fork is replaced."""
     global _installed
-    settings = TraceSettings.from_env(env)
+    settings = TraceSettings.from_env()
     if not settings.enabled:
         return False
     pid = os.getpid()
     if _installed is not None and _installed.pid == pid:
         return True
-    provider = TracerProvider(resource=_resource(role, pid))
+    # shutdown_on_exit off: :func:`stop` is the one shutdown, bounded (the SDK's at exit is not)
+    provider = TracerProvider(resource=_resource(role, pid), shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
     if _installed is not None:
         # Forked from a process that had one: its provider is the parent's, not ours. The API
