@@ -38,7 +38,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
-from actors import deadlines
+from actors import deadlines, tracecontext
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory
 from actors.messages import Failure, FailureCode, Ping, Reply, Request, StatusQuery, Stop, WorkDone
@@ -129,30 +129,40 @@ class AsyncActor(BaseActor):
         payload: Any = None
         deadline = request.deadline
         remaining = deadlines.left(deadline)
-        try:
-            if deadline is None or remaining is None:
-                payload = await awaitable
-            else:
-                # the current deadline of this task and of every task it starts (to_thread,
-                # gather): their asks end in time for the answer to be of use
-                deadlines.serve(deadline - min(self.reply_margin_s, remaining / 4))
-                payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
-        except TimeoutError as exc:
-            left = deadlines.left(deadline)
-            if left is None or left > 0.001:
-                error = self._failed(request, exc)  # the handler's own, not the deadline
-            else:
-                error = Failure(
-                    FailureCode.TIMEOUT,
-                    f"{self.name}: the request's deadline passed; its work was abandoned",
-                )
-                log.info(
-                    "%s: request %s abandoned at its deadline", self.name, request.correlation_id
-                )
-        except RequestFailed as failed:
-            error = failed.failure
-        except Exception as exc:
-            error = self._failed(request, exc)
+        with tracecontext.handling(
+            type(request.payload).__name__,
+            self.name,
+            request.correlation_id,
+            request.trace_context,
+        ) as span:
+            try:
+                if deadline is None or remaining is None:
+                    payload = await awaitable
+                else:
+                    # the current deadline of this task and of every task it starts (to_thread,
+                    # gather): their asks end in time for the answer to be of use
+                    deadlines.serve(deadline - min(self.reply_margin_s, remaining / 4))
+                    payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
+            except TimeoutError as exc:
+                left = deadlines.left(deadline)
+                if left is None or left > 0.001:
+                    error = self._failed(request, exc)  # the handler's own, not the deadline
+                else:
+                    error = Failure(
+                        FailureCode.TIMEOUT,
+                        f"{self.name}: the request's deadline passed; its work was abandoned",
+                    )
+                    log.info(
+                        "%s: request %s abandoned at its deadline",
+                        self.name,
+                        request.correlation_id,
+                    )
+            except RequestFailed as failed:
+                error = failed.failure
+            except Exception as exc:
+                error = self._failed(request, exc)
+            if error is not None:
+                tracecontext.failed(span, error.code, error.message)
         bridge = self._started().bridge
         if forwarded:  # first, as in BaseActor.reply
             bridge.tell(self.parent, WorkDone(request.correlation_id))

@@ -27,7 +27,7 @@ from thespian.actors import (
     PoisonMessage,
 )
 
-from actors import process_logs
+from actors import process_logs, tracecontext
 from actors.deadlines import expired
 from actors.lifeline import die_with_parent
 from actors.messages import (
@@ -307,7 +307,8 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         )
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
-        """Run ``handle`` and reply; an exception propagates and crashes the actor."""
+        """Run ``handle`` in the request's span (a child of its sender's: see
+        :mod:`actors.tracecontext`) and reply; an exception propagates and crashes the actor."""
         if isinstance(request.payload, StatusQuery):  # the runtime's, not the application's
             self.reply(request, sender, WorkerStatus(self.name, os.getpid(), self.in_flight))
             return
@@ -315,12 +316,19 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
             self.reply(request, sender, Pong(self.name, os.getpid()))
             return
         started = time.perf_counter()
-        try:
-            result = self.handle(request.payload)
-        except RequestFailed as failed:
-            self.reply(request, sender, error=failed.failure)
-            self.observe(request.payload, time.perf_counter() - started, failed.failure)
-            return
+        with tracecontext.handling(
+            type(request.payload).__name__,
+            self.name,
+            request.correlation_id,
+            request.trace_context,
+        ) as span:
+            try:
+                result = self.handle(request.payload)
+            except RequestFailed as failed:
+                tracecontext.failed(span, failed.failure.code, failed.failure.message)
+                self.reply(request, sender, error=failed.failure)
+                self.observe(request.payload, time.perf_counter() - started, failed.failure)
+                return
         self.reply(request, sender, result)
         self.observe(request.payload, time.perf_counter() - started, None)
 

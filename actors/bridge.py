@@ -26,7 +26,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors import deadlines
+from actors import deadlines, tracecontext
 from actors.messages import (
     Failure,
     FailureCode,
@@ -154,6 +154,7 @@ class Bridge:
             self._listen_address,
             idempotent,
             deadlines.after(timeout),
+            tracecontext.carrier(),
         )
         future = self._started_loop().create_future()
         self._pending[request.correlation_id] = future

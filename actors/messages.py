@@ -91,6 +91,10 @@ class Request:
     whoever forwards the request keeps it; an actor that receives it too late answers
     ``timeout`` without handling it, and an async actor abandons the work when it passes
     (see :mod:`actors.deadlines`).
+
+    ``trace_context``: the sender's W3C trace context (``traceparent``, ``tracestate`` pairs),
+    whose span the receiver's handling span is a child of (:mod:`actors.tracecontext`); None
+    while tracing is off. Whoever forwards the request keeps it.
     """
 
     payload: Any
@@ -98,6 +102,7 @@ class Request:
     reply_to: ActorAddress | None = None
     idempotent: bool = False
     deadline: float | None = None
+    trace_context: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)

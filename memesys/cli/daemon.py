@@ -61,7 +61,7 @@ from memesys.storage.errors import StoreError
 from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
 from memesys.storage.tokens import TokenReader
-from memesys.telemetry import logs
+from memesys.telemetry import logs, tracing
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -353,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     except ProgramError as exc:
         print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
         return 2
+    try:  # the OTEL_* variables, read by every process: refused here, before any starts
+        tracing.check()
+    except tracing.TracingError as exc:
+        print(f"memesys: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         log_defs = logs.setup(cfg.log)
     except logs.LogFileError as exc:
@@ -368,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1
+    # After the actor system has forked (each actor sets its own up): the gateway's provider.
+    tracing.start("gateway")
     try:
         asyncio.run(daemon.serve())
     except OSError as exc:
@@ -375,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon.exit_code = 1
     finally:
         daemon.stop_actors()
+        tracing.stop()
     log.info("stopped")
     return daemon.exit_code
 

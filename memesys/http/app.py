@@ -58,6 +58,7 @@ from memesys.http.schemas import (
     openapi_document,
 )
 from memesys.http.single_flight import SingleFlight
+from memesys.http.spans import traced
 from memesys.http.validation import (
     InvalidField,
     MalformedJson,
@@ -67,6 +68,7 @@ from memesys.http.validation import (
     query_of,
     shown,
 )
+from memesys.telemetry.tracing import current_trace_id
 from memesys.tree.paths import LEDGER, STORE
 
 log = logging.getLogger("memesys.http")
@@ -165,7 +167,8 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.cfg.max_body_bytes, middlewares=[self.guard.middleware]
+            client_max_size=self.cfg.max_body_bytes,
+            middlewares=[traced, self.guard.middleware],
         )
         app.on_cleanup.append(self.guard.connections.stop)
         app.add_routes(
@@ -205,7 +208,8 @@ class Gateway:
             body = parse_json(await request.read())
         except MalformedJson as exc:
             return error(exc.code, str(exc))
-        trace_id = uuid.uuid4().hex
+        # The request's trace (its span's, or an incoming traceparent's) is the meme's.
+        trace_id = current_trace_id() or uuid.uuid4().hex
         try:
             order: GenerateMeme = parse_generate(body, self.meme_request, trace_id)
         except InvalidField as exc:

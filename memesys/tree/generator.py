@@ -51,6 +51,7 @@ from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.storage.journal import MemeJournal
 from memesys.storage.memes import MemeStore
+from memesys.telemetry import tracing
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.llmcalls import request_failed
 from memesys.tree.paths import RENDER, VERIFY
@@ -130,6 +131,7 @@ def _why(failure: Failure) -> str:
 
 class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
+        tracing.start(self.name)
         self.args = args
         self.max_in_flight = args.max_in_flight
         dspy_patches.apply()
@@ -152,6 +154,7 @@ class GeneratorWorker(AsyncActor):
             super().on_stop()
         finally:
             self.store.close()
+            tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, GenerateMeme):

@@ -30,6 +30,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress, WakeupMessage
 
+from actors import tracecontext
 from actors.async_actor import AsyncActor
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import RemoteFailure
@@ -42,6 +43,7 @@ from memesys.storage.connection import connect
 from memesys.storage.memes import StoreError
 from memesys.storage.quarantine import Quarantine
 from memesys.storage.tasks import TaskStore
+from memesys.telemetry import tracing
 from memesys.tree.paths import GENERATOR
 
 log = logging.getLogger("memesys.tree.tasks")
@@ -69,6 +71,7 @@ class TaskArgs:
 
 class TaskLedger(BaseActor):
     def on_start(self, args: TaskArgs) -> None:
+        tracing.start(self.name)
         client = connect(args.redis_url)
         self.client = client
         self.availability = availability_for(
@@ -95,7 +98,10 @@ class TaskLedger(BaseActor):
         self.stalled = False  # a write failed and was logged; cleared by a complete flush
 
     def on_stop(self) -> None:
-        self.client.close()
+        try:
+            self.client.close()
+        finally:
+            tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, SubmitTask):
@@ -139,7 +145,11 @@ class TaskLedger(BaseActor):
         self.leases[cid] = running
         # after people's memes; its events carry the task's id
         order = GenerateMeme(**{**task["request"], "background": True, "correlation": task["id"]})
-        self.send(self.runner, Request(RunTask(task["id"], order), cid))
+        # in the trace of the request that submitted it, when it is leased while handling that
+        self.send(
+            self.runner,
+            Request(RunTask(task["id"], order), cid, trace_context=tracecontext.carrier()),
+        )
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, RunnerReady):
@@ -255,6 +265,7 @@ class TaskRunner(AsyncActor):
     """Runs leased tasks concurrently (bounded by ``max_in_flight``) through the generator."""
 
     def on_start(self, args: TaskArgs) -> None:
+        tracing.start(self.name)
         self.args = args
         self.max_in_flight = args.max_in_flight
         self._lookup = new_correlation_id()
@@ -268,6 +279,12 @@ class TaskRunner(AsyncActor):
             self.send(located.address, RunnerReady())
         else:
             super().receive_other(msg, sender)
+
+    def on_stop(self) -> None:
+        try:
+            super().on_stop()
+        finally:
+            tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, RunTask):
