@@ -45,7 +45,7 @@ from memesys.http.engines import Split, TreeEngine
 from memesys.http.metrics import CONTENT_TYPE, Metrics
 from memesys.http.middleware import Guard
 from memesys.http.openapi import openapi_document
-from memesys.http.page import INDEX_HTML
+from memesys.http.page import Page
 from memesys.http.responses import error, public_failure
 from memesys.http.single_flight import SingleFlight
 from memesys.http.validation import (
@@ -93,6 +93,7 @@ class Gateway:
         self.engines = engines or Split(TreeEngine(directory))
         self.look_up = look_up
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
+        self.page = Page()
         self.metrics = Metrics()
         self.guard = Guard(cfg, self.metrics)
         # A request waits for a generation slot at most half its deadline: the rest is for
@@ -162,7 +163,7 @@ class Gateway:
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics_text),
                 web.get("/openapi.json", self.openapi),
-                web.get("/", self.index),
+                *self.page.routes(),
             ]
         )
         return app
@@ -413,6 +414,3 @@ class Gateway:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi_doc)
-
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text=INDEX_HTML, content_type="text/html")
