@@ -226,3 +226,43 @@ def test_a_daemon_that_went_away_reads_as_not_reachable(
         )
     finally:
         assert daemon.stop() == []
+
+
+def test_a_token_is_asked_for_once_and_sent_with_every_request(
+    daemon: DaemonProcess, page: Page
+) -> None:
+    # The daemon of this test asks no token: the browser's side of one that does is played
+    # here, answering what the contract says (401 with WWW-Authenticate: Bearer) to any /v1
+    # request without the token.
+    refused: list[str] = []
+    sent: list[str] = []
+
+    def guard(route: Route) -> None:
+        if route.request.headers.get("authorization") != "Bearer s3cret":
+            refused.append(route.request.url)
+            route.fulfill(
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="memesys"'},
+                content_type="application/json",
+                body='{"error": {"code": "unauthorized", "message": "a bearer token is required"}}',
+            )
+            return
+        sent.append(route.request.url)
+        route.continue_()
+
+    page.route("**/v1/**", guard)
+    page.goto(daemon.url)
+    dialog = page.locator("#token-dialog")
+    expect(dialog).to_be_visible()
+    page.get_by_label("Bearer token").fill("s3cret")
+    page.get_by_label("Bearer token").press("Enter")
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#format option")).not_to_have_count(1)  # the catalogue came
+    submit(page, "tokens in the tab")
+    expect(page.locator("#current .meme img")).to_have_attribute(
+        "src", re.compile(r"^blob:"), timeout=scaled(MEME_WITHIN_S) * 1000
+    )
+    assert len(refused) == 1, refused  # asked once, then sent with everything
+    assert any(url.endswith("/events") for url in sent)
+    assert any(url.endswith("/image.png") for url in sent)
+    assert page.evaluate("sessionStorage.getItem('memesys.token')") == "s3cret"

@@ -31,7 +31,7 @@ const STAGES = {
 
 const $ = (id) => document.getElementById(id);
 const formats = new Map(); // name -> the catalogue's entry
-const imageUrls = new Map(); // meme id -> its image's object URL
+const imageUrls = new Map(); // meme id -> the promise of its image's object URL
 
 /** A failure as a sentence for people; ``code`` is the API's error code, if any. */
 class Problem extends Error {
@@ -231,7 +231,10 @@ async function followTask(taskId, seen, signal) {
           } catch (error) {
             continue; // not this contract's message: nothing to show
           }
-          if (message.event === "completed") return data.meme;
+          if (message.event === "completed") {
+            if (data.meme && data.meme.id) return data.meme;
+            throw new Problem("The daemon said the meme was made but did not send it. Try again.");
+          }
           if (message.event === "failed") throw new Problem(sentence(data.code, data.message), data.code);
           if (message.event === "cancelled") throw new Problem("The meme was cancelled.", "cancelled");
           seen(message.event, data);
@@ -326,14 +329,21 @@ function scoreBars(scores) {
   return list;
 }
 
-async function showImage(meme, img, download) {
-  let url = imageUrls.get(meme.id);
-  if (!url) {
-    const response = await api(meme.image_url);
-    if (!response.ok) throw await problemOf(response);
-    url = URL.createObjectURL(await response.blob());
-    imageUrls.set(meme.id, url);
+/** The image as an object URL, fetched once per meme (with the token, if any). */
+function imageUrl(meme) {
+  if (!imageUrls.has(meme.id)) {
+    const loading = api(meme.image_url).then(async (response) => {
+      if (!response.ok) throw await problemOf(response);
+      return URL.createObjectURL(await response.blob());
+    });
+    loading.catch(() => imageUrls.delete(meme.id)); // asked again next time
+    imageUrls.set(meme.id, loading);
   }
+  return imageUrls.get(meme.id);
+}
+
+async function showImage(meme, img, download) {
+  const url = await imageUrl(meme);
   img.src = url;
   download.href = url;
 }
@@ -426,8 +436,8 @@ async function erase(meme, card, note) {
   }
   for (const shown of document.querySelectorAll(`[data-id="${CSS.escape(meme.id)}"]`)) shown.remove();
   const url = imageUrls.get(meme.id);
-  if (url) URL.revokeObjectURL(url);
   imageUrls.delete(meme.id);
+  if (url) url.then(URL.revokeObjectURL, () => {});
   $("history-empty").hidden = $("history").children.length > 0 || !$("more").hidden;
   const status = element("p", { class: "note", role: "status", text: `Erased “${meme.topic}”.` });
   $("history").before(status);
@@ -546,7 +556,8 @@ async function make(request) {
     $("result").replaceChildren(element("ul", { class: "memes" }, memeCard(meme, { open: true })));
     addToHistory(meme);
   } catch (error) {
-    const problem = error instanceof Problem ? error : new Problem(NOT_REACHABLE, "unreachable");
+    const problem =
+      error instanceof Problem ? error : new Problem(`This page failed: ${error.message}`);
     $("stage").textContent = "";
     $("result").replaceChildren();
     showProblem(problem);
