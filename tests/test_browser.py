@@ -32,6 +32,7 @@ EVENTS = "**/v1/tasks/*/events"
 # apart; past this, it is stuck.
 NOT_REACHABLE_WITHIN_S = 10.0
 MEME_WITHIN_S = 30.0
+PAGE_SIZE = 10  # LIMITS.pageSize in app.js
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +173,33 @@ def test_erasing_asks_first_and_removes_the_meme(daemon: DaemonProcess, page: Pa
     page.locator("#erase-dialog").get_by_role("button", name="Erase").click()
     expect(card).to_have_count(0)
     assert daemon.json("GET", f"/v1/memes/{made['id']}")[0] == 404
+
+
+def test_the_history_shows_more_on_scroll(daemon: DaemonProcess, page: Page) -> None:
+    def everything() -> list[str]:
+        ids, cursor = [], ""
+        while True:
+            status, listed = daemon.json("GET", f"/v1/memes?limit=100{cursor}")
+            assert status == 200, listed
+            ids += [m["id"] for m in listed["memes"]]
+            if not listed["next_cursor"]:
+                return ids
+            cursor = f"&cursor={listed['next_cursor']}"
+
+    for n in range(max(0, PAGE_SIZE + 3 - len(everything()))):
+        status, made = daemon.json(
+            "POST", "/v1/memes", {"topic": f"history item {'abc'[n % 3]}{n}"}
+        )
+        assert status == 201, made
+    made = everything()
+    page.goto(daemon.url)
+    cards = page.locator("#history .meme")
+    expect(cards).to_have_count(PAGE_SIZE)  # one page, until the end of it is in sight
+    page.locator("#history .meme").last.scroll_into_view_if_needed()
+    page.mouse.wheel(0, 20000)
+    expect(cards).to_have_count(len(made))
+    assert [c.get_attribute("data-id") for c in cards.all()] == made  # newest first
+    expect(page.locator("#more")).to_be_hidden()
 
 
 def test_a_refused_or_empty_topic_reads_as_a_sentence(daemon: DaemonProcess, page: Page) -> None:
