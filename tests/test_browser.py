@@ -161,6 +161,32 @@ def test_a_meme_is_made_shown_as_text_and_found_in_the_history_after_a_reload(
     shot(page, "history")
 
 
+def test_a_reload_while_working_follows_the_same_task(daemon: DaemonProcess, page: Page) -> None:
+    held: list[Route] = []
+
+    def events(route: Route) -> None:  # the first stream waits: the reload comes first
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route(EVENTS, events)
+    page.goto(daemon.url)
+    submit(page, "reloading the page")
+    for _ in range(int(scaled(MEME_WITHIN_S) * 10)):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the page did not follow its task"
+    task_id = held[0].request.url.split("/")[-2]
+    page.reload()
+    card = page.locator("#current .meme")
+    expect(card).to_contain_text("reloading the page", timeout=scaled(MEME_WITHIN_S) * 1000)
+    status, task = daemon.json("GET", f"/v1/tasks/{task_id}")
+    assert status == 200 and task["meme"]["id"] == card.get_attribute("data-id")
+    assert page.evaluate("sessionStorage.getItem('memesys.task')") is None  # ended: forgotten
+
+
 def test_erasing_asks_first_and_removes_the_meme(daemon: DaemonProcess, page: Page) -> None:
     status, made = daemon.json("POST", "/v1/memes", {"topic": "tea versus coffee"})
     assert status == 201, made

@@ -17,6 +17,7 @@ const LIMITS = {
 };
 const NOT_REACHABLE = "The daemon is not reachable: is it running? Start it and try again.";
 const TOKEN_KEY = "memesys.token";
+const TASK_KEY = "memesys.task"; // the task being followed, kept across a reload
 const SCORE_NAMES = ["humor", "clarity", "creativity", "shareability", "overall"];
 const STAGES = {
   task_queued: "Queued",
@@ -510,9 +511,23 @@ async function make(request) {
     $("topic").focus();
     return;
   }
+  await work(async (signal) => {
+    const response = await api("/v1/memes?async=true", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(request),
+      signal,
+    });
+    if (response.status !== 202) throw await problemOf(response);
+    return (await response.json()).task_id;
+  });
+}
+
+/** Run the task ``start`` answers (its id), from ``started`` (ms), to the meme or a sentence.
+ * The task is remembered in the tab (sessionStorage) until it ends: a reload follows it on. */
+async function work(start, started = Date.now()) {
   working = true;
   const button = $("submit");
-  const started = Date.now();
   button.disabled = true;
   $("make").setAttribute("aria-busy", "true");
   $("current").hidden = false;
@@ -526,7 +541,7 @@ async function make(request) {
   const task = new AbortController();
   const limit = setTimeout(
     () => task.abort(new Problem("The meme took too long and was given up. Try again.", "timeout")),
-    LIMITS.taskMs,
+    Math.max(0, LIMITS.taskMs - (Date.now() - started)),
   );
   let lastByte = Date.now();
   const watch = setInterval(async () => {
@@ -535,14 +550,8 @@ async function make(request) {
     if (!(await daemonAnswers())) task.abort(new Problem(NOT_REACHABLE, "unreachable"));
   }, 1000);
   try {
-    const response = await api("/v1/memes?async=true", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(request),
-      signal: task.signal,
-    });
-    if (response.status !== 202) throw await problemOf(response);
-    const { task_id: taskId } = await response.json();
+    const taskId = await start(task.signal);
+    sessionStorage.setItem(TASK_KEY, JSON.stringify({ id: taskId, started }));
     setStage("Queued");
     const meme = await followTask(
       taskId,
@@ -562,6 +571,7 @@ async function make(request) {
     $("result").replaceChildren();
     showProblem(problem);
   } finally {
+    sessionStorage.removeItem(TASK_KEY);
     clearInterval(clock);
     clearInterval(watch);
     clearTimeout(limit);
@@ -569,6 +579,16 @@ async function make(request) {
     button.disabled = false;
     button.textContent = "Make a meme";
     $("make").removeAttribute("aria-busy");
+  }
+}
+
+/** The task this tab was following when it was reloaded, if any. */
+function pendingTask() {
+  try {
+    const pending = JSON.parse(sessionStorage.getItem(TASK_KEY) || "null");
+    return pending && typeof pending.id === "string" ? pending : null;
+  } catch (error) {
+    return null;
   }
 }
 
@@ -640,4 +660,8 @@ async function loadFormats() {
   }
 }
 
-loadFormats().then(loadMore);
+loadFormats().then(() => {
+  loadMore();
+  const pending = pendingTask();
+  if (pending) work(async () => pending.id, Number(pending.started) || Date.now());
+});
