@@ -27,6 +27,7 @@ from memesys.config import GatewayConfig
 from memesys.domain.formats import catalogue_json
 from memesys.domain.ids import valid_id
 from memesys.domain.messages import (
+    CancelTask,
     DeleteMeme,
     GenerateMeme,
     GetImage,
@@ -46,6 +47,7 @@ from memesys.http.metrics import CONTENT_TYPE, Metrics
 from memesys.http.middleware import Guard
 from memesys.http.openapi import openapi_document
 from memesys.http.page import Page
+from memesys.http.progress import EventSource, ProgressStreams
 from memesys.http.responses import error, public_failure
 from memesys.http.single_flight import SingleFlight
 from memesys.http.validation import (
@@ -79,6 +81,7 @@ class Gateway:
         llm_metrics: Callable[[], str] | None = None,
         engines: Split | None = None,
         look_up: LookUp | None = None,
+        events: EventSource | None = None,
     ) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
@@ -86,7 +89,9 @@ class Gateway:
         layer's series, gathered from every worker process (read in a thread, briefly).
         ``engines``: which engine makes each synchronous meme (None: the tree, always).
         ``look_up``: what a maker does first (the cache for a meme, the store's health for a
-        fresh one), done on Redis before any engine is asked (None: the engine does it)."""
+        fresh one), done on Redis before any engine is asked (None: the engine does it).
+        ``events``: the event log's reader of task event streams (None: ``GET
+        /v1/tasks/{id}/events`` answers 503 ``unavailable``)."""
         self.cfg = cfg
         self.llm_metrics = llm_metrics
         self.directory = directory
@@ -94,6 +99,7 @@ class Gateway:
         self.look_up = look_up
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
         self.page = Page()
+        self.progress = None if events is None else ProgressStreams(cfg, events, self._task)
         self.metrics = Metrics()
         self.guard = Guard(cfg, self.metrics)
         # A request waits for a generation slot at most half its deadline: the rest is for
@@ -150,6 +156,8 @@ class Gateway:
             client_max_size=self.cfg.max_body_bytes, middlewares=[self.guard.middleware]
         )
         app.on_cleanup.append(self.guard.connections.stop)
+        if self.progress is not None:
+            app.on_shutdown.append(self.progress.close)
         app.add_routes(
             [
                 web.post("/v1/memes", self.create_meme),
@@ -158,6 +166,8 @@ class Gateway:
                 web.get("/v1/memes/{id}/image.png", self.get_image),
                 web.delete("/v1/memes/{id}", self.delete_meme),
                 web.get("/v1/tasks/{id}", self.get_task),
+                web.delete("/v1/tasks/{id}", self.cancel_task),
+                web.get("/v1/tasks/{id}/events", self.task_events),
                 web.get("/v1/formats", self.formats),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
@@ -324,15 +334,36 @@ class Gateway:
             return error(ErrorCode.NOT_FOUND, f"no meme {meme_id!r}")
         return web.Response(status=204)
 
+    async def _task(self, task_id: str) -> dict[str, Any] | None:
+        """The task's record (with its meme once made, its stage while it runs), or None."""
+        if not valid_id(task_id):
+            return None
+        task: dict[str, Any] | None = await self.directory.ask(
+            STORE, GetTask(task_id), STORE_TIMEOUT_S, idempotent=True
+        )
+        return task
+
     async def get_task(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
-        task = None
-        if valid_id(task_id):
-            task = await self.directory.ask(
-                STORE, GetTask(task_id), STORE_TIMEOUT_S, idempotent=True
-            )
+        task = await self._task(task_id)
         if task is None:
             return error(ErrorCode.NOT_FOUND, f"no task {shown(task_id)}")
+        return web.json_response(self._task_body(task_id, task))
+
+    async def cancel_task(self, request: web.Request) -> web.Response:
+        """202 with the task, cancelled; answered once its meme's work has stopped."""
+        task_id = request.match_info["id"]
+        if not valid_id(task_id):
+            return error(ErrorCode.NOT_FOUND, f"no task {shown(task_id)}")
+        task = await self.directory.ask(LEDGER, CancelTask(task_id), STORE_TIMEOUT_S * 2)
+        return web.json_response(self._task_body(task_id, task), status=202)
+
+    async def task_events(self, request: web.Request) -> web.StreamResponse:
+        if self.progress is None:
+            return error(ErrorCode.UNAVAILABLE, "this gateway reads no event log")
+        return await self.progress.stream(request)
+
+    def _task_body(self, task_id: str, task: dict[str, Any]) -> dict[str, Any]:
         body = {
             key: task[key] for key in ("status", "stage", "progress", "created_at", "updated_at")
         }
@@ -343,7 +374,7 @@ class Gateway:
                 task["error"].get("code", ""), task["error"].get("message", ""), f"task {task_id}"
             )
             body["error"] = {"code": code.value, "message": message}
-        return web.json_response({"task_id": task_id, **body})
+        return {"task_id": task_id, **body}
 
     async def formats(self, request: web.Request) -> web.Response:
         return web.json_response({"formats": catalogue_json()})

@@ -6,7 +6,8 @@ The order, for each request whose head has arrived:
 
 1. an unknown route or a wrong method is answered at once (404, 405 with ``Allow``);
 2. ``/healthz``, ``/readyz`` and ``/metrics`` are served at once: no admission control, so
-   liveness, readiness and metrics answer however loaded the gateway is;
+   liveness, readiness and metrics answer however loaded the gateway is; so are task event
+   streams, bounded on their own (:mod:`memesys.http.progress`);
 3. a ``POST`` must declare ``Content-Type: application/json`` (415 otherwise, a missing one
    too: a web page can send ``text/plain``, a form or a typeless body to a local daemon
    without asking, but not JSON);
@@ -54,6 +55,9 @@ _HTTP_CODES = {
 }
 # Served whatever the load: never queued, never refused by admission control.
 OPERATIONS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Open as long as their task runs: bounded by their own limit (gateway.max_event_streams),
+# not held against max_in_flight.
+STREAMS = frozenset({"/v1/tasks/{id}/events"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON_TYPE = "application/json"
 CLIENT_GONE = 499  # nginx's "client closed request": only in metrics, nobody is there to read it
@@ -162,7 +166,7 @@ class Guard:
     async def _serve(
         self, request: web.Request, handler: Handler, route: str
     ) -> web.StreamResponse | None:
-        if request.match_info.http_exception is not None or route in OPERATIONS:
+        if request.match_info.http_exception is not None or route in OPERATIONS | STREAMS:
             return await self._call(request, handler)
         if request.method in BODY_METHODS:
             refusal = self._media_type_refusal(request)

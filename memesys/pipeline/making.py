@@ -287,7 +287,7 @@ class MemeMaker:
             self.task_backlog_s if request.background else self.backlog_s,
             request.background,
         )
-        meme_id = new_id()
+        meme_id = request.meme_id or new_id()
         journal = workshop.journal(meme_id, request)
         journal.record(
             REQUESTED,
