@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
+from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 from tests.support.daemon import ROOT, DaemonProcess
+from tests.support.provider import provider_env
 from tests.support.timing import scaled
 
 pytestmark = [pytest.mark.slow, pytest.mark.store]
@@ -32,6 +34,7 @@ EVENTS = "**/v1/tasks/*/events"
 # apart; past this, it is stuck.
 NOT_REACHABLE_WITHIN_S = 10.0
 MEME_WITHIN_S = 30.0
+SLOW_S = 1.5  # each provider call of the cancel test: its meme is still being made
 PAGE_SIZE = 10  # LIMITS.pageSize in app.js
 
 
@@ -320,3 +323,30 @@ def test_a_token_is_asked_for_once_and_sent_with_every_request(
     assert any(url.endswith("/events") for url in sent)
     assert any(url.endswith("/image.png") for url in sent)
     assert page.evaluate("sessionStorage.getItem('memesys.token')") == "s3cret"
+
+
+def test_cancel_stops_the_meme_being_made(
+    tmp_path: Path, fake: FakeOpenAI, browser: Browser, page: Page
+) -> None:
+    fake.config = FakeConfig(latency_s=SLOW_S)
+    daemon = DaemonProcess(tmp_path, provider_env(fake)).start()
+    try:
+        page.goto(daemon.url)
+        cancel = page.get_by_role("button", name="Cancel")
+        expect(cancel).to_be_hidden()
+        submit(page, "a kettle that takes its time")
+        expect(cancel).to_be_visible(timeout=scaled(MEME_WITHIN_S) * 1000)
+        expect(page.locator("#current .caption")).to_be_visible(
+            timeout=scaled(MEME_WITHIN_S) * 1000
+        )
+        cancel.click()
+        expect(page.locator("#stage")).to_have_text(
+            "Cancelled: no meme was made.", timeout=scaled(MEME_WITHIN_S) * 1000
+        )
+        expect(page.locator("#problem")).to_be_hidden()
+        expect(cancel).to_be_hidden()
+        expect(page.get_by_role("button", name="Make a meme")).to_be_enabled()
+        status, listed = daemon.json("GET", "/v1/memes")
+        assert status == 200 and listed["memes"] == []
+    finally:
+        assert daemon.stop() == []

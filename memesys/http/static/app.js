@@ -528,6 +528,7 @@ async function make(request) {
 async function work(start, started = Date.now()) {
   working = true;
   const button = $("submit");
+  const cancel = $("cancel");
   button.disabled = true;
   $("make").setAttribute("aria-busy", "true");
   $("current").hidden = false;
@@ -552,6 +553,8 @@ async function work(start, started = Date.now()) {
   try {
     const taskId = await start(task.signal);
     sessionStorage.setItem(TASK_KEY, JSON.stringify({ id: taskId, started }));
+    cancel.onclick = () => cancelTask(taskId, cancel);
+    cancel.hidden = false;
     setStage("Queued");
     const meme = await followTask(
       taskId,
@@ -567,10 +570,13 @@ async function work(start, started = Date.now()) {
   } catch (error) {
     const problem =
       error instanceof Problem ? error : new Problem(`This page failed: ${error.message}`);
-    $("stage").textContent = "";
+    $("stage").textContent = problem.code === "cancelled" ? "Cancelled: no meme was made." : "";
     $("result").replaceChildren();
-    showProblem(problem);
+    if (problem.code !== "cancelled") showProblem(problem);
   } finally {
+    cancel.hidden = true;
+    cancel.disabled = false;
+    cancel.onclick = null;
     sessionStorage.removeItem(TASK_KEY);
     clearInterval(clock);
     clearInterval(watch);
@@ -579,6 +585,20 @@ async function work(start, started = Date.now()) {
     button.disabled = false;
     button.textContent = "Make a meme";
     $("make").removeAttribute("aria-busy");
+  }
+}
+
+/** Ask the daemon to stop task ``taskId``; its stream then ends with ``cancelled`` (or with
+ * the meme, when it was finished first). */
+async function cancelTask(taskId, cancel) {
+  cancel.disabled = true;
+  setStage("Cancelling");
+  try {
+    const response = await api(`/v1/tasks/${encodeURIComponent(taskId)}`, { method: "DELETE" });
+    if (!response.ok && response.status !== 409) throw await problemOf(response);
+  } catch (error) {
+    cancel.disabled = false;
+    showProblem(error instanceof Problem ? error : new Problem(NOT_REACHABLE, "unreachable"));
   }
 }
 
