@@ -74,9 +74,9 @@ def page(browser: Browser) -> Iterator[Page]:
     assert broken == []
 
 
-def shot(page: Page, name: str) -> None:
+def shot(page: Page, name: str, full_page: bool = True) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
 
 
 def cut_after_first(body: str, event: str) -> str:
@@ -242,7 +242,7 @@ def test_a_refused_or_empty_topic_reads_as_a_sentence(daemon: DaemonProcess, pag
     expect(problem).to_have_text(re.compile(r"^That topic was refused: .*phone"))
     assert "{" not in problem.inner_text()
     expect(page.get_by_role("button", name="Make a meme")).to_be_enabled()
-    shot(page, "error")
+    shot(page, "error", full_page=False)  # (the history below is long by now)
 
 
 def test_a_daemon_that_went_away_reads_as_not_reachable(
