@@ -23,6 +23,14 @@ class ErrorCode(StrEnum):
 
     # value, status, retryable, retry_after (s), default message, detail
     MALFORMED_JSON = ("malformed_json", 400, False, None, "the body is not valid JSON", True)
+    UNAUTHORIZED = (
+        "unauthorized",
+        401,
+        False,
+        None,
+        "a valid token is required: send Authorization: Bearer <token>",
+        True,
+    )
     NOT_FOUND = ("not_found", 404, False, None, "no such resource", True)
     METHOD_NOT_ALLOWED = (
         "method_not_allowed",
@@ -30,6 +38,14 @@ class ErrorCode(StrEnum):
         False,
         None,
         "this method is not allowed on this path",
+        True,
+    )
+    NOT_ACCEPTABLE = (
+        "not_acceptable",
+        406,
+        False,
+        None,
+        "this answer cannot be given in a media type the Accept header allows",
         True,
     )
     REQUEST_TIMEOUT = (
@@ -64,6 +80,14 @@ class ErrorCode(StrEnum):
         False,
         None,
         "the topic or its caption is inappropriate",
+        True,
+    )
+    RATE_LIMITED = (
+        "rate_limited",
+        429,
+        True,
+        1,
+        "this client's request rate limit is reached; retry later",
         True,
     )
     INTERNAL = ("internal", 500, False, None, "internal error; see the daemon log", False)

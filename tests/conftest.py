@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.support.redis_server",
     "tests.support.provider",
     "tests.support.llm",
+    "tests.support.tokens",
 ]

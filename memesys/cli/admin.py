@@ -8,7 +8,9 @@ stops answering status requests after any failed ``createActor``).
 ``REDIS_URL`` or the running daemon's embedded Redis (its socket under the data directory):
 ``replay`` rebuilds every projection (memes, the time index, cache entries, task records) from
 the event log (:mod:`memesys.storage.projections`), ``stats`` counts what the store holds,
-``tasks`` lists the open tasks. Under ``--json`` errors are JSON too.
+``tasks`` lists the open tasks, ``token create NAME`` / ``token list`` / ``token revoke NAME``
+manage the gateway's API tokens (:mod:`memesys.storage.tokens`; a new token is printed once).
+Under ``--json`` errors are JSON too.
 """
 
 from __future__ import annotations
@@ -235,6 +237,48 @@ def tasks(cfg: Config, as_json: bool) -> str:
     return "\n".join(lines)
 
 
+TOKEN_ACTIONS = ("create", "list", "revoke")
+
+
+def token(cfg: Config, action: str | None, name: str | None, as_json: bool) -> str:
+    """``token create NAME`` (the token, printed once), ``token list``, ``token revoke NAME``."""
+    from memesys.storage.tokens import TokenError, Tokens
+
+    if action not in TOKEN_ACTIONS:
+        raise AdminError(f"token needs one of {', '.join(TOKEN_ACTIONS)}, not {action!r}")
+    if (name is None) != (action == "list"):
+        raise AdminError(
+            "token list takes no name" if action == "list" else f"token {action} needs a NAME"
+        )
+    with store_client(cfg) as client:
+        tokens = Tokens(client, cfg.redis.key_prefix)
+        if action == "list":
+            rows = tokens.list()
+            if as_json:
+                return json.dumps(rows)
+            return (
+                "\n".join(f"{r['name']:<24}{_made(r['created_at'])}" for r in rows) or "no tokens"
+            )
+        assert name is not None
+        if action == "revoke":
+            if not tokens.revoke(name):
+                raise AdminError(f"no token named {name!r}")
+            return json.dumps({"revoked": name}) if as_json else f"revoked {name}"
+        try:
+            made = tokens.create(name)
+        except TokenError as exc:
+            raise AdminError(str(exc)) from None
+    if as_json:
+        return json.dumps({"name": name, "token": made})
+    return f"{made}\n(shown once: send it as Authorization: Bearer <token>)"
+
+
+def _made(created_at: float | None) -> str:
+    if created_at is None:
+        return "(unreadable record)"
+    return time.strftime("made %Y-%m-%d %H:%M:%S UTC", time.gmtime(created_at))
+
+
 STORE_COMMANDS = {"replay": replay, "stats": stats, "tasks": tasks}
 
 
@@ -252,16 +296,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="the daemon's TOML override file")
     parser.add_argument(
         "--data-dir",
-        help="replay, stats, tasks: the daemon's data directory (its embedded Redis's socket)",
+        help="replay, stats, tasks, token: the daemon's data directory (its embedded Redis's "
+        "socket)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument(
-        "command", choices=["status", "ping", "restart", "shutdown", *STORE_COMMANDS]
+        "command", choices=["status", "ping", "restart", "shutdown", *STORE_COMMANDS, "token"]
     )
     parser.add_argument(
-        "name", nargs="?", help="restart: path of the child, e.g. generator/worker-0"
+        "name",
+        nargs="?",
+        help="restart: path of the child, e.g. generator/worker-0; token: create, list, revoke",
     )
+    parser.add_argument("token_name", nargs="?", help="token create, token revoke: its NAME")
     args = parser.parse_args(argv)
     if args.command == "restart" and not args.name:
         parser.error("restart needs the NAME (path) of a child, e.g. generator/worker-0")
@@ -279,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in STORE_COMMANDS:
             print(STORE_COMMANDS[args.command](cfg, args.json))
             return 0
+        if args.command == "token":
+            print(token(cfg, args.name, args.token_name, args.json))
+            return 0
+        if args.token_name is not None:
+            raise AdminError(f"{args.command} takes at most one argument")
         print(
             run(
                 args.command,

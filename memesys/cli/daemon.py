@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import resource
@@ -43,20 +44,23 @@ from memesys.cli.cache_reader import CacheReader
 from memesys.cli.data_lock import DataDirLock, StartRefused
 from memesys.cli.version import version
 from memesys.cli.watchdog import SystemWatch
-from memesys.config import Config, ConfigError, load_layers
+from memesys.config import Config, ConfigError, GatewayConfig, load_layers
 from memesys.config.capacity import Capacities, uses_inprocess
 from memesys.config.printing import render as render_config
 from memesys.domain.engines import INPROCESS
 from memesys.http.app import Gateway
+from memesys.http.client_limits import ClientLimits
 from memesys.http.engines import Split, TreeEngine
 from memesys.inprocess.engine import InProcessEngine
 from memesys.llm.metrics import reader as llm_metrics_reader
 from memesys.pipeline.program import ProgramError, load_configured
+from memesys.storage.connection import CLIENT_TIMEOUT_S
 from memesys.storage.durability import report as report_durability
 from memesys.storage.errors import StoreError
 from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
 from memesys.storage.progress import TaskEvents
+from memesys.storage.tokens import TokenReader
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -194,14 +198,27 @@ class Daemon:
             if inprocess is None
             else CacheReader(inprocess.store, inprocess.maker.key, self.redis_url)
         )
+        prefix, gateway_cfg = self.cfg.redis.key_prefix, self.cfg.gateway
+        tokens = (
+            TokenReader(self.redis_url, prefix, CLIENT_TIMEOUT_S)
+            if gateway_cfg.auth_required
+            else None
+        )
+        client_limits = (
+            ClientLimits(gateway_cfg.client_rate_per_minute, self.redis_url, prefix)
+            if gateway_cfg.client_rate_per_minute
+            else None
+        )
         gateway = Gateway(
-            self.cfg.gateway,
+            gateway_cfg,
             directory,
             generation_slots=Capacities.of(self.cfg).generation_slots,
-            llm_metrics=llm_metrics_reader(self.redis_url, self.cfg.redis.key_prefix),
+            llm_metrics=llm_metrics_reader(self.redis_url, prefix),
             engines=engines(self.cfg, TreeEngine(directory), inprocess),
             look_up=cache.look_up,
-            events=TaskEvents(self.redis_url, self.cfg.redis.key_prefix, REDIS_CONNECT_S),
+            events=TaskEvents(self.redis_url, prefix, REDIS_CONNECT_S),
+            verify_token=tokens.verify if tokens is not None else None,
+            client_limits=client_limits,
         )
         runner = web.AppRunner(
             gateway.app(),
@@ -246,6 +263,9 @@ class Daemon:
             await bridge.close()
         await legacy
         await cache.close()
+        for door in (tokens, client_limits):
+            if door is not None:
+                await door.close()
         if inprocess is not None:
             await inprocess.close()
         signalled.cancel()
@@ -279,6 +299,29 @@ def engines(cfg: Config, tree: TreeEngine, inprocess: InProcessEngine | None) ->
     return Split(inprocess)
 
 
+def unguarded_exposure(gateway: GatewayConfig) -> str | None:
+    """Why the gateway must not start: listening beyond loopback with ``gateway.auth`` off
+    (anyone who can reach the port could make memes, spend the budget and erase memes)."""
+    if gateway.auth_required or loopback(gateway.host):
+        return None
+    return (
+        f'gateway.auth = "off" with gateway.host = "{gateway.host}" (beyond loopback): set '
+        'gateway.auth = "required" (MEMESYS_GATEWAY_AUTH=required) and make a token with '
+        "`memesys-admin token create NAME`, or bind 127.0.0.1"
+    )
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``); any other name, and the
+    empty host (every interface), is not."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def raise_open_file_limit() -> None:
     """Every client connection is a file: the soft limit (often 1,024) goes up to the hard one,
     so a crowd of slow clients cannot starve new connections (``/healthz`` included) of
@@ -300,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(render_config(layers), end="")
         return 0
+    exposed = unguarded_exposure(cfg.gateway)
+    if exposed is not None:
+        print(f"memesys: configuration error: {exposed}", file=sys.stderr)
+        return 2
     # The meme program (pipeline.program_path) is checked here, once, before any worker loads
     # it: a bad file is one line and exit 2, not workers failing to start over and over.
     try:

@@ -41,10 +41,13 @@ from memesys.domain.messages import (
 )
 from memesys.errors import ErrorCode, MemesysError, translate
 from memesys.http.admission import Lane
+from memesys.http.auth import Auth, Verify
+from memesys.http.client_limits import ClientLimits
 from memesys.http.connections import MAX_SWEEP_S
 from memesys.http.engines import Split, TreeEngine
 from memesys.http.metrics import CONTENT_TYPE, Metrics
 from memesys.http.middleware import Guard
+from memesys.http.negotiation import wants_png
 from memesys.http.openapi import openapi_document
 from memesys.http.page import Page
 from memesys.http.progress import EventSource, ProgressStreams
@@ -82,6 +85,8 @@ class Gateway:
         engines: Split | None = None,
         look_up: LookUp | None = None,
         events: EventSource | None = None,
+        verify_token: Verify | None = None,
+        client_limits: ClientLimits | None = None,
     ) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
@@ -91,7 +96,10 @@ class Gateway:
         ``look_up``: what a maker does first (the cache for a meme, the store's health for a
         fresh one), done on Redis before any engine is asked (None: the engine does it).
         ``events``: the event log's reader of task event streams (None: ``GET
-        /v1/tasks/{id}/events`` answers 503 ``unavailable``)."""
+        /v1/tasks/{id}/events`` answers 503 ``unavailable``).
+        ``verify_token``: a token's name, from the token store (needed when ``cfg.auth`` is
+        "required"); ``client_limits``: the shared per-client limit (needed when
+        ``cfg.client_rate_per_minute`` is set)."""
         self.cfg = cfg
         self.llm_metrics = llm_metrics
         self.directory = directory
@@ -101,7 +109,7 @@ class Gateway:
         self.page = Page()
         self.progress = None if events is None else ProgressStreams(cfg, events, self._task)
         self.metrics = Metrics()
-        self.guard = Guard(cfg, self.metrics)
+        self.guard = Guard(cfg, self.metrics, Auth(cfg.auth_required, verify_token), client_limits)
         # A request waits for a generation slot at most half its deadline: the rest is for
         # making the meme (a request that starts with seconds left would only time out).
         self.generation = Lane(
@@ -184,6 +192,13 @@ class Gateway:
         run_async = request.query.get("async", "false").lower()
         if run_async not in ("true", "1", "false", "0"):
             return error(ErrorCode.INVALID_FIELD, "async: must be true or false", field="async")
+        png = wants_png(request.headers.get("Accept"))
+        if png and run_async in ("true", "1"):
+            return error(
+                ErrorCode.NOT_ACCEPTABLE,
+                "async=true answers with a task in JSON, not an image: "
+                "drop async=true, or the Accept: image/png header",
+            )
         # The middleware has checked the Content-Type and read the body: this is the copy.
         try:
             body = parse_json(await request.read())
@@ -228,10 +243,24 @@ class Gateway:
                     "memesys_memes_shared_total",
                     "meme requests answered by an identical one in flight",
                 )
-        return web.json_response(
-            meme,
+        headers = {"Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id}
+        if png:
+            return await self._new_png(meme["id"], headers)
+        return web.json_response(meme, status=201, headers=headers)
+
+    async def _new_png(self, meme_id: str, headers: dict[str, str]) -> web.Response:
+        """A new meme's picture itself, for a client that asked for ``image/png``; its id in
+        ``X-Meme-Id`` (and ``Location``)."""
+        image: MemeImage | None = await self.directory.ask(
+            STORE, GetImage(meme_id), STORE_TIMEOUT_S, idempotent=True
+        )
+        if image is None or image.png is None:
+            return error(ErrorCode.NOT_FOUND, f"no image for meme {meme_id!r}")
+        return web.Response(
             status=201,
-            headers={"Location": f"/v1/memes/{meme['id']}", "X-Trace-Id": trace_id},
+            body=image.png,
+            content_type="image/png",
+            headers={**headers, "X-Meme-Id": meme_id, "ETag": f'"{image.sha256}"'},
         )
 
     async def _generate(self, order: GenerateMeme) -> dict[str, Any]:

@@ -5,17 +5,20 @@ a traceback), and count every answer by route and status.
 The order, for each request whose head has arrived:
 
 1. an unknown route or a wrong method is answered at once (404, 405 with ``Allow``);
-2. ``/healthz``, ``/readyz`` and ``/metrics`` are served at once: no admission control, so
+2. the door: under ``/v1/`` and on ``/metrics``, the token when ``gateway.auth`` requires one
+   (401, :mod:`memesys.http.auth`), then under ``/v1/`` the client's own request limit
+   (429 + ``Retry-After``, :mod:`memesys.http.client_limits`), before any body is read;
+3. ``/healthz``, ``/readyz`` and ``/metrics`` are served at once: no admission control, so
    liveness, readiness and metrics answer however loaded the gateway is; so are task event
    streams, bounded on their own (:mod:`memesys.http.progress`);
-3. a ``POST`` must declare ``Content-Type: application/json`` (415 otherwise, a missing one
+4. a ``POST`` must declare ``Content-Type: application/json`` (415 otherwise, a missing one
    too: a web page can send ``text/plain``, a form or a typeless body to a local daemon
    without asking, but not JSON);
-4. the body is read, at most ``max_body_bytes`` (413) within ``body_timeout_s`` of the head
+5. the body is read, at most ``max_body_bytes`` (413) within ``body_timeout_s`` of the head
    (408, and the connection is closed); a body that cannot be decoded (a false
    ``Content-Encoding``) is 400; a client that hangs up mid-body gets nothing and leaves no
    traceback (counted with status 499);
-5. only then is the request admitted: it counts against ``max_in_flight`` (or waits in the
+6. only then is the request admitted: it counts against ``max_in_flight`` (or waits in the
    bounded queue, or is refused 503 + ``Retry-After``, see :mod:`memesys.http.admission`).
 
 A request aiohttp cannot parse at all (a bad request line or header, a line over 8,190 bytes)
@@ -39,6 +42,8 @@ from actors.bridge import RemoteFailure
 from memesys.config import GatewayConfig
 from memesys.errors import ErrorCode, MemesysError
 from memesys.http.admission import Lane, Refused
+from memesys.http.auth import Auth, guarded
+from memesys.http.client_limits import ClientLimits
 from memesys.http.connections import ConnectionWatch
 from memesys.http.metrics import Metrics
 from memesys.http.responses import error, exception_error, failure_error
@@ -87,11 +92,21 @@ def quiet_malformed_http() -> None:
 
 
 class Guard:
-    """The one middleware; ``lane`` admits every request whose body has been read."""
+    """The one middleware; ``lane`` admits every request whose body has been read; ``auth``
+    and ``client_limits`` are the door (``client_limits``: None without a per-client limit)."""
 
-    def __init__(self, cfg: GatewayConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        metrics: Metrics,
+        auth: Auth,
+        client_limits: ClientLimits | None = None,
+    ) -> None:
+        if cfg.client_rate_per_minute and client_limits is None:
+            raise ValueError("gateway.client_rate_per_minute needs the shared client limits")
         self.cfg = cfg
         self.metrics = metrics
+        self.auth, self.client_limits = auth, client_limits
         self.lane = Lane("gateway", cfg.max_in_flight, cfg.max_queue, cfg.queue_timeout_s)
         self.reading = 0
         self.connections = ConnectionWatch(
@@ -166,6 +181,10 @@ class Guard:
     async def _serve(
         self, request: web.Request, handler: Handler, route: str
     ) -> web.StreamResponse | None:
+        if request.match_info.http_exception is None and guarded(route):
+            refusal = await self._door(request, route)
+            if refusal is not None:
+                return refusal
         if request.match_info.http_exception is not None or route in OPERATIONS | STREAMS:
             return await self._call(request, handler)
         if request.method in BODY_METHODS:
@@ -181,6 +200,19 @@ class Guard:
                 return await self._call(request, handler)
         except Refused as refusal:
             return self.refused(refusal)
+
+    async def _door(self, request: web.Request, route: str) -> web.Response | None:
+        """The answer that keeps this request out (401, 429, or 503 when Redis cannot tell),
+        or None to let it in."""
+        try:
+            client = await self.auth.client(request)
+        except MemesysError as exc:
+            return exception_error(exc, f"{request.method} {request.path}")
+        if isinstance(client, web.Response):
+            return client
+        if self.client_limits is None or route in OPERATIONS:
+            return None
+        return await self.client_limits.refusal(client)
 
     async def _call(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """The handler's answer, every failure as a JSON error."""

@@ -57,6 +57,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
 # Answered by any route but /healthz, /readyz and /metrics: the gateway's own shedding
 # (admission control never refuses those three), a server fault, a wrong method.
 _ANY = (405, 500, 503)
+# Answered by every /v1/ route: a missing or forged token (gateway.auth = "required"), a client
+# over gateway.client_rate_per_minute.
+_DOOR = (401, 429)
 
 
 def openapi_document(max_topic_chars: int) -> dict[str, Any]:
@@ -108,7 +111,7 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                             },
                             "the task, recorded",
                         ),
-                        **_errors(400, 408, 413, 415, 422, *_ANY, 502, 504),
+                        **_errors(400, 406, 408, 413, 415, 422, *_DOOR, *_ANY, 502, 504),
                     },
                 },
                 "get": {
@@ -132,7 +135,7 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                             },
                             "a page",
                         ),
-                        **_errors(422, *_ANY),
+                        **_errors(422, *_DOOR, *_ANY),
                     },
                 },
             },
@@ -140,11 +143,11 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                 "parameters": _ID,
                 "get": {
                     "summary": "One meme",
-                    "responses": {"200": _json(_MEME, "the meme"), **_errors(404, *_ANY)},
+                    "responses": {"200": _json(_MEME, "the meme"), **_errors(404, *_DOOR, *_ANY)},
                 },
                 "delete": {
                     "summary": "Erase a meme, its image and cache entries",
-                    "responses": {"204": {"description": "erased"}, **_errors(404, *_ANY)},
+                    "responses": {"204": {"description": "erased"}, **_errors(404, *_DOOR, *_ANY)},
                 },
             },
             "/v1/memes/{id}/image.png": {
@@ -170,7 +173,7 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                             "description": "the client's copy is current (If-None-Match)",
                             "headers": _IMAGE_HEADERS,
                         },
-                        **_errors(404, *_ANY),
+                        **_errors(404, *_DOOR, *_ANY),
                     },
                 },
             },
@@ -196,7 +199,7 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                             },
                             "the task",
                         ),
-                        **_errors(404, *_ANY),
+                        **_errors(404, *_DOOR, *_ANY),
                     },
                 },
             },
@@ -204,7 +207,8 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
                 "get": {
                     "summary": "The format catalogue",
                     "responses": {
-                        "200": _json({"type": "object"}, "formats with their slots and limits")
+                        "200": _json({"type": "object"}, "formats with their slots and limits"),
+                        **_errors(*_DOOR),
                     },
                 }
             },
@@ -226,7 +230,10 @@ def openapi_document(max_topic_chars: int) -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text", "content": {"text/plain": {}}}},
+                    "responses": {
+                        "200": {"description": "text", "content": {"text/plain": {}}},
+                        **_errors(401),
+                    },
                 }
             },
             "/openapi.json": {

@@ -10,6 +10,7 @@
 - :mod:`tests.support.llm`: LLM-layer helpers (a DSPy-built request, engines, other processes).
 - :mod:`tests.support.load`: clients posting memes back to back.
 - :mod:`tests.support.gateway`: a scripted directory for the gateway in process.
+- :mod:`tests.support.tokens`: ``memesys-admin token`` in process, and the gateway's reader.
 
 tests/conftest.py registers the modules that define fixtures as pytest plugins.
 """
