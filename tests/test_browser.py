@@ -3,7 +3,8 @@ driven by Playwright against the real daemon with the offline writer.
 
 What a person does and reads: type a topic, see the stage while it works, then the image, its
 caption, its scores and verdicts as text; the meme in the history after a reload; a sentence,
-never JSON, for a refused topic and for a daemon that went away. Screenshots go to
+never JSON, for a refused topic and for a daemon that went away; a reload mid-task, cancel,
+erase, more history on scroll, and the token form of a daemon with ``gateway.auth = "required"``. Screenshots go to
 ``MEMESYS_SCREENSHOTS`` (default ``artifacts/screenshots/``), kept by CI as artifacts.
 
 Without chromium these tests skip, saying so, except where ``MEMESYS_REQUIRE_BROWSER=1`` (CI
@@ -12,6 +13,7 @@ sets it, after installing chromium): there they fail.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -285,44 +287,41 @@ def test_a_daemon_that_went_away_reads_as_not_reachable(
         assert daemon.stop() == []
 
 
-def test_a_token_is_asked_for_once_and_sent_with_every_request(
-    daemon: DaemonProcess, page: Page
+def test_a_daemon_that_asks_for_a_token_gets_it_once_from_a_form(
+    tmp_path: Path, browser: Browser, page: Page
 ) -> None:
-    # The daemon of this test asks no token: the browser's side of one that does is played
-    # here, answering what the contract says (401 with WWW-Authenticate: Bearer) to any /v1
-    # request without the token.
-    refused: list[str] = []
-    sent: list[str] = []
-
-    def guard(route: Route) -> None:
-        if route.request.headers.get("authorization") != "Bearer s3cret":
-            refused.append(route.request.url)
-            route.fulfill(
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="memesys"'},
-                content_type="application/json",
-                body='{"error": {"code": "unauthorized", "message": "a bearer token is required"}}',
-            )
-            return
-        sent.append(route.request.url)
-        route.continue_()
-
-    page.route("**/v1/**", guard)
-    page.goto(daemon.url)
-    dialog = page.locator("#token-dialog")
-    expect(dialog).to_be_visible()
-    page.get_by_label("Bearer token").fill("s3cret")
-    page.get_by_label("Bearer token").press("Enter")
-    expect(dialog).to_be_hidden()
-    expect(page.locator("#format option")).not_to_have_count(1)  # the catalogue came
-    submit(page, "tokens in the tab")
-    expect(page.locator("#current .meme img")).to_have_attribute(
-        "src", re.compile(r"^blob:"), timeout=scaled(MEME_WITHIN_S) * 1000
-    )
-    assert len(refused) == 1, refused  # asked once, then sent with everything
-    assert any(url.endswith("/events") for url in sent)
-    assert any(url.endswith("/image.png") for url in sent)
-    assert page.evaluate("sessionStorage.getItem('memesys.token')") == "s3cret"
+    daemon = DaemonProcess(tmp_path, {"MEMESYS_GATEWAY_AUTH": "required"}).start()
+    try:
+        made = daemon.admin("--data-dir", str(tmp_path), "--json", "token", "create", "browser")
+        assert made.returncode == 0, made.stderr
+        token = json.loads(made.stdout)["token"]
+        sent: list[str] = []
+        page.on(
+            "request",
+            lambda r: sent.append(r.url) if r.headers.get("authorization") else None,
+        )
+        page.goto(daemon.url)
+        dialog = page.locator("#token-dialog")
+        expect(dialog).to_be_visible()
+        page.get_by_label("Bearer token").fill("browser.not-the-token")
+        page.get_by_label("Bearer token").press("Enter")
+        expect(page.locator("#token-title")).to_have_text(re.compile("not accepted"))
+        page.get_by_label("Bearer token").fill(token)
+        page.get_by_label("Bearer token").press("Enter")
+        expect(dialog).to_be_hidden()
+        expect(page.locator("#format option")).not_to_have_count(1)  # the catalogue came
+        submit(page, "tokens in the tab")
+        expect(page.locator("#current .meme img")).to_have_attribute(
+            "src", re.compile(r"^blob:"), timeout=scaled(MEME_WITHIN_S) * 1000
+        )
+        assert any(url.endswith("/events") for url in sent)  # the stream, with the token
+        assert any(url.endswith("/image.png") for url in sent)  # and the image
+        assert page.evaluate("sessionStorage.getItem('memesys.token')") == token
+        page.reload()  # the tab keeps it: not asked again
+        expect(page.locator("#history .meme")).to_have_count(1)
+        expect(dialog).to_be_hidden()
+    finally:
+        assert daemon.stop() == []
 
 
 def test_cancel_stops_the_meme_being_made(
