@@ -10,7 +10,7 @@
 const LIMITS = {
   resumes: 3, // reconnections of one task's stream that deliver nothing new, in a row
   resumeDelayMs: 1000,
-  quietMs: 20000, // no byte for this long: ask /healthz whether the daemon is still there
+  quietMs: 20000, // no event for this long: ask /healthz whether the daemon is still there
   probeMs: 5000, // how long that question may take
   taskMs: 150000, // a task is given up past this (the daemon's own limit is 120 s)
   pageSize: 10,
