@@ -544,10 +544,10 @@ async function work(start, started = Date.now()) {
     () => task.abort(new Problem("The meme took too long and was given up. Try again.", "timeout")),
     Math.max(0, LIMITS.taskMs - (Date.now() - started)),
   );
-  let lastByte = Date.now();
+  let lastEvent = Date.now();
   const watch = setInterval(async () => {
-    if (Date.now() - lastByte < LIMITS.quietMs) return;
-    lastByte = Date.now();
+    if (Date.now() - lastEvent < LIMITS.quietMs) return;
+    lastEvent = Date.now();
     if (!(await daemonAnswers())) task.abort(new Problem(NOT_REACHABLE, "unreachable"));
   }, 1000);
   try {
@@ -559,7 +559,7 @@ async function work(start, started = Date.now()) {
     const meme = await followTask(
       taskId,
       (type, data) => {
-        lastByte = Date.now();
+        lastEvent = Date.now();
         progress.seen(type, data);
       },
       task.signal,
