@@ -4,8 +4,9 @@ driven by Playwright against the real daemon with the offline writer.
 What a person does and reads: type a topic, see the stage while it works, then the image, its
 caption, its scores and verdicts as text; the meme in the history after a reload; a sentence,
 never JSON, for a refused topic and for a daemon that went away; a reload mid-task, cancel,
-erase, more history on scroll, and the token form of a daemon with ``gateway.auth = "required"``. Screenshots go to
-``MEMESYS_SCREENSHOTS`` (default ``artifacts/screenshots/``), kept by CI as artifacts.
+erase, more history on scroll, and the token form of a daemon with ``gateway.auth =
+"required"``. Screenshots go to ``MEMESYS_SCREENSHOTS`` (default ``artifacts/screenshots/``),
+kept by CI as artifacts.
 
 Without chromium these tests skip, saying so, except where ``MEMESYS_REQUIRE_BROWSER=1`` (CI
 sets it, after installing chromium): there they fail.
