@@ -111,9 +111,14 @@ class ProgressStreams:
 
     async def _pump(self, response: web.StreamResponse, task_id: str, after: int) -> None:
         async for message in self.events.follow(task_id, after, self.cfg.event_keepalive_s):
-            if message is not None and message.type in ENDS:
-                message = Shown(message.n, *_ending(task_id, await self.fetch(task_id)))
-            await response.write(KEEP_ALIVE if message is None else message.encoded())
+            if message is None:
+                await response.write(KEEP_ALIVE)
+            elif message.type in ENDS:
+                ending = Shown(message.n, *_ending(task_id, await self.fetch(task_id)))
+                await response.write(ending.encoded())
+                return
+            else:
+                await response.write(message.encoded())
 
     async def close(self, app: web.Application) -> None:
         """On the application's shutdown: end every stream (they would hold the exit)."""
