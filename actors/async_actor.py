@@ -37,7 +37,6 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -198,8 +197,14 @@ class AsyncActor(BaseActor):
         self.observe(request.payload, time.perf_counter() - started, error)
 
     def _failed(self, request: Request, exc: BaseException) -> Failure:
+        cause = type(request.payload).__name__
         log.error(
-            "%s: request %s failed:\n%s", self.name, request.correlation_id, traceback.format_exc()
+            "%s: request %s (%s) failed",
+            self.name,
+            request.correlation_id,
+            cause,
+            exc_info=exc,
+            extra={"message_type": cause},
         )
         return Failure(FailureCode.ERROR, f"{type(exc).__name__}: {exc}")
 

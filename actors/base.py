@@ -16,7 +16,6 @@ import multiprocessing
 import os
 import signal
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from thespian.actors import (
     PoisonMessage,
 )
 
+from actors import process_logs
 from actors.deadlines import expired
 from actors.lifeline import die_with_parent
 from actors.messages import (
@@ -107,6 +107,7 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
             # live on as orphans that even survive ActorSystem.shutdown().
             die_with_parent(parent.pid, signal.SIGKILL)
         self.name: str = self.__class__.__name__
+        self.path: str = self.name  # in the tree, from the root (Init.path)
         self.admin_port: int = 0
         self.parent: ActorAddress | None = None
         self.root: ActorAddress | None = None
@@ -341,12 +342,14 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
 
     def _init(self, msg: Init, sender: ActorAddress) -> None:
         self.name, self.admin_port, self.parent = msg.name, msg.admin_port, sender
+        self.path = msg.path or msg.name
+        process_logs.enter(self.path)
         self.root = msg.root or self.myAddress
         self._heartbeat_s, self._last_beat = msg.heartbeat_s, time.monotonic()
         try:
             self.on_start(msg.args)
         except Exception as exc:
-            log.error("%s failed to start:\n%s", self.name, traceback.format_exc())
+            log.error("%s failed to start", self.name, exc_info=True)
             self._crashed = True
             self.send(sender, InitFailed(msg.name, f"{type(exc).__name__}: {exc}"))
             self.send(self.myAddress, ActorExitRequest())
@@ -371,11 +374,15 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
             self.send(self.parent, StopMe(self.name, reason))
 
     def _crash(self, msg: Any, sender: ActorAddress, exc: BaseException) -> None:
+        """The one record of a crash: its traceback and the type of the message that caused
+        it (Thespian never sees the exception, so it logs nothing of its own)."""
+        cause = type(getattr(msg, "payload", msg)).__name__
         log.error(
-            "%s crashed on %s; exiting so its supervisor restarts it:\n%s",
+            "%s crashed on %s; exiting so its supervisor restarts it",
             self.name,
-            type(getattr(msg, "payload", msg)).__name__,
-            traceback.format_exc(),
+            cause,
+            exc_info=exc,
+            extra={"message_type": cause},
         )
         self._crashed = True
         if isinstance(msg, Request):
@@ -396,4 +403,4 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         try:
             self.on_stop()
         except Exception:
-            log.error("%s: on_stop raised:\n%s", self.name, traceback.format_exc())
+            log.error("%s: on_stop raised", self.name, exc_info=True)

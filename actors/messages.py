@@ -156,6 +156,8 @@ class Init:
     (:class:`WhereIs`); ``None`` makes the receiver the root. ``heartbeat_s`` > 0: while the
     child handles messages it tells its supervisor so (:class:`Heartbeat`) at most this often,
     which its health check counts as an answer (a busy child is working, not hung).
+    ``path``: where the child is in the tree, from the root (``"memesys/store/worker-1"``;
+    "": its name), on every line it logs (:mod:`actors.process_logs`).
     """
 
     name: str
@@ -163,6 +165,7 @@ class Init:
     admin_port: int
     root: ActorAddress | None = None
     heartbeat_s: float = 0.0
+    path: str = ""
 
 
 @dataclass(frozen=True)

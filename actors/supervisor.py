@@ -362,6 +362,7 @@ class Supervisor(BaseActor):
                 self.admin_port,
                 self.root,
                 self._health.heartbeat_s,
+                f"{self.path}/{child.spec.name}",
             ),
         )
         self._wake(START_TIMEOUT_S, StepDue(step.token))

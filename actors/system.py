@@ -18,12 +18,14 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
+from actors import process_logs
 from actors.base import BaseActor
 from actors.lifeline import lifeline
 from actors.messages import (
@@ -61,15 +63,8 @@ class RootStartFailed(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class SystemConfig:
-    admin_port: int
-    bind_host: str = "127.0.0.1"
-    log_level: str = "INFO"
-
-
 def logging_config(level: str) -> dict[str, Any]:
-    """Thespian needs a logging dict (``logDefs=False`` crashes every actor in 4.0.1)."""
+    """A plain logging dict at ``level``: every process's records on stderr as text."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -81,6 +76,17 @@ def logging_config(level: str) -> dict[str, Any]:
         },
         "root": {"handlers": ["stderr"], "level": level},
     }
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """``log_defs``: the logging dict (``logging.config.dictConfig`` form) that Thespian's
+    logger process writes every actor's records with (Thespian needs one: ``logDefs=False``
+    crashes every actor in 4.0.1)."""
+
+    admin_port: int
+    bind_host: str = "127.0.0.1"
+    log_defs: Mapping[str, Any] = field(default_factory=lambda: logging_config("INFO"))
 
 
 def admin_running(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
@@ -103,10 +109,9 @@ def start_system(cfg: SystemConfig) -> ActorSystem:
     if starter is None:
         log.warning("no pidfd here: the actor system will outlive this process if it is killed")
     follow_starter(starter)  # the admin forked next inherits the pidfd and watches it
+    process_logs.keep_levels(cfg.log_defs)  # every actor process forked from here keeps them
     try:
-        asys = ActorSystem(
-            BASE, {"Admin Port": cfg.admin_port}, logDefs=logging_config(cfg.log_level)
-        )
+        asys = ActorSystem(BASE, {"Admin Port": cfg.admin_port}, logDefs=dict(cfg.log_defs))
     finally:
         follow_starter(None)
         if starter is not None:
@@ -138,7 +143,7 @@ def attach(cfg: SystemConfig) -> ActorSystem:
     return ActorSystem(
         BASE,
         {"Admin Port": cfg.admin_port},
-        logDefs=logging_config(cfg.log_level),
+        logDefs=dict(cfg.log_defs),
         transientUnique=True,
     )
 

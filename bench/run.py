@@ -57,6 +57,7 @@ from bench.common import (
 from bench.echo import ECHO, Echo, with_echo_pool
 from memesys.config import load as load_config
 from memesys.storage.connection import resolve
+from memesys.telemetry import logs
 from memesys.testing.ports import free_port
 from memesys.tree.paths import GENERATOR, ROOT
 from memesys.tree.spec import root_spec
@@ -798,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup.callback(embedded.stop)
         with fd2_to(workdir / "actors.log"):
             asys = actor_system.start_system(
-                actor_system.SystemConfig(admin_port, "127.0.0.1", cfg.system.log_level)
+                actor_system.SystemConfig(admin_port, "127.0.0.1", logs.config_dict(cfg.log))
             )
         sid = actor_system.session_id(admin_port)
         root_box: list[Any] = [None]

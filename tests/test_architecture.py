@@ -5,7 +5,9 @@ module of the runtime and the pipeline."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
+import importlib.util
 import re
 import sys
 import tomllib
@@ -99,15 +101,40 @@ def imported_distributions(*paths: str) -> set[str]:
                 if isinstance(node, ast.Import):
                     names = [alias.name for alias in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
+                    names = [f"{node.module}.{alias.name}" for alias in node.names]
                 else:
                     continue
                 for name in names:
                     top = name.split(".")[0]
                     if top in OWN or top in sys.stdlib_module_names:
                         continue
-                    found.update(normalised(d) for d in by_package[top])
+                    owners = by_package[top]
+                    if len(owners) > 1:  # a namespace several share (opentelemetry)
+                        owners = [_owner_of(name)]
+                    found.update(normalised(d) for d in owners)
     return found
+
+
+@functools.cache
+def _owner_of(name: str) -> str:
+    """The distribution that installed module ``name`` (for ``from a.b import c`` where ``c``
+    is not a module, module ``a.b``): for a namespace package that several share."""
+    module = name
+    while True:
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None and spec.origin is not None:
+            break
+        module = module.rpartition(".")[0]
+        if not module:
+            raise LookupError(f"no module file for {name}")
+    origin = Path(spec.origin).resolve()
+    for dist in importlib.metadata.distributions():
+        if any(Path(str(dist.locate_file(f))).resolve() == origin for f in dist.files or []):
+            return str(dist.metadata["Name"])
+    raise LookupError(f"no distribution installed {module}")
 
 
 def normalised(requirement: str) -> str:

@@ -225,7 +225,7 @@ def test_a_deleted_meme_is_in_no_file_under_the_data_dir_within_the_window(
     window_s = 3.0
     daemon = DaemonProcess(
         tmp_path,
-        {"MEMESYS_STORAGE_ERASURE_WINDOW_S": str(window_s), "MEMESYS_SYSTEM_LOG_LEVEL": "INFO"},
+        {"MEMESYS_STORAGE_ERASURE_WINDOW_S": str(window_s), "MEMESYS_LOG_LEVEL": "INFO"},
     )
     daemon.env.pop("REDIS_URL", None)  # the embedded Redis: its files are the daemon's
     daemon.start()
@@ -267,7 +267,7 @@ def test_an_ordered_stop_settles_what_the_disk_owes(tmp_path: Path) -> None:
     """With a window of an hour, a second erasure waits (runs start at most every quarter of
     it); the daemon's ordered stop rewrites the files before its Redis stops."""
     daemon = DaemonProcess(
-        tmp_path, {"MEMESYS_STORAGE_ERASURE_WINDOW_S": "3600", "MEMESYS_SYSTEM_LOG_LEVEL": "INFO"}
+        tmp_path, {"MEMESYS_STORAGE_ERASURE_WINDOW_S": "3600", "MEMESYS_LOG_LEVEL": "INFO"}
     )
     daemon.env.pop("REDIS_URL", None)
     daemon.start()

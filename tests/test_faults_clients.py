@@ -82,9 +82,7 @@ class Served:
 @pytest.fixture
 async def served(gateway: Gateway) -> AsyncIterator[Served]:
     """The gateway on 127.0.0.1, served as memesys.cli.daemon serves it."""
-    runner = web.AppRunner(
-        gateway.app(), access_log=None, handle_signals=False, **gateway.server_options()
-    )
+    runner = web.AppRunner(gateway.app(), handle_signals=False, **gateway.server_options())
     await runner.setup()
     gateway.watch(runner.server)
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -27,14 +27,14 @@ GONE_WITHIN_S = 10.0  # the promise; it takes milliseconds
 STARTER = """
 import sys, time
 from actors.spec import ChildSpec, SupervisorArgs
-from actors.system import SystemConfig, start_root, start_system
+from actors.system import SystemConfig, logging_config, start_root, start_system
 from tests.support.sample_actors import Journal
 
 port, journal = int(sys.argv[1]), Journal(sys.argv[2])
 worker = lambda name: ChildSpec(name, "tests.support.sample_actors.Recorder", journal)
 sub = ChildSpec("sub", "actors.supervisor.Supervisor", SupervisorArgs((worker("w1"), worker("w2"))))
 root = ChildSpec("root", "actors.supervisor.Supervisor", SupervisorArgs((sub, worker("w3"))))
-asys = start_system(SystemConfig(port, log_level="WARNING"))
+asys = start_system(SystemConfig(port, log_defs=logging_config("WARNING")))
 start_root(asys, root, port, 10.0)
 print("started", flush=True)
 time.sleep(120)

@@ -34,6 +34,7 @@ from actors.system import (
     ask,
     attach,
     find_root,
+    logging_config,
     stop_tree,
 )
 from memesys.cli.version import version
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             run(
                 args.command,
                 args.name,
-                SystemConfig(system.admin_port, system.bind_host, "WARNING"),
+                SystemConfig(system.admin_port, system.bind_host, logging_config("WARNING")),
                 args.json,
             )
         )

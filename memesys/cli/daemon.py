@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -61,6 +62,7 @@ from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
 from memesys.storage.progress import TaskEvents
 from memesys.storage.tokens import TokenReader
+from memesys.telemetry import logs
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -98,10 +100,11 @@ def command_line(args: argparse.Namespace) -> dict[tuple[str, str], object]:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, log_defs: dict[str, Any]) -> None:
+        """``log_defs``: how every actor process logs (:func:`memesys.telemetry.logs.setup`)."""
         self.cfg = cfg
         system = cfg.system
-        self.system_cfg = SystemConfig(system.admin_port, system.bind_host, system.log_level)
+        self.system_cfg = SystemConfig(system.admin_port, system.bind_host, log_defs)
         self.stopping: asyncio.Event | None = None
         self.exit_code = 0
         self.tree_gone = False  # the watchdog found the tree gone: nothing to stop in order
@@ -222,7 +225,6 @@ class Daemon:
         )
         runner = web.AppRunner(
             gateway.app(),
-            access_log=None,
             handle_signals=False,
             shutdown_timeout=self.cfg.gateway.request_timeout_s,
             **gateway.server_options(),
@@ -354,12 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     except ProgramError as exc:
         print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.system.log_level,
-        format="%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s",
-    )
+    try:
+        log_defs = logs.setup(cfg.log)
+    except logs.LogFileError as exc:
+        print(f"memesys: configuration error: {exc}", file=sys.stderr)
+        return 2
     raise_open_file_limit()
-    daemon = Daemon(cfg)
+    daemon = Daemon(cfg, log_defs)
     try:
         daemon.start_actors()
     except StartRefused as exc:

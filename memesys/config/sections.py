@@ -36,11 +36,19 @@ class SystemConfig:
     admin_port: int = field(metadata=bounded(*PORT))
     bind_host: str
     data_dir: str
-    log_level: str = field(metadata=one_of(*LOG_LEVELS))
     ready_timeout_s: float = field(metadata=bounded(0.1, 600))
     shutdown_timeout_s: float = field(metadata=bounded(0.1, 600))
     engine: str = field(metadata=one_of("actors", "inprocess"))
     ab_split: float = field(metadata=bounded(0, 1))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = field(metadata=one_of(*LOG_LEVELS))
+    format: str = field(metadata=one_of("text", "json"))
+    file: str  # "": stderr
+    max_bytes: int = field(metadata=bounded(4096, None))
+    backups: int = field(metadata=bounded(1, 1000))
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,7 @@ class Config:
     """The whole configuration; ``Config.<section>.<key>`` mirrors ``[section] key``."""
 
     system: SystemConfig
+    log: LogConfig
     supervision: SupervisionConfig
     gateway: GatewayConfig
     workers: WorkersConfig

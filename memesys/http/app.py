@@ -40,6 +40,7 @@ from memesys.domain.messages import (
     SubmitTask,
 )
 from memesys.errors import ErrorCode, MemesysError, translate
+from memesys.http import access
 from memesys.http.admission import Lane
 from memesys.http.auth import Auth, Verify
 from memesys.http.client_limits import ClientLimits
@@ -151,8 +152,9 @@ class Gateway:
     def server_options(self) -> dict[str, Any]:
         """aiohttp server settings for ``web.AppRunner(app, **options)``. aiohttp's own idle
         keep-alive timeout is a backstop a sweep after the request-head timeout
-        (:meth:`watch` closes idle connections first, and counts them)."""
-        return {"keepalive_timeout": self.cfg.header_timeout_s + MAX_SWEEP_S}
+        (:meth:`watch` closes idle connections first, and counts them); the access log
+        (:mod:`memesys.http.access`)."""
+        return {"keepalive_timeout": self.cfg.header_timeout_s + MAX_SWEEP_S, **access.options()}
 
     def watch(self, server: web.Server) -> None:
         """Close ``server``'s connections that deliver no request head in time (call after

@@ -66,6 +66,7 @@ STREAMS = frozenset({"/v1/tasks/{id}/events"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON_TYPE = "application/json"
 CLIENT_GONE = 499  # nginx's "client closed request": only in metrics, nobody is there to read it
+ROUTE = web.RequestKey("route", str)  # the request's route pattern, once the middleware has it
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -156,6 +157,7 @@ class Guard:
         started = time.perf_counter()
         resource = request.match_info.route.resource
         route = resource.canonical if resource else "unmatched"
+        request[ROUTE] = route  # for the access line (memesys.http.access)
         connection = request.protocol
         self.connections.busy(connection)
         try:

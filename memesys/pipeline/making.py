@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,8 +56,10 @@ from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
 from memesys.pipeline.writing import Caption
+from memesys.telemetry import logs
 
 SEQUENTIAL = "sequential"
+log = logging.getLogger("memesys.pipeline")
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,14 @@ class MemeMaker:
         return cache_key(request, self.handle_for("write"), self.program.hash)
 
     async def make(self, request: GenerateMeme, workshop: Workshop) -> dict[str, Any]:
+        """The meme of ``request``; every line logged meanwhile carries its trace id (and,
+        for a task's meme, the task's id; once it has one, the meme's)."""
+        with logs.bind(
+            trace_id=request.trace_id, task_id=request.correlation if request.background else ""
+        ):
+            return await self._make(request, workshop)
+
+    async def _make(self, request: GenerateMeme, workshop: Workshop) -> dict[str, Any]:
         timings: dict[str, float] = {}
         began = clock = time.perf_counter()
 
@@ -276,6 +287,7 @@ class MemeMaker:
             cached = await workshop.cached(key)
             lap("cache")
             if cached is not None:
+                log.info("meme %s served from the cache", cached.get("id"))
                 return {**cached, "cached": True, "trace_id": request.trace_id}
         elif not await workshop.store_answers():
             raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
@@ -288,56 +300,60 @@ class MemeMaker:
             request.background,
         )
         meme_id = request.meme_id or new_id()
-        journal = workshop.journal(meme_id, request)
-        journal.record(
-            REQUESTED,
-            {
-                "format": request.format,
-                "seed": request.seed,
-                "fresh": request.fresh,
-                "background": request.background,
-                "engine": self.engine,
-                "mode": self.mode,
-            },
-            {"topic": request.topic, "style": request.style, "audience": request.audience},
-            now=False,  # with the caption, in one append
-        )
-        speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
-        progress = Progress(journal, None if self.mode == SEQUENTIAL else speculation)
-        try:
-            with reservations.holding(booked):
-                result, judge_ms = await self._pipeline(request, workshop, progress)
-            lap("pipeline")
-            png = await speculation.picture_for(result.caption)
-            lap("render")
-            journal.record(RENDERED, {"bytes": len(png)}, now=False)  # with completed
-        except BaseException as exc:
-            journal.record(FAILED, {"code": _failure_code(exc)}, {"message": str(exc)})
-            raise
-        finally:
-            speculation.discard()
-        timings.update(result.timings, **judge_ms)
-        timings["pipeline_total"] = timings.pop("total")
-        fmt = get_format(result.caption.format)
-        meme = build_meme(
-            meme_id,
-            request,
-            fmt,
-            result,
-            png,
-            self.mode,
-            timings,
-            self.program.provider,
-            self.engine,
-        )
-        version, events = await journal.settled()
-        correlation = request.correlation or request.trace_id
-        await workshop.save(
-            SaveMeme(meme, png, None if request.fresh else key, version, correlation, events)
-        )
-        lap("store")
-        timings["total"] = (time.perf_counter() - began) * 1000
-        return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}
+        with logs.bind(meme_id=meme_id):
+            log.info("making meme %s (%s, %s engine)", meme_id, self.mode, self.engine)
+            journal = workshop.journal(meme_id, request)
+            journal.record(
+                REQUESTED,
+                {
+                    "format": request.format,
+                    "seed": request.seed,
+                    "fresh": request.fresh,
+                    "background": request.background,
+                    "engine": self.engine,
+                    "mode": self.mode,
+                },
+                {"topic": request.topic, "style": request.style, "audience": request.audience},
+                now=False,  # with the caption, in one append
+            )
+            speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
+            progress = Progress(journal, None if self.mode == SEQUENTIAL else speculation)
+            try:
+                with reservations.holding(booked):
+                    result, judge_ms = await self._pipeline(request, workshop, progress)
+                lap("pipeline")
+                png = await speculation.picture_for(result.caption)
+                lap("render")
+                journal.record(RENDERED, {"bytes": len(png)}, now=False)  # with completed
+            except BaseException as exc:
+                journal.record(FAILED, {"code": _failure_code(exc)}, {"message": str(exc)})
+                log.info("meme %s not made: %s", meme_id, _failure_code(exc))
+                raise
+            finally:
+                speculation.discard()
+            timings.update(result.timings, **judge_ms)
+            timings["pipeline_total"] = timings.pop("total")
+            fmt = get_format(result.caption.format)
+            meme = build_meme(
+                meme_id,
+                request,
+                fmt,
+                result,
+                png,
+                self.mode,
+                timings,
+                self.program.provider,
+                self.engine,
+            )
+            version, events = await journal.settled()
+            correlation = request.correlation or request.trace_id
+            await workshop.save(
+                SaveMeme(meme, png, None if request.fresh else key, version, correlation, events)
+            )
+            lap("store")
+            timings["total"] = (time.perf_counter() - began) * 1000
+            log.info("meme %s made in %.0f ms", meme_id, timings["total"])
+            return {**meme, "timings": {stage: round(ms, 2) for stage, ms in timings.items()}}
 
     async def _pipeline(
         self, request: GenerateMeme, workshop: Workshop, progress: Progress

@@ -53,8 +53,9 @@ from memesys.domain.messages import (
 )
 from memesys.storage.memes import PENDING_GRACE_S, MemeStore, StoreError
 from memesys.storage.tasks import TaskStore
+from memesys.telemetry.logs import AUDIT
 
-audit = logging.getLogger("memesys.audit")
+audit = logging.getLogger(AUDIT)
 
 _RETAIN = "retain"  # wakeup payload: erase what is past storage.retention_days
 RETENTION_PERIOD_S = 60.0
@@ -180,7 +181,7 @@ class StoreWorker(BaseActor):
         erased = self.store.delete(meme_id, why)
         if erased or task_id:
             at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            audit.warning(
+            audit.info(
                 "%s: meme %s %s at %s%s",
                 "erasure" if why == ERASED else "retention",
                 meme_id,

@@ -24,6 +24,7 @@ from actors.system import (
     SystemConfig,
     admin_pid,
     ask,
+    logging_config,
     reap,
     session_processes,
     shutdown,
@@ -120,7 +121,7 @@ class RunningSystem:
 @pytest.fixture
 def actor_system() -> Iterator[RunningSystem]:
     port = free_port()
-    asys = start_system(SystemConfig(port, log_level="WARNING"))
+    asys = start_system(SystemConfig(port, log_defs=logging_config("WARNING")))
     pid = admin_pid(port)
     assert pid is not None, "the admin does not listen on its port"
     system = RunningSystem(asys, port, os.getsid(pid))

@@ -33,13 +33,19 @@ STOP_TIMEOUT_S = 30.0
 class DaemonProcess:
     """One daemon; ``REDIS_URL`` comes from ``MEMESYS_TEST_REDIS_URL`` (else embedded Redis).
     Its output goes to ``log_dir`` (default: ``data_dir``; elsewhere when the test fills the
-    data disk)."""
+    data disk); ``stderr_apart``: its stderr (the log) to a file of its own
+    (:meth:`stderr_text`), not with its stdout."""
 
     def __init__(
-        self, data_dir: Path, extra_env: dict | None = None, log_dir: Path | None = None
+        self,
+        data_dir: Path,
+        extra_env: dict | None = None,
+        log_dir: Path | None = None,
+        stderr_apart: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.log_dir = log_dir or data_dir
+        self.stderr_apart = stderr_apart
         self.port = free_port()
         self.admin_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -53,7 +59,7 @@ class DaemonProcess:
             {
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                 "MEMESYS_REDIS_KEY_PREFIX": self.key_prefix,
-                "MEMESYS_SYSTEM_LOG_LEVEL": "WARNING",
+                "MEMESYS_LOG_LEVEL": "WARNING",
             }
         )
         if os.environ.get("MEMESYS_TEST_REDIS_URL"):
@@ -64,6 +70,7 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         self.log = open(self.log_dir / f"daemon-{self.port}.log", "ab")
+        err = self.stderr_path.open("ab") if self.stderr_apart else None
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -78,8 +85,10 @@ class DaemonProcess:
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
-            stderr=subprocess.STDOUT,
+            stderr=err or subprocess.STDOUT,
         )
+        if err is not None:
+            err.close()  # the daemon has its own descriptor
         deadline = time.monotonic() + scaled(START_TIMEOUT_S)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -107,11 +116,19 @@ class DaemonProcess:
         again.proc, again.sid = None, None
         return again
 
+    @property
+    def stderr_path(self) -> Path:
+        return self.log_dir / f"daemon-{self.port}.stderr"
+
+    def stderr_text(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
     def log_text(self) -> str:
         return self.full_log()[-4000:]
 
     def full_log(self) -> str:
-        return (self.log_dir / f"daemon-{self.port}.log").read_text(errors="replace")
+        out = (self.log_dir / f"daemon-{self.port}.log").read_text(errors="replace")
+        return out + self.stderr_text() if self.stderr_apart else out
 
     def request(
         self,

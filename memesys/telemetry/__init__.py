@@ -1,0 +1,1 @@
+"""Telemetry: traces (OpenTelemetry) and structured logs, set up the same way in every process."""
