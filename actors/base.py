@@ -32,6 +32,7 @@ from actors.deadlines import expired
 from actors.lifeline import die_with_parent
 from actors.messages import (
     Batch,
+    Cancel,
     Failure,
     FailureCode,
     Heartbeat,
@@ -134,8 +135,11 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         raise NotImplementedError(f"{self.__class__.__name__} handles no {type(payload).__name__}")
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
-        """Messages that are neither requests nor lifecycle messages; raising crashes."""
-        log.warning("%s ignored unexpected message %r", self.name, msg)
+        """Messages that are neither requests nor lifecycle messages; raising crashes. A
+        :class:`Cancel` has nothing to stop here: a request is handled whole, one at a time
+        (an async actor's are not: :mod:`actors.async_actor`)."""
+        if not isinstance(msg, Cancel):
+            log.warning("%s ignored unexpected message %r", self.name, msg)
 
     def observe(self, payload: Any, seconds: float, error: Failure | None) -> None:
         """Called after each request is answered (or failed)."""

@@ -55,6 +55,8 @@ class FailureCode(enum.StrEnum):
     pool size)."""
     ERROR = "error"
     """An async actor's handler raised: the request fails, the actor keeps running."""
+    CANCELLED = "cancelled"
+    """Its asker cancelled it (:class:`Cancel`): its work was stopped, not finished."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,16 @@ class Exiting:
 @dataclass(frozen=True)
 class WorkDone:
     """A pool worker tells its pool that a forwarded request was answered."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The asker of request ``correlation_id`` no longer wants its answer: an async actor
+    cancels the work (its coroutine, and with it the asks that coroutine awaits, which send
+    their own ``Cancel``); a pool passes it to the worker holding the request. Unknown or
+    finished work: nothing to do."""
 
     correlation_id: str
 

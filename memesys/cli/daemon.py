@@ -60,6 +60,7 @@ from memesys.storage.durability import report as report_durability
 from memesys.storage.errors import StoreError
 from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
+from memesys.storage.progress import TaskEvents
 from memesys.storage.tokens import TokenReader
 from memesys.telemetry import logs, tracing
 from memesys.tree.redis_server import plan as plan_redis
@@ -69,6 +70,7 @@ log = logging.getLogger("memesys.cli.daemon")
 
 FATAL_CLEANUP_S = 2.0  # the gateway's close when the actor system is gone
 SHUTDOWN_GRACE_S = 3.0  # for the actor system to end by itself after memesys-admin shutdown
+REDIS_CONNECT_S = 5.0  # the task event streams' Redis client: its connection's time
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -217,6 +219,7 @@ class Daemon:
             llm_metrics=llm_metrics_reader(self.redis_url, prefix),
             engines=engines(self.cfg, TreeEngine(directory), inprocess),
             look_up=cache.look_up,
+            events=TaskEvents(self.redis_url, prefix, REDIS_CONNECT_S),
             verify_token=tokens.verify if tokens is not None else None,
             client_limits=client_limits,
         )

@@ -306,7 +306,7 @@ class MemeMaker:
             self.task_backlog_s if request.background else self.backlog_s,
             request.background,
         )
-        meme_id = new_id()
+        meme_id = request.meme_id or new_id()
         with logs.bind(meme_id=meme_id):
             log.info("making meme %s (%s, %s engine)", meme_id, self.mode, self.engine)
             journal = workshop.journal(meme_id, request)

@@ -172,6 +172,8 @@ class StoreWorker(BaseActor):
             return self._erase(payload.meme_id)
         if isinstance(payload, GetTask):
             task = self.tasks.get(payload.task_id)
+            if task is not None:
+                task = self.tasks.staged(task)
             if task is not None and task.get("meme_id"):
                 task["meme"] = store.get(task["meme_id"])
             return task
