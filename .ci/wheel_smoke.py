@@ -1,4 +1,5 @@
-"""CI: the installed wheel starts the daemon outside the checkout and serves a 201 meme.
+"""CI: the installed wheel starts the daemon outside the checkout and serves a 201 meme, the
+page and its files (package data the wheel must carry).
 
 Run with the fresh virtual environment's python, from a directory outside the checkout, so
 nothing can come from the source tree: ``venv/bin/python wheel_smoke.py``.
@@ -59,7 +60,17 @@ def main() -> int:
         with urllib.request.urlopen(request, timeout=60) as answer:
             meme = json.load(answer)
             print(f"POST /v1/memes -> {answer.status}: {meme['format']}: {meme['top_text']!r}")
-            return 0 if answer.status == 201 else 1
+            if answer.status != 201:
+                return 1
+        for path, needle in (("/", b"/static/app.js"), ("/static/app.js", b"text/event-stream")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+                body = answer.read()
+                policy = answer.headers.get("Content-Security-Policy", "")
+                print(f"GET {path} -> {answer.status}: {len(body)} bytes, CSP {policy[:24]!r}...")
+                if answer.status != 200 or needle not in body or "default-src" not in policy:
+                    print(f"FAIL: {path} is not the page's file")
+                    return 1
+        return 0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

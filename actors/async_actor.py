@@ -18,6 +18,11 @@ up), and every ask it makes is bounded by that deadline less ``reply_margin_s``,
 left for the answer's way back (:mod:`actors.deadlines`): whatever a sub-request starts, it
 starts early enough for its answer to be used.
 
+Cancellation: a :class:`~actors.messages.Cancel` naming a request being served cancels its
+coroutine (the asks it awaits send their own ``Cancel`` on, :mod:`actors.bridge`); the request
+is answered ``cancelled``. A ``Cancel`` that overtakes its request is remembered (a bounded
+number of them): the request, when it comes, is answered ``cancelled`` unstarted.
+
 Health checks: the supervisor's pings are answered by the actor's own thread, which only
 schedules work, so a busy async actor always answers them.
 Because the loop thread exists, an async actor must stay a leaf: forking a process that has
@@ -38,14 +43,25 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
-from actors import deadlines
+from actors import deadlines, tracecontext
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import Bridge, Directory
-from actors.messages import Failure, FailureCode, Ping, Reply, Request, StatusQuery, Stop, WorkDone
+from actors.messages import (
+    Cancel,
+    Failure,
+    FailureCode,
+    Ping,
+    Reply,
+    Request,
+    StatusQuery,
+    Stop,
+    WorkDone,
+)
 
 log = logging.getLogger("actors.async")
 
 _DRAIN_POLL_S = 0.02
+_EARLY_CANCELS = 1024  # cancels remembered for requests not arrived yet (sent just before)
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,10 @@ class AsyncActor(BaseActor):
         self._submitted = 0
         self._completed = 0
         self._draining = False
+        # On the loop's thread only: the coroutines serving requests, by correlation id, and
+        # the ids cancelled (those running, and those not arrived yet: oldest dropped first).
+        self._serving: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: dict[str, None] = {}
 
     @property
     def in_flight(self) -> int:
@@ -129,30 +149,53 @@ class AsyncActor(BaseActor):
         payload: Any = None
         deadline = request.deadline
         remaining = deadlines.left(deadline)
-        try:
-            if deadline is None or remaining is None:
-                payload = await awaitable
-            else:
-                # the current deadline of this task and of every task it starts (to_thread,
-                # gather): their asks end in time for the answer to be of use
-                deadlines.serve(deadline - min(self.reply_margin_s, remaining / 4))
-                payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
-        except TimeoutError as exc:
-            left = deadlines.left(deadline)
-            if left is None or left > 0.001:
-                error = self._failed(request, exc)  # the handler's own, not the deadline
-            else:
-                error = Failure(
-                    FailureCode.TIMEOUT,
-                    f"{self.name}: the request's deadline passed; its work was abandoned",
-                )
-                log.info(
-                    "%s: request %s abandoned at its deadline", self.name, request.correlation_id
-                )
-        except RequestFailed as failed:
-            error = failed.failure
-        except Exception as exc:
-            error = self._failed(request, exc)
+        cid = request.correlation_id
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving[cid] = task
+        with tracecontext.handling(
+            type(request.payload).__name__, self.name, cid, request.trace_context
+        ) as span:
+            try:
+                if cid in self._cancelled:  # its Cancel came first
+                    if inspect.iscoroutine(awaitable):
+                        awaitable.close()
+                    raise asyncio.CancelledError
+                if deadline is None or remaining is None:
+                    payload = await awaitable
+                else:
+                    # the current deadline of this task and of every task it starts (to_thread,
+                    # gather): their asks end in time for the answer to be of use
+                    deadlines.serve(deadline - min(self.reply_margin_s, remaining / 4))
+                    payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
+            except TimeoutError as exc:
+                left = deadlines.left(deadline)
+                if left is None or left > 0.001:
+                    error = self._failed(request, exc)  # the handler's own, not the deadline
+                else:
+                    error = Failure(
+                        FailureCode.TIMEOUT,
+                        f"{self.name}: the request's deadline passed; its work was abandoned",
+                    )
+                    log.info(
+                        "%s: request %s abandoned at its deadline",
+                        self.name,
+                        request.correlation_id,
+                    )
+            except RequestFailed as failed:
+                error = failed.failure
+            except Exception as exc:
+                error = self._failed(request, exc)
+            except asyncio.CancelledError:
+                if cid not in self._cancelled:
+                    raise  # not by a Cancel: the loop is closing
+                error = Failure(FailureCode.CANCELLED, f"{self.name}: cancelled by its asker")
+                log.info("%s: request %s cancelled by its asker", self.name, cid)
+            finally:
+                self._serving.pop(cid, None)
+                self._cancelled.pop(cid, None)
+            if error is not None:
+                tracecontext.failed(span, error.code, error.message)
         bridge = self._started().bridge
         if forwarded:  # first, as in BaseActor.reply
             bridge.tell(self.parent, WorkDone(request.correlation_id))
@@ -228,8 +271,21 @@ class AsyncActor(BaseActor):
         else:
             self.send(self.myAddress, ActorExitRequest())
 
+    def _cancel(self, correlation_id: str) -> None:
+        """On the loop: cancel the coroutine serving ``correlation_id``, or remember the
+        cancel for a request still on its way."""
+        self._cancelled[correlation_id] = None
+        task = self._serving.get(correlation_id)
+        if task is not None:
+            task.cancel()
+        elif len(self._cancelled) > _EARLY_CANCELS:
+            del self._cancelled[next(iter(self._cancelled))]
+
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
-        if getattr(msg, "payload", None) == "drain":
+        if isinstance(msg, Cancel):
+            if self._loop is not None:
+                self._loop.loop.call_soon_threadsafe(self._cancel, msg.correlation_id)
+        elif getattr(msg, "payload", None) == "drain":
             self.stop_gracefully(Stop(), sender)
         else:
             super().receive_other(msg, sender)

@@ -27,11 +27,12 @@ from thespian.actors import (
     PoisonMessage,
 )
 
-from actors import process_logs
+from actors import process_logs, tracecontext
 from actors.deadlines import expired
 from actors.lifeline import die_with_parent
 from actors.messages import (
     Batch,
+    Cancel,
     Failure,
     FailureCode,
     Heartbeat,
@@ -134,8 +135,11 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         raise NotImplementedError(f"{self.__class__.__name__} handles no {type(payload).__name__}")
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
-        """Messages that are neither requests nor lifecycle messages; raising crashes."""
-        log.warning("%s ignored unexpected message %r", self.name, msg)
+        """Messages that are neither requests nor lifecycle messages; raising crashes. A
+        :class:`Cancel` has nothing to stop here: a request is handled whole, one at a time
+        (an async actor's are not: :mod:`actors.async_actor`)."""
+        if not isinstance(msg, Cancel):
+            log.warning("%s ignored unexpected message %r", self.name, msg)
 
     def observe(self, payload: Any, seconds: float, error: Failure | None) -> None:
         """Called after each request is answered (or failed)."""
@@ -313,7 +317,8 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         )
 
     def handle_request(self, request: Request, sender: ActorAddress) -> None:
-        """Run ``handle`` and reply; an exception propagates and crashes the actor."""
+        """Run ``handle`` in the request's span (a child of its sender's: see
+        :mod:`actors.tracecontext`) and reply; an exception propagates and crashes the actor."""
         if isinstance(request.payload, StatusQuery):  # the runtime's, not the application's
             status = WorkerStatus(self.name, os.getpid(), self.in_flight, self.gauges())
             self.reply(request, sender, status)
@@ -322,12 +327,19 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
             self.reply(request, sender, Pong(self.name, os.getpid()))
             return
         started = time.perf_counter()
-        try:
-            result = self.handle(request.payload)
-        except RequestFailed as failed:
-            self.reply(request, sender, error=failed.failure)
-            self.observe(request.payload, time.perf_counter() - started, failed.failure)
-            return
+        with tracecontext.handling(
+            type(request.payload).__name__,
+            self.name,
+            request.correlation_id,
+            request.trace_context,
+        ) as span:
+            try:
+                result = self.handle(request.payload)
+            except RequestFailed as failed:
+                tracecontext.failed(span, failed.failure.code, failed.failure.message)
+                self.reply(request, sender, error=failed.failure)
+                self.observe(request.payload, time.perf_counter() - started, failed.failure)
+                return
         self.reply(request, sender, result)
         self.observe(request.payload, time.perf_counter() - started, None)
 

@@ -14,6 +14,7 @@ sends whatever has queued up as one :class:`~actors.messages.Batch` per target.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -26,8 +27,9 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors import deadlines
+from actors import deadlines, tracecontext
 from actors.messages import (
+    Cancel,
     Failure,
     FailureCode,
     Gone,
@@ -49,6 +51,7 @@ log = logging.getLogger("actors.bridge")
 
 LOOKUP_TIMEOUT_S = 2.0
 _SEND_TIMEOUT_S = 5.0
+CANCEL_WAIT_S = 2.0  # a cancelled ask waits this long for its target to stop the work
 _LISTEN_SLICE = datetime.timedelta(seconds=0.2)
 _DRAIN = datetime.timedelta(0)
 _BATCH = 64  # messages sent as one batch, replies handed to the loop at once
@@ -138,7 +141,9 @@ class Bridge:
         The request carries its deadline, ``timeout`` from now (see :mod:`actors.deadlines`);
         inside the work for another request (an async actor's coroutine), ``timeout`` is first
         shortened to what is left of that request's deadline, and if nothing is left the
-        request is not sent: ``timeout`` at once."""
+        request is not sent: ``timeout`` at once. An ask cancelled while it waits tells
+        ``target`` (:class:`~actors.messages.Cancel`): the work it started stops too
+        (:meth:`_cancel`)."""
         if not self._running.is_set():
             raise RemoteFailure(Failure(FailureCode.UNAVAILABLE, "bridge closed"))
         timeout = deadlines.bound(timeout)
@@ -154,6 +159,7 @@ class Bridge:
             self._listen_address,
             idempotent,
             deadlines.after(timeout),
+            tracecontext.carrier(),
         )
         future = self._started_loop().create_future()
         self._pending[request.correlation_id] = future
@@ -162,11 +168,25 @@ class Bridge:
             reply: Reply = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise AskTimeout(timeout) from None
+        except asyncio.CancelledError:  # the asker's work was cancelled: so is the request's
+            await self._cancel(target, request.correlation_id)
+            raise
         finally:
             self._pending.pop(request.correlation_id, None)
         if reply.error is not None:
             raise RemoteFailure(reply.error)
         return reply.payload
+
+    async def _cancel(self, target: ActorAddress, correlation_id: str) -> None:
+        """Tell ``target`` to stop the work of ``correlation_id`` and wait, at most
+        ``CANCEL_WAIT_S``, for its answer: an async actor answers once its work has stopped
+        (and the work it asked others for), so a cancelled ask returns when nothing it
+        started runs any more. (A synchronous actor answers when its work is done.)"""
+        answered = self._started_loop().create_future()
+        self._pending[correlation_id] = answered
+        self._outbox.put((target, Cancel(correlation_id)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered, CANCEL_WAIT_S)
 
     def tell(self, target: ActorAddress, message: Any) -> None:
         """Send without waiting for an answer; never blocks the event loop."""

@@ -55,6 +55,8 @@ class FailureCode(enum.StrEnum):
     pool size)."""
     ERROR = "error"
     """An async actor's handler raised: the request fails, the actor keeps running."""
+    CANCELLED = "cancelled"
+    """Its asker cancelled it (:class:`Cancel`): its work was stopped, not finished."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class Request:
     whoever forwards the request keeps it; an actor that receives it too late answers
     ``timeout`` without handling it, and an async actor abandons the work when it passes
     (see :mod:`actors.deadlines`).
+
+    ``trace_context``: the sender's W3C trace context (``traceparent``, ``tracestate`` pairs),
+    whose span the receiver's handling span is a child of (:mod:`actors.tracecontext`); None
+    while tracing is off. Whoever forwards the request keeps it.
     """
 
     payload: Any
@@ -98,6 +104,7 @@ class Request:
     reply_to: ActorAddress | None = None
     idempotent: bool = False
     deadline: float | None = None
+    trace_context: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +242,16 @@ class Exiting:
 @dataclass(frozen=True)
 class WorkDone:
     """A pool worker tells its pool that a forwarded request was answered."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """The asker of request ``correlation_id`` no longer wants its answer: an async actor
+    cancels the work (its coroutine, and with it the asks that coroutine awaits, which send
+    their own ``Cancel``); a pool passes it to the worker holding the request. Unknown or
+    finished work: nothing to do."""
 
     correlation_id: str
 

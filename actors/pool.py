@@ -8,6 +8,8 @@ idempotent, otherwise answered with a ``worker_lost`` failure: never left hangin
 While no worker is running (all of them restarting) requests wait in a bounded queue for at
 most ``PoolArgs.wait_s``; a full queue or an expired wait answers ``unavailable``.
 
+A :class:`Cancel` goes on to the worker holding its request (or answers it, still waiting).
+
 A process can also dispatch to the workers itself (:mod:`actors.route`): it subscribes, and
 the pool pushes its list of workers (:class:`Members`) whenever that list changes.
 """
@@ -28,6 +30,7 @@ from actors.dispatch import pick, refusal
 from actors.messages import (
     Ack,
     AddChild,
+    Cancel,
     ChildStatus,
     Failure,
     FailureCode,
@@ -256,12 +259,27 @@ class Pool(Supervisor):
             ]
             if self._departed:
                 self.wakeupAfter(_DEPARTED_POLL_S, payload=PollDeparted())
+        elif isinstance(msg, Cancel):
+            self._cancel(msg)
         elif isinstance(msg, WorkDone):
             name = self._owner.pop(msg.correlation_id, None)
             if name is not None:
                 self._outstanding.get(name, {}).pop(msg.correlation_id, None)
         else:
             super().receive_other(msg, sender)
+
+    def _cancel(self, cancel: Cancel) -> None:
+        """To the worker holding the request; one still waiting for a worker is answered
+        ``cancelled`` here."""
+        name = self._owner.get(cancel.correlation_id)
+        worker = next((c for c in self.children if c.spec.name == name), None)
+        if worker is not None and worker.address is not None:
+            self.send(worker.address, cancel)
+            return
+        waiting = [w for w in self._waiting if w[0].correlation_id == cancel.correlation_id]
+        self._waiting = [w for w in self._waiting if w not in waiting]
+        for request, _, _ in waiting:
+            self._fail(request, Failure(FailureCode.CANCELLED, f"{self.name}: cancelled"))
 
     def on_child_exit(self, child: Child) -> None:
         lost = self._outstanding.pop(child.spec.name, {})

@@ -65,6 +65,14 @@ class ErrorCode(StrEnum):
         "the body must be application/json",
         True,
     )
+    TASK_FINISHED = (
+        "task_finished",
+        409,
+        False,
+        None,
+        "the task has already finished; only a queued or running task can be cancelled",
+        True,
+    )
     INVALID_FIELD = ("invalid_field", 422, False, None, "a field is invalid", True)
     INAPPROPRIATE = (
         "inappropriate",
@@ -175,6 +183,7 @@ RUNTIME_CODES: dict[str, ErrorCode] = {
     "dead_address": ErrorCode.UNAVAILABLE,
     "timeout": ErrorCode.TIMEOUT,
     "error": ErrorCode.INTERNAL,
+    "cancelled": ErrorCode.UNAVAILABLE,  # only its asker, who cancelled it, could hear it
     "bad_request": ErrorCode.INTERNAL,
     "unknown_request": ErrorCode.INTERNAL,
 }

@@ -5,7 +5,6 @@ module of the runtime and the pipeline."""
 from __future__ import annotations
 
 import ast
-import functools
 import importlib.metadata
 import importlib.util
 import re
@@ -109,33 +108,26 @@ def imported_distributions(*paths: str) -> set[str]:
                     top = name.split(".")[0]
                     if top in OWN or top in sys.stdlib_module_names:
                         continue
-                    owners = by_package[top]
-                    if len(owners) > 1:  # a namespace several share (opentelemetry)
-                        owners = [_owner_of(name)]
-                    found.update(normalised(d) for d in owners)
+                    found.update(normalised(d) for d in providers(name, by_package[top]))
     return found
 
 
-@functools.cache
-def _owner_of(name: str) -> str:
-    """The distribution that installed module ``name`` (for ``from a.b import c`` where ``c``
-    is not a module, module ``a.b``): for a namespace package that several share."""
-    module = name
-    while True:
-        try:
-            spec = importlib.util.find_spec(module)
-        except ModuleNotFoundError:
-            spec = None
-        if spec is not None and spec.origin is not None:
-            break
-        module = module.rpartition(".")[0]
-        if not module:
-            raise LookupError(f"no module file for {name}")
-    origin = Path(spec.origin).resolve()
-    for dist in importlib.metadata.distributions():
-        if any(Path(str(dist.locate_file(f))).resolve() == origin for f in dist.files or []):
-            return str(dist.metadata["Name"])
-    raise LookupError(f"no distribution installed {module}")
+def providers(module: str, candidates: list[str]) -> list[str]:
+    """The distributions that provide ``module``: of a namespace package several
+    distributions share (``opentelemetry``), the one whose files hold the deepest package on
+    the module's path."""
+    if len(candidates) == 1:
+        return candidates
+    parts, best, depth = module.split("."), [], 0
+    for dist in candidates:
+        for file in importlib.metadata.distribution(dist).files or ():
+            held = file.parts[:-1] if file.suffix == ".py" else ()
+            n = len(held)
+            if n > depth and tuple(parts[:n]) == held:
+                best, depth = [dist], n
+            elif n == depth and n and tuple(parts[:n]) == held and dist not in best:
+                best.append(dist)
+    return best or candidates
 
 
 def normalised(requirement: str) -> str:

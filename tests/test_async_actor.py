@@ -9,7 +9,7 @@ import time
 import pytest
 from thespian.actors import ActorAddress, ActorSystem
 
-from actors.messages import Located, Ping, Pong, Request, WhereIs
+from actors.messages import Cancel, Located, Ping, Pong, Request, WhereIs
 from actors.spec import ChildSpec, SupervisorArgs
 from tests.support.actor_system import RunningSystem, collect, send_all
 from tests.support.timing import scaled
@@ -83,3 +83,33 @@ def test_ping_answers_without_reaching_handle(actor_system: RunningSystem) -> No
     pid = sleeper_status(system).pid
     assert system.ok(sleeper, Ping()) == Pong("sleeper", pid)
     assert sleeper_status(system).restarts == 0
+
+
+def test_a_cancel_stops_the_coroutine_and_answers_cancelled(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
+    system = actor_system
+    sleeper = start_sleeper(system, 64)
+    long, other = Request(30.0), Request(0.3)
+    send_all(context, sleeper, [long, other])
+    time.sleep(scaled(0.1))
+    started = time.monotonic()
+    context.tell(sleeper, Cancel(long.correlation_id))
+    replies = collect(context, [long, other], 5)
+    assert replies[long.correlation_id].error is not None
+    assert replies[long.correlation_id].error.code == "cancelled"
+    assert time.monotonic() - started < scaled(5)  # not the 30 s sleep
+    assert replies[other.correlation_id].ok  # only the one named
+    assert sleeper_status(system).in_flight == 0  # its slot is free again
+
+
+def test_a_cancel_that_overtakes_its_request_answers_it_unstarted(
+    actor_system: RunningSystem, context: ActorSystem
+) -> None:
+    system = actor_system
+    sleeper = start_sleeper(system, 64)
+    system.ask(sleeper, 0.0)  # the loop runs
+    late = Request(30.0)
+    context.tell(sleeper, Cancel(late.correlation_id))
+    replies = collect(context, send_all(context, sleeper, [late]), 5)
+    assert replies[late.correlation_id].error.code == "cancelled"

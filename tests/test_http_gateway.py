@@ -77,6 +77,23 @@ async def test_post_meme_waits_for_the_generator(client, directory) -> None:
     assert order.trace_id == response.headers["X-Trace-Id"]
 
 
+async def test_a_requests_traceparent_gives_the_meme_its_trace_id(client, directory) -> None:
+    """With tracing off in this process too: the caller's trace is the meme's."""
+    directory.script(GenerateMeme, lambda order: a_meme())
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    response = await client.post(
+        "/v1/memes", json={"topic": "traced"}, headers={"traceparent": traceparent}
+    )
+    assert response.status == 201 and response.headers["X-Trace-Id"] == trace_id
+    assert directory.asked[-1][1].trace_id == trace_id
+    response = await client.post(
+        "/v1/memes", json={"topic": "traced"}, headers={"traceparent": "00-not-a-trace-01"}
+    )
+    assert response.status == 201 and len(response.headers["X-Trace-Id"]) == 32
+    assert response.headers["X-Trace-Id"] != trace_id
+
+
 async def test_identical_requests_in_flight_share_one_generation(client, directory) -> None:
     """Single-flight: identical requests at once ask the tree once (the trace id differs, the
     answer is the same meme); a fresh request, or another seed, asks on its own."""

@@ -60,8 +60,9 @@ from memesys.storage.durability import report as report_durability
 from memesys.storage.errors import StoreError
 from memesys.storage.images import ImageFiles
 from memesys.storage.memes import MemeStore
+from memesys.storage.progress import TaskEvents
 from memesys.storage.tokens import TokenReader
-from memesys.telemetry import logs
+from memesys.telemetry import logs, tracing
 from memesys.tree.redis_server import plan as plan_redis
 from memesys.tree.spec import root_spec
 
@@ -69,6 +70,7 @@ log = logging.getLogger("memesys.cli.daemon")
 
 FATAL_CLEANUP_S = 2.0  # the gateway's close when the actor system is gone
 SHUTDOWN_GRACE_S = 3.0  # for the actor system to end by itself after memesys-admin shutdown
+REDIS_CONNECT_S = 5.0  # the task event streams' Redis client: its connection's time
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -217,6 +219,7 @@ class Daemon:
             shared_metrics=shared_metrics_reader(self.redis_url, prefix),
             engines=engines(self.cfg, TreeEngine(directory), inprocess),
             look_up=cache.look_up,
+            events=TaskEvents(self.redis_url, prefix, REDIS_CONNECT_S),
             verify_token=tokens.verify if tokens is not None else None,
             client_limits=client_limits,
         )
@@ -353,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     except ProgramError as exc:
         print(f"memesys: configuration error: pipeline.program_path: {exc}", file=sys.stderr)
         return 2
+    try:  # the OTEL_* variables, read by every process: refused here, before any starts
+        tracing.check()
+    except tracing.TracingError as exc:
+        print(f"memesys: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         log_defs = logs.setup(cfg.log)
     except logs.LogFileError as exc:
@@ -368,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         log.error("start-up failed: %s", exc)
         return 1
+    # After the actor system has forked (each actor sets its own up): the gateway's provider.
+    tracing.start("gateway")
     try:
         asyncio.run(daemon.serve())
     except OSError as exc:
@@ -375,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon.exit_code = 1
     finally:
         daemon.stop_actors()
+        tracing.stop()
     log.info("stopped")
     return daemon.exit_code
 

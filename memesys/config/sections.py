@@ -75,6 +75,9 @@ class GatewayConfig:
     queue_timeout_s: float = field(metadata=bounded(0, 3600))
     header_timeout_s: float = field(metadata=bounded(0.1, 3600))
     body_timeout_s: float = field(metadata=bounded(0.1, 3600))
+    max_event_streams: int = field(metadata=bounded(1, 100_000))
+    event_stream_max_s: float = field(metadata=bounded(1, 86_400))
+    event_keepalive_s: float = field(metadata=bounded(0.1, 3600))
     auth: str = field(metadata=one_of("off", "required"))
     client_rate_per_minute: int = field(metadata=bounded(0, 100_000))  # 0: no limit
 

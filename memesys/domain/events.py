@@ -7,7 +7,7 @@ always given apart from the public ones: the log seals them with the meme's own 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 # data: format, seed, fresh, background, engine, mode; personal: topic, style, audience
@@ -25,11 +25,42 @@ ERASED = "erased"  # data: id, caches (the digests of the entries it dropped)
 EXPIRED = "expired"  # data: id, caches (retention: as erased)
 
 # A task's stream (``task:<id>``): one event per status it takes, ``task_<status>`` (queued,
-# running, succeeded, failed; data: status, stage, progress, meme_id, expires_at; personal:
-# the record, its request with it), then ``task_scrubbed`` when its meme is erased (data: the
+# running, succeeded, failed, cancelled; data: status, stage, progress, meme_id, making (the
+# meme a running task is making, whose stream holds its progress), expires_at; personal: the
+# record, its request with it), then ``task_scrubbed`` when its meme is erased (data: the
 # record without its request). The task's record is their projection.
 TASK = "task_"
+TASK_QUEUED = "task_queued"
+TASK_RUNNING = "task_running"
+TASK_SUCCEEDED = "task_succeeded"
+TASK_FAILED = "task_failed"
+TASK_CANCELLED = "task_cancelled"
 TASK_SCRUBBED = "task_scrubbed"
+
+# A running task's stage is the last progress event of the meme it is making ("started"
+# before the first), and its progress the furthest those events reached: a refinement's
+# second round of verdicts does not take it back.
+STARTED = "started"
+STAGE_PROGRESS = {
+    STARTED: 0.05,
+    FORMAT_CHOSEN: 0.15,
+    CAPTION_WRITTEN: 0.3,
+    VERDICT: 0.45,
+    SCORED: 0.6,
+    REFINED: 0.7,
+    RENDERED: 0.9,
+}
+
+
+def task_stage(types: Iterable[str]) -> tuple[str, float]:
+    """The stage and progress of a running task whose meme's events are of ``types`` (in
+    order); the events that are no stage (``requested``, ``failed``) leave them as they were."""
+    stage, progress = STARTED, STAGE_PROGRESS[STARTED]
+    for type in types:
+        if type in STAGE_PROGRESS:
+            stage, progress = type, max(progress, STAGE_PROGRESS[type])
+    return stage, progress
+
 
 SCHEMA_VERSION = 1
 

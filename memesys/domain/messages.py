@@ -16,7 +16,9 @@ class GenerateMeme:
     (or, for a fresh one, found the store up), so the maker does not do it again.
     ``background``: a task's meme (the runner's), admitted only with what people's memes
     leave of the provider's budget (``[llm] task_backlog_s``). ``correlation``: the task's id
-    for a task's meme (its events in the log carry it; else the trace id)."""
+    for a task's meme (its events in the log carry it; else the trace id). ``meme_id``: the id
+    to make the meme under (a task's: the ledger names it, so the task's events say where its
+    meme's are; "": a new one)."""
 
     topic: str
     format: str | None = None
@@ -28,6 +30,7 @@ class GenerateMeme:
     looked_up: bool = False
     background: bool = False
     correlation: str = ""
+    meme_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,14 @@ class SubmitTask:
 
 @dataclass(frozen=True)
 class GetTask:
+    task_id: str
+
+
+@dataclass(frozen=True)
+class CancelTask:
+    """To the ledger: cancel a queued or running task; answers its record (status
+    ``cancelled``) once its meme's work has stopped, ``not_found`` or ``task_finished``."""
+
     task_id: str
 
 

@@ -27,6 +27,7 @@ from memesys.config import GatewayConfig
 from memesys.domain.formats import catalogue_json
 from memesys.domain.ids import valid_id
 from memesys.domain.messages import (
+    CancelTask,
     DeleteMeme,
     GenerateMeme,
     GetImage,
@@ -48,7 +49,8 @@ from memesys.http.engines import Split, TreeEngine
 from memesys.http.metrics import CONTENT_TYPE, Metrics
 from memesys.http.middleware import Guard
 from memesys.http.negotiation import wants_png
-from memesys.http.page import INDEX_HTML
+from memesys.http.page import Page
+from memesys.http.progress import EventSource, ProgressStreams
 from memesys.http.responses import error, public_failure
 from memesys.http.schemas import (
     CreateQuery,
@@ -58,6 +60,7 @@ from memesys.http.schemas import (
     openapi_document,
 )
 from memesys.http.single_flight import SingleFlight
+from memesys.http.spans import traced
 from memesys.http.tree_metrics import TreeSeries, troubles
 from memesys.http.validation import (
     InvalidField,
@@ -68,6 +71,7 @@ from memesys.http.validation import (
     query_of,
     shown,
 )
+from memesys.telemetry.tracing import current_trace_id
 from memesys.tree.paths import LEDGER, ROOT, STORE
 
 log = logging.getLogger("memesys.http")
@@ -96,6 +100,7 @@ class Gateway:
         shared_metrics: Callable[[], str] | None = None,
         engines: Split | None = None,
         look_up: LookUp | None = None,
+        events: EventSource | None = None,
         verify_token: Verify | None = None,
         client_limits: ClientLimits | None = None,
     ) -> None:
@@ -107,6 +112,8 @@ class Gateway:
         ``engines``: which engine makes each synchronous meme (None: the tree, always).
         ``look_up``: what a maker does first (the cache for a meme, the store's health for a
         fresh one), done on Redis before any engine is asked (None: the engine does it).
+        ``events``: the event log's reader of task event streams (None: ``GET
+        /v1/tasks/{id}/events`` answers 503 ``unavailable``).
         ``verify_token``: a token's name, from the token store (needed when ``cfg.auth`` is
         "required"); ``client_limits``: the shared per-client limit (needed when
         ``cfg.client_rate_per_minute`` is set)."""
@@ -117,6 +124,8 @@ class Gateway:
         self.look_up = look_up
         self.meme_request = meme_request(cfg.max_topic_chars)
         self.openapi_doc = openapi_document(cfg.max_topic_chars)
+        self.page = Page()
+        self.progress = None if events is None else ProgressStreams(cfg, events, self._task)
         self.metrics = Metrics()
         self.guard = Guard(cfg, self.metrics, Auth(cfg.auth_required, verify_token), client_limits)
         # A request waits for a generation slot at most half its deadline: the rest is for
@@ -179,9 +188,12 @@ class Gateway:
 
     def app(self) -> web.Application:
         app = web.Application(
-            client_max_size=self.cfg.max_body_bytes, middlewares=[self.guard.middleware]
+            client_max_size=self.cfg.max_body_bytes,
+            middlewares=[traced, self.guard.middleware],
         )
         app.on_cleanup.append(self.guard.connections.stop)
+        if self.progress is not None:
+            app.on_shutdown.append(self.progress.close)
         app.add_routes(
             [
                 web.post("/v1/memes", self.create_meme),
@@ -190,12 +202,14 @@ class Gateway:
                 web.get("/v1/memes/{id}/image.png", self.get_image),
                 web.delete("/v1/memes/{id}", self.delete_meme),
                 web.get("/v1/tasks/{id}", self.get_task),
+                web.delete("/v1/tasks/{id}", self.cancel_task),
+                web.get("/v1/tasks/{id}/events", self.task_events),
                 web.get("/v1/formats", self.formats),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics_text),
                 web.get("/openapi.json", self.openapi),
-                web.get("/", self.index),
+                *self.page.routes(),
             ]
         )
         return app
@@ -219,7 +233,8 @@ class Gateway:
             body = parse_json(await request.read())
         except MalformedJson as exc:
             return error(exc.code, str(exc))
-        trace_id = uuid.uuid4().hex
+        # The request's trace (its span's, or an incoming traceparent's) is the meme's.
+        trace_id = current_trace_id() or uuid.uuid4().hex
         try:
             order: GenerateMeme = parse_generate(body, self.meme_request, trace_id)
         except InvalidField as exc:
@@ -369,15 +384,36 @@ class Gateway:
             return error(ErrorCode.NOT_FOUND, f"no meme {meme_id!r}")
         return web.Response(status=204)
 
+    async def _task(self, task_id: str) -> dict[str, Any] | None:
+        """The task's record (with its meme once made, its stage while it runs), or None."""
+        if not valid_id(task_id):
+            return None
+        task: dict[str, Any] | None = await self.directory.ask(
+            STORE, GetTask(task_id), STORE_TIMEOUT_S, idempotent=True
+        )
+        return task
+
     async def get_task(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
-        task = None
-        if valid_id(task_id):
-            task = await self.directory.ask(
-                STORE, GetTask(task_id), STORE_TIMEOUT_S, idempotent=True
-            )
+        task = await self._task(task_id)
         if task is None:
             return error(ErrorCode.NOT_FOUND, f"no task {shown(task_id)}")
+        return web.json_response(self._task_body(task_id, task))
+
+    async def cancel_task(self, request: web.Request) -> web.Response:
+        """202 with the task, cancelled; answered once its meme's work has stopped."""
+        task_id = request.match_info["id"]
+        if not valid_id(task_id):
+            return error(ErrorCode.NOT_FOUND, f"no task {shown(task_id)}")
+        task = await self.directory.ask(LEDGER, CancelTask(task_id), STORE_TIMEOUT_S * 2)
+        return web.json_response(self._task_body(task_id, task), status=202)
+
+    async def task_events(self, request: web.Request) -> web.StreamResponse:
+        if self.progress is None:
+            return error(ErrorCode.UNAVAILABLE, "this gateway reads no event log")
+        return await self.progress.stream(request)
+
+    def _task_body(self, task_id: str, task: dict[str, Any]) -> dict[str, Any]:
         body = {key: task[key] for key in _TASK_FIELDS}
         if task.get("meme") is not None:
             body["meme"] = task["meme"]
@@ -386,7 +422,7 @@ class Gateway:
                 task["error"].get("code", ""), task["error"].get("message", ""), f"task {task_id}"
             )
             body["error"] = {"code": code.value, "message": message}
-        return web.json_response({"task_id": task_id, **body})
+        return {"task_id": task_id, **body}
 
     async def formats(self, request: web.Request) -> web.Response:
         return web.json_response({"formats": catalogue_json()})
@@ -488,6 +524,3 @@ class Gateway:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.openapi_doc)
-
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text=INDEX_HTML, content_type="text/html")

@@ -9,7 +9,8 @@ The order, for each request whose head has arrived:
    (401, :mod:`memesys.http.auth`), then under ``/v1/`` the client's own request limit
    (429 + ``Retry-After``, :mod:`memesys.http.client_limits`), before any body is read;
 3. ``/healthz``, ``/readyz`` and ``/metrics`` are served at once: no admission control, so
-   liveness, readiness and metrics answer however loaded the gateway is;
+   liveness, readiness and metrics answer however loaded the gateway is; so are task event
+   streams, bounded on their own (:mod:`memesys.http.progress`);
 4. a ``POST`` must declare ``Content-Type: application/json`` (415 otherwise, a missing one
    too: a web page can send ``text/plain``, a form or a typeless body to a local daemon
    without asking, but not JSON);
@@ -59,6 +60,9 @@ _HTTP_CODES = {
 }
 # Served whatever the load: never queued, never refused by admission control.
 OPERATIONS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Open as long as their task runs: bounded by their own limit (gateway.max_event_streams),
+# not held against max_in_flight.
+STREAMS = frozenset({"/v1/tasks/{id}/events"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON_TYPE = "application/json"
 CLIENT_GONE = 499  # nginx's "client closed request": only in metrics, nobody is there to read it
@@ -183,7 +187,7 @@ class Guard:
             refusal = await self._door(request, route)
             if refusal is not None:
                 return refusal
-        if request.match_info.http_exception is not None or route in OPERATIONS:
+        if request.match_info.http_exception is not None or route in OPERATIONS | STREAMS:
             return await self._call(request, handler)
         if request.method in BODY_METHODS:
             refusal = self._media_type_refusal(request)

@@ -31,7 +31,7 @@ from dspy.lm15 import LM15Error, OpenAIChatLM, Request, Response, response_from_
 
 from actors import deadlines
 from memesys.errors import ErrorCode
-from memesys.llm import bulkhead, reservations, served
+from memesys.llm import bulkhead, reservations, served, spans
 from memesys.llm.breaker import CLOSED, Breaker, BreakerOpen, breaker_for
 from memesys.llm.budget import Budget, BudgetSpent, budget_for
 from memesys.llm.client import MAX_ANSWER_BYTES, provider_client, run_blocking, tls
@@ -295,17 +295,19 @@ class HardenedTransport:
         time, attempts spent. A 4xx of ours is final. The model that answered is recorded
         (:mod:`memesys.llm.served`)."""
         began = time.perf_counter()
-        outcome = "ok"
-        try:
-            return await self._guarded(request)
-        except LLMCallError as exc:
-            outcome = exc.kind
-            raise
-        finally:
-            self.metrics.add("memesys_llm_calls_total", model=self.name, outcome=outcome)
-            self.metrics.observe(
-                "memesys_llm_call_seconds", time.perf_counter() - began, model=self.name
-            )
+        outcome = spans.OK
+        with spans.chat(self.model, self.base_url) as span:
+            try:
+                return await self._guarded(request)
+            except LLMCallError as exc:
+                outcome = exc.kind
+                raise
+            finally:
+                spans.ended(span, outcome)
+                self.metrics.add("memesys_llm_calls_total", model=self.name, outcome=outcome)
+                self.metrics.observe(
+                    "memesys_llm_call_seconds", time.perf_counter() - began, model=self.name
+                )
 
     def _transition(self, name: str, before: str | None, after: str | None) -> None:
         self.metrics.add("memesys_llm_breaker_transitions_total", model=name, to=str(after))
@@ -366,6 +368,7 @@ class HardenedTransport:
         usage = response.usage
         prompt = int(getattr(usage, "input_tokens", 0) or 0)
         completion = int(getattr(usage, "output_tokens", 0) or 0)
+        spans.answered(response.model or by.model, prompt, completion)
         cost = self.budget.spend(by.model, prompt, completion)
         self.metrics.add("memesys_llm_tokens_total", prompt + completion, model=by.name)
         if cost:
@@ -404,6 +407,7 @@ class HardenedTransport:
                     timeout_s = min(timeout_s, left)
                     if timeout_s < MIN_ATTEMPT_S:
                         raise self._give_up(last, attempt - 1, DEADLINE)
+                spans.attempted()
                 answer = await self._hedged(request, payload, tokens, timeout_s, deadline, state)
                 self.metrics.add("memesys_llm_attempts_total", model=self.name, outcome="ok")
                 self.limiter.provider_answered()
@@ -531,6 +535,7 @@ class HardenedTransport:
             self.metrics.add("memesys_llm_hedges_refused_total", model=self.name, why="rate")
             return None
         served.hedged()
+        spans.hedged()
         left = deadlines.left(deadline)
         timeout_s = self.policy.timeout_s if left is None else min(self.policy.timeout_s, left)
         return asyncio.create_task(self._sent(request, payload, timeout_s, state))

@@ -34,7 +34,7 @@ from memesys.pipeline.refinement import (
     refine,
     should_refine,
 )
-from memesys.pipeline.scoring import Scores, apply_verdicts
+from memesys.pipeline.scoring import DIMENSIONS, Scores, apply_verdicts
 from memesys.pipeline.verification import Verdict
 from memesys.pipeline.writing import (
     Caption,
@@ -44,6 +44,10 @@ from memesys.pipeline.writing import (
     select_and_write,
     write_texts,
 )
+from memesys.telemetry import tracing
+
+SCOPE = "memesys.pipeline"  # the tracer of the pipeline's spans
+EVALUATION = "gen_ai.evaluation.result"  # the event of each verdict and score (gen_ai semconv)
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,11 @@ class Ledger:
         and the bulkhead are context variables of this task (concurrent stages each run in a
         task of their own, so each sees its own)."""
         start = time.perf_counter()
-        with served.tracking(key) as calls, bulkhead.stage(key):  # who answered; its bulkhead
+        with (
+            tracing.span(f"stage {key}", {"memesys.stage": key}, SCOPE),
+            served.tracking(key) as calls,
+            bulkhead.stage(key),  # who answered; its bulkhead
+        ):
             try:
                 result = await stage()
             except BaseException:
@@ -213,7 +221,7 @@ async def run_pipeline(
     if observer is not None:
         observer.drafted(caption)
     draft = Draft.from_caption(caption, topic, style, audience, seed)
-    verdicts, raw = await stages.judge(draft, "")
+    verdicts, raw = await _judged(stages, draft, 0)
     scores = None if raw is None else apply_verdicts(raw, verdicts)
     if observer is not None:
         observer.judged(0, verdicts, scores)
@@ -239,7 +247,7 @@ async def run_pipeline(
             if observer is not None:
                 observer.rewritten(n, refined)
             draft = kept.draft.with_texts(refined.texts)
-            verdicts, raw = await stages.judge(draft, f"_{n}")
+            verdicts, raw = await _judged(stages, draft, n)
         except LMError as exc:
             if failure_of(exc).code is not ErrorCode.LLM_RATE_LIMITED:
                 raise
@@ -274,3 +282,30 @@ async def run_pipeline(
         timings,
         skipped,
     )
+
+
+async def _judged(
+    stages: Stages, draft: Draft, round: int
+) -> tuple[dict[str, Verdict], Scores | None]:
+    """The judging group of round ``round`` (0: the first draft), in a span of its own that
+    records each verdict and each score the scorer gave as a ``gen_ai.evaluation.result`` event
+    (not the reasons nor the critique: they may quote the topic)."""
+    with tracing.span("stage judge", {"memesys.round": round}, SCOPE) as span:
+        verdicts, raw = await stages.judge(draft, f"_{round}" if round else "")
+        if span is not None:
+            for name, verdict in verdicts.items():
+                span.add_event(
+                    EVALUATION,
+                    {
+                        "gen_ai.evaluation.name": name,
+                        "gen_ai.evaluation.score.label": verdict.status,
+                        "gen_ai.evaluation.score.value": verdict.confidence,
+                    },
+                )
+            for name in () if raw is None else (*DIMENSIONS, "overall"):
+                value = float(getattr(raw, name))
+                span.add_event(
+                    EVALUATION,
+                    {"gen_ai.evaluation.name": name, "gen_ai.evaluation.score.value": value},
+                )
+        return verdicts, raw

@@ -46,7 +46,7 @@ from memesys.llm.transport import current_deadline
 from memesys.pipeline import admission
 from memesys.pipeline.decision import Refused
 from memesys.pipeline.errors import MemeFailed, lm_failed
-from memesys.pipeline.flow import PipelineResult, run_pipeline
+from memesys.pipeline.flow import SCOPE, PipelineResult, run_pipeline
 from memesys.pipeline.lm import LMHandle, stage_handles
 from memesys.pipeline.placements import LocalStages, ParallelStages
 from memesys.pipeline.predict import OutputError
@@ -56,7 +56,7 @@ from memesys.pipeline.refinement import RefinePolicy
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
 from memesys.pipeline.writing import Caption
-from memesys.telemetry import logs
+from memesys.telemetry import logs, tracing
 
 SEQUENTIAL = "sequential"
 log = logging.getLogger("memesys.pipeline")
@@ -126,7 +126,11 @@ class Speculation:
         if self.delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wanted.wait(), self.delay_s)
-        return await self.render(order)
+        return await self._render(order, True)
+
+    async def _render(self, order: RenderMeme, speculative: bool) -> bytes:
+        with tracing.span("stage render", {"memesys.speculative": speculative}, SCOPE):
+            return await self.render(order)
 
     async def picture_for(self, caption: Caption) -> bytes:
         """The PNG of ``caption``: the speculative one only if it drew exactly this caption."""
@@ -135,7 +139,7 @@ class Speculation:
             self.wanted.set()
             return await self.task
         self.discard()
-        return await self.render(order)
+        return await self._render(order, False)
 
     def discard(self) -> None:
         """Drop a picture nobody will use (its failure, if any, is nobody's either)."""
@@ -284,7 +288,10 @@ class MemeMaker:
         if request.looked_up:
             pass
         elif not request.fresh:
-            cached = await workshop.cached(key)
+            with tracing.span("stage cache", None, SCOPE) as span:
+                cached = await workshop.cached(key)
+                if span is not None:
+                    span.set_attribute("memesys.cache.hit", cached is not None)
             lap("cache")
             if cached is not None:
                 log.info("meme %s served from the cache", cached.get("id"))
@@ -299,7 +306,7 @@ class MemeMaker:
             self.task_backlog_s if request.background else self.backlog_s,
             request.background,
         )
-        meme_id = new_id()
+        meme_id = request.meme_id or new_id()
         with logs.bind(meme_id=meme_id):
             log.info("making meme %s (%s, %s engine)", meme_id, self.mode, self.engine)
             journal = workshop.journal(meme_id, request)
@@ -347,9 +354,12 @@ class MemeMaker:
             )
             version, events = await journal.settled()
             correlation = request.correlation or request.trace_id
-            await workshop.save(
-                SaveMeme(meme, png, None if request.fresh else key, version, correlation, events)
-            )
+            with tracing.span("stage save", None, SCOPE):
+                await workshop.save(
+                    SaveMeme(
+                        meme, png, None if request.fresh else key, version, correlation, events
+                    )
+                )
             lap("store")
             timings["total"] = (time.perf_counter() - began) * 1000
             log.info("meme %s made in %.0f ms", meme_id, timings["total"])

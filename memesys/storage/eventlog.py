@@ -15,7 +15,9 @@ that of its stream's first event), ``corr`` (correlation: the request or task id
 its stream's first event, whose own empty ``corr`` is its trace id), ``cause`` (what caused
 it; empty: the event before it in its stream), ``data`` (compact JSON, never personal) and
 ``sealed``
-(the personal fields, encrypted with the entity's key; empty when there are none). Its time is
+(the personal fields, encrypted with the entity's key; empty when there are none) and, while
+tracing is on, ``traceparent`` (the W3C trace context of the span that recorded it: the stage,
+the save, the request). Its time is
 its stream id's (Redis's clock, in ms). The empty defaults keep a meme's dozen events small in
 Redis's memory (the log's share of a meme's bytes, ``bench.storage``). The global
 stream's entries are ``entity``, ``seq`` (the version the append made) and ``type``.
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
@@ -38,6 +40,7 @@ from redis.commands.core import Script
 
 from memesys.domain.events import SCHEMA_VERSION
 from memesys.storage.errors import StoreError
+from memesys.telemetry.tracing import current_traceparent
 
 ANY_VERSION = -1
 """Append whatever the entity's version (an event that cannot conflict, e.g. a cache entry)."""
@@ -91,7 +94,8 @@ PREVIOUS = ""
 class Event:
     """One event as written: ``data`` is public, ``sealed`` is the personal part already
     encrypted (bytes, or b"" when the event carries nothing personal); ``cause``: PREVIOUS, or
-    what outside the stream caused it (e.g. "request")."""
+    what outside the stream caused it (e.g. "request"); ``traceparent``: the W3C trace context
+    of the span current where it was made ("" while tracing is off)."""
 
     type: str
     entity: str
@@ -101,6 +105,7 @@ class Event:
     trace: str
     sealed: bytes = b""
     v: int = SCHEMA_VERSION
+    traceparent: str = field(default_factory=current_traceparent)
 
     def fields(self) -> list[str | bytes]:
         return [
@@ -118,6 +123,7 @@ class Event:
             json.dumps(self.data, separators=(",", ":"), sort_keys=True),
             "sealed",
             self.sealed,
+            *(("traceparent", self.traceparent) if self.traceparent else ()),
         ]
 
 
@@ -262,5 +268,6 @@ def _recorded(
         trace=trace,
         sealed=raw.get(b"sealed", b""),
         v=int(raw[b"v"]),
+        traceparent=raw.get(b"traceparent", b"").decode(),
     )
     return Recorded(sid.decode(), seq, event)

@@ -40,7 +40,7 @@ MEME_FIELDS: dict[str, type] = {
     "verification": dict,
     "provider": dict,
 }
-TASK_STATES = ("queued", "running", "succeeded", "failed")
+TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 OPEN_STATES = ("queued", "running")
 TASK_FIELDS: dict[str, type] = {
     "id": str,

@@ -74,7 +74,12 @@ class Sealer:
 
     def open(self, entity: str, sealed: bytes) -> dict[str, Any]:
         """The personal fields ``seal`` sealed; Shredded once the entity's key is erased."""
-        key = self._key(entity, create=False)
+        return self.open_with(self._key(entity, create=False), entity, sealed)
+
+    @staticmethod
+    def open_with(key: bytes, entity: str, sealed: bytes) -> dict[str, Any]:
+        """What :meth:`open` opens, with the entity's ``key`` read by the caller (an asyncio
+        reader of the log reads it on its own client)."""
         try:
             plain = AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], entity.encode())
         except InvalidTag:

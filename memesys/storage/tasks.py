@@ -3,6 +3,8 @@
 Keys: ``{p}:task:{id}`` (compact JSON, expires ``ttl_s`` after its last update),
 ``{p}:tasks:open`` (set of ids not yet finished, read back when the task group restarts) and
 ``{p}:taskof:{meme_id}`` (the task that made a meme, so erasing the meme can scrub the task).
+A running task's record names the meme it is making (``making``, named by the ledger): the
+stage and progress served are that meme's (:meth:`TaskStore.staged`).
 
 A task record that does not parse or validate is quarantined
 (:mod:`memesys.storage.quarantine`) and replaced, in the same script, by a ``failed`` task
@@ -23,13 +25,13 @@ from typing import Any, cast
 
 import redis
 
-from memesys.domain.events import TASK, TASK_SCRUBBED
+from memesys.domain.events import TASK, TASK_SCRUBBED, task_stage
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability
 from memesys.storage.errors import StoreError
 from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConflict
-from memesys.storage.projections import Keys, task_entity, writes
+from memesys.storage.projections import Keys, meme_entity, task_entity, writes
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import OPEN_STATES, parse_json, task_problem
 from memesys.storage.sealing import Sealer
@@ -100,6 +102,7 @@ class TaskStore:
             "stage": task.get("stage"),
             "progress": task.get("progress"),
             "meme_id": task.get("meme_id"),
+            "making": task.get("making"),
             "expires_at": task["updated_at"] + self._ttl,
         }
         sealed = self.sealer.seal(entity, {"record": record})
@@ -160,6 +163,18 @@ class TaskStore:
         with self._guard(f"reading task {task_id}"):
             return self._decoded(task_id, self._r)
 
+    def staged(self, task: dict[str, Any]) -> dict[str, Any]:
+        """``task`` with the stage and progress its meme has reached while it runs (the
+        record says only "started": the meme's progress events are in the meme's stream,
+        :func:`~memesys.domain.events.task_stage`)."""
+        making = task.get("making")
+        if task["status"] != "running" or not isinstance(making, str) or not valid_id(making):
+            return task
+        with self._guard(f"reading the progress of task {task['id']}"):
+            entries = cast(list[Any], self._r.xrange(self.log.stream(meme_entity(making))))
+        stage, progress = task_stage(raw[b"type"].decode() for _, raw in entries)
+        return {**task, "stage": stage, "progress": progress}
+
     def open_tasks(self) -> list[dict[str, Any]]:
         """Every unfinished task, oldest first (expired records are dropped from the index,
         corrupt ones quarantined and failed)."""
@@ -192,7 +207,8 @@ class TaskStore:
             version = self.log.version(entity)
             task = self._decoded(task_id, self._r)
             if task is not None and task.get("meme_id") == meme_id:
-                scrubbed = {k: v for k, v in task.items() if k not in ("request", "meme_id")}
+                gone = ("request", "meme_id", "making")
+                scrubbed = {k: v for k, v in task.items() if k not in gone}
                 scrubbed["erased_at"] = time.time()
                 left_ms = self._r.pttl(self.keys.task(task_id))
                 left_s = left_ms / 1000 if left_ms > 0 else self._ttl

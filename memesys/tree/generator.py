@@ -52,6 +52,7 @@ from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import VERIFIERS, Verdict
 from memesys.storage.journal import MemeJournal, backlog
 from memesys.storage.memes import MemeStore
+from memesys.telemetry import tracing
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.llmcalls import request_failed
 from memesys.tree.paths import RENDER, VERIFY
@@ -131,6 +132,7 @@ def _why(failure: Failure) -> str:
 
 class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
+        tracing.start(self.name)
         self.args = args
         self.max_in_flight = args.max_in_flight
         dspy_patches.apply()
@@ -153,6 +155,7 @@ class GeneratorWorker(AsyncActor):
             super().on_stop()
         finally:
             self.store.close()
+            tracing.stop()
 
     def gauges(self) -> tuple[tuple[str, float], ...]:
         """The event log's lag in this worker: its journals' events not yet appended."""

@@ -49,6 +49,7 @@ from actors.base import BaseActor
 from actors.lifeline import die_with_parent
 from memesys.config import RedisConfig
 from memesys.storage.connection import EmbeddedRedis
+from memesys.telemetry import tracing
 
 log = logging.getLogger("memesys.tree.redis_server")
 
@@ -103,9 +104,14 @@ class RedisServer(BaseActor):
         self.last_ping = self.last_answer
         self.exiting = False
         self.wakeupAfter(WATCH_PERIOD_S, payload=_WATCH)
+        # After the server's fork: no batch thread is made again in a child that only execs.
+        tracing.start(self.name)
 
     def on_stop(self) -> None:
-        self.server.stop()  # SHUTDOWN SAVE; a dead server is only reaped
+        try:
+            self.server.stop()  # SHUTDOWN SAVE; a dead server is only reaped
+        finally:
+            tracing.stop()
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, WakeupMessage) and msg.payload == _WATCH:

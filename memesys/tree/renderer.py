@@ -9,11 +9,16 @@ from actors.base import BaseActor, RequestFailed
 from memesys.domain.messages import RenderMeme
 from memesys.render.image import RenderError
 from memesys.render.meme import RenderSettings, render_meme
+from memesys.telemetry import tracing
 
 
 class RenderWorker(BaseActor):
     def on_start(self, args: RenderSettings) -> None:
+        tracing.start(self.name)
         self.settings = args
+
+    def on_stop(self) -> None:
+        tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         if not isinstance(payload, RenderMeme):

@@ -22,6 +22,7 @@ from actors.base import BaseActor
 from memesys.storage.connection import connect
 from memesys.storage.erasures import Erasures
 from memesys.storage.rewrites import Rewrites
+from memesys.telemetry import tracing
 
 log = logging.getLogger("memesys.tree.rewriter")
 
@@ -43,6 +44,7 @@ class RewriterArgs:
 
 class Rewriter(BaseActor):
     def on_start(self, args: RewriterArgs) -> None:
+        tracing.start(self.name)
         self.client = connect(args.redis_url, timeout_s=CLIENT_TIMEOUT_S)
         erasures = Erasures(self.client, args.key_prefix)
         self.rewrites = Rewrites(self.client, erasures, args.erasure_window_s)
@@ -55,6 +57,7 @@ class Rewriter(BaseActor):
                 self.rewrites.reason or self.rewrites.phase.value,
             )
         self.client.close()
+        tracing.stop()
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, WakeupMessage) and msg.payload == _STEP:

@@ -53,6 +53,7 @@ from memesys.domain.messages import (
 )
 from memesys.storage.memes import PENDING_GRACE_S, MemeStore, StoreError
 from memesys.storage.tasks import TaskStore
+from memesys.telemetry import tracing
 from memesys.telemetry.logs import AUDIT
 
 audit = logging.getLogger(AUDIT)
@@ -89,6 +90,7 @@ def store_errors_answered() -> Iterator[None]:
 
 class StoreWorker(BaseActor):
     def on_start(self, args: StoreArgs) -> None:
+        tracing.start(self.name)
         self.args = args
         self.store = MemeStore.open(
             args.redis_url,
@@ -149,7 +151,10 @@ class StoreWorker(BaseActor):
             log.warning("image files left to tidy later: %s", exc)
 
     def on_stop(self) -> None:
-        self.store.close()
+        try:
+            self.store.close()
+        finally:
+            tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         with store_errors_answered():
@@ -167,6 +172,8 @@ class StoreWorker(BaseActor):
             return self._erase(payload.meme_id)
         if isinstance(payload, GetTask):
             task = self.tasks.get(payload.task_id)
+            if task is not None:
+                task = self.tasks.staged(task)
             if task is not None and task.get("meme_id"):
                 task["meme"] = store.get(task["meme_id"])
             return task

@@ -11,6 +11,18 @@ flight: if the runner dies its tasks' answers never come; if the ledger dies the
 answers go nowhere. So the group is ``one_for_all``: both restart, and the new ledger takes
 every unfinished task back from Redis and hands it to the new runner.
 
+A running task's meme is named by the ledger when it leases the task (``making``, recorded with
+the ``running`` status): the task's events say which meme stream holds its progress, before
+the meme's first event (:mod:`memesys.http.progress` follows both; the served stage and
+progress are that meme's, :meth:`~memesys.storage.tasks.TaskStore.staged`).
+
+Cancel (``CancelTask``): the ledger records the task ``cancelled`` (a queued one is never
+leased again) and, for a leased one, tells the runner to cancel its lease's request
+(:class:`~actors.messages.Cancel`): the runner's coroutine is cancelled, and with it its ask
+to the generator worker, which cancels the meme's coroutine and its asks to the verifiers
+(:mod:`actors.bridge`). Each cancelled ask waits for its target to stop; the ledger answers once
+the runner's answer comes (at most ``CANCEL_WAIT_S``): from then on no call is made for it.
+
 A Redis outage is not a crash of the ledger. A submission while Redis is down answers
 ``store_error`` at once (never a 202 for a task that is not recorded). An outcome that cannot
 be written is kept in memory (``unsaved``) with the leases; the ledger probes Redis with
@@ -30,18 +42,21 @@ from typing import Any
 
 from thespian.actors import ActorAddress, WakeupMessage
 
+from actors import tracecontext
 from actors.async_actor import AsyncActor
 from actors.base import BaseActor, RequestFailed
 from actors.bridge import RemoteFailure
-from actors.messages import Located, Reply, Request, WhereIs, new_correlation_id
+from actors.messages import Cancel, Located, Reply, Request, WhereIs, new_correlation_id
+from memesys.domain.events import STAGE_PROGRESS, STARTED
 from memesys.domain.ids import new_id
-from memesys.domain.messages import GenerateMeme, RunnerReady, RunTask, SubmitTask
+from memesys.domain.messages import CancelTask, GenerateMeme, RunnerReady, RunTask, SubmitTask
 from memesys.errors import ErrorCode, translate
 from memesys.storage.availability import availability_for
 from memesys.storage.connection import connect
 from memesys.storage.memes import StoreError
 from memesys.storage.quarantine import Quarantine
-from memesys.storage.tasks import TaskStore
+from memesys.storage.tasks import OPEN_STATES, TaskStore
+from memesys.telemetry import tracing
 from memesys.tree.paths import GENERATOR
 
 log = logging.getLogger("memesys.tree.tasks")
@@ -49,6 +64,15 @@ log = logging.getLogger("memesys.tree.tasks")
 RETRY_S = 1.0
 MAX_STORE_REQUEUES = 5  # a task that failed on store_error this often fails for good
 _FLUSH = "flush"  # wakeup payload: probe Redis, write what was kept, lease the open tasks
+CANCEL_WAIT_S = 5.0  # a cancel's answer waits this long for the runner to stop the meme
+
+
+@dataclass(frozen=True)
+class _CancelWait:
+    """Wakeup payload: answer the cancel of lease ``correlation_id`` if the runner has not."""
+
+    correlation_id: str
+
 
 Task = dict[str, Any]  # a task record, as the store keeps it (JSON)
 
@@ -69,6 +93,7 @@ class TaskArgs:
 
 class TaskLedger(BaseActor):
     def on_start(self, args: TaskArgs) -> None:
+        tracing.start(self.name)
         client = connect(args.redis_url)
         self.client = client
         self.availability = availability_for(
@@ -93,9 +118,14 @@ class TaskLedger(BaseActor):
         self.resync = False  # lease the open tasks from Redis once it answers
         self.flush_armed = False
         self.stalled = False  # a write failed and was logged; cleared by a complete flush
+        # lease correlation id -> the CancelTask request waiting for the runner, its record
+        self.cancelling: dict[str, tuple[Request, ActorAddress, Task]] = {}
 
     def on_stop(self) -> None:
-        self.client.close()
+        try:
+            self.client.close()
+        finally:
+            tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, SubmitTask):
@@ -104,6 +134,54 @@ class TaskLedger(BaseActor):
             except StoreError as exc:  # down: 503 store_error now, never a 202 not recorded
                 raise RequestFailed(exc.code, str(exc)) from exc
         return super().handle(payload)
+
+    def handle_request(self, request: Request, sender: ActorAddress) -> None:
+        if isinstance(request.payload, CancelTask):
+            self._cancel(request, sender, request.payload.task_id)
+        else:
+            super().handle_request(request, sender)
+
+    def _cancel(self, request: Request, sender: ActorAddress, task_id: str) -> None:
+        """Record the task cancelled and stop its meme (see the module's doc); answered with
+        its record, ``not_found`` or ``task_finished``."""
+        try:
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise RequestFailed(ErrorCode.NOT_FOUND, f"no task {task_id}")
+            cancelled = {**task, "status": "cancelled", "stage": "done", "progress": 1.0}
+            cancelled.pop("making", None)
+            if task["status"] not in OPEN_STATES or not self.tasks.put_if_open(cancelled):
+                done = self.tasks.get(task_id) or task
+                raise RequestFailed(
+                    ErrorCode.TASK_FINISHED, f"task {task_id} has already {done['status']}"
+                )
+            answer = self.tasks.get(task_id) or cancelled
+        except StoreError as exc:
+            self.reply(request, sender, error=RequestFailed(exc.code, str(exc)).failure)
+            return
+        except RequestFailed as failed:
+            self.reply(request, sender, error=failed.failure)
+            return
+        self.unsaved.pop(task_id, None)
+        leased = [cid for cid, held in self.leases.items() if held["id"] == task_id]
+        if not leased or self.runner is None:
+            self.reply(request, sender, answer)
+            return
+        for cid in leased:
+            del self.leases[cid]
+            self.send(self.runner, Cancel(cid))
+            self.cancelling[cid] = (request, sender, answer)
+            self.wakeupAfter(CANCEL_WAIT_S, payload=_CancelWait(cid))
+
+    def _cancelled(self, correlation_id: str, confirmed: bool) -> None:
+        """The runner stopped the lease's meme (or did not say so in time): answer the cancel."""
+        waiting = self.cancelling.pop(correlation_id, None)
+        if waiting is None:
+            return
+        request, sender, answer = waiting
+        if not confirmed:
+            log.warning("task %s: the runner did not confirm its cancel in time", answer["id"])
+        self.reply(request, sender, answer)
 
     def _submit(self, order: GenerateMeme) -> str:
         now, task_id = time.time(), new_id()
@@ -128,7 +206,9 @@ class TaskLedger(BaseActor):
         queued in Redis and is leased when both are back."""
         if self.runner is None or task["id"] in self._leased():
             return
-        running = {**task, "status": "running", "stage": "generating", "progress": 0.5}
+        making = new_id()  # the meme's id: the task's events say where its progress goes
+        running = {**task, "status": "running", "stage": STARTED, "making": making}
+        running["progress"] = STAGE_PROGRESS[STARTED]
         try:
             if not self.tasks.put_if_open(running):
                 return  # finished meanwhile (or quarantined and failed)
@@ -138,8 +218,14 @@ class TaskLedger(BaseActor):
         cid = new_correlation_id()
         self.leases[cid] = running
         # after people's memes; its events carry the task's id
-        order = GenerateMeme(**{**task["request"], "background": True, "correlation": task["id"]})
-        self.send(self.runner, Request(RunTask(task["id"], order), cid))
+        order = GenerateMeme(
+            **{**task["request"], "background": True, "correlation": task["id"], "meme_id": making}
+        )
+        # in the trace of the request that submitted it, when it is leased while handling that
+        self.send(
+            self.runner,
+            Request(RunTask(task["id"], order), cid, trace_context=tracecontext.carrier()),
+        )
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, RunnerReady):
@@ -148,6 +234,10 @@ class TaskLedger(BaseActor):
             self._flush()
         elif isinstance(msg, Reply) and msg.correlation_id in self.leases:
             self._finish(self.leases.pop(msg.correlation_id), msg)
+        elif isinstance(msg, Reply) and msg.correlation_id in self.cancelling:
+            self._cancelled(msg.correlation_id, confirmed=True)
+        elif isinstance(msg, WakeupMessage) and isinstance(msg.payload, _CancelWait):
+            self._cancelled(msg.payload.correlation_id, confirmed=False)
         elif isinstance(msg, WakeupMessage) and msg.payload == _FLUSH:
             self.flush_armed = False
             self._flush()
@@ -169,6 +259,7 @@ class TaskLedger(BaseActor):
             self._lease(task)
 
     def _finish(self, task: Task, reply: Reply) -> None:
+        task = {k: v for k, v in task.items() if k != "making"}  # its meme is made, or not
         task_id, error = task["id"], reply.error
         code = None if error is None else translate(error.code)
         requeues = task.get("store_requeues", 0)
@@ -255,6 +346,7 @@ class TaskRunner(AsyncActor):
     """Runs leased tasks concurrently (bounded by ``max_in_flight``) through the generator."""
 
     def on_start(self, args: TaskArgs) -> None:
+        tracing.start(self.name)
         self.args = args
         self.max_in_flight = args.max_in_flight
         self._lookup = new_correlation_id()
@@ -268,6 +360,12 @@ class TaskRunner(AsyncActor):
             self.send(located.address, RunnerReady())
         else:
             super().receive_other(msg, sender)
+
+    def on_stop(self) -> None:
+        try:
+            super().on_stop()
+        finally:
+            tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, RunTask):

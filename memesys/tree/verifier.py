@@ -31,13 +31,14 @@ from memesys.llm.reservations import Times
 from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import MemeFailed, first_line, lm_failed
-from memesys.pipeline.flow import Costed, StageRun
+from memesys.pipeline.flow import SCOPE, Costed, StageRun
 from memesys.pipeline.lm import LMHandle, stage_handles
 from memesys.pipeline.placements import judge_at_once
 from memesys.pipeline.predict import OutputError
 from memesys.pipeline.program import load_configured
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import Verdict
+from memesys.telemetry import tracing
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
 from memesys.tree.llmcalls import request_failed
 
@@ -63,7 +64,11 @@ async def run_stage(
     RequestFailed with a stable code."""
     started = time.perf_counter()
     try:
-        with served.tracking(stage) as calls, bulkhead.stage(stage):  # who answered; bulkhead
+        with (
+            tracing.span(f"stage {stage}", {"memesys.stage": stage}, SCOPE),
+            served.tracking(stage) as calls,  # who answered
+            bulkhead.stage(stage),
+        ):
             result = await fn(handle)
     except LMError as exc:
         raise request_failed(lm_failed(exc)) from exc
@@ -88,6 +93,7 @@ def _judged(
 
 class VerifierWorker(AsyncActor):
     def on_start(self, args: VerifierArgs) -> None:
+        tracing.start(self.name)
         dspy_patches.apply()
         self.max_in_flight = args.max_in_flight
         # A draft's stages run at once, each awaited on this loop, holding no thread; what
@@ -97,6 +103,12 @@ class VerifierWorker(AsyncActor):
             args.llm, args.stage_timeout_s, args.redis_url, args.key_prefix, args.llm_processes
         )
         self.program = load_configured(args.pipeline)  # checked by the daemon before start-up
+
+    def on_stop(self) -> None:
+        try:
+            super().on_stop()
+        finally:
+            tracing.stop()
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, JudgeDraft):
