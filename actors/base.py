@@ -152,6 +152,12 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         a queue of its own) overrides this."""
         return 0
 
+    def gauges(self) -> tuple[tuple[str, float], ...]:
+        """Figures of the application's own, as (name, value), reported with the status
+        (:class:`WorkerStatus`): whoever reads the tree's status sees them without a channel
+        of their own. Read in the actor's thread; none by default."""
+        return ()
+
     # -- sending ----------------------------------------------------------------------------
 
     def send(self, targetAddr: ActorAddress, msg: Any) -> None:
@@ -314,7 +320,8 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         """Run ``handle`` in the request's span (a child of its sender's: see
         :mod:`actors.tracecontext`) and reply; an exception propagates and crashes the actor."""
         if isinstance(request.payload, StatusQuery):  # the runtime's, not the application's
-            self.reply(request, sender, WorkerStatus(self.name, os.getpid(), self.in_flight))
+            status = WorkerStatus(self.name, os.getpid(), self.in_flight, self.gauges())
+            self.reply(request, sender, status)
             return
         if isinstance(request.payload, Ping):  # health checks too: never observed
             self.reply(request, sender, Pong(self.name, os.getpid()))

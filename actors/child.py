@@ -51,6 +51,10 @@ class Child:
     kind: str = "worker"
     started_at: float | None = None
     restarts: int = 0
+    escalations: int = 0  # it gave up and exited (a supervisor past its restart intensity)
+    health_kills: int = 0  # its health check killed it
+    why: str = ""  # why it is exiting, when it was told before its exit arrived
+    last_exit: str = ""  # why it last exited abnormally
     stop_granted: bool = False  # its stop was asked for (StopMe, resize, removal): no new work
     restart_times: deque[float] = field(default_factory=deque)  # its restarts in the period
     backoff: int | None = None  # token of the backoff timer its restart waits for
@@ -72,6 +76,10 @@ class Child:
         self.last_heard = time.monotonic()
         self.progress, self.busy = [], False
 
+    def exited_abnormally(self) -> None:
+        """Its abnormal exit arrived: remember why (what it told, else that it crashed)."""
+        self.last_exit, self.why = self.why or "exited abnormally", ""
+
     def status(self, answer: object = None, unresponsive: bool = False) -> ChildStatus:
         """This child as its supervisor sees it; ``answer`` is its own answer to the status
         query (:class:`TreeStatus` or :class:`WorkerStatus`), if it gave one in time."""
@@ -88,4 +96,9 @@ class Child:
             tree.strategy if tree else None,
             in_flight,
             tree.children if tree else (),
+            tree.queued if tree else None,
+            self.escalations,
+            self.health_kills,
+            self.last_exit,
+            answer.gauges if isinstance(answer, WorkerStatus) else (),
         )

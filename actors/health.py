@@ -173,6 +173,8 @@ class HealthChecks:
             self.timeout_s,
             ", though its process worked" if child.busy else "",
         )
+        child.health_kills += 1
+        child.why = f"killed by its health check: silent for {silent:.1f} s"
         if child.pid is not None:
             kill_tree(child.pid)
         self._killed(child)

@@ -191,10 +191,12 @@ class Started:
 
 @dataclass(frozen=True)
 class InitFailed:
-    """A child's ``on_start`` raised: the supervisor counts it as an abnormal exit."""
+    """A child's ``on_start`` raised, or (``escalated``) a child supervisor gave up before it
+    had started: the supervisor counts it as an abnormal exit."""
 
     name: str
     reason: str
+    escalated: bool = False
 
 
 @dataclass(frozen=True)
@@ -360,11 +362,14 @@ class StatusQuery:
 @dataclass(frozen=True)
 class WorkerStatus:
     """A worker's answer to :class:`StatusQuery`: the requests it holds right now (an async
-    actor's coroutines in flight; 0 for a synchronous actor, which answers between requests)."""
+    actor's coroutines in flight; 0 for a synchronous actor, which answers between requests),
+    and ``gauges``, figures of its own as (name, value) pairs (what its application reports:
+    :meth:`~actors.base.BaseActor.gauges`)."""
 
     name: str
     pid: int
     in_flight: int | None
+    gauges: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -377,7 +382,14 @@ class ChildStatus:
     busy in a long handler, SIGSTOPped, hung). ``in_flight``: the requests the worker itself
     reported holding (:class:`WorkerStatus`); for a supervisor or pool, the sum over its
     sub-tree (a pool adds the requests waiting for a worker); ``None`` when unknown (not
-    running, or unresponsive).
+    running, or unresponsive). ``queued``: of those, the requests a pool holds while no worker
+    can take them (None: not a pool, or unknown).
+
+    The supervisor's own counts for this child, since the supervisor started: ``restarts``;
+    ``escalations``, the times this child (a supervisor) gave up and exited (restart intensity
+    reached); ``health_kills``, the times its health check killed it (silent past the
+    timeout); ``last_exit``, why it last exited abnormally ("" if it never did). ``gauges``: a
+    worker's own figures (:class:`WorkerStatus`).
     """
 
     name: str
@@ -390,18 +402,25 @@ class ChildStatus:
     strategy: str | None = None
     in_flight: int | None = None
     children: tuple[ChildStatus, ...] = ()
+    queued: int | None = None
+    escalations: int = 0
+    health_kills: int = 0
+    last_exit: str = ""
+    gauges: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class TreeStatus:
     """A supervisor's answer to :class:`StatusQuery`: its strategy and its children.
 
-    ``in_flight``: the requests held in the whole sub-tree (see :class:`ChildStatus`)."""
+    ``in_flight``: the requests held in the whole sub-tree (see :class:`ChildStatus`);
+    ``queued``: a pool's requests waiting for a worker."""
 
     name: str
     strategy: str
     children: tuple[ChildStatus, ...]
     in_flight: int | None = None
+    queued: int | None = None
 
 
 @dataclass(frozen=True)

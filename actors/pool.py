@@ -339,3 +339,7 @@ class Pool(Supervisor):
         requests to the workers directly.)"""
         known = [c.in_flight for c in children if c.in_flight is not None]
         return sum(known) + len(self._waiting) if known or self._waiting else None
+
+    def tree_queued(self) -> int | None:
+        """The requests waiting for a worker to be back (see :meth:`_wait`)."""
+        return len(self._waiting)

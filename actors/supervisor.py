@@ -238,6 +238,7 @@ class Supervisor(BaseActor):
             self._child_started(msg, sender)
         elif isinstance(msg, InitFailed):
             log.error("%s: child %s failed to start: %s", self.name, msg.name, msg.reason)
+            self._told_why(msg.name, msg.reason, msg.escalated)
         elif isinstance(msg, WakeupMessage):
             self._wakeup(msg.payload)
         elif isinstance(msg, StopMe):
@@ -253,6 +254,7 @@ class Supervisor(BaseActor):
             self._child_stopping(msg, sender)
         elif isinstance(msg, Exiting):
             log.error("%s: child %s is exiting: %s", self.name, msg.name, msg.reason)
+            self._told_why(msg.name, msg.reason, escalated=True)
         elif isinstance(msg, (WorkDone, Stopped)):
             pass
         else:
@@ -272,6 +274,15 @@ class Supervisor(BaseActor):
             self._backoff_over(wakeup.token)
         elif isinstance(wakeup, StepDue):
             self._step_due(wakeup)
+
+    def _told_why(self, name: str, reason: str, escalated: bool) -> None:
+        """A child said why it exits (its exit follows): counted and kept for its status."""
+        child = self._named(name)
+        if child is None:
+            return
+        child.why = f"escalated: {reason}" if escalated else f"failed to start: {reason}"
+        if escalated:
+            child.escalations += 1
 
     # -- the step queue -----------------------------------------------------------------------
 
@@ -335,6 +346,8 @@ class Supervisor(BaseActor):
             self.send(child.address, ActorExitRequest())
         self._lost(child)
         if isinstance(step, StartStep):
+            child.why = f"did not start within {START_TIMEOUT_S:g} s"
+            child.exited_abnormally()
             self._after_exit(child, normal=False, starting=True)
         self._finish_step()
         self._status.child_gone(child)
@@ -349,7 +362,8 @@ class Supervisor(BaseActor):
             log.error(
                 "%s: cannot create %s (%s): %s", self.name, child.spec.name, child.spec.actor, exc
             )
-            child.state = ChildState.DEAD
+            child.state, child.why = ChildState.DEAD, f"could not be created: {exc}"
+            child.exited_abnormally()
             self._after_exit(child, normal=False, starting=True)
             return True
         child.state, child.pid, child.started_at = ChildState.STARTING, None, None
@@ -445,6 +459,7 @@ class Supervisor(BaseActor):
         normal, child.stop_granted = child.stop_granted, False
         if not normal:
             log.error("%s: child %s exited abnormally", self.name, child.spec.name)
+            child.exited_abnormally()
         self._after_exit(child, normal, starting)
         self._advance()
         self._status.child_gone(child)
@@ -577,7 +592,7 @@ class Supervisor(BaseActor):
             # supervising parent reads its mailbox: the root's parent is the starter's
             # context, and an undelivered message keeps an exiting actor alive up to 7 s.
             if not self._announced:
-                self.send(self.parent, InitFailed(self.name, reason))
+                self.send(self.parent, InitFailed(self.name, reason, escalated=True))
             elif self.root != self.myAddress:
                 self.send(self.parent, Exiting(self.name, reason))
         self._shutting_down = True
@@ -689,7 +704,13 @@ class Supervisor(BaseActor):
         self.reply(
             request,
             sender,
-            TreeStatus(self.name, self.strategy.value, children, self.tree_in_flight(children)),
+            TreeStatus(
+                self.name,
+                self.strategy.value,
+                children,
+                self.tree_in_flight(children),
+                self.tree_queued(),
+            ),
         )
 
     def child_status(self, child: Child, answer: object, unresponsive: bool) -> ChildStatus:
@@ -699,3 +720,8 @@ class Supervisor(BaseActor):
         """The requests held in this sub-tree: the sum of what the children reported."""
         known = [c.in_flight for c in children if c.in_flight is not None]
         return sum(known) if known else None
+
+    def tree_queued(self) -> int | None:
+        """The requests this supervisor holds for want of a worker (a pool's); None: it holds
+        none by design."""
+        return None

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from actors.bridge import AskTimeout
-from actors.messages import Failure
+from actors.messages import ChildStatus, Failure, StatusQuery, TreeStatus
 from memesys.domain.messages import (
     DeleteMeme,
     GenerateMeme,
@@ -269,7 +269,11 @@ async def test_formats_health_metrics_openapi_and_page(client, directory) -> Non
     assert await (await client.get("/healthz")).json() == {"status": "ok"}
     response = await client.get("/readyz")
     assert response.status == 200
-    assert await response.json() == {"status": "ready", "checks": {"actors": "ok", "store": "ok"}}
+    assert await response.json() == {
+        "status": "ready",
+        "checks": {"actors": "ok", "store": "ok"},
+        "subtrees": [],
+    }
     response = await client.get("/metrics")
     assert response.status == 200
     text = await response.text()
@@ -290,6 +294,37 @@ async def test_readyz_names_the_failing_check_without_internals(client, director
     body = await response.json()
     assert body["status"] == "not_ready" and body["checks"]["actors"] == "ok"
     assert body["checks"]["store"] == f"unavailable: {ErrorCode.UNAVAILABLE.message}"
+
+
+async def test_readyz_names_the_sub_trees_that_do_not_run_and_why(client, directory) -> None:
+    worker = ChildStatus("worker-0", "worker", "restarting", None, 2, None, "permanent")
+    worker = dataclasses.replace(worker, last_exit="killed by its health check: silent for 4.1 s")
+    pool = ChildStatus("render", "pool", "running", 7, 0, 0.0, "permanent", children=(worker,))
+    tasks = ChildStatus("tasks", "supervisor", "dead", None, 1, None, "permanent")
+    tasks = dataclasses.replace(tasks, escalations=1, last_exit="escalated: restart intensity")
+    directory.script(StatusQuery, TreeStatus("memesys", "rest_for_one", (pool, tasks)))
+    response = await client.get("/readyz")
+    assert response.status == 200  # the root and the store answer: ready, with its troubles
+    assert (await response.json())["subtrees"] == [
+        {
+            "path": "memesys/render/worker-0",
+            "state": "restarting",
+            "reason": "killed by its health check: silent for 4.1 s",
+        },
+        {"path": "memesys/tasks", "state": "dead", "reason": "escalated: restart intensity"},
+    ]
+    directory.script(StatusQuery, Failure("timeout", "no answer within 1 s"))
+    body = await (await client.get("/readyz")).json()
+    assert body["subtrees"] == [
+        {
+            "path": "memesys",
+            "state": "unresponsive",
+            "reason": "its status did not arrive within 1 s",
+        }
+    ]
+    text = await (await client.get("/metrics")).text()  # still served, the gap marked
+    assert sample(text, "memesys_tree_status_read") == 0
+    assert "memesys_actor_restarts_total{" not in text
 
 
 async def test_served_verdicts_are_counted_and_failures_by_contract_code(client, directory) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_lib
 
 from actors import deadlines
 from memesys.config import Config, load_layers
@@ -27,9 +28,11 @@ from memesys.inprocess.engine import InProcessEngine
 from memesys.llm import reservations
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.limiter import Limiter, NoSlot
+from memesys.llm.metrics import render
 from memesys.pipeline.errors import MemeFailed
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
 from tests.support.llm import make_engine, write_request
+from tests.support.metrics import sample
 from tests.support.provider import fake_provider_fixture, provider_env
 
 pytestmark = pytest.mark.store
@@ -89,7 +92,7 @@ def refused(run, engine: InProcessEngine, order: GenerateMeme, timeout_s: float)
 
 
 def test_a_meme_that_does_not_fit_is_refused_before_any_call_and_served_after_retry_after(
-    engine_for, run, fake
+    engine_for, run, fake, redis: str
 ) -> None:
     engine = engine_for()
     fill(limiter_of(engine), 4.0)
@@ -97,6 +100,13 @@ def test_a_meme_that_does_not_fit_is_refused_before_any_call_and_served_after_re
     order = GenerateMeme("cats at work", fresh=True)
     failure = refused(run, engine, order, 2.0)
     assert fake.attempts == 0  # nothing reached the provider
+    transport = engine.maker.handle_for("select_write").transport
+    assert transport is not None
+    transport.metrics.flush()  # the refusal is counted where /metrics reads it
+    prefix = transport.metrics.key.removesuffix(":llm:metrics")
+    text = render(redis_lib.Redis.from_url(redis), prefix)
+    at = {"model": transport.name, "lane": "interactive"}
+    assert sample(text, "memesys_llm_schedule_refusals_total", **at) == 1
     # Its last call would go ~4.5 s from now; it may wait ~1 s (2 s less a call's expected
     # time): fit in ~3.5 s.
     assert failure.retry_after is not None and 2.5 <= failure.retry_after <= 4.5, failure

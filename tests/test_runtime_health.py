@@ -177,6 +177,10 @@ def test_a_stopped_child_is_killed_and_restarted_within_the_health_timeout(
     assert dead(victim)  # killed, not left frozen
     after = system.status()
     assert (back.restarts, node(after, "b").pid, node(after, "b").restarts) == (1, other, 0)
+    # counted as the health check's kill, and said so (/metrics and /readyz read these)
+    assert (back.health_kills, node(after, "b").health_kills) == (1, 0)
+    assert back.last_exit.startswith("killed by its health check: silent for"), back
+    assert back.escalations == 0
     # the replacement works (a frozen child is restarted like a crashed one, fresh state)
     located = system.ok(system.root, WhereIs("a"))
     assert system.ok(located.address, "count") == 1
@@ -284,6 +288,8 @@ def test_health_kills_count_toward_restart_intensity(
         what="the sub-supervisor restarted",
     )
     assert back.restarts == 1 and dead(leaf)
+    assert back.escalations == 1 and back.health_kills == 0, back
+    assert back.last_exit.startswith("escalated: restart intensity reached"), back
 
 
 def test_busy_workers_are_not_killed(

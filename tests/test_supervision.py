@@ -185,6 +185,7 @@ def test_intensity_exceeded_escalates_to_the_parent(
         assert system.ask(locate(system, "sub/w1"), "crash").error.code == "crashed"
         node = wait_restarted(system, old, {"w1"}, under="sub")
         assert (child(node, "w1").restarts, child(node, "w2").pid) == (attempt, old["w2"])
+        assert child(node, "w1").last_exit == "exited abnormally"
     tree = system.status()
     old_sub, old_workers = child(tree, "sub"), pids(child(tree, "sub"))
     for name in ("w2", "w3"):
@@ -206,6 +207,8 @@ def test_intensity_exceeded_escalates_to_the_parent(
 
     node = wait_for(sub_restarted, 5, what="the root to restart sub")
     assert node.pid != old_sub.pid and not alive(old_sub.pid)
+    assert (node.escalations, old_sub.escalations, old_sub.last_exit) == (1, 0, "")
+    assert node.last_exit.startswith("escalated: restart intensity reached"), node
     # sub stopped its live children in reverse order, exited, and came back with fresh ones
     assert events(path, mark) == [
         "stop w1",
@@ -217,7 +220,7 @@ def test_intensity_exceeded_escalates_to_the_parent(
     ]
     for worker in node.children:
         assert worker.pid != old_workers[worker.name] and not alive(old_workers[worker.name])
-        assert worker.restarts == 0
+        assert worker.restarts == 0 and worker.last_exit == ""  # a fresh supervisor's counts
     for name in ("w1", "w2", "w3"):
         assert system.ok(locate(system, f"sub/{name}"), "count") == 1
 

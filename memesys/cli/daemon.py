@@ -43,6 +43,7 @@ from actors.system import (
 )
 from memesys.cli.cache_reader import CacheReader
 from memesys.cli.data_lock import DataDirLock, StartRefused
+from memesys.cli.shared_metrics import reader as shared_metrics_reader
 from memesys.cli.version import version
 from memesys.cli.watchdog import SystemWatch
 from memesys.config import Config, ConfigError, GatewayConfig, load_layers
@@ -53,7 +54,6 @@ from memesys.http.app import Gateway
 from memesys.http.client_limits import ClientLimits
 from memesys.http.engines import Split, TreeEngine
 from memesys.inprocess.engine import InProcessEngine
-from memesys.llm.metrics import reader as llm_metrics_reader
 from memesys.pipeline.program import ProgramError, load_configured
 from memesys.storage.connection import CLIENT_TIMEOUT_S
 from memesys.storage.durability import report as report_durability
@@ -216,7 +216,7 @@ class Daemon:
             gateway_cfg,
             directory,
             generation_slots=Capacities.of(self.cfg).generation_slots,
-            llm_metrics=llm_metrics_reader(self.redis_url, prefix),
+            shared_metrics=shared_metrics_reader(self.redis_url, prefix),
             engines=engines(self.cfg, TreeEngine(directory), inprocess),
             look_up=cache.look_up,
             events=TaskEvents(self.redis_url, prefix, REDIS_CONNECT_S),

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from actors.bridge import Directory, RemoteFailure
-from actors.messages import Ping
+from actors.messages import Ping, StatusQuery, TreeStatus
 from memesys.config import GatewayConfig
 from memesys.domain.formats import catalogue_json
 from memesys.domain.ids import valid_id
@@ -61,6 +61,7 @@ from memesys.http.schemas import (
 )
 from memesys.http.single_flight import SingleFlight
 from memesys.http.spans import traced
+from memesys.http.tree_metrics import TreeSeries, troubles
 from memesys.http.validation import (
     InvalidField,
     MalformedJson,
@@ -71,12 +72,16 @@ from memesys.http.validation import (
     shown,
 )
 from memesys.telemetry.tracing import current_trace_id
-from memesys.tree.paths import LEDGER, STORE
+from memesys.tree.paths import LEDGER, ROOT, STORE
 
 log = logging.getLogger("memesys.http")
 
 READY_TIMEOUT_S = 2.0
 METRICS_STORE_TIMEOUT_S = 0.5  # /metrics asks the store how it is, briefly
+# /metrics and /readyz ask the root for the tree: it answers within its budget whatever its
+# children do (a child late to answer is "unresponsive"); the ask's own bound is a bit longer.
+TREE_BUDGET_S = 0.8
+TREE_TIMEOUT_S = 1.0
 STORE_TIMEOUT_S = 5.0
 # An image's URL names one meme's picture, which never changes: a year, the longest HTTP allows.
 IMAGE_CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -92,7 +97,7 @@ class Gateway:
         cfg: GatewayConfig,
         directory: Directory,
         generation_slots: int | None = None,
-        llm_metrics: Callable[[], str] | None = None,
+        shared_metrics: Callable[[], str] | None = None,
         engines: Split | None = None,
         look_up: LookUp | None = None,
         events: EventSource | None = None,
@@ -101,8 +106,9 @@ class Gateway:
     ) -> None:
         """``generation_slots``: the memes the tree makes at once (its generators' capacity);
         synchronous meme requests past it wait in the gateway's queue instead of being
-        refused inside the tree. None: ``max_in_flight``. ``llm_metrics``: the LLM client
-        layer's series, gathered from every worker process (read in a thread, briefly).
+        refused inside the tree. None: ``max_in_flight``. ``shared_metrics``: the series kept
+        in Redis (the LLM client layer's, from every worker process; the task queue's), read
+        in a thread, briefly.
         ``engines``: which engine makes each synchronous meme (None: the tree, always).
         ``look_up``: what a maker does first (the cache for a meme, the store's health for a
         fresh one), done on Redis before any engine is asked (None: the engine does it).
@@ -112,7 +118,7 @@ class Gateway:
         "required"); ``client_limits``: the shared per-client limit (needed when
         ``cfg.client_rate_per_minute`` is set)."""
         self.cfg = cfg
-        self.llm_metrics = llm_metrics
+        self.shared_metrics = shared_metrics
         self.directory = directory
         self.engines = engines or Split(TreeEngine(directory))
         self.look_up = look_up
@@ -159,6 +165,14 @@ class Gateway:
             "records quarantined because they did not parse or validate",
             lambda: self.quarantined,
         )
+        self.shared_read = 0.0
+        self.metrics.gauge(
+            "memesys_redis_series_read",
+            "1 if this scrape read the series kept in Redis (LLM, task queue) in time, else 0",
+            lambda: self.shared_read,
+        )
+        self.tree_series = TreeSeries()  # the tree as the last /metrics read it
+        self.metrics.registry.register(self.tree_series)
 
     def server_options(self) -> dict[str, Any]:
         """aiohttp server settings for ``web.AppRunner(app, **options)``. aiohttp's own idle
@@ -430,48 +444,79 @@ class Gateway:
             self.quarantined = sum(n for _, n in state.quarantined)
         return state
 
+    async def _tree(self) -> TreeStatus | None:
+        """The whole tree from the root, within :data:`TREE_TIMEOUT_S`; None if it did not
+        answer in time (restarting, hung, gone)."""
+        try:
+            tree = await self.directory.bridge.ask(
+                self.directory.root, StatusQuery(TREE_BUDGET_S), TREE_TIMEOUT_S
+            )
+        except RemoteFailure:
+            return None
+        return tree if isinstance(tree, TreeStatus) else None
+
+    async def _check(self, name: str, ask: Awaitable[object]) -> str:
+        try:
+            answer = await ask
+        except RemoteFailure as exc:
+            code, message = public_failure(exc.failure.code, exc.failure.message, f"readyz {name}")
+            return f"{code.value}: {message}"
+        if answer:
+            return "ok"
+        return f"down: {answer.reason}" if isinstance(answer, StoreState) else "failing"
+
     async def readyz(self, request: web.Request) -> web.Response:
-        checks: dict[str, str] = {}
-        for name, ask in (
-            (
-                "actors",
-                lambda: self.directory.bridge.ask(self.directory.root, Ping(), READY_TIMEOUT_S),
+        """Ready: the root answers and the store reaches Redis. ``subtrees``: the parts of the
+        tree that do not run (restarting, escalated, unresponsive) and why each last exited;
+        they do not make the daemon unready by themselves (a pool's other workers serve)."""
+        actors, store, tree = await asyncio.gather(
+            self._check(
+                "actors", self.directory.bridge.ask(self.directory.root, Ping(), READY_TIMEOUT_S)
             ),
-            ("store", lambda: self._store_health(READY_TIMEOUT_S)),
-        ):
-            try:
-                answer = await ask()
-                checks[name] = (
-                    "ok"
-                    if answer
-                    else f"down: {answer.reason}"
-                    if isinstance(answer, StoreState)
-                    else "failing"
-                )
-            except RemoteFailure as exc:
-                code, message = public_failure(
-                    exc.failure.code, exc.failure.message, f"readyz {name}"
-                )
-                checks[name] = f"{code.value}: {message}"
+            self._check("store", self._store_health(READY_TIMEOUT_S)),
+            self._tree(),
+        )
+        checks = {"actors": actors, "store": store}
+        subtrees = troubles(tree) if tree is not None else []
+        if tree is None:
+            reason = f"its status did not arrive within {TREE_TIMEOUT_S:g} s"
+            subtrees = [{"path": ROOT, "state": "unresponsive", "reason": reason}]
         ready = all(v == "ok" for v in checks.values())
         return web.json_response(
-            {"status": "ready" if ready else "not_ready", "checks": checks},
+            {"status": "ready" if ready else "not_ready", "checks": checks, "subtrees": subtrees},
             status=200 if ready else 503,
         )
 
-    async def metrics_text(self, request: web.Request) -> web.Response:
+    async def _shared_text(self) -> str:
+        """The series kept in Redis (a registry of their own), or "" if Redis does not answer
+        in time (the rest of /metrics is still served)."""
+        self.shared_read, text = 0.0, ""
+        if self.shared_metrics is None:
+            return text
+        try:
+            text = await asyncio.wait_for(
+                asyncio.to_thread(self.shared_metrics), METRICS_STORE_TIMEOUT_S
+            )
+        except Exception as exc:  # Redis unreachable or slow
+            log.debug("the series kept in Redis are not shown: %s", exc)
+        else:
+            self.shared_read = 1.0
+        return text
+
+    async def _store_up(self) -> None:
         try:
             await self._store_health(METRICS_STORE_TIMEOUT_S)
         except RemoteFailure:
             pass  # shown as memesys_store_up 0
-        text = self.metrics.render()
-        if self.llm_metrics is not None:
-            try:  # the workers' series, gathered through Redis: a registry of their own
-                text += await asyncio.wait_for(
-                    asyncio.to_thread(self.llm_metrics), METRICS_STORE_TIMEOUT_S
-                )
-            except Exception as exc:  # Redis unreachable or slow: the rest is still served
-                log.debug("llm metrics not shown: %s", exc)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        """Every series of the daemon in one scrape: the gateway's, the tree's (asked of the
+        root), those kept in Redis; each part bounded, so a scrape answers while the tree
+        restarts (``memesys_tree_status_read`` 0) or Redis is away."""
+        _, self.tree_series.tree, shared = await asyncio.gather(
+            self._store_up(), self._tree(), self._shared_text()
+        )
+        text = self.metrics.render() + shared
         return web.Response(
             body=text.encode(),
             headers={"Content-Type": CONTENT_TYPE, "X-Content-Type-Options": "nosniff"},

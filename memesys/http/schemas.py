@@ -449,10 +449,24 @@ class Checks(TypedDict):
     store: Annotated[str, Field(description='"ok", "down: <reason>", or a contract error')]
 
 
+class Subtree(TypedDict):
+    """A part of the actor tree that does not run (the topmost one: what is under it is down
+    with it)."""
+
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    path: Annotated[str, Field(description='its path from the root, e.g. "memesys/generator"')]
+    state: Annotated[str, Field(description="restarting, dead, starting, stopping or unresponsive")]
+    reason: Annotated[str, Field(description='why it last exited abnormally ("" if unknown)')]
+
+
 class Readiness(TypedDict):
     __pydantic_config__ = _SHAPE  # type: ignore[misc]
     status: Literal["ready", "not_ready"]
     checks: Checks
+    subtrees: Annotated[
+        list[Subtree],
+        Field(description="the parts of the tree that do not run; they leave the daemon ready"),
+    ]
 
 
 # -- the document -------------------------------------------------------------------------------

@@ -20,9 +20,15 @@ Series (``model`` is ``<host:port>/<model>``):
 - ``memesys_llm_limiter_waits_total{model}``, ``memesys_llm_limiter_wait_seconds_total{model}``,
   ``memesys_llm_limiter_refusals_total{model}``, ``memesys_llm_limiter_local_total{model}``
   (switches to the local share while Redis is unreachable),
-  ``memesys_llm_limiter_lowered_total{model}`` (provider 429s that lowered the shared rate);
+  ``memesys_llm_limiter_lowered_total{model}`` (provider 429s that lowered the shared rate),
+  ``memesys_llm_schedule_refusals_total{model,lane}`` (memes refused at admission: their
+  calls did not fit the shared schedule; ``lane`` interactive or background);
 - ``memesys_llm_tokens_total{model}``, ``memesys_llm_cost_usd_total{model}``;
-- ``memesys_llm_fallbacks_total{model,to}``.
+- ``memesys_llm_fallbacks_total{model,to}``;
+- ``memesys_llm_hedges_total{model,won}``, ``memesys_llm_hedges_refused_total{model,why}``.
+
+Provider 429s are ``memesys_llm_attempts_total{outcome="rate_limited"}``. Every family of
+:data:`HELP` is in every scrape, empty until a process counts in it.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import cast
 
 import redis
@@ -59,6 +65,10 @@ HELP = {
     "memesys_llm_limiter_waits_total": (COUNTER, "calls that waited for a rate-limit slot"),
     "memesys_llm_limiter_wait_seconds_total": (COUNTER, "seconds waited for slots"),
     "memesys_llm_limiter_refusals_total": (COUNTER, "calls refused: no slot before the deadline"),
+    "memesys_llm_schedule_refusals_total": (
+        COUNTER,
+        "memes refused at admission: their calls did not fit the shared schedule (none sent)",
+    ),
     "memesys_llm_limiter_local_total": (
         COUNTER,
         "switches to the local share (Redis unreachable)",
@@ -70,6 +80,24 @@ HELP = {
     "memesys_llm_tokens_total": (COUNTER, "tokens the provider reported"),
     "memesys_llm_cost_usd_total": (COUNTER, "estimated cost from [llm] prices"),
     "memesys_llm_fallbacks_total": (COUNTER, "calls moved to a fallback model"),
+    "memesys_llm_hedges_total": (
+        COUNTER,
+        "hedged attempts: a second copy of a slow call (won: which copy answered first)",
+    ),
+    "memesys_llm_hedges_refused_total": (
+        COUNTER,
+        "hedges not sent (why: budget spent, or no free send time in the schedule)",
+    ),
+}
+# The label names of each family (a family no process has counted yet is shown empty).
+LABELS = {
+    "memesys_llm_breaker_transitions_total": ("model", "to"),
+    "memesys_llm_calls_total": ("model", "outcome"),
+    "memesys_llm_attempts_total": ("model", "outcome"),
+    "memesys_llm_fallbacks_total": ("model", "to"),
+    "memesys_llm_hedges_total": ("model", "won"),
+    "memesys_llm_hedges_refused_total": ("model", "why"),
+    "memesys_llm_schedule_refusals_total": ("model", "lane"),
 }
 
 
@@ -153,14 +181,6 @@ def recorder_for(redis_url: str, key_prefix: str) -> Recorder:
         return found
 
 
-def reader(redis_url: str, key_prefix: str) -> Callable[[], str] | None:
-    """What the gateway calls for the LLM series (None without Redis)."""
-    if not redis_url:
-        return None
-    client = redis.Redis.from_url(redis_url, socket_timeout=0.3, socket_connect_timeout=0.3)
-    return lambda: render(client, key_prefix)
-
-
 def render(client: redis.Redis | None, key_prefix: str) -> str:
     """The Prometheus text of every process's counts (the gateway's /metrics)."""
     if client is None:
@@ -199,14 +219,19 @@ class SharedCounts(Collector):
                     break
             else:
                 counters[name][tuple(sorted(labels.items()))] = value
+        for name, (kind, _) in HELP.items():
+            if kind == COUNTER:
+                counters.setdefault(name, {})
+            else:
+                histograms.setdefault(name, defaultdict(dict))
         for name, series in sorted(counters.items()):
             help_text = HELP.get(name, (COUNTER, name))[1]
-            counter = CounterMetricFamily(name, help_text, labels=_names(series))
+            counter = CounterMetricFamily(name, help_text, labels=_names(name, series))
             for key, value in sorted(series.items()):
                 counter.add_metric([v for _, v in key], value)
             yield counter
         for name, parts_of in sorted(histograms.items()):
-            histogram = HistogramMetricFamily(name, HELP[name][1], labels=_names(parts_of))
+            histogram = HistogramMetricFamily(name, HELP[name][1], labels=_names(name, parts_of))
             for key, parts in sorted(parts_of.items()):
                 count = parts.get("_count", parts.get("+Inf", 0.0))
                 buckets = [(f"{bound:g}", parts.get(f"{bound:g}", 0.0)) for bound in BUCKETS_S]
@@ -225,6 +250,8 @@ class SharedCounts(Collector):
             yield breakers
 
 
-def _names(series: Mapping[tuple[tuple[str, str], ...], object]) -> list[str]:
+def _names(family: str, series: Mapping[tuple[tuple[str, str], ...], object]) -> list[str]:
     """The label names of a family's series (every series of a name has the same)."""
+    if not series:
+        return list(LABELS.get(family, ("model",)))
     return [name for name, _ in next(iter(series))]

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from memesys.errors import ErrorCode
 from memesys.llm.limiter import Limiter, NoSlot
+from memesys.llm.metrics import Recorder
 from memesys.llm.reservations import Booked
 from memesys.pipeline.errors import MemeFailed
 from memesys.pipeline.lm import LMHandle
@@ -65,21 +66,23 @@ def book(
     refuses keeps its times (unused, they only space the schedule a little): one
     provider+model is the common case."""
     calls: Counter[str] = Counter()
-    limiters: dict[str, Limiter] = {}
+    limiters: dict[str, tuple[Limiter, Recorder]] = {}
     for stage in stages:
         transport = handle_for(stage).transport
         limiter = None if transport is None else transport.bookable()
-        if limiter is not None:
+        if transport is not None and limiter is not None:
             calls[limiter.name] += 1
-            limiters[limiter.name] = limiter
+            limiters[limiter.name] = (limiter, transport.metrics)
     times: dict[str, list[float]] = {}
-    for name, limiter in limiters.items():
+    for name, (limiter, metrics) in limiters.items():
         max_wait = NO_DEADLINE_S if deadline is None else deadline - time.time()
         try:
             times[name] = limiter.book(
                 calls[name], max_wait - limiter.latency_s, not background, max_queue=within_s
             )
         except NoSlot as exc:
+            lane = "background" if background else "interactive"
+            metrics.add("memesys_llm_schedule_refusals_total", model=name, lane=lane)
             raise MemeFailed(
                 ErrorCode.LLM_RATE_LIMITED,
                 f"{name}: the provider's schedule has no room for this meme's "

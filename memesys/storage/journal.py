@@ -9,6 +9,11 @@ meme's key is made here and written by its first append (the sealing needs no ro
 An append that fails (Redis away) is logged once; the meme goes on: its ``completed`` event,
 written with the record by the store, expects the version the journal reached, so the log
 stays consistent, only with fewer progress events.
+
+This queue is the event log's only lag: every other event is appended with its projection in
+one script (:mod:`memesys.storage.eventlog`), so no projection is ever behind the log.
+:func:`backlog` tells how many events this process's journals recorded and have not appended
+yet, and how long the oldest has waited (a generator worker reports them with its status).
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
+import time
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -35,6 +44,25 @@ Runner = Callable[[Callable[[], T]], Awaitable[T]]
 
 async def in_thread(fn: Callable[[], T]) -> T:
     return await asyncio.to_thread(fn)
+
+
+_lock = threading.Lock()  # the journals are written in the event loop, read in the actor
+_waiting: dict[int, deque[float]] = {}  # id of a journal -> monotonic times of its queued
+
+
+def _forget(journal_id: int) -> None:
+    with _lock:
+        _waiting.pop(journal_id, None)
+
+
+def backlog() -> tuple[int, float]:
+    """This process's events recorded and not yet appended, and the seconds the oldest has
+    waited (0 when there is none). An event whose append failed is dropped, not waiting."""
+    now = time.monotonic()
+    with _lock:
+        events = sum(len(times) for times in _waiting.values())
+        oldest = min((times[0] for times in _waiting.values() if times), default=now)
+    return events, now - oldest
 
 
 class MemeJournal:
@@ -60,6 +88,8 @@ class MemeJournal:
         self.version = 0  # events appended
         self._flushing: asyncio.Future[None] | None = None
         self._failed = False
+        # a meme abandoned between its records and its save leaves nothing waiting
+        weakref.finalize(self, _forget, id(self))
 
     def record(
         self,
@@ -77,6 +107,8 @@ class MemeJournal:
             )
         self._recorded += 1
         self._queued.append(event)
+        with _lock:
+            _waiting.setdefault(id(self), deque()).append(time.monotonic())
         if now and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush())
 
@@ -89,6 +121,7 @@ class MemeJournal:
                 await self._run(call)
             except (StoreError, redis.RedisError, OSError) as exc:
                 self._failed = True
+                self._done_waiting()
                 log.warning(
                     "%s: %d progress events not appended to the event log (%s); the meme goes on",
                     self.entity,
@@ -97,6 +130,12 @@ class MemeJournal:
                 )
                 return
             self.version += len(batch)
+            with _lock:
+                times = _waiting.get(id(self), deque())
+                for _ in range(min(len(batch), len(times))):
+                    times.popleft()
+                if not times:
+                    _waiting.pop(id(self), None)
 
     async def settled(self) -> tuple[int, tuple[Any, ...]]:
         """Wait for the appends under way; the meme's version (events appended) and the events
@@ -107,7 +146,11 @@ class MemeJournal:
         if not self.version and not self._failed:
             await self._flush()  # the meme's key goes with its first append: not the store's
         events, self._queued = tuple(self._queued), []
+        self._done_waiting()  # what is left goes with the store's write of the record
         return self.version, events
+
+    def _done_waiting(self) -> None:
+        _forget(id(self))
 
     @property
     def key_write(self) -> tuple[str, str, bytes, str]:

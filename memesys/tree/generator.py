@@ -38,6 +38,7 @@ from actors.bridge import RemoteFailure
 from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.domain.engines import ACTORS
+from memesys.domain.gauges import EVENTLOG_PENDING_AGE, EVENTLOG_PENDING_EVENTS
 from memesys.domain.messages import GenerateMeme, RenderMeme
 from memesys.errors import ErrorCode
 from memesys.llm import reservations
@@ -49,7 +50,7 @@ from memesys.pipeline.making import MemeMaker, SaveMeme
 from memesys.pipeline.placements import ParallelStages
 from memesys.pipeline.scoring import Scores
 from memesys.pipeline.verification import VERIFIERS, Verdict
-from memesys.storage.journal import MemeJournal
+from memesys.storage.journal import MemeJournal, backlog
 from memesys.storage.memes import MemeStore
 from memesys.telemetry import tracing
 from memesys.tree.judging import JudgeDraft, Judgements, StageJudgement
@@ -155,6 +156,11 @@ class GeneratorWorker(AsyncActor):
         finally:
             self.store.close()
             tracing.stop()
+
+    def gauges(self) -> tuple[tuple[str, float], ...]:
+        """The event log's lag in this worker: its journals' events not yet appended."""
+        events, oldest_s = backlog()
+        return ((EVENTLOG_PENDING_EVENTS, events), (EVENTLOG_PENDING_AGE, oldest_s))
 
     def handle(self, payload: Any) -> Any:
         if isinstance(payload, GenerateMeme):

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from actors.bridge import RemoteFailure
-from actors.messages import Failure, Ping, Pong
+from actors.messages import Failure, Ping, Pong, StatusQuery, TreeStatus
 from memesys.config import load
 from memesys.domain.messages import StoreHealth
 from memesys.errors import ErrorCode
@@ -69,7 +69,11 @@ class FakeDirectory:
         self.root = ROOT
         self.bridge = FakeBridge(self)
         self.asked: list[tuple[str, Any, float, bool]] = []
-        self.scripts: dict[type, Any] = {Ping: Pong("memesys", 1), StoreHealth: True}
+        self.scripts: dict[type, Any] = {
+            Ping: Pong("memesys", 1),
+            StoreHealth: True,
+            StatusQuery: TreeStatus("memesys", "rest_for_one", ()),
+        }
 
     def script(self, message: type, answer: Any) -> None:
         self.scripts[message] = answer
