@@ -13,6 +13,7 @@ ENTRY_POINTS = {
     "bench/pipeline.py",
     "bench/llm.py",
     "bench/provider.py",
+    "bench/telemetry.py",
     "bench/profile_stage_call.py",
     "tests/conftest.py",
 }
