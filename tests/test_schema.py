@@ -13,9 +13,13 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 
+from memesys.domain.events import TASK_QUEUED, TASK_RUNNING
+from memesys.domain.progress import ENDS
 from memesys.http import schemas
 from memesys.http.app import Gateway
+from memesys.http.page import Page
 from memesys.http.schemas import openapi_document
+from memesys.storage.progress import MEME_SHOWN
 from tests.support.daemon import DaemonProcess, wait_task
 from tests.support.gateway import GATEWAY, FakeDirectory
 
@@ -40,6 +44,30 @@ def test_the_document_declares_exactly_the_gateways_routes() -> None:
     }
     documented = {(m, p) for p, ops in DOCUMENT["paths"].items() for m in ops}
     assert served == documented
+
+
+def event_data(document: dict) -> dict[str, dict]:
+    """Each event type of a task's stream -> the schema of its data (a branch of TaskEvent)."""
+    stream = document["paths"]["/v1/tasks/{id}/events"]["get"]["responses"]["200"]["content"]
+    assert stream["text/event-stream"]["schema"] == {"$ref": "#/components/schemas/TaskEvent"}
+    return {
+        branch["properties"]["event"]["const"]: branch["properties"]["data"]["contentSchema"]
+        for branch in document["components"]["schemas"]["TaskEvent"]["oneOf"]
+    }
+
+
+def test_the_stream_declares_the_data_of_every_event_type_it_sends() -> None:
+    """A schema for each type the log's reader and the gateway send, and no other."""
+    declared = event_data(DOCUMENT)
+    assert set(declared) == {TASK_QUEUED, TASK_RUNNING, *MEME_SHOWN, *ENDS}
+    names = {ref["$ref"].removeprefix("#/components/schemas/") for ref in declared.values()}
+    assert names <= set(DOCUMENT["components"]["schemas"])
+
+
+def test_the_static_names_are_exactly_the_files_served_there() -> None:
+    name = DOCUMENT["paths"]["/static/{name}"]["get"]["parameters"][0]
+    assert name["in"] == "path" and name["name"] == "name"
+    assert set(name["schema"]["enum"]) == set(Page().assets) - {"index.html"}
 
 
 def _objects(schema: Any) -> Iterator[dict]:
@@ -271,15 +299,121 @@ def test_every_served_shape_is_the_documents(daemon, served) -> None:
     conforms(doc, daemon.request("GET", "/readyz"), "/readyz", "get")
     conforms(doc, daemon.request("GET", "/openapi.json"), "/openapi.json", "get")
     conforms(doc, daemon.request("GET", "/metrics"), "/metrics", "get", "text/plain")
-    conforms(doc, daemon.request("GET", "/"), "/", "get", "text/html")
+    page = daemon.request("GET", "/")
+    conforms(doc, page, "/", "get", "text/html")
+    conforms(
+        doc, daemon.request("GET", "/", headers={"If-None-Match": page[1]["ETag"]}), "/", "get"
+    )
     # erased: gone
     conforms(doc, daemon.request("DELETE", f"/v1/memes/{meme_id}"), "/v1/memes/{id}", "delete")
     gone = conforms(doc, daemon.request("GET", f"/v1/memes/{meme_id}"), "/v1/memes/{id}", "get")
     assert gone["error"]["code"] == "not_found"
 
 
+def messages(raw: bytes) -> list[dict[str, str]]:
+    """A whole event stream's messages, each its fields as sent (keep-alive comments aside)."""
+    blocks = raw.decode().split("\n\n")
+    assert blocks[-1] == "", "the stream ends after a whole message"
+    found = [
+        dict(line.split(": ", 1) for line in block.splitlines() if line[0] != ":")
+        for block in blocks[:-1]
+    ]
+    return [message for message in found if message]
+
+
+def stream_conforms(document: dict, daemon: DaemonProcess, task_id: str) -> list[str]:
+    """The whole stream of a finished task is the document's: its answer, each message a
+    TaskEvent, and its data the schema of its type. Returns the types, in order."""
+    answer = daemon.request("GET", f"/v1/tasks/{task_id}/events")
+    raw = conforms(document, answer, "/v1/tasks/{id}/events", "get", "text/event-stream")
+    shown = messages(raw)
+    assert [m["id"] for m in shown] == [str(n) for n in range(1, len(shown) + 1)]
+    message = {"$ref": "#/components/schemas/TaskEvent", "components": document["components"]}
+    declared = event_data(document)
+    for m in shown:
+        problems = [e.message for e in Draft202012Validator(message).iter_errors(m)]
+        assert not problems, (m, problems[:3])
+        schema = {**declared[m["event"]], "components": document["components"]}
+        errors = sorted(Draft202012Validator(schema).iter_errors(json.loads(m["data"])), key=str)
+        assert not errors, f"message {m['id']} ({m['event']}): " + "\n".join(
+            f"{list(e.absolute_path)}: {e.message}" for e in errors[:10]
+        )
+    return [m["event"] for m in shown]
+
+
+def cancelled_task(document: dict, daemon: DaemonProcess) -> dict:
+    """A task cancelled while its meme is made. The cancel races the offline writer (a meme in
+    a fraction of a second): each try's answer is the document's, a 202 or, when the meme won,
+    a 409; tried until a cancel wins."""
+    for n in range(10):
+        status, accepted = daemon.json(
+            "POST", "/v1/memes?async=true", {"topic": f"schema cancel {n}", "fresh": True}
+        )
+        assert status == 202, accepted
+        answer = daemon.request("DELETE", accepted["status_url"])
+        body = conforms(document, answer, "/v1/tasks/{id}", "delete")
+        if answer[0] == 202:
+            return body
+        assert body["error"]["code"] == "task_finished", body
+    pytest.fail("no cancel of 10 won its race with the offline writer")
+
+
+@pytest.mark.slow
+@pytest.mark.store
+def test_the_task_routes_answers_are_the_documents(daemon, served) -> None:
+    doc = served
+    # a task that succeeded: its whole story; it cannot be cancelled any more
+    made = daemon.json("POST", "/v1/memes?async=true", {"topic": "schema stream", "fresh": True})
+    task_id = made[1]["task_id"]
+    assert wait_task(daemon, task_id)["status"] == "succeeded"
+    types = stream_conforms(doc, daemon, task_id)
+    assert types[:2] == [TASK_QUEUED, TASK_RUNNING] and types[-1] == "completed", types
+    assert {"format_chosen", "caption_written", "verdict", "scored", "rendered"} <= set(types)
+    finished = conforms(
+        doc, daemon.request("DELETE", f"/v1/tasks/{task_id}"), "/v1/tasks/{id}", "delete"
+    )
+    assert finished["error"]["code"] == "task_finished"
+    # a task refused: its stream ends with the task's error
+    status, refused = daemon.json(
+        "POST", "/v1/memes?async=1", {"topic": "how to stab my neighbour"}
+    )
+    assert status == 202
+    assert wait_task(daemon, refused["task_id"])["status"] == "failed"
+    assert stream_conforms(doc, daemon, refused["task_id"])[-1] == "failed"
+    # a task cancelled: 202 with it, readable, its stream ends with cancelled
+    cancelled = cancelled_task(doc, daemon)
+    assert (cancelled["status"], cancelled["stage"], cancelled["progress"]) == (
+        "cancelled",
+        "done",
+        1.0,
+    )
+    task = conforms(
+        doc, daemon.request("GET", f"/v1/tasks/{cancelled['task_id']}"), "/v1/tasks/{id}", "get"
+    )
+    assert task["status"] == "cancelled"
+    assert stream_conforms(doc, daemon, cancelled["task_id"])[-1] == "cancelled"
+    # resumed after the first message: the rest
+    resumed = daemon.request("GET", f"/v1/tasks/{task_id}/events", headers={"Last-Event-ID": "1"})
+    rest = conforms(doc, resumed, "/v1/tasks/{id}/events", "get", "text/event-stream")
+    assert [m["event"] for m in messages(rest)] == types[1:]
+
+
+@pytest.mark.slow
+@pytest.mark.store
+def test_the_page_files_are_the_documents(daemon, served) -> None:
+    static = "/static/{name}"
+    names = served["paths"][static]["get"]["parameters"][0]["schema"]["enum"]
+    for name in names:
+        answer = daemon.request("GET", f"/static/{name}")
+        media = answer[1]["Content-Type"].split(";")[0]
+        assert conforms(served, answer, static, "get", media) != b""
+        current = {"If-None-Match": answer[1]["ETag"]}
+        conforms(served, daemon.request("GET", f"/static/{name}", headers=current), static, "get")
+
+
 TEXT = {"Content-Type": "text/plain"}
 PNG = {"Accept": "image/png"}
+FAR = {"Last-Event-ID": "12345678"}  # 8 digits: past any event id
 
 
 @pytest.mark.slow
@@ -290,6 +424,12 @@ PNG = {"Accept": "image/png"}
         ("POST", "/v1/memes", b'{"topic": ', {}, 400, "malformed_json"),
         ("GET", "/v1/memes/nobody", None, {}, 404, "not_found"),
         ("GET", "/v1/tasks/nothing", None, {}, 404, "not_found"),
+        ("DELETE", "/v1/tasks/nothing", None, {}, 404, "not_found"),
+        ("GET", "/v1/tasks/nothing/events", None, {}, 404, "not_found"),
+        ("GET", "/v1/tasks/nothing/events?last_event_id=x", None, {}, 422, "invalid_field"),
+        ("GET", "/v1/tasks/nothing/events", None, FAR, 422, "invalid_field"),
+        ("GET", "/static/missing.js", None, {}, 404, "not_found"),
+        ("GET", "/static/index.html", None, {}, 404, "not_found"),
         ("GET", "/v1/memes/nobody/image.png", None, {}, 404, "not_found"),
         ("DELETE", "/v1/memes/nobody", None, {}, 404, "not_found"),
         ("PUT", "/v1/memes", b"{}", {}, 405, "method_not_allowed"),

@@ -122,3 +122,35 @@ async def test_delete_answers_202_with_the_cancelled_task(client, directory) -> 
     finished = await client.delete(f"/v1/tasks/{TASK}")
     assert finished.status == 409
     assert (await finished.json())["error"]["code"] == "task_finished"
+
+
+@pytest.mark.parametrize(
+    "headers, query, field",
+    [
+        ({"Last-Event-ID": "twelve"}, "", "Last-Event-ID"),
+        ({"Last-Event-ID": "12345678"}, "", "Last-Event-ID"),  # 8 digits: past any event id
+        ({"Last-Event-ID": "-1"}, "", "Last-Event-ID"),
+        ({"Last-Event-ID": "٣"}, "", "Last-Event-ID"),  # a digit, not an ASCII one
+        ({"Last-Event-ID": ""}, "", "Last-Event-ID"),
+        ({}, "?last_event_id=%205", "last_event_id"),
+        ({}, "?last_event_id=", "last_event_id"),
+        ({"Last-Event-ID": "2"}, "?last_event_id=x", "last_event_id"),  # each one sent: valid
+    ],
+)
+async def test_a_resume_id_the_document_does_not_allow_is_422(client, headers, query, field):
+    """What the document declares of Last-Event-ID and last_event_id (1 to 7 ASCII digits,
+    schemas.EVENT_ID_PATTERN) is what the stream accepts, each one whatever the other says."""
+    encoded = {k: v.encode().decode("latin-1") for k, v in headers.items()}
+    response = await client.get(f"/v1/tasks/{TASK}/events{query}", headers=encoded)
+    assert response.status == 422
+    body = await response.json()
+    assert body["error"]["code"] == "invalid_field" and body["error"]["field"] == field
+
+
+async def test_the_header_wins_over_the_query(client) -> None:
+    both = await client.get(
+        f"/v1/tasks/{TASK}/events?last_event_id=1", headers={"Last-Event-ID": "2"}
+    )
+    assert (await both.text()).startswith("id: 3\nevent: completed\n")
+    query = await client.get(f"/v1/tasks/{TASK}/events?last_event_id=0000001")
+    assert (await query.text()).startswith("id: 2\nevent: task_running\n")

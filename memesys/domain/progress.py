@@ -10,6 +10,9 @@ from typing import Any
 COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
 ENDS = frozenset({COMPLETED, FAILED, CANCELLED})
 """The task's last message: the stream ends after it."""
+EVENT_ID_PATTERN = "[0-9]{1,7}"
+"""A message's position as a client sends it back to resume after it (``Last-Event-ID``,
+``?last_event_id=``): ASCII digits, at most 7 (far more messages than a task has)."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
 
 from aiohttp import web
 
+from memesys.http.assets import INDEX, OTHER_TYPE, files, media_type
 from memesys.http.validation import known_etags
 
 # blob: for the images, which the page fetches with its token (an <img src> cannot send one).
@@ -31,13 +31,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-INDEX = "index.html"
-TYPES = {
-    ".html": "text/html",
-    ".js": "text/javascript",
-    ".css": "text/css",
-    ".svg": "image/svg+xml",
-}
 
 
 @dataclass(frozen=True)
@@ -50,12 +43,9 @@ class Asset:
 def _load() -> dict[str, Asset]:
     """Every file of the static folder, by name."""
     assets = {}
-    for entry in resources.files("memesys.http").joinpath("static").iterdir():
-        if entry.is_file() and not entry.name.startswith("."):
-            body = entry.read_bytes()
-            suffix = "." + entry.name.rsplit(".", 1)[-1]
-            content_type = TYPES.get(suffix, "application/octet-stream")
-            assets[entry.name] = Asset(body, content_type, hashlib.sha256(body).hexdigest())
+    for name, entry in files().items():
+        body = entry.read_bytes()
+        assets[name] = Asset(body, media_type(name), hashlib.sha256(body).hexdigest())
     return assets
 
 
@@ -85,7 +75,7 @@ class Page:
         known = known_etags(request.headers.get("If-None-Match"))
         if asset.etag in known or "*" in known:
             return web.Response(status=304, headers=headers)
-        charset = "utf-8" if asset.content_type != "application/octet-stream" else None
+        charset = "utf-8" if asset.content_type != OTHER_TYPE else None
         return web.Response(
             body=asset.body, content_type=asset.content_type, charset=charset, headers=headers
         )

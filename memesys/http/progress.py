@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from memesys.config import GatewayConfig
 from memesys.domain.ids import valid_id
-from memesys.domain.progress import CANCELLED, COMPLETED, ENDS, FAILED, Shown
+from memesys.domain.progress import CANCELLED, COMPLETED, ENDS, EVENT_ID_PATTERN, FAILED, Shown
 from memesys.errors import ErrorCode, MemesysError
 from memesys.http.responses import error, public_failure
 from memesys.http.validation import shown
@@ -33,7 +34,6 @@ from memesys.http.validation import shown
 log = logging.getLogger("memesys.http.progress")
 
 KEEP_ALIVE = b": keep-alive\n\n"
-MAX_LAST_EVENT_ID = 1_000_000  # far more messages than a task has
 
 FetchTask = Callable[[str], Awaitable[dict[str, Any] | None]]
 
@@ -142,11 +142,17 @@ def _ending(task_id: str, task: dict[str, Any] | None) -> tuple[str, dict[str, A
 
 def _last_event_id(request: web.Request) -> int | web.Response:
     """Where to resume: the ``Last-Event-ID`` header, else ``?last_event_id=``; 0: from the
-    start."""
-    raw = request.headers.get("Last-Event-ID", request.query.get("last_event_id", "0")).strip()
-    if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_LAST_EVENT_ID:
-        return error(
-            ErrorCode.INVALID_FIELD,
-            f"last_event_id: must be an event id of this stream, not {shown(raw)}",
-        )
-    return int(raw)
+    start. Each one sent must be an event id (:data:`EVENT_ID_PATTERN`), the overridden query
+    too: what the document declares of each parameter holds whatever the other says."""
+    sent = {
+        "Last-Event-ID": request.headers.get("Last-Event-ID"),
+        "last_event_id": request.query.get("last_event_id"),
+    }
+    for name, raw in sent.items():
+        if raw is not None and not re.fullmatch(EVENT_ID_PATTERN, raw):
+            return error(
+                ErrorCode.INVALID_FIELD,
+                f"{name}: must be an event id of this stream, not {shown(raw)}",
+                field=name,
+            )
+    return int(next((raw for raw in sent.values() if raw is not None), "0"))

@@ -8,8 +8,13 @@ Responses are ``TypedDict`` shapes with ``extra="forbid"``: the document says ex
 fields are served at every depth, and tests/test_schema.py checks real answers against it. They
 are not validated when served: the hot path builds its dicts once (see :mod:`..pipeline.record`).
 
+A task's event stream is declared one message at a time (``TaskEvent``: its ``data`` is JSON
+of its event type's own shape), as OpenAPI 3.2's ``itemSchema`` does and as schemathesis reads
+a 3.1 document's ``text/event-stream`` schema, so both the schema test and the fuzzer check
+every message served.
+
 A route's entry in :data:`OPERATIONS` is its whole documentation (parameters, body, answers,
-headers); adding a route to the document is adding one :class:`Operation` there.
+headers, links); adding a route to the document is adding one :class:`Operation` there.
 """
 
 import functools
@@ -21,9 +26,12 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
+from memesys.domain import events
 from memesys.domain.formats import CATALOGUE
 from memesys.domain.ids import CURSOR_PATTERN, ID_PATTERN
+from memesys.domain.progress import CANCELLED, COMPLETED, EVENT_ID_PATTERN, FAILED
 from memesys.errors import ErrorCode
+from memesys.http import assets
 
 MAX_LABEL_CHARS = 100
 MAX_SEED = 2**31 - 1
@@ -387,13 +395,18 @@ class Error(TypedDict):
     error: ErrorDetail
 
 
+# A task's stage: "queued"; while it runs, the last stage its meme reached; "done" once finished.
+TaskStage = Literal.__getitem__(("queued", *events.STAGE_PROGRESS, "done"))
+_STAGES = ", ".join(f"{stage} {progress}" for stage, progress in events.STAGE_PROGRESS.items())
+
+
 class Task(TypedDict):
     __pydantic_config__ = _example(  # type: ignore[misc]
         {
             "task_id": "cAJsztTDxDU0ClYG",
             "status": "running",
-            "stage": "generating",
-            "progress": 0.5,
+            "stage": events.CAPTION_WRITTEN,
+            "progress": events.STAGE_PROGRESS[events.CAPTION_WRITTEN],
             "created_at": 1796537805.11,
             "updated_at": 1796537805.12,
         },
@@ -406,11 +419,33 @@ class Task(TypedDict):
             "updated_at": 1796537806.02,
             "meme": MEME_EXAMPLE,
         },
+        {
+            "task_id": "cAJsztTDxDU0ClYG",
+            "status": "cancelled",
+            "stage": "done",
+            "progress": 1.0,
+            "created_at": 1796537805.11,
+            "updated_at": 1796537805.47,
+        },
     )
     task_id: Annotated[str, Field(pattern=f"^{ID_PATTERN}$")]
-    status: Literal["queued", "running", "succeeded", "failed"]
-    stage: Literal["queued", "generating", "done"]
-    progress: Annotated[float, Field(ge=0, le=1)]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: Annotated[
+        TaskStage,  # type: ignore[valid-type]
+        Field(
+            description="queued; while it runs, the last stage its meme reached (started "
+            "before the first); done once it has succeeded, failed or been cancelled"
+        ),
+    ]
+    progress: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description=f"queued: 0; while it runs, the furthest stage's ({_STAGES}: a "
+            "refinement's second round of verdicts does not take it back); finished: 1.0",
+        ),
+    ]
     created_at: Seconds
     updated_at: Seconds
     meme: NotRequired[Annotated[Meme, Field(description="once succeeded (not once erased)")]]
@@ -469,20 +504,112 @@ class Readiness(TypedDict):
     ]
 
 
+# -- a task's event stream: each event type's data ---------------------------------------------
+
+RoundIndex = Annotated[
+    int, Field(ge=0, description="0: the first caption; n: the n-th refinement's")
+]
+Texts = Annotated[
+    dict[str, str] | None,
+    Field(description="the caption's texts by slot name; null once the meme is erased"),
+]
+Score = Annotated[float, Field(ge=0, le=1)]
+
+
+class EventEmpty(TypedDict):
+    """The data of task_queued, task_running and cancelled."""
+
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+
+
+class EventFormatChosen(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    format: Annotated[str, Field(description="its name in GET /v1/formats")]
+
+
+class EventCaptionWritten(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    format: str
+    texts: Texts
+
+
+class EventVerdict(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    round: RoundIndex
+    verifier: str
+    status: VerdictStatus
+    confidence: Score
+    reasons: Annotated[list[str] | None, Field(description="null once the meme is erased")]
+
+
+class EventScores(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    humor: Score
+    clarity: Score
+    creativity: Score
+    shareability: Score
+
+
+class EventScored(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    round: RoundIndex
+    overall: Score
+    scores: EventScores
+
+
+class EventRefined(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    round: Annotated[int, Field(ge=1)]
+    texts: Texts
+
+
+class EventRendered(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    bytes: Annotated[int, Field(ge=0, description="the PNG's size")]
+
+
+class EventCompleted(TypedDict):
+    __pydantic_config__ = _SHAPE  # type: ignore[misc]
+    meme: Annotated[
+        Meme | None,
+        Field(description="as GET /v1/memes/{id} serves it; null once the meme is erased"),
+    ]
+
+
+# Each event type of GET /v1/tasks/{id}/events, in the order they happen, and its data.
+EVENTS: dict[str, Any] = {
+    events.TASK_QUEUED: EventEmpty,
+    events.TASK_RUNNING: EventEmpty,
+    events.FORMAT_CHOSEN: EventFormatChosen,
+    events.CAPTION_WRITTEN: EventCaptionWritten,
+    events.VERDICT: EventVerdict,
+    events.SCORED: EventScored,
+    events.REFINED: EventRefined,
+    events.RENDERED: EventRendered,
+    COMPLETED: EventCompleted,
+    FAILED: ErrorDetail,  # the task's error, as GET /v1/tasks/{id} shows it
+    CANCELLED: EventEmpty,
+}
+
+
 # -- the document -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Operation:
-    """One route's documentation. ``answers``: status -> (shape or None, description[, media
-    type]); ``errors``: the statuses it may answer with the contract's error (every operation
-    may also answer :data:`ANY`, and :data:`SHED` unless ``operations``); ``headers``: status
-    -> the names of the :data:`HEADERS` it always sends."""
+    """One route's documentation. ``answers``: status -> (shape or None, description, media
+    types other than JSON...); ``errors``: the statuses it may answer with the contract's
+    error (every operation may also answer :data:`ANY`, and :data:`SHED` if ``admitted``);
+    ``headers``: status -> the names of the :data:`HEADERS` it sends ("?name": sometimes);
+    ``events``: an event stream's message component name and its event types -> the shape of
+    each one's data; ``links``: status -> the operations its answer's body names (OpenAPI
+    links, by name)."""
 
+    id: str  # its operationId
     method: str
     path: str
     summary: str
-    answers: Mapping[int, tuple[Any, str] | tuple[Any, str, str]]
+    answers: Mapping[int, tuple[Any, str, *tuple[str, ...]]]
     errors: tuple[int, ...] = ()
     body: str | None = None  # "MemeRequest": the request model's component
     query: type[BaseModel] | None = None
@@ -490,11 +617,13 @@ class Operation:
     headers: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     extra_parameters: tuple[dict[str, Any], ...] = ()
     description: str = ""
-    operations: bool = False  # never queued or shed: no 503 of admission control
+    admitted: bool = True  # False: never queued or refused by admission control
+    events: tuple[str, Mapping[str, Any]] | None = None
+    links: Mapping[int, Mapping[str, dict[str, Any]]] = field(default_factory=dict)
 
 
-# Answered by every route: a wrong method, a server fault; and but for the operations routes
-# (/healthz, /readyz, /metrics: never queued or refused), the gateway's own shedding.
+# Answered by every route: a wrong method, a server fault; and by every route admission control
+# admits (all but /healthz, /readyz, /metrics and event streams), the gateway's own shedding.
 ANY = (405, 500)
 SHED = 503
 # Answered by every /v1/ route: a missing or forged token (gateway.auth = "required"), a client
@@ -513,14 +642,46 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     },
     "ETag": {
-        "description": "the PNG's SHA-256, quoted: a strong validator",
+        "description": "the body's SHA-256, quoted: a strong validator (a PNG's is its "
+        "image.sha256); If-None-Match with it: 304",
         "required": True,
         "schema": {"type": "string", "pattern": '^"[0-9a-f]{64}"$'},
     },
     "Cache-Control": {
-        "description": "public, max-age=31536000, immutable",
+        "description": "an image: public, max-age=31536000, immutable (its URL names one "
+        "picture forever); the page and its files: no-cache (kept, and revalidated by ETag "
+        "at each use); an event stream: no-store",
         "required": True,
-        "schema": {"type": "string"},
+        "schema": {
+            "type": "string",
+            "enum": ["public, max-age=31536000, immutable", "no-cache", "no-store"],
+        },
+    },
+    "Content-Security-Policy": {
+        "description": "the page's: nothing inline, nothing from elsewhere, never framed "
+        "(default-src 'self', frame-ancestors 'none')",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^default-src 'self';.*frame-ancestors 'none'"},
+    },
+    "X-Frame-Options": {
+        "description": "no other site may frame the page",
+        "required": True,
+        "schema": {"type": "string", "const": "DENY"},
+    },
+    "X-Content-Type-Options": {
+        "description": "the declared media type is the only one",
+        "required": True,
+        "schema": {"type": "string", "const": "nosniff"},
+    },
+    "Referrer-Policy": {
+        "description": "the page's address is sent nowhere",
+        "required": True,
+        "schema": {"type": "string", "const": "no-referrer"},
+    },
+    "X-Accel-Buffering": {
+        "description": "a proxy (nginx) passes each message on at once",
+        "required": True,
+        "schema": {"type": "string", "const": "no"},
     },
     "Retry-After": {
         "description": "seconds to wait before retrying; for overloaded, computed from the "
@@ -551,9 +712,57 @@ _ID_PARAMETER = {
     "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"},
 }
 _IMAGE = ("ETag", "Cache-Control")
+_TASK_LINKS = {
+    name: {"operationId": operation, "parameters": {"id": "$response.body#/task_id"}}
+    for name, operation in (
+        ("task", "getTask"),
+        ("events", "getTaskEvents"),
+        ("cancel", "cancelTask"),
+    )
+}
+_PAGE = (
+    "ETag",
+    "Cache-Control",
+    "Content-Security-Policy",
+    "X-Frame-Options",
+    "X-Content-Type-Options",
+    "Referrer-Policy",
+)
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "the ETag of a copy the client holds: 304 if current",
+}
+_EVENT_ID = {"type": "string", "pattern": f"^{EVENT_ID_PATTERN}$"}
+# The page's files but the page itself (served at /), and their media types.
+STATIC = {name: assets.media_type(name) for name in assets.files() if name != assets.INDEX}
+EVENT_STREAM = "text/event-stream"
+EVENT_STREAM_DESCRIPTION = f"""\
+Server-Sent Events, one message per event of the task and of its meme, as they happen: \
+`id: <n>` (the message's position in the task's stream: 1, 2, ...), `event: <type>`, `data: \
+<one-line JSON object>`, then a blank line. The types, in order: \
+{events.TASK_QUEUED}, {events.TASK_RUNNING} (again when the task is queued again, e.g. behind \
+the provider's schedule), the meme's stages {events.FORMAT_CHOSEN}, {events.CAPTION_WRITTEN}, \
+{events.VERDICT} (one per verifier and round), {events.SCORED}, {events.REFINED} (a round of \
+refinement), {events.RENDERED}; last {COMPLETED} (the meme, as GET /v1/memes/{{id}} serves \
+it), {FAILED} (the task's error, as GET /v1/tasks/{{id}} shows it) or {CANCELLED}, after which \
+the server ends the stream. The 200 answer's schema is one message's (TaskEvent: its `data`, \
+JSON, has each type's own schema); texts and reasons are personal: null once the meme is \
+erased.
+
+A client that comes late gets the whole history at once, then the end. `Last-Event-ID: n` \
+(or `?last_event_id=n`; the header wins, but each one sent must be an event id) resumes with \
+exactly the messages after the n-th. While the task waits, a `: keep-alive` comment every \
+gateway.event_keepalive_s. Bounded: at most gateway.max_event_streams streams at once, past \
+it 503 `overloaded` (streams are never queued, nor counted against gateway.max_in_flight); \
+each is open at most gateway.event_stream_max_s, and every stream ends when the daemon stops: \
+the client resumes with Last-Event-ID. 503 `unavailable`: this gateway reads no event log."""
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
+        "createMeme",
         "post",
         "/v1/memes",
         "Make a meme and wait for it (or, with async=true, answer 202 with a task once it is "
@@ -573,6 +782,7 @@ OPERATIONS: tuple[Operation, ...] = (
             201: ("Location", "X-Trace-Id", "?X-Meme-Id", "?ETag"),
             202: ("Location", "X-Trace-Id"),
         },
+        links={202: _TASK_LINKS},
         description="The body must be declared Content-Type: application/json (charset, if "
         "any, utf-8): any other type, and a body without one, is 415 (so a web page cannot "
         "make a local daemon generate memes). The body must arrive within the gateway's body "
@@ -582,6 +792,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "with async=true); errors stay JSON.",
     ),
     Operation(
+        "listMemes",
         "get",
         "/v1/memes",
         "A page of memes, newest first",
@@ -589,8 +800,17 @@ OPERATIONS: tuple[Operation, ...] = (
         (422,),
         query=PageQuery,
     ),
-    Operation("get", "/v1/memes/{id}", "One meme", {200: (Meme, "the meme")}, (404,), path_id=True),
     Operation(
+        "getMeme",
+        "get",
+        "/v1/memes/{id}",
+        "One meme",
+        {200: (Meme, "the meme")},
+        (404,),
+        path_id=True,
+    ),
+    Operation(
+        "deleteMeme",
         "delete",
         "/v1/memes/{id}",
         "Erase a meme, its image and cache entries",
@@ -599,6 +819,7 @@ OPERATIONS: tuple[Operation, ...] = (
         path_id=True,
     ),
     Operation(
+        "getImage",
         "get",
         "/v1/memes/{id}/image.png",
         "The rendered PNG",
@@ -609,17 +830,10 @@ OPERATIONS: tuple[Operation, ...] = (
         (404,),
         path_id=True,
         headers={200: _IMAGE, 304: _IMAGE},
-        extra_parameters=(
-            {
-                "name": "If-None-Match",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string"},
-                "description": "the ETag of a copy the client holds: 304 if current",
-            },
-        ),
+        extra_parameters=(_IF_NONE_MATCH,),
     ),
     Operation(
+        "getTask",
         "get",
         "/v1/tasks/{id}",
         "An asynchronous task",
@@ -628,34 +842,119 @@ OPERATIONS: tuple[Operation, ...] = (
         path_id=True,
     ),
     Operation(
+        "cancelTask",
+        "delete",
+        "/v1/tasks/{id}",
+        "Cancel a queued or running task",
+        {
+            202: (
+                Task,
+                "the task, cancelled, once its meme's work has stopped (no provider call is "
+                "made for it after this answer); it stays readable",
+            )
+        },
+        (404, 409),
+        path_id=True,
+    ),
+    Operation(
+        "getTaskEvents",
+        "get",
+        "/v1/tasks/{id}/events",
+        "A task's progress as it happens (Server-Sent Events)",
+        {200: (None, "the task's messages, then the end", EVENT_STREAM)},
+        (404, 422, 503),
+        path_id=True,
+        headers={200: ("Cache-Control", "X-Accel-Buffering")},
+        extra_parameters=(
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "schema": _EVENT_ID,
+                "description": "resume after the n-th message (0: from the start); anything "
+                "but 1 to 7 digits: 422",
+            },
+            {
+                "name": "last_event_id",
+                "in": "query",
+                "required": False,
+                "schema": _EVENT_ID,
+                "description": "as Last-Event-ID, which wins when both are sent (each one "
+                "sent must be valid)",
+            },
+        ),
+        description=EVENT_STREAM_DESCRIPTION,
+        admitted=False,
+        events=("TaskEvent", EVENTS),
+    ),
+    Operation(
+        "listFormats",
         "get",
         "/v1/formats",
         "The format catalogue",
         {200: (Formats, "formats with their slots and limits")},
     ),
-    Operation("get", "/healthz", "Liveness", {200: (Health, "alive")}, operations=True),
+    Operation("healthz", "get", "/healthz", "Liveness", {200: (Health, "alive")}, admitted=False),
     Operation(
+        "readyz",
         "get",
         "/readyz",
         "Readiness: actor tree up and store reachable",
         {200: (Readiness, "ready"), 503: (Readiness, "not ready")},
-        operations=True,
+        admitted=False,
     ),
     Operation(
+        "metrics",
         "get",
         "/metrics",
         "Prometheus metrics",
         {200: (None, "the text format 0.0.4", "text/plain")},
         (401,),  # gateway.auth = "required" asks Prometheus for a token too
-        operations=True,
+        headers={200: ("X-Content-Type-Options",)},
+        admitted=False,
     ),
     Operation(
+        "openapi",
         "get",
         "/openapi.json",
         "This document",
         {200: ({"type": "object"}, "OpenAPI 3.1")},
     ),
-    Operation("get", "/", "A page to make a meme", {200: (None, "HTML", "text/html")}),
+    Operation(
+        "getPage",
+        "get",
+        "/",
+        "A page to make a meme",
+        {
+            200: (None, "HTML; its script and style are files under /static/", "text/html"),
+            304: (None, "the client's copy is current (If-None-Match)"),
+        },
+        headers={200: _PAGE, 304: _PAGE},
+        extra_parameters=(_IF_NONE_MATCH,),
+    ),
+    Operation(
+        "getPageFile",
+        "get",
+        "/static/{name}",
+        "A file of the page",
+        {
+            200: (None, "the file", *sorted(set(STATIC.values()))),
+            304: (None, "the client's copy is current (If-None-Match)"),
+        },
+        (404,),
+        headers={200: _PAGE, 304: _PAGE},
+        extra_parameters=(
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "enum": list(STATIC)},
+                "description": "; ".join(f"{name}: {media}" for name, media in STATIC.items())
+                + "; any other name: 404",
+            },
+            _IF_NONE_MATCH,
+        ),
+    ),
 )
 
 
@@ -699,6 +998,37 @@ class _Components:
         return {"$ref": REF.format(model=name)}
 
 
+def _message(name: str, kinds: Mapping[str, Any], components: _Components) -> dict[str, Any]:
+    """One message of an event stream whose event types are ``kinds`` (type -> the shape of
+    its data), as a component: the fields ``id``, ``event`` and ``data`` (JSON, the type's
+    shape), each event type one branch. Per message, as OpenAPI 3.2's ``itemSchema`` and as
+    schemathesis reads a 3.1 document."""
+    branches = [
+        {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+                "event": {"const": kind},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": components.ref(shape, "serialization"),
+                },
+            },
+            "required": ["id", "event", "data"],
+            "additionalProperties": False,
+        }
+        for kind, shape in kinds.items()
+    ]
+    components.schemas[name] = {
+        "title": name,
+        "description": "one message: its id (its position, 1, 2, ...), its event type, and "
+        "its data (one line of JSON): each event type's data has a schema of its own",
+        "oneOf": branches,
+    }
+    return {"$ref": REF.format(model=name)}
+
+
 def _parameters(query: type[BaseModel], components: _Components) -> list[dict[str, Any]]:
     schema = query.model_json_schema(ref_template=REF, by_alias=True)
     return [
@@ -722,13 +1052,18 @@ def _operation(op: Operation, components: _Components, request: type[BaseModel])
             answer["content"] = {"application/json": {"schema": schema}}
         if media:
             answer["content"] = {**answer.get("content", {}), **{m: {} for m in media}}
+        if op.events is not None and EVENT_STREAM in media:
+            name, kinds = op.events
+            answer["content"][EVENT_STREAM] = {"schema": _message(name, kinds, components)}
         if status in op.headers:
             answer["headers"] = _headers(op.headers[status])
+        if status in op.links:
+            answer["links"] = dict(op.links[status])
         responses[str(status)] = answer
     door = DOOR if op.path.startswith("/v1/") else ()
-    for status in sorted({*op.errors, *door, *ANY, *(() if op.operations else (SHED,))}):
+    for status in sorted({*op.errors, *door, *ANY, *((SHED,) if op.admitted else ())}):
         responses.setdefault(str(status), _error(status))
-    out: dict[str, Any] = {"summary": op.summary, "responses": responses}
+    out: dict[str, Any] = {"operationId": op.id, "summary": op.summary, "responses": responses}
     if op.description:
         out["description"] = op.description
     parameters = [*([_ID_PARAMETER] if op.path_id else []), *op.extra_parameters]

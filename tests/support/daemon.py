@@ -227,12 +227,13 @@ def restarts(node: dict) -> dict[str, int]:
 
 
 def wait_task(daemon: DaemonProcess, task_id: str, timeout: float = 20.0) -> dict:
-    """The task once it has succeeded or failed; fails the test after ``timeout``."""
+    """The task once it has finished (succeeded, failed or been cancelled); fails the test after
+    ``timeout``."""
 
     def finished() -> dict | None:
         status, task = daemon.json("GET", f"/v1/tasks/{task_id}")
         assert status == 200, task
-        return task if task["status"] in ("succeeded", "failed") else None
+        return task if task["status"] in ("succeeded", "failed", "cancelled") else None
 
     return wait_for(finished, timeout, what=f"task {task_id} to finish", interval=0.05)
 
