@@ -199,7 +199,9 @@ def test_the_judging_group_runs_in_parallel(provider_daemon, fake):
 
 def test_the_admin_shows_the_memes_each_generator_worker_holds(provider_daemon, fake):
     """IN FLIGHT is what the workers hold (the gateway dispatches to them directly)."""
-    fake.config.latency_s = 0.4
+    # each meme makes at least three calls: 3 s or more in all, ample for the admin command to
+    # start and read the tree while all four are held, even on a loaded machine
+    fake.config.latency_s = 1.0
     calls = fake.attempts
     try:
         with ThreadPoolExecutor(4) as pool:
