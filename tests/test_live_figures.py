@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from memesys.cli.live_figures import figures, lines, quantile, samples_of
-from memesys.cli.metrics_scrape import gateway_url
+from memesys.cli.metrics_scrape import ScrapeError, gateway_url, scrape
 from memesys.config import load
 
 
@@ -217,3 +217,9 @@ def test_the_table_names_every_figure() -> None:
 def test_the_gateway_is_asked_where_the_configuration_puts_it(host, url) -> None:
     cfg = load(None, overrides={("gateway", "host"): host, ("gateway", "port"): 8123})
     assert gateway_url(cfg.gateway) == url
+
+
+@pytest.mark.parametrize("url", ["localhost:8080", "ftp://127.0.0.1:1", "x", "http://"])
+def test_a_url_that_is_not_http_is_said_so(url) -> None:
+    with pytest.raises(ScrapeError, match="must be http"):
+        scrape(url, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -44,6 +45,9 @@ def gateway_url(gateway: GatewayConfig) -> str:
 
 def scrape(base_url: str, token: str | None, timeout_s: float = TIMEOUT_S) -> Samples:
     """The samples of ``<base_url>/metrics``, read within ``timeout_s``."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ScrapeError(f"the gateway's URL must be http(s)://HOST:PORT, not {base_url!r}")
     url = base_url.rstrip("/") + "/metrics"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     # No proxy from the environment: the daemon is asked directly.
