@@ -118,6 +118,15 @@ def test_without_a_token_the_live_part_says_why(daemon: DaemonProcess) -> None:
     found = json.loads(shown.stdout)
     assert "401" in found["live"]["error"] and "MEMESYS_TOKEN" in found["live"]["error"]
     assert found["store"]["memes"] >= 0
+    forged = subprocess.run(
+        stats_command(daemon, "--window", "0.5", "--token", "ops.forged"),
+        cwd=ROOT,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=scaled(30.0),
+    )
+    assert forged.returncode == 0 and "answered 401: the gateway refused the token" in forged.stdout
 
 
 def test_a_daemon_not_running_is_said_so(tmp_path: Path) -> None:

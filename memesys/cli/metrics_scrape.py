@@ -57,9 +57,8 @@ def scrape(base_url: str, token: str | None, timeout_s: float = TIMEOUT_S) -> Sa
             body = resp.read(MAX_BYTES + 1)
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
-            raise ScrapeError(
-                f"{url} answered 401: the gateway wants a token (--token or MEMESYS_TOKEN)"
-            ) from None
+            why = "refused the token" if token else "wants a token (--token or MEMESYS_TOKEN)"
+            raise ScrapeError(f"{url} answered 401: the gateway {why}") from None
         raise ScrapeError(f"{url} answered {exc.code}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
