@@ -89,7 +89,7 @@ def test_stats_shows_the_live_figures_and_the_store(daemon: DaemonProcess, token
     assert live["tree"]["actors_up"] == live["tree"]["actors"] > 0
     assert set(live["tree"]["pools"]) >= {"memesys/generator", "memesys/store"}
     assert live["tasks"] == {"queued": 0, "running": 0, "oldest_age_s": 0.0}
-    assert set(live["llm"]) >= {"calls", "tokens", "cost_usd", "breakers", "rate_limited"}
+    assert set(live["llm"]) >= {"calls", "tokens_in", "tokens_out", "cost_usd", "breakers"}
     assert store["memes"] >= 1 and store["redis_used_memory_bytes"] > 0
 
     shown = subprocess.run(

@@ -51,8 +51,9 @@ memesys_llm_calls_total{{model="127.0.0.1:9/m",outcome="timeout"}} 1.0
 memesys_llm_attempts_total{{model="127.0.0.1:9/m",outcome="ok"}} 10.0
 memesys_llm_attempts_total{{model="127.0.0.1:9/m",outcome="rate_limited"}} 4.0
 # TYPE memesys_llm_tokens_total counter
-memesys_llm_tokens_total{{model="127.0.0.1:9/m"}} 1200.0
-memesys_llm_tokens_total{{model="127.0.0.1:9/n"}} 34.0
+memesys_llm_tokens_total{{model="127.0.0.1:9/m",type="input"}} 1200.0
+memesys_llm_tokens_total{{model="127.0.0.1:9/m",type="output"}} 30.0
+memesys_llm_tokens_total{{model="127.0.0.1:9/n",type="output"}} 4.0
 # TYPE memesys_llm_cost_usd_total counter
 memesys_llm_cost_usd_total{{model="127.0.0.1:9/m"}} 0.0125
 # TYPE memesys_llm_hedges_total counter
@@ -148,7 +149,8 @@ def test_cache_llm_and_breakers() -> None:
     assert found["llm"] == {
         "calls": {"ok": 10, "timeout": 1},
         "attempts": {"ok": 10, "rate_limited": 4},
-        "tokens": 1234,
+        "tokens_in": 1200,
+        "tokens_out": 34,
         "cost_usd": 0.0125,
         "hedges": 2,
         "rate_limited": 4,
@@ -196,6 +198,8 @@ def test_the_table_names_every_figure() -> None:
         "p50 1.000 s, p95 1.000 s (memes made over the window)",
         "hit rate 30.0% (6 hits, 14 misses)",
         "provider 429s 4",
+        "llm tokens       1200 in, 34 out",
+        "llm cost         $0.0125, hedges 2",
         "127.0.0.1:9/m open",
         "memesys/generator/worker-0 restarts 3, health_kills 1",
         "actors up        2 of 3",

@@ -47,7 +47,8 @@ def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: 
     assert sample(text, "memesys_llm_calls_total", model=name, outcome="open") >= 1
     assert sample(text, "memesys_llm_breaker_state", model=name) == 2
     assert sample(text, "memesys_llm_breaker_transitions_total", model=name, to="open") == 1
-    assert sample(text, "memesys_llm_tokens_total", model=name) > 0
+    assert sample(text, "memesys_llm_tokens_total", model=name, type="input") > 0
+    assert sample(text, "memesys_llm_tokens_total", model=name, type="output") > 0
     assert sample(text, "memesys_llm_cost_usd_total", model=name) is not None
     assert sample(text, "memesys_llm_call_seconds_count", model=name) == 4
     # a histogram as Prometheus reads it: every bucket, in order, cumulative, +Inf = _count

@@ -140,7 +140,8 @@ def _llm(after: Samples) -> dict[str, Any]:
     return {
         "calls": _by(after, "memesys_llm_calls_total", "outcome"),
         "attempts": _by(after, "memesys_llm_attempts_total", "outcome"),
-        "tokens": _number(_total(after, "memesys_llm_tokens_total")),
+        "tokens_in": _number(_total(after, "memesys_llm_tokens_total", type="input")),
+        "tokens_out": _number(_total(after, "memesys_llm_tokens_total", type="output")),
         "cost_usd": round(_total(after, "memesys_llm_cost_usd_total"), 6),
         "hedges": _number(_total(after, "memesys_llm_hedges_total")),
         "rate_limited": _number(
@@ -250,7 +251,8 @@ def lines(found: dict[str, Any]) -> list[str]:
         rows += [
             ("llm calls", _counts(llm["calls"])),
             ("llm attempts", f"{_counts(llm['attempts'])} (provider 429s {llm['rate_limited']})"),
-            ("llm tokens", f"{llm['tokens']}, cost ${llm['cost_usd']:.4f}, hedges {llm['hedges']}"),
+            ("llm tokens", f"{llm['tokens_in']} in, {llm['tokens_out']} out"),
+            ("llm cost", f"${llm['cost_usd']:.4f}, hedges {llm['hedges']}"),
         ]
         rows += _listed("breakers", [f"{m} {state}" for m, state in llm["breakers"].items()])
     tree = found["tree"]

@@ -23,7 +23,9 @@ Series (``model`` is ``<host:port>/<model>``):
   ``memesys_llm_limiter_lowered_total{model}`` (provider 429s that lowered the shared rate),
   ``memesys_llm_schedule_refusals_total{model,lane}`` (memes refused at admission: their
   calls did not fit the shared schedule; ``lane`` interactive or background);
-- ``memesys_llm_tokens_total{model}``, ``memesys_llm_cost_usd_total{model}``;
+- ``memesys_llm_tokens_total{model,type}`` (``type``: ``input``, the prompt's, or ``output``,
+  the completion's, as OpenTelemetry's ``gen_ai.token.type``),
+  ``memesys_llm_cost_usd_total{model}``;
 - ``memesys_llm_fallbacks_total{model,to}``;
 - ``memesys_llm_hedges_total{model,won}``, ``memesys_llm_hedges_refused_total{model,why}``.
 
@@ -98,6 +100,7 @@ LABELS = {
     "memesys_llm_hedges_total": ("model", "won"),
     "memesys_llm_hedges_refused_total": ("model", "why"),
     "memesys_llm_schedule_refusals_total": ("model", "lane"),
+    "memesys_llm_tokens_total": ("model", "type"),
 }
 
 
