@@ -197,7 +197,9 @@ class SharedCounts(Collector):
     """The families of the counts every process adds to ``<key_prefix>:llm:metrics`` and the
     breakers' states in ``<key_prefix>:llm:breakers``, read at each scrape. A histogram's
     buckets come out in order, each bucket no one has reached as 0 (the recorders only write
-    the buckets an observation reached), ``+Inf`` equal to ``_count``."""
+    the buckets an observation reached), ``+Inf`` equal to ``_count``. A counter's field with
+    other label names than :data:`LABELS` gives it (the hash outlives an upgrade that added a
+    label) is left out: one family's series all have the same labels."""
 
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.client, self.key_prefix = client, key_prefix
@@ -221,6 +223,8 @@ class SharedCounts(Collector):
                     histograms[name.removesuffix(part)][key][le or part] = value
                     break
             else:
+                if sorted(labels) != sorted(LABELS.get(name, ("model",))):
+                    continue  # written by a version that labelled it otherwise: not mixed in
                 counters[name][tuple(sorted(labels.items()))] = value
         for name, (kind, _) in HELP.items():
             if kind == COUNTER:
