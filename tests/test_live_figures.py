@@ -227,3 +227,11 @@ def test_the_gateway_is_asked_where_the_configuration_puts_it(host, url) -> None
 def test_a_url_that_is_not_http_is_said_so(url) -> None:
     with pytest.raises(ScrapeError, match="must be http"):
         scrape(url, None)
+
+
+def test_no_breaker_written_means_none_left_closed() -> None:
+    text = scrape_text(made=1, cached=0, hits=0, misses=0, buckets=[1, 1, 1, 1])
+    unwritten = parsed("\n".join(r for r in text.splitlines() if "breaker_state" not in r))
+    found = figures(unwritten, unwritten, 1.0)
+    assert found["llm"]["breakers"] == {}
+    assert "breakers         all closed (none has changed)" in lines(found)

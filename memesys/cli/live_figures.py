@@ -254,7 +254,9 @@ def lines(found: dict[str, Any]) -> list[str]:
             ("llm tokens", f"{llm['tokens_in']} in, {llm['tokens_out']} out"),
             ("llm cost", f"${llm['cost_usd']:.4f}, hedges {llm['hedges']}"),
         ]
-        rows += _listed("breakers", [f"{m} {state}" for m, state in llm["breakers"].items()])
+        # A breaker's state is written when it changes: none written, none has left closed.
+        breakers = [f"{m} {state}" for m, state in llm["breakers"].items()]
+        rows += _listed("breakers", breakers or ["all closed (none has changed)"])
     tree = found["tree"]
     if tree is None:
         rows.append(("tree", "not read (the root did not answer the scrape in time)"))
