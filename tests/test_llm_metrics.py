@@ -47,7 +47,8 @@ def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: 
     assert sample(text, "memesys_llm_calls_total", model=name, outcome="open") >= 1
     assert sample(text, "memesys_llm_breaker_state", model=name) == 2
     assert sample(text, "memesys_llm_breaker_transitions_total", model=name, to="open") == 1
-    assert sample(text, "memesys_llm_tokens_total", model=name) > 0
+    assert sample(text, "memesys_llm_tokens_total", model=name, type="input") > 0
+    assert sample(text, "memesys_llm_tokens_total", model=name, type="output") > 0
     assert sample(text, "memesys_llm_cost_usd_total", model=name) is not None
     assert sample(text, "memesys_llm_call_seconds_count", model=name) == 4
     # a histogram as Prometheus reads it: every bucket, in order, cumulative, +Inf = _count
@@ -64,6 +65,30 @@ def test_calls_attempts_breaker_and_tokens_are_counted(fake: FakeOpenAI, redis: 
     )
     counts = [s.value for s in buckets]
     assert counts == sorted(counts) and counts[-1] == 4
+
+
+def test_a_count_labelled_by_an_older_version_is_left_out(redis: str) -> None:
+    prefix = shared_prefix(f"t{uuid.uuid4().hex[:6]}")
+    client = redis_lib.Redis.from_url(redis)
+    try:
+        client.hset(
+            f"{prefix}:llm:metrics",
+            mapping={
+                "memesys_llm_tokens_total|model=m": 40,  # before tokens had a type
+                "memesys_llm_tokens_total|model=m,type=input": 7,
+            },
+        )
+        text = render(client, prefix)
+        tokens = [
+            (s.labels, s.value)
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "memesys_llm_tokens_total"
+        ]
+        assert tokens == [({"model": "m", "type": "input"}, 7.0)]
+    finally:
+        client.delete(f"{prefix}:llm:metrics")
+        client.close()
 
 
 @pytest.mark.slow

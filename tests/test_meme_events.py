@@ -15,6 +15,7 @@ import redis
 
 from memesys.storage.eventlog import EventLog
 from memesys.storage.sealing import Sealer
+from memesys.testing.ports import free_port
 from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
 from tests.support.timing import scaled, wait_for
 
@@ -117,15 +118,16 @@ def test_replay_without_a_redis_says_so(tmp_path: Path, daemon: DaemonProcess) -
         pytest.skip("the daemon runs on REDIS_URL: replay connects there")
     done = daemon.admin("replay", "--data-dir", str(tmp_path))
     assert done.returncode == 1 and "no embedded Redis socket" in done.stderr
-    done = daemon.admin("stats", "--json", "--data-dir", str(tmp_path))
+    nowhere = ("--url", f"http://127.0.0.1:{free_port()}", "--window", "0.5")  # nor a daemon
+    done = daemon.admin("stats", "--json", "--data-dir", str(tmp_path), *nowhere)
     assert done.returncode == 1 and "no embedded Redis socket" in json.loads(done.stderr)["error"]
 
 
 def test_the_admin_counts_the_store_and_lists_open_tasks(daemon: DaemonProcess) -> None:
-    where = ("--data-dir", str(daemon.data_dir))
-    before = json.loads(daemon.admin("stats", "--json", *where).stdout)
+    where = ("--data-dir", str(daemon.data_dir), "--url", daemon.url, "--window", "0.5")
+    before = json.loads(daemon.admin("stats", "--json", *where).stdout)["store"]
     assert daemon.json("POST", "/v1/memes", {"topic": "count me", "fresh": True})[0] == 201
-    after = json.loads(daemon.admin("stats", "--json", *where).stdout)
+    after = json.loads(daemon.admin("stats", "--json", *where).stdout)["store"]
     assert after["memes"] == before["memes"] + 1 and after["events"] > before["events"]
     assert after["redis_used_memory_bytes"] > 0 and isinstance(after["quarantined"], dict)
     text = daemon.admin("stats", *where).stdout

@@ -4,12 +4,14 @@ It attaches to the admin port and never starts an actor system: with none runnin
 and exits non-zero. The tree comes from the project's own root supervisor (Thespian's admin
 stops answering status requests after any failed ``createActor``).
 
-``replay``, ``stats`` and ``tasks`` talk to Redis, not to the tree, on the configured
-``REDIS_URL`` or the running daemon's embedded Redis (its socket under the data directory):
-``replay`` rebuilds every projection (memes, the time index, cache entries, task records) from
-the event log (:mod:`memesys.storage.projections`), ``stats`` counts what the store holds,
-``tasks`` lists the open tasks, ``token create NAME`` / ``token list`` / ``token revoke NAME``
-manage the gateway's API tokens (:mod:`memesys.storage.tokens`; a new token is printed once).
+``replay``, ``stats``, ``tasks`` and ``token`` talk to Redis, not to the tree, on the
+configured ``REDIS_URL`` or the running daemon's embedded Redis (its socket under the data
+directory): ``replay`` rebuilds every projection (memes, the time index, cache entries, task
+records) from the event log (:mod:`memesys.storage.projections`), ``tasks`` lists the open
+tasks, ``token create NAME`` / ``token list`` / ``token revoke NAME`` manage the gateway's API
+tokens (:mod:`memesys.storage.tokens`; a new token is printed once). ``stats`` counts what the
+store holds and adds the key live figures from two scrapes of the daemon's ``GET /metrics``
+(:mod:`memesys.cli.live_figures`); it exits non-zero only when it could read neither.
 Under ``--json`` errors are JSON too.
 """
 
@@ -19,11 +21,12 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -37,11 +40,15 @@ from actors.system import (
     logging_config,
     stop_tree,
 )
+from memesys.cli.live_figures import figures
+from memesys.cli.live_figures import lines as live_lines
+from memesys.cli.metrics_scrape import ScrapeError, gateway_url, scrape
 from memesys.cli.version import version
 from memesys.config import Config, ConfigError, load
 from memesys.tree.paths import ROOT
 
 TIMEOUT_S = 5.0
+_Source = TypeVar("_Source")
 
 
 class AdminError(RuntimeError):
@@ -172,7 +179,7 @@ def replay(cfg: Config, as_json: bool) -> str:
     )
 
 
-def stats(cfg: Config, as_json: bool) -> str:
+def store_figures(cfg: Config) -> dict[str, Any]:
     """What the store holds: memes, open tasks, events, quarantined records by kind, the
     erasures the disk still owes, Redis's memory."""
     from memesys.storage.erasures import Erasures
@@ -188,27 +195,72 @@ def stats(cfg: Config, as_json: bool) -> str:
         pipe.info("memory")
         memes, open_tasks, events, quarantined, memory = pipe.execute()
         made, covered = Erasures(client, prefix).state()
-    figures = {
+    return {
         "memes": memes,
         "open_tasks": open_tasks,
         "events": events,
         "quarantined": {k.decode(): int(v) for k, v in sorted(quarantined.items())},
         "erasures_owed": max(made - covered, 0),
         "redis_used_memory_bytes": memory["used_memory"],
+        "redis_used_memory_human": memory["used_memory_human"],
     }
+
+
+def store_lines(store: dict[str, Any]) -> list[str]:
+    quarantine = ", ".join(f"{k} {v}" for k, v in store["quarantined"].items()) or "none"
+    return [
+        f"memes            {store['memes']}",
+        f"open tasks       {store['open_tasks']}",
+        f"events           {store['events']}",
+        f"quarantined      {quarantine}",
+        f"erasures owed    {store['erasures_owed']} (the disk's rewrite after them)",
+        f"redis memory     {store['redis_used_memory_human']}",
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveSource:
+    """Where ``stats`` reads the live figures: the gateway's URL, its token, the window."""
+
+    url: str
+    token: str | None
+    window_s: float
+
+
+def live_figures(source: LiveSource) -> dict[str, Any]:
+    """The key figures from two scrapes of the daemon's /metrics, ``window_s`` apart."""
+    before = scrape(source.url, source.token)
+    time.sleep(source.window_s)
+    return {"url": source.url, **figures(before, scrape(source.url, source.token), source.window_s)}
+
+
+def stats(cfg: Config, source: LiveSource, as_json: bool) -> str:
+    """The daemon's live figures (its /metrics) and what its store holds (its Redis). A part
+    that cannot be read is reported with why; only when neither can is it an error."""
+    live, store = _or_error(live_figures, source), _or_error(store_figures, cfg)
+    if "error" in live and "error" in store:
+        raise AdminError(f"live: {live['error']}; store: {store['error']}")
     if as_json:
-        return json.dumps(figures)
-    quarantine = ", ".join(f"{k} {v}" for k, v in figures["quarantined"].items()) or "none"
-    return "\n".join(
-        [
-            f"memes            {memes}",
-            f"open tasks       {open_tasks}",
-            f"events           {events}",
-            f"quarantined      {quarantine}",
-            f"erasures owed    {figures['erasures_owed']} (the disk's rewrite after them)",
-            f"redis memory     {memory['used_memory_human']}",
-        ]
+        return json.dumps({"live": live, "store": store})
+    text = [f"live, over {source.window_s:g} s ({source.url})"]
+    text += [f"  unavailable: {live['error']}"] if "error" in live else _indented(live_lines(live))
+    text += ["store"]
+    text += (
+        [f"  unavailable: {store['error']}"] if "error" in store else _indented(store_lines(store))
     )
+    return "\n".join(text)
+
+
+def _or_error(read: Callable[[_Source], dict[str, Any]], source: _Source) -> dict[str, Any]:
+    """A part of ``stats``, or why it could not be read."""
+    try:
+        return read(source)
+    except (ScrapeError, AdminError) as exc:
+        return {"error": str(exc)}
+
+
+def _indented(lines: list[str]) -> list[str]:
+    return ["  " + line for line in lines]
 
 
 def tasks(cfg: Config, as_json: bool) -> str:
@@ -280,7 +332,8 @@ def _made(created_at: float | None) -> str:
     return time.strftime("made %Y-%m-%d %H:%M:%S UTC", time.gmtime(created_at))
 
 
-STORE_COMMANDS = {"replay": replay, "stats": stats, "tasks": tasks}
+STORE_COMMANDS = {"replay": replay, "tasks": tasks}
+WINDOW_S = (0.5, 60.0)
 
 
 def failed(message: str, as_json: bool) -> None:
@@ -303,7 +356,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument(
-        "command", choices=["status", "ping", "restart", "shutdown", *STORE_COMMANDS, "token"]
+        "command",
+        choices=["status", "ping", "restart", "shutdown", *STORE_COMMANDS, "stats", "token"],
+    )
+    parser.add_argument(
+        "--url",
+        help="stats: the gateway's base URL (default: gateway.host and gateway.port of the "
+        "configuration; a daemon started with --port needs this)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MEMESYS_TOKEN") or None,
+        help='stats: an API token for /metrics when gateway.auth = "required" '
+        "(default: $MEMESYS_TOKEN)",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=2.0,
+        help=f"stats: seconds between the two scrapes ({WINDOW_S[0]:g} to {WINDOW_S[1]:g}; "
+        "default 2)",
     )
     parser.add_argument(
         "name",
@@ -325,6 +397,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     system = cfg.system
     try:
+        if args.command == "stats":
+            if not WINDOW_S[0] <= args.window <= WINDOW_S[1]:
+                raise AdminError(
+                    f"--window must be {WINDOW_S[0]:g} to {WINDOW_S[1]:g} s, not {args.window:g}"
+                )
+            source = LiveSource(args.url or gateway_url(cfg.gateway), args.token, args.window)
+            print(stats(cfg, source, args.json))
+            return 0
         if args.command in STORE_COMMANDS:
             print(STORE_COMMANDS[args.command](cfg, args.json))
             return 0

@@ -23,7 +23,9 @@ Series (``model`` is ``<host:port>/<model>``):
   ``memesys_llm_limiter_lowered_total{model}`` (provider 429s that lowered the shared rate),
   ``memesys_llm_schedule_refusals_total{model,lane}`` (memes refused at admission: their
   calls did not fit the shared schedule; ``lane`` interactive or background);
-- ``memesys_llm_tokens_total{model}``, ``memesys_llm_cost_usd_total{model}``;
+- ``memesys_llm_tokens_total{model,type}`` (``type``: ``input``, the prompt's, or ``output``,
+  the completion's, as OpenTelemetry's ``gen_ai.token.type``),
+  ``memesys_llm_cost_usd_total{model}``;
 - ``memesys_llm_fallbacks_total{model,to}``;
 - ``memesys_llm_hedges_total{model,won}``, ``memesys_llm_hedges_refused_total{model,why}``.
 
@@ -98,6 +100,7 @@ LABELS = {
     "memesys_llm_hedges_total": ("model", "won"),
     "memesys_llm_hedges_refused_total": ("model", "why"),
     "memesys_llm_schedule_refusals_total": ("model", "lane"),
+    "memesys_llm_tokens_total": ("model", "type"),
 }
 
 
@@ -194,7 +197,9 @@ class SharedCounts(Collector):
     """The families of the counts every process adds to ``<key_prefix>:llm:metrics`` and the
     breakers' states in ``<key_prefix>:llm:breakers``, read at each scrape. A histogram's
     buckets come out in order, each bucket no one has reached as 0 (the recorders only write
-    the buckets an observation reached), ``+Inf`` equal to ``_count``."""
+    the buckets an observation reached), ``+Inf`` equal to ``_count``. A counter's field with
+    other label names than :data:`LABELS` gives it (the hash outlives an upgrade that added a
+    label) is left out: one family's series all have the same labels."""
 
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.client, self.key_prefix = client, key_prefix
@@ -218,6 +223,8 @@ class SharedCounts(Collector):
                     histograms[name.removesuffix(part)][key][le or part] = value
                     break
             else:
+                if sorted(labels) != sorted(LABELS.get(name, ("model",))):
+                    continue  # written by a version that labelled it otherwise: not mixed in
                 counters[name][tuple(sorted(labels.items()))] = value
         for name, (kind, _) in HELP.items():
             if kind == COUNTER:

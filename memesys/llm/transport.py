@@ -370,7 +370,8 @@ class HardenedTransport:
         completion = int(getattr(usage, "output_tokens", 0) or 0)
         spans.answered(response.model or by.model, prompt, completion)
         cost = self.budget.spend(by.model, prompt, completion)
-        self.metrics.add("memesys_llm_tokens_total", prompt + completion, model=by.name)
+        self.metrics.add("memesys_llm_tokens_total", prompt, model=by.name, type="input")
+        self.metrics.add("memesys_llm_tokens_total", completion, model=by.name, type="output")
         if cost:
             self.metrics.add("memesys_llm_cost_usd_total", cost, model=by.name)
 
