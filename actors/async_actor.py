@@ -76,12 +76,12 @@ class _Loop:
 
 class AsyncActor(BaseActor):
     """A leaf actor whose ``handle`` may return a coroutine. Set ``max_in_flight`` in
-    ``on_start`` (default 64), and ``blocking_per_request`` if a request runs more than one
-    blocking call at once (``asyncio.to_thread``: the loop's thread pool holds that many per
-    request in flight; threads are made as they are first needed)."""
+    ``on_start`` (default 64), and ``blocking_threads`` to bound the loop's thread pool for
+    blocking calls (``asyncio.to_thread``; None: one per request in flight; threads are made as
+    they are first needed, and calls beyond the bound wait for one)."""
 
     max_in_flight = 64
-    blocking_per_request = 1
+    blocking_threads: int | None = None
     reply_margin_s = 0.25  # sub-asks end this long before the served request's deadline
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -245,13 +245,13 @@ class AsyncActor(BaseActor):
             )
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
-            # Blocking calls (asyncio.to_thread) may be as many as the requests in flight (times
-            # the calls each runs at once); the default executor's min(32, cores + 4) threads
-            # would queue them on 2 cores. (Its threads are made on demand: a pool sized for a
-            # peak costs nothing until the peak comes.)
+            # Blocking calls (asyncio.to_thread) may be as many as the requests in flight; the
+            # default executor's min(32, cores + 4) threads would queue them on 2 cores. An actor
+            # whose calls are short bounds them (blocking_threads). (Threads are made on demand:
+            # a pool sized for a peak costs nothing until the peak comes.)
             loop.set_default_executor(
                 ThreadPoolExecutor(
-                    self.max_in_flight * self.blocking_per_request, f"{self.name}-blocking"
+                    self.blocking_threads or self.max_in_flight, f"{self.name}-blocking"
                 )
             )
             bridge = Bridge(asys)

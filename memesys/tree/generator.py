@@ -130,11 +130,20 @@ def _why(failure: Failure) -> str:
     return f"{failure.code}: {failure.message}"
 
 
+# The generator's blocking calls are its store's: a cache look-up, a save (the PNG file and its
+# directory fsynced, the events appended in one script): each a few milliseconds on 2 cores, and
+# failing fast while Redis is down. One thread per meme in flight (64) grew to 22-35 threads a
+# worker at 100 clients (bench.ab's bound is 32 a process) for no more memes: saves beyond 16 at
+# once only queue on the disk.
+BLOCKING_THREADS = 16
+
+
 class GeneratorWorker(AsyncActor):
     def on_start(self, args: GeneratorArgs) -> None:
         tracing.start(self.name)
         self.args = args
         self.max_in_flight = args.max_in_flight
+        self.blocking_threads = min(args.max_in_flight, BLOCKING_THREADS)
         dspy_patches.apply()
         self.maker = MemeMaker.configured(
             ACTORS, args.llm, args.pipeline, args.redis_url, args.key_prefix, args.llm_processes
