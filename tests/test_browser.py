@@ -97,6 +97,28 @@ def submit(page: Page, topic: str) -> None:
     page.get_by_label("Topic").press("Enter")  # the keyboard submits as the button does
 
 
+def submit_holding_the_stream(page: Page, daemon: DaemonProcess, topic: str) -> Route:
+    """Submit ``topic`` with the page's first event stream held (never answered); the page's
+    later streams (a reload's, its retries) go through. Answers the held stream's route."""
+    held: list[Route] = []
+
+    def events(route: Route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route(EVENTS, events)
+    page.goto(daemon.url)
+    submit(page, topic)
+    for _ in range(int(scaled(MEME_WITHIN_S) * 10)):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the page did not follow its task"
+    return held[0]
+
+
 def test_a_meme_is_made_shown_as_text_and_found_in_the_history_after_a_reload(
     browser: Browser, daemon: DaemonProcess, page: Page
 ) -> None:
@@ -168,23 +190,8 @@ def test_a_meme_is_made_shown_as_text_and_found_in_the_history_after_a_reload(
 
 
 def test_a_reload_while_working_follows_the_same_task(daemon: DaemonProcess, page: Page) -> None:
-    held: list[Route] = []
-
-    def events(route: Route) -> None:  # the first stream waits: the reload comes first
-        if held:
-            route.continue_()
-        else:
-            held.append(route)
-
-    page.route(EVENTS, events)
-    page.goto(daemon.url)
-    submit(page, "reloading the page")
-    for _ in range(int(scaled(MEME_WITHIN_S) * 10)):
-        if held:
-            break
-        page.wait_for_timeout(100)
-    assert held, "the page did not follow its task"
-    task_id = held[0].request.url.split("/")[-2]
+    held = submit_holding_the_stream(page, daemon, "reloading the page")
+    task_id = held.request.url.split("/")[-2]
     page.reload()
     card = page.locator("#current .meme")
     expect(card).to_contain_text("reloading the page", timeout=scaled(MEME_WITHIN_S) * 1000)
@@ -253,24 +260,9 @@ def test_a_daemon_that_went_away_reads_as_not_reachable(
 ) -> None:
     daemon = DaemonProcess(tmp_path).start()
     try:
-        held: list[Route] = []
-
-        def events(route: Route) -> None:  # the first stream waits; the page's retries do not
-            if held:
-                route.continue_()
-            else:
-                held.append(route)
-
-        page.route(EVENTS, events)
-        page.goto(daemon.url)
-        submit(page, "the last train home")
-        for _ in range(int(scaled(MEME_WITHIN_S) * 10)):
-            if held:
-                break
-            page.wait_for_timeout(100)
-        assert held, "the page did not follow its task"
+        held = submit_holding_the_stream(page, daemon, "the last train home")
         assert daemon.stop() == []
-        held[0].continue_()  # the stream's connection now meets a stopped daemon
+        held.continue_()  # the stream's connection now meets a stopped daemon
         problem = page.locator("#problem")
         expect(problem).to_have_text(
             re.compile(r"^The daemon is not reachable"),
