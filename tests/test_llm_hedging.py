@@ -1,23 +1,30 @@
 """Hedged calls against the provider's tail (memesys.llm.hedging, the transport's _hedged):
 the policy waits for enough answers and keeps to its budget; against the fake, a call stuck
 past its stage's hedging point gets one more copy, the first answer wins and the loser is
-cancelled; under a heavy tail the extra calls stay within the budget; a hedge never goes
-without a free send time."""
+cancelled; the last call of a fan-out still running is hedged at the sooner straggler point;
+under a heavy tail the extra calls stay within the budget; a hedge never goes without a free
+send time; processes pool their latencies through Redis (memesys.llm.latencies), so a new one
+knows the tail at once, and keep to their own while Redis is away."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+import redis
 
 from actors import deadlines
+from memesys.llm import hedging as hedging_module
 from memesys.llm import served
 from memesys.llm.client import close_clients
-from memesys.llm.hedging import MIN_SAMPLES, Hedging
+from memesys.llm.hedging import MIN_SAMPLES, Fanout, Hedging
+from memesys.llm.latencies import SharedLatencies
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI, Latency
-from tests.support.llm import make_engine, write_request
+from tests.support.llm import make_engine, redis_url, write_request
 from tests.support.provider import MODEL, fake_provider_fixture
 
 REQUEST = write_request()
@@ -41,10 +48,10 @@ def test_the_policy_waits_for_answers_and_keeps_to_its_budget() -> None:
         hedging.answered("score", 1.0 if i % 6 == 5 else 0.1 + i / 1000)
         assert hedging.after("score") is None  # too few answers to know the tail
     hedging.answered("score", 1.0)
-    after, median = hedging.after("score") or (0.0, 0.0)
-    assert 0.1 < median < 0.12 and after == 1.0
+    point = hedging.after("score")
+    assert point is not None and 0.1 < point.median < 0.12 and point.after == 1.0
     # another stage borrows the model's answers until it has its own
-    assert hedging.after("factuality") == (after, median)
+    assert hedging.after("factuality") == point
     # a stage whose answers all come near their median is never hedged: nothing to gain
     for _ in range(MIN_SAMPLES):
         hedging.answered("select_write", 0.5)
@@ -121,3 +128,106 @@ async def test_no_hedge_without_a_free_send_time(fake: FakeOpenAI) -> None:
     with served.tracking("score") as calls, deadlines.serving(time.time() + 5.0):
         await engine.acomplete(REQUEST)
     assert calls.hedges == 0
+
+
+async def test_the_last_call_of_a_fanout_still_running_is_hedged_sooner(fake: FakeOpenAI) -> None:
+    """Two calls, one stuck: alone, the stuck one waits for the 1 s hedging point; in a fan-out,
+    once the other has answered it is the straggler, hedged at the 10 ms straggler point."""
+    engine = make_engine(
+        fake.url,
+        max_attempts=1,
+        hedge_budget=1.0,
+        hedge_quantile=0.99,
+        hedge_straggler_quantile=0.8,
+    )
+    for i in range(30):  # the slowest 5 of 30 answers took 1 s: hedge after 1 s, or 10 ms
+        engine.hedging.answered("score", 1.0 if i < 5 else 0.01)
+    point = engine.hedging.after("score")
+    assert point is not None and point.after == 1.0 and point.straggler_after == 0.01
+    fake.config.latency_s, fake.config.latency_dist = 0.01, "fixed"
+
+    async def one(stage: str) -> int:
+        with served.tracking(stage) as calls, deadlines.serving(time.time() + 5.0):
+            await engine.acomplete(REQUEST)
+        return calls.hedges
+
+    async def pair(group: Fanout | None) -> tuple[float, int]:
+        fake.config.fail_kind, fake.config.fail_every, fake.config.fail_hang_s = "hang", 2, 1.5
+        fake._faultable = 0  # the second of the next two requests hangs, not the hedge (third)
+        engine.hedging.credit = 2.0
+        began = time.perf_counter()
+        calls = [one("score"), one("factuality")]
+        hedges = await asyncio.gather(*(group.member(c) if group else c for c in calls))
+        fake.config.fail_every = 0
+        return time.perf_counter() - began, sum(hedges)
+
+    alone, alone_hedges = await pair(None)
+    assert alone >= 1.0 and alone_hedges == 1  # hedged at its quantile point only
+    together, hedges = await pair(Fanout())
+    assert together < 0.5 and hedges == 1  # neither the 1 s point nor the 1.5 s hang
+    await asyncio.sleep(1.5)  # the fake's handlers of the hung requests end
+
+
+def test_a_fanout_names_its_last_running_member_the_straggler() -> None:
+    async def main() -> list[bool]:
+        group, release = Fanout(), [asyncio.Event() for _ in range(3)]
+        seen: list[bool] = []
+
+        async def member(n: int) -> None:
+            await release[n].wait()
+            event = hedging_module.straggling()
+            assert event is not None
+            if n == 2:
+                seen.append(event.is_set())  # it is the last: set once the others ended
+
+        tasks = [asyncio.ensure_future(group.member(member(n))) for n in range(3)]
+        await asyncio.sleep(0)
+        first = hedging_module.straggling()
+        for n in range(3):
+            release[n].set()
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        seen.append(first is None)  # outside any member: no fan-out
+        return seen
+
+    assert asyncio.run(main()) == [True, True]
+
+
+def test_processes_pool_their_latencies_so_a_new_one_knows_the_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hedging_module, "SHARE_EVERY_S", 0.0)
+    with redis_url(tmp_path) as url:
+        prefix = f"t{time.monotonic_ns()}"
+        old = Hedging(0.9, 0.15, 0.8, SharedLatencies(url, prefix, "fake/m"))
+        for i in range(MIN_SAMPLES + 5):
+            old.answered("select_write", 2.0 if i % 10 == 0 else 0.5)
+        new = Hedging(0.9, 0.15, 0.8, SharedLatencies(url, prefix, "fake/m"))
+        point = new.after("select_write")  # before any answer of its own
+        assert point is not None and point.median == 0.5 and point.after == 2.0
+        assert new.after("factuality") == point  # the model's answers over every stage
+        client = redis.Redis.from_url(url)
+        try:
+            keys = sorted(k.decode() for k in client.scan_iter(f"{prefix}:*"))
+            assert keys == [
+                f"{prefix}:llm:latency/fake/m/",
+                f"{prefix}:llm:latency/fake/m/select_write",
+            ]
+            assert client.llen(keys[1]) == MIN_SAMPLES + 5
+            client.delete(*keys)
+        finally:
+            client.close()
+
+
+def test_without_redis_a_process_keeps_to_its_own_answers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(hedging_module, "SHARE_EVERY_S", 0.0)
+    alone = Hedging(0.9, 0.15, 0.8, SharedLatencies("redis://127.0.0.1:1/0", "t", "fake/m"))
+    with caplog.at_level(logging.WARNING, logger="memesys.llm"):
+        for _ in range(MIN_SAMPLES):
+            alone.answered("score", 1.0)
+    point = alone.after("score")
+    assert point is None  # its own answers: all near their median, nothing to gain
+    warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+    assert len(warnings) == 1  # once, not once per answer

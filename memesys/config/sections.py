@@ -169,6 +169,7 @@ class LLMConfig:
     max_concurrent_writes: int = field(metadata=bounded(1, 10_000))
     max_concurrent_judgements: int = field(metadata=bounded(1, 10_000))
     hedge_quantile: float = field(metadata=bounded(0.5, 0.999))
+    hedge_straggler_quantile: float = field(metadata=bounded(0.5, 0.999))
     hedge_budget: float = field(metadata=bounded(0, 1))
 
 

@@ -1,13 +1,19 @@
-"""When to hedge a call: the policy, per process and model, of sending one more copy of a call
-that runs past a high quantile of its stage's latency (Dean and Barroso, "The Tail at Scale").
+"""When to hedge a call: the policy, per model, of sending one more copy of a call that runs
+past a high quantile of its stage's latency (Dean and Barroso, "The Tail at Scale").
 
 - **When**: an attempt still unanswered after the ``quantile`` (``[llm] hedge_quantile``) of
-  the latencies this process observed for the same stage (the last ``SAMPLES_KEPT`` answers),
-  or of the model's answers over every stage while the stage has fewer than ``MIN_SAMPLES``;
-  no hedging before the model has that many, and none while that quantile is under
-  ``TAIL_RATIO`` times the median: a provider without a heavy tail (every answer near its
-  median) gains nothing from a second copy, which would only spend its rate limit (measured:
-  at a fixed 100 ms, hedging the slowest 15 % took send times a person's meme then waited for).
+  the latencies observed for the same stage (the last ``SAMPLES_KEPT`` answers of every
+  process, pooled through Redis by :mod:`memesys.llm.latencies`, so a worker that just started
+  knows the provider's tail), or of the model's answers over every stage while the stage has
+  fewer than ``MIN_SAMPLES``; no hedging before the model has that many, and none while that
+  quantile is under ``TAIL_RATIO`` times the median: a provider without a heavy tail (every
+  answer near its median) gains nothing from a second copy, which would only spend its rate
+  limit (measured: at a fixed 100 ms, hedging the slowest 15 % took send times a person's meme
+  then waited for).
+- **The straggler**: in a :class:`Fanout` (the judging group: the meme waits for the slowest of
+  its calls), the one call still running once every other has ended is hedged sooner, after
+  the ``straggler_quantile`` (``[llm] hedge_straggler_quantile``): only that call still stands
+  between the meme and its next step, so a hedge there buys the most time per extra call.
 - **How many**: at most ``budget`` (``[llm] hedge_budget``, default 0.15) hedges per call made,
   over time: each call earns ``budget`` of a hedge, a hedge spends one, and at most
   ``MAX_CREDIT`` can be saved up, so a calm hour cannot buy a burst.
@@ -19,15 +25,26 @@ that runs past a high quantile of its stage's latency (Dean and Barroso, "The Ta
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 SAMPLES_KEPT = 200
 MIN_SAMPLES = 20
 MAX_CREDIT = 3.0
 TAIL_RATIO = 2.0  # hedge only when the hedging point is at least this many medians
 _EVERY = 8  # quantiles are recomputed after this many new answers
+SHARE_EVERY_S = 1.0  # answers are pooled with the other processes' at most this often
+
+R = TypeVar("R")
+Exchange = Callable[[Mapping[str, list[float]], list[str]], dict[str, list[float]] | None]
+"""Pooling (:class:`memesys.llm.latencies.SharedLatencies`): this process's new answers by stage
+in, every process's kept answers of the stages asked for out (None: not reachable)."""
 
 
 @dataclass
@@ -38,55 +55,118 @@ class _Latencies:
     kept: deque[float] = field(default_factory=lambda: deque(maxlen=SAMPLES_KEPT))
     fresh: int = 0
     hedge_after: float | None = None
+    straggler_after: float | None = None
     median: float | None = None
 
-    def add(self, seconds: float, quantile: float) -> None:
+    def add(self, seconds: float, quantiles: tuple[float, float]) -> None:
         self.kept.append(seconds)
         self.fresh += 1
-        if len(self.kept) >= MIN_SAMPLES and (self.hedge_after is None or self.fresh >= _EVERY):
-            ordered = sorted(self.kept)
-            self.hedge_after = _at(ordered, quantile)
-            self.median = _at(ordered, 0.5)
-            self.fresh = 0
+        if self.hedge_after is None or self.fresh >= _EVERY:
+            self.recompute(quantiles)
+
+    def replace(self, pooled: list[float], quantiles: tuple[float, float]) -> None:
+        self.kept = deque(pooled[-SAMPLES_KEPT:], maxlen=SAMPLES_KEPT)
+        self.recompute(quantiles)
+
+    def recompute(self, quantiles: tuple[float, float]) -> None:
+        if len(self.kept) < MIN_SAMPLES:
+            return
+        ordered = sorted(self.kept)
+        self.hedge_after = _at(ordered, quantiles[0])
+        self.straggler_after = _at(ordered, quantiles[1])
+        self.median = _at(ordered, 0.5)
+        self.fresh = 0
 
 
 def _at(ordered: list[float], quantile: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))]
 
 
-class Hedging:
-    """One model's hedging in this process."""
+@dataclass(frozen=True)
+class Point:
+    """When to hedge an attempt: ``after`` seconds, or ``straggler_after`` once it is its
+    fan-out's straggler; ``median``: the stage's median latency."""
 
-    def __init__(self, quantile: float, budget: float) -> None:
+    after: float
+    straggler_after: float
+    median: float
+
+    def soonest(self, in_fanout: bool) -> float:
+        return min(self.after, self.straggler_after) if in_fanout else self.after
+
+
+class Hedging:
+    """One model's hedging in this process; ``exchange`` pools the answers' latencies with the
+    other processes' (None: this process's own only)."""
+
+    def __init__(
+        self,
+        quantile: float,
+        budget: float,
+        straggler_quantile: float | None = None,
+        exchange: Exchange | None = None,
+    ) -> None:
         self.quantile = quantile
+        self.straggler_quantile = quantile if straggler_quantile is None else straggler_quantile
         self.budget = budget
         self.credit = 0.0
         self._latencies: dict[str, _Latencies] = {}
+        self._exchange = exchange
+        self._unshared: dict[str, list[float]] = {}
+        self._shared_at = float("-inf")  # monotonic time of the last exchange
 
     @property
     def enabled(self) -> bool:
         return self.budget > 0 and 0 < self.quantile < 1
 
+    @property
+    def _quantiles(self) -> tuple[float, float]:
+        return self.quantile, min(self.quantile, self.straggler_quantile)
+
     def answered(self, stage: str, seconds: float) -> None:
         """An attempt of ``stage`` answered in ``seconds``."""
         for key in {stage, ""}:
-            self._latencies.setdefault(key, _Latencies()).add(seconds, self.quantile)
+            self._latencies.setdefault(key, _Latencies()).add(seconds, self._quantiles)
+        if self._exchange is not None:
+            self._unshared.setdefault(stage, []).append(seconds)
+            self._share(stage)
+
+    def _share(self, stage: str) -> None:
+        """At most every SHARE_EVERY_S: this process's new answers to the pool, and the pool's
+        answers of ``stage``, of every stage and of the stages seen here in place of its own."""
+        now = time.monotonic()
+        if self._exchange is None or now - self._shared_at < SHARE_EVERY_S:
+            return
+        self._shared_at = now
+        fresh, self._unshared = self._unshared, {}
+        pooled = self._exchange(fresh, sorted({stage, "", *self._latencies}))
+        if pooled is None:  # unreachable: the answers stay this process's own
+            return
+        for key, values in pooled.items():
+            if values:
+                self._latencies.setdefault(key, _Latencies()).replace(values, self._quantiles)
 
     def called(self) -> None:
         """A call was made: it earns ``budget`` of a hedge."""
         self.credit = min(MAX_CREDIT, self.credit + self.budget)
 
-    def after(self, stage: str) -> tuple[float, float] | None:
-        """(seconds after which to hedge an attempt of ``stage``, its median latency), or None
-        when hedging is off, too few answers were seen or their tail is not heavy."""
+    def after(self, stage: str) -> Point | None:
+        """When to hedge an attempt of ``stage``, or None when hedging is off, too few answers
+        were seen or their tail is not heavy."""
         if not self.enabled:
             return None
+        self._share(stage)
         for key in (stage, ""):
             seen = self._latencies.get(key)
-            if seen is not None and seen.hedge_after is not None and seen.median is not None:
+            if (
+                seen is not None
+                and seen.hedge_after is not None
+                and seen.straggler_after is not None
+                and seen.median is not None
+            ):
                 if seen.hedge_after < TAIL_RATIO * seen.median:
                     return None
-                return seen.hedge_after, seen.median
+                return Point(seen.hedge_after, seen.straggler_after, seen.median)
         return None
 
     def spend(self) -> bool:
@@ -99,3 +179,36 @@ class Hedging:
     def refund(self) -> None:
         """A hedge taken from the budget was not sent."""
         self.credit = min(MAX_CREDIT, self.credit + 1.0)
+
+
+_straggling: ContextVar[asyncio.Event | None] = ContextVar("memesys_hedge_straggler", default=None)
+
+
+def straggling() -> asyncio.Event | None:
+    """The event set once the call running in this task is its fan-out's straggler (None: the
+    call is in no fan-out)."""
+    return _straggling.get()
+
+
+class Fanout:
+    """Calls awaited together whose caller waits for the slowest (the judging group): once all
+    but one have ended, that one is the straggler (:func:`straggling`), hedged after the
+    straggler quantile. Members are counted when :meth:`member` is called, before any runs."""
+
+    def __init__(self) -> None:
+        self._running: list[asyncio.Event] = []
+
+    def member(self, call: Awaitable[R]) -> Awaitable[R]:
+        event = asyncio.Event()
+        self._running.append(event)
+        return self._run(call, event)
+
+    async def _run(self, call: Awaitable[R], event: asyncio.Event) -> R:
+        token = _straggling.set(event)
+        try:
+            return await call
+        finally:
+            _straggling.reset(token)
+            self._running.remove(event)
+            if len(self._running) == 1:
+                self._running[0].set()

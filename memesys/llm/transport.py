@@ -50,7 +50,8 @@ from memesys.llm.errors import (
     LLMCallError,
     call_error,
 )
-from memesys.llm.hedging import Hedging
+from memesys.llm.hedging import Hedging, Point, straggling
+from memesys.llm.latencies import SharedLatencies
 from memesys.llm.limiter import Limiter, NoSlot, limiter_for
 from memesys.llm.metrics import Recorder, recorder_for
 
@@ -79,7 +80,8 @@ class Policy:
     prices: str = ""  # "model=in_per_1k:out_per_1k,..." (memesys.llm.budget)
     max_concurrent_writes: int = 32  # bulkheads, per process (memesys.llm.bulkhead)
     max_concurrent_judgements: int = 64
-    hedge_quantile: float = 0.85  # memesys.llm.hedging
+    hedge_quantile: float = 0.9  # memesys.llm.hedging
+    hedge_straggler_quantile: float = 0.8  # a fan-out's last call still running
     hedge_budget: float = 0.0  # extra calls per call; 0: no hedging (the daemon's default 0.15)
     # How many processes share the limits: each one's share when Redis is unreachable.
     processes: int = 1
@@ -220,7 +222,14 @@ class HardenedTransport:
             policy.key_prefix,
             policy.processes,
         )
-        self.hedging = Hedging(policy.hedge_quantile, policy.hedge_budget)
+        self.hedging = Hedging(
+            policy.hedge_quantile,
+            policy.hedge_budget,
+            policy.hedge_straggler_quantile,
+            SharedLatencies(policy.redis_url, policy.key_prefix, self.name)
+            if policy.redis_url and policy.hedge_budget > 0
+            else None,
+        )
 
     def bookable(self) -> Limiter | None:
         """The limiter whose schedule this model's calls take their send times from, when a
@@ -477,14 +486,15 @@ class HardenedTransport:
         first attempt's failure."""
         stage = served.stage()
         point = self.hedging.after(stage) if state == CLOSED else None
-        if point is None or point[0] >= timeout_s:  # no hedge possible: no task either
+        straggler = straggling()
+        if point is None or point.soonest(straggler is not None) >= timeout_s:
             return self._answered(stage, await self._sent(request, payload, timeout_s, state))
+        sent = time.perf_counter()
         first = asyncio.create_task(self._sent(request, payload, timeout_s, state))
         racing = [first]
         try:
-            done, _ = await asyncio.wait(racing, timeout=point[0])
-            if not done:
-                hedge = await self._hedge(request, payload, tokens, deadline, state, point[1])
+            if await self._unanswered(first, point, straggler, sent):
+                hedge = await self._hedge(request, payload, tokens, deadline, state, point.median)
                 if hedge is not None:
                     racing.append(hedge)
             failure: BaseException | None = None
@@ -504,6 +514,29 @@ class HardenedTransport:
         finally:
             for task in racing:
                 task.cancel()  # the loser's connection is closed; its answer never read
+
+    @staticmethod
+    async def _unanswered(
+        first: asyncio.Task[Any], point: Point, straggling: asyncio.Event | None, sent: float
+    ) -> bool:
+        """Wait for ``first`` until its hedging point: ``point.after`` after ``sent``, or
+        ``point.straggler_after`` once ``straggling`` is set (the call is the last of its
+        fan-out still running); whether it is still unanswered then."""
+        if straggling is not None and not straggling.is_set():
+            became = asyncio.ensure_future(straggling.wait())
+            try:
+                await asyncio.wait(
+                    (first, became), timeout=point.after, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                became.cancel()
+        hedge_at = point.after
+        if straggling is not None and straggling.is_set():
+            hedge_at = min(hedge_at, point.straggler_after)
+        left = hedge_at - (time.perf_counter() - sent)
+        if not first.done() and left > 0:
+            await asyncio.wait((first,), timeout=left)
+        return not first.done()
 
     def _answered(self, stage: str, sent: tuple[Response, float]) -> Response:
         """An attempt's answer, its latency learnt by the hedging and the limiter."""

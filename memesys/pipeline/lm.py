@@ -123,6 +123,7 @@ def stage_handles(
         max_concurrent_writes=llm.max_concurrent_writes,
         max_concurrent_judgements=llm.max_concurrent_judgements,
         hedge_quantile=llm.hedge_quantile,
+        hedge_straggler_quantile=llm.hedge_straggler_quantile,
         hedge_budget=llm.hedge_budget,
         redis_url=redis_url,
         key_prefix=key_prefix,

@@ -26,6 +26,7 @@ from typing import Protocol, TypeVar
 from dspy.utils.exceptions import LMError
 
 from memesys.llm import client
+from memesys.llm.hedging import Fanout
 from memesys.pipeline.decision import decide
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import first_line
@@ -67,13 +68,16 @@ async def _settled(answer: Awaitable[R]) -> R | BaseException:
 
 async def judge_at_once(draft: Draft, program: Predictors | None, place: Place) -> JudgingAnswers:
     """The three verifiers and the scorer of ``draft`` at once, each placed by ``place`` with
-    ``program``'s predictors (None: the built-in ones); a failed call is its exception."""
+    ``program``'s predictors (None: the built-in ones); a failed call is its exception. One
+    :class:`~memesys.llm.hedging.Fanout`: the last call still running is hedged sooner."""
+    group = Fanout()
 
     def check(verifier: str) -> Awaitable[Verdict]:
-        return place(verifier, lambda h: verify(h, verifier, draft, program))
+        return group.member(place(verifier, lambda h: verify(h, verifier, draft, program)))
 
     checks = [asyncio.ensure_future(_settled(check(v))) for v in VERIFIERS]
-    scoring = asyncio.ensure_future(_settled(place("score", lambda h: score(h, draft, program))))
+    scored = group.member(place("score", lambda h: score(h, draft, program)))
+    scoring = asyncio.ensure_future(_settled(scored))
     await asyncio.gather(*checks, scoring)
     return JudgingAnswers(
         {v: task.result() for v, task in zip(VERIFIERS, checks)}, scoring.result()
