@@ -11,9 +11,12 @@ past a high quantile of its stage's latency (Dean and Barroso, "The Tail at Scal
   limit (measured: at a fixed 100 ms, hedging the slowest 15 % took send times a person's meme
   then waited for).
 - **The straggler**: in a :class:`Fanout` (the judging group: the meme waits for the slowest of
-  its calls), the one call still running once every other has ended is hedged sooner, after
-  the ``straggler_quantile`` (``[llm] hedge_straggler_quantile``): only that call still stands
-  between the meme and its next step, so a hedge there buys the most time per extra call.
+  its calls), the one call still running once every other has ended is hedged after the
+  sooner ``straggler_quantile`` (``[llm] hedge_straggler_quantile``; at once if it has run
+  longer): only that call still stands between the meme and its next step, so a hedge there
+  buys the most time per extra call. A call that slower ones of its fan-out outlast gains the
+  meme nothing from a hedge: before it is the straggler it is hedged only past
+  ``FANOUT_FACTOR`` times its hedging point (several calls stuck at once).
 - **How many**: at most ``budget`` (``[llm] hedge_budget``, default 0.15) hedges per call made,
   over time: each call earns ``budget`` of a hedge, a hedge spends one, and at most
   ``MAX_CREDIT`` can be saved up, so a calm hour cannot buy a burst.
@@ -38,6 +41,7 @@ SAMPLES_KEPT = 200
 MIN_SAMPLES = 20
 MAX_CREDIT = 3.0
 TAIL_RATIO = 2.0  # hedge only when the hedging point is at least this many medians
+FANOUT_FACTOR = 2.0  # a fan-out's call not (yet) its straggler: hedged past this x its point
 _EVERY = 8  # quantiles are recomputed after this many new answers
 SHARE_EVERY_S = 1.0  # answers are pooled with the other processes' at most this often
 
@@ -91,8 +95,12 @@ class Point:
     straggler_after: float
     median: float
 
-    def soonest(self, in_fanout: bool) -> float:
-        return min(self.after, self.straggler_after) if in_fanout else self.after
+    def at(self, straggler: bool, in_fanout: bool) -> float:
+        """Seconds after its send to hedge an attempt: of a fan-out's straggler, of another
+        call of a fan-out, or of a call in none."""
+        if straggler:
+            return self.straggler_after
+        return FANOUT_FACTOR * self.after if in_fanout else self.after
 
 
 class Hedging:

@@ -80,7 +80,7 @@ class Policy:
     prices: str = ""  # "model=in_per_1k:out_per_1k,..." (memesys.llm.budget)
     max_concurrent_writes: int = 32  # bulkheads, per process (memesys.llm.bulkhead)
     max_concurrent_judgements: int = 64
-    hedge_quantile: float = 0.9  # memesys.llm.hedging
+    hedge_quantile: float = 0.85  # memesys.llm.hedging
     hedge_straggler_quantile: float = 0.8  # a fan-out's last call still running
     hedge_budget: float = 0.0  # extra calls per call; 0: no hedging (the daemon's default 0.15)
     # How many processes share the limits: each one's share when Redis is unreachable.
@@ -487,7 +487,7 @@ class HardenedTransport:
         stage = served.stage()
         point = self.hedging.after(stage) if state == CLOSED else None
         straggler = straggling()
-        if point is None or point.soonest(straggler is not None) >= timeout_s:
+        if point is None or point.at(straggler is not None, straggler is not None) >= timeout_s:
             return self._answered(stage, await self._sent(request, payload, timeout_s, state))
         sent = time.perf_counter()
         first = asyncio.create_task(self._sent(request, payload, timeout_s, state))
@@ -504,10 +504,14 @@ class HardenedTransport:
                 for task in sorted(done, key=racing.index):
                     exc = task.exception()
                     if exc is None:
-                        if len(racing) > 1:
-                            won = "hedge" if task is not first else "first"
-                            self.metrics.add("memesys_llm_hedges_total", model=self.name, won=won)
-                        return self._answered(stage, task.result())
+                        if len(racing) == 1:
+                            return self._answered(stage, task.result())
+                        won = "hedge" if task is not first else "first"
+                        self.metrics.add("memesys_llm_hedges_total", model=self.name, won=won)
+                        # the latency learnt is the first attempt's: a hedge that won is the
+                        # faster of two draws, which would make the tail look lighter
+                        ran = time.perf_counter() - sent
+                        return self._answered(stage, (task.result()[0], ran))
                     failure = exc if task is first or failure is None else failure
             assert failure is not None
             raise failure
@@ -517,22 +521,22 @@ class HardenedTransport:
 
     @staticmethod
     async def _unanswered(
-        first: asyncio.Task[Any], point: Point, straggling: asyncio.Event | None, sent: float
+        first: asyncio.Task[Any], point: Point, straggler: asyncio.Event | None, sent: float
     ) -> bool:
-        """Wait for ``first`` until its hedging point: ``point.after`` after ``sent``, or
-        ``point.straggler_after`` once ``straggling`` is set (the call is the last of its
-        fan-out still running); whether it is still unanswered then."""
-        if straggling is not None and not straggling.is_set():
-            became = asyncio.ensure_future(straggling.wait())
+        """Wait for ``first`` until its hedging point (:meth:`Point.at`); whether it is still
+        unanswered then. In a fan-out the point moves to the straggler's once ``straggler`` is
+        set (every other call of the fan-out has ended)."""
+        if straggler is not None and not straggler.is_set():
+            became = asyncio.ensure_future(straggler.wait())
             try:
                 await asyncio.wait(
-                    (first, became), timeout=point.after, return_when=asyncio.FIRST_COMPLETED
+                    (first, became),
+                    timeout=point.at(False, True),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 became.cancel()
-        hedge_at = point.after
-        if straggling is not None and straggling.is_set():
-            hedge_at = min(hedge_at, point.straggler_after)
+        hedge_at = point.at(straggler is not None and straggler.is_set(), straggler is not None)
         left = hedge_at - (time.perf_counter() - sent)
         if not first.done() and left > 0:
             await asyncio.wait((first,), timeout=left)

@@ -294,7 +294,7 @@ class MemeMaker:
                     span.set_attribute("memesys.cache.hit", cached is not None)
             lap("cache")
             if cached is not None:
-                log.info("meme %s served from the cache", cached.get("id"))
+                log.debug("meme %s served from the cache", cached.get("id"))
                 return {**cached, "cached": True, "trace_id": request.trace_id}
         elif not await workshop.store_answers():
             raise MemeFailed(ErrorCode.STORE_ERROR, "the store is down; no meme was made")
@@ -308,7 +308,7 @@ class MemeMaker:
         )
         meme_id = request.meme_id or new_id()
         with logs.bind(meme_id=meme_id):
-            log.info("making meme %s (%s, %s engine)", meme_id, self.mode, self.engine)
+            log.debug("making meme %s (%s, %s engine)", meme_id, self.mode, self.engine)
             journal = workshop.journal(meme_id, request)
             journal.record(
                 REQUESTED,

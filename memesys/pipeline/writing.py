@@ -10,6 +10,8 @@ Both validate the slot texts the same way (validate_texts).
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +45,7 @@ class CaptionError(OutputError):
     """The model's output cannot be used: unknown format, wrong slot count, over-long text."""
 
 
+@functools.cache
 def catalogue_text() -> str:
     """The catalogue as SelectFormat sees it: one 'name: description' line per format."""
     return "\n".join(f"{f.name}: {f.description}" for f in CATALOGUE.values())
@@ -55,9 +58,11 @@ def slots_text(fmt: MemeFormat) -> str:
     )
 
 
+@functools.cache
 def formats_text() -> str:
     """The catalogue as SelectAndWrite sees it: each format's 'name: description' line, then its
-    slots indented in WriteCaption's shape (the offline writer parses both)."""
+    slots indented in WriteCaption's shape (the offline writer parses both). The catalogue is
+    fixed, so the text is built once."""
     return "\n".join(
         f"{f.name}: {f.description}\n" + _indented(slots_text(f)) for f in CATALOGUE.values()
     )
