@@ -355,6 +355,7 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
     calls = hedged = 0
     failures: Counter[str] = Counter()
     timings: dict[str, list[float]] = {}
+    memes: list[tuple[float, int, int, int]] = []  # seconds, its place, stage calls, hedges
     with Scenario("tail", flags, bench) as scenario:
         note(f"a: a warm-up meme, then {mode.tail_memes} memes one at a time")
         make_meme(scenario.port, f"bench {token} warm-up")
@@ -369,6 +370,7 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
             seconds.append(elapsed)
             calls += stage_calls(meme)
             hedged += hedges(meme)
+            memes.append((elapsed, i + 1, stage_calls(meme), hedges(meme)))
             for stage, ms in (meme.get("timings") or {}).items():
                 timings.setdefault(stage, []).append(ms / 1000)
         after = scenario.provider()
@@ -387,6 +389,10 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
         ["stage calls per meme", calls / len(seconds) if seconds else float("nan")],
         ["hedges the memes record (provider.stages.*.hedges)", hedged],
         ["hedges / stage calls", hedged / calls if calls else float("nan")],
+        [
+            "slowest memes: s (its place in the run, stage calls, hedges)",
+            ", ".join(f"{m[0]:.2f} (#{m[1]}, {m[2]}, {m[3]})" for m in sorted(memes)[-4:][::-1]),
+        ],
     ]
     rows += [
         [f"median timings.{stage} s", median(timings[stage])]

@@ -3,8 +3,9 @@ the policy waits for enough answers and keeps to its budget; against the fake, a
 past its stage's hedging point gets one more copy, the first answer wins and the loser is
 cancelled; the last call of a fan-out still running is hedged at the sooner straggler point;
 under a heavy tail the extra calls stay within the budget; a hedge never goes without a free
-send time; processes pool their latencies through Redis (memesys.llm.latencies), so a new one
-knows the tail at once, and keep to their own while Redis is away."""
+send time; processes pool their latencies and their budget through Redis
+(memesys.llm.hedge_pool): a new one knows the tail at once, one spends what another's calls
+earned, and each keeps to its own while Redis is away."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from actors import deadlines
 from memesys.llm import hedging as hedging_module
 from memesys.llm import served
 from memesys.llm.client import close_clients
+from memesys.llm.hedge_pool import HedgePool
 from memesys.llm.hedging import MIN_SAMPLES, Fanout, Hedging
-from memesys.llm.latencies import SharedLatencies
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI, Latency
 from tests.support.llm import make_engine, redis_url, write_request
 from tests.support.provider import MODEL, fake_provider_fixture
@@ -199,20 +200,18 @@ def test_processes_pool_their_latencies_so_a_new_one_knows_the_tail(
     monkeypatch.setattr(hedging_module, "SHARE_EVERY_S", 0.0)
     with redis_url(tmp_path) as url:
         prefix = f"t{time.monotonic_ns()}"
-        old = Hedging(0.9, 0.15, 0.8, SharedLatencies(url, prefix, "fake/m"))
+        old = Hedging(0.9, 0.15, 0.8, HedgePool(url, prefix, "fake/m"))
         for i in range(MIN_SAMPLES + 5):
             old.answered("select_write", 2.0 if i % 10 == 0 else 0.5)
-        new = Hedging(0.9, 0.15, 0.8, SharedLatencies(url, prefix, "fake/m"))
+        new = Hedging(0.9, 0.15, 0.8, HedgePool(url, prefix, "fake/m"))
         point = new.after("select_write")  # before any answer of its own
         assert point is not None and point.median == 0.5 and point.after == 2.0
         assert new.after("factuality") == point  # the model's answers over every stage
         client = redis.Redis.from_url(url)
         try:
             keys = sorted(k.decode() for k in client.scan_iter(f"{prefix}:*"))
-            assert keys == [
-                f"{prefix}:llm:latency/fake/m/",
-                f"{prefix}:llm:latency/fake/m/select_write",
-            ]
+            latency = f"{prefix}:llm:hedge/fake/m/latency/"
+            assert keys == [latency, f"{latency}select_write"]
             assert client.llen(keys[1]) == MIN_SAMPLES + 5
             client.delete(*keys)
         finally:
@@ -223,7 +222,7 @@ def test_without_redis_a_process_keeps_to_its_own_answers(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(hedging_module, "SHARE_EVERY_S", 0.0)
-    alone = Hedging(0.9, 0.15, 0.8, SharedLatencies("redis://127.0.0.1:1/0", "t", "fake/m"))
+    alone = Hedging(0.9, 0.15, 0.8, HedgePool("redis://127.0.0.1:1/0", "t", "fake/m"))
     with caplog.at_level(logging.WARNING, logger="memesys.llm"):
         for _ in range(MIN_SAMPLES):
             alone.answered("score", 1.0)
@@ -231,3 +230,25 @@ def test_without_redis_a_process_keeps_to_its_own_answers(
     assert point is None  # its own answers: all near their median, nothing to gain
     warnings = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
     assert len(warnings) == 1  # once, not once per answer
+
+
+def test_one_budget_for_every_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator's calls earn hedges a verifier may spend: the budget is the cluster's."""
+    monkeypatch.setattr(hedging_module, "SHARE_EVERY_S", 0.0)
+    with redis_url(tmp_path) as url:
+        prefix = f"t{time.monotonic_ns()}"
+        earner = Hedging(0.85, 0.15, 0.8, HedgePool(url, prefix, "fake/m"))
+        spender = Hedging(0.85, 0.15, 0.8, HedgePool(url, prefix, "fake/m"))
+        assert not spender.spend()  # nothing earned yet, anywhere
+        for _ in range(21):  # 21 calls earn 3.15 hedges, pushed with the next answer
+            earner.called()
+        earner.answered("select_write", 0.5)
+        assert [spender.spend() for _ in range(4)] == [True, True, True, False]
+        spender.refund()  # one taken but not sent goes back with its next exchange
+        spender.answered("score", 0.5)
+        assert spender.spend() and not spender.spend()
+        client = redis.Redis.from_url(url)
+        try:
+            client.delete(*client.scan_iter(f"{prefix}:*"))
+        finally:
+            client.close()

@@ -3,7 +3,7 @@ past a high quantile of its stage's latency (Dean and Barroso, "The Tail at Scal
 
 - **When**: an attempt still unanswered after the ``quantile`` (``[llm] hedge_quantile``) of
   the latencies observed for the same stage (the last ``SAMPLES_KEPT`` answers of every
-  process, pooled through Redis by :mod:`memesys.llm.latencies`, so a worker that just started
+  process, pooled through Redis by :mod:`memesys.llm.hedge_pool`, so a worker that just started
   knows the provider's tail), or of the model's answers over every stage while the stage has
   fewer than ``MIN_SAMPLES``; no hedging before the model has that many, and none while that
   quantile is under ``TAIL_RATIO`` times the median: a provider without a heavy tail (every
@@ -18,8 +18,10 @@ past a high quantile of its stage's latency (Dean and Barroso, "The Tail at Scal
   meme nothing from a hedge: before it is the straggler it is hedged only past
   ``FANOUT_FACTOR`` times its hedging point (several calls stuck at once).
 - **How many**: at most ``budget`` (``[llm] hedge_budget``, default 0.15) hedges per call made,
-  over time: each call earns ``budget`` of a hedge, a hedge spends one, and at most
-  ``MAX_CREDIT`` can be saved up, so a calm hour cannot buy a burst.
+  over time: each call earns ``budget`` of a hedge, a hedge spends one, and only a few can be
+  saved up, so a calm hour cannot buy a burst. The credit is the cluster's (pooled in Redis: a
+  process whose calls need more hedges uses what another's leave); while Redis is away each
+  process keeps its own, at most ``MAX_CREDIT``.
 - **Where the transport draws the line** (:mod:`memesys.llm.transport`): only while the breaker
   is closed, only with a send time free in the shared schedule at once (a hedge never causes a
   429 or queues behind a meme's booked calls), only when the time left before the deadline
@@ -32,10 +34,10 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 SAMPLES_KEPT = 200
 MIN_SAMPLES = 20
@@ -46,9 +48,20 @@ _EVERY = 8  # quantiles are recomputed after this many new answers
 SHARE_EVERY_S = 1.0  # answers are pooled with the other processes' at most this often
 
 R = TypeVar("R")
-Exchange = Callable[[Mapping[str, list[float]], list[str]], dict[str, list[float]] | None]
-"""Pooling (:class:`memesys.llm.latencies.SharedLatencies`): this process's new answers by stage
-in, every process's kept answers of the stages asked for out (None: not reachable)."""
+
+
+class Pool(Protocol):
+    """What the processes share (:class:`memesys.llm.hedge_pool.HedgePool`); None from either
+    method: Redis is unreachable, the process keeps to its own."""
+
+    def exchange(
+        self, fresh: Mapping[str, list[float]], stages: list[str], earned: float
+    ) -> dict[str, list[float]] | None:
+        """This process's new answers by stage and earned credit in, every process's kept
+        answers of ``stages`` out."""
+
+    def spend(self) -> bool | None:
+        """One hedge from the shared budget: whether one was left."""
 
 
 @dataclass
@@ -104,23 +117,25 @@ class Point:
 
 
 class Hedging:
-    """One model's hedging in this process; ``exchange`` pools the answers' latencies with the
-    other processes' (None: this process's own only)."""
+    """One model's hedging in this process; ``pool`` shares the answers' latencies and the
+    budget with the other processes (None: this process's own only)."""
 
     def __init__(
         self,
         quantile: float,
         budget: float,
         straggler_quantile: float | None = None,
-        exchange: Exchange | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self.quantile = quantile
         self.straggler_quantile = quantile if straggler_quantile is None else straggler_quantile
         self.budget = budget
-        self.credit = 0.0
+        self.credit = 0.0  # this process's own, spent while the pool is unreachable
         self._latencies: dict[str, _Latencies] = {}
-        self._exchange = exchange
+        self._pool = pool
         self._unshared: dict[str, list[float]] = {}
+        self._earned = 0.0  # credit earned since the last exchange, for the pool
+        self._pooled_spend = False  # the last hedge taken came from the pool
         self._shared_at = float("-inf")  # monotonic time of the last exchange
 
     @property
@@ -135,19 +150,21 @@ class Hedging:
         """An attempt of ``stage`` answered in ``seconds``."""
         for key in {stage, ""}:
             self._latencies.setdefault(key, _Latencies()).add(seconds, self._quantiles)
-        if self._exchange is not None:
+        if self._pool is not None:
             self._unshared.setdefault(stage, []).append(seconds)
             self._share(stage)
 
     def _share(self, stage: str) -> None:
-        """At most every SHARE_EVERY_S: this process's new answers to the pool, and the pool's
-        answers of ``stage``, of every stage and of the stages seen here in place of its own."""
+        """At most every SHARE_EVERY_S: this process's new answers and earned credit to the
+        pool, and the pool's answers of ``stage``, of every stage and of the stages seen here
+        in place of its own."""
         now = time.monotonic()
-        if self._exchange is None or now - self._shared_at < SHARE_EVERY_S:
+        if self._pool is None or now - self._shared_at < SHARE_EVERY_S:
             return
         self._shared_at = now
         fresh, self._unshared = self._unshared, {}
-        pooled = self._exchange(fresh, sorted({stage, "", *self._latencies}))
+        earned, self._earned = self._earned, 0.0
+        pooled = self._pool.exchange(fresh, sorted({stage, "", *self._latencies}), earned)
         if pooled is None:  # unreachable: the answers stay this process's own
             return
         for key, values in pooled.items():
@@ -155,8 +172,11 @@ class Hedging:
                 self._latencies.setdefault(key, _Latencies()).replace(values, self._quantiles)
 
     def called(self) -> None:
-        """A call was made: it earns ``budget`` of a hedge."""
+        """A call was made: it earns ``budget`` of a hedge (the pool's, and this process's own
+        for while the pool is unreachable)."""
         self.credit = min(MAX_CREDIT, self.credit + self.budget)
+        if self._pool is not None:
+            self._earned += self.budget
 
     def after(self, stage: str) -> Point | None:
         """When to hedge an attempt of ``stage``, or None when hedging is off, too few answers
@@ -178,7 +198,12 @@ class Hedging:
         return None
 
     def spend(self) -> bool:
-        """Take one hedge from the budget: False when none is left."""
+        """Take one hedge from the budget (the pool's; this process's own while the pool is
+        unreachable): False when none is left."""
+        taken = None if self._pool is None else self._pool.spend()
+        self._pooled_spend = taken is not None
+        if taken is not None:
+            return taken
         if self.credit < 1.0:
             return False
         self.credit -= 1.0
@@ -186,7 +211,10 @@ class Hedging:
 
     def refund(self) -> None:
         """A hedge taken from the budget was not sent."""
-        self.credit = min(MAX_CREDIT, self.credit + 1.0)
+        if self._pooled_spend:
+            self._earned += 1.0
+        else:
+            self.credit = min(MAX_CREDIT, self.credit + 1.0)
 
 
 _straggling: ContextVar[asyncio.Event | None] = ContextVar("memesys_hedge_straggler", default=None)

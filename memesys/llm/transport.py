@@ -50,8 +50,8 @@ from memesys.llm.errors import (
     LLMCallError,
     call_error,
 )
+from memesys.llm.hedge_pool import HedgePool
 from memesys.llm.hedging import Hedging, Point, straggling
-from memesys.llm.latencies import SharedLatencies
 from memesys.llm.limiter import Limiter, NoSlot, limiter_for
 from memesys.llm.metrics import Recorder, recorder_for
 
@@ -226,7 +226,7 @@ class HardenedTransport:
             policy.hedge_quantile,
             policy.hedge_budget,
             policy.hedge_straggler_quantile,
-            SharedLatencies(policy.redis_url, policy.key_prefix, self.name)
+            HedgePool(policy.redis_url, policy.key_prefix, self.name)
             if policy.redis_url and policy.hedge_budget > 0
             else None,
         )

@@ -11,7 +11,6 @@ Both validate the slot texts the same way (validate_texts).
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, replace
 from typing import Any
 
