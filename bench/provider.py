@@ -1,4 +1,4 @@
-"""The provider benchmark: ``python -m bench.provider [--quick] [--keep]``.
+"""The provider benchmark: ``python -m bench.provider [--quick] [--keep] [--only a,b,c]``.
 
 The real daemon (``python run_system.py``, embedded Redis, the packaged defaults: only the
 provider is set, ``OPENAI_BASE_URL`` pointing at the fake, ``MEMESYS_LLM_MODEL=fake-model``)
@@ -694,6 +694,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{QUICK.window_s:g} s in b",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir and its logs")
+    parser.add_argument(
+        "--only",
+        default="a,b,c",
+        help="the scenarios to run, by letter (default a,b,c; d, the threads, is measured in b)",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=1, help=argparse.SUPPRESS)
@@ -704,10 +709,13 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(client_run(args.port, args.clients, args.duration, args.token))
         print(json.dumps(result), flush=True)
         return 0
-    return orchestrate(QUICK if args.quick else FULL, args.keep)
+    only = {letter.strip() for letter in args.only.split(",") if letter.strip()}
+    if not only or only - {"a", "b", "c"}:
+        parser.error(f"--only takes letters among a, b and c, not {args.only!r}")
+    return orchestrate(QUICK if args.quick else FULL, args.keep, only)
 
 
-def orchestrate(mode: Mode, keep: bool) -> int:
+def orchestrate(mode: Mode, keep: bool, only: set[str]) -> int:
     began = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="memesys-bench-provider-"))
     say(header(mode))
@@ -722,6 +730,8 @@ def orchestrate(mode: Mode, keep: bool) -> int:
             ("c. a person's meme beside queued tasks", scenario_beside_tasks),
         ]
         for title, part in parts:
+            if title[0] not in only:
+                continue
             try:
                 for text in part(mode, bench):
                     say(text)
