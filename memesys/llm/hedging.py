@@ -135,7 +135,6 @@ class Hedging:
         self._pool = pool
         self._unshared: dict[str, list[float]] = {}
         self._earned = 0.0  # credit earned since the last exchange, for the pool
-        self._pooled_spend = False  # the last hedge taken came from the pool
         self._shared_at = float("-inf")  # monotonic time of the last exchange
 
     @property
@@ -201,7 +200,6 @@ class Hedging:
         """Take one hedge from the budget (the pool's; this process's own while the pool is
         unreachable): False when none is left."""
         taken = None if self._pool is None else self._pool.spend()
-        self._pooled_spend = taken is not None
         if taken is not None:
             return taken
         if self.credit < 1.0:
@@ -210,8 +208,9 @@ class Hedging:
         return True
 
     def refund(self) -> None:
-        """A hedge taken from the budget was not sent."""
-        if self._pooled_spend:
+        """A hedge taken from the budget was not sent: it goes back to the pool with the next
+        exchange (this process's own credit without a pool)."""
+        if self._pool is not None:
             self._earned += 1.0
         else:
             self.credit = min(MAX_CREDIT, self.credit + 1.0)
