@@ -368,9 +368,9 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
                 bench.messages.setdefault(kind, _message(meme, b""))
                 continue
             seconds.append(elapsed)
-            calls += stage_calls(meme)
-            hedged += hedges(meme)
             memes.append((elapsed, i + 1, stage_calls(meme), hedges(meme)))
+            calls += memes[-1][2]
+            hedged += memes[-1][3]
             for stage, ms in (meme.get("timings") or {}).items():
                 timings.setdefault(stage, []).append(ms / 1000)
         after = scenario.provider()

@@ -108,12 +108,18 @@ class Point:
     straggler_after: float
     median: float
 
-    def at(self, straggler: bool, in_fanout: bool) -> float:
-        """Seconds after its send to hedge an attempt: of a fan-out's straggler, of another
-        call of a fan-out, or of a call in none."""
-        if straggler:
-            return self.straggler_after
-        return FANOUT_FACTOR * self.after if in_fanout else self.after
+    def at(self, straggler: asyncio.Event | None) -> float:
+        """Seconds after its send to hedge an attempt, by its fan-out's ``straggler`` event
+        (:func:`straggling`): of a call in no fan-out (None), of a fan-out's call not yet its
+        straggler (unset), of the straggler (set)."""
+        if straggler is None:
+            return self.after
+        return self.straggler_after if straggler.is_set() else FANOUT_FACTOR * self.after
+
+    def soonest(self, straggler: asyncio.Event | None) -> float:
+        """The soonest :meth:`at` can come: a fan-out's call is hedged soonest as its
+        straggler (the straggler quantile is at most the hedging one)."""
+        return self.after if straggler is None else self.straggler_after
 
 
 class Hedging:

@@ -487,7 +487,7 @@ class HardenedTransport:
         stage = served.stage()
         point = self.hedging.after(stage) if state == CLOSED else None
         straggler = straggling()
-        if point is None or point.at(straggler is not None, straggler is not None) >= timeout_s:
+        if point is None or point.soonest(straggler) >= timeout_s:
             return self._answered(stage, await self._sent(request, payload, timeout_s, state))
         sent = time.perf_counter()
         first = asyncio.create_task(self._sent(request, payload, timeout_s, state))
@@ -531,13 +531,12 @@ class HardenedTransport:
             try:
                 await asyncio.wait(
                     (first, became),
-                    timeout=point.at(False, True),
+                    timeout=point.at(straggler),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 became.cancel()
-        hedge_at = point.at(straggler is not None and straggler.is_set(), straggler is not None)
-        left = hedge_at - (time.perf_counter() - sent)
+        left = point.at(straggler) - (time.perf_counter() - sent)
         if not first.done() and left > 0:
             await asyncio.wait((first,), timeout=left)
         return not first.done()
