@@ -202,6 +202,41 @@ def test_a_save_that_runs_out_of_time_on_disk_leaves_nothing(
     assert not client.exists(f"{prefix}:images:pending")
 
 
+def test_a_picture_staged_while_judging_is_the_saves_and_is_removed_if_never_saved(
+    client: redis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    """MemeStore.stage_image puts a meme's PNG in place before its save (the speculative
+    picture, while the caption is judged): the save then writes no file, and a staged picture
+    whose meme is not saved is removed by unstage (or, after a crash, by tidy_images)."""
+    writes: list[str] = []
+
+    class CountingDisk(ImageFiles):
+        def put(self, meme_id: str, png: bytes, digest: str) -> None:
+            writes.append(meme_id)
+            super().put(meme_id, png, digest)
+
+    store = MemeStore(client, CountingDisk(tmp_path / "images"), prefix)
+    pending = f"{prefix}:images:pending"
+    staged = store.stage_image("kept", REAL)
+    assert store.images.meme_path("kept").read_bytes() == REAL and client.zcard(pending) == 1
+    assert store.get("kept") is None  # staged is not saved: no record yet
+    store.save(pictured("kept", 1.0, REAL), REAL, staged=staged)
+    assert writes == ["kept"] and store.image("kept").png == REAL
+    assert not client.exists(pending)
+    # The picture of a caption the meme did not keep, unstaged before the save of its own.
+    store.unstage(store.stage_image("refined", OTHER))
+    store.save(pictured("refined", 1.0, REAL), REAL)
+    assert writes == ["kept", "refined", "refined"] and store.image("refined").png == REAL
+    assert not store.images.content_path(image_ref(OTHER)["sha256"]).exists()
+    # A meme that failed after its picture was staged: nothing of it is left.
+    store.unstage(store.stage_image("failed", OTHER))
+    assert not store.images.meme_path("failed").exists()
+    assert not store.images.content_path(image_ref(OTHER)["sha256"]).exists()
+    assert not client.exists(pending)
+    with pytest.raises(ValueError):
+        store.stage_image("../etc", REAL)
+
+
 def test_what_a_crash_left_is_tidied(store: MemeStore, client: redis.Redis, prefix: str) -> None:
     digest = image_ref(REAL)["sha256"]
     pending = f"{prefix}:images:pending"

@@ -108,28 +108,49 @@ def test_a_refined_caption_never_ships_the_speculative_picture(engine_for, run) 
 
 
 def test_the_speculative_picture_is_used_for_the_caption_it_drew_and_only_for_it() -> None:
+    """And its files, staged while the caption is judged, are the save's when the picture is
+    used; otherwise (another caption kept, or the meme failed) they are unstaged, also when
+    the staging was still running when they were dropped."""
     drawn: list[RenderMeme] = []
+    staged: list[bytes] = []
+    unstaged: list[str] = []
 
     async def render(order: RenderMeme) -> bytes:
         drawn.append(order)
         return render_meme(order, RenderSettings())
 
+    async def stage(png: bytes) -> str:
+        await asyncio.sleep(0.02)  # a thread's fsyncs
+        staged.append(png)
+        return f"staged {len(staged)}"
+
+    async def unstage(name: str) -> None:
+        unstaged.append(name)
+
     first = Caption("drake", ("coffee", "tea"), "", 0)
     refined = Caption("drake", ("coffee!", "tea"), "", 0)
+    first_png = render_meme(render_order(first, 7), RenderSettings())
 
-    async def scenario(final: Caption) -> bytes:
-        speculation = Speculation(render, seed=7)
+    async def scenario(final: Caption | None) -> tuple[bytes, str] | None:
+        speculation = Speculation(render, 7, 0.0, stage, unstage)
         speculation.start(first)
         await asyncio.sleep(0)
-        png = await speculation.picture_for(final)
+        got = None if final is None else await speculation.picture_for(final)
         speculation.discard()
-        return png
+        await asyncio.sleep(0.05)  # an interrupted staging ends, then is undone
+        return got
 
-    assert asyncio.run(scenario(first)) == render_meme(render_order(first, 7), RenderSettings())
+    assert asyncio.run(scenario(first)) == (first_png, "staged 1")
     assert drawn == [render_order(first, 7)]  # drawn once: the speculative picture was used
-    drawn.clear()
-    assert asyncio.run(scenario(refined)) == render_meme(render_order(refined, 7), RenderSettings())
+    assert staged == [first_png] and unstaged == []  # the save's now
+    drawn.clear(), staged.clear()
+    refined_png = render_meme(render_order(refined, 7), RenderSettings())
+    assert asyncio.run(scenario(refined)) == (refined_png, "")  # not staged: the save writes it
     assert drawn[-1] == render_order(refined, 7)
+    assert staged == [first_png] and unstaged == ["staged 1"]
+    drawn.clear(), staged.clear(), unstaged.clear()
+    assert asyncio.run(scenario(None)) is None  # the meme failed while its picture was staged
+    assert staged == [first_png] and unstaged == ["staged 1"]
 
 
 def test_the_speculative_picture_waits_its_delay_unless_it_is_wanted_sooner() -> None:

@@ -158,6 +158,12 @@ class LocalWorkshop:
     async def render(self, order: RenderMeme) -> bytes:
         return await self.engine.run(render_meme, order, self.engine.render_settings)
 
+    async def stage_image(self, meme_id: str, png: bytes) -> str:
+        return await self.engine.on_store(self.engine.store.stage_image, meme_id, png)
+
+    async def unstage(self, staged: str) -> None:
+        await self.engine.on_store(self.engine.store.unstage, staged)
+
     async def save(self, order: SaveMeme) -> str:
         return await self.engine.on_store(
             self.engine.store.keep,
@@ -169,6 +175,7 @@ class LocalWorkshop:
             order.version,
             order.correlation,
             order.events,
+            order.staged,
         )
 
     def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -40,7 +41,7 @@ from memesys.domain.events import (
 from memesys.domain.formats import UnknownFormat, get_format
 from memesys.domain.ids import new_id
 from memesys.domain.messages import GenerateMeme, RenderMeme
-from memesys.errors import ErrorCode
+from memesys.errors import ErrorCode, MemesysError
 from memesys.llm import reservations
 from memesys.llm.transport import current_deadline
 from memesys.pipeline import admission
@@ -73,6 +74,7 @@ class SaveMeme:
     version: int = 0  # the meme's events its journal appended: its ``completed`` comes next
     correlation: str = ""  # the request's or task's id its events carry
     events: tuple[Any, ...] = ()  # recorded, not appended yet: they go before ``completed``
+    staged: str = ""  # what Workshop.stage_image returned for its picture, if it was staged
 
 
 class Workshop(Protocol):
@@ -89,6 +91,16 @@ class Workshop(Protocol):
 
     async def render(self, order: RenderMeme) -> bytes: ...
 
+    async def stage_image(self, meme_id: str, png: bytes) -> str:
+        """Put the PNG of a meme still being made in place ahead of its save; returns what
+        ``SaveMeme.staged`` and :meth:`unstage` take (``MemeStore.stage_image``; its
+        ``StoreError`` as it is, the save answers for the store)."""
+        ...
+
+    async def unstage(self, staged: str) -> None:
+        """Remove a staged picture whose meme will not be saved."""
+        ...
+
     async def save(self, order: SaveMeme) -> str: ...
 
     def journal(self, meme_id: str, request: GenerateMeme) -> Journal:
@@ -102,52 +114,102 @@ def render_order(caption: Caption, seed: int) -> RenderMeme:
 
 
 class Speculation:
-    """The picture of the first caption, drawn while the caption is judged.
+    """The picture of the first caption, drawn while the caption is judged, and its files put
+    in place (``stage``: :meth:`Workshop.stage_image`) before the judging ends, so that the
+    save after it only records events.
 
     It starts ``delay_s`` after the caption, or as soon as the picture is wanted if that is
     sooner: the judging group's four calls are prepared and sent in the first milliseconds,
     and a render at that moment (several ms of CPU) delays them on a small machine
     (docs/perf/2026-12-01-bench-ab.md). The delay costs only a meme whose judging ends within
-    ``delay_s`` plus a render's time (a fast model), and at most one render's time."""
+    ``delay_s`` plus a render's time (a fast model), and at most one render's time.
+
+    A picture that could not be staged (the store failing) is written by the save, which then
+    answers for the store. Staged files nobody will use (the meme failed, or kept another
+    caption) are removed (``unstage``) once their staging is over, even if it was still
+    running when they were dropped; what a failure there leaves, ``MemeStore.tidy_images``
+    removes later."""
 
     def __init__(
-        self, render: Callable[[RenderMeme], Awaitable[bytes]], seed: int, delay_s: float = 0.0
+        self,
+        render: Callable[[RenderMeme], Awaitable[bytes]],
+        seed: int,
+        delay_s: float = 0.0,
+        stage: Callable[[bytes], Awaitable[str]] | None = None,
+        unstage: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.render, self.seed, self.delay_s = render, seed, delay_s
+        self.stage, self.unstage = stage, unstage
         self.order: RenderMeme | None = None
-        self.task: asyncio.Future[bytes] | None = None
+        self.task: asyncio.Future[tuple[bytes, str]] | None = None
+        self.staging: asyncio.Future[str] | None = None  # not handed to a save yet
         self.wanted = asyncio.Event()
 
     def start(self, caption: Caption) -> None:
         self.order = render_order(caption, self.seed)
         self.task = asyncio.ensure_future(self._draw(self.order))
 
-    async def _draw(self, order: RenderMeme) -> bytes:
+    async def _draw(self, order: RenderMeme) -> tuple[bytes, str]:
         if self.delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wanted.wait(), self.delay_s)
-        return await self._render(order, True)
+        png = await self._render(order, True)
+        if self.stage is None:
+            return png, ""
+        self.staging = asyncio.ensure_future(self.stage(png))
+        try:  # shielded: dropped now, the staging still ends, to be undone
+            return png, await asyncio.shield(self.staging)
+        except MemesysError as exc:
+            log.debug("the picture was not staged (the save writes it): %s", exc)
+            return png, ""
 
     async def _render(self, order: RenderMeme, speculative: bool) -> bytes:
         with tracing.span("stage render", {"memesys.speculative": speculative}, SCOPE):
             return await self.render(order)
 
-    async def picture_for(self, caption: Caption) -> bytes:
-        """The PNG of ``caption``: the speculative one only if it drew exactly this caption."""
+    async def picture_for(self, caption: Caption) -> tuple[bytes, str]:
+        """The PNG of ``caption`` and what staged it (``""``: not staged, the save writes it):
+        the speculative one only if it drew exactly this caption. The staged files are the
+        save's from then on."""
         order = render_order(caption, self.seed)
         if self.task is not None and order == self.order:
             self.wanted.set()
-            return await self.task
+            drawn = await self.task
+            self.staging = None
+            return drawn
+        staging, self.staging = self.staging, None
         self.discard()
-        return await self._render(order, False)
+        if staging is not None:  # undone before the meme's name is given another picture
+            await self._undone(staging)
+        return await self._render(order, False), ""
+
+    async def _undone(self, staging: asyncio.Future[str]) -> None:
+        staged = ""
+        try:
+            with contextlib.suppress(MemesysError):
+                staged = await asyncio.shield(staging)
+        except asyncio.CancelledError:
+            staging.add_done_callback(self._undo)
+            raise
+        if staged and self.unstage is not None:
+            await self.unstage(staged)
 
     def discard(self) -> None:
-        """Drop a picture nobody will use (its failure, if any, is nobody's either)."""
+        """Drop a picture nobody will use (its failure, if any, is nobody's either), and its
+        staged files."""
         if self.task is not None and not self.task.done():
             self.task.cancel()
         if self.task is not None:
             self.task.add_done_callback(_swallow)
         self.task = None
+        staging, self.staging = self.staging, None
+        if staging is not None:
+            staging.add_done_callback(self._undo)
+
+    def _undo(self, staging: asyncio.Future[str]) -> None:
+        if staging.cancelled() or staging.exception() is not None or self.unstage is None:
+            return
+        asyncio.ensure_future(self.unstage(staging.result())).add_done_callback(_swallow)
 
 
 @dataclass(frozen=True)
@@ -209,7 +271,7 @@ def _failure_code(exc: BaseException) -> str:
     return str(getattr(code, "value", code) or ErrorCode.INTERNAL.value)
 
 
-def _swallow(task: asyncio.Future[bytes]) -> None:
+def _swallow(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
@@ -323,13 +385,19 @@ class MemeMaker:
                 {"topic": request.topic, "style": request.style, "audience": request.audience},
                 now=False,  # with the caption, in one append
             )
-            speculation = Speculation(workshop.render, request.seed, self.render_delay_s)
+            speculation = Speculation(
+                workshop.render,
+                request.seed,
+                self.render_delay_s,
+                functools.partial(workshop.stage_image, meme_id),
+                workshop.unstage,
+            )
             progress = Progress(journal, None if self.mode == SEQUENTIAL else speculation)
             try:
                 with reservations.holding(booked):
                     result, judge_ms = await self._pipeline(request, workshop, progress)
                 lap("pipeline")
-                png = await speculation.picture_for(result.caption)
+                png, staged = await speculation.picture_for(result.caption)
                 lap("render")
                 journal.record(RENDERED, {"bytes": len(png)}, now=False)  # with completed
             except BaseException as exc:
@@ -338,28 +406,41 @@ class MemeMaker:
                 raise
             finally:
                 speculation.discard()
-            timings.update(result.timings, **judge_ms)
-            timings["pipeline_total"] = timings.pop("total")
-            fmt = get_format(result.caption.format)
-            meme = build_meme(
-                meme_id,
-                request,
-                fmt,
-                result,
-                png,
-                self.mode,
-                timings,
-                self.program.provider,
-                self.engine,
-            )
-            version, events = await journal.settled()
-            correlation = request.correlation or request.trace_id
-            with tracing.span("stage save", None, SCOPE):
-                await workshop.save(
-                    SaveMeme(
-                        meme, png, None if request.fresh else key, version, correlation, events
-                    )
+            try:  # from here the staged picture is the save's
+                timings.update(result.timings, **judge_ms)
+                timings["pipeline_total"] = timings.pop("total")
+                fmt = get_format(result.caption.format)
+                meme = build_meme(
+                    meme_id,
+                    request,
+                    fmt,
+                    result,
+                    png,
+                    self.mode,
+                    timings,
+                    self.program.provider,
+                    self.engine,
                 )
+                version, events = await journal.settled()
+                correlation = request.correlation or request.trace_id
+                with tracing.span("stage save", None, SCOPE):
+                    await workshop.save(
+                        SaveMeme(
+                            meme,
+                            png,
+                            None if request.fresh else key,
+                            version,
+                            correlation,
+                            events,
+                            staged,
+                        )
+                    )
+            except Exception:
+                # Not when cancelled: a save already in its thread may still land, and would
+                # then lack its picture; MemeStore.tidy_images settles those files later.
+                if staged:
+                    asyncio.ensure_future(workshop.unstage(staged)).add_done_callback(_swallow)
+                raise
             lap("store")
             timings["total"] = (time.perf_counter() - began) * 1000
             log.info("meme %s made in %.0f ms", meme_id, timings["total"])

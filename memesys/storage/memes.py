@@ -278,13 +278,16 @@ class MemeStore:
         version: int = 0,
         correlation: str = "",
         events: Sequence[Event] = (),
+        staged: str = "",
     ) -> None:
         """Store the PNG's files, then record ``events`` (its journal's last, not appended yet)
         and the meme's ``completed`` event (its record
         sealed) after the ``version`` events its journal appended and, in the same script, its
         projection (record, index entry): no reader sees a meme whose picture is not on disk,
         nor an event without its projection. ``meme["image"]`` must describe ``png``. Past
-        ``not_after`` (a wall-clock deadline) nothing is saved (:class:`TooLate`)."""
+        ``not_after`` (a wall-clock deadline) nothing is saved (:class:`TooLate`). ``staged``:
+        what :meth:`stage_image` returned for this meme; if it is this PNG, its files are
+        already in place, else they are removed first."""
         meme_id = meme.get("id")
         created_at = meme.get("created_at")
         if not isinstance(meme_id, str) or not valid_id(meme_id):
@@ -302,10 +305,10 @@ class MemeStore:
         record = json.dumps(meme, separators=(",", ":"), ensure_ascii=False)
         digest: str = meme["image"]["sha256"]
         pending = f"{meme_id}:{digest}"
-        with self._guard(f"saving meme {meme_id}", write=True):
-            self._r.zadd(self._pending, {pending: time.time()})
-        with self._on_disk(f"saving the image of meme {meme_id}"):
-            self.images.put(meme_id, png, digest)
+        if staged != pending:
+            if staged:  # a picture of a caption the meme did not keep
+                self._settle(staged)
+            self._put_image(meme_id, png, pending)
         try:
             _in_time(meme_id, not_after)  # the files took the rest of the time
         except TooLate:
@@ -335,6 +338,29 @@ class MemeStore:
                 # a save retried after its first try was written (its reply lost): done once
                 self._r.zrem(self._pending, pending)
 
+    def stage_image(self, meme_id: str, png: bytes) -> str:
+        """Put the PNG of a meme still being made in place ahead of its :meth:`save` (its
+        picture is drawn while its caption is judged, so its files need not be written after
+        the judging): returns what the save and :meth:`unstage` take. Files whose meme is
+        never saved are removed by :meth:`unstage`, or after a crash by :meth:`tidy_images`."""
+        if not valid_id(meme_id):
+            raise ValueError(f"invalid meme id {meme_id!r}")
+        pending = f"{meme_id}:{image_ref(png)['sha256']}"
+        self._put_image(meme_id, png, pending)
+        return pending
+
+    def unstage(self, staged: str) -> None:
+        """Remove the files :meth:`stage_image` put in place for a meme that was not saved."""
+        self._settle(staged)
+
+    def _put_image(self, meme_id: str, png: bytes, pending: str) -> None:
+        """The PNG's files, durably, entered in ``images:pending`` first so that a crash
+        leaves nothing :meth:`tidy_images` does not find."""
+        with self._guard(f"saving meme {meme_id}", write=True):
+            self._r.zadd(self._pending, {pending: time.time()})
+        with self._on_disk(f"saving the image of meme {meme_id}"):
+            self.images.put(meme_id, png, pending.partition(":")[2])
+
     def keep(
         self,
         meme: dict[str, Any],
@@ -345,12 +371,14 @@ class MemeStore:
         version: int = 0,
         correlation: str = "",
         events: Sequence[Event] = (),
+        staged: str = "",
     ) -> str:
         """Save a meme just made (after the ``version`` events its journal appended), and cache
         it under ``cache_key`` unless that is None (a fresh meme); returns its id. Past
         ``not_after`` (the request's wall-clock deadline) nothing is saved (:class:`TooLate`):
-        the thread that saves may start late, and the client has had its 504 by then."""
-        self.save(meme, png, not_after, version, correlation, events)
+        the thread that saves may start late, and the client has had its 504 by then.
+        ``staged``: as :meth:`save` takes it."""
+        self.save(meme, png, not_after, version, correlation, events, staged)
         meme_id: str = meme["id"]
         if cache_key:
             trace = str(meme.get("trace_id") or "")

@@ -210,6 +210,12 @@ class TreeWorkshop:
         except RemoteFailure as exc:
             raise RequestFailed.of(exc.failure, f"{RENDER}: {exc.failure.message}") from exc
 
+    async def stage_image(self, meme_id: str, png: bytes) -> str:
+        return await asyncio.to_thread(self.worker.store.stage_image, meme_id, png)
+
+    async def unstage(self, staged: str) -> None:
+        await asyncio.to_thread(self.worker.store.unstage, staged)
+
     async def save(self, order: SaveMeme) -> str:
         # Not after the current deadline (the request's less the reply margin): only a save
         # that itself outlasts that margin can still land after the answer.
@@ -224,6 +230,7 @@ class TreeWorkshop:
             order.version,
             order.correlation,
             order.events,
+            order.staged,
         )
 
     def journal(self, meme_id: str, request: GenerateMeme) -> MemeJournal:
