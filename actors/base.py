@@ -32,6 +32,7 @@ from actors.deadlines import expired
 from actors.lifeline import die_with_parent
 from actors.messages import (
     Batch,
+    Booting,
     Cancel,
     Failure,
     FailureCode,
@@ -361,6 +362,7 @@ class BaseActor(Actor):  # type: ignore[misc]  # Thespian is untyped: Actor is A
         process_logs.enter(self.path)
         self.root = msg.root or self.myAddress
         self._heartbeat_s, self._last_beat = msg.heartbeat_s, time.monotonic()
+        self.send(sender, Booting(msg.name, os.getpid()))
         try:
             self.on_start(msg.args)
         except Exception as exc:

@@ -181,6 +181,17 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class Booting:
+    """A child's first word on :class:`Init`, before its ``on_start``: its OS pid. While it
+    starts (a supervisor's start waits for its children's), its supervisor can then see its
+    process die or kill its tree when the start times out; without it, a process that died
+    before answering :class:`Started` went unseen until the start timed out."""
+
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True)
 class Started:
     """A child's answer to :class:`Init`: it is up, with this OS pid and kind."""
 

@@ -84,6 +84,7 @@ from actors.health import BUSY_GRACE, HealthChecks
 from actors.messages import (
     Ack,
     AddChild,
+    Booting,
     ChildStatus,
     Down,
     Exiting,
@@ -234,6 +235,8 @@ class Supervisor(BaseActor):
     def receive_other(self, msg: object, sender: ActorAddress) -> None:
         if isinstance(msg, ChildActorExited):
             self._child_exited(msg.childAddress)
+        elif isinstance(msg, Booting):
+            self._child_booting(msg, sender)
         elif isinstance(msg, Started):
             self._child_started(msg, sender)
         elif isinstance(msg, InitFailed):
@@ -384,10 +387,11 @@ class Supervisor(BaseActor):
 
     def _check_liveness(self) -> None:
         """Thespian has been seen to miss a ``ChildActorExited`` when two children die at
-        once; a cheap pid check every half second makes sure no death goes unnoticed."""
+        once; a cheap pid check every half second makes sure no death goes unnoticed (a
+        starting child's too, once its ``Booting`` gave its pid)."""
         for child in list(self.children):
             if (
-                child.state in (ChildState.RUNNING, ChildState.STOPPING)
+                child.state in (ChildState.STARTING, ChildState.RUNNING, ChildState.STOPPING)
                 and child.pid
                 and not process_alive(child.pid)
             ):
@@ -411,6 +415,11 @@ class Supervisor(BaseActor):
 
     def _named(self, name: str) -> Child | None:
         return next((c for c in self.children if c.spec.name == name), None)
+
+    def _child_booting(self, msg: Booting, sender: ActorAddress) -> None:
+        child = self._named(msg.name)
+        if child is not None and child.address == sender and child.state is ChildState.STARTING:
+            child.pid = msg.pid
 
     def _child_started(self, msg: Started, sender: ActorAddress) -> None:
         child = self._named(msg.name)

@@ -29,6 +29,7 @@ from actors import process_logs
 from actors.base import BaseActor
 from actors.lifeline import lifeline
 from actors.messages import (
+    Booting,
     Failure,
     FailureCode,
     Init,
@@ -231,10 +232,20 @@ class _Absent(BaseActor):
             self.send(self.myAddress, ActorExitRequest())
 
 
+def initialized(asys: ActorSystem, actor: ActorAddress, init: Init, timeout: float) -> object:
+    """Send ``init`` to ``actor`` and return its answer past ``Booting``: ``Started``,
+    ``InitFailed``, or None if none came within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    answer = asys.ask(actor, init, timeout)
+    while isinstance(answer, Booting):
+        answer = asys.listen(max(0.0, deadline - time.monotonic()))
+    return answer
+
+
 def start_root(asys: ActorSystem, spec: ChildSpec, admin_port: int, timeout: float) -> ActorAddress:
     """Create the root under a global name and wait until its whole tree has started."""
     root = asys.createActor(spec.actor, globalName=spec.name)
-    answer = asys.ask(root, Init(spec.name, spec.args, admin_port), timeout)
+    answer = initialized(asys, root, Init(spec.name, spec.args, admin_port), timeout)
     if isinstance(answer, Started):
         return root
     asys.tell(root, ActorExitRequest())

@@ -19,7 +19,7 @@ import psutil
 from thespian.actors import ActorSystem
 
 from actors.messages import Init, Ping, Request
-from actors.system import harden_bind, logging_config
+from actors.system import harden_bind, initialized, logging_config
 from bench.profile_captions import formats
 from bench.profile_hop_actors import GO, PID, SETUP, Relay, Sink
 from memesys.domain.messages import RenderMeme
@@ -49,7 +49,7 @@ def cpu_s(proc: psutil.Process) -> float:
 
 def measure(asys: ActorSystem, port: int, count: int | None, reps: int) -> str:
     worker = asys.createActor(RenderWorker)
-    asys.ask(worker, Init("render-1", RenderSettings(), port), ASK_S)
+    initialized(asys, worker, Init("render-1", RenderSettings(), port), ASK_S)
     relay, sink = asys.createActor(Relay), asys.createActor(Sink)
     asys.ask(relay, (SETUP, worker, sink), ASK_S)
     pids = {

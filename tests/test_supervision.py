@@ -503,6 +503,39 @@ def test_child_failing_on_start_escalates_after_bounded_restarts(
     wait_for(lambda: events(path) == one_sub * 2, 5, what="both sub-supervisor runs")
 
 
+def test_a_child_that_hangs_while_it_starts_is_killed_by_its_pid(
+    actor_system: RunningSystem, tmp_path: Path
+) -> None:
+    """A starting child's ``Booting`` gives its pid before its ``on_start`` ends: the status
+    shows it, the pid check sees it die, and a start that times out kills its process. Here
+    the restart hangs in ``on_start`` and is then SIGSTOPped: an exit request could never be
+    read by it, so before ``Booting`` the stopped process stayed for good."""
+    path = tmp_path / "journal"
+    system = actor_system
+    spec = ChildSpec("slow", RECORDER, Journal(str(path), hang_restart_s=60.0))
+    system.start(ChildSpec("root", SUPERVISOR, SupervisorArgs((spec,), max_restarts=5)))
+    first = pids(system.status())["slow"]
+    assert first is not None
+    kill(first)
+
+    def hanging() -> int | None:
+        node = child(system.status(), "slow")
+        return node.pid if node and node.state == "starting" and node.pid != first else None
+
+    hung = wait_for(hanging, scaled(5.0), what="the restart's pid while it starts")
+    wait_for(lambda: events(path)[-1:] == ["hang slow"], scaled(5.0), what="the restart hangs")
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        # START_TIMEOUT_S (10 s) after its creation, the supervisor kills it; the next start
+        # is quick.
+        wait_for(lambda: not alive(hung), scaled(14.0), what="the hung start killed", interval=0.2)
+        wait_restarted(system, {"slow": hung}, {"slow"}, timeout=scaled(5.0))
+    finally:
+        if alive(hung):
+            os.kill(hung, signal.SIGKILL)
+    assert events(path) == ["start slow", "hang slow", "start slow"]
+
+
 def test_a_restart_request_past_the_intensity_is_answered(
     actor_system: RunningSystem, tmp_path: Path
 ) -> None:

@@ -20,11 +20,21 @@ class Journal:
     path: str
     stop_delay_s: float = 0.0  # >0: ignore Stop for this long (tests shutdown timeouts)
     fail_start: bool = False
+    hang_restart_s: float = 0.0  # >0: its first restart blocks in on_start this long (a hang)
 
 
 def record(path: str, line: str) -> None:
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+def _starts(path: str, name: str) -> int:
+    """How many times ``name`` has started, or begun to (a hang)."""
+    try:
+        with open(path) as f:
+            return sum(line.startswith((f"start {name} ", f"hang {name} ")) for line in f)
+    except FileNotFoundError:
+        return 0
 
 
 class Recorder(BaseActor):
@@ -37,6 +47,9 @@ class Recorder(BaseActor):
         if args.fail_start:
             record(args.path, f"fail {self.name} {os.getpid()}")
             raise RuntimeError("configured to fail")
+        if args.hang_restart_s and _starts(args.path, self.name) == 1:
+            record(args.path, f"hang {self.name} {os.getpid()}")
+            time.sleep(args.hang_restart_s)
         record(args.path, f"start {self.name} {os.getpid()}")
 
     def on_stop(self) -> None:
