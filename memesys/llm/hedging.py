@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 SAMPLES_KEPT = 200
-MIN_SAMPLES = 20
+MIN_SAMPLES = 10  # a daemon new to its provider hedges from its third meme on (five calls each)
 MAX_CREDIT = 3.0
 TAIL_RATIO = 2.0  # hedge only when the hedging point is at least this many medians
 FANOUT_FACTOR = 2.0  # a fan-out's call not (yet) its straggler: hedged past this x its point
