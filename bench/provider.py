@@ -339,6 +339,26 @@ def stage_calls(meme: dict[str, Any]) -> int:
     return len((meme.get("provider") or {}).get("stages") or {})
 
 
+STEPS = ("select_write", "judge")  # the critical path's steps, named beside the slowest memes
+
+
+def hedges_refused(port: int) -> Counter[str]:
+    """The daemon's ``memesys_llm_hedges_refused_total`` by ``why`` (budget, rate), from its
+    /metrics: the hedges its calls were due and did not get."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http_request(port, "GET", "/metrics", timeout=10.0)
+    if status != 200:
+        raise RuntimeError(f"GET /metrics answered {status}")
+    text = body.decode() if isinstance(body, bytes) else str(body)
+    refused: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "memesys_llm_hedges_refused_total":
+                refused[sample.labels.get("why", "")] += int(sample.value)
+    return refused
+
+
 def hedges(meme: dict[str, Any]) -> int:
     """The hedges the meme's stages record (provider.stages.<stage>.hedges)."""
     stages = (meme.get("provider") or {}).get("stages") or {}
@@ -355,11 +375,12 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
     calls = hedged = 0
     failures: Counter[str] = Counter()
     timings: dict[str, list[float]] = {}
-    memes: list[tuple[float, int, int, int]] = []  # seconds, its place, stage calls, hedges
+    # seconds, its place, stage calls, hedges, its select_write and judge seconds
+    memes: list[tuple[float, int, int, int, str]] = []
     with Scenario("tail", flags, bench) as scenario:
         note(f"a: a warm-up meme, then {mode.tail_memes} memes one at a time")
         make_meme(scenario.port, f"bench {token} warm-up")
-        before = scenario.provider()
+        before, refused = scenario.provider(), hedges_refused(scenario.port)
         for i in range(mode.tail_memes):
             elapsed, status, meme = make_meme(scenario.port, f"bench {token} tail {i}")
             if status != 201 or not isinstance(meme, dict):
@@ -368,12 +389,15 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
                 bench.messages.setdefault(kind, _message(meme, b""))
                 continue
             seconds.append(elapsed)
-            memes.append((elapsed, i + 1, stage_calls(meme), hedges(meme)))
+            took = meme.get("timings") or {}
+            steps = "/".join(f"{took.get(s, float('nan')) / 1000:.1f}" for s in STEPS)
+            memes.append((elapsed, i + 1, stage_calls(meme), hedges(meme), steps))
             calls += memes[-1][2]
             hedged += memes[-1][3]
             for stage, ms in (meme.get("timings") or {}).items():
                 timings.setdefault(stage, []).append(ms / 1000)
         after = scenario.provider()
+        refused = hedges_refused(scenario.port) - refused
     attempts = after["attempts"] - before["attempts"]
     p50, p95 = percentile(seconds, 50), percentile(seconds, 95)
     ratio = attempts / calls if calls else float("nan")
@@ -390,8 +414,14 @@ def scenario_tail(mode: Mode, bench: Bench) -> list[str]:
         ["hedges the memes record (provider.stages.*.hedges)", hedged],
         ["hedges / stage calls", hedged / calls if calls else float("nan")],
         [
-            "slowest memes: s (its place in the run, stage calls, hedges)",
-            ", ".join(f"{m[0]:.2f} (#{m[1]}, {m[2]}, {m[3]})" for m in sorted(memes)[-4:][::-1]),
+            "hedges due and not sent (memesys_llm_hedges_refused_total, by why)",
+            ", ".join(f"{why} {n}" for why, n in sorted(refused.items())) or "none",
+        ],
+        [
+            f"slowest memes: s (its place in the run, stage calls, hedges, {'/'.join(STEPS)} s)",
+            ", ".join(
+                f"{m[0]:.2f} (#{m[1]}, {m[2]}, {m[3]}, {m[4]})" for m in sorted(memes)[-4:][::-1]
+            ),
         ],
     ]
     rows += [
