@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pipeline
-from bench.ab import Target, errors_text, exit_code
+from bench.ab import Target, errors_text, exit_code, fetch_metrics
 from bench.common import commit_description, http_request, median, percentile, table
 from memesys.testing.ports import free_port
 
@@ -345,17 +345,10 @@ STEPS = ("select_write", "judge")  # the critical path's steps, named beside the
 def hedges_refused(port: int) -> Counter[str]:
     """The daemon's ``memesys_llm_hedges_refused_total`` by ``why`` (budget, rate), from its
     /metrics: the hedges its calls were due and did not get."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, body = http_request(port, "GET", "/metrics", timeout=10.0)
-    if status != 200:
-        raise RuntimeError(f"GET /metrics answered {status}")
-    text = body.decode() if isinstance(body, bytes) else str(body)
     refused: Counter[str] = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "memesys_llm_hedges_refused_total":
-                refused[sample.labels.get("why", "")] += int(sample.value)
+    for name, labels, value in fetch_metrics(port):
+        if name == "memesys_llm_hedges_refused_total":
+            refused[labels.get("why", "")] += int(value)
     return refused
 
 

@@ -286,8 +286,8 @@ class MemeStore:
         projection (record, index entry): no reader sees a meme whose picture is not on disk,
         nor an event without its projection. ``meme["image"]`` must describe ``png``. Past
         ``not_after`` (a wall-clock deadline) nothing is saved (:class:`TooLate`). ``staged``:
-        what :meth:`stage_image` returned for this meme; if it is this PNG, its files are
-        already in place, else they are removed first."""
+        what :meth:`stage_image` returned for this very PNG (its files are in place), or ``""``;
+        a picture staged for another caption is the caller's to :meth:`unstage` first."""
         meme_id = meme.get("id")
         created_at = meme.get("created_at")
         if not isinstance(meme_id, str) or not valid_id(meme_id):
@@ -306,8 +306,6 @@ class MemeStore:
         digest: str = meme["image"]["sha256"]
         pending = f"{meme_id}:{digest}"
         if staged != pending:
-            if staged:  # a picture of a caption the meme did not keep
-                self._settle(staged)
             self._put_image(meme_id, png, pending)
         try:
             _in_time(meme_id, not_after)  # the files took the rest of the time
