@@ -12,7 +12,7 @@ progress on stderr:
    besides its PNG), median of rounds.
 2. append, ``PROCESSES`` processes at once, each its own client and its own memes (every append
    also goes to the one global stream): events/s over all, from the first start to the last end.
-3. replay: ``projections.rebuild`` after the loss of every projection, over the log of ``MEMES``
+3. replay: ``projector.rebuild`` after the loss of every projection, over the log of ``MEMES``
    memes (each its eight progress events, as a meme's journal writes them, then ``completed``
    and ``cached``; one in 20 also ``erased``, its key shredded):
    events/s, and the time for 10,000 memes; every meme not erased must read back.
@@ -63,7 +63,8 @@ from memesys.domain.events import (
 from memesys.domain.ids import new_id
 from memesys.storage.connection import EmbeddedRedis, connect
 from memesys.storage.eventlog import PREVIOUS, Event, EventLog
-from memesys.storage.projections import Keys, meme_entity, rebuild, writes
+from memesys.storage.projections import Keys, meme_entity, writes
+from memesys.storage.projector import rebuild
 from memesys.storage.sealing import Sealer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -409,7 +410,7 @@ def table3(url: str, server: int, mode: Mode) -> tuple[list[str], bool]:
     scaled = "" if mode.memes == REPLAY_MEMES else f" (from {mode.memes:,} memes)"
     return [
         table(
-            "3. replay (projections.rebuild after the loss of every projection)",
+            "3. replay (projector.rebuild after the loss of every projection)",
             ["", "value"],
             rows,
         ),

@@ -12,7 +12,7 @@ from memesys.domain.events import EXPIRED
 from memesys.storage.errors import StoreError
 from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConflict
 from memesys.storage.memes import MemeStore
-from memesys.storage.projections import rebuild
+from memesys.storage.projector import rebuild
 from memesys.storage.sealing import Sealer, Shredded
 from memesys.storage.tasks import TaskStore
 from tests.support.records import PNG, meme

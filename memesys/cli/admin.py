@@ -167,7 +167,7 @@ def store_client(cfg: Config) -> Iterator[redis.Redis]:
 
 def replay(cfg: Config, as_json: bool) -> str:
     """Rebuild the projections from the log; the counts and time as text or JSON."""
-    from memesys.storage.projections import rebuild
+    from memesys.storage.projector import rebuild
 
     with store_client(cfg) as client:
         done = rebuild(client, cfg.redis.key_prefix)

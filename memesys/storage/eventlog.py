@@ -9,6 +9,9 @@ Keys, all under ``{p}:events:`` (the one namespace a rebuild keeps):
                             order; a replay reads only the events of the types it projects)
 * ``{p}:events:key:{entity}`` the entity's sealing key (:mod:`memesys.storage.sealing`):
                             beside the log, not in it, so erasure can destroy it
+* ``{p}:events:projected``  the stream id of the last append that wrote projections
+* ``{p}:events:snapshot``, ``{p}:events:snapshot:pointers`` the snapshot
+                            (:mod:`memesys.storage.snapshots`)
 
 An entry's fields: ``type``, ``v`` (schema version), ``trace`` (the meme's trace id; empty:
 that of its stream's first event), ``corr`` (correlation: the request or task id; empty: that of
@@ -25,13 +28,17 @@ stream's entries are ``entity``, ``seq`` (the version the append made) and ``typ
 :data:`APPEND` appends, in one script, to the entity's stream and to the global one if the
 entity is at the version the writer expects (optimistic concurrency: a writer that lost a race
 gets :class:`VersionConflict` and nothing is written), then runs the projection's writes in the
-same script, so a reader never sees an event without its projection or the reverse.
+same script, so a reader never sees an event without its projection or the reverse. An append
+that writes projections also moves ``{p}:events:projected`` to its id, and moves the
+projections' checkpoint (``{p}:projections:checkpoint``, outside the log: it goes when they go)
+with it if the checkpoint had reached the previous one; a checkpoint that is missing stays
+missing until :mod:`memesys.storage.projector` has caught the projections up with the log.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -48,7 +55,19 @@ ANY_VERSION = -1
 # The writes a projection may run inside the append script; nothing else reaches Redis that way.
 PROJECTION_COMMANDS = frozenset({"SET", "DEL", "ZADD", "ZREM", "SADD", "SREM", "EXPIRE", "PEXPIRE"})
 
-_APPEND = """
+# Lua: is stream id a after stream id b ("<ms>-<seq>"; both parts are below 2^53)
+LATER = """
+local function later(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+"""
+
+_APPEND = (
+    LATER
+    + """
 local version = redis.call('XLEN', KEYS[1])
 local expected = tonumber(ARGV[1])
 if expected >= 0 and version ~= expected then
@@ -67,6 +86,14 @@ for e = 1, tonumber(ARGV[3]) do
   redis.call('XADD', KEYS[1], id, unpack(fields))
   ids[e] = id
 end
+if i <= #ARGV then
+  -- it projects: the checkpoint follows if it had reached the last append that projected
+  local last = ids[#ids]
+  local tail = redis.call('GET', KEYS[3]) or '0-0'
+  redis.call('SET', KEYS[3], last)
+  local checkpoint = redis.call('GET', KEYS[4])
+  if checkpoint and not later(tail, checkpoint) then redis.call('SET', KEYS[4], last) end
+end
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   local cmd = {}
@@ -76,6 +103,12 @@ while i <= #ARGV do
 end
 return {1, version, ids}
 """
+)
+
+
+def checkpoint_key(prefix: str) -> str:
+    """The projections' checkpoint: the stream id up to which they hold every event."""
+    return f"{prefix}:projections:checkpoint"
 
 
 class VersionConflict(StoreError):
@@ -152,6 +185,8 @@ class EventLog:
         self._r = client
         self.prefix = f"{prefix}:events:"
         self.all = f"{self.prefix}all"
+        self.projected = f"{self.prefix}projected"
+        self.checkpoint = checkpoint_key(prefix)
         self._append = Script(client, _APPEND)
 
     def stream(self, entity: str) -> str:
@@ -209,7 +244,7 @@ class EventLog:
             if str(write[0]).upper() not in PROJECTION_COMMANDS:
                 raise ValueError(f"not a projection write: {write[0]!r}")
             args += [len(write), *write]
-        return [self.stream(entity), self.all], args
+        return [self.stream(entity), self.all, self.projected, self.checkpoint], args
 
     def version(self, entity: str) -> int:
         return self._r.xlen(self.stream(entity))
@@ -230,21 +265,29 @@ class EventLog:
         start = "-" if after == "0-0" else f"({after}"
         while True:
             entries = cast(list[Any], self._r.xrange(self.all, start, "+", count=batch))
-            wanted = [
-                (sid, where)
+            yield from self.read(
+                (where[b"entity"].decode(), int(where[b"seq"]), sid.decode())
                 for sid, where in entries
                 if types is None or where.get(b"type", b"").decode() in types
-            ]
-            pipe = self._r.pipeline(transaction=False)
-            for sid, where in wanted:
-                pipe.xrange(self.stream(where[b"entity"].decode()), sid, sid)
-            for (sid, where), found in zip(wanted, pipe.execute() if wanted else []):
-                if found:  # an entity's stream deleted by hand leaves its pointers behind
-                    entity = where[b"entity"].decode()
-                    yield _recorded(entity, int(where[b"seq"]), sid, found[0][1])
+            )
             if len(entries) < batch:
                 return
             start = f"({entries[-1][0].decode()}"
+
+    def read(self, places: Iterable[tuple[str, int, str]]) -> list[Recorded]:
+        """The events at ``places`` (entity, version, stream id), in one round trip; a place
+        whose entity's stream is gone (expired, deleted by hand) reads nothing."""
+        wanted = list(places)
+        if not wanted:
+            return []
+        pipe = self._r.pipeline(transaction=False)
+        for entity, _, sid in wanted:
+            pipe.xrange(self.stream(entity), sid, sid)
+        return [
+            _recorded(entity, seq, sid.encode(), found[0][1])
+            for (entity, seq, sid), found in zip(wanted, pipe.execute())
+            if found
+        ]
 
 
 def _recorded(

@@ -2,26 +2,22 @@
 by id, memes by time, cache entries), as a pure function of the event, so the append that
 records an event and a replay that rebuilds from the log write exactly the same.
 
-:func:`writes` is the one definition; :func:`rebuild` replays the whole log through it. An
-event whose entity's key was erased (:class:`~memesys.storage.sealing.Shredded`) projects
+:func:`writes` is the one definition; :mod:`memesys.storage.projector` replays the log through
+it. An event whose entity's key was erased (:class:`~memesys.storage.sealing.Shredded`) projects
 nothing: an erased meme never comes back.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from memesys.domain.events import CACHED, COMPLETED, ERASED, EXPIRED, TASK, TASK_SCRUBBED
-from memesys.storage.eventlog import Event, EventLog, Write
+from memesys.storage.eventlog import Event, Write
 from memesys.storage.records import OPEN_STATES, TASK_STATES, packed
-from memesys.storage.sealing import Sealer, Shredded
 
 
 @dataclass(frozen=True)
@@ -138,38 +134,3 @@ def _task_writes(
     if status == "succeeded" and data.get("meme_id"):
         ops.append(("SET", keys.taskof(data["meme_id"]), task_id, "PX", left_ms))
     return ops
-
-
-@dataclass(frozen=True)
-class Rebuilt:
-    """A replay's counts: the events it read (of the types that project), those it projected,
-    those of erased memes it skipped (their records no longer open), and its time."""
-
-    events: int
-    projected: int
-    shredded: int
-    seconds: float
-
-
-def rebuild(client: redis.Redis, prefix: str, batch: int = 500) -> Rebuilt:
-    """Replay every event of the log under ``prefix`` that projects into the projections, in
-    append order. Idempotent: projections that exist are overwritten with the same values."""
-    began = time.perf_counter()
-    log, sealer, keys = EventLog(client, prefix), Sealer(client, prefix), Keys(prefix)
-    events = projected = shredded = 0
-    pipe = client.pipeline(transaction=False)
-    for recorded in log.replay(batch=batch, types=PROJECTED):
-        events += 1
-        event = recorded.event
-        try:
-            ops = writes(keys, event, functools.partial(sealer.open, event.entity, event.sealed))
-        except Shredded:
-            shredded += 1
-            continue
-        for op in ops:
-            pipe.execute_command(*op)  # type: ignore[no-untyped-call]  # untyped in redis-py
-        projected += 1 if ops else 0
-        if len(pipe) >= batch:
-            pipe.execute()
-    pipe.execute()
-    return Rebuilt(events, projected, shredded, time.perf_counter() - began)
