@@ -153,7 +153,7 @@ def test_bad_reads_get_json_errors(daemon, path, status):
 def test_operational_endpoints(daemon):
     assert daemon.json("GET", "/healthz") == (200, {"status": "ok"})
     status, ready = daemon.json("GET", "/readyz")
-    assert status == 200 and ready["checks"] == {"actors": "ok", "store": "ok"}
+    assert status == 200 and ready["checks"] == {"actors": "ok", "store": "ok", "projections": "ok"}
     status, formats = daemon.json("GET", "/v1/formats")
     assert status == 200 and len(formats["formats"]) >= 20
     status, _, metrics = daemon.request("GET", "/metrics")

@@ -25,6 +25,7 @@ from memesys.domain.messages import (
     MemeImage,
     MemePage,
     StoreHealth,
+    StoreState,
     SubmitTask,
 )
 from memesys.errors import RUNTIME_CODES, ErrorCode
@@ -271,7 +272,7 @@ async def test_formats_health_metrics_openapi_and_page(client, directory) -> Non
     assert response.status == 200
     assert await response.json() == {
         "status": "ready",
-        "checks": {"actors": "ok", "store": "ok"},
+        "checks": {"actors": "ok", "store": "ok", "projections": "ok"},
         "subtrees": [],
     }
     response = await client.get("/metrics")
@@ -294,6 +295,19 @@ async def test_readyz_names_the_failing_check_without_internals(client, director
     body = await response.json()
     assert body["status"] == "not_ready" and body["checks"]["actors"] == "ok"
     assert body["checks"]["store"] == f"unavailable: {ErrorCode.UNAVAILABLE.message}"
+    assert body["checks"]["projections"] == "unknown"
+
+
+async def test_readyz_is_not_ready_while_the_projections_catch_up(client, directory) -> None:
+    directory.script(StoreHealth, StoreState(True, projections_behind=True))
+    response = await client.get("/readyz")
+    assert response.status == 503
+    body = await response.json()
+    assert body["checks"] == {
+        "actors": "ok",
+        "store": "ok",
+        "projections": "catching up with the event log",
+    }
 
 
 async def test_readyz_names_the_sub_trees_that_do_not_run_and_why(client, directory) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from memesys.storage.eventlog import EventLog
+from memesys.storage.eventlog import EventLog, checkpoint_key
 from memesys.storage.sealing import Sealer
 from memesys.testing.ports import free_port
 from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
@@ -95,12 +95,9 @@ def test_replay_brings_back_every_meme_from_the_log_alone(daemon: DaemonProcess)
     assert all(png.startswith(b"\x89PNG") for png in pictures.values())
     listing = daemon.json("GET", "/v1/memes?limit=100")[1]
 
-    outside = [
-        k
-        for k in r.scan_iter(match=f"{daemon.key_prefix}:*", count=500)
-        if not k.startswith(f"{daemon.key_prefix}:events:".encode())
-    ]
-    r.delete(*outside)
+    # every key outside the log but the checkpoint: with it gone the daemon's projector would
+    # replay by itself (the next test); here the admin's replay is what brings them back
+    r.delete(*outside_the_log(r, daemon.key_prefix, but=checkpoint_key(daemon.key_prefix)))
     assert daemon.json("GET", f"/v1/memes/{made[0]['id']}")[0] == 404
 
     done = daemon.admin("replay", "--json", "--data-dir", str(daemon.data_dir))
@@ -111,6 +108,33 @@ def test_replay_brings_back_every_meme_from_the_log_alone(daemon: DaemonProcess)
     assert {m["id"]: daemon.request("GET", m["image_url"])[2] for m in made} == pictures
     assert daemon.json("GET", "/v1/memes?limit=100")[1] == listing
     assert daemon.json("GET", f"/v1/memes/{erased['id']}")[0] == 404
+
+
+def test_the_daemon_replays_the_log_by_itself_when_its_projections_are_lost(
+    daemon: DaemonProcess,
+) -> None:
+    r = daemon_redis(daemon)
+    made = [daemon.json("POST", "/v1/memes", {"topic": f"lost and found {n}"})[1] for n in range(3)]
+    before = {m["id"]: daemon.json("GET", f"/v1/memes/{m['id']}")[1] for m in made}
+    listing = daemon.json("GET", "/v1/memes?limit=100")[1]
+    checkpoint = checkpoint_key(daemon.key_prefix)
+    assert r.get(checkpoint) == r.get(f"{daemon.key_prefix}:events:projected")
+
+    r.delete(*outside_the_log(r, daemon.key_prefix))  # the checkpoint too
+
+    wait_for(lambda: r.get(checkpoint) is not None, 10, "the projector's catch-up")
+    assert {m["id"]: daemon.json("GET", f"/v1/memes/{m['id']}")[1] for m in made} == before
+    assert daemon.json("GET", "/v1/memes?limit=100")[1] == listing
+    status, ready = daemon.json("GET", "/readyz")
+    assert status == 200 and ready["checks"]["projections"] == "ok", ready
+
+
+def outside_the_log(r: redis.Redis, prefix: str, but: str = "") -> list[bytes]:
+    return [
+        k
+        for k in r.scan_iter(match=f"{prefix}:*", count=500)
+        if not k.startswith(f"{prefix}:events:".encode()) and k != but.encode()
+    ]
 
 
 def test_replay_without_a_redis_says_so(tmp_path: Path, daemon: DaemonProcess) -> None:

@@ -70,6 +70,12 @@ def test_appends_move_the_checkpoint_only_once_the_projections_hold_the_log(
     assert checkpoint(client, prefix) == client.get(f"{prefix}:events:projected")
     assert (projector.events, projector.from_snapshot) == (3, 0)
 
+    client.delete(f"{prefix}:projections:checkpoint")
+    tail = client.get(f"{prefix}:events:projected").decode()
+    assert not projector.finish("0-1")  # an append projected after where a replay stopped
+    assert checkpoint(client, prefix) is None
+    assert projector.finish(tail) and checkpoint(client, prefix) == tail.encode()
+
 
 def test_a_catch_up_racing_appends_and_erasures_ends_where_a_whole_replay_ends(
     client: redis.Redis, prefix: str, store: MemeStore

@@ -141,6 +141,7 @@ class StorageConfig:
     image_dir: str  # empty: <system.data_dir>/images
     retention_days: float = field(metadata=bounded(0, 36500))  # 0: keep forever
     erasure_window_s: float = field(metadata=bounded(1, 3600))
+    snapshot_every: int = field(metadata=bounded(100, 100_000_000))
 
 
 @dataclass(frozen=True)

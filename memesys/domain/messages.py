@@ -91,12 +91,14 @@ class StoreHealth:
 class StoreState:
     """The store's answer to ``StoreHealth``: whether Redis is up and accepts writes as the
     store sees it (when not, ``reason`` says how: "unreachable", "not answering in time",
-    "loading its data", "writes refused: disk full (...)"), and the records quarantined so
-    far, by kind (``(("meme", 2), ("task", 1))``). Truthy when up."""
+    "loading its data", "writes refused: disk full (...)"), the records quarantined so
+    far, by kind (``(("meme", 2), ("task", 1))``), and whether the projections are behind the
+    event log (lost, the projector catching them up). Truthy when up."""
 
     up: bool
     reason: str = ""
     quarantined: tuple[tuple[str, int], ...] = ()
+    projections_behind: bool = False
 
     def __bool__(self) -> bool:
         return self.up

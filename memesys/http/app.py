@@ -466,17 +466,29 @@ class Gateway:
         return f"down: {answer.reason}" if isinstance(answer, StoreState) else "failing"
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Ready: the root answers and the store reaches Redis. ``subtrees``: the parts of the
+        """Ready: the root answers, the store reaches Redis and the projections hold the event
+        log (a daemon whose memes were lost is not ready while the projector replays them).
+        ``subtrees``: the parts of the
         tree that do not run (restarting, escalated, unresponsive) and why each last exited;
         they do not make the daemon unready by themselves (a pool's other workers serve)."""
+        states: list[object] = []
+
+        async def store_health() -> object:
+            states.append(await self._store_health(READY_TIMEOUT_S))
+            return states[-1]
+
         actors, store, tree = await asyncio.gather(
             self._check(
                 "actors", self.directory.bridge.ask(self.directory.root, Ping(), READY_TIMEOUT_S)
             ),
-            self._check("store", self._store_health(READY_TIMEOUT_S)),
+            self._check("store", store_health()),
             self._tree(),
         )
-        checks = {"actors": actors, "store": store}
+        state = states[0] if states else None
+        projections = "unknown"
+        if isinstance(state, StoreState) and state.up:
+            projections = "catching up with the event log" if state.projections_behind else "ok"
+        checks = {"actors": actors, "store": store, "projections": projections}
         subtrees = troubles(tree) if tree is not None else []
         if tree is None:
             reason = f"its status did not arrive within {TREE_TIMEOUT_S:g} s"

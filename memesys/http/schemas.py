@@ -482,6 +482,14 @@ class Checks(TypedDict):
     __pydantic_config__ = _SHAPE  # type: ignore[misc]
     actors: Annotated[str, Field(description='"ok", or why not')]
     store: Annotated[str, Field(description='"ok", "down: <reason>", or a contract error')]
+    projections: Annotated[
+        str,
+        Field(
+            description='"ok": the memes, listings, cache and tasks hold the event log; "catching '
+            'up with the event log" (they were lost; the projector replays it), or "unknown" '
+            "while the store does not answer"
+        ),
+    ]
 
 
 class Subtree(TypedDict):

@@ -717,3 +717,9 @@ class MemeStore:
         """Records quarantined so far under this prefix, by kind."""
         with self._guard("reading the quarantine counts"):
             return self.quarantine.counts()
+
+    def projections_behind(self) -> bool:
+        """The projections do not hold the event log: their checkpoint is missing (lost with
+        them; :mod:`memesys.storage.projector` replays the log and sets it again)."""
+        with self._guard("reading the projections' checkpoint"):
+            return self._r.get(self.log.checkpoint) is None

@@ -18,17 +18,21 @@ projector actor (:mod:`memesys.tree.projector`) steps it whenever the checkpoint
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 from redis.commands.core import Script
 
+from memesys.storage.errors import StoreError
 from memesys.storage.eventlog import LATER, EventLog, Recorded
 from memesys.storage.projections import PROJECTED, Keys, writes
 from memesys.storage.sealing import Sealer, Shredded
 from memesys.storage.snapshots import Snapshot
+
+log = logging.getLogger("memesys.storage.projector")
 
 # KEYS: the log's last projecting append, the checkpoint; ARGV: where the replay stopped
 _FINISH = (
@@ -46,14 +50,15 @@ return 1
 class Rebuilt:
     """A replay's counts: the events it read (of the types that project: through the
     snapshot's pointers, ``from_snapshot`` of them, and from the log after it), those it
-    projected, those of erased entities it skipped (their sealed fields no longer open), and
-    its time."""
+    projected, those of erased entities it skipped (their sealed fields no longer open), those
+    it could not read (corrupt: a WARNING each), and its time."""
 
     events: int
     projected: int
     shredded: int
     seconds: float
     from_snapshot: int = 0
+    unreadable: int = 0
 
 
 class Projector:
@@ -73,7 +78,7 @@ class Projector:
         self._position: str | None = None  # where the log's part starts; None: not chosen
         self._cursor: int | None = None  # the snapshot's scan; None: not reading it
         self.done = False
-        self.events = self.projected = self.shredded = self.from_snapshot = 0
+        self.events = self.projected = self.shredded = self.from_snapshot = self.unreadable = 0
         self._began = time.perf_counter()
 
     def behind(self) -> bool:
@@ -102,7 +107,13 @@ class Projector:
             self.shredded,
             time.perf_counter() - self._began,
             self.from_snapshot,
+            self.unreadable,
         )
+
+    def finish(self, position: str) -> bool:
+        """Set the checkpoint to ``position``, the replay having read the log up to it, unless
+        an append projected after it meanwhile (then False: read on)."""
+        return bool(self._finish(keys=[self.log.projected, self.log.checkpoint], args=[position]))
 
     def _start(self) -> None:
         checkpoint = None if self._fresh else cast(bytes | None, self._r.get(self.log.checkpoint))
@@ -124,10 +135,9 @@ class Projector:
     def _log_batch(self) -> None:
         position = cast(str, self._position)
         start = "-" if position == "0-0" else f"({position}"
-        entries = self._r.xrange(self.log.all, start, "+", count=self.batch)
+        entries = cast(list[Any], self._r.xrange(self.log.all, start, "+", count=self.batch))
         if not entries:
-            caught = self._finish(keys=[self.log.projected, self.log.checkpoint], args=[position])
-            self.done = bool(caught)
+            self.done = self.finish(position)
             return
         self._project(
             self.log.read(
@@ -148,6 +158,11 @@ class Projector:
                 ops = writes(self.keys, event, personal)
             except Shredded:
                 self.shredded += 1
+                continue
+            except (StoreError, ValueError, KeyError, TypeError) as exc:
+                # a corrupt event: its projection stays as it was; the replay goes on
+                log.warning("replay: event %s of %s skipped: %s", one.id, event.entity, exc)
+                self.unreadable += 1
                 continue
             for op in ops:
                 pipe.execute_command(*op)  # type: ignore[no-untyped-call]  # untyped in redis-py

@@ -89,7 +89,7 @@ class Snapshot:
     def due(self, every: int) -> bool:
         """At least ``every`` global entries are not folded yet."""
         folded = int(cast(bytes | None, self._r.hget(self.meta, "folded")) or 0)
-        return cast(int, self._r.xlen(self.log.all)) - folded >= every
+        return self._r.xlen(self.log.all) - folded >= every
 
     def scan(self, cursor: int, count: int) -> tuple[int, list[Pointer]]:
         """One page of the pointers (``cursor`` 0 starts; a next cursor of 0 ends)."""

@@ -16,4 +16,5 @@ GENERATOR = "generator"
 TASKS = "tasks"
 LEDGER_NAME = "ledger"
 RUNNER_NAME = "runner"
+PROJECTOR = "projector"  # keeps the projections caught up with the event log
 LEDGER = f"{TASKS}/{LEDGER_NAME}"

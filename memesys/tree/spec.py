@@ -8,9 +8,11 @@
     ├── render         pool          fresh addresses; a generator crash touches nothing before it
     ├── verify         pool          the three verifiers and the scorer, many calls at once
     ├── generator      pool
-    └── tasks          one_for_all   ledger and runner share the leases of tasks in flight
-        ├── ledger
-        └── runner
+    ├── tasks          one_for_all   ledger and runner share the leases of tasks in flight
+    │   ├── ledger
+    │   └── runner
+    └── projector                    catches the projections up with the event log, folds its
+                                     snapshot; last, so its restart touches nothing else
 
 Every pool is one_for_one over identical, independent workers: one worker's crash is its
 own. (docs/architecture.md explains each choice.)
@@ -28,6 +30,7 @@ from memesys.tree.generator import GeneratorArgs, GeneratorWorker
 from memesys.tree.paths import (
     GENERATOR,
     LEDGER_NAME,
+    PROJECTOR,
     REDIS,
     REDIS_SERVER_NAME,
     RENDER,
@@ -38,6 +41,7 @@ from memesys.tree.paths import (
     TASKS,
     VERIFY,
 )
+from memesys.tree.projector import ProjectorActor, ProjectorArgs
 from memesys.tree.redis_server import RedisServer, RedisServerArgs
 from memesys.tree.renderer import RenderWorker
 from memesys.tree.rewriter import STOP_WITHIN_S, Rewriter, RewriterArgs
@@ -207,6 +211,11 @@ def root_spec(
                 backoff,
                 **health(cfg),
             ),
+        ),
+        ChildSpec(
+            PROJECTOR,
+            ProjectorActor,
+            ProjectorArgs(redis_url, redis.key_prefix, cfg.storage.snapshot_every),
         ),
     )
     if redis_server is not None:  # first: everything after it depends on it

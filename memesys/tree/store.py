@@ -202,6 +202,7 @@ class StoreWorker(BaseActor):
             return StoreState(False, reason)
         try:
             counts = self.store.quarantined()
+            behind = self.store.projections_behind()
         except StoreError:
             return StoreState(False, self.availability.reason or "unreachable")
-        return StoreState(True, "", tuple(sorted(counts.items())))
+        return StoreState(True, "", tuple(sorted(counts.items())), behind)

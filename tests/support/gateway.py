@@ -19,7 +19,7 @@ import pytest
 from actors.bridge import RemoteFailure
 from actors.messages import Failure, Ping, Pong, StatusQuery, TreeStatus
 from memesys.config import load
-from memesys.domain.messages import StoreHealth
+from memesys.domain.messages import StoreHealth, StoreState
 from memesys.errors import ErrorCode
 
 ROOT = "root-supervisor"
@@ -71,7 +71,7 @@ class FakeDirectory:
         self.asked: list[tuple[str, Any, float, bool]] = []
         self.scripts: dict[type, Any] = {
             Ping: Pong("memesys", 1),
-            StoreHealth: True,
+            StoreHealth: StoreState(True),
             StatusQuery: TreeStatus("memesys", "rest_for_one", ()),
         }
 
