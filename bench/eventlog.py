@@ -15,13 +15,16 @@ progress on stderr:
 3. replay: ``projector.rebuild`` after the loss of every projection, over the log of ``MEMES``
    memes (each its eight progress events, as a meme's journal writes them, then ``completed``
    and ``cached``; one in 20 also ``erased``, its key shredded):
-   events/s, and the time for 10,000 memes; every meme not erased must read back.
+   events/s, and the time for 10,000 memes; every meme not erased must read back. Then a
+   long-lived log, of as many memes all but one in five expired by retention: replayed whole,
+   then from its snapshot (``Snapshot.fold`` first), which reads only the live memes' events.
 
 Targets (bench/README.md says why):
 
     target: 1. append, one client >= 1000 events/s
     target: 2. append, 4 processes >= 2000 events/s
     target: 3. replay of 10,000 memes <= 10 s
+    target: 3. replay of a long-lived log from its snapshot <= 0.5 x the whole log's
 
 Exit 0 only when every target passes and every part ran.
 """
@@ -54,6 +57,7 @@ from memesys.domain.events import (
     CAPTION_WRITTEN,
     COMPLETED,
     ERASED,
+    EXPIRED,
     FORMAT_CHOSEN,
     RENDERED,
     REQUESTED,
@@ -64,8 +68,9 @@ from memesys.domain.ids import new_id
 from memesys.storage.connection import EmbeddedRedis, connect
 from memesys.storage.eventlog import PREVIOUS, Event, EventLog
 from memesys.storage.projections import Keys, meme_entity, writes
-from memesys.storage.projector import rebuild
+from memesys.storage.projector import Rebuilt, rebuild
 from memesys.storage.sealing import Sealer
+from memesys.storage.snapshots import Snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,9 +79,11 @@ APPEND_ONE_RPS = 1000.0
 APPEND_MANY_RPS = 2000.0
 REPLAY_MEMES = 10_000
 REPLAY_S = 10.0
+SNAPSHOT_RATIO = 0.5  # a replay from the snapshot, against one of the whole log in the same run
 
 PROCESSES = 4
-ERASED_SHARE = 20  # one meme in this many is erased before the replay
+ERASED_SHARE = 20  # one meme in this many is erased before the replay of the new log
+KEPT_SHARE = 5  # one meme in this many is left by retention in the long-lived log
 BATCH = 500  # events per pipeline while the replay's log is written (not measured)
 
 
@@ -382,43 +389,71 @@ class Cpu:
 
 
 def table3(url: str, server: int, mode: Mode) -> tuple[list[str], bool]:
-    prefix = "bench3"
     with client_on(url) as r:
-        note(f"writing the log of {mode.memes:,} memes")
-        erased = write_log(r, prefix, mode.memes)
-        lost = sum(delete_projections(r, prefix))
-        note(f"{lost:,} projection keys deleted; replaying")
+        note(f"writing the log of {mode.memes:,} memes, one in {ERASED_SHARE} erased")
+        fresh, erased = "bench3", write_log(r, "bench3", mode.memes, ERASED, ERASED_SHARE)
+        note(f"writing the log of {mode.memes:,} memes, all but one in {KEPT_SHARE} expired")
+        aged, expired = "bench3b", write_log(r, "bench3b", mode.memes, EXPIRED, KEPT_SHARE)
         cpu = Cpu(server)
-        done = rebuild(r, prefix)
-        back = sum(1 for _ in r.scan_iter(match=f"{prefix}:meme:*", count=1000))
-    events_s = done.events / done.seconds
-    memes_s = mode.memes / done.seconds
-    at_target = done.seconds * REPLAY_MEMES / mode.memes
+        note("deleting every projection; replaying each log")
+        runs = {name: replayed(r, name, snapshot=False) for name in (fresh, aged)}
+        note("folding the long-lived log's snapshot; deleting its projections; replaying")
+        began = time.perf_counter()
+        snapshot = Snapshot(r, aged)
+        while not snapshot.fold(budget_s=1.0).done:
+            pass
+        fold_s = time.perf_counter() - began
+        fast = replayed(r, aged, snapshot=True)
+    live = {fresh: mode.memes - erased, aged: mode.memes - expired}
+    whole = all(back == live[name] for name, (_, back) in runs.items()) and fast[1] == live[aged]
+    columns = [(*runs[fresh], live[fresh]), (*runs[aged], live[aged]), (*fast, live[aged])]
     rows = [
-        ["memes (erased)", f"{mode.memes:,} ({erased:,})"],
         [
-            "events replayed (projected, shredded)",
-            f"{done.events:,} ({done.projected:,}, {done.shredded:,})",
+            "memes (erased or expired)",
+            f"{mode.memes:,} ({erased:,})",
+            f"{mode.memes:,} ({expired:,})",
+            "",
         ],
-        ["replay", f"{done.seconds:.2f} s"],
-        ["events/s", f"{events_s:,.0f}"],
-        ["memes/s", f"{memes_s:,.0f}"],
-        ["records read back", f"{back:,} of {mode.memes - erased:,}"],
+        [
+            "events read (through the snapshot; projected, shredded)",
+            *(
+                f"{d.events:,} ({d.from_snapshot:,}; {d.projected:,}, {d.shredded:,})"
+                for d, _, _ in columns
+            ),
+        ],
+        ["replay", *(f"{d.seconds:.2f} s" for d, _, _ in columns)],
+        ["events/s", *(f"{d.events / d.seconds:,.0f}" for d, _, _ in columns)],
+        ["records read back", *(f"{back:,} of {n:,}" for _, back, n in columns)],
+        ["folding the snapshot from nothing", "", "", f"{fold_s:.2f} s"],
     ]
-    whole = back == mode.memes - erased
-    ok = whole and at_target <= REPLAY_S
+    at_target = runs[fresh][0].seconds * REPLAY_MEMES / mode.memes
+    ratio = fast[0].seconds / runs[aged][0].seconds
     scaled = "" if mode.memes == REPLAY_MEMES else f" (from {mode.memes:,} memes)"
+    lost = "" if whole else ", NOT every meme read back"
+    ok = whole and at_target <= REPLAY_S and ratio <= SNAPSHOT_RATIO
     return [
         table(
             "3. replay (projector.rebuild after the loss of every projection)",
-            ["", "value"],
+            ["", "new log", "long-lived log", "long-lived, from its snapshot"],
             rows,
         ),
         f"target: 3. replay of {REPLAY_MEMES:,} memes <= {REPLAY_S:.0f} s   measured "
-        f"{at_target:.2f} s{scaled}{'' if whole else ', NOT every meme read back'}   "
-        f"{verdict(ok)}",
+        f"{at_target:.2f} s{scaled}{lost}   {verdict(whole and at_target <= REPLAY_S)}",
+        f"target: 3. replay of a long-lived log from its snapshot <= {SNAPSHOT_RATIO:g} x the "
+        f"whole log's   measured {ratio:.2f} x{lost}   "
+        f"{verdict(whole and ratio <= SNAPSHOT_RATIO)}",
         *cpu.warning(),
     ], ok
+
+
+def replayed(r: redis.Redis, prefix: str, snapshot: bool) -> tuple[Rebuilt, int]:
+    """Delete every projection of ``prefix`` (and, unless ``snapshot``, its snapshot), replay,
+    and count the memes read back."""
+    sum(delete_projections(r, prefix))
+    if not snapshot:
+        r.delete(Snapshot(r, prefix).meta, Snapshot(r, prefix).pointers)
+    done = rebuild(r, prefix)
+    return done, sum(1 for _ in r.scan_iter(match=f"{prefix}:meme:*", count=1000))
 
 
 PROGRESS = (
@@ -447,11 +482,13 @@ def progress(sealer: Sealer, done: Event) -> list[Event]:
     return events
 
 
-def write_log(r: redis.Redis, prefix: str, memes: int) -> int:
-    """Every meme's progress, completed and cached events (pipelined appends, as their writers would
-    leave them); one in ERASED_SHARE erased, its key deleted. Returns how many were erased."""
+def write_log(r: redis.Redis, prefix: str, memes: int, gone: str, every: int) -> int:
+    """Every meme's progress, completed and cached events (pipelined appends, as their writers
+    would leave them). ``gone`` ERASED: one meme in ``every`` erased; EXPIRED: all but one in
+    ``every`` expired by retention (a log that has lived longer than its retention): their keys
+    deleted. Returns how many are gone."""
     log, sealer, keys = EventLog(r, prefix), Sealer(r, prefix), Keys(prefix)
-    erased = 0
+    count = 0
     pipe = r.pipeline(transaction=False)
     for n in range(memes):
         each = completed(sealer, keys, record(n))
@@ -462,15 +499,16 @@ def write_log(r: redis.Redis, prefix: str, memes: int) -> int:
         data = {"meme": meme_id, "cache": os.urandom(32).hex(), "expires_at": time.time() + 86400}
         cached = Event(CACHED, each.event.entity, data, "", "cache", "")
         log.append_in(pipe, cached, writes=writes(keys, cached, dict))
-        if n % ERASED_SHARE == 0:
-            gone = Event(ERASED, each.event.entity, {"id": meme_id, "caches": []}, "", "", "")
-            log.append_in(pipe, gone, writes=writes(keys, gone, dict))
+        if (n % every == 0) == (gone == ERASED):
+            caches = [data["cache"]]
+            ended = Event(gone, each.event.entity, {"id": meme_id, "caches": caches}, "", "", "")
+            log.append_in(pipe, ended, writes=writes(keys, ended, dict))
             pipe.delete(sealer.key_name(each.event.entity))
-            erased += 1
+            count += 1
         if len(pipe) >= BATCH:
             pipe.execute()
     pipe.execute()
-    return erased
+    return count
 
 
 def delete_projections(r: redis.Redis, prefix: str) -> Iterator[int]:
