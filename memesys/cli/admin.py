@@ -174,8 +174,9 @@ def replay(cfg: Config, as_json: bool) -> str:
     if as_json:
         return json.dumps(dataclasses.asdict(done))
     return (
-        f"replayed {done.events} events in {done.seconds:.2f} s: {done.projected} projected, "
-        f"{done.shredded} of erased entities skipped"
+        f"replayed {done.events} events ({done.from_snapshot} through the snapshot) in "
+        f"{done.seconds:.2f} s: {done.projected} projected, {done.shredded} of erased entities "
+        f"skipped, {done.unreadable} unreadable"
     )
 
 
