@@ -141,25 +141,30 @@ class Snapshot:
 
     def _changes(self, entries: list[Any]) -> dict[str, Pointer | None]:
         """What ``entries`` (global entries, in order) do to the pointers: set or drop (None),
-        the last change of each pointer winning, as the projections' last write wins."""
-        places = []
-        for sid, where in entries:
-            kind = where[b"type"].decode()
-            if kind in PROJECTED:
-                places.append((where[b"entity"].decode(), int(where[b"seq"]), sid.decode()))
+        the last change of each pointer winning, as the projections' last write wins. A
+        ``completed`` needs nothing but its place; the other events are read for their data."""
+        places = [
+            (where[b"entity"].decode(), int(where[b"seq"]), sid.decode())
+            for sid, where in entries
+            if where[b"type"].decode() in PROJECTED
+        ]
+        kinds = {sid.decode(): where[b"type"].decode() for sid, where in entries}
+        read = {r.id: r for r in self.log.read(p for p in places if kinds[p[2]] != COMPLETED)}
         changes: dict[str, Pointer | None] = {}
-        for recorded in self.log.read(places):
-            event, data = recorded.event, recorded.event.data
-            if event.type in (ERASED, EXPIRED):
-                changes[event.entity] = None
+        for entity, seq, sid in places:
+            if kinds[sid] == COMPLETED:  # a meme's record lives until it is erased
+                changes[entity] = Pointer(sid, entity, seq, 0.0)
+                continue
+            if sid not in read:  # its entity's stream expired (a task's) or was deleted
+                continue
+            data = read[sid].event.data
+            if kinds[sid] in (ERASED, EXPIRED):
+                changes[entity] = None
                 for digest in data.get("caches", ()):
                     changes[f"cache:{digest}"] = None
-                continue
-            # a meme's completed lives until erased; a cache entry and a task's latest event
-            # until their expires_at
-            expires_at = 0.0 if event.type == COMPLETED else float(data["expires_at"])
-            name = f"cache:{data['cache']}" if event.type == CACHED else event.entity
-            changes[name] = Pointer(recorded.id, event.entity, recorded.seq, expires_at)
+            else:  # a cache entry, a task's latest event: until their expires_at
+                name = f"cache:{data['cache']}" if kinds[sid] == CACHED else entity
+                changes[name] = Pointer(sid, entity, seq, float(data["expires_at"]))
         return changes
 
     def _sweep(self, cursor: int) -> None:
