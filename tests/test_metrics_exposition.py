@@ -204,6 +204,7 @@ NAMED = {
     "memesys_llm_attempts": "counter",  # provider 429s: outcome="rate_limited"
     "memesys_eventlog_pending_events": "gauge",
     "memesys_eventlog_pending_age_seconds": "gauge",
+    "memesys_projections_behind": "gauge",
 }
 POOLS = ("memesys/store", "memesys/render", "memesys/verify", "memesys/generator")
 
@@ -250,6 +251,8 @@ def test_metrics_after_a_short_load_parse_and_hold_every_named_series(tmp_path, 
     assert sample(text, "memesys_task_queue_oldest_age_seconds") == 0
     worker = {"supervisor": "memesys/generator", "child": "worker-0"}
     assert sample(text, "memesys_eventlog_pending_events", **worker) == 0
+    projector = {"supervisor": "memesys", "child": "projector"}
+    assert sample(text, "memesys_projections_behind", **projector) == 0  # caught up at start
     rate_limited = [
         s
         for s in families["memesys_llm_attempts"].samples

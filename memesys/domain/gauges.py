@@ -3,6 +3,7 @@ the gateway's /metrics shows them, one series per worker (``supervisor``, ``chil
 
 EVENTLOG_PENDING_EVENTS = "memesys_eventlog_pending_events"
 EVENTLOG_PENDING_AGE = "memesys_eventlog_pending_age_seconds"
+PROJECTIONS_BEHIND = "memesys_projections_behind"
 
 HELP = {
     EVENTLOG_PENDING_EVENTS: (
@@ -10,5 +11,9 @@ HELP = {
     ),
     EVENTLOG_PENDING_AGE: (
         "seconds the oldest of a worker's events not yet appended has waited (0: none waits)"
+    ),
+    PROJECTIONS_BEHIND: (
+        "1 while the projector catches the projections up with the event log (they were lost), "
+        "else 0"
     ),
 }

@@ -25,6 +25,7 @@ import redis
 from thespian.actors import ActorAddress, WakeupMessage
 
 from actors.base import BaseActor
+from memesys.domain.gauges import PROJECTIONS_BEHIND
 from memesys.storage.connection import connect
 from memesys.storage.projector import Projector
 from memesys.storage.snapshots import Snapshot
@@ -61,7 +62,7 @@ class ProjectorActor(BaseActor):
         tracing.stop()
 
     def gauges(self) -> tuple[tuple[str, float], ...]:
-        return (("projections_behind", self.behind),)
+        return ((PROJECTIONS_BEHIND, self.behind),)
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, WakeupMessage) and msg.payload == _STEP:
