@@ -73,7 +73,11 @@ def test_fsync_never_acknowledges_a_write_the_disk_refused(disk: Path, tmp_path:
             answered.append(f"m{n}")
         fill(disk / "filler")
         with pytest.raises(StoreError):  # the server exits rather than answer
-            store.save(made("lost", 9.0), PNG)
+            # the AOF's last page of the tmpfs may still take a save or two: each one it
+            # takes is fsynced, so acknowledged (and must be there after the restart)
+            for n in range(5, 15):
+                store.save(made(f"m{n}", float(n)), PNG)
+                answered.append(f"m{n}")
         wait_for(lambda: server.pid is None, 5, "the server's exit")
         assert server.returncode == 1, server.exit_reason()
 
@@ -83,7 +87,8 @@ def test_fsync_never_acknowledges_a_write_the_disk_refused(disk: Path, tmp_path:
         assert server.answers()
         assert [m for m in answered if store.get(m) is None] == []
         image = store.image("m4")
-        assert image is not None and image.png == PNG and store.get("lost") is None
+        assert image is not None and image.png == PNG and len(answered) < 15
+        assert store.get(f"m{len(answered)}") is None  # the save that failed
         assert store.availability.health().startswith(
             "writes refused: disk full (0.0 MiB free on the embedded server's data disk)"
         ), store.availability.health()

@@ -79,6 +79,12 @@ def test_a_refused_meme_ends_in_failed(daemon: DaemonProcess) -> None:
     assert status == 422 and error["error"]["code"] == "inappropriate"
     (stream,) = {k for k in r.scan_iter(match=f"{daemon.key_prefix}:events:meme:*")} - before
     meme_id = stream.decode().rsplit(":", 1)[1]
+    # the journal appends ``failed`` from a thread of its own: it may land after the answer
+    wait_for(
+        lambda: history(r, daemon.key_prefix, meme_id)[-1].event.type == "failed",
+        5,
+        "the failed event",
+    )
     events = history(r, daemon.key_prefix, meme_id)
     assert events[0].event.type == "requested" and events[-1].event.type == "failed"
     assert events[-1].event.data == {"code": "inappropriate"}
