@@ -400,7 +400,7 @@ def table3(url: str, server: int, mode: Mode) -> tuple[list[str], bool]:
         note("folding the long-lived log's snapshot; deleting its projections; replaying")
         began = time.perf_counter()
         snapshot = Snapshot(r, aged)
-        while not snapshot.fold(budget_s=1.0).done:
+        while not snapshot.fold(budget_s=1.0):
             pass
         fold_s = time.perf_counter() - began
         fast = replayed(r, aged, snapshot=True)

@@ -63,14 +63,18 @@ def test_the_global_stream_orders_every_entity(client: redis.Redis, prefix: str)
     log.append(event("requested", "meme:b"))
     log.append(event("requested", "meme:a"))
     log.append(event("completed", "meme:b", id="b"))
-    replayed = [(r.event.entity, r.seq, r.event.type) for r in log.replay(batch=2)]
-    assert replayed == [
+    first = log.places("0-0", 2)
+    places = first + log.places(first[-1].sid, 2)
+    assert [(p.entity, p.seq, p.type) for p in places] == [
         ("meme:b", 1, "requested"),
         ("meme:a", 1, "requested"),
         ("meme:b", 2, "completed"),
     ]
-    (again,) = [r for r in log.replay() if r.event.entity == "meme:b" and r.seq == 2]
-    assert again.event.data == {"id": "b"} and again.event.trace == "t" * 32
+    replayed = log.read(places)
+    assert [(r.event.entity, r.seq, r.id) for r in replayed] == [
+        (p.entity, p.seq, p.sid) for p in places
+    ]
+    assert replayed[2].event.data == {"id": "b"} and replayed[2].event.trace == "t" * 32
 
 
 def test_a_projection_write_is_one_of_the_allowed_commands(

@@ -135,6 +135,24 @@ def test_the_daemon_replays_the_log_by_itself_when_its_projections_are_lost(
     assert status == 200 and ready["checks"]["projections"] == "ok", ready
 
 
+def test_erasure_waits_while_the_projections_catch_up(daemon: DaemonProcess) -> None:
+    r = daemon_redis(daemon)
+    made = daemon.json("POST", "/v1/memes", {"topic": "erase me after the replay"})[1]
+    lock = f"{daemon.key_prefix}:projections:replaying"
+    r.set(lock, "another replay", px=30_000)  # holds the daemon's projector back
+    try:
+        r.delete(checkpoint_key(daemon.key_prefix))
+        status, ready = daemon.json("GET", "/readyz")
+        assert status == 503 and ready["checks"]["projections"] == "catching up with the event log"
+        status, error = daemon.json("DELETE", f"/v1/memes/{made['id']}")
+        assert status == 503 and error["error"]["code"] == "store_error", error
+    finally:
+        r.delete(lock)
+    wait_for(lambda: daemon.json("GET", "/readyz")[0] == 200, 10, "the projector's catch-up")
+    assert daemon.request("DELETE", f"/v1/memes/{made['id']}")[0] == 204
+    assert daemon.json("GET", f"/v1/memes/{made['id']}")[0] == 404
+
+
 def outside_the_log(r: redis.Redis, prefix: str, but: str = "") -> list[bytes]:
     return [
         k

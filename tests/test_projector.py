@@ -14,7 +14,7 @@ from memesys.domain.events import FORMAT_CHOSEN
 from memesys.storage.eventlog import Event
 from memesys.storage.memes import MemeStore
 from memesys.storage.projector import Projector, rebuild
-from memesys.storage.snapshots import Folded, Snapshot
+from memesys.storage.snapshots import Snapshot
 from memesys.storage.tasks import TaskStore
 from tests.support.records import PNG, meme
 from tests.test_eventlog import outside_the_log, task
@@ -139,7 +139,7 @@ def test_a_replay_from_the_snapshot_reads_one_event_a_live_entry_and_ends_as_the
     assert store.delete("m0")
     snapshot = Snapshot(client, prefix)
     assert snapshot.due(every=10) and not snapshot.due(every=10_000)
-    assert snapshot.fold(budget_s=5.0, batch=7).done
+    assert snapshot.fold(budget_s=5.0, batch=7)
     pointers = client.hgetall(snapshot.pointers)
     assert len(pointers) == 11 + 11 + 1  # memes, cache entries, the task; m0 and its entry gone
     assert not any(b"private" in v for v in [*pointers, *pointers.values()])
@@ -170,11 +170,65 @@ def test_one_folder_at_a_time_and_expired_pointers_are_dropped(
     store.cache_put("brief", "a", 1)
     snapshot = Snapshot(client, prefix)
     client.set(snapshot.lock, "another folder")
-    assert snapshot.fold(budget_s=1.0) == Folded(0, False)
+    assert not snapshot.fold(budget_s=1.0)
     assert snapshot.position() is None
     client.delete(snapshot.lock)
-    assert snapshot.fold(budget_s=1.0).done
+    assert snapshot.fold(budget_s=1.0)
     assert len(client.hgetall(snapshot.pointers)) == 2
     time.sleep(1.1)
     snapshot.fold(budget_s=1.0)  # nothing new to fold; the sweep drops the expired entry
     assert list(client.hgetall(snapshot.pointers)) == [b"meme:a"]
+
+
+def test_a_meme_erased_while_a_replay_holds_its_opened_record_is_not_written_back(
+    client: redis.Redis, prefix: str, store: MemeStore
+) -> None:
+    store.save(meme("m", 1.0), PNG)
+    client.delete(*outside_the_log(client, prefix))
+    projector = Projector(client, prefix, batch=1)
+    opened = projector.sealer.open
+
+    def open_then_erase(entity: str, sealed: bytes) -> dict:
+        fields = opened(entity, sealed)
+        if entity == "meme:m" and client.exists(f"{prefix}:events:key:meme:m"):
+            store.delete("m")  # lands between the replay's read of the record and its write
+        return fields
+
+    projector.sealer.open = open_then_erase  # type: ignore[method-assign]
+    projector.step(budget_s=0.0)  # the meme's completed only: its erased event comes later
+    assert client.exists(f"{prefix}:meme:m") == 0 and projector.shredded == 1
+    while not projector.step(budget_s=0.0):
+        pass
+    assert store.get("m") is None and store.list() == ([], None)
+
+
+def test_corrupt_events_and_pointers_are_skipped_never_raised(
+    client: redis.Redis, prefix: str, store: MemeStore
+) -> None:
+    store.save(meme("good", 1.0), PNG)
+    log_key = f"{prefix}:events:meme:bad"
+    sid = client.xadd(log_key, {"type": "completed", "data": "{not json"})
+    client.xadd(f"{prefix}:events:all", {"entity": "meme:bad", "seq": 1, "type": "completed"}, sid)
+    client.xadd(f"{prefix}:events:all", {"no": "fields"})
+    client.xadd(f"{prefix}:events:meme:x", {"type": "cached", "data": "{}"})  # no expires_at
+    client.xadd(f"{prefix}:events:all", {"entity": "meme:x", "seq": 1, "type": "cached"})
+    snapshot = Snapshot(client, prefix)
+    assert snapshot.fold(budget_s=5.0)  # the bad entries change no pointer
+    client.hset(snapshot.pointers, "meme:garbled", "not a pointer")
+    client.delete(*outside_the_log(client, prefix))
+    done = rebuild(client, prefix)
+    assert done.skipped >= 1 and store.get("good") is not None
+
+
+def test_an_expired_cache_entry_replays_as_gone_not_as_the_older_entry_it_replaced(
+    client: redis.Redis, prefix: str, store: MemeStore
+) -> None:
+    store.save(meme("old", 1.0), PNG)
+    store.save(meme("new", 2.0), PNG)
+    store.cache_put("same topic", "old", 600)
+    store.cache_put("same topic", "new", 1)  # a shorter cache_ttl_s since
+    time.sleep(1.1)
+    assert store.cache_get("same topic") is None
+    client.delete(*outside_the_log(client, prefix))
+    rebuild(client, prefix)
+    assert store.cache_get("same topic") is None

@@ -176,7 +176,7 @@ def replay(cfg: Config, as_json: bool) -> str:
     return (
         f"replayed {done.events} events ({done.from_snapshot} through the snapshot) in "
         f"{done.seconds:.2f} s: {done.projected} projected, {done.shredded} of erased entities "
-        f"skipped, {done.unreadable} unreadable"
+        f"skipped, {done.skipped} gone or unreadable"
     )
 
 

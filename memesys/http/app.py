@@ -455,15 +455,16 @@ class Gateway:
             return None
         return tree if isinstance(tree, TreeStatus) else None
 
-    async def _check(self, name: str, ask: Awaitable[object]) -> str:
+    async def _check(self, name: str, ask: Awaitable[object]) -> tuple[str, object]:
+        """The check's text for /readyz, and the answer (None if it failed)."""
         try:
             answer = await ask
         except RemoteFailure as exc:
             code, message = public_failure(exc.failure.code, exc.failure.message, f"readyz {name}")
-            return f"{code.value}: {message}"
+            return f"{code.value}: {message}", None
         if answer:
-            return "ok"
-        return f"down: {answer.reason}" if isinstance(answer, StoreState) else "failing"
+            return "ok", answer
+        return f"down: {answer.reason}" if isinstance(answer, StoreState) else "failing", answer
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready: the root answers, the store reaches Redis and the projections hold the event
@@ -471,20 +472,13 @@ class Gateway:
         ``subtrees``: the parts of the
         tree that do not run (restarting, escalated, unresponsive) and why each last exited;
         they do not make the daemon unready by themselves (a pool's other workers serve)."""
-        states: list[object] = []
-
-        async def store_health() -> object:
-            states.append(await self._store_health(READY_TIMEOUT_S))
-            return states[-1]
-
-        actors, store, tree = await asyncio.gather(
+        (actors, _), (store, state), tree = await asyncio.gather(
             self._check(
                 "actors", self.directory.bridge.ask(self.directory.root, Ping(), READY_TIMEOUT_S)
             ),
-            self._check("store", store_health()),
+            self._check("store", self._store_health(READY_TIMEOUT_S)),
             self._tree(),
         )
-        state = states[0] if states else None
         projections = "unknown"
         if isinstance(state, StoreState) and state.up:
             projections = "catching up with the event log" if state.projections_behind else "ok"

@@ -9,7 +9,8 @@ Keys, all under ``{p}:events:`` (the one namespace a rebuild keeps):
                             order; a replay reads only the events of the types it projects)
 * ``{p}:events:key:{entity}`` the entity's sealing key (:mod:`memesys.storage.sealing`):
                             beside the log, not in it, so erasure can destroy it
-* ``{p}:events:projected``  the stream id of the last append that wrote projections
+* ``{p}:events:projected``  the stream id of the last append whose script ran projection
+                            writes
 * ``{p}:events:snapshot``, ``{p}:events:snapshot:pointers`` the snapshot
                             (:mod:`memesys.storage.snapshots`)
 
@@ -38,7 +39,8 @@ missing until :mod:`memesys.storage.projector` has caught the projections up wit
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -49,18 +51,27 @@ from memesys.domain.events import SCHEMA_VERSION
 from memesys.storage.errors import StoreError
 from memesys.telemetry.tracing import current_traceparent
 
+log = logging.getLogger("memesys.storage.eventlog")
+
 ANY_VERSION = -1
 """Append whatever the entity's version (an event that cannot conflict, e.g. a cache entry)."""
 
 # The writes a projection may run inside the append script; nothing else reaches Redis that way.
 PROJECTION_COMMANDS = frozenset({"SET", "DEL", "ZADD", "ZREM", "SADD", "SREM", "EXPIRE", "PEXPIRE"})
 
-# Lua: is stream id a after stream id b ("<ms>-<seq>"; both parts are below 2^53)
+# Lua: a stream id's two parts ("<ms>-<seq>", both below 2^53), or nil for anything else; is
+# stream id a after b (a value that is no id is after nothing, and everything is after it)
 LATER = """
+local function parts(id)
+  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
+  if not ms then return nil end
+  return tonumber(ms), tonumber(seq)
+end
 local function later(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  local am, as = parts(a)
+  local bm, bs = parts(b)
+  if not am then return false end
+  if not bm then return true end
   return am > bm or (am == bm and as > bs)
 end
 """
@@ -92,7 +103,9 @@ if i <= #ARGV then
   local tail = redis.call('GET', KEYS[3]) or '0-0'
   redis.call('SET', KEYS[3], last)
   local checkpoint = redis.call('GET', KEYS[4])
-  if checkpoint and not later(tail, checkpoint) then redis.call('SET', KEYS[4], last) end
+  if checkpoint and parts(checkpoint) and not later(tail, checkpoint) then
+    redis.call('SET', KEYS[4], last)
+  end
 end
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
@@ -158,6 +171,17 @@ class Event:
             self.sealed,
             *(("traceparent", self.traceparent) if self.traceparent else ()),
         ]
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where an event is: its entity, its version, its stream id (the same in the entity's
+    stream and the global one) and its type."""
+
+    entity: str
+    seq: int
+    sid: str
+    type: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,37 +281,44 @@ class EventLog:
             events.append(_recorded(entity, n, sid, raw, events[0].event if events else None))
         return events
 
-    def replay(
-        self, after: str = "0-0", batch: int = 500, types: Collection[str] | None = None
-    ) -> Iterator[Recorded]:
-        """Every event of every entity after stream id ``after``, in append order (only those
-        of ``types``, read from their streams; None: all)."""
+    def places(self, after: str, batch: int) -> list[Place]:
+        """Where the next ``batch`` events after global stream id ``after`` ("0-0": from the
+        start) are, in append order; an entry that cannot be read is skipped (a WARNING)."""
         start = "-" if after == "0-0" else f"({after}"
-        while True:
-            entries = cast(list[Any], self._r.xrange(self.all, start, "+", count=batch))
-            yield from self.read(
-                (where[b"entity"].decode(), int(where[b"seq"]), sid.decode())
-                for sid, where in entries
-                if types is None or where.get(b"type", b"").decode() in types
-            )
-            if len(entries) < batch:
-                return
-            start = f"({entries[-1][0].decode()}"
+        found = []
+        for sid, where in cast(list[Any], self._r.xrange(self.all, start, "+", count=batch)):
+            try:
+                entity, seq, kind = where[b"entity"], int(where[b"seq"]), where[b"type"]
+                found.append(Place(entity.decode(), seq, sid.decode(), kind.decode()))
+            except (KeyError, ValueError) as exc:
+                log.warning("event log: global entry %s unreadable (%r): skipped", sid, exc)
+                found.append(Place("", 0, sid.decode(), ""))  # still passed: a position
+        return found
 
-    def read(self, places: Iterable[tuple[str, int, str]]) -> list[Recorded]:
-        """The events at ``places`` (entity, version, stream id), in one round trip; a place
-        whose entity's stream is gone (expired, deleted by hand) reads nothing."""
-        wanted = list(places)
+    def read(self, places: Iterable[Place]) -> list[Recorded]:
+        """The events at ``places``, in one round trip; a place whose entity's stream is gone
+        (expired, deleted by hand) reads nothing, nor one whose entry is corrupt (a
+        WARNING)."""
+        wanted = [place for place in places if place.entity]
         if not wanted:
             return []
         pipe = self._r.pipeline(transaction=False)
-        for entity, _, sid in wanted:
-            pipe.xrange(self.stream(entity), sid, sid)
-        return [
-            _recorded(entity, seq, sid.encode(), found[0][1])
-            for (entity, seq, sid), found in zip(wanted, pipe.execute())
-            if found
-        ]
+        for place in wanted:
+            pipe.xrange(self.stream(place.entity), place.sid, place.sid)
+        events = []
+        for place, found in zip(wanted, pipe.execute()):
+            if not found:
+                continue
+            try:
+                events.append(_recorded(place.entity, place.seq, place.sid.encode(), found[0][1]))
+            except (KeyError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError too
+                log.warning(
+                    "event log: event %s of %s unreadable (%r): skipped",
+                    place.sid,
+                    place.entity,
+                    exc,
+                )
+        return events
 
 
 def _recorded(

@@ -64,6 +64,7 @@ from memesys.storage.eventlog import PREVIOUS, Event, EventLog, VersionConflict
 from memesys.storage.images import ImageFiles
 from memesys.storage.journal import MemeJournal, Runner, in_thread
 from memesys.storage.projections import Keys, meme_entity, writes
+from memesys.storage.projector import projections_behind
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import (
     cache_problem,
@@ -722,4 +723,4 @@ class MemeStore:
         """The projections do not hold the event log: their checkpoint is missing (lost with
         them; :mod:`memesys.storage.projector` replays the log and sets it again)."""
         with self._guard("reading the projections' checkpoint"):
-            return self._r.get(self.log.checkpoint) is None
+            return projections_behind(self._r, self.keys.prefix)

@@ -88,9 +88,9 @@ def writes(
         ]
     if event.type == CACHED:
         left_ms = int((float(data["expires_at"]) - (time.time() if now is None else now)) * 1000)
-        if left_ms <= 0:
-            return []
         meme_id, cache_key = data["meme"], keys.cache(data["cache"])
+        if left_ms <= 0:  # expired: gone, and an older entry of the same key with it
+            return [("DEL", cache_key)]
         return [
             ("SET", cache_key, meme_id, "PX", left_ms),
             ("SADD", keys.cachedby(meme_id), cache_key),

@@ -26,34 +26,62 @@ Keys, in the log's namespace (a rebuild keeps them):
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
+from redis.commands.core import Script
 
 from memesys.domain.events import CACHED, COMPLETED, ERASED, EXPIRED
-from memesys.storage.eventlog import EventLog
+from memesys.storage.eventlog import EventLog, Place
 from memesys.storage.projections import PROJECTED
 
 LOCK_MS = 10_000  # a folder that died holding the lock holds it no longer than this
 SWEEP_PAGE = 500  # pointers looked at for expiry by each fold
 
+log = logging.getLogger("memesys.storage.snapshots")
+
+# KEYS: the lock, the pointers, the position's hash; ARGV: the folder's token, the new position,
+# the entries folded so far, then pairs of field and pointer ("" drops the field). Written only
+# by the lock's holder, so two folders can never move the position backwards.
+_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  else
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('HSET', KEYS[3], 'position', ARGV[2], 'folded', ARGV[3])
+return 1
+"""
+
+# KEYS: the lock; ARGV: the holder's token
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Pointer:
-    """Where the event a projection comes from is, and until when that projection lives."""
+    """Where the event a projection comes from is, until when that projection lives, and
+    whether it is a cache entry's."""
 
     sid: str
     entity: str
     seq: int
     expires_at: float  # 0: never
+    cache: bool = False
 
     @classmethod
-    def parse(cls, raw: bytes) -> Pointer:
+    def parse(cls, name: bytes, raw: bytes) -> Pointer:
         sid, entity, seq, expires_at = raw.decode().split(" ")
-        return cls(sid, entity, int(seq), float(expires_at))
+        return cls(sid, entity, int(seq), float(expires_at), name.startswith(b"cache:"))
 
     def packed(self) -> str:
         return f"{self.sid} {self.entity} {self.seq} {self.expires_at!r}"
@@ -61,14 +89,11 @@ class Pointer:
     def expired(self, now: float) -> bool:
         return 0 < self.expires_at <= now
 
-
-@dataclass(frozen=True)
-class Folded:
-    """One :func:`fold`: the global entries it read, and whether it reached the log's end
-    (False also when another folder held the lock)."""
-
-    entries: int
-    done: bool
+    @property
+    def order(self) -> tuple[int, int]:
+        """Its place in the log's order."""
+        ms, seq = self.sid.split("-")
+        return int(ms), int(seq)
 
 
 class Snapshot:
@@ -80,6 +105,7 @@ class Snapshot:
         self.meta = f"{prefix}:events:snapshot"
         self.pointers = f"{prefix}:events:snapshot:pointers"
         self.lock = f"{prefix}:events:snapshot:lock"
+        self._write, self._release = Script(client, _WRITE), Script(client, _RELEASE)
 
     def position(self) -> str | None:
         """The global stream id the pointers are at or past; None when there is no snapshot."""
@@ -92,89 +118,94 @@ class Snapshot:
         return self._r.xlen(self.log.all) - folded >= every
 
     def scan(self, cursor: int, count: int) -> tuple[int, list[Pointer]]:
-        """One page of the pointers (``cursor`` 0 starts; a next cursor of 0 ends)."""
+        """One page of the pointers (``cursor`` 0 starts; a next cursor of 0 ends); a corrupt
+        one is skipped (a WARNING)."""
         cursor, page = cast(
             tuple[int, dict[bytes, bytes]], self._r.hscan(self.pointers, cursor, count=count)
         )
-        return cursor, [Pointer.parse(raw) for raw in page.values()]
+        pointers = []
+        for name, raw in page.items():
+            try:
+                pointers.append(Pointer.parse(name, raw))
+            except (ValueError, UnicodeDecodeError) as exc:
+                log.warning("snapshot: pointer %r unreadable (%r): skipped", name, exc)
+        return cursor, pointers
 
-    def fold(self, budget_s: float, batch: int = 500) -> Folded:
+    def fold(self, budget_s: float, batch: int = 500) -> bool:
         """Fold the log's entries after the position into the pointers, ``batch`` at a time,
-        for about ``budget_s``; then drop a page of expired pointers."""
+        for about ``budget_s``, then drop a page of expired pointers; True once at the log's
+        end (False also while another folder holds the lock)."""
         token = os.urandom(8).hex()
         if not self._r.set(self.lock, token, nx=True, px=LOCK_MS):
-            return Folded(0, False)
+            return False
         try:
-            return self._fold(budget_s, batch)
+            return self._fold(token, budget_s, batch)
         finally:
-            if self._r.get(self.lock) == token.encode():
-                self._r.delete(self.lock)
+            self._release(keys=[self.lock], args=[token])
 
-    def _fold(self, budget_s: float, batch: int) -> Folded:
+    def _fold(self, token: str, budget_s: float, batch: int) -> bool:
         meta = cast(dict[bytes, bytes], self._r.hgetall(self.meta))
         position = meta.get(b"position", b"0-0").decode()
         folded = int(meta.get(b"folded", 0))
         until = time.monotonic() + budget_s
-        read = 0
         while True:
-            start = "-" if position == "0-0" else f"({position}"
-            entries = cast(list[Any], self._r.xrange(self.log.all, start, "+", count=batch))
-            if not entries:
+            found = self.log.places(position, batch)
+            if not found:
                 break
-            changes = self._changes(entries)
-            position = entries[-1][0].decode()
-            folded += len(entries)
-            read += len(entries)
-            pipe = self._r.pipeline(transaction=True)
-            for name, pointer in changes.items():
-                if pointer is None:
-                    pipe.hdel(self.pointers, name)
-                else:
-                    pipe.hset(self.pointers, name, pointer.packed())
-            pipe.hset(self.meta, mapping={"position": position, "folded": folded})
-            pipe.execute()
-            if len(entries) < batch or time.monotonic() >= until:
+            position, folded = found[-1].sid, folded + len(found)
+            args: list[str | int] = [token, position, folded]
+            for name, pointer in self._changes(found).items():
+                args += [name, "" if pointer is None else pointer.packed()]
+            if not self._write(keys=[self.lock, self.pointers, self.meta], args=args):
+                return False  # the lock expired: another folder may hold it
+            if len(found) < batch or time.monotonic() >= until:
                 break
-        done = len(entries) < batch if entries else True
         self._sweep(int(meta.get(b"cursor", 0)))
-        return Folded(read, done)
+        return len(found) < batch
 
-    def _changes(self, entries: list[Any]) -> dict[str, Pointer | None]:
-        """What ``entries`` (global entries, in order) do to the pointers: set or drop (None),
-        the last change of each pointer winning, as the projections' last write wins. A
-        ``completed`` needs nothing but its place; the other events are read for their data."""
-        places = [
-            (where[b"entity"].decode(), int(where[b"seq"]), sid.decode())
-            for sid, where in entries
-            if where[b"type"].decode() in PROJECTED
-        ]
-        kinds = {sid.decode(): where[b"type"].decode() for sid, where in entries}
-        read = {r.id: r for r in self.log.read(p for p in places if kinds[p[2]] != COMPLETED)}
+    def _changes(self, found: list[Place]) -> dict[str, Pointer | None]:
+        """What the events at ``found`` (in the log's order) do to the pointers: set or drop
+        (None), the last change of each pointer winning, as the projections' last write wins.
+        A ``completed`` needs nothing but its place; the other events are read for their data
+        (one that cannot be read changes nothing: a WARNING)."""
+        places = [p for p in found if p.type in PROJECTED]
+        read = {r.id: r for r in self.log.read(p for p in places if p.type != COMPLETED)}
         changes: dict[str, Pointer | None] = {}
-        for entity, seq, sid in places:
-            if kinds[sid] == COMPLETED:  # a meme's record lives until it is erased
-                changes[entity] = Pointer(sid, entity, seq, 0.0)
+        for place in places:
+            if place.type == COMPLETED:  # a meme's record lives until it is erased
+                changes[place.entity] = Pointer(place.sid, place.entity, place.seq, 0.0)
                 continue
-            if sid not in read:  # its entity's stream expired (a task's) or was deleted
+            if place.sid not in read:  # its entity's stream expired (a task's), or corrupt
                 continue
-            data = read[sid].event.data
-            if kinds[sid] in (ERASED, EXPIRED):
-                changes[entity] = None
-                for digest in data.get("caches", ()):
-                    changes[f"cache:{digest}"] = None
-            else:  # a cache entry, a task's latest event: until their expires_at
-                name = f"cache:{data['cache']}" if kinds[sid] == CACHED else entity
-                changes[name] = Pointer(sid, entity, seq, float(data["expires_at"]))
+            data = read[place.sid].event.data
+            try:
+                if place.type in (ERASED, EXPIRED):
+                    changes[place.entity] = None
+                    for digest in data.get("caches", ()):
+                        changes[f"cache:{digest}"] = None
+                else:  # a cache entry, a task's latest event: until their expires_at
+                    name = f"cache:{data['cache']}" if place.type == CACHED else place.entity
+                    expires_at = float(data["expires_at"])
+                    changes[name] = Pointer(place.sid, place.entity, place.seq, expires_at)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("snapshot: event %s of %s skipped (%r)", place.sid, place.entity, exc)
         return changes
 
     def _sweep(self, cursor: int) -> None:
-        """Drop one page of pointers whose projections have expired (tasks, cache entries)."""
+        """Drop one page of pointers whose projections have expired (tasks, cache entries),
+        and any that cannot be read."""
         now = time.time()
         cursor, page = cast(
             tuple[int, dict[bytes, bytes]],
             self._r.hscan(self.pointers, cursor, count=SWEEP_PAGE),
         )
-        gone = [name for name, raw in page.items() if Pointer.parse(raw).expired(now)]
+        gone = []
+        for name, raw in page.items():
+            try:
+                if Pointer.parse(name, raw).expired(now):
+                    gone.append(name)
+            except (ValueError, UnicodeDecodeError):
+                gone.append(name)
         pipe = self._r.pipeline(transaction=False)
         if gone:
             pipe.hdel(self.pointers, *gone)

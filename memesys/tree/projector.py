@@ -12,7 +12,8 @@ Why an actor of its own, last in the tree: one bounded step a wakeup keeps it an
 checks through a catch-up of any length; its progress is in Redis (checkpoint, snapshot
 position), so a restart resumes (a catch-up from the snapshot again: it is idempotent), and
 its crash restarts nothing else. Redis away is an expected condition: one WARNING, and the
-next period tries again.
+next period goes on from the last batch done. A corrupt event or pointer is skipped with a
+WARNING by the storage layer, so it cannot make this actor crash over and over.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger("memesys.tree.projector")
 
 PERIOD_S = 0.5
 STEP_S = 0.25  # a step's longest run: well inside the health timeout
-CLIENT_TIMEOUT_S = 2.0
+CLIENT_TIMEOUT_S = 1.0  # a step on a stalled Redis ends well inside the health timeout
 _STEP = "step"
 
 
@@ -78,7 +79,7 @@ class ProjectorActor(BaseActor):
         except redis.RedisError as exc:
             if not self.failing:
                 log.warning("projector: Redis failed (%s); trying again every %g s", exc, PERIOD_S)
-            self.failing, self.catching = True, None  # a catch-up starts over, idempotently
+            self.failing = True  # a catch-up under way goes on from its last batch
             return
         if self.failing:
             log.info("projector: Redis answers again")
@@ -101,13 +102,13 @@ class ProjectorActor(BaseActor):
             done = self.catching.rebuilt()
             log.info(
                 "projector: caught up in %.2f s: %d events read (%d through the snapshot), "
-                "%d projected, %d of erased entities skipped, %d unreadable",
+                "%d projected, %d of erased entities skipped, %d gone or unreadable",
                 done.seconds,
                 done.events,
                 done.from_snapshot,
                 done.projected,
                 done.shredded,
-                done.unreadable,
+                done.skipped,
             )
             self.catching, self.behind = None, 0.0
         return True

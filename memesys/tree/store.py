@@ -182,6 +182,13 @@ class StoreWorker(BaseActor):
         return super().handle(payload)
 
     def _erase(self, meme_id: str, why: str = ERASED) -> bool:
+        if self.store.projections_behind():
+            # an erasure finds the meme's task and cache entries through projections the
+            # projector has not replayed yet: it would leave them behind
+            raise StoreError(
+                "the projections are catching up with the event log; erasures wait until they "
+                "hold it (GET /readyz)"
+            )
         task_id = self.tasks.scrub_meme(meme_id)
         erased = self.store.delete(meme_id, why)
         if erased or task_id:
