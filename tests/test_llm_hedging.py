@@ -23,7 +23,7 @@ from memesys.llm import hedging as hedging_module
 from memesys.llm import served
 from memesys.llm.client import close_clients
 from memesys.llm.hedge_pool import HedgePool
-from memesys.llm.hedging import MIN_SAMPLES, Fanout, Hedging
+from memesys.llm.hedging import MIN_SAMPLES, WELL_SAMPLED, Fanout, Hedging
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI, Latency
 from tests.support.llm import make_engine, redis_url, write_request
 from tests.support.provider import MODEL, fake_provider_fixture
@@ -57,6 +57,14 @@ def test_the_policy_waits_for_answers_and_keeps_to_its_budget() -> None:
     for _ in range(MIN_SAMPLES):
         hedging.answered("select_write", 0.5)
     assert hedging.after("select_write") is None
+    # a tail of 1.7 medians hedges while the answers are few (a heavy tail's small sample often
+    # looks that light), and no longer once there are enough to know it for a moderate one
+    moderate = Hedging(quantile=0.9, budget=0.15)
+    for i in range(WELL_SAMPLED):
+        moderate.answered("write", 1.7 if i % 5 == 4 else 1.0)
+        if i + 1 == 2 * MIN_SAMPLES:
+            assert moderate.after("write") is not None
+    assert moderate.after("write") is None
     spent = 0
     for _ in range(100):
         hedging.called()

@@ -6,7 +6,9 @@ past a high quantile of its stage's latency (Dean and Barroso, "The Tail at Scal
   process, pooled through Redis by :mod:`memesys.llm.hedge_pool`, so a worker that just started
   knows the provider's tail), or of the model's answers over every stage while the stage has
   fewer than ``MIN_SAMPLES``; no hedging before the model has that many, and none while that
-  quantile is under ``TAIL_RATIO`` times the median: a provider without a heavy tail (every
+  quantile is under ``TAIL_RATIO`` times the median (``FEW_TAIL_RATIO`` while the answers are
+  fewer than ``WELL_SAMPLED``: a small sample of a heavy tail often looks light): a provider
+  without a heavy tail (every
   answer near its median) gains nothing from a second copy, which would only spend its rate
   limit (measured: at a fixed 100 ms, hedging the slowest 15 % took send times a person's meme
   then waited for).
@@ -43,6 +45,12 @@ SAMPLES_KEPT = 200
 MIN_SAMPLES = 10  # a daemon new to its provider hedges from its third meme on (five calls each)
 MAX_CREDIT = 3.0
 TAIL_RATIO = 2.0  # hedge only when the hedging point is at least this many medians
+# ... of a stage with this many answers; with fewer, at least FEW_TAIL_RATIO medians: a heavy
+# tail (the lognormal of docs/llm.md: its 0.85 point is 3 medians) looks light in 10 to 20
+# answers one time in five against 2, one in 16 against 1.5, while answers that all come near
+# their median (a ratio near 1) stay unhedged either way
+WELL_SAMPLED = 50
+FEW_TAIL_RATIO = 1.5
 FANOUT_FACTOR = 2.0  # a fan-out's call not (yet) its straggler: hedged past this x its point
 _EVERY = 8  # quantiles are recomputed after this many new answers
 SHARE_EVERY_S = 1.0  # answers are pooled with the other processes' at most this often
@@ -197,7 +205,8 @@ class Hedging:
                 and seen.straggler_after is not None
                 and seen.median is not None
             ):
-                if seen.hedge_after < TAIL_RATIO * seen.median:
+                ratio = TAIL_RATIO if len(seen.kept) >= WELL_SAMPLED else FEW_TAIL_RATIO
+                if seen.hedge_after < ratio * seen.median:
                     return None
                 return Point(seen.hedge_after, seen.straggler_after, seen.median)
         return None
