@@ -206,12 +206,13 @@ def test_corrupt_events_and_pointers_are_skipped_never_raised(
     client: redis.Redis, prefix: str, store: MemeStore
 ) -> None:
     store.save(meme("good", 1.0), PNG)
-    log_key = f"{prefix}:events:meme:bad"
-    sid = client.xadd(log_key, {"type": "completed", "data": "{not json"})
-    client.xadd(f"{prefix}:events:all", {"entity": "meme:bad", "seq": 1, "type": "completed"}, sid)
-    client.xadd(f"{prefix}:events:all", {"no": "fields"})
-    client.xadd(f"{prefix}:events:meme:x", {"type": "cached", "data": "{}"})  # no expires_at
-    client.xadd(f"{prefix}:events:all", {"entity": "meme:x", "seq": 1, "type": "cached"})
+    everything = f"{prefix}:events:all"
+    # as the append script writes them: the global entry first, the event under its id
+    sid = client.xadd(everything, {"entity": "meme:bad", "seq": 1, "type": "completed"})
+    client.xadd(f"{prefix}:events:meme:bad", {"type": "completed", "data": "{not json"}, sid)
+    client.xadd(everything, {"no": "fields"})
+    sid = client.xadd(everything, {"entity": "meme:x", "seq": 1, "type": "cached"})
+    client.xadd(f"{prefix}:events:meme:x", {"type": "cached", "data": "{}"}, sid)  # no expiry
     snapshot = Snapshot(client, prefix)
     assert snapshot.fold(budget_s=5.0)  # the bad entries change no pointer
     client.hset(snapshot.pointers, "meme:garbled", "not a pointer")
