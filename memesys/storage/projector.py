@@ -42,7 +42,7 @@ from memesys.storage.errors import StoreError
 from memesys.storage.eventlog import LATER, EventLog, Place, Recorded, checkpoint_key
 from memesys.storage.projections import PROJECTED, Keys, writes
 from memesys.storage.sealing import Sealer, Shredded
-from memesys.storage.snapshots import Pointer, Snapshot
+from memesys.storage.snapshots import RELEASE, Pointer, Snapshot
 
 log = logging.getLogger("memesys.storage.projector")
 
@@ -83,12 +83,6 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: the lock; ARGV: the holder's token
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
-
 
 def projections_behind(client: redis.Redis, prefix: str) -> bool:
     """The projections do not hold the event log: their checkpoint is missing (lost with them,
@@ -125,7 +119,7 @@ class Projector:
         self.sealer, self.snapshot = Sealer(client, prefix), Snapshot(client, prefix)
         self.batch = batch
         self._finish, self._guarded = Script(client, _FINISH), Script(client, _GUARDED)
-        self._hold, self._release = Script(client, _HOLD), Script(client, _RELEASE)
+        self._hold, self._release = Script(client, _HOLD), Script(client, RELEASE)
         self.lock, self._token = f"{prefix}:projections:replaying", os.urandom(8).hex()
         self._fresh = fresh
         self._position: str | None = None  # where the log's part starts; None: not chosen

@@ -60,8 +60,8 @@ redis.call('HSET', KEYS[3], 'position', ARGV[2], 'folded', ARGV[3])
 return 1
 """
 
-# KEYS: the lock; ARGV: the holder's token
-_RELEASE = """
+# KEYS: a lock; ARGV: the holder's token. Released only by its holder.
+RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
@@ -105,7 +105,7 @@ class Snapshot:
         self.meta = f"{prefix}:events:snapshot"
         self.pointers = f"{prefix}:events:snapshot:pointers"
         self.lock = f"{prefix}:events:snapshot:lock"
-        self._write, self._release = Script(client, _WRITE), Script(client, _RELEASE)
+        self._write, self._release = Script(client, _WRITE), Script(client, RELEASE)
 
     def position(self) -> str | None:
         """The global stream id the pointers are at or past; None when there is no snapshot."""
