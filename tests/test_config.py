@@ -155,3 +155,14 @@ def test_print_config_and_a_bad_value_at_the_command_line(tmp_path: Path) -> Non
         "memesys: configuration error: workers.render = -1 (from "
         "environment MEMESYS_WORKERS_RENDER): out of range 1..256"
     )
+
+
+def test_the_packaged_tree_stops_within_the_packaged_shutdown_timeout() -> None:
+    """Else every start warns that a slow drain may be cut short (the daemon's check)."""
+    from actors.spec import shutdown_budget
+    from memesys.tree.redis_server import RedisServerArgs
+    from memesys.tree.spec import root_spec
+
+    cfg = load_layers(None, env={}).build()
+    embedded = root_spec(cfg, "redis://127.0.0.1:1", RedisServerArgs("/nowhere", "/nowhere.sock"))
+    assert shutdown_budget(embedded) <= cfg.system.shutdown_timeout_s

@@ -37,6 +37,9 @@ log = logging.getLogger("memesys.tree.projector")
 PERIOD_S = 0.5
 STEP_S = 0.25  # a step's longest run: well inside the health timeout
 CLIENT_TIMEOUT_S = 1.0  # a step on a stalled Redis ends well inside the health timeout
+# An ordered stop waits for at most the step under way (STEP_S, then a command's timeout): its
+# shutdown_s, which keeps the tree's derived shutdown budget under system.shutdown_timeout_s.
+STOP_S = 1.5
 _STEP = "step"
 
 

@@ -41,6 +41,7 @@ from memesys.tree.paths import (
     TASKS,
     VERIFY,
 )
+from memesys.tree.projector import STOP_S as PROJECTOR_STOP_S
 from memesys.tree.projector import ProjectorActor, ProjectorArgs
 from memesys.tree.redis_server import RedisServer, RedisServerArgs
 from memesys.tree.renderer import RenderWorker
@@ -216,6 +217,7 @@ def root_spec(
             PROJECTOR,
             ProjectorActor,
             ProjectorArgs(redis_url, redis.key_prefix, cfg.storage.snapshot_every),
+            shutdown_s=PROJECTOR_STOP_S,
         ),
     )
     if redis_server is not None:  # first: everything after it depends on it
