@@ -13,7 +13,7 @@ import redis
 from memesys.domain.events import FORMAT_CHOSEN
 from memesys.storage.eventlog import Event
 from memesys.storage.memes import MemeStore
-from memesys.storage.projector import Projector, rebuild
+from memesys.storage.projector import Projector, projections_behind, rebuild
 from memesys.storage.snapshots import Snapshot
 from memesys.storage.tasks import TaskStore
 from tests.support.records import PNG, meme
@@ -53,12 +53,12 @@ def test_appends_move_the_checkpoint_only_once_the_projections_hold_the_log(
 ) -> None:
     store.save(meme("a", 1.0), PNG)
     assert checkpoint(client, prefix) is None  # a log whose projections were never caught up
-    assert Projector(client, prefix).behind()
+    assert projections_behind(client, prefix)
     assert Projector(client, prefix).step(budget_s=5.0)
     assert checkpoint(client, prefix) == client.get(f"{prefix}:events:projected")
     store.save(meme("b", 2.0), PNG)  # in service: each projecting append moves it
     assert checkpoint(client, prefix) == client.get(f"{prefix}:events:projected")
-    assert not Projector(client, prefix).behind()
+    assert not projections_behind(client, prefix)
 
     client.delete(*outside_the_log(client, prefix))  # the projections are lost
     store.save(meme("c", 3.0), PNG)  # appends go on; the checkpoint stays missing
@@ -233,3 +233,20 @@ def test_an_expired_cache_entry_replays_as_gone_not_as_the_older_entry_it_replac
     client.delete(*outside_the_log(client, prefix))
     rebuild(client, prefix)
     assert store.cache_get("same topic") is None
+
+
+def test_one_replay_at_a_time_and_its_lock_is_renewed_batch_by_batch(
+    client: redis.Redis, prefix: str, store: MemeStore
+) -> None:
+    for n in range(3):
+        store.save(meme(f"m{n}", float(n)), PNG)
+    client.delete(*outside_the_log(client, prefix))
+    first, second = Projector(client, prefix, batch=1), Projector(client, prefix, batch=1)
+    assert not first.step(budget_s=0.0)  # one batch: the lock taken, not done
+    client.pexpire(first.lock.key, 500)  # as if its time were nearly up: the next batch renews it
+    assert not second.step(budget_s=0.0) and second.events == 0  # held by the first
+    assert not first.step(budget_s=0.0) and client.pttl(first.lock.key) > 1000
+    while not first.step(budget_s=0.0):
+        pass
+    assert client.exists(first.lock.key) == 0  # released when done
+    assert [m["id"] for m in store.list()[0]] == ["m2", "m1", "m0"]

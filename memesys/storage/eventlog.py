@@ -76,8 +76,23 @@ local function later(a, b)
 end
 """
 
+# Lua: run the projection writes in ARGV from index i on, each its length then its words
+# (:func:`flattened`)
+WRITES = """
+local function run_writes(i)
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    local cmd = {}
+    for j = 1, n do cmd[j] = ARGV[i + j] end
+    redis.call(unpack(cmd))
+    i = i + n + 1
+  end
+end
+"""
+
 _APPEND = (
     LATER
+    + WRITES
     + """
 local version = redis.call('XLEN', KEYS[1])
 local expected = tonumber(ARGV[1])
@@ -107,16 +122,21 @@ if i <= #ARGV then
     redis.call('SET', KEYS[4], last)
   end
 end
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local cmd = {}
-  for j = 1, n do cmd[j] = ARGV[i + j] end
-  redis.call(unpack(cmd))
-  i = i + n + 1
-end
+run_writes(i)
 return {1, version, ids}
 """
 )
+
+
+def flattened(writes: Sequence[Write]) -> list[str | bytes | int | float]:
+    """``writes`` as a script's arguments (:data:`WRITES`); ValueError for a command that is
+    not one of :data:`PROJECTION_COMMANDS`."""
+    args: list[str | bytes | int | float] = []
+    for write in writes:
+        if str(write[0]).upper() not in PROJECTION_COMMANDS:
+            raise ValueError(f"not a projection write: {write[0]!r}")
+        args += [len(write), *write]
+    return args
 
 
 def checkpoint_key(prefix: str) -> str:
@@ -264,10 +284,7 @@ class EventLog:
         for event in events:
             fields = event.fields()
             args += [len(fields), *fields]
-        for write in writes:
-            if str(write[0]).upper() not in PROJECTION_COMMANDS:
-                raise ValueError(f"not a projection write: {write[0]!r}")
-            args += [len(write), *write]
+        args += flattened(writes)
         return [self.stream(entity), self.all, self.projected, self.checkpoint], args
 
     def version(self, entity: str) -> int:

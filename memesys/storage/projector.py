@@ -29,7 +29,6 @@ is missing.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,10 +38,19 @@ import redis
 from redis.commands.core import Script
 
 from memesys.storage.errors import StoreError
-from memesys.storage.eventlog import LATER, EventLog, Place, Recorded, checkpoint_key
+from memesys.storage.eventlog import (
+    LATER,
+    WRITES,
+    EventLog,
+    Place,
+    Recorded,
+    checkpoint_key,
+    flattened,
+)
+from memesys.storage.locks import Lock
 from memesys.storage.projections import PROJECTED, Keys, writes
 from memesys.storage.sealing import Sealer, Shredded
-from memesys.storage.snapshots import RELEASE, Pointer, Snapshot
+from memesys.storage.snapshots import Pointer, Snapshot
 
 log = logging.getLogger("memesys.storage.projector")
 
@@ -60,28 +68,16 @@ return 1
 """
 )
 
-# KEYS: the entity's sealing key ("" when the event opens nothing); ARGV: the writes, each its
-# length then its words. Nothing is written once the key is gone (the entity was erased).
-_GUARDED = """
+# KEYS: the entity's sealing key ("" when the event opens nothing); ARGV: the writes
+# (eventlog.flattened). Nothing is written once the key is gone (the entity was erased).
+_GUARDED = (
+    WRITES
+    + """
 if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local i = 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local cmd = {}
-  for j = 1, n do cmd[j] = ARGV[i + j] end
-  redis.call(unpack(cmd))
-  i = i + n + 1
-end
+run_writes(1)
 return 1
 """
-
-# KEYS: the lock; ARGV: the holder's token, its time to live (ms). Take it, or keep it.
-_HOLD = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
+)
 
 
 def projections_behind(client: redis.Redis, prefix: str) -> bool:
@@ -119,8 +115,7 @@ class Projector:
         self.sealer, self.snapshot = Sealer(client, prefix), Snapshot(client, prefix)
         self.batch = batch
         self._finish, self._guarded = Script(client, _FINISH), Script(client, _GUARDED)
-        self._hold, self._release = Script(client, _HOLD), Script(client, RELEASE)
-        self.lock, self._token = f"{prefix}:projections:replaying", os.urandom(8).hex()
+        self.lock = Lock(client, f"{prefix}:projections:replaying", LOCK_MS)
         self._fresh = fresh
         self._position: str | None = None  # where the log's part starts; None: not chosen
         self._cursor: int | None = None  # the snapshot's scan; None: not reading it
@@ -129,18 +124,16 @@ class Projector:
         self.events = self.projected = self.shredded = self.from_snapshot = self.skipped = 0
         self._began = time.perf_counter()
 
-    def behind(self) -> bool:
-        return projections_behind(self._r, self.prefix)
-
     def step(self, budget_s: float | None = None) -> bool:
         """Replay a batch at least, and on for about ``budget_s`` (None: to the end); True once
-        caught up. Nothing while another replay holds the lock (False)."""
-        if not self._hold(keys=[self.lock], args=[self._token, LOCK_MS]):
-            return False
+        caught up. Nothing while another replay holds the lock (False); the lock is renewed
+        before each batch, so a replay of any length keeps it."""
         until = None if budget_s is None else time.monotonic() + budget_s
-        if self._position is None:
-            self._start()
         while not self.done:
+            if not self.lock.hold():
+                return False
+            if self._position is None:
+                self._start()
             if self._cursor is not None:
                 self._snapshot_page()
             else:
@@ -148,7 +141,7 @@ class Projector:
             if until is not None and time.monotonic() >= until:
                 break
         if self.done:
-            self._release(keys=[self.lock], args=[self._token])
+            self.lock.release()
         return self.done
 
     def rebuilt(self) -> Rebuilt:
@@ -220,8 +213,7 @@ class Projector:
                 self.skipped += 1
                 continue
             key = self.sealer.key_name(event.entity) if opened else ""
-            args = [word for op in ops for word in (len(op), *op)]
-            self._guarded(keys=[key], args=args, client=pipe)
+            self._guarded(keys=[key], args=flattened(ops), client=pipe)
             guarded.append(bool(ops))
         for wrote, ran in zip(guarded, pipe.execute()):
             if not ran:

@@ -27,7 +27,6 @@ Keys, in the log's namespace (a rebuild keeps them):
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -37,6 +36,7 @@ from redis.commands.core import Script
 
 from memesys.domain.events import CACHED, COMPLETED, ERASED, EXPIRED
 from memesys.storage.eventlog import EventLog, Place
+from memesys.storage.locks import Lock
 from memesys.storage.projections import PROJECTED
 
 LOCK_MS = 10_000  # a folder that died holding the lock holds it no longer than this
@@ -57,12 +57,6 @@ for i = 4, #ARGV, 2 do
   end
 end
 redis.call('HSET', KEYS[3], 'position', ARGV[2], 'folded', ARGV[3])
-return 1
-"""
-
-# KEYS: a lock; ARGV: the holder's token. Released only by its holder.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -105,7 +99,7 @@ class Snapshot:
         self.meta = f"{prefix}:events:snapshot"
         self.pointers = f"{prefix}:events:snapshot:pointers"
         self.lock = f"{prefix}:events:snapshot:lock"
-        self._write, self._release = Script(client, _WRITE), Script(client, RELEASE)
+        self._write = Script(client, _WRITE)
 
     def position(self) -> str | None:
         """The global stream id the pointers are at or past; None when there is no snapshot."""
@@ -135,13 +129,13 @@ class Snapshot:
         """Fold the log's entries after the position into the pointers, ``batch`` at a time,
         for about ``budget_s``, then drop a page of expired pointers; True once at the log's
         end (False also while another folder holds the lock)."""
-        token = os.urandom(8).hex()
-        if not self._r.set(self.lock, token, nx=True, px=LOCK_MS):
+        lock = Lock(self._r, self.lock, LOCK_MS)
+        if not lock.hold():
             return False
         try:
-            return self._fold(token, budget_s, batch)
+            return self._fold(lock.token, budget_s, batch)
         finally:
-            self._release(keys=[self.lock], args=[token])
+            lock.release()
 
     def _fold(self, token: str, budget_s: float, batch: int) -> bool:
         meta = cast(dict[bytes, bytes], self._r.hgetall(self.meta))

@@ -28,7 +28,7 @@ from thespian.actors import ActorAddress, WakeupMessage
 from actors.base import BaseActor
 from memesys.domain.gauges import PROJECTIONS_BEHIND
 from memesys.storage.connection import connect
-from memesys.storage.projector import Projector
+from memesys.storage.projector import Projector, projections_behind
 from memesys.storage.snapshots import Snapshot
 from memesys.telemetry import tracing
 
@@ -91,11 +91,11 @@ class ProjectorActor(BaseActor):
     def _catch_up(self) -> bool:
         """One step of a catch-up if the projections are behind; False if they are not."""
         if self.catching is None:
-            projector = Projector(self.client, self.args.key_prefix)
-            if not projector.behind():
+            if not projections_behind(self.client, self.args.key_prefix):
                 self.behind = 0.0
                 return False
-            self.catching, self.behind = projector, 1.0
+            self.catching = Projector(self.client, self.args.key_prefix)
+            self.behind = 1.0
             log.info(
                 "projector: the projections do not hold the event log (no checkpoint); "
                 "replaying from %s",
