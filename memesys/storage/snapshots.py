@@ -114,15 +114,23 @@ class Snapshot:
     def scan(self, cursor: int, count: int) -> tuple[int, list[Pointer]]:
         """One page of the pointers (``cursor`` 0 starts; a next cursor of 0 ends); a corrupt
         one is skipped (a WARNING)."""
+        cursor, page = self._page(cursor, count)
+        for name, pointer in page:
+            if pointer is None:
+                log.warning("snapshot: pointer %r unreadable: skipped", name)
+        return cursor, [pointer for _, pointer in page if pointer is not None]
+
+    def _page(self, cursor: int, count: int) -> tuple[int, list[tuple[bytes, Pointer | None]]]:
+        """One page of the pointers by name (None: one that cannot be read)."""
         cursor, page = cast(
             tuple[int, dict[bytes, bytes]], self._r.hscan(self.pointers, cursor, count=count)
         )
-        pointers = []
+        pointers: list[tuple[bytes, Pointer | None]] = []
         for name, raw in page.items():
             try:
-                pointers.append(Pointer.parse(name, raw))
-            except (ValueError, UnicodeDecodeError) as exc:
-                log.warning("snapshot: pointer %r unreadable (%r): skipped", name, exc)
+                pointers.append((name, Pointer.parse(name, raw)))
+            except (ValueError, UnicodeDecodeError):
+                pointers.append((name, None))
         return cursor, pointers
 
     def fold(self, budget_s: float, batch: int = 500) -> bool:
@@ -189,17 +197,8 @@ class Snapshot:
         """Drop one page of pointers whose projections have expired (tasks, cache entries),
         and any that cannot be read."""
         now = time.time()
-        cursor, page = cast(
-            tuple[int, dict[bytes, bytes]],
-            self._r.hscan(self.pointers, cursor, count=SWEEP_PAGE),
-        )
-        gone = []
-        for name, raw in page.items():
-            try:
-                if Pointer.parse(name, raw).expired(now):
-                    gone.append(name)
-            except (ValueError, UnicodeDecodeError):
-                gone.append(name)
+        cursor, page = self._page(cursor, SWEEP_PAGE)
+        gone = [name for name, pointer in page if pointer is None or pointer.expired(now)]
         pipe = self._r.pipeline(transaction=False)
         if gone:
             pipe.hdel(self.pointers, *gone)
