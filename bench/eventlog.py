@@ -391,9 +391,10 @@ class Cpu:
 def table3(url: str, server: int, mode: Mode) -> tuple[list[str], bool]:
     with client_on(url) as r:
         note(f"writing the log of {mode.memes:,} memes, one in {ERASED_SHARE} erased")
-        fresh, erased = "bench3", write_log(r, "bench3", mode.memes, ERASED, ERASED_SHARE)
+        fresh, aged = "bench3", "bench3b"
+        erased = write_log(r, fresh, mode.memes, ERASED, ERASED_SHARE)
         note(f"writing the log of {mode.memes:,} memes, all but one in {KEPT_SHARE} expired")
-        aged, expired = "bench3b", write_log(r, "bench3b", mode.memes, EXPIRED, KEPT_SHARE)
+        expired = write_log(r, aged, mode.memes, EXPIRED, KEPT_SHARE)
         cpu = Cpu(server)
         note("deleting every projection; replaying each log")
         runs = {name: replayed(r, name, snapshot=False) for name in (fresh, aged)}
@@ -451,7 +452,8 @@ def replayed(r: redis.Redis, prefix: str, snapshot: bool) -> tuple[Rebuilt, int]
     and count the memes read back."""
     sum(delete_projections(r, prefix))
     if not snapshot:
-        r.delete(Snapshot(r, prefix).meta, Snapshot(r, prefix).pointers)
+        kept = Snapshot(r, prefix)
+        r.delete(kept.meta, kept.pointers)
     done = rebuild(r, prefix)
     return done, sum(1 for _ in r.scan_iter(match=f"{prefix}:meme:*", count=1000))
 

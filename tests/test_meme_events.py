@@ -18,6 +18,7 @@ from memesys.storage.sealing import Sealer
 from memesys.testing.ports import free_port
 from tests.support.daemon import DaemonProcess, daemon_redis, wait_task
 from tests.support.timing import scaled, wait_for
+from tests.test_eventlog import outside_the_log
 
 pytestmark = pytest.mark.store
 
@@ -151,14 +152,6 @@ def test_erasure_waits_while_the_projections_catch_up(daemon: DaemonProcess) -> 
     wait_for(lambda: daemon.json("GET", "/readyz")[0] == 200, 10, "the projector's catch-up")
     assert daemon.request("DELETE", f"/v1/memes/{made['id']}")[0] == 204
     assert daemon.json("GET", f"/v1/memes/{made['id']}")[0] == 404
-
-
-def outside_the_log(r: redis.Redis, prefix: str, but: str = "") -> list[bytes]:
-    return [
-        k
-        for k in r.scan_iter(match=f"{prefix}:*", count=500)
-        if not k.startswith(f"{prefix}:events:".encode()) and k != but.encode()
-    ]
 
 
 def test_replay_without_a_redis_says_so(tmp_path: Path, daemon: DaemonProcess) -> None:
