@@ -17,7 +17,7 @@ Why the result is the log's, though appends and erasures go on meanwhile:
   entity's key still exists: an erasure deletes the key in the transaction that deletes the
   projection, so a replay that opened the record before the erasure cannot write it back after
   (erasures wait, besides, while the projections are behind: :func:`projections_behind`);
-* one replay at a time (a lock renewed each step): two replays could leave an older state
+* one replay at a time (a lock renewed before each batch): two replays could leave an older state
   behind a newer one, if the later one stopped midway.
 
 :func:`rebuild` replays from the snapshot whatever the checkpoint says (``memesys-admin
