@@ -54,8 +54,22 @@ def test_the_patched_acall_is_the_one_the_patch_was_checked_against() -> None:
     assert _source_hash(dspy_patches.DSPY_ACALL.__wrapped__) == ACALL_SOURCE
 
 
-async def test_an_async_call_prepares_on_the_loop_without_a_thread() -> None:
+# DSPy 3.4.1's aexecute, whose asyncio.to_thread(_price_result, ...) patch 3 runs in place.
+AEXECUTE_SOURCE = "8e7c28f2cb294990"
+
+
+def test_the_pricing_step_is_the_one_the_patch_was_checked_against() -> None:
+    import dspy.clients.execution as dspy_execution
+
+    assert _source_hash(dspy_execution.aexecute) == AEXECUTE_SOURCE
+    assert "asyncio.to_thread(_price_result," in inspect.getsource(dspy_execution.aexecute)
+    assert dspy_patches.DSPY_PRICE_RESULT is dspy_execution._price_result
+
+
+async def test_an_async_call_prepares_and_prices_on_the_loop_without_a_thread_or_history() -> None:
     from concurrent.futures import ThreadPoolExecutor
+
+    from dspy.clients.base_lm import GLOBAL_HISTORY
 
     from memesys.pipeline.lm import offline_lm
     from memesys.pipeline.predict import run
@@ -72,10 +86,13 @@ async def test_an_async_call_prepares_on_the_loop_without_a_thread() -> None:
     assert dspy_patches.apply()
     asyncio.get_running_loop().set_default_executor(Counting(2))
     catalogue = "drake: one thing preferred over another"
-    answer, _ = await run(offline_lm(), "select", None, topic="cats", catalogue=catalogue, seed=0)
-    # DSPy's advisory pricing of the answer is the one hop left (memesys prices calls itself:
-    # memesys.llm.budget); the prepare step no longer takes one
-    assert answer.format_name == "drake" and Counting.submitted == ["_price_result"]
+    lm = offline_lm()
+    before = len(GLOBAL_HISTORY)
+    answer, _ = await run(lm, "select", None, topic="cats", catalogue=catalogue, seed=0)
+    # neither the prepare step nor DSPy's advisory pricing of the answer takes a thread
+    assert answer.format_name == "drake" and Counting.submitted == []
+    # and DSPy keeps no copy of the call (memesys records its calls itself)
+    assert lm.lm.history == [] and len(GLOBAL_HISTORY) == before
 
 
 def test_apply_is_idempotent_and_the_installed_dspy_is_tested() -> None:

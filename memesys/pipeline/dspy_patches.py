@@ -19,6 +19,15 @@ the same without them). ``tests/test_dspy_patches.py`` fails when a patched func
    the hop put a thread and two context switches under every call the async path was meant
    to make threadless. :func:`acall_on_the_loop` is DSPy's ``acall`` without the hop.
 
+3. DSPy's advisory pricing of each answer runs on the loop. ``aexecute`` hands
+   ``_price_result`` to a worker thread (``asyncio.to_thread``) after every call, in case the
+   cost map still has to be loaded (a download on first use). :func:`apply` loads it, after
+   which pricing takes ~20 µs, while the hop cost a thread hand-off and two GIL switches a
+   call. (memesys prices calls itself, ``memesys.llm.budget``; DSPy's figure is advisory.)
+   ``aexecute`` looks ``asyncio`` up in its module, so that name becomes
+   :data:`PRICING_ON_THE_LOOP`: ``asyncio`` itself, but for a ``to_thread`` that runs
+   ``_price_result`` in place.
+
 Whoever builds a meme program for serving calls :func:`apply` at start-up: the daemon's
 workers (``memesys.tree``) and the in-process engine (``memesys.inprocess``). It is
 idempotent.
@@ -26,16 +35,20 @@ idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import dspy
 import dspy.adapters.utils as dspy_adapter_utils
+import dspy.clients.execution as dspy_execution
 from dspy.clients.base_lm import BaseLM, warn_legacy_lm, warn_openai_messages
 from dspy.clients.execution import aexecute, finalize, prepare
+from dspy.clients.model_metadata import source_info
 from dspy.utils.callback import with_callbacks
 from pydantic import TypeAdapter
 
@@ -76,6 +89,27 @@ async def _acall(self: BaseLM, prompt: Any = None, *, messages: Any = None, **kw
 acall_on_the_loop = with_callbacks(_acall)
 acall_on_the_loop.__doc__ = "BaseLM.acall, its prepare step on the caller's loop (patch 2)."
 
+T = TypeVar("T")
+DSPY_PRICE_RESULT = dspy_execution._price_result  # what patch 3 runs in place
+
+
+class _PricingOnTheLoop:
+    """``asyncio`` as ``dspy.clients.execution`` sees it once patched (patch 3): the same module
+    but for ``to_thread``, which runs DSPy's advisory pricing in place."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def to_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        if fn is DSPY_PRICE_RESULT:
+            priced: T = fn(*args, **kwargs)
+            return priced
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+PRICING_ON_THE_LOOP = _PricingOnTheLoop()
+
 
 def tested(version: str) -> bool:
     """Whether DSPy ``version`` ("3.4.1") is within :data:`TESTED`."""
@@ -89,7 +123,11 @@ def tested(version: str) -> bool:
 
 def applied() -> bool:
     """Whether this process runs DSPy patched."""
-    return dspy_adapter_utils.TypeAdapter is type_adapter and BaseLM.acall is acall_on_the_loop
+    return (
+        dspy_adapter_utils.TypeAdapter is type_adapter
+        and BaseLM.acall is acall_on_the_loop
+        and dspy_execution.asyncio is PRICING_ON_THE_LOOP
+    )
 
 
 def apply() -> bool:
@@ -111,4 +149,8 @@ def apply() -> bool:
             return False
         dspy_adapter_utils.TypeAdapter = type_adapter
         BaseLM.acall = acall_on_the_loop
+        # DSPy loads its cost map on first use (unless LITELLM_LOCAL_MODEL_COST_MAP, a
+        # download of up to 5 s): here, before patch 3 prices on a loop
+        source_info()
+        dspy_execution.asyncio = PRICING_ON_THE_LOOP
         return True

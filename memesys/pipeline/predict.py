@@ -119,7 +119,12 @@ async def run(
     predictor = builtin_predictor(stage) if program is None else program.predictor(stage)
     # DSPy's default adapter, its system message cached; one the caller set is kept
     adapter = dspy.settings.adapter or ADAPTER
-    with dspy.context(lm=handle.lm, adapter=adapter), dspy.track_usage() as tracker:
+    # no history: DSPy would keep each call's prompt and answer on the LM and in its global
+    # history (10,000 calls each), an entry built per call (a uuid, a timestamp, the messages
+    # converted) that no one here reads; memesys records a meme's calls itself
+    # (provider.stages, the event log)
+    context = dspy.context(lm=handle.lm, adapter=adapter, disable_history=True)
+    with context, dspy.track_usage() as tracker:
         try:
             prediction = await predictor.acall(**inputs)
         except LMError as exc:
