@@ -167,6 +167,7 @@ def test_answers_the_json_adapter_in_json() -> None:
     assert caption.format == "drake" and len(caption.texts) == 2
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_usage_is_reported_as_chars_over_four() -> None:
     handle, engine = spied()
     caption = asyncio.run(write_caption(handle, "coffee", format="drake"))

@@ -53,6 +53,7 @@ def test_format_name_spelling_is_forgiven() -> None:
     assert asyncio.run(write_caption(handle, "work")).format == "distracted-boyfriend"
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_requested_format_skips_selection() -> None:
     handle = dummy({"captions": ["Tea", "Coffee"]})
     caption = asyncio.run(write_caption(handle, "hot drinks", format="drake"))
@@ -60,6 +61,7 @@ def test_requested_format_skips_selection() -> None:
     assert len(handle.lm.history) == 1
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_requested_unknown_format_fails_before_any_lm_call() -> None:
     handle = dummy()
     with pytest.raises(UnknownFormat):
@@ -112,6 +114,7 @@ def test_prompt_listings() -> None:
     "topic",
     ["monday meetings", "rust borrow checker", "coffee", "production outage", "cats vs dogs"],
 )
+@pytest.mark.usefixtures("dspy_history")
 def test_offline_end_to_end(topic: str) -> None:
     handle = offline_lm()
     caption = asyncio.run(write_caption(handle, topic, style="sarcastic", seed=7))
@@ -123,6 +126,7 @@ def test_offline_end_to_end(topic: str) -> None:
     assert caption.tokens > 0
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_stages_run_alone_and_count_their_own_tokens() -> None:
     select_lm, write_lm = offline_lm(), offline_lm()
     choice = asyncio.run(choose_format(select_lm, "production outage", seed=1))
@@ -145,6 +149,7 @@ def test_usage_rolls_up_into_the_callers_tracker() -> None:
     assert usage["total_tokens"] == caption.tokens
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_concurrent_calls_keep_their_own_lm() -> None:
     offline = offline_lm()
     canned = LMHandle(

@@ -273,6 +273,7 @@ def test_the_offline_writer_answers_an_edited_program_from_the_last_message(tmp_
         assert ours.rounds == reference.rounds
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_concurrent_calls_share_the_predictors_without_changing_them(tmp_path: Path) -> None:
     program = load_program(marked(tmp_path)[0]).program
     before = program.dump_state()
@@ -326,6 +327,7 @@ def test_forward_runs_from_a_thread_and_acall_on_the_callers_loop() -> None:
     )
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_forward_can_trace_the_fused_predictor() -> None:
     """forward(fuse=True) calls select_write (what an optimizer tracing forward gives demos
     to), and the offline LM answers it as it answers select then write."""

@@ -244,6 +244,7 @@ def test_unknown_verifier_and_format() -> None:
         Draft("tea", "nyan-cat", ("a", "b"))
 
 
+@pytest.mark.usefixtures("dspy_history")
 def test_offline_verifiers_answer_through_the_strict_chat_adapter(offline: LMHandle) -> None:
     draft = drake("Tea", "Coffee")
     with dspy.context(adapter=STRICT):

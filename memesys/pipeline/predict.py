@@ -88,6 +88,13 @@ def _system_message(signature: type) -> str:
     return message
 
 
+DSPY_HISTORY = False
+"""Whether stage calls keep DSPy's history. Off: DSPy would build an entry per call (the
+messages converted, a uuid, a timestamp: ~0.45 ms of a stage call's ~2.5 ms of CPU) and keep
+10,000 of them on each LM and in its global history, for nobody to read; a meme's calls are
+recorded in its ``provider.stages`` and its events. Tests that read the history as their record
+of an LM's calls turn it on (the ``dspy_history`` fixture)."""
+
 _PLAIN = dspy.ChatAdapter()
 ADAPTER = StageAdapter()
 
@@ -119,11 +126,7 @@ async def run(
     predictor = builtin_predictor(stage) if program is None else program.predictor(stage)
     # DSPy's default adapter, its system message cached; one the caller set is kept
     adapter = dspy.settings.adapter or ADAPTER
-    # no history: DSPy would keep each call's prompt and answer on the LM and in its global
-    # history (10,000 calls each), an entry built per call (a uuid, a timestamp, the messages
-    # converted) that no one here reads; memesys records a meme's calls itself
-    # (provider.stages, the event log)
-    context = dspy.context(lm=handle.lm, adapter=adapter, disable_history=True)
+    context = dspy.context(lm=handle.lm, adapter=adapter, disable_history=not DSPY_HISTORY)
     with context, dspy.track_usage() as tracker:
         try:
             prediction = await predictor.acall(**inputs)

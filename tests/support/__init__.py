@@ -7,7 +7,8 @@
 - :mod:`tests.support.records`: stored meme records and keys under a test's own prefix.
 - :mod:`tests.support.daemon`: the real daemon as a subprocess, and reading its tree.
 - :mod:`tests.support.provider`: the fake OpenAI-compatible provider and its environment.
-- :mod:`tests.support.llm`: LLM-layer helpers (a DSPy-built request, engines, other processes).
+- :mod:`tests.support.llm`: LLM-layer helpers (a DSPy-built request, engines, other processes,
+  DSPy's history kept for tests that read it).
 - :mod:`tests.support.load`: clients posting memes back to back.
 - :mod:`tests.support.gateway`: a scripted directory for the gateway in process.
 - :mod:`tests.support.tokens`: ``memesys-admin token`` in process, and the gateway's reader.

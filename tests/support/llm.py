@@ -23,6 +23,7 @@ from memesys.llm import client
 from memesys.llm.errors import LLMCallError
 from memesys.llm.transport import HardenedTransport, Policy
 from memesys.offline.lm import OfflineLM
+from memesys.pipeline import predict
 from memesys.pipeline.lm import LMHandle
 from memesys.pipeline.writing import write_caption
 from tests.support.engines import engine_lm
@@ -157,6 +158,14 @@ print(json.dumps(outcomes))
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture
+def dspy_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage calls keep DSPy's history (``memesys.pipeline.predict.DSPY_HISTORY``, off in the
+    daemon), for tests that read it as their record of an LM's calls: how many, their usage,
+    their messages."""
+    monkeypatch.setattr(predict, "DSPY_HISTORY", True)
 
 
 @pytest.fixture(scope="module")
