@@ -598,6 +598,18 @@ def scenario_limited(mode: Mode, bench: Bench) -> list[str]:
 # -- c. a person's meme beside queued tasks -------------------------------------------------------
 
 
+def _steps(meme: Any) -> str:
+    """A meme's sequential steps from its ``timings`` (s): what a slow one waited on."""
+    timings = meme.get("timings") if isinstance(meme, dict) else None
+    if not isinstance(timings, dict):
+        return "-"
+    steps = [(name, ms) for name, ms in timings.items() if name.rstrip("_0123456789") in _STEPS]
+    return " ".join(f"{name} {ms / 1000:.2f}" for name, ms in steps) or "-"
+
+
+_STEPS = ("select", "write", "select_write", "judge", "refine", "render", "store")
+
+
 def task_states(port: int, task_ids: list[str]) -> Counter[str]:
     states: Counter[str] = Counter()
     for task_id in task_ids:
@@ -616,19 +628,20 @@ def scenario_beside_tasks(mode: Mode, bench: Bench) -> list[str]:
     beside: list[float] = []
     rounds: list[list[Any]] = []
 
-    def person(label: str) -> float | None:
+    def person(label: str) -> tuple[float | None, str]:
+        """The meme's seconds (None: it failed) and where they went (its steps' timings)."""
         elapsed, status, meme = make_meme(scenario.port, f"bench {token} {label}")
         if status == 201:
-            return elapsed
+            return elapsed, _steps(meme)
         kind = f"{label.split()[0]}: {status} {_code(meme)}"
         failures[kind] += 1
         bench.messages.setdefault(kind, _message(meme, b""))
-        return None
+        return None, "-"
 
     with Scenario("tasks", flags, bench) as scenario:
         note(f"c: a warm-up meme, {mode.person_memes} memes alone")
         make_meme(scenario.port, f"bench {token} warm-up")
-        alone += [t for i in range(mode.person_memes) if (t := person(f"alone {i}")) is not None]
+        alone += [t for i in range(mode.person_memes) if (t := person(f"alone {i}")[0]) is not None]
         for r in range(mode.person_memes):
             note(f"c: round {r + 1}: {TASKS} async tasks queued, then the person's meme")
             tasks = []
@@ -640,7 +653,7 @@ def scenario_beside_tasks(mode: Mode, bench: Bench) -> list[str]:
                     tasks.append(body["task_id"])
                 else:
                     failures[f"task: {status} {_code(body)}"] += 1
-            elapsed = person(f"beside {r}")
+            elapsed, steps = person(f"beside {r}")
             if elapsed is not None:
                 beside.append(elapsed)
             states = task_states(scenario.port, tasks)
@@ -654,6 +667,7 @@ def scenario_beside_tasks(mode: Mode, bench: Bench) -> list[str]:
                 [
                     f"round {r + 1}",
                     elapsed if elapsed is not None else float("nan"),
+                    steps,
                     errors_text(dict(states)),
                     time.monotonic() - began,
                     errors_text(dict(states_after)),
@@ -685,9 +699,9 @@ def scenario_beside_tasks(mode: Mode, bench: Bench) -> list[str]:
         ),
         "",
         table(
-            "c. rounds: the person's meme, the round's tasks when it was answered, the wait "
-            "until they ended",
-            ["round", "meme s", "tasks then", "then waited s", "tasks after"],
+            "c. rounds: the person's meme and its steps (s, from its timings), the round's "
+            "tasks when it was answered, the wait until they ended",
+            ["round", "meme s", "its steps", "tasks then", "then waited s", "tasks after"],
             rounds,
         ),
     ]
