@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import redis
 
-from memesys.domain.events import TASK, TASK_SCRUBBED, task_stage
+from memesys.domain.events import COMPLETED, ERASED, TASK, TASK_SCRUBBED, task_stage
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability
@@ -171,9 +171,20 @@ class TaskStore:
         if task["status"] != "running" or not isinstance(making, str) or not valid_id(making):
             return task
         with self._guard(f"reading the progress of task {task['id']}"):
-            entries = cast(list[Any], self._r.xrange(self.log.stream(meme_entity(making))))
-        stage, progress = task_stage(raw[b"type"].decode() for _, raw in entries)
+            stage, progress = task_stage(self._event_types(making))
         return {**task, "stage": stage, "progress": progress}
+
+    def made(self, meme_id: str) -> bool:
+        """Whether meme ``meme_id`` was completed (and not erased since): a task whose ledger
+        died after its meme was saved and before its outcome was recorded is finished with that
+        meme, not made again."""
+        with self._guard(f"reading the events of meme {meme_id}"):
+            types = self._event_types(meme_id)
+        return COMPLETED in types and ERASED not in types
+
+    def _event_types(self, meme_id: str) -> list[str]:
+        entries = cast(list[Any], self._r.xrange(self.log.stream(meme_entity(meme_id))))
+        return [raw[b"type"].decode() for _, raw in entries]
 
     def open_tasks(self) -> list[dict[str, Any]]:
         """Every unfinished task, oldest first (expired records are dropped from the index,

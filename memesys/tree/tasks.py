@@ -9,7 +9,10 @@ admission`); refused (``llm_rate_limited``, as for ``overloaded``), the task goe
 queue and is leased again after the Retry-After. The two share the lease of every task in
 flight: if the runner dies its tasks' answers never come; if the ledger dies the runner's
 answers go nowhere. So the group is ``one_for_all``: both restart, and the new ledger takes
-every unfinished task back from Redis and hands it to the new runner.
+every unfinished task back from Redis and hands it to the new runner. A task it finds
+``running`` whose meme was saved (the old ledger died before it recorded the outcome) is
+recorded ``succeeded`` with that meme rather than made again; one whose meme was not saved is
+made again under a new meme id.
 
 A running task's meme is named by the ledger when it leases the task (``making``, recorded with
 the ``running`` status): the task's events say which meme stream holds its progress, before
@@ -206,6 +209,12 @@ class TaskLedger(BaseActor):
         queued in Redis and is leased when both are back."""
         if self.runner is None or task["id"] in self._leased():
             return
+        try:
+            if self._made_before(task):
+                return
+        except StoreError as exc:
+            self._store_failed(exc)
+            return
         making = new_id()  # the meme's id: the task's events say where its progress goes
         running = {**task, "status": "running", "stage": STARTED, "making": making}
         running["progress"] = STAGE_PROGRESS[STARTED]
@@ -226,6 +235,18 @@ class TaskLedger(BaseActor):
             self.runner,
             Request(RunTask(task["id"], order), cid, trace_context=tracecontext.carrier()),
         )
+
+    def _made_before(self, task: Task) -> bool:
+        """A task left running by a ledger that died after its meme was saved: record it
+        succeeded with that meme (it is never made twice); False when there is none."""
+        making = task.get("making")
+        if task["status"] != "running" or not isinstance(making, str):
+            return False
+        if not self.tasks.made(making):
+            return False  # not saved: made again, under a new id
+        log.info("task %s: its meme %s was made before the restart", task["id"], making)
+        self._record(_succeeded(task, making))
+        return True
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, RunnerReady):
@@ -259,19 +280,14 @@ class TaskLedger(BaseActor):
             self._lease(task)
 
     def _finish(self, task: Task, reply: Reply) -> None:
-        task = {k: v for k, v in task.items() if k != "making"}  # its meme is made, or not
         task_id, error = task["id"], reply.error
         code = None if error is None else translate(error.code)
         requeues = task.get("store_requeues", 0)
         if error is None:
-            outcome = {
-                **task,
-                "status": "succeeded",
-                "stage": "done",
-                "progress": 1.0,
-                "meme_id": reply.payload["id"],
-            }
-        elif code in (ErrorCode.OVERLOADED, ErrorCode.LLM_RATE_LIMITED) or (
+            self._record(_succeeded(task, reply.payload["id"]))
+            return
+        task = {k: v for k, v in task.items() if k != "making"}  # its meme is not made
+        if code in (ErrorCode.OVERLOADED, ErrorCode.LLM_RATE_LIMITED) or (
             code is ErrorCode.STORE_ERROR and requeues < MAX_STORE_REQUEUES
         ):
             # Not the task's fault: back to the queue, tried again after a pause (a task the
@@ -340,6 +356,11 @@ class TaskLedger(BaseActor):
             self._store_failed(exc)
         else:
             self.stalled = self.resync  # every outcome written and every lease taken
+
+
+def _succeeded(task: Task, meme_id: str) -> Task:
+    done = {k: v for k, v in task.items() if k != "making"}
+    return {**done, "status": "succeeded", "stage": "done", "progress": 1.0, "meme_id": meme_id}
 
 
 class TaskRunner(AsyncActor):

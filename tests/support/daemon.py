@@ -242,3 +242,37 @@ def daemon_redis(daemon: DaemonProcess) -> redis.Redis:
     """A client of the daemon's own Redis (its embedded server, or the configured one)."""
     url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
     return connect(url)
+
+
+def processes_of(daemon: DaemonProcess) -> list[psutil.Process]:
+    """Every process of the daemon's tree but the daemon itself, collected from /proc: the
+    daemon's children, the admin (double-forked away from it) and everything below it, and
+    whatever else is in the admin's session."""
+    assert daemon.proc is not None and daemon.sid is not None
+    main = psutil.Process(daemon.proc.pid)
+    pid = admin_pid(daemon.admin_port)
+    assert pid is not None
+    admin = psutil.Process(pid)
+    found = {
+        admin,
+        *admin.children(recursive=True),
+        *main.children(recursive=True),
+        *session_processes(daemon.sid),
+    }
+    return sorted(found, key=lambda p: p.pid)
+
+
+def living(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running (a reused pid is another process: ``is_running`` checks)."""
+    out = []
+    for proc in processes:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def names(processes: list[psutil.Process]) -> list[str]:
+    return [proc.name() for proc in processes]
