@@ -79,7 +79,7 @@ def limiter_of(engine: InProcessEngine) -> Limiter:
 
 def fill(limiter: Limiter, seconds: float) -> None:
     """Book the schedule ``seconds`` ahead (someone else's memes)."""
-    limiter.book(int(seconds * R), 3600.0, promise=False)
+    limiter.book(int(seconds * R), 3600.0)
 
 
 def refused(run, engine: InProcessEngine, order: GenerateMeme, timeout_s: float) -> MemeFailed:
@@ -120,7 +120,7 @@ def test_booked_calls_are_never_refused_for_rate(fake, redis: str) -> None:
         fake.url, rate_limit_rps=R, redis_url=redis, key_prefix=f"admit-{uuid.uuid4().hex[:8]}"
     )
     limiter = transport.limiter
-    booked = reservations.Booked({limiter.name: limiter.book(5, 2.0, promise=False)})
+    booked = reservations.Booked({limiter.name: limiter.book(5, 2.0)})
     fill(limiter, 20.0)  # every send time not booked is now 20 s away
     fake.reset()
     request = write_request()
@@ -185,12 +185,53 @@ def test_tasks_use_what_people_leave(engine_for, run, fake) -> None:
     assert run(engine.generate(task, 30.0))["provider"]["stages"]  # the schedule has room now
 
 
+def a_limiter(redis: str) -> Limiter:
+    return Limiter("lanes/model", R, 0, redis, f"lanes-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "without-redis"])
+def test_a_persons_meme_goes_before_the_calls_tasks_booked(run, redis: str, shared: bool) -> None:
+    limiter = a_limiter(redis) if shared else Limiter("lanes/model", R, 0)
+    tasks = [limiter.book(5, 30.0, background=True, max_queue=10.0) for _ in range(6)]
+    began = time.time()
+    assert tasks[-1][-1] - began > 2.5  # six tasks' calls planned 3 s ahead
+    person = limiter.book(5, 10.0, max_queue=2.0)
+    assert person[0] - began < 0.15  # not behind them: the tasks took no send time
+    # The first task's first call, due now, takes a free send time when it comes: after the
+    # person's booked ones. A person's call booked by none (a refinement's), asked for
+    # while the task's call waits, goes with the person's, not behind the tasks' 3 s.
+
+    async def calls() -> tuple[float, float]:
+        task = asyncio.ensure_future(
+            limiter.acquire(100, time.time() + 30.0, 30.0, tasks[0][0], background=True)
+        )
+        await asyncio.sleep(0.05)
+        await limiter.acquire(100, time.time() + 10.0, 10.0)
+        refinement_sent = time.time()
+        return began + await task, refinement_sent
+
+    task_sent, refinement_sent = run(calls())
+    assert task_sent >= person[-1] - 0.01, (task_sent - began, person[-1] - began)
+    assert refinement_sent - began < person[-1] - began + 0.15, refinement_sent - began
+
+
+def test_a_tasks_call_is_refused_only_at_its_deadline(run, redis: str) -> None:
+    limiter = a_limiter(redis)
+    fill(limiter, 3.0)  # people's memes hold the next 3 s
+    began = time.time()
+    with pytest.raises(NoSlot):
+        run(limiter.acquire(100, began + 1.0, 1.0, background=True))
+    assert time.time() - began < 0.3  # at once: its deadline comes before a free time
+    waited = run(limiter.acquire(100, began + 10.0, 10.0, background=True))
+    assert 2.5 <= waited <= 3.5
+
+
 def test_without_redis_a_booking_is_all_or_nothing() -> None:
     limiter = Limiter("local/model", R, 0)  # no Redis: this process's own schedule
-    first = limiter.book(5, 10.0, promise=True)
+    first = limiter.book(5, 10.0)
     assert len(first) == 5 and first == sorted(first)
     with pytest.raises(NoSlot) as full:
-        limiter.book(50, 1.0, promise=True)
+        limiter.book(50, 1.0)
     assert full.value.retry_after > 2.0
-    after = limiter.book(5, 10.0, promise=True)  # the refused booking took nothing
+    after = limiter.book(5, 10.0)  # the refused booking took nothing
     assert after[0] - first[-1] < 0.5

@@ -79,7 +79,7 @@ def test_a_meme_the_providers_schedule_has_no_room_for_is_refused_before_any_cal
     # Someone else's memes booked the schedule 60 s ahead (10 req/s, the daemon's limit).
     url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
     name = f"{urlsplit(fake.url).netloc}/{MODEL}"
-    Limiter(name, 10, 0, url, daemon.key_prefix).book(600, 3600.0, promise=False)
+    Limiter(name, 10, 0, url, daemon.key_prefix).book(600, 3600.0)
     try:
         began = time.perf_counter()
         status, headers, body = post(daemon, "no room")
@@ -98,7 +98,7 @@ def test_a_task_the_schedule_has_no_room_for_waits_in_the_queue_then_succeeds(da
     # without a call and goes back to the queue until the schedule has room.
     url = daemon.env.get("REDIS_URL") or f"unix://{daemon.data_dir / 'redis' / 'redis.sock'}"
     name = f"{urlsplit(fake.url).netloc}/{MODEL}"
-    Limiter(name, 10, 0, url, daemon.key_prefix).book(30, 3600.0, promise=False)
+    Limiter(name, 10, 0, url, daemon.key_prefix).book(30, 3600.0)
     try:
         status, _, body = daemon.request("POST", "/v1/memes?async=true", {"topic": "patience"})
         assert status == 202, body

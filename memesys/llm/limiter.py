@@ -83,12 +83,17 @@ MAX_BURST = JUDGING_CALLS_PER_MEME
 WINDOW_S = 1.05
 ADAPTED_TTL_MS = 600_000  # the shared factor is forgotten 10 min after its last change
 WAKE_JITTER_S = 0.003  # spreads the callers waiting for the same token window
+# A task's call takes a send time only this close to it (else it sleeps and asks again), so the
+# schedule ahead of a person's meme never holds more of the tasks' calls than that.
+BACKGROUND_LEAD_S = 0.1
 INITIAL_LATENCY_S = 1.0  # a call's expected time at the provider before its first answer
 LATENCY_WEIGHT = 0.2  # of each answer's time in the moving average
 
 # The schedule. KEYS: the time the next request may go at the latest spacing (the GCRA's
 # theoretical arrival time, seconds on Redis's clock), the send times of the last second's
-# worth of requests (newest first), the shared adaptation (a hash: factor, until, ...).
+# worth of requests (newest first), the shared adaptation (a hash: factor, until, ...), and for
+# a task's call the background lane's next time (_BOOK's KEYS[5]: a task's call that goes late
+# moves the lane's later bookings with it).
 # ARGV: the configured requests/s, the most calls at once, the caller's longest wait (s), the
 # window. The send time is the latest of: now, the GCRA's (tat less the burst tolerance), the
 # last send (times never go back), the provider's Retry-After (until), and the rate-th latest
@@ -121,15 +126,23 @@ redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', ttl_ms)
 redis.call('LPUSH', KEYS[2], string.format('%.6f', at))
 redis.call('LTRIM', KEYS[2], 0, limit - 1)
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
+if KEYS[4] and at + interval > tonumber(redis.call('GET', KEYS[4]) or '0') then
+  redis.call('SET', KEYS[4], string.format('%.6f', at + interval), 'PX', ttl_ms)
+end
 return {1, string.format('%.6f', at - now), f}
 """
 
-# A meme's booking. KEYS: the schedule's three, then the time until which refused memes were
-# told to wait (their promised returns). ARGV: the configured requests/s, the most calls at
-# once, the meme's longest wait for its last call (s: its deadline's), the window, the calls to
-# book, 1 to promise the refused meme a return (an interactive one; a background task just
-# tries again later), the longest wait for its first call (the backlog it may queue behind).
-# The send times are the schedule's next ``calls`` ones, by _SCHEDULE's rules. Answers
+# A meme's booking. KEYS: the schedule's three, the time until which refused memes were
+# told to wait (their promised returns), the background lane's next time. ARGV: the configured
+# requests/s, the most calls at once, the meme's longest wait for its last call (s: its
+# deadline's), the window, the calls to book, 1 for a background meme (a task: it is promised
+# no return, it just tries again later), the longest wait for its first call (the backlog it
+# may queue behind).
+# An interactive meme's send times are the schedule's next ``calls`` ones, by _SCHEDULE's
+# rules, taken. A background meme's are planned on a lane of their own: from the schedule's
+# next time or the lane's, whichever is later, one interval apart; only the lane moves on, so
+# they hold no send time a person's meme could have (each call takes a free one when its time
+# comes: Limiter.acquire). Answers
 # {1, 0, factor, wait...} (each booked call's send time is now + its wait) or
 # {0, retry_after, factor} (nothing taken: its first or last call would wait longer than the
 # meme may; retry_after: when it would fit, never before the provider's wait has passed nor,
@@ -141,7 +154,7 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local rps, max_burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_wait, window = tonumber(ARGV[3]), tonumber(ARGV[4])
-local calls, promise, max_queue = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local calls, background, max_queue = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local adapted = redis.call('HMGET', KEYS[3], 'factor', 'until')
 local factor = tonumber(adapted[1]) or 1
 local held = tonumber(adapted[2]) or 0
@@ -163,12 +176,17 @@ for i = 1, calls do
   if oldest then at = math.max(at, oldest + window) end
   tat = math.max(tat, at) + interval
   times[i] = at
+  if background == 1 then break end
+end
+if background == 1 then
+  local lane = math.max(times[1], tonumber(redis.call('GET', KEYS[5]) or '0'))
+  for i = 1, calls do times[i] = lane + (i - 1) * interval end
 end
 local f = string.format('%.6f', factor)
 local first, last = times[1] - now, times[calls] - now
 if first > max_queue or last > max_wait then
   local retry = math.max(first - max_queue, last - max_wait, held - now)
-  if promise == 1 then
+  if background == 0 then
     local promised = tonumber(redis.call('GET', KEYS[4]) or '0')
     retry = math.max(retry, math.min(promised - now, retry + math.max(0, max_queue)))
     local back = retry + calls * interval
@@ -179,13 +197,17 @@ if first > max_queue or last > max_wait then
   end
   return {0, string.format('%.6f', retry), f}
 end
+local answer = {1, '0', f}
+for i = 1, calls do answer[i + 3] = string.format('%.6f', times[i] - now) end
+if background == 1 then
+  local after = times[calls] + interval
+  local lane_ms = math.ceil((after - now) * 1000) + 1000
+  redis.call('SET', KEYS[5], string.format('%.6f', after), 'PX', lane_ms)
+  return answer
+end
 local ttl_ms = math.ceil((tat - now + window) * 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.6f', tat), 'PX', ttl_ms)
-local answer = {1, '0', f}
-for i = 1, calls do
-  redis.call('LPUSH', KEYS[2], string.format('%.6f', times[i]))
-  answer[i + 3] = string.format('%.6f', times[i] - now)
-end
+for i = 1, calls do redis.call('LPUSH', KEYS[2], string.format('%.6f', times[i])) end
 redis.call('LTRIM', KEYS[2], 0, limit - 1)
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
 return answer
@@ -263,43 +285,67 @@ class _Adapted:
             return self.factor, True
 
 
+def _interval(rps: float, adapted: _Adapted) -> float:
+    return 1.0 / max(1.0, rps * adapted.factor)
+
+
 class _LocalSchedule:
-    """The same schedule in this process (Redis unreachable, or none configured)."""
+    """The same schedule in this process (Redis unreachable, or none configured), with its
+    background lane."""
 
     def __init__(self) -> None:
         self._tat = 0.0
         self._sent: deque[float] = deque()  # the last second's worth of send times, oldest first
+        self._lane = 0.0  # the background lane's next time
         self._lock = threading.Lock()
 
-    def __call__(self, rps: float, adapted: _Adapted, max_wait: float) -> tuple[bool, float, float]:
+    def __call__(
+        self, rps: float, adapted: _Adapted, max_wait: float, background: bool = False
+    ) -> tuple[bool, float, float]:
         with self._lock:
             now = time.monotonic()
             at = self._next(now, rps, adapted, take=False)
             if at - now > max_wait:
                 return False, at - now, adapted.factor
             self._next(now, rps, adapted, take=True)
+            if background:
+                self._lane = max(self._lane, at + _interval(rps, adapted))
             return True, at - now, adapted.factor
 
     def book(
-        self, rps: float, adapted: _Adapted, max_wait: float, max_queue: float, calls: int
+        self,
+        rps: float,
+        adapted: _Adapted,
+        max_wait: float,
+        max_queue: float,
+        calls: int,
+        background: bool,
     ) -> tuple[bool, float, list[float]]:
         """The next ``calls`` send times (_BOOK's rules, without its promised returns):
         (True, 0, their waits) or (False, the wait past ``max_queue`` or ``max_wait``, [])
         taking nothing."""
         with self._lock:
             now = time.monotonic()
-            kept = self._tat, deque(self._sent)
-            waits = [self._next(now, rps, adapted, take=True) - now for _ in range(calls)]
+            if background:
+                interval = _interval(rps, adapted)
+                lane = max(self._next(now, rps, adapted, take=False), self._lane)
+                waits = [lane + i * interval - now for i in range(calls)]
+            else:
+                kept = self._tat, deque(self._sent)
+                waits = [self._next(now, rps, adapted, take=True) - now for _ in range(calls)]
             if waits[0] <= max_queue and waits[-1] <= max_wait:
+                if background:
+                    self._lane = now + waits[-1] + interval
                 return True, 0.0, waits
-            self._tat, self._sent = kept
+            if not background:
+                self._tat, self._sent = kept
             late = max(waits[0] - max_queue, waits[-1] - max_wait, adapted.until - now)
             return False, late, []
 
     def _next(self, now: float, rps: float, adapted: _Adapted, take: bool) -> float:
         """The next send time (monotonic clock); ``take``: the schedule moves on past it."""
         rate = max(1.0, rps * adapted.factor)
-        interval, limit = 1.0 / rate, max(1, int(rate))
+        interval, limit = _interval(rps, adapted), max(1, int(rate))
         burst = max(1, min(MAX_BURST, int(rate / 2)))
         tat = max(self._tat, now)
         at = max(now, tat - (burst - 1) * interval, adapted.until)
@@ -359,6 +405,7 @@ class Limiter:
         self._schedule_key = f"{self._namespace}/{name}/schedule"
         self._cap_key = f"{self._namespace}/{name}/sent"
         self._adapted_key = f"{self._namespace}/{name}/adapted"
+        self._lane_key = f"{self._schedule_key}/background"
         # _SCHEDULE, run on the schedule's keys and on the send cap's; _ADAPT
         self._gcra: Script | None = None
         self._book: Script | None = None
@@ -404,23 +451,28 @@ class Limiter:
         deadline: float | None,
         max_wait_s: float,
         reserved_at: float | None = None,
+        background: bool = False,
     ) -> float:
         """Take a send time for a request of ``tokens`` estimated tokens and wait for it, then
         a place in the send cap, at most until ``deadline`` (wall clock; None: ``max_wait_s``);
         the seconds waited. NoSlot at once when the send time, or the moment a full window
         frees, is past it. ``reserved_at``: the send time (wall clock) :meth:`book` took for
-        this call: it is waited for instead of taking one. The waits are the event loop's
-        sleeps; the Redis round trips between them (a script each, well under a millisecond on
-        a local Redis) run on the loop."""
+        this call: it is waited for instead of taking one. A ``background`` (task's) call
+        takes a send time only within ``BACKGROUND_LEAD_S`` (after its planned one, if any),
+        sleeping until one is that close: people's calls booked meanwhile go first, and it is
+        refused only at its deadline. The waits are the event loop's sleeps; the Redis round
+        trips between them (a script each, well under a millisecond on a local Redis) run on
+        the loop."""
         if not self.enabled:
             return 0.0
         began = time.time()
         end = deadline if deadline is not None else began + max_wait_s
         if reserved_at is not None and self.rps > 0:
             await asyncio.sleep(max(0.0, min(reserved_at, end) - began))
-        scheduled = reserved_at is None or self.rps <= 0
+        scheduled = reserved_at is None or self.rps <= 0 or background
         if self.tpm > 0 or scheduled:
-            await self._take(functools.partial(self._reserve, tokens, scheduled), end)
+            step = functools.partial(self._reserve, tokens, scheduled, background)
+            await self._take(step, end, BACKGROUND_LEAD_S if background else 0.0)
         if self.rps > 0:
             await self._take(self._cap, end)
         waited = time.time() - began
@@ -429,9 +481,11 @@ class Limiter:
             self.waited_s += waited
         return waited
 
-    async def _take(self, step: Callable[[bool, float], tuple[bool, float]], end: float) -> None:
-        """Run ``step`` until it grants, sleeping the wait it names; NoSlot once that wait
-        would end past ``end``."""
+    async def _take(
+        self, step: Callable[[bool, float], tuple[bool, float]], end: float, lead: float = 0.0
+    ) -> None:
+        """Run ``step`` until it grants, sleeping the wait it names (less the ``lead`` a
+        step grants within); NoSlot once that wait would end past ``end``."""
         while True:
             ok, wait = self._on_storage(step, end - time.time())
             if ok:
@@ -441,7 +495,7 @@ class Limiter:
             if time.time() + wait >= end:
                 self.refusals += 1
                 raise NoSlot(self.name, wait)
-            await asyncio.sleep(wait + random.uniform(0, WAKE_JITTER_S))
+            await asyncio.sleep(max(0.0, wait - lead) + random.uniform(0, WAKE_JITTER_S))
 
     def _on_storage(
         self, step: Callable[[bool, float], tuple[bool, float]], max_wait: float
@@ -469,10 +523,11 @@ class Limiter:
             return step(True, max_wait)
 
     def _reserve(
-        self, tokens: int, scheduled: bool, local: bool, max_wait: float
+        self, tokens: int, scheduled: bool, background: bool, local: bool, max_wait: float
     ) -> tuple[bool, float]:
         """The token window's test, the request's send time on the schedule (unless booked:
-        not ``scheduled``), the tokens' charge."""
+        not ``scheduled``; a ``background`` one only within BACKGROUND_LEAD_S), the tokens'
+        charge."""
         share = self.processes if local else 1
         shared = None if local else self._shared_window  # (there is one when not local)
         window = self._local_window if shared is None else shared
@@ -486,8 +541,9 @@ class Limiter:
                 return False, self._until_free(window, tokens_item)
         wait = 0.0
         if self.rps > 0 and scheduled:
+            within = BACKGROUND_LEAD_S if background else max(0.0, max_wait)
             ok, wait = self._schedule(
-                self._schedule_key, self._local_schedule, local, max(0.0, max_wait)
+                self._schedule_key, self._local_schedule, local, within, background
             )
             if not ok:
                 return False, wait
@@ -503,29 +559,43 @@ class Limiter:
         return self._schedule(self._cap_key, self._local_cap, local, 0.0)
 
     def _schedule(
-        self, key: str, local_schedule: _LocalSchedule, local: bool, max_wait: float
+        self,
+        key: str,
+        local_schedule: _LocalSchedule,
+        local: bool,
+        max_wait: float,
+        background: bool = False,
     ) -> tuple[bool, float]:
         """The schedule under ``key`` in Redis (or ``local_schedule`` in this process, at its
         share of the rate) at the configured rate times the adaptation's factor: (granted, the
-        wait before sending) or (False, the wait that would have been)."""
+        wait before sending) or (False, the wait that would have been). A ``background``
+        call's grant moves the background lane on past it."""
         if local or self._gcra is None:  # (no script: never anything but local)
             ok, wait, factor = local_schedule(
-                self.rps / self.processes, self._local_adapted, max_wait
+                self.rps / self.processes, self._local_adapted, max_wait, background
             )
         else:
             keys = [key, f"{key}/window", self._adapted_key]
+            if background:
+                keys.append(self._lane_key)
             answer = self._gcra(keys=keys, args=[self.rps, MAX_BURST, max_wait, WINDOW_S])
             ok, wait, factor = bool(answer[0]), float(answer[1]), float(answer[2])
         self._factor = factor
         return ok, wait
 
     def book(
-        self, calls: int, max_wait: float, promise: bool, max_queue: float | None = None
+        self,
+        calls: int,
+        max_wait: float,
+        background: bool = False,
+        max_queue: float | None = None,
     ) -> list[float]:
         """The send times (wall clock) of a meme's next ``calls`` calls, taken at once, the
         first within ``max_queue`` s (None: ``max_wait``), the last within ``max_wait`` s;
-        NoSlot (nothing taken) with the wait before they would fit otherwise. ``promise``: the
-        refused meme's return is kept (_BOOK). Empty without a requests/s limit."""
+        NoSlot (nothing taken) with the wait before they would fit otherwise. An interactive
+        meme's refused return is promised (_BOOK); a ``background`` meme's times are planned
+        on the background lane, taken by none (each call takes a free one near it:
+        :meth:`acquire`). Empty without a requests/s limit."""
         queue = max_wait if max_queue is None else max_queue
         if self.rps <= 0 or calls <= 0:
             return []
@@ -536,13 +606,18 @@ class Limiter:
             began = time.time()
             if local or self._book is None:
                 ok, retry, waits = self._local_schedule.book(
-                    self.rps / self.processes, self._local_adapted, max_wait, queue, calls
+                    self.rps / self.processes,
+                    self._local_adapted,
+                    max_wait,
+                    queue,
+                    calls,
+                    background,
                 )
                 self._factor = self._local_adapted.factor
             else:
                 keys = [self._schedule_key, f"{self._schedule_key}/window", self._adapted_key]
-                keys.append(f"{self._schedule_key}/promised")
-                args = [self.rps, MAX_BURST, max_wait, WINDOW_S, calls, int(promise), queue]
+                keys += [f"{self._schedule_key}/promised", self._lane_key]
+                args = [self.rps, MAX_BURST, max_wait, WINDOW_S, calls, int(background), queue]
                 answer = self._book(keys=keys, args=args)
                 ok, retry, self._factor = bool(answer[0]), float(answer[1]), float(answer[2])
                 waits = [float(wait) for wait in answer[3:]]

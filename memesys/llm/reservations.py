@@ -8,7 +8,9 @@ share the one object). Each call of that provider+model takes the earliest
 time left (:func:`take`) for its first attempt; calls past the booking (a retry, a refinement)
 take free times from the schedule. A placement that runs the judging group in another process
 hands the times left over with the draft (:func:`handover`) and that process holds them
-(:func:`holding`) while it judges.
+(:func:`holding`) while it judges. A booking says its lane: a background meme's (a task's)
+calls take their send times only when they come (:meth:`~memesys.llm.limiter.Limiter.acquire`),
+so people's memes go first; its times are only the earliest each may go.
 """
 
 from __future__ import annotations
@@ -17,16 +19,28 @@ import contextvars
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
-# What travels in a message: per provider+model (a limiter's name), its booked send times.
-Times = tuple[tuple[str, tuple[float, ...]], ...]
+
+@dataclass(frozen=True)
+class Times:
+    """What travels in a message: per provider+model (a limiter's name), its booked send
+    times, and whether they are a background meme's."""
+
+    booked: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    background: bool = False
+
+
+NO_TIMES = Times()  # nothing booked (a message's default)
 
 
 class Booked:
-    """Send times (wall clock) per provider+model, each taken once, earliest first."""
+    """Send times (wall clock) per provider+model, each taken once, earliest first; a
+    ``background`` meme's (a task's)."""
 
-    def __init__(self, times: Mapping[str, Iterable[float]]) -> None:
+    def __init__(self, times: Mapping[str, Iterable[float]], background: bool = False) -> None:
         self._times = {name: deque(sorted(booked)) for name, booked in times.items()}
+        self.background = background
 
     def take(self, name: str) -> float | None:
         """The earliest time booked for ``name`` (None: none left)."""
@@ -48,7 +62,7 @@ class Booked:
                     break
             if taken:
                 times.append((name, tuple(taken)))
-        return tuple(times)
+        return Times(tuple(times), self.background)
 
 
 _current: contextvars.ContextVar[Booked | None] = contextvars.ContextVar(
@@ -59,8 +73,8 @@ _current: contextvars.ContextVar[Booked | None] = contextvars.ContextVar(
 @contextmanager
 def holding(booked: Booked | Times | None) -> Iterator[None]:
     """``booked`` (or times handed over) is the current booking for the block."""
-    if booked is not None and not isinstance(booked, Booked):
-        booked = Booked(dict(booked))
+    if isinstance(booked, Times):
+        booked = Booked(dict(booked.booked), booked.background)
     token = _current.set(booked)
     try:
         yield
@@ -77,4 +91,10 @@ def take(name: str) -> float | None:
 def handover() -> Times:
     """The current booking's times left, taken out (empty without one)."""
     booked = _current.get()
-    return () if booked is None else booked.handover()
+    return NO_TIMES if booked is None else booked.handover()
+
+
+def background() -> bool:
+    """Whether the meme being made is a background one (a task's)."""
+    booked = _current.get()
+    return booked is not None and booked.background

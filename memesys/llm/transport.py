@@ -402,7 +402,7 @@ class HardenedTransport:
                 state = self.breaker.check()  # open: fail now, without taking a slot
                 local = self.limiter.fallbacks
                 waited = await self.limiter.acquire(
-                    tokens, deadline, self.policy.timeout_s, reserved_at
+                    tokens, deadline, self.policy.timeout_s, reserved_at, reservations.background()
                 )
                 reserved_at = None  # a retry takes a free send time
                 if waited > 0.0005:
@@ -566,7 +566,12 @@ class HardenedTransport:
             self.metrics.add("memesys_llm_hedges_refused_total", model=self.name, why="budget")
             return None
         try:
-            await self.limiter.acquire(tokens, time.time() + HEDGE_SLOT_WAIT_S, HEDGE_SLOT_WAIT_S)
+            await self.limiter.acquire(
+                tokens,
+                time.time() + HEDGE_SLOT_WAIT_S,
+                HEDGE_SLOT_WAIT_S,
+                background=reservations.background(),
+            )
         except NoSlot:
             self.hedging.refund()
             self.metrics.add("memesys_llm_hedges_refused_total", model=self.name, why="rate")

@@ -14,9 +14,10 @@ take their booked times (:mod:`memesys.llm.reservations`): never refused for rat
 Refinements take free send times as they come (one refused for rate is skipped:
 :func:`memesys.pipeline.flow.run_pipeline`).
 
-Background memes (tasks) queue behind at most ``[llm] task_backlog_s``: they use what
-interactive memes leave, and never fill the schedule ahead of a person's meme by more than
-that. Stages on the offline writer or without a requests/s limit book nothing, nor a model
+Background memes (tasks) are booked on the schedule's background lane, their first call
+planned within ``[llm] task_backlog_s``: their calls hold no send time, and each takes a free
+one only when it comes, after people's (:meth:`memesys.llm.limiter.Limiter.acquire`), so tasks
+use what interactive memes leave. Stages on the offline writer or without a requests/s limit book nothing, nor a model
 whose breaker is open with no fallback (its calls fail at once).
 """
 
@@ -78,7 +79,7 @@ def book(
         max_wait = NO_DEADLINE_S if deadline is None else deadline - time.time()
         try:
             times[name] = limiter.book(
-                calls[name], max_wait - limiter.latency_s, not background, max_queue=within_s
+                calls[name], max_wait - limiter.latency_s, background, max_queue=within_s
             )
         except NoSlot as exc:
             lane = "background" if background else "interactive"
@@ -89,4 +90,4 @@ def book(
                 f"{calls[name]} calls now; nothing was sent",
                 exc.retry_after,
             ) from exc
-    return Booked(times)
+    return Booked(times, background)

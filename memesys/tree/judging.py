@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from actors.messages import Failure
-from memesys.llm.reservations import Times
+from memesys.llm.reservations import NO_TIMES, Times
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.flow import StageRun
 from memesys.pipeline.scoring import Scores
@@ -29,7 +29,7 @@ class JudgeDraft:
 
     draft: Draft
     program: str = ""
-    reserved: Times = ()
+    reserved: Times = NO_TIMES
 
 
 @dataclass(frozen=True)

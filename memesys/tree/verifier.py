@@ -27,7 +27,7 @@ from actors.messages import Failure
 from memesys.config import LLMConfig, PipelineConfig
 from memesys.errors import ErrorCode
 from memesys.llm import bulkhead, reservations, served
-from memesys.llm.reservations import Times
+from memesys.llm.reservations import NO_TIMES, Times
 from memesys.pipeline import dspy_patches
 from memesys.pipeline.draft import Draft
 from memesys.pipeline.errors import MemeFailed, first_line, lm_failed
@@ -116,7 +116,7 @@ class VerifierWorker(AsyncActor):
             return self.judge(payload.draft, payload.reserved)
         return super().handle(payload)
 
-    async def judge(self, draft: Draft, reserved: Times = ()) -> Judgements:
+    async def judge(self, draft: Draft, reserved: Times = NO_TIMES) -> Judgements:
         """Every judging stage at once, each call on a send time of ``reserved`` (the meme's
         booking) while one is left; a stage whose call fails answers its Failure."""
         with reservations.holding(reserved):
