@@ -17,8 +17,8 @@ Refinements take free send times as they come (one refused for rate is skipped:
 Background memes (tasks) are booked on the schedule's background lane, their first call
 planned within ``[llm] task_backlog_s``: their calls hold no send time, and each takes a free
 one only when it comes, after people's (:meth:`memesys.llm.limiter.Limiter.acquire`), so tasks
-use what interactive memes leave. Stages on the offline writer or without a requests/s limit book nothing, nor a model
-whose breaker is open with no fallback (its calls fail at once).
+use what interactive memes leave. Stages on the offline writer or without a requests/s limit
+book nothing, nor a model whose breaker is open with no fallback (its calls fail at once).
 """
 
 from __future__ import annotations

@@ -282,8 +282,8 @@ class MemeMaker:
     ``render_delay_s``: ``pipeline.render_delay_s``, see :class:`Speculation`; ``fuse``:
     select and write in one call, ``pipeline.fuses_select_write``; ``backlog_s`` and
     ``task_backlog_s``: how far ahead a person's meme's first call and a task's may be booked
-    on the provider's schedule (a task's on its background lane), ``[llm] max_backlog_s`` and ``task_backlog_s``,
-    :mod:`memesys.pipeline.admission`)."""
+    on the provider's schedule (a task's on its background lane), ``[llm] max_backlog_s`` and
+    ``task_backlog_s``, :mod:`memesys.pipeline.admission`)."""
 
     program: LoadedProgram
     handle_for: Callable[[str], LMHandle]
