@@ -7,7 +7,8 @@ meme, and one meme completed per task (none made twice, none lost), its image se
 A task whose meme was saved when the kill came, before its ledger recorded the outcome, is the
 case that makes a meme twice if the restart runs it again. The kill hits that window only
 sometimes, so the test also leaves one such task on purpose: a task recorded ``running`` on a
-meme already made.
+meme already made. A meme the kill cut short is made again under a new id, and its own
+stream ends ``failed`` (``worker_lost``): no meme's stream is left without an end.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from memesys.domain.events import COMPLETED
+from memesys.domain.events import COMPLETED, FAILED
 from memesys.domain.ids import new_id
 from memesys.storage.tasks import TaskStore
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -54,16 +55,15 @@ def open_tasks(daemon: DaemonProcess) -> int:
         client.close()
 
 
-def completed_memes(daemon: DaemonProcess) -> list[str]:
-    """The entity of every ``completed`` event in the global stream, in append order."""
+def meme_events(daemon: DaemonProcess) -> list[tuple[str, str]]:
+    """Every meme event's entity and type in the global stream, in append order."""
     client = daemon_redis(daemon)
     try:
         entries = client.xrange(f"{daemon.key_prefix}:events:all")
     finally:
         client.close()
-    return [
-        fields[b"entity"].decode() for _, fields in entries if fields[b"type"] == COMPLETED.encode()
-    ]
+    pairs = [(fields[b"entity"].decode(), fields[b"type"].decode()) for _, fields in entries]
+    return [(entity, kind) for entity, kind in pairs if entity.startswith("meme:")]
 
 
 def saved_but_not_recorded(daemon: DaemonProcess) -> tuple[str, str]:
@@ -144,12 +144,19 @@ def test_accepted_tasks_all_succeed_exactly_once_after_a_sigkill_of_every_proces
             assert again.request("GET", task["meme"]["image_url"])[0] == 200
             made.append(f"meme:{task['meme']['id']}")
         assert len(set(made)) == TASKS + 1  # one meme each
-        completed = completed_memes(again)
+        events = meme_events(again)
+        completed = [entity for entity, kind in events if kind == COMPLETED]
         twice = sorted({m for m in completed if completed.count(m) > 1})
         assert not twice, f"memes completed twice: {twice}"
         orphans = sorted(set(completed) - set(made))
         assert not orphans, f"memes completed that no task names (made again): {orphans}"
         assert sorted(completed) == sorted(made)
+        # A meme the kill cut short has its stream ended failed (worker_lost) by the restart.
+        ended = {entity for entity, kind in events if kind in (COMPLETED, FAILED)}
+        unended = sorted({entity for entity, _ in events} - ended)
+        assert not unended, f"meme streams left without an end: {unended}"
+        cut_short = sorted({entity for entity, kind in events if kind == FAILED})
+        print(f"{len(cut_short)} memes cut short by the kill, their streams ended failed")
         print(json.dumps({"tasks": TASKS + 1, "memes_completed": len(completed)}))
     finally:
         for each in (again, daemon):

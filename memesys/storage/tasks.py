@@ -25,12 +25,12 @@ from typing import Any, cast
 
 import redis
 
-from memesys.domain.events import COMPLETED, ERASED, TASK, TASK_SCRUBBED, task_stage
+from memesys.domain.events import COMPLETED, ERASED, FAILED, TASK, TASK_SCRUBBED, task_stage
 from memesys.domain.ids import valid_id
 from memesys.errors import ErrorCode
 from memesys.storage.availability import AlwaysUp, Availability
 from memesys.storage.errors import StoreError
-from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConflict
+from memesys.storage.eventlog import ANY_VERSION, PREVIOUS, Event, EventLog, VersionConflict
 from memesys.storage.projections import Keys, meme_entity, task_entity, writes
 from memesys.storage.quarantine import Quarantine, fingerprint, is_wrong_type
 from memesys.storage.records import OPEN_STATES, parse_json, task_problem
@@ -174,13 +174,22 @@ class TaskStore:
             stage, progress = task_stage(self._event_types(making))
         return {**task, "stage": stage, "progress": progress}
 
-    def made(self, meme_id: str) -> bool:
-        """Whether meme ``meme_id`` was completed (and not erased since): a task whose ledger
-        died after its meme was saved and before its outcome was recorded is finished with that
-        meme, not made again."""
-        with self._guard(f"reading the events of meme {meme_id}"):
+    def settle(self, meme_id: str) -> bool:
+        """Whether meme ``meme_id``, named by a lease whose ledger died, was saved (completed,
+        and not erased since): its task is then finished with it, not made again. If not, its
+        stream (when it has one and it has not ended) ends with ``failed`` (``worker_lost``):
+        the log says the meme was never made, and a late save of it (a worker that outlived
+        the ledger) no longer fits its stream's version."""
+        with self._guard(f"settling meme {meme_id}", write=True):
             types = self._event_types(meme_id)
-        return COMPLETED in types and ERASED not in types
+            if COMPLETED in types:
+                return ERASED not in types
+            if types and FAILED not in types:
+                code = {"code": ErrorCode.WORKER_LOST.value}
+                event = Event(FAILED, meme_entity(meme_id), code, "", PREVIOUS, "", b"")
+                with contextlib.suppress(VersionConflict):  # it moved on: its maker lives
+                    self.log.append(event, len(types), [])
+        return False
 
     def _event_types(self, meme_id: str) -> list[str]:
         entries = cast(list[Any], self._r.xrange(self.log.stream(meme_entity(meme_id))))

@@ -12,7 +12,8 @@ answers go nowhere. So the group is ``one_for_all``: both restart, and the new l
 every unfinished task back from Redis and hands it to the new runner. A task it finds
 ``running`` whose meme was saved (the old ledger died before it recorded the outcome) is
 recorded ``succeeded`` with that meme rather than made again; one whose meme was not saved is
-made again under a new meme id.
+made again under a new meme id, and the unsaved meme's stream ends ``failed``
+(``worker_lost``, :meth:`~memesys.storage.tasks.TaskStore.settle`).
 
 A running task's meme is named by the ledger when it leases the task (``making``, recorded with
 the ``running`` status): the task's events say which meme stream holds its progress, before
@@ -242,8 +243,8 @@ class TaskLedger(BaseActor):
         making = task.get("making")
         if task["status"] != "running" or not isinstance(making, str):
             return False
-        if not self.tasks.made(making):
-            return False  # not saved: made again, under a new id
+        if not self.tasks.settle(making):
+            return False  # not saved (its stream now ends failed): made again, under a new id
         log.info("task %s: its meme %s was made before the restart", task["id"], making)
         self._record(_succeeded(task, making))
         return True
