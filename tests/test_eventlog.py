@@ -10,7 +10,13 @@ import redis
 
 from memesys.domain.events import EXPIRED
 from memesys.storage.errors import StoreError
-from memesys.storage.eventlog import ANY_VERSION, Event, EventLog, VersionConflict
+from memesys.storage.eventlog import (
+    ANY_VERSION,
+    Event,
+    EventLog,
+    ProjectionBlocked,
+    VersionConflict,
+)
 from memesys.storage.memes import MemeStore
 from memesys.storage.projector import rebuild
 from memesys.storage.sealing import Sealer, Shredded
@@ -82,6 +88,27 @@ def test_a_projection_write_is_one_of_the_allowed_commands(
 ) -> None:
     with pytest.raises(ValueError):
         EventLog(client, prefix).append(event("completed"), writes=[("FLUSHALL",)])
+
+
+def test_a_projection_that_would_fail_halfway_appends_nothing(
+    client: redis.Redis, prefix: str
+) -> None:
+    log = EventLog(client, prefix)
+    log.append(event("requested"), writes=[("SET", f"{prefix}:x", "1")])  # the checkpoint's
+    client.set(log.checkpoint, client.get(log.projected) or b"")  # projections hold the log
+    index = f"{prefix}:index"
+    client.set(index, "not a sorted set")  # a corrupt key the second write would meet
+    writes = [("SET", f"{prefix}:meme:a", "{}"), ("ZADD", index, "1", "a")]
+    with pytest.raises(ProjectionBlocked, match=f"{index} holds a string, not a zset"):
+        log.append(event("completed", id="a"), expected=1, writes=writes)
+    # Without the check Redis runs the SET, stops at the ZADD, and keeps the XADDs and the
+    # moved checkpoint: the log would say the projections hold an event they hold half of.
+    assert client.get(f"{prefix}:meme:a") is None
+    assert [r.event.type for r in log.history("meme:a")] == ["requested"]
+    assert client.xlen(log.all) == 1
+    assert client.get(log.checkpoint) == client.get(log.projected)
+    client.delete(index)
+    assert log.append(event("completed", id="a"), expected=1, writes=writes).seq == 2
 
 
 def test_sealed_fields_open_for_their_entity_only_until_shredded(

@@ -29,7 +29,10 @@ stream's entries are ``entity``, ``seq`` (the version the append made) and ``typ
 :data:`APPEND` appends, in one script, to the entity's stream and to the global one if the
 entity is at the version the writer expects (optimistic concurrency: a writer that lost a race
 gets :class:`VersionConflict` and nothing is written), then runs the projection's writes in the
-same script, so a reader never sees an event without its projection or the reverse. An append
+same script, so a reader never sees an event without its projection or the reverse. Redis
+keeps a script's writes up to one that fails, so a projection write that would fail on its
+key's type (a corrupt key) is found before anything is written: :class:`ProjectionBlocked`,
+nothing appended. An append
 that writes projections also moves ``{p}:events:projected`` to its id, and moves the
 projections' checkpoint (``{p}:projections:checkpoint``, outside the log: it goes when they go)
 with it if the checkpoint had reached the previous one; a checkpoint that is missing stays
@@ -90,15 +93,41 @@ local function run_writes(i)
 end
 """
 
+# Lua: the first projection write from index i on that would fail on its key's type (a sorted
+# set or set command on a key of another type: Redis would run the writes before it and stop
+# there), as "<key> holds a <type>, not a <type>"; nil when every write can run
+BLOCKED = """
+local WANTS = {ZADD = 'zset', ZREM = 'zset', SADD = 'set', SREM = 'set'}
+local function blocked(i)
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    local want = WANTS[string.upper(ARGV[i + 1])]
+    if want then
+      local kind = redis.call('TYPE', ARGV[i + 2])['ok']
+      if kind ~= 'none' and kind ~= want then
+        return ARGV[i + 2] .. ' holds a ' .. kind .. ', not a ' .. want
+      end
+    end
+    i = i + n + 1
+  end
+  return nil
+end
+"""
+
 _APPEND = (
     LATER
     + WRITES
+    + BLOCKED
     + """
 local version = redis.call('XLEN', KEYS[1])
 local expected = tonumber(ARGV[1])
 if expected >= 0 and version ~= expected then
   return {0, version}
 end
+local w = 4  -- where the projection writes begin, after the events
+for e = 1, tonumber(ARGV[3]) do w = w + tonumber(ARGV[w]) + 1 end
+local problem = blocked(w)
+if problem then return {-1, problem} end  -- nothing written: all or nothing
 local i, ids = 4, {}
 for e = 1, tonumber(ARGV[3]) do
   local nfields = tonumber(ARGV[i])
@@ -142,6 +171,15 @@ def flattened(writes: Sequence[Write]) -> list[str | bytes | int | float]:
 def checkpoint_key(prefix: str) -> str:
     """The projections' checkpoint: the stream id up to which they hold every event."""
     return f"{prefix}:projections:checkpoint"
+
+
+class ProjectionBlocked(StoreError):
+    """A projection write of the append would fail on its key's type (a corrupt key): nothing
+    was appended, rather than events whose projection stopped halfway."""
+
+    def __init__(self, entity: str, problem: str) -> None:
+        super().__init__(f"{entity}: nothing appended: the projection key {problem}")
+        self.entity, self.problem = entity, problem
 
 
 class VersionConflict(StoreError):
@@ -264,8 +302,11 @@ class EventLog:
         self._append(keys, args, client=pipe)
 
     def outcome(self, events: Sequence[Event], expected: int, reply: Any) -> list[Recorded]:
-        """The appended events from the script's reply; VersionConflict if it was refused."""
+        """The appended events from the script's reply; VersionConflict if it was refused for
+        the version, ProjectionBlocked for a projection key's type."""
         ok, version, *rest = cast(list[Any], reply)
+        if ok == -1:
+            raise ProjectionBlocked(events[0].entity, version.decode(errors="replace"))
         if not ok:
             raise VersionConflict(events[0].entity, expected, int(version))
         first = int(version) - len(events) + 1
