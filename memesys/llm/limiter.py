@@ -28,6 +28,10 @@ counted across every process and host on one Redis. 0 turns a limit off.
   clients return one by one instead of all at once. A booked call (``acquire``'s
   ``reserved_at``) sleeps until its time and takes no other: it is never refused for rate
   (the send cap still polices the moment it goes, up to its deadline).
+- Two lanes: a background meme's (a task's) calls are booked on a lane of their own, planned
+  after the schedule's next time and every task planned before them, holding no send time;
+  each takes a free one only within ``BACKGROUND_LEAD_S`` of it when its planned time has
+  come, so people's memes booked after a task's still go first, and tasks use what is left.
 - Tokens/min: the ``limits`` library's moving window (an atomic Lua script over a Redis list
   of timestamps), tested before the request's send time is taken and charged after.
 - Waiting counts against the request's deadline: a call whose send time (or the moment a
