@@ -230,6 +230,29 @@ def test_a_tasks_record_is_the_projection_of_its_events(client: redis.Redis, pre
     assert tasks.get("t1") == scrubbed and client.get(f"{prefix}:taskof:m1") is None
 
 
+def test_settling_a_dead_leases_meme_ends_an_unsaved_one_failed(
+    client: redis.Redis, prefix: str
+) -> None:
+    """What a restarted ledger finds of the meme a dead lease was making
+    (``TaskStore.settle``): saved, or ended ``failed`` so a late save no longer fits."""
+    tasks, log = TaskStore(client, prefix, ttl_s=600), EventLog(client, prefix)
+    assert tasks.settle("nostream") == "unmade"  # never begun: nothing to end
+    assert log.version("meme:nostream") == 0
+    log.append(event("requested", "meme:cut"), expected=0)
+    log.append(event("caption_written", "meme:cut"), expected=1)
+    assert tasks.settle("cut") == "unmade"
+    ended = log.history("meme:cut")[-1].event
+    assert (ended.type, ended.data) == ("failed", {"code": "worker_lost"})
+    with pytest.raises(VersionConflict):  # the worker that outlived its ledger saves late
+        log.append(event("completed", "meme:cut", id="cut"), expected=2)
+    assert tasks.settle("cut") == "unmade" and log.version("meme:cut") == 3  # ended once
+    log.append(event("requested", "meme:made"), expected=0)
+    log.append(event("completed", "meme:made", id="made"), expected=1)
+    assert tasks.settle("made") == "made" and log.version("meme:made") == 2
+    log.append(event("erased", "meme:made", id="made"), expected=2)
+    assert tasks.settle("made") == "erased"  # never made again: its task is scrubbed
+
+
 def test_racing_ledgers_record_one_outcome(client: redis.Redis, prefix: str) -> None:
     tasks = TaskStore(client, prefix, ttl_s=600)
     tasks.put(task("t2", "running"))

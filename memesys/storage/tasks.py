@@ -21,7 +21,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import redis
 
@@ -40,6 +40,9 @@ __all__ = ["CORRUPT_TASK_MESSAGE", "OPEN_STATES", "StoreError", "TaskStore"]
 
 CORRUPT_TASK_MESSAGE = "the task's record was unreadable; it was set aside and the task failed"
 RACE_RETRIES = 5  # put_if_open's tries when another writer records a status first
+
+Settled = Literal["made", "erased", "unmade"]
+"""What became of the meme a dead lease was making (:meth:`TaskStore.settle`)."""
 
 
 def _dumps(record: dict[str, Any]) -> str:
@@ -174,22 +177,31 @@ class TaskStore:
             stage, progress = task_stage(self._event_types(making))
         return {**task, "stage": stage, "progress": progress}
 
-    def settle(self, meme_id: str) -> bool:
-        """Whether meme ``meme_id``, named by a lease whose ledger died, was saved (completed,
-        and not erased since): its task is then finished with it, not made again. If not, its
-        stream (when it has one and it has not ended) ends with ``failed`` (``worker_lost``):
-        the log says the meme was never made, and a late save of it (a worker that outlived
-        the ledger) no longer fits its stream's version."""
+    def settle(self, meme_id: str) -> Settled:
+        """What became of meme ``meme_id``, named by a lease whose ledger died: ``made``
+        (completed; ``erased`` if erased since): its task is then finished with it, not made
+        again. If not (``unmade``), its stream (when it has one and it has not ended) ends
+        with ``failed`` (``worker_lost``), appended at the version just read: the log says
+        the meme was never made, and a late save of it (a worker that outlived the ledger) no
+        longer fits its stream's version. A stream that moved meanwhile (its maker still
+        appends) is read again; StoreError if it kept moving (the ledger tries again after a
+        pause)."""
+        event = Event(
+            FAILED, meme_entity(meme_id), {"code": ErrorCode.WORKER_LOST.value}, "", PREVIOUS, ""
+        )
         with self._guard(f"settling meme {meme_id}", write=True):
-            types = self._event_types(meme_id)
-            if COMPLETED in types:
-                return ERASED not in types
-            if types and FAILED not in types:
-                code = {"code": ErrorCode.WORKER_LOST.value}
-                event = Event(FAILED, meme_entity(meme_id), code, "", PREVIOUS, "", b"")
-                with contextlib.suppress(VersionConflict):  # it moved on: its maker lives
-                    self.log.append(event, len(types), [])
-        return False
+            for _ in range(RACE_RETRIES):
+                types = self._event_types(meme_id)
+                if COMPLETED in types:
+                    return "erased" if ERASED in types else "made"
+                if not types or FAILED in types:
+                    return "unmade"
+                try:
+                    self.log.append(event, len(types))
+                    return "unmade"
+                except VersionConflict:
+                    continue
+        raise StoreError(f"meme {meme_id}: its maker kept appending while it was settled")
 
     def _event_types(self, meme_id: str) -> list[str]:
         entries = cast(list[Any], self._r.xrange(self.log.stream(meme_entity(meme_id))))

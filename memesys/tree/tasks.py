@@ -239,14 +239,18 @@ class TaskLedger(BaseActor):
 
     def _made_before(self, task: Task) -> bool:
         """A task left running by a ledger that died after its meme was saved: record it
-        succeeded with that meme (it is never made twice); False when there is none."""
+        succeeded with that meme (it is never made twice), scrubbed if the meme was erased
+        since (as its erasure would have done); False when there is none."""
         making = task.get("making")
         if task["status"] != "running" or not isinstance(making, str):
             return False
-        if not self.tasks.settle(making):
-            return False  # not saved (its stream now ends failed): made again, under a new id
+        settled = self.tasks.settle(making)
+        if settled == "unmade":
+            return False  # its stream now ends failed: made again, under a new id
         log.info("task %s: its meme %s was made before the restart", task["id"], making)
         self._record(_succeeded(task, making))
+        if settled == "erased":
+            self.tasks.scrub_meme(making)
         return True
 
     def receive_other(self, msg: Any, sender: ActorAddress) -> None:
