@@ -27,7 +27,7 @@ from memesys.errors import ErrorCode
 from memesys.inprocess.engine import InProcessEngine
 from memesys.llm import reservations
 from memesys.llm.errors import LLMCallError, failure_of
-from memesys.llm.limiter import Limiter, NoSlot
+from memesys.llm.limiter import BACKGROUND_LEAD_S, Limiter, NoSlot
 from memesys.llm.metrics import render
 from memesys.pipeline.errors import MemeFailed
 from memesys.testing.fake_openai import FakeConfig, FakeOpenAI
@@ -224,6 +224,19 @@ def test_a_tasks_call_is_refused_only_at_its_deadline(run, redis: str) -> None:
     assert time.time() - began < 0.3  # at once: its deadline comes before a free time
     waited = run(limiter.acquire(100, began + 10.0, 10.0, background=True))
     assert 2.5 <= waited <= 3.5
+
+
+def test_a_tasks_call_takes_no_send_time_past_its_deadline(run, redis: str) -> None:
+    limiter = a_limiter(redis)
+    limiter.book(R // 2, 3600.0)  # people's memes (a burst, then one every 1 / R s)
+    free_at = limiter.book(1, 3600.0)[0] + 1.0 / R  # the next send time free
+    time.sleep(max(0.0, free_at - 0.065 - time.time()))  # now it is free within the lead
+    assert 0.03 < free_at - time.time() < BACKGROUND_LEAD_S
+    began = time.time()
+    with pytest.raises(NoSlot):  # within the lead, but past the call's own deadline
+        run(limiter.acquire(100, began + 0.02, 0.02, background=True))
+    assert time.time() - began < 0.02  # at once, not after sleeping past its deadline
+    assert abs(limiter.book(1, 3600.0)[0] - free_at) < 0.01  # and the send time still free
 
 
 def test_without_redis_a_booking_is_all_or_nothing() -> None:

@@ -488,10 +488,12 @@ class Limiter:
     async def _take(
         self, step: Callable[[bool, float], tuple[bool, float]], end: float, lead: float = 0.0
     ) -> None:
-        """Run ``step`` until it grants, sleeping the wait it names (less the ``lead`` a
-        step grants within); NoSlot once that wait would end past ``end``."""
+        """Run ``step`` until it grants, sleeping the wait it names; NoSlot once that wait
+        would end past ``end``. With a ``lead``, the step grants only within it (and never
+        past ``end``), and the sleep ends that much before the wait."""
         while True:
-            ok, wait = self._on_storage(step, end - time.time())
+            left = end - time.time()
+            ok, wait = self._on_storage(step, min(lead, left) if lead > 0 else left)
             if ok:
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -530,7 +532,7 @@ class Limiter:
         self, tokens: int, scheduled: bool, background: bool, local: bool, max_wait: float
     ) -> tuple[bool, float]:
         """The token window's test, the request's send time on the schedule (unless booked:
-        not ``scheduled``; a ``background`` one only within BACKGROUND_LEAD_S), the tokens'
+        not ``scheduled``; a ``background`` one moves the background lane), the tokens'
         charge."""
         share = self.processes if local else 1
         shared = None if local else self._shared_window  # (there is one when not local)
@@ -545,9 +547,8 @@ class Limiter:
                 return False, self._until_free(window, tokens_item)
         wait = 0.0
         if self.rps > 0 and scheduled:
-            within = BACKGROUND_LEAD_S if background else max(0.0, max_wait)
             ok, wait = self._schedule(
-                self._schedule_key, self._local_schedule, local, within, background
+                self._schedule_key, self._local_schedule, local, max(0.0, max_wait), background
             )
             if not ok:
                 return False, wait
