@@ -79,36 +79,35 @@ local function later(a, b)
 end
 """
 
-# Lua: run the projection writes in ARGV from index i on, each its length then its words
-# (:func:`flattened`)
+# Lua: the projection writes in ARGV from index i on, each its length then its words
+# (:func:`flattened`); run them, or find the first that would fail on its key's type (a sorted
+# set or set command on a key of another type: Redis would run the writes before it and stop
+# there) as "<key> holds a <type>, not a <type>" (nil when every write can run)
 WRITES = """
-local function run_writes(i)
+local function writes_from(i)
+  local cmds = {}
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
     local cmd = {}
     for j = 1, n do cmd[j] = ARGV[i + j] end
-    redis.call(unpack(cmd))
+    cmds[#cmds + 1] = cmd
     i = i + n + 1
   end
+  return cmds
 end
-"""
-
-# Lua: the first projection write from index i on that would fail on its key's type (a sorted
-# set or set command on a key of another type: Redis would run the writes before it and stop
-# there), as "<key> holds a <type>, not a <type>"; nil when every write can run
-BLOCKED = """
+local function run_writes(i)
+  for _, cmd in ipairs(writes_from(i)) do redis.call(unpack(cmd)) end
+end
 local WANTS = {ZADD = 'zset', ZREM = 'zset', SADD = 'set', SREM = 'set'}
 local function blocked(i)
-  while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    local want = WANTS[string.upper(ARGV[i + 1])]
+  for _, cmd in ipairs(writes_from(i)) do
+    local want = WANTS[string.upper(cmd[1])]
     if want then
-      local kind = redis.call('TYPE', ARGV[i + 2])['ok']
+      local kind = redis.call('TYPE', cmd[2])['ok']
       if kind ~= 'none' and kind ~= want then
-        return ARGV[i + 2] .. ' holds a ' .. kind .. ', not a ' .. want
+        return cmd[2] .. ' holds a ' .. kind .. ', not a ' .. want
       end
     end
-    i = i + n + 1
   end
   return nil
 end
@@ -117,7 +116,6 @@ end
 _APPEND = (
     LATER
     + WRITES
-    + BLOCKED
     + """
 local version = redis.call('XLEN', KEYS[1])
 local expected = tonumber(ARGV[1])
