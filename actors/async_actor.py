@@ -167,7 +167,8 @@ class AsyncActor(BaseActor):
                     # the current deadline of this task and of every task it starts (to_thread,
                     # gather): their asks end in time for the answer to be of use
                     deadlines.serve(deadline - min(self.reply_margin_s, remaining / 4))
-                    payload = await asyncio.wait_for(awaitable, max(0.0, remaining))
+                    async with asyncio.timeout(max(0.0, remaining)):
+                        payload = await awaitable
             except TimeoutError as exc:
                 left = deadlines.left(deadline)
                 if left is None or left > 0.001:

@@ -107,7 +107,8 @@ class Bridge:
             thread = threading.Thread(target=target, args=(ready,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        await asyncio.wait_for(ready, timeout=10)
+        async with asyncio.timeout(10):
+            await ready
 
     async def close(self, join_s: float = 5.0) -> None:
         """Fail every request still waiting, send what is queued, then stop both threads; the
@@ -165,7 +166,8 @@ class Bridge:
         self._pending[request.correlation_id] = future
         self._outbox.put((target, request))
         try:
-            reply: Reply = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                reply: Reply = await future
         except TimeoutError:
             raise AskTimeout(timeout) from None
         except asyncio.CancelledError:  # the asker's work was cancelled: so is the request's
@@ -186,7 +188,8 @@ class Bridge:
         self._pending[correlation_id] = answered
         self._outbox.put((target, Cancel(correlation_id)))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(answered, CANCEL_WAIT_S)
+            async with asyncio.timeout(CANCEL_WAIT_S):
+                await answered
 
     def tell(self, target: ActorAddress, message: Any) -> None:
         """Send without waiting for an answer; never blocks the event loop."""

@@ -125,3 +125,25 @@ async def test_a_timed_out_ask_and_its_late_reply(
     await asyncio.sleep(0.05)  # an absence: no second stale reply comes
     assert bridge.stale_replies == 1
     assert await bridge.ask(slow, "count", 2) == 1  # the slow actor itself is fine
+
+
+async def test_an_ask_cancelled_as_its_reply_arrives_is_cancelled(
+    actor_system: RunningSystem, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asker is cancelled in the very callback that hands it its reply: it must end
+    cancelled, never go on with the reply (asyncio.wait_for on 3.11 returned it, so a picture
+    dropped that moment was still staged, over the meme's final one)."""
+    echo = locate(actor_system, "echo")
+    asker = asyncio.ensure_future(bridge.ask(echo, "hello", 5))
+    resolve = bridge._resolve
+
+    def resolve_then_cancel(received: list) -> None:
+        resolve(received)
+        asker.cancel()
+
+    monkeypatch.setattr(bridge, "_resolve", resolve_then_cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await asker
+    monkeypatch.undo()
+    assert await bridge.ask(echo, "after", 5) == "after"
+    assert bridge.in_flight == 0

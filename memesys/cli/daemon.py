@@ -253,7 +253,8 @@ class Daemon:
             )
             await bridge.close(join_s=0.5)  # every request waiting on the tree fails now: 503
             try:  # the answers are out; a handler still waiting must not hold the exit up
-                await asyncio.wait_for(runner.cleanup(), FATAL_CLEANUP_S)
+                async with asyncio.timeout(FATAL_CLEANUP_S):
+                    await runner.cleanup()
             except TimeoutError:
                 log.warning(
                     "the gateway did not close within %.0f s; exiting anyway", FATAL_CLEANUP_S

@@ -131,7 +131,8 @@ class SystemWatch:
     @staticmethod
     async def _down_within(monitor: asyncio.Task[Down | None], seconds: float) -> Down | None:
         try:
-            return await asyncio.wait_for(asyncio.shield(monitor), seconds)
+            async with asyncio.timeout(seconds):
+                return await asyncio.shield(monitor)
         except TimeoutError:
             return None
 

@@ -500,9 +500,8 @@ class Gateway:
         if self.shared_metrics is None:
             return text
         try:
-            text = await asyncio.wait_for(
-                asyncio.to_thread(self.shared_metrics), METRICS_STORE_TIMEOUT_S
-            )
+            async with asyncio.timeout(METRICS_STORE_TIMEOUT_S):
+                text = await asyncio.to_thread(self.shared_metrics)
         except Exception as exc:  # Redis unreachable or slow
             log.debug("the series kept in Redis are not shown: %s", exc)
         else:

@@ -262,7 +262,8 @@ class Guard:
             return error(ErrorCode.BODY_TOO_LARGE, f"the body must be at most {limit} bytes")
         self.reading += 1
         try:
-            await asyncio.wait_for(request.read(), self.cfg.body_timeout_s)
+            async with asyncio.timeout(self.cfg.body_timeout_s):
+                await request.read()
             return True
         except TimeoutError:
             return await self._body_timed_out(request)

@@ -152,7 +152,8 @@ class Speculation:
     async def _draw(self, order: RenderMeme) -> tuple[bytes, str]:
         if self.delay_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wanted.wait(), self.delay_s)
+                async with asyncio.timeout(self.delay_s):
+                    await self.wanted.wait()
         png = await self._render(order, True)
         if self.stage is None:
             return png, ""
