@@ -13,6 +13,7 @@ import pytest
 
 from actors import deadlines
 from memesys.errors import ErrorCode
+from memesys.llm import client
 from memesys.llm.errors import LLMCallError, failure_of
 from memesys.llm.transport import HardenedTransport, Policy, retry_after_of
 from memesys.pipeline.lm import build_lm
@@ -190,3 +191,29 @@ def test_through_dspy_one_retry_layer(fake: FakeOpenAI) -> None:
     fake.reset()
     caption = asyncio.run(write_caption(handle, "cats", format="drake"))
     assert caption.texts and fake.calls == 1
+
+
+class Unclosable(asyncio.SelectorEventLoop):
+    def close(self) -> None:
+        raise RuntimeError("this loop will not close")
+
+
+def test_a_loop_that_will_not_close_leaves_the_closer_closing_the_next(
+    fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each thread's loop is closed by one closer thread when the thread ends; one failing
+    close (seen in CI: a loop's self-pipe already closed) is logged, and the closer goes on."""
+    broken = Unclosable()
+    client._to_close.put(broken)
+    loops = []
+
+    def a_call_then_the_threads_end() -> None:
+        engine(fake).complete(REQUEST)
+        loops.append(client._threads.loop.loop)
+
+    thread = threading.Thread(target=a_call_then_the_threads_end)
+    thread.start()
+    thread.join()
+    wait_for(lambda: loops[0].is_closed(), scaled(5.0), what="the next thread's loop closed")
+    assert "a thread's event loop did not close" in caplog.text
+    asyncio.SelectorEventLoop.close(broken)

@@ -49,6 +49,7 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Key, openai
 )
 _lock = threading.Lock()
 _threads = threading.local()
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -98,7 +99,8 @@ class _ThreadLoop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         _thread_loops.add(self)
-        _closer()  # started here, never from a finalizer
+        with _lock:  # threads that start together start one closer
+            _closer()  # started here, never from a finalizer
 
     def run(self, call: Callable[[], Awaitable[T]]) -> T:
         return self.loop.run_until_complete(call())
@@ -125,7 +127,11 @@ def _closer() -> threading.Thread:
 
     def closing() -> None:
         while True:
-            _close(_to_close.get())
+            loop = _to_close.get()
+            try:
+                _close(loop)
+            except Exception:  # the closer lives on: every later loop still needs closing
+                log.exception("a thread's event loop did not close")
 
     thread = threading.Thread(target=closing, name="memesys-llm-close", daemon=True)
     thread.start()
