@@ -6,6 +6,7 @@ answers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 
@@ -204,6 +205,7 @@ def test_a_loop_that_will_not_close_leaves_the_closer_closing_the_next(
     """Each thread's loop is closed by one closer thread when the thread ends; one failing
     close (seen in CI: a loop's self-pipe already closed) is logged, and the closer goes on."""
     broken = Unclosable()
+    client._open_loops.add(broken)
     client._to_close.put(broken)
     loops = []
 
@@ -217,3 +219,36 @@ def test_a_loop_that_will_not_close_leaves_the_closer_closing_the_next(
     wait_for(lambda: loops[0].is_closed(), scaled(5.0), what="the next thread's loop closed")
     assert "a thread's event loop did not close" in caplog.text
     asyncio.SelectorEventLoop.close(broken)
+
+
+def test_an_ended_threads_loop_is_closed_by_the_closer_never_by_the_collector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread's loop wrapper can outlive its thread in a reference cycle (a failed call's
+    traceback holds it). Collected with its loop, the loop's own finalizer closed the loop
+    (unclosed) while the closer closed it too: seen in CI as "Invalid file descriptor: -1" in
+    the closer and a self-pipe gone in the finalizer. The closer must close every one."""
+    finalized: list[bool] = []  # each loop collected: was it closed?
+    finalizer = asyncio.BaseEventLoop.__del__
+
+    def recorded(loop: asyncio.BaseEventLoop) -> None:
+        finalized.append(loop.is_closed())
+        finalizer(loop)
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "__del__", recorded)
+
+    async def nothing() -> None:
+        pass
+
+    def a_call_then_the_threads_end() -> None:
+        client.run_blocking(nothing)
+        cycle: list = [client._threads.loop]
+        cycle.append(cycle)
+
+    for _ in range(5):
+        thread = threading.Thread(target=a_call_then_the_threads_end)
+        thread.start()
+        thread.join()
+        gc.collect()
+    wait_for(lambda: gc.collect() >= 0 and len(finalized) >= 5, scaled(5.0), what="5 loops gone")
+    assert finalized == [True] * len(finalized)

@@ -94,12 +94,16 @@ def run_blocking(call: Callable[[], Awaitable[T]]) -> T:
 
 class _ThreadLoop:
     """A thread's loop for its synchronous calls: closed with its clients when the thread ends
-    (its locals go) by the closer thread, or at exit for the threads still alive then."""
+    (its locals go) by the closer thread, or at exit for the threads still alive then.
+
+    The loop stays in ``_open_loops`` until it is closed: without that strong reference a loop
+    and its wrapper ended as cyclic garbage together, and the collector ran the loop's own
+    finalizer (closing it, "unclosed event loop") while the closer closed it too."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        _thread_loops.add(self)
         with _lock:  # threads that start together start one closer
+            _open_loops.add(self.loop)
             _closer()  # started here, never from a finalizer
 
     def run(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -112,12 +116,18 @@ class _ThreadLoop:
 
 
 def _close(loop: asyncio.AbstractEventLoop) -> None:
-    if not loop.is_running() and not loop.is_closed():
+    """Close ``loop`` and its clients, once: whoever takes it out of ``_open_loops`` (the
+    closer, or the exit) closes it."""
+    with _lock:
+        if loop not in _open_loops:
+            return
+        _open_loops.remove(loop)
+    if not loop.is_running():  # else its thread is still in a call, at exit
         loop.run_until_complete(close_clients())
         loop.close()
 
 
-_thread_loops: weakref.WeakSet[_ThreadLoop] = weakref.WeakSet()
+_open_loops: set[asyncio.AbstractEventLoop] = set()
 _to_close: queue.SimpleQueue[asyncio.AbstractEventLoop] = queue.SimpleQueue()
 
 
@@ -127,9 +137,8 @@ def _closer() -> threading.Thread:
 
     def closing() -> None:
         while True:
-            loop = _to_close.get()
             try:
-                _close(loop)
+                _close(_to_close.get())  # held by nothing here once closed: it can go
             except Exception:  # the closer lives on: every later loop still needs closing
                 log.exception("a thread's event loop did not close")
 
@@ -140,8 +149,8 @@ def _closer() -> threading.Thread:
 
 @atexit.register
 def _close_thread_loops() -> None:
-    for thread_loop in list(_thread_loops):
-        _close(thread_loop.loop)
+    for loop in list(_open_loops):
+        _close(loop)
 
 
 def run(call: Callable[[], Awaitable[T]]) -> T:
