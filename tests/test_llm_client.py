@@ -228,11 +228,13 @@ def test_an_ended_threads_loop_is_closed_by_the_closer_never_by_the_collector(
     traceback holds it). Collected with its loop, the loop's own finalizer closed the loop
     (unclosed) while the closer closed it too: seen in CI as "Invalid file descriptor: -1" in
     the closer and a self-pipe gone in the finalizer. The closer must close every one."""
-    finalized: list[bool] = []  # each loop collected: was it closed?
+    ours: set[int] = set()  # the ids of this test's threads' loops (other tests' loops aside)
+    finalized: list[bool] = []  # each of ours collected: was it closed?
     finalizer = asyncio.BaseEventLoop.__del__
 
     def recorded(loop: asyncio.BaseEventLoop) -> None:
-        finalized.append(loop.is_closed())
+        if id(loop) in ours:
+            finalized.append(loop.is_closed())
         finalizer(loop)
 
     monkeypatch.setattr(asyncio.BaseEventLoop, "__del__", recorded)
@@ -242,6 +244,7 @@ def test_an_ended_threads_loop_is_closed_by_the_closer_never_by_the_collector(
 
     def a_call_then_the_threads_end() -> None:
         client.run_blocking(nothing)
+        ours.add(id(client._threads.loop.loop))
         cycle: list = [client._threads.loop]
         cycle.append(cycle)
 
@@ -250,5 +253,10 @@ def test_an_ended_threads_loop_is_closed_by_the_closer_never_by_the_collector(
         thread.start()
         thread.join()
         gc.collect()
-    wait_for(lambda: gc.collect() >= 0 and len(finalized) >= 5, scaled(5.0), what="5 loops gone")
-    assert finalized == [True] * len(finalized)
+
+    def all_collected() -> bool:
+        gc.collect()
+        return len(finalized) == 5
+
+    wait_for(all_collected, scaled(5.0), what="the 5 loops collected")
+    assert finalized == [True] * 5
